@@ -1,0 +1,283 @@
+/*
+ * dsa_layer.c -- one DSA attention layer, in the order of dsa-spec.md section 3.
+ *
+ *   1. qr = RMSNorm(q_a_proj x);  q = q_b_proj qr = [q_nope | q_pe] per head
+ *   2. kv = kv_a_proj_with_mqa x = [c | k_pe];  c = RMSNorm(c)
+ *   3. RoPE, interleaved pairs, on q_pe and k_pe;  cache (c, k_pe) at the token's slot
+ *   4. indexer: qi = wq_b qr, ki = LayerNorm(wk x), rotate-half RoPE on their first rope dims,
+ *      w = weights_proj x * Hi^-0.5;  deployed: Hadamard + FP8 on qi and ki;  cache ki
+ *   5. I(p, s) = sum_h w[h] ReLU(qi[h] . ki[s]) di^-0.5 over s <= p;  top-k (ties: lower s)
+ *   6. absorbed sparse MLA over the selected rows, W_UV, o_proj
+ *
+ * Steps 1-4 run for all T tokens of the step before any token attends, so a prefill chunk sees
+ * its own earlier tokens exactly as a token-by-token schedule would.
+ */
+#include "attn/dsa_layer.h"
+#include "model/model.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- weights ---- */
+
+static float *vector_f32(const dsacp_model *m, const char *fmt, int64_t layer, int64_t n, int *rc)
+{
+    const dsacp_weight *w = dsacp_model_weightf(m, fmt, (int)layer);
+    if (!w || w->rows * w->cols != n) {
+        *rc = dsacp_error(DSACP_ENOTFOUND, "layer %lld: weight for '%s' missing", (long long)layer, fmt);
+        return NULL;
+    }
+    float *v = dsacp_alloc((size_t)n * sizeof(float));
+    if (!v) {
+        *rc = DSACP_ENOMEM;
+        return NULL;
+    }
+    dsacp_weight_to_f32(w, v);
+    return v;
+}
+
+int dsacp_dsa_weights_bind(dsacp_dsa_weights *w, const dsacp_model *m, int64_t layer)
+{
+    memset(w, 0, sizeof *w);
+    const dsacp_config *cfg = dsacp_model_config(m);
+    const char *p = "model.layers.%d.self_attn.";
+    char f[160];
+#define BIND(field, suffix)                                                                     \
+    do {                                                                                        \
+        snprintf(f, sizeof f, "%s%s", p, suffix);                                               \
+        w->field = dsacp_model_weightf(m, f, (int)layer);                                       \
+        if (!w->field)                                                                          \
+            return dsacp_error(DSACP_ENOTFOUND, "layer %lld: missing %s", (long long)layer, suffix); \
+    } while (0)
+    BIND(q_a, "q_a_proj.weight");
+    BIND(q_b, "q_b_proj.weight");
+    BIND(kv_a, "kv_a_proj_with_mqa.weight");
+    BIND(kv_b, "kv_b_proj.weight");
+    BIND(o, "o_proj.weight");
+    BIND(wq_b, "indexer.wq_b.weight");
+    BIND(wk, "indexer.wk.weight");
+    BIND(wproj, "indexer.weights_proj.weight");
+#undef BIND
+    int rc = DSACP_OK;
+    w->q_a_norm = vector_f32(m, "model.layers.%d.self_attn.q_a_layernorm.weight", layer, cfg->q_lora_rank, &rc);
+    if (!rc) w->kv_a_norm = vector_f32(m, "model.layers.%d.self_attn.kv_a_layernorm.weight", layer, cfg->kv_lora_rank, &rc);
+    if (!rc) w->k_norm_w = vector_f32(m, "model.layers.%d.self_attn.indexer.k_norm.weight", layer, cfg->index_head_dim, &rc);
+    if (!rc) w->k_norm_b = vector_f32(m, "model.layers.%d.self_attn.indexer.k_norm.bias", layer, cfg->index_head_dim, &rc);
+    if (!rc) {
+        w->kv_b_f32 = dsacp_alloc((size_t)(w->kv_b->rows * w->kv_b->cols) * sizeof(float));
+        if (!w->kv_b_f32) rc = DSACP_ENOMEM;
+        else dsacp_weight_to_f32(w->kv_b, w->kv_b_f32);
+    }
+    if (rc) dsacp_dsa_weights_release(w);
+    return rc;
+}
+
+void dsacp_dsa_weights_release(dsacp_dsa_weights *w)
+{
+    dsacp_free(w->q_a_norm);
+    dsacp_free(w->kv_a_norm);
+    dsacp_free(w->k_norm_w);
+    dsacp_free(w->k_norm_b);
+    dsacp_free(w->kv_b_f32);
+    memset(w, 0, sizeof *w);
+}
+
+/* ---- the layer ---- */
+
+/* Scratch of one token's attention (per thread). */
+typedef struct token_scratch {
+    float *scores;  /* [max_ctx] */
+    int32_t *sel;   /* [k] */
+    float *kv;      /* [k][dc + dr] */
+    float *qrow;    /* [H][dc + dr] */
+    float *o;       /* [H][dc] */
+    float *lse;     /* [H] */
+    float *work;    /* [k] */
+    float *krow;    /* [di] */
+} token_scratch;
+
+/* Index scores of one query against positions 0..n-1 of its sequence.
+ * qi: F32 [Hi][di] (deployed: e4m3 values without their scale); wq: F32 [Hi] folded weights
+ * (w[h] * di^-0.5, deployed also * q_scale[h]). */
+static void index_scores(const dsacp_kv_cache *c, int64_t layer, const dsacp_kv_seq *seq, int64_t n,
+                         const float *qi, const float *wq, int64_t Hi, float *scores, float *krow)
+{
+    const int64_t B = c->block_size, di = c->di;
+    const float *lut = dsacp_e4m3_table();
+    for (int64_t b = 0; b * B < n; b++) {
+        const float *scales;
+        const void *keys = dsacp_kv_index_block(c, layer, seq->blocks[b], &scales);
+        int64_t cnt = n - b * B < B ? n - b * B : B;
+        for (int64_t j = 0; j < cnt; j++) {
+            const float *k;
+            if (scales) {
+                const uint8_t *k8 = (const uint8_t *)keys + j * di;
+                for (int64_t i = 0; i < di; i++) krow[i] = lut[k8[i]];
+                k = krow;
+            } else {
+                k = (const float *)keys + j * di;
+            }
+            float s = 0;
+            for (int64_t h = 0; h < Hi; h++) {
+                float d = dsacp_dot_f32(qi + h * di, k, di);
+                s += wq[h] * (d > 0 ? d : 0);
+            }
+            scores[b * B + j] = scales ? s * scales[j] : s;
+        }
+    }
+}
+
+int dsacp_dsa_forward(const dsacp_dsa_ctx *ctx, const dsacp_dsa_weights *w, int64_t layer,
+                      const dsacp_step_tokens *tok, const float *x, float *out, int32_t *topk)
+{
+    const dsacp_config *cfg = ctx->cfg;
+    const int64_t T = tok->T, D = cfg->hidden_size, H = cfg->num_attention_heads;
+    const int64_t nope = cfg->qk_nope_head_dim, dr = cfg->qk_rope_head_dim, dv = cfg->v_head_dim;
+    const int64_t dq = nope + dr, dc = cfg->kv_lora_rank, dk = dc + dr;
+    const int64_t Hi = cfg->index_n_heads, di = cfg->index_head_dim, K = cfg->index_topk;
+    const int64_t ql = cfg->q_lora_rank;
+    const bool deployed = ctx->mode == DSACP_MODE_DEPLOYED;
+    dsacp_kv_cache *cache = ctx->cache;
+    if (T == 0) return DSACP_OK;
+
+    int64_t max_ctx = 0;
+    for (int64_t t = 0; t < T; t++)
+        if (tok->pos[t] + 1 > max_ctx) max_ctx = tok->pos[t] + 1;
+
+    /* Per-step buffers. */
+    float *qa = dsacp_alloc((size_t)(T * ql) * 4);
+    float *q = dsacp_alloc((size_t)(T * H * dq) * 4);
+    float *kv = dsacp_alloc((size_t)(T * dk) * 4);
+    float *qi = dsacp_alloc((size_t)(T * Hi * di) * 4);
+    float *ki = dsacp_alloc((size_t)(T * di) * 4);
+    float *wts = dsacp_alloc((size_t)(T * Hi) * 4);
+    float *vcat = dsacp_alloc((size_t)(T * H * dv) * 4);
+    int rc = (qa && q && kv && qi && ki && wts && vcat) ? DSACP_OK : DSACP_ENOMEM;
+
+    /* 1. Query path: qr = RMSNorm(q_a_proj x), q = q_b_proj qr. */
+    if (!rc) rc = dsacp_linear(w->q_a, x, T, D, qa, ql, deployed);
+    if (!rc)
+        for (int64_t t = 0; t < T; t++) dsacp_rmsnorm(qa + t * ql, qa + t * ql, w->q_a_norm, ql, 1e-6);
+    if (!rc) rc = dsacp_linear(w->q_b, qa, T, ql, q, H * dq, deployed);
+    /* 2. Latent: [c | k_pe] = kv_a_proj x, c = RMSNorm(c). */
+    if (!rc) rc = dsacp_linear(w->kv_a, x, T, D, kv, dk, deployed);
+    /* 4a. Indexer projections (same x, same qr). */
+    if (!rc) rc = dsacp_linear(w->wq_b, qa, T, ql, qi, Hi * di, deployed);
+    if (!rc) rc = dsacp_linear(w->wk, x, T, D, ki, di, deployed);
+    if (!rc) rc = dsacp_linear(w->wproj, x, T, D, wts, Hi, false);
+    if (rc) goto done;
+
+    /* 3 + 4b. Norms, RoPE, caching -- per token. */
+    const double wscale = 1.0 / sqrt((double)Hi) / sqrt((double)di);
+    for (int64_t t = 0; t < T; t++) {
+        float cos_t[256], sin_t[256];
+        dsacp_rope_cos_sin(ctx->rope, tok->pos[t], cos_t, sin_t);
+        float *kvt = kv + t * dk;
+        dsacp_rmsnorm(kvt, kvt, w->kv_a_norm, dc, 1e-6);
+        dsacp_rope_apply_interleaved(kvt + dc, dr, cos_t, sin_t);
+        for (int64_t h = 0; h < H; h++) dsacp_rope_apply_interleaved(q + (t * H + h) * dq + nope, dr, cos_t, sin_t);
+        int64_t slot = dsacp_kv_slot(cache, tok->seqs[tok->seq[t]], tok->pos[t]);
+        dsacp_kv_write_mla(cache, layer, slot, kvt, kvt + dc);
+
+        float *kit = ki + t * di;
+        dsacp_layernorm(kit, kit, w->k_norm_w, w->k_norm_b, di, 1e-6);
+        dsacp_rope_apply_rotate_half(kit, dr, cos_t, sin_t);
+        float *wt = wts + t * Hi;
+        for (int64_t h = 0; h < Hi; h++) {
+            float *qh = qi + (t * Hi + h) * di;
+            dsacp_rope_apply_rotate_half(qh, dr, cos_t, sin_t);
+            wt[h] = (float)(wt[h] * wscale);
+            if (deployed) {
+                /* Hadamard, then e4m3 with one power-of-two scale per head; the scale moves
+                 * into the head weight so the dot product runs on the e4m3 values. */
+                uint8_t q8[1024];
+                float qs;
+                dsacp_hadamard(qh, di);
+                dsacp_quant_e4m3_groups(qh, di, di, q8, &qs);
+                for (int64_t i = 0; i < di; i++) qh[i] = dsacp_e4m3_to_f32(q8[i]);
+                wt[h] *= qs;
+            }
+        }
+        if (deployed) dsacp_hadamard(kit, di);
+        dsacp_kv_write_index(cache, layer, slot, kit);
+    }
+
+    /* 5 + 6. Per token: scores, top-k, absorbed sparse MLA, W_UV. */
+    const float scale = (float)cfg->softmax_scale;
+#pragma omp parallel
+    {
+        token_scratch s = {0};
+        s.scores = malloc((size_t)max_ctx * 4);
+        s.sel = malloc((size_t)K * 4);
+        s.kv = malloc((size_t)(K * dk) * 4);
+        s.qrow = malloc((size_t)(H * dk) * 4);
+        s.o = malloc((size_t)(H * dc) * 4);
+        s.lse = malloc((size_t)H * 4);
+        s.work = malloc((size_t)K * 4);
+        s.krow = malloc((size_t)di * 4);
+        bool ok = s.scores && s.sel && s.kv && s.qrow && s.o && s.lse && s.work && s.krow;
+        if (!ok) {
+#pragma omp atomic write
+            rc = DSACP_ENOMEM;
+        }
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t t = 0; t < T; t++) {
+            if (!ok) continue;
+            const dsacp_kv_seq *seq = tok->seqs[tok->seq[t]];
+            int64_t n = tok->pos[t] + 1;
+            index_scores(cache, layer, seq, n, qi + t * Hi * di, wts + t * Hi, Hi, s.scores, s.krow);
+            int64_t nsel = dsacp_topk_select(s.scores, n, K, s.sel);
+            if (topk) {
+                int32_t *row = topk + t * K;
+                for (int64_t j = 0; j < K; j++) row[j] = j < nsel ? s.sel[j] : -1;
+            }
+            for (int64_t j = 0; j < nsel; j++)
+                dsacp_kv_read_mla(cache, layer, dsacp_kv_slot(cache, seq, s.sel[j]), s.kv + j * dk);
+            /* q_abs[h] = q_nope[h] . W_UK[h]  (dc wide); query row [q_abs | q_pe]. */
+            for (int64_t h = 0; h < H; h++) {
+                const float *qh = q + (t * H + h) * dq;
+                const float *wuk = w->kv_b_f32 + h * (nope + dv) * dc;
+                float *qr = s.qrow + h * dk;
+                memset(qr, 0, (size_t)dc * 4);
+                for (int64_t i = 0; i < nope; i++) {
+                    float a = qh[i];
+                    const float *wrow = wuk + i * dc;
+                    for (int64_t j = 0; j < dc; j++) qr[j] += a * wrow[j];
+                }
+                memcpy(qr + dc, qh + nope, (size_t)dr * 4);
+            }
+            dsacp_sparse_mla(s.qrow, s.kv, nsel, H, dc, dr, scale, s.o, s.lse, s.work);
+            /* v[h] = W_UV[h] o[h]. */
+            for (int64_t h = 0; h < H; h++) {
+                const float *wuv = w->kv_b_f32 + (h * (nope + dv) + nope) * dc;
+                for (int64_t j = 0; j < dv; j++)
+                    vcat[(t * H + h) * dv + j] = dsacp_dot_f32(wuv + j * dc, s.o + h * dc, dc);
+            }
+        }
+        free(s.scores);
+        free(s.sel);
+        free(s.kv);
+        free(s.qrow);
+        free(s.o);
+        free(s.lse);
+        free(s.work);
+        free(s.krow);
+    }
+    if (rc) {
+        dsacp_error(rc, "layer %lld: out of memory for attention scratch", (long long)layer);
+        goto done;
+    }
+    rc = dsacp_linear(w->o, vcat, T, H * dv, out, D, deployed);
+done:
+    dsacp_free(qa);
+    dsacp_free(q);
+    dsacp_free(kv);
+    dsacp_free(qi);
+    dsacp_free(ki);
+    dsacp_free(wts);
+    dsacp_free(vcat);
+    if (rc == DSACP_ENOMEM && !*dsacp_last_error()) dsacp_error(rc, "layer %lld: out of memory", (long long)layer);
+    return rc;
+}

@@ -1,0 +1,209 @@
+/*
+ * kernels.c -- scalar reference kernels. They are the definition the SIMD variants are tested
+ * against; every loop keeps a reduction order that depends only on its own row (see kernels.h).
+ */
+#include "kernels/kernels.h"
+#include "numerics/numerics.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+float dsacp_dot_f32(const float *a, const float *b, int64_t n)
+{
+    float acc[16] = {0};
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16)
+        for (int l = 0; l < 16; l++) acc[l] += a[i + l] * b[i + l];
+    for (int l = 0; i < n; i++, l++) acc[l] += a[i] * b[i];
+    /* Fixed pairwise tree over the lanes. */
+    for (int w = 8; w >= 1; w /= 2)
+        for (int l = 0; l < w; l++) acc[l] += acc[l + w];
+    return acc[0];
+}
+
+enum { LINEAR_ROWS = 16 };
+
+int dsacp_linear(const dsacp_weight *w, const float *x, int64_t T, int64_t ldx, float *y, int64_t ldy,
+                 bool act_quant)
+{
+    const int64_t K = w->cols, N = w->rows;
+    const float *xin = x;
+    int64_t ldxin = ldx;
+    float *xq = NULL;
+    if (act_quant && w->dtype == DSACP_F8_E4M3 && K % 128 == 0) {
+        xq = dsacp_alloc((size_t)(T * K) * sizeof(float));
+        if (!xq) return DSACP_ENOMEM;
+        for (int64_t t = 0; t < T; t++) {
+            memcpy(xq + t * K, x + t * ldx, (size_t)K * sizeof(float));
+            dsacp_fake_quant_e4m3_groups(xq + t * K, K, 128);
+        }
+        xin = xq;
+        ldxin = K;
+    }
+    int64_t nblocks = (N + LINEAR_ROWS - 1) / LINEAR_ROWS;
+    int rc = DSACP_OK;
+#pragma omp parallel
+    {
+        float *wrows = NULL;
+        if (w->dtype != DSACP_F32) wrows = malloc((size_t)(LINEAR_ROWS * K) * sizeof(float));
+        if (w->dtype != DSACP_F32 && !wrows) {
+#pragma omp atomic write
+            rc = DSACP_ENOMEM;
+        } else {
+#pragma omp for schedule(dynamic, 1)
+            for (int64_t b = 0; b < nblocks; b++) {
+                int64_t o0 = b * LINEAR_ROWS, o1 = o0 + LINEAR_ROWS < N ? o0 + LINEAR_ROWS : N;
+                const float *W;
+                if (w->dtype == DSACP_F32) {
+                    W = (const float *)w->data + o0 * K;
+                } else {
+                    for (int64_t o = o0; o < o1; o++) dsacp_weight_row_f32(w, o, wrows + (o - o0) * K);
+                    W = wrows;
+                }
+                for (int64_t t = 0; t < T; t++)
+                    for (int64_t o = o0; o < o1; o++)
+                        y[t * ldy + o] = dsacp_dot_f32(W + (o - o0) * K, xin + t * ldxin, K);
+            }
+        }
+        free(wrows);
+    }
+    dsacp_free(xq);
+    if (rc) return dsacp_error(rc, "linear %s: out of memory", w->name ? w->name : "");
+    return DSACP_OK;
+}
+
+void dsacp_rmsnorm(float *y, const float *x, const float *weight, int64_t n, double eps)
+{
+    double ss = 0;
+    for (int64_t i = 0; i < n; i++) ss += (double)x[i] * x[i];
+    float r = (float)(1.0 / sqrt(ss / (double)n + eps));
+    for (int64_t i = 0; i < n; i++) y[i] = weight[i] * (x[i] * r);
+}
+
+void dsacp_layernorm(float *y, const float *x, const float *weight, const float *bias, int64_t n,
+                     double eps)
+{
+    double mean = 0, var = 0;
+    for (int64_t i = 0; i < n; i++) mean += x[i];
+    mean /= (double)n;
+    for (int64_t i = 0; i < n; i++) var += ((double)x[i] - mean) * ((double)x[i] - mean);
+    var /= (double)n;
+    double r = 1.0 / sqrt(var + eps);
+    for (int64_t i = 0; i < n; i++) y[i] = (float)(((double)x[i] - mean) * r) * weight[i] + bias[i];
+}
+
+/* ---- top-k ---- */
+
+static int cmp_i32(const void *a, const void *b)
+{
+    int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
+    return (x > y) - (x < y);
+}
+
+/* Quickselect: after it, keys[0..k) are the k largest (unordered). */
+static void select_largest(uint64_t *keys, int64_t n, int64_t k)
+{
+    int64_t lo = 0, hi = n - 1;
+    while (lo < hi) {
+        uint64_t pivot = keys[lo + (hi - lo) / 2];
+        int64_t i = lo, j = hi;
+        while (i <= j) {
+            while (keys[i] > pivot) i++;
+            while (keys[j] < pivot) j--;
+            if (i <= j) {
+                uint64_t t = keys[i];
+                keys[i] = keys[j];
+                keys[j] = t;
+                i++;
+                j--;
+            }
+        }
+        if (k - 1 <= j) hi = j;
+        else if (k - 1 >= i) lo = i;
+        else break;
+    }
+}
+
+int64_t dsacp_topk_select(const float *scores, int64_t n, int64_t k, int32_t *out)
+{
+    if (k > n) k = n;
+    if (k <= 0) return 0;
+    uint64_t *keys = malloc((size_t)n * sizeof *keys);
+    if (!keys) { /* fall back to an O(nk) scan rather than fail */
+        int64_t m = 0;
+        for (int64_t i = 0; i < n && m < k; i++) out[m++] = (int32_t)i;
+        return m;
+    }
+    for (int64_t i = 0; i < n; i++) {
+        uint32_t key = isnan(scores[i]) ? 0 : dsacp_float_key(scores[i]);
+        /* Ties: the lower position has the larger ~pos, so it sorts first. */
+        keys[i] = ((uint64_t)key << 32) | (uint32_t)~(uint32_t)i;
+    }
+    if (k < n) select_largest(keys, n, k);
+    for (int64_t i = 0; i < k; i++) out[i] = (int32_t)~(uint32_t)(keys[i] & 0xffffffffu);
+    qsort(out, (size_t)k, sizeof *out, cmp_i32);
+    free(keys);
+    return k;
+}
+
+/* ---- sparse MLA ---- */
+
+void dsacp_sparse_mla(const float *q, const float *kv, int64_t n, int64_t H, int64_t dc, int64_t dr,
+                      float scale, float *o, float *lse, float *work)
+{
+    const int64_t dk = dc + dr;
+    for (int64_t h = 0; h < H; h++) {
+        float *oh = o + h * dc;
+        memset(oh, 0, (size_t)dc * sizeof(float));
+        if (n == 0) {
+            lse[h] = -INFINITY;
+            continue;
+        }
+        const float *qh = q + h * dk;
+        float mx = -INFINITY;
+        for (int64_t j = 0; j < n; j++) {
+            work[j] = dsacp_dot_f32(qh, kv + j * dk, dk) * scale;
+            if (work[j] > mx) mx = work[j];
+        }
+        double sum = 0;
+        for (int64_t j = 0; j < n; j++) {
+            work[j] = expf(work[j] - mx);
+            sum += work[j];
+        }
+        float inv = (float)(1.0 / sum);
+        for (int64_t j = 0; j < n; j++) {
+            float p = work[j] * inv;
+            const float *c = kv + j * dk;
+            for (int64_t i = 0; i < dc; i++) oh[i] += p * c[i];
+        }
+        lse[h] = mx + (float)log(sum);
+    }
+}
+
+void dsacp_lse_merge(const float *o_parts, const float *lse_parts, int64_t R, int64_t H, int64_t d,
+                     float *o, float *lse)
+{
+    for (int64_t h = 0; h < H; h++) {
+        float mx = -INFINITY;
+        for (int64_t r = 0; r < R; r++)
+            if (lse_parts[r * H + h] > mx) mx = lse_parts[r * H + h];
+        float *oh = o + h * d;
+        memset(oh, 0, (size_t)d * sizeof(float));
+        if (mx == -INFINITY) {
+            lse[h] = -INFINITY;
+            continue;
+        }
+        double sum = 0;
+        for (int64_t r = 0; r < R; r++) sum += exp((double)lse_parts[r * H + h] - mx);
+        float total = mx + (float)log(sum);
+        for (int64_t r = 0; r < R; r++) {
+            float l = lse_parts[r * H + h];
+            if (l == -INFINITY) continue;
+            float wgt = expf(l - total);
+            const float *src = o_parts + (r * H + h) * d;
+            for (int64_t i = 0; i < d; i++) oh[i] += wgt * src[i];
+        }
+        lse[h] = total;
+    }
+}

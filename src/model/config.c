@@ -1,0 +1,463 @@
+/*
+ * config.c -- parsing and writing the Hugging Face config.json of a DeepSeek-V3.2 model.
+ *
+ * Both rope spellings are accepted: "rope_scaling" (DeepSeek's and older transformers) and
+ * "rope_parameters" (transformers 5, which also moves rope_theta inside). Derived numbers
+ * (the cos/sin attention factor and the softmax scale) follow transformers' rules, which a
+ * config written by it must reproduce (dsa-spec.md section 4); DeepSeek's reference code uses
+ * m(factor, mscale) for the softmax scale instead, which agrees on the released configs.
+ */
+#include "core/core.h"
+#include "numerics/numerics.h"
+
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+#define CONFIG_MAX_BYTES (16u << 20)
+
+typedef struct parse_ctx {
+    const char *path;
+    json_t *root;
+} parse_ctx;
+
+/* Integer field: required (fails naming it) or defaulted. Accepts integral JSON numbers. */
+static int get_int(parse_ctx *c, json_t *obj, const char *key, bool required, int64_t def,
+                   int64_t min, int64_t max, int64_t *out)
+{
+    json_t *v = json_object_get(obj, key);
+    if (!v || json_is_null(v)) {
+        if (required)
+            return dsacp_error(DSACP_ECONFIG, "%s: missing required field '%s'", c->path, key);
+        *out = def;
+        return DSACP_OK;
+    }
+    int64_t x;
+    if (json_is_integer(v)) {
+        x = (int64_t)json_integer_value(v);
+    } else if (json_is_real(v) && json_real_value(v) == floor(json_real_value(v)) &&
+               fabs(json_real_value(v)) < 9e15) {
+        x = (int64_t)json_real_value(v);
+    } else {
+        return dsacp_error(DSACP_ECONFIG, "%s: field '%s' must be an integer", c->path, key);
+    }
+    if (x < min || x > max)
+        return dsacp_error(DSACP_ECONFIG, "%s: field '%s' = %lld is out of range [%lld, %lld]",
+                           c->path, key, (long long)x, (long long)min, (long long)max);
+    *out = x;
+    return DSACP_OK;
+}
+
+static int get_real(parse_ctx *c, json_t *obj, const char *key, bool required, double def,
+                    double min, double max, double *out, bool *present)
+{
+    json_t *v = json_object_get(obj, key);
+    if (present) *present = false;
+    if (!v || json_is_null(v)) {
+        if (required)
+            return dsacp_error(DSACP_ECONFIG, "%s: missing required field '%s'", c->path, key);
+        *out = def;
+        return DSACP_OK;
+    }
+    if (!json_is_number(v))
+        return dsacp_error(DSACP_ECONFIG, "%s: field '%s' must be a number", c->path, key);
+    double x = json_number_value(v);
+    if (!(x >= min && x <= max))
+        return dsacp_error(DSACP_ECONFIG, "%s: field '%s' = %g is out of range [%g, %g]", c->path,
+                           key, x, min, max);
+    *out = x;
+    if (present) *present = true;
+    return DSACP_OK;
+}
+
+static int get_bool(parse_ctx *c, json_t *obj, const char *key, bool def, bool *out)
+{
+    json_t *v = json_object_get(obj, key);
+    if (!v || json_is_null(v)) {
+        *out = def;
+        return DSACP_OK;
+    }
+    if (!json_is_boolean(v))
+        return dsacp_error(DSACP_ECONFIG, "%s: field '%s' must be true or false", c->path, key);
+    *out = json_is_true(v);
+    return DSACP_OK;
+}
+
+#define TRY(x)                        \
+    do {                              \
+        int rc_ = (x);                \
+        if (rc_ != DSACP_OK) return rc_; \
+    } while (0)
+
+static const int64_t BIG = (int64_t)1 << 40;
+
+static int parse_rope(parse_ctx *c, dsacp_config *cfg)
+{
+    json_t *root = c->root;
+    json_t *rope = json_object_get(root, "rope_parameters");
+    const char *rope_key = "rope_parameters";
+    if (!rope || json_is_null(rope)) {
+        rope = json_object_get(root, "rope_scaling");
+        rope_key = "rope_scaling";
+    }
+    if (rope && !json_is_null(rope) && !json_is_object(rope))
+        return dsacp_error(DSACP_ECONFIG, "%s: field '%s' must be an object", c->path, rope_key);
+    if (rope && json_is_null(rope)) rope = NULL;
+
+    /* rope_theta: top level (older) or inside rope_parameters (transformers 5). */
+    json_t *theta_obj = root;
+    if (rope && json_object_get(rope, "rope_theta")) theta_obj = rope;
+    TRY(get_real(c, theta_obj, "rope_theta", false, 10000.0, 1.0, 1e12, &cfg->rope_theta, NULL));
+
+    cfg->rope_type = DSACP_ROPE_DEFAULT;
+    cfg->rope_factor = 1.0;
+    cfg->rope_attention_factor = 1.0;
+    if (!rope) return DSACP_OK;
+
+    json_t *type = json_object_get(rope, "rope_type");
+    if (!type) type = json_object_get(rope, "type");
+    const char *tname = type && json_is_string(type) ? json_string_value(type) : NULL;
+    if (type && !tname)
+        return dsacp_error(DSACP_ECONFIG, "%s: field '%s.rope_type' must be a string", c->path,
+                           rope_key);
+    if (!tname || strcmp(tname, "default") == 0) return DSACP_OK;
+    if (strcmp(tname, "yarn") != 0)
+        return dsacp_error(DSACP_ECONFIG, "%s: field '%s.rope_type' = \"%s\" is not supported "
+                           "(only \"yarn\" and \"default\")", c->path, rope_key, tname);
+    cfg->rope_type = DSACP_ROPE_YARN;
+
+    char field[64];
+    snprintf(field, sizeof field, "%s.original_max_position_embeddings", rope_key);
+    json_t *orig = json_object_get(rope, "original_max_position_embeddings");
+    json_t *orig_obj = orig ? rope : root;
+    if (!json_object_get(orig_obj, "original_max_position_embeddings"))
+        return dsacp_error(DSACP_ECONFIG, "%s: missing required field '%s'", c->path, field);
+    TRY(get_real(c, orig_obj, "original_max_position_embeddings", true, 0, 1, 1e12,
+                 &cfg->rope_original_max_position, NULL));
+    double def_factor = (double)cfg->max_position_embeddings / cfg->rope_original_max_position;
+    bool present;
+    TRY(get_real(c, rope, "factor", false, def_factor, 1e-6, 1e9, &cfg->rope_factor, NULL));
+    TRY(get_real(c, rope, "beta_fast", false, 32.0, 1e-9, 1e9, &cfg->rope_beta_fast, NULL));
+    TRY(get_real(c, rope, "beta_slow", false, 1.0, 1e-9, 1e9, &cfg->rope_beta_slow, NULL));
+    TRY(get_real(c, rope, "mscale", false, 0.0, 0.0, 1e9, &cfg->rope_mscale, NULL));
+    TRY(get_real(c, rope, "mscale_all_dim", false, 0.0, 0.0, 1e9, &cfg->rope_mscale_all_dim, NULL));
+    TRY(get_real(c, rope, "attention_factor", false, 0.0, 0.0, 1e9,
+                 &cfg->rope_attention_factor_key, &present));
+    cfg->rope_has_attention_factor = present;
+
+    /* transformers _compute_yarn_parameters. */
+    double f = cfg->rope_factor;
+    if (cfg->rope_has_attention_factor)
+        cfg->rope_attention_factor = cfg->rope_attention_factor_key;
+    else if (cfg->rope_mscale != 0 && cfg->rope_mscale_all_dim != 0)
+        cfg->rope_attention_factor =
+            dsacp_yarn_mscale(f, cfg->rope_mscale) / dsacp_yarn_mscale(f, cfg->rope_mscale_all_dim);
+    else
+        cfg->rope_attention_factor = dsacp_yarn_mscale(f, 1.0);
+    return DSACP_OK;
+}
+
+static int parse_quant(parse_ctx *c, dsacp_config *cfg)
+{
+    json_t *q = json_object_get(c->root, "quantization_config");
+    cfg->weight_block_rows = cfg->weight_block_cols = 128;
+    if (!q || json_is_null(q)) return DSACP_OK;
+    if (!json_is_object(q))
+        return dsacp_error(DSACP_ECONFIG, "%s: field 'quantization_config' must be an object",
+                           c->path);
+    json_t *m = json_object_get(q, "quant_method");
+    if (!m || !json_is_string(m))
+        return dsacp_error(DSACP_ECONFIG, "%s: missing required field 'quantization_config.quant_method'",
+                           c->path);
+    if (strcmp(json_string_value(m), "fp8") != 0)
+        return dsacp_error(DSACP_ECONFIG, "%s: field 'quantization_config.quant_method' = \"%s\" is "
+                           "not supported (only \"fp8\")", c->path, json_string_value(m));
+    cfg->fp8_weights = true;
+    json_t *fmt = json_object_get(q, "fmt");
+    if (fmt && (!json_is_string(fmt) || strcmp(json_string_value(fmt), "e4m3") != 0))
+        return dsacp_error(DSACP_ECONFIG, "%s: field 'quantization_config.fmt' must be \"e4m3\"",
+                           c->path);
+    json_t *bs = json_object_get(q, "weight_block_size");
+    if (bs) {
+        if (!json_is_array(bs) || json_array_size(bs) != 2 ||
+            !json_is_integer(json_array_get(bs, 0)) || !json_is_integer(json_array_get(bs, 1)) ||
+            json_integer_value(json_array_get(bs, 0)) <= 0 ||
+            json_integer_value(json_array_get(bs, 1)) <= 0 ||
+            json_integer_value(json_array_get(bs, 0)) > 65536 ||
+            json_integer_value(json_array_get(bs, 1)) > 65536)
+            return dsacp_error(DSACP_ECONFIG, "%s: field 'quantization_config.weight_block_size' "
+                               "must be two positive integers", c->path);
+        cfg->weight_block_rows = json_integer_value(json_array_get(bs, 0));
+        cfg->weight_block_cols = json_integer_value(json_array_get(bs, 1));
+        if (cfg->weight_block_rows != cfg->weight_block_cols)
+            return dsacp_error(DSACP_ECONFIG, "%s: field 'quantization_config.weight_block_size' "
+                               "must be square", c->path);
+    }
+    json_t *sf = json_object_get(q, "scale_fmt");
+    if (sf && json_is_string(sf)) cfg->scale_fmt_ue8m0 = strcmp(json_string_value(sf), "ue8m0") == 0;
+    return DSACP_OK;
+}
+
+static int validate(parse_ctx *c, dsacp_config *cfg)
+{
+    const char *p = c->path;
+    if (cfg->qk_rope_head_dim % 2)
+        return dsacp_error(DSACP_ECONFIG, "%s: field 'qk_rope_head_dim' must be even", p);
+    if (cfg->index_head_dim < cfg->qk_rope_head_dim)
+        return dsacp_error(DSACP_ECONFIG, "%s: field 'index_head_dim' (%lld) must be at least "
+                           "qk_rope_head_dim (%lld)", p, (long long)cfg->index_head_dim,
+                           (long long)cfg->qk_rope_head_dim);
+    if (cfg->num_hidden_layers > DSACP_MAX_LAYERS)
+        return dsacp_error(DSACP_ECONFIG, "%s: field 'num_hidden_layers' exceeds %d", p,
+                           DSACP_MAX_LAYERS);
+    if (cfg->n_routed_experts > 0) {
+        if (cfg->n_routed_experts % cfg->n_group)
+            return dsacp_error(DSACP_ECONFIG, "%s: field 'n_group' (%lld) must divide "
+                               "n_routed_experts (%lld)", p, (long long)cfg->n_group,
+                               (long long)cfg->n_routed_experts);
+        if (cfg->topk_group > cfg->n_group)
+            return dsacp_error(DSACP_ECONFIG, "%s: field 'topk_group' exceeds n_group", p);
+        if (cfg->num_experts_per_tok > cfg->n_routed_experts)
+            return dsacp_error(DSACP_ECONFIG, "%s: field 'num_experts_per_tok' exceeds "
+                               "n_routed_experts", p);
+        if (cfg->num_experts_per_tok > cfg->topk_group * (cfg->n_routed_experts / cfg->n_group))
+            return dsacp_error(DSACP_ECONFIG, "%s: field 'num_experts_per_tok' exceeds the experts "
+                               "in topk_group groups", p);
+    }
+    return DSACP_OK;
+}
+
+int dsacp_config_parse(const char *json_text, size_t len, const char *path, dsacp_config *out)
+{
+    if (!json_text || !out) return dsacp_error(DSACP_EINVAL, "dsacp_config_parse: NULL argument");
+    if (!path) path = "config.json";
+    memset(out, 0, sizeof *out);
+    json_error_t jerr;
+    json_t *root = json_loadb(json_text, len, JSON_REJECT_DUPLICATES, &jerr);
+    if (!root)
+        return dsacp_error(DSACP_ECONFIG, "%s: invalid JSON at line %d, column %d: %s", path,
+                           jerr.line, jerr.column, jerr.text);
+    parse_ctx c = {path, root};
+    int rc = DSACP_OK;
+    dsacp_config *cfg = out;
+    if (!json_is_object(root)) {
+        rc = dsacp_error(DSACP_ECONFIG, "%s: top level must be a JSON object", path);
+        goto done;
+    }
+#define INT_REQ(name) \
+    if ((rc = get_int(&c, root, #name, true, 0, 1, BIG, &cfg->name)) != DSACP_OK) goto done
+#define INT_OPT(name, def, lo) \
+    if ((rc = get_int(&c, root, #name, false, def, lo, BIG, &cfg->name)) != DSACP_OK) goto done
+    INT_REQ(hidden_size);
+    INT_REQ(num_hidden_layers);
+    INT_REQ(num_attention_heads);
+    INT_REQ(q_lora_rank);
+    INT_REQ(kv_lora_rank);
+    INT_REQ(qk_nope_head_dim);
+    INT_REQ(qk_rope_head_dim);
+    INT_REQ(v_head_dim);
+    INT_REQ(index_n_heads);
+    INT_REQ(index_head_dim);
+    INT_REQ(index_topk);
+    INT_REQ(vocab_size);
+    INT_REQ(intermediate_size);
+    INT_OPT(max_position_embeddings, 163840, 1);
+    INT_OPT(n_routed_experts, 0, 0);
+    if (cfg->n_routed_experts > 0) {
+        INT_REQ(moe_intermediate_size);
+        INT_REQ(num_experts_per_tok);
+        INT_OPT(n_shared_experts, 0, 0);
+        INT_OPT(n_group, 1, 1);
+        INT_OPT(topk_group, 1, 1);
+        INT_OPT(first_k_dense_replace, 0, 0);
+        INT_OPT(moe_layer_freq, 1, 1);
+    } else {
+        INT_OPT(moe_intermediate_size, 0, 0);
+        INT_OPT(num_experts_per_tok, 0, 0);
+        INT_OPT(n_shared_experts, 0, 0);
+        INT_OPT(n_group, 1, 1);
+        INT_OPT(topk_group, 1, 1);
+        INT_OPT(first_k_dense_replace, 0, 0);
+        INT_OPT(moe_layer_freq, 1, 1);
+    }
+#undef INT_REQ
+#undef INT_OPT
+    if ((rc = get_real(&c, root, "routed_scaling_factor", false, 1.0, 0.0, 1e9,
+                       &cfg->routed_scaling_factor, NULL)) != DSACP_OK) goto done;
+    if ((rc = get_real(&c, root, "rms_norm_eps", false, 1e-6, 0.0, 1.0, &cfg->rms_norm_eps,
+                       NULL)) != DSACP_OK) goto done;
+    if ((rc = get_bool(&c, root, "norm_topk_prob", false, &cfg->norm_topk_prob)) != DSACP_OK) goto done;
+    if ((rc = get_bool(&c, root, "tie_word_embeddings", false, &cfg->tie_word_embeddings)) != DSACP_OK)
+        goto done;
+    json_t *act = json_object_get(root, "hidden_act");
+    if (act && (!json_is_string(act) || strcmp(json_string_value(act), "silu") != 0)) {
+        rc = dsacp_error(DSACP_ECONFIG, "%s: field 'hidden_act' must be \"silu\"", path);
+        goto done;
+    }
+    json_t *types = json_object_get(root, "mlp_layer_types");
+    if (types && !json_is_null(types)) {
+        if (!json_is_array(types) || (int64_t)json_array_size(types) < cfg->num_hidden_layers) {
+            rc = dsacp_error(DSACP_ECONFIG, "%s: field 'mlp_layer_types' must list a type for each "
+                             "of the %lld layers", path, (long long)cfg->num_hidden_layers);
+            goto done;
+        }
+        cfg->has_mlp_layer_types = true;
+        for (int64_t l = 0; l < cfg->num_hidden_layers; l++) {
+            json_t *t = json_array_get(types, (size_t)l);
+            const char *s = json_is_string(t) ? json_string_value(t) : "";
+            if (strcmp(s, "dense") == 0) {
+                cfg->mlp_layer_moe[l] = 0;
+            } else if (strcmp(s, "sparse") == 0) {
+                cfg->mlp_layer_moe[l] = 1;
+            } else {
+                rc = dsacp_error(DSACP_ECONFIG, "%s: field 'mlp_layer_types[%lld]' must be \"dense\" "
+                                 "or \"sparse\"", path, (long long)l);
+                goto done;
+            }
+        }
+        if (cfg->n_routed_experts == 0)
+            for (int64_t l = 0; l < cfg->num_hidden_layers; l++)
+                if (cfg->mlp_layer_moe[l]) {
+                    rc = dsacp_error(DSACP_ECONFIG, "%s: field 'mlp_layer_types' names a sparse layer "
+                                     "but n_routed_experts is 0", path);
+                    goto done;
+                }
+    }
+    if ((rc = parse_rope(&c, cfg)) != DSACP_OK) goto done;
+    if ((rc = parse_quant(&c, cfg)) != DSACP_OK) goto done;
+    if ((rc = validate(&c, cfg)) != DSACP_OK) goto done;
+
+    cfg->softmax_scale = 1.0 / sqrt((double)(cfg->qk_nope_head_dim + cfg->qk_rope_head_dim));
+    if (cfg->rope_type != DSACP_ROPE_DEFAULT && cfg->rope_mscale_all_dim != 0) {
+        double m = dsacp_yarn_mscale(cfg->rope_factor, cfg->rope_mscale_all_dim);
+        cfg->softmax_scale *= m * m;
+    }
+done:
+    json_decref(root);
+    return rc;
+}
+
+int dsacp_config_load(const char *path, dsacp_config *out)
+{
+    char *text;
+    size_t len;
+    int rc = dsacp_read_file(path, &text, &len, CONFIG_MAX_BYTES);
+    if (rc) return rc == DSACP_EIO ? rc : DSACP_ECONFIG;
+    rc = dsacp_config_parse(text, len, path, out);
+    dsacp_free(text);
+    return rc;
+}
+
+bool dsacp_config_layer_is_moe(const dsacp_config *cfg, int64_t layer)
+{
+    if (cfg->n_routed_experts <= 0 || layer < 0 || layer >= cfg->num_hidden_layers) return false;
+    if (cfg->has_mlp_layer_types) return cfg->mlp_layer_moe[layer] != 0;
+    return layer >= cfg->first_k_dense_replace && layer % cfg->moe_layer_freq == 0;
+}
+
+int64_t dsacp_mla_cache_bytes_per_token(const dsacp_config *cfg, dsacp_kv_dtype dtype)
+{
+    int64_t c = cfg->kv_lora_rank, r = cfg->qk_rope_head_dim;
+    switch (dtype) {
+    case DSACP_KV_F32: return (c + r) * 4;
+    case DSACP_KV_BF16: return (c + r) * 2;
+    case DSACP_KV_FP8: return c + 4 * ((c + 127) / 128) + 2 * r;
+    }
+    return 0;
+}
+
+int64_t dsacp_index_cache_bytes_per_token(const dsacp_config *cfg, dsacp_kv_dtype dtype)
+{
+    int64_t d = cfg->index_head_dim;
+    return dtype == DSACP_KV_FP8 ? d + 4 : d * 4;
+}
+
+/* ---- writing ---- */
+
+static json_t *jint(int64_t v) { return json_integer((json_int_t)v); }
+
+int dsacp_config_save(const dsacp_config *cfg, const char *path)
+{
+    json_t *o = json_object();
+    json_object_set_new(o, "architectures", json_pack("[s]", "DeepseekV32ForCausalLM"));
+    json_object_set_new(o, "model_type", json_string("deepseek_v32"));
+#define PUT_INT(name) json_object_set_new(o, #name, jint(cfg->name))
+    PUT_INT(hidden_size);
+    PUT_INT(num_hidden_layers);
+    PUT_INT(num_attention_heads);
+    json_object_set_new(o, "num_key_value_heads", jint(cfg->num_attention_heads));
+    PUT_INT(q_lora_rank);
+    PUT_INT(kv_lora_rank);
+    PUT_INT(qk_nope_head_dim);
+    PUT_INT(qk_rope_head_dim);
+    PUT_INT(v_head_dim);
+    PUT_INT(index_n_heads);
+    PUT_INT(index_head_dim);
+    PUT_INT(index_topk);
+    PUT_INT(vocab_size);
+    PUT_INT(intermediate_size);
+    PUT_INT(moe_intermediate_size);
+    PUT_INT(n_routed_experts);
+    PUT_INT(n_shared_experts);
+    PUT_INT(num_experts_per_tok);
+    PUT_INT(n_group);
+    PUT_INT(topk_group);
+    PUT_INT(first_k_dense_replace);
+    PUT_INT(moe_layer_freq);
+    PUT_INT(max_position_embeddings);
+#undef PUT_INT
+    json_object_set_new(o, "routed_scaling_factor", json_real(cfg->routed_scaling_factor));
+    json_object_set_new(o, "norm_topk_prob", json_boolean(cfg->norm_topk_prob));
+    json_object_set_new(o, "tie_word_embeddings", json_boolean(cfg->tie_word_embeddings));
+    json_object_set_new(o, "rms_norm_eps", json_real(cfg->rms_norm_eps));
+    json_object_set_new(o, "hidden_act", json_string("silu"));
+    json_object_set_new(o, "rope_theta", json_real(cfg->rope_theta));
+    if (cfg->has_mlp_layer_types) {
+        json_t *a = json_array();
+        for (int64_t l = 0; l < cfg->num_hidden_layers; l++)
+            json_array_append_new(a, json_string(cfg->mlp_layer_moe[l] ? "sparse" : "dense"));
+        json_object_set_new(o, "mlp_layer_types", a);
+    }
+    if (cfg->rope_type == DSACP_ROPE_YARN) {
+        json_t *r = json_object();
+        json_object_set_new(r, "type", json_string("yarn"));
+        json_object_set_new(r, "rope_type", json_string("yarn"));
+        json_object_set_new(r, "factor", json_real(cfg->rope_factor));
+        json_object_set_new(r, "original_max_position_embeddings",
+                            jint((int64_t)cfg->rope_original_max_position));
+        json_object_set_new(r, "beta_fast", json_real(cfg->rope_beta_fast));
+        json_object_set_new(r, "beta_slow", json_real(cfg->rope_beta_slow));
+        if (cfg->rope_mscale != 0) json_object_set_new(r, "mscale", json_real(cfg->rope_mscale));
+        if (cfg->rope_mscale_all_dim != 0)
+            json_object_set_new(r, "mscale_all_dim", json_real(cfg->rope_mscale_all_dim));
+        if (cfg->rope_has_attention_factor)
+            json_object_set_new(r, "attention_factor", json_real(cfg->rope_attention_factor_key));
+        json_object_set_new(o, "rope_scaling", r);
+    }
+    if (cfg->fp8_weights) {
+        json_t *q = json_object();
+        json_object_set_new(q, "quant_method", json_string("fp8"));
+        json_object_set_new(q, "fmt", json_string("e4m3"));
+        json_object_set_new(q, "activation_scheme", json_string("dynamic"));
+        json_object_set_new(q, "weight_block_size",
+                            json_pack("[I,I]", (json_int_t)cfg->weight_block_rows,
+                                      (json_int_t)cfg->weight_block_cols));
+        json_object_set_new(q, "scale_fmt", json_string(cfg->scale_fmt_ue8m0 ? "ue8m0" : "float"));
+        json_object_set_new(o, "quantization_config", q);
+    }
+    char *text = json_dumps(o, JSON_INDENT(2) | JSON_REAL_PRECISION(17));
+    json_decref(o);
+    if (!text) return dsacp_error(DSACP_ENOMEM, "%s: cannot serialize config", path);
+    size_t n = strlen(text);
+    char *buf = dsacp_alloc(n + 2);
+    int rc = DSACP_ENOMEM;
+    if (buf) {
+        memcpy(buf, text, n);
+        buf[n] = '\n';
+        rc = dsacp_write_file_atomic(path, buf, n + 1);
+        dsacp_free(buf);
+    }
+    free(text);
+    return rc;
+}

@@ -1,0 +1,639 @@
+/*
+ * loader.c -- the model directory: config.json plus model.safetensors or the shards of
+ * model.safetensors.index.json, checked tensor by tensor against dsacp_model_tensor_specs().
+ *
+ * Design choice (documented in docs/architecture.md): weights are not converted on load. Each
+ * canonical weight is a view into the mapped file in its stored dtype; FP8 weights carry their
+ * weight_scale_inv block scales. Packed transformers-5 experts become per-expert views, a tied
+ * lm_head a view of the embedding. Only a tensor whose data is not aligned to its element size
+ * is copied (so kernels may read it as a typed array).
+ */
+#include "model/model.h"
+#include "io/safetensors.h"
+#include "numerics/numerics.h"
+
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+struct dsacp_model {
+    dsacp_config cfg;
+    char *dir;
+    dsacp_st_file **files;
+    int64_t nfiles;
+    dsacp_weight *weights; /* sorted by name */
+    int64_t nweights;
+    char **owned_names;
+    void **owned_buffers;
+    int64_t nowned_names, nowned_buffers;
+    dsacp_model_problem *problems;
+    int64_t nproblems, cap_problems;
+};
+
+/* ---- tensor specs ---- */
+
+typedef struct spec_list {
+    dsacp_tensor_spec *v;
+    int64_t n, cap;
+    int rc;
+} spec_list;
+
+static void spec_add(spec_list *l, dsacp_tensor_kind kind, int64_t r, int64_t c, const char *fmt, ...)
+    DSACP_PRINTF(5, 6);
+static void spec_add(spec_list *l, dsacp_tensor_kind kind, int64_t r, int64_t c, const char *fmt, ...)
+{
+    if (l->rc) return;
+    if (l->n == l->cap) {
+        int64_t cap = l->cap ? 2 * l->cap : 256;
+        dsacp_tensor_spec *v = dsacp_alloc((size_t)cap * sizeof *v);
+        if (!v) {
+            l->rc = DSACP_ENOMEM;
+            return;
+        }
+        if (l->n) memcpy(v, l->v, (size_t)l->n * sizeof *v);
+        dsacp_free(l->v);
+        l->v = v;
+        l->cap = cap;
+    }
+    dsacp_tensor_spec *s = &l->v[l->n++];
+    memset(s, 0, sizeof *s);
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(s->name, sizeof s->name, fmt, ap);
+    va_end(ap);
+    s->kind = kind;
+    if (r <= 0) {
+        s->ndim = 1;
+        s->shape[0] = c;
+    } else {
+        s->ndim = 2;
+        s->shape[0] = r;
+        s->shape[1] = c;
+    }
+}
+
+int dsacp_model_tensor_specs(const dsacp_config *cfg, dsacp_tensor_spec **out, int64_t *count)
+{
+    spec_list l = {0};
+    const int64_t D = cfg->hidden_size, H = cfg->num_attention_heads;
+    const int64_t qk = cfg->qk_nope_head_dim + cfg->qk_rope_head_dim;
+    spec_add(&l, DSACP_TK_EMBED, cfg->vocab_size, D, "model.embed_tokens.weight");
+    for (int64_t L = 0; L < cfg->num_hidden_layers; L++) {
+        const char *p = "model.layers";
+        long long li = (long long)L;
+        spec_add(&l, DSACP_TK_NORM, 0, D, "%s.%lld.input_layernorm.weight", p, li);
+        spec_add(&l, DSACP_TK_LINEAR, cfg->q_lora_rank, D, "%s.%lld.self_attn.q_a_proj.weight", p, li);
+        spec_add(&l, DSACP_TK_NORM, 0, cfg->q_lora_rank, "%s.%lld.self_attn.q_a_layernorm.weight", p, li);
+        spec_add(&l, DSACP_TK_LINEAR, H * qk, cfg->q_lora_rank, "%s.%lld.self_attn.q_b_proj.weight", p, li);
+        spec_add(&l, DSACP_TK_LINEAR, cfg->kv_lora_rank + cfg->qk_rope_head_dim, D,
+                 "%s.%lld.self_attn.kv_a_proj_with_mqa.weight", p, li);
+        spec_add(&l, DSACP_TK_NORM, 0, cfg->kv_lora_rank, "%s.%lld.self_attn.kv_a_layernorm.weight", p, li);
+        spec_add(&l, DSACP_TK_LINEAR, H * (cfg->qk_nope_head_dim + cfg->v_head_dim), cfg->kv_lora_rank,
+                 "%s.%lld.self_attn.kv_b_proj.weight", p, li);
+        spec_add(&l, DSACP_TK_LINEAR, D, H * cfg->v_head_dim, "%s.%lld.self_attn.o_proj.weight", p, li);
+        spec_add(&l, DSACP_TK_LINEAR, cfg->index_n_heads * cfg->index_head_dim, cfg->q_lora_rank,
+                 "%s.%lld.self_attn.indexer.wq_b.weight", p, li);
+        spec_add(&l, DSACP_TK_LINEAR, cfg->index_head_dim, D, "%s.%lld.self_attn.indexer.wk.weight", p, li);
+        spec_add(&l, DSACP_TK_NORM, 0, cfg->index_head_dim, "%s.%lld.self_attn.indexer.k_norm.weight", p, li);
+        spec_add(&l, DSACP_TK_BIAS, 0, cfg->index_head_dim, "%s.%lld.self_attn.indexer.k_norm.bias", p, li);
+        spec_add(&l, DSACP_TK_LINEAR_F32, cfg->index_n_heads, D,
+                 "%s.%lld.self_attn.indexer.weights_proj.weight", p, li);
+        spec_add(&l, DSACP_TK_NORM, 0, D, "%s.%lld.post_attention_layernorm.weight", p, li);
+        if (dsacp_config_layer_is_moe(cfg, L)) {
+            const int64_t E = cfg->n_routed_experts, I = cfg->moe_intermediate_size;
+            spec_add(&l, DSACP_TK_LINEAR_F32, E, D, "%s.%lld.mlp.gate.weight", p, li);
+            spec_add(&l, DSACP_TK_BIAS, 0, E, "%s.%lld.mlp.gate.e_score_correction_bias", p, li);
+            for (int64_t e = 0; e < E; e++) {
+                long long ei = (long long)e;
+                spec_add(&l, DSACP_TK_LINEAR, I, D, "%s.%lld.mlp.experts.%lld.gate_proj.weight", p, li, ei);
+                spec_add(&l, DSACP_TK_LINEAR, I, D, "%s.%lld.mlp.experts.%lld.up_proj.weight", p, li, ei);
+                spec_add(&l, DSACP_TK_LINEAR, D, I, "%s.%lld.mlp.experts.%lld.down_proj.weight", p, li, ei);
+            }
+            if (cfg->n_shared_experts > 0) {
+                const int64_t S = I * cfg->n_shared_experts;
+                spec_add(&l, DSACP_TK_LINEAR, S, D, "%s.%lld.mlp.shared_experts.gate_proj.weight", p, li);
+                spec_add(&l, DSACP_TK_LINEAR, S, D, "%s.%lld.mlp.shared_experts.up_proj.weight", p, li);
+                spec_add(&l, DSACP_TK_LINEAR, D, S, "%s.%lld.mlp.shared_experts.down_proj.weight", p, li);
+            }
+        } else {
+            const int64_t I = cfg->intermediate_size;
+            spec_add(&l, DSACP_TK_LINEAR, I, D, "%s.%lld.mlp.gate_proj.weight", p, li);
+            spec_add(&l, DSACP_TK_LINEAR, I, D, "%s.%lld.mlp.up_proj.weight", p, li);
+            spec_add(&l, DSACP_TK_LINEAR, D, I, "%s.%lld.mlp.down_proj.weight", p, li);
+        }
+    }
+    spec_add(&l, DSACP_TK_NORM, 0, D, "model.norm.weight");
+    if (!cfg->tie_word_embeddings) spec_add(&l, DSACP_TK_HEAD, cfg->vocab_size, D, "lm_head.weight");
+    if (l.rc) {
+        dsacp_free(l.v);
+        return dsacp_error(l.rc, "out of memory listing tensors");
+    }
+    *out = l.v;
+    *count = l.n;
+    return DSACP_OK;
+}
+
+/* ---- model bookkeeping ---- */
+
+static void add_problem(dsacp_model *m, bool error, const char *fmt, ...) DSACP_PRINTF(3, 4);
+static void add_problem(dsacp_model *m, bool error, const char *fmt, ...)
+{
+    if (m->nproblems == m->cap_problems) {
+        int64_t cap = m->cap_problems ? 2 * m->cap_problems : 16;
+        dsacp_model_problem *v = realloc(m->problems, (size_t)cap * sizeof *v);
+        if (!v) return;
+        m->problems = v;
+        m->cap_problems = cap;
+    }
+    dsacp_model_problem *p = &m->problems[m->nproblems++];
+    p->error = error;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(p->text, sizeof p->text, fmt, ap);
+    va_end(ap);
+}
+
+static char *own_string(dsacp_model *m, const char *s)
+{
+    char **v = realloc(m->owned_names, (size_t)(m->nowned_names + 1) * sizeof *v);
+    if (!v) return NULL;
+    m->owned_names = v;
+    char *c = strdup(s);
+    if (c) m->owned_names[m->nowned_names++] = c;
+    return c;
+}
+
+static void *own_buffer(dsacp_model *m, size_t bytes)
+{
+    void **v = realloc(m->owned_buffers, (size_t)(m->nowned_buffers + 1) * sizeof *v);
+    if (!v) return NULL;
+    m->owned_buffers = v;
+    void *b = dsacp_alloc(bytes);
+    if (b) m->owned_buffers[m->nowned_buffers++] = b;
+    return b;
+}
+
+void dsacp_model_free(dsacp_model *m)
+{
+    if (!m) return;
+    for (int64_t i = 0; i < m->nfiles; i++) dsacp_st_close(m->files[i]);
+    free(m->files);
+    for (int64_t i = 0; i < m->nowned_names; i++) free(m->owned_names[i]);
+    free(m->owned_names);
+    for (int64_t i = 0; i < m->nowned_buffers; i++) dsacp_free(m->owned_buffers[i]);
+    free(m->owned_buffers);
+    dsacp_free(m->weights);
+    free(m->problems);
+    free(m->dir);
+    free(m);
+}
+
+const dsacp_config *dsacp_model_config(const dsacp_model *m) { return &m->cfg; }
+int64_t dsacp_model_problem_count(const dsacp_model *m) { return m->nproblems; }
+const dsacp_model_problem *dsacp_model_problem_at(const dsacp_model *m, int64_t i) { return &m->problems[i]; }
+int64_t dsacp_model_file_count(const dsacp_model *m) { return m->nfiles; }
+const char *dsacp_model_file_path(const dsacp_model *m, int64_t i) { return dsacp_st_path(m->files[i]); }
+int64_t dsacp_model_weight_count(const dsacp_model *m) { return m->nweights; }
+const dsacp_weight *dsacp_model_weight_at(const dsacp_model *m, int64_t i) { return &m->weights[i]; }
+
+static int weight_cmp(const void *a, const void *b)
+{
+    return strcmp(((const dsacp_weight *)a)->name, ((const dsacp_weight *)b)->name);
+}
+
+const dsacp_weight *dsacp_model_weight(const dsacp_model *m, const char *name)
+{
+    dsacp_weight key = {.name = name};
+    return bsearch(&key, m->weights, (size_t)m->nweights, sizeof key, weight_cmp);
+}
+
+const dsacp_weight *dsacp_model_weightf(const dsacp_model *m, const char *fmt, ...)
+{
+    char name[256];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(name, sizeof name, fmt, ap);
+    va_end(ap);
+    return dsacp_model_weight(m, name);
+}
+
+/* ---- dequantization ---- */
+
+void dsacp_weight_row_f32(const dsacp_weight *w, int64_t r, float *out)
+{
+    const int64_t c = w->cols;
+    switch (w->dtype) {
+    case DSACP_F32:
+        memcpy(out, (const float *)w->data + r * c, (size_t)c * sizeof(float));
+        break;
+    case DSACP_BF16: {
+        const uint16_t *src = (const uint16_t *)w->data + r * c;
+        for (int64_t j = 0; j < c; j++) out[j] = dsacp_bf16_to_f32(src[j]);
+        break;
+    }
+    case DSACP_F16: {
+        const uint16_t *src = (const uint16_t *)w->data + r * c;
+        for (int64_t j = 0; j < c; j++) out[j] = dsacp_f16_to_f32(src[j]);
+        break;
+    }
+    case DSACP_F8_E4M3: {
+        const uint8_t *src = (const uint8_t *)w->data + r * c;
+        const float *lut = dsacp_e4m3_table();
+        const float *srow = w->scale + (r / w->block) * w->scale_stride;
+        for (int64_t j = 0; j < c; j++) out[j] = lut[src[j]] * srow[j / w->block];
+        break;
+    }
+    default:
+        memset(out, 0, (size_t)c * sizeof(float));
+    }
+}
+
+void dsacp_weight_to_f32(const dsacp_weight *w, float *out)
+{
+    for (int64_t r = 0; r < w->rows; r++) dsacp_weight_row_f32(w, r, out + r * w->cols);
+}
+
+/* ---- loading ---- */
+
+typedef struct stored {
+    const dsacp_st_tensor *t;
+    const dsacp_st_file *f;
+    bool used;
+} stored;
+
+static int stored_cmp(const void *a, const void *b)
+{
+    return strcmp(((const stored *)a)->t->name, ((const stored *)b)->t->name);
+}
+
+static stored *find_stored(stored *v, int64_t n, const char *name)
+{
+    dsacp_st_tensor t = {.name = (char *)name};
+    stored key = {.t = &t};
+    return bsearch(&key, v, (size_t)n, sizeof key, stored_cmp);
+}
+
+static bool file_exists(const char *path)
+{
+    struct stat st;
+    return stat(path, &st) == 0 && S_ISREG(st.st_mode);
+}
+
+static int open_files(dsacp_model *m)
+{
+    char path[4096];
+    snprintf(path, sizeof path, "%s/model.safetensors.index.json", m->dir);
+    if (!file_exists(path)) {
+        snprintf(path, sizeof path, "%s/model.safetensors", m->dir);
+        if (!file_exists(path))
+            return dsacp_error(DSACP_ENOTFOUND, "%s: no model.safetensors or "
+                               "model.safetensors.index.json", m->dir);
+        m->files = calloc(1, sizeof *m->files);
+        if (!m->files) return DSACP_ENOMEM;
+        int rc = dsacp_st_open(path, &m->files[0]);
+        if (rc) return rc;
+        m->nfiles = 1;
+        return DSACP_OK;
+    }
+    char *text;
+    size_t len;
+    int rc = dsacp_read_file(path, &text, &len, 64u << 20);
+    if (rc) return rc;
+    json_error_t jerr;
+    json_t *root = json_loadb(text, len, JSON_REJECT_DUPLICATES, &jerr);
+    dsacp_free(text);
+    if (!root)
+        return dsacp_error(DSACP_EFORMAT, "%s: invalid JSON at line %d, column %d: %s", path,
+                           jerr.line, jerr.column, jerr.text);
+    json_t *map = json_object_get(root, "weight_map");
+    if (!json_is_object(map)) {
+        json_decref(root);
+        return dsacp_error(DSACP_EFORMAT, "%s: missing required field 'weight_map'", path);
+    }
+    /* Unique shard names, in first-seen order. */
+    const char *key;
+    json_t *val;
+    const char **names = calloc(json_object_size(map) + 1, sizeof *names);
+    int64_t n = 0;
+    rc = names ? DSACP_OK : DSACP_ENOMEM;
+    json_object_foreach(map, key, val) {
+        if (rc) break;
+        if (!json_is_string(val)) {
+            rc = dsacp_error(DSACP_EFORMAT, "%s: field 'weight_map.%s' must be a file name", path, key);
+            break;
+        }
+        const char *s = json_string_value(val);
+        if (!*s || strchr(s, '/') || strcmp(s, "..") == 0 || strcmp(s, ".") == 0) {
+            rc = dsacp_error(DSACP_EFORMAT, "%s: field 'weight_map.%s' = \"%s\" is not a plain file "
+                             "name in the model directory", path, key, s);
+            break;
+        }
+        bool seen = false;
+        for (int64_t i = 0; i < n && !seen; i++) seen = strcmp(names[i], s) == 0;
+        if (!seen) names[n++] = s;
+    }
+    if (!rc && n == 0) rc = dsacp_error(DSACP_EFORMAT, "%s: field 'weight_map' is empty", path);
+    if (!rc) {
+        m->files = calloc((size_t)n, sizeof *m->files);
+        if (!m->files) rc = DSACP_ENOMEM;
+    }
+    for (int64_t i = 0; !rc && i < n; i++) {
+        char shard[4096];
+        snprintf(shard, sizeof shard, "%s/%s", m->dir, names[i]);
+        rc = dsacp_st_open(shard, &m->files[i]);
+        if (!rc) m->nfiles++;
+    }
+    free(names);
+    json_decref(root);
+    return rc;
+}
+
+/* Makes `w` a view of stored tensor `s` (rows x cols from a sub-range of it when sliced). */
+static int bind_view(dsacp_model *m, dsacp_weight *w, const dsacp_st_tensor *t, int64_t offset_elems,
+                     int64_t rows, int64_t cols)
+{
+    size_t es = dsacp_dtype_size(t->dtype);
+    const uint8_t *data = (const uint8_t *)t->data + (size_t)offset_elems * es;
+    w->dtype = t->dtype;
+    w->rows = rows;
+    w->cols = cols;
+    if (((uintptr_t)data % es) != 0) {
+        size_t bytes = (size_t)(rows * cols) * es;
+        void *copy = own_buffer(m, bytes);
+        if (!copy) return DSACP_ENOMEM;
+        memcpy(copy, data, bytes);
+        data = copy;
+    }
+    w->data = data;
+    return DSACP_OK;
+}
+
+static bool is_float_dtype(dsacp_dtype d)
+{
+    return d == DSACP_F32 || d == DSACP_BF16 || d == DSACP_F16 || d == DSACP_F8_E4M3;
+}
+
+/* Attaches the weight_scale_inv of an FP8 tensor `base` ("....weight" -> "....weight_scale_inv"),
+ * starting at scale row `srow0` for a slice. */
+static int bind_scale(dsacp_model *m, dsacp_weight *w, stored *all, int64_t nall, const char *stored_name,
+                      const char *fname, int64_t block, int64_t expert, int64_t expert_rows,
+                      int64_t row0)
+{
+    char sname[256];
+    size_t len = strlen(stored_name);
+    if (len >= 7 && strcmp(stored_name + len - 7, ".weight") == 0)
+        snprintf(sname, sizeof sname, "%.*s.weight_scale_inv", (int)(len - 7), stored_name);
+    else
+        snprintf(sname, sizeof sname, "%s_scale_inv", stored_name);
+    stored *s = find_stored(all, nall, sname);
+    if (!s)
+        return dsacp_error(DSACP_ENOTFOUND, "%s: tensor '%s' is F8_E4M3 but '%s' is missing", fname,
+                           stored_name, sname);
+    s->used = true;
+    const dsacp_st_tensor *t = s->t;
+    int64_t srows_full = (expert_rows + block - 1) / block, scols = (w->cols + block - 1) / block;
+    int64_t nexp = expert >= 0 ? (t->ndim == 3 ? t->shape[0] : -1) : 0;
+    bool ok = t->dtype == DSACP_F32 &&
+              (expert >= 0 ? (t->ndim == 3 && nexp > expert && t->shape[1] == srows_full &&
+                              t->shape[2] == scols)
+                           : (t->ndim == 2 && t->shape[0] == srows_full && t->shape[1] == scols));
+    if (!ok)
+        return dsacp_error(DSACP_ESHAPE, "%s: tensor '%s' must be F32 [%s%lld, %lld] (block %lld)",
+                           dsacp_st_path(s->f), sname, expert >= 0 ? "E, " : "",
+                           (long long)srows_full, (long long)scols, (long long)block);
+    if (row0 % block)
+        return dsacp_error(DSACP_EUNSUPPORTED, "%s: tensor '%s': packed FP8 experts need the "
+                           "intermediate size to be a multiple of %lld", fname, stored_name,
+                           (long long)block);
+    int64_t off = (expert >= 0 ? expert * srows_full * scols : 0) + (row0 / block) * scols;
+    const float *sc = (const float *)t->data + off;
+    if ((uintptr_t)sc % 4) {
+        int64_t nsr = (w->rows + block - 1) / block;
+        float *copy = own_buffer(m, (size_t)(nsr * scols) * sizeof(float));
+        if (!copy) return DSACP_ENOMEM;
+        memcpy(copy, sc, (size_t)(nsr * scols) * sizeof(float));
+        sc = copy;
+    }
+    w->scale = sc;
+    w->scale_rows = (w->rows + block - 1) / block;
+    w->scale_cols = scols;
+    w->scale_stride = scols;
+    w->block = block;
+    return DSACP_OK;
+}
+
+static void shape_str(char *buf, size_t cap, int ndim, const int64_t *shape)
+{
+    size_t o = (size_t)snprintf(buf, cap, "[");
+    for (int i = 0; i < ndim && o < cap; i++)
+        o += (size_t)snprintf(buf + o, cap - o, "%s%lld", i ? ", " : "", (long long)shape[i]);
+    if (o < cap) snprintf(buf + o, cap - o, "]");
+}
+
+/* Tries "....mlp.experts.E.{gate,up,down}_proj.weight" against packed transformers-5 tensors. */
+static int bind_packed_expert(dsacp_model *m, dsacp_weight *w, const dsacp_tensor_spec *spec,
+                              stored *all, int64_t nall, bool *found)
+{
+    long long L, E;
+    char which[16];
+    *found = false;
+    if (sscanf(spec->name, "model.layers.%lld.mlp.experts.%lld.%15[a-z]_proj.weight", &L, &E, which) != 3)
+        return DSACP_OK;
+    bool down = strcmp(which, "down") == 0;
+    char pname[200];
+    stored *s = NULL;
+    const char *suffixes[2] = {"", ".weight"};
+    for (int k = 0; k < 2 && !s; k++) {
+        snprintf(pname, sizeof pname, "model.layers.%lld.mlp.experts.%s%s", L,
+                 down ? "down_proj" : "gate_up_proj", suffixes[k]);
+        s = find_stored(all, nall, pname);
+    }
+    if (!s) return DSACP_OK;
+    *found = true;
+    s->used = true;
+    const dsacp_st_tensor *t = s->t;
+    const char *fname = dsacp_st_path(s->f);
+    int64_t I = down ? spec->shape[1] : spec->shape[0];
+    int64_t D = down ? spec->shape[0] : spec->shape[1];
+    int64_t er = down ? D : 2 * I, ec = down ? I : D;
+    if (t->ndim != 3 || t->shape[0] <= E || t->shape[1] != er || t->shape[2] != ec ||
+        !is_float_dtype(t->dtype))
+    {
+        char have[80];
+        shape_str(have, sizeof have, t->ndim, t->shape);
+        return dsacp_error(DSACP_ESHAPE, "%s: tensor '%s' (%s %s) must be a float tensor "
+                           "[E > %lld, %lld, %lld]", fname, pname, dsacp_dtype_name(t->dtype), have,
+                           E, (long long)er, (long long)ec);
+    }
+    int64_t row0 = strcmp(which, "up") == 0 ? I : 0;
+    int rc = bind_view(m, w, t, E * er * ec + row0 * ec, spec->shape[0], spec->shape[1]);
+    if (rc) return rc;
+    if (t->dtype == DSACP_F8_E4M3)
+        rc = bind_scale(m, w, all, nall, pname, fname, m->cfg.weight_block_rows, E, er, row0);
+    return rc;
+}
+
+int dsacp_model_load_ex(const char *dir, bool keep_going, dsacp_model **out)
+{
+    *out = NULL;
+    dsacp_model *m = calloc(1, sizeof *m);
+    if (!m) return dsacp_error(DSACP_ENOMEM, "out of memory");
+    m->dir = strdup(dir);
+    char path[4096];
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    int rc = dsacp_config_load(path, &m->cfg);
+    if (!rc) rc = open_files(m);
+    if (rc) {
+        dsacp_model_free(m);
+        return rc;
+    }
+    /* Every stored tensor, sorted by name; duplicates across shards are an error. */
+    int64_t nall = 0;
+    for (int64_t i = 0; i < m->nfiles; i++) nall += dsacp_st_count(m->files[i]);
+    stored *all = calloc((size_t)nall + 1, sizeof *all);
+    dsacp_tensor_spec *specs = NULL;
+    int64_t nspecs = 0;
+    if (!all) {
+        dsacp_model_free(m);
+        return dsacp_error(DSACP_ENOMEM, "out of memory");
+    }
+    int64_t k = 0;
+    for (int64_t i = 0; i < m->nfiles; i++)
+        for (int64_t j = 0; j < dsacp_st_count(m->files[i]); j++)
+            all[k++] = (stored){dsacp_st_tensor_at(m->files[i], j), m->files[i], false};
+    qsort(all, (size_t)nall, sizeof *all, stored_cmp);
+    int first_error = DSACP_OK;
+#define PROBLEM(status, ...)                                        \
+    do {                                                            \
+        int st_ = dsacp_error(status, __VA_ARGS__);                 \
+        add_problem(m, true, "%s", dsacp_last_error());             \
+        if (!first_error) first_error = st_;                        \
+    } while (0)
+    for (int64_t i = 1; i < nall; i++)
+        if (strcmp(all[i - 1].t->name, all[i].t->name) == 0)
+            PROBLEM(DSACP_EFORMAT, "%s: tensor '%s' is also stored in %s", dsacp_st_path(all[i].f),
+                    all[i].t->name, dsacp_st_path(all[i - 1].f));
+
+    rc = dsacp_model_tensor_specs(&m->cfg, &specs, &nspecs);
+    if (rc) goto fail;
+    m->weights = dsacp_calloc((size_t)nspecs + 1, sizeof *m->weights);
+    if (!m->weights) {
+        rc = DSACP_ENOMEM;
+        goto fail;
+    }
+    for (int64_t i = 0; i < nspecs && (keep_going || !first_error); i++) {
+        const dsacp_tensor_spec *spec = &specs[i];
+        dsacp_weight *w = &m->weights[m->nweights];
+        memset(w, 0, sizeof *w);
+        w->name = own_string(m, spec->name);
+        if (!w->name) {
+            rc = DSACP_ENOMEM;
+            goto fail;
+        }
+        w->ndim = spec->ndim;
+        int64_t rows = spec->ndim == 2 ? spec->shape[0] : 1;
+        int64_t cols = spec->ndim == 2 ? spec->shape[1] : spec->shape[0];
+        char want[64], have[64];
+        shape_str(want, sizeof want, spec->ndim, spec->shape);
+        stored *s = find_stored(all, nall, spec->name);
+        if (!s) {
+            bool found = false;
+            rc = bind_packed_expert(m, w, spec, all, nall, &found);
+            if (rc) {
+                PROBLEM(rc, "%s", dsacp_last_error());
+                rc = DSACP_OK;
+                continue;
+            }
+            if (found) {
+                m->nweights++;
+                continue;
+            }
+            if (strcmp(spec->name, "lm_head.weight") == 0) continue; /* tied: bound below */
+            PROBLEM(DSACP_ENOTFOUND, "%s: required tensor '%s' %s is missing", m->dir, spec->name, want);
+            continue;
+        }
+        s->used = true;
+        const dsacp_st_tensor *t = s->t;
+        const char *fname = dsacp_st_path(s->f);
+        shape_str(have, sizeof have, t->ndim, t->shape);
+        bool shape_ok = t->ndim == spec->ndim && t->shape[0] == spec->shape[0] &&
+                        (spec->ndim == 1 || t->shape[1] == spec->shape[1]);
+        if (!shape_ok) {
+            PROBLEM(DSACP_ESHAPE, "%s: tensor '%s' has shape %s, expected %s", fname, spec->name, have, want);
+            continue;
+        }
+        if (!is_float_dtype(t->dtype) || (t->dtype == DSACP_F8_E4M3 && spec->ndim != 2)) {
+            PROBLEM(DSACP_ESHAPE, "%s: tensor '%s' has dtype %s; expected F32, BF16, F16%s", fname,
+                    spec->name, dsacp_dtype_name(t->dtype), spec->ndim == 2 ? " or F8_E4M3" : "");
+            continue;
+        }
+        rc = bind_view(m, w, t, 0, rows, cols);
+        if (!rc && t->dtype == DSACP_F8_E4M3)
+            rc = bind_scale(m, w, all, nall, spec->name, fname, m->cfg.weight_block_rows, -1, rows, 0);
+        if (rc == DSACP_ENOMEM) goto fail;
+        if (rc) {
+            PROBLEM(rc, "%s", dsacp_last_error());
+            rc = DSACP_OK;
+            continue;
+        }
+        m->nweights++;
+    }
+    /* A tied (or absent, with tie_word_embeddings) lm_head is a view of the embedding. */
+    if (m->cfg.tie_word_embeddings && !find_stored(all, nall, "lm_head.weight")) {
+        for (int64_t i = 0; i < m->nweights; i++)
+            if (strcmp(m->weights[i].name, "model.embed_tokens.weight") == 0) {
+                dsacp_weight w = m->weights[i];
+                w.name = "lm_head.weight";
+                m->weights[m->nweights++] = w;
+                break;
+            }
+    }
+    /* Stored tensors nothing used. */
+    for (int64_t i = 0; i < nall; i++) {
+        if (all[i].used) continue;
+        const char *name = all[i].t->name;
+        long long L;
+        if (sscanf(name, "model.layers.%lld.", &L) == 1 && L >= m->cfg.num_hidden_layers)
+            continue; /* MTP layer(s) beyond num_hidden_layers: skipped, counted below */
+        if (strstr(name, "rotary_emb.inv_freq")) continue;
+        if (strcmp(name, "lm_head.weight") == 0 && m->cfg.tie_word_embeddings) continue;
+        add_problem(m, false, "%s: unexpected tensor '%s' (ignored)", dsacp_st_path(all[i].f), name);
+    }
+    int64_t skipped = 0;
+    for (int64_t i = 0; i < nall; i++) {
+        long long L;
+        if (!all[i].used && sscanf(all[i].t->name, "model.layers.%lld.", &L) == 1 &&
+            L >= m->cfg.num_hidden_layers)
+            skipped++;
+    }
+    if (skipped)
+        add_problem(m, false, "%s: %lld tensors of layers >= num_hidden_layers (MTP) skipped", m->dir,
+                    (long long)skipped);
+    qsort(m->weights, (size_t)m->nweights, sizeof *m->weights, weight_cmp);
+    free(all);
+    dsacp_free(specs);
+    if (first_error) {
+        /* Restore the first error's message for dsacp_last_error(). */
+        for (int64_t i = 0; i < m->nproblems; i++)
+            if (m->problems[i].error) {
+                dsacp_error(first_error, "%s", m->problems[i].text);
+                break;
+            }
+        if (!keep_going) {
+            dsacp_model_free(m);
+            return first_error;
+        }
+    }
+    *out = m;
+    return first_error;
+fail:
+    free(all);
+    dsacp_free(specs);
+    dsacp_model_free(m);
+    return rc ? rc : DSACP_ENOMEM;
+#undef PROBLEM
+}
+
+int dsacp_model_load(const char *dir, dsacp_model **out) { return dsacp_model_load_ex(dir, false, out); }

@@ -1,0 +1,80 @@
+/*
+ * model -- configuration parsing, checkpoint loading (names of dsa-spec.md section 2), presets
+ * and init-model. Calls core, numerics and io.
+ *
+ * Weights stay in their stored dtype, memory-mapped: F32, BF16, F16, or F8_E4M3 with a
+ * weight_scale_inv block-scale tensor (dequantized by the kernels, or by dsacp_weight_to_f32).
+ * Every weight is reached by its canonical per-expert name: packed transformers-5 experts
+ * (mlp.experts.gate_up_proj [E, 2I, D], mlp.experts.down_proj [E, D, I]) are exposed as views
+ * named model.layers.L.mlp.experts.E.{gate,up,down}_proj.weight; a tied lm_head is a view of
+ * model.embed_tokens.weight.
+ */
+#ifndef DSACP_MODEL_H
+#define DSACP_MODEL_H
+
+#include "core/core.h"
+
+typedef struct dsacp_weight {
+    const char *name;   /* canonical name */
+    dsacp_dtype dtype;  /* F32, BF16, F16 or F8_E4M3 */
+    int ndim;           /* 1 or 2 */
+    int64_t rows, cols; /* 1-D: rows = 1, cols = n */
+    const void *data;   /* row-major [rows][cols], row stride cols elements (may be unaligned) */
+    /* F8_E4M3 only: block scales, F32 [scale_rows][scale_cols] with scale_rows = ceil(rows/128),
+     * row stride scale_stride; W[i][j] = e4m3(data[i][j]) * scale[i / block][j / block]. */
+    const float *scale;
+    int64_t scale_rows, scale_cols, scale_stride, block;
+} dsacp_weight;
+
+/* The named weight, or NULL when the model has none of that name. */
+const dsacp_weight *dsacp_model_weight(const dsacp_model *m, const char *name);
+/* Same with a printf-style name: dsacp_model_weightf(m, "model.layers.%d.mlp.gate.weight", L). */
+const dsacp_weight *dsacp_model_weightf(const dsacp_model *m, const char *fmt, ...) DSACP_PRINTF(2, 3);
+/* Dequantizes a whole weight to f32, row-major [rows][cols]. */
+void dsacp_weight_to_f32(const dsacp_weight *w, float *out);
+/* Dequantizes row r (cols values). */
+void dsacp_weight_row_f32(const dsacp_weight *w, int64_t r, float *out);
+
+
+/* ---- the checkpoint's expected tensors (one list drives loading, inspect and init-model) ---- */
+
+typedef enum dsacp_tensor_kind {
+    DSACP_TK_LINEAR,    /* [out][in] projection: FP8-eligible, init N(0, 1/in) */
+    DSACP_TK_LINEAR_F32,/* projection kept in fp32 by transformers (router gate, weights_proj) */
+    DSACP_TK_EMBED,     /* embedding table, init N(0, 1) */
+    DSACP_TK_HEAD,      /* lm_head, init N(0, 1/D) */
+    DSACP_TK_NORM,      /* norm weight, init 1 + 0.05 N(0,1) */
+    DSACP_TK_BIAS,      /* norm bias / router correction bias, init 0.05 N(0,1) */
+} dsacp_tensor_kind;
+
+typedef struct dsacp_tensor_spec {
+    char name[160];
+    int ndim;
+    int64_t shape[2];
+    dsacp_tensor_kind kind;
+} dsacp_tensor_spec;
+
+/* The canonical tensors a model with this config needs, in checkpoint order (embed, layers, norm,
+ * lm_head; per-expert names). `*out` is dsacp_free'd by the caller. lm_head is omitted when
+ * tie_word_embeddings. */
+int dsacp_model_tensor_specs(const dsacp_config *cfg, dsacp_tensor_spec **out, int64_t *count);
+
+/* A problem found while loading: errors make dsacp_model_load fail; warnings are reported by
+ * inspect (unexpected tensors, skipped MTP layers). */
+typedef struct dsacp_model_problem {
+    bool error;
+    char text[400];
+} dsacp_model_problem;
+
+/* Loads like dsacp_model_load but, with keep_going, returns the model even when required tensors
+ * are missing or malformed (the status is still the first error), so that inspect can list every
+ * problem. A model returned with errors must not be run. */
+int dsacp_model_load_ex(const char *dir, bool keep_going, dsacp_model **out);
+int64_t dsacp_model_problem_count(const dsacp_model *m);
+const dsacp_model_problem *dsacp_model_problem_at(const dsacp_model *m, int64_t i);
+/* The files mapped and every stored tensor (for inspect). */
+int64_t dsacp_model_file_count(const dsacp_model *m);
+const char *dsacp_model_file_path(const dsacp_model *m, int64_t i);
+int64_t dsacp_model_weight_count(const dsacp_model *m);
+const dsacp_weight *dsacp_model_weight_at(const dsacp_model *m, int64_t i);
+#endif

@@ -1,0 +1,34 @@
+/* cli.h -- subcommands of the dsacp tool and the one option parser they share. */
+#ifndef DSACP_CLI_H
+#define DSACP_CLI_H
+
+#include "dsacp.h"
+
+#include <stdbool.h>
+#include <stdint.h>
+
+/* An option of a subcommand: "--name VALUE" (has_value) or a "--name" flag. */
+typedef struct cli_opt {
+    const char *name;
+    bool has_value;
+    const char *value; /* filled by cli_parse; NULL when not given (flags: "1" when given) */
+} cli_opt;
+
+/* Parses argv[1..] of subcommand argv[0] against opts (terminated by a NULL name). Prints one
+ * line naming the bad flag and returns false on unknown options, missing values, repeats or
+ * positional arguments. */
+bool cli_parse(int argc, char **argv, cli_opt *opts);
+const char *cli_get(const cli_opt *opts, const char *name);
+/* Strict integer parsing of a flag value in [min, max]; prints the error naming the flag. */
+bool cli_int(const char *cmd, const char *flag, const char *text, int64_t min, int64_t max,
+             int64_t *out);
+/* Prints "dsacp CMD: <dsacp_last_error()>" and returns 1. */
+int cli_fail(const char *cmd, int status);
+
+int cli_init_model(int argc, char **argv);
+int cli_inspect(int argc, char **argv);
+int cli_forward(int argc, char **argv);
+int cli_generate(int argc, char **argv);
+int cli_make_input(int argc, char **argv);
+
+#endif

@@ -1,0 +1,73 @@
+/* cli_common.c -- the option parser and error printing shared by the subcommands. */
+#include "cli.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+bool cli_parse(int argc, char **argv, cli_opt *opts)
+{
+    const char *cmd = argv[0];
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (strncmp(a, "--", 2) != 0) {
+            fprintf(stderr, "dsacp %s: unexpected argument '%s'\n", cmd, a);
+            return false;
+        }
+        cli_opt *o = NULL;
+        for (cli_opt *p = opts; p->name; p++)
+            if (strcmp(p->name, a + 2) == 0) o = p;
+        if (!o) {
+            fprintf(stderr, "dsacp %s: unknown option '%s'\n", cmd, a);
+            return false;
+        }
+        if (o->value) {
+            fprintf(stderr, "dsacp %s: option '%s' given twice\n", cmd, a);
+            return false;
+        }
+        if (o->has_value) {
+            if (i + 1 >= argc || strncmp(argv[i + 1], "--", 2) == 0) {
+                fprintf(stderr, "dsacp %s: option '%s' needs a value\n", cmd, a);
+                return false;
+            }
+            o->value = argv[++i];
+        } else {
+            o->value = "1";
+        }
+    }
+    return true;
+}
+
+const char *cli_get(const cli_opt *opts, const char *name)
+{
+    for (const cli_opt *p = opts; p->name; p++)
+        if (strcmp(p->name, name) == 0) return p->value;
+    return NULL;
+}
+
+bool cli_int(const char *cmd, const char *flag, const char *text, int64_t min, int64_t max,
+             int64_t *out)
+{
+    char *end;
+    errno = 0;
+    long long v = strtoll(text, &end, 10);
+    if (errno || end == text || *end) {
+        fprintf(stderr, "dsacp %s: option '--%s' must be an integer, got '%s'\n", cmd, flag, text);
+        return false;
+    }
+    if (v < min || v > max) {
+        fprintf(stderr, "dsacp %s: option '--%s' = %lld is out of range [%lld, %lld]\n", cmd, flag,
+                v, (long long)min, (long long)max);
+        return false;
+    }
+    *out = v;
+    return true;
+}
+
+int cli_fail(const char *cmd, int status)
+{
+    const char *msg = dsacp_last_error();
+    fprintf(stderr, "dsacp %s: %s\n", cmd, msg && *msg ? msg : dsacp_strerror(status));
+    return 1;
+}

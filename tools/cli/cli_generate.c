@@ -1,0 +1,185 @@
+/*
+ * cli_generate.c -- `dsacp generate` (greedy decoding, the demo job) and `dsacp make-input`
+ * (writes a forward input: random requests and a mixed prefill/decode schedule).
+ */
+#include "cli.h"
+#include "core/core.h"
+#include "io/safetensors.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int32_t argmax(const float *x, int64_t n)
+{
+    int64_t best = 0;
+    for (int64_t i = 1; i < n; i++)
+        if (x[i] > x[best]) best = i;
+    return (int32_t)best;
+}
+
+int cli_generate(int argc, char **argv)
+{
+    cli_opt opts[] = {{"model", true, NULL},      {"prompt-len", true, NULL}, {"new-tokens", true, NULL},
+                      {"seed", true, NULL},       {"chunk", true, NULL},      {"numerics", true, NULL},
+                      {"kv-dtype", true, NULL},   {NULL, false, NULL}};
+    if (!cli_parse(argc, argv, opts)) return 2;
+    const char *dir = cli_get(opts, "model");
+    if (!dir) {
+        fprintf(stderr, "dsacp generate: missing required option '--model'\n");
+        return 2;
+    }
+    int64_t plen = 64, ntok = 16, seed = 0, chunk = 256;
+    const char *s;
+    if ((s = cli_get(opts, "prompt-len")) && !cli_int("generate", "prompt-len", s, 1, 1 << 24, &plen)) return 2;
+    if ((s = cli_get(opts, "new-tokens")) && !cli_int("generate", "new-tokens", s, 0, 1 << 24, &ntok)) return 2;
+    if ((s = cli_get(opts, "seed")) && !cli_int("generate", "seed", s, 0, INT64_MAX, &seed)) return 2;
+    if ((s = cli_get(opts, "chunk")) && !cli_int("generate", "chunk", s, 1, 1 << 24, &chunk)) return 2;
+    dsacp_engine_options eo;
+    dsacp_engine_options_default(&eo);
+    if ((s = cli_get(opts, "numerics"))) {
+        if (strcmp(s, "exact") == 0) eo.numerics = DSACP_NUMERICS_EXACT;
+        else if (strcmp(s, "deployed") == 0) eo.numerics = DSACP_NUMERICS_DEPLOYED;
+        else {
+            fprintf(stderr, "dsacp generate: option '--numerics' must be exact or deployed, got '%s'\n", s);
+            return 2;
+        }
+    }
+    if ((s = cli_get(opts, "kv-dtype"))) {
+        if (strcmp(s, "f32") == 0) eo.kv_dtype = DSACP_KV_F32;
+        else if (strcmp(s, "bf16") == 0) eo.kv_dtype = DSACP_KV_BF16;
+        else if (strcmp(s, "fp8") == 0) eo.kv_dtype = DSACP_KV_FP8;
+        else {
+            fprintf(stderr, "dsacp generate: option '--kv-dtype' must be f32, bf16 or fp8, got '%s'\n", s);
+            return 2;
+        }
+    }
+    dsacp_model *m;
+    int rc = dsacp_model_load(dir, &m);
+    if (rc) return cli_fail("generate", rc);
+    const dsacp_config *cfg = dsacp_model_config(m);
+    eo.num_blocks = (plen + ntok + eo.block_size - 1) / eo.block_size + 1;
+    dsacp_engine *e = NULL;
+    rc = dsacp_engine_create(m, &eo, &e);
+    int32_t *ids = malloc((size_t)(plen + ntok + 1) * sizeof *ids);
+    float *logits = malloc((size_t)(chunk * cfg->vocab_size) * sizeof *logits);
+    int64_t req = 0;
+    if (!rc && (!ids || !logits)) rc = dsacp_error(DSACP_ENOMEM, "out of memory");
+    if (!rc) rc = dsacp_engine_add_request(e, &req);
+    if (rc) {
+        cli_fail("generate", rc);
+        goto done;
+    }
+    dsacp_rng rng;
+    dsacp_rng_seed(&rng, (uint64_t)seed);
+    for (int64_t i = 0; i < plen; i++) ids[i] = (int32_t)(dsacp_rng_u64(&rng) % (uint64_t)cfg->vocab_size);
+    double t0 = dsacp_now();
+    int32_t next = 0;
+    for (int64_t done_ = 0; done_ < plen && !rc; done_ += chunk) {
+        int64_t c = plen - done_ < chunk ? plen - done_ : chunk;
+        dsacp_step_entry en = {req, c, ids + done_};
+        rc = dsacp_engine_step(e, &en, 1, logits, NULL);
+        if (!rc) next = argmax(logits + (c - 1) * cfg->vocab_size, cfg->vocab_size);
+    }
+    double t1 = dsacp_now();
+    printf("prompt: %lld random tokens (seed %lld), prefill in chunks of %lld: %.3f s (%.1f tokens/s)\n",
+           (long long)plen, (long long)seed, (long long)chunk, t1 - t0, plen / (t1 - t0));
+    printf("generated:");
+    for (int64_t i = 0; i < ntok && !rc; i++) {
+        ids[plen + i] = next;
+        printf(" %d", next);
+        fflush(stdout);
+        dsacp_step_entry en = {req, 1, ids + plen + i};
+        rc = dsacp_engine_step(e, &en, 1, logits, NULL);
+        if (!rc) next = argmax(logits, cfg->vocab_size);
+    }
+    double t2 = dsacp_now();
+    printf("\n");
+    if (rc) {
+        cli_fail("generate", rc);
+        goto done;
+    }
+    if (ntok) printf("decode: %lld tokens in %.3f s (%.1f ms/token)\n", (long long)ntok, t2 - t1, 1e3 * (t2 - t1) / ntok);
+done:
+    free(ids);
+    free(logits);
+    dsacp_engine_free(e);
+    dsacp_model_free(m);
+    return rc ? 1 : 0;
+}
+
+int cli_make_input(int argc, char **argv)
+{
+    cli_opt opts[] = {{"out", true, NULL},   {"requests", true, NULL}, {"length", true, NULL},
+                      {"vocab", true, NULL}, {"chunk", true, NULL},    {"seed", true, NULL},
+                      {NULL, false, NULL}};
+    if (!cli_parse(argc, argv, opts)) return 2;
+    const char *out = cli_get(opts, "out");
+    if (!out) {
+        fprintf(stderr, "dsacp make-input: missing required option '--out'\n");
+        return 2;
+    }
+    int64_t R = 3, L = 100, V = 512, chunk = 37, seed = 0;
+    const char *s;
+    if ((s = cli_get(opts, "requests")) && !cli_int("make-input", "requests", s, 1, 4096, &R)) return 2;
+    if ((s = cli_get(opts, "length")) && !cli_int("make-input", "length", s, 1, 1 << 20, &L)) return 2;
+    if ((s = cli_get(opts, "vocab")) && !cli_int("make-input", "vocab", s, 1, INT32_MAX, &V)) return 2;
+    if ((s = cli_get(opts, "chunk")) && !cli_int("make-input", "chunk", s, 1, 1 << 20, &chunk)) return 2;
+    if ((s = cli_get(opts, "seed")) && !cli_int("make-input", "seed", s, 0, INT64_MAX, &seed)) return 2;
+    /* Request r has length L - r * L / (2R) (different lengths); prefill in chunks of `chunk`,
+     * then one token per step, each request starting one step later than the previous. */
+    dsacp_rng rng;
+    dsacp_rng_seed(&rng, (uint64_t)seed);
+    int64_t *len = calloc((size_t)R, sizeof *len), S = 0;
+    int32_t *ids = malloc((size_t)(R * L) * sizeof *ids);
+    if (!len || !ids) {
+        free(len);
+        free(ids);
+        fprintf(stderr, "dsacp make-input: out of memory\n");
+        return 1;
+    }
+    for (int64_t r = 0; r < R; r++) {
+        len[r] = L - r * L / (2 * R);
+        for (int64_t j = 0; j < L; j++)
+            ids[r * L + j] = j < len[r] ? (int32_t)(dsacp_rng_u64(&rng) % (uint64_t)V) : -1;
+    }
+    /* Count steps, then fill. */
+    int32_t *sched = NULL;
+    for (int pass = 0; pass < 2; pass++) {
+        int64_t *fed = calloc((size_t)R, sizeof *fed);
+        int64_t st = 0;
+        bool more = true;
+        while (more && fed) {
+            more = false;
+            for (int64_t r = 0; r < R; r++) {
+                int64_t c = 0;
+                if (st >= r && fed[r] < len[r]) {
+                    int64_t prompt = len[r] / 2;
+                    c = fed[r] < prompt ? (prompt - fed[r] < chunk ? prompt - fed[r] : chunk) : 1;
+                }
+                if (pass) sched[st * R + r] = (int32_t)c;
+                fed[r] += c;
+                if (fed[r] < len[r]) more = true;
+            }
+            st++;
+        }
+        free(fed);
+        S = st;
+        if (!pass) sched = calloc((size_t)(S * R), sizeof *sched);
+        if (!sched) break;
+    }
+    int rc = sched ? DSACP_OK : DSACP_ENOMEM;
+    dsacp_st_writer *w = NULL;
+    int64_t ishape[2] = {R, L}, sshape[2] = {S, R};
+    if (!rc) rc = dsacp_st_writer_create(&w);
+    if (!rc) rc = dsacp_st_writer_add(w, "input_ids", DSACP_I32, 2, ishape, ids);
+    if (!rc) rc = dsacp_st_writer_add(w, "schedule", DSACP_I32, 2, sshape, sched);
+    if (!rc) rc = dsacp_st_writer_write(w, out);
+    dsacp_st_writer_free(w);
+    free(len);
+    free(ids);
+    free(sched);
+    if (rc) return cli_fail("make-input", rc);
+    printf("wrote %s: %lld requests up to %lld tokens, %lld steps\n", out, (long long)R, (long long)L, (long long)S);
+    return 0;
+}
