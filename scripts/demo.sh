@@ -17,6 +17,6 @@ echo "== dsacp make-input + forward (3 requests, chunked prefill mixed with deco
 "$dsacp" make-input --out "$demo/in.safetensors" --requests 3 --length 160 --vocab 8192 --chunk 61 --seed 2
 "$dsacp" forward --model "$demo/small" --input "$demo/in.safetensors" --output "$demo/out.safetensors" --dump-topk
 echo "== dsacp generate (exact mode, f32 cache)"
-"$dsacp" generate --model "$demo/small" --prompt-len 300 --new-tokens 8 --seed 3
+"$dsacp" generate --model "$demo/small" --prompt-len 200 --new-tokens 8 --seed 3
 echo "== dsacp generate (deployed mode: Hadamard + FP8 indexer, fp8_ds_mla cache)"
-"$dsacp" generate --model "$demo/small" --prompt-len 300 --new-tokens 8 --seed 3 --numerics deployed --kv-dtype fp8
+"$dsacp" generate --model "$demo/small" --prompt-len 200 --new-tokens 8 --seed 3 --numerics deployed --kv-dtype fp8

@@ -144,7 +144,7 @@ int cli_forward(int argc, char **argv)
             fed[r] += c;
             if (fed[r] > len[r]) {
                 fprintf(stderr, "dsacp forward: %s: tensor 'schedule' overruns request %lld at step %lld (%lld tokens "
-                        "fed, the request has %lld)\n", in, (long long)st, (long long)r, (long long)fed[r],
+                        "fed, the request has %lld)\n", in, (long long)r, (long long)st, (long long)fed[r],
                         (long long)len[r]);
                 goto done;
             }
