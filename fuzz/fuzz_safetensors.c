@@ -8,6 +8,9 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
+/* Keeps the reads of tensor bytes from being optimized away. */
+volatile unsigned fuzz_safetensors_sink;
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     dsacp_st_file *f = NULL;
@@ -31,7 +34,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             sum += p[0] + p[t->nbytes - 1]; /* ASan checks the ends are inside the input */
         }
     }
-    (void)dsacp_st_metadata(f, "format");
+    const char *fmt = dsacp_st_metadata(f, "format");
+    if (fmt) sum += (unsigned)strlen(fmt);
+    fuzz_safetensors_sink = sum;
     dsacp_st_close(f);
-    return (int)(sum & 0);
+    return 0;
 }
