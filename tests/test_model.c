@@ -68,6 +68,7 @@ static void test_config(void)
         {"\"n_group\":8", "\"n_group\":7", "'n_group'"},
         {"\"quant_method\":\"fp8\"", "\"quant_method\":\"gptq\"", "quant_method"},
         {"\"qk_rope_head_dim\":64", "\"qk_rope_head_dim\":63", "'qk_rope_head_dim'"},
+        {"\"n_shared_experts\":1,", "\"n_shared_experts\":1,\"scoring_func\":\"softmax\",", "'scoring_func'"},
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         const char *at = strstr(V32_ROPE_SCALING, bad[i].from);

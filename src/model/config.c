@@ -295,6 +295,19 @@ int dsacp_config_parse(const char *json_text, size_t len, const char *path, dsac
         rc = dsacp_error(DSACP_ECONFIG, "%s: field 'hidden_act' must be \"silu\"", path);
         goto done;
     }
+    /* DeepSeek-V3 routing is sigmoid scoring with bias-corrected ("noaux_tc") choice; other
+     * DeepSeek generations' settings would silently compute something else. */
+    static const struct {
+        const char *key, *want;
+    } fixed[] = {{"scoring_func", "sigmoid"}, {"topk_method", "noaux_tc"}};
+    for (size_t i = 0; i < sizeof fixed / sizeof fixed[0]; i++) {
+        json_t *v = json_object_get(root, fixed[i].key);
+        if (v && !json_is_null(v) && (!json_is_string(v) || strcmp(json_string_value(v), fixed[i].want) != 0)) {
+            rc = dsacp_error(DSACP_ECONFIG, "%s: field '%s' must be \"%s\" (DeepSeek-V3 routing)", path,
+                             fixed[i].key, fixed[i].want);
+            goto done;
+        }
+    }
     json_t *types = json_object_get(root, "mlp_layer_types");
     if (types && !json_is_null(types)) {
         if (!json_is_array(types) || (int64_t)json_array_size(types) < cfg->num_hidden_layers) {
