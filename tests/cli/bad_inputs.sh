@@ -82,6 +82,12 @@ expect_error "non-numeric seed" "--seed" "abc" -- "$DSACP" init-model --preset t
 expect_error "bad weights format" "--weights" -- "$DSACP" init-model --preset tiny --out "$tmp/x" --weights fp4
 expect_error "missing model dir" "nodir" -- "$DSACP" inspect --model "$tmp/nodir"
 expect_error "unknown command" "frob" -- "$DSACP" frob
+expect_error "generate without model" "--model" -- "$DSACP" generate --prompt-len 4
+expect_error "generate negative prompt" "--prompt-len" -- "$DSACP" generate --model "$tmp/good" --prompt-len -3
+expect_error "generate bad kv dtype" "--kv-dtype" -- "$DSACP" generate --model "$tmp/good" --kv-dtype int4
+expect_error "generate fp8 cache in exact mode" "deployed" -- "$DSACP" generate --model "$tmp/good" --kv-dtype fp8
+expect_error "make-input zero requests" "--requests" -- "$DSACP" make-input --out "$tmp/i.safetensors" --requests 0
+expect_error "make-input into a file path" "afile/in.safetensors" -- "$DSACP" make-input --out "$tmp/afile/in.safetensors"
 
 echo "$passes passed, $fails failed"
 (( fails == 0 ))
