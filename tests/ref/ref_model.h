@@ -19,7 +19,9 @@
  *    (the last `rope` values of kv_a_proj_with_mqa's output); rotate-half pairs (i, i+rope/2)
  *    on the first `rope` dims of each indexer query head and of the indexer key.
  *  - Top-k: the min(index_topk, p+1) positions s <= p with the largest index score; ties go to
- *    the lower position. Attention softmax runs over the selected set only.
+ *    the lower position. Exact ties are common: with few indexer heads many keys score exactly 0
+ *    (every ReLU zero), and torch.topk may break them differently. Attention softmax runs over
+ *    the selected set only.
  *  - MLA is computed in the absorbed form (dsa-spec.md section 3 step 6), scale
  *    cfg->softmax_scale. kv_b_proj is used as W_UK / W_UV directly (never with an activation
  *    quantization, as in the official absorbed code).
@@ -33,7 +35,7 @@
  *      times di^-0.5 (dsacp_hadamard), then quantized to e4m3 with one power-of-two scale per
  *      row (group = di); score I(p,s) = k_scale[s] * sum_h ReLU(q8[h].k8[s]) * w'[h],
  *      w'[h] = w[h] * q_scale[h] * di^-0.5, w[h] = weights_proj(x)[h] * Hi^-0.5
- *      (di must be a power of two, else DSACP_EUNSUPPORTED);
+ *      (di must be a power of two <= 1024, else DSACP_EUNSUPPORTED);
  *      FP8 linear layers (weight dtype F8_E4M3, in_features a multiple of 128) round their
  *      input through a per-128-group e4m3 quantization first (official act_quant).
  *  - kv (both modes; what is cached is what attention reads, for the token's own position too):
