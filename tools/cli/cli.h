@@ -22,6 +22,9 @@ const char *cli_get(const cli_opt *opts, const char *name);
 /* Strict integer parsing of a flag value in [min, max]; prints the error naming the flag. */
 bool cli_int(const char *cmd, const char *flag, const char *text, int64_t min, int64_t max,
              int64_t *out);
+/* Engine options from --numerics, --kv-dtype and --block-size (each optional; options absent
+ * from `opts` are simply not given). Prints the error naming the flag and returns false. */
+bool cli_engine_options(const char *cmd, const cli_opt *opts, dsacp_engine_options *eo);
 /* Prints "dsacp CMD: <dsacp_last_error()>" and returns 1. */
 int cli_fail(const char *cmd, int status);
 

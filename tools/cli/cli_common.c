@@ -71,3 +71,40 @@ int cli_fail(const char *cmd, int status)
     fprintf(stderr, "dsacp %s: %s\n", cmd, msg && *msg ? msg : dsacp_strerror(status));
     return 1;
 }
+
+bool cli_engine_options(const char *cmd, const cli_opt *opts, dsacp_engine_options *eo)
+{
+    dsacp_engine_options_default(eo);
+    const char *s;
+    if ((s = cli_get(opts, "numerics"))) {
+        if (strcmp(s, "exact") == 0) eo->numerics = DSACP_NUMERICS_EXACT;
+        else if (strcmp(s, "deployed") == 0) eo->numerics = DSACP_NUMERICS_DEPLOYED;
+        else {
+            fprintf(stderr, "dsacp %s: option '--numerics' must be exact or deployed, got '%s'\n", cmd, s);
+            return false;
+        }
+    }
+    if ((s = cli_get(opts, "kv-dtype"))) {
+        if (strcmp(s, "f32") == 0) eo->kv_dtype = DSACP_KV_F32;
+        else if (strcmp(s, "bf16") == 0) eo->kv_dtype = DSACP_KV_BF16;
+        else if (strcmp(s, "fp8") == 0) eo->kv_dtype = DSACP_KV_FP8;
+        else {
+            fprintf(stderr, "dsacp %s: option '--kv-dtype' must be f32, bf16 or fp8, got '%s'\n", cmd, s);
+            return false;
+        }
+    }
+    if (eo->kv_dtype == DSACP_KV_FP8 && eo->numerics != DSACP_NUMERICS_DEPLOYED) {
+        fprintf(stderr, "dsacp %s: option '--kv-dtype fp8' needs '--numerics deployed'\n", cmd);
+        return false;
+    }
+    if ((s = cli_get(opts, "block-size"))) {
+        int64_t b;
+        if (!cli_int(cmd, "block-size", s, 1, 1 << 20, &b)) return false;
+        if (b & (b - 1)) {
+            fprintf(stderr, "dsacp %s: option '--block-size' = %lld must be a power of two\n", cmd, (long long)b);
+            return false;
+        }
+        eo->block_size = b;
+    }
+    return true;
+}

@@ -50,38 +50,7 @@ int cli_forward(int argc, char **argv)
         return 2;
     }
     dsacp_engine_options eo;
-    dsacp_engine_options_default(&eo);
-    const char *s;
-    if ((s = cli_get(opts, "numerics"))) {
-        if (strcmp(s, "exact") == 0) eo.numerics = DSACP_NUMERICS_EXACT;
-        else if (strcmp(s, "deployed") == 0) eo.numerics = DSACP_NUMERICS_DEPLOYED;
-        else {
-            fprintf(stderr, "dsacp forward: option '--numerics' must be exact or deployed, got '%s'\n", s);
-            return 2;
-        }
-    }
-    if ((s = cli_get(opts, "kv-dtype"))) {
-        if (strcmp(s, "f32") == 0) eo.kv_dtype = DSACP_KV_F32;
-        else if (strcmp(s, "bf16") == 0) eo.kv_dtype = DSACP_KV_BF16;
-        else if (strcmp(s, "fp8") == 0) eo.kv_dtype = DSACP_KV_FP8;
-        else {
-            fprintf(stderr, "dsacp forward: option '--kv-dtype' must be f32, bf16 or fp8, got '%s'\n", s);
-            return 2;
-        }
-    }
-    if (eo.kv_dtype == DSACP_KV_FP8 && eo.numerics != DSACP_NUMERICS_DEPLOYED) {
-        fprintf(stderr, "dsacp forward: option '--kv-dtype fp8' needs '--numerics deployed'\n");
-        return 2;
-    }
-    if ((s = cli_get(opts, "block-size"))) {
-        int64_t b;
-        if (!cli_int("forward", "block-size", s, 1, 1 << 20, &b)) return 2;
-        if (b & (b - 1)) {
-            fprintf(stderr, "dsacp forward: option '--block-size' = %lld must be a power of two\n", (long long)b);
-            return 2;
-        }
-        eo.block_size = b;
-    }
+    if (!cli_engine_options("forward", opts, &eo)) return 2;
     const bool dump = cli_get(opts, "dump-topk") != NULL;
 
     dsacp_model *m = NULL;

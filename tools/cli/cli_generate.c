@@ -36,24 +36,7 @@ int cli_generate(int argc, char **argv)
     if ((s = cli_get(opts, "seed")) && !cli_int("generate", "seed", s, 0, INT64_MAX, &seed)) return 2;
     if ((s = cli_get(opts, "chunk")) && !cli_int("generate", "chunk", s, 1, 1 << 24, &chunk)) return 2;
     dsacp_engine_options eo;
-    dsacp_engine_options_default(&eo);
-    if ((s = cli_get(opts, "numerics"))) {
-        if (strcmp(s, "exact") == 0) eo.numerics = DSACP_NUMERICS_EXACT;
-        else if (strcmp(s, "deployed") == 0) eo.numerics = DSACP_NUMERICS_DEPLOYED;
-        else {
-            fprintf(stderr, "dsacp generate: option '--numerics' must be exact or deployed, got '%s'\n", s);
-            return 2;
-        }
-    }
-    if ((s = cli_get(opts, "kv-dtype"))) {
-        if (strcmp(s, "f32") == 0) eo.kv_dtype = DSACP_KV_F32;
-        else if (strcmp(s, "bf16") == 0) eo.kv_dtype = DSACP_KV_BF16;
-        else if (strcmp(s, "fp8") == 0) eo.kv_dtype = DSACP_KV_FP8;
-        else {
-            fprintf(stderr, "dsacp generate: option '--kv-dtype' must be f32, bf16 or fp8, got '%s'\n", s);
-            return 2;
-        }
-    }
+    if (!cli_engine_options("generate", opts, &eo)) return 2;
     dsacp_model *m;
     int rc = dsacp_model_load(dir, &m);
     if (rc) return cli_fail("generate", rc);
