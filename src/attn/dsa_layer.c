@@ -16,6 +16,7 @@
 #include "model/model.h"
 
 #include <math.h>
+#include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -95,37 +96,24 @@ typedef struct token_scratch {
     float *o;       /* [H][dc] */
     float *lse;     /* [H] */
     float *work;    /* [k] */
-    float *krow;    /* [di] */
+    void *qpack;    /* dsacp_index_query_bytes(Hi, di), 64-byte aligned */
 } token_scratch;
 
-/* Index scores of one query against positions 0..n-1 of its sequence.
- * qi: F32 [Hi][di] (deployed: e4m3 values without their scale); wq: F32 [Hi] folded weights
- * (w[h] * di^-0.5, deployed also * q_scale[h]). */
+/* Index scores of one query against positions 0..n-1 of its sequence, one kernel call per
+ * paged block. qpack: the packed query (dsacp_index_query_pack of qi [Hi][di], deployed: e4m3
+ * values without their scale, and the folded weights w[h] * di^-0.5, deployed also
+ * * q_scale[h]). inner: split the blocks over the threads (the caller is not in a parallel
+ * region); every score is the same either way. */
 static void index_scores(const dsacp_kv_cache *c, int64_t layer, const dsacp_kv_seq *seq, int64_t n,
-                         const float *qi, const float *wq, int64_t Hi, float *scores, float *krow)
+                         const void *qpack, float *scores, bool inner)
 {
-    const int64_t B = c->block_size, di = c->di;
-    const float *lut = dsacp_e4m3_table();
-    for (int64_t b = 0; b * B < n; b++) {
+    const int64_t B = c->block_size, nb = (n + B - 1) / B;
+#pragma omp parallel for schedule(static) if (inner)
+    for (int64_t b = 0; b < nb; b++) {
         const float *scales;
         const void *keys = dsacp_kv_index_block(c, layer, seq->blocks[b], &scales);
         int64_t cnt = n - b * B < B ? n - b * B : B;
-        for (int64_t j = 0; j < cnt; j++) {
-            const float *k;
-            if (scales) {
-                const uint8_t *k8 = (const uint8_t *)keys + j * di;
-                for (int64_t i = 0; i < di; i++) krow[i] = lut[k8[i]];
-                k = krow;
-            } else {
-                k = (const float *)keys + j * di;
-            }
-            float s = 0;
-            for (int64_t h = 0; h < Hi; h++) {
-                float d = dsacp_dot_f32(qi + h * di, k, di);
-                s += wq[h] * (d > 0 ? d : 0);
-            }
-            scores[b * B + j] = scales ? s * scales[j] : s;
-        }
+        dsacp_index_scores_packed(qpack, keys, scales, cnt, scores + b * B);
     }
 }
 
@@ -204,66 +192,70 @@ int dsacp_dsa_forward(const dsacp_dsa_ctx *ctx, const dsacp_dsa_weights *w, int6
         dsacp_kv_write_index(cache, layer, slot, kit);
     }
 
-    /* 5 + 6. Per token: scores, top-k, absorbed sparse MLA, W_UV. */
+    /* 5 + 6. Per token: scores, top-k, absorbed sparse MLA, W_UV. With at least as many tokens
+     * as threads, threads take whole tokens; otherwise the tokens run one after another and the
+     * work inside each is split (index blocks, heads). Kernels are thread-count invariant, so a
+     * token's result is the same either way. */
     const float scale = (float)cfg->softmax_scale;
-#pragma omp parallel
+    const bool token_par = T >= omp_get_max_threads();
+    const size_t qpack_bytes = (dsacp_index_query_bytes(Hi, di) + 63) / 64 * 64;
+#pragma omp parallel if (token_par)
     {
         token_scratch s = {0};
         s.scores = malloc((size_t)max_ctx * 4);
         s.sel = malloc((size_t)K * 4);
-        s.kv = malloc((size_t)(K * dk) * 4);
-        s.qrow = malloc((size_t)(H * dk) * 4);
-        s.o = malloc((size_t)(H * dc) * 4);
+        s.kv = dsacp_alloc((size_t)(K * dk) * 4);
+        s.qrow = dsacp_alloc((size_t)(H * dk) * 4);
+        s.o = dsacp_alloc((size_t)(H * dc) * 4);
         s.lse = malloc((size_t)H * 4);
         s.work = malloc((size_t)K * 4);
-        s.krow = malloc((size_t)di * 4);
-        bool ok = s.scores && s.sel && s.kv && s.qrow && s.o && s.lse && s.work && s.krow;
+        s.qpack = dsacp_alloc(qpack_bytes);
+        bool ok = s.scores && s.sel && s.kv && s.qrow && s.o && s.lse && s.work && s.qpack;
         if (!ok) {
 #pragma omp atomic write
             rc = DSACP_ENOMEM;
         }
+        const bool inner = !token_par;
 #pragma omp for schedule(dynamic, 1)
         for (int64_t t = 0; t < T; t++) {
             if (!ok) continue;
             const dsacp_kv_seq *seq = tok->seqs[tok->seq[t]];
             int64_t n = tok->pos[t] + 1;
-            index_scores(cache, layer, seq, n, qi + t * Hi * di, wts + t * Hi, Hi, s.scores, s.krow);
+            dsacp_index_query_pack(qi + t * Hi * di, wts + t * Hi, Hi, di, s.qpack);
+            index_scores(cache, layer, seq, n, s.qpack, s.scores, inner);
             int64_t nsel = dsacp_topk_select(s.scores, n, K, s.sel);
             if (topk) {
                 int32_t *row = topk + t * K;
                 for (int64_t j = 0; j < K; j++) row[j] = j < nsel ? s.sel[j] : -1;
             }
+#pragma omp parallel for schedule(static) if (inner)
             for (int64_t j = 0; j < nsel; j++)
                 dsacp_kv_read_mla(cache, layer, dsacp_kv_slot(cache, seq, s.sel[j]), s.kv + j * dk);
             /* q_abs[h] = q_nope[h] . W_UK[h]  (dc wide); query row [q_abs | q_pe]. */
+#pragma omp parallel for schedule(static) if (inner)
             for (int64_t h = 0; h < H; h++) {
                 const float *qh = q + (t * H + h) * dq;
-                const float *wuk = w->kv_b_f32 + h * (nope + dv) * dc;
                 float *qr = s.qrow + h * dk;
-                memset(qr, 0, (size_t)dc * 4);
-                for (int64_t i = 0; i < nope; i++) {
-                    float a = qh[i];
-                    const float *wrow = wuk + i * dc;
-                    for (int64_t j = 0; j < dc; j++) qr[j] += a * wrow[j];
-                }
+                dsacp_gemv_t(w->kv_b_f32 + h * (nope + dv) * dc, dc, qh, nope, dc, qr);
                 memcpy(qr + dc, qh + nope, (size_t)dr * 4);
             }
             dsacp_sparse_mla(s.qrow, s.kv, nsel, H, dc, dr, scale, s.o, s.lse, s.work);
             /* v[h] = W_UV[h] o[h]. */
+#pragma omp parallel for schedule(static) if (inner)
             for (int64_t h = 0; h < H; h++) {
-                const float *wuv = w->kv_b_f32 + (h * (nope + dv) + nope) * dc;
-                for (int64_t j = 0; j < dv; j++)
-                    vcat[(t * H + h) * dv + j] = dsacp_dot_f32(wuv + j * dc, s.o + h * dc, dc);
+                dsacp_weight wuv = {.name = "W_UV", .dtype = DSACP_F32, .ndim = 2, .rows = dv, .cols = dc,
+                                    .data = w->kv_b_f32 + (h * (nope + dv) + nope) * dc};
+                dsacp_linear(&wuv, s.o + h * dc, 1, dc, vcat + (t * H + h) * dv, dv, false);
             }
         }
         free(s.scores);
         free(s.sel);
-        free(s.kv);
-        free(s.qrow);
-        free(s.o);
+        dsacp_free(s.kv);
+        dsacp_free(s.qrow);
+        dsacp_free(s.o);
         free(s.lse);
         free(s.work);
-        free(s.krow);
+        dsacp_free(s.qpack);
     }
     if (rc) {
         dsacp_error(rc, "layer %lld: out of memory for attention scratch", (long long)layer);

@@ -2,7 +2,7 @@
  * kernels.c -- scalar reference kernels. They are the definition the SIMD variants are tested
  * against; every loop keeps a reduction order that depends only on its own row (see kernels.h).
  */
-#include "kernels/kernels.h"
+#include "kernels/kernels_isa.h"
 #include "numerics/numerics.h"
 
 #include <math.h>
@@ -24,22 +24,29 @@ float dsacp_dot_f32(const float *a, const float *b, int64_t n)
 
 enum { LINEAR_ROWS = 16 };
 
-int dsacp_linear(const dsacp_weight *w, const float *x, int64_t T, int64_t ldx, float *y, int64_t ldy,
-                 bool act_quant)
+float *dsacp_linear_act_quant(const float *x, int64_t T, int64_t ldx, int64_t K, int64_t *ldout)
+{
+    float *xq = dsacp_alloc((size_t)(T * K) * sizeof(float));
+    if (!xq) return NULL;
+    for (int64_t t = 0; t < T; t++) {
+        memcpy(xq + t * K, x + t * ldx, (size_t)K * sizeof(float));
+        dsacp_fake_quant_e4m3_groups(xq + t * K, K, 128);
+    }
+    *ldout = K;
+    return xq;
+}
+
+int dsacp_linear_scalar(const dsacp_weight *w, const float *x, int64_t T, int64_t ldx, float *y, int64_t ldy,
+                        bool act_quant)
 {
     const int64_t K = w->cols, N = w->rows;
     const float *xin = x;
     int64_t ldxin = ldx;
     float *xq = NULL;
     if (act_quant && w->dtype == DSACP_F8_E4M3 && K % 128 == 0) {
-        xq = dsacp_alloc((size_t)(T * K) * sizeof(float));
+        xq = dsacp_linear_act_quant(x, T, ldx, K, &ldxin);
         if (!xq) return DSACP_ENOMEM;
-        for (int64_t t = 0; t < T; t++) {
-            memcpy(xq + t * K, x + t * ldx, (size_t)K * sizeof(float));
-            dsacp_fake_quant_e4m3_groups(xq + t * K, K, 128);
-        }
         xin = xq;
-        ldxin = K;
     }
     int64_t nblocks = (N + LINEAR_ROWS - 1) / LINEAR_ROWS;
     int rc = DSACP_OK;
@@ -125,7 +132,7 @@ static void select_largest(uint64_t *keys, int64_t n, int64_t k)
     }
 }
 
-int64_t dsacp_topk_select(const float *scores, int64_t n, int64_t k, int32_t *out)
+int64_t dsacp_topk_select_ref(const float *scores, int64_t n, int64_t k, int32_t *out)
 {
     if (k > n) k = n;
     if (k <= 0) return 0;
@@ -147,9 +154,133 @@ int64_t dsacp_topk_select(const float *scores, int64_t n, int64_t k, int32_t *ou
     return k;
 }
 
+/* Radix select: the k-th largest key is found digit by digit (11, 11, 10 bits) with one
+ * histogram pass each over the elements whose higher digits equal the prefix found so far. */
+/* dsacp_float_key without branches on the sign (random scores would mispredict half of them);
+ * NaN maps to 0, below every number. */
+static inline uint32_t topk_key(float f)
+{
+    uint32_t b;
+    memcpy(&b, &f, 4);
+    b = f == 0.0f ? 0u : b;
+    uint32_t key = b ^ ((uint32_t)((int32_t)b >> 31) | 0x80000000u);
+    return f != f ? 0u : key;
+}
+
+/* Finds the k-th largest of keys[0..n) given the histogram of its first digit; returns it and
+ * sets *need to how many keys equal to it belong to the top k. */
+static uint32_t radix_kth(const uint32_t *keys, const int32_t *cand, int64_t nc, const uint32_t *hist0,
+                          int64_t k, int64_t *need_out)
+{
+    static const int shift[3] = {21, 10, 0};
+    static const uint32_t bins[3] = {2048, 2048, 1024};
+    uint32_t hist[2048];
+    uint32_t prefix = 0, pmask = 0;
+    int64_t need = k;
+    for (int d = 0; d < 3; d++) {
+        const int sh = shift[d];
+        const uint32_t dm = bins[d] - 1;
+        const uint32_t *h = hist0;
+        if (d > 0) {
+            memset(hist, 0, sizeof hist);
+            for (int64_t c = 0; c < nc; c++) {
+                uint32_t key = keys[cand[c]];
+                if ((key & pmask) == prefix) hist[(key >> sh) & dm]++;
+            }
+            h = hist;
+        }
+        int64_t b = (int64_t)bins[d] - 1;
+        while (b > 0 && (int64_t)h[b] < need) need -= h[b--];
+        prefix |= (uint32_t)b << sh;
+        pmask |= dm << sh;
+    }
+    *need_out = need;
+    return prefix;
+}
+
+int64_t dsacp_topk_select(const float *scores, int64_t n, int64_t k, int32_t *out)
+{
+    if (k > n) k = n;
+    if (k <= 0) return 0;
+    if (k == n) {
+        for (int64_t i = 0; i < n; i++) out[i] = (int32_t)i;
+        return n;
+    }
+    uint32_t *keys = malloc((size_t)n * sizeof *keys);
+    if (!keys) return dsacp_topk_select_ref(scores, n, k, out);
+    /* Pass 1: keys and the histogram of their top 11 bits (4 interleaved copies so equal bins
+     * in a row do not serialize on one counter). */
+    uint32_t h4[4][2048], hist0[2048];
+    memset(h4, 0, sizeof h4);
+    int64_t i = 0;
+    for (; i + 4 <= n; i += 4)
+        for (int l = 0; l < 4; l++) {
+            uint32_t key = topk_key(scores[i + l]);
+            keys[i + l] = key;
+            h4[l][key >> 21]++;
+        }
+    for (; i < n; i++) {
+        keys[i] = topk_key(scores[i]);
+        h4[0][keys[i] >> 21]++;
+    }
+    for (int b = 0; b < 2048; b++) hist0[b] = h4[0][b] + h4[1][b] + h4[2][b] + h4[3][b];
+    /* The first digit's bin; its members are the candidates for the lower digits. */
+    int64_t need0 = k, b0 = 2047;
+    while (b0 > 0 && (int64_t)hist0[b0] < need0) need0 -= hist0[b0--];
+    int32_t *cand = out; /* hist0[b0] >= need0 entries; out has room for k -- use a buffer if more */
+    int32_t *big = NULL;
+    if ((int64_t)hist0[b0] > k) {
+        big = malloc((size_t)hist0[b0] * sizeof *big);
+        if (!big) {
+            free(keys);
+            return dsacp_topk_select_ref(scores, n, k, out);
+        }
+        cand = big;
+    }
+    int64_t nc = 0;
+    for (int64_t j = 0; j < n; j++)
+        if ((keys[j] >> 21) == (uint32_t)b0) cand[nc++] = (int32_t)j;
+    int64_t need;
+    uint32_t kth = radix_kth(keys, cand, nc, hist0, k, &need);
+    free(big);
+    /* Every larger key, and the first `need` equal ones, in position order. */
+    int64_t m = 0;
+    for (int64_t j = 0; j < n; j++) {
+        uint32_t key = keys[j];
+        if (key > kth || (key == kth && need-- > 0)) out[m++] = (int32_t)j;
+    }
+    free(keys);
+    return m;
+}
+
+/* ---- indexer ---- */
+
+void dsacp_index_scores_scalar(const float *q, const float *w, int64_t Hi, int64_t di, const void *keys,
+                               const float *kscales, int64_t n, float *out)
+{
+    const float *lut = dsacp_e4m3_table();
+    float krow[1024];
+    for (int64_t j = 0; j < n; j++) {
+        const float *k;
+        if (kscales) {
+            const uint8_t *k8 = (const uint8_t *)keys + j * di;
+            for (int64_t i = 0; i < di; i++) krow[i] = lut[k8[i]];
+            k = krow;
+        } else {
+            k = (const float *)keys + j * di;
+        }
+        float s = 0;
+        for (int64_t h = 0; h < Hi; h++) {
+            float d = dsacp_dot_f32(q + h * di, k, di);
+            s += w[h] * (d > 0 ? d : 0);
+        }
+        out[j] = kscales ? s * kscales[j] : s;
+    }
+}
+
 /* ---- sparse MLA ---- */
 
-void dsacp_sparse_mla(const float *q, const float *kv, int64_t n, int64_t H, int64_t dc, int64_t dr,
+void dsacp_sparse_mla_scalar(const float *q, const float *kv, int64_t n, int64_t H, int64_t dc, int64_t dr,
                       float scale, float *o, float *lse, float *work)
 {
     const int64_t dk = dc + dr;

@@ -16,6 +16,25 @@
 
 #include <stdint.h>
 
+/* ---- ISA dispatch ----
+ * Each dispatched kernel below has a scalar twin (dsacp_*_scalar, the reference definition) and
+ * SIMD variants; which one runs is chosen once, at the first call, from the CPU (cpuid through
+ * __builtin_cpu_supports) and overridable by DSACP_ISA=scalar|avx2|avx512 in the environment
+ * (a request above what the CPU supports is lowered to the best it has) or by dsacp_isa_set.
+ * Within one ISA every kernel is deterministic and batch-invariant; between ISAs results differ
+ * by summation order only (tolerance-tested in test_kernels_simd). An ISA without a dedicated
+ * variant of some kernel runs the next lower one. */
+typedef enum { DSACP_ISA_SCALAR = 0, DSACP_ISA_AVX2 = 1, DSACP_ISA_AVX512 = 2 } dsacp_isa;
+/* The best ISA this CPU runs (AVX-512 needs F, BW, VL, DQ and FMA; AVX2 needs AVX2 and FMA). */
+dsacp_isa dsacp_isa_best(void);
+/* The ISA the kernels use now. */
+dsacp_isa dsacp_isa_active(void);
+/* Selects the ISA for all later kernel calls (not while kernels run on other threads);
+ * DSACP_EUNSUPPORTED when the CPU lacks it (nothing changes). */
+int dsacp_isa_set(dsacp_isa isa);
+/* "scalar", "avx2", "avx512". */
+const char *dsacp_isa_name(dsacp_isa isa);
+
 /* Dot product of n floats with a fixed 16-lane summation order. */
 float dsacp_dot_f32(const float *a, const float *b, int64_t n);
 
@@ -26,6 +45,39 @@ float dsacp_dot_f32(const float *a, const float *b, int64_t n);
  * applied only when W is F8_E4M3 and W->cols % 128 == 0. */
 int dsacp_linear(const dsacp_weight *w, const float *x, int64_t T, int64_t ldx, float *y, int64_t ldy,
                  bool act_quant);
+/* The scalar twin (reference). The AVX-512 variant reads the stored weight once, dequantizing
+ * 16 columns at a time in registers (BF16: shift; E4M3: bit manipulation times the block scale,
+ * the same single rounding as dsacp_weight_row_f32), and sums y[t][o] in 16 lanes (lane l takes
+ * columns i = l mod 16, FMA, masked tail) reduced by a fixed tree -- the same instruction
+ * sequence for every t, whatever T is. Threads split the output rows (only when the call is
+ * large enough and not already inside a parallel region). */
+int dsacp_linear_scalar(const dsacp_weight *w, const float *x, int64_t T, int64_t ldx, float *y, int64_t ldy,
+                        bool act_quant);
+
+/* Lightning-indexer scores of one query against n keys (dsa-spec.md 3.5):
+ *   q:       F32 [Hi][di]  the query heads (deployed mode: the e4m3 values, scale folded into w)
+ *   w:       F32 [Hi]      folded head weights
+ *   keys:    kscales == NULL: F32 [n][di]; otherwise E4M3 bytes [n][di] with F32 scales kscales[n]
+ *   out:     F32 [n]       out[j] = (kscales ? kscales[j] : 1) * sum_h w[h] * ReLU(q[h] . k[j])
+ * Each out[j] depends only on q, w and key j (never on n, j or the thread count). Serial: the
+ * caller splits the keys over threads. */
+void dsacp_index_scores(const float *q, const float *w, int64_t Hi, int64_t di, const void *keys,
+                        const float *kscales, int64_t n, float *out);
+/* Tq queries (q: F32 [Tq][Hi][di], w: F32 [Tq][Hi]) against the same n keys; out: F32 [Tq][ldo]
+ * with out[t][j] bit-identical to dsacp_index_scores on query t alone. */
+void dsacp_index_scores_multi(const float *q, const float *w, int64_t Tq, int64_t Hi, int64_t di,
+                              const void *keys, const float *kscales, int64_t n, float *out, int64_t ldo);
+/* The same with the query packed once (a decode token scores its paged key blocks one call per
+ * block): dsacp_index_query_pack lays q and w out for the active ISA (AVX-512: q transposed
+ * to [di][Hp], Hp = Hi rounded up to 16, zero padded) into `packed`, which must hold
+ * dsacp_index_query_bytes(Hi, di) bytes, 64-byte aligned; dsacp_index_scores_packed then gives
+ * exactly dsacp_index_scores's results. di <= 1024. */
+size_t dsacp_index_query_bytes(int64_t Hi, int64_t di);
+void dsacp_index_query_pack(const float *q, const float *w, int64_t Hi, int64_t di, void *packed);
+void dsacp_index_scores_packed(const void *packed, const void *keys, const float *kscales, int64_t n,
+                               float *out);
+void dsacp_index_scores_scalar(const float *q, const float *w, int64_t Hi, int64_t di, const void *keys,
+                               const float *kscales, int64_t n, float *out);
 
 /* y = x / sqrt(mean(x^2) + eps) * weight, n values (weight: dsacp_weight of n, any float dtype). */
 void dsacp_rmsnorm(float *y, const float *x, const float *weight, int64_t n, double eps);
@@ -36,6 +88,11 @@ void dsacp_layernorm(float *y, const float *x, const float *weight, const float 
 /* Top-k by descending score among scores[0..n), ties to the lower index; writes the min(k, n)
  * selected indices in ASCENDING order to out and returns their count. NaN scores never win. */
 int64_t dsacp_topk_select(const float *scores, int64_t n, int64_t k, int32_t *out);
+/* The same selection by quickselect + sort (the previous implementation, kept as a test
+ * reference). dsacp_topk_select is a radix select over dsacp_float_key: three histogram passes
+ * (11, 11, 10 bits) find the k-th largest key, one ordered pass writes the keys above it and the
+ * lowest positions equal to it; no allocation, no sort. */
+int64_t dsacp_topk_select_ref(const float *scores, int64_t n, int64_t k, int32_t *out);
 /* Order-preserving map of a float to uint32 (larger float -> larger key); -0 and +0 map to
  * the same key, so they tie as floats do. */
 static inline uint32_t dsacp_float_key(float f)
@@ -55,6 +112,17 @@ static inline uint32_t dsacp_float_key(float f)
  * logits = (q . kv) * scale. */
 void dsacp_sparse_mla(const float *q, const float *kv, int64_t n, int64_t H, int64_t dc, int64_t dr,
                       float scale, float *o, float *lse, float *work);
+/* The scalar twin. The AVX-512 variant vectorizes across heads: it transposes q once, runs
+ * chunks of 64 keys through S^T = K Q^T (register tile 6 keys x 64 heads, sequential over the
+ * dc + dr dims), an online softmax per head, and O^T += V^T P^T (tile 6 latent dims x 64 heads,
+ * sequential over keys); each head's result depends only on its own q row, kv and n. It splits
+ * head tiles over threads when not already inside a parallel region. */
+void dsacp_sparse_mla_scalar(const float *q, const float *kv, int64_t n, int64_t H, int64_t dc, int64_t dr,
+                             float scale, float *o, float *lse, float *work);
+
+/* y[j] = sum_i x[i] * A[i][j] for j < n (A: F32 [m][n] row stride lda), summed over i in
+ * order for every j (so y[j] does not depend on n or on j's SIMD lane). */
+void dsacp_gemv_t(const float *A, int64_t lda, const float *x, int64_t m, int64_t n, float *y);
 
 /* Merge of partial attention results over R parts (context parallelism): per head
  * lse = log sum_r exp(lse_r), o = sum_r exp(lse_r - lse) o_r, in fixed part order; parts with

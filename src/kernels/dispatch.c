@@ -1,0 +1,172 @@
+/*
+ * dispatch.c -- runtime choice of the kernels' instruction set (kernels.h, "ISA dispatch").
+ * The choice is made once, lazily, from cpuid and DSACP_ISA; dsacp_isa_set overrides it.
+ */
+#include "kernels/kernels_isa.h"
+
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int isa_state = -1; /* -1: not chosen yet */
+
+dsacp_isa dsacp_isa_best(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("fma"))
+        return DSACP_ISA_AVX512;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return DSACP_ISA_AVX2;
+#endif
+    return DSACP_ISA_SCALAR;
+}
+
+dsacp_isa dsacp_isa_active(void)
+{
+    int s = __atomic_load_n(&isa_state, __ATOMIC_ACQUIRE);
+    if (s >= 0) return (dsacp_isa)s;
+    dsacp_isa best = dsacp_isa_best(), want = best;
+    const char *env = getenv("DSACP_ISA");
+    if (env && *env) {
+        if (!strcmp(env, "scalar")) want = DSACP_ISA_SCALAR;
+        else if (!strcmp(env, "avx2")) want = DSACP_ISA_AVX2;
+        else if (!strcmp(env, "avx512")) want = DSACP_ISA_AVX512;
+    }
+    if (want > best) want = best;
+    __atomic_store_n(&isa_state, (int)want, __ATOMIC_RELEASE);
+    return want;
+}
+
+int dsacp_isa_set(dsacp_isa isa)
+{
+    if ((int)isa < DSACP_ISA_SCALAR || isa > DSACP_ISA_AVX512)
+        return dsacp_error(DSACP_EINVAL, "unknown ISA %d", (int)isa);
+    if (isa > dsacp_isa_best())
+        return dsacp_error(DSACP_EUNSUPPORTED, "this CPU does not support %s", dsacp_isa_name(isa));
+    __atomic_store_n(&isa_state, (int)isa, __ATOMIC_RELEASE);
+    return DSACP_OK;
+}
+
+const char *dsacp_isa_name(dsacp_isa isa)
+{
+    switch (isa) {
+    case DSACP_ISA_SCALAR: return "scalar";
+    case DSACP_ISA_AVX2: return "avx2";
+    case DSACP_ISA_AVX512: return "avx512";
+    }
+    return "unknown";
+}
+
+int dsacp_linear(const dsacp_weight *w, const float *x, int64_t T, int64_t ldx, float *y, int64_t ldy,
+                 bool act_quant)
+{
+    switch (dsacp_isa_active()) {
+    case DSACP_ISA_AVX512: return dsacp_linear_avx512(w, x, T, ldx, y, ldy, act_quant);
+    default: return dsacp_linear_scalar(w, x, T, ldx, y, ldy, act_quant);
+    }
+}
+
+void dsacp_index_scores(const float *q, const float *w, int64_t Hi, int64_t di, const void *keys,
+                        const float *kscales, int64_t n, float *out)
+{
+    if (dsacp_isa_active() == DSACP_ISA_SCALAR) {
+        dsacp_index_scores_scalar(q, w, Hi, di, keys, kscales, n, out);
+        return;
+    }
+    size_t bytes = dsacp_index_query_bytes(Hi, di);
+    _Alignas(64) unsigned char stackbuf[1 << 16];
+    void *buf = bytes <= sizeof stackbuf ? (void *)stackbuf : dsacp_alloc(bytes);
+    if (!buf) {
+        dsacp_index_scores_scalar(q, w, Hi, di, keys, kscales, n, out);
+        return;
+    }
+    dsacp_index_query_pack(q, w, Hi, di, buf);
+    dsacp_index_scores_packed(buf, keys, kscales, n, out);
+    if (buf != stackbuf) dsacp_free(buf);
+}
+
+/* Packed query: a 64-byte header, then the ISA's layout of q and w. */
+typedef struct packed_head {
+    int32_t isa;
+    int64_t Hi, di, Hp;
+} packed_head;
+enum { PACKED_HEAD = 64 };
+
+static int64_t round16(int64_t x) { return (x + 15) / 16 * 16; }
+
+size_t dsacp_index_query_bytes(int64_t Hi, int64_t di)
+{
+    int64_t Hp = round16(Hi);
+    return PACKED_HEAD + (size_t)(di * Hp + Hp) * sizeof(float);
+}
+
+void dsacp_index_query_pack(const float *q, const float *w, int64_t Hi, int64_t di, void *packed)
+{
+    packed_head *ph = packed;
+    ph->isa = (int32_t)dsacp_isa_active();
+    ph->Hi = Hi;
+    ph->di = di;
+    ph->Hp = round16(Hi);
+    float *body = (float *)((unsigned char *)packed + PACKED_HEAD);
+    if (ph->isa == DSACP_ISA_AVX512) {
+        dsacp_index_query_pack_avx512(q, w, Hi, di, body, body + di * ph->Hp);
+    } else {
+        memcpy(body, q, (size_t)(Hi * di) * sizeof(float));
+        memcpy(body + Hi * di, w, (size_t)Hi * sizeof(float));
+    }
+}
+
+void dsacp_index_scores_packed(const void *packed, const void *keys, const float *kscales, int64_t n, float *out)
+{
+    const packed_head *ph = packed;
+    const float *body = (const float *)((const unsigned char *)packed + PACKED_HEAD);
+    if (ph->isa == DSACP_ISA_AVX512)
+        dsacp_index_scores_packed_avx512(body, body + ph->di * ph->Hp, ph->Hp, ph->di, keys, kscales, n, out);
+    else
+        dsacp_index_scores_scalar(body, body + ph->Hi * ph->di, ph->Hi, ph->di, keys, kscales, n, out);
+}
+
+void dsacp_gemv_t(const float *A, int64_t lda, const float *x, int64_t m, int64_t n, float *y)
+{
+    if (dsacp_isa_active() == DSACP_ISA_AVX512) {
+        dsacp_gemv_t_avx512(A, lda, x, m, n, y);
+        return;
+    }
+    for (int64_t j = 0; j < n; j++) y[j] = 0;
+    for (int64_t i = 0; i < m; i++) {
+        const float a = x[i], *row = A + i * lda;
+        for (int64_t j = 0; j < n; j++) y[j] += a * row[j];
+    }
+}
+
+void dsacp_index_scores_multi(const float *q, const float *w, int64_t Tq, int64_t Hi, int64_t di,
+                              const void *keys, const float *kscales, int64_t n, float *out, int64_t ldo)
+{
+    /* Every query packed once; key chunks outer so a chunk stays in cache across the queries;
+     * each (query, key) runs the single-query kernel's exact arithmetic. */
+    const int64_t C = 256;
+    const size_t kb = kscales ? 1 : 4;
+    const size_t bytes = (dsacp_index_query_bytes(Hi, di) + 63) / 64 * 64;
+    unsigned char *packs = dsacp_alloc(bytes * (size_t)(Tq > 0 ? Tq : 1));
+    if (!packs) {
+        for (int64_t t = 0; t < Tq; t++)
+            dsacp_index_scores(q + t * Hi * di, w + t * Hi, Hi, di, keys, kscales, n, out + t * ldo);
+        return;
+    }
+    for (int64_t t = 0; t < Tq; t++) dsacp_index_query_pack(q + t * Hi * di, w + t * Hi, Hi, di, packs + (size_t)t * bytes);
+    for (int64_t j0 = 0; j0 < n; j0 += C) {
+        int64_t c = n - j0 < C ? n - j0 : C;
+        for (int64_t t = 0; t < Tq; t++)
+            dsacp_index_scores_packed(packs + (size_t)t * bytes, (const uint8_t *)keys + (size_t)j0 * (size_t)di * kb,
+                                      kscales ? kscales + j0 : NULL, c, out + t * ldo + j0);
+    }
+    dsacp_free(packs);
+}
+
+void dsacp_sparse_mla(const float *q, const float *kv, int64_t n, int64_t H, int64_t dc, int64_t dr,
+                      float scale, float *o, float *lse, float *work)
+{
+    if (dsacp_isa_active() == DSACP_ISA_AVX512) dsacp_sparse_mla_avx512(q, kv, n, H, dc, dr, scale, o, lse, work);
+    else dsacp_sparse_mla_scalar(q, kv, n, H, dc, dr, scale, o, lse, work);
+}

@@ -1,0 +1,522 @@
+/*
+ * kernels_avx512.c -- AVX-512 variants of the dispatched kernels (kernels.h). Every function is
+ * compiled for AVX-512 through a target attribute (no build flag), and only runs when
+ * dispatch.c found the CPU able. Batch invariance: each output element is produced by one
+ * fixed sequence of vector instructions that depends on its own inputs and lengths only; tails
+ * use masked loads with the same arithmetic as full vectors.
+ */
+#include "kernels/kernels_isa.h"
+#include "numerics/numerics.h"
+
+#include <math.h>
+#include <omp.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+
+#define T512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma")))
+#define INL __attribute__((always_inline)) inline
+
+/* The fixed tree of dsacp_dot_f32: lanes l += l + 8, then + 4, + 2, + 1. */
+T512 static INL float hsum_tree(__m512 v)
+{
+    __m256 a = _mm256_add_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1));
+    __m128 b = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+    __m128 c = _mm_add_ps(b, _mm_movehl_ps(b, b));
+    __m128 d = _mm_add_ss(c, _mm_movehdup_ps(c));
+    return _mm_cvtss_f32(d);
+}
+
+/* 16 e4m3 bytes -> their values times 2^-120 (exact): sign to bit 31, exponent and mantissa to
+ * bits 26..20, so one multiply by 2^120 (times any power-of-two or other scale) finishes the
+ * decode with a single rounding. 0x7F / 0xFF (NaN in e4m3fn) become NaN. */
+T512 static INL __m512 e4m3_bits(__m128i b8)
+{
+    __m512i v = _mm512_slli_epi32(_mm512_cvtepi8_epi32(b8), 20);
+    const __m512i em = _mm512_set1_epi32(0x07F00000);
+    __mmask16 nan = _mm512_cmpeq_epi32_mask(_mm512_and_si512(v, em), em);
+    v = _mm512_and_si512(v, _mm512_set1_epi32((int)0x87F00000u));
+    v = _mm512_mask_mov_epi32(v, nan, _mm512_set1_epi32(0x7FC00000));
+    return _mm512_castsi512_ps(v);
+}
+
+static INL __mmask16 tail_mask(int64_t left) { return left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1); }
+
+/* ---- linear ---- */
+
+/* 16 weights of row `row` from column k (masked), dequantized; mult = 2^120 * block scale. */
+T512 static INL __m512 wload(int dt, const void *row, int64_t k, __mmask16 m, __m512 mult)
+{
+    switch (dt) {
+    case DSACP_BF16:
+        return _mm512_castsi512_ps(
+            _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, (const uint16_t *)row + k)), 16));
+    case DSACP_F16: return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, (const uint16_t *)row + k));
+    case DSACP_F8_E4M3: return _mm512_mul_ps(e4m3_bits(_mm_maskz_loadu_epi8(m, (const uint8_t *)row + k)), mult);
+    default: return _mm512_maskz_loadu_ps(m, (const float *)row + k);
+    }
+}
+
+/* y[t][o0 + r] for r < NR, t < NT: the register tile. NR, NT are constants after inlining. */
+T512 static INL void lin_tile(int dt, const dsacp_weight *w, int64_t o0, const int NR, const float *x, int64_t ldx,
+                              const int NT, float *y, int64_t ldy)
+{
+    const int64_t K = w->cols;
+    const size_t es = dt == DSACP_F32 ? 4 : dt == DSACP_F8_E4M3 ? 1 : 2;
+    const int64_t blk = dt == DSACP_F8_E4M3 ? w->block : K;
+    const void *rows[4];
+    __m512 acc[4][4];
+#pragma GCC unroll 4
+    for (int r = 0; r < NR; r++) {
+        rows[r] = (const uint8_t *)w->data + (size_t)(o0 + r) * (size_t)K * es;
+#pragma GCC unroll 4
+        for (int t = 0; t < NT; t++) acc[r][t] = _mm512_setzero_ps();
+    }
+    for (int64_t k0 = 0; k0 < K; k0 += blk) {
+        const int64_t k1 = K < k0 + blk ? K : k0 + blk;
+        __m512 mult[4];
+#pragma GCC unroll 4
+        for (int r = 0; r < NR; r++) {
+            float s = 1.0f;
+            if (dt == DSACP_F8_E4M3) s = w->scale[((o0 + r) / w->block) * w->scale_stride + k0 / w->block] * 0x1p120f;
+            mult[r] = _mm512_set1_ps(s);
+        }
+        for (int64_t k = k0; k < k1; k += 16) {
+            const __mmask16 m = tail_mask(k1 - k);
+            __m512 xv[4];
+#pragma GCC unroll 4
+            for (int t = 0; t < NT; t++) xv[t] = _mm512_maskz_loadu_ps(m, x + t * ldx + k);
+#pragma GCC unroll 4
+            for (int r = 0; r < NR; r++) {
+                /* The weight stream is the bottleneck at small T: fetch 512 bytes ahead. */
+                if (((k * (int64_t)es) & 63) == 0)
+                    _mm_prefetch((const char *)rows[r] + (size_t)k * es + 512, _MM_HINT_T0);
+                __m512 wv = wload(dt, rows[r], k, m, mult[r]);
+#pragma GCC unroll 4
+                for (int t = 0; t < NT; t++) acc[r][t] = _mm512_fmadd_ps(wv, xv[t], acc[r][t]);
+            }
+        }
+    }
+#pragma GCC unroll 4
+    for (int r = 0; r < NR; r++)
+#pragma GCC unroll 4
+        for (int t = 0; t < NT; t++) y[t * ldy + o0 + r] = hsum_tree(acc[r][t]);
+}
+
+enum { LIN_BLOCK = 16 };
+
+T512 static INL void lin_rows(int dt, const dsacp_weight *w, int64_t o0, int64_t o1, const float *x, int64_t ldx,
+                              int64_t T, float *y, int64_t ldy)
+{
+    int64_t t = 0;
+    for (; t + 4 <= T; t += 4) {
+        int64_t o = o0;
+        for (; o + 4 <= o1; o += 4) lin_tile(dt, w, o, 4, x + t * ldx, ldx, 4, y + t * ldy, ldy);
+        for (; o < o1; o++) lin_tile(dt, w, o, 1, x + t * ldx, ldx, 4, y + t * ldy, ldy);
+    }
+    const int64_t rem = T - t;
+    if (!rem) return;
+    int64_t o = o0;
+    for (; o + 4 <= o1; o += 4) {
+        if (rem == 3) lin_tile(dt, w, o, 4, x + t * ldx, ldx, 3, y + t * ldy, ldy);
+        else if (rem == 2) lin_tile(dt, w, o, 4, x + t * ldx, ldx, 2, y + t * ldy, ldy);
+        else lin_tile(dt, w, o, 4, x + t * ldx, ldx, 1, y + t * ldy, ldy);
+    }
+    for (; o < o1; o++)
+        for (int64_t tt = t; tt < T; tt++) lin_tile(dt, w, o, 1, x + tt * ldx, ldx, 1, y + tt * ldy, ldy);
+}
+
+T512 static void lin_rows_f32(const dsacp_weight *w, int64_t o0, int64_t o1, const float *x, int64_t ldx, int64_t T,
+                              float *y, int64_t ldy)
+{
+    lin_rows(DSACP_F32, w, o0, o1, x, ldx, T, y, ldy);
+}
+T512 static void lin_rows_bf16(const dsacp_weight *w, int64_t o0, int64_t o1, const float *x, int64_t ldx, int64_t T,
+                               float *y, int64_t ldy)
+{
+    lin_rows(DSACP_BF16, w, o0, o1, x, ldx, T, y, ldy);
+}
+T512 static void lin_rows_f16(const dsacp_weight *w, int64_t o0, int64_t o1, const float *x, int64_t ldx, int64_t T,
+                              float *y, int64_t ldy)
+{
+    lin_rows(DSACP_F16, w, o0, o1, x, ldx, T, y, ldy);
+}
+T512 static void lin_rows_f8(const dsacp_weight *w, int64_t o0, int64_t o1, const float *x, int64_t ldx, int64_t T,
+                             float *y, int64_t ldy)
+{
+    lin_rows(DSACP_F8_E4M3, w, o0, o1, x, ldx, T, y, ldy);
+}
+
+int dsacp_linear_avx512(const dsacp_weight *w, const float *x, int64_t T, int64_t ldx, float *y, int64_t ldy,
+                        bool act_quant)
+{
+    void (*rows)(const dsacp_weight *, int64_t, int64_t, const float *, int64_t, int64_t, float *, int64_t);
+    switch (w->dtype) {
+    case DSACP_F32: rows = lin_rows_f32; break;
+    case DSACP_BF16: rows = lin_rows_bf16; break;
+    case DSACP_F16: rows = lin_rows_f16; break;
+    case DSACP_F8_E4M3: rows = lin_rows_f8; break;
+    default: return dsacp_linear_scalar(w, x, T, ldx, y, ldy, act_quant);
+    }
+    const int64_t K = w->cols, N = w->rows;
+    if (w->dtype == DSACP_F8_E4M3) {
+        /* The in-register decode needs 16-aligned blocks and 2^120 * scale finite. */
+        bool ok = w->block > 0 && w->block % 16 == 0;
+        for (int64_t i = 0; ok && i < w->scale_rows; i++)
+            for (int64_t j = 0; j < w->scale_cols; j++)
+                if (!(fabsf(w->scale[i * w->scale_stride + j]) < 0x1p7f)) ok = false;
+        if (!ok) return dsacp_linear_scalar(w, x, T, ldx, y, ldy, act_quant);
+    }
+    if (T <= 0 || N <= 0) return DSACP_OK;
+    const float *xin = x;
+    int64_t ldxin = ldx;
+    float *xq = NULL;
+    if (act_quant && w->dtype == DSACP_F8_E4M3 && K % 128 == 0) {
+        xq = dsacp_linear_act_quant(x, T, ldx, K, &ldxin);
+        if (!xq) return dsacp_error(DSACP_ENOMEM, "linear %s: out of memory", w->name ? w->name : "");
+        xin = xq;
+    }
+    const int64_t nb = (N + LIN_BLOCK - 1) / LIN_BLOCK;
+    const bool par = !omp_in_parallel() && (double)N * (double)K * (double)T >= 1e6 && nb > 1;
+#pragma omp parallel for schedule(static) if (par)
+    for (int64_t b = 0; b < nb; b++) {
+        int64_t o0 = b * LIN_BLOCK, o1 = o0 + LIN_BLOCK < N ? o0 + LIN_BLOCK : N;
+        rows(w, o0, o1, xin, ldxin, T, y, ldy);
+    }
+    dsacp_free(xq);
+    return DSACP_OK;
+}
+
+/* ---- gemv_t ---- */
+
+T512 void dsacp_gemv_t_avx512(const float *A, int64_t lda, const float *x, int64_t m, int64_t n, float *y)
+{
+    int64_t j = 0;
+    for (; j + 64 <= n; j += 64) {
+        __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+        for (int64_t i = 0; i < m; i++) {
+            const float *r = A + i * lda + j;
+            __m512 xi = _mm512_set1_ps(x[i]);
+            a0 = _mm512_fmadd_ps(xi, _mm512_loadu_ps(r), a0);
+            a1 = _mm512_fmadd_ps(xi, _mm512_loadu_ps(r + 16), a1);
+            a2 = _mm512_fmadd_ps(xi, _mm512_loadu_ps(r + 32), a2);
+            a3 = _mm512_fmadd_ps(xi, _mm512_loadu_ps(r + 48), a3);
+        }
+        _mm512_storeu_ps(y + j, a0);
+        _mm512_storeu_ps(y + j + 16, a1);
+        _mm512_storeu_ps(y + j + 32, a2);
+        _mm512_storeu_ps(y + j + 48, a3);
+    }
+    for (; j < n; j += 16) {
+        __mmask16 mk = tail_mask(n - j);
+        __m512 a0 = _mm512_setzero_ps();
+        for (int64_t i = 0; i < m; i++)
+            a0 = _mm512_fmadd_ps(_mm512_set1_ps(x[i]), _mm512_maskz_loadu_ps(mk, A + i * lda + j), a0);
+        _mm512_mask_storeu_ps(y + j, mk, a0);
+    }
+}
+
+/* ---- indexer ---- */
+
+T512 void dsacp_index_query_pack_avx512(const float *q, const float *w, int64_t Hi, int64_t di, float *qt, float *wp)
+{
+    const int64_t Hp = (Hi + 15) / 16 * 16;
+    for (int64_t d = 0; d < di; d++) {
+        for (int64_t h = 0; h < Hi; h++) qt[d * Hp + h] = q[h * di + d];
+        for (int64_t h = Hi; h < Hp; h++) qt[d * Hp + h] = 0;
+    }
+    for (int64_t h = 0; h < Hp; h++) wp[h] = h < Hi ? w[h] : 0;
+}
+
+/* Scores of NK keys (rows kp[0..NK) of di floats) against head zmm groups [g0, g0 + NG) of the
+ * packed query; sv[i] accumulates w * ReLU(q . k) over the groups in order. */
+T512 static INL void idx_tile(const float *qt, const float *wp, int64_t Hp, int64_t di, const float *const *kp,
+                              const int NK, int64_t g0, const int NG, __m512 *sv)
+{
+    __m512 acc[6][4];
+#pragma GCC unroll 6
+    for (int i = 0; i < NK; i++)
+#pragma GCC unroll 4
+        for (int g = 0; g < NG; g++) acc[i][g] = _mm512_setzero_ps();
+    const float *qg = qt + g0 * 16;
+    for (int64_t d = 0; d < di; d++) {
+        __m512 qv[4];
+#pragma GCC unroll 4
+        for (int g = 0; g < NG; g++) qv[g] = _mm512_load_ps(qg + d * Hp + g * 16);
+#pragma GCC unroll 6
+        for (int i = 0; i < NK; i++) {
+            __m512 kb = _mm512_set1_ps(kp[i][d]);
+#pragma GCC unroll 4
+            for (int g = 0; g < NG; g++) acc[i][g] = _mm512_fmadd_ps(qv[g], kb, acc[i][g]);
+        }
+    }
+    const __m512 zero = _mm512_setzero_ps();
+#pragma GCC unroll 6
+    for (int i = 0; i < NK; i++)
+#pragma GCC unroll 4
+        for (int g = 0; g < NG; g++)
+            sv[i] = _mm512_fmadd_ps(_mm512_load_ps(wp + (g0 + g) * 16), _mm512_max_ps(acc[i][g], zero), sv[i]);
+}
+
+T512 static INL void idx_keys(const float *qt, const float *wp, int64_t Hp, int64_t di, const float *const *kp,
+                              const int NK, float *out)
+{
+    const int64_t G = Hp / 16;
+    __m512 sv[6];
+#pragma GCC unroll 6
+    for (int i = 0; i < NK; i++) sv[i] = _mm512_setzero_ps();
+    int64_t g = 0;
+    for (; g + 4 <= G; g += 4) idx_tile(qt, wp, Hp, di, kp, NK, g, 4, sv);
+    switch (G - g) {
+    case 3: idx_tile(qt, wp, Hp, di, kp, NK, g, 3, sv); break;
+    case 2: idx_tile(qt, wp, Hp, di, kp, NK, g, 2, sv); break;
+    case 1: idx_tile(qt, wp, Hp, di, kp, NK, g, 1, sv); break;
+    default: break;
+    }
+#pragma GCC unroll 6
+    for (int i = 0; i < NK; i++) out[i] = hsum_tree(sv[i]);
+}
+
+T512 void dsacp_index_scores_packed_avx512(const float *qt, const float *wp, int64_t Hp, int64_t di, const void *keys,
+                                          const float *kscales, int64_t n, float *out)
+{
+    _Alignas(64) float kbuf[6 * 1024];
+    for (int64_t j0 = 0; j0 < n; j0 += 6) {
+        const int nk = n - j0 < 6 ? (int)(n - j0) : 6;
+        const float *kp[6];
+        for (int i = 0; i < nk; i++) {
+            if (kscales) {
+                const uint8_t *k8 = (const uint8_t *)keys + (j0 + i) * di;
+                float *kf = kbuf + i * di;
+                const __m512 two120 = _mm512_set1_ps(0x1p120f);
+                for (int64_t d = 0; d < di; d += 16) {
+                    __mmask16 m = tail_mask(di - d);
+                    _mm512_mask_storeu_ps(kf + d, m, _mm512_mul_ps(e4m3_bits(_mm_maskz_loadu_epi8(m, k8 + d)), two120));
+                }
+                kp[i] = kf;
+            } else {
+                kp[i] = (const float *)keys + (j0 + i) * di;
+            }
+        }
+        switch (nk) {
+        case 6: idx_keys(qt, wp, Hp, di, kp, 6, out + j0); break;
+        case 5: idx_keys(qt, wp, Hp, di, kp, 5, out + j0); break;
+        case 4: idx_keys(qt, wp, Hp, di, kp, 4, out + j0); break;
+        case 3: idx_keys(qt, wp, Hp, di, kp, 3, out + j0); break;
+        case 2: idx_keys(qt, wp, Hp, di, kp, 2, out + j0); break;
+        default: idx_keys(qt, wp, Hp, di, kp, 1, out + j0); break;
+        }
+        if (kscales)
+            for (int i = 0; i < nk; i++) out[j0 + i] *= kscales[j0 + i];
+    }
+}
+
+/* ---- sparse MLA ---- */
+
+/* e^x for x <= 0 (Cephes expf polynomial, about 1 ulp; tiny x underflow to 0 via scalef). */
+T512 static INL __m512 exp512(__m512 x)
+{
+    x = _mm512_max_ps(x, _mm512_set1_ps(-104.0f));
+    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 p = _mm512_set1_ps(1.9875691500E-4f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507E-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073E-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894E-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459E-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201E-1f));
+    __m512 r2 = _mm512_mul_ps(r, r);
+    p = _mm512_fmadd_ps(p, r2, r);
+    p = _mm512_add_ps(p, _mm512_set1_ps(1.0f));
+    return _mm512_scalef_ps(p, n);
+}
+
+enum { MLA_NC = 64 };
+
+/* St[i][g] = scale * (q . kv[i]) for NK keys, NG head vectors at Qt column h0. */
+T512 static INL void mla_s_tile(const float *Qt, int64_t Hp, int64_t h0, const float *kv, int64_t dk, const int NK,
+                                const int NG, float scale, float *St)
+{
+    __m512 acc[6][4];
+#pragma GCC unroll 6
+    for (int i = 0; i < NK; i++)
+#pragma GCC unroll 4
+        for (int g = 0; g < NG; g++) acc[i][g] = _mm512_setzero_ps();
+    for (int64_t d = 0; d < dk; d++) {
+        __m512 qv[4];
+#pragma GCC unroll 4
+        for (int g = 0; g < NG; g++) qv[g] = _mm512_load_ps(Qt + d * Hp + h0 + g * 16);
+#pragma GCC unroll 6
+        for (int i = 0; i < NK; i++) {
+            __m512 kb = _mm512_set1_ps(kv[i * dk + d]);
+#pragma GCC unroll 4
+            for (int g = 0; g < NG; g++) acc[i][g] = _mm512_fmadd_ps(qv[g], kb, acc[i][g]);
+        }
+    }
+    const __m512 sc = _mm512_set1_ps(scale);
+#pragma GCC unroll 6
+    for (int i = 0; i < NK; i++)
+#pragma GCC unroll 4
+        for (int g = 0; g < NG; g++) _mm512_store_ps(St + i * 64 + g * 16, _mm512_mul_ps(acc[i][g], sc));
+}
+
+/* Ot[c + i][g] = Ot[c + i][g] * alpha[g] + sum_j kv[j][c + i] * St[j][g], j < nc in order. */
+T512 static INL void mla_o_tile(float *Ot, const float *kv, int64_t dk, int64_t c, const int NC6, const int NG,
+                                const float *St, int64_t nc, const __m512 *alpha)
+{
+    __m512 acc[6][4];
+#pragma GCC unroll 6
+    for (int i = 0; i < NC6; i++)
+#pragma GCC unroll 4
+        for (int g = 0; g < NG; g++) acc[i][g] = _mm512_mul_ps(_mm512_load_ps(Ot + (c + i) * 64 + g * 16), alpha[g]);
+    for (int64_t j = 0; j < nc; j++) {
+        __m512 pv[4];
+#pragma GCC unroll 4
+        for (int g = 0; g < NG; g++) pv[g] = _mm512_load_ps(St + j * 64 + g * 16);
+        const float *row = kv + j * dk + c;
+#pragma GCC unroll 6
+        for (int i = 0; i < NC6; i++) {
+            __m512 vb = _mm512_set1_ps(row[i]);
+#pragma GCC unroll 4
+            for (int g = 0; g < NG; g++) acc[i][g] = _mm512_fmadd_ps(pv[g], vb, acc[i][g]);
+        }
+    }
+#pragma GCC unroll 6
+    for (int i = 0; i < NC6; i++)
+#pragma GCC unroll 4
+        for (int g = 0; g < NG; g++) _mm512_store_ps(Ot + (c + i) * 64 + g * 16, acc[i][g]);
+}
+
+/* One group of NG head vectors (16 heads each) starting at Qt column h0. */
+T512 static INL void mla_group(const float *Qt, int64_t Hp, int64_t h0, const int NG, const float *kv, int64_t n,
+                               int64_t dc, int64_t dk, float scale, float *St, float *Ot, float *mo, float *lo)
+{
+    __m512 m[4], l[4];
+#pragma GCC unroll 4
+    for (int g = 0; g < NG; g++) {
+        m[g] = _mm512_set1_ps(-INFINITY);
+        l[g] = _mm512_setzero_ps();
+    }
+    memset(Ot, 0, (size_t)(dc * 64) * sizeof(float));
+    for (int64_t c0 = 0; c0 < n; c0 += MLA_NC) {
+        const int64_t nc = n - c0 < MLA_NC ? n - c0 : MLA_NC;
+        const float *kc = kv + c0 * dk;
+        int64_t j = 0;
+        for (; j + 6 <= nc; j += 6) mla_s_tile(Qt, Hp, h0, kc + j * dk, dk, 6, NG, scale, St + j * 64);
+        for (; j < nc; j++) mla_s_tile(Qt, Hp, h0, kc + j * dk, dk, 1, NG, scale, St + j * 64);
+        __m512 alpha[4];
+#pragma GCC unroll 4
+        for (int g = 0; g < NG; g++) {
+            __m512 mx = m[g];
+            for (int64_t i = 0; i < nc; i++) mx = _mm512_max_ps(mx, _mm512_load_ps(St + i * 64 + g * 16));
+            alpha[g] = exp512(_mm512_sub_ps(m[g], mx));
+            __m512 s = _mm512_mul_ps(l[g], alpha[g]);
+            for (int64_t i = 0; i < nc; i++) {
+                __m512 p = exp512(_mm512_sub_ps(_mm512_load_ps(St + i * 64 + g * 16), mx));
+                _mm512_store_ps(St + i * 64 + g * 16, p);
+                s = _mm512_add_ps(s, p);
+            }
+            l[g] = s;
+            m[g] = mx;
+        }
+        int64_t c = 0;
+        for (; c + 6 <= dc; c += 6) mla_o_tile(Ot, kc, dk, c, 6, NG, St, nc, alpha);
+        for (; c < dc; c++) mla_o_tile(Ot, kc, dk, c, 1, NG, St, nc, alpha);
+    }
+#pragma GCC unroll 4
+    for (int g = 0; g < NG; g++) {
+        _mm512_store_ps(mo + g * 16, m[g]);
+        _mm512_store_ps(lo + g * 16, l[g]);
+    }
+}
+
+T512 static void mla_group4(const float *Qt, int64_t Hp, int64_t h0, const float *kv, int64_t n, int64_t dc,
+                            int64_t dk, float scale, float *St, float *Ot, float *mo, float *lo)
+{
+    mla_group(Qt, Hp, h0, 4, kv, n, dc, dk, scale, St, Ot, mo, lo);
+}
+T512 static void mla_group3(const float *Qt, int64_t Hp, int64_t h0, const float *kv, int64_t n, int64_t dc,
+                            int64_t dk, float scale, float *St, float *Ot, float *mo, float *lo)
+{
+    mla_group(Qt, Hp, h0, 3, kv, n, dc, dk, scale, St, Ot, mo, lo);
+}
+T512 static void mla_group2(const float *Qt, int64_t Hp, int64_t h0, const float *kv, int64_t n, int64_t dc,
+                            int64_t dk, float scale, float *St, float *Ot, float *mo, float *lo)
+{
+    mla_group(Qt, Hp, h0, 2, kv, n, dc, dk, scale, St, Ot, mo, lo);
+}
+T512 static void mla_group1(const float *Qt, int64_t Hp, int64_t h0, const float *kv, int64_t n, int64_t dc,
+                            int64_t dk, float scale, float *St, float *Ot, float *mo, float *lo)
+{
+    mla_group(Qt, Hp, h0, 1, kv, n, dc, dk, scale, St, Ot, mo, lo);
+}
+
+void dsacp_sparse_mla_avx512(const float *q, const float *kv, int64_t n, int64_t H, int64_t dc, int64_t dr,
+                             float scale, float *o, float *lse, float *work)
+{
+    const int64_t dk = dc + dr, Hp = (H + 15) / 16 * 16, G = (Hp + 63) / 64;
+    if (n == 0) {
+        memset(o, 0, (size_t)(H * dc) * sizeof(float));
+        for (int64_t h = 0; h < H; h++) lse[h] = -INFINITY;
+        return;
+    }
+    const size_t per = (size_t)(MLA_NC * 64 + dc * 64 + 128);
+    float *buf = dsacp_alloc(((size_t)(dk * Hp) + (size_t)G * per) * sizeof(float));
+    if (!buf) {
+        dsacp_sparse_mla_scalar(q, kv, n, H, dc, dr, scale, o, lse, work);
+        return;
+    }
+    float *Qt = buf;
+    for (int64_t d = 0; d < dk; d++) {
+        for (int64_t h = 0; h < H; h++) Qt[d * Hp + h] = q[h * dk + d];
+        for (int64_t h = H; h < Hp; h++) Qt[d * Hp + h] = 0;
+    }
+    const bool par = G > 1 && !omp_in_parallel() && (double)n * (double)H * (double)dk >= 1e6;
+#pragma omp parallel for schedule(static) if (par)
+    for (int64_t g = 0; g < G; g++) {
+        float *St = buf + dk * Hp + (size_t)g * per, *Ot = St + MLA_NC * 64, *mo = Ot + dc * 64, *lo = mo + 64;
+        const int64_t h0 = g * 64, ng = (Hp - h0) / 16 < 4 ? (Hp - h0) / 16 : 4;
+        switch (ng) {
+        case 4: mla_group4(Qt, Hp, h0, kv, n, dc, dk, scale, St, Ot, mo, lo); break;
+        case 3: mla_group3(Qt, Hp, h0, kv, n, dc, dk, scale, St, Ot, mo, lo); break;
+        case 2: mla_group2(Qt, Hp, h0, kv, n, dc, dk, scale, St, Ot, mo, lo); break;
+        default: mla_group1(Qt, Hp, h0, kv, n, dc, dk, scale, St, Ot, mo, lo); break;
+        }
+        for (int64_t hh = 0; hh < ng * 16 && h0 + hh < H; hh++) {
+            const int64_t h = h0 + hh;
+            const float inv = 1.0f / lo[hh];
+            float *oh = o + h * dc;
+            for (int64_t c = 0; c < dc; c++) oh[c] = Ot[c * 64 + hh] * inv;
+            lse[h] = mo[hh] + logf(lo[hh]);
+        }
+    }
+    dsacp_free(buf);
+}
+
+#else /* not x86-64: the dispatcher never selects these */
+
+int dsacp_linear_avx512(const dsacp_weight *w, const float *x, int64_t T, int64_t ldx, float *y, int64_t ldy,
+                        bool act_quant)
+{
+    return dsacp_linear_scalar(w, x, T, ldx, y, ldy, act_quant);
+}
+void dsacp_gemv_t_avx512(const float *A, int64_t lda, const float *x, int64_t m, int64_t n, float *y) { abort(); }
+void dsacp_index_query_pack_avx512(const float *q, const float *w, int64_t Hi, int64_t di, float *qt, float *wp)
+{
+    abort();
+}
+void dsacp_index_scores_packed_avx512(const float *qt, const float *wp, int64_t Hp, int64_t di, const void *keys,
+                                      const float *kscales, int64_t n, float *out)
+{
+    abort();
+}
+void dsacp_sparse_mla_avx512(const float *q, const float *kv, int64_t n, int64_t H, int64_t dc, int64_t dr,
+                             float scale, float *o, float *lse, float *work)
+{
+    dsacp_sparse_mla_scalar(q, kv, n, H, dc, dr, scale, o, lse, work);
+}
+#endif

@@ -1,0 +1,232 @@
+/*
+ * test_kernels_simd.c -- every SIMD variant the CPU runs against its scalar twin on random
+ * inputs of awkward sizes (tolerance: summation orders differ between ISAs), plus the
+ * properties that must hold exactly within one ISA: deterministic results, batch invariance
+ * (a row alone equals the row inside a batch; a key scored alone equals the key inside a
+ * block; the multi-query indexer equals the single-query one), thread-count invariance, and
+ * the radix top-k equal to the quickselect reference.
+ */
+#include "test.h"
+#include "kernels/kernels.h"
+#include "numerics/numerics.h"
+
+#include <math.h>
+#include <omp.h>
+
+static dsacp_rng rng;
+
+static float frand(void) { return (float)(2 * dsacp_rng_uniform(&rng) - 1); }
+
+static double rel_err(const float *a, const float *b, int64_t n)
+{
+    double num = 0, den = 0;
+    for (int64_t i = 0; i < n; i++) {
+        num = fmax(num, fabs((double)a[i] - b[i]));
+        den = fmax(den, fabs((double)b[i]));
+    }
+    return num / (den + 1e-30);
+}
+
+static void test_linear(dsacp_isa isa)
+{
+    static const int64_t shapes[][3] = {{1, 1, 1}, {5, 17, 3}, {37, 275, 5}, {64, 256, 1}, {33, 384, 7}, {130, 129, 4}};
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+        const int64_t N = shapes[s][0], K = shapes[s][1], T = shapes[s][2];
+        float *w = malloc((size_t)(N * K) * 4), *x = malloc((size_t)(T * K) * 4);
+        float *y = malloc((size_t)(T * N) * 4), *yr = malloc((size_t)(T * N) * 4), *y1 = malloc((size_t)N * 4);
+        uint16_t *wb = malloc((size_t)(N * K) * 2), *wh = malloc((size_t)(N * K) * 2);
+        uint8_t *w8 = malloc((size_t)(N * K));
+        const int64_t sr = (N + 127) / 128, sc = (K + 127) / 128;
+        float *scales = malloc((size_t)(sr * sc) * 4);
+        for (int64_t i = 0; i < N * K; i++) {
+            w[i] = frand();
+            wb[i] = dsacp_f32_to_bf16(w[i]);
+            wh[i] = dsacp_f32_to_f16(w[i]);
+            w8[i] = dsacp_f32_to_e4m3(w[i] * 400);
+        }
+        for (int64_t i = 0; i < sr * sc; i++) scales[i] = (float)(0.0025 * (1 + dsacp_rng_uniform(&rng)));
+        for (int64_t i = 0; i < T * K; i++) x[i] = frand();
+        dsacp_weight ws[4] = {
+            {.name = "f32", .dtype = DSACP_F32, .ndim = 2, .rows = N, .cols = K, .data = w},
+            {.name = "bf16", .dtype = DSACP_BF16, .ndim = 2, .rows = N, .cols = K, .data = wb},
+            {.name = "f16", .dtype = DSACP_F16, .ndim = 2, .rows = N, .cols = K, .data = wh},
+            {.name = "fp8", .dtype = DSACP_F8_E4M3, .ndim = 2, .rows = N, .cols = K, .data = w8, .scale = scales,
+             .scale_rows = sr, .scale_cols = sc, .scale_stride = sc, .block = 128},
+        };
+        for (int k = 0; k < 4; k++)
+            for (int aq = 0; aq < 2; aq++) {
+                CHECK_OK(dsacp_isa_set(DSACP_ISA_SCALAR));
+                CHECK_OK(dsacp_linear(&ws[k], x, T, K, yr, N, aq));
+                CHECK_OK(dsacp_isa_set(isa));
+                CHECK_OK(dsacp_linear(&ws[k], x, T, K, y, N, aq));
+                double e = rel_err(y, yr, T * N);
+                CHECKF(e < 1e-5, "%s linear %s %lldx%lld T=%lld aq=%d: error %g", dsacp_isa_name(isa), ws[k].name,
+                       (long long)N, (long long)K, (long long)T, aq, e);
+                for (int64_t t = 0; t < T; t++) {
+                    CHECK_OK(dsacp_linear(&ws[k], x + t * K, 1, K, y1, N, aq));
+                    CHECKF(memcmp(y1, y + t * N, (size_t)N * 4) == 0, "%s linear %s row %lld not batch-invariant",
+                           dsacp_isa_name(isa), ws[k].name, (long long)t);
+                }
+            }
+        free(w);
+        free(x);
+        free(y);
+        free(yr);
+        free(y1);
+        free(wb);
+        free(wh);
+        free(w8);
+        free(scales);
+    }
+}
+
+static void test_index(dsacp_isa isa)
+{
+    static const int64_t shapes[][3] = {{1, 16, 1}, {3, 20, 7}, {64, 128, 67}, {17, 64, 13}, {70, 32, 29}};
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+        const int64_t Hi = shapes[s][0], di = shapes[s][1], n = shapes[s][2], Tq = 3;
+        float *q = malloc((size_t)(Tq * Hi * di) * 4), *w = malloc((size_t)(Tq * Hi) * 4);
+        float *kf = malloc((size_t)(n * di) * 4), *ks = malloc((size_t)n * 4);
+        uint8_t *k8 = malloc((size_t)(n * di));
+        float *out = malloc((size_t)(Tq * n) * 4), *ref = malloc((size_t)n * 4), *one = malloc(4);
+        float *multi = malloc((size_t)(Tq * (n + 3)) * 4);
+        for (int64_t i = 0; i < Tq * Hi * di; i++) q[i] = frand();
+        for (int64_t i = 0; i < Tq * Hi; i++) w[i] = frand();
+        for (int64_t i = 0; i < n * di; i++) {
+            kf[i] = frand();
+            k8[i] = dsacp_f32_to_e4m3(kf[i] * 300);
+        }
+        for (int64_t j = 0; j < n; j++) ks[j] = (float)(0.003 * (1 + dsacp_rng_uniform(&rng)));
+        for (int fp8 = 0; fp8 < 2; fp8++) {
+            const void *keys = fp8 ? (const void *)k8 : (const void *)kf;
+            const float *sc = fp8 ? ks : NULL;
+            for (int64_t t = 0; t < Tq; t++) {
+                CHECK_OK(dsacp_isa_set(DSACP_ISA_SCALAR));
+                dsacp_index_scores(q + t * Hi * di, w + t * Hi, Hi, di, keys, sc, n, ref);
+                CHECK_OK(dsacp_isa_set(isa));
+                dsacp_index_scores(q + t * Hi * di, w + t * Hi, Hi, di, keys, sc, n, out + t * n);
+                double e = rel_err(out + t * n, ref, n);
+                CHECKF(e < 1e-5, "%s index Hi=%lld di=%lld n=%lld fp8=%d: error %g", dsacp_isa_name(isa),
+                       (long long)Hi, (long long)di, (long long)n, fp8, e);
+                /* Each key alone gives the same bits as inside the block. */
+                bool same = true;
+                for (int64_t j = 0; j < n; j++) {
+                    dsacp_index_scores(q + t * Hi * di, w + t * Hi, Hi, di,
+                                       (const uint8_t *)keys + (size_t)j * (size_t)di * (fp8 ? 1 : 4),
+                                       fp8 ? ks + j : NULL, 1, one);
+                    same &= memcmp(one, out + t * n + j, 4) == 0;
+                }
+                CHECKF(same, "%s index: a key alone differs from the key in a block", dsacp_isa_name(isa));
+            }
+            dsacp_index_scores_multi(q, w, Tq, Hi, di, keys, sc, n, multi, n + 3);
+            bool same = true;
+            for (int64_t t = 0; t < Tq; t++) same &= memcmp(multi + t * (n + 3), out + t * n, (size_t)n * 4) == 0;
+            CHECKF(same, "%s index multi differs from single (fp8=%d)", dsacp_isa_name(isa), fp8);
+        }
+        free(q);
+        free(w);
+        free(kf);
+        free(ks);
+        free(k8);
+        free(out);
+        free(ref);
+        free(one);
+        free(multi);
+    }
+}
+
+static void test_mla(dsacp_isa isa)
+{
+    static const int64_t shapes[][4] = {{5, 40, 8, 37}, {16, 64, 16, 1}, {17, 33, 7, 70}, {128, 64, 8, 130}, {3, 512, 64, 200}};
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+        const int64_t H = shapes[s][0], dc = shapes[s][1], dr = shapes[s][2], n = shapes[s][3], dk = dc + dr;
+        float *q = malloc((size_t)(H * dk) * 4), *kv = malloc((size_t)(n * dk) * 4);
+        float *o = malloc((size_t)(H * dc) * 4), *or_ = malloc((size_t)(H * dc) * 4), *o2 = malloc((size_t)(H * dc) * 4);
+        float *lse = malloc((size_t)H * 4), *lr = malloc((size_t)H * 4), *l2 = malloc((size_t)H * 4);
+        float *work = malloc((size_t)n * 4);
+        for (int64_t i = 0; i < H * dk; i++) q[i] = 3 * frand();
+        for (int64_t i = 0; i < n * dk; i++) kv[i] = frand();
+        CHECK_OK(dsacp_isa_set(DSACP_ISA_SCALAR));
+        dsacp_sparse_mla(q, kv, n, H, dc, dr, 0.2f, or_, lr, work);
+        CHECK_OK(dsacp_isa_set(isa));
+        dsacp_sparse_mla(q, kv, n, H, dc, dr, 0.2f, o, lse, work);
+        double e = fmax(rel_err(o, or_, H * dc), rel_err(lse, lr, H));
+        CHECKF(e < 1e-5, "%s sparse MLA H=%lld dc=%lld n=%lld: error %g", dsacp_isa_name(isa), (long long)H,
+               (long long)dc, (long long)n, e);
+        /* Deterministic, thread-count invariant, and head h alone equals head h in the batch. */
+        omp_set_num_threads(1);
+        dsacp_sparse_mla(q, kv, n, H, dc, dr, 0.2f, o2, l2, work);
+        omp_set_num_threads(omp_get_num_procs());
+        CHECKF(memcmp(o, o2, (size_t)(H * dc) * 4) == 0 && memcmp(lse, l2, (size_t)H * 4) == 0,
+               "%s sparse MLA depends on the thread count", dsacp_isa_name(isa));
+        int64_t h = H / 2;
+        dsacp_sparse_mla(q + h * dk, kv, n, 1, dc, dr, 0.2f, o2, l2, work);
+        CHECKF(memcmp(o2, o + h * dc, (size_t)dc * 4) == 0 && l2[0] == lse[h],
+               "%s sparse MLA head alone differs", dsacp_isa_name(isa));
+        free(q);
+        free(kv);
+        free(o);
+        free(or_);
+        free(o2);
+        free(lse);
+        free(lr);
+        free(l2);
+        free(work);
+    }
+}
+
+static void test_gemv_t(dsacp_isa isa)
+{
+    const int64_t m = 37, n = 133;
+    float *A = malloc((size_t)(m * n) * 4), x[37], y[133], yr[133], y1[133];
+    for (int64_t i = 0; i < m * n; i++) A[i] = frand();
+    for (int64_t i = 0; i < m; i++) x[i] = frand();
+    CHECK_OK(dsacp_isa_set(DSACP_ISA_SCALAR));
+    dsacp_gemv_t(A, n, x, m, n, yr);
+    CHECK_OK(dsacp_isa_set(isa));
+    dsacp_gemv_t(A, n, x, m, n, y);
+    CHECKF(rel_err(y, yr, n) < 1e-5, "%s gemv_t error %g", dsacp_isa_name(isa), rel_err(y, yr, n));
+    /* Column j's value does not depend on n (lane position). */
+    dsacp_gemv_t(A + 70, n, x, m, 3, y1);
+    CHECK(memcmp(y1, y + 70, 12) == 0);
+    free(A);
+}
+
+static void test_topk_radix(void)
+{
+    const int64_t n = 131072;
+    float *s = malloc((size_t)n * 4);
+    int32_t *a = malloc((size_t)n * 4), *b = malloc((size_t)n * 4);
+    for (int rep = 0; rep < 6; rep++) {
+        for (int64_t i = 0; i < n; i++) {
+            s[i] = rep % 3 == 0 ? frand() : rep % 3 == 1 ? (float)(dsacp_rng_u64(&rng) % 7) : fmaxf(frand(), 0);
+            if (rep == 5 && i % 97 == 0) s[i] = NAN;
+        }
+        int64_t k = rep < 3 ? 2048 : 1 + (int64_t)(dsacp_rng_u64(&rng) % 5000);
+        int64_t ga = dsacp_topk_select(s, n, k, a), gb = dsacp_topk_select_ref(s, n, k, b);
+        CHECKF(ga == gb && memcmp(a, b, (size_t)ga * 4) == 0, "radix top-k differs from reference (rep %d)", rep);
+    }
+    free(s);
+    free(a);
+    free(b);
+}
+
+int main(void)
+{
+    dsacp_rng_seed(&rng, 99);
+    printf("best ISA: %s\n", dsacp_isa_name(dsacp_isa_best()));
+    CHECK(dsacp_isa_active() <= dsacp_isa_best());
+    CHECK(!strcmp(dsacp_isa_name(DSACP_ISA_AVX512), "avx512"));
+    const dsacp_isa start = dsacp_isa_active();
+    for (int i = DSACP_ISA_SCALAR; i <= (int)dsacp_isa_best(); i++) {
+        dsacp_isa isa = (dsacp_isa)i;
+        test_linear(isa);
+        test_index(isa);
+        test_mla(isa);
+        test_gemv_t(isa);
+    }
+    if (dsacp_isa_best() < DSACP_ISA_AVX512) CHECK(dsacp_isa_set(DSACP_ISA_AVX512) == DSACP_EUNSUPPORTED);
+    CHECK_OK(dsacp_isa_set(start));
+    test_topk_radix();
+    return test_finish("test_kernels_simd");
+}
