@@ -29,7 +29,7 @@ static double rel_err(const float *a, const float *b, int64_t n)
 
 static void test_linear(dsacp_isa isa)
 {
-    static const int64_t shapes[][3] = {{1, 1, 1}, {5, 17, 3}, {37, 275, 5}, {64, 256, 1}, {33, 384, 7}, {130, 129, 4}};
+    static const int64_t shapes[][3] = {{1, 1, 1}, {5, 17, 3}, {37, 275, 5}, {64, 256, 1}, {33, 384, 7}, {130, 129, 4}, {19, 200, 2}, {7, 12, 6}, {3, 136, 9}};
     for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
         const int64_t N = shapes[s][0], K = shapes[s][1], T = shapes[s][2];
         float *w = malloc((size_t)(N * K) * 4), *x = malloc((size_t)(T * K) * 4);
@@ -82,7 +82,7 @@ static void test_linear(dsacp_isa isa)
 
 static void test_index(dsacp_isa isa)
 {
-    static const int64_t shapes[][3] = {{1, 16, 1}, {3, 20, 7}, {64, 128, 67}, {17, 64, 13}, {70, 32, 29}};
+    static const int64_t shapes[][3] = {{1, 16, 1}, {3, 20, 7}, {64, 128, 67}, {17, 64, 13}, {70, 32, 29}, {33, 13, 5}, {8, 24, 4}};
     for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
         const int64_t Hi = shapes[s][0], di = shapes[s][1], n = shapes[s][2], Tq = 3;
         float *q = malloc((size_t)(Tq * Hi * di) * 4), *w = malloc((size_t)(Tq * Hi) * 4);
@@ -137,7 +137,7 @@ static void test_index(dsacp_isa isa)
 
 static void test_mla(dsacp_isa isa)
 {
-    static const int64_t shapes[][4] = {{5, 40, 8, 37}, {16, 64, 16, 1}, {17, 33, 7, 70}, {128, 64, 8, 130}, {3, 512, 64, 200}};
+    static const int64_t shapes[][4] = {{5, 40, 8, 37}, {16, 64, 16, 1}, {17, 33, 7, 70}, {128, 64, 8, 130}, {3, 512, 64, 200}, {40, 31, 5, 65}, {72, 17, 3, 9}};
     for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
         const int64_t H = shapes[s][0], dc = shapes[s][1], dr = shapes[s][2], n = shapes[s][3], dk = dc + dr;
         float *q = malloc((size_t)(H * dk) * 4), *kv = malloc((size_t)(n * dk) * 4);

@@ -71,12 +71,79 @@ int dsacp_dsa_weights_bind(dsacp_dsa_weights *w, const dsacp_model *m, int64_t l
         if (!w->kv_b_f32) rc = DSACP_ENOMEM;
         else dsacp_weight_to_f32(w->kv_b, w->kv_b_f32);
     }
+    if (!rc) rc = dsacp_dsa_weights_absorb(w, cfg);
     if (rc) dsacp_dsa_weights_release(w);
     return rc;
 }
 
+void dsacp_dsa_weights_absorb_release(dsacp_dsa_weights *w)
+{
+    free(w->wuk_t);
+    free(w->wuv);
+    dsacp_free(w->absorb_buf);
+    w->wuk_t = w->wuv = NULL;
+    w->absorb_buf = NULL;
+}
+
+int dsacp_dsa_weights_absorb(dsacp_dsa_weights *w, const dsacp_config *cfg)
+{
+    dsacp_dsa_weights_absorb_release(w);
+    const dsacp_weight *kb = w->kv_b;
+    const int64_t H = cfg->num_attention_heads, nope = cfg->qk_nope_head_dim, dv = cfg->v_head_dim;
+    const int64_t dc = cfg->kv_lora_rank, hr = nope + dv;
+    if (!kb || !w->kv_b_f32 || kb->rows != H * hr || kb->cols != dc) return DSACP_OK; /* kv_b_f32 path */
+    const int64_t B = kb->block;
+    const bool f8 = kb->dtype == DSACP_F8_E4M3 && B > 0 && nope % B == 0 && dv % B == 0 && dc % B == 0;
+    const bool half = kb->dtype == DSACP_BF16 || kb->dtype == DSACP_F16;
+    const size_t es = f8 ? 1 : half ? 2 : 4;
+    const int64_t sr = f8 ? dc / B : 0, sc = f8 ? nope / B : 0;
+    const size_t dbytes = (size_t)(H * dc * nope) * es, sbytes = (size_t)(H * sr * sc) * sizeof(float);
+    w->wuk_t = calloc((size_t)H, sizeof *w->wuk_t);
+    w->wuv = calloc((size_t)H, sizeof *w->wuv);
+    w->absorb_buf = dsacp_alloc(dbytes + sbytes + 64);
+    if (!w->wuk_t || !w->wuv || !w->absorb_buf) {
+        dsacp_dsa_weights_absorb_release(w);
+        return dsacp_error(DSACP_ENOMEM, "out of memory for the absorbed kv_b_proj");
+    }
+    uint8_t *data = w->absorb_buf;
+    float *scales = (float *)(data + (dbytes + 63) / 64 * 64);
+    for (int64_t h = 0; h < H; h++) {
+        uint8_t *dt = data + (size_t)(h * dc * nope) * es;
+        const int64_t r0 = h * hr;
+        /* W_UK[h]^T [dc][nope]: element (c, i) = kv_b[r0 + i][c]. */
+        for (int64_t c = 0; c < dc; c++)
+            for (int64_t i = 0; i < nope; i++) {
+                if (f8 || half) {
+                    const uint8_t *src = (const uint8_t *)kb->data + (size_t)((r0 + i) * dc + c) * es;
+                    memcpy(dt + (size_t)(c * nope + i) * es, src, es);
+                } else {
+                    ((float *)dt)[c * nope + i] = w->kv_b_f32[(r0 + i) * dc + c];
+                }
+            }
+        dsacp_weight *uk = &w->wuk_t[h], *uv = &w->wuv[h];
+        *uk = (dsacp_weight){.name = "W_UK^T", .dtype = f8 ? DSACP_F8_E4M3 : half ? kb->dtype : DSACP_F32,
+                             .ndim = 2, .rows = dc, .cols = nope, .data = dt};
+        *uv = (dsacp_weight){.name = "W_UV", .dtype = uk->dtype, .ndim = 2, .rows = dv, .cols = dc};
+        if (f8) {
+            float *st = scales + h * sr * sc;
+            for (int64_t cb = 0; cb < sr; cb++)
+                for (int64_t ib = 0; ib < sc; ib++) st[cb * sc + ib] = kb->scale[(r0 / B + ib) * kb->scale_stride + cb];
+            uk->scale = st, uk->scale_rows = sr, uk->scale_cols = sc, uk->scale_stride = sc, uk->block = B;
+            uv->data = (const uint8_t *)kb->data + (size_t)((r0 + nope) * dc);
+            uv->scale = kb->scale + ((r0 + nope) / B) * kb->scale_stride;
+            uv->scale_rows = dv / B, uv->scale_cols = dc / B, uv->scale_stride = kb->scale_stride, uv->block = B;
+        } else if (half) {
+            uv->data = (const uint8_t *)kb->data + (size_t)((r0 + nope) * dc) * 2;
+        } else {
+            uv->data = w->kv_b_f32 + (r0 + nope) * dc;
+        }
+    }
+    return DSACP_OK;
+}
+
 void dsacp_dsa_weights_release(dsacp_dsa_weights *w)
 {
+    dsacp_dsa_weights_absorb_release(w);
     dsacp_free(w->q_a_norm);
     dsacp_free(w->kv_a_norm);
     dsacp_free(w->k_norm_w);
@@ -236,7 +303,8 @@ int dsacp_dsa_forward(const dsacp_dsa_ctx *ctx, const dsacp_dsa_weights *w, int6
             for (int64_t h = 0; h < H; h++) {
                 const float *qh = q + (t * H + h) * dq;
                 float *qr = s.qrow + h * dk;
-                dsacp_gemv_t(w->kv_b_f32 + h * (nope + dv) * dc, dc, qh, nope, dc, qr);
+                if (w->wuk_t) dsacp_linear(&w->wuk_t[h], qh, 1, nope, qr, dc, false);
+                else dsacp_gemv_t(w->kv_b_f32 + h * (nope + dv) * dc, dc, qh, nope, dc, qr);
                 memcpy(qr + dc, qh + nope, (size_t)dr * 4);
             }
             dsacp_sparse_mla(s.qrow, s.kv, nsel, H, dc, dr, scale, s.o, s.lse, s.work);
@@ -245,7 +313,7 @@ int dsacp_dsa_forward(const dsacp_dsa_ctx *ctx, const dsacp_dsa_weights *w, int6
             for (int64_t h = 0; h < H; h++) {
                 dsacp_weight wuv = {.name = "W_UV", .dtype = DSACP_F32, .ndim = 2, .rows = dv, .cols = dc,
                                     .data = w->kv_b_f32 + (h * (nope + dv) + nope) * dc};
-                dsacp_linear(&wuv, s.o + h * dc, 1, dc, vcat + (t * H + h) * dv, dv, false);
+                dsacp_linear(w->wuv ? &w->wuv[h] : &wuv, s.o + h * dc, 1, dc, vcat + (t * H + h) * dv, dv, false);
             }
         }
         free(s.scores);

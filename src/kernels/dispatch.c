@@ -5,6 +5,9 @@
 #include "kernels/kernels_isa.h"
 
 #include <stdint.h>
+#if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
+#endif
 #include <stdlib.h>
 #include <string.h>
 
@@ -17,7 +20,9 @@ dsacp_isa dsacp_isa_best(void)
     if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("fma"))
         return DSACP_ISA_AVX512;
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return DSACP_ISA_AVX2;
+    unsigned a = 0, b = 0, c = 0, d = 0;
+    const bool f16c = __get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C); /* clang lacks "f16c" here */
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && f16c) return DSACP_ISA_AVX2;
 #endif
     return DSACP_ISA_SCALAR;
 }
@@ -63,6 +68,7 @@ int dsacp_linear(const dsacp_weight *w, const float *x, int64_t T, int64_t ldx, 
 {
     switch (dsacp_isa_active()) {
     case DSACP_ISA_AVX512: return dsacp_linear_avx512(w, x, T, ldx, y, ldy, act_quant);
+    case DSACP_ISA_AVX2: return dsacp_linear_avx2(w, x, T, ldx, y, ldy, act_quant);
     default: return dsacp_linear_scalar(w, x, T, ldx, y, ldy, act_quant);
     }
 }
@@ -109,8 +115,15 @@ void dsacp_index_query_pack(const float *q, const float *w, int64_t Hi, int64_t 
     ph->di = di;
     ph->Hp = round16(Hi);
     float *body = (float *)((unsigned char *)packed + PACKED_HEAD);
-    if (ph->isa == DSACP_ISA_AVX512) {
-        dsacp_index_query_pack_avx512(q, w, Hi, di, body, body + di * ph->Hp);
+    if (ph->isa != DSACP_ISA_SCALAR) {
+        /* q transposed to [di][Hp] (zero padded), w padded to Hp: the SIMD variants run across heads. */
+        const int64_t Hp = ph->Hp;
+        float *qt = body, *wp = body + di * Hp;
+        for (int64_t d = 0; d < di; d++) {
+            for (int64_t h = 0; h < Hi; h++) qt[d * Hp + h] = q[h * di + d];
+            for (int64_t h = Hi; h < Hp; h++) qt[d * Hp + h] = 0;
+        }
+        for (int64_t h = 0; h < Hp; h++) wp[h] = h < Hi ? w[h] : 0;
     } else {
         memcpy(body, q, (size_t)(Hi * di) * sizeof(float));
         memcpy(body + Hi * di, w, (size_t)Hi * sizeof(float));
@@ -123,15 +136,18 @@ void dsacp_index_scores_packed(const void *packed, const void *keys, const float
     const float *body = (const float *)((const unsigned char *)packed + PACKED_HEAD);
     if (ph->isa == DSACP_ISA_AVX512)
         dsacp_index_scores_packed_avx512(body, body + ph->di * ph->Hp, ph->Hp, ph->di, keys, kscales, n, out);
+    else if (ph->isa == DSACP_ISA_AVX2)
+        dsacp_index_scores_packed_avx2(body, body + ph->di * ph->Hp, ph->Hp, ph->di, keys, kscales, n, out);
     else
         dsacp_index_scores_scalar(body, body + ph->Hi * ph->di, ph->Hi, ph->di, keys, kscales, n, out);
 }
 
 void dsacp_gemv_t(const float *A, int64_t lda, const float *x, int64_t m, int64_t n, float *y)
 {
-    if (dsacp_isa_active() == DSACP_ISA_AVX512) {
-        dsacp_gemv_t_avx512(A, lda, x, m, n, y);
-        return;
+    switch (dsacp_isa_active()) {
+    case DSACP_ISA_AVX512: dsacp_gemv_t_avx512(A, lda, x, m, n, y); return;
+    case DSACP_ISA_AVX2: dsacp_gemv_t_avx2(A, lda, x, m, n, y); return;
+    default: break;
     }
     for (int64_t j = 0; j < n; j++) y[j] = 0;
     for (int64_t i = 0; i < m; i++) {
@@ -167,6 +183,9 @@ void dsacp_index_scores_multi(const float *q, const float *w, int64_t Tq, int64_
 void dsacp_sparse_mla(const float *q, const float *kv, int64_t n, int64_t H, int64_t dc, int64_t dr,
                       float scale, float *o, float *lse, float *work)
 {
-    if (dsacp_isa_active() == DSACP_ISA_AVX512) dsacp_sparse_mla_avx512(q, kv, n, H, dc, dr, scale, o, lse, work);
-    else dsacp_sparse_mla_scalar(q, kv, n, H, dc, dr, scale, o, lse, work);
+    switch (dsacp_isa_active()) {
+    case DSACP_ISA_AVX512: dsacp_sparse_mla_avx512(q, kv, n, H, dc, dr, scale, o, lse, work); break;
+    case DSACP_ISA_AVX2: dsacp_sparse_mla_avx2(q, kv, n, H, dc, dr, scale, o, lse, work); break;
+    default: dsacp_sparse_mla_scalar(q, kv, n, H, dc, dr, scale, o, lse, work); break;
+    }
 }

@@ -24,6 +24,15 @@ float dsacp_dot_f32(const float *a, const float *b, int64_t n)
 
 enum { LINEAR_ROWS = 16 };
 
+bool dsacp_linear_f8_ok(const dsacp_weight *w)
+{
+    if (!(w->block > 0 && w->block % 16 == 0)) return false;
+    for (int64_t i = 0; i < w->scale_rows; i++)
+        for (int64_t j = 0; j < w->scale_cols; j++)
+            if (!(fabsf(w->scale[i * w->scale_stride + j]) < 0x1p7f)) return false;
+    return true;
+}
+
 float *dsacp_linear_act_quant(const float *x, int64_t T, int64_t ldx, int64_t K, int64_t *ldout)
 {
     float *xq = dsacp_alloc((size_t)(T * K) * sizeof(float));

@@ -25,7 +25,7 @@
  * by summation order only (tolerance-tested in test_kernels_simd). An ISA without a dedicated
  * variant of some kernel runs the next lower one. */
 typedef enum { DSACP_ISA_SCALAR = 0, DSACP_ISA_AVX2 = 1, DSACP_ISA_AVX512 = 2 } dsacp_isa;
-/* The best ISA this CPU runs (AVX-512 needs F, BW, VL, DQ and FMA; AVX2 needs AVX2 and FMA). */
+/* The best ISA this CPU runs (AVX-512 needs F, BW, VL, DQ and FMA; AVX2 needs AVX2, FMA, F16C). */
 dsacp_isa dsacp_isa_best(void);
 /* The ISA the kernels use now. */
 dsacp_isa dsacp_isa_active(void);
@@ -49,8 +49,12 @@ int dsacp_linear(const dsacp_weight *w, const float *x, int64_t T, int64_t ldx, 
  * 16 columns at a time in registers (BF16: shift; E4M3: bit manipulation times the block scale,
  * the same single rounding as dsacp_weight_row_f32), and sums y[t][o] in 16 lanes (lane l takes
  * columns i = l mod 16, FMA, masked tail) reduced by a fixed tree -- the same instruction
- * sequence for every t, whatever T is. Threads split the output rows (only when the call is
- * large enough and not already inside a parallel region). */
+ * sequence for every t, whatever T is. With AVX512-VBMI and blocks of a multiple of 64, E4M3 instead
+ * decodes 64 bytes at a time through vpermi2b tables to exact bf16-valued floats, sums each 128-block
+ * unscaled and applies the block scale once per block (kernels_avx512.c, "table decode") -- again
+ * one chain per output whatever T is. The AVX2 variant keeps the 16-lane chains in ymm pairs.
+ * Threads split the output rows (only when the call is large enough and not already inside a
+ * parallel region). */
 int dsacp_linear_scalar(const dsacp_weight *w, const float *x, int64_t T, int64_t ldx, float *y, int64_t ldy,
                         bool act_quant);
 

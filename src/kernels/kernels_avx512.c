@@ -149,6 +149,151 @@ T512 static void lin_rows_f8(const dsacp_weight *w, int64_t o0, int64_t o1, cons
     lin_rows(DSACP_F8_E4M3, w, o0, o1, x, ldx, T, y, ldy);
 }
 
+/* ---- linear, F8_E4M3 with AVX512-VBMI: table decode ----
+ * 64 weight bytes per step: two vpermi2b lookups of the 7-bit magnitude give the high and low
+ * bytes of the value's bf16 encoding (e4m3 values are exact in bf16, NaN stays NaN), the sign is
+ * OR-ed into the high byte, and two rounds of unpacking against zero give 4 zmm of f32 whose
+ * columns are, for group g and lane p, 16 (p / 4) + 4 g + p % 4 of the 64. x is permuted the same
+ * way once per call (lin8_permute_x). Per output: lane p sums its 4 groups' products in order
+ * over each 128-column (w->block) block into b, then tot = fma(b, block scale, tot); y is the
+ * fixed tree over tot's 16 lanes. The same chain for every T. */
+#define T512V __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vbmi,fma")))
+
+typedef struct lin8_tab {
+    _Alignas(64) uint8_t hi[128];
+    _Alignas(64) uint8_t lo[128];
+} lin8_tab;
+
+static void lin8_tab_init(lin8_tab *tb)
+{
+    for (int b = 0; b < 128; b++) {
+        float v = dsacp_e4m3_to_f32((uint8_t)b);
+        uint32_t u;
+        memcpy(&u, &v, 4);
+        if (v != v) u = 0x7FC00000u;
+        tb->hi[b] = (uint8_t)(u >> 24);
+        tb->lo[b] = (uint8_t)(u >> 16);
+    }
+}
+
+static void lin8_permute_x(const float *x, int64_t T, int64_t ldx, int64_t K, float *xp, int64_t Kp)
+{
+    for (int64_t t = 0; t < T; t++)
+        for (int64_t c = 0; c < Kp; c += 64)
+            for (int g = 0; g < 4; g++)
+                for (int p = 0; p < 16; p++) {
+                    int64_t col = c + 16 * (p / 4) + 4 * g + p % 4;
+                    xp[t * Kp + c + g * 16 + p] = col < K ? x[t * ldx + col] : 0.0f;
+                }
+}
+
+T512V static INL void lin8_tile(const dsacp_weight *w, int64_t o0, const int NR, const float *xp, int64_t Kp,
+                               const int NT, float *y, int64_t ldy, const lin8_tab *tb)
+{
+    const int64_t K = w->cols, blk = w->block;
+    const __m512i th0 = _mm512_load_si512(tb->hi), th1 = _mm512_load_si512(tb->hi + 64);
+    const __m512i tl0 = _mm512_load_si512(tb->lo), tl1 = _mm512_load_si512(tb->lo + 64);
+    const __m512i zero = _mm512_setzero_si512(), sign = _mm512_set1_epi8((char)0x80);
+    const uint8_t *rows[4];
+    __m512 tot[4][4];
+#pragma GCC unroll 4
+    for (int r = 0; r < NR; r++) {
+        rows[r] = (const uint8_t *)w->data + (size_t)(o0 + r) * (size_t)K;
+#pragma GCC unroll 4
+        for (int t = 0; t < NT; t++) tot[r][t] = _mm512_setzero_ps();
+    }
+    for (int64_t k0 = 0; k0 < K; k0 += blk) {
+        const int64_t k1 = K < k0 + blk ? K : k0 + blk;
+        __m512 b[4][4];
+#pragma GCC unroll 4
+        for (int r = 0; r < NR; r++)
+#pragma GCC unroll 4
+            for (int t = 0; t < NT; t++) b[r][t] = _mm512_setzero_ps();
+        for (int64_t k = k0; k < k1; k += 64) {
+            const __mmask64 m = k1 - k >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << (k1 - k)) - 1);
+#pragma GCC unroll 4
+            for (int r = 0; r < NR; r++) {
+                _mm_prefetch((const char *)rows[r] + k + 1024, _MM_HINT_T0);
+                const __m512i v = _mm512_maskz_loadu_epi8(m, rows[r] + k);
+                __m512i hi = _mm512_permutex2var_epi8(th0, v, th1);
+                const __m512i lo = _mm512_permutex2var_epi8(tl0, v, tl1);
+                hi = _mm512_ternarylogic_epi32(hi, v, sign, 0xF8); /* hi | (v & sign) */
+                const __m512i wl = _mm512_unpacklo_epi8(lo, hi), wh = _mm512_unpackhi_epi8(lo, hi);
+                const __m512 wv[4] = {_mm512_castsi512_ps(_mm512_unpacklo_epi16(zero, wl)),
+                                      _mm512_castsi512_ps(_mm512_unpackhi_epi16(zero, wl)),
+                                      _mm512_castsi512_ps(_mm512_unpacklo_epi16(zero, wh)),
+                                      _mm512_castsi512_ps(_mm512_unpackhi_epi16(zero, wh))};
+#pragma GCC unroll 4
+                for (int t = 0; t < NT; t++) {
+                    const float *xk = xp + t * Kp + k;
+#pragma GCC unroll 4
+                    for (int g = 0; g < 4; g++) b[r][t] = _mm512_fmadd_ps(wv[g], _mm512_load_ps(xk + 16 * g), b[r][t]);
+                }
+            }
+        }
+#pragma GCC unroll 4
+        for (int r = 0; r < NR; r++) {
+            const __m512 s = _mm512_set1_ps(w->scale[((o0 + r) / blk) * w->scale_stride + k0 / blk]);
+#pragma GCC unroll 4
+            for (int t = 0; t < NT; t++) tot[r][t] = _mm512_fmadd_ps(b[r][t], s, tot[r][t]);
+        }
+    }
+#pragma GCC unroll 4
+    for (int r = 0; r < NR; r++)
+#pragma GCC unroll 4
+        for (int t = 0; t < NT; t++) y[t * ldy + o0 + r] = hsum_tree(tot[r][t]);
+}
+
+T512V static void lin8_rows(const dsacp_weight *w, int64_t o0, int64_t o1, const float *xp, int64_t Kp, int64_t T,
+                            float *y, int64_t ldy, const lin8_tab *tb)
+{
+    int64_t t = 0;
+    for (; t + 4 <= T; t += 4)
+        for (int64_t o = o0; o < o1; o++) lin8_tile(w, o, 1, xp + t * Kp, Kp, 4, y + t * ldy, ldy, tb);
+    const int64_t rem = T - t;
+    if (rem == 3)
+        for (int64_t o = o0; o < o1; o++) lin8_tile(w, o, 1, xp + t * Kp, Kp, 3, y + t * ldy, ldy, tb);
+    else if (rem == 2)
+        for (int64_t o = o0; o < o1; o++) lin8_tile(w, o, 1, xp + t * Kp, Kp, 2, y + t * ldy, ldy, tb);
+    else if (rem == 1) {
+        int64_t o = o0;
+        for (; o + 4 <= o1; o += 4) lin8_tile(w, o, 4, xp + t * Kp, Kp, 1, y + t * ldy, ldy, tb);
+        for (; o < o1; o++) lin8_tile(w, o, 1, xp + t * Kp, Kp, 1, y + t * ldy, ldy, tb);
+    }
+}
+
+/* Whether this process uses the table decode (the CPU has AVX512-VBMI). */
+static bool lin8_vbmi(void)
+{
+    static int have = -1;
+    int h = __atomic_load_n(&have, __ATOMIC_RELAXED);
+    if (h < 0) {
+        __builtin_cpu_init();
+        h = __builtin_cpu_supports("avx512vbmi") ? 1 : 0;
+        __atomic_store_n(&have, h, __ATOMIC_RELAXED);
+    }
+    return h;
+}
+
+static int lin8_linear(const dsacp_weight *w, const float *x, int64_t T, int64_t ldx, float *y, int64_t ldy)
+{
+    const int64_t K = w->cols, N = w->rows, Kp = (K + 63) / 64 * 64;
+    float *xp = dsacp_alloc((size_t)(T * Kp) * sizeof(float));
+    if (!xp) return dsacp_error(DSACP_ENOMEM, "linear %s: out of memory", w->name ? w->name : "");
+    lin8_permute_x(x, T, ldx, K, xp, Kp);
+    lin8_tab tb;
+    lin8_tab_init(&tb);
+    const int64_t nb = (N + LIN_BLOCK - 1) / LIN_BLOCK;
+    const bool par = !omp_in_parallel() && (double)N * (double)K * (double)T >= 1e6 && nb > 1;
+#pragma omp parallel for schedule(static) if (par)
+    for (int64_t b = 0; b < nb; b++) {
+        int64_t o0 = b * LIN_BLOCK, o1 = o0 + LIN_BLOCK < N ? o0 + LIN_BLOCK : N;
+        lin8_rows(w, o0, o1, xp, Kp, T, y, ldy, &tb);
+    }
+    dsacp_free(xp);
+    return DSACP_OK;
+}
+
 int dsacp_linear_avx512(const dsacp_weight *w, const float *x, int64_t T, int64_t ldx, float *y, int64_t ldy,
                         bool act_quant)
 {
@@ -161,14 +306,8 @@ int dsacp_linear_avx512(const dsacp_weight *w, const float *x, int64_t T, int64_
     default: return dsacp_linear_scalar(w, x, T, ldx, y, ldy, act_quant);
     }
     const int64_t K = w->cols, N = w->rows;
-    if (w->dtype == DSACP_F8_E4M3) {
-        /* The in-register decode needs 16-aligned blocks and 2^120 * scale finite. */
-        bool ok = w->block > 0 && w->block % 16 == 0;
-        for (int64_t i = 0; ok && i < w->scale_rows; i++)
-            for (int64_t j = 0; j < w->scale_cols; j++)
-                if (!(fabsf(w->scale[i * w->scale_stride + j]) < 0x1p7f)) ok = false;
-        if (!ok) return dsacp_linear_scalar(w, x, T, ldx, y, ldy, act_quant);
-    }
+    /* The in-register decode needs 16-aligned blocks and 2^120 * scale finite. */
+    if (w->dtype == DSACP_F8_E4M3 && !dsacp_linear_f8_ok(w)) return dsacp_linear_scalar(w, x, T, ldx, y, ldy, act_quant);
     if (T <= 0 || N <= 0) return DSACP_OK;
     const float *xin = x;
     int64_t ldxin = ldx;
@@ -177,6 +316,11 @@ int dsacp_linear_avx512(const dsacp_weight *w, const float *x, int64_t T, int64_
         xq = dsacp_linear_act_quant(x, T, ldx, K, &ldxin);
         if (!xq) return dsacp_error(DSACP_ENOMEM, "linear %s: out of memory", w->name ? w->name : "");
         xin = xq;
+    }
+    if (w->dtype == DSACP_F8_E4M3 && w->block % 64 == 0 && lin8_vbmi()) {
+        int rc = lin8_linear(w, xin, T, ldxin, y, ldy);
+        dsacp_free(xq);
+        return rc;
     }
     const int64_t nb = (N + LIN_BLOCK - 1) / LIN_BLOCK;
     const bool par = !omp_in_parallel() && (double)N * (double)K * (double)T >= 1e6 && nb > 1;
@@ -219,16 +363,6 @@ T512 void dsacp_gemv_t_avx512(const float *A, int64_t lda, const float *x, int64
 }
 
 /* ---- indexer ---- */
-
-T512 void dsacp_index_query_pack_avx512(const float *q, const float *w, int64_t Hi, int64_t di, float *qt, float *wp)
-{
-    const int64_t Hp = (Hi + 15) / 16 * 16;
-    for (int64_t d = 0; d < di; d++) {
-        for (int64_t h = 0; h < Hi; h++) qt[d * Hp + h] = q[h * di + d];
-        for (int64_t h = Hi; h < Hp; h++) qt[d * Hp + h] = 0;
-    }
-    for (int64_t h = 0; h < Hp; h++) wp[h] = h < Hi ? w[h] : 0;
-}
 
 /* Scores of NK keys (rows kp[0..NK) of di floats) against head zmm groups [g0, g0 + NG) of the
  * packed query; sv[i] accumulates w * ReLU(q . k) over the groups in order. */
@@ -505,10 +639,6 @@ int dsacp_linear_avx512(const dsacp_weight *w, const float *x, int64_t T, int64_
     return dsacp_linear_scalar(w, x, T, ldx, y, ldy, act_quant);
 }
 void dsacp_gemv_t_avx512(const float *A, int64_t lda, const float *x, int64_t m, int64_t n, float *y) { abort(); }
-void dsacp_index_query_pack_avx512(const float *q, const float *w, int64_t Hi, int64_t di, float *qt, float *wp)
-{
-    abort();
-}
 void dsacp_index_scores_packed_avx512(const float *qt, const float *wp, int64_t Hp, int64_t di, const void *keys,
                                       const float *kscales, int64_t n, float *out)
 {

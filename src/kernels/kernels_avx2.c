@@ -1,0 +1,526 @@
+/*
+ * kernels_avx2.c -- AVX2 + FMA variants of the dispatched kernels (kernels.h), for CPUs without
+ * AVX-512 (and DSACP_ISA=avx2). Every function is compiled for AVX2 through a target attribute
+ * (no build flag), and only runs when dispatch.c found the CPU able.
+ *
+ * The reductions keep the AVX-512 variants' lane structure: a 16-lane accumulator is a pair of
+ * ymm registers (lanes 0..7, 8..15), summed by the same fixed tree (l += l + 8, + 4, + 2, + 1).
+ * Batch invariance: each output element is produced by one fixed sequence of instructions that
+ * depends on its own inputs and lengths only; tails run the same arithmetic on zero-padded
+ * copies (or masked loads), never a different algorithm.
+ */
+#include "kernels/kernels_isa.h"
+#include "numerics/numerics.h"
+
+#include <math.h>
+#include <omp.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+
+#define T256 __attribute__((target("avx2,fma,f16c")))
+#define INL __attribute__((always_inline)) inline
+
+/* The fixed tree of dsacp_dot_f32 over 16 lanes held as (lo, hi). */
+T256 static INL float hsum16(__m256 lo, __m256 hi)
+{
+    __m256 a = _mm256_add_ps(lo, hi);
+    __m128 b = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+    __m128 c = _mm_add_ps(b, _mm_movehl_ps(b, b));
+    __m128 d = _mm_add_ss(c, _mm_movehdup_ps(c));
+    return _mm_cvtss_f32(d);
+}
+
+/* Lane mask of the first `left` of 8 lanes. */
+T256 static INL __m256i mask8(int64_t left)
+{
+    const __m256i idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(left >= 8 ? 8 : (int)left), idx);
+}
+
+/* 8 e4m3 bytes -> their values times 2^-120 (exact; see kernels_avx512.c e4m3_bits). */
+T256 static INL __m256 e4m3_bits8(__m128i b8)
+{
+    __m256i v = _mm256_slli_epi32(_mm256_cvtepi8_epi32(b8), 20);
+    const __m256i em = _mm256_set1_epi32(0x07F00000);
+    __m256i nan = _mm256_cmpeq_epi32(_mm256_and_si256(v, em), em);
+    v = _mm256_and_si256(v, _mm256_set1_epi32((int)0x87F00000u));
+    v = _mm256_blendv_epi8(v, _mm256_set1_epi32(0x7FC00000), nan);
+    return _mm256_castsi256_ps(v);
+}
+
+/* ---- linear ---- */
+
+/* 8 weights starting at byte pointer p (stored dtype dt), dequantized; mult = 2^120 * scale. */
+T256 static INL __m256 wload8(int dt, const uint8_t *p, __m256 mult)
+{
+    switch (dt) {
+    case DSACP_BF16:
+        return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p)), 16));
+    case DSACP_F16: return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
+    case DSACP_F8_E4M3: return _mm256_mul_ps(e4m3_bits8(_mm_loadl_epi64((const __m128i *)p)), mult);
+    default: return _mm256_loadu_ps((const float *)p);
+    }
+}
+
+/* y[t][o0 + r] for r < NR, t < NT: the register tile (NR * NT * 2 accumulators). */
+T256 static INL void lin_tile(int dt, const dsacp_weight *w, int64_t o0, const int NR, const float *x, int64_t ldx,
+                              const int NT, float *y, int64_t ldy)
+{
+    const int64_t K = w->cols;
+    const size_t es = dt == DSACP_F32 ? 4 : dt == DSACP_F8_E4M3 ? 1 : 2;
+    const int64_t blk = dt == DSACP_F8_E4M3 ? w->block : K;
+    const uint8_t *rows[4];
+    __m256 acc[4][2][2];
+#pragma GCC unroll 4
+    for (int r = 0; r < NR; r++) {
+        rows[r] = (const uint8_t *)w->data + (size_t)(o0 + r) * (size_t)K * es;
+#pragma GCC unroll 2
+        for (int t = 0; t < NT; t++) acc[r][t][0] = acc[r][t][1] = _mm256_setzero_ps();
+    }
+    for (int64_t k0 = 0; k0 < K; k0 += blk) {
+        const int64_t k1 = K < k0 + blk ? K : k0 + blk;
+        __m256 mult[4];
+#pragma GCC unroll 4
+        for (int r = 0; r < NR; r++) {
+            float s = 1.0f;
+            if (dt == DSACP_F8_E4M3) s = w->scale[((o0 + r) / w->block) * w->scale_stride + k0 / w->block] * 0x1p120f;
+            mult[r] = _mm256_set1_ps(s);
+        }
+        int64_t k = k0;
+        for (; k + 16 <= k1; k += 16) {
+            __m256 xl[2], xh[2];
+#pragma GCC unroll 2
+            for (int t = 0; t < NT; t++) {
+                xl[t] = _mm256_loadu_ps(x + t * ldx + k);
+                xh[t] = _mm256_loadu_ps(x + t * ldx + k + 8);
+            }
+#pragma GCC unroll 4
+            for (int r = 0; r < NR; r++) {
+                const uint8_t *p = rows[r] + (size_t)k * es;
+                if (((k * (int64_t)es) & 63) == 0) _mm_prefetch((const char *)p + 512, _MM_HINT_T0);
+                __m256 wl = wload8(dt, p, mult[r]), wh = wload8(dt, p + 8 * es, mult[r]);
+#pragma GCC unroll 2
+                for (int t = 0; t < NT; t++) {
+                    acc[r][t][0] = _mm256_fmadd_ps(wl, xl[t], acc[r][t][0]);
+                    acc[r][t][1] = _mm256_fmadd_ps(wh, xh[t], acc[r][t][1]);
+                }
+            }
+        }
+        if (k < k1) {
+            /* Tail: the same arithmetic on zero-padded copies. */
+            const int64_t left = k1 - k;
+            const __m256i m0 = mask8(left), m1 = mask8(left - 8);
+            __m256 xl[2], xh[2];
+#pragma GCC unroll 2
+            for (int t = 0; t < NT; t++) {
+                xl[t] = _mm256_maskload_ps(x + t * ldx + k, m0);
+                xh[t] = left > 8 ? _mm256_maskload_ps(x + t * ldx + k + 8, m1) : _mm256_setzero_ps();
+            }
+#pragma GCC unroll 4
+            for (int r = 0; r < NR; r++) {
+                _Alignas(32) uint8_t pad[64] = {0};
+                memcpy(pad, rows[r] + (size_t)k * es, (size_t)left * es);
+                __m256 wl = wload8(dt, pad, mult[r]), wh = wload8(dt, pad + 8 * es, mult[r]);
+#pragma GCC unroll 2
+                for (int t = 0; t < NT; t++) {
+                    acc[r][t][0] = _mm256_fmadd_ps(wl, xl[t], acc[r][t][0]);
+                    acc[r][t][1] = _mm256_fmadd_ps(wh, xh[t], acc[r][t][1]);
+                }
+            }
+        }
+    }
+#pragma GCC unroll 4
+    for (int r = 0; r < NR; r++)
+#pragma GCC unroll 2
+        for (int t = 0; t < NT; t++) y[t * ldy + o0 + r] = hsum16(acc[r][t][0], acc[r][t][1]);
+}
+
+enum { LIN_BLOCK = 16 };
+
+T256 static INL void lin_rows(int dt, const dsacp_weight *w, int64_t o0, int64_t o1, const float *x, int64_t ldx,
+                              int64_t T, float *y, int64_t ldy)
+{
+    int64_t t = 0;
+    for (; t + 2 <= T; t += 2) {
+        int64_t o = o0;
+        for (; o + 2 <= o1; o += 2) lin_tile(dt, w, o, 2, x + t * ldx, ldx, 2, y + t * ldy, ldy);
+        for (; o < o1; o++) lin_tile(dt, w, o, 1, x + t * ldx, ldx, 2, y + t * ldy, ldy);
+    }
+    if (t == T) return;
+    int64_t o = o0;
+    for (; o + 4 <= o1; o += 4) lin_tile(dt, w, o, 4, x + t * ldx, ldx, 1, y + t * ldy, ldy);
+    for (; o < o1; o++) lin_tile(dt, w, o, 1, x + t * ldx, ldx, 1, y + t * ldy, ldy);
+}
+
+T256 static void lin_rows_f32(const dsacp_weight *w, int64_t o0, int64_t o1, const float *x, int64_t ldx, int64_t T,
+                              float *y, int64_t ldy)
+{
+    lin_rows(DSACP_F32, w, o0, o1, x, ldx, T, y, ldy);
+}
+T256 static void lin_rows_bf16(const dsacp_weight *w, int64_t o0, int64_t o1, const float *x, int64_t ldx, int64_t T,
+                               float *y, int64_t ldy)
+{
+    lin_rows(DSACP_BF16, w, o0, o1, x, ldx, T, y, ldy);
+}
+T256 static void lin_rows_f16(const dsacp_weight *w, int64_t o0, int64_t o1, const float *x, int64_t ldx, int64_t T,
+                              float *y, int64_t ldy)
+{
+    lin_rows(DSACP_F16, w, o0, o1, x, ldx, T, y, ldy);
+}
+T256 static void lin_rows_f8(const dsacp_weight *w, int64_t o0, int64_t o1, const float *x, int64_t ldx, int64_t T,
+                             float *y, int64_t ldy)
+{
+    lin_rows(DSACP_F8_E4M3, w, o0, o1, x, ldx, T, y, ldy);
+}
+
+int dsacp_linear_avx2(const dsacp_weight *w, const float *x, int64_t T, int64_t ldx, float *y, int64_t ldy,
+                      bool act_quant)
+{
+    void (*rows)(const dsacp_weight *, int64_t, int64_t, const float *, int64_t, int64_t, float *, int64_t);
+    switch (w->dtype) {
+    case DSACP_F32: rows = lin_rows_f32; break;
+    case DSACP_BF16: rows = lin_rows_bf16; break;
+    case DSACP_F16: rows = lin_rows_f16; break;
+    case DSACP_F8_E4M3: rows = lin_rows_f8; break;
+    default: return dsacp_linear_scalar(w, x, T, ldx, y, ldy, act_quant);
+    }
+    const int64_t K = w->cols, N = w->rows;
+    if (w->dtype == DSACP_F8_E4M3 && !dsacp_linear_f8_ok(w)) return dsacp_linear_scalar(w, x, T, ldx, y, ldy, act_quant);
+    if (T <= 0 || N <= 0) return DSACP_OK;
+    const float *xin = x;
+    int64_t ldxin = ldx;
+    float *xq = NULL;
+    if (act_quant && w->dtype == DSACP_F8_E4M3 && K % 128 == 0) {
+        xq = dsacp_linear_act_quant(x, T, ldx, K, &ldxin);
+        if (!xq) return dsacp_error(DSACP_ENOMEM, "linear %s: out of memory", w->name ? w->name : "");
+        xin = xq;
+    }
+    const int64_t nb = (N + LIN_BLOCK - 1) / LIN_BLOCK;
+    const bool par = !omp_in_parallel() && (double)N * (double)K * (double)T >= 1e6 && nb > 1;
+#pragma omp parallel for schedule(static) if (par)
+    for (int64_t b = 0; b < nb; b++) {
+        int64_t o0 = b * LIN_BLOCK, o1 = o0 + LIN_BLOCK < N ? o0 + LIN_BLOCK : N;
+        rows(w, o0, o1, xin, ldxin, T, y, ldy);
+    }
+    dsacp_free(xq);
+    return DSACP_OK;
+}
+
+/* ---- gemv_t ---- */
+
+T256 void dsacp_gemv_t_avx2(const float *A, int64_t lda, const float *x, int64_t m, int64_t n, float *y)
+{
+    int64_t j = 0;
+    for (; j + 32 <= n; j += 32) {
+        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+        for (int64_t i = 0; i < m; i++) {
+            const float *r = A + i * lda + j;
+            __m256 xi = _mm256_set1_ps(x[i]);
+            a0 = _mm256_fmadd_ps(xi, _mm256_loadu_ps(r), a0);
+            a1 = _mm256_fmadd_ps(xi, _mm256_loadu_ps(r + 8), a1);
+            a2 = _mm256_fmadd_ps(xi, _mm256_loadu_ps(r + 16), a2);
+            a3 = _mm256_fmadd_ps(xi, _mm256_loadu_ps(r + 24), a3);
+        }
+        _mm256_storeu_ps(y + j, a0);
+        _mm256_storeu_ps(y + j + 8, a1);
+        _mm256_storeu_ps(y + j + 16, a2);
+        _mm256_storeu_ps(y + j + 24, a3);
+    }
+    for (; j < n; j += 8) {
+        const __m256i mk = mask8(n - j);
+        __m256 a0 = _mm256_setzero_ps();
+        for (int64_t i = 0; i < m; i++)
+            a0 = _mm256_fmadd_ps(_mm256_set1_ps(x[i]), _mm256_maskload_ps(A + i * lda + j, mk), a0);
+        _mm256_maskstore_ps(y + j, mk, a0);
+    }
+}
+
+/* ---- indexer ---- */
+
+/* Scores of NK keys against 16-head groups [g0, g0 + NG) of the packed query (qt [di][Hp],
+ * Hp % 16 == 0); sv[i][0..1] (16 lanes, lane = head mod 16) accumulate w * ReLU(q . k) over the
+ * groups in order, exactly as the AVX-512 variant's single zmm does. */
+T256 static INL void idx_tile(const float *qt, const float *wp, int64_t Hp, int64_t di, const float *const *kp,
+                              const int NK, int64_t g0, const int NG, __m256 (*sv)[2])
+{
+    __m256 acc[2][2][2];
+#pragma GCC unroll 2
+    for (int i = 0; i < NK; i++)
+#pragma GCC unroll 2
+        for (int g = 0; g < NG; g++) acc[i][g][0] = acc[i][g][1] = _mm256_setzero_ps();
+    const float *qg = qt + g0 * 16;
+    for (int64_t d = 0; d < di; d++) {
+        __m256 qv[2][2];
+#pragma GCC unroll 2
+        for (int g = 0; g < NG; g++) {
+            qv[g][0] = _mm256_load_ps(qg + d * Hp + g * 16);
+            qv[g][1] = _mm256_load_ps(qg + d * Hp + g * 16 + 8);
+        }
+#pragma GCC unroll 2
+        for (int i = 0; i < NK; i++) {
+            __m256 kb = _mm256_broadcast_ss(kp[i] + d);
+#pragma GCC unroll 2
+            for (int g = 0; g < NG; g++) {
+                acc[i][g][0] = _mm256_fmadd_ps(qv[g][0], kb, acc[i][g][0]);
+                acc[i][g][1] = _mm256_fmadd_ps(qv[g][1], kb, acc[i][g][1]);
+            }
+        }
+    }
+    const __m256 zero = _mm256_setzero_ps();
+#pragma GCC unroll 2
+    for (int i = 0; i < NK; i++)
+#pragma GCC unroll 2
+        for (int g = 0; g < NG; g++)
+#pragma GCC unroll 2
+            for (int hh = 0; hh < 2; hh++)
+                sv[i][hh] = _mm256_fmadd_ps(_mm256_load_ps(wp + (g0 + g) * 16 + hh * 8),
+                                            _mm256_max_ps(acc[i][g][hh], zero), sv[i][hh]);
+}
+
+T256 static INL void idx_keys(const float *qt, const float *wp, int64_t Hp, int64_t di, const float *const *kp,
+                              const int NK, float *out)
+{
+    const int64_t G = Hp / 16;
+    __m256 sv[2][2];
+#pragma GCC unroll 2
+    for (int i = 0; i < NK; i++) sv[i][0] = sv[i][1] = _mm256_setzero_ps();
+    int64_t g = 0;
+    for (; g + 2 <= G; g += 2) idx_tile(qt, wp, Hp, di, kp, NK, g, 2, sv);
+    if (g < G) idx_tile(qt, wp, Hp, di, kp, NK, g, 1, sv);
+#pragma GCC unroll 2
+    for (int i = 0; i < NK; i++) out[i] = hsum16(sv[i][0], sv[i][1]);
+}
+
+T256 void dsacp_index_scores_packed_avx2(const float *qt, const float *wp, int64_t Hp, int64_t di, const void *keys,
+                                        const float *kscales, int64_t n, float *out)
+{
+    _Alignas(32) float kbuf[2 * 1024];
+    const __m256 two120 = _mm256_set1_ps(0x1p120f);
+    for (int64_t j0 = 0; j0 < n; j0 += 2) {
+        const int nk = n - j0 < 2 ? (int)(n - j0) : 2;
+        const float *kp[2];
+        for (int i = 0; i < nk; i++) {
+            if (kscales) {
+                const uint8_t *k8 = (const uint8_t *)keys + (j0 + i) * di;
+                float *kf = kbuf + i * di;
+                int64_t d = 0;
+                for (; d + 8 <= di; d += 8)
+                    _mm256_storeu_ps(kf + d, _mm256_mul_ps(e4m3_bits8(_mm_loadl_epi64((const __m128i *)(k8 + d))), two120));
+                for (; d < di; d++) kf[d] = dsacp_e4m3_to_f32(k8[d]);
+                kp[i] = kf;
+            } else {
+                kp[i] = (const float *)keys + (j0 + i) * di;
+            }
+        }
+        if (nk == 2) idx_keys(qt, wp, Hp, di, kp, 2, out + j0);
+        else idx_keys(qt, wp, Hp, di, kp, 1, out + j0);
+        if (kscales)
+            for (int i = 0; i < nk; i++) out[j0 + i] *= kscales[j0 + i];
+    }
+}
+
+/* ---- sparse MLA ---- */
+
+/* e^x for x <= 0 (the Cephes polynomial of exp512); results below 2^-126 flush to 0, which
+ * changes a softmax sum (>= 1) by less than 2^-126 relative. */
+T256 static INL __m256 exp256(__m256 x)
+{
+    const __m256 lo = _mm256_set1_ps(-87.0f);
+    const __m256 under = _mm256_cmp_ps(x, lo, _CMP_LT_OQ);
+    x = _mm256_max_ps(x, lo);
+    __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+    __m256 p = _mm256_set1_ps(1.9875691500E-4f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507E-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073E-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894E-2f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459E-1f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201E-1f));
+    __m256 r2 = _mm256_mul_ps(r, r);
+    p = _mm256_fmadd_ps(p, r2, r);
+    p = _mm256_add_ps(p, _mm256_set1_ps(1.0f));
+    /* n in [-126, 0]: 2^n is a normal float. */
+    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    p = _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+    return _mm256_andnot_ps(under, p);
+}
+
+enum { MLA_NC = 64, MLA_HG = 32 }; /* keys per softmax chunk; heads per group (4 ymm) */
+
+/* St[i][g] = scale * (q . kv[i]) for NK keys, NG 8-head vectors at Qt column h0. */
+T256 static INL void mla_s_tile(const float *Qt, int64_t Hp, int64_t h0, const float *kv, int64_t dk, const int NK,
+                                const int NG, float scale, float *St)
+{
+    __m256 acc[3][4];
+#pragma GCC unroll 3
+    for (int i = 0; i < NK; i++)
+#pragma GCC unroll 4
+        for (int g = 0; g < NG; g++) acc[i][g] = _mm256_setzero_ps();
+    for (int64_t d = 0; d < dk; d++) {
+        __m256 qv[4];
+#pragma GCC unroll 4
+        for (int g = 0; g < NG; g++) qv[g] = _mm256_load_ps(Qt + d * Hp + h0 + g * 8);
+#pragma GCC unroll 3
+        for (int i = 0; i < NK; i++) {
+            __m256 kb = _mm256_broadcast_ss(kv + i * dk + d);
+#pragma GCC unroll 4
+            for (int g = 0; g < NG; g++) acc[i][g] = _mm256_fmadd_ps(qv[g], kb, acc[i][g]);
+        }
+    }
+    const __m256 sc = _mm256_set1_ps(scale);
+#pragma GCC unroll 3
+    for (int i = 0; i < NK; i++)
+#pragma GCC unroll 4
+        for (int g = 0; g < NG; g++) _mm256_store_ps(St + i * MLA_HG + g * 8, _mm256_mul_ps(acc[i][g], sc));
+}
+
+/* Ot[c + i][g] = Ot[c + i][g] * alpha[g] + sum_j kv[j][c + i] * St[j][g], j < nc in order. */
+T256 static INL void mla_o_tile(float *Ot, const float *kv, int64_t dk, int64_t c, const int NCD, const int NG,
+                                const float *St, int64_t nc, const __m256 *alpha)
+{
+    __m256 acc[3][4];
+#pragma GCC unroll 3
+    for (int i = 0; i < NCD; i++)
+#pragma GCC unroll 4
+        for (int g = 0; g < NG; g++)
+            acc[i][g] = _mm256_mul_ps(_mm256_load_ps(Ot + (c + i) * MLA_HG + g * 8), alpha[g]);
+    for (int64_t j = 0; j < nc; j++) {
+        __m256 pv[4];
+#pragma GCC unroll 4
+        for (int g = 0; g < NG; g++) pv[g] = _mm256_load_ps(St + j * MLA_HG + g * 8);
+        const float *row = kv + j * dk + c;
+#pragma GCC unroll 3
+        for (int i = 0; i < NCD; i++) {
+            __m256 vb = _mm256_broadcast_ss(row + i);
+#pragma GCC unroll 4
+            for (int g = 0; g < NG; g++) acc[i][g] = _mm256_fmadd_ps(pv[g], vb, acc[i][g]);
+        }
+    }
+#pragma GCC unroll 3
+    for (int i = 0; i < NCD; i++)
+#pragma GCC unroll 4
+        for (int g = 0; g < NG; g++) _mm256_store_ps(Ot + (c + i) * MLA_HG + g * 8, acc[i][g]);
+}
+
+T256 static INL void mla_group(const float *Qt, int64_t Hp, int64_t h0, const int NG, const float *kv, int64_t n,
+                               int64_t dc, int64_t dk, float scale, float *St, float *Ot, float *mo, float *lo)
+{
+    __m256 m[4], l[4];
+#pragma GCC unroll 4
+    for (int g = 0; g < NG; g++) {
+        m[g] = _mm256_set1_ps(-INFINITY);
+        l[g] = _mm256_setzero_ps();
+    }
+    memset(Ot, 0, (size_t)(dc * MLA_HG) * sizeof(float));
+    for (int64_t c0 = 0; c0 < n; c0 += MLA_NC) {
+        const int64_t nc = n - c0 < MLA_NC ? n - c0 : MLA_NC;
+        const float *kc = kv + c0 * dk;
+        int64_t j = 0;
+        for (; j + 3 <= nc; j += 3) mla_s_tile(Qt, Hp, h0, kc + j * dk, dk, 3, NG, scale, St + j * MLA_HG);
+        for (; j < nc; j++) mla_s_tile(Qt, Hp, h0, kc + j * dk, dk, 1, NG, scale, St + j * MLA_HG);
+        __m256 alpha[4];
+#pragma GCC unroll 4
+        for (int g = 0; g < NG; g++) {
+            __m256 mx = m[g];
+            for (int64_t i = 0; i < nc; i++) mx = _mm256_max_ps(mx, _mm256_load_ps(St + i * MLA_HG + g * 8));
+            alpha[g] = exp256(_mm256_sub_ps(m[g], mx));
+            __m256 s = _mm256_mul_ps(l[g], alpha[g]);
+            for (int64_t i = 0; i < nc; i++) {
+                __m256 p = exp256(_mm256_sub_ps(_mm256_load_ps(St + i * MLA_HG + g * 8), mx));
+                _mm256_store_ps(St + i * MLA_HG + g * 8, p);
+                s = _mm256_add_ps(s, p);
+            }
+            l[g] = s;
+            m[g] = mx;
+        }
+        int64_t c = 0;
+        for (; c + 3 <= dc; c += 3) mla_o_tile(Ot, kc, dk, c, 3, NG, St, nc, alpha);
+        for (; c < dc; c++) mla_o_tile(Ot, kc, dk, c, 1, NG, St, nc, alpha);
+    }
+#pragma GCC unroll 4
+    for (int g = 0; g < NG; g++) {
+        _mm256_store_ps(mo + g * 8, m[g]);
+        _mm256_store_ps(lo + g * 8, l[g]);
+    }
+}
+
+#define MLA_GROUP(NG)                                                                                     \
+    T256 static void mla_group##NG(const float *Qt, int64_t Hp, int64_t h0, const float *kv, int64_t n,   \
+                                   int64_t dc, int64_t dk, float scale, float *St, float *Ot, float *mo,  \
+                                   float *lo)                                                             \
+    {                                                                                                     \
+        mla_group(Qt, Hp, h0, NG, kv, n, dc, dk, scale, St, Ot, mo, lo);                                  \
+    }
+MLA_GROUP(4)
+MLA_GROUP(3)
+MLA_GROUP(2)
+MLA_GROUP(1)
+#undef MLA_GROUP
+
+void dsacp_sparse_mla_avx2(const float *q, const float *kv, int64_t n, int64_t H, int64_t dc, int64_t dr,
+                           float scale, float *o, float *lse, float *work)
+{
+    const int64_t dk = dc + dr, Hp = (H + 7) / 8 * 8, G = (Hp + MLA_HG - 1) / MLA_HG;
+    if (n == 0) {
+        memset(o, 0, (size_t)(H * dc) * sizeof(float));
+        for (int64_t h = 0; h < H; h++) lse[h] = -INFINITY;
+        return;
+    }
+    const size_t per = (size_t)(MLA_NC * MLA_HG + dc * MLA_HG + 2 * MLA_HG);
+    float *buf = dsacp_alloc(((size_t)(dk * Hp) + (size_t)G * per) * sizeof(float));
+    if (!buf) {
+        dsacp_sparse_mla_scalar(q, kv, n, H, dc, dr, scale, o, lse, work);
+        return;
+    }
+    float *Qt = buf;
+    for (int64_t d = 0; d < dk; d++) {
+        for (int64_t h = 0; h < H; h++) Qt[d * Hp + h] = q[h * dk + d];
+        for (int64_t h = H; h < Hp; h++) Qt[d * Hp + h] = 0;
+    }
+    const bool par = G > 1 && !omp_in_parallel() && (double)n * (double)H * (double)dk >= 1e6;
+#pragma omp parallel for schedule(static) if (par)
+    for (int64_t g = 0; g < G; g++) {
+        float *St = buf + dk * Hp + (size_t)g * per, *Ot = St + MLA_NC * MLA_HG, *mo = Ot + dc * MLA_HG,
+              *lo = mo + MLA_HG;
+        const int64_t h0 = g * MLA_HG, ng = (Hp - h0) / 8 < 4 ? (Hp - h0) / 8 : 4;
+        switch (ng) {
+        case 4: mla_group4(Qt, Hp, h0, kv, n, dc, dk, scale, St, Ot, mo, lo); break;
+        case 3: mla_group3(Qt, Hp, h0, kv, n, dc, dk, scale, St, Ot, mo, lo); break;
+        case 2: mla_group2(Qt, Hp, h0, kv, n, dc, dk, scale, St, Ot, mo, lo); break;
+        default: mla_group1(Qt, Hp, h0, kv, n, dc, dk, scale, St, Ot, mo, lo); break;
+        }
+        for (int64_t hh = 0; hh < ng * 8 && h0 + hh < H; hh++) {
+            const int64_t h = h0 + hh;
+            const float inv = 1.0f / lo[hh];
+            float *oh = o + h * dc;
+            for (int64_t c = 0; c < dc; c++) oh[c] = Ot[c * MLA_HG + hh] * inv;
+            lse[h] = mo[hh] + logf(lo[hh]);
+        }
+    }
+    dsacp_free(buf);
+}
+
+#else /* not x86-64: the dispatcher never selects these */
+
+int dsacp_linear_avx2(const dsacp_weight *w, const float *x, int64_t T, int64_t ldx, float *y, int64_t ldy,
+                      bool act_quant)
+{
+    return dsacp_linear_scalar(w, x, T, ldx, y, ldy, act_quant);
+}
+void dsacp_gemv_t_avx2(const float *A, int64_t lda, const float *x, int64_t m, int64_t n, float *y) { abort(); }
+void dsacp_index_scores_packed_avx2(const float *qt, const float *wp, int64_t Hp, int64_t di, const void *keys,
+                                    const float *kscales, int64_t n, float *out)
+{
+    abort();
+}
+void dsacp_sparse_mla_avx2(const float *q, const float *kv, int64_t n, int64_t H, int64_t dc, int64_t dr,
+                           float scale, float *o, float *lse, float *work)
+{
+    dsacp_sparse_mla_scalar(q, kv, n, H, dc, dr, scale, o, lse, work);
+}
+#endif
