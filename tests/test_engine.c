@@ -295,9 +295,10 @@ static void test_exact(const char *preset, uint64_t seed)
 /* Cache dtypes and the deployed mode against the reference computing the same roundings:
  * statistical tolerances (dsa-spec.md section 8), since a float32 value and a float64 value
  * can round to neighbouring bf16/e4m3 codes. */
-static void test_quantized(const char *preset, uint64_t seed, dsacp_weight_format fmt)
+static void test_quantized_cfg(const char *preset, const dsacp_config *model_cfg, uint64_t seed,
+                               dsacp_weight_format fmt)
 {
-    char *dir = tu_make_model(preset, seed, fmt);
+    char *dir = tu_make_model_cfg(model_cfg, seed, fmt);
     dsacp_model *m;
     REQUIRE_OK(dsacp_model_load(dir, &m));
     const dsacp_config *cfg = dsacp_model_config(m);
@@ -343,6 +344,26 @@ static void test_quantized(const char *preset, uint64_t seed, dsacp_weight_forma
     dsacp_model_free(m);
     tu_rmtree(dir);
     free(dir);
+}
+
+static void test_quantized(const char *preset, uint64_t seed, dsacp_weight_format fmt)
+{
+    dsacp_config cfg;
+    REQUIRE_OK(dsacp_preset_config(preset, &cfg));
+    test_quantized_cfg(preset, &cfg, seed, fmt);
+}
+
+/* V3.2's head dimensions (nope = v = 128) with a small model around them: the FP8 kv_b_proj then
+ * splits into whole 128x128 blocks per head and the absorbed W_UK/W_UV products take their FP8
+ * path, which the other presets never reach. */
+static void test_v32_heads(void)
+{
+    dsacp_config cfg;
+    REQUIRE_OK(dsacp_preset_config("tiny", &cfg));
+    cfg.num_attention_heads = 2;
+    cfg.qk_nope_head_dim = 128;
+    cfg.v_head_dim = 128;
+    test_quantized_cfg("tiny/v32-heads", &cfg, 13, DSACP_WEIGHTS_FP8);
 }
 
 /* The fp8_ds_mla cache holds exactly what the numerics module produces for its rows.
@@ -504,6 +525,7 @@ int main(void)
     test_exact("tiny-moe", 2);
     test_quantized("tiny", 3, DSACP_WEIGHTS_F32);
     test_quantized("tiny-moe", 4, DSACP_WEIGHTS_FP8);
+    test_v32_heads();
     test_fp8_cache_bytes();
     test_capacity();
     return test_finish("test_engine");

@@ -27,6 +27,16 @@ void tu_rmtree(const char *dir)
     if (system(cmd) != 0) fprintf(stderr, "warning: could not remove %s\n", dir);
 }
 
+char *tu_make_model_cfg(const dsacp_config *cfg, uint64_t seed, dsacp_weight_format fmt)
+{
+    char *dir = tu_tempdir();
+    if (dsacp_model_init(cfg, dir, seed, fmt) != 0) {
+        fprintf(stderr, "init-model: %s\n", dsacp_last_error());
+        exit(1);
+    }
+    return dir;
+}
+
 char *tu_make_model(const char *preset, uint64_t seed, dsacp_weight_format fmt)
 {
     dsacp_config cfg;
@@ -34,12 +44,7 @@ char *tu_make_model(const char *preset, uint64_t seed, dsacp_weight_format fmt)
         fprintf(stderr, "preset %s: %s\n", preset, dsacp_last_error());
         exit(1);
     }
-    char *dir = tu_tempdir();
-    if (dsacp_model_init(&cfg, dir, seed, fmt) != 0) {
-        fprintf(stderr, "init-model %s: %s\n", preset, dsacp_last_error());
-        exit(1);
-    }
-    return dir;
+    return tu_make_model_cfg(&cfg, seed, fmt);
 }
 
 const char *tu_source_dir(void)

@@ -13,6 +13,8 @@ char *tu_tempdir(void);
 void tu_rmtree(const char *dir);
 /* init-model of a preset into a new temporary directory; returns the directory. */
 char *tu_make_model(const char *preset, uint64_t seed, dsacp_weight_format fmt);
+/* The same for any configuration (derived fields are recomputed when the model is loaded). */
+char *tu_make_model_cfg(const dsacp_config *cfg, uint64_t seed, dsacp_weight_format fmt);
 /* The source tree (DSACP_SOURCE_DIR, or "."). */
 const char *tu_source_dir(void);
 
