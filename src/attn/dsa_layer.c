@@ -184,6 +184,99 @@ static void index_scores(const dsacp_kv_cache *c, int64_t layer, const dsacp_kv_
     }
 }
 
+/* Everything one step's tokens need after the projections (steps 5 and 6), shared by the
+ * threads. */
+typedef struct attend_args {
+    const dsacp_dsa_ctx *ctx;
+    const dsacp_dsa_weights *w;
+    int64_t layer;
+    const dsacp_step_tokens *tok;
+    const float *q, *qi, *wts;
+    float *vcat;
+    int32_t *topk;
+    int64_t max_ctx;
+    int *rc;
+} attend_args;
+
+/* Steps 5 + 6 for every token: index scores, top-k, absorbed sparse MLA, W_UV. The token loop
+ * is an orphaned `omp for`: called inside a parallel region, the threads take whole tokens;
+ * called outside one (inner = true), the caller runs the tokens one after another and the
+ * kernels inside split each token's work (index blocks, heads) over the threads. Those inner
+ * regions are then top-level and reuse libgomp's pool; nested under an inactive region they
+ * would each start new threads (measured: 1.2x instead of 1.8x on 2 threads at batch 1). Kernels
+ * are thread-count invariant, so a token's result is the same either way. */
+static void attend_tokens(const attend_args *a, bool inner)
+{
+    const dsacp_config *cfg = a->ctx->cfg;
+    const dsacp_dsa_weights *w = a->w;
+    const dsacp_step_tokens *tok = a->tok;
+    dsacp_kv_cache *cache = a->ctx->cache;
+    const int64_t layer = a->layer, T = tok->T, H = cfg->num_attention_heads, max_ctx = a->max_ctx;
+    const int64_t nope = cfg->qk_nope_head_dim, dr = cfg->qk_rope_head_dim, dv = cfg->v_head_dim;
+    const int64_t dq = nope + dr, dc = cfg->kv_lora_rank, dk = dc + dr;
+    const int64_t Hi = cfg->index_n_heads, di = cfg->index_head_dim, K = cfg->index_topk;
+    const float *q = a->q, *qi = a->qi, *wts = a->wts;
+    float *vcat = a->vcat;
+    int32_t *topk = a->topk;
+    const float scale = (float)cfg->softmax_scale;
+    const size_t qpack_bytes = (dsacp_index_query_bytes(Hi, di) + 63) / 64 * 64;
+    token_scratch s = {0};
+    s.scores = malloc((size_t)max_ctx * 4);
+    s.sel = malloc((size_t)K * 4);
+    s.kv = dsacp_alloc((size_t)(K * dk) * 4);
+    s.qrow = dsacp_alloc((size_t)(H * dk) * 4);
+    s.o = dsacp_alloc((size_t)(H * dc) * 4);
+    s.lse = malloc((size_t)H * 4);
+    s.work = malloc((size_t)K * 4);
+    s.qpack = dsacp_alloc(qpack_bytes);
+    bool ok = s.scores && s.sel && s.kv && s.qrow && s.o && s.lse && s.work && s.qpack;
+    if (!ok) {
+#pragma omp atomic write
+        *a->rc = DSACP_ENOMEM;
+    }
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t t = 0; t < T; t++) {
+        if (!ok) continue;
+        const dsacp_kv_seq *seq = tok->seqs[tok->seq[t]];
+        int64_t n = tok->pos[t] + 1;
+        dsacp_index_query_pack(qi + t * Hi * di, wts + t * Hi, Hi, di, s.qpack);
+        index_scores(cache, layer, seq, n, s.qpack, s.scores, inner);
+        int64_t nsel = dsacp_topk_select(s.scores, n, K, s.sel);
+        if (topk) {
+            int32_t *row = topk + t * K;
+            for (int64_t j = 0; j < K; j++) row[j] = j < nsel ? s.sel[j] : -1;
+        }
+#pragma omp parallel for schedule(static) if (inner)
+        for (int64_t j = 0; j < nsel; j++)
+            dsacp_kv_read_mla(cache, layer, dsacp_kv_slot(cache, seq, s.sel[j]), s.kv + j * dk);
+        /* q_abs[h] = q_nope[h] . W_UK[h]  (dc wide); query row [q_abs | q_pe]. */
+#pragma omp parallel for schedule(static) if (inner)
+        for (int64_t h = 0; h < H; h++) {
+            const float *qh = q + (t * H + h) * dq;
+            float *qr = s.qrow + h * dk;
+            if (w->wuk_t) dsacp_linear(&w->wuk_t[h], qh, 1, nope, qr, dc, false);
+            else dsacp_gemv_t(w->kv_b_f32 + h * (nope + dv) * dc, dc, qh, nope, dc, qr);
+            memcpy(qr + dc, qh + nope, (size_t)dr * 4);
+        }
+        dsacp_sparse_mla(s.qrow, s.kv, nsel, H, dc, dr, scale, s.o, s.lse, s.work);
+        /* v[h] = W_UV[h] o[h]. */
+#pragma omp parallel for schedule(static) if (inner)
+        for (int64_t h = 0; h < H; h++) {
+            dsacp_weight wuv = {.name = "W_UV", .dtype = DSACP_F32, .ndim = 2, .rows = dv, .cols = dc,
+                                .data = w->kv_b_f32 + (h * (nope + dv) + nope) * dc};
+            dsacp_linear(w->wuv ? &w->wuv[h] : &wuv, s.o + h * dc, 1, dc, vcat + (t * H + h) * dv, dv, false);
+        }
+    }
+    free(s.scores);
+    free(s.sel);
+    dsacp_free(s.kv);
+    dsacp_free(s.qrow);
+    dsacp_free(s.o);
+    free(s.lse);
+    free(s.work);
+    dsacp_free(s.qpack);
+}
+
 int dsacp_dsa_forward(const dsacp_dsa_ctx *ctx, const dsacp_dsa_weights *w, int64_t layer,
                       const dsacp_step_tokens *tok, const float *x, float *out, int32_t *topk)
 {
@@ -191,7 +284,7 @@ int dsacp_dsa_forward(const dsacp_dsa_ctx *ctx, const dsacp_dsa_weights *w, int6
     const int64_t T = tok->T, D = cfg->hidden_size, H = cfg->num_attention_heads;
     const int64_t nope = cfg->qk_nope_head_dim, dr = cfg->qk_rope_head_dim, dv = cfg->v_head_dim;
     const int64_t dq = nope + dr, dc = cfg->kv_lora_rank, dk = dc + dr;
-    const int64_t Hi = cfg->index_n_heads, di = cfg->index_head_dim, K = cfg->index_topk;
+    const int64_t Hi = cfg->index_n_heads, di = cfg->index_head_dim;
     const int64_t ql = cfg->q_lora_rank;
     const bool deployed = ctx->mode == DSACP_MODE_DEPLOYED;
     dsacp_kv_cache *cache = ctx->cache;
@@ -259,71 +352,13 @@ int dsacp_dsa_forward(const dsacp_dsa_ctx *ctx, const dsacp_dsa_weights *w, int6
         dsacp_kv_write_index(cache, layer, slot, kit);
     }
 
-    /* 5 + 6. Per token: scores, top-k, absorbed sparse MLA, W_UV. With at least as many tokens
-     * as threads, threads take whole tokens; otherwise the tokens run one after another and the
-     * work inside each is split (index blocks, heads). Kernels are thread-count invariant, so a
-     * token's result is the same either way. */
-    const float scale = (float)cfg->softmax_scale;
-    const bool token_par = T >= omp_get_max_threads();
-    const size_t qpack_bytes = (dsacp_index_query_bytes(Hi, di) + 63) / 64 * 64;
-#pragma omp parallel if (token_par)
-    {
-        token_scratch s = {0};
-        s.scores = malloc((size_t)max_ctx * 4);
-        s.sel = malloc((size_t)K * 4);
-        s.kv = dsacp_alloc((size_t)(K * dk) * 4);
-        s.qrow = dsacp_alloc((size_t)(H * dk) * 4);
-        s.o = dsacp_alloc((size_t)(H * dc) * 4);
-        s.lse = malloc((size_t)H * 4);
-        s.work = malloc((size_t)K * 4);
-        s.qpack = dsacp_alloc(qpack_bytes);
-        bool ok = s.scores && s.sel && s.kv && s.qrow && s.o && s.lse && s.work && s.qpack;
-        if (!ok) {
-#pragma omp atomic write
-            rc = DSACP_ENOMEM;
-        }
-        const bool inner = !token_par;
-#pragma omp for schedule(dynamic, 1)
-        for (int64_t t = 0; t < T; t++) {
-            if (!ok) continue;
-            const dsacp_kv_seq *seq = tok->seqs[tok->seq[t]];
-            int64_t n = tok->pos[t] + 1;
-            dsacp_index_query_pack(qi + t * Hi * di, wts + t * Hi, Hi, di, s.qpack);
-            index_scores(cache, layer, seq, n, s.qpack, s.scores, inner);
-            int64_t nsel = dsacp_topk_select(s.scores, n, K, s.sel);
-            if (topk) {
-                int32_t *row = topk + t * K;
-                for (int64_t j = 0; j < K; j++) row[j] = j < nsel ? s.sel[j] : -1;
-            }
-#pragma omp parallel for schedule(static) if (inner)
-            for (int64_t j = 0; j < nsel; j++)
-                dsacp_kv_read_mla(cache, layer, dsacp_kv_slot(cache, seq, s.sel[j]), s.kv + j * dk);
-            /* q_abs[h] = q_nope[h] . W_UK[h]  (dc wide); query row [q_abs | q_pe]. */
-#pragma omp parallel for schedule(static) if (inner)
-            for (int64_t h = 0; h < H; h++) {
-                const float *qh = q + (t * H + h) * dq;
-                float *qr = s.qrow + h * dk;
-                if (w->wuk_t) dsacp_linear(&w->wuk_t[h], qh, 1, nope, qr, dc, false);
-                else dsacp_gemv_t(w->kv_b_f32 + h * (nope + dv) * dc, dc, qh, nope, dc, qr);
-                memcpy(qr + dc, qh + nope, (size_t)dr * 4);
-            }
-            dsacp_sparse_mla(s.qrow, s.kv, nsel, H, dc, dr, scale, s.o, s.lse, s.work);
-            /* v[h] = W_UV[h] o[h]. */
-#pragma omp parallel for schedule(static) if (inner)
-            for (int64_t h = 0; h < H; h++) {
-                dsacp_weight wuv = {.name = "W_UV", .dtype = DSACP_F32, .ndim = 2, .rows = dv, .cols = dc,
-                                    .data = w->kv_b_f32 + (h * (nope + dv) + nope) * dc};
-                dsacp_linear(w->wuv ? &w->wuv[h] : &wuv, s.o + h * dc, 1, dc, vcat + (t * H + h) * dv, dv, false);
-            }
-        }
-        free(s.scores);
-        free(s.sel);
-        dsacp_free(s.kv);
-        dsacp_free(s.qrow);
-        dsacp_free(s.o);
-        free(s.lse);
-        free(s.work);
-        dsacp_free(s.qpack);
+    /* 5 + 6. Per token: scores, top-k, absorbed sparse MLA, W_UV (attend_tokens). */
+    const attend_args args = {ctx, w, layer, tok, q, qi, wts, vcat, topk, max_ctx, &rc};
+    if (T >= omp_get_max_threads()) {
+#pragma omp parallel
+        attend_tokens(&args, false);
+    } else {
+        attend_tokens(&args, true);
     }
     if (rc) {
         dsacp_error(rc, "layer %lld: out of memory for attention scratch", (long long)layer);
