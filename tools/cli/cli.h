@@ -33,5 +33,6 @@ int cli_inspect(int argc, char **argv);
 int cli_forward(int argc, char **argv);
 int cli_generate(int argc, char **argv);
 int cli_make_input(int argc, char **argv);
+int cli_bench(int argc, char **argv);
 
 #endif

@@ -27,6 +27,10 @@ static void usage(FILE *f)
             "  make-input --out IN.safetensors [--requests R] [--length L] [--vocab V] [--chunk C]\n"
             "             [--seed N]\n"
             "      write a forward input: random requests and a mixed prefill/decode schedule\n"
+            "  bench (--preset NAME | --model DIR) [--context N] [--batch B] [--threads N]\n"
+            "        [--kernel all|ceilings|indexer|topk|mla|linear|layer] [--reps N] [--json]\n"
+            "        [--numerics exact|deployed] [--isa scalar|avx2|avx512] [--block-size B] [--warm]\n"
+            "      time the kernels and one decode layer beside the machine's ceilings\n"
             "  help\n");
 }
 
@@ -42,6 +46,7 @@ int main(int argc, char **argv)
     if (strcmp(cmd, "forward") == 0) return cli_forward(argc - 1, argv + 1);
     if (strcmp(cmd, "generate") == 0) return cli_generate(argc - 1, argv + 1);
     if (strcmp(cmd, "make-input") == 0) return cli_make_input(argc - 1, argv + 1);
+    if (strcmp(cmd, "bench") == 0) return cli_bench(argc - 1, argv + 1);
     if (strcmp(cmd, "help") == 0 || strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0) {
         usage(stdout);
         return 0;
