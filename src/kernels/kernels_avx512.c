@@ -202,6 +202,9 @@ T512V static INL void lin8_tile(const dsacp_weight *w, int64_t o0, const int NR,
 #pragma GCC unroll 4
         for (int t = 0; t < NT; t++) tot[r][t] = _mm512_setzero_ps();
     }
+    /* Prefetch distance: a 4-row tile (one token) streams 4 contiguous rows, so fetch the same
+     * offset of the next tile -- short rows (K = 1536) would otherwise start every tile cold. */
+    const int64_t pf = NR == 4 ? 4 * K : 1024;
     for (int64_t k0 = 0; k0 < K; k0 += blk) {
         const int64_t k1 = K < k0 + blk ? K : k0 + blk;
         __m512 b[4][4];
@@ -213,7 +216,7 @@ T512V static INL void lin8_tile(const dsacp_weight *w, int64_t o0, const int NR,
             const __mmask64 m = k1 - k >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << (k1 - k)) - 1);
 #pragma GCC unroll 4
             for (int r = 0; r < NR; r++) {
-                _mm_prefetch((const char *)rows[r] + k + 1024, _MM_HINT_T0);
+                _mm_prefetch((const char *)rows[r] + k + pf, _MM_HINT_T0);
                 const __m512i v = _mm512_maskz_loadu_epi8(m, rows[r] + k);
                 __m512i hi = _mm512_permutex2var_epi8(th0, v, th1);
                 const __m512i lo = _mm512_permutex2var_epi8(tl0, v, tl1);
