@@ -211,6 +211,48 @@ static void test_topk_radix(void)
     free(b);
 }
 
+/* RMSNorm and LSE merge of each ISA against the scalar twins on awkward sizes. */
+static void test_small(dsacp_isa isa)
+{
+    static const int64_t ns[] = {1, 7, 8, 15, 16, 17, 63, 128, 513, 7168};
+    float *x = malloc(7168 * 4), *w = malloc(7168 * 4), *ya = malloc(7168 * 4), *yb = malloc(7168 * 4);
+    for (size_t k = 0; k < sizeof ns / sizeof ns[0]; k++) {
+        const int64_t n = ns[k];
+        for (int64_t i = 0; i < n; i++) x[i] = 4 * frand(), w[i] = frand();
+        CHECK_OK(dsacp_isa_set(isa));
+        dsacp_rmsnorm(ya, x, w, n, 1e-6);
+        dsacp_rmsnorm_scalar(yb, x, w, n, 1e-6);
+        double e = 0;
+        for (int64_t i = 0; i < n; i++) e = fmax(e, fabs((double)ya[i] - yb[i]) / (fabs(yb[i]) + 1e-6));
+        CHECKF(e < 1e-6, "rmsnorm %s n=%lld: %g", dsacp_isa_name(isa), (long long)n, e);
+    }
+    const int64_t R = 3, H = 5;
+    static const int64_t ds[] = {1, 15, 16, 17, 128, 512};
+    for (size_t k = 0; k < sizeof ds / sizeof ds[0]; k++) {
+        const int64_t d = ds[k];
+        float *op = malloc((size_t)(R * H * d) * 4), lp[15], oa[5 * 512], ob[5 * 512], la[5], lb[5];
+        for (int64_t i = 0; i < R * H * d; i++) op[i] = frand();
+        for (int64_t i = 0; i < R * H; i++) lp[i] = i % 4 == 1 ? -INFINITY : 3 * frand();
+        for (int64_t h = 0; h < H; h++) lp[h] = lp[H + h] = lp[2 * H + h] = h == 4 ? -INFINITY : lp[h];
+        CHECK_OK(dsacp_isa_set(isa));
+        dsacp_lse_merge(op, lp, R, H, d, oa, la);
+        dsacp_lse_merge_scalar(op, lp, R, H, d, ob, lb);
+        double e = 0;
+        bool same_inf = true;
+        for (int64_t i = 0; i < H * d; i++) e = fmax(e, fabs((double)oa[i] - ob[i]));
+        for (int64_t h = 0; h < H; h++) {
+            same_inf &= isinf(la[h]) == isinf(lb[h]);
+            if (!isinf(lb[h])) e = fmax(e, fabs((double)la[h] - lb[h]));
+        }
+        CHECKF(e < 1e-5 && same_inf, "lse_merge %s d=%lld: %g", dsacp_isa_name(isa), (long long)d, e);
+        free(op);
+    }
+    free(x);
+    free(w);
+    free(ya);
+    free(yb);
+}
+
 int main(void)
 {
     dsacp_rng_seed(&rng, 99);
@@ -224,6 +266,7 @@ int main(void)
         test_index(isa);
         test_mla(isa);
         test_gemv_t(isa);
+        test_small(isa);
     }
     if (dsacp_isa_best() < DSACP_ISA_AVX512) CHECK(dsacp_isa_set(DSACP_ISA_AVX512) == DSACP_EUNSUPPORTED);
     CHECK_OK(dsacp_isa_set(start));

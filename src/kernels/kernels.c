@@ -89,7 +89,7 @@ int dsacp_linear_scalar(const dsacp_weight *w, const float *x, int64_t T, int64_
     return DSACP_OK;
 }
 
-void dsacp_rmsnorm(float *y, const float *x, const float *weight, int64_t n, double eps)
+void dsacp_rmsnorm_scalar(float *y, const float *x, const float *weight, int64_t n, double eps)
 {
     double ss = 0;
     for (int64_t i = 0; i < n; i++) ss += (double)x[i] * x[i];
@@ -321,7 +321,7 @@ void dsacp_sparse_mla_scalar(const float *q, const float *kv, int64_t n, int64_t
     }
 }
 
-void dsacp_lse_merge(const float *o_parts, const float *lse_parts, int64_t R, int64_t H, int64_t d,
+void dsacp_lse_merge_scalar(const float *o_parts, const float *lse_parts, int64_t R, int64_t H, int64_t d,
                      float *o, float *lse)
 {
     for (int64_t h = 0; h < H; h++) {

@@ -85,6 +85,7 @@ void dsacp_index_scores_scalar(const float *q, const float *w, int64_t Hi, int64
 
 /* y = x / sqrt(mean(x^2) + eps) * weight, n values (weight: dsacp_weight of n, any float dtype). */
 void dsacp_rmsnorm(float *y, const float *x, const float *weight, int64_t n, double eps);
+void dsacp_rmsnorm_scalar(float *y, const float *x, const float *weight, int64_t n, double eps);
 /* LayerNorm: (x - mean) / sqrt(var + eps) * weight + bias (biased variance). */
 void dsacp_layernorm(float *y, const float *x, const float *weight, const float *bias, int64_t n,
                      double eps);
@@ -133,6 +134,8 @@ void dsacp_gemv_t(const float *A, int64_t lda, const float *x, int64_t m, int64_
  * lse_r = -inf contribute nothing; all -inf gives o = 0, lse = -inf.
  *   o_parts: F32 [R][H][d], lse_parts: F32 [R][H] -> o: F32 [H][d], lse: F32 [H]. */
 void dsacp_lse_merge(const float *o_parts, const float *lse_parts, int64_t R, int64_t H, int64_t d,
+                     float *o, float *lse);
+void dsacp_lse_merge_scalar(const float *o_parts, const float *lse_parts, int64_t R, int64_t H, int64_t d,
                      float *o, float *lse);
 
 #endif
