@@ -4,6 +4,8 @@
  */
 #include "kernels/kernels_isa.h"
 
+#include <omp.h>
+
 #include <stdint.h>
 #if defined(__x86_64__) || defined(__i386__)
 #include <cpuid.h>
@@ -188,4 +190,43 @@ void dsacp_sparse_mla(const float *q, const float *kv, int64_t n, int64_t H, int
     case DSACP_ISA_AVX2: dsacp_sparse_mla_avx2(q, kv, n, H, dc, dr, scale, o, lse, work); break;
     default: dsacp_sparse_mla_scalar(q, kv, n, H, dc, dr, scale, o, lse, work); break;
     }
+}
+
+int dsacp_linear_drive(const dsacp_weight *w, const float *x, int64_t T, int64_t ldx, float *y, int64_t ldy,
+                       bool act_quant, const dsacp_linear_rows_fn rows_by_dtype[4], dsacp_linear_fast_fn fast)
+{
+    dsacp_linear_rows_fn rows;
+    switch (w->dtype) {
+    case DSACP_F32: rows = rows_by_dtype[0]; break;
+    case DSACP_BF16: rows = rows_by_dtype[1]; break;
+    case DSACP_F16: rows = rows_by_dtype[2]; break;
+    case DSACP_F8_E4M3: rows = rows_by_dtype[3]; break;
+    default: return dsacp_linear_scalar(w, x, T, ldx, y, ldy, act_quant);
+    }
+    const int64_t K = w->cols, N = w->rows;
+    /* The in-register decode needs 16-aligned blocks and 2^120 * scale finite. */
+    if (w->dtype == DSACP_F8_E4M3 && !dsacp_linear_f8_ok(w)) return dsacp_linear_scalar(w, x, T, ldx, y, ldy, act_quant);
+    if (T <= 0 || N <= 0) return DSACP_OK;
+    const float *xin = x;
+    int64_t ldxin = ldx;
+    float *xq = NULL;
+    if (act_quant && w->dtype == DSACP_F8_E4M3 && K % 128 == 0) {
+        xq = dsacp_linear_act_quant(x, T, ldx, K, &ldxin);
+        if (!xq) return dsacp_error(DSACP_ENOMEM, "linear %s: out of memory", w->name ? w->name : "");
+        xin = xq;
+    }
+    int rc = DSACP_OK;
+    if (fast && fast(w, xin, T, ldxin, y, ldy, &rc)) {
+        dsacp_free(xq);
+        return rc;
+    }
+    const int64_t nb = (N + DSACP_LINEAR_BLOCK - 1) / DSACP_LINEAR_BLOCK;
+    const bool par = !omp_in_parallel() && (double)N * (double)K * (double)T >= 1e6 && nb > 1;
+#pragma omp parallel for schedule(static) if (par)
+    for (int64_t b = 0; b < nb; b++) {
+        int64_t o0 = b * DSACP_LINEAR_BLOCK, o1 = o0 + DSACP_LINEAR_BLOCK < N ? o0 + DSACP_LINEAR_BLOCK : N;
+        rows(w, o0, o1, xin, ldxin, T, y, ldy);
+    }
+    dsacp_free(xq);
+    return DSACP_OK;
 }

@@ -321,8 +321,13 @@ void dsacp_sparse_mla_scalar(const float *q, const float *kv, int64_t n, int64_t
     }
 }
 
-void dsacp_lse_merge_scalar(const float *o_parts, const float *lse_parts, int64_t R, int64_t H, int64_t d,
-                     float *o, float *lse)
+static void axpy_scalar(float *o, const float *src, float wgt, int64_t d)
+{
+    for (int64_t i = 0; i < d; i++) o[i] += wgt * src[i];
+}
+
+void dsacp_lse_merge_axpy(const float *o_parts, const float *lse_parts, int64_t R, int64_t H, int64_t d, float *o,
+                          float *lse, dsacp_axpy_fn axpy)
 {
     for (int64_t h = 0; h < H; h++) {
         float mx = -INFINITY;
@@ -336,14 +341,18 @@ void dsacp_lse_merge_scalar(const float *o_parts, const float *lse_parts, int64_
         }
         double sum = 0;
         for (int64_t r = 0; r < R; r++) sum += exp((double)lse_parts[r * H + h] - mx);
-        float total = mx + (float)log(sum);
+        const float total = mx + (float)log(sum);
         for (int64_t r = 0; r < R; r++) {
-            float l = lse_parts[r * H + h];
+            const float l = lse_parts[r * H + h];
             if (l == -INFINITY) continue;
-            float wgt = expf(l - total);
-            const float *src = o_parts + (r * H + h) * d;
-            for (int64_t i = 0; i < d; i++) oh[i] += wgt * src[i];
+            axpy(oh, o_parts + (r * H + h) * d, expf(l - total), d);
         }
         lse[h] = total;
     }
+}
+
+void dsacp_lse_merge_scalar(const float *o_parts, const float *lse_parts, int64_t R, int64_t H, int64_t d,
+                            float *o, float *lse)
+{
+    dsacp_lse_merge_axpy(o_parts, lse_parts, R, H, d, o, lse, axpy_scalar);
 }

@@ -105,7 +105,6 @@ T512 static INL void lin_tile(int dt, const dsacp_weight *w, int64_t o0, const i
         for (int t = 0; t < NT; t++) y[t * ldy + o0 + r] = hsum_tree(acc[r][t]);
 }
 
-enum { LIN_BLOCK = 16 };
 
 T512 static INL void lin_rows(int dt, const dsacp_weight *w, int64_t o0, int64_t o1, const float *x, int64_t ldx,
                               int64_t T, float *y, int64_t ldy)
@@ -286,54 +285,30 @@ static int lin8_linear(const dsacp_weight *w, const float *x, int64_t T, int64_t
     lin8_permute_x(x, T, ldx, K, xp, Kp);
     lin8_tab tb;
     lin8_tab_init(&tb);
-    const int64_t nb = (N + LIN_BLOCK - 1) / LIN_BLOCK;
+    const int64_t nb = (N + DSACP_LINEAR_BLOCK - 1) / DSACP_LINEAR_BLOCK;
     const bool par = !omp_in_parallel() && (double)N * (double)K * (double)T >= 1e6 && nb > 1;
 #pragma omp parallel for schedule(static) if (par)
     for (int64_t b = 0; b < nb; b++) {
-        int64_t o0 = b * LIN_BLOCK, o1 = o0 + LIN_BLOCK < N ? o0 + LIN_BLOCK : N;
+        int64_t o0 = b * DSACP_LINEAR_BLOCK, o1 = o0 + DSACP_LINEAR_BLOCK < N ? o0 + DSACP_LINEAR_BLOCK : N;
         lin8_rows(w, o0, o1, xp, Kp, T, y, ldy, &tb);
     }
     dsacp_free(xp);
     return DSACP_OK;
 }
 
+/* The VBMI table decode for FP8 weights whose blocks are multiples of 64 columns. */
+static int lin8_fast(const dsacp_weight *w, const float *x, int64_t T, int64_t ldx, float *y, int64_t ldy, int *rc)
+{
+    if (w->dtype != DSACP_F8_E4M3 || w->block % 64 != 0 || !lin8_vbmi()) return 0;
+    *rc = lin8_linear(w, x, T, ldx, y, ldy);
+    return 1;
+}
+
 int dsacp_linear_avx512(const dsacp_weight *w, const float *x, int64_t T, int64_t ldx, float *y, int64_t ldy,
                         bool act_quant)
 {
-    void (*rows)(const dsacp_weight *, int64_t, int64_t, const float *, int64_t, int64_t, float *, int64_t);
-    switch (w->dtype) {
-    case DSACP_F32: rows = lin_rows_f32; break;
-    case DSACP_BF16: rows = lin_rows_bf16; break;
-    case DSACP_F16: rows = lin_rows_f16; break;
-    case DSACP_F8_E4M3: rows = lin_rows_f8; break;
-    default: return dsacp_linear_scalar(w, x, T, ldx, y, ldy, act_quant);
-    }
-    const int64_t K = w->cols, N = w->rows;
-    /* The in-register decode needs 16-aligned blocks and 2^120 * scale finite. */
-    if (w->dtype == DSACP_F8_E4M3 && !dsacp_linear_f8_ok(w)) return dsacp_linear_scalar(w, x, T, ldx, y, ldy, act_quant);
-    if (T <= 0 || N <= 0) return DSACP_OK;
-    const float *xin = x;
-    int64_t ldxin = ldx;
-    float *xq = NULL;
-    if (act_quant && w->dtype == DSACP_F8_E4M3 && K % 128 == 0) {
-        xq = dsacp_linear_act_quant(x, T, ldx, K, &ldxin);
-        if (!xq) return dsacp_error(DSACP_ENOMEM, "linear %s: out of memory", w->name ? w->name : "");
-        xin = xq;
-    }
-    if (w->dtype == DSACP_F8_E4M3 && w->block % 64 == 0 && lin8_vbmi()) {
-        int rc = lin8_linear(w, xin, T, ldxin, y, ldy);
-        dsacp_free(xq);
-        return rc;
-    }
-    const int64_t nb = (N + LIN_BLOCK - 1) / LIN_BLOCK;
-    const bool par = !omp_in_parallel() && (double)N * (double)K * (double)T >= 1e6 && nb > 1;
-#pragma omp parallel for schedule(static) if (par)
-    for (int64_t b = 0; b < nb; b++) {
-        int64_t o0 = b * LIN_BLOCK, o1 = o0 + LIN_BLOCK < N ? o0 + LIN_BLOCK : N;
-        rows(w, o0, o1, xin, ldxin, T, y, ldy);
-    }
-    dsacp_free(xq);
-    return DSACP_OK;
+    static const dsacp_linear_rows_fn rows[4] = {lin_rows_f32, lin_rows_bf16, lin_rows_f16, lin_rows_f8};
+    return dsacp_linear_drive(w, x, T, ldx, y, ldy, act_quant, rows, lin8_fast);
 }
 
 /* ---- gemv_t ---- */

@@ -33,4 +33,21 @@ bool dsacp_linear_f8_ok(const dsacp_weight *w);
  * *ldout gets its row stride. NULL on allocation failure. */
 float *dsacp_linear_act_quant(const float *x, int64_t T, int64_t ldx, int64_t K, int64_t *ldout);
 
+/* The driver shared by the SIMD linears: falls back to the scalar twin for dtypes or FP8 block
+ * layouts a variant cannot decode, applies act_quant, then hands output row blocks of
+ * DSACP_LINEAR_BLOCK to `rows` over the threads (only outside a parallel region, for products of
+ * at least 1e6 multiply-adds). `rows_by_dtype` is indexed F32, BF16, F16, F8_E4M3. `fast`, when
+ * not NULL, is offered the (act-quantized) input first and returns 1 when it did the product. */
+enum { DSACP_LINEAR_BLOCK = 16 };
+/* o[i] += wgt * src[i] for i < d, one variant per ISA; the LSE merge around it is shared. */
+typedef void (*dsacp_axpy_fn)(float *o, const float *src, float wgt, int64_t d);
+void dsacp_lse_merge_axpy(const float *o_parts, const float *lse_parts, int64_t R, int64_t H, int64_t d, float *o,
+                          float *lse, dsacp_axpy_fn axpy);
+typedef void (*dsacp_linear_rows_fn)(const dsacp_weight *w, int64_t o0, int64_t o1, const float *x, int64_t ldx,
+                                     int64_t T, float *y, int64_t ldy);
+typedef int (*dsacp_linear_fast_fn)(const dsacp_weight *w, const float *x, int64_t T, int64_t ldx, float *y,
+                                    int64_t ldy, int *rc);
+int dsacp_linear_drive(const dsacp_weight *w, const float *x, int64_t T, int64_t ldx, float *y, int64_t ldy,
+                       bool act_quant, const dsacp_linear_rows_fn rows_by_dtype[4], dsacp_linear_fast_fn fast);
+
 #endif

@@ -4,10 +4,10 @@
  * with a fixed lane order, so results depend only on the row and the ISA.
  */
 #include "kernels/kernels.h"
+#include "kernels/kernels_isa.h"
 
 #include <immintrin.h>
 #include <math.h>
-#include <string.h>
 
 /* ---- RMSNorm: sum of squares in double (as the scalar twin), 8 double lanes ---- */
 
@@ -65,10 +65,9 @@ void dsacp_rmsnorm(float *y, const float *x, const float *weight, int64_t n, dou
     }
 }
 
-/* ---- LSE merge: the per-part weights are scalar (R is small), the weighted sum over d is
- * vectorized; parts are added in fixed order ---- */
+/* ---- LSE merge (dsacp_lse_merge_axpy in kernels.c): the per-part weights are scalar (R is
+ * small), the weighted sum over d is vectorized; parts are added in fixed order ---- */
 
-typedef void (*axpy_fn)(float *o, const float *src, float wgt, int64_t d);
 
 __attribute__((target("avx512f"))) static void axpy_avx512(float *o, const float *src, float wgt, int64_t d)
 {
@@ -89,37 +88,13 @@ __attribute__((target("avx2,fma"))) static void axpy_avx2(float *o, const float 
     for (; i < d; i++) o[i] = fmaf(wgt, src[i], o[i]);
 }
 
-static void lse_merge_simd(const float *o_parts, const float *lse_parts, int64_t R, int64_t H, int64_t d, float *o,
-                           float *lse, axpy_fn axpy)
-{
-    for (int64_t h = 0; h < H; h++) {
-        float mx = -INFINITY;
-        for (int64_t r = 0; r < R; r++)
-            if (lse_parts[r * H + h] > mx) mx = lse_parts[r * H + h];
-        float *oh = o + h * d;
-        memset(oh, 0, (size_t)d * sizeof(float));
-        if (mx == -INFINITY) {
-            lse[h] = -INFINITY;
-            continue;
-        }
-        double sum = 0;
-        for (int64_t r = 0; r < R; r++) sum += exp((double)lse_parts[r * H + h] - mx);
-        const float total = mx + (float)log(sum);
-        for (int64_t r = 0; r < R; r++) {
-            const float l = lse_parts[r * H + h];
-            if (l == -INFINITY) continue;
-            axpy(oh, o_parts + (r * H + h) * d, expf(l - total), d);
-        }
-        lse[h] = total;
-    }
-}
 
 void dsacp_lse_merge(const float *o_parts, const float *lse_parts, int64_t R, int64_t H, int64_t d, float *o,
                      float *lse)
 {
     switch (dsacp_isa_active()) {
-    case DSACP_ISA_AVX512: lse_merge_simd(o_parts, lse_parts, R, H, d, o, lse, axpy_avx512); return;
-    case DSACP_ISA_AVX2: lse_merge_simd(o_parts, lse_parts, R, H, d, o, lse, axpy_avx2); return;
+    case DSACP_ISA_AVX512: dsacp_lse_merge_axpy(o_parts, lse_parts, R, H, d, o, lse, axpy_avx512); return;
+    case DSACP_ISA_AVX2: dsacp_lse_merge_axpy(o_parts, lse_parts, R, H, d, o, lse, axpy_avx2); return;
     default: dsacp_lse_merge_scalar(o_parts, lse_parts, R, H, d, o, lse);
     }
 }
