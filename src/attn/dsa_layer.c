@@ -87,6 +87,7 @@ void dsacp_dsa_weights_absorb_release(dsacp_dsa_weights *w)
 
 int dsacp_dsa_weights_absorb(dsacp_dsa_weights *w, const dsacp_config *cfg)
 {
+    if (!w->kv_b_f32 && w->wuk_t) return DSACP_OK; /* already absorbed, the f32 copy released */
     dsacp_dsa_weights_absorb_release(w);
     const dsacp_weight *kb = w->kv_b;
     const int64_t H = cfg->num_attention_heads, nope = cfg->qk_nope_head_dim, dv = cfg->v_head_dim;
@@ -135,8 +136,15 @@ int dsacp_dsa_weights_absorb(dsacp_dsa_weights *w, const dsacp_config *cfg)
         } else if (half) {
             uv->data = (const uint8_t *)kb->data + (size_t)((r0 + nope) * dc) * 2;
         } else {
-            uv->data = w->kv_b_f32 + (r0 + nope) * dc;
+            const float *src = kb->dtype == DSACP_F32 ? (const float *)kb->data : w->kv_b_f32;
+            uv->data = src + (r0 + nope) * dc;
         }
+    }
+    /* The f32 copy is needed only where W_UV views it (an FP8 kv_b whose 128-blocks do not line
+     * up with the heads); otherwise it is 64 MB per layer at V3.2 that nothing reads. */
+    if (f8 || half || kb->dtype == DSACP_F32) {
+        dsacp_free(w->kv_b_f32);
+        w->kv_b_f32 = NULL;
     }
     return DSACP_OK;
 }

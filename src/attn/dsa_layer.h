@@ -17,7 +17,9 @@ typedef enum dsacp_numerics_mode { DSACP_MODE_EXACT = 0, DSACP_MODE_DEPLOYED = 1
 typedef struct dsacp_dsa_weights {
     const dsacp_weight *q_a, *q_b, *kv_a, *kv_b, *o, *wq_b, *wk, *wproj;
     float *q_a_norm, *kv_a_norm, *k_norm_w, *k_norm_b; /* F32 [q_lora], [dc], [di], [di] */
-    float *kv_b_f32; /* F32 [H][nope + v][dc]: rows 0..nope-1 are W_UK[h], the next v are W_UV[h] */
+    /* F32 [H][nope + v][dc]: rows 0..nope-1 are W_UK[h], the next v are W_UV[h]. Input of
+     * dsacp_dsa_weights_absorb, which frees it (NULL) unless W_UV ends up viewing it. */
+    float *kv_b_f32;
     /* The absorbed form read in the stored dtype (dsacp_dsa_weights_absorb; NULL: the layer reads
      * kv_b_f32 instead): per head, W_UK[h]^T [dc][nope] (a transposed copy: F8_E4M3 with the
      * transposed block scales when the 128-blocks align, BF16/F16 as stored, else F32) and W_UV[h]
@@ -27,7 +29,8 @@ typedef struct dsacp_dsa_weights {
     void *absorb_buf;
 } dsacp_dsa_weights;
 
-/* Builds wuk_t / wuv from kv_b (and kv_b_f32, which must be filled). Released by
+/* Builds wuk_t / wuv from kv_b (and kv_b_f32, which must be filled), then frees kv_b_f32 when
+ * nothing views it; calling it again after that is a no-op. Released by
  * dsacp_dsa_weights_release or dsacp_dsa_weights_absorb_release. */
 int dsacp_dsa_weights_absorb(dsacp_dsa_weights *w, const dsacp_config *cfg);
 void dsacp_dsa_weights_absorb_release(dsacp_dsa_weights *w);
