@@ -23,20 +23,11 @@
 
 /* ---- weights ---- */
 
-static float *vector_f32(const dsacp_model *m, const char *fmt, int64_t layer, int64_t n, int *rc)
+static float *layer_vector(const dsacp_model *m, const char *suffix, int64_t layer, int64_t n, int *rc)
 {
-    const dsacp_weight *w = dsacp_model_weightf(m, fmt, (int)layer);
-    if (!w || w->rows * w->cols != n) {
-        *rc = dsacp_error(DSACP_ENOTFOUND, "layer %lld: weight for '%s' missing", (long long)layer, fmt);
-        return NULL;
-    }
-    float *v = dsacp_alloc((size_t)n * sizeof(float));
-    if (!v) {
-        *rc = DSACP_ENOMEM;
-        return NULL;
-    }
-    dsacp_weight_to_f32(w, v);
-    return v;
+    char name[200];
+    snprintf(name, sizeof name, "model.layers.%lld.self_attn.%s", (long long)layer, suffix);
+    return dsacp_model_vector_f32(m, name, n, rc);
 }
 
 int dsacp_dsa_weights_bind(dsacp_dsa_weights *w, const dsacp_model *m, int64_t layer)
@@ -62,10 +53,10 @@ int dsacp_dsa_weights_bind(dsacp_dsa_weights *w, const dsacp_model *m, int64_t l
     BIND(wproj, "indexer.weights_proj.weight");
 #undef BIND
     int rc = DSACP_OK;
-    w->q_a_norm = vector_f32(m, "model.layers.%d.self_attn.q_a_layernorm.weight", layer, cfg->q_lora_rank, &rc);
-    if (!rc) w->kv_a_norm = vector_f32(m, "model.layers.%d.self_attn.kv_a_layernorm.weight", layer, cfg->kv_lora_rank, &rc);
-    if (!rc) w->k_norm_w = vector_f32(m, "model.layers.%d.self_attn.indexer.k_norm.weight", layer, cfg->index_head_dim, &rc);
-    if (!rc) w->k_norm_b = vector_f32(m, "model.layers.%d.self_attn.indexer.k_norm.bias", layer, cfg->index_head_dim, &rc);
+    w->q_a_norm = layer_vector(m, "q_a_layernorm.weight", layer, cfg->q_lora_rank, &rc);
+    if (!rc) w->kv_a_norm = layer_vector(m, "kv_a_layernorm.weight", layer, cfg->kv_lora_rank, &rc);
+    if (!rc) w->k_norm_w = layer_vector(m, "indexer.k_norm.weight", layer, cfg->index_head_dim, &rc);
+    if (!rc) w->k_norm_b = layer_vector(m, "indexer.k_norm.bias", layer, cfg->index_head_dim, &rc);
     if (!rc) {
         w->kv_b_f32 = dsacp_alloc((size_t)(w->kv_b->rows * w->kv_b->cols) * sizeof(float));
         if (!w->kv_b_f32) rc = DSACP_ENOMEM;

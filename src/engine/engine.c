@@ -49,19 +49,6 @@ void dsacp_engine_options_default(dsacp_engine_options *opt)
     opt->num_blocks = 1024;
 }
 
-static float *norm_f32(const dsacp_model *m, const char *name, int64_t n, int *rc)
-{
-    const dsacp_weight *w = dsacp_model_weight(m, name);
-    if (!w || w->rows * w->cols != n) {
-        *rc = dsacp_error(DSACP_ENOTFOUND, "model has no usable '%s'", name);
-        return NULL;
-    }
-    float *v = dsacp_alloc((size_t)n * 4);
-    if (!v) *rc = DSACP_ENOMEM;
-    else dsacp_weight_to_f32(w, v);
-    return v;
-}
-
 static const dsacp_weight *need(const dsacp_model *m, int *rc, const char *name)
 {
     const dsacp_weight *w = dsacp_model_weight(m, name);
@@ -91,7 +78,7 @@ static int bind_mlp(dsacp_engine *e, int64_t l)
     snprintf(n, sizeof n, "model.layers.%lld.mlp.gate.weight", (long long)l);
     w->router = need(m, &rc, n);
     snprintf(n, sizeof n, "model.layers.%lld.mlp.gate.e_score_correction_bias", (long long)l);
-    if (!rc) w->bias = norm_f32(m, n, E, &rc);
+    if (!rc) w->bias = dsacp_model_vector_f32(m, n, E, &rc);
     w->egate = calloc((size_t)E, sizeof *w->egate);
     w->eup = calloc((size_t)E, sizeof *w->eup);
     w->edown = calloc((size_t)E, sizeof *w->edown);
@@ -178,12 +165,12 @@ int dsacp_engine_create(const dsacp_model *model, const dsacp_engine_options *op
         char n[160];
         rc = dsacp_dsa_weights_bind(&e->attn[l], model, l);
         snprintf(n, sizeof n, "model.layers.%lld.input_layernorm.weight", (long long)l);
-        if (!rc) e->in_norm[l] = norm_f32(model, n, cfg->hidden_size, &rc);
+        if (!rc) e->in_norm[l] = dsacp_model_vector_f32(model, n, cfg->hidden_size, &rc);
         snprintf(n, sizeof n, "model.layers.%lld.post_attention_layernorm.weight", (long long)l);
-        if (!rc) e->post_norm[l] = norm_f32(model, n, cfg->hidden_size, &rc);
+        if (!rc) e->post_norm[l] = dsacp_model_vector_f32(model, n, cfg->hidden_size, &rc);
         if (!rc) rc = bind_mlp(e, l);
     }
-    if (!rc) e->final_norm = norm_f32(model, "model.norm.weight", cfg->hidden_size, &rc);
+    if (!rc) e->final_norm = dsacp_model_vector_f32(model, "model.norm.weight", cfg->hidden_size, &rc);
     if (!rc) e->embed = need(model, &rc, "model.embed_tokens.weight");
     if (!rc) e->head = need(model, &rc, "lm_head.weight");
     if (rc) goto fail;

@@ -250,6 +250,22 @@ void dsacp_weight_row_f32(const dsacp_weight *w, int64_t r, float *out)
     }
 }
 
+float *dsacp_model_vector_f32(const dsacp_model *m, const char *name, int64_t n, int *rc)
+{
+    const dsacp_weight *w = dsacp_model_weight(m, name);
+    if (!w || w->rows * w->cols != n) {
+        *rc = dsacp_error(DSACP_ENOTFOUND, "%s: no weight '%s' of %lld values", m->dir, name, (long long)n);
+        return NULL;
+    }
+    float *v = dsacp_alloc((size_t)n * sizeof(float));
+    if (!v) {
+        *rc = DSACP_ENOMEM;
+        return NULL;
+    }
+    dsacp_weight_to_f32(w, v);
+    return v;
+}
+
 void dsacp_weight_to_f32(const dsacp_weight *w, float *out)
 {
     for (int64_t r = 0; r < w->rows; r++) dsacp_weight_row_f32(w, r, out + r * w->cols);

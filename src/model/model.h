@@ -30,6 +30,10 @@ typedef struct dsacp_weight {
 const dsacp_weight *dsacp_model_weight(const dsacp_model *m, const char *name);
 /* Same with a printf-style name: dsacp_model_weightf(m, "model.layers.%d.mlp.gate.weight", L). */
 const dsacp_weight *dsacp_model_weightf(const dsacp_model *m, const char *fmt, ...) DSACP_PRINTF(2, 3);
+/* A freshly allocated F32 copy of the named weight, which must hold exactly n values (norm
+ * weights, biases); NULL with *rc set (DSACP_ENOTFOUND naming it, or DSACP_ENOMEM) otherwise.
+ * dsacp_free it. */
+float *dsacp_model_vector_f32(const dsacp_model *m, const char *name, int64_t n, int *rc);
 /* Dequantizes a whole weight to f32, row-major [rows][cols]. */
 void dsacp_weight_to_f32(const dsacp_weight *w, float *out);
 /* Dequantizes row r (cols values). */
