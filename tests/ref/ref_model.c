@@ -199,6 +199,9 @@ typedef struct ref_rope {
 
 static int rope_init(ref_rope *r, const dsacp_config *cfg)
 {
+    /* Written on every path (also the error one): gcc -O2/-O3 cannot see that dsacp_error()
+     * returns non-zero and reports the caller's copy as maybe-uninitialized otherwise. */
+    memset(r, 0, sizeof *r);
     int64_t dim = cfg->qk_rope_head_dim;
     if (dim <= 0 || dim % 2 || dim > REF_ROPE_MAX)
         return dsacp_error(DSACP_EUNSUPPORTED, "ref_forward: qk_rope_head_dim %lld", (long long)dim);
