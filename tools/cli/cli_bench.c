@@ -905,7 +905,8 @@ int cli_bench(int argc, char **argv)
                       {"reps", true, NULL},    {"json", false, NULL},    {"numerics", true, NULL},
                       {"isa", true, NULL},     {"block-size", true, NULL}, {"warm", false, NULL},
                       {NULL, false, NULL}};
-    if (!cli_parse(argc, argv, opts)) return 2;
+    int parsed = cli_parse(argc, argv, opts);
+    if (parsed != CLI_RUN) return parsed;
     bench *b = calloc(1, sizeof *b);
     if (!b) {
         fprintf(stderr, "dsacp bench: out of memory\n");

@@ -6,37 +6,42 @@
 #include <stdlib.h>
 #include <string.h>
 
-bool cli_parse(int argc, char **argv, cli_opt *opts)
+int cli_parse(int argc, char **argv, cli_opt *opts)
 {
     const char *cmd = argv[0];
+    for (int i = 1; i < argc; i++)
+        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+            cli_usage(cmd, stdout);
+            return 0;
+        }
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (strncmp(a, "--", 2) != 0) {
             fprintf(stderr, "dsacp %s: unexpected argument '%s'\n", cmd, a);
-            return false;
+            return 2;
         }
         cli_opt *o = NULL;
         for (cli_opt *p = opts; p->name; p++)
             if (strcmp(p->name, a + 2) == 0) o = p;
         if (!o) {
             fprintf(stderr, "dsacp %s: unknown option '%s'\n", cmd, a);
-            return false;
+            return 2;
         }
         if (o->value) {
             fprintf(stderr, "dsacp %s: option '%s' given twice\n", cmd, a);
-            return false;
+            return 2;
         }
         if (o->has_value) {
             if (i + 1 >= argc || strncmp(argv[i + 1], "--", 2) == 0) {
                 fprintf(stderr, "dsacp %s: option '%s' needs a value\n", cmd, a);
-                return false;
+                return 2;
             }
             o->value = argv[++i];
         } else {
             o->value = "1";
         }
     }
-    return true;
+    return CLI_RUN;
 }
 
 const char *cli_get(const cli_opt *opts, const char *name)

@@ -4,18 +4,28 @@
  */
 #include "cli.h"
 #include "core/core.h"
+#include "io/forward_input.h"
 #include "io/safetensors.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-static int32_t argmax(const float *x, int64_t n)
+/* Greedy choice over one row of logits: the first index of the largest value. A NaN or an
+ * infinity is an error (DSACP_ERANGE naming the token and the index), never token 0. */
+static int argmax(const float *x, int64_t n, int64_t token, int32_t *out)
 {
     int64_t best = 0;
-    for (int64_t i = 1; i < n; i++)
+    for (int64_t i = 0; i < n; i++) {
+        if (!isfinite(x[i]))
+            return dsacp_error(DSACP_ERANGE, "the logits after token %lld are not finite (vocabulary index %lld "
+                               "is %g); the model's weights or activations overflowed", (long long)token,
+                               (long long)i, (double)x[i]);
         if (x[i] > x[best]) best = i;
-    return (int32_t)best;
+    }
+    *out = (int32_t)best;
+    return DSACP_OK;
 }
 
 int cli_generate(int argc, char **argv)
@@ -23,7 +33,8 @@ int cli_generate(int argc, char **argv)
     cli_opt opts[] = {{"model", true, NULL},      {"prompt-len", true, NULL}, {"new-tokens", true, NULL},
                       {"seed", true, NULL},       {"chunk", true, NULL},      {"numerics", true, NULL},
                       {"kv-dtype", true, NULL},   {NULL, false, NULL}};
-    if (!cli_parse(argc, argv, opts)) return 2;
+    int parsed = cli_parse(argc, argv, opts);
+    if (parsed != CLI_RUN) return parsed;
     const char *dir = cli_get(opts, "model");
     if (!dir) {
         fprintf(stderr, "dsacp generate: missing required option '--model'\n");
@@ -41,47 +52,61 @@ int cli_generate(int argc, char **argv)
     int rc = dsacp_model_load(dir, &m);
     if (rc) return cli_fail("generate", rc);
     const dsacp_config *cfg = dsacp_model_config(m);
+    /* Every generated token is fed back, so positions 0 .. plen + ntok - 1 are computed. */
+    if (plen + ntok > cfg->max_position_embeddings) {
+        fprintf(stderr, "dsacp generate: --prompt-len %lld + --new-tokens %lld = %lld positions, more than the "
+                "model's max_position_embeddings = %lld (%s/config.json)\n", (long long)plen, (long long)ntok,
+                (long long)(plen + ntok), (long long)cfg->max_position_embeddings, dir);
+        dsacp_model_free(m);
+        return 2;
+    }
+    const int64_t rows = chunk < plen ? chunk : plen; /* logits rows of the largest prefill step */
+    const int64_t V = cfg->vocab_size;
+    size_t ids_bytes = 0, logits_bytes = 0;
+    if (!dsacp_size_product(sizeof(int32_t), 1, (int64_t[]){plen + ntok + 1}, DSACP_FORWARD_MAX_BYTES, &ids_bytes) ||
+        !dsacp_size_product(sizeof(float), 2, (int64_t[]){rows, V}, DSACP_FORWARD_MAX_BYTES, &logits_bytes)) {
+        fprintf(stderr, "dsacp generate: the logits of a prefill chunk, --chunk %lld x vocab_size %lld floats, are "
+                "more than %zu bytes\n", (long long)chunk, (long long)V, (size_t)DSACP_FORWARD_MAX_BYTES);
+        dsacp_model_free(m);
+        return 2;
+    }
     eo.num_blocks = (plen + ntok + eo.block_size - 1) / eo.block_size + 1;
     dsacp_engine *e = NULL;
     rc = dsacp_engine_create(m, &eo, &e);
-    int32_t *ids = malloc((size_t)(plen + ntok + 1) * sizeof *ids);
-    float *logits = malloc((size_t)(chunk * cfg->vocab_size) * sizeof *logits);
+    int32_t *ids = malloc(ids_bytes);
+    float *logits = malloc(logits_bytes);
     int64_t req = 0;
     if (!rc && (!ids || !logits)) rc = dsacp_error(DSACP_ENOMEM, "out of memory");
     if (!rc) rc = dsacp_engine_add_request(e, &req);
-    if (rc) {
-        cli_fail("generate", rc);
-        goto done;
-    }
     dsacp_rng rng;
     dsacp_rng_seed(&rng, (uint64_t)seed);
-    for (int64_t i = 0; i < plen; i++) ids[i] = (int32_t)(dsacp_rng_u64(&rng) % (uint64_t)cfg->vocab_size);
+    for (int64_t i = 0; i < plen && !rc; i++) ids[i] = (int32_t)(dsacp_rng_u64(&rng) % (uint64_t)V);
+    /* Nothing is printed until the whole run has succeeded: no partial report before an error. */
     double t0 = dsacp_now();
     int32_t next = 0;
     for (int64_t done_ = 0; done_ < plen && !rc; done_ += chunk) {
         int64_t c = plen - done_ < chunk ? plen - done_ : chunk;
         dsacp_step_entry en = {req, c, ids + done_};
         rc = dsacp_engine_step(e, &en, 1, logits, NULL);
-        if (!rc) next = argmax(logits + (c - 1) * cfg->vocab_size, cfg->vocab_size);
+        if (!rc) rc = argmax(logits + (c - 1) * V, V, done_ + c - 1, &next);
     }
     double t1 = dsacp_now();
-    printf("prompt: %lld random tokens (seed %lld), prefill in chunks of %lld: %.3f s (%.1f tokens/s)\n",
-           (long long)plen, (long long)seed, (long long)chunk, t1 - t0, plen / (t1 - t0));
-    printf("generated:");
     for (int64_t i = 0; i < ntok && !rc; i++) {
         ids[plen + i] = next;
-        printf(" %d", next);
-        fflush(stdout);
         dsacp_step_entry en = {req, 1, ids + plen + i};
         rc = dsacp_engine_step(e, &en, 1, logits, NULL);
-        if (!rc) next = argmax(logits, cfg->vocab_size);
+        if (!rc) rc = argmax(logits, V, plen + i, &next);
     }
     double t2 = dsacp_now();
-    printf("\n");
     if (rc) {
         cli_fail("generate", rc);
         goto done;
     }
+    printf("prompt: %lld random tokens (seed %lld), prefill in chunks of %lld: %.3f s (%.1f tokens/s)\n",
+           (long long)plen, (long long)seed, (long long)chunk, t1 - t0, plen / (t1 - t0));
+    printf("generated:");
+    for (int64_t i = 0; i < ntok; i++) printf(" %d", ids[plen + i]);
+    printf("\n");
     if (ntok) printf("decode: %lld tokens in %.3f s (%.1f ms/token)\n", (long long)ntok, t2 - t1, 1e3 * (t2 - t1) / ntok);
 done:
     free(ids);
@@ -96,7 +121,8 @@ int cli_make_input(int argc, char **argv)
     cli_opt opts[] = {{"out", true, NULL},   {"requests", true, NULL}, {"length", true, NULL},
                       {"vocab", true, NULL}, {"chunk", true, NULL},    {"seed", true, NULL},
                       {NULL, false, NULL}};
-    if (!cli_parse(argc, argv, opts)) return 2;
+    int parsed = cli_parse(argc, argv, opts);
+    if (parsed != CLI_RUN) return parsed;
     const char *out = cli_get(opts, "out");
     if (!out) {
         fprintf(stderr, "dsacp make-input: missing required option '--out'\n");

@@ -1,16 +1,19 @@
-/* cli_model.c -- `dsacp init-model` and `dsacp inspect`. */
+/* cli_model.c -- `dsacp init-model` and `dsacp inspect` (which also scans every weight for NaN/Inf). */
 #include "cli.h"
 #include "model/model.h"
 
 #include <inttypes.h>
+#include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 int cli_init_model(int argc, char **argv)
 {
     cli_opt opts[] = {{"preset", true, NULL}, {"out", true, NULL}, {"seed", true, NULL},
                       {"weights", true, NULL}, {NULL, false, NULL}};
-    if (!cli_parse(argc, argv, opts)) return 2;
+    int parsed = cli_parse(argc, argv, opts);
+    if (parsed != CLI_RUN) return parsed;
     const char *preset = cli_get(opts, "preset"), *out = cli_get(opts, "out");
     if (!preset || !out) {
         fprintf(stderr, "dsacp init-model: missing required option '--%s'\n", !preset ? "preset" : "out");
@@ -72,10 +75,48 @@ static void print_config(const dsacp_config *c)
                (long long)c->weight_block_cols, c->scale_fmt_ue8m0 ? "ue8m0" : "float");
 }
 
+/* A weight holding NaN or Inf: its name, the first such element and its value. */
+typedef struct nonfinite {
+    const char *name;
+    int64_t row, col, rows, cols;
+    float value;
+} nonfinite;
+
+/* Scans every weight (dequantized, so an FP8 NaN code or a bad block scale counts) for values
+ * that are not finite; fills out[0..*count) with the first one of each such weight (out has
+ * dsacp_model_weight_count(m) entries). Returns DSACP_ENOMEM or DSACP_OK. */
+static int scan_nonfinite(const dsacp_model *m, nonfinite *out, int64_t *count)
+{
+    const dsacp_config *c = dsacp_model_config(m);
+    *count = 0;
+    int64_t maxcols = 1;
+    for (int64_t i = 0; i < dsacp_model_weight_count(m); i++)
+        if (dsacp_model_weight_at(m, i)->cols > maxcols) maxcols = dsacp_model_weight_at(m, i)->cols;
+    float *row = malloc((size_t)maxcols * sizeof *row);
+    if (!row) return DSACP_ENOMEM;
+    for (int64_t i = 0; i < dsacp_model_weight_count(m); i++) {
+        const dsacp_weight *w = dsacp_model_weight_at(m, i);
+        if (strcmp(w->name, "lm_head.weight") == 0 && c->tie_word_embeddings) continue; /* the embedding */
+        bool found = false;
+        for (int64_t r = 0; r < w->rows && !found; r++) {
+            dsacp_weight_row_f32(w, r, row);
+            for (int64_t j = 0; j < w->cols; j++)
+                if (!isfinite(row[j])) {
+                    out[(*count)++] = (nonfinite){w->name, r, j, w->rows, w->cols, row[j]};
+                    found = true;
+                    break;
+                }
+        }
+    }
+    free(row);
+    return DSACP_OK;
+}
+
 int cli_inspect(int argc, char **argv)
 {
     cli_opt opts[] = {{"model", true, NULL}, {NULL, false, NULL}};
-    if (!cli_parse(argc, argv, opts)) return 2;
+    int parsed = cli_parse(argc, argv, opts);
+    if (parsed != CLI_RUN) return parsed;
     const char *dir = cli_get(opts, "model");
     if (!dir) {
         fprintf(stderr, "dsacp inspect: missing required option '--model'\n");
@@ -112,7 +153,17 @@ int cli_inspect(int argc, char **argv)
            (long long)dsacp_mla_cache_bytes_per_token(c, DSACP_KV_FP8));
     printf("  indexer keys: f32 %lld, fp8 %lld\n", (long long)dsacp_index_cache_bytes_per_token(c, DSACP_KV_F32),
            (long long)dsacp_index_cache_bytes_per_token(c, DSACP_KV_FP8));
-    int64_t nerr = 0, nwarn = 0;
+    /* Every weight is scanned for NaN/Inf (loading does not, for speed). */
+    int64_t nbad = 0;
+    nonfinite *bad = calloc((size_t)dsacp_model_weight_count(m) + 1, sizeof *bad);
+    if (!bad || scan_nonfinite(m, bad, &nbad)) {
+        free(bad);
+        dsacp_model_free(m);
+        fprintf(stderr, "dsacp inspect: out of memory while scanning the weights for NaN/Inf\n");
+        return 1;
+    }
+    char first_bad[400] = "";
+    int64_t nerr = nbad, nwarn = 0;
     for (int64_t i = 0; i < dsacp_model_problem_count(m); i++) {
         const dsacp_model_problem *p = dsacp_model_problem_at(m, i);
         if (p->error) nerr++; else nwarn++;
@@ -123,12 +174,25 @@ int cli_inspect(int argc, char **argv)
             const dsacp_model_problem *p = dsacp_model_problem_at(m, i);
             printf("  %s: %s\n", p->error ? "error" : "warning", p->text);
         }
+        for (int64_t i = 0; i < nbad; i++) {
+            char text[400];
+            const nonfinite *b = &bad[i];
+            snprintf(text, sizeof text, "%s: weight '%s' [%lld, %lld] has a non-finite value %g at [%lld][%lld] "
+                     "(element %lld)", dir, b->name, (long long)b->rows, (long long)b->cols, (double)b->value,
+                     (long long)b->row, (long long)b->col, (long long)(b->row * b->cols + b->col));
+            printf("  error: %s\n", text);
+            if (!i) snprintf(first_bad, sizeof first_bad, "%s", text);
+        }
     } else {
         printf("problems: none\n");
     }
+    free(bad);
     dsacp_model_free(m);
     if (nerr) {
-        fprintf(stderr, "dsacp inspect: %s\n", dsacp_last_error());
+        if (nerr == nbad) /* only non-finite weights: name the first */
+            fprintf(stderr, "dsacp inspect: %s%s\n", first_bad, nbad > 1 ? " (and more, listed above)" : "");
+        else
+            fprintf(stderr, "dsacp inspect: %s\n", dsacp_last_error());
         return 1;
     }
     return 0;

@@ -1,37 +1,102 @@
 /*
  * dsacp -- the command-line tool. One subcommand per job; every error is one line on stderr
- * naming the file or flag at fault, with a non-zero exit status.
+ * naming the file or flag at fault, with a non-zero exit status. `dsacp CMD --help` (or -h)
+ * prints CMD's usage on stdout and exits 0; `dsacp --version` prints the version.
  */
 #include "cli.h"
 
 #include <stdio.h>
 #include <string.h>
 
+typedef struct cli_command {
+    const char *name;
+    int (*run)(int argc, char **argv);
+    const char *synopsis; /* options, as in the usage line */
+    const char *summary;  /* one line */
+    const char *details;  /* the options explained (may be "") */
+} cli_command;
+
+static const cli_command commands[] = {
+    {"init-model", cli_init_model, "--preset NAME --out DIR [--seed N] [--weights f32|bf16|fp8]",
+     "write config.json and model.safetensors with deterministic random weights",
+     "  --preset NAME   tiny, tiny-moe, small or v32-layer\n"
+     "  --out DIR       the model directory to create (nothing is left there on failure)\n"
+     "  --seed N        random seed of the weights (default 0)\n"
+     "  --weights FMT   stored dtype of the linear weights: f32, bf16 or fp8 (default f32; fp8 for\n"
+     "                  v32-layer)\n"},
+    {"inspect", cli_inspect, "--model DIR",
+     "load and validate a model directory, scan every weight for NaN/Inf, print a summary",
+     "  --model DIR     config.json plus model.safetensors (or the shards of\n"
+     "                  model.safetensors.index.json)\n"
+     "Exits 1 when the model has errors (missing or malformed tensors, non-finite weights).\n"},
+    {"forward", cli_forward,
+     "--model DIR --input IN.safetensors --output OUT.safetensors\n"
+     "          [--numerics exact|deployed] [--kv-dtype f32|bf16|fp8] [--block-size B] [--dump-topk]",
+     "run the schedule of engine steps in IN and write the logits",
+     "  --input IN      input_ids I32 [R, Lmax] (-1 after a request's end) and schedule I32 [S, R]\n"
+     "                  (tokens of each request fed in each step); `dsacp make-input` writes one\n"
+     "  --output OUT    logits F32 [R, Lmax, vocab] (and topk.<layer> I32 [R, Lmax, index_topk]\n"
+     "                  with --dump-topk), written only when the whole run succeeded\n"
+     "  --numerics M    exact (fp32, as transformers) or deployed (Hadamard + FP8 indexer)\n"
+     "  --kv-dtype T    MLA latent cache dtype: f32, bf16, or fp8 (deployed only)\n"
+     "  --block-size B  tokens per cache block, a power of two (default 64)\n"
+     "  --dump-topk     also write each layer's selected positions\n"},
+    {"generate", cli_generate,
+     "--model DIR [--prompt-len N] [--new-tokens N] [--seed N] [--chunk N]\n"
+     "           [--numerics exact|deployed] [--kv-dtype f32|bf16|fp8]",
+     "prefill a random prompt in chunks, then decode greedily",
+     "  --prompt-len N  random prompt tokens (default 64)\n"
+     "  --new-tokens N  tokens to generate (default 16); prompt + new tokens must not exceed the\n"
+     "                  model's max_position_embeddings\n"
+     "  --seed N        random seed of the prompt (default 0)\n"
+     "  --chunk N       prefill chunk size (default 256)\n"
+     "  --numerics M    exact or deployed (see forward)\n"
+     "  --kv-dtype T    f32, bf16, or fp8 (deployed only)\n"
+     "Prints nothing until the run has succeeded; a non-finite logit is an error.\n"},
+    {"make-input", cli_make_input,
+     "--out IN.safetensors [--requests R] [--length L] [--vocab V] [--chunk C] [--seed N]",
+     "write a forward input: random requests and a mixed prefill/decode schedule",
+     "  --requests R    number of requests (default 3)\n"
+     "  --length L      tokens of the longest request (default 100)\n"
+     "  --vocab V       ids are drawn from [0, V) (default 512)\n"
+     "  --chunk C       prefill chunk size (default 37)\n"
+     "  --seed N        random seed (default 0)\n"},
+    {"bench", cli_bench,
+     "(--preset NAME | --model DIR) [--context N] [--batch B] [--threads N]\n"
+     "        [--kernel all|ceilings|indexer|topk|mla|linear|layer] [--reps N] [--json]\n"
+     "        [--numerics exact|deployed] [--isa scalar|avx2|avx512] [--block-size B] [--warm]",
+     "time the kernels and one decode layer beside the machine's ceilings",
+     "  see docs/performance.md for every figure it prints\n"},
+    {"help", NULL, "[COMMAND]", "print this summary, or COMMAND's usage", ""},
+};
+
+#define N_COMMANDS (sizeof commands / sizeof commands[0])
+
+static const cli_command *find_command(const char *name)
+{
+    for (size_t i = 0; i < N_COMMANDS; i++)
+        if (strcmp(commands[i].name, name) == 0) return &commands[i];
+    return NULL;
+}
+
 static void usage(FILE *f)
 {
-    fprintf(f,
-            "usage: dsacp <command> [options]\n"
-            "commands:\n"
-            "  init-model --preset NAME --out DIR [--seed N] [--weights f32|bf16|fp8]\n"
-            "      write config.json and model.safetensors with deterministic random weights\n"
-            "      presets: tiny, tiny-moe, small, v32-layer\n"
-            "  inspect --model DIR\n"
-            "      load and validate a model directory and print a summary\n"
-            "  forward --model DIR --input IN.safetensors --output OUT.safetensors\n"
-            "          [--numerics exact|deployed] [--kv-dtype f32|bf16|fp8] [--block-size B]\n"
-            "          [--dump-topk]\n"
-            "      run the schedule of engine steps in IN and write the logits\n"
-            "  generate --model DIR [--prompt-len N] [--new-tokens N] [--seed N] [--chunk N]\n"
-            "           [--numerics exact|deployed] [--kv-dtype f32|bf16|fp8]\n"
-            "      prefill a random prompt in chunks, then decode greedily\n"
-            "  make-input --out IN.safetensors [--requests R] [--length L] [--vocab V] [--chunk C]\n"
-            "             [--seed N]\n"
-            "      write a forward input: random requests and a mixed prefill/decode schedule\n"
-            "  bench (--preset NAME | --model DIR) [--context N] [--batch B] [--threads N]\n"
-            "        [--kernel all|ceilings|indexer|topk|mla|linear|layer] [--reps N] [--json]\n"
-            "        [--numerics exact|deployed] [--isa scalar|avx2|avx512] [--block-size B] [--warm]\n"
-            "      time the kernels and one decode layer beside the machine's ceilings\n"
-            "  help\n");
+    fprintf(f, "usage: dsacp <command> [options]    (dsacp <command> --help: the command's options)\n"
+               "       dsacp --version\n"
+               "commands:\n");
+    for (size_t i = 0; i < N_COMMANDS; i++)
+        fprintf(f, "  %s %s\n      %s\n", commands[i].name, commands[i].synopsis, commands[i].summary);
+}
+
+void cli_usage(const char *cmd, FILE *f)
+{
+    const cli_command *c = find_command(cmd);
+    if (!c) {
+        usage(f);
+        return;
+    }
+    fprintf(f, "usage: dsacp %s %s\n%s\n%s", c->name, c->synopsis, c->summary, c->details);
+    fprintf(f, "  -h, --help      print this help and exit\n");
 }
 
 int main(int argc, char **argv)
@@ -41,16 +106,21 @@ int main(int argc, char **argv)
         return 2;
     }
     const char *cmd = argv[1];
-    if (strcmp(cmd, "init-model") == 0) return cli_init_model(argc - 1, argv + 1);
-    if (strcmp(cmd, "inspect") == 0) return cli_inspect(argc - 1, argv + 1);
-    if (strcmp(cmd, "forward") == 0) return cli_forward(argc - 1, argv + 1);
-    if (strcmp(cmd, "generate") == 0) return cli_generate(argc - 1, argv + 1);
-    if (strcmp(cmd, "make-input") == 0) return cli_make_input(argc - 1, argv + 1);
-    if (strcmp(cmd, "bench") == 0) return cli_bench(argc - 1, argv + 1);
-    if (strcmp(cmd, "help") == 0 || strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0) {
-        usage(stdout);
+    if (strcmp(cmd, "--version") == 0 || strcmp(cmd, "version") == 0) {
+        printf("dsacp %s\n", DSACP_VERSION);
         return 0;
     }
+    if (strcmp(cmd, "help") == 0 || strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0) {
+        /* dsacp help [COMMAND]; dsacp help --help is the summary too. */
+        if (argc > 2 && find_command(argv[2]) && strcmp(argv[2], "help") != 0) cli_usage(argv[2], stdout);
+        else if (argc > 2 && argv[2][0] != '-' && !find_command(argv[2])) {
+            fprintf(stderr, "dsacp help: unknown command '%s' (try 'dsacp help')\n", argv[2]);
+            return 2;
+        } else usage(stdout);
+        return 0;
+    }
+    const cli_command *c = find_command(cmd);
+    if (c && c->run) return c->run(argc - 1, argv + 1);
     fprintf(stderr, "dsacp: unknown command '%s' (try 'dsacp help')\n", cmd);
     return 2;
 }
