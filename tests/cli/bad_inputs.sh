@@ -89,5 +89,14 @@ expect_error "generate fp8 cache in exact mode" "deployed" -- "$DSACP" generate 
 expect_error "make-input zero requests" "--requests" -- "$DSACP" make-input --out "$tmp/i.safetensors" --requests 0
 expect_error "make-input into a file path" "afile/in.safetensors" -- "$DSACP" make-input --out "$tmp/afile/in.safetensors"
 
+# Issue 7, defect 13: an engine error in generate leaves nothing on stdout (it printed the prompt
+# line and an empty "generated:" line before the error). index_topk = 2^40 makes the engine fail.
+mk bigk; sed -i 's/"index_topk": 32/"index_topk": 1099511627776/' "$tmp/bigk/config.json"
+expect_error "generate engine error" "dsacp generate" -- "$DSACP" generate --model "$tmp/bigk" --prompt-len 8 --new-tokens 2
+if [[ -s $tmp/out ]]; then fails=$((fails+1)); echo "FAIL generate printed before its error: $(cat "$tmp/out")"; fi
+# ... and bad flags or a bad model print nothing on stdout either.
+expect_error "generate bad model" "nodir" -- "$DSACP" generate --model "$tmp/nodir"
+if [[ -s $tmp/out ]]; then fails=$((fails+1)); echo "FAIL generate printed before its error: $(cat "$tmp/out")"; fi
+
 echo "$passes passed, $fails failed"
 (( fails == 0 ))

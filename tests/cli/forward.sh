@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # dsacp forward end to end on the tiny presets: make-input, forward in both numerics modes and
 # every cache dtype, --dump-topk shapes, and malformed inputs rejected before any compute with
-# no output written.
+# no output written (issue 7: an empty input_ids blamed on the right tensor, buffer sizes that
+# would wrap refused).
 set -u
 DSACP=${DSACP:?set by CTest}
 tmp=$(mktemp -d /tmp/dsacp-cli-XXXXXX)
@@ -79,6 +80,30 @@ expect_error "fp8 cache in exact mode" "--kv-dtype fp8" $F "$tmp/good_small.safe
 expect_error "block size not a power of two" "--block-size" $F "$tmp/good_small.safetensors" --block-size 12
 expect_error "unknown numerics" "--numerics" $F "$tmp/good_small.safetensors" --numerics fast
 expect_error "input file missing" "nosuch.safetensors" $F "$tmp/nosuch.safetensors"
+
+# Issue 7, defect 13: an empty input_ids is blamed on input_ids, not on schedule.
+write_st "$tmp/empty.safetensors" '{"input_ids":{"dtype":"I32","shape":[0,4],"data_offsets":[0,0]},"schedule":{"dtype":"I32","shape":[2,0],"data_offsets":[0,0]}}' </dev/null
+expect_error "empty input_ids" "tensor 'input_ids' is empty" $F "$tmp/empty.safetensors"
+grep -qF "'schedule'" "$tmp/err" && fail "empty input_ids blamed on schedule: $(cat "$tmp/err")"
+write_st "$tmp/empty2.safetensors" '{"input_ids":{"dtype":"I32","shape":[1,0],"data_offsets":[0,0]},"schedule":{"dtype":"I32","shape":[2,1],"data_offsets":[0,8]}}' < <(i32 0 0)
+expect_error "input_ids without columns" "tensor 'input_ids' is empty" $F "$tmp/empty2.safetensors"
+i32 5 6 7 -1 2 0 0 1 0 0 | write_st "$tmp/wide_sched.safetensors" '{"input_ids":{"dtype":"I32","shape":[1,4],"data_offsets":[0,16]},"schedule":{"dtype":"I32","shape":[2,3],"data_offsets":[16,40]}}'
+expect_error "schedule of the wrong width" "tensor 'schedule' is [2, 3] but tensor 'input_ids' has 1 requests" \
+  $F "$tmp/wide_sched.safetensors"
+
+# Issue 7, defect 2: buffer sizes come from file and config values and must not wrap. With
+# index_topk = 2^40, 2 layers and a [512, 4096] input_ids (every request empty, so no compute),
+# the --dump-topk buffer is 2 x 2^21 x 2^40 x 4 bytes = 2^64: it wrapped to a 0-byte buffer that
+# the -1 fill then overran. Now it is refused before anything is allocated, naming index_topk.
+cp -r "$tmp/m" "$tmp/bigk"
+sed -i 's/"index_topk": 32/"index_topk": 1099511627776/' "$tmp/bigk/config.json"
+grep -q '"index_topk": 1099511627776' "$tmp/bigk/config.json" || fail "config patch for index_topk"
+{ head -c $((512 * 4096 * 4)) /dev/zero | tr '\0' '\377'; } | write_st "$tmp/wide.safetensors" \
+  '{"input_ids":{"dtype":"I32","shape":[512,4096],"data_offsets":[0,8388608]},"schedule":{"dtype":"I32","shape":[0,512],"data_offsets":[8388608,8388608]}}'
+FK="$DSACP forward --output $tmp/bad_out.safetensors --dump-topk --model"
+expect_error "top-k buffer size wraps" "index_topk" timeout 60 $FK "$tmp/bigk" --input "$tmp/wide.safetensors"
+# The same config with a small input: 2 x 4 x 2^40 x 4 bytes fits size_t but is over the bound.
+expect_error "top-k buffer over the bound" "index_topk" timeout 60 $FK "$tmp/bigk" --input "$tmp/good_small.safetensors"
 
 echo "$passes passed, $fails failed"
 (( fails == 0 ))

@@ -78,6 +78,7 @@ static void print_config(const dsacp_config *c)
 /* A weight holding NaN or Inf: its name, the first such element and its value. */
 typedef struct nonfinite {
     const char *name;
+    int ndim;
     int64_t row, col, rows, cols;
     float value;
 } nonfinite;
@@ -102,7 +103,7 @@ static int scan_nonfinite(const dsacp_model *m, nonfinite *out, int64_t *count)
             dsacp_weight_row_f32(w, r, row);
             for (int64_t j = 0; j < w->cols; j++)
                 if (!isfinite(row[j])) {
-                    out[(*count)++] = (nonfinite){w->name, r, j, w->rows, w->cols, row[j]};
+                    out[(*count)++] = (nonfinite){w->name, w->ndim, r, j, w->rows, w->cols, row[j]};
                     found = true;
                     break;
                 }
@@ -177,9 +178,13 @@ int cli_inspect(int argc, char **argv)
         for (int64_t i = 0; i < nbad; i++) {
             char text[400];
             const nonfinite *b = &bad[i];
-            snprintf(text, sizeof text, "%s: weight '%s' [%lld, %lld] has a non-finite value %g at [%lld][%lld] "
-                     "(element %lld)", dir, b->name, (long long)b->rows, (long long)b->cols, (double)b->value,
-                     (long long)b->row, (long long)b->col, (long long)(b->row * b->cols + b->col));
+            if (b->ndim == 1)
+                snprintf(text, sizeof text, "%s: weight '%s' [%lld] has a non-finite value %g at index %lld", dir,
+                         b->name, (long long)b->cols, (double)b->value, (long long)b->col);
+            else
+                snprintf(text, sizeof text, "%s: weight '%s' [%lld, %lld] has a non-finite value %g at [%lld][%lld] "
+                         "(element %lld)", dir, b->name, (long long)b->rows, (long long)b->cols, (double)b->value,
+                         (long long)b->row, (long long)b->col, (long long)(b->row * b->cols + b->col));
             printf("  error: %s\n", text);
             if (!i) snprintf(first_bad, sizeof first_bad, "%s", text);
         }
