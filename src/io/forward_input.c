@@ -73,8 +73,10 @@ int dsacp_forward_input_from_file(const dsacp_st_file *f, const dsacp_config *cf
     out->schedule = out->input_ids ? copy_i32(ts, path) : NULL;
     out->length = out->schedule ? calloc((size_t)R, sizeof *out->length) : NULL;
     int64_t *fed = out->length ? calloc((size_t)R, sizeof *fed) : NULL;
-    if (!fed) /* copy_i32 recorded its own message */
-        return out->schedule ? dsacp_error(DSACP_ENOMEM, "%s: out of memory", path) : DSACP_ENOMEM;
+    if (!fed) { /* copy_i32 recorded its own message */
+        rc = out->schedule ? dsacp_error(DSACP_ENOMEM, "%s: out of memory", path) : DSACP_ENOMEM;
+        goto done;
+    }
     const int32_t *ids = out->input_ids, *sched = out->schedule;
     /* Request lengths, ids in the vocabulary, nothing after a request's end, lengths in range. */
     for (int64_t r = 0; r < R; r++) {
@@ -132,6 +134,7 @@ int dsacp_forward_input_from_file(const dsacp_st_file *f, const dsacp_config *cf
         }
 done:
     free(fed);
+    if (rc) dsacp_forward_input_free(out);
     return rc;
 }
 

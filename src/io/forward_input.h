@@ -52,8 +52,8 @@ typedef struct dsacp_forward_sizes {
     size_t step_topk;   /* I32 [NL][Tmax][K]; 0 without dump_topk */
 } dsacp_forward_sizes;
 
-/* Validates an open safetensors file as a forward input for `cfg` and fills `out` (zeroed first;
- * free it with dsacp_forward_input_free, also after a failure). Messages start with the file's
+/* Validates an open safetensors file as a forward input for `cfg` and fills `out` (free it with
+ * dsacp_forward_input_free; after a failure it is left zeroed). Messages start with the file's
  * path. DSACP_EFORMAT/ESHAPE for a malformed file, DSACP_ERANGE for an id outside the
  * vocabulary or a request longer than max_position_embeddings, DSACP_EINVAL for a config
  * without a vocabulary or layers, DSACP_ENOMEM. */
