@@ -192,85 +192,244 @@ double dsacp_now(void)
 
 /* ---- files ---- */
 
+static const char *file_kind(mode_t m)
+{
+    if (S_ISDIR(m)) return "a directory";
+    if (S_ISFIFO(m)) return "a FIFO";
+    if (S_ISCHR(m)) return "a character device";
+    if (S_ISBLK(m)) return "a block device";
+    if (S_ISSOCK(m)) return "a socket";
+    if (S_ISLNK(m)) return "a symbolic link";
+    return "not a regular file";
+}
+
+int dsacp_open_regular(const char *path, int *fd_out, uint64_t *size)
+{
+    *fd_out = -1;
+    if (size) *size = 0;
+    /* O_NONBLOCK: opening a FIFO with no writer (or a device that waits) returns at once. */
+    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0) return dsacp_error(DSACP_EIO, "%s: cannot open: %s", path, strerror(errno));
+    struct stat st;
+    if (fstat(fd, &st) != 0) {
+        int rc = dsacp_error(DSACP_EIO, "%s: cannot stat: %s", path, strerror(errno));
+        close(fd);
+        return rc;
+    }
+    if (!S_ISREG(st.st_mode)) {
+        close(fd);
+        return dsacp_error(DSACP_EIO, "%s: is %s, not a regular file", path, file_kind(st.st_mode));
+    }
+    /* Reads of a regular file never block; clear the flag so later reads behave normally. */
+    int fl = fcntl(fd, F_GETFL);
+    if (fl >= 0) (void)fcntl(fd, F_SETFL, fl & ~O_NONBLOCK);
+    *fd_out = fd;
+    if (size) *size = (uint64_t)st.st_size;
+    return DSACP_OK;
+}
+
 int dsacp_read_file(const char *path, char **out, size_t *len, size_t max_len)
 {
     *out = NULL;
     if (len) *len = 0;
-    FILE *f = fopen(path, "rb");
-    if (!f) return dsacp_error(DSACP_EIO, "%s: cannot open: %s", path, strerror(errno));
-    struct stat st;
-    if (fstat(fileno(f), &st) != 0 || !S_ISREG(st.st_mode)) {
-        fclose(f);
-        return dsacp_error(DSACP_EIO, "%s: not a regular file", path);
+    int fd;
+    uint64_t size;
+    int rc = dsacp_open_regular(path, &fd, &size);
+    if (rc) return rc;
+    if (size > (uint64_t)max_len) {
+        close(fd);
+        return dsacp_error(DSACP_EFORMAT, "%s: file is %llu bytes, larger than the %zu allowed", path,
+                           (unsigned long long)size, max_len);
     }
-    if ((uint64_t)st.st_size > (uint64_t)max_len) {
-        fclose(f);
-        return dsacp_error(DSACP_EFORMAT, "%s: file is %lld bytes, larger than the %zu allowed",
-                           path, (long long)st.st_size, max_len);
-    }
-    size_t n = (size_t)st.st_size;
+    size_t n = (size_t)size;
     char *buf = dsacp_alloc(n + 1);
     if (!buf) {
-        fclose(f);
+        close(fd);
         return dsacp_error(DSACP_ENOMEM, "%s: out of memory reading %zu bytes", path, n);
     }
-    if (n && fread(buf, 1, n, f) != n) {
-        fclose(f);
-        dsacp_free(buf);
-        return dsacp_error(DSACP_EIO, "%s: read failed", path);
+    size_t got = 0;
+    while (got < n) {
+        ssize_t r = read(fd, buf + got, n - got);
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) {
+            rc = r < 0 ? dsacp_error(DSACP_EIO, "%s: read failed: %s", path, strerror(errno))
+                       : dsacp_error(DSACP_EIO, "%s: file shrank while being read", path);
+            close(fd);
+            dsacp_free(buf);
+            return rc;
+        }
+        got += (size_t)r;
     }
-    fclose(f);
+    close(fd);
     buf[n] = '\0';
     *out = buf;
     if (len) *len = n;
     return DSACP_OK;
 }
 
-int dsacp_write_file_atomic(const char *path, const void *data, size_t len)
+int dsacp_check_output_path(const char *path)
 {
-    size_t plen = strlen(path);
-    char *tmp = dsacp_alloc(plen + 32);
-    if (!tmp) return DSACP_ENOMEM;
-    snprintf(tmp, plen + 32, "%s.tmp.%ld", path, (long)getpid());
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    if (fd < 0) {
-        int rc = dsacp_error(DSACP_EIO, "%s: cannot create: %s", path, strerror(errno));
-        dsacp_free(tmp);
-        return rc;
+    if (!path || !*path) return dsacp_error(DSACP_EINVAL, "output path is empty");
+    struct stat st;
+    if (lstat(path, &st) != 0) {
+        if (errno == ENOENT) return DSACP_OK;
+        return dsacp_error(DSACP_EIO, "%s: cannot check the output path: %s", path, strerror(errno));
     }
-    const char *p = data;
-    size_t left = len;
-    while (left) {
-        ssize_t w = write(fd, p, left > (1u << 30) ? (1u << 30) : left);
-        if (w < 0) {
-            if (errno == EINTR) continue;
-            int rc = dsacp_error(DSACP_EIO, "%s: write failed: %s", path, strerror(errno));
-            close(fd);
-            unlink(tmp);
-            dsacp_free(tmp);
-            return rc;
-        }
-        p += w;
-        left -= (size_t)w;
-    }
-    if (close(fd) != 0 || rename(tmp, path) != 0) {
-        int rc = dsacp_error(DSACP_EIO, "%s: cannot finish writing: %s", path, strerror(errno));
-        unlink(tmp);
-        dsacp_free(tmp);
-        return rc;
-    }
-    dsacp_free(tmp);
+    if (!S_ISREG(st.st_mode))
+        return dsacp_error(DSACP_EIO, "%s: output path exists and is %s; refusing to replace it", path,
+                           file_kind(st.st_mode));
     return DSACP_OK;
 }
 
-int dsacp_make_dir(const char *path)
+/* The directory part of path ("." when it has none); a heap string. */
+static char *dir_of(const char *path)
 {
+    const char *slash = strrchr(path, '/');
+    size_t n = slash ? (size_t)(slash - path) : 1;
+    if (slash && n == 0) n = 1; /* "/name" -> "/" */
+    char *d = dsacp_alloc(n + 1);
+    if (!d) return NULL;
+    if (slash) memcpy(d, path, n);
+    else d[0] = '.';
+    d[n] = '\0';
+    return d;
+}
+
+static void out_release(dsacp_out *o)
+{
+    dsacp_free(o->path);
+    dsacp_free(o->tmp);
+    o->path = o->tmp = NULL;
+    o->fd = -1;
+}
+
+int dsacp_out_open(dsacp_out *o, const char *path)
+{
+    o->fd = -1;
+    o->path = o->tmp = NULL;
+    int rc = dsacp_check_output_path(path);
+    if (rc) return rc;
+    size_t plen = strlen(path);
+    o->path = dsacp_alloc(plen + 1);
+    o->tmp = dsacp_alloc(plen + 32);
+    if (!o->path || !o->tmp) {
+        out_release(o);
+        return dsacp_error(DSACP_ENOMEM, "%s: out of memory", path);
+    }
+    memcpy(o->path, path, plen + 1);
+    /* An unpredictable name beside the target, created exclusively: an existing entry (a planted
+     * symlink included) is never opened, only skipped for another name. */
+    static _Atomic uint64_t counter;
+    uint64_t x = ((uint64_t)getpid() << 32) ^ (uint64_t)(dsacp_now() * 1e9) ^ (uint64_t)(uintptr_t)o;
+    for (int attempt = 0; attempt < 100; attempt++) {
+        dsacp_rng r;
+        dsacp_rng_seed(&r, x ^ (counter++ * 0x9E3779B97F4A7C15ull));
+        x = dsacp_rng_u64(&r);
+        snprintf(o->tmp, plen + 32, "%s.tmp.%012llx", path, (unsigned long long)(x & 0xFFFFFFFFFFFFull));
+        int fd = open(o->tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
+        if (fd >= 0) {
+            o->fd = fd;
+            return DSACP_OK;
+        }
+        if (errno != EEXIST) break;
+    }
+    rc = dsacp_error(DSACP_EIO, "%s: cannot create a temporary file beside it: %s", path, strerror(errno));
+    out_release(o);
+    return rc;
+}
+
+int dsacp_out_write(dsacp_out *o, const void *data, size_t len)
+{
+    if (o->fd < 0) return dsacp_error(DSACP_EINVAL, "%s: write to a closed output", o->path ? o->path : "?");
+    const char *p = data;
+    while (len) {
+        ssize_t w = write(o->fd, p, len > (1u << 30) ? (1u << 30) : len);
+        if (w < 0) {
+            if (errno == EINTR) continue;
+            return dsacp_error(DSACP_EIO, "%s: write failed: %s", o->path, strerror(errno));
+        }
+        if (w == 0) return dsacp_error(DSACP_EIO, "%s: write failed: no progress", o->path);
+        p += w;
+        len -= (size_t)w;
+    }
+    return DSACP_OK;
+}
+
+void dsacp_out_abort(dsacp_out *o)
+{
+    if (o->fd >= 0) close(o->fd);
+    if (o->tmp) unlink(o->tmp);
+    out_release(o);
+}
+
+int dsacp_out_commit(dsacp_out *o)
+{
+    if (o->fd < 0 || !o->tmp) {
+        out_release(o);
+        return dsacp_error(DSACP_EINVAL, "output not open");
+    }
+    int rc = DSACP_OK;
+    if (fsync(o->fd) != 0) rc = dsacp_error(DSACP_EIO, "%s: fsync failed: %s", o->path, strerror(errno));
+    int cr = close(o->fd);
+    o->fd = -1;
+    if (!rc && cr != 0) rc = dsacp_error(DSACP_EIO, "%s: close failed: %s", o->path, strerror(errno));
+    /* Checked again: something may have appeared at the target since dsacp_out_open. */
+    if (!rc) rc = dsacp_check_output_path(o->path);
+    if (!rc && rename(o->tmp, o->path) != 0)
+        rc = dsacp_error(DSACP_EIO, "%s: cannot rename the temporary into place: %s", o->path, strerror(errno));
+    if (rc) {
+        dsacp_out_abort(o);
+        return rc;
+    }
+    dsacp_free(o->tmp);
+    o->tmp = NULL;
+    /* The rename is durable once the directory is synced. Filesystems that cannot sync a
+     * directory (EINVAL, EROFS, ENOTSUP) have nothing more to do. */
+    char *dir = dir_of(o->path);
+    if (!dir) {
+        rc = dsacp_error(DSACP_ENOMEM, "%s: out of memory", o->path);
+    } else {
+        int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (dfd < 0) {
+            rc = dsacp_error(DSACP_EIO, "%s: cannot open its directory to sync it: %s", o->path, strerror(errno));
+        } else {
+            if (fsync(dfd) != 0 && errno != EINVAL && errno != EROFS && errno != ENOTSUP)
+                rc = dsacp_error(DSACP_EIO, "%s: fsync of its directory failed: %s", o->path, strerror(errno));
+            close(dfd);
+        }
+        dsacp_free(dir);
+    }
+    out_release(o);
+    return rc;
+}
+
+int dsacp_write_file_atomic(const char *path, const void *data, size_t len)
+{
+    dsacp_out o;
+    int rc = dsacp_out_open(&o, path);
+    if (rc) return rc;
+    rc = dsacp_out_write(&o, data, len);
+    if (rc) {
+        dsacp_out_abort(&o);
+        return rc;
+    }
+    return dsacp_out_commit(&o);
+}
+
+int dsacp_make_dir_created(const char *path, bool *created)
+{
+    if (created) *created = false;
+    if (mkdir(path, 0755) == 0) {
+        if (created) *created = true;
+        return DSACP_OK;
+    }
+    int err = errno;
     struct stat st;
-    if (stat(path, &st) == 0) {
+    if (err == EEXIST && stat(path, &st) == 0) {
         if (S_ISDIR(st.st_mode)) return DSACP_OK;
         return dsacp_error(DSACP_EIO, "%s: exists and is not a directory", path);
     }
-    if (mkdir(path, 0755) != 0)
-        return dsacp_error(DSACP_EIO, "%s: cannot create directory: %s", path, strerror(errno));
-    return DSACP_OK;
+    return dsacp_error(DSACP_EIO, "%s: cannot create directory: %s", path, strerror(err));
 }
+
+int dsacp_make_dir(const char *path) { return dsacp_make_dir_created(path, NULL); }

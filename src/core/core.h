@@ -55,11 +55,50 @@ double dsacp_rng_normal(dsacp_rng *rng);
 /* Monotonic wall clock in seconds (the one timer). */
 double dsacp_now(void);
 
-/* Reads a whole file into a NUL-terminated heap buffer (dsacp_free it). */
+/* ---- files ----
+ * Reading: every reader opens with dsacp_open_regular, which never blocks (O_NONBLOCK) and
+ * refuses anything that is not a regular file (a FIFO, device, directory, socket) with a
+ * message naming the path.
+ * Writing: every writer goes through dsacp_out: the data goes to a fresh temporary in the
+ * target's directory (created with O_CREAT|O_EXCL|O_NOFOLLOW under an unpredictable name, so a
+ * planted symlink is never followed), is fsync'd, renamed over the target, and the directory is
+ * fsync'd. An existing target that is not a regular file (device, FIFO, directory, symlink) is
+ * refused before anything is written. Any failure removes the temporary: no partial output. */
+
+/* Opens `path` read-only (O_NONBLOCK, O_CLOEXEC), requires a regular file; *fd gets the
+ * descriptor (close it) and *size its length. DSACP_EIO with a message naming the file. */
+int dsacp_open_regular(const char *path, int *fd, uint64_t *size);
+/* Reads a whole regular file into a NUL-terminated heap buffer (dsacp_free it). */
 int dsacp_read_file(const char *path, char **out, size_t *len, size_t max_len);
-/* Writes `len` bytes to `path` atomically: a temporary beside it, fsync, rename. */
+
+/* DSACP_OK when `path` may be replaced by a new regular file: it does not exist or is a regular
+ * file (lstat: a symlink there is refused, not resolved). DSACP_EIO naming the path otherwise. */
+int dsacp_check_output_path(const char *path);
+
+/* One output file in progress. */
+typedef struct dsacp_out {
+    int fd;     /* the temporary, -1 when none is open */
+    char *path; /* the target */
+    char *tmp;  /* the temporary's name, NULL once renamed or removed */
+} dsacp_out;
+/* Checks the target (dsacp_check_output_path) and creates its temporary. On failure nothing
+ * exists and *o is safe to pass to dsacp_out_abort. */
+int dsacp_out_open(dsacp_out *o, const char *path);
+/* Writes all of data (retrying short writes and EINTR); on failure the temporary stays until
+ * dsacp_out_abort. */
+int dsacp_out_write(dsacp_out *o, const void *data, size_t len);
+/* fsync, close, re-check the target, rename, fsync the directory. On failure the temporary is
+ * removed. Either way *o is released afterwards. */
+int dsacp_out_commit(dsacp_out *o);
+/* Closes and removes the temporary (no-op when committed or never opened); releases *o. */
+void dsacp_out_abort(dsacp_out *o);
+
+/* Writes `len` bytes to `path` atomically through dsacp_out (temporary, fsync, rename, fsync of
+ * the directory). */
 int dsacp_write_file_atomic(const char *path, const void *data, size_t len);
-/* mkdir -p for one level (parents must exist); succeeds when it exists as a directory. */
+/* mkdir for one level (parents must exist); succeeds when it exists as a directory. */
 int dsacp_make_dir(const char *path);
+/* The same; *created tells whether this call created it (false when it existed). */
+int dsacp_make_dir_created(const char *path, bool *created);
 
 #endif

@@ -379,28 +379,20 @@ int dsacp_st_open(const char *path, dsacp_st_file **out)
 {
     if (!out || !path) return dsacp_error(DSACP_EINVAL, "dsacp_st_open: NULL argument");
     *out = NULL;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return dsacp_error(DSACP_EIO, "%s: cannot open: %s", path, strerror(errno));
-    struct stat st;
-    if (fstat(fd, &st) != 0) {
-        int rc = dsacp_error(DSACP_EIO, "%s: cannot stat: %s", path, strerror(errno));
+    int fd;
+    uint64_t fsize;
+    int rc0 = dsacp_open_regular(path, &fd, &fsize); /* never blocks; regular files only */
+    if (rc0) return rc0;
+    if (fsize < 8) {
         close(fd);
-        return rc;
+        return dsacp_error(DSACP_EFORMAT, "%s: file is %llu bytes, too short for the 8-byte header length",
+                           path, (unsigned long long)fsize);
     }
-    if (!S_ISREG(st.st_mode)) {
-        close(fd);
-        return dsacp_error(DSACP_EIO, "%s: not a regular file", path);
-    }
-    if (st.st_size < 8) {
-        close(fd);
-        return dsacp_error(DSACP_EFORMAT, "%s: file is %lld bytes, too short for the 8-byte header length",
-                           path, (long long)st.st_size);
-    }
-    if ((uint64_t)st.st_size > (uint64_t)SIZE_MAX) {
+    if (fsize > (uint64_t)SIZE_MAX) {
         close(fd);
         return dsacp_error(DSACP_EIO, "%s: file too large to map", path);
     }
-    size_t len = (size_t)st.st_size;
+    size_t len = (size_t)fsize;
     void *map = mmap(NULL, len, PROT_READ, MAP_PRIVATE, fd, 0);
     int map_errno = errno;
     close(fd);
@@ -619,20 +611,11 @@ done:
     return rc;
 }
 
-static bool write_all(FILE *fp, const void *data, size_t len)
+/* Validates, builds the header and streams the file into `o` (opened here, not committed). */
+static int stage(dsacp_st_writer *w, const char *path, dsacp_out *o)
 {
-    const char *p = data;
-    while (len) {
-        size_t chunk = len > ((size_t)1 << 26) ? ((size_t)1 << 26) : len;
-        if (fwrite(p, 1, chunk, fp) != chunk) return false;
-        p += chunk;
-        len -= chunk;
-    }
-    return true;
-}
-
-int dsacp_st_writer_write(dsacp_st_writer *w, const char *path)
-{
+    o->fd = -1;
+    o->path = o->tmp = NULL;
     if (!w || !path) return dsacp_error(DSACP_EINVAL, "dsacp_st_writer_write: NULL argument");
     if (w->n > 1) qsort(w->t, (size_t)w->n, sizeof *w->t, wtensor_cmp);
     for (int64_t i = 1; i < w->n; i++)
@@ -648,48 +631,40 @@ int dsacp_st_writer_write(dsacp_st_writer *w, const char *path)
         return dsacp_error(DSACP_EINVAL, "%s: header of %zu bytes exceeds the %u-byte limit", path, padded,
                            (unsigned)DSACP_ST_MAX_HEADER);
     }
-    size_t plen = strlen(path);
-    char *tmp = dsacp_alloc(plen + 32);
-    if (!tmp) {
+    rc = dsacp_out_open(o, path);
+    if (rc) {
         free(header);
-        return DSACP_ENOMEM;
-    }
-    snprintf(tmp, plen + 32, "%s.tmp.%ld", path, (long)getpid());
-    FILE *fp = fopen(tmp, "wb");
-    if (!fp) {
-        rc = dsacp_error(DSACP_EIO, "%s: cannot create %s: %s", path, tmp, strerror(errno));
-        free(header);
-        dsacp_free(tmp);
         return rc;
     }
-    uint8_t lenbuf[8];
-    for (int i = 0; i < 8; i++) lenbuf[i] = (uint8_t)((uint64_t)padded >> (8 * i));
-    static const char spaces[8] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
-    bool ok = write_all(fp, lenbuf, 8) && write_all(fp, header, hl) && write_all(fp, spaces, padded - hl);
+    /* The 8-byte length, the header and its padding go out in one write. */
+    size_t first = 8 + padded;
+    uint8_t *head = dsacp_alloc(first);
+    if (!head) {
+        free(header);
+        dsacp_out_abort(o);
+        return dsacp_error(DSACP_ENOMEM, "%s: out of memory", path);
+    }
+    for (int i = 0; i < 8; i++) head[i] = (uint8_t)((uint64_t)padded >> (8 * i));
+    memcpy(head + 8, header, hl);
+    memset(head + 8 + hl, ' ', padded - hl);
     free(header);
-    for (int64_t i = 0; ok && i < w->n; i++)
-        if (w->t[i].nbytes) ok = write_all(fp, w->t[i].data, w->t[i].nbytes);
-    int err = ok ? 0 : errno;
-    if (ok && fflush(fp) != 0) {
-        ok = false;
-        err = errno;
-    }
-    if (ok && fsync(fileno(fp)) != 0) {
-        ok = false;
-        err = errno;
-    }
-    if (fclose(fp) != 0 && ok) {
-        ok = false;
-        err = errno;
-    }
-    if (ok && rename(tmp, path) != 0) {
-        ok = false;
-        err = errno;
-    }
-    if (!ok) {
-        rc = dsacp_error(DSACP_EIO, "%s: write failed: %s", path, err ? strerror(err) : "short write");
-        unlink(tmp);
-    }
-    dsacp_free(tmp);
+    rc = dsacp_out_write(o, head, first);
+    dsacp_free(head);
+    for (int64_t i = 0; !rc && i < w->n; i++)
+        if (w->t[i].nbytes) rc = dsacp_out_write(o, w->t[i].data, w->t[i].nbytes);
+    if (rc) dsacp_out_abort(o);
     return rc;
+}
+
+int dsacp_st_writer_stage(dsacp_st_writer *w, const char *path, dsacp_out *o)
+{
+    return stage(w, path, o);
+}
+
+int dsacp_st_writer_write(dsacp_st_writer *w, const char *path)
+{
+    dsacp_out o;
+    int rc = stage(w, path, &o);
+    if (rc) return rc;
+    return dsacp_out_commit(&o);
 }

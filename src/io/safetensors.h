@@ -42,7 +42,9 @@ const dsacp_st_tensor *dsacp_st_find(const dsacp_st_file *f, const char *name);
 const char *dsacp_st_metadata(const dsacp_st_file *f, const char *key);
 
 /* Writer: collect tensors (the data pointers must stay valid until write), then write the file
- * atomically (temporary + rename). Tensors are laid out sorted by name, 8-byte-aligned header. */
+ * atomically through dsacp_out (core.h: exclusive temporary beside it, fsync, rename, fsync of
+ * the directory; an existing path that is not a regular file is refused). Tensors are laid out
+ * sorted by name, 8-byte-aligned header. */
 typedef struct dsacp_st_writer dsacp_st_writer;
 int dsacp_st_writer_create(dsacp_st_writer **out);
 /* Copies name and shape; `data` is borrowed. nbytes must equal numel x dtype size. */
@@ -50,6 +52,10 @@ int dsacp_st_writer_add(dsacp_st_writer *w, const char *name, dsacp_dtype dtype,
                         const int64_t *shape, const void *data);
 int dsacp_st_writer_set_metadata(dsacp_st_writer *w, const char *key, const char *value);
 int dsacp_st_writer_write(dsacp_st_writer *w, const char *path);
+/* The same up to the commit: on DSACP_OK the whole file sits in o's temporary and the caller
+ * finishes with dsacp_out_commit (or dsacp_out_abort) -- for writing several files that should
+ * appear together. On failure nothing is left behind. */
+int dsacp_st_writer_stage(dsacp_st_writer *w, const char *path, dsacp_out *o);
 void dsacp_st_writer_free(dsacp_st_writer *w);
 
 #endif

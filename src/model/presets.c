@@ -15,6 +15,7 @@
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 static const char *const preset_names[] = {"tiny", "tiny-moe", "small", "v32-layer", NULL};
 
@@ -174,12 +175,21 @@ int dsacp_model_init(const dsacp_config *cfg_in, const char *dir, uint64_t seed,
         cfg.weight_block_rows = cfg.weight_block_cols = 128;
         cfg.scale_fmt_ue8m0 = true;
     }
-    int rc = dsacp_make_dir(dir);
-    if (rc) return rc;
     dsacp_tensor_spec *specs;
     int64_t n;
-    rc = dsacp_model_tensor_specs(&cfg, &specs, &n);
+    int rc = dsacp_model_tensor_specs(&cfg, &specs, &n);
     if (rc) return rc;
+    /* No partial output: the directory is removed again when this call created it and fails,
+     * model.safetensors is staged in a temporary and renamed only once config.json is written,
+     * and a config.json this call wrote is removed when the last rename fails. */
+    bool made_dir = false, wrote_config = false;
+    rc = dsacp_make_dir_created(dir, &made_dir);
+    if (rc) {
+        dsacp_free(specs);
+        return rc;
+    }
+    dsacp_out model_out = {.fd = -1, .path = NULL, .tmp = NULL};
+    char cfg_path[4096];
     dsacp_st_writer *w = NULL;
     void **bufs = dsacp_calloc((size_t)(2 * n + 1), sizeof *bufs);
     int64_t nbufs = 0;
@@ -234,19 +244,23 @@ int dsacp_model_init(const dsacp_config *cfg_in, const char *dir, uint64_t seed,
         }
         tmp = NULL;
     }
+    if (!rc && ((size_t)snprintf(path, sizeof path, "%s/model.safetensors", dir) >= sizeof path ||
+                (size_t)snprintf(cfg_path, sizeof cfg_path, "%s/config.json", dir) >= sizeof cfg_path))
+        rc = dsacp_error(DSACP_EINVAL, "%s: directory name too long", dir);
+    if (!rc) rc = dsacp_st_writer_stage(w, path, &model_out);
     if (!rc) {
-        snprintf(path, sizeof path, "%s/model.safetensors", dir);
-        rc = dsacp_st_writer_write(w, path);
+        rc = dsacp_config_save(&cfg, cfg_path);
+        wrote_config = rc == DSACP_OK;
     }
-    if (!rc) {
-        snprintf(path, sizeof path, "%s/config.json", dir);
-        rc = dsacp_config_save(&cfg, path);
-        if (rc) {
-            snprintf(path, sizeof path, "%s/model.safetensors", dir);
-            remove(path);
-        }
-    }
+    if (!rc) rc = dsacp_out_commit(&model_out);
+    else dsacp_out_abort(&model_out);
 done:
+    if (rc) {
+        int keep = rc;
+        if (wrote_config) unlink(cfg_path);
+        if (made_dir) rmdir(dir);
+        rc = keep;
+    }
     dsacp_st_writer_free(w);
     for (int64_t i = 0; i < nbufs; i++) dsacp_free(bufs[i]);
     dsacp_free(bufs);
