@@ -3,27 +3,31 @@
 # run --runs times (default 5, one after the other), printed as a Markdown table with the median
 # run's value and the range over the runs (docs/performance.md).
 #
-#   bench/targets.sh [--dsacp PATH] [--runs N] [--out DIR] [--openblas-coretype auto|env|NAME]
+#   bench/targets.sh [--dsacp PATH] [--runs N] [--out DIR | --write-results]
+#                    [--openblas-coretype auto|env|NAME]
 #
 # Commands (all v32-layer, 2 threads = every core of the reference machine):
 #   A  dsacp bench --preset v32-layer --context 32768 --json                     (everything)
 #   B  dsacp bench --preset v32-layer --context 131072 --kernel topk --json       (top-k target)
 #   C  dsacp bench --preset v32-layer --context 32768 --batch 4 --kernel layer --json
-# The JSON of every run is kept in DIR (default bench/results/targets).
+# The JSON of every run is kept in DIR: by default a fresh scratch directory (mktemp -d, its path
+# printed on stderr), so that a run never rewrites the tracked results; --write-results puts it
+# in bench/results/targets (the files docs/performance.md cites), replacing the runs there.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
 dsacp=${DSACP:-}
 runs=5
-out="$here/results/targets"
+out=
 blas=auto
 while (($#)); do
   case $1 in
     --dsacp) dsacp=$2; shift 2 ;;
     --runs) runs=$2; shift 2 ;;
     --out) out=$2; shift 2 ;;
+    --write-results) out="$here/results/targets"; shift ;;
     --openblas-coretype) blas=$2; shift 2 ;;
-    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
     *) echo "targets.sh: unknown option '$1' (try --help)" >&2; exit 2 ;;
   esac
 done
@@ -33,6 +37,10 @@ fi
 [[ -n $dsacp && -x $dsacp ]] || { echo "targets.sh: no dsacp binary (pass --dsacp PATH)" >&2; exit 1; }
 command -v jq >/dev/null || { echo "targets.sh: needs jq" >&2; exit 1; }
 case $blas in auto) unset OPENBLAS_CORETYPE ;; env) ;; *) export OPENBLAS_CORETYPE=$blas ;; esac
+if [[ -z $out ]]; then
+  out=$(mktemp -d "${TMPDIR:-/tmp}/dsacp-targets-XXXXXX")
+  echo "targets.sh: run JSON in $out (pass --write-results to update bench/results/targets)" >&2
+fi
 mkdir -p "$out"
 rm -f "$out"/[ABC]_r*.json
 

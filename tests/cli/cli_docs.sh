@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Issue 7, defect 14: the repository's own docs are enough for a reader of the repository, and
+# bench/targets.sh leaves the tracked results alone unless asked.
+#  - README.md, docs/ and tools/ never point at documents outside the repository (dsa-spec.md,
+#    style.md, cp-design.md); every "dsa-math.md section N" reference names one of its sections;
+#  - the README does not claim that dsacp runs across MPI ranks today;
+#  - bench/targets.sh writes its run JSON to a scratch directory by default, and into
+#    bench/results/targets only with --write-results (run on a copy, with a stand-in dsacp).
+set -u
+DSACP=${DSACP:?set by CTest}
+src=${DSACP_SOURCE_DIR:-$(cd "$(dirname "$0")/../.." && pwd)}
+tmp=$(mktemp -d /tmp/dsacp-cli-XXXXXX)
+trap 'rm -rf "$tmp"' EXIT
+fails=0; passes=0
+pass() { passes=$((passes+1)); echo "ok   $*"; }
+fail() { fails=$((fails+1)); echo "FAIL $*"; }
+
+cd "$src" || { echo "no source dir"; exit 1; }
+files=(README.md docs/*.md tools/cli/*.c tools/cli/*.h)
+files=("${files[@]/docs\/context-parallel.md}") # written by the context-parallelism work
+hits=$(grep -nE 'dsa-spec\.md|style\.md|cp-design\.md|shared/' "${files[@]}" 2>/dev/null)
+if [[ -z $hits ]]; then pass "no reference to documents outside the repository"
+else fail "references to documents outside the repository:"; echo "$hits"; fi
+
+for n in 1 2 3 4 5 6 7 8; do
+  grep -q "^## $n\. " docs/dsa-math.md || fail "docs/dsa-math.md has no section $n"
+done
+grep -q '^## 9\.' docs/dsa-math.md && fail "docs/dsa-math.md has a section 9 (keep the numbering 1..8)"
+bad=$(git -C "$src" grep -nhoE 'dsa-math\.md,? (section|§) ?[0-9]+' 2>/dev/null | grep -oE '[0-9]+$' | sort -u |
+      awk '$1 < 1 || $1 > 8')
+if [[ -z $bad ]]; then pass "every dsa-math.md section reference is in 1..8"; else fail "dsa-math.md sections $bad do not exist"; fi
+[[ -s docs/conventions.md ]] && pass "docs/conventions.md exists" || fail "docs/conventions.md missing"
+
+if grep -qiE 'on one process or across|runs? (across|on) (several |many )?MPI ranks' README.md; then
+  fail "README.md claims dsacp runs across MPI ranks"
+else pass "README.md says what runs today"; fi
+
+# bench/targets.sh on a copy, so that even a regression cannot touch the real results.
+if command -v jq >/dev/null; then
+  mkdir -p "$tmp/bench/results/targets"
+  cp bench/targets.sh "$tmp/bench/targets.sh"
+  echo sentinel >"$tmp/bench/results/targets/A_r1.json"
+  cat >"$tmp/fake-dsacp" <<'EOF'
+#!/bin/sh
+echo '{"machine":{"cpu":"fake","cores":1,"isa":"scalar","openblas":"none"},"results":[]}'
+EOF
+  chmod +x "$tmp/fake-dsacp"
+  TMPDIR=$tmp bash "$tmp/bench/targets.sh" --dsacp "$tmp/fake-dsacp" --runs 1 >"$tmp/out" 2>"$tmp/err"; rc=$?
+  if (( rc == 0 )) && [[ $(cat "$tmp/bench/results/targets/A_r1.json") == sentinel ]] &&
+     [[ ! -e $tmp/bench/results/targets/B_r1.json ]]; then pass "targets.sh leaves bench/results/targets alone"
+  else fail "targets.sh (rc $rc) rewrote bench/results/targets: $(cat "$tmp/err")"; fi
+  scratch=$(sed -n 's/^targets.sh: run JSON in \([^ ]*\) .*/\1/p' "$tmp/err")
+  if [[ -n $scratch && -s $scratch/A_r1.json && -s $scratch/C_r1.json ]]; then pass "targets.sh wrote to scratch $scratch"
+  else fail "targets.sh names no scratch directory with the runs: $(cat "$tmp/err")"; fi
+  grep -q '^| measurement' "$tmp/out" || fail "targets.sh printed no table"
+  bash "$tmp/bench/targets.sh" --dsacp "$tmp/fake-dsacp" --runs 1 --write-results >"$tmp/out" 2>"$tmp/err"; rc=$?
+  if (( rc == 0 )) && grep -q fake "$tmp/bench/results/targets/A_r1.json" 2>/dev/null; then
+    pass "targets.sh --write-results updates bench/results/targets"
+  else fail "targets.sh --write-results (rc $rc): $(cat "$tmp/err")"; fi
+else
+  echo "skip targets.sh checks: no jq"
+fi
+
+echo "$passes passed, $fails failed"
+(( fails == 0 ))
