@@ -6,10 +6,12 @@
 #include "test.h"
 #include "io/safetensors.h"
 #include "model/model.h"
+#include "model/shard_index.h"
 #include "numerics/numerics.h"
 #include "ref/test_util.h"
 
 #include <math.h>
+#include <stdint.h>
 
 static const char *V32_ROPE_SCALING =
     "{\"hidden_size\":7168,\"num_hidden_layers\":61,\"num_attention_heads\":128,\"q_lora_rank\":1536,"
@@ -275,9 +277,399 @@ static void test_packed_and_sharded(void)
     free(dst);
 }
 
+
+/* Replaces `from` (which must occur in `base`) by `to`; the result is heap-allocated. */
+static char *cfg_edit(const char *base, const char *from, const char *to)
+{
+    const char *at = strstr(base, from);
+    if (!at) {
+        fprintf(stderr, "cfg_edit: '%s' not in the base config\n", from);
+        exit(1);
+    }
+    size_t n = strlen(base) - strlen(from) + strlen(to) + 1;
+    char *out = malloc(n);
+    snprintf(out, n, "%.*s%s%s", (int)(at - base), base, to, at + strlen(from));
+    return out;
+}
+
+/* A config of `layers` layers with a `types`-entry mlp_layer_types. */
+static char *cfg_with_layers(int64_t layers, int64_t types)
+{
+    size_t cap = 256 + (size_t)types * 10;
+    char *list = malloc(cap);
+    size_t o = 0;
+    for (int64_t i = 0; i < types; i++) o += (size_t)snprintf(list + o, cap - o, "%s\"sparse\"", i ? "," : "");
+    char from[64], *to = malloc(cap + 128);
+    snprintf(from, sizeof from, "\"num_hidden_layers\":61,");
+    snprintf(to, cap + 128, "\"num_hidden_layers\":%lld,\"mlp_layer_types\":[%s],", (long long)layers, list);
+    char *cfg = cfg_edit(V32_ROPE_SCALING, from, to);
+    free(list);
+    free(to);
+    return cfg;
+}
+
+/* Issue 7 defect 1: mlp_layer_types was stored for every layer before num_hidden_layers <= 512
+ * was checked (ASan: index 512 out of bounds). Now the bound comes first, and nothing is stored
+ * into the caller's config on failure. */
+static void test_config_layer_types_bound(void)
+{
+    dsacp_config c;
+    int64_t cases[][2] = {{2000, 2000}, {513, 513}, {100000, 3}};
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char *cfg = cfg_with_layers(cases[i][0], cases[i][1]);
+        memset(&c, 0xab, sizeof c);
+        int rc = dsacp_config_parse(cfg, strlen(cfg), "layers.json", &c);
+        CHECKF(rc == DSACP_ECONFIG && strstr(dsacp_last_error(), "layers.json") &&
+                   strstr(dsacp_last_error(), "'num_hidden_layers'"),
+               "%lld layers: rc %d, '%s'", (long long)cases[i][0], rc, dsacp_last_error());
+        CHECK(c.num_hidden_layers == 0 && !c.has_mlp_layer_types);
+        free(cfg);
+    }
+    /* The largest allowed: every entry stored. */
+    char *cfg = cfg_with_layers(DSACP_MAX_LAYERS, DSACP_MAX_LAYERS);
+    CHECK_OK(dsacp_config_parse(cfg, strlen(cfg), "max.json", &c));
+    CHECK(c.num_hidden_layers == DSACP_MAX_LAYERS && c.has_mlp_layer_types &&
+          dsacp_config_layer_is_moe(&c, DSACP_MAX_LAYERS - 1) && !dsacp_config_layer_is_moe(&c, DSACP_MAX_LAYERS));
+    free(cfg);
+    /* A wrong entry is named by its index. */
+    cfg = cfg_edit(V32_ROPE_SCALING, "\"num_hidden_layers\":61,",
+                   "\"num_hidden_layers\":2,\"mlp_layer_types\":[\"dense\",\"moe\"],");
+    CHECK(dsacp_config_parse(cfg, strlen(cfg), "t.json", &c) == DSACP_ECONFIG &&
+          strstr(dsacp_last_error(), "mlp_layer_types[1]"));
+    free(cfg);
+    /* A config built in code with too many layers is refused, not read past the array. */
+    CHECK_OK(dsacp_preset_config("tiny", &c));
+    c.num_hidden_layers = 2000;
+    CHECK(!dsacp_config_layer_is_moe(&c, 1999));
+    CHECK(dsacp_config_check(&c, "code") == DSACP_ECONFIG && strstr(dsacp_last_error(), "num_hidden_layers"));
+}
+
+/* Issue 7 defect 3: every field bounded by what a real model can have and by the others, so no
+ * product in the tensor specs overflows and nothing is allocated from absurd values. */
+static void test_config_bounds(void)
+{
+    dsacp_config c;
+    struct {
+        const char *from, *to, *field;
+    } bad[] = {
+        {"\"hidden_size\":7168", "\"hidden_size\":65537", "'hidden_size'"},
+        {"\"num_attention_heads\":128", "\"num_attention_heads\":2147483648", "'num_attention_heads'"},
+        {"\"qk_nope_head_dim\":128", "\"qk_nope_head_dim\":2147483648", "'qk_nope_head_dim'"},
+        {"\"qk_rope_head_dim\":64", "\"qk_rope_head_dim\":8192", "'qk_rope_head_dim'"},
+        {"\"v_head_dim\":128", "\"v_head_dim\":1099511627776", "'v_head_dim'"},
+        {"\"q_lora_rank\":1536", "\"q_lora_rank\":1000000", "'q_lora_rank'"},
+        {"\"kv_lora_rank\":512", "\"kv_lora_rank\":1000000", "'kv_lora_rank'"},
+        {"\"index_n_heads\":64", "\"index_n_heads\":4096", "'index_n_heads'"},
+        {"\"index_head_dim\":128", "\"index_head_dim\":100000", "'index_head_dim'"},
+        {"\"index_topk\":2048", "\"index_topk\":163841", "'index_topk'"},
+        {"\"index_topk\":2048", "\"index_topk\":1099511627776", "'index_topk'"},
+        {"\"vocab_size\":129280", "\"vocab_size\":100000000", "'vocab_size'"},
+        {"\"intermediate_size\":18432", "\"intermediate_size\":10000000", "'intermediate_size'"},
+        {"\"moe_intermediate_size\":2048", "\"moe_intermediate_size\":10000000", "'moe_intermediate_size'"},
+        {"\"n_routed_experts\":256", "\"n_routed_experts\":100000000", "'n_routed_experts'"},
+        {"\"n_shared_experts\":1", "\"n_shared_experts\":1000", "'n_shared_experts'"},
+        {"\"num_experts_per_tok\":8", "\"num_experts_per_tok\":257", "'num_experts_per_tok'"},
+        {"\"n_group\":8", "\"n_group\":512", "'n_group'"},
+        {"\"topk_group\":4", "\"topk_group\":9", "'topk_group'"},
+        {"\"first_k_dense_replace\":3", "\"first_k_dense_replace\":100000", "'first_k_dense_replace'"},
+        {"\"max_position_embeddings\":163840", "\"max_position_embeddings\":1099511627776",
+         "'max_position_embeddings'"},
+        {"\"max_position_embeddings\":163840", "\"max_position_embeddings\":1024", "'index_topk'"},
+        {"\"original_max_position_embeddings\":4096", "\"original_max_position_embeddings\":1e15",
+         "original_max_position_embeddings"},
+        {"\"weight_block_size\":[128,128]", "\"weight_block_size\":[131072,131072]", "weight_block_size"},
+    };
+    char name[64];
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        char *cfg = cfg_edit(V32_ROPE_SCALING, bad[i].from, bad[i].to);
+        snprintf(name, sizeof name, "bounds%zu.json", i);
+        int rc = dsacp_config_parse(cfg, strlen(cfg), name, &c);
+        CHECKF(rc == DSACP_ECONFIG && strstr(dsacp_last_error(), name) && strstr(dsacp_last_error(), bad[i].field),
+               "case %zu (%s): rc %d, message '%s'", i, bad[i].to, rc, dsacp_last_error());
+        free(cfg);
+    }
+    /* V3.2 itself sits well inside every bound. */
+    CHECK_OK(dsacp_config_parse(V32_ROPE_SCALING, strlen(V32_ROPE_SCALING), "v32.json", &c));
+    CHECK_OK(dsacp_config_check(&c, "v32.json"));
+
+    /* A config built in code: dsacp_model_tensor_specs refuses it before listing anything (it
+     * used to compute heads x head dim in int64 overflow, and allocate E specs per layer). */
+    dsacp_tensor_spec *specs = (dsacp_tensor_spec *)&c;
+    int64_t n = 77;
+    CHECK_OK(dsacp_preset_config("tiny-moe", &c));
+    c.num_attention_heads = (int64_t)1 << 31;
+    c.qk_nope_head_dim = (int64_t)1 << 33;
+    CHECK(dsacp_model_tensor_specs(&c, &specs, &n) == DSACP_ECONFIG && specs == NULL && n == 0 &&
+          strstr(dsacp_last_error(), "num_attention_heads"));
+    CHECK_OK(dsacp_preset_config("tiny-moe", &c));
+    c.n_routed_experts = 100000000;
+    CHECK(dsacp_model_tensor_specs(&c, &specs, &n) == DSACP_ECONFIG && strstr(dsacp_last_error(), "n_routed_experts"));
+    CHECK_OK(dsacp_preset_config("tiny-moe", &c));
+    c.index_topk = c.max_position_embeddings + 1;
+    CHECK(dsacp_model_tensor_specs(&c, &specs, &n) == DSACP_ECONFIG && strstr(dsacp_last_error(), "index_topk"));
+    for (const char *const *pn = dsacp_preset_names(); *pn; pn++) {
+        CHECK_OK(dsacp_preset_config(*pn, &c));
+        CHECKF(dsacp_config_check(&c, *pn) == DSACP_OK, "preset %s: %s", *pn, dsacp_last_error());
+    }
+}
+
+/* Writes `text` as dir/config.json. */
+static void write_text(const char *dir, const char *file, const char *text)
+{
+    char path[4200];
+    snprintf(path, sizeof path, "%s/%s", dir, file);
+    FILE *f = fopen(path, "w");
+    if (!f || fputs(text, f) < 0 || fclose(f) != 0) {
+        fprintf(stderr, "cannot write %s\n", path);
+        exit(1);
+    }
+}
+
+static char *read_text(const char *dir, const char *file)
+{
+    char path[4200], *text;
+    size_t len;
+    snprintf(path, sizeof path, "%s/%s", dir, file);
+    REQUIRE_OK(dsacp_read_file(path, &text, &len, 1 << 24));
+    return text;
+}
+
+/* Issue 7 defect 3, the loader: a config asking for more layers x experts than the checkpoint
+ * holds is refused before its tensor list is built (512 layers x 4096 experts used to allocate
+ * ~1.2 GB of specs for a 40-tensor file). */
+static void test_experts_vs_checkpoint(void)
+{
+    char *dir = tu_make_model("tiny-moe", 3, DSACP_WEIGHTS_F32);
+    char *orig = read_text(dir, "config.json");
+    char *a = cfg_edit(orig, "\"n_routed_experts\": 8", "\"n_routed_experts\": 4096");
+    char *b = cfg_edit(a, "\"num_hidden_layers\": 2", "\"num_hidden_layers\": 512");
+    write_text(dir, "config.json", b);
+    for (int keep = 0; keep < 2; keep++) {
+        dsacp_model *m = NULL;
+        double t0 = dsacp_now();
+        int rc = dsacp_model_load_ex(dir, keep != 0, &m);
+        double dt = dsacp_now() - t0;
+        CHECKF(rc == DSACP_ECONFIG && m == NULL && strstr(dsacp_last_error(), "config.json") &&
+                   strstr(dsacp_last_error(), "'n_routed_experts'") && strstr(dsacp_last_error(), "checkpoint"),
+               "keep_going %d: rc %d, '%s'", keep, rc, dsacp_last_error());
+        CHECKF(dt < 2.0, "refusing took %.2f s", dt);
+        dsacp_model_free(m);
+    }
+    /* The original still loads; one missing expert is still reported tensor by tensor. */
+    write_text(dir, "config.json", orig);
+    dsacp_model *m = NULL;
+    CHECK_OK(dsacp_model_load(dir, &m));
+    dsacp_model_free(m);
+    free(a);
+    free(b);
+    dsacp_free(orig);
+    tu_rmtree(dir);
+    free(dir);
+}
+
+/* Issue 7 defect 8: a config field that changes the math and has a value dsacp does not
+ * implement is an error naming the field, never a silent default. */
+static void test_config_unsupported(void)
+{
+    dsacp_config c;
+    struct {
+        const char *to, *field;
+        int status;
+    } bad[] = {
+        {"\"attention_bias\":true,", "'attention_bias'", DSACP_EUNSUPPORTED},
+        {"\"attention_bias\":1,", "'attention_bias'", DSACP_ECONFIG},
+        {"\"mlp_bias\":true,", "'mlp_bias'", DSACP_EUNSUPPORTED},
+        {"\"rope_interleave\":false,", "'rope_interleave'", DSACP_EUNSUPPORTED},
+        {"\"partial_rotary_factor\":0.5,", "'partial_rotary_factor'", DSACP_EUNSUPPORTED},
+        {"\"num_key_value_heads\":1,", "'num_key_value_heads'", DSACP_EUNSUPPORTED},
+        {"\"qk_head_dim\":128,", "'qk_head_dim'", DSACP_ECONFIG},
+        {"\"num_local_experts\":64,", "'num_local_experts'", DSACP_ECONFIG},
+        {"\"hidden_act\":\"gelu\",", "'hidden_act'", DSACP_ECONFIG},
+        {"\"topk_method\":\"greedy\",", "'topk_method'", DSACP_ECONFIG},
+        {"\"scoring_func\":\"softmax\",", "'scoring_func'", DSACP_ECONFIG},
+    };
+    char name[64];
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        char *to = malloc(strlen(bad[i].to) + 32);
+        sprintf(to, "{%s\"hidden_size\":7168", bad[i].to);
+        char *cfg = cfg_edit(V32_ROPE_SCALING, "{\"hidden_size\":7168", to);
+        snprintf(name, sizeof name, "unsup%zu.json", i);
+        int rc = dsacp_config_parse(cfg, strlen(cfg), name, &c);
+        CHECKF(rc == bad[i].status && strstr(dsacp_last_error(), name) && strstr(dsacp_last_error(), bad[i].field),
+               "case %zu (%s): rc %d, message '%s'", i, bad[i].to, rc, dsacp_last_error());
+        free(cfg);
+        free(to);
+    }
+    /* Inside rope_scaling / quantization_config. */
+    struct {
+        const char *from, *to, *field;
+        int status;
+    } nested[] = {
+        {"\"beta_fast\":32", "\"beta_fast\":32,\"truncate\":false", "truncate", DSACP_EUNSUPPORTED},
+        {"\"beta_fast\":32", "\"beta_fast\":32,\"partial_rotary_factor\":0.25", "partial_rotary_factor",
+         DSACP_EUNSUPPORTED},
+        {"\"activation_scheme\":\"dynamic\"", "\"activation_scheme\":\"static\"", "activation_scheme",
+         DSACP_EUNSUPPORTED},
+        {"\"scale_fmt\":\"ue8m0\"", "\"scale_fmt\":\"e5m2\"", "scale_fmt", DSACP_EUNSUPPORTED},
+        {"\"scale_fmt\":\"ue8m0\"", "\"scale_fmt\":8", "scale_fmt", DSACP_ECONFIG},
+    };
+    for (size_t i = 0; i < sizeof nested / sizeof nested[0]; i++) {
+        char *cfg = cfg_edit(V32_ROPE_SCALING, nested[i].from, nested[i].to);
+        snprintf(name, sizeof name, "nested%zu.json", i);
+        int rc = dsacp_config_parse(cfg, strlen(cfg), name, &c);
+        CHECKF(rc == nested[i].status && strstr(dsacp_last_error(), name) &&
+                   strstr(dsacp_last_error(), nested[i].field),
+               "case %zu (%s): rc %d, message '%s'", i, nested[i].to, rc, dsacp_last_error());
+        free(cfg);
+    }
+    /* The values dsacp implements are accepted, spelled out as transformers saves them. */
+    const char *ok_fields = "{\"attention_bias\":false,\"mlp_bias\":false,\"rope_interleave\":true,"
+                            "\"num_key_value_heads\":128,\"qk_head_dim\":192,\"num_local_experts\":256,"
+                            "\"hidden_act\":\"silu\",\"topk_method\":\"noaux_tc\",\"scoring_func\":\"sigmoid\","
+                            "\"partial_rotary_factor\":1.0,\"hidden_size\":7168";
+    char *cfg = cfg_edit(V32_ROPE_SCALING, "{\"hidden_size\":7168", ok_fields);
+    char *cfg2 = cfg_edit(cfg, "\"beta_fast\":32", "\"beta_fast\":32,\"truncate\":true");
+    CHECK_OK(dsacp_config_parse(cfg2, strlen(cfg2), "ok.json", &c));
+    free(cfg);
+    free(cfg2);
+    /* The transformers-5 config of tests/data/hf_tiny (attention_bias false, mlp_bias false...). */
+    char path[4200];
+    snprintf(path, sizeof path, "%s/tests/data/hf_tiny/config.json", tu_source_dir());
+    CHECK_OK(dsacp_config_load(path, &c));
+}
+
+/* Rewrites dir/model.safetensors with `nbytes` bytes at element `index` of tensor `name`
+ * replaced by `bytes`. */
+static void poke_tensor(const char *dir, const char *name, int64_t index, const void *bytes, size_t nbytes)
+{
+    char path[4200];
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    dsacp_st_file *f;
+    REQUIRE_OK(dsacp_st_open(path, &f));
+    dsacp_st_writer *w;
+    REQUIRE_OK(dsacp_st_writer_create(&w));
+    int64_t n = dsacp_st_count(f);
+    void **copies = calloc((size_t)n, sizeof *copies);
+    bool found = false;
+    for (int64_t i = 0; i < n; i++) {
+        const dsacp_st_tensor *t = dsacp_st_tensor_at(f, i);
+        copies[i] = malloc(t->nbytes ? t->nbytes : 1);
+        memcpy(copies[i], t->data, t->nbytes);
+        if (strcmp(t->name, name) == 0) {
+            memcpy((uint8_t *)copies[i] + (size_t)index * dsacp_dtype_size(t->dtype), bytes, nbytes);
+            found = true;
+        }
+        REQUIRE_OK(dsacp_st_writer_add(w, t->name, t->dtype, t->ndim, t->shape, copies[i]));
+    }
+    if (!found) {
+        fprintf(stderr, "poke_tensor: no tensor %s\n", name);
+        exit(1);
+    }
+    REQUIRE_OK(dsacp_st_writer_write(w, path));
+    dsacp_st_writer_free(w);
+    dsacp_st_close(f);
+    for (int64_t i = 0; i < n; i++) free(copies[i]);
+    free(copies);
+}
+
+static void expect_nonfinite(const char *dir, const char *message)
+{
+    dsacp_model *m = NULL;
+    REQUIRE_OK(dsacp_model_load(dir, &m)); /* loading does not scan */
+    int rc = dsacp_model_check_finite(m);
+    CHECKF(rc == DSACP_ERANGE && strcmp(dsacp_last_error(), message) == 0, "rc %d, '%s', expected '%s'", rc,
+           dsacp_last_error(), message);
+    dsacp_model_free(m);
+}
+
+/* Issue 7 defect 9: NaN / Inf anywhere in the stored weights is found and named. */
+static void test_check_finite(void)
+{
+    const uint32_t f32_nan = 0x7fc00001u, f32_ninf = 0xff800000u;
+    const uint16_t bf16_inf = 0x7f80u, bf16_nan = 0xffc1u;
+    const uint8_t e4m3_nan = 0x7f;
+    const float big = 448.0f; /* a finite e4m3 maximum and a finite scale: no false alarm */
+
+    char *d = tu_make_model("tiny", 5, DSACP_WEIGHTS_F32);
+    dsacp_model *m = NULL;
+    REQUIRE_OK(dsacp_model_load(d, &m));
+    CHECK_OK(dsacp_model_check_finite(m));
+    dsacp_model_free(m);
+    poke_tensor(d, "model.layers.1.self_attn.q_a_proj.weight", 0, &big, 4);
+    poke_tensor(d, "model.layers.0.self_attn.q_a_proj.weight", 17, &f32_nan, 4);
+    poke_tensor(d, "model.layers.1.mlp.down_proj.weight", 3, &f32_ninf, 4);
+    expect_nonfinite(d, "model.layers.0.self_attn.q_a_proj.weight: non-finite value (nan) at index 17");
+    tu_rmtree(d);
+    free(d);
+
+    /* bf16, with a tied-free MoE model: the first bad tensor in name order is reported. */
+    d = tu_make_model("tiny-moe", 5, DSACP_WEIGHTS_BF16);
+    poke_tensor(d, "model.norm.weight", 255, &bf16_inf, 2);
+    poke_tensor(d, "model.layers.1.mlp.experts.7.up_proj.weight", 1000, &bf16_nan, 2);
+    expect_nonfinite(d, "model.layers.1.mlp.experts.7.up_proj.weight: non-finite value (nan) at index 1000");
+    poke_tensor(d, "model.layers.1.mlp.experts.7.up_proj.weight", 1000, &(uint16_t){0x3f80u}, 2);
+    expect_nonfinite(d, "model.norm.weight: non-finite value (inf) at index 255");
+    tu_rmtree(d);
+    free(d);
+
+    /* fp8: the e4m3 NaN code, and a non-finite block scale. */
+    d = tu_make_model("tiny", 5, DSACP_WEIGHTS_FP8);
+    m = NULL;
+    REQUIRE_OK(dsacp_model_load(d, &m));
+    CHECK_OK(dsacp_model_check_finite(m));
+    dsacp_model_free(m);
+    poke_tensor(d, "model.layers.0.self_attn.o_proj.weight", 4242, &e4m3_nan, 1);
+    expect_nonfinite(d, "model.layers.0.self_attn.o_proj.weight: non-finite value (nan) at index 4242");
+    poke_tensor(d, "model.layers.0.self_attn.o_proj.weight", 4242, &(uint8_t){0x7e}, 1);
+    poke_tensor(d, "model.layers.0.mlp.up_proj.weight_scale_inv", 3, &f32_ninf, 4);
+    expect_nonfinite(d, "model.layers.0.mlp.up_proj.weight_scale_inv: non-finite value (-inf) at index 3");
+    tu_rmtree(d);
+    free(d);
+    CHECK(dsacp_model_check_finite(NULL) == DSACP_EINVAL);
+}
+
+/* model.safetensors.index.json from memory (the loader's parser, also fuzzed). */
+static void test_shard_index(void)
+{
+    dsacp_shard_index idx;
+    const char *ok = "{\"metadata\":{\"total_size\":1},\"weight_map\":{\"a\":\"s2.safetensors\","
+                     "\"b\":\"s1.safetensors\",\"c\":\"s2.safetensors\",\"d\":\"s3.safetensors\"}}";
+    CHECK_OK(dsacp_shard_index_parse(ok, strlen(ok), "i.json", &idx));
+    CHECK(idx.nfiles == 3 && idx.ntensors == 4 && !strcmp(idx.files[0], "s2.safetensors") &&
+          !strcmp(idx.files[1], "s1.safetensors") && !strcmp(idx.files[2], "s3.safetensors"));
+    dsacp_shard_index_free(&idx);
+    const char *bad[][2] = {
+        {"{\"weight_map\":{\"a\":\"../x\"}}", "weight_map.a"},
+        {"{\"weight_map\":{\"a\":\"..\"}}", "weight_map.a"},
+        {"{\"weight_map\":{\"a\":\"\"}}", "weight_map.a"},
+        {"{\"weight_map\":{\"a\":3}}", "weight_map.a"},
+        {"{\"weight_map\":{}}", "weight_map"},
+        {"{\"weight_map\":[]}", "weight_map"},
+        {"[]", "weight_map"},
+        {"{\"weight_map\":", "invalid JSON"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        int rc = dsacp_shard_index_parse(bad[i][0], strlen(bad[i][0]), "i.json", &idx);
+        CHECKF(rc == DSACP_EFORMAT && strstr(dsacp_last_error(), "i.json") && strstr(dsacp_last_error(), bad[i][1]) &&
+                   idx.nfiles == 0 && idx.files == NULL,
+               "case %zu: rc %d '%s'", i, rc, dsacp_last_error());
+    }
+    /* A long file name is refused (the loader joins it to the directory). */
+    char *longname = malloc(400);
+    snprintf(longname, 400, "{\"weight_map\":{\"a\":\"%0300d\"}}", 0);
+    CHECK(dsacp_shard_index_parse(longname, strlen(longname), "i.json", &idx) == DSACP_EFORMAT);
+    free(longname);
+}
+
 int main(void)
 {
     test_config();
+    test_config_layer_types_bound();
+    test_config_bounds();
+    test_config_unsupported();
+    test_shard_index();
+    test_experts_vs_checkpoint();
+    test_check_finite();
     test_presets();
     test_round_trip("tiny", DSACP_WEIGHTS_F32);
     test_round_trip("tiny-moe", DSACP_WEIGHTS_BF16);

@@ -4,10 +4,11 @@
  * Both rope spellings are accepted: "rope_scaling" (DeepSeek's and older transformers) and
  * "rope_parameters" (transformers 5, which also moves rope_theta inside). Derived numbers
  * (the cos/sin attention factor and the softmax scale) follow transformers' rules, which a
- * config written by it must reproduce (dsa-spec.md section 4); DeepSeek's reference code uses
+ * config written by it must reproduce (docs/reference-notes.md, "RoPE"); DeepSeek's reference code uses
  * m(factor, mscale) for the softmax scale instead, which agrees on the released configs.
  */
 #include "core/core.h"
+#include "model/model.h"
 #include "numerics/numerics.h"
 
 #include <jansson.h>
@@ -90,8 +91,6 @@ static int get_bool(parse_ctx *c, json_t *obj, const char *key, bool def, bool *
         if (rc_ != DSACP_OK) return rc_; \
     } while (0)
 
-static const int64_t BIG = (int64_t)1 << 40;
-
 static int parse_rope(parse_ctx *c, dsacp_config *cfg)
 {
     json_t *root = c->root;
@@ -110,6 +109,22 @@ static int parse_rope(parse_ctx *c, dsacp_config *cfg)
     if (rope && json_object_get(rope, "rope_theta")) theta_obj = rope;
     TRY(get_real(c, theta_obj, "rope_theta", false, 10000.0, 1.0, 1e12, &cfg->rope_theta, NULL));
 
+    /* A partial rotary dimension would rotate fewer than qk_rope_head_dim dims. */
+    char field[96];
+    for (int k = 0; k < 2; k++) {
+        json_t *obj = k == 0 ? root : rope;
+        if (!obj) continue;
+        json_t *v = json_object_get(obj, "partial_rotary_factor");
+        if (!v || json_is_null(v)) continue;
+        if (k == 0) snprintf(field, sizeof field, "partial_rotary_factor");
+        else snprintf(field, sizeof field, "%s.partial_rotary_factor", rope_key);
+        if (!json_is_number(v))
+            return dsacp_error(DSACP_ECONFIG, "%s: field '%s' must be a number", c->path, field);
+        if (json_number_value(v) != 1.0)
+            return dsacp_error(DSACP_EUNSUPPORTED, "%s: field '%s' = %g is not supported (RoPE covers "
+                               "all qk_rope_head_dim dims: only 1)", c->path, field, json_number_value(v));
+    }
+
     cfg->rope_type = DSACP_ROPE_DEFAULT;
     cfg->rope_factor = 1.0;
     cfg->rope_attention_factor = 1.0;
@@ -127,13 +142,24 @@ static int parse_rope(parse_ctx *c, dsacp_config *cfg)
                            "(only \"yarn\" and \"default\")", c->path, rope_key, tname);
     cfg->rope_type = DSACP_ROPE_YARN;
 
-    char field[64];
+    /* transformers' yarn "truncate" (default true) floors/ceils the correction range; dsacp
+     * implements only that. */
+    json_t *trunc = json_object_get(rope, "truncate");
+    if (trunc && !json_is_null(trunc)) {
+        if (!json_is_boolean(trunc))
+            return dsacp_error(DSACP_ECONFIG, "%s: field '%s.truncate' must be true or false", c->path,
+                               rope_key);
+        if (!json_is_true(trunc))
+            return dsacp_error(DSACP_EUNSUPPORTED, "%s: field '%s.truncate' = false is not supported "
+                               "(only the truncated yarn correction range)", c->path, rope_key);
+    }
+
     snprintf(field, sizeof field, "%s.original_max_position_embeddings", rope_key);
     json_t *orig = json_object_get(rope, "original_max_position_embeddings");
     json_t *orig_obj = orig ? rope : root;
     if (!json_object_get(orig_obj, "original_max_position_embeddings"))
         return dsacp_error(DSACP_ECONFIG, "%s: missing required field '%s'", c->path, field);
-    TRY(get_real(c, orig_obj, "original_max_position_embeddings", true, 0, 1, 1e12,
+    TRY(get_real(c, orig_obj, "original_max_position_embeddings", true, 0, 1, DSACP_CFG_MAX_POSITIONS,
                  &cfg->rope_original_max_position, NULL));
     double def_factor = (double)cfg->max_position_embeddings / cfg->rope_original_max_position;
     bool present;
@@ -178,41 +204,112 @@ static int parse_quant(parse_ctx *c, dsacp_config *cfg)
     if (fmt && (!json_is_string(fmt) || strcmp(json_string_value(fmt), "e4m3") != 0))
         return dsacp_error(DSACP_ECONFIG, "%s: field 'quantization_config.fmt' must be \"e4m3\"",
                            c->path);
+    /* "static" activation quantization needs per-layer input scales that dsacp never reads. */
+    json_t *act = json_object_get(q, "activation_scheme");
+    if (act && !json_is_null(act)) {
+        if (!json_is_string(act))
+            return dsacp_error(DSACP_ECONFIG, "%s: field 'quantization_config.activation_scheme' must "
+                               "be a string", c->path);
+        if (strcmp(json_string_value(act), "dynamic") != 0)
+            return dsacp_error(DSACP_EUNSUPPORTED, "%s: field 'quantization_config.activation_scheme' = "
+                               "\"%.64s\" is not supported (only \"dynamic\")", c->path,
+                               json_string_value(act));
+    }
     json_t *bs = json_object_get(q, "weight_block_size");
     if (bs) {
         if (!json_is_array(bs) || json_array_size(bs) != 2 ||
             !json_is_integer(json_array_get(bs, 0)) || !json_is_integer(json_array_get(bs, 1)) ||
             json_integer_value(json_array_get(bs, 0)) <= 0 ||
             json_integer_value(json_array_get(bs, 1)) <= 0 ||
-            json_integer_value(json_array_get(bs, 0)) > 65536 ||
-            json_integer_value(json_array_get(bs, 1)) > 65536)
+            json_integer_value(json_array_get(bs, 0)) > DSACP_CFG_MAX_BLOCK ||
+            json_integer_value(json_array_get(bs, 1)) > DSACP_CFG_MAX_BLOCK)
             return dsacp_error(DSACP_ECONFIG, "%s: field 'quantization_config.weight_block_size' "
-                               "must be two positive integers", c->path);
+                               "must be two integers in [1, %d]", c->path, DSACP_CFG_MAX_BLOCK);
         cfg->weight_block_rows = json_integer_value(json_array_get(bs, 0));
         cfg->weight_block_cols = json_integer_value(json_array_get(bs, 1));
         if (cfg->weight_block_rows != cfg->weight_block_cols)
             return dsacp_error(DSACP_ECONFIG, "%s: field 'quantization_config.weight_block_size' "
                                "must be square", c->path);
     }
+    /* Block scales: plain float (absent / null / "float") or power-of-two "ue8m0". */
     json_t *sf = json_object_get(q, "scale_fmt");
-    if (sf && json_is_string(sf)) cfg->scale_fmt_ue8m0 = strcmp(json_string_value(sf), "ue8m0") == 0;
+    if (sf && !json_is_null(sf)) {
+        if (!json_is_string(sf))
+            return dsacp_error(DSACP_ECONFIG, "%s: field 'quantization_config.scale_fmt' must be a string",
+                               c->path);
+        const char *v = json_string_value(sf);
+        if (strcmp(v, "ue8m0") == 0)
+            cfg->scale_fmt_ue8m0 = true;
+        else if (strcmp(v, "float") != 0)
+            return dsacp_error(DSACP_EUNSUPPORTED, "%s: field 'quantization_config.scale_fmt' = \"%.64s\" "
+                               "is not supported (only \"ue8m0\" or \"float\")", c->path, v);
+    }
     return DSACP_OK;
 }
 
-static int validate(parse_ctx *c, dsacp_config *cfg)
+/* One bound check, with the message every config error uses. */
+static int in_range(const char *path, const char *key, int64_t x, int64_t lo, int64_t hi)
 {
-    const char *p = c->path;
+    if (x < lo || x > hi)
+        return dsacp_error(DSACP_ECONFIG, "%s: field '%s' = %lld is out of range [%lld, %lld]", path, key,
+                           (long long)x, (long long)lo, (long long)hi);
+    return DSACP_OK;
+}
+
+static int real_in_range(const char *path, const char *key, double x, double lo, double hi)
+{
+    if (!(x >= lo && x <= hi))
+        return dsacp_error(DSACP_ECONFIG, "%s: field '%s' = %g is out of range [%g, %g]", path, key, x, lo,
+                           hi);
+    return DSACP_OK;
+}
+
+int dsacp_config_check(const dsacp_config *cfg, const char *path)
+{
+    if (!cfg) return dsacp_error(DSACP_EINVAL, "dsacp_config_check: NULL config");
+    const char *p = path ? path : "config";
+    const bool moe = cfg->n_routed_experts > 0;
+    /* Each field on its own (the parser already enforced these; a config built in code may not). */
+    TRY(in_range(p, "hidden_size", cfg->hidden_size, 1, DSACP_CFG_MAX_WIDTH));
+    TRY(in_range(p, "num_hidden_layers", cfg->num_hidden_layers, 1, DSACP_MAX_LAYERS));
+    TRY(in_range(p, "num_attention_heads", cfg->num_attention_heads, 1, DSACP_CFG_MAX_HEADS));
+    TRY(in_range(p, "q_lora_rank", cfg->q_lora_rank, 1, DSACP_CFG_MAX_WIDTH));
+    TRY(in_range(p, "kv_lora_rank", cfg->kv_lora_rank, 1, DSACP_CFG_MAX_WIDTH));
+    TRY(in_range(p, "qk_nope_head_dim", cfg->qk_nope_head_dim, 1, DSACP_CFG_MAX_HEAD_DIM));
+    TRY(in_range(p, "qk_rope_head_dim", cfg->qk_rope_head_dim, 1, DSACP_CFG_MAX_HEAD_DIM));
+    TRY(in_range(p, "v_head_dim", cfg->v_head_dim, 1, DSACP_CFG_MAX_HEAD_DIM));
+    TRY(in_range(p, "index_n_heads", cfg->index_n_heads, 1, DSACP_CFG_MAX_HEADS));
+    TRY(in_range(p, "index_head_dim", cfg->index_head_dim, 1, DSACP_CFG_MAX_HEAD_DIM));
+    TRY(in_range(p, "max_position_embeddings", cfg->max_position_embeddings, 1, DSACP_CFG_MAX_POSITIONS));
+    TRY(in_range(p, "index_topk", cfg->index_topk, 1, DSACP_CFG_MAX_POSITIONS));
+    TRY(in_range(p, "vocab_size", cfg->vocab_size, 1, DSACP_CFG_MAX_VOCAB));
+    TRY(in_range(p, "intermediate_size", cfg->intermediate_size, 1, DSACP_CFG_MAX_INTERMEDIATE));
+    TRY(in_range(p, "n_routed_experts", cfg->n_routed_experts, 0, DSACP_CFG_MAX_EXPERTS));
+    TRY(in_range(p, "moe_intermediate_size", cfg->moe_intermediate_size, moe ? 1 : 0,
+                 DSACP_CFG_MAX_INTERMEDIATE));
+    TRY(in_range(p, "num_experts_per_tok", cfg->num_experts_per_tok, moe ? 1 : 0, DSACP_CFG_MAX_EXPERTS));
+    TRY(in_range(p, "n_shared_experts", cfg->n_shared_experts, 0, DSACP_CFG_MAX_SHARED_EXPERTS));
+    TRY(in_range(p, "n_group", cfg->n_group, 1, DSACP_CFG_MAX_EXPERTS));
+    TRY(in_range(p, "topk_group", cfg->topk_group, 1, DSACP_CFG_MAX_EXPERTS));
+    TRY(in_range(p, "first_k_dense_replace", cfg->first_k_dense_replace, 0, DSACP_MAX_LAYERS));
+    TRY(in_range(p, "moe_layer_freq", cfg->moe_layer_freq, 1, DSACP_MAX_LAYERS));
+    TRY(real_in_range(p, "rope_theta", cfg->rope_theta, 1.0, 1e12));
+    TRY(real_in_range(p, "rms_norm_eps", cfg->rms_norm_eps, 0.0, 1.0));
+    TRY(real_in_range(p, "routed_scaling_factor", cfg->routed_scaling_factor, 0.0, 1e9));
+
+    /* Against each other. */
     if (cfg->qk_rope_head_dim % 2)
         return dsacp_error(DSACP_ECONFIG, "%s: field 'qk_rope_head_dim' must be even", p);
     if (cfg->index_head_dim < cfg->qk_rope_head_dim)
         return dsacp_error(DSACP_ECONFIG, "%s: field 'index_head_dim' (%lld) must be at least "
                            "qk_rope_head_dim (%lld)", p, (long long)cfg->index_head_dim,
                            (long long)cfg->qk_rope_head_dim);
-    if (cfg->num_hidden_layers > DSACP_MAX_LAYERS)
-        return dsacp_error(DSACP_ECONFIG, "%s: field 'num_hidden_layers' exceeds %d", p,
-                           DSACP_MAX_LAYERS);
-    if (cfg->n_routed_experts > 0) {
-        if (cfg->n_routed_experts % cfg->n_group)
+    if (cfg->index_topk > cfg->max_position_embeddings)
+        return dsacp_error(DSACP_ECONFIG, "%s: field 'index_topk' (%lld) exceeds "
+                           "max_position_embeddings (%lld)", p, (long long)cfg->index_topk,
+                           (long long)cfg->max_position_embeddings);
+    if (moe) {
+        if (cfg->n_group > cfg->n_routed_experts || cfg->n_routed_experts % cfg->n_group)
             return dsacp_error(DSACP_ECONFIG, "%s: field 'n_group' (%lld) must divide "
                                "n_routed_experts (%lld)", p, (long long)cfg->n_group,
                                (long long)cfg->n_routed_experts);
@@ -224,6 +321,187 @@ static int validate(parse_ctx *c, dsacp_config *cfg)
         if (cfg->num_experts_per_tok > cfg->topk_group * (cfg->n_routed_experts / cfg->n_group))
             return dsacp_error(DSACP_ECONFIG, "%s: field 'num_experts_per_tok' exceeds the experts "
                                "in topk_group groups", p);
+    } else if (cfg->has_mlp_layer_types) {
+        for (int64_t l = 0; l < cfg->num_hidden_layers; l++)
+            if (cfg->mlp_layer_moe[l])
+                return dsacp_error(DSACP_ECONFIG, "%s: field 'mlp_layer_types' names a sparse layer "
+                                   "but n_routed_experts is 0", p);
+    }
+
+    /* RoPE. */
+    if (cfg->rope_type != DSACP_ROPE_DEFAULT && cfg->rope_type != DSACP_ROPE_YARN)
+        return dsacp_error(DSACP_ECONFIG, "%s: field 'rope_scaling.rope_type' is not supported", p);
+    if (cfg->rope_type == DSACP_ROPE_YARN) {
+        TRY(real_in_range(p, "rope_scaling.original_max_position_embeddings", cfg->rope_original_max_position,
+                          1.0, DSACP_CFG_MAX_POSITIONS));
+        TRY(real_in_range(p, "rope_scaling.factor", cfg->rope_factor, 1e-6, 1e9));
+        TRY(real_in_range(p, "rope_scaling.beta_fast", cfg->rope_beta_fast, 1e-9, 1e9));
+        TRY(real_in_range(p, "rope_scaling.beta_slow", cfg->rope_beta_slow, 1e-9, 1e9));
+        TRY(real_in_range(p, "rope_scaling.mscale", cfg->rope_mscale, 0.0, 1e9));
+        TRY(real_in_range(p, "rope_scaling.mscale_all_dim", cfg->rope_mscale_all_dim, 0.0, 1e9));
+        if (cfg->rope_has_attention_factor)
+            TRY(real_in_range(p, "rope_scaling.attention_factor", cfg->rope_attention_factor_key, 0.0, 1e9));
+    }
+    /* Quantization blocks (read even without fp8: init-model may switch to it). */
+    if (cfg->fp8_weights || cfg->weight_block_rows || cfg->weight_block_cols) {
+        TRY(in_range(p, "quantization_config.weight_block_size", cfg->weight_block_rows, 1, DSACP_CFG_MAX_BLOCK));
+        if (cfg->weight_block_cols != cfg->weight_block_rows)
+            return dsacp_error(DSACP_ECONFIG, "%s: field 'quantization_config.weight_block_size' "
+                               "must be square", p);
+    }
+    return DSACP_OK;
+}
+
+/* Fields of transformers' DeepseekV32Config / DeepSeek-V3 configs that change the math and that
+ * dsacp implements for one value only: any other value is refused, never ignored. */
+static int check_unsupported(parse_ctx *c, const dsacp_config *cfg)
+{
+    const char *p = c->path;
+    json_t *root = c->root;
+    /* Booleans that must have one value: biases dsacp does not add, the interleaved MLA RoPE. */
+    static const struct {
+        const char *key;
+        bool want;
+        const char *why;
+    } flags[] = {
+        {"attention_bias", false, "dsacp has no biases on q_a_proj, kv_a_proj_with_mqa and o_proj"},
+        {"mlp_bias", false, "dsacp has no MLP biases"},
+        {"rope_interleave", true, "dsacp implements the interleaved MLA RoPE only"},
+    };
+    for (size_t i = 0; i < sizeof flags / sizeof flags[0]; i++) {
+        json_t *v = json_object_get(root, flags[i].key);
+        if (!v || json_is_null(v)) continue;
+        if (!json_is_boolean(v))
+            return dsacp_error(DSACP_ECONFIG, "%s: field '%s' must be true or false", p, flags[i].key);
+        if (json_is_true(v) != flags[i].want)
+            return dsacp_error(DSACP_EUNSUPPORTED, "%s: field '%s' = %s is not supported (%s)", p,
+                               flags[i].key, flags[i].want ? "false" : "true", flags[i].why);
+    }
+    json_t *act = json_object_get(root, "hidden_act");
+    if (act && !json_is_null(act) && (!json_is_string(act) || strcmp(json_string_value(act), "silu") != 0))
+        return dsacp_error(DSACP_ECONFIG, "%s: field 'hidden_act' must be \"silu\"", p);
+    /* DeepSeek-V3 routing is sigmoid scoring with bias-corrected ("noaux_tc") choice; other
+     * DeepSeek generations' settings would silently compute something else. */
+    static const struct {
+        const char *key, *want;
+    } fixed[] = {{"scoring_func", "sigmoid"}, {"topk_method", "noaux_tc"}};
+    for (size_t i = 0; i < sizeof fixed / sizeof fixed[0]; i++) {
+        json_t *v = json_object_get(root, fixed[i].key);
+        if (v && !json_is_null(v) && (!json_is_string(v) || strcmp(json_string_value(v), fixed[i].want) != 0))
+            return dsacp_error(DSACP_ECONFIG, "%s: field '%s' must be \"%s\" (DeepSeek-V3 routing)", p,
+                               fixed[i].key, fixed[i].want);
+    }
+    /* Integers that must agree with the fields dsacp reads (grouped-query KV, the head size,
+     * transformers' alias of n_routed_experts). */
+    static const struct {
+        const char *key;
+        int which;
+    } same[] = {{"num_key_value_heads", 0}, {"qk_head_dim", 1}, {"num_local_experts", 2}};
+    for (size_t i = 0; i < sizeof same / sizeof same[0]; i++) {
+        json_t *v = json_object_get(root, same[i].key);
+        if (!v || json_is_null(v)) continue;
+        int64_t want = same[i].which == 0   ? cfg->num_attention_heads
+                       : same[i].which == 1 ? cfg->qk_nope_head_dim + cfg->qk_rope_head_dim
+                                            : cfg->n_routed_experts;
+        const char *other = same[i].which == 0   ? "num_attention_heads"
+                            : same[i].which == 1 ? "qk_nope_head_dim + qk_rope_head_dim"
+                                                 : "n_routed_experts";
+        if (!json_is_integer(v))
+            return dsacp_error(DSACP_ECONFIG, "%s: field '%s' must be an integer", p, same[i].key);
+        if ((int64_t)json_integer_value(v) != want)
+            return dsacp_error(same[i].which == 0 ? DSACP_EUNSUPPORTED : DSACP_ECONFIG,
+                               "%s: field '%s' = %lld must equal %s (%lld)", p, same[i].key,
+                               (long long)json_integer_value(v), other, (long long)want);
+    }
+    return DSACP_OK;
+}
+
+/* transformers 5's per-layer "mlp_layer_types"; num_hidden_layers is already bounded by
+ * DSACP_MAX_LAYERS, and every entry is checked before any is stored. */
+static int parse_mlp_layer_types(parse_ctx *c, dsacp_config *cfg)
+{
+    json_t *types = json_object_get(c->root, "mlp_layer_types");
+    if (!types || json_is_null(types)) return DSACP_OK;
+    const int64_t L = cfg->num_hidden_layers;
+    if (L < 1 || L > DSACP_MAX_LAYERS)
+        return dsacp_error(DSACP_ECONFIG, "%s: field 'num_hidden_layers' = %lld is out of range [1, %d]",
+                           c->path, (long long)L, DSACP_MAX_LAYERS);
+    if (!json_is_array(types) || (int64_t)json_array_size(types) < L)
+        return dsacp_error(DSACP_ECONFIG, "%s: field 'mlp_layer_types' must list a type for each "
+                           "of the %lld layers", c->path, (long long)L);
+    uint8_t moe[DSACP_MAX_LAYERS];
+    for (int64_t l = 0; l < L; l++) {
+        json_t *t = json_array_get(types, (size_t)l);
+        const char *s = json_is_string(t) ? json_string_value(t) : "";
+        if (strcmp(s, "dense") == 0) {
+            moe[l] = 0;
+        } else if (strcmp(s, "sparse") == 0) {
+            moe[l] = 1;
+        } else {
+            return dsacp_error(DSACP_ECONFIG, "%s: field 'mlp_layer_types[%lld]' must be \"dense\" "
+                               "or \"sparse\"", c->path, (long long)l);
+        }
+        if (moe[l] && cfg->n_routed_experts == 0)
+            return dsacp_error(DSACP_ECONFIG, "%s: field 'mlp_layer_types' names a sparse layer "
+                               "but n_routed_experts is 0", c->path);
+    }
+    memcpy(cfg->mlp_layer_moe, moe, (size_t)L);
+    cfg->has_mlp_layer_types = true;
+    return DSACP_OK;
+}
+
+static int parse_root(parse_ctx *c, dsacp_config *cfg)
+{
+    json_t *root = c->root;
+    if (!json_is_object(root))
+        return dsacp_error(DSACP_ECONFIG, "%s: top level must be a JSON object", c->path);
+    /* Every integer within its bound before anything reads it. */
+#define INT_REQ(name, lo, hi) TRY(get_int(c, root, #name, true, 0, lo, hi, &cfg->name))
+#define INT_OPT(name, def, lo, hi) TRY(get_int(c, root, #name, false, def, lo, hi, &cfg->name))
+    INT_REQ(hidden_size, 1, DSACP_CFG_MAX_WIDTH);
+    INT_REQ(num_hidden_layers, 1, DSACP_MAX_LAYERS);
+    INT_REQ(num_attention_heads, 1, DSACP_CFG_MAX_HEADS);
+    INT_REQ(q_lora_rank, 1, DSACP_CFG_MAX_WIDTH);
+    INT_REQ(kv_lora_rank, 1, DSACP_CFG_MAX_WIDTH);
+    INT_REQ(qk_nope_head_dim, 1, DSACP_CFG_MAX_HEAD_DIM);
+    INT_REQ(qk_rope_head_dim, 1, DSACP_CFG_MAX_HEAD_DIM);
+    INT_REQ(v_head_dim, 1, DSACP_CFG_MAX_HEAD_DIM);
+    INT_REQ(index_n_heads, 1, DSACP_CFG_MAX_HEADS);
+    INT_REQ(index_head_dim, 1, DSACP_CFG_MAX_HEAD_DIM);
+    INT_REQ(index_topk, 1, DSACP_CFG_MAX_POSITIONS);
+    INT_REQ(vocab_size, 1, DSACP_CFG_MAX_VOCAB);
+    INT_REQ(intermediate_size, 1, DSACP_CFG_MAX_INTERMEDIATE);
+    INT_OPT(max_position_embeddings, 163840, 1, DSACP_CFG_MAX_POSITIONS);
+    INT_OPT(n_routed_experts, 0, 0, DSACP_CFG_MAX_EXPERTS);
+    if (cfg->n_routed_experts > 0) {
+        INT_REQ(moe_intermediate_size, 1, DSACP_CFG_MAX_INTERMEDIATE);
+        INT_REQ(num_experts_per_tok, 1, DSACP_CFG_MAX_EXPERTS);
+    } else {
+        INT_OPT(moe_intermediate_size, 0, 0, DSACP_CFG_MAX_INTERMEDIATE);
+        INT_OPT(num_experts_per_tok, 0, 0, DSACP_CFG_MAX_EXPERTS);
+    }
+    INT_OPT(n_shared_experts, 0, 0, DSACP_CFG_MAX_SHARED_EXPERTS);
+    INT_OPT(n_group, 1, 1, DSACP_CFG_MAX_EXPERTS);
+    INT_OPT(topk_group, 1, 1, DSACP_CFG_MAX_EXPERTS);
+    INT_OPT(first_k_dense_replace, 0, 0, DSACP_MAX_LAYERS);
+    INT_OPT(moe_layer_freq, 1, 1, DSACP_MAX_LAYERS);
+#undef INT_REQ
+#undef INT_OPT
+    TRY(get_real(c, root, "routed_scaling_factor", false, 1.0, 0.0, 1e9, &cfg->routed_scaling_factor, NULL));
+    TRY(get_real(c, root, "rms_norm_eps", false, 1e-6, 0.0, 1.0, &cfg->rms_norm_eps, NULL));
+    TRY(get_bool(c, root, "norm_topk_prob", false, &cfg->norm_topk_prob));
+    TRY(get_bool(c, root, "tie_word_embeddings", false, &cfg->tie_word_embeddings));
+    TRY(check_unsupported(c, cfg));
+    TRY(parse_rope(c, cfg));
+    TRY(parse_quant(c, cfg));
+    /* Every field against the others, then the per-layer list (which relies on them). */
+    TRY(dsacp_config_check(cfg, c->path));
+    TRY(parse_mlp_layer_types(c, cfg));
+
+    cfg->softmax_scale = 1.0 / sqrt((double)(cfg->qk_nope_head_dim + cfg->qk_rope_head_dim));
+    if (cfg->rope_type != DSACP_ROPE_DEFAULT && cfg->rope_mscale_all_dim != 0) {
+        double m = dsacp_yarn_mscale(cfg->rope_factor, cfg->rope_mscale_all_dim);
+        cfg->softmax_scale *= m * m;
     }
     return DSACP_OK;
 }
@@ -238,115 +516,12 @@ int dsacp_config_parse(const char *json_text, size_t len, const char *path, dsac
     if (!root)
         return dsacp_error(DSACP_ECONFIG, "%s: invalid JSON at line %d, column %d: %s", path,
                            jerr.line, jerr.column, jerr.text);
+    /* Parsed into a local copy: `out` receives a config only once every field is validated. */
     parse_ctx c = {path, root};
-    int rc = DSACP_OK;
-    dsacp_config *cfg = out;
-    if (!json_is_object(root)) {
-        rc = dsacp_error(DSACP_ECONFIG, "%s: top level must be a JSON object", path);
-        goto done;
-    }
-#define INT_REQ(name) \
-    if ((rc = get_int(&c, root, #name, true, 0, 1, BIG, &cfg->name)) != DSACP_OK) goto done
-#define INT_OPT(name, def, lo) \
-    if ((rc = get_int(&c, root, #name, false, def, lo, BIG, &cfg->name)) != DSACP_OK) goto done
-    INT_REQ(hidden_size);
-    INT_REQ(num_hidden_layers);
-    INT_REQ(num_attention_heads);
-    INT_REQ(q_lora_rank);
-    INT_REQ(kv_lora_rank);
-    INT_REQ(qk_nope_head_dim);
-    INT_REQ(qk_rope_head_dim);
-    INT_REQ(v_head_dim);
-    INT_REQ(index_n_heads);
-    INT_REQ(index_head_dim);
-    INT_REQ(index_topk);
-    INT_REQ(vocab_size);
-    INT_REQ(intermediate_size);
-    INT_OPT(max_position_embeddings, 163840, 1);
-    INT_OPT(n_routed_experts, 0, 0);
-    if (cfg->n_routed_experts > 0) {
-        INT_REQ(moe_intermediate_size);
-        INT_REQ(num_experts_per_tok);
-        INT_OPT(n_shared_experts, 0, 0);
-        INT_OPT(n_group, 1, 1);
-        INT_OPT(topk_group, 1, 1);
-        INT_OPT(first_k_dense_replace, 0, 0);
-        INT_OPT(moe_layer_freq, 1, 1);
-    } else {
-        INT_OPT(moe_intermediate_size, 0, 0);
-        INT_OPT(num_experts_per_tok, 0, 0);
-        INT_OPT(n_shared_experts, 0, 0);
-        INT_OPT(n_group, 1, 1);
-        INT_OPT(topk_group, 1, 1);
-        INT_OPT(first_k_dense_replace, 0, 0);
-        INT_OPT(moe_layer_freq, 1, 1);
-    }
-#undef INT_REQ
-#undef INT_OPT
-    if ((rc = get_real(&c, root, "routed_scaling_factor", false, 1.0, 0.0, 1e9,
-                       &cfg->routed_scaling_factor, NULL)) != DSACP_OK) goto done;
-    if ((rc = get_real(&c, root, "rms_norm_eps", false, 1e-6, 0.0, 1.0, &cfg->rms_norm_eps,
-                       NULL)) != DSACP_OK) goto done;
-    if ((rc = get_bool(&c, root, "norm_topk_prob", false, &cfg->norm_topk_prob)) != DSACP_OK) goto done;
-    if ((rc = get_bool(&c, root, "tie_word_embeddings", false, &cfg->tie_word_embeddings)) != DSACP_OK)
-        goto done;
-    json_t *act = json_object_get(root, "hidden_act");
-    if (act && (!json_is_string(act) || strcmp(json_string_value(act), "silu") != 0)) {
-        rc = dsacp_error(DSACP_ECONFIG, "%s: field 'hidden_act' must be \"silu\"", path);
-        goto done;
-    }
-    /* DeepSeek-V3 routing is sigmoid scoring with bias-corrected ("noaux_tc") choice; other
-     * DeepSeek generations' settings would silently compute something else. */
-    static const struct {
-        const char *key, *want;
-    } fixed[] = {{"scoring_func", "sigmoid"}, {"topk_method", "noaux_tc"}};
-    for (size_t i = 0; i < sizeof fixed / sizeof fixed[0]; i++) {
-        json_t *v = json_object_get(root, fixed[i].key);
-        if (v && !json_is_null(v) && (!json_is_string(v) || strcmp(json_string_value(v), fixed[i].want) != 0)) {
-            rc = dsacp_error(DSACP_ECONFIG, "%s: field '%s' must be \"%s\" (DeepSeek-V3 routing)", path,
-                             fixed[i].key, fixed[i].want);
-            goto done;
-        }
-    }
-    json_t *types = json_object_get(root, "mlp_layer_types");
-    if (types && !json_is_null(types)) {
-        if (!json_is_array(types) || (int64_t)json_array_size(types) < cfg->num_hidden_layers) {
-            rc = dsacp_error(DSACP_ECONFIG, "%s: field 'mlp_layer_types' must list a type for each "
-                             "of the %lld layers", path, (long long)cfg->num_hidden_layers);
-            goto done;
-        }
-        cfg->has_mlp_layer_types = true;
-        for (int64_t l = 0; l < cfg->num_hidden_layers; l++) {
-            json_t *t = json_array_get(types, (size_t)l);
-            const char *s = json_is_string(t) ? json_string_value(t) : "";
-            if (strcmp(s, "dense") == 0) {
-                cfg->mlp_layer_moe[l] = 0;
-            } else if (strcmp(s, "sparse") == 0) {
-                cfg->mlp_layer_moe[l] = 1;
-            } else {
-                rc = dsacp_error(DSACP_ECONFIG, "%s: field 'mlp_layer_types[%lld]' must be \"dense\" "
-                                 "or \"sparse\"", path, (long long)l);
-                goto done;
-            }
-        }
-        if (cfg->n_routed_experts == 0)
-            for (int64_t l = 0; l < cfg->num_hidden_layers; l++)
-                if (cfg->mlp_layer_moe[l]) {
-                    rc = dsacp_error(DSACP_ECONFIG, "%s: field 'mlp_layer_types' names a sparse layer "
-                                     "but n_routed_experts is 0", path);
-                    goto done;
-                }
-    }
-    if ((rc = parse_rope(&c, cfg)) != DSACP_OK) goto done;
-    if ((rc = parse_quant(&c, cfg)) != DSACP_OK) goto done;
-    if ((rc = validate(&c, cfg)) != DSACP_OK) goto done;
-
-    cfg->softmax_scale = 1.0 / sqrt((double)(cfg->qk_nope_head_dim + cfg->qk_rope_head_dim));
-    if (cfg->rope_type != DSACP_ROPE_DEFAULT && cfg->rope_mscale_all_dim != 0) {
-        double m = dsacp_yarn_mscale(cfg->rope_factor, cfg->rope_mscale_all_dim);
-        cfg->softmax_scale *= m * m;
-    }
-done:
+    dsacp_config cfg;
+    memset(&cfg, 0, sizeof cfg);
+    int rc = parse_root(&c, &cfg);
+    if (rc == DSACP_OK) *out = cfg;
     json_decref(root);
     return rc;
 }
@@ -364,7 +539,9 @@ int dsacp_config_load(const char *path, dsacp_config *out)
 
 bool dsacp_config_layer_is_moe(const dsacp_config *cfg, int64_t layer)
 {
-    if (cfg->n_routed_experts <= 0 || layer < 0 || layer >= cfg->num_hidden_layers) return false;
+    if (cfg->n_routed_experts <= 0 || layer < 0 || layer >= cfg->num_hidden_layers ||
+        layer >= DSACP_MAX_LAYERS)
+        return false;
     if (cfg->has_mlp_layer_types) return cfg->mlp_layer_moe[layer] != 0;
     return layer >= cfg->first_k_dense_replace && layer % cfg->moe_layer_freq == 0;
 }
@@ -392,6 +569,8 @@ static json_t *jint(int64_t v) { return json_integer((json_int_t)v); }
 
 int dsacp_config_save(const dsacp_config *cfg, const char *path)
 {
+    int crc = dsacp_config_check(cfg, path);
+    if (crc) return crc;
     json_t *o = json_object();
     json_object_set_new(o, "architectures", json_pack("[s]", "DeepseekV32ForCausalLM"));
     json_object_set_new(o, "model_type", json_string("deepseek_v32"));

@@ -9,10 +9,10 @@
  * is copied (so kernels may read it as a typed array).
  */
 #include "model/model.h"
+#include "model/shard_index.h"
 #include "io/safetensors.h"
 #include "numerics/numerics.h"
 
-#include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -74,8 +74,29 @@ static void spec_add(spec_list *l, dsacp_tensor_kind kind, int64_t r, int64_t c,
     }
 }
 
+/* How many specs dsacp_model_tensor_specs lists, without listing them (cfg already checked:
+ * at most 512 layers x (3 x 4096 experts + 20), far inside int64). */
+static int64_t spec_count(const dsacp_config *cfg)
+{
+    int64_t n = 2 + (cfg->tie_word_embeddings ? 0 : 1); /* embed, norm, lm_head */
+    for (int64_t L = 0; L < cfg->num_hidden_layers; L++) {
+        n += 14;
+        if (dsacp_config_layer_is_moe(cfg, L))
+            n += 2 + 3 * cfg->n_routed_experts + (cfg->n_shared_experts > 0 ? 3 : 0);
+        else
+            n += 3;
+    }
+    return n;
+}
+
 int dsacp_model_tensor_specs(const dsacp_config *cfg, dsacp_tensor_spec **out, int64_t *count)
 {
+    if (!cfg || !out || !count) return dsacp_error(DSACP_EINVAL, "dsacp_model_tensor_specs: NULL argument");
+    *out = NULL;
+    *count = 0;
+    /* A config built in code gets the parser's bounds too: no product below can overflow. */
+    int crc = dsacp_config_check(cfg, "config");
+    if (crc) return crc;
     spec_list l = {0};
     const int64_t D = cfg->hidden_size, H = cfg->num_attention_heads;
     const int64_t qk = cfg->qk_nope_head_dim + cfg->qk_rope_head_dim;
@@ -317,52 +338,22 @@ static int open_files(dsacp_model *m)
     size_t len;
     int rc = dsacp_read_file(path, &text, &len, 64u << 20);
     if (rc) return rc;
-    json_error_t jerr;
-    json_t *root = json_loadb(text, len, JSON_REJECT_DUPLICATES, &jerr);
+    dsacp_shard_index idx;
+    rc = dsacp_shard_index_parse(text, len, path, &idx);
     dsacp_free(text);
-    if (!root)
-        return dsacp_error(DSACP_EFORMAT, "%s: invalid JSON at line %d, column %d: %s", path,
-                           jerr.line, jerr.column, jerr.text);
-    json_t *map = json_object_get(root, "weight_map");
-    if (!json_is_object(map)) {
-        json_decref(root);
-        return dsacp_error(DSACP_EFORMAT, "%s: missing required field 'weight_map'", path);
-    }
-    /* Unique shard names, in first-seen order. */
-    const char *key;
-    json_t *val;
-    const char **names = calloc(json_object_size(map) + 1, sizeof *names);
-    int64_t n = 0;
-    rc = names ? DSACP_OK : DSACP_ENOMEM;
-    json_object_foreach(map, key, val) {
-        if (rc) break;
-        if (!json_is_string(val)) {
-            rc = dsacp_error(DSACP_EFORMAT, "%s: field 'weight_map.%s' must be a file name", path, key);
-            break;
-        }
-        const char *s = json_string_value(val);
-        if (!*s || strchr(s, '/') || strcmp(s, "..") == 0 || strcmp(s, ".") == 0) {
-            rc = dsacp_error(DSACP_EFORMAT, "%s: field 'weight_map.%s' = \"%s\" is not a plain file "
-                             "name in the model directory", path, key, s);
-            break;
-        }
-        bool seen = false;
-        for (int64_t i = 0; i < n && !seen; i++) seen = strcmp(names[i], s) == 0;
-        if (!seen) names[n++] = s;
-    }
-    if (!rc && n == 0) rc = dsacp_error(DSACP_EFORMAT, "%s: field 'weight_map' is empty", path);
-    if (!rc) {
-        m->files = calloc((size_t)n, sizeof *m->files);
-        if (!m->files) rc = DSACP_ENOMEM;
-    }
-    for (int64_t i = 0; !rc && i < n; i++) {
+    if (rc) return rc;
+    m->files = calloc((size_t)idx.nfiles, sizeof *m->files);
+    if (!m->files) rc = dsacp_error(DSACP_ENOMEM, "%s: out of memory", path);
+    for (int64_t i = 0; !rc && i < idx.nfiles; i++) {
         char shard[4096];
-        snprintf(shard, sizeof shard, "%s/%s", m->dir, names[i]);
+        if (snprintf(shard, sizeof shard, "%s/%s", m->dir, idx.files[i]) >= (int)sizeof shard) {
+            rc = dsacp_error(DSACP_EFORMAT, "%s: shard path '%s/%s' is too long", path, m->dir, idx.files[i]);
+            break;
+        }
         rc = dsacp_st_open(shard, &m->files[i]);
         if (!rc) m->nfiles++;
     }
-    free(names);
-    json_decref(root);
+    dsacp_shard_index_free(&idx);
     return rc;
 }
 
@@ -532,6 +523,28 @@ int dsacp_model_load_ex(const char *dir, bool keep_going, dsacp_model **out)
             PROBLEM(DSACP_EFORMAT, "%s: tensor '%s' is also stored in %s", dsacp_st_path(all[i].f),
                     all[i].t->name, dsacp_st_path(all[i - 1].f));
 
+    /* The tensors the config asks for against what the checkpoint can supply, before listing
+     * them: each canonical tensor is a stored one, or an expert of a packed [E, ...] tensor (which
+     * covers at most E of them), or the tied lm_head. A config whose layers x experts the files
+     * cannot hold is refused here instead of allocating its whole tensor list; a few missing
+     * tensors are left to the per-tensor report below. */
+    {
+        int64_t expected = spec_count(&m->cfg), supply = nall + 1;
+        for (int64_t i = 0; i < nall; i++) {
+            const dsacp_st_tensor *t = all[i].t;
+            if (t->ndim == 3 && t->shape[0] > 0 && strstr(t->name, ".mlp.experts.") &&
+                (strstr(t->name, "gate_up_proj") || strstr(t->name, "down_proj")))
+                supply += (strstr(t->name, "gate_up_proj") ? 2 : 1) *
+                          (t->shape[0] < m->cfg.n_routed_experts ? t->shape[0] : m->cfg.n_routed_experts);
+        }
+        if (expected > supply + 4096) {
+            rc = dsacp_error(DSACP_ECONFIG, "%s/config.json: fields 'num_hidden_layers' (%lld) and "
+                             "'n_routed_experts' (%lld) ask for %lld tensors, but the checkpoint holds "
+                             "%lld", dir, (long long)m->cfg.num_hidden_layers,
+                             (long long)m->cfg.n_routed_experts, (long long)expected, (long long)nall);
+            goto fail;
+        }
+    }
     rc = dsacp_model_tensor_specs(&m->cfg, &specs, &nspecs);
     if (rc) goto fail;
     m->weights = dsacp_calloc((size_t)nspecs + 1, sizeof *m->weights);
@@ -653,3 +666,112 @@ fail:
 }
 
 int dsacp_model_load(const char *dir, dsacp_model **out) { return dsacp_model_load_ex(dir, false, out); }
+
+/* ---- non-finite scan ---- */
+
+/* First index in [0, n) whose bits have every exponent bit set (NaN or infinity for the IEEE
+ * formats; for e4m3, which has no infinity, NaN is S.1111.111), or -1. Chunks are checked
+ * branch-free (vectorizable) and searched only when one holds a hit. */
+#define SCAN_CHUNK 4096
+#define DEFINE_SCAN(fn, T, MASK)                                                  \
+    static int64_t fn(const T *x, int64_t n)                                     \
+    {                                                                             \
+        for (int64_t c0 = 0; c0 < n; c0 += SCAN_CHUNK) {                          \
+            int64_t c1 = n - c0 < SCAN_CHUNK ? n : c0 + SCAN_CHUNK;               \
+            int hit = 0;                                                          \
+            for (int64_t i = c0; i < c1; i++) hit |= (x[i] & (MASK)) == (MASK);   \
+            if (hit)                                                              \
+                for (int64_t i = c0; i < c1; i++)                                 \
+                    if ((x[i] & (MASK)) == (MASK)) return i;                      \
+        }                                                                         \
+        return -1;                                                                \
+    }
+DEFINE_SCAN(scan_u32, uint32_t, 0x7f800000u)
+DEFINE_SCAN(scan_u16_bf16, uint16_t, 0x7f80u)
+DEFINE_SCAN(scan_u16_f16, uint16_t, 0x7c00u)
+DEFINE_SCAN(scan_u8_e4m3, uint8_t, 0x7fu)
+#undef DEFINE_SCAN
+
+/* "nan", "inf" or "-inf" for the value at `i` (a hit of the scan above). */
+static const char *nonfinite_kind(dsacp_dtype dtype, const void *data, int64_t i)
+{
+    switch (dtype) {
+    case DSACP_F32: {
+        uint32_t b = ((const uint32_t *)data)[i];
+        return (b & 0x007fffffu) ? "nan" : (b >> 31) ? "-inf" : "inf";
+    }
+    case DSACP_BF16: {
+        uint16_t b = ((const uint16_t *)data)[i];
+        return (b & 0x007fu) ? "nan" : (b >> 15) ? "-inf" : "inf";
+    }
+    case DSACP_F16: {
+        uint16_t b = ((const uint16_t *)data)[i];
+        return (b & 0x03ffu) ? "nan" : (b >> 15) ? "-inf" : "inf";
+    }
+    default: return "nan";
+    }
+}
+
+/* The weight's data: first bad flat index or -1; its block scales: *scale_bad (flat index into
+ * scale_rows x scale_cols) or -1. */
+static int64_t scan_weight(const dsacp_weight *w, int64_t *scale_bad)
+{
+    const int64_t n = w->rows * w->cols;
+    int64_t bad = -1;
+    *scale_bad = -1;
+    switch (w->dtype) {
+    case DSACP_F32: bad = scan_u32(w->data, n); break;
+    case DSACP_BF16: bad = scan_u16_bf16(w->data, n); break;
+    case DSACP_F16: bad = scan_u16_f16(w->data, n); break;
+    case DSACP_F8_E4M3: bad = scan_u8_e4m3(w->data, n); break;
+    default: break;
+    }
+    if (w->dtype == DSACP_F8_E4M3 && w->scale) {
+        for (int64_t r = 0; r < w->scale_rows && *scale_bad < 0; r++) {
+            int64_t j = scan_u32((const uint32_t *)(const void *)(w->scale + r * w->scale_stride), w->scale_cols);
+            if (j >= 0) *scale_bad = r * w->scale_cols + j;
+        }
+    }
+    return bad;
+}
+
+int dsacp_model_check_finite(const dsacp_model *m)
+{
+    if (!m) return dsacp_error(DSACP_EINVAL, "dsacp_model_check_finite: NULL model");
+    const int64_t n = m->nweights;
+    int64_t *bad = malloc((size_t)(n > 0 ? n : 1) * 2 * sizeof *bad);
+    if (!bad) return dsacp_error(DSACP_ENOMEM, "%s: out of memory for the non-finite scan", m->dir);
+    /* Weights are independent: scan them in parallel, report the first in name order. */
+#pragma omp parallel for schedule(dynamic, 1)
+    for (int64_t i = 0; i < n; i++) {
+        const dsacp_weight *w = &m->weights[i];
+        /* A tied lm_head is a view of the embedding: scanned (and named) once, as the embedding. */
+        if (m->cfg.tie_word_embeddings && strcmp(w->name, "lm_head.weight") == 0) {
+            const dsacp_weight *e = dsacp_model_weight(m, "model.embed_tokens.weight");
+            if (e && e->data == w->data) {
+                bad[2 * i] = bad[2 * i + 1] = -1;
+                continue;
+            }
+        }
+        bad[2 * i] = scan_weight(w, &bad[2 * i + 1]);
+    }
+    int rc = DSACP_OK;
+    for (int64_t i = 0; i < n && !rc; i++) {
+        const dsacp_weight *w = &m->weights[i];
+        if (bad[2 * i] >= 0) {
+            rc = dsacp_error(DSACP_ERANGE, "%s: non-finite value (%s) at index %lld", w->name,
+                             nonfinite_kind(w->dtype, w->data, bad[2 * i]), (long long)bad[2 * i]);
+        } else if (bad[2 * i + 1] >= 0) {
+            int64_t k = bad[2 * i + 1];
+            size_t len = strlen(w->name);
+            int stem = (int)(len >= 7 && strcmp(w->name + len - 7, ".weight") == 0 ? len - 7 : len);
+            rc = dsacp_error(DSACP_ERANGE, "%.*s.weight_scale_inv: non-finite value (%s) at index %lld", stem,
+                             w->name,
+                             nonfinite_kind(DSACP_F32, w->scale + (k / w->scale_cols) * w->scale_stride,
+                                            k % w->scale_cols),
+                             (long long)k);
+        }
+    }
+    free(bad);
+    return rc;
+}

@@ -1,5 +1,5 @@
 /*
- * model -- configuration parsing, checkpoint loading (names of dsa-spec.md section 2), presets
+ * model -- configuration parsing, checkpoint loading (names in docs/reference-notes.md, "Weights in the saved file"), presets
  * and init-model. Calls core, numerics and io.
  *
  * Weights stay in their stored dtype, memory-mapped: F32, BF16, F16, or F8_E4M3 with a
@@ -13,6 +13,29 @@
 #define DSACP_MODEL_H
 
 #include "core/core.h"
+
+/* ---- bounds on config.json ----
+ * What a real model can have: generous multiples of DeepSeek-V3.2's values (in parentheses).
+ * They keep every product the loader and the engine form from config fields (heads x head dim,
+ * vocab x hidden, experts x layers, ...) far inside int64 and size_t, and they are checked before
+ * anything is allocated or written from a config. */
+#define DSACP_CFG_MAX_WIDTH 65536              /* hidden_size (7168), q_lora_rank (1536), kv_lora_rank (512) */
+#define DSACP_CFG_MAX_HEAD_DIM 4096            /* qk_nope/qk_rope/v_head_dim (128/64/128), index_head_dim (128) */
+#define DSACP_CFG_MAX_HEADS 1024               /* num_attention_heads (128), index_n_heads (64) */
+#define DSACP_CFG_MAX_VOCAB (1 << 24)          /* vocab_size (129280) */
+#define DSACP_CFG_MAX_INTERMEDIATE (1 << 20)   /* intermediate_size (18432), moe_intermediate_size (2048) */
+#define DSACP_CFG_MAX_EXPERTS 4096             /* n_routed_experts (256), num_experts_per_tok (8), n_group (8) */
+#define DSACP_CFG_MAX_SHARED_EXPERTS 64        /* n_shared_experts (1) */
+#define DSACP_CFG_MAX_POSITIONS (1 << 24)      /* max_position_embeddings (163840) >= index_topk (2048) */
+#define DSACP_CFG_MAX_BLOCK 65536              /* quantization_config.weight_block_size (128) */
+/* num_hidden_layers (61) <= DSACP_MAX_LAYERS (512), from dsacp.h. */
+
+/* Checks every field of a config (each within the bounds above, and against the others:
+ * index_topk <= max_position_embeddings, n_group divides n_routed_experts, ...). The parser runs it
+ * before it stores anything derived from the fields; dsacp_model_tensor_specs and
+ * dsacp_config_save run it on configs built in code. DSACP_ECONFIG with a message naming `path`
+ * (may be NULL) and the field. */
+int dsacp_config_check(const dsacp_config *cfg, const char *path);
 
 typedef struct dsacp_weight {
     const char *name;   /* canonical name */
@@ -76,6 +99,14 @@ typedef struct dsacp_model_problem {
 int dsacp_model_load_ex(const char *dir, bool keep_going, dsacp_model **out);
 int64_t dsacp_model_problem_count(const dsacp_model *m);
 const dsacp_model_problem *dsacp_model_problem_at(const dsacp_model *m, int64_t i);
+/* Scans every stored floating-point value of the model's weights (F32, BF16, F16 and F8_E4M3
+ * data, and the F32 weight_scale_inv block scales of FP8 weights) for NaN and infinity.
+ * DSACP_OK when all are finite; otherwise DSACP_ERANGE, and dsacp_last_error() names the first
+ * bad tensor (in name order) and the first bad flat index in it, e.g.
+ * "model.layers.0.self_attn.q_a_proj.weight: non-finite value (nan) at index 17"
+ * (a scale is named "<weight name minus .weight>.weight_scale_inv"). Loading does not scan (the
+ * weights stay memory-mapped and untouched); inspect does. Reads every byte of the checkpoint. */
+int dsacp_model_check_finite(const dsacp_model *m);
 /* The files mapped and every stored tensor (for inspect). */
 int64_t dsacp_model_file_count(const dsacp_model *m);
 const char *dsacp_model_file_path(const dsacp_model *m, int64_t i);
