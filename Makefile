@@ -1,8 +1,14 @@
 # Thin wrapper over CMake/CTest: the two README commands and a few helpers.
 #   make test   configure, build, run the whole test suite (installs missing Debian packages as root)
 #   make run    the demo: create the "small" model, inspect it, run a forward pass
+#   make asan   the whole suite under AddressSanitizer + UndefinedBehaviorSanitizer (build-asan/)
+#   make fuzz   each libFuzzer target for FUZZ_SECONDS (needs clang; the suite runs a short smoke)
+# Warnings: a user's build never stops on a warning (WERROR=OFF, the default). Developers and CI
+# build with warnings as errors: `make test WERROR=ON` (what .ci/run runs); `make asan` and
+# `make fuzz` always do. Pass extra CMake options in CMAKE_FLAGS.
 BUILD ?= build
 JOBS ?= $(shell nproc 2>/dev/null || echo 2)
+WERROR ?= OFF
 CMAKE_FLAGS ?=
 
 .PHONY: all deps build test run asan fuzz clean
@@ -13,7 +19,7 @@ deps:
 	@bash scripts/install-deps.sh
 
 build: deps
-	@cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo $(CMAKE_FLAGS) >/dev/null
+	@cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DDSACP_WERROR=$(WERROR) $(CMAKE_FLAGS) >/dev/null
 	@cmake --build $(BUILD) -j $(JOBS)
 
 test: build
@@ -24,13 +30,18 @@ run: build
 
 # ASan/UBSan build of the whole suite (MPI tests run with leak detection off).
 asan:
-	@$(MAKE) --no-print-directory test BUILD=build-asan CMAKE_FLAGS=-DDSACP_SANITIZE=ON
+	@$(MAKE) --no-print-directory test BUILD=build-asan WERROR=ON CMAKE_FLAGS="-DDSACP_SANITIZE=ON $(CMAKE_FLAGS)"
 
-# Longer fuzzing runs (the test suite runs 20000 inputs each; needs clang installed).
+# Longer fuzzing runs than the suite's smoke tests (20000 inputs or 20 s each), with the same
+# per-target input length and dictionary. New inputs go to $(BUILD)/fuzz_out, never fuzz/corpus.
 FUZZ_SECONDS ?= 60
-fuzz: build
-	@for f in fuzz_safetensors fuzz_config; do mkdir -p $(BUILD)/fuzz_out/$$f; \
-	  $(BUILD)/$$f -max_total_time=$(FUZZ_SECONDS) -max_len=4096 $(BUILD)/fuzz_out/$$f fuzz/corpus/$$f || exit 1; done
+FUZZERS = $(patsubst fuzz/%.c,%,$(wildcard fuzz/fuzz_*.c))
+fuzz_maxlen = $(if $(filter fuzz_config fuzz_shard_index,$(1)),65536,4096)
+fuzz:
+	@$(MAKE) --no-print-directory build WERROR=ON CMAKE_FLAGS="-DDSACP_FUZZ=ON $(CMAKE_FLAGS)"
+	@set -e; $(foreach f,$(FUZZERS),mkdir -p $(BUILD)/fuzz_out/$(f); \
+	  $(BUILD)/$(f) -max_total_time=$(FUZZ_SECONDS) -max_len=$(call fuzz_maxlen,$(f)) \
+	    $(if $(wildcard fuzz/$(f).dict),-dict=fuzz/$(f).dict) $(BUILD)/fuzz_out/$(f) fuzz/corpus/$(f);)
 
 clean:
-	rm -rf build build-asan build-clang
+	rm -rf build build-asan build-clang build-release

@@ -2,7 +2,9 @@
 # Installs the Debian packages dsacp needs to build and test, when any is missing.
 # As root it runs apt-get itself; otherwise it stops and prints the one command to run.
 set -euo pipefail
-pkgs=(build-essential cmake pkg-config libjansson-dev libopenmpi-dev openmpi-bin libopenblas-dev)
+# clang + libclang-rt-dev (libFuzzer) build the fuzz targets that the test suite smoke-runs.
+pkgs=(build-essential cmake pkg-config libjansson-dev libopenmpi-dev openmpi-bin libopenblas-dev
+      clang libclang-rt-dev)
 missing=()
 for p in "${pkgs[@]}"; do
   status=$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)
