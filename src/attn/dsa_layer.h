@@ -53,10 +53,61 @@ typedef struct dsacp_dsa_ctx {
     dsacp_kv_cache *cache;
 } dsacp_dsa_ctx;
 
-/* out[t] = attention(x[t]) for the step's T tokens; x: F32 [T][D] (already RMS-normed),
- * out: F32 [T][D]. Writes the latent and indexer caches at every token's slot first, then
- * attends (so a token sees the step's earlier tokens of its own request).
- * topk: I32 [T][index_topk] or NULL: selected positions, ascending, -1 padded. */
+/* ---- phases (docs/context-parallel.md: the CP layer in src/cp composes them) ---- */
+
+/* Per-token outputs of the projections (steps 1-4a) for a step's tokens on this rank. */
+typedef struct dsacp_dsa_proj {
+    int64_t T;
+    float *qa;  /* F32 [T][q_lora]        qr = RMSNorm(q_a_proj x) */
+    float *q;   /* F32 [T][H][nope + dr]  [q_nope | RoPE(q_pe)]; only the heads asked for are filled */
+    float *kv;  /* F32 [T][dc + dr]       [RMSNorm(c) | RoPE(k_pe)] */
+    float *qi;  /* F32 [T][Hi][di]        indexer queries after RoPE (deployed: Hadamard, e4m3 values) */
+    float *ki;  /* F32 [T][di]            indexer keys after LayerNorm + RoPE (deployed: Hadamard) */
+    float *wts; /* F32 [T][Hi]            head weights * Hi^-0.5 * di^-0.5 (deployed: * q scale) */
+} dsacp_dsa_proj;
+int dsacp_dsa_proj_alloc(dsacp_dsa_proj *p, const dsacp_config *cfg, int64_t T);
+void dsacp_dsa_proj_free(dsacp_dsa_proj *p);
+
+/* Rows [r0, r1) of y = W x into y + r0 (row stride ldy); see dsa_layer.c for FP8 blocks. */
+int dsacp_linear_rows(const dsacp_weight *w, int64_t r0, int64_t r1, const float *x, int64_t T, int64_t ldx,
+                      float *y, int64_t ldy, bool act_quant);
+
+/* Steps 1-4a for n tokens (x: F32 [n][D], already RMS-normed; pos: [n]) into rows
+ * [row0, row0 + n) of p; the query rows of heads [h0, h1) only. */
+int dsacp_dsa_project(const dsacp_dsa_ctx *ctx, const dsacp_dsa_weights *w, const float *x, int64_t n,
+                      const int64_t *pos, int64_t h0, int64_t h1, dsacp_dsa_proj *p, int64_t row0);
+
+/* Index scores of one packed query (dsacp_index_query_pack) against positions 0..n-1 of a
+ * block table, one kernel call per block; inner: split the blocks over threads. */
+void dsacp_dsa_index_scores(const dsacp_kv_cache *c, int64_t layer, const dsacp_kv_seq *seq, int64_t n,
+                            const void *qpack, float *scores, bool inner);
+/* Absorbed query rows of one token: q: F32 [H][nope + dr] -> qrow: F32 [h1 - h0][dc + dr]. */
+void dsacp_dsa_query_rows(const dsacp_dsa_weights *w, const dsacp_config *cfg, const float *q, int64_t h0,
+                          int64_t h1, float *qrow, bool inner);
+/* v[h] = W_UV[h] o[h] for heads [h0, h1): o: F32 [h1 - h0][dc] -> v: F32 [h1 - h0][dv]. */
+void dsacp_dsa_value_rows(const dsacp_dsa_weights *w, const dsacp_config *cfg, const float *o, int64_t h0,
+                          int64_t h1, float *v, bool inner);
+
+/* Where every position 0..p of a token's request can be read: the latent rows and the indexer
+ * keys, each through a cache layer and a block table in global position order. */
+typedef struct dsacp_dsa_view {
+    const dsacp_kv_cache *lat, *idx;
+    int64_t lat_layer, idx_layer;
+    const dsacp_kv_seq *lat_seq, *idx_seq;
+} dsacp_dsa_view;
+
+/* Steps 5-6 on full views (the single-process attention): for rows [row0, row0 + n) of p, token
+ * j at position pos[j] scores positions 0..pos[j] of views[j], takes the top-k and attends with
+ * heads [h0, h1), writing vcat F32 [n][H][dv] (those heads' columns) and topk I32 [n][index_topk]
+ * (ascending, -1 padded; NULL: not wanted). */
+int dsacp_dsa_attend_views(const dsacp_dsa_ctx *ctx, const dsacp_dsa_weights *w, const dsacp_dsa_proj *p,
+                           int64_t row0, int64_t n, const int64_t *pos, const dsacp_dsa_view *const *views,
+                           int64_t h0, int64_t h1, float *vcat, int32_t *topk, int64_t layer);
+
+/* The whole layer on one process: out[t] = attention(x[t]) for the step's T tokens (x: F32
+ * [T][D], already RMS-normed; out: F32 [T][D]); the solo case of the CP layer (src/cp). Writes
+ * the latent and indexer caches at every token's slot first, then attends (so a token sees the
+ * step's earlier tokens of its own request). topk: I32 [T][index_topk] or NULL. */
 int dsacp_dsa_forward(const dsacp_dsa_ctx *ctx, const dsacp_dsa_weights *w, int64_t layer,
                       const dsacp_step_tokens *tok, const float *x, float *out, int32_t *topk);
 

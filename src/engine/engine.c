@@ -5,6 +5,7 @@
  * kernels, cache, attn, model); nothing below calls it.
  */
 #include "attn/dsa_layer.h"
+#include "cp/cp.h"
 #include "engine/engine.h"
 #include "model/model.h"
 
@@ -23,7 +24,9 @@ typedef struct mlp_weights {
 
 typedef struct request {
     bool live;
-    dsacp_kv_seq seq;
+    int64_t length;    /* tokens of the request so far (all ranks) */
+    dsacp_kv_seq seq;  /* this rank's latent block table (and indexer, when one cache) */
+    dsacp_kv_seq iseq; /* this rank's indexer block table when the layouts differ */
 } request;
 
 struct dsacp_engine {
@@ -31,7 +34,11 @@ struct dsacp_engine {
     const dsacp_config *cfg;
     dsacp_engine_options opt;
     dsacp_rope rope;
-    dsacp_kv_cache *cache;
+    dsacp_kv_cache *cache;  /* latent cache (and indexer cache when both layouts agree) */
+    dsacp_kv_cache *icache; /* indexer cache when the layouts differ, else == cache */
+    dsacp_comm *comm;
+    bool owns_comm;
+    dsacp_cp_ctx cp;
     int64_t L;
     dsacp_dsa_weights *attn;
     mlp_weights *mlp;
@@ -114,25 +121,170 @@ void dsacp_engine_free(dsacp_engine *e)
     free(e->post_norm);
     dsacp_free(e->final_norm);
     for (int64_t i = 0; i < e->nreq; i++)
-        if (e->req[i].live) dsacp_kv_release(e->cache, &e->req[i].seq);
+        if (e->req[i].live) {
+            dsacp_kv_release(e->cache, &e->req[i].seq);
+            if (e->icache != e->cache) dsacp_kv_release(e->icache, &e->req[i].iseq);
+        }
     free(e->req);
+    if (e->cp.o_shard) {
+        for (int64_t l = 0; l < e->L; l++)
+            if (e->cp.o_shard[l]) {
+                dsacp_free((void *)e->cp.o_shard[l]->data);
+                dsacp_free((void *)e->cp.o_shard[l]->scale);
+                free(e->cp.o_shard[l]);
+            }
+        free(e->cp.o_shard);
+    }
+    if (e->icache != e->cache) dsacp_kv_cache_free(e->icache);
     dsacp_kv_cache_free(e->cache);
+    if (e->owns_comm) dsacp_comm_free(e->comm);
     free(e);
+}
+
+void dsacp_cp_options_default(dsacp_cp_options *opt)
+{
+    opt->interleave = 1;
+    opt->kv_layout = DSACP_LAYOUT_SHARDED;
+    opt->index_layout = DSACP_LAYOUT_SHARDED;
+    opt->decode = DSACP_DECODE_EXACT_TOPK;
+    opt->prefill_split = DSACP_PREFILL_OWNER;
+}
+
+static const char *const strategy_names[] = {"allgather-kv", "replicated-index", "exact-topk"};
+static const char *const layout_names[] = {"sharded", "replicated"};
+
+const char *dsacp_decode_strategy_name(dsacp_decode_strategy s)
+{
+    return (unsigned)s < 3 ? strategy_names[s] : "?";
+}
+const char *dsacp_cp_layout_name(dsacp_cp_layout l) { return (unsigned)l < 2 ? layout_names[l] : "?"; }
+
+int dsacp_decode_strategy_parse(const char *name, dsacp_decode_strategy *out)
+{
+    for (int i = 0; i < 3; i++)
+        if (name && strcmp(name, strategy_names[i]) == 0) return *out = (dsacp_decode_strategy)i, DSACP_OK;
+    return dsacp_error(DSACP_EINVAL, "unknown decode strategy '%s' (allgather-kv, replicated-index, exact-topk)",
+                       name ? name : "");
+}
+
+int dsacp_cp_layout_parse(const char *name, dsacp_cp_layout *out)
+{
+    for (int i = 0; i < 2; i++)
+        if (name && strcmp(name, layout_names[i]) == 0) return *out = (dsacp_cp_layout)i, DSACP_OK;
+    return dsacp_error(DSACP_EINVAL, "unknown layout '%s' (sharded, replicated)", name ? name : "");
+}
+
+/* o_proj's input columns of heads [h0, h1) as a weight of their own (same dtype; FP8 keeps its
+ * block scales), for the decode rows' partial sums (cp_layer.c). */
+static int o_shard(const dsacp_weight *o, int64_t c0, int64_t c1, dsacp_weight **out)
+{
+    *out = NULL;
+    const size_t es = dsacp_dtype_size(o->dtype);
+    const int64_t nc = c1 - c0, rows = o->rows;
+    dsacp_weight *w = calloc(1, sizeof *w);
+    uint8_t *data = dsacp_alloc((size_t)(rows * (nc > 0 ? nc : 1)) * es);
+    float *scale = NULL;
+    if (!w || !data) goto oom;
+    for (int64_t r = 0; r < rows; r++)
+        memcpy(data + (size_t)(r * nc) * es, (const uint8_t *)o->data + (size_t)(r * o->cols + c0) * es, (size_t)nc * es);
+    *w = *o;
+    w->name = "o_proj (head shard)";
+    w->cols = nc;
+    w->data = data;
+    if (o->dtype == DSACP_F8_E4M3) {
+        const int64_t b = o->block, sc = (nc + b - 1) / b;
+        scale = dsacp_alloc((size_t)(o->scale_rows * (sc > 0 ? sc : 1)) * 4);
+        if (!scale) goto oom;
+        for (int64_t r = 0; r < o->scale_rows; r++)
+            for (int64_t c = 0; c < sc; c++) scale[r * sc + c] = o->scale[r * o->scale_stride + c0 / b + c];
+        w->scale = scale, w->scale_cols = sc, w->scale_stride = sc;
+    }
+    *out = w;
+    return DSACP_OK;
+oom:
+    free(w), dsacp_free(data), dsacp_free(scale);
+    return dsacp_error(DSACP_ENOMEM, "out of memory for the o_proj head shard");
+}
+
+static int setup_cp(dsacp_engine *e, const dsacp_cp_options *cp)
+{
+    const dsacp_config *cfg = e->cfg;
+    const int W = dsacp_comm_size(e->comm), me = dsacp_comm_rank(e->comm);
+    const int64_t H = cfg->num_attention_heads, dv = cfg->v_head_dim;
+    e->cp.comm = e->comm;
+    e->cp.W = W;
+    e->cp.rank = me;
+    e->cp.opt = *cp;
+    e->cp.lat = e->cache;
+    e->cp.idx = e->icache;
+    e->cp.block_size = e->opt.block_size;
+    e->cp.h0 = dsacp_split_begin(H, me, W);
+    e->cp.h1 = dsacp_split_begin(H, me + 1, W);
+    if (W == 1) return DSACP_OK;
+    /* One decision for the whole group: the head columns of every rank must fall on o_proj's
+     * FP8 blocks for the column shards, otherwise the heads' outputs travel instead. */
+    const dsacp_weight *o0 = e->attn[0].o;
+    bool aligned = true;
+    if (o0->dtype == DSACP_F8_E4M3 && o0->block > 0)
+        for (int q = 0; q <= W; q++) {
+            const int64_t c = dsacp_split_begin(H, q, W) * dv;
+            if (c % o0->block && c != o0->cols) aligned = false;
+        }
+    e->cp.o_gather_v = !aligned;
+    if (!aligned) return DSACP_OK;
+    e->cp.o_shard = calloc((size_t)e->L, sizeof *e->cp.o_shard);
+    if (!e->cp.o_shard) return dsacp_error(DSACP_ENOMEM, "out of memory");
+    for (int64_t l = 0; l < e->L; l++) {
+        int rc = o_shard(e->attn[l].o, e->cp.h0 * dv, e->cp.h1 * dv, &e->cp.o_shard[l]);
+        if (rc) return rc;
+    }
+    return DSACP_OK;
 }
 
 int dsacp_engine_create(const dsacp_model *model, const dsacp_engine_options *opt_in, dsacp_engine **out)
 {
+    return dsacp_engine_create_cp(model, opt_in, NULL, NULL, out);
+}
+
+/* Validation of the options, before anything is allocated (the same verdict on every rank). */
+static int check_options(const dsacp_config *cfg, const dsacp_engine_options *opt, const dsacp_cp_options *cp, int W)
+{
+    if (opt->numerics != DSACP_NUMERICS_EXACT && opt->numerics != DSACP_NUMERICS_DEPLOYED)
+        return dsacp_error(DSACP_EINVAL, "unknown numerics mode %d", (int)opt->numerics);
+    if (opt->kv_dtype != DSACP_KV_F32 && opt->kv_dtype != DSACP_KV_BF16 && opt->kv_dtype != DSACP_KV_FP8)
+        return dsacp_error(DSACP_EINVAL, "unknown kv dtype %d", (int)opt->kv_dtype);
+    if (opt->kv_dtype == DSACP_KV_FP8 && opt->numerics != DSACP_NUMERICS_DEPLOYED)
+        return dsacp_error(DSACP_EINVAL, "the fp8 latent cache belongs to the deployed numerics mode");
+    if (cp->interleave < 1 || cp->interleave > ((int64_t)1 << 30))
+        return dsacp_error(DSACP_EINVAL, "--cp-interleave %lld: must be in [1, 2^30]", (long long)cp->interleave);
+    if ((unsigned)cp->decode > DSACP_DECODE_EXACT_TOPK || (unsigned)cp->kv_layout > 1 || (unsigned)cp->index_layout > 1 ||
+        cp->prefill_split != DSACP_PREFILL_OWNER)
+        return dsacp_error(DSACP_EINVAL, "unknown context-parallel option value");
+    if (W > 1 && cp->decode == DSACP_DECODE_REPLICATED_INDEX && cp->index_layout != DSACP_LAYOUT_REPLICATED)
+        return dsacp_error(DSACP_EINVAL, "--decode-strategy replicated-index needs --index-layout replicated "
+                           "(every rank scores every position)");
+    if (W > 1 && cp->decode == DSACP_DECODE_EXACT_TOPK && cp->index_layout != DSACP_LAYOUT_SHARDED)
+        return dsacp_error(DSACP_EINVAL, "--decode-strategy exact-topk scores each rank's shard of the indexer "
+                           "cache: it needs --index-layout sharded (replicated-index uses a replicated one)");
+    if (W > cfg->max_position_embeddings)
+        return dsacp_error(DSACP_EINVAL, "%d ranks exceed max_position_embeddings %lld: a rank would own no "
+                           "position", W, (long long)cfg->max_position_embeddings);
+    return DSACP_OK;
+}
+
+int dsacp_engine_create_cp(const dsacp_model *model, const dsacp_engine_options *opt_in,
+                           const dsacp_cp_options *cp_in, dsacp_comm *comm, dsacp_engine **out)
+{
     *out = NULL;
+    dsacp_cp_options cpo;
+    if (cp_in) cpo = *cp_in;
+    else dsacp_cp_options_default(&cpo);
     dsacp_engine_options opt;
     if (opt_in) opt = *opt_in;
     else dsacp_engine_options_default(&opt);
     const dsacp_config *cfg = dsacp_model_config(model);
-    if (opt.numerics != DSACP_NUMERICS_EXACT && opt.numerics != DSACP_NUMERICS_DEPLOYED)
-        return dsacp_error(DSACP_EINVAL, "unknown numerics mode %d", (int)opt.numerics);
-    if (opt.kv_dtype != DSACP_KV_F32 && opt.kv_dtype != DSACP_KV_BF16 && opt.kv_dtype != DSACP_KV_FP8)
-        return dsacp_error(DSACP_EINVAL, "unknown kv dtype %d", (int)opt.kv_dtype);
-    if (opt.kv_dtype == DSACP_KV_FP8 && opt.numerics != DSACP_NUMERICS_DEPLOYED)
-        return dsacp_error(DSACP_EINVAL, "the fp8 latent cache belongs to the deployed numerics mode");
+    int crc = check_options(cfg, &opt, &cpo, comm ? dsacp_comm_size(comm) : 1);
+    if (crc) return comm ? dsacp_comm_agree(comm, crc) : crc;
     const int64_t di = cfg->index_head_dim;
     if (opt.numerics == DSACP_NUMERICS_DEPLOYED && (di & (di - 1)))
         return dsacp_error(DSACP_EUNSUPPORTED, "deployed mode needs a power-of-two index_head_dim "
@@ -143,7 +295,18 @@ int dsacp_engine_create(const dsacp_model *model, const dsacp_engine_options *op
     if (cfg->n_routed_experts > 4096 || cfg->n_group > 1024)
         return dsacp_error(DSACP_EUNSUPPORTED, "more than 4096 routed experts or 1024 expert groups");
     dsacp_engine *e = calloc(1, sizeof *e);
-    if (!e) return dsacp_error(DSACP_ENOMEM, "out of memory");
+    if (!e) return comm ? dsacp_comm_agree(comm, dsacp_error(DSACP_ENOMEM, "out of memory"))
+                        : dsacp_error(DSACP_ENOMEM, "out of memory");
+    if (comm) {
+        e->comm = comm;
+    } else {
+        int src = dsacp_comm_create_solo(&e->comm);
+        if (src) {
+            free(e);
+            return src;
+        }
+        e->owns_comm = true;
+    }
     e->model = model;
     e->cfg = cfg;
     e->opt = opt;
@@ -152,6 +315,19 @@ int dsacp_engine_create(const dsacp_model *model, const dsacp_engine_options *op
     if (!rc)
         rc = dsacp_kv_cache_create(cfg, e->L, opt.kv_dtype, opt.numerics == DSACP_NUMERICS_DEPLOYED,
                                    opt.block_size, opt.num_blocks, &e->cache);
+    e->icache = e->cache;
+    /* Layouts that differ: the indexer keys get a pool of their own (the latent part of each
+     * pool is released, so neither holds memory it never uses). */
+    if (!rc && dsacp_comm_size(e->comm) > 1 && cpo.kv_layout != cpo.index_layout) {
+        rc = dsacp_kv_cache_create(cfg, e->L, opt.kv_dtype, opt.numerics == DSACP_NUMERICS_DEPLOYED,
+                                   opt.block_size, opt.num_blocks, &e->icache);
+        for (int64_t l = 0; l < e->L && !rc; l++) {
+            dsacp_free(e->cache->index[l]);
+            e->cache->index[l] = NULL;
+            dsacp_free(e->icache->mla[l]);
+            e->icache->mla[l] = NULL;
+        }
+    }
     if (rc) goto fail;
     e->attn = calloc((size_t)e->L, sizeof *e->attn);
     e->mlp = calloc((size_t)e->L, sizeof *e->mlp);
@@ -173,10 +349,13 @@ int dsacp_engine_create(const dsacp_model *model, const dsacp_engine_options *op
     if (!rc) e->final_norm = dsacp_model_vector_f32(model, "model.norm.weight", cfg->hidden_size, &rc);
     if (!rc) e->embed = need(model, &rc, "model.embed_tokens.weight");
     if (!rc) e->head = need(model, &rc, "lm_head.weight");
+    if (!rc) rc = setup_cp(e, &cpo);
+    rc = dsacp_comm_agree(e->comm, rc);
     if (rc) goto fail;
     *out = e;
     return DSACP_OK;
 fail:
+    if (!e->owns_comm) e->comm = NULL;
     dsacp_engine_free(e);
     return rc;
 }
@@ -216,6 +395,7 @@ int dsacp_engine_end_request(dsacp_engine *e, int64_t id)
     request *r = find_request(e, id);
     if (!r) return dsacp_error(DSACP_EINVAL, "no live request %lld", (long long)id);
     dsacp_kv_release(e->cache, &r->seq);
+    if (e->icache != e->cache) dsacp_kv_release(e->icache, &r->iseq);
     r->live = false;
     return DSACP_OK;
 }
@@ -224,7 +404,7 @@ int64_t dsacp_engine_request_length(const dsacp_engine *e, int64_t id)
 {
     const request *r = find_request(e, id);
     if (!r) return dsacp_error(DSACP_EINVAL, "no live request %lld", (long long)id);
-    return r->seq.length;
+    return r->length;
 }
 
 /* ---- MLP ---- */
@@ -355,14 +535,20 @@ static int moe_forward(const dsacp_engine *e, const mlp_weights *w, const float 
 
 /* ---- the step ---- */
 
-int dsacp_engine_step(dsacp_engine *e, const dsacp_step_entry *entries, int64_t n, float *logits,
-                      int32_t *topk)
+/* Positions of [0, L) this rank keeps in a cache of the given layout. */
+static int64_t kept(const dsacp_engine *e, dsacp_cp_layout layout, int64_t L)
+{
+    const int W = e->cp.W;
+    return W == 1 || layout == DSACP_LAYOUT_REPLICATED ? L : dsacp_cp_local_len(L, e->cp.rank, e->cp.opt.interleave, W);
+}
+
+/* Validates the entries (the same verdict on every rank: entries are the same everywhere). */
+static int check_entries(const dsacp_engine *e, const dsacp_step_entry *entries, int64_t n, int64_t *T_out)
 {
     const dsacp_config *cfg = e->cfg;
-    const int64_t D = cfg->hidden_size, V = cfg->vocab_size, K = cfg->index_topk;
+    const int64_t V = cfg->vocab_size;
     if (n < 0 || (n > 0 && !entries)) return dsacp_error(DSACP_EINVAL, "step: bad entry list");
-    /* Validate everything before touching any state. */
-    int64_t T = 0, extra_blocks = 0;
+    int64_t T = 0;
     for (int64_t i = 0; i < n; i++) {
         const dsacp_step_entry *en = &entries[i];
         request *r = find_request(e, en->request_id);
@@ -374,70 +560,187 @@ int dsacp_engine_step(dsacp_engine *e, const dsacp_step_entry *entries, int64_t 
                                    (long long)i, (long long)en->request_id);
         if (en->n_tokens < 1 || !en->token_ids)
             return dsacp_error(DSACP_EINVAL, "step entry %lld: needs n_tokens >= 1 and token ids", (long long)i);
+        if (en->n_tokens > cfg->max_position_embeddings - r->length)
+            return dsacp_error(DSACP_ERANGE, "step entry %lld: request %lld would reach position %lld, beyond "
+                               "max_position_embeddings %lld of the model's config", (long long)i,
+                               (long long)en->request_id, (long long)(r->length + en->n_tokens - 1),
+                               (long long)cfg->max_position_embeddings);
         for (int64_t j = 0; j < en->n_tokens; j++)
             if (en->token_ids[j] < 0 || en->token_ids[j] >= V)
                 return dsacp_error(DSACP_ERANGE, "step entry %lld: token id %d out of vocabulary [0, %lld)",
                                    (long long)i, en->token_ids[j], (long long)V);
-        if (r->seq.length + en->n_tokens > INT32_MAX)
+        if (r->length + en->n_tokens > INT32_MAX)
             return dsacp_error(DSACP_ERANGE, "step entry %lld: sequence longer than 2^31", (long long)i);
         T += en->n_tokens;
-        extra_blocks += dsacp_kv_blocks_needed(e->cache, &r->seq, r->seq.length + en->n_tokens);
     }
-    if (extra_blocks > e->cache->num_free)
-        return dsacp_error(DSACP_ECAPACITY, "step refused: it needs %lld more cache blocks of %lld tokens, "
-                           "%lld of %lld are free", (long long)extra_blocks, (long long)e->opt.block_size,
-                           (long long)e->cache->num_free, (long long)e->cache->num_blocks);
-    if (T == 0) return DSACP_OK;
+    *T_out = T;
+    return DSACP_OK;
+}
+
+/* Reserves this rank's blocks for every entry, or changes nothing (DSACP_ECAPACITY). */
+static int reserve(dsacp_engine *e, const dsacp_step_entry *entries, int64_t n)
+{
+    int64_t need_l = 0, need_i = 0;
     for (int64_t i = 0; i < n; i++) {
         request *r = find_request(e, entries[i].request_id);
-        int rc = dsacp_kv_reserve(e->cache, &r->seq, r->seq.length + entries[i].n_tokens);
+        const int64_t L = r->length + entries[i].n_tokens;
+        need_l += dsacp_kv_blocks_needed(e->cache, &r->seq, kept(e, e->cp.opt.kv_layout, L));
+        if (e->icache != e->cache) need_i += dsacp_kv_blocks_needed(e->icache, &r->iseq, kept(e, e->cp.opt.index_layout, L));
+    }
+    if (need_l > e->cache->num_free || need_i > e->icache->num_free)
+        return dsacp_error(DSACP_ECAPACITY, "step refused: it needs %lld more cache blocks of %lld tokens, "
+                           "%lld of %lld are free", (long long)(need_l > e->cache->num_free ? need_l : need_i),
+                           (long long)e->opt.block_size,
+                           (long long)(need_l > e->cache->num_free ? e->cache->num_free : e->icache->num_free),
+                           (long long)e->cache->num_blocks);
+    for (int64_t i = 0; i < n; i++) {
+        request *r = find_request(e, entries[i].request_id);
+        const int64_t L = r->length + entries[i].n_tokens;
+        int rc = dsacp_kv_reserve(e->cache, &r->seq, kept(e, e->cp.opt.kv_layout, L));
+        if (!rc && e->icache != e->cache) rc = dsacp_kv_reserve(e->icache, &r->iseq, kept(e, e->cp.opt.index_layout, L));
         if (rc) return rc; /* cannot happen after the check above, except out of memory */
     }
+    return DSACP_OK;
+}
 
-    int64_t *pos = malloc((size_t)T * sizeof *pos);
-    int32_t *seqi = malloc((size_t)T * sizeof *seqi);
-    dsacp_kv_seq **seqs = malloc((size_t)n * sizeof *seqs);
+/* The first non-finite logit, reported instead of being sampled as token 0. */
+static int check_logits(const float *logits, int64_t T, int64_t V)
+{
+    for (int64_t i = 0; i < T * V; i++)
+        if (!isfinite(logits[i]))
+            return dsacp_error(DSACP_ERANGE, "non-finite logit (%g) for token %lld of the step, vocabulary id "
+                               "%lld: the weights or activations overflowed (run `dsacp inspect`)",
+                               (double)logits[i], (long long)(i / V), (long long)(i % V));
+    return DSACP_OK;
+}
+
+int dsacp_engine_step(dsacp_engine *e, const dsacp_step_entry *entries, int64_t n, float *logits,
+                      int32_t *topk)
+{
+    const dsacp_config *cfg = e->cfg;
+    const int64_t D = cfg->hidden_size, V = cfg->vocab_size, K = cfg->index_topk;
+    const int W = e->cp.W, me = e->cp.rank;
+    /* Validate everything before touching any state; capacity is agreed by the group. */
+    int64_t T = 0;
+    int rc = check_entries(e, entries, n, &T);
+    if (!rc && T > 0) rc = reserve(e, entries, n);
+    rc = dsacp_comm_agree(e->comm, rc);
+    if (rc || T == 0) return rc;
+    /* Rank 0 decides what is gathered to it. */
+    uint8_t want[2] = {logits != NULL, topk != NULL};
+    rc = dsacp_comm_bcast(e->comm, want, sizeof want, DSACP_PHASE_control);
+    if (rc) return rc;
+
+    int64_t *pos = malloc((size_t)T * sizeof *pos), *old_len = malloc((size_t)n * sizeof *old_len);
+    int64_t *new_len = malloc((size_t)n * sizeof *new_len);
+    int32_t *ent = malloc((size_t)T * sizeof *ent);
+    dsacp_kv_seq **lseqs = malloc((size_t)n * sizeof *lseqs), **iseqs = malloc((size_t)n * sizeof *iseqs);
     float *h = dsacp_alloc((size_t)(T * D) * 4), *xb = dsacp_alloc((size_t)(T * D) * 4);
     float *ob = dsacp_alloc((size_t)(T * D) * 4);
-    int rc = (pos && seqi && seqs && h && xb && ob) ? DSACP_OK : dsacp_error(DSACP_ENOMEM, "out of memory in step");
-    int64_t t = 0;
-    for (int64_t i = 0; i < n && !rc; i++) {
-        request *r = find_request(e, entries[i].request_id);
-        seqs[i] = &r->seq;
-        for (int64_t j = 0; j < entries[i].n_tokens; j++, t++) {
-            pos[t] = r->seq.length + j;
-            seqi[t] = (int32_t)i;
-            dsacp_weight_row_f32(e->embed, entries[i].token_ids[j], h + t * D);
+    float *xf = me == 0 && want[0] ? dsacp_alloc((size_t)(T * D) * 4) : NULL;
+    dsacp_cp_step_mem mem = {0};
+    dsacp_cp_step st = {0};
+    if (!pos || !old_len || !new_len || !ent || !lseqs || !iseqs || !h || !xb || !ob || (me == 0 && want[0] && !xf)) {
+        /* Before any collective of the layers: every rank learns it at the agreement below. */
+        rc = dsacp_error(DSACP_ENOMEM, "out of memory for a step of %lld tokens", (long long)T);
+    }
+    if (!rc) {
+        int64_t t = 0;
+        for (int64_t i = 0; i < n; i++) {
+            request *r = find_request(e, entries[i].request_id);
+            lseqs[i] = &r->seq;
+            iseqs[i] = e->icache == e->cache ? &r->seq : &r->iseq;
+            old_len[i] = r->length;
+            new_len[i] = r->length + entries[i].n_tokens;
+            for (int64_t j = 0; j < entries[i].n_tokens; j++, t++) {
+                pos[t] = r->length + j;
+                ent[t] = (int32_t)i;
+            }
         }
+        st = (dsacp_cp_step){.T = T, .n_ent = n, .pos = pos, .ent = ent, .old_len = old_len, .new_len = new_len,
+                             .lat_seq = lseqs, .idx_seq = iseqs, .want_topk = want[1]};
+        rc = dsacp_cp_step_build(&e->cp, &st, &mem);
     }
-    const bool deployed = e->opt.numerics == DSACP_NUMERICS_DEPLOYED;
-    dsacp_step_tokens tok = {T, pos, seqi, seqs};
-    dsacp_dsa_ctx ctx = {cfg, deployed ? DSACP_MODE_DEPLOYED : DSACP_MODE_EXACT, &e->rope, e->cache};
-    for (int64_t l = 0; l < e->L && !rc; l++) {
-        for (int64_t i = 0; i < T; i++) dsacp_rmsnorm(xb + i * D, h + i * D, e->in_norm[l], D, cfg->rms_norm_eps);
-        rc = dsacp_dsa_forward(&ctx, &e->attn[l], l, &tok, xb, ob, topk ? topk + l * T * K : NULL);
-        if (rc) break;
-        for (int64_t i = 0; i < T * D; i++) h[i] += ob[i];
-        for (int64_t i = 0; i < T; i++) dsacp_rmsnorm(xb + i * D, h + i * D, e->post_norm[l], D, cfg->rms_norm_eps);
-        const mlp_weights *mw = &e->mlp[l];
-        rc = mw->moe ? moe_forward(e, mw, xb, T, ob, deployed)
-                     : swiglu(mw->gate, mw->up, mw->down, xb, T, D, ob, deployed);
-        if (rc) break;
-        for (int64_t i = 0; i < T * D; i++) h[i] += ob[i];
-    }
-    if (!rc && logits) {
-        for (int64_t i = 0; i < T; i++) dsacp_rmsnorm(xb + i * D, h + i * D, e->final_norm, D, cfg->rms_norm_eps);
-        rc = dsacp_linear(e->head, xb, T, D, logits, V, false);
+    rc = dsacp_comm_agree(e->comm, rc);
+    const int64_t na = st.n_dec + st.n_pre;
+    if (!rc) {
+        /* The active rows: every decode token, and the prefill tokens this rank owns. */
+        for (int64_t j = 0; j < na; j++) {
+            const int64_t t = st.act[j];
+            dsacp_weight_row_f32(e->embed, entries[ent[t]].token_ids[pos[t] - old_len[ent[t]]], h + j * D);
+        }
+        const bool deployed = e->opt.numerics == DSACP_NUMERICS_DEPLOYED;
+        dsacp_dsa_ctx ctx = {cfg, deployed ? DSACP_MODE_DEPLOYED : DSACP_MODE_EXACT, &e->rope, e->cache};
+        int lrc = DSACP_OK; /* a local failure: keep taking part, agree at the end */
+        for (int64_t l = 0; l < e->L && !rc; l++) {
+            for (int64_t i = 0; i < na; i++) dsacp_rmsnorm(xb + i * D, h + i * D, e->in_norm[l], D, cfg->rms_norm_eps);
+            int r2 = dsacp_cp_layer_forward(&e->cp, &ctx, &e->attn[l], l, &st, xb, ob,
+                                            me == 0 && topk ? topk + l * T * K : NULL);
+            if (r2 == DSACP_ECOMM) rc = r2; /* the group itself failed: no agreement possible */
+            else if (r2 && !lrc) lrc = r2;
+            for (int64_t i = 0; i < na * D; i++) h[i] += ob[i];
+            for (int64_t i = 0; i < na; i++) dsacp_rmsnorm(xb + i * D, h + i * D, e->post_norm[l], D, cfg->rms_norm_eps);
+            const mlp_weights *mw = &e->mlp[l];
+            if (!lrc) lrc = mw->moe ? moe_forward(e, mw, xb, na, ob, deployed)
+                                    : swiglu(mw->gate, mw->up, mw->down, xb, na, D, ob, deployed);
+            for (int64_t i = 0; i < na * D; i++) h[i] += ob[i];
+        }
+        if (!rc && want[0]) {
+            /* Final norm of the active rows; prefill rows travel to rank 0, which applies the head
+             * to every token in step order. */
+            for (int64_t i = 0; i < na; i++) dsacp_rmsnorm(xb + i * D, h + i * D, e->final_norm, D, cfg->rms_norm_eps);
+            if (W == 1) {
+                for (int64_t j = 0; j < na; j++) memcpy(xf + st.act[j] * D, xb + j * D, (size_t)D * 4);
+            } else {
+                size_t *rb = malloc((size_t)W * sizeof *rb);
+                float *all = me == 0 ? dsacp_alloc((size_t)(st.n_pre_all * D) * 4 + 4) : NULL;
+                if (!rb || (me == 0 && !all)) {
+                    rc = dsacp_error(DSACP_ENOMEM, "out of memory gathering the logits' inputs");
+                } else {
+                    for (int q = 0; q < W; q++) rb[q] = (size_t)((st.pre_off[q + 1] - st.pre_off[q]) * D) * 4;
+                    rc = dsacp_comm_gatherv(e->comm, xb + st.n_dec * D, rb[me], all, rb, DSACP_PHASE_logits);
+                    if (!rc && me == 0) {
+                        for (int64_t j = 0; j < st.n_dec; j++) memcpy(xf + st.act[j] * D, xb + j * D, (size_t)D * 4);
+                        for (int64_t k = 0; k < st.n_pre_all; k++) memcpy(xf + st.pre_all[k] * D, all + k * D, (size_t)D * 4);
+                    }
+                }
+                free(rb);
+                dsacp_free(all);
+            }
+            if (!rc && !lrc && me == 0 && logits) {
+                lrc = dsacp_linear(e->head, xf, T, D, logits, V, false);
+                if (!lrc) lrc = check_logits(logits, T, V);
+            }
+        }
+        if (!rc) rc = dsacp_comm_agree(e->comm, lrc);
     }
     if (!rc)
-        for (int64_t i = 0; i < n; i++) find_request(e, entries[i].request_id)->seq.length += entries[i].n_tokens;
-    free(pos);
-    free(seqi);
-    free(seqs);
-    dsacp_free(h);
-    dsacp_free(xb);
-    dsacp_free(ob);
+        for (int64_t i = 0; i < n; i++) {
+            request *r = find_request(e, entries[i].request_id);
+            r->length += entries[i].n_tokens;
+            r->seq.length = kept(e, e->cp.opt.kv_layout, r->length);
+            if (e->icache != e->cache) r->iseq.length = kept(e, e->cp.opt.index_layout, r->length);
+        }
+    dsacp_cp_step_free(&mem);
+    free(pos), free(old_len), free(new_len), free(ent), free(lseqs), free(iseqs);
+    dsacp_free(h), dsacp_free(xb), dsacp_free(ob), dsacp_free(xf);
     return rc;
+}
+
+dsacp_comm *dsacp_engine_comm(const dsacp_engine *e) { return e->comm; }
+
+void dsacp_engine_kv_usage(const dsacp_engine *e, dsacp_kv_usage *u)
+{
+    memset(u, 0, sizeof *u);
+    const int64_t B = e->opt.block_size, L = e->L;
+    const dsacp_kv_cache *lc = e->cache, *ic = e->icache;
+    const bool split = lc != ic;
+    u->latent_pool_bytes = lc->num_blocks * B * lc->mla_bytes * L;
+    u->index_pool_bytes = ic->num_blocks * B * ic->index_bytes * L;
+    u->latent_used_bytes = (lc->num_blocks - lc->num_free) * B * lc->mla_bytes * L;
+    u->index_used_bytes = (ic->num_blocks - ic->num_free) * B * ic->index_bytes * L;
+    (void)split;
+    u->transient_peak_bytes = e->cp.transient_peak;
 }
 
 /* ---- internal views (engine.h) ---- */

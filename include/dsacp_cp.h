@@ -1,0 +1,174 @@
+/*
+ * dsacp_cp.h -- context parallelism (CP): one model run by W ranks with the context split over
+ * them. This header needs no MPI header: the communicator is an opaque handle. Programs that
+ * already own an MPI communicator build the handle from it with dsacp_mpi.h.
+ *
+ * Terms (docs/context-parallel.md): W ranks form the CP group; I = interleave; position p of a
+ * request belongs to rank owner(p) = (p / I) mod W, where it sits at local position
+ *   lp = (p / (I W)) I + p mod I.
+ * A "sharded" cache keeps only owned positions on each rank; a "replicated" one keeps all.
+ *
+ * W = 1 (a solo communicator, no MPI initialised) runs the same code and gives bit-identical
+ * results to dsacp_engine_create; for W > 1 the selected top-k sets are identical to W = 1's and
+ * outputs agree to fp32 reassociation (docs/context-parallel.md, "Correctness").
+ */
+#ifndef DSACP_CP_H
+#define DSACP_CP_H
+
+#include "dsacp.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ------------------------------------------------------------------------------------------ */
+/* Communicator with exact accounting                                                         */
+/* ------------------------------------------------------------------------------------------ */
+
+typedef struct dsacp_comm dsacp_comm;
+
+/* The phases communication is counted under (X(name, description)). */
+#define DSACP_COMM_PHASE_MAP(X)                                                              \
+    X(control, "status agreement and step metadata")                                          \
+    X(kv_gather, "allgather-kv: gathered cache entries of the step's requests")              \
+    X(index_candidates, "exact-topk: local top-k candidates (score, position)")              \
+    X(query_gather, "decode query rows [q_abs | q_pe] of every head")                        \
+    X(attn_merge, "partial attention merge: lse all-gather + output reduce-scatter")        \
+    X(o_proj, "o_proj partial sums over head shards (all-reduce) or head outputs")           \
+    X(prefill_kv, "new prefill tokens' packed cache entries (+ earlier context)")            \
+    X(logits, "final hidden rows of prefill tokens gathered to rank 0")                      \
+    X(topk_dump, "selected positions gathered to rank 0 (only when asked)")                  \
+    X(input, "inputs broadcast from rank 0")
+
+typedef enum dsacp_comm_phase {
+#define DSACP_COMM_PHASE_ENUM_(name, desc) DSACP_PHASE_##name,
+    DSACP_COMM_PHASE_MAP(DSACP_COMM_PHASE_ENUM_)
+#undef DSACP_COMM_PHASE_ENUM_
+    DSACP_PHASE_COUNT
+} dsacp_comm_phase;
+
+/* "kv_gather", ...; "?" when out of range. */
+const char *dsacp_comm_phase_name(int phase);
+
+/* Counters of one phase on this rank. "Logical" bytes: the bytes this rank must obtain from
+ * other ranks (recv) and that other ranks must obtain from this one (sent), fixed by what the
+ * collective means, never by MPI's algorithm. Per collective, with n = one rank's block:
+ *   all-gather(v):     recv = sum of the other ranks' blocks, sent = own block x (W - 1)
+ *   all-to-all(v):     recv = sum of blocks the others address to me, sent = sum of mine to them
+ *   reduce-scatter:    recv = own result block x (W - 1), sent = sum of the others' blocks
+ *   all-reduce (n):    recv = sent = 2 n (W - 1) / W  (reduce-scatter + all-gather, rounded per block)
+ *   broadcast (n):     root sent n (W - 1), others recv n
+ *   gather(v) to root: root recv = sum of the others' blocks, others sent their block
+ * Bytes to or from oneself never count. A solo communicator counts nothing. */
+typedef struct dsacp_comm_counter {
+    int64_t calls;
+    int64_t bytes_sent, bytes_recv;
+    double seconds; /* wall time inside the collectives (waits included) */
+} dsacp_comm_counter;
+
+/* A communicator for W = 1 that needs no MPI. */
+int dsacp_comm_create_solo(dsacp_comm **out);
+/* The world: initialises MPI when the process was started by mpirun (Open MPI or PMI
+ * environment) and returns MPI_COMM_WORLD's handle, otherwise a solo communicator. argc/argv may
+ * be NULL. dsacp_comm_free on the last handle finalises MPI if this call initialised it. */
+int dsacp_comm_create_world(int *argc, char ***argv, dsacp_comm **out);
+void dsacp_comm_free(dsacp_comm *comm);
+int dsacp_comm_rank(const dsacp_comm *comm);
+int dsacp_comm_size(const dsacp_comm *comm);
+/* This rank's counters for a phase; zero the counters. */
+dsacp_comm_counter dsacp_comm_get_counter(const dsacp_comm *comm, int phase);
+void dsacp_comm_reset_counters(dsacp_comm *comm);
+/* Collective: rank 0 gathers every rank's counters and writes them as JSON to `path`
+ * ({"world": W, "ranks": [{"rank": r, "phases": {"kv_gather": {"calls": .., "bytes_sent": ..,
+ * "bytes_recv": .., "seconds": ..}, ...}}, ...], "notes": {...}}). Other ranks pass any path. */
+int dsacp_comm_write_report(dsacp_comm *comm, const char *path);
+/* Collective status agreement: every rank passes its status; all return the first failing
+ * rank's status (by rank order), and on the other ranks dsacp_last_error() becomes
+ * "rank R: <that rank's message>". Used after every step and by the CLI. */
+int dsacp_comm_agree(dsacp_comm *comm, int status);
+/* Collective: rank 0's `len` bytes of `buf` to every rank (counted under `phase`). */
+int dsacp_comm_bcast(dsacp_comm *comm, void *buf, size_t len, int phase);
+
+/* ------------------------------------------------------------------------------------------ */
+/* CP engine                                                                                  */
+/* ------------------------------------------------------------------------------------------ */
+
+typedef enum dsacp_cp_layout {
+    DSACP_LAYOUT_SHARDED = 0,    /* each rank keeps only the positions it owns */
+    DSACP_LAYOUT_REPLICATED = 1, /* every rank keeps every position */
+} dsacp_cp_layout;
+
+typedef enum dsacp_decode_strategy {
+    /* vllm-ascend #6563: every layer all-gathers the sharded cache entries of the step's
+     * requests into a transient full copy and runs the single-process kernels on it. */
+    DSACP_DECODE_ALLGATHER_KV = 0,
+    /* index layout replicated: every rank scores all positions and takes the top-k itself,
+     * attends over the winners it owns, partial outputs LSE-merged. */
+    DSACP_DECODE_REPLICATED_INDEX = 1,
+    /* vLLM #46076: local index scores and local top-k, candidate all-gather, exact merge,
+     * attention over owned winners, LSE merge. */
+    DSACP_DECODE_EXACT_TOPK = 2,
+} dsacp_decode_strategy;
+
+typedef enum dsacp_prefill_split {
+    DSACP_PREFILL_OWNER = 0, /* a prefill token is computed by the rank that owns its position */
+} dsacp_prefill_split;
+
+typedef struct dsacp_cp_options {
+    int64_t interleave;                /* I >= 1 (default 1) */
+    dsacp_cp_layout kv_layout;         /* MLA latent cache (default sharded) */
+    dsacp_cp_layout index_layout;      /* indexer key cache (default sharded) */
+    dsacp_decode_strategy decode;      /* default exact-topk */
+    dsacp_prefill_split prefill_split; /* default owner */
+} dsacp_cp_options;
+
+void dsacp_cp_options_default(dsacp_cp_options *opt);
+/* "allgather-kv", "replicated-index", "exact-topk"; "sharded"/"replicated"; "owner". */
+const char *dsacp_decode_strategy_name(dsacp_decode_strategy s);
+const char *dsacp_cp_layout_name(dsacp_cp_layout l);
+/* Parse those names; DSACP_EINVAL (message lists the accepted names) when unknown. */
+int dsacp_decode_strategy_parse(const char *name, dsacp_decode_strategy *out);
+int dsacp_cp_layout_parse(const char *name, dsacp_cp_layout *out);
+
+/* Collective over `comm` (every rank calls it with the same options; the model is loaded on
+ * every rank). opt->num_blocks is the pool of each rank. Conflicting options (replicated-index
+ * with a sharded index layout, interleave < 1) fail with DSACP_EINVAL on every rank. The comm
+ * must outlive the engine. With comm == NULL this is dsacp_engine_create. */
+int dsacp_engine_create_cp(const dsacp_model *model, const dsacp_engine_options *opt,
+                           const dsacp_cp_options *cp, dsacp_comm *comm, dsacp_engine **out);
+
+/* dsacp_engine_step is collective on a CP engine: every rank passes the same entries (token ids
+ * included); logits and topk are written on rank 0 only (other ranks may pass NULL, and rank 0's
+ * choice of NULL or not must be the same on every rank: pass `want_logits`/`want_topk` through
+ * the same arguments everywhere -- a non-NULL pointer on another rank is simply left untouched).
+ * A failure on any rank fails the step on every rank (dsacp_comm_agree). */
+
+/* Bytes of KV cache this rank holds now for the latent and indexer caches (allocated pools),
+ * and the largest transient buffer a step used so far (gathered entries, views). */
+typedef struct dsacp_kv_usage {
+    int64_t latent_pool_bytes, index_pool_bytes;   /* allocated pools */
+    int64_t latent_used_bytes, index_used_bytes;   /* blocks in use by live requests */
+    int64_t transient_peak_bytes;
+} dsacp_kv_usage;
+void dsacp_engine_kv_usage(const dsacp_engine *engine, dsacp_kv_usage *out);
+/* The engine's communicator (a solo one for a plain engine). */
+dsacp_comm *dsacp_engine_comm(const dsacp_engine *engine);
+
+/* Ownership arithmetic (docs/context-parallel.md section 1). */
+static inline int64_t dsacp_cp_owner(int64_t p, int64_t I, int64_t W) { return (p / I) % W; }
+static inline int64_t dsacp_cp_local_pos(int64_t p, int64_t I, int64_t W) { return (p / (I * W)) * I + p % I; }
+static inline int64_t dsacp_cp_global_pos(int64_t lp, int64_t r, int64_t I, int64_t W)
+{
+    return (lp / I) * (I * W) + r * I + lp % I;
+}
+/* Positions of [0, L) that rank r owns. */
+static inline int64_t dsacp_cp_local_len(int64_t L, int64_t r, int64_t I, int64_t W)
+{
+    const int64_t base = (L / (I * W)) * I, rest = L - base * W - r * I;
+    return base + (rest < 0 ? 0 : rest > I ? I : rest);
+}
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* DSACP_CP_H */

@@ -1,0 +1,426 @@
+/*
+ * comm.c -- collectives over MPI (or a solo communicator) with per-phase logical byte counters.
+ * The only file that includes mpi.h. MPI errors are returned (MPI_ERRORS_RETURN on our own
+ * duplicate of the communicator) and become DSACP_ECOMM with MPI's error string.
+ */
+#include "comm/comm.h"
+#include "dsacp_mpi.h"
+
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct dsacp_comm {
+    bool solo;
+    bool owns_mpi; /* this handle initialised MPI (dsacp_comm_create_world) */
+    MPI_Comm comm;
+    int rank, size;
+    dsacp_comm_counter ctr[DSACP_PHASE_COUNT];
+};
+
+struct dsacp_comm_request {
+    dsacp_comm *c;
+    MPI_Request req;
+    int phase;
+    int *counts, *displs;
+};
+
+static const char *const phase_names[] = {
+#define DSACP_COMM_PHASE_NAME_(name, desc) #name,
+    DSACP_COMM_PHASE_MAP(DSACP_COMM_PHASE_NAME_)
+#undef DSACP_COMM_PHASE_NAME_
+};
+
+const char *dsacp_comm_phase_name(int phase)
+{
+    return phase >= 0 && phase < DSACP_PHASE_COUNT ? phase_names[phase] : "?";
+}
+
+static int mpi_fail(int err, const char *what)
+{
+    char s[MPI_MAX_ERROR_STRING];
+    int n = 0;
+    if (MPI_Error_string(err, s, &n) != MPI_SUCCESS) snprintf(s, sizeof s, "MPI error %d", err);
+    return dsacp_error(DSACP_ECOMM, "%s: %s", what, s);
+}
+
+static void count(dsacp_comm *c, int phase, int64_t sent, int64_t recv, double t0)
+{
+    if (c->solo || phase < 0 || phase >= DSACP_PHASE_COUNT) return;
+    dsacp_comm_counter *k = &c->ctr[phase];
+    k->calls++;
+    k->bytes_sent += sent;
+    k->bytes_recv += recv;
+    k->seconds += dsacp_now() - t0;
+}
+
+/* ---- handles ---- */
+
+int dsacp_comm_create_solo(dsacp_comm **out)
+{
+    *out = calloc(1, sizeof **out);
+    if (!*out) return dsacp_error(DSACP_ENOMEM, "out of memory");
+    (*out)->solo = true;
+    (*out)->size = 1;
+    return DSACP_OK;
+}
+
+int dsacp_comm_create_mpi(MPI_Comm comm, dsacp_comm **out)
+{
+    *out = NULL;
+    int init = 0;
+    MPI_Initialized(&init);
+    if (!init) return dsacp_error(DSACP_EINVAL, "dsacp_comm_create_mpi: MPI is not initialised");
+    dsacp_comm *c = calloc(1, sizeof *c);
+    if (!c) return dsacp_error(DSACP_ENOMEM, "out of memory");
+    int err = MPI_Comm_dup(comm, &c->comm);
+    if (err != MPI_SUCCESS) {
+        free(c);
+        return mpi_fail(err, "MPI_Comm_dup");
+    }
+    MPI_Comm_set_errhandler(c->comm, MPI_ERRORS_RETURN);
+    MPI_Comm_rank(c->comm, &c->rank);
+    MPI_Comm_size(c->comm, &c->size);
+    *out = c;
+    return DSACP_OK;
+}
+
+static bool launched_by_mpirun(void)
+{
+    return getenv("OMPI_COMM_WORLD_SIZE") || getenv("PMI_SIZE") || getenv("PMIX_RANK");
+}
+
+int dsacp_comm_create_world(int *argc, char ***argv, dsacp_comm **out)
+{
+    *out = NULL;
+    int init = 0;
+    MPI_Initialized(&init);
+    if (!init && !launched_by_mpirun()) return dsacp_comm_create_solo(out);
+    bool owns = false;
+    if (!init) {
+        int provided = 0;
+        int err = MPI_Init_thread(argc, argv, MPI_THREAD_FUNNELED, &provided);
+        if (err != MPI_SUCCESS) return dsacp_error(DSACP_ECOMM, "MPI_Init_thread failed (%d)", err);
+        owns = true;
+        MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
+    }
+    int rc = dsacp_comm_create_mpi(MPI_COMM_WORLD, out);
+    if (rc) {
+        if (owns) MPI_Finalize();
+        return rc;
+    }
+    (*out)->owns_mpi = owns;
+    return DSACP_OK;
+}
+
+void dsacp_comm_free(dsacp_comm *c)
+{
+    if (!c) return;
+    if (!c->solo) {
+        MPI_Comm_free(&c->comm);
+        if (c->owns_mpi) MPI_Finalize();
+    }
+    free(c);
+}
+
+int dsacp_comm_rank(const dsacp_comm *c) { return c->rank; }
+int dsacp_comm_size(const dsacp_comm *c) { return c->size; }
+
+dsacp_comm_counter dsacp_comm_get_counter(const dsacp_comm *c, int phase)
+{
+    dsacp_comm_counter z = {0};
+    return phase >= 0 && phase < DSACP_PHASE_COUNT ? c->ctr[phase] : z;
+}
+
+void dsacp_comm_reset_counters(dsacp_comm *c) { memset(c->ctr, 0, sizeof c->ctr); }
+
+/* ---- helpers ---- */
+
+/* Byte counts -> MPI int counts and displacements (W each); false when a count or the total
+ * does not fit an int (MPI's count type). */
+static int make_counts(const dsacp_comm *c, const size_t *bytes, int *counts, int *displs, const char *what)
+{
+    size_t off = 0;
+    for (int q = 0; q < c->size; q++) {
+        if (bytes[q] > INT_MAX || off > INT_MAX)
+            return dsacp_error(DSACP_ERANGE, "%s: message of %zu bytes exceeds MPI's 2^31 count", what, bytes[q]);
+        counts[q] = (int)bytes[q];
+        displs[q] = (int)off;
+        off += bytes[q];
+    }
+    return DSACP_OK;
+}
+
+static int64_t sum_others(const dsacp_comm *c, const size_t *bytes)
+{
+    int64_t s = 0;
+    for (int q = 0; q < c->size; q++)
+        if (q != c->rank) s += (int64_t)bytes[q];
+    return s;
+}
+
+/* ---- collectives ---- */
+
+int dsacp_comm_allgatherv(dsacp_comm *c, const void *send, size_t send_bytes, void *recv,
+                          const size_t *recv_bytes, int phase)
+{
+    if (c->solo) {
+        if (send_bytes && recv != send) memmove(recv, send, send_bytes);
+        return DSACP_OK;
+    }
+    dsacp_comm_request *req = NULL;
+    int rc = dsacp_comm_iallgatherv(c, send, send_bytes, recv, recv_bytes, phase, &req);
+    return rc ? rc : dsacp_comm_wait(req);
+}
+
+int dsacp_comm_allgather(dsacp_comm *c, const void *send, size_t bytes, void *recv, int phase)
+{
+    size_t *rb = malloc((size_t)c->size * sizeof *rb);
+    if (!rb) return dsacp_error(DSACP_ENOMEM, "out of memory");
+    for (int q = 0; q < c->size; q++) rb[q] = bytes;
+    int rc = dsacp_comm_allgatherv(c, send, bytes, recv, rb, phase);
+    free(rb);
+    return rc;
+}
+
+int dsacp_comm_iallgatherv(dsacp_comm *c, const void *send, size_t send_bytes, void *recv,
+                           const size_t *recv_bytes, int phase, dsacp_comm_request **out)
+{
+    *out = NULL;
+    dsacp_comm_request *r = calloc(1, sizeof *r);
+    if (!r) return dsacp_error(DSACP_ENOMEM, "out of memory");
+    r->c = c;
+    r->phase = phase;
+    r->req = MPI_REQUEST_NULL;
+    if (c->solo) {
+        if (send_bytes && recv != send) memmove(recv, send, send_bytes);
+        *out = r;
+        return DSACP_OK;
+    }
+    const double t0 = dsacp_now();
+    r->counts = malloc((size_t)c->size * sizeof(int));
+    r->displs = malloc((size_t)c->size * sizeof(int));
+    int rc = (r->counts && r->displs) ? make_counts(c, recv_bytes, r->counts, r->displs, "all-gather")
+                                      : dsacp_error(DSACP_ENOMEM, "out of memory");
+    if (!rc && send_bytes != recv_bytes[c->rank])
+        rc = dsacp_error(DSACP_EINVAL, "all-gather: send size %zu differs from this rank's block %zu", send_bytes,
+                         recv_bytes[c->rank]);
+    if (!rc) {
+        /* In place when the caller already put its block in recv. */
+        const void *sb = send == (const uint8_t *)recv + r->displs[c->rank] ? MPI_IN_PLACE : send;
+        int err = MPI_Iallgatherv(sb, (int)send_bytes, MPI_BYTE, recv, r->counts, r->displs, MPI_BYTE, c->comm, &r->req);
+        if (err != MPI_SUCCESS) rc = mpi_fail(err, "MPI_Iallgatherv");
+    }
+    if (rc) {
+        free(r->counts);
+        free(r->displs);
+        free(r);
+        return rc;
+    }
+    count(c, phase, (int64_t)send_bytes * (c->size - 1), sum_others(c, recv_bytes), t0);
+    *out = r;
+    return DSACP_OK;
+}
+
+int dsacp_comm_wait(dsacp_comm_request *r)
+{
+    if (!r) return DSACP_OK;
+    int rc = DSACP_OK;
+    if (!r->c->solo) {
+        const double t0 = dsacp_now();
+        int err = MPI_Wait(&r->req, MPI_STATUS_IGNORE);
+        if (err != MPI_SUCCESS) rc = mpi_fail(err, "MPI_Wait");
+        if (r->phase >= 0 && r->phase < DSACP_PHASE_COUNT) r->c->ctr[r->phase].seconds += dsacp_now() - t0;
+    }
+    free(r->counts);
+    free(r->displs);
+    free(r);
+    return rc;
+}
+
+int dsacp_comm_alltoallv(dsacp_comm *c, const void *send, const size_t *send_bytes, void *recv,
+                         const size_t *recv_bytes, int phase)
+{
+    if (c->solo) {
+        if (send_bytes[0] && recv != send) memmove(recv, send, send_bytes[0]);
+        return DSACP_OK;
+    }
+    const double t0 = dsacp_now();
+    const size_t W = (size_t)c->size;
+    int *buf = malloc(4 * W * sizeof(int));
+    if (!buf) return dsacp_error(DSACP_ENOMEM, "out of memory");
+    int rc = make_counts(c, send_bytes, buf, buf + W, "all-to-all");
+    if (!rc) rc = make_counts(c, recv_bytes, buf + 2 * W, buf + 3 * W, "all-to-all");
+    if (!rc) {
+        int err = MPI_Alltoallv(send, buf, buf + W, MPI_BYTE, recv, buf + 2 * W, buf + 3 * W, MPI_BYTE, c->comm);
+        if (err != MPI_SUCCESS) rc = mpi_fail(err, "MPI_Alltoallv");
+    }
+    free(buf);
+    if (!rc) count(c, phase, sum_others(c, send_bytes), sum_others(c, recv_bytes), t0);
+    return rc;
+}
+
+int dsacp_comm_reduce_scatter_f32(dsacp_comm *c, const float *send, float *recv, const int64_t *counts, int phase)
+{
+    if (c->solo) {
+        if (counts[0] && recv != send) memmove(recv, send, (size_t)counts[0] * 4);
+        return DSACP_OK;
+    }
+    const double t0 = dsacp_now();
+    int *ic = malloc((size_t)c->size * sizeof *ic);
+    if (!ic) return dsacp_error(DSACP_ENOMEM, "out of memory");
+    int64_t others = 0;
+    int rc = DSACP_OK;
+    for (int q = 0; q < c->size; q++) {
+        if (counts[q] > INT_MAX) rc = dsacp_error(DSACP_ERANGE, "reduce-scatter: block of %lld floats too large",
+                                                  (long long)counts[q]);
+        ic[q] = (int)counts[q];
+        if (q != c->rank) others += counts[q] * 4;
+    }
+    if (!rc) {
+        int err = MPI_Reduce_scatter(send, recv, ic, MPI_FLOAT, MPI_SUM, c->comm);
+        if (err != MPI_SUCCESS) rc = mpi_fail(err, "MPI_Reduce_scatter");
+    }
+    free(ic);
+    if (!rc) count(c, phase, others, counts[c->rank] * 4 * (c->size - 1), t0);
+    return rc;
+}
+
+int dsacp_comm_allreduce_f32(dsacp_comm *c, float *buf, int64_t n, int phase)
+{
+    if (c->solo || n == 0) return DSACP_OK;
+    const int W = c->size;
+    int64_t *counts = malloc((size_t)W * sizeof *counts);
+    size_t *bytes = malloc((size_t)W * sizeof *bytes);
+    float *part = NULL;
+    int rc = (counts && bytes) ? DSACP_OK : dsacp_error(DSACP_ENOMEM, "out of memory");
+    if (!rc) {
+        for (int q = 0; q < W; q++) {
+            counts[q] = dsacp_split_begin(n, q + 1, W) - dsacp_split_begin(n, q, W);
+            bytes[q] = (size_t)counts[q] * 4;
+        }
+        part = malloc(bytes[c->rank] + 4);
+        if (!part) rc = dsacp_error(DSACP_ENOMEM, "out of memory");
+    }
+    /* Counted as one all-reduce: both halves land in the same phase counter, then calls is
+     * corrected to one. */
+    if (!rc) rc = dsacp_comm_reduce_scatter_f32(c, buf, part, counts, phase);
+    if (!rc) rc = dsacp_comm_allgatherv(c, part, bytes[c->rank], buf, bytes, phase);
+    if (!rc && phase >= 0 && phase < DSACP_PHASE_COUNT) c->ctr[phase].calls--;
+    free(part);
+    free(counts);
+    free(bytes);
+    return rc;
+}
+
+int dsacp_comm_gatherv(dsacp_comm *c, const void *send, size_t send_bytes, void *recv,
+                       const size_t *recv_bytes, int phase)
+{
+    if (c->solo) {
+        if (send_bytes && recv != send) memmove(recv, send, send_bytes);
+        return DSACP_OK;
+    }
+    const double t0 = dsacp_now();
+    int *buf = malloc(2 * (size_t)c->size * sizeof(int));
+    if (!buf) return dsacp_error(DSACP_ENOMEM, "out of memory");
+    int rc = make_counts(c, recv_bytes, buf, buf + c->size, "gather");
+    if (!rc) {
+        int err = MPI_Gatherv(send, (int)send_bytes, MPI_BYTE, recv, buf, buf + c->size, MPI_BYTE, 0, c->comm);
+        if (err != MPI_SUCCESS) rc = mpi_fail(err, "MPI_Gatherv");
+    }
+    free(buf);
+    if (!rc) count(c, phase, c->rank ? (int64_t)send_bytes : 0, c->rank ? 0 : sum_others(c, recv_bytes), t0);
+    return rc;
+}
+
+int dsacp_comm_bcast(dsacp_comm *c, void *buf, size_t len, int phase)
+{
+    if (c->solo || len == 0) return DSACP_OK;
+    const double t0 = dsacp_now();
+    for (size_t off = 0; off < len;) {
+        size_t n = len - off > (size_t)INT_MAX ? (size_t)INT_MAX : len - off;
+        int err = MPI_Bcast((uint8_t *)buf + off, (int)n, MPI_BYTE, 0, c->comm);
+        if (err != MPI_SUCCESS) return mpi_fail(err, "MPI_Bcast");
+        off += n;
+    }
+    count(c, phase, c->rank ? 0 : (int64_t)len * (c->size - 1), c->rank ? (int64_t)len : 0, t0);
+    return DSACP_OK;
+}
+
+int dsacp_comm_agree(dsacp_comm *c, int status)
+{
+    if (c->solo) return status;
+    const double t0 = dsacp_now();
+    int *all = malloc((size_t)c->size * sizeof *all);
+    if (!all) return dsacp_error(DSACP_ENOMEM, "out of memory");
+    int err = MPI_Allgather(&status, 1, MPI_INT, all, 1, MPI_INT, c->comm);
+    if (err != MPI_SUCCESS) {
+        free(all);
+        return mpi_fail(err, "MPI_Allgather (status agreement)");
+    }
+    int first = -1;
+    for (int q = 0; q < c->size && first < 0; q++)
+        if (all[q] != DSACP_OK) first = q;
+    int rc = first < 0 ? DSACP_OK : all[first];
+    free(all);
+    count(c, DSACP_PHASE_control, (int64_t)sizeof(int) * (c->size - 1), (int64_t)sizeof(int) * (c->size - 1), t0);
+    if (first < 0) return DSACP_OK;
+    /* The failing rank's message, so that rank 0 can print the real cause. */
+    char msg[512];
+    snprintf(msg, sizeof msg, "%s", dsacp_last_error());
+    err = MPI_Bcast(msg, (int)sizeof msg, MPI_CHAR, first, c->comm);
+    if (err != MPI_SUCCESS) return mpi_fail(err, "MPI_Bcast (error message)");
+    msg[sizeof msg - 1] = 0;
+    if (c->rank != first) dsacp_error(rc, "rank %d: %s", first, msg);
+    return rc;
+}
+
+/* ---- report ---- */
+
+int dsacp_comm_write_report(dsacp_comm *c, const char *path)
+{
+    const int W = c->size, P = DSACP_PHASE_COUNT;
+    double *mine = calloc((size_t)P * 4, sizeof *mine);
+    double *all = c->rank == 0 ? calloc((size_t)P * 4 * (size_t)W, sizeof *all) : NULL;
+    int rc = (mine && (c->rank || all)) ? DSACP_OK : dsacp_error(DSACP_ENOMEM, "out of memory");
+    if (!rc) {
+        for (int p = 0; p < P; p++) {
+            mine[p * 4 + 0] = (double)c->ctr[p].calls;
+            mine[p * 4 + 1] = (double)c->ctr[p].bytes_sent;
+            mine[p * 4 + 2] = (double)c->ctr[p].bytes_recv;
+            mine[p * 4 + 3] = c->ctr[p].seconds;
+        }
+        if (c->solo) memcpy(all, mine, (size_t)P * 4 * sizeof *mine);
+        else {
+            int err = MPI_Gather(mine, P * 4, MPI_DOUBLE, all, P * 4, MPI_DOUBLE, 0, c->comm);
+            if (err != MPI_SUCCESS) rc = mpi_fail(err, "MPI_Gather (comm report)");
+        }
+    }
+    if (!rc && c->rank == 0) {
+        char *text = NULL;
+        size_t len = 0;
+        FILE *f = open_memstream(&text, &len);
+        if (!f) rc = dsacp_error(DSACP_ENOMEM, "out of memory");
+        else {
+            fprintf(f, "{\n  \"world\": %d,\n  \"bytes\": \"logical bytes (docs/context-parallel.md)\",\n  \"ranks\": [", W);
+            for (int q = 0; q < W; q++) {
+                fprintf(f, "%s\n    {\"rank\": %d, \"phases\": {", q ? "," : "", q);
+                for (int p = 0; p < P; p++) {
+                    const double *v = all + ((size_t)q * P + p) * 4;
+                    fprintf(f, "%s\n      \"%s\": {\"calls\": %.0f, \"bytes_sent\": %.0f, \"bytes_recv\": %.0f, "
+                               "\"seconds\": %.6f}",
+                            p ? "," : "", phase_names[p], v[0], v[1], v[2], v[3]);
+                }
+                fprintf(f, "\n    }}");
+            }
+            fprintf(f, "\n  ]\n}\n");
+            fclose(f);
+            rc = dsacp_write_file_atomic(path, text, len);
+            free(text);
+        }
+    }
+    free(mine);
+    free(all);
+    return dsacp_comm_agree(c, rc);
+}

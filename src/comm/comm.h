@@ -1,0 +1,46 @@
+/*
+ * comm -- the collectives the CP strategies use, over an MPI communicator or over a solo one
+ * (W = 1, no MPI), each counted per rank and per phase in logical bytes (dsacp_cp.h gives the
+ * definition per collective; docs/context-parallel.md the formulas per strategy). Only comm.c
+ * includes mpi.h. Every function is collective over the communicator: all ranks call it, in the
+ * same order, with sizes that agree. Buffers are plain bytes or F32; blocks land in rank order.
+ * Calls core only.
+ */
+#ifndef DSACP_COMM_H
+#define DSACP_COMM_H
+
+#include "core/core.h"
+#include "dsacp_cp.h"
+
+/* All-gather of blocks of different sizes: rank q contributes recv_bytes[q] bytes (send_bytes
+ * on this rank must equal recv_bytes[rank]); recv receives them concatenated in rank order. */
+int dsacp_comm_allgatherv(dsacp_comm *c, const void *send, size_t send_bytes, void *recv,
+                          const size_t *recv_bytes, int phase);
+/* Equal blocks: recv = W blocks of `bytes`. */
+int dsacp_comm_allgather(dsacp_comm *c, const void *send, size_t bytes, void *recv, int phase);
+/* The same, non-blocking: start, compute, then wait (time is counted in both calls). */
+typedef struct dsacp_comm_request dsacp_comm_request;
+int dsacp_comm_iallgatherv(dsacp_comm *c, const void *send, size_t send_bytes, void *recv,
+                           const size_t *recv_bytes, int phase, dsacp_comm_request **req);
+int dsacp_comm_wait(dsacp_comm_request *req);
+/* All-to-all: send holds W blocks (send_bytes[q] for rank q, concatenated), recv receives W
+ * blocks (recv_bytes[q] from rank q). */
+int dsacp_comm_alltoallv(dsacp_comm *c, const void *send, const size_t *send_bytes, void *recv,
+                         const size_t *recv_bytes, int phase);
+/* Sum over ranks, scattered: send F32 [sum counts] (block q = counts[q] floats, in rank order),
+ * recv F32 [counts[rank]] = elementwise sum of every rank's block `rank`. */
+int dsacp_comm_reduce_scatter_f32(dsacp_comm *c, const float *send, float *recv, const int64_t *counts,
+                                  int phase);
+/* In-place sum over ranks of n floats, as reduce-scatter then all-gather: every element is
+ * summed in one place, so every rank gets bit-identical results (replicated state stays
+ * replicated). */
+int dsacp_comm_allreduce_f32(dsacp_comm *c, float *buf, int64_t n, int phase);
+/* Gather to rank 0: rank q sends recv_bytes[q] bytes; on rank 0 recv gets them in rank order
+ * (recv may be NULL elsewhere). */
+int dsacp_comm_gatherv(dsacp_comm *c, const void *send, size_t send_bytes, void *recv,
+                       const size_t *recv_bytes, int phase);
+
+/* Balanced split of n items over W ranks: rank r takes [n r / W, n (r + 1) / W). */
+static inline int64_t dsacp_split_begin(int64_t n, int64_t r, int64_t W) { return n * r / W; }
+
+#endif

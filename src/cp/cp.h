@@ -1,0 +1,127 @@
+/*
+ * cp -- the DSA layer over a context-parallel group (docs/context-parallel.md). It sits between
+ * engine and attn: the engine hands it the step's tokens, it runs the phases of
+ * src/attn/dsa_layer.c on each rank's share and moves what the phases need between ranks
+ * through src/comm. Each decode strategy is one file (cp_allgather_kv.c, cp_replicated_index.c,
+ * cp_exact_topk.c) that says what moves; the prefill split and the output projection are shared
+ * (cp_layer.c). Kernels never learn about ranks.
+ *
+ * Token order on a rank: the step's T tokens are flattened in entry order (as
+ * dsacp_engine_step documents). A rank computes its "active" tokens: every decode token (an
+ * entry of one token; replicated over the ranks, heads split) and the prefill tokens whose
+ * position it owns. Active rows are laid out decode tokens first, then own prefill tokens,
+ * each group in step order.
+ */
+#ifndef DSACP_CP_INTERNAL_H
+#define DSACP_CP_INTERNAL_H
+
+#include "attn/dsa_layer.h"
+#include "comm/comm.h"
+#include "dsacp_cp.h"
+
+/* The group and what each rank holds; fixed when the engine is created. */
+typedef struct dsacp_cp_ctx {
+    dsacp_comm *comm;
+    int W, rank;
+    dsacp_cp_options opt;
+    dsacp_kv_cache *lat, *idx;   /* this rank's caches (the same object when both layouts agree) */
+    int64_t block_size;          /* of the transient views */
+    int64_t h0, h1;              /* this rank's heads: [H r / W, H (r + 1) / W) */
+    /* o_proj over this rank's heads: a copy of its input columns per layer ([L], NULL at W = 1),
+     * or NULL when the columns do not fall on the weight's FP8 blocks (then the heads' outputs
+     * are all-gathered and every rank applies the whole o_proj: o_gather_v). */
+    dsacp_weight **o_shard;
+    bool o_gather_v;
+    int64_t transient_peak;      /* bytes, largest transient of a layer call so far */
+} dsacp_cp_ctx;
+
+/* One step's metadata: the same on every rank (only `act` differs). */
+typedef struct dsacp_cp_step {
+    int64_t T, n_ent;
+    const int64_t *pos;      /* [T] absolute position */
+    const int32_t *ent;      /* [T] entry of each token */
+    const int64_t *old_len;  /* [n_ent] tokens cached before the step */
+    const int64_t *new_len;  /* [n_ent] after it */
+    const uint8_t *decode;   /* [n_ent] 1: an entry of one token (processed by every rank) */
+    dsacp_kv_seq *const *lat_seq, *const *idx_seq; /* [n_ent] this rank's block tables */
+    int64_t n_dec, n_pre;    /* active rows: decode tokens, then this rank's prefill tokens */
+    const int64_t *act;      /* [n_dec + n_pre] token index of each active row */
+    const int64_t *act_row;  /* [T] active row of each token on this rank, -1 when not active */
+    int64_t n_pre_all;       /* prefill tokens of the step, all ranks */
+    const int64_t *pre_all;  /* [n_pre_all] prefill tokens grouped by owner rank, step order within */
+    const int64_t *pre_off;  /* [W + 1] rank q's prefill tokens: pre_all[pre_off[q] .. pre_off[q+1]) */
+    const int64_t *pre_idx;  /* [T] index of a prefill token in pre_all, -1 for decode tokens */
+    bool want_topk;          /* gather selected sets to rank 0 */
+} dsacp_cp_step;
+
+/* Builds the metadata of a step on this rank into `st` (arrays owned by `mem`, freed with
+ * dsacp_cp_step_free). pos/ent/old_len/new_len/seqs are the caller's. */
+typedef struct dsacp_cp_step_mem {
+    uint8_t *decode;
+    int64_t *act, *act_row, *pre_all, *pre_off, *pre_idx;
+} dsacp_cp_step_mem;
+int dsacp_cp_step_build(const dsacp_cp_ctx *cp, dsacp_cp_step *st, dsacp_cp_step_mem *mem);
+void dsacp_cp_step_free(dsacp_cp_step_mem *mem);
+
+/* The layer: x F32 [n_dec + n_pre][D] (RMS-normed rows of the active tokens) -> out F32
+ * [n_dec + n_pre][D]. topk (rank 0, st->want_topk): I32 [T][index_topk] in step order.
+ * Collective over the group. Never returns early on a local failure: every rank goes through
+ * every collective, a failed rank with garbage, and the status is agreed by the caller. */
+int dsacp_cp_layer_forward(dsacp_cp_ctx *cp, const dsacp_dsa_ctx *ctx, const dsacp_dsa_weights *w, int64_t layer,
+                           const dsacp_cp_step *st, const float *x, float *out, int32_t *topk);
+
+/* ---- shared by the strategies ---- */
+
+/* Everything a decode strategy gets: the projections of the active rows (decode rows first,
+ * query rows of heads [h0, h1)), and where to put the heads' v rows and the selected sets. */
+typedef struct dsacp_cp_decode_args {
+    dsacp_cp_ctx *cp;
+    const dsacp_dsa_ctx *ctx;
+    const dsacp_dsa_weights *w;
+    int64_t layer;
+    const dsacp_cp_step *st;
+    const dsacp_dsa_proj *proj;
+    const int64_t *pos_act;          /* [n_dec + n_pre] positions of the active rows */
+    const dsacp_kv_cache *stage;     /* active rows' new entries (slot = row) */
+    float *vcat;     /* F32 [n_dec][H][dv]: fill the columns of heads [h0, h1) */
+    int32_t *topk;   /* I32 [n_dec][index_topk]: the selected set of each decode token */
+    int *rc;         /* local failure (keep taking part in the collectives) */
+} dsacp_cp_decode_args;
+
+int dsacp_cp_decode_allgather_kv(const dsacp_cp_decode_args *a);
+int dsacp_cp_decode_replicated_index(const dsacp_cp_decode_args *a);
+int dsacp_cp_decode_exact_topk(const dsacp_cp_decode_args *a);
+
+/* Attention of the decode tokens over the winners this rank owns, then the LSE merge and W_UV
+ * (cp_merge.c): sel[j] holds token j's selected positions (ascending, nsel[j] of them). */
+int dsacp_cp_attend_owned_and_merge(const dsacp_cp_decode_args *a, const int32_t *sel, const int64_t *nsel);
+
+/* Transient full views (cp_view.c): for the entries listed, positions [0, new_len) readable on
+ * this rank. Sharded parts of the entries' earlier context are all-gathered (counted under
+ * `phase`); the step's new tokens come from `stage` (this rank's active rows, slot = row) or
+ * from `pre_recv` (every prefill token's packed entry, indexed by pre_idx). */
+typedef struct dsacp_cp_views {
+    dsacp_kv_cache *cache;   /* the transient cache (NULL when nothing was sharded) */
+    dsacp_kv_seq *seqs;      /* [n_ent] of the step (only listed entries are filled) */
+    dsacp_dsa_view *view;    /* [n_ent] */
+    int64_t n_ent;
+    int64_t bytes;           /* transient bytes (cache + gathered buffers) */
+} dsacp_cp_views;
+int dsacp_cp_views_build(dsacp_cp_ctx *cp, const dsacp_cp_step *st, int64_t layer, const uint8_t *want_entry,
+                         const dsacp_kv_cache *stage, const uint8_t *pre_recv, int phase, dsacp_cp_views *out,
+                         int *rc);
+void dsacp_cp_views_free(dsacp_cp_views *v);
+
+/* Raw cache entries: latent (mla_bytes) and indexer key (index_bytes: f32 [di] or e4m3 [di] then
+ * its F32 scale) of one slot, copied in or out. */
+void dsacp_cp_get_lat(const dsacp_kv_cache *c, int64_t layer, int64_t slot, uint8_t *dst);
+void dsacp_cp_put_lat(dsacp_kv_cache *c, int64_t layer, int64_t slot, const uint8_t *src);
+void dsacp_cp_get_idx(const dsacp_kv_cache *c, int64_t layer, int64_t slot, uint8_t *dst);
+void dsacp_cp_put_idx(dsacp_kv_cache *c, int64_t layer, int64_t slot, const uint8_t *src);
+
+/* Slot of global position p of entry e in this rank's latent / indexer cache (the caller knows
+ * the rank holds it). */
+int64_t dsacp_cp_lat_slot(const dsacp_cp_ctx *cp, const dsacp_cp_step *st, int64_t e, int64_t p);
+int64_t dsacp_cp_idx_slot(const dsacp_cp_ctx *cp, const dsacp_cp_step *st, int64_t e, int64_t p);
+
+#endif

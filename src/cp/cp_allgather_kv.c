@@ -1,0 +1,39 @@
+/*
+ * cp_allgather_kv.c -- decode strategy "allgather-kv", the second seed's stop-gap (vllm-ascend
+ * PR #6563, gather_kv_cross_cp), for any interleave.
+ *
+ * Moves (phase kv_gather, per layer): every rank's sharded cache entries of the step's decode
+ * requests' earlier context, as raw entries (latent mla_bytes and/or indexer index_bytes each):
+ *   recv = sum over the other ranks q of local_len(old_len, q) x entry bytes, per request.
+ * Then each rank holds a transient full copy, scores all positions, takes the top-k itself
+ * (identical everywhere: same bytes, same kernels) and attends with its own heads [h0, h1).
+ * The seed moves whole blocks plus block tables; dsacp moves the entries only (at most one
+ * block per request per rank less) and rebuilds the positions from the ownership formula.
+ */
+#include "cp/cp.h"
+
+#include <stdlib.h>
+
+int dsacp_cp_decode_allgather_kv(const dsacp_cp_decode_args *a)
+{
+    const dsacp_cp_step *st = a->st;
+    const int64_t nd = st->n_dec;
+    uint8_t *want = calloc((size_t)(st->n_ent > 0 ? st->n_ent : 1), 1);
+    const dsacp_dsa_view **vptr = malloc((size_t)(nd + 1) * sizeof *vptr);
+    if (!want || !vptr) {
+        free(want), free(vptr);
+        return dsacp_error(DSACP_ENOMEM, "out of memory");
+    }
+    for (int64_t e = 0; e < st->n_ent; e++) want[e] = st->decode[e];
+    dsacp_cp_views v;
+    int crc = dsacp_cp_views_build(a->cp, st, a->layer, want, a->stage, NULL, DSACP_PHASE_kv_gather, &v, a->rc);
+    if (!crc && !*a->rc) {
+        for (int64_t j = 0; j < nd; j++) vptr[j] = &v.view[st->ent[st->act[j]]];
+        int rc = dsacp_dsa_attend_views(a->ctx, a->w, a->proj, 0, nd, a->pos_act, vptr, a->cp->h0, a->cp->h1,
+                                        a->vcat, a->topk, a->layer);
+        if (rc) *a->rc = rc;
+    }
+    if (!crc) dsacp_cp_views_free(&v);
+    free(want), free(vptr);
+    return crc;
+}

@@ -1,0 +1,102 @@
+/*
+ * cp_exact_topk.c -- decode strategy "exact-topk" (vLLM #46076/#46514, ROCm ATOM #1832):
+ * every rank scores only its shard of the indexer keys, takes a local top-k (k slots, padded
+ * with (-inf, -1)), the candidates (score, global position) are all-gathered (phase
+ * index_candidates: recv = (W - 1) x k x 8 bytes per decode token) and merged into the exact
+ * global top-k: a global winner has fewer than k better positions anywhere, so it is in its
+ * owner's local top-k; ties go to the lower position, as on one process. Then attention over
+ * the owned winners and the LSE merge (cp_merge.c).
+ */
+#include "cp/cp.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct candidate {
+    float score;
+    int32_t pos; /* -1: padding */
+} candidate;
+
+/* Larger is better: score, then the lower position. */
+static uint64_t cand_key(const candidate *c)
+{
+    return ((uint64_t)dsacp_float_key(c->score) << 32) | (uint64_t)(UINT32_MAX - (uint32_t)c->pos);
+}
+
+static int cmp_desc(const void *a, const void *b)
+{
+    const uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? 1 : x > y ? -1 : 0;
+}
+
+static int cmp_i32(const void *a, const void *b)
+{
+    const int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
+    return (x > y) - (x < y);
+}
+
+int dsacp_cp_decode_exact_topk(const dsacp_cp_decode_args *a)
+{
+    const dsacp_cp_ctx *cp = a->cp;
+    const dsacp_cp_step *st = a->st;
+    const dsacp_config *cfg = a->ctx->cfg;
+    const int64_t nd = st->n_dec, K = cfg->index_topk, Hi = cfg->index_n_heads, di = cfg->index_head_dim;
+    const int64_t W = cp->W, me = cp->rank, I = cp->opt.interleave;
+    const bool sharded = W > 1 && cp->opt.index_layout == DSACP_LAYOUT_SHARDED;
+    int64_t maxn = 1;
+    for (int64_t j = 0; j < nd; j++)
+        if (a->pos_act[j] + 1 > maxn) maxn = a->pos_act[j] + 1;
+    const size_t nc = (size_t)((nd > 0 ? nd : 1) * K);
+    float *scores = malloc((size_t)maxn * 4);
+    int32_t *lsel = malloc((size_t)K * 4), *sel = malloc(nc * 4);
+    int64_t *nsel = malloc((size_t)(nd > 0 ? nd : 1) * sizeof *nsel);
+    candidate *mine = malloc(nc * sizeof *mine), *all = malloc(nc * (size_t)W * sizeof *all);
+    uint64_t *keys = malloc((size_t)(W * K) * sizeof *keys);
+    void *qpack = dsacp_alloc((dsacp_index_query_bytes(Hi, di) + 63) / 64 * 64);
+    int crc = DSACP_OK;
+    if (!scores || !lsel || !sel || !nsel || !mine || !all || !keys || !qpack) {
+        crc = dsacp_error(DSACP_ENOMEM, "out of memory for the top-k candidates");
+        goto done;
+    }
+    /* Local scores and local top-k over this rank's shard. */
+    for (int64_t j = 0; j < nd; j++) {
+        const int64_t e = st->ent[st->act[j]], n = a->pos_act[j] + 1;
+        const int64_t nl = sharded ? dsacp_cp_local_len(n, me, I, W) : n;
+        dsacp_index_query_pack(a->proj->qi + j * Hi * di, a->proj->wts + j * Hi, Hi, di, qpack);
+        dsacp_dsa_index_scores(cp->idx, a->layer, st->idx_seq[e], nl, qpack, scores, true);
+        const int64_t k = dsacp_topk_select(scores, nl, K, lsel);
+        for (int64_t i = 0; i < K; i++) {
+            candidate *c = &mine[j * K + i];
+            if (i < k) {
+                c->score = scores[lsel[i]];
+                c->pos = (int32_t)(sharded ? dsacp_cp_global_pos(lsel[i], me, I, W) : lsel[i]);
+            } else {
+                c->score = -INFINITY;
+                c->pos = -1;
+            }
+        }
+    }
+    crc = dsacp_comm_allgather(cp->comm, mine, nc * sizeof *mine, all, DSACP_PHASE_index_candidates);
+    if (crc) goto done;
+    /* Exact merge, the same on every rank. */
+    for (int64_t j = 0; j < nd; j++) {
+        int64_t m = 0;
+        for (int64_t q = 0; q < W; q++)
+            for (int64_t i = 0; i < K; i++) {
+                const candidate *c = &all[(q * nd + j) * K + i];
+                if (c->pos >= 0) keys[m++] = cand_key(c);
+            }
+        qsort(keys, (size_t)m, sizeof *keys, cmp_desc);
+        nsel[j] = m < K ? m : K;
+        int32_t *s = sel + j * K;
+        for (int64_t i = 0; i < nsel[j]; i++) s[i] = (int32_t)(UINT32_MAX - (uint32_t)(keys[i] & 0xFFFFFFFFu));
+        qsort(s, (size_t)nsel[j], sizeof *s, cmp_i32);
+        for (int64_t i = 0; i < K; i++) a->topk[j * K + i] = i < nsel[j] ? s[i] : -1;
+    }
+    crc = dsacp_cp_attend_owned_and_merge(a, sel, nsel);
+done:
+    free(scores), free(lsel), free(sel), free(nsel), free(mine), free(all), free(keys);
+    dsacp_free(qpack);
+    return crc;
+}

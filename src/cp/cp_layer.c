@@ -1,0 +1,365 @@
+/*
+ * cp_layer.c -- one DSA layer over the CP group (docs/context-parallel.md sections 2-4):
+ *
+ *   1. projections of the active rows (decode rows: query heads [h0, h1) only; own prefill rows:
+ *      all heads)                                                          -- dsacp_dsa_project
+ *   2. the new tokens' cache entries, encoded once (staged, one slot per active row)
+ *   3. prefill exchange: own prefill tokens' packed entries all-gathered   -- phase prefill_kv
+ *   4. persist: each rank writes the new positions its layouts keep
+ *   5. prefill attention: own prefill tokens over full views of their requests (sharded earlier
+ *      context gathered transiently, phase prefill_kv)                     -- dsacp_dsa_attend_views
+ *   6. decode attention: the decode strategy (one file each) fills v for heads [h0, h1)
+ *   7. o_proj: own prefill rows with the whole weight; decode rows with this rank's head columns,
+ *      then an all-reduce (or, when the columns split FP8 blocks, the heads' v all-gathered and
+ *      the whole weight applied)                                           -- phase o_proj
+ *   8. selected sets to rank 0 when asked                                  -- phase topk_dump
+ *
+ * A local failure never skips a collective: the rank keeps going with whatever it has and the
+ * status is agreed at the end of the step (engine.c).
+ */
+#include "cp/cp.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+int dsacp_cp_step_build(const dsacp_cp_ctx *cp, dsacp_cp_step *st, dsacp_cp_step_mem *m)
+{
+    memset(m, 0, sizeof *m);
+    const int64_t T = st->T, W = cp->W, I = cp->opt.interleave, n_ent = st->n_ent;
+    m->decode = calloc((size_t)(n_ent > 0 ? n_ent : 1), 1);
+    m->act = malloc((size_t)(T > 0 ? T : 1) * sizeof *m->act);
+    m->act_row = malloc((size_t)(T > 0 ? T : 1) * sizeof *m->act_row);
+    m->pre_all = malloc((size_t)(T > 0 ? T : 1) * sizeof *m->pre_all);
+    m->pre_idx = malloc((size_t)(T > 0 ? T : 1) * sizeof *m->pre_idx);
+    m->pre_off = calloc((size_t)W + 1, sizeof *m->pre_off);
+    if (!m->decode || !m->act || !m->act_row || !m->pre_all || !m->pre_idx || !m->pre_off) {
+        dsacp_cp_step_free(m);
+        return dsacp_error(DSACP_ENOMEM, "out of memory for the step's metadata");
+    }
+    for (int64_t e = 0; e < n_ent; e++) m->decode[e] = st->new_len[e] - st->old_len[e] == 1;
+    int64_t nd = 0, np = 0, npa = 0;
+    for (int64_t t = 0; t < T; t++) {
+        m->act_row[t] = -1;
+        m->pre_idx[t] = -1;
+        if (m->decode[st->ent[t]]) m->act_row[t] = nd++;
+        else m->pre_off[dsacp_cp_owner(st->pos[t], I, W) + 1]++, npa++;
+    }
+    for (int64_t q = 0; q < W; q++) m->pre_off[q + 1] += m->pre_off[q];
+    int64_t *fill = calloc((size_t)W, sizeof *fill);
+    if (!fill) {
+        dsacp_cp_step_free(m);
+        return dsacp_error(DSACP_ENOMEM, "out of memory for the step's metadata");
+    }
+    for (int64_t t = 0, j = 0; t < T; t++) {
+        if (m->decode[st->ent[t]]) {
+            m->act[j++] = t;
+            continue;
+        }
+        const int64_t q = dsacp_cp_owner(st->pos[t], I, W), k = m->pre_off[q] + fill[q]++;
+        m->pre_all[k] = t;
+        m->pre_idx[t] = k;
+        if (q == cp->rank) {
+            m->act[nd + np] = t;
+            m->act_row[t] = nd + np++;
+        }
+    }
+    free(fill);
+    st->decode = m->decode;
+    st->act = m->act;
+    st->act_row = m->act_row;
+    st->pre_all = m->pre_all;
+    st->pre_off = m->pre_off;
+    st->pre_idx = m->pre_idx;
+    st->n_dec = nd;
+    st->n_pre = np;
+    st->n_pre_all = npa;
+    return DSACP_OK;
+}
+
+void dsacp_cp_step_free(dsacp_cp_step_mem *m)
+{
+    free(m->decode);
+    free(m->act);
+    free(m->act_row);
+    free(m->pre_all);
+    free(m->pre_off);
+    free(m->pre_idx);
+    memset(m, 0, sizeof *m);
+}
+
+#define KEEP(rc, expr)                                                                            \
+    do {                                                                                          \
+        int k_ = (expr);                                                                          \
+        if (k_ && !(rc)) (rc) = k_;                                                               \
+    } while (0)
+
+/* Step 7 for the decode rows on W > 1. */
+static int decode_o_proj(dsacp_cp_ctx *cp, const dsacp_dsa_ctx *ctx, const dsacp_dsa_weights *w, int64_t layer,
+                         const dsacp_cp_step *st, float *vcat, float *out, int *rc)
+{
+    const dsacp_config *cfg = ctx->cfg;
+    const int64_t H = cfg->num_attention_heads, dv = cfg->v_head_dim, D = cfg->hidden_size, nd = st->n_dec;
+    const int64_t W = cp->W, h0 = cp->h0, h1 = cp->h1;
+    const bool deployed = ctx->mode == DSACP_MODE_DEPLOYED;
+    if (!cp->o_gather_v) {
+        /* Partial sums over this rank's head columns, summed over the group. */
+        const dsacp_weight *ws = cp->o_shard[layer];
+        const bool aq = deployed && w->o->dtype == DSACP_F8_E4M3 && w->o->cols % 128 == 0;
+        if (h1 > h0) KEEP(*rc, dsacp_linear(ws, vcat + h0 * dv, nd, H * dv, out, D, aq));
+        else memset(out, 0, (size_t)(nd * D) * 4);
+        return dsacp_comm_allreduce_f32(cp->comm, out, nd * D, DSACP_PHASE_o_proj);
+    }
+    /* The heads' v rows to every rank, then the whole o_proj (bit-identical to W = 1). */
+    size_t *rb = malloc((size_t)W * sizeof *rb);
+    float *send = malloc((size_t)(nd * (h1 - h0) * dv) * 4 + 4), *recv = malloc((size_t)(nd * H * dv) * 4 + 4);
+    if (!rb || !send || !recv) {
+        free(rb), free(send), free(recv);
+        return dsacp_error(DSACP_ENOMEM, "out of memory for the o_proj exchange");
+    }
+    for (int64_t q = 0; q < W; q++)
+        rb[q] = (size_t)(nd * (dsacp_split_begin(H, q + 1, W) - dsacp_split_begin(H, q, W)) * dv) * 4;
+    for (int64_t j = 0; j < nd; j++) memcpy(send + j * (h1 - h0) * dv, vcat + (j * H + h0) * dv, (size_t)((h1 - h0) * dv) * 4);
+    int crc = dsacp_comm_allgatherv(cp->comm, send, rb[cp->rank], recv, rb, DSACP_PHASE_o_proj);
+    if (!crc) {
+        const float *r = recv;
+        for (int64_t q = 0; q < W; q++) {
+            const int64_t a = dsacp_split_begin(H, q, W), b = dsacp_split_begin(H, q + 1, W);
+            for (int64_t j = 0; j < nd; j++, r += (b - a) * dv) memcpy(vcat + (j * H + a) * dv, r, (size_t)((b - a) * dv) * 4);
+        }
+        KEEP(*rc, dsacp_linear(w->o, vcat, nd, H * dv, out, D, deployed));
+    }
+    free(rb), free(send), free(recv);
+    return crc;
+}
+
+/* Step 8: rank 0 gets every token's selected set in step order. */
+static int dump_topk(dsacp_cp_ctx *cp, const dsacp_cp_step *st, int64_t K, const int32_t *topk_act, int32_t *topk)
+{
+    const int64_t W = cp->W, nd = st->n_dec;
+    if (cp->rank == 0 && topk)
+        for (int64_t j = 0; j < nd; j++) memcpy(topk + st->act[j] * K, topk_act + j * K, (size_t)K * 4);
+    if (st->n_pre_all == 0) return DSACP_OK;
+    size_t *rb = malloc((size_t)W * sizeof *rb);
+    int32_t *all = cp->rank == 0 ? malloc((size_t)(st->n_pre_all * K) * 4) : NULL;
+    if (!rb || (cp->rank == 0 && !all)) {
+        free(rb), free(all);
+        return dsacp_error(DSACP_ENOMEM, "out of memory for the selected sets");
+    }
+    for (int64_t q = 0; q < W; q++) rb[q] = (size_t)((st->pre_off[q + 1] - st->pre_off[q]) * K) * 4;
+    int crc = dsacp_comm_gatherv(cp->comm, topk_act + nd * K, rb[cp->rank], all, rb, DSACP_PHASE_topk_dump);
+    if (!crc && cp->rank == 0 && topk)
+        for (int64_t k = 0; k < st->n_pre_all; k++) memcpy(topk + st->pre_all[k] * K, all + k * K, (size_t)K * 4);
+    free(rb), free(all);
+    return crc;
+}
+
+static const dsacp_config *view_cfg(const dsacp_dsa_ctx *ctx) { return ctx->cfg; }
+
+int dsacp_cp_layer_forward(dsacp_cp_ctx *cp, const dsacp_dsa_ctx *ctx, const dsacp_dsa_weights *w, int64_t layer,
+                           const dsacp_cp_step *st, const float *x, float *out, int32_t *topk)
+{
+    const dsacp_config *cfg = view_cfg(ctx);
+    const int64_t H = cfg->num_attention_heads, dv = cfg->v_head_dim, D = cfg->hidden_size, K = cfg->index_topk;
+    const int64_t dc = cfg->kv_lora_rank, dk = dc + cfg->qk_rope_head_dim, di = cfg->index_head_dim;
+    const int64_t nd = st->n_dec, np = st->n_pre, na = nd + np, W = cp->W, me = cp->rank, I = cp->opt.interleave;
+    const bool deployed = ctx->mode == DSACP_MODE_DEPLOYED;
+    int rc = DSACP_OK, crc = DSACP_OK; /* local status; collective (fatal) status */
+
+    dsacp_dsa_proj p;
+    dsacp_kv_cache *stage = NULL;
+    dsacp_cp_views pv = {0};
+    int64_t *pos_act = malloc((size_t)(na + 1) * sizeof *pos_act);
+    float *vcat = dsacp_calloc((size_t)(na > 0 ? na : 1) * (size_t)(H * dv), 4);
+    int32_t *topk_act = malloc((size_t)((na > 0 ? na : 1) * K) * 4);
+    uint8_t *pre_send = NULL, *pre_recv = NULL, *want = NULL;
+    size_t *rb = NULL;
+    const dsacp_dsa_view **vptr = NULL;
+    if (dsacp_dsa_proj_alloc(&p, cfg, na) || !pos_act || !vcat || !topk_act) {
+        crc = dsacp_error(DSACP_ENOMEM, "layer %lld: out of memory for %lld active tokens", (long long)layer,
+                          (long long)na);
+        goto done;
+    }
+    for (int64_t j = 0; j < na; j++) pos_act[j] = st->pos[st->act[j]];
+
+    /* 1. Projections. */
+    if (nd > 0 && np > 0 && (cp->h0 != 0 || cp->h1 != H)) {
+        KEEP(rc, dsacp_dsa_project(ctx, w, x, nd, pos_act, cp->h0, cp->h1, &p, 0));
+        KEEP(rc, dsacp_dsa_project(ctx, w, x + nd * D, np, pos_act + nd, 0, H, &p, nd));
+    } else {
+        KEEP(rc, dsacp_dsa_project(ctx, w, x, na, pos_act, np > 0 ? 0 : cp->h0, np > 0 ? H : cp->h1, &p, 0));
+    }
+
+    /* 2. Stage the new entries: a one-layer pool of block size 1, so that slot j holds active
+     *    row j's entries contiguously (the packed format of the exchange). */
+    {
+        dsacp_config c;
+        memset(&c, 0, sizeof c);
+        c.kv_lora_rank = dc, c.qk_rope_head_dim = dk - dc, c.index_head_dim = di;
+        if (dsacp_kv_cache_create(&c, 1, cp->lat->mla_dtype, cp->idx->index_fp8, 1, na > 0 ? na : 1, &stage)) {
+            crc = dsacp_error(DSACP_ENOMEM, "layer %lld: out of memory staging %lld entries", (long long)layer,
+                              (long long)na);
+            goto done;
+        }
+    }
+    for (int64_t j = 0; j < na; j++) {
+        dsacp_kv_write_mla(stage, 0, j, p.kv + j * dk, p.kv + j * dk + dc);
+        dsacp_kv_write_index(stage, 0, j, p.ki + j * di);
+    }
+    const int64_t ml = stage->mla_bytes, il = stage->index_bytes, E = ml + il;
+
+    /* 3. Prefill exchange: every prefill token's entry to every rank. */
+    if (W > 1 && st->n_pre_all > 0) {
+        rb = malloc((size_t)W * sizeof *rb);
+        pre_send = malloc((size_t)(np * E) + 1);
+        pre_recv = malloc((size_t)(st->n_pre_all * E) + 1);
+        if (!rb || !pre_send || !pre_recv) {
+            crc = dsacp_error(DSACP_ENOMEM, "layer %lld: out of memory for the prefill exchange", (long long)layer);
+            goto done;
+        }
+        for (int64_t q = 0; q < W; q++) rb[q] = (size_t)((st->pre_off[q + 1] - st->pre_off[q]) * E);
+        for (int64_t j = 0; j < np; j++) {
+            dsacp_cp_get_lat(stage, 0, nd + j, pre_send + j * E);
+            dsacp_cp_get_idx(stage, 0, nd + j, pre_send + j * E + ml);
+        }
+        crc = dsacp_comm_allgatherv(cp->comm, pre_send, rb[me], pre_recv, rb, DSACP_PHASE_prefill_kv);
+        if (crc) goto done;
+        const int64_t tb = (int64_t)(np + st->n_pre_all) * E;
+        if (tb > cp->transient_peak) cp->transient_peak = tb;
+    }
+
+    /* 4. Persist what this rank's layouts keep. */
+    {
+        uint8_t *tmp = malloc((size_t)E);
+        if (!tmp) {
+            crc = dsacp_error(DSACP_ENOMEM, "out of memory");
+            goto done;
+        }
+        const bool lat_all = W == 1 || cp->opt.kv_layout == DSACP_LAYOUT_REPLICATED;
+        const bool idx_all = W == 1 || cp->opt.index_layout == DSACP_LAYOUT_REPLICATED;
+        for (int64_t t = 0; t < st->T; t++) {
+            const int64_t e = st->ent[t], pp = st->pos[t];
+            const bool mine = dsacp_cp_owner(pp, I, W) == me;
+            if (!(lat_all || mine) && !(idx_all || mine)) continue;
+            const uint8_t *src;
+            if (st->act_row[t] >= 0) {
+                dsacp_cp_get_lat(stage, 0, st->act_row[t], tmp);
+                dsacp_cp_get_idx(stage, 0, st->act_row[t], tmp + ml);
+                src = tmp;
+            } else {
+                src = pre_recv + st->pre_idx[t] * E; /* W > 1: exchanged above */
+            }
+            if (lat_all || mine) dsacp_cp_put_lat(cp->lat, layer, dsacp_cp_lat_slot(cp, st, e, pp), src);
+            if (idx_all || mine) dsacp_cp_put_idx(cp->idx, layer, dsacp_cp_idx_slot(cp, st, e, pp), src + ml);
+        }
+        free(tmp);
+    }
+
+    /* 5. Prefill attention over full views (every rank gathers every prefill request's context:
+     *    the collective is the same everywhere). */
+    if (st->n_pre_all > 0) {
+        want = calloc((size_t)(st->n_ent > 0 ? st->n_ent : 1), 1);
+        vptr = malloc((size_t)(np + 1) * sizeof *vptr);
+        if (!want || !vptr) {
+            crc = dsacp_error(DSACP_ENOMEM, "out of memory");
+            goto done;
+        }
+        for (int64_t e = 0; e < st->n_ent; e++) want[e] = !st->decode[e];
+        crc = dsacp_cp_views_build(cp, st, layer, want, stage, pre_recv, DSACP_PHASE_prefill_kv, &pv, &rc);
+        if (crc) goto done;
+        if (!rc) {
+            for (int64_t j = 0; j < np; j++) vptr[j] = &pv.view[st->ent[st->act[nd + j]]];
+            KEEP(rc, dsacp_dsa_attend_views(ctx, w, &p, nd, np, pos_act + nd, vptr, 0, H, vcat + nd * H * dv,
+                                            topk_act + nd * K, layer));
+        }
+        dsacp_cp_views_free(&pv);
+    }
+
+    /* 6. Decode attention: the strategy fills v of heads [h0, h1) and the selected sets. */
+    if (nd > 0) {
+        dsacp_cp_decode_args a = {cp, ctx, w, layer, st, &p, pos_act, stage, vcat, topk_act, &rc};
+        switch (cp->opt.decode) {
+        case DSACP_DECODE_ALLGATHER_KV: crc = dsacp_cp_decode_allgather_kv(&a); break;
+        case DSACP_DECODE_REPLICATED_INDEX: crc = dsacp_cp_decode_replicated_index(&a); break;
+        case DSACP_DECODE_EXACT_TOPK: crc = dsacp_cp_decode_exact_topk(&a); break;
+        }
+        if (crc) goto done;
+    }
+
+    /* 7. Output projection. */
+    if (W == 1) {
+        KEEP(rc, dsacp_linear(w->o, vcat, na, H * dv, out, D, deployed));
+    } else {
+        if (np > 0) KEEP(rc, dsacp_linear(w->o, vcat + nd * H * dv, np, H * dv, out + nd * D, D, deployed));
+        if (nd > 0) crc = decode_o_proj(cp, ctx, w, layer, st, vcat, out, &rc);
+        if (crc) goto done;
+    }
+
+    /* 8. Selected sets. */
+    if (st->want_topk) {
+        if (W == 1) {
+            if (topk)
+                for (int64_t j = 0; j < na; j++) memcpy(topk + st->act[j] * K, topk_act + j * K, (size_t)K * 4);
+        } else {
+            crc = dump_topk(cp, st, K, topk_act, topk);
+        }
+    }
+done:
+    dsacp_dsa_proj_free(&p);
+    dsacp_kv_cache_free(stage);
+    free(pos_act);
+    dsacp_free(vcat);
+    free(topk_act);
+    free(pre_send);
+    free(pre_recv);
+    free(want);
+    free(vptr);
+    free(rb);
+    return crc ? crc : rc;
+}
+
+/* ---- the single-process layer: the solo case ---- */
+
+int dsacp_dsa_forward(const dsacp_dsa_ctx *ctx, const dsacp_dsa_weights *w, int64_t layer,
+                      const dsacp_step_tokens *tok, const float *x, float *out, int32_t *topk)
+{
+    if (tok->T == 0) return DSACP_OK;
+    /* Entries: one per distinct sequence of the step, in order of first appearance. */
+    const int64_t T = tok->T;
+    int64_t n_ent = 0;
+    for (int64_t t = 0; t < T; t++)
+        if (tok->seq[t] + 1 > n_ent) n_ent = tok->seq[t] + 1;
+    int64_t *old_len = calloc((size_t)n_ent, sizeof *old_len), *new_len = calloc((size_t)n_ent, sizeof *new_len);
+    int64_t *row_of = malloc((size_t)T * sizeof *row_of);
+    float *xa = dsacp_alloc((size_t)(T * ctx->cfg->hidden_size) * 4), *oa = dsacp_alloc((size_t)(T * ctx->cfg->hidden_size) * 4);
+    dsacp_comm *solo = NULL;
+    int rc = (old_len && new_len && row_of && xa && oa) ? dsacp_comm_create_solo(&solo)
+                                                        : dsacp_error(DSACP_ENOMEM, "out of memory");
+    dsacp_cp_step_mem mem = {0};
+    if (!rc) {
+        for (int64_t e = 0; e < n_ent; e++) old_len[e] = INT64_MAX;
+        for (int64_t t = 0; t < T; t++) {
+            const int64_t e = tok->seq[t];
+            if (tok->pos[t] < old_len[e]) old_len[e] = tok->pos[t];
+            if (tok->pos[t] + 1 > new_len[e]) new_len[e] = tok->pos[t] + 1;
+        }
+        for (int64_t e = 0; e < n_ent; e++)
+            if (old_len[e] == INT64_MAX) old_len[e] = new_len[e] = 0;
+        dsacp_cp_ctx cp = {.comm = solo, .W = 1, .rank = 0, .lat = ctx->cache, .idx = ctx->cache,
+                           .block_size = ctx->cache->block_size, .h0 = 0, .h1 = ctx->cfg->num_attention_heads};
+        dsacp_cp_options_default(&cp.opt);
+        dsacp_cp_step st = {.T = T, .n_ent = n_ent, .pos = tok->pos, .ent = tok->seq, .old_len = old_len,
+                            .new_len = new_len, .lat_seq = tok->seqs, .idx_seq = tok->seqs, .want_topk = topk != NULL};
+        rc = dsacp_cp_step_build(&cp, &st, &mem);
+        const int64_t D = ctx->cfg->hidden_size;
+        if (!rc) {
+            for (int64_t j = 0; j < T; j++) memcpy(xa + j * D, x + st.act[j] * D, (size_t)D * 4);
+            rc = dsacp_cp_layer_forward(&cp, ctx, w, layer, &st, xa, oa, topk);
+            for (int64_t j = 0; j < T && !rc; j++) memcpy(out + st.act[j] * D, oa + j * D, (size_t)D * 4);
+        }
+    }
+    dsacp_cp_step_free(&mem);
+    dsacp_comm_free(solo);
+    free(old_len), free(new_len), free(row_of);
+    dsacp_free(xa), dsacp_free(oa);
+    return rc;
+}

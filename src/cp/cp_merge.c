@@ -1,0 +1,106 @@
+/*
+ * cp_merge.c -- attention of the decode tokens over the winners each rank owns, and the merge
+ * of the partial results (vLLM's cp_lse_ag_out_rs), shared by replicated-index and exact-topk:
+ *
+ *   query_gather  each rank absorbs the query rows of its heads [h0, h1) ([q_abs | q_pe], dc + dr
+ *                 floats per head) and all-gathers them: recv = (H - Hs) (dc + dr) 4 bytes/token
+ *   attention     all H heads over the owned winners, ascending positions: o_r [H][dc], lse_r [H]
+ *                 (no owned winner: o_r = 0, lse_r = -inf)
+ *   attn_merge    all-gather of lse_r: recv = (W - 1) H 4 bytes/token; then every rank scales its
+ *                 o_r by exp(lse_r - lse), lse = log sum_r exp(lse_r), and a reduce-scatter over
+ *                 heads sums them: recv = (W - 1) Hs dc 4 bytes/token
+ *   W_UV          for heads [h0, h1) -> v, then o_proj (cp_layer.c)
+ * A rank with lse_r = -inf contributes exp(-inf) = 0 times o_r = 0: never NaN. When every rank
+ * has -inf the token's output is 0.
+ */
+#include "cp/cp.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+int dsacp_cp_attend_owned_and_merge(const dsacp_cp_decode_args *a, const int32_t *sel, const int64_t *nsel)
+{
+    const dsacp_cp_ctx *cp = a->cp;
+    const dsacp_cp_step *st = a->st;
+    const dsacp_config *cfg = a->ctx->cfg;
+    const int64_t nd = st->n_dec, K = cfg->index_topk, H = cfg->num_attention_heads, W = cp->W, me = cp->rank;
+    const int64_t nope = cfg->qk_nope_head_dim, dr = cfg->qk_rope_head_dim, dv = cfg->v_head_dim;
+    const int64_t dq = nope + dr, dc = cfg->kv_lora_rank, dk = dc + dr, I = cp->opt.interleave;
+    const int64_t h0 = cp->h0, h1 = cp->h1, Hs = h1 - h0, n1 = nd > 0 ? nd : 1;
+    const float scale = (float)cfg->softmax_scale;
+
+    float *qown = dsacp_alloc((size_t)(n1 * (Hs > 0 ? Hs : 1) * dk) * 4);
+    float *qrecv = dsacp_alloc((size_t)(n1 * H * dk) * 4), *qall = dsacp_alloc((size_t)(n1 * H * dk) * 4);
+    float *kv = dsacp_alloc((size_t)(K * dk) * 4), *work = malloc((size_t)K * 4);
+    float *o = dsacp_alloc((size_t)(n1 * H * dc) * 4), *lse = malloc((size_t)(n1 * H) * 4);
+    float *lse_all = malloc((size_t)(W * n1 * H) * 4);
+    float *osend = dsacp_alloc((size_t)(n1 * H * dc) * 4), *omine = dsacp_alloc((size_t)(n1 * (Hs > 0 ? Hs : 1) * dc) * 4);
+    size_t *rb = malloc((size_t)W * sizeof *rb);
+    int64_t *cnt = malloc((size_t)W * sizeof *cnt);
+    int crc = DSACP_OK;
+    if (!qown || !qrecv || !qall || !kv || !work || !o || !lse || !lse_all || !osend || !omine || !rb || !cnt) {
+        crc = dsacp_error(DSACP_ENOMEM, "out of memory for the decode attention merge");
+        goto done;
+    }
+    /* Query rows of this rank's heads, gathered to every rank. */
+    for (int64_t j = 0; j < nd; j++) dsacp_dsa_query_rows(a->w, cfg, a->proj->q + j * H * dq, h0, h1, qown + j * Hs * dk, true);
+    for (int64_t q = 0; q < W; q++)
+        rb[q] = (size_t)(nd * (dsacp_split_begin(H, q + 1, W) - dsacp_split_begin(H, q, W)) * dk) * 4;
+    crc = dsacp_comm_allgatherv(cp->comm, qown, rb[me], qrecv, rb, DSACP_PHASE_query_gather);
+    if (crc) goto done;
+    {
+        const float *r = qrecv;
+        for (int64_t q = 0; q < W; q++) {
+            const int64_t qa = dsacp_split_begin(H, q, W), qb = dsacp_split_begin(H, q + 1, W);
+            for (int64_t j = 0; j < nd; j++, r += (qb - qa) * dk)
+                memcpy(qall + (j * H + qa) * dk, r, (size_t)((qb - qa) * dk) * 4);
+        }
+    }
+    /* All heads over the winners this rank owns. */
+    const bool lat_sh = W > 1 && cp->opt.kv_layout == DSACP_LAYOUT_SHARDED;
+    for (int64_t j = 0; j < nd; j++) {
+        const int64_t e = st->ent[st->act[j]];
+        int64_t n = 0;
+        for (int64_t i = 0; i < nsel[j]; i++) {
+            const int64_t p = sel[j * K + i];
+            if (dsacp_cp_owner(p, I, W) != me) continue;
+            const int64_t lp = lat_sh ? dsacp_cp_local_pos(p, I, W) : p;
+            dsacp_kv_read_mla(cp->lat, a->layer, dsacp_kv_slot(cp->lat, st->lat_seq[e], lp), kv + n * dk);
+            n++;
+        }
+        dsacp_sparse_mla(qall + j * H * dk, kv, n, H, dc, dr, scale, o + j * H * dc, lse + j * H, work);
+    }
+    /* Merge: lse all-gathered, own part scaled, summed over the ranks by a reduce-scatter. */
+    crc = dsacp_comm_allgather(cp->comm, lse, (size_t)(nd * H) * 4, lse_all, DSACP_PHASE_attn_merge);
+    if (crc) goto done;
+    {
+        float *s = osend;
+        for (int64_t q = 0; q < W; q++) {
+            const int64_t qa = dsacp_split_begin(H, q, W), qb = dsacp_split_begin(H, q + 1, W);
+            cnt[q] = nd * (qb - qa) * dc;
+            for (int64_t j = 0; j < nd; j++)
+                for (int64_t h = qa; h < qb; h++, s += dc) {
+                    float m = -INFINITY;
+                    for (int64_t r = 0; r < W; r++) m = fmaxf(m, lse_all[(r * nd + j) * H + h]);
+                    float f = 0.0f;
+                    if (m != -INFINITY) {
+                        double sum = 0;
+                        for (int64_t r = 0; r < W; r++) sum += exp((double)lse_all[(r * nd + j) * H + h] - m);
+                        const double l = m + log(sum);
+                        f = (float)exp((double)lse[j * H + h] - l);
+                    }
+                    const float *oh = o + (j * H + h) * dc;
+                    for (int64_t i = 0; i < dc; i++) s[i] = f * oh[i];
+                }
+        }
+    }
+    crc = dsacp_comm_reduce_scatter_f32(cp->comm, osend, omine, cnt, DSACP_PHASE_attn_merge);
+    if (crc) goto done;
+    for (int64_t j = 0; j < nd; j++)
+        dsacp_dsa_value_rows(a->w, cfg, omine + j * Hs * dc, h0, h1, a->vcat + (j * H + h0) * dv, true);
+done:
+    dsacp_free(qown), dsacp_free(qrecv), dsacp_free(qall), dsacp_free(kv), free(work);
+    dsacp_free(o), free(lse), free(lse_all), dsacp_free(osend), dsacp_free(omine), free(rb), free(cnt);
+    return crc;
+}

@@ -1,0 +1,37 @@
+/*
+ * cp_replicated_index.c -- decode strategy "replicated-index" (vllm-ascend since mid-2026,
+ * SGLang): the indexer key cache is replicated, so every rank scores all positions and takes
+ * the full top-k itself -- no candidate exchange -- then attends over the winners it owns in
+ * its latent shard; the partials are LSE-merged (cp_merge.c: query gather + merge).
+ */
+#include "cp/cp.h"
+
+#include <stdlib.h>
+
+int dsacp_cp_decode_replicated_index(const dsacp_cp_decode_args *a)
+{
+    const dsacp_cp_step *st = a->st;
+    const dsacp_config *cfg = a->ctx->cfg;
+    const int64_t nd = st->n_dec, K = cfg->index_topk, Hi = cfg->index_n_heads, di = cfg->index_head_dim;
+    int64_t maxn = 1;
+    for (int64_t j = 0; j < nd; j++)
+        if (a->pos_act[j] + 1 > maxn) maxn = a->pos_act[j] + 1;
+    float *scores = malloc((size_t)maxn * 4);
+    int32_t *sel = malloc((size_t)((nd > 0 ? nd : 1) * K) * 4);
+    int64_t *nsel = malloc((size_t)(nd > 0 ? nd : 1) * sizeof *nsel);
+    void *qpack = dsacp_alloc((dsacp_index_query_bytes(Hi, di) + 63) / 64 * 64);
+    if (!scores || !sel || !nsel || !qpack) {
+        free(scores), free(sel), free(nsel), dsacp_free(qpack);
+        return dsacp_error(DSACP_ENOMEM, "out of memory");
+    }
+    for (int64_t j = 0; j < nd; j++) {
+        const int64_t e = st->ent[st->act[j]], n = a->pos_act[j] + 1;
+        dsacp_index_query_pack(a->proj->qi + j * Hi * di, a->proj->wts + j * Hi, Hi, di, qpack);
+        dsacp_dsa_index_scores(a->cp->idx, a->layer, st->idx_seq[e], n, qpack, scores, true);
+        nsel[j] = dsacp_topk_select(scores, n, K, sel + j * K);
+        for (int64_t i = 0; i < K; i++) a->topk[j * K + i] = i < nsel[j] ? sel[j * K + i] : -1;
+    }
+    int crc = dsacp_cp_attend_owned_and_merge(a, sel, nsel);
+    free(scores), free(sel), free(nsel), dsacp_free(qpack);
+    return crc;
+}

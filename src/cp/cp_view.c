@@ -1,0 +1,191 @@
+/*
+ * cp_view.c -- raw cache entries and transient full views (docs/context-parallel.md, "Views").
+ *
+ * A view makes positions [0, new_len) of a request readable on this rank in global order: the
+ * sharded parts of the earlier context are all-gathered as raw cache entries (the bytes the
+ * owner's cache holds, so the kernels see exactly what W = 1 sees), the step's new tokens come
+ * from this rank's staged entries or from the prefill exchange. Replicated parts are read in
+ * place from the rank's own cache.
+ */
+#include "cp/cp.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+void dsacp_cp_get_lat(const dsacp_kv_cache *c, int64_t layer, int64_t slot, uint8_t *dst)
+{
+    memcpy(dst, c->mla[layer] + slot * c->mla_bytes, (size_t)c->mla_bytes);
+}
+
+void dsacp_cp_put_lat(dsacp_kv_cache *c, int64_t layer, int64_t slot, const uint8_t *src)
+{
+    memcpy(c->mla[layer] + slot * c->mla_bytes, src, (size_t)c->mla_bytes);
+}
+
+/* The indexer cache keeps a block's e4m3 rows first, then its scales (kv_cache.h). */
+void dsacp_cp_get_idx(const dsacp_kv_cache *c, int64_t layer, int64_t slot, uint8_t *dst)
+{
+    const int64_t B = c->block_size, di = c->di, off = slot % B;
+    const uint8_t *base = c->index[layer] + (slot / B) * B * c->index_bytes;
+    if (!c->index_fp8) {
+        memcpy(dst, base + off * di * 4, (size_t)di * 4);
+        return;
+    }
+    memcpy(dst, base + off * di, (size_t)di);
+    memcpy(dst + di, base + B * di + off * 4, 4);
+}
+
+void dsacp_cp_put_idx(dsacp_kv_cache *c, int64_t layer, int64_t slot, const uint8_t *src)
+{
+    const int64_t B = c->block_size, di = c->di, off = slot % B;
+    uint8_t *base = c->index[layer] + (slot / B) * B * c->index_bytes;
+    if (!c->index_fp8) {
+        memcpy(base + off * di * 4, src, (size_t)di * 4);
+        return;
+    }
+    memcpy(base + off * di, src, (size_t)di);
+    memcpy(base + B * di + off * 4, src + di, 4);
+}
+
+int64_t dsacp_cp_lat_slot(const dsacp_cp_ctx *cp, const dsacp_cp_step *st, int64_t e, int64_t p)
+{
+    const bool sh = cp->W > 1 && cp->opt.kv_layout == DSACP_LAYOUT_SHARDED;
+    const int64_t lp = sh ? dsacp_cp_local_pos(p, cp->opt.interleave, cp->W) : p;
+    return dsacp_kv_slot(cp->lat, st->lat_seq[e], lp);
+}
+
+int64_t dsacp_cp_idx_slot(const dsacp_cp_ctx *cp, const dsacp_cp_step *st, int64_t e, int64_t p)
+{
+    const bool sh = cp->W > 1 && cp->opt.index_layout == DSACP_LAYOUT_SHARDED;
+    const int64_t lp = sh ? dsacp_cp_local_pos(p, cp->opt.interleave, cp->W) : p;
+    return dsacp_kv_slot(cp->idx, st->idx_seq[e], lp);
+}
+
+void dsacp_cp_views_free(dsacp_cp_views *v)
+{
+    if (v->seqs && v->cache)
+        for (int64_t e = 0; e < v->n_ent; e++) dsacp_kv_release(v->cache, &v->seqs[e]);
+    dsacp_kv_cache_free(v->cache);
+    free(v->seqs);
+    free(v->view);
+    memset(v, 0, sizeof *v);
+}
+
+/* A one-layer pool with the entry formats of this rank's caches. */
+static int cache_like(const dsacp_kv_cache *lat, const dsacp_kv_cache *idx, int64_t B, int64_t nblocks,
+                      dsacp_kv_cache **out)
+{
+    dsacp_config c;
+    memset(&c, 0, sizeof c);
+    c.kv_lora_rank = lat->dc;
+    c.qk_rope_head_dim = lat->dr;
+    c.index_head_dim = idx->di;
+    return dsacp_kv_cache_create(&c, 1, lat->mla_dtype, idx->index_fp8, B, nblocks, out);
+}
+
+int dsacp_cp_views_build(dsacp_cp_ctx *cp, const dsacp_cp_step *st, int64_t layer, const uint8_t *want,
+                         const dsacp_kv_cache *stage, const uint8_t *pre_recv, int phase, dsacp_cp_views *out,
+                         int *rc)
+{
+    memset(out, 0, sizeof *out);
+    out->n_ent = st->n_ent;
+    const int64_t W = cp->W, me = cp->rank, I = cp->opt.interleave, n_ent = st->n_ent;
+    const bool lat_sh = W > 1 && cp->opt.kv_layout == DSACP_LAYOUT_SHARDED;
+    const bool idx_sh = W > 1 && cp->opt.index_layout == DSACP_LAYOUT_SHARDED;
+    out->view = calloc((size_t)(n_ent > 0 ? n_ent : 1), sizeof *out->view);
+    if (!out->view) return dsacp_error(DSACP_ENOMEM, "out of memory for views");
+    for (int64_t e = 0; e < n_ent; e++)
+        out->view[e] = (dsacp_dsa_view){cp->lat, cp->idx, layer, layer, st->lat_seq[e], st->idx_seq[e]};
+    if (!lat_sh && !idx_sh) return DSACP_OK;
+
+    const int64_t ml = cp->lat->mla_bytes, il = cp->idx->index_bytes;
+    const int64_t Esh = (lat_sh ? ml : 0) + (idx_sh ? il : 0), E = ml + il;
+    /* What each rank sends: its local entries of the listed requests' earlier context. */
+    size_t *rb = calloc((size_t)W, sizeof *rb);
+    if (!rb) return dsacp_error(DSACP_ENOMEM, "out of memory for views");
+    int64_t nblocks = 0;
+    const int64_t B = cp->block_size;
+    for (int64_t e = 0; e < n_ent; e++) {
+        if (!want[e]) continue;
+        for (int64_t q = 0; q < W; q++) rb[q] += (size_t)(dsacp_cp_local_len(st->old_len[e], q, I, W) * Esh);
+        nblocks += (st->new_len[e] + B - 1) / B;
+    }
+    size_t total = 0;
+    for (int64_t q = 0; q < W; q++) total += rb[q];
+    uint8_t *send = malloc(rb[me] + 1), *recv = malloc(total + 1);
+    int lrc = (send && recv) ? DSACP_OK : dsacp_error(DSACP_ENOMEM, "out of memory for %zu gathered bytes", total);
+    if (lrc) {
+        free(send), free(recv), free(rb);
+        return lrc; /* cannot take part: fatal for the group (docs: transient buffers) */
+    }
+    uint8_t *s = send;
+    for (int64_t e = 0; e < n_ent; e++) {
+        if (!want[e]) continue;
+        const int64_t n = dsacp_cp_local_len(st->old_len[e], me, I, W);
+        for (int64_t lp = 0; lp < n; lp++) {
+            if (lat_sh) dsacp_cp_get_lat(cp->lat, layer, dsacp_kv_slot(cp->lat, st->lat_seq[e], lp), s), s += ml;
+            if (idx_sh) dsacp_cp_get_idx(cp->idx, layer, dsacp_kv_slot(cp->idx, st->idx_seq[e], lp), s), s += il;
+        }
+    }
+    int crc = dsacp_comm_allgatherv(cp->comm, send, rb[me], recv, rb, phase);
+    free(send);
+    if (crc) {
+        free(recv), free(rb);
+        return crc;
+    }
+    out->seqs = calloc((size_t)n_ent, sizeof *out->seqs);
+    lrc = out->seqs ? DSACP_OK : dsacp_error(DSACP_ENOMEM, "out of memory for views");
+    if (!lrc)
+        lrc = cache_like(cp->lat, cp->idx, B, nblocks > 0 ? nblocks : 1, &out->cache);
+    for (int64_t e = 0; e < n_ent && !lrc; e++)
+        if (want[e]) lrc = dsacp_kv_reserve(out->cache, &out->seqs[e], st->new_len[e]);
+    if (lrc) {
+        *rc = *rc ? *rc : lrc;
+        free(recv), free(rb);
+        return DSACP_OK; /* the collective is done; this rank's step fails (poisoned) */
+    }
+    dsacp_kv_cache *vc = out->cache;
+    /* Earlier context, rank by rank, back to global positions. */
+    const uint8_t *r = recv;
+    for (int64_t q = 0; q < W; q++)
+        for (int64_t e = 0; e < n_ent; e++) {
+            if (!want[e]) continue;
+            const int64_t n = dsacp_cp_local_len(st->old_len[e], q, I, W);
+            for (int64_t lp = 0; lp < n; lp++) {
+                const int64_t slot = dsacp_kv_slot(vc, &out->seqs[e], dsacp_cp_global_pos(lp, q, I, W));
+                if (lat_sh) dsacp_cp_put_lat(vc, 0, slot, r), r += ml;
+                if (idx_sh) dsacp_cp_put_idx(vc, 0, slot, r), r += il;
+            }
+        }
+    /* The step's new tokens. */
+    uint8_t *tmp = malloc((size_t)E);
+    if (!tmp) lrc = dsacp_error(DSACP_ENOMEM, "out of memory");
+    for (int64_t t = 0; t < st->T && !lrc; t++) {
+        const int64_t e = st->ent[t];
+        if (!want[e]) continue;
+        const uint8_t *src;
+        if (st->act_row[t] >= 0) {
+            dsacp_cp_get_lat(stage, 0, st->act_row[t], tmp);
+            dsacp_cp_get_idx(stage, 0, st->act_row[t], tmp + ml);
+            src = tmp;
+        } else if (pre_recv && st->pre_idx[t] >= 0) {
+            src = pre_recv + st->pre_idx[t] * E;
+        } else {
+            continue; /* cannot happen: every new token is staged here or exchanged */
+        }
+        const int64_t slot = dsacp_kv_slot(vc, &out->seqs[e], st->pos[t]);
+        if (lat_sh) dsacp_cp_put_lat(vc, 0, slot, src);
+        if (idx_sh) dsacp_cp_put_idx(vc, 0, slot, src + ml);
+    }
+    free(tmp);
+    for (int64_t e = 0; e < n_ent; e++) {
+        if (!want[e]) continue;
+        if (lat_sh) out->view[e].lat = vc, out->view[e].lat_layer = 0, out->view[e].lat_seq = &out->seqs[e];
+        if (idx_sh) out->view[e].idx = vc, out->view[e].idx_layer = 0, out->view[e].idx_seq = &out->seqs[e];
+    }
+    out->bytes = (int64_t)total + (int64_t)rb[me] + nblocks * B * (vc->mla_bytes + vc->index_bytes);
+    if (out->bytes > cp->transient_peak) cp->transient_peak = out->bytes;
+    free(recv), free(rb);
+    if (lrc) *rc = *rc ? *rc : lrc;
+    return DSACP_OK;
+}
