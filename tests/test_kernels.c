@@ -4,10 +4,13 @@
  * the empty set), LSE merge (equals attention over the union), batch invariance of linear.
  */
 #include "test.h"
+#include "cache/kv_cache.h"
 #include "kernels/kernels.h"
 #include "numerics/numerics.h"
 
 #include <math.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 static dsacp_rng rng;
 
@@ -109,6 +112,7 @@ static void test_topk(void)
     static const int64_t ks[] = {1, 3, 32, 2048};
     float *s = malloc(4097 * 4);
     int32_t *idx = malloc(4097 * 4), *out = malloc(4097 * 4);
+    uint64_t *ws = malloc(4097 * 8);
     for (size_t a = 0; a < sizeof ns / sizeof ns[0]; a++)
         for (size_t b = 0; b < sizeof ks / sizeof ks[0]; b++)
             for (int ties = 0; ties < 3; ties++) {
@@ -126,11 +130,30 @@ static void test_topk(void)
                 int64_t got = dsacp_topk_select(s, n, k, out);
                 CHECKF(got == m && memcmp(out, idx, (size_t)m * 4) == 0, "top-k n=%lld k=%lld ties=%d",
                        (long long)n, (long long)k, ties);
+                /* Issue 7 defect 15: the reference with a workspace, and without one (the O(nk)
+                 * scan it falls back to when its malloc fails -- it returned 0..k-1 before). */
+                got = dsacp_topk_select_ref_ws(s, n, k, out, ws);
+                CHECKF(got == m && memcmp(out, idx, (size_t)m * 4) == 0, "top-k ref ws n=%lld k=%lld ties=%d",
+                       (long long)n, (long long)k, ties);
+                got = dsacp_topk_select_ref_ws(s, n, k, out, NULL);
+                CHECKF(got == m && memcmp(out, idx, (size_t)m * 4) == 0, "top-k scan n=%lld k=%lld ties=%d",
+                       (long long)n, (long long)k, ties);
+                got = dsacp_topk_select_ref(s, n, k, out);
+                CHECKF(got == m && memcmp(out, idx, (size_t)m * 4) == 0, "top-k ref n=%lld k=%lld ties=%d",
+                       (long long)n, (long long)k, ties);
             }
     /* Negative, zero and signed-zero scores order correctly. */
     float z[4] = {-0.0f, 0.0f, -1.0f, 1e-30f};
     int32_t o[2];
     CHECK(dsacp_topk_select(z, 4, 2, o) == 2 && o[0] == 0 && o[1] == 3);
+    CHECK(dsacp_topk_select_ref_ws(z, 4, 2, o, NULL) == 2 && o[0] == 0 && o[1] == 3);
+    /* NaN never wins, on every path; the best is not at the front. */
+    float nz[6] = {NAN, -5.0f, NAN, 2.0f, -1.0f, 7.0f};
+    int32_t o3[3];
+    CHECK(dsacp_topk_select(nz, 6, 3, o3) == 3 && o3[0] == 3 && o3[1] == 4 && o3[2] == 5);
+    CHECK(dsacp_topk_select_ref_ws(nz, 6, 3, o3, NULL) == 3 && o3[0] == 3 && o3[1] == 4 && o3[2] == 5);
+    CHECK(dsacp_topk_select_ref_ws(nz, 6, 3, o3, ws) == 3 && o3[0] == 3 && o3[1] == 4 && o3[2] == 5);
+    free(ws);
     free(s);
     free(idx);
     free(out);
@@ -236,8 +259,24 @@ static void test_norms(void)
     CHECKF(e < 1e-6, "layernorm %g", e);
 }
 
+/* Issue 7 defect 15: DSACP_ISA=scalar reaches the paged cache's decoders (they probed the CPU
+ * on their own). Run in a child before this process has chosen its ISA. */
+static void test_isa_env_reaches_cache(void)
+{
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid == 0) {
+        setenv("DSACP_ISA", "scalar", 1);
+        _exit(dsacp_isa_active() == DSACP_ISA_SCALAR && dsacp_kv_decode_isa() == DSACP_ISA_SCALAR ? 0 : 3);
+    }
+    int status = 0;
+    CHECK(pid > 0 && waitpid(pid, &status, 0) == pid);
+    CHECKF(WIFEXITED(status) && WEXITSTATUS(status) == 0, "DSACP_ISA=scalar: cache decoders not scalar");
+}
+
 int main(void)
 {
+    test_isa_env_reaches_cache();
     dsacp_rng_seed(&rng, 1234);
     test_dot();
     test_linear();

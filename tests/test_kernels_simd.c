@@ -7,6 +7,7 @@
  * the radix top-k equal to the quickselect reference.
  */
 #include "test.h"
+#include "cache/kv_cache.h"
 #include "kernels/kernels.h"
 #include "numerics/numerics.h"
 
@@ -118,10 +119,21 @@ static void test_index(dsacp_isa isa)
                 }
                 CHECKF(same, "%s index: a key alone differs from the key in a block", dsacp_isa_name(isa));
             }
-            dsacp_index_scores_multi(q, w, Tq, Hi, di, keys, sc, n, multi, n + 3);
+            CHECK_OK(dsacp_index_scores_multi(q, w, Tq, Hi, di, keys, sc, n, multi, n + 3));
             bool same = true;
             for (int64_t t = 0; t < Tq; t++) same &= memcmp(multi + t * (n + 3), out + t * n, (size_t)n * 4) == 0;
             CHECKF(same, "%s index multi differs from single (fp8=%d)", dsacp_isa_name(isa), fp8);
+            /* Issue 7 defect 15: with caller workspace, the same bits and no allocation. */
+            void *ws = dsacp_alloc(dsacp_index_scores_multi_bytes(Tq, Hi, di));
+            CHECK_OK(dsacp_index_scores_multi_ws(q, w, Tq, Hi, di, keys, sc, n, multi, n + 3, ws));
+            same = true;
+            for (int64_t t = 0; t < Tq; t++) same &= memcmp(multi + t * (n + 3), out + t * n, (size_t)n * 4) == 0;
+            for (int64_t t = 0; t < Tq; t++) {
+                CHECK_OK(dsacp_index_scores_ws(q + t * Hi * di, w + t * Hi, Hi, di, keys, sc, n, ref, ws));
+                same &= memcmp(ref, out + t * n, (size_t)n * 4) == 0;
+            }
+            CHECKF(same, "%s index with workspace differs (fp8=%d)", dsacp_isa_name(isa), fp8);
+            dsacp_free(ws);
         }
         free(q);
         free(w);
@@ -163,6 +175,15 @@ static void test_mla(dsacp_isa isa)
         dsacp_sparse_mla(q + h * dk, kv, n, 1, dc, dr, 0.2f, o2, l2, work);
         CHECKF(memcmp(o2, o + h * dc, (size_t)dc * 4) == 0 && l2[0] == lse[h],
                "%s sparse MLA head alone differs", dsacp_isa_name(isa));
+        /* Issue 7 defect 15: the caller-workspace form gives the same bits (any alignment), and
+         * a short workspace is an error, never another kernel. */
+        size_t wb = dsacp_sparse_mla_work_bytes(n, H, dc, dr);
+        unsigned char *big = malloc(wb + 4);
+        CHECK_OK(dsacp_sparse_mla_ws(q, kv, n, H, dc, dr, 0.2f, o2, l2, big + 4, wb));
+        CHECKF(memcmp(o, o2, (size_t)(H * dc) * 4) == 0 && memcmp(lse, l2, (size_t)H * 4) == 0,
+               "%s sparse MLA with workspace differs", dsacp_isa_name(isa));
+        CHECK(dsacp_sparse_mla_ws(q, kv, n, H, dc, dr, 0.2f, o2, l2, big, wb - 1) == DSACP_EINVAL);
+        free(big);
         free(q);
         free(kv);
         free(o);
@@ -172,6 +193,38 @@ static void test_mla(dsacp_isa isa)
         free(lr);
         free(l2);
         free(work);
+    }
+}
+
+/* Issue 7 defect 15: the paged cache's row decoders follow the kernels' ISA choice (they
+ * probed the CPU themselves, so DSACP_ISA=scalar still ran AVX-512), and every ISA decodes the
+ * same floats. */
+static void test_kv_decode(dsacp_isa isa, const float *want_bf16, const float *want_fp8, float *got)
+{
+    dsacp_config cfg;
+    REQUIRE_OK(dsacp_preset_config("tiny", &cfg));
+    const int64_t dc = cfg.kv_lora_rank, dr = cfg.qk_rope_head_dim;
+    CHECK_OK(dsacp_isa_set(isa));
+    CHECKF(dsacp_kv_decode_isa() == (isa == DSACP_ISA_AVX512 ? DSACP_ISA_AVX512 : DSACP_ISA_SCALAR),
+           "cache decoders run %s under %s", dsacp_isa_name(dsacp_kv_decode_isa()), dsacp_isa_name(isa));
+    for (int fp8 = 0; fp8 < 2; fp8++) {
+        dsacp_kv_cache *c;
+        REQUIRE_OK(dsacp_kv_cache_create(&cfg, 1, fp8 ? DSACP_KV_FP8 : DSACP_KV_BF16, false, 4, 2, &c));
+        dsacp_rng r;
+        dsacp_rng_seed(&r, 5);
+        float lat[1024], pe[1024];
+        bool same = true;
+        for (int64_t slot = 0; slot < 8; slot++) {
+            for (int64_t i = 0; i < dc; i++) lat[i] = (float)(4 * dsacp_rng_uniform(&r) - 2);
+            for (int64_t i = 0; i < dr; i++) pe[i] = (float)(4 * dsacp_rng_uniform(&r) - 2);
+            dsacp_kv_write_mla(c, 0, slot, lat, pe);
+            dsacp_kv_read_mla(c, 0, slot, got + slot * (dc + dr));
+        }
+        const float *want = fp8 ? want_fp8 : want_bf16;
+        if (isa == DSACP_ISA_SCALAR) memcpy((float *)want, got, (size_t)(8 * (dc + dr)) * 4);
+        else same = memcmp(want, got, (size_t)(8 * (dc + dr)) * 4) == 0;
+        CHECKF(same, "%s cache decode (fp8=%d) differs from scalar", dsacp_isa_name(isa), fp8);
+        dsacp_kv_cache_free(c);
     }
 }
 
@@ -259,7 +312,12 @@ int main(void)
     printf("best ISA: %s\n", dsacp_isa_name(dsacp_isa_best()));
     CHECK(dsacp_isa_active() <= dsacp_isa_best());
     CHECK(!strcmp(dsacp_isa_name(DSACP_ISA_AVX512), "avx512"));
+    const char *env = getenv("DSACP_ISA");
+    if (env && !strcmp(env, "scalar"))
+        CHECKF(dsacp_kv_decode_isa() == DSACP_ISA_SCALAR, "DSACP_ISA=scalar, cache decoders run %s",
+               dsacp_isa_name(dsacp_kv_decode_isa()));
     const dsacp_isa start = dsacp_isa_active();
+    static float kv_bf16[8 * 1024], kv_fp8[8 * 1024], kv_got[8 * 1024];
     for (int i = DSACP_ISA_SCALAR; i <= (int)dsacp_isa_best(); i++) {
         dsacp_isa isa = (dsacp_isa)i;
         test_linear(isa);
@@ -267,6 +325,7 @@ int main(void)
         test_mla(isa);
         test_gemv_t(isa);
         test_small(isa);
+        test_kv_decode(isa, kv_bf16, kv_fp8, kv_got);
     }
     if (dsacp_isa_best() < DSACP_ISA_AVX512) CHECK(dsacp_isa_set(DSACP_ISA_AVX512) == DSACP_EUNSUPPORTED);
     CHECK_OK(dsacp_isa_set(start));

@@ -1,5 +1,6 @@
 /* kv_cache.c -- block pool, block tables and the per-dtype row encoders of the paged caches. */
 #include "cache/kv_cache.h"
+#include "kernels/kernels.h"
 #include "numerics/numerics.h"
 
 #include <math.h>
@@ -135,19 +136,9 @@ void dsacp_kv_write_mla(dsacp_kv_cache *c, int64_t layer, int64_t slot, const fl
 #include <immintrin.h>
 #define KV_T512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq")))
 
-/* Whether the AVX-512 row decoders may run (decided once). */
-static bool kv_simd(void)
-{
-    static int have = -1;
-    int h = __atomic_load_n(&have, __ATOMIC_RELAXED);
-    if (h < 0) {
-        __builtin_cpu_init();
-        h = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-            __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
-        __atomic_store_n(&have, h, __ATOMIC_RELAXED);
-    }
-    return h;
-}
+/* Whether the AVX-512 row decoders may run: the kernels' ISA choice (dsacp_isa_active, which
+ * honours DSACP_ISA and dsacp_isa_set), never a probe of its own. */
+static bool kv_simd(void) { return dsacp_isa_active() == DSACP_ISA_AVX512; }
 
 /* n bf16 -> f32 (exact). */
 KV_T512 static void kv_bf16_row(const uint8_t *src, int64_t n, float *out)
@@ -177,6 +168,14 @@ KV_T512 static bool kv_fp8_row(const uint8_t *e, const float *scales, int64_t dc
     return true;
 }
 #endif
+
+dsacp_isa dsacp_kv_decode_isa(void)
+{
+#if defined(__x86_64__)
+    if (kv_simd()) return DSACP_ISA_AVX512;
+#endif
+    return DSACP_ISA_SCALAR;
+}
 
 void dsacp_kv_read_mla(const dsacp_kv_cache *c, int64_t layer, int64_t slot, float *out)
 {

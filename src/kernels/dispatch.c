@@ -75,23 +75,33 @@ int dsacp_linear(const dsacp_weight *w, const float *x, int64_t T, int64_t ldx, 
     }
 }
 
-void dsacp_index_scores(const float *q, const float *w, int64_t Hi, int64_t di, const void *keys,
-                        const float *kscales, int64_t n, float *out)
+int dsacp_index_scores_ws(const float *q, const float *w, int64_t Hi, int64_t di, const void *keys,
+                          const float *kscales, int64_t n, float *out, void *work)
 {
     if (dsacp_isa_active() == DSACP_ISA_SCALAR) {
         dsacp_index_scores_scalar(q, w, Hi, di, keys, kscales, n, out);
-        return;
+        return DSACP_OK;
     }
+    if (!work || ((uintptr_t)work & 63))
+        return dsacp_error(DSACP_EINVAL, "index scores: workspace must be 64-byte aligned");
+    dsacp_index_query_pack(q, w, Hi, di, work);
+    dsacp_index_scores_packed(work, keys, kscales, n, out);
+    return DSACP_OK;
+}
+
+int dsacp_index_scores(const float *q, const float *w, int64_t Hi, int64_t di, const void *keys,
+                       const float *kscales, int64_t n, float *out)
+{
+    if (dsacp_isa_active() == DSACP_ISA_SCALAR) return dsacp_index_scores_ws(q, w, Hi, di, keys, kscales, n, out, NULL);
+    /* Never a different kernel for want of memory: the packed query fits the stack for the real
+     * shapes; otherwise it is allocated, and without memory the call fails. */
     size_t bytes = dsacp_index_query_bytes(Hi, di);
     _Alignas(64) unsigned char stackbuf[1 << 16];
     void *buf = bytes <= sizeof stackbuf ? (void *)stackbuf : dsacp_alloc(bytes);
-    if (!buf) {
-        dsacp_index_scores_scalar(q, w, Hi, di, keys, kscales, n, out);
-        return;
-    }
-    dsacp_index_query_pack(q, w, Hi, di, buf);
-    dsacp_index_scores_packed(buf, keys, kscales, n, out);
+    if (!buf) return dsacp_error(DSACP_ENOMEM, "index scores: out of memory for a %zu-byte packed query", bytes);
+    int rc = dsacp_index_scores_ws(q, w, Hi, di, keys, kscales, n, out, buf);
     if (buf != stackbuf) dsacp_free(buf);
+    return rc;
 }
 
 /* Packed query: a 64-byte header, then the ISA's layout of q and w. */
@@ -158,20 +168,25 @@ void dsacp_gemv_t(const float *A, int64_t lda, const float *x, int64_t m, int64_
     }
 }
 
-void dsacp_index_scores_multi(const float *q, const float *w, int64_t Tq, int64_t Hi, int64_t di,
-                              const void *keys, const float *kscales, int64_t n, float *out, int64_t ldo)
+static size_t multi_stride(int64_t Hi, int64_t di) { return (dsacp_index_query_bytes(Hi, di) + 63) / 64 * 64; }
+
+size_t dsacp_index_scores_multi_bytes(int64_t Tq, int64_t Hi, int64_t di)
 {
+    return multi_stride(Hi, di) * (size_t)(Tq > 0 ? Tq : 1);
+}
+
+int dsacp_index_scores_multi_ws(const float *q, const float *w, int64_t Tq, int64_t Hi, int64_t di,
+                                const void *keys, const float *kscales, int64_t n, float *out, int64_t ldo,
+                                void *work)
+{
+    if (!work || ((uintptr_t)work & 63))
+        return dsacp_error(DSACP_EINVAL, "index scores: workspace must be 64-byte aligned");
     /* Every query packed once; key chunks outer so a chunk stays in cache across the queries;
      * each (query, key) runs the single-query kernel's exact arithmetic. */
     const int64_t C = 256;
     const size_t kb = kscales ? 1 : 4;
-    const size_t bytes = (dsacp_index_query_bytes(Hi, di) + 63) / 64 * 64;
-    unsigned char *packs = dsacp_alloc(bytes * (size_t)(Tq > 0 ? Tq : 1));
-    if (!packs) {
-        for (int64_t t = 0; t < Tq; t++)
-            dsacp_index_scores(q + t * Hi * di, w + t * Hi, Hi, di, keys, kscales, n, out + t * ldo);
-        return;
-    }
+    const size_t bytes = multi_stride(Hi, di);
+    unsigned char *packs = work;
     for (int64_t t = 0; t < Tq; t++) dsacp_index_query_pack(q + t * Hi * di, w + t * Hi, Hi, di, packs + (size_t)t * bytes);
     for (int64_t j0 = 0; j0 < n; j0 += C) {
         int64_t c = n - j0 < C ? n - j0 : C;
@@ -179,7 +194,20 @@ void dsacp_index_scores_multi(const float *q, const float *w, int64_t Tq, int64_
             dsacp_index_scores_packed(packs + (size_t)t * bytes, (const uint8_t *)keys + (size_t)j0 * (size_t)di * kb,
                                       kscales ? kscales + j0 : NULL, c, out + t * ldo + j0);
     }
+    return DSACP_OK;
+}
+
+int dsacp_index_scores_multi(const float *q, const float *w, int64_t Tq, int64_t Hi, int64_t di,
+                             const void *keys, const float *kscales, int64_t n, float *out, int64_t ldo)
+{
+    size_t bytes;
+    if (!dsacp_mul_ok(multi_stride(Hi, di), (size_t)(Tq > 0 ? Tq : 1), &bytes))
+        return dsacp_error(DSACP_ENOMEM, "index scores: %lld packed queries overflow", (long long)Tq);
+    void *packs = dsacp_alloc(bytes);
+    if (!packs) return dsacp_error(DSACP_ENOMEM, "index scores: out of memory for %lld packed queries", (long long)Tq);
+    int rc = dsacp_index_scores_multi_ws(q, w, Tq, Hi, di, keys, kscales, n, out, ldo, packs);
     dsacp_free(packs);
+    return rc;
 }
 
 void dsacp_sparse_mla(const float *q, const float *kv, int64_t n, int64_t H, int64_t dc, int64_t dr,
@@ -190,6 +218,30 @@ void dsacp_sparse_mla(const float *q, const float *kv, int64_t n, int64_t H, int
     case DSACP_ISA_AVX2: dsacp_sparse_mla_avx2(q, kv, n, H, dc, dr, scale, o, lse, work); break;
     default: dsacp_sparse_mla_scalar(q, kv, n, H, dc, dr, scale, o, lse, work); break;
     }
+}
+
+size_t dsacp_sparse_mla_work_bytes(int64_t n, int64_t H, int64_t dc, int64_t dr)
+{
+    size_t b = (size_t)(n > 0 ? n : 1) * sizeof(float);
+    size_t b512 = dsacp_sparse_mla_avx512_bytes(H, dc, dr), b2 = dsacp_sparse_mla_avx2_bytes(H, dc, dr);
+    if (b512 > b) b = b512;
+    if (b2 > b) b = b2;
+    return b + 64; /* room to align */
+}
+
+int dsacp_sparse_mla_ws(const float *q, const float *kv, int64_t n, int64_t H, int64_t dc, int64_t dr, float scale,
+                        float *o, float *lse, void *work, size_t work_bytes)
+{
+    if (!work || work_bytes < dsacp_sparse_mla_work_bytes(n, H, dc, dr))
+        return dsacp_error(DSACP_EINVAL, "sparse MLA: workspace of %zu bytes, %zu needed", work_bytes,
+                           dsacp_sparse_mla_work_bytes(n, H, dc, dr));
+    float *buf = (float *)(((uintptr_t)work + 63) & ~(uintptr_t)63);
+    switch (dsacp_isa_active()) {
+    case DSACP_ISA_AVX512: dsacp_sparse_mla_avx512_buf(q, kv, n, H, dc, dr, scale, o, lse, buf); break;
+    case DSACP_ISA_AVX2: dsacp_sparse_mla_avx2_buf(q, kv, n, H, dc, dr, scale, o, lse, buf); break;
+    default: dsacp_sparse_mla_scalar(q, kv, n, H, dc, dr, scale, o, lse, buf); break;
+    }
+    return DSACP_OK;
 }
 
 int dsacp_linear_drive(const dsacp_weight *w, const float *x, int64_t T, int64_t ldx, float *y, int64_t ldy,

@@ -59,28 +59,31 @@ int dsacp_linear_scalar(const dsacp_weight *w, const float *x, int64_t T, int64_
     }
     int64_t nblocks = (N + LINEAR_ROWS - 1) / LINEAR_ROWS;
     int rc = DSACP_OK;
+    /* A thread without its decode buffer computes nothing and the call fails: every thread still
+     * reaches the worksharing loop (skipping it on one thread only would be undefined). */
 #pragma omp parallel
     {
         float *wrows = NULL;
         if (w->dtype != DSACP_F32) wrows = malloc((size_t)(LINEAR_ROWS * K) * sizeof(float));
-        if (w->dtype != DSACP_F32 && !wrows) {
+        const bool ok = w->dtype == DSACP_F32 || wrows;
+        if (!ok) {
 #pragma omp atomic write
             rc = DSACP_ENOMEM;
-        } else {
+        }
 #pragma omp for schedule(dynamic, 1)
-            for (int64_t b = 0; b < nblocks; b++) {
-                int64_t o0 = b * LINEAR_ROWS, o1 = o0 + LINEAR_ROWS < N ? o0 + LINEAR_ROWS : N;
-                const float *W;
-                if (w->dtype == DSACP_F32) {
-                    W = (const float *)w->data + o0 * K;
-                } else {
-                    for (int64_t o = o0; o < o1; o++) dsacp_weight_row_f32(w, o, wrows + (o - o0) * K);
-                    W = wrows;
-                }
-                for (int64_t t = 0; t < T; t++)
-                    for (int64_t o = o0; o < o1; o++)
-                        y[t * ldy + o] = dsacp_dot_f32(W + (o - o0) * K, xin + t * ldxin, K);
+        for (int64_t b = 0; b < nblocks; b++) {
+            if (!ok) continue;
+            int64_t o0 = b * LINEAR_ROWS, o1 = o0 + LINEAR_ROWS < N ? o0 + LINEAR_ROWS : N;
+            const float *W;
+            if (w->dtype == DSACP_F32) {
+                W = (const float *)w->data + o0 * K;
+            } else {
+                for (int64_t o = o0; o < o1; o++) dsacp_weight_row_f32(w, o, wrows + (o - o0) * K);
+                W = wrows;
             }
+            for (int64_t t = 0; t < T; t++)
+                for (int64_t o = o0; o < o1; o++)
+                    y[t * ldy + o] = dsacp_dot_f32(W + (o - o0) * K, xin + t * ldxin, K);
         }
         free(wrows);
     }
@@ -141,16 +144,43 @@ static void select_largest(uint64_t *keys, int64_t n, int64_t k)
     }
 }
 
-int64_t dsacp_topk_select_ref(const float *scores, int64_t n, int64_t k, int32_t *out)
+/* The allocation-free O(nk) scan: out[0..m) holds the best m positions seen so far; a new
+ * position replaces the worst of them only when its key is strictly larger (an equal key at a
+ * later position never wins, which keeps ties at the lower index). */
+static int64_t topk_scan(const float *scores, int64_t n, int64_t k, int32_t *out)
+{
+    int64_t m = 0, worst = 0;
+    uint32_t worst_key = 0;
+    for (int64_t i = 0; i < n; i++) {
+        const uint32_t key = isnan(scores[i]) ? 0 : dsacp_float_key(scores[i]);
+        if (m < k) {
+            out[m++] = (int32_t)i;
+        } else {
+            if (key <= worst_key) continue;
+            out[worst] = (int32_t)i;
+        }
+        if (m < k) continue;
+        /* The worst: smallest key, and among equal keys the highest position. */
+        worst = 0;
+        worst_key = isnan(scores[out[0]]) ? 0 : dsacp_float_key(scores[out[0]]);
+        for (int64_t j = 1; j < k; j++) {
+            const uint32_t kj = isnan(scores[out[j]]) ? 0 : dsacp_float_key(scores[out[j]]);
+            if (kj < worst_key || (kj == worst_key && out[j] > out[worst])) {
+                worst = j;
+                worst_key = kj;
+            }
+        }
+    }
+    qsort(out, (size_t)m, sizeof *out, cmp_i32);
+    return m;
+}
+
+int64_t dsacp_topk_select_ref_ws(const float *scores, int64_t n, int64_t k, int32_t *out, uint64_t *work)
 {
     if (k > n) k = n;
     if (k <= 0) return 0;
-    uint64_t *keys = malloc((size_t)n * sizeof *keys);
-    if (!keys) { /* fall back to an O(nk) scan rather than fail */
-        int64_t m = 0;
-        for (int64_t i = 0; i < n && m < k; i++) out[m++] = (int32_t)i;
-        return m;
-    }
+    if (!work) return topk_scan(scores, n, k, out);
+    uint64_t *keys = work;
     for (int64_t i = 0; i < n; i++) {
         uint32_t key = isnan(scores[i]) ? 0 : dsacp_float_key(scores[i]);
         /* Ties: the lower position has the larger ~pos, so it sorts first. */
@@ -159,8 +189,18 @@ int64_t dsacp_topk_select_ref(const float *scores, int64_t n, int64_t k, int32_t
     if (k < n) select_largest(keys, n, k);
     for (int64_t i = 0; i < k; i++) out[i] = (int32_t)~(uint32_t)(keys[i] & 0xffffffffu);
     qsort(out, (size_t)k, sizeof *out, cmp_i32);
-    free(keys);
     return k;
+}
+
+int64_t dsacp_topk_select_ref(const float *scores, int64_t n, int64_t k, int32_t *out)
+{
+    if (k > n) k = n;
+    if (k <= 0) return 0;
+    /* Without memory for the keys, the same selection by the O(nk) scan. */
+    uint64_t *keys = malloc((size_t)n * sizeof *keys);
+    int64_t m = dsacp_topk_select_ref_ws(scores, n, k, out, keys);
+    free(keys);
+    return m;
 }
 
 /* Radix select: the k-th largest key is found digit by digit (11, 11, 10 bits) with one

@@ -17,7 +17,8 @@
 #include <stdint.h>
 
 /* ---- ISA dispatch ----
- * Each dispatched kernel below has a scalar twin (dsacp_*_scalar, the reference definition) and
+ * dsacp_isa_active is the one place that decides the ISA: every kernel here and the paged
+ * cache's row decoders (cache/kv_cache.c) follow it. Each dispatched kernel below has a scalar twin (dsacp_*_scalar, the reference definition) and
  * SIMD variants; which one runs is chosen once, at the first call, from the CPU (cpuid through
  * __builtin_cpu_supports) and overridable by DSACP_ISA=scalar|avx2|avx512 in the environment
  * (a request above what the CPU supports is lowered to the best it has) or by dsacp_isa_set.
@@ -64,13 +65,24 @@ int dsacp_linear_scalar(const dsacp_weight *w, const float *x, int64_t T, int64_
  *   keys:    kscales == NULL: F32 [n][di]; otherwise E4M3 bytes [n][di] with F32 scales kscales[n]
  *   out:     F32 [n]       out[j] = (kscales ? kscales[j] : 1) * sum_h w[h] * ReLU(q[h] . k[j])
  * Each out[j] depends only on q, w and key j (never on n, j or the thread count). Serial: the
- * caller splits the keys over threads. */
-void dsacp_index_scores(const float *q, const float *w, int64_t Hi, int64_t di, const void *keys,
-                        const float *kscales, int64_t n, float *out);
+ * caller splits the keys over threads. A kernel never changes its answer for want of memory:
+ * the packed query (SIMD ISAs) sits on the stack for real shapes, else is allocated, and without
+ * memory the call returns DSACP_ENOMEM (out untouched). The _ws forms take the packed query's
+ * room from the caller (dsacp_index_query_bytes(Hi, di), 64-byte aligned) and allocate nothing. */
+int dsacp_index_scores(const float *q, const float *w, int64_t Hi, int64_t di, const void *keys,
+                       const float *kscales, int64_t n, float *out);
+int dsacp_index_scores_ws(const float *q, const float *w, int64_t Hi, int64_t di, const void *keys,
+                          const float *kscales, int64_t n, float *out, void *work);
 /* Tq queries (q: F32 [Tq][Hi][di], w: F32 [Tq][Hi]) against the same n keys; out: F32 [Tq][ldo]
- * with out[t][j] bit-identical to dsacp_index_scores on query t alone. */
-void dsacp_index_scores_multi(const float *q, const float *w, int64_t Tq, int64_t Hi, int64_t di,
-                              const void *keys, const float *kscales, int64_t n, float *out, int64_t ldo);
+ * with out[t][j] bit-identical to dsacp_index_scores on query t alone. Allocates
+ * dsacp_index_scores_multi_bytes(Tq, Hi, di) (DSACP_ENOMEM without it); the _ws form takes that
+ * many bytes, 64-byte aligned, from the caller. */
+int dsacp_index_scores_multi(const float *q, const float *w, int64_t Tq, int64_t Hi, int64_t di,
+                             const void *keys, const float *kscales, int64_t n, float *out, int64_t ldo);
+size_t dsacp_index_scores_multi_bytes(int64_t Tq, int64_t Hi, int64_t di);
+int dsacp_index_scores_multi_ws(const float *q, const float *w, int64_t Tq, int64_t Hi, int64_t di,
+                                const void *keys, const float *kscales, int64_t n, float *out, int64_t ldo,
+                                void *work);
 /* The same with the query packed once (a decode token scores its paged key blocks one call per
  * block): dsacp_index_query_pack lays q and w out for the active ISA (AVX-512: q transposed
  * to [di][Hp], Hp = Hi rounded up to 16, zero padded) into `packed`, which must hold
@@ -91,13 +103,17 @@ void dsacp_layernorm(float *y, const float *x, const float *weight, const float 
                      double eps);
 
 /* Top-k by descending score among scores[0..n), ties to the lower index; writes the min(k, n)
- * selected indices in ASCENDING order to out and returns their count. NaN scores never win. */
+ * selected indices in ASCENDING order to out and returns their count. NaN scores never win.
+ * A radix select over dsacp_float_key: three histogram passes (11, 11, 10 bits) find the k-th
+ * largest key, one ordered pass writes the keys above it and the lowest positions equal to it.
+ * It allocates O(n) scratch; when that fails it gives the same selection through
+ * dsacp_topk_select_ref (a selection is exact: every path gives the same positions). */
 int64_t dsacp_topk_select(const float *scores, int64_t n, int64_t k, int32_t *out);
 /* The same selection by quickselect + sort (the previous implementation, kept as a test
- * reference). dsacp_topk_select is a radix select over dsacp_float_key: three histogram passes
- * (11, 11, 10 bits) find the k-th largest key, one ordered pass writes the keys above it and the
- * lowest positions equal to it; no allocation, no sort. */
+ * reference) over n uint64 keys in `work`; with work == NULL by an allocation-free O(nk) scan.
+ * dsacp_topk_select_ref allocates the keys and runs the scan when that fails. */
 int64_t dsacp_topk_select_ref(const float *scores, int64_t n, int64_t k, int32_t *out);
+int64_t dsacp_topk_select_ref_ws(const float *scores, int64_t n, int64_t k, int32_t *out, uint64_t *work);
 /* Order-preserving map of a float to uint32 (larger float -> larger key); -0 and +0 map to
  * the same key, so they tie as floats do. */
 static inline uint32_t dsacp_float_key(float f)
@@ -117,6 +133,14 @@ static inline uint32_t dsacp_float_key(float f)
  * logits = (q . kv) * scale. */
 void dsacp_sparse_mla(const float *q, const float *kv, int64_t n, int64_t H, int64_t dc, int64_t dr,
                       float scale, float *o, float *lse, float *work);
+/* The same with all scratch from the caller, for every ISA: `work` holds
+ * dsacp_sparse_mla_work_bytes(n, H, dc, dr) bytes (any alignment). It allocates nothing and
+ * fails only on a short workspace (DSACP_EINVAL). dsacp_sparse_mla above allocates its SIMD
+ * scratch per call and, when that fails, writes NaN to o and lse (recording DSACP_ENOMEM)
+ * rather than compute with another kernel. */
+size_t dsacp_sparse_mla_work_bytes(int64_t n, int64_t H, int64_t dc, int64_t dr);
+int dsacp_sparse_mla_ws(const float *q, const float *kv, int64_t n, int64_t H, int64_t dc, int64_t dr, float scale,
+                        float *o, float *lse, void *work, size_t work_bytes);
 /* The scalar twin. The AVX-512 variant vectorizes across heads: it transposes q once, runs
  * chunks of 64 keys through S^T = K Q^T (register tile 6 keys x 64 heads, sequential over the
  * dc + dr dims), an online softmax per head, and O^T += V^T P^T (tile 6 latent dims x 64 heads,

@@ -435,8 +435,15 @@ MLA_GROUP(2)
 MLA_GROUP(1)
 #undef MLA_GROUP
 
-void dsacp_sparse_mla_avx2(const float *q, const float *kv, int64_t n, int64_t H, int64_t dc, int64_t dr,
-                           float scale, float *o, float *lse, float *work)
+size_t dsacp_sparse_mla_avx2_bytes(int64_t H, int64_t dc, int64_t dr)
+{
+    const int64_t dk = dc + dr, Hp = (H + 7) / 8 * 8, G = (Hp + MLA_HG - 1) / MLA_HG;
+    const size_t per = (size_t)(MLA_NC * MLA_HG + dc * MLA_HG + 2 * MLA_HG);
+    return ((size_t)(dk * Hp) + (size_t)G * per) * sizeof(float);
+}
+
+void dsacp_sparse_mla_avx2_buf(const float *q, const float *kv, int64_t n, int64_t H, int64_t dc, int64_t dr,
+                           float scale, float *o, float *lse, float *buf)
 {
     const int64_t dk = dc + dr, Hp = (H + 7) / 8 * 8, G = (Hp + MLA_HG - 1) / MLA_HG;
     if (n == 0) {
@@ -445,11 +452,6 @@ void dsacp_sparse_mla_avx2(const float *q, const float *kv, int64_t n, int64_t H
         return;
     }
     const size_t per = (size_t)(MLA_NC * MLA_HG + dc * MLA_HG + 2 * MLA_HG);
-    float *buf = dsacp_alloc(((size_t)(dk * Hp) + (size_t)G * per) * sizeof(float));
-    if (!buf) {
-        dsacp_sparse_mla_scalar(q, kv, n, H, dc, dr, scale, o, lse, work);
-        return;
-    }
     float *Qt = buf;
     for (int64_t d = 0; d < dk; d++) {
         for (int64_t h = 0; h < H; h++) Qt[d * Hp + h] = q[h * dk + d];
@@ -475,6 +477,25 @@ void dsacp_sparse_mla_avx2(const float *q, const float *kv, int64_t n, int64_t H
             lse[h] = mo[hh] + logf(lo[hh]);
         }
     }
+}
+
+void dsacp_sparse_mla_avx2(const float *q, const float *kv, int64_t n, int64_t H, int64_t dc, int64_t dr,
+                           float scale, float *o, float *lse, float *work)
+{
+    if (n == 0) {
+        dsacp_sparse_mla_avx2_buf(q, kv, n, H, dc, dr, scale, o, lse, NULL);
+        return;
+    }
+    /* Without memory the result is NaN (and the error recorded), never another kernel's bits:
+     * callers that can fail use dsacp_sparse_mla_ws with a workspace sized once. */
+    float *buf = dsacp_alloc(dsacp_sparse_mla_avx2_bytes(H, dc, dr));
+    if (!buf) {
+        for (int64_t i = 0; i < H * dc; i++) o[i] = NAN;
+        for (int64_t h = 0; h < H; h++) lse[h] = NAN;
+        dsacp_error(DSACP_ENOMEM, "sparse MLA: out of memory for its workspace");
+        return;
+    }
+    dsacp_sparse_mla_avx2_buf(q, kv, n, H, dc, dr, scale, o, lse, buf);
     dsacp_free(buf);
 }
 
@@ -488,6 +509,12 @@ int dsacp_linear_avx2(const dsacp_weight *w, const float *x, int64_t T, int64_t 
 void dsacp_gemv_t_avx2(const float *A, int64_t lda, const float *x, int64_t m, int64_t n, float *y) { abort(); }
 void dsacp_index_scores_packed_avx2(const float *qt, const float *wp, int64_t Hp, int64_t di, const void *keys,
                                     const float *kscales, int64_t n, float *out)
+{
+    abort();
+}
+size_t dsacp_sparse_mla_avx2_bytes(int64_t H, int64_t dc, int64_t dr) { return 0; }
+void dsacp_sparse_mla_avx2_buf(const float *q, const float *kv, int64_t n, int64_t H, int64_t dc, int64_t dr,
+                           float scale, float *o, float *lse, float *buf)
 {
     abort();
 }

@@ -567,8 +567,15 @@ T512 static void mla_group1(const float *Qt, int64_t Hp, int64_t h0, const float
     mla_group(Qt, Hp, h0, 1, kv, n, dc, dk, scale, St, Ot, mo, lo);
 }
 
-void dsacp_sparse_mla_avx512(const float *q, const float *kv, int64_t n, int64_t H, int64_t dc, int64_t dr,
-                             float scale, float *o, float *lse, float *work)
+size_t dsacp_sparse_mla_avx512_bytes(int64_t H, int64_t dc, int64_t dr)
+{
+    const int64_t dk = dc + dr, Hp = (H + 15) / 16 * 16, G = (Hp + 63) / 64;
+    const size_t per = (size_t)(MLA_NC * 64 + dc * 64 + 128);
+    return ((size_t)(dk * Hp) + (size_t)G * per) * sizeof(float);
+}
+
+void dsacp_sparse_mla_avx512_buf(const float *q, const float *kv, int64_t n, int64_t H, int64_t dc, int64_t dr,
+                             float scale, float *o, float *lse, float *buf)
 {
     const int64_t dk = dc + dr, Hp = (H + 15) / 16 * 16, G = (Hp + 63) / 64;
     if (n == 0) {
@@ -577,11 +584,6 @@ void dsacp_sparse_mla_avx512(const float *q, const float *kv, int64_t n, int64_t
         return;
     }
     const size_t per = (size_t)(MLA_NC * 64 + dc * 64 + 128);
-    float *buf = dsacp_alloc(((size_t)(dk * Hp) + (size_t)G * per) * sizeof(float));
-    if (!buf) {
-        dsacp_sparse_mla_scalar(q, kv, n, H, dc, dr, scale, o, lse, work);
-        return;
-    }
     float *Qt = buf;
     for (int64_t d = 0; d < dk; d++) {
         for (int64_t h = 0; h < H; h++) Qt[d * Hp + h] = q[h * dk + d];
@@ -606,6 +608,25 @@ void dsacp_sparse_mla_avx512(const float *q, const float *kv, int64_t n, int64_t
             lse[h] = mo[hh] + logf(lo[hh]);
         }
     }
+}
+
+void dsacp_sparse_mla_avx512(const float *q, const float *kv, int64_t n, int64_t H, int64_t dc, int64_t dr,
+                             float scale, float *o, float *lse, float *work)
+{
+    if (n == 0) {
+        dsacp_sparse_mla_avx512_buf(q, kv, n, H, dc, dr, scale, o, lse, NULL);
+        return;
+    }
+    /* Without memory the result is NaN (and the error recorded), never another kernel's bits:
+     * callers that can fail use dsacp_sparse_mla_ws with a workspace sized once. */
+    float *buf = dsacp_alloc(dsacp_sparse_mla_avx512_bytes(H, dc, dr));
+    if (!buf) {
+        for (int64_t i = 0; i < H * dc; i++) o[i] = NAN;
+        for (int64_t h = 0; h < H; h++) lse[h] = NAN;
+        dsacp_error(DSACP_ENOMEM, "sparse MLA: out of memory for its workspace");
+        return;
+    }
+    dsacp_sparse_mla_avx512_buf(q, kv, n, H, dc, dr, scale, o, lse, buf);
     dsacp_free(buf);
 }
 
@@ -619,6 +640,12 @@ int dsacp_linear_avx512(const dsacp_weight *w, const float *x, int64_t T, int64_
 void dsacp_gemv_t_avx512(const float *A, int64_t lda, const float *x, int64_t m, int64_t n, float *y) { abort(); }
 void dsacp_index_scores_packed_avx512(const float *qt, const float *wp, int64_t Hp, int64_t di, const void *keys,
                                       const float *kscales, int64_t n, float *out)
+{
+    abort();
+}
+size_t dsacp_sparse_mla_avx512_bytes(int64_t H, int64_t dc, int64_t dr) { return 0; }
+void dsacp_sparse_mla_avx512_buf(const float *q, const float *kv, int64_t n, int64_t H, int64_t dc, int64_t dr,
+                           float scale, float *o, float *lse, float *buf)
 {
     abort();
 }

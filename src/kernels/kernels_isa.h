@@ -11,6 +11,15 @@ int dsacp_linear_avx512(const dsacp_weight *w, const float *x, int64_t T, int64_
                         bool act_quant);
 void dsacp_sparse_mla_avx512(const float *q, const float *kv, int64_t n, int64_t H, int64_t dc, int64_t dr,
                              float scale, float *o, float *lse, float *work);
+/* The SIMD sparse MLAs on a caller's buffer of dsacp_sparse_mla_<isa>_bytes(H, dc, dr) bytes,
+ * 64-byte aligned (it depends on the shape, not on n). The plain forms allocate it and, without
+ * memory, write NaN (never fall back to another kernel). */
+size_t dsacp_sparse_mla_avx512_bytes(int64_t H, int64_t dc, int64_t dr);
+void dsacp_sparse_mla_avx512_buf(const float *q, const float *kv, int64_t n, int64_t H, int64_t dc, int64_t dr,
+                                 float scale, float *o, float *lse, float *buf);
+size_t dsacp_sparse_mla_avx2_bytes(int64_t H, int64_t dc, int64_t dr);
+void dsacp_sparse_mla_avx2_buf(const float *q, const float *kv, int64_t n, int64_t H, int64_t dc, int64_t dr,
+                               float scale, float *o, float *lse, float *buf);
 
 
 void dsacp_index_scores_packed_avx512(const float *qt, const float *wp, int64_t Hp, int64_t di, const void *keys,
