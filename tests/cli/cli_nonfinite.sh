@@ -30,7 +30,7 @@ EOF
 cp -r "$tmp/good" "$tmp/nan"
 patch "$tmp/nan/model.safetensors" model.norm.weight 5 nan || { echo "patch failed"; exit 1; }
 cp -r "$tmp/good" "$tmp/inf"
-# down_proj of layer 1 is [256, 512]: element 3*512+10 is [3][10].
+# down_proj of layer 1 is [256, 512]: flat index 3*512+10 = 1546 is [3][10].
 patch "$tmp/inf/model.safetensors" model.layers.1.mlp.down_proj.weight $((3 * 512 + 10)) inf || exit 1
 "$DSACP" make-input --out "$tmp/in.safetensors" --requests 2 --length 12 --vocab 512 --chunk 5 >/dev/null || exit 1
 
@@ -54,7 +54,7 @@ inspect_bad() {
   if (( ok )); then pass "$name: $(cat "$tmp/err")"; else fail "$name: $(cat "$tmp/err")"; fi
 }
 inspect_bad "inspect, NaN in a norm" "$tmp/nan" "model.norm.weight" "index 5" "nan"
-inspect_bad "inspect, Inf in a linear" "$tmp/inf" "model.layers.1.mlp.down_proj.weight" "[3][10]" "inf"
+inspect_bad "inspect, Inf in a linear" "$tmp/inf" "model.layers.1.mlp.down_proj.weight" "index 1546" "inf"
 
 # run_bad NAME OUTFILE -- command: non-zero exit below 128, one line on stderr mentioning the
 # non-finite values, nothing on stdout, no output file.

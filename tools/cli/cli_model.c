@@ -1,11 +1,9 @@
-/* cli_model.c -- `dsacp init-model` and `dsacp inspect` (which also scans every weight for NaN/Inf). */
+/* cli_model.c -- `dsacp init-model` and `dsacp inspect` (which also scans every weight for NaN/Inf with dsacp_model_check_finite). */
 #include "cli.h"
 #include "model/model.h"
 
 #include <inttypes.h>
-#include <math.h>
 #include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
 
 int cli_init_model(int argc, char **argv)
@@ -75,44 +73,6 @@ static void print_config(const dsacp_config *c)
                (long long)c->weight_block_cols, c->scale_fmt_ue8m0 ? "ue8m0" : "float");
 }
 
-/* A weight holding NaN or Inf: its name, the first such element and its value. */
-typedef struct nonfinite {
-    const char *name;
-    int ndim;
-    int64_t row, col, rows, cols;
-    float value;
-} nonfinite;
-
-/* Scans every weight (dequantized, so an FP8 NaN code or a bad block scale counts) for values
- * that are not finite; fills out[0..*count) with the first one of each such weight (out has
- * dsacp_model_weight_count(m) entries). Returns DSACP_ENOMEM or DSACP_OK. */
-static int scan_nonfinite(const dsacp_model *m, nonfinite *out, int64_t *count)
-{
-    const dsacp_config *c = dsacp_model_config(m);
-    *count = 0;
-    int64_t maxcols = 1;
-    for (int64_t i = 0; i < dsacp_model_weight_count(m); i++)
-        if (dsacp_model_weight_at(m, i)->cols > maxcols) maxcols = dsacp_model_weight_at(m, i)->cols;
-    float *row = malloc((size_t)maxcols * sizeof *row);
-    if (!row) return DSACP_ENOMEM;
-    for (int64_t i = 0; i < dsacp_model_weight_count(m); i++) {
-        const dsacp_weight *w = dsacp_model_weight_at(m, i);
-        if (strcmp(w->name, "lm_head.weight") == 0 && c->tie_word_embeddings) continue; /* the embedding */
-        bool found = false;
-        for (int64_t r = 0; r < w->rows && !found; r++) {
-            dsacp_weight_row_f32(w, r, row);
-            for (int64_t j = 0; j < w->cols; j++)
-                if (!isfinite(row[j])) {
-                    out[(*count)++] = (nonfinite){w->name, w->ndim, r, j, w->rows, w->cols, row[j]};
-                    found = true;
-                    break;
-                }
-        }
-    }
-    free(row);
-    return DSACP_OK;
-}
-
 int cli_inspect(int argc, char **argv)
 {
     cli_opt opts[] = {{"model", true, NULL}, {NULL, false, NULL}};
@@ -126,6 +86,8 @@ int cli_inspect(int argc, char **argv)
     dsacp_model *m = NULL;
     int rc = dsacp_model_load_ex(dir, true, &m);
     if (!m) return cli_fail("inspect", rc);
+    char load_msg[512] = "";
+    if (rc) snprintf(load_msg, sizeof load_msg, "%s", dsacp_last_error());
     const dsacp_config *c = dsacp_model_config(m);
     printf("model %s\n", dir);
     for (int64_t i = 0; i < dsacp_model_file_count(m); i++) printf("  file %s\n", dsacp_model_file_path(m, i));
@@ -154,17 +116,12 @@ int cli_inspect(int argc, char **argv)
            (long long)dsacp_mla_cache_bytes_per_token(c, DSACP_KV_FP8));
     printf("  indexer keys: f32 %lld, fp8 %lld\n", (long long)dsacp_index_cache_bytes_per_token(c, DSACP_KV_F32),
            (long long)dsacp_index_cache_bytes_per_token(c, DSACP_KV_FP8));
-    /* Every weight is scanned for NaN/Inf (loading does not, for speed). */
-    int64_t nbad = 0;
-    nonfinite *bad = calloc((size_t)dsacp_model_weight_count(m) + 1, sizeof *bad);
-    if (!bad || scan_nonfinite(m, bad, &nbad)) {
-        free(bad);
-        dsacp_model_free(m);
-        fprintf(stderr, "dsacp inspect: out of memory while scanning the weights for NaN/Inf\n");
-        return 1;
-    }
-    char first_bad[400] = "";
-    int64_t nerr = nbad, nwarn = 0;
+    /* Every weight is scanned for NaN/Inf (loading does not, for speed): the first bad tensor
+     * and its first bad index are an error. */
+    int frc = dsacp_model_check_finite(m);
+    char finite_msg[512] = "";
+    if (frc) snprintf(finite_msg, sizeof finite_msg, "%s: %s", dir, dsacp_last_error());
+    int64_t nerr = frc ? 1 : 0, nwarn = 0;
     for (int64_t i = 0; i < dsacp_model_problem_count(m); i++) {
         const dsacp_model_problem *p = dsacp_model_problem_at(m, i);
         if (p->error) nerr++; else nwarn++;
@@ -175,30 +132,19 @@ int cli_inspect(int argc, char **argv)
             const dsacp_model_problem *p = dsacp_model_problem_at(m, i);
             printf("  %s: %s\n", p->error ? "error" : "warning", p->text);
         }
-        for (int64_t i = 0; i < nbad; i++) {
-            char text[400];
-            const nonfinite *b = &bad[i];
-            if (b->ndim == 1)
-                snprintf(text, sizeof text, "%s: weight '%s' [%lld] has a non-finite value %g at index %lld", dir,
-                         b->name, (long long)b->cols, (double)b->value, (long long)b->col);
-            else
-                snprintf(text, sizeof text, "%s: weight '%s' [%lld, %lld] has a non-finite value %g at [%lld][%lld] "
-                         "(element %lld)", dir, b->name, (long long)b->rows, (long long)b->cols, (double)b->value,
-                         (long long)b->row, (long long)b->col, (long long)(b->row * b->cols + b->col));
-            printf("  error: %s\n", text);
-            if (!i) snprintf(first_bad, sizeof first_bad, "%s", text);
-        }
+        if (frc) printf("  error: %s\n", finite_msg);
     } else {
         printf("problems: none\n");
     }
-    free(bad);
-    dsacp_model_free(m);
     if (nerr) {
-        if (nerr == nbad) /* only non-finite weights: name the first */
-            fprintf(stderr, "dsacp inspect: %s%s\n", first_bad, nbad > 1 ? " (and more, listed above)" : "");
-        else
-            fprintf(stderr, "dsacp inspect: %s\n", dsacp_last_error());
+        /* The load's first error, else the non-finite weight. */
+        const char *msg = load_msg[0] ? load_msg : finite_msg;
+        for (int64_t i = 0; !msg[0] && i < dsacp_model_problem_count(m); i++)
+            if (dsacp_model_problem_at(m, i)->error) msg = dsacp_model_problem_at(m, i)->text;
+        fprintf(stderr, "dsacp inspect: %s\n", msg);
+        dsacp_model_free(m);
         return 1;
     }
+    dsacp_model_free(m);
     return 0;
 }
