@@ -689,8 +689,9 @@ int dsacp_engine_step(dsacp_engine *e, const dsacp_step_entry *entries, int64_t 
             /* Final norm of the active rows; prefill rows travel to rank 0, which applies the head
              * to every token in step order. */
             for (int64_t i = 0; i < na; i++) dsacp_rmsnorm(xb + i * D, h + i * D, e->final_norm, D, cfg->rms_norm_eps);
-            if (W == 1) {
-                for (int64_t j = 0; j < na; j++) memcpy(xf + st.act[j] * D, xb + j * D, (size_t)D * 4);
+            if (W == 1 || st.n_pre_all == 0) {
+                if (me == 0)
+                    for (int64_t j = 0; j < na; j++) memcpy(xf + st.act[j] * D, xb + j * D, (size_t)D * 4);
             } else {
                 size_t *rb = malloc((size_t)W * sizeof *rb);
                 float *all = me == 0 ? dsacp_alloc((size_t)(st.n_pre_all * D) * 4 + 4) : NULL;

@@ -1,0 +1,502 @@
+/*
+ * test_cp.c -- context parallelism against W = 1 (run under mpirun with W = 2, 3, 4 by CTest, and
+ * alone as W = 1). One table of cases {numerics, decode strategy, kv layout, index layout,
+ * interleave} runs one mixed schedule (prefill chunks and decode tokens of four requests of
+ * different lengths, a prompt exactly index_topk long, a request shorter than W x I, a step with
+ * fewer tokens than ranks, a prefill chunk after decodes) on the CP group and on a solo engine
+ * in the same process, and compares on rank 0: identical selected sets in every layer, logits
+ * within the documented tolerance. A model whose indexer head weights are zero makes every
+ * index score tie (0): the selection is then the lowest positions, so ranks that own none of a
+ * token's winners are exercised (lse = -inf, no NaN). Communication counters are compared with
+ * the byte formulas of docs/context-parallel.md exactly, and the sharded KV memory with the
+ * W = 1 memory.
+ */
+#include "test.h"
+#include "cp/cp.h"
+#include "dsacp_cp.h"
+#include "io/safetensors.h"
+#include "ref/test_util.h"
+
+#include <math.h>
+#include <stdint.h>
+
+enum { NREQ = 4, NSTEP = 8 };
+
+/* tokens of request r in step s */
+static const int sched[NSTEP][NREQ] = {
+    {20, 7, 0, 0}, {25, 1, 32, 0}, {1, 1, 1, 3}, {1, 1, 1, 1},
+    {1, 0, 1, 1},  {0, 1, 0, 0},   {9, 0, 0, 0}, {1, 1, 1, 1},
+};
+
+typedef struct step_out {
+    int64_t T;
+    float *logits;  /* [T][V] */
+    int32_t *topk;  /* [L][T][K] */
+} step_out;
+
+static int32_t *g_ids[NREQ];
+static dsacp_comm *g_world;
+static int g_rank, g_W;
+
+static void make_ids(int64_t vocab)
+{
+    for (int r = 0; r < NREQ; r++) {
+        int64_t n = 0;
+        for (int s = 0; s < NSTEP; s++) n += sched[s][r];
+        g_ids[r] = malloc((size_t)(n + 16) * sizeof(int32_t));
+        tu_random_ids(g_ids[r], n + 16, vocab, 1000 + (uint64_t)r);
+    }
+}
+
+/* Runs the schedule; fills out[s] (rank 0 only when want). */
+static int run_sched(dsacp_engine *e, const dsacp_config *cfg, step_out *out)
+{
+    int64_t id[NREQ], used[NREQ] = {0};
+    for (int r = 0; r < NREQ; r++) {
+        int rc = dsacp_engine_add_request(e, &id[r]);
+        if (rc) return rc;
+    }
+    const int64_t V = cfg->vocab_size, K = cfg->index_topk, L = cfg->num_hidden_layers;
+    for (int s = 0; s < NSTEP; s++) {
+        dsacp_step_entry en[NREQ];
+        int64_t n = 0, T = 0;
+        for (int r = 0; r < NREQ; r++)
+            if (sched[s][r]) {
+                en[n++] = (dsacp_step_entry){id[r], sched[s][r], g_ids[r] + used[r]};
+                used[r] += sched[s][r];
+                T += sched[s][r];
+            }
+        out[s].T = T;
+        out[s].logits = malloc((size_t)(T * V) * 4);
+        out[s].topk = malloc((size_t)(L * T * K) * 4);
+        int rc = dsacp_engine_step(e, en, n, out[s].logits, out[s].topk);
+        if (rc) return rc;
+    }
+    return DSACP_OK;
+}
+
+static void free_out(step_out *o)
+{
+    for (int s = 0; s < NSTEP; s++) {
+        free(o[s].logits);
+        free(o[s].topk);
+    }
+}
+
+typedef struct cp_case {
+    const char *name;
+    dsacp_decode_strategy dec;
+    dsacp_cp_layout kv, idx;
+    int64_t I;
+} cp_case;
+
+/* FlashMLA's global difference 1 - 2 sum(a r) / sum(a^2 + r^2) of two vectors. */
+static double cos_diff(const float *a, const float *r, int64_t n)
+{
+    double ar = 0, aa = 0;
+    for (int64_t i = 0; i < n; i++) ar += (double)a[i] * r[i], aa += (double)a[i] * a[i] + (double)r[i] * r[i];
+    return aa > 0 ? 1 - 2 * ar / aa : 0;
+}
+
+static double compare(const dsacp_config *cfg, const step_out *ref, const step_out *got, int64_t *topk_diff,
+                      double *cosd)
+{
+    const int64_t V = cfg->vocab_size, K = cfg->index_topk, L = cfg->num_hidden_layers;
+    double worst = 0;
+    *topk_diff = 0;
+    *cosd = 0;
+    for (int s = 0; s < NSTEP; s++) {
+        const int64_t T = ref[s].T;
+        for (int64_t i = 0; i < L * T * K; i++) *topk_diff += ref[s].topk[i] != got[s].topk[i];
+        double r = tu_max_rel_ff(got[s].logits, ref[s].logits, T * V);
+        *cosd = fmax(*cosd, cos_diff(got[s].logits, ref[s].logits, T * V));
+        for (int64_t i = 0; i < T * V; i++)
+            if (!isfinite(got[s].logits[i])) r = INFINITY;
+        if (r > worst || isnan(r)) worst = r;
+    }
+    return worst;
+}
+
+/* tol: max relative error of the logits (exact mode); cos_tol: FlashMLA's global difference
+ * (deployed mode, where a reassociated merge can move an activation across an e4m3 rounding
+ * boundary of the next FP8 layer: docs/context-parallel.md, "Correctness"). */
+static void run_cases(const char *label, const dsacp_model *m, const dsacp_engine_options *eo, const cp_case *cases,
+                      int ncases, double tol, double cos_tol)
+{
+    const dsacp_config *cfg = dsacp_model_config(m);
+    step_out ref[NSTEP] = {0};
+    dsacp_engine *e = NULL;
+    REQUIRE_OK(dsacp_engine_create(m, eo, &e));
+    REQUIRE_OK(run_sched(e, cfg, ref));
+    dsacp_engine_free(e);
+    for (int c = 0; c < ncases; c++) {
+        dsacp_cp_options cp;
+        dsacp_cp_options_default(&cp);
+        cp.decode = cases[c].dec;
+        cp.kv_layout = cases[c].kv;
+        cp.index_layout = cases[c].idx;
+        cp.interleave = cases[c].I;
+        step_out got[NSTEP] = {0};
+        CHECK_OK(dsacp_engine_create_cp(m, eo, &cp, g_world, &e));
+        if (!e) continue;
+        CHECK_OK(run_sched(e, cfg, got));
+        /* The sharded caches hold no position twice and lose none (checked through the usage). */
+        dsacp_engine_free(e);
+        if (g_rank == 0) {
+            int64_t dt = 0;
+            double cd = 0, rel = compare(cfg, ref, got, &dt, &cd);
+            CHECKF(dt == 0 && rel <= tol && cd <= cos_tol, "%s %s I=%lld W=%d: %lld selected positions differ, logits "
+                   "max rel %.3g (tolerance %.1g), cos diff %.3g (tolerance %.1g)", label, cases[c].name,
+                   (long long)cases[c].I, g_W, (long long)dt, rel, tol, cd, cos_tol);
+            printf("%-8s %-36s I=%-3lld W=%d: selected sets identical=%s, logits max rel %.3g, cos diff %.3g\n", label,
+                   cases[c].name, (long long)cases[c].I, g_W, dt == 0 ? "yes" : "NO", rel, cd);
+        }
+        free_out(got);
+    }
+    free_out(ref);
+}
+
+static const cp_case all_cases[] = {
+#define CASES(I)                                                                                               \
+    {"allgather-kv kv=sharded idx=sharded", DSACP_DECODE_ALLGATHER_KV, DSACP_LAYOUT_SHARDED, DSACP_LAYOUT_SHARDED, I}, \
+    {"allgather-kv kv=replicated idx=repl", DSACP_DECODE_ALLGATHER_KV, DSACP_LAYOUT_REPLICATED, DSACP_LAYOUT_REPLICATED, I}, \
+    {"allgather-kv kv=sharded idx=repl", DSACP_DECODE_ALLGATHER_KV, DSACP_LAYOUT_SHARDED, DSACP_LAYOUT_REPLICATED, I}, \
+    {"replicated-index kv=sharded", DSACP_DECODE_REPLICATED_INDEX, DSACP_LAYOUT_SHARDED, DSACP_LAYOUT_REPLICATED, I}, \
+    {"replicated-index kv=replicated", DSACP_DECODE_REPLICATED_INDEX, DSACP_LAYOUT_REPLICATED, DSACP_LAYOUT_REPLICATED, I}, \
+    {"exact-topk kv=sharded", DSACP_DECODE_EXACT_TOPK, DSACP_LAYOUT_SHARDED, DSACP_LAYOUT_SHARDED, I},          \
+    {"exact-topk kv=replicated", DSACP_DECODE_EXACT_TOPK, DSACP_LAYOUT_REPLICATED, DSACP_LAYOUT_SHARDED, I},
+    CASES(1) CASES(3) CASES(16)
+#undef CASES
+};
+enum { NCASES = sizeof all_cases / sizeof all_cases[0] };
+
+/* A copy of the model whose indexer head weights are zero: every index score is 0. */
+static char *make_tie_model(const char *src)
+{
+    char *dir = tu_tempdir();
+    char a[4200], b[4200];
+    snprintf(a, sizeof a, "%s/config.json", src);
+    snprintf(b, sizeof b, "%s/config.json", dir);
+    char *text = NULL;
+    size_t len = 0;
+    REQUIRE_OK(dsacp_read_file(a, &text, &len, 1 << 20));
+    REQUIRE_OK(dsacp_write_file_atomic(b, text, len));
+    dsacp_free(text);
+    snprintf(a, sizeof a, "%s/model.safetensors", src);
+    snprintf(b, sizeof b, "%s/model.safetensors", dir);
+    dsacp_st_file *f = NULL;
+    REQUIRE_OK(dsacp_st_open(a, &f));
+    dsacp_st_writer *w = NULL;
+    REQUIRE_OK(dsacp_st_writer_create(&w));
+    void **zeros = calloc((size_t)dsacp_st_count(f), sizeof *zeros);
+    for (int64_t i = 0; i < dsacp_st_count(f); i++) {
+        const dsacp_st_tensor *t = dsacp_st_tensor_at(f, i);
+        const void *data = t->data;
+        if (strstr(t->name, "indexer.weights_proj")) data = zeros[i] = calloc(t->nbytes, 1);
+        REQUIRE_OK(dsacp_st_writer_add(w, t->name, t->dtype, t->ndim, t->shape, data));
+    }
+    REQUIRE_OK(dsacp_st_writer_write(w, b));
+    dsacp_st_writer_free(w);
+    for (int64_t i = 0; i < dsacp_st_count(f); i++) free(zeros[i]);
+    free(zeros);
+    dsacp_st_close(f);
+    return dir;
+}
+
+/* A model directory made by rank 0 and loaded by every rank. */
+static dsacp_model *shared_model(char **dir_out, const char *preset, dsacp_weight_format fmt, bool tie)
+{
+    char dir[256] = {0};
+    if (g_rank == 0) {
+        char *d = tu_make_model(preset, 7, fmt);
+        if (tie) {
+            char *t = make_tie_model(d);
+            tu_rmtree(d);
+            free(d);
+            d = t;
+        }
+        snprintf(dir, sizeof dir, "%s", d);
+        free(d);
+    }
+    REQUIRE_OK(dsacp_comm_bcast(g_world, dir, sizeof dir, DSACP_PHASE_input));
+    dsacp_model *m = NULL;
+    REQUIRE_OK(dsacp_model_load(dir, &m));
+    *dir_out = strdup(dir);
+    return m;
+}
+
+static void drop_model(dsacp_model *m, char *dir)
+{
+    dsacp_model_free(m);
+    REQUIRE_OK(dsacp_comm_agree(g_world, DSACP_OK)); /* everyone is done with the files */
+    if (g_rank == 0) tu_rmtree(dir);
+    free(dir);
+}
+
+/* ---- communication counters against the documented formulas ---- */
+
+typedef struct expect {
+    int64_t calls, sent, recv;
+} expect;
+
+static int64_t heads_of(int64_t H, int64_t q, int64_t W) { return dsacp_split_begin(H, q + 1, W) - dsacp_split_begin(H, q, W); }
+
+/* docs/context-parallel.md, "Bytes per step": one decode step of nd tokens (all requests
+ * decoding) with old lengths old[], on rank me. */
+static void expected_decode(const dsacp_config *cfg, const dsacp_cp_options *cp, int64_t W, int64_t me, int64_t nd,
+                            const int64_t *old, int64_t nreq, int64_t mla_b, int64_t idx_b, bool o_gather_v,
+                            expect *ex /* [DSACP_PHASE_COUNT] */)
+{
+    memset(ex, 0, sizeof(expect) * DSACP_PHASE_COUNT);
+    const int64_t L = cfg->num_hidden_layers, H = cfg->num_attention_heads, K = cfg->index_topk;
+    const int64_t dc = cfg->kv_lora_rank, dk = dc + cfg->qk_rope_head_dim, dv = cfg->v_head_dim, D = cfg->hidden_size;
+    const int64_t Hs = heads_of(H, me, W), I = cp->interleave;
+    /* control: capacity agreement, metadata agreement, end agreement (int each) + want flags. */
+    ex[DSACP_PHASE_control] = (expect){4, 3 * 4 * (W - 1) + (me ? 0 : 2 * (W - 1)), 3 * 4 * (W - 1) + (me ? 2 : 0)};
+    if (cp->decode == DSACP_DECODE_ALLGATHER_KV) {
+        const bool lsh = cp->kv_layout == DSACP_LAYOUT_SHARDED, ish = cp->index_layout == DSACP_LAYOUT_SHARDED;
+        const int64_t Esh = (lsh ? mla_b : 0) + (ish ? idx_b : 0);
+        if (Esh) {
+            int64_t mine = 0, others = 0;
+            for (int64_t r = 0; r < nreq; r++)
+                for (int64_t q = 0; q < W; q++) {
+                    const int64_t b = dsacp_cp_local_len(old[r], q, I, W) * Esh;
+                    if (q == me) mine += b;
+                    else others += b;
+                }
+            ex[DSACP_PHASE_kv_gather] = (expect){L, L * mine * (W - 1), L * others};
+        }
+    } else {
+        if (cp->decode == DSACP_DECODE_EXACT_TOPK)
+            ex[DSACP_PHASE_index_candidates] = (expect){L, L * nd * K * 8 * (W - 1), L * nd * K * 8 * (W - 1)};
+        ex[DSACP_PHASE_query_gather] = (expect){L, L * nd * Hs * dk * 4 * (W - 1), L * nd * (H - Hs) * dk * 4};
+        ex[DSACP_PHASE_attn_merge] = (expect){2 * L, L * (nd * H * 4 * (W - 1) + nd * (H - Hs) * dc * 4),
+                                              L * (nd * H * 4 * (W - 1) + nd * Hs * dc * 4 * (W - 1))};
+    }
+    if (o_gather_v) {
+        ex[DSACP_PHASE_o_proj] = (expect){L, L * nd * Hs * dv * 4 * (W - 1), L * nd * (H - Hs) * dv * 4};
+    } else {
+        /* all-reduce of nd x D floats as reduce-scatter + all-gather over blocks split n q / W */
+        const int64_t n = nd * D, mine = (dsacp_split_begin(n, me + 1, W) - dsacp_split_begin(n, me, W)) * 4;
+        const int64_t b = mine * (W - 1) + (n * 4 - mine);
+        ex[DSACP_PHASE_o_proj] = (expect){L, L * b, L * b};
+    }
+}
+
+/* One prefill-only step: entries with old lengths old[] and n[] new tokens, both caches
+ * sharded (docs/context-parallel.md, "Bytes per step"). */
+static void expected_prefill(const dsacp_config *cfg, int64_t I, int64_t W, int64_t me, const int64_t *old,
+                             const int64_t *n, int64_t nent, int64_t E, expect *ex)
+{
+    memset(ex, 0, sizeof(expect) * DSACP_PHASE_COUNT);
+    const int64_t L = cfg->num_hidden_layers, D = cfg->hidden_size;
+    ex[DSACP_PHASE_control] = (expect){4, 3 * 4 * (W - 1) + (me ? 0 : 2 * (W - 1)), 3 * 4 * (W - 1) + (me ? 2 : 0)};
+    int64_t *npre = calloc((size_t)W, sizeof *npre), ctx_me = 0, ctx_others = 0;
+    for (int64_t e = 0; e < nent; e++) {
+        for (int64_t p = old[e]; p < old[e] + n[e]; p++) npre[dsacp_cp_owner(p, I, W)]++;
+        for (int64_t q = 0; q < W; q++) {
+            const int64_t b = dsacp_cp_local_len(old[e], q, I, W) * E;
+            if (q == me) ctx_me += b;
+            else ctx_others += b;
+        }
+    }
+    int64_t others = 0;
+    for (int64_t q = 0; q < W; q++)
+        if (q != me) others += npre[q];
+    ex[DSACP_PHASE_prefill_kv] = (expect){2 * L, L * (npre[me] * E + ctx_me) * (W - 1), L * (others * E + ctx_others)};
+    ex[DSACP_PHASE_logits] = (expect){1, me ? npre[me] * D * 4 : 0, me ? 0 : others * D * 4};
+    free(npre);
+}
+
+static void check_counters(dsacp_comm *ec, const expect *ex, const char *label, const char *name, const char *what)
+{
+    for (int p = 0; p < DSACP_PHASE_COUNT; p++) {
+        const dsacp_comm_counter k = dsacp_comm_get_counter(ec, p);
+        const expect x = g_W == 1 ? (expect){0, 0, 0} : ex[p];
+        CHECKF(k.calls == x.calls && k.bytes_sent == x.sent && k.bytes_recv == x.recv,
+               "%s %s %s W=%d rank %d phase %s: calls %lld sent %lld recv %lld, formula %lld %lld %lld", label, name,
+               what, g_W, g_rank, dsacp_comm_phase_name(p), (long long)k.calls, (long long)k.bytes_sent,
+               (long long)k.bytes_recv, (long long)x.calls, (long long)x.sent, (long long)x.recv);
+    }
+}
+
+static void test_counters(const dsacp_model *m, const dsacp_engine_options *eo, const char *label)
+{
+    const dsacp_config *cfg = dsacp_model_config(m);
+    const cp_case cases[] = {
+        {"allgather-kv", DSACP_DECODE_ALLGATHER_KV, DSACP_LAYOUT_SHARDED, DSACP_LAYOUT_SHARDED, 3},
+        {"replicated-index", DSACP_DECODE_REPLICATED_INDEX, DSACP_LAYOUT_SHARDED, DSACP_LAYOUT_REPLICATED, 3},
+        {"exact-topk", DSACP_DECODE_EXACT_TOPK, DSACP_LAYOUT_SHARDED, DSACP_LAYOUT_SHARDED, 3},
+    };
+    for (int c = 0; c < 3; c++) {
+        dsacp_cp_options cp;
+        dsacp_cp_options_default(&cp);
+        cp.decode = cases[c].dec, cp.kv_layout = cases[c].kv, cp.index_layout = cases[c].idx, cp.interleave = cases[c].I;
+        dsacp_engine *e = NULL;
+        REQUIRE_OK(dsacp_engine_create_cp(m, eo, &cp, g_world, &e));
+        step_out got[NSTEP] = {0};
+        CHECK_OK(run_sched(e, cfg, got));
+        free_out(got);
+        /* One more decode step of every request, counted alone. */
+        int64_t old[NREQ], used[NREQ] = {0};
+        for (int s = 0; s < NSTEP; s++)
+            for (int r = 0; r < NREQ; r++) used[r] += sched[s][r];
+        dsacp_step_entry en[NREQ];
+        for (int r = 0; r < NREQ; r++) {
+            old[r] = dsacp_engine_request_length(e, r);
+            en[r] = (dsacp_step_entry){r, 1, g_ids[r] + used[r]};
+        }
+        dsacp_comm_reset_counters(g_world);
+        dsacp_comm *ec = dsacp_engine_comm(e);
+        dsacp_comm_reset_counters(ec);
+        float *logits = malloc((size_t)(NREQ * cfg->vocab_size) * 4);
+        CHECK_OK(dsacp_engine_step(e, en, NREQ, logits, NULL));
+        free(logits);
+        expect ex[DSACP_PHASE_COUNT];
+        const int64_t mla_b = dsacp_mla_cache_bytes_per_token(cfg, eo->kv_dtype);
+        const int64_t idx_b = dsacp_index_cache_bytes_per_token(cfg, eo->numerics == DSACP_NUMERICS_DEPLOYED ? DSACP_KV_FP8 : DSACP_KV_F32);
+        const dsacp_weight *o = NULL;
+        bool gv = false;
+        {
+            /* The same rule as the engine: every rank's head columns on o_proj's FP8 blocks. */
+            const int64_t H = cfg->num_attention_heads, dv = cfg->v_head_dim;
+            o = dsacp_model_weight(m, "model.layers.0.self_attn.o_proj.weight");
+            if (o && o->dtype == DSACP_F8_E4M3)
+                for (int q = 0; q <= g_W; q++) {
+                    const int64_t col = dsacp_split_begin(H, q, g_W) * dv;
+                    if (col % o->block && col != o->cols) gv = true;
+                }
+        }
+        expected_decode(cfg, &cp, g_W, g_rank, NREQ, old, NREQ, mla_b, idx_b, gv, ex);
+        check_counters(ec, ex, label, cases[c].name, "decode step");
+        if (cases[c].dec == DSACP_DECODE_EXACT_TOPK) {
+            /* A prefill-only step: a chunk of request 0 after its context, and a new request. */
+            int64_t id4;
+            REQUIRE_OK(dsacp_engine_add_request(e, &id4));
+            const int64_t o2[2] = {dsacp_engine_request_length(e, 0), 0}, n2[2] = {5, 10};
+            dsacp_step_entry pe[2] = {{0, 5, g_ids[0]}, {id4, 10, g_ids[1]}};
+            dsacp_comm_reset_counters(ec);
+            float *lg = malloc((size_t)(15 * cfg->vocab_size) * 4);
+            CHECK_OK(dsacp_engine_step(e, pe, 2, lg, NULL));
+            free(lg);
+            expected_prefill(cfg, cp.interleave, g_W, g_rank, o2, n2, 2, mla_b + idx_b, ex);
+            check_counters(ec, ex, label, cases[c].name, "prefill step");
+        }
+        if (g_rank == 0) {
+            const dsacp_comm_counter k = dsacp_comm_get_counter(ec, DSACP_PHASE_query_gather);
+            const dsacp_comm_counter k2 = dsacp_comm_get_counter(ec, DSACP_PHASE_index_candidates);
+            const dsacp_comm_counter k3 = dsacp_comm_get_counter(ec, DSACP_PHASE_kv_gather);
+            printf("%s counters %-16s W=%d: decode step of %d tokens, rank 0 recv: kv_gather %lld, candidates %lld, "
+                   "query %lld bytes (formulas matched)\n", label, cases[c].name, g_W, NREQ, (long long)k3.bytes_recv,
+                   (long long)k2.bytes_recv, (long long)k.bytes_recv);
+        }
+        dsacp_engine_free(e);
+    }
+}
+
+/* ---- KV memory per rank ---- */
+
+static void test_memory(const dsacp_model *m)
+{
+    const dsacp_config *cfg = dsacp_model_config(m);
+    dsacp_engine_options eo;
+    dsacp_engine_options_default(&eo);
+    eo.block_size = 16;
+    eo.num_blocks = 256;
+    const int64_t lens[3] = {1000, 333, 77};
+    int64_t used[2][2] = {{0}};
+    for (int mode = 0; mode < 2; mode++) {
+        dsacp_engine *e = NULL;
+        if (mode == 0) REQUIRE_OK(dsacp_engine_create(m, &eo, &e));
+        else REQUIRE_OK(dsacp_engine_create_cp(m, &eo, NULL, g_world, &e));
+        for (int r = 0; r < 3; r++) {
+            int64_t id;
+            REQUIRE_OK(dsacp_engine_add_request(e, &id));
+            int32_t *ids = malloc((size_t)lens[r] * 4);
+            tu_random_ids(ids, lens[r], cfg->vocab_size, 77 + (uint64_t)r);
+            for (int64_t off = 0; off < lens[r]; off += 250) {
+                dsacp_step_entry en = {id, lens[r] - off < 250 ? lens[r] - off : 250, ids + off};
+                CHECK_OK(dsacp_engine_step(e, &en, 1, NULL, NULL));
+            }
+            free(ids);
+        }
+        dsacp_kv_usage u;
+        dsacp_engine_kv_usage(e, &u);
+        used[mode][0] = u.latent_used_bytes;
+        used[mode][1] = u.index_used_bytes;
+        dsacp_engine_free(e);
+    }
+    const int64_t L = cfg->num_hidden_layers;
+    const int64_t blk = eo.block_size * L *
+                        (dsacp_mla_cache_bytes_per_token(cfg, DSACP_KV_F32) + dsacp_index_cache_bytes_per_token(cfg, DSACP_KV_F32));
+    const double bound = 1.05 * (double)(used[0][0] + used[0][1]) / g_W + 3.0 * (double)blk;
+    const double have = (double)(used[1][0] + used[1][1]);
+    CHECKF(have <= bound, "W=%d rank %d: KV bytes %.0f > 1.05 x %lld / W + one block per request (%.0f)", g_W, g_rank,
+           have, (long long)(used[0][0] + used[0][1]), bound);
+    if (g_rank == 0)
+        printf("memory W=%d: sharded KV bytes on rank 0 %.0f vs W=1 %lld (ratio %.3f of 1/W)\n", g_W, have,
+               (long long)(used[0][0] + used[0][1]), have * g_W / (double)(used[0][0] + used[0][1]));
+}
+
+/* ---- conflicting options fail cleanly on every rank ---- */
+
+static void test_bad_options(const dsacp_model *m)
+{
+    dsacp_cp_options cp;
+    dsacp_cp_options_default(&cp);
+    dsacp_engine *e = NULL;
+    cp.interleave = 0;
+    CHECK(dsacp_engine_create_cp(m, NULL, &cp, g_world, &e) == DSACP_EINVAL && !e);
+    dsacp_cp_options_default(&cp);
+    cp.decode = DSACP_DECODE_REPLICATED_INDEX; /* needs a replicated index cache when W > 1 */
+    int rc = dsacp_engine_create_cp(m, NULL, &cp, g_world, &e);
+    CHECK(g_W == 1 ? rc == DSACP_OK : rc == DSACP_EINVAL);
+    dsacp_engine_free(e);
+}
+
+int main(int argc, char **argv)
+{
+    REQUIRE_OK(dsacp_comm_create_world(&argc, &argv, &g_world));
+    g_rank = dsacp_comm_rank(g_world);
+    g_W = dsacp_comm_size(g_world);
+    char *dir = NULL;
+
+    /* exact numerics, f32 weights: o_proj column shards + all-reduce. */
+    dsacp_model *m = shared_model(&dir, "tiny", DSACP_WEIGHTS_F32, false);
+    make_ids(dsacp_model_config(m)->vocab_size);
+    dsacp_engine_options eo;
+    dsacp_engine_options_default(&eo);
+    eo.block_size = 16;
+    eo.num_blocks = 64;
+    run_cases("exact", m, &eo, all_cases, NCASES, 1e-5, 1e-10);
+    test_counters(m, &eo, "exact");
+    test_memory(m);
+    test_bad_options(m);
+    drop_model(m, dir);
+
+    /* deployed numerics, fp8 weights and fp8 caches: o_proj columns split FP8 blocks at this
+     * size, so the heads' outputs travel (o_gather_v). */
+    m = shared_model(&dir, "tiny-moe", DSACP_WEIGHTS_FP8, false);
+    eo.numerics = DSACP_NUMERICS_DEPLOYED;
+    eo.kv_dtype = DSACP_KV_FP8;
+    run_cases("deployed", m, &eo, all_cases, NCASES, 0.1, 2e-3);
+    test_counters(m, &eo, "deployed");
+    drop_model(m, dir);
+
+    /* every index score ties at 0: the lowest positions win, most ranks own none of them. */
+    m = shared_model(&dir, "tiny", DSACP_WEIGHTS_F32, true);
+    eo.numerics = DSACP_NUMERICS_EXACT;
+    eo.kv_dtype = DSACP_KV_F32;
+    run_cases("ties", m, &eo, all_cases, NCASES, 1e-5, 1e-10);
+    drop_model(m, dir);
+
+    for (int r = 0; r < NREQ; r++) free(g_ids[r]);
+    int failed = test_failures_;
+    int rc = dsacp_comm_agree(g_world, failed ? DSACP_EINVAL : DSACP_OK);
+    dsacp_comm_free(g_world);
+    if (rc && !failed) {
+        fprintf(stderr, "FAIL test_cp: another rank failed\n");
+        return 1;
+    }
+    return test_finish("test_cp");
+}
