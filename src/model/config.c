@@ -4,8 +4,14 @@
  * Both rope spellings are accepted: "rope_scaling" (DeepSeek's and older transformers) and
  * "rope_parameters" (transformers 5, which also moves rope_theta inside). Derived numbers
  * (the cos/sin attention factor and the softmax scale) follow transformers' rules, which a
- * config written by it must reproduce (docs/reference-notes.md, "RoPE"); DeepSeek's reference code uses
- * m(factor, mscale) for the softmax scale instead, which agrees on the released configs.
+ * config written by it must reproduce (docs/reference-notes.md, "RoPE"); DeepSeek's reference
+ * code uses m(factor, mscale) for the softmax scale instead, which agrees on the released configs.
+ *
+ * Every field is validated before anything derived from it is stored: each integer within the
+ * bounds of model.h (DSACP_CFG_MAX_*) as it is read, then every field against the others
+ * (dsacp_config_check), then the per-layer mlp_layer_types. The result is copied to the caller
+ * only on success. A field that changes the math with a value dsacp does not implement
+ * (attention_bias: true, ...) is refused with its name, never ignored.
  */
 #include "core/core.h"
 #include "model/model.h"

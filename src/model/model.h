@@ -1,6 +1,6 @@
 /*
- * model -- configuration parsing, checkpoint loading (names in docs/reference-notes.md, "Weights in the saved file"), presets
- * and init-model. Calls core, numerics and io.
+ * model -- configuration parsing, checkpoint loading (tensor names: docs/reference-notes.md,
+ * "Weights in the saved file"), presets and init-model. Calls core, numerics and io.
  *
  * Weights stay in their stored dtype, memory-mapped: F32, BF16, F16, or F8_E4M3 with a
  * weight_scale_inv block-scale tensor (dequantized by the kernels, or by dsacp_weight_to_f32).
