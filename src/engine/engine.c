@@ -39,6 +39,7 @@ struct dsacp_engine {
     dsacp_comm *comm;
     bool owns_comm;
     dsacp_cp_ctx cp;
+    dsacp_step_times times; /* of the last step */
     int64_t L;
     dsacp_dsa_weights *attn;
     mlp_weights *mlp;
@@ -672,19 +673,26 @@ int dsacp_engine_step(dsacp_engine *e, const dsacp_step_entry *entries, int64_t 
         const bool deployed = e->opt.numerics == DSACP_NUMERICS_DEPLOYED;
         dsacp_dsa_ctx ctx = {cfg, deployed ? DSACP_MODE_DEPLOYED : DSACP_MODE_EXACT, &e->rope, e->cache};
         int lrc = DSACP_OK; /* a local failure: keep taking part, agree at the end */
+        memset(&e->times, 0, sizeof e->times);
+        const double t_step = dsacp_now();
         for (int64_t l = 0; l < e->L && !rc; l++) {
             for (int64_t i = 0; i < na; i++) dsacp_rmsnorm(xb + i * D, h + i * D, e->in_norm[l], D, cfg->rms_norm_eps);
+            const double t0 = dsacp_now();
             int r2 = dsacp_cp_layer_forward(&e->cp, &ctx, &e->attn[l], l, &st, xb, ob,
                                             me == 0 && topk ? topk + l * T * K : NULL);
             if (r2 == DSACP_ECOMM) rc = r2; /* the group itself failed: no agreement possible */
             else if (r2 && !lrc) lrc = r2;
+            const double t1 = dsacp_now();
+            e->times.attention += t1 - t0;
             for (int64_t i = 0; i < na * D; i++) h[i] += ob[i];
             for (int64_t i = 0; i < na; i++) dsacp_rmsnorm(xb + i * D, h + i * D, e->post_norm[l], D, cfg->rms_norm_eps);
             const mlp_weights *mw = &e->mlp[l];
             if (!lrc) lrc = mw->moe ? moe_forward(e, mw, xb, na, ob, deployed)
                                     : swiglu(mw->gate, mw->up, mw->down, xb, na, D, ob, deployed);
             for (int64_t i = 0; i < na * D; i++) h[i] += ob[i];
+            e->times.mlp += dsacp_now() - t1;
         }
+        e->times.step = dsacp_now() - t_step;
         if (!rc && want[0]) {
             /* Final norm of the active rows; prefill rows travel to rank 0, which applies the head
              * to every token in step order. */
@@ -729,6 +737,57 @@ int dsacp_engine_step(dsacp_engine *e, const dsacp_step_entry *entries, int64_t 
 }
 
 dsacp_comm *dsacp_engine_comm(const dsacp_engine *e) { return e->comm; }
+
+dsacp_step_times dsacp_engine_last_step_times(const dsacp_engine *e) { return e->times; }
+
+/* Deterministic pseudo-random values of one position (the same on every rank and every W). */
+static void fill_row(uint64_t seed, int64_t p, float *v, int64_t n, float scale)
+{
+    dsacp_rng r;
+    dsacp_rng_seed(&r, seed ^ ((uint64_t)p * 0x9E3779B97F4A7C15ull));
+    for (int64_t i = 0; i < n; i++) v[i] = (float)((dsacp_rng_uniform(&r) * 2 - 1) * scale);
+}
+
+int dsacp_engine_fill_random(dsacp_engine *e, int64_t id, int64_t length, uint64_t seed)
+{
+    request *r = find_request(e, id);
+    if (!r || r->length != 0) return dsacp_error(DSACP_EINVAL, "fill: request %lld must be live and empty", (long long)id);
+    if (length < 1 || length > e->cfg->max_position_embeddings)
+        return dsacp_error(DSACP_ERANGE, "fill: length %lld outside [1, max_position_embeddings]", (long long)length);
+    dsacp_step_entry en = {id, length, NULL};
+    int rc = reserve(e, &en, 1);
+    rc = dsacp_comm_agree(e->comm, rc);
+    if (rc) return rc;
+    const dsacp_config *cfg = e->cfg;
+    const int64_t dc = cfg->kv_lora_rank, dr = cfg->qk_rope_head_dim, di = cfg->index_head_dim;
+    const int W = e->cp.W, me = e->cp.rank;
+    const int64_t I = e->cp.opt.interleave;
+    const bool lat_all = W == 1 || e->cp.opt.kv_layout == DSACP_LAYOUT_REPLICATED;
+    const bool idx_all = W == 1 || e->cp.opt.index_layout == DSACP_LAYOUT_REPLICATED;
+    dsacp_kv_seq *is = e->icache == e->cache ? &r->seq : &r->iseq;
+#pragma omp parallel for schedule(static)
+    for (int64_t p = 0; p < length; p++) {
+        float v[2048];
+        const bool mine = dsacp_cp_owner(p, I, W) == me;
+        for (int64_t l = 0; l < e->L; l++) {
+            const uint64_t s = seed + (uint64_t)l * 1000003u;
+            if (lat_all || mine) {
+                fill_row(s, p, v, dc + dr, 1.0f);
+                const int64_t lp = lat_all ? p : dsacp_cp_local_pos(p, I, W);
+                dsacp_kv_write_mla(e->cache, l, dsacp_kv_slot(e->cache, &r->seq, lp), v, v + dc);
+            }
+            if (idx_all || mine) {
+                fill_row(s + 1, p, v, di, 1.0f);
+                const int64_t lp = idx_all ? p : dsacp_cp_local_pos(p, I, W);
+                dsacp_kv_write_index(e->icache, l, dsacp_kv_slot(e->icache, is, lp), v);
+            }
+        }
+    }
+    r->length = length;
+    r->seq.length = kept(e, e->cp.opt.kv_layout, length);
+    if (e->icache != e->cache) r->iseq.length = kept(e, e->cp.opt.index_layout, length);
+    return DSACP_OK;
+}
 
 void dsacp_engine_kv_usage(const dsacp_engine *e, dsacp_kv_usage *u)
 {

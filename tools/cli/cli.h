@@ -3,6 +3,7 @@
 #define DSACP_CLI_H
 
 #include "dsacp.h"
+#include "dsacp_cp.h"
 
 #include <stdbool.h>
 #include <stdio.h>
@@ -39,6 +40,37 @@ bool cli_int(const char *cmd, const char *flag, const char *text, int64_t min, i
 bool cli_engine_options(const char *cmd, const cli_opt *opts, dsacp_engine_options *eo);
 /* Prints "dsacp CMD: <dsacp_last_error()>" and returns 1. */
 int cli_fail(const char *cmd, int status);
+
+/* The process group of this run (MPI_COMM_WORLD under mpirun, else solo), made by main() for
+ * the commands that run the engine; NULL for the others. Ranks other than 0 print nothing:
+ * their stdout and stderr go to /dev/null, and a failure anywhere reaches rank 0 through
+ * dsacp_comm_agree, which names the rank. */
+extern dsacp_comm *cli_world;
+/* The context-parallel flags every engine command accepts (append to its option table). */
+#define CLI_CP_OPTS                                                                             \
+    {"decode-strategy", true, NULL}, {"kv-layout", true, NULL}, {"index-layout", true, NULL},   \
+    {"cp-interleave", true, NULL}, {"cp-kv-cache-interleave-size", true, NULL},                 \
+    {"prefill-split", true, NULL}, {"decode-context-parallel-size", true, NULL},                \
+    {"dcp-comm-backend", true, NULL}, {"comm-report", true, NULL}
+/* The usage lines of those flags. */
+#define CLI_CP_USAGE                                                                                  \
+    "context parallelism (under mpirun -np W; docs/context-parallel.md):\n"                          \
+    "  --decode-strategy S   allgather-kv, replicated-index or exact-topk (default exact-topk)\n"       \
+    "  --kv-layout L         MLA latent cache: sharded or replicated (default sharded)\n"            \
+    "  --index-layout L      indexer key cache: sharded or replicated (default sharded; replicated\n" \
+    "                        for replicated-index)\n"                                                \
+    "  --cp-interleave I     position p lives on rank (p / I) mod W (default 1; any I >= 1);\n"      \
+    "                        vLLM's name --cp-kv-cache-interleave-size is accepted too\n"            \
+    "  --prefill-split S     owner: a prefill token is computed by the rank owning its position\n"   \
+    "  --decode-context-parallel-size W   must equal the number of ranks (vLLM's flag)\n"           \
+    "  --dcp-comm-backend ag_rs           vLLM's merge (all-gather lse + reduce-scatter); a2a is\n"  \
+    "                        not implemented\n"                                                      \
+    "  --comm-report FILE    write every rank's communication counters (JSON) at the end\n"
+/* Fills cp from the CLI_CP_OPTS flags (defaults otherwise), checks them against the group's size.
+ * Prints the error naming the flag and returns false. */
+bool cli_cp_options(const char *cmd, const cli_opt *opts, dsacp_cp_options *cp);
+/* Collective end of a run: writes --comm-report when given; returns the agreed status. */
+int cli_cp_finish(const char *cmd, const cli_opt *opts, int status);
 
 int cli_init_model(int argc, char **argv);
 int cli_inspect(int argc, char **argv);

@@ -113,3 +113,77 @@ bool cli_engine_options(const char *cmd, const cli_opt *opts, dsacp_engine_optio
     }
     return true;
 }
+
+dsacp_comm *cli_world = NULL;
+
+bool cli_cp_options(const char *cmd, const cli_opt *opts, dsacp_cp_options *cp)
+{
+    dsacp_cp_options_default(cp);
+    const char *s, *s2;
+    if ((s = cli_get(opts, "decode-strategy")) && dsacp_decode_strategy_parse(s, &cp->decode)) {
+        fprintf(stderr, "dsacp %s: option '--decode-strategy': %s\n", cmd, dsacp_last_error());
+        return false;
+    }
+    if ((s = cli_get(opts, "kv-layout")) && dsacp_cp_layout_parse(s, &cp->kv_layout)) {
+        fprintf(stderr, "dsacp %s: option '--kv-layout': %s\n", cmd, dsacp_last_error());
+        return false;
+    }
+    /* replicated-index needs a replicated index cache: that is its default. */
+    if (cp->decode == DSACP_DECODE_REPLICATED_INDEX) cp->index_layout = DSACP_LAYOUT_REPLICATED;
+    if ((s = cli_get(opts, "index-layout")) && dsacp_cp_layout_parse(s, &cp->index_layout)) {
+        fprintf(stderr, "dsacp %s: option '--index-layout': %s\n", cmd, dsacp_last_error());
+        return false;
+    }
+    s = cli_get(opts, "cp-interleave");
+    s2 = cli_get(opts, "cp-kv-cache-interleave-size");
+    if (s && s2 && strcmp(s, s2) != 0) {
+        fprintf(stderr, "dsacp %s: options '--cp-interleave' and '--cp-kv-cache-interleave-size' disagree\n", cmd);
+        return false;
+    }
+    if (!s) s = s2;
+    if (s && !cli_int(cmd, s2 && !cli_get(opts, "cp-interleave") ? "cp-kv-cache-interleave-size" : "cp-interleave", s,
+                      1, (int64_t)1 << 30, &cp->interleave))
+        return false;
+    if ((s = cli_get(opts, "prefill-split")) && strcmp(s, "owner") != 0) {
+        fprintf(stderr, "dsacp %s: option '--prefill-split' must be owner, got '%s'\n", cmd, s);
+        return false;
+    }
+    if ((s = cli_get(opts, "dcp-comm-backend")) && strcmp(s, "ag_rs") != 0) {
+        fprintf(stderr, "dsacp %s: option '--dcp-comm-backend' = '%s': only ag_rs (all-gather of lse, reduce-scatter "
+                "of outputs) is implemented\n", cmd, s);
+        return false;
+    }
+    const int W = cli_world ? dsacp_comm_size(cli_world) : 1;
+    int64_t w;
+    if ((s = cli_get(opts, "decode-context-parallel-size"))) {
+        if (!cli_int(cmd, "decode-context-parallel-size", s, 1, 1 << 20, &w)) return false;
+        if (w != W) {
+            fprintf(stderr, "dsacp %s: option '--decode-context-parallel-size' = %lld but the run has %d rank%s "
+                    "(start it with mpirun -np %lld)\n", cmd, (long long)w, W, W == 1 ? "" : "s", (long long)w);
+            return false;
+        }
+    }
+    if (W > 1 && cp->decode == DSACP_DECODE_REPLICATED_INDEX && cp->index_layout != DSACP_LAYOUT_REPLICATED) {
+        fprintf(stderr, "dsacp %s: '--decode-strategy replicated-index' needs '--index-layout replicated'\n", cmd);
+        return false;
+    }
+    if (W > 1 && cp->decode == DSACP_DECODE_EXACT_TOPK && cp->index_layout != DSACP_LAYOUT_SHARDED) {
+        fprintf(stderr, "dsacp %s: '--decode-strategy exact-topk' needs '--index-layout sharded'\n", cmd);
+        return false;
+    }
+    return true;
+}
+
+int cli_cp_finish(const char *cmd, const cli_opt *opts, int status)
+{
+    if (!cli_world) return status;
+    int rc = dsacp_comm_agree(cli_world, status);
+    const char *path = cli_get(opts, "comm-report");
+    if (!rc && path) {
+        rc = dsacp_comm_write_report(cli_world, path);
+        if (rc) cli_fail(cmd, rc);
+    } else if (rc && !status) {
+        cli_fail(cmd, rc);
+    }
+    return rc;
+}

@@ -24,7 +24,7 @@ int cli_forward(int argc, char **argv)
 {
     cli_opt opts[] = {{"model", true, NULL},    {"input", true, NULL},      {"output", true, NULL},
                       {"numerics", true, NULL}, {"kv-dtype", true, NULL},   {"block-size", true, NULL},
-                      {"dump-topk", false, NULL}, {NULL, false, NULL}};
+                      {"dump-topk", false, NULL}, CLI_CP_OPTS, {NULL, false, NULL}};
     int parsed = cli_parse(argc, argv, opts);
     if (parsed != CLI_RUN) return parsed;
     const char *mdir = cli_get(opts, "model"), *in = cli_get(opts, "input"), *outp = cli_get(opts, "output");
@@ -34,11 +34,21 @@ int cli_forward(int argc, char **argv)
     }
     dsacp_engine_options eo;
     if (!cli_engine_options("forward", opts, &eo)) return 2;
+    dsacp_cp_options cpo;
+    if (!cli_cp_options("forward", opts, &cpo)) return 2;
     const bool dump = cli_get(opts, "dump-topk") != NULL;
+    dsacp_comm *world = cli_world;
+    const bool root = !world || dsacp_comm_rank(world) == 0;
 
+    /* Every rank loads the model; rank 0 alone reads the input and sends its bytes. */
     dsacp_model *m = NULL;
     int rc = dsacp_model_load(mdir, &m);
-    if (rc) return cli_fail("forward", rc);
+    if (world) rc = dsacp_comm_agree(world, rc);
+    if (rc) {
+        dsacp_model_free(m);
+        cli_fail("forward", rc);
+        return 1;
+    }
     const dsacp_config *cfg = dsacp_model_config(m);
     int ret = 1;
     dsacp_engine *e = NULL;
@@ -50,11 +60,27 @@ int cli_forward(int argc, char **argv)
     dsacp_step_entry *entries = NULL;
     /* The whole input is checked (ids, schedule, positions, every buffer size) before any
      * allocation of the run's size and any compute. */
-    dsacp_st_file *f = NULL;
-    rc = dsacp_st_open(in, &f);
-    if (!rc) rc = dsacp_forward_input_from_file(f, cfg, &fi);
-    dsacp_st_close(f);
+    if (!world || dsacp_comm_size(world) == 1) {
+        dsacp_st_file *f = NULL;
+        rc = dsacp_st_open(in, &f);
+        if (!rc) rc = dsacp_forward_input_from_file(f, cfg, &fi);
+        dsacp_st_close(f);
+    } else {
+        /* The file's bytes to every rank, each parses them (the same verdict everywhere). */
+        char *data = NULL;
+        size_t len = 0;
+        if (root) rc = dsacp_read_file(in, &data, &len, (size_t)1 << 30);
+        rc = dsacp_comm_agree(world, rc);
+        uint64_t n = len;
+        if (!rc) rc = dsacp_comm_bcast(world, &n, sizeof n, DSACP_PHASE_input);
+        if (!rc && !root && !(data = dsacp_alloc((size_t)n + 1))) rc = DSACP_ENOMEM;
+        rc = dsacp_comm_agree(world, rc);
+        if (!rc) rc = dsacp_comm_bcast(world, data, (size_t)n, DSACP_PHASE_input);
+        if (!rc) rc = dsacp_forward_input_parse(data, (size_t)n, in, cfg, &fi);
+        dsacp_free(data);
+    }
     if (!rc) rc = dsacp_forward_input_sizes(&fi, cfg, dump, in, &sz);
+    if (world) rc = dsacp_comm_agree(world, rc);
     if (rc) {
         cli_fail("forward", rc);
         goto done;
@@ -66,7 +92,7 @@ int cli_forward(int argc, char **argv)
     eo.num_blocks = 0;
     for (int64_t r = 0; r < R; r++) eo.num_blocks += (fi.length[r] + eo.block_size - 1) / eo.block_size;
     if (eo.num_blocks < 1) eo.num_blocks = 1;
-    rc = dsacp_engine_create(m, &eo, &e);
+    rc = world ? dsacp_engine_create_cp(m, &eo, &cpo, world, &e) : dsacp_engine_create(m, &eo, &e);
     if (rc) {
         cli_fail("forward", rc);
         goto done;
@@ -75,16 +101,21 @@ int cli_forward(int argc, char **argv)
     fed = calloc((size_t)R, sizeof *fed);
     ids = calloc((size_t)R, sizeof *ids);
     entries = calloc((size_t)R, sizeof *entries);
-    logits = calloc(sz.logits, sizeof *logits);
-    step_logits = malloc((sz.step_logits ? sz.step_logits : 1) * sizeof *step_logits);
+    /* Only rank 0 receives logits and selected sets. */
+    logits = calloc(root ? sz.logits : 1, sizeof *logits);
+    step_logits = malloc((root && sz.step_logits ? sz.step_logits : 1) * sizeof *step_logits);
     step_ids = malloc((sz.step_ids ? sz.step_ids : 1) * sizeof *step_ids);
-    if (!fed || !ids || !entries || !logits || !step_logits || !step_ids) goto oom;
-    if (dump) {
+    rc = (!fed || !ids || !entries || !logits || !step_logits || !step_ids) ? DSACP_ENOMEM : DSACP_OK;
+    if (world) rc = dsacp_comm_agree(world, rc);
+    if (rc) goto oom;
+    if (dump && root) {
         topk = malloc(sz.topk * sizeof *topk);
         step_topk = malloc((sz.step_topk ? sz.step_topk : 1) * sizeof *step_topk);
-        if (!topk || !step_topk) goto oom;
-        for (size_t i = 0; i < sz.topk; i++) topk[i] = -1;
+        rc = (!topk || !step_topk) ? DSACP_ENOMEM : DSACP_OK;
     }
+    if (world) rc = dsacp_comm_agree(world, rc);
+    if (rc) goto oom;
+    for (size_t i = 0; topk && i < sz.topk; i++) topk[i] = -1;
     for (int64_t r = 0; r < R && !rc; r++) rc = dsacp_engine_add_request(e, &ids[r]);
     for (int64_t st = 0; st < S && !rc; st++) {
         int64_t n = 0, T = 0;
@@ -96,11 +127,15 @@ int cli_forward(int argc, char **argv)
             T += c;
         }
         if (!T) continue;
-        rc = dsacp_engine_step(e, entries, n, step_logits, dump ? step_topk : NULL);
+        rc = dsacp_engine_step(e, entries, n, root ? step_logits : NULL, dump && root ? step_topk : NULL);
         if (rc) break;
         int64_t t = 0;
         for (int64_t r = 0; r < R && !rc; r++) {
             int32_t c = sched[st * R + r];
+            if (!root) {
+                fed[r] += c;
+                continue;
+            }
             for (int32_t j = 0; j < c && !rc; j++, t++) {
                 int64_t p = fed[r] + j;
                 const float *row = step_logits + t * V;
@@ -121,26 +156,30 @@ int cli_forward(int argc, char **argv)
             }
             fed[r] += c;
         }
+        if (world) rc = dsacp_comm_agree(world, rc);
     }
     if (rc) {
         cli_fail("forward", rc);
         goto done;
     }
-    dsacp_st_writer *w;
-    rc = dsacp_st_writer_create(&w);
+    dsacp_st_writer *w = NULL;
+    if (root) rc = dsacp_st_writer_create(&w);
     int64_t lshape[3] = {R, Lmax, V}, tshape[3] = {R, Lmax, K};
-    if (!rc) rc = dsacp_st_writer_add(w, "logits", DSACP_F32, 3, lshape, logits);
-    for (int64_t l = 0; dump && l < NL && !rc; l++) {
+    if (!rc && root) rc = dsacp_st_writer_add(w, "logits", DSACP_F32, 3, lshape, logits);
+    for (int64_t l = 0; root && dump && l < NL && !rc; l++) {
         char nm[32];
         snprintf(nm, sizeof nm, "topk.%lld", (long long)l);
         rc = dsacp_st_writer_add(w, nm, DSACP_I32, 3, tshape, topk + l * R * Lmax * K);
     }
-    if (!rc) rc = dsacp_st_writer_write(w, outp);
+    if (!rc && root) rc = dsacp_st_writer_write(w, outp);
     dsacp_st_writer_free(w);
+    if (world) rc = dsacp_comm_agree(world, rc);
     if (rc) {
         cli_fail("forward", rc);
         goto done;
     }
+    rc = cli_cp_finish("forward", opts, DSACP_OK);
+    if (rc) goto done;
     printf("forward: %lld requests, %lld tokens, %lld steps -> %s\n", (long long)R, (long long)fi.total_tokens,
            (long long)S, outp);
     ret = 0;

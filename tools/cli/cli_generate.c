@@ -28,11 +28,21 @@ static int argmax(const float *x, int64_t n, int64_t token, int32_t *out)
     return DSACP_OK;
 }
 
+/* Rank 0's choice (and status) to every rank: each rank feeds the same next token. */
+static int share_token(dsacp_comm *world, int rc, int32_t *next)
+{
+    if (!world) return rc;
+    rc = dsacp_comm_agree(world, rc);
+    if (rc) return rc;
+    return dsacp_comm_bcast(world, next, sizeof *next, DSACP_PHASE_input);
+}
+
 int cli_generate(int argc, char **argv)
 {
     cli_opt opts[] = {{"model", true, NULL},      {"prompt-len", true, NULL}, {"new-tokens", true, NULL},
                       {"seed", true, NULL},       {"chunk", true, NULL},      {"numerics", true, NULL},
-                      {"kv-dtype", true, NULL},   {NULL, false, NULL}};
+                      {"kv-dtype", true, NULL},   {"block-size", true, NULL}, CLI_CP_OPTS,
+                      {NULL, false, NULL}};
     int parsed = cli_parse(argc, argv, opts);
     if (parsed != CLI_RUN) return parsed;
     const char *dir = cli_get(opts, "model");
@@ -48,9 +58,17 @@ int cli_generate(int argc, char **argv)
     if ((s = cli_get(opts, "chunk")) && !cli_int("generate", "chunk", s, 1, 1 << 24, &chunk)) return 2;
     dsacp_engine_options eo;
     if (!cli_engine_options("generate", opts, &eo)) return 2;
-    dsacp_model *m;
+    dsacp_cp_options cpo;
+    if (!cli_cp_options("generate", opts, &cpo)) return 2;
+    dsacp_comm *world = cli_world;
+    const bool root = !world || dsacp_comm_rank(world) == 0;
+    dsacp_model *m = NULL;
     int rc = dsacp_model_load(dir, &m);
-    if (rc) return cli_fail("generate", rc);
+    if (world) rc = dsacp_comm_agree(world, rc);
+    if (rc) {
+        dsacp_model_free(m);
+        return cli_fail("generate", rc);
+    }
     const dsacp_config *cfg = dsacp_model_config(m);
     /* Every generated token is fed back, so positions 0 .. plen + ntok - 1 are computed. */
     if (plen + ntok > cfg->max_position_embeddings) {
@@ -72,12 +90,13 @@ int cli_generate(int argc, char **argv)
     }
     eo.num_blocks = (plen + ntok + eo.block_size - 1) / eo.block_size + 1;
     dsacp_engine *e = NULL;
-    rc = dsacp_engine_create(m, &eo, &e);
+    rc = world ? dsacp_engine_create_cp(m, &eo, &cpo, world, &e) : dsacp_engine_create(m, &eo, &e);
     int32_t *ids = malloc(ids_bytes);
-    float *logits = malloc(logits_bytes);
+    float *logits = malloc(root ? logits_bytes : 4);
     int64_t req = 0;
     if (!rc && (!ids || !logits)) rc = dsacp_error(DSACP_ENOMEM, "out of memory");
     if (!rc) rc = dsacp_engine_add_request(e, &req);
+    if (world && e) rc = dsacp_comm_agree(world, rc);
     dsacp_rng rng;
     dsacp_rng_seed(&rng, (uint64_t)seed);
     for (int64_t i = 0; i < plen && !rc; i++) ids[i] = (int32_t)(dsacp_rng_u64(&rng) % (uint64_t)V);
@@ -87,21 +106,23 @@ int cli_generate(int argc, char **argv)
     for (int64_t done_ = 0; done_ < plen && !rc; done_ += chunk) {
         int64_t c = plen - done_ < chunk ? plen - done_ : chunk;
         dsacp_step_entry en = {req, c, ids + done_};
-        rc = dsacp_engine_step(e, &en, 1, logits, NULL);
-        if (!rc) rc = argmax(logits + (c - 1) * V, V, done_ + c - 1, &next);
+        rc = dsacp_engine_step(e, &en, 1, root ? logits : NULL, NULL); /* agreed by the group */
+        if (!rc) rc = share_token(world, root ? argmax(logits + (c - 1) * V, V, done_ + c - 1, &next) : DSACP_OK, &next);
     }
     double t1 = dsacp_now();
     for (int64_t i = 0; i < ntok && !rc; i++) {
         ids[plen + i] = next;
         dsacp_step_entry en = {req, 1, ids + plen + i};
-        rc = dsacp_engine_step(e, &en, 1, logits, NULL);
-        if (!rc) rc = argmax(logits, V, plen + i, &next);
+        rc = dsacp_engine_step(e, &en, 1, root ? logits : NULL, NULL);
+        if (!rc) rc = share_token(world, root ? argmax(logits, V, plen + i, &next) : DSACP_OK, &next);
     }
     double t2 = dsacp_now();
     if (rc) {
         cli_fail("generate", rc);
         goto done;
     }
+    rc = cli_cp_finish("generate", opts, rc);
+    if (rc) goto done;
     printf("prompt: %lld random tokens (seed %lld), prefill in chunks of %lld: %.3f s (%.1f tokens/s)\n",
            (long long)plen, (long long)seed, (long long)chunk, t1 - t0, plen / (t1 - t0));
     printf("generated:");

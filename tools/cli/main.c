@@ -6,6 +6,7 @@
 #include "cli.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 typedef struct cli_command {
@@ -31,7 +32,8 @@ static const cli_command commands[] = {
      "Exits 1 when the model has errors (missing or malformed tensors, non-finite weights).\n"},
     {"forward", cli_forward,
      "--model DIR --input IN.safetensors --output OUT.safetensors\n"
-     "          [--numerics exact|deployed] [--kv-dtype f32|bf16|fp8] [--block-size B] [--dump-topk]",
+     "          [--numerics exact|deployed] [--kv-dtype f32|bf16|fp8] [--block-size B] [--dump-topk]\n"
+     "          [--decode-strategy S] [--kv-layout L] [--index-layout L] [--cp-interleave I] [--comm-report F]",
      "run the schedule of engine steps in IN and write the logits",
      "  --input IN      input_ids I32 [R, Lmax] (-1 after a request's end) and schedule I32 [S, R]\n"
      "                  (tokens of each request fed in each step); `dsacp make-input` writes one\n"
@@ -40,10 +42,11 @@ static const cli_command commands[] = {
      "  --numerics M    exact (fp32, as transformers) or deployed (Hadamard + FP8 indexer)\n"
      "  --kv-dtype T    MLA latent cache dtype: f32, bf16, or fp8 (deployed only)\n"
      "  --block-size B  tokens per cache block, a power of two (default 64)\n"
-     "  --dump-topk     also write each layer's selected positions\n"},
+     "  --dump-topk     also write each layer's selected positions\n" CLI_CP_USAGE},
     {"generate", cli_generate,
      "--model DIR [--prompt-len N] [--new-tokens N] [--seed N] [--chunk N]\n"
-     "           [--numerics exact|deployed] [--kv-dtype f32|bf16|fp8]",
+     "           [--numerics exact|deployed] [--kv-dtype f32|bf16|fp8] [--block-size B]\n"
+     "           [--decode-strategy S] [--kv-layout L] [--index-layout L] [--cp-interleave I] [--comm-report F]",
      "prefill a random prompt in chunks, then decode greedily",
      "  --prompt-len N  random prompt tokens (default 64)\n"
      "  --new-tokens N  tokens to generate (default 16); prompt + new tokens must not exceed the\n"
@@ -52,7 +55,7 @@ static const cli_command commands[] = {
      "  --chunk N       prefill chunk size (default 256)\n"
      "  --numerics M    exact or deployed (see forward)\n"
      "  --kv-dtype T    f32, bf16, or fp8 (deployed only)\n"
-     "Prints nothing until the run has succeeded; a non-finite logit is an error.\n"},
+     "Prints nothing until the run has succeeded; a non-finite logit is an error.\n" CLI_CP_USAGE},
     {"make-input", cli_make_input,
      "--out IN.safetensors [--requests R] [--length L] [--vocab V] [--chunk C] [--seed N]",
      "write a forward input: random requests and a mixed prefill/decode schedule",
@@ -120,6 +123,22 @@ int main(int argc, char **argv)
         return 0;
     }
     const cli_command *c = find_command(cmd);
+    if (c && c->run && (c->run == cli_forward || c->run == cli_generate)) {
+        /* The engine commands run on every rank of an mpirun job (a solo group otherwise). */
+        if (dsacp_comm_create_world(&argc, &argv, &cli_world)) {
+            fprintf(stderr, "dsacp %s: %s\n", cmd, dsacp_last_error());
+            return 1;
+        }
+        if (dsacp_comm_rank(cli_world) != 0) {
+            if (!freopen("/dev/null", "w", stdout) || !freopen("/dev/null", "w", stderr)) { /* keep going */
+            }
+        }
+        int st = c->run(argc - 1, argv + 1);
+        /* Every rank reaches here with the same status (the commands agree before returning). */
+        dsacp_comm_free(cli_world);
+        cli_world = NULL;
+        return st;
+    }
     if (c && c->run) return c->run(argc - 1, argv + 1);
     fprintf(stderr, "dsacp: unknown command '%s' (try 'dsacp help')\n", cmd);
     return 2;

@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# dsacp forward and generate under mpirun (issue 8): every decode strategy and layout at W = 2 and
+# 3 gives the selected sets of W = 1 and its logits within 1e-5 (exact mode); --comm-report writes
+# every rank's counters; only rank 0 prints; conflicting flags and bad inputs end every rank with
+# a non-zero status and one message, never a hang (each run is under `timeout`).
+set -u
+DSACP=${DSACP:?set by CTest}
+MPIEXEC=${MPIEXEC:-mpirun}
+command -v "$MPIEXEC" >/dev/null 2>&1 || MPIEXEC=mpirun
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1
+tmp=$(mktemp -d /tmp/dsacp-cli-XXXXXX)
+trap 'rm -rf "$tmp"' EXIT
+fails=0; passes=0
+pass() { passes=$((passes+1)); echo "ok   $*"; }
+fail() { fails=$((fails+1)); echo "FAIL $*"; }
+mpi() { local n=$1; shift; timeout 120 "$MPIEXEC" -np "$n" --oversubscribe "$@"; }
+
+"$DSACP" init-model --preset tiny-moe --out "$tmp/m" --seed 5 >/dev/null || { echo "init-model failed"; exit 1; }
+"$DSACP" make-input --out "$tmp/in.st" --requests 3 --length 80 --vocab 512 --chunk 13 --seed 6 >/dev/null \
+  || { echo "make-input failed"; exit 1; }
+"$DSACP" forward --model "$tmp/m" --input "$tmp/in.st" --output "$tmp/ref.st" --block-size 8 --dump-topk >/dev/null \
+  || { echo "reference forward failed"; exit 1; }
+
+# Compares two forward outputs: identical topk.* tensors, logits within a relative tolerance.
+cat >"$tmp/cmp.py" <<'EOF'
+import json, struct, sys
+def load(p):
+    b = open(p, 'rb').read(); n = struct.unpack('<Q', b[:8])[0]; h = json.loads(b[8:8 + n]); d = b[8 + n:]
+    out = {}
+    for k, v in h.items():
+        if k == '__metadata__': continue
+        a, e = v['data_offsets']; f = 'f' if v['dtype'] == 'F32' else 'i'
+        out[k] = struct.unpack('<%d%s' % ((e - a) // 4, f), d[a:e])
+    return out
+a, b = load(sys.argv[1]), load(sys.argv[2])
+if sorted(a) != sorted(b): print('tensors differ', sorted(a), sorted(b)); sys.exit(1)
+for k in a:
+    if k.startswith('topk') and a[k] != b[k]: print(k, 'differs'); sys.exit(1)
+la, lb = a['logits'], b['logits']
+m = max(abs(x) for x in la); d = max(abs(x - y) for x, y in zip(la, lb))
+print('max rel %.3g' % (d / m)); sys.exit(0 if d / m <= float(sys.argv[3]) else 1)
+EOF
+
+for W in 2 3; do
+  for cfg in "--decode-strategy exact-topk" "--decode-strategy allgather-kv --cp-interleave 3" \
+             "--decode-strategy replicated-index --kv-layout replicated" \
+             "--decode-strategy allgather-kv --kv-layout sharded --index-layout replicated --cp-kv-cache-interleave-size 8"; do
+    out="$tmp/o.st"; rm -f "$out"
+    # shellcheck disable=SC2086
+    if mpi "$W" "$DSACP" forward --model "$tmp/m" --input "$tmp/in.st" --output "$out" --block-size 8 --dump-topk \
+         --comm-report "$tmp/rep.json" $cfg >"$tmp/log" 2>&1 && r=$(python3 "$tmp/cmp.py" "$tmp/ref.st" "$out" 1e-5); then
+      pass "W=$W $cfg: same selected sets, logits $r"
+    else
+      fail "W=$W $cfg: $(cat "$tmp/log") ${r:-}"
+    fi
+    # One line of output, from rank 0 alone.
+    [ "$(grep -c '^forward:' "$tmp/log")" = 1 ] && pass "W=$W $cfg: rank 0 alone prints" || fail "W=$W printed: $(cat "$tmp/log")"
+    if python3 -c "import json,sys; r=json.load(open(sys.argv[1])); assert r['world']==$W and len(r['ranks'])==$W" "$tmp/rep.json"; then
+      pass "W=$W comm report has every rank"
+    else
+      fail "W=$W comm report: $(cat "$tmp/rep.json" 2>&1 | head -5)"
+    fi
+  done
+done
+
+# generate: the same tokens on 1 and 2 ranks.
+g1=$("$DSACP" generate --model "$tmp/m" --prompt-len 40 --new-tokens 6 --chunk 16 | grep '^generated:')
+g2=$(mpi 2 "$DSACP" generate --model "$tmp/m" --prompt-len 40 --new-tokens 6 --chunk 16 --cp-interleave 2 | grep '^generated:')
+[ -n "$g1" ] && [ "$g1" = "$g2" ] && pass "generate W=2: $g2" || fail "generate: W=1 '$g1' vs W=2 '$g2'"
+
+# Conflicts and bad inputs: non-zero on every rank, one message, nothing written.
+bad() {
+  local name=$1 want=$2; shift 2
+  rm -f "$tmp/bad.st"
+  mpi 2 "$@" >"$tmp/log" 2>&1; local st=$?
+  if [ $st -ne 0 ] && [ $st -ne 124 ] && grep -q -- "$want" "$tmp/log" && [ ! -e "$tmp/bad.st" ] \
+     && [ "$(grep -c '^dsacp ' "$tmp/log")" = 1 ] && ! grep -q 'MPI_ABORT\|[Bb]acktrace\|Signal:' "$tmp/log"; then
+    pass "$name"
+  else
+    fail "$name (status $st): $(cat "$tmp/log")"
+  fi
+}
+F=("$DSACP" forward --model "$tmp/m" --input "$tmp/in.st" --output "$tmp/bad.st")
+bad "replicated-index with a sharded index" "needs '--index-layout replicated'" "${F[@]}" --decode-strategy replicated-index --index-layout sharded
+bad "exact-topk with a replicated index" "needs '--index-layout sharded'" "${F[@]}" --index-layout replicated
+bad "interleave 0" "cp-interleave" "${F[@]}" --cp-interleave 0
+bad "interleaves disagree" "disagree" "${F[@]}" --cp-interleave 2 --cp-kv-cache-interleave-size 4
+bad "decode-context-parallel-size mismatch" "has 2 ranks" "${F[@]}" --decode-context-parallel-size 4
+bad "a2a backend" "a2a" "${F[@]}" --dcp-comm-backend a2a
+bad "unknown strategy" "unknown decode strategy" "${F[@]}" --decode-strategy helix
+bad "missing input" "in.missing" "$DSACP" forward --model "$tmp/m" --input "$tmp/in.missing" --output "$tmp/bad.st"
+bad "missing model" "config.json" "$DSACP" generate --model "$tmp/none"
+
+echo "$passes passed, $fails failed"
+[ "$fails" -eq 0 ]
