@@ -51,7 +51,7 @@ int dsacp_forward_input_from_file(const dsacp_st_file *f, const dsacp_config *cf
         cfg->max_position_embeddings < 1)
         return dsacp_error(DSACP_EINVAL, "%s: the model config needs vocab_size, num_hidden_layers, index_topk "
                            "and max_position_embeddings >= 1", path);
-    const dsacp_st_tensor *ti, *ts;
+    const dsacp_st_tensor *ti = NULL, *ts = NULL;
     int rc = get_i32_2d(f, path, "input_ids", &ti);
     if (rc) return rc;
     const int64_t R = ti->shape[0], Lmax = ti->shape[1];
