@@ -2,9 +2,10 @@
  * dsacp.h -- the public interface of libdsacp.
  *
  * dsacp runs DeepSeek Sparse Attention (DSA, the attention of DeepSeek-V3.2) over a paged KV
- * cache, on one process or across MPI ranks with context parallelism. This header is the
- * documentation of the library: every buffer an entry point accepts has its shape, dtype and
- * layout written next to it.
+ * cache, on one process or across MPI ranks with context parallelism (dsacp_cp.h: the CP
+ * group, options and counters; dsacp_mpi.h: a group from the caller's MPI communicator). This
+ * header and those two are the documentation of the library: every buffer an entry point
+ * accepts has its shape, dtype and layout written next to it.
  *
  * Conventions
  *  - Every function that can fail returns a dsacp_status: 0 on success, a negative code
@@ -103,7 +104,7 @@ typedef enum dsacp_rope_type { DSACP_ROPE_DEFAULT = 0, DSACP_ROPE_YARN = 1 } dsa
 #define DSACP_MAX_LAYERS 512
 
 typedef struct dsacp_config {
-    /* Attention dimensions (dsa-spec.md section 1). */
+    /* Attention dimensions (docs/dsa-math.md section 1). */
     int64_t hidden_size;         /* D */
     int64_t num_hidden_layers;   /* layers run (an MTP layer in the checkpoint is skipped) */
     int64_t num_attention_heads; /* H */
@@ -133,7 +134,7 @@ typedef struct dsacp_config {
     bool norm_topk_prob;
     bool tie_word_embeddings;
     double rms_norm_eps;
-    /* RoPE (dsa-spec.md section 4). */
+    /* RoPE (docs/dsa-math.md section 4). */
     double rope_theta;
     dsacp_rope_type rope_type;
     double rope_factor;               /* yarn factor (1 when not yarn) */

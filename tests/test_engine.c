@@ -293,7 +293,7 @@ static void test_exact(const char *preset, uint64_t seed)
 }
 
 /* Cache dtypes and the deployed mode against the reference computing the same roundings:
- * statistical tolerances (dsa-spec.md section 8), since a float32 value and a float64 value
+ * statistical tolerances (docs/dsa-math.md section 8), since a float32 value and a float64 value
  * can round to neighbouring bf16/e4m3 codes. */
 static void test_quantized_cfg(const char *preset, const dsacp_config *model_cfg, uint64_t seed,
                                dsacp_weight_format fmt)

@@ -645,7 +645,7 @@ static void test_rope_freqs(void)
     cfg.rope_theta = 0.0;
     CHECK(dsacp_rope_init(&r, &cfg) == DSACP_EINVAL);
 
-    /* yarn mscale and the V3.2 softmax scale of dsa-spec.md section 3. */
+    /* yarn mscale and the V3.2 softmax scale of docs/dsa-math.md section 3. */
     CHECK(dsacp_yarn_mscale(1.0, 1.0) == 1.0);
     CHECK(dsacp_yarn_mscale(0.5, 1.0) == 1.0);
     double m = dsacp_yarn_mscale(40.0, 1.0);

@@ -1,5 +1,5 @@
 /*
- * dsa_layer.c -- one DSA attention layer, in the order of dsa-spec.md section 3.
+ * dsa_layer.c -- one DSA attention layer, in the order of docs/dsa-math.md section 3.
  *
  *   1. qr = RMSNorm(q_a_proj x);  q = q_b_proj qr = [q_nope | q_pe] per head
  *   2. kv = kv_a_proj_with_mqa x = [c | k_pe];  c = RMSNorm(c)

@@ -1,5 +1,5 @@
 /*
- * attn -- one DeepSeek Sparse Attention layer (dsa-spec.md section 3) over the paged caches:
+ * attn -- one DeepSeek Sparse Attention layer (docs/dsa-math.md section 3) over the paged caches:
  * projections, lightning indexer, top-k, absorbed sparse MLA, o_proj. The math reads top to
  * bottom in dsa_layer.c. Calls core, numerics, kernels, cache and the model's weight views.
  */

@@ -3,7 +3,7 @@
  * of B tokens, per-layer storage for the MLA latent cache and the indexer key cache, and
  * per-sequence block tables. Calls core, numerics and the ISA choice of kernels.
  *
- * Layouts (dsa-spec.md section 6), per layer, per block of B tokens:
+ * Layouts (docs/dsa-math.md section 6), per layer, per block of B tokens:
  *   MLA latent, token-major, mla_bytes per token:
  *     f32:        [dc] F32 c, then [dr] F32 k_pe
  *     bf16:       [dc] BF16 c, then [dr] BF16 k_pe

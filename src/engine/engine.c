@@ -1,5 +1,5 @@
 /*
- * engine -- requests, steps and the model stack around the attention (dsa-spec.md section 7):
+ * engine -- requests, steps and the model stack around the attention (docs/dsa-math.md section 7):
  * embedding, per layer h += attn(RMSNorm(h)); h += mlp(RMSNorm(h)), final norm, lm_head.
  * Dense MLP and DeepSeek-V3 MoE routing live here. Calls everything below it (core, numerics,
  * kernels, cache, attn, model); nothing below calls it.

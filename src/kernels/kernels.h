@@ -59,7 +59,7 @@ int dsacp_linear(const dsacp_weight *w, const float *x, int64_t T, int64_t ldx, 
 int dsacp_linear_scalar(const dsacp_weight *w, const float *x, int64_t T, int64_t ldx, float *y, int64_t ldy,
                         bool act_quant);
 
-/* Lightning-indexer scores of one query against n keys (dsa-spec.md 3.5):
+/* Lightning-indexer scores of one query against n keys (docs/dsa-math.md 3.5):
  *   q:       F32 [Hi][di]  the query heads (deployed mode: the e4m3 values, scale folded into w)
  *   w:       F32 [Hi]      folded head weights
  *   keys:    kscales == NULL: F32 [n][di]; otherwise E4M3 bytes [n][di] with F32 scales kscales[n]
@@ -124,7 +124,7 @@ static inline uint32_t dsacp_float_key(float f)
     return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
 }
 
-/* Sparse MLA for one query token over n gathered latent rows (absorbed form, dsa-spec.md 3.6):
+/* Sparse MLA for one query token over n gathered latent rows (absorbed form, docs/dsa-math.md 3.6):
  *   q:    F32 [H][dc + dr]  rows [q_abs | q_pe]
  *   kv:   F32 [n][dc + dr]  rows [c | k_pe] of the selected positions
  *   o:    F32 [H][dc]       softmax-weighted sum of c

@@ -1,6 +1,6 @@
 /*
  * presets.c -- the built-in model shapes and `init-model`: deterministic random checkpoints
- * with the real tensor names (dsa-spec.md section 2).
+ * with the real tensor names (docs/dsa-math.md section 2).
  *
  * Determinism: every tensor is filled in chunks of 64K elements, each chunk from its own
  * generator seeded by (seed, tensor name, chunk index). The bytes therefore depend only on

@@ -1,6 +1,6 @@
 /*
  * numerics -- bf16 / f16 / FP8 e4m3 conversion, ue8m0 group quantization, the scaled
- * Walsh-Hadamard transform and YaRN RoPE (dsa-spec.md sections 4 and 5).
+ * Walsh-Hadamard transform and YaRN RoPE (docs/dsa-math.md sections 4 and 5).
  *
  * Every rounding decision below is made on the integer bit patterns (round to nearest, ties
  * to even), so the results do not depend on the FPU rounding mode, x87 excess precision or
@@ -319,7 +319,7 @@ int dsacp_rope_init(dsacp_rope *rope, const dsacp_config *cfg)
     if (cfg->rope_type == DSACP_ROPE_YARN) {
         /* transformers' _compute_yarn_parameters (truncate = true): the correction range is
          * floor/ceil'd, then clamped to [0, dim - 1] (dim = the full rope dim, as transformers
-         * does; dsa-spec.md writes rope/2-1, which differs only for configs where the range
+         * does; a clamp at rope/2-1, as some write it, differs only for configs where the range
          * exceeds dim/2 - 1 -- not V3.2, whose range is [10, 23]). */
         double factor = cfg->rope_factor, orig = cfg->rope_original_max_position;
         double low = floor(yarn_correction_dim(cfg->rope_beta_fast, (double)dim, base, orig));

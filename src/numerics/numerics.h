@@ -1,5 +1,5 @@
 /*
- * numerics -- scalar number formats and the small transforms of DSA (dsa-spec.md sections 4-5):
+ * numerics -- scalar number formats and the small transforms of DSA (docs/dsa-math.md sections 4-5):
  * bf16, f16 and FP8 e4m3 conversion, per-group FP8 quantization with power-of-two (ue8m0)
  * scales, the scaled fast Walsh-Hadamard transform, and YaRN RoPE (tables and both ways of
  * applying them). Pure functions over plain buffers; calls only core.
@@ -29,7 +29,7 @@ float dsacp_e4m3_to_f32(uint8_t x);
 /* The 256-entry decode table (a compile-time constant). */
 const float *dsacp_e4m3_table(void);
 
-/* ---- group quantization (dsa-spec.md section 5, "deployed") ---- */
+/* ---- group quantization (docs/dsa-math.md section 5, "deployed") ---- */
 
 #define DSACP_FP8_MAX 448.0f
 
@@ -60,7 +60,7 @@ typedef struct dsacp_rope {
     double inv_freq[256];    /* dim/2 frequencies */
 } dsacp_rope;
 
-/* Frequencies from the config (dsa-spec.md section 4, transformers' yarn rules: correction
+/* Frequencies from the config (docs/dsa-math.md section 4, transformers' yarn rules: correction
  * range floor/ceil, clamped to [0, dim-1]; high += 0.001 when low == high). */
 int dsacp_rope_init(dsacp_rope *rope, const dsacp_config *cfg);
 /* cos[i] = cos(pos * inv_freq[i]) * attention_factor, same for sin; i < dim/2. The angle is

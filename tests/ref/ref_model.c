@@ -2,7 +2,7 @@
  * ref_model.c -- the float64 reference model (see ref_model.h for the conventions).
  *
  * Reading order: the small ops (linear, norms, RoPE), then one attention layer
- * (ref_attention: dsa-spec.md section 3, in the absorbed form of step 6), the MLPs
+ * (ref_attention: docs/dsa-math.md section 3, in the absorbed form of step 6), the MLPs
  * (section 7), and ref_forward, which runs the stack. Weights of one layer are converted to
  * double when the layer starts and freed when it ends.
  */
@@ -186,7 +186,7 @@ static void hadamard_quant(ref_ctx *c, double *x, int64_t n, double *scale)
 }
 
 /* ------------------------------------------------------------------------------------------ */
-/* RoPE (dsa-spec.md section 4), in double                                                    */
+/* RoPE (docs/dsa-math.md section 4), in double                                                    */
 /* ------------------------------------------------------------------------------------------ */
 
 #define REF_ROPE_MAX 512
@@ -271,7 +271,7 @@ static void rope_rotate_half(double *x, int64_t dim, const double *cs, const dou
 }
 
 /* ------------------------------------------------------------------------------------------ */
-/* Attention layer (dsa-spec.md section 3)                                                    */
+/* Attention layer (docs/dsa-math.md section 3)                                                    */
 /* ------------------------------------------------------------------------------------------ */
 
 typedef struct ref_attn_w {
@@ -533,7 +533,7 @@ done:
 }
 
 /* ------------------------------------------------------------------------------------------ */
-/* MLPs (dsa-spec.md section 7)                                                               */
+/* MLPs (docs/dsa-math.md section 7)                                                               */
 /* ------------------------------------------------------------------------------------------ */
 
 typedef struct ref_mlp_w {
@@ -701,7 +701,7 @@ static void moe(ref_ctx *c, const ref_moe_w *w, const double *x, double *y, doub
 }
 
 /* ------------------------------------------------------------------------------------------ */
-/* The stack (dsa-spec.md section 7)                                                          */
+/* The stack (docs/dsa-math.md section 7)                                                          */
 /* ------------------------------------------------------------------------------------------ */
 
 static int64_t max64(int64_t a, int64_t b)

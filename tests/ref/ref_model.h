@@ -2,10 +2,10 @@
  * ref_model -- the float64 reference implementation of the whole model: the test oracle the
  * optimized engine is checked against.
  *
- * Deliberately simple: dense per-sequence arrays, direct loops that mirror dsa-spec.md
+ * Deliberately simple: dense per-sequence arrays, direct loops that mirror docs/dsa-math.md
  * sections 3, 4, 5 and 7 line by line, no paging, no BLAS, no threads. Every value is a double;
  * weights are dequantized to f32 by dsacp_weight_to_f32 and widened. Weights are looked up by
- * their canonical names (dsa-spec.md section 2, src/model/model.h).
+ * their canonical names (docs/dsa-math.md section 2, src/model/model.h).
  *
  * Conventions the reference fixes (and the engine must share):
  *  - RMSNorm: x * 1/sqrt(mean(x^2) + eps) * weight; eps = cfg->rms_norm_eps for the input,
@@ -22,10 +22,10 @@
  *    the lower position. Exact ties are common: with few indexer heads many keys score exactly 0
  *    (every ReLU zero), and torch.topk may break them differently. Attention softmax runs over
  *    the selected set only.
- *  - MLA is computed in the absorbed form (dsa-spec.md section 3 step 6), scale
+ *  - MLA is computed in the absorbed form (docs/dsa-math.md section 3 step 6), scale
  *    cfg->softmax_scale. kv_b_proj is used as W_UK / W_UV directly (never with an activation
  *    quantization, as in the official absorbed code).
- *  - MoE routing as dsa-spec.md section 7 / transformers' DeepseekV32TopkRouter; ties among
+ *  - MoE routing as docs/dsa-math.md section 7 / transformers' DeepseekV32TopkRouter; ties among
  *    groups and experts go to the lower index. Shared experts: one MLP named shared_experts.
  *
  * Numerics modes:

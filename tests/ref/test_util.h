@@ -1,5 +1,5 @@
 /* test_util.h -- helpers shared by the tests: temporary model directories, engine runs of a
- * whole sequence, error measures (dsa-spec.md section 8). */
+ * whole sequence, error measures (docs/dsa-math.md section 8). */
 #ifndef DSACP_TEST_UTIL_H
 #define DSACP_TEST_UTIL_H
 
