@@ -38,6 +38,8 @@ typedef struct dsacp_comm dsacp_comm;
     X(prefill_kv, "new prefill tokens' packed cache entries (+ earlier context)")            \
     X(logits, "final hidden rows of prefill tokens gathered to rank 0")                      \
     X(topk_dump, "selected positions gathered to rank 0 (only when asked)")                  \
+    X(q_proj_weight, "layer-shard: q_b_proj broadcast from its owner")                       \
+    X(o_proj_weight, "layer-shard: o_proj broadcast; tp: o_proj shards gathered")            \
     X(input, "inputs broadcast from rank 0")
 
 typedef enum dsacp_comm_phase {
@@ -111,8 +113,33 @@ typedef enum dsacp_decode_strategy {
 } dsacp_decode_strategy;
 
 typedef enum dsacp_prefill_split {
-    DSACP_PREFILL_OWNER = 0, /* a prefill token is computed by the rank that owns its position */
+    DSACP_PREFILL_OWNER = 0,      /* a token is computed by the rank that owns its position */
+    DSACP_PREFILL_CONTIGUOUS = 1, /* DSA-CP's flat slice: the step's T tokens padded to a multiple
+                                   * of W, rank r computes rows [r c, (r + 1) c), c = ceil(T / W) */
 } dsacp_prefill_split;
+
+typedef enum dsacp_cp_mode {
+    /* Decode context parallelism: decode tokens are processed by every rank (heads split),
+     * prefill tokens by their split; the decode strategy attends over the sharded cache. */
+    DSACP_CP_DCP = 0,
+    /* DSA-CP (vllm-ascend #5702/#6120): every token of a step -- prefill and decode -- is
+     * computed by one rank (the prefill split), with all heads; the new tokens' entries are
+     * all-gathered once per layer. With replicated layouts each rank attends locally; with
+     * sharded ones (DSA-CP + DCP) the earlier context is gathered like allgather-kv. */
+    DSACP_CP_DSA_CP = 1,
+} dsacp_cp_mode;
+
+/* Where a rank gets the full q_b_proj / o_proj a DSA-CP token needs (docs/context-parallel.md
+ * section 9). */
+typedef enum dsacp_weight_plan {
+    DSACP_WEIGHTS_REPLICATED = 0,  /* every rank reads the whole weight */
+    DSACP_WEIGHTS_LAYER_SHARD = 1, /* layer i's weight lives on rank i mod W and is broadcast into a
+                                    * ring of `prefetch` buffers, `prefetch` layers ahead */
+    DSACP_WEIGHTS_TP = 2,          /* o_proj only: rank r keeps its heads' input columns; steps with
+                                    * prefill gather them into one full buffer, decode-only steps
+                                    * move activations (all-to-all + reduce-scatter) */
+    DSACP_WEIGHTS_AUTO = 3,        /* o_proj only: tp's two paths chosen per step by bytes */
+} dsacp_weight_plan;
 
 typedef struct dsacp_cp_options {
     int64_t interleave;                /* I >= 1 (default 1) */
@@ -120,15 +147,25 @@ typedef struct dsacp_cp_options {
     dsacp_cp_layout index_layout;      /* indexer key cache (default sharded) */
     dsacp_decode_strategy decode;      /* default exact-topk */
     dsacp_prefill_split prefill_split; /* default owner */
+    dsacp_cp_mode mode;                /* default DCP */
+    dsacp_weight_plan q_proj, o_proj;  /* DSA-CP only; default replicated */
+    int64_t prefetch;                  /* layer-shard ring depth, >= 1 (default 2) */
 } dsacp_cp_options;
 
 void dsacp_cp_options_default(dsacp_cp_options *opt);
-/* "allgather-kv", "replicated-index", "exact-topk"; "sharded"/"replicated"; "owner". */
+/* "allgather-kv", "replicated-index", "exact-topk"; "sharded"/"replicated"; "owner"/"contiguous";
+ * "dcp"/"dsa-cp"; "replicated"/"layer-shard"/"tp"/"auto". */
 const char *dsacp_decode_strategy_name(dsacp_decode_strategy s);
 const char *dsacp_cp_layout_name(dsacp_cp_layout l);
 /* Parse those names; DSACP_EINVAL (message lists the accepted names) when unknown. */
 int dsacp_decode_strategy_parse(const char *name, dsacp_decode_strategy *out);
 int dsacp_cp_layout_parse(const char *name, dsacp_cp_layout *out);
+const char *dsacp_prefill_split_name(dsacp_prefill_split s);
+int dsacp_prefill_split_parse(const char *name, dsacp_prefill_split *out);
+const char *dsacp_cp_mode_name(dsacp_cp_mode m);
+int dsacp_cp_mode_parse(const char *name, dsacp_cp_mode *out);
+const char *dsacp_weight_plan_name(dsacp_weight_plan p);
+int dsacp_weight_plan_parse(const char *name, dsacp_weight_plan *out);
 
 /* Collective over `comm` (every rank calls it with the same options; the model is loaded on
  * every rank). opt->num_blocks is the pool of each rank. Conflicting options (replicated-index
@@ -151,6 +188,15 @@ typedef struct dsacp_kv_usage {
     int64_t transient_peak_bytes;
 } dsacp_kv_usage;
 void dsacp_engine_kv_usage(const dsacp_engine *engine, dsacp_kv_usage *out);
+/* Weight bytes of q_b_proj and o_proj this rank holds under the DSA-CP plans: resident (read
+ * from the mapped checkpoint, or shard copies for tp), the layer-shard rings, tp's gather
+ * buffers; and how many steps took tp's weight gather or its activation path. */
+typedef struct dsacp_weight_usage {
+    int64_t q_proj_resident, o_proj_resident, ring_bytes, gather_bytes;
+    int64_t steps_gather, steps_activations;
+} dsacp_weight_usage;
+void dsacp_engine_weight_usage(const dsacp_engine *engine, dsacp_weight_usage *out);
+
 /* The engine's communicator (a solo one for a plain engine). */
 dsacp_comm *dsacp_engine_comm(const dsacp_engine *engine);
 

@@ -88,6 +88,9 @@ typedef struct cp_case {
     dsacp_decode_strategy dec;
     dsacp_cp_layout kv, idx;
     int64_t I;
+    dsacp_cp_mode mode;            /* DSA-CP cases: */
+    dsacp_prefill_split split;
+    dsacp_weight_plan q, o;
 } cp_case;
 
 /* FlashMLA's global difference 1 - 2 sum(a r) / sum(a^2 + r^2) of two vectors. */
@@ -136,6 +139,10 @@ static void run_cases(const char *label, const dsacp_model *m, const dsacp_engin
         cp.kv_layout = cases[c].kv;
         cp.index_layout = cases[c].idx;
         cp.interleave = cases[c].I;
+        cp.mode = cases[c].mode;
+        cp.prefill_split = cases[c].split;
+        cp.q_proj = cases[c].q;
+        cp.o_proj = cases[c].o;
         step_out got[NSTEP] = {0};
         CHECK_OK(dsacp_engine_create_cp(m, eo, &cp, g_world, &e));
         if (!e) continue;
@@ -158,17 +165,46 @@ static void run_cases(const char *label, const dsacp_model *m, const dsacp_engin
 
 static const cp_case all_cases[] = {
 #define CASES(I)                                                                                               \
-    {"allgather-kv kv=sharded idx=sharded", DSACP_DECODE_ALLGATHER_KV, DSACP_LAYOUT_SHARDED, DSACP_LAYOUT_SHARDED, I}, \
-    {"allgather-kv kv=replicated idx=repl", DSACP_DECODE_ALLGATHER_KV, DSACP_LAYOUT_REPLICATED, DSACP_LAYOUT_REPLICATED, I}, \
-    {"allgather-kv kv=sharded idx=repl", DSACP_DECODE_ALLGATHER_KV, DSACP_LAYOUT_SHARDED, DSACP_LAYOUT_REPLICATED, I}, \
-    {"replicated-index kv=sharded", DSACP_DECODE_REPLICATED_INDEX, DSACP_LAYOUT_SHARDED, DSACP_LAYOUT_REPLICATED, I}, \
-    {"replicated-index kv=replicated", DSACP_DECODE_REPLICATED_INDEX, DSACP_LAYOUT_REPLICATED, DSACP_LAYOUT_REPLICATED, I}, \
-    {"exact-topk kv=sharded", DSACP_DECODE_EXACT_TOPK, DSACP_LAYOUT_SHARDED, DSACP_LAYOUT_SHARDED, I},          \
-    {"exact-topk kv=replicated", DSACP_DECODE_EXACT_TOPK, DSACP_LAYOUT_REPLICATED, DSACP_LAYOUT_SHARDED, I},
+    {"allgather-kv kv=sharded idx=sharded", DSACP_DECODE_ALLGATHER_KV, DSACP_LAYOUT_SHARDED, DSACP_LAYOUT_SHARDED, I, DSACP_CP_DCP, DSACP_PREFILL_OWNER, DSACP_WEIGHTS_REPLICATED, DSACP_WEIGHTS_REPLICATED}, \
+    {"allgather-kv kv=replicated idx=repl", DSACP_DECODE_ALLGATHER_KV, DSACP_LAYOUT_REPLICATED, DSACP_LAYOUT_REPLICATED, I, DSACP_CP_DCP, DSACP_PREFILL_OWNER, DSACP_WEIGHTS_REPLICATED, DSACP_WEIGHTS_REPLICATED}, \
+    {"allgather-kv kv=sharded idx=repl", DSACP_DECODE_ALLGATHER_KV, DSACP_LAYOUT_SHARDED, DSACP_LAYOUT_REPLICATED, I, DSACP_CP_DCP, DSACP_PREFILL_OWNER, DSACP_WEIGHTS_REPLICATED, DSACP_WEIGHTS_REPLICATED}, \
+    {"replicated-index kv=sharded", DSACP_DECODE_REPLICATED_INDEX, DSACP_LAYOUT_SHARDED, DSACP_LAYOUT_REPLICATED, I, DSACP_CP_DCP, DSACP_PREFILL_OWNER, DSACP_WEIGHTS_REPLICATED, DSACP_WEIGHTS_REPLICATED}, \
+    {"replicated-index kv=replicated", DSACP_DECODE_REPLICATED_INDEX, DSACP_LAYOUT_REPLICATED, DSACP_LAYOUT_REPLICATED, I, DSACP_CP_DCP, DSACP_PREFILL_OWNER, DSACP_WEIGHTS_REPLICATED, DSACP_WEIGHTS_REPLICATED}, \
+    {"exact-topk kv=sharded", DSACP_DECODE_EXACT_TOPK, DSACP_LAYOUT_SHARDED, DSACP_LAYOUT_SHARDED, I, DSACP_CP_DCP, DSACP_PREFILL_OWNER, DSACP_WEIGHTS_REPLICATED, DSACP_WEIGHTS_REPLICATED}, \
+    {"exact-topk kv=replicated", DSACP_DECODE_EXACT_TOPK, DSACP_LAYOUT_REPLICATED, DSACP_LAYOUT_SHARDED, I, DSACP_CP_DCP, DSACP_PREFILL_OWNER, DSACP_WEIGHTS_REPLICATED, DSACP_WEIGHTS_REPLICATED},
     CASES(1) CASES(3) CASES(16)
 #undef CASES
 };
 enum { NCASES = sizeof all_cases / sizeof all_cases[0] };
+
+/* DSA-CP (issue 9): every plan x layout, the seed's contiguous split and the owner split. */
+#define DSA(name, kv, q, o, split, I)                                                                        \
+    {name, DSACP_DECODE_ALLGATHER_KV, kv, kv, I, DSACP_CP_DSA_CP, split, q, o}
+#define R DSACP_LAYOUT_REPLICATED
+#define S DSACP_LAYOUT_SHARDED
+#define PR DSACP_WEIGHTS_REPLICATED
+#define PL DSACP_WEIGHTS_LAYER_SHARD
+#define PT DSACP_WEIGHTS_TP
+#define PA DSACP_WEIGHTS_AUTO
+#define C DSACP_PREFILL_CONTIGUOUS
+#define O DSACP_PREFILL_OWNER
+static const cp_case dsa_cases[] = {
+    DSA("dsa-cp repl q=repl o=repl", R, PR, PR, C, 1),      DSA("dsa-cp repl q=layer o=layer", R, PL, PL, C, 1),
+    DSA("dsa-cp repl q=repl o=tp", R, PR, PT, C, 1),        DSA("dsa-cp repl q=layer o=auto", R, PL, PA, C, 1),
+    DSA("dsa-cp repl q=layer o=tp", R, PL, PT, C, 1),       DSA("dsa-cp repl q=repl o=layer", R, PR, PL, C, 1),
+    DSA("dsa-cp+dcp q=repl o=repl", S, PR, PR, C, 1),       DSA("dsa-cp+dcp q=layer o=layer", S, PL, PL, C, 3),
+    DSA("dsa-cp+dcp q=layer o=tp", S, PL, PT, C, 1),        DSA("dsa-cp+dcp q=repl o=auto", S, PR, PA, C, 16),
+    DSA("dsa-cp owner repl q=layer o=tp", R, PL, PT, O, 1), DSA("dsa-cp owner dcp q=repl o=auto", S, PR, PA, O, 3),
+};
+#undef R
+#undef S
+#undef PR
+#undef PL
+#undef PT
+#undef PA
+#undef C
+#undef O
+enum { NDSA = sizeof dsa_cases / sizeof dsa_cases[0] };
 
 /* A copy of the model whose indexer head weights are zero: every index score is 0. */
 static char *make_tie_model(const char *src)
@@ -324,9 +360,9 @@ static void test_counters(const dsacp_model *m, const dsacp_engine_options *eo, 
 {
     const dsacp_config *cfg = dsacp_model_config(m);
     const cp_case cases[] = {
-        {"allgather-kv", DSACP_DECODE_ALLGATHER_KV, DSACP_LAYOUT_SHARDED, DSACP_LAYOUT_SHARDED, 3},
-        {"replicated-index", DSACP_DECODE_REPLICATED_INDEX, DSACP_LAYOUT_SHARDED, DSACP_LAYOUT_REPLICATED, 3},
-        {"exact-topk", DSACP_DECODE_EXACT_TOPK, DSACP_LAYOUT_SHARDED, DSACP_LAYOUT_SHARDED, 3},
+        {"allgather-kv", DSACP_DECODE_ALLGATHER_KV, DSACP_LAYOUT_SHARDED, DSACP_LAYOUT_SHARDED, 3, DSACP_CP_DCP, DSACP_PREFILL_OWNER, DSACP_WEIGHTS_REPLICATED, DSACP_WEIGHTS_REPLICATED},
+        {"replicated-index", DSACP_DECODE_REPLICATED_INDEX, DSACP_LAYOUT_SHARDED, DSACP_LAYOUT_REPLICATED, 3, DSACP_CP_DCP, DSACP_PREFILL_OWNER, DSACP_WEIGHTS_REPLICATED, DSACP_WEIGHTS_REPLICATED},
+        {"exact-topk", DSACP_DECODE_EXACT_TOPK, DSACP_LAYOUT_SHARDED, DSACP_LAYOUT_SHARDED, 3, DSACP_CP_DCP, DSACP_PREFILL_OWNER, DSACP_WEIGHTS_REPLICATED, DSACP_WEIGHTS_REPLICATED},
     };
     for (int c = 0; c < 3; c++) {
         dsacp_cp_options cp;
@@ -469,6 +505,7 @@ int main(int argc, char **argv)
     eo.block_size = 16;
     eo.num_blocks = 64;
     run_cases("exact", m, &eo, all_cases, NCASES, 1e-5, 1e-10);
+    run_cases("exact", m, &eo, dsa_cases, NDSA, 1e-5, 1e-10);
     test_counters(m, &eo, "exact");
     test_memory(m);
     test_bad_options(m);
@@ -480,6 +517,7 @@ int main(int argc, char **argv)
     eo.numerics = DSACP_NUMERICS_DEPLOYED;
     eo.kv_dtype = DSACP_KV_FP8;
     run_cases("deployed", m, &eo, all_cases, NCASES, 0.1, 2e-3);
+    run_cases("deployed", m, &eo, dsa_cases, NDSA, 0.1, 2e-3);
     test_counters(m, &eo, "deployed");
     drop_model(m, dir);
 

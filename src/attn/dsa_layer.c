@@ -209,44 +209,61 @@ int dsacp_linear_rows(const dsacp_weight *w, int64_t r0, int64_t r1, const float
     return dsacp_linear(&v, x, T, ldx, y + a0, ldy, act_quant);
 }
 
-int dsacp_dsa_project(const dsacp_dsa_ctx *ctx, const dsacp_dsa_weights *w, const float *x, int64_t n,
-                      const int64_t *pos, int64_t h0, int64_t h1, dsacp_dsa_proj *p, int64_t row0)
+int dsacp_dsa_project_kv(const dsacp_dsa_ctx *ctx, const dsacp_dsa_weights *w, const float *x, int64_t n,
+                         const int64_t *pos, dsacp_dsa_proj *p, int64_t row0)
 {
     const dsacp_config *cfg = ctx->cfg;
-    const int64_t D = cfg->hidden_size, H = cfg->num_attention_heads;
-    const int64_t nope = cfg->qk_nope_head_dim, dr = cfg->qk_rope_head_dim;
-    const int64_t dq = nope + dr, dc = cfg->kv_lora_rank, dk = dc + dr;
-    const int64_t Hi = cfg->index_n_heads, di = cfg->index_head_dim, ql = cfg->q_lora_rank;
+    const int64_t D = cfg->hidden_size, dr = cfg->qk_rope_head_dim, dc = cfg->kv_lora_rank, dk = dc + dr;
+    const int64_t di = cfg->index_head_dim;
     const bool deployed = ctx->mode == DSACP_MODE_DEPLOYED;
     if (n == 0) return DSACP_OK;
-    float *qa = p->qa + row0 * ql, *q = p->q + row0 * H * dq, *kv = p->kv + row0 * dk;
-    float *qi = p->qi + row0 * Hi * di, *ki = p->ki + row0 * di, *wts = p->wts + row0 * Hi;
-
-    /* 1. Query path: qr = RMSNorm(q_a_proj x), q = q_b_proj qr (rows of heads [h0, h1)). */
-    int rc = dsacp_linear(w->q_a, x, n, D, qa, ql, deployed);
-    if (!rc)
-        for (int64_t t = 0; t < n; t++) dsacp_rmsnorm(qa + t * ql, qa + t * ql, w->q_a_norm, ql, 1e-6);
-    if (!rc) rc = dsacp_linear_rows(w->q_b, h0 * dq, h1 * dq, qa, n, ql, q, H * dq, deployed);
-    /* 2. Latent: [c | k_pe] = kv_a_proj x, c = RMSNorm(c). */
-    if (!rc) rc = dsacp_linear(w->kv_a, x, n, D, kv, dk, deployed);
-    /* 4a. Indexer projections (same x, same qr). */
-    if (!rc) rc = dsacp_linear(w->wq_b, qa, n, ql, qi, Hi * di, deployed);
+    float *kv = p->kv + row0 * dk, *ki = p->ki + row0 * di;
+    /* 2. Latent: [c | k_pe] = kv_a_proj x, c = RMSNorm(c); 4a. the indexer key (same x). */
+    int rc = dsacp_linear(w->kv_a, x, n, D, kv, dk, deployed);
     if (!rc) rc = dsacp_linear(w->wk, x, n, D, ki, di, deployed);
-    if (!rc) rc = dsacp_linear(w->wproj, x, n, D, wts, Hi, false);
     if (rc) return rc;
-
     /* 3 + 4b. Norms and RoPE per token. */
-    const double wscale = 1.0 / sqrt((double)Hi) / sqrt((double)di);
     for (int64_t t = 0; t < n; t++) {
         float cos_t[256], sin_t[256];
         dsacp_rope_cos_sin(ctx->rope, pos[t], cos_t, sin_t);
         float *kvt = kv + t * dk;
         dsacp_rmsnorm(kvt, kvt, w->kv_a_norm, dc, 1e-6);
         dsacp_rope_apply_interleaved(kvt + dc, dr, cos_t, sin_t);
-        for (int64_t h = h0; h < h1; h++) dsacp_rope_apply_interleaved(q + (t * H + h) * dq + nope, dr, cos_t, sin_t);
         float *kit = ki + t * di;
         dsacp_layernorm(kit, kit, w->k_norm_w, w->k_norm_b, di, 1e-6);
         dsacp_rope_apply_rotate_half(kit, dr, cos_t, sin_t);
+        if (deployed) dsacp_hadamard(kit, di);
+    }
+    return DSACP_OK;
+}
+
+int dsacp_dsa_project_q(const dsacp_dsa_ctx *ctx, const dsacp_dsa_weights *w, const dsacp_weight *q_b,
+                        const float *x, int64_t n, const int64_t *pos, int64_t h0, int64_t h1, dsacp_dsa_proj *p,
+                        int64_t row0)
+{
+    const dsacp_config *cfg = ctx->cfg;
+    const int64_t D = cfg->hidden_size, H = cfg->num_attention_heads;
+    const int64_t nope = cfg->qk_nope_head_dim, dr = cfg->qk_rope_head_dim, dq = nope + dr;
+    const int64_t Hi = cfg->index_n_heads, di = cfg->index_head_dim, ql = cfg->q_lora_rank;
+    const bool deployed = ctx->mode == DSACP_MODE_DEPLOYED;
+    if (n == 0) return DSACP_OK;
+    if (!q_b) q_b = w->q_b;
+    float *qa = p->qa + row0 * ql, *q = p->q + row0 * H * dq;
+    float *qi = p->qi + row0 * Hi * di, *wts = p->wts + row0 * Hi;
+    /* 1. Query path: qr = RMSNorm(q_a_proj x), q = q_b_proj qr (rows of heads [h0, h1)). */
+    int rc = dsacp_linear(w->q_a, x, n, D, qa, ql, deployed);
+    if (!rc)
+        for (int64_t t = 0; t < n; t++) dsacp_rmsnorm(qa + t * ql, qa + t * ql, w->q_a_norm, ql, 1e-6);
+    if (!rc) rc = dsacp_linear_rows(q_b, h0 * dq, h1 * dq, qa, n, ql, q, H * dq, deployed);
+    /* 4a. Indexer query (same qr) and head weights (same x). */
+    if (!rc) rc = dsacp_linear(w->wq_b, qa, n, ql, qi, Hi * di, deployed);
+    if (!rc) rc = dsacp_linear(w->wproj, x, n, D, wts, Hi, false);
+    if (rc) return rc;
+    const double wscale = 1.0 / sqrt((double)Hi) / sqrt((double)di);
+    for (int64_t t = 0; t < n; t++) {
+        float cos_t[256], sin_t[256];
+        dsacp_rope_cos_sin(ctx->rope, pos[t], cos_t, sin_t);
+        for (int64_t h = h0; h < h1; h++) dsacp_rope_apply_interleaved(q + (t * H + h) * dq + nope, dr, cos_t, sin_t);
         float *wt = wts + t * Hi;
         for (int64_t h = 0; h < Hi; h++) {
             float *qh = qi + (t * Hi + h) * di;
@@ -263,9 +280,15 @@ int dsacp_dsa_project(const dsacp_dsa_ctx *ctx, const dsacp_dsa_weights *w, cons
                 wt[h] *= qs;
             }
         }
-        if (deployed) dsacp_hadamard(kit, di);
     }
     return DSACP_OK;
+}
+
+int dsacp_dsa_project(const dsacp_dsa_ctx *ctx, const dsacp_dsa_weights *w, const float *x, int64_t n,
+                      const int64_t *pos, int64_t h0, int64_t h1, dsacp_dsa_proj *p, int64_t row0)
+{
+    int rc = dsacp_dsa_project_kv(ctx, w, x, n, pos, p, row0);
+    return rc ? rc : dsacp_dsa_project_q(ctx, w, NULL, x, n, pos, h0, h1, p, row0);
 }
 
 void dsacp_dsa_index_scores(const dsacp_kv_cache *c, int64_t layer, const dsacp_kv_seq *seq, int64_t n,

@@ -72,6 +72,14 @@ void dsacp_dsa_proj_free(dsacp_dsa_proj *p);
 int dsacp_linear_rows(const dsacp_weight *w, int64_t r0, int64_t r1, const float *x, int64_t T, int64_t ldx,
                       float *y, int64_t ldy, bool act_quant);
 
+/* The two halves of dsacp_dsa_project: the cache entries' inputs (kv, ki: steps 2, 3, 4a's key),
+ * and the queries (qa, q of heads [h0, h1) with q_b_proj = q_b, or the layer's own when NULL;
+ * qi, wts), so that the entries can travel while the queries are computed. */
+int dsacp_dsa_project_kv(const dsacp_dsa_ctx *ctx, const dsacp_dsa_weights *w, const float *x, int64_t n,
+                         const int64_t *pos, dsacp_dsa_proj *p, int64_t row0);
+int dsacp_dsa_project_q(const dsacp_dsa_ctx *ctx, const dsacp_dsa_weights *w, const dsacp_weight *q_b,
+                        const float *x, int64_t n, const int64_t *pos, int64_t h0, int64_t h1, dsacp_dsa_proj *p,
+                        int64_t row0);
 /* Steps 1-4a for n tokens (x: F32 [n][D], already RMS-normed; pos: [n]) into rows
  * [row0, row0 + n) of p; the query rows of heads [h0, h1) only. */
 int dsacp_dsa_project(const dsacp_dsa_ctx *ctx, const dsacp_dsa_weights *w, const float *x, int64_t n,

@@ -21,7 +21,7 @@ struct dsacp_comm {
 
 struct dsacp_comm_request {
     dsacp_comm *c;
-    MPI_Request req;
+    MPI_Request req, req2;
     int phase;
     int *counts, *displs;
 };
@@ -192,7 +192,7 @@ int dsacp_comm_iallgatherv(dsacp_comm *c, const void *send, size_t send_bytes, v
     if (!r) return dsacp_error(DSACP_ENOMEM, "out of memory");
     r->c = c;
     r->phase = phase;
-    r->req = MPI_REQUEST_NULL;
+    r->req = r->req2 = MPI_REQUEST_NULL;
     if (c->solo) {
         if (send_bytes && recv != send) memmove(recv, send, send_bytes);
         *out = r;
@@ -231,12 +231,44 @@ int dsacp_comm_wait(dsacp_comm_request *r)
         const double t0 = dsacp_now();
         int err = MPI_Wait(&r->req, MPI_STATUS_IGNORE);
         if (err != MPI_SUCCESS) rc = mpi_fail(err, "MPI_Wait");
+        err = MPI_Wait(&r->req2, MPI_STATUS_IGNORE);
+        if (err != MPI_SUCCESS && !rc) rc = mpi_fail(err, "MPI_Wait");
         if (r->phase >= 0 && r->phase < DSACP_PHASE_COUNT) r->c->ctr[r->phase].seconds += dsacp_now() - t0;
     }
     free(r->counts);
     free(r->displs);
     free(r);
     return rc;
+}
+
+int dsacp_comm_ibcast2(dsacp_comm *c, void *buf1, size_t len1, void *buf2, size_t len2, int root, int phase,
+                       dsacp_comm_request **out)
+{
+    *out = NULL;
+    dsacp_comm_request *r = calloc(1, sizeof *r);
+    if (!r) return dsacp_error(DSACP_ENOMEM, "out of memory");
+    r->c = c;
+    r->phase = phase;
+    r->req = r->req2 = MPI_REQUEST_NULL;
+    if (c->solo) {
+        *out = r;
+        return DSACP_OK;
+    }
+    if (len1 > INT_MAX || len2 > INT_MAX) {
+        free(r);
+        return dsacp_error(DSACP_ERANGE, "broadcast of %zu bytes exceeds MPI's 2^31 count", len1 > len2 ? len1 : len2);
+    }
+    const double t0 = dsacp_now();
+    int err = MPI_Ibcast(buf1, (int)len1, MPI_BYTE, root, c->comm, &r->req);
+    if (err == MPI_SUCCESS && len2) err = MPI_Ibcast(buf2, (int)len2, MPI_BYTE, root, c->comm, &r->req2);
+    if (err != MPI_SUCCESS) {
+        free(r);
+        return mpi_fail(err, "MPI_Ibcast");
+    }
+    const int64_t n = (int64_t)(len1 + len2);
+    count(c, phase, c->rank == root ? n * (c->size - 1) : 0, c->rank == root ? 0 : n, t0);
+    *out = r;
+    return DSACP_OK;
 }
 
 int dsacp_comm_alltoallv(dsacp_comm *c, const void *send, const size_t *send_bytes, void *recv,

@@ -23,6 +23,10 @@ typedef struct dsacp_comm_request dsacp_comm_request;
 int dsacp_comm_iallgatherv(dsacp_comm *c, const void *send, size_t send_bytes, void *recv,
                            const size_t *recv_bytes, int phase, dsacp_comm_request **req);
 int dsacp_comm_wait(dsacp_comm_request *req);
+/* Non-blocking broadcast from `root` of one object in up to two pieces (a weight's data and its
+ * block scales): one call, len1 + len2 bytes. buf2 may be NULL with len2 = 0. */
+int dsacp_comm_ibcast2(dsacp_comm *c, void *buf1, size_t len1, void *buf2, size_t len2, int root, int phase,
+                       dsacp_comm_request **req);
 /* All-to-all: send holds W blocks (send_bytes[q] for rank q, concatenated), recv receives W
  * blocks (recv_bytes[q] from rank q). */
 int dsacp_comm_alltoallv(dsacp_comm *c, const void *send, const size_t *send_bytes, void *recv,

@@ -19,8 +19,12 @@
 #include "comm/comm.h"
 #include "dsacp_cp.h"
 
+typedef struct dsacp_cp_weights dsacp_cp_weights;
+
 /* The group and what each rank holds; fixed when the engine is created. */
 typedef struct dsacp_cp_ctx {
+    const dsacp_config *cfg;
+    dsacp_cp_weights *wp;        /* DSA-CP weight plans (cp_weights.c), NULL in DCP mode */
     dsacp_comm *comm;
     int W, rank;
     dsacp_cp_options opt;
@@ -34,6 +38,39 @@ typedef struct dsacp_cp_ctx {
     bool o_gather_v;
     int64_t transient_peak;      /* bytes, largest transient of a layer call so far */
 } dsacp_cp_ctx;
+
+/* ---- DSA-CP weight plans (cp_weights.c) ---- */
+
+/* A ring of broadcast buffers for a layer-sharded weight. */
+typedef struct dsacp_cp_ring {
+    int64_t slots;             /* prefetch depth (<= layers); 0: not sharded */
+    size_t slot_bytes;
+    uint8_t **buf;             /* [slots] */
+    dsacp_weight *view;        /* [slots] the weight of the layer in the slot */
+    int64_t *layer;            /* [slots] */
+    dsacp_comm_request **req;  /* [slots] in-flight broadcast */
+} dsacp_cp_ring;
+
+struct dsacp_cp_weights {
+    int64_t L;
+    const dsacp_weight **q_b, **o; /* [L] the model's weights (data read only where planned) */
+    dsacp_cp_ring q_ring, o_ring;  /* layer-shard */
+    dsacp_weight **o_tp;           /* [L] tp: this rank's input columns of o_proj */
+    int64_t *col;                  /* [W + 1] tp: first column of each rank */
+    bool tp_f32;                   /* tp shards hold f32 (FP8 blocks would be split) */
+    uint8_t *gather_recv, *gather_full;
+    size_t recv_bytes, full_bytes;
+    dsacp_comm_request *gather_req;
+    int64_t gather_layer;
+    dsacp_weight o_full;           /* view of the gathered full weight */
+    bool step_gather;              /* tp/auto: this step gathers weights (else moves activations) */
+    int64_t steps_gather, steps_activations;
+    double last_gather_bytes, last_act_bytes;
+};
+
+int dsacp_cp_weights_setup(dsacp_cp_ctx *cp, const dsacp_dsa_weights *attn, int64_t L);
+void dsacp_cp_weights_free(dsacp_cp_weights *wp);
+void dsacp_cp_weights_usage(const dsacp_cp_ctx *cp, dsacp_weight_usage *u);
 
 /* One step's metadata: the same on every rank (only `act` differs). */
 typedef struct dsacp_cp_step {
@@ -53,6 +90,15 @@ typedef struct dsacp_cp_step {
     const int64_t *pre_idx;  /* [T] index of a prefill token in pre_all, -1 for decode tokens */
     bool want_topk;          /* gather selected sets to rank 0 */
 } dsacp_cp_step;
+
+/* Per step and per layer (collective, in this order): the step's o_proj path and the first
+ * broadcasts; layer l's tp gather; q_b_proj and o_proj for layer l (waiting as needed); the
+ * next broadcasts once layer l is done. */
+int dsacp_cp_weights_step_begin(dsacp_cp_ctx *cp, const dsacp_cp_step *st);
+int dsacp_cp_weights_layer_begin(dsacp_cp_ctx *cp, int64_t l);
+int dsacp_cp_weights_q(dsacp_cp_ctx *cp, int64_t l, const dsacp_weight **out);
+int dsacp_cp_weights_o_full(dsacp_cp_ctx *cp, int64_t l, const dsacp_weight **out);
+int dsacp_cp_weights_layer_done(dsacp_cp_ctx *cp, int64_t l);
 
 /* Builds the metadata of a step on this rank into `st` (arrays owned by `mem`, freed with
  * dsacp_cp_step_free). pos/ent/old_len/new_len/seqs are the caller's. */

@@ -36,13 +36,18 @@ int dsacp_cp_step_build(const dsacp_cp_ctx *cp, dsacp_cp_step *st, dsacp_cp_step
         dsacp_cp_step_free(m);
         return dsacp_error(DSACP_ENOMEM, "out of memory for the step's metadata");
     }
-    for (int64_t e = 0; e < n_ent; e++) m->decode[e] = st->new_len[e] - st->old_len[e] == 1;
+    const bool dsa_cp = cp->opt.mode == DSACP_CP_DSA_CP;
+    for (int64_t e = 0; e < n_ent; e++) m->decode[e] = !dsa_cp && st->new_len[e] - st->old_len[e] == 1;
+    /* The rank that computes a non-decode token: its position's owner, or DSA-CP's flat slice of
+     * the step's batch padded to a multiple of W. */
+    const int64_t chunk = (T + W - 1) / W;
+#define ASSIGNED(t) (cp->opt.prefill_split == DSACP_PREFILL_CONTIGUOUS ? (t) / chunk : dsacp_cp_owner(st->pos[t], I, W))
     int64_t nd = 0, np = 0, npa = 0;
     for (int64_t t = 0; t < T; t++) {
         m->act_row[t] = -1;
         m->pre_idx[t] = -1;
         if (m->decode[st->ent[t]]) m->act_row[t] = nd++;
-        else m->pre_off[dsacp_cp_owner(st->pos[t], I, W) + 1]++, npa++;
+        else m->pre_off[ASSIGNED(t) + 1]++, npa++;
     }
     for (int64_t q = 0; q < W; q++) m->pre_off[q + 1] += m->pre_off[q];
     int64_t *fill = calloc((size_t)W, sizeof *fill);
@@ -55,7 +60,7 @@ int dsacp_cp_step_build(const dsacp_cp_ctx *cp, dsacp_cp_step *st, dsacp_cp_step
             m->act[j++] = t;
             continue;
         }
-        const int64_t q = dsacp_cp_owner(st->pos[t], I, W), k = m->pre_off[q] + fill[q]++;
+        const int64_t q = ASSIGNED(t), k = m->pre_off[q] + fill[q]++;
         m->pre_all[k] = t;
         m->pre_idx[t] = k;
         if (q == cp->rank) {
@@ -63,6 +68,7 @@ int dsacp_cp_step_build(const dsacp_cp_ctx *cp, dsacp_cp_step *st, dsacp_cp_step
             m->act_row[t] = nd + np++;
         }
     }
+#undef ASSIGNED
     free(fill);
     st->decode = m->decode;
     st->act = m->act;
@@ -132,6 +138,50 @@ static int decode_o_proj(dsacp_cp_ctx *cp, const dsacp_dsa_ctx *ctx, const dsacp
     return crc;
 }
 
+/* DSA-CP, o_proj tp on a step that moves activations: v columns of each rank's heads go to it
+ * (all-to-all: [own tokens x all heads] -> [all tokens x own heads]), each rank applies its
+ * shard, and a reduce-scatter sums the partials back to [own tokens x D]. In deployed mode the
+ * FP8 activation quantization is applied to whole v rows first, exactly where the full
+ * o_proj would apply it. */
+static int tp_o_proj(dsacp_cp_ctx *cp, const dsacp_dsa_ctx *ctx, const dsacp_dsa_weights *w, int64_t layer,
+                     const dsacp_cp_step *st, float *v, float *out, int *rc)
+{
+    const dsacp_config *cfg = ctx->cfg;
+    const dsacp_cp_weights *wp = cp->wp;
+    const int64_t H = cfg->num_attention_heads, dv = cfg->v_head_dim, D = cfg->hidden_size, np = st->n_pre;
+    const int W = cp->W, me = cp->rank;
+    const int64_t ncol = H * dv, mine = wp->col[me + 1] - wp->col[me], Tall = st->n_pre_all;
+    if (ctx->mode == DSACP_MODE_DEPLOYED && w->o->dtype == DSACP_F8_E4M3 && w->o->cols % 128 == 0)
+        for (int64_t j = 0; j < np; j++) dsacp_fake_quant_e4m3_groups(v + j * ncol, ncol, 128);
+    size_t *sb = malloc((size_t)W * sizeof *sb), *rb = malloc((size_t)W * sizeof *rb);
+    int64_t *cnt = malloc((size_t)W * sizeof *cnt);
+    float *send = malloc((size_t)(np * ncol) * 4 + 4), *x = malloc((size_t)(Tall * mine) * 4 + 4);
+    float *y = malloc((size_t)(Tall * D) * 4 + 4);
+    int crc = (sb && rb && cnt && send && x && y) ? DSACP_OK : dsacp_error(DSACP_ENOMEM, "out of memory for tp o_proj");
+    if (!crc) {
+        float *s = send;
+        for (int q = 0; q < W; q++) {
+            const int64_t c0 = wp->col[q], nc = wp->col[q + 1] - c0, Tq = st->pre_off[q + 1] - st->pre_off[q];
+            for (int64_t j = 0; j < np; j++, s += nc) memcpy(s, v + j * ncol + c0, (size_t)nc * 4);
+            sb[q] = (size_t)(np * nc) * 4;
+            rb[q] = (size_t)(Tq * mine) * 4;
+            cnt[q] = Tq * D;
+        }
+        crc = dsacp_comm_alltoallv(cp->comm, send, sb, x, rb, DSACP_PHASE_o_proj);
+    }
+    if (!crc) {
+        if (mine > 0) {
+            int r2 = dsacp_linear(wp->o_tp[layer], x, Tall, mine, y, D, false);
+            if (r2 && !*rc) *rc = r2;
+        } else {
+            memset(y, 0, (size_t)(Tall * D) * 4);
+        }
+        crc = dsacp_comm_reduce_scatter_f32(cp->comm, y, out, cnt, DSACP_PHASE_o_proj);
+    }
+    free(sb), free(rb), free(cnt), free(send), free(x), free(y);
+    return crc;
+}
+
 /* Step 8: rank 0 gets every token's selected set in step order. */
 static int dump_topk(dsacp_cp_ctx *cp, const dsacp_cp_step *st, int64_t K, const int32_t *topk_act, int32_t *topk)
 {
@@ -180,14 +230,13 @@ int dsacp_cp_layer_forward(dsacp_cp_ctx *cp, const dsacp_dsa_ctx *ctx, const dsa
         goto done;
     }
     for (int64_t j = 0; j < na; j++) pos_act[j] = st->pos[st->act[j]];
+    /* DSA-CP tp: this layer's o_proj shards start travelling now. */
+    crc = dsacp_cp_weights_layer_begin(cp, layer);
+    if (crc) goto done;
 
-    /* 1. Projections. */
-    if (nd > 0 && np > 0 && (cp->h0 != 0 || cp->h1 != H)) {
-        KEEP(rc, dsacp_dsa_project(ctx, w, x, nd, pos_act, cp->h0, cp->h1, &p, 0));
-        KEEP(rc, dsacp_dsa_project(ctx, w, x + nd * D, np, pos_act + nd, 0, H, &p, nd));
-    } else {
-        KEEP(rc, dsacp_dsa_project(ctx, w, x, na, pos_act, np > 0 ? 0 : cp->h0, np > 0 ? H : cp->h1, &p, 0));
-    }
+    /* 1a. The new tokens' latent rows and indexer keys first, so that they can travel while the
+     *     queries are projected. */
+    KEEP(rc, dsacp_dsa_project_kv(ctx, w, x, na, pos_act, &p, 0));
 
     /* 2. Stage the new entries: a one-layer pool of block size 1, so that slot j holds active
      *    row j's entries contiguously (the packed format of the exchange). */
@@ -207,7 +256,9 @@ int dsacp_cp_layer_forward(dsacp_cp_ctx *cp, const dsacp_dsa_ctx *ctx, const dsa
     }
     const int64_t ml = stage->mla_bytes, il = stage->index_bytes, E = ml + il;
 
-    /* 3. Prefill exchange: every prefill token's entry to every rank. */
+    /* 3. Prefill exchange: every prefill token's entry to every rank, one fused non-blocking
+     *    all-gather in flight during the query projection. */
+    dsacp_comm_request *xreq = NULL;
     if (W > 1 && st->n_pre_all > 0) {
         rb = malloc((size_t)W * sizeof *rb);
         pre_send = malloc((size_t)(np * E) + 1);
@@ -221,11 +272,31 @@ int dsacp_cp_layer_forward(dsacp_cp_ctx *cp, const dsacp_dsa_ctx *ctx, const dsa
             dsacp_cp_get_lat(stage, 0, nd + j, pre_send + j * E);
             dsacp_cp_get_idx(stage, 0, nd + j, pre_send + j * E + ml);
         }
-        crc = dsacp_comm_allgatherv(cp->comm, pre_send, rb[me], pre_recv, rb, DSACP_PHASE_prefill_kv);
+        crc = dsacp_comm_iallgatherv(cp->comm, pre_send, rb[me], pre_recv, rb, DSACP_PHASE_prefill_kv, &xreq);
         if (crc) goto done;
         const int64_t tb = (int64_t)(np + st->n_pre_all) * E;
         if (tb > cp->transient_peak) cp->transient_peak = tb;
     }
+
+    /* 1b. Queries: decode rows with this rank's heads (DCP), the others with all heads; DSA-CP's
+     *     q_b_proj may come from a layer-shard broadcast. */
+    {
+        const dsacp_weight *qb = NULL;
+        int wrc = dsacp_cp_weights_q(cp, layer, &qb);
+        if (wrc) {
+            dsacp_comm_wait(xreq);
+            crc = wrc;
+            goto done;
+        }
+        if (nd > 0 && np > 0 && (cp->h0 != 0 || cp->h1 != H)) {
+            KEEP(rc, dsacp_dsa_project_q(ctx, w, qb, x, nd, pos_act, cp->h0, cp->h1, &p, 0));
+            KEEP(rc, dsacp_dsa_project_q(ctx, w, qb, x + nd * D, np, pos_act + nd, 0, H, &p, nd));
+        } else {
+            KEEP(rc, dsacp_dsa_project_q(ctx, w, qb, x, na, pos_act, np > 0 ? 0 : cp->h0, np > 0 ? H : cp->h1, &p, 0));
+        }
+    }
+    crc = dsacp_comm_wait(xreq);
+    if (crc) goto done;
 
     /* 4. Persist what this rank's layouts keep. */
     {
@@ -288,11 +359,26 @@ int dsacp_cp_layer_forward(dsacp_cp_ctx *cp, const dsacp_dsa_ctx *ctx, const dsa
     /* 7. Output projection. */
     if (W == 1) {
         KEEP(rc, dsacp_linear(w->o, vcat, na, H * dv, out, D, deployed));
+    } else if (cp->wp && cp->wp->o_tp && !cp->wp->step_gather) {
+        crc = tp_o_proj(cp, ctx, w, layer, st, vcat, out, &rc); /* DSA-CP: activations move */
+        if (crc) goto done;
     } else {
-        if (np > 0) KEEP(rc, dsacp_linear(w->o, vcat + nd * H * dv, np, H * dv, out + nd * D, D, deployed));
+        const dsacp_weight *o = w->o;
+        crc = dsacp_cp_weights_o_full(cp, layer, &o); /* DSA-CP: broadcast or gathered weight */
+        if (crc) goto done;
+        bool aq = deployed;
+        if (deployed && o->dtype != w->o->dtype && w->o->dtype == DSACP_F8_E4M3 && w->o->cols % 128 == 0) {
+            /* A tp gather held as f32 (FP8 blocks split by the head columns): the activation
+             * quantization the FP8 o_proj applies is applied here, on whole rows. */
+            for (int64_t j = 0; j < np; j++) dsacp_fake_quant_e4m3_groups(vcat + (nd + j) * H * dv, H * dv, 128);
+            aq = false;
+        }
+        if (np > 0) KEEP(rc, dsacp_linear(o, vcat + nd * H * dv, np, H * dv, out + nd * D, D, aq));
         if (nd > 0) crc = decode_o_proj(cp, ctx, w, layer, st, vcat, out, &rc);
         if (crc) goto done;
     }
+    crc = dsacp_cp_weights_layer_done(cp, layer);
+    if (crc) goto done;
 
     /* 8. Selected sets. */
     if (st->want_topk) {
@@ -344,7 +430,7 @@ int dsacp_dsa_forward(const dsacp_dsa_ctx *ctx, const dsacp_dsa_weights *w, int6
         }
         for (int64_t e = 0; e < n_ent; e++)
             if (old_len[e] == INT64_MAX) old_len[e] = new_len[e] = 0;
-        dsacp_cp_ctx cp = {.comm = solo, .W = 1, .rank = 0, .lat = ctx->cache, .idx = ctx->cache,
+        dsacp_cp_ctx cp = {.cfg = ctx->cfg, .comm = solo, .W = 1, .rank = 0, .lat = ctx->cache, .idx = ctx->cache,
                            .block_size = ctx->cache->block_size, .h0 = 0, .h1 = ctx->cfg->num_attention_heads};
         dsacp_cp_options_default(&cp.opt);
         dsacp_cp_step st = {.T = T, .n_ent = n_ent, .pos = tok->pos, .ent = tok->seq, .old_len = old_len,

@@ -136,6 +136,7 @@ void dsacp_engine_free(dsacp_engine *e)
             }
         free(e->cp.o_shard);
     }
+    dsacp_cp_weights_free(e->cp.wp);
     if (e->icache != e->cache) dsacp_kv_cache_free(e->icache);
     dsacp_kv_cache_free(e->cache);
     if (e->owns_comm) dsacp_comm_free(e->comm);
@@ -149,10 +150,53 @@ void dsacp_cp_options_default(dsacp_cp_options *opt)
     opt->index_layout = DSACP_LAYOUT_SHARDED;
     opt->decode = DSACP_DECODE_EXACT_TOPK;
     opt->prefill_split = DSACP_PREFILL_OWNER;
+    opt->mode = DSACP_CP_DCP;
+    opt->q_proj = DSACP_WEIGHTS_REPLICATED;
+    opt->o_proj = DSACP_WEIGHTS_REPLICATED;
+    opt->prefetch = 2;
 }
 
 static const char *const strategy_names[] = {"allgather-kv", "replicated-index", "exact-topk"};
 static const char *const layout_names[] = {"sharded", "replicated"};
+static const char *const split_names[] = {"owner", "contiguous"};
+static const char *const mode_names[] = {"dcp", "dsa-cp"};
+static const char *const plan_names[] = {"replicated", "layer-shard", "tp", "auto"};
+
+/* One parser for the name tables: DSACP_EINVAL listing the names when unknown. */
+static int parse_name(const char *what, const char *const *names, int n, const char *name, int *out)
+{
+    char list[200] = "";
+    for (int i = 0; i < n; i++) {
+        if (name && strcmp(name, names[i]) == 0) return *out = i, DSACP_OK;
+        snprintf(list + strlen(list), sizeof list - strlen(list), "%s%s", i ? ", " : "", names[i]);
+    }
+    return dsacp_error(DSACP_EINVAL, "unknown %s '%s' (%s)", what, name ? name : "", list);
+}
+
+const char *dsacp_prefill_split_name(dsacp_prefill_split s) { return (unsigned)s < 2 ? split_names[s] : "?"; }
+const char *dsacp_cp_mode_name(dsacp_cp_mode m) { return (unsigned)m < 2 ? mode_names[m] : "?"; }
+const char *dsacp_weight_plan_name(dsacp_weight_plan p) { return (unsigned)p < 4 ? plan_names[p] : "?"; }
+
+int dsacp_prefill_split_parse(const char *name, dsacp_prefill_split *out)
+{
+    int v, rc = parse_name("prefill split", split_names, 2, name, &v);
+    if (!rc) *out = (dsacp_prefill_split)v;
+    return rc;
+}
+
+int dsacp_cp_mode_parse(const char *name, dsacp_cp_mode *out)
+{
+    int v, rc = parse_name("cp mode", mode_names, 2, name, &v);
+    if (!rc) *out = (dsacp_cp_mode)v;
+    return rc;
+}
+
+int dsacp_weight_plan_parse(const char *name, dsacp_weight_plan *out)
+{
+    int v, rc = parse_name("weight plan", plan_names, 4, name, &v);
+    if (!rc) *out = (dsacp_weight_plan)v;
+    return rc;
+}
 
 const char *dsacp_decode_strategy_name(dsacp_decode_strategy s)
 {
@@ -221,6 +265,10 @@ static int setup_cp(dsacp_engine *e, const dsacp_cp_options *cp)
     e->cp.block_size = e->opt.block_size;
     e->cp.h0 = dsacp_split_begin(H, me, W);
     e->cp.h1 = dsacp_split_begin(H, me + 1, W);
+    e->cp.cfg = cfg;
+    /* DSA-CP: every rank runs all heads for its tokens; the weight plans say where the whole
+     * q_b_proj and o_proj come from (cp_weights.c). */
+    if (cp->mode == DSACP_CP_DSA_CP) return dsacp_cp_weights_setup(&e->cp, e->attn, e->L);
     if (W == 1) return DSACP_OK;
     /* One decision for the whole group: the head columns of every rank must fall on o_proj's
      * FP8 blocks for the column shards, otherwise the heads' outputs travel instead. */
@@ -259,12 +307,30 @@ static int check_options(const dsacp_config *cfg, const dsacp_engine_options *op
     if (cp->interleave < 1 || cp->interleave > ((int64_t)1 << 30))
         return dsacp_error(DSACP_EINVAL, "--cp-interleave %lld: must be in [1, 2^30]", (long long)cp->interleave);
     if ((unsigned)cp->decode > DSACP_DECODE_EXACT_TOPK || (unsigned)cp->kv_layout > 1 || (unsigned)cp->index_layout > 1 ||
-        cp->prefill_split != DSACP_PREFILL_OWNER)
+        (unsigned)cp->prefill_split > 1 || (unsigned)cp->mode > 1 || (unsigned)cp->q_proj > 3 || (unsigned)cp->o_proj > 3)
         return dsacp_error(DSACP_EINVAL, "unknown context-parallel option value");
-    if (W > 1 && cp->decode == DSACP_DECODE_REPLICATED_INDEX && cp->index_layout != DSACP_LAYOUT_REPLICATED)
+    if (cp->prefetch < 1 || cp->prefetch > 64)
+        return dsacp_error(DSACP_EINVAL, "--prefetch %lld: must be in [1, 64]", (long long)cp->prefetch);
+    if (cp->mode == DSACP_CP_DCP && cp->prefill_split == DSACP_PREFILL_CONTIGUOUS)
+        return dsacp_error(DSACP_EINVAL, "--prefill-split contiguous belongs to --cp-mode dsa-cp (DCP computes a "
+                           "prefill token on the rank that owns it: --prefill-split owner)");
+    if (cp->mode == DSACP_CP_DCP && (cp->q_proj != DSACP_WEIGHTS_REPLICATED || cp->o_proj != DSACP_WEIGHTS_REPLICATED))
+        return dsacp_error(DSACP_EINVAL, "--q-proj/--o-proj plans belong to --cp-mode dsa-cp (DCP splits the heads "
+                           "of q_b_proj and o_proj already)");
+    if (cp->q_proj == DSACP_WEIGHTS_TP || cp->q_proj == DSACP_WEIGHTS_AUTO)
+        return dsacp_error(DSACP_EINVAL, "--q-proj %s: q_b_proj is replicated or layer-shard (tp and auto are "
+                           "o_proj plans)", dsacp_weight_plan_name(cp->q_proj));
+    if (W > 1 && cp->mode == DSACP_CP_DSA_CP &&
+        (cp->kv_layout == DSACP_LAYOUT_SHARDED || cp->index_layout == DSACP_LAYOUT_SHARDED) &&
+        cp->decode != DSACP_DECODE_ALLGATHER_KV)
+        return dsacp_error(DSACP_EINVAL, "--cp-mode dsa-cp with a sharded cache (DSA-CP + DCP) computes each token "
+                           "on one rank and gathers its earlier context: it needs --decode-strategy allgather-kv");
+    if (W > 1 && cp->mode == DSACP_CP_DCP && cp->decode == DSACP_DECODE_REPLICATED_INDEX &&
+        cp->index_layout != DSACP_LAYOUT_REPLICATED)
         return dsacp_error(DSACP_EINVAL, "--decode-strategy replicated-index needs --index-layout replicated "
                            "(every rank scores every position)");
-    if (W > 1 && cp->decode == DSACP_DECODE_EXACT_TOPK && cp->index_layout != DSACP_LAYOUT_SHARDED)
+    if (W > 1 && cp->mode == DSACP_CP_DCP && cp->decode == DSACP_DECODE_EXACT_TOPK &&
+        cp->index_layout != DSACP_LAYOUT_SHARDED)
         return dsacp_error(DSACP_EINVAL, "--decode-strategy exact-topk scores each rank's shard of the indexer "
                            "cache: it needs --index-layout sharded (replicated-index uses a replicated one)");
     if (W > cfg->max_position_embeddings)
@@ -663,6 +729,7 @@ int dsacp_engine_step(dsacp_engine *e, const dsacp_step_entry *entries, int64_t 
         rc = dsacp_cp_step_build(&e->cp, &st, &mem);
     }
     rc = dsacp_comm_agree(e->comm, rc);
+    if (!rc) rc = dsacp_cp_weights_step_begin(&e->cp, &st); /* DSA-CP: the first weight broadcasts */
     const int64_t na = st.n_dec + st.n_pre;
     if (!rc) {
         /* The active rows: every decode token, and the prefill tokens this rank owns. */
@@ -737,6 +804,8 @@ int dsacp_engine_step(dsacp_engine *e, const dsacp_step_entry *entries, int64_t 
 }
 
 dsacp_comm *dsacp_engine_comm(const dsacp_engine *e) { return e->comm; }
+
+void dsacp_engine_weight_usage(const dsacp_engine *e, dsacp_weight_usage *u) { dsacp_cp_weights_usage(&e->cp, u); }
 
 dsacp_step_times dsacp_engine_last_step_times(const dsacp_engine *e) { return e->times; }
 
