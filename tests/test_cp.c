@@ -430,6 +430,109 @@ static void test_counters(const dsacp_model *m, const dsacp_engine_options *eo, 
     }
 }
 
+/* DSA-CP: the collectives each weight plan must use and no others, with their bytes (docs
+ * section 9): a step of T_q tokens on rank q (contiguous split), replicated caches, f32 weights. */
+static void expected_dsa(const dsacp_model *m, const dsacp_cp_options *cp, int64_t W, int64_t me, const int64_t *Tq,
+                         bool gather, int64_t E, expect *ex)
+{
+    const dsacp_config *cfg = dsacp_model_config(m);
+    memset(ex, 0, sizeof(expect) * DSACP_PHASE_COUNT);
+    const int64_t L = cfg->num_hidden_layers, D = cfg->hidden_size, H = cfg->num_attention_heads, dv = cfg->v_head_dim;
+    int64_t others = 0;
+    for (int64_t q = 0; q < W; q++)
+        if (q != me) others += Tq[q];
+    ex[DSACP_PHASE_control] = (expect){4, 3 * 4 * (W - 1) + (me ? 0 : 2 * (W - 1)), 3 * 4 * (W - 1) + (me ? 2 : 0)};
+    ex[DSACP_PHASE_prefill_kv] = (expect){L, L * Tq[me] * E * (W - 1), L * others * E};
+    ex[DSACP_PHASE_logits] = (expect){1, me ? Tq[me] * D * 4 : 0, me ? 0 : others * D * 4};
+    for (int64_t l = 0; l < L; l++) {
+        char n[128];
+        snprintf(n, sizeof n, "model.layers.%lld.self_attn.q_b_proj.weight", (long long)l);
+        const dsacp_weight *qb = dsacp_model_weight(m, n);
+        snprintf(n, sizeof n, "model.layers.%lld.self_attn.o_proj.weight", (long long)l);
+        const dsacp_weight *ob = dsacp_model_weight(m, n);
+        const int64_t qbytes = qb->rows * qb->cols * 4, obytes = ob->rows * ob->cols * 4;
+        const bool root = l % W == me;
+        if (cp->q_proj == DSACP_WEIGHTS_LAYER_SHARD) {
+            expect *x = &ex[DSACP_PHASE_q_proj_weight];
+            x->calls++, x->sent += root ? qbytes * (W - 1) : 0, x->recv += root ? 0 : qbytes;
+        }
+        if (cp->o_proj == DSACP_WEIGHTS_LAYER_SHARD) {
+            expect *x = &ex[DSACP_PHASE_o_proj_weight];
+            x->calls++, x->sent += root ? obytes * (W - 1) : 0, x->recv += root ? 0 : obytes;
+        }
+        if (cp->o_proj == DSACP_WEIGHTS_TP || cp->o_proj == DSACP_WEIGHTS_AUTO) {
+            const int64_t cme = (dsacp_split_begin(H, me + 1, W) - dsacp_split_begin(H, me, W)) * dv;
+            if (gather) {
+                expect *x = &ex[DSACP_PHASE_o_proj_weight];
+                x->calls++, x->sent += D * cme * 4 * (W - 1), x->recv += (obytes - D * cme * 4);
+            } else {
+                expect *x = &ex[DSACP_PHASE_o_proj];
+                x->calls += 2; /* all-to-all of v columns, reduce-scatter of partial sums */
+                for (int64_t q = 0; q < W; q++) {
+                    if (q == me) continue;
+                    const int64_t cq = (dsacp_split_begin(H, q + 1, W) - dsacp_split_begin(H, q, W)) * dv;
+                    x->sent += Tq[me] * cq * 4 + Tq[q] * D * 4;
+                    x->recv += Tq[q] * cme * 4 + Tq[me] * D * 4;
+                }
+            }
+        }
+    }
+}
+
+static void test_counters_dsa(const dsacp_model *m, const dsacp_engine_options *eo)
+{
+    const dsacp_config *cfg = dsacp_model_config(m);
+    const dsacp_weight_plan plans[3][2] = {{DSACP_WEIGHTS_LAYER_SHARD, DSACP_WEIGHTS_TP},
+                                           {DSACP_WEIGHTS_REPLICATED, DSACP_WEIGHTS_LAYER_SHARD},
+                                           {DSACP_WEIGHTS_LAYER_SHARD, DSACP_WEIGHTS_REPLICATED}};
+    const int64_t E = dsacp_mla_cache_bytes_per_token(cfg, eo->kv_dtype) +
+                      dsacp_index_cache_bytes_per_token(cfg, DSACP_KV_F32);
+    for (int c = 0; c < 3; c++) {
+        dsacp_cp_options cp;
+        dsacp_cp_options_default(&cp);
+        cp.mode = DSACP_CP_DSA_CP, cp.prefill_split = DSACP_PREFILL_CONTIGUOUS, cp.decode = DSACP_DECODE_ALLGATHER_KV;
+        cp.kv_layout = cp.index_layout = DSACP_LAYOUT_REPLICATED;
+        cp.q_proj = plans[c][0], cp.o_proj = plans[c][1];
+        dsacp_engine *e = NULL;
+        REQUIRE_OK(dsacp_engine_create_cp(m, eo, &cp, g_world, &e));
+        dsacp_comm *ec = dsacp_engine_comm(e);
+        int64_t id[3];
+        for (int r = 0; r < 3; r++) REQUIRE_OK(dsacp_engine_add_request(e, &id[r]));
+        /* A prefill step of 9 + 5 tokens, then a decode step of 3 tokens. */
+        for (int phase = 0; phase < 2; phase++) {
+            dsacp_step_entry en[3];
+            int64_t n = 0, T = 0;
+            if (phase == 0) {
+                en[n++] = (dsacp_step_entry){id[0], 9, g_ids[0]};
+                en[n++] = (dsacp_step_entry){id[1], 5, g_ids[1]};
+            } else {
+                for (int r = 0; r < 3; r++) en[n++] = (dsacp_step_entry){id[r], 1, g_ids[r] + 20};
+            }
+            for (int64_t i = 0; i < n; i++) T += en[i].n_tokens;
+            int64_t Tq[8] = {0}, chunk = (T + g_W - 1) / g_W;
+            for (int64_t t = 0; t < T; t++) Tq[t / chunk]++;
+            dsacp_comm_reset_counters(ec);
+            float *lg = malloc((size_t)(T * cfg->vocab_size) * 4);
+            CHECK_OK(dsacp_engine_step(e, en, n, lg, NULL));
+            free(lg);
+            expect ex[DSACP_PHASE_COUNT];
+            expected_dsa(m, &cp, g_W, g_rank, Tq, phase == 0, E, ex);
+            char name[96];
+            snprintf(name, sizeof name, "dsa-cp q=%s o=%s", dsacp_weight_plan_name(cp.q_proj), dsacp_weight_plan_name(cp.o_proj));
+            check_counters(ec, ex, "exact", name, phase == 0 ? "prefill step" : "decode step");
+        }
+        dsacp_weight_usage u;
+        dsacp_engine_weight_usage(e, &u);
+        if (g_rank == 0)
+            printf("weights dsa-cp q=%s o=%s W=%d rank 0: q_proj resident %lld, o_proj resident %lld, ring %lld, "
+                   "gather %lld bytes; steps gather/activations %lld/%lld\n", dsacp_weight_plan_name(cp.q_proj),
+                   dsacp_weight_plan_name(cp.o_proj), g_W, (long long)u.q_proj_resident, (long long)u.o_proj_resident,
+                   (long long)u.ring_bytes, (long long)u.gather_bytes, (long long)u.steps_gather,
+                   (long long)u.steps_activations);
+        dsacp_engine_free(e);
+    }
+}
+
 /* ---- KV memory per rank ---- */
 
 static void test_memory(const dsacp_model *m)
@@ -507,6 +610,7 @@ int main(int argc, char **argv)
     run_cases("exact", m, &eo, all_cases, NCASES, 1e-5, 1e-10);
     run_cases("exact", m, &eo, dsa_cases, NDSA, 1e-5, 1e-10);
     test_counters(m, &eo, "exact");
+    test_counters_dsa(m, &eo);
     test_memory(m);
     test_bad_options(m);
     drop_model(m, dir);
