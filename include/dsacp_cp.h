@@ -84,6 +84,9 @@ void dsacp_comm_reset_counters(dsacp_comm *comm);
  * ({"world": W, "ranks": [{"rank": r, "phases": {"kv_gather": {"calls": .., "bytes_sent": ..,
  * "bytes_recv": .., "seconds": ..}, ...}}, ...], "notes": {...}}). Other ranks pass any path. */
 int dsacp_comm_write_report(dsacp_comm *comm, const char *path);
+/* JSON object members (e.g. "\"plan\": {...}") appended to the report dsacp_comm_write_report
+ * writes (rank 0's); NULL clears them. */
+int dsacp_comm_set_notes(dsacp_comm *comm, const char *json_members);
 /* Collective status agreement: every rank passes its status; all return the first failing
  * rank's status (by rank order), and on the other ranks dsacp_last_error() becomes
  * "rank R: <that rank's message>". Used after every step and by the CLI. */
@@ -196,6 +199,9 @@ typedef struct dsacp_weight_usage {
     int64_t steps_gather, steps_activations;
 } dsacp_weight_usage;
 void dsacp_engine_weight_usage(const dsacp_engine *engine, dsacp_weight_usage *out);
+/* Puts the engine's CP configuration, weight usage and DSA-CP o_proj choices (the rule, its
+ * crossover, every step's choice) into its communicator's report notes. */
+int dsacp_engine_report_notes(const dsacp_engine *engine);
 
 /* The engine's communicator (a solo one for a plain engine). */
 dsacp_comm *dsacp_engine_comm(const dsacp_engine *engine);

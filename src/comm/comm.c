@@ -17,6 +17,7 @@ struct dsacp_comm {
     MPI_Comm comm;
     int rank, size;
     dsacp_comm_counter ctr[DSACP_PHASE_COUNT];
+    char *notes; /* JSON members added to the report by the engine (rank 0's are written) */
 };
 
 struct dsacp_comm_request {
@@ -121,6 +122,7 @@ void dsacp_comm_free(dsacp_comm *c)
         MPI_Comm_free(&c->comm);
         if (c->owns_mpi) MPI_Finalize();
     }
+    free(c->notes);
     free(c);
 }
 
@@ -134,6 +136,15 @@ dsacp_comm_counter dsacp_comm_get_counter(const dsacp_comm *c, int phase)
 }
 
 void dsacp_comm_reset_counters(dsacp_comm *c) { memset(c->ctr, 0, sizeof c->ctr); }
+
+int dsacp_comm_set_notes(dsacp_comm *c, const char *json_members)
+{
+    char *n = json_members ? strdup(json_members) : NULL;
+    if (json_members && !n) return dsacp_error(DSACP_ENOMEM, "out of memory");
+    free(c->notes);
+    c->notes = n;
+    return DSACP_OK;
+}
 
 /* ---- helpers ---- */
 
@@ -446,7 +457,7 @@ int dsacp_comm_write_report(dsacp_comm *c, const char *path)
                 }
                 fprintf(f, "\n    }}");
             }
-            fprintf(f, "\n  ]\n}\n");
+            fprintf(f, "\n  ]%s%s\n}\n", c->notes ? ",\n  " : "", c->notes ? c->notes : "");
             fclose(f);
             rc = dsacp_write_file_atomic(path, text, len);
             free(text);

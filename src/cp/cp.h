@@ -66,7 +66,12 @@ struct dsacp_cp_weights {
     bool step_gather;              /* tp/auto: this step gathers weights (else moves activations) */
     int64_t steps_gather, steps_activations;
     double last_gather_bytes, last_act_bytes;
+    char *choices;                 /* tp/auto: one letter per step, g (weights) or a (activations) */
+    int64_t nchoices, capchoices;
 };
+/* tp/auto's rule: bytes a rank receives per step for the weight gather, and per token of the
+ * step for the activation path (evenly split tokens); crossover = gather / per-token. */
+void dsacp_cp_weights_rule(const dsacp_cp_ctx *cp, double *gather_bytes, double *act_bytes_per_token);
 
 int dsacp_cp_weights_setup(dsacp_cp_ctx *cp, const dsacp_dsa_weights *attn, int64_t L);
 void dsacp_cp_weights_free(dsacp_cp_weights *wp);

@@ -205,7 +205,7 @@ void dsacp_cp_weights_free(dsacp_cp_weights *wp)
     ring_free(&wp->o_ring);
     dsacp_comm_wait(wp->gather_req);
     for (int64_t l = 0; wp->o_tp && l < wp->L; l++) weight_free(wp->o_tp[l]);
-    free(wp->o_tp), free(wp->col), free(wp->q_b), free(wp->o);
+    free(wp->o_tp), free(wp->col), free(wp->q_b), free(wp->o), free(wp->choices);
     dsacp_free(wp->gather_full), dsacp_free(wp->gather_recv);
     free(wp);
 }
@@ -226,6 +226,16 @@ static void tp_bytes(const dsacp_cp_ctx *cp, const dsacp_cp_step *st, double *ga
     *act = a / W;
 }
 
+void dsacp_cp_weights_rule(const dsacp_cp_ctx *cp, double *gather, double *per_token)
+{
+    const dsacp_cp_weights *wp = cp->wp;
+    *gather = *per_token = 0;
+    if (!wp || !wp->col) return;
+    const double W = cp->W, C = (double)(cp->cfg->num_attention_heads * cp->cfg->v_head_dim);
+    *gather = (double)wp->recv_bytes * (W - 1) / W;
+    *per_token = (W - 1) / W * (C * 4 / W + (double)cp->cfg->hidden_size * 4);
+}
+
 int dsacp_cp_weights_step_begin(dsacp_cp_ctx *cp, const dsacp_cp_step *st)
 {
     dsacp_cp_weights *wp = cp->wp;
@@ -240,6 +250,12 @@ int dsacp_cp_weights_step_begin(dsacp_cp_ctx *cp, const dsacp_cp_step *st)
         wp->step_gather = cp->opt.o_proj == DSACP_WEIGHTS_TP ? prefill : g < a;
         if (wp->step_gather) wp->steps_gather++;
         else wp->steps_activations++;
+        if (wp->nchoices == wp->capchoices) {
+            const int64_t cap = wp->capchoices ? 2 * wp->capchoices : 64;
+            char *n = realloc(wp->choices, (size_t)cap + 1);
+            if (n) wp->choices = n, wp->capchoices = cap;
+        }
+        if (wp->nchoices < wp->capchoices) wp->choices[wp->nchoices++] = wp->step_gather ? 'g' : 'a', wp->choices[wp->nchoices] = 0;
         wp->last_gather_bytes = g, wp->last_act_bytes = a;
     }
     int rc = DSACP_OK;

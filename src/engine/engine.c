@@ -805,6 +805,46 @@ int dsacp_engine_step(dsacp_engine *e, const dsacp_step_entry *entries, int64_t 
 
 dsacp_comm *dsacp_engine_comm(const dsacp_engine *e) { return e->comm; }
 
+int dsacp_engine_report_notes(const dsacp_engine *e)
+{
+    char *text = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&text, &len);
+    if (!f) return dsacp_error(DSACP_ENOMEM, "out of memory");
+    const dsacp_cp_options *o = &e->cp.opt;
+    dsacp_kv_usage ku;
+    dsacp_engine_kv_usage(e, &ku);
+    fprintf(f, "\"cp\": {\"mode\": \"%s\", \"decode_strategy\": \"%s\", \"kv_layout\": \"%s\", \"index_layout\": \"%s\", "
+               "\"interleave\": %lld, \"prefill_split\": \"%s\", \"kv_bytes_rank0\": {\"latent_used\": %lld, "
+               "\"index_used\": %lld, \"transient_peak\": %lld}",
+            dsacp_cp_mode_name(o->mode), dsacp_decode_strategy_name(o->decode), dsacp_cp_layout_name(o->kv_layout),
+            dsacp_cp_layout_name(o->index_layout), (long long)o->interleave, dsacp_prefill_split_name(o->prefill_split),
+            (long long)ku.latent_used_bytes, (long long)ku.index_used_bytes, (long long)ku.transient_peak_bytes);
+    if (e->cp.wp) {
+        dsacp_weight_usage u;
+        dsacp_engine_weight_usage(e, &u);
+        double g, a;
+        dsacp_cp_weights_rule(&e->cp, &g, &a);
+        fprintf(f, ", \"q_proj\": \"%s\", \"o_proj\": \"%s\", \"prefetch\": %lld, \"weights_rank0\": {\"q_proj_resident\": "
+                   "%lld, \"o_proj_resident\": %lld, \"ring\": %lld, \"gather_buffers\": %lld}",
+                dsacp_weight_plan_name(o->q_proj), dsacp_weight_plan_name(o->o_proj), (long long)o->prefetch,
+                (long long)u.q_proj_resident, (long long)u.o_proj_resident, (long long)u.ring_bytes, (long long)u.gather_bytes);
+        if (e->cp.wp->col)
+            fprintf(f, ", \"o_proj_rule\": \"tp: gather the weight in steps with prefill tokens, else move activations; "
+                       "auto: gather when the gathered bytes per rank < activation bytes per rank\", "
+                       "\"o_proj_gather_bytes\": %.0f, \"o_proj_activation_bytes_per_token\": %.0f, "
+                       "\"o_proj_crossover_tokens\": %.0f, \"o_proj_steps\": {\"gather\": %lld, \"activations\": %lld}, "
+                       "\"o_proj_choices\": \"%s\"",
+                    g, a, a > 0 ? g / a : 0, (long long)u.steps_gather, (long long)u.steps_activations,
+                    e->cp.wp->choices ? e->cp.wp->choices : "");
+    }
+    fprintf(f, "}");
+    fclose(f);
+    int rc = dsacp_comm_set_notes(e->comm, text);
+    free(text);
+    return rc;
+}
+
 void dsacp_engine_weight_usage(const dsacp_engine *e, dsacp_weight_usage *u) { dsacp_cp_weights_usage(&e->cp, u); }
 
 dsacp_step_times dsacp_engine_last_step_times(const dsacp_engine *e) { return e->times; }

@@ -44,7 +44,10 @@ EOF
 for W in 2 3; do
   for cfg in "--decode-strategy exact-topk" "--decode-strategy allgather-kv --cp-interleave 3" \
              "--decode-strategy replicated-index --kv-layout replicated" \
-             "--decode-strategy allgather-kv --kv-layout sharded --index-layout replicated --cp-kv-cache-interleave-size 8"; do
+             "--decode-strategy allgather-kv --kv-layout sharded --index-layout replicated --cp-kv-cache-interleave-size 8" \
+             "--cp-mode dsa-cp --kv-layout replicated --index-layout replicated --q-proj layer-shard --o-proj auto" \
+             "--cp-mode dsa-cp --q-proj replicated --o-proj tp --prefetch 1" \
+             "--cp-mode dsa-cp --kv-layout replicated --index-layout replicated --o-proj layer-shard --prefill-split owner"; do
     out="$tmp/o.st"; rm -f "$out"
     # shellcheck disable=SC2086
     if mpi "$W" "$DSACP" forward --model "$tmp/m" --input "$tmp/in.st" --output "$out" --block-size 8 --dump-topk \
@@ -63,10 +66,21 @@ for W in 2 3; do
   done
 done
 
+# DSA-CP's report shows the o_proj rule, its crossover and every step's choice.
+mpi 2 "$DSACP" forward --model "$tmp/m" --input "$tmp/in.st" --output "$tmp/o.st" --cp-mode dsa-cp --o-proj auto \
+  --comm-report "$tmp/rep.json" >/dev/null 2>&1
+if python3 -c "import json,sys; c=json.load(open(sys.argv[1]))['cp']; assert c['mode']=='dsa-cp' and c['o_proj']=='auto' \
+     and c['o_proj_crossover_tokens'] > 0 and len(c['o_proj_choices']) > 0 and set(c['o_proj_choices']) <= set('ga')" "$tmp/rep.json"; then
+  pass "dsa-cp comm report: o_proj rule, crossover and choices"
+else fail "dsa-cp comm report: $(cat "$tmp/rep.json" 2>&1 | tail -5)"; fi
+
 # generate: the same tokens on 1 and 2 ranks.
 g1=$("$DSACP" generate --model "$tmp/m" --prompt-len 40 --new-tokens 6 --chunk 16 | grep '^generated:')
 g2=$(mpi 2 "$DSACP" generate --model "$tmp/m" --prompt-len 40 --new-tokens 6 --chunk 16 --cp-interleave 2 | grep '^generated:')
 [ -n "$g1" ] && [ "$g1" = "$g2" ] && pass "generate W=2: $g2" || fail "generate: W=1 '$g1' vs W=2 '$g2'"
+g3=$(mpi 3 "$DSACP" generate --model "$tmp/m" --prompt-len 40 --new-tokens 6 --chunk 16 --cp-mode dsa-cp --o-proj tp \
+     --q-proj layer-shard | grep '^generated:')
+[ "$g1" = "$g3" ] && pass "generate dsa-cp W=3: $g3" || fail "generate dsa-cp: W=1 '$g1' vs W=3 '$g3'"
 
 # Conflicts and bad inputs: non-zero on every rank, one message, nothing written.
 bad() {
@@ -88,6 +102,11 @@ bad "interleaves disagree" "disagree" "${F[@]}" --cp-interleave 2 --cp-kv-cache-
 bad "decode-context-parallel-size mismatch" "has 2 ranks" "${F[@]}" --decode-context-parallel-size 4
 bad "a2a backend" "a2a" "${F[@]}" --dcp-comm-backend a2a
 bad "unknown strategy" "unknown decode strategy" "${F[@]}" --decode-strategy helix
+bad "q-proj tp" "q_b_proj is replicated or layer-shard" "${F[@]}" --cp-mode dsa-cp --q-proj tp
+bad "contiguous split in dcp mode" "belongs to --cp-mode dsa-cp" "${F[@]}" --prefill-split contiguous
+bad "weight plan in dcp mode" "belong to --cp-mode dsa-cp" "${F[@]}" --o-proj layer-shard
+bad "dsa-cp + dcp with exact-topk" "needs --decode-strategy allgather-kv" "${F[@]}" --cp-mode dsa-cp --decode-strategy exact-topk
+bad "unknown plan" "unknown weight plan" "${F[@]}" --cp-mode dsa-cp --o-proj shard
 bad "missing input" "in.missing" "$DSACP" forward --model "$tmp/m" --input "$tmp/in.missing" --output "$tmp/bad.st"
 bad "missing model" "config.json" "$DSACP" generate --model "$tmp/none"
 

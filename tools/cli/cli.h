@@ -51,7 +51,8 @@ extern dsacp_comm *cli_world;
     {"decode-strategy", true, NULL}, {"kv-layout", true, NULL}, {"index-layout", true, NULL},   \
     {"cp-interleave", true, NULL}, {"cp-kv-cache-interleave-size", true, NULL},                 \
     {"prefill-split", true, NULL}, {"decode-context-parallel-size", true, NULL},                \
-    {"dcp-comm-backend", true, NULL}, {"comm-report", true, NULL}
+    {"dcp-comm-backend", true, NULL}, {"comm-report", true, NULL}, {"cp-mode", true, NULL},      \
+    {"q-proj", true, NULL}, {"o-proj", true, NULL}, {"prefetch", true, NULL}
 /* The usage lines of those flags. */
 #define CLI_CP_USAGE                                                                                  \
     "context parallelism (under mpirun -np W; docs/context-parallel.md):\n"                          \
@@ -61,7 +62,13 @@ extern dsacp_comm *cli_world;
     "                        for replicated-index)\n"                                                \
     "  --cp-interleave I     position p lives on rank (p / I) mod W (default 1; any I >= 1);\n"      \
     "                        vLLM's name --cp-kv-cache-interleave-size is accepted too\n"            \
-    "  --prefill-split S     owner: a prefill token is computed by the rank owning its position\n"   \
+    "  --prefill-split S     owner: a token is computed by the rank owning its position (default);\n" \
+    "                        contiguous: DSA-CP's flat slice of the step's tokens (dsa-cp's default)\n" \
+    "  --cp-mode M           dcp (decode tokens on every rank, heads split; default) or dsa-cp\n"    \
+    "                        (every token on one rank with all heads; vllm-ascend's DSA-CP)\n"       \
+    "  --q-proj P            dsa-cp: q_b_proj replicated or layer-shard (default replicated)\n"     \
+    "  --o-proj P            dsa-cp: o_proj replicated, layer-shard, tp or auto\n"                  \
+    "  --prefetch N          layer-shard: broadcasts issued N layers ahead (default 2)\n"           \
     "  --decode-context-parallel-size W   must equal the number of ranks (vLLM's flag)\n"           \
     "  --dcp-comm-backend ag_rs           vLLM's merge (all-gather lse + reduce-scatter); a2a is\n"  \
     "                        not implemented\n"                                                      \
@@ -70,7 +77,7 @@ extern dsacp_comm *cli_world;
  * Prints the error naming the flag and returns false. */
 bool cli_cp_options(const char *cmd, const cli_opt *opts, dsacp_cp_options *cp);
 /* Collective end of a run: writes --comm-report when given; returns the agreed status. */
-int cli_cp_finish(const char *cmd, const cli_opt *opts, int status);
+int cli_cp_finish(const char *cmd, const cli_opt *opts, int status, const dsacp_engine *engine);
 
 int cli_init_model(int argc, char **argv);
 int cli_inspect(int argc, char **argv);

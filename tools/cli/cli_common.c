@@ -144,10 +144,28 @@ bool cli_cp_options(const char *cmd, const cli_opt *opts, dsacp_cp_options *cp)
     if (s && !cli_int(cmd, s2 && !cli_get(opts, "cp-interleave") ? "cp-kv-cache-interleave-size" : "cp-interleave", s,
                       1, (int64_t)1 << 30, &cp->interleave))
         return false;
-    if ((s = cli_get(opts, "prefill-split")) && strcmp(s, "owner") != 0) {
-        fprintf(stderr, "dsacp %s: option '--prefill-split' must be owner, got '%s'\n", cmd, s);
+    if ((s = cli_get(opts, "cp-mode")) && dsacp_cp_mode_parse(s, &cp->mode)) {
+        fprintf(stderr, "dsacp %s: option '--cp-mode': %s\n", cmd, dsacp_last_error());
         return false;
     }
+    if (cp->mode == DSACP_CP_DSA_CP) {
+        /* DSA-CP's defaults: the seed's flat split; with sharded caches the context is gathered. */
+        cp->prefill_split = DSACP_PREFILL_CONTIGUOUS;
+        if (!cli_get(opts, "decode-strategy")) cp->decode = DSACP_DECODE_ALLGATHER_KV;
+    }
+    if ((s = cli_get(opts, "prefill-split")) && dsacp_prefill_split_parse(s, &cp->prefill_split)) {
+        fprintf(stderr, "dsacp %s: option '--prefill-split': %s\n", cmd, dsacp_last_error());
+        return false;
+    }
+    if ((s = cli_get(opts, "q-proj")) && dsacp_weight_plan_parse(s, &cp->q_proj)) {
+        fprintf(stderr, "dsacp %s: option '--q-proj': %s\n", cmd, dsacp_last_error());
+        return false;
+    }
+    if ((s = cli_get(opts, "o-proj")) && dsacp_weight_plan_parse(s, &cp->o_proj)) {
+        fprintf(stderr, "dsacp %s: option '--o-proj': %s\n", cmd, dsacp_last_error());
+        return false;
+    }
+    if ((s = cli_get(opts, "prefetch")) && !cli_int(cmd, "prefetch", s, 1, 64, &cp->prefetch)) return false;
     if ((s = cli_get(opts, "dcp-comm-backend")) && strcmp(s, "ag_rs") != 0) {
         fprintf(stderr, "dsacp %s: option '--dcp-comm-backend' = '%s': only ag_rs (all-gather of lse, reduce-scatter "
                 "of outputs) is implemented\n", cmd, s);
@@ -163,23 +181,27 @@ bool cli_cp_options(const char *cmd, const cli_opt *opts, dsacp_cp_options *cp)
             return false;
         }
     }
-    if (W > 1 && cp->decode == DSACP_DECODE_REPLICATED_INDEX && cp->index_layout != DSACP_LAYOUT_REPLICATED) {
+    /* The engine refuses the other conflicts (dsacp_engine_create_cp) with the same words. */
+    if (W > 1 && cp->mode == DSACP_CP_DCP && cp->decode == DSACP_DECODE_REPLICATED_INDEX &&
+        cp->index_layout != DSACP_LAYOUT_REPLICATED) {
         fprintf(stderr, "dsacp %s: '--decode-strategy replicated-index' needs '--index-layout replicated'\n", cmd);
         return false;
     }
-    if (W > 1 && cp->decode == DSACP_DECODE_EXACT_TOPK && cp->index_layout != DSACP_LAYOUT_SHARDED) {
+    if (W > 1 && cp->mode == DSACP_CP_DCP && cp->decode == DSACP_DECODE_EXACT_TOPK &&
+        cp->index_layout != DSACP_LAYOUT_SHARDED) {
         fprintf(stderr, "dsacp %s: '--decode-strategy exact-topk' needs '--index-layout sharded'\n", cmd);
         return false;
     }
     return true;
 }
 
-int cli_cp_finish(const char *cmd, const cli_opt *opts, int status)
+int cli_cp_finish(const char *cmd, const cli_opt *opts, int status, const dsacp_engine *engine)
 {
     if (!cli_world) return status;
     int rc = dsacp_comm_agree(cli_world, status);
     const char *path = cli_get(opts, "comm-report");
     if (!rc && path) {
+        if (engine) dsacp_engine_report_notes(engine);
         rc = dsacp_comm_write_report(cli_world, path);
         if (rc) cli_fail(cmd, rc);
     } else if (rc && !status) {

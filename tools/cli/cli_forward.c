@@ -178,7 +178,7 @@ int cli_forward(int argc, char **argv)
         cli_fail("forward", rc);
         goto done;
     }
-    rc = cli_cp_finish("forward", opts, DSACP_OK);
+    rc = cli_cp_finish("forward", opts, DSACP_OK, e);
     if (rc) goto done;
     printf("forward: %lld requests, %lld tokens, %lld steps -> %s\n", (long long)R, (long long)fi.total_tokens,
            (long long)S, outp);

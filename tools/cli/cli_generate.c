@@ -121,7 +121,7 @@ int cli_generate(int argc, char **argv)
         cli_fail("generate", rc);
         goto done;
     }
-    rc = cli_cp_finish("generate", opts, rc);
+    rc = cli_cp_finish("generate", opts, rc, e);
     if (rc) goto done;
     printf("prompt: %lld random tokens (seed %lld), prefill in chunks of %lld: %.3f s (%.1f tokens/s)\n",
            (long long)plen, (long long)seed, (long long)chunk, t1 - t0, plen / (t1 - t0));
