@@ -142,6 +142,8 @@ typedef enum dsacp_weight_plan {
                                     * prefill gather them into one full buffer, decode-only steps
                                     * move activations (all-to-all + reduce-scatter) */
     DSACP_WEIGHTS_AUTO = 3,        /* o_proj only: tp's two paths chosen per step by bytes */
+    DSACP_WEIGHTS_TP_GATHER = 4,   /* o_proj only: tp, always the weight gather (benchmarks) */
+    DSACP_WEIGHTS_TP_A2A = 5,      /* o_proj only: tp, always the activation path (benchmarks) */
 } dsacp_weight_plan;
 
 typedef struct dsacp_cp_options {
@@ -157,7 +159,7 @@ typedef struct dsacp_cp_options {
 
 void dsacp_cp_options_default(dsacp_cp_options *opt);
 /* "allgather-kv", "replicated-index", "exact-topk"; "sharded"/"replicated"; "owner"/"contiguous";
- * "dcp"/"dsa-cp"; "replicated"/"layer-shard"/"tp"/"auto". */
+ * "dcp"/"dsa-cp"; "replicated"/"layer-shard"/"tp"/"auto"/"tp-gather"/"tp-a2a". */
 const char *dsacp_decode_strategy_name(dsacp_decode_strategy s);
 const char *dsacp_cp_layout_name(dsacp_cp_layout l);
 /* Parse those names; DSACP_EINVAL (message lists the accepted names) when unknown. */

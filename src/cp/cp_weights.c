@@ -160,7 +160,7 @@ int dsacp_cp_weights_setup(dsacp_cp_ctx *cp, const dsacp_dsa_weights *attn, int6
     int rc = DSACP_OK;
     if (W > 1 && o->q_proj == DSACP_WEIGHTS_LAYER_SHARD) rc = ring_init(&wp->q_ring, wp->q_b, L, o->prefetch, W, me);
     if (!rc && W > 1 && o->o_proj == DSACP_WEIGHTS_LAYER_SHARD) rc = ring_init(&wp->o_ring, wp->o, L, o->prefetch, W, me);
-    if (rc || W == 1 || (o->o_proj != DSACP_WEIGHTS_TP && o->o_proj != DSACP_WEIGHTS_AUTO)) return rc;
+    if (rc || W == 1 || o->o_proj < DSACP_WEIGHTS_TP) return rc;
 
     /* tp: columns of each rank's heads; f32 shards only when FP8 blocks would be split. */
     const int64_t H = cp->cfg->num_attention_heads, dv = cp->cfg->v_head_dim;
@@ -241,13 +241,18 @@ int dsacp_cp_weights_step_begin(dsacp_cp_ctx *cp, const dsacp_cp_step *st)
     dsacp_cp_weights *wp = cp->wp;
     if (!wp || cp->W == 1) return DSACP_OK;
     /* tp / auto: which path o_proj takes this step (the same verdict on every rank). */
-    if (cp->opt.o_proj == DSACP_WEIGHTS_TP || cp->opt.o_proj == DSACP_WEIGHTS_AUTO) {
+    if (cp->opt.o_proj >= DSACP_WEIGHTS_TP) {
         bool prefill = false;
         for (int64_t e = 0; e < st->n_ent; e++)
             if (st->new_len[e] - st->old_len[e] > 1) prefill = true;
         double g, a;
         tp_bytes(cp, st, &g, &a);
-        wp->step_gather = cp->opt.o_proj == DSACP_WEIGHTS_TP ? prefill : g < a;
+        switch (cp->opt.o_proj) {
+        case DSACP_WEIGHTS_TP: wp->step_gather = prefill; break;
+        case DSACP_WEIGHTS_TP_GATHER: wp->step_gather = true; break;
+        case DSACP_WEIGHTS_TP_A2A: wp->step_gather = false; break;
+        default: wp->step_gather = g < a; break;
+        }
         if (wp->step_gather) wp->steps_gather++;
         else wp->steps_activations++;
         if (wp->nchoices == wp->capchoices) {

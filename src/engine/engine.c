@@ -160,7 +160,7 @@ static const char *const strategy_names[] = {"allgather-kv", "replicated-index",
 static const char *const layout_names[] = {"sharded", "replicated"};
 static const char *const split_names[] = {"owner", "contiguous"};
 static const char *const mode_names[] = {"dcp", "dsa-cp"};
-static const char *const plan_names[] = {"replicated", "layer-shard", "tp", "auto"};
+static const char *const plan_names[] = {"replicated", "layer-shard", "tp", "auto", "tp-gather", "tp-a2a"};
 
 /* One parser for the name tables: DSACP_EINVAL listing the names when unknown. */
 static int parse_name(const char *what, const char *const *names, int n, const char *name, int *out)
@@ -175,7 +175,7 @@ static int parse_name(const char *what, const char *const *names, int n, const c
 
 const char *dsacp_prefill_split_name(dsacp_prefill_split s) { return (unsigned)s < 2 ? split_names[s] : "?"; }
 const char *dsacp_cp_mode_name(dsacp_cp_mode m) { return (unsigned)m < 2 ? mode_names[m] : "?"; }
-const char *dsacp_weight_plan_name(dsacp_weight_plan p) { return (unsigned)p < 4 ? plan_names[p] : "?"; }
+const char *dsacp_weight_plan_name(dsacp_weight_plan p) { return (unsigned)p < 6 ? plan_names[p] : "?"; }
 
 int dsacp_prefill_split_parse(const char *name, dsacp_prefill_split *out)
 {
@@ -193,7 +193,7 @@ int dsacp_cp_mode_parse(const char *name, dsacp_cp_mode *out)
 
 int dsacp_weight_plan_parse(const char *name, dsacp_weight_plan *out)
 {
-    int v, rc = parse_name("weight plan", plan_names, 4, name, &v);
+    int v, rc = parse_name("weight plan", plan_names, 6, name, &v);
     if (!rc) *out = (dsacp_weight_plan)v;
     return rc;
 }
@@ -307,7 +307,7 @@ static int check_options(const dsacp_config *cfg, const dsacp_engine_options *op
     if (cp->interleave < 1 || cp->interleave > ((int64_t)1 << 30))
         return dsacp_error(DSACP_EINVAL, "--cp-interleave %lld: must be in [1, 2^30]", (long long)cp->interleave);
     if ((unsigned)cp->decode > DSACP_DECODE_EXACT_TOPK || (unsigned)cp->kv_layout > 1 || (unsigned)cp->index_layout > 1 ||
-        (unsigned)cp->prefill_split > 1 || (unsigned)cp->mode > 1 || (unsigned)cp->q_proj > 3 || (unsigned)cp->o_proj > 3)
+        (unsigned)cp->prefill_split > 1 || (unsigned)cp->mode > 1 || (unsigned)cp->q_proj > 5 || (unsigned)cp->o_proj > 5)
         return dsacp_error(DSACP_EINVAL, "unknown context-parallel option value");
     if (cp->prefetch < 1 || cp->prefetch > 64)
         return dsacp_error(DSACP_EINVAL, "--prefetch %lld: must be in [1, 64]", (long long)cp->prefetch);
@@ -317,7 +317,7 @@ static int check_options(const dsacp_config *cfg, const dsacp_engine_options *op
     if (cp->mode == DSACP_CP_DCP && (cp->q_proj != DSACP_WEIGHTS_REPLICATED || cp->o_proj != DSACP_WEIGHTS_REPLICATED))
         return dsacp_error(DSACP_EINVAL, "--q-proj/--o-proj plans belong to --cp-mode dsa-cp (DCP splits the heads "
                            "of q_b_proj and o_proj already)");
-    if (cp->q_proj == DSACP_WEIGHTS_TP || cp->q_proj == DSACP_WEIGHTS_AUTO)
+    if (cp->q_proj >= DSACP_WEIGHTS_TP)
         return dsacp_error(DSACP_EINVAL, "--q-proj %s: q_b_proj is replicated or layer-shard (tp and auto are "
                            "o_proj plans)", dsacp_weight_plan_name(cp->q_proj));
     if (W > 1 && cp->mode == DSACP_CP_DSA_CP &&
@@ -608,6 +608,51 @@ static int64_t kept(const dsacp_engine *e, dsacp_cp_layout layout, int64_t L)
     const int W = e->cp.W;
     return W == 1 || layout == DSACP_LAYOUT_REPLICATED ? L : dsacp_cp_local_len(L, e->cp.rank, e->cp.opt.interleave, W);
 }
+
+static int64_t kept_on(const dsacp_engine *e, dsacp_cp_layout layout, int64_t L, int q)
+{
+    const int W = e->cp.W;
+    return W == 1 || layout == DSACP_LAYOUT_REPLICATED ? L : dsacp_cp_local_len(L, q, e->cp.opt.interleave, W);
+}
+
+static int64_t blocks_of(const dsacp_engine *e, int64_t tokens) { return (tokens + e->opt.block_size - 1) / e->opt.block_size; }
+
+bool dsacp_engine_fits(const dsacp_engine *e, const int64_t *ids, const int64_t *new_len, int64_t n)
+{
+    const bool split = e->icache != e->cache;
+    for (int q = 0; q < e->cp.W; q++) {
+        int64_t used_l = 0, used_i = 0, need_l = 0, need_i = 0;
+        for (int64_t i = 0; i < e->nreq; i++)
+            if (e->req[i].live) {
+                used_l += blocks_of(e, kept_on(e, e->cp.opt.kv_layout, e->req[i].length, q));
+                used_i += blocks_of(e, kept_on(e, e->cp.opt.index_layout, e->req[i].length, q));
+            }
+        for (int64_t i = 0; i < n; i++) {
+            const request *r = ids[i] >= 0 ? find_request(e, ids[i]) : NULL;
+            const int64_t cur = r ? r->length : 0;
+            need_l += blocks_of(e, kept_on(e, e->cp.opt.kv_layout, new_len[i], q)) - blocks_of(e, kept_on(e, e->cp.opt.kv_layout, cur, q));
+            need_i += blocks_of(e, kept_on(e, e->cp.opt.index_layout, new_len[i], q)) - blocks_of(e, kept_on(e, e->cp.opt.index_layout, cur, q));
+        }
+        if (used_l + need_l > e->cache->num_blocks) return false;
+        if (split && used_i + need_i > e->icache->num_blocks) return false;
+    }
+    return true;
+}
+
+double dsacp_engine_kv_use(const dsacp_engine *e)
+{
+    double worst = 0;
+    for (int q = 0; q < e->cp.W; q++) {
+        int64_t used = 0;
+        for (int64_t i = 0; i < e->nreq; i++)
+            if (e->req[i].live) used += blocks_of(e, kept_on(e, e->cp.opt.kv_layout, e->req[i].length, q));
+        const double u = (double)used / (double)e->cache->num_blocks;
+        if (u > worst) worst = u;
+    }
+    return worst;
+}
+
+const dsacp_config *dsacp_engine_config(const dsacp_engine *e) { return e->cfg; }
 
 /* Validates the entries (the same verdict on every rank: entries are the same everywhere). */
 static int check_entries(const dsacp_engine *e, const dsacp_step_entry *entries, int64_t n, int64_t *T_out)

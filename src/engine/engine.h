@@ -9,6 +9,14 @@ dsacp_kv_cache *dsacp_engine_cache(dsacp_engine *e);
 /* A live request's block table, NULL when the id is not live. */
 const dsacp_kv_seq *dsacp_engine_request_seq(const dsacp_engine *e, int64_t request_id);
 
+/* Whether growing requests ids[i] (-1: one not added yet, from length 0) to new_len[i] tokens
+ * fits the cache pools of every rank of the group; computed locally (every rank's usage follows
+ * from the lengths), so the scheduler on rank 0 can admit without asking. */
+bool dsacp_engine_fits(const dsacp_engine *e, const int64_t *ids, const int64_t *new_len, int64_t n);
+/* Fraction of the busiest rank's latent pool in use. */
+double dsacp_engine_kv_use(const dsacp_engine *e);
+const dsacp_config *dsacp_engine_config(const dsacp_engine *e);
+
 /* Wall time of the last step on this rank, split by part. */
 typedef struct dsacp_step_times {
     double step, attention, mlp;
