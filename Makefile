@@ -1,6 +1,7 @@
 # Thin wrapper over CMake/CTest: the two README commands and a few helpers.
 #   make test   configure, build, run the whole test suite (installs missing Debian packages as root)
-#   make run    the demo: create the "small" model, inspect it, run a forward pass
+#   make run    the main job: the "small" model served by `dsacp run` on 2 MPI ranks with a mixed
+#               workload, verified against one process (make run ARGS="..." passes more flags)
 #   make asan   the whole suite under AddressSanitizer + UndefinedBehaviorSanitizer (build-asan/)
 #   make fuzz   each libFuzzer target for FUZZ_SECONDS (needs clang; the suite runs a short smoke)
 # Warnings: a user's build never stops on a warning (WERROR=OFF, the default). Developers and CI
@@ -11,7 +12,7 @@ JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 WERROR ?= OFF
 CMAKE_FLAGS ?=
 
-.PHONY: all deps build test run asan fuzz clean
+.PHONY: all deps build test run demo asan fuzz clean
 
 all: build
 
@@ -25,7 +26,15 @@ build: deps
 test: build
 	@cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
 
-run: build
+# Build quietly (the output of `make run` is the report); the build log is kept for failures.
+ARGS ?=
+run: deps
+	@mkdir -p $(BUILD)
+	@{ cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DDSACP_WERROR=$(WERROR) $(CMAKE_FLAGS) && \
+	   cmake --build $(BUILD) -j $(JOBS) --target dsacp_cli; } >$(BUILD)/build.log 2>&1 || { tail -n 40 $(BUILD)/build.log; exit 1; }
+	@bash scripts/run.sh $(BUILD) $(ARGS)
+
+demo: build
 	@bash scripts/demo.sh $(BUILD)
 
 # ASan/UBSan build of the whole suite (MPI tests run with leak detection off).

@@ -85,5 +85,6 @@ int cli_forward(int argc, char **argv);
 int cli_generate(int argc, char **argv);
 int cli_make_input(int argc, char **argv);
 int cli_bench(int argc, char **argv);
+int cli_run(int argc, char **argv);
 
 #endif

@@ -70,6 +70,31 @@ static const cli_command commands[] = {
      "        [--numerics exact|deployed] [--isa scalar|avx2|avx512] [--block-size B] [--warm]",
      "time the kernels and one decode layer beside the machine's ceilings",
      "  see docs/performance.md for every figure it prints\n"},
+    {"run", cli_run,
+     "(--model DIR | --preset NAME) [--requests N --prompt-len MIN:MAX --gen-len MIN:MAX\n"
+     "          --arrival-rate R --long-requests N --long-prompt-len MIN:MAX | --prompts FILE.jsonl]\n"
+     "          [--max-batch-tokens N] [--max-num-seqs N] [--kv-blocks N | --kv-memory SIZE] [--verify]\n"
+     "          [--json FILE] [--seed N] [--temperature T] [--top-p P] [--no-realtime] [CP flags]",
+     "serve a workload with continuous batching and report latency, throughput, traffic, memory",
+     "  --model DIR / --preset NAME   the model (a preset is created in a temporary directory)\n"
+     "  --requests N                 synthetic requests (default 16) with prompt lengths uniform in\n"
+     "  --prompt-len MIN:MAX         (default 128:512) and output lengths in --gen-len (default 16:32),\n"
+     "  --arrival-rate R             arriving as a Poisson process of R requests/s (0: all at once)\n"
+     "  --long-requests N            N more requests with prompts in --long-prompt-len (2048:4096), at t=0\n"
+     "  --prompts FILE.jsonl         one JSON object per line: prompt_ids (array of ints), optional\n"
+     "                               max_new_tokens, stop_ids, arrival_s\n"
+     "  --max-batch-tokens N         per-step token budget (default 2048): decode tokens first, then\n"
+     "                               prefill chunks (chunked prefill)\n"
+     "  --max-num-seqs N             running requests at most (default 256)\n"
+     "  --kv-blocks N | --kv-memory SIZE   this rank's KV pool (default: the whole workload at once);\n"
+     "                               when it is full, requests wait or are preempted and recomputed\n"
+     "  --verify                     replay the workload on one process and compare every token\n"
+     "  --json FILE                  the report (docs/serving.md; vllm bench serve's field names);\n"
+     "                               bench/plot_run.py FILE OUT.svg draws it\n"
+     "  --temperature T --top-p P    sampling (default greedy), seeded by --seed\n"
+     "  --no-realtime                ignore arrival times (replay as fast as possible)\n"
+     "  --numerics, --kv-dtype, --block-size as for forward\n"
+     "Exit status: 0, 1 (error), 2 (bad flags), 3 (--verify found a mismatch).\n" CLI_CP_USAGE},
     {"help", NULL, "[COMMAND]", "print this summary, or COMMAND's usage", ""},
 };
 
@@ -123,7 +148,7 @@ int main(int argc, char **argv)
         return 0;
     }
     const cli_command *c = find_command(cmd);
-    if (c && c->run && (c->run == cli_forward || c->run == cli_generate)) {
+    if (c && c->run && (c->run == cli_forward || c->run == cli_generate || c->run == cli_run)) {
         /* The engine commands run on every rank of an mpirun job (a solo group otherwise). */
         if (dsacp_comm_create_world(&argc, &argv, &cli_world)) {
             fprintf(stderr, "dsacp %s: %s\n", cmd, dsacp_last_error());

@@ -1,0 +1,515 @@
+/*
+ * serve.c -- the serving loop (serve.h; docs/serving.md).
+ *
+ * Rank 0 owns the requests and the scheduler; every step it builds a plan -- requests to end
+ * (finished or preempted), requests to add, the step's entries and their token ids -- applies it
+ * to its own engine and broadcasts it (phase `input`); the other ranks apply the same plan, so
+ * every rank's engine holds the same requests under the same ids and runs the same steps.
+ *
+ * Scheduling, per step, within `max_batch_tokens`:
+ *   1. decode tokens of running requests (oldest admitted first);
+ *   2. the next prefill chunk of running requests still prefilling;
+ *   3. new requests in arrival order, their first chunk, while the budget and the KV pools of
+ *      every rank (dsacp_engine_fits) allow.
+ * When a decode token does not fit, the youngest running request is preempted: its blocks are
+ * freed and it goes back to the head of the queue with its prompt and generated tokens, to be
+ * recomputed (vLLM's recompute preemption). The oldest request is never preempted, so every
+ * request finishes: each fits the pool alone (checked up front).
+ */
+#include "serve/serve.h"
+#include "engine/engine.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+void dsacp_serve_options_default(dsacp_serve_options *o)
+{
+    memset(o, 0, sizeof *o);
+    o->max_batch_tokens = 2048;
+    o->max_num_seqs = 256;
+    o->top_p = 1.0;
+    o->realtime = true;
+}
+
+void dsacp_serve_result_free(dsacp_serve_result *r)
+{
+    for (int64_t i = 0; r->out && i < r->n_requests; i++) {
+        free(r->out[i].tokens);
+        free(r->out[i].token_s);
+    }
+    free(r->out);
+    free(r->steps);
+    memset(r, 0, sizeof *r);
+}
+
+enum { ST_FUTURE, ST_WAITING, ST_RUNNING, ST_DONE };
+
+typedef struct sreq {
+    int state;
+    int32_t *seq;        /* prompt, then generated tokens: what is fed */
+    int64_t len, cap;    /* tokens in seq */
+    int64_t fed;         /* tokens in the engine's cache */
+    int64_t admit;       /* admission order (preemption picks the youngest) */
+} sreq;
+
+/* ---- the plan, as int64 words ---- */
+
+typedef struct plan {
+    int64_t *w;
+    int64_t n, cap;
+} plan;
+
+static int plan_push(plan *p, int64_t v)
+{
+    if (p->n == p->cap) {
+        int64_t cap = p->cap ? 2 * p->cap : 256;
+        int64_t *nw = realloc(p->w, (size_t)cap * sizeof *nw);
+        if (!nw) return dsacp_error(DSACP_ENOMEM, "out of memory for a step plan");
+        p->w = nw, p->cap = cap;
+    }
+    p->w[p->n++] = v;
+    return DSACP_OK;
+}
+
+/* Sends rank 0's plan (length 0: the run is over) to every rank. */
+static int plan_bcast(dsacp_comm *c, plan *p)
+{
+    int64_t n = p->n;
+    int rc = dsacp_comm_bcast(c, &n, sizeof n, DSACP_PHASE_input);
+    if (rc || dsacp_comm_rank(c) == 0) return rc ? rc : dsacp_comm_bcast(c, p->w, (size_t)n * sizeof *p->w, DSACP_PHASE_input);
+    p->n = 0;
+    for (int64_t i = 0; i < n; i++)
+        if ((rc = plan_push(p, 0))) return rc;
+    return dsacp_comm_bcast(c, p->w, (size_t)n * sizeof *p->w, DSACP_PHASE_input);
+}
+
+/* Applies the ends and adds of a plan (every rank but 0, which applied them while planning), and
+ * returns the step's entries. eid: serve index -> engine id. */
+static int plan_apply(dsacp_engine *e, const plan *p, int64_t *eid, bool structural, dsacp_step_entry **ent,
+                      int64_t *n_ent, int32_t **ids)
+{
+    const int64_t *w = p->w;
+    int64_t k = 0, rc = DSACP_OK;
+    const int64_t n_end = w[k++];
+    for (int64_t i = 0; i < n_end; i++, k++)
+        if (structural) {
+            rc = dsacp_engine_end_request(e, eid[w[k]]);
+            eid[w[k]] = -1;
+            if (rc) return (int)rc;
+        }
+    const int64_t n_add = w[k++];
+    for (int64_t i = 0; i < n_add; i++, k++)
+        if (structural && (rc = dsacp_engine_add_request(e, &eid[w[k]]))) return (int)rc;
+    const int64_t n = w[k++];
+    int64_t T = 0;
+    for (int64_t i = 0; i < n; i++) T += w[k + 2 * i + 1];
+    *ent = malloc((size_t)(n > 0 ? n : 1) * sizeof **ent);
+    *ids = malloc((size_t)(T > 0 ? T : 1) * sizeof **ids);
+    if (!*ent || !*ids) return dsacp_error(DSACP_ENOMEM, "out of memory");
+    const int64_t *tok = w + k + 2 * n;
+    for (int64_t i = 0, t = 0; i < n; i++) {
+        const int64_t s = w[k + 2 * i], c = w[k + 2 * i + 1];
+        for (int64_t j = 0; j < c; j++) (*ids)[t + j] = (int32_t)tok[t + j];
+        (*ent)[i] = (dsacp_step_entry){eid[s], c, *ids + t};
+        t += c;
+    }
+    *n_ent = n;
+    return DSACP_OK;
+}
+
+/* ---- sampling ---- */
+
+/* Greedy: the first largest logit. Otherwise softmax(logits / T) restricted to the smallest set of
+ * tokens whose probability reaches top_p, drawn with a generator seeded by (seed, request, index),
+ * so a token does not depend on the batch it was computed in. */
+static int32_t sample(const float *logits, int64_t V, const dsacp_serve_options *o, int64_t req, int64_t index,
+                      float *work, int32_t *order)
+{
+    int64_t best = 0;
+    for (int64_t i = 1; i < V; i++)
+        if (logits[i] > logits[best]) best = i;
+    if (o->temperature <= 0) return (int32_t)best;
+    double sum = 0;
+    for (int64_t i = 0; i < V; i++) {
+        work[i] = (float)exp((logits[i] - logits[best]) / o->temperature);
+        sum += work[i];
+        order[i] = (int32_t)i;
+    }
+    /* Descending probability (insertion into a sorted prefix is enough for small top-p sets;
+     * a full sort otherwise). */
+    for (int64_t i = 1; i < V; i++) {
+        int32_t x = order[i];
+        int64_t j = i;
+        while (j > 0 && work[order[j - 1]] < work[x]) order[j] = order[j - 1], j--;
+        order[j] = x;
+    }
+    double keep = 0;
+    int64_t n = 0;
+    while (n < V && (n == 0 || keep < o->top_p * sum)) keep += work[order[n++]];
+    dsacp_rng rng;
+    dsacp_rng_seed(&rng, o->seed * 0x9E3779B97F4A7C15ull ^ ((uint64_t)req << 32) ^ (uint64_t)index);
+    double u = dsacp_rng_uniform(&rng) * keep, acc = 0;
+    for (int64_t i = 0; i < n; i++) {
+        acc += work[order[i]];
+        if (u < acc) return order[i];
+    }
+    return order[n - 1];
+}
+
+static void sleep_s(double s)
+{
+    if (s <= 0) return;
+    struct timespec ts = {(time_t)s, (long)((s - (double)(time_t)s) * 1e9)};
+    nanosleep(&ts, NULL);
+}
+
+static int64_t comm_recv_total(dsacp_comm *c, double *seconds)
+{
+    int64_t b = 0;
+    *seconds = 0;
+    for (int p = 0; p < DSACP_PHASE_COUNT; p++) {
+        dsacp_comm_counter k = dsacp_comm_get_counter(c, p);
+        b += k.bytes_recv;
+        *seconds += k.seconds;
+    }
+    return b;
+}
+
+/* ---- rank 0 ---- */
+
+typedef struct sched {
+    dsacp_engine *e;
+    const dsacp_serve_request *rq;
+    sreq *r;
+    int64_t *eid, n, admitted;
+    const dsacp_serve_options *o;
+    dsacp_serve_result *res;
+    /* this step's entries while planning */
+    int64_t *ent_s, *ent_n, *fit_id, *fit_len, n_ent;
+    plan ends, adds;
+} sched;
+
+static int seq_push(sreq *r, int32_t tok)
+{
+    if (r->len == r->cap) {
+        int64_t cap = r->cap * 2 + 16;
+        int32_t *n = realloc(r->seq, (size_t)cap * sizeof *n);
+        if (!n) return dsacp_error(DSACP_ENOMEM, "out of memory");
+        r->seq = n, r->cap = cap;
+    }
+    r->seq[r->len++] = tok;
+    return DSACP_OK;
+}
+
+/* Would the step so far plus (request s growing by c) fit every rank's pool? */
+static bool fits_with(sched *S, int64_t s, int64_t c)
+{
+    const int64_t k = S->n_ent;
+    for (int64_t i = 0; i < k; i++) {
+        S->fit_id[i] = S->eid[S->ent_s[i]];
+        S->fit_len[i] = S->r[S->ent_s[i]].fed + S->ent_n[i];
+    }
+    S->fit_id[k] = S->eid[s];
+    S->fit_len[k] = S->r[s].fed + c;
+    return dsacp_engine_fits(S->e, S->fit_id, S->fit_len, k + 1);
+}
+
+static bool in_step(const sched *S, int64_t s)
+{
+    for (int64_t i = 0; i < S->n_ent; i++)
+        if (S->ent_s[i] == s) return true;
+    return false;
+}
+
+/* Preempts the youngest running request that is not in the step yet (recompute later). */
+static int preempt_youngest(sched *S, int64_t *victim)
+{
+    int64_t v = -1;
+    for (int64_t s = 0; s < S->n; s++)
+        if (S->r[s].state == ST_RUNNING && !in_step(S, s) && (v < 0 || S->r[s].admit > S->r[v].admit)) v = s;
+    *victim = v;
+    if (v < 0) return DSACP_OK;
+    int rc = dsacp_engine_end_request(S->e, S->eid[v]);
+    if (!rc) rc = plan_push(&S->ends, v);
+    S->eid[v] = -1;
+    S->r[v].fed = 0;
+    S->r[v].state = ST_WAITING;
+    S->r[v].admit = -1; /* back to the head of the queue */
+    S->res->out[v].preemptions++;
+    S->res->preemptions++;
+    return rc;
+}
+
+static void add_entry(sched *S, int64_t s, int64_t c)
+{
+    S->ent_s[S->n_ent] = s;
+    S->ent_n[S->n_ent] = c;
+    S->n_ent++;
+}
+
+/* The next waiting request: preempted ones first (they were admitted before), then by arrival. */
+static int64_t next_waiting(const sched *S)
+{
+    int64_t best = -1;
+    for (int64_t s = 0; s < S->n; s++) {
+        if (S->r[s].state != ST_WAITING) continue;
+        if (best < 0) best = s;
+        else if (S->r[s].admit == -1 && S->r[best].admit != -1) best = s;
+        else if ((S->r[s].admit == -1) == (S->r[best].admit == -1) && S->rq[s].arrival_s < S->rq[best].arrival_s) best = s;
+    }
+    return best;
+}
+
+static int build_step(sched *S, int64_t *budget_used)
+{
+    const dsacp_serve_options *o = S->o;
+    int64_t budget = o->max_batch_tokens, running = 0;
+    int rc = DSACP_OK;
+    S->n_ent = 0;
+    /* 1. Decode tokens, oldest admitted first. */
+    for (;;) {
+        int64_t s = -1;
+        for (int64_t i = 0; i < S->n; i++)
+            if (S->r[i].state == ST_RUNNING && !in_step(S, i) && S->r[i].len - S->r[i].fed == 1 &&
+                (s < 0 || S->r[i].admit < S->r[s].admit))
+                s = i;
+        if (s < 0 || budget < 1) break;
+        while (!fits_with(S, s, 1)) {
+            int64_t v;
+            if ((rc = preempt_youngest(S, &v))) return rc;
+            if (v < 0 || v == s) break;
+        }
+        if (S->r[s].state != ST_RUNNING) continue; /* it was the youngest itself */
+        if (!fits_with(S, s, 1)) return dsacp_error(DSACP_ECAPACITY, "serve: a decode token does not fit");
+        add_entry(S, s, 1);
+        budget--;
+    }
+    /* 2. Running requests still prefilling. */
+    for (int64_t s = 0; s < S->n && budget > 0; s++) {
+        if (S->r[s].state != ST_RUNNING || in_step(S, s) || S->r[s].len - S->r[s].fed <= 1) continue;
+        int64_t c = S->r[s].len - S->r[s].fed;
+        if (c > budget) c = budget;
+        while (c > 0 && !fits_with(S, s, c)) c /= 2;
+        if (c > 0) add_entry(S, s, c), budget -= c;
+    }
+    for (int64_t s = 0; s < S->n; s++) running += S->r[s].state == ST_RUNNING;
+    /* 3. New requests. */
+    while (budget > 0 && running < o->max_num_seqs) {
+        const int64_t s = next_waiting(S);
+        if (s < 0) break;
+        int64_t c = S->r[s].len - S->r[s].fed;
+        if (c > budget) c = budget;
+        while (c > 0 && !fits_with(S, s, c)) c /= 2;
+        if (c == 0) break;
+        if ((rc = dsacp_engine_add_request(S->e, &S->eid[s])) || (rc = plan_push(&S->adds, s))) return rc;
+        S->r[s].state = ST_RUNNING;
+        S->r[s].admit = S->admitted++;
+        running++;
+        add_entry(S, s, c);
+        budget -= c;
+    }
+    *budget_used = o->max_batch_tokens - budget;
+    return DSACP_OK;
+}
+
+int dsacp_serve_run(dsacp_engine *e, const dsacp_serve_request *reqs, int64_t n_in, const dsacp_serve_options *opt,
+                    dsacp_serve_result *res)
+{
+    dsacp_comm *c = dsacp_engine_comm(e);
+    const bool root = dsacp_comm_rank(c) == 0;
+    const dsacp_config *cfg = dsacp_engine_config(e);
+    const int64_t V = cfg->vocab_size;
+    memset(res, 0, sizeof *res);
+    int64_t n = root ? n_in : 0;
+    int rc = dsacp_comm_bcast(c, &n, sizeof n, DSACP_PHASE_input);
+    if (rc) return rc;
+    sched S = {0};
+    S.e = e, S.rq = reqs, S.n = n, S.o = opt, S.res = res;
+    S.eid = malloc((size_t)(n > 0 ? n : 1) * sizeof *S.eid);
+    plan p = {0};
+    float *logits = NULL, *work = NULL;
+    int32_t *order = NULL;
+    if (!S.eid) rc = dsacp_error(DSACP_ENOMEM, "out of memory");
+    for (int64_t i = 0; i < n && S.eid; i++) S.eid[i] = -1;
+    if (root && !rc) {
+        S.r = calloc((size_t)(n > 0 ? n : 1), sizeof *S.r);
+        res->out = calloc((size_t)(n > 0 ? n : 1), sizeof *res->out);
+        S.ent_s = malloc((size_t)(n + 1) * sizeof *S.ent_s);
+        S.ent_n = malloc((size_t)(n + 1) * sizeof *S.ent_n);
+        S.fit_id = malloc((size_t)(n + 1) * sizeof *S.fit_id);
+        S.fit_len = malloc((size_t)(n + 1) * sizeof *S.fit_len);
+        work = malloc((size_t)V * sizeof *work);
+        order = malloc((size_t)V * sizeof *order);
+        if (!S.r || !res->out || !S.ent_s || !S.ent_n || !S.fit_id || !S.fit_len || !work || !order)
+            rc = dsacp_error(DSACP_ENOMEM, "out of memory for %lld requests", (long long)n);
+        res->n_requests = n;
+        for (int64_t i = 0; i < n && !rc; i++) {
+            const dsacp_serve_request *q = &reqs[i];
+            const int64_t total = q->prompt_len + q->max_new_tokens;
+            const int64_t id = -1;
+            if (q->prompt_len < 1 || q->max_new_tokens < 1)
+                rc = dsacp_error(DSACP_EINVAL, "request %lld: needs a prompt and max_new_tokens >= 1", (long long)i);
+            else if (total > cfg->max_position_embeddings)
+                rc = dsacp_error(DSACP_ERANGE, "request %lld: prompt %lld + max_new_tokens %lld exceeds the model's "
+                                 "max_position_embeddings %lld", (long long)i, (long long)q->prompt_len,
+                                 (long long)q->max_new_tokens, (long long)cfg->max_position_embeddings);
+            else if (!dsacp_engine_fits(e, &id, &total, 1))
+                rc = dsacp_error(DSACP_ECAPACITY, "request %lld (%lld tokens with its output) does not fit the KV pool "
+                                 "even alone: give more --kv-blocks / --kv-memory", (long long)i, (long long)total);
+            for (int64_t j = 0; j < q->prompt_len && !rc; j++) {
+                if (q->prompt[j] < 0 || q->prompt[j] >= V)
+                    rc = dsacp_error(DSACP_ERANGE, "request %lld: prompt token %lld = %d is outside the vocabulary "
+                                     "[0, %lld)", (long long)i, (long long)j, q->prompt[j], (long long)V);
+            }
+            if (!rc) {
+                sreq *r = &S.r[i];
+                r->cap = total + 1;
+                r->seq = malloc((size_t)r->cap * sizeof *r->seq);
+                res->out[i].tokens = malloc((size_t)(q->max_new_tokens + 1) * sizeof(int32_t));
+                res->out[i].token_s = malloc((size_t)(q->max_new_tokens + 1) * sizeof(double));
+                if (!r->seq || !res->out[i].tokens || !res->out[i].token_s) rc = dsacp_error(DSACP_ENOMEM, "out of memory");
+                else memcpy(r->seq, q->prompt, (size_t)q->prompt_len * sizeof *r->seq), r->len = q->prompt_len;
+                r->state = ST_FUTURE;
+            }
+        }
+    }
+    rc = dsacp_comm_agree(c, rc);
+    const double t0 = dsacp_now();
+    int64_t done = 0;
+    double kv_peak = 0;
+    while (!rc) {
+        /* ---- rank 0 plans ---- */
+        p.n = 0;
+        int64_t used = 0;
+        if (root) {
+            double now = dsacp_now() - t0;
+            for (;;) {
+                bool waiting = false, future = false;
+                double next = INFINITY;
+                for (int64_t s = 0; s < n; s++) {
+                    if (S.r[s].state == ST_FUTURE) {
+                        if (!opt->realtime || reqs[s].arrival_s <= now) S.r[s].state = ST_WAITING;
+                        else future = true, next = fmin(next, reqs[s].arrival_s);
+                    }
+                    if (S.r[s].state == ST_WAITING || S.r[s].state == ST_RUNNING) waiting = true;
+                }
+                if (waiting || !future) break;
+                sleep_s(fmin(next - now, 0.05)); /* nothing to run before the next arrival */
+                now = dsacp_now() - t0;
+            }
+            S.ends.n = S.adds.n = 0;
+            /* Finished requests were ended while sampling; their ids travel now. */
+            for (int64_t s = 0; s < n; s++)
+                if (S.r[s].state == ST_DONE && S.eid[s] >= 0) {
+                    rc = dsacp_engine_end_request(e, S.eid[s]);
+                    if (!rc) rc = plan_push(&S.ends, s);
+                    S.eid[s] = -1;
+                }
+            if (!rc) rc = build_step(&S, &used);
+            if (!rc && S.n_ent == 0 && done < n)
+                rc = dsacp_error(DSACP_ECAPACITY, "serve: no request can be scheduled (the KV pool is too small)");
+            if (!rc && done < n) {
+                plan_push(&p, S.ends.n);
+                for (int64_t i = 0; i < S.ends.n; i++) plan_push(&p, S.ends.w[i]);
+                plan_push(&p, S.adds.n);
+                for (int64_t i = 0; i < S.adds.n; i++) plan_push(&p, S.adds.w[i]);
+                plan_push(&p, S.n_ent);
+                for (int64_t i = 0; i < S.n_ent; i++) plan_push(&p, S.ent_s[i]), plan_push(&p, S.ent_n[i]);
+                for (int64_t i = 0; i < S.n_ent; i++)
+                    for (int64_t j = 0; j < S.ent_n[i]; j++) rc = rc ? rc : plan_push(&p, S.r[S.ent_s[i]].seq[S.r[S.ent_s[i]].fed + j]);
+            }
+            if (rc) p.n = 0;
+        }
+        rc = dsacp_comm_agree(c, rc);
+        if (rc) break;
+        if ((rc = plan_bcast(c, &p))) break;
+        if (p.n == 0) break; /* all requests done */
+        dsacp_step_entry *ent = NULL;
+        int32_t *ids = NULL;
+        int64_t n_ent = 0, T = 0;
+        rc = plan_apply(e, &p, S.eid, !root, &ent, &n_ent, &ids);
+        rc = dsacp_comm_agree(c, rc);
+        for (int64_t i = 0; i < n_ent; i++) T += ent[i].n_tokens;
+        if (!rc && root && !(logits = realloc(logits, (size_t)(T * V) * sizeof *logits)))
+            rc = dsacp_error(DSACP_ENOMEM, "out of memory for the logits");
+        rc = dsacp_comm_agree(c, rc);
+        double cs0 = 0, cs1 = 0;
+        const int64_t cb0 = comm_recv_total(c, &cs0);
+        const double ts = dsacp_now();
+        if (!rc) rc = dsacp_engine_step(e, ent, n_ent, root ? logits : NULL, NULL);
+        const double te = dsacp_now();
+        const int64_t cb1 = comm_recv_total(c, &cs1);
+        if (!rc && root) {
+            /* Record the step, feed the schedule, sample where a sequence's last token was fed. */
+            if (res->n_steps == res->cap_steps) {
+                int64_t cap = res->cap_steps ? 2 * res->cap_steps : 256;
+                dsacp_serve_step *ns = realloc(res->steps, (size_t)cap * sizeof *ns);
+                if (ns) res->steps = ns, res->cap_steps = cap;
+            }
+            int64_t pre = 0, dec = 0, row = 0;
+            for (int64_t i = 0; i < S.n_ent; i++) {
+                sreq *r = &S.r[S.ent_s[i]];
+                const int64_t s = S.ent_s[i], cnt = S.ent_n[i];
+                if (cnt == 1 && r->len - r->fed == 1 && r->fed >= reqs[s].prompt_len) dec++;
+                else pre += cnt;
+                r->fed += cnt;
+                row += cnt;
+                if (r->fed < r->len) continue;
+                dsacp_serve_out *out = &res->out[s];
+                const int32_t tok = sample(logits + (row - 1) * V, V, opt, s, out->n_tokens, work, order);
+                const double when = dsacp_now() - t0;
+                if (out->n_tokens == 0) out->first_s = when;
+                out->tokens[out->n_tokens] = tok;
+                out->token_s[out->n_tokens++] = when;
+                bool stop = out->n_tokens >= reqs[s].max_new_tokens;
+                for (int64_t k = 0; k < reqs[s].n_stop; k++) stop |= tok == reqs[s].stop_ids[k];
+                if (stop) {
+                    r->state = ST_DONE;
+                    out->finish_s = when;
+                    done++;
+                } else if ((rc = seq_push(r, tok))) {
+                    break;
+                }
+            }
+            const double kv = dsacp_engine_kv_use(e);
+            kv_peak = fmax(kv_peak, kv);
+            if (res->n_steps < res->cap_steps) {
+                const dsacp_step_times tm = dsacp_engine_last_step_times(e);
+                res->steps[res->n_steps++] = (dsacp_serve_step){ts - t0, (te - ts) * 1e3, pre, dec, tm.attention * 1e3,
+                                                                tm.mlp * 1e3, (cs1 - cs0) * 1e3, cb1 - cb0};
+            }
+            if (opt->progress) {
+                int64_t gen = 0, ptok = 0;
+                for (int64_t s = 0; s < n; s++) gen += res->out[s].n_tokens, ptok += reqs[s].prompt_len;
+                dsacp_serve_progress pr = {done, n, gen, ptok, dsacp_now() - t0, kv};
+                opt->progress(opt->progress_arg, &pr);
+            }
+            (void)used;
+        }
+        free(ent), free(ids);
+        rc = dsacp_comm_agree(c, rc);
+    }
+    if (root) {
+        res->duration_s = dsacp_now() - t0;
+        res->kv_peak_use = kv_peak;
+        for (int64_t s = 0; s < n; s++) {
+            if (S.eid && S.eid[s] >= 0) dsacp_engine_end_request(e, S.eid[s]);
+            if (S.r) free(S.r[s].seq);
+        }
+    } else {
+        for (int64_t s = 0; s < n; s++)
+            if (S.eid && S.eid[s] >= 0) dsacp_engine_end_request(e, S.eid[s]);
+    }
+    free(S.r), free(S.eid), free(S.ent_s), free(S.ent_n), free(S.fit_id), free(S.fit_len);
+    free(S.ends.w), free(S.adds.w), free(p.w), free(logits), free(work), free(order);
+    if (rc && root) {
+        char msg[512];
+        snprintf(msg, sizeof msg, "%s", dsacp_last_error());
+        dsacp_serve_result_free(res);
+        dsacp_error(rc, "%s", msg);
+    }
+    return rc;
+}

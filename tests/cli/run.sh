@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# dsacp run (issue 10): the same workload generates identical tokens on 1, 2 and 4 ranks for each
+# decode strategy and layout and for DSA-CP (greedy, exact); a pool too small for the workload at
+# once completes through queueing and preemption with the same tokens; bad inputs end every rank
+# with one message and a non-zero status, no report file left.
+set -u
+DSACP=${DSACP:?set by CTest}
+MPIEXEC=${MPIEXEC:-mpirun}
+command -v "$MPIEXEC" >/dev/null 2>&1 || MPIEXEC=mpirun
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1
+tmp=$(mktemp -d /tmp/dsacp-cli-XXXXXX)
+trap 'rm -rf "$tmp"' EXIT
+fails=0; passes=0
+pass() { passes=$((passes+1)); echo "ok   $*"; }
+fail() { fails=$((fails+1)); echo "FAIL $*"; }
+mpi() { local n=$1; shift; timeout 180 "$MPIEXEC" -np "$n" --oversubscribe "$@"; }
+
+"$DSACP" init-model --preset tiny-moe --out "$tmp/m" --seed 9 >/dev/null || { echo "init-model failed"; exit 1; }
+W=(--model "$tmp/m" --requests 8 --prompt-len 10:70 --gen-len 3:9 --long-requests 1 --long-prompt-len 120:150
+   --max-batch-tokens 48 --block-size 16 --no-realtime --seed 4)
+tokens() { python3 -c "import json,sys; print(json.dumps([r['tokens'] for r in json.load(open(sys.argv[1]))['requests']]))" "$1"; }
+
+"$DSACP" run "${W[@]}" --json "$tmp/ref.json" >"$tmp/log" 2>&1 || { echo "W=1 run failed: $(cat "$tmp/log")"; exit 1; }
+ref=$(tokens "$tmp/ref.json")
+[ -n "$ref" ] && pass "W=1 reference run" || fail "W=1 reference"
+for n in 2 4; do
+  for cfg in "--decode-strategy exact-topk" "--decode-strategy allgather-kv --cp-interleave 3" \
+             "--decode-strategy replicated-index --kv-layout replicated" \
+             "--cp-mode dsa-cp --o-proj auto --q-proj layer-shard"; do
+    rm -f "$tmp/o.json"
+    # shellcheck disable=SC2086
+    if mpi "$n" "$DSACP" run "${W[@]}" $cfg --json "$tmp/o.json" >"$tmp/log" 2>&1 && [ "$(tokens "$tmp/o.json")" = "$ref" ]; then
+      pass "W=$n $cfg: identical tokens"
+    else fail "W=$n $cfg: $(tail -n 5 "$tmp/log")"; fi
+  done
+done
+
+# Capacity: 6 blocks of 16 tokens cannot hold the workload at once.
+rm -f "$tmp/o.json"
+if mpi 2 "$DSACP" run "${W[@]}" --kv-blocks 6 --verify --json "$tmp/o.json" >"$tmp/log" 2>&1 &&
+   [ "$(tokens "$tmp/o.json")" = "$ref" ] && grep -q 'Verify.*9 of 9' "$tmp/log"; then
+  pre=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['preemptions'])" "$tmp/o.json")
+  [ "$pre" -gt 0 ] && pass "small pool: $pre preemptions, same tokens, verified" || fail "small pool: no preemption counted"
+else fail "small pool: $(tail -n 8 "$tmp/log")"; fi
+
+# JSON report fields (vllm bench serve's names).
+if python3 - "$tmp/ref.json" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+for k in ["completed", "request_throughput", "output_throughput", "total_token_throughput", "mean_ttft_ms",
+          "median_ttft_ms", "std_ttft_ms", "p99_ttft_ms", "mean_tpot_ms", "p99_itl_ms", "mean_e2el_ms", "steps", "requests"]:
+    assert k in r, k
+assert r["completed"] == 9 and len(r["requests"]) == 9
+PY
+then pass "report fields"; else fail "report fields"; fi
+
+# Bad inputs.
+bad() {
+  local name=$1 want=$2 n=$3; shift 3
+  rm -f "$tmp/bad.json"
+  if [ "$n" = 1 ]; then "$@" --json "$tmp/bad.json" >"$tmp/log" 2>&1; else mpi "$n" "$@" --json "$tmp/bad.json" >"$tmp/log" 2>&1; fi
+  local st=$?
+  if [ $st -ne 0 ] && [ $st -ne 124 ] && grep -q -- "$want" "$tmp/log" && [ ! -e "$tmp/bad.json" ] &&
+     [ "$(grep -c '^dsacp run' "$tmp/log")" = 1 ] && ! grep -q 'MPI_ABORT\|[Bb]acktrace\|Signal:' "$tmp/log"; then
+    pass "$name"
+  else fail "$name (status $st): $(cat "$tmp/log")"; fi
+}
+printf '{"prompt_ids": [1, 2, 3]}\n{"prompt_ids": [1, 2,\n' >"$tmp/broken.jsonl"
+printf '{"prompt_ids": [1, 2, 999999]}\n' >"$tmp/vocab.jsonl"
+python3 -c "import json; print(json.dumps({'prompt_ids': [1] * 5000}))" >"$tmp/long.jsonl"
+: >"$tmp/empty.jsonl"
+R=("$DSACP" run --model "$tmp/m" --no-realtime)
+bad "malformed JSONL names the line" "line 2" 2 "${R[@]}" --prompts "$tmp/broken.jsonl"
+bad "token id outside the vocabulary" "outside the vocabulary" 2 "${R[@]}" --prompts "$tmp/vocab.jsonl"
+bad "prompt beyond max_position_embeddings" "max_position_embeddings" 2 "${R[@]}" --prompts "$tmp/long.jsonl"
+bad "zero requests" "zero requests" 2 "${R[@]}" --requests 0
+bad "empty prompts file" "no requests" 1 "${R[@]}" --prompts "$tmp/empty.jsonl"
+bad "pool too small for one request" "does not fit the KV pool" 2 "${R[@]}" --requests 2 --prompt-len 200 --kv-blocks 1 --block-size 16
+bad "conflicting workload flags" "conflicts" 1 "${R[@]}" --prompts "$tmp/vocab.jsonl" --requests 3
+bad "conflicting pool flags" "at most one" 1 "${R[@]}" --kv-blocks 4 --kv-memory 1M
+bad "both model and preset" "exactly one" 1 "$DSACP" run --model "$tmp/m" --preset tiny
+
+echo "$passes passed, $fails failed"
+[ "$fails" -eq 0 ]
