@@ -20,7 +20,7 @@ mpi=(mpirun -np "$ranks" --oversubscribe)
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} OMP_WAIT_POLICY=PASSIVE
 # shellcheck disable=SC2086
 "${mpi[@]}" "$dsacp" run --model "$out/small" \
-  --long-requests 3 --long-prompt-len 1500:3000 \
+  --long-requests 2 --long-prompt-len 1500:2500 \
   --requests 24 --prompt-len 32:256 --gen-len 16:40 --arrival-rate 4 \
   --max-batch-tokens 512 --verify --json "$out/report.json" --seed 7 "$@"
 if command -v python3 >/dev/null && python3 bench/plot_run.py "$out/report.json" "$out/report.svg" 2>/dev/null; then
