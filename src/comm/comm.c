@@ -173,6 +173,19 @@ static int64_t sum_others(const dsacp_comm *c, const size_t *bytes)
 
 /* ---- collectives ---- */
 
+static dsacp_comm_request *new_request(dsacp_comm *c, int phase)
+{
+    dsacp_comm_request *r = calloc(1, sizeof *r);
+    if (!r) {
+        dsacp_error(DSACP_ENOMEM, "out of memory");
+        return NULL;
+    }
+    r->c = c;
+    r->phase = phase;
+    r->req = r->req2 = MPI_REQUEST_NULL;
+    return r;
+}
+
 int dsacp_comm_allgatherv(dsacp_comm *c, const void *send, size_t send_bytes, void *recv,
                           const size_t *recv_bytes, int phase)
 {
@@ -199,11 +212,8 @@ int dsacp_comm_iallgatherv(dsacp_comm *c, const void *send, size_t send_bytes, v
                            const size_t *recv_bytes, int phase, dsacp_comm_request **out)
 {
     *out = NULL;
-    dsacp_comm_request *r = calloc(1, sizeof *r);
-    if (!r) return dsacp_error(DSACP_ENOMEM, "out of memory");
-    r->c = c;
-    r->phase = phase;
-    r->req = r->req2 = MPI_REQUEST_NULL;
+    dsacp_comm_request *r = new_request(c, phase);
+    if (!r) return DSACP_ENOMEM;
     if (c->solo) {
         if (send_bytes && recv != send) memmove(recv, send, send_bytes);
         *out = r;
@@ -256,11 +266,8 @@ int dsacp_comm_ibcast2(dsacp_comm *c, void *buf1, size_t len1, void *buf2, size_
                        dsacp_comm_request **out)
 {
     *out = NULL;
-    dsacp_comm_request *r = calloc(1, sizeof *r);
-    if (!r) return dsacp_error(DSACP_ENOMEM, "out of memory");
-    r->c = c;
-    r->phase = phase;
-    r->req = r->req2 = MPI_REQUEST_NULL;
+    dsacp_comm_request *r = new_request(c, phase);
+    if (!r) return DSACP_ENOMEM;
     if (c->solo) {
         *out = r;
         return DSACP_OK;

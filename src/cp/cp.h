@@ -73,6 +73,12 @@ struct dsacp_cp_weights {
  * step for the activation path (evenly split tokens); crossover = gather / per-token. */
 void dsacp_cp_weights_rule(const dsacp_cp_ctx *cp, double *gather_bytes, double *act_bytes_per_token);
 
+/* Input columns [c0, c1) of a weight as a weight of its own (the same dtype; FP8 keeps the block
+ * scales of those columns, which must start on a block; as_f32: dequantized values instead).
+ * Used for o_proj's head columns (DCP decode, DSA-CP tp). Free with dsacp_cp_weight_free. */
+int dsacp_cp_weight_columns(const dsacp_weight *o, int64_t c0, int64_t c1, bool as_f32, dsacp_weight **out);
+void dsacp_cp_weight_free(dsacp_weight *w);
+
 int dsacp_cp_weights_setup(dsacp_cp_ctx *cp, const dsacp_dsa_weights *attn, int64_t L);
 void dsacp_cp_weights_free(dsacp_cp_weights *wp);
 void dsacp_cp_weights_usage(const dsacp_cp_ctx *cp, dsacp_weight_usage *u);

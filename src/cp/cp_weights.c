@@ -97,7 +97,7 @@ static int ring_get(dsacp_cp_ring *r, int64_t l, const dsacp_weight **out)
 
 /* ---- tp: this rank's columns ---- */
 
-static int tp_shard(const dsacp_weight *o, int64_t c0, int64_t c1, bool as_f32, dsacp_weight **out)
+int dsacp_cp_weight_columns(const dsacp_weight *o, int64_t c0, int64_t c1, bool as_f32, dsacp_weight **out)
 {
     *out = NULL;
     const int64_t nc = c1 - c0, rows = o->rows;
@@ -115,7 +115,7 @@ static int tp_shard(const dsacp_weight *o, int64_t c0, int64_t c1, bool as_f32, 
         }
     }
     *w = *o;
-    w->name = "o_proj (tp shard)";
+    w->name = "o_proj (head columns)";
     w->cols = nc;
     w->data = data;
     if (as_f32) {
@@ -134,10 +134,10 @@ static int tp_shard(const dsacp_weight *o, int64_t c0, int64_t c1, bool as_f32, 
     return DSACP_OK;
 oom:
     free(w), dsacp_free(data), free(row), dsacp_free(scale);
-    return dsacp_error(DSACP_ENOMEM, "out of memory for the o_proj tp shard");
+    return dsacp_error(DSACP_ENOMEM, "out of memory for the o_proj head columns");
 }
 
-static void weight_free(dsacp_weight *w)
+void dsacp_cp_weight_free(dsacp_weight *w)
 {
     if (!w) return;
     dsacp_free((void *)w->data);
@@ -174,7 +174,7 @@ int dsacp_cp_weights_setup(dsacp_cp_ctx *cp, const dsacp_dsa_weights *attn, int6
             if (wp->col[q] % o0->block && wp->col[q] != o0->cols) wp->tp_f32 = true;
     size_t full = 0, recv = 0;
     for (int64_t l = 0; l < L && !rc; l++) {
-        rc = tp_shard(wp->o[l], wp->col[me], wp->col[me + 1], wp->tp_f32, &wp->o_tp[l]);
+        rc = dsacp_cp_weight_columns(wp->o[l], wp->col[me], wp->col[me + 1], wp->tp_f32, &wp->o_tp[l]);
         if (rc) break;
         const size_t es = wp->tp_f32 ? 4 : dsacp_dtype_size(wp->o[l]->dtype);
         const size_t f = (size_t)(wp->o[l]->rows * wp->o[l]->cols) * es;
@@ -204,7 +204,7 @@ void dsacp_cp_weights_free(dsacp_cp_weights *wp)
     ring_free(&wp->q_ring);
     ring_free(&wp->o_ring);
     dsacp_comm_wait(wp->gather_req);
-    for (int64_t l = 0; wp->o_tp && l < wp->L; l++) weight_free(wp->o_tp[l]);
+    for (int64_t l = 0; wp->o_tp && l < wp->L; l++) dsacp_cp_weight_free(wp->o_tp[l]);
     free(wp->o_tp), free(wp->col), free(wp->q_b), free(wp->o), free(wp->choices);
     dsacp_free(wp->gather_full), dsacp_free(wp->gather_recv);
     free(wp);

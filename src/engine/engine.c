@@ -128,12 +128,7 @@ void dsacp_engine_free(dsacp_engine *e)
         }
     free(e->req);
     if (e->cp.o_shard) {
-        for (int64_t l = 0; l < e->L; l++)
-            if (e->cp.o_shard[l]) {
-                dsacp_free((void *)e->cp.o_shard[l]->data);
-                dsacp_free((void *)e->cp.o_shard[l]->scale);
-                free(e->cp.o_shard[l]);
-            }
+        for (int64_t l = 0; l < e->L; l++) dsacp_cp_weight_free(e->cp.o_shard[l]);
         free(e->cp.o_shard);
     }
     dsacp_cp_weights_free(e->cp.wp);
@@ -219,38 +214,6 @@ int dsacp_cp_layout_parse(const char *name, dsacp_cp_layout *out)
     return dsacp_error(DSACP_EINVAL, "unknown layout '%s' (sharded, replicated)", name ? name : "");
 }
 
-/* o_proj's input columns of heads [h0, h1) as a weight of their own (same dtype; FP8 keeps its
- * block scales), for the decode rows' partial sums (cp_layer.c). */
-static int o_shard(const dsacp_weight *o, int64_t c0, int64_t c1, dsacp_weight **out)
-{
-    *out = NULL;
-    const size_t es = dsacp_dtype_size(o->dtype);
-    const int64_t nc = c1 - c0, rows = o->rows;
-    dsacp_weight *w = calloc(1, sizeof *w);
-    uint8_t *data = dsacp_alloc((size_t)(rows * (nc > 0 ? nc : 1)) * es);
-    float *scale = NULL;
-    if (!w || !data) goto oom;
-    for (int64_t r = 0; r < rows; r++)
-        memcpy(data + (size_t)(r * nc) * es, (const uint8_t *)o->data + (size_t)(r * o->cols + c0) * es, (size_t)nc * es);
-    *w = *o;
-    w->name = "o_proj (head shard)";
-    w->cols = nc;
-    w->data = data;
-    if (o->dtype == DSACP_F8_E4M3) {
-        const int64_t b = o->block, sc = (nc + b - 1) / b;
-        scale = dsacp_alloc((size_t)(o->scale_rows * (sc > 0 ? sc : 1)) * 4);
-        if (!scale) goto oom;
-        for (int64_t r = 0; r < o->scale_rows; r++)
-            for (int64_t c = 0; c < sc; c++) scale[r * sc + c] = o->scale[r * o->scale_stride + c0 / b + c];
-        w->scale = scale, w->scale_cols = sc, w->scale_stride = sc;
-    }
-    *out = w;
-    return DSACP_OK;
-oom:
-    free(w), dsacp_free(data), dsacp_free(scale);
-    return dsacp_error(DSACP_ENOMEM, "out of memory for the o_proj head shard");
-}
-
 static int setup_cp(dsacp_engine *e, const dsacp_cp_options *cp)
 {
     const dsacp_config *cfg = e->cfg;
@@ -284,7 +247,7 @@ static int setup_cp(dsacp_engine *e, const dsacp_cp_options *cp)
     e->cp.o_shard = calloc((size_t)e->L, sizeof *e->cp.o_shard);
     if (!e->cp.o_shard) return dsacp_error(DSACP_ENOMEM, "out of memory");
     for (int64_t l = 0; l < e->L; l++) {
-        int rc = o_shard(e->attn[l].o, e->cp.h0 * dv, e->cp.h1 * dv, &e->cp.o_shard[l]);
+        int rc = dsacp_cp_weight_columns(e->attn[l].o, e->cp.h0 * dv, e->cp.h1 * dv, false, &e->cp.o_shard[l]);
         if (rc) return rc;
     }
     return DSACP_OK;

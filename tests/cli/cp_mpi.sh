@@ -4,17 +4,7 @@
 # every rank's counters; only rank 0 prints; conflicting flags and bad inputs end every rank with
 # a non-zero status and one message, never a hang (each run is under `timeout`).
 set -u
-DSACP=${DSACP:?set by CTest}
-MPIEXEC=${MPIEXEC:-mpirun}
-command -v "$MPIEXEC" >/dev/null 2>&1 || MPIEXEC=mpirun
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1
-tmp=$(mktemp -d /tmp/dsacp-cli-XXXXXX)
-trap 'rm -rf "$tmp"' EXIT
-fails=0; passes=0
-pass() { passes=$((passes+1)); echo "ok   $*"; }
-fail() { fails=$((fails+1)); echo "FAIL $*"; }
-# Open MPI leaks internally: leak detection stays off under mpirun (ASan builds).
-mpi() { local n=$1; shift; ASAN_OPTIONS=${MPI_ASAN_OPTIONS:-detect_leaks=0} timeout 120 "$MPIEXEC" -np "$n" --oversubscribe "$@"; }
+. "$(dirname "$0")/lib/common.sh"
 
 "$DSACP" init-model --preset tiny-moe --out "$tmp/m" --seed 5 >/dev/null || { echo "init-model failed"; exit 1; }
 "$DSACP" make-input --out "$tmp/in.st" --requests 3 --length 80 --vocab 512 --chunk 13 --seed 6 >/dev/null \
@@ -111,5 +101,4 @@ bad "unknown plan" "unknown weight plan" "${F[@]}" --cp-mode dsa-cp --o-proj sha
 bad "missing input" "in.missing" "$DSACP" forward --model "$tmp/m" --input "$tmp/in.missing" --output "$tmp/bad.st"
 bad "missing model" "config.json" "$DSACP" generate --model "$tmp/none"
 
-echo "$passes passed, $fails failed"
-[ "$fails" -eq 0 ]
+finish

@@ -4,17 +4,7 @@
 # once completes through queueing and preemption with the same tokens; bad inputs end every rank
 # with one message and a non-zero status, no report file left.
 set -u
-DSACP=${DSACP:?set by CTest}
-MPIEXEC=${MPIEXEC:-mpirun}
-command -v "$MPIEXEC" >/dev/null 2>&1 || MPIEXEC=mpirun
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1
-tmp=$(mktemp -d /tmp/dsacp-cli-XXXXXX)
-trap 'rm -rf "$tmp"' EXIT
-fails=0; passes=0
-pass() { passes=$((passes+1)); echo "ok   $*"; }
-fail() { fails=$((fails+1)); echo "FAIL $*"; }
-# Open MPI leaks internally: leak detection stays off under mpirun (ASan builds).
-mpi() { local n=$1; shift; ASAN_OPTIONS=${MPI_ASAN_OPTIONS:-detect_leaks=0} timeout 180 "$MPIEXEC" -np "$n" --oversubscribe "$@"; }
+. "$(dirname "$0")/lib/common.sh"
 
 "$DSACP" init-model --preset tiny-moe --out "$tmp/m" --seed 9 >/dev/null || { echo "init-model failed"; exit 1; }
 W=(--model "$tmp/m" --requests 8 --prompt-len 10:70 --gen-len 3:9 --long-requests 1 --long-prompt-len 120:150
@@ -81,5 +71,4 @@ bad "conflicting workload flags" "conflicts" 1 "${R[@]}" --prompts "$tmp/vocab.j
 bad "conflicting pool flags" "at most one" 1 "${R[@]}" --kv-blocks 4 --kv-memory 1M
 bad "both model and preset" "exactly one" 1 "$DSACP" run --model "$tmp/m" --preset tiny
 
-echo "$passes passed, $fails failed"
-[ "$fails" -eq 0 ]
+finish
