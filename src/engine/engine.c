@@ -174,21 +174,21 @@ const char *dsacp_weight_plan_name(dsacp_weight_plan p) { return (unsigned)p < 6
 
 int dsacp_prefill_split_parse(const char *name, dsacp_prefill_split *out)
 {
-    int v, rc = parse_name("prefill split", split_names, 2, name, &v);
+    int v = 0, rc = parse_name("prefill split", split_names, 2, name, &v);
     if (!rc) *out = (dsacp_prefill_split)v;
     return rc;
 }
 
 int dsacp_cp_mode_parse(const char *name, dsacp_cp_mode *out)
 {
-    int v, rc = parse_name("cp mode", mode_names, 2, name, &v);
+    int v = 0, rc = parse_name("cp mode", mode_names, 2, name, &v);
     if (!rc) *out = (dsacp_cp_mode)v;
     return rc;
 }
 
 int dsacp_weight_plan_parse(const char *name, dsacp_weight_plan *out)
 {
-    int v, rc = parse_name("weight plan", plan_names, 6, name, &v);
+    int v = 0, rc = parse_name("weight plan", plan_names, 6, name, &v);
     if (!rc) *out = (dsacp_weight_plan)v;
     return rc;
 }
