@@ -49,7 +49,7 @@ int main(int argc, char **argv)
     eo.numerics = DSACP_NUMERICS_DEPLOYED;
     eo.kv_dtype = DSACP_KV_FP8;
     int rc = DSACP_OK;
-    for (int i = 1; i < argc && !rc; i++) {
+    for (int i = 1; i < argc && !rc; i += 2) { /* --flag value pairs */
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
             if (me == 0) usage();
@@ -70,7 +70,6 @@ int main(int argc, char **argv)
             eo.numerics = exact ? DSACP_NUMERICS_EXACT : DSACP_NUMERICS_DEPLOYED;
             eo.kv_dtype = exact ? DSACP_KV_F32 : DSACP_KV_FP8;
         } else rc = dsacp_error(DSACP_EINVAL, "unknown option %s", a);
-        i++;
     }
     if (!rc && (!model_dir || L < 1 || reps < 1)) rc = dsacp_error(DSACP_EINVAL, "--model and --context >= 1 needed");
     rc = dsacp_comm_agree(world, rc);

@@ -58,7 +58,7 @@ int main(int argc, char **argv)
     eo.kv_dtype = DSACP_KV_FP8;
     eo.block_size = 16;
     int rc = DSACP_OK;
-    for (int i = 1; i < argc && !rc; i++) {
+    for (int i = 1; i < argc && !rc; i += 2) { /* --flag value pairs */
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!v) rc = dsacp_error(DSACP_EINVAL, "option %s needs a value", a);
         else if (strcmp(a, "--model") == 0) model_dir = v;
@@ -69,7 +69,6 @@ int main(int argc, char **argv)
         else if (strcmp(a, "--q-proj") == 0) rc = dsacp_weight_plan_parse(v, &cp.q_proj);
         else if (strcmp(a, "--o-proj") == 0) rc = dsacp_weight_plan_parse(v, &cp.o_proj);
         else rc = dsacp_error(DSACP_EINVAL, "unknown option %s", a);
-        i++;
     }
     if (!rc && (!model_dir || T < 1 || C < 1 || reps < 1)) rc = dsacp_error(DSACP_EINVAL, "--model, --tokens >= 1 needed");
     rc = dsacp_comm_agree(world, rc);
