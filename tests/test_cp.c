@@ -180,6 +180,7 @@ enum { NCASES = sizeof all_cases / sizeof all_cases[0] };
 /* DSA-CP (issue 9): every plan x layout, the seed's contiguous split and the owner split. */
 #define DSA(name, kv, q, o, split, I)                                                                        \
     {name, DSACP_DECODE_ALLGATHER_KV, kv, kv, I, DSACP_CP_DSA_CP, split, q, o}
+#define DSAD(name, dec, kv, idx, q, o, I) {name, dec, kv, idx, I, DSACP_CP_DSA_CP, DSACP_PREFILL_CONTIGUOUS, q, o}
 #define R DSACP_LAYOUT_REPLICATED
 #define S DSACP_LAYOUT_SHARDED
 #define PR DSACP_WEIGHTS_REPLICATED
@@ -195,6 +196,11 @@ static const cp_case dsa_cases[] = {
     DSA("dsa-cp+dcp q=repl o=repl", S, PR, PR, C, 1),       DSA("dsa-cp+dcp q=layer o=layer", S, PL, PL, C, 3),
     DSA("dsa-cp+dcp q=layer o=tp", S, PL, PT, C, 1),        DSA("dsa-cp+dcp q=repl o=auto", S, PR, PA, C, 16),
     DSA("dsa-cp owner repl q=layer o=tp", R, PL, PT, O, 1), DSA("dsa-cp owner dcp q=repl o=auto", S, PR, PA, O, 3),
+    /* DSA-CP + DCP with the other decode strategies */
+    DSAD("dsa-cp+dcp exact-topk o=repl", DSACP_DECODE_EXACT_TOPK, S, S, PR, PR, 1),
+    DSAD("dsa-cp+dcp exact-topk o=tp", DSACP_DECODE_EXACT_TOPK, S, S, PL, PT, 3),
+    DSAD("dsa-cp+dcp exact-topk o=layer", DSACP_DECODE_EXACT_TOPK, S, S, PR, PL, 1),
+    DSAD("dsa-cp+dcp repl-index o=auto", DSACP_DECODE_REPLICATED_INDEX, S, R, PL, PA, 16),
 };
 #undef R
 #undef S
@@ -204,6 +210,7 @@ static const cp_case dsa_cases[] = {
 #undef PA
 #undef C
 #undef O
+#undef DSAD
 enum { NDSA = sizeof dsa_cases / sizeof dsa_cases[0] };
 
 /* A copy of the model whose indexer head weights are zero: every index score is 0. */

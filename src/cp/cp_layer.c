@@ -36,8 +36,13 @@ int dsacp_cp_step_build(const dsacp_cp_ctx *cp, dsacp_cp_step *st, dsacp_cp_step
         dsacp_cp_step_free(m);
         return dsacp_error(DSACP_ENOMEM, "out of memory for the step's metadata");
     }
-    const bool dsa_cp = cp->opt.mode == DSACP_CP_DSA_CP;
-    for (int64_t e = 0; e < n_ent; e++) m->decode[e] = !dsa_cp && st->new_len[e] - st->old_len[e] == 1;
+    /* Decode tokens go to every rank (DCP) unless DSA-CP keeps every cache whole: DSA-CP + DCP
+     * splits the prefill tokens and attends the decode tokens over the sharded cache with the
+     * decode strategy. */
+    const bool dsa_cp_only = cp->opt.mode == DSACP_CP_DSA_CP &&
+                             (W == 1 || (cp->opt.kv_layout == DSACP_LAYOUT_REPLICATED &&
+                                         cp->opt.index_layout == DSACP_LAYOUT_REPLICATED));
+    for (int64_t e = 0; e < n_ent; e++) m->decode[e] = !dsa_cp_only && st->new_len[e] - st->old_len[e] == 1;
     /* The rank that computes a non-decode token: its position's owner, or DSA-CP's flat slice of
      * the step's batch padded to a multiple of W. */
     const int64_t chunk = (T + W - 1) / W;
@@ -100,22 +105,43 @@ void dsacp_cp_step_free(dsacp_cp_step_mem *m)
     } while (0)
 
 /* Step 7 for the decode rows on W > 1. */
-static int decode_o_proj(dsacp_cp_ctx *cp, const dsacp_dsa_ctx *ctx, const dsacp_dsa_weights *w, int64_t layer,
-                         const dsacp_cp_step *st, float *vcat, float *out, int *rc)
+/* The heads' v rows of the decode tokens to every rank (vcat's rows become whole). */
+static int gather_v(dsacp_cp_ctx *cp, const dsacp_config *cfg, const dsacp_cp_step *st, float *vcat);
+
+/* Step 7 for the decode rows on W > 1: with `shard` (this rank's head columns of o_proj),
+ * partial sums over the columns, all-reduced; without, the heads' v rows are all-gathered and the
+ * whole `full` o_proj applied (bit-identical to W = 1). */
+static int decode_o_proj(dsacp_cp_ctx *cp, const dsacp_dsa_ctx *ctx, const dsacp_dsa_weights *w,
+                         const dsacp_weight *shard, const dsacp_weight *full, const dsacp_cp_step *st, float *vcat,
+                         float *out, int *rc)
 {
     const dsacp_config *cfg = ctx->cfg;
     const int64_t H = cfg->num_attention_heads, dv = cfg->v_head_dim, D = cfg->hidden_size, nd = st->n_dec;
-    const int64_t W = cp->W, h0 = cp->h0, h1 = cp->h1;
+    const int64_t h0 = cp->h0, h1 = cp->h1;
     const bool deployed = ctx->mode == DSACP_MODE_DEPLOYED;
-    if (!cp->o_gather_v) {
-        /* Partial sums over this rank's head columns, summed over the group. */
-        const dsacp_weight *ws = cp->o_shard[layer];
-        const bool aq = deployed && w->o->dtype == DSACP_F8_E4M3 && w->o->cols % 128 == 0;
-        if (h1 > h0) KEEP(*rc, dsacp_linear(ws, vcat + h0 * dv, nd, H * dv, out, D, aq));
+    if (shard) {
+        bool aq = deployed && w->o->dtype == DSACP_F8_E4M3 && w->o->cols % 128 == 0;
+        if (aq && shard->dtype != w->o->dtype) {
+            /* f32 columns of an FP8 o_proj (blocks split by the heads): the activation
+             * quantization needs whole rows, so the rows travel first. */
+            int crc = gather_v(cp, cfg, st, vcat);
+            if (crc) return crc;
+            for (int64_t j = 0; j < nd; j++) dsacp_fake_quant_e4m3_groups(vcat + j * H * dv, H * dv, 128);
+            aq = false;
+        }
+        if (h1 > h0) KEEP(*rc, dsacp_linear(shard, vcat + h0 * dv, nd, H * dv, out, D, aq));
         else memset(out, 0, (size_t)(nd * D) * 4);
         return dsacp_comm_allreduce_f32(cp->comm, out, nd * D, DSACP_PHASE_o_proj);
     }
-    /* The heads' v rows to every rank, then the whole o_proj (bit-identical to W = 1). */
+    int crc = gather_v(cp, cfg, st, vcat);
+    if (!crc) KEEP(*rc, dsacp_linear(full, vcat, nd, H * dv, out, D, deployed));
+    return crc;
+}
+
+static int gather_v(dsacp_cp_ctx *cp, const dsacp_config *cfg, const dsacp_cp_step *st, float *vcat)
+{
+    const int64_t H = cfg->num_attention_heads, dv = cfg->v_head_dim, nd = st->n_dec;
+    const int64_t W = cp->W, h0 = cp->h0, h1 = cp->h1;
     size_t *rb = malloc((size_t)W * sizeof *rb);
     float *send = malloc((size_t)(nd * (h1 - h0) * dv) * 4 + 4), *recv = malloc((size_t)(nd * H * dv) * 4 + 4);
     if (!rb || !send || !recv) {
@@ -132,7 +158,6 @@ static int decode_o_proj(dsacp_cp_ctx *cp, const dsacp_dsa_ctx *ctx, const dsacp
             const int64_t a = dsacp_split_begin(H, q, W), b = dsacp_split_begin(H, q + 1, W);
             for (int64_t j = 0; j < nd; j++, r += (b - a) * dv) memcpy(vcat + (j * H + a) * dv, r, (size_t)((b - a) * dv) * 4);
         }
-        KEEP(*rc, dsacp_linear(w->o, vcat, nd, H * dv, out, D, deployed));
     }
     free(rb), free(send), free(recv);
     return crc;
@@ -359,13 +384,22 @@ int dsacp_cp_layer_forward(dsacp_cp_ctx *cp, const dsacp_dsa_ctx *ctx, const dsa
     /* 7. Output projection. */
     if (W == 1) {
         KEEP(rc, dsacp_linear(w->o, vcat, na, H * dv, out, D, deployed));
-    } else if (cp->wp && cp->wp->o_tp && !cp->wp->step_gather) {
-        crc = tp_o_proj(cp, ctx, w, layer, st, vcat, out, &rc); /* DSA-CP: activations move */
-        if (crc) goto done;
     } else {
-        const dsacp_weight *o = w->o;
-        crc = dsacp_cp_weights_o_full(cp, layer, &o); /* DSA-CP: broadcast or gathered weight */
+        /* DSA-CP's tp in a step without prefill moves activations; otherwise the whole o_proj comes
+         * from the plan (the rank's own, a layer-shard broadcast, or the tp gather). Decode rows
+         * (DCP) use this rank's head columns when there are any, else the gathered v rows. */
+        const bool tp_a2a = cp->wp && cp->wp->o_tp && !cp->wp->step_gather;
+        const dsacp_weight *o = w->o, *shard = NULL;
+        if (!tp_a2a) crc = dsacp_cp_weights_o_full(cp, layer, &o); /* DSA-CP: broadcast or gathered weight */
         if (crc) goto done;
+        if (cp->wp && cp->wp->o_tp) shard = cp->wp->o_tp[layer];
+        else if (cp->o_shard && !cp->o_gather_v) shard = cp->o_shard[layer];
+        if (tp_a2a) {
+            if (st->n_pre_all > 0) crc = tp_o_proj(cp, ctx, w, layer, st, vcat + nd * H * dv, out + nd * D, &rc);
+            if (!crc && nd > 0) crc = decode_o_proj(cp, ctx, w, shard, o, st, vcat, out, &rc);
+            if (crc) goto done;
+            goto projected;
+        }
         bool aq = deployed;
         if (deployed && o->dtype != w->o->dtype && w->o->dtype == DSACP_F8_E4M3 && w->o->cols % 128 == 0) {
             /* A tp gather held as f32 (FP8 blocks split by the head columns): the activation
@@ -374,9 +408,10 @@ int dsacp_cp_layer_forward(dsacp_cp_ctx *cp, const dsacp_dsa_ctx *ctx, const dsa
             aq = false;
         }
         if (np > 0) KEEP(rc, dsacp_linear(o, vcat + nd * H * dv, np, H * dv, out + nd * D, D, aq));
-        if (nd > 0) crc = decode_o_proj(cp, ctx, w, layer, st, vcat, out, &rc);
+        if (nd > 0) crc = decode_o_proj(cp, ctx, w, shard, o, st, vcat, out, &rc);
         if (crc) goto done;
     }
+projected:
     crc = dsacp_cp_weights_layer_done(cp, layer);
     if (crc) goto done;
 

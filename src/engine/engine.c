@@ -231,7 +231,16 @@ static int setup_cp(dsacp_engine *e, const dsacp_cp_options *cp)
     e->cp.cfg = cfg;
     /* DSA-CP: every rank runs all heads for its tokens; the weight plans say where the whole
      * q_b_proj and o_proj come from (cp_weights.c). */
-    if (cp->mode == DSACP_CP_DSA_CP) return dsacp_cp_weights_setup(&e->cp, e->attn, e->L);
+    if (cp->mode == DSACP_CP_DSA_CP) {
+        int rc = dsacp_cp_weights_setup(&e->cp, e->attn, e->L);
+        const bool dcp_decode = W > 1 && (cp->kv_layout == DSACP_LAYOUT_SHARDED || cp->index_layout == DSACP_LAYOUT_SHARDED);
+        if (rc || !dcp_decode) return rc;
+        /* DSA-CP + DCP: decode tokens are processed by every rank with the heads split. Their o_proj
+         * columns: tp's shards (cp_layer.c), or the whole layer-shard weight after a v gather, or,
+         * with a replicated o_proj, the column copies below. */
+        if (cp->o_proj == DSACP_WEIGHTS_LAYER_SHARD) e->cp.o_gather_v = true;
+        if (cp->o_proj != DSACP_WEIGHTS_REPLICATED) return DSACP_OK;
+    }
     if (W == 1) return DSACP_OK;
     /* One decision for the whole group: the head columns of every rank must fall on o_proj's
      * FP8 blocks for the column shards, otherwise the heads' outputs travel instead. */
@@ -283,16 +292,16 @@ static int check_options(const dsacp_config *cfg, const dsacp_engine_options *op
     if (cp->q_proj >= DSACP_WEIGHTS_TP)
         return dsacp_error(DSACP_EINVAL, "--q-proj %s: q_b_proj is replicated or layer-shard (tp and auto are "
                            "o_proj plans)", dsacp_weight_plan_name(cp->q_proj));
-    if (W > 1 && cp->mode == DSACP_CP_DSA_CP &&
-        (cp->kv_layout == DSACP_LAYOUT_SHARDED || cp->index_layout == DSACP_LAYOUT_SHARDED) &&
-        cp->decode != DSACP_DECODE_ALLGATHER_KV)
-        return dsacp_error(DSACP_EINVAL, "--cp-mode dsa-cp with a sharded cache (DSA-CP + DCP) computes each token "
-                           "on one rank and gathers its earlier context: it needs --decode-strategy allgather-kv");
-    if (W > 1 && cp->mode == DSACP_CP_DCP && cp->decode == DSACP_DECODE_REPLICATED_INDEX &&
+
+    /* Decode tokens attend over the sharded cache with the decode strategy in DCP and in DSA-CP + DCP
+     * (DSA-CP with every cache replicated attends locally). */
+    const bool dcp_decode = cp->mode == DSACP_CP_DCP || cp->kv_layout == DSACP_LAYOUT_SHARDED ||
+                            cp->index_layout == DSACP_LAYOUT_SHARDED;
+    if (W > 1 && dcp_decode && cp->decode == DSACP_DECODE_REPLICATED_INDEX &&
         cp->index_layout != DSACP_LAYOUT_REPLICATED)
         return dsacp_error(DSACP_EINVAL, "--decode-strategy replicated-index needs --index-layout replicated "
                            "(every rank scores every position)");
-    if (W > 1 && cp->mode == DSACP_CP_DCP && cp->decode == DSACP_DECODE_EXACT_TOPK &&
+    if (W > 1 && dcp_decode && cp->decode == DSACP_DECODE_EXACT_TOPK &&
         cp->index_layout != DSACP_LAYOUT_SHARDED)
         return dsacp_error(DSACP_EINVAL, "--decode-strategy exact-topk scores each rank's shard of the indexer "
                            "cache: it needs --index-layout sharded (replicated-index uses a replicated one)");

@@ -38,6 +38,7 @@ for W in 2 3; do
              "--decode-strategy allgather-kv --kv-layout sharded --index-layout replicated --cp-kv-cache-interleave-size 8" \
              "--cp-mode dsa-cp --kv-layout replicated --index-layout replicated --q-proj layer-shard --o-proj auto" \
              "--cp-mode dsa-cp --q-proj replicated --o-proj tp --prefetch 1" \
+             "--cp-mode dsa-cp --decode-strategy replicated-index --index-layout replicated --o-proj layer-shard" \
              "--cp-mode dsa-cp --kv-layout replicated --index-layout replicated --o-proj layer-shard --prefill-split owner"; do
     out="$tmp/o.st"; rm -f "$out"
     # shellcheck disable=SC2086
@@ -96,7 +97,7 @@ bad "unknown strategy" "unknown decode strategy" "${F[@]}" --decode-strategy hel
 bad "q-proj tp" "q_b_proj is replicated or layer-shard" "${F[@]}" --cp-mode dsa-cp --q-proj tp
 bad "contiguous split in dcp mode" "belongs to --cp-mode dsa-cp" "${F[@]}" --prefill-split contiguous
 bad "weight plan in dcp mode" "belong to --cp-mode dsa-cp" "${F[@]}" --o-proj layer-shard
-bad "dsa-cp + dcp with exact-topk" "needs --decode-strategy allgather-kv" "${F[@]}" --cp-mode dsa-cp --decode-strategy exact-topk
+bad "dsa-cp + dcp, exact-topk on a replicated index" "needs '--index-layout sharded'" "${F[@]}" --cp-mode dsa-cp --index-layout replicated
 bad "unknown plan" "unknown weight plan" "${F[@]}" --cp-mode dsa-cp --o-proj shard
 bad "missing input" "in.missing" "$DSACP" forward --model "$tmp/m" --input "$tmp/in.missing" --output "$tmp/bad.st"
 bad "missing model" "config.json" "$DSACP" generate --model "$tmp/none"

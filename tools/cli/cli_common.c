@@ -148,11 +148,7 @@ bool cli_cp_options(const char *cmd, const cli_opt *opts, dsacp_cp_options *cp)
         fprintf(stderr, "dsacp %s: option '--cp-mode': %s\n", cmd, dsacp_last_error());
         return false;
     }
-    if (cp->mode == DSACP_CP_DSA_CP) {
-        /* DSA-CP's defaults: the seed's flat split; with sharded caches the context is gathered. */
-        cp->prefill_split = DSACP_PREFILL_CONTIGUOUS;
-        if (!cli_get(opts, "decode-strategy")) cp->decode = DSACP_DECODE_ALLGATHER_KV;
-    }
+    if (cp->mode == DSACP_CP_DSA_CP) cp->prefill_split = DSACP_PREFILL_CONTIGUOUS; /* the seed's flat split */
     if ((s = cli_get(opts, "prefill-split")) && dsacp_prefill_split_parse(s, &cp->prefill_split)) {
         fprintf(stderr, "dsacp %s: option '--prefill-split': %s\n", cmd, dsacp_last_error());
         return false;
@@ -182,12 +178,14 @@ bool cli_cp_options(const char *cmd, const cli_opt *opts, dsacp_cp_options *cp)
         }
     }
     /* The engine refuses the other conflicts (dsacp_engine_create_cp) with the same words. */
-    if (W > 1 && cp->mode == DSACP_CP_DCP && cp->decode == DSACP_DECODE_REPLICATED_INDEX &&
+    const bool dcp_decode = cp->mode == DSACP_CP_DCP || cp->kv_layout == DSACP_LAYOUT_SHARDED ||
+                            cp->index_layout == DSACP_LAYOUT_SHARDED;
+    if (W > 1 && dcp_decode && cp->decode == DSACP_DECODE_REPLICATED_INDEX &&
         cp->index_layout != DSACP_LAYOUT_REPLICATED) {
         fprintf(stderr, "dsacp %s: '--decode-strategy replicated-index' needs '--index-layout replicated'\n", cmd);
         return false;
     }
-    if (W > 1 && cp->mode == DSACP_CP_DCP && cp->decode == DSACP_DECODE_EXACT_TOPK &&
+    if (W > 1 && dcp_decode && cp->decode == DSACP_DECODE_EXACT_TOPK &&
         cp->index_layout != DSACP_LAYOUT_SHARDED) {
         fprintf(stderr, "dsacp %s: '--decode-strategy exact-topk' needs '--index-layout sharded'\n", cmd);
         return false;
