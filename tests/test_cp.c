@@ -540,6 +540,89 @@ static void test_counters_dsa(const dsacp_model *m, const dsacp_engine_options *
     }
 }
 
+/* ---- layer-shard: ranks never read the weights they do not own ---- */
+
+#include <fcntl.h>
+#include <unistd.h>
+
+/* Pages of [p, p + n) mapped into this process (/proc/self/pagemap bit 63), leaving out `edge`
+ * bytes at each end (the kernel maps a few neighbouring pages around a fault). -1 if unreadable. */
+static int64_t pages_present(const void *p, size_t n, size_t edge)
+{
+    const long ps = sysconf(_SC_PAGESIZE);
+    uintptr_t a = ((uintptr_t)p + edge + (uintptr_t)ps - 1) / (uintptr_t)ps, b = ((uintptr_t)p + n - edge) / (uintptr_t)ps;
+    if (n <= 2 * edge || b <= a) return 0;
+    int fd = open("/proc/self/pagemap", O_RDONLY);
+    if (fd < 0) return -1;
+    int64_t present = 0;
+    for (uintptr_t pg = a; pg < b; pg++) {
+        uint64_t e = 0;
+        if (pread(fd, &e, sizeof e, (off_t)(pg * sizeof e)) != (ssize_t)sizeof e) {
+            present = -1;
+            break;
+        }
+        present += (int64_t)(e >> 63);
+    }
+    close(fd);
+    return present;
+}
+
+static void test_layer_shard_resident(void)
+{
+    dsacp_config c;
+    REQUIRE_OK(dsacp_preset_config("tiny", &c));
+    c.num_hidden_layers = 4;
+    c.num_attention_heads = 8;
+    c.q_lora_rank = 512;
+    c.qk_nope_head_dim = 64;
+    c.v_head_dim = 64;
+    char dir[256] = {0};
+    if (g_rank == 0) {
+        char *d = tu_make_model_cfg(&c, 3, DSACP_WEIGHTS_F32);
+        snprintf(dir, sizeof dir, "%s", d);
+        free(d);
+    }
+    REQUIRE_OK(dsacp_comm_bcast(g_world, dir, sizeof dir, DSACP_PHASE_input));
+    dsacp_model *m = NULL;
+    REQUIRE_OK(dsacp_model_load(dir, &m));
+    dsacp_cp_options cp;
+    dsacp_cp_options_default(&cp);
+    cp.mode = DSACP_CP_DSA_CP, cp.prefill_split = DSACP_PREFILL_CONTIGUOUS;
+    cp.kv_layout = cp.index_layout = DSACP_LAYOUT_REPLICATED;
+    cp.q_proj = cp.o_proj = DSACP_WEIGHTS_LAYER_SHARD;
+    dsacp_engine_options eo;
+    dsacp_engine_options_default(&eo);
+    eo.num_blocks = 16;
+    dsacp_engine *e = NULL;
+    REQUIRE_OK(dsacp_engine_create_cp(m, &eo, &cp, g_world, &e));
+    int64_t id;
+    REQUIRE_OK(dsacp_engine_add_request(e, &id));
+    for (int s = 0; s < 2; s++) {
+        dsacp_step_entry en = {id, s ? 1 : 40, g_ids[0]};
+        CHECK_OK(dsacp_engine_step(e, &en, 1, NULL, NULL));
+    }
+    int64_t own = 0, other = 0;
+    for (int64_t l = 0; l < c.num_hidden_layers; l++) {
+        for (int k = 0; k < 2; k++) {
+            char n[128];
+            snprintf(n, sizeof n, "model.layers.%lld.self_attn.%s.weight", (long long)l, k ? "o_proj" : "q_b_proj");
+            const dsacp_weight *w = dsacp_model_weight(m, n);
+            const int64_t pr = pages_present(w->data, (size_t)(w->rows * w->cols) * 4, 128 * 1024);
+            if (pr < 0) continue; /* no pagemap here: nothing to check */
+            if (l % g_W == g_rank || g_W == 1) own += pr;
+            else other += pr;
+        }
+    }
+    CHECKF(other == 0, "W=%d rank %d: %lld pages of q_b_proj/o_proj of layers it does not own were read", g_W, g_rank,
+           (long long)other);
+    CHECKF(own > 0, "W=%d rank %d: its own layers' weights show no resident page (the check sees nothing)", g_W, g_rank);
+    if (g_rank == 0)
+        printf("layer-shard W=%d rank 0: %lld resident pages of its own layers' q_b_proj/o_proj, %lld of the others'\n",
+               g_W, (long long)own, (long long)other);
+    dsacp_engine_free(e);
+    drop_model(m, strdup(dir));
+}
+
 /* ---- KV memory per rank ---- */
 
 static void test_memory(const dsacp_model *m)
@@ -619,6 +702,7 @@ int main(int argc, char **argv)
     test_counters(m, &eo, "exact");
     test_counters_dsa(m, &eo);
     test_memory(m);
+    test_layer_shard_resident();
     test_bad_options(m);
     drop_model(m, dir);
 
