@@ -37,6 +37,7 @@ typedef struct dsacp_cp_ctx {
     dsacp_weight **o_shard;
     bool o_gather_v;
     int64_t transient_peak;      /* bytes, largest transient of a layer call so far */
+    double t_proj, t_attn, t_oproj; /* seconds in the layer's phases since the engine reset them */
 } dsacp_cp_ctx;
 
 /* ---- DSA-CP weight plans (cp_weights.c) ---- */

@@ -261,7 +261,9 @@ int dsacp_cp_layer_forward(dsacp_cp_ctx *cp, const dsacp_dsa_ctx *ctx, const dsa
 
     /* 1a. The new tokens' latent rows and indexer keys first, so that they can travel while the
      *     queries are projected. */
+    double t0 = dsacp_now();
     KEEP(rc, dsacp_dsa_project_kv(ctx, w, x, na, pos_act, &p, 0));
+    cp->t_proj += dsacp_now() - t0;
 
     /* 2. Stage the new entries: a one-layer pool of block size 1, so that slot j holds active
      *    row j's entries contiguously (the packed format of the exchange). */
@@ -305,6 +307,7 @@ int dsacp_cp_layer_forward(dsacp_cp_ctx *cp, const dsacp_dsa_ctx *ctx, const dsa
 
     /* 1b. Queries: decode rows with this rank's heads (DCP), the others with all heads; DSA-CP's
      *     q_b_proj may come from a layer-shard broadcast. */
+    t0 = dsacp_now();
     {
         const dsacp_weight *qb = NULL;
         int wrc = dsacp_cp_weights_q(cp, layer, &qb);
@@ -320,8 +323,10 @@ int dsacp_cp_layer_forward(dsacp_cp_ctx *cp, const dsacp_dsa_ctx *ctx, const dsa
             KEEP(rc, dsacp_dsa_project_q(ctx, w, qb, x, na, pos_act, np > 0 ? 0 : cp->h0, np > 0 ? H : cp->h1, &p, 0));
         }
     }
+    cp->t_proj += dsacp_now() - t0;
     crc = dsacp_comm_wait(xreq);
     if (crc) goto done;
+    t0 = dsacp_now();
 
     /* 4. Persist what this rank's layouts keep. */
     {
@@ -381,6 +386,8 @@ int dsacp_cp_layer_forward(dsacp_cp_ctx *cp, const dsacp_dsa_ctx *ctx, const dsa
         if (crc) goto done;
     }
 
+    cp->t_attn += dsacp_now() - t0; /* cache writes, views, index scores, top-k, sparse MLA, W_UV */
+    t0 = dsacp_now();
     /* 7. Output projection. */
     if (W == 1) {
         KEEP(rc, dsacp_linear(w->o, vcat, na, H * dv, out, D, deployed));
@@ -412,6 +419,7 @@ int dsacp_cp_layer_forward(dsacp_cp_ctx *cp, const dsacp_dsa_ctx *ctx, const dsa
         if (crc) goto done;
     }
 projected:
+    cp->t_oproj += dsacp_now() - t0;
     crc = dsacp_cp_weights_layer_done(cp, layer);
     if (crc) goto done;
 

@@ -19,7 +19,10 @@ const dsacp_config *dsacp_engine_config(const dsacp_engine *e);
 
 /* Wall time of the last step on this rank, split by part. */
 typedef struct dsacp_step_times {
-    double step, attention, mlp;
+    double step, attention, mlp;      /* attention: the whole layer; its parts: */
+    double projections, attend, o_proj; /* q/kv/indexer projections; cache writes, index scores,
+                                         * top-k, sparse MLA, W_UV (with their collectives);
+                                         * o_proj (with its collectives) */
 } dsacp_step_times;
 dsacp_step_times dsacp_engine_last_step_times(const dsacp_engine *e);
 

@@ -479,7 +479,8 @@ int dsacp_serve_run(dsacp_engine *e, const dsacp_serve_request *reqs, int64_t n_
             if (res->n_steps < res->cap_steps) {
                 const dsacp_step_times tm = dsacp_engine_last_step_times(e);
                 res->steps[res->n_steps++] = (dsacp_serve_step){ts - t0, (te - ts) * 1e3, pre, dec, tm.attention * 1e3,
-                                                                tm.mlp * 1e3, (cs1 - cs0) * 1e3, cb1 - cb0};
+                                                                tm.mlp * 1e3, (cs1 - cs0) * 1e3, cb1 - cb0,
+                                                                tm.projections * 1e3, tm.attend * 1e3, tm.o_proj * 1e3};
             }
             if (opt->progress) {
                 int64_t gen = 0, ptok = 0;

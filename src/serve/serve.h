@@ -42,6 +42,7 @@ typedef struct dsacp_serve_step {
     double t_s, dur_ms;
     int64_t prefill_tokens, decode_tokens;
     double attention_ms, mlp_ms, comm_ms;
+    double projections_ms, attend_ms, o_proj_ms; /* parts of attention_ms */
     int64_t comm_bytes; /* received by rank 0 */
 } dsacp_serve_step;
 

@@ -408,10 +408,11 @@ int cli_run(int argc, char **argv)
         memcpy(e2el_r, e2el, (size_t)n * sizeof(double));
         const stats st_ttft = stats_of(ttft, n), st_tpot = stats_of(tpot, ntpot), st_itl = stats_of(itl, nitl),
                     st_e2el = stats_of(e2el, n);
-        double attn = 0, mlp = 0, comm = 0, total = 0, bytes = 0;
+        double attn = 0, mlp = 0, comm = 0, total = 0, bytes = 0, proj = 0, att = 0, oproj = 0;
         for (int64_t i = 0; i < res.n_steps; i++) {
             const dsacp_serve_step *k = &res.steps[i];
             attn += k->attention_ms, mlp += k->mlp_ms, comm += k->comm_ms, total += k->dur_ms, bytes += (double)k->comm_bytes;
+            proj += k->projections_ms, att += k->attend_ms, oproj += k->o_proj_ms;
         }
         const double dur = res.duration_s;
         printf("============ dsacp run: serving result ============\n");
@@ -434,7 +435,8 @@ int cli_run(int argc, char **argv)
                    "", sec[k].s.mean, sec[k].s.median, sec[k].s.p90, sec[k].s.p99);
         }
         printf("Time per phase (rank 0, summed over %lld steps)\n", (long long)res.n_steps);
-        printf("  attention layer (projections, indexer, top-k, sparse MLA, o_proj): %.2f s (%.0f%%)\n", attn / 1e3, 100 * attn / fmax(total, 1e-9));
+        printf("  attention layer: %.2f s (%.0f%%) = projections %.2f + indexer, top-k and sparse MLA %.2f + o_proj %.2f\n",
+               attn / 1e3, 100 * attn / fmax(total, 1e-9), proj / 1e3, att / 1e3, oproj / 1e3);
         printf("  MLP / MoE: %.2f s (%.0f%%)   communication (inside collectives, waits included): %.2f s (%.0f%%)\n",
                mlp / 1e3, 100 * mlp / fmax(total, 1e-9), comm / 1e3, 100 * comm / fmax(total, 1e-9));
         printf("  other (embedding, norms, head, scheduling): %.2f s; idle between steps: %.2f s\n",
@@ -489,10 +491,11 @@ int cli_run(int argc, char **argv)
                 for (int64_t i = 0; i < res.n_steps; i++) {
                     const dsacp_serve_step *k = &res.steps[i];
                     fprintf(f, "%s\n {\"index\": %lld, \"t_s\": %.6f, \"dur_ms\": %.4f, \"prefill_tokens\": %lld, \"decode_tokens\": %lld, "
-                               "\"comm_bytes\": %lld, \"phases_ms\": {\"attention\": %.4f, \"mlp\": %.4f, \"other\": %.4f}, \"comm_ms\": %.4f}",
+                               "\"comm_bytes\": %lld, \"phases_ms\": {\"projections\": %.4f, \"attention\": %.4f, \"o_proj\": %.4f, "
+                               "\"mlp\": %.4f, \"other\": %.4f}, \"comm_ms\": %.4f}",
                             i ? "," : "", (long long)i, k->t_s, k->dur_ms, (long long)k->prefill_tokens, (long long)k->decode_tokens,
-                            (long long)k->comm_bytes, k->attention_ms, k->mlp_ms, fmax(k->dur_ms - k->attention_ms - k->mlp_ms, 0),
-                            k->comm_ms);
+                            (long long)k->comm_bytes, k->projections_ms, k->attend_ms, k->o_proj_ms, k->mlp_ms,
+                            fmax(k->dur_ms - k->attention_ms - k->mlp_ms, 0), k->comm_ms);
                 }
                 fprintf(f, "],\n\"requests\": [");
                 for (int64_t i = 0; i < n; i++) {
