@@ -478,9 +478,11 @@ int dsacp_serve_run(dsacp_engine *e, const dsacp_serve_request *reqs, int64_t n_
             kv_peak = fmax(kv_peak, kv);
             if (res->n_steps < res->cap_steps) {
                 const dsacp_step_times tm = dsacp_engine_last_step_times(e);
-                res->steps[res->n_steps++] = (dsacp_serve_step){ts - t0, (te - ts) * 1e3, pre, dec, tm.attention * 1e3,
-                                                                tm.mlp * 1e3, (cs1 - cs0) * 1e3, cb1 - cb0,
-                                                                tm.projections * 1e3, tm.attend * 1e3, tm.o_proj * 1e3};
+                res->steps[res->n_steps++] = (dsacp_serve_step){
+                    .t_s = ts - t0, .dur_ms = (te - ts) * 1e3, .prefill_tokens = pre, .decode_tokens = dec,
+                    .attention_ms = tm.attention * 1e3, .mlp_ms = tm.mlp * 1e3, .comm_ms = (cs1 - cs0) * 1e3,
+                    .comm_bytes = cb1 - cb0, .projections_ms = tm.projections * 1e3, .attend_ms = tm.attend * 1e3,
+                    .o_proj_ms = tm.o_proj * 1e3};
             }
             if (opt->progress) {
                 int64_t gen = 0, ptok = 0;

@@ -441,8 +441,18 @@ int cli_run(int argc, char **argv)
                mlp / 1e3, 100 * mlp / fmax(total, 1e-9), comm / 1e3, 100 * comm / fmax(total, 1e-9));
         printf("  other (embedding, norms, head, scheduling): %.2f s; idle between steps: %.2f s\n",
                (total - attn - mlp) / 1e3, fmax(dur - total / 1e3, 0));
-        printf("Communication (rank 0 received): %.1f MB, %.1f KB per generated token\n", bytes / 1048576,
+        printf("Communication (rank 0 received): %.1f MB, %.1f KB per generated token; by phase:\n", bytes / 1048576,
                bytes / 1024 / fmax((double)out_tok, 1));
+        if (world) {
+            for (int ph = 0, k = 0; ph < DSACP_PHASE_COUNT; ph++) {
+                const dsacp_comm_counter ct = dsacp_comm_get_counter(world, ph);
+                if (!ct.calls) continue;
+                printf("%s%s %lld calls %.1f MB", k++ % 3 ? ",  " : "  ", dsacp_comm_phase_name(ph), (long long)ct.calls,
+                       (double)ct.bytes_recv / 1048576);
+                if (k % 3 == 0) printf("\n");
+            }
+            printf("\n");
+        }
         printf("Memory per rank (MB): weights / KV pool / KV peak used (busiest rank's share) / transient peak / weight buffers\n");
         for (int q = 0; q < W; q++)
             printf("  rank %d: %.1f / %.1f / %.1f / %.1f / %.1f\n", q, allmem[6 * q] / 1048576, allmem[6 * q + 1] / 1048576,
