@@ -142,8 +142,8 @@ static int gather_v(dsacp_cp_ctx *cp, const dsacp_config *cfg, const dsacp_cp_st
 {
     const int64_t H = cfg->num_attention_heads, dv = cfg->v_head_dim, nd = st->n_dec;
     const int64_t W = cp->W, h0 = cp->h0, h1 = cp->h1;
-    size_t *rb = malloc((size_t)W * sizeof *rb);
-    float *send = malloc((size_t)(nd * (h1 - h0) * dv) * 4 + 4), *recv = malloc((size_t)(nd * H * dv) * 4 + 4);
+    size_t *rb = calloc((size_t)W, sizeof *rb);
+    float *send = calloc((size_t)(nd * (h1 - h0) * dv) + 1, 4), *recv = malloc((size_t)(nd * H * dv) * 4 + 4);
     if (!rb || !send || !recv) {
         free(rb), free(send), free(recv);
         return dsacp_error(DSACP_ENOMEM, "out of memory for the o_proj exchange");
