@@ -8,13 +8,8 @@
 #  - bench/targets.sh writes its run JSON to a scratch directory by default, and into
 #    bench/results/targets only with --write-results (run on a copy, with a stand-in dsacp).
 set -u
-DSACP=${DSACP:?set by CTest}
+. "$(dirname "$0")/lib/common.sh"
 src=${DSACP_SOURCE_DIR:-$(cd "$(dirname "$0")/../.." && pwd)}
-tmp=$(mktemp -d /tmp/dsacp-cli-XXXXXX)
-trap 'rm -rf "$tmp"' EXIT
-fails=0; passes=0
-pass() { passes=$((passes+1)); echo "ok   $*"; }
-fail() { fails=$((fails+1)); echo "FAIL $*"; }
 
 cd "$src" || { echo "no source dir"; exit 1; }
 mapfile -t files < <(git ls-files README.md 'docs/*.md' 'tools/*.c' 'tools/*.h' 'src/*.c' 'src/*.h' 'include/*.h' \
@@ -63,5 +58,4 @@ else
   echo "skip targets.sh checks: no jq"
 fi
 
-echo "$passes passed, $fails failed"
-(( fails == 0 ))
+finish

@@ -3,12 +3,7 @@
 # status 0 and nothing on stderr (issue 7, defect 12), also after other options; `dsacp --version`
 # prints the version; the usage errors still exit 2.
 set -u
-DSACP=${DSACP:?set by CTest}
-tmp=$(mktemp -d /tmp/dsacp-cli-XXXXXX)
-trap 'rm -rf "$tmp"' EXIT
-fails=0; passes=0
-pass() { passes=$((passes+1)); echo "ok   $*"; }
-fail() { fails=$((fails+1)); echo "FAIL $*"; }
+. "$(dirname "$0")/lib/common.sh"
 
 # expect_usage NAME CMD -- command...: exit 0, usage of CMD on stdout, stderr empty.
 expect_usage() {
@@ -72,5 +67,4 @@ done
 if (( rc == 2 )) && grep -q "^usage:" "$tmp/err"; then pass "dsacp without a command: usage on stderr, exit 2"
 else fail "dsacp without a command: rc $rc"; fi
 
-echo "$passes passed, $fails failed"
-(( fails == 0 ))
+finish

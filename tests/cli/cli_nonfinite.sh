@@ -4,12 +4,7 @@
 # non-finite logits instead of printing token 0 or writing NaN logits, and leave no partial
 # stdout or output file behind.
 set -u
-DSACP=${DSACP:?set by CTest}
-tmp=$(mktemp -d /tmp/dsacp-cli-XXXXXX)
-trap 'rm -rf "$tmp"' EXIT
-fails=0; passes=0
-pass() { passes=$((passes+1)); echo "ok   $*"; }
-fail() { fails=$((fails+1)); echo "FAIL $*"; }
+. "$(dirname "$0")/lib/common.sh"
 command -v python3 >/dev/null || { echo "SKIP: needs python3"; exit 0; }
 
 # patch FILE TENSOR INDEX VALUE: overwrite one element of an F32 tensor in place.
@@ -78,5 +73,4 @@ for m in nan inf; do
     --input "$tmp/in.safetensors" --output "$tmp/outk_$m.safetensors" --dump-topk
 done
 
-echo "$passes passed, $fails failed"
-(( fails == 0 ))
+finish

@@ -3,12 +3,7 @@
 # before computing, printing or writing anything, with a message naming max_position_embeddings
 # and the requested length; exactly max_position_embeddings positions are still accepted.
 set -u
-DSACP=${DSACP:?set by CTest}
-tmp=$(mktemp -d /tmp/dsacp-cli-XXXXXX)
-trap 'rm -rf "$tmp"' EXIT
-fails=0; passes=0
-pass() { passes=$((passes+1)); echo "ok   $*"; }
-fail() { fails=$((fails+1)); echo "FAIL $*"; }
+. "$(dirname "$0")/lib/common.sh"
 
 "$DSACP" init-model --preset tiny --out "$tmp/m" --seed 2 >/dev/null || { echo "init-model failed"; exit 1; }
 # The same weights with a 32-position limit (yarn's original length below it).
@@ -56,5 +51,4 @@ expect_ok "forward request of exactly 32" "$DSACP" forward --model "$tmp/m" --in
   --output "$tmp/fits_out.safetensors"
 [[ -s $tmp/fits_out.safetensors ]] || fail "forward within the limit wrote no output"
 
-echo "$passes passed, $fails failed"
-(( fails == 0 ))
+finish

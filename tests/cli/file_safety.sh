@@ -7,12 +7,7 @@
 #  - init-model that fails (file size limit: EFBIG, as a full disk) leaves no directory behind.
 # Every command that could hang runs under `timeout 10`, so a regression fails instead.
 set -u
-DSACP=${DSACP:?set by CTest}
-tmp=$(mktemp -d /tmp/dsacp-files-XXXXXX)
-trap 'rm -rf "$tmp"' EXIT
-fails=0; passes=0
-pass() { passes=$((passes+1)); echo "ok   $*"; }
-fail() { fails=$((fails+1)); echo "FAIL $*"; }
+. "$(dirname "$0")/lib/common.sh"
 
 "$DSACP" init-model --preset tiny --out "$tmp/m" --seed 3 >/dev/null || { echo "init-model failed"; exit 1; }
 "$DSACP" make-input --out "$tmp/in.safetensors" --requests 2 --length 12 --vocab 512 --chunk 5 --seed 4 >/dev/null \
@@ -125,5 +120,4 @@ else fail "failed init-model left: $(ls -A "$tmp/keep_m" | tr '\n' ' ')"; fi
 left=$(find "$tmp" -name '*.tmp.*' ! -type l | head -n3)
 [[ -z $left ]] && pass "no temporaries left" || fail "temporaries left: $left"
 
-echo "$passes passed, $fails failed"
-(( fails == 0 ))
+finish

@@ -4,12 +4,7 @@
 # no output written (issue 7: an empty input_ids blamed on the right tensor, buffer sizes that
 # would wrap refused).
 set -u
-DSACP=${DSACP:?set by CTest}
-tmp=$(mktemp -d /tmp/dsacp-cli-XXXXXX)
-trap 'rm -rf "$tmp"' EXIT
-fails=0; passes=0
-pass() { passes=$((passes+1)); echo "ok   $*"; }
-fail() { fails=$((fails+1)); echo "FAIL $*"; }
+. "$(dirname "$0")/lib/common.sh"
 
 "$DSACP" init-model --preset tiny-moe --out "$tmp/m" --seed 3 >/dev/null || { echo "init-model failed"; exit 1; }
 "$DSACP" make-input --out "$tmp/in.safetensors" --requests 3 --length 90 --vocab 512 --chunk 17 --seed 4 >/dev/null \
@@ -105,5 +100,4 @@ expect_error "top-k buffer size wraps" "index_topk" timeout 60 $FK "$tmp/bigk" -
 # The same config with a small input: 2 x 4 x 2^40 x 4 bytes fits size_t but is over the bound.
 expect_error "top-k buffer over the bound" "index_topk" timeout 60 $FK "$tmp/bigk" --input "$tmp/good_small.safetensors"
 
-echo "$passes passed, $fails failed"
-(( fails == 0 ))
+finish

@@ -5,11 +5,11 @@
 DSACP=${DSACP:?set by CTest}
 MPIEXEC=${MPIEXEC:-mpirun}
 command -v "$MPIEXEC" >/dev/null 2>&1 || MPIEXEC=mpirun
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 tmp=$(mktemp -d /tmp/dsacp-cli-XXXXXX)
 trap 'rm -rf "$tmp"' EXIT
 fails=0; passes=0
 pass() { passes=$((passes+1)); echo "ok   $*"; }
 fail() { fails=$((fails+1)); echo "FAIL $*"; }
-mpi() { local n=$1; shift; ASAN_OPTIONS=${MPI_ASAN_OPTIONS:-detect_leaks=0} timeout "${MPI_TIMEOUT:-180}" "$MPIEXEC" -np "$n" --oversubscribe "$@"; }
+mpi() { local n=$1; shift; OMP_NUM_THREADS=1 ASAN_OPTIONS=${MPI_ASAN_OPTIONS:-detect_leaks=0} timeout "${MPI_TIMEOUT:-180}" "$MPIEXEC" -np "$n" --oversubscribe "$@"; }
 finish() { echo "$passes passed, $fails failed"; [ "$fails" -eq 0 ]; }
