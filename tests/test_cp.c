@@ -294,8 +294,12 @@ static void expected_decode(const dsacp_config *cfg, const dsacp_cp_options *cp,
     const int64_t L = cfg->num_hidden_layers, H = cfg->num_attention_heads, K = cfg->index_topk;
     const int64_t dc = cfg->kv_lora_rank, dk = dc + cfg->qk_rope_head_dim, dv = cfg->v_head_dim, D = cfg->hidden_size;
     const int64_t Hs = heads_of(H, me, W), I = cp->interleave;
-    /* control: capacity agreement, metadata agreement, end agreement (int each) + want flags. */
-    ex[DSACP_PHASE_control] = (expect){4, 3 * 4 * (W - 1) + (me ? 0 : 2 * (W - 1)), 3 * 4 * (W - 1) + (me ? 2 : 0)};
+    /* control: capacity agreement, metadata agreement, end agreement (int each) + want flags, and
+     * one allocation agreement per layer (+ one per layer for allgather-kv's transient views). */
+    const int64_t views = cp->decode == DSACP_DECODE_ALLGATHER_KV &&
+                          (cp->kv_layout == DSACP_LAYOUT_SHARDED || cp->index_layout == DSACP_LAYOUT_SHARDED);
+    const int64_t agrees = 3 + L * (1 + views);
+    ex[DSACP_PHASE_control] = (expect){agrees + 1, agrees * 4 * (W - 1) + (me ? 0 : 2 * (W - 1)), agrees * 4 * (W - 1) + (me ? 2 : 0)};
     if (cp->decode == DSACP_DECODE_ALLGATHER_KV) {
         const bool lsh = cp->kv_layout == DSACP_LAYOUT_SHARDED, ish = cp->index_layout == DSACP_LAYOUT_SHARDED;
         const int64_t Esh = (lsh ? mla_b : 0) + (ish ? idx_b : 0);
@@ -333,7 +337,8 @@ static void expected_prefill(const dsacp_config *cfg, int64_t I, int64_t W, int6
 {
     memset(ex, 0, sizeof(expect) * DSACP_PHASE_COUNT);
     const int64_t L = cfg->num_hidden_layers, D = cfg->hidden_size;
-    ex[DSACP_PHASE_control] = (expect){4, 3 * 4 * (W - 1) + (me ? 0 : 2 * (W - 1)), 3 * 4 * (W - 1) + (me ? 2 : 0)};
+    const int64_t agrees = 3 + 2 * L; /* + per layer: the allocation agreement and the views' */
+    ex[DSACP_PHASE_control] = (expect){agrees + 1, agrees * 4 * (W - 1) + (me ? 0 : 2 * (W - 1)), agrees * 4 * (W - 1) + (me ? 2 : 0)};
     int64_t *npre = calloc((size_t)W, sizeof *npre), ctx_me = 0, ctx_others = 0;
     for (int64_t e = 0; e < nent; e++) {
         for (int64_t p = old[e]; p < old[e] + n[e]; p++) npre[dsacp_cp_owner(p, I, W)]++;
@@ -448,7 +453,8 @@ static void expected_dsa(const dsacp_model *m, const dsacp_cp_options *cp, int64
     int64_t others = 0;
     for (int64_t q = 0; q < W; q++)
         if (q != me) others += Tq[q];
-    ex[DSACP_PHASE_control] = (expect){4, 3 * 4 * (W - 1) + (me ? 0 : 2 * (W - 1)), 3 * 4 * (W - 1) + (me ? 2 : 0)};
+    const int64_t agrees = 3 + L; /* + the per-layer allocation agreement (replicated caches: no views) */
+    ex[DSACP_PHASE_control] = (expect){agrees + 1, agrees * 4 * (W - 1) + (me ? 0 : 2 * (W - 1)), agrees * 4 * (W - 1) + (me ? 2 : 0)};
     ex[DSACP_PHASE_prefill_kv] = (expect){L, L * Tq[me] * E * (W - 1), L * others * E};
     ex[DSACP_PHASE_logits] = (expect){1, me ? Tq[me] * D * 4 : 0, me ? 0 : others * D * 4};
     for (int64_t l = 0; l < L; l++) {

@@ -249,11 +249,29 @@ int dsacp_cp_layer_forward(dsacp_cp_ctx *cp, const dsacp_dsa_ctx *ctx, const dsa
     uint8_t *pre_send = NULL, *pre_recv = NULL, *want = NULL;
     size_t *rb = NULL;
     const dsacp_dsa_view **vptr = NULL;
-    if (dsacp_dsa_proj_alloc(&p, cfg, na) || !pos_act || !vcat || !topk_act) {
-        crc = dsacp_error(DSACP_ENOMEM, "layer %lld: out of memory for %lld active tokens", (long long)layer,
-                          (long long)na);
-        goto done;
+    /* Every buffer whose size the step's metadata fixes is allocated here, and the group agrees
+     * on it before the first collective of the layer: a rank short of memory stops every rank
+     * at the same point instead of leaving them waiting in a collective. */
+    int arc = DSACP_OK;
+    if (dsacp_dsa_proj_alloc(&p, cfg, na) || !pos_act || !vcat || !topk_act)
+        arc = dsacp_error(DSACP_ENOMEM, "layer %lld: out of memory for %lld active tokens", (long long)layer, (long long)na);
+    if (!arc) {
+        dsacp_config c;
+        memset(&c, 0, sizeof c);
+        c.kv_lora_rank = dc, c.qk_rope_head_dim = dk - dc, c.index_head_dim = di;
+        if (dsacp_kv_cache_create(&c, 1, cp->lat->mla_dtype, cp->idx->index_fp8, 1, na > 0 ? na : 1, &stage))
+            arc = dsacp_error(DSACP_ENOMEM, "layer %lld: out of memory staging %lld entries", (long long)layer, (long long)na);
     }
+    if (!arc && W > 1 && st->n_pre_all > 0) {
+        const int64_t E0 = stage->mla_bytes + stage->index_bytes;
+        rb = malloc((size_t)W * sizeof *rb);
+        pre_send = malloc((size_t)(np * E0) + 1);
+        pre_recv = malloc((size_t)(st->n_pre_all * E0) + 1);
+        if (!rb || !pre_send || !pre_recv)
+            arc = dsacp_error(DSACP_ENOMEM, "layer %lld: out of memory for the prefill exchange", (long long)layer);
+    }
+    crc = dsacp_comm_agree(cp->comm, arc);
+    if (crc) goto done;
     for (int64_t j = 0; j < na; j++) pos_act[j] = st->pos[st->act[j]];
     /* DSA-CP tp: this layer's o_proj shards start travelling now. */
     crc = dsacp_cp_weights_layer_begin(cp, layer);
@@ -265,18 +283,8 @@ int dsacp_cp_layer_forward(dsacp_cp_ctx *cp, const dsacp_dsa_ctx *ctx, const dsa
     KEEP(rc, dsacp_dsa_project_kv(ctx, w, x, na, pos_act, &p, 0));
     cp->t_proj += dsacp_now() - t0;
 
-    /* 2. Stage the new entries: a one-layer pool of block size 1, so that slot j holds active
-     *    row j's entries contiguously (the packed format of the exchange). */
-    {
-        dsacp_config c;
-        memset(&c, 0, sizeof c);
-        c.kv_lora_rank = dc, c.qk_rope_head_dim = dk - dc, c.index_head_dim = di;
-        if (dsacp_kv_cache_create(&c, 1, cp->lat->mla_dtype, cp->idx->index_fp8, 1, na > 0 ? na : 1, &stage)) {
-            crc = dsacp_error(DSACP_ENOMEM, "layer %lld: out of memory staging %lld entries", (long long)layer,
-                              (long long)na);
-            goto done;
-        }
-    }
+    /* 2. Stage the new entries: a one-layer pool of block size 1 (allocated above), so that slot j
+     *    holds active row j's entries contiguously (the packed format of the exchange). */
     for (int64_t j = 0; j < na; j++) {
         dsacp_kv_write_mla(stage, 0, j, p.kv + j * dk, p.kv + j * dk + dc);
         dsacp_kv_write_index(stage, 0, j, p.ki + j * di);
@@ -287,13 +295,6 @@ int dsacp_cp_layer_forward(dsacp_cp_ctx *cp, const dsacp_dsa_ctx *ctx, const dsa
      *    all-gather in flight during the query projection. */
     dsacp_comm_request *xreq = NULL;
     if (W > 1 && st->n_pre_all > 0) {
-        rb = malloc((size_t)W * sizeof *rb);
-        pre_send = malloc((size_t)(np * E) + 1);
-        pre_recv = malloc((size_t)(st->n_pre_all * E) + 1);
-        if (!rb || !pre_send || !pre_recv) {
-            crc = dsacp_error(DSACP_ENOMEM, "layer %lld: out of memory for the prefill exchange", (long long)layer);
-            goto done;
-        }
         for (int64_t q = 0; q < W; q++) rb[q] = (size_t)((st->pre_off[q + 1] - st->pre_off[q]) * E);
         for (int64_t j = 0; j < np; j++) {
             dsacp_cp_get_lat(stage, 0, nd + j, pre_send + j * E);

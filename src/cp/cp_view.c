@@ -114,9 +114,10 @@ int dsacp_cp_views_build(dsacp_cp_ctx *cp, const dsacp_cp_step *st, int64_t laye
     for (int64_t q = 0; q < W; q++) total += rb[q];
     uint8_t *send = malloc(rb[me] + 1), *recv = malloc(total + 1);
     int lrc = (send && recv) ? DSACP_OK : dsacp_error(DSACP_ENOMEM, "out of memory for %zu gathered bytes", total);
+    lrc = dsacp_comm_agree(cp->comm, lrc); /* the largest transient: every rank has it, or all stop */
     if (lrc) {
         free(send), free(recv), free(rb);
-        return lrc; /* cannot take part: fatal for the group (docs: transient buffers) */
+        return lrc;
     }
     uint8_t *s = send;
     for (int64_t e = 0; e < n_ent; e++) {
