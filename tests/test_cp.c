@@ -675,6 +675,34 @@ static void test_memory(const dsacp_model *m)
 
 /* ---- conflicting options fail cleanly on every rank ---- */
 
+/* A failure on one rank fails the step on every rank, with that rank's message, and changes
+ * nothing: here the last rank's pool is too small for a step the others could take. */
+static void test_one_rank_fails(const dsacp_model *m)
+{
+    if (g_W == 1) return;
+    dsacp_engine_options eo;
+    dsacp_engine_options_default(&eo);
+    eo.block_size = 16;
+    eo.num_blocks = g_rank == g_W - 1 ? 1 : 64;
+    dsacp_engine *e = NULL;
+    REQUIRE_OK(dsacp_engine_create_cp(m, &eo, NULL, g_world, &e));
+    int64_t id;
+    REQUIRE_OK(dsacp_engine_add_request(e, &id));
+    dsacp_step_entry en = {id, 70, g_ids[0]}; /* 70 tokens: more than one block on every rank */
+    int rc = dsacp_engine_step(e, &en, 1, NULL, NULL);
+    char want[32];
+    snprintf(want, sizeof want, "rank %d:", g_W - 1);
+    CHECKF(rc == DSACP_ECAPACITY, "W=%d rank %d: step status %s", g_W, g_rank, dsacp_status_name(rc));
+    if (g_rank != g_W - 1)
+        CHECKF(strstr(dsacp_last_error(), want) != NULL, "rank %d: message '%s' does not name the failing rank",
+               g_rank, dsacp_last_error());
+    CHECK(dsacp_engine_request_length(e, id) == 0); /* nothing changed */
+    /* The group goes on: a step every rank can take succeeds. */
+    dsacp_step_entry small = {id, 8, g_ids[0]};
+    CHECK_OK(dsacp_engine_step(e, &small, 1, NULL, NULL));
+    dsacp_engine_free(e);
+}
+
 static void test_bad_options(const dsacp_model *m)
 {
     dsacp_cp_options cp;
@@ -710,6 +738,7 @@ int main(int argc, char **argv)
     test_memory(m);
     test_layer_shard_resident();
     test_bad_options(m);
+    test_one_rank_fails(m);
     drop_model(m, dir);
 
     /* deployed numerics, fp8 weights and fp8 caches: o_proj columns split FP8 blocks at this
