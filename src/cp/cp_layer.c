@@ -228,12 +228,10 @@ static int dump_topk(dsacp_cp_ctx *cp, const dsacp_cp_step *st, int64_t K, const
     return crc;
 }
 
-static const dsacp_config *view_cfg(const dsacp_dsa_ctx *ctx) { return ctx->cfg; }
-
 int dsacp_cp_layer_forward(dsacp_cp_ctx *cp, const dsacp_dsa_ctx *ctx, const dsacp_dsa_weights *w, int64_t layer,
                            const dsacp_cp_step *st, const float *x, float *out, int32_t *topk)
 {
-    const dsacp_config *cfg = view_cfg(ctx);
+    const dsacp_config *cfg = ctx->cfg;
     const int64_t H = cfg->num_attention_heads, dv = cfg->v_head_dim, D = cfg->hidden_size, K = cfg->index_topk;
     const int64_t dc = cfg->kv_lora_rank, dk = dc + cfg->qk_rope_head_dim, di = cfg->index_head_dim;
     const int64_t nd = st->n_dec, np = st->n_pre, na = nd + np, W = cp->W, me = cp->rank, I = cp->opt.interleave;
@@ -459,10 +457,9 @@ int dsacp_dsa_forward(const dsacp_dsa_ctx *ctx, const dsacp_dsa_weights *w, int6
     for (int64_t t = 0; t < T; t++)
         if (tok->seq[t] + 1 > n_ent) n_ent = tok->seq[t] + 1;
     int64_t *old_len = calloc((size_t)n_ent, sizeof *old_len), *new_len = calloc((size_t)n_ent, sizeof *new_len);
-    int64_t *row_of = malloc((size_t)T * sizeof *row_of);
     float *xa = dsacp_alloc((size_t)(T * ctx->cfg->hidden_size) * 4), *oa = dsacp_alloc((size_t)(T * ctx->cfg->hidden_size) * 4);
     dsacp_comm *solo = NULL;
-    int rc = (old_len && new_len && row_of && xa && oa) ? dsacp_comm_create_solo(&solo)
+    int rc = (old_len && new_len && xa && oa) ? dsacp_comm_create_solo(&solo)
                                                         : dsacp_error(DSACP_ENOMEM, "out of memory");
     dsacp_cp_step_mem mem = {0};
     if (!rc) {
@@ -489,7 +486,7 @@ int dsacp_dsa_forward(const dsacp_dsa_ctx *ctx, const dsacp_dsa_weights *w, int6
     }
     dsacp_cp_step_free(&mem);
     dsacp_comm_free(solo);
-    free(old_len), free(new_len), free(row_of);
+    free(old_len), free(new_len);
     dsacp_free(xa), dsacp_free(oa);
     return rc;
 }

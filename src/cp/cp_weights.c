@@ -184,7 +184,6 @@ int dsacp_cp_weights_setup(dsacp_cp_ctx *cp, const dsacp_dsa_weights *attn, int6
             const int64_t b = wp->o[l]->block;
             for (int q = 0; q < W; q++)
                 rsum += (size_t)(wp->o[l]->scale_rows * ((wp->col[q + 1] - wp->col[q] + b - 1) / b)) * 4;
-            full += 0;
         }
         if (f > full) full = f;
         if (rsum > recv) recv = rsum;
@@ -215,13 +214,12 @@ static void tp_bytes(const dsacp_cp_ctx *cp, const dsacp_cp_step *st, double *ga
 {
     const dsacp_cp_weights *wp = cp->wp;
     const int W = cp->W;
-    const int64_t D = cp->cfg->hidden_size, T = st->T, dv = cp->cfg->v_head_dim;
+    const int64_t D = cp->cfg->hidden_size, T = st->n_pre_all; /* the tokens tp's activation path moves */
     *gather = (double)wp->recv_bytes * (W - 1) / W;
     double a = 0;
     for (int q = 0; q < W; q++) {
         const int64_t Tq = st->pre_off[q + 1] - st->pre_off[q], hc = wp->col[q + 1] - wp->col[q];
         a += (double)(T - Tq) * (double)hc * 4 + (double)Tq * (double)D * 4 * (W - 1);
-        (void)dv;
     }
     *act = a / W;
 }

@@ -574,18 +574,15 @@ static int moe_forward(const dsacp_engine *e, const mlp_weights *w, const float 
 
 /* ---- the step ---- */
 
-/* Positions of [0, L) this rank keeps in a cache of the given layout. */
-static int64_t kept(const dsacp_engine *e, dsacp_cp_layout layout, int64_t L)
-{
-    const int W = e->cp.W;
-    return W == 1 || layout == DSACP_LAYOUT_REPLICATED ? L : dsacp_cp_local_len(L, e->cp.rank, e->cp.opt.interleave, W);
-}
-
+/* Positions of [0, L) rank q keeps in a cache of the given layout. */
 static int64_t kept_on(const dsacp_engine *e, dsacp_cp_layout layout, int64_t L, int q)
 {
     const int W = e->cp.W;
     return W == 1 || layout == DSACP_LAYOUT_REPLICATED ? L : dsacp_cp_local_len(L, q, e->cp.opt.interleave, W);
 }
+
+/* Positions of [0, L) this rank keeps in a cache of the given layout. */
+static int64_t kept(const dsacp_engine *e, dsacp_cp_layout layout, int64_t L) { return kept_on(e, layout, L, e->cp.rank); }
 
 static int64_t blocks_of(const dsacp_engine *e, int64_t tokens) { return (tokens + e->opt.block_size - 1) / e->opt.block_size; }
 
@@ -922,12 +919,10 @@ void dsacp_engine_kv_usage(const dsacp_engine *e, dsacp_kv_usage *u)
     memset(u, 0, sizeof *u);
     const int64_t B = e->opt.block_size, L = e->L;
     const dsacp_kv_cache *lc = e->cache, *ic = e->icache;
-    const bool split = lc != ic;
     u->latent_pool_bytes = lc->num_blocks * B * lc->mla_bytes * L;
     u->index_pool_bytes = ic->num_blocks * B * ic->index_bytes * L;
     u->latent_used_bytes = (lc->num_blocks - lc->num_free) * B * lc->mla_bytes * L;
     u->index_used_bytes = (ic->num_blocks - ic->num_free) * B * ic->index_bytes * L;
-    (void)split;
     u->transient_peak_bytes = e->cp.transient_peak;
 }
 

@@ -263,7 +263,7 @@ static int64_t next_waiting(const sched *S)
     return best;
 }
 
-static int build_step(sched *S, int64_t *budget_used)
+static int build_step(sched *S)
 {
     const dsacp_serve_options *o = S->o;
     int64_t budget = o->max_batch_tokens, running = 0;
@@ -311,7 +311,6 @@ static int build_step(sched *S, int64_t *budget_used)
         add_entry(S, s, c);
         budget -= c;
     }
-    *budget_used = o->max_batch_tokens - budget;
     return DSACP_OK;
 }
 
@@ -383,7 +382,6 @@ int dsacp_serve_run(dsacp_engine *e, const dsacp_serve_request *reqs, int64_t n_
     while (!rc) {
         /* ---- rank 0 plans ---- */
         p.n = 0;
-        int64_t used = 0;
         if (root) {
             double now = dsacp_now() - t0;
             for (;;) {
@@ -408,7 +406,7 @@ int dsacp_serve_run(dsacp_engine *e, const dsacp_serve_request *reqs, int64_t n_
                     if (!rc) rc = plan_push(&S.ends, s);
                     S.eid[s] = -1;
                 }
-            if (!rc) rc = build_step(&S, &used);
+            if (!rc) rc = build_step(&S);
             if (!rc && S.n_ent == 0 && done < n)
                 rc = dsacp_error(DSACP_ECAPACITY, "serve: no request can be scheduled (the KV pool is too small)");
             if (!rc && done < n) {
@@ -490,7 +488,6 @@ int dsacp_serve_run(dsacp_engine *e, const dsacp_serve_request *reqs, int64_t n_
                 dsacp_serve_progress pr = {done, n, gen, ptok, dsacp_now() - t0, kv};
                 opt->progress(opt->progress_arg, &pr);
             }
-            (void)used;
         }
         free(ent), free(ids);
         rc = dsacp_comm_agree(c, rc);

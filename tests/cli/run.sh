@@ -34,6 +34,16 @@ if mpi 2 "$DSACP" run "${W[@]}" --kv-blocks 6 --verify --json "$tmp/o.json" >"$t
   [ "$pre" -gt 0 ] && pass "small pool: $pre preemptions, same tokens, verified" || fail "small pool: no preemption counted"
 else fail "small pool: $(tail -n 8 "$tmp/log")"; fi
 
+# stop_ids: generation ends at (and keeps) the first stop token.
+printf '{"prompt_ids": [3, 1, 4, 1, 5], "max_new_tokens": 6}\n' >"$tmp/nostop.jsonl"
+"$DSACP" run --model "$tmp/m" --prompts "$tmp/nostop.jsonl" --no-realtime --json "$tmp/ns.json" >/dev/null 2>&1
+first=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['requests'][0]['tokens'][0])" "$tmp/ns.json" 2>/dev/null)
+printf '{"prompt_ids": [3, 1, 4, 1, 5], "max_new_tokens": 6, "stop_ids": [%s]}\n' "${first:-0}" >"$tmp/stop.jsonl"
+if [ -n "$first" ] && "$DSACP" run --model "$tmp/m" --prompts "$tmp/stop.jsonl" --no-realtime --json "$tmp/st.json" >/dev/null 2>&1 &&
+   [ "$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['requests'][0]['tokens'])" "$tmp/st.json")" = "[$first]" ]; then
+  pass "stop_ids end generation at the stop token"
+else fail "stop_ids: first token '$first', $(cat "$tmp/st.json" 2>&1 | tail -3)"; fi
+
 # JSON report fields (vllm bench serve's names).
 if python3 - "$tmp/ref.json" <<'PY'
 import json, sys

@@ -15,7 +15,6 @@
 #include "io/safetensors.h"
 #include "model/model.h"
 
-#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -130,25 +129,17 @@ int cli_forward(int argc, char **argv)
         rc = dsacp_engine_step(e, entries, n, root ? step_logits : NULL, dump && root ? step_topk : NULL);
         if (rc) break;
         int64_t t = 0;
-        for (int64_t r = 0; r < R && !rc; r++) {
+        for (int64_t r = 0; r < R; r++) {
             int32_t c = sched[st * R + r];
             if (!root) {
                 fed[r] += c;
                 continue;
             }
-            for (int32_t j = 0; j < c && !rc; j++, t++) {
+            /* The engine refuses a step whose logits are not finite (DSACP_ERANGE), so every row
+             * copied here is an answer. */
+            for (int32_t j = 0; j < c; j++, t++) {
                 int64_t p = fed[r] + j;
-                const float *row = step_logits + t * V;
-                /* Never write NaN/Inf logits as if they were an answer. */
-                for (int64_t v = 0; v < V; v++)
-                    if (!isfinite(row[v])) {
-                        rc = dsacp_error(DSACP_ERANGE, "step %lld: the logits of request %lld at position %lld are "
-                                         "not finite (vocabulary index %lld is %g); the model's weights or "
-                                         "activations overflowed", (long long)st, (long long)r, (long long)p,
-                                         (long long)v, (double)row[v]);
-                        break;
-                    }
-                memcpy(logits + (r * Lmax + p) * V, row, (size_t)V * sizeof *logits);
+                memcpy(logits + (r * Lmax + p) * V, step_logits + t * V, (size_t)V * sizeof *logits);
                 if (dump)
                     for (int64_t l = 0; l < NL; l++)
                         memcpy(topk + ((l * R + r) * Lmax + p) * K, step_topk + (l * T + t) * K,
@@ -156,7 +147,6 @@ int cli_forward(int argc, char **argv)
             }
             fed[r] += c;
         }
-        if (world) rc = dsacp_comm_agree(world, rc);
     }
     if (rc) {
         cli_fail("forward", rc);

@@ -21,16 +21,17 @@
 #include <unistd.h>
 
 typedef struct workload {
-    dsacp_serve_request *rq;
+    dsacp_serve_request *rq; /* each request owns its prompt and stop ids */
     int64_t n;
-    int32_t *stop_pool;
 } workload;
 
 static void workload_free(workload *w)
 {
-    for (int64_t i = 0; w->rq && i < w->n; i++) free(w->rq[i].prompt);
+    for (int64_t i = 0; w->rq && i < w->n; i++) {
+        free(w->rq[i].prompt);
+        free((void *)w->rq[i].stop_ids);
+    }
     free(w->rq);
-    free(w->stop_pool);
     memset(w, 0, sizeof *w);
 }
 
@@ -87,7 +88,7 @@ static int load_prompts(workload *w, const char *path, int64_t gen)
     size_t len = 0;
     int rc = dsacp_read_file(path, &text, &len, (size_t)1 << 30);
     if (rc) return rc;
-    int64_t lines = 0, cap = 0, nstop = 0;
+    int64_t lines = 0, cap = 0;
     for (size_t i = 0; i < len; i++) lines += text[i] == '\n';
     cap = lines + 1;
     w->rq = calloc((size_t)cap, sizeof *w->rq);
@@ -140,25 +141,15 @@ static int load_prompts(workload *w, const char *path, int64_t gen)
                 for (size_t j = 0; !rc && j < json_array_size(st); j++)
                     if (!json_is_integer(json_array_get(st, j)))
                         rc = dsacp_error(DSACP_EFORMAT, "%s: line %lld: stop_ids[%zu] is not an integer", path, (long long)ln, j);
-                if (!rc) {
-                    int32_t *np = realloc(w->stop_pool, (size_t)(nstop + (int64_t)json_array_size(st) + 1) * sizeof *np);
-                    if (!np) rc = dsacp_error(DSACP_ENOMEM, "out of memory");
-                    else {
-                        w->stop_pool = np;
-                        r->n_stop = (int64_t)json_array_size(st);
-                        r->stop_ids = (const int32_t *)(intptr_t)nstop; /* an offset until the pool settles */
-                        for (size_t j = 0; j < json_array_size(st); j++)
-                            w->stop_pool[nstop++] = (int32_t)json_integer_value(json_array_get(st, j));
-                    }
-                }
+                int32_t *stops = rc ? NULL : malloc((json_array_size(st) + 1) * sizeof *stops);
+                if (!rc && !stops) rc = dsacp_error(DSACP_ENOMEM, "out of memory");
+                for (size_t j = 0; stops && j < json_array_size(st); j++) stops[j] = (int32_t)json_integer_value(json_array_get(st, j));
+                if (stops) r->stop_ids = stops, r->n_stop = (int64_t)json_array_size(st);
             }
             json_decref(o);
         }
         line = end ? end + 1 : NULL;
     }
-    for (int64_t i = 0; !rc && i < w->n; i++)
-        if (w->rq[i].n_stop) w->rq[i].stop_ids = w->stop_pool + (intptr_t)w->rq[i].stop_ids;
-        else w->rq[i].stop_ids = NULL;
     if (!rc && w->n == 0) rc = dsacp_error(DSACP_EINVAL, "%s: no requests (every line empty)", path);
     dsacp_free(text);
     return rc;
