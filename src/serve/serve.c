@@ -92,17 +92,18 @@ static int plan_apply(dsacp_engine *e, const plan *p, int64_t *eid, bool structu
                       int64_t *n_ent, int32_t **ids)
 {
     const int64_t *w = p->w;
-    int64_t k = 0, rc = DSACP_OK;
+    int64_t k = 0;
+    int rc = DSACP_OK;
     const int64_t n_end = w[k++];
     for (int64_t i = 0; i < n_end; i++, k++)
         if (structural) {
             rc = dsacp_engine_end_request(e, eid[w[k]]);
             eid[w[k]] = -1;
-            if (rc) return (int)rc;
+            if (rc) return rc;
         }
     const int64_t n_add = w[k++];
     for (int64_t i = 0; i < n_add; i++, k++)
-        if (structural && (rc = dsacp_engine_add_request(e, &eid[w[k]]))) return (int)rc;
+        if (structural && (rc = dsacp_engine_add_request(e, &eid[w[k]]))) return rc;
     const int64_t n = w[k++];
     int64_t T = 0;
     for (int64_t i = 0; i < n; i++) T += w[k + 2 * i + 1];
@@ -122,11 +123,24 @@ static int plan_apply(dsacp_engine *e, const plan *p, int64_t *eid, bool structu
 
 /* ---- sampling ---- */
 
+typedef struct prob {
+    float p;
+    int32_t id;
+} prob;
+
+/* Descending probability, then the lower id: a total order, so the draw is deterministic. */
+static int prob_desc(const void *a, const void *b)
+{
+    const prob *x = a, *y = b;
+    if (x->p != y->p) return x->p < y->p ? 1 : -1;
+    return (x->id > y->id) - (x->id < y->id);
+}
+
 /* Greedy: the first largest logit. Otherwise softmax(logits / T) restricted to the smallest set of
  * tokens whose probability reaches top_p, drawn with a generator seeded by (seed, request, index),
- * so a token does not depend on the batch it was computed in. */
+ * so a token does not depend on the batch it was computed in. work: V entries. */
 static int32_t sample(const float *logits, int64_t V, const dsacp_serve_options *o, int64_t req, int64_t index,
-                      float *work, int32_t *order)
+                      prob *work)
 {
     int64_t best = 0;
     for (int64_t i = 1; i < V; i++)
@@ -134,29 +148,22 @@ static int32_t sample(const float *logits, int64_t V, const dsacp_serve_options 
     if (o->temperature <= 0) return (int32_t)best;
     double sum = 0;
     for (int64_t i = 0; i < V; i++) {
-        work[i] = (float)exp((logits[i] - logits[best]) / o->temperature);
-        sum += work[i];
-        order[i] = (int32_t)i;
+        work[i] = (prob){(float)exp((logits[i] - logits[best]) / o->temperature), (int32_t)i};
+        sum += work[i].p;
     }
-    /* Descending probability (insertion into a sorted prefix is enough for small top-p sets;
-     * a full sort otherwise). */
-    for (int64_t i = 1; i < V; i++) {
-        int32_t x = order[i];
-        int64_t j = i;
-        while (j > 0 && work[order[j - 1]] < work[x]) order[j] = order[j - 1], j--;
-        order[j] = x;
-    }
+    qsort(work, (size_t)V, sizeof *work, prob_desc);
     double keep = 0;
     int64_t n = 0;
-    while (n < V && (n == 0 || keep < o->top_p * sum)) keep += work[order[n++]];
+    while (n < V && (n == 0 || keep < o->top_p * sum)) keep += work[n++].p;
     dsacp_rng rng;
     dsacp_rng_seed(&rng, o->seed * 0x9E3779B97F4A7C15ull ^ ((uint64_t)req << 32) ^ (uint64_t)index);
-    double u = dsacp_rng_uniform(&rng) * keep, acc = 0;
+    const double u = dsacp_rng_uniform(&rng) * keep;
+    double acc = 0;
     for (int64_t i = 0; i < n; i++) {
-        acc += work[order[i]];
-        if (u < acc) return order[i];
+        acc += work[i].p;
+        if (u < acc) return work[i].id;
     }
-    return order[n - 1];
+    return work[n - 1].id;
 }
 
 static void sleep_s(double s)
@@ -329,8 +336,8 @@ int dsacp_serve_run(dsacp_engine *e, const dsacp_serve_request *reqs, int64_t n_
     S.e = e, S.rq = reqs, S.n = n, S.o = opt, S.res = res;
     S.eid = malloc((size_t)(n > 0 ? n : 1) * sizeof *S.eid);
     plan p = {0};
-    float *logits = NULL, *work = NULL;
-    int32_t *order = NULL;
+    float *logits = NULL;
+    prob *work = NULL;
     if (!S.eid) rc = dsacp_error(DSACP_ENOMEM, "out of memory");
     for (int64_t i = 0; i < n && S.eid; i++) S.eid[i] = -1;
     if (root && !rc) {
@@ -341,8 +348,7 @@ int dsacp_serve_run(dsacp_engine *e, const dsacp_serve_request *reqs, int64_t n_
         S.fit_id = malloc((size_t)(n + 1) * sizeof *S.fit_id);
         S.fit_len = malloc((size_t)(n + 1) * sizeof *S.fit_len);
         work = malloc((size_t)V * sizeof *work);
-        order = malloc((size_t)V * sizeof *order);
-        if (!S.r || !res->out || !S.ent_s || !S.ent_n || !S.fit_id || !S.fit_len || !work || !order)
+        if (!S.r || !res->out || !S.ent_s || !S.ent_n || !S.fit_id || !S.fit_len || !work)
             rc = dsacp_error(DSACP_ENOMEM, "out of memory for %lld requests", (long long)n);
         res->n_requests = n;
         for (int64_t i = 0; i < n && !rc; i++) {
@@ -457,7 +463,7 @@ int dsacp_serve_run(dsacp_engine *e, const dsacp_serve_request *reqs, int64_t n_
                 row += cnt;
                 if (r->fed < r->len) continue;
                 dsacp_serve_out *out = &res->out[s];
-                const int32_t tok = sample(logits + (row - 1) * V, V, opt, s, out->n_tokens, work, order);
+                const int32_t tok = sample(logits + (row - 1) * V, V, opt, s, out->n_tokens, work);
                 const double when = dsacp_now() - t0;
                 if (out->n_tokens == 0) out->first_s = when;
                 out->tokens[out->n_tokens] = tok;
@@ -504,7 +510,7 @@ int dsacp_serve_run(dsacp_engine *e, const dsacp_serve_request *reqs, int64_t n_
             if (S.eid && S.eid[s] >= 0) dsacp_engine_end_request(e, S.eid[s]);
     }
     free(S.r), free(S.eid), free(S.ent_s), free(S.ent_n), free(S.fit_id), free(S.fit_len);
-    free(S.ends.w), free(S.adds.w), free(p.w), free(logits), free(work), free(order);
+    free(S.ends.w), free(S.adds.w), free(p.w), free(logits), free(work);
     if (rc && root) {
         char msg[512];
         snprintf(msg, sizeof msg, "%s", dsacp_last_error());

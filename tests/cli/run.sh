@@ -26,6 +26,14 @@ for n in 2 4; do
   done
 done
 
+# Seeded temperature / top-p sampling: the same draws on 1 and 2 ranks (a token's draw depends on
+# its request and index only, never on the batch).
+"$DSACP" run "${W[@]}" --temperature 0.8 --top-p 0.9 --json "$tmp/s1.json" >/dev/null 2>&1
+if mpi 2 "$DSACP" run "${W[@]}" --temperature 0.8 --top-p 0.9 --json "$tmp/s2.json" >"$tmp/log" 2>&1 &&
+   [ "$(tokens "$tmp/s1.json")" = "$(tokens "$tmp/s2.json")" ] && [ "$(tokens "$tmp/s1.json")" != "$ref" ]; then
+  pass "sampled tokens identical on 1 and 2 ranks (and not the greedy ones)"
+else fail "sampling: $(tail -n 3 "$tmp/log")"; fi
+
 # Capacity: 6 blocks of 16 tokens cannot hold the workload at once.
 rm -f "$tmp/o.json"
 if mpi 2 "$DSACP" run "${W[@]}" --kv-blocks 6 --verify --json "$tmp/o.json" >"$tmp/log" 2>&1 &&
