@@ -170,6 +170,11 @@ int dsacp_cp_views_build(dsacp_cp_ctx *cp, const dsacp_cp_step *st, int64_t laye
                          int *rc);
 void dsacp_cp_views_free(dsacp_cp_views *v);
 
+/* A one-layer pool of nblocks blocks of B tokens with the entry formats of this rank's latent
+ * and indexer caches (transient views; B = 1: the staged entries of a layer call). */
+int dsacp_cp_cache_like(const dsacp_kv_cache *lat, const dsacp_kv_cache *idx, int64_t B, int64_t nblocks,
+                        dsacp_kv_cache **out);
+
 /* Raw cache entries: latent (mla_bytes) and indexer key (index_bytes: f32 [di] or e4m3 [di] then
  * its F32 scale) of one slot, copied in or out. */
 void dsacp_cp_get_lat(const dsacp_kv_cache *c, int64_t layer, int64_t slot, uint8_t *dst);

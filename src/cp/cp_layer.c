@@ -253,13 +253,8 @@ int dsacp_cp_layer_forward(dsacp_cp_ctx *cp, const dsacp_dsa_ctx *ctx, const dsa
     int arc = DSACP_OK;
     if (dsacp_dsa_proj_alloc(&p, cfg, na) || !pos_act || !vcat || !topk_act)
         arc = dsacp_error(DSACP_ENOMEM, "layer %lld: out of memory for %lld active tokens", (long long)layer, (long long)na);
-    if (!arc) {
-        dsacp_config c;
-        memset(&c, 0, sizeof c);
-        c.kv_lora_rank = dc, c.qk_rope_head_dim = dk - dc, c.index_head_dim = di;
-        if (dsacp_kv_cache_create(&c, 1, cp->lat->mla_dtype, cp->idx->index_fp8, 1, na > 0 ? na : 1, &stage))
-            arc = dsacp_error(DSACP_ENOMEM, "layer %lld: out of memory staging %lld entries", (long long)layer, (long long)na);
-    }
+    if (!arc && dsacp_cp_cache_like(cp->lat, cp->idx, 1, na > 0 ? na : 1, &stage))
+        arc = dsacp_error(DSACP_ENOMEM, "layer %lld: out of memory staging %lld entries", (long long)layer, (long long)na);
     if (!arc && W > 1 && st->n_pre_all > 0) {
         const int64_t E0 = stage->mla_bytes + stage->index_bytes;
         rb = malloc((size_t)W * sizeof *rb);

@@ -71,8 +71,7 @@ void dsacp_cp_views_free(dsacp_cp_views *v)
     memset(v, 0, sizeof *v);
 }
 
-/* A one-layer pool with the entry formats of this rank's caches. */
-static int cache_like(const dsacp_kv_cache *lat, const dsacp_kv_cache *idx, int64_t B, int64_t nblocks,
+int dsacp_cp_cache_like(const dsacp_kv_cache *lat, const dsacp_kv_cache *idx, int64_t B, int64_t nblocks,
                       dsacp_kv_cache **out)
 {
     dsacp_config c;
@@ -137,7 +136,7 @@ int dsacp_cp_views_build(dsacp_cp_ctx *cp, const dsacp_cp_step *st, int64_t laye
     out->seqs = calloc((size_t)n_ent, sizeof *out->seqs);
     lrc = out->seqs ? DSACP_OK : dsacp_error(DSACP_ENOMEM, "out of memory for views");
     if (!lrc)
-        lrc = cache_like(cp->lat, cp->idx, B, nblocks > 0 ? nblocks : 1, &out->cache);
+        lrc = dsacp_cp_cache_like(cp->lat, cp->idx, B, nblocks > 0 ? nblocks : 1, &out->cache);
     for (int64_t e = 0; e < n_ent && !lrc; e++)
         if (want[e]) lrc = dsacp_kv_reserve(out->cache, &out->seqs[e], st->new_len[e]);
     if (lrc) {
