@@ -10,6 +10,13 @@
 int dsacp_kv_cache_create(const dsacp_config *cfg, int64_t num_layers, dsacp_kv_dtype mla_dtype,
                           bool index_fp8, int64_t block_size, int64_t num_blocks, dsacp_kv_cache **out)
 {
+    return dsacp_kv_cache_create_parts(cfg, num_layers, mla_dtype, index_fp8, block_size, num_blocks, true, true, out);
+}
+
+int dsacp_kv_cache_create_parts(const dsacp_config *cfg, int64_t num_layers, dsacp_kv_dtype mla_dtype,
+                                bool index_fp8, int64_t block_size, int64_t num_blocks, bool latent, bool index,
+                                dsacp_kv_cache **out)
+{
     *out = NULL;
     if (block_size < 1 || (block_size & (block_size - 1)) || block_size > (1 << 20))
         return dsacp_error(DSACP_EINVAL, "block size %lld must be a power of two in [1, 2^20]",
@@ -37,9 +44,8 @@ int dsacp_kv_cache_create(const dsacp_config *cfg, int64_t num_layers, dsacp_kv_
     if (!c->mla || !c->index || !c->free_list) goto oom;
     size_t tokens = (size_t)(num_blocks * block_size);
     for (int64_t l = 0; l < num_layers; l++) {
-        c->mla[l] = dsacp_calloc(tokens, (size_t)c->mla_bytes);
-        c->index[l] = dsacp_calloc(tokens, (size_t)c->index_bytes);
-        if (!c->mla[l] || !c->index[l]) goto oom;
+        if (latent && !(c->mla[l] = dsacp_calloc(tokens, (size_t)c->mla_bytes))) goto oom;
+        if (index && !(c->index[l] = dsacp_calloc(tokens, (size_t)c->index_bytes))) goto oom;
     }
     /* Lowest block ids are handed out first. */
     for (int64_t b = 0; b < num_blocks; b++) c->free_list[b] = (int32_t)(num_blocks - 1 - b);

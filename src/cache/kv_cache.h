@@ -41,6 +41,12 @@ typedef struct dsacp_kv_seq {
 
 int dsacp_kv_cache_create(const dsacp_config *cfg, int64_t num_layers, dsacp_kv_dtype mla_dtype,
                           bool index_fp8, int64_t block_size, int64_t num_blocks, dsacp_kv_cache **out);
+/* The same with only the latent or only the indexer storage (a context-parallel rank whose two
+ * caches have different layouts keeps one pool per cache); the other part's arrays stay NULL
+ * and must not be written. */
+int dsacp_kv_cache_create_parts(const dsacp_config *cfg, int64_t num_layers, dsacp_kv_dtype mla_dtype,
+                                bool index_fp8, int64_t block_size, int64_t num_blocks, bool latent, bool index,
+                                dsacp_kv_cache **out);
 void dsacp_kv_cache_free(dsacp_kv_cache *c);
 
 /* Blocks `seq` needs beyond what it holds to cover `length` tokens. */

@@ -351,22 +351,17 @@ int dsacp_engine_create_cp(const dsacp_model *model, const dsacp_engine_options 
     e->opt = opt;
     e->L = cfg->num_hidden_layers;
     int rc = dsacp_rope_init(&e->rope, cfg);
+    /* Layouts that differ: the indexer keys get a pool of their own, and each pool holds only its
+     * part. */
+    const bool split = dsacp_comm_size(e->comm) > 1 && cpo.kv_layout != cpo.index_layout;
+    const bool fp8_index = opt.numerics == DSACP_NUMERICS_DEPLOYED;
     if (!rc)
-        rc = dsacp_kv_cache_create(cfg, e->L, opt.kv_dtype, opt.numerics == DSACP_NUMERICS_DEPLOYED,
-                                   opt.block_size, opt.num_blocks, &e->cache);
+        rc = dsacp_kv_cache_create_parts(cfg, e->L, opt.kv_dtype, fp8_index, opt.block_size, opt.num_blocks, true,
+                                         !split, &e->cache);
     e->icache = e->cache;
-    /* Layouts that differ: the indexer keys get a pool of their own (the latent part of each
-     * pool is released, so neither holds memory it never uses). */
-    if (!rc && dsacp_comm_size(e->comm) > 1 && cpo.kv_layout != cpo.index_layout) {
-        rc = dsacp_kv_cache_create(cfg, e->L, opt.kv_dtype, opt.numerics == DSACP_NUMERICS_DEPLOYED,
-                                   opt.block_size, opt.num_blocks, &e->icache);
-        for (int64_t l = 0; l < e->L && !rc; l++) {
-            dsacp_free(e->cache->index[l]);
-            e->cache->index[l] = NULL;
-            dsacp_free(e->icache->mla[l]);
-            e->icache->mla[l] = NULL;
-        }
-    }
+    if (!rc && split)
+        rc = dsacp_kv_cache_create_parts(cfg, e->L, opt.kv_dtype, fp8_index, opt.block_size, opt.num_blocks, false,
+                                         true, &e->icache);
     if (rc) goto fail;
     e->attn = calloc((size_t)e->L, sizeof *e->attn);
     e->mlp = calloc((size_t)e->L, sizeof *e->mlp);
