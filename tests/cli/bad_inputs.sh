@@ -2,28 +2,8 @@
 # Bad inputs a new user would try: each must give a one-line error naming the file and field,
 # a non-zero exit below 128 (no crash), and no partial output.
 set -u
-DSACP=${DSACP:?set by CTest}
-tmp=$(mktemp -d /tmp/dsacp-cli-XXXXXX)
-trap 'rm -rf "$tmp"' EXIT
-fails=0; passes=0
+. "$(dirname "$0")/lib/common.sh"
 
-# expect_error NAME EXPECTED_SUBSTRING... -- command
-expect_error() {
-  local name=$1; shift
-  local pats=()
-  while [[ $1 != -- ]]; do pats+=("$1"); shift; done
-  shift
-  "$@" >"$tmp/out" 2>"$tmp/err"
-  local rc=$?
-  local lines; lines=$(wc -l <"$tmp/err")
-  local ok=1
-  if (( rc == 0 || rc >= 128 )); then ok=0; echo "FAIL $name: exit status $rc"; fi
-  if (( lines != 1 )); then ok=0; echo "FAIL $name: expected one line on stderr, got $lines"; fi
-  for p in "${pats[@]}"; do
-    grep -qF -- "$p" "$tmp/err" || { ok=0; echo "FAIL $name: stderr lacks '$p'"; }
-  done
-  if (( ok )); then passes=$((passes+1)); echo "ok   $name: $(cat "$tmp/err")"; else fails=$((fails+1)); cat "$tmp/err"; fi
-}
 
 # write_st FILE HEADER_JSON DATA_BYTES [DECLARED_LEN]: a safetensors file by hand.
 write_st() {
@@ -106,5 +86,4 @@ fi
 expect_error "generate bad model" "nodir" -- "$DSACP" generate --model "$tmp/nodir"
 if [[ -s $tmp/out ]]; then fails=$((fails+1)); echo "FAIL generate printed before its error: $(cat "$tmp/out")"; fi
 
-echo "$passes passed, $fails failed"
-(( fails == 0 ))
+finish

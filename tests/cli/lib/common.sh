@@ -1,7 +1,7 @@
 # Shared by the CLI test scripts that source it (tests/cli/*.sh; this folder is not a test):
 # a scratch directory removed on exit, pass/fail counters, and mpi N CMD... (mpirun under a
 # timeout, oversubscribed, root-safe, one OpenMP thread per rank, leak detection off because
-# Open MPI leaks internally). End a script with `finish`.
+# Open MPI leaks internally), expect_error. End a script with `finish`.
 DSACP=${DSACP:?set by CTest}
 MPIEXEC=${MPIEXEC:-mpirun}
 command -v "$MPIEXEC" >/dev/null 2>&1 || MPIEXEC=mpirun
@@ -12,4 +12,25 @@ fails=0; passes=0
 pass() { passes=$((passes+1)); echo "ok   $*"; }
 fail() { fails=$((fails+1)); echo "FAIL $*"; }
 mpi() { local n=$1; shift; OMP_NUM_THREADS=1 ASAN_OPTIONS=${MPI_ASAN_OPTIONS:-detect_leaks=0} timeout "${MPI_TIMEOUT:-180}" "$MPIEXEC" -np "$n" --oversubscribe "$@"; }
+# expect_error NAME EXPECTED_SUBSTRING... -- command: the command must fail with a status below
+# 128 (no crash), exactly one line on stderr containing every substring, and, when EXPECT_MAX_S
+# is set, within that many seconds.
+expect_error() {
+  local name=$1; shift
+  local pats=()
+  while [[ $1 != -- ]]; do pats+=("$1"); shift; done
+  shift
+  local t0=$SECONDS
+  "$@" >"$tmp/out" 2>"$tmp/err"
+  local rc=$? dt=$((SECONDS - t0))
+  local lines; lines=$(wc -l <"$tmp/err")
+  local ok=1
+  if (( rc == 0 || rc >= 128 )); then ok=0; echo "FAIL $name: exit status $rc"; fi
+  if (( lines != 1 )); then ok=0; echo "FAIL $name: expected one line on stderr, got $lines"; fi
+  if [[ -n ${EXPECT_MAX_S:-} ]] && (( dt > EXPECT_MAX_S )); then ok=0; echo "FAIL $name: took $dt s"; fi
+  for p in "${pats[@]}"; do
+    grep -qF -- "$p" "$tmp/err" || { ok=0; echo "FAIL $name: stderr lacks '$p'"; }
+  done
+  if (( ok )); then passes=$((passes+1)); echo "ok   $name: $(cat "$tmp/err")"; else fails=$((fails+1)); head -c 2000 "$tmp/err"; fi
+}
 finish() { echo "$passes passed, $fails failed"; [ "$fails" -eq 0 ]; }
