@@ -268,7 +268,8 @@ int dsacp_linear_drive(const dsacp_weight *w, const float *x, int64_t T, int64_t
         xin = xq;
     }
     int rc = DSACP_OK;
-    if (fast && fast(w, xin, T, ldxin, y, ldy, &rc)) {
+    if ((fast && fast(w, xin, T, ldxin, y, ldy, &rc)) ||
+        (T >= DSACP_GEMM_MIN_T && dsacp_linear_gemm(w, xin, T, ldxin, y, ldy, false, &rc))) {
         dsacp_free(xq);
         return rc;
     }

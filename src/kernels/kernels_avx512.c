@@ -300,6 +300,8 @@ static int lin8_linear(const dsacp_weight *w, const float *x, int64_t T, int64_t
 static int lin8_fast(const dsacp_weight *w, const float *x, int64_t T, int64_t ldx, float *y, int64_t ldy, int *rc)
 {
     if (w->dtype != DSACP_F8_E4M3 || w->block % 64 != 0 || !lin8_vbmi()) return 0;
+    /* Many tokens: the blocked GEMM running these very chains (gemm_avx2.c, fold mode). */
+    if (T >= DSACP_GEMM_MIN_T && dsacp_linear_gemm(w, x, T, ldx, y, ldy, true, rc)) return 1;
     *rc = lin8_linear(w, x, T, ldx, y, ldy);
     return 1;
 }

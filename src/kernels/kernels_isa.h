@@ -56,6 +56,13 @@ typedef void (*dsacp_linear_rows_fn)(const dsacp_weight *w, int64_t o0, int64_t 
                                      int64_t T, float *y, int64_t ldy);
 typedef int (*dsacp_linear_fast_fn)(const dsacp_weight *w, const float *x, int64_t T, int64_t ldx, float *y,
                                     int64_t ldy, int *rc);
+/* The blocked many-row linear (gemm_avx2.c), used for T >= DSACP_GEMM_MIN_T: the same bits as
+ * the row kernels (natural chains; with fold, the chains of the AVX-512 VBMI table decode of FP8
+ * weights with blocks of a multiple of 64). Returns 1 when it did the product (status in *rc: OK
+ * or ENOMEM), 0 when this weight does not suit it (nothing written). x is the act-quantized input. */
+enum { DSACP_GEMM_MIN_T = 8 };
+int dsacp_linear_gemm(const dsacp_weight *w, const float *x, int64_t T, int64_t ldx, float *y, int64_t ldy, bool fold,
+                      int *rc);
 int dsacp_linear_drive(const dsacp_weight *w, const float *x, int64_t T, int64_t ldx, float *y, int64_t ldy,
                        bool act_quant, const dsacp_linear_rows_fn rows_by_dtype[4], dsacp_linear_fast_fn fast);
 

@@ -723,6 +723,77 @@ static int bench_linear(bench *b, const layer_weights *lw)
     return rc;
 }
 
+/* ---- batched linear (the blocked GEMM) ---- */
+
+typedef struct batch_arg {
+    const dsacp_weight *w;
+    const float *x;
+    float *y;
+    int64_t T;
+    bool act_quant;
+    int rc;
+} batch_arg;
+
+static void batch_run(void *p)
+{
+    batch_arg *a = p;
+    int rc = dsacp_linear(a->w, a->x, a->T, a->w->cols, a->y, a->w->rows, a->act_quant);
+    if (rc && !a->rc) a->rc = rc;
+}
+
+/* dsacp_linear on T tokens for T in {16, 256, 2048}, weights of q_a's shape (hidden x q_lora,
+ * the layer's first and most common GEMM shape) stored as f32, bf16 and fp8, each beside OpenBLAS
+ * sgemm on the same f32 product, timed in the same run. */
+static int bench_gemm(bench *b)
+{
+    const dsacp_config *c = &b->cfg;
+    const int64_t N = c->q_lora_rank > 0 ? c->q_lora_rank : c->hidden_size, K = c->hidden_size;
+    static const int64_t Ts[] = {16, 256, 2048};
+    const int64_t Tmax = 2048;
+    owned_weight wf, w8, wb;
+    memset(&wb, 0, sizeof wb);
+    int rc = make_weight(&wf, "gemm_f32", N, K, false, 201);
+    if (!rc) rc = make_weight(&w8, "gemm_fp8", N, K, true, 202);
+    else memset(&w8, 0, sizeof w8);
+    if (!rc) {
+        wb.data = dsacp_alloc((size_t)(N * K) * 2);
+        if (!wb.data) rc = dsacp_error(DSACP_ENOMEM, "out of memory for the bf16 weight");
+        else {
+            uint16_t *d = wb.data;
+            for (int64_t i = 0; i < N * K; i++) d[i] = dsacp_f32_to_bf16(((const float *)wf.data)[i]);
+            wb.w = wf.w;
+            wb.w.name = "gemm_bf16", wb.w.dtype = DSACP_BF16, wb.w.data = wb.data;
+        }
+    }
+    float *x = dsacp_alloc((size_t)(Tmax * K) * 4), *y = dsacp_alloc((size_t)(Tmax * N) * 4);
+    if (!rc && (!x || !y)) rc = dsacp_error(DSACP_ENOMEM, "out of memory for the batched linear operands");
+    if (!rc) fill_f32(x, Tmax * K, 203, 1);
+    const int64_t reps = b->reps < 3 ? b->reps : 3;
+    for (size_t i = 0; i < sizeof Ts / sizeof *Ts && !rc; i++) {
+        const int64_t T = Ts[i];
+        const double flops = 2.0 * (double)T * (double)N * (double)K;
+        char name[64], cname[64];
+        gemm_arg g = {.M = T, .N = N, .K = K, .A = x, .lda = K, .B = wf.data, .ldb = K, .C = y, .ldc = N, .transb = true};
+        snprintf(cname, sizeof cname, "sgemm_T%lld", (long long)T);
+        const double t_sg = time_fn(gemm_run, NULL, &g, reps, 0.05, NULL);
+        add_result(b, cname, flops / t_sg * 1e-9, "GFLOP/s", NULL, 0, 0);
+        blas_quiesce();
+        const owned_weight *ws[3] = {&wf, &wb, &w8};
+        const char *tag[3] = {"f32", "bf16", "fp8"};
+        for (int k = 0; k < 3 && !rc; k++) {
+            batch_arg a = {&ws[k]->w, x, y, T, b->deployed && k == 2, 0};
+            const double t = time_fn(batch_run, NULL, &a, reps, 0.05, NULL);
+            rc = a.rc;
+            snprintf(name, sizeof name, "gemm_%s_T%lld", tag[k], (long long)T);
+            add_rate(b, name, flops / t * 1e-9, "GFLOP/s", cname, flops / t_sg * 1e-9);
+        }
+    }
+    dsacp_free(x), dsacp_free(y);
+    free_weight(&wf), free_weight(&w8);
+    dsacp_free(wb.data);
+    return rc;
+}
+
 /* ---- one decode layer step ---- */
 
 typedef struct layer_arg {
@@ -896,7 +967,7 @@ static void print_json(const bench *b)
 
 /* ---- the command ---- */
 
-static const char *const kernel_names[] = {"all", "ceilings", "indexer", "topk", "mla", "linear", "layer", NULL};
+static const char *const kernel_names[] = {"all", "ceilings", "indexer", "topk", "mla", "linear", "layer", "gemm", NULL};
 
 int cli_bench(int argc, char **argv)
 {
@@ -940,7 +1011,7 @@ int cli_bench(int argc, char **argv)
         const char *const *k = kernel_names;
         while (*k && strcmp(*k, s)) k++;
         if (!*k) {
-            fprintf(stderr, "dsacp bench: option '--kernel' must be all, ceilings, indexer, topk, mla, linear or layer, "
+            fprintf(stderr, "dsacp bench: option '--kernel' must be all, ceilings, indexer, topk, mla, linear, layer or gemm, "
                             "got '%s'\n", s);
             goto out;
         }
@@ -1001,7 +1072,7 @@ int cli_bench(int argc, char **argv)
     bool all = !strcmp(k, "all"), ceil_only = !strcmp(k, "ceilings");
     bool do_index = all || !strcmp(k, "indexer"), do_topk = all || !strcmp(k, "topk");
     bool do_mla = all || !strcmp(k, "mla"), do_linear = all || !strcmp(k, "linear");
-    bool do_layer = all || !strcmp(k, "layer");
+    bool do_layer = all || !strcmp(k, "layer"), do_gemm = !strcmp(k, "gemm");
     if (!b->json) {
         printf("dsacp bench: %s %s, context %lld, batch %lld, %lld threads, isa %s, %s numerics, min of %lld reps%s\n",
                b->preset ? "preset" : "model", b->preset ? b->preset : b->model_dir, (long long)b->context,
@@ -1013,10 +1084,11 @@ int cli_bench(int argc, char **argv)
                getenv("OPENBLAS_CORETYPE") ? getenv("OPENBLAS_CORETYPE") : "");
         printf("%-28s %12s %-7s %-24s %12s %8s\n", "name", "value", "unit", "ceiling", "ceiling_val", "ratio");
     }
-    rc = measure_ceilings(b, all || ceil_only, all || ceil_only || do_linear, all || ceil_only || do_index,
+    rc = measure_ceilings(b, all || ceil_only || do_gemm, all || ceil_only || do_linear, all || ceil_only || do_index,
                           all || ceil_only || do_mla);
     if (!rc && (do_index || do_topk)) rc = bench_indexer_topk(b, do_index, do_topk);
     if (!rc && do_mla) rc = bench_mla(b);
+    if (!rc && do_gemm) rc = bench_gemm(b);
     if (!rc && (do_linear || do_layer)) {
         layer_weights lw;
         rc = layer_weights_make(b, &lw);
