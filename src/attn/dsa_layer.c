@@ -304,8 +304,8 @@ void dsacp_dsa_index_scores(const dsacp_kv_cache *c, int64_t layer, const dsacp_
     }
 }
 
-void dsacp_dsa_query_rows(const dsacp_dsa_weights *w, const dsacp_config *cfg, const float *q, int64_t h0,
-                          int64_t h1, float *qrow, bool inner)
+void dsacp_dsa_query_rows_n(const dsacp_dsa_weights *w, const dsacp_config *cfg, const float *q, int64_t n,
+                            int64_t ldq, int64_t h0, int64_t h1, float *qrow, int64_t ldr, bool inner)
 {
     const int64_t nope = cfg->qk_nope_head_dim, dr = cfg->qk_rope_head_dim, dv = cfg->v_head_dim;
     const int64_t dq = nope + dr, dc = cfg->kv_lora_rank, dk = dc + dr;
@@ -313,22 +313,38 @@ void dsacp_dsa_query_rows(const dsacp_dsa_weights *w, const dsacp_config *cfg, c
     for (int64_t h = h0; h < h1; h++) {
         const float *qh = q + h * dq;
         float *qr = qrow + (h - h0) * dk;
-        if (w->wuk_t) dsacp_linear(&w->wuk_t[h], qh, 1, nope, qr, dc, false);
-        else dsacp_gemv_t(w->kv_b_f32 + h * (nope + dv) * dc, dc, qh, nope, dc, qr);
-        memcpy(qr + dc, qh + nope, (size_t)dr * 4);
+        if (w->wuk_t) dsacp_linear(&w->wuk_t[h], qh, n, ldq, qr, ldr, false);
+        else
+            for (int64_t t = 0; t < n; t++)
+                dsacp_gemv_t(w->kv_b_f32 + h * (nope + dv) * dc, dc, qh + t * ldq, nope, dc, qr + t * ldr);
+        for (int64_t t = 0; t < n; t++) memcpy(qr + t * ldr + dc, qh + t * ldq + nope, (size_t)dr * 4);
     }
 }
 
-void dsacp_dsa_value_rows(const dsacp_dsa_weights *w, const dsacp_config *cfg, const float *o, int64_t h0,
-                          int64_t h1, float *v, bool inner)
+void dsacp_dsa_query_rows(const dsacp_dsa_weights *w, const dsacp_config *cfg, const float *q, int64_t h0,
+                          int64_t h1, float *qrow, bool inner)
+{
+    const int64_t dq = cfg->qk_nope_head_dim + cfg->qk_rope_head_dim, dk = cfg->kv_lora_rank + cfg->qk_rope_head_dim;
+    dsacp_dsa_query_rows_n(w, cfg, q, 1, cfg->num_attention_heads * dq, h0, h1, qrow, (h1 - h0) * dk, inner);
+}
+
+void dsacp_dsa_value_rows_n(const dsacp_dsa_weights *w, const dsacp_config *cfg, const float *o, int64_t n,
+                            int64_t ldo, int64_t h0, int64_t h1, float *v, int64_t ldv, bool inner)
 {
     const int64_t nope = cfg->qk_nope_head_dim, dv = cfg->v_head_dim, dc = cfg->kv_lora_rank;
 #pragma omp parallel for schedule(static) if (inner)
     for (int64_t h = h0; h < h1; h++) {
         dsacp_weight wuv = {.name = "W_UV", .dtype = DSACP_F32, .ndim = 2, .rows = dv, .cols = dc,
                             .data = w->kv_b_f32 ? w->kv_b_f32 + (h * (nope + dv) + nope) * dc : NULL};
-        dsacp_linear(w->wuv ? &w->wuv[h] : &wuv, o + (h - h0) * dc, 1, dc, v + (h - h0) * dv, dv, false);
+        dsacp_linear(w->wuv ? &w->wuv[h] : &wuv, o + (h - h0) * dc, n, ldo, v + (h - h0) * dv, ldv, false);
     }
+}
+
+void dsacp_dsa_value_rows(const dsacp_dsa_weights *w, const dsacp_config *cfg, const float *o, int64_t h0,
+                          int64_t h1, float *v, bool inner)
+{
+    const int64_t dc = cfg->kv_lora_rank, dv = cfg->v_head_dim;
+    dsacp_dsa_value_rows_n(w, cfg, o, 1, (h1 - h0) * dc, h0, h1, v, (h1 - h0) * dv, inner);
 }
 
 /* Scratch of one token's attention (per thread). */
@@ -336,42 +352,41 @@ typedef struct token_scratch {
     float *scores;  /* [max_ctx] */
     int32_t *sel;   /* [k] */
     float *kv;      /* [k][dc + dr] */
-    float *qrow;    /* [H][dc + dr] */
-    float *o;       /* [H][dc] */
     float *lse;     /* [H] */
     float *work;    /* [k] */
     void *qpack;    /* dsacp_index_query_bytes(Hi, di), 64-byte aligned */
 } token_scratch;
 
-/* Everything the tokens of dsacp_dsa_attend_views need, shared by the threads. */
+/* Everything the tokens of one chunk need, shared by the threads. */
 typedef struct attend_args {
     const dsacp_dsa_ctx *ctx;
     const dsacp_dsa_weights *w;
     const dsacp_dsa_proj *p;
-    int64_t row0, n;
+    int64_t row0, n;                        /* the chunk: rows [row0, row0 + n) of p, entries 0..n-1 below */
     const int64_t *pos;
     const dsacp_dsa_view *const *views;
     int64_t h0, h1;
-    float *vcat;
+    const float *qrows;                     /* [n][Hs][dc + dr] absorbed query rows */
+    float *obuf;                            /* [n][Hs][dc] attention outputs */
     int32_t *topk;
     int64_t max_ctx;
     int *rc;
 } attend_args;
 
-/* Steps 5 + 6 for every token: index scores, top-k, absorbed sparse MLA, W_UV. The token loop
- * is an orphaned `omp for`: called inside a parallel region, the threads take whole tokens;
- * called outside one (inner = true), the caller runs the tokens one after another and the
- * kernels inside split each token's work (index blocks, heads) over the threads. Those inner
- * regions are then top-level and reuse libgomp's pool; nested under an inactive region they
- * would each start new threads (measured: 1.2x instead of 1.8x on 2 threads at batch 1). Kernels
- * are thread-count invariant, so a token's result is the same either way. */
+/* Step 5 and the sparse MLA of step 6 for every token of a chunk: index scores, top-k, latent
+ * gather, absorbed sparse MLA into obuf (W_UK before and W_UV after run over the whole chunk,
+ * head by head, in dsacp_dsa_attend_views). The token loop is an orphaned `omp for`: called
+ * inside a parallel region, the threads take whole tokens; called outside one (inner = true),
+ * the caller runs the tokens one after another and the kernels inside split each token's work
+ * (index blocks, heads) over the threads. Those inner regions are then top-level and reuse
+ * libgomp's pool; nested under an inactive region they would each start new threads (measured:
+ * 1.2x instead of 1.8x on 2 threads at batch 1). Kernels are thread-count invariant, so a
+ * token's result is the same either way. */
 static void attend_tokens(const attend_args *a, bool inner)
 {
     const dsacp_config *cfg = a->ctx->cfg;
-    const dsacp_dsa_weights *w = a->w;
-    const int64_t H = cfg->num_attention_heads, max_ctx = a->max_ctx, h0 = a->h0, h1 = a->h1, Hs = h1 - h0;
-    const int64_t nope = cfg->qk_nope_head_dim, dr = cfg->qk_rope_head_dim, dv = cfg->v_head_dim;
-    const int64_t dq = nope + dr, dc = cfg->kv_lora_rank, dk = dc + dr;
+    const int64_t max_ctx = a->max_ctx, Hs = a->h1 - a->h0;
+    const int64_t dr = cfg->qk_rope_head_dim, dc = cfg->kv_lora_rank, dk = dc + dr;
     const int64_t Hi = cfg->index_n_heads, di = cfg->index_head_dim, K = cfg->index_topk;
     const float scale = (float)cfg->softmax_scale;
     const size_t qpack_bytes = (dsacp_index_query_bytes(Hi, di) + 63) / 64 * 64;
@@ -379,12 +394,10 @@ static void attend_tokens(const attend_args *a, bool inner)
     s.scores = malloc((size_t)max_ctx * 4);
     s.sel = malloc((size_t)K * 4);
     s.kv = dsacp_alloc((size_t)(K * dk) * 4);
-    s.qrow = dsacp_alloc((size_t)(H * dk) * 4);
-    s.o = dsacp_alloc((size_t)(H * dc) * 4);
-    s.lse = malloc((size_t)H * 4);
+    s.lse = malloc((size_t)Hs * 4);
     s.work = malloc((size_t)K * 4);
     s.qpack = dsacp_alloc(qpack_bytes);
-    bool ok = s.scores && s.sel && s.kv && s.qrow && s.o && s.lse && s.work && s.qpack;
+    bool ok = s.scores && s.sel && s.kv && s.lse && s.work && s.qpack;
     if (!ok) {
 #pragma omp atomic write
         *a->rc = DSACP_ENOMEM;
@@ -404,38 +417,53 @@ static void attend_tokens(const attend_args *a, bool inner)
 #pragma omp parallel for schedule(static) if (inner)
         for (int64_t i = 0; i < nsel; i++)
             dsacp_kv_read_mla(v->lat, v->lat_layer, dsacp_kv_slot(v->lat, v->lat_seq, s.sel[i]), s.kv + i * dk);
-        /* q_abs[h] = q_nope[h] . W_UK[h]  (dc wide); query row [q_abs | q_pe]. */
-        dsacp_dsa_query_rows(w, cfg, a->p->q + t * H * dq, h0, h1, s.qrow, inner);
-        dsacp_sparse_mla(s.qrow, s.kv, nsel, Hs, dc, dr, scale, s.o, s.lse, s.work);
-        /* v[h] = W_UV[h] o[h]. */
-        dsacp_dsa_value_rows(w, cfg, s.o, h0, h1, a->vcat + (j * H + h0) * dv, inner);
+        dsacp_sparse_mla(a->qrows + j * Hs * dk, s.kv, nsel, Hs, dc, dr, scale, a->obuf + j * Hs * dc, s.lse, s.work);
     }
     free(s.scores);
     free(s.sel);
     dsacp_free(s.kv);
-    dsacp_free(s.qrow);
-    dsacp_free(s.o);
     free(s.lse);
     free(s.work);
     dsacp_free(s.qpack);
 }
+
+/* Tokens per chunk of dsacp_dsa_attend_views: W_UK and W_UV run as many-row linears over a
+ * chunk (each head's weights read once per chunk instead of once per token); the chunk's query
+ * rows and outputs take CH x heads x (2 dc + dr) floats (35 MB at V3.2's 128 heads). */
+enum { ATTEND_CHUNK = 64 };
 
 int dsacp_dsa_attend_views(const dsacp_dsa_ctx *ctx, const dsacp_dsa_weights *w, const dsacp_dsa_proj *p,
                            int64_t row0, int64_t n, const int64_t *pos, const dsacp_dsa_view *const *views,
                            int64_t h0, int64_t h1, float *vcat, int32_t *topk, int64_t layer)
 {
     if (n == 0 || h1 <= h0) return DSACP_OK;
+    const dsacp_config *cfg = ctx->cfg;
+    const int64_t H = cfg->num_attention_heads, Hs = h1 - h0, dq = cfg->qk_nope_head_dim + cfg->qk_rope_head_dim;
+    const int64_t dc = cfg->kv_lora_rank, dk = dc + cfg->qk_rope_head_dim, dv = cfg->v_head_dim;
+    const int64_t CH = n < ATTEND_CHUNK ? n : ATTEND_CHUNK;
     int64_t max_ctx = 0;
     for (int64_t t = 0; t < n; t++)
         if (pos[t] + 1 > max_ctx) max_ctx = pos[t] + 1;
-    int rc = DSACP_OK;
-    const attend_args args = {ctx, w, p, row0, n, pos, views, h0, h1, vcat, topk, max_ctx, &rc};
-    if (n >= omp_get_max_threads()) {
+    float *qrows = dsacp_alloc((size_t)(CH * Hs * dk) * 4), *obuf = dsacp_alloc((size_t)(CH * Hs * dc) * 4);
+    int rc = qrows && obuf ? DSACP_OK : DSACP_ENOMEM;
+    for (int64_t c0 = 0; c0 < n && !rc; c0 += CH) {
+        const int64_t cn = n - c0 < CH ? n - c0 : CH;
+        const int64_t r = row0 + c0;
+        /* q_abs[t][h] = q_nope[t][h] . W_UK[h] (dc wide), query rows [q_abs | q_pe]. */
+        dsacp_dsa_query_rows_n(w, cfg, p->q + r * H * dq, cn, H * dq, h0, h1, qrows, Hs * dk, true);
+        const attend_args args = {ctx, w, p, r, cn, pos + c0, views + c0, h0, h1, qrows, obuf,
+                                  topk ? topk + c0 * cfg->index_topk : NULL, max_ctx, &rc};
+        if (cn >= omp_get_max_threads()) {
 #pragma omp parallel
-        attend_tokens(&args, false);
-    } else {
-        attend_tokens(&args, true);
+            attend_tokens(&args, false);
+        } else {
+            attend_tokens(&args, true);
+        }
+        /* v[t][h] = W_UV[h] o[t][h]. */
+        if (!rc) dsacp_dsa_value_rows_n(w, cfg, obuf, cn, Hs * dc, h0, h1, vcat + (c0 * H + h0) * dv, H * dv, true);
     }
+    dsacp_free(qrows);
+    dsacp_free(obuf);
     if (rc)
         return dsacp_error(rc, "layer %lld: out of memory for the attention scratch of a %lld-token context "
                            "(index_topk %lld, num_attention_heads %lld)", (long long)layer, (long long)max_ctx,

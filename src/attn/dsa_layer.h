@@ -92,9 +92,17 @@ void dsacp_dsa_index_scores(const dsacp_kv_cache *c, int64_t layer, const dsacp_
 /* Absorbed query rows of one token: q: F32 [H][nope + dr] -> qrow: F32 [h1 - h0][dc + dr]. */
 void dsacp_dsa_query_rows(const dsacp_dsa_weights *w, const dsacp_config *cfg, const float *q, int64_t h0,
                           int64_t h1, float *qrow, bool inner);
+/* The same for n tokens at once (token t: q + t * ldq, qrow + t * ldr): each head's W_UK is one
+ * many-row linear over the tokens (the blocked GEMM from 8 tokens on), giving every token the
+ * bits dsacp_dsa_query_rows gives it alone. inner: split the heads over threads. */
+void dsacp_dsa_query_rows_n(const dsacp_dsa_weights *w, const dsacp_config *cfg, const float *q, int64_t n,
+                            int64_t ldq, int64_t h0, int64_t h1, float *qrow, int64_t ldr, bool inner);
 /* v[h] = W_UV[h] o[h] for heads [h0, h1): o: F32 [h1 - h0][dc] -> v: F32 [h1 - h0][dv]. */
 void dsacp_dsa_value_rows(const dsacp_dsa_weights *w, const dsacp_config *cfg, const float *o, int64_t h0,
                           int64_t h1, float *v, bool inner);
+/* The same for n tokens (token t: o + t * ldo, v + t * ldv), one many-row linear per head. */
+void dsacp_dsa_value_rows_n(const dsacp_dsa_weights *w, const dsacp_config *cfg, const float *o, int64_t n,
+                            int64_t ldo, int64_t h0, int64_t h1, float *v, int64_t ldv, bool inner);
 
 /* Where every position 0..p of a token's request can be read: the latent rows and the indexer
  * keys, each through a cache layer and a block table in global position order. */

@@ -243,17 +243,21 @@ __attribute__((target("avx512f"))) static float fma_loop_avx512(int64_t iters)
     for (int j = 1; j < FMA_ACC; j++) s = _mm512_add_ps(s, a[j]);
     return _mm512_reduce_add_ps(s);
 }
+/* AVX2 has 16 ymm registers: 16 chains plus the two constants would spill to the stack and
+ * measure the loads (it reported half the FMA rate on a Zen 3); 12 chains cover the latency
+ * (4 cycles x 2 pipes = 8) and stay in registers. */
+#define FMA_ACC2 12
 __attribute__((target("avx2,fma"))) static float fma_loop_avx2(int64_t iters)
 {
-    __m256 a[FMA_ACC];
+    __m256 a[FMA_ACC2];
     const __m256 m = _mm256_set1_ps(0.9999999f), c = _mm256_set1_ps(1e-7f);
-    for (int j = 0; j < FMA_ACC; j++) a[j] = _mm256_set1_ps(1.0f + (float)j * 1e-3f);
+    for (int j = 0; j < FMA_ACC2; j++) a[j] = _mm256_set1_ps(1.0f + (float)j * 1e-3f);
     for (int64_t i = 0; i < iters; i++) {
-#pragma GCC unroll 16
-        for (int j = 0; j < FMA_ACC; j++) a[j] = _mm256_fmadd_ps(a[j], m, c);
+#pragma GCC unroll 12
+        for (int j = 0; j < FMA_ACC2; j++) a[j] = _mm256_fmadd_ps(a[j], m, c);
     }
     __m256 s = a[0];
-    for (int j = 1; j < FMA_ACC; j++) s = _mm256_add_ps(s, a[j]);
+    for (int j = 1; j < FMA_ACC2; j++) s = _mm256_add_ps(s, a[j]);
     float v[8];
     _mm256_storeu_ps(v, s);
     return v[0] + v[1] + v[2] + v[3] + v[4] + v[5] + v[6] + v[7];
@@ -393,7 +397,7 @@ static int measure_ceilings(bench *b, bool fma, bool stream, bool sg_index, bool
 #endif
         if (a.lanes) {
             double t = time_fn(fma_run, NULL, &a, b->reps, 0.05, NULL);
-            b->peak_fma = (double)b->threads * (double)a.iters * FMA_ACC * a.lanes * 2 / t * 1e-9;
+            b->peak_fma = (double)b->threads * (double)a.iters * (a.lanes == 8 ? FMA_ACC2 : FMA_ACC) * a.lanes * 2 / t * 1e-9;
             add_result(b, a.lanes == 16 ? "peak_fma_avx512" : "peak_fma_avx2", b->peak_fma, "GFLOP/s", NULL, 0, 0);
         }
 #ifdef BENCH_X86
@@ -967,7 +971,71 @@ static void print_json(const bench *b)
 
 /* ---- the command ---- */
 
-static const char *const kernel_names[] = {"all", "ceilings", "indexer", "topk", "mla", "linear", "layer", "gemm", NULL};
+/* ---- layer prefill ---- */
+
+/* Flops of a prefill of L tokens through one layer, counting multiply-adds as 2: the seven
+ * projections, W_UK and W_UV per head, the indexer over pos + 1 keys and sparse MLA over
+ * min(topk, pos + 1) keys for every token. The roofline is this at the peak FMA rate. */
+static double prefill_flops(const dsacp_config *c, int64_t L)
+{
+    const double D = (double)c->hidden_size, H = (double)c->num_attention_heads, ql = (double)c->q_lora_rank;
+    const double nope = (double)c->qk_nope_head_dim, dr = (double)c->qk_rope_head_dim, dv = (double)c->v_head_dim;
+    const double dc = (double)c->kv_lora_rank, Hi = (double)c->index_n_heads, di = (double)c->index_head_dim;
+    const double proj = D * ql + ql * H * (nope + dr) + D * (dc + dr) + ql * Hi * di + D * di + D * Hi + H * dv * D;
+    const double absorb = H * nope * dc + H * dc * dv;
+    double f = 2.0 * (proj + absorb) * (double)L;
+    for (int64_t p = 0; p < L; p++) {
+        const double n = (double)(p + 1), k = (double)(p + 1 < c->index_topk ? p + 1 : c->index_topk);
+        f += (2.0 * Hi * di + Hi) * n + 2.0 * H * k * (dc + dr) + 2.0 * H * k * dc;
+    }
+    return f;
+}
+
+/* One sequence of `context` tokens prefilled in one step (positions 0 .. context-1). */
+static int bench_prefill(bench *b, const layer_weights *lw)
+{
+    const dsacp_config *c = &b->cfg;
+    const int64_t L = b->context, D = c->hidden_size, bs = b->block_size;
+    dsacp_kv_cache *cache = NULL;
+    dsacp_kv_seq seq = {0};
+    dsacp_kv_seq *seqp = &seq;
+    int64_t *pos = malloc((size_t)L * sizeof *pos);
+    int32_t *seqi = calloc((size_t)L, sizeof *seqi);
+    float *x = dsacp_alloc((size_t)(L * D) * 4), *out = dsacp_alloc((size_t)(L * D) * 4);
+    dsacp_rope rope;
+    int rc = (pos && seqi && x && out) ? DSACP_OK : dsacp_error(DSACP_ENOMEM, "out of memory for a %lld-token prefill",
+                                                                 (long long)L);
+    if (!rc) rc = dsacp_rope_init(&rope, c);
+    if (!rc)
+        rc = dsacp_kv_cache_create(c, 1, b->deployed ? DSACP_KV_FP8 : DSACP_KV_F32, b->deployed, bs, (L + bs - 1) / bs + 1,
+                                   &cache);
+    if (!rc) rc = dsacp_kv_reserve(cache, &seq, L);
+    if (!rc) {
+        for (int64_t i = 0; i < L; i++) pos[i] = i;
+        fill_f32(x, L * D, 43, 1);
+        layer_arg a = {.ctx = {.cfg = c, .mode = b->deployed ? DSACP_MODE_DEPLOYED : DSACP_MODE_EXACT, .rope = &rope,
+                               .cache = cache},
+                       .w = &lw->w,
+                       .tok = {.T = L, .pos = pos, .seq = seqi, .seqs = &seqp},
+                       .x = x,
+                       .out = out};
+        const double t = time_fn(layer_run, NULL, &a, b->reps < 3 ? b->reps : 3, 0.0, NULL);
+        rc = a.rc;
+        if (!rc) {
+            const double f = prefill_flops(c, L);
+            add_result(b, "prefill_layer_time", t * 1e3, "ms", NULL, 0, 0);
+            add_result(b, "prefill_layer_tokens_per_s", (double)L / t, "tok/s", NULL, 0, 0);
+            add_rate(b, "prefill_layer_gflops", f / t * 1e-9, "GFLOP/s", b->peak_fma > 0 ? "peak_fma" : NULL, b->peak_fma);
+        }
+    }
+    if (cache) dsacp_kv_release(cache, &seq);
+    dsacp_kv_cache_free(cache);
+    free(pos), free(seqi);
+    dsacp_free(x), dsacp_free(out);
+    return rc;
+}
+
+static const char *const kernel_names[] = {"all", "ceilings", "indexer", "topk", "mla", "linear", "layer", "gemm", "prefill", NULL};
 
 int cli_bench(int argc, char **argv)
 {
@@ -1011,7 +1079,7 @@ int cli_bench(int argc, char **argv)
         const char *const *k = kernel_names;
         while (*k && strcmp(*k, s)) k++;
         if (!*k) {
-            fprintf(stderr, "dsacp bench: option '--kernel' must be all, ceilings, indexer, topk, mla, linear, layer or gemm, "
+            fprintf(stderr, "dsacp bench: option '--kernel' must be all, ceilings, indexer, topk, mla, linear, layer, gemm or prefill, "
                             "got '%s'\n", s);
             goto out;
         }
@@ -1072,7 +1140,7 @@ int cli_bench(int argc, char **argv)
     bool all = !strcmp(k, "all"), ceil_only = !strcmp(k, "ceilings");
     bool do_index = all || !strcmp(k, "indexer"), do_topk = all || !strcmp(k, "topk");
     bool do_mla = all || !strcmp(k, "mla"), do_linear = all || !strcmp(k, "linear");
-    bool do_layer = all || !strcmp(k, "layer"), do_gemm = !strcmp(k, "gemm");
+    bool do_layer = all || !strcmp(k, "layer"), do_gemm = !strcmp(k, "gemm"), do_prefill = !strcmp(k, "prefill");
     if (!b->json) {
         printf("dsacp bench: %s %s, context %lld, batch %lld, %lld threads, isa %s, %s numerics, min of %lld reps%s\n",
                b->preset ? "preset" : "model", b->preset ? b->preset : b->model_dir, (long long)b->context,
@@ -1084,16 +1152,17 @@ int cli_bench(int argc, char **argv)
                getenv("OPENBLAS_CORETYPE") ? getenv("OPENBLAS_CORETYPE") : "");
         printf("%-28s %12s %-7s %-24s %12s %8s\n", "name", "value", "unit", "ceiling", "ceiling_val", "ratio");
     }
-    rc = measure_ceilings(b, all || ceil_only || do_gemm, all || ceil_only || do_linear, all || ceil_only || do_index,
+    rc = measure_ceilings(b, all || ceil_only || do_gemm || do_prefill, all || ceil_only || do_linear, all || ceil_only || do_index,
                           all || ceil_only || do_mla);
     if (!rc && (do_index || do_topk)) rc = bench_indexer_topk(b, do_index, do_topk);
     if (!rc && do_mla) rc = bench_mla(b);
     if (!rc && do_gemm) rc = bench_gemm(b);
-    if (!rc && (do_linear || do_layer)) {
+    if (!rc && (do_linear || do_layer || do_prefill)) {
         layer_weights lw;
         rc = layer_weights_make(b, &lw);
         if (!rc && do_linear) rc = bench_linear(b, &lw);
         if (!rc && do_layer) rc = bench_layer(b, &lw);
+        if (!rc && do_prefill) rc = bench_prefill(b, &lw);
         layer_weights_free(&lw);
     }
     if (rc) {
