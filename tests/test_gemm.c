@@ -168,6 +168,47 @@ static void run_shape(dsacp_isa isa, int64_t N, int64_t K, int64_t T, int64_t bl
     free(scales);
 }
 
+/* The AVX2 act_quant rounding equals dsacp_fake_quant_e4m3_groups bit for bit: random groups
+ * of every scale, values on rounding ties of both ranges, subnormals, +-448 and beyond, +-0,
+ * infinities, NaN, all-zero and tiny groups. */
+static void test_act_quant(void)
+{
+#if defined(__x86_64__)
+    if (dsacp_isa_best() < DSACP_ISA_AVX2) return;
+    enum { G = 128, NG = 400 };
+    float *a = malloc(sizeof(float) * G * NG), *b = malloc(sizeof(float) * G * NG);
+    for (int g = 0; g < NG; g++) {
+        const float mag = ldexpf(1.0f, (int)(dsacp_rng_uniform(&rng) * 60) - 40);
+        for (int i = 0; i < G; i++) {
+            float v = frand() * mag;
+            const int kind = (int)(dsacp_rng_uniform(&rng) * 40);
+            const float sc = ldexpf(1.0f, (int)(dsacp_rng_uniform(&rng) * 30) - 15);
+            switch (g % 8 == 7 ? -1 : kind) {
+            case 0: v = (1.0f + 0.0625f) * sc; break;            /* tie between two 3-bit mantissas */
+            case 1: v = -(1.0f + 0.1875f) * sc; break;           /* tie, odd side */
+            case 2: v = 0x1p-10f * sc; break;                     /* subnormal-range tie */
+            case 3: v = 3 * 0x1p-11f * sc; break;
+            case 4: v = 1e-40f; break;                            /* f32 subnormal */
+            case 5: v = -0.0f; break;
+            case 6: v = 470.0f * sc; break;
+            case 7: v = (g % 5 == 0) ? INFINITY : v; break;
+            case 8: v = (g % 11 == 0) ? NAN : v; break;
+            default: break;
+            }
+            if (g % 8 == 7) v = g % 16 == 7 ? 0.0f : frand() * 1e-6f; /* all zero / tiny groups */
+            a[g * G + i] = b[g * G + i] = v;
+        }
+    }
+    dsacp_fake_quant_e4m3_groups(a, G * NG, G);
+    dsacp_fake_quant_e4m3_128_avx2(b, G * NG);
+    int64_t bad = 0;
+    for (int64_t i = 0; i < G * NG; i++) bad += memcmp(a + i, b + i, 4) != 0 && !(isnan(a[i]) && isnan(b[i]));
+    CHECKF(bad == 0, "act_quant avx2: %lld of %d values differ from the scalar rounding", (long long)bad, G * NG);
+    free(a);
+    free(b);
+#endif
+}
+
 int main(void)
 {
     dsacp_rng_seed(&rng, 7);
@@ -186,5 +227,6 @@ int main(void)
             for (size_t b = 0; b < sizeof blks / sizeof blks[0]; b++)
                 run_shape((dsacp_isa)i, shapes[s][0], shapes[s][1], shapes[s][2], blks[b]);
     CHECK_OK(dsacp_isa_set(start));
+    test_act_quant();
     return test_finish("test_gemm");
 }

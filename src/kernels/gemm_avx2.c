@@ -52,7 +52,10 @@
 /* Register tile MR rows x MU tokens (12 ymm accumulators + 3 weight + 1 token register; the
  * unroll pragmas below assume these values); NC rows x MC tokens per task, KC packed columns per
  * chunk. Chosen by measurement on Zen 3 (docs/performance.md, "Blocked GEMM"). */
-enum { MR = 3, MU = 4, NC = 96, MC = 64, KC = 1024 };
+#ifndef GCFG
+#define GCFG NC = 96, MC = 32, KC = 1024
+#endif
+enum { NR = 24, MU = 4, GCFG };
 
 typedef struct gemm_job {
     const dsacp_weight *w;
@@ -64,16 +67,6 @@ typedef struct gemm_job {
     int64_t t_base;                /* first token of the current super-block */
     int dt;
 } gemm_job;
-
-/* The fixed tree of dsacp_dot_f32 over 16 lanes held as (lo, hi). */
-T256 static INL float hsum16(__m256 lo, __m256 hi)
-{
-    __m256 a = _mm256_add_ps(lo, hi);
-    __m128 b = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
-    __m128 c = _mm_add_ps(b, _mm_movehl_ps(b, b));
-    __m128 d = _mm_add_ss(c, _mm_movehdup_ps(c));
-    return _mm_cvtss_f32(d);
-}
 
 /* 8 e4m3 bytes -> their values times 2^-120, exact (as kernels_avx2.c e4m3_bits8). */
 T256 static INL __m256 e4m3_bits8(__m128i b8)
@@ -140,155 +133,207 @@ T256 static INL __m256 wpack8(const gemm_job *j, const uint8_t *row, int64_t a, 
     return wdecode8(j->dt, pad, 0, 4, mult);
 }
 
-/* Where packed step j (of `steps` in the chunk) of half h of row (or token) r goes: panels of
- * `tile` rows, each [steps][tile][8] floats, so the micro-kernel reads two sequential streams. */
-static INL float *panel_at(float *base, int64_t rows_pad, int64_t steps, int tile, int h, int64_t r, int64_t j)
+/* The 16 chain values (lanes 0..15) of packed step S of a token row into v (zeros past K). */
+T256 static INL void xstep16(const gemm_job *j, const float *xr, int64_t S, float *v)
 {
-    const int64_t ntile = rows_pad / tile;
-    return base + (((h * ntile + r / tile) * steps + j) * tile + r % tile) * 8;
+    const int64_t K = j->K;
+    for (int h = 0; h < 2; h++) {
+        int64_t a, b;
+        step_cols(j->fold, S, h, &a, &b);
+        if (b + 4 <= K && a + 4 <= K) {
+            _mm256_store_ps(v + 8 * h, _mm256_set_m128(_mm_loadu_ps(xr + b), _mm_loadu_ps(xr + a)));
+        } else {
+            for (int i = 0; i < 4; i++) {
+                v[8 * h + i] = a + i < K ? xr[a + i] : 0.0f;
+                v[8 * h + 4 + i] = b + i < K ? xr[b + i] : 0.0f;
+            }
+        }
+    }
 }
 
-/* Packs weight rows [n0, n0 + nr) (rows up to the multiple of MR are zero) and packed columns
- * [c0, c0 + kc) into wp, as panels of MR rows. */
+/* In-register transposes: out[l][r] = in[r][l] (8 x 8), and the 4 x 8 form for token panels. */
+T256 static INL void transpose8(__m256 r[8])
+{
+    __m256 t[8], u[8];
+    for (int i = 0; i < 4; i++) {
+        t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    for (int i = 0; i < 2; i++) {
+        u[4 * i + 0] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], 0x44);
+        u[4 * i + 1] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], 0xEE);
+        u[4 * i + 2] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
+        u[4 * i + 3] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xEE);
+    }
+    for (int i = 0; i < 4; i++) {
+        r[i] = _mm256_permute2f128_ps(u[i], u[4 + i], 0x20);
+        r[4 + i] = _mm256_permute2f128_ps(u[i], u[4 + i], 0x31);
+    }
+}
+
+/* Packs weight rows [n0, n0 + nr) and packed columns [c0, c0 + kc) lane by lane: lane l's
+ * column of step s for row r goes to wp[((l * nop + r / NR) * kpl + s) * NR + r % NR] (kpl = kc / 16
+ * steps, nop = nrp / NR panels; rows nr .. nrp - 1 are zero). Eight rows at a time, transposed in
+ * registers. */
+T256 static INL void pack_w_dt(const int dt, const gemm_job *j, int64_t n0, int64_t nr, int64_t c0, float *wp)
+{
+    const int64_t kpl = j->kc / 16, nrp = (nr + NR - 1) / NR * NR, nop = nrp / NR, lstride = nop * kpl * NR;
+    const size_t es = dt == DSACP_F32 ? 4 : dt == DSACP_F8_E4M3 ? 1 : 2;
+    const dsacp_weight *w = j->w;
+    const bool f8 = dt == DSACP_F8_E4M3 && !j->fold;
+    const int64_t blk = f8 ? w->block : 0;
+    for (int64_t r0 = 0; r0 < nrp; r0 += 8) {
+        const uint8_t *row[8];
+        const float *srow[8];
+        __m256 mult[8];
+        for (int i = 0; i < 8; i++) {
+            const int64_t n = n0 + r0 + i;
+            row[i] = r0 + i < nr ? (const uint8_t *)w->data + (size_t)n * (size_t)j->K * es : NULL;
+            srow[i] = f8 && row[i] ? w->scale + (n / blk) * w->scale_stride : NULL;
+            mult[i] = _mm256_set1_ps(0x1p120f);
+        }
+        float *d = wp + (r0 / NR) * kpl * NR + r0 % NR;
+        for (int64_t s = 0; s < kpl; s++) {
+            const int64_t S = c0 / 16 + s;
+            __m256 lo[8], hi[8];
+            for (int i = 0; i < 8; i++) {
+                if (!row[i]) {
+                    lo[i] = hi[i] = _mm256_setzero_ps();
+                    continue;
+                }
+                /* natural FP8: a step's 16 columns lie in one block (blocks are multiples of 16) */
+                if (srow[i] && (s == 0 || (16 * S) % blk == 0)) mult[i] = _mm256_set1_ps(srow[i][16 * S / blk] * 0x1p120f);
+                int64_t a, b;
+                step_cols(j->fold, S, 0, &a, &b);
+                lo[i] = b + 4 <= j->K && a + 4 <= j->K ? wdecode8(dt, row[i], a, b, mult[i]) : wpack8(j, row[i], a, b, mult[i]);
+                step_cols(j->fold, S, 1, &a, &b);
+                hi[i] = b + 4 <= j->K && a + 4 <= j->K ? wdecode8(dt, row[i], a, b, mult[i]) : wpack8(j, row[i], a, b, mult[i]);
+            }
+            transpose8(lo);
+            transpose8(hi);
+            for (int l = 0; l < 8; l++) {
+                _mm256_store_ps(d + l * lstride + s * NR, lo[l]);
+                _mm256_store_ps(d + (l + 8) * lstride + s * NR, hi[l]);
+            }
+        }
+    }
+}
+
 T256 static void pack_w(const gemm_job *j, int64_t n0, int64_t nr, int64_t c0, float *wp)
 {
-    const int64_t kc = j->kc, steps = kc / 16, nrp = (nr + MR - 1) / MR * MR;
-    const size_t es = j->dt == DSACP_F32 ? 4 : j->dt == DSACP_F8_E4M3 ? 1 : 2;
-    const dsacp_weight *w = j->w;
-    const bool f8 = j->dt == DSACP_F8_E4M3 && !j->fold;
-    const int64_t blk = f8 ? w->block : 0;
-    for (int64_t r = 0; r < nrp; r++) {
-        float *d0 = panel_at(wp, nrp, steps, MR, 0, r, 0), *d1 = panel_at(wp, nrp, steps, MR, 1, r, 0);
-        if (r >= nr) {
-            for (int64_t s = 0; s < steps; s++, d0 += MR * 8, d1 += MR * 8) {
-                _mm256_store_ps(d0, _mm256_setzero_ps());
-                _mm256_store_ps(d1, _mm256_setzero_ps());
-            }
-            continue;
-        }
-        const int64_t n = n0 + r;
-        const uint8_t *row = (const uint8_t *)w->data + (size_t)n * (size_t)j->K * es;
-        const float *srow = f8 ? w->scale + (n / blk) * w->scale_stride : NULL;
-        __m256 mult = _mm256_set1_ps(0x1p120f);
-        for (int64_t s = 0; s < steps; s++, d0 += MR * 8, d1 += MR * 8) {
-            int64_t a0, b0, a1, b1;
-            step_cols(j->fold, c0 / 16 + s, 0, &a0, &b0);
-            step_cols(j->fold, c0 / 16 + s, 1, &a1, &b1);
-            /* natural FP8: both halves of a step lie in one block (blocks are multiples of 16) */
-            if (f8 && (s == 0 || a0 % blk == 0)) mult = _mm256_set1_ps(srow[a0 / blk] * 0x1p120f);
-            _mm256_store_ps(d0, wpack8(j, row, a0, b0, mult));
-            _mm256_store_ps(d1, wpack8(j, row, a1, b1, mult));
-        }
+    switch (j->dt) {
+    case DSACP_BF16: pack_w_dt(DSACP_BF16, j, n0, nr, c0, wp); break;
+    case DSACP_F16: pack_w_dt(DSACP_F16, j, n0, nr, c0, wp); break;
+    case DSACP_F8_E4M3: pack_w_dt(DSACP_F8_E4M3, j, n0, nr, c0, wp); break;
+    default: pack_w_dt(DSACP_F32, j, n0, nr, c0, wp); break;
     }
 }
 
-/* Packs token rows [t0, t0 + nt) (up to the multiple of MU zero) the same way, panels of MU. */
+/* Packs token rows [t0, t0 + nt) the same way, panels of MU = 4 tokens: xp[((l * ntt + u / MU) * kpl
+ * + s) * MU + u % MU] (tokens nt .. ntp - 1 zero). */
 T256 static void pack_x(const gemm_job *j, int64_t t0, int64_t nt, int64_t c0, float *xp)
 {
-    const int64_t kc = j->kc, steps = kc / 16, ntp = (nt + MU - 1) / MU * MU, K = j->K;
-    for (int64_t u = 0; u < ntp; u++) {
-        float *d[2] = {panel_at(xp, ntp, steps, MU, 0, u, 0), panel_at(xp, ntp, steps, MU, 1, u, 0)};
-        if (u >= nt) {
-            for (int64_t s = 0; s < steps; s++)
-                for (int h = 0; h < 2; h++) _mm256_store_ps(d[h] + s * MU * 8, _mm256_setzero_ps());
-            continue;
-        }
-        const float *xr = j->x + (t0 + u) * j->ldx;
-        for (int64_t s = 0; s < steps; s++)
-            for (int h = 0; h < 2; h++) {
-                int64_t a, b;
-                step_cols(j->fold, c0 / 16 + s, h, &a, &b);
-                __m256 v;
-                if (b + 4 <= K && a + 4 <= K) {
-                    v = _mm256_set_m128(_mm_loadu_ps(xr + b), _mm_loadu_ps(xr + a));
-                } else {
-                    _Alignas(32) float pad[8] = {0};
-                    for (int i = 0; i < 4; i++) {
-                        if (a + i < K) pad[i] = xr[a + i];
-                        if (b + i < K) pad[4 + i] = xr[b + i];
-                    }
-                    v = _mm256_load_ps(pad);
-                }
-                _mm256_store_ps(d[h] + s * MU * 8, v);
+    const int64_t kpl = j->kc / 16, ntp = (nt + MU - 1) / MU * MU, ntt = ntp / MU, lstride = ntt * kpl * MU;
+    _Alignas(32) float v[MU][16];
+    for (int64_t u0 = 0; u0 < ntp; u0 += MU) {
+        float *d = xp + (u0 / MU) * kpl * MU;
+        for (int64_t s = 0; s < kpl; s++) {
+            for (int u = 0; u < MU; u++) {
+                if (u0 + u < nt) xstep16(j, j->x + (t0 + u0 + u) * j->ldx, c0 / 16 + s, v[u]);
+                else memset(v[u], 0, sizeof v[u]);
             }
+            for (int h = 0; h < 2; h++) {
+                const __m256 x0 = _mm256_load_ps(v[0] + 8 * h), x1 = _mm256_load_ps(v[1] + 8 * h);
+                const __m256 x2 = _mm256_load_ps(v[2] + 8 * h), x3 = _mm256_load_ps(v[3] + 8 * h);
+                const __m256 ta = _mm256_unpacklo_ps(x0, x1), tb = _mm256_unpackhi_ps(x0, x1);
+                const __m256 tc = _mm256_unpacklo_ps(x2, x3), td = _mm256_unpackhi_ps(x2, x3);
+                const __m256 q[4] = {_mm256_shuffle_ps(ta, tc, 0x44), _mm256_shuffle_ps(ta, tc, 0xEE),
+                                     _mm256_shuffle_ps(tb, td, 0x44), _mm256_shuffle_ps(tb, td, 0xEE)};
+                for (int l = 0; l < 4; l++) {
+                    _mm_store_ps(d + (8 * h + l) * lstride + s * MU, _mm256_castps256_ps128(q[l]));
+                    _mm_store_ps(d + (8 * h + l + 4) * lstride + s * MU, _mm256_extractf128_ps(q[l], 1));
+                }
+            }
+        }
     }
 }
 
-/* Natural chains over `steps` packed steps of one half: acc(u, r) += w[r] * x[u] lane-wise; wp, xp
- * are panels ([steps][MR][8], [steps][MU][8]); the running sums live in c. */
-T256 static void mk_chain(const float *wp, const float *xp, int64_t steps, float *c, int64_t ldct)
+/* One lane's chains of NR rows x MU tokens over kpl steps: acc[i][u] (rows 8i..8i+7 of the
+ * panel, token u) += w * x, w from the row panel [kpl][NR], x broadcast from the token panel
+ * [kpl][MU]; the running sums c[u * ldc + 8 i] (start from +0 when first). Each output lane is
+ * the same sequence of FMAs the one-token kernels run, in the same order. */
+T256 static void mk_lane(const float *wp, const float *xp, int64_t kpl, float *c, int64_t ldc, bool first)
 {
-    __m256 acc[MR][MU];
+    __m256 acc[3][MU];
 #pragma GCC unroll 4
     for (int u = 0; u < MU; u++)
 #pragma GCC unroll 3
-        for (int r = 0; r < MR; r++) acc[r][u] = _mm256_load_ps(c + u * ldct + r * 16);
-    for (int64_t i = 0; i < steps; i++, wp += MR * 8, xp += MU * 8) {
-        __m256 wv[MR];
-#pragma GCC unroll 3
-        for (int r = 0; r < MR; r++) wv[r] = _mm256_load_ps(wp + r * 8);
+        for (int i = 0; i < 3; i++) acc[i][u] = first ? _mm256_setzero_ps() : _mm256_load_ps(c + u * ldc + 8 * i);
+    for (int64_t s = 0; s < kpl; s++, wp += NR, xp += MU) {
+        const __m256 w0 = _mm256_load_ps(wp), w1 = _mm256_load_ps(wp + 8), w2 = _mm256_load_ps(wp + 16);
 #pragma GCC unroll 4
         for (int u = 0; u < MU; u++) {
-            const __m256 xv = _mm256_load_ps(xp + u * 8);
-#pragma GCC unroll 3
-            for (int r = 0; r < MR; r++) acc[r][u] = _mm256_fmadd_ps(wv[r], xv, acc[r][u]);
+            const __m256 xb = _mm256_broadcast_ss(xp + u);
+            acc[0][u] = _mm256_fmadd_ps(w0, xb, acc[0][u]);
+            acc[1][u] = _mm256_fmadd_ps(w1, xb, acc[1][u]);
+            acc[2][u] = _mm256_fmadd_ps(w2, xb, acc[2][u]);
         }
     }
 #pragma GCC unroll 4
     for (int u = 0; u < MU; u++)
 #pragma GCC unroll 3
-        for (int r = 0; r < MR; r++) _mm256_store_ps(c + u * ldct + r * 16, acc[r][u]);
+        for (int i = 0; i < 3; i++) _mm256_store_ps(c + u * ldc + 8 * i, acc[i][u]);
 }
 
-/* Fold chains: per block of bsteps packed steps, b = sum from +0, then tot = fma(b, scale_r, tot)
- * (scales sc[r * ldsc + block]); the last block may be short. */
-T256 static void mk_fold(const float *wp, const float *xp, int64_t steps, int64_t bsteps, const float *sc,
-                         int64_t ldsc, float *c, int64_t ldct)
+/* Fold chains of one lane: per block of bs steps, b = sum from +0, then tot = fma(b, scale, tot)
+ * with the rows' scales of that block at sc[block * ldsc + 8 i] (the last block may be short). */
+T256 static void mk_lane_fold(const float *wp, const float *xp, int64_t kpl, int64_t bs, const float *sc,
+                              int64_t ldsc, float *c, int64_t ldc, bool first)
 {
-    for (int64_t i0 = 0; i0 < steps; i0 += bsteps) {
-        __m256 acc[MR][MU];
+    for (int64_t s0 = 0; s0 < kpl; s0 += bs) {
+        __m256 acc[3][MU];
 #pragma GCC unroll 4
         for (int u = 0; u < MU; u++)
 #pragma GCC unroll 3
-            for (int r = 0; r < MR; r++) acc[r][u] = _mm256_setzero_ps();
-        const int64_t ie = i0 + bsteps < steps ? i0 + bsteps : steps;
-        for (int64_t i = i0; i < ie; i++, wp += MR * 8, xp += MU * 8) {
-            __m256 wv[MR];
-#pragma GCC unroll 3
-            for (int r = 0; r < MR; r++) wv[r] = _mm256_load_ps(wp + r * 8);
+            for (int i = 0; i < 3; i++) acc[i][u] = _mm256_setzero_ps();
+        const int64_t se = s0 + bs < kpl ? s0 + bs : kpl;
+        for (int64_t s = s0; s < se; s++, wp += NR, xp += MU) {
+            const __m256 w0 = _mm256_load_ps(wp), w1 = _mm256_load_ps(wp + 8), w2 = _mm256_load_ps(wp + 16);
 #pragma GCC unroll 4
             for (int u = 0; u < MU; u++) {
-                const __m256 xv = _mm256_load_ps(xp + u * 8);
-#pragma GCC unroll 3
-                for (int r = 0; r < MR; r++) acc[r][u] = _mm256_fmadd_ps(wv[r], xv, acc[r][u]);
+                const __m256 xb = _mm256_broadcast_ss(xp + u);
+                acc[0][u] = _mm256_fmadd_ps(w0, xb, acc[0][u]);
+                acc[1][u] = _mm256_fmadd_ps(w1, xb, acc[1][u]);
+                acc[2][u] = _mm256_fmadd_ps(w2, xb, acc[2][u]);
             }
         }
-        const int64_t kb = i0 / bsteps;
+        const float *sb = sc + (s0 / bs) * ldsc;
+        const bool zero = first && s0 == 0;
 #pragma GCC unroll 3
-        for (int r = 0; r < MR; r++) {
-            const __m256 s = _mm256_set1_ps(sc[r * ldsc + kb]);
+        for (int i = 0; i < 3; i++) {
+            const __m256 sv = _mm256_load_ps(sb + 8 * i);
 #pragma GCC unroll 4
             for (int u = 0; u < MU; u++) {
-                float *cp = c + u * ldct + r * 16;
-                _mm256_store_ps(cp, _mm256_fmadd_ps(acc[r][u], s, _mm256_load_ps(cp)));
+                float *cp = c + u * ldc + 8 * i;
+                _mm256_store_ps(cp, _mm256_fmadd_ps(acc[i][u], sv, zero ? _mm256_setzero_ps() : _mm256_load_ps(cp)));
             }
         }
     }
 }
 
-/* The thread's room (floats): the whole K of NC packed weight rows, the lane sums of the MC x NC
- * outputs and (fold) their block scales; a multiple of 16 floats so every thread's room is
- * 64-byte aligned. */
+/* The thread's room (floats): the whole K of NC packed weight rows, the lane sums
+ * [16][MC][NC] and (fold) the rows' block scales [nkb][NC]; a multiple of 16 floats so every
+ * thread's room stays 64-byte aligned. */
 static size_t room_floats(int64_t Kp, int64_t nkb)
 {
-    return ((size_t)NC * (size_t)Kp + (size_t)MC * NC * 16 + (size_t)NC * (size_t)nkb + 15) / 16 * 16;
+    return ((size_t)NC * (size_t)Kp + (size_t)16 * MC * NC + (size_t)NC * (size_t)nkb + 15) / 16 * 16;
 }
 
 /* Packs rows [n0, n0 + nr) over the whole K into wp, chunk after chunk (chunk c0 at
- * wp + c0 * nrp), and (fold) their block scales into sc [nrp][nkb]. */
+ * wp + c0 * nrp), and (fold) their block scales into sc [nkb][nrp]. */
 T256 static void pack_w_all(const gemm_job *j, int64_t n0, int64_t nr, float *wp, float *sc, int64_t nkb)
 {
-    const int64_t nrp = (nr + MR - 1) / MR * MR;
+    const int64_t nrp = (nr + NR - 1) / NR * NR;
     for (int64_t c0 = 0; c0 < j->Kp; c0 += j->kc) {
         gemm_job jc = *j;
         if (c0 + jc.kc > j->Kp) jc.kc = j->Kp - c0;
@@ -296,13 +341,13 @@ T256 static void pack_w_all(const gemm_job *j, int64_t n0, int64_t nr, float *wp
     }
     if (j->fold) {
         const dsacp_weight *w = j->w;
-        for (int64_t r = 0; r < nrp; r++)
-            for (int64_t kb = 0; kb < nkb; kb++)
-                sc[r * nkb + kb] = r < nr ? w->scale[((n0 + r) / w->block) * w->scale_stride + kb] : 0;
+        for (int64_t kb = 0; kb < nkb; kb++)
+            for (int64_t r = 0; r < nrp; r++)
+                sc[kb * nrp + r] = r < nr ? w->scale[((n0 + r) / w->block) * w->scale_stride + kb] : 0;
     }
 }
 
-/* Tokens [t0, t0 + nt) the same way into xp. */
+/* Tokens [t0, t0 + nt) the same way into xp (chunk c0 at xp + c0 * ntp). */
 T256 static void pack_x_all(const gemm_job *j, int64_t t0, int64_t nt, float *xp)
 {
     const int64_t ntp = (nt + MU - 1) / MU * MU;
@@ -313,33 +358,52 @@ T256 static void pack_x_all(const gemm_job *j, int64_t t0, int64_t nt, float *xp
     }
 }
 
-/* One task: rows [n0, n0 + nr) (packed in wp, scales in sc) x tokens [t0, t0 + nt). */
+/* One task: rows [n0, n0 + nr) (packed in wp, scales in sc) x tokens [t0, t0 + nt) (packed in xp);
+ * c: the lane sums [16][MC][NC]. Lane by lane, a row panel (kpl x NR floats) stays in L1 while
+ * the token panels stream past it, as in a textbook GEMM. */
 T256 static void gemm_task(const gemm_job *j, int64_t n0, int64_t nr, int64_t t0, int64_t nt, const float *wp,
-                           const float *sc, int64_t nkb, const float *xp, float *c)
+                           const float *sc, const float *xp, float *c)
 {
-    const int64_t nrp = (nr + MR - 1) / MR * MR, ntp = (nt + MU - 1) / MU * MU;
-    const int64_t ldct = nrp * 16;
-    memset(c, 0, (size_t)(ntp * ldct) * sizeof(float));
-    const int64_t blk = j->fold ? j->w->block : 0;
+    const int64_t nrp = (nr + NR - 1) / NR * NR, ntp = (nt + MU - 1) / MU * MU, nop = nrp / NR, ntt = ntp / MU;
+    const int64_t blk = j->fold ? j->w->block : 16;
     for (int64_t c0 = 0; c0 < j->Kp; c0 += j->kc) {
-        const int64_t kc = c0 + j->kc > j->Kp ? j->Kp - c0 : j->kc, steps = kc / 16;
+        const int64_t kc = c0 + j->kc > j->Kp ? j->Kp - c0 : j->kc, kpl = kc / 16;
         const float *wc = wp + c0 * nrp, *xc = xp + c0 * ntp;
-        /* A tile of MU tokens stays in L1 while the row panels stream from L2 (measured faster
-         * than the converse on Zen 3: 0.74-0.77 of sgemm against 0.67). */
-        for (int h = 0; h < 2; h++)
-            for (int64_t u0 = 0; u0 < ntp; u0 += MU)
-                for (int64_t r0 = 0; r0 < nrp; r0 += MR) {
-                    const float *wt = panel_at((float *)wc, nrp, steps, MR, h, r0, 0);
-                    const float *xt = panel_at((float *)xc, ntp, steps, MU, h, u0, 0);
-                    float *ct = c + u0 * ldct + r0 * 16 + h * 8;
-                    if (j->fold) mk_fold(wt, xt, steps, blk / 16, sc + r0 * nkb + c0 / blk, nkb, ct, ldct);
-                    else mk_chain(wt, xt, steps, ct, ldct);
+        for (int l = 0; l < 16; l++)
+            for (int64_t op = 0; op < nop; op++) {
+                const float *wt = wc + ((l * nop + op) * kpl) * NR;
+                for (int64_t tt = 0; tt < ntt; tt++) {
+                    const float *xt = xc + ((l * ntt + tt) * kpl) * MU;
+                    float *ct = c + (size_t)l * MC * NC + (tt * nop + op) * MU * NR;
+                    if (j->fold)
+                        mk_lane_fold(wt, xt, kpl, blk / 16, sc + (c0 / blk) * nrp + op * NR, nrp, ct, NR, c0 == 0);
+                    else
+                        mk_lane(wt, xt, kpl, ct, NR, c0 == 0);
                 }
+            }
     }
+    /* y = the fixed tree over the 16 lanes: l += l + 8, + 4, + 2, + 1 (as hsum16), 8 rows at once. */
     for (int64_t u = 0; u < nt; u++)
-        for (int64_t r = 0; r < nr; r++) {
-            const float *cp = c + u * ldct + r * 16;
-            j->y[(j->t_base + t0 + u) * j->ldy + n0 + r] = hsum16(_mm256_load_ps(cp), _mm256_load_ps(cp + 8));
+        for (int64_t r = 0; r < nrp; r += 8) {
+            /* lane sums are tile-major: [16][token tile][row panel][MU][NR] */
+            const float *cp = c + ((u / MU) * nop + r / NR) * MU * NR + (u % MU) * NR + r % NR;
+            __m256 a[8];
+#pragma GCC unroll 8
+            for (int l = 0; l < 8; l++)
+                a[l] = _mm256_add_ps(_mm256_load_ps(cp + (size_t)l * MC * NC), _mm256_load_ps(cp + (size_t)(l + 8) * MC * NC));
+#pragma GCC unroll 4
+            for (int l = 0; l < 4; l++) a[l] = _mm256_add_ps(a[l], a[l + 4]);
+            a[0] = _mm256_add_ps(a[0], a[2]);
+            a[1] = _mm256_add_ps(a[1], a[3]);
+            a[0] = _mm256_add_ps(a[0], a[1]);
+            float *yr = j->y + (j->t_base + t0 + u) * j->ldy + n0 + r;
+            if (r + 8 <= nr) {
+                _mm256_storeu_ps(yr, a[0]);
+            } else {
+                _Alignas(32) float v[8];
+                _mm256_store_ps(v, a[0]);
+                for (int64_t i = 0; i < nr - r && i < 8; i++) yr[i] = v[i];
+            }
         }
 }
 
@@ -361,7 +425,7 @@ int dsacp_linear_gemm(const dsacp_weight *w, const float *x, int64_t T, int64_t 
     /* Tokens go in super-blocks of TS: their packed copy (TS x Kp floats, shared by the threads)
      * bounds the extra memory whatever T is; the weights are packed once per row block and
      * super-block, a cost of 1/TS of the product. */
-    const int64_t nb = (N + NC - 1) / NC, TS = MC * 8;
+    const int64_t nb = (N + NC - 1) / NC, TS = 512;
     const int nth = omp_in_parallel() ? 1 : omp_get_max_threads();
     const size_t per = room_floats(j.Kp, nkb);
     size_t total, xbytes;
@@ -393,7 +457,7 @@ int dsacp_linear_gemm(const dsacp_weight *w, const float *x, int64_t T, int64_t 
              * block's weights once for all the token blocks it runs on them. */
             const int th = omp_get_thread_num(), nt = omp_get_num_threads();
             float *wp = bufs + (size_t)th * per;
-            float *c = wp + (size_t)NC * (size_t)j.Kp, *sc = c + (size_t)MC * NC * 16;
+            float *c = wp + (size_t)NC * (size_t)j.Kp, *sc = c + (size_t)16 * MC * NC;
             const int64_t i0 = tasks * th / nt, i1 = tasks * (th + 1) / nt;
             int64_t packed = -1;
             for (int64_t i = i0; i < i1; i++) {
@@ -403,7 +467,7 @@ int dsacp_linear_gemm(const dsacp_weight *w, const float *x, int64_t T, int64_t 
                     pack_w_all(&j, n0, nr, wp, sc, nkb);
                     packed = b;
                 }
-                gemm_task(&j, n0, nr, t0, nt_, wp, sc, nkb, xall + (size_t)t0 * (size_t)j.Kp, c);
+                gemm_task(&j, n0, nr, t0, nt_, wp, sc, xall + (size_t)t0 * (size_t)j.Kp, c);
             }
         }
     }

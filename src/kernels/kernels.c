@@ -6,6 +6,7 @@
 #include "numerics/numerics.h"
 
 #include <math.h>
+#include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -37,8 +38,16 @@ float *dsacp_linear_act_quant(const float *x, int64_t T, int64_t ldx, int64_t K,
 {
     float *xq = dsacp_alloc((size_t)(T * K) * sizeof(float));
     if (!xq) return NULL;
+    /* Rows are independent: split them over the threads when the call is large enough. */
+#pragma omp parallel for schedule(static) if (T * K >= (1 << 17) && !omp_in_parallel())
     for (int64_t t = 0; t < T; t++) {
         memcpy(xq + t * K, x + t * ldx, (size_t)K * sizeof(float));
+#if defined(__x86_64__)
+        if (dsacp_isa_active() >= DSACP_ISA_AVX2) {
+            dsacp_fake_quant_e4m3_128_avx2(xq + t * K, K);
+            continue;
+        }
+#endif
         dsacp_fake_quant_e4m3_groups(xq + t * K, K, 128);
     }
     *ldout = K;

@@ -182,6 +182,50 @@ int dsacp_linear_avx2(const dsacp_weight *w, const float *x, int64_t T, int64_t 
     return dsacp_linear_drive(w, x, T, ldx, y, ldy, act_quant, rows, NULL);
 }
 
+/* ---- act_quant ---- */
+
+/* dsacp_fake_quant_e4m3_groups over groups of 128, bit for bit: amax by max (NaN skipped, as the
+ * scalar `v > amax` does), the same ue8m0 scale, x / s by IEEE division, the clamp to +-448
+ * (NaN kept), rounding to e4m3 (normal range: the mantissa to 3 bits, nearest-even, a carry
+ * moving into the exponent; below 2^-6: to a multiple of 2^-9, nearest-even), times s. A group
+ * holding a NaN goes to the scalar code (its NaN payload is the table's). */
+T256 void dsacp_fake_quant_e4m3_128_avx2(float *x, int64_t n)
+{
+    const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
+    const __m256 cmax = _mm256_set1_ps(DSACP_FP8_MAX), cmin = _mm256_set1_ps(-DSACP_FP8_MAX);
+    const __m256 tiny = _mm256_set1_ps(0x1p-6f), up = _mm256_set1_ps(512.0f), down = _mm256_set1_ps(0x1p-9f);
+    const __m256i bias = _mm256_set1_epi32(0x7FFFF), one = _mm256_set1_epi32(1), keep = _mm256_set1_epi32((int)0xFFF00000u);
+    for (int64_t g = 0; g < n; g += 128) {
+        float *xg = x + g;
+        __m256 amax = _mm256_setzero_ps(), nan = _mm256_setzero_ps();
+        for (int i = 0; i < 128; i += 8) {
+            const __m256 v = _mm256_loadu_ps(xg + i);
+            amax = _mm256_max_ps(_mm256_and_ps(v, absmask), amax);
+            nan = _mm256_or_ps(nan, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+        }
+        if (_mm256_movemask_ps(nan)) {
+            dsacp_fake_quant_e4m3_groups(xg, 128, 128);
+            continue;
+        }
+        __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(amax), _mm256_extractf128_ps(amax, 1));
+        m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+        const float sc = dsacp_ue8m0_scale(_mm_cvtss_f32(m4));
+        const __m256 s = _mm256_set1_ps(sc);
+        for (int i = 0; i < 128; i += 8) {
+            __m256 v = _mm256_div_ps(_mm256_loadu_ps(xg + i), s);
+            v = _mm256_max_ps(cmin, _mm256_min_ps(cmax, v));
+            const __m256 a = _mm256_and_ps(v, absmask), sign = _mm256_andnot_ps(absmask, v);
+            const __m256i ab = _mm256_castps_si256(a);
+            const __m256i odd = _mm256_and_si256(_mm256_srli_epi32(ab, 20), one);
+            const __m256 rn = _mm256_castsi256_ps(_mm256_and_si256(_mm256_add_epi32(ab, _mm256_add_epi32(bias, odd)), keep));
+            const __m256 rs = _mm256_mul_ps(_mm256_round_ps(_mm256_mul_ps(a, up), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), down);
+            const __m256 r = _mm256_blendv_ps(rs, rn, _mm256_cmp_ps(a, tiny, _CMP_GE_OQ));
+            _mm256_storeu_ps(xg + i, _mm256_mul_ps(_mm256_or_ps(r, sign), s));
+        }
+    }
+}
+
 /* ---- gemv_t ---- */
 
 T256 void dsacp_gemv_t_avx2(const float *A, int64_t lda, const float *x, int64_t m, int64_t n, float *y)

@@ -38,6 +38,8 @@ void dsacp_gemv_t_avx2(const float *A, int64_t lda, const float *x, int64_t m, i
  * 2^120 * scale finite. */
 bool dsacp_linear_f8_ok(const dsacp_weight *w);
 
+/* dsacp_fake_quant_e4m3_groups(x, n, 128) in AVX2, bit for bit (n % 128 == 0). */
+void dsacp_fake_quant_e4m3_128_avx2(float *x, int64_t n);
 /* Rounds x rows through e4m3 groups of 128 into a fresh buffer (the act_quant of dsacp_linear);
  * *ldout gets its row stride. NULL on allocation failure. */
 float *dsacp_linear_act_quant(const float *x, int64_t T, int64_t ldx, int64_t K, int64_t *ldout);
