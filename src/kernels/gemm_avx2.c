@@ -53,7 +53,7 @@
  * unroll pragmas below assume these values); NC rows x MC tokens per task, KC packed columns per
  * chunk. Chosen by measurement on Zen 3 (docs/performance.md, "Blocked GEMM"). */
 #ifndef GCFG
-#define GCFG NC = 96, MC = 32, KC = 1024
+#define GCFG NC = 48, MC = 32, KC = 512
 #endif
 enum { NR = 24, MU = 4, GCFG };
 
@@ -425,7 +425,7 @@ int dsacp_linear_gemm(const dsacp_weight *w, const float *x, int64_t T, int64_t 
     /* Tokens go in super-blocks of TS: their packed copy (TS x Kp floats, shared by the threads)
      * bounds the extra memory whatever T is; the weights are packed once per row block and
      * super-block, a cost of 1/TS of the product. */
-    const int64_t nb = (N + NC - 1) / NC, TS = 512;
+    const int64_t nb = (N + NC - 1) / NC, TS = 1024;
     const int nth = omp_in_parallel() ? 1 : omp_get_max_threads();
     const size_t per = room_floats(j.Kp, nkb);
     size_t total, xbytes;
