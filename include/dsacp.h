@@ -252,6 +252,12 @@ typedef struct dsacp_step_entry {
  * short, the whole step is refused with DSACP_ECAPACITY and no cache or request changes. */
 int dsacp_engine_step(dsacp_engine *engine, const dsacp_step_entry *entries, int64_t n_entries,
                       float *logits, int32_t *topk);
+/* The same step computing the logits only after each entry's last token -- all that sampling
+ * needs -- instead of after every token: lm_head runs on n_entries rows, not T.
+ *   logits_last: F32 [n_entries][vocab] or NULL, row i = the logits after entry i's last token
+ *                (bit-identical to row (its offset + n_tokens - 1) of dsacp_engine_step's). */
+int dsacp_engine_step_last(dsacp_engine *engine, const dsacp_step_entry *entries, int64_t n_entries,
+                           float *logits_last, int32_t *topk);
 
 #ifdef __cplusplus
 }

@@ -519,8 +519,49 @@ static void test_capacity(void)
     free(dir);
 }
 
+/* dsacp_engine_step_last: each entry's last-token logits equal the matching rows of the full
+ * step's, bit for bit, on a mixed step (two prefill chunks and a decode token), deployed fp8. */
+static void test_step_last(void)
+{
+    char *dir = tu_make_model("tiny-moe", 6, DSACP_WEIGHTS_FP8);
+    dsacp_model *m;
+    REQUIRE_OK(dsacp_model_load(dir, &m));
+    const int64_t V = dsacp_model_config(m)->vocab_size;
+    dsacp_engine_options eo;
+    dsacp_engine_options_default(&eo);
+    eo.numerics = DSACP_NUMERICS_DEPLOYED;
+    eo.kv_dtype = DSACP_KV_FP8;
+    eo.block_size = 16;
+    eo.num_blocks = 32;
+    int32_t ids[64];
+    tu_random_ids(ids, 64, V, 9);
+    float *full = malloc((size_t)(64 * V) * sizeof(float)), *last = malloc((size_t)(3 * V) * sizeof(float));
+    dsacp_engine *e[2];
+    int64_t r[2][3];
+    for (int k = 0; k < 2; k++) {
+        REQUIRE_OK(dsacp_engine_create(m, &eo, &e[k]));
+        for (int i = 0; i < 3; i++) REQUIRE_OK(dsacp_engine_add_request(e[k], &r[k][i]));
+        dsacp_step_entry first = {r[k][2], 9, ids + 40}; /* request 2 has a past: its next step decodes */
+        CHECK_OK(dsacp_engine_step(e[k], &first, 1, NULL, NULL));
+        dsacp_step_entry st[3] = {{r[k][0], 23, ids}, {r[k][1], 17, ids + 23}, {r[k][2], 1, ids + 49}};
+        if (k == 0) CHECK_OK(dsacp_engine_step(e[k], st, 3, full, NULL));
+        else CHECK_OK(dsacp_engine_step_last(e[k], st, 3, last, NULL));
+    }
+    const int64_t rows[3] = {22, 39, 40};
+    for (int i = 0; i < 3; i++)
+        CHECKF(memcmp(full + rows[i] * V, last + i * V, (size_t)V * sizeof(float)) == 0,
+               "step_last entry %d differs from row %lld of the full step", i, (long long)rows[i]);
+    for (int k = 0; k < 2; k++) dsacp_engine_free(e[k]);
+    free(full);
+    free(last);
+    dsacp_model_free(m);
+    tu_rmtree(dir);
+    free(dir);
+}
+
 int main(void)
 {
+    test_step_last();
     test_exact("tiny", 1);
     test_exact("tiny-moe", 2);
     test_quantized("tiny", 3, DSACP_WEIGHTS_F32);

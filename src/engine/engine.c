@@ -690,8 +690,8 @@ static int check_logits(const float *logits, int64_t T, int64_t V)
     return DSACP_OK;
 }
 
-int dsacp_engine_step(dsacp_engine *e, const dsacp_step_entry *entries, int64_t n, float *logits,
-                      int32_t *topk)
+static int engine_step(dsacp_engine *e, const dsacp_step_entry *entries, int64_t n, float *logits, bool last,
+                       int32_t *topk)
 {
     const dsacp_config *cfg = e->cfg;
     const int64_t D = cfg->hidden_size, V = cfg->vocab_size, K = cfg->index_topk;
@@ -795,8 +795,19 @@ int dsacp_engine_step(dsacp_engine *e, const dsacp_step_entry *entries, int64_t 
                 dsacp_free(all);
             }
             if (!rc && !lrc && me == 0 && logits) {
-                lrc = dsacp_linear(e->head, xf, T, D, logits, V, false);
-                if (!lrc) lrc = check_logits(logits, T, V);
+                if (last) {
+                    /* Only the rows sampling reads: each entry's last token (rows are independent
+                     * and the linear batch-invariant, so these are the full step's bits). */
+                    for (int64_t i = 0, t = 0; i < n; i++) {
+                        t += entries[i].n_tokens;
+                        if (i != t - 1) memmove(xf + i * D, xf + (t - 1) * D, (size_t)D * 4);
+                    }
+                    lrc = dsacp_linear(e->head, xf, n, D, logits, V, false);
+                    if (!lrc) lrc = check_logits(logits, n, V);
+                } else {
+                    lrc = dsacp_linear(e->head, xf, T, D, logits, V, false);
+                    if (!lrc) lrc = check_logits(logits, T, V);
+                }
             }
         }
         if (!rc) rc = dsacp_comm_agree(e->comm, lrc);
@@ -812,6 +823,17 @@ int dsacp_engine_step(dsacp_engine *e, const dsacp_step_entry *entries, int64_t 
     free(pos), free(old_len), free(new_len), free(ent), free(lseqs), free(iseqs);
     dsacp_free(h), dsacp_free(xb), dsacp_free(ob), dsacp_free(xf);
     return rc;
+}
+
+int dsacp_engine_step(dsacp_engine *e, const dsacp_step_entry *entries, int64_t n, float *logits, int32_t *topk)
+{
+    return engine_step(e, entries, n, logits, false, topk);
+}
+
+int dsacp_engine_step_last(dsacp_engine *e, const dsacp_step_entry *entries, int64_t n, float *logits_last,
+                           int32_t *topk)
+{
+    return engine_step(e, entries, n, logits_last, true, topk);
 }
 
 dsacp_comm *dsacp_engine_comm(const dsacp_engine *e) { return e->comm; }

@@ -437,13 +437,14 @@ int dsacp_serve_run(dsacp_engine *e, const dsacp_serve_request *reqs, int64_t n_
         rc = plan_apply(e, &p, S.eid, !root, &ent, &n_ent, &ids);
         rc = dsacp_comm_agree(c, rc);
         for (int64_t i = 0; i < n_ent; i++) T += ent[i].n_tokens;
-        if (!rc && root && !(logits = realloc(logits, (size_t)(T * V) * sizeof *logits)))
+        /* Sampling reads the logits after each entry's last token only: lm_head runs on those. */
+        if (!rc && root && !(logits = realloc(logits, (size_t)((n_ent > 0 ? n_ent : 1) * V) * sizeof *logits)))
             rc = dsacp_error(DSACP_ENOMEM, "out of memory for the logits");
         rc = dsacp_comm_agree(c, rc);
         double cs0 = 0, cs1 = 0;
         const int64_t cb0 = comm_recv_total(c, &cs0);
         const double ts = dsacp_now();
-        if (!rc) rc = dsacp_engine_step(e, ent, n_ent, root ? logits : NULL, NULL);
+        if (!rc) rc = dsacp_engine_step_last(e, ent, n_ent, root ? logits : NULL, NULL);
         const double te = dsacp_now();
         const int64_t cb1 = comm_recv_total(c, &cs1);
         if (!rc && root) {
@@ -453,17 +454,16 @@ int dsacp_serve_run(dsacp_engine *e, const dsacp_serve_request *reqs, int64_t n_
                 dsacp_serve_step *ns = realloc(res->steps, (size_t)cap * sizeof *ns);
                 if (ns) res->steps = ns, res->cap_steps = cap;
             }
-            int64_t pre = 0, dec = 0, row = 0;
+            int64_t pre = 0, dec = 0;
             for (int64_t i = 0; i < S.n_ent; i++) {
                 sreq *r = &S.r[S.ent_s[i]];
                 const int64_t s = S.ent_s[i], cnt = S.ent_n[i];
                 if (cnt == 1 && r->len - r->fed == 1 && r->fed >= reqs[s].prompt_len) dec++;
                 else pre += cnt;
                 r->fed += cnt;
-                row += cnt;
                 if (r->fed < r->len) continue;
                 dsacp_serve_out *out = &res->out[s];
-                const int32_t tok = sample(logits + (row - 1) * V, V, opt, s, out->n_tokens, work);
+                const int32_t tok = sample(logits + i * V, V, opt, s, out->n_tokens, work);
                 const double when = dsacp_now() - t0;
                 if (out->n_tokens == 0) out->first_s = when;
                 out->tokens[out->n_tokens] = tok;

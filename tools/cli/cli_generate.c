@@ -41,11 +41,13 @@ int cli_generate(int argc, char **argv)
 {
     cli_opt opts[] = {{"model", true, NULL},      {"prompt-len", true, NULL}, {"new-tokens", true, NULL},
                       {"seed", true, NULL},       {"chunk", true, NULL},      {"numerics", true, NULL},
-                      {"kv-dtype", true, NULL},   {"block-size", true, NULL}, CLI_CP_OPTS,
-                      {NULL, false, NULL}};
+                      {"kv-dtype", true, NULL},   {"block-size", true, NULL}, {"all-logits", false, NULL},
+                      CLI_CP_OPTS,                {NULL, false, NULL}};
     int parsed = cli_parse(argc, argv, opts);
     if (parsed != CLI_RUN) return parsed;
     const char *dir = cli_get(opts, "model");
+    /* Greedy decoding reads one row per step: lm_head runs only there unless asked for all. */
+    const bool all_logits = cli_get(opts, "all-logits") != NULL;
     if (!dir) {
         fprintf(stderr, "dsacp generate: missing required option '--model'\n");
         return 2;
@@ -78,7 +80,7 @@ int cli_generate(int argc, char **argv)
         dsacp_model_free(m);
         return 2;
     }
-    const int64_t rows = chunk < plen ? chunk : plen; /* logits rows of the largest prefill step */
+    const int64_t rows = !all_logits ? 1 : chunk < plen ? chunk : plen; /* logits rows of the largest step */
     const int64_t V = cfg->vocab_size;
     size_t ids_bytes = 0, logits_bytes = 0;
     if (!dsacp_size_product(sizeof(int32_t), 1, (int64_t[]){plen + ntok + 1}, DSACP_FORWARD_MAX_BYTES, &ids_bytes) ||
@@ -106,8 +108,10 @@ int cli_generate(int argc, char **argv)
     for (int64_t done_ = 0; done_ < plen && !rc; done_ += chunk) {
         int64_t c = plen - done_ < chunk ? plen - done_ : chunk;
         dsacp_step_entry en = {req, c, ids + done_};
-        rc = dsacp_engine_step(e, &en, 1, root ? logits : NULL, NULL); /* agreed by the group */
-        if (!rc) rc = share_token(world, root ? argmax(logits + (c - 1) * V, V, done_ + c - 1, &next) : DSACP_OK, &next);
+        if (all_logits) rc = dsacp_engine_step(e, &en, 1, root ? logits : NULL, NULL); /* agreed by the group */
+        else rc = dsacp_engine_step_last(e, &en, 1, root ? logits : NULL, NULL);
+        const float *row = all_logits ? logits + (c - 1) * V : logits;
+        if (!rc) rc = share_token(world, root ? argmax(row, V, done_ + c - 1, &next) : DSACP_OK, &next);
     }
     double t1 = dsacp_now();
     for (int64_t i = 0; i < ntok && !rc; i++) {

@@ -44,7 +44,7 @@ static const cli_command commands[] = {
      "  --block-size B  tokens per cache block, a power of two (default 64)\n"
      "  --dump-topk     also write each layer's selected positions\n" CLI_CP_USAGE},
     {"generate", cli_generate,
-     "--model DIR [--prompt-len N] [--new-tokens N] [--seed N] [--chunk N]\n"
+     "--model DIR [--prompt-len N] [--new-tokens N] [--seed N] [--chunk N] [--all-logits]\n"
      "           [--numerics exact|deployed] [--kv-dtype f32|bf16|fp8] [--block-size B]\n"
      "           [--decode-strategy S] [--kv-layout L] [--index-layout L] [--cp-interleave I] [--comm-report F]",
      "prefill a random prompt in chunks, then decode greedily",
@@ -53,6 +53,8 @@ static const cli_command commands[] = {
      "                  model's max_position_embeddings\n"
      "  --seed N        random seed of the prompt (default 0)\n"
      "  --chunk N       prefill chunk size (default 256)\n"
+     "  --all-logits    compute lm_head after every prompt token, not only after each chunk's last\n"
+     "                  (the one greedy decoding reads); the output is the same, only slower\n"
      "  --numerics M    exact or deployed (see forward)\n"
      "  --kv-dtype T    f32, bf16, or fp8 (deployed only)\n"
      "Prints nothing until the run has succeeded; a non-finite logit is an error.\n" CLI_CP_USAGE},
