@@ -1,0 +1,327 @@
+#!/usr/bin/env python3
+"""Side by side with llama.cpp on the CPU: prefill and decode of the same checkpoint.
+
+Not run in CI. llama.cpp runs DeepSeek-V3.2 (architecture `deepseek32`: a real lightning indexer
+and top-k, then masked attention over all keys). This script
+
+  1. takes the llama.cpp that the llama-cpp-python source package on PyPI vendors (downloaded with
+     `pip download --no-binary :all: llama-cpp-python`, or --llama-src DIR|TARBALL) and builds its
+     `llama-bench` with CMake (Release, GGML_NATIVE, OpenMP) unless --llama-bench is given;
+  2. converts a dsacp checkpoint (`dsacp init-model --preset P --weights bf16`) to GGUF with the
+     vendored gguf-py (needs numpy): tensors named by gguf's own name map for DEEPSEEK32, kv_b
+     split into k_b (transposed) and v_b, experts stacked, a placeholder SPM vocabulary of
+     vocab_size tokens (no text is tokenized: both sides feed token ids);
+  3. times both sides interleaved (dsacp, llama.cpp, dsacp, ... --reps times each) with the same
+     thread count:
+       prefill: `dsacp generate --prompt-len L --chunk L --new-tokens 0` (one prefill step) against
+                `llama-bench -p L -n 0 -ub L -b L`;
+       decode:  `dsacp generate --prompt-len L --new-tokens N` (ms/token of the N decode steps)
+                against `llama-bench -n N -d L` (N tokens generated after a context of L);
+     and prints the median ratio dsacp / llama.cpp per cell (< 1: dsacp faster).
+
+Setup (any Python >= 3.10, cmake, a C++ compiler):
+
+    python3 -m venv /tmp/lb && /tmp/lb/bin/pip install numpy
+    build/dsacp init-model --preset small --weights bf16 --out /tmp/small
+    /tmp/lb/bin/python tools/llama_bench.py --model /tmp/small --contexts 1024,4096,8192 --threads 2
+
+`--self-test` checks the name mapping and the vocabulary of a converted tiny model and exits.
+"""
+
+import argparse
+import glob
+import json
+import os
+import re
+import statistics
+import struct
+import subprocess
+import sys
+import tarfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+
+# ---------------------------------------------------------------- llama.cpp source and build
+
+def llama_source(arg, cache):
+    """The vendored llama.cpp tree of the llama-cpp-python sdist (downloaded when not given)."""
+    if arg and os.path.isdir(arg):
+        cand = os.path.join(arg, "vendor", "llama.cpp")
+        return cand if os.path.isdir(cand) else arg
+    os.makedirs(cache, exist_ok=True)
+    tarball = arg
+    if not tarball:
+        found = sorted(glob.glob(os.path.join(cache, "llama_cpp_python-*.tar.gz")))
+        if not found:
+            subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+                            "llama-cpp-python", "-d", cache], check=True)
+            found = sorted(glob.glob(os.path.join(cache, "llama_cpp_python-*.tar.gz")))
+        tarball = found[-1]
+    top = os.path.join(cache, os.path.basename(tarball)[:-len(".tar.gz")])
+    if not os.path.isdir(top):
+        with tarfile.open(tarball) as t:
+            t.extractall(cache)
+    return os.path.join(top, "vendor", "llama.cpp")
+
+
+def build_llama_bench(src, jobs):
+    build = os.path.join(src, "build")
+    exe = os.path.join(build, "bin", "llama-bench")
+    if os.path.exists(exe):
+        return exe
+    subprocess.run(["cmake", "-S", src, "-B", build, "-DCMAKE_BUILD_TYPE=Release", "-DLLAMA_CURL=OFF",
+                    "-DGGML_NATIVE=ON", "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF",
+                    "-DLLAMA_BUILD_SERVER=OFF"], check=True)
+    subprocess.run(["cmake", "--build", build, "-j", str(jobs), "--target", "llama-bench"], check=True)
+    return exe
+
+
+# ---------------------------------------------------------------- safetensors (numpy)
+
+def read_safetensors(path, np):
+    """{name: numpy array}; BF16 comes back as uint16 bit patterns (GGUF stores them as is)."""
+    with open(path, "rb") as f:
+        n = struct.unpack("<Q", f.read(8))[0]
+        header = json.loads(f.read(n))
+        base = 8 + n
+    mm = np.memmap(path, dtype=np.uint8, mode="r")
+    dt = {"F32": np.float32, "BF16": np.uint16, "F16": np.float16}
+    out = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        if info["dtype"] not in dt:
+            raise SystemExit(f"{path}: tensor {name} is {info['dtype']}; convert a --weights bf16 or f32 "
+                             "checkpoint (llama.cpp's deepseek32 takes no FP8 block scales)")
+        a, b = info["data_offsets"]
+        out[name] = (mm[base + a:base + b].view(dt[info["dtype"]]).reshape(info["shape"]), info["dtype"])
+    return out
+
+
+def load_checkpoint(d, np):
+    tensors = {}
+    for p in sorted(glob.glob(os.path.join(d, "*.safetensors"))):
+        tensors.update(read_safetensors(p, np))
+    with open(os.path.join(d, "config.json")) as f:
+        cfg = json.load(f)
+    return cfg, tensors
+
+
+# ---------------------------------------------------------------- GGUF conversion
+
+def convert(model_dir, out, gguf_py, np):
+    sys.path.insert(0, gguf_py)
+    import gguf  # noqa: E402  (the vendored gguf-py matches the llama.cpp being built)
+
+    cfg, tensors = load_checkpoint(model_dir, np)
+    L = cfg["num_hidden_layers"]
+    H = cfg["num_attention_heads"]
+    nope, rope, dv, dc = cfg["qk_nope_head_dim"], cfg["qk_rope_head_dim"], cfg["v_head_dim"], cfg["kv_lora_rank"]
+    V = cfg["vocab_size"]
+    arch = gguf.MODEL_ARCH.DEEPSEEK32
+    w = gguf.GGUFWriter(out, gguf.MODEL_ARCH_NAMES[arch])
+    w.add_block_count(L)
+    w.add_context_length(cfg["max_position_embeddings"])
+    w.add_embedding_length(cfg["hidden_size"])
+    w.add_feed_forward_length(cfg["intermediate_size"])
+    w.add_head_count(H)
+    w.add_head_count_kv(1)  # MLA as MQA over the latent, as the official converter writes it
+    w.add_rope_freq_base(cfg.get("rope_theta", 10000.0))
+    w.add_layer_norm_rms_eps(cfg.get("rms_norm_eps", 1e-6))
+    rs = cfg.get("rope_scaling") or {}
+    if rs.get("type", rs.get("rope_type")) == "yarn":
+        w.add_rope_scaling_type(gguf.RopeScalingType.YARN)
+        w.add_rope_scaling_factor(rs["factor"])
+        w.add_rope_scaling_orig_ctx_len(rs["original_max_position_embeddings"])
+        if "beta_fast" in rs:
+            w.add_rope_scaling_yarn_beta_fast(rs["beta_fast"])
+        if "beta_slow" in rs:
+            w.add_rope_scaling_yarn_beta_slow(rs["beta_slow"])
+        if "mscale_all_dim" in rs:
+            w.add_rope_scaling_yarn_log_mul(0.1 * rs["mscale_all_dim"])
+    n_exp = cfg.get("n_routed_experts") or 0
+    dense = cfg.get("first_k_dense_replace", L if not n_exp else 0)
+    w.add_leading_dense_block_count(min(dense, L) if n_exp else L)
+    w.add_vocab_size(V)
+    w.add_q_lora_rank(cfg["q_lora_rank"])
+    w.add_kv_lora_rank(dc)
+    w.add_key_length(dc + rope)
+    w.add_value_length(dc)
+    w.add_key_length_mla(nope + rope)
+    w.add_value_length_mla(dv)
+    w.add_expert_feed_forward_length(cfg.get("moe_intermediate_size") or cfg["intermediate_size"])
+    w.add_expert_shared_count(cfg.get("n_shared_experts") or 0)
+    if n_exp:
+        w.add_expert_count(n_exp)
+        w.add_expert_used_count(cfg["num_experts_per_tok"])
+        if cfg.get("n_group"):
+            w.add_expert_group_count(cfg["n_group"])
+            w.add_expert_group_used_count(cfg["topk_group"])
+        if cfg.get("routed_scaling_factor") is not None:
+            w.add_expert_weights_scale(cfg["routed_scaling_factor"])
+        if cfg.get("norm_topk_prob"):
+            w.add_expert_weights_norm(True)
+    w.add_expert_gating_func(gguf.ExpertGatingFuncType.SIGMOID)
+    w.add_rope_dimension_count(rope)
+    w.add_indexer_head_count(cfg["index_n_heads"])
+    w.add_indexer_key_length(cfg["index_head_dim"])
+    w.add_indexer_top_k(cfg["index_topk"])
+    # Placeholder vocabulary: the 256 byte tokens SPM expects, then <t{i}>; ids are fed directly.
+    toks, types = [], []
+    for i in range(V):
+        if 3 <= i < 259:
+            toks.append(f"<0x{i - 3:02X}>".encode())
+            types.append(gguf.TokenType.BYTE)
+        elif i < 3:
+            toks.append(["<unk>", "<s>", "</s>"][i].encode())
+            types.append(gguf.TokenType.UNKNOWN if i == 0 else gguf.TokenType.CONTROL)
+        else:
+            toks.append(f"<t{i}>".encode())
+            types.append(gguf.TokenType.NORMAL)
+    w.add_tokenizer_model("llama")
+    w.add_token_list(toks)
+    w.add_token_scores([0.0] * V)
+    w.add_token_types(types)
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+    w.add_unk_token_id(0)
+    w.add_add_bos_token(False)
+
+    names = gguf.get_tensor_name_map(arch, L)
+
+    def put(hf_name, arr, dtype):
+        hf_name = hf_name.replace("e_score_correction_bias", "e_score_correction.bias")
+        g = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+        if g is None:
+            raise SystemExit(f"no GGUF name for {hf_name}")
+        raw = gguf.GGMLQuantizationType.BF16 if dtype == "BF16" else None
+        if dtype == "F32" or arr.ndim == 1:
+            if dtype == "BF16":  # norms and biases as f32
+                arr = (arr.astype(np.uint32) << 16).view(np.float32)
+            arr = np.ascontiguousarray(arr, dtype=np.float32)
+            raw = None
+        w.add_tensor(g, np.ascontiguousarray(arr), raw_dtype=raw)
+        return g
+
+    experts = {}
+    written = []
+    for name, (arr, dtype) in tensors.items():
+        m = re.match(r"model\.layers\.(\d+)\.mlp\.experts\.(\d+)\.(gate|up|down)_proj\.weight$", name)
+        if m:
+            experts.setdefault((int(m.group(1)), m.group(3)), {})[int(m.group(2))] = (arr, dtype)
+            continue
+        if name.endswith("kv_b_proj.weight"):
+            kv = np.asarray(arr).reshape(H, nope + dv, dc)
+            k_b = np.ascontiguousarray(kv[:, :nope, :].transpose(0, 2, 1))  # [H][dc][nope]
+            v_b = np.ascontiguousarray(kv[:, nope:, :])                     # [H][dv][dc]
+            written.append(put(name.replace("kv_b_proj", "k_b_proj"), k_b, dtype))
+            written.append(put(name.replace("kv_b_proj", "v_b_proj"), v_b, dtype))
+            continue
+        written.append(put(name, np.asarray(arr), dtype))
+    for (layer, kind), parts in sorted(experts.items()):
+        stack = np.stack([np.asarray(parts[i][0]) for i in range(len(parts))])
+        written.append(put(f"model.layers.{layer}.mlp.experts.{kind}_proj.weight", stack, parts[0][1]))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return written
+
+
+# ---------------------------------------------------------------- timing
+
+def run(cmd, env):
+    t0 = time.perf_counter()
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if p.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed ({p.returncode}):\n{p.stderr[-2000:]}")
+    return p.stdout, time.perf_counter() - t0
+
+
+def dsacp_prefill(dsacp, model, L, env):
+    out, _ = run([dsacp, "generate", "--model", model, "--prompt-len", str(L), "--chunk", str(L),
+                  "--new-tokens", "0"], env)
+    m = re.search(r"prefill in chunks of \d+: ([0-9.]+) s", out)
+    return float(m.group(1))
+
+
+def dsacp_decode(dsacp, model, L, n, env):
+    out, _ = run([dsacp, "generate", "--model", model, "--prompt-len", str(L), "--chunk", str(L),
+                  "--new-tokens", str(n)], env)
+    m = re.search(r"decode: \d+ tokens in [0-9.]+ s \(([0-9.]+) ms/token\)", out)
+    return float(m.group(1)) * 1e-3
+
+
+def llama(bench, gguf_path, args, threads, env):
+    out, _ = run([bench, "-m", gguf_path, "-t", str(threads), "-r", "1", "-o", "json"] + args, env)
+    rows = json.loads(out)
+    return rows[0]["avg_ns"] * 1e-9, rows[0]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", help="dsacp checkpoint directory (bf16 or f32 weights)")
+    ap.add_argument("--dsacp", default=os.path.join(ROOT, "build", "dsacp"))
+    ap.add_argument("--contexts", default="1024,4096,8192")
+    ap.add_argument("--decode-tokens", type=int, default=16)
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--llama-src", help="llama-cpp-python sdist (.tar.gz) or its unpacked directory")
+    ap.add_argument("--llama-bench", help="a built llama-bench (skips the build)")
+    ap.add_argument("--cache", default=os.path.join("/tmp", "dsacp-llama"))
+    ap.add_argument("--gguf", help="where to write the GGUF (default: CACHE/<model>.gguf)")
+    ap.add_argument("--csv", help="also write the rows here")
+    ap.add_argument("--self-test", action="store_true")
+    a = ap.parse_args()
+    import numpy as np
+
+    src = llama_source(a.llama_src, a.cache)
+    gguf_py = os.path.join(src, "gguf-py")
+    if a.self_test:
+        import tempfile
+        with tempfile.TemporaryDirectory() as d:
+            subprocess.run([a.dsacp, "init-model", "--preset", "tiny-moe", "--weights", "bf16", "--out",
+                            os.path.join(d, "m")], check=True, capture_output=True)
+            names = convert(os.path.join(d, "m"), os.path.join(d, "m.gguf"), gguf_py, np)
+            assert "blk.0.attn_k_b.weight" in names and "blk.1.ffn_gate_exps.weight" in names, names
+            assert "blk.0.indexer.attn_q_b.weight" in names, names
+            print(f"self-test: {len(names)} tensors mapped")
+        return
+    if not a.model:
+        ap.error("--model is required")
+    bench = a.llama_bench or build_llama_bench(src, a.threads)
+    gg = a.gguf or os.path.join(a.cache, os.path.basename(os.path.normpath(a.model)) + ".gguf")
+    if not os.path.exists(gg) or os.path.getmtime(gg) < os.path.getmtime(os.path.join(a.model, "config.json")):
+        convert(a.model, gg, gguf_py, np)
+    env = dict(os.environ, OMP_NUM_THREADS=str(a.threads))
+    rows = []
+    print(f"model {a.model}, {a.threads} threads, {a.reps} interleaved reps, median ratio dsacp / llama.cpp")
+    print(f"{'context':>8} {'prefill dsacp s':>16} {'llama.cpp s':>12} {'ratio':>6}   "
+          f"{'decode dsacp ms':>16} {'llama.cpp ms':>13} {'ratio':>6}")
+    for L in [int(x) for x in a.contexts.split(",")]:
+        pd, pl, dd, dl = [], [], [], []
+        for _ in range(a.reps):
+            pd.append(dsacp_prefill(a.dsacp, a.model, L, env))
+            pl.append(llama(bench, gg, ["-p", str(L), "-n", "0", "-b", str(L), "-ub", str(L)], a.threads, env)[0])
+            dd.append(dsacp_decode(a.dsacp, a.model, L, a.decode_tokens, env))
+            t, _ = llama(bench, gg, ["-p", "0", "-n", str(a.decode_tokens), "-d", str(L)], a.threads, env)
+            dl.append(t / a.decode_tokens)
+        r = dict(context=L, prefill_dsacp_s=statistics.median(pd), prefill_llama_s=statistics.median(pl),
+                 prefill_ratio=statistics.median([x / y for x, y in zip(pd, pl)]),
+                 decode_dsacp_ms=1e3 * statistics.median(dd), decode_llama_ms=1e3 * statistics.median(dl),
+                 decode_ratio=statistics.median([x / y for x, y in zip(dd, dl)]))
+        rows.append(r)
+        print(f"{L:>8} {r['prefill_dsacp_s']:>16.3f} {r['prefill_llama_s']:>12.3f} {r['prefill_ratio']:>6.2f}   "
+              f"{r['decode_dsacp_ms']:>16.2f} {r['decode_llama_ms']:>13.2f} {r['decode_ratio']:>6.2f}", flush=True)
+    if a.csv:
+        with open(a.csv, "w") as f:
+            f.write(",".join(rows[0].keys()) + "\n")
+            for r in rows:
+                f.write(",".join(str(v) for v in r.values()) + "\n")
+
+
+if __name__ == "__main__":
+    main()
