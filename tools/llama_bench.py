@@ -13,10 +13,10 @@ and top-k, then masked attention over all keys). This script
      vocab_size tokens (no text is tokenized: both sides feed token ids);
   3. times both sides interleaved (dsacp, llama.cpp, dsacp, ... --reps times each) with the same
      thread count:
-       prefill: `dsacp generate --prompt-len L --chunk L --new-tokens 0` (one prefill step) against
-                `llama-bench -p L -n 0 -ub L -b L`;
-       decode:  `dsacp generate --prompt-len L --new-tokens N` (ms/token of the N decode steps)
-                against `llama-bench -n N -d L` (N tokens generated after a context of L);
+       prefill: `dsacp generate --prompt-len L --chunk L --new-tokens N` (its one L-token prefill
+                step) against `llama-bench -p L -n 0 -ub L -b L`;
+       decode:  the same dsacp run's ms/token over its N decode steps against
+                `llama-bench -p 0 -n N -d L` (N tokens generated after a context of L);
      and prints the median ratio dsacp / llama.cpp per cell (< 1: dsacp faster).
 
 Setup (any Python >= 3.10, cmake, a C++ compiler):
@@ -241,18 +241,13 @@ def run(cmd, env):
     return p.stdout, time.perf_counter() - t0
 
 
-def dsacp_prefill(dsacp, model, L, env):
-    out, _ = run([dsacp, "generate", "--model", model, "--prompt-len", str(L), "--chunk", str(L),
-                  "--new-tokens", "0"], env)
-    m = re.search(r"prefill in chunks of \d+: ([0-9.]+) s", out)
-    return float(m.group(1))
-
-
-def dsacp_decode(dsacp, model, L, n, env):
+def dsacp_run(dsacp, model, L, n, env):
+    """(prefill seconds of one L-token step, seconds per decode token after it)."""
     out, _ = run([dsacp, "generate", "--model", model, "--prompt-len", str(L), "--chunk", str(L),
                   "--new-tokens", str(n)], env)
-    m = re.search(r"decode: \d+ tokens in [0-9.]+ s \(([0-9.]+) ms/token\)", out)
-    return float(m.group(1)) * 1e-3
+    p = re.search(r"prefill in chunks of \d+: ([0-9.]+) s", out)
+    d = re.search(r"decode: \d+ tokens in [0-9.]+ s \(([0-9.]+) ms/token\)", out)
+    return float(p.group(1)), float(d.group(1)) * 1e-3
 
 
 def llama(bench, gguf_path, args, threads, env):
@@ -304,9 +299,10 @@ def main():
     for L in [int(x) for x in a.contexts.split(",")]:
         pd, pl, dd, dl = [], [], [], []
         for _ in range(a.reps):
-            pd.append(dsacp_prefill(a.dsacp, a.model, L, env))
+            p, d = dsacp_run(a.dsacp, a.model, L, a.decode_tokens, env)
+            pd.append(p)
+            dd.append(d)
             pl.append(llama(bench, gg, ["-p", str(L), "-n", "0", "-b", str(L), "-ub", str(L)], a.threads, env)[0])
-            dd.append(dsacp_decode(a.dsacp, a.model, L, a.decode_tokens, env))
             t, _ = llama(bench, gg, ["-p", "0", "-n", str(a.decode_tokens), "-d", str(L)], a.threads, env)
             dl.append(t / a.decode_tokens)
         r = dict(context=L, prefill_dsacp_s=statistics.median(pd), prefill_llama_s=statistics.median(pl),

@@ -274,7 +274,7 @@ int dsacp_linear_drive(const dsacp_weight *w, const float *x, int64_t T, int64_t
         return rc;
     }
     const int64_t nb = (N + DSACP_LINEAR_BLOCK - 1) / DSACP_LINEAR_BLOCK;
-    const bool par = !omp_in_parallel() && (double)N * (double)K * (double)T >= 1e6 && nb > 1;
+    const bool par = !omp_in_parallel() && (double)N * (double)K * (double)T >= 65536 && nb > 1;
 #pragma omp parallel for schedule(static) if (par)
     for (int64_t b = 0; b < nb; b++) {
         int64_t o0 = b * DSACP_LINEAR_BLOCK, o1 = o0 + DSACP_LINEAR_BLOCK < N ? o0 + DSACP_LINEAR_BLOCK : N;

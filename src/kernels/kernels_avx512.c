@@ -286,7 +286,7 @@ static int lin8_linear(const dsacp_weight *w, const float *x, int64_t T, int64_t
     lin8_tab tb;
     lin8_tab_init(&tb);
     const int64_t nb = (N + DSACP_LINEAR_BLOCK - 1) / DSACP_LINEAR_BLOCK;
-    const bool par = !omp_in_parallel() && (double)N * (double)K * (double)T >= 1e6 && nb > 1;
+    const bool par = !omp_in_parallel() && (double)N * (double)K * (double)T >= 65536 && nb > 1;
 #pragma omp parallel for schedule(static) if (par)
     for (int64_t b = 0; b < nb; b++) {
         int64_t o0 = b * DSACP_LINEAR_BLOCK, o1 = o0 + DSACP_LINEAR_BLOCK < N ? o0 + DSACP_LINEAR_BLOCK : N;
