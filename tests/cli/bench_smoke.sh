@@ -89,7 +89,23 @@ else
   fail "bench human table: $(cat "$tmp/table" "$tmp/err")"
 fi
 
-# 4. Bad flags: one line on stderr naming the flag, exit status in 1..127, nothing on stdout.
+# 4. The batched linear (blocked GEMM beside sgemm) and the layer prefill (against the roofline).
+gemm_names=(sgemm_T16 gemm_f32_T16 gemm_bf16_T16 gemm_fp8_T16 sgemm_T256 gemm_fp8_T256 sgemm_T2048
+            gemm_f32_T2048 gemm_bf16_T2048 gemm_fp8_T2048)
+if "$DSACP" bench --preset tiny --kernel gemm --reps 1 --threads 1 --json >"$tmp/gemm.json" 2>"$tmp/err" &&
+   check_json "$tmp/gemm.json" 1 "${gemm_names[@]}" >"$tmp/why" 2>&1; then
+  ok "bench --kernel gemm --json"
+else
+  fail "bench --kernel gemm: $(cat "$tmp/err") $(tail -3 "$tmp/why" 2>/dev/null)"
+fi
+if "$DSACP" bench --preset tiny --kernel prefill --context 96 --reps 1 --threads 1 --json >"$tmp/pre.json" 2>"$tmp/err" &&
+   check_json "$tmp/pre.json" 1 prefill_layer_time prefill_layer_tokens_per_s prefill_layer_gflops >"$tmp/why" 2>&1; then
+  ok "bench --kernel prefill --json"
+else
+  fail "bench --kernel prefill: $(cat "$tmp/err") $(tail -3 "$tmp/why" 2>/dev/null)"
+fi
+
+# 5. Bad flags: one line on stderr naming the flag, exit status in 1..127, nothing on stdout.
 expect_error() {
   local name=$1 pat=$2; shift 2
   "$DSACP" bench "$@" >"$tmp/out" 2>"$tmp/err"

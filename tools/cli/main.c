@@ -68,9 +68,13 @@ static const cli_command commands[] = {
      "  --seed N        random seed (default 0)\n"},
     {"bench", cli_bench,
      "(--preset NAME | --model DIR) [--context N] [--batch B] [--threads N]\n"
-     "        [--kernel all|ceilings|indexer|topk|mla|linear|layer] [--reps N] [--json]\n"
+     "        [--kernel all|ceilings|indexer|topk|mla|linear|layer|gemm|prefill] [--reps N] [--json]\n"
      "        [--numerics exact|deployed] [--isa scalar|avx2|avx512] [--block-size B] [--warm]",
      "time the kernels and one decode layer beside the machine's ceilings",
+     "  gemm     batched linear on 16, 256, 2048 tokens (f32, bf16, fp8 weights) beside OpenBLAS\n"
+     "           sgemm on the same shape, timed interleaved (not part of 'all')\n"
+     "  prefill  one step prefilling --context tokens through the layer, against the peak FMA\n"
+     "           rate (the roofline; not part of 'all')\n"
      "  see docs/performance.md for every figure it prints\n"},
     {"run", cli_run,
      "(--model DIR | --preset NAME) [--requests N --prompt-len MIN:MAX --gen-len MIN:MAX\n"
