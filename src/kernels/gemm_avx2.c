@@ -96,9 +96,10 @@ T256 static INL __m256 wdecode8(int dt, const uint8_t *row, int64_t a, int64_t b
 {
         switch (dt) {
         case DSACP_BF16: {
-            __m128i v = _mm_set_epi64x(*(const int64_t *)(const void *)(row + 2 * b),
-                                       *(const int64_t *)(const void *)(row + 2 * a));
-            return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(v), 16));
+            int64_t va, vb; /* rows need not be 8-byte aligned: memcpy, not a cast */
+            memcpy(&va, row + 2 * a, 8);
+            memcpy(&vb, row + 2 * b, 8);
+            return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_set_epi64x(vb, va)), 16));
         }
         case DSACP_F16: {
             int64_t va, vb;
