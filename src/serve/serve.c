@@ -433,10 +433,9 @@ int dsacp_serve_run(dsacp_engine *e, const dsacp_serve_request *reqs, int64_t n_
         if (p.n == 0) break; /* all requests done */
         dsacp_step_entry *ent = NULL;
         int32_t *ids = NULL;
-        int64_t n_ent = 0, T = 0;
+        int64_t n_ent = 0;
         rc = plan_apply(e, &p, S.eid, !root, &ent, &n_ent, &ids);
         rc = dsacp_comm_agree(c, rc);
-        for (int64_t i = 0; i < n_ent; i++) T += ent[i].n_tokens;
         /* Sampling reads the logits after each entry's last token only: lm_head runs on those. */
         if (!rc && root && !(logits = realloc(logits, (size_t)((n_ent > 0 ? n_ent : 1) * V) * sizeof *logits)))
             rc = dsacp_error(DSACP_ENOMEM, "out of memory for the logits");
