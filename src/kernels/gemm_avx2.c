@@ -30,10 +30,11 @@
  * kernels give (a zmm micro-kernel with the same chains is the next step for Zen 5's full-width
  * FMA; on Zen 4 zmm FMAs are double-pumped and the AVX2 tile runs at the same rate).
  *
- * Blocking: tokens in super-blocks of 8 MC, packed once per call into a shared copy; each task is
- * NC weight rows x MC tokens, its weights packed (decoded to f32) once per row block for all the
- * token blocks a thread runs on them; KC columns per chunk (multiple of 16, and of the FP8 block
- * in fold mode). Packed panels are [steps][tile][8] so the micro-kernel reads two sequential
+ * Blocking: tokens in super-blocks of 1024, each packed once into a copy shared by the threads
+ * (1024 x K floats: the extra memory is bounded whatever T is); each task is NC weight rows x MC
+ * tokens, its weights packed (decoded to f32) once per row block for all the token blocks a
+ * thread runs on them; KC columns per chunk (multiple of 16, and of the FP8 block in fold mode).
+ * Panels are per lane, [k][NR rows] and [k][MU tokens], so the micro-kernel reads two sequential
  * streams. Tasks are split statically over the threads; each output is computed by one task
  * with one fixed sequence, so the thread count changes nothing either.
  */
