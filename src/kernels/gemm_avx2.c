@@ -39,6 +39,7 @@
  * with one fixed sequence, so the thread count changes nothing either.
  */
 #include "kernels/kernels_isa.h"
+#include "kernels/avx2_inl.h"
 #include "numerics/numerics.h"
 
 #include <omp.h>
@@ -47,8 +48,6 @@
 #if defined(__x86_64__)
 #include <immintrin.h>
 
-#define T256 __attribute__((target("avx2,fma,f16c")))
-#define INL __attribute__((always_inline)) inline
 
 /* Register tile MR rows x MU tokens (12 ymm accumulators + 3 weight + 1 token register; the
  * unroll pragmas below assume these values); NC rows x MC tokens per task, KC packed columns per
@@ -68,17 +67,6 @@ typedef struct gemm_job {
     int64_t t_base;                /* first token of the current super-block */
     int dt;
 } gemm_job;
-
-/* 8 e4m3 bytes -> their values times 2^-120, exact (as kernels_avx2.c e4m3_bits8). */
-T256 static INL __m256 e4m3_bits8(__m128i b8)
-{
-    __m256i v = _mm256_slli_epi32(_mm256_cvtepi8_epi32(b8), 20);
-    const __m256i em = _mm256_set1_epi32(0x07F00000);
-    __m256i nan = _mm256_cmpeq_epi32(_mm256_and_si256(v, em), em);
-    v = _mm256_and_si256(v, _mm256_set1_epi32((int)0x87F00000u));
-    v = _mm256_blendv_epi8(v, _mm256_set1_epi32(0x7FC00000), nan);
-    return _mm256_castsi256_ps(v);
-}
 
 /* The 8 columns of (packed step s, half h): two runs of 4 starting at *a and *b. */
 static INL void step_cols(int fold, int64_t s, int h, int64_t *a, int64_t *b)
@@ -260,6 +248,22 @@ T256 static void pack_x(const gemm_job *j, int64_t t0, int64_t nt, int64_t c0, f
     }
 }
 
+/* acc[i][u] += w[8 i .. 8 i + 7] * x[u] for each of n packed steps (row panel [n][NR], token
+ * panel [n][MU]): the FMA sequence of both micro-kernels below. */
+T256 static INL void lane_steps(const float *wp, const float *xp, int64_t n, __m256 acc[3][MU])
+{
+    for (int64_t s = 0; s < n; s++, wp += NR, xp += MU) {
+        const __m256 w0 = _mm256_load_ps(wp), w1 = _mm256_load_ps(wp + 8), w2 = _mm256_load_ps(wp + 16);
+#pragma GCC unroll 4
+        for (int u = 0; u < MU; u++) {
+            const __m256 xb = _mm256_broadcast_ss(xp + u);
+            acc[0][u] = _mm256_fmadd_ps(w0, xb, acc[0][u]);
+            acc[1][u] = _mm256_fmadd_ps(w1, xb, acc[1][u]);
+            acc[2][u] = _mm256_fmadd_ps(w2, xb, acc[2][u]);
+        }
+    }
+}
+
 /* One lane's chains of NR rows x MU tokens over kpl steps: acc[i][u] (rows 8i..8i+7 of the
  * panel, token u) += w * x, w from the row panel [kpl][NR], x broadcast from the token panel
  * [kpl][MU]; the running sums c[u * ldc + 8 i] (start from +0 when first). Each output lane is
@@ -271,16 +275,7 @@ T256 static void mk_lane(const float *wp, const float *xp, int64_t kpl, float *c
     for (int u = 0; u < MU; u++)
 #pragma GCC unroll 3
         for (int i = 0; i < 3; i++) acc[i][u] = first ? _mm256_setzero_ps() : _mm256_load_ps(c + u * ldc + 8 * i);
-    for (int64_t s = 0; s < kpl; s++, wp += NR, xp += MU) {
-        const __m256 w0 = _mm256_load_ps(wp), w1 = _mm256_load_ps(wp + 8), w2 = _mm256_load_ps(wp + 16);
-#pragma GCC unroll 4
-        for (int u = 0; u < MU; u++) {
-            const __m256 xb = _mm256_broadcast_ss(xp + u);
-            acc[0][u] = _mm256_fmadd_ps(w0, xb, acc[0][u]);
-            acc[1][u] = _mm256_fmadd_ps(w1, xb, acc[1][u]);
-            acc[2][u] = _mm256_fmadd_ps(w2, xb, acc[2][u]);
-        }
-    }
+    lane_steps(wp, xp, kpl, acc);
 #pragma GCC unroll 4
     for (int u = 0; u < MU; u++)
 #pragma GCC unroll 3
@@ -299,16 +294,7 @@ T256 static void mk_lane_fold(const float *wp, const float *xp, int64_t kpl, int
 #pragma GCC unroll 3
             for (int i = 0; i < 3; i++) acc[i][u] = _mm256_setzero_ps();
         const int64_t se = s0 + bs < kpl ? s0 + bs : kpl;
-        for (int64_t s = s0; s < se; s++, wp += NR, xp += MU) {
-            const __m256 w0 = _mm256_load_ps(wp), w1 = _mm256_load_ps(wp + 8), w2 = _mm256_load_ps(wp + 16);
-#pragma GCC unroll 4
-            for (int u = 0; u < MU; u++) {
-                const __m256 xb = _mm256_broadcast_ss(xp + u);
-                acc[0][u] = _mm256_fmadd_ps(w0, xb, acc[0][u]);
-                acc[1][u] = _mm256_fmadd_ps(w1, xb, acc[1][u]);
-                acc[2][u] = _mm256_fmadd_ps(w2, xb, acc[2][u]);
-            }
-        }
+        lane_steps(wp + s0 * NR, xp + s0 * MU, se - s0, acc);
         const float *sb = sc + (s0 / bs) * ldsc;
         const bool zero = first && s0 == 0;
 #pragma GCC unroll 3

@@ -10,6 +10,7 @@
  * copies (or masked loads), never a different algorithm.
  */
 #include "kernels/kernels_isa.h"
+#include "kernels/avx2_inl.h"
 #include "numerics/numerics.h"
 
 #include <math.h>
@@ -20,8 +21,6 @@
 #if defined(__x86_64__)
 #include <immintrin.h>
 
-#define T256 __attribute__((target("avx2,fma,f16c")))
-#define INL __attribute__((always_inline)) inline
 
 /* The fixed tree of dsacp_dot_f32 over 16 lanes held as (lo, hi). */
 T256 static INL float hsum16(__m256 lo, __m256 hi)
@@ -38,17 +37,6 @@ T256 static INL __m256i mask8(int64_t left)
 {
     const __m256i idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
     return _mm256_cmpgt_epi32(_mm256_set1_epi32(left >= 8 ? 8 : (int)left), idx);
-}
-
-/* 8 e4m3 bytes -> their values times 2^-120 (exact; see kernels_avx512.c e4m3_bits). */
-T256 static INL __m256 e4m3_bits8(__m128i b8)
-{
-    __m256i v = _mm256_slli_epi32(_mm256_cvtepi8_epi32(b8), 20);
-    const __m256i em = _mm256_set1_epi32(0x07F00000);
-    __m256i nan = _mm256_cmpeq_epi32(_mm256_and_si256(v, em), em);
-    v = _mm256_and_si256(v, _mm256_set1_epi32((int)0x87F00000u));
-    v = _mm256_blendv_epi8(v, _mm256_set1_epi32(0x7FC00000), nan);
-    return _mm256_castsi256_ps(v);
 }
 
 /* ---- linear ---- */
