@@ -31,7 +31,8 @@ typedef struct dsacp_comm dsacp_comm;
 #define DSACP_COMM_PHASE_MAP(X)                                                              \
     X(control, "status agreement and step metadata")                                          \
     X(kv_gather, "allgather-kv: gathered cache entries of the step's requests")              \
-    X(index_candidates, "exact-topk: local top-k candidates (score, position)")              \
+    X(index_candidates, "exact-topk: local top-k candidates (score, position); lean: scores")  \
+    X(lean_fallback, "lean: full candidate exchange of the tokens its truncated lists left open") \
     X(query_gather, "decode query rows [q_abs | q_pe] of every head")                        \
     X(attn_merge, "partial attention merge: lse all-gather + output reduce-scatter")        \
     X(o_proj, "o_proj partial sums over head shards (all-reduce) or head outputs")           \
@@ -113,12 +114,36 @@ typedef enum dsacp_decode_strategy {
     /* vLLM #46076: local index scores and local top-k, candidate all-gather, exact merge,
      * attention over owned winners, LSE merge. */
     DSACP_DECODE_EXACT_TOPK = 2,
+    /* dsacp's own (docs/context-parallel.md section 3.5): the query projection replicated (no
+     * query gather), truncated candidate lists of scores only (positions stay home) with a
+     * provable threshold check and an exact fallback, the merge after W_UV and o_proj (one lse
+     * all-gather and one all-reduce of D values per token). Exact: the same selected sets as
+     * exact-topk. Index layout sharded (or replicated: no candidates at all). */
+    DSACP_DECODE_LEAN = 3,
 } dsacp_decode_strategy;
+
+/* lean's merge: "output" applies W_UV and the whole o_proj to each rank's scaled partial and
+ * all-reduces D values per token; "values" applies W_UV only, reduce-scatters the 128-wide head
+ * rows to their heads' ranks and keeps o_proj split by heads (less weight read per rank). */
+typedef enum dsacp_lean_merge {
+    DSACP_LEAN_MERGE_OUTPUT = 0,
+    DSACP_LEAN_MERGE_VALUES = 1,
+} dsacp_lean_merge;
+
+/* What lean's partial results travel as: auto = bf16 in deployed numerics (as production
+ * engines send them), fp32 in exact numerics (W-invariant to fp32 reassociation); f32 forces
+ * fp32 in both. */
+typedef enum dsacp_partials_dtype {
+    DSACP_PARTIALS_AUTO = 0,
+    DSACP_PARTIALS_F32 = 1,
+} dsacp_partials_dtype;
 
 typedef enum dsacp_prefill_split {
     DSACP_PREFILL_OWNER = 0,      /* a token is computed by the rank that owns its position */
     DSACP_PREFILL_CONTIGUOUS = 1, /* DSA-CP's flat slice: the step's T tokens padded to a multiple
                                    * of W, rank r computes rows [r c, (r + 1) c), c = ceil(T / W) */
+    DSACP_PREFILL_ZIGZAG = 2,     /* Megatron / vLLM PCP / SGLang: each request's new tokens of the step
+                                   * in 2W near-equal chunks, rank r computes chunks r and 2W - 1 - r */
 } dsacp_prefill_split;
 
 typedef enum dsacp_cp_mode {
@@ -155,10 +180,15 @@ typedef struct dsacp_cp_options {
     dsacp_cp_mode mode;                /* default DCP */
     dsacp_weight_plan q_proj, o_proj;  /* DSA-CP only; default replicated */
     int64_t prefetch;                  /* layer-shard ring depth, >= 1 (default 2) */
+    double lean_factor;                /* lean: each rank sends its best ceil(f k / W) scores, f in
+                                        * [1, W] (default 2); more: fewer fallbacks, more bytes */
+    dsacp_lean_merge lean_merge;       /* default output */
+    dsacp_partials_dtype partials;     /* default auto */
 } dsacp_cp_options;
 
 void dsacp_cp_options_default(dsacp_cp_options *opt);
-/* "allgather-kv", "replicated-index", "exact-topk"; "sharded"/"replicated"; "owner"/"contiguous";
+/* "allgather-kv", "replicated-index", "exact-topk", "lean"; "sharded"/"replicated";
+ * "owner"/"contiguous"/"zigzag";
  * "dcp"/"dsa-cp"; "replicated"/"layer-shard"/"tp"/"auto"/"tp-gather"/"tp-a2a". */
 const char *dsacp_decode_strategy_name(dsacp_decode_strategy s);
 const char *dsacp_cp_layout_name(dsacp_cp_layout l);
@@ -171,6 +201,11 @@ const char *dsacp_cp_mode_name(dsacp_cp_mode m);
 int dsacp_cp_mode_parse(const char *name, dsacp_cp_mode *out);
 const char *dsacp_weight_plan_name(dsacp_weight_plan p);
 int dsacp_weight_plan_parse(const char *name, dsacp_weight_plan *out);
+/* "output"/"values"; "auto"/"fp32". */
+const char *dsacp_lean_merge_name(dsacp_lean_merge m);
+int dsacp_lean_merge_parse(const char *name, dsacp_lean_merge *out);
+const char *dsacp_partials_dtype_name(dsacp_partials_dtype d);
+int dsacp_partials_dtype_parse(const char *name, dsacp_partials_dtype *out);
 
 /* Collective over `comm` (every rank calls it with the same options; the model is loaded on
  * every rank). opt->num_blocks is the pool of each rank. Conflicting options (replicated-index
@@ -201,6 +236,22 @@ typedef struct dsacp_weight_usage {
     int64_t steps_gather, steps_activations;
 } dsacp_weight_usage;
 void dsacp_engine_weight_usage(const dsacp_engine *engine, dsacp_weight_usage *out);
+/* What this rank's attention did since the engine was created (or the counters were reset), summed
+ * over layers: the load balance of a prefill split and the work of a decode strategy, and the
+ * lean strategy's decisions. keys_scored: index scores computed (one per key per query token);
+ * keys_attended: latent rows read by sparse MLA. lean_*: per decode token and layer whose
+ * context exceeds index_topk on a sharded index: decided from the truncated lists, or fallen
+ * back to the full exchange because a truncated list reached the threshold (threshold) or equal
+ * scores at the threshold lay on several ranks (ties). Every rank reaches the same verdicts, so
+ * the lean_* counts are the same on every rank. */
+typedef struct dsacp_cp_stats {
+    int64_t prefill_tokens, decode_tokens;       /* query tokens this rank attended (x layers) */
+    int64_t keys_scored, keys_attended;
+    int64_t lean_decisions, lean_fallback_threshold, lean_fallback_ties;
+    int64_t lean_fallback_rounds;                /* layer calls that ran the fallback exchange */
+} dsacp_cp_stats;
+void dsacp_engine_cp_stats(const dsacp_engine *engine, dsacp_cp_stats *out);
+void dsacp_engine_cp_stats_reset(dsacp_engine *engine);
 /* Puts the engine's CP configuration, weight usage and DSA-CP o_proj choices (the rule, its
  * crossover, every step's choice) into its communicator's report notes. */
 int dsacp_engine_report_notes(const dsacp_engine *engine);

@@ -91,6 +91,9 @@ typedef struct cp_case {
     dsacp_cp_mode mode;            /* DSA-CP cases: */
     dsacp_prefill_split split;
     dsacp_weight_plan q, o;
+    double lf;                     /* lean: candidates factor (0: the default) */
+    dsacp_lean_merge merge;
+    dsacp_partials_dtype partials;
 } cp_case;
 
 /* FlashMLA's global difference 1 - 2 sum(a r) / sum(a^2 + r^2) of two vectors. */
@@ -143,6 +146,9 @@ static void run_cases(const char *label, const dsacp_model *m, const dsacp_engin
         cp.prefill_split = cases[c].split;
         cp.q_proj = cases[c].q;
         cp.o_proj = cases[c].o;
+        if (cases[c].lf > 0) cp.lean_factor = cases[c].lf;
+        cp.lean_merge = cases[c].merge;
+        cp.partials = cases[c].partials;
         step_out got[NSTEP] = {0};
         CHECK_OK(dsacp_engine_create_cp(m, eo, &cp, g_world, &e));
         if (!e) continue;
@@ -165,22 +171,55 @@ static void run_cases(const char *label, const dsacp_model *m, const dsacp_engin
 
 static const cp_case all_cases[] = {
 #define CASES(I)                                                                                               \
-    {"allgather-kv kv=sharded idx=sharded", DSACP_DECODE_ALLGATHER_KV, DSACP_LAYOUT_SHARDED, DSACP_LAYOUT_SHARDED, I, DSACP_CP_DCP, DSACP_PREFILL_OWNER, DSACP_WEIGHTS_REPLICATED, DSACP_WEIGHTS_REPLICATED}, \
-    {"allgather-kv kv=replicated idx=repl", DSACP_DECODE_ALLGATHER_KV, DSACP_LAYOUT_REPLICATED, DSACP_LAYOUT_REPLICATED, I, DSACP_CP_DCP, DSACP_PREFILL_OWNER, DSACP_WEIGHTS_REPLICATED, DSACP_WEIGHTS_REPLICATED}, \
-    {"allgather-kv kv=sharded idx=repl", DSACP_DECODE_ALLGATHER_KV, DSACP_LAYOUT_SHARDED, DSACP_LAYOUT_REPLICATED, I, DSACP_CP_DCP, DSACP_PREFILL_OWNER, DSACP_WEIGHTS_REPLICATED, DSACP_WEIGHTS_REPLICATED}, \
-    {"replicated-index kv=sharded", DSACP_DECODE_REPLICATED_INDEX, DSACP_LAYOUT_SHARDED, DSACP_LAYOUT_REPLICATED, I, DSACP_CP_DCP, DSACP_PREFILL_OWNER, DSACP_WEIGHTS_REPLICATED, DSACP_WEIGHTS_REPLICATED}, \
-    {"replicated-index kv=replicated", DSACP_DECODE_REPLICATED_INDEX, DSACP_LAYOUT_REPLICATED, DSACP_LAYOUT_REPLICATED, I, DSACP_CP_DCP, DSACP_PREFILL_OWNER, DSACP_WEIGHTS_REPLICATED, DSACP_WEIGHTS_REPLICATED}, \
-    {"exact-topk kv=sharded", DSACP_DECODE_EXACT_TOPK, DSACP_LAYOUT_SHARDED, DSACP_LAYOUT_SHARDED, I, DSACP_CP_DCP, DSACP_PREFILL_OWNER, DSACP_WEIGHTS_REPLICATED, DSACP_WEIGHTS_REPLICATED}, \
-    {"exact-topk kv=replicated", DSACP_DECODE_EXACT_TOPK, DSACP_LAYOUT_REPLICATED, DSACP_LAYOUT_SHARDED, I, DSACP_CP_DCP, DSACP_PREFILL_OWNER, DSACP_WEIGHTS_REPLICATED, DSACP_WEIGHTS_REPLICATED},
+    {"allgather-kv kv=sharded idx=sharded", DSACP_DECODE_ALLGATHER_KV, DSACP_LAYOUT_SHARDED, DSACP_LAYOUT_SHARDED, I, DSACP_CP_DCP, DSACP_PREFILL_OWNER, DSACP_WEIGHTS_REPLICATED, DSACP_WEIGHTS_REPLICATED, 0, DSACP_LEAN_MERGE_OUTPUT, DSACP_PARTIALS_AUTO}, \
+    {"allgather-kv kv=replicated idx=repl", DSACP_DECODE_ALLGATHER_KV, DSACP_LAYOUT_REPLICATED, DSACP_LAYOUT_REPLICATED, I, DSACP_CP_DCP, DSACP_PREFILL_OWNER, DSACP_WEIGHTS_REPLICATED, DSACP_WEIGHTS_REPLICATED, 0, DSACP_LEAN_MERGE_OUTPUT, DSACP_PARTIALS_AUTO}, \
+    {"allgather-kv kv=sharded idx=repl", DSACP_DECODE_ALLGATHER_KV, DSACP_LAYOUT_SHARDED, DSACP_LAYOUT_REPLICATED, I, DSACP_CP_DCP, DSACP_PREFILL_OWNER, DSACP_WEIGHTS_REPLICATED, DSACP_WEIGHTS_REPLICATED, 0, DSACP_LEAN_MERGE_OUTPUT, DSACP_PARTIALS_AUTO}, \
+    {"replicated-index kv=sharded", DSACP_DECODE_REPLICATED_INDEX, DSACP_LAYOUT_SHARDED, DSACP_LAYOUT_REPLICATED, I, DSACP_CP_DCP, DSACP_PREFILL_OWNER, DSACP_WEIGHTS_REPLICATED, DSACP_WEIGHTS_REPLICATED, 0, DSACP_LEAN_MERGE_OUTPUT, DSACP_PARTIALS_AUTO}, \
+    {"replicated-index kv=replicated", DSACP_DECODE_REPLICATED_INDEX, DSACP_LAYOUT_REPLICATED, DSACP_LAYOUT_REPLICATED, I, DSACP_CP_DCP, DSACP_PREFILL_OWNER, DSACP_WEIGHTS_REPLICATED, DSACP_WEIGHTS_REPLICATED, 0, DSACP_LEAN_MERGE_OUTPUT, DSACP_PARTIALS_AUTO}, \
+    {"exact-topk kv=sharded", DSACP_DECODE_EXACT_TOPK, DSACP_LAYOUT_SHARDED, DSACP_LAYOUT_SHARDED, I, DSACP_CP_DCP, DSACP_PREFILL_OWNER, DSACP_WEIGHTS_REPLICATED, DSACP_WEIGHTS_REPLICATED, 0, DSACP_LEAN_MERGE_OUTPUT, DSACP_PARTIALS_AUTO}, \
+    {"exact-topk kv=replicated", DSACP_DECODE_EXACT_TOPK, DSACP_LAYOUT_REPLICATED, DSACP_LAYOUT_SHARDED, I, DSACP_CP_DCP, DSACP_PREFILL_OWNER, DSACP_WEIGHTS_REPLICATED, DSACP_WEIGHTS_REPLICATED, 0, DSACP_LEAN_MERGE_OUTPUT, DSACP_PARTIALS_AUTO}, \
+    {"exact-topk zigzag", DSACP_DECODE_EXACT_TOPK, DSACP_LAYOUT_SHARDED, DSACP_LAYOUT_SHARDED, I, DSACP_CP_DCP, DSACP_PREFILL_ZIGZAG, DSACP_WEIGHTS_REPLICATED, DSACP_WEIGHTS_REPLICATED, 0, DSACP_LEAN_MERGE_OUTPUT, DSACP_PARTIALS_AUTO}, \
     CASES(1) CASES(3) CASES(16)
 #undef CASES
 };
 enum { NCASES = sizeof all_cases / sizeof all_cases[0] };
 
+/* lean (issue 12): every merge, list length and split; the default f = 2 and f = 1 (lists of
+ * k / W scores: truncated lists and fallbacks at this size). */
+static const cp_case lean_cases[] = {
+#define LEAN(I)                                                                                                \
+    {"lean kv=sharded", DSACP_DECODE_LEAN, DSACP_LAYOUT_SHARDED, DSACP_LAYOUT_SHARDED, I, DSACP_CP_DCP, DSACP_PREFILL_OWNER, DSACP_WEIGHTS_REPLICATED, DSACP_WEIGHTS_REPLICATED, 0, DSACP_LEAN_MERGE_OUTPUT, DSACP_PARTIALS_AUTO}, \
+    {"lean f=1", DSACP_DECODE_LEAN, DSACP_LAYOUT_SHARDED, DSACP_LAYOUT_SHARDED, I, DSACP_CP_DCP, DSACP_PREFILL_OWNER, DSACP_WEIGHTS_REPLICATED, DSACP_WEIGHTS_REPLICATED, 1.0, DSACP_LEAN_MERGE_OUTPUT, DSACP_PARTIALS_AUTO}, \
+    {"lean f=1 values zigzag", DSACP_DECODE_LEAN, DSACP_LAYOUT_SHARDED, DSACP_LAYOUT_SHARDED, I, DSACP_CP_DCP, DSACP_PREFILL_ZIGZAG, DSACP_WEIGHTS_REPLICATED, DSACP_WEIGHTS_REPLICATED, 1.0, DSACP_LEAN_MERGE_VALUES, DSACP_PARTIALS_AUTO}, \
+    {"lean idx=repl contiguous", DSACP_DECODE_LEAN, DSACP_LAYOUT_SHARDED, DSACP_LAYOUT_REPLICATED, I, DSACP_CP_DCP, DSACP_PREFILL_CONTIGUOUS, DSACP_WEIGHTS_REPLICATED, DSACP_WEIGHTS_REPLICATED, 0, DSACP_LEAN_MERGE_OUTPUT, DSACP_PARTIALS_AUTO}, \
+    {"lean kv=repl zigzag f=1.5", DSACP_DECODE_LEAN, DSACP_LAYOUT_REPLICATED, DSACP_LAYOUT_SHARDED, I, DSACP_CP_DCP, DSACP_PREFILL_ZIGZAG, DSACP_WEIGHTS_REPLICATED, DSACP_WEIGHTS_REPLICATED, 1.5, DSACP_LEAN_MERGE_OUTPUT, DSACP_PARTIALS_AUTO},
+    LEAN(1) LEAN(3) LEAN(16)
+#undef LEAN
+    {"dsa-cp+dcp lean o=repl", DSACP_DECODE_LEAN, DSACP_LAYOUT_SHARDED, DSACP_LAYOUT_SHARDED, 1, DSACP_CP_DSA_CP, DSACP_PREFILL_CONTIGUOUS, DSACP_WEIGHTS_REPLICATED, DSACP_WEIGHTS_REPLICATED, 1.0, DSACP_LEAN_MERGE_OUTPUT, DSACP_PARTIALS_AUTO},
+    {"dsa-cp+dcp lean q=layer o=tp", DSACP_DECODE_LEAN, DSACP_LAYOUT_SHARDED, DSACP_LAYOUT_SHARDED, 3, DSACP_CP_DSA_CP, DSACP_PREFILL_CONTIGUOUS, DSACP_WEIGHTS_LAYER_SHARD, DSACP_WEIGHTS_TP, 0, DSACP_LEAN_MERGE_OUTPUT, DSACP_PARTIALS_AUTO},
+    {"dsa-cp+dcp lean o=layer", DSACP_DECODE_LEAN, DSACP_LAYOUT_SHARDED, DSACP_LAYOUT_SHARDED, 16, DSACP_CP_DSA_CP, DSACP_PREFILL_CONTIGUOUS, DSACP_WEIGHTS_REPLICATED, DSACP_WEIGHTS_LAYER_SHARD, 1.0, DSACP_LEAN_MERGE_VALUES, DSACP_PARTIALS_AUTO},
+    {"dsa-cp+dcp zigzag lean o=auto", DSACP_DECODE_LEAN, DSACP_LAYOUT_SHARDED, DSACP_LAYOUT_SHARDED, 1, DSACP_CP_DSA_CP, DSACP_PREFILL_ZIGZAG, DSACP_WEIGHTS_REPLICATED, DSACP_WEIGHTS_AUTO, 1.0, DSACP_LEAN_MERGE_OUTPUT, DSACP_PARTIALS_AUTO},
+};
+enum { NLEAN = sizeof lean_cases / sizeof lean_cases[0] };
+
+/* Deployed numerics on the 2-layer MoE model, whose random weights amplify any change of an
+ * activation (expert routing, next layer's e4m3 codes): lean with fp32 partials merged as
+ * values (o_proj split by heads, its FP8 activation quantization on whole merged rows) is
+ * bit-identical to W = 1; the default (bf16 partials, output merge) is checked per layer on a
+ * one-layer model (test_lean_deployed). */
+static const cp_case lean_deployed_cases[] = {
+    {"lean values fp32", DSACP_DECODE_LEAN, DSACP_LAYOUT_SHARDED, DSACP_LAYOUT_SHARDED, 1, DSACP_CP_DCP, DSACP_PREFILL_OWNER, DSACP_WEIGHTS_REPLICATED, DSACP_WEIGHTS_REPLICATED, 1.0, DSACP_LEAN_MERGE_VALUES, DSACP_PARTIALS_F32},
+    {"lean values fp32 zigzag", DSACP_DECODE_LEAN, DSACP_LAYOUT_SHARDED, DSACP_LAYOUT_SHARDED, 3, DSACP_CP_DCP, DSACP_PREFILL_ZIGZAG, DSACP_WEIGHTS_REPLICATED, DSACP_WEIGHTS_REPLICATED, 2.0, DSACP_LEAN_MERGE_VALUES, DSACP_PARTIALS_F32},
+    {"lean values fp32 idx=repl", DSACP_DECODE_LEAN, DSACP_LAYOUT_SHARDED, DSACP_LAYOUT_REPLICATED, 16, DSACP_CP_DCP, DSACP_PREFILL_OWNER, DSACP_WEIGHTS_REPLICATED, DSACP_WEIGHTS_REPLICATED, 1.0, DSACP_LEAN_MERGE_VALUES, DSACP_PARTIALS_F32},
+};
+enum { NLEAND = sizeof lean_deployed_cases / sizeof lean_deployed_cases[0] };
+
+
 /* DSA-CP (issue 9): every plan x layout, the seed's contiguous split and the owner split. */
 #define DSA(name, kv, q, o, split, I)                                                                        \
-    {name, DSACP_DECODE_ALLGATHER_KV, kv, kv, I, DSACP_CP_DSA_CP, split, q, o}
-#define DSAD(name, dec, kv, idx, q, o, I) {name, dec, kv, idx, I, DSACP_CP_DSA_CP, DSACP_PREFILL_CONTIGUOUS, q, o}
+    {name, DSACP_DECODE_ALLGATHER_KV, kv, kv, I, DSACP_CP_DSA_CP, split, q, o, 0, DSACP_LEAN_MERGE_OUTPUT, DSACP_PARTIALS_AUTO}
+#define DSAD(name, dec, kv, idx, q, o, I)                                                                    \
+    {name, dec, kv, idx, I, DSACP_CP_DSA_CP, DSACP_PREFILL_CONTIGUOUS, q, o, 0, DSACP_LEAN_MERGE_OUTPUT, DSACP_PARTIALS_AUTO}
 #define R DSACP_LAYOUT_REPLICATED
 #define S DSACP_LAYOUT_SHARDED
 #define PR DSACP_WEIGHTS_REPLICATED
@@ -201,6 +240,7 @@ static const cp_case dsa_cases[] = {
     DSAD("dsa-cp+dcp exact-topk o=tp", DSACP_DECODE_EXACT_TOPK, S, S, PL, PT, 3),
     DSAD("dsa-cp+dcp exact-topk o=layer", DSACP_DECODE_EXACT_TOPK, S, S, PR, PL, 1),
     DSAD("dsa-cp+dcp repl-index o=auto", DSACP_DECODE_REPLICATED_INDEX, S, R, PL, PA, 16),
+    DSA("dsa-cp zigzag repl q=repl o=auto", R, PR, PA, DSACP_PREFILL_ZIGZAG, 1),
 };
 #undef R
 #undef S
@@ -288,7 +328,7 @@ static int64_t heads_of(int64_t H, int64_t q, int64_t W) { return dsacp_split_be
  * decoding) with old lengths old[], on rank me. */
 static void expected_decode(const dsacp_config *cfg, const dsacp_cp_options *cp, int64_t W, int64_t me, int64_t nd,
                             const int64_t *old, int64_t nreq, int64_t mla_b, int64_t idx_b, bool o_gather_v,
-                            expect *ex /* [DSACP_PHASE_COUNT] */)
+                            const dsacp_cp_stats *lean, bool wire16, expect *ex /* [DSACP_PHASE_COUNT] */)
 {
     memset(ex, 0, sizeof(expect) * DSACP_PHASE_COUNT);
     const int64_t L = cfg->num_hidden_layers, H = cfg->num_attention_heads, K = cfg->index_topk;
@@ -300,6 +340,41 @@ static void expected_decode(const dsacp_config *cfg, const dsacp_cp_options *cp,
                           (cp->kv_layout == DSACP_LAYOUT_SHARDED || cp->index_layout == DSACP_LAYOUT_SHARDED);
     const int64_t agrees = 3 + L * (1 + views);
     ex[DSACP_PHASE_control] = (expect){agrees + 1, agrees * 4 * (W - 1) + (me ? 0 : 2 * (W - 1)), agrees * 4 * (W - 1) + (me ? 2 : 0)};
+    if (cp->decode == DSACP_DECODE_LEAN) {
+        /* docs/context-parallel.md 3.5: lists of min(k', local length) scores for tokens whose
+         * context exceeds k; the fallback's k (score, position) pairs per open token; one lse
+         * all-gather; values: a reduce-scatter of the head rows; o_proj: the all-reduce (output
+         * merge or head columns) or the v gather, partials of s bytes. */
+        const int64_t kp = dsacp_cp_lean_kprime(K, W, cp->lean_factor), s = wire16 ? 2 : 4;
+        int64_t mine = 0, others = 0;
+        for (int64_t j = 0; j < nd; j++) {
+            const int64_t n = old[j] + 1;
+            if (n <= K) continue;
+            for (int64_t q = 0; q < W; q++) {
+                const int64_t nq = dsacp_cp_local_len(n, q, I, W), mq = nq < kp ? nq : kp;
+                if (q == me) mine += mq;
+                else others += mq;
+            }
+        }
+        if (mine + others > 0) ex[DSACP_PHASE_index_candidates] = (expect){L, L * mine * 4 * (W - 1), L * others * 4};
+        const int64_t nfb = lean->lean_fallback_threshold + lean->lean_fallback_ties;
+        ex[DSACP_PHASE_lean_fallback] = (expect){lean->lean_fallback_rounds, nfb * K * 8 * (W - 1), nfb * K * 8 * (W - 1)};
+        ex[DSACP_PHASE_attn_merge] = (expect){L, L * nd * H * 4 * (W - 1), L * nd * H * 4 * (W - 1)};
+        const bool values = cp->lean_merge == DSACP_LEAN_MERGE_VALUES;
+        if (values) {
+            ex[DSACP_PHASE_attn_merge].calls += L;
+            ex[DSACP_PHASE_attn_merge].sent += L * nd * (H - Hs) * dv * s;
+            ex[DSACP_PHASE_attn_merge].recv += L * nd * Hs * dv * s * (W - 1);
+        }
+        if (values && o_gather_v) {
+            ex[DSACP_PHASE_o_proj] = (expect){L, L * nd * Hs * dv * 4 * (W - 1), L * nd * (H - Hs) * dv * 4};
+        } else {
+            const int64_t n = nd * D, blk = (dsacp_split_begin(n, me + 1, W) - dsacp_split_begin(n, me, W)) * s;
+            const int64_t b = blk * (W - 1) + (n * s - blk);
+            ex[DSACP_PHASE_o_proj] = (expect){L, L * b, L * b};
+        }
+        return;
+    }
     if (cp->decode == DSACP_DECODE_ALLGATHER_KV) {
         const bool lsh = cp->kv_layout == DSACP_LAYOUT_SHARDED, ish = cp->index_layout == DSACP_LAYOUT_SHARDED;
         const int64_t Esh = (lsh ? mla_b : 0) + (ish ? idx_b : 0);
@@ -372,14 +447,18 @@ static void test_counters(const dsacp_model *m, const dsacp_engine_options *eo, 
 {
     const dsacp_config *cfg = dsacp_model_config(m);
     const cp_case cases[] = {
-        {"allgather-kv", DSACP_DECODE_ALLGATHER_KV, DSACP_LAYOUT_SHARDED, DSACP_LAYOUT_SHARDED, 3, DSACP_CP_DCP, DSACP_PREFILL_OWNER, DSACP_WEIGHTS_REPLICATED, DSACP_WEIGHTS_REPLICATED},
-        {"replicated-index", DSACP_DECODE_REPLICATED_INDEX, DSACP_LAYOUT_SHARDED, DSACP_LAYOUT_REPLICATED, 3, DSACP_CP_DCP, DSACP_PREFILL_OWNER, DSACP_WEIGHTS_REPLICATED, DSACP_WEIGHTS_REPLICATED},
-        {"exact-topk", DSACP_DECODE_EXACT_TOPK, DSACP_LAYOUT_SHARDED, DSACP_LAYOUT_SHARDED, 3, DSACP_CP_DCP, DSACP_PREFILL_OWNER, DSACP_WEIGHTS_REPLICATED, DSACP_WEIGHTS_REPLICATED},
+        {"allgather-kv", DSACP_DECODE_ALLGATHER_KV, DSACP_LAYOUT_SHARDED, DSACP_LAYOUT_SHARDED, 3, DSACP_CP_DCP, DSACP_PREFILL_OWNER, DSACP_WEIGHTS_REPLICATED, DSACP_WEIGHTS_REPLICATED, 0, DSACP_LEAN_MERGE_OUTPUT, DSACP_PARTIALS_AUTO},
+        {"replicated-index", DSACP_DECODE_REPLICATED_INDEX, DSACP_LAYOUT_SHARDED, DSACP_LAYOUT_REPLICATED, 3, DSACP_CP_DCP, DSACP_PREFILL_OWNER, DSACP_WEIGHTS_REPLICATED, DSACP_WEIGHTS_REPLICATED, 0, DSACP_LEAN_MERGE_OUTPUT, DSACP_PARTIALS_AUTO},
+        {"exact-topk", DSACP_DECODE_EXACT_TOPK, DSACP_LAYOUT_SHARDED, DSACP_LAYOUT_SHARDED, 3, DSACP_CP_DCP, DSACP_PREFILL_OWNER, DSACP_WEIGHTS_REPLICATED, DSACP_WEIGHTS_REPLICATED, 0, DSACP_LEAN_MERGE_OUTPUT, DSACP_PARTIALS_AUTO},
+        {"lean", DSACP_DECODE_LEAN, DSACP_LAYOUT_SHARDED, DSACP_LAYOUT_SHARDED, 1, DSACP_CP_DCP, DSACP_PREFILL_OWNER, DSACP_WEIGHTS_REPLICATED, DSACP_WEIGHTS_REPLICATED, 1.0, DSACP_LEAN_MERGE_OUTPUT, DSACP_PARTIALS_AUTO},
+        {"lean values", DSACP_DECODE_LEAN, DSACP_LAYOUT_SHARDED, DSACP_LAYOUT_SHARDED, 3, DSACP_CP_DCP, DSACP_PREFILL_OWNER, DSACP_WEIGHTS_REPLICATED, DSACP_WEIGHTS_REPLICATED, 1.5, DSACP_LEAN_MERGE_VALUES, DSACP_PARTIALS_AUTO},
     };
-    for (int c = 0; c < 3; c++) {
+    for (int c = 0; c < 5; c++) {
         dsacp_cp_options cp;
         dsacp_cp_options_default(&cp);
         cp.decode = cases[c].dec, cp.kv_layout = cases[c].kv, cp.index_layout = cases[c].idx, cp.interleave = cases[c].I;
+        if (cases[c].lf > 0) cp.lean_factor = cases[c].lf;
+        cp.lean_merge = cases[c].merge;
         dsacp_engine *e = NULL;
         REQUIRE_OK(dsacp_engine_create_cp(m, eo, &cp, g_world, &e));
         step_out got[NSTEP] = {0};
@@ -397,8 +476,11 @@ static void test_counters(const dsacp_model *m, const dsacp_engine_options *eo, 
         dsacp_comm_reset_counters(g_world);
         dsacp_comm *ec = dsacp_engine_comm(e);
         dsacp_comm_reset_counters(ec);
+        dsacp_engine_cp_stats_reset(e);
         float *logits = malloc((size_t)(NREQ * cfg->vocab_size) * 4);
         CHECK_OK(dsacp_engine_step(e, en, NREQ, logits, NULL));
+        dsacp_cp_stats lst;
+        dsacp_engine_cp_stats(e, &lst);
         free(logits);
         expect ex[DSACP_PHASE_COUNT];
         const int64_t mla_b = dsacp_mla_cache_bytes_per_token(cfg, eo->kv_dtype);
@@ -415,7 +497,8 @@ static void test_counters(const dsacp_model *m, const dsacp_engine_options *eo, 
                     if (col % o->block && col != o->cols) gv = true;
                 }
         }
-        expected_decode(cfg, &cp, g_W, g_rank, NREQ, old, NREQ, mla_b, idx_b, gv, ex);
+        expected_decode(cfg, &cp, g_W, g_rank, NREQ, old, NREQ, mla_b, idx_b, gv, &lst,
+                        eo->numerics == DSACP_NUMERICS_DEPLOYED && cp.partials == DSACP_PARTIALS_AUTO, ex);
         check_counters(ec, ex, label, cases[c].name, "decode step");
         if (cases[c].dec == DSACP_DECODE_EXACT_TOPK) {
             /* A prefill-only step: a chunk of request 0 after its context, and a new request. */
@@ -434,9 +517,10 @@ static void test_counters(const dsacp_model *m, const dsacp_engine_options *eo, 
             const dsacp_comm_counter k = dsacp_comm_get_counter(ec, DSACP_PHASE_query_gather);
             const dsacp_comm_counter k2 = dsacp_comm_get_counter(ec, DSACP_PHASE_index_candidates);
             const dsacp_comm_counter k3 = dsacp_comm_get_counter(ec, DSACP_PHASE_kv_gather);
-            printf("%s counters %-16s W=%d: decode step of %d tokens, rank 0 recv: kv_gather %lld, candidates %lld, "
-                   "query %lld bytes (formulas matched)\n", label, cases[c].name, g_W, NREQ, (long long)k3.bytes_recv,
-                   (long long)k2.bytes_recv, (long long)k.bytes_recv);
+            const dsacp_comm_counter k4 = dsacp_comm_get_counter(ec, DSACP_PHASE_lean_fallback);
+            printf("%s counters %-16s W=%d: decode step of %d tokens, rank 0 recv: kv_gather %lld, candidates %lld "
+                   "(+ fallback %lld), query %lld bytes (formulas matched)\n", label, cases[c].name, g_W, NREQ,
+                   (long long)k3.bytes_recv, (long long)k2.bytes_recv, (long long)k4.bytes_recv, (long long)k.bytes_recv);
         }
         dsacp_engine_free(e);
     }
@@ -673,6 +757,259 @@ static void test_memory(const dsacp_model *m)
                (long long)(used[0][0] + used[0][1]), have * g_W / (double)(used[0][0] + used[0][1]));
 }
 
+
+/* ---- lean: the verdict against brute force, long contexts, forced fallbacks ---- */
+
+static uint64_t rng_next(uint64_t *x)
+{
+    *x ^= *x << 13, *x ^= *x >> 7, *x ^= *x << 17;
+    return *x;
+}
+
+static int cmp_u64_desc(const void *a, const void *b)
+{
+    const uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? 1 : x > y ? -1 : 0;
+}
+
+static int cmp_i32_asc(const void *a, const void *b)
+{
+    const int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
+    return (x > y) - (x < y);
+}
+
+/* Random score sets (few distinct values: many ties; or all winners on one rank; or continuous),
+ * positions dealt to ranks by the ownership rule: whenever dsacp_cp_lean_decide decides, the
+ * union of every rank's dsacp_cp_lean_own must be exactly the global top-k (score descending,
+ * lower position first). Every verdict kind must occur. */
+static void test_lean_decide(void)
+{
+    uint64_t x = 0x9E3779B97F4A7C15ull;
+    int64_t decided = 0, thr = 0, ties = 0;
+    for (int it = 0; it < 6000; it++) {
+        const int64_t W = 1 + (int64_t)(rng_next(&x) % 5), K = 1 + (int64_t)(rng_next(&x) % 12);
+        const int64_t n = 1 + (int64_t)(rng_next(&x) % 60), I = 1 + (int64_t)(rng_next(&x) % 4);
+        const int kind = (int)(rng_next(&x) % 3);
+        const double f = 1.0 + (double)(rng_next(&x) % 4) * 0.5;
+        float sc[64];
+        for (int64_t p = 0; p < n; p++) {
+            if (kind == 0) sc[p] = (float)(rng_next(&x) % 4);                       /* heavy ties */
+            else if (kind == 1) sc[p] = dsacp_cp_owner(p, I, W) == 0 ? 10.0f + (float)(rng_next(&x) % 100) : (float)(rng_next(&x) % 100) / 100.0f;
+            else sc[p] = (float)(rng_next(&x) % 1000000) / 7.0f;
+        }
+        uint64_t all[64];
+        for (int64_t p = 0; p < n; p++) all[p] = dsacp_cp_cand_key(sc[p], (int32_t)p);
+        qsort(all, (size_t)n, sizeof *all, cmp_u64_desc);
+        const int64_t kk = n < K ? n : K;
+        int32_t want[64];
+        for (int64_t i = 0; i < kk; i++) want[i] = dsacp_cp_cand_pos(all[i]);
+        qsort(want, (size_t)kk, 4, cmp_i32_asc);
+        if (n <= K) continue; /* lean selects everything without an exchange */
+        const int64_t kp = dsacp_cp_lean_kprime(K, W, f);
+        uint64_t lists[5][64];
+        int64_t cnt[5] = {0}, m[5];
+        uint8_t trunc[5];
+        uint32_t keys[5][64];
+        const uint32_t *kq[5];
+        for (int64_t p = 0; p < n; p++) {
+            const int64_t q = dsacp_cp_owner(p, I, W);
+            lists[q][cnt[q]++] = dsacp_cp_cand_key(sc[p], (int32_t)p);
+        }
+        for (int64_t q = 0; q < W; q++) {
+            qsort(lists[q], (size_t)cnt[q], sizeof(uint64_t), cmp_u64_desc);
+            if (cnt[q] > K) cnt[q] = K; /* the local top-k */
+            m[q] = cnt[q] < kp ? cnt[q] : kp;
+            trunc[q] = dsacp_cp_local_len(n, q, I, W) > m[q];
+            for (int64_t i = 0; i < m[q]; i++) keys[q][i] = (uint32_t)(lists[q][i] >> 32);
+            kq[q] = keys[q];
+        }
+        int32_t got[64 * 5];
+        int64_t ng = 0, verdict = -1;
+        for (int64_t me = 0; me < W; me++) {
+            uint32_t tau = 0;
+            int64_t take = 0;
+            const int v = dsacp_cp_lean_decide(W, kq, m, trunc, K, me, &tau, &take);
+            CHECK(verdict < 0 || v == verdict); /* every rank reaches the same verdict */
+            verdict = v;
+            if (v == DSACP_LEAN_DECIDED) ng += dsacp_cp_lean_own(lists[me], cnt[me], tau, take, got + ng);
+        }
+        if (verdict == DSACP_LEAN_DECIDED) {
+            decided++;
+            qsort(got, (size_t)ng, 4, cmp_i32_asc);
+            bool same = ng == kk;
+            for (int64_t i = 0; same && i < kk; i++) same = got[i] == want[i];
+            CHECKF(same, "lean verdict: W=%lld K=%lld n=%lld I=%lld kind %d f=%.1f: %lld selected, want %lld", (long long)W,
+                   (long long)K, (long long)n, (long long)I, kind, f, (long long)ng, (long long)kk);
+        } else {
+            thr += verdict == DSACP_LEAN_THRESHOLD;
+            ties += verdict == DSACP_LEAN_TIES;
+        }
+    }
+    CHECKF(decided > 1000 && thr > 100 && ties > 100, "lean verdicts: decided %lld, threshold fallbacks %lld, tie "
+           "fallbacks %lld (each kind must occur)", (long long)decided, (long long)thr, (long long)ties);
+    if (g_rank == 0)
+        printf("lean verdict vs brute force: %lld decided exactly, %lld threshold and %lld tie fallbacks\n",
+               (long long)decided, (long long)thr, (long long)ties);
+}
+
+/* Sums a stats struct over the group (every rank gets the sums). */
+static dsacp_cp_stats stats_sum(const dsacp_engine *e)
+{
+    dsacp_cp_stats me, *all = calloc((size_t)g_W, sizeof *all), sum = {0};
+    dsacp_engine_cp_stats(e, &me);
+    REQUIRE_OK(dsacp_comm_allgather(g_world, &me, sizeof me, all, -1));
+    for (int q = 0; q < g_W; q++) {
+        sum.prefill_tokens += all[q].prefill_tokens, sum.decode_tokens += all[q].decode_tokens;
+        sum.keys_scored += all[q].keys_scored, sum.keys_attended += all[q].keys_attended;
+    }
+    /* lean's verdicts are the group's: every rank counts the same */
+    for (int q = 0; q < g_W; q++)
+        CHECK(all[q].lean_decisions == all[0].lean_decisions && all[q].lean_fallback_ties == all[0].lean_fallback_ties &&
+              all[q].lean_fallback_threshold == all[0].lean_fallback_threshold);
+    sum.lean_decisions = all[0].lean_decisions;
+    sum.lean_fallback_threshold = all[0].lean_fallback_threshold;
+    sum.lean_fallback_ties = all[0].lean_fallback_ties;
+    sum.lean_fallback_rounds = all[0].lean_fallback_rounds;
+    free(all);
+    return sum;
+}
+
+/* Two requests with long prompts (prefilled in odd chunks) and decode steps mixed with a later
+ * chunk, on the CP group and on one process: identical selected sets in every layer, logits
+ * within tol. Returns the group's stats summed over ranks. */
+static dsacp_cp_stats run_long(const dsacp_model *m, const dsacp_engine_options *eo, const dsacp_cp_options *cp,
+                               const char *what, double tol, double cos_tol)
+{
+    const dsacp_config *cfg = dsacp_model_config(m);
+    const int64_t V = cfg->vocab_size, K = cfg->index_topk, L = cfg->num_hidden_layers;
+    enum { LS = 7 };
+    static const int64_t plan[LS][2] = {{131, 0}, {77, 45}, {1, 1}, {1, 1}, {1, 29}, {1, 1}, {1, 1}};
+    int32_t *ids[2];
+    for (int r = 0; r < 2; r++) {
+        ids[r] = malloc(400 * sizeof(int32_t));
+        tu_random_ids(ids[r], 400, V, 4242 + (uint64_t)r);
+    }
+    dsacp_cp_stats st = {0};
+    float *lg[2] = {malloc((size_t)(256 * V) * 4), malloc((size_t)(256 * V) * 4)};
+    int32_t *tk[2] = {malloc((size_t)(L * 256 * K) * 4), malloc((size_t)(L * 256 * K) * 4)};
+    dsacp_engine *e[2] = {NULL, NULL};
+    REQUIRE_OK(dsacp_engine_create(m, eo, &e[0]));
+    REQUIRE_OK(dsacp_engine_create_cp(m, eo, cp, g_world, &e[1]));
+    int64_t id[2][2], used[2] = {0, 0};
+    for (int k = 0; k < 2; k++)
+        for (int r = 0; r < 2; r++) REQUIRE_OK(dsacp_engine_add_request(e[k], &id[k][r]));
+    double worst = 0, cosd = 0;
+    int64_t diff = 0;
+    for (int s = 0; s < LS; s++) {
+        for (int k = 0; k < 2; k++) {
+            dsacp_step_entry en[2];
+            int64_t n = 0;
+            for (int r = 0; r < 2; r++)
+                if (plan[s][r]) en[n++] = (dsacp_step_entry){id[k][r], plan[s][r], ids[r] + used[r]};
+            CHECK_OK(dsacp_engine_step(e[k], en, n, lg[k], tk[k]));
+        }
+        const int64_t T = plan[s][0] + plan[s][1];
+        for (int r = 0; r < 2; r++) used[r] += plan[s][r];
+        if (g_rank == 0) {
+            for (int64_t i = 0; i < L * T * K; i++) diff += tk[0][i] != tk[1][i];
+            const double rel = tu_max_rel_ff(lg[1], lg[0], T * V);
+            if (!(rel <= worst)) worst = rel;
+            cosd = fmax(cosd, cos_diff(lg[1], lg[0], T * V));
+        }
+    }
+    st = stats_sum(e[1]);
+    if (g_rank == 0) {
+        CHECKF(diff == 0 && worst <= tol && cosd <= cos_tol, "%s W=%d: %lld selected positions differ, logits max rel "
+               "%.3g, cos diff %.3g", what, g_W, (long long)diff, worst, cosd);
+        printf("%-44s W=%d: selected sets identical=%s, logits max rel %.3g, cos diff %.3g; lean decided %lld, "
+               "fallbacks %lld (threshold) + %lld (ties)\n", what, g_W, diff ? "NO" : "yes", worst, cosd, (long long)st.lean_decisions,
+               (long long)st.lean_fallback_threshold, (long long)st.lean_fallback_ties);
+    }
+    for (int k = 0; k < 2; k++) dsacp_engine_free(e[k]), free(lg[k]), free(tk[k]);
+    for (int r = 0; r < 2; r++) free(ids[r]);
+    return st;
+}
+
+static void test_lean_long(const dsacp_model *m)
+{
+    dsacp_engine_options eo;
+    dsacp_engine_options_default(&eo);
+    eo.block_size = 16;
+    eo.num_blocks = 64;
+    dsacp_cp_options cp;
+    dsacp_cp_options_default(&cp);
+    cp.decode = DSACP_DECODE_LEAN;
+    const double fs[3] = {1.0, 1.25, 2.0};
+    int64_t fb = 0;
+    for (int i = 0; i < 3; i++) {
+        cp.lean_factor = fs[i];
+        cp.lean_merge = i == 1 ? DSACP_LEAN_MERGE_VALUES : DSACP_LEAN_MERGE_OUTPUT;
+        cp.prefill_split = i == 2 ? DSACP_PREFILL_ZIGZAG : DSACP_PREFILL_OWNER;
+        char what[64];
+        snprintf(what, sizeof what, "lean long f=%.2f %s", fs[i], dsacp_lean_merge_name(cp.lean_merge));
+        const dsacp_cp_stats st = run_long(m, &eo, &cp, what, 1e-5, 1e-10);
+        if (g_W > 1) CHECKF(st.lean_decisions > 0, "%s W=%d: no token went through the truncated lists", what, g_W);
+        fb += st.lean_fallback_threshold;
+    }
+    /* k' = k / W at W = 3, 4: one rank's share of the winners often exceeds it */
+    if (g_W > 2) CHECKF(fb > 0, "lean W=%d: f = 1 never fell back on the threshold", g_W);
+}
+
+static void test_lean_ties(const dsacp_model *ties)
+{
+    dsacp_engine_options eo;
+    dsacp_engine_options_default(&eo);
+    eo.block_size = 16;
+    eo.num_blocks = 64;
+    dsacp_cp_options cp;
+    dsacp_cp_options_default(&cp);
+    cp.decode = DSACP_DECODE_LEAN;
+    /* Forced: every score ties at 0 and, with I = 2k, the k winners (the lowest positions) all
+     * live on rank 0: every decision must fall back, and still select exactly. */
+    cp.lean_factor = 1.0;
+    cp.lean_merge = DSACP_LEAN_MERGE_OUTPUT;
+    cp.prefill_split = DSACP_PREFILL_OWNER;
+    cp.interleave = 2 * dsacp_model_config(ties)->index_topk;
+    const dsacp_cp_stats st = run_long(ties, &eo, &cp, "lean ties, all winners on rank 0", 1e-5, 1e-10);
+    if (g_W > 1)
+        CHECKF(st.lean_decisions > 0 && st.lean_fallback_threshold + st.lean_fallback_ties == st.lean_decisions,
+               "lean ties W=%d: %lld decisions, %lld + %lld fallbacks (all must fall back)", g_W,
+               (long long)st.lean_decisions, (long long)st.lean_fallback_threshold, (long long)st.lean_fallback_ties);
+}
+
+/* The default lean (bf16 partials, o_proj before the merge) in deployed numerics, per layer: a
+ * one-layer dense model, so that a decode token's logits see one merged attention output (its
+ * cache entries come from the embeddings: no error carries over). Tolerance: FlashMLA's. */
+static void test_lean_deployed(void)
+{
+    char dir[256] = {0};
+    if (g_rank == 0) {
+        dsacp_config c;
+        REQUIRE_OK(dsacp_preset_config("tiny", &c));
+        c.num_hidden_layers = 1;
+        char *d = tu_make_model_cfg(&c, 11, DSACP_WEIGHTS_FP8);
+        snprintf(dir, sizeof dir, "%s", d);
+        free(d);
+    }
+    REQUIRE_OK(dsacp_comm_bcast(g_world, dir, sizeof dir, DSACP_PHASE_input));
+    dsacp_model *m = NULL;
+    REQUIRE_OK(dsacp_model_load(dir, &m));
+    dsacp_engine_options eo;
+    dsacp_engine_options_default(&eo);
+    eo.block_size = 16;
+    eo.num_blocks = 64;
+    eo.numerics = DSACP_NUMERICS_DEPLOYED;
+    eo.kv_dtype = DSACP_KV_FP8;
+    dsacp_cp_options cp;
+    dsacp_cp_options_default(&cp);
+    cp.decode = DSACP_DECODE_LEAN;
+    run_long(m, &eo, &cp, "lean deployed 1 layer (bf16, output merge)", 0.1, 2e-3);
+    cp.lean_merge = DSACP_LEAN_MERGE_VALUES;
+    cp.partials = DSACP_PARTIALS_F32;
+    run_long(m, &eo, &cp, "lean deployed 1 layer (fp32, values merge)", 0.1, 2e-3);
+    drop_model(m, strdup(dir));
+}
+
 /* ---- conflicting options fail cleanly on every rank ---- */
 
 /* A failure on one rank fails the step on every rank, with that rank's message, and changes
@@ -733,8 +1070,12 @@ int main(int argc, char **argv)
     eo.num_blocks = 64;
     run_cases("exact", m, &eo, all_cases, NCASES, 1e-5, 1e-10);
     run_cases("exact", m, &eo, dsa_cases, NDSA, 1e-5, 1e-10);
+    run_cases("exact", m, &eo, lean_cases, NLEAN, 1e-5, 1e-10);
     test_counters(m, &eo, "exact");
     test_counters_dsa(m, &eo);
+    test_lean_decide();
+    test_lean_long(m);
+    test_lean_deployed();
     test_memory(m);
     test_layer_shard_resident();
     test_bad_options(m);
@@ -748,6 +1089,7 @@ int main(int argc, char **argv)
     eo.kv_dtype = DSACP_KV_FP8;
     run_cases("deployed", m, &eo, all_cases, NCASES, 0.1, 2e-3);
     run_cases("deployed", m, &eo, dsa_cases, NDSA, 0.1, 2e-3);
+    run_cases("deployed", m, &eo, lean_deployed_cases, NLEAND, 0.1, 2e-3);
     test_counters(m, &eo, "deployed");
     drop_model(m, dir);
 
@@ -756,6 +1098,8 @@ int main(int argc, char **argv)
     eo.numerics = DSACP_NUMERICS_EXACT;
     eo.kv_dtype = DSACP_KV_F32;
     run_cases("ties", m, &eo, all_cases, NCASES, 1e-5, 1e-10);
+    run_cases("ties", m, &eo, lean_cases, NLEAN, 1e-5, 1e-10);
+    test_lean_ties(m);
     drop_model(m, dir);
 
     for (int r = 0; r < NREQ; r++) free(g_ids[r]);

@@ -5,6 +5,7 @@
  */
 #include "comm/comm.h"
 #include "dsacp_mpi.h"
+#include "numerics/numerics.h"
 
 #include <limits.h>
 #include <stdio.h>
@@ -361,6 +362,72 @@ int dsacp_comm_allreduce_f32(dsacp_comm *c, float *buf, int64_t n, int phase)
     free(part);
     free(counts);
     free(bytes);
+    return rc;
+}
+
+/* bf16 on the wire: the blocks travel as bf16 (all-to-all), each rank sums the W blocks of its
+ * result in fp32, in rank order (deterministic for a given W; the own block is rounded too, so
+ * that the result does not depend on which rank sums it). */
+int dsacp_comm_reduce_scatter_wire(dsacp_comm *c, const float *send, float *recv, const int64_t *counts, bool bf16,
+                                   int phase)
+{
+    if (!bf16) return dsacp_comm_reduce_scatter_f32(c, send, recv, counts, phase);
+    if (c->solo) {
+        if (counts[0] && recv != send) memmove(recv, send, (size_t)counts[0] * 4);
+        return DSACP_OK;
+    }
+    const int W = c->size, me = c->rank;
+    int64_t total = 0;
+    for (int q = 0; q < W; q++) total += counts[q];
+    const int64_t mine = counts[me];
+    uint16_t *s16 = malloc((size_t)total * 2 + 2), *r16 = malloc((size_t)(mine * W) * 2 + 2);
+    size_t *sb = malloc((size_t)W * sizeof *sb), *rb = malloc((size_t)W * sizeof *rb);
+    int rc = (s16 && r16 && sb && rb) ? DSACP_OK : dsacp_error(DSACP_ENOMEM, "out of memory for a reduce-scatter");
+    if (!rc) {
+        for (int64_t i = 0; i < total; i++) s16[i] = dsacp_f32_to_bf16(send[i]);
+        for (int q = 0; q < W; q++) sb[q] = (size_t)counts[q] * 2, rb[q] = (size_t)mine * 2;
+        rc = dsacp_comm_alltoallv(c, s16, sb, r16, rb, phase);
+    }
+    if (!rc)
+        for (int64_t i = 0; i < mine; i++) {
+            float acc = 0.0f;
+            for (int q = 0; q < W; q++) acc += dsacp_bf16_to_f32(r16[(int64_t)q * mine + i]);
+            recv[i] = acc;
+        }
+    free(s16), free(r16), free(sb), free(rb);
+    return rc;
+}
+
+int dsacp_comm_allreduce_wire(dsacp_comm *c, float *buf, int64_t n, bool bf16, int phase)
+{
+    if (!bf16) return dsacp_comm_allreduce_f32(c, buf, n, phase);
+    if (c->solo || n == 0) return DSACP_OK;
+    const int W = c->size, me = c->rank;
+    int64_t *counts = malloc((size_t)W * sizeof *counts);
+    size_t *bytes = malloc((size_t)W * sizeof *bytes);
+    float *part = NULL;
+    uint16_t *p16 = NULL, *all16 = NULL;
+    int rc = (counts && bytes) ? DSACP_OK : dsacp_error(DSACP_ENOMEM, "out of memory");
+    if (!rc) {
+        for (int q = 0; q < W; q++) {
+            counts[q] = dsacp_split_begin(n, q + 1, W) - dsacp_split_begin(n, q, W);
+            bytes[q] = (size_t)counts[q] * 2;
+        }
+        part = malloc((size_t)counts[me] * 4 + 4);
+        p16 = malloc(bytes[me] + 2);
+        all16 = malloc((size_t)n * 2);
+        if (!part || !p16 || !all16) rc = dsacp_error(DSACP_ENOMEM, "out of memory");
+    }
+    if (!rc) rc = dsacp_comm_reduce_scatter_wire(c, buf, part, counts, true, phase);
+    if (!rc) {
+        for (int64_t i = 0; i < counts[me]; i++) p16[i] = dsacp_f32_to_bf16(part[i]);
+        rc = dsacp_comm_allgatherv(c, p16, bytes[me], all16, bytes, phase);
+    }
+    if (!rc) {
+        for (int64_t i = 0; i < n; i++) buf[i] = dsacp_bf16_to_f32(all16[i]);
+        if (phase >= 0 && phase < DSACP_PHASE_COUNT) c->ctr[phase].calls--;
+    }
+    free(part), free(p16), free(all16), free(counts), free(bytes);
     return rc;
 }
 

@@ -39,6 +39,14 @@ int dsacp_comm_reduce_scatter_f32(dsacp_comm *c, const float *send, float *recv,
  * summed in one place, so every rank gets bit-identical results (replicated state stays
  * replicated). */
 int dsacp_comm_allreduce_f32(dsacp_comm *c, float *buf, int64_t n, int phase);
+/* The same two with a choice of wire format: bf16 sends every block as bf16 (round to nearest
+ * even) and sums the received blocks in fp32 in rank order; the all-reduce rounds the sums to
+ * bf16 before they are gathered, so every rank holds the same bits. Counted like the f32
+ * versions with 2-byte elements (the reduce-scatter travels as one all-to-all). bf16 == false:
+ * exactly the f32 functions. */
+int dsacp_comm_reduce_scatter_wire(dsacp_comm *c, const float *send, float *recv, const int64_t *counts, bool bf16,
+                                   int phase);
+int dsacp_comm_allreduce_wire(dsacp_comm *c, float *buf, int64_t n, bool bf16, int phase);
 /* Gather to rank 0: rank q sends recv_bytes[q] bytes; on rank 0 recv gets them in rank order
  * (recv may be NULL elsewhere). */
 int dsacp_comm_gatherv(dsacp_comm *c, const void *send, size_t send_bytes, void *recv,

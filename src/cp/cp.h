@@ -38,6 +38,7 @@ typedef struct dsacp_cp_ctx {
     bool o_gather_v;
     int64_t transient_peak;      /* bytes, largest transient of a layer call so far */
     double t_proj, t_attn, t_oproj; /* seconds in the layer's phases since the engine reset them */
+    dsacp_cp_stats stats;        /* attention work and lean verdicts (dsacp_engine_cp_stats) */
 } dsacp_cp_ctx;
 
 /* ---- DSA-CP weight plans (cp_weights.c) ---- */
@@ -149,6 +150,31 @@ typedef struct dsacp_cp_decode_args {
 int dsacp_cp_decode_allgather_kv(const dsacp_cp_decode_args *a);
 int dsacp_cp_decode_replicated_index(const dsacp_cp_decode_args *a);
 int dsacp_cp_decode_exact_topk(const dsacp_cp_decode_args *a);
+/* lean (cp_lean.c): output_merge: vcat gets this rank's scaled partial v of EVERY head (the
+ * caller applies the whole o_proj and all-reduces); otherwise the merged v of heads [h0, h1).
+ * bf16: the partials travel as bf16. */
+int dsacp_cp_decode_lean(const dsacp_cp_decode_args *a, bool output_merge, bool bf16);
+
+/* lean's list length k' = min(K, max(1, ceil(f K / W))). */
+int64_t dsacp_cp_lean_kprime(int64_t K, int64_t W, double f);
+/* lean's verdict for one token, a pure function of the exchanged lists (every rank computes the
+ * same): keys[q][0 .. m[q]) the float keys (dsacp_float_key) of rank q's best scores, largest
+ * first; trunc[q]: rank q has more positions than it sent. Returns DSACP_LEAN_DECIDED with
+ * *tau = the k-th best key of the union and *take = how many of its positions scoring exactly
+ * tau rank `me` selects (its first ones in list order; -1: all of them), or the reason to fall
+ * back (cp_lean.c explains why the verdict is exact). */
+enum { DSACP_LEAN_DECIDED = 0, DSACP_LEAN_THRESHOLD = 1, DSACP_LEAN_TIES = 2 };
+/* A candidate as one sortable key: larger is better (score, then the lower position). */
+static inline uint64_t dsacp_cp_cand_key(float score, int32_t pos)
+{
+    return ((uint64_t)dsacp_float_key(score) << 32) | (uint64_t)(UINT32_MAX - (uint32_t)pos);
+}
+static inline int32_t dsacp_cp_cand_pos(uint64_t key) { return (int32_t)(UINT32_MAX - (uint32_t)(key & 0xFFFFFFFFu)); }
+/* The positions a rank selects from its own list (cand keys, best first, n of them) after a
+ * DECIDED verdict (tau, take): into out, in list order; returns the count. */
+int64_t dsacp_cp_lean_own(const uint64_t *list, int64_t n, uint32_t tau, int64_t take, int32_t *out);
+int dsacp_cp_lean_decide(int64_t W, const uint32_t *const *keys, const int64_t *m, const uint8_t *trunc, int64_t K,
+                         int64_t me, uint32_t *tau, int64_t *take);
 
 /* Attention of the decode tokens over the winners this rank owns, then the LSE merge and W_UV
  * (cp_merge.c): sel[j] holds token j's selected positions (ascending, nsel[j] of them). */

@@ -28,7 +28,14 @@ int dsacp_cp_decode_allgather_kv(const dsacp_cp_decode_args *a)
     dsacp_cp_views v;
     int crc = dsacp_cp_views_build(a->cp, st, a->layer, want, a->stage, NULL, DSACP_PHASE_kv_gather, &v, a->rc);
     if (!crc && !*a->rc) {
-        for (int64_t j = 0; j < nd; j++) vptr[j] = &v.view[st->ent[st->act[j]]];
+        const int64_t K = a->ctx->cfg->index_topk;
+        for (int64_t j = 0; j < nd; j++) {
+            vptr[j] = &v.view[st->ent[st->act[j]]];
+            const int64_t n = a->pos_act[j] + 1;
+            a->cp->stats.decode_tokens++;
+            a->cp->stats.keys_scored += n;
+            a->cp->stats.keys_attended += n < K ? n : K;
+        }
         int rc = dsacp_dsa_attend_views(a->ctx, a->w, a->proj, 0, nd, a->pos_act, vptr, a->cp->h0, a->cp->h1,
                                         a->vcat, a->topk, a->layer);
         if (rc) *a->rc = rc;

@@ -38,7 +38,7 @@ static int cmp_i32(const void *a, const void *b)
 
 int dsacp_cp_decode_exact_topk(const dsacp_cp_decode_args *a)
 {
-    const dsacp_cp_ctx *cp = a->cp;
+    dsacp_cp_ctx *cp = a->cp;
     const dsacp_cp_step *st = a->st;
     const dsacp_config *cfg = a->ctx->cfg;
     const int64_t nd = st->n_dec, K = cfg->index_topk, Hi = cfg->index_n_heads, di = cfg->index_head_dim;
@@ -65,6 +65,7 @@ int dsacp_cp_decode_exact_topk(const dsacp_cp_decode_args *a)
         const int64_t nl = sharded ? dsacp_cp_local_len(n, me, I, W) : n;
         dsacp_index_query_pack(a->proj->qi + j * Hi * di, a->proj->wts + j * Hi, Hi, di, qpack);
         dsacp_dsa_index_scores(cp->idx, a->layer, st->idx_seq[e], nl, qpack, scores, true);
+        cp->stats.keys_scored += nl;
         const int64_t k = dsacp_topk_select(scores, nl, K, lsel);
         for (int64_t i = 0; i < K; i++) {
             candidate *c = &mine[j * K + i];

@@ -22,10 +22,26 @@
 #include <stdlib.h>
 #include <string.h>
 
+static int64_t assigned_rank(const dsacp_cp_ctx *cp, const dsacp_cp_step *st, int64_t t, int64_t chunk)
+{
+    const int64_t W = cp->W;
+    switch (cp->opt.prefill_split) {
+    case DSACP_PREFILL_CONTIGUOUS: return t / chunk;
+    case DSACP_PREFILL_ZIGZAG: {
+        const int64_t e = st->ent[t], n = st->new_len[e] - st->old_len[e], i = st->pos[t] - st->old_len[e];
+        int64_t c = i * 2 * W / n; /* then the exact chunk of the balanced split n c / (2W) */
+        while (c + 1 < 2 * W && dsacp_split_begin(n, c + 1, 2 * W) <= i) c++;
+        while (c > 0 && dsacp_split_begin(n, c, 2 * W) > i) c--;
+        return c < W ? c : 2 * W - 1 - c;
+    }
+    default: return dsacp_cp_owner(st->pos[t], cp->opt.interleave, W);
+    }
+}
+
 int dsacp_cp_step_build(const dsacp_cp_ctx *cp, dsacp_cp_step *st, dsacp_cp_step_mem *m)
 {
     memset(m, 0, sizeof *m);
-    const int64_t T = st->T, W = cp->W, I = cp->opt.interleave, n_ent = st->n_ent;
+    const int64_t T = st->T, W = cp->W, n_ent = st->n_ent;
     m->decode = calloc((size_t)(n_ent > 0 ? n_ent : 1), 1);
     m->act = malloc((size_t)(T > 0 ? T : 1) * sizeof *m->act);
     m->act_row = malloc((size_t)(T > 0 ? T : 1) * sizeof *m->act_row);
@@ -43,10 +59,11 @@ int dsacp_cp_step_build(const dsacp_cp_ctx *cp, dsacp_cp_step *st, dsacp_cp_step
                              (W == 1 || (cp->opt.kv_layout == DSACP_LAYOUT_REPLICATED &&
                                          cp->opt.index_layout == DSACP_LAYOUT_REPLICATED));
     for (int64_t e = 0; e < n_ent; e++) m->decode[e] = !dsa_cp_only && st->new_len[e] - st->old_len[e] == 1;
-    /* The rank that computes a non-decode token: its position's owner, or DSA-CP's flat slice of
-     * the step's batch padded to a multiple of W. */
+    /* The rank that computes a non-decode token: its position's owner, DSA-CP's flat slice of
+     * the step's batch padded to a multiple of W, or the zigzag chunk of its request's new
+     * tokens (2W near-equal chunks: rank r takes chunks r and 2W - 1 - r). */
     const int64_t chunk = (T + W - 1) / W;
-#define ASSIGNED(t) (cp->opt.prefill_split == DSACP_PREFILL_CONTIGUOUS ? (t) / chunk : dsacp_cp_owner(st->pos[t], I, W))
+#define ASSIGNED(t) assigned_rank(cp, st, (t), chunk)
     int64_t nd = 0, np = 0, npa = 0;
     for (int64_t t = 0; t < T; t++) {
         m->act_row[t] = -1;
@@ -113,7 +130,7 @@ static int gather_v(dsacp_cp_ctx *cp, const dsacp_config *cfg, const dsacp_cp_st
  * whole `full` o_proj applied (bit-identical to W = 1). */
 static int decode_o_proj(dsacp_cp_ctx *cp, const dsacp_dsa_ctx *ctx, const dsacp_dsa_weights *w,
                          const dsacp_weight *shard, const dsacp_weight *full, const dsacp_cp_step *st, float *vcat,
-                         float *out, int *rc)
+                         float *out, bool bf16, int *rc)
 {
     const dsacp_config *cfg = ctx->cfg;
     const int64_t H = cfg->num_attention_heads, dv = cfg->v_head_dim, D = cfg->hidden_size, nd = st->n_dec;
@@ -131,11 +148,25 @@ static int decode_o_proj(dsacp_cp_ctx *cp, const dsacp_dsa_ctx *ctx, const dsacp
         }
         if (h1 > h0) KEEP(*rc, dsacp_linear(shard, vcat + h0 * dv, nd, H * dv, out, D, aq));
         else memset(out, 0, (size_t)(nd * D) * 4);
-        return dsacp_comm_allreduce_f32(cp->comm, out, nd * D, DSACP_PHASE_o_proj);
+        return dsacp_comm_allreduce_wire(cp->comm, out, nd * D, bf16, DSACP_PHASE_o_proj);
     }
     int crc = gather_v(cp, cfg, st, vcat);
     if (!crc) KEEP(*rc, dsacp_linear(full, vcat, nd, H * dv, out, D, deployed));
     return crc;
+}
+
+/* lean's output merge: the whole o_proj `o` on this rank's partial v rows of every head, then an
+ * all-reduce of the D values per token in rank order. The partials are not FP8-quantized in
+ * deployed numerics: quantizing each partial would add one e4m3 rounding per rank; applied to
+ * the f32 partial (an FP8-weight x 16-bit-activation GEMM on an accelerator), the sum equals
+ * o_proj of the merged row up to reassociation, one activation rounding away from W = 1. */
+static int lean_o_proj(dsacp_cp_ctx *cp, const dsacp_dsa_ctx *ctx, const dsacp_weight *o, const dsacp_cp_step *st,
+                       float *vcat, float *out, bool bf16, int *rc)
+{
+    const dsacp_config *cfg = ctx->cfg;
+    const int64_t H = cfg->num_attention_heads, dv = cfg->v_head_dim, D = cfg->hidden_size, nd = st->n_dec;
+    KEEP(*rc, dsacp_linear(o, vcat, nd, H * dv, out, D, false));
+    return dsacp_comm_allreduce_wire(cp->comm, out, nd * D, bf16, DSACP_PHASE_o_proj);
 }
 
 static int gather_v(dsacp_cp_ctx *cp, const dsacp_config *cfg, const dsacp_cp_step *st, float *vcat)
@@ -237,6 +268,12 @@ int dsacp_cp_layer_forward(dsacp_cp_ctx *cp, const dsacp_dsa_ctx *ctx, const dsa
     const int64_t nd = st->n_dec, np = st->n_pre, na = nd + np, W = cp->W, me = cp->rank, I = cp->opt.interleave;
     const bool deployed = ctx->mode == DSACP_MODE_DEPLOYED;
     int rc = DSACP_OK, crc = DSACP_OK; /* local status; collective (fatal) status */
+    /* lean: partials in bf16 unless exact numerics or --partials fp32; the output merge needs the
+     * whole o_proj on every rank (not DSA-CP's tp activation path, which keeps it split). */
+    const bool lean = nd > 0 && cp->opt.decode == DSACP_DECODE_LEAN;
+    const bool tp_a2a_step = cp->wp && cp->wp->o_tp && !cp->wp->step_gather;
+    const bool lean_out = lean && cp->opt.lean_merge == DSACP_LEAN_MERGE_OUTPUT && !tp_a2a_step;
+    const bool wire16 = lean && deployed && cp->opt.partials == DSACP_PARTIALS_AUTO;
 
     dsacp_dsa_proj p;
     dsacp_kv_cache *stage = NULL;
@@ -310,11 +347,13 @@ int dsacp_cp_layer_forward(dsacp_cp_ctx *cp, const dsacp_dsa_ctx *ctx, const dsa
             crc = wrc;
             goto done;
         }
-        if (nd > 0 && np > 0 && (cp->h0 != 0 || cp->h1 != H)) {
-            KEEP(rc, dsacp_dsa_project_q(ctx, w, qb, x, nd, pos_act, cp->h0, cp->h1, &p, 0));
+        /* lean replicates the query projection: decode rows get every head too. */
+        const int64_t dh0 = lean ? 0 : cp->h0, dh1 = lean ? H : cp->h1;
+        if (nd > 0 && np > 0 && (dh0 != 0 || dh1 != H)) {
+            KEEP(rc, dsacp_dsa_project_q(ctx, w, qb, x, nd, pos_act, dh0, dh1, &p, 0));
             KEEP(rc, dsacp_dsa_project_q(ctx, w, qb, x + nd * D, np, pos_act + nd, 0, H, &p, nd));
         } else {
-            KEEP(rc, dsacp_dsa_project_q(ctx, w, qb, x, na, pos_act, np > 0 ? 0 : cp->h0, np > 0 ? H : cp->h1, &p, 0));
+            KEEP(rc, dsacp_dsa_project_q(ctx, w, qb, x, na, pos_act, np > 0 ? 0 : dh0, np > 0 ? H : dh1, &p, 0));
         }
     }
     cp->t_proj += dsacp_now() - t0;
@@ -361,6 +400,11 @@ int dsacp_cp_layer_forward(dsacp_cp_ctx *cp, const dsacp_dsa_ctx *ctx, const dsa
         for (int64_t e = 0; e < st->n_ent; e++) want[e] = !st->decode[e];
         crc = dsacp_cp_views_build(cp, st, layer, want, stage, pre_recv, DSACP_PHASE_prefill_kv, &pv, &rc);
         if (crc) goto done;
+        for (int64_t j = 0; j < np; j++) {
+            cp->stats.prefill_tokens++;
+            cp->stats.keys_scored += pos_act[nd + j] + 1;
+            cp->stats.keys_attended += pos_act[nd + j] + 1 < K ? pos_act[nd + j] + 1 : K;
+        }
         if (!rc) {
             for (int64_t j = 0; j < np; j++) vptr[j] = &pv.view[st->ent[st->act[nd + j]]];
             KEEP(rc, dsacp_dsa_attend_views(ctx, w, &p, nd, np, pos_act + nd, vptr, 0, H, vcat + nd * H * dv,
@@ -376,6 +420,7 @@ int dsacp_cp_layer_forward(dsacp_cp_ctx *cp, const dsacp_dsa_ctx *ctx, const dsa
         case DSACP_DECODE_ALLGATHER_KV: crc = dsacp_cp_decode_allgather_kv(&a); break;
         case DSACP_DECODE_REPLICATED_INDEX: crc = dsacp_cp_decode_replicated_index(&a); break;
         case DSACP_DECODE_EXACT_TOPK: crc = dsacp_cp_decode_exact_topk(&a); break;
+        case DSACP_DECODE_LEAN: crc = dsacp_cp_decode_lean(&a, lean_out, wire16); break;
         }
         if (crc) goto done;
     }
@@ -397,7 +442,7 @@ int dsacp_cp_layer_forward(dsacp_cp_ctx *cp, const dsacp_dsa_ctx *ctx, const dsa
         else if (cp->o_shard && !cp->o_gather_v) shard = cp->o_shard[layer];
         if (tp_a2a) {
             if (st->n_pre_all > 0) crc = tp_o_proj(cp, ctx, w, layer, st, vcat + nd * H * dv, out + nd * D, &rc);
-            if (!crc && nd > 0) crc = decode_o_proj(cp, ctx, w, shard, o, st, vcat, out, &rc);
+            if (!crc && nd > 0) crc = decode_o_proj(cp, ctx, w, shard, o, st, vcat, out, wire16, &rc);
             if (crc) goto done;
             goto projected;
         }
@@ -409,7 +454,8 @@ int dsacp_cp_layer_forward(dsacp_cp_ctx *cp, const dsacp_dsa_ctx *ctx, const dsa
             aq = false;
         }
         if (np > 0) KEEP(rc, dsacp_linear(o, vcat + nd * H * dv, np, H * dv, out + nd * D, D, aq));
-        if (nd > 0) crc = decode_o_proj(cp, ctx, w, shard, o, st, vcat, out, &rc);
+        if (nd > 0 && lean_out) crc = lean_o_proj(cp, ctx, o, st, vcat, out, wire16, &rc);
+        else if (nd > 0) crc = decode_o_proj(cp, ctx, w, shard, o, st, vcat, out, wire16, &rc);
         if (crc) goto done;
     }
 projected:

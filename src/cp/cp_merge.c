@@ -21,7 +21,7 @@
 
 int dsacp_cp_attend_owned_and_merge(const dsacp_cp_decode_args *a, const int32_t *sel, const int64_t *nsel)
 {
-    const dsacp_cp_ctx *cp = a->cp;
+    dsacp_cp_ctx *cp = a->cp;
     const dsacp_cp_step *st = a->st;
     const dsacp_config *cfg = a->ctx->cfg;
     const int64_t nd = st->n_dec, K = cfg->index_topk, H = cfg->num_attention_heads, W = cp->W, me = cp->rank;
@@ -69,6 +69,8 @@ int dsacp_cp_attend_owned_and_merge(const dsacp_cp_decode_args *a, const int32_t
             dsacp_kv_read_mla(cp->lat, a->layer, dsacp_kv_slot(cp->lat, st->lat_seq[e], lp), kv + n * dk);
             n++;
         }
+        cp->stats.keys_attended += n;
+        cp->stats.decode_tokens++;
         dsacp_sparse_mla(qall + j * H * dk, kv, n, H, dc, dr, scale, o + j * H * dc, lse + j * H, work);
     }
     /* Merge: lse all-gathered, own part scaled, summed over the ranks by a reduce-scatter. */

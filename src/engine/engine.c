@@ -149,11 +149,16 @@ void dsacp_cp_options_default(dsacp_cp_options *opt)
     opt->q_proj = DSACP_WEIGHTS_REPLICATED;
     opt->o_proj = DSACP_WEIGHTS_REPLICATED;
     opt->prefetch = 2;
+    opt->lean_factor = 2.0;
+    opt->lean_merge = DSACP_LEAN_MERGE_OUTPUT;
+    opt->partials = DSACP_PARTIALS_AUTO;
 }
 
-static const char *const strategy_names[] = {"allgather-kv", "replicated-index", "exact-topk"};
+static const char *const strategy_names[] = {"allgather-kv", "replicated-index", "exact-topk", "lean"};
 static const char *const layout_names[] = {"sharded", "replicated"};
-static const char *const split_names[] = {"owner", "contiguous"};
+static const char *const split_names[] = {"owner", "contiguous", "zigzag"};
+static const char *const merge_names[] = {"output", "values"};
+static const char *const partials_names[] = {"auto", "fp32"};
 static const char *const mode_names[] = {"dcp", "dsa-cp"};
 static const char *const plan_names[] = {"replicated", "layer-shard", "tp", "auto", "tp-gather", "tp-a2a"};
 
@@ -168,13 +173,29 @@ static int parse_name(const char *what, const char *const *names, int n, const c
     return dsacp_error(DSACP_EINVAL, "unknown %s '%s' (%s)", what, name ? name : "", list);
 }
 
-const char *dsacp_prefill_split_name(dsacp_prefill_split s) { return (unsigned)s < 2 ? split_names[s] : "?"; }
+const char *dsacp_prefill_split_name(dsacp_prefill_split s) { return (unsigned)s < 3 ? split_names[s] : "?"; }
+const char *dsacp_lean_merge_name(dsacp_lean_merge m) { return (unsigned)m < 2 ? merge_names[m] : "?"; }
+const char *dsacp_partials_dtype_name(dsacp_partials_dtype d) { return (unsigned)d < 2 ? partials_names[d] : "?"; }
+
+int dsacp_lean_merge_parse(const char *name, dsacp_lean_merge *out)
+{
+    int v = 0, rc = parse_name("lean merge", merge_names, 2, name, &v);
+    if (!rc) *out = (dsacp_lean_merge)v;
+    return rc;
+}
+
+int dsacp_partials_dtype_parse(const char *name, dsacp_partials_dtype *out)
+{
+    int v = 0, rc = parse_name("partials dtype", partials_names, 2, name, &v);
+    if (!rc) *out = (dsacp_partials_dtype)v;
+    return rc;
+}
 const char *dsacp_cp_mode_name(dsacp_cp_mode m) { return (unsigned)m < 2 ? mode_names[m] : "?"; }
 const char *dsacp_weight_plan_name(dsacp_weight_plan p) { return (unsigned)p < 6 ? plan_names[p] : "?"; }
 
 int dsacp_prefill_split_parse(const char *name, dsacp_prefill_split *out)
 {
-    int v = 0, rc = parse_name("prefill split", split_names, 2, name, &v);
+    int v = 0, rc = parse_name("prefill split", split_names, 3, name, &v);
     if (!rc) *out = (dsacp_prefill_split)v;
     return rc;
 }
@@ -195,16 +216,15 @@ int dsacp_weight_plan_parse(const char *name, dsacp_weight_plan *out)
 
 const char *dsacp_decode_strategy_name(dsacp_decode_strategy s)
 {
-    return (unsigned)s < 3 ? strategy_names[s] : "?";
+    return (unsigned)s < 4 ? strategy_names[s] : "?";
 }
 const char *dsacp_cp_layout_name(dsacp_cp_layout l) { return (unsigned)l < 2 ? layout_names[l] : "?"; }
 
 int dsacp_decode_strategy_parse(const char *name, dsacp_decode_strategy *out)
 {
-    for (int i = 0; i < 3; i++)
-        if (name && strcmp(name, strategy_names[i]) == 0) return *out = (dsacp_decode_strategy)i, DSACP_OK;
-    return dsacp_error(DSACP_EINVAL, "unknown decode strategy '%s' (allgather-kv, replicated-index, exact-topk)",
-                       name ? name : "");
+    int v = 0, rc = parse_name("decode strategy", strategy_names, 4, name, &v);
+    if (!rc) *out = (dsacp_decode_strategy)v;
+    return rc;
 }
 
 int dsacp_cp_layout_parse(const char *name, dsacp_cp_layout *out)
@@ -278,14 +298,15 @@ static int check_options(const dsacp_config *cfg, const dsacp_engine_options *op
         return dsacp_error(DSACP_EINVAL, "the fp8 latent cache belongs to the deployed numerics mode");
     if (cp->interleave < 1 || cp->interleave > ((int64_t)1 << 30))
         return dsacp_error(DSACP_EINVAL, "--cp-interleave %lld: must be in [1, 2^30]", (long long)cp->interleave);
-    if ((unsigned)cp->decode > DSACP_DECODE_EXACT_TOPK || (unsigned)cp->kv_layout > 1 || (unsigned)cp->index_layout > 1 ||
-        (unsigned)cp->prefill_split > 1 || (unsigned)cp->mode > 1 || (unsigned)cp->q_proj > 5 || (unsigned)cp->o_proj > 5)
+    if ((unsigned)cp->decode > DSACP_DECODE_LEAN || (unsigned)cp->kv_layout > 1 || (unsigned)cp->index_layout > 1 ||
+        (unsigned)cp->prefill_split > 2 || (unsigned)cp->mode > 1 || (unsigned)cp->q_proj > 5 || (unsigned)cp->o_proj > 5 ||
+        (unsigned)cp->lean_merge > 1 || (unsigned)cp->partials > 1)
         return dsacp_error(DSACP_EINVAL, "unknown context-parallel option value");
+    if (!(cp->lean_factor >= 1.0 && cp->lean_factor <= 1024.0))
+        return dsacp_error(DSACP_EINVAL, "--lean-candidates %g: must be in [1, 1024] (times index_topk / W scores "
+                           "per rank)", cp->lean_factor);
     if (cp->prefetch < 1 || cp->prefetch > 64)
         return dsacp_error(DSACP_EINVAL, "--prefetch %lld: must be in [1, 64]", (long long)cp->prefetch);
-    if (cp->mode == DSACP_CP_DCP && cp->prefill_split == DSACP_PREFILL_CONTIGUOUS)
-        return dsacp_error(DSACP_EINVAL, "--prefill-split contiguous belongs to --cp-mode dsa-cp (DCP computes a "
-                           "prefill token on the rank that owns it: --prefill-split owner)");
     if (cp->mode == DSACP_CP_DCP && (cp->q_proj != DSACP_WEIGHTS_REPLICATED || cp->o_proj != DSACP_WEIGHTS_REPLICATED))
         return dsacp_error(DSACP_EINVAL, "--q-proj/--o-proj plans belong to --cp-mode dsa-cp (DCP splits the heads "
                            "of q_b_proj and o_proj already)");
@@ -838,11 +859,34 @@ int dsacp_engine_step_last(dsacp_engine *e, const dsacp_step_entry *entries, int
 
 dsacp_comm *dsacp_engine_comm(const dsacp_engine *e) { return e->comm; }
 
+void dsacp_engine_cp_stats(const dsacp_engine *e, dsacp_cp_stats *out) { *out = e->cp.stats; }
+void dsacp_engine_cp_stats_reset(dsacp_engine *e) { memset(&e->cp.stats, 0, sizeof e->cp.stats); }
+
 int dsacp_engine_report_notes(const dsacp_engine *e)
 {
+    /* Every rank's attention work (uncounted: phase -1), for the load balance of the split. */
+    const int W = e->cp.W > 0 ? e->cp.W : 1;
+    enum { NS = sizeof(dsacp_cp_stats) / sizeof(int64_t) };
+    int64_t *all = calloc((size_t)W * NS, sizeof *all);
+    size_t *rb = malloc((size_t)W * sizeof *rb);
+    if (!all || !rb) {
+        free(all), free(rb);
+        return dsacp_error(DSACP_ENOMEM, "out of memory");
+    }
+    for (int q = 0; q < W; q++) rb[q] = sizeof(dsacp_cp_stats);
+    int grc = dsacp_comm_gatherv(e->comm, &e->cp.stats, sizeof(dsacp_cp_stats), all, rb, -1);
+    free(rb);
+    if (grc) {
+        free(all);
+        return grc;
+    }
     char *text = NULL;
     size_t len = 0;
     FILE *f = open_memstream(&text, &len);
+    if (!f) {
+        free(all);
+        return dsacp_error(DSACP_ENOMEM, "out of memory");
+    }
     if (!f) return dsacp_error(DSACP_ENOMEM, "out of memory");
     const dsacp_cp_options *o = &e->cp.opt;
     dsacp_kv_usage ku;
@@ -853,6 +897,21 @@ int dsacp_engine_report_notes(const dsacp_engine *e)
             dsacp_cp_mode_name(o->mode), dsacp_decode_strategy_name(o->decode), dsacp_cp_layout_name(o->kv_layout),
             dsacp_cp_layout_name(o->index_layout), (long long)o->interleave, dsacp_prefill_split_name(o->prefill_split),
             (long long)ku.latent_used_bytes, (long long)ku.index_used_bytes, (long long)ku.transient_peak_bytes);
+    if (o->decode == DSACP_DECODE_LEAN)
+        fprintf(f, ", \"lean\": {\"candidates_factor\": %g, \"merge\": \"%s\", \"partials\": \"%s\"}", o->lean_factor,
+                dsacp_lean_merge_name(o->lean_merge), dsacp_partials_dtype_name(o->partials));
+    fprintf(f, ", \"attention_work\": [");
+    for (int q = 0; q < W; q++) {
+        const dsacp_cp_stats *k = (const dsacp_cp_stats *)(all + (size_t)q * NS);
+        fprintf(f, "%s{\"rank\": %d, \"prefill_tokens\": %lld, \"decode_tokens\": %lld, \"keys_scored\": %lld, "
+                   "\"keys_attended\": %lld, \"lean_decisions\": %lld, \"lean_fallback_threshold\": %lld, "
+                   "\"lean_fallback_ties\": %lld, \"lean_fallback_rounds\": %lld}", q ? ", " : "", q,
+                (long long)k->prefill_tokens, (long long)k->decode_tokens, (long long)k->keys_scored,
+                (long long)k->keys_attended, (long long)k->lean_decisions, (long long)k->lean_fallback_threshold,
+                (long long)k->lean_fallback_ties, (long long)k->lean_fallback_rounds);
+    }
+    fprintf(f, "]");
+    free(all);
     if (e->cp.wp) {
         dsacp_weight_usage u;
         dsacp_engine_weight_usage(e, &u);

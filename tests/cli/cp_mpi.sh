@@ -39,7 +39,9 @@ for W in 2 3; do
              "--cp-mode dsa-cp --kv-layout replicated --index-layout replicated --q-proj layer-shard --o-proj auto" \
              "--cp-mode dsa-cp --q-proj replicated --o-proj tp --prefetch 1" \
              "--cp-mode dsa-cp --decode-strategy replicated-index --index-layout replicated --o-proj layer-shard" \
-             "--cp-mode dsa-cp --kv-layout replicated --index-layout replicated --o-proj layer-shard --prefill-split owner"; do
+             "--cp-mode dsa-cp --kv-layout replicated --index-layout replicated --o-proj layer-shard --prefill-split owner" \
+             "--decode-strategy lean --lean-candidates 1.5" \
+             "--decode-strategy lean --lean-merge values --partials fp32 --prefill-split zigzag --cp-interleave 2"; do
     out="$tmp/o.st"; rm -f "$out"
     # shellcheck disable=SC2086
     if mpi "$W" "$DSACP" forward --model "$tmp/m" --input "$tmp/in.st" --output "$out" --block-size 8 --dump-topk \
@@ -95,7 +97,11 @@ bad "decode-context-parallel-size mismatch" "has 2 ranks" "${F[@]}" --decode-con
 bad "a2a backend" "a2a" "${F[@]}" --dcp-comm-backend a2a
 bad "unknown strategy" "unknown decode strategy" "${F[@]}" --decode-strategy helix
 bad "q-proj tp" "q_b_proj is replicated or layer-shard" "${F[@]}" --cp-mode dsa-cp --q-proj tp
-bad "contiguous split in dcp mode" "belongs to --cp-mode dsa-cp" "${F[@]}" --prefill-split contiguous
+bad "unknown prefill split" "unknown prefill split" "${F[@]}" --prefill-split ring
+bad "lean candidates below 1" "lean-candidates" "${F[@]}" --decode-strategy lean --lean-candidates 0.5
+bad "lean candidates not a number" "lean-candidates" "${F[@]}" --decode-strategy lean --lean-candidates many
+bad "unknown lean merge" "unknown lean merge" "${F[@]}" --decode-strategy lean --lean-merge heads
+bad "unknown partials dtype" "unknown partials dtype" "${F[@]}" --decode-strategy lean --partials fp16
 bad "weight plan in dcp mode" "belong to --cp-mode dsa-cp" "${F[@]}" --o-proj layer-shard
 bad "dsa-cp + dcp, exact-topk on a replicated index" "needs '--index-layout sharded'" "${F[@]}" --cp-mode dsa-cp --index-layout replicated
 bad "unknown plan" "unknown weight plan" "${F[@]}" --cp-mode dsa-cp --o-proj shard

@@ -52,18 +52,25 @@ extern dsacp_comm *cli_world;
     {"cp-interleave", true, NULL}, {"cp-kv-cache-interleave-size", true, NULL},                 \
     {"prefill-split", true, NULL}, {"decode-context-parallel-size", true, NULL},                \
     {"dcp-comm-backend", true, NULL}, {"comm-report", true, NULL}, {"cp-mode", true, NULL},      \
-    {"q-proj", true, NULL}, {"o-proj", true, NULL}, {"prefetch", true, NULL}
+    {"q-proj", true, NULL}, {"o-proj", true, NULL}, {"prefetch", true, NULL},                    \
+    {"lean-candidates", true, NULL}, {"lean-merge", true, NULL}, {"partials", true, NULL}
 /* The usage lines of those flags. */
 #define CLI_CP_USAGE                                                                                  \
     "context parallelism (under mpirun -np W; docs/context-parallel.md):\n"                          \
-    "  --decode-strategy S   allgather-kv, replicated-index or exact-topk (default exact-topk)\n"       \
+    "  --decode-strategy S   allgather-kv, replicated-index, exact-topk (default) or lean\n"          \
+    "  --lean-candidates F   lean: each rank sends its best ceil(F k / W) index scores (default 2)\n" \
+    "  --lean-merge M        lean: output (W_UV + whole o_proj before the merge, D values per token;\n" \
+    "                        default) or values (W_UV only, o_proj split by heads)\n"                 \
+    "  --partials P          lean's partial results on the wire: auto (bf16 in deployed numerics,\n" \
+    "                        fp32 in exact) or fp32\n"                                                \
     "  --kv-layout L         MLA latent cache: sharded or replicated (default sharded)\n"            \
     "  --index-layout L      indexer key cache: sharded or replicated (default sharded; replicated\n" \
     "                        for replicated-index)\n"                                                \
     "  --cp-interleave I     position p lives on rank (p / I) mod W (default 1; any I >= 1);\n"      \
     "                        vLLM's name --cp-kv-cache-interleave-size is accepted too\n"            \
     "  --prefill-split S     owner: a token is computed by the rank owning its position (default);\n" \
-    "                        contiguous: DSA-CP's flat slice of the step's tokens (dsa-cp's default)\n" \
+    "                        contiguous: DSA-CP's flat slice of the step's tokens (dsa-cp's default);\n" \
+    "                        zigzag: each request's new tokens in 2W chunks, rank r takes r, 2W-1-r\n" \
     "  --cp-mode M           dcp (decode tokens on every rank, heads split; default) or dsa-cp\n"    \
     "                        (every token on one rank with all heads; vllm-ascend's DSA-CP)\n"       \
     "  --q-proj P            dsa-cp: q_b_proj replicated or layer-shard (default replicated)\n"     \

@@ -162,6 +162,25 @@ bool cli_cp_options(const char *cmd, const cli_opt *opts, dsacp_cp_options *cp)
         return false;
     }
     if ((s = cli_get(opts, "prefetch")) && !cli_int(cmd, "prefetch", s, 1, 64, &cp->prefetch)) return false;
+    if ((s = cli_get(opts, "lean-candidates"))) {
+        char *end;
+        errno = 0;
+        const double v = strtod(s, &end);
+        if (errno || end == s || *end || !(v >= 1.0 && v <= 1024.0)) {
+            fprintf(stderr, "dsacp %s: option '--lean-candidates' = '%s': a number in [1, 1024] (scores per rank "
+                    "= ceil(F x index_topk / W))\n", cmd, s);
+            return false;
+        }
+        cp->lean_factor = v;
+    }
+    if ((s = cli_get(opts, "lean-merge")) && dsacp_lean_merge_parse(s, &cp->lean_merge)) {
+        fprintf(stderr, "dsacp %s: option '--lean-merge': %s\n", cmd, dsacp_last_error());
+        return false;
+    }
+    if ((s = cli_get(opts, "partials")) && dsacp_partials_dtype_parse(s, &cp->partials)) {
+        fprintf(stderr, "dsacp %s: option '--partials': %s\n", cmd, dsacp_last_error());
+        return false;
+    }
     if ((s = cli_get(opts, "dcp-comm-backend")) && strcmp(s, "ag_rs") != 0) {
         fprintf(stderr, "dsacp %s: option '--dcp-comm-backend' = '%s': only ag_rs (all-gather of lse, reduce-scatter "
                 "of outputs) is implemented\n", cmd, s);
