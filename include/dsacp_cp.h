@@ -122,6 +122,17 @@ typedef enum dsacp_decode_strategy {
     DSACP_DECODE_LEAN = 3,
 } dsacp_decode_strategy;
 
+/* How a prefill chunk reaches the earlier context of its request when that context is sharded
+ * (chunked prefill, a cached prefix): gather it transiently (the sharded entries of the
+ * context, ~788 B per context token in fp8, once per layer), or process the chunk's tokens like
+ * decode tokens -- on every rank, through the decode strategy's distributed top-k and merge (its
+ * bytes per query token) -- or choose per entry and step by those two byte counts (auto). */
+typedef enum dsacp_context_path {
+    DSACP_CONTEXT_GATHER = 0,
+    DSACP_CONTEXT_DISTRIBUTED = 1,
+    DSACP_CONTEXT_AUTO = 2,
+} dsacp_context_path;
+
 /* lean's merge: "output" applies W_UV and the whole o_proj to each rank's scaled partial and
  * all-reduces D values per token; "values" applies W_UV only, reduce-scatters the 128-wide head
  * rows to their heads' ranks and keeps o_proj split by heads (less weight read per rank). */
@@ -184,6 +195,7 @@ typedef struct dsacp_cp_options {
                                         * [1, W] (default 2); more: fewer fallbacks, more bytes */
     dsacp_lean_merge lean_merge;       /* default output */
     dsacp_partials_dtype partials;     /* default auto */
+    dsacp_context_path context_path;   /* default gather */
 } dsacp_cp_options;
 
 void dsacp_cp_options_default(dsacp_cp_options *opt);
@@ -201,11 +213,13 @@ const char *dsacp_cp_mode_name(dsacp_cp_mode m);
 int dsacp_cp_mode_parse(const char *name, dsacp_cp_mode *out);
 const char *dsacp_weight_plan_name(dsacp_weight_plan p);
 int dsacp_weight_plan_parse(const char *name, dsacp_weight_plan *out);
-/* "output"/"values"; "auto"/"fp32". */
+/* "output"/"values"; "auto"/"fp32"; "gather"/"distributed"/"auto". */
 const char *dsacp_lean_merge_name(dsacp_lean_merge m);
 int dsacp_lean_merge_parse(const char *name, dsacp_lean_merge *out);
 const char *dsacp_partials_dtype_name(dsacp_partials_dtype d);
 int dsacp_partials_dtype_parse(const char *name, dsacp_partials_dtype *out);
+const char *dsacp_context_path_name(dsacp_context_path p);
+int dsacp_context_path_parse(const char *name, dsacp_context_path *out);
 
 /* Collective over `comm` (every rank calls it with the same options; the model is loaded on
  * every rank). opt->num_blocks is the pool of each rank. Conflicting options (replicated-index
@@ -249,6 +263,8 @@ typedef struct dsacp_cp_stats {
     int64_t keys_scored, keys_attended;
     int64_t lean_decisions, lean_fallback_threshold, lean_fallback_ties;
     int64_t lean_fallback_rounds;                /* layer calls that ran the fallback exchange */
+    int64_t context_gather, context_distributed; /* chunks (entry x step) with sharded earlier
+                                                  * context, by the path they took */
 } dsacp_cp_stats;
 void dsacp_engine_cp_stats(const dsacp_engine *engine, dsacp_cp_stats *out);
 void dsacp_engine_cp_stats_reset(dsacp_engine *engine);

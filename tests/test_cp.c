@@ -870,6 +870,7 @@ static dsacp_cp_stats stats_sum(const dsacp_engine *e)
     sum.lean_fallback_threshold = all[0].lean_fallback_threshold;
     sum.lean_fallback_ties = all[0].lean_fallback_ties;
     sum.lean_fallback_rounds = all[0].lean_fallback_rounds;
+    for (int q = 0; q < g_W; q++) sum.context_gather += all[q].context_gather, sum.context_distributed += all[q].context_distributed;
     free(all);
     return sum;
 }
@@ -1010,6 +1011,82 @@ static void test_lean_deployed(void)
     drop_model(m, strdup(dir));
 }
 
+
+/* ---- every prefill split x context path (issue 12): long prompts in odd chunks after
+ * sharded context, mixed with decode tokens, against W = 1 ---- */
+static void test_context_paths(const dsacp_model *m)
+{
+    dsacp_engine_options eo;
+    dsacp_engine_options_default(&eo);
+    eo.block_size = 16;
+    eo.num_blocks = 64;
+    const dsacp_prefill_split splits[3] = {DSACP_PREFILL_OWNER, DSACP_PREFILL_CONTIGUOUS, DSACP_PREFILL_ZIGZAG};
+    const dsacp_context_path paths[3] = {DSACP_CONTEXT_GATHER, DSACP_CONTEXT_DISTRIBUTED, DSACP_CONTEXT_AUTO};
+    const int64_t Is[2] = {1, 16};
+    int k = 0;
+    for (int a = 0; a < 3; a++)
+        for (int b = 0; b < 3; b++)
+            for (int c = 0; c < 2; c++, k++) {
+                dsacp_cp_options cp;
+                dsacp_cp_options_default(&cp);
+                cp.prefill_split = splits[a];
+                cp.context_path = paths[b];
+                cp.interleave = Is[c];
+                cp.decode = k % 2 ? DSACP_DECODE_LEAN : DSACP_DECODE_EXACT_TOPK;
+                cp.lean_factor = 1.25;
+                char what[96];
+                snprintf(what, sizeof what, "split %s, context %s, I=%lld, %s", dsacp_prefill_split_name(cp.prefill_split),
+                         dsacp_context_path_name(cp.context_path), (long long)cp.interleave,
+                         dsacp_decode_strategy_name(cp.decode));
+                const dsacp_cp_stats st = run_long(m, &eo, &cp, what, 1e-5, 1e-10);
+                if (g_W > 1 && cp.context_path != DSACP_CONTEXT_AUTO) {
+                    /* two chunks after context (77 tokens after 131, 29 after 47), each by the path asked */
+                    const bool d = cp.context_path == DSACP_CONTEXT_DISTRIBUTED;
+                    CHECKF(st.context_gather == (d ? 0 : 2 * g_W) && st.context_distributed == (d ? 2 * g_W : 0),
+                           "%s W=%d: %lld chunks gathered, %lld distributed (summed over ranks)", what, g_W,
+                           (long long)st.context_gather, (long long)st.context_distributed);
+                }
+            }
+}
+
+/* The distributed context path's bytes are the decode formula's, one query row per chunk token
+ * (its context = its position): a step with one chunk of 5 tokens after 58 cached ones. */
+static void test_counters_distributed(const dsacp_model *m, const dsacp_engine_options *eo)
+{
+    const dsacp_config *cfg = dsacp_model_config(m);
+    for (int c = 0; c < 2; c++) {
+        dsacp_cp_options cp;
+        dsacp_cp_options_default(&cp);
+        cp.decode = c ? DSACP_DECODE_LEAN : DSACP_DECODE_EXACT_TOPK;
+        cp.interleave = 3;
+        cp.context_path = DSACP_CONTEXT_DISTRIBUTED;
+        cp.lean_factor = 1.0;
+        dsacp_engine *e = NULL;
+        REQUIRE_OK(dsacp_engine_create_cp(m, eo, &cp, g_world, &e));
+        int64_t id;
+        REQUIRE_OK(dsacp_engine_add_request(e, &id));
+        dsacp_step_entry en = {id, 58, g_ids[0]};
+        CHECK_OK(dsacp_engine_step(e, &en, 1, NULL, NULL));
+        dsacp_comm *ec = dsacp_engine_comm(e);
+        dsacp_comm_reset_counters(ec);
+        dsacp_engine_cp_stats_reset(e);
+        en = (dsacp_step_entry){id, 5, g_ids[0] + 58};
+        float *lg = malloc((size_t)(5 * cfg->vocab_size) * 4);
+        CHECK_OK(dsacp_engine_step(e, &en, 1, lg, NULL));
+        free(lg);
+        dsacp_cp_stats lst;
+        dsacp_engine_cp_stats(e, &lst);
+        const int64_t old[5] = {58, 59, 60, 61, 62};
+        expect ex[DSACP_PHASE_COUNT];
+        const int64_t mla_b = dsacp_mla_cache_bytes_per_token(cfg, eo->kv_dtype);
+        const int64_t idx_b = dsacp_index_cache_bytes_per_token(cfg, eo->numerics == DSACP_NUMERICS_DEPLOYED ? DSACP_KV_FP8 : DSACP_KV_F32);
+        expected_decode(cfg, &cp, g_W, g_rank, 5, old, 1, mla_b, idx_b, false, &lst, false, ex);
+        check_counters(ec, ex, "exact", dsacp_decode_strategy_name(cp.decode), "distributed chunk");
+        CHECK(g_W == 1 || lst.context_distributed == 1);
+        dsacp_engine_free(e);
+    }
+}
+
 /* ---- conflicting options fail cleanly on every rank ---- */
 
 /* A failure on one rank fails the step on every rank, with that rank's message, and changes
@@ -1076,6 +1153,8 @@ int main(int argc, char **argv)
     test_lean_decide();
     test_lean_long(m);
     test_lean_deployed();
+    test_context_paths(m);
+    test_counters_distributed(m, &eo);
     test_memory(m);
     test_layer_shard_resident();
     test_bad_options(m);

@@ -39,6 +39,9 @@ typedef struct dsacp_cp_ctx {
     int64_t transient_peak;      /* bytes, largest transient of a layer call so far */
     double t_proj, t_attn, t_oproj; /* seconds in the layer's phases since the engine reset them */
     dsacp_cp_stats stats;        /* attention work and lean verdicts (dsacp_engine_cp_stats) */
+    bool deployed;               /* the engine's numerics (lean's partials dtype in the rules) */
+    char *ctx_choices;           /* per step with a sharded-context chunk: g(ather), d(istributed), m(ixed) */
+    int64_t nctx_choices, capctx_choices;
 } dsacp_cp_ctx;
 
 /* ---- DSA-CP weight plans (cp_weights.c) ---- */
@@ -119,7 +122,12 @@ typedef struct dsacp_cp_step_mem {
     uint8_t *decode;
     int64_t *act, *act_row, *pre_all, *pre_off, *pre_idx;
 } dsacp_cp_step_mem;
-int dsacp_cp_step_build(const dsacp_cp_ctx *cp, dsacp_cp_step *st, dsacp_cp_step_mem *mem);
+int dsacp_cp_step_build(dsacp_cp_ctx *cp, dsacp_cp_step *st, dsacp_cp_step_mem *mem);
+/* --context-path auto's rule for a chunk of a request with old_len cached positions: bytes a
+ * rank receives per layer to gather the sharded context, and per query token on the
+ * distributed path (the decode strategy's formula, section 3 of docs/context-parallel.md);
+ * distributed when n_new x per_token < gather. The same on every rank. */
+void dsacp_cp_context_rule(const dsacp_cp_ctx *cp, int64_t old_len, double *gather_bytes, double *per_token);
 void dsacp_cp_step_free(dsacp_cp_step_mem *mem);
 
 /* The layer: x F32 [n_dec + n_pre][D] (RMS-normed rows of the active tokens) -> out F32

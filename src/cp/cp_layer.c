@@ -38,7 +38,38 @@ static int64_t assigned_rank(const dsacp_cp_ctx *cp, const dsacp_cp_step *st, in
     }
 }
 
-int dsacp_cp_step_build(const dsacp_cp_ctx *cp, dsacp_cp_step *st, dsacp_cp_step_mem *m)
+void dsacp_cp_context_rule(const dsacp_cp_ctx *cp, int64_t old_len, double *gather_bytes, double *per_token)
+{
+    const dsacp_config *cfg = cp->cfg;
+    const double W = (double)cp->W, H = (double)cfg->num_attention_heads, K = (double)cfg->index_topk;
+    const double dc = (double)cfg->kv_lora_rank, dk = dc + (double)cfg->qk_rope_head_dim;
+    const double dv = (double)cfg->v_head_dim, D = (double)cfg->hidden_size;
+    const bool lsh = cp->opt.kv_layout == DSACP_LAYOUT_SHARDED, ish = cp->opt.index_layout == DSACP_LAYOUT_SHARDED;
+    const double esh = (lsh ? (double)cp->lat->mla_bytes : 0) + (ish ? (double)cp->idx->index_bytes : 0);
+    *gather_bytes = (W - 1) / W * (double)old_len * esh;
+    const bool deployed16 = cp->deployed && cp->opt.partials == DSACP_PARTIALS_AUTO;
+    const double s = cp->opt.decode == DSACP_DECODE_LEAN && deployed16 ? 2 : 4;
+    const double oproj = cp->o_gather_v ? (H - H / W) * dv * 4 : 2 * (W - 1) / W * D * s;
+    switch (cp->opt.decode) {
+    case DSACP_DECODE_LEAN: {
+        const double kp = (double)dsacp_cp_lean_kprime(cfg->index_topk, cp->W, cp->opt.lean_factor);
+        const bool out = cp->opt.lean_merge == DSACP_LEAN_MERGE_OUTPUT;
+        *per_token = (ish ? (W - 1) * kp * 4 : 0) + (W - 1) * H * 4 + (out ? 0 : (W - 1) * (H / W) * dv * s) +
+                     (out ? 2 * (W - 1) / W * D * s : oproj);
+        break;
+    }
+    case DSACP_DECODE_EXACT_TOPK:
+    case DSACP_DECODE_REPLICATED_INDEX:
+        *per_token = (cp->opt.decode == DSACP_DECODE_EXACT_TOPK ? (W - 1) * K * 8 : 0) + (H - H / W) * dk * 4 +
+                     (W - 1) * H * 4 + (W - 1) * (H / W) * dc * 4 + oproj;
+        break;
+    default: /* allgather-kv gathers the context for decode tokens too: never cheaper */
+        *per_token = *gather_bytes + 1;
+        break;
+    }
+}
+
+int dsacp_cp_step_build(dsacp_cp_ctx *cp, dsacp_cp_step *st, dsacp_cp_step_mem *m)
 {
     memset(m, 0, sizeof *m);
     const int64_t T = st->T, W = cp->W, n_ent = st->n_ent;
@@ -59,6 +90,35 @@ int dsacp_cp_step_build(const dsacp_cp_ctx *cp, dsacp_cp_step *st, dsacp_cp_step
                              (W == 1 || (cp->opt.kv_layout == DSACP_LAYOUT_REPLICATED &&
                                          cp->opt.index_layout == DSACP_LAYOUT_REPLICATED));
     for (int64_t e = 0; e < n_ent; e++) m->decode[e] = !dsa_cp_only && st->new_len[e] - st->old_len[e] == 1;
+    /* A chunk whose earlier context is sharded (chunked prefill, a cached prefix): gathered for
+     * it (the prefill path below), or its tokens processed like decode tokens on every rank
+     * through the decode strategy (distributed), or the cheaper of the two in bytes (auto). */
+    const bool sharded = W > 1 && !dsa_cp_only &&
+                         (cp->opt.kv_layout == DSACP_LAYOUT_SHARDED || cp->opt.index_layout == DSACP_LAYOUT_SHARDED);
+    char choice = '-';
+    for (int64_t e = 0; e < n_ent && sharded; e++) {
+        const int64_t nn = st->new_len[e] - st->old_len[e];
+        if (m->decode[e] || st->old_len[e] == 0 || nn < 1) continue;
+        bool dist = cp->opt.context_path == DSACP_CONTEXT_DISTRIBUTED;
+        if (cp->opt.context_path == DSACP_CONTEXT_AUTO) {
+            double g, per;
+            dsacp_cp_context_rule(cp, st->old_len[e], &g, &per);
+            dist = (double)nn * per < g;
+        }
+        m->decode[e] = dist;
+        if (dist) cp->stats.context_distributed++;
+        else cp->stats.context_gather++;
+        const char c = dist ? 'd' : 'g';
+        choice = choice == '-' || choice == c ? c : 'm';
+    }
+    if (choice != '-') {
+        if (cp->nctx_choices == cp->capctx_choices) {
+            const int64_t cap = cp->capctx_choices ? 2 * cp->capctx_choices : 64;
+            char *nb = realloc(cp->ctx_choices, (size_t)cap + 1);
+            if (nb) cp->ctx_choices = nb, cp->capctx_choices = cap;
+        }
+        if (cp->nctx_choices < cp->capctx_choices) cp->ctx_choices[cp->nctx_choices++] = choice, cp->ctx_choices[cp->nctx_choices] = 0;
+    }
     /* The rank that computes a non-decode token: its position's owner, DSA-CP's flat slice of
      * the step's batch padded to a multiple of W, or the zigzag chunk of its request's new
      * tokens (2W near-equal chunks: rank r takes chunks r and 2W - 1 - r). */

@@ -132,6 +132,7 @@ void dsacp_engine_free(dsacp_engine *e)
         free(e->cp.o_shard);
     }
     dsacp_cp_weights_free(e->cp.wp);
+    free(e->cp.ctx_choices);
     if (e->icache != e->cache) dsacp_kv_cache_free(e->icache);
     dsacp_kv_cache_free(e->cache);
     if (e->owns_comm) dsacp_comm_free(e->comm);
@@ -152,6 +153,7 @@ void dsacp_cp_options_default(dsacp_cp_options *opt)
     opt->lean_factor = 2.0;
     opt->lean_merge = DSACP_LEAN_MERGE_OUTPUT;
     opt->partials = DSACP_PARTIALS_AUTO;
+    opt->context_path = DSACP_CONTEXT_GATHER;
 }
 
 static const char *const strategy_names[] = {"allgather-kv", "replicated-index", "exact-topk", "lean"};
@@ -159,6 +161,7 @@ static const char *const layout_names[] = {"sharded", "replicated"};
 static const char *const split_names[] = {"owner", "contiguous", "zigzag"};
 static const char *const merge_names[] = {"output", "values"};
 static const char *const partials_names[] = {"auto", "fp32"};
+static const char *const path_names[] = {"gather", "distributed", "auto"};
 static const char *const mode_names[] = {"dcp", "dsa-cp"};
 static const char *const plan_names[] = {"replicated", "layer-shard", "tp", "auto", "tp-gather", "tp-a2a"};
 
@@ -181,6 +184,15 @@ int dsacp_lean_merge_parse(const char *name, dsacp_lean_merge *out)
 {
     int v = 0, rc = parse_name("lean merge", merge_names, 2, name, &v);
     if (!rc) *out = (dsacp_lean_merge)v;
+    return rc;
+}
+
+const char *dsacp_context_path_name(dsacp_context_path p) { return (unsigned)p < 3 ? path_names[p] : "?"; }
+
+int dsacp_context_path_parse(const char *name, dsacp_context_path *out)
+{
+    int v = 0, rc = parse_name("context path", path_names, 3, name, &v);
+    if (!rc) *out = (dsacp_context_path)v;
     return rc;
 }
 
@@ -249,6 +261,7 @@ static int setup_cp(dsacp_engine *e, const dsacp_cp_options *cp)
     e->cp.h0 = dsacp_split_begin(H, me, W);
     e->cp.h1 = dsacp_split_begin(H, me + 1, W);
     e->cp.cfg = cfg;
+    e->cp.deployed = e->opt.numerics == DSACP_NUMERICS_DEPLOYED;
     /* DSA-CP: every rank runs all heads for its tokens; the weight plans say where the whole
      * q_b_proj and o_proj come from (cp_weights.c). */
     if (cp->mode == DSACP_CP_DSA_CP) {
@@ -300,7 +313,7 @@ static int check_options(const dsacp_config *cfg, const dsacp_engine_options *op
         return dsacp_error(DSACP_EINVAL, "--cp-interleave %lld: must be in [1, 2^30]", (long long)cp->interleave);
     if ((unsigned)cp->decode > DSACP_DECODE_LEAN || (unsigned)cp->kv_layout > 1 || (unsigned)cp->index_layout > 1 ||
         (unsigned)cp->prefill_split > 2 || (unsigned)cp->mode > 1 || (unsigned)cp->q_proj > 5 || (unsigned)cp->o_proj > 5 ||
-        (unsigned)cp->lean_merge > 1 || (unsigned)cp->partials > 1)
+        (unsigned)cp->lean_merge > 1 || (unsigned)cp->partials > 1 || (unsigned)cp->context_path > 2)
         return dsacp_error(DSACP_EINVAL, "unknown context-parallel option value");
     if (!(cp->lean_factor >= 1.0 && cp->lean_factor <= 1024.0))
         return dsacp_error(DSACP_EINVAL, "--lean-candidates %g: must be in [1, 1024] (times index_topk / W scores "
@@ -897,6 +910,14 @@ int dsacp_engine_report_notes(const dsacp_engine *e)
             dsacp_cp_mode_name(o->mode), dsacp_decode_strategy_name(o->decode), dsacp_cp_layout_name(o->kv_layout),
             dsacp_cp_layout_name(o->index_layout), (long long)o->interleave, dsacp_prefill_split_name(o->prefill_split),
             (long long)ku.latent_used_bytes, (long long)ku.index_used_bytes, (long long)ku.transient_peak_bytes);
+    {
+        double g = 0, per = 0;
+        if (e->cp.lat && e->cp.idx) dsacp_cp_context_rule(&e->cp, 1, &g, &per);
+        fprintf(f, ", \"context_path\": \"%s\", \"context_rule\": \"distributed when new tokens x per-token bytes < "
+                   "gather bytes per context token x context length\", \"context_gather_bytes_per_context_token\": %.1f, "
+                   "\"context_distributed_bytes_per_query_token\": %.1f, \"context_choices\": \"%s\"",
+                dsacp_context_path_name(o->context_path), g, per, e->cp.ctx_choices ? e->cp.ctx_choices : "");
+    }
     if (o->decode == DSACP_DECODE_LEAN)
         fprintf(f, ", \"lean\": {\"candidates_factor\": %g, \"merge\": \"%s\", \"partials\": \"%s\"}", o->lean_factor,
                 dsacp_lean_merge_name(o->lean_merge), dsacp_partials_dtype_name(o->partials));
@@ -905,10 +926,12 @@ int dsacp_engine_report_notes(const dsacp_engine *e)
         const dsacp_cp_stats *k = (const dsacp_cp_stats *)(all + (size_t)q * NS);
         fprintf(f, "%s{\"rank\": %d, \"prefill_tokens\": %lld, \"decode_tokens\": %lld, \"keys_scored\": %lld, "
                    "\"keys_attended\": %lld, \"lean_decisions\": %lld, \"lean_fallback_threshold\": %lld, "
-                   "\"lean_fallback_ties\": %lld, \"lean_fallback_rounds\": %lld}", q ? ", " : "", q,
+                   "\"lean_fallback_ties\": %lld, \"lean_fallback_rounds\": %lld, \"context_gather\": %lld, "
+                   "\"context_distributed\": %lld}", q ? ", " : "", q,
                 (long long)k->prefill_tokens, (long long)k->decode_tokens, (long long)k->keys_scored,
                 (long long)k->keys_attended, (long long)k->lean_decisions, (long long)k->lean_fallback_threshold,
-                (long long)k->lean_fallback_ties, (long long)k->lean_fallback_rounds);
+                (long long)k->lean_fallback_ties, (long long)k->lean_fallback_rounds, (long long)k->context_gather,
+                (long long)k->context_distributed);
     }
     fprintf(f, "]");
     free(all);

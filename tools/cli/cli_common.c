@@ -177,6 +177,10 @@ bool cli_cp_options(const char *cmd, const cli_opt *opts, dsacp_cp_options *cp)
         fprintf(stderr, "dsacp %s: option '--lean-merge': %s\n", cmd, dsacp_last_error());
         return false;
     }
+    if ((s = cli_get(opts, "context-path")) && dsacp_context_path_parse(s, &cp->context_path)) {
+        fprintf(stderr, "dsacp %s: option '--context-path': %s\n", cmd, dsacp_last_error());
+        return false;
+    }
     if ((s = cli_get(opts, "partials")) && dsacp_partials_dtype_parse(s, &cp->partials)) {
         fprintf(stderr, "dsacp %s: option '--partials': %s\n", cmd, dsacp_last_error());
         return false;
