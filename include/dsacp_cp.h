@@ -133,6 +133,16 @@ typedef enum dsacp_context_path {
     DSACP_CONTEXT_AUTO = 2,
 } dsacp_context_path;
 
+/* How partial attention results are merged (vLLM's --dcp-comm-backend): ag_rs = all-gather of
+ * the lse, every rank scales its partials, reduce-scatter over heads (cp_lse_ag_out_rs);
+ * a2a = one all-to-all of every head's partial row and lse to the head's rank, merged there in
+ * rank order (Helix). For exact-topk, replicated-index and lean's values merge; lean's output
+ * merge all-gathers the lse either way (every rank scales its whole partial). */
+typedef enum dsacp_merge_backend {
+    DSACP_MERGE_AG_RS = 0,
+    DSACP_MERGE_A2A = 1,
+} dsacp_merge_backend;
+
 /* lean's merge: "output" applies W_UV and the whole o_proj to each rank's scaled partial and
  * all-reduces D values per token; "values" applies W_UV only, reduce-scatters the 128-wide head
  * rows to their heads' ranks and keeps o_proj split by heads (less weight read per rank). */
@@ -196,6 +206,7 @@ typedef struct dsacp_cp_options {
     dsacp_lean_merge lean_merge;       /* default output */
     dsacp_partials_dtype partials;     /* default auto */
     dsacp_context_path context_path;   /* default gather */
+    dsacp_merge_backend merge_backend; /* default ag_rs */
 } dsacp_cp_options;
 
 void dsacp_cp_options_default(dsacp_cp_options *opt);
@@ -213,11 +224,13 @@ const char *dsacp_cp_mode_name(dsacp_cp_mode m);
 int dsacp_cp_mode_parse(const char *name, dsacp_cp_mode *out);
 const char *dsacp_weight_plan_name(dsacp_weight_plan p);
 int dsacp_weight_plan_parse(const char *name, dsacp_weight_plan *out);
-/* "output"/"values"; "auto"/"fp32"; "gather"/"distributed"/"auto". */
+/* "output"/"values"; "auto"/"fp32"; "gather"/"distributed"/"auto"; "ag_rs"/"a2a". */
 const char *dsacp_lean_merge_name(dsacp_lean_merge m);
 int dsacp_lean_merge_parse(const char *name, dsacp_lean_merge *out);
 const char *dsacp_partials_dtype_name(dsacp_partials_dtype d);
 int dsacp_partials_dtype_parse(const char *name, dsacp_partials_dtype *out);
+const char *dsacp_merge_backend_name(dsacp_merge_backend b);
+int dsacp_merge_backend_parse(const char *name, dsacp_merge_backend *out);
 const char *dsacp_context_path_name(dsacp_context_path p);
 int dsacp_context_path_parse(const char *name, dsacp_context_path *out);
 

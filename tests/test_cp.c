@@ -361,7 +361,10 @@ static void expected_decode(const dsacp_config *cfg, const dsacp_cp_options *cp,
         ex[DSACP_PHASE_lean_fallback] = (expect){lean->lean_fallback_rounds, nfb * K * 8 * (W - 1), nfb * K * 8 * (W - 1)};
         ex[DSACP_PHASE_attn_merge] = (expect){L, L * nd * H * 4 * (W - 1), L * nd * H * 4 * (W - 1)};
         const bool values = cp->lean_merge == DSACP_LEAN_MERGE_VALUES;
-        if (values) {
+        if (values && cp->merge_backend == DSACP_MERGE_A2A) {
+            /* one all-to-all of (dv-wide rows of s bytes + fp32 lse) to the heads' ranks */
+            ex[DSACP_PHASE_attn_merge] = (expect){L, L * nd * (H - Hs) * (dv * s + 4), L * nd * Hs * (dv * s + 4) * (W - 1)};
+        } else if (values) {
             ex[DSACP_PHASE_attn_merge].calls += L;
             ex[DSACP_PHASE_attn_merge].sent += L * nd * (H - Hs) * dv * s;
             ex[DSACP_PHASE_attn_merge].recv += L * nd * Hs * dv * s * (W - 1);
@@ -392,8 +395,11 @@ static void expected_decode(const dsacp_config *cfg, const dsacp_cp_options *cp,
         if (cp->decode == DSACP_DECODE_EXACT_TOPK)
             ex[DSACP_PHASE_index_candidates] = (expect){L, L * nd * K * 8 * (W - 1), L * nd * K * 8 * (W - 1)};
         ex[DSACP_PHASE_query_gather] = (expect){L, L * nd * Hs * dk * 4 * (W - 1), L * nd * (H - Hs) * dk * 4};
-        ex[DSACP_PHASE_attn_merge] = (expect){2 * L, L * (nd * H * 4 * (W - 1) + nd * (H - Hs) * dc * 4),
-                                              L * (nd * H * 4 * (W - 1) + nd * Hs * dc * 4 * (W - 1))};
+        if (cp->merge_backend == DSACP_MERGE_A2A)
+            ex[DSACP_PHASE_attn_merge] = (expect){L, L * nd * (H - Hs) * (dc + 1) * 4, L * nd * Hs * (dc + 1) * 4 * (W - 1)};
+        else
+            ex[DSACP_PHASE_attn_merge] = (expect){2 * L, L * (nd * H * 4 * (W - 1) + nd * (H - Hs) * dc * 4),
+                                                  L * (nd * H * 4 * (W - 1) + nd * Hs * dc * 4 * (W - 1))};
     }
     if (o_gather_v) {
         ex[DSACP_PHASE_o_proj] = (expect){L, L * nd * Hs * dv * 4 * (W - 1), L * nd * (H - Hs) * dv * 4};
@@ -453,12 +459,17 @@ static void test_counters(const dsacp_model *m, const dsacp_engine_options *eo, 
         {"lean", DSACP_DECODE_LEAN, DSACP_LAYOUT_SHARDED, DSACP_LAYOUT_SHARDED, 1, DSACP_CP_DCP, DSACP_PREFILL_OWNER, DSACP_WEIGHTS_REPLICATED, DSACP_WEIGHTS_REPLICATED, 1.0, DSACP_LEAN_MERGE_OUTPUT, DSACP_PARTIALS_AUTO},
         {"lean values", DSACP_DECODE_LEAN, DSACP_LAYOUT_SHARDED, DSACP_LAYOUT_SHARDED, 3, DSACP_CP_DCP, DSACP_PREFILL_OWNER, DSACP_WEIGHTS_REPLICATED, DSACP_WEIGHTS_REPLICATED, 1.5, DSACP_LEAN_MERGE_VALUES, DSACP_PARTIALS_AUTO},
     };
-    for (int c = 0; c < 5; c++) {
+    for (int c = 0; c < 8; c++) {
+        /* cases 5..7: exact-topk, replicated-index and lean values with --dcp-comm-backend a2a */
+        const int ci = c < 5 ? c : c == 5 ? 2 : c == 6 ? 1 : 4;
         dsacp_cp_options cp;
         dsacp_cp_options_default(&cp);
-        cp.decode = cases[c].dec, cp.kv_layout = cases[c].kv, cp.index_layout = cases[c].idx, cp.interleave = cases[c].I;
-        if (cases[c].lf > 0) cp.lean_factor = cases[c].lf;
-        cp.lean_merge = cases[c].merge;
+        cp.merge_backend = c < 5 ? DSACP_MERGE_AG_RS : DSACP_MERGE_A2A;
+        cp.decode = cases[ci].dec, cp.kv_layout = cases[ci].kv, cp.index_layout = cases[ci].idx, cp.interleave = cases[ci].I;
+        if (cases[ci].lf > 0) cp.lean_factor = cases[ci].lf;
+        cp.lean_merge = cases[ci].merge;
+        char name[64];
+        snprintf(name, sizeof name, "%s%s", cases[ci].name, c < 5 ? "" : " a2a");
         dsacp_engine *e = NULL;
         REQUIRE_OK(dsacp_engine_create_cp(m, eo, &cp, g_world, &e));
         step_out got[NSTEP] = {0};
@@ -499,8 +510,8 @@ static void test_counters(const dsacp_model *m, const dsacp_engine_options *eo, 
         }
         expected_decode(cfg, &cp, g_W, g_rank, NREQ, old, NREQ, mla_b, idx_b, gv, &lst,
                         eo->numerics == DSACP_NUMERICS_DEPLOYED && cp.partials == DSACP_PARTIALS_AUTO, ex);
-        check_counters(ec, ex, label, cases[c].name, "decode step");
-        if (cases[c].dec == DSACP_DECODE_EXACT_TOPK) {
+        check_counters(ec, ex, label, name, "decode step");
+        if (cases[ci].dec == DSACP_DECODE_EXACT_TOPK && c < 5) {
             /* A prefill-only step: a chunk of request 0 after its context, and a new request. */
             int64_t id4;
             REQUIRE_OK(dsacp_engine_add_request(e, &id4));
@@ -511,7 +522,7 @@ static void test_counters(const dsacp_model *m, const dsacp_engine_options *eo, 
             CHECK_OK(dsacp_engine_step(e, pe, 2, lg, NULL));
             free(lg);
             expected_prefill(cfg, cp.interleave, g_W, g_rank, o2, n2, 2, mla_b + idx_b, ex);
-            check_counters(ec, ex, label, cases[c].name, "prefill step");
+            check_counters(ec, ex, label, name, "prefill step");
         }
         if (g_rank == 0) {
             const dsacp_comm_counter k = dsacp_comm_get_counter(ec, DSACP_PHASE_query_gather);
@@ -519,7 +530,7 @@ static void test_counters(const dsacp_model *m, const dsacp_engine_options *eo, 
             const dsacp_comm_counter k3 = dsacp_comm_get_counter(ec, DSACP_PHASE_kv_gather);
             const dsacp_comm_counter k4 = dsacp_comm_get_counter(ec, DSACP_PHASE_lean_fallback);
             printf("%s counters %-16s W=%d: decode step of %d tokens, rank 0 recv: kv_gather %lld, candidates %lld "
-                   "(+ fallback %lld), query %lld bytes (formulas matched)\n", label, cases[c].name, g_W, NREQ,
+                   "(+ fallback %lld), query %lld bytes (formulas matched)\n", label, name, g_W, NREQ,
                    (long long)k3.bytes_recv, (long long)k2.bytes_recv, (long long)k4.bytes_recv, (long long)k.bytes_recv);
         }
         dsacp_engine_free(e);
@@ -1087,6 +1098,31 @@ static void test_counters_distributed(const dsacp_model *m, const dsacp_engine_o
     }
 }
 
+
+/* --dcp-comm-backend a2a (Helix's one all-to-all of partials and lse) for every merge that has
+ * it, against W = 1. */
+static void test_a2a(const dsacp_model *m)
+{
+    dsacp_engine_options eo;
+    dsacp_engine_options_default(&eo);
+    eo.block_size = 16;
+    eo.num_blocks = 64;
+    for (int c = 0; c < 4; c++) {
+        dsacp_cp_options cp;
+        dsacp_cp_options_default(&cp);
+        cp.merge_backend = DSACP_MERGE_A2A;
+        cp.interleave = c % 2 ? 3 : 1;
+        cp.decode = c == 0 ? DSACP_DECODE_EXACT_TOPK : c == 1 ? DSACP_DECODE_REPLICATED_INDEX : DSACP_DECODE_LEAN;
+        if (c == 1) cp.index_layout = DSACP_LAYOUT_REPLICATED;
+        cp.lean_merge = DSACP_LEAN_MERGE_VALUES;
+        cp.lean_factor = c == 3 ? 1.0 : 2.0;
+        cp.context_path = c == 2 ? DSACP_CONTEXT_DISTRIBUTED : DSACP_CONTEXT_GATHER;
+        char what[96];
+        snprintf(what, sizeof what, "a2a merge, %s, I=%lld", dsacp_decode_strategy_name(cp.decode), (long long)cp.interleave);
+        run_long(m, &eo, &cp, what, 1e-5, 1e-10);
+    }
+}
+
 /* ---- conflicting options fail cleanly on every rank ---- */
 
 /* A failure on one rank fails the step on every rank, with that rank's message, and changes
@@ -1155,6 +1191,7 @@ int main(int argc, char **argv)
     test_lean_deployed();
     test_context_paths(m);
     test_counters_distributed(m, &eo);
+    test_a2a(m);
     test_memory(m);
     test_layer_shard_resident();
     test_bad_options(m);

@@ -40,6 +40,10 @@ typedef struct dsacp_cp_ctx {
     double t_proj, t_attn, t_oproj; /* seconds in the layer's phases since the engine reset them */
     dsacp_cp_stats stats;        /* attention work and lean verdicts (dsacp_engine_cp_stats) */
     bool deployed;               /* the engine's numerics (lean's partials dtype in the rules) */
+    /* Overlap of the non-blocking collectives (prefill entries, lean's scores, exact-topk's
+     * candidates): seconds of compute done while one was in flight, and seconds then spent
+     * waiting for it (dsacp_engine_overlap). */
+    double ovl_compute, ovl_wait;
     char *ctx_choices;           /* per step with a sharded-context chunk: g(ather), d(istributed), m(ixed) */
     int64_t nctx_choices, capctx_choices;
 } dsacp_cp_ctx;
@@ -186,7 +190,17 @@ int dsacp_cp_lean_decide(int64_t W, const uint32_t *const *keys, const int64_t *
 
 /* Attention of the decode tokens over the winners this rank owns, then the LSE merge and W_UV
  * (cp_merge.c): sel[j] holds token j's selected positions (ascending, nsel[j] of them). */
-int dsacp_cp_attend_owned_and_merge(const dsacp_cp_decode_args *a, const int32_t *sel, const int64_t *nsel);
+int dsacp_cp_attend_owned_and_merge(const dsacp_cp_decode_args *a, const int32_t *sel, const int64_t *nsel,
+                                    const float *qown);
+/* Helix's merge (--dcp-comm-backend a2a): part F32 [nd][H][wd] unscaled partial rows and lse
+ * F32 [nd][H] of this rank; every head's row and lse go to the head's rank in one all-to-all
+ * (rows as bf16 when asked, lse fp32), which merges them in rank order into out F32
+ * [nd][h1 - h0][wd]. recv = (W - 1) nd Hs (wd s + 4) bytes. */
+int dsacp_cp_merge_a2a(dsacp_cp_ctx *cp, int64_t nd, int64_t H, int64_t wd, const float *part, const float *lse,
+                       float *out, bool bf16, int phase);
+/* The absorbed query rows of this rank's heads for the decode rows (F32 [n_dec][h1 - h0][dc + dr]),
+ * what the merge above gathers: computed by the strategy while its candidates travel. */
+void dsacp_cp_own_query_rows(const dsacp_cp_decode_args *a, float *qown);
 
 /* Transient full views (cp_view.c): for the entries listed, positions [0, new_len) readable on
  * this rank. Sharded parts of the entries' earlier context are all-gathered (counted under

@@ -54,8 +54,10 @@ int dsacp_cp_decode_exact_topk(const dsacp_cp_decode_args *a)
     candidate *mine = malloc(nc * sizeof *mine), *all = malloc(nc * (size_t)W * sizeof *all);
     uint64_t *keys = malloc((size_t)(W * K) * sizeof *keys);
     void *qpack = dsacp_alloc((dsacp_index_query_bytes(Hi, di) + 63) / 64 * 64);
+    const int64_t Hs = cp->h1 - cp->h0, dk = cfg->kv_lora_rank + cfg->qk_rope_head_dim;
+    float *qown = dsacp_alloc((size_t)((nd > 0 ? nd : 1) * (Hs > 0 ? Hs : 1) * dk) * 4);
     int crc = DSACP_OK;
-    if (!scores || !lsel || !sel || !nsel || !mine || !all || !keys || !qpack) {
+    if (!scores || !lsel || !sel || !nsel || !mine || !all || !keys || !qpack || !qown) {
         crc = dsacp_error(DSACP_ENOMEM, "out of memory for the top-k candidates");
         goto done;
     }
@@ -78,8 +80,26 @@ int dsacp_cp_decode_exact_topk(const dsacp_cp_decode_args *a)
             }
         }
     }
-    crc = dsacp_comm_allgather(cp->comm, mine, nc * sizeof *mine, all, DSACP_PHASE_index_candidates);
-    if (crc) goto done;
+    /* The candidates travel (non-blocking) while the query rows of this rank's heads are absorbed. */
+    {
+        size_t *rbq = malloc((size_t)W * sizeof *rbq);
+        dsacp_comm_request *req = NULL;
+        if (!rbq) {
+            crc = dsacp_error(DSACP_ENOMEM, "out of memory");
+            goto done;
+        }
+        for (int64_t q = 0; q < W; q++) rbq[q] = nc * sizeof *mine;
+        crc = dsacp_comm_iallgatherv(cp->comm, mine, nc * sizeof *mine, all, rbq, DSACP_PHASE_index_candidates, &req);
+        free(rbq);
+        if (crc) goto done;
+        const double t0 = dsacp_now();
+        dsacp_cp_own_query_rows(a, qown);
+        const double t1 = dsacp_now();
+        cp->ovl_compute += t1 - t0;
+        crc = dsacp_comm_wait(req);
+        cp->ovl_wait += dsacp_now() - t1;
+        if (crc) goto done;
+    }
     /* Exact merge, the same on every rank. */
     for (int64_t j = 0; j < nd; j++) {
         int64_t m = 0;
@@ -95,9 +115,10 @@ int dsacp_cp_decode_exact_topk(const dsacp_cp_decode_args *a)
         qsort(s, (size_t)nsel[j], sizeof *s, cmp_i32);
         for (int64_t i = 0; i < K; i++) a->topk[j * K + i] = i < nsel[j] ? s[i] : -1;
     }
-    crc = dsacp_cp_attend_owned_and_merge(a, sel, nsel);
+    crc = dsacp_cp_attend_owned_and_merge(a, sel, nsel, qown);
 done:
     free(scores), free(lsel), free(sel), free(nsel), free(mine), free(all), free(keys);
     dsacp_free(qpack);
+    dsacp_free(qown);
     return crc;
 }

@@ -416,8 +416,13 @@ int dsacp_cp_layer_forward(dsacp_cp_ctx *cp, const dsacp_dsa_ctx *ctx, const dsa
             KEEP(rc, dsacp_dsa_project_q(ctx, w, qb, x, na, pos_act, np > 0 ? 0 : dh0, np > 0 ? H : dh1, &p, 0));
         }
     }
-    cp->t_proj += dsacp_now() - t0;
-    crc = dsacp_comm_wait(xreq);
+    {
+        const double t1 = dsacp_now();
+        cp->t_proj += t1 - t0;
+        if (xreq) cp->ovl_compute += t1 - t0;
+        crc = dsacp_comm_wait(xreq);
+        if (xreq) cp->ovl_wait += dsacp_now() - t1;
+    }
     if (crc) goto done;
     t0 = dsacp_now();
 

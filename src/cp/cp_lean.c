@@ -209,8 +209,25 @@ int dsacp_cp_decode_lean(const dsacp_cp_decode_args *a, bool output_merge, bool 
                 *s++ = f;
             }
         }
-        crc = dsacp_comm_allgatherv(cp->comm, sendsc, (size_t)tot_send * 4, recvsc, rb, DSACP_PHASE_index_candidates);
-        if (crc) goto done;
+    }
+    /* The scores travel (non-blocking) while every head's absorbed query row is computed here
+     * (nothing gathered): W_UK does not depend on the selection. */
+    {
+        dsacp_comm_request *req = NULL;
+        if (tot_all > 0) {
+            crc = dsacp_comm_iallgatherv(cp->comm, sendsc, (size_t)tot_send * 4, recvsc, rb, DSACP_PHASE_index_candidates,
+                                         &req);
+            if (crc) goto done;
+        }
+        double t0 = dsacp_now();
+        if (nd > 0) dsacp_dsa_query_rows_n(a->w, cfg, a->proj->q, nd, H * dq, 0, H, qall, H * dk, true);
+        const double t1 = dsacp_now();
+        if (req) {
+            cp->ovl_compute += t1 - t0;
+            crc = dsacp_comm_wait(req);
+            cp->ovl_wait += dsacp_now() - t1;
+            if (crc) goto done;
+        }
     }
     /* 3. The verdict per token (the same on every rank), and this rank's winners. */
     {
@@ -289,9 +306,7 @@ int dsacp_cp_decode_lean(const dsacp_cp_decode_args *a, bool output_merge, bool 
     }
     for (int64_t j = 0; j < nd; j++) qsort(own + j * K, (size_t)nown[j], sizeof *own, cmp_i32);
 
-    /* 5. Every head's absorbed query row, here (nothing gathered), and the attention of all heads
-     *    over the owned winners in ascending positions. */
-    if (nd > 0) dsacp_dsa_query_rows_n(a->w, cfg, a->proj->q, nd, H * dq, 0, H, qall, H * dk, true);
+    /* 5. The attention of all heads over the owned winners in ascending positions. */
     for (int64_t j = 0; j < nd; j++) {
         const int64_t e = st->ent[st->act[j]];
         for (int64_t i = 0; i < nown[j]; i++) {
@@ -303,7 +318,24 @@ int dsacp_cp_decode_lean(const dsacp_cp_decode_args *a, bool output_merge, bool 
         dsacp_sparse_mla(qall + j * H * dk, kv, nown[j], H, dc, dr, scale, o + j * H * dc, lse + j * H, work);
     }
 
-    /* 6. Merge: the lse of every rank, this rank's share scaled, W_UV of every head. */
+    /* 6. Merge. values + a2a (Helix): W_UV of every head on the unscaled partial, each head's row
+     *    and lse to its rank in one all-to-all, merged there. Otherwise: the lse of every rank,
+     *    this rank's share scaled, W_UV of every head, then the output or values merge. */
+    if (!output_merge && cp->opt.merge_backend == DSACP_MERGE_A2A) {
+        float *mine = dsacp_alloc((size_t)(n1 * (Hs > 0 ? Hs : 1) * dv) * 4);
+        if (!mine) {
+            crc = dsacp_error(DSACP_ENOMEM, "out of memory for the lean merge");
+            goto done;
+        }
+        if (nd > 0) dsacp_dsa_value_rows_n(a->w, cfg, o, nd, H * dc, 0, H, vpart, H * dv, true);
+        crc = dsacp_cp_merge_a2a(cp, nd, H, dv, vpart, lse, mine, bf16, DSACP_PHASE_attn_merge);
+        if (!crc)
+            for (int64_t j = 0; j < nd; j++)
+                memcpy(a->vcat + (j * H + h0) * dv, mine + j * Hs * dv, (size_t)(Hs * dv) * 4);
+        dsacp_free(mine);
+        if (crc) goto done;
+        goto selected_sets;
+    }
     crc = dsacp_comm_allgather(cp->comm, lse, (size_t)(nd * H) * 4, lse_all, DSACP_PHASE_attn_merge);
     if (crc) goto done;
     for (int64_t j = 0; j < nd; j++)
@@ -346,6 +378,7 @@ int dsacp_cp_decode_lean(const dsacp_cp_decode_args *a, bool output_merge, bool 
         free(cnt), dsacp_free(sendv), dsacp_free(mine);
         if (crc) goto done;
     }
+selected_sets:
     /* 7. The selected sets, only when asked: every rank's owned winners to rank 0. */
     if (st->want_topk) {
         size_t *gb = calloc((size_t)W, sizeof *gb);

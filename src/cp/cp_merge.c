@@ -15,18 +15,102 @@
  */
 #include "cp/cp.h"
 
+#include "numerics/numerics.h"
+
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
-int dsacp_cp_attend_owned_and_merge(const dsacp_cp_decode_args *a, const int32_t *sel, const int64_t *nsel)
+int dsacp_cp_merge_a2a(dsacp_cp_ctx *cp, int64_t nd, int64_t H, int64_t wd, const float *part, const float *lse,
+                       float *out, bool bf16, int phase)
+{
+    const int64_t W = cp->W, me = cp->rank, Hs = cp->h1 - cp->h0, s = bf16 ? 2 : 4, rowb = wd * s + 4;
+    size_t *sb = malloc((size_t)W * sizeof *sb), *rb = malloc((size_t)W * sizeof *rb);
+    uint8_t *send = malloc((size_t)(nd * H * rowb) + 1), *recv = malloc((size_t)(W * nd * (Hs > 0 ? Hs : 1) * rowb) + 1);
+    if (!sb || !rb || !send || !recv) {
+        free(sb), free(rb), free(send), free(recv);
+        return dsacp_error(DSACP_ENOMEM, "out of memory for the all-to-all merge");
+    }
+    uint8_t *p = send;
+    for (int64_t q = 0; q < W; q++) {
+        const int64_t qa = dsacp_split_begin(H, q, W), qb = dsacp_split_begin(H, q + 1, W);
+        sb[q] = (size_t)(nd * (qb - qa) * rowb);
+        rb[q] = (size_t)(nd * Hs * rowb);
+        for (int64_t j = 0; j < nd; j++)
+            for (int64_t h = qa; h < qb; h++, p += rowb) {
+                const float *r = part + (j * H + h) * wd;
+                if (bf16) {
+                    for (int64_t i = 0; i < wd; i++) {
+                        const uint16_t b = dsacp_f32_to_bf16(r[i]);
+                        memcpy(p + 2 * i, &b, 2);
+                    }
+                } else {
+                    memcpy(p, r, (size_t)wd * 4);
+                }
+                memcpy(p + wd * s, &lse[j * H + h], 4);
+            }
+    }
+    int crc = dsacp_comm_alltoallv(cp->comm, send, sb, recv, rb, phase);
+    if (!crc)
+        for (int64_t j = 0; j < nd; j++)
+            for (int64_t h = 0; h < Hs; h++) {
+                /* rank r's row of (token j, own head h): recv + ((r nd + j) Hs + h) rowb */
+                float mx = -INFINITY, l[64], *lr = W <= 64 ? l : malloc((size_t)W * 4);
+                float *o = out + (j * Hs + h) * wd;
+                memset(o, 0, (size_t)wd * 4);
+                if (!lr) {
+                    crc = dsacp_error(DSACP_ENOMEM, "out of memory");
+                    break;
+                }
+                for (int64_t r = 0; r < W; r++) {
+                    memcpy(&lr[r], recv + ((r * nd + j) * Hs + h) * rowb + wd * s, 4);
+                    mx = fmaxf(mx, lr[r]);
+                }
+                if (mx != -INFINITY) {
+                    double sum = 0;
+                    for (int64_t r = 0; r < W; r++) sum += exp((double)lr[r] - mx);
+                    const double lt = mx + log(sum);
+                    for (int64_t r = 0; r < W; r++) {
+                        const float f = (float)exp((double)lr[r] - lt);
+                        const uint8_t *row = recv + ((r * nd + j) * Hs + h) * rowb;
+                        for (int64_t i = 0; i < wd; i++) {
+                            float v;
+                            if (bf16) {
+                                uint16_t b;
+                                memcpy(&b, row + 2 * i, 2);
+                                v = dsacp_bf16_to_f32(b);
+                            } else {
+                                memcpy(&v, row + 4 * i, 4);
+                            }
+                            o[i] += f * v;
+                        }
+                    }
+                }
+                if (lr != l) free(lr);
+            }
+    (void)me;
+    free(sb), free(rb), free(send), free(recv);
+    return crc;
+}
+
+void dsacp_cp_own_query_rows(const dsacp_cp_decode_args *a, float *qown)
+{
+    const dsacp_config *cfg = a->ctx->cfg;
+    const int64_t H = cfg->num_attention_heads, dq = cfg->qk_nope_head_dim + cfg->qk_rope_head_dim;
+    const int64_t dk = cfg->kv_lora_rank + cfg->qk_rope_head_dim, Hs = a->cp->h1 - a->cp->h0;
+    if (a->st->n_dec > 0 && Hs > 0)
+        dsacp_dsa_query_rows_n(a->w, cfg, a->proj->q, a->st->n_dec, H * dq, a->cp->h0, a->cp->h1, qown, Hs * dk, true);
+}
+
+int dsacp_cp_attend_owned_and_merge(const dsacp_cp_decode_args *a, const int32_t *sel, const int64_t *nsel,
+                                    const float *qpre)
 {
     dsacp_cp_ctx *cp = a->cp;
     const dsacp_cp_step *st = a->st;
     const dsacp_config *cfg = a->ctx->cfg;
     const int64_t nd = st->n_dec, K = cfg->index_topk, H = cfg->num_attention_heads, W = cp->W, me = cp->rank;
-    const int64_t nope = cfg->qk_nope_head_dim, dr = cfg->qk_rope_head_dim, dv = cfg->v_head_dim;
-    const int64_t dq = nope + dr, dc = cfg->kv_lora_rank, dk = dc + dr, I = cp->opt.interleave;
+    const int64_t dr = cfg->qk_rope_head_dim, dv = cfg->v_head_dim;
+    const int64_t dc = cfg->kv_lora_rank, dk = dc + dr, I = cp->opt.interleave;
     const int64_t h0 = cp->h0, h1 = cp->h1, Hs = h1 - h0, n1 = nd > 0 ? nd : 1;
     const float scale = (float)cfg->softmax_scale;
 
@@ -44,7 +128,8 @@ int dsacp_cp_attend_owned_and_merge(const dsacp_cp_decode_args *a, const int32_t
         goto done;
     }
     /* Query rows of this rank's heads, gathered to every rank. */
-    for (int64_t j = 0; j < nd; j++) dsacp_dsa_query_rows(a->w, cfg, a->proj->q + j * H * dq, h0, h1, qown + j * Hs * dk, true);
+    if (qpre) memcpy(qown, qpre, (size_t)(nd * Hs * dk) * 4);
+    else dsacp_cp_own_query_rows(a, qown);
     for (int64_t q = 0; q < W; q++)
         rb[q] = (size_t)(nd * (dsacp_split_begin(H, q + 1, W) - dsacp_split_begin(H, q, W)) * dk) * 4;
     crc = dsacp_comm_allgatherv(cp->comm, qown, rb[me], qrecv, rb, DSACP_PHASE_query_gather);
@@ -73,7 +158,13 @@ int dsacp_cp_attend_owned_and_merge(const dsacp_cp_decode_args *a, const int32_t
         cp->stats.decode_tokens++;
         dsacp_sparse_mla(qall + j * H * dk, kv, n, H, dc, dr, scale, o + j * H * dc, lse + j * H, work);
     }
-    /* Merge: lse all-gathered, own part scaled, summed over the ranks by a reduce-scatter. */
+    /* Merge: --dcp-comm-backend a2a sends every head's partial and lse to the head's rank; ag_rs
+     * all-gathers the lse, scales the own part, and sums over the ranks by a reduce-scatter. */
+    if (cp->opt.merge_backend == DSACP_MERGE_A2A) {
+        crc = dsacp_cp_merge_a2a(cp, nd, H, dc, o, lse, omine, false, DSACP_PHASE_attn_merge);
+        if (crc) goto done;
+        goto merged;
+    }
     crc = dsacp_comm_allgather(cp->comm, lse, (size_t)(nd * H) * 4, lse_all, DSACP_PHASE_attn_merge);
     if (crc) goto done;
     {
@@ -99,6 +190,7 @@ int dsacp_cp_attend_owned_and_merge(const dsacp_cp_decode_args *a, const int32_t
     }
     crc = dsacp_comm_reduce_scatter_f32(cp->comm, osend, omine, cnt, DSACP_PHASE_attn_merge);
     if (crc) goto done;
+merged:
     for (int64_t j = 0; j < nd; j++)
         dsacp_dsa_value_rows(a->w, cfg, omine + j * Hs * dc, h0, h1, a->vcat + (j * H + h0) * dv, true);
 done:

@@ -32,7 +32,7 @@ int dsacp_cp_decode_replicated_index(const dsacp_cp_decode_args *a)
         nsel[j] = dsacp_topk_select(scores, n, K, sel + j * K);
         for (int64_t i = 0; i < K; i++) a->topk[j * K + i] = i < nsel[j] ? sel[j * K + i] : -1;
     }
-    int crc = dsacp_cp_attend_owned_and_merge(a, sel, nsel);
+    int crc = dsacp_cp_attend_owned_and_merge(a, sel, nsel, NULL);
     free(scores), free(sel), free(nsel), dsacp_free(qpack);
     return crc;
 }

@@ -154,6 +154,7 @@ void dsacp_cp_options_default(dsacp_cp_options *opt)
     opt->lean_merge = DSACP_LEAN_MERGE_OUTPUT;
     opt->partials = DSACP_PARTIALS_AUTO;
     opt->context_path = DSACP_CONTEXT_GATHER;
+    opt->merge_backend = DSACP_MERGE_AG_RS;
 }
 
 static const char *const strategy_names[] = {"allgather-kv", "replicated-index", "exact-topk", "lean"};
@@ -162,6 +163,7 @@ static const char *const split_names[] = {"owner", "contiguous", "zigzag"};
 static const char *const merge_names[] = {"output", "values"};
 static const char *const partials_names[] = {"auto", "fp32"};
 static const char *const path_names[] = {"gather", "distributed", "auto"};
+static const char *const backend_names[] = {"ag_rs", "a2a"};
 static const char *const mode_names[] = {"dcp", "dsa-cp"};
 static const char *const plan_names[] = {"replicated", "layer-shard", "tp", "auto", "tp-gather", "tp-a2a"};
 
@@ -184,6 +186,15 @@ int dsacp_lean_merge_parse(const char *name, dsacp_lean_merge *out)
 {
     int v = 0, rc = parse_name("lean merge", merge_names, 2, name, &v);
     if (!rc) *out = (dsacp_lean_merge)v;
+    return rc;
+}
+
+const char *dsacp_merge_backend_name(dsacp_merge_backend b) { return (unsigned)b < 2 ? backend_names[b] : "?"; }
+
+int dsacp_merge_backend_parse(const char *name, dsacp_merge_backend *out)
+{
+    int v = 0, rc = parse_name("merge backend", backend_names, 2, name, &v);
+    if (!rc) *out = (dsacp_merge_backend)v;
     return rc;
 }
 
@@ -313,7 +324,8 @@ static int check_options(const dsacp_config *cfg, const dsacp_engine_options *op
         return dsacp_error(DSACP_EINVAL, "--cp-interleave %lld: must be in [1, 2^30]", (long long)cp->interleave);
     if ((unsigned)cp->decode > DSACP_DECODE_LEAN || (unsigned)cp->kv_layout > 1 || (unsigned)cp->index_layout > 1 ||
         (unsigned)cp->prefill_split > 2 || (unsigned)cp->mode > 1 || (unsigned)cp->q_proj > 5 || (unsigned)cp->o_proj > 5 ||
-        (unsigned)cp->lean_merge > 1 || (unsigned)cp->partials > 1 || (unsigned)cp->context_path > 2)
+        (unsigned)cp->lean_merge > 1 || (unsigned)cp->partials > 1 || (unsigned)cp->context_path > 2 ||
+        (unsigned)cp->merge_backend > 1)
         return dsacp_error(DSACP_EINVAL, "unknown context-parallel option value");
     if (!(cp->lean_factor >= 1.0 && cp->lean_factor <= 1024.0))
         return dsacp_error(DSACP_EINVAL, "--lean-candidates %g: must be in [1, 1024] (times index_topk / W scores "
@@ -918,6 +930,8 @@ int dsacp_engine_report_notes(const dsacp_engine *e)
                    "\"context_distributed_bytes_per_query_token\": %.1f, \"context_choices\": \"%s\"",
                 dsacp_context_path_name(o->context_path), g, per, e->cp.ctx_choices ? e->cp.ctx_choices : "");
     }
+    if (o->decode == DSACP_DECODE_LEAN)
+        fprintf(f, ", \"dcp_comm_backend\": \"%s\"", dsacp_merge_backend_name(o->merge_backend));
     if (o->decode == DSACP_DECODE_LEAN)
         fprintf(f, ", \"lean\": {\"candidates_factor\": %g, \"merge\": \"%s\", \"partials\": \"%s\"}", o->lean_factor,
                 dsacp_lean_merge_name(o->lean_merge), dsacp_partials_dtype_name(o->partials));

@@ -41,7 +41,7 @@ for W in 2 3; do
              "--cp-mode dsa-cp --decode-strategy replicated-index --index-layout replicated --o-proj layer-shard" \
              "--cp-mode dsa-cp --kv-layout replicated --index-layout replicated --o-proj layer-shard --prefill-split owner" \
              "--decode-strategy lean --lean-candidates 1.5 --context-path distributed" \
-             "--context-path auto --prefill-split zigzag" \
+             "--context-path auto --prefill-split zigzag --dcp-comm-backend a2a" \
              "--decode-strategy lean --lean-merge values --partials fp32 --prefill-split zigzag --cp-interleave 2"; do
     out="$tmp/o.st"; rm -f "$out"
     # shellcheck disable=SC2086
@@ -95,7 +95,7 @@ bad "exact-topk with a replicated index" "needs '--index-layout sharded'" "${F[@
 bad "interleave 0" "cp-interleave" "${F[@]}" --cp-interleave 0
 bad "interleaves disagree" "disagree" "${F[@]}" --cp-interleave 2 --cp-kv-cache-interleave-size 4
 bad "decode-context-parallel-size mismatch" "has 2 ranks" "${F[@]}" --decode-context-parallel-size 4
-bad "a2a backend" "a2a" "${F[@]}" --dcp-comm-backend a2a
+bad "unknown merge backend" "unknown merge backend" "${F[@]}" --dcp-comm-backend nccl
 bad "unknown strategy" "unknown decode strategy" "${F[@]}" --decode-strategy helix
 bad "q-proj tp" "q_b_proj is replicated or layer-shard" "${F[@]}" --cp-mode dsa-cp --q-proj tp
 bad "unknown prefill split" "unknown prefill split" "${F[@]}" --prefill-split ring

@@ -80,8 +80,8 @@ extern dsacp_comm *cli_world;
     "  --o-proj P            dsa-cp: o_proj replicated, layer-shard, tp or auto\n"                  \
     "  --prefetch N          layer-shard: broadcasts issued N layers ahead (default 2)\n"           \
     "  --decode-context-parallel-size W   must equal the number of ranks (vLLM's flag)\n"           \
-    "  --dcp-comm-backend ag_rs           vLLM's merge (all-gather lse + reduce-scatter); a2a is\n"  \
-    "                        not implemented\n"                                                      \
+    "  --dcp-comm-backend B  merge of partial results: ag_rs (all-gather lse + reduce-scatter, vLLM's;\n" \
+    "                        default) or a2a (one all-to-all of partials and lse, Helix)\n"         \
     "  --comm-report FILE    write every rank's communication counters (JSON) at the end\n"
 /* Fills cp from the CLI_CP_OPTS flags (defaults otherwise), checks them against the group's size.
  * Prints the error naming the flag and returns false. */

@@ -185,9 +185,8 @@ bool cli_cp_options(const char *cmd, const cli_opt *opts, dsacp_cp_options *cp)
         fprintf(stderr, "dsacp %s: option '--partials': %s\n", cmd, dsacp_last_error());
         return false;
     }
-    if ((s = cli_get(opts, "dcp-comm-backend")) && strcmp(s, "ag_rs") != 0) {
-        fprintf(stderr, "dsacp %s: option '--dcp-comm-backend' = '%s': only ag_rs (all-gather of lse, reduce-scatter "
-                "of outputs) is implemented\n", cmd, s);
+    if ((s = cli_get(opts, "dcp-comm-backend")) && dsacp_merge_backend_parse(s, &cp->merge_backend)) {
+        fprintf(stderr, "dsacp %s: option '--dcp-comm-backend': %s\n", cmd, dsacp_last_error());
         return false;
     }
     const int W = cli_world ? dsacp_comm_size(cli_world) : 1;
