@@ -102,6 +102,10 @@ int dsacp_comm_bcast(dsacp_comm *comm, void *buf, size_t len, int phase);
 typedef enum dsacp_cp_layout {
     DSACP_LAYOUT_SHARDED = 0,    /* each rank keeps only the positions it owns */
     DSACP_LAYOUT_REPLICATED = 1, /* every rank keeps every position */
+    /* indexer keys only ("partial:G", local-inference-lab/vllm #179): replicated within groups of
+     * G consecutive ranks and sharded across the W / G groups; each group scores its own keys and
+     * the candidates travel between groups only. G divides W. */
+    DSACP_LAYOUT_PARTIAL = 2,
 } dsacp_cp_layout;
 
 typedef enum dsacp_decode_strategy {
@@ -196,6 +200,7 @@ typedef struct dsacp_cp_options {
     int64_t interleave;                /* I >= 1 (default 1) */
     dsacp_cp_layout kv_layout;         /* MLA latent cache (default sharded) */
     dsacp_cp_layout index_layout;      /* indexer key cache (default sharded) */
+    int64_t index_group;               /* partial: G (ranks per group) */
     dsacp_decode_strategy decode;      /* default exact-topk */
     dsacp_prefill_split prefill_split; /* default owner */
     dsacp_cp_mode mode;                /* default DCP */
@@ -218,6 +223,8 @@ const char *dsacp_cp_layout_name(dsacp_cp_layout l);
 /* Parse those names; DSACP_EINVAL (message lists the accepted names) when unknown. */
 int dsacp_decode_strategy_parse(const char *name, dsacp_decode_strategy *out);
 int dsacp_cp_layout_parse(const char *name, dsacp_cp_layout *out);
+/* The index layout: "sharded", "replicated" or "partial:G" (G >= 1; group size). */
+int dsacp_index_layout_parse(const char *name, dsacp_cp_layout *out, int64_t *group);
 const char *dsacp_prefill_split_name(dsacp_prefill_split s);
 int dsacp_prefill_split_parse(const char *name, dsacp_prefill_split *out);
 const char *dsacp_cp_mode_name(dsacp_cp_mode m);

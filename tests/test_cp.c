@@ -334,6 +334,9 @@ static void expected_decode(const dsacp_config *cfg, const dsacp_cp_options *cp,
     const int64_t L = cfg->num_hidden_layers, H = cfg->num_attention_heads, K = cfg->index_topk;
     const int64_t dc = cfg->kv_lora_rank, dk = dc + cfg->qk_rope_head_dim, dv = cfg->v_head_dim, D = cfg->hidden_size;
     const int64_t Hs = heads_of(H, me, W), I = cp->interleave;
+    /* the indexer's holder groups: the candidates travel between them */
+    const int64_t G = cp->index_layout == DSACP_LAYOUT_PARTIAL ? cp->index_group : 1;
+    const int64_t iW = cp->index_layout == DSACP_LAYOUT_REPLICATED ? 1 : W / G, iI = I * G;
     /* control: capacity agreement, metadata agreement, end agreement (int each) + want flags, and
      * one allocation agreement per layer (+ one per layer for allgather-kv's transient views). */
     const int64_t views = cp->decode == DSACP_DECODE_ALLGATHER_KV &&
@@ -345,20 +348,20 @@ static void expected_decode(const dsacp_config *cfg, const dsacp_cp_options *cp,
          * context exceeds k; the fallback's k (score, position) pairs per open token; one lse
          * all-gather; values: a reduce-scatter of the head rows; o_proj: the all-reduce (output
          * merge or head columns) or the v gather, partials of s bytes. */
-        const int64_t kp = dsacp_cp_lean_kprime(K, W, cp->lean_factor), s = wire16 ? 2 : 4;
+        const int64_t kp = dsacp_cp_lean_kprime(K, iW, cp->lean_factor), s = wire16 ? 2 : 4;
         int64_t mine = 0, others = 0;
-        for (int64_t j = 0; j < nd; j++) {
+        for (int64_t j = 0; j < nd && iW > 1; j++) {
             const int64_t n = old[j] + 1;
             if (n <= K) continue;
-            for (int64_t q = 0; q < W; q++) {
-                const int64_t nq = dsacp_cp_local_len(n, q, I, W), mq = nq < kp ? nq : kp;
-                if (q == me) mine += mq;
+            for (int64_t q = 0; q < iW; q++) {
+                const int64_t nq = dsacp_cp_local_len(n, q, iI, iW), mq = nq < kp ? nq : kp;
+                if (q == me / G) mine += mq;
                 else others += mq;
             }
         }
-        if (mine + others > 0) ex[DSACP_PHASE_index_candidates] = (expect){L, L * mine * 4 * (W - 1), L * others * 4};
+        if (mine + others > 0) ex[DSACP_PHASE_index_candidates] = (expect){L, L * mine * 4 * (iW - 1), L * others * 4};
         const int64_t nfb = lean->lean_fallback_threshold + lean->lean_fallback_ties;
-        ex[DSACP_PHASE_lean_fallback] = (expect){lean->lean_fallback_rounds, nfb * K * 8 * (W - 1), nfb * K * 8 * (W - 1)};
+        ex[DSACP_PHASE_lean_fallback] = (expect){lean->lean_fallback_rounds, nfb * K * 8 * (iW - 1), nfb * K * 8 * (iW - 1)};
         ex[DSACP_PHASE_attn_merge] = (expect){L, L * nd * H * 4 * (W - 1), L * nd * H * 4 * (W - 1)};
         const bool values = cp->lean_merge == DSACP_LEAN_MERGE_VALUES;
         if (values && cp->merge_backend == DSACP_MERGE_A2A) {
@@ -392,8 +395,8 @@ static void expected_decode(const dsacp_config *cfg, const dsacp_cp_options *cp,
             ex[DSACP_PHASE_kv_gather] = (expect){L, L * mine * (W - 1), L * others};
         }
     } else {
-        if (cp->decode == DSACP_DECODE_EXACT_TOPK)
-            ex[DSACP_PHASE_index_candidates] = (expect){L, L * nd * K * 8 * (W - 1), L * nd * K * 8 * (W - 1)};
+        if (cp->decode == DSACP_DECODE_EXACT_TOPK && iW > 1)
+            ex[DSACP_PHASE_index_candidates] = (expect){L, L * nd * K * 8 * (iW - 1), L * nd * K * 8 * (iW - 1)};
         ex[DSACP_PHASE_query_gather] = (expect){L, L * nd * Hs * dk * 4 * (W - 1), L * nd * (H - Hs) * dk * 4};
         if (cp->merge_backend == DSACP_MERGE_A2A)
             ex[DSACP_PHASE_attn_merge] = (expect){L, L * nd * (H - Hs) * (dc + 1) * 4, L * nd * Hs * (dc + 1) * 4 * (W - 1)};
@@ -1123,6 +1126,76 @@ static void test_a2a(const dsacp_model *m)
     }
 }
 
+
+/* --index-layout partial:G for every G dividing W: the same selected sets as W = 1, the
+ * candidates between the W / G groups only (counters = formulas), and the index memory of a
+ * rank G times the sharded one's. */
+static void test_partial(const dsacp_model *m)
+{
+    const dsacp_config *cfg = dsacp_model_config(m);
+    dsacp_engine_options eo;
+    dsacp_engine_options_default(&eo);
+    eo.block_size = 16;
+    eo.num_blocks = 64;
+    for (int64_t G = 1; G <= g_W; G++) {
+        if (g_W % G) continue;
+        for (int c = 0; c < 4; c++) {
+            dsacp_cp_options cp;
+            dsacp_cp_options_default(&cp);
+            cp.index_layout = DSACP_LAYOUT_PARTIAL;
+            cp.index_group = G;
+            cp.interleave = c % 2 ? 3 : 1;
+            cp.decode = c == 0 ? DSACP_DECODE_EXACT_TOPK : c == 3 ? DSACP_DECODE_ALLGATHER_KV : DSACP_DECODE_LEAN;
+            cp.lean_factor = c == 2 ? 1.0 : 2.0;
+            cp.context_path = c == 1 ? DSACP_CONTEXT_DISTRIBUTED : DSACP_CONTEXT_GATHER;
+            char what[96];
+            snprintf(what, sizeof what, "index partial:%lld, %s, I=%lld", (long long)G, dsacp_decode_strategy_name(cp.decode),
+                     (long long)cp.interleave);
+            run_long(m, &eo, &cp, what, 1e-5, 1e-10);
+        }
+        /* counters of a decode step, exact-topk and lean */
+        for (int c = 0; c < 2; c++) {
+            dsacp_cp_options cp;
+            dsacp_cp_options_default(&cp);
+            cp.index_layout = DSACP_LAYOUT_PARTIAL;
+            cp.index_group = G;
+            cp.decode = c ? DSACP_DECODE_LEAN : DSACP_DECODE_EXACT_TOPK;
+            cp.lean_factor = 1.0;
+            dsacp_engine *e = NULL;
+            REQUIRE_OK(dsacp_engine_create_cp(m, &eo, &cp, g_world, &e));
+            int64_t id[2];
+            for (int r = 0; r < 2; r++) REQUIRE_OK(dsacp_engine_add_request(e, &id[r]));
+            dsacp_step_entry en[2] = {{id[0], 70, g_ids[0]}, {id[1], 20, g_ids[1]}};
+            CHECK_OK(dsacp_engine_step(e, en, 2, NULL, NULL));
+            dsacp_comm *ec = dsacp_engine_comm(e);
+            dsacp_comm_reset_counters(ec);
+            dsacp_engine_cp_stats_reset(e);
+            en[0] = (dsacp_step_entry){id[0], 1, g_ids[0] + 70};
+            en[1] = (dsacp_step_entry){id[1], 1, g_ids[1] + 20};
+            CHECK_OK(dsacp_engine_step(e, en, 2, NULL, NULL));
+            dsacp_cp_stats lst;
+            dsacp_engine_cp_stats(e, &lst);
+            const int64_t old[2] = {70, 20};
+            expect ex[DSACP_PHASE_COUNT];
+            const int64_t mla_b = dsacp_mla_cache_bytes_per_token(cfg, eo.kv_dtype);
+            const int64_t idx_b = dsacp_index_cache_bytes_per_token(cfg, DSACP_KV_F32);
+            expected_decode(cfg, &cp, g_W, g_rank, 2, old, 2, mla_b, idx_b, false, &lst, false, ex);
+            char name[48];
+            snprintf(name, sizeof name, "%s partial:%lld", dsacp_decode_strategy_name(cp.decode), (long long)G);
+            check_counters(ec, ex, "exact", name, "decode step");
+            dsacp_kv_usage u;
+            dsacp_engine_kv_usage(e, &u);
+            /* 71 and 21 positions: the group's share, in blocks of 16 */
+            const int64_t held = dsacp_cp_local_len(71, g_rank / G, G, g_W / G);
+            const int64_t held2 = dsacp_cp_local_len(21, g_rank / G, G, g_W / G);
+            const int64_t want = ((held + 15) / 16 + (held2 + 15) / 16) * 16 * idx_b * cfg->num_hidden_layers;
+            CHECKF(g_W == 1 || u.index_used_bytes == want, "partial:%lld W=%d rank %d: index bytes %lld, want %lld",
+                   (long long)G, g_W, g_rank, (long long)u.index_used_bytes, (long long)want);
+            dsacp_engine_free(e);
+        }
+    }
+}
+
 /* ---- conflicting options fail cleanly on every rank ---- */
 
 /* A failure on one rank fails the step on every rank, with that rank's message, and changes
@@ -1192,6 +1265,7 @@ int main(int argc, char **argv)
     test_context_paths(m);
     test_counters_distributed(m, &eo);
     test_a2a(m);
+    test_partial(m);
     test_memory(m);
     test_layer_shard_resident();
     test_bad_options(m);

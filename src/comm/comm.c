@@ -17,7 +17,8 @@ struct dsacp_comm {
     bool owns_mpi; /* this handle initialised MPI (dsacp_comm_create_world) */
     MPI_Comm comm;
     int rank, size;
-    dsacp_comm_counter ctr[DSACP_PHASE_COUNT];
+    dsacp_comm_counter own_ctr[DSACP_PHASE_COUNT];
+    dsacp_comm_counter *ctr; /* own_ctr, or the parent's for a split communicator */
     char *notes; /* JSON members added to the report by the engine (rank 0's are written) */
 };
 
@@ -65,6 +66,39 @@ int dsacp_comm_create_solo(dsacp_comm **out)
     if (!*out) return dsacp_error(DSACP_ENOMEM, "out of memory");
     (*out)->solo = true;
     (*out)->size = 1;
+    (*out)->ctr = (*out)->own_ctr;
+    return DSACP_OK;
+}
+
+int dsacp_comm_split(dsacp_comm *c, int color, int key, dsacp_comm **out)
+{
+    *out = NULL;
+    dsacp_comm *s = calloc(1, sizeof *s);
+    if (!s) return dsacp_error(DSACP_ENOMEM, "out of memory");
+    s->ctr = c->ctr;
+    s->size = 1;
+    if (c->solo) {
+        s->solo = true;
+        *out = s;
+        return DSACP_OK;
+    }
+    MPI_Comm sub;
+    int err = MPI_Comm_split(c->comm, color, key, &sub);
+    if (err != MPI_SUCCESS) {
+        free(s);
+        return mpi_fail(err, "MPI_Comm_split");
+    }
+    MPI_Comm_set_errhandler(sub, MPI_ERRORS_RETURN);
+    MPI_Comm_rank(sub, &s->rank);
+    MPI_Comm_size(sub, &s->size);
+    if (s->size == 1) { /* a group of one: no MPI calls at all */
+        MPI_Comm_free(&sub);
+        s->solo = true;
+        s->rank = 0;
+    } else {
+        s->comm = sub;
+    }
+    *out = s;
     return DSACP_OK;
 }
 
@@ -84,6 +118,7 @@ int dsacp_comm_create_mpi(MPI_Comm comm, dsacp_comm **out)
     MPI_Comm_set_errhandler(c->comm, MPI_ERRORS_RETURN);
     MPI_Comm_rank(c->comm, &c->rank);
     MPI_Comm_size(c->comm, &c->size);
+    c->ctr = c->own_ctr;
     *out = c;
     return DSACP_OK;
 }
@@ -136,7 +171,7 @@ dsacp_comm_counter dsacp_comm_get_counter(const dsacp_comm *c, int phase)
     return phase >= 0 && phase < DSACP_PHASE_COUNT ? c->ctr[phase] : z;
 }
 
-void dsacp_comm_reset_counters(dsacp_comm *c) { memset(c->ctr, 0, sizeof c->ctr); }
+void dsacp_comm_reset_counters(dsacp_comm *c) { memset(c->ctr, 0, sizeof c->own_ctr); }
 
 int dsacp_comm_set_notes(dsacp_comm *c, const char *json_members)
 {

@@ -52,6 +52,11 @@ int dsacp_comm_allreduce_wire(dsacp_comm *c, float *buf, int64_t n, bool bf16, i
 int dsacp_comm_gatherv(dsacp_comm *c, const void *send, size_t send_bytes, void *recv,
                        const size_t *recv_bytes, int phase);
 
+/* Collective over c: the ranks passing the same color form a new communicator, ranked by key.
+ * It counts into c's counters (the same phases), so that a report of c includes its traffic.
+ * A group of one is a solo communicator. Free it before c. */
+int dsacp_comm_split(dsacp_comm *c, int color, int key, dsacp_comm **out);
+
 /* Balanced split of n items over W ranks: rank r takes [n r / W, n (r + 1) / W). */
 static inline int64_t dsacp_split_begin(int64_t n, int64_t r, int64_t W) { return n * r / W; }
 

@@ -29,6 +29,12 @@ typedef struct dsacp_cp_ctx {
     int W, rank;
     dsacp_cp_options opt;
     dsacp_kv_cache *lat, *idx;   /* this rank's caches (the same object when both layouts agree) */
+    /* The indexer cache's own sharding: position p is held by the ranks of holder group
+     * (p / iI) mod iW, at local position dsacp_cp_local_pos(p, iI, iW); this rank is in group ir.
+     * sharded: (W, I, rank); partial:G: (W / G, I G, rank / G); replicated or W = 1: (1, 1, 0).
+     * icomm: one rank per group (the candidate exchanges); the group itself when iW = W. */
+    int64_t iW, iI, ir;
+    dsacp_comm *icomm, *icomm_own;
     int64_t block_size;          /* of the transient views */
     int64_t h0, h1;              /* this rank's heads: [H r / W, H (r + 1) / W) */
     /* o_proj over this rank's heads: a copy of its input columns per layer ([L], NULL at W = 1),
@@ -47,6 +53,20 @@ typedef struct dsacp_cp_ctx {
     char *ctx_choices;           /* per step with a sharded-context chunk: g(ather), d(istributed), m(ixed) */
     int64_t nctx_choices, capctx_choices;
 } dsacp_cp_ctx;
+
+static inline int64_t dsacp_cp_idx_local(const dsacp_cp_ctx *cp, int64_t p)
+{
+    return cp->iW > 1 ? dsacp_cp_local_pos(p, cp->iI, cp->iW) : p;
+}
+static inline bool dsacp_cp_idx_holds(const dsacp_cp_ctx *cp, int64_t p)
+{
+    return cp->iW <= 1 || dsacp_cp_owner(p, cp->iI, cp->iW) == cp->ir;
+}
+/* Indexer positions of [0, L) held by holder group g. */
+static inline int64_t dsacp_cp_idx_len(const dsacp_cp_ctx *cp, int64_t L, int64_t g)
+{
+    return cp->iW > 1 ? dsacp_cp_local_len(L, g, cp->iI, cp->iW) : L;
+}
 
 /* ---- DSA-CP weight plans (cp_weights.c) ---- */
 

@@ -5,7 +5,9 @@
  * index_candidates: recv = (W - 1) x k x 8 bytes per decode token) and merged into the exact
  * global top-k: a global winner has fewer than k better positions anywhere, so it is in its
  * owner's local top-k; ties go to the lower position, as on one process. Then attention over
- * the owned winners and the LSE merge (cp_merge.c).
+ * the owned winners and the LSE merge (cp_merge.c). With --index-layout partial:G the G ranks
+ * of a group hold (and score) the same keys, so the candidates travel between the W / G groups
+ * only (cp->icomm: recv = (W / G - 1) x k x 8 bytes).
  */
 #include "cp/cp.h"
 
@@ -42,8 +44,8 @@ int dsacp_cp_decode_exact_topk(const dsacp_cp_decode_args *a)
     const dsacp_cp_step *st = a->st;
     const dsacp_config *cfg = a->ctx->cfg;
     const int64_t nd = st->n_dec, K = cfg->index_topk, Hi = cfg->index_n_heads, di = cfg->index_head_dim;
-    const int64_t W = cp->W, me = cp->rank, I = cp->opt.interleave;
-    const bool sharded = W > 1 && cp->opt.index_layout == DSACP_LAYOUT_SHARDED;
+    const int64_t iW = cp->iW, ir = cp->ir, iI = cp->iI;
+    const bool sharded = iW > 1;
     int64_t maxn = 1;
     for (int64_t j = 0; j < nd; j++)
         if (a->pos_act[j] + 1 > maxn) maxn = a->pos_act[j] + 1;
@@ -51,8 +53,8 @@ int dsacp_cp_decode_exact_topk(const dsacp_cp_decode_args *a)
     float *scores = malloc((size_t)maxn * 4);
     int32_t *lsel = malloc((size_t)K * 4), *sel = malloc(nc * 4);
     int64_t *nsel = malloc((size_t)(nd > 0 ? nd : 1) * sizeof *nsel);
-    candidate *mine = malloc(nc * sizeof *mine), *all = malloc(nc * (size_t)W * sizeof *all);
-    uint64_t *keys = malloc((size_t)(W * K) * sizeof *keys);
+    candidate *mine = malloc(nc * sizeof *mine), *all = malloc(nc * (size_t)iW * sizeof *all);
+    uint64_t *keys = malloc((size_t)(iW * K) * sizeof *keys);
     void *qpack = dsacp_alloc((dsacp_index_query_bytes(Hi, di) + 63) / 64 * 64);
     const int64_t Hs = cp->h1 - cp->h0, dk = cfg->kv_lora_rank + cfg->qk_rope_head_dim;
     float *qown = dsacp_alloc((size_t)((nd > 0 ? nd : 1) * (Hs > 0 ? Hs : 1) * dk) * 4);
@@ -64,7 +66,7 @@ int dsacp_cp_decode_exact_topk(const dsacp_cp_decode_args *a)
     /* Local scores and local top-k over this rank's shard. */
     for (int64_t j = 0; j < nd; j++) {
         const int64_t e = st->ent[st->act[j]], n = a->pos_act[j] + 1;
-        const int64_t nl = sharded ? dsacp_cp_local_len(n, me, I, W) : n;
+        const int64_t nl = dsacp_cp_idx_len(cp, n, ir);
         dsacp_index_query_pack(a->proj->qi + j * Hi * di, a->proj->wts + j * Hi, Hi, di, qpack);
         dsacp_dsa_index_scores(cp->idx, a->layer, st->idx_seq[e], nl, qpack, scores, true);
         cp->stats.keys_scored += nl;
@@ -73,7 +75,7 @@ int dsacp_cp_decode_exact_topk(const dsacp_cp_decode_args *a)
             candidate *c = &mine[j * K + i];
             if (i < k) {
                 c->score = scores[lsel[i]];
-                c->pos = (int32_t)(sharded ? dsacp_cp_global_pos(lsel[i], me, I, W) : lsel[i]);
+                c->pos = (int32_t)(sharded ? dsacp_cp_global_pos(lsel[i], ir, iI, iW) : lsel[i]);
             } else {
                 c->score = -INFINITY;
                 c->pos = -1;
@@ -82,14 +84,14 @@ int dsacp_cp_decode_exact_topk(const dsacp_cp_decode_args *a)
     }
     /* The candidates travel (non-blocking) while the query rows of this rank's heads are absorbed. */
     {
-        size_t *rbq = malloc((size_t)W * sizeof *rbq);
+        size_t *rbq = malloc((size_t)iW * sizeof *rbq);
         dsacp_comm_request *req = NULL;
         if (!rbq) {
             crc = dsacp_error(DSACP_ENOMEM, "out of memory");
             goto done;
         }
-        for (int64_t q = 0; q < W; q++) rbq[q] = nc * sizeof *mine;
-        crc = dsacp_comm_iallgatherv(cp->comm, mine, nc * sizeof *mine, all, rbq, DSACP_PHASE_index_candidates, &req);
+        for (int64_t q = 0; q < iW; q++) rbq[q] = nc * sizeof *mine;
+        crc = dsacp_comm_iallgatherv(cp->icomm, mine, nc * sizeof *mine, all, rbq, DSACP_PHASE_index_candidates, &req);
         free(rbq);
         if (crc) goto done;
         const double t0 = dsacp_now();
@@ -103,7 +105,7 @@ int dsacp_cp_decode_exact_topk(const dsacp_cp_decode_args *a)
     /* Exact merge, the same on every rank. */
     for (int64_t j = 0; j < nd; j++) {
         int64_t m = 0;
-        for (int64_t q = 0; q < W; q++)
+        for (int64_t q = 0; q < iW; q++)
             for (int64_t i = 0; i < K; i++) {
                 const candidate *c = &all[(q * nd + j) * K + i];
                 if (c->pos >= 0) keys[m++] = cand_key(c);

@@ -44,7 +44,7 @@ void dsacp_cp_context_rule(const dsacp_cp_ctx *cp, int64_t old_len, double *gath
     const double W = (double)cp->W, H = (double)cfg->num_attention_heads, K = (double)cfg->index_topk;
     const double dc = (double)cfg->kv_lora_rank, dk = dc + (double)cfg->qk_rope_head_dim;
     const double dv = (double)cfg->v_head_dim, D = (double)cfg->hidden_size;
-    const bool lsh = cp->opt.kv_layout == DSACP_LAYOUT_SHARDED, ish = cp->opt.index_layout == DSACP_LAYOUT_SHARDED;
+    const bool lsh = cp->opt.kv_layout == DSACP_LAYOUT_SHARDED, ish = cp->iW > 1;
     const double esh = (lsh ? (double)cp->lat->mla_bytes : 0) + (ish ? (double)cp->idx->index_bytes : 0);
     *gather_bytes = (W - 1) / W * (double)old_len * esh;
     const bool deployed16 = cp->deployed && cp->opt.partials == DSACP_PARTIALS_AUTO;
@@ -52,15 +52,15 @@ void dsacp_cp_context_rule(const dsacp_cp_ctx *cp, int64_t old_len, double *gath
     const double oproj = cp->o_gather_v ? (H - H / W) * dv * 4 : 2 * (W - 1) / W * D * s;
     switch (cp->opt.decode) {
     case DSACP_DECODE_LEAN: {
-        const double kp = (double)dsacp_cp_lean_kprime(cfg->index_topk, cp->W, cp->opt.lean_factor);
         const bool out = cp->opt.lean_merge == DSACP_LEAN_MERGE_OUTPUT;
-        *per_token = (ish ? (W - 1) * kp * 4 : 0) + (W - 1) * H * 4 + (out ? 0 : (W - 1) * (H / W) * dv * s) +
+        const double kpg = (double)dsacp_cp_lean_kprime(cfg->index_topk, cp->iW, cp->opt.lean_factor);
+        *per_token = (ish ? ((double)cp->iW - 1) * kpg * 4 : 0) + (W - 1) * H * 4 + (out ? 0 : (W - 1) * (H / W) * dv * s) +
                      (out ? 2 * (W - 1) / W * D * s : oproj);
         break;
     }
     case DSACP_DECODE_EXACT_TOPK:
     case DSACP_DECODE_REPLICATED_INDEX:
-        *per_token = (cp->opt.decode == DSACP_DECODE_EXACT_TOPK ? (W - 1) * K * 8 : 0) + (H - H / W) * dk * 4 +
+        *per_token = (cp->opt.decode == DSACP_DECODE_EXACT_TOPK ? ((double)cp->iW - 1) * K * 8 : 0) + (H - H / W) * dk * 4 +
                      (W - 1) * H * 4 + (W - 1) * (H / W) * dc * 4 + oproj;
         break;
     default: /* allgather-kv gathers the context for decode tokens too: never cheaper */
@@ -94,7 +94,7 @@ int dsacp_cp_step_build(dsacp_cp_ctx *cp, dsacp_cp_step *st, dsacp_cp_step_mem *
      * it (the prefill path below), or its tokens processed like decode tokens on every rank
      * through the decode strategy (distributed), or the cheaper of the two in bytes (auto). */
     const bool sharded = W > 1 && !dsa_cp_only &&
-                         (cp->opt.kv_layout == DSACP_LAYOUT_SHARDED || cp->opt.index_layout == DSACP_LAYOUT_SHARDED);
+                         (cp->opt.kv_layout == DSACP_LAYOUT_SHARDED || cp->iW > 1);
     char choice = '-';
     for (int64_t e = 0; e < n_ent && sharded; e++) {
         const int64_t nn = st->new_len[e] - st->old_len[e];
@@ -434,11 +434,10 @@ int dsacp_cp_layer_forward(dsacp_cp_ctx *cp, const dsacp_dsa_ctx *ctx, const dsa
             goto done;
         }
         const bool lat_all = W == 1 || cp->opt.kv_layout == DSACP_LAYOUT_REPLICATED;
-        const bool idx_all = W == 1 || cp->opt.index_layout == DSACP_LAYOUT_REPLICATED;
         for (int64_t t = 0; t < st->T; t++) {
             const int64_t e = st->ent[t], pp = st->pos[t];
-            const bool mine = dsacp_cp_owner(pp, I, W) == me;
-            if (!(lat_all || mine) && !(idx_all || mine)) continue;
+            const bool mine = dsacp_cp_owner(pp, I, W) == me, idx_keep = dsacp_cp_idx_holds(cp, pp);
+            if (!(lat_all || mine) && !idx_keep) continue;
             const uint8_t *src;
             if (st->act_row[t] >= 0) {
                 dsacp_cp_get_lat(stage, 0, st->act_row[t], tmp);
@@ -448,7 +447,7 @@ int dsacp_cp_layer_forward(dsacp_cp_ctx *cp, const dsacp_dsa_ctx *ctx, const dsa
                 src = pre_recv + st->pre_idx[t] * E; /* W > 1: exchanged above */
             }
             if (lat_all || mine) dsacp_cp_put_lat(cp->lat, layer, dsacp_cp_lat_slot(cp, st, e, pp), src);
-            if (idx_all || mine) dsacp_cp_put_idx(cp->idx, layer, dsacp_cp_idx_slot(cp, st, e, pp), src + ml);
+            if (idx_keep) dsacp_cp_put_idx(cp->idx, layer, dsacp_cp_idx_slot(cp, st, e, pp), src + ml);
         }
         free(tmp);
     }
@@ -577,7 +576,8 @@ int dsacp_dsa_forward(const dsacp_dsa_ctx *ctx, const dsacp_dsa_weights *w, int6
         }
         for (int64_t e = 0; e < n_ent; e++)
             if (old_len[e] == INT64_MAX) old_len[e] = new_len[e] = 0;
-        dsacp_cp_ctx cp = {.cfg = ctx->cfg, .comm = solo, .W = 1, .rank = 0, .lat = ctx->cache, .idx = ctx->cache,
+        dsacp_cp_ctx cp = {.cfg = ctx->cfg, .comm = solo, .icomm = solo, .iW = 1, .iI = 1, .W = 1, .rank = 0,
+                           .lat = ctx->cache, .idx = ctx->cache,
                            .block_size = ctx->cache->block_size, .h0 = 0, .h1 = ctx->cfg->num_attention_heads};
         dsacp_cp_options_default(&cp.opt);
         dsacp_cp_step st = {.T = T, .n_ent = n_ent, .pos = tok->pos, .ent = tok->seq, .old_len = old_len,

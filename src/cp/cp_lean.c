@@ -22,7 +22,8 @@
  *                            attn_merge), o_proj split by heads as in the other strategies
  * Partials travel in bf16 in deployed numerics unless --partials fp32 (fp32 in exact numerics),
  * summed in rank order. With a replicated index every rank takes the whole top-k itself and no
- * candidate travels.
+ * candidate travels; with partial:G the lists travel between the W / G groups only (every rank
+ * of a group holds and scores the group's keys, k' = ceil(f k G / W)).
  *
  * Why the threshold check is exact: let U be the union of the lists and tau its k-th best score.
  * A position outside U belongs to a rank whose list was truncated, so its score is <= the last
@@ -129,9 +130,12 @@ int dsacp_cp_decode_lean(const dsacp_cp_decode_args *a, bool output_merge, bool 
     const int64_t dq = nope + dr, dc = cfg->kv_lora_rank, dk = dc + dr, dv = cfg->v_head_dim;
     const int64_t W = cp->W, me = cp->rank, I = cp->opt.interleave, n1 = nd > 0 ? nd : 1;
     const int64_t h0 = cp->h0, h1 = cp->h1, Hs = h1 - h0;
-    const bool sharded = W > 1 && cp->opt.index_layout == DSACP_LAYOUT_SHARDED;
+    /* The lists travel between the indexer's holder groups (iW of them: W when sharded, W / G
+     * with partial:G, where the G ranks of a group hold and score the same keys). */
+    const int64_t iW = cp->iW, ir = cp->ir, iI = cp->iI;
+    const bool sharded = iW > 1;
     const bool lat_sh = W > 1 && cp->opt.kv_layout == DSACP_LAYOUT_SHARDED;
-    const int64_t kp = dsacp_cp_lean_kprime(K, W, cp->opt.lean_factor);
+    const int64_t kp = dsacp_cp_lean_kprime(K, iW, cp->opt.lean_factor);
     const float scale = (float)cfg->softmax_scale;
 
     int64_t maxn = 1;
@@ -141,9 +145,9 @@ int dsacp_cp_decode_lean(const dsacp_cp_decode_args *a, bool output_merge, bool 
     int32_t *lsel = malloc((size_t)K * 4);
     uint64_t *list = malloc((size_t)(n1 * K) * sizeof *list);        /* [nd][K] own local top-K, best first */
     int64_t *lcount = calloc((size_t)n1, sizeof *lcount);            /* entries of list[j] */
-    int64_t *m = calloc((size_t)(n1 * W), sizeof *m);                /* [nd][W] list lengths sent */
-    uint8_t *trunc = calloc((size_t)(n1 * W), 1), *mode = calloc((size_t)n1, 1);
-    size_t *rb = calloc((size_t)W, sizeof *rb);
+    int64_t *m = calloc((size_t)(n1 * iW), sizeof *m);               /* [nd][iW] list lengths sent */
+    uint8_t *trunc = calloc((size_t)(n1 * iW), 1), *mode = calloc((size_t)n1, 1);
+    size_t *rb = calloc((size_t)iW, sizeof *rb);
     int32_t *own = malloc((size_t)(n1 * K) * 4);                     /* [nd][K] owned winners, ascending */
     int64_t *nown = calloc((size_t)n1, sizeof *nown);
     float *qall = dsacp_alloc((size_t)(n1 * H * dk) * 4), *kv = dsacp_alloc((size_t)(K * dk) * 4);
@@ -166,13 +170,13 @@ int dsacp_cp_decode_lean(const dsacp_cp_decode_args *a, bool output_merge, bool 
     enum { ALL = 0, EXCHANGE = 1, FALLBACK = 2 };
     for (int64_t j = 0; j < nd; j++) {
         const int64_t e = st->ent[st->act[j]], n = a->pos_act[j] + 1;
-        const int64_t nl = sharded ? dsacp_cp_local_len(n, me, I, W) : n;
+        const int64_t nl = dsacp_cp_idx_len(cp, n, ir);
         dsacp_index_query_pack(a->proj->qi + j * Hi * di, a->proj->wts + j * Hi, Hi, di, qpack);
         dsacp_dsa_index_scores(cp->idx, a->layer, st->idx_seq[e], nl, qpack, scores, true);
         cp->stats.keys_scored += nl;
         const int64_t k = dsacp_topk_select(scores, nl, K, lsel);
         for (int64_t i = 0; i < k; i++) {
-            const int32_t p = (int32_t)(sharded ? dsacp_cp_global_pos(lsel[i], me, I, W) : lsel[i]);
+            const int32_t p = (int32_t)(sharded ? dsacp_cp_global_pos(lsel[i], ir, iI, iW) : lsel[i]);
             list[j * K + i] = ckey(scores[lsel[i]], p);
         }
         qsort(list + j * K, (size_t)k, sizeof *list, cmp_desc);
@@ -180,14 +184,14 @@ int dsacp_cp_decode_lean(const dsacp_cp_decode_args *a, bool output_merge, bool 
         mode[j] = (!sharded || n <= K) ? ALL : EXCHANGE;
         if (mode[j] == ALL) continue;
         cp->stats.lean_decisions++;
-        for (int64_t q = 0; q < W; q++) {
-            const int64_t nq = dsacp_cp_local_len(n, q, I, W);
-            m[j * W + q] = nq < kp ? nq : kp;
-            trunc[j * W + q] = nq > m[j * W + q];
-            rb[q] += (size_t)m[j * W + q] * 4;
-            tot_all += m[j * W + q];
+        for (int64_t q = 0; q < iW; q++) {
+            const int64_t nq = dsacp_cp_idx_len(cp, n, q);
+            m[j * iW + q] = nq < kp ? nq : kp;
+            trunc[j * iW + q] = nq > m[j * iW + q];
+            rb[q] += (size_t)m[j * iW + q] * 4;
+            tot_all += m[j * iW + q];
         }
-        tot_send += m[j * W + me];
+        tot_send += m[j * iW + ir];
     }
     /* 2. The truncated lists' scores (padded with -inf where NaN scores left a list short). */
     if (tot_all > 0) {
@@ -200,7 +204,7 @@ int dsacp_cp_decode_lean(const dsacp_cp_decode_args *a, bool output_merge, bool 
         float *s = sendsc;
         for (int64_t j = 0; j < nd; j++) {
             if (mode[j] != EXCHANGE) continue;
-            for (int64_t i = 0; i < m[j * W + me]; i++) {
+            for (int64_t i = 0; i < m[j * iW + ir]; i++) {
                 float f = -INFINITY;
                 if (i < lcount[j]) {
                     const uint32_t fk = (uint32_t)(list[j * K + i] >> 32), b = (fk & 0x80000000u) ? (fk & 0x7FFFFFFFu) : ~fk;
@@ -215,7 +219,7 @@ int dsacp_cp_decode_lean(const dsacp_cp_decode_args *a, bool output_merge, bool 
     {
         dsacp_comm_request *req = NULL;
         if (tot_all > 0) {
-            crc = dsacp_comm_iallgatherv(cp->comm, sendsc, (size_t)tot_send * 4, recvsc, rb, DSACP_PHASE_index_candidates,
+            crc = dsacp_comm_iallgatherv(cp->icomm, sendsc, (size_t)tot_send * 4, recvsc, rb, DSACP_PHASE_index_candidates,
                                          &req);
             if (crc) goto done;
         }
@@ -232,14 +236,14 @@ int dsacp_cp_decode_lean(const dsacp_cp_decode_args *a, bool output_merge, bool 
     /* 3. The verdict per token (the same on every rank), and this rank's winners. */
     {
         uint32_t *keys = malloc((size_t)(tot_all > 0 ? tot_all : 1) * 4);
-        const uint32_t **kq = malloc((size_t)W * sizeof *kq);
-        int64_t *off = calloc((size_t)W, sizeof *off), *base = calloc((size_t)W + 1, sizeof *base);
+        const uint32_t **kq = malloc((size_t)iW * sizeof *kq);
+        int64_t *off = calloc((size_t)iW, sizeof *off), *base = calloc((size_t)iW + 1, sizeof *base);
         if (!keys || !kq || !off || !base) {
             free(keys), free(kq), free(off), free(base);
             crc = dsacp_error(DSACP_ENOMEM, "out of memory for the lean verdict");
             goto done;
         }
-        for (int64_t q = 0; q < W; q++) base[q + 1] = base[q] + (int64_t)(rb[q] / 4);
+        for (int64_t q = 0; q < iW; q++) base[q + 1] = base[q] + (int64_t)(rb[q] / 4);
         for (int64_t i = 0; i < tot_all; i++) keys[i] = dsacp_float_key(recvsc[i]);
         int64_t nfb = 0;
         for (int64_t j = 0; j < nd; j++) {
@@ -252,11 +256,11 @@ int dsacp_cp_decode_lean(const dsacp_cp_decode_args *a, bool output_merge, bool 
                 }
                 continue;
             }
-            for (int64_t q = 0; q < W; q++) kq[q] = keys + base[q] + off[q];
+            for (int64_t q = 0; q < iW; q++) kq[q] = keys + base[q] + off[q];
             uint32_t tau = 0;
             int64_t take = 0;
-            const int v = dsacp_cp_lean_decide(W, kq, m + j * W, trunc + j * W, K, me, &tau, &take);
-            for (int64_t q = 0; q < W; q++) off[q] += m[j * W + q];
+            const int v = dsacp_cp_lean_decide(iW, kq, m + j * iW, trunc + j * iW, K, ir, &tau, &take);
+            for (int64_t q = 0; q < iW; q++) off[q] += m[j * iW + q];
             if (v != DSACP_LEAN_DECIDED) {
                 mode[j] = FALLBACK;
                 nfb++;
@@ -264,14 +268,17 @@ int dsacp_cp_decode_lean(const dsacp_cp_decode_args *a, bool output_merge, bool 
                 else cp->stats.lean_fallback_threshold++;
                 continue;
             }
-            nown[j] = dsacp_cp_lean_own(list + j * K, lcount[j], tau, take, ow);
+            /* the group's winners; this rank attends those it owns */
+            const int64_t ng = dsacp_cp_lean_own(list + j * K, lcount[j], tau, take, ow);
+            for (int64_t i = 0; i < ng; i++)
+                if (dsacp_cp_owner(ow[i], I, W) == me) ow[nown[j]++] = ow[i];
         }
         free(keys), free(kq), free(off), free(base);
         /* 4. Fallback: exact-topk's exchange of every rank's local top-K for the open tokens. */
         if (nfb > 0) {
             fb_send = malloc((size_t)(nfb * K) * sizeof *fb_send);
-            fb_recv = malloc((size_t)(W * nfb * K) * sizeof *fb_recv);
-            merge = malloc((size_t)(W * K) * sizeof *merge);
+            fb_recv = malloc((size_t)(iW * nfb * K) * sizeof *fb_recv);
+            merge = malloc((size_t)(iW * K) * sizeof *merge);
             if (!fb_send || !fb_recv || !merge) {
                 crc = dsacp_error(DSACP_ENOMEM, "out of memory for the lean fallback");
                 goto done;
@@ -283,14 +290,14 @@ int dsacp_cp_decode_lean(const dsacp_cp_decode_args *a, bool output_merge, bool 
                 f++;
             }
             cp->stats.lean_fallback_rounds++;
-            crc = dsacp_comm_allgather(cp->comm, fb_send, (size_t)(nfb * K) * sizeof *fb_send, fb_recv,
+            crc = dsacp_comm_allgather(cp->icomm, fb_send, (size_t)(nfb * K) * sizeof *fb_send, fb_recv,
                                        DSACP_PHASE_lean_fallback);
             if (crc) goto done;
             f = 0;
             for (int64_t j = 0; j < nd; j++) {
                 if (mode[j] != FALLBACK) continue;
                 int64_t cnt = 0;
-                for (int64_t q = 0; q < W; q++)
+                for (int64_t q = 0; q < iW; q++)
                     for (int64_t i = 0; i < K; i++) {
                         const uint64_t k = fb_recv[(q * nfb + f) * K + i];
                         if (k) merge[cnt++] = k;

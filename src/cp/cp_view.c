@@ -56,9 +56,7 @@ int64_t dsacp_cp_lat_slot(const dsacp_cp_ctx *cp, const dsacp_cp_step *st, int64
 
 int64_t dsacp_cp_idx_slot(const dsacp_cp_ctx *cp, const dsacp_cp_step *st, int64_t e, int64_t p)
 {
-    const bool sh = cp->W > 1 && cp->opt.index_layout == DSACP_LAYOUT_SHARDED;
-    const int64_t lp = sh ? dsacp_cp_local_pos(p, cp->opt.interleave, cp->W) : p;
-    return dsacp_kv_slot(cp->idx, st->idx_seq[e], lp);
+    return dsacp_kv_slot(cp->idx, st->idx_seq[e], dsacp_cp_idx_local(cp, p));
 }
 
 void dsacp_cp_views_free(dsacp_cp_views *v)
@@ -90,7 +88,9 @@ int dsacp_cp_views_build(dsacp_cp_ctx *cp, const dsacp_cp_step *st, int64_t laye
     out->n_ent = st->n_ent;
     const int64_t W = cp->W, me = cp->rank, I = cp->opt.interleave, n_ent = st->n_ent;
     const bool lat_sh = W > 1 && cp->opt.kv_layout == DSACP_LAYOUT_SHARDED;
-    const bool idx_sh = W > 1 && cp->opt.index_layout == DSACP_LAYOUT_SHARDED;
+    /* A partial index layout travels like a sharded one: every rank sends the keys of the
+     * positions it owns (they are among those its group holds). */
+    const bool idx_sh = W > 1 && cp->iW > 1;
     out->view = calloc((size_t)(n_ent > 0 ? n_ent : 1), sizeof *out->view);
     if (!out->view) return dsacp_error(DSACP_ENOMEM, "out of memory for views");
     for (int64_t e = 0; e < n_ent; e++)
@@ -124,7 +124,7 @@ int dsacp_cp_views_build(dsacp_cp_ctx *cp, const dsacp_cp_step *st, int64_t laye
         const int64_t n = dsacp_cp_local_len(st->old_len[e], me, I, W);
         for (int64_t lp = 0; lp < n; lp++) {
             if (lat_sh) dsacp_cp_get_lat(cp->lat, layer, dsacp_kv_slot(cp->lat, st->lat_seq[e], lp), s), s += ml;
-            if (idx_sh) dsacp_cp_get_idx(cp->idx, layer, dsacp_kv_slot(cp->idx, st->idx_seq[e], lp), s), s += il;
+            if (idx_sh) dsacp_cp_get_idx(cp->idx, layer, dsacp_cp_idx_slot(cp, st, e, dsacp_cp_global_pos(lp, me, I, W)), s), s += il;
         }
     }
     int crc = dsacp_comm_allgatherv(cp->comm, send, rb[me], recv, rb, phase);

@@ -9,6 +9,7 @@
 #include "engine/engine.h"
 #include "model/model.h"
 
+#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -133,6 +134,7 @@ void dsacp_engine_free(dsacp_engine *e)
     }
     dsacp_cp_weights_free(e->cp.wp);
     free(e->cp.ctx_choices);
+    dsacp_comm_free(e->cp.icomm_own);
     if (e->icache != e->cache) dsacp_kv_cache_free(e->icache);
     dsacp_kv_cache_free(e->cache);
     if (e->owns_comm) dsacp_comm_free(e->comm);
@@ -144,6 +146,7 @@ void dsacp_cp_options_default(dsacp_cp_options *opt)
     opt->interleave = 1;
     opt->kv_layout = DSACP_LAYOUT_SHARDED;
     opt->index_layout = DSACP_LAYOUT_SHARDED;
+    opt->index_group = 1;
     opt->decode = DSACP_DECODE_EXACT_TOPK;
     opt->prefill_split = DSACP_PREFILL_OWNER;
     opt->mode = DSACP_CP_DCP;
@@ -158,7 +161,7 @@ void dsacp_cp_options_default(dsacp_cp_options *opt)
 }
 
 static const char *const strategy_names[] = {"allgather-kv", "replicated-index", "exact-topk", "lean"};
-static const char *const layout_names[] = {"sharded", "replicated"};
+static const char *const layout_names[] = {"sharded", "replicated", "partial"};
 static const char *const split_names[] = {"owner", "contiguous", "zigzag"};
 static const char *const merge_names[] = {"output", "values"};
 static const char *const partials_names[] = {"auto", "fp32"};
@@ -241,7 +244,27 @@ const char *dsacp_decode_strategy_name(dsacp_decode_strategy s)
 {
     return (unsigned)s < 4 ? strategy_names[s] : "?";
 }
-const char *dsacp_cp_layout_name(dsacp_cp_layout l) { return (unsigned)l < 2 ? layout_names[l] : "?"; }
+const char *dsacp_cp_layout_name(dsacp_cp_layout l) { return (unsigned)l < 3 ? layout_names[l] : "?"; }
+
+int dsacp_index_layout_parse(const char *name, dsacp_cp_layout *out, int64_t *group)
+{
+    if (name && strncmp(name, "partial:", 8) == 0) {
+        char *end;
+        errno = 0;
+        const long long g = strtoll(name + 8, &end, 10);
+        if (errno || end == name + 8 || *end || g < 1 || g > (1 << 20))
+            return dsacp_error(DSACP_EINVAL, "index layout '%s': partial:G needs a group size G >= 1", name);
+        *out = DSACP_LAYOUT_PARTIAL;
+        *group = g;
+        return DSACP_OK;
+    }
+    if (name && strcmp(name, "partial") == 0)
+        return dsacp_error(DSACP_EINVAL, "index layout 'partial' needs its group size: partial:G");
+    int rc = dsacp_cp_layout_parse(name, out);
+    if (rc) return dsacp_error(DSACP_EINVAL, "unknown index layout '%s' (sharded, replicated, partial:G)", name ? name : "");
+    *group = 1;
+    return DSACP_OK;
+}
 
 int dsacp_decode_strategy_parse(const char *name, dsacp_decode_strategy *out)
 {
@@ -272,6 +295,18 @@ static int setup_cp(dsacp_engine *e, const dsacp_cp_options *cp)
     e->cp.h0 = dsacp_split_begin(H, me, W);
     e->cp.h1 = dsacp_split_begin(H, me + 1, W);
     e->cp.cfg = cfg;
+    /* The indexer cache as a sharding of its own: W_i holders of I_i-position runs (docs section 1). */
+    e->cp.iW = 1, e->cp.iI = 1, e->cp.ir = 0;
+    e->cp.icomm = e->comm;
+    if (W > 1 && cp->index_layout == DSACP_LAYOUT_SHARDED) e->cp.iW = W, e->cp.iI = cp->interleave, e->cp.ir = me;
+    if (W > 1 && cp->index_layout == DSACP_LAYOUT_PARTIAL) {
+        const int64_t G = cp->index_group;
+        e->cp.iW = W / G, e->cp.iI = cp->interleave * G, e->cp.ir = me / G;
+        /* the candidates travel between the groups: one rank of each, the same place in its group */
+        int rc = dsacp_comm_split(e->comm, (int)(me % G), me, &e->cp.icomm_own);
+        if (rc) return rc;
+        e->cp.icomm = e->cp.icomm_own;
+    }
     e->cp.deployed = e->opt.numerics == DSACP_NUMERICS_DEPLOYED;
     /* DSA-CP: every rank runs all heads for its tokens; the weight plans say where the whole
      * q_b_proj and o_proj come from (cp_weights.c). */
@@ -322,7 +357,7 @@ static int check_options(const dsacp_config *cfg, const dsacp_engine_options *op
         return dsacp_error(DSACP_EINVAL, "the fp8 latent cache belongs to the deployed numerics mode");
     if (cp->interleave < 1 || cp->interleave > ((int64_t)1 << 30))
         return dsacp_error(DSACP_EINVAL, "--cp-interleave %lld: must be in [1, 2^30]", (long long)cp->interleave);
-    if ((unsigned)cp->decode > DSACP_DECODE_LEAN || (unsigned)cp->kv_layout > 1 || (unsigned)cp->index_layout > 1 ||
+    if ((unsigned)cp->decode > DSACP_DECODE_LEAN || (unsigned)cp->kv_layout > 1 || (unsigned)cp->index_layout > 2 ||
         (unsigned)cp->prefill_split > 2 || (unsigned)cp->mode > 1 || (unsigned)cp->q_proj > 5 || (unsigned)cp->o_proj > 5 ||
         (unsigned)cp->lean_merge > 1 || (unsigned)cp->partials > 1 || (unsigned)cp->context_path > 2 ||
         (unsigned)cp->merge_backend > 1)
@@ -330,6 +365,11 @@ static int check_options(const dsacp_config *cfg, const dsacp_engine_options *op
     if (!(cp->lean_factor >= 1.0 && cp->lean_factor <= 1024.0))
         return dsacp_error(DSACP_EINVAL, "--lean-candidates %g: must be in [1, 1024] (times index_topk / W scores "
                            "per rank)", cp->lean_factor);
+    if (cp->index_layout == DSACP_LAYOUT_PARTIAL && (cp->index_group < 1 || W % cp->index_group))
+        return dsacp_error(DSACP_EINVAL, "--index-layout partial:%lld: the group size must divide the %d ranks",
+                           (long long)cp->index_group, W);
+    if (cp->index_layout == DSACP_LAYOUT_PARTIAL && cp->mode == DSACP_CP_DSA_CP)
+        return dsacp_error(DSACP_EINVAL, "--index-layout partial:G belongs to --cp-mode dcp");
     if (cp->prefetch < 1 || cp->prefetch > 64)
         return dsacp_error(DSACP_EINVAL, "--prefetch %lld: must be in [1, 64]", (long long)cp->prefetch);
     if (cp->mode == DSACP_CP_DCP && (cp->q_proj != DSACP_WEIGHTS_REPLICATED || cp->o_proj != DSACP_WEIGHTS_REPLICATED))
@@ -348,9 +388,9 @@ static int check_options(const dsacp_config *cfg, const dsacp_engine_options *op
         return dsacp_error(DSACP_EINVAL, "--decode-strategy replicated-index needs --index-layout replicated "
                            "(every rank scores every position)");
     if (W > 1 && dcp_decode && cp->decode == DSACP_DECODE_EXACT_TOPK &&
-        cp->index_layout != DSACP_LAYOUT_SHARDED)
+        cp->index_layout == DSACP_LAYOUT_REPLICATED)
         return dsacp_error(DSACP_EINVAL, "--decode-strategy exact-topk scores each rank's shard of the indexer "
-                           "cache: it needs --index-layout sharded (replicated-index uses a replicated one)");
+                           "cache: it needs --index-layout sharded or partial:G (replicated-index uses a replicated one)");
     if (W > cfg->max_position_embeddings)
         return dsacp_error(DSACP_EINVAL, "%d ranks exceed max_position_embeddings %lld: a rank would own no "
                            "position", W, (long long)cfg->max_position_embeddings);
@@ -619,7 +659,9 @@ static int moe_forward(const dsacp_engine *e, const mlp_weights *w, const float 
 static int64_t kept_on(const dsacp_engine *e, dsacp_cp_layout layout, int64_t L, int q)
 {
     const int W = e->cp.W;
-    return W == 1 || layout == DSACP_LAYOUT_REPLICATED ? L : dsacp_cp_local_len(L, q, e->cp.opt.interleave, W);
+    const int64_t I = e->cp.opt.interleave, G = e->cp.opt.index_group;
+    if (W > 1 && layout == DSACP_LAYOUT_PARTIAL) return dsacp_cp_local_len(L, q / G, I * G, W / G);
+    return W == 1 || layout == DSACP_LAYOUT_REPLICATED ? L : dsacp_cp_local_len(L, q, I, W);
 }
 
 /* Positions of [0, L) this rank keeps in a cache of the given layout. */
@@ -920,7 +962,7 @@ int dsacp_engine_report_notes(const dsacp_engine *e)
                "\"interleave\": %lld, \"prefill_split\": \"%s\", \"kv_bytes_rank0\": {\"latent_used\": %lld, "
                "\"index_used\": %lld, \"transient_peak\": %lld}",
             dsacp_cp_mode_name(o->mode), dsacp_decode_strategy_name(o->decode), dsacp_cp_layout_name(o->kv_layout),
-            dsacp_cp_layout_name(o->index_layout), (long long)o->interleave, dsacp_prefill_split_name(o->prefill_split),
+            o->index_layout == DSACP_LAYOUT_PARTIAL ? "partial" : dsacp_cp_layout_name(o->index_layout), (long long)o->interleave, dsacp_prefill_split_name(o->prefill_split),
             (long long)ku.latent_used_bytes, (long long)ku.index_used_bytes, (long long)ku.transient_peak_bytes);
     {
         double g = 0, per = 0;
@@ -1001,7 +1043,6 @@ int dsacp_engine_fill_random(dsacp_engine *e, int64_t id, int64_t length, uint64
     const int W = e->cp.W, me = e->cp.rank;
     const int64_t I = e->cp.opt.interleave;
     const bool lat_all = W == 1 || e->cp.opt.kv_layout == DSACP_LAYOUT_REPLICATED;
-    const bool idx_all = W == 1 || e->cp.opt.index_layout == DSACP_LAYOUT_REPLICATED;
     dsacp_kv_seq *is = e->icache == e->cache ? &r->seq : &r->iseq;
 #pragma omp parallel for schedule(static)
     for (int64_t p = 0; p < length; p++) {
@@ -1014,10 +1055,9 @@ int dsacp_engine_fill_random(dsacp_engine *e, int64_t id, int64_t length, uint64
                 const int64_t lp = lat_all ? p : dsacp_cp_local_pos(p, I, W);
                 dsacp_kv_write_mla(e->cache, l, dsacp_kv_slot(e->cache, &r->seq, lp), v, v + dc);
             }
-            if (idx_all || mine) {
+            if (dsacp_cp_idx_holds(&e->cp, p)) {
                 fill_row(s + 1, p, v, di, 1.0f);
-                const int64_t lp = idx_all ? p : dsacp_cp_local_pos(p, I, W);
-                dsacp_kv_write_index(e->icache, l, dsacp_kv_slot(e->icache, is, lp), v);
+                dsacp_kv_write_index(e->icache, l, dsacp_kv_slot(e->icache, is, dsacp_cp_idx_local(&e->cp, p)), v);
             }
         }
     }

@@ -42,6 +42,7 @@ for W in 2 3; do
              "--cp-mode dsa-cp --kv-layout replicated --index-layout replicated --o-proj layer-shard --prefill-split owner" \
              "--decode-strategy lean --lean-candidates 1.5 --context-path distributed" \
              "--context-path auto --prefill-split zigzag --dcp-comm-backend a2a" \
+             "--index-layout partial:$W --decode-strategy lean" \
              "--decode-strategy lean --lean-merge values --partials fp32 --prefill-split zigzag --cp-interleave 2"; do
     out="$tmp/o.st"; rm -f "$out"
     # shellcheck disable=SC2086
@@ -102,6 +103,8 @@ bad "unknown prefill split" "unknown prefill split" "${F[@]}" --prefill-split ri
 bad "lean candidates below 1" "lean-candidates" "${F[@]}" --decode-strategy lean --lean-candidates 0.5
 bad "lean candidates not a number" "lean-candidates" "${F[@]}" --decode-strategy lean --lean-candidates many
 bad "unknown lean merge" "unknown lean merge" "${F[@]}" --decode-strategy lean --lean-merge heads
+bad "partial index group not dividing W" "must divide" "${F[@]}" --index-layout partial:3
+bad "partial index without its group" "partial:G" "${F[@]}" --index-layout partial
 bad "unknown context path" "unknown context path" "${F[@]}" --context-path ring
 bad "unknown partials dtype" "unknown partials dtype" "${F[@]}" --decode-strategy lean --partials fp16
 bad "weight plan in dcp mode" "belong to --cp-mode dsa-cp" "${F[@]}" --o-proj layer-shard

@@ -65,7 +65,8 @@ extern dsacp_comm *cli_world;
     "  --partials P          lean's partial results on the wire: auto (bf16 in deployed numerics,\n" \
     "                        fp32 in exact) or fp32\n"                                                \
     "  --kv-layout L         MLA latent cache: sharded or replicated (default sharded)\n"            \
-    "  --index-layout L      indexer key cache: sharded or replicated (default sharded; replicated\n" \
+    "  --index-layout L      indexer key cache: sharded, replicated or partial:G (replicated within\n" \
+    "                        groups of G ranks, sharded across groups; default sharded, replicated\n" \
     "                        for replicated-index)\n"                                                \
     "  --cp-interleave I     position p lives on rank (p / I) mod W (default 1; any I >= 1);\n"      \
     "                        vLLM's name --cp-kv-cache-interleave-size is accepted too\n"            \

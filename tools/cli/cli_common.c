@@ -130,7 +130,7 @@ bool cli_cp_options(const char *cmd, const cli_opt *opts, dsacp_cp_options *cp)
     }
     /* replicated-index needs a replicated index cache: that is its default. */
     if (cp->decode == DSACP_DECODE_REPLICATED_INDEX) cp->index_layout = DSACP_LAYOUT_REPLICATED;
-    if ((s = cli_get(opts, "index-layout")) && dsacp_cp_layout_parse(s, &cp->index_layout)) {
+    if ((s = cli_get(opts, "index-layout")) && dsacp_index_layout_parse(s, &cp->index_layout, &cp->index_group)) {
         fprintf(stderr, "dsacp %s: option '--index-layout': %s\n", cmd, dsacp_last_error());
         return false;
     }
@@ -208,8 +208,13 @@ bool cli_cp_options(const char *cmd, const cli_opt *opts, dsacp_cp_options *cp)
         return false;
     }
     if (W > 1 && dcp_decode && cp->decode == DSACP_DECODE_EXACT_TOPK &&
-        cp->index_layout != DSACP_LAYOUT_SHARDED) {
-        fprintf(stderr, "dsacp %s: '--decode-strategy exact-topk' needs '--index-layout sharded'\n", cmd);
+        cp->index_layout == DSACP_LAYOUT_REPLICATED) {
+        fprintf(stderr, "dsacp %s: '--decode-strategy exact-topk' needs '--index-layout sharded' (or partial:G)\n", cmd);
+        return false;
+    }
+    if (cp->index_layout == DSACP_LAYOUT_PARTIAL && W % cp->index_group) {
+        fprintf(stderr, "dsacp %s: option '--index-layout' = 'partial:%lld': the group size must divide the %d ranks\n",
+                cmd, (long long)cp->index_group, W);
         return false;
     }
     return true;
