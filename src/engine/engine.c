@@ -839,6 +839,7 @@ static int engine_step(dsacp_engine *e, const dsacp_step_entry *entries, int64_t
         int lrc = DSACP_OK; /* a local failure: keep taking part, agree at the end */
         memset(&e->times, 0, sizeof e->times);
         e->cp.t_proj = e->cp.t_attn = e->cp.t_oproj = 0;
+        e->cp.ovl_compute = e->cp.ovl_wait = 0;
         const double t_step = dsacp_now();
         for (int64_t l = 0; l < e->L && !rc; l++) {
             for (int64_t i = 0; i < na; i++) dsacp_rmsnorm(xb + i * D, h + i * D, e->in_norm[l], D, cfg->rms_norm_eps);
@@ -859,6 +860,7 @@ static int engine_step(dsacp_engine *e, const dsacp_step_entry *entries, int64_t
         }
         e->times.step = dsacp_now() - t_step;
         e->times.projections = e->cp.t_proj, e->times.attend = e->cp.t_attn, e->times.o_proj = e->cp.t_oproj;
+        e->times.overlap_compute = e->cp.ovl_compute, e->times.overlap_wait = e->cp.ovl_wait;
         if (!rc && want[0]) {
             /* Final norm of the active rows; prefill rows travel to rank 0, which applies the head
              * to every token in step order. */

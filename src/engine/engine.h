@@ -23,6 +23,8 @@ typedef struct dsacp_step_times {
     double projections, attend, o_proj; /* q/kv/indexer projections; cache writes, index scores,
                                          * top-k, sparse MLA, W_UV (with their collectives);
                                          * o_proj (with its collectives) */
+    double overlap_compute, overlap_wait; /* compute while a non-blocking collective was in flight,
+                                           * and the wait for it that followed */
 } dsacp_step_times;
 dsacp_step_times dsacp_engine_last_step_times(const dsacp_engine *e);
 

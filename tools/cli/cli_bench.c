@@ -1057,7 +1057,7 @@ static int bench_prefill(bench *b, const layer_weights *lw)
     return rc;
 }
 
-static const char *const kernel_names[] = {"all", "ceilings", "indexer", "topk", "mla", "linear", "layer", "gemm", "prefill", NULL};
+static const char *const kernel_names[] = {"all", "ceilings", "indexer", "topk", "mla", "linear", "layer", "gemm", "prefill", "cp", NULL};
 
 int cli_bench(int argc, char **argv)
 {
@@ -1065,9 +1065,11 @@ int cli_bench(int argc, char **argv)
                       {"batch", true, NULL},   {"threads", true, NULL},  {"kernel", true, NULL},
                       {"reps", true, NULL},    {"json", false, NULL},    {"numerics", true, NULL},
                       {"isa", true, NULL},     {"block-size", true, NULL}, {"warm", false, NULL},
+                      {"chunk", true, NULL},   CLI_CP_OPTS,
                       {NULL, false, NULL}};
     int parsed = cli_parse(argc, argv, opts);
     if (parsed != CLI_RUN) return parsed;
+    if (cli_get(opts, "kernel") && !strcmp(cli_get(opts, "kernel"), "cp")) return cli_bench_cp(opts);
     bench *b = calloc(1, sizeof *b);
     if (!b) {
         fprintf(stderr, "dsacp bench: out of memory\n");
@@ -1101,7 +1103,7 @@ int cli_bench(int argc, char **argv)
         const char *const *k = kernel_names;
         while (*k && strcmp(*k, s)) k++;
         if (!*k) {
-            fprintf(stderr, "dsacp bench: option '--kernel' must be all, ceilings, indexer, topk, mla, linear, layer, gemm or prefill, "
+            fprintf(stderr, "dsacp bench: option '--kernel' must be all, ceilings, indexer, topk, mla, linear, layer, gemm, prefill or cp, "
                             "got '%s'\n", s);
             goto out;
         }

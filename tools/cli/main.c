@@ -68,14 +68,19 @@ static const cli_command commands[] = {
      "  --seed N        random seed (default 0)\n"},
     {"bench", cli_bench,
      "(--preset NAME | --model DIR) [--context N] [--batch B] [--threads N]\n"
-     "        [--kernel all|ceilings|indexer|topk|mla|linear|layer|gemm|prefill] [--reps N] [--json]\n"
-     "        [--numerics exact|deployed] [--isa scalar|avx2|avx512] [--block-size B] [--warm]",
+     "        [--kernel all|ceilings|indexer|topk|mla|linear|layer|gemm|prefill|cp] [--reps N] [--json]\n"
+     "        [--numerics exact|deployed] [--isa scalar|avx2|avx512] [--block-size B] [--warm]\n"
+     "        [--chunk P] [context-parallel flags, under mpirun -np W]",
      "time the kernels and one decode layer beside the machine's ceilings",
      "  gemm     batched linear on 16, 256, 2048 tokens (f32, bf16, fp8 weights) beside OpenBLAS\n"
      "           sgemm on the same shape, timed interleaved (not part of 'all')\n"
      "  prefill  one step prefilling --context tokens through the layer, against the peak FMA\n"
      "           rate (the roofline; not part of 'all')\n"
-     "  see docs/performance.md for every figure it prints\n"},
+     "  cp       (--model DIR; under mpirun -np W) decode steps of --batch requests holding\n"
+     "           --context cached positions, then with --chunk P one step appending P tokens to\n"
+     "           the first (--context 0: a prefill of P tokens): step time, the layer's parts,\n"
+     "           time and bytes per communication phase, and the overlap achieved\n"
+     "  see docs/performance.md and docs/context-parallel.md for every figure it prints\n" CLI_CP_USAGE},
     {"run", cli_run,
      "(--model DIR | --preset NAME) [--requests N --prompt-len MIN:MAX --gen-len MIN:MAX\n"
      "          --arrival-rate R --long-requests N --long-prompt-len MIN:MAX | --prompts FILE.jsonl]\n"
@@ -154,7 +159,7 @@ int main(int argc, char **argv)
         return 0;
     }
     const cli_command *c = find_command(cmd);
-    if (c && c->run && (c->run == cli_forward || c->run == cli_generate || c->run == cli_run)) {
+    if (c && c->run && (c->run == cli_forward || c->run == cli_generate || c->run == cli_run || c->run == cli_bench)) {
         /* The engine commands run on every rank of an mpirun job (a solo group otherwise). */
         if (dsacp_comm_create_world(&argc, &argv, &cli_world)) {
             fprintf(stderr, "dsacp %s: %s\n", cmd, dsacp_last_error());

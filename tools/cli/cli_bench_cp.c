@@ -1,0 +1,223 @@
+/*
+ * cli_bench_cp.c -- `dsacp bench --kernel cp --model DIR` (under mpirun -np W): decode and
+ * chunked prefill over a CP group, per phase. Each of --batch requests is given --context cached
+ * positions of pseudo-random cache entries (dsacp_engine_fill_random: what a prefill would leave,
+ * without running it); then --reps decode steps of every request, then (--chunk P) one step
+ * appending P tokens to request 0 (a chunk after sharded context: --context-path decides how it
+ * reaches it; --context 0 --chunk P is a plain prefill of P tokens, split by --prefill-split).
+ *
+ * Per step kind it prints (rank 0) the step time and the layer's parts (slowest rank, median
+ * over the steps), the wall time inside each phase's collectives and the bytes received by the
+ * busiest rank (per decode token for decode steps), and the overlap achieved by the non-blocking
+ * collectives: compute done while one was in flight / (that compute + the wait that followed).
+ * With --json one JSON object per step kind (bench/cp_table.sh reads it). Timings are wall time;
+ * with more ranks than cores they include waiting for a core.
+ */
+#include "cli.h"
+#include "comm/comm.h"
+#include "core/core.h"
+#include "engine/engine.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int cmp_d(const void *a, const void *b)
+{
+    const double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+enum { P = DSACP_PHASE_COUNT, NT = 8 }; /* NT: step, attention, mlp, projections, attend, o_proj, ovl, wait */
+
+/* Max over ranks of n doubles (uncounted all-gather). */
+static int max_over_ranks(dsacp_comm *c, double *v, int n)
+{
+    const int W = dsacp_comm_size(c);
+    double *all = malloc((size_t)(W * n) * sizeof *all);
+    if (!all) return dsacp_error(DSACP_ENOMEM, "out of memory");
+    int rc = dsacp_comm_allgather(c, v, (size_t)n * sizeof *v, all, -1);
+    for (int q = 0; q < W && !rc; q++)
+        for (int i = 0; i < n; i++) v[i] = fmax(v[i], all[q * n + i]);
+    free(all);
+    return rc;
+}
+
+/* Runs `steps` steps (entries built by the caller's callback) and reports them as `kind`. */
+typedef struct run_ctx {
+    dsacp_engine *e;
+    dsacp_comm *world;
+    const dsacp_config *cfg;
+    const dsacp_cp_options *cp;
+    int64_t context, batch, tokens_per_step, W;
+    bool json, deployed;
+} run_ctx;
+
+static int report(const run_ctx *r, const char *kind, double *t /* [steps][NT] */, int64_t steps, double *sec,
+                  double *recv, double *calls, double per)
+{
+    /* medians of the slowest rank's times */
+    double med[NT];
+    double *col = malloc((size_t)steps * sizeof *col);
+    if (!col) return dsacp_error(DSACP_ENOMEM, "out of memory");
+    for (int k = 0; k < NT; k++) {
+        for (int64_t s = 0; s < steps; s++) col[s] = t[s * NT + k];
+        qsort(col, (size_t)steps, sizeof *col, cmp_d);
+        med[k] = col[steps / 2];
+    }
+    free(col);
+    dsacp_kv_usage u;
+    dsacp_engine_kv_usage(r->e, &u);
+    double kv[2] = {(double)(u.latent_used_bytes + u.index_used_bytes), (double)u.transient_peak_bytes};
+    int rc = max_over_ranks(r->world, kv, 2);
+    if (rc) return rc;
+    if (dsacp_comm_rank(r->world) != 0) return DSACP_OK;
+    const double ovl = med[6] + med[7] > 0 ? med[6] / (med[6] + med[7]) : NAN;
+    const dsacp_cp_options *o = r->cp;
+    if (r->json) {
+        printf("{\"kind\": \"%s\", \"world\": %lld, \"context\": %lld, \"batch\": %lld, \"tokens_per_step\": %lld, "
+               "\"strategy\": \"%s\", \"kv_layout\": \"%s\", \"index_layout\": \"%s\", \"interleave\": %lld, "
+               "\"prefill_split\": \"%s\", \"context_path\": \"%s\", \"dcp_comm_backend\": \"%s\", \"numerics\": \"%s\", "
+               "\"layers\": %lld, \"step_ms\": %.3f, \"attention_ms\": %.3f, \"attention_ms_per_token\": %.3f, "
+               "\"projections_ms\": %.3f, \"attend_ms\": %.3f, \"o_proj_ms\": %.3f, \"overlap_compute_ms\": %.3f, "
+               "\"overlap_wait_ms\": %.3f, \"overlap\": %.3f, \"kv_bytes_per_rank_max\": %.0f, "
+               "\"transient_peak_bytes_max\": %.0f, \"recv_bytes_max_rank\": {",
+               kind, (long long)r->W, (long long)r->context, (long long)r->batch, (long long)r->tokens_per_step,
+               dsacp_decode_strategy_name(o->decode), dsacp_cp_layout_name(o->kv_layout), dsacp_cp_layout_name(o->index_layout),
+               (long long)o->interleave, dsacp_prefill_split_name(o->prefill_split), dsacp_context_path_name(o->context_path),
+               dsacp_merge_backend_name(o->merge_backend), r->deployed ? "deployed" : "exact",
+               (long long)r->cfg->num_hidden_layers, med[0] * 1e3, med[1] * 1e3, med[1] * 1e3 / per, med[3] * 1e3,
+               med[4] * 1e3, med[5] * 1e3, med[6] * 1e3, med[7] * 1e3, isfinite(ovl) ? ovl : 0.0, kv[0], kv[1]);
+        for (int p = 0, first = 1; p < P; p++)
+            if (recv[p] > 0) printf("%s\"%s\": %.1f", first ? "" : ", ", dsacp_comm_phase_name(p), recv[p] / per), first = 0;
+        printf("}, \"calls_per_step\": {");
+        for (int p = 0, first = 1; p < P; p++)
+            if (calls[p] > 0) printf("%s\"%s\": %.2f", first ? "" : ", ", dsacp_comm_phase_name(p), calls[p]), first = 0;
+        printf("}, \"comm_ms_per_step\": {");
+        for (int p = 0, first = 1; p < P; p++)
+            if (calls[p] > 0) printf("%s\"%s\": %.3f", first ? "" : ", ", dsacp_comm_phase_name(p), sec[p] * 1e3), first = 0;
+        printf("}}\n");
+        return DSACP_OK;
+    }
+    printf("%s: W=%lld, %lld request%s x %lld cached positions, %lld token%s per step, %s, %s numerics\n", kind,
+           (long long)r->W, (long long)r->batch, r->batch == 1 ? "" : "s", (long long)r->context,
+           (long long)r->tokens_per_step, r->tokens_per_step == 1 ? "" : "s", dsacp_decode_strategy_name(o->decode),
+           r->deployed ? "deployed" : "exact");
+    printf("  step %.2f ms (attention %.2f: projections %.2f, attend %.2f, o_proj %.2f; mlp %.2f), slowest rank, median\n",
+           med[0] * 1e3, med[1] * 1e3, med[3] * 1e3, med[4] * 1e3, med[5] * 1e3, med[2] * 1e3);
+    if (isfinite(ovl))
+        printf("  overlap: %.3f ms of compute while collectives were in flight, then %.3f ms waiting: %.0f%% hidden\n",
+               med[6] * 1e3, med[7] * 1e3, 100 * ovl);
+    printf("  %-18s %8s %12s %14s\n", "phase", "calls", "ms/step", strcmp(kind, "decode") ? "KB recv/step" : "KB recv/token");
+    for (int p = 0; p < P; p++)
+        if (calls[p] > 0)
+            printf("  %-18s %8.2f %12.3f %14.2f\n", dsacp_comm_phase_name(p), calls[p], sec[p] * 1e3, recv[p] / per / 1024);
+    printf("  KV bytes per rank (max) %.2f MB, transient peak %.2f MB\n", kv[0] / 1048576, kv[1] / 1048576);
+    return DSACP_OK;
+}
+
+/* steps steps of `n` entries; per = tokens to divide the bytes by (decode: per token). */
+static int run_steps(run_ctx *r, const char *kind, dsacp_step_entry *en, int64_t n, int64_t steps, double per)
+{
+    double *t = calloc((size_t)(steps * NT), sizeof *t), sec[P] = {0}, recv[P] = {0}, calls[P] = {0};
+    if (!t) return dsacp_error(DSACP_ENOMEM, "out of memory");
+    dsacp_comm *ec = dsacp_engine_comm(r->e);
+    int rc = DSACP_OK;
+    for (int64_t s = 0; s < steps && !rc; s++) {
+        dsacp_comm_reset_counters(ec);
+        rc = dsacp_engine_step(r->e, en, n, NULL, NULL);
+        if (rc) break;
+        const dsacp_step_times st = dsacp_engine_last_step_times(r->e);
+        double *ts = t + s * NT;
+        ts[0] = st.step, ts[1] = st.attention, ts[2] = st.mlp, ts[3] = st.projections, ts[4] = st.attend;
+        ts[5] = st.o_proj, ts[6] = st.overlap_compute, ts[7] = st.overlap_wait;
+        rc = max_over_ranks(r->world, ts, NT);
+        double ph[3 * P];
+        for (int p = 0; p < P; p++) {
+            const dsacp_comm_counter k = dsacp_comm_get_counter(ec, p);
+            ph[p] = k.seconds, ph[P + p] = (double)k.bytes_recv, ph[2 * P + p] = (double)k.calls;
+        }
+        if (!rc) rc = max_over_ranks(r->world, ph, 3 * P);
+        for (int p = 0; p < P && !rc; p++) sec[p] += ph[p] / steps, recv[p] += ph[P + p] / steps, calls[p] += ph[2 * P + p] / steps;
+    }
+    if (!rc) rc = report(r, kind, t, steps, sec, recv, calls, per);
+    free(t);
+    return rc;
+}
+
+int cli_bench_cp(const cli_opt *opts)
+{
+    const char *dir = cli_get(opts, "model"), *s;
+    if (!dir) {
+        fprintf(stderr, "dsacp bench: '--kernel cp' needs '--model DIR' (the engine runs the model's layers)\n");
+        return 2;
+    }
+    int64_t L = 32768, B = 1, reps = 3, chunk = 0, bs = 64;
+    bool ok = true;
+    if (ok && (s = cli_get(opts, "context"))) ok = cli_int("bench", "context", s, 0, 1 << 24, &L);
+    if (ok && (s = cli_get(opts, "batch"))) ok = cli_int("bench", "batch", s, 1, 1024, &B);
+    if (ok && (s = cli_get(opts, "reps"))) ok = cli_int("bench", "reps", s, 1, 1000, &reps);
+    if (ok && (s = cli_get(opts, "chunk"))) ok = cli_int("bench", "chunk", s, 0, 1 << 24, &chunk);
+    if (ok && (s = cli_get(opts, "block-size"))) ok = cli_int("bench", "block-size", s, 1, 1 << 20, &bs);
+    dsacp_engine_options eo;
+    dsacp_engine_options_default(&eo);
+    eo.numerics = DSACP_NUMERICS_DEPLOYED;
+    eo.kv_dtype = DSACP_KV_FP8;
+    if (ok && (s = cli_get(opts, "numerics"))) {
+        if (!strcmp(s, "exact")) eo.numerics = DSACP_NUMERICS_EXACT, eo.kv_dtype = DSACP_KV_F32;
+        else if (strcmp(s, "deployed")) {
+            fprintf(stderr, "dsacp bench: option '--numerics' must be exact or deployed, got '%s'\n", s);
+            ok = false;
+        }
+    }
+    if (ok && L == 0 && chunk == 0) {
+        fprintf(stderr, "dsacp bench: '--kernel cp' with '--context 0' needs '--chunk P' (a prefill of P tokens)\n");
+        ok = false;
+    }
+    dsacp_cp_options cp;
+    if (ok) ok = cli_cp_options("bench", opts, &cp);
+    int rc = dsacp_comm_agree(cli_world, ok ? DSACP_OK : DSACP_EINVAL);
+    if (rc) return 2;
+    dsacp_model *m = NULL;
+    dsacp_engine *e = NULL;
+    rc = dsacp_comm_agree(cli_world, dsacp_model_load(dir, &m));
+    const int W = dsacp_comm_size(cli_world);
+    if (!rc) {
+        eo.block_size = bs;
+        /* every request's context + the decode steps + the chunk, on the rank that keeps most */
+        eo.num_blocks = B * ((L + reps + chunk) / bs + 2) + 4;
+        rc = dsacp_engine_create_cp(m, &eo, &cp, cli_world, &e);
+    }
+    int64_t *id = calloc((size_t)B, sizeof *id);
+    int32_t *tok = calloc((size_t)(B + chunk + 1), sizeof *tok);
+    dsacp_step_entry *en = calloc((size_t)B, sizeof *en);
+    if (!rc && (!id || !tok || !en)) rc = dsacp_error(DSACP_ENOMEM, "out of memory");
+    for (int64_t i = 0; i < B && !rc; i++) {
+        rc = dsacp_comm_agree(cli_world, dsacp_engine_add_request(e, &id[i]));
+        if (!rc && L > 0) rc = dsacp_engine_fill_random(e, id[i], L, 12345 + (uint64_t)i);
+    }
+    const dsacp_config *cfg = m ? dsacp_model_config(m) : NULL;
+    run_ctx r = {e, cli_world, cfg, &cp, L, B, B, W, cli_get(opts, "json") != NULL,
+                 eo.numerics == DSACP_NUMERICS_DEPLOYED};
+    if (!rc && L > 0) {
+        for (int64_t i = 0; i < B; i++) {
+            tok[i] = (int32_t)((i * 7919) % cfg->vocab_size);
+            en[i] = (dsacp_step_entry){id[i], 1, tok + i};
+        }
+        rc = run_steps(&r, "decode", en, B, reps, (double)B);
+    }
+    if (!rc && chunk > 0) {
+        for (int64_t i = 0; i < chunk; i++) tok[i] = (int32_t)((i * 104729 + 17) % cfg->vocab_size);
+        en[0] = (dsacp_step_entry){id[0], chunk, tok};
+        r.tokens_per_step = chunk;
+        r.batch = 1;
+        rc = run_steps(&r, L > 0 ? "chunk" : "prefill", en, 1, 1, 1.0);
+    }
+    free(id), free(tok), free(en);
+    const int st = cli_cp_finish("bench", opts, rc, e);
+    if (rc) cli_fail("bench", rc);
+    dsacp_engine_free(e);
+    dsacp_model_free(m);
+    return st ? 1 : 0;
+}
