@@ -1063,6 +1063,32 @@ static void test_context_paths(const dsacp_model *m)
             }
 }
 
+/* The distributed path through the other strategies and through DSA-CP + DCP's weight plans. */
+static void test_context_paths_more(const dsacp_model *m)
+{
+    dsacp_engine_options eo;
+    dsacp_engine_options_default(&eo);
+    eo.block_size = 16;
+    eo.num_blocks = 64;
+    for (int c = 0; c < 4; c++) {
+        dsacp_cp_options cp;
+        dsacp_cp_options_default(&cp);
+        cp.context_path = DSACP_CONTEXT_DISTRIBUTED;
+        cp.interleave = c % 2 ? 16 : 1;
+        if (c == 0) cp.decode = DSACP_DECODE_ALLGATHER_KV;
+        if (c == 1) cp.decode = DSACP_DECODE_REPLICATED_INDEX, cp.index_layout = DSACP_LAYOUT_REPLICATED;
+        if (c >= 2) {
+            cp.mode = DSACP_CP_DSA_CP, cp.prefill_split = c == 2 ? DSACP_PREFILL_CONTIGUOUS : DSACP_PREFILL_ZIGZAG;
+            cp.decode = c == 2 ? DSACP_DECODE_LEAN : DSACP_DECODE_EXACT_TOPK;
+            cp.q_proj = DSACP_WEIGHTS_LAYER_SHARD, cp.o_proj = c == 2 ? DSACP_WEIGHTS_TP : DSACP_WEIGHTS_AUTO;
+        }
+        char what[96];
+        snprintf(what, sizeof what, "context distributed, %s %s, I=%lld", dsacp_cp_mode_name(cp.mode),
+                 dsacp_decode_strategy_name(cp.decode), (long long)cp.interleave);
+        run_long(m, &eo, &cp, what, 1e-5, 1e-10);
+    }
+}
+
 /* The distributed context path's bytes are the decode formula's, one query row per chunk token
  * (its context = its position): a step with one chunk of 5 tokens after 58 cached ones. */
 static void test_counters_distributed(const dsacp_model *m, const dsacp_engine_options *eo)
@@ -1263,6 +1289,7 @@ int main(int argc, char **argv)
     test_lean_long(m);
     test_lean_deployed();
     test_context_paths(m);
+    test_context_paths_more(m);
     test_counters_distributed(m, &eo);
     test_a2a(m);
     test_partial(m);
