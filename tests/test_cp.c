@@ -416,16 +416,43 @@ static void expected_decode(const dsacp_config *cfg, const dsacp_cp_options *cp,
 
 /* One prefill-only step: entries with old lengths old[] and n[] new tokens, both caches
  * sharded (docs/context-parallel.md, "Bytes per step"). */
+/* The rank that computes token i (of n new ones) of an entry under a split, written out again
+ * from docs/context-parallel.md section 4 (t: the token's index in the step, T the step's size). */
+static int64_t split_rank(dsacp_prefill_split split, int64_t p, int64_t I, int64_t W, int64_t i, int64_t n, int64_t t,
+                          int64_t T)
+{
+    if (split == DSACP_PREFILL_CONTIGUOUS) return t / ((T + W - 1) / W);
+    if (split == DSACP_PREFILL_ZIGZAG) {
+        int64_t c = 0;
+        while (c + 1 < 2 * W && n * (c + 1) / (2 * W) <= i) c++; /* chunk c = [n c / 2W, n (c + 1) / 2W) */
+        return c < W ? c : 2 * W - 1 - c;
+    }
+    return dsacp_cp_owner(p, I, W);
+}
+
+static void expected_prefill_split(const dsacp_config *cfg, dsacp_prefill_split split, int64_t I, int64_t W,
+                                   int64_t me, const int64_t *old, const int64_t *n, int64_t nent, int64_t E,
+                                   expect *ex);
+
 static void expected_prefill(const dsacp_config *cfg, int64_t I, int64_t W, int64_t me, const int64_t *old,
                              const int64_t *n, int64_t nent, int64_t E, expect *ex)
+{
+    expected_prefill_split(cfg, DSACP_PREFILL_OWNER, I, W, me, old, n, nent, E, ex);
+}
+
+static void expected_prefill_split(const dsacp_config *cfg, dsacp_prefill_split split, int64_t I, int64_t W,
+                                   int64_t me, const int64_t *old, const int64_t *n, int64_t nent, int64_t E,
+                                   expect *ex)
 {
     memset(ex, 0, sizeof(expect) * DSACP_PHASE_COUNT);
     const int64_t L = cfg->num_hidden_layers, D = cfg->hidden_size;
     const int64_t agrees = 3 + 2 * L; /* + per layer: the allocation agreement and the views' */
     ex[DSACP_PHASE_control] = (expect){agrees + 1, agrees * 4 * (W - 1) + (me ? 0 : 2 * (W - 1)), agrees * 4 * (W - 1) + (me ? 2 : 0)};
     int64_t *npre = calloc((size_t)W, sizeof *npre), ctx_me = 0, ctx_others = 0;
+    int64_t T = 0, t = 0;
+    for (int64_t e = 0; e < nent; e++) T += n[e];
     for (int64_t e = 0; e < nent; e++) {
-        for (int64_t p = old[e]; p < old[e] + n[e]; p++) npre[dsacp_cp_owner(p, I, W)]++;
+        for (int64_t p = old[e]; p < old[e] + n[e]; p++, t++) npre[split_rank(split, p, I, W, p - old[e], n[e], t, T)]++;
         for (int64_t q = 0; q < W; q++) {
             const int64_t b = dsacp_cp_local_len(old[e], q, I, W) * E;
             if (q == me) ctx_me += b;
@@ -1222,6 +1249,38 @@ static void test_partial(const dsacp_model *m)
     }
 }
 
+
+/* Prefill bytes of every split: the new tokens' entries travel from the rank that computes them
+ * (counted per rank), the context as before. A chunk after context and a new request. */
+static void test_counters_splits(const dsacp_model *m, const dsacp_engine_options *eo)
+{
+    const dsacp_config *cfg = dsacp_model_config(m);
+    const int64_t E = dsacp_mla_cache_bytes_per_token(cfg, eo->kv_dtype) + dsacp_index_cache_bytes_per_token(cfg, DSACP_KV_F32);
+    for (int c = 0; c < 3; c++) {
+        dsacp_cp_options cp;
+        dsacp_cp_options_default(&cp);
+        cp.prefill_split = c == 0 ? DSACP_PREFILL_OWNER : c == 1 ? DSACP_PREFILL_CONTIGUOUS : DSACP_PREFILL_ZIGZAG;
+        cp.interleave = 3;
+        dsacp_engine *e = NULL;
+        REQUIRE_OK(dsacp_engine_create_cp(m, eo, &cp, g_world, &e));
+        int64_t id[2];
+        for (int r = 0; r < 2; r++) REQUIRE_OK(dsacp_engine_add_request(e, &id[r]));
+        dsacp_step_entry en = {id[0], 41, g_ids[0]};
+        CHECK_OK(dsacp_engine_step(e, &en, 1, NULL, NULL));
+        dsacp_comm *ec = dsacp_engine_comm(e);
+        dsacp_comm_reset_counters(ec);
+        dsacp_step_entry pe[2] = {{id[0], 13, g_ids[0] + 41}, {id[1], 22, g_ids[1]}};
+        float *lg = malloc((size_t)(35 * cfg->vocab_size) * 4);
+        CHECK_OK(dsacp_engine_step(e, pe, 2, lg, NULL));
+        free(lg);
+        const int64_t o2[2] = {41, 0}, n2[2] = {13, 22};
+        expect ex[DSACP_PHASE_COUNT];
+        expected_prefill_split(cfg, cp.prefill_split, cp.interleave, g_W, g_rank, o2, n2, 2, E, ex);
+        check_counters(ec, ex, "exact", dsacp_prefill_split_name(cp.prefill_split), "prefill step");
+        dsacp_engine_free(e);
+    }
+}
+
 /* ---- conflicting options fail cleanly on every rank ---- */
 
 /* A failure on one rank fails the step on every rank, with that rank's message, and changes
@@ -1291,6 +1350,7 @@ int main(int argc, char **argv)
     test_context_paths(m);
     test_context_paths_more(m);
     test_counters_distributed(m, &eo);
+    test_counters_splits(m, &eo);
     test_a2a(m);
     test_partial(m);
     test_memory(m);
