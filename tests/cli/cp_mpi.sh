@@ -70,6 +70,29 @@ if python3 -c "import json,sys; c=json.load(open(sys.argv[1]))['cp']; assert c['
   pass "dsa-cp comm report: o_proj rule, crossover and choices"
 else fail "dsa-cp comm report: $(cat "$tmp/rep.json" 2>&1 | tail -5)"; fi
 
+# lean's report: the verdict counters of every rank, the context rule and choices.
+mpi 2 "$DSACP" forward --model "$tmp/m" --input "$tmp/in.st" --output "$tmp/o.st" --decode-strategy lean \
+  --lean-candidates 1 --context-path auto --comm-report "$tmp/rep.json" >/dev/null 2>&1
+if python3 -c "import json,sys; c=json.load(open(sys.argv[1]))['cp']; w=c['attention_work']; \
+     assert c['decode_strategy']=='lean' and c['lean']['candidates_factor']==1 and len(w)==2 \
+     and all(x['lean_decisions']==w[0]['lean_decisions'] for x in w) and w[0]['keys_scored'] > 0 \
+     and set(c['context_choices']) <= set('gdm') and c['context_distributed_bytes_per_query_token'] > 0" "$tmp/rep.json"; then
+  pass "lean comm report: verdict counters, context rule and choices"
+else fail "lean comm report: $(cat "$tmp/rep.json" 2>&1 | tail -5)"; fi
+
+# bench --kernel cp: decode and chunk steps, per phase and overlap, one JSON object each.
+if mpi 2 "$DSACP" bench --kernel cp --model "$tmp/m" --context 90 --chunk 20 --reps 1 --json --decode-strategy lean \
+     --block-size 8 >"$tmp/b.json" 2>"$tmp/log" && python3 -c "
+import json,sys
+rows=[json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+assert [r['kind'] for r in rows]==['decode','chunk'], rows
+d=rows[0]
+assert d['world']==2 and d['strategy']=='lean' and d['recv_bytes_max_rank']['o_proj']>0 and d['step_ms']>0
+assert 0 <= d['overlap'] <= 1 and 'index_candidates' in d['calls_per_step']" "$tmp/b.json"; then
+  pass "bench --kernel cp W=2: decode and chunk rows"
+else fail "bench --kernel cp: $(cat "$tmp/log" "$tmp/b.json" 2>&1 | tail -5)"; fi
+bad "bench --kernel cp without a model" "needs '--model DIR'" "$DSACP" bench --kernel cp --preset tiny
+
 # generate: the same tokens on 1 and 2 ranks.
 g1=$("$DSACP" generate --model "$tmp/m" --prompt-len 40 --new-tokens 6 --chunk 16 | grep '^generated:')
 g2=$(mpi 2 "$DSACP" generate --model "$tmp/m" --prompt-len 40 --new-tokens 6 --chunk 16 --cp-interleave 2 | grep '^generated:')
