@@ -14,6 +14,7 @@
 #include "test.h"
 #include "cp/cp.h"
 #include "dsacp_cp.h"
+#include "dsacp_plan.h"
 #include "io/safetensors.h"
 #include "ref/test_util.h"
 
@@ -479,6 +480,36 @@ static void check_counters(dsacp_comm *ec, const expect *ex, const char *label, 
     }
 }
 
+
+/* The planner's prediction (dsacp_plan_step_comm, src/plan) against the counters, per phase. */
+static void check_plan(dsacp_comm *ec, const dsacp_config *cfg, const dsacp_cp_options *cp, const dsacp_plan_step *ps,
+                       const char *name, const char *what)
+{
+    dsacp_comm_counter pr[DSACP_PHASE_COUNT];
+    CHECK_OK(dsacp_plan_step_comm(cfg, cp, ps, pr));
+    for (int p = 0; p < DSACP_PHASE_COUNT; p++) {
+        const dsacp_comm_counter k = dsacp_comm_get_counter(ec, p);
+        CHECKF(k.calls == pr[p].calls && k.bytes_sent == pr[p].bytes_sent && k.bytes_recv == pr[p].bytes_recv,
+               "plan %s %s W=%d rank %d phase %s: measured calls %lld sent %lld recv %lld, planned %lld %lld %lld", name,
+               what, g_W, g_rank, dsacp_comm_phase_name(p), (long long)k.calls, (long long)k.bytes_sent,
+               (long long)k.bytes_recv, (long long)pr[p].calls, (long long)pr[p].bytes_sent, (long long)pr[p].bytes_recv);
+    }
+}
+
+/* A step of decode tokens, one per request, with the given contexts. */
+static dsacp_plan_step plan_decode(const dsacp_config *cfg, const dsacp_engine_options *eo, int64_t nd, const int64_t *ctx,
+                                   const int64_t *req, int64_t nreq, const int64_t *req_old, bool gv,
+                                   const dsacp_cp_stats *lst)
+{
+    dsacp_plan_step ps = {.W = g_W, .rank = g_rank, .nd = nd, .context = ctx, .request = req, .nreq = nreq,
+                          .req_old = req_old, .hidden_bytes = cfg->hidden_size * 4,
+                          .deployed = eo->numerics == DSACP_NUMERICS_DEPLOYED, .o_gather_v = gv};
+    ps.latent_bytes = dsacp_mla_cache_bytes_per_token(cfg, eo->kv_dtype);
+    ps.index_bytes = dsacp_index_cache_bytes_per_token(cfg, ps.deployed ? DSACP_KV_FP8 : DSACP_KV_F32);
+    if (lst) ps.lean_fallback_tokens = lst->lean_fallback_threshold + lst->lean_fallback_ties, ps.lean_fallback_rounds = lst->lean_fallback_rounds;
+    return ps;
+}
+
 static void test_counters(const dsacp_model *m, const dsacp_engine_options *eo, const char *label)
 {
     const dsacp_config *cfg = dsacp_model_config(m);
@@ -541,6 +572,12 @@ static void test_counters(const dsacp_model *m, const dsacp_engine_options *eo, 
         expected_decode(cfg, &cp, g_W, g_rank, NREQ, old, NREQ, mla_b, idx_b, gv, &lst,
                         eo->numerics == DSACP_NUMERICS_DEPLOYED && cp.partials == DSACP_PARTIALS_AUTO, ex);
         check_counters(ec, ex, label, name, "decode step");
+        {
+            int64_t req[NREQ];
+            for (int r = 0; r < NREQ; r++) req[r] = r;
+            const dsacp_plan_step ps = plan_decode(cfg, eo, NREQ, old, req, NREQ, old, gv, &lst);
+            check_plan(ec, cfg, &cp, &ps, name, "decode step");
+        }
         if (cases[ci].dec == DSACP_DECODE_EXACT_TOPK && c < 5) {
             /* A prefill-only step: a chunk of request 0 after its context, and a new request. */
             int64_t id4;
@@ -553,6 +590,9 @@ static void test_counters(const dsacp_model *m, const dsacp_engine_options *eo, 
             free(lg);
             expected_prefill(cfg, cp.interleave, g_W, g_rank, o2, n2, 2, mla_b + idx_b, ex);
             check_counters(ec, ex, label, name, "prefill step");
+            dsacp_plan_step ps = plan_decode(cfg, eo, 0, NULL, NULL, 0, NULL, gv, NULL);
+            ps.npre = 2, ps.pre_old = o2, ps.pre_new = n2;
+            check_plan(ec, cfg, &cp, &ps, name, "prefill step");
         }
         if (g_rank == 0) {
             const dsacp_comm_counter k = dsacp_comm_get_counter(ec, DSACP_PHASE_query_gather);
@@ -1149,6 +1189,9 @@ static void test_counters_distributed(const dsacp_model *m, const dsacp_engine_o
         const int64_t idx_b = dsacp_index_cache_bytes_per_token(cfg, eo->numerics == DSACP_NUMERICS_DEPLOYED ? DSACP_KV_FP8 : DSACP_KV_F32);
         expected_decode(cfg, &cp, g_W, g_rank, 5, old, 1, mla_b, idx_b, false, &lst, false, ex);
         check_counters(ec, ex, "exact", dsacp_decode_strategy_name(cp.decode), "distributed chunk");
+        const int64_t req[5] = {0, 0, 0, 0, 0}, rold = 58;
+        const dsacp_plan_step ps = plan_decode(cfg, eo, 5, old, req, 1, &rold, false, &lst);
+        check_plan(ec, cfg, &cp, &ps, dsacp_decode_strategy_name(cp.decode), "distributed chunk");
         CHECK(g_W == 1 || lst.context_distributed == 1);
         dsacp_engine_free(e);
     }
@@ -1236,8 +1279,23 @@ static void test_partial(const dsacp_model *m)
             char name[48];
             snprintf(name, sizeof name, "%s partial:%lld", dsacp_decode_strategy_name(cp.decode), (long long)G);
             check_counters(ec, ex, "exact", name, "decode step");
+            {
+                const int64_t req[2] = {0, 1};
+                const dsacp_plan_step ps = plan_decode(cfg, &eo, 2, old, req, 2, old, false, &lst);
+                check_plan(ec, cfg, &cp, &ps, name, "decode step");
+            }
             dsacp_kv_usage u;
             dsacp_engine_kv_usage(e, &u);
+            {
+                /* the planner's KV bytes: what the engine reports */
+                const int64_t len[2] = {71, 21};
+                int64_t pl, pi;
+                dsacp_plan_kv_bytes(cfg, &cp, g_W, g_rank, len, 2, eo.block_size, dsacp_mla_cache_bytes_per_token(cfg, eo.kv_dtype),
+                                    idx_b, &pl, &pi);
+                CHECKF(pl == u.latent_used_bytes && pi == u.index_used_bytes, "plan kv %s W=%d rank %d: latent %lld/%lld, "
+                       "index %lld/%lld (planned/engine)", name, g_W, g_rank, (long long)pl, (long long)u.latent_used_bytes,
+                       (long long)pi, (long long)u.index_used_bytes);
+            }
             /* 71 and 21 positions: the group's share, in blocks of 16 */
             const int64_t held = dsacp_cp_local_len(71, g_rank / G, G, g_W / G);
             const int64_t held2 = dsacp_cp_local_len(21, g_rank / G, G, g_W / G);
@@ -1277,6 +1335,9 @@ static void test_counters_splits(const dsacp_model *m, const dsacp_engine_option
         expect ex[DSACP_PHASE_COUNT];
         expected_prefill_split(cfg, cp.prefill_split, cp.interleave, g_W, g_rank, o2, n2, 2, E, ex);
         check_counters(ec, ex, "exact", dsacp_prefill_split_name(cp.prefill_split), "prefill step");
+        dsacp_plan_step ps = plan_decode(cfg, eo, 0, NULL, NULL, 0, NULL, false, NULL);
+        ps.npre = 2, ps.pre_old = o2, ps.pre_new = n2;
+        check_plan(ec, cfg, &cp, &ps, dsacp_prefill_split_name(cp.prefill_split), "prefill step");
         dsacp_engine_free(e);
     }
 }
