@@ -50,6 +50,42 @@ void dsacp_plan_kv_bytes(const dsacp_config *cfg, const dsacp_cp_options *cp, in
                          const int64_t *len, int64_t nreq, int64_t block_size, int64_t latent_bytes,
                          int64_t index_bytes, int64_t *latent_out, int64_t *index_out);
 
+/* ---- hardware profiles and the roofline (docs/planning.md) ---- */
+
+/* One rank's device and its links, from a JSON file (the files in hardware/; every field required):
+ *   name, source (where the figures come from), flops_bf16, flops_fp8 (FLOP/s, dense peak),
+ *   mem_bw (bytes/s), mem_bytes (capacity), ranks_per_node, link_bw (bytes/s one way, per rank,
+ *   inside a node), link_latency_us (per collective round inside a node), net_bw and
+ *   net_latency_us (the same across nodes, used when W > ranks_per_node). */
+typedef struct dsacp_hw {
+    char name[64], source[512];
+    double flops_bf16, flops_fp8, mem_bw, mem_bytes;
+    int64_t ranks_per_node;
+    double link_bw, link_latency_us, net_bw, net_latency_us;
+} dsacp_hw;
+/* Reads and checks a profile: a missing, non-numeric or non-positive field is DSACP_EINVAL with
+ * a message naming the file and the field. */
+int dsacp_hw_load(const char *path, dsacp_hw *out);
+
+/* One decode layer under a strategy, on the busiest rank (the one receiving the most). */
+typedef struct dsacp_plan_decode {
+    double recv_bytes, sent_bytes;      /* per step, all phases but control */
+    double calls;                       /* collective calls per layer (rounds) */
+    double recv_phase[DSACP_PHASE_COUNT];
+    double flops;                       /* per rank per step */
+    double weight_bytes, kv_read_bytes; /* bytes read from memory per rank per step */
+    double kv_bytes_per_rank;           /* held, latent + indexer, this layer */
+    double t_compute, t_memory, t_comm; /* seconds: flops / peak, bytes / bandwidth, bytes / link + calls x latency */
+    double t_layer;                     /* max(t_compute, t_memory) + t_comm */
+} dsacp_plan_decode;
+
+/* batch decode tokens (one per request) with `context` cached positions each, W ranks, the
+ * given CP options (deployed numerics: fp8 caches and weights, bf16 partials where the strategy
+ * sends them). The weights' bytes per parameter: 1 (FP8 + block scales ~1/16384) when
+ * deployed, else 2 (bf16). */
+int dsacp_plan_decode_layer(const dsacp_config *cfg, const dsacp_cp_options *cp, int64_t W, int64_t context,
+                            int64_t batch, bool deployed, const dsacp_hw *hw, dsacp_plan_decode *out);
+
 #ifdef __cplusplus
 }
 #endif

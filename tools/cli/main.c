@@ -81,6 +81,16 @@ static const cli_command commands[] = {
      "           the first (--context 0: a prefill of P tokens): step time, the layer's parts,\n"
      "           time and bytes per communication phase, and the overlap achieved\n"
      "  see docs/performance.md and docs/context-parallel.md for every figure it prints\n" CLI_CP_USAGE},
+    {"plan", cli_plan,
+     "(--model DIR | --preset NAME) --context L [--batch N] --cp W --hardware FILE.json [--json FILE]\n"
+     "        [--numerics deployed|exact] [--lean-candidates F]; or under mpirun: --calibrate FILE.json",
+     "predict each decode strategy's bytes, calls, memory and time per layer (docs/planning.md)",
+     "  --hardware FILE    a device profile: hardware/*.json (published figures) or one written by\n"
+     "                     --calibrate (this machine: sgemm peak, copy bandwidth, MPI all-gather\n"
+     "                     bandwidth and latency over the run's ranks)\n"
+     "  --batch N          decode tokens per step, one per request (default 1)\n"
+     "  --cp W             ranks (default 8); --context L cached positions per request (default 131072)\n"
+     "  the byte and call counts are the formulas test_cp checks against the counters exactly\n"},
     {"run", cli_run,
      "(--model DIR | --preset NAME) [--requests N --prompt-len MIN:MAX --gen-len MIN:MAX\n"
      "          --arrival-rate R --long-requests N --long-prompt-len MIN:MAX | --prompts FILE.jsonl]\n"
@@ -159,7 +169,8 @@ int main(int argc, char **argv)
         return 0;
     }
     const cli_command *c = find_command(cmd);
-    if (c && c->run && (c->run == cli_forward || c->run == cli_generate || c->run == cli_run || c->run == cli_bench)) {
+    if (c && c->run && (c->run == cli_forward || c->run == cli_generate || c->run == cli_run || c->run == cli_bench ||
+                            (c->run == cli_plan && argc > 2 && strstr(argv[2], "calibrate")))) {
         /* The engine commands run on every rank of an mpirun job (a solo group otherwise). */
         if (dsacp_comm_create_world(&argc, &argv, &cli_world)) {
             fprintf(stderr, "dsacp %s: %s\n", cmd, dsacp_last_error());

@@ -1,0 +1,124 @@
+/*
+ * plan_cost.c -- hardware profiles and the roofline of one decode layer per strategy
+ * (include/dsacp_plan.h, docs/planning.md). The bytes and calls come from dsacp_plan_step_comm
+ * (checked against the counters by test_cp); flops and memory traffic are counted from the
+ * shapes the engine computes on a rank (docs/context-parallel.md 3.5 lists what each strategy
+ * replicates).
+ */
+#include "dsacp_plan.h"
+#include "core/core.h"
+
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+int dsacp_hw_load(const char *path, dsacp_hw *out)
+{
+    memset(out, 0, sizeof *out);
+    json_error_t err;
+    json_t *root = json_load_file(path, 0, &err);
+    if (!root) return dsacp_error(DSACP_EINVAL, "%s: line %d: %s", path, err.line, err.text);
+    int rc = DSACP_OK;
+    if (!json_is_object(root)) rc = dsacp_error(DSACP_EINVAL, "%s: not a JSON object", path);
+    const char *sk[2] = {"name", "source"};
+    char *sd[2] = {out->name, out->source};
+    const size_t sn[2] = {sizeof out->name, sizeof out->source};
+    for (int i = 0; i < 2 && !rc; i++) {
+        json_t *v = json_object_get(root, sk[i]);
+        if (!json_is_string(v) || !*json_string_value(v))
+            rc = dsacp_error(DSACP_EINVAL, "%s: field '%s': missing or not a non-empty string", path, sk[i]);
+        else snprintf(sd[i], sn[i], "%s", json_string_value(v));
+    }
+    const char *nk[9] = {"flops_bf16", "flops_fp8", "mem_bw", "mem_bytes", "ranks_per_node", "link_bw",
+                         "link_latency_us", "net_bw", "net_latency_us"};
+    double v9[9] = {0};
+    for (int i = 0; i < 9 && !rc; i++) {
+        json_t *v = json_object_get(root, nk[i]);
+        if (!json_is_number(v) || !(json_number_value(v) > 0) || !isfinite(json_number_value(v)))
+            rc = dsacp_error(DSACP_EINVAL, "%s: field '%s': missing or not a positive number", path, nk[i]);
+        else v9[i] = json_number_value(v);
+    }
+    if (!rc && (v9[4] != floor(v9[4]) || v9[4] > 1e6))
+        rc = dsacp_error(DSACP_EINVAL, "%s: field 'ranks_per_node': not a whole number of ranks", path);
+    json_decref(root);
+    if (rc) return rc;
+    out->flops_bf16 = v9[0], out->flops_fp8 = v9[1], out->mem_bw = v9[2], out->mem_bytes = v9[3];
+    out->ranks_per_node = (int64_t)v9[4], out->link_bw = v9[5], out->link_latency_us = v9[6];
+    out->net_bw = v9[7], out->net_latency_us = v9[8];
+    return DSACP_OK;
+}
+
+/* The busiest rank: the one that receives the most in the step. */
+int dsacp_plan_decode_layer(const dsacp_config *cfg_in, const dsacp_cp_options *cp, int64_t W, int64_t context,
+                            int64_t batch, bool deployed, const dsacp_hw *hw, dsacp_plan_decode *out)
+{
+    memset(out, 0, sizeof *out);
+    if (W < 1 || context < 0 || batch < 1) return dsacp_error(DSACP_EINVAL, "plan: W, context or batch out of range");
+    dsacp_config cfg = *cfg_in;
+    cfg.num_hidden_layers = 1; /* one layer */
+    const int64_t H = cfg.num_attention_heads, D = cfg.hidden_size, K = cfg.index_topk, Hi = cfg.index_n_heads;
+    const int64_t di = cfg.index_head_dim, dc = cfg.kv_lora_rank, dr = cfg.qk_rope_head_dim, dk = dc + dr;
+    const int64_t nope = cfg.qk_nope_head_dim, dq = nope + dr, dv = cfg.v_head_dim, ql = cfg.q_lora_rank;
+    const dsacp_kv_dtype kvd = deployed ? DSACP_KV_FP8 : DSACP_KV_F32;
+    const int64_t lat_b = dsacp_mla_cache_bytes_per_token(&cfg, kvd), idx_b = dsacp_index_cache_bytes_per_token(&cfg, kvd);
+    int64_t *ctx = malloc((size_t)batch * sizeof *ctx), *req = malloc((size_t)batch * sizeof *req);
+    if (!ctx || !req) {
+        free(ctx), free(req);
+        return dsacp_error(DSACP_ENOMEM, "out of memory");
+    }
+    for (int64_t j = 0; j < batch; j++) ctx[j] = context, req[j] = j;
+    int rc = DSACP_OK;
+    double best = -1;
+    for (int64_t r = 0; r < W && !rc; r++) {
+        dsacp_plan_step s = {.W = W, .rank = r, .nd = batch, .context = ctx, .request = req, .nreq = batch,
+                             .req_old = ctx, .latent_bytes = lat_b, .index_bytes = idx_b, .hidden_bytes = D * 4,
+                             .deployed = deployed};
+        dsacp_comm_counter c[DSACP_PHASE_COUNT];
+        rc = dsacp_plan_step_comm(&cfg, cp, &s, c);
+        double recv = 0, sent = 0, calls = 0;
+        for (int p = 0; p < DSACP_PHASE_COUNT && !rc; p++)
+            if (p != DSACP_PHASE_control) recv += (double)c[p].bytes_recv, sent += (double)c[p].bytes_sent, calls += (double)c[p].calls;
+        if (!rc && recv > best) {
+            best = recv;
+            out->recv_bytes = recv, out->sent_bytes = sent, out->calls = calls;
+            for (int p = 0; p < DSACP_PHASE_COUNT; p++) out->recv_phase[p] = p == DSACP_PHASE_control ? 0 : (double)c[p].bytes_recv;
+        }
+    }
+    free(ctx), free(req);
+    if (rc) return rc;
+
+    /* What a rank computes and reads for the batch (rank with the most heads, the largest shard). */
+    const double B = (double)batch, Wd = (double)W, n = (double)context + 1;
+    const bool lean = cp->decode == DSACP_DECODE_LEAN, out_merge = lean && cp->lean_merge == DSACP_LEAN_MERGE_OUTPUT;
+    const double Hs = W > 1 ? ceil((double)H / Wd) : (double)H;
+    double Hq = lean ? (double)H : Hs, Ho = out_merge ? (double)H : Hs; /* heads of q_b/W_UK/W_UV, of o_proj */
+    if (W == 1) Hq = Ho = (double)H;
+    const bool idx_all = W == 1 || cp->index_layout == DSACP_LAYOUT_REPLICATED || cp->decode == DSACP_DECODE_ALLGATHER_KV;
+    double groups = Wd;
+    if (cp->index_layout == DSACP_LAYOUT_PARTIAL) groups = Wd / (double)cp->index_group;
+    const double scored = idx_all ? n : ceil(n / groups);
+    const bool all_heads = cp->decode != DSACP_DECODE_ALLGATHER_KV && W > 1; /* merge strategies: every head */
+    const double kk = fmin((double)K, n), attended = cp->decode == DSACP_DECODE_ALLGATHER_KV || W == 1 ? kk : ceil(kk / Wd);
+    const double heads_attn = all_heads ? (double)H : Hs;
+    /* multiply-adds per token: projections, W_UK / W_UV, index scores, sparse MLA */
+    const double mac_proj = (double)D * ql + (double)ql * Hq * dq + (double)D * dk + (double)ql * Hi * di + (double)D * di +
+                            (double)D * Hi + Ho * dv * D;
+    const double mac_absorb = Hq * nope * dc + (lean ? (double)H : Hs) * dc * dv;
+    const double mac_attn = scored * Hi * di + attended * heads_attn * (dk + dc);
+    out->flops = 2 * B * (mac_proj + mac_absorb + mac_attn);
+    const double wb = deployed ? 1.0 : 2.0;
+    out->weight_bytes = wb * (mac_proj + mac_absorb); /* every weight is read once per step (shared by the batch) */
+    out->kv_read_bytes = B * (scored * (double)idx_b + attended * (double)lat_b);
+    out->kv_bytes_per_rank = (double)context * (double)lat_b / (W > 1 && cp->kv_layout == DSACP_LAYOUT_SHARDED ? Wd : 1) +
+                             (double)context * (double)idx_b / (idx_all && cp->decode != DSACP_DECODE_ALLGATHER_KV ? 1 : groups);
+    const double peak = deployed ? hw->flops_fp8 : hw->flops_bf16;
+    out->t_compute = out->flops / peak;
+    out->t_memory = (out->weight_bytes + out->kv_read_bytes) / hw->mem_bw;
+    const bool net = W > hw->ranks_per_node;
+    const double bw = net ? hw->net_bw : hw->link_bw, lat = (net ? hw->net_latency_us : hw->link_latency_us) * 1e-6;
+    out->t_comm = W > 1 ? out->recv_bytes / bw + out->calls * lat : 0;
+    out->t_layer = fmax(out->t_compute, out->t_memory) + out->t_comm;
+    return DSACP_OK;
+}

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# `dsacp plan`: a table and a recommendation per hardware profile, a JSON report, clear errors for
+# bad profiles and flags, and --calibrate under mpirun writing a profile that plan then reads.
+. "$(dirname "$0")/lib/common.sh"
+SRC=${DSACP_SOURCE_DIR:-$(dirname "$0")/../..}
+
+for hw in "$SRC"/hardware/*.json; do
+  if out=$("$DSACP" plan --preset v32-layer --context 131072 --cp 8 --hardware "$hw" 2>&1) \
+     && grep -q '^lean output ' <<<"$out" && grep -q '^recommendation: ' <<<"$out"; then
+    pass "plan on $(basename "$hw"): $(grep '^recommendation' <<<"$out" | cut -c1-80)"
+  else fail "plan on $hw: $out"; fi
+done
+if "$DSACP" plan --preset v32-layer --context 1048576 --cp 32 --batch 4 --hardware "$SRC/hardware/h200-nvlink8.json" \
+     --json "$tmp/p.json" >/dev/null && python3 -c "
+import json,sys
+r=json.load(open(sys.argv[1])); s={x['strategy']: x for x in r['strategies']}
+assert r['world']==32 and r['context']==1048576 and r['recommendation'] in s
+lean=s['lean output']; ex=s['exact-topk ag_rs (vLLM)']
+assert lean['recv_bytes_per_token'] < ex['recv_bytes_per_token'] and lean['calls'] < ex['calls']
+assert all(x['t_layer'] >= x['t_comm'] > 0 for x in s.values())" "$tmp/p.json"; then
+  pass "plan --json at 1M, W = 32 (crossing nodes)"
+else fail "plan --json: $(cat "$tmp/p.json" 2>&1 | head -c 400)"; fi
+
+echo '{"name": "x", "source": "y", "flops_bf16": 1e12}' >"$tmp/bad.json"
+expect_error "profile without mem_bw... fields" "bad.json" "flops_fp8" -- "$DSACP" plan --preset tiny --hardware "$tmp/bad.json"
+expect_error "plan without a profile" "--hardware" -- "$DSACP" plan --preset tiny
+expect_error "plan with a bad --cp" "cp" -- "$DSACP" plan --preset tiny --cp 0 --hardware "$SRC/hardware/h200-nvlink8.json"
+expect_error "plan of a missing model" "config.json" -- "$DSACP" plan --model "$tmp/none" --hardware "$SRC/hardware/h200-nvlink8.json"
+
+# This machine, calibrated over 2 ranks, then planned.
+if mpi 2 "$DSACP" plan --calibrate "$tmp/cpu.json" >"$tmp/log" 2>&1 \
+   && "$DSACP" plan --preset small --context 4096 --cp 2 --hardware "$tmp/cpu.json" >"$tmp/log2" 2>&1; then
+  pass "calibrate (2 ranks) and plan with it: $(grep -o '"link_latency_us": [0-9.e+-]*' "$tmp/cpu.json")"
+else fail "calibrate: $(cat "$tmp/log" "$tmp/log2" 2>/dev/null | tail -5)"; fi
+finish

@@ -1,0 +1,119 @@
+/*
+ * test_plan.c -- the planner (src/plan): hardware profiles load or fail naming the field, and the
+ * per-layer figures of `dsacp plan` at V3.2's dimensions are the ones docs/context-parallel.md
+ * measured (the byte formulas themselves are checked against the counters by test_cp).
+ */
+#include "test.h"
+#include "dsacp_plan.h"
+#include "ref/test_util.h"
+
+#include <stdio.h>
+#include <string.h>
+
+static const char *src_dir(void)
+{
+    const char *s = getenv("DSACP_SOURCE_DIR");
+    return s ? s : ".";
+}
+
+static void test_profiles(void)
+{
+    const char *names[] = {"h200-nvlink8", "b200-nvlink8", "mi355x-8", "ascend-910b-8"};
+    for (int i = 0; i < 4; i++) {
+        char p[4200];
+        snprintf(p, sizeof p, "%s/hardware/%s.json", src_dir(), names[i]);
+        dsacp_hw hw;
+        CHECK_OK(dsacp_hw_load(p, &hw));
+        CHECK(hw.flops_fp8 >= hw.flops_bf16 && hw.mem_bw > 1e11 && hw.ranks_per_node == 8 && strlen(hw.source) > 20);
+    }
+    /* bad files: the message names the file and the field */
+    char *dir = tu_tempdir();
+    const char *good = "\"name\": \"x\", \"source\": \"y\", \"flops_bf16\": 1e12, \"flops_fp8\": 2e12, \"mem_bw\": 1e12, "
+                       "\"mem_bytes\": 1e9, \"ranks_per_node\": 8, \"link_bw\": 1e9, \"link_latency_us\": 5, \"net_bw\": 1e9";
+    struct {
+        const char *text, *want;
+    } bad[] = {
+        {"{%s, \"net_latency_us\": 9}", NULL},
+        {"{%s}", "net_latency_us"},
+        {"{%s, \"net_latency_us\": \"fast\"}", "net_latency_us"},
+        {"{%s, \"net_latency_us\": -1}", "net_latency_us"},
+        {"[%s]", "line"},
+        {"{%s, \"net_latency_us\": 9, \"ranks_per_node\": 2.5}", "ranks_per_node"}, /* a repeated key: the last counts */
+        {"{\"name\": \"\", \"source\": \"y\"}", "name"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        char path[4200], text[1024];
+        snprintf(path, sizeof path, "%s/hw%zu.json", dir, i);
+        snprintf(text, sizeof text, bad[i].text, good);
+        FILE *f = fopen(path, "w");
+        if (!f) {
+            CHECK(f != NULL);
+            continue;
+        }
+        fputs(text, f);
+        fclose(f);
+        dsacp_hw hw;
+        const int rc = dsacp_hw_load(path, &hw);
+        if (!bad[i].want) {
+            CHECK_OK(rc);
+            continue;
+        }
+        CHECKF(rc == DSACP_EINVAL && strstr(dsacp_last_error(), path), "profile %zu: status %d, message '%s'", i, rc,
+               dsacp_last_error());
+        if (i != 4)
+            CHECKF(strstr(dsacp_last_error(), bad[i].want) != NULL, "profile %zu: '%s' does not name '%s'", i,
+                   dsacp_last_error(), bad[i].want);
+    }
+    tu_rmtree(dir);
+    free(dir);
+}
+
+/* V3.2 at W = 8, 128K, deployed: the measured rows of docs/context-parallel.md section 8. */
+static void test_v32_figures(void)
+{
+    dsacp_config cfg;
+    REQUIRE_OK(dsacp_preset_config("v32-layer", &cfg));
+    char p[4200];
+    snprintf(p, sizeof p, "%s/hardware/h200-nvlink8.json", src_dir());
+    dsacp_hw hw;
+    REQUIRE_OK(dsacp_hw_load(p, &hw));
+    struct {
+        dsacp_decode_strategy s;
+        dsacp_cp_layout idx;
+        double kb;
+        int calls;
+    } want[] = {
+        {DSACP_DECODE_EXACT_TOPK, DSACP_LAYOUT_SHARDED, 640.5, 5},
+        {DSACP_DECODE_REPLICATED_INDEX, DSACP_LAYOUT_REPLICATED, 528.5, 4},
+        {DSACP_DECODE_LEAN, DSACP_LAYOUT_SHARDED, 42.0, 3},
+    };
+    for (int i = 0; i < 3; i++) {
+        dsacp_cp_options cp;
+        dsacp_cp_options_default(&cp);
+        cp.decode = want[i].s, cp.index_layout = want[i].idx;
+        dsacp_plan_decode d;
+        CHECK_OK(dsacp_plan_decode_layer(&cfg, &cp, 8, 131072, 1, true, &hw, &d));
+        CHECKF(d.recv_bytes == want[i].kb * 1024 && d.calls == want[i].calls, "%s: %.1f KB in %.0f calls, measured %.1f KB "
+               "in %d", dsacp_decode_strategy_name(want[i].s), d.recv_bytes / 1024, d.calls, want[i].kb, want[i].calls);
+        CHECK(d.t_layer > 0 && d.t_layer >= d.t_comm && d.kv_bytes_per_rank > 0);
+        /* a batch of 8 tokens: 8x the bytes, the weights read once */
+        dsacp_plan_decode d8;
+        CHECK_OK(dsacp_plan_decode_layer(&cfg, &cp, 8, 131072, 8, true, &hw, &d8));
+        CHECK(d8.recv_bytes == 8 * d.recv_bytes && d8.weight_bytes == d.weight_bytes && d8.calls == d.calls);
+    }
+    /* allgather-kv grows with the context */
+    dsacp_cp_options cp;
+    dsacp_cp_options_default(&cp);
+    cp.decode = DSACP_DECODE_ALLGATHER_KV;
+    dsacp_plan_decode a, b;
+    CHECK_OK(dsacp_plan_decode_layer(&cfg, &cp, 8, 32768, 1, true, &hw, &a));
+    CHECK_OK(dsacp_plan_decode_layer(&cfg, &cp, 8, 131072, 1, true, &hw, &b));
+    CHECK(b.recv_bytes > 3.9 * a.recv_bytes);
+}
+
+int main(void)
+{
+    test_profiles();
+    test_v32_figures();
+    return test_finish("test_plan");
+}

@@ -1,0 +1,220 @@
+/*
+ * cli_plan.c -- `dsacp plan`: what each decode strategy of a CP deployment would move, hold and
+ * cost per layer, from the formulas test_cp checks against the counters (src/plan) and a hardware
+ * profile (one of the files in hardware/, or this machine's, measured by --calibrate under mpirun).
+ * docs/planning.md explains the model and its limits.
+ */
+#include "cli.h"
+#include "comm/comm.h"
+#include "core/core.h"
+#include "dsacp_plan.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <omp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct variant {
+    const char *label;
+    dsacp_decode_strategy s;
+    dsacp_cp_layout idx;
+    int64_t group;
+    dsacp_lean_merge merge;
+    dsacp_merge_backend backend;
+} variant;
+
+static const variant variants[] = {
+    {"allgather-kv (vllm-ascend #6563)", DSACP_DECODE_ALLGATHER_KV, DSACP_LAYOUT_SHARDED, 1, DSACP_LEAN_MERGE_OUTPUT, DSACP_MERGE_AG_RS},
+    {"replicated-index (vllm-ascend, SGLang)", DSACP_DECODE_REPLICATED_INDEX, DSACP_LAYOUT_REPLICATED, 1, DSACP_LEAN_MERGE_OUTPUT, DSACP_MERGE_AG_RS},
+    {"exact-topk ag_rs (vLLM)", DSACP_DECODE_EXACT_TOPK, DSACP_LAYOUT_SHARDED, 1, DSACP_LEAN_MERGE_OUTPUT, DSACP_MERGE_AG_RS},
+    {"exact-topk a2a (Helix merge)", DSACP_DECODE_EXACT_TOPK, DSACP_LAYOUT_SHARDED, 1, DSACP_LEAN_MERGE_OUTPUT, DSACP_MERGE_A2A},
+    {"exact-topk partial:2", DSACP_DECODE_EXACT_TOPK, DSACP_LAYOUT_PARTIAL, 2, DSACP_LEAN_MERGE_OUTPUT, DSACP_MERGE_AG_RS},
+    {"lean output", DSACP_DECODE_LEAN, DSACP_LAYOUT_SHARDED, 1, DSACP_LEAN_MERGE_OUTPUT, DSACP_MERGE_AG_RS},
+    {"lean values a2a", DSACP_DECODE_LEAN, DSACP_LAYOUT_SHARDED, 1, DSACP_LEAN_MERGE_VALUES, DSACP_MERGE_A2A},
+};
+enum { NV = sizeof variants / sizeof variants[0] };
+
+/* --calibrate: this machine as a profile (peak from an sgemm, bandwidth from a copy, links from
+ * timed all-gathers over the run's ranks). Collective. */
+static int calibrate(const char *path)
+{
+    const int W = dsacp_comm_size(cli_world), me = dsacp_comm_rank(cli_world);
+    const int n = 1024;
+    float *a = malloc((size_t)n * n * 4), *b = malloc((size_t)n * n * 4), *c = malloc((size_t)n * n * 4);
+    const size_t big = (size_t)256 << 20;
+    char *x = malloc(big), *y = malloc(big);
+    const size_t lbytes = (size_t)8 << 20;
+    char *sb = malloc(lbytes), *rb = malloc(lbytes * (size_t)W);
+    int rc = (a && b && c && x && y && sb && rb) ? DSACP_OK : dsacp_error(DSACP_ENOMEM, "out of memory for --calibrate");
+    double flops = 0, bw = 0, lbw = 0, lat = 0;
+    if (!rc) {
+        for (size_t i = 0; i < (size_t)n * n; i++) a[i] = b[i] = 1.0f / (float)(1 + i % 7);
+        memset(x, 1, big), memset(y, 2, big), memset(sb, 3, lbytes);
+        double best = 1e30;
+        for (int r = 0; r < 3; r++) {
+            const double t0 = dsacp_now();
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1.0f, a, n, b, n, 0.0f, c, n);
+            best = fmin(best, dsacp_now() - t0);
+        }
+        flops = 2.0 * n * n * n / best;
+        best = 1e30;
+        for (int r = 0; r < 3; r++) {
+            const double t0 = dsacp_now();
+            memcpy(y, x, big);
+            best = fmin(best, dsacp_now() - t0);
+        }
+        bw = 2.0 * (double)big / best; /* read + write */
+    }
+    rc = dsacp_comm_agree(cli_world, rc);
+    if (!rc && W > 1) {
+        double t0 = dsacp_now();
+        for (int r = 0; r < 5 && !rc; r++) rc = dsacp_comm_allgather(cli_world, sb, lbytes, rb, -1);
+        lbw = 5.0 * (double)lbytes * (W - 1) / (dsacp_now() - t0);
+        t0 = dsacp_now();
+        for (int r = 0; r < 200 && !rc; r++) rc = dsacp_comm_allgather(cli_world, sb, 4, rb, -1);
+        lat = (dsacp_now() - t0) / 200 * 1e6;
+    } else if (!rc) {
+        lbw = bw, lat = 1;
+    }
+    free(a), free(b), free(c), free(x), free(y), free(sb), free(rb);
+    if (rc) return rc;
+    char text[1024];
+    const int len = snprintf(text, sizeof text,
+                             "{\n  \"name\": \"this machine, %d rank%s (dsacp plan --calibrate)\",\n"
+                             "  \"source\": \"measured by dsacp plan --calibrate: sgemm %d^3 (OpenBLAS, %d threads), a %zu MB "
+                             "copy, all-gathers of 8 MB and 4 B over %d ranks\",\n"
+                             "  \"flops_bf16\": %.4g,\n  \"flops_fp8\": %.4g,\n  \"mem_bw\": %.4g,\n  \"mem_bytes\": %.4g,\n"
+                             "  \"ranks_per_node\": %d,\n  \"link_bw\": %.4g,\n  \"link_latency_us\": %.4g,\n"
+                             "  \"net_bw\": %.4g,\n  \"net_latency_us\": %.4g\n}\n",
+                             W, W == 1 ? "" : "s", n, omp_get_max_threads(), big >> 20, W, flops, flops, bw, 8e9, W,
+                             lbw, lat, lbw, lat);
+    if (me == 0) rc = dsacp_write_file_atomic(path, text, (size_t)len);
+    rc = dsacp_comm_agree(cli_world, rc);
+    if (!rc && me == 0) printf("%s", text);
+    return rc;
+}
+
+int cli_plan(int argc, char **argv)
+{
+    cli_opt opts[] = {{"model", true, NULL},    {"preset", true, NULL},   {"context", true, NULL},
+                      {"batch", true, NULL},    {"cp", true, NULL},       {"hardware", true, NULL},
+                      {"numerics", true, NULL}, {"json", true, NULL},     {"calibrate", true, NULL},
+                      {"lean-candidates", true, NULL}, {NULL, false, NULL}};
+    int parsed = cli_parse(argc, argv, opts);
+    if (parsed != CLI_RUN) return parsed;
+    const char *s;
+    if ((s = cli_get(opts, "calibrate"))) {
+        int rc = calibrate(s);
+        return rc ? cli_fail("plan", rc) : 0;
+    }
+    const char *model = cli_get(opts, "model"), *preset = cli_get(opts, "preset"), *hwp = cli_get(opts, "hardware");
+    if (!model == !preset) {
+        fprintf(stderr, "dsacp plan: give exactly one of '--model DIR' and '--preset NAME'\n");
+        return 2;
+    }
+    if (!hwp) {
+        fprintf(stderr, "dsacp plan: '--hardware FILE.json' is needed (the profiles in hardware/, or one written by "
+                        "'mpirun -np W dsacp plan --calibrate FILE.json')\n");
+        return 2;
+    }
+    int64_t L = 131072, B = 1, W = 8;
+    double f = 2.0;
+    if ((s = cli_get(opts, "context")) && !cli_int("plan", "context", s, 1, (int64_t)1 << 32, &L)) return 2;
+    if ((s = cli_get(opts, "batch")) && !cli_int("plan", "batch", s, 1, 1 << 16, &B)) return 2;
+    if ((s = cli_get(opts, "cp")) && !cli_int("plan", "cp", s, 1, 4096, &W)) return 2;
+    if ((s = cli_get(opts, "lean-candidates"))) {
+        char *end;
+        f = strtod(s, &end);
+        if (end == s || *end || !(f >= 1 && f <= 1024)) {
+            fprintf(stderr, "dsacp plan: option '--lean-candidates' = '%s': a number in [1, 1024]\n", s);
+            return 2;
+        }
+    }
+    bool deployed = true;
+    if ((s = cli_get(opts, "numerics"))) {
+        if (!strcmp(s, "exact")) deployed = false;
+        else if (strcmp(s, "deployed")) {
+            fprintf(stderr, "dsacp plan: option '--numerics' must be exact or deployed, got '%s'\n", s);
+            return 2;
+        }
+    }
+    dsacp_hw hw;
+    int rc = dsacp_hw_load(hwp, &hw);
+    if (rc) return cli_fail("plan", rc);
+    dsacp_config cfg;
+    dsacp_model *m = NULL;
+    if (preset) rc = dsacp_preset_config(preset, &cfg);
+    else if (!(rc = dsacp_model_load(model, &m))) cfg = *dsacp_model_config(m);
+    if (rc) return cli_fail("plan", rc);
+    const int64_t layers = cfg.num_hidden_layers;
+    FILE *js = NULL;
+    char *jtext = NULL;
+    size_t jlen = 0;
+    if (cli_get(opts, "json")) js = open_memstream(&jtext, &jlen);
+    printf("dsacp plan: %s, context %lld, batch %lld, W = %lld, %s numerics, %s\n", preset ? preset : model,
+           (long long)L, (long long)B, (long long)W, deployed ? "deployed" : "exact", hw.name);
+    printf("per attention layer, busiest rank; t = max(compute, memory) + bytes / link + calls x latency\n");
+    printf("%-40s %10s %6s %9s %10s %9s %9s %9s %9s %10s\n", "strategy", "KB/token", "calls", "KV MB", "weights MB",
+           "compute", "memory", "comm", "layer", "x layers");
+    if (js)
+        fprintf(js, "{\"context\": %lld, \"batch\": %lld, \"world\": %lld, \"numerics\": \"%s\", \"hardware\": \"%s\", "
+                    "\"layers\": %lld, \"strategies\": [", (long long)L, (long long)B, (long long)W,
+                deployed ? "deployed" : "exact", hw.name, (long long)layers);
+    int best = -1;
+    double tbest = 0;
+    dsacp_plan_decode r[NV];
+    bool okv[NV] = {0};
+    for (int v = 0; v < NV; v++) {
+        dsacp_cp_options cp;
+        dsacp_cp_options_default(&cp);
+        cp.decode = variants[v].s, cp.index_layout = variants[v].idx, cp.index_group = variants[v].group;
+        cp.lean_merge = variants[v].merge, cp.merge_backend = variants[v].backend, cp.lean_factor = f;
+        if (cp.index_layout == DSACP_LAYOUT_PARTIAL && (W % cp.index_group || W < 2 * cp.index_group)) continue;
+        if (dsacp_plan_decode_layer(&cfg, &cp, W, L, B, deployed, &hw, &r[v])) continue;
+        okv[v] = true;
+        printf("%-40s %10.1f %6.0f %9.2f %10.1f %7.1fus %7.1fus %7.1fus %7.1fus %8.2fms\n", variants[v].label,
+               r[v].recv_bytes / 1024 / (double)B, r[v].calls, r[v].kv_bytes_per_rank / 1048576, r[v].weight_bytes / 1048576,
+               r[v].t_compute * 1e6, r[v].t_memory * 1e6, r[v].t_comm * 1e6, r[v].t_layer * 1e6, r[v].t_layer * 1e3 * (double)layers);
+        if (js)
+            fprintf(js, "%s{\"strategy\": \"%s\", \"recv_bytes_per_token\": %.0f, \"calls\": %.0f, \"kv_bytes_per_rank\": %.0f, "
+                        "\"weight_bytes\": %.0f, \"flops\": %.4g, \"t_compute\": %.4g, \"t_memory\": %.4g, \"t_comm\": %.4g, "
+                        "\"t_layer\": %.4g, \"tpot\": %.4g}", v ? ", " : "", variants[v].label, r[v].recv_bytes / (double)B,
+                    r[v].calls, r[v].kv_bytes_per_rank, r[v].weight_bytes, r[v].flops, r[v].t_compute, r[v].t_memory,
+                    r[v].t_comm, r[v].t_layer, r[v].t_layer * (double)layers);
+        if (best < 0 || r[v].t_layer < tbest) best = v, tbest = r[v].t_layer;
+    }
+    if (best >= 0) {
+        const dsacp_plan_decode *b = &r[best];
+        printf("recommendation: %s -- %.1f us per layer (%s-bound: compute %.1f us, memory %.1f us; communication %.1f us "
+               "for %.1f KB in %.0f calls)\n", variants[best].label, b->t_layer * 1e6,
+               b->t_compute > b->t_memory ? "compute" : "memory", b->t_compute * 1e6, b->t_memory * 1e6, b->t_comm * 1e6,
+               b->recv_bytes / 1024, b->calls);
+        /* the context path's crossover for the recommended strategy and for exact-topk */
+        for (int v = 0; v < NV; v++) {
+            if (!okv[v] || (v != best && variants[v].s != DSACP_DECODE_EXACT_TOPK) || variants[v].backend != DSACP_MERGE_AG_RS ||
+                variants[v].idx == DSACP_LAYOUT_PARTIAL)
+                continue;
+            const double esh = (double)(dsacp_mla_cache_bytes_per_token(&cfg, deployed ? DSACP_KV_FP8 : DSACP_KV_F32) +
+                                        dsacp_index_cache_bytes_per_token(&cfg, deployed ? DSACP_KV_FP8 : DSACP_KV_F32)) *
+                               (double)(W - 1) / (double)W;
+            if (W > 1)
+                printf("chunked prefill with %s: distributed path below %.0f context tokens per chunk token "
+                       "(%.1f KB per query token vs %.0f B per context token)\n", variants[v].label,
+                       r[v].recv_bytes / (double)B / esh, r[v].recv_bytes / (double)B / 1024, esh);
+        }
+    }
+    if (js) {
+        fprintf(js, "], \"recommendation\": \"%s\"}\n", best >= 0 ? variants[best].label : "");
+        fclose(js);
+        rc = dsacp_write_file_atomic(cli_get(opts, "json"), jtext, jlen);
+        free(jtext);
+        if (rc) {
+            dsacp_model_free(m);
+            return cli_fail("plan", rc);
+        }
+    }
+    dsacp_model_free(m);
+    return 0;
+}
