@@ -58,7 +58,7 @@ void dsacp_plan_kv_bytes(const dsacp_config *cfg, const dsacp_cp_options *cp, in
  *   inside a node), link_latency_us (per collective round inside a node), net_bw and
  *   net_latency_us (the same across nodes, used when W > ranks_per_node). */
 typedef struct dsacp_hw {
-    char name[64], source[512];
+    char name[160], source[512];
     double flops_bf16, flops_fp8, mem_bw, mem_bytes;
     int64_t ranks_per_node;
     double link_bw, link_latency_us, net_bw, net_latency_us;

@@ -111,8 +111,9 @@ int dsacp_plan_decode_layer(const dsacp_config *cfg_in, const dsacp_cp_options *
     const double wb = deployed ? 1.0 : 2.0;
     out->weight_bytes = wb * (mac_proj + mac_absorb); /* every weight is read once per step (shared by the batch) */
     out->kv_read_bytes = B * (scored * (double)idx_b + attended * (double)lat_b);
+    const double idiv = W == 1 || cp->index_layout == DSACP_LAYOUT_REPLICATED ? 1 : groups;
     out->kv_bytes_per_rank = (double)context * (double)lat_b / (W > 1 && cp->kv_layout == DSACP_LAYOUT_SHARDED ? Wd : 1) +
-                             (double)context * (double)idx_b / (idx_all && cp->decode != DSACP_DECODE_ALLGATHER_KV ? 1 : groups);
+                             (double)context * (double)idx_b / idiv;
     const double peak = deployed ? hw->flops_fp8 : hw->flops_bf16;
     out->t_compute = out->flops / peak;
     out->t_memory = (out->weight_bytes + out->kv_read_bytes) / hw->mem_bw;

@@ -19,21 +19,28 @@
 typedef struct variant {
     const char *label;
     dsacp_decode_strategy s;
-    dsacp_cp_layout idx;
+    dsacp_cp_layout kv, idx;
     int64_t group;
     dsacp_lean_merge merge;
     dsacp_merge_backend backend;
 } variant;
 
+#define S_ DSACP_LAYOUT_SHARDED
+#define R_ DSACP_LAYOUT_REPLICATED
 static const variant variants[] = {
-    {"allgather-kv (vllm-ascend #6563)", DSACP_DECODE_ALLGATHER_KV, DSACP_LAYOUT_SHARDED, 1, DSACP_LEAN_MERGE_OUTPUT, DSACP_MERGE_AG_RS},
-    {"replicated-index (vllm-ascend, SGLang)", DSACP_DECODE_REPLICATED_INDEX, DSACP_LAYOUT_REPLICATED, 1, DSACP_LEAN_MERGE_OUTPUT, DSACP_MERGE_AG_RS},
-    {"exact-topk ag_rs (vLLM)", DSACP_DECODE_EXACT_TOPK, DSACP_LAYOUT_SHARDED, 1, DSACP_LEAN_MERGE_OUTPUT, DSACP_MERGE_AG_RS},
-    {"exact-topk a2a (Helix merge)", DSACP_DECODE_EXACT_TOPK, DSACP_LAYOUT_SHARDED, 1, DSACP_LEAN_MERGE_OUTPUT, DSACP_MERGE_A2A},
-    {"exact-topk partial:2", DSACP_DECODE_EXACT_TOPK, DSACP_LAYOUT_PARTIAL, 2, DSACP_LEAN_MERGE_OUTPUT, DSACP_MERGE_AG_RS},
-    {"lean output", DSACP_DECODE_LEAN, DSACP_LAYOUT_SHARDED, 1, DSACP_LEAN_MERGE_OUTPUT, DSACP_MERGE_AG_RS},
-    {"lean values a2a", DSACP_DECODE_LEAN, DSACP_LAYOUT_SHARDED, 1, DSACP_LEAN_MERGE_VALUES, DSACP_MERGE_A2A},
+    /* no context parallelism: every rank keeps the whole cache and runs its heads (tensor parallel
+     * attention: the engine's DCP path with both layouts replicated moves only o_proj's sums) */
+    {"TP, no CP (caches replicated)", DSACP_DECODE_ALLGATHER_KV, R_, R_, 1, DSACP_LEAN_MERGE_OUTPUT, DSACP_MERGE_AG_RS},
+    {"allgather-kv (vllm-ascend #6563)", DSACP_DECODE_ALLGATHER_KV, S_, S_, 1, DSACP_LEAN_MERGE_OUTPUT, DSACP_MERGE_AG_RS},
+    {"replicated-index (vllm-ascend, SGLang)", DSACP_DECODE_REPLICATED_INDEX, S_, R_, 1, DSACP_LEAN_MERGE_OUTPUT, DSACP_MERGE_AG_RS},
+    {"exact-topk ag_rs (vLLM)", DSACP_DECODE_EXACT_TOPK, S_, S_, 1, DSACP_LEAN_MERGE_OUTPUT, DSACP_MERGE_AG_RS},
+    {"exact-topk a2a (Helix merge)", DSACP_DECODE_EXACT_TOPK, S_, S_, 1, DSACP_LEAN_MERGE_OUTPUT, DSACP_MERGE_A2A},
+    {"exact-topk partial:2", DSACP_DECODE_EXACT_TOPK, S_, DSACP_LAYOUT_PARTIAL, 2, DSACP_LEAN_MERGE_OUTPUT, DSACP_MERGE_AG_RS},
+    {"lean output", DSACP_DECODE_LEAN, S_, S_, 1, DSACP_LEAN_MERGE_OUTPUT, DSACP_MERGE_AG_RS},
+    {"lean values a2a", DSACP_DECODE_LEAN, S_, S_, 1, DSACP_LEAN_MERGE_VALUES, DSACP_MERGE_A2A},
 };
+#undef S_
+#undef R_
 enum { NV = sizeof variants / sizeof variants[0] };
 
 /* --calibrate: this machine as a profile (peak from an sgemm, bandwidth from a copy, links from
@@ -101,7 +108,7 @@ int cli_plan(int argc, char **argv)
     cli_opt opts[] = {{"model", true, NULL},    {"preset", true, NULL},   {"context", true, NULL},
                       {"batch", true, NULL},    {"cp", true, NULL},       {"hardware", true, NULL},
                       {"numerics", true, NULL}, {"json", true, NULL},     {"calibrate", true, NULL},
-                      {"lean-candidates", true, NULL}, {NULL, false, NULL}};
+                      {"lean-candidates", true, NULL}, {"layers", true, NULL}, {NULL, false, NULL}};
     int parsed = cli_parse(argc, argv, opts);
     if (parsed != CLI_RUN) return parsed;
     const char *s;
@@ -148,7 +155,11 @@ int cli_plan(int argc, char **argv)
     if (preset) rc = dsacp_preset_config(preset, &cfg);
     else if (!(rc = dsacp_model_load(model, &m))) cfg = *dsacp_model_config(m);
     if (rc) return cli_fail("plan", rc);
-    const int64_t layers = cfg.num_hidden_layers;
+    int64_t layers = cfg.num_hidden_layers;
+    if ((s = cli_get(opts, "layers")) && !cli_int("plan", "layers", s, 1, 4096, &layers)) {
+        dsacp_model_free(m);
+        return 2;
+    }
     FILE *js = NULL;
     char *jtext = NULL;
     size_t jlen = 0;
@@ -160,8 +171,8 @@ int cli_plan(int argc, char **argv)
            "compute", "memory", "comm", "layer", "x layers");
     if (js)
         fprintf(js, "{\"context\": %lld, \"batch\": %lld, \"world\": %lld, \"numerics\": \"%s\", \"hardware\": \"%s\", "
-                    "\"layers\": %lld, \"strategies\": [", (long long)L, (long long)B, (long long)W,
-                deployed ? "deployed" : "exact", hw.name, (long long)layers);
+                    "\"mem_bytes\": %.4g, \"layers\": %lld, \"strategies\": [", (long long)L, (long long)B, (long long)W,
+                deployed ? "deployed" : "exact", hw.name, hw.mem_bytes, (long long)layers);
     int best = -1;
     double tbest = 0;
     dsacp_plan_decode r[NV];
@@ -169,7 +180,8 @@ int cli_plan(int argc, char **argv)
     for (int v = 0; v < NV; v++) {
         dsacp_cp_options cp;
         dsacp_cp_options_default(&cp);
-        cp.decode = variants[v].s, cp.index_layout = variants[v].idx, cp.index_group = variants[v].group;
+        cp.decode = variants[v].s, cp.kv_layout = variants[v].kv, cp.index_layout = variants[v].idx;
+        cp.index_group = variants[v].group;
         cp.lean_merge = variants[v].merge, cp.merge_backend = variants[v].backend, cp.lean_factor = f;
         if (cp.index_layout == DSACP_LAYOUT_PARTIAL && (W % cp.index_group || W < 2 * cp.index_group)) continue;
         if (dsacp_plan_decode_layer(&cfg, &cp, W, L, B, deployed, &hw, &r[v])) continue;
@@ -194,7 +206,7 @@ int cli_plan(int argc, char **argv)
         /* the context path's crossover for the recommended strategy and for exact-topk */
         for (int v = 0; v < NV; v++) {
             if (!okv[v] || (v != best && variants[v].s != DSACP_DECODE_EXACT_TOPK) || variants[v].backend != DSACP_MERGE_AG_RS ||
-                variants[v].idx == DSACP_LAYOUT_PARTIAL)
+                variants[v].idx == DSACP_LAYOUT_PARTIAL || variants[v].kv == DSACP_LAYOUT_REPLICATED)
                 continue;
             const double esh = (double)(dsacp_mla_cache_bytes_per_token(&cfg, deployed ? DSACP_KV_FP8 : DSACP_KV_F32) +
                                         dsacp_index_cache_bytes_per_token(&cfg, deployed ? DSACP_KV_FP8 : DSACP_KV_F32)) *
