@@ -3,14 +3,15 @@
  * engine and attn: the engine hands it the step's tokens, it runs the phases of
  * src/attn/dsa_layer.c on each rank's share and moves what the phases need between ranks
  * through src/comm. Each decode strategy is one file (cp_allgather_kv.c, cp_replicated_index.c,
- * cp_exact_topk.c) that says what moves; the prefill split and the output projection are shared
- * (cp_layer.c). Kernels never learn about ranks.
+ * cp_exact_topk.c, cp_lean.c) that says what moves; the merges are cp_merge.c; the prefill split,
+ * the context path and the output projection are shared (cp_layer.c). Kernels never learn
+ * about ranks.
  *
  * Token order on a rank: the step's T tokens are flattened in entry order (as
- * dsacp_engine_step documents). A rank computes its "active" tokens: every decode token (an
- * entry of one token; replicated over the ranks, heads split) and the prefill tokens whose
- * position it owns. Active rows are laid out decode tokens first, then own prefill tokens,
- * each group in step order.
+ * dsacp_engine_step documents). A rank computes its "active" tokens: every decode-like token (an
+ * entry of one token, or a chunk on --context-path distributed; replicated over the ranks, heads
+ * split) and the prefill tokens its split gives it (owner, contiguous or zigzag). Active rows are
+ * laid out decode tokens first, then own prefill tokens, each group in step order.
  */
 #ifndef DSACP_CP_INTERNAL_H
 #define DSACP_CP_INTERNAL_H
