@@ -86,6 +86,18 @@ typedef struct dsacp_plan_decode {
 int dsacp_plan_decode_layer(const dsacp_config *cfg, const dsacp_cp_options *cp, int64_t W, int64_t context,
                             int64_t batch, bool deployed, const dsacp_hw *hw, dsacp_plan_decode *out);
 
+/* One prefill layer for a fresh prompt of P tokens on W ranks, the busiest rank:
+ *   DSACP_PLAN_PREFILL_CP          the CP engine: tokens by cp->prefill_split, all heads per token,
+ *                                  entries all-gathered (dsacp_plan_step_comm)
+ *   DSACP_PLAN_PREFILL_TP          tensor-parallel attention without CP: heads split, the indexer
+ *                                  replicated (every rank scores every row), o_proj all-reduced
+ *   DSACP_PLAN_PREFILL_TP_IDXSPLIT the same with the indexer's rows split over the ranks and the
+ *                                  selected positions all-gathered (TensorRT-LLM #11871)
+ * out->recv_bytes / calls: per layer; flops and times for the whole prompt. */
+enum { DSACP_PLAN_PREFILL_CP = 0, DSACP_PLAN_PREFILL_TP = 1, DSACP_PLAN_PREFILL_TP_IDXSPLIT = 2 };
+int dsacp_plan_prefill_layer(const dsacp_config *cfg, const dsacp_cp_options *cp, int64_t W, int64_t P, int mode,
+                             bool deployed, const dsacp_hw *hw, dsacp_plan_decode *out);
+
 #ifdef __cplusplus
 }
 #endif

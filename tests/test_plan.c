@@ -111,9 +111,37 @@ static void test_v32_figures(void)
     CHECK(b.recv_bytes > 3.9 * a.recv_bytes);
 }
 
+/* Prefill at 150K on 8 B200s: splitting the indexer's rows gains over replicated-indexer TP
+ * (TensorRT-LLM #11871's direction), the CP splits move (W - 1) / W x P x 788 bytes per layer,
+ * and the contiguous split is the slowest of them (its last rank scores 1.75x the mean keys). */
+static void test_prefill(void)
+{
+    dsacp_config cfg;
+    REQUIRE_OK(dsacp_preset_config("v32-layer", &cfg));
+    char p[4200];
+    snprintf(p, sizeof p, "%s/hardware/b200-nvlink8.json", src_dir());
+    dsacp_hw hw;
+    REQUIRE_OK(dsacp_hw_load(p, &hw));
+    dsacp_cp_options cp;
+    dsacp_cp_options_default(&cp);
+    const int64_t P = 153600;
+    dsacp_plan_decode tp, tps, own, con, zz;
+    CHECK_OK(dsacp_plan_prefill_layer(&cfg, &cp, 8, P, DSACP_PLAN_PREFILL_TP, true, &hw, &tp));
+    CHECK_OK(dsacp_plan_prefill_layer(&cfg, &cp, 8, P, DSACP_PLAN_PREFILL_TP_IDXSPLIT, true, &hw, &tps));
+    CHECK_OK(dsacp_plan_prefill_layer(&cfg, &cp, 8, P, DSACP_PLAN_PREFILL_CP, true, &hw, &own));
+    cp.prefill_split = DSACP_PREFILL_CONTIGUOUS;
+    CHECK_OK(dsacp_plan_prefill_layer(&cfg, &cp, 8, P, DSACP_PLAN_PREFILL_CP, true, &hw, &con));
+    cp.prefill_split = DSACP_PREFILL_ZIGZAG;
+    CHECK_OK(dsacp_plan_prefill_layer(&cfg, &cp, 8, P, DSACP_PLAN_PREFILL_CP, true, &hw, &zz));
+    CHECKF(tp.t_layer > 1.5 * tps.t_layer, "indexer split: %.4f s vs TP %.4f s", tps.t_layer, tp.t_layer);
+    CHECK(own.recv_bytes == (double)(P - P / 8) * 788 && con.recv_bytes == own.recv_bytes);
+    CHECK(con.t_layer > own.t_layer && con.t_layer > zz.t_layer && con.flops > 1.3 * own.flops);
+}
+
 int main(void)
 {
     test_profiles();
     test_v32_figures();
+    test_prefill();
     return test_finish("test_plan");
 }

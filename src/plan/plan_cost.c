@@ -123,3 +123,107 @@ int dsacp_plan_decode_layer(const dsacp_config *cfg_in, const dsacp_cp_options *
     out->t_layer = fmax(out->t_compute, out->t_memory) + out->t_comm;
     return DSACP_OK;
 }
+
+/* Keys scored and attended by the rank that computes the most of them, for a fresh prompt of P
+ * tokens split as the engine splits it (or rows split evenly in zigzag order for TP_IDXSPLIT). */
+static void prefill_work(const dsacp_cp_options *cp, int64_t W, int64_t P, int64_t K, int mode, double *scored,
+                         double *attended, double *tokens)
+{
+    *scored = *attended = *tokens = 0;
+    double *sc = calloc((size_t)W, sizeof *sc), *at = calloc((size_t)W, sizeof *at), *tk = calloc((size_t)W, sizeof *tk);
+    if (!sc || !at || !tk) {
+        free(sc), free(at), free(tk);
+        return;
+    }
+    const int64_t chunk = (P + W - 1) / W;
+    for (int64_t i = 0; i < P; i++) {
+        int64_t q;
+        dsacp_prefill_split sp = mode == DSACP_PLAN_PREFILL_CP ? cp->prefill_split : DSACP_PREFILL_ZIGZAG;
+        if (sp == DSACP_PREFILL_CONTIGUOUS) {
+            q = i / chunk;
+        } else if (sp == DSACP_PREFILL_ZIGZAG) {
+            int64_t c = i * 2 * W / P;
+            while (c + 1 < 2 * W && (P * (c + 1)) / (2 * W) <= i) c++;
+            while (c > 0 && (P * c) / (2 * W) > i) c--;
+            q = c < W ? c : 2 * W - 1 - c;
+        } else {
+            q = dsacp_cp_owner(i, cp->interleave, W);
+        }
+        sc[q] += (double)(i + 1);
+        at[q] += (double)(i + 1 < K ? i + 1 : K);
+        tk[q] += 1;
+    }
+    for (int64_t q = 0; q < W; q++) {
+        *scored = fmax(*scored, sc[q]);
+        *attended = fmax(*attended, at[q]);
+        *tokens = fmax(*tokens, tk[q]);
+    }
+    free(sc), free(at), free(tk);
+}
+
+int dsacp_plan_prefill_layer(const dsacp_config *cfg_in, const dsacp_cp_options *cp, int64_t W, int64_t P, int mode,
+                             bool deployed, const dsacp_hw *hw, dsacp_plan_decode *out)
+{
+    memset(out, 0, sizeof *out);
+    if (W < 1 || P < 1 || mode < 0 || mode > 2) return dsacp_error(DSACP_EINVAL, "plan: prefill W, tokens or mode out of range");
+    dsacp_config cfg = *cfg_in;
+    cfg.num_hidden_layers = 1;
+    const double H = (double)cfg.num_attention_heads, D = (double)cfg.hidden_size, Hi = (double)cfg.index_n_heads;
+    const double di = (double)cfg.index_head_dim, dc = (double)cfg.kv_lora_rank, dr = (double)cfg.qk_rope_head_dim;
+    const double dk = dc + dr, nope = (double)cfg.qk_nope_head_dim, dq = nope + dr, dv = (double)cfg.v_head_dim;
+    const double ql = (double)cfg.q_lora_rank, Wd = (double)W, Pd = (double)P;
+    const dsacp_kv_dtype kvd = deployed ? DSACP_KV_FP8 : DSACP_KV_F32;
+    const int64_t lat_b = dsacp_mla_cache_bytes_per_token(&cfg, kvd), idx_b = dsacp_index_cache_bytes_per_token(&cfg, kvd);
+    double scored, attended, tokens;
+    const double Hs = ceil(H / Wd);
+    if (mode == DSACP_PLAN_PREFILL_CP) {
+        prefill_work(cp, W, P, cfg.index_topk, mode, &scored, &attended, &tokens);
+        /* a token's rank runs every head: the whole projections for its tokens */
+        const double mac_tok = D * ql + ql * H * dq + D * dk + ql * Hi * di + D * di + D * Hi + H * dv * D +
+                               H * nope * dc + H * dc * dv;
+        out->flops = 2 * (tokens * mac_tok + scored * Hi * di + attended * H * (dk + dc));
+        out->weight_bytes = (deployed ? 1 : 2) * (D * ql + ql * H * dq + D * dk + ql * Hi * di + D * di + D * Hi + H * dv * D +
+                                                  H * nope * dc + H * dc * dv);
+        dsacp_plan_step s = {.W = W, .rank = 0, .npre = 1, .latent_bytes = lat_b, .index_bytes = idx_b,
+                             .hidden_bytes = cfg.hidden_size * 4, .deployed = deployed};
+        const int64_t zero = 0;
+        s.pre_old = &zero, s.pre_new = &P;
+        double best = -1;
+        for (int64_t r = 0; r < W; r++) {
+            s.rank = r;
+            dsacp_comm_counter c[DSACP_PHASE_COUNT];
+            int rc = dsacp_plan_step_comm(&cfg, cp, &s, c);
+            if (rc) return rc;
+            const double recv = (double)c[DSACP_PHASE_prefill_kv].bytes_recv;
+            if (recv > best) best = recv, out->recv_bytes = recv, out->calls = (double)c[DSACP_PHASE_prefill_kv].calls;
+        }
+    } else {
+        /* TP: every rank runs every token with its heads; the indexer whole (replicated) or its
+         * rows split (TensorRT-LLM), then the selected positions all-gathered */
+        const bool split = mode == DSACP_PLAN_PREFILL_TP_IDXSPLIT;
+        prefill_work(cp, W, P, cfg.index_topk, mode, &scored, &attended, &tokens);
+        const double all_scored = Pd * (Pd + 1) / 2;
+        double all_att = 0;
+        for (int64_t i = 0; i < P; i++) all_att += (double)(i + 1 < cfg.index_topk ? i + 1 : cfg.index_topk);
+        const double idx_rows = split ? tokens : Pd, idx_keys = split ? scored : all_scored;
+        const double mac_rep = D * ql + D * dk + D * di + D * Hi;              /* replicated projections */
+        const double mac_heads = ql * Hs * dq + Hs * dv * D + Hs * nope * dc + Hs * dc * dv;
+        out->flops = 2 * (Pd * (mac_rep + mac_heads) + idx_rows * ql * Hi * di + idx_keys * Hi * di + all_att * Hs * (dk + dc));
+        out->weight_bytes = (deployed ? 1 : 2) * (mac_rep + mac_heads + ql * Hi * di);
+        out->recv_bytes = W > 1 ? 2 * (Wd - 1) / Wd * Pd * D * 2 : 0; /* o_proj all-reduce (bf16) */
+        out->calls = W > 1 ? 1 : 0;
+        if (split && W > 1) {
+            out->recv_bytes += (Wd - 1) / Wd * Pd * (double)cfg.index_topk * 4; /* selected positions */
+            out->calls += 1;
+        }
+    }
+    out->kv_read_bytes = Pd * (double)(lat_b + idx_b);
+    const double peak = deployed ? hw->flops_fp8 : hw->flops_bf16;
+    out->t_compute = out->flops / peak;
+    out->t_memory = (out->weight_bytes + out->kv_read_bytes) / hw->mem_bw;
+    const bool net = W > hw->ranks_per_node;
+    const double bw = net ? hw->net_bw : hw->link_bw, lat = (net ? hw->net_latency_us : hw->link_latency_us) * 1e-6;
+    out->t_comm = W > 1 ? out->recv_bytes / bw + out->calls * lat : 0;
+    out->t_layer = fmax(out->t_compute, out->t_memory) + out->t_comm;
+    return DSACP_OK;
+}

@@ -108,7 +108,8 @@ int cli_plan(int argc, char **argv)
     cli_opt opts[] = {{"model", true, NULL},    {"preset", true, NULL},   {"context", true, NULL},
                       {"batch", true, NULL},    {"cp", true, NULL},       {"hardware", true, NULL},
                       {"numerics", true, NULL}, {"json", true, NULL},     {"calibrate", true, NULL},
-                      {"lean-candidates", true, NULL}, {"layers", true, NULL}, {NULL, false, NULL}};
+                      {"lean-candidates", true, NULL}, {"layers", true, NULL}, {"prefill", true, NULL},
+                      {NULL, false, NULL}};
     int parsed = cli_parse(argc, argv, opts);
     if (parsed != CLI_RUN) return parsed;
     const char *s;
@@ -126,11 +127,12 @@ int cli_plan(int argc, char **argv)
                         "'mpirun -np W dsacp plan --calibrate FILE.json')\n");
         return 2;
     }
-    int64_t L = 131072, B = 1, W = 8;
+    int64_t L = 131072, B = 1, W = 8, Pp = 0;
     double f = 2.0;
     if ((s = cli_get(opts, "context")) && !cli_int("plan", "context", s, 1, (int64_t)1 << 32, &L)) return 2;
     if ((s = cli_get(opts, "batch")) && !cli_int("plan", "batch", s, 1, 1 << 16, &B)) return 2;
     if ((s = cli_get(opts, "cp")) && !cli_int("plan", "cp", s, 1, 4096, &W)) return 2;
+    if ((s = cli_get(opts, "prefill")) && !cli_int("plan", "prefill", s, 1, (int64_t)1 << 24, &Pp)) return 2;
     if ((s = cli_get(opts, "lean-candidates"))) {
         char *end;
         f = strtod(s, &end);
@@ -217,8 +219,50 @@ int cli_plan(int argc, char **argv)
                        r[v].recv_bytes / (double)B / esh, r[v].recv_bytes / (double)B / 1024, esh);
         }
     }
+    if (js) fprintf(js, "], \"recommendation\": \"%s\"", best >= 0 ? variants[best].label : "");
+    if (Pp > 0) {
+        /* TTFT of a fresh prompt: TP (indexer replicated), TP with the indexer's rows split
+         * (TensorRT-LLM #11871), and the CP engine's splits */
+        static const struct {
+            const char *label;
+            int mode;
+            dsacp_prefill_split split;
+        } pv[] = {{"TP, indexer replicated", DSACP_PLAN_PREFILL_TP, DSACP_PREFILL_OWNER},
+                  {"TP, indexer rows split (TRT-LLM)", DSACP_PLAN_PREFILL_TP_IDXSPLIT, DSACP_PREFILL_OWNER},
+                  {"CP owner (I = 1)", DSACP_PLAN_PREFILL_CP, DSACP_PREFILL_OWNER},
+                  {"CP contiguous (DSA-CP seed)", DSACP_PLAN_PREFILL_CP, DSACP_PREFILL_CONTIGUOUS},
+                  {"CP zigzag", DSACP_PLAN_PREFILL_CP, DSACP_PREFILL_ZIGZAG}};
+        printf("\nprefill of a %lld-token prompt, per layer on the busiest rank; TTFT = layer x %lld (attention only)\n",
+               (long long)Pp, (long long)layers);
+        printf("%-34s %10s %6s %10s %10s %10s %10s %9s\n", "split", "MB recv", "calls", "compute", "memory", "comm", "TTFT",
+               "vs TP");
+        if (js) fprintf(js, ", \"prefill_tokens\": %lld, \"prefill\": [", (long long)Pp);
+        double tp = 0;
+        for (int v = 0; v < 5; v++) {
+            dsacp_cp_options cp;
+            dsacp_cp_options_default(&cp);
+            cp.prefill_split = pv[v].split;
+            dsacp_plan_decode r2;
+            rc = dsacp_plan_prefill_layer(&cfg, &cp, W, Pp, pv[v].mode, deployed, &hw, &r2);
+            if (rc) break;
+            const double ttft = r2.t_layer * (double)layers;
+            if (v == 0) tp = ttft;
+            printf("%-34s %10.1f %6.0f %9.3fs %9.3fs %9.3fs %9.2fs %8.2fx\n", pv[v].label, r2.recv_bytes / 1048576, r2.calls,
+                   r2.t_compute, r2.t_memory, r2.t_comm, ttft, tp / ttft);
+            if (js)
+                fprintf(js, "%s{\"split\": \"%s\", \"recv_bytes\": %.0f, \"calls\": %.0f, \"flops\": %.4g, \"t_compute\": %.4g, "
+                            "\"t_memory\": %.4g, \"t_comm\": %.4g, \"ttft\": %.4g}", v ? ", " : "", pv[v].label,
+                        r2.recv_bytes, r2.calls, r2.flops, r2.t_compute, r2.t_memory, r2.t_comm, ttft);
+        }
+        if (js) fprintf(js, "]");
+        if (rc) {
+            if (js) fclose(js), free(jtext);
+            dsacp_model_free(m);
+            return cli_fail("plan", rc);
+        }
+    }
     if (js) {
-        fprintf(js, "], \"recommendation\": \"%s\"}\n", best >= 0 ? variants[best].label : "");
+        fprintf(js, "}\n");
         fclose(js);
         rc = dsacp_write_file_atomic(cli_get(opts, "json"), jtext, jlen);
         free(jtext);
