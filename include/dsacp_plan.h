@@ -35,6 +35,12 @@ typedef struct dsacp_plan_step {
     /* lean: tokens whose verdict fell back, and layers in which that happened (a prediction
      * uses the measured rate or 0) */
     int64_t lean_fallback_tokens, lean_fallback_rounds;
+    /* DSA-CP weight plans (cp->mode == dsa-cp; every token of the step is then a prefill entry):
+     * per layer the bytes q_b_proj and o_proj travel as ([L] each), the bytes of rank q's column
+     * shard of o_proj (tp; [W]), and whether the step takes tp's weight gather (else it moves
+     * activations: all-to-all + reduce-scatter). NULL arrays: no weight phases. */
+    const int64_t *q_bytes, *o_bytes, *o_shard_bytes;
+    bool tp_gather;
 } dsacp_plan_step;
 
 /* Per phase: calls, bytes sent, bytes received on `rank` (seconds left 0), for one step through

@@ -695,6 +695,35 @@ static void test_counters_dsa(const dsacp_model *m, const dsacp_engine_options *
             free(lg);
             expect ex[DSACP_PHASE_COUNT];
             expected_dsa(m, &cp, g_W, g_rank, Tq, phase == 0, E, ex);
+            {
+                /* the planner's weight-plan phases (f32 weights: 4 bytes per value) */
+                const int64_t Lm = cfg->num_hidden_layers, H = cfg->num_attention_heads, dv = cfg->v_head_dim;
+                int64_t *qb = calloc((size_t)Lm, sizeof *qb), *ob = calloc((size_t)Lm, sizeof *ob), sh[8];
+                for (int64_t l = 0; l < Lm; l++) {
+                    char nm[128];
+                    snprintf(nm, sizeof nm, "model.layers.%lld.self_attn.q_b_proj.weight", (long long)l);
+                    const dsacp_weight *w1 = dsacp_model_weight(m, nm);
+                    snprintf(nm, sizeof nm, "model.layers.%lld.self_attn.o_proj.weight", (long long)l);
+                    const dsacp_weight *w2 = dsacp_model_weight(m, nm);
+                    qb[l] = w1->rows * w1->cols * 4, ob[l] = w2->rows * w2->cols * 4;
+                }
+                for (int q = 0; q < g_W && q < 8; q++)
+                    sh[q] = cfg->hidden_size * (dsacp_split_begin(H, q + 1, g_W) - dsacp_split_begin(H, q, g_W)) * dv * 4;
+                int64_t pold[3] = {0}, pnew[3];
+                for (int64_t i = 0; i < n; i++) {
+                    pnew[i] = en[i].n_tokens;
+                    pold[i] = dsacp_engine_request_length(e, en[i].request_id) - en[i].n_tokens;
+                }
+                dsacp_plan_step ps = {.W = g_W, .rank = g_rank, .npre = n, .pre_old = pold, .pre_new = pnew,
+                                      .latent_bytes = dsacp_mla_cache_bytes_per_token(cfg, eo->kv_dtype),
+                                      .index_bytes = dsacp_index_cache_bytes_per_token(cfg, DSACP_KV_F32),
+                                      .hidden_bytes = cfg->hidden_size * 4, .q_bytes = qb, .o_bytes = ob,
+                                      .o_shard_bytes = sh, .tp_gather = phase == 0};
+                char pn[96];
+                snprintf(pn, sizeof pn, "dsa-cp q=%s o=%s", dsacp_weight_plan_name(cp.q_proj), dsacp_weight_plan_name(cp.o_proj));
+                check_plan(ec, cfg, &cp, &ps, pn, phase == 0 ? "prefill step" : "decode step");
+                free(qb), free(ob);
+            }
             char name[96];
             snprintf(name, sizeof name, "dsa-cp q=%s o=%s", dsacp_weight_plan_name(cp.q_proj), dsacp_weight_plan_name(cp.o_proj));
             check_counters(ec, ex, "exact", name, phase == 0 ? "prefill step" : "decode step");

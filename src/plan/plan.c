@@ -160,6 +160,32 @@ prefill:
         add(&out[DSACP_PHASE_prefill_kv], L, L * npq[me] * E * (W - 1), L * others * E);
         if (Esh) add(&out[DSACP_PHASE_prefill_kv], L, L * ctx_me * (W - 1), L * ctx_others);
         add(&out[DSACP_PHASE_logits], 1, me ? npq[me] * s->hidden_bytes : 0, me ? 0 : others * s->hidden_bytes);
+        /* DSA-CP weight plans: layer-shard broadcasts from the layer's owner rank (l mod W); tp
+         * gathers the column shards, or moves every token's v columns to their heads' ranks and
+         * the partial sums back (all-to-all + reduce-scatter, fp32) */
+        for (int64_t l = 0; l < L && cp->mode == DSACP_CP_DSA_CP && s->q_bytes && s->o_bytes; l++) {
+            const bool root = l % W == me;
+            if (cp->q_proj == DSACP_WEIGHTS_LAYER_SHARD)
+                add(&out[DSACP_PHASE_q_proj_weight], 1, root ? s->q_bytes[l] * (W - 1) : 0, root ? 0 : s->q_bytes[l]);
+            if (cp->o_proj == DSACP_WEIGHTS_LAYER_SHARD)
+                add(&out[DSACP_PHASE_o_proj_weight], 1, root ? s->o_bytes[l] * (W - 1) : 0, root ? 0 : s->o_bytes[l]);
+            if (cp->o_proj == DSACP_WEIGHTS_TP || cp->o_proj == DSACP_WEIGHTS_AUTO || cp->o_proj == DSACP_WEIGHTS_TP_GATHER ||
+                cp->o_proj == DSACP_WEIGHTS_TP_A2A) {
+                if (s->tp_gather) {
+                    add(&out[DSACP_PHASE_o_proj_weight], 1, s->o_shard_bytes[me] * (W - 1), s->o_bytes[l] - s->o_shard_bytes[me]);
+                } else {
+                    const int64_t cme = heads(H, me, W) * dv;
+                    int64_t sent = 0, recv = 0;
+                    for (int64_t q = 0; q < W; q++) {
+                        if (q == me) continue;
+                        const int64_t cq = heads(H, q, W) * dv;
+                        sent += npq[me] * cq * 4 + npq[q] * D * 4;
+                        recv += npq[q] * cme * 4 + npq[me] * D * 4;
+                    }
+                    add(&out[DSACP_PHASE_o_proj], 2, sent, recv);
+                }
+            }
+        }
         free(npq);
     }
     return DSACP_OK;
