@@ -92,6 +92,19 @@ typedef struct dsacp_plan_decode {
 int dsacp_plan_decode_layer(const dsacp_config *cfg, const dsacp_cp_options *cp, int64_t W, int64_t context,
                             int64_t batch, bool deployed, const dsacp_hw *hw, dsacp_plan_decode *out);
 
+/* A decode step of the whole model per output token on the busiest rank: the attention layers
+ * (dsacp_plan_decode_layer, with the weights stored at weight_bytes bytes per parameter: 4 f32,
+ * 2 bf16, 1 fp8; 0: by the numerics), the MLP / MoE of every layer (replicated on every rank for
+ * decode tokens: dense, or the shared experts + the routed experts the batch touches, at most
+ * batch x num_experts_per_tok), and lm_head (rank 0). Each part max(compute, memory); the
+ * attention's collectives added. */
+typedef struct dsacp_plan_model {
+    dsacp_plan_decode layer;
+    double t_attention, t_mlp, t_head, tpot; /* seconds per step (tpot: per output token, = step) */
+} dsacp_plan_model;
+int dsacp_plan_decode_model(const dsacp_config *cfg, const dsacp_cp_options *cp, int64_t W, int64_t context,
+                            int64_t batch, bool deployed, double weight_bytes, const dsacp_hw *hw, dsacp_plan_model *out);
+
 /* One prefill layer for a fresh prompt of P tokens on W ranks, the busiest rank:
  *   DSACP_PLAN_PREFILL_CP          the CP engine: tokens by cp->prefill_split, all heads per token,
  *                                  entries all-gathered (dsacp_plan_step_comm)

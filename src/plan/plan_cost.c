@@ -227,3 +227,36 @@ int dsacp_plan_prefill_layer(const dsacp_config *cfg_in, const dsacp_cp_options 
     out->t_layer = fmax(out->t_compute, out->t_memory) + out->t_comm;
     return DSACP_OK;
 }
+
+int dsacp_plan_decode_model(const dsacp_config *cfg, const dsacp_cp_options *cp, int64_t W, int64_t context,
+                            int64_t batch, bool deployed, double weight_bytes, const dsacp_hw *hw, dsacp_plan_model *out)
+{
+    memset(out, 0, sizeof *out);
+    int rc = dsacp_plan_decode_layer(cfg, cp, W, context, batch, deployed, hw, &out->layer);
+    if (rc) return rc;
+    const double wb0 = deployed ? 1.0 : 2.0, wb = weight_bytes > 0 ? weight_bytes : wb0;
+    const double peak = deployed ? hw->flops_fp8 : hw->flops_bf16, B = (double)batch;
+    dsacp_plan_decode *l = &out->layer;
+    l->weight_bytes *= wb / wb0;
+    l->t_memory = (l->weight_bytes + l->kv_read_bytes) / hw->mem_bw;
+    l->t_layer = fmax(l->t_compute, l->t_memory) + l->t_comm;
+    const double D = (double)cfg->hidden_size, V = (double)cfg->vocab_size;
+    out->t_attention = l->t_layer * (double)cfg->num_hidden_layers;
+    for (int64_t i = 0; i < cfg->num_hidden_layers; i++) {
+        const bool moe = cfg->n_routed_experts > 0 && i >= cfg->first_k_dense_replace &&
+                         (cfg->moe_layer_freq <= 1 || i % cfg->moe_layer_freq == 0);
+        double params, mac;
+        if (!moe) {
+            params = mac = 3 * D * (double)cfg->intermediate_size;
+        } else {
+            const double e = 3 * D * (double)cfg->moe_intermediate_size, touched = fmin((double)cfg->n_routed_experts,
+                                                                                          B * (double)cfg->num_experts_per_tok);
+            params = D * (double)cfg->n_routed_experts + e * ((double)cfg->n_shared_experts + touched);
+            mac = D * (double)cfg->n_routed_experts + e * ((double)cfg->n_shared_experts + (double)cfg->num_experts_per_tok);
+        }
+        out->t_mlp += fmax(2 * B * mac / peak, params * wb / hw->mem_bw);
+    }
+    out->t_head = fmax(2 * B * D * V / peak, D * V * wb / hw->mem_bw);
+    out->tpot = out->t_attention + out->t_mlp + out->t_head;
+    return DSACP_OK;
+}

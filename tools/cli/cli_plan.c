@@ -109,6 +109,7 @@ int cli_plan(int argc, char **argv)
                       {"batch", true, NULL},    {"cp", true, NULL},       {"hardware", true, NULL},
                       {"numerics", true, NULL}, {"json", true, NULL},     {"calibrate", true, NULL},
                       {"lean-candidates", true, NULL}, {"layers", true, NULL}, {"prefill", true, NULL},
+                      {"weight-bytes", true, NULL},
                       {NULL, false, NULL}};
     int parsed = cli_parse(argc, argv, opts);
     if (parsed != CLI_RUN) return parsed;
@@ -142,6 +143,15 @@ int cli_plan(int argc, char **argv)
         }
     }
     bool deployed = true;
+    double wbytes = 0;
+    if ((s = cli_get(opts, "weight-bytes"))) {
+        char *end;
+        wbytes = strtod(s, &end);
+        if (end == s || *end || !(wbytes == 1 || wbytes == 2 || wbytes == 4)) {
+            fprintf(stderr, "dsacp plan: option '--weight-bytes' = '%s': 1 (fp8), 2 (bf16) or 4 (f32)\n", s);
+            return 2;
+        }
+    }
     if ((s = cli_get(opts, "numerics"))) {
         if (!strcmp(s, "exact")) deployed = false;
         else if (strcmp(s, "deployed")) {
@@ -169,8 +179,8 @@ int cli_plan(int argc, char **argv)
     printf("dsacp plan: %s, context %lld, batch %lld, W = %lld, %s numerics, %s\n", preset ? preset : model,
            (long long)L, (long long)B, (long long)W, deployed ? "deployed" : "exact", hw.name);
     printf("per attention layer, busiest rank; t = max(compute, memory) + bytes / link + calls x latency\n");
-    printf("%-40s %10s %6s %9s %10s %9s %9s %9s %9s %10s\n", "strategy", "KB/token", "calls", "KV MB", "weights MB",
-           "compute", "memory", "comm", "layer", "x layers");
+    printf("%-40s %10s %6s %9s %10s %9s %9s %9s %9s %10s %10s\n", "strategy", "KB/token", "calls", "KV MB", "weights MB",
+           "compute", "memory", "comm", "layer", "x layers", "model");
     if (js)
         fprintf(js, "{\"context\": %lld, \"batch\": %lld, \"world\": %lld, \"numerics\": \"%s\", \"hardware\": \"%s\", "
                     "\"mem_bytes\": %.4g, \"layers\": %lld, \"strategies\": [", (long long)L, (long long)B, (long long)W,
@@ -186,17 +196,21 @@ int cli_plan(int argc, char **argv)
         cp.index_group = variants[v].group;
         cp.lean_merge = variants[v].merge, cp.merge_backend = variants[v].backend, cp.lean_factor = f;
         if (cp.index_layout == DSACP_LAYOUT_PARTIAL && (W % cp.index_group || W < 2 * cp.index_group)) continue;
-        if (dsacp_plan_decode_layer(&cfg, &cp, W, L, B, deployed, &hw, &r[v])) continue;
+        dsacp_plan_model pm;
+        if (dsacp_plan_decode_model(&cfg, &cp, W, L, B, deployed, wbytes, &hw, &pm)) continue;
+        r[v] = pm.layer;
         okv[v] = true;
-        printf("%-40s %10.1f %6.0f %9.2f %10.1f %7.1fus %7.1fus %7.1fus %7.1fus %8.2fms\n", variants[v].label,
+        printf("%-40s %10.1f %6.0f %9.2f %10.1f %7.1fus %7.1fus %7.1fus %7.1fus %8.2fms %8.2fms\n", variants[v].label,
                r[v].recv_bytes / 1024 / (double)B, r[v].calls, r[v].kv_bytes_per_rank / 1048576, r[v].weight_bytes / 1048576,
-               r[v].t_compute * 1e6, r[v].t_memory * 1e6, r[v].t_comm * 1e6, r[v].t_layer * 1e6, r[v].t_layer * 1e3 * (double)layers);
+               r[v].t_compute * 1e6, r[v].t_memory * 1e6, r[v].t_comm * 1e6, r[v].t_layer * 1e6, r[v].t_layer * 1e3 * (double)layers,
+               (pm.tpot - pm.t_attention + r[v].t_layer * (double)layers) * 1e3);
         if (js)
             fprintf(js, "%s{\"strategy\": \"%s\", \"recv_bytes_per_token\": %.0f, \"calls\": %.0f, \"kv_bytes_per_rank\": %.0f, "
                         "\"weight_bytes\": %.0f, \"flops\": %.4g, \"t_compute\": %.4g, \"t_memory\": %.4g, \"t_comm\": %.4g, "
-                        "\"t_layer\": %.4g, \"tpot\": %.4g}", v ? ", " : "", variants[v].label, r[v].recv_bytes / (double)B,
-                    r[v].calls, r[v].kv_bytes_per_rank, r[v].weight_bytes, r[v].flops, r[v].t_compute, r[v].t_memory,
-                    r[v].t_comm, r[v].t_layer, r[v].t_layer * (double)layers);
+                        "\"t_layer\": %.4g, \"tpot\": %.4g, \"tpot_model\": %.4g}", v ? ", " : "", variants[v].label,
+                    r[v].recv_bytes / (double)B, r[v].calls, r[v].kv_bytes_per_rank, r[v].weight_bytes, r[v].flops, r[v].t_compute,
+                    r[v].t_memory, r[v].t_comm, r[v].t_layer, r[v].t_layer * (double)layers,
+                    pm.tpot - pm.t_attention + r[v].t_layer * (double)layers);
         if (best < 0 || r[v].t_layer < tbest) best = v, tbest = r[v].t_layer;
     }
     if (best >= 0) {

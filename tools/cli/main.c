@@ -92,6 +92,7 @@ static const cli_command commands[] = {
      "  --batch N          decode tokens per step, one per request (default 1)\n"
      "  --cp W             ranks (default 8); --context L cached positions per request (default 131072)\n"
      "  --layers N         layers the TPOT column multiplies by (default the model's; 61 for V3.2)\n"
+     "  --weight-bytes N   bytes per stored weight value: 1 fp8, 2 bf16, 4 f32 (default by --numerics)\n"
      "  --prefill P        also the prefill of a fresh P-token prompt (TTFT): TP with the indexer\n"
      "                     replicated or its rows split, and the CP engine's splits\n"
      "  the byte and call counts are the formulas test_cp checks against the counters exactly\n"},
