@@ -103,13 +103,56 @@ static int calibrate(const char *path)
     return rc;
 }
 
+/* --plot FILE.svg: one horizontal bar per strategy, TPOT split into the attention layers' compute or
+ * memory part and their communication part, and the KV per rank beside it. Written atomically. */
+static int write_plot(const char *path, const char *title, const variant *vs, const dsacp_plan_decode *r, const bool *ok,
+                      int n, double layers)
+{
+    char *text = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&text, &len);
+    if (!f) return dsacp_error(DSACP_ENOMEM, "out of memory");
+    /* the scale: the largest bar within 10x of the smallest; longer ones are cut (their value printed) */
+    double tmin = 1e30, tmax = 0;
+    for (int v = 0; v < n; v++)
+        if (ok[v]) tmin = fmin(tmin, r[v].t_layer * layers);
+    for (int v = 0; v < n; v++)
+        if (ok[v] && r[v].t_layer * layers <= 10 * tmin) tmax = fmax(tmax, r[v].t_layer * layers);
+    const int W0 = 1000, row = 28, top = 60, left = 290, bw = 440;
+    fprintf(f, "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%d\" height=\"%d\" font-family=\"sans-serif\" "
+               "font-size=\"12\">\n<rect width=\"100%%\" height=\"100%%\" fill=\"white\"/>\n"
+               "<text x=\"10\" y=\"22\" font-size=\"14\">%s</text>\n"
+               "<text x=\"10\" y=\"42\">attention time per output token (ms): compute or memory (blue) + communication "
+               "(orange); KV per rank per layer at the right</text>\n",
+            W0, top + row * n + 30, title);
+    int y = top;
+    for (int v = 0; v < n; v++) {
+        if (!ok[v]) continue;
+        const double a = fmax(r[v].t_compute, r[v].t_memory) * layers, c = r[v].t_comm * layers;
+        const double cut = tmax > 0 && a + c > 1.1 * tmax ? 1.1 * tmax / (a + c) : 1.0;
+        const double wa = tmax > 0 ? a * cut / tmax * bw : 0, wc = tmax > 0 ? c * cut / tmax * bw : 0;
+        fprintf(f, "<text x=\"10\" y=\"%d\">%s</text>\n", y + 16, vs[v].label);
+        fprintf(f, "<rect x=\"%d\" y=\"%d\" width=\"%.1f\" height=\"20\" fill=\"#4878cf\"/>\n", left, y + 2, wa);
+        fprintf(f, "<rect x=\"%.1f\" y=\"%d\" width=\"%.1f\" height=\"20\" fill=\"#ee854a\"/>\n", left + wa, y + 2, wc);
+        fprintf(f, "<text x=\"%.1f\" y=\"%d\">%.2f ms%s</text>\n", left + wa + wc + 6, y + 16, (a + c) * 1e3,
+                cut < 1 ? " (bar cut)" : "");
+        fprintf(f, "<text x=\"%d\" y=\"%d\">%.1f MB</text>\n", W0 - 70, y + 16, r[v].kv_bytes_per_rank / 1048576);
+        y += row;
+    }
+    fprintf(f, "</svg>\n");
+    fclose(f);
+    int rc = dsacp_write_file_atomic(path, text, len);
+    free(text);
+    return rc;
+}
+
 int cli_plan(int argc, char **argv)
 {
     cli_opt opts[] = {{"model", true, NULL},    {"preset", true, NULL},   {"context", true, NULL},
                       {"batch", true, NULL},    {"cp", true, NULL},       {"hardware", true, NULL},
                       {"numerics", true, NULL}, {"json", true, NULL},     {"calibrate", true, NULL},
                       {"lean-candidates", true, NULL}, {"layers", true, NULL}, {"prefill", true, NULL},
-                      {"weight-bytes", true, NULL},
+                      {"weight-bytes", true, NULL}, {"plot", true, NULL},
                       {NULL, false, NULL}};
     int parsed = cli_parse(argc, argv, opts);
     if (parsed != CLI_RUN) return parsed;
@@ -213,12 +256,50 @@ int cli_plan(int argc, char **argv)
                     pm.tpot - pm.t_attention + r[v].t_layer * (double)layers);
         if (best < 0 || r[v].t_layer < tbest) best = v, tbest = r[v].t_layer;
     }
+    if ((s = cli_get(opts, "plot"))) {
+        const size_t n = strlen(s);
+        if (n < 4 || strcmp(s + n - 4, ".svg")) {
+            fprintf(stderr, "dsacp plan: option '--plot' = '%s': an .svg file (PNG: convert the SVG, e.g. rsvg-convert)\n", s);
+            dsacp_model_free(m);
+            if (js) fclose(js), free(jtext);
+            return 2;
+        }
+        char title[512];
+        snprintf(title, sizeof title, "%s, context %lld, batch %lld, W = %lld, %s", preset ? preset : model, (long long)L,
+                 (long long)B, (long long)W, hw.name);
+        rc = write_plot(s, title, variants, r, okv, NV, (double)layers);
+        if (rc) {
+            dsacp_model_free(m);
+            if (js) fclose(js), free(jtext);
+            return cli_fail("plan", rc);
+        }
+    }
     if (best >= 0) {
         const dsacp_plan_decode *b = &r[best];
         printf("recommendation: %s -- %.1f us per layer (%s-bound: compute %.1f us, memory %.1f us; communication %.1f us "
                "for %.1f KB in %.0f calls)\n", variants[best].label, b->t_layer * 1e6,
                b->t_compute > b->t_memory ? "compute" : "memory", b->t_compute * 1e6, b->t_memory * 1e6, b->t_comm * 1e6,
                b->recv_bytes / 1024, b->calls);
+        /* DSA-CP's o_proj: gathering the weight (once per step) vs moving activations (per token) */
+        if (W > 1) {
+            const double ob = (double)cfg.hidden_size * (double)(cfg.num_attention_heads * cfg.v_head_dim) * (deployed ? 1 : 2);
+            const double g = (double)(W - 1) / (double)W * ob;
+            const double a1 = (double)(W - 1) / (double)W *
+                              ((double)(cfg.num_attention_heads * cfg.v_head_dim) * 4 / (double)W + (double)cfg.hidden_size * 4);
+            printf("dsa-cp o_proj tp: gathering the weight moves fewer bytes than the activations from %.0f tokens per step "
+                   "(%.1f MB vs %.1f KB per token)\n", g / a1, g / 1048576, a1 / 1024);
+            /* lean replicates q_b_proj and W_UK: extra weight reads per step vs the query rows it does not gather */
+            const double H = (double)cfg.num_attention_heads, dk = (double)(cfg.kv_lora_rank + cfg.qk_rope_head_dim);
+            const double extra = (H - H / (double)W) * ((double)cfg.q_lora_rank * (double)(cfg.qk_nope_head_dim + cfg.qk_rope_head_dim) +
+                                                        (double)cfg.qk_nope_head_dim * (double)cfg.kv_lora_rank) * (deployed ? 1 : 2);
+            const double qbytes = (H - H / (double)W) * dk * 4;
+            const double bw = W > hw.ranks_per_node ? hw.net_bw : hw.link_bw;
+            printf("lean's replicated query: +%.1f MB of weight reads per step (%.1f us) against %.1f KB per token not gathered "
+                   "(%.2f us) and one round (%.1f us): pays from %.0f tokens per step, or at once when the round counts\n",
+                   extra / 1048576, extra / hw.mem_bw * 1e6, qbytes / 1024, qbytes / bw * 1e6,
+                   (W > hw.ranks_per_node ? hw.net_latency_us : hw.link_latency_us),
+                   ceil((extra / hw.mem_bw) / (qbytes / bw)));
+        }
         /* the context path's crossover for the recommended strategy and for exact-topk */
         for (int v = 0; v < NV; v++) {
             if (!okv[v] || (v != best && variants[v].s != DSACP_DECODE_EXACT_TOPK) || variants[v].backend != DSACP_MERGE_AG_RS ||

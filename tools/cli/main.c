@@ -83,7 +83,8 @@ static const cli_command commands[] = {
      "  see docs/performance.md and docs/context-parallel.md for every figure it prints\n" CLI_CP_USAGE},
     {"plan", cli_plan,
      "(--model DIR | --preset NAME) --context L [--batch N] --cp W --hardware FILE.json [--json FILE]\n"
-     "        [--numerics deployed|exact] [--lean-candidates F] [--layers N] [--prefill P]; or under mpirun:\n"
+     "        [--numerics deployed|exact] [--lean-candidates F] [--layers N] [--prefill P] [--plot F.svg];\n"
+     "        or under mpirun:\n"
      "        --calibrate FILE.json",
      "predict each decode strategy's bytes, calls, memory and time per layer (docs/planning.md)",
      "  --hardware FILE    a device profile: hardware/*.json (published figures) or one written by\n"
@@ -93,6 +94,7 @@ static const cli_command commands[] = {
      "  --cp W             ranks (default 8); --context L cached positions per request (default 131072)\n"
      "  --layers N         layers the TPOT column multiplies by (default the model's; 61 for V3.2)\n"
      "  --weight-bytes N   bytes per stored weight value: 1 fp8, 2 bf16, 4 f32 (default by --numerics)\n"
+     "  --plot FILE.svg    a bar chart of the attention time per token and the KV per rank\n"
      "  --prefill P        also the prefill of a fresh P-token prompt (TTFT): TP with the indexer\n"
      "                     replicated or its rows split, and the CP engine's splits\n"
      "  the byte and call counts are the formulas test_cp checks against the counters exactly\n"},
