@@ -56,6 +56,13 @@ void dsacp_plan_kv_bytes(const dsacp_config *cfg, const dsacp_cp_options *cp, in
                          const int64_t *len, int64_t nreq, int64_t block_size, int64_t latent_bytes,
                          int64_t index_bytes, int64_t *latent_out, int64_t *index_out);
 
+/* The q_b_proj / o_proj bytes a rank holds under the DSA-CP weight plans (cp->mode dsa-cp), as
+ * dsacp_engine_weight_usage reports them (resident, layer-shard rings, tp's gather buffers;
+ * steps_* left 0), for weights stored as `dtype` (F32, BF16, F16 or F8_E4M3 with square blocks
+ * of `block`). */
+void dsacp_plan_weight_usage(const dsacp_config *cfg, const dsacp_cp_options *cp, int64_t W, int64_t rank,
+                             dsacp_dtype dtype, int64_t block, dsacp_weight_usage *out);
+
 /* ---- hardware profiles and the roofline (docs/planning.md) ---- */
 
 /* One rank's device and its links, from a JSON file (the files in hardware/; every field required):

@@ -728,8 +728,16 @@ static void test_counters_dsa(const dsacp_model *m, const dsacp_engine_options *
             snprintf(name, sizeof name, "dsa-cp q=%s o=%s", dsacp_weight_plan_name(cp.q_proj), dsacp_weight_plan_name(cp.o_proj));
             check_counters(ec, ex, "exact", name, phase == 0 ? "prefill step" : "decode step");
         }
-        dsacp_weight_usage u;
+        dsacp_weight_usage u, pu;
         dsacp_engine_weight_usage(e, &u);
+        dsacp_plan_weight_usage(cfg, &cp, g_W, g_rank, DSACP_F32, 0, &pu);
+        CHECKF(pu.q_proj_resident == u.q_proj_resident && pu.o_proj_resident == u.o_proj_resident &&
+               pu.ring_bytes == u.ring_bytes && pu.gather_bytes == u.gather_bytes,
+               "plan weights q=%s o=%s W=%d rank %d: planned %lld %lld %lld %lld, engine %lld %lld %lld %lld",
+               dsacp_weight_plan_name(cp.q_proj), dsacp_weight_plan_name(cp.o_proj), g_W, g_rank,
+               (long long)pu.q_proj_resident, (long long)pu.o_proj_resident, (long long)pu.ring_bytes,
+               (long long)pu.gather_bytes, (long long)u.q_proj_resident, (long long)u.o_proj_resident,
+               (long long)u.ring_bytes, (long long)u.gather_bytes);
         if (g_rank == 0)
             printf("weights dsa-cp q=%s o=%s W=%d rank 0: q_proj resident %lld, o_proj resident %lld, ring %lld, "
                    "gather %lld bytes; steps gather/activations %lld/%lld\n", dsacp_weight_plan_name(cp.q_proj),
@@ -1371,6 +1379,38 @@ static void test_counters_splits(const dsacp_model *m, const dsacp_engine_option
     }
 }
 
+
+/* The planner's weight bytes per DSA-CP plan against the engine's, FP8 weights with block scales
+ * (the tp shards split FP8 blocks at this size: f32 shards). */
+static void test_plan_weights_fp8(const dsacp_model *m, const dsacp_engine_options *eo)
+{
+    const dsacp_config *cfg = dsacp_model_config(m);
+    const dsacp_weight_plan plans[4][2] = {{DSACP_WEIGHTS_LAYER_SHARD, DSACP_WEIGHTS_TP},
+                                           {DSACP_WEIGHTS_REPLICATED, DSACP_WEIGHTS_LAYER_SHARD},
+                                           {DSACP_WEIGHTS_LAYER_SHARD, DSACP_WEIGHTS_REPLICATED},
+                                           {DSACP_WEIGHTS_REPLICATED, DSACP_WEIGHTS_AUTO}};
+    for (int c = 0; c < 4; c++) {
+        dsacp_cp_options cp;
+        dsacp_cp_options_default(&cp);
+        cp.mode = DSACP_CP_DSA_CP, cp.prefill_split = DSACP_PREFILL_CONTIGUOUS, cp.decode = DSACP_DECODE_ALLGATHER_KV;
+        cp.kv_layout = cp.index_layout = DSACP_LAYOUT_REPLICATED;
+        cp.q_proj = plans[c][0], cp.o_proj = plans[c][1];
+        dsacp_engine *e = NULL;
+        REQUIRE_OK(dsacp_engine_create_cp(m, eo, &cp, g_world, &e));
+        dsacp_weight_usage u, pu;
+        dsacp_engine_weight_usage(e, &u);
+        dsacp_plan_weight_usage(cfg, &cp, g_W, g_rank, DSACP_F8_E4M3, cfg->weight_block_rows, &pu);
+        CHECKF(pu.q_proj_resident == u.q_proj_resident && pu.o_proj_resident == u.o_proj_resident &&
+               pu.ring_bytes == u.ring_bytes && pu.gather_bytes == u.gather_bytes,
+               "plan fp8 weights q=%s o=%s W=%d rank %d: planned %lld %lld %lld %lld, engine %lld %lld %lld %lld",
+               dsacp_weight_plan_name(cp.q_proj), dsacp_weight_plan_name(cp.o_proj), g_W, g_rank,
+               (long long)pu.q_proj_resident, (long long)pu.o_proj_resident, (long long)pu.ring_bytes,
+               (long long)pu.gather_bytes, (long long)u.q_proj_resident, (long long)u.o_proj_resident,
+               (long long)u.ring_bytes, (long long)u.gather_bytes);
+        dsacp_engine_free(e);
+    }
+}
+
 /* ---- conflicting options fail cleanly on every rank ---- */
 
 /* A failure on one rank fails the step on every rank, with that rank's message, and changes
@@ -1458,6 +1498,7 @@ int main(int argc, char **argv)
     run_cases("deployed", m, &eo, dsa_cases, NDSA, 0.1, 2e-3);
     run_cases("deployed", m, &eo, lean_deployed_cases, NLEAND, 0.1, 2e-3);
     test_counters(m, &eo, "deployed");
+    test_plan_weights_fp8(m, &eo);
     drop_model(m, dir);
 
     /* every index score ties at 0: the lowest positions win, most ranks own none of them. */

@@ -208,3 +208,50 @@ void dsacp_plan_kv_bytes(const dsacp_config *cfg, const dsacp_cp_options *cp, in
     *latent_out = bl * block_size * latent_bytes * L;
     *index_out = bi * block_size * index_bytes * L;
 }
+
+static int64_t es_of(dsacp_dtype d) { return d == DSACP_F32 ? 4 : d == DSACP_F8_E4M3 ? 1 : 2; }
+
+void dsacp_plan_weight_usage(const dsacp_config *cfg, const dsacp_cp_options *cp, int64_t W, int64_t rank,
+                             dsacp_dtype dtype, int64_t block, dsacp_weight_usage *out)
+{
+    memset(out, 0, sizeof *out);
+    if (cp->mode != DSACP_CP_DSA_CP) return;
+    const int64_t L = cfg->num_hidden_layers, H = cfg->num_attention_heads, dv = cfg->v_head_dim, D = cfg->hidden_size;
+    const int64_t es = es_of(dtype), b = dtype == DSACP_F8_E4M3 ? block : 0;
+    const int64_t qr = H * (cfg->qk_nope_head_dim + cfg->qk_rope_head_dim), qc = cfg->q_lora_rank, orows = D, ocols = H * dv;
+#define SCALES(r, c) (b > 0 ? ((r) + b - 1) / b * (((c) + b - 1) / b) * 4 : 0)
+    const int64_t qbytes = qr * qc * es + SCALES(qr, qc), obytes = orows * ocols * es + SCALES(orows, ocols);
+    const bool tp = W > 1 && cp->o_proj >= DSACP_WEIGHTS_TP;
+    bool tp_f32 = false;
+    if (tp && b > 0)
+        for (int64_t q = 0; q <= W; q++) {
+            const int64_t c = split_begin(H, q, W) * dv;
+            if (c % b && c != ocols) tp_f32 = true;
+        }
+    const int64_t c0 = split_begin(H, rank, W) * dv, nc = split_begin(H, rank + 1, W) * dv - c0;
+    for (int64_t l = 0; l < L; l++) {
+        const bool own = l % W == rank || W == 1;
+        if (cp->q_proj != DSACP_WEIGHTS_LAYER_SHARD || own) out->q_proj_resident += qbytes;
+        if (tp) out->o_proj_resident += tp_f32 ? orows * nc * 4 : orows * nc * es + (b > 0 ? (orows + b - 1) / b * ((nc + b - 1) / b) * 4 : 0);
+        else if (cp->o_proj != DSACP_WEIGHTS_LAYER_SHARD || own) out->o_proj_resident += obytes;
+    }
+    /* layer-shard rings: min(prefetch, L) slots of the largest weight this rank does not own */
+    const int64_t slots = cp->prefetch < L ? cp->prefetch : L;
+    bool other = false;
+    for (int64_t l = 0; l < L; l++) other = other || l % W != rank;
+    const int64_t qslot = other ? (qr * qc * es + 63) / 64 * 64 + SCALES(qr, qc) : 0;
+    const int64_t oslot = other ? (orows * ocols * es + 63) / 64 * 64 + SCALES(orows, ocols) : 0;
+    if (W > 1 && cp->q_proj == DSACP_WEIGHTS_LAYER_SHARD) out->ring_bytes += qslot * slots;
+    if (W > 1 && cp->o_proj == DSACP_WEIGHTS_LAYER_SHARD) out->ring_bytes += oslot * slots;
+    if (tp) {
+        const int64_t e2 = tp_f32 ? 4 : es;
+        int64_t recv = 0;
+        for (int64_t q = 0; q < W; q++) {
+            const int64_t ncq = split_begin(H, q + 1, W) * dv - split_begin(H, q, W) * dv;
+            recv += ncq * orows * e2;
+            if (!tp_f32 && b > 0) recv += (orows + b - 1) / b * ((ncq + b - 1) / b) * 4;
+        }
+        out->gather_bytes = (orows * ocols * e2 + 63) / 64 * 64 + SCALES(orows, ocols) + 64 + recv;
+    }
+#undef SCALES
+}
