@@ -27,7 +27,8 @@ else fail "plan --plot"; fi
 expect_error "plot not svg" "--plot" ".svg" -- "$DSACP" plan --preset tiny --hardware "$SRC/hardware/b200-nvlink8.json" --plot "$tmp/p.png"
 if out=$("$DSACP" plan --preset v32-layer --layers 61 --context 153600 --cp 8 --prefill 153600 \
      --hardware "$SRC/hardware/b200-nvlink8.json") && grep -q '^TP, indexer rows split' <<<"$out" && grep -q '^CP zigzag' <<<"$out" \
-     && grep -q '^dsa-cp o_proj tp' <<<"$out"; then pass "plan --prefill: TP, indexer split, CP splits; crossovers"
+     && grep -q '^dsa-cp o_proj tp' <<<"$out" && grep -q '^layer-shard q and o' <<<"$out"; then
+  pass "plan --prefill: TP, indexer split, CP splits; crossovers; dsa-cp weight plans"
 else fail "plan --prefill: $out"; fi
 
 echo '{"name": "x", "source": "y", "flops_bf16": 1e12}' >"$tmp/bad.json"

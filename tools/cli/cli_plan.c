@@ -356,6 +356,54 @@ int cli_plan(int argc, char **argv)
             return cli_fail("plan", rc);
         }
     }
+    /* DSA-CP's weight plans for a step of T tokens (the prompt with --prefill, else the batch):
+     * bytes each rank receives per layer for q_b_proj / o_proj, and what it holds */
+    if (W > 1) {
+        const int64_t T = Pp > 0 ? Pp : B;
+        static const struct {
+            const char *label;
+            dsacp_weight_plan q, o;
+        } wv[] = {{"replicated q, replicated o", DSACP_WEIGHTS_REPLICATED, DSACP_WEIGHTS_REPLICATED},
+                  {"layer-shard q and o (prefill node)", DSACP_WEIGHTS_LAYER_SHARD, DSACP_WEIGHTS_LAYER_SHARD},
+                  {"replicated q, tp o: weight gather", DSACP_WEIGHTS_REPLICATED, DSACP_WEIGHTS_TP_GATHER},
+                  {"replicated q, tp o: activations", DSACP_WEIGHTS_REPLICATED, DSACP_WEIGHTS_TP_A2A}};
+        const double H = (double)cfg.num_attention_heads, dv = (double)cfg.v_head_dim, D = (double)cfg.hidden_size;
+        const double wbp = wbytes > 0 ? wbytes : deployed ? 1 : 2;
+        const double qb = H * (double)(cfg.qk_nope_head_dim + cfg.qk_rope_head_dim) * (double)cfg.q_lora_rank * wbp;
+        const double ob = D * H * dv * wbp, Wd = (double)W;
+        const bool net = W > hw.ranks_per_node;
+        const double bw = net ? hw.net_bw : hw.link_bw, lat = (net ? hw.net_latency_us : hw.link_latency_us) * 1e-6;
+        printf("\ndsa-cp weight plans, a step of %lld tokens split over %lld ranks, per layer (busiest rank):\n", (long long)T,
+               (long long)W);
+        printf("%-36s %12s %6s %10s %14s\n", "plan", "MB recv", "calls", "comm", "q+o MB held");
+        if (js) fprintf(js, ", \"weight_plans\": [");
+        for (int v = 0; v < 4; v++) {
+            dsacp_cp_options cp;
+            dsacp_cp_options_default(&cp);
+            cp.mode = DSACP_CP_DSA_CP, cp.q_proj = wv[v].q, cp.o_proj = wv[v].o;
+            double recv = 0, calls = 0;
+            if (wv[v].q == DSACP_WEIGHTS_LAYER_SHARD) recv += qb, calls += 1;          /* non-owner of the layer */
+            if (wv[v].o == DSACP_WEIGHTS_LAYER_SHARD) recv += ob, calls += 1;
+            if (wv[v].o == DSACP_WEIGHTS_TP_GATHER) recv += ob * (Wd - 1) / Wd, calls += 1;
+            if (wv[v].o == DSACP_WEIGHTS_TP_A2A) {
+                const double Tq = ceil((double)T / Wd);
+                recv += (Wd - 1) * Tq * (H * dv / Wd) * 4 + (Wd - 1) * Tq * D * 4; /* v columns in, partial sums back */
+                calls += 2;
+            }
+            /* held per layer of a model with --layers layers, on rank 1 (owns layers 1, W + 1, ...) */
+            dsacp_config cl = cfg;
+            cl.num_hidden_layers = layers;
+            dsacp_weight_usage u;
+            dsacp_plan_weight_usage(&cl, &cp, W, 1 % W, wbp == 1 ? DSACP_F8_E4M3 : wbp == 4 ? DSACP_F32 : DSACP_BF16, 128, &u);
+            const double held = (double)(u.q_proj_resident + u.o_proj_resident + u.ring_bytes + u.gather_bytes) / (double)layers;
+            printf("%-36s %12.2f %6.0f %8.1fus %14.1f\n", wv[v].label, recv / 1048576, calls, (recv / bw + calls * lat) * 1e6,
+                   held / 1048576);
+            if (js)
+                fprintf(js, "%s{\"plan\": \"%s\", \"recv_bytes\": %.0f, \"calls\": %.0f, \"t_comm\": %.4g, "
+                            "\"weights_held_per_layer\": %.0f}", v ? ", " : "", wv[v].label, recv, calls, recv / bw + calls * lat, held);
+        }
+        if (js) fprintf(js, "]");
+    }
     if (js) {
         fprintf(js, "}\n");
         fclose(js);
