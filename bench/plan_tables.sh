@@ -2,6 +2,7 @@
 # The tables of docs/planning.md: `dsacp plan --json` for DeepSeek-V3.2 (the v32-layer preset's
 # attention, 61 layers) on every profile in hardware/, W = 8 and 32, 128K and 1M context, batch
 # 1 and 8: predicted attention time per output token (TPOT, attention layers only) per strategy,
+# the prefill time of a prompt as long as the context (TTFT) per split,
 # and the KV bytes per rank for the whole model; "no fit" where batch x that KV exceeds the
 # device memory left after V3.2's FP8 weights (about 690 GB) spread over the W ranks.
 #   bench/plan_tables.sh [--batches "1 8"]
@@ -17,7 +18,7 @@ for hw in hardware/*.json; do
     for W in 8 32; do
       for L in 131072 1048576; do
         "$BUILD/dsacp" plan --preset v32-layer --layers 61 --context "$L" --cp "$W" --batch "$B" --hardware "$hw" \
-          --json "$tmp/$(basename "$hw" .json)_${B}_${W}_${L}.json" >/dev/null
+          --prefill "$L" --json "$tmp/$(basename "$hw" .json)_${B}_${W}_${L}.json" >/dev/null
       done
     done
   done
@@ -54,4 +55,16 @@ for hw in sorted({os.path.basename(f).split("_")[0] for f in glob.glob(d + "/*.j
                 if best[k] == n: c = "**" + c + "**"
                 cells.append(c)
             print("| %s | %s |" % (n, " | ".join(cells)))
+        if B != batches[0]:
+            continue
+        print("\n**%s**: TTFT of a fresh prompt as long as the context, 61 attention layers, s\n" % first["hardware"])
+        print("| prefill | W=8 128K | W=8 1M | W=32 128K | W=32 1M |")
+        print("|---|---|---|---|---|")
+        for i, pv in enumerate(first["prefill"]):
+            cells = []
+            for k in ((8, 131072), (8, 1048576), (32, 131072), (32, 1048576)):
+                x = runs[k]["prefill"][i]
+                tp = runs[k]["prefill"][0]["ttft"]
+                cells.append("%.2f (%.1fx)" % (x["ttft"], tp / x["ttft"]))
+            print("| %s | %s |" % (pv["split"], " | ".join(cells)))
 PY
