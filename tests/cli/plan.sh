@@ -42,4 +42,8 @@ if mpi 2 "$DSACP" plan --calibrate "$tmp/cpu.json" >"$tmp/log" 2>&1 \
    && "$DSACP" plan --preset small --context 4096 --cp 2 --hardware "$tmp/cpu.json" >"$tmp/log2" 2>&1; then
   pass "calibrate (2 ranks) and plan with it: $(grep -o '"link_latency_us": [0-9.e+-]*' "$tmp/cpu.json")"
 else fail "calibrate: $(cat "$tmp/log" "$tmp/log2" 2>/dev/null | tail -5)"; fi
+# --calibrate anywhere on the line (not only first)
+if "$DSACP" plan --preset tiny --calibrate "$tmp/cpu1.json" >/dev/null 2>"$tmp/err" && grep -q '"flops_fp8"' "$tmp/cpu1.json"; then
+  pass "calibrate after other flags, one process"
+else fail "calibrate after other flags: $(cat "$tmp/err")"; fi
 finish

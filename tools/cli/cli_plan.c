@@ -47,6 +47,7 @@ enum { NV = sizeof variants / sizeof variants[0] };
  * timed all-gathers over the run's ranks). Collective. */
 static int calibrate(const char *path)
 {
+    if (!cli_world) return dsacp_error(DSACP_EINVAL, "--calibrate: no process group (internal error)");
     const int W = dsacp_comm_size(cli_world), me = dsacp_comm_rank(cli_world);
     const int n = 1024;
     float *a = malloc((size_t)n * n * 4), *b = malloc((size_t)n * n * 4), *c = malloc((size_t)n * n * 4);

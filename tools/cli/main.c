@@ -155,6 +155,14 @@ void cli_usage(const char *cmd, FILE *f)
     fprintf(f, "  -h, --help      print this help and exit\n");
 }
 
+/* dsacp plan --calibrate runs on every rank of an mpirun job (it times the group's collectives). */
+static bool wants_calibrate(int argc, char **argv)
+{
+    for (int i = 2; i < argc; i++)
+        if (strcmp(argv[i], "--calibrate") == 0 || strncmp(argv[i], "--calibrate=", 12) == 0) return true;
+    return false;
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 2) {
@@ -177,7 +185,7 @@ int main(int argc, char **argv)
     }
     const cli_command *c = find_command(cmd);
     if (c && c->run && (c->run == cli_forward || c->run == cli_generate || c->run == cli_run || c->run == cli_bench ||
-                            (c->run == cli_plan && argc > 2 && strstr(argv[2], "calibrate")))) {
+                            (c->run == cli_plan && wants_calibrate(argc, argv)))) {
         /* The engine commands run on every rank of an mpirun job (a solo group otherwise). */
         if (dsacp_comm_create_world(&argc, &argv, &cli_world)) {
             fprintf(stderr, "dsacp %s: %s\n", cmd, dsacp_last_error());
