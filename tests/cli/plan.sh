@@ -21,8 +21,9 @@ assert all(x['t_layer'] >= x['t_comm'] > 0 for x in s.values())" "$tmp/p.json"; 
   pass "plan --json at 1M, W = 32 (crossing nodes)"
 else fail "plan --json: $(cat "$tmp/p.json" 2>&1 | head -c 400)"; fi
 
-if "$DSACP" plan --preset v32-layer --cp 8 --hardware "$SRC/hardware/b200-nvlink8.json" --plot "$tmp/p.svg" >/dev/null \
-   && grep -q '<svg' "$tmp/p.svg" && grep -q 'lean values a2a' "$tmp/p.svg"; then pass "plan --plot writes an SVG"
+if "$DSACP" plan --preset v32-layer --cp 8 --prefill 8192 --hardware "$SRC/hardware/b200-nvlink8.json" --plot "$tmp/p.svg" \
+     >/dev/null && grep -q '<svg' "$tmp/p.svg" && grep -q 'lean values a2a' "$tmp/p.svg" && grep -q 'prefill of a 8192' "$tmp/p.svg"; then
+  pass "plan --plot writes an SVG (decode and prefill)"
 else fail "plan --plot"; fi
 expect_error "plot not svg" "--plot" ".svg" -- "$DSACP" plan --preset tiny --hardware "$SRC/hardware/b200-nvlink8.json" --plot "$tmp/p.png"
 if out=$("$DSACP" plan --preset v32-layer --layers 61 --context 153600 --cp 8 --prefill 153600 \

@@ -107,7 +107,7 @@ static int calibrate(const char *path)
 /* --plot FILE.svg: one horizontal bar per strategy, TPOT split into the attention layers' compute or
  * memory part and their communication part, and the KV per rank beside it. Written atomically. */
 static int write_plot(const char *path, const char *title, const variant *vs, const dsacp_plan_decode *r, const bool *ok,
-                      int n, double layers)
+                      int n, double layers, const char *const *plabel, const double *pttft, int np, int64_t P)
 {
     char *text = NULL;
     size_t len = 0;
@@ -120,12 +120,13 @@ static int write_plot(const char *path, const char *title, const variant *vs, co
     for (int v = 0; v < n; v++)
         if (ok[v] && r[v].t_layer * layers <= 10 * tmin) tmax = fmax(tmax, r[v].t_layer * layers);
     const int W0 = 1000, row = 28, top = 60, left = 290, bw = 440;
+    const int extra = np > 0 ? 50 + row * np : 0;
     fprintf(f, "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%d\" height=\"%d\" font-family=\"sans-serif\" "
                "font-size=\"12\">\n<rect width=\"100%%\" height=\"100%%\" fill=\"white\"/>\n"
                "<text x=\"10\" y=\"22\" font-size=\"14\">%s</text>\n"
                "<text x=\"10\" y=\"42\">attention time per output token (ms): compute or memory (blue) + communication "
                "(orange); KV per rank per layer at the right</text>\n",
-            W0, top + row * n + 30, title);
+            W0, top + row * n + 30 + extra, title);
     int y = top;
     for (int v = 0; v < n; v++) {
         if (!ok[v]) continue;
@@ -139,6 +140,20 @@ static int write_plot(const char *path, const char *title, const variant *vs, co
                 cut < 1 ? " (bar cut)" : "");
         fprintf(f, "<text x=\"%d\" y=\"%d\">%.1f MB</text>\n", W0 - 70, y + 16, r[v].kv_bytes_per_rank / 1048576);
         y += row;
+    }
+    if (np > 0) {
+        double pmax = 0;
+        for (int i = 0; i < np; i++) pmax = fmax(pmax, pttft[i]);
+        y += 20;
+        fprintf(f, "<text x=\"10\" y=\"%d\">prefill of a %lld-token prompt (TTFT of the attention layers, s)</text>\n", y + 10,
+                (long long)P);
+        y += 22;
+        for (int i = 0; i < np; i++, y += row) {
+            const double w = pmax > 0 ? pttft[i] / pmax * bw : 0;
+            fprintf(f, "<text x=\"10\" y=\"%d\">%s</text>\n", y + 16, plabel[i]);
+            fprintf(f, "<rect x=\"%d\" y=\"%d\" width=\"%.1f\" height=\"20\" fill=\"#6acc64\"/>\n", left, y + 2, w);
+            fprintf(f, "<text x=\"%.1f\" y=\"%d\">%.2f s</text>\n", left + w + 6, y + 16, pttft[i]);
+        }
     }
     fprintf(f, "</svg>\n");
     fclose(f);
@@ -257,24 +272,6 @@ int cli_plan(int argc, char **argv)
                     pm.tpot - pm.t_attention + r[v].t_layer * (double)layers);
         if (best < 0 || r[v].t_layer < tbest) best = v, tbest = r[v].t_layer;
     }
-    if ((s = cli_get(opts, "plot"))) {
-        const size_t n = strlen(s);
-        if (n < 4 || strcmp(s + n - 4, ".svg")) {
-            fprintf(stderr, "dsacp plan: option '--plot' = '%s': an .svg file (PNG: convert the SVG, e.g. rsvg-convert)\n", s);
-            dsacp_model_free(m);
-            if (js) fclose(js), free(jtext);
-            return 2;
-        }
-        char title[512];
-        snprintf(title, sizeof title, "%s, context %lld, batch %lld, W = %lld, %s", preset ? preset : model, (long long)L,
-                 (long long)B, (long long)W, hw.name);
-        rc = write_plot(s, title, variants, r, okv, NV, (double)layers);
-        if (rc) {
-            dsacp_model_free(m);
-            if (js) fclose(js), free(jtext);
-            return cli_fail("plan", rc);
-        }
-    }
     if (best >= 0) {
         const dsacp_plan_decode *b = &r[best];
         printf("recommendation: %s -- %.1f us per layer (%s-bound: compute %.1f us, memory %.1f us; communication %.1f us "
@@ -316,6 +313,8 @@ int cli_plan(int argc, char **argv)
         }
     }
     if (js) fprintf(js, "], \"recommendation\": \"%s\"", best >= 0 ? variants[best].label : "");
+    const char *plabels[5] = {NULL};
+    double pttft[5] = {0};
     if (Pp > 0) {
         /* TTFT of a fresh prompt: TP (indexer replicated), TP with the indexer's rows split
          * (TensorRT-LLM #11871), and the CP engine's splits */
@@ -342,6 +341,7 @@ int cli_plan(int argc, char **argv)
             rc = dsacp_plan_prefill_layer(&cfg, &cp, W, Pp, pv[v].mode, deployed, &hw, &r2);
             if (rc) break;
             const double ttft = r2.t_layer * (double)layers;
+            plabels[v] = pv[v].label, pttft[v] = ttft;
             if (v == 0) tp = ttft;
             printf("%-34s %10.1f %6.0f %9.3fs %9.3fs %9.3fs %9.2fs %8.2fx\n", pv[v].label, r2.recv_bytes / 1048576, r2.calls,
                    r2.t_compute, r2.t_memory, r2.t_comm, ttft, tp / ttft);
@@ -404,6 +404,24 @@ int cli_plan(int argc, char **argv)
                             "\"weights_held_per_layer\": %.0f}", v ? ", " : "", wv[v].label, recv, calls, recv / bw + calls * lat, held);
         }
         if (js) fprintf(js, "]");
+    }
+    if ((s = cli_get(opts, "plot"))) {
+        const size_t n = strlen(s);
+        if (n < 4 || strcmp(s + n - 4, ".svg")) {
+            fprintf(stderr, "dsacp plan: option '--plot' = '%s': an .svg file (PNG: convert the SVG, e.g. rsvg-convert)\n", s);
+            dsacp_model_free(m);
+            if (js) fclose(js), free(jtext);
+            return 2;
+        }
+        char title[512];
+        snprintf(title, sizeof title, "%s, context %lld, batch %lld, W = %lld, %s", preset ? preset : model, (long long)L,
+                 (long long)B, (long long)W, hw.name);
+        rc = write_plot(s, title, variants, r, okv, NV, (double)layers, plabels, pttft, Pp > 0 ? 5 : 0, Pp);
+        if (rc) {
+            dsacp_model_free(m);
+            if (js) fclose(js), free(jtext);
+            return cli_fail("plan", rc);
+        }
     }
     if (js) {
         fprintf(js, "}\n");
