@@ -283,6 +283,9 @@ typedef struct dsacp_cp_stats {
     int64_t keys_scored, keys_attended;
     int64_t lean_decisions, lean_fallback_threshold, lean_fallback_ties;
     int64_t lean_fallback_rounds;                /* layer calls that ran the fallback exchange */
+    int64_t lean_owned_winners;                  /* selected positions of lean's decode tokens this
+                                                  * rank owned and attended (x layers): what it
+                                                  * sends rank 0 when the selected sets are asked */
     int64_t context_gather, context_distributed; /* chunks (entry x step) with sharded earlier
                                                   * context, by the path they took */
 } dsacp_cp_stats;

@@ -37,10 +37,22 @@ typedef struct dsacp_plan_step {
     int64_t lean_fallback_tokens, lean_fallback_rounds;
     /* DSA-CP weight plans (cp->mode == dsa-cp; every token of the step is then a prefill entry):
      * per layer the bytes q_b_proj and o_proj travel as ([L] each), the bytes of rank q's column
-     * shard of o_proj (tp; [W]), and whether the step takes tp's weight gather (else it moves
+     * shard of o_proj as tp gathers it (data + its scale columns, or f32 when the heads split the
+     * FP8 blocks; [W]), and whether the step takes tp's weight gather (else it moves
      * activations: all-to-all + reduce-scatter). NULL arrays: no weight phases. */
     const int64_t *q_bytes, *o_bytes, *o_shard_bytes;
     bool tp_gather;
+    bool tp_auto;  /* o_proj auto: decide tp_gather by the engine's byte rule (o_shard_bytes needed) */
+    bool o_tp_f32; /* tp's shards are f32 (the heads split o_proj's FP8 blocks) */
+    /* Where the prefill entries sit in the step (the contiguous split cuts the step's tokens,
+     * decode tokens included): the step's token count and each entry's first token. 0 / NULL:
+     * the prefill entries are the whole step, in order. */
+    int64_t step_tokens;
+    const int64_t *pre_first; /* [npre] */
+    /* Rank 0 asks for the selected sets (topk_dump): lean's decode tokens report the winners each
+     * rank owned, a data-dependent count (dsacp_cp_stats.lean_owned_winners, x layers). */
+    bool want_topk;
+    int64_t lean_owned_winners;
 } dsacp_plan_step;
 
 /* Per phase: calls, bytes sent, bytes received on `rank` (seconds left 0), for one step through
@@ -48,6 +60,32 @@ typedef struct dsacp_plan_step {
  * combination the engine refuses. */
 int dsacp_plan_step_comm(const dsacp_config *cfg, const dsacp_cp_options *cp, const dsacp_plan_step *s,
                          dsacp_comm_counter out[DSACP_PHASE_COUNT]);
+
+/* --context-path auto's byte rule for a chunk after old_len cached positions (the engine uses
+ * this function): the bytes gathering the sharded context moves per rank, and the bytes one
+ * token moves through the decode strategy; the chunk is distributed when new x per < gather. */
+void dsacp_plan_context_rule(const dsacp_config *cfg, const dsacp_cp_options *cp, int64_t W, int64_t latent_bytes,
+                             int64_t index_bytes, bool deployed, bool o_gather_v, int64_t old_len, double *gather_bytes,
+                             double *per_token);
+
+/* How the engine applies o_proj to decode tokens for an o_proj stored as `dtype` (FP8: square
+ * blocks of `block`): *gather_v when the heads' v rows are all-gathered and every rank applies
+ * the whole o_proj (the heads' columns split the FP8 blocks, or DSA-CP's layer-shard o_proj),
+ * *tp_f32 when DSA-CP's tp shards are kept in f32 for the same reason. */
+void dsacp_plan_o_paths(const dsacp_config *cfg, const dsacp_cp_options *cp, int64_t W, dsacp_dtype dtype, int64_t block,
+                        bool *gather_v, bool *tp_f32);
+
+/* One entry of a step as dsacp_engine_step receives it: its request's cached positions before
+ * the step and the new tokens. */
+typedef struct dsacp_plan_entry {
+    int64_t old_len, n_new;
+} dsacp_plan_entry;
+
+/* dsacp_plan_step_comm for a step given as entries: classifies them the way the engine does
+ * (decode tokens, prefill chunks, chunks after a sharded context by cp->context_path, tp's
+ * weight path by cp->o_proj) and fills base's lists (base's own lists and tp_gather ignored). */
+int dsacp_plan_entries_comm(const dsacp_config *cfg, const dsacp_cp_options *cp, const dsacp_plan_step *base,
+                            const dsacp_plan_entry *ent, int64_t n, dsacp_comm_counter out[DSACP_PHASE_COUNT]);
 
 /* KV bytes `rank` keeps for requests of len[i] positions (blocks of block_size tokens, one pool
  * per cache when the layouts differ): latent and indexer, as dsacp_engine_kv_usage reports

@@ -49,8 +49,35 @@ static void make_ids(int64_t vocab)
     }
 }
 
-/* Runs the schedule; fills out[s] (rank 0 only when want). */
-static int run_sched(dsacp_engine *e, const dsacp_config *cfg, step_out *out)
+/* The planner's prediction of a whole schedule, summed step by step (dsacp_plan_entries_comm
+ * classifies each step's entries as the engine does; lean's fallbacks are the measured ones). */
+typedef struct plan_acc {
+    const dsacp_cp_options *cp;
+    dsacp_plan_step base;
+    int64_t fb_tokens, fb_rounds, winners; /* the engine's cumulative lean counts so far */
+    dsacp_comm_counter sum[DSACP_PHASE_COUNT];
+} plan_acc;
+
+static void plan_acc_step(plan_acc *a, dsacp_engine *e, const dsacp_config *cfg, const dsacp_plan_entry *pe, int64_t n)
+{
+    dsacp_cp_stats st;
+    dsacp_engine_cp_stats(e, &st);
+    dsacp_plan_step b = a->base;
+    const int64_t ft = st.lean_fallback_threshold + st.lean_fallback_ties;
+    b.lean_fallback_tokens = ft - a->fb_tokens, b.lean_fallback_rounds = st.lean_fallback_rounds - a->fb_rounds;
+    a->fb_tokens = ft, a->fb_rounds = st.lean_fallback_rounds;
+    b.lean_owned_winners = st.lean_owned_winners - a->winners, a->winners = st.lean_owned_winners;
+    dsacp_comm_counter c[DSACP_PHASE_COUNT];
+    CHECK_OK(dsacp_plan_entries_comm(cfg, a->cp, &b, pe, n, c));
+    for (int p = 0; p < DSACP_PHASE_COUNT; p++)
+        a->sum[p].calls += c[p].calls, a->sum[p].bytes_sent += c[p].bytes_sent, a->sum[p].bytes_recv += c[p].bytes_recv;
+}
+
+/* Runs the schedule; fills out[s] (rank 0 only when want); adds each step's plan to acc. */
+static int run_sched_plan(dsacp_engine *e, const dsacp_config *cfg, step_out *out, plan_acc *acc);
+static int run_sched(dsacp_engine *e, const dsacp_config *cfg, step_out *out) { return run_sched_plan(e, cfg, out, NULL); }
+
+static int run_sched_plan(dsacp_engine *e, const dsacp_config *cfg, step_out *out, plan_acc *acc)
 {
     int64_t id[NREQ], used[NREQ] = {0};
     for (int r = 0; r < NREQ; r++) {
@@ -60,9 +87,11 @@ static int run_sched(dsacp_engine *e, const dsacp_config *cfg, step_out *out)
     const int64_t V = cfg->vocab_size, K = cfg->index_topk, L = cfg->num_hidden_layers;
     for (int s = 0; s < NSTEP; s++) {
         dsacp_step_entry en[NREQ];
+        dsacp_plan_entry pe[NREQ];
         int64_t n = 0, T = 0;
         for (int r = 0; r < NREQ; r++)
             if (sched[s][r]) {
+                pe[n] = (dsacp_plan_entry){used[r], sched[s][r]};
                 en[n++] = (dsacp_step_entry){id[r], sched[s][r], g_ids[r] + used[r]};
                 used[r] += sched[s][r];
                 T += sched[s][r];
@@ -72,6 +101,7 @@ static int run_sched(dsacp_engine *e, const dsacp_config *cfg, step_out *out)
         out[s].topk = malloc((size_t)(L * T * K) * 4);
         int rc = dsacp_engine_step(e, en, n, out[s].logits, out[s].topk);
         if (rc) return rc;
+        if (acc) plan_acc_step(acc, e, cfg, pe, n);
     }
     return DSACP_OK;
 }
@@ -124,6 +154,65 @@ static double compare(const dsacp_config *cfg, const step_out *ref, const step_o
     return worst;
 }
 
+static int64_t weight_bytes(const dsacp_weight *w)
+{
+    return w->rows * w->cols * (int64_t)dsacp_dtype_size(w->dtype) +
+           (w->dtype == DSACP_F8_E4M3 && w->scale ? w->scale_rows * w->scale_stride * 4 : 0);
+}
+
+/* The planner's view of an engine of this model: cache entry sizes, numerics and, for DSA-CP,
+ * the bytes q_b_proj / o_proj travel as per layer and each rank's tp shard of o_proj. */
+static void plan_base(const dsacp_model *m, const dsacp_engine_options *eo, const dsacp_cp_options *cp, plan_acc *a)
+{
+    const dsacp_config *cfg = dsacp_model_config(m);
+    memset(a, 0, sizeof *a);
+    a->cp = cp;
+    dsacp_plan_step *b = &a->base;
+    b->W = g_W, b->rank = g_rank, b->hidden_bytes = cfg->hidden_size * 4;
+    b->deployed = eo->numerics == DSACP_NUMERICS_DEPLOYED;
+    b->latent_bytes = dsacp_mla_cache_bytes_per_token(cfg, eo->kv_dtype);
+    b->index_bytes = dsacp_index_cache_bytes_per_token(cfg, b->deployed ? DSACP_KV_FP8 : DSACP_KV_F32);
+    b->want_topk = true; /* run_sched asks for the selected sets */
+    const dsacp_weight *o = dsacp_model_weight(m, "model.layers.0.self_attn.o_proj.weight");
+    dsacp_plan_o_paths(cfg, cp, g_W, o->dtype, o->block, &b->o_gather_v, &b->o_tp_f32);
+    if (cp->mode != DSACP_CP_DSA_CP) return;
+    const int64_t L = cfg->num_hidden_layers, H = cfg->num_attention_heads, dv = cfg->v_head_dim;
+    int64_t *qb = calloc((size_t)L, sizeof *qb), *ob = calloc((size_t)L, sizeof *ob), *sh = calloc((size_t)g_W, sizeof *sh);
+    if (!qb || !ob || !sh) {
+        fprintf(stderr, "out of memory\n");
+        exit(1);
+    }
+    for (int64_t l = 0; l < L; l++) {
+        qb[l] = weight_bytes(dsacp_model_weightf(m, "model.layers.%lld.self_attn.q_b_proj.weight", (long long)l));
+        ob[l] = weight_bytes(dsacp_model_weightf(m, "model.layers.%lld.self_attn.o_proj.weight", (long long)l));
+    }
+    const bool f32 = b->o_tp_f32;
+    for (int q = 0; q < g_W; q++) {
+        const int64_t nc = (dsacp_split_begin(H, q + 1, g_W) - dsacp_split_begin(H, q, g_W)) * dv;
+        sh[q] = f32 ? o->rows * nc * 4 : o->rows * nc * (int64_t)dsacp_dtype_size(o->dtype);
+        if (!f32 && o->dtype == DSACP_F8_E4M3) sh[q] += o->scale_rows * ((nc + o->block - 1) / o->block) * 4;
+    }
+    b->q_bytes = qb, b->o_bytes = ob, b->o_shard_bytes = sh;
+}
+
+static void plan_acc_free(plan_acc *a)
+{
+    free((void *)a->base.q_bytes), free((void *)a->base.o_bytes), free((void *)a->base.o_shard_bytes);
+}
+
+/* The summed plan of a whole schedule against the engine's counters, per phase. */
+static void check_plan_sum(dsacp_comm *ec, const plan_acc *a, const char *label, const char *name, int64_t I)
+{
+    for (int p = 0; p < DSACP_PHASE_COUNT; p++) {
+        const dsacp_comm_counter k = dsacp_comm_get_counter(ec, p), x = a->sum[p];
+        CHECKF(k.calls == x.calls && k.bytes_sent == x.bytes_sent && k.bytes_recv == x.bytes_recv,
+               "plan %s %s I=%lld W=%d rank %d, whole schedule, phase %s: measured calls %lld sent %lld recv %lld, "
+               "planned %lld %lld %lld", label, name, (long long)I, g_W, g_rank, dsacp_comm_phase_name(p),
+               (long long)k.calls, (long long)k.bytes_sent, (long long)k.bytes_recv, (long long)x.calls,
+               (long long)x.bytes_sent, (long long)x.bytes_recv);
+    }
+}
+
 /* tol: max relative error of the logits (exact mode); cos_tol: FlashMLA's global difference
  * (deployed mode, where a reassociated merge can move an activation across an e4m3 rounding
  * boundary of the next FP8 layer: docs/context-parallel.md, "Correctness"). */
@@ -153,7 +242,13 @@ static void run_cases(const char *label, const dsacp_model *m, const dsacp_engin
         step_out got[NSTEP] = {0};
         CHECK_OK(dsacp_engine_create_cp(m, eo, &cp, g_world, &e));
         if (!e) continue;
-        CHECK_OK(run_sched(e, cfg, got));
+        plan_acc acc;
+        plan_base(m, eo, &cp, &acc);
+        dsacp_comm_reset_counters(dsacp_engine_comm(e));
+        CHECK_OK(run_sched_plan(e, cfg, got, &acc));
+        /* The planner predicts every collective of the whole schedule, per phase, exactly. */
+        check_plan_sum(dsacp_engine_comm(e), &acc, label, cases[c].name, cases[c].I);
+        plan_acc_free(&acc);
         /* The sharded caches hold no position twice and lose none (checked through the usage). */
         dsacp_engine_free(e);
         if (g_rank == 0) {

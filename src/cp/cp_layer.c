@@ -18,6 +18,7 @@
  * status is agreed at the end of the step (engine.c).
  */
 #include "cp/cp.h"
+#include "dsacp_plan.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -40,33 +41,9 @@ static int64_t assigned_rank(const dsacp_cp_ctx *cp, const dsacp_cp_step *st, in
 
 void dsacp_cp_context_rule(const dsacp_cp_ctx *cp, int64_t old_len, double *gather_bytes, double *per_token)
 {
-    const dsacp_config *cfg = cp->cfg;
-    const double W = (double)cp->W, H = (double)cfg->num_attention_heads, K = (double)cfg->index_topk;
-    const double dc = (double)cfg->kv_lora_rank, dk = dc + (double)cfg->qk_rope_head_dim;
-    const double dv = (double)cfg->v_head_dim, D = (double)cfg->hidden_size;
-    const bool lsh = cp->opt.kv_layout == DSACP_LAYOUT_SHARDED, ish = cp->iW > 1;
-    const double esh = (lsh ? (double)cp->lat->mla_bytes : 0) + (ish ? (double)cp->idx->index_bytes : 0);
-    *gather_bytes = (W - 1) / W * (double)old_len * esh;
-    const bool deployed16 = cp->deployed && cp->opt.partials == DSACP_PARTIALS_AUTO;
-    const double s = cp->opt.decode == DSACP_DECODE_LEAN && deployed16 ? 2 : 4;
-    const double oproj = cp->o_gather_v ? (H - H / W) * dv * 4 : 2 * (W - 1) / W * D * s;
-    switch (cp->opt.decode) {
-    case DSACP_DECODE_LEAN: {
-        const bool out = cp->opt.lean_merge == DSACP_LEAN_MERGE_OUTPUT;
-        const double kpg = (double)dsacp_cp_lean_kprime(cfg->index_topk, cp->iW, cp->opt.lean_factor);
-        *per_token = (ish ? ((double)cp->iW - 1) * kpg * 4 : 0) + (W - 1) * H * 4 + (out ? 0 : (W - 1) * (H / W) * dv * s) +
-                     (out ? 2 * (W - 1) / W * D * s : oproj);
-        break;
-    }
-    case DSACP_DECODE_EXACT_TOPK:
-    case DSACP_DECODE_REPLICATED_INDEX:
-        *per_token = (cp->opt.decode == DSACP_DECODE_EXACT_TOPK ? ((double)cp->iW - 1) * K * 8 : 0) + (H - H / W) * dk * 4 +
-                     (W - 1) * H * 4 + (W - 1) * (H / W) * dc * 4 + oproj;
-        break;
-    default: /* allgather-kv gathers the context for decode tokens too: never cheaper */
-        *per_token = *gather_bytes + 1;
-        break;
-    }
+    /* One rule, the planner's (src/plan/plan.c): what the engine decides, `dsacp plan` predicts. */
+    dsacp_plan_context_rule(cp->cfg, &cp->opt, cp->W, (int64_t)cp->lat->mla_bytes, (int64_t)cp->idx->index_bytes,
+                            cp->deployed, cp->o_gather_v, old_len, gather_bytes, per_token);
 }
 
 int dsacp_cp_step_build(dsacp_cp_ctx *cp, dsacp_cp_step *st, dsacp_cp_step_mem *m)

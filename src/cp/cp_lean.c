@@ -321,6 +321,7 @@ int dsacp_cp_decode_lean(const dsacp_cp_decode_args *a, bool output_merge, bool 
             dsacp_kv_read_mla(cp->lat, a->layer, dsacp_kv_slot(cp->lat, st->lat_seq[e], lp), kv + i * dk);
         }
         cp->stats.keys_attended += nown[j];
+        cp->stats.lean_owned_winners += nown[j];
         cp->stats.decode_tokens++;
         dsacp_sparse_mla(qall + j * H * dk, kv, nown[j], H, dc, dr, scale, o + j * H * dc, lse + j * H, work);
     }
