@@ -295,6 +295,15 @@ void dsacp_engine_cp_stats_reset(dsacp_engine *engine);
  * crossover, every step's choice) into its communicator's report notes. */
 int dsacp_engine_report_notes(const dsacp_engine *engine);
 
+/* The planner's prediction (dsacp_plan.h, docs/planning.md) of the collectives of every step this
+ * engine ran (dsacp_engine_step / _step_last / _fill_random) on this rank, per phase, summed
+ * step by step through dsacp_plan_entries_comm (lean's fallbacks and owned winners taken from
+ * the engine's stats), and (measured, may be NULL) what the communicator's counters grew by
+ * during those calls: equal, field by field (seconds left 0). DSACP_EUNSUPPORTED (both still
+ * filled) after a step that failed midway, whose collectives are not predicted. */
+int dsacp_engine_plan_comm(const dsacp_engine *engine, dsacp_comm_counter planned[DSACP_PHASE_COUNT],
+                           dsacp_comm_counter measured[DSACP_PHASE_COUNT]);
+
 /* The engine's communicator (a solo one for a plain engine). */
 dsacp_comm *dsacp_engine_comm(const dsacp_engine *engine);
 

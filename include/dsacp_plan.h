@@ -53,6 +53,7 @@ typedef struct dsacp_plan_step {
      * rank owned, a data-dependent count (dsacp_cp_stats.lean_owned_winners, x layers). */
     bool want_topk;
     int64_t lean_owned_winners;
+    bool want_logits; /* rank 0 asks for logits: the prefill rows' hidden states travel to it */
 } dsacp_plan_step;
 
 /* Per phase: calls, bytes sent, bytes received on `rank` (seconds left 0), for one step through

@@ -168,7 +168,7 @@ static void plan_base(const dsacp_model *m, const dsacp_engine_options *eo, cons
     memset(a, 0, sizeof *a);
     a->cp = cp;
     dsacp_plan_step *b = &a->base;
-    b->W = g_W, b->rank = g_rank, b->hidden_bytes = cfg->hidden_size * 4;
+    b->W = g_W, b->rank = g_rank, b->hidden_bytes = cfg->hidden_size * 4, b->want_logits = true;
     b->deployed = eo->numerics == DSACP_NUMERICS_DEPLOYED;
     b->latent_bytes = dsacp_mla_cache_bytes_per_token(cfg, eo->kv_dtype);
     b->index_bytes = dsacp_index_cache_bytes_per_token(cfg, b->deployed ? DSACP_KV_FP8 : DSACP_KV_F32);
@@ -244,10 +244,22 @@ static void run_cases(const char *label, const dsacp_model *m, const dsacp_engin
         if (!e) continue;
         plan_acc acc;
         plan_base(m, eo, &cp, &acc);
-        dsacp_comm_reset_counters(dsacp_engine_comm(e));
+        dsacp_comm_counter creation[DSACP_PHASE_COUNT];
+        for (int p = 0; p < DSACP_PHASE_COUNT; p++) acc.sum[p] = creation[p] = dsacp_comm_get_counter(dsacp_engine_comm(e), p);
         CHECK_OK(run_sched_plan(e, cfg, got, &acc));
-        /* The planner predicts every collective of the whole schedule, per phase, exactly. */
+        /* The planner predicts every collective of the whole schedule, per phase, exactly: summed
+         * here from the schedule, and by the engine itself (dsacp_engine_plan_comm). */
         check_plan_sum(dsacp_engine_comm(e), &acc, label, cases[c].name, cases[c].I);
+        {
+            dsacp_comm_counter pl[DSACP_PHASE_COUNT], me[DSACP_PHASE_COUNT];
+            CHECK_OK(dsacp_engine_plan_comm(e, pl, me));
+            for (int p = 0; p < DSACP_PHASE_COUNT; p++)
+                CHECKF(pl[p].calls == me[p].calls && pl[p].bytes_sent == me[p].bytes_sent && pl[p].bytes_recv == me[p].bytes_recv &&
+                       me[p].calls == acc.sum[p].calls - creation[p].calls && me[p].bytes_recv == acc.sum[p].bytes_recv - creation[p].bytes_recv,
+                       "engine's plan %s %s W=%d rank %d phase %s: planned %lld %lld %lld, measured %lld %lld %lld", label,
+                       cases[c].name, g_W, g_rank, dsacp_comm_phase_name(p), (long long)pl[p].calls, (long long)pl[p].bytes_sent,
+                       (long long)pl[p].bytes_recv, (long long)me[p].calls, (long long)me[p].bytes_sent, (long long)me[p].bytes_recv);
+        }
         plan_acc_free(&acc);
         /* The sharded caches hold no position twice and lose none (checked through the usage). */
         dsacp_engine_free(e);
@@ -597,7 +609,7 @@ static dsacp_plan_step plan_decode(const dsacp_config *cfg, const dsacp_engine_o
                                    const dsacp_cp_stats *lst)
 {
     dsacp_plan_step ps = {.W = g_W, .rank = g_rank, .nd = nd, .context = ctx, .request = req, .nreq = nreq,
-                          .req_old = req_old, .hidden_bytes = cfg->hidden_size * 4,
+                          .req_old = req_old, .hidden_bytes = cfg->hidden_size * 4, .want_logits = true,
                           .deployed = eo->numerics == DSACP_NUMERICS_DEPLOYED, .o_gather_v = gv};
     ps.latent_bytes = dsacp_mla_cache_bytes_per_token(cfg, eo->kv_dtype);
     ps.index_bytes = dsacp_index_cache_bytes_per_token(cfg, ps.deployed ? DSACP_KV_FP8 : DSACP_KV_F32);
@@ -812,7 +824,7 @@ static void test_counters_dsa(const dsacp_model *m, const dsacp_engine_options *
                 dsacp_plan_step ps = {.W = g_W, .rank = g_rank, .npre = n, .pre_old = pold, .pre_new = pnew,
                                       .latent_bytes = dsacp_mla_cache_bytes_per_token(cfg, eo->kv_dtype),
                                       .index_bytes = dsacp_index_cache_bytes_per_token(cfg, DSACP_KV_F32),
-                                      .hidden_bytes = cfg->hidden_size * 4, .q_bytes = qb, .o_bytes = ob,
+                                      .hidden_bytes = cfg->hidden_size * 4, .want_logits = true, .q_bytes = qb, .o_bytes = ob,
                                       .o_shard_bytes = sh, .tp_gather = phase == 0};
                 char pn[96];
                 snprintf(pn, sizeof pn, "dsa-cp q=%s o=%s", dsacp_weight_plan_name(cp.q_proj), dsacp_weight_plan_name(cp.o_proj));

@@ -8,6 +8,7 @@
 #include "cp/cp.h"
 #include "engine/engine.h"
 #include "model/model.h"
+#include "dsacp_plan.h"
 
 #include <errno.h>
 #include <math.h>
@@ -48,6 +49,14 @@ struct dsacp_engine {
     const dsacp_weight *embed, *head;
     request *req;
     int64_t nreq, capreq;
+    /* The planner's prediction of this engine's collectives on this rank (dsacp_engine_plan_comm):
+     * the counters at creation, then every step through dsacp_plan_entries_comm. */
+    dsacp_plan_step pbase;
+    int64_t *pq, *po, *psh;
+    dsacp_comm_counter planned[DSACP_PHASE_COUNT];
+    dsacp_comm_counter measured[DSACP_PHASE_COUNT]; /* the counters' growth during those calls */
+    int64_t seen_fb_tokens, seen_fb_rounds, seen_winners;
+    bool plan_lost; /* a step failed after its first collectives: not predicted */
 };
 
 void dsacp_engine_options_default(dsacp_engine_options *opt)
@@ -106,6 +115,7 @@ static int bind_mlp(dsacp_engine *e, int64_t l)
 void dsacp_engine_free(dsacp_engine *e)
 {
     if (!e) return;
+    free(e->pq), free(e->po), free(e->psh);
     for (int64_t l = 0; l < e->L; l++) {
         if (e->attn) dsacp_dsa_weights_release(&e->attn[l]);
         if (e->mlp) {
@@ -397,6 +407,103 @@ static int check_options(const dsacp_config *cfg, const dsacp_engine_options *op
     return DSACP_OK;
 }
 
+static int64_t weight_travel_bytes(const dsacp_weight *w)
+{
+    return w->rows * w->cols * (int64_t)dsacp_dtype_size(w->dtype) +
+           (w->dtype == DSACP_F8_E4M3 && w->scale ? w->scale_rows * w->scale_stride * 4 : 0);
+}
+
+/* What the planner needs to know of this engine (dsacp_plan_step's fixed fields), and the
+ * counters so far (creation's agreements) as the prediction's start. */
+static int plan_setup(dsacp_engine *e)
+{
+    const dsacp_config *cfg = e->cfg;
+    const dsacp_cp_options *cp = &e->cp.opt;
+    const int W = e->cp.W;
+    dsacp_plan_step *b = &e->pbase;
+    b->W = W, b->rank = e->cp.rank, b->hidden_bytes = cfg->hidden_size * 4;
+    b->deployed = e->cp.deployed;
+    b->latent_bytes = dsacp_mla_cache_bytes_per_token(cfg, e->opt.kv_dtype);
+    b->index_bytes = dsacp_index_cache_bytes_per_token(cfg, b->deployed ? DSACP_KV_FP8 : DSACP_KV_F32);
+    const dsacp_weight *o = e->attn[0].o;
+    dsacp_plan_o_paths(cfg, cp, W, o->dtype, o->block, &b->o_gather_v, &b->o_tp_f32);
+    if (cp->mode != DSACP_CP_DSA_CP) return DSACP_OK;
+    const int64_t L = e->L, H = cfg->num_attention_heads, dv = cfg->v_head_dim;
+    e->pq = calloc((size_t)L, sizeof *e->pq), e->po = calloc((size_t)L, sizeof *e->po);
+    e->psh = calloc((size_t)W, sizeof *e->psh);
+    if (!e->pq || !e->po || !e->psh) return dsacp_error(DSACP_ENOMEM, "out of memory");
+    for (int64_t l = 0; l < L; l++) e->pq[l] = weight_travel_bytes(e->attn[l].q_b), e->po[l] = weight_travel_bytes(e->attn[l].o);
+    for (int q = 0; q < W; q++) {
+        const int64_t nc = (dsacp_split_begin(H, q + 1, W) - dsacp_split_begin(H, q, W)) * dv;
+        e->psh[q] = o->rows * nc * (b->o_tp_f32 ? 4 : (int64_t)dsacp_dtype_size(o->dtype));
+        if (!b->o_tp_f32 && o->dtype == DSACP_F8_E4M3) e->psh[q] += o->scale_rows * ((nc + o->block - 1) / o->block) * 4;
+    }
+    b->q_bytes = e->pq, b->o_bytes = e->po, b->o_shard_bytes = e->psh;
+    return DSACP_OK;
+}
+
+static void plan_add(dsacp_engine *e, const dsacp_comm_counter *c)
+{
+    for (int p = 0; p < DSACP_PHASE_COUNT; p++)
+        e->planned[p].calls += c[p].calls, e->planned[p].bytes_sent += c[p].bytes_sent, e->planned[p].bytes_recv += c[p].bytes_recv;
+}
+
+/* The counters before an engine call, and their growth added to `measured` after it: what the
+ * engine itself moved, whatever else uses the communicator between its calls. */
+static void counters_now(const dsacp_engine *e, dsacp_comm_counter *c)
+{
+    for (int p = 0; p < DSACP_PHASE_COUNT; p++) c[p] = dsacp_comm_get_counter(e->comm, p);
+}
+
+static void measured_add(dsacp_engine *e, const dsacp_comm_counter *before)
+{
+    for (int p = 0; p < DSACP_PHASE_COUNT; p++) {
+        const dsacp_comm_counter a = dsacp_comm_get_counter(e->comm, p);
+        e->measured[p].calls += a.calls - before[p].calls;
+        e->measured[p].bytes_sent += a.bytes_sent - before[p].bytes_sent;
+        e->measured[p].bytes_recv += a.bytes_recv - before[p].bytes_recv;
+    }
+}
+
+/* One agreement of the group (4 bytes from and to every other rank). */
+static void plan_agreement(dsacp_engine *e)
+{
+    dsacp_comm_counter c[DSACP_PHASE_COUNT] = {{0}};
+    if (e->cp.W > 1) c[DSACP_PHASE_control] = (dsacp_comm_counter){1, 4 * (e->cp.W - 1), 4 * (e->cp.W - 1), 0};
+    plan_add(e, c);
+}
+
+/* A step that completed: the planner's view of it added to the prediction. */
+static void plan_step(dsacp_engine *e, const int64_t *old_len, const int64_t *new_len, int64_t n, const uint8_t *want)
+{
+    if (e->plan_lost) return;
+    dsacp_plan_entry *pe = malloc((size_t)(n > 0 ? n : 1) * sizeof *pe);
+    if (!pe) {
+        e->plan_lost = true;
+        return;
+    }
+    for (int64_t i = 0; i < n; i++) pe[i] = (dsacp_plan_entry){old_len[i], new_len[i] - old_len[i]};
+    dsacp_plan_step b = e->pbase;
+    const dsacp_cp_stats *st = &e->cp.stats;
+    const int64_t ft = st->lean_fallback_threshold + st->lean_fallback_ties;
+    b.lean_fallback_tokens = ft - e->seen_fb_tokens, b.lean_fallback_rounds = st->lean_fallback_rounds - e->seen_fb_rounds;
+    b.lean_owned_winners = st->lean_owned_winners - e->seen_winners;
+    e->seen_fb_tokens = ft, e->seen_fb_rounds = st->lean_fallback_rounds, e->seen_winners = st->lean_owned_winners;
+    b.want_logits = want[0], b.want_topk = want[1];
+    dsacp_comm_counter c[DSACP_PHASE_COUNT];
+    if (dsacp_plan_entries_comm(e->cfg, &e->cp.opt, &b, pe, n, c)) e->plan_lost = true;
+    else plan_add(e, c);
+    free(pe);
+}
+
+int dsacp_engine_plan_comm(const dsacp_engine *e, dsacp_comm_counter planned[DSACP_PHASE_COUNT],
+                           dsacp_comm_counter measured[DSACP_PHASE_COUNT])
+{
+    memcpy(planned, e->planned, sizeof e->planned);
+    if (measured) memcpy(measured, e->measured, sizeof e->measured);
+    return e->plan_lost ? dsacp_error(DSACP_EUNSUPPORTED, "a step failed midway: its collectives are not predicted") : DSACP_OK;
+}
+
 int dsacp_engine_create_cp(const dsacp_model *model, const dsacp_engine_options *opt_in,
                            const dsacp_cp_options *cp_in, dsacp_comm *comm, dsacp_engine **out)
 {
@@ -471,6 +578,7 @@ int dsacp_engine_create_cp(const dsacp_model *model, const dsacp_engine_options 
     if (!rc) e->head = need(model, &rc, "lm_head.weight");
     if (!rc) rc = setup_cp(e, &cpo);
     rc = dsacp_comm_agree(e->comm, rc);
+    if (!rc) rc = plan_setup(e); /* local: sets fields, counts nothing */
     if (rc) goto fail;
     *out = e;
     return DSACP_OK;
@@ -789,7 +897,10 @@ static int engine_step(dsacp_engine *e, const dsacp_step_entry *entries, int64_t
     int rc = check_entries(e, entries, n, &T);
     if (!rc && T > 0) rc = reserve(e, entries, n);
     rc = dsacp_comm_agree(e->comm, rc);
-    if (rc || T == 0) return rc;
+    if (rc || T == 0) {
+        plan_agreement(e); /* the step's plan counts this agreement when it goes on */
+        return rc;
+    }
     /* Rank 0 decides what is gathered to it. */
     uint8_t want[2] = {logits != NULL, topk != NULL};
     rc = dsacp_comm_bcast(e->comm, want, sizeof want, DSACP_PHASE_control);
@@ -909,6 +1020,8 @@ static int engine_step(dsacp_engine *e, const dsacp_step_entry *entries, int64_t
             r->seq.length = kept(e, e->cp.opt.kv_layout, r->length);
             if (e->icache != e->cache) r->iseq.length = kept(e, e->cp.opt.index_layout, r->length);
         }
+    if (rc) e->plan_lost = true;
+    else plan_step(e, old_len, new_len, n, want);
     dsacp_cp_step_free(&mem);
     free(pos), free(old_len), free(new_len), free(ent), free(lseqs), free(iseqs);
     dsacp_free(h), dsacp_free(xb), dsacp_free(ob), dsacp_free(xf);
@@ -917,19 +1030,31 @@ static int engine_step(dsacp_engine *e, const dsacp_step_entry *entries, int64_t
 
 int dsacp_engine_step(dsacp_engine *e, const dsacp_step_entry *entries, int64_t n, float *logits, int32_t *topk)
 {
-    return engine_step(e, entries, n, logits, false, topk);
+    dsacp_comm_counter before[DSACP_PHASE_COUNT];
+    counters_now(e, before);
+    const int rc = engine_step(e, entries, n, logits, false, topk);
+    measured_add(e, before);
+    return rc;
 }
 
 int dsacp_engine_step_last(dsacp_engine *e, const dsacp_step_entry *entries, int64_t n, float *logits_last,
                            int32_t *topk)
 {
-    return engine_step(e, entries, n, logits_last, true, topk);
+    dsacp_comm_counter before[DSACP_PHASE_COUNT];
+    counters_now(e, before);
+    const int rc = engine_step(e, entries, n, logits_last, true, topk);
+    measured_add(e, before);
+    return rc;
 }
 
 dsacp_comm *dsacp_engine_comm(const dsacp_engine *e) { return e->comm; }
 
 void dsacp_engine_cp_stats(const dsacp_engine *e, dsacp_cp_stats *out) { *out = e->cp.stats; }
-void dsacp_engine_cp_stats_reset(dsacp_engine *e) { memset(&e->cp.stats, 0, sizeof e->cp.stats); }
+void dsacp_engine_cp_stats_reset(dsacp_engine *e)
+{
+    memset(&e->cp.stats, 0, sizeof e->cp.stats);
+    e->seen_fb_tokens = e->seen_fb_rounds = e->seen_winners = 0;
+}
 
 int dsacp_engine_report_notes(const dsacp_engine *e)
 {
@@ -993,6 +1118,53 @@ int dsacp_engine_report_notes(const dsacp_engine *e)
     }
     fprintf(f, "]");
     free(all);
+    {
+        /* The planner's prediction of the engine's collectives against what they measured, every
+         * rank (dsacp_engine_plan_comm). */
+        enum { P = DSACP_PHASE_COUNT, NP = 6 * DSACP_PHASE_COUNT + 1 };
+        int64_t mine[NP], *pall = calloc((size_t)W * NP, sizeof *pall);
+        size_t *pb = malloc((size_t)W * sizeof *pb);
+        int prc = pall && pb ? DSACP_OK : dsacp_error(DSACP_ENOMEM, "out of memory");
+        for (int p = 0; p < P; p++) {
+            mine[6 * p + 0] = e->planned[p].calls, mine[6 * p + 1] = e->planned[p].bytes_sent, mine[6 * p + 2] = e->planned[p].bytes_recv;
+            mine[6 * p + 3] = e->measured[p].calls, mine[6 * p + 4] = e->measured[p].bytes_sent, mine[6 * p + 5] = e->measured[p].bytes_recv;
+        }
+        mine[NP - 1] = e->plan_lost;
+        for (int q = 0; pb && q < W; q++) pb[q] = sizeof mine;
+        if (!prc) prc = dsacp_comm_gatherv(e->comm, mine, sizeof mine, pall, pb, -1);
+        if (!prc && e->cp.rank == 0) {
+            bool match = true, lost = false;
+            for (int q = 0; q < W; q++) {
+                const int64_t *r = pall + (size_t)q * NP;
+                lost = lost || r[NP - 1];
+                for (int p = 0; p < P; p++)
+                    for (int k = 0; k < 3; k++) match = match && r[6 * p + k] == r[6 * p + 3 + k];
+            }
+            fprintf(f, ", \"plan\": {\"predicted\": \"every collective of the engine's steps from the planner's formulas "
+                       "(dsacp_plan_entries_comm), against the counters' growth during those steps\", \"tracked\": %s, \"matches\": %s, "
+                       "\"ranks\": [", lost ? "false" : "true", match && !lost ? "true" : "false");
+            for (int q = 0; q < W; q++) {
+                const int64_t *r = pall + (size_t)q * NP;
+                fprintf(f, "%s{\"rank\": %d, \"phases\": {", q ? ", " : "", q);
+                for (int p = 0, first = 1; p < P; p++) {
+                    const int64_t *x = r + 6 * p;
+                    if (!x[0] && !x[1] && !x[2] && !x[3] && !x[4] && !x[5]) continue;
+                    fprintf(f, "%s\"%s\": {\"planned\": [%lld, %lld, %lld], \"measured\": [%lld, %lld, %lld]}", first ? "" : ", ",
+                            dsacp_comm_phase_name(p), (long long)x[0], (long long)x[1], (long long)x[2], (long long)x[3],
+                            (long long)x[4], (long long)x[5]);
+                    first = 0;
+                }
+                fprintf(f, "}}");
+            }
+            fprintf(f, "]}");
+        }
+        free(pall), free(pb);
+        if (prc) {
+            fclose(f);
+            free(text);
+            return prc;
+        }
+    }
     if (e->cp.wp) {
         dsacp_weight_usage u;
         dsacp_engine_weight_usage(e, &u);
@@ -1038,7 +1210,11 @@ int dsacp_engine_fill_random(dsacp_engine *e, int64_t id, int64_t length, uint64
         return dsacp_error(DSACP_ERANGE, "fill: length %lld outside [1, max_position_embeddings]", (long long)length);
     dsacp_step_entry en = {id, length, NULL};
     int rc = reserve(e, &en, 1);
+    dsacp_comm_counter before[DSACP_PHASE_COUNT];
+    counters_now(e, before);
     rc = dsacp_comm_agree(e->comm, rc);
+    plan_agreement(e);
+    measured_add(e, before);
     if (rc) return rc;
     const dsacp_config *cfg = e->cfg;
     const int64_t dc = cfg->kv_lora_rank, dr = cfg->qk_rope_head_dim, di = cfg->index_head_dim;

@@ -201,7 +201,7 @@ int dsacp_plan_step_comm(const dsacp_config *cfg, const dsacp_cp_options *cp, co
     if (s->npre > 0) {
         add(&out[DSACP_PHASE_prefill_kv], L, L * npq[me] * E * (W - 1), L * others * E);
         if (Esh) add(&out[DSACP_PHASE_prefill_kv], L, L * ctx_me * (W - 1), L * ctx_others);
-        add(&out[DSACP_PHASE_logits], 1, me ? npq[me] * s->hidden_bytes : 0, me ? 0 : others * s->hidden_bytes);
+        if (s->want_logits) add(&out[DSACP_PHASE_logits], 1, me ? npq[me] * s->hidden_bytes : 0, me ? 0 : others * s->hidden_bytes);
         if (s->want_topk) add(&out[DSACP_PHASE_topk_dump], L, me ? L * npq[me] * K * 4 : 0, me ? 0 : L * others * K * 4);
         if (tp_a2a && T > 0) { /* every token's v columns to their heads' ranks, the partial sums back (fp32) */
             const int64_t cme = heads(H, me, W) * dv;

@@ -73,7 +73,7 @@ int dsacp_plan_decode_layer(const dsacp_config *cfg_in, const dsacp_cp_options *
     double best = -1;
     for (int64_t r = 0; r < W && !rc; r++) {
         dsacp_plan_step s = {.W = W, .rank = r, .nd = batch, .context = ctx, .request = req, .nreq = batch,
-                             .req_old = ctx, .latent_bytes = lat_b, .index_bytes = idx_b, .hidden_bytes = D * 4,
+                             .req_old = ctx, .latent_bytes = lat_b, .index_bytes = idx_b, .hidden_bytes = D * 4, .want_logits = true,
                              .deployed = deployed};
         dsacp_comm_counter c[DSACP_PHASE_COUNT];
         rc = dsacp_plan_step_comm(&cfg, cp, &s, c);
@@ -185,7 +185,7 @@ int dsacp_plan_prefill_layer(const dsacp_config *cfg_in, const dsacp_cp_options 
         out->weight_bytes = (deployed ? 1 : 2) * (D * ql + ql * H * dq + D * dk + ql * Hi * di + D * di + D * Hi + H * dv * D +
                                                   H * nope * dc + H * dc * dv);
         dsacp_plan_step s = {.W = W, .rank = 0, .npre = 1, .latent_bytes = lat_b, .index_bytes = idx_b,
-                             .hidden_bytes = cfg.hidden_size * 4, .deployed = deployed};
+                             .hidden_bytes = cfg.hidden_size * 4, .want_logits = true, .deployed = deployed};
         const int64_t zero = 0;
         s.pre_old = &zero, s.pre_new = &P;
         double best = -1;

@@ -32,6 +32,20 @@ m = max(abs(x) for x in la); d = max(abs(x - y) for x, y in zip(la, lb))
 print('max rel %.3g' % (d / m)); sys.exit(0 if d / m <= float(sys.argv[3]) else 1)
 EOF
 
+# The report's plan section: the planner's calls and bytes per phase equal the measured ones.
+cat >"$tmp/plan.py" <<'EOF'
+import json, sys
+p = json.load(open(sys.argv[1]))['cp']['plan']
+assert p['tracked'] and len(p['ranks']) == int(sys.argv[2]), p
+n = 0
+for r in p['ranks']:
+    for name, x in r['phases'].items():
+        if x['planned'] != x['measured']: print('rank', r['rank'], name, x); sys.exit(1)
+        n += x['measured'][0]
+assert p['matches']
+print('%d calls' % n)
+EOF
+
 for W in 2 3; do
   for cfg in "--decode-strategy exact-topk" "--decode-strategy allgather-kv --cp-interleave 3" \
              "--decode-strategy replicated-index --kv-layout replicated" \
@@ -59,6 +73,9 @@ for W in 2 3; do
     else
       fail "W=$W comm report: $(cat "$tmp/rep.json" 2>&1 | head -5)"
     fi
+    # The planner predicted every collective of every step on every rank, per phase, exactly.
+    if r=$(python3 "$tmp/plan.py" "$tmp/rep.json" $W); then pass "W=$W $cfg: planner = counters ($r)"
+    else fail "W=$W $cfg: planner vs counters: $r"; fi
   done
 done
 
@@ -97,6 +114,10 @@ bad "bench --kernel cp without a model" "needs '--model DIR'" "$DSACP" bench --k
 g1=$("$DSACP" generate --model "$tmp/m" --prompt-len 40 --new-tokens 6 --chunk 16 | grep '^generated:')
 g2=$(mpi 2 "$DSACP" generate --model "$tmp/m" --prompt-len 40 --new-tokens 6 --chunk 16 --cp-interleave 2 | grep '^generated:')
 [ -n "$g1" ] && [ "$g1" = "$g2" ] && pass "generate W=2: $g2" || fail "generate: W=1 '$g1' vs W=2 '$g2'"
+mpi 2 "$DSACP" generate --model "$tmp/m" --prompt-len 40 --new-tokens 6 --chunk 16 --decode-strategy lean \
+  --context-path auto --comm-report "$tmp/rep.json" >/dev/null 2>&1
+if r=$(python3 "$tmp/plan.py" "$tmp/rep.json" 2); then pass "generate lean W=2: planner = counters ($r)"
+else fail "generate lean W=2: planner vs counters: $r"; fi
 g3=$(mpi 3 "$DSACP" generate --model "$tmp/m" --prompt-len 40 --new-tokens 6 --chunk 16 --cp-mode dsa-cp --o-proj tp \
      --q-proj layer-shard | grep '^generated:')
 [ "$g1" = "$g3" ] && pass "generate dsa-cp W=3: $g3" || fail "generate dsa-cp: W=1 '$g1' vs W=3 '$g3'"
