@@ -54,6 +54,7 @@ typedef struct dsacp_plan_step {
     bool want_topk;
     int64_t lean_owned_winners;
     bool want_logits; /* rank 0 asks for logits: the prefill rows' hidden states travel to it */
+    bool logits_last; /* only each entry's last token's row (dsacp_engine_step_last) */
 } dsacp_plan_step;
 
 /* Per phase: calls, bytes sent, bytes received on `rank` (seconds left 0), for one step through
@@ -162,6 +163,18 @@ int dsacp_plan_decode_model(const dsacp_config *cfg, const dsacp_cp_options *cp,
 enum { DSACP_PLAN_PREFILL_CP = 0, DSACP_PLAN_PREFILL_TP = 1, DSACP_PLAN_PREFILL_TP_IDXSPLIT = 2 };
 int dsacp_plan_prefill_layer(const dsacp_config *cfg, const dsacp_cp_options *cp, int64_t W, int64_t P, int mode,
                              bool deployed, const dsacp_hw *hw, dsacp_plan_decode *out);
+
+/* One layer of a chunk of `chunk` new tokens of one request after `context` positions cached on
+ * the group (chunked prefill, or a prompt after a cached prefix), on the busiest rank, by the
+ * context path cp->context_path takes (docs/context-parallel.md 3.6): gather -- the chunk's
+ * tokens split by cp->prefill_split, every head for a rank's tokens, the sharded context
+ * all-gathered; distributed -- every token on every rank through the decode strategy (its heads
+ * or, for lean, all of them); auto -- the engine's byte rule picks (*distributed says which).
+ * recv_bytes / calls exact (dsacp_plan_entries_comm); flops and memory as for prefill and
+ * decode layers; kv_bytes_per_rank: the gathered context's transient bytes (gather) or the held
+ * shard (distributed). */
+int dsacp_plan_chunk_layer(const dsacp_config *cfg, const dsacp_cp_options *cp, int64_t W, int64_t context, int64_t chunk,
+                           bool deployed, const dsacp_hw *hw, dsacp_plan_decode *out, bool *distributed);
 
 #ifdef __cplusplus
 }

@@ -138,10 +138,55 @@ static void test_prefill(void)
     CHECK(con.t_layer > own.t_layer && con.t_layer > zz.t_layer && con.flops > 1.3 * own.flops);
 }
 
+/* Chunked prefill after a sharded 128K context on 8 H200s, priced by context path: the gather
+ * path moves the context's sharded entries ((W - 1) / W x L x 788 B) plus the chunk's, whatever
+ * the decode strategy; the distributed path moves the strategy's per-token bytes (C x its decode
+ * bytes: exact for exact-topk); auto takes the byte rule's side (the engine's); short chunks are
+ * cheaper distributed, long ones gathered, in bytes and in time. */
+static void test_chunk(void)
+{
+    dsacp_config cfg;
+    REQUIRE_OK(dsacp_preset_config("v32-layer", &cfg));
+    char p[4200];
+    snprintf(p, sizeof p, "%s/hardware/h200-nvlink8.json", src_dir());
+    dsacp_hw hw;
+    REQUIRE_OK(dsacp_hw_load(p, &hw));
+    dsacp_cp_options cp;
+    dsacp_cp_options_default(&cp);
+    cp.decode = DSACP_DECODE_EXACT_TOPK;
+    const int64_t L = 131072, W = 8;
+    for (int c = 0; c < 2; c++) {
+        const int64_t C = c ? 4096 : 16;
+        dsacp_plan_decode g, d, a, dec;
+        bool dg, dd, da;
+        cp.context_path = DSACP_CONTEXT_GATHER;
+        CHECK_OK(dsacp_plan_chunk_layer(&cfg, &cp, W, L, C, true, &hw, &g, &dg));
+        cp.context_path = DSACP_CONTEXT_DISTRIBUTED;
+        CHECK_OK(dsacp_plan_chunk_layer(&cfg, &cp, W, L, C, true, &hw, &d, &dd));
+        cp.context_path = DSACP_CONTEXT_AUTO;
+        CHECK_OK(dsacp_plan_chunk_layer(&cfg, &cp, W, L, C, true, &hw, &a, &da));
+        CHECK(!dg && dd);
+        /* gather: the context's entries from the 7 other ranks, the chunk's from the ranks that made
+         * them, and to rank 0 the last token's hidden row (its logits) */
+        CHECKF(g.recv_bytes >= (double)(L - L / W) * 788 &&
+                   g.recv_bytes <= (double)(L - L / W + C) * 788 + (double)cfg.hidden_size * 4,
+               "chunk %lld gathered: %.0f bytes", (long long)C, g.recv_bytes);
+        /* distributed: C decode tokens, per token what a decode step's token moves (logits aside) */
+        CHECK_OK(dsacp_plan_decode_layer(&cfg, &cp, W, L, 1, true, &hw, &dec));
+        CHECKF(d.recv_bytes > 0.99 * (double)C * dec.recv_bytes && d.recv_bytes < 1.01 * (double)C * dec.recv_bytes + 1e5,
+               "chunk %lld distributed: %.0f bytes vs %lld x %.0f", (long long)C, d.recv_bytes, (long long)C, dec.recv_bytes);
+        CHECK(da == (d.recv_bytes < g.recv_bytes));
+        CHECK(a.t_layer == (da ? d.t_layer : g.t_layer));
+        if (c == 0) CHECK(da && d.t_layer < g.t_layer);
+        else CHECK(!da && g.t_layer < d.t_layer);
+    }
+}
+
 int main(void)
 {
     test_profiles();
     test_v32_figures();
     test_prefill();
+    test_chunk();
     return test_finish("test_plan");
 }

@@ -474,7 +474,8 @@ static void plan_agreement(dsacp_engine *e)
 }
 
 /* A step that completed: the planner's view of it added to the prediction. */
-static void plan_step(dsacp_engine *e, const int64_t *old_len, const int64_t *new_len, int64_t n, const uint8_t *want)
+static void plan_step(dsacp_engine *e, const int64_t *old_len, const int64_t *new_len, int64_t n, const uint8_t *want,
+                      bool last)
 {
     if (e->plan_lost) return;
     dsacp_plan_entry *pe = malloc((size_t)(n > 0 ? n : 1) * sizeof *pe);
@@ -489,7 +490,7 @@ static void plan_step(dsacp_engine *e, const int64_t *old_len, const int64_t *ne
     b.lean_fallback_tokens = ft - e->seen_fb_tokens, b.lean_fallback_rounds = st->lean_fallback_rounds - e->seen_fb_rounds;
     b.lean_owned_winners = st->lean_owned_winners - e->seen_winners;
     e->seen_fb_tokens = ft, e->seen_fb_rounds = st->lean_fallback_rounds, e->seen_winners = st->lean_owned_winners;
-    b.want_logits = want[0], b.want_topk = want[1];
+    b.want_logits = want[0], b.want_topk = want[1], b.logits_last = last;
     dsacp_comm_counter c[DSACP_PHASE_COUNT];
     if (dsacp_plan_entries_comm(e->cfg, &e->cp.opt, &b, pe, n, c)) e->plan_lost = true;
     else plan_add(e, c);
@@ -980,18 +981,32 @@ static int engine_step(dsacp_engine *e, const dsacp_step_entry *entries, int64_t
                 if (me == 0)
                     for (int64_t j = 0; j < na; j++) memcpy(xf + st.act[j] * D, xb + j * D, (size_t)D * 4);
             } else {
-                size_t *rb = malloc((size_t)W * sizeof *rb);
-                float *all = me == 0 ? dsacp_alloc((size_t)(st.n_pre_all * D) * 4 + 4) : NULL;
+                /* The prefill rows rank 0's head needs: all of them, or (last) each entry's last
+                 * token's only -- a chunk's other rows never travel. */
+#define ROW_NEEDED(t) (!last || pos[t] == new_len[ent[t]] - 1)
+                size_t *rb = calloc((size_t)W, sizeof *rb);
+                int64_t nrows = 0, nmine = 0;
+                for (int q = 0; rb && q < W; q++)
+                    for (int64_t k = st.pre_off[q]; k < st.pre_off[q + 1]; k++)
+                        if (ROW_NEEDED(st.pre_all[k])) rb[q] += (size_t)D * 4, nrows++;
+                float *all = me == 0 ? dsacp_alloc((size_t)(nrows * D) * 4 + 4) : NULL;
                 if (!rb || (me == 0 && !all)) {
                     rc = dsacp_error(DSACP_ENOMEM, "out of memory gathering the logits' inputs");
                 } else {
-                    for (int q = 0; q < W; q++) rb[q] = (size_t)((st.pre_off[q + 1] - st.pre_off[q]) * D) * 4;
+                    /* this rank's needed rows, packed in place (xb is not read again) */
+                    for (int64_t j = 0; j < st.n_pre; j++)
+                        if (ROW_NEEDED(st.act[st.n_dec + j])) {
+                            if (j != nmine) memmove(xb + (st.n_dec + nmine) * D, xb + (st.n_dec + j) * D, (size_t)D * 4);
+                            nmine++;
+                        }
                     rc = dsacp_comm_gatherv(e->comm, xb + st.n_dec * D, rb[me], all, rb, DSACP_PHASE_logits);
                     if (!rc && me == 0) {
                         for (int64_t j = 0; j < st.n_dec; j++) memcpy(xf + st.act[j] * D, xb + j * D, (size_t)D * 4);
-                        for (int64_t k = 0; k < st.n_pre_all; k++) memcpy(xf + st.pre_all[k] * D, all + k * D, (size_t)D * 4);
+                        for (int64_t k = 0, r = 0; k < st.n_pre_all; k++)
+                            if (ROW_NEEDED(st.pre_all[k])) memcpy(xf + st.pre_all[k] * D, all + (r++) * D, (size_t)D * 4);
                     }
                 }
+#undef ROW_NEEDED
                 free(rb);
                 dsacp_free(all);
             }
@@ -1021,7 +1036,7 @@ static int engine_step(dsacp_engine *e, const dsacp_step_entry *entries, int64_t
             if (e->icache != e->cache) r->iseq.length = kept(e, e->cp.opt.index_layout, r->length);
         }
     if (rc) e->plan_lost = true;
-    else plan_step(e, old_len, new_len, n, want);
+    else plan_step(e, old_len, new_len, n, want, last);
     dsacp_cp_step_free(&mem);
     free(pos), free(old_len), free(new_len), free(ent), free(lseqs), free(iseqs);
     dsacp_free(h), dsacp_free(xb), dsacp_free(ob), dsacp_free(xf);

@@ -69,8 +69,11 @@ int dsacp_plan_step_comm(const dsacp_config *cfg, const dsacp_cp_options *cp, co
 
     /* The rank computing each prefill token (src/cp/cp_layer.c assigned_rank), and the context
      * the chunks gather. */
-    int64_t *npq = calloc((size_t)W, sizeof *npq), T = 0, ctx_me = 0, ctx_others = 0;
-    if (!npq) return dsacp_error(DSACP_ENOMEM, "out of memory");
+    int64_t *npq = calloc((size_t)W, sizeof *npq), *rows = calloc((size_t)W, sizeof *rows), T = 0, ctx_me = 0, ctx_others = 0;
+    if (!npq || !rows) {
+        free(npq), free(rows);
+        return dsacp_error(DSACP_ENOMEM, "out of memory");
+    }
     for (int64_t e = 0; e < s->npre; e++) T += s->pre_new[e];
     const int64_t Tall = s->step_tokens > 0 ? s->step_tokens : T, chunk = Tall > 0 ? (Tall + W - 1) / W : 1;
     for (int64_t e = 0, t = 0; e < s->npre; e++) {
@@ -88,6 +91,7 @@ int dsacp_plan_step_comm(const dsacp_config *cfg, const dsacp_cp_options *cp, co
                 q = dsacp_cp_owner(o + i, I, W);
             }
             npq[q < W ? q : W - 1]++;
+            if (!s->logits_last || i == n - 1) rows[q < W ? q : W - 1]++; /* rows rank 0's head needs */
         }
         t += n;
         if (Esh)
@@ -201,7 +205,9 @@ int dsacp_plan_step_comm(const dsacp_config *cfg, const dsacp_cp_options *cp, co
     if (s->npre > 0) {
         add(&out[DSACP_PHASE_prefill_kv], L, L * npq[me] * E * (W - 1), L * others * E);
         if (Esh) add(&out[DSACP_PHASE_prefill_kv], L, L * ctx_me * (W - 1), L * ctx_others);
-        if (s->want_logits) add(&out[DSACP_PHASE_logits], 1, me ? npq[me] * s->hidden_bytes : 0, me ? 0 : others * s->hidden_bytes);
+        int64_t orows = 0;
+        for (int64_t q = 1; q < W; q++) orows += rows[q];
+        if (s->want_logits) add(&out[DSACP_PHASE_logits], 1, me ? rows[me] * s->hidden_bytes : 0, me ? 0 : orows * s->hidden_bytes);
         if (s->want_topk) add(&out[DSACP_PHASE_topk_dump], L, me ? L * npq[me] * K * 4 : 0, me ? 0 : L * others * K * 4);
         if (tp_a2a && T > 0) { /* every token's v columns to their heads' ranks, the partial sums back (fp32) */
             const int64_t cme = heads(H, me, W) * dv;
@@ -229,7 +235,7 @@ int dsacp_plan_step_comm(const dsacp_config *cfg, const dsacp_cp_options *cp, co
             add(&out[DSACP_PHASE_o_proj_weight], 1, s->o_shard_bytes[me] * (W - 1), rest);
         }
     }
-    free(npq);
+    free(npq), free(rows);
     return DSACP_OK;
 }
 

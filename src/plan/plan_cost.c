@@ -126,7 +126,7 @@ int dsacp_plan_decode_layer(const dsacp_config *cfg_in, const dsacp_cp_options *
 
 /* Keys scored and attended by the rank that computes the most of them, for a fresh prompt of P
  * tokens split as the engine splits it (or rows split evenly in zigzag order for TP_IDXSPLIT). */
-static void prefill_work(const dsacp_cp_options *cp, int64_t W, int64_t P, int64_t K, int mode, double *scored,
+static void prefill_work(const dsacp_cp_options *cp, int64_t W, int64_t O, int64_t P, int64_t K, int mode, double *scored,
                          double *attended, double *tokens)
 {
     *scored = *attended = *tokens = 0;
@@ -147,10 +147,10 @@ static void prefill_work(const dsacp_cp_options *cp, int64_t W, int64_t P, int64
             while (c > 0 && (P * c) / (2 * W) > i) c--;
             q = c < W ? c : 2 * W - 1 - c;
         } else {
-            q = dsacp_cp_owner(i, cp->interleave, W);
+            q = dsacp_cp_owner(O + i, cp->interleave, W);
         }
-        sc[q] += (double)(i + 1);
-        at[q] += (double)(i + 1 < K ? i + 1 : K);
+        sc[q] += (double)(O + i + 1);
+        at[q] += (double)(O + i + 1 < K ? O + i + 1 : K);
         tk[q] += 1;
     }
     for (int64_t q = 0; q < W; q++) {
@@ -177,7 +177,7 @@ int dsacp_plan_prefill_layer(const dsacp_config *cfg_in, const dsacp_cp_options 
     double scored, attended, tokens;
     const double Hs = ceil(H / Wd);
     if (mode == DSACP_PLAN_PREFILL_CP) {
-        prefill_work(cp, W, P, cfg.index_topk, mode, &scored, &attended, &tokens);
+        prefill_work(cp, W, 0, P, cfg.index_topk, mode, &scored, &attended, &tokens);
         /* a token's rank runs every head: the whole projections for its tokens */
         const double mac_tok = D * ql + ql * H * dq + D * dk + ql * Hi * di + D * di + D * Hi + H * dv * D +
                                H * nope * dc + H * dc * dv;
@@ -185,7 +185,7 @@ int dsacp_plan_prefill_layer(const dsacp_config *cfg_in, const dsacp_cp_options 
         out->weight_bytes = (deployed ? 1 : 2) * (D * ql + ql * H * dq + D * dk + ql * Hi * di + D * di + D * Hi + H * dv * D +
                                                   H * nope * dc + H * dc * dv);
         dsacp_plan_step s = {.W = W, .rank = 0, .npre = 1, .latent_bytes = lat_b, .index_bytes = idx_b,
-                             .hidden_bytes = cfg.hidden_size * 4, .want_logits = true, .deployed = deployed};
+                             .hidden_bytes = cfg.hidden_size * 4, .want_logits = true, .logits_last = true, .deployed = deployed};
         const int64_t zero = 0;
         s.pre_old = &zero, s.pre_new = &P;
         double best = -1;
@@ -201,7 +201,7 @@ int dsacp_plan_prefill_layer(const dsacp_config *cfg_in, const dsacp_cp_options 
         /* TP: every rank runs every token with its heads; the indexer whole (replicated) or its
          * rows split (TensorRT-LLM), then the selected positions all-gathered */
         const bool split = mode == DSACP_PLAN_PREFILL_TP_IDXSPLIT;
-        prefill_work(cp, W, P, cfg.index_topk, mode, &scored, &attended, &tokens);
+        prefill_work(cp, W, 0, P, cfg.index_topk, mode, &scored, &attended, &tokens);
         const double all_scored = Pd * (Pd + 1) / 2;
         double all_att = 0;
         for (int64_t i = 0; i < P; i++) all_att += (double)(i + 1 < cfg.index_topk ? i + 1 : cfg.index_topk);
@@ -225,6 +225,85 @@ int dsacp_plan_prefill_layer(const dsacp_config *cfg_in, const dsacp_cp_options 
     const double bw = net ? hw->net_bw : hw->link_bw, lat = (net ? hw->net_latency_us : hw->link_latency_us) * 1e-6;
     out->t_comm = W > 1 ? out->recv_bytes / bw + out->calls * lat : 0;
     out->t_layer = fmax(out->t_compute, out->t_memory) + out->t_comm;
+    return DSACP_OK;
+}
+
+static void link_time(const dsacp_hw *hw, int64_t W, dsacp_plan_decode *out, bool deployed)
+{
+    const double peak = deployed ? hw->flops_fp8 : hw->flops_bf16;
+    out->t_compute = out->flops / peak;
+    out->t_memory = (out->weight_bytes + out->kv_read_bytes) / hw->mem_bw;
+    const bool net = W > hw->ranks_per_node;
+    const double bw = net ? hw->net_bw : hw->link_bw, lat = (net ? hw->net_latency_us : hw->link_latency_us) * 1e-6;
+    out->t_comm = W > 1 ? out->recv_bytes / bw + out->calls * lat : 0;
+    out->t_layer = fmax(out->t_compute, out->t_memory) + out->t_comm;
+}
+
+int dsacp_plan_chunk_layer(const dsacp_config *cfg_in, const dsacp_cp_options *cp_in, int64_t W, int64_t context,
+                           int64_t chunk, bool deployed, const dsacp_hw *hw, dsacp_plan_decode *out, bool *distributed)
+{
+    memset(out, 0, sizeof *out);
+    *distributed = false;
+    if (W < 1 || context < 0 || chunk < 1) return dsacp_error(DSACP_EINVAL, "plan: W, context or chunk out of range");
+    dsacp_config cfg = *cfg_in;
+    cfg.num_hidden_layers = 1;
+    dsacp_cp_options cp = *cp_in;
+    const dsacp_kv_dtype kvd = deployed ? DSACP_KV_FP8 : DSACP_KV_F32;
+    const int64_t lat_b = dsacp_mla_cache_bytes_per_token(&cfg, kvd), idx_b = dsacp_index_cache_bytes_per_token(&cfg, kvd);
+    /* the path the engine takes (auto: the byte rule, with the engine's o_proj path for FP8 blocks) */
+    bool gv = false, f32 = false;
+    dsacp_plan_o_paths(&cfg, &cp, W, deployed ? DSACP_F8_E4M3 : DSACP_BF16, 128, &gv, &f32);
+    const bool sharded = W > 1 && (cp.kv_layout == DSACP_LAYOUT_SHARDED || cp.index_layout != DSACP_LAYOUT_REPLICATED);
+    bool dist = sharded && context > 0 && cp.context_path == DSACP_CONTEXT_DISTRIBUTED;
+    if (sharded && context > 0 && cp.context_path == DSACP_CONTEXT_AUTO) {
+        double g, per;
+        dsacp_plan_context_rule(&cfg, &cp, W, lat_b, idx_b, deployed, gv, context, &g, &per);
+        dist = (double)chunk * per < g;
+    }
+    *distributed = dist;
+    /* the bytes and calls: the step as the engine runs it, on the rank receiving the most */
+    const dsacp_plan_entry ent = {context, chunk};
+    double best = -1;
+    for (int64_t r = 0; r < W; r++) {
+        dsacp_plan_step s = {.W = W, .rank = r, .latent_bytes = lat_b, .index_bytes = idx_b, .hidden_bytes = cfg.hidden_size * 4,
+                             .want_logits = true, .logits_last = true, .deployed = deployed, .o_gather_v = gv, .o_tp_f32 = f32};
+        dsacp_comm_counter c[DSACP_PHASE_COUNT];
+        int rc = dsacp_plan_entries_comm(&cfg, &cp, &s, &ent, 1, c);
+        if (rc) return rc;
+        double recv = 0, calls = 0;
+        for (int p = 0; p < DSACP_PHASE_COUNT; p++)
+            if (p != DSACP_PHASE_control) recv += (double)c[p].bytes_recv, calls += (double)c[p].calls;
+        if (recv > best) best = recv, out->recv_bytes = recv, out->calls = calls;
+    }
+    const double rb = out->recv_bytes, calls = out->calls;
+    if (dist) {
+        /* every token on every rank through the decode strategy: the decode layer's work for a
+         * batch of `chunk` tokens at the chunk's mean context (index and attention work are
+         * linear in the context, so the mean gives their sum) */
+        dsacp_plan_decode d;
+        int rc = dsacp_plan_decode_layer(&cfg, &cp, W, context + (chunk - 1) / 2, chunk, deployed, hw, &d);
+        if (rc) return rc;
+        *out = d;
+        out->kv_bytes_per_rank = d.kv_bytes_per_rank;
+    } else {
+        /* the prefill path: the chunk's tokens split, every head for a rank's tokens, over the
+         * gathered context */
+        const double H = (double)cfg.num_attention_heads, D = (double)cfg.hidden_size, Hi = (double)cfg.index_n_heads;
+        const double di = (double)cfg.index_head_dim, dc = (double)cfg.kv_lora_rank, dr = (double)cfg.qk_rope_head_dim;
+        const double dk = dc + dr, nope = (double)cfg.qk_nope_head_dim, dq = nope + dr, dv = (double)cfg.v_head_dim;
+        const double ql = (double)cfg.q_lora_rank;
+        double scored, attended, tokens;
+        prefill_work(&cp, W, context, chunk, cfg.index_topk, DSACP_PLAN_PREFILL_CP, &scored, &attended, &tokens);
+        const double mac_tok = D * ql + ql * H * dq + D * dk + ql * Hi * di + D * di + D * Hi + H * dv * D + H * nope * dc + H * dc * dv;
+        out->flops = 2 * (tokens * mac_tok + scored * Hi * di + attended * H * (dk + dc));
+        out->weight_bytes = (deployed ? 1 : 2) * mac_tok;
+        /* the gathered context's index keys once for the chunk, the winners' latent rows per token */
+        out->kv_read_bytes = (double)(context + chunk) * (double)idx_b + attended * (double)lat_b;
+        out->kv_bytes_per_rank = (double)context * (double)(lat_b + idx_b); /* the transient gathered views */
+    }
+    out->recv_bytes = rb, out->calls = calls;
+    for (int p = 0; p < DSACP_PHASE_COUNT; p++) out->recv_phase[p] = 0;
+    link_time(hw, W, out, deployed);
     return DSACP_OK;
 }
 

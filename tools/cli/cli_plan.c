@@ -168,7 +168,7 @@ int cli_plan(int argc, char **argv)
                       {"batch", true, NULL},    {"cp", true, NULL},       {"hardware", true, NULL},
                       {"numerics", true, NULL}, {"json", true, NULL},     {"calibrate", true, NULL},
                       {"lean-candidates", true, NULL}, {"layers", true, NULL}, {"prefill", true, NULL},
-                      {"weight-bytes", true, NULL}, {"plot", true, NULL},
+                      {"weight-bytes", true, NULL}, {"plot", true, NULL}, {"chunk", true, NULL},
                       {NULL, false, NULL}};
     int parsed = cli_parse(argc, argv, opts);
     if (parsed != CLI_RUN) return parsed;
@@ -187,12 +187,13 @@ int cli_plan(int argc, char **argv)
                         "'mpirun -np W dsacp plan --calibrate FILE.json')\n");
         return 2;
     }
-    int64_t L = 131072, B = 1, W = 8, Pp = 0;
+    int64_t L = 131072, B = 1, W = 8, Pp = 0, C = 2048;
     double f = 2.0;
     if ((s = cli_get(opts, "context")) && !cli_int("plan", "context", s, 1, (int64_t)1 << 32, &L)) return 2;
     if ((s = cli_get(opts, "batch")) && !cli_int("plan", "batch", s, 1, 1 << 16, &B)) return 2;
     if ((s = cli_get(opts, "cp")) && !cli_int("plan", "cp", s, 1, 4096, &W)) return 2;
     if ((s = cli_get(opts, "prefill")) && !cli_int("plan", "prefill", s, 1, (int64_t)1 << 24, &Pp)) return 2;
+    if ((s = cli_get(opts, "chunk")) && !cli_int("plan", "chunk", s, 1, (int64_t)1 << 24, &C)) return 2;
     if ((s = cli_get(opts, "lean-candidates"))) {
         char *end;
         f = strtod(s, &end);
@@ -313,6 +314,43 @@ int cli_plan(int argc, char **argv)
         }
     }
     if (js) fprintf(js, "], \"recommendation\": \"%s\"", best >= 0 ? variants[best].label : "");
+    if (W > 1) {
+        /* chunked prefill: a chunk of C tokens after the context, by each context path, priced */
+        printf("\nchunked prefill: a chunk of %lld tokens after the %lld-token context, per layer on the busiest rank\n",
+               (long long)C, (long long)L);
+        printf("%-40s %11s %9s %11s %9s %14s %12s\n", "strategy", "gather", "MB recv", "distributed", "MB recv", "auto (bytes)",
+               "faster");
+        if (js) fprintf(js, ", \"chunk_tokens\": %lld, \"chunk\": [", (long long)C);
+        int nj = 0;
+        for (int v = 0; v < NV; v++) {
+            if (variants[v].s == DSACP_DECODE_ALLGATHER_KV) continue; /* gathers the context for decode tokens too */
+            dsacp_cp_options cp;
+            dsacp_cp_options_default(&cp);
+            cp.decode = variants[v].s, cp.kv_layout = variants[v].kv, cp.index_layout = variants[v].idx;
+            cp.index_group = variants[v].group;
+            cp.lean_merge = variants[v].merge, cp.merge_backend = variants[v].backend, cp.lean_factor = f;
+            if (cp.index_layout == DSACP_LAYOUT_PARTIAL && (W % cp.index_group || W < 2 * cp.index_group)) continue;
+            dsacp_plan_decode g, d, a;
+            bool dg, dd, da;
+            cp.context_path = DSACP_CONTEXT_GATHER;
+            if (dsacp_plan_chunk_layer(&cfg, &cp, W, L, C, deployed, &hw, &g, &dg)) continue;
+            cp.context_path = DSACP_CONTEXT_DISTRIBUTED;
+            if (dsacp_plan_chunk_layer(&cfg, &cp, W, L, C, deployed, &hw, &d, &dd)) continue;
+            cp.context_path = DSACP_CONTEXT_AUTO;
+            if (dsacp_plan_chunk_layer(&cfg, &cp, W, L, C, deployed, &hw, &a, &da)) continue;
+            const char *faster = d.t_layer < g.t_layer ? "distributed" : "gather";
+            printf("%-40s %9.1fus %9.2f %9.1fus %9.2f %14s %12s\n", variants[v].label, g.t_layer * 1e6, g.recv_bytes / 1048576,
+                   d.t_layer * 1e6, d.recv_bytes / 1048576, da ? "distributed" : "gather", faster);
+            if (js)
+                fprintf(js, "%s{\"strategy\": \"%s\", \"gather\": {\"recv_bytes\": %.0f, \"calls\": %.0f, \"t_compute\": %.4g, "
+                            "\"t_memory\": %.4g, \"t_comm\": %.4g, \"t_layer\": %.4g}, \"distributed\": {\"recv_bytes\": %.0f, "
+                            "\"calls\": %.0f, \"t_compute\": %.4g, \"t_memory\": %.4g, \"t_comm\": %.4g, \"t_layer\": %.4g}, "
+                            "\"auto\": \"%s\", \"faster\": \"%s\"}", nj++ ? ", " : "", variants[v].label, g.recv_bytes, g.calls,
+                        g.t_compute, g.t_memory, g.t_comm, g.t_layer, d.recv_bytes, d.calls, d.t_compute, d.t_memory, d.t_comm,
+                        d.t_layer, da ? "distributed" : "gather", faster);
+        }
+        if (js) fprintf(js, "]");
+    }
     const char *plabels[5] = {NULL};
     double pttft[5] = {0};
     if (Pp > 0) {

@@ -83,7 +83,8 @@ static const cli_command commands[] = {
      "  see docs/performance.md and docs/context-parallel.md for every figure it prints\n" CLI_CP_USAGE},
     {"plan", cli_plan,
      "(--model DIR | --preset NAME) --context L [--batch N] --cp W --hardware FILE.json [--json FILE]\n"
-     "        [--numerics deployed|exact] [--lean-candidates F] [--layers N] [--prefill P] [--plot F.svg];\n"
+     "        [--numerics deployed|exact] [--lean-candidates F] [--layers N] [--prefill P] [--chunk C]\n"
+     "        [--plot F.svg];\n"
      "        or under mpirun:\n"
      "        --calibrate FILE.json",
      "predict each decode strategy's bytes, calls, memory and time per layer (docs/planning.md)",
@@ -97,6 +98,8 @@ static const cli_command commands[] = {
      "  --plot FILE.svg    a bar chart of the attention time per token and the KV per rank\n"
      "  --prefill P        also the prefill of a fresh P-token prompt (TTFT): TP with the indexer\n"
      "                     replicated or its rows split, and the CP engine's splits\n"
+     "  --chunk C          the chunked-prefill table: a C-token chunk after the context by each\n"
+     "                     context path, gathered or distributed, priced (default 2048)\n"
      "  the byte and call counts are the formulas test_cp checks against the counters exactly\n"},
     {"run", cli_run,
      "(--model DIR | --preset NAME) [--requests N --prompt-len MIN:MAX --gen-len MIN:MAX\n"
