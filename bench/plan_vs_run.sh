@@ -16,7 +16,7 @@ trap 'rm -rf "$tmp"' EXIT
 if [ -z "$model" ]; then model=$tmp/small; "$BUILD/dsacp" init-model --preset small --out "$model" >/dev/null; fi
 run() { # W strategy-flags -> median TPOT ms
   local W=$1; shift
-  OMP_NUM_THREADS=$([ "$W" = 1 ] && echo 2 || echo 1) mpirun -np "$W" --oversubscribe "$BUILD/dsacp" run --model "$model" \
+  OMP_NUM_THREADS=$([ "$W" = 1 ] && echo 2 || echo 1) mpirun -np "$W" --oversubscribe $([ "$W" = 1 ] && echo --bind-to none) "$BUILD/dsacp" run --model "$model" \
     --requests 1 --prompt-len 1024:1024 --gen-len 64:64 --arrival-rate 0 --no-realtime --numerics exact \
     --json "$tmp/r.json" "$@" >/dev/null 2>&1
   python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['median_tpot_ms'])" "$tmp/r.json"

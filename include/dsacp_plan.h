@@ -141,16 +141,27 @@ int dsacp_plan_decode_layer(const dsacp_config *cfg, const dsacp_cp_options *cp,
 
 /* A decode step of the whole model per output token on the busiest rank: the attention layers
  * (dsacp_plan_decode_layer, with the weights stored at weight_bytes bytes per parameter: 4 f32,
- * 2 bf16, 1 fp8; 0: by the numerics), the MLP / MoE of every layer (replicated on every rank for
- * decode tokens: dense, or the shared experts + the routed experts the batch touches, at most
- * batch x num_experts_per_tok), and lm_head (rank 0). Each part max(compute, memory); the
- * attention's collectives added. */
+ * 2 bf16, 1 fp8; 0: by the numerics), the MLP / MoE of every layer and lm_head (rank 0). Every
+ * rank has every decode token (DCP): dense MLPs and shared experts run on every rank; the routed
+ * experts are replicated (ep = 1, as dsacp's engine runs them: the experts the batch touches,
+ * at most batch x num_experts_per_tok, are read) or spread over ep ranks (expert parallelism:
+ * each rank runs its experts for the tokens routed to them -- the busiest rank's count from
+ * seeded random routings -- and an all-reduce of the D outputs per MoE layer sums them). Each
+ * part max(compute, memory); the collectives added. weights_per_rank: what the rank holds --
+ * attention per the strategy (heads split, or whole where lean replicates them), MLPs, the
+ * routed experts / ep, embedding and lm_head. */
 typedef struct dsacp_plan_model {
     dsacp_plan_decode layer;
-    double t_attention, t_mlp, t_head, tpot; /* seconds per step (tpot: per output token, = step) */
+    double t_attention, t_mlp, t_moe_comm, t_head, tpot; /* seconds per step (tpot: per output token, = step) */
+    double weights_per_rank;                             /* bytes */
+    int64_t ep;
 } dsacp_plan_model;
-int dsacp_plan_decode_model(const dsacp_config *cfg, const dsacp_cp_options *cp, int64_t W, int64_t context,
+int dsacp_plan_decode_model(const dsacp_config *cfg, const dsacp_cp_options *cp, int64_t W, int64_t ep, int64_t context,
                             int64_t batch, bool deployed, double weight_bytes, const dsacp_hw *hw, dsacp_plan_model *out);
+
+/* The presets dsacp_preset_config knows, and "v32": the whole DeepSeek-V3.2 (61 layers, 256
+ * routed experts, vocabulary 129280) for planning only -- no checkpoint is ever made of it. */
+int dsacp_plan_preset(const char *name, dsacp_config *out);
 
 /* One prefill layer for a fresh prompt of P tokens on W ranks, the busiest rank:
  *   DSACP_PLAN_PREFILL_CP          the CP engine: tokens by cp->prefill_split, all heads per token,

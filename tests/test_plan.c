@@ -182,8 +182,36 @@ static void test_chunk(void)
     }
 }
 
+/* The whole V3.2: its parameters (about 671 B plus the indexer's, FP8: one byte each) on one rank
+ * with replicated experts; with experts over 8 ranks a rank holds its 32 experts per MoE layer
+ * and the rest; an all-reduce per MoE layer only when experts are spread. */
+static void test_v32_model(void)
+{
+    dsacp_config cfg;
+    REQUIRE_OK(dsacp_plan_preset("v32", &cfg));
+    CHECK(cfg.num_hidden_layers == 61 && cfg.n_routed_experts == 256 && cfg.vocab_size == 129280);
+    char p[4200];
+    snprintf(p, sizeof p, "%s/hardware/h200-nvlink8.json", src_dir());
+    dsacp_hw hw;
+    REQUIRE_OK(dsacp_hw_load(p, &hw));
+    dsacp_cp_options cp;
+    dsacp_cp_options_default(&cp);
+    cp.kv_layout = cp.index_layout = DSACP_LAYOUT_REPLICATED; /* W = 1 */
+    dsacp_plan_model one, ep8;
+    CHECK_OK(dsacp_plan_decode_model(&cfg, &cp, 1, 1, 4096, 1, true, 0, &hw, &one));
+    CHECKF(one.weights_per_rank > 670e9 && one.weights_per_rank < 700e9, "V3.2 weights %.4g bytes", one.weights_per_rank);
+    CHECK(one.t_moe_comm == 0 && one.tpot > one.t_attention + one.t_mlp);
+    dsacp_cp_options_default(&cp);
+    CHECK_OK(dsacp_plan_decode_model(&cfg, &cp, 8, 8, 131072, 1, true, 0, &hw, &ep8));
+    const double experts = 58.0 * 256 / 8 * 3 * 7168 * 2048; /* the rank's routed experts, 58 MoE layers */
+    CHECKF(ep8.weights_per_rank > experts && ep8.weights_per_rank < experts + 20e9, "rank holds %.4g", ep8.weights_per_rank);
+    CHECK(ep8.t_moe_comm > 0 && ep8.ep == 8);
+    CHECK(dsacp_plan_decode_model(&cfg, &cp, 8, 3, 131072, 1, true, 0, &hw, &ep8) == DSACP_EINVAL);
+}
+
 int main(void)
 {
+    test_v32_model();
     test_profiles();
     test_v32_figures();
     test_prefill();

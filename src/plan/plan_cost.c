@@ -9,6 +9,7 @@
 #include "core/core.h"
 
 #include <jansson.h>
+#include <stdint.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -307,10 +308,68 @@ int dsacp_plan_chunk_layer(const dsacp_config *cfg_in, const dsacp_cp_options *c
     return DSACP_OK;
 }
 
-int dsacp_plan_decode_model(const dsacp_config *cfg, const dsacp_cp_options *cp, int64_t W, int64_t context,
+/* Attention parameters a rank holds and reads per layer under the strategy: the replicated parts
+ * (q_a, kv_a, the indexer's projections) whole; q_b_proj, W_UK / W_UV and o_proj by heads
+ * (W > 1), whole where lean replicates them (q_b, W_UK, W_UV; o_proj with the output merge). */
+static double attn_params(const dsacp_config *c, const dsacp_cp_options *cp, int64_t W)
+{
+    const double D = (double)c->hidden_size, H = (double)c->num_attention_heads, ql = (double)c->q_lora_rank;
+    const double dc = (double)c->kv_lora_rank, dr = (double)c->qk_rope_head_dim, nope = (double)c->qk_nope_head_dim;
+    const double dv = (double)c->v_head_dim, Hi = (double)c->index_n_heads, di = (double)c->index_head_dim;
+    const double rep = D * ql + D * (dc + dr) + ql * Hi * di + D * di + D * Hi;
+    const double qb = ql * H * (nope + dr), kvb = dc * H * (nope + dv), o = H * dv * D, Wd = (double)W;
+    const bool lean = W > 1 && cp->decode == DSACP_DECODE_LEAN, out = lean && cp->lean_merge == DSACP_LEAN_MERGE_OUTPUT;
+    return rep + (lean ? qb + kvb : (qb + kvb) / Wd) + (out ? o : o / Wd);
+}
+
+/* The most distinct experts one of ep ranks (E / ep experts each) serves for a batch of B
+ * tokens routed to k distinct experts each, uniformly: the mean over seeded random routings. */
+static double busiest_experts(int64_t E, int64_t k, int64_t B, int64_t ep)
+{
+    if (k >= E) return (double)E / (double)ep;
+    if (ep <= 1) /* expected distinct experts touched: each token takes k distinct of E */
+        return (double)E * (1 - pow(1 - (double)k / (double)E, (double)B));
+    uint64_t x = 0x9e3779b97f4a7c15ull;
+    const int S = 64;
+    double sum = 0;
+    unsigned char *hit = malloc((size_t)E);
+    int64_t *cnt = malloc((size_t)ep * sizeof *cnt);
+    if (!hit || !cnt) {
+        free(hit), free(cnt);
+        return (double)E / (double)ep;
+    }
+    for (int smp = 0; smp < S; smp++) {
+        memset(hit, 0, (size_t)E);
+        for (int64_t t = 0; t < B && t < 4096; t++) {
+            int64_t pick[64], np = 0; /* k distinct experts (k <= 64 here; more: drawn with repeats) */
+            while (np < k) {
+                x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+                const int64_t e = (int64_t)(x % (uint64_t)E);
+                bool seen = false;
+                for (int64_t i = 0; i < np && i < 64; i++) seen = seen || pick[i] == e;
+                if (seen && k <= 64) continue;
+                if (np < 64) pick[np] = e;
+                np++;
+                hit[e] = 1;
+            }
+        }
+        memset(cnt, 0, (size_t)ep * sizeof *cnt);
+        int64_t mx = 0;
+        for (int64_t e = 0; e < E; e++)
+            if (hit[e] && ++cnt[e * ep / E] > mx) mx = cnt[e * ep / E];
+        sum += (double)mx;
+    }
+    free(hit), free(cnt);
+    return sum / S;
+}
+
+int dsacp_plan_decode_model(const dsacp_config *cfg, const dsacp_cp_options *cp, int64_t W, int64_t ep, int64_t context,
                             int64_t batch, bool deployed, double weight_bytes, const dsacp_hw *hw, dsacp_plan_model *out)
 {
     memset(out, 0, sizeof *out);
+    if (ep < 1 || ep > W || (cfg->n_routed_experts > 0 && cfg->n_routed_experts % ep))
+        return dsacp_error(DSACP_EINVAL, "plan: expert parallelism %lld must divide the routed experts and be at most W",
+                           (long long)ep);
     int rc = dsacp_plan_decode_layer(cfg, cp, W, context, batch, deployed, hw, &out->layer);
     if (rc) return rc;
     const double wb0 = deployed ? 1.0 : 2.0, wb = weight_bytes > 0 ? weight_bytes : wb0;
@@ -319,23 +378,59 @@ int dsacp_plan_decode_model(const dsacp_config *cfg, const dsacp_cp_options *cp,
     l->weight_bytes *= wb / wb0;
     l->t_memory = (l->weight_bytes + l->kv_read_bytes) / hw->mem_bw;
     l->t_layer = fmax(l->t_compute, l->t_memory) + l->t_comm;
-    const double D = (double)cfg->hidden_size, V = (double)cfg->vocab_size;
-    out->t_attention = l->t_layer * (double)cfg->num_hidden_layers;
+    const double D = (double)cfg->hidden_size, V = (double)cfg->vocab_size, nl = (double)cfg->num_hidden_layers;
+    out->t_attention = l->t_layer * nl;
+    out->ep = ep;
+    out->weights_per_rank = wb * attn_params(cfg, cp, W) * nl + wb * 2 * D * V; /* + embedding and lm_head (rank 0) */
+    const bool net = ep > hw->ranks_per_node;
+    const double bw = net ? hw->net_bw : hw->link_bw, lat = (net ? hw->net_latency_us : hw->link_latency_us) * 1e-6;
+    const double touched = cfg->n_routed_experts > 0
+                               ? busiest_experts(cfg->n_routed_experts, cfg->num_experts_per_tok, batch, ep) : 0;
     for (int64_t i = 0; i < cfg->num_hidden_layers; i++) {
         const bool moe = cfg->n_routed_experts > 0 && i >= cfg->first_k_dense_replace &&
                          (cfg->moe_layer_freq <= 1 || i % cfg->moe_layer_freq == 0);
-        double params, mac;
+        double params, mac, held;
         if (!moe) {
-            params = mac = 3 * D * (double)cfg->intermediate_size;
+            params = mac = held = 3 * D * (double)cfg->intermediate_size;
         } else {
-            const double e = 3 * D * (double)cfg->moe_intermediate_size, touched = fmin((double)cfg->n_routed_experts,
-                                                                                          B * (double)cfg->num_experts_per_tok);
-            params = D * (double)cfg->n_routed_experts + e * ((double)cfg->n_shared_experts + touched);
-            mac = D * (double)cfg->n_routed_experts + e * ((double)cfg->n_shared_experts + (double)cfg->num_experts_per_tok);
+            /* every rank has every decode token (DCP): with experts spread over ep ranks each rank
+             * runs its own experts for the tokens routed to them and an all-reduce sums the D
+             * outputs (bf16); shared experts and the router on every rank */
+            const double e = 3 * D * (double)cfg->moe_intermediate_size, E = (double)cfg->n_routed_experts;
+            const double rep = D * E + e * (double)cfg->n_shared_experts;
+            params = rep + e * touched;
+            mac = rep + e * (double)cfg->num_experts_per_tok / (double)ep;
+            held = rep + e * E / (double)ep;
+            if (ep > 1) {
+                const double ar = 2 * (double)(ep - 1) / (double)ep * B * D * 2;
+                out->t_moe_comm += ar / bw + 2 * lat;
+            }
         }
         out->t_mlp += fmax(2 * B * mac / peak, params * wb / hw->mem_bw);
+        out->weights_per_rank += held * wb;
     }
     out->t_head = fmax(2 * B * D * V / peak, D * V * wb / hw->mem_bw);
-    out->tpot = out->t_attention + out->t_mlp + out->t_head;
+    out->tpot = out->t_attention + out->t_mlp + out->t_moe_comm + out->t_head;
+    return DSACP_OK;
+}
+
+int dsacp_plan_preset(const char *name, dsacp_config *out)
+{
+    if (!name || strcmp(name, "v32")) return dsacp_preset_config(name, out);
+    /* DeepSeek-V3.2's config.json (docs/dsa-math.md section 1): v32-layer's attention, the whole stack */
+    int rc = dsacp_preset_config("v32-layer", out);
+    if (rc) return rc;
+    out->num_hidden_layers = 61;
+    out->vocab_size = 129280;
+    out->intermediate_size = 18432;
+    out->moe_intermediate_size = 2048;
+    out->n_routed_experts = 256;
+    out->n_shared_experts = 1;
+    out->num_experts_per_tok = 8;
+    out->n_group = 8;
+    out->topk_group = 4;
+    out->routed_scaling_factor = 2.5;
+    out->norm_topk_prob = true;
+    out->first_k_dense_replace = 3;
     return DSACP_OK;
 }

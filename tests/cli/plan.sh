@@ -32,6 +32,25 @@ if out=$("$DSACP" plan --preset v32-layer --layers 61 --context 153600 --cp 8 --
   pass "plan --prefill: TP, indexer split, CP splits; crossovers; dsa-cp weight plans"
 else fail "plan --prefill: $out"; fi
 
+# The whole V3.2 (planning only): experts spread over the ranks, weights and KV held per rank,
+# whole-model TPOT above the attention's, the chunked-prefill table with both paths.
+if "$DSACP" plan --preset v32 --context 1048576 --cp 8 --batch 8 --chunk 1024 --hardware "$SRC/hardware/b200-nvlink8.json" \
+     --json "$tmp/v.json" >"$tmp/log" && python3 -c "
+import json,sys
+r=json.load(open(sys.argv[1])); s={x['strategy']: x for x in r['strategies']}
+assert r['ep']==8 and r['layers']==61 and r['chunk_tokens']==1024
+tp=s['TP, no CP (caches replicated)']; ex=s['exact-topk ag_rs (vLLM)']
+assert not tp['fits'] and ex['fits'] and 70e9 < ex['weights_per_rank'] < 100e9, (tp['held_per_rank'], ex['weights_per_rank'])
+assert all(x['tpot_model'] > x['tpot'] and x['t_moe_comm'] > 0 for x in s.values())
+c={x['strategy']: x for x in r['chunk']}['exact-topk ag_rs (vLLM)']
+assert c['gather']['recv_bytes'] > 0 and c['distributed']['recv_bytes'] > 0 and c['auto'] in ('gather', 'distributed')" "$tmp/v.json"; then
+  pass "plan --preset v32: whole model, expert parallelism, memory per rank, chunk paths"
+else fail "plan --preset v32: $(tail -3 "$tmp/log") $(head -c 300 "$tmp/v.json" 2>&1)"; fi
+expect_error "plan --ep not dividing the experts" "--ep" "divisor" -- "$DSACP" plan --preset v32 --cp 8 --ep 3 \
+  --hardware "$SRC/hardware/h200-nvlink8.json"
+expect_error "init-model of the planning-only preset" "unknown preset" -- "$DSACP" init-model --preset v32 --out "$tmp/v32"
+[ ! -e "$tmp/v32" ] && pass "init-model --preset v32 wrote nothing" || fail "init-model --preset v32 left $tmp/v32"
+
 echo '{"name": "x", "source": "y", "flops_bf16": 1e12}' >"$tmp/bad.json"
 expect_error "profile without mem_bw... fields" "bad.json" "flops_fp8" -- "$DSACP" plan --preset tiny --hardware "$tmp/bad.json"
 expect_error "plan without a profile" "--hardware" -- "$DSACP" plan --preset tiny

@@ -8,6 +8,8 @@
 #include "comm/comm.h"
 #include "core/core.h"
 #include "dsacp_plan.h"
+#include "kernels/kernels.h"
+#include "model/model.h"
 
 #include <cblas.h>
 #include <math.h>
@@ -56,7 +58,7 @@ static int calibrate(const char *path)
     const size_t lbytes = (size_t)8 << 20;
     char *sb = malloc(lbytes), *rb = malloc(lbytes * (size_t)W);
     int rc = (a && b && c && x && y && sb && rb) ? DSACP_OK : dsacp_error(DSACP_ENOMEM, "out of memory for --calibrate");
-    double flops = 0, bw = 0, lbw = 0, lat = 0;
+    double flops = 0, bw = 0, copy_bw = 0, lbw = 0, lat = 0;
     if (!rc) {
         for (size_t i = 0; i < (size_t)n * n; i++) a[i] = b[i] = 1.0f / (float)(1 + i % 7);
         memset(x, 1, big), memset(y, 2, big), memset(sb, 3, lbytes);
@@ -73,7 +75,23 @@ static int calibrate(const char *path)
             memcpy(y, x, big);
             best = fmin(best, dsacp_now() - t0);
         }
-        bw = 2.0 * (double)big / best; /* read + write */
+        copy_bw = 2.0 * (double)big / best; /* read + write */
+        /* what decode's matrix-vector products read weights at: the engine's own linear kernel,
+         * one token, over a 256 MB f32 matrix (a copy streams faster than a product reads) */
+        const int64_t K = 4096, N = (int64_t)(big / 4 / (size_t)K);
+        dsacp_weight w = {.name = "calibrate", .dtype = DSACP_F32, .ndim = 2, .rows = N, .cols = K, .data = x};
+        float *xv = malloc((size_t)K * 4), *yv = malloc((size_t)N * 4);
+        if (!xv || !yv) rc = dsacp_error(DSACP_ENOMEM, "out of memory for --calibrate");
+        for (int64_t i = 0; !rc && i < K; i++) xv[i] = 1.0f / (float)(1 + i % 5);
+        for (int64_t i = 0; !rc && i < N * K; i++) ((float *)x)[i] = 1.0f / (float)(1 + i % 3);
+        best = 1e30;
+        for (int r = 0; r < 4 && !rc; r++) {
+            const double t0 = dsacp_now();
+            rc = dsacp_linear(&w, xv, 1, K, yv, N, false);
+            best = fmin(best, dsacp_now() - t0);
+        }
+        bw = (double)(N * K) * 4 / best;
+        free(xv), free(yv);
     }
     rc = dsacp_comm_agree(cli_world, rc);
     if (!rc && W > 1) {
@@ -84,19 +102,20 @@ static int calibrate(const char *path)
         for (int r = 0; r < 200 && !rc; r++) rc = dsacp_comm_allgather(cli_world, sb, 4, rb, -1);
         lat = (dsacp_now() - t0) / 200 * 1e6;
     } else if (!rc) {
-        lbw = bw, lat = 1;
+        lbw = copy_bw, lat = 1;
     }
     free(a), free(b), free(c), free(x), free(y), free(sb), free(rb);
     if (rc) return rc;
     char text[1024];
     const int len = snprintf(text, sizeof text,
                              "{\n  \"name\": \"this machine, %d rank%s (dsacp plan --calibrate)\",\n"
-                             "  \"source\": \"measured by dsacp plan --calibrate: sgemm %d^3 (OpenBLAS, %d threads), a %zu MB "
-                             "copy, all-gathers of 8 MB and 4 B over %d ranks\",\n"
+                             "  \"source\": \"measured by dsacp plan --calibrate: sgemm %d^3 (OpenBLAS, %d threads); mem_bw: "
+                             "the engine's linear kernel on one token over a %zu MB f32 matrix (a copy moved %.3g B/s); "
+                             "all-gathers of 8 MB and 4 B over %d ranks\",\n"
                              "  \"flops_bf16\": %.4g,\n  \"flops_fp8\": %.4g,\n  \"mem_bw\": %.4g,\n  \"mem_bytes\": %.4g,\n"
                              "  \"ranks_per_node\": %d,\n  \"link_bw\": %.4g,\n  \"link_latency_us\": %.4g,\n"
                              "  \"net_bw\": %.4g,\n  \"net_latency_us\": %.4g\n}\n",
-                             W, W == 1 ? "" : "s", n, omp_get_max_threads(), big >> 20, W, flops, flops, bw, 8e9, W,
+                             W, W == 1 ? "" : "s", n, omp_get_max_threads(), big >> 20, copy_bw, W, flops, flops, bw, 8e9, W,
                              lbw, lat, lbw, lat);
     if (me == 0) rc = dsacp_write_file_atomic(path, text, (size_t)len);
     rc = dsacp_comm_agree(cli_world, rc);
@@ -168,7 +187,7 @@ int cli_plan(int argc, char **argv)
                       {"batch", true, NULL},    {"cp", true, NULL},       {"hardware", true, NULL},
                       {"numerics", true, NULL}, {"json", true, NULL},     {"calibrate", true, NULL},
                       {"lean-candidates", true, NULL}, {"layers", true, NULL}, {"prefill", true, NULL},
-                      {"weight-bytes", true, NULL}, {"plot", true, NULL}, {"chunk", true, NULL},
+                      {"weight-bytes", true, NULL}, {"plot", true, NULL}, {"chunk", true, NULL}, {"ep", true, NULL},
                       {NULL, false, NULL}};
     int parsed = cli_parse(argc, argv, opts);
     if (parsed != CLI_RUN) return parsed;
@@ -187,13 +206,14 @@ int cli_plan(int argc, char **argv)
                         "'mpirun -np W dsacp plan --calibrate FILE.json')\n");
         return 2;
     }
-    int64_t L = 131072, B = 1, W = 8, Pp = 0, C = 2048;
+    int64_t L = 131072, B = 1, W = 8, Pp = 0, C = 2048, ep = 0;
     double f = 2.0;
     if ((s = cli_get(opts, "context")) && !cli_int("plan", "context", s, 1, (int64_t)1 << 32, &L)) return 2;
     if ((s = cli_get(opts, "batch")) && !cli_int("plan", "batch", s, 1, 1 << 16, &B)) return 2;
     if ((s = cli_get(opts, "cp")) && !cli_int("plan", "cp", s, 1, 4096, &W)) return 2;
     if ((s = cli_get(opts, "prefill")) && !cli_int("plan", "prefill", s, 1, (int64_t)1 << 24, &Pp)) return 2;
     if ((s = cli_get(opts, "chunk")) && !cli_int("plan", "chunk", s, 1, (int64_t)1 << 24, &C)) return 2;
+    if ((s = cli_get(opts, "ep")) && !cli_int("plan", "ep", s, 1, 4096, &ep)) return 2;
     if ((s = cli_get(opts, "lean-candidates"))) {
         char *end;
         f = strtod(s, &end);
@@ -224,7 +244,7 @@ int cli_plan(int argc, char **argv)
     if (rc) return cli_fail("plan", rc);
     dsacp_config cfg;
     dsacp_model *m = NULL;
-    if (preset) rc = dsacp_preset_config(preset, &cfg);
+    if (preset) rc = dsacp_plan_preset(preset, &cfg);
     else if (!(rc = dsacp_model_load(model, &m))) cfg = *dsacp_model_config(m);
     if (rc) return cli_fail("plan", rc);
     int64_t layers = cfg.num_hidden_layers;
@@ -232,19 +252,43 @@ int cli_plan(int argc, char **argv)
         dsacp_model_free(m);
         return 2;
     }
+    /* expert parallelism: as given; else replicated experts when the whole model fits a rank
+     * at half its memory (dsacp's engine), else spread over the W ranks (or the largest divisor
+     * of the routed experts not above W) */
+    if (ep > W || (ep > 0 && cfg.n_routed_experts > 0 && cfg.n_routed_experts % ep)) {
+        fprintf(stderr, "dsacp plan: option '--ep' = %lld: at most --cp (%lld) and a divisor of the %lld routed experts\n",
+                (long long)ep, (long long)W, (long long)cfg.n_routed_experts);
+        dsacp_model_free(m);
+        return 2;
+    }
+    if (ep == 0) {
+        dsacp_cp_options cp0;
+        dsacp_cp_options_default(&cp0);
+        dsacp_plan_model pm0;
+        dsacp_config c1 = cfg;
+        c1.num_hidden_layers = layers;
+        ep = 1;
+        if (!dsacp_plan_decode_model(&c1, &cp0, W, 1, L, B, deployed, wbytes, &hw, &pm0) && pm0.weights_per_rank > hw.mem_bytes / 2)
+            for (ep = W; ep > 1 && cfg.n_routed_experts > 0 && cfg.n_routed_experts % ep; ep--) {}
+        if (cfg.n_routed_experts == 0) ep = 1;
+    }
+    cfg.num_hidden_layers = layers; /* the whole model's layers for the weights and the MLPs */
     FILE *js = NULL;
     char *jtext = NULL;
     size_t jlen = 0;
     if (cli_get(opts, "json")) js = open_memstream(&jtext, &jlen);
     printf("dsacp plan: %s, context %lld, batch %lld, W = %lld, %s numerics, %s\n", preset ? preset : model,
            (long long)L, (long long)B, (long long)W, deployed ? "deployed" : "exact", hw.name);
-    printf("per attention layer, busiest rank; t = max(compute, memory) + bytes / link + calls x latency\n");
-    printf("%-40s %10s %6s %9s %10s %9s %9s %9s %9s %10s %10s\n", "strategy", "KB/token", "calls", "KV MB", "weights MB",
-           "compute", "memory", "comm", "layer", "x layers", "model");
+    printf("per attention layer, busiest rank; t = max(compute, memory) + bytes / link + calls x latency; model: + MLP / MoE\n"
+           "(experts %s) + lm_head; held: batch x KV + weights per rank for the %lld layers ('!' beyond 90%% of the memory)\n",
+           ep > 1 ? "spread over ranks, --ep" : "replicated", (long long)layers);
+    if (ep > 1) printf("expert parallelism over %lld ranks\n", (long long)ep);
+    printf("%-40s %10s %6s %9s %10s %9s %9s %9s %9s %10s %10s %9s\n", "strategy", "KB/token", "calls", "KV MB", "weights MB",
+           "compute", "memory", "comm", "layer", "x layers", "model", "held GB");
     if (js)
         fprintf(js, "{\"context\": %lld, \"batch\": %lld, \"world\": %lld, \"numerics\": \"%s\", \"hardware\": \"%s\", "
-                    "\"mem_bytes\": %.4g, \"layers\": %lld, \"strategies\": [", (long long)L, (long long)B, (long long)W,
-                deployed ? "deployed" : "exact", hw.name, hw.mem_bytes, (long long)layers);
+                    "\"mem_bytes\": %.4g, \"layers\": %lld, \"ep\": %lld, \"strategies\": [", (long long)L, (long long)B,
+                (long long)W, deployed ? "deployed" : "exact", hw.name, hw.mem_bytes, (long long)layers, (long long)ep);
     int best = -1;
     double tbest = 0;
     dsacp_plan_decode r[NV];
@@ -257,20 +301,23 @@ int cli_plan(int argc, char **argv)
         cp.lean_merge = variants[v].merge, cp.merge_backend = variants[v].backend, cp.lean_factor = f;
         if (cp.index_layout == DSACP_LAYOUT_PARTIAL && (W % cp.index_group || W < 2 * cp.index_group)) continue;
         dsacp_plan_model pm;
-        if (dsacp_plan_decode_model(&cfg, &cp, W, L, B, deployed, wbytes, &hw, &pm)) continue;
+        if (dsacp_plan_decode_model(&cfg, &cp, W, ep, L, B, deployed, wbytes, &hw, &pm)) continue;
         r[v] = pm.layer;
         okv[v] = true;
-        printf("%-40s %10.1f %6.0f %9.2f %10.1f %7.1fus %7.1fus %7.1fus %7.1fus %8.2fms %8.2fms\n", variants[v].label,
+        const double held = (double)B * r[v].kv_bytes_per_rank * (double)layers + pm.weights_per_rank;
+        printf("%-40s %10.1f %6.0f %9.2f %10.1f %7.1fus %7.1fus %7.1fus %7.1fus %8.2fms %8.2fms %8.1f%s\n", variants[v].label,
                r[v].recv_bytes / 1024 / (double)B, r[v].calls, r[v].kv_bytes_per_rank / 1048576, r[v].weight_bytes / 1048576,
                r[v].t_compute * 1e6, r[v].t_memory * 1e6, r[v].t_comm * 1e6, r[v].t_layer * 1e6, r[v].t_layer * 1e3 * (double)layers,
-               (pm.tpot - pm.t_attention + r[v].t_layer * (double)layers) * 1e3);
+               pm.tpot * 1e3, held / 1e9, held > 0.9 * hw.mem_bytes ? "!" : "");
         if (js)
             fprintf(js, "%s{\"strategy\": \"%s\", \"recv_bytes_per_token\": %.0f, \"calls\": %.0f, \"kv_bytes_per_rank\": %.0f, "
                         "\"weight_bytes\": %.0f, \"flops\": %.4g, \"t_compute\": %.4g, \"t_memory\": %.4g, \"t_comm\": %.4g, "
-                        "\"t_layer\": %.4g, \"tpot\": %.4g, \"tpot_model\": %.4g}", v ? ", " : "", variants[v].label,
-                    r[v].recv_bytes / (double)B, r[v].calls, r[v].kv_bytes_per_rank, r[v].weight_bytes, r[v].flops, r[v].t_compute,
-                    r[v].t_memory, r[v].t_comm, r[v].t_layer, r[v].t_layer * (double)layers,
-                    pm.tpot - pm.t_attention + r[v].t_layer * (double)layers);
+                        "\"t_layer\": %.4g, \"tpot\": %.4g, \"tpot_model\": %.4g, \"t_mlp\": %.4g, \"t_moe_comm\": %.4g, "
+                        "\"t_head\": %.4g, \"weights_per_rank\": %.0f, \"held_per_rank\": %.0f, \"fits\": %s}",
+                    v ? ", " : "", variants[v].label, r[v].recv_bytes / (double)B, r[v].calls, r[v].kv_bytes_per_rank,
+                    r[v].weight_bytes, r[v].flops, r[v].t_compute, r[v].t_memory, r[v].t_comm, r[v].t_layer,
+                    r[v].t_layer * (double)layers, pm.tpot, pm.t_mlp, pm.t_moe_comm, pm.t_head, pm.weights_per_rank, held,
+                    held <= 0.9 * hw.mem_bytes ? "true" : "false");
         if (best < 0 || r[v].t_layer < tbest) best = v, tbest = r[v].t_layer;
     }
     if (best >= 0) {

@@ -84,7 +84,7 @@ static const cli_command commands[] = {
     {"plan", cli_plan,
      "(--model DIR | --preset NAME) --context L [--batch N] --cp W --hardware FILE.json [--json FILE]\n"
      "        [--numerics deployed|exact] [--lean-candidates F] [--layers N] [--prefill P] [--chunk C]\n"
-     "        [--plot F.svg];\n"
+     "        [--ep N] [--plot F.svg];\n"
      "        or under mpirun:\n"
      "        --calibrate FILE.json",
      "predict each decode strategy's bytes, calls, memory and time per layer (docs/planning.md)",
@@ -93,7 +93,10 @@ static const cli_command commands[] = {
      "                     bandwidth and latency over the run's ranks)\n"
      "  --batch N          decode tokens per step, one per request (default 1)\n"
      "  --cp W             ranks (default 8); --context L cached positions per request (default 131072)\n"
-     "  --layers N         layers the TPOT column multiplies by (default the model's; 61 for V3.2)\n"
+     "  --preset v32       the whole DeepSeek-V3.2 (61 layers, 256 experts; planning only)\n"
+     "  --layers N         the model's layers (default the model's)\n"
+     "  --ep N             routed experts spread over N ranks (default: replicated when the whole\n"
+     "                     model fits in half a rank's memory, else over the --cp ranks)\n"
      "  --weight-bytes N   bytes per stored weight value: 1 fp8, 2 bf16, 4 f32 (default by --numerics)\n"
      "  --plot FILE.svg    a bar chart of the attention time per token and the KV per rank\n"
      "  --prefill P        also the prefill of a fresh P-token prompt (TTFT): TP with the indexer\n"
