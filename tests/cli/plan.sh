@@ -25,7 +25,29 @@ if "$DSACP" plan --preset v32-layer --cp 8 --prefill 8192 --hardware "$SRC/hardw
      >/dev/null && grep -q '<svg' "$tmp/p.svg" && grep -q 'lean values a2a' "$tmp/p.svg" && grep -q 'prefill of a 8192' "$tmp/p.svg"; then
   pass "plan --plot writes an SVG (decode and prefill)"
 else fail "plan --plot"; fi
-expect_error "plot not svg" "--plot" ".svg" -- "$DSACP" plan --preset tiny --hardware "$SRC/hardware/b200-nvlink8.json" --plot "$tmp/p.png"
+# PNG: a valid file (chunk CRCs, the zlib stream decodes to every scanline) with the chart's colours.
+if "$DSACP" plan --preset v32 --cp 8 --prefill 8192 --hardware "$SRC/hardware/b200-nvlink8.json" --plot "$tmp/p.png" \
+     >/dev/null && python3 -c "
+import struct, sys, zlib
+d = open(sys.argv[1], 'rb').read(); assert d[:8] == b'\x89PNG\r\n\x1a\n'
+i, idat, seen = 8, b'', []
+while i < len(d):
+    n = struct.unpack('>I', d[i:i + 4])[0]; t = d[i + 4:i + 8]; body = d[i + 8:i + 8 + n]
+    assert zlib.crc32(t + body) & 0xffffffff == struct.unpack('>I', d[i + 8 + n:i + 12 + n])[0], t
+    seen.append(t)
+    if t == b'IHDR': w, h, depth, ctype = struct.unpack('>IIBB', body[:10])
+    if t == b'PLTE': pal = [body[k:k + 3].hex() for k in range(0, n, 3)]
+    if t == b'IDAT': idat += body
+    i += 12 + n
+raw = zlib.decompress(idat)
+assert seen[0] == b'IHDR' and seen[-1] == b'IEND' and (depth, ctype) == (8, 3) and len(raw) == (w + 1) * h
+assert {'4878cf', 'ee854a', '6acc64', '000000', 'ffffff'} <= set(pal), pal
+used = set(raw[k] for k in range(len(raw)) if k % (w + 1))
+assert len(used) == len(pal), (used, pal)" "$tmp/p.png"; then
+  pass "plan --plot writes a PNG (decodes; the chart's colours used)"
+else fail "plan --plot PNG"; fi
+expect_error "plot neither svg nor png" "--plot" ".svg or .png" -- "$DSACP" plan --preset tiny --hardware "$SRC/hardware/b200-nvlink8.json" --plot "$tmp/p.jpg"
+[ ! -e "$tmp/p.jpg" ] && pass "no file for a refused plot" || fail "p.jpg written"
 if out=$("$DSACP" plan --preset v32-layer --layers 61 --context 153600 --cp 8 --prefill 153600 \
      --hardware "$SRC/hardware/b200-nvlink8.json") && grep -q '^TP, indexer rows split' <<<"$out" && grep -q '^CP zigzag' <<<"$out" \
      && grep -q '^dsa-cp o_proj tp' <<<"$out" && grep -q '^layer-shard q and o' <<<"$out"; then

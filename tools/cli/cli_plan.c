@@ -10,6 +10,7 @@
 #include "dsacp_plan.h"
 #include "kernels/kernels.h"
 #include "model/model.h"
+#include "plot.h"
 
 #include <cblas.h>
 #include <math.h>
@@ -123,15 +124,12 @@ static int calibrate(const char *path)
     return rc;
 }
 
-/* --plot FILE.svg: one horizontal bar per strategy, TPOT split into the attention layers' compute or
- * memory part and their communication part, and the KV per rank beside it. Written atomically. */
+/* --plot FILE.svg|png: one horizontal bar per strategy, TPOT split into the attention layers'
+ * compute or memory part and their communication part, and the KV per rank beside it; with
+ * --prefill one bar per prefill split. Written atomically. */
 static int write_plot(const char *path, const char *title, const variant *vs, const dsacp_plan_decode *r, const bool *ok,
                       int n, double layers, const char *const *plabel, const double *pttft, int np, int64_t P)
 {
-    char *text = NULL;
-    size_t len = 0;
-    FILE *f = open_memstream(&text, &len);
-    if (!f) return dsacp_error(DSACP_ENOMEM, "out of memory");
     /* the scale: the largest bar within 10x of the smallest; longer ones are cut (their value printed) */
     double tmin = 1e30, tmax = 0;
     for (int v = 0; v < n; v++)
@@ -140,44 +138,39 @@ static int write_plot(const char *path, const char *title, const variant *vs, co
         if (ok[v] && r[v].t_layer * layers <= 10 * tmin) tmax = fmax(tmax, r[v].t_layer * layers);
     const int W0 = 1000, row = 28, top = 60, left = 290, bw = 440;
     const int extra = np > 0 ? 50 + row * np : 0;
-    fprintf(f, "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%d\" height=\"%d\" font-family=\"sans-serif\" "
-               "font-size=\"12\">\n<rect width=\"100%%\" height=\"100%%\" fill=\"white\"/>\n"
-               "<text x=\"10\" y=\"22\" font-size=\"14\">%s</text>\n"
-               "<text x=\"10\" y=\"42\">attention time per output token (ms): compute or memory (blue) + communication "
-               "(orange); KV per rank per layer at the right</text>\n",
-            W0, top + row * n + 30 + extra, title);
+    plot *pl = plot_new(W0, top + row * n + 30 + extra);
+    if (!pl) return dsacp_error(DSACP_ENOMEM, "out of memory");
+    plot_text(pl, 10, 22, 14, "%s", title);
+    plot_text(pl, 10, 42, 12, "attention time per output token (ms): compute or memory (blue) + communication (orange); "
+                              "KV per rank per layer at the right");
     int y = top;
     for (int v = 0; v < n; v++) {
         if (!ok[v]) continue;
         const double a = fmax(r[v].t_compute, r[v].t_memory) * layers, c = r[v].t_comm * layers;
         const double cut = tmax > 0 && a + c > 1.1 * tmax ? 1.1 * tmax / (a + c) : 1.0;
         const double wa = tmax > 0 ? a * cut / tmax * bw : 0, wc = tmax > 0 ? c * cut / tmax * bw : 0;
-        fprintf(f, "<text x=\"10\" y=\"%d\">%s</text>\n", y + 16, vs[v].label);
-        fprintf(f, "<rect x=\"%d\" y=\"%d\" width=\"%.1f\" height=\"20\" fill=\"#4878cf\"/>\n", left, y + 2, wa);
-        fprintf(f, "<rect x=\"%.1f\" y=\"%d\" width=\"%.1f\" height=\"20\" fill=\"#ee854a\"/>\n", left + wa, y + 2, wc);
-        fprintf(f, "<text x=\"%.1f\" y=\"%d\">%.2f ms%s</text>\n", left + wa + wc + 6, y + 16, (a + c) * 1e3,
-                cut < 1 ? " (bar cut)" : "");
-        fprintf(f, "<text x=\"%d\" y=\"%d\">%.1f MB</text>\n", W0 - 70, y + 16, r[v].kv_bytes_per_rank / 1048576);
+        plot_text(pl, 10, y + 16, 12, "%s", vs[v].label);
+        plot_rect(pl, left, y + 2, wa, 20, 0x4878cf);
+        plot_rect(pl, left + wa, y + 2, wc, 20, 0xee854a);
+        plot_text(pl, left + wa + wc + 6, y + 16, 12, "%.2f ms%s", (a + c) * 1e3, cut < 1 ? " (bar cut)" : "");
+        plot_text(pl, W0 - 70, y + 16, 12, "%.1f MB", r[v].kv_bytes_per_rank / 1048576);
         y += row;
     }
     if (np > 0) {
         double pmax = 0;
         for (int i = 0; i < np; i++) pmax = fmax(pmax, pttft[i]);
         y += 20;
-        fprintf(f, "<text x=\"10\" y=\"%d\">prefill of a %lld-token prompt (TTFT of the attention layers, s)</text>\n", y + 10,
-                (long long)P);
+        plot_text(pl, 10, y + 10, 12, "prefill of a %lld-token prompt (TTFT of the attention layers, s)", (long long)P);
         y += 22;
         for (int i = 0; i < np; i++, y += row) {
             const double w = pmax > 0 ? pttft[i] / pmax * bw : 0;
-            fprintf(f, "<text x=\"10\" y=\"%d\">%s</text>\n", y + 16, plabel[i]);
-            fprintf(f, "<rect x=\"%d\" y=\"%d\" width=\"%.1f\" height=\"20\" fill=\"#6acc64\"/>\n", left, y + 2, w);
-            fprintf(f, "<text x=\"%.1f\" y=\"%d\">%.2f s</text>\n", left + w + 6, y + 16, pttft[i]);
+            plot_text(pl, 10, y + 16, 12, "%s", plabel[i]);
+            plot_rect(pl, left, y + 2, w, 20, 0x6acc64);
+            plot_text(pl, left + w + 6, y + 16, 12, "%.2f s", pttft[i]);
         }
     }
-    fprintf(f, "</svg>\n");
-    fclose(f);
-    int rc = dsacp_write_file_atomic(path, text, len);
-    free(text);
+    int rc = plot_write(pl, path);
+    plot_free(pl);
     return rc;
 }
 
@@ -492,8 +485,8 @@ int cli_plan(int argc, char **argv)
     }
     if ((s = cli_get(opts, "plot"))) {
         const size_t n = strlen(s);
-        if (n < 4 || strcmp(s + n - 4, ".svg")) {
-            fprintf(stderr, "dsacp plan: option '--plot' = '%s': an .svg file (PNG: convert the SVG, e.g. rsvg-convert)\n", s);
+        if (n < 5 || (strcmp(s + n - 4, ".svg") && strcmp(s + n - 4, ".png"))) {
+            fprintf(stderr, "dsacp plan: option '--plot' = '%s': an .svg or .png file\n", s);
             dsacp_model_free(m);
             if (js) fclose(js), free(jtext);
             return 2;

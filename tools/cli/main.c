@@ -84,13 +84,13 @@ static const cli_command commands[] = {
     {"plan", cli_plan,
      "(--model DIR | --preset NAME) --context L [--batch N] --cp W --hardware FILE.json [--json FILE]\n"
      "        [--numerics deployed|exact] [--lean-candidates F] [--layers N] [--prefill P] [--chunk C]\n"
-     "        [--ep N] [--plot F.svg];\n"
+     "        [--ep N] [--plot F.svg|F.png];\n"
      "        or under mpirun:\n"
      "        --calibrate FILE.json",
      "predict each decode strategy's bytes, calls, memory and time per layer (docs/planning.md)",
      "  --hardware FILE    a device profile: hardware/*.json (published figures) or one written by\n"
-     "                     --calibrate (this machine: sgemm peak, copy bandwidth, MPI all-gather\n"
-     "                     bandwidth and latency over the run's ranks)\n"
+     "                     --calibrate (this machine: sgemm peak, the rate decode's linear kernel\n"
+     "                     reads weights, MPI all-gather bandwidth and latency over the run's ranks)\n"
      "  --batch N          decode tokens per step, one per request (default 1)\n"
      "  --cp W             ranks (default 8); --context L cached positions per request (default 131072)\n"
      "  --preset v32       the whole DeepSeek-V3.2 (61 layers, 256 experts; planning only)\n"
@@ -98,7 +98,8 @@ static const cli_command commands[] = {
      "  --ep N             routed experts spread over N ranks (default: replicated when the whole\n"
      "                     model fits in half a rank's memory, else over the --cp ranks)\n"
      "  --weight-bytes N   bytes per stored weight value: 1 fp8, 2 bf16, 4 f32 (default by --numerics)\n"
-     "  --plot FILE.svg    a bar chart of the attention time per token and the KV per rank\n"
+     "  --plot FILE        a bar chart (.svg or .png) of the attention time per token and the KV\n"
+     "                     per rank, and with --prefill the TTFT per split\n"
      "  --prefill P        also the prefill of a fresh P-token prompt (TTFT): TP with the indexer\n"
      "                     replicated or its rows split, and the CP engine's splits\n"
      "  --chunk C          the chunked-prefill table: a C-token chunk after the context by each\n"
