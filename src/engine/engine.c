@@ -1136,31 +1136,63 @@ int dsacp_engine_report_notes(const dsacp_engine *e)
     {
         /* The planner's prediction of the engine's collectives against what they measured, every
          * rank (dsacp_engine_plan_comm). */
-        enum { P = DSACP_PHASE_COUNT, NP = 6 * DSACP_PHASE_COUNT + 1 };
+        /* and the memory: the KV bytes its live requests hold and (DSA-CP) the q_b_proj / o_proj
+         * bytes, planned (dsacp_plan_kv_bytes, dsacp_plan_weight_usage) and as the engine reports */
+        enum { P = DSACP_PHASE_COUNT, NM = 12, NP = 6 * DSACP_PHASE_COUNT + NM + 1 };
         int64_t mine[NP], *pall = calloc((size_t)W * NP, sizeof *pall);
         size_t *pb = malloc((size_t)W * sizeof *pb);
-        int prc = pall && pb ? DSACP_OK : dsacp_error(DSACP_ENOMEM, "out of memory");
+        int64_t *lens = malloc((size_t)(e->nreq > 0 ? e->nreq : 1) * sizeof *lens), nlive = 0;
+        int prc = pall && pb && lens ? DSACP_OK : dsacp_error(DSACP_ENOMEM, "out of memory");
         for (int p = 0; p < P; p++) {
             mine[6 * p + 0] = e->planned[p].calls, mine[6 * p + 1] = e->planned[p].bytes_sent, mine[6 * p + 2] = e->planned[p].bytes_recv;
             mine[6 * p + 3] = e->measured[p].calls, mine[6 * p + 4] = e->measured[p].bytes_sent, mine[6 * p + 5] = e->measured[p].bytes_recv;
         }
+        int64_t *mem = mine + 6 * P;
+        memset(mem, 0, NM * sizeof *mem);
+        if (!prc) {
+            for (int64_t i = 0; i < e->nreq; i++)
+                if (e->req[i].live) lens[nlive++] = e->req[i].length;
+            dsacp_plan_kv_bytes(e->cfg, o, W, e->cp.rank, lens, nlive, e->opt.block_size, e->pbase.latent_bytes, e->pbase.index_bytes,
+                                &mem[0], &mem[1]);
+            mem[2] = ku.latent_used_bytes, mem[3] = ku.index_used_bytes;
+            if (e->cp.wp) {
+                dsacp_weight_usage pu, eu;
+                const dsacp_weight *ow = e->attn[0].o;
+                dsacp_plan_weight_usage(e->cfg, o, W, e->cp.rank, ow->dtype, ow->block, &pu);
+                dsacp_engine_weight_usage(e, &eu);
+                mem[4] = pu.q_proj_resident, mem[5] = pu.o_proj_resident, mem[6] = pu.ring_bytes, mem[7] = pu.gather_bytes;
+                mem[8] = eu.q_proj_resident, mem[9] = eu.o_proj_resident, mem[10] = eu.ring_bytes, mem[11] = eu.gather_bytes;
+            }
+        }
+        free(lens);
         mine[NP - 1] = e->plan_lost;
         for (int q = 0; pb && q < W; q++) pb[q] = sizeof mine;
         if (!prc) prc = dsacp_comm_gatherv(e->comm, mine, sizeof mine, pall, pb, -1);
         if (!prc && e->cp.rank == 0) {
             bool match = true, lost = false;
             for (int q = 0; q < W; q++) {
-                const int64_t *r = pall + (size_t)q * NP;
+                const int64_t *r = pall + (size_t)q * NP, *m = r + 6 * P;
                 lost = lost || r[NP - 1];
                 for (int p = 0; p < P; p++)
                     for (int k = 0; k < 3; k++) match = match && r[6 * p + k] == r[6 * p + 3 + k];
+                match = match && m[0] == m[2] && m[1] == m[3];
+                for (int k = 4; k < 8; k++) match = match && m[k] == m[k + 4];
             }
             fprintf(f, ", \"plan\": {\"predicted\": \"every collective of the engine's steps from the planner's formulas "
-                       "(dsacp_plan_entries_comm), against the counters' growth during those steps\", \"tracked\": %s, \"matches\": %s, "
+                       "(dsacp_plan_entries_comm), against the counters' growth during those steps; the KV bytes of the live "
+                       "requests [latent, index] and (dsa-cp) q_b_proj / o_proj bytes [q resident, o resident, ring, gather] "
+                       "against the engine's\", \"tracked\": %s, \"matches\": %s, "
                        "\"ranks\": [", lost ? "false" : "true", match && !lost ? "true" : "false");
             for (int q = 0; q < W; q++) {
                 const int64_t *r = pall + (size_t)q * NP;
-                fprintf(f, "%s{\"rank\": %d, \"phases\": {", q ? ", " : "", q);
+                const int64_t *m = r + 6 * P;
+                fprintf(f, "%s{\"rank\": %d, \"kv\": {\"planned\": [%lld, %lld], \"engine\": [%lld, %lld]}", q ? ", " : "", q,
+                        (long long)m[0], (long long)m[1], (long long)m[2], (long long)m[3]);
+                if (e->cp.wp)
+                    fprintf(f, ", \"weights\": {\"planned\": [%lld, %lld, %lld, %lld], \"engine\": [%lld, %lld, %lld, %lld]}",
+                            (long long)m[4], (long long)m[5], (long long)m[6], (long long)m[7], (long long)m[8], (long long)m[9],
+                            (long long)m[10], (long long)m[11]);
+                fprintf(f, ", \"phases\": {");
                 for (int p = 0, first = 1; p < P; p++) {
                     const int64_t *x = r + 6 * p;
                     if (!x[0] && !x[1] && !x[2] && !x[3] && !x[4] && !x[5]) continue;

@@ -20,11 +20,13 @@ p = json.load(open(sys.argv[1]))['cp']['plan']
 assert p['tracked'] and len(p['ranks']) == int(sys.argv[2]), p
 n = 0
 for r in p['ranks']:
+    if r['kv']['planned'] != r['kv']['engine']: print('rank', r['rank'], 'kv', r['kv']); sys.exit(1)
+    if 'weights' in r and r['weights']['planned'] != r['weights']['engine']: print('rank', r['rank'], 'weights', r['weights']); sys.exit(1)
     for name, x in r['phases'].items():
         if x['planned'] != x['measured']: print('rank', r['rank'], name, x); sys.exit(1)
         n += x['measured'][0]
 assert p['matches']
-print('%d calls' % n)
+print('%d calls, KV %d B on rank 0' % (n, sum(p['ranks'][0]['kv']['engine'])))
 EOF
 for n in 2 4; do
   for cfg in "--decode-strategy exact-topk" "--decode-strategy allgather-kv --cp-interleave 3" \
@@ -37,7 +39,7 @@ for n in 2 4; do
       pass "W=$n $cfg: identical tokens"
     else fail "W=$n $cfg: $(tail -n 5 "$tmp/log")"; fi
     # The planner predicted every collective of the serving loop's steps, per rank and phase.
-    if r=$(python3 "$tmp/plan.py" "$tmp/rep.json" "$n"); then pass "W=$n $cfg: planner = counters ($r)"
+    if r=$(python3 "$tmp/plan.py" "$tmp/rep.json" "$n"); then pass "W=$n $cfg: planner = counters and memory ($r)"
     else fail "W=$n $cfg: planner vs counters: $r"; fi
   done
 done
