@@ -128,8 +128,13 @@ typedef struct dsacp_plan_decode {
     double flops;                       /* per rank per step */
     double weight_bytes, kv_read_bytes; /* bytes read from memory per rank per step */
     double kv_bytes_per_rank;           /* held, latent + indexer, this layer */
+    double calls_phase[DSACP_PHASE_COUNT];
     double t_compute, t_memory, t_comm; /* seconds: flops / peak, bytes / bandwidth, bytes / link + calls x latency */
-    double t_layer;                     /* max(t_compute, t_memory) + t_comm */
+    /* communication the engine overlaps with compute it runs meanwhile (non-blocking collectives):
+     * the candidates / lean's scores with W_UK's query rows, the prefill entries' all-gather with
+     * the query projection -- the smaller of the two times */
+    double t_hidden;
+    double t_layer;                     /* max(t_compute, t_memory) + t_comm - t_hidden */
 } dsacp_plan_decode;
 
 /* batch decode tokens (one per request) with `context` cached positions each, W ranks, the

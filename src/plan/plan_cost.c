@@ -84,7 +84,10 @@ int dsacp_plan_decode_layer(const dsacp_config *cfg_in, const dsacp_cp_options *
         if (!rc && recv > best) {
             best = recv;
             out->recv_bytes = recv, out->sent_bytes = sent, out->calls = calls;
-            for (int p = 0; p < DSACP_PHASE_COUNT; p++) out->recv_phase[p] = p == DSACP_PHASE_control ? 0 : (double)c[p].bytes_recv;
+            for (int p = 0; p < DSACP_PHASE_COUNT; p++) {
+                out->recv_phase[p] = p == DSACP_PHASE_control ? 0 : (double)c[p].bytes_recv;
+                out->calls_phase[p] = p == DSACP_PHASE_control ? 0 : (double)c[p].calls;
+            }
         }
     }
     free(ctx), free(req);
@@ -121,7 +124,15 @@ int dsacp_plan_decode_layer(const dsacp_config *cfg_in, const dsacp_cp_options *
     const bool net = W > hw->ranks_per_node;
     const double bw = net ? hw->net_bw : hw->link_bw, lat = (net ? hw->net_latency_us : hw->link_latency_us) * 1e-6;
     out->t_comm = W > 1 ? out->recv_bytes / bw + out->calls * lat : 0;
-    out->t_layer = fmax(out->t_compute, out->t_memory) + out->t_comm;
+    /* overlap (cp_exact_topk.c, cp_lean.c): the candidates (lean: the scores) travel while W_UK
+     * absorbs the query rows of this rank's heads (lean: every head) */
+    if (W > 1 && (cp->decode == DSACP_DECODE_EXACT_TOPK || lean)) {
+        const double p = DSACP_PHASE_index_candidates, mac_uk = Hq * (double)nope * (double)dc;
+        const double t_cand = out->recv_phase[(int)p] / bw + out->calls_phase[(int)p] * lat;
+        const double t_uk = fmax(2 * B * mac_uk / peak, wb * mac_uk / hw->mem_bw);
+        out->t_hidden = fmin(t_cand, t_uk);
+    }
+    out->t_layer = fmax(out->t_compute, out->t_memory) + out->t_comm - out->t_hidden;
     return DSACP_OK;
 }
 
@@ -175,7 +186,7 @@ int dsacp_plan_prefill_layer(const dsacp_config *cfg_in, const dsacp_cp_options 
     const double ql = (double)cfg.q_lora_rank, Wd = (double)W, Pd = (double)P;
     const dsacp_kv_dtype kvd = deployed ? DSACP_KV_FP8 : DSACP_KV_F32;
     const int64_t lat_b = dsacp_mla_cache_bytes_per_token(&cfg, kvd), idx_b = dsacp_index_cache_bytes_per_token(&cfg, kvd);
-    double scored, attended, tokens;
+    double scored, attended, tokens, q_macs = 0;
     const double Hs = ceil(H / Wd);
     if (mode == DSACP_PLAN_PREFILL_CP) {
         prefill_work(cp, W, 0, P, cfg.index_topk, mode, &scored, &attended, &tokens);
@@ -198,6 +209,7 @@ int dsacp_plan_prefill_layer(const dsacp_config *cfg_in, const dsacp_cp_options 
             const double recv = (double)c[DSACP_PHASE_prefill_kv].bytes_recv;
             if (recv > best) best = recv, out->recv_bytes = recv, out->calls = (double)c[DSACP_PHASE_prefill_kv].calls;
         }
+        q_macs = tokens * ql * H * dq; /* the query projection the entries' all-gather overlaps */
     } else {
         /* TP: every rank runs every token with its heads; the indexer whole (replicated) or its
          * rows split (TensorRT-LLM), then the selected positions all-gathered */
@@ -225,11 +237,16 @@ int dsacp_plan_prefill_layer(const dsacp_config *cfg_in, const dsacp_cp_options 
     const bool net = W > hw->ranks_per_node;
     const double bw = net ? hw->net_bw : hw->link_bw, lat = (net ? hw->net_latency_us : hw->link_latency_us) * 1e-6;
     out->t_comm = W > 1 ? out->recv_bytes / bw + out->calls * lat : 0;
-    out->t_layer = fmax(out->t_compute, out->t_memory) + out->t_comm;
+    if (W > 1 && q_macs > 0) /* the entries (one call) travel during the query projection (cp_layer.c) */
+        out->t_hidden = fmin(out->recv_bytes / bw + lat, fmax(2 * q_macs / peak, (deployed ? 1 : 2) * ql * H * dq / hw->mem_bw));
+    out->t_layer = fmax(out->t_compute, out->t_memory) + out->t_comm - out->t_hidden;
     return DSACP_OK;
 }
 
-static void link_time(const dsacp_hw *hw, int64_t W, dsacp_plan_decode *out, bool deployed)
+/* Times of a chunk's layer; `overlap_bytes` travel in one call during `overlap_macs` of the query
+ * projection (`qparams` weights): the prefill path's entry all-gather (cp_layer.c). */
+static void link_time(const dsacp_hw *hw, int64_t W, dsacp_plan_decode *out, bool deployed, double overlap_bytes,
+                      double overlap_macs, double qparams)
 {
     const double peak = deployed ? hw->flops_fp8 : hw->flops_bf16;
     out->t_compute = out->flops / peak;
@@ -237,7 +254,9 @@ static void link_time(const dsacp_hw *hw, int64_t W, dsacp_plan_decode *out, boo
     const bool net = W > hw->ranks_per_node;
     const double bw = net ? hw->net_bw : hw->link_bw, lat = (net ? hw->net_latency_us : hw->link_latency_us) * 1e-6;
     out->t_comm = W > 1 ? out->recv_bytes / bw + out->calls * lat : 0;
-    out->t_layer = fmax(out->t_compute, out->t_memory) + out->t_comm;
+    if (W > 1 && overlap_macs > 0)
+        out->t_hidden = fmin(overlap_bytes / bw + lat, fmax(2 * overlap_macs / peak, (deployed ? 1 : 2) * qparams / hw->mem_bw));
+    out->t_layer = fmax(out->t_compute, out->t_memory) + out->t_comm - out->t_hidden;
 }
 
 int dsacp_plan_chunk_layer(const dsacp_config *cfg_in, const dsacp_cp_options *cp_in, int64_t W, int64_t context,
@@ -277,6 +296,7 @@ int dsacp_plan_chunk_layer(const dsacp_config *cfg_in, const dsacp_cp_options *c
         if (recv > best) best = recv, out->recv_bytes = recv, out->calls = calls;
     }
     const double rb = out->recv_bytes, calls = out->calls;
+    double ov_bytes = 0, ov_macs = 0, qparams = 0;
     if (dist) {
         /* every token on every rank through the decode strategy: the decode layer's work for a
          * batch of `chunk` tokens at the chunk's mean context (index and attention work are
@@ -301,10 +321,17 @@ int dsacp_plan_chunk_layer(const dsacp_config *cfg_in, const dsacp_cp_options *c
         /* the gathered context's index keys once for the chunk, the winners' latent rows per token */
         out->kv_read_bytes = (double)(context + chunk) * (double)idx_b + attended * (double)lat_b;
         out->kv_bytes_per_rank = (double)context * (double)(lat_b + idx_b); /* the transient gathered views */
+        ov_bytes = (double)(chunk - (int64_t)tokens) * (double)(lat_b + idx_b); /* the other ranks' new entries */
+        ov_macs = tokens * ql * H * dq, qparams = ql * H * dq;
     }
-    out->recv_bytes = rb, out->calls = calls;
-    for (int p = 0; p < DSACP_PHASE_COUNT; p++) out->recv_phase[p] = 0;
-    link_time(hw, W, out, deployed);
+    const double hidden_dist = out->t_hidden;
+    out->recv_bytes = rb, out->calls = calls, out->t_hidden = 0;
+    for (int p = 0; p < DSACP_PHASE_COUNT; p++) out->recv_phase[p] = out->calls_phase[p] = 0;
+    link_time(hw, W, out, deployed, ov_bytes, ov_macs, qparams);
+    if (dist) { /* the decode strategy's overlap, as in a decode step of the chunk's tokens */
+        out->t_hidden = fmin(hidden_dist, out->t_comm);
+        out->t_layer = fmax(out->t_compute, out->t_memory) + out->t_comm - out->t_hidden;
+    }
     return DSACP_OK;
 }
 
@@ -377,7 +404,7 @@ int dsacp_plan_decode_model(const dsacp_config *cfg, const dsacp_cp_options *cp,
     dsacp_plan_decode *l = &out->layer;
     l->weight_bytes *= wb / wb0;
     l->t_memory = (l->weight_bytes + l->kv_read_bytes) / hw->mem_bw;
-    l->t_layer = fmax(l->t_compute, l->t_memory) + l->t_comm;
+    l->t_layer = fmax(l->t_compute, l->t_memory) + l->t_comm - l->t_hidden;
     const double D = (double)cfg->hidden_size, V = (double)cfg->vocab_size, nl = (double)cfg->num_hidden_layers;
     out->t_attention = l->t_layer * nl;
     out->ep = ep;

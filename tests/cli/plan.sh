@@ -64,6 +64,10 @@ assert r['ep']==8 and r['layers']==61 and r['chunk_tokens']==1024
 tp=s['TP, no CP (caches replicated)']; ex=s['exact-topk ag_rs (vLLM)']
 assert not tp['fits'] and ex['fits'] and 70e9 < ex['weights_per_rank'] < 100e9, (tp['held_per_rank'], ex['weights_per_rank'])
 assert all(x['tpot_model'] > x['tpot'] and x['t_moe_comm'] > 0 for x in s.values())
+# overlap where the engine overlaps (candidates / lean's scores with W_UK), none for TP's all-reduce
+assert ex['t_hidden'] > 0 and s['lean values a2a']['t_hidden'] > 0 and tp['t_hidden'] == 0
+assert abs(sum(p['recv_bytes'] for p in ex['phases'].values()) - ex['recv_bytes_per_token'] * 8) < 8
+assert sum(p['calls'] for p in ex['phases'].values()) == ex['calls'] and ex['phases']['index_candidates']['calls'] == 1
 c={x['strategy']: x for x in r['chunk']}['exact-topk ag_rs (vLLM)']
 assert c['gather']['recv_bytes'] > 0 and c['distributed']['recv_bytes'] > 0 and c['auto'] in ('gather', 'distributed')" "$tmp/v.json"; then
   pass "plan --preset v32: whole model, expert parallelism, memory per rank, chunk paths"

@@ -276,8 +276,8 @@ int cli_plan(int argc, char **argv)
            "(experts %s) + lm_head; held: batch x KV + weights per rank for the %lld layers ('!' beyond 90%% of the memory)\n",
            ep > 1 ? "spread over ranks, --ep" : "replicated", (long long)layers);
     if (ep > 1) printf("expert parallelism over %lld ranks\n", (long long)ep);
-    printf("%-40s %10s %6s %9s %10s %9s %9s %9s %9s %10s %10s %9s\n", "strategy", "KB/token", "calls", "KV MB", "weights MB",
-           "compute", "memory", "comm", "layer", "x layers", "model", "held GB");
+    printf("%-40s %10s %6s %9s %10s %9s %9s %9s %9s %9s %10s %10s %9s\n", "strategy", "KB/token", "calls", "KV MB",
+           "weights MB", "compute", "memory", "comm", "hidden", "layer", "x layers", "model", "held GB");
     if (js)
         fprintf(js, "{\"context\": %lld, \"batch\": %lld, \"world\": %lld, \"numerics\": \"%s\", \"hardware\": \"%s\", "
                     "\"mem_bytes\": %.4g, \"layers\": %lld, \"ep\": %lld, \"strategies\": [", (long long)L, (long long)B,
@@ -298,19 +298,31 @@ int cli_plan(int argc, char **argv)
         r[v] = pm.layer;
         okv[v] = true;
         const double held = (double)B * r[v].kv_bytes_per_rank * (double)layers + pm.weights_per_rank;
-        printf("%-40s %10.1f %6.0f %9.2f %10.1f %7.1fus %7.1fus %7.1fus %7.1fus %8.2fms %8.2fms %8.1f%s\n", variants[v].label,
-               r[v].recv_bytes / 1024 / (double)B, r[v].calls, r[v].kv_bytes_per_rank / 1048576, r[v].weight_bytes / 1048576,
-               r[v].t_compute * 1e6, r[v].t_memory * 1e6, r[v].t_comm * 1e6, r[v].t_layer * 1e6, r[v].t_layer * 1e3 * (double)layers,
-               pm.tpot * 1e3, held / 1e9, held > 0.9 * hw.mem_bytes ? "!" : "");
+        printf("%-40s %10.1f %6.0f %9.2f %10.1f %7.1fus %7.1fus %7.1fus %7.1fus %7.1fus %8.2fms %8.2fms %8.1f%s\n",
+               variants[v].label, r[v].recv_bytes / 1024 / (double)B, r[v].calls, r[v].kv_bytes_per_rank / 1048576,
+               r[v].weight_bytes / 1048576, r[v].t_compute * 1e6, r[v].t_memory * 1e6, r[v].t_comm * 1e6, r[v].t_hidden * 1e6,
+               r[v].t_layer * 1e6, r[v].t_layer * 1e3 * (double)layers, pm.tpot * 1e3, held / 1e9,
+               held > 0.9 * hw.mem_bytes ? "!" : "");
         if (js)
             fprintf(js, "%s{\"strategy\": \"%s\", \"recv_bytes_per_token\": %.0f, \"calls\": %.0f, \"kv_bytes_per_rank\": %.0f, "
                         "\"weight_bytes\": %.0f, \"flops\": %.4g, \"t_compute\": %.4g, \"t_memory\": %.4g, \"t_comm\": %.4g, "
-                        "\"t_layer\": %.4g, \"tpot\": %.4g, \"tpot_model\": %.4g, \"t_mlp\": %.4g, \"t_moe_comm\": %.4g, "
-                        "\"t_head\": %.4g, \"weights_per_rank\": %.0f, \"held_per_rank\": %.0f, \"fits\": %s}",
+                        "\"t_hidden\": %.4g, \"t_layer\": %.4g, \"tpot\": %.4g, \"tpot_model\": %.4g, \"t_mlp\": %.4g, \"t_moe_comm\": %.4g, "
+                        "\"t_head\": %.4g, \"weights_per_rank\": %.0f, \"held_per_rank\": %.0f, \"fits\": %s",
                     v ? ", " : "", variants[v].label, r[v].recv_bytes / (double)B, r[v].calls, r[v].kv_bytes_per_rank,
-                    r[v].weight_bytes, r[v].flops, r[v].t_compute, r[v].t_memory, r[v].t_comm, r[v].t_layer,
+                    r[v].weight_bytes, r[v].flops, r[v].t_compute, r[v].t_memory, r[v].t_comm, r[v].t_hidden, r[v].t_layer,
                     r[v].t_layer * (double)layers, pm.tpot, pm.t_mlp, pm.t_moe_comm, pm.t_head, pm.weights_per_rank, held,
                     held <= 0.9 * hw.mem_bytes ? "true" : "false");
+        if (js) {
+            /* per collective phase on the busiest rank, per layer: calls and bytes received */
+            fprintf(js, ", \"phases\": {");
+            for (int p = 0, first = 1; p < DSACP_PHASE_COUNT; p++) {
+                if (r[v].calls_phase[p] == 0 && r[v].recv_phase[p] == 0) continue;
+                fprintf(js, "%s\"%s\": {\"calls\": %.0f, \"recv_bytes\": %.0f}", first ? "" : ", ", dsacp_comm_phase_name(p),
+                        r[v].calls_phase[p], r[v].recv_phase[p]);
+                first = 0;
+            }
+            fprintf(js, "}}");
+        }
         if (best < 0 || r[v].t_layer < tbest) best = v, tbest = r[v].t_layer;
     }
     if (best >= 0) {
