@@ -212,6 +212,10 @@ typedef struct dsacp_cp_options {
     dsacp_partials_dtype partials;     /* default auto */
     dsacp_context_path context_path;   /* default gather */
     dsacp_merge_backend merge_backend; /* default ag_rs */
+    /* auto: a `dsacp plan` hardware profile (a file of hardware/) -- the path is chosen by the time
+     * the planner predicts on it (dsacp_plan_context_distributed) instead of by bytes; read when
+     * the engine is created. NULL (default): bytes. */
+    const char *context_hardware;
 } dsacp_cp_options;
 
 void dsacp_cp_options_default(dsacp_cp_options *opt);

@@ -14,6 +14,8 @@
 extern "C" {
 #endif
 
+struct dsacp_hw; /* a hardware profile (below) */
+
 /* A step of the engine as the planner sees it, on one rank. */
 typedef struct dsacp_plan_step {
     int64_t W, rank;
@@ -54,6 +56,7 @@ typedef struct dsacp_plan_step {
     bool want_topk;
     int64_t lean_owned_winners;
     bool want_logits; /* rank 0 asks for logits: the prefill rows' hidden states travel to it */
+    const struct dsacp_hw *context_hw; /* the profile of --context-path auto's time rule (or NULL) */
     bool logits_last; /* only each entry's last token's row (dsacp_engine_step_last) */
 } dsacp_plan_step;
 
@@ -76,6 +79,15 @@ void dsacp_plan_context_rule(const dsacp_config *cfg, const dsacp_cp_options *cp
  * *tp_f32 when DSA-CP's tp shards are kept in f32 for the same reason. */
 void dsacp_plan_o_paths(const dsacp_config *cfg, const dsacp_cp_options *cp, int64_t W, dsacp_dtype dtype, int64_t block,
                         bool *gather_v, bool *tp_f32);
+
+/* The context path of a chunk of n_new tokens after old_len positions on a sharded context, as
+ * the engine decides it (cp->context_path; auto: the byte rule above, or with a hardware profile
+ * -- cp->context_hardware loaded -- the path dsacp_plan_chunk_layer prices faster on it). The
+ * engine and dsacp_plan_entries_comm both call this. DSACP_ENOMEM when planning the times fails
+ * (the engine then stops the step on every rank). */
+int dsacp_plan_context_distributed(const dsacp_config *cfg, const dsacp_cp_options *cp, int64_t W, int64_t latent_bytes,
+                                   int64_t index_bytes, bool deployed, bool o_gather_v, bool o_tp_f32, const struct dsacp_hw *hw,
+                                   int64_t old_len, int64_t n_new, bool *distributed);
 
 /* One entry of a step as dsacp_engine_step receives it: its request's cached positions before
  * the step and the new tokens. */

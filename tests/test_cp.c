@@ -1144,6 +1144,16 @@ static dsacp_cp_stats run_long(const dsacp_model *m, const dsacp_engine_options 
         }
     }
     st = stats_sum(e[1]);
+    {
+        /* the engine's own plan of these steps (chunks by their context path) = its counters */
+        dsacp_comm_counter pl[DSACP_PHASE_COUNT], me[DSACP_PHASE_COUNT];
+        CHECK_OK(dsacp_engine_plan_comm(e[1], pl, me));
+        for (int p = 0; p < DSACP_PHASE_COUNT; p++)
+            CHECKF(pl[p].calls == me[p].calls && pl[p].bytes_sent == me[p].bytes_sent && pl[p].bytes_recv == me[p].bytes_recv,
+                   "%s W=%d rank %d phase %s: planned %lld %lld %lld, measured %lld %lld %lld", what, g_W, g_rank,
+                   dsacp_comm_phase_name(p), (long long)pl[p].calls, (long long)pl[p].bytes_sent, (long long)pl[p].bytes_recv,
+                   (long long)me[p].calls, (long long)me[p].bytes_sent, (long long)me[p].bytes_recv);
+    }
     if (g_rank == 0) {
         CHECKF(diff == 0 && worst <= tol && cosd <= cos_tol, "%s W=%d: %lld selected positions differ, logits max rel "
                "%.3g, cos diff %.3g", what, g_W, (long long)diff, worst, cosd);
@@ -1272,6 +1282,96 @@ static void test_context_paths(const dsacp_model *m)
                            (long long)st.context_gather, (long long)st.context_distributed);
                 }
             }
+}
+
+/* --context-path auto with a hardware profile: the path the planner prices faster on it. The
+ * profiles span the two sides (link-bound: bytes decide; compute-bound: the distributed path's
+ * replicated compute loses); every choice gives W = 1's results and the planner predicts every
+ * collective, the choices included. */
+static void test_context_hardware(const dsacp_model *m)
+{
+    dsacp_engine_options eo;
+    dsacp_engine_options_default(&eo);
+    eo.block_size = 16;
+    eo.num_blocks = 64;
+    char *dir = tu_tempdir();
+    char prof[3][4200];
+    static const char *const fig[3] = {
+        /* slow links, instant rounds, fast compute: bytes decide */
+        "\"flops_bf16\": 1e15, \"flops_fp8\": 1e15, \"mem_bw\": 1e13, \"link_bw\": 1e6, \"link_latency_us\": 1e-3",
+        /* slow compute and memory, fast links: replicating the chunk's projections loses */
+        "\"flops_bf16\": 1e6, \"flops_fp8\": 1e6, \"mem_bw\": 1e6, \"link_bw\": 1e13, \"link_latency_us\": 1e-3",
+        "\"flops_bf16\": 9.89e14, \"flops_fp8\": 1.979e15, \"mem_bw\": 4.8e12, \"link_bw\": 4.5e11, \"link_latency_us\": 8"};
+    for (int i = 0; i < 3; i++) {
+        snprintf(prof[i], sizeof prof[i], "%s/hw%d.json", dir, i); /* each rank its own copy */
+        FILE *f = fopen(prof[i], "w");
+        REQUIRE_OK(f ? DSACP_OK : DSACP_EIO);
+        fprintf(f, "{\"name\": \"test %d\", \"source\": \"test_cp\", %s, \"mem_bytes\": 1e11, \"ranks_per_node\": 8, "
+                   "\"net_bw\": 1e9, \"net_latency_us\": 10}\n", i, fig[i]);
+        fclose(f);
+    }
+    int64_t gathered = 0, distributed = 0;
+    for (int k = 0; k < 2; k++) {
+        dsacp_cp_options cp;
+        dsacp_cp_options_default(&cp);
+        cp.context_path = DSACP_CONTEXT_AUTO;
+        cp.decode = k ? DSACP_DECODE_LEAN : DSACP_DECODE_EXACT_TOPK;
+        cp.lean_factor = 1.25;
+        char what[96];
+        snprintf(what, sizeof what, "context auto by bytes, %s", dsacp_decode_strategy_name(cp.decode));
+        const dsacp_cp_stats bytes = run_long(m, &eo, &cp, what, 1e-5, 1e-10);
+        for (int i = 0; i < 3; i++) {
+            cp.context_hardware = prof[i];
+            snprintf(what, sizeof what, "context auto on profile %d, %s", i, dsacp_decode_strategy_name(cp.decode));
+            const dsacp_cp_stats st = run_long(m, &eo, &cp, what, 1e-5, 1e-10);
+            gathered += st.context_gather, distributed += st.context_distributed;
+            /* link-bound: the path whose exact bytes (the planner's, busiest rank) are fewer for
+             * each of run_long's two chunks (77 tokens after 131, 29 after 45) -- not always the
+             * byte rule's pick, whose per-token figure is the long-context one; compute-bound:
+             * never the distributed path */
+            if (g_W > 1 && i == 0) {
+                dsacp_hw hw;
+                REQUIRE_OK(dsacp_hw_load(prof[0], &hw));
+                static const int64_t ch[2][2] = {{131, 77}, {45, 29}};
+                int64_t want = 0;
+                for (int c = 0; c < 2; c++) {
+                    dsacp_cp_options c2 = cp;
+                    dsacp_plan_decode g, d;
+                    bool dg, dd;
+                    c2.context_path = DSACP_CONTEXT_GATHER;
+                    CHECK_OK(dsacp_plan_chunk_layer(dsacp_model_config(m), &c2, g_W, ch[c][0], ch[c][1], false, &hw, &g, &dg));
+                    c2.context_path = DSACP_CONTEXT_DISTRIBUTED;
+                    CHECK_OK(dsacp_plan_chunk_layer(dsacp_model_config(m), &c2, g_W, ch[c][0], ch[c][1], false, &hw, &d, &dd));
+                    want += d.recv_bytes < g.recv_bytes;
+                }
+                CHECKF(st.context_distributed == want * g_W && st.context_gather == (2 - want) * g_W,
+                       "%s W=%d: %lld chunks gathered, %lld distributed; fewer bytes distributed for %lld of 2 (by the "
+                       "byte rule: %lld, %lld)", what, g_W, (long long)st.context_gather, (long long)st.context_distributed,
+                       (long long)want, (long long)bytes.context_gather, (long long)bytes.context_distributed);
+            }
+            if (g_W > 1 && i == 1)
+                CHECKF(st.context_gather > 0 && st.context_distributed == 0, "%s W=%d: %lld chunks gathered, %lld distributed",
+                       what, g_W, (long long)st.context_gather, (long long)st.context_distributed);
+        }
+    }
+    if (g_W > 1) CHECKF(distributed > 0 && gathered > 0, "W=%d: %lld gathered, %lld distributed", g_W, (long long)gathered,
+                        (long long)distributed);
+    if (g_rank == 0) printf("context auto by planned time: %lld chunks gathered, %lld distributed (summed over ranks)\n",
+                            (long long)gathered, (long long)distributed);
+    /* a profile with a missing field, or without auto: refused on every rank, naming the file */
+    dsacp_cp_options cp;
+    dsacp_cp_options_default(&cp);
+    cp.context_path = DSACP_CONTEXT_AUTO;
+    char bad[4300];
+    snprintf(bad, sizeof bad, "%s/none.json", dir);
+    cp.context_hardware = bad;
+    dsacp_engine *e = NULL;
+    CHECK(dsacp_engine_create_cp(m, &eo, &cp, g_world, &e) != DSACP_OK && !e && strstr(dsacp_last_error(), "none.json"));
+    cp.context_path = DSACP_CONTEXT_GATHER;
+    cp.context_hardware = prof[0];
+    CHECK(dsacp_engine_create_cp(m, &eo, &cp, g_world, &e) == DSACP_EINVAL && !e);
+    tu_rmtree(dir);
+    free(dir);
 }
 
 /* The distributed path through the other strategies and through DSA-CP + DCP's weight plans. */
@@ -1586,6 +1686,7 @@ int main(int argc, char **argv)
     test_lean_deployed();
     test_context_paths(m);
     test_context_paths_more(m);
+    test_context_hardware(m);
     test_counters_distributed(m, &eo);
     test_counters_splits(m, &eo);
     test_a2a(m);

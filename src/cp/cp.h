@@ -51,6 +51,7 @@ typedef struct dsacp_cp_ctx {
      * candidates): seconds of compute done while one was in flight, and seconds then spent
      * waiting for it (dsacp_engine_overlap). */
     double ovl_compute, ovl_wait;
+    struct dsacp_hw *hw;         /* --context-path auto's profile (cp options' context_hardware), or NULL */
     char *ctx_choices;           /* per step with a sharded-context chunk: g(ather), d(istributed), m(ixed) */
     int64_t nctx_choices, capctx_choices;
 } dsacp_cp_ctx;

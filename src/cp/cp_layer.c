@@ -76,11 +76,13 @@ int dsacp_cp_step_build(dsacp_cp_ctx *cp, dsacp_cp_step *st, dsacp_cp_step_mem *
     for (int64_t e = 0; e < n_ent && sharded; e++) {
         const int64_t nn = st->new_len[e] - st->old_len[e];
         if (m->decode[e] || st->old_len[e] == 0 || nn < 1) continue;
-        bool dist = cp->opt.context_path == DSACP_CONTEXT_DISTRIBUTED;
-        if (cp->opt.context_path == DSACP_CONTEXT_AUTO) {
-            double g, per;
-            dsacp_cp_context_rule(cp, st->old_len[e], &g, &per);
-            dist = (double)nn * per < g;
+        bool dist = false;
+        int drc = dsacp_plan_context_distributed(cp->cfg, &cp->opt, cp->W, (int64_t)cp->lat->mla_bytes,
+                                                 (int64_t)cp->idx->index_bytes, cp->deployed, cp->o_gather_v,
+                                                 cp->wp && cp->wp->tp_f32, cp->hw, st->old_len[e], nn, &dist);
+        if (drc) { /* agreed by the caller: every rank stops the step */
+            dsacp_cp_step_free(m);
+            return drc;
         }
         m->decode[e] = dist;
         if (dist) cp->stats.context_distributed++;

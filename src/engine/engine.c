@@ -144,6 +144,7 @@ void dsacp_engine_free(dsacp_engine *e)
     }
     dsacp_cp_weights_free(e->cp.wp);
     free(e->cp.ctx_choices);
+    free(e->cp.hw);
     dsacp_comm_free(e->cp.icomm_own);
     if (e->icache != e->cache) dsacp_kv_cache_free(e->icache);
     dsacp_kv_cache_free(e->cache);
@@ -167,6 +168,7 @@ void dsacp_cp_options_default(dsacp_cp_options *opt)
     opt->lean_merge = DSACP_LEAN_MERGE_OUTPUT;
     opt->partials = DSACP_PARTIALS_AUTO;
     opt->context_path = DSACP_CONTEXT_GATHER;
+    opt->context_hardware = NULL;
     opt->merge_backend = DSACP_MERGE_AG_RS;
 }
 
@@ -297,8 +299,15 @@ static int setup_cp(dsacp_engine *e, const dsacp_cp_options *cp)
     const int64_t H = cfg->num_attention_heads, dv = cfg->v_head_dim;
     e->cp.comm = e->comm;
     e->cp.W = W;
+    if (cp->context_hardware) { /* --context-path auto by the planner's time on this profile */
+        e->cp.hw = malloc(sizeof *e->cp.hw);
+        if (!e->cp.hw) return dsacp_error(DSACP_ENOMEM, "out of memory");
+        int hrc = dsacp_hw_load(cp->context_hardware, e->cp.hw);
+        if (hrc) return hrc;
+    }
     e->cp.rank = me;
     e->cp.opt = *cp;
+    e->cp.opt.context_hardware = NULL; /* read into cp.hw above; the caller's string need not outlive this */
     e->cp.lat = e->cache;
     e->cp.idx = e->icache;
     e->cp.block_size = e->opt.block_size;
@@ -372,6 +381,9 @@ static int check_options(const dsacp_config *cfg, const dsacp_engine_options *op
         (unsigned)cp->lean_merge > 1 || (unsigned)cp->partials > 1 || (unsigned)cp->context_path > 2 ||
         (unsigned)cp->merge_backend > 1)
         return dsacp_error(DSACP_EINVAL, "unknown context-parallel option value");
+    if (cp->context_hardware && cp->context_path != DSACP_CONTEXT_AUTO)
+        return dsacp_error(DSACP_EINVAL, "--context-hardware %s: belongs to '--context-path auto' (the path is %s)",
+                           cp->context_hardware, dsacp_context_path_name(cp->context_path));
     if (!(cp->lean_factor >= 1.0 && cp->lean_factor <= 1024.0))
         return dsacp_error(DSACP_EINVAL, "--lean-candidates %g: must be in [1, 1024] (times index_topk / W scores "
                            "per rank)", cp->lean_factor);
@@ -427,6 +439,7 @@ static int plan_setup(dsacp_engine *e)
     b->index_bytes = dsacp_index_cache_bytes_per_token(cfg, b->deployed ? DSACP_KV_FP8 : DSACP_KV_F32);
     const dsacp_weight *o = e->attn[0].o;
     dsacp_plan_o_paths(cfg, cp, W, o->dtype, o->block, &b->o_gather_v, &b->o_tp_f32);
+    b->context_hw = e->cp.hw;
     if (cp->mode != DSACP_CP_DSA_CP) return DSACP_OK;
     const int64_t L = e->L, H = cfg->num_attention_heads, dv = cfg->v_head_dim;
     e->pq = calloc((size_t)L, sizeof *e->pq), e->po = calloc((size_t)L, sizeof *e->po);
@@ -1109,10 +1122,14 @@ int dsacp_engine_report_notes(const dsacp_engine *e)
     {
         double g = 0, per = 0;
         if (e->cp.lat && e->cp.idx) dsacp_cp_context_rule(&e->cp, 1, &g, &per);
-        fprintf(f, ", \"context_path\": \"%s\", \"context_rule\": \"distributed when new tokens x per-token bytes < "
-                   "gather bytes per context token x context length\", \"context_gather_bytes_per_context_token\": %.1f, "
+        if (e->cp.hw)
+            fprintf(f, ", \"context_hardware\": \"%s\"", e->cp.hw->name);
+        fprintf(f, ", \"context_path\": \"%s\", \"context_rule\": \"%s\", \"context_gather_bytes_per_context_token\": %.1f, "
                    "\"context_distributed_bytes_per_query_token\": %.1f, \"context_choices\": \"%s\"",
-                dsacp_context_path_name(o->context_path), g, per, e->cp.ctx_choices ? e->cp.ctx_choices : "");
+                dsacp_context_path_name(o->context_path),
+                e->cp.hw ? "distributed when the planner's time of the layer on context_hardware is lower"
+                         : "distributed when new tokens x per-token bytes < gather bytes per context token x context length",
+                g, per, e->cp.ctx_choices ? e->cp.ctx_choices : "");
     }
     if (o->decode == DSACP_DECODE_LEAN)
         fprintf(f, ", \"dcp_comm_backend\": \"%s\"", dsacp_merge_backend_name(o->merge_backend));

@@ -301,14 +301,9 @@ int dsacp_plan_entries_comm(const dsacp_config *cfg, const dsacp_cp_options *cp,
     s.nd = s.nreq = s.npre = 0;
     for (int64_t e = 0; e < n && !rc; e++) {
         bool dec = !dsa_cp_only && ent[e].n_new == 1;
-        if (!dec && sharded && ent[e].old_len > 0 && ent[e].n_new >= 1) {
-            if (cp->context_path == DSACP_CONTEXT_DISTRIBUTED) dec = true;
-            else if (cp->context_path == DSACP_CONTEXT_AUTO) {
-                double g, per;
-                dsacp_plan_context_rule(cfg, cp, W, s.latent_bytes, s.index_bytes, s.deployed, s.o_gather_v, ent[e].old_len, &g, &per);
-                dec = (double)ent[e].n_new * per < g;
-            }
-        }
+        if (!dec && sharded && ent[e].old_len > 0 && ent[e].n_new >= 1)
+            rc = dsacp_plan_context_distributed(cfg, cp, W, s.latent_bytes, s.index_bytes, s.deployed, s.o_gather_v, s.o_tp_f32,
+                                                s.context_hw, ent[e].old_len, ent[e].n_new, &dec);
         if (dec) {
             for (int64_t j = 0; j < ent[e].n_new; j++) ctx[s.nd] = ent[e].old_len + j, req[s.nd++] = s.nreq;
             rold[s.nreq++] = ent[e].old_len;

@@ -259,8 +259,11 @@ static void link_time(const dsacp_hw *hw, int64_t W, dsacp_plan_decode *out, boo
     out->t_layer = fmax(out->t_compute, out->t_memory) + out->t_comm - out->t_hidden;
 }
 
-int dsacp_plan_chunk_layer(const dsacp_config *cfg_in, const dsacp_cp_options *cp_in, int64_t W, int64_t context,
-                           int64_t chunk, bool deployed, const dsacp_hw *hw, dsacp_plan_decode *out, bool *distributed)
+/* dsacp_plan_chunk_layer with the engine's entry sizes and o_proj paths given; dist_in < 0: the
+ * path by cp->context_path (auto: bytes), else forced (1: distributed). */
+static int chunk_layer(const dsacp_config *cfg_in, const dsacp_cp_options *cp_in, int64_t W, int64_t context, int64_t chunk,
+                       bool deployed, int64_t lat_b, int64_t idx_b, bool gv, bool f32, const dsacp_hw *hw, int dist_in,
+                       dsacp_plan_decode *out, bool *distributed)
 {
     memset(out, 0, sizeof *out);
     *distributed = false;
@@ -268,11 +271,6 @@ int dsacp_plan_chunk_layer(const dsacp_config *cfg_in, const dsacp_cp_options *c
     dsacp_config cfg = *cfg_in;
     cfg.num_hidden_layers = 1;
     dsacp_cp_options cp = *cp_in;
-    const dsacp_kv_dtype kvd = deployed ? DSACP_KV_FP8 : DSACP_KV_F32;
-    const int64_t lat_b = dsacp_mla_cache_bytes_per_token(&cfg, kvd), idx_b = dsacp_index_cache_bytes_per_token(&cfg, kvd);
-    /* the path the engine takes (auto: the byte rule, with the engine's o_proj path for FP8 blocks) */
-    bool gv = false, f32 = false;
-    dsacp_plan_o_paths(&cfg, &cp, W, deployed ? DSACP_F8_E4M3 : DSACP_BF16, 128, &gv, &f32);
     const bool sharded = W > 1 && (cp.kv_layout == DSACP_LAYOUT_SHARDED || cp.index_layout != DSACP_LAYOUT_REPLICATED);
     bool dist = sharded && context > 0 && cp.context_path == DSACP_CONTEXT_DISTRIBUTED;
     if (sharded && context > 0 && cp.context_path == DSACP_CONTEXT_AUTO) {
@@ -280,6 +278,9 @@ int dsacp_plan_chunk_layer(const dsacp_config *cfg_in, const dsacp_cp_options *c
         dsacp_plan_context_rule(&cfg, &cp, W, lat_b, idx_b, deployed, gv, context, &g, &per);
         dist = (double)chunk * per < g;
     }
+    if (dist_in >= 0) dist = sharded && context > 0 && dist_in;
+    cp.context_path = dist ? DSACP_CONTEXT_DISTRIBUTED : DSACP_CONTEXT_GATHER;
+    cp.context_hardware = NULL;
     *distributed = dist;
     /* the bytes and calls: the step as the engine runs it, on the rank receiving the most */
     const dsacp_plan_entry ent = {context, chunk};
@@ -333,6 +334,38 @@ int dsacp_plan_chunk_layer(const dsacp_config *cfg_in, const dsacp_cp_options *c
         out->t_layer = fmax(out->t_compute, out->t_memory) + out->t_comm - out->t_hidden;
     }
     return DSACP_OK;
+}
+
+int dsacp_plan_chunk_layer(const dsacp_config *cfg, const dsacp_cp_options *cp, int64_t W, int64_t context, int64_t chunk,
+                           bool deployed, const dsacp_hw *hw, dsacp_plan_decode *out, bool *distributed)
+{
+    const dsacp_kv_dtype kvd = deployed ? DSACP_KV_FP8 : DSACP_KV_F32;
+    const int64_t lat_b = dsacp_mla_cache_bytes_per_token(cfg, kvd), idx_b = dsacp_index_cache_bytes_per_token(cfg, kvd);
+    /* the engine's o_proj path for FP8 blocks */
+    bool gv = false, f32 = false;
+    dsacp_plan_o_paths(cfg, cp, W, deployed ? DSACP_F8_E4M3 : DSACP_BF16, 128, &gv, &f32);
+    return chunk_layer(cfg, cp, W, context, chunk, deployed, lat_b, idx_b, gv, f32, hw, -1, out, distributed);
+}
+
+int dsacp_plan_context_distributed(const dsacp_config *cfg, const dsacp_cp_options *cp, int64_t W, int64_t latent_bytes,
+                                   int64_t index_bytes, bool deployed, bool o_gather_v, bool o_tp_f32, const dsacp_hw *hw,
+                                   int64_t old_len, int64_t n_new, bool *distributed)
+{
+    *distributed = cp->context_path == DSACP_CONTEXT_DISTRIBUTED;
+    if (cp->context_path != DSACP_CONTEXT_AUTO) return DSACP_OK;
+    if (!hw) {
+        double g, per;
+        dsacp_plan_context_rule(cfg, cp, W, latent_bytes, index_bytes, deployed, o_gather_v, old_len, &g, &per);
+        *distributed = (double)n_new * per < g;
+        return DSACP_OK;
+    }
+    /* the planner's time of one layer by each path, on the profile */
+    dsacp_plan_decode g, d;
+    bool dg, dd;
+    int rc = chunk_layer(cfg, cp, W, old_len, n_new, deployed, latent_bytes, index_bytes, o_gather_v, o_tp_f32, hw, 0, &g, &dg);
+    if (!rc) rc = chunk_layer(cfg, cp, W, old_len, n_new, deployed, latent_bytes, index_bytes, o_gather_v, o_tp_f32, hw, 1, &d, &dd);
+    if (!rc) *distributed = d.t_layer < g.t_layer;
+    return rc;
 }
 
 /* Attention parameters a rank holds and reads per layer under the strategy: the replicated parts

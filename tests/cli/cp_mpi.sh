@@ -5,6 +5,7 @@
 # a non-zero status and one message, never a hang (each run is under `timeout`).
 set -u
 . "$(dirname "$0")/lib/common.sh"
+SRC=${DSACP_SOURCE_DIR:-$(dirname "$0")/../..}
 
 "$DSACP" init-model --preset tiny-moe --out "$tmp/m" --seed 5 >/dev/null || { echo "init-model failed"; exit 1; }
 "$DSACP" make-input --out "$tmp/in.st" --requests 3 --length 80 --vocab 512 --chunk 13 --seed 6 >/dev/null \
@@ -59,7 +60,8 @@ for W in 2 3; do
              "--decode-strategy lean --lean-candidates 1.5 --context-path distributed" \
              "--context-path auto --prefill-split zigzag --dcp-comm-backend a2a" \
              "--index-layout partial:$W --decode-strategy lean" \
-             "--decode-strategy lean --lean-merge values --partials fp32 --prefill-split zigzag --cp-interleave 2"; do
+             "--decode-strategy lean --lean-merge values --partials fp32 --prefill-split zigzag --cp-interleave 2" \
+             "--decode-strategy lean --context-path auto --context-hardware $SRC/hardware/h200-nvlink8.json"; do
     out="$tmp/o.st"; rm -f "$out"
     # shellcheck disable=SC2086
     if mpi "$W" "$DSACP" forward --model "$tmp/m" --input "$tmp/in.st" --output "$out" --block-size 8 --dump-topk \
@@ -153,6 +155,8 @@ bad "partial index group not dividing W" "must divide" "${F[@]}" --index-layout 
 bad "partial index without its group" "partial:G" "${F[@]}" --index-layout partial
 bad "unknown context path" "unknown context path" "${F[@]}" --context-path ring
 bad "unknown partials dtype" "unknown partials dtype" "${F[@]}" --decode-strategy lean --partials fp16
+bad "context hardware without auto" "belongs to '--context-path auto'" "${F[@]}" --context-hardware "$SRC/hardware/h200-nvlink8.json"
+bad "context hardware missing" "hw.missing" "${F[@]}" --context-path auto --context-hardware "$tmp/hw.missing"
 bad "weight plan in dcp mode" "belong to --cp-mode dsa-cp" "${F[@]}" --o-proj layer-shard
 bad "dsa-cp + dcp, exact-topk on a replicated index" "needs '--index-layout sharded'" "${F[@]}" --cp-mode dsa-cp --index-layout replicated
 bad "unknown plan" "unknown weight plan" "${F[@]}" --cp-mode dsa-cp --o-proj shard

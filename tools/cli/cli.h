@@ -54,7 +54,7 @@ extern dsacp_comm *cli_world;
     {"dcp-comm-backend", true, NULL}, {"comm-report", true, NULL}, {"cp-mode", true, NULL},      \
     {"q-proj", true, NULL}, {"o-proj", true, NULL}, {"prefetch", true, NULL},                    \
     {"lean-candidates", true, NULL}, {"lean-merge", true, NULL}, {"partials", true, NULL},       \
-    {"context-path", true, NULL}
+    {"context-path", true, NULL}, {"context-hardware", true, NULL}
 /* The usage lines of those flags. */
 #define CLI_CP_USAGE                                                                                  \
     "context parallelism (under mpirun -np W; docs/context-parallel.md):\n"                          \
@@ -75,6 +75,7 @@ extern dsacp_comm *cli_world;
     "                        zigzag: each request's new tokens in 2W chunks, rank r takes r, 2W-1-r\n" \
     "  --context-path P      a chunk after sharded context: gather (the context, default),\n"      \
     "                        distributed (its tokens through the decode strategy) or auto (fewer bytes)\n" \
+    "  --context-hardware F  auto: choose by the time `dsacp plan` predicts on profile F (hardware/)\n" \
     "  --cp-mode M           dcp (decode tokens on every rank, heads split; default) or dsa-cp\n"    \
     "                        (every token on one rank with all heads; vllm-ascend's DSA-CP)\n"       \
     "  --q-proj P            dsa-cp: q_b_proj replicated or layer-shard (default replicated)\n"     \

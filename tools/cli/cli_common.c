@@ -181,6 +181,7 @@ bool cli_cp_options(const char *cmd, const cli_opt *opts, dsacp_cp_options *cp)
         fprintf(stderr, "dsacp %s: option '--context-path': %s\n", cmd, dsacp_last_error());
         return false;
     }
+    cp->context_hardware = cli_get(opts, "context-hardware");
     if ((s = cli_get(opts, "partials")) && dsacp_partials_dtype_parse(s, &cp->partials)) {
         fprintf(stderr, "dsacp %s: option '--partials': %s\n", cmd, dsacp_last_error());
         return false;
