@@ -217,10 +217,12 @@ int main(void)
         printf("test_gemm: no SIMD ISA on this CPU, nothing to compare\n");
         return test_finish("test_gemm");
     }
-    /* N, K, T: rows cut the 3-row tile and the 96-row block, K the 16-lane step, the 512-column
-     * chunk and the FP8 blocks, T the 4-token tile and the 64-token block. */
-    static const int64_t shapes[][3] = {{1, 1, 8},    {5, 17, 9},     {97, 136, 13},  {200, 520, 67},
-                                        {33, 1100, 8}, {130, 384, 130}, {7, 2048, 11}, {96, 64, 64}, {10, 70, 530}};
+    /* N, K, T: rows cut the 24-row panel and the 48-row block, K the 16-lane step, the 512-column
+     * chunk and the FP8 blocks, T the 4-token tile, the 32-token block and (T = 1100) the
+     * 1024-token super-block; K = 16500 makes 33 chunks, the last one short. */
+    static const int64_t shapes[][3] = {{1, 1, 8},      {5, 17, 9},      {97, 136, 13}, {200, 520, 67},
+                                        {33, 1100, 8},  {130, 384, 130}, {7, 2048, 11}, {96, 64, 64},
+                                        {10, 70, 530},  {5, 16500, 9},   {3, 40, 1100}};
     static const int64_t blks[] = {128, 64, 16};
     for (int i = DSACP_ISA_AVX2; i <= (int)dsacp_isa_best(); i++)
         for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
