@@ -271,7 +271,12 @@ def main():
     ap.add_argument("--csv", help="also write the rows here")
     ap.add_argument("--self-test", action="store_true")
     a = ap.parse_args()
-    import numpy as np
+    try:
+        import numpy as np
+    except ImportError:
+        raise SystemExit("tools/llama_bench.py: numpy is needed to write the GGUF; run it from a venv that has it:\n"
+                         "  python3 -m venv /tmp/lb && /tmp/lb/bin/pip install numpy && /tmp/lb/bin/python "
+                         + " ".join(sys.argv))
 
     src = llama_source(a.llama_src, a.cache)
     gguf_py = os.path.join(src, "gguf-py")
