@@ -412,9 +412,70 @@ T256 static INL void mla_o_tile(float *Ot, const float *kv, int64_t dk, int64_t 
         for (int g = 0; g < NG; g++) _mm256_store_ps(Ot + (c + i) * MLA_HG + g * 8, acc[i][g]);
 }
 
+/* The same tiles for groups of 1-2 head vectors, up to 8 keys or columns (the arrays sized to
+ * what they hold, so that the compiler keeps them in registers). */
+/* St[i][g] = scale * (q . kv[i]) for NK keys, NG 8-head vectors at Qt column h0. */
+T256 static INL void mla_s_tile_narrow(const float *Qt, int64_t Hp, int64_t h0, const float *kv, int64_t dk, const int NK,
+                                const int NG, float scale, float *St)
+{
+    __m256 acc[8][2];
+#pragma GCC unroll 8
+    for (int i = 0; i < NK; i++)
+#pragma GCC unroll 4
+        for (int g = 0; g < NG; g++) acc[i][g] = _mm256_setzero_ps();
+    for (int64_t d = 0; d < dk; d++) {
+        __m256 qv[2];
+#pragma GCC unroll 4
+        for (int g = 0; g < NG; g++) qv[g] = _mm256_load_ps(Qt + d * Hp + h0 + g * 8);
+#pragma GCC unroll 8
+        for (int i = 0; i < NK; i++) {
+            __m256 kb = _mm256_broadcast_ss(kv + i * dk + d);
+#pragma GCC unroll 4
+            for (int g = 0; g < NG; g++) acc[i][g] = _mm256_fmadd_ps(qv[g], kb, acc[i][g]);
+        }
+    }
+    const __m256 sc = _mm256_set1_ps(scale);
+#pragma GCC unroll 8
+    for (int i = 0; i < NK; i++)
+#pragma GCC unroll 4
+        for (int g = 0; g < NG; g++) _mm256_store_ps(St + i * MLA_HG + g * 8, _mm256_mul_ps(acc[i][g], sc));
+}
+
+/* Ot[c + i][g] = Ot[c + i][g] * alpha[g] + sum_j kv[j][c + i] * St[j][g], j < nc in order. */
+T256 static INL void mla_o_tile_narrow(float *Ot, const float *kv, int64_t dk, int64_t c, const int NCD, const int NG,
+                                const float *St, int64_t nc, const __m256 *alpha)
+{
+    __m256 acc[8][2];
+#pragma GCC unroll 8
+    for (int i = 0; i < NCD; i++)
+#pragma GCC unroll 4
+        for (int g = 0; g < NG; g++)
+            acc[i][g] = _mm256_mul_ps(_mm256_load_ps(Ot + (c + i) * MLA_HG + g * 8), alpha[g]);
+    for (int64_t j = 0; j < nc; j++) {
+        __m256 pv[2];
+#pragma GCC unroll 4
+        for (int g = 0; g < NG; g++) pv[g] = _mm256_load_ps(St + j * MLA_HG + g * 8);
+        const float *row = kv + j * dk + c;
+#pragma GCC unroll 8
+        for (int i = 0; i < NCD; i++) {
+            __m256 vb = _mm256_broadcast_ss(row + i);
+#pragma GCC unroll 4
+            for (int g = 0; g < NG; g++) acc[i][g] = _mm256_fmadd_ps(pv[g], vb, acc[i][g]);
+        }
+    }
+#pragma GCC unroll 8
+    for (int i = 0; i < NCD; i++)
+#pragma GCC unroll 4
+        for (int g = 0; g < NG; g++) _mm256_store_ps(Ot + (c + i) * MLA_HG + g * 8, acc[i][g]);
+}
+
 T256 static INL void mla_group(const float *Qt, int64_t Hp, int64_t h0, const int NG, const float *kv, int64_t n,
                                int64_t dc, int64_t dk, float scale, float *St, float *Ot, float *mo, float *lo)
 {
+    /* Keys (score tiles) and latent columns (output tiles) per tile: 12 accumulators at 3 and 4
+     * head vectors, 12 at 2 and 8 at 1 (a narrow group keeps as many FMA chains in flight). Tiles
+     * only group independent chains; each score and output sum runs in the same order. */
+    const int NT = NG == 2 ? 6 : 8; /* narrow groups only */
     __m256 m[4], l[4];
 #pragma GCC unroll 4
     for (int g = 0; g < NG; g++) {
@@ -426,8 +487,13 @@ T256 static INL void mla_group(const float *Qt, int64_t Hp, int64_t h0, const in
         const int64_t nc = n - c0 < MLA_NC ? n - c0 : MLA_NC;
         const float *kc = kv + c0 * dk;
         int64_t j = 0;
-        for (; j + 3 <= nc; j += 3) mla_s_tile(Qt, Hp, h0, kc + j * dk, dk, 3, NG, scale, St + j * MLA_HG);
-        for (; j < nc; j++) mla_s_tile(Qt, Hp, h0, kc + j * dk, dk, 1, NG, scale, St + j * MLA_HG);
+        if (NG >= 3) {
+            for (; j + 3 <= nc; j += 3) mla_s_tile(Qt, Hp, h0, kc + j * dk, dk, 3, NG, scale, St + j * MLA_HG);
+            for (; j < nc; j++) mla_s_tile(Qt, Hp, h0, kc + j * dk, dk, 1, NG, scale, St + j * MLA_HG);
+        } else {
+            for (; j + NT <= nc; j += NT) mla_s_tile_narrow(Qt, Hp, h0, kc + j * dk, dk, NT, NG, scale, St + j * MLA_HG);
+            for (; j < nc; j++) mla_s_tile_narrow(Qt, Hp, h0, kc + j * dk, dk, 1, NG, scale, St + j * MLA_HG);
+        }
         __m256 alpha[4];
 #pragma GCC unroll 4
         for (int g = 0; g < NG; g++) {
@@ -444,8 +510,13 @@ T256 static INL void mla_group(const float *Qt, int64_t Hp, int64_t h0, const in
             m[g] = mx;
         }
         int64_t c = 0;
-        for (; c + 3 <= dc; c += 3) mla_o_tile(Ot, kc, dk, c, 3, NG, St, nc, alpha);
-        for (; c < dc; c++) mla_o_tile(Ot, kc, dk, c, 1, NG, St, nc, alpha);
+        if (NG >= 3) {
+            for (; c + 3 <= dc; c += 3) mla_o_tile(Ot, kc, dk, c, 3, NG, St, nc, alpha);
+            for (; c < dc; c++) mla_o_tile(Ot, kc, dk, c, 1, NG, St, nc, alpha);
+        } else {
+            for (; c + NT <= dc; c += NT) mla_o_tile_narrow(Ot, kc, dk, c, NT, NG, St, nc, alpha);
+            for (; c < dc; c++) mla_o_tile_narrow(Ot, kc, dk, c, 1, NG, St, nc, alpha);
+        }
     }
 #pragma GCC unroll 4
     for (int g = 0; g < NG; g++) {
@@ -467,9 +538,33 @@ MLA_GROUP(2)
 MLA_GROUP(1)
 #undef MLA_GROUP
 
+/* Head groups: 32 heads (4 ymm) each, or -- when that leaves fewer groups than threads and the
+ * heads are few -- 16 or 8, so that the threads share the work (the small preset's 16 heads were
+ * one group: one thread ran the whole sparse MLA of a decode token while the other waited). Every
+ * head's arithmetic is the same whatever group it is in (its scores, softmax and sums are lanes
+ * of their own), so the width changes no bit. The workspace is sized for up to MLA_MAXG groups of
+ * the narrowest width (as many as 32-wide groups when the heads are many). */
+enum { MLA_MAXG = 4 };
+
+static int64_t mla_groups_max(int64_t Hp)
+{
+    const int64_t g32 = (Hp + MLA_HG - 1) / MLA_HG, g8 = Hp / 8 < MLA_MAXG ? Hp / 8 : MLA_MAXG;
+    return g32 > g8 ? g32 : g8;
+}
+
+/* Heads per group for nth threads: the widest of 32, 16, 8 that gives nth groups, within the
+ * workspace's group count. */
+static int64_t mla_width(int64_t Hp, int nth)
+{
+    const int64_t gmax = mla_groups_max(Hp);
+    int64_t w = MLA_HG;
+    while (w > 8 && (Hp + w - 1) / w < nth && (Hp + w / 2 - 1) / (w / 2) <= gmax) w /= 2;
+    return w;
+}
+
 size_t dsacp_sparse_mla_avx2_bytes(int64_t H, int64_t dc, int64_t dr)
 {
-    const int64_t dk = dc + dr, Hp = (H + 7) / 8 * 8, G = (Hp + MLA_HG - 1) / MLA_HG;
+    const int64_t dk = dc + dr, Hp = (H + 7) / 8 * 8, G = mla_groups_max(Hp);
     const size_t per = (size_t)(MLA_NC * MLA_HG + dc * MLA_HG + 2 * MLA_HG);
     return ((size_t)(dk * Hp) + (size_t)G * per) * sizeof(float);
 }
@@ -477,7 +572,10 @@ size_t dsacp_sparse_mla_avx2_bytes(int64_t H, int64_t dc, int64_t dr)
 void dsacp_sparse_mla_avx2_buf(const float *q, const float *kv, int64_t n, int64_t H, int64_t dc, int64_t dr,
                            float scale, float *o, float *lse, float *buf)
 {
-    const int64_t dk = dc + dr, Hp = (H + 7) / 8 * 8, G = (Hp + MLA_HG - 1) / MLA_HG;
+    const int64_t dk = dc + dr, Hp = (H + 7) / 8 * 8;
+    /* Narrower groups only where the groups then run in parallel. */
+    const bool split = !omp_in_parallel() && omp_get_max_threads() > 1 && (double)n * (double)H * (double)dk >= 1e6;
+    const int64_t W = split ? mla_width(Hp, omp_get_max_threads()) : MLA_HG, G = (Hp + W - 1) / W;
     if (n == 0) {
         memset(o, 0, (size_t)(H * dc) * sizeof(float));
         for (int64_t h = 0; h < H; h++) lse[h] = -INFINITY;
@@ -489,12 +587,12 @@ void dsacp_sparse_mla_avx2_buf(const float *q, const float *kv, int64_t n, int64
         for (int64_t h = 0; h < H; h++) Qt[d * Hp + h] = q[h * dk + d];
         for (int64_t h = H; h < Hp; h++) Qt[d * Hp + h] = 0;
     }
-    const bool par = G > 1 && !omp_in_parallel() && (double)n * (double)H * (double)dk >= 1e6;
+    const bool par = G > 1 && split;
 #pragma omp parallel for schedule(static) if (par)
     for (int64_t g = 0; g < G; g++) {
         float *St = buf + dk * Hp + (size_t)g * per, *Ot = St + MLA_NC * MLA_HG, *mo = Ot + dc * MLA_HG,
               *lo = mo + MLA_HG;
-        const int64_t h0 = g * MLA_HG, ng = (Hp - h0) / 8 < 4 ? (Hp - h0) / 8 : 4;
+        const int64_t h0 = g * W, ng = (Hp - h0) / 8 < W / 8 ? (Hp - h0) / 8 : W / 8;
         switch (ng) {
         case 4: mla_group4(Qt, Hp, h0, kv, n, dc, dk, scale, St, Ot, mo, lo); break;
         case 3: mla_group3(Qt, Hp, h0, kv, n, dc, dk, scale, St, Ot, mo, lo); break;
