@@ -32,6 +32,14 @@ int cli_parse(int argc, char **argv, cli_opt *opts);
 /* Prints subcommand cmd's usage (the summary of every command for an unknown name). */
 void cli_usage(const char *cmd, FILE *f);
 const char *cli_get(const cli_opt *opts, const char *name);
+/* The one strict number parser of flags and JSON-free text fields (docs/conventions.md): an
+ * optional '-', decimal digits, and for reals an optional fraction and exponent. No whitespace,
+ * '+', hex, nan, inf or trailing text; out-of-range integers and overflowing reals refused.
+ * Return false without printing. */
+bool cli_parse_i64(const char *text, int64_t *out);
+bool cli_parse_f64(const char *text, double *out);
+/* Strict real parsing of a flag value in [min, max] (finite); prints the error naming the flag. */
+bool cli_double(const char *cmd, const char *flag, const char *text, double min, double max, double *out);
 /* Strict integer parsing of a flag value in [min, max]; prints the error naming the flag. */
 bool cli_int(const char *cmd, const char *flag, const char *text, int64_t min, int64_t max,
              int64_t *out);

@@ -2,6 +2,7 @@
 #include "cli.h"
 
 #include <errno.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -51,19 +52,81 @@ const char *cli_get(const cli_opt *opts, const char *name)
     return NULL;
 }
 
+/* The one number grammar of flags and fields: an optional '-', decimal digits, and (for reals)
+ * an optional fraction and exponent. Rejected: whitespace, '+', hex ("0x10"), "nan", "inf",
+ * trailing text ("4abc", "0.5x"), an empty string. */
+static bool number_text_ok(const char *t, bool real)
+{
+    const char *p = t;
+    if (*p == '-') p++;
+    const char *d = p;
+    while (*p >= '0' && *p <= '9') p++;
+    bool digits = p > d;
+    if (real && *p == '.') {
+        const char *f = ++p;
+        while (*p >= '0' && *p <= '9') p++;
+        digits = digits || p > f;
+    }
+    if (!digits) return false;
+    if (real && (*p == 'e' || *p == 'E')) {
+        p++;
+        if (*p == '-' || *p == '+') p++;
+        const char *x = p;
+        while (*p >= '0' && *p <= '9') p++;
+        if (p == x) return false;
+    }
+    return *p == '\0';
+}
+
+bool cli_parse_i64(const char *text, int64_t *out)
+{
+    if (!text || !number_text_ok(text, false)) return false;
+    char *end;
+    errno = 0;
+    const long long v = strtoll(text, &end, 10);
+    if (errno || *end) return false;
+    *out = v;
+    return true;
+}
+
+bool cli_parse_f64(const char *text, double *out)
+{
+    if (!text || !number_text_ok(text, true)) return false;
+    char *end;
+    errno = 0;
+    const double v = strtod(text, &end);
+    /* ERANGE on underflow still gives a usable (tiny or zero) value; overflow is refused. */
+    if (*end || !isfinite(v)) return false;
+    *out = v;
+    return true;
+}
+
+bool cli_double(const char *cmd, const char *flag, const char *text, double min, double max, double *out)
+{
+    double v;
+    if (!cli_parse_f64(text, &v)) {
+        fprintf(stderr, "dsacp %s: option '--%s' must be a finite decimal number, got '%s'\n", cmd, flag, text);
+        return false;
+    }
+    if (!(v >= min && v <= max)) {
+        fprintf(stderr, "dsacp %s: option '--%s' = %s is out of range [%g, %g]\n", cmd, flag, text, min, max);
+        return false;
+    }
+    *out = v;
+    return true;
+}
+
 bool cli_int(const char *cmd, const char *flag, const char *text, int64_t min, int64_t max,
              int64_t *out)
 {
-    char *end;
-    errno = 0;
-    long long v = strtoll(text, &end, 10);
-    if (errno || end == text || *end) {
+    int64_t v;
+    if (!cli_parse_i64(text, &v)) {
         fprintf(stderr, "dsacp %s: option '--%s' must be an integer, got '%s'\n", cmd, flag, text);
         return false;
     }
     if (v < min || v > max) {
         fprintf(stderr, "dsacp %s: option '--%s' = %lld is out of range [%lld, %lld]\n", cmd, flag,
-                v, (long long)min, (long long)max);
+                (long long)v, (long long)min, (long long)max);
         return false;
     }
     *out = v;
@@ -163,10 +226,8 @@ bool cli_cp_options(const char *cmd, const cli_opt *opts, dsacp_cp_options *cp)
     }
     if ((s = cli_get(opts, "prefetch")) && !cli_int(cmd, "prefetch", s, 1, 64, &cp->prefetch)) return false;
     if ((s = cli_get(opts, "lean-candidates"))) {
-        char *end;
-        errno = 0;
-        const double v = strtod(s, &end);
-        if (errno || end == s || *end || !(v >= 1.0 && v <= 1024.0)) {
+        double v;
+        if (!cli_parse_f64(s, &v) || !(v >= 1.0 && v <= 1024.0)) {
             fprintf(stderr, "dsacp %s: option '--lean-candidates' = '%s': a number in [1, 1024] (scores per rank "
                     "= ceil(F x index_topk / W))\n", cmd, s);
             return false;
