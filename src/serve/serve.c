@@ -39,6 +39,7 @@ void dsacp_serve_result_free(dsacp_serve_result *r)
     for (int64_t i = 0; r->out && i < r->n_requests; i++) {
         free(r->out[i].tokens);
         free(r->out[i].token_s);
+        free(r->out[i].gap);
     }
     free(r->out);
     free(r->steps);
@@ -164,6 +165,18 @@ static int32_t sample(const float *logits, int64_t V, const dsacp_serve_options 
         if (u < acc) return work[i].id;
     }
     return work[n - 1].id;
+}
+
+/* The first largest logit minus the largest of the others (0 on a tie; 0 for a one-word vocabulary). */
+static float top2_gap(const float *logits, int64_t V)
+{
+    if (V < 2) return 0;
+    float a = logits[0] >= logits[1] ? logits[0] : logits[1], b = logits[0] >= logits[1] ? logits[1] : logits[0];
+    for (int64_t i = 2; i < V; i++) {
+        if (logits[i] > a) b = a, a = logits[i];
+        else if (logits[i] > b) b = logits[i];
+    }
+    return a - b;
 }
 
 static void sleep_s(double s)
@@ -375,7 +388,10 @@ int dsacp_serve_run(dsacp_engine *e, const dsacp_serve_request *reqs, int64_t n_
                 r->seq = malloc((size_t)r->cap * sizeof *r->seq);
                 res->out[i].tokens = malloc((size_t)(q->max_new_tokens + 1) * sizeof(int32_t));
                 res->out[i].token_s = malloc((size_t)(q->max_new_tokens + 1) * sizeof(double));
-                if (!r->seq || !res->out[i].tokens || !res->out[i].token_s) rc = dsacp_error(DSACP_ENOMEM, "out of memory");
+                res->out[i].gap = malloc((size_t)(q->max_new_tokens + 1) * sizeof(float));
+                res->out[i].arrival_s = opt->realtime ? q->arrival_s : 0;
+                if (!r->seq || !res->out[i].tokens || !res->out[i].token_s || !res->out[i].gap)
+                    rc = dsacp_error(DSACP_ENOMEM, "out of memory");
                 else memcpy(r->seq, q->prompt, (size_t)q->prompt_len * sizeof *r->seq), r->len = q->prompt_len;
                 r->state = ST_FUTURE;
             }
@@ -466,6 +482,7 @@ int dsacp_serve_run(dsacp_engine *e, const dsacp_serve_request *reqs, int64_t n_
                 const double when = dsacp_now() - t0;
                 if (out->n_tokens == 0) out->first_s = when;
                 out->tokens[out->n_tokens] = tok;
+                out->gap[out->n_tokens] = top2_gap(logits + i * V, V);
                 out->token_s[out->n_tokens++] = when;
                 bool stop = out->n_tokens >= reqs[s].max_new_tokens;
                 for (int64_t k = 0; k < reqs[s].n_stop; k++) stop |= tok == reqs[s].stop_ids[k];

@@ -46,11 +46,14 @@ typedef struct dsacp_serve_step {
     int64_t comm_bytes; /* received by rank 0 */
 } dsacp_serve_step;
 
+/* Times are seconds on the run's clock (0 = the start of the run, docs/serving.md "The clock"). */
 typedef struct dsacp_serve_out {
     int32_t *tokens;      /* [n_tokens] generated */
     double *token_s;      /* [n_tokens] time each token was produced */
+    float *gap;           /* [n_tokens] top-1 minus top-2 logit at each generated token (rank 0) */
     int64_t n_tokens;
-    double first_s, finish_s;
+    double arrival_s;     /* the request's arrival on the run's clock: arrival_s when realtime, 0 when replayed */
+    double first_s, finish_s; /* first token, last token; arrival_s <= first_s <= finish_s */
     int64_t preemptions;
 } dsacp_serve_out;
 
