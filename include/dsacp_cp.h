@@ -81,12 +81,22 @@ int dsacp_comm_size(const dsacp_comm *comm);
 /* This rank's counters for a phase; zero the counters. */
 dsacp_comm_counter dsacp_comm_get_counter(const dsacp_comm *comm, int phase);
 void dsacp_comm_reset_counters(dsacp_comm *comm);
-/* Collective: rank 0 gathers every rank's counters and writes them as JSON to `path`
- * ({"world": W, "ranks": [{"rank": r, "phases": {"kv_gather": {"calls": .., "bytes_sent": ..,
- * "bytes_recv": .., "seconds": ..}, ...}}, ...], "notes": {...}}). Other ranks pass any path. */
+/* Collective: rank 0 gathers every rank's counters and builds the report as JSON text
+ * ({"world": W, "bytes": "...", "ranks": [{"rank": r, "phases": {"kv_gather": {"calls": ..,
+ * "bytes_sent": .., "bytes_recv": .., "seconds": ..}, ...}}, ...]}, followed by the members of
+ * rank 0's notes, e.g. "cp": {...}), built with jansson so that it is always valid JSON. On rank 0
+ * *json_out is a malloc'd NUL-terminated text (free it with free); on the other ranks NULL. The
+ * status is agreed: a failure on any rank (out of memory) fails the call on every rank, with
+ * *json_out NULL everywhere. */
+int dsacp_comm_report_json(dsacp_comm *comm, char **json_out);
+/* Collective: dsacp_comm_report_json written by rank 0 to `path` (atomically, with a final
+ * newline). Other ranks pass any path. The status (the write included) is agreed. */
 int dsacp_comm_write_report(dsacp_comm *comm, const char *path);
-/* JSON object members (e.g. "\"plan\": {...}") appended to the report dsacp_comm_write_report
- * writes (rank 0's); NULL clears them. */
+/* JSON object members (e.g. "\"plan\": {...}, \"x\": 1"), parsed as the body of one object and
+ * merged into the report dsacp_comm_report_json builds (rank 0's; a member named like one of
+ * the report's own replaces it); NULL clears them. Text that is not valid JSON members (an
+ * unescaped quote or backslash in a string, a trailing comma, a duplicate name) is refused with
+ * DSACP_EINVAL and the notes are left as they were. Not collective. */
 int dsacp_comm_set_notes(dsacp_comm *comm, const char *json_members);
 /* Collective status agreement: every rank passes its status; all return the first failing
  * rank's status (by rank order), and on the other ranks dsacp_last_error() becomes

@@ -7,6 +7,7 @@
 #include "dsacp_mpi.h"
 #include "numerics/numerics.h"
 
+#include <jansson.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -19,7 +20,7 @@ struct dsacp_comm {
     int rank, size;
     dsacp_comm_counter own_ctr[DSACP_PHASE_COUNT];
     dsacp_comm_counter *ctr; /* own_ctr, or the parent's for a split communicator */
-    char *notes; /* JSON members added to the report by the engine (rank 0's are written) */
+    json_t *notes; /* JSON object whose members join the report (rank 0's are written); NULL: none */
 };
 
 struct dsacp_comm_request {
@@ -158,7 +159,7 @@ void dsacp_comm_free(dsacp_comm *c)
         MPI_Comm_free(&c->comm);
         if (c->owns_mpi) MPI_Finalize();
     }
-    free(c->notes);
+    json_decref(c->notes);
     free(c);
 }
 
@@ -175,9 +176,28 @@ void dsacp_comm_reset_counters(dsacp_comm *c) { memset(c->ctr, 0, sizeof c->own_
 
 int dsacp_comm_set_notes(dsacp_comm *c, const char *json_members)
 {
-    char *n = json_members ? strdup(json_members) : NULL;
-    if (json_members && !n) return dsacp_error(DSACP_ENOMEM, "out of memory");
-    free(c->notes);
+    json_t *n = NULL;
+    if (json_members) {
+        /* The members are parsed as the body of one object: anything that is not valid JSON
+         * members (an unescaped quote in a string, a trailing comma) is refused here, so the
+         * report can never be made invalid by them. */
+        const size_t len = strlen(json_members);
+        char *wrapped = malloc(len + 3);
+        if (!wrapped) return dsacp_error(DSACP_ENOMEM, "comm report notes: out of memory");
+        wrapped[0] = '{';
+        memcpy(wrapped + 1, json_members, len);
+        wrapped[len + 1] = '}', wrapped[len + 2] = 0;
+        json_error_t jerr;
+        n = json_loads(wrapped, JSON_REJECT_DUPLICATES, &jerr);
+        free(wrapped);
+        if (!n) return dsacp_error(DSACP_EINVAL, "comm report notes: not valid JSON object members (column %d: %s)",
+                                   jerr.column > 0 ? jerr.column - 1 : jerr.column, jerr.text);
+        if (!json_is_object(n)) {
+            json_decref(n);
+            return dsacp_error(DSACP_EINVAL, "comm report notes: not JSON object members");
+        }
+    }
+    json_decref(c->notes);
     c->notes = n;
     return DSACP_OK;
 }
@@ -530,12 +550,49 @@ int dsacp_comm_agree(dsacp_comm *c, int status)
 
 /* ---- report ---- */
 
-int dsacp_comm_write_report(dsacp_comm *c, const char *path)
+/* The counters of every rank and the notes as one JSON document (built with jansson, so that no
+ * string in the notes -- a model path with quotes, a profile name -- can make it invalid). */
+static json_t *report_object(const dsacp_comm *c, const double *all)
 {
+    const int W = c->size, P = DSACP_PHASE_COUNT;
+    json_t *root = json_object(), *ranks = json_array();
+    bool ok = root && ranks && !json_object_set_new(root, "world", json_integer(W)) &&
+              !json_object_set_new(root, "bytes", json_string("logical bytes (docs/context-parallel.md)"));
+    for (int q = 0; ok && q < W; q++) {
+        json_t *r = json_object(), *phases = json_object();
+        ok = r && phases && !json_object_set_new(r, "rank", json_integer(q));
+        for (int p = 0; ok && p < P; p++) {
+            const double *v = all + ((size_t)q * P + p) * 4;
+            json_t *k = json_pack("{s:I, s:I, s:I, s:f}", "calls", (json_int_t)v[0], "bytes_sent", (json_int_t)v[1],
+                                  "bytes_recv", (json_int_t)v[2], "seconds", v[3]);
+            ok = k && !json_object_set_new(phases, phase_names[p], k);
+        }
+        if (ok) ok = !json_object_set_new(r, "phases", phases), phases = NULL;
+        if (ok) ok = !json_array_append_new(ranks, r), r = NULL;
+        json_decref(phases);
+        json_decref(r);
+    }
+    if (ok) ok = !json_object_set_new(root, "ranks", ranks), ranks = NULL;
+    /* The notes' members beside the counters (a member named like one of them replaces it). */
+    if (ok && c->notes) ok = !json_object_update(root, c->notes);
+    json_decref(ranks);
+    if (!ok) {
+        json_decref(root);
+        return NULL;
+    }
+    return root;
+}
+
+int dsacp_comm_report_json(dsacp_comm *c, char **json_out)
+{
+    *json_out = NULL;
     const int W = c->size, P = DSACP_PHASE_COUNT;
     double *mine = calloc((size_t)P * 4, sizeof *mine);
     double *all = c->rank == 0 ? calloc((size_t)P * 4 * (size_t)W, sizeof *all) : NULL;
-    int rc = (mine && (c->rank || all)) ? DSACP_OK : dsacp_error(DSACP_ENOMEM, "out of memory");
+    int rc = (mine && (c->rank || all)) ? DSACP_OK : dsacp_error(DSACP_ENOMEM, "comm report: out of memory");
+    /* Every rank learns whether every rank can take part before the gather (no rank is left
+     * waiting in it). */
+    rc = dsacp_comm_agree(c, rc);
     if (!rc) {
         for (int p = 0; p < P; p++) {
             mine[p * 4 + 0] = (double)c->ctr[p].calls;
@@ -549,30 +606,40 @@ int dsacp_comm_write_report(dsacp_comm *c, const char *path)
             if (err != MPI_SUCCESS) rc = mpi_fail(err, "MPI_Gather (comm report)");
         }
     }
+    char *text = NULL;
     if (!rc && c->rank == 0) {
-        char *text = NULL;
-        size_t len = 0;
-        FILE *f = open_memstream(&text, &len);
-        if (!f) rc = dsacp_error(DSACP_ENOMEM, "out of memory");
-        else {
-            fprintf(f, "{\n  \"world\": %d,\n  \"bytes\": \"logical bytes (docs/context-parallel.md)\",\n  \"ranks\": [", W);
-            for (int q = 0; q < W; q++) {
-                fprintf(f, "%s\n    {\"rank\": %d, \"phases\": {", q ? "," : "", q);
-                for (int p = 0; p < P; p++) {
-                    const double *v = all + ((size_t)q * P + p) * 4;
-                    fprintf(f, "%s\n      \"%s\": {\"calls\": %.0f, \"bytes_sent\": %.0f, \"bytes_recv\": %.0f, "
-                               "\"seconds\": %.6f}",
-                            p ? "," : "", phase_names[p], v[0], v[1], v[2], v[3]);
-                }
-                fprintf(f, "\n    }}");
-            }
-            fprintf(f, "\n  ]%s%s\n}\n", c->notes ? ",\n  " : "", c->notes ? c->notes : "");
-            fclose(f);
-            rc = dsacp_write_file_atomic(path, text, len);
-            free(text);
-        }
+        json_t *root = report_object(c, all);
+        text = root ? json_dumps(root, JSON_INDENT(2) | JSON_PRESERVE_ORDER) : NULL;
+        json_decref(root);
+        if (!text) rc = dsacp_error(DSACP_ENOMEM, "comm report: out of memory building the JSON");
     }
     free(mine);
     free(all);
+    rc = dsacp_comm_agree(c, rc);
+    if (rc) {
+        free(text);
+        return rc;
+    }
+    *json_out = text;
+    return DSACP_OK;
+}
+
+int dsacp_comm_write_report(dsacp_comm *c, const char *path)
+{
+    char *text = NULL;
+    int rc = dsacp_comm_report_json(c, &text);
+    if (rc) return rc;
+    if (c->rank == 0) {
+        /* jansson's text ends without a newline; the file ends with one. */
+        const size_t n = strlen(text);
+        char *t = realloc(text, n + 2);
+        if (!t) rc = dsacp_error(DSACP_ENOMEM, "comm report: out of memory");
+        else {
+            text = t;
+            text[n] = '\n', text[n + 1] = 0;
+            rc = dsacp_write_file_atomic(path, text, n + 1);
+        }
+    }
+    free(text);
     return dsacp_comm_agree(c, rc);
 }

@@ -11,6 +11,7 @@
 #include "dsacp_plan.h"
 
 #include <errno.h>
+#include <jansson.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -1122,8 +1123,14 @@ int dsacp_engine_report_notes(const dsacp_engine *e)
     {
         double g = 0, per = 0;
         if (e->cp.lat && e->cp.idx) dsacp_cp_context_rule(&e->cp, 1, &g, &per);
-        if (e->cp.hw)
-            fprintf(f, ", \"context_hardware\": \"%s\"", e->cp.hw->name);
+        if (e->cp.hw) {
+            /* The profile's name comes from a file: escaped as a JSON string. */
+            json_t *js = json_string(e->cp.hw->name);
+            char *name = js ? json_dumps(js, JSON_ENCODE_ANY) : NULL;
+            json_decref(js);
+            fprintf(f, ", \"context_hardware\": %s", name ? name : "null");
+            free(name);
+        }
         fprintf(f, ", \"context_path\": \"%s\", \"context_rule\": \"%s\", \"context_gather_bytes_per_context_token\": %.1f, "
                    "\"context_distributed_bytes_per_query_token\": %.1f, \"context_choices\": \"%s\"",
                 dsacp_context_path_name(o->context_path),
