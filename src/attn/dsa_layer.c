@@ -427,6 +427,37 @@ static void attend_tokens(const attend_args *a, bool inner)
     dsacp_free(s.qpack);
 }
 
+/* No heads to attend with (a rank of a group larger than the head count): the selected sets
+ * alone, computed exactly as attend_tokens computes them (the same kernels, the same order), so
+ * that every rank reports the true sets whether it owns heads or not. */
+static int select_only(const dsacp_dsa_ctx *ctx, const dsacp_dsa_proj *p, int64_t row0, int64_t n, const int64_t *pos,
+                       const dsacp_dsa_view *const *views, int32_t *topk, int64_t layer)
+{
+    const dsacp_config *cfg = ctx->cfg;
+    const int64_t Hi = cfg->index_n_heads, di = cfg->index_head_dim, K = cfg->index_topk;
+    int64_t max_ctx = 1;
+    for (int64_t t = 0; t < n; t++)
+        if (pos[t] + 1 > max_ctx) max_ctx = pos[t] + 1;
+    float *scores = malloc((size_t)max_ctx * 4);
+    int32_t *sel = malloc((size_t)K * 4);
+    void *qpack = dsacp_alloc((dsacp_index_query_bytes(Hi, di) + 63) / 64 * 64);
+    int rc = scores && sel && qpack ? DSACP_OK
+                                    : dsacp_error(DSACP_ENOMEM, "layer %lld: out of memory for the index scores of a "
+                                                  "%lld-token context", (long long)layer, (long long)max_ctx);
+    for (int64_t j = 0; j < n && !rc; j++) {
+        const int64_t t = row0 + j, nk = pos[j] + 1;
+        const dsacp_dsa_view *v = views[j];
+        dsacp_index_query_pack(p->qi + t * Hi * di, p->wts + t * Hi, Hi, di, qpack);
+        dsacp_dsa_index_scores(v->idx, v->idx_layer, v->idx_seq, nk, qpack, scores, true);
+        const int64_t nsel = dsacp_topk_select(scores, nk, K, sel);
+        for (int64_t i = 0; i < K; i++) topk[j * K + i] = i < nsel ? sel[i] : -1;
+    }
+    free(scores);
+    free(sel);
+    dsacp_free(qpack);
+    return rc;
+}
+
 /* Tokens per chunk of dsacp_dsa_attend_views: W_UK and W_UV run as many-row linears over a
  * chunk (each head's weights read once per chunk instead of once per token); the chunk's query
  * rows and outputs take CH x heads x (2 dc + dr) floats (35 MB at V3.2's 128 heads). */
@@ -436,7 +467,8 @@ int dsacp_dsa_attend_views(const dsacp_dsa_ctx *ctx, const dsacp_dsa_weights *w,
                            int64_t row0, int64_t n, const int64_t *pos, const dsacp_dsa_view *const *views,
                            int64_t h0, int64_t h1, float *vcat, int32_t *topk, int64_t layer)
 {
-    if (n == 0 || h1 <= h0) return DSACP_OK;
+    if (n == 0) return DSACP_OK;
+    if (h1 <= h0) return topk ? select_only(ctx, p, row0, n, pos, views, topk, layer) : DSACP_OK;
     const dsacp_config *cfg = ctx->cfg;
     const int64_t H = cfg->num_attention_heads, Hs = h1 - h0, dq = cfg->qk_nope_head_dim + cfg->qk_rope_head_dim;
     const int64_t dc = cfg->kv_lora_rank, dk = dc + cfg->qk_rope_head_dim, dv = cfg->v_head_dim;

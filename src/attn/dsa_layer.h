@@ -115,7 +115,8 @@ typedef struct dsacp_dsa_view {
 /* Steps 5-6 on full views (the single-process attention): for rows [row0, row0 + n) of p, token
  * j at position pos[j] scores positions 0..pos[j] of views[j], takes the top-k and attends with
  * heads [h0, h1), writing vcat F32 [n][H][dv] (those heads' columns) and topk I32 [n][index_topk]
- * (ascending, -1 padded; NULL: not wanted). */
+ * (ascending, -1 padded; NULL: not wanted). With no heads (h1 <= h0) only the selected sets are
+ * computed (a rank that owns no head still reports the true sets). */
 int dsacp_dsa_attend_views(const dsacp_dsa_ctx *ctx, const dsacp_dsa_weights *w, const dsacp_dsa_proj *p,
                            int64_t row0, int64_t n, const int64_t *pos, const dsacp_dsa_view *const *views,
                            int64_t h0, int64_t h1, float *vcat, int32_t *topk, int64_t layer);
