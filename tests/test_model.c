@@ -1,7 +1,8 @@
 /*
  * test_model.c -- config parsing (both rope spellings, derived scales, errors naming fields),
  * presets, init-model determinism and bit-exact round trips through the loader (f32, bf16,
- * fp8 with block scales), packed experts and sharded checkpoints.
+ * fp8 with block scales), packed experts and sharded checkpoints; structure-only loads (inspect's)
+ * and the non-finite scan.
  */
 #include "test.h"
 #include "io/safetensors.h"
@@ -628,6 +629,103 @@ static void test_check_finite(void)
     CHECK(dsacp_model_check_finite(NULL) == DSACP_EINVAL);
 }
 
+/* Rewrites dir/model.safetensors with one more space after its header, so that the data region
+ * starts at an odd offset of the file and no F32 tensor (or FP8 block scale) is aligned. */
+static void misalign_checkpoint(const char *dir)
+{
+    char path[4200];
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    char *buf;
+    size_t len;
+    REQUIRE_OK(dsacp_read_file(path, &buf, &len, 1u << 30));
+    uint64_t hlen = 0;
+    for (int i = 7; i >= 0; i--) hlen = (hlen << 8) | (uint8_t)buf[i];
+    uint64_t nlen = hlen + 1;
+    FILE *f = fopen(path, "wb");
+    if (!f) {
+        fprintf(stderr, "misalign_checkpoint: cannot write %s\n", path);
+        exit(1);
+    }
+    for (int i = 0; i < 8; i++) fputc((int)((nlen >> (8 * i)) & 0xff), f);
+    fwrite(buf + 8, 1, (size_t)hlen, f);
+    fputc(' ', f);
+    fwrite(buf + 8 + hlen, 1, len - 8 - (size_t)hlen, f);
+    CHECK(fclose(f) == 0);
+    dsacp_free(buf);
+}
+
+typedef struct scan_record {
+    int64_t calls, first_done, last_done, last_total;
+    int nbad;
+    char bad[4][256];
+} scan_record;
+
+static void record_progress(int64_t done, int64_t total, void *ctx)
+{
+    scan_record *r = ctx;
+    if (r->calls++ == 0) r->first_done = done;
+    r->last_done = done;
+    r->last_total = total;
+}
+
+static void record_bad(const char *message, void *ctx)
+{
+    scan_record *r = ctx;
+    if (r->nbad < 4) snprintf(r->bad[r->nbad], sizeof r->bad[0], "%s", message);
+    r->nbad++;
+}
+
+/* Issue 20 item 14: a structure-only load (inspect's) reads no weight byte: an unaligned tensor
+ * stays a view into the mapping instead of being copied (a copy reads the data, the whole
+ * checkpoint when the header length is odd). The scan reads unaligned data and scales, reports
+ * every bad tensor in name order, and its progress ends at dsacp_model_scan_bytes. */
+static void test_structure_only(void)
+{
+    const uint32_t f32_nan = 0x7fc00001u, f32_ninf = 0xff800000u;
+    for (int fp8 = 0; fp8 < 2; fp8++) {
+        char *d = tu_make_model("tiny", 9, fp8 ? DSACP_WEIGHTS_FP8 : DSACP_WEIGHTS_F32);
+        if (fp8) poke_tensor(d, "model.layers.1.self_attn.o_proj.weight_scale_inv", 1, &f32_ninf, 4);
+        else poke_tensor(d, "model.layers.0.self_attn.q_a_proj.weight", 17, &f32_nan, 4);
+        /* (The FP8 preset stores its norms in bf16.) */
+        if (fp8) poke_tensor(d, "model.norm.weight", 2, &(uint16_t){0xff80u}, 2);
+        else poke_tensor(d, "model.norm.weight", 2, &f32_ninf, 4);
+        misalign_checkpoint(d);
+        const char *first = fp8 ? "model.layers.1.self_attn.o_proj.weight_scale_inv: non-finite value (-inf) at index 1"
+                                : "model.layers.0.self_attn.q_a_proj.weight: non-finite value (nan) at index 17";
+        for (int structure = 0; structure < 2; structure++) {
+            dsacp_model *m = NULL;
+            REQUIRE_OK(dsacp_model_load_ex(d, structure ? DSACP_LOAD_STRUCTURE_ONLY : 0, &m));
+            /* Structure only: views into the mapping, unaligned; a full load copies them aligned. */
+            int64_t unaligned = 0, f32 = 0;
+            for (int64_t i = 0; i < dsacp_model_weight_count(m); i++) {
+                const dsacp_weight *w = dsacp_model_weight_at(m, i);
+                if (w->dtype == DSACP_F32) {
+                    f32++;
+                    unaligned += (uintptr_t)w->data % 4 != 0;
+                }
+                if (w->dtype == DSACP_F8_E4M3) unaligned += (uintptr_t)w->scale % 4 != 0;
+            }
+            CHECKF(structure ? unaligned > f32 / 2 : unaligned == 0, "fp8 %d structure %d: %lld unaligned views",
+                   fp8, structure, (long long)unaligned);
+            scan_record r = {0};
+            int rc = dsacp_model_scan_finite(m, record_progress, record_bad, &r);
+            CHECKF(rc == DSACP_ERANGE && strcmp(dsacp_last_error(), first) == 0, "fp8 %d structure %d: rc %d '%s'",
+                   fp8, structure, rc, dsacp_last_error());
+            CHECKF(r.nbad == 2 && strcmp(r.bad[0], first) == 0 &&
+                       strcmp(r.bad[1], "model.norm.weight: non-finite value (-inf) at index 2") == 0,
+                   "fp8 %d structure %d: %d bad: '%s', '%s'", fp8, structure, r.nbad, r.bad[0], r.bad[1]);
+            CHECKF(r.calls >= 2 && r.first_done == 0 && r.last_done == r.last_total &&
+                       r.last_total == dsacp_model_scan_bytes(m) && r.last_total > 0,
+                   "progress: %lld calls, first %lld, last %lld of %lld (scan bytes %lld)", (long long)r.calls,
+                   (long long)r.first_done, (long long)r.last_done, (long long)r.last_total,
+                   (long long)dsacp_model_scan_bytes(m));
+            dsacp_model_free(m);
+        }
+        tu_rmtree(d);
+        free(d);
+    }
+}
+
 /* model.safetensors.index.json from memory (the loader's parser, also fuzzed). */
 static void test_shard_index(void)
 {
@@ -670,6 +768,7 @@ int main(void)
     test_shard_index();
     test_experts_vs_checkpoint();
     test_check_finite();
+    test_structure_only();
     test_presets();
     test_round_trip("tiny", DSACP_WEIGHTS_F32);
     test_round_trip("tiny-moe", DSACP_WEIGHTS_BF16);

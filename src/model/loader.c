@@ -30,6 +30,7 @@ struct dsacp_model {
     int64_t nowned_names, nowned_buffers;
     dsacp_model_problem *problems;
     int64_t nproblems, cap_problems;
+    bool structure_only; /* DSACP_LOAD_STRUCTURE_ONLY: views are never copied (no data read) */
 };
 
 /* ---- tensor specs ---- */
@@ -366,7 +367,9 @@ static int bind_view(dsacp_model *m, dsacp_weight *w, const dsacp_st_tensor *t, 
     w->dtype = t->dtype;
     w->rows = rows;
     w->cols = cols;
-    if (((uintptr_t)data % es) != 0) {
+    /* A structure-only load never copies: the copy would read the data (the whole checkpoint
+     * when its header length is not a multiple of the element size). */
+    if (((uintptr_t)data % es) != 0 && !m->structure_only) {
         size_t bytes = (size_t)(rows * cols) * es;
         void *copy = own_buffer(m, bytes);
         if (!copy) return DSACP_ENOMEM;
@@ -415,8 +418,8 @@ static int bind_scale(dsacp_model *m, dsacp_weight *w, stored *all, int64_t nall
                            "intermediate size to be a multiple of %lld", fname, stored_name,
                            (long long)block);
     int64_t off = (expert >= 0 ? expert * srows_full * scols : 0) + (row0 / block) * scols;
-    const float *sc = (const float *)t->data + off;
-    if ((uintptr_t)sc % 4) {
+    const float *sc = (const float *)(const void *)((const uint8_t *)t->data + (size_t)off * sizeof(float));
+    if ((uintptr_t)sc % 4 && !m->structure_only) {
         int64_t nsr = (w->rows + block - 1) / block;
         float *copy = own_buffer(m, (size_t)(nsr * scols) * sizeof(float));
         if (!copy) return DSACP_ENOMEM;
@@ -482,11 +485,13 @@ static int bind_packed_expert(dsacp_model *m, dsacp_weight *w, const dsacp_tenso
     return rc;
 }
 
-int dsacp_model_load_ex(const char *dir, bool keep_going, dsacp_model **out)
+int dsacp_model_load_ex(const char *dir, unsigned flags, dsacp_model **out)
 {
     *out = NULL;
+    const bool keep_going = (flags & DSACP_LOAD_KEEP_GOING) != 0;
     dsacp_model *m = calloc(1, sizeof *m);
     if (!m) return dsacp_error(DSACP_ENOMEM, "out of memory");
+    m->structure_only = (flags & DSACP_LOAD_STRUCTURE_ONLY) != 0;
     m->dir = strdup(dir);
     char path[4096];
     snprintf(path, sizeof path, "%s/config.json", dir);
@@ -665,24 +670,34 @@ fail:
 #undef PROBLEM
 }
 
-int dsacp_model_load(const char *dir, dsacp_model **out) { return dsacp_model_load_ex(dir, false, out); }
+int dsacp_model_load(const char *dir, dsacp_model **out) { return dsacp_model_load_ex(dir, 0, out); }
 
 /* ---- non-finite scan ---- */
 
 /* First index in [0, n) whose bits have every exponent bit set (NaN or infinity for the IEEE
- * formats; for e4m3, which has no infinity, NaN is S.1111.111), or -1. Chunks are checked
- * branch-free (vectorizable) and searched only when one holds a hit. */
+ * formats; for e4m3, which has no infinity, NaN is S.1111.111), or -1. The data may be unaligned
+ * (a structure-only load keeps unaligned views), so each element is loaded with memcpy, which
+ * compilers turn into plain (vectorizable) unaligned loads. Chunks are checked branch-free and
+ * searched only when one holds a hit. */
 #define SCAN_CHUNK 4096
 #define DEFINE_SCAN(fn, T, MASK)                                                  \
-    static int64_t fn(const T *x, int64_t n)                                     \
+    static int64_t fn(const void *p, int64_t n)                                  \
     {                                                                             \
+        const uint8_t *b = p;                                                     \
         for (int64_t c0 = 0; c0 < n; c0 += SCAN_CHUNK) {                          \
             int64_t c1 = n - c0 < SCAN_CHUNK ? n : c0 + SCAN_CHUNK;               \
             int hit = 0;                                                          \
-            for (int64_t i = c0; i < c1; i++) hit |= (x[i] & (MASK)) == (MASK);   \
+            for (int64_t i = c0; i < c1; i++) {                                   \
+                T v;                                                              \
+                memcpy(&v, b + (size_t)i * sizeof v, sizeof v);                   \
+                hit |= (v & (MASK)) == (MASK);                                    \
+            }                                                                     \
             if (hit)                                                              \
-                for (int64_t i = c0; i < c1; i++)                                 \
-                    if ((x[i] & (MASK)) == (MASK)) return i;                      \
+                for (int64_t i = c0; i < c1; i++) {                               \
+                    T v;                                                          \
+                    memcpy(&v, b + (size_t)i * sizeof v, sizeof v);               \
+                    if ((v & (MASK)) == (MASK)) return i;                         \
+                }                                                                 \
         }                                                                         \
         return -1;                                                                \
     }
@@ -697,19 +712,28 @@ static const char *nonfinite_kind(dsacp_dtype dtype, const void *data, int64_t i
 {
     switch (dtype) {
     case DSACP_F32: {
-        uint32_t b = ((const uint32_t *)data)[i];
+        uint32_t b;
+        memcpy(&b, (const uint8_t *)data + (size_t)i * 4, 4);
         return (b & 0x007fffffu) ? "nan" : (b >> 31) ? "-inf" : "inf";
     }
     case DSACP_BF16: {
-        uint16_t b = ((const uint16_t *)data)[i];
+        uint16_t b;
+        memcpy(&b, (const uint8_t *)data + (size_t)i * 2, 2);
         return (b & 0x007fu) ? "nan" : (b >> 15) ? "-inf" : "inf";
     }
     case DSACP_F16: {
-        uint16_t b = ((const uint16_t *)data)[i];
+        uint16_t b;
+        memcpy(&b, (const uint8_t *)data + (size_t)i * 2, 2);
         return (b & 0x03ffu) ? "nan" : (b >> 15) ? "-inf" : "inf";
     }
     default: return "nan";
     }
+}
+
+/* Start of scale row r of an FP8 weight, as bytes (the scales may be unaligned). */
+static const uint8_t *scale_row(const dsacp_weight *w, int64_t r)
+{
+    return (const uint8_t *)(const void *)w->scale + (size_t)(r * w->scale_stride) * sizeof(float);
 }
 
 /* The weight's data: first bad flat index or -1; its block scales: *scale_bad (flat index into
@@ -728,50 +752,90 @@ static int64_t scan_weight(const dsacp_weight *w, int64_t *scale_bad)
     }
     if (w->dtype == DSACP_F8_E4M3 && w->scale) {
         for (int64_t r = 0; r < w->scale_rows && *scale_bad < 0; r++) {
-            int64_t j = scan_u32((const uint32_t *)(const void *)(w->scale + r * w->scale_stride), w->scale_cols);
+            int64_t j = scan_u32(scale_row(w, r), w->scale_cols);
             if (j >= 0) *scale_bad = r * w->scale_cols + j;
         }
     }
     return bad;
 }
 
-int dsacp_model_check_finite(const dsacp_model *m)
+/* A tied lm_head is a view of the embedding: scanned (and named) once, as the embedding. */
+static bool scan_skips(const dsacp_model *m, const dsacp_weight *w)
 {
-    if (!m) return dsacp_error(DSACP_EINVAL, "dsacp_model_check_finite: NULL model");
-    const int64_t n = m->nweights;
+    if (!m->cfg.tie_word_embeddings || strcmp(w->name, "lm_head.weight") != 0) return false;
+    const dsacp_weight *e = dsacp_model_weight(m, "model.embed_tokens.weight");
+    return e && e->data == w->data;
+}
+
+/* Bytes the scan reads for one weight: its data, plus the block scales of an FP8 weight. */
+static int64_t scan_weight_bytes(const dsacp_model *m, const dsacp_weight *w)
+{
+    if (scan_skips(m, w)) return 0;
+    int64_t b = w->rows * w->cols * (int64_t)dsacp_dtype_size(w->dtype);
+    if (w->dtype == DSACP_F8_E4M3 && w->scale) b += w->scale_rows * w->scale_cols * (int64_t)sizeof(float);
+    return b;
+}
+
+int64_t dsacp_model_scan_bytes(const dsacp_model *m)
+{
+    int64_t total = 0;
+    for (int64_t i = 0; m && i < m->nweights; i++) total += scan_weight_bytes(m, &m->weights[i]);
+    return total;
+}
+
+int dsacp_model_scan_finite(const dsacp_model *m, dsacp_scan_progress_fn progress, dsacp_scan_bad_fn on_bad,
+                            void *ctx)
+{
+    if (!m) return dsacp_error(DSACP_EINVAL, "dsacp_model_scan_finite: NULL model");
+    const int64_t n = m->nweights, total = dsacp_model_scan_bytes(m);
     int64_t *bad = malloc((size_t)(n > 0 ? n : 1) * 2 * sizeof *bad);
     if (!bad) return dsacp_error(DSACP_ENOMEM, "%s: out of memory for the non-finite scan", m->dir);
-    /* Weights are independent: scan them in parallel, report the first in name order. */
+    int64_t done = 0;
+    int reporting = 0; /* one caller of `progress` at a time */
+    if (progress) progress(0, total, ctx);
+    /* Weights are independent: scan them in parallel, report in name order. */
 #pragma omp parallel for schedule(dynamic, 1)
     for (int64_t i = 0; i < n; i++) {
         const dsacp_weight *w = &m->weights[i];
-        /* A tied lm_head is a view of the embedding: scanned (and named) once, as the embedding. */
-        if (m->cfg.tie_word_embeddings && strcmp(w->name, "lm_head.weight") == 0) {
-            const dsacp_weight *e = dsacp_model_weight(m, "model.embed_tokens.weight");
-            if (e && e->data == w->data) {
-                bad[2 * i] = bad[2 * i + 1] = -1;
-                continue;
-            }
+        if (scan_skips(m, w)) {
+            bad[2 * i] = bad[2 * i + 1] = -1;
+            continue;
         }
         bad[2 * i] = scan_weight(w, &bad[2 * i + 1]);
+        int64_t now = __atomic_add_fetch(&done, scan_weight_bytes(m, w), __ATOMIC_RELAXED);
+        if (progress && !__atomic_exchange_n(&reporting, 1, __ATOMIC_ACQUIRE)) {
+            progress(now, total, ctx);
+            __atomic_store_n(&reporting, 0, __ATOMIC_RELEASE);
+        }
     }
-    int rc = DSACP_OK;
-    for (int64_t i = 0; i < n && !rc; i++) {
+    if (progress) progress(total, total, ctx);
+    /* Every non-finite tensor in name order; the first one is the error. */
+    char first[512] = "", msg[512];
+    for (int64_t i = 0; i < n; i++) {
         const dsacp_weight *w = &m->weights[i];
-        if (bad[2 * i] >= 0) {
-            rc = dsacp_error(DSACP_ERANGE, "%s: non-finite value (%s) at index %lld", w->name,
-                             nonfinite_kind(w->dtype, w->data, bad[2 * i]), (long long)bad[2 * i]);
-        } else if (bad[2 * i + 1] >= 0) {
-            int64_t k = bad[2 * i + 1];
-            size_t len = strlen(w->name);
-            int stem = (int)(len >= 7 && strcmp(w->name + len - 7, ".weight") == 0 ? len - 7 : len);
-            rc = dsacp_error(DSACP_ERANGE, "%.*s.weight_scale_inv: non-finite value (%s) at index %lld", stem,
-                             w->name,
-                             nonfinite_kind(DSACP_F32, w->scale + (k / w->scale_cols) * w->scale_stride,
-                                            k % w->scale_cols),
-                             (long long)k);
+        for (int part = 0; part < 2; part++) {
+            int64_t k = bad[2 * i + part];
+            if (k < 0) continue;
+            if (part == 0) {
+                snprintf(msg, sizeof msg, "%s: non-finite value (%s) at index %lld", w->name,
+                         nonfinite_kind(w->dtype, w->data, k), (long long)k);
+            } else {
+                size_t len = strlen(w->name);
+                int stem = (int)(len >= 7 && strcmp(w->name + len - 7, ".weight") == 0 ? len - 7 : len);
+                snprintf(msg, sizeof msg, "%.*s.weight_scale_inv: non-finite value (%s) at index %lld", stem,
+                         w->name, nonfinite_kind(DSACP_F32, scale_row(w, k / w->scale_cols), k % w->scale_cols),
+                         (long long)k);
+            }
+            if (!first[0]) memcpy(first, msg, sizeof first);
+            if (on_bad) on_bad(msg, ctx);
         }
     }
     free(bad);
-    return rc;
+    return first[0] ? dsacp_error(DSACP_ERANGE, "%s", first) : DSACP_OK;
+}
+
+int dsacp_model_check_finite(const dsacp_model *m)
+{
+    if (!m) return dsacp_error(DSACP_EINVAL, "dsacp_model_check_finite: NULL model");
+    return dsacp_model_scan_finite(m, NULL, NULL, NULL);
 }

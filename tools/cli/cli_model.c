@@ -1,10 +1,14 @@
-/* cli_model.c -- `dsacp init-model` and `dsacp inspect` (which also scans every weight for NaN/Inf with dsacp_model_check_finite). */
+/* cli_model.c -- `dsacp init-model`, and `dsacp inspect`: a quick look at a checkpoint of any
+ * size (config, files, tensor names, dtypes, shapes, counts; only config.json, the shard index and
+ * the safetensors headers are read), and with --scan-weights the NaN/Inf scan of every weight
+ * byte (dsacp_model_scan_finite), with a progress line on stderr. */
 #include "cli.h"
 #include "model/model.h"
 
 #include <inttypes.h>
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 int cli_init_model(int argc, char **argv)
 {
@@ -73,9 +77,75 @@ static void print_config(const dsacp_config *c)
                (long long)c->weight_block_cols, c->scale_fmt_ue8m0 ? "ue8m0" : "float");
 }
 
+/* The scan's progress line on stderr: on a terminal one line rewritten in place (at most four
+ * times a second) and ended when the scan ends; otherwise (a log) a full line every 10 s, so a
+ * scan shorter than that prints nothing there. */
+typedef struct scan_progress {
+    double t0, last;
+    bool tty, shown;
+    int64_t done;
+} scan_progress;
+
+static void scan_progress_line(scan_progress *p, int64_t done, int64_t total, double now)
+{
+    double dt = now - p->t0;
+    fprintf(stderr, "%sscanning weights: %.2f / %.2f GB (%.2f GB/s)%s", p->tty ? "\r" : "", done / 1e9,
+            total / 1e9, dt > 0 ? done / 1e9 / dt : 0.0, p->tty ? "" : "\n");
+    fflush(stderr);
+    p->shown = true;
+    p->last = now;
+}
+
+static void on_scan_progress(int64_t done, int64_t total, void *ctx)
+{
+    scan_progress *p = ctx;
+    if (done > p->done) p->done = done;
+    double now = dsacp_now();
+    /* A terminal sees the line from the start, updated, and its final value. */
+    if (now - p->last >= (p->tty ? 0.25 : 10.0) || (p->tty && (!p->shown || p->done == total)))
+        scan_progress_line(p, p->done, total, now);
+}
+
+/* The problems found by the scan, listed after the loader's. */
+typedef struct scan_findings {
+    char (*msg)[512];
+    int64_t n, cap;
+    bool truncated;
+} scan_findings;
+
+static void on_scan_bad(const char *message, void *ctx)
+{
+    scan_findings *f = ctx;
+    if (f->n == f->cap) {
+        int64_t cap = f->cap ? 2 * f->cap : 16;
+        char(*v)[512] = dsacp_alloc((size_t)cap * sizeof *v);
+        if (!v) {
+            f->truncated = true;
+            return;
+        }
+        if (f->n) memcpy(v, f->msg, (size_t)f->n * sizeof *v);
+        dsacp_free(f->msg);
+        f->msg = v;
+        f->cap = cap;
+    }
+    snprintf(f->msg[f->n++], sizeof f->msg[0], "%s", message);
+}
+
+typedef struct scan_ctx {
+    scan_progress progress;
+    scan_findings findings;
+} scan_ctx;
+
+static void scan_ctx_progress(int64_t done, int64_t total, void *ctx)
+{
+    on_scan_progress(done, total, &((scan_ctx *)ctx)->progress);
+}
+
+static void scan_ctx_bad(const char *message, void *ctx) { on_scan_bad(message, &((scan_ctx *)ctx)->findings); }
+
 int cli_inspect(int argc, char **argv)
 {
-    cli_opt opts[] = {{"model", true, NULL}, {NULL, false, NULL}};
+    cli_opt opts[] = {{"model", true, NULL}, {"scan-weights", false, NULL}, {NULL, false, NULL}};
     int parsed = cli_parse(argc, argv, opts);
     if (parsed != CLI_RUN) return parsed;
     const char *dir = cli_get(opts, "model");
@@ -83,9 +153,16 @@ int cli_inspect(int argc, char **argv)
         fprintf(stderr, "dsacp inspect: missing required option '--model'\n");
         return 2;
     }
+    const bool scan = cli_get(opts, "scan-weights") != NULL;
+    /* Structure only: the headers are read and checked against the file sizes; no weight byte
+     * is read unless --scan-weights asks for it. */
     dsacp_model *m = NULL;
-    int rc = dsacp_model_load_ex(dir, true, &m);
-    if (!m) return cli_fail("inspect", rc);
+    int rc = dsacp_model_load_ex(dir, DSACP_LOAD_KEEP_GOING | DSACP_LOAD_STRUCTURE_ONLY, &m);
+    if (!m) {
+        /* A model directory that cannot be read is the invocation's fault (2), unless memory ran out. */
+        cli_fail("inspect", rc);
+        return rc == DSACP_ENOMEM ? 1 : 2;
+    }
     char load_msg[512] = "";
     if (rc) snprintf(load_msg, sizeof load_msg, "%s", dsacp_last_error());
     const dsacp_config *c = dsacp_model_config(m);
@@ -116,34 +193,60 @@ int cli_inspect(int argc, char **argv)
            (long long)dsacp_mla_cache_bytes_per_token(c, DSACP_KV_FP8));
     printf("  indexer keys: f32 %lld, fp8 %lld\n", (long long)dsacp_index_cache_bytes_per_token(c, DSACP_KV_F32),
            (long long)dsacp_index_cache_bytes_per_token(c, DSACP_KV_FP8));
-    /* Every weight is scanned for NaN/Inf (loading does not, for speed): the first bad tensor
-     * and its first bad index are an error. */
-    int frc = dsacp_model_check_finite(m);
+    const int64_t scan_total = dsacp_model_scan_bytes(m);
+    scan_ctx sc = {{0}, {0}};
+    int frc = DSACP_OK;
     char finite_msg[512] = "";
-    if (frc) snprintf(finite_msg, sizeof finite_msg, "%s: %s", dir, dsacp_last_error());
-    int64_t nerr = frc ? 1 : 0, nwarn = 0;
+    if (scan) {
+        /* Every weight byte is read: NaN/Inf in any tensor (or FP8 block scale) is an error. */
+        sc.progress.tty = isatty(fileno(stderr)) != 0;
+        sc.progress.t0 = sc.progress.last = dsacp_now();
+        frc = dsacp_model_scan_finite(m, scan_ctx_progress, scan_ctx_bad, &sc);
+        double dt = dsacp_now() - sc.progress.t0;
+        if (sc.progress.shown && sc.progress.tty) fputc('\n', stderr);
+        if (frc) snprintf(finite_msg, sizeof finite_msg, "%s: %s", dir, dsacp_last_error());
+        if (frc && frc != DSACP_ERANGE) {
+            /* The scan itself failed (out of memory): no finding to list. */
+            fprintf(stderr, "dsacp inspect: %s\n", dsacp_last_error());
+            dsacp_free(sc.findings.msg);
+            dsacp_model_free(m);
+            return 1;
+        }
+        printf("weights: %.3f GB scanned for NaN/Inf in %.2f s (%.2f GB/s): %s\n", scan_total / 1e9, dt,
+               dt > 0 ? scan_total / 1e9 / dt : 0.0, frc ? "non-finite values found" : "all finite");
+    } else {
+        printf("weights: not scanned for NaN/Inf (add --scan-weights to read all %.3f GB of them)\n",
+               scan_total / 1e9);
+    }
+    int64_t nerr = sc.findings.n + (sc.findings.truncated ? 1 : 0), nwarn = 0;
+    int64_t nload_err = 0;
     for (int64_t i = 0; i < dsacp_model_problem_count(m); i++) {
         const dsacp_model_problem *p = dsacp_model_problem_at(m, i);
-        if (p->error) nerr++; else nwarn++;
+        if (p->error) nload_err++; else nwarn++;
     }
+    nerr += nload_err;
+    if (frc && nerr == 0) nerr = 1;
     if (nerr || nwarn) {
         printf("problems: %lld errors, %lld warnings\n", (long long)nerr, (long long)nwarn);
         for (int64_t i = 0; i < dsacp_model_problem_count(m); i++) {
             const dsacp_model_problem *p = dsacp_model_problem_at(m, i);
             printf("  %s: %s\n", p->error ? "error" : "warning", p->text);
         }
-        if (frc) printf("  error: %s\n", finite_msg);
+        for (int64_t i = 0; i < sc.findings.n; i++) printf("  error: %s: %s\n", dir, sc.findings.msg[i]);
+        if (sc.findings.truncated || (frc && sc.findings.n == 0)) printf("  error: %s\n", finite_msg);
     } else {
         printf("problems: none\n");
     }
+    dsacp_free(sc.findings.msg);
     if (nerr) {
-        /* The load's first error, else the non-finite weight. */
+        /* The load's first error (a malformed checkpoint: the invocation named a bad model, 2),
+         * else the first non-finite weight (found by the scan, 1). */
         const char *msg = load_msg[0] ? load_msg : finite_msg;
         for (int64_t i = 0; !msg[0] && i < dsacp_model_problem_count(m); i++)
             if (dsacp_model_problem_at(m, i)->error) msg = dsacp_model_problem_at(m, i)->text;
         fprintf(stderr, "dsacp inspect: %s\n", msg);
         dsacp_model_free(m);
-        return 1;
+        return nload_err || rc ? 2 : 1;
     }
     dsacp_model_free(m);
     return 0;
