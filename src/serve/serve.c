@@ -6,15 +6,14 @@
  * to its own engine and broadcasts it (phase `input`); the other ranks apply the same plan, so
  * every rank's engine holds the same requests under the same ids and runs the same steps.
  *
- * Scheduling, per step, within `max_batch_tokens`:
- *   1. decode tokens of running requests (oldest admitted first);
- *   2. the next prefill chunk of running requests still prefilling;
- *   3. new requests in arrival order, their first chunk, while the budget and the KV pools of
- *      every rank (dsacp_engine_fits) allow.
- * When a decode token does not fit, the youngest running request is preempted: its blocks are
- * freed and it goes back to the head of the queue with its prompt and generated tokens, to be
- * recomputed (vLLM's recompute preemption). The oldest request is never preempted, so every
- * request finishes: each fits the pool alone (checked up front).
+ * Scheduling (build_step): per step, within `max_batch_tokens`, decode tokens of running requests
+ * (oldest admitted first), then prefill chunks of running requests, then new requests while the
+ * budget and the KV pools of every rank (dsacp_engine_fits) allow. A running request -- decoding
+ * or mid-prefill -- that cannot get one token into the pools preempts the youngest running
+ * request admitted after it: its blocks are freed and it goes back to the head of the queue with
+ * its prompt and generated tokens, to be recomputed (vLLM's recompute preemption). The oldest
+ * running request is never preempted and always runs, so every request finishes: each fits every
+ * rank's pool alone (checked up front).
  */
 #include "serve/serve.h"
 #include "engine/engine.h"
@@ -209,6 +208,7 @@ typedef struct sched {
     dsacp_serve_result *res;
     /* this step's entries while planning */
     int64_t *ent_s, *ent_n, *fit_id, *fit_len, n_ent;
+    int64_t *order; /* [2 n]: the running requests as (admission, index), oldest first */
     plan ends, adds;
 } sched;
 
@@ -237,21 +237,44 @@ static bool fits_with(sched *S, int64_t s, int64_t c)
     return dsacp_engine_fits(S->e, S->fit_id, S->fit_len, k + 1);
 }
 
-static bool in_step(const sched *S, int64_t s)
+/* The index of request s's entry in the step so far, -1 when it has none. */
+static int64_t entry_of(const sched *S, int64_t s)
 {
     for (int64_t i = 0; i < S->n_ent; i++)
-        if (S->ent_s[i] == s) return true;
-    return false;
+        if (S->ent_s[i] == s) return i;
+    return -1;
 }
 
-/* Preempts the youngest running request that is not in the step yet (recompute later). */
-static int preempt_youngest(sched *S, int64_t *victim)
+/* The largest chunk in [0, want] of request s that fits every rank's pool beside the step so far
+ * (the blocks a request needs grow with its length on every rank, so a bisection finds it). */
+static int64_t largest_fit(sched *S, int64_t s, int64_t want)
+{
+    if (want < 1 || !fits_with(S, s, 1)) return 0;
+    int64_t lo = 1, hi = want;
+    while (lo < hi) {
+        const int64_t mid = lo + (hi - lo + 1) / 2;
+        if (fits_with(S, s, mid)) lo = mid;
+        else hi = mid - 1;
+    }
+    return lo;
+}
+
+/* Preempts the youngest running request admitted after request s (recompute later): its blocks
+ * are freed, its entry in this step (if any) is withdrawn and its tokens go back to the budget,
+ * and it returns to the head of the queue. *victim = -1 when no running request is younger. */
+static int preempt_younger_than(sched *S, int64_t s, int64_t *budget, int64_t *victim)
 {
     int64_t v = -1;
-    for (int64_t s = 0; s < S->n; s++)
-        if (S->r[s].state == ST_RUNNING && !in_step(S, s) && (v < 0 || S->r[s].admit > S->r[v].admit)) v = s;
+    for (int64_t i = 0; i < S->n; i++)
+        if (S->r[i].state == ST_RUNNING && S->r[i].admit > S->r[s].admit && (v < 0 || S->r[i].admit > S->r[v].admit)) v = i;
     *victim = v;
     if (v < 0) return DSACP_OK;
+    const int64_t k = entry_of(S, v);
+    if (k >= 0) {
+        *budget += S->ent_n[k];
+        for (int64_t i = k + 1; i < S->n_ent; i++) S->ent_s[i - 1] = S->ent_s[i], S->ent_n[i - 1] = S->ent_n[i];
+        S->n_ent--;
+    }
     int rc = dsacp_engine_end_request(S->e, S->eid[v]);
     if (!rc) rc = plan_push(&S->ends, v);
     S->eid[v] = -1;
@@ -283,46 +306,87 @@ static int64_t next_waiting(const sched *S)
     return best;
 }
 
+/* Schedules running request s for up to `want` tokens (its decode token, or its next prefill
+ * chunk within the budget): the largest chunk that fits every rank's pool; when not even one
+ * token fits, the youngest running requests admitted after s are preempted one by one until it
+ * does. With none younger left, s gets nothing this step and keeps its blocks. *short_of_pool:
+ * set when s got less than `want` because of the pools (not the budget). */
+static int schedule_running(sched *S, int64_t s, int64_t want, int64_t *budget, bool *short_of_pool)
+{
+    if (want > *budget) want = *budget;
+    if (want < 1) return DSACP_OK;
+    int64_t c;
+    while ((c = largest_fit(S, s, want)) == 0) {
+        int64_t v;
+        int rc = preempt_younger_than(S, s, budget, &v);
+        if (rc) return rc;
+        if (v < 0) break;
+    }
+    if (c < want) *short_of_pool = true;
+    if (c > 0) add_entry(S, s, c), *budget -= c;
+    return DSACP_OK;
+}
+
+/* (admission, index) pairs by admission. */
+static int admit_asc(const void *a, const void *b)
+{
+    const int64_t x = ((const int64_t *)a)[0], y = ((const int64_t *)b)[0];
+    return (x > y) - (x < y);
+}
+
+/* One step's plan (docs/serving.md "Scheduling"):
+ *   1. the decode token of every running request that has fed its whole sequence but one token,
+ *      oldest admitted first -- keeping one token of the budget for the oldest running request
+ *      when it is still prefilling;
+ *   2. the next prefill chunk of every running request still prefilling (or recomputing after a
+ *      preemption), oldest first;
+ *   3. waiting requests in queue order (preempted ones first, then by arrival), their first
+ *      chunk, while the budget, max_num_seqs and the pools allow -- but only in a step where
+ *      every running request got all the tokens it asked for within the budget (no preemption,
+ *      no chunk cut short by the pools), so that a request is never admitted only to be
+ *      preempted by the next step's older ones.
+ * Preemption (schedule_running): a request that cannot get one token into the pools preempts the
+ * youngest running requests admitted after it. The oldest running request therefore always runs
+ * at least one token per step (every other running request is younger, and each request fits
+ * every rank's pool alone, checked up front), it is never preempted, and it finishes; then the
+ * next one is the oldest: every request completes. */
 static int build_step(sched *S)
 {
     const dsacp_serve_options *o = S->o;
     int64_t budget = o->max_batch_tokens, running = 0;
+    bool short_of_pool = false;
     int rc = DSACP_OK;
+    const int64_t preempted0 = S->res->preemptions;
     S->n_ent = 0;
-    /* 1. Decode tokens, oldest admitted first. */
-    for (;;) {
-        int64_t s = -1;
-        for (int64_t i = 0; i < S->n; i++)
-            if (S->r[i].state == ST_RUNNING && !in_step(S, i) && S->r[i].len - S->r[i].fed == 1 &&
-                (s < 0 || S->r[i].admit < S->r[s].admit))
-                s = i;
-        if (s < 0 || budget < 1) break;
-        while (!fits_with(S, s, 1)) {
-            int64_t v;
-            if ((rc = preempt_youngest(S, &v))) return rc;
-            if (v < 0 || v == s) break;
-        }
-        if (S->r[s].state != ST_RUNNING) continue; /* it was the youngest itself */
-        if (!fits_with(S, s, 1)) return dsacp_error(DSACP_ECAPACITY, "serve: a decode token does not fit");
-        add_entry(S, s, 1);
-        budget--;
+    /* The running requests as (admission, index) pairs, oldest first. */
+    for (int64_t s = 0; s < S->n; s++)
+        if (S->r[s].state == ST_RUNNING) S->order[2 * running] = S->r[s].admit, S->order[2 * running + 1] = s, running++;
+    qsort(S->order, (size_t)running, 2 * sizeof *S->order, admit_asc);
+    /* 1. Decode tokens, oldest admitted first, one token of the budget kept for the oldest running
+     * request when it is still prefilling. Preemption only removes younger requests, which come
+     * later in the order. */
+    const int64_t keep = running > 0 && S->r[S->order[1]].len - S->r[S->order[1]].fed > 1 ? 1 : 0;
+    for (int64_t k = 0; k < running; k++) {
+        const int64_t s = S->order[2 * k + 1];
+        if (S->r[s].state != ST_RUNNING || S->r[s].len - S->r[s].fed != 1) continue;
+        int64_t b = budget - keep;
+        if (b < 1) break;
+        if ((rc = schedule_running(S, s, 1, &b, &short_of_pool))) return rc;
+        budget = b + keep;
     }
-    /* 2. Running requests still prefilling. */
-    for (int64_t s = 0; s < S->n && budget > 0; s++) {
-        if (S->r[s].state != ST_RUNNING || in_step(S, s) || S->r[s].len - S->r[s].fed <= 1) continue;
-        int64_t c = S->r[s].len - S->r[s].fed;
-        if (c > budget) c = budget;
-        while (c > 0 && !fits_with(S, s, c)) c /= 2;
-        if (c > 0) add_entry(S, s, c), budget -= c;
+    /* 2. Running requests still prefilling (or recomputing), oldest first; these may withdraw and
+     * preempt younger requests given a decode token in 1. */
+    for (int64_t k = 0; k < running && budget > 0; k++) {
+        const int64_t s = S->order[2 * k + 1];
+        if (S->r[s].state != ST_RUNNING || S->r[s].len - S->r[s].fed <= 1) continue;
+        if ((rc = schedule_running(S, s, S->r[s].len - S->r[s].fed, &budget, &short_of_pool))) return rc;
     }
-    for (int64_t s = 0; s < S->n; s++) running += S->r[s].state == ST_RUNNING;
+    if (short_of_pool || S->res->preemptions != preempted0) return DSACP_OK;
     /* 3. New requests. */
     while (budget > 0 && running < o->max_num_seqs) {
         const int64_t s = next_waiting(S);
         if (s < 0) break;
-        int64_t c = S->r[s].len - S->r[s].fed;
-        if (c > budget) c = budget;
-        while (c > 0 && !fits_with(S, s, c)) c /= 2;
+        const int64_t c = largest_fit(S, s, S->r[s].len - S->r[s].fed < budget ? S->r[s].len - S->r[s].fed : budget);
         if (c == 0) break;
         if ((rc = dsacp_engine_add_request(S->e, &S->eid[s])) || (rc = plan_push(&S->adds, s))) return rc;
         S->r[s].state = ST_RUNNING;
@@ -353,6 +417,8 @@ int dsacp_serve_run(dsacp_engine *e, const dsacp_serve_request *reqs, int64_t n_
     prob *work = NULL;
     if (!S.eid) rc = dsacp_error(DSACP_ENOMEM, "out of memory");
     for (int64_t i = 0; i < n && S.eid; i++) S.eid[i] = -1;
+    if (root && (opt->max_batch_tokens < 1 || opt->max_num_seqs < 1))
+        rc = dsacp_error(DSACP_EINVAL, "serve: max_batch_tokens and max_num_seqs must be >= 1");
     if (root && !rc) {
         S.r = calloc((size_t)(n > 0 ? n : 1), sizeof *S.r);
         res->out = calloc((size_t)(n > 0 ? n : 1), sizeof *res->out);
@@ -360,13 +426,18 @@ int dsacp_serve_run(dsacp_engine *e, const dsacp_serve_request *reqs, int64_t n_
         S.ent_n = malloc((size_t)(n + 1) * sizeof *S.ent_n);
         S.fit_id = malloc((size_t)(n + 1) * sizeof *S.fit_id);
         S.fit_len = malloc((size_t)(n + 1) * sizeof *S.fit_len);
+        S.order = malloc((size_t)(2 * n + 2) * sizeof *S.order);
         work = malloc((size_t)V * sizeof *work);
-        if (!S.r || !res->out || !S.ent_s || !S.ent_n || !S.fit_id || !S.fit_len || !work)
+        if (!S.r || !res->out || !S.ent_s || !S.ent_n || !S.fit_id || !S.fit_len || !S.order || !work)
             rc = dsacp_error(DSACP_ENOMEM, "out of memory for %lld requests", (long long)n);
         res->n_requests = n;
         for (int64_t i = 0; i < n && !rc; i++) {
             const dsacp_serve_request *q = &reqs[i];
             const int64_t total = q->prompt_len + q->max_new_tokens;
+            /* The cache holds the prompt and every generated token but the last (never fed); each
+             * rank's share of it grows with the length, so fitting here means fitting at every
+             * point of the request's life, on every rank. */
+            const int64_t cached = total - 1;
             const int64_t id = -1;
             if (q->prompt_len < 1 || q->max_new_tokens < 1)
                 rc = dsacp_error(DSACP_EINVAL, "request %lld: needs a prompt and max_new_tokens >= 1", (long long)i);
@@ -374,9 +445,9 @@ int dsacp_serve_run(dsacp_engine *e, const dsacp_serve_request *reqs, int64_t n_
                 rc = dsacp_error(DSACP_ERANGE, "request %lld: prompt %lld + max_new_tokens %lld exceeds the model's "
                                  "max_position_embeddings %lld", (long long)i, (long long)q->prompt_len,
                                  (long long)q->max_new_tokens, (long long)cfg->max_position_embeddings);
-            else if (!dsacp_engine_fits(e, &id, &total, 1))
-                rc = dsacp_error(DSACP_ECAPACITY, "request %lld (%lld tokens with its output) does not fit the KV pool "
-                                 "even alone: give more --kv-blocks / --kv-memory", (long long)i, (long long)total);
+            else if (!dsacp_engine_fits(e, &id, &cached, 1))
+                rc = dsacp_error(DSACP_ECAPACITY, "request %lld (%lld tokens cached with its output) does not fit the KV "
+                                 "pool even alone: give more --kv-blocks / --kv-memory", (long long)i, (long long)cached);
             for (int64_t j = 0; j < q->prompt_len && !rc; j++) {
                 if (q->prompt[j] < 0 || q->prompt[j] >= V)
                     rc = dsacp_error(DSACP_ERANGE, "request %lld: prompt token %lld = %d is outside the vocabulary "
@@ -525,7 +596,7 @@ int dsacp_serve_run(dsacp_engine *e, const dsacp_serve_request *reqs, int64_t n_
         for (int64_t s = 0; s < n; s++)
             if (S.eid && S.eid[s] >= 0) dsacp_engine_end_request(e, S.eid[s]);
     }
-    free(S.r), free(S.eid), free(S.ent_s), free(S.ent_n), free(S.fit_id), free(S.fit_len);
+    free(S.r), free(S.eid), free(S.ent_s), free(S.ent_n), free(S.fit_id), free(S.fit_len), free(S.order);
     free(S.ends.w), free(S.adds.w), free(p.w), free(logits), free(work);
     if (rc && root) {
         char msg[512];
