@@ -115,7 +115,10 @@ void dsacp_plan_kv_bytes(const dsacp_config *cfg, const dsacp_cp_options *cp, in
 void dsacp_plan_weight_usage(const dsacp_config *cfg, const dsacp_cp_options *cp, int64_t W, int64_t rank,
                              dsacp_dtype dtype, int64_t block, dsacp_weight_usage *out);
 
-/* ---- hardware profiles and the roofline (docs/planning.md) ---- */
+/* ---- hardware profiles and the roofline (docs/planning.md) ----
+ * The planning functions below find the busiest rank in one pass over the ranks (O(W), not W
+ * calls of dsacp_plan_step_comm), and return DSACP_ERANGE naming the figure when any result is
+ * not a finite number (a profile built by hand beyond the loader's ranges). */
 
 /* One rank's device and its links, from a JSON file (the files in hardware/; every field required):
  *   name, source (where the figures come from), flops_bf16, flops_fp8 (FLOP/s, dense peak),
@@ -128,8 +131,12 @@ typedef struct dsacp_hw {
     int64_t ranks_per_node;
     double link_bw, link_latency_us, net_bw, net_latency_us;
 } dsacp_hw;
-/* Reads and checks a profile: a missing, non-numeric or non-positive field is DSACP_EINVAL with
- * a message naming the file and the field. */
+/* Reads and checks a profile: DSACP_EINVAL with a message naming the file and, for a field, the
+ * field when the file cannot be opened, is not a regular file, is not JSON (the line of the
+ * error), or a field is missing, of the wrong JSON type (ranks_per_node: an integer; name and
+ * source: non-empty strings without control characters, within the struct's buffers) or outside
+ * its physical range (docs/planning.md "Hardware profiles": FLOP rates 1e6..1e18 /s, bandwidths
+ * 1e6..1e15 B/s, mem_bytes 1e6..1e15, ranks_per_node 1..65536, latencies 1e-3..1e6 us). */
 int dsacp_hw_load(const char *path, dsacp_hw *out);
 
 /* One decode layer under a strategy, on the busiest rank (the one receiving the most). */

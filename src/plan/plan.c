@@ -3,7 +3,7 @@
  * of docs/context-parallel.md sections 3-4 per rank and phase, written once here and checked by
  * test_cp against the communicator's counters exactly. Logical bytes as comm.c counts them.
  */
-#include "dsacp_plan.h"
+#include "plan/plan.h"
 #include "core/core.h"
 
 #include <stdlib.h>
@@ -52,29 +52,78 @@ static void gather_v(dsacp_comm_counter *c, int64_t nd, int64_t H, int64_t Hs, i
     add(c, L, L * nd * Hs * dv * 4 * (W - 1), L * nd * (H - Hs) * dv * 4);
 }
 
-int dsacp_plan_step_comm(const dsacp_config *cfg, const dsacp_cp_options *cp, const dsacp_plan_step *s,
-                         dsacp_comm_counter out[DSACP_PHASE_COUNT])
-{
-    memset(out, 0, sizeof(dsacp_comm_counter) * DSACP_PHASE_COUNT);
-    const int64_t W = s->W, me = s->rank, I = cp->interleave, L = cfg->num_hidden_layers, K = cfg->index_topk;
-    const int64_t H = cfg->num_attention_heads, dc = cfg->kv_lora_rank, dk = dc + cfg->qk_rope_head_dim;
-    const int64_t dv = cfg->v_head_dim, D = cfg->hidden_size, Hs = heads(H, me, W), nd = s->nd;
-    if (W < 1 || me < 0 || me >= W || (cp->index_layout == DSACP_LAYOUT_PARTIAL && W % cp->index_group))
-        return dsacp_error(DSACP_EINVAL, "plan: rank %lld of %lld ranks, index layout", (long long)me, (long long)W);
-    if (W == 1) return DSACP_OK; /* a solo group counts nothing */
-    int64_t iW, iI, ir;
-    index_groups(cp, W, me, &iW, &iI, &ir);
-    const bool lsh = cp->kv_layout == DSACP_LAYOUT_SHARDED, ish = iW > 1;
-    const int64_t Esh = (lsh ? s->latent_bytes : 0) + (ish ? s->index_bytes : 0), E = s->latent_bytes + s->index_bytes;
+/* What a step's counts share across ranks, built once (dsacp_plan_step_comm_ranks then fills
+ * every rank's counters in O(entries + layers) each, so the busiest rank of W costs O(W), not the
+ * O(W^2) of W separate calls): the prefill tokens each rank computes and the logits rows it
+ * sends, and per rank (per index group for lean) the cached positions the decode strategies
+ * move. */
+typedef struct step_shared {
+    int64_t iW, iI, T;
+    int64_t *npq, *rows;   /* [W] prefill tokens computed by each rank, rows of them rank 0's head needs */
+    int64_t orows;         /* rows of ranks 1.. */
+    int64_t *ag;           /* [W] allgather-kv: the decode requests' cached positions each rank holds */
+    int64_t ag_total;      /* their sum over ranks (the requests' positions) */
+    int64_t *lean;         /* [iW] lean: the candidates each index group sends (min(local, k') per token) */
+    int64_t lean_total, lean_sel;
+    int64_t *work;         /* [2 iW] lean's walk */
+    bool gather;           /* DSA-CP tp: the step gathers o_proj's shards */
+    bool tp, tp_a2a, dsa;
+    int64_t shard_total;   /* tp: the column shards' bytes, all ranks */
+} step_shared;
 
-    /* The rank computing each prefill token (src/cp/cp_layer.c assigned_rank), and the context
-     * the chunks gather. */
-    int64_t *npq = calloc((size_t)W, sizeof *npq), *rows = calloc((size_t)W, sizeof *rows), T = 0, ctx_me = 0, ctx_others = 0;
-    if (!npq || !rows) {
-        free(npq), free(rows);
+static void shared_free(step_shared *sh)
+{
+    free(sh->npq), free(sh->rows), free(sh->ag), free(sh->lean), free(sh->work);
+    memset(sh, 0, sizeof *sh);
+}
+
+/* For every index group q, the sum over the decode tokens (n = context + 1 positions each, those
+ * with n > K) of min(local_len(n, q), kp): the tokens walked in order, each group's count of
+ * positions advanced by one position at a time while n grows a little and recomputed when it
+ * jumps, its running minimum added lazily -- O(tokens + iW x jumps), the same integers as the
+ * per-token sum over groups. */
+static void lean_counts(const int64_t *context, int64_t nd, int64_t K, int64_t kp, int64_t iI, int64_t iW, int64_t *M,
+                        int64_t *f, int64_t *since)
+{
+    int64_t clock = 0, cur = -1; /* f[q] = local_len(cur, q); each token adds one to the clock */
+    for (int64_t q = 0; q < iW; q++) M[q] = 0;
+    for (int64_t j = 0; j < nd; j++) {
+        const int64_t n = context[j] + 1;
+        if (n <= K) continue;
+        if (cur >= 0 && n >= cur && n - cur <= iW) {
+            for (int64_t p = cur; p < n; p++) {
+                const int64_t q = dsacp_cp_owner(p, iI, iW);
+                M[q] += (f[q] < kp ? f[q] : kp) * (clock - since[q]);
+                since[q] = clock;
+                f[q]++;
+            }
+        } else {
+            for (int64_t q = 0; q < iW; q++) {
+                if (cur >= 0) M[q] += (f[q] < kp ? f[q] : kp) * (clock - since[q]);
+                f[q] = dsacp_cp_local_len(n, q, iI, iW), since[q] = clock;
+            }
+        }
+        cur = n;
+        clock++;
+    }
+    for (int64_t q = 0; q < iW && cur >= 0; q++) M[q] += (f[q] < kp ? f[q] : kp) * (clock - since[q]);
+}
+
+static int shared_build(const dsacp_config *cfg, const dsacp_cp_options *cp, const dsacp_plan_step *s, step_shared *sh)
+{
+    memset(sh, 0, sizeof *sh);
+    const int64_t W = s->W, I = cp->interleave, H = cfg->num_attention_heads, dv = cfg->v_head_dim, D = cfg->hidden_size;
+    int64_t iW, iI, ir;
+    index_groups(cp, W, 0, &iW, &iI, &ir);
+    sh->iW = iW, sh->iI = iI;
+    sh->npq = calloc((size_t)W, sizeof *sh->npq), sh->rows = calloc((size_t)W, sizeof *sh->rows);
+    if (!sh->npq || !sh->rows) {
+        shared_free(sh);
         return dsacp_error(DSACP_ENOMEM, "out of memory");
     }
+    int64_t *npq = sh->npq, *rows = sh->rows, T = 0;
     for (int64_t e = 0; e < s->npre; e++) T += s->pre_new[e];
+    sh->T = T;
     const int64_t Tall = s->step_tokens > 0 ? s->step_tokens : T, chunk = Tall > 0 ? (Tall + W - 1) / W : 1;
     for (int64_t e = 0, t = 0; e < s->npre; e++) {
         const int64_t n = s->pre_new[e], o = s->pre_old[e], first = s->pre_first ? s->pre_first[e] : t;
@@ -94,30 +143,79 @@ int dsacp_plan_step_comm(const dsacp_config *cfg, const dsacp_cp_options *cp, co
             if (!s->logits_last || i == n - 1) rows[q < W ? q : W - 1]++; /* rows rank 0's head needs */
         }
         t += n;
-        if (Esh)
-            for (int64_t q = 0; q < W; q++) {
-                const int64_t b = dsacp_cp_local_len(o, q, I, W) * Esh;
-                if (q == me) ctx_me += b;
-                else ctx_others += b;
-            }
     }
-    int64_t others = 0;
-    for (int64_t q = 0; q < W; q++)
-        if (q != me) others += npq[q];
+    for (int64_t q = 1; q < W; q++) sh->orows += rows[q];
 
     /* DSA-CP's weight plans (src/cp/cp_weights.c): tp's path for the step */
-    const bool dsa = cp->mode == DSACP_CP_DSA_CP && s->q_bytes && s->o_bytes;
-    const bool tp = dsa && cp->o_proj >= DSACP_WEIGHTS_TP && s->o_shard_bytes;
-    bool gather = s->tp_gather;
-    if (tp && s->tp_auto) {
+    sh->dsa = cp->mode == DSACP_CP_DSA_CP && s->q_bytes && s->o_bytes;
+    sh->tp = sh->dsa && cp->o_proj >= DSACP_WEIGHTS_TP && s->o_shard_bytes;
+    sh->gather = s->tp_gather;
+    if (sh->tp && s->tp_auto) {
         /* the engine's rule: the shards' bytes against the activations' (mean over ranks) */
         double recv = 0, a = 0;
         for (int64_t q = 0; q < W; q++) recv += (double)s->o_shard_bytes[q];
         for (int64_t q = 0; q < W; q++)
             a += (double)(T - npq[q]) * (double)(heads(H, q, W) * dv) * 4 + (double)npq[q] * (double)D * 4 * (double)(W - 1);
-        gather = recv * (double)(W - 1) / (double)W < a / (double)W;
+        sh->gather = recv * (double)(W - 1) / (double)W < a / (double)W;
     }
-    const bool tp_a2a = tp && !gather;
+    sh->tp_a2a = sh->tp && !sh->gather;
+    for (int64_t q = 0; q < W && sh->tp; q++) sh->shard_total += s->o_shard_bytes[q];
+
+    /* the decode strategies' positions per rank */
+    if (s->nd > 0 && cp->decode == DSACP_DECODE_ALLGATHER_KV) {
+        sh->ag = calloc((size_t)W, sizeof *sh->ag);
+        if (!sh->ag) {
+            shared_free(sh);
+            return dsacp_error(DSACP_ENOMEM, "out of memory");
+        }
+        for (int64_t r = 0; r < s->nreq;) { /* requests of equal length together */
+            int64_t k = r + 1;
+            while (k < s->nreq && s->req_old[k] == s->req_old[r]) k++;
+            for (int64_t q = 0; q < W; q++) sh->ag[q] += (k - r) * dsacp_cp_local_len(s->req_old[r], q, I, W);
+            sh->ag_total += (k - r) * s->req_old[r];
+            r = k;
+        }
+    }
+    if (s->nd > 0 && cp->decode == DSACP_DECODE_LEAN) {
+        const int64_t K = cfg->index_topk;
+        for (int64_t j = 0; j < s->nd; j++) {
+            const int64_t n = s->context[j] + 1;
+            sh->lean_sel += n < K ? n : K;
+        }
+        if (iW > 1) {
+            sh->lean = calloc((size_t)iW, sizeof *sh->lean), sh->work = calloc((size_t)(2 * iW), sizeof *sh->work);
+            if (!sh->lean || !sh->work) {
+                shared_free(sh);
+                return dsacp_error(DSACP_ENOMEM, "out of memory");
+            }
+            lean_counts(s->context, s->nd, K, lean_kprime(K, iW, cp->lean_factor), iI, iW, sh->lean, sh->work, sh->work + iW);
+            for (int64_t q = 0; q < iW; q++) sh->lean_total += sh->lean[q];
+        }
+    }
+    return DSACP_OK;
+}
+
+/* One rank's counters from the shared part. */
+static void rank_comm(const dsacp_config *cfg, const dsacp_cp_options *cp, const dsacp_plan_step *s, const step_shared *sh,
+                      int64_t me, dsacp_comm_counter out[DSACP_PHASE_COUNT])
+{
+    memset(out, 0, sizeof(dsacp_comm_counter) * DSACP_PHASE_COUNT);
+    const int64_t W = s->W, I = cp->interleave, L = cfg->num_hidden_layers, K = cfg->index_topk;
+    const int64_t H = cfg->num_attention_heads, dc = cfg->kv_lora_rank, dk = dc + cfg->qk_rope_head_dim;
+    const int64_t dv = cfg->v_head_dim, D = cfg->hidden_size, Hs = heads(H, me, W), nd = s->nd;
+    int64_t iW, iI, ir;
+    index_groups(cp, W, me, &iW, &iI, &ir);
+    const bool lsh = cp->kv_layout == DSACP_LAYOUT_SHARDED, ish = iW > 1;
+    const int64_t Esh = (lsh ? s->latent_bytes : 0) + (ish ? s->index_bytes : 0), E = s->latent_bytes + s->index_bytes;
+    const int64_t *npq = sh->npq, *rows = sh->rows, T = sh->T, others = T - npq[me];
+    const bool tp = sh->tp, tp_a2a = sh->tp_a2a, gather = sh->gather, dsa = sh->dsa;
+    /* the context the chunks gather: this rank's shard of every entry's cached positions, and the rest */
+    int64_t ctx_me = 0, ctx_others = 0;
+    if (Esh)
+        for (int64_t e = 0; e < s->npre; e++) {
+            const int64_t mine = dsacp_cp_local_len(s->pre_old[e], me, I, W);
+            ctx_me += mine * Esh, ctx_others += (s->pre_old[e] - mine) * Esh;
+        }
 
     /* control: capacity, metadata and end agreements (4 bytes each), rank 0's two want flags,
      * per layer the allocation agreement and, when the layer builds views, their agreement. */
@@ -133,13 +231,7 @@ int dsacp_plan_step_comm(const dsacp_config *cfg, const dsacp_cp_options *cp, co
         switch (cp->decode) {
         case DSACP_DECODE_ALLGATHER_KV:
             if (Esh) {
-                int64_t mine = 0, oth = 0;
-                for (int64_t r = 0; r < s->nreq; r++)
-                    for (int64_t q = 0; q < W; q++) {
-                        const int64_t b = dsacp_cp_local_len(s->req_old[r], q, I, W) * Esh;
-                        if (q == me) mine += b;
-                        else oth += b;
-                    }
+                const int64_t mine = sh->ag[me] * Esh, oth = (sh->ag_total - sh->ag[me]) * Esh;
                 add(&out[DSACP_PHASE_kv_gather], L, L * mine * (W - 1), L * oth);
             }
             break;
@@ -155,18 +247,7 @@ int dsacp_plan_step_comm(const dsacp_config *cfg, const dsacp_cp_options *cp, co
                     L * (nd * H * 4 * (W - 1) + nd * Hs * dc * 4 * (W - 1)));
             break;
         case DSACP_DECODE_LEAN: {
-            const int64_t kp = lean_kprime(K, iW, cp->lean_factor);
-            int64_t mine = 0, oth = 0, sel = 0;
-            for (int64_t j = 0; j < nd; j++) {
-                const int64_t n = s->context[j] + 1;
-                sel += n < K ? n : K;
-                if (n <= K || iW == 1) continue;
-                for (int64_t q = 0; q < iW; q++) {
-                    const int64_t nq = dsacp_cp_local_len(n, q, iI, iW), mq = nq < kp ? nq : kp;
-                    if (q == ir) mine += mq;
-                    else oth += mq;
-                }
-            }
+            const int64_t mine = iW > 1 ? sh->lean[ir] : 0, oth = iW > 1 ? sh->lean_total - mine : 0, sel = sh->lean_sel;
             if (mine + oth > 0) add(&out[DSACP_PHASE_index_candidates], L, L * mine * 4 * (iW - 1), L * oth * 4);
             add(&out[DSACP_PHASE_lean_fallback], s->lean_fallback_rounds, s->lean_fallback_tokens * K * 8 * (iW - 1),
                 s->lean_fallback_tokens * K * 8 * (iW - 1));
@@ -205,37 +286,65 @@ int dsacp_plan_step_comm(const dsacp_config *cfg, const dsacp_cp_options *cp, co
     if (s->npre > 0) {
         add(&out[DSACP_PHASE_prefill_kv], L, L * npq[me] * E * (W - 1), L * others * E);
         if (Esh) add(&out[DSACP_PHASE_prefill_kv], L, L * ctx_me * (W - 1), L * ctx_others);
-        int64_t orows = 0;
-        for (int64_t q = 1; q < W; q++) orows += rows[q];
-        if (s->want_logits) add(&out[DSACP_PHASE_logits], 1, me ? rows[me] * s->hidden_bytes : 0, me ? 0 : orows * s->hidden_bytes);
+        if (s->want_logits)
+            add(&out[DSACP_PHASE_logits], 1, me ? rows[me] * s->hidden_bytes : 0, me ? 0 : sh->orows * s->hidden_bytes);
         if (s->want_topk) add(&out[DSACP_PHASE_topk_dump], L, me ? L * npq[me] * K * 4 : 0, me ? 0 : L * others * K * 4);
-        if (tp_a2a && T > 0) { /* every token's v columns to their heads' ranks, the partial sums back (fp32) */
+        if (tp_a2a && T > 0) {
+            /* every token's v columns to their heads' ranks, the partial sums back (fp32): summed
+             * over the other ranks q, sum_q cq = H dv - cme and sum_q npq[q] = others */
             const int64_t cme = heads(H, me, W) * dv;
-            int64_t sent = 0, recv = 0;
-            for (int64_t q = 0; q < W; q++) {
-                if (q == me) continue;
-                const int64_t cq = heads(H, q, W) * dv;
-                sent += npq[me] * cq * 4 + npq[q] * D * 4;
-                recv += npq[q] * cme * 4 + npq[me] * D * 4;
-            }
+            const int64_t sent = npq[me] * (H * dv - cme) * 4 + others * D * 4;
+            const int64_t recv = others * cme * 4 + (W - 1) * npq[me] * D * 4;
             add(&out[DSACP_PHASE_o_proj], 2 * L, L * sent, L * recv);
         }
     }
     /* DSA-CP's weights, every step: layer-shard broadcasts from the layer's owner rank (l mod W);
      * tp's gather of the column shards when the step takes it. */
+    int64_t rest = 0; /* every other rank's shard (f32 when the heads split FP8 blocks) */
+    if (dsa && tp && gather) rest = sh->shard_total - s->o_shard_bytes[me];
     for (int64_t l = 0; l < L && dsa; l++) {
         const bool root = l % W == me;
         if (cp->q_proj == DSACP_WEIGHTS_LAYER_SHARD)
             add(&out[DSACP_PHASE_q_proj_weight], 1, root ? s->q_bytes[l] * (W - 1) : 0, root ? 0 : s->q_bytes[l]);
         if (cp->o_proj == DSACP_WEIGHTS_LAYER_SHARD)
             add(&out[DSACP_PHASE_o_proj_weight], 1, root ? s->o_bytes[l] * (W - 1) : 0, root ? 0 : s->o_bytes[l]);
-        if (tp && gather) {
-            int64_t rest = 0; /* every other rank's shard (f32 when the heads split FP8 blocks) */
-            for (int64_t q = 0; q < W; q++) rest += q == me ? 0 : s->o_shard_bytes[q];
-            add(&out[DSACP_PHASE_o_proj_weight], 1, s->o_shard_bytes[me] * (W - 1), rest);
-        }
+        if (tp && gather) add(&out[DSACP_PHASE_o_proj_weight], 1, s->o_shard_bytes[me] * (W - 1), rest);
     }
-    free(npq), free(rows);
+}
+
+static int check_step(const dsacp_cp_options *cp, const dsacp_plan_step *s, int64_t me)
+{
+    const int64_t W = s->W;
+    if (W < 1 || me < 0 || me >= W || (cp->index_layout == DSACP_LAYOUT_PARTIAL && W % cp->index_group))
+        return dsacp_error(DSACP_EINVAL, "plan: rank %lld of %lld ranks, index layout", (long long)me, (long long)W);
+    return DSACP_OK;
+}
+
+int dsacp_plan_step_comm(const dsacp_config *cfg, const dsacp_cp_options *cp, const dsacp_plan_step *s,
+                         dsacp_comm_counter out[DSACP_PHASE_COUNT])
+{
+    memset(out, 0, sizeof(dsacp_comm_counter) * DSACP_PHASE_COUNT);
+    int rc = check_step(cp, s, s->rank);
+    if (rc || s->W == 1) return rc; /* a solo group counts nothing */
+    step_shared sh;
+    if ((rc = shared_build(cfg, cp, s, &sh))) return rc;
+    rank_comm(cfg, cp, s, &sh, s->rank, out);
+    shared_free(&sh);
+    return DSACP_OK;
+}
+
+int dsacp_plan_step_comm_ranks(const dsacp_config *cfg, const dsacp_cp_options *cp, const dsacp_plan_step *s,
+                               dsacp_comm_counter *out)
+{
+    const int64_t W = s->W;
+    int rc = check_step(cp, s, 0);
+    if (rc) return rc;
+    memset(out, 0, sizeof(dsacp_comm_counter) * DSACP_PHASE_COUNT * (size_t)W);
+    if (W == 1) return DSACP_OK;
+    step_shared sh;
+    if ((rc = shared_build(cfg, cp, s, &sh))) return rc;
+    for (int64_t r = 0; r < W; r++) rank_comm(cfg, cp, s, &sh, r, out + r * DSACP_PHASE_COUNT);
+    shared_free(&sh);
     return DSACP_OK;
 }
 
@@ -273,11 +382,25 @@ void dsacp_plan_context_rule(const dsacp_config *cfg, const dsacp_cp_options *cp
     }
 }
 
-int dsacp_plan_entries_comm(const dsacp_config *cfg, const dsacp_cp_options *cp, const dsacp_plan_step *base,
-                            const dsacp_plan_entry *ent, int64_t n, dsacp_comm_counter out[DSACP_PHASE_COUNT])
+/* A step given as entries, classified the way the engine does (dsacp_plan_entries_comm): the
+ * step and the lists it points into. */
+typedef struct entries_step {
+    dsacp_plan_step s;
+    int64_t *ctx, *req, *rold, *pold, *pnew, *pfirst;
+} entries_step;
+
+static void entries_free(entries_step *es)
 {
-    dsacp_plan_step s = *base;
-    const int64_t W = s.W;
+    free(es->ctx), free(es->req), free(es->rold), free(es->pold), free(es->pnew), free(es->pfirst);
+}
+
+static int entries_build(const dsacp_config *cfg, const dsacp_cp_options *cp, const dsacp_plan_step *base,
+                         const dsacp_plan_entry *ent, int64_t n, entries_step *es)
+{
+    memset(es, 0, sizeof *es);
+    es->s = *base;
+    dsacp_plan_step *s = &es->s;
+    const int64_t W = s->W;
     int64_t iW, iI, ir;
     index_groups(cp, W, 0, &iW, &iI, &ir);
     /* The engine's classification (src/cp/cp_layer.c, dsacp_cp_step_build): a one-token entry
@@ -294,34 +417,57 @@ int dsacp_plan_entries_comm(const dsacp_config *cfg, const dsacp_cp_options *cp,
         multi = multi || ent[e].n_new > 1;
     }
     const size_t cap = (size_t)(T > 0 ? T : 1), ce = (size_t)(n > 0 ? n : 1);
-    int64_t *ctx = malloc(cap * sizeof *ctx), *req = malloc(cap * sizeof *req), *rold = malloc(ce * sizeof *rold);
-    int64_t *pold = malloc(ce * sizeof *pold), *pnew = malloc(ce * sizeof *pnew), *pfirst = malloc(ce * sizeof *pfirst);
+    int64_t *ctx = es->ctx = malloc(cap * sizeof *ctx), *req = es->req = malloc(cap * sizeof *req);
+    int64_t *rold = es->rold = malloc(ce * sizeof *rold), *pold = es->pold = malloc(ce * sizeof *pold);
+    int64_t *pnew = es->pnew = malloc(ce * sizeof *pnew), *pfirst = es->pfirst = malloc(ce * sizeof *pfirst);
     int rc = ctx && req && rold && pold && pnew && pfirst ? DSACP_OK : dsacp_error(DSACP_ENOMEM, "out of memory");
     int64_t first = 0;
-    s.nd = s.nreq = s.npre = 0;
+    s->nd = s->nreq = s->npre = 0;
     for (int64_t e = 0; e < n && !rc; e++) {
         bool dec = !dsa_cp_only && ent[e].n_new == 1;
         if (!dec && sharded && ent[e].old_len > 0 && ent[e].n_new >= 1)
-            rc = dsacp_plan_context_distributed(cfg, cp, W, s.latent_bytes, s.index_bytes, s.deployed, s.o_gather_v, s.o_tp_f32,
-                                                s.context_hw, ent[e].old_len, ent[e].n_new, &dec);
+            rc = dsacp_plan_context_distributed(cfg, cp, W, s->latent_bytes, s->index_bytes, s->deployed, s->o_gather_v,
+                                                s->o_tp_f32, s->context_hw, ent[e].old_len, ent[e].n_new, &dec);
         if (dec) {
-            for (int64_t j = 0; j < ent[e].n_new; j++) ctx[s.nd] = ent[e].old_len + j, req[s.nd++] = s.nreq;
-            rold[s.nreq++] = ent[e].old_len;
+            for (int64_t j = 0; j < ent[e].n_new; j++) ctx[s->nd] = ent[e].old_len + j, req[s->nd++] = s->nreq;
+            rold[s->nreq++] = ent[e].old_len;
         } else if (ent[e].n_new > 0) {
-            pfirst[s.npre] = first, pold[s.npre] = ent[e].old_len, pnew[s.npre++] = ent[e].n_new;
+            pfirst[s->npre] = first, pold[s->npre] = ent[e].old_len, pnew[s->npre++] = ent[e].n_new;
         }
         first += ent[e].n_new;
     }
-    s.context = ctx, s.request = req, s.req_old = rold, s.pre_old = pold, s.pre_new = pnew;
-    s.pre_first = pfirst, s.step_tokens = T;
+    s->context = ctx, s->request = req, s->req_old = rold, s->pre_old = pold, s->pre_new = pnew;
+    s->pre_first = pfirst, s->step_tokens = T;
     /* tp's path for the step (src/cp/cp_weights.c): tp gathers when an entry brings more than one
      * token; auto decides by bytes in dsacp_plan_step_comm, which knows each rank's tokens. */
-    if (cp->o_proj == DSACP_WEIGHTS_TP) s.tp_gather = multi, s.tp_auto = false;
-    else if (cp->o_proj == DSACP_WEIGHTS_TP_GATHER) s.tp_gather = true, s.tp_auto = false;
-    else if (cp->o_proj == DSACP_WEIGHTS_TP_A2A) s.tp_gather = false, s.tp_auto = false;
-    else if (cp->o_proj == DSACP_WEIGHTS_AUTO) s.tp_auto = true;
-    if (!rc) rc = dsacp_plan_step_comm(cfg, cp, &s, out);
-    free(ctx), free(req), free(rold), free(pold), free(pnew), free(pfirst);
+    if (cp->o_proj == DSACP_WEIGHTS_TP) s->tp_gather = multi, s->tp_auto = false;
+    else if (cp->o_proj == DSACP_WEIGHTS_TP_GATHER) s->tp_gather = true, s->tp_auto = false;
+    else if (cp->o_proj == DSACP_WEIGHTS_TP_A2A) s->tp_gather = false, s->tp_auto = false;
+    else if (cp->o_proj == DSACP_WEIGHTS_AUTO) s->tp_auto = true;
+    if (rc) entries_free(es);
+    return rc;
+}
+
+int dsacp_plan_entries_comm(const dsacp_config *cfg, const dsacp_cp_options *cp, const dsacp_plan_step *base,
+                            const dsacp_plan_entry *ent, int64_t n, dsacp_comm_counter out[DSACP_PHASE_COUNT])
+{
+    memset(out, 0, sizeof(dsacp_comm_counter) * DSACP_PHASE_COUNT);
+    entries_step es;
+    int rc = entries_build(cfg, cp, base, ent, n, &es);
+    if (rc) return rc;
+    rc = dsacp_plan_step_comm(cfg, cp, &es.s, out);
+    entries_free(&es);
+    return rc;
+}
+
+int dsacp_plan_entries_comm_ranks(const dsacp_config *cfg, const dsacp_cp_options *cp, const dsacp_plan_step *base,
+                                  const dsacp_plan_entry *ent, int64_t n, dsacp_comm_counter *out)
+{
+    entries_step es;
+    int rc = entries_build(cfg, cp, base, ent, n, &es);
+    if (rc) return rc;
+    rc = dsacp_plan_step_comm_ranks(cfg, cp, &es.s, out);
+    entries_free(&es);
     return rc;
 }
 

@@ -5,7 +5,7 @@
  * shapes the engine computes on a rank (docs/context-parallel.md 3.5 lists what each strategy
  * replicates).
  */
-#include "dsacp_plan.h"
+#include "plan/plan.h"
 #include "core/core.h"
 
 #include <jansson.h>
@@ -15,39 +15,94 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* The physical range of every numeric field of a profile (docs/planning.md, "Hardware
+ * profiles"): wide enough for any device from a CPU core to beyond today's accelerators, narrow
+ * enough that every time the planner derives from them stays a finite double. */
+static const struct {
+    const char *key, *unit;
+    double lo, hi;
+} hw_fields[9] = {
+    {"flops_bf16", "FLOP/s", 1e6, 1e18},     {"flops_fp8", "FLOP/s", 1e6, 1e18},   {"mem_bw", "bytes/s", 1e6, 1e15},
+    {"mem_bytes", "bytes", 1e6, 1e15},       {"ranks_per_node", "ranks", 1, 65536}, {"link_bw", "bytes/s", 1e6, 1e15},
+    {"link_latency_us", "us", 1e-3, 1e6},    {"net_bw", "bytes/s", 1e6, 1e15},     {"net_latency_us", "us", 1e-3, 1e6},
+};
+
 int dsacp_hw_load(const char *path, dsacp_hw *out)
 {
     memset(out, 0, sizeof *out);
+    char *text = NULL;
+    size_t len = 0;
+    /* cannot open / not a regular file / too large: dsacp_read_file names the file and the cause */
+    int rc = dsacp_read_file(path, &text, &len, (size_t)1 << 20);
+    if (rc) {
+        char why[1024];
+        snprintf(why, sizeof why, "%s", dsacp_last_error());
+        return dsacp_error(DSACP_EINVAL, "%s", why);
+    }
     json_error_t err;
-    json_t *root = json_load_file(path, 0, &err);
-    if (!root) return dsacp_error(DSACP_EINVAL, "%s: line %d: %s", path, err.line, err.text);
-    int rc = DSACP_OK;
+    json_t *root = json_loadb(text, len, 0, &err);
+    dsacp_free(text);
+    if (!root) return dsacp_error(DSACP_EINVAL, "%s: JSON error at line %d: %s", path, err.line, err.text);
     if (!json_is_object(root)) rc = dsacp_error(DSACP_EINVAL, "%s: not a JSON object", path);
     const char *sk[2] = {"name", "source"};
     char *sd[2] = {out->name, out->source};
     const size_t sn[2] = {sizeof out->name, sizeof out->source};
     for (int i = 0; i < 2 && !rc; i++) {
         json_t *v = json_object_get(root, sk[i]);
-        if (!json_is_string(v) || !*json_string_value(v))
+        if (!json_is_string(v) || json_string_length(v) == 0) {
             rc = dsacp_error(DSACP_EINVAL, "%s: field '%s': missing or not a non-empty string", path, sk[i]);
-        else snprintf(sd[i], sn[i], "%s", json_string_value(v));
+            break;
+        }
+        const char *t = json_string_value(v);
+        const size_t n = json_string_length(v);
+        if (n >= sn[i]) {
+            rc = dsacp_error(DSACP_EINVAL, "%s: field '%s': %zu bytes, at most %zu", path, sk[i], n, sn[i] - 1);
+            break;
+        }
+        for (size_t k = 0; k < n && !rc; k++)
+            if ((unsigned char)t[k] < 0x20 || t[k] == 0x7f)
+                rc = dsacp_error(DSACP_EINVAL, "%s: field '%s': control character at byte %zu", path, sk[i], k);
+        if (!rc) memcpy(sd[i], t, n + 1);
     }
-    const char *nk[9] = {"flops_bf16", "flops_fp8", "mem_bw", "mem_bytes", "ranks_per_node", "link_bw",
-                         "link_latency_us", "net_bw", "net_latency_us"};
     double v9[9] = {0};
     for (int i = 0; i < 9 && !rc; i++) {
-        json_t *v = json_object_get(root, nk[i]);
-        if (!json_is_number(v) || !(json_number_value(v) > 0) || !isfinite(json_number_value(v)))
-            rc = dsacp_error(DSACP_EINVAL, "%s: field '%s': missing or not a positive number", path, nk[i]);
-        else v9[i] = json_number_value(v);
+        json_t *v = json_object_get(root, hw_fields[i].key);
+        const bool whole = i == 4; /* ranks_per_node: a JSON integer */
+        if (!v) {
+            rc = dsacp_error(DSACP_EINVAL, "%s: field '%s': missing", path, hw_fields[i].key);
+        } else if (whole ? !json_is_integer(v) : !json_is_number(v)) {
+            rc = dsacp_error(DSACP_EINVAL, "%s: field '%s': not %s", path, hw_fields[i].key, whole ? "an integer" : "a number");
+        } else {
+            const double x = json_number_value(v);
+            if (!isfinite(x) || x < hw_fields[i].lo || x > hw_fields[i].hi)
+                rc = dsacp_error(DSACP_EINVAL, "%s: field '%s' = %g %s: outside the physical range [%g, %g]", path,
+                                 hw_fields[i].key, x, hw_fields[i].unit, hw_fields[i].lo, hw_fields[i].hi);
+            else v9[i] = x;
+        }
     }
-    if (!rc && (v9[4] != floor(v9[4]) || v9[4] > 1e6))
-        rc = dsacp_error(DSACP_EINVAL, "%s: field 'ranks_per_node': not a whole number of ranks", path);
     json_decref(root);
     if (rc) return rc;
     out->flops_bf16 = v9[0], out->flops_fp8 = v9[1], out->mem_bw = v9[2], out->mem_bytes = v9[3];
     out->ranks_per_node = (int64_t)v9[4], out->link_bw = v9[5], out->link_latency_us = v9[6];
     out->net_bw = v9[7], out->net_latency_us = v9[8];
+    return DSACP_OK;
+}
+
+/* Every figure of a planned layer is a finite number, or DSACP_ERANGE naming the first that is
+ * not (a profile or a configuration beyond what the model can price). */
+static int finite_layer(const dsacp_plan_decode *d, const char *what)
+{
+    const struct {
+        const char *name;
+        double v;
+    } f[] = {{"recv_bytes", d->recv_bytes}, {"sent_bytes", d->sent_bytes}, {"calls", d->calls}, {"flops", d->flops},
+             {"weight_bytes", d->weight_bytes}, {"kv_read_bytes", d->kv_read_bytes}, {"kv_bytes_per_rank", d->kv_bytes_per_rank},
+             {"t_compute", d->t_compute}, {"t_memory", d->t_memory}, {"t_comm", d->t_comm}, {"t_hidden", d->t_hidden},
+             {"t_layer", d->t_layer}};
+    for (size_t i = 0; i < sizeof f / sizeof f[0]; i++)
+        if (!isfinite(f[i].v))
+            return dsacp_error(DSACP_ERANGE, "plan: %s: %s is not finite (%g): the profile or the sizes overflow the model",
+                               what, f[i].name, f[i].v);
     return DSACP_OK;
 }
 
@@ -70,18 +125,18 @@ int dsacp_plan_decode_layer(const dsacp_config *cfg_in, const dsacp_cp_options *
         return dsacp_error(DSACP_ENOMEM, "out of memory");
     }
     for (int64_t j = 0; j < batch; j++) ctx[j] = context, req[j] = j;
-    int rc = DSACP_OK;
+    dsacp_comm_counter *all = malloc((size_t)W * DSACP_PHASE_COUNT * sizeof *all);
+    dsacp_plan_step s = {.W = W, .rank = 0, .nd = batch, .context = ctx, .request = req, .nreq = batch,
+                         .req_old = ctx, .latent_bytes = lat_b, .index_bytes = idx_b, .hidden_bytes = D * 4, .want_logits = true,
+                         .deployed = deployed};
+    int rc = all ? dsacp_plan_step_comm_ranks(&cfg, cp, &s, all) : dsacp_error(DSACP_ENOMEM, "out of memory");
     double best = -1;
     for (int64_t r = 0; r < W && !rc; r++) {
-        dsacp_plan_step s = {.W = W, .rank = r, .nd = batch, .context = ctx, .request = req, .nreq = batch,
-                             .req_old = ctx, .latent_bytes = lat_b, .index_bytes = idx_b, .hidden_bytes = D * 4, .want_logits = true,
-                             .deployed = deployed};
-        dsacp_comm_counter c[DSACP_PHASE_COUNT];
-        rc = dsacp_plan_step_comm(&cfg, cp, &s, c);
+        const dsacp_comm_counter *c = all + r * DSACP_PHASE_COUNT;
         double recv = 0, sent = 0, calls = 0;
-        for (int p = 0; p < DSACP_PHASE_COUNT && !rc; p++)
+        for (int p = 0; p < DSACP_PHASE_COUNT; p++)
             if (p != DSACP_PHASE_control) recv += (double)c[p].bytes_recv, sent += (double)c[p].bytes_sent, calls += (double)c[p].calls;
-        if (!rc && recv > best) {
+        if (recv > best) {
             best = recv;
             out->recv_bytes = recv, out->sent_bytes = sent, out->calls = calls;
             for (int p = 0; p < DSACP_PHASE_COUNT; p++) {
@@ -90,6 +145,7 @@ int dsacp_plan_decode_layer(const dsacp_config *cfg_in, const dsacp_cp_options *
             }
         }
     }
+    free(all);
     free(ctx), free(req);
     if (rc) return rc;
 
@@ -133,7 +189,7 @@ int dsacp_plan_decode_layer(const dsacp_config *cfg_in, const dsacp_cp_options *
         out->t_hidden = fmin(t_cand, t_uk);
     }
     out->t_layer = fmax(out->t_compute, out->t_memory) + out->t_comm - out->t_hidden;
-    return DSACP_OK;
+    return finite_layer(out, "decode layer");
 }
 
 /* Keys scored and attended by the rank that computes the most of them, for a fresh prompt of P
@@ -200,15 +256,16 @@ int dsacp_plan_prefill_layer(const dsacp_config *cfg_in, const dsacp_cp_options 
                              .hidden_bytes = cfg.hidden_size * 4, .want_logits = true, .logits_last = true, .deployed = deployed};
         const int64_t zero = 0;
         s.pre_old = &zero, s.pre_new = &P;
+        dsacp_comm_counter *all = malloc((size_t)W * DSACP_PHASE_COUNT * sizeof *all);
+        int rc = all ? dsacp_plan_step_comm_ranks(&cfg, cp, &s, all) : dsacp_error(DSACP_ENOMEM, "out of memory");
         double best = -1;
-        for (int64_t r = 0; r < W; r++) {
-            s.rank = r;
-            dsacp_comm_counter c[DSACP_PHASE_COUNT];
-            int rc = dsacp_plan_step_comm(&cfg, cp, &s, c);
-            if (rc) return rc;
+        for (int64_t r = 0; r < W && !rc; r++) {
+            const dsacp_comm_counter *c = all + r * DSACP_PHASE_COUNT;
             const double recv = (double)c[DSACP_PHASE_prefill_kv].bytes_recv;
             if (recv > best) best = recv, out->recv_bytes = recv, out->calls = (double)c[DSACP_PHASE_prefill_kv].calls;
         }
+        free(all);
+        if (rc) return rc;
         q_macs = tokens * ql * H * dq; /* the query projection the entries' all-gather overlaps */
     } else {
         /* TP: every rank runs every token with its heads; the indexer whole (replicated) or its
@@ -240,7 +297,7 @@ int dsacp_plan_prefill_layer(const dsacp_config *cfg_in, const dsacp_cp_options 
     if (W > 1 && q_macs > 0) /* the entries (one call) travel during the query projection (cp_layer.c) */
         out->t_hidden = fmin(out->recv_bytes / bw + lat, fmax(2 * q_macs / peak, (deployed ? 1 : 2) * ql * H * dq / hw->mem_bw));
     out->t_layer = fmax(out->t_compute, out->t_memory) + out->t_comm - out->t_hidden;
-    return DSACP_OK;
+    return finite_layer(out, "prefill layer");
 }
 
 /* Times of a chunk's layer; `overlap_bytes` travel in one call during `overlap_macs` of the query
@@ -284,18 +341,23 @@ static int chunk_layer(const dsacp_config *cfg_in, const dsacp_cp_options *cp_in
     *distributed = dist;
     /* the bytes and calls: the step as the engine runs it, on the rank receiving the most */
     const dsacp_plan_entry ent = {context, chunk};
+    const dsacp_plan_step s = {.W = W, .rank = 0, .latent_bytes = lat_b, .index_bytes = idx_b, .hidden_bytes = cfg.hidden_size * 4,
+                               .want_logits = true, .logits_last = true, .deployed = deployed, .o_gather_v = gv, .o_tp_f32 = f32};
+    dsacp_comm_counter *all = malloc((size_t)W * DSACP_PHASE_COUNT * sizeof *all);
+    int crc = all ? dsacp_plan_entries_comm_ranks(&cfg, &cp, &s, &ent, 1, all) : dsacp_error(DSACP_ENOMEM, "out of memory");
+    if (crc) {
+        free(all);
+        return crc;
+    }
     double best = -1;
     for (int64_t r = 0; r < W; r++) {
-        dsacp_plan_step s = {.W = W, .rank = r, .latent_bytes = lat_b, .index_bytes = idx_b, .hidden_bytes = cfg.hidden_size * 4,
-                             .want_logits = true, .logits_last = true, .deployed = deployed, .o_gather_v = gv, .o_tp_f32 = f32};
-        dsacp_comm_counter c[DSACP_PHASE_COUNT];
-        int rc = dsacp_plan_entries_comm(&cfg, &cp, &s, &ent, 1, c);
-        if (rc) return rc;
+        const dsacp_comm_counter *c = all + r * DSACP_PHASE_COUNT;
         double recv = 0, calls = 0;
         for (int p = 0; p < DSACP_PHASE_COUNT; p++)
             if (p != DSACP_PHASE_control) recv += (double)c[p].bytes_recv, calls += (double)c[p].calls;
         if (recv > best) best = recv, out->recv_bytes = recv, out->calls = calls;
     }
+    free(all);
     const double rb = out->recv_bytes, calls = out->calls;
     double ov_bytes = 0, ov_macs = 0, qparams = 0;
     if (dist) {
@@ -333,7 +395,7 @@ static int chunk_layer(const dsacp_config *cfg_in, const dsacp_cp_options *cp_in
         out->t_hidden = fmin(hidden_dist, out->t_comm);
         out->t_layer = fmax(out->t_compute, out->t_memory) + out->t_comm - out->t_hidden;
     }
-    return DSACP_OK;
+    return finite_layer(out, "chunk layer");
 }
 
 int dsacp_plan_chunk_layer(const dsacp_config *cfg, const dsacp_cp_options *cp, int64_t W, int64_t context, int64_t chunk,
@@ -471,7 +533,17 @@ int dsacp_plan_decode_model(const dsacp_config *cfg, const dsacp_cp_options *cp,
     }
     out->t_head = fmax(2 * B * D * V / peak, D * V * wb / hw->mem_bw);
     out->tpot = out->t_attention + out->t_mlp + out->t_moe_comm + out->t_head;
-    return DSACP_OK;
+    rc = finite_layer(l, "decode layer");
+    const struct {
+        const char *name;
+        double v;
+    } f[] = {{"t_attention", out->t_attention}, {"t_mlp", out->t_mlp}, {"t_moe_comm", out->t_moe_comm},
+             {"t_head", out->t_head}, {"tpot", out->tpot}, {"weights_per_rank", out->weights_per_rank}};
+    for (size_t i = 0; i < sizeof f / sizeof f[0] && !rc; i++)
+        if (!isfinite(f[i].v))
+            rc = dsacp_error(DSACP_ERANGE, "plan: whole model: %s is not finite (%g): the profile or the sizes overflow the model",
+                             f[i].name, f[i].v);
+    return rc;
 }
 
 int dsacp_plan_preset(const char *name, dsacp_config *out)
