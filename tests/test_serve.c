@@ -126,7 +126,7 @@ static void test_random_workloads(void)
     static const int64_t block_sizes[] = {1, 2, 4, 8, 16, 32};
     static const int64_t budgets[] = {1, 2, 3, 5, 8, 13, 24, 47, 100, 256};
     int64_t preemptions = 0, minimal = 0;
-    const int N = getenv("TEST_SERVE_N") ? atoi(getenv("TEST_SERVE_N")) : 100;
+    const int N = getenv("TEST_SERVE_N") ? atoi(getenv("TEST_SERVE_N")) : 120;
     for (int t = 0; t < N; t++) {
         dsacp_rng rng;
         dsacp_rng_seed(&rng, 1000 + (uint64_t)t);
@@ -138,18 +138,19 @@ static void test_random_workloads(void)
         const int64_t kind = t % 4, n = kind == 3 ? 2 + (int64_t)(dsacp_rng_u64(&rng) % 7) : 1 + (int64_t)(dsacp_rng_u64(&rng) % 6);
         const int64_t minp = kind == 3 ? 55 : 1, maxp = kind == 0 ? 12 : kind == 1 ? 48 : 110;
         for (int64_t i = 0; i < n; i++) {
-            add_request(&w, minp + (int64_t)(dsacp_rng_u64(&rng) % (uint64_t)(maxp - minp + 1)),
-                        1 + (int64_t)(dsacp_rng_u64(&rng) % 10), &rng);
+            const int64_t len = minp + (int64_t)(dsacp_rng_u64(&rng) % (uint64_t)(maxp - minp + 1));
+            add_request(&w, len, 1 + (int64_t)(dsacp_rng_u64(&rng) % 10), &rng); /* draws in this order on every compiler */
             w.rq[i].arrival_s = (double)(dsacp_rng_u64(&rng) % 4); /* replayed: only orders the queue */
             if (dsacp_rng_u64(&rng) % 4 == 0) {
                 w.stop[i] = (int32_t)(dsacp_rng_u64(&rng) % (uint64_t)g_vocab);
                 w.rq[i].stop_ids = &w.stop[i], w.rq[i].n_stop = 1;
             }
         }
-        w.opt.max_batch_tokens = budgets[dsacp_rng_u64(&rng) % 10];
+        /* long prompts with large budgets in tight pools: several requests admitted mid-prompt */
+        w.opt.max_batch_tokens = kind == 3 ? budgets[7 + dsacp_rng_u64(&rng) % 3] : budgets[dsacp_rng_u64(&rng) % 10];
         if (dsacp_rng_u64(&rng) % 4 == 0) w.opt.max_num_seqs = 1 + (int64_t)(dsacp_rng_u64(&rng) % 3);
         const int64_t m = min_pool(&w), extra = dsacp_rng_u64(&rng) % 3;
-        w.num_blocks = m + (t % 2 == 0 ? 0 : extra == 0 ? 1 : extra == 1 ? m / 2 : 2 * m);
+        w.num_blocks = m + (t % 2 == 0 || kind == 3 ? (int64_t)(extra / 2) : extra == 0 ? 1 : extra == 1 ? m / 2 : 2 * m);
         minimal += w.num_blocks == m;
         char what[160];
         snprintf(what, sizeof what, "workload %d (%lld requests, block %lld, pool %lld (min %lld), budget %lld, seqs %lld)", t,
