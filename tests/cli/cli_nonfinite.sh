@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# NaN and Inf weights (issue 7, defect 9): inspect reports the tensor and the first bad index as an
+# NaN and Inf weights (issue 7, defect 9): inspect --scan-weights reports the tensor and the first bad index as an
 # error (exit 1, never "problems: none"); generate and forward fail with an error naming the
 # non-finite logits instead of printing token 0 or writing NaN logits, and leave no partial
 # stdout or output file behind.
@@ -30,14 +30,14 @@ patch "$tmp/inf/model.safetensors" model.layers.1.mlp.down_proj.weight $((3 * 51
 "$DSACP" make-input --out "$tmp/in.safetensors" --requests 2 --length 12 --vocab 512 --chunk 5 >/dev/null || exit 1
 
 # The good model still passes.
-"$DSACP" inspect --model "$tmp/good" >"$tmp/out" 2>"$tmp/err"; rc=$?
+"$DSACP" inspect --model "$tmp/good" --scan-weights >"$tmp/out" 2>"$tmp/err"; rc=$?
 if (( rc == 0 )) && grep -q "problems: none" "$tmp/out"; then pass "good model: problems: none"
 else fail "good model: rc $rc $(cat "$tmp/err")"; fi
 
 # inspect_bad NAME DIR PATTERN...: exit 1, the problem listed on stdout, one line on stderr.
 inspect_bad() {
   local name=$1 dir=$2; shift 2
-  "$DSACP" inspect --model "$dir" >"$tmp/out" 2>"$tmp/err"; local rc=$?
+  "$DSACP" inspect --model "$dir" --scan-weights >"$tmp/out" 2>"$tmp/err"; local rc=$?
   local ok=1
   (( rc == 1 )) || { ok=0; echo "  exit status $rc"; }
   grep -q "problems: none" "$tmp/out" && { ok=0; echo "  says problems: none"; }

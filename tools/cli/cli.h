@@ -2,6 +2,7 @@
 #ifndef DSACP_CLI_H
 #define DSACP_CLI_H
 
+#include "core/core.h"
 #include "dsacp.h"
 #include "dsacp_cp.h"
 
@@ -46,8 +47,51 @@ bool cli_int(const char *cmd, const char *flag, const char *text, int64_t min, i
 /* Engine options from --numerics, --kv-dtype and --block-size (each optional; options absent
  * from `opts` are simply not given). Prints the error naming the flag and returns false. */
 bool cli_engine_options(const char *cmd, const cli_opt *opts, dsacp_engine_options *eo);
-/* Prints "dsacp CMD: <dsacp_last_error()>" and returns 1. */
+/* Exit status (README "Errors"): 0 success; 2 the invocation is wrong: bad flags and bad files or
+ * values the user named (model directory, prompts, forward input, preset, sizes out of range),
+ * anything found while validating before the work starts; 1 the run failed after it started
+ * (out of memory, KV capacity, an output that cannot be created or written, non-finite logits, a
+ * rank failed). */
+/* Prints "dsacp CMD: <dsacp_last_error()>" and returns 1 (a failed run). */
 int cli_fail(const char *cmd, int status);
+/* The same message; returns 2 (a bad invocation: a file or value the user named is wrong). */
+int cli_fail_invocation(const char *cmd, int status);
+/* The exit status of a failure while validating, before the work starts: 2 (the invocation),
+ * unless the machine failed (out of memory, the process group: 1). */
+int cli_setup_exit(int status);
+
+/* Paths removed when SIGINT, SIGTERM or SIGHUP ends the process: a file (unlink), or with is_dir a
+ * directory the command created together with the files inside it (its temporaries included);
+ * the signal's default action follows. Returns a slot for cli_cleanup_remove (-1 when the path
+ * is too long or every slot is taken). */
+int cli_cleanup_add(const char *path, bool is_dir);
+void cli_cleanup_remove(int slot);
+/* Removes a directory the command created and the files directly inside it. */
+int cli_remove_dir(const char *dir);
+
+/* An output file of a command (docs/conventions.md "Inputs and outputs"): opened by rank 0 before
+ * any work (its temporary beside the target: a missing directory, a directory, a device, a
+ * symlink are refused at once), written and committed once the result is known, removed on
+ * failure and on SIGINT/SIGTERM. */
+typedef struct cli_output {
+    dsacp_out out;
+    int cleanup; /* cli_cleanup_add slot of the temporary */
+    bool open;   /* rank 0 with a path: the temporary exists */
+} cli_output;
+/* An output that holds nothing (safe for cli_output_abort). */
+void cli_output_init(cli_output *o);
+/* Rank 0 opens `path` (given by --flag; NULL: no output, nothing to do). Collective under
+ * cli_world (the status is agreed). Prints the error naming the flag and returns the status. */
+int cli_output_open(const char *cmd, const char *flag, const char *path, cli_output *o);
+/* Writes data into the open output and commits it (a no-op returning 0 when not open). */
+int cli_output_commit_bytes(cli_output *o, const void *data, size_t len);
+/* Removes the temporary (no-op when committed or not open). */
+void cli_output_abort(cli_output *o);
+/* True when a and b name the same file: the same string, or both exist with the same device and
+ * inode (a hard link, a symlink, "./x" for "x"). */
+bool cli_same_file(const char *a, const char *b);
+/* Writes the report kept in memory to stdout (after every output has been committed). */
+int cli_print_buffer(const char *text, size_t len);
 
 /* The process group of this run (MPI_COMM_WORLD under mpirun, else solo), made by main() for
  * the commands that run the engine; NULL for the others. Ranks other than 0 print nothing:
@@ -96,8 +140,13 @@ extern dsacp_comm *cli_world;
 /* Fills cp from the CLI_CP_OPTS flags (defaults otherwise), checks them against the group's size.
  * Prints the error naming the flag and returns false. */
 bool cli_cp_options(const char *cmd, const cli_opt *opts, dsacp_cp_options *cp);
-/* Collective end of a run: writes --comm-report when given; returns the agreed status. */
-int cli_cp_finish(const char *cmd, const cli_opt *opts, int status, const dsacp_engine *engine);
+/* Collective: opens --comm-report (when given) on rank 0 before any work; prints the error and
+ * returns the agreed status. */
+int cli_cp_begin(const char *cmd, const cli_opt *opts, cli_output *report);
+/* Collective end of a run: with status 0 everywhere, the counters' report (dsacp_comm_report_json)
+ * is committed into the output cli_cp_begin opened; otherwise that output is removed. Prints the
+ * error (when the failure is new) and returns the agreed status. */
+int cli_cp_finish(const char *cmd, const cli_opt *opts, int status, const dsacp_engine *engine, cli_output *report);
 
 int cli_init_model(int argc, char **argv);
 int cli_inspect(int argc, char **argv);

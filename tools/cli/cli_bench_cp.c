@@ -52,6 +52,7 @@ typedef struct run_ctx {
     const dsacp_cp_options *cp;
     int64_t context, batch, tokens_per_step, W;
     bool json, deployed;
+    FILE *out; /* the report, printed once the run (and --comm-report) succeeded */
 } run_ctx;
 
 static int report(const run_ctx *r, const char *kind, double *t /* [steps][NT] */, int64_t steps, double *sec,
@@ -76,7 +77,7 @@ static int report(const run_ctx *r, const char *kind, double *t /* [steps][NT] *
     const double ovl = med[6] + med[7] > 0 ? med[6] / (med[6] + med[7]) : NAN;
     const dsacp_cp_options *o = r->cp;
     if (r->json) {
-        printf("{\"kind\": \"%s\", \"world\": %lld, \"context\": %lld, \"batch\": %lld, \"tokens_per_step\": %lld, "
+        fprintf(r->out, "{\"kind\": \"%s\", \"world\": %lld, \"context\": %lld, \"batch\": %lld, \"tokens_per_step\": %lld, "
                "\"strategy\": \"%s\", \"kv_layout\": \"%s\", \"index_layout\": \"%s\", \"interleave\": %lld, "
                "\"prefill_split\": \"%s\", \"context_path\": \"%s\", \"dcp_comm_backend\": \"%s\", \"numerics\": \"%s\", "
                "\"layers\": %lld, \"step_ms\": %.3f, \"attention_ms\": %.3f, \"attention_ms_per_token\": %.3f, "
@@ -90,30 +91,30 @@ static int report(const run_ctx *r, const char *kind, double *t /* [steps][NT] *
                (long long)r->cfg->num_hidden_layers, med[0] * 1e3, med[1] * 1e3, med[1] * 1e3 / per, med[3] * 1e3,
                med[4] * 1e3, med[5] * 1e3, med[6] * 1e3, med[7] * 1e3, isfinite(ovl) ? ovl : 0.0, kv[0], kv[1]);
         for (int p = 0, first = 1; p < P; p++)
-            if (recv[p] > 0) printf("%s\"%s\": %.1f", first ? "" : ", ", dsacp_comm_phase_name(p), recv[p] / per), first = 0;
-        printf("}, \"calls_per_step\": {");
+            if (recv[p] > 0) fprintf(r->out, "%s\"%s\": %.1f", first ? "" : ", ", dsacp_comm_phase_name(p), recv[p] / per), first = 0;
+        fprintf(r->out, "}, \"calls_per_step\": {");
         for (int p = 0, first = 1; p < P; p++)
-            if (calls[p] > 0) printf("%s\"%s\": %.2f", first ? "" : ", ", dsacp_comm_phase_name(p), calls[p]), first = 0;
-        printf("}, \"comm_ms_per_step\": {");
+            if (calls[p] > 0) fprintf(r->out, "%s\"%s\": %.2f", first ? "" : ", ", dsacp_comm_phase_name(p), calls[p]), first = 0;
+        fprintf(r->out, "}, \"comm_ms_per_step\": {");
         for (int p = 0, first = 1; p < P; p++)
-            if (calls[p] > 0) printf("%s\"%s\": %.3f", first ? "" : ", ", dsacp_comm_phase_name(p), sec[p] * 1e3), first = 0;
-        printf("}}\n");
+            if (calls[p] > 0) fprintf(r->out, "%s\"%s\": %.3f", first ? "" : ", ", dsacp_comm_phase_name(p), sec[p] * 1e3), first = 0;
+        fprintf(r->out, "}}\n");
         return DSACP_OK;
     }
-    printf("%s: W=%lld, %lld request%s x %lld cached positions, %lld token%s per step, %s, %s numerics\n", kind,
+    fprintf(r->out, "%s: W=%lld, %lld request%s x %lld cached positions, %lld token%s per step, %s, %s numerics\n", kind,
            (long long)r->W, (long long)r->batch, r->batch == 1 ? "" : "s", (long long)r->context,
            (long long)r->tokens_per_step, r->tokens_per_step == 1 ? "" : "s", dsacp_decode_strategy_name(o->decode),
            r->deployed ? "deployed" : "exact");
-    printf("  step %.2f ms (attention %.2f: projections %.2f, attend %.2f, o_proj %.2f; mlp %.2f), slowest rank, median\n",
+    fprintf(r->out, "  step %.2f ms (attention %.2f: projections %.2f, attend %.2f, o_proj %.2f; mlp %.2f), slowest rank, median\n",
            med[0] * 1e3, med[1] * 1e3, med[3] * 1e3, med[4] * 1e3, med[5] * 1e3, med[2] * 1e3);
     if (isfinite(ovl))
-        printf("  overlap: %.3f ms of compute while collectives were in flight, then %.3f ms waiting: %.0f%% hidden\n",
+        fprintf(r->out, "  overlap: %.3f ms of compute while collectives were in flight, then %.3f ms waiting: %.0f%% hidden\n",
                med[6] * 1e3, med[7] * 1e3, 100 * ovl);
-    printf("  %-18s %8s %12s %14s\n", "phase", "calls", "ms/step", strcmp(kind, "decode") ? "KB recv/step" : "KB recv/token");
+    fprintf(r->out, "  %-18s %8s %12s %14s\n", "phase", "calls", "ms/step", strcmp(kind, "decode") ? "KB recv/step" : "KB recv/token");
     for (int p = 0; p < P; p++)
         if (calls[p] > 0)
-            printf("  %-18s %8.2f %12.3f %14.2f\n", dsacp_comm_phase_name(p), calls[p], sec[p] * 1e3, recv[p] / per / 1024);
-    printf("  KV bytes per rank (max) %.2f MB, transient peak %.2f MB\n", kv[0] / 1048576, kv[1] / 1048576);
+            fprintf(r->out, "  %-18s %8.2f %12.3f %14.2f\n", dsacp_comm_phase_name(p), calls[p], sec[p] * 1e3, recv[p] / per / 1024);
+    fprintf(r->out, "  KV bytes per rank (max) %.2f MB, transient peak %.2f MB\n", kv[0] / 1048576, kv[1] / 1048576);
     return DSACP_OK;
 }
 
@@ -179,10 +180,23 @@ int cli_bench_cp(const cli_opt *opts)
     if (ok) ok = cli_cp_options("bench", opts, &cp);
     int rc = dsacp_comm_agree(cli_world, ok ? DSACP_OK : DSACP_EINVAL);
     if (rc) return 2;
+    cli_output report_out;
+    if (cli_cp_begin("bench", opts, &report_out)) return 2;
     dsacp_model *m = NULL;
     dsacp_engine *e = NULL;
     rc = dsacp_comm_agree(cli_world, dsacp_model_load(dir, &m));
+    if (rc) {
+        cli_fail("bench", rc);
+        cli_output_abort(&report_out);
+        dsacp_model_free(m);
+        return cli_setup_exit(rc);
+    }
     const int W = dsacp_comm_size(cli_world);
+    char *text = NULL;
+    size_t text_len = 0;
+    FILE *out = open_memstream(&text, &text_len);
+    if (!out) rc = dsacp_error(DSACP_ENOMEM, "out of memory for the report");
+    rc = dsacp_comm_agree(cli_world, rc);
     if (!rc) {
         eo.block_size = bs;
         /* every request's context + the decode steps + the chunk, on the rank that keeps most */
@@ -199,7 +213,7 @@ int cli_bench_cp(const cli_opt *opts)
     }
     const dsacp_config *cfg = m ? dsacp_model_config(m) : NULL;
     run_ctx r = {e, cli_world, cfg, &cp, L, B, B, W, cli_get(opts, "json") != NULL,
-                 eo.numerics == DSACP_NUMERICS_DEPLOYED};
+                 eo.numerics == DSACP_NUMERICS_DEPLOYED, out};
     if (!rc && L > 0) {
         for (int64_t i = 0; i < B; i++) {
             tok[i] = (int32_t)((i * 7919) % cfg->vocab_size);
@@ -215,8 +229,11 @@ int cli_bench_cp(const cli_opt *opts)
         rc = run_steps(&r, L > 0 ? "chunk" : "prefill", en, 1, 1, 1.0);
     }
     free(id), free(tok), free(en);
-    const int st = cli_cp_finish("bench", opts, rc, e);
+    if (out && fclose(out) != 0 && !rc) rc = dsacp_error(DSACP_ENOMEM, "out of memory for the report");
     if (rc) cli_fail("bench", rc);
+    int st = cli_cp_finish("bench", opts, rc, e, &report_out);
+    if (!st && dsacp_comm_rank(cli_world) == 0 && (st = cli_print_buffer(text, text_len))) cli_fail("bench", st);
+    free(text);
     dsacp_engine_free(e);
     dsacp_model_free(m);
     return st ? 1 : 0;

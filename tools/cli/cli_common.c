@@ -3,9 +3,17 @@
 
 #include <errno.h>
 #include <math.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <dirent.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#if defined(__linux__)
+#include <sys/syscall.h>
+#endif
 
 int cli_parse(int argc, char **argv, cli_opt *opts)
 {
@@ -138,6 +146,190 @@ int cli_fail(const char *cmd, int status)
     const char *msg = dsacp_last_error();
     fprintf(stderr, "dsacp %s: %s\n", cmd, msg && *msg ? msg : dsacp_strerror(status));
     return 1;
+}
+
+int cli_setup_exit(int status)
+{
+    return status == DSACP_ENOMEM || status == DSACP_ECOMM ? 1 : 2;
+}
+
+int cli_fail_invocation(const char *cmd, int status)
+{
+    cli_fail(cmd, status);
+    return 2;
+}
+
+/* ---- files removed when a signal ends the process ---- */
+
+#define CLI_CLEANUP_SLOTS 16
+#define CLI_CLEANUP_PATH 4096
+static char cleanup_path[CLI_CLEANUP_SLOTS][CLI_CLEANUP_PATH];
+static volatile sig_atomic_t cleanup_used[CLI_CLEANUP_SLOTS]; /* 1: unlink, 2: the directory and its files */
+static bool cleanup_installed;
+
+/* Removes the files directly inside dir with async-signal-safe calls only (open, getdents64,
+ * unlinkat, close): the directory's own temporaries (a model being written) included. */
+static void remove_entries_on_signal(const char *dir)
+{
+#if defined(__linux__) && defined(SYS_getdents64)
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0) return;
+    for (int round = 0; round < 2; round++) { /* again from the start: removal may skip entries */
+        lseek(fd, 0, SEEK_SET);
+        union {
+            char bytes[4096];
+            uint64_t align;
+        } buf;
+        for (;;) {
+            const long n = syscall(SYS_getdents64, fd, buf.bytes, sizeof buf.bytes);
+            if (n <= 0) break;
+            for (long off = 0; off < n;) {
+                /* struct linux_dirent64: ino (8), off (8), reclen (2), type (1), name */
+                unsigned short reclen;
+                memcpy(&reclen, buf.bytes + off + 16, sizeof reclen);
+                const char *name = buf.bytes + off + 19;
+                if (!(name[0] == '.' && (name[1] == 0 || (name[1] == '.' && name[2] == 0)))) unlinkat(fd, name, 0);
+                if (reclen == 0) break;
+                off += reclen;
+            }
+        }
+    }
+    close(fd);
+#else
+    (void)dir;
+#endif
+}
+
+/* Removes every registered path (files, then the directories with their files), then ends the
+ * process by the signal's default action. */
+static void cleanup_on_signal(int sig)
+{
+    for (int pass = 1; pass <= 2; pass++)
+        for (int i = CLI_CLEANUP_SLOTS - 1; i >= 0; i--)
+            if (cleanup_used[i] == pass) {
+                if (pass == 1) {
+                    unlink(cleanup_path[i]);
+                } else {
+                    remove_entries_on_signal(cleanup_path[i]);
+                    rmdir(cleanup_path[i]);
+                }
+            }
+    signal(sig, SIG_DFL);
+    raise(sig);
+}
+
+int cli_remove_dir(const char *dir)
+{
+    DIR *d = opendir(dir);
+    if (!d) return dsacp_error(DSACP_EIO, "%s: cannot open to remove: %s", dir, strerror(errno));
+    int rc = DSACP_OK;
+    const struct dirent *e;
+    while ((e = readdir(d)))
+        if (strcmp(e->d_name, ".") != 0 && strcmp(e->d_name, "..") != 0 && unlinkat(dirfd(d), e->d_name, 0) != 0 && !rc)
+            rc = dsacp_error(DSACP_EIO, "%s/%s: cannot remove: %s", dir, e->d_name, strerror(errno));
+    closedir(d);
+    if (!rc && rmdir(dir) != 0) rc = dsacp_error(DSACP_EIO, "%s: cannot remove: %s", dir, strerror(errno));
+    return rc;
+}
+
+int cli_cleanup_add(const char *path, bool is_dir)
+{
+    if (!path || strlen(path) >= CLI_CLEANUP_PATH) return -1;
+    if (!cleanup_installed) {
+        struct sigaction sa;
+        memset(&sa, 0, sizeof sa);
+        sa.sa_handler = cleanup_on_signal;
+        sigemptyset(&sa.sa_mask);
+        const int sigs[] = {SIGINT, SIGTERM, SIGHUP};
+        for (size_t k = 0; k < sizeof sigs / sizeof sigs[0]; k++) {
+            struct sigaction old;
+            /* A signal the caller ignores (nohup) stays ignored. */
+            if (sigaction(sigs[k], NULL, &old) == 0 && old.sa_handler == SIG_IGN) continue;
+            sigaction(sigs[k], &sa, NULL);
+        }
+        cleanup_installed = true;
+    }
+    for (int i = 0; i < CLI_CLEANUP_SLOTS; i++)
+        if (!cleanup_used[i]) {
+            memcpy(cleanup_path[i], path, strlen(path) + 1);
+            cleanup_used[i] = is_dir ? 2 : 1;
+            return i;
+        }
+    return -1;
+}
+
+void cli_cleanup_remove(int slot)
+{
+    if (slot >= 0 && slot < CLI_CLEANUP_SLOTS) cleanup_used[slot] = 0;
+}
+
+/* ---- outputs opened before any work ---- */
+
+void cli_output_init(cli_output *o)
+{
+    o->out.fd = -1;
+    o->out.path = o->out.tmp = NULL;
+    o->cleanup = -1;
+    o->open = false;
+}
+
+int cli_output_open(const char *cmd, const char *flag, const char *path, cli_output *o)
+{
+    cli_output_init(o);
+    int rc = DSACP_OK;
+    const bool root = !cli_world || dsacp_comm_rank(cli_world) == 0;
+    if (path && root) {
+        rc = dsacp_out_open(&o->out, path);
+        if (rc) {
+            dsacp_error_context(rc, "--%s", flag);
+        } else {
+            o->open = true;
+            o->cleanup = cli_cleanup_add(o->out.tmp, false);
+        }
+    }
+    if (path && cli_world) rc = dsacp_comm_agree(cli_world, rc);
+    if (rc) {
+        cli_output_abort(o);
+        cli_fail(cmd, rc);
+    }
+    return rc;
+}
+
+int cli_output_commit_bytes(cli_output *o, const void *data, size_t len)
+{
+    if (!o->open) return DSACP_OK;
+    int rc = dsacp_out_write(&o->out, data, len);
+    cli_cleanup_remove(o->cleanup);
+    o->cleanup = -1;
+    o->open = false;
+    if (rc) {
+        dsacp_out_abort(&o->out);
+        return rc;
+    }
+    return dsacp_out_commit(&o->out);
+}
+
+void cli_output_abort(cli_output *o)
+{
+    cli_cleanup_remove(o->cleanup);
+    o->cleanup = -1;
+    if (o->open || o->out.tmp || o->out.fd >= 0) dsacp_out_abort(&o->out);
+    o->open = false;
+}
+
+bool cli_same_file(const char *a, const char *b)
+{
+    if (!a || !b) return false;
+    if (strcmp(a, b) == 0) return true;
+    struct stat sa, sb;
+    return stat(a, &sa) == 0 && stat(b, &sb) == 0 && sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
+}
+
+int cli_print_buffer(const char *text, size_t len)
+{
+    if (len && fwrite(text, 1, len, stdout) != len) return dsacp_error(DSACP_EIO, "stdout: write failed");
+    if (fflush(stdout) != 0) return dsacp_error(DSACP_EIO, "stdout: write failed");
+    return DSACP_OK;
 }
 
 bool cli_engine_options(const char *cmd, const cli_opt *opts, dsacp_engine_options *eo)
@@ -282,17 +474,39 @@ bool cli_cp_options(const char *cmd, const cli_opt *opts, dsacp_cp_options *cp)
     return true;
 }
 
-int cli_cp_finish(const char *cmd, const cli_opt *opts, int status, const dsacp_engine *engine)
+int cli_cp_begin(const char *cmd, const cli_opt *opts, cli_output *report)
 {
-    if (!cli_world) return status;
+    return cli_output_open(cmd, "comm-report", cli_get(opts, "comm-report"), report);
+}
+
+int cli_cp_finish(const char *cmd, const cli_opt *opts, int status, const dsacp_engine *engine, cli_output *report)
+{
+    if (!cli_world) {
+        if (status) cli_output_abort(report);
+        return status;
+    }
     int rc = dsacp_comm_agree(cli_world, status);
-    const char *path = cli_get(opts, "comm-report");
-    if (!rc && path) {
+    if (rc) {
+        if (!status) cli_fail(cmd, rc);
+        cli_output_abort(report);
+        return rc;
+    }
+    /* Every rank takes part in the gathering (each knows the flag); rank 0 writes. */
+    if (cli_get(opts, "comm-report")) {
         if (engine) dsacp_engine_report_notes(engine);
-        rc = dsacp_comm_write_report(cli_world, path);
-        if (rc) cli_fail(cmd, rc);
-    } else if (rc && !status) {
+        char *json = NULL;
+        rc = dsacp_comm_report_json(cli_world, &json);
+        if (!rc && report->open) {
+            size_t n = strlen(json);
+            json[n] = '\n'; /* the text's NUL becomes its final newline */
+            rc = cli_output_commit_bytes(report, json, n + 1);
+        }
+        free(json);
+        rc = dsacp_comm_agree(cli_world, rc);
+    }
+    if (rc) {
         cli_fail(cmd, rc);
+        cli_output_abort(report);
     }
     return rc;
 }

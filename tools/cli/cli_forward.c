@@ -36,17 +36,35 @@ int cli_forward(int argc, char **argv)
     dsacp_cp_options cpo;
     if (!cli_cp_options("forward", opts, &cpo)) return 2;
     const bool dump = cli_get(opts, "dump-topk") != NULL;
+    const char *cr = cli_get(opts, "comm-report");
+    /* An output over the input would replace it: compared by name and by device and inode. */
+    if (cli_same_file(outp, in) || cli_same_file(cr, in) || cli_same_file(cr, outp)) {
+        fprintf(stderr, "dsacp forward: '--%s %s' names the same file as '--%s'\n", cli_same_file(outp, in) ? "output" : "comm-report",
+                cli_same_file(outp, in) ? outp : cr, cli_same_file(outp, in) || cli_same_file(cr, in) ? "input" : "output");
+        return 2;
+    }
     dsacp_comm *world = cli_world;
     const bool root = !world || dsacp_comm_rank(world) == 0;
 
+    /* The outputs before any work: one that cannot be created is known at once. */
+    cli_output out_file, report_out;
+    cli_output_init(&out_file);
+    cli_output_init(&report_out);
+    if (cli_output_open("forward", "output", outp, &out_file)) return 2;
+    if (cli_cp_begin("forward", opts, &report_out)) {
+        cli_output_abort(&out_file);
+        return 2;
+    }
     /* Every rank loads the model; rank 0 alone reads the input and sends its bytes. */
     dsacp_model *m = NULL;
     int rc = dsacp_model_load(mdir, &m);
     if (world) rc = dsacp_comm_agree(world, rc);
     if (rc) {
         dsacp_model_free(m);
+        cli_output_abort(&out_file);
+        cli_output_abort(&report_out);
         cli_fail("forward", rc);
-        return 1;
+        return cli_setup_exit(rc);
     }
     const dsacp_config *cfg = dsacp_model_config(m);
     int ret = 1;
@@ -82,6 +100,7 @@ int cli_forward(int argc, char **argv)
     if (world) rc = dsacp_comm_agree(world, rc);
     if (rc) {
         cli_fail("forward", rc);
+        ret = cli_setup_exit(rc); /* the input file is the user's invocation */
         goto done;
     }
     const int64_t R = fi.requests, Lmax = fi.max_len, S = fi.steps;
@@ -161,22 +180,31 @@ int cli_forward(int argc, char **argv)
         snprintf(nm, sizeof nm, "topk.%lld", (long long)l);
         rc = dsacp_st_writer_add(w, nm, DSACP_I32, 3, tshape, topk + l * R * Lmax * K);
     }
-    if (!rc && root) rc = dsacp_st_writer_write(w, outp);
+    /* The writer stages its own temporary; the one opened up front is removed once it is in place. */
+    dsacp_out staged;
+    if (!rc && root) rc = dsacp_st_writer_stage(w, outp, &staged);
+    if (!rc && root) rc = dsacp_out_commit(&staged);
     dsacp_st_writer_free(w);
     if (world) rc = dsacp_comm_agree(world, rc);
     if (rc) {
         cli_fail("forward", rc);
         goto done;
     }
-    rc = cli_cp_finish("forward", opts, DSACP_OK, e);
+    rc = cli_cp_finish("forward", opts, DSACP_OK, e, &report_out);
     if (rc) goto done;
     printf("forward: %lld requests, %lld tokens, %lld steps -> %s\n", (long long)R, (long long)fi.total_tokens,
            (long long)S, outp);
+    if (fflush(stdout) != 0) {
+        cli_fail("forward", dsacp_error(DSACP_EIO, "stdout: write failed"));
+        goto done;
+    }
     ret = 0;
     goto done;
 oom:
     fprintf(stderr, "dsacp forward: out of memory for the run's buffers (logits: %zu floats)\n", sz.logits);
 done:
+    cli_output_abort(&out_file);
+    cli_output_abort(&report_out);
     free(fed);
     free(ids);
     free(logits);

@@ -64,12 +64,16 @@ int cli_generate(int argc, char **argv)
     if (!cli_cp_options("generate", opts, &cpo)) return 2;
     dsacp_comm *world = cli_world;
     const bool root = !world || dsacp_comm_rank(world) == 0;
+    cli_output report_out; /* --comm-report, opened before any work */
+    if (cli_cp_begin("generate", opts, &report_out)) return 2;
     dsacp_model *m = NULL;
     int rc = dsacp_model_load(dir, &m);
     if (world) rc = dsacp_comm_agree(world, rc);
     if (rc) {
         dsacp_model_free(m);
-        return cli_fail("generate", rc);
+        cli_output_abort(&report_out);
+        cli_fail("generate", rc);
+        return cli_setup_exit(rc);
     }
     const dsacp_config *cfg = dsacp_model_config(m);
     /* Every generated token is fed back, so positions 0 .. plen + ntok - 1 are computed. */
@@ -78,6 +82,7 @@ int cli_generate(int argc, char **argv)
                 "model's max_position_embeddings = %lld (%s/config.json)\n", (long long)plen, (long long)ntok,
                 (long long)(plen + ntok), (long long)cfg->max_position_embeddings, dir);
         dsacp_model_free(m);
+        cli_output_abort(&report_out);
         return 2;
     }
     const int64_t rows = !all_logits ? 1 : chunk < plen ? chunk : plen; /* logits rows of the largest step */
@@ -88,6 +93,7 @@ int cli_generate(int argc, char **argv)
         fprintf(stderr, "dsacp generate: the logits of a prefill chunk, --chunk %lld x vocab_size %lld floats, are "
                 "more than %zu bytes\n", (long long)chunk, (long long)V, (size_t)DSACP_FORWARD_MAX_BYTES);
         dsacp_model_free(m);
+        cli_output_abort(&report_out);
         return 2;
     }
     eo.num_blocks = (plen + ntok + eo.block_size - 1) / eo.block_size + 1;
@@ -125,15 +131,27 @@ int cli_generate(int argc, char **argv)
         cli_fail("generate", rc);
         goto done;
     }
-    rc = cli_cp_finish("generate", opts, rc, e);
+    rc = cli_cp_finish("generate", opts, rc, e, &report_out);
     if (rc) goto done;
-    printf("prompt: %lld random tokens (seed %lld), prefill in chunks of %lld: %.3f s (%.1f tokens/s)\n",
+    char *text = NULL;
+    size_t text_len = 0;
+    FILE *f = open_memstream(&text, &text_len);
+    if (!f) {
+        rc = cli_fail("generate", dsacp_error(DSACP_ENOMEM, "out of memory for the report"));
+        goto done;
+    }
+    fprintf(f, "prompt: %lld random tokens (seed %lld), prefill in chunks of %lld: %.3f s (%.1f tokens/s)\n",
            (long long)plen, (long long)seed, (long long)chunk, t1 - t0, plen / (t1 - t0));
-    printf("generated:");
-    for (int64_t i = 0; i < ntok; i++) printf(" %d", ids[plen + i]);
-    printf("\n");
-    if (ntok) printf("decode: %lld tokens in %.3f s (%.1f ms/token)\n", (long long)ntok, t2 - t1, 1e3 * (t2 - t1) / ntok);
+    fprintf(f, "generated:");
+    for (int64_t i = 0; i < ntok; i++) fprintf(f, " %d", ids[plen + i]);
+    fprintf(f, "\n");
+    if (ntok) fprintf(f, "decode: %lld tokens in %.3f s (%.1f ms/token)\n", (long long)ntok, t2 - t1, 1e3 * (t2 - t1) / ntok);
+    rc = fclose(f) != 0 ? dsacp_error(DSACP_ENOMEM, "out of memory for the report") : DSACP_OK;
+    if (!rc && root) rc = cli_print_buffer(text, text_len);
+    if (rc) cli_fail("generate", rc);
+    free(text);
 done:
+    cli_output_abort(&report_out);
     free(ids);
     free(logits);
     dsacp_engine_free(e);
@@ -160,6 +178,8 @@ int cli_make_input(int argc, char **argv)
     if ((s = cli_get(opts, "vocab")) && !cli_int("make-input", "vocab", s, 1, INT32_MAX, &V)) return 2;
     if ((s = cli_get(opts, "chunk")) && !cli_int("make-input", "chunk", s, 1, 1 << 20, &chunk)) return 2;
     if ((s = cli_get(opts, "seed")) && !cli_int("make-input", "seed", s, 0, INT64_MAX, &seed)) return 2;
+    cli_output held; /* the output before any work: one that cannot be created is known at once */
+    if (cli_output_open("make-input", "out", out, &held)) return 2;
     /* Request r has length L - r * L / (2R) (different lengths); prefill in chunks of `chunk`,
      * then one token per step, each request starting one step later than the previous. */
     dsacp_rng rng;
@@ -169,6 +189,7 @@ int cli_make_input(int argc, char **argv)
     if (!len || !ids) {
         free(len);
         free(ids);
+        cli_output_abort(&held);
         fprintf(stderr, "dsacp make-input: out of memory\n");
         return 1;
     }
@@ -208,12 +229,13 @@ int cli_make_input(int argc, char **argv)
     if (!rc) rc = dsacp_st_writer_create(&w);
     if (!rc) rc = dsacp_st_writer_add(w, "input_ids", DSACP_I32, 2, ishape, ids);
     if (!rc) rc = dsacp_st_writer_add(w, "schedule", DSACP_I32, 2, sshape, sched);
-    if (!rc) rc = dsacp_st_writer_write(w, out);
+    if (!rc) rc = dsacp_st_writer_write(w, out); /* its own temporary; the held one is removed below */
     dsacp_st_writer_free(w);
+    cli_output_abort(&held);
     free(len);
     free(ids);
     free(sched);
     if (rc) return cli_fail("make-input", rc);
     printf("wrote %s: %lld requests up to %lld tokens, %lld steps\n", out, (long long)R, (long long)L, (long long)S);
-    return 0;
+    return fflush(stdout) != 0 ? cli_fail("make-input", dsacp_error(DSACP_EIO, "stdout: write failed")) : 0;
 }

@@ -25,10 +25,11 @@ static const cli_command commands[] = {
      "  --seed N        random seed of the weights (default 0)\n"
      "  --weights FMT   stored dtype of the linear weights: f32, bf16 or fp8 (default f32; fp8 for\n"
      "                  v32-layer)\n"},
-    {"inspect", cli_inspect, "--model DIR",
-     "load and validate a model directory, scan every weight for NaN/Inf, print a summary",
+    {"inspect", cli_inspect, "--model DIR [--scan-weights]",
+     "load and validate a model directory (config and safetensors headers), print a summary",
      "  --model DIR     config.json plus model.safetensors (or the shards of\n"
      "                  model.safetensors.index.json)\n"
+     "  --scan-weights  also read every weight and report NaN/Inf (reads the whole checkpoint)\n"
      "Exits 1 when the model has errors (missing or malformed tensors, non-finite weights).\n"},
     {"forward", cli_forward,
      "--model DIR --input IN.safetensors --output OUT.safetensors\n"

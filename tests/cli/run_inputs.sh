@@ -1,0 +1,174 @@
+#!/usr/bin/env bash
+# dsacp run, forward, generate and make-input against bad invocations and unwritable outputs
+# (issue 20 items 3, 6, 7, 10, 11, 12, 13, 15):
+#  - the exit status policy: 2 for a bad invocation (flags, and files or values the user named:
+#    model directory, prompts, forward input, preset, sizes), 1 for a run that failed after it
+#    started; one line on stderr, nothing on stdout, no output file;
+#  - outputs that cannot be created (missing directory, /dev/full, a directory, a symlink) are
+#    refused before any work, quickly, with nothing printed;
+#  - the prompts file is read by length (a NUL byte names its line); token ids (prompt_ids,
+#    stop_ids) must lie in [0, vocab); the synthetic ranges are checked against the model first;
+#  - one strict number grammar for every numeric flag; conflicting flags are refused;
+#  - latencies are measured from arrival on the run's clock (>= 0 under --no-realtime);
+#  - the JSON report is valid JSON whatever the model path holds;
+#  - --preset honours TMPDIR and leaves nothing behind (normal end, SIGTERM, under mpirun).
+set -u
+. "$(dirname "$0")/lib/common.sh"
+
+"$DSACP" init-model --preset tiny --out "$tmp/m" --seed 5 >/dev/null || { echo "init-model failed"; exit 1; }
+"$DSACP" make-input --out "$tmp/in.safetensors" --requests 2 --length 12 --vocab 512 --chunk 5 --seed 4 >/dev/null \
+  || { echo "make-input failed"; exit 1; }
+R=("$DSACP" run --model "$tmp/m" --no-realtime)
+
+# refused NAME STATUS PATTERN... -- CMD: exactly STATUS, one line on stderr with every pattern,
+# nothing on stdout, no file at $tmp/o.json / $tmp/o.st, within 10 s (before any work).
+refused() {
+  local name=$1 want=$2; shift 2
+  local pats=()
+  while [[ $1 != -- ]]; do pats+=("$1"); shift; done
+  shift
+  rm -f "$tmp/o.json" "$tmp/o.st"
+  local t0=$SECONDS
+  timeout 60 "$@" >"$tmp/out" 2>"$tmp/err"; local rc=$? ok=1
+  (( rc == want )) || { ok=0; echo "  exit status $rc, expected $want"; }
+  (( SECONDS - t0 <= 10 )) || { ok=0; echo "  took $((SECONDS - t0)) s"; }
+  [[ -s $tmp/out ]] && { ok=0; echo "  stdout: $(head -c 300 "$tmp/out")"; }
+  (( $(wc -l <"$tmp/err") == 1 )) || { ok=0; echo "  stderr is not one line"; }
+  for p in "${pats[@]}"; do grep -qF -- "$p" "$tmp/err" || { ok=0; echo "  stderr lacks '$p'"; }; done
+  [[ -e $tmp/o.json || -e $tmp/o.st ]] && { ok=0; echo "  an output was written"; }
+  if (( ok )); then pass "$name: $(cat "$tmp/err")"; else fail "$name: $(head -c 1000 "$tmp/err")"; fi
+}
+# A workload that takes minutes: a refusal must come before it starts.
+BIG=(--requests 64 --prompt-len 3000:3500 --gen-len 200:300)
+
+# ---- item 3: a NUL byte in the prompts file ----
+printf '{"prompt_ids": [1, 2, 3]}\n{"prompt_ids": [4, 5]}\0\n{"prompt_ids": [6]}\n' >"$tmp/nul.jsonl"
+refused "NUL byte in --prompts" 2 "nul.jsonl" "line 2" "NUL" -- "${R[@]}" --prompts "$tmp/nul.jsonl" --json "$tmp/o.json"
+
+# ---- item 11: token ids and numbers ----
+printf '{"prompt_ids": [1, 2, 3], "stop_ids": [4294967774]}\n' >"$tmp/stop_big.jsonl"
+refused "stop_ids above INT32_MAX" 2 "stop_big.jsonl" "line 1" "stop_ids[0]" "vocabulary" -- "${R[@]}" --prompts "$tmp/stop_big.jsonl"
+printf '{"prompt_ids": [1]}\n{"prompt_ids": [1, 2], "stop_ids": [3, 512]}\n' >"$tmp/stop_v.jsonl"
+refused "stop_ids = vocab_size" 2 "stop_v.jsonl" "line 2" "stop_ids[1] = 512" -- "${R[@]}" --prompts "$tmp/stop_v.jsonl"
+printf '{"prompt_ids": [1, -1]}\n' >"$tmp/neg.jsonl"
+refused "negative prompt id" 2 "neg.jsonl" "prompt_ids[1]" -- "${R[@]}" --prompts "$tmp/neg.jsonl"
+for v in nan 4abc 0x10 inf -1 " 1"; do
+  refused "--arrival-rate '$v'" 2 "--arrival-rate" -- "${R[@]}" --requests 2 --arrival-rate "$v"
+done
+if "${R[@]}" --requests 2 --prompt-len 8 --gen-len 2 --arrival-rate 0.0 >/dev/null 2>"$tmp/err"; then
+  pass "--arrival-rate 0.0 accepted"; else fail "--arrival-rate 0.0 refused: $(cat "$tmp/err")"; fi
+refused "--top-p 0.5x" 2 "--top-p" -- "${R[@]}" --requests 2 --top-p 0.5x
+refused "--top-p 0" 2 "--top-p" -- "${R[@]}" --requests 2 --top-p 0
+refused "--temperature nan" 2 "--temperature" -- "${R[@]}" --requests 2 --temperature nan
+refused "--kv-memory 0.5" 2 "--kv-memory" -- "${R[@]}" --requests 2 --kv-memory 0.5
+refused "--kv-memory 1Mx" 2 "--kv-memory" -- "${R[@]}" --requests 2 --kv-memory 1Mx
+refused "--kv-memory 0x100M" 2 "--kv-memory" -- "${R[@]}" --requests 2 --kv-memory 0x100M
+printf '{"prompt_ids": [1, 2, 3]}\n' >"$tmp/p.jsonl"
+refused "--prompts with --long-requests" 2 "--long-requests" "conflicts" -- "${R[@]}" --prompts "$tmp/p.jsonl" --long-requests 2
+refused "--prompts with --long-prompt-len" 2 "--long-prompt-len" "conflicts" -- "${R[@]}" --prompts "$tmp/p.jsonl" --long-prompt-len 100:200
+refused "--prompts with a --gen-len range" 2 "--gen-len" -- "${R[@]}" --prompts "$tmp/p.jsonl" --gen-len 2:9
+
+# ---- item 10: ranges against the model before anything is generated ----
+EXPECT_MAX_S=5
+refused "--prompt-len beyond max_position_embeddings" 2 "max_position_embeddings" -- \
+  "${R[@]}" --requests 1048576 --prompt-len 16777216
+refused "workload too large in total" 2 "prompt tokens" -- "${R[@]}" --requests 1048576 --prompt-len 4000 --gen-len 1
+refused "--long-prompt-len beyond max_position_embeddings" 2 "--long-prompt-len" "max_position_embeddings" -- \
+  "${R[@]}" --requests 1 --long-requests 1 --long-prompt-len 5000
+python3 -c "import json; print(json.dumps({'prompt_ids': [1] * 4000, 'max_new_tokens': 200}))" >"$tmp/long.jsonl"
+refused "prompt + max_new_tokens beyond max_position_embeddings" 2 "long.jsonl" "line 1" "max_position_embeddings" -- \
+  "${R[@]}" --prompts "$tmp/long.jsonl"
+
+# ---- item 15: block size, same file, presets, bad files: exit 2 ----
+refused "--block-size larger than any request" 2 "--block-size" "max_position_embeddings" -- \
+  "${R[@]}" --requests 2 --prompt-len 8 --block-size 1048576
+refused "--preset nope" 2 "nope" -- "$DSACP" run --preset nope
+refused "missing model directory" 2 "nosuch" -- "$DSACP" run --model "$tmp/nosuch" --requests 1
+refused "missing prompts file" 2 "none.jsonl" -- "${R[@]}" --prompts "$tmp/none.jsonl"
+printf '{"prompt_ids": [1, 2,\n' >"$tmp/broken.jsonl"
+refused "malformed prompts file" 2 "broken.jsonl" "line 1" -- "${R[@]}" --prompts "$tmp/broken.jsonl"
+refused "forward: malformed input" 2 "p.jsonl" -- \
+  "$DSACP" forward --model "$tmp/m" --input "$tmp/p.jsonl" --output "$tmp/o.st"
+refused "forward: missing model" 2 "nosuch" -- \
+  "$DSACP" forward --model "$tmp/nosuch" --input "$tmp/in.safetensors" --output "$tmp/o.st"
+refused "generate: missing model" 2 "nosuch" -- "$DSACP" generate --model "$tmp/nosuch"
+cp "$tmp/in.safetensors" "$tmp/keep.safetensors"
+refused "forward --input X --output X" 2 "same file" -- \
+  "$DSACP" forward --model "$tmp/m" --input "$tmp/keep.safetensors" --output "$tmp/keep.safetensors"
+refused "forward --output X over ./X" 2 "same file" -- \
+  "$DSACP" forward --model "$tmp/m" --input "$tmp/keep.safetensors" --output "$tmp/./keep.safetensors"
+ln "$tmp/keep.safetensors" "$tmp/hard.safetensors"
+refused "forward --output a hard link of the input" 2 "same file" -- \
+  "$DSACP" forward --model "$tmp/m" --input "$tmp/keep.safetensors" --output "$tmp/hard.safetensors"
+cmp -s "$tmp/in.safetensors" "$tmp/keep.safetensors" && pass "the input is intact" || fail "forward replaced its input"
+refused "run --json over --prompts" 2 "same file" -- "${R[@]}" --prompts "$tmp/p.jsonl" --json "$tmp/p.jsonl"
+unset EXPECT_MAX_S
+
+# ---- item 6: outputs that cannot be created, refused before any work with nothing printed ----
+mkdir "$tmp/adir"; ln -s "$tmp/victim" "$tmp/alink"; echo precious >"$tmp/victim"
+for target in "$tmp/nodir/o.json" /dev/full "$tmp/adir" "$tmp/alink"; do
+  refused "run --json $target" 2 "--json" "$target" -- "${R[@]}" "${BIG[@]}" --json "$target"
+  refused "run --comm-report $target" 2 "--comm-report" "$target" -- "${R[@]}" "${BIG[@]}" --comm-report "$target"
+  refused "forward --output $target" 2 "--output" "$target" -- \
+    "$DSACP" forward --model "$tmp/m" --input "$tmp/in.safetensors" --output "$target"
+  refused "forward --comm-report $target" 2 "--comm-report" "$target" -- \
+    "$DSACP" forward --model "$tmp/m" --input "$tmp/in.safetensors" --output "$tmp/o.st" --comm-report "$target"
+  refused "generate --comm-report $target" 2 "--comm-report" "$target" -- \
+    "$DSACP" generate --model "$tmp/m" --prompt-len 2000 --new-tokens 2000 --comm-report "$target"
+  refused "make-input --out $target" 2 "--out" "$target" -- "$DSACP" make-input --out "$target"
+done
+[[ -d $tmp/adir && -L $tmp/alink && $(cat "$tmp/victim") == precious && ! -e $tmp/nodir ]] \
+  && pass "the refused targets are as they were" || fail "a refused target changed"
+# Under mpirun (Open MPI adds its own lines about the exit status): status 2, nothing on stdout,
+# one line from dsacp, quickly.
+t0=$SECONDS
+mpi 2 "${R[@]}" "${BIG[@]}" --json /dev/full >"$tmp/out" 2>"$tmp/err"; st=$?
+if (( st == 2 && SECONDS - t0 <= 20 )) && [[ ! -s $tmp/out ]] && (( $(grep -c '^dsacp run' "$tmp/err") == 1 )) &&
+   grep -q -- '--json: /dev/full' "$tmp/err" && ! grep -q 'MPI_ABORT\|[Bb]acktrace\|Signal:' "$tmp/err"; then
+  pass "run --json /dev/full under mpirun: refused at once on every rank"
+else fail "run --json /dev/full under mpirun (status $st, $((SECONDS - t0)) s): $(head -c 600 "$tmp/err")"; fi
+left=$(find "$tmp" -name '*.tmp.*' | head -n3)
+[[ -z $left ]] && pass "no temporaries left" || fail "temporaries left: $left"
+
+# ---- item 7: latencies from the arrival on the run's clock ----
+printf '{"prompt_ids": [1, 2, 3], "arrival_s": 100, "max_new_tokens": 3}\n{"prompt_ids": [4, 5], "arrival_s": 50}\n' \
+  >"$tmp/late.jsonl"
+if timeout 60 "${R[@]}" --prompts "$tmp/late.jsonl" --gen-len 2 --json "$tmp/late.json" >/dev/null 2>"$tmp/err" &&
+   python3 - "$tmp/late.json" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+vals = [r[k] for k in r if k.endswith("_ms")] + [q[k] for q in r["requests"] for k in ("ttft_ms", "e2el_ms", "tpot_ms") if q[k] is not None]
+assert all(v >= 0 for v in vals), vals
+assert all(q["arrival_s"] == 0 for q in r["requests"]), r["requests"]
+PY
+then pass "--no-realtime with arrival_s 100: every latency >= 0"
+else fail "--no-realtime latencies: $(cat "$tmp/err")"; fi
+
+# ---- item 12: the JSON report is valid whatever the model path holds ----
+q="$tmp/we\"ird\\dir"
+cp -r "$tmp/m" "$q"
+if timeout 60 "$DSACP" run --model "$q" --requests 1 --prompt-len 4 --gen-len 2 --no-realtime --json "$tmp/w.json" >/dev/null 2>"$tmp/err" &&
+   python3 -c "import json,sys; assert json.load(open(sys.argv[1]))['config']['model'] == sys.argv[2]" "$tmp/w.json" "$q"; then
+  pass "model path with a quote and a backslash: valid JSON naming it"
+else fail "model path with a quote: $(cat "$tmp/err"; head -c 300 "$tmp/w.json" 2>/dev/null)"; fi
+
+# ---- item 13: --preset honours TMPDIR and leaves nothing behind ----
+mkdir "$tmp/td"
+leftover() { find "$tmp/td" -maxdepth 1 -name 'dsacp-run-*' | head -n3; }
+if TMPDIR=$tmp/td timeout 120 "$DSACP" run --preset tiny --requests 1 --prompt-len 4 --gen-len 1 --no-realtime >/dev/null 2>"$tmp/err" &&
+   [[ -z $(leftover) ]]; then pass "--preset: nothing left in TMPDIR after a normal run"
+else fail "--preset normal run: left $(leftover): $(cat "$tmp/err")"; fi
+refused "--preset with TMPDIR missing: names it" 1 "$tmp/td/missing" -- env TMPDIR="$tmp/td/missing" "$DSACP" run --preset tiny --requests 1
+if TMPDIR=$tmp/td mpi 2 "$DSACP" run --preset tiny --requests 2 --prompt-len 4 --gen-len 1 --no-realtime >/dev/null 2>"$tmp/err" &&
+   [[ -z $(leftover) ]]; then pass "--preset under mpirun: nothing left"
+else fail "--preset under mpirun: left $(leftover): $(tail -n 3 "$tmp/err")"; fi
+# SIGTERM while the preset is being written (small: ~330 MB) or served: nothing left.
+TMPDIR=$tmp/td "$DSACP" run --preset small --requests 50 --prompt-len 1000 --gen-len 100 --no-realtime >/dev/null 2>&1 &
+pid=$!
+seen=0
+for _ in $(seq 1 100); do [[ -n $(leftover) ]] && { seen=1; break; }; sleep 0.05; done
+kill -TERM "$pid" 2>/dev/null; wait "$pid"; st=$?
+if (( seen && st == 143 )) && [[ -z $(leftover) ]]; then pass "--preset: SIGTERM leaves nothing in TMPDIR"
+else fail "--preset SIGTERM: directory seen $seen, status $st, left $(leftover) $(ls "$(leftover)" 2>/dev/null | tr '\n' ' ')"; fi
+
+finish
