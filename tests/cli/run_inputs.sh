@@ -116,7 +116,11 @@ for target in "$tmp/nodir/o.json" /dev/full "$tmp/adir" "$tmp/alink"; do
   refused "generate --comm-report $target" 2 "--comm-report" "$target" -- \
     "$DSACP" generate --model "$tmp/m" --prompt-len 2000 --new-tokens 2000 --comm-report "$target"
   refused "make-input --out $target" 2 "--out" "$target" -- "$DSACP" make-input --out "$target"
+  refused "bench --kernel cp --comm-report $target" 2 "--comm-report" "$target" -- \
+    "$DSACP" bench --kernel cp --model "$tmp/m" --context 3000 --batch 8 --reps 50 --comm-report "$target"
 done
+refused "bench --comm-report without --kernel cp" 2 "--comm-report" "--kernel cp" -- \
+  "$DSACP" bench --preset tiny --kernel mla --comm-report "$tmp/o.json"
 [[ -d $tmp/adir && -L $tmp/alink && $(cat "$tmp/victim") == precious && ! -e $tmp/nodir ]] \
   && pass "the refused targets are as they were" || fail "a refused target changed"
 # Under mpirun (Open MPI adds its own lines about the exit status): status 2, nothing on stdout,

@@ -1086,6 +1086,14 @@ int cli_bench(int argc, char **argv)
     int parsed = cli_parse(argc, argv, opts);
     if (parsed != CLI_RUN) return parsed;
     if (cli_get(opts, "kernel") && !strcmp(cli_get(opts, "kernel"), "cp")) return cli_bench_cp(opts);
+    /* The context-parallel flags (--comm-report included) belong to --kernel cp: elsewhere they
+     * would be silently ignored. */
+    static const cli_opt cp_flags[] = {CLI_CP_OPTS, {NULL, false, NULL}};
+    for (const cli_opt *f = cp_flags; f->name; f++)
+        if (cli_get(opts, f->name)) {
+            fprintf(stderr, "dsacp bench: option '--%s' applies to '--kernel cp' only\n", f->name);
+            return 2;
+        }
     bench *b = calloc(1, sizeof *b);
     if (!b) {
         fprintf(stderr, "dsacp bench: out of memory\n");
