@@ -148,6 +148,21 @@ PY
 then pass "--no-realtime with arrival_s 100: every latency >= 0"
 else fail "--no-realtime latencies: $(cat "$tmp/err")"; fi
 
+# ---- the report's attention line adds up; each step's phases add up to the step ----
+if timeout 60 "${R[@]}" --requests 6 --prompt-len 20:200 --gen-len 4:8 --json "$tmp/ph.json" >"$tmp/out" 2>"$tmp/err" &&
+   python3 - "$tmp/out" "$tmp/ph.json" <<'PY'
+import json, re, sys
+t = open(sys.argv[1]).read()
+m = re.search(r"attention layer: ([0-9.]+) s .*projections ([0-9.]+) .*sparse MLA ([0-9.]+) \+ o_proj ([0-9.]+)\s+\+ set-up, staging and exchange waits ([0-9.]+)", t)
+assert m, t
+v = [float(x) for x in m.groups()]
+assert abs(v[0] - sum(v[1:])) <= 0.021, v
+for s in json.load(open(sys.argv[2]))["steps"]:
+    assert abs(sum(s["phases_ms"].values()) - s["dur_ms"]) <= 1e-6 * max(1, s["dur_ms"]) + 1e-9, s
+PY
+then pass "the attention line and every step's phases add up"
+else fail "phases do not add up: $(cat "$tmp/err")"; fi
+
 # ---- item 12: the JSON report is valid whatever the model path holds ----
 q="$tmp/we\"ird\\dir"
 cp -r "$tmp/m" "$q"

@@ -112,7 +112,8 @@ static const cli_command commands[] = {
      "          [--max-batch-tokens N] [--max-num-seqs N] [--kv-blocks N | --kv-memory SIZE] [--verify]\n"
      "          [--json FILE] [--seed N] [--temperature T] [--top-p P] [--no-realtime] [CP flags]",
      "serve a workload with continuous batching and report latency, throughput, traffic, memory",
-     "  --model DIR / --preset NAME   the model (a preset is created in a temporary directory)\n"
+     "  --model DIR / --preset NAME   the model (a preset is created in a temporary directory under\n"
+     "                               $TMPDIR or /tmp, removed once loaded and on SIGINT/SIGTERM)\n"
      "  --requests N                 synthetic requests (default 16) with prompt lengths uniform in\n"
      "  --prompt-len MIN:MAX         (default 128:512) and output lengths in --gen-len (default 16:32),\n"
      "  --arrival-rate R             arriving as a Poisson process of R requests/s (0: all at once)\n"
@@ -124,13 +125,16 @@ static const cli_command commands[] = {
      "  --max-num-seqs N             running requests at most (default 256)\n"
      "  --kv-blocks N | --kv-memory SIZE   this rank's KV pool (default: the whole workload at once);\n"
      "                               when it is full, requests wait or are preempted and recomputed\n"
-     "  --verify                     replay the workload on one process and compare every token\n"
+     "  --verify                     replay the workload on one process and compare every token:\n"
+     "                               exact numerics, identical tokens; deployed, identical or each\n"
+     "                               request's first divergence at a near-tie (top-2 gap <= 0.1)\n"
      "  --json FILE                  the report (docs/serving.md; vllm bench serve's field names);\n"
      "                               bench/plot_run.py FILE OUT.svg draws it\n"
      "  --temperature T --top-p P    sampling (default greedy), seeded by --seed\n"
      "  --no-realtime                ignore arrival times (replay as fast as possible)\n"
      "  --numerics, --kv-dtype, --block-size as for forward\n"
-     "Exit status: 0, 1 (error), 2 (bad flags), 3 (--verify found a mismatch).\n" CLI_CP_USAGE},
+     "Exit status: 0; 2 a bad invocation (flags, or a file or value named: model, prompts, sizes,\n"
+     "an output that cannot be created); 1 the run failed after it started; 3 --verify failed.\n" CLI_CP_USAGE},
     {"help", NULL, "[COMMAND]", "print this summary, or COMMAND's usage", ""},
 };
 
