@@ -5,7 +5,8 @@
  *     complete, every request with the greedy tokens (and top-2 gaps) it gets when run alone --
  *     the scheduler may reorder, chunk, preempt and recompute, never change a token or give up;
  *   - issue 20's two deadlocks (requests stuck mid-prompt blocking each other), exactly;
- *   - the up-front check counts the tokens a request caches (prompt + output - 1);
+ *   - the up-front check (dsacp_serve_check) counts the tokens a request caches (prompt +
+ *     output - 1) and refuses bad options and requests before anything runs;
  *   - the clock: arrival on the run's clock is arrival_s when realtime, 0 when replayed, and
  *     arrival_s <= first_s <= finish_s always;
  *   - gap: top-1 minus top-2 logit of each generated token, from the logits the engine computes.
@@ -226,6 +227,29 @@ static void test_fits_alone(void)
     CHECK(serve(&w, 8, w.rq, 1, &w.opt, &res) == DSACP_EINVAL);
     w.opt.max_batch_tokens = 16, w.opt.max_num_seqs = 0;
     CHECK(serve(&w, 8, w.rq, 1, &w.opt, &res) == DSACP_EINVAL);
+    w.opt.max_num_seqs = 4;
+    /* dsacp_serve_check: the same verdicts before any run, without overflow on absurd sizes */
+    dsacp_engine *e = NULL;
+    REQUIRE_OK(make_engine(16, 2, &e));
+    CHECK_OK(dsacp_serve_check(e, w.rq, 1, &w.opt));
+    CHECK(dsacp_serve_check(e, w.rq, 2, &w.opt) == DSACP_ECAPACITY);
+    CHECK(dsacp_serve_check(e, w.rq, 0, &w.opt) == DSACP_EINVAL);
+    dsacp_serve_request bad = w.rq[0];
+    bad.max_new_tokens = INT64_MAX;
+    CHECK(dsacp_serve_check(e, &bad, 1, &w.opt) == DSACP_ERANGE);
+    bad = w.rq[0], bad.arrival_s = NAN;
+    CHECK(dsacp_serve_check(e, &bad, 1, &w.opt) == DSACP_ERANGE);
+    bad = w.rq[0], bad.n_stop = 1;
+    CHECK(dsacp_serve_check(e, &bad, 1, &w.opt) == DSACP_EINVAL);
+    int32_t outside[2] = {1, (int32_t)g_vocab};
+    bad = w.rq[0], bad.prompt = outside, bad.prompt_len = 2;
+    CHECK(dsacp_serve_check(e, &bad, 1, &w.opt) == DSACP_ERANGE && strstr(dsacp_last_error(), "vocabulary"));
+    dsacp_serve_options o2 = w.opt;
+    o2.temperature = -1;
+    CHECK(dsacp_serve_check(e, w.rq, 1, &o2) == DSACP_EINVAL);
+    o2 = w.opt, o2.top_p = 0;
+    CHECK(dsacp_serve_check(e, w.rq, 1, &o2) == DSACP_EINVAL);
+    dsacp_engine_free(e);
     workload_free(&w);
 }
 

@@ -398,6 +398,44 @@ static int build_step(sched *S)
     return DSACP_OK;
 }
 
+int dsacp_serve_check(const dsacp_engine *e, const dsacp_serve_request *reqs, int64_t n, const dsacp_serve_options *opt)
+{
+    const dsacp_config *cfg = dsacp_engine_config(e);
+    const int64_t V = cfg->vocab_size, maxpos = cfg->max_position_embeddings;
+    if (opt->max_batch_tokens < 1 || opt->max_num_seqs < 1)
+        return dsacp_error(DSACP_EINVAL, "serve: max_batch_tokens %lld and max_num_seqs %lld must be >= 1",
+                           (long long)opt->max_batch_tokens, (long long)opt->max_num_seqs);
+    if (!(opt->temperature >= 0) || !isfinite(opt->temperature) || !(opt->top_p > 0 && opt->top_p <= 1))
+        return dsacp_error(DSACP_EINVAL, "serve: temperature %g must be finite and >= 0, top_p %g in (0, 1]", opt->temperature,
+                           opt->top_p);
+    if (n < 1 || !reqs) return dsacp_error(DSACP_EINVAL, "serve: no requests");
+    for (int64_t i = 0; i < n; i++) {
+        const dsacp_serve_request *q = &reqs[i];
+        if (q->prompt_len < 1 || !q->prompt || q->max_new_tokens < 1)
+            return dsacp_error(DSACP_EINVAL, "request %lld: needs a prompt and max_new_tokens >= 1", (long long)i);
+        if (q->n_stop < 0 || (q->n_stop > 0 && !q->stop_ids))
+            return dsacp_error(DSACP_EINVAL, "request %lld: n_stop %lld without stop ids", (long long)i, (long long)q->n_stop);
+        if (!(q->arrival_s >= 0) || !isfinite(q->arrival_s))
+            return dsacp_error(DSACP_ERANGE, "request %lld: arrival_s %g must be finite and >= 0", (long long)i, q->arrival_s);
+        if (q->prompt_len > maxpos || q->max_new_tokens > maxpos - q->prompt_len)
+            return dsacp_error(DSACP_ERANGE, "request %lld: prompt %lld + max_new_tokens %lld exceeds the model's "
+                               "max_position_embeddings %lld", (long long)i, (long long)q->prompt_len,
+                               (long long)q->max_new_tokens, (long long)maxpos);
+        /* The cache holds the prompt and every generated token but the last (never fed back). Each
+         * rank's share grows with the length, so fitting at this length means fitting at every
+         * point of the request's life, on every rank. */
+        const int64_t cached = q->prompt_len + q->max_new_tokens - 1, id = -1;
+        if (!dsacp_engine_fits(e, &id, &cached, 1))
+            return dsacp_error(DSACP_ECAPACITY, "request %lld (%lld tokens cached with its output) does not fit the KV "
+                               "pool even alone: give more --kv-blocks / --kv-memory", (long long)i, (long long)cached);
+        for (int64_t j = 0; j < q->prompt_len; j++)
+            if (q->prompt[j] < 0 || q->prompt[j] >= V)
+                return dsacp_error(DSACP_ERANGE, "request %lld: prompt token %lld = %d is outside the vocabulary [0, %lld)",
+                                   (long long)i, (long long)j, q->prompt[j], (long long)V);
+    }
+    return DSACP_OK;
+}
+
 int dsacp_serve_run(dsacp_engine *e, const dsacp_serve_request *reqs, int64_t n_in, const dsacp_serve_options *opt,
                     dsacp_serve_result *res)
 {
@@ -417,8 +455,6 @@ int dsacp_serve_run(dsacp_engine *e, const dsacp_serve_request *reqs, int64_t n_
     prob *work = NULL;
     if (!S.eid) rc = dsacp_error(DSACP_ENOMEM, "out of memory");
     for (int64_t i = 0; i < n && S.eid; i++) S.eid[i] = -1;
-    if (root && (opt->max_batch_tokens < 1 || opt->max_num_seqs < 1))
-        rc = dsacp_error(DSACP_EINVAL, "serve: max_batch_tokens and max_num_seqs must be >= 1");
     if (root && !rc) {
         S.r = calloc((size_t)(n > 0 ? n : 1), sizeof *S.r);
         res->out = calloc((size_t)(n > 0 ? n : 1), sizeof *res->out);
@@ -431,41 +467,20 @@ int dsacp_serve_run(dsacp_engine *e, const dsacp_serve_request *reqs, int64_t n_
         if (!S.r || !res->out || !S.ent_s || !S.ent_n || !S.fit_id || !S.fit_len || !S.order || !work)
             rc = dsacp_error(DSACP_ENOMEM, "out of memory for %lld requests", (long long)n);
         res->n_requests = n;
+        if (!rc) rc = dsacp_serve_check(e, reqs, n, opt);
         for (int64_t i = 0; i < n && !rc; i++) {
             const dsacp_serve_request *q = &reqs[i];
-            const int64_t total = q->prompt_len + q->max_new_tokens;
-            /* The cache holds the prompt and every generated token but the last (never fed); each
-             * rank's share of it grows with the length, so fitting here means fitting at every
-             * point of the request's life, on every rank. */
-            const int64_t cached = total - 1;
-            const int64_t id = -1;
-            if (q->prompt_len < 1 || q->max_new_tokens < 1)
-                rc = dsacp_error(DSACP_EINVAL, "request %lld: needs a prompt and max_new_tokens >= 1", (long long)i);
-            else if (total > cfg->max_position_embeddings)
-                rc = dsacp_error(DSACP_ERANGE, "request %lld: prompt %lld + max_new_tokens %lld exceeds the model's "
-                                 "max_position_embeddings %lld", (long long)i, (long long)q->prompt_len,
-                                 (long long)q->max_new_tokens, (long long)cfg->max_position_embeddings);
-            else if (!dsacp_engine_fits(e, &id, &cached, 1))
-                rc = dsacp_error(DSACP_ECAPACITY, "request %lld (%lld tokens cached with its output) does not fit the KV "
-                                 "pool even alone: give more --kv-blocks / --kv-memory", (long long)i, (long long)cached);
-            for (int64_t j = 0; j < q->prompt_len && !rc; j++) {
-                if (q->prompt[j] < 0 || q->prompt[j] >= V)
-                    rc = dsacp_error(DSACP_ERANGE, "request %lld: prompt token %lld = %d is outside the vocabulary "
-                                     "[0, %lld)", (long long)i, (long long)j, q->prompt[j], (long long)V);
-            }
-            if (!rc) {
-                sreq *r = &S.r[i];
-                r->cap = total + 1;
-                r->seq = malloc((size_t)r->cap * sizeof *r->seq);
-                res->out[i].tokens = malloc((size_t)(q->max_new_tokens + 1) * sizeof(int32_t));
-                res->out[i].token_s = malloc((size_t)(q->max_new_tokens + 1) * sizeof(double));
-                res->out[i].gap = malloc((size_t)(q->max_new_tokens + 1) * sizeof(float));
-                res->out[i].arrival_s = opt->realtime ? q->arrival_s : 0;
-                if (!r->seq || !res->out[i].tokens || !res->out[i].token_s || !res->out[i].gap)
-                    rc = dsacp_error(DSACP_ENOMEM, "out of memory");
-                else memcpy(r->seq, q->prompt, (size_t)q->prompt_len * sizeof *r->seq), r->len = q->prompt_len;
-                r->state = ST_FUTURE;
-            }
+            sreq *r = &S.r[i];
+            r->cap = q->prompt_len + q->max_new_tokens + 1; /* bounded by dsacp_serve_check */
+            r->seq = malloc((size_t)r->cap * sizeof *r->seq);
+            res->out[i].tokens = malloc((size_t)(q->max_new_tokens + 1) * sizeof(int32_t));
+            res->out[i].token_s = malloc((size_t)(q->max_new_tokens + 1) * sizeof(double));
+            res->out[i].gap = malloc((size_t)(q->max_new_tokens + 1) * sizeof(float));
+            res->out[i].arrival_s = opt->realtime ? q->arrival_s : 0;
+            if (!r->seq || !res->out[i].tokens || !res->out[i].token_s || !res->out[i].gap)
+                rc = dsacp_error(DSACP_ENOMEM, "out of memory");
+            else memcpy(r->seq, q->prompt, (size_t)q->prompt_len * sizeof *r->seq), r->len = q->prompt_len;
+            r->state = ST_FUTURE;
         }
     }
     rc = dsacp_comm_agree(c, rc);

@@ -67,9 +67,18 @@ typedef struct dsacp_serve_result {
 } dsacp_serve_result;
 void dsacp_serve_result_free(dsacp_serve_result *r);
 
-/* Collective over the engine's group: rank 0 passes the requests (others: NULL, 0). The KV pool
- * must hold every single request alone (checked up front: DSACP_ECAPACITY naming the request).
- * Fills `res` on rank 0. */
+/* What dsacp_serve_run checks before it starts, on rank 0 alone (local, not collective), so a
+ * caller can tell a bad workload from a run that failed: the options (max_batch_tokens,
+ * max_num_seqs >= 1, temperature, top_p), at least one request, each with a prompt of ids in
+ * [0, vocab), max_new_tokens >= 1, prompt + max_new_tokens <= max_position_embeddings, a finite
+ * arrival_s >= 0, and fitting every rank's KV pool alone at the length it caches (prompt +
+ * max_new_tokens - 1: the last token is never fed back; DSACP_ECAPACITY naming the request).
+ * Whatever the workload and the pools, a workload that passes completes (docs/serving.md,
+ * "Preemption, and why every request finishes"). */
+int dsacp_serve_check(const dsacp_engine *e, const dsacp_serve_request *reqs, int64_t n, const dsacp_serve_options *opt);
+
+/* Collective over the engine's group: rank 0 passes the requests (others: NULL, 0), which it
+ * checks first (dsacp_serve_check; the verdict is agreed). Fills `res` on rank 0. */
 int dsacp_serve_run(dsacp_engine *e, const dsacp_serve_request *reqs, int64_t n, const dsacp_serve_options *opt,
                     dsacp_serve_result *res);
 
