@@ -92,4 +92,88 @@ else fail "calibrate: $(cat "$tmp/log" "$tmp/log2" 2>/dev/null | tail -5)"; fi
 if "$DSACP" plan --preset tiny --calibrate "$tmp/cpu1.json" >/dev/null 2>"$tmp/err" && grep -q '"flops_fp8"' "$tmp/cpu1.json"; then
   pass "calibrate after other flags, one process"
 else fail "calibrate after other flags: $(cat "$tmp/err")"; fi
+# ---- issue 20: exit statuses, outputs opened before the work, strict numbers, bounded profiles ----
+# expect_status NAME STATUS PATTERN... -- CMD: exits with STATUS, one line on stderr holding every
+# pattern, nothing on stdout.
+expect_status() {
+  local name=$1 want=$2; shift 2
+  local pats=()
+  while [[ $1 != -- ]]; do pats+=("$1"); shift; done
+  shift
+  "$@" >"$tmp/out" 2>"$tmp/err"
+  local rc=$? ok=1
+  (( rc == want )) || { ok=0; echo "FAIL $name: exit status $rc, expected $want"; }
+  [[ $(wc -l <"$tmp/err") -eq 1 ]] || { ok=0; echo "FAIL $name: stderr is not one line"; }
+  [[ -s $tmp/out ]] && { ok=0; echo "FAIL $name: stdout not empty: $(head -c 200 "$tmp/out")"; }
+  for p in "${pats[@]}"; do grep -qF -- "$p" "$tmp/err" || { ok=0; echo "FAIL $name: stderr lacks '$p'"; }; done
+  if (( ok )); then pass "$name: $(cat "$tmp/err")"; else fail "$name: $(head -c 500 "$tmp/err")"; fi
+}
+H200="$SRC/hardware/h200-nvlink8.json"
+profile() { # profile FILE FIELD VALUE: h200's profile with one field replaced
+  python3 -c "
+import json,sys; d=json.load(open(sys.argv[1])); d[sys.argv[3]]=json.loads(sys.argv[4]); json.dump(d,open(sys.argv[2],'w'))" \
+    "$H200" "$1" "$2" "$3"
+}
+# item 8: tiny positive bandwidths printed inf with exit 0; every field has a physical range
+profile "$tmp/tiny_mem.json" mem_bw 1e-300
+expect_status "profile mem_bw 1e-300" 2 "tiny_mem.json" "mem_bw" "physical range" -- "$DSACP" plan --preset v32 --hardware "$tmp/tiny_mem.json"
+profile "$tmp/tiny_net.json" net_bw 1e-300
+python3 -c "import json,sys; d=json.load(open(sys.argv[1])); d['net_latency_us']=1e300; json.dump(d,open(sys.argv[1],'w'))" "$tmp/tiny_net.json"
+expect_status "profile net_bw 1e-300, huge latency, --cp 16" 2 "tiny_net.json" "net_" -- "$DSACP" plan --preset v32 --cp 16 --hardware "$tmp/tiny_net.json"
+profile "$tmp/rpn.json" ranks_per_node 8.5
+expect_status "profile ranks_per_node 8.5" 2 "rpn.json" "ranks_per_node" -- "$DSACP" plan --preset tiny --hardware "$tmp/rpn.json"
+profile "$tmp/lat.json" link_latency_us '"8"'
+expect_status "profile latency as a string" 2 "lat.json" "link_latency_us" -- "$DSACP" plan --preset tiny --hardware "$tmp/lat.json"
+# item 15: a profile that cannot be read says why
+expect_status "profile missing" 2 "$tmp/none.json" "cannot open" -- "$DSACP" plan --preset tiny --hardware "$tmp/none.json"
+grep -q 'line -1' "$tmp/err" && fail "missing profile still says line -1" || pass "missing profile: no 'line -1'"
+expect_status "profile is a directory" 2 "not a regular file" -- "$DSACP" plan --preset tiny --hardware "$tmp"
+printf '{\n "name": "x",\n "source": oops\n}\n' >"$tmp/broken.json"
+expect_status "profile not JSON" 2 "broken.json" "JSON error at line 3" -- "$DSACP" plan --preset tiny --hardware "$tmp/broken.json"
+# item 11: every numeric flag through the strict parser
+for bad in "--lean-candidates 0x2" "--lean-candidates nan" "--lean-candidates 2abc" "--weight-bytes 3" "--weight-bytes inf" \
+           "--weight-bytes 0x1" "--cp 8.0" "--context 1e3" "--chunk -1" "--batch 1,2"; do
+  # shellcheck disable=SC2086
+  expect_status "plan $bad" 2 "${bad%% *}" -- "$DSACP" plan --preset tiny --hardware "$H200" $bad
+done
+# item 9: --cp 4096 finishes (it took minutes, ~W^2) and gives finite figures; a hang guard, not a timing
+if timeout 120 "$DSACP" plan --preset v32 --cp 4096 --prefill 65536 --hardware "$H200" --json "$tmp/w4096.json" >"$tmp/log" \
+   && python3 -c "
+import json,math,sys
+def walk(x):
+    if isinstance(x,dict): [walk(v) for v in x.values()]
+    elif isinstance(x,list): [walk(v) for v in x]
+    elif isinstance(x,float): assert math.isfinite(x)
+r=json.load(open(sys.argv[1])); walk(r); assert r['world']==4096 and len(r['chunk'])>0" "$tmp/w4096.json"; then
+  pass "plan --cp 4096 completes with finite figures"
+else fail "plan --cp 4096: $(tail -3 "$tmp/log")"; fi
+# item 6: outputs opened before any work; nothing on stdout and no file unless every output succeeded
+expect_status "--json /dev/full" 1 "--json" "/dev/full" -- "$DSACP" plan --preset v32-layer --hardware "$H200" --json /dev/full
+expect_status "--json in a missing directory" 1 "--json" "$tmp/nodir/p.json" -- "$DSACP" plan --preset v32-layer --hardware "$H200" --json "$tmp/nodir/p.json"
+mkdir -p "$tmp/adir"
+expect_status "--json a directory" 1 "--json" -- "$DSACP" plan --preset v32-layer --hardware "$H200" --json "$tmp/adir"
+echo keep >"$tmp/target"; ln -s "$tmp/target" "$tmp/link.json"
+expect_status "--json a symlink" 1 "--json" "link.json" -- "$DSACP" plan --preset v32-layer --hardware "$H200" --json "$tmp/link.json"
+[[ $(cat "$tmp/target") == keep && -L $tmp/link.json ]] && pass "the symlink and its target untouched" || fail "symlink followed"
+mkdir -p "$tmp/d.svg"
+expect_status "--plot a directory" 1 "--plot" "d.svg" -- "$DSACP" plan --preset v32-layer --hardware "$H200" --plot "$tmp/d.svg"
+expect_status "--json fine, --plot in a missing directory" 1 "--plot" -- "$DSACP" plan --preset v32-layer --hardware "$H200" \
+  --json "$tmp/ok.json" --plot "$tmp/nodir/p.svg"
+[[ ! -e $tmp/ok.json ]] && pass "no --json file when --plot fails" || fail "--json written although --plot failed"
+left=$(find "$tmp" -name '*.tmp.*')
+[[ -z $left && -z $(ls -A "$tmp/adir") ]] && pass "no temporaries left" || fail "temporaries left: $left"
+"$DSACP" plan --preset v32-layer --hardware "$H200" >/dev/full 2>"$tmp/err"
+st=$?
+(( st == 1 )) && grep -q "stdout" "$tmp/err" && pass "stdout on /dev/full: exit 1, $(cat "$tmp/err")" \
+  || fail "stdout on /dev/full: exit $st, $(cat "$tmp/err")"
+expect_status "--json and --plot the same file" 2 "same file" -- "$DSACP" plan --preset tiny --hardware "$H200" --json "$tmp/x.svg" --plot "$tmp/x.svg"
+# item 12: the JSON through jansson: a model path with a quote and a backslash stays valid JSON
+weird="$tmp/we\"ird\\dir"
+if "$DSACP" init-model --preset tiny --out "$weird" >/dev/null 2>"$tmp/err" \
+   && "$DSACP" plan --model "$weird" --cp 2 --hardware "$H200" --json "$tmp/weird.json" >/dev/null 2>>"$tmp/err" \
+   && python3 -c "
+import json,sys
+r=json.load(open(sys.argv[1])); assert r['model']==sys.argv[2], r['model']" "$tmp/weird.json" "$weird"; then
+  pass "plan --json with a quote and a backslash in the model path: valid JSON, the path intact"
+else fail "plan --json, odd model path: $(cat "$tmp/err") $(head -c 300 "$tmp/weird.json" 2>&1)"; fi
 finish

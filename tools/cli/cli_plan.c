@@ -13,6 +13,7 @@
 #include "plot.h"
 
 #include <cblas.h>
+#include <jansson.h>
 #include <math.h>
 #include <omp.h>
 #include <stdio.h>
@@ -46,12 +47,81 @@ static const variant variants[] = {
 #undef R_
 enum { NV = sizeof variants / sizeof variants[0] };
 
+/* Prints text (and tail) on stdout at once; DSACP_EIO when stdout cannot take it. */
+static int print_stdout(const char *text, size_t len, const char *tail)
+{
+    if ((len && fwrite(text, 1, len, stdout) != len) || fputs(tail, stdout) < 0 || fflush(stdout) != 0)
+        return dsacp_error(DSACP_EIO, "stdout: write failed");
+    return DSACP_OK;
+}
+
+/* ---- the report: stdout's text built in memory, the JSON tree (jansson), and the check that
+ * every figure printed or written is a finite number ---- */
+typedef struct report {
+    FILE *txt; /* stdout's text, printed once every output file is written */
+    char *text;
+    size_t len;
+    json_t *root;
+    bool oom;
+    char bad[256]; /* the first figure that is not finite */
+} report;
+
+/* v, remembering `what` when it is not finite (the report is then refused). */
+static double fin(report *r, const char *what, double v)
+{
+    if (!isfinite(v) && !r->bad[0]) snprintf(r->bad, sizeof r->bad, "%s", what);
+    return v;
+}
+static void jset(report *r, json_t *obj, const char *key, json_t *v)
+{
+    if (!v || json_object_set_new(obj, key, v)) r->oom = true;
+}
+static void jreal(report *r, json_t *obj, const char *key, double v, const char *where)
+{
+    if (!isfinite(v)) {
+        if (!r->bad[0]) snprintf(r->bad, sizeof r->bad, "%s%s%s", where, *where ? " " : "", key);
+        v = 0;
+    }
+    jset(r, obj, key, json_real(v));
+}
+static void jint(report *r, json_t *obj, const char *key, int64_t v) { jset(r, obj, key, json_integer((json_int_t)v)); }
+/* text as a JSON string; bytes that are not UTF-8 (a path may hold any) become '?' */
+static void jstr(report *r, json_t *obj, const char *key, const char *text)
+{
+    json_t *v = json_string(text);
+    if (!v) {
+        char *t = strdup(text);
+        for (char *c = t; c && *c; c++)
+            if ((unsigned char)*c >= 0x80) *c = '?';
+        v = t ? json_string(t) : NULL;
+        free(t);
+    }
+    jset(r, obj, key, v);
+}
+static json_t *jappend(report *r, json_t *arr, json_t *v)
+{
+    if (!v || json_array_append_new(arr, v)) {
+        r->oom = true;
+        return NULL;
+    }
+    return v;
+}
+
 /* --calibrate: this machine as a profile (peak from an sgemm, bandwidth from a copy, links from
  * timed all-gathers over the run's ranks). Collective. */
 static int calibrate(const char *path)
 {
     if (!cli_world) return dsacp_error(DSACP_EINVAL, "--calibrate: no process group (internal error)");
     const int W = dsacp_comm_size(cli_world), me = dsacp_comm_rank(cli_world);
+    /* the output first (rank 0): a path that cannot be written is refused before measuring */
+    dsacp_out o = {.fd = -1};
+    int orc = me == 0 ? dsacp_out_open(&o, path) : DSACP_OK;
+    if (orc) dsacp_error_context(orc, "--calibrate");
+    orc = dsacp_comm_agree(cli_world, orc);
+    if (orc) {
+        dsacp_out_abort(&o);
+        return orc;
+    }
     const int n = 1024;
     float *a = malloc((size_t)n * n * 4), *b = malloc((size_t)n * n * 4), *c = malloc((size_t)n * n * 4);
     const size_t big = (size_t)256 << 20;
@@ -106,32 +176,46 @@ static int calibrate(const char *path)
         lbw = copy_bw, lat = 1;
     }
     free(a), free(b), free(c), free(x), free(y), free(sb), free(rb);
-    if (rc) return rc;
-    char text[1024];
-    const int len = snprintf(text, sizeof text,
-                             "{\n  \"name\": \"this machine, %d rank%s (dsacp plan --calibrate)\",\n"
-                             "  \"source\": \"measured by dsacp plan --calibrate: sgemm %d^3 (OpenBLAS, %d threads); mem_bw: "
-                             "the engine's linear kernel on one token over a %zu MB f32 matrix (a copy moved %.3g B/s); "
-                             "all-gathers of 8 MB and 4 B over %d ranks\",\n"
-                             "  \"flops_bf16\": %.4g,\n  \"flops_fp8\": %.4g,\n  \"mem_bw\": %.4g,\n  \"mem_bytes\": %.4g,\n"
-                             "  \"ranks_per_node\": %d,\n  \"link_bw\": %.4g,\n  \"link_latency_us\": %.4g,\n"
-                             "  \"net_bw\": %.4g,\n  \"net_latency_us\": %.4g\n}\n",
-                             W, W == 1 ? "" : "s", n, omp_get_max_threads(), big >> 20, copy_bw, W, flops, flops, bw, 8e9, W,
-                             lbw, lat, lbw, lat);
-    if (me == 0) rc = dsacp_write_file_atomic(path, text, (size_t)len);
+    /* the profile, written through jansson (dsacp_hw_load reads it back) */
+    char *text = NULL;
+    if (!rc && me == 0) {
+        char name[160], source[512];
+        snprintf(name, sizeof name, "this machine, %d rank%s (dsacp plan --calibrate)", W, W == 1 ? "" : "s");
+        snprintf(source, sizeof source,
+                 "measured by dsacp plan --calibrate: sgemm %d^3 (OpenBLAS, %d threads); mem_bw: the engine's linear kernel on "
+                 "one token over a %zu MB f32 matrix (a copy moved %.3g B/s); all-gathers of 8 MB and 4 B over %d ranks",
+                 n, omp_get_max_threads(), big >> 20, copy_bw, W);
+        const double v[] = {flops, flops, bw, 8e9, lbw, lat, lbw, lat};
+        for (int i = 0; i < 8 && !rc; i++)
+            if (!isfinite(v[i]) || v[i] <= 0)
+                rc = dsacp_error(DSACP_ERANGE, "--calibrate: measurement %d is not a positive finite number (%g)", i, v[i]);
+        json_t *j = rc ? NULL : json_pack("{s:s, s:s, s:f, s:f, s:f, s:f, s:i, s:f, s:f, s:f, s:f}", "name", name, "source", source,
+                                          "flops_bf16", flops, "flops_fp8", flops, "mem_bw", bw, "mem_bytes", 8e9,
+                                          "ranks_per_node", W, "link_bw", lbw, "link_latency_us", lat, "net_bw", lbw,
+                                          "net_latency_us", lat);
+        if (!rc) text = j ? json_dumps(j, JSON_INDENT(2) | JSON_PRESERVE_ORDER) : NULL;
+        json_decref(j);
+        if (!rc && !text) rc = dsacp_error(DSACP_ENOMEM, "out of memory writing the profile");
+        if (!rc) rc = dsacp_out_write(&o, text, strlen(text));
+        if (!rc) rc = dsacp_out_write(&o, "\n", 1);
+        if (!rc) rc = dsacp_out_commit(&o);
+    }
+    dsacp_out_abort(&o); /* the temporary of a failed run (a no-op once committed) */
     rc = dsacp_comm_agree(cli_world, rc);
-    if (!rc && me == 0) printf("%s", text);
+    if (!rc && me == 0) rc = print_stdout(text, strlen(text), "\n");
+    free(text);
     return rc;
 }
 
 /* --plot FILE.svg|png: one horizontal bar per strategy, TPOT split into the attention layers'
  * compute or memory part and their communication part, and the KV per rank beside it; with
- * --prefill one bar per prefill split. Written atomically. */
-static int write_plot(const char *path, const char *title, const variant *vs, const dsacp_plan_decode *r, const bool *ok,
-                      int n, double layers, const char *const *plabel, const double *pttft, int np, int64_t P)
+ * --prefill one bar per prefill split. Encoded into *data (SVG or PNG by the path's extension). */
+static int render_plot(const char *path, const char *title, const variant *vs, const dsacp_plan_decode *r, const bool *ok,
+                       int n, double layers, const char *const *plabel, const double *pttft, int np, int64_t P, uint8_t **data,
+                       size_t *len)
 {
     /* the scale: the largest bar within 10x of the smallest; longer ones are cut (their value printed) */
-    double tmin = 1e30, tmax = 0;
+    double tmin = 1e300, tmax = 0;
     for (int v = 0; v < n; v++)
         if (ok[v]) tmin = fmin(tmin, r[v].t_layer * layers);
     for (int v = 0; v < n; v++)
@@ -169,124 +253,98 @@ static int write_plot(const char *path, const char *title, const variant *vs, co
             plot_text(pl, left + w + 6, y + 16, 12, "%.2f s", pttft[i]);
         }
     }
-    int rc = plot_write(pl, path);
+    int rc = plot_encode(pl, path, data, len);
     plot_free(pl);
     return rc;
 }
 
-int cli_plan(int argc, char **argv)
+/* The phases of a layer as JSON: per collective phase on the busiest rank, calls and bytes received. */
+static json_t *phases_json(report *R, const dsacp_plan_decode *d, const char *where)
 {
-    cli_opt opts[] = {{"model", true, NULL},    {"preset", true, NULL},   {"context", true, NULL},
-                      {"batch", true, NULL},    {"cp", true, NULL},       {"hardware", true, NULL},
-                      {"numerics", true, NULL}, {"json", true, NULL},     {"calibrate", true, NULL},
-                      {"lean-candidates", true, NULL}, {"layers", true, NULL}, {"prefill", true, NULL},
-                      {"weight-bytes", true, NULL}, {"plot", true, NULL}, {"chunk", true, NULL}, {"ep", true, NULL},
-                      {NULL, false, NULL}};
-    int parsed = cli_parse(argc, argv, opts);
-    if (parsed != CLI_RUN) return parsed;
-    const char *s;
-    if ((s = cli_get(opts, "calibrate"))) {
-        int rc = calibrate(s);
-        return rc ? cli_fail("plan", rc) : 0;
+    json_t *o = json_object();
+    if (!o) {
+        R->oom = true;
+        return NULL;
     }
-    const char *model = cli_get(opts, "model"), *preset = cli_get(opts, "preset"), *hwp = cli_get(opts, "hardware");
-    if (!model == !preset) {
-        fprintf(stderr, "dsacp plan: give exactly one of '--model DIR' and '--preset NAME'\n");
-        return 2;
+    for (int p = 0; p < DSACP_PHASE_COUNT; p++) {
+        if (d->calls_phase[p] == 0 && d->recv_phase[p] == 0) continue;
+        json_t *ph = json_object();
+        jset(R, o, dsacp_comm_phase_name(p), ph);
+        if (!ph) continue;
+        jreal(R, ph, "calls", d->calls_phase[p], where);
+        jreal(R, ph, "recv_bytes", d->recv_phase[p], where);
     }
-    if (!hwp) {
-        fprintf(stderr, "dsacp plan: '--hardware FILE.json' is needed (the profiles in hardware/, or one written by "
-                        "'mpirun -np W dsacp plan --calibrate FILE.json')\n");
-        return 2;
+    return o;
+}
+
+static json_t *chunk_path_json(report *R, const dsacp_plan_decode *d, const char *where)
+{
+    json_t *o = json_object();
+    if (!o) {
+        R->oom = true;
+        return NULL;
     }
-    int64_t L = 131072, B = 1, W = 8, Pp = 0, C = 2048, ep = 0;
-    double f = 2.0;
-    if ((s = cli_get(opts, "context")) && !cli_int("plan", "context", s, 1, (int64_t)1 << 32, &L)) return 2;
-    if ((s = cli_get(opts, "batch")) && !cli_int("plan", "batch", s, 1, 1 << 16, &B)) return 2;
-    if ((s = cli_get(opts, "cp")) && !cli_int("plan", "cp", s, 1, 4096, &W)) return 2;
-    if ((s = cli_get(opts, "prefill")) && !cli_int("plan", "prefill", s, 1, (int64_t)1 << 24, &Pp)) return 2;
-    if ((s = cli_get(opts, "chunk")) && !cli_int("plan", "chunk", s, 1, (int64_t)1 << 24, &C)) return 2;
-    if ((s = cli_get(opts, "ep")) && !cli_int("plan", "ep", s, 1, 4096, &ep)) return 2;
-    if ((s = cli_get(opts, "lean-candidates"))) {
-        char *end;
-        f = strtod(s, &end);
-        if (end == s || *end || !(f >= 1 && f <= 1024)) {
-            fprintf(stderr, "dsacp plan: option '--lean-candidates' = '%s': a number in [1, 1024]\n", s);
-            return 2;
-        }
-    }
-    bool deployed = true;
-    double wbytes = 0;
-    if ((s = cli_get(opts, "weight-bytes"))) {
-        char *end;
-        wbytes = strtod(s, &end);
-        if (end == s || *end || !(wbytes == 1 || wbytes == 2 || wbytes == 4)) {
-            fprintf(stderr, "dsacp plan: option '--weight-bytes' = '%s': 1 (fp8), 2 (bf16) or 4 (f32)\n", s);
-            return 2;
-        }
-    }
-    if ((s = cli_get(opts, "numerics"))) {
-        if (!strcmp(s, "exact")) deployed = false;
-        else if (strcmp(s, "deployed")) {
-            fprintf(stderr, "dsacp plan: option '--numerics' must be exact or deployed, got '%s'\n", s);
-            return 2;
-        }
-    }
-    dsacp_hw hw;
-    int rc = dsacp_hw_load(hwp, &hw);
-    if (rc) return cli_fail("plan", rc);
-    dsacp_config cfg;
-    dsacp_model *m = NULL;
-    if (preset) rc = dsacp_plan_preset(preset, &cfg);
-    else if (!(rc = dsacp_model_load(model, &m))) cfg = *dsacp_model_config(m);
-    if (rc) return cli_fail("plan", rc);
-    int64_t layers = cfg.num_hidden_layers;
-    if ((s = cli_get(opts, "layers")) && !cli_int("plan", "layers", s, 1, 4096, &layers)) {
-        dsacp_model_free(m);
-        return 2;
-    }
-    /* expert parallelism: as given; else replicated experts when the whole model fits a rank
-     * at half its memory (dsacp's engine), else spread over the W ranks (or the largest divisor
-     * of the routed experts not above W) */
-    if (ep > W || (ep > 0 && cfg.n_routed_experts > 0 && cfg.n_routed_experts % ep)) {
-        fprintf(stderr, "dsacp plan: option '--ep' = %lld: at most --cp (%lld) and a divisor of the %lld routed experts\n",
-                (long long)ep, (long long)W, (long long)cfg.n_routed_experts);
-        dsacp_model_free(m);
-        return 2;
-    }
-    if (ep == 0) {
-        dsacp_cp_options cp0;
-        dsacp_cp_options_default(&cp0);
-        dsacp_plan_model pm0;
-        dsacp_config c1 = cfg;
-        c1.num_hidden_layers = layers;
-        ep = 1;
-        if (!dsacp_plan_decode_model(&c1, &cp0, W, 1, L, B, deployed, wbytes, &hw, &pm0) && pm0.weights_per_rank > hw.mem_bytes / 2)
-            for (ep = W; ep > 1 && cfg.n_routed_experts > 0 && cfg.n_routed_experts % ep; ep--) {}
-        if (cfg.n_routed_experts == 0) ep = 1;
-    }
-    cfg.num_hidden_layers = layers; /* the whole model's layers for the weights and the MLPs */
-    FILE *js = NULL;
-    char *jtext = NULL;
-    size_t jlen = 0;
-    if (cli_get(opts, "json")) js = open_memstream(&jtext, &jlen);
-    printf("dsacp plan: %s, context %lld, batch %lld, W = %lld, %s numerics, %s\n", preset ? preset : model,
-           (long long)L, (long long)B, (long long)W, deployed ? "deployed" : "exact", hw.name);
-    printf("per attention layer, busiest rank; t = max(compute, memory) + bytes / link + calls x latency; model: + MLP / MoE\n"
-           "(experts %s) + lm_head; held: batch x KV + weights per rank for the %lld layers ('!' beyond 90%% of the memory)\n",
-           ep > 1 ? "spread over ranks, --ep" : "replicated", (long long)layers);
-    if (ep > 1) printf("expert parallelism over %lld ranks\n", (long long)ep);
-    printf("%-40s %10s %6s %9s %10s %9s %9s %9s %9s %9s %10s %10s %9s\n", "strategy", "KB/token", "calls", "KV MB",
-           "weights MB", "compute", "memory", "comm", "hidden", "layer", "x layers", "model", "held GB");
-    if (js)
-        fprintf(js, "{\"context\": %lld, \"batch\": %lld, \"world\": %lld, \"numerics\": \"%s\", \"hardware\": \"%s\", "
-                    "\"mem_bytes\": %.4g, \"layers\": %lld, \"ep\": %lld, \"strategies\": [", (long long)L, (long long)B,
-                (long long)W, deployed ? "deployed" : "exact", hw.name, hw.mem_bytes, (long long)layers, (long long)ep);
-    int best = -1;
+    jreal(R, o, "recv_bytes", d->recv_bytes, where);
+    jreal(R, o, "calls", d->calls, where);
+    jreal(R, o, "t_compute", d->t_compute, where);
+    jreal(R, o, "t_memory", d->t_memory, where);
+    jreal(R, o, "t_comm", d->t_comm, where);
+    jreal(R, o, "t_layer", d->t_layer, where);
+    return o;
+}
+
+/* The exit status of a failure before the work starts: 2 (the invocation), or 1 when the machine
+ * failed (out of memory). */
+static int invocation_fail(int rc)
+{
+    cli_fail("plan", rc);
+    return rc == DSACP_ENOMEM ? 1 : 2;
+}
+
+/* The planning itself, everything into R (stdout's text and the JSON tree). */
+typedef struct plan_args {
+    const char *model, *preset, *hwp;
+    const dsacp_hw *hw;
+    dsacp_config cfg; /* num_hidden_layers = the model's layers (--layers) */
+    int64_t L, B, W, Pp, C, ep, layers;
+    double f, wbytes;
+    bool deployed;
+} plan_args;
+
+static int plan_report(const plan_args *A, report *R, dsacp_plan_decode *r, bool *okv, const char **plabels, double *pttft)
+{
+    const dsacp_hw hw = *A->hw;
+    const dsacp_config cfg = A->cfg;
+    const int64_t L = A->L, B = A->B, W = A->W, Pp = A->Pp, C = A->C, ep = A->ep, layers = A->layers;
+    const double f = A->f, wbytes = A->wbytes;
+    const bool deployed = A->deployed;
+    FILE *out = R->txt;
+    json_t *root = R->root;
+    char where[256];
+#define F(what, x) fin(R, what, (x))
+    fprintf(out, "dsacp plan: %s, context %lld, batch %lld, W = %lld, %s numerics, %s\n", A->preset ? A->preset : A->model,
+            (long long)L, (long long)B, (long long)W, deployed ? "deployed" : "exact", hw.name);
+    fprintf(out, "per attention layer, busiest rank; t = max(compute, memory) + bytes / link + calls x latency; model: + MLP / MoE\n"
+                 "(experts %s) + lm_head; held: batch x KV + weights per rank for the %lld layers ('!' beyond 90%% of the memory)\n",
+            ep > 1 ? "spread over ranks, --ep" : "replicated", (long long)layers);
+    if (ep > 1) fprintf(out, "expert parallelism over %lld ranks\n", (long long)ep);
+    fprintf(out, "%-40s %10s %6s %9s %10s %9s %9s %9s %9s %9s %10s %10s %9s\n", "strategy", "KB/token", "calls", "KV MB",
+            "weights MB", "compute", "memory", "comm", "hidden", "layer", "x layers", "model", "held GB");
+    jstr(R, root, "model", A->preset ? A->preset : A->model);
+    jint(R, root, "context", L);
+    jint(R, root, "batch", B);
+    jint(R, root, "world", W);
+    jstr(R, root, "numerics", deployed ? "deployed" : "exact");
+    jstr(R, root, "hardware", hw.name);
+    jstr(R, root, "hardware_file", A->hwp);
+    jreal(R, root, "mem_bytes", hw.mem_bytes, "");
+    jint(R, root, "layers", layers);
+    jint(R, root, "ep", ep);
+    json_t *strategies = json_array();
+    jset(R, root, "strategies", strategies);
+    int best = -1, rc = DSACP_OK;
     double tbest = 0;
-    dsacp_plan_decode r[NV];
-    bool okv[NV] = {0};
-    for (int v = 0; v < NV; v++) {
+    for (int v = 0; v < NV && strategies; v++) {
         dsacp_cp_options cp;
         dsacp_cp_options_default(&cp);
         cp.decode = variants[v].s, cp.kv_layout = variants[v].kv, cp.index_layout = variants[v].idx;
@@ -294,62 +352,69 @@ int cli_plan(int argc, char **argv)
         cp.lean_merge = variants[v].merge, cp.merge_backend = variants[v].backend, cp.lean_factor = f;
         if (cp.index_layout == DSACP_LAYOUT_PARTIAL && (W % cp.index_group || W < 2 * cp.index_group)) continue;
         dsacp_plan_model pm;
-        if (dsacp_plan_decode_model(&cfg, &cp, W, ep, L, B, deployed, wbytes, &hw, &pm)) continue;
+        if ((rc = dsacp_plan_decode_model(&cfg, &cp, W, ep, L, B, deployed, wbytes, &hw, &pm)))
+            return dsacp_error_context(rc, "strategy '%s'", variants[v].label);
         r[v] = pm.layer;
         okv[v] = true;
         const double held = (double)B * r[v].kv_bytes_per_rank * (double)layers + pm.weights_per_rank;
-        printf("%-40s %10.1f %6.0f %9.2f %10.1f %7.1fus %7.1fus %7.1fus %7.1fus %7.1fus %8.2fms %8.2fms %8.1f%s\n",
-               variants[v].label, r[v].recv_bytes / 1024 / (double)B, r[v].calls, r[v].kv_bytes_per_rank / 1048576,
-               r[v].weight_bytes / 1048576, r[v].t_compute * 1e6, r[v].t_memory * 1e6, r[v].t_comm * 1e6, r[v].t_hidden * 1e6,
-               r[v].t_layer * 1e6, r[v].t_layer * 1e3 * (double)layers, pm.tpot * 1e3, held / 1e9,
-               held > 0.9 * hw.mem_bytes ? "!" : "");
-        if (js)
-            fprintf(js, "%s{\"strategy\": \"%s\", \"recv_bytes_per_token\": %.0f, \"calls\": %.0f, \"kv_bytes_per_rank\": %.0f, "
-                        "\"weight_bytes\": %.0f, \"flops\": %.4g, \"t_compute\": %.4g, \"t_memory\": %.4g, \"t_comm\": %.4g, "
-                        "\"t_hidden\": %.4g, \"t_layer\": %.4g, \"tpot\": %.4g, \"tpot_model\": %.4g, \"t_mlp\": %.4g, \"t_moe_comm\": %.4g, "
-                        "\"t_head\": %.4g, \"weights_per_rank\": %.0f, \"held_per_rank\": %.0f, \"fits\": %s",
-                    v ? ", " : "", variants[v].label, r[v].recv_bytes / (double)B, r[v].calls, r[v].kv_bytes_per_rank,
-                    r[v].weight_bytes, r[v].flops, r[v].t_compute, r[v].t_memory, r[v].t_comm, r[v].t_hidden, r[v].t_layer,
-                    r[v].t_layer * (double)layers, pm.tpot, pm.t_mlp, pm.t_moe_comm, pm.t_head, pm.weights_per_rank, held,
-                    held <= 0.9 * hw.mem_bytes ? "true" : "false");
-        if (js) {
-            /* per collective phase on the busiest rank, per layer: calls and bytes received */
-            fprintf(js, ", \"phases\": {");
-            for (int p = 0, first = 1; p < DSACP_PHASE_COUNT; p++) {
-                if (r[v].calls_phase[p] == 0 && r[v].recv_phase[p] == 0) continue;
-                fprintf(js, "%s\"%s\": {\"calls\": %.0f, \"recv_bytes\": %.0f}", first ? "" : ", ", dsacp_comm_phase_name(p),
-                        r[v].calls_phase[p], r[v].recv_phase[p]);
-                first = 0;
-            }
-            fprintf(js, "}}");
+        snprintf(where, sizeof where, "strategy '%s':", variants[v].label);
+        json_t *o = jappend(R, strategies, json_object());
+        if (o) {
+            jstr(R, o, "strategy", variants[v].label);
+            jreal(R, o, "recv_bytes_per_token", r[v].recv_bytes / (double)B, where);
+            jreal(R, o, "calls", r[v].calls, where);
+            jreal(R, o, "kv_bytes_per_rank", r[v].kv_bytes_per_rank, where);
+            jreal(R, o, "weight_bytes", r[v].weight_bytes, where);
+            jreal(R, o, "flops", r[v].flops, where);
+            jreal(R, o, "t_compute", r[v].t_compute, where);
+            jreal(R, o, "t_memory", r[v].t_memory, where);
+            jreal(R, o, "t_comm", r[v].t_comm, where);
+            jreal(R, o, "t_hidden", r[v].t_hidden, where);
+            jreal(R, o, "t_layer", r[v].t_layer, where);
+            jreal(R, o, "tpot", r[v].t_layer * (double)layers, where);
+            jreal(R, o, "tpot_model", pm.tpot, where);
+            jreal(R, o, "t_mlp", pm.t_mlp, where);
+            jreal(R, o, "t_moe_comm", pm.t_moe_comm, where);
+            jreal(R, o, "t_head", pm.t_head, where);
+            jreal(R, o, "weights_per_rank", pm.weights_per_rank, where);
+            jreal(R, o, "held_per_rank", held, where);
+            jset(R, o, "fits", json_boolean(held <= 0.9 * hw.mem_bytes));
+            jset(R, o, "phases", phases_json(R, &r[v], where));
         }
+        fprintf(out, "%-40s %10.1f %6.0f %9.2f %10.1f %7.1fus %7.1fus %7.1fus %7.1fus %7.1fus %8.2fms %8.2fms %8.1f%s\n",
+                variants[v].label, F(where, r[v].recv_bytes / 1024 / (double)B), r[v].calls, r[v].kv_bytes_per_rank / 1048576,
+                r[v].weight_bytes / 1048576, r[v].t_compute * 1e6, r[v].t_memory * 1e6, r[v].t_comm * 1e6,
+                r[v].t_hidden * 1e6, F(where, r[v].t_layer * 1e6), F(where, r[v].t_layer * 1e3 * (double)layers),
+                F(where, pm.tpot * 1e3), F(where, held / 1e9), held > 0.9 * hw.mem_bytes ? "!" : "");
         if (best < 0 || r[v].t_layer < tbest) best = v, tbest = r[v].t_layer;
     }
     if (best >= 0) {
         const dsacp_plan_decode *b = &r[best];
-        printf("recommendation: %s -- %.1f us per layer (%s-bound: compute %.1f us, memory %.1f us; communication %.1f us "
-               "for %.1f KB in %.0f calls)\n", variants[best].label, b->t_layer * 1e6,
-               b->t_compute > b->t_memory ? "compute" : "memory", b->t_compute * 1e6, b->t_memory * 1e6, b->t_comm * 1e6,
-               b->recv_bytes / 1024, b->calls);
+        fprintf(out, "recommendation: %s -- %.1f us per layer (%s-bound: compute %.1f us, memory %.1f us; communication %.1f us "
+                     "for %.1f KB in %.0f calls)\n", variants[best].label, b->t_layer * 1e6,
+                b->t_compute > b->t_memory ? "compute" : "memory", b->t_compute * 1e6, b->t_memory * 1e6, b->t_comm * 1e6,
+                b->recv_bytes / 1024, b->calls);
         /* DSA-CP's o_proj: gathering the weight (once per step) vs moving activations (per token) */
         if (W > 1) {
             const double ob = (double)cfg.hidden_size * (double)(cfg.num_attention_heads * cfg.v_head_dim) * (deployed ? 1 : 2);
             const double g = (double)(W - 1) / (double)W * ob;
             const double a1 = (double)(W - 1) / (double)W *
                               ((double)(cfg.num_attention_heads * cfg.v_head_dim) * 4 / (double)W + (double)cfg.hidden_size * 4);
-            printf("dsa-cp o_proj tp: gathering the weight moves fewer bytes than the activations from %.0f tokens per step "
-                   "(%.1f MB vs %.1f KB per token)\n", g / a1, g / 1048576, a1 / 1024);
+            fprintf(out, "dsa-cp o_proj tp: gathering the weight moves fewer bytes than the activations from %.0f tokens per step "
+                         "(%.1f MB vs %.1f KB per token)\n", F("o_proj crossover", g / a1), F("o_proj bytes", g / 1048576),
+                    F("o_proj activations", a1 / 1024));
             /* lean replicates q_b_proj and W_UK: extra weight reads per step vs the query rows it does not gather */
             const double H = (double)cfg.num_attention_heads, dk = (double)(cfg.kv_lora_rank + cfg.qk_rope_head_dim);
             const double extra = (H - H / (double)W) * ((double)cfg.q_lora_rank * (double)(cfg.qk_nope_head_dim + cfg.qk_rope_head_dim) +
                                                         (double)cfg.qk_nope_head_dim * (double)cfg.kv_lora_rank) * (deployed ? 1 : 2);
             const double qbytes = (H - H / (double)W) * dk * 4;
             const double bw = W > hw.ranks_per_node ? hw.net_bw : hw.link_bw;
-            printf("lean's replicated query: +%.1f MB of weight reads per step (%.1f us) against %.1f KB per token not gathered "
-                   "(%.2f us) and one round (%.1f us): pays from %.0f tokens per step, or at once when the round counts\n",
-                   extra / 1048576, extra / hw.mem_bw * 1e6, qbytes / 1024, qbytes / bw * 1e6,
-                   (W > hw.ranks_per_node ? hw.net_latency_us : hw.link_latency_us),
-                   ceil((extra / hw.mem_bw) / (qbytes / bw)));
+            fprintf(out, "lean's replicated query: +%.1f MB of weight reads per step (%.1f us) against %.1f KB per token not "
+                         "gathered (%.2f us) and one round (%.1f us): pays from %.0f tokens per step, or at once when the round "
+                         "counts\n", F("lean's extra weight reads", extra / 1048576), F("lean's extra read time", extra / hw.mem_bw * 1e6),
+                    qbytes / 1024, F("lean's query time", qbytes / bw * 1e6),
+                    (W > hw.ranks_per_node ? hw.net_latency_us : hw.link_latency_us),
+                    F("lean's crossover", ceil((extra / hw.mem_bw) / (qbytes / bw))));
         }
         /* the context path's crossover for the recommended strategy and for exact-topk */
         for (int v = 0; v < NV; v++) {
@@ -360,21 +425,22 @@ int cli_plan(int argc, char **argv)
                                         dsacp_index_cache_bytes_per_token(&cfg, deployed ? DSACP_KV_FP8 : DSACP_KV_F32)) *
                                (double)(W - 1) / (double)W;
             if (W > 1)
-                printf("chunked prefill with %s: distributed path below %.0f context tokens per chunk token "
-                       "(%.1f KB per query token vs %.0f B per context token)\n", variants[v].label,
-                       r[v].recv_bytes / (double)B / esh, r[v].recv_bytes / (double)B / 1024, esh);
+                fprintf(out, "chunked prefill with %s: distributed path below %.0f context tokens per chunk token "
+                             "(%.1f KB per query token vs %.0f B per context token)\n", variants[v].label,
+                        F("context path crossover", r[v].recv_bytes / (double)B / esh), r[v].recv_bytes / (double)B / 1024, esh);
         }
     }
-    if (js) fprintf(js, "], \"recommendation\": \"%s\"", best >= 0 ? variants[best].label : "");
+    jstr(R, root, "recommendation", best >= 0 ? variants[best].label : "");
     if (W > 1) {
         /* chunked prefill: a chunk of C tokens after the context, by each context path, priced */
-        printf("\nchunked prefill: a chunk of %lld tokens after the %lld-token context, per layer on the busiest rank\n",
-               (long long)C, (long long)L);
-        printf("%-40s %11s %9s %11s %9s %14s %12s\n", "strategy", "gather", "MB recv", "distributed", "MB recv", "auto (bytes)",
-               "faster");
-        if (js) fprintf(js, ", \"chunk_tokens\": %lld, \"chunk\": [", (long long)C);
-        int nj = 0;
-        for (int v = 0; v < NV; v++) {
+        fprintf(out, "\nchunked prefill: a chunk of %lld tokens after the %lld-token context, per layer on the busiest rank\n",
+                (long long)C, (long long)L);
+        fprintf(out, "%-40s %11s %9s %11s %9s %14s %12s\n", "strategy", "gather", "MB recv", "distributed", "MB recv",
+                "auto (bytes)", "faster");
+        jint(R, root, "chunk_tokens", C);
+        json_t *chunk = json_array();
+        jset(R, root, "chunk", chunk);
+        for (int v = 0; v < NV && chunk; v++) {
             if (variants[v].s == DSACP_DECODE_ALLGATHER_KV) continue; /* gathers the context for decode tokens too */
             dsacp_cp_options cp;
             dsacp_cp_options_default(&cp);
@@ -385,26 +451,27 @@ int cli_plan(int argc, char **argv)
             dsacp_plan_decode g, d, a;
             bool dg, dd, da;
             cp.context_path = DSACP_CONTEXT_GATHER;
-            if (dsacp_plan_chunk_layer(&cfg, &cp, W, L, C, deployed, &hw, &g, &dg)) continue;
+            if (!rc) rc = dsacp_plan_chunk_layer(&cfg, &cp, W, L, C, deployed, &hw, &g, &dg);
             cp.context_path = DSACP_CONTEXT_DISTRIBUTED;
-            if (dsacp_plan_chunk_layer(&cfg, &cp, W, L, C, deployed, &hw, &d, &dd)) continue;
+            if (!rc) rc = dsacp_plan_chunk_layer(&cfg, &cp, W, L, C, deployed, &hw, &d, &dd);
             cp.context_path = DSACP_CONTEXT_AUTO;
-            if (dsacp_plan_chunk_layer(&cfg, &cp, W, L, C, deployed, &hw, &a, &da)) continue;
+            if (!rc) rc = dsacp_plan_chunk_layer(&cfg, &cp, W, L, C, deployed, &hw, &a, &da);
+            if (rc) return dsacp_error_context(rc, "chunked prefill, strategy '%s'", variants[v].label);
             const char *faster = d.t_layer < g.t_layer ? "distributed" : "gather";
-            printf("%-40s %9.1fus %9.2f %9.1fus %9.2f %14s %12s\n", variants[v].label, g.t_layer * 1e6, g.recv_bytes / 1048576,
-                   d.t_layer * 1e6, d.recv_bytes / 1048576, da ? "distributed" : "gather", faster);
-            if (js)
-                fprintf(js, "%s{\"strategy\": \"%s\", \"gather\": {\"recv_bytes\": %.0f, \"calls\": %.0f, \"t_compute\": %.4g, "
-                            "\"t_memory\": %.4g, \"t_comm\": %.4g, \"t_layer\": %.4g}, \"distributed\": {\"recv_bytes\": %.0f, "
-                            "\"calls\": %.0f, \"t_compute\": %.4g, \"t_memory\": %.4g, \"t_comm\": %.4g, \"t_layer\": %.4g}, "
-                            "\"auto\": \"%s\", \"faster\": \"%s\"}", nj++ ? ", " : "", variants[v].label, g.recv_bytes, g.calls,
-                        g.t_compute, g.t_memory, g.t_comm, g.t_layer, d.recv_bytes, d.calls, d.t_compute, d.t_memory, d.t_comm,
-                        d.t_layer, da ? "distributed" : "gather", faster);
+            snprintf(where, sizeof where, "chunk, strategy '%s': gather", variants[v].label);
+            json_t *o = jappend(R, chunk, json_object());
+            if (o) {
+                jstr(R, o, "strategy", variants[v].label);
+                jset(R, o, "gather", chunk_path_json(R, &g, where));
+                snprintf(where, sizeof where, "chunk, strategy '%s': distributed", variants[v].label);
+                jset(R, o, "distributed", chunk_path_json(R, &d, where));
+                jstr(R, o, "auto", da ? "distributed" : "gather");
+                jstr(R, o, "faster", faster);
+            }
+            fprintf(out, "%-40s %9.1fus %9.2f %9.1fus %9.2f %14s %12s\n", variants[v].label, F(where, g.t_layer * 1e6),
+                    g.recv_bytes / 1048576, F(where, d.t_layer * 1e6), d.recv_bytes / 1048576, da ? "distributed" : "gather", faster);
         }
-        if (js) fprintf(js, "]");
     }
-    const char *plabels[5] = {NULL};
-    double pttft[5] = {0};
     if (Pp > 0) {
         /* TTFT of a fresh prompt: TP (indexer replicated), TP with the indexer's rows split
          * (TensorRT-LLM #11871), and the CP engine's splits */
@@ -417,34 +484,38 @@ int cli_plan(int argc, char **argv)
                   {"CP owner (I = 1)", DSACP_PLAN_PREFILL_CP, DSACP_PREFILL_OWNER},
                   {"CP contiguous (DSA-CP seed)", DSACP_PLAN_PREFILL_CP, DSACP_PREFILL_CONTIGUOUS},
                   {"CP zigzag", DSACP_PLAN_PREFILL_CP, DSACP_PREFILL_ZIGZAG}};
-        printf("\nprefill of a %lld-token prompt, per layer on the busiest rank; TTFT = layer x %lld (attention only)\n",
-               (long long)Pp, (long long)layers);
-        printf("%-34s %10s %6s %10s %10s %10s %10s %9s\n", "split", "MB recv", "calls", "compute", "memory", "comm", "TTFT",
-               "vs TP");
-        if (js) fprintf(js, ", \"prefill_tokens\": %lld, \"prefill\": [", (long long)Pp);
+        fprintf(out, "\nprefill of a %lld-token prompt, per layer on the busiest rank; TTFT = layer x %lld (attention only)\n",
+                (long long)Pp, (long long)layers);
+        fprintf(out, "%-34s %10s %6s %10s %10s %10s %10s %9s\n", "split", "MB recv", "calls", "compute", "memory", "comm", "TTFT",
+                "vs TP");
+        jint(R, root, "prefill_tokens", Pp);
+        json_t *prefill = json_array();
+        jset(R, root, "prefill", prefill);
         double tp = 0;
-        for (int v = 0; v < 5; v++) {
+        for (int v = 0; v < 5 && prefill; v++) {
             dsacp_cp_options cp;
             dsacp_cp_options_default(&cp);
             cp.prefill_split = pv[v].split;
             dsacp_plan_decode r2;
-            rc = dsacp_plan_prefill_layer(&cfg, &cp, W, Pp, pv[v].mode, deployed, &hw, &r2);
-            if (rc) break;
+            if ((rc = dsacp_plan_prefill_layer(&cfg, &cp, W, Pp, pv[v].mode, deployed, &hw, &r2)))
+                return dsacp_error_context(rc, "prefill, split '%s'", pv[v].label);
             const double ttft = r2.t_layer * (double)layers;
             plabels[v] = pv[v].label, pttft[v] = ttft;
             if (v == 0) tp = ttft;
-            printf("%-34s %10.1f %6.0f %9.3fs %9.3fs %9.3fs %9.2fs %8.2fx\n", pv[v].label, r2.recv_bytes / 1048576, r2.calls,
-                   r2.t_compute, r2.t_memory, r2.t_comm, ttft, tp / ttft);
-            if (js)
-                fprintf(js, "%s{\"split\": \"%s\", \"recv_bytes\": %.0f, \"calls\": %.0f, \"flops\": %.4g, \"t_compute\": %.4g, "
-                            "\"t_memory\": %.4g, \"t_comm\": %.4g, \"ttft\": %.4g}", v ? ", " : "", pv[v].label,
-                        r2.recv_bytes, r2.calls, r2.flops, r2.t_compute, r2.t_memory, r2.t_comm, ttft);
-        }
-        if (js) fprintf(js, "]");
-        if (rc) {
-            if (js) fclose(js), free(jtext);
-            dsacp_model_free(m);
-            return cli_fail("plan", rc);
+            snprintf(where, sizeof where, "prefill, split '%s':", pv[v].label);
+            json_t *o = jappend(R, prefill, json_object());
+            if (o) {
+                jstr(R, o, "split", pv[v].label);
+                jreal(R, o, "recv_bytes", r2.recv_bytes, where);
+                jreal(R, o, "calls", r2.calls, where);
+                jreal(R, o, "flops", r2.flops, where);
+                jreal(R, o, "t_compute", r2.t_compute, where);
+                jreal(R, o, "t_memory", r2.t_memory, where);
+                jreal(R, o, "t_comm", r2.t_comm, where);
+                jreal(R, o, "ttft", ttft, where);
+            }
+            fprintf(out, "%-34s %10.1f %6.0f %9.3fs %9.3fs %9.3fs %9.2fs %8.2fx\n", pv[v].label, r2.recv_bytes / 1048576, r2.calls,
+                    r2.t_compute, r2.t_memory, r2.t_comm, ttft, F(where, tp / ttft));
         }
     }
     /* DSA-CP's weight plans for a step of T tokens (the prompt with --prefill, else the batch):
@@ -464,16 +535,17 @@ int cli_plan(int argc, char **argv)
         const double ob = D * H * dv * wbp, Wd = (double)W;
         const bool net = W > hw.ranks_per_node;
         const double bw = net ? hw.net_bw : hw.link_bw, lat = (net ? hw.net_latency_us : hw.link_latency_us) * 1e-6;
-        printf("\ndsa-cp weight plans, a step of %lld tokens split over %lld ranks, per layer (busiest rank):\n", (long long)T,
-               (long long)W);
-        printf("%-36s %12s %6s %10s %14s\n", "plan", "MB recv", "calls", "comm", "q+o MB held");
-        if (js) fprintf(js, ", \"weight_plans\": [");
-        for (int v = 0; v < 4; v++) {
+        fprintf(out, "\ndsa-cp weight plans, a step of %lld tokens split over %lld ranks, per layer (busiest rank):\n",
+                (long long)T, (long long)W);
+        fprintf(out, "%-36s %12s %6s %10s %14s\n", "plan", "MB recv", "calls", "comm", "q+o MB held");
+        json_t *plans = json_array();
+        jset(R, root, "weight_plans", plans);
+        for (int v = 0; v < 4 && plans; v++) {
             dsacp_cp_options cp;
             dsacp_cp_options_default(&cp);
             cp.mode = DSACP_CP_DSA_CP, cp.q_proj = wv[v].q, cp.o_proj = wv[v].o;
             double recv = 0, calls = 0;
-            if (wv[v].q == DSACP_WEIGHTS_LAYER_SHARD) recv += qb, calls += 1;          /* non-owner of the layer */
+            if (wv[v].q == DSACP_WEIGHTS_LAYER_SHARD) recv += qb, calls += 1; /* non-owner of the layer */
             if (wv[v].o == DSACP_WEIGHTS_LAYER_SHARD) recv += ob, calls += 1;
             if (wv[v].o == DSACP_WEIGHTS_TP_GATHER) recv += ob * (Wd - 1) / Wd, calls += 1;
             if (wv[v].o == DSACP_WEIGHTS_TP_A2A) {
@@ -487,42 +559,163 @@ int cli_plan(int argc, char **argv)
             dsacp_weight_usage u;
             dsacp_plan_weight_usage(&cl, &cp, W, 1 % W, wbp == 1 ? DSACP_F8_E4M3 : wbp == 4 ? DSACP_F32 : DSACP_BF16, 128, &u);
             const double held = (double)(u.q_proj_resident + u.o_proj_resident + u.ring_bytes + u.gather_bytes) / (double)layers;
-            printf("%-36s %12.2f %6.0f %8.1fus %14.1f\n", wv[v].label, recv / 1048576, calls, (recv / bw + calls * lat) * 1e6,
-                   held / 1048576);
-            if (js)
-                fprintf(js, "%s{\"plan\": \"%s\", \"recv_bytes\": %.0f, \"calls\": %.0f, \"t_comm\": %.4g, "
-                            "\"weights_held_per_layer\": %.0f}", v ? ", " : "", wv[v].label, recv, calls, recv / bw + calls * lat, held);
+            snprintf(where, sizeof where, "weight plan '%s':", wv[v].label);
+            json_t *o = jappend(R, plans, json_object());
+            if (o) {
+                jstr(R, o, "plan", wv[v].label);
+                jreal(R, o, "recv_bytes", recv, where);
+                jreal(R, o, "calls", calls, where);
+                jreal(R, o, "t_comm", recv / bw + calls * lat, where);
+                jreal(R, o, "weights_held_per_layer", held, where);
+            }
+            fprintf(out, "%-36s %12.2f %6.0f %8.1fus %14.1f\n", wv[v].label, recv / 1048576, calls,
+                    F(where, (recv / bw + calls * lat) * 1e6), held / 1048576);
         }
-        if (js) fprintf(js, "]");
     }
-    if ((s = cli_get(opts, "plot"))) {
-        const size_t n = strlen(s);
-        if (n < 5 || (strcmp(s + n - 4, ".svg") && strcmp(s + n - 4, ".png"))) {
-            fprintf(stderr, "dsacp plan: option '--plot' = '%s': an .svg or .png file\n", s);
-            dsacp_model_free(m);
-            if (js) fclose(js), free(jtext);
+#undef F
+    return DSACP_OK;
+}
+
+int cli_plan(int argc, char **argv)
+{
+    cli_opt opts[] = {{"model", true, NULL},    {"preset", true, NULL},   {"context", true, NULL},
+                      {"batch", true, NULL},    {"cp", true, NULL},       {"hardware", true, NULL},
+                      {"numerics", true, NULL}, {"json", true, NULL},     {"calibrate", true, NULL},
+                      {"lean-candidates", true, NULL}, {"layers", true, NULL}, {"prefill", true, NULL},
+                      {"weight-bytes", true, NULL}, {"plot", true, NULL}, {"chunk", true, NULL}, {"ep", true, NULL},
+                      {NULL, false, NULL}};
+    int parsed = cli_parse(argc, argv, opts);
+    if (parsed != CLI_RUN) return parsed;
+    const char *s;
+    if ((s = cli_get(opts, "calibrate"))) {
+        int rc = calibrate(s);
+        return rc ? cli_fail("plan", rc) : 0;
+    }
+    plan_args A = {.model = cli_get(opts, "model"), .preset = cli_get(opts, "preset"), .hwp = cli_get(opts, "hardware"),
+                   .L = 131072, .B = 1, .W = 8, .Pp = 0, .C = 2048, .ep = 0, .f = 2.0, .wbytes = 0, .deployed = true};
+    if (!A.model == !A.preset) {
+        fprintf(stderr, "dsacp plan: give exactly one of '--model DIR' and '--preset NAME'\n");
+        return 2;
+    }
+    if (!A.hwp) {
+        fprintf(stderr, "dsacp plan: '--hardware FILE.json' is needed (the profiles in hardware/, or one written by "
+                        "'mpirun -np W dsacp plan --calibrate FILE.json')\n");
+        return 2;
+    }
+    /* every numeric flag through the one strict parser (cli.h) */
+    if ((s = cli_get(opts, "context")) && !cli_int("plan", "context", s, 1, (int64_t)1 << 32, &A.L)) return 2;
+    if ((s = cli_get(opts, "batch")) && !cli_int("plan", "batch", s, 1, 1 << 16, &A.B)) return 2;
+    if ((s = cli_get(opts, "cp")) && !cli_int("plan", "cp", s, 1, 4096, &A.W)) return 2;
+    if ((s = cli_get(opts, "prefill")) && !cli_int("plan", "prefill", s, 1, (int64_t)1 << 24, &A.Pp)) return 2;
+    if ((s = cli_get(opts, "chunk")) && !cli_int("plan", "chunk", s, 1, (int64_t)1 << 24, &A.C)) return 2;
+    if ((s = cli_get(opts, "ep")) && !cli_int("plan", "ep", s, 1, 4096, &A.ep)) return 2;
+    if ((s = cli_get(opts, "lean-candidates")) && !cli_double("plan", "lean-candidates", s, 1, 1024, &A.f)) return 2;
+    if ((s = cli_get(opts, "weight-bytes"))) {
+        if (!cli_double("plan", "weight-bytes", s, 1, 4, &A.wbytes)) return 2;
+        if (A.wbytes != 1 && A.wbytes != 2 && A.wbytes != 4) {
+            fprintf(stderr, "dsacp plan: option '--weight-bytes' = '%s': 1 (fp8), 2 (bf16) or 4 (f32)\n", s);
             return 2;
         }
+    }
+    if ((s = cli_get(opts, "numerics"))) {
+        if (!strcmp(s, "exact")) A.deployed = false;
+        else if (strcmp(s, "deployed")) {
+            fprintf(stderr, "dsacp plan: option '--numerics' must be exact or deployed, got '%s'\n", s);
+            return 2;
+        }
+    }
+    const char *jpath = cli_get(opts, "json"), *ppath = cli_get(opts, "plot");
+    if (ppath) {
+        const size_t n = strlen(ppath);
+        if (n < 5 || (strcmp(ppath + n - 4, ".svg") && strcmp(ppath + n - 4, ".png"))) {
+            fprintf(stderr, "dsacp plan: option '--plot' = '%s': an .svg or .png file\n", ppath);
+            return 2;
+        }
+    }
+    if (jpath && ppath && !strcmp(jpath, ppath)) {
+        fprintf(stderr, "dsacp plan: options '--json' and '--plot' name the same file '%s'\n", jpath);
+        return 2;
+    }
+    dsacp_hw hw;
+    int rc = dsacp_hw_load(A.hwp, &hw);
+    if (rc) return invocation_fail(dsacp_error_context(rc, "--hardware"));
+    A.hw = &hw;
+    dsacp_model *m = NULL;
+    if (A.preset) rc = dsacp_plan_preset(A.preset, &A.cfg);
+    else if (!(rc = dsacp_model_load(A.model, &m))) A.cfg = *dsacp_model_config(m);
+    dsacp_model_free(m); /* only its configuration is planned */
+    if (rc) return invocation_fail(rc);
+    A.layers = A.cfg.num_hidden_layers;
+    if ((s = cli_get(opts, "layers")) && !cli_int("plan", "layers", s, 1, 4096, &A.layers)) return 2;
+    /* expert parallelism: as given; else replicated experts when the whole model fits a rank
+     * at half its memory (dsacp's engine), else spread over the W ranks (or the largest divisor
+     * of the routed experts not above W) */
+    const int64_t W = A.W;
+    if (A.ep > W || (A.ep > 0 && A.cfg.n_routed_experts > 0 && A.cfg.n_routed_experts % A.ep)) {
+        fprintf(stderr, "dsacp plan: option '--ep' = %lld: at most --cp (%lld) and a divisor of the %lld routed experts\n",
+                (long long)A.ep, (long long)W, (long long)A.cfg.n_routed_experts);
+        return 2;
+    }
+    if (A.ep == 0) {
+        dsacp_cp_options cp0;
+        dsacp_cp_options_default(&cp0);
+        dsacp_plan_model pm0;
+        dsacp_config c1 = A.cfg;
+        c1.num_hidden_layers = A.layers;
+        A.ep = 1;
+        if (!dsacp_plan_decode_model(&c1, &cp0, W, 1, A.L, A.B, A.deployed, A.wbytes, &hw, &pm0) &&
+            pm0.weights_per_rank > hw.mem_bytes / 2)
+            for (A.ep = W; A.ep > 1 && A.cfg.n_routed_experts > 0 && A.cfg.n_routed_experts % A.ep; A.ep--) {}
+        if (A.cfg.n_routed_experts == 0) A.ep = 1;
+    }
+    A.cfg.num_hidden_layers = A.layers; /* the whole model's layers for the weights and the MLPs */
+
+    /* The outputs before any work: a path that cannot be written fails now, with nothing printed. */
+    dsacp_out jo = {.fd = -1}, po = {.fd = -1};
+    if (jpath && (rc = dsacp_out_open(&jo, jpath))) return cli_fail("plan", dsacp_error_context(rc, "--json"));
+    if (ppath && (rc = dsacp_out_open(&po, ppath))) {
+        dsacp_out_abort(&jo);
+        return cli_fail("plan", dsacp_error_context(rc, "--plot"));
+    }
+    report R = {0};
+    R.txt = open_memstream(&R.text, &R.len);
+    R.root = json_object();
+    if (!R.txt || !R.root) rc = dsacp_error(DSACP_ENOMEM, "out of memory");
+    dsacp_plan_decode r[NV];
+    bool okv[NV] = {0};
+    const char *plabels[5] = {NULL};
+    double pttft[5] = {0};
+    if (!rc) rc = plan_report(&A, &R, r, okv, plabels, pttft);
+    if (R.txt) {
+        const bool bad = ferror(R.txt) != 0;
+        if ((fclose(R.txt) != 0 || bad) && !rc) rc = dsacp_error(DSACP_ENOMEM, "out of memory");
+        R.txt = NULL;
+    }
+    if (!rc && R.oom) rc = dsacp_error(DSACP_ENOMEM, "out of memory building the report");
+    if (!rc && R.bad[0])
+        rc = dsacp_error(DSACP_ERANGE, "plan: %s is not finite: the profile or the sizes overflow the model", R.bad);
+    /* the files: every byte written before either is committed */
+    char *jtext = NULL;
+    uint8_t *ptext = NULL;
+    size_t plen = 0;
+    if (!rc && jpath) {
+        jtext = json_dumps(R.root, JSON_PRESERVE_ORDER);
+        rc = jtext ? dsacp_out_write(&jo, jtext, strlen(jtext)) : dsacp_error(DSACP_ENOMEM, "out of memory writing --json");
+        if (!rc) rc = dsacp_out_write(&jo, "\n", 1);
+    }
+    if (!rc && ppath) {
         char title[512];
-        snprintf(title, sizeof title, "%s, context %lld, batch %lld, W = %lld, %s", preset ? preset : model, (long long)L,
-                 (long long)B, (long long)W, hw.name);
-        rc = write_plot(s, title, variants, r, okv, NV, (double)layers, plabels, pttft, Pp > 0 ? 5 : 0, Pp);
-        if (rc) {
-            dsacp_model_free(m);
-            if (js) fclose(js), free(jtext);
-            return cli_fail("plan", rc);
-        }
+        snprintf(title, sizeof title, "%s, context %lld, batch %lld, W = %lld, %s", A.preset ? A.preset : A.model,
+                 (long long)A.L, (long long)A.B, (long long)W, hw.name);
+        rc = render_plot(ppath, title, variants, r, okv, NV, (double)A.layers, plabels, pttft, A.Pp > 0 ? 5 : 0, A.Pp, &ptext,
+                         &plen);
+        if (!rc) rc = dsacp_out_write(&po, ptext, plen);
     }
-    if (js) {
-        fprintf(js, "}\n");
-        fclose(js);
-        rc = dsacp_write_file_atomic(cli_get(opts, "json"), jtext, jlen);
-        free(jtext);
-        if (rc) {
-            dsacp_model_free(m);
-            return cli_fail("plan", rc);
-        }
-    }
-    dsacp_model_free(m);
-    return 0;
+    if (!rc && jpath) rc = dsacp_out_commit(&jo);
+    if (!rc && ppath) rc = dsacp_out_commit(&po);
+    dsacp_out_abort(&jo), dsacp_out_abort(&po); /* the temporaries of a failed run (no-ops once committed) */
+    if (!rc) rc = print_stdout(R.text, R.len, "");
+    free(jtext), free(ptext), free(R.text);
+    json_decref(R.root);
+    return rc ? cli_fail("plan", rc) : 0;
 }

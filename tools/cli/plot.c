@@ -82,11 +82,12 @@ void plot_text(plot *p, double x, double y, int size, const char *fmt, ...)
 
 /* ---- SVG ---- */
 
-static int write_svg(const plot *p, const char *path)
+static int svg_encode(const plot *p, uint8_t **out, size_t *len)
 {
     char *text = NULL;
-    size_t len = 0;
-    FILE *f = open_memstream(&text, &len);
+    size_t n = 0;
+    *out = NULL, *len = 0;
+    FILE *f = open_memstream(&text, &n);
     if (!f) return dsacp_error(DSACP_ENOMEM, "out of memory");
     fprintf(f, "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%d\" height=\"%d\" font-family=\"sans-serif\" "
                "font-size=\"12\">\n<rect width=\"100%%\" height=\"100%%\" fill=\"white\"/>\n", p->w, p->h);
@@ -102,15 +103,20 @@ static int write_svg(const plot *p, const char *path)
             if (*c == '&') fputs("&amp;", f);
             else if (*c == '<') fputs("&lt;", f);
             else if (*c == '>') fputs("&gt;", f);
+            else if (*c == '"') fputs("&quot;", f);
+            else if ((unsigned char)*c < 0x20 || *c == 0x7f) fputc('?', f); /* not allowed in XML */
             else fputc(*c, f);
         }
         fprintf(f, "</text>\n");
     }
     fprintf(f, "</svg>\n");
-    fclose(f);
-    int rc = dsacp_write_file_atomic(path, text, len);
-    free(text);
-    return rc;
+    const bool bad = ferror(f) != 0;
+    if (fclose(f) != 0 || bad) {
+        free(text);
+        return dsacp_error(DSACP_ENOMEM, "out of memory drawing the plot");
+    }
+    *out = (uint8_t *)text, *len = n;
+    return DSACP_OK;
 }
 
 /* ---- raster ---- */
@@ -345,16 +351,22 @@ int plot_png(const plot *p, uint8_t **out, size_t *len)
     return DSACP_OK;
 }
 
-int plot_write(const plot *p, const char *path)
+int plot_encode(const plot *p, const char *path, uint8_t **out, size_t *len)
 {
     const size_t n = strlen(path);
+    *out = NULL, *len = 0;
     if (p->failed) return dsacp_error(DSACP_ENOMEM, "out of memory drawing the plot");
-    if (n > 4 && !strcmp(path + n - 4, ".svg")) return write_svg(p, path);
+    if (n > 4 && !strcmp(path + n - 4, ".svg")) return svg_encode(p, out, len);
     if (n <= 4 || strcmp(path + n - 4, ".png"))
         return dsacp_error(DSACP_EINVAL, "%s: a plot is written as .svg or .png", path);
+    return plot_png(p, out, len);
+}
+
+int plot_write(const plot *p, const char *path)
+{
     uint8_t *d;
     size_t len;
-    int rc = plot_png(p, &d, &len);
+    int rc = plot_encode(p, path, &d, &len);
     if (!rc) rc = dsacp_write_file_atomic(path, d, len);
     free(d);
     return rc;

@@ -21,6 +21,9 @@ void plot_text(plot *p, double x, double y, int size, const char *fmt, ...) __at
 /* The whole canvas as SVG or PNG (by the path's extension, ".svg" or ".png"), written atomically.
  * DSACP_EINVAL for any other extension; DSACP_ENOMEM when a primitive could not be recorded. */
 int plot_write(const plot *p, const char *path);
+/* The bytes plot_write would write to `path` (SVG or PNG by its extension) in a malloc'ed buffer,
+ * for a caller that writes them itself (dsacp plan opens its outputs before any work). */
+int plot_encode(const plot *p, const char *path, uint8_t **out, size_t *len);
 /* The PNG encoding of the canvas into a malloc'ed buffer (tests and plot_write). */
 int plot_png(const plot *p, uint8_t **out, size_t *len);
 
