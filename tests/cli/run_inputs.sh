@@ -82,6 +82,10 @@ refused "prompt + max_new_tokens beyond max_position_embeddings" 2 "long.jsonl" 
 # ---- item 15: block size, same file, presets, bad files: exit 2 ----
 refused "--block-size larger than any request" 2 "--block-size" "max_position_embeddings" -- \
   "${R[@]}" --requests 2 --prompt-len 8 --block-size 1048576
+refused "forward --block-size larger than any request" 2 "--block-size" "max_position_embeddings" -- \
+  "$DSACP" forward --model "$tmp/m" --input "$tmp/in.safetensors" --output "$tmp/o.st" --block-size 1048576
+refused "generate --block-size larger than any request" 2 "--block-size" "max_position_embeddings" -- \
+  "$DSACP" generate --model "$tmp/m" --prompt-len 4 --new-tokens 1 --block-size 1048576
 refused "--preset nope" 2 "nope" -- "$DSACP" run --preset nope
 refused "missing model directory" 2 "nosuch" -- "$DSACP" run --model "$tmp/nosuch" --requests 1
 refused "missing prompts file" 2 "none.jsonl" -- "${R[@]}" --prompts "$tmp/none.jsonl"

@@ -369,6 +369,15 @@ bool cli_engine_options(const char *cmd, const cli_opt *opts, dsacp_engine_optio
     return true;
 }
 
+bool cli_block_size_fits(const char *cmd, const dsacp_engine_options *eo, const dsacp_config *cfg, const char *model)
+{
+    if (eo->block_size <= cfg->max_position_embeddings) return true;
+    fprintf(stderr, "dsacp %s: option '--block-size' = %lld is more than the model's max_position_embeddings = %lld "
+            "(%s): a block holds positions of one request\n", cmd, (long long)eo->block_size,
+            (long long)cfg->max_position_embeddings, model);
+    return false;
+}
+
 dsacp_comm *cli_world = NULL;
 
 bool cli_cp_options(const char *cmd, const cli_opt *opts, dsacp_cp_options *cp)

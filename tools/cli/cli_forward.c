@@ -67,6 +67,12 @@ int cli_forward(int argc, char **argv)
         return cli_setup_exit(rc);
     }
     const dsacp_config *cfg = dsacp_model_config(m);
+    if (!cli_block_size_fits("forward", &eo, cfg, mdir)) {
+        dsacp_model_free(m);
+        cli_output_abort(&out_file);
+        cli_output_abort(&report_out);
+        return 2;
+    }
     int ret = 1;
     dsacp_engine *e = NULL;
     dsacp_forward_input fi = {0};

@@ -76,6 +76,11 @@ int cli_generate(int argc, char **argv)
         return cli_setup_exit(rc);
     }
     const dsacp_config *cfg = dsacp_model_config(m);
+    if (!cli_block_size_fits("generate", &eo, cfg, dir)) {
+        dsacp_model_free(m);
+        cli_output_abort(&report_out);
+        return 2;
+    }
     /* Every generated token is fed back, so positions 0 .. plen + ntok - 1 are computed. */
     if (plen + ntok > cfg->max_position_embeddings) {
         fprintf(stderr, "dsacp generate: --prompt-len %lld + --new-tokens %lld = %lld positions, more than the "

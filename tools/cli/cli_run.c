@@ -729,11 +729,7 @@ int cli_run(int argc, char **argv)
     }
     const dsacp_config *cfg = dsacp_model_config(m);
     const char *model_name = preset ? preset : mdir;
-    /* A block holds positions of one request: one larger than any request is only waste. */
-    if (eo.block_size > cfg->max_position_embeddings) {
-        fprintf(stderr, "dsacp run: option '--block-size' = %lld is more than the model's max_position_embeddings = "
-                "%lld (%s): a block holds positions of one request\n", (long long)eo.block_size,
-                (long long)cfg->max_position_embeddings, model_name);
+    if (!cli_block_size_fits("run", &eo, cfg, model_name)) {
         ret = 2;
         goto done;
     }
