@@ -516,7 +516,8 @@ int dsacp_serve_run(dsacp_engine *e, const dsacp_serve_request *reqs, int64_t n_
                 }
             if (!rc) rc = build_step(&S);
             if (!rc && S.n_ent == 0 && done < n)
-                rc = dsacp_error(DSACP_ECAPACITY, "serve: no request can be scheduled (the KV pool is too small)");
+                rc = dsacp_error(DSACP_ECAPACITY, "serve: no request can be scheduled although each fits the KV "
+                                 "pool alone (a scheduler bug: the oldest running request always runs)");
             if (!rc && done < n) {
                 plan_push(&p, S.ends.n);
                 for (int64_t i = 0; i < S.ends.n; i++) plan_push(&p, S.ends.w[i]);
