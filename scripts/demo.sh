@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The demo behind `make run`: build a "small" model, inspect it, run a mixed prefill/decode
+# The demo behind `make demo`: build a "small" model, inspect it, run a mixed prefill/decode
 # schedule through `dsacp forward`, and decode greedily with `dsacp generate`.
 set -euo pipefail
 build=${1:-build}
