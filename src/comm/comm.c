@@ -21,6 +21,8 @@ struct dsacp_comm {
     dsacp_comm_counter own_ctr[DSACP_PHASE_COUNT];
     dsacp_comm_counter *ctr; /* own_ctr, or the parent's for a split communicator */
     json_t *notes; /* JSON object whose members join the report (rank 0's are written); NULL: none */
+    int *agree_buf; /* [size] the status agreement's receive buffer, allocated with the handle so that
+                     * the agreement itself never fails for memory */
 };
 
 struct dsacp_comm_request {
@@ -75,7 +77,14 @@ int dsacp_comm_split(dsacp_comm *c, int color, int key, dsacp_comm **out)
 {
     *out = NULL;
     dsacp_comm *s = calloc(1, sizeof *s);
-    if (!s) return dsacp_error(DSACP_ENOMEM, "out of memory");
+    if (!s) {
+        /* The split is collective: take part in it anyway, then fail (the caller agrees). */
+        if (!c->solo) {
+            MPI_Comm sub = MPI_COMM_NULL;
+            if (MPI_Comm_split(c->comm, color, key, &sub) == MPI_SUCCESS && sub != MPI_COMM_NULL) MPI_Comm_free(&sub);
+        }
+        return dsacp_error(DSACP_ENOMEM, "out of memory");
+    }
     s->ctr = c->ctr;
     s->size = 1;
     if (c->solo) {
@@ -98,6 +107,12 @@ int dsacp_comm_split(dsacp_comm *c, int color, int key, dsacp_comm **out)
         s->rank = 0;
     } else {
         s->comm = sub;
+        s->agree_buf = malloc((size_t)s->size * sizeof *s->agree_buf);
+        if (!s->agree_buf) {
+            MPI_Comm_free(&s->comm);
+            free(s);
+            return dsacp_error(DSACP_ENOMEM, "out of memory");
+        }
     }
     *out = s;
     return DSACP_OK;
@@ -120,6 +135,12 @@ int dsacp_comm_create_mpi(MPI_Comm comm, dsacp_comm **out)
     MPI_Comm_rank(c->comm, &c->rank);
     MPI_Comm_size(c->comm, &c->size);
     c->ctr = c->own_ctr;
+    c->agree_buf = malloc((size_t)c->size * sizeof *c->agree_buf);
+    if (!c->agree_buf) {
+        MPI_Comm_free(&c->comm);
+        free(c);
+        return dsacp_error(DSACP_ENOMEM, "out of memory");
+    }
     *out = c;
     return DSACP_OK;
 }
@@ -149,6 +170,7 @@ int dsacp_comm_create_world(int *argc, char ***argv, dsacp_comm **out)
         return rc;
     }
     (*out)->owns_mpi = owns;
+    dsacp_fault_set_rank((*out)->rank); /* DSACP_FAULT=<site>:<rank> names world ranks */
     return DSACP_OK;
 }
 
@@ -160,6 +182,7 @@ void dsacp_comm_free(dsacp_comm *c)
         if (c->owns_mpi) MPI_Finalize();
     }
     json_decref(c->notes);
+    free(c->agree_buf);
     free(c);
 }
 
@@ -409,6 +432,8 @@ int dsacp_comm_allreduce_f32(dsacp_comm *c, float *buf, int64_t n, int phase)
         part = malloc(bytes[c->rank] + 4);
         if (!part) rc = dsacp_error(DSACP_ENOMEM, "out of memory");
     }
+    /* A rank short of memory stops every rank here, not inside the collectives (uncounted). */
+    rc = dsacp_comm_agree_phase(c, rc, -1);
     /* Counted as one all-reduce: both halves land in the same phase counter, then calls is
      * corrected to one. */
     if (!rc) rc = dsacp_comm_reduce_scatter_f32(c, buf, part, counts, phase);
@@ -438,6 +463,7 @@ int dsacp_comm_reduce_scatter_wire(dsacp_comm *c, const float *send, float *recv
     uint16_t *s16 = malloc((size_t)total * 2 + 2), *r16 = malloc((size_t)(mine * W) * 2 + 2);
     size_t *sb = malloc((size_t)W * sizeof *sb), *rb = malloc((size_t)W * sizeof *rb);
     int rc = (s16 && r16 && sb && rb) ? DSACP_OK : dsacp_error(DSACP_ENOMEM, "out of memory for a reduce-scatter");
+    rc = dsacp_comm_agree_phase(c, rc, -1); /* every rank, before the collective (uncounted) */
     if (!rc) {
         for (int64_t i = 0; i < total; i++) s16[i] = dsacp_f32_to_bf16(send[i]);
         for (int q = 0; q < W; q++) sb[q] = (size_t)counts[q] * 2, rb[q] = (size_t)mine * 2;
@@ -473,6 +499,7 @@ int dsacp_comm_allreduce_wire(dsacp_comm *c, float *buf, int64_t n, bool bf16, i
         all16 = malloc((size_t)n * 2);
         if (!part || !p16 || !all16) rc = dsacp_error(DSACP_ENOMEM, "out of memory");
     }
+    rc = dsacp_comm_agree_phase(c, rc, -1); /* every rank, before the collectives (uncounted) */
     if (!rc) rc = dsacp_comm_reduce_scatter_wire(c, buf, part, counts, true, phase);
     if (!rc) {
         for (int64_t i = 0; i < counts[me]; i++) p16[i] = dsacp_f32_to_bf16(part[i]);
@@ -520,23 +547,20 @@ int dsacp_comm_bcast(dsacp_comm *c, void *buf, size_t len, int phase)
     return DSACP_OK;
 }
 
-int dsacp_comm_agree(dsacp_comm *c, int status)
+int dsacp_comm_agree(dsacp_comm *c, int status) { return dsacp_comm_agree_phase(c, status, DSACP_PHASE_control); }
+
+int dsacp_comm_agree_phase(dsacp_comm *c, int status, int phase)
 {
     if (c->solo) return status;
     const double t0 = dsacp_now();
-    int *all = malloc((size_t)c->size * sizeof *all);
-    if (!all) return dsacp_error(DSACP_ENOMEM, "out of memory");
+    int *all = c->agree_buf;
     int err = MPI_Allgather(&status, 1, MPI_INT, all, 1, MPI_INT, c->comm);
-    if (err != MPI_SUCCESS) {
-        free(all);
-        return mpi_fail(err, "MPI_Allgather (status agreement)");
-    }
+    if (err != MPI_SUCCESS) return mpi_fail(err, "MPI_Allgather (status agreement)");
     int first = -1;
     for (int q = 0; q < c->size && first < 0; q++)
         if (all[q] != DSACP_OK) first = q;
     int rc = first < 0 ? DSACP_OK : all[first];
-    free(all);
-    count(c, DSACP_PHASE_control, (int64_t)sizeof(int) * (c->size - 1), (int64_t)sizeof(int) * (c->size - 1), t0);
+    count(c, phase, (int64_t)sizeof(int) * (c->size - 1), (int64_t)sizeof(int) * (c->size - 1), t0);
     if (first < 0) return DSACP_OK;
     /* The failing rank's message, so that rank 0 can print the real cause. */
     char msg[512];

@@ -4,7 +4,8 @@
  * definition per collective; docs/context-parallel.md the formulas per strategy). Only comm.c
  * includes mpi.h. Every function is collective over the communicator: all ranks call it, in the
  * same order, with sizes that agree. Buffers are plain bytes or F32; blocks land in rank order.
- * Calls core only.
+ * Calls core (errors, timer, fault injection) and numerics (bf16 conversion of the wire formats),
+ * and jansson for the report.
  */
 #ifndef DSACP_COMM_H
 #define DSACP_COMM_H
@@ -56,6 +57,10 @@ int dsacp_comm_gatherv(dsacp_comm *c, const void *send, size_t send_bytes, void 
  * It counts into c's counters (the same phases), so that a report of c includes its traffic.
  * A group of one is a solo communicator. Free it before c. */
 int dsacp_comm_split(dsacp_comm *c, int color, int key, dsacp_comm **out);
+
+/* dsacp_comm_agree counted under `phase`; -1: not counted (the allocation agreements of engine
+ * creation and of a step's stages, docs/context-parallel.md "Failures"). */
+int dsacp_comm_agree_phase(dsacp_comm *c, int status, int phase);
 
 /* Balanced split of n items over W ranks: rank r takes [n r / W, n (r + 1) / W). */
 static inline int64_t dsacp_split_begin(int64_t n, int64_t r, int64_t W) { return n * r / W; }

@@ -433,3 +433,88 @@ int dsacp_make_dir_created(const char *path, bool *created)
 }
 
 int dsacp_make_dir(const char *path) { return dsacp_make_dir_created(path, NULL); }
+
+/* ---- fault injection ---- */
+
+static const char *const fault_sites[] = {"pools", "engine", "cp", "weights", "plan", "step", "views",
+                                          "layer", "strategy", "lean", "merge", "o_proj", "topk", "logits"};
+enum { FAULT_NSITES = sizeof fault_sites / sizeof fault_sites[0] };
+
+static struct {
+    int ready;         /* 0: DSACP_FAULT not read yet */
+    int site;          /* index into fault_sites, -1: no fault */
+    int rank;          /* -1: every rank */
+    int64_t nth;       /* the pass that fails (1-based) */
+    int64_t passes;    /* passes of `site` so far */
+    int my_rank;
+} fault = {0, -1, -1, 1, 0, 0};
+
+static int fault_parse(const char *spec)
+{
+    fault.site = -1, fault.rank = -1, fault.nth = 1, fault.passes = 0;
+    if (!spec || !*spec) return DSACP_OK;
+    char name[32];
+    const char *colon = strchr(spec, ':');
+    const size_t n = colon ? (size_t)(colon - spec) : strlen(spec);
+    if (n >= sizeof name) return dsacp_error(DSACP_EINVAL, "DSACP_FAULT '%s': unknown site", spec);
+    memcpy(name, spec, n);
+    name[n] = 0;
+    int site = -1;
+    for (int i = 0; i < FAULT_NSITES; i++)
+        if (strcmp(name, fault_sites[i]) == 0) site = i;
+    if (site < 0) return dsacp_error(DSACP_EINVAL, "DSACP_FAULT '%s': unknown site '%s'", spec, name);
+    long long rank = -1, nth = 1;
+    if (colon) {
+        char *end = NULL;
+        errno = 0;
+        rank = strtoll(colon + 1, &end, 10);
+        if (end == colon + 1 || errno || rank < 0 || rank > INT32_MAX || (*end && *end != ':'))
+            return dsacp_error(DSACP_EINVAL, "DSACP_FAULT '%s': the rank must be a decimal integer >= 0", spec);
+        if (*end == ':') {
+            const char *p = end + 1;
+            nth = strtoll(p, &end, 10);
+            if (end == p || errno || nth < 1 || *end)
+                return dsacp_error(DSACP_EINVAL, "DSACP_FAULT '%s': nth must be a decimal integer >= 1", spec);
+        }
+    }
+    fault.site = site, fault.rank = (int)rank, fault.nth = nth;
+    return DSACP_OK;
+}
+
+int dsacp_fault_configure(const char *spec)
+{
+    int rc = fault_parse(spec);
+    if (rc) fault.site = -1;
+    __atomic_store_n(&fault.ready, 1, __ATOMIC_RELEASE);
+    return rc;
+}
+
+void dsacp_fault_set_rank(int rank) { fault.my_rank = rank; }
+
+bool dsacp_fault(const char *site)
+{
+    /* ready: 0 unread, 1 read, 2 being read by another thread */
+    int expect = 0;
+    if (__atomic_load_n(&fault.ready, __ATOMIC_ACQUIRE) != 1) {
+        if (__atomic_compare_exchange_n(&fault.ready, &expect, 2, false, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
+            const char *env = getenv("DSACP_FAULT");
+            if (fault_parse(env)) {
+                /* A test's typo must not pass silently, nor crash a run: said once, then ignored. */
+                fprintf(stderr, "dsacp: %s (ignored)\n", dsacp_last_error());
+                dsacp_error_clear();
+                fault.site = -1;
+            }
+            __atomic_store_n(&fault.ready, 1, __ATOMIC_RELEASE);
+        }
+        while (__atomic_load_n(&fault.ready, __ATOMIC_ACQUIRE) != 1) {
+        }
+    }
+    if (fault.site < 0 || strcmp(site, fault_sites[fault.site]) != 0) return false;
+    if (fault.rank >= 0 && fault.rank != fault.my_rank) return false;
+    return __atomic_add_fetch(&fault.passes, 1, __ATOMIC_RELAXED) == fault.nth;
+}
+
+int dsacp_fault_error(const char *site, const char *what)
+{
+    return dsacp_error(DSACP_ENOMEM, "%s: out of memory (injected: DSACP_FAULT=%s)", what, site);
+}

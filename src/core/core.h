@@ -40,6 +40,24 @@ static inline bool dsacp_add_ok(size_t a, size_t b, size_t *out)
     return !__builtin_add_overflow(a, b, out);
 }
 
+/* ---- fault injection (tests) ----
+ * DSACP_FAULT=<site>[:<rank>[:<nth>]] makes the nth time (default 1) this process passes the
+ * named allocation site report an allocation failure -- on every rank, or on world rank <rank>
+ * only (the rank dsacp_fault_set_rank was given; a process that was given none is rank 0). The
+ * variable is read once, at the first site passed. The sites (docs/context-parallel.md,
+ * "Failures"): creation "pools", "engine", "cp", "weights", "plan"; steps "step", "views",
+ * "layer", "strategy", "lean", "merge", "o_proj", "topk", "logits". A malformed variable (an
+ * unknown site) is reported once on stderr and ignored. */
+/* True when the site must fail now (and counts the pass). Thread-safe. */
+bool dsacp_fault(const char *site);
+/* The status of a failed site: DSACP_ENOMEM, "<what>: out of memory (injected: DSACP_FAULT=<site>)". */
+int dsacp_fault_error(const char *site, const char *what);
+/* This process's world rank (comm calls it when it joins the MPI world). */
+void dsacp_fault_set_rank(int rank);
+/* Tests: replaces DSACP_FAULT with `spec` (NULL: none) and restarts the counts. DSACP_EINVAL
+ * for a malformed spec or an unknown site. */
+int dsacp_fault_configure(const char *spec);
+
 /* Deterministic random numbers (splitmix64 seeding xoshiro256**). Same seed, same stream,
  * on every platform. */
 typedef struct dsacp_rng {

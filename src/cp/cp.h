@@ -54,7 +54,18 @@ typedef struct dsacp_cp_ctx {
     struct dsacp_hw *hw;         /* --context-path auto's profile (cp options' context_hardware), or NULL */
     char *ctx_choices;           /* per step with a sharded-context chunk: g(ather), d(istributed), m(ixed) */
     int64_t nctx_choices, capctx_choices;
+    /* Set when a stage agreement of this step failed (the same on every rank): the engine stops
+     * the step after the layer; cleared by the engine at the start of each step. */
+    bool step_failed;
 } dsacp_cp_ctx;
+
+/* The agreement of one allocation stage (docs/context-parallel.md, "Failures"): every rank of
+ * cp->comm passes `ok` (its buffers of the stage were allocated); the fault hook may fail the
+ * stage at `site` (dsacp_fault). All ranks return the same status -- DSACP_ENOMEM with the
+ * failing rank's message ("<what>: out of memory") when any failed -- and set step_failed. A
+ * 4-byte all-gather, not counted under any phase; W = 1: no communication. Call it where every
+ * rank of the group passes, before the stage's first collective. */
+int dsacp_cp_agree_alloc(dsacp_cp_ctx *cp, const char *site, bool ok, const char *what);
 
 static inline int64_t dsacp_cp_idx_local(const dsacp_cp_ctx *cp, int64_t p)
 {

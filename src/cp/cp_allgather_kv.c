@@ -20,9 +20,10 @@ int dsacp_cp_decode_allgather_kv(const dsacp_cp_decode_args *a)
     const int64_t nd = st->n_dec;
     uint8_t *want = calloc((size_t)(st->n_ent > 0 ? st->n_ent : 1), 1);
     const dsacp_dsa_view **vptr = malloc((size_t)(nd + 1) * sizeof *vptr);
-    if (!want || !vptr) {
+    int arc = dsacp_cp_agree_alloc(a->cp, "strategy", want && vptr, "the allgather-kv views");
+    if (arc) {
         free(want), free(vptr);
-        return dsacp_error(DSACP_ENOMEM, "out of memory");
+        return arc;
     }
     for (int64_t e = 0; e < st->n_ent; e++) want[e] = st->decode[e];
     dsacp_cp_views v;

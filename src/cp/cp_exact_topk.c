@@ -58,11 +58,11 @@ int dsacp_cp_decode_exact_topk(const dsacp_cp_decode_args *a)
     void *qpack = dsacp_alloc((dsacp_index_query_bytes(Hi, di) + 63) / 64 * 64);
     const int64_t Hs = cp->h1 - cp->h0, dk = cfg->kv_lora_rank + cfg->qk_rope_head_dim;
     float *qown = dsacp_alloc((size_t)((nd > 0 ? nd : 1) * (Hs > 0 ? Hs : 1) * dk) * 4);
-    int crc = DSACP_OK;
-    if (!scores || !lsel || !sel || !nsel || !mine || !all || !keys || !qpack || !qown) {
-        crc = dsacp_error(DSACP_ENOMEM, "out of memory for the top-k candidates");
-        goto done;
-    }
+    size_t *rbq = malloc((size_t)iW * sizeof *rbq);
+    /* Agreed before the first collective: a rank short of memory stops every rank here. */
+    int crc = dsacp_cp_agree_alloc(cp, "strategy", scores && lsel && sel && nsel && mine && all && keys && qpack && qown && rbq,
+                                   "the top-k candidates");
+    if (crc) goto done;
     /* Local scores and local top-k over this rank's shard. */
     for (int64_t j = 0; j < nd; j++) {
         const int64_t e = st->ent[st->act[j]], n = a->pos_act[j] + 1;
@@ -84,15 +84,9 @@ int dsacp_cp_decode_exact_topk(const dsacp_cp_decode_args *a)
     }
     /* The candidates travel (non-blocking) while the query rows of this rank's heads are absorbed. */
     {
-        size_t *rbq = malloc((size_t)iW * sizeof *rbq);
         dsacp_comm_request *req = NULL;
-        if (!rbq) {
-            crc = dsacp_error(DSACP_ENOMEM, "out of memory");
-            goto done;
-        }
         for (int64_t q = 0; q < iW; q++) rbq[q] = nc * sizeof *mine;
         crc = dsacp_comm_iallgatherv(cp->icomm, mine, nc * sizeof *mine, all, rbq, DSACP_PHASE_index_candidates, &req);
-        free(rbq);
         if (crc) goto done;
         const double t0 = dsacp_now();
         dsacp_cp_own_query_rows(a, qown);
@@ -119,7 +113,7 @@ int dsacp_cp_decode_exact_topk(const dsacp_cp_decode_args *a)
     }
     crc = dsacp_cp_attend_owned_and_merge(a, sel, nsel, qown);
 done:
-    free(scores), free(lsel), free(sel), free(nsel), free(mine), free(all), free(keys);
+    free(scores), free(lsel), free(sel), free(nsel), free(mine), free(all), free(keys), free(rbq);
     dsacp_free(qpack);
     dsacp_free(qown);
     return crc;

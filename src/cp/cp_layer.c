@@ -23,6 +23,16 @@
 #include <stdlib.h>
 #include <string.h>
 
+int dsacp_cp_agree_alloc(dsacp_cp_ctx *cp, const char *site, bool ok, const char *what)
+{
+    int rc = DSACP_OK;
+    if (!ok) rc = dsacp_error(DSACP_ENOMEM, "%s: out of memory", what);
+    else if (dsacp_fault(site)) rc = dsacp_fault_error(site, what);
+    rc = dsacp_comm_agree_phase(cp->comm, rc, -1);
+    if (rc) cp->step_failed = true;
+    return rc;
+}
+
 static int64_t assigned_rank(const dsacp_cp_ctx *cp, const dsacp_cp_step *st, int64_t t, int64_t chunk)
 {
     const int64_t W = cp->W;
@@ -214,9 +224,10 @@ static int gather_v(dsacp_cp_ctx *cp, const dsacp_config *cfg, const dsacp_cp_st
     const int64_t W = cp->W, h0 = cp->h0, h1 = cp->h1;
     size_t *rb = calloc((size_t)W, sizeof *rb);
     float *send = calloc((size_t)(nd * (h1 - h0) * dv) + 1, 4), *recv = malloc((size_t)(nd * H * dv) * 4 + 4);
-    if (!rb || !send || !recv) {
+    int arc = dsacp_cp_agree_alloc(cp, "o_proj", rb && send && recv, "the o_proj exchange");
+    if (arc) {
         free(rb), free(send), free(recv);
-        return dsacp_error(DSACP_ENOMEM, "out of memory for the o_proj exchange");
+        return arc;
     }
     for (int64_t q = 0; q < W; q++)
         rb[q] = (size_t)(nd * (dsacp_split_begin(H, q + 1, W) - dsacp_split_begin(H, q, W)) * dv) * 4;
@@ -252,7 +263,7 @@ static int tp_o_proj(dsacp_cp_ctx *cp, const dsacp_dsa_ctx *ctx, const dsacp_dsa
     int64_t *cnt = malloc((size_t)W * sizeof *cnt);
     float *send = malloc((size_t)(np * ncol) * 4 + 4), *x = malloc((size_t)(Tall * mine) * 4 + 4);
     float *y = malloc((size_t)(Tall * D) * 4 + 4);
-    int crc = (sb && rb && cnt && send && x && y) ? DSACP_OK : dsacp_error(DSACP_ENOMEM, "out of memory for tp o_proj");
+    int crc = dsacp_cp_agree_alloc(cp, "o_proj", sb && rb && cnt && send && x && y, "tp o_proj");
     if (!crc) {
         float *s = send;
         for (int q = 0; q < W; q++) {
@@ -286,9 +297,10 @@ static int dump_topk(dsacp_cp_ctx *cp, const dsacp_cp_step *st, int64_t K, const
     if (st->n_pre_all == 0) return DSACP_OK;
     size_t *rb = malloc((size_t)W * sizeof *rb);
     int32_t *all = cp->rank == 0 ? malloc((size_t)(st->n_pre_all * K) * 4) : NULL;
-    if (!rb || (cp->rank == 0 && !all)) {
+    int arc = dsacp_cp_agree_alloc(cp, "topk", rb && (cp->rank != 0 || all), "the selected sets");
+    if (arc) {
         free(rb), free(all);
-        return dsacp_error(DSACP_ENOMEM, "out of memory for the selected sets");
+        return arc;
     }
     for (int64_t q = 0; q < W; q++) rb[q] = (size_t)((st->pre_off[q + 1] - st->pre_off[q]) * K) * 4;
     int crc = dsacp_comm_gatherv(cp->comm, topk_act + nd * K, rb[cp->rank], all, rb, DSACP_PHASE_topk_dump);
@@ -339,7 +351,14 @@ int dsacp_cp_layer_forward(dsacp_cp_ctx *cp, const dsacp_dsa_ctx *ctx, const dsa
         if (!rb || !pre_send || !pre_recv)
             arc = dsacp_error(DSACP_ENOMEM, "layer %lld: out of memory for the prefill exchange", (long long)layer);
     }
+    if (!arc && st->n_pre_all > 0) {
+        want = calloc((size_t)(st->n_ent > 0 ? st->n_ent : 1), 1);
+        vptr = malloc((size_t)(np + 1) * sizeof *vptr);
+        if (!want || !vptr) arc = dsacp_error(DSACP_ENOMEM, "layer %lld: out of memory for the prefill views", (long long)layer);
+    }
+    if (!arc && dsacp_fault("layer")) arc = dsacp_fault_error("layer", "the layer's buffers");
     crc = dsacp_comm_agree(cp->comm, arc);
+    if (crc) cp->step_failed = true;
     if (crc) goto done;
     for (int64_t j = 0; j < na; j++) pos_act[j] = st->pos[st->act[j]];
     /* DSA-CP tp: this layer's o_proj shards start travelling now. */
@@ -406,12 +425,10 @@ int dsacp_cp_layer_forward(dsacp_cp_ctx *cp, const dsacp_dsa_ctx *ctx, const dsa
     t0 = dsacp_now();
 
     /* 4. Persist what this rank's layouts keep. */
-    {
-        uint8_t *tmp = malloc((size_t)E);
-        if (!tmp) {
-            crc = dsacp_error(DSACP_ENOMEM, "out of memory");
-            goto done;
-        }
+    /* (A local failure: no collective here, the rank keeps taking part and its step fails.) */
+    uint8_t *tmp = malloc((size_t)E);
+    if (!tmp) KEEP(rc, dsacp_error(DSACP_ENOMEM, "layer %lld: out of memory writing the cache", (long long)layer));
+    if (tmp) {
         const bool lat_all = W == 1 || cp->opt.kv_layout == DSACP_LAYOUT_REPLICATED;
         for (int64_t t = 0; t < st->T; t++) {
             const int64_t e = st->ent[t], pp = st->pos[t];
@@ -434,12 +451,6 @@ int dsacp_cp_layer_forward(dsacp_cp_ctx *cp, const dsacp_dsa_ctx *ctx, const dsa
     /* 5. Prefill attention over full views (every rank gathers every prefill request's context:
      *    the collective is the same everywhere). */
     if (st->n_pre_all > 0) {
-        want = calloc((size_t)(st->n_ent > 0 ? st->n_ent : 1), 1);
-        vptr = malloc((size_t)(np + 1) * sizeof *vptr);
-        if (!want || !vptr) {
-            crc = dsacp_error(DSACP_ENOMEM, "out of memory");
-            goto done;
-        }
         for (int64_t e = 0; e < st->n_ent; e++) want[e] = !st->decode[e];
         crc = dsacp_cp_views_build(cp, st, layer, want, stage, pre_recv, DSACP_PHASE_prefill_kv, &pv, &rc);
         if (crc) goto done;

@@ -157,12 +157,13 @@ int dsacp_cp_decode_lean(const dsacp_cp_decode_args *a, bool output_merge, bool 
     void *qpack = dsacp_alloc((dsacp_index_query_bytes(Hi, di) + 63) / 64 * 64);
     float *sendsc = NULL, *recvsc = NULL;
     uint64_t *fb_send = NULL, *fb_recv = NULL, *merge = NULL;
-    int crc = DSACP_OK;
-    if (!scores || !lsel || !list || !lcount || !m || !trunc || !mode || !rb || !own || !nown || !qall || !kv || !work ||
-        !o || !lse || !lse_all || !vpart || !qpack) {
-        crc = dsacp_error(DSACP_ENOMEM, "out of memory for the lean decode");
-        goto done;
-    }
+    /* Each allocation stage is agreed before its first collective (dsacp_cp_agree_alloc): a rank
+     * short of memory stops every rank at the same point. */
+    int crc = dsacp_cp_agree_alloc(cp, "strategy",
+                                   scores && lsel && list && lcount && m && trunc && mode && rb && own && nown && qall &&
+                                       kv && work && o && lse && lse_all && vpart && qpack,
+                                   "the lean decode");
+    if (crc) goto done;
 
     /* 1. Local scores, local top-K in (score desc, position asc) order, and what each rank sends:
      *    every rank knows every rank's shard length, so the list lengths need no exchange. */
@@ -197,10 +198,8 @@ int dsacp_cp_decode_lean(const dsacp_cp_decode_args *a, bool output_merge, bool 
     if (tot_all > 0) {
         sendsc = malloc((size_t)tot_send * 4 + 4);
         recvsc = malloc((size_t)tot_all * 4 + 4);
-        if (!sendsc || !recvsc) {
-            crc = dsacp_error(DSACP_ENOMEM, "out of memory for the lean candidates");
-            goto done;
-        }
+        crc = dsacp_cp_agree_alloc(cp, "lean", sendsc && recvsc, "the lean candidates");
+        if (crc) goto done;
         float *s = sendsc;
         for (int64_t j = 0; j < nd; j++) {
             if (mode[j] != EXCHANGE) continue;
@@ -238,9 +237,9 @@ int dsacp_cp_decode_lean(const dsacp_cp_decode_args *a, bool output_merge, bool 
         uint32_t *keys = malloc((size_t)(tot_all > 0 ? tot_all : 1) * 4);
         const uint32_t **kq = malloc((size_t)iW * sizeof *kq);
         int64_t *off = calloc((size_t)iW, sizeof *off), *base = calloc((size_t)iW + 1, sizeof *base);
-        if (!keys || !kq || !off || !base) {
+        crc = dsacp_cp_agree_alloc(cp, "lean", keys && kq && off && base, "the lean verdict");
+        if (crc) {
             free(keys), free(kq), free(off), free(base);
-            crc = dsacp_error(DSACP_ENOMEM, "out of memory for the lean verdict");
             goto done;
         }
         for (int64_t q = 0; q < iW; q++) base[q + 1] = base[q] + (int64_t)(rb[q] / 4);
@@ -279,10 +278,9 @@ int dsacp_cp_decode_lean(const dsacp_cp_decode_args *a, bool output_merge, bool 
             fb_send = malloc((size_t)(nfb * K) * sizeof *fb_send);
             fb_recv = malloc((size_t)(iW * nfb * K) * sizeof *fb_recv);
             merge = malloc((size_t)(iW * K) * sizeof *merge);
-            if (!fb_send || !fb_recv || !merge) {
-                crc = dsacp_error(DSACP_ENOMEM, "out of memory for the lean fallback");
-                goto done;
-            }
+            /* nfb is the same on every rank (the verdicts are) */
+            crc = dsacp_cp_agree_alloc(cp, "lean", fb_send && fb_recv && merge, "the lean fallback");
+            if (crc) goto done;
             int64_t f = 0;
             for (int64_t j = 0; j < nd; j++) {
                 if (mode[j] != FALLBACK) continue;
@@ -331,8 +329,9 @@ int dsacp_cp_decode_lean(const dsacp_cp_decode_args *a, bool output_merge, bool 
      *    this rank's share scaled, W_UV of every head, then the output or values merge. */
     if (!output_merge && cp->opt.merge_backend == DSACP_MERGE_A2A) {
         float *mine = dsacp_alloc((size_t)(n1 * (Hs > 0 ? Hs : 1) * dv) * 4);
-        if (!mine) {
-            crc = dsacp_error(DSACP_ENOMEM, "out of memory for the lean merge");
+        crc = dsacp_cp_agree_alloc(cp, "merge", mine != NULL, "the lean merge");
+        if (crc) {
+            dsacp_free(mine);
             goto done;
         }
         if (nd > 0) dsacp_dsa_value_rows_n(a->w, cfg, o, nd, H * dc, 0, H, vpart, H * dv, true);
@@ -367,9 +366,9 @@ int dsacp_cp_decode_lean(const dsacp_cp_decode_args *a, bool output_merge, bool 
         /* Head rows to their heads' ranks, summed there in rank order. */
         int64_t *cnt = malloc((size_t)W * sizeof *cnt);
         float *sendv = dsacp_alloc((size_t)(n1 * H * dv) * 4), *mine = dsacp_alloc((size_t)(n1 * (Hs > 0 ? Hs : 1) * dv) * 4);
-        if (!cnt || !sendv || !mine) {
+        crc = dsacp_cp_agree_alloc(cp, "merge", cnt && sendv && mine, "the lean merge");
+        if (crc) {
             free(cnt), dsacp_free(sendv), dsacp_free(mine);
-            crc = dsacp_error(DSACP_ENOMEM, "out of memory for the lean merge");
             goto done;
         }
         float *s = sendv;
@@ -392,7 +391,7 @@ selected_sets:
         size_t *gb = calloc((size_t)W, sizeof *gb);
         int64_t *gn = malloc((size_t)(W * n1) * sizeof *gn), mycnt = 0;
         int32_t *gs = malloc((size_t)(n1 * K) * 4), *ga = NULL;
-        crc = (gb && gn && gs) ? DSACP_OK : dsacp_error(DSACP_ENOMEM, "out of memory for the selected sets");
+        crc = dsacp_cp_agree_alloc(cp, "topk", gb && gn && gs, "the selected sets");
         if (!crc) {
             for (int64_t j = 0; j < nd; j++) memcpy(gs + mycnt, own + j * K, (size_t)nown[j] * 4), mycnt += nown[j];
             crc = dsacp_comm_allgather(cp->comm, nown, (size_t)nd * sizeof *nown, gn, DSACP_PHASE_topk_dump);
@@ -404,7 +403,7 @@ selected_sets:
                 all += (int64_t)gb[q] / 4;
             }
             ga = malloc((size_t)all * 4 + 4);
-            if (!ga) crc = dsacp_error(DSACP_ENOMEM, "out of memory for the selected sets");
+            crc = dsacp_cp_agree_alloc(cp, "topk", ga != NULL, "the selected sets");
         }
         if (!crc) crc = dsacp_comm_gatherv(cp->comm, gs, (size_t)mycnt * 4, ga, gb, DSACP_PHASE_topk_dump);
         if (!crc && me == 0) {

@@ -27,9 +27,11 @@ int dsacp_cp_merge_a2a(dsacp_cp_ctx *cp, int64_t nd, int64_t H, int64_t wd, cons
     const int64_t W = cp->W, me = cp->rank, Hs = cp->h1 - cp->h0, s = bf16 ? 2 : 4, rowb = wd * s + 4;
     size_t *sb = malloc((size_t)W * sizeof *sb), *rb = malloc((size_t)W * sizeof *rb);
     uint8_t *send = malloc((size_t)(nd * H * rowb) + 1), *recv = malloc((size_t)(W * nd * (Hs > 0 ? Hs : 1) * rowb) + 1);
-    if (!sb || !rb || !send || !recv) {
-        free(sb), free(rb), free(send), free(recv);
-        return dsacp_error(DSACP_ENOMEM, "out of memory for the all-to-all merge");
+    float *lr = malloc((size_t)W * 4);
+    int arc = dsacp_cp_agree_alloc(cp, "merge", sb && rb && send && recv && lr, "the all-to-all merge");
+    if (arc) {
+        free(sb), free(rb), free(send), free(recv), free(lr);
+        return arc;
     }
     uint8_t *p = send;
     for (int64_t q = 0; q < W; q++) {
@@ -55,13 +57,9 @@ int dsacp_cp_merge_a2a(dsacp_cp_ctx *cp, int64_t nd, int64_t H, int64_t wd, cons
         for (int64_t j = 0; j < nd; j++)
             for (int64_t h = 0; h < Hs; h++) {
                 /* rank r's row of (token j, own head h): recv + ((r nd + j) Hs + h) rowb */
-                float mx = -INFINITY, l[64], *lr = W <= 64 ? l : malloc((size_t)W * 4);
+                float mx = -INFINITY;
                 float *o = out + (j * Hs + h) * wd;
                 memset(o, 0, (size_t)wd * 4);
-                if (!lr) {
-                    crc = dsacp_error(DSACP_ENOMEM, "out of memory");
-                    break;
-                }
                 for (int64_t r = 0; r < W; r++) {
                     memcpy(&lr[r], recv + ((r * nd + j) * Hs + h) * rowb + wd * s, 4);
                     mx = fmaxf(mx, lr[r]);
@@ -86,10 +84,9 @@ int dsacp_cp_merge_a2a(dsacp_cp_ctx *cp, int64_t nd, int64_t H, int64_t wd, cons
                         }
                     }
                 }
-                if (lr != l) free(lr);
             }
     (void)me;
-    free(sb), free(rb), free(send), free(recv);
+    free(sb), free(rb), free(send), free(recv), free(lr);
     return crc;
 }
 
@@ -122,11 +119,9 @@ int dsacp_cp_attend_owned_and_merge(const dsacp_cp_decode_args *a, const int32_t
     float *osend = dsacp_alloc((size_t)(n1 * H * dc) * 4), *omine = dsacp_alloc((size_t)(n1 * (Hs > 0 ? Hs : 1) * dc) * 4);
     size_t *rb = malloc((size_t)W * sizeof *rb);
     int64_t *cnt = malloc((size_t)W * sizeof *cnt);
-    int crc = DSACP_OK;
-    if (!qown || !qrecv || !qall || !kv || !work || !o || !lse || !lse_all || !osend || !omine || !rb || !cnt) {
-        crc = dsacp_error(DSACP_ENOMEM, "out of memory for the decode attention merge");
-        goto done;
-    }
+    int crc = dsacp_cp_agree_alloc(cp, "merge", qown && qrecv && qall && kv && work && o && lse && lse_all && osend && omine && rb && cnt,
+                                   "the decode attention merge");
+    if (crc) goto done;
     /* Query rows of this rank's heads, gathered to every rank. */
     if (qpre) memcpy(qown, qpre, (size_t)(nd * Hs * dk) * 4);
     else dsacp_cp_own_query_rows(a, qown);

@@ -20,9 +20,10 @@ int dsacp_cp_decode_replicated_index(const dsacp_cp_decode_args *a)
     int32_t *sel = malloc((size_t)((nd > 0 ? nd : 1) * K) * 4);
     int64_t *nsel = malloc((size_t)(nd > 0 ? nd : 1) * sizeof *nsel);
     void *qpack = dsacp_alloc((dsacp_index_query_bytes(Hi, di) + 63) / 64 * 64);
-    if (!scores || !sel || !nsel || !qpack) {
+    int arc = dsacp_cp_agree_alloc(a->cp, "strategy", scores && sel && nsel && qpack, "the replicated-index scores");
+    if (arc) {
         free(scores), free(sel), free(nsel), dsacp_free(qpack);
-        return dsacp_error(DSACP_ENOMEM, "out of memory");
+        return arc;
     }
     for (int64_t j = 0; j < nd; j++) {
         const int64_t e = st->ent[st->act[j]], n = a->pos_act[j] + 1;

@@ -92,16 +92,29 @@ int dsacp_cp_views_build(dsacp_cp_ctx *cp, const dsacp_cp_step *st, int64_t laye
      * positions it owns (they are among those its group holds). */
     const bool idx_sh = W > 1 && cp->iW > 1;
     out->view = calloc((size_t)(n_ent > 0 ? n_ent : 1), sizeof *out->view);
-    if (!out->view) return dsacp_error(DSACP_ENOMEM, "out of memory for views");
-    for (int64_t e = 0; e < n_ent; e++)
-        out->view[e] = (dsacp_dsa_view){cp->lat, cp->idx, layer, layer, st->lat_seq[e], st->idx_seq[e]};
-    if (!lat_sh && !idx_sh) return DSACP_OK;
+    if (!lat_sh && !idx_sh) {
+        /* No collective here: a failure is this rank's own (poisoned step, *rc). */
+        if (!out->view) *rc = *rc ? *rc : dsacp_error(DSACP_ENOMEM, "out of memory for views");
+        for (int64_t e = 0; out->view && e < n_ent; e++)
+            out->view[e] = (dsacp_dsa_view){cp->lat, cp->idx, layer, layer, st->lat_seq[e], st->idx_seq[e]};
+        return DSACP_OK;
+    }
 
     const int64_t ml = cp->lat->mla_bytes, il = cp->idx->index_bytes;
     const int64_t Esh = (lat_sh ? ml : 0) + (idx_sh ? il : 0), E = ml + il;
     /* What each rank sends: its local entries of the listed requests' earlier context. */
     size_t *rb = calloc((size_t)W, sizeof *rb);
-    if (!rb) return dsacp_error(DSACP_ENOMEM, "out of memory for views");
+    if (!out->view || !rb) {
+        /* Every rank still reaches the agreement below (sizes unknown: nothing is allocated). */
+        int lrc = dsacp_error(DSACP_ENOMEM, "out of memory for views");
+        lrc = dsacp_comm_agree(cp->comm, lrc);
+        cp->step_failed = true;
+        free(rb);
+        dsacp_cp_views_free(out);
+        return lrc;
+    }
+    for (int64_t e = 0; e < n_ent; e++)
+        out->view[e] = (dsacp_dsa_view){cp->lat, cp->idx, layer, layer, st->lat_seq[e], st->idx_seq[e]};
     int64_t nblocks = 0;
     const int64_t B = cp->block_size;
     for (int64_t e = 0; e < n_ent; e++) {
@@ -113,9 +126,12 @@ int dsacp_cp_views_build(dsacp_cp_ctx *cp, const dsacp_cp_step *st, int64_t laye
     for (int64_t q = 0; q < W; q++) total += rb[q];
     uint8_t *send = malloc(rb[me] + 1), *recv = malloc(total + 1);
     int lrc = (send && recv) ? DSACP_OK : dsacp_error(DSACP_ENOMEM, "out of memory for %zu gathered bytes", total);
+    if (!lrc && dsacp_fault("views")) lrc = dsacp_fault_error("views", "the gathered views");
     lrc = dsacp_comm_agree(cp->comm, lrc); /* the largest transient: every rank has it, or all stop */
     if (lrc) {
+        cp->step_failed = true;
         free(send), free(recv), free(rb);
+        dsacp_cp_views_free(out);
         return lrc;
     }
     uint8_t *s = send;

@@ -147,6 +147,7 @@ void dsacp_cp_weight_free(dsacp_weight *w)
 
 int dsacp_cp_weights_setup(dsacp_cp_ctx *cp, const dsacp_dsa_weights *attn, int64_t L)
 {
+    if (dsacp_fault("weights")) return dsacp_fault_error("weights", "DSA-CP weight plans");
     dsacp_cp_weights *wp = calloc(1, sizeof *wp);
     if (!wp) return dsacp_error(DSACP_ENOMEM, "out of memory");
     cp->wp = wp;
@@ -279,7 +280,11 @@ int dsacp_cp_weights_layer_begin(dsacp_cp_ctx *cp, int64_t l)
     const size_t es = wp->tp_f32 ? 4 : dsacp_dtype_size(o->dtype);
     const bool f8 = !wp->tp_f32 && o->dtype == DSACP_F8_E4M3;
     size_t *rb = malloc((size_t)W * sizeof *rb);
-    if (!rb) return dsacp_error(DSACP_ENOMEM, "out of memory");
+    int arc = dsacp_cp_agree_alloc(cp, "o_proj", rb != NULL, "the o_proj weight gather");
+    if (arc) {
+        free(rb);
+        return arc;
+    }
     for (int q = 0; q < W; q++) {
         const int64_t nc = wp->col[q + 1] - wp->col[q];
         rb[q] = (size_t)(o->rows * nc) * es + (f8 ? (size_t)(o->scale_rows * ((nc + o->block - 1) / o->block)) * 4 : 0);

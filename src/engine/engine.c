@@ -300,6 +300,16 @@ static int setup_cp(dsacp_engine *e, const dsacp_cp_options *cp)
     const int64_t H = cfg->num_attention_heads, dv = cfg->v_head_dim;
     e->cp.comm = e->comm;
     e->cp.W = W;
+    e->cp.icomm = e->comm;
+    if (W > 1 && cp->index_layout == DSACP_LAYOUT_PARTIAL) {
+        /* The one collective of the setup, first: every rank reaches it (the caller agreed
+         * before), whatever fails below is local and agreed after. The candidates travel
+         * between the groups: one rank of each, the same place in its group. */
+        int rc = dsacp_comm_split(e->comm, (int)(me % cp->index_group), me, &e->cp.icomm_own);
+        if (rc) return rc;
+        e->cp.icomm = e->cp.icomm_own;
+    }
+    if (dsacp_fault("cp")) return dsacp_fault_error("cp", "context-parallel setup");
     if (cp->context_hardware) { /* --context-path auto by the planner's time on this profile */
         e->cp.hw = malloc(sizeof *e->cp.hw);
         if (!e->cp.hw) return dsacp_error(DSACP_ENOMEM, "out of memory");
@@ -317,15 +327,10 @@ static int setup_cp(dsacp_engine *e, const dsacp_cp_options *cp)
     e->cp.cfg = cfg;
     /* The indexer cache as a sharding of its own: W_i holders of I_i-position runs (docs section 1). */
     e->cp.iW = 1, e->cp.iI = 1, e->cp.ir = 0;
-    e->cp.icomm = e->comm;
     if (W > 1 && cp->index_layout == DSACP_LAYOUT_SHARDED) e->cp.iW = W, e->cp.iI = cp->interleave, e->cp.ir = me;
     if (W > 1 && cp->index_layout == DSACP_LAYOUT_PARTIAL) {
         const int64_t G = cp->index_group;
         e->cp.iW = W / G, e->cp.iI = cp->interleave * G, e->cp.ir = me / G;
-        /* the candidates travel between the groups: one rank of each, the same place in its group */
-        int rc = dsacp_comm_split(e->comm, (int)(me % G), me, &e->cp.icomm_own);
-        if (rc) return rc;
-        e->cp.icomm = e->cp.icomm_own;
     }
     e->cp.deployed = e->opt.numerics == DSACP_NUMERICS_DEPLOYED;
     /* DSA-CP: every rank runs all heads for its tokens; the weight plans say where the whole
@@ -441,11 +446,12 @@ static int plan_setup(dsacp_engine *e)
     const dsacp_weight *o = e->attn[0].o;
     dsacp_plan_o_paths(cfg, cp, W, o->dtype, o->block, &b->o_gather_v, &b->o_tp_f32);
     b->context_hw = e->cp.hw;
+    if (dsacp_fault("plan")) return dsacp_fault_error("plan", "the engine's plan");
     if (cp->mode != DSACP_CP_DSA_CP) return DSACP_OK;
     const int64_t L = e->L, H = cfg->num_attention_heads, dv = cfg->v_head_dim;
     e->pq = calloc((size_t)L, sizeof *e->pq), e->po = calloc((size_t)L, sizeof *e->po);
     e->psh = calloc((size_t)W, sizeof *e->psh);
-    if (!e->pq || !e->po || !e->psh) return dsacp_error(DSACP_ENOMEM, "out of memory");
+    if (!e->pq || !e->po || !e->psh) return dsacp_error(DSACP_ENOMEM, "out of memory for the engine's plan");
     for (int64_t l = 0; l < L; l++) e->pq[l] = weight_travel_bytes(e->attn[l].q_b), e->po[l] = weight_travel_bytes(e->attn[l].o);
     for (int q = 0; q < W; q++) {
         const int64_t nc = (dsacp_split_begin(H, q + 1, W) - dsacp_split_begin(H, q, W)) * dv;
@@ -530,17 +536,19 @@ int dsacp_engine_create_cp(const dsacp_model *model, const dsacp_engine_options 
     if (opt_in) opt = *opt_in;
     else dsacp_engine_options_default(&opt);
     const dsacp_config *cfg = dsacp_model_config(model);
+    /* Every failure of creation is agreed by the group before any rank returns (docs/
+     * context-parallel.md, "Failures"): the options, then each allocation stage. */
     int crc = check_options(cfg, &opt, &cpo, comm ? dsacp_comm_size(comm) : 1);
-    if (crc) return comm ? dsacp_comm_agree(comm, crc) : crc;
     const int64_t di = cfg->index_head_dim;
-    if (opt.numerics == DSACP_NUMERICS_DEPLOYED && (di & (di - 1)))
-        return dsacp_error(DSACP_EUNSUPPORTED, "deployed mode needs a power-of-two index_head_dim "
-                           "for the Hadamard transform (got %lld)", (long long)di);
-    if (di > 1024 || cfg->qk_rope_head_dim > 512 || cfg->kv_lora_rank + cfg->qk_rope_head_dim > 1024)
-        return dsacp_error(DSACP_EUNSUPPORTED, "head dimensions beyond the engine's limits "
-                           "(index_head_dim <= 1024, kv_lora_rank + rope <= 1024)");
-    if (cfg->n_routed_experts > 4096 || cfg->n_group > 1024)
-        return dsacp_error(DSACP_EUNSUPPORTED, "more than 4096 routed experts or 1024 expert groups");
+    if (!crc && opt.numerics == DSACP_NUMERICS_DEPLOYED && (di & (di - 1)))
+        crc = dsacp_error(DSACP_EUNSUPPORTED, "deployed mode needs a power-of-two index_head_dim "
+                          "for the Hadamard transform (got %lld)", (long long)di);
+    if (!crc && (di > 1024 || cfg->qk_rope_head_dim > 512 || cfg->kv_lora_rank + cfg->qk_rope_head_dim > 1024))
+        crc = dsacp_error(DSACP_EUNSUPPORTED, "head dimensions beyond the engine's limits "
+                          "(index_head_dim <= 1024, kv_lora_rank + rope <= 1024)");
+    if (!crc && (cfg->n_routed_experts > 4096 || cfg->n_group > 1024))
+        crc = dsacp_error(DSACP_EUNSUPPORTED, "more than 4096 routed experts or 1024 expert groups");
+    if (crc) return comm ? dsacp_comm_agree(comm, crc) : crc;
     dsacp_engine *e = calloc(1, sizeof *e);
     if (!e) return comm ? dsacp_comm_agree(comm, dsacp_error(DSACP_ENOMEM, "out of memory"))
                         : dsacp_error(DSACP_ENOMEM, "out of memory");
@@ -563,6 +571,7 @@ int dsacp_engine_create_cp(const dsacp_model *model, const dsacp_engine_options 
      * part. */
     const bool split = dsacp_comm_size(e->comm) > 1 && cpo.kv_layout != cpo.index_layout;
     const bool fp8_index = opt.numerics == DSACP_NUMERICS_DEPLOYED;
+    if (!rc && dsacp_fault("pools")) rc = dsacp_fault_error("pools", "KV cache pool");
     if (!rc)
         rc = dsacp_kv_cache_create_parts(cfg, e->L, opt.kv_dtype, fp8_index, opt.block_size, opt.num_blocks, true,
                                          !split, &e->cache);
@@ -570,14 +579,14 @@ int dsacp_engine_create_cp(const dsacp_model *model, const dsacp_engine_options 
     if (!rc && split)
         rc = dsacp_kv_cache_create_parts(cfg, e->L, opt.kv_dtype, fp8_index, opt.block_size, opt.num_blocks, false,
                                          true, &e->icache);
-    if (rc) goto fail;
-    e->attn = calloc((size_t)e->L, sizeof *e->attn);
-    e->mlp = calloc((size_t)e->L, sizeof *e->mlp);
-    e->in_norm = calloc((size_t)e->L, sizeof *e->in_norm);
-    e->post_norm = calloc((size_t)e->L, sizeof *e->post_norm);
-    if (!e->attn || !e->mlp || !e->in_norm || !e->post_norm) {
-        rc = dsacp_error(DSACP_ENOMEM, "out of memory");
-        goto fail;
+    if (!e->icache) e->icache = e->cache;
+    if (!rc) {
+        e->attn = calloc((size_t)e->L, sizeof *e->attn);
+        e->mlp = calloc((size_t)e->L, sizeof *e->mlp);
+        e->in_norm = calloc((size_t)e->L, sizeof *e->in_norm);
+        e->post_norm = calloc((size_t)e->L, sizeof *e->post_norm);
+        if (!e->attn || !e->mlp || !e->in_norm || !e->post_norm) rc = dsacp_error(DSACP_ENOMEM, "out of memory for the layers");
+        else if (dsacp_fault("engine")) rc = dsacp_fault_error("engine", "engine layers");
     }
     for (int64_t l = 0; l < e->L && !rc; l++) {
         char n[160];
@@ -591,9 +600,11 @@ int dsacp_engine_create_cp(const dsacp_model *model, const dsacp_engine_options 
     if (!rc) e->final_norm = dsacp_model_vector_f32(model, "model.norm.weight", cfg->hidden_size, &rc);
     if (!rc) e->embed = need(model, &rc, "model.embed_tokens.weight");
     if (!rc) e->head = need(model, &rc, "lm_head.weight");
+    /* The pools and the layers: agreed before setup_cp's collective (the partial layout's split). */
+    rc = dsacp_comm_agree_phase(e->comm, rc, -1);
     if (!rc) rc = setup_cp(e, &cpo);
-    rc = dsacp_comm_agree(e->comm, rc);
     if (!rc) rc = plan_setup(e); /* local: sets fields, counts nothing */
+    rc = dsacp_comm_agree(e->comm, rc);
     if (rc) goto fail;
     *out = e;
     return DSACP_OK;
@@ -933,7 +944,10 @@ static int engine_step(dsacp_engine *e, const dsacp_step_entry *entries, int64_t
     if (!pos || !old_len || !new_len || !ent || !lseqs || !iseqs || !h || !xb || !ob || (me == 0 && want[0] && !xf)) {
         /* Before any collective of the layers: every rank learns it at the agreement below. */
         rc = dsacp_error(DSACP_ENOMEM, "out of memory for a step of %lld tokens", (long long)T);
+    } else if (dsacp_fault("step")) {
+        rc = dsacp_fault_error("step", "the step's buffers");
     }
+    e->cp.step_failed = false;
     if (!rc) {
         int64_t t = 0;
         for (int64_t i = 0; i < n; i++) {
@@ -974,6 +988,8 @@ static int engine_step(dsacp_engine *e, const dsacp_step_entry *entries, int64_t
                                             me == 0 && topk ? topk + l * T * K : NULL);
             if (r2 == DSACP_ECOMM) rc = r2; /* the group itself failed: no agreement possible */
             else if (r2 && !lrc) lrc = r2;
+            /* An agreed failure (a stage's allocation on some rank): every rank stops here. */
+            if (e->cp.step_failed) break;
             const double t1 = dsacp_now();
             e->times.attention += t1 - t0;
             for (int64_t i = 0; i < na * D; i++) h[i] += ob[i];
@@ -987,7 +1003,7 @@ static int engine_step(dsacp_engine *e, const dsacp_step_entry *entries, int64_t
         e->times.step = dsacp_now() - t_step;
         e->times.projections = e->cp.t_proj, e->times.attend = e->cp.t_attn, e->times.o_proj = e->cp.t_oproj;
         e->times.overlap_compute = e->cp.ovl_compute, e->times.overlap_wait = e->cp.ovl_wait;
-        if (!rc && want[0]) {
+        if (!rc && want[0] && !e->cp.step_failed) {
             /* Final norm of the active rows; prefill rows travel to rank 0, which applies the head
              * to every token in step order. */
             for (int64_t i = 0; i < na; i++) dsacp_rmsnorm(xb + i * D, h + i * D, e->final_norm, D, cfg->rms_norm_eps);
@@ -1004,8 +1020,9 @@ static int engine_step(dsacp_engine *e, const dsacp_step_entry *entries, int64_t
                     for (int64_t k = st.pre_off[q]; k < st.pre_off[q + 1]; k++)
                         if (ROW_NEEDED(st.pre_all[k])) rb[q] += (size_t)D * 4, nrows++;
                 float *all = me == 0 ? dsacp_alloc((size_t)(nrows * D) * 4 + 4) : NULL;
-                if (!rb || (me == 0 && !all)) {
-                    rc = dsacp_error(DSACP_ENOMEM, "out of memory gathering the logits' inputs");
+                const int arc = dsacp_cp_agree_alloc(&e->cp, "logits", rb && (me != 0 || all), "the logits' inputs");
+                if (arc) {
+                    if (!lrc) lrc = arc; /* agreed: every rank skips the gather */
                 } else {
                     /* this rank's needed rows, packed in place (xb is not read again) */
                     for (int64_t j = 0; j < st.n_pre; j++)
