@@ -301,6 +301,15 @@ static void test_nonfinite(void)
     CHECK(dsacp_plan_prefill_layer(&cfg, &cp, 16, 4096, DSACP_PLAN_PREFILL_CP, true, &hw, &d) == DSACP_ERANGE);
     dsacp_plan_model pm;
     CHECK(dsacp_plan_decode_model(&cfg, &cp, 16, 1, 4096, 1, true, 0, &hw, &pm) == DSACP_ERANGE);
+    /* byte counts past 64 bits (allgather-kv: batch x context x entry bytes) are refused, not
+     * wrapped; V3.2 itself at the largest flags still fits */
+    hw.net_bw = 1e10;
+    cp.decode = DSACP_DECODE_ALLGATHER_KV;
+    CHECK_OK(dsacp_plan_decode_layer(&cfg, &cp, 4096, (int64_t)1 << 32, 1 << 16, false, &hw, &d));
+    CHECK(d.recv_bytes > 0x1p59 && d.recv_bytes < 0x1p63);
+    cfg.kv_lora_rank = 65536;
+    CHECK(dsacp_plan_decode_layer(&cfg, &cp, 4096, (int64_t)1 << 32, 1 << 16, false, &hw, &d) == DSACP_ERANGE);
+    CHECKF(strstr(dsacp_last_error(), "64 bits") != NULL, "'%s'", dsacp_last_error());
 }
 
 /* The strategies of `dsacp plan` (tools/cli/cli_plan.c's table), in its order. */

@@ -6,6 +6,7 @@
 #include "plan/plan.h"
 #include "core/core.h"
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -109,6 +110,24 @@ static void lean_counts(const int64_t *context, int64_t nd, int64_t K, int64_t k
     for (int64_t q = 0; q < iW && cur >= 0; q++) M[q] += (f[q] < kp ? f[q] : kp) * (clock - since[q]);
 }
 
+/* The rank computing token i of a prefill entry of n new tokens after o cached positions, the
+ * entry's first token at `first` of the step (src/cp/cp_layer.c assigned_rank). */
+static int64_t token_rank(const dsacp_cp_options *cp, int64_t W, int64_t n, int64_t o, int64_t first, int64_t chunk, int64_t i)
+{
+    int64_t q;
+    if (cp->prefill_split == DSACP_PREFILL_CONTIGUOUS) {
+        q = (first + i) / chunk;
+    } else if (cp->prefill_split == DSACP_PREFILL_ZIGZAG) {
+        int64_t c = i * 2 * W / n;
+        while (c + 1 < 2 * W && split_begin(n, c + 1, 2 * W) <= i) c++;
+        while (c > 0 && split_begin(n, c, 2 * W) > i) c--;
+        q = c < W ? c : 2 * W - 1 - c;
+    } else {
+        q = dsacp_cp_owner(o + i, cp->interleave, W);
+    }
+    return q < W ? q : W - 1;
+}
+
 static int shared_build(const dsacp_config *cfg, const dsacp_cp_options *cp, const dsacp_plan_step *s, step_shared *sh)
 {
     memset(sh, 0, sizeof *sh);
@@ -116,6 +135,33 @@ static int shared_build(const dsacp_config *cfg, const dsacp_cp_options *cp, con
     int64_t iW, iI, ir;
     index_groups(cp, W, 0, &iW, &iI, &ir);
     sh->iW = iW, sh->iI = iI;
+    /* Every counter below is exact in int64: a conservative bound of them (sizes from a model's
+     * config and `plan`'s flags reach 2^68 bytes for allgather-kv's batch x context x entry) is
+     * refused instead of wrapping. A rank's share of n cached positions: at most n / W + I. */
+    {
+        const double Ld = (double)cfg->num_hidden_layers + 1, Wd = (double)W, E = (double)(s->latent_bytes + s->index_bytes);
+        const double Hd = (double)H, dk = (double)(cfg->kv_lora_rank + cfg->qk_rope_head_dim), K = (double)cfg->index_topk;
+        const double Id = (double)(I > iI ? I : iI);
+        double old = 0, old_share = 0, ctx = 0, ctx_share = 0, T = 0, weights = 0;
+        for (int64_t r = 0; r < s->nreq; r++)
+            old += (double)s->req_old[r], old_share += fmin((double)s->req_old[r], (double)s->req_old[r] / Wd + Id);
+        for (int64_t e = 0; e < s->npre; e++) {
+            ctx += (double)s->pre_old[e], ctx_share += fmin((double)s->pre_old[e], (double)s->pre_old[e] / Wd + Id);
+            T += (double)s->pre_new[e];
+        }
+        for (int64_t l = 0; l < cfg->num_hidden_layers && cp->mode == DSACP_CP_DSA_CP; l++)
+            weights += (s->q_bytes ? (double)s->q_bytes[l] : 0) + (s->o_bytes ? (double)s->o_bytes[l] : 0);
+        for (int64_t q = 0; q < W && s->o_shard_bytes && cp->mode == DSACP_CP_DSA_CP; q++) weights += (double)s->o_shard_bytes[q];
+        const double per_token = Hd * (dk + (double)cfg->kv_lora_rank + (double)dv + 8) * 4 + (double)D * 8 + K * 8 + 64;
+        const double bound =
+            Ld * ((old_share * Wd + old + ctx_share * Wd + ctx) * E + T * Wd * (E + K * 4 + (double)s->hidden_bytes +
+                  (double)D * 4 + Hd * (double)dv * 4) + (double)s->nd * (per_token * Wd + K * 4) +
+                  (double)s->lean_fallback_tokens * K * 8 * Wd + (double)s->lean_owned_winners * 4 + weights * Wd);
+        if (!(bound < 0x1p62))
+            return dsacp_error(DSACP_ERANGE, "plan: a step of %lld decode tokens after %.4g cached positions and %.4g prefill "
+                               "tokens after %.4g, on %lld ranks, moves more bytes than 64 bits count (up to %.3g)",
+                               (long long)s->nd, old, T, ctx, (long long)W, bound);
+    }
     sh->npq = calloc((size_t)W, sizeof *sh->npq), sh->rows = calloc((size_t)W, sizeof *sh->rows);
     if (!sh->npq || !sh->rows) {
         shared_free(sh);
@@ -127,20 +173,36 @@ static int shared_build(const dsacp_config *cfg, const dsacp_cp_options *cp, con
     const int64_t Tall = s->step_tokens > 0 ? s->step_tokens : T, chunk = Tall > 0 ? (Tall + W - 1) / W : 1;
     for (int64_t e = 0, t = 0; e < s->npre; e++) {
         const int64_t n = s->pre_new[e], o = s->pre_old[e], first = s->pre_first ? s->pre_first[e] : t;
-        for (int64_t i = 0; i < n; i++) {
-            int64_t q;
-            if (cp->prefill_split == DSACP_PREFILL_CONTIGUOUS) {
-                q = (first + i) / chunk;
-            } else if (cp->prefill_split == DSACP_PREFILL_ZIGZAG) {
-                int64_t c = i * 2 * W / n;
-                while (c + 1 < 2 * W && split_begin(n, c + 1, 2 * W) <= i) c++;
-                while (c > 0 && split_begin(n, c, 2 * W) > i) c--;
-                q = c < W ? c : 2 * W - 1 - c;
-            } else {
-                q = dsacp_cp_owner(o + i, I, W);
+        if (n <= 2 * W) {
+            for (int64_t i = 0; i < n; i++) {
+                const int64_t q = token_rank(cp, W, n, o, first, chunk, i);
+                npq[q]++;
+                if (!s->logits_last || i == n - 1) rows[q]++; /* rows rank 0's head needs */
             }
-            npq[q < W ? q : W - 1]++;
-            if (!s->logits_last || i == n - 1) rows[q < W ? q : W - 1]++; /* rows rank 0's head needs */
+        } else {
+            /* a long entry: each rank's count at once (O(W), the same counts as token by token) */
+            const bool all_rows = !s->logits_last;
+            if (cp->prefill_split == DSACP_PREFILL_CONTIGUOUS) {
+                for (int64_t c = first / chunk; c * chunk < first + n; c++) {
+                    const int64_t lo = c * chunk > first ? c * chunk : first, hi = (c + 1) * chunk < first + n ? (c + 1) * chunk : first + n;
+                    const int64_t q = c < W ? c : W - 1;
+                    npq[q] += hi - lo;
+                    if (all_rows) rows[q] += hi - lo;
+                }
+            } else if (cp->prefill_split == DSACP_PREFILL_ZIGZAG) {
+                for (int64_t c = 0; c < 2 * W; c++) { /* chunk c: tokens [split_begin(c), split_begin(c + 1)) */
+                    const int64_t cnt = split_begin(n, c + 1, 2 * W) - split_begin(n, c, 2 * W), q = c < W ? c : 2 * W - 1 - c;
+                    npq[q] += cnt;
+                    if (all_rows) rows[q] += cnt;
+                }
+            } else {
+                for (int64_t q = 0; q < W; q++) {
+                    const int64_t cnt = dsacp_cp_local_len(o + n, q, I, W) - dsacp_cp_local_len(o, q, I, W);
+                    npq[q] += cnt;
+                    if (all_rows) rows[q] += cnt;
+                }
+            }
+            if (!all_rows) rows[token_rank(cp, W, n, o, first, chunk, n - 1)]++;
         }
         t += n;
     }

@@ -717,5 +717,9 @@ int cli_plan(int argc, char **argv)
     if (!rc) rc = print_stdout(R.text, R.len, "");
     free(jtext), free(ptext), free(R.text);
     json_decref(R.root);
-    return rc ? cli_fail("plan", rc) : 0;
+    if (!rc) return 0;
+    cli_fail("plan", rc);
+    /* sizes or a profile beyond what the model can price (a figure that is not finite, byte
+     * counts past 64 bits): the invocation (2); anything else failed the run (1) */
+    return rc == DSACP_ERANGE ? 2 : 1;
 }
