@@ -1,7 +1,8 @@
 /*
  * plan.h -- the planner module's own declarations (src/plan; the public ones are in
- * include/dsacp_plan.h). It owns the cost model behind `dsacp plan` and calls only core and the
- * public configuration / CP headers: no engine, no MPI.
+ * include/dsacp_plan.h). It owns the cost model behind `dsacp plan` and `--context-path auto`,
+ * and calls model (dsacp_preset_config, the cache bytes per token) and core, with the inline
+ * ownership helpers of include/dsacp_cp.h: no engine, no communicator, no MPI.
  */
 #ifndef DSACP_PLAN_INTERNAL_H
 #define DSACP_PLAN_INTERNAL_H
