@@ -216,8 +216,9 @@ typedef struct dsacp_cp_options {
     dsacp_cp_mode mode;                /* default DCP */
     dsacp_weight_plan q_proj, o_proj;  /* DSA-CP only; default replicated */
     int64_t prefetch;                  /* layer-shard ring depth, >= 1 (default 2) */
-    double lean_factor;                /* lean: each rank sends its best ceil(f k / W) scores, f in
-                                        * [1, W] (default 2); more: fewer fallbacks, more bytes */
+    double lean_factor;                /* lean: each rank sends its best min(ceil(f k / W), k) scores, f
+                                        * in [1, 1024] (default 2; f >= W sends whole local top-k lists);
+                                        * more: fewer fallbacks, more bytes */
     dsacp_lean_merge lean_merge;       /* default output */
     dsacp_partials_dtype partials;     /* default auto */
     dsacp_context_path context_path;   /* default gather */
@@ -278,10 +279,13 @@ typedef struct dsacp_kv_usage {
 void dsacp_engine_kv_usage(const dsacp_engine *engine, dsacp_kv_usage *out);
 /* Weight bytes of q_b_proj and o_proj this rank holds under the DSA-CP plans: resident (read
  * from the mapped checkpoint, or shard copies for tp), the layer-shard rings, tp's gather
- * buffers; and how many steps took tp's weight gather or its activation path. */
+ * buffers; and how many steps took tp's weight gather, its activation path (all-to-all of the v
+ * columns + reduce-scatter, for tokens computed by one rank each), or neither (steps_allreduce: a
+ * decode-only step of DSA-CP + DCP, sharded layouts, whose decode tokens every rank computes with
+ * its heads' o_proj columns, summed by one all-reduce). */
 typedef struct dsacp_weight_usage {
     int64_t q_proj_resident, o_proj_resident, ring_bytes, gather_bytes;
-    int64_t steps_gather, steps_activations;
+    int64_t steps_gather, steps_activations, steps_allreduce;
 } dsacp_weight_usage;
 void dsacp_engine_weight_usage(const dsacp_engine *engine, dsacp_weight_usage *out);
 /* What this rank's attention did since the engine was created (or the counters were reset), summed

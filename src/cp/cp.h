@@ -106,9 +106,10 @@ struct dsacp_cp_weights {
     int64_t gather_layer;
     dsacp_weight o_full;           /* view of the gathered full weight */
     bool step_gather;              /* tp/auto: this step gathers weights (else moves activations) */
-    int64_t steps_gather, steps_activations;
+    int64_t steps_gather, steps_activations, steps_allreduce;
     double last_gather_bytes, last_act_bytes;
-    char *choices;                 /* tp/auto: one letter per step, g (weights) or a (activations) */
+    char *choices;                 /* tp/auto: one letter per step, g (weights), a (activations) or r
+                                    * (a decode-only DSA-CP + DCP step: head columns + all-reduce) */
     int64_t nchoices, capchoices;
 };
 /* tp/auto's rule: bytes a rank receives per step for the weight gather, and per token of the

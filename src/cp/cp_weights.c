@@ -252,14 +252,20 @@ int dsacp_cp_weights_step_begin(dsacp_cp_ctx *cp, const dsacp_cp_step *st)
         case DSACP_WEIGHTS_TP_A2A: wp->step_gather = false; break;
         default: wp->step_gather = g < a; break;
         }
+        /* What actually runs (the label reports it): the weight gather; the activation path (the
+         * seed's all-to-all + reduce-scatter, for the tokens computed by one rank each); or, in a
+         * decode-only step of DSA-CP + DCP (sharded layouts: every decode token is computed by every
+         * rank with its heads), neither -- each rank's head columns and one all-reduce. */
+        const bool allreduce_only = !wp->step_gather && st->n_pre_all == 0;
         if (wp->step_gather) wp->steps_gather++;
+        else if (allreduce_only) wp->steps_allreduce++;
         else wp->steps_activations++;
         if (wp->nchoices == wp->capchoices) {
             const int64_t cap = wp->capchoices ? 2 * wp->capchoices : 64;
             char *n = realloc(wp->choices, (size_t)cap + 1);
             if (n) wp->choices = n, wp->capchoices = cap;
         }
-        if (wp->nchoices < wp->capchoices) wp->choices[wp->nchoices++] = wp->step_gather ? 'g' : 'a', wp->choices[wp->nchoices] = 0;
+        if (wp->nchoices < wp->capchoices) wp->choices[wp->nchoices++] = wp->step_gather ? 'g' : allreduce_only ? 'r' : 'a', wp->choices[wp->nchoices] = 0;
         wp->last_gather_bytes = g, wp->last_act_bytes = a;
     }
     int rc = DSACP_OK;
@@ -392,4 +398,5 @@ void dsacp_cp_weights_usage(const dsacp_cp_ctx *cp, dsacp_weight_usage *u)
     u->gather_bytes = wp->o_tp ? (int64_t)(wp->full_bytes + wp->recv_bytes) : 0;
     u->steps_gather = wp->steps_gather;
     u->steps_activations = wp->steps_activations;
+    u->steps_allreduce = wp->steps_allreduce;
 }

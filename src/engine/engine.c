@@ -1264,11 +1264,13 @@ int dsacp_engine_report_notes(const dsacp_engine *e)
                 (long long)u.q_proj_resident, (long long)u.o_proj_resident, (long long)u.ring_bytes, (long long)u.gather_bytes);
         if (e->cp.wp->col)
             fprintf(f, ", \"o_proj_rule\": \"tp: gather the weight in steps with prefill tokens, else move activations; "
-                       "auto: gather when the gathered bytes per rank < activation bytes per rank\", "
+                       "auto: gather when the gathered bytes per rank < activation bytes per rank; a decode-only step with "
+                       "sharded layouts (DSA-CP + DCP) moves neither: head columns and one all-reduce (r)\", "
                        "\"o_proj_gather_bytes\": %.0f, \"o_proj_activation_bytes_per_token\": %.0f, "
-                       "\"o_proj_crossover_tokens\": %.0f, \"o_proj_steps\": {\"gather\": %lld, \"activations\": %lld}, "
-                       "\"o_proj_choices\": \"%s\"",
+                       "\"o_proj_crossover_tokens\": %.0f, \"o_proj_steps\": {\"gather\": %lld, \"activations\": %lld, "
+                       "\"allreduce\": %lld}, \"o_proj_choices\": \"%s\"",
                     g, a, a > 0 ? g / a : 0, (long long)u.steps_gather, (long long)u.steps_activations,
+                    (long long)u.steps_allreduce,
                     e->cp.wp->choices ? e->cp.wp->choices : "");
     }
     fprintf(f, "}");

@@ -13,6 +13,20 @@ SRC=${DSACP_SOURCE_DIR:-$(dirname "$0")/../..}
 "$DSACP" forward --model "$tmp/m" --input "$tmp/in.st" --output "$tmp/ref.st" --block-size 8 --dump-topk >/dev/null \
   || { echo "reference forward failed"; exit 1; }
 
+# Conflicts and bad inputs: non-zero on every rank, one message, nothing written (defined before
+# its first use; the list is at the end).
+bad() {
+  local name=$1 want=$2; shift 2
+  rm -f "$tmp/bad.st"
+  mpi 2 "$@" >"$tmp/log" 2>&1; local st=$?
+  if [ $st -ne 0 ] && [ $st -ne 124 ] && grep -q -- "$want" "$tmp/log" && [ ! -e "$tmp/bad.st" ] \
+     && [ "$(grep -c '^dsacp ' "$tmp/log")" = 1 ] && ! grep -q 'MPI_ABORT\|[Bb]acktrace\|Signal:' "$tmp/log"; then
+    pass "$name"
+  else
+    fail "$name (status $st): $(cat "$tmp/log")"
+  fi
+}
+
 # Compares two forward outputs: identical topk.* tensors, logits within a relative tolerance.
 cat >"$tmp/cmp.py" <<'EOF'
 import json, struct, sys
@@ -87,9 +101,25 @@ done
 mpi 2 "$DSACP" forward --model "$tmp/m" --input "$tmp/in.st" --output "$tmp/o.st" --cp-mode dsa-cp --o-proj auto \
   --comm-report "$tmp/rep.json" >/dev/null 2>&1
 if python3 -c "import json,sys; c=json.load(open(sys.argv[1]))['cp']; assert c['mode']=='dsa-cp' and c['o_proj']=='auto' \
-     and c['o_proj_crossover_tokens'] > 0 and len(c['o_proj_choices']) > 0 and set(c['o_proj_choices']) <= set('ga')" "$tmp/rep.json"; then
+     and c['o_proj_crossover_tokens'] > 0 and len(c['o_proj_choices']) > 0 and set(c['o_proj_choices']) <= set('gar')" "$tmp/rep.json"; then
   pass "dsa-cp comm report: o_proj rule, crossover and choices"
 else fail "dsa-cp comm report: $(cat "$tmp/rep.json" 2>&1 | tail -5)"; fi
+
+# The label is the path that ran: --o-proj tp's decode-only steps move activations (the seed's
+# all-to-all + reduce-scatter: 2 o_proj calls per layer) only when DSA-CP keeps every cache
+# replicated; with sharded layouts (DSA-CP + DCP) they are an all-reduce of head columns ('r',
+# 1 call per layer). Prefill steps gather the weight ('g'). tiny-moe: 2 layers, 6 decode steps.
+for lay in sharded replicated; do
+  want_c="gggrrrrrr" want_calls=12
+  [ $lay = replicated ] && want_c="gggaaaaaa" want_calls=24
+  mpi 2 "$DSACP" generate --model "$tmp/m" --prompt-len 40 --new-tokens 6 --chunk 16 --cp-mode dsa-cp --o-proj tp \
+    --kv-layout $lay --index-layout $lay --comm-report "$tmp/rep.json" >/dev/null 2>&1
+  if python3 -c "import json,sys; r=json.load(open(sys.argv[1])); c=r['cp']; \
+       assert c['o_proj_choices']=='$want_c', c['o_proj_choices']; \
+       assert all(q['phases']['o_proj']['calls']==$want_calls for q in r['ranks'])" "$tmp/rep.json"; then
+    pass "dsa-cp tp, $lay layouts: o_proj labelled $want_c, $want_calls o_proj calls"
+  else fail "dsa-cp tp, $lay layouts: $(head -c 600 "$tmp/rep.json")"; fi
+done
 
 # lean's report: the verdict counters of every rank, the context rule and choices.
 mpi 2 "$DSACP" forward --model "$tmp/m" --input "$tmp/in.st" --output "$tmp/o.st" --decode-strategy lean \
@@ -126,18 +156,7 @@ g3=$(mpi 3 "$DSACP" generate --model "$tmp/m" --prompt-len 40 --new-tokens 6 --c
      --q-proj layer-shard | grep '^generated:')
 [ "$g1" = "$g3" ] && pass "generate dsa-cp W=3: $g3" || fail "generate dsa-cp: W=1 '$g1' vs W=3 '$g3'"
 
-# Conflicts and bad inputs: non-zero on every rank, one message, nothing written.
-bad() {
-  local name=$1 want=$2; shift 2
-  rm -f "$tmp/bad.st"
-  mpi 2 "$@" >"$tmp/log" 2>&1; local st=$?
-  if [ $st -ne 0 ] && [ $st -ne 124 ] && grep -q -- "$want" "$tmp/log" && [ ! -e "$tmp/bad.st" ] \
-     && [ "$(grep -c '^dsacp ' "$tmp/log")" = 1 ] && ! grep -q 'MPI_ABORT\|[Bb]acktrace\|Signal:' "$tmp/log"; then
-    pass "$name"
-  else
-    fail "$name (status $st): $(cat "$tmp/log")"
-  fi
-}
+# Conflicts and bad inputs (bad, above).
 F=("$DSACP" forward --model "$tmp/m" --input "$tmp/in.st" --output "$tmp/bad.st")
 bad "replicated-index with a sharded index" "needs '--index-layout replicated'" "${F[@]}" --decode-strategy replicated-index --index-layout sharded
 bad "exact-topk with a replicated index" "needs '--index-layout sharded'" "${F[@]}" --index-layout replicated
@@ -158,6 +177,7 @@ bad "unknown partials dtype" "unknown partials dtype" "${F[@]}" --decode-strateg
 bad "context hardware without auto" "belongs to '--context-path auto'" "${F[@]}" --context-hardware "$SRC/hardware/h200-nvlink8.json"
 bad "context hardware missing" "hw.missing" "${F[@]}" --context-path auto --context-hardware "$tmp/hw.missing"
 bad "weight plan in dcp mode" "belong to --cp-mode dsa-cp" "${F[@]}" --o-proj layer-shard
+bad "partial index layout in dsa-cp mode" "belongs to --cp-mode dcp" "${F[@]}" --cp-mode dsa-cp --index-layout partial:2
 bad "dsa-cp + dcp, exact-topk on a replicated index" "needs '--index-layout sharded'" "${F[@]}" --cp-mode dsa-cp --index-layout replicated
 bad "unknown plan" "unknown weight plan" "${F[@]}" --cp-mode dsa-cp --o-proj shard
 bad "missing input" "in.missing" "$DSACP" forward --model "$tmp/m" --input "$tmp/in.missing" --output "$tmp/bad.st"
