@@ -86,6 +86,8 @@ refused "forward --block-size larger than any request" 2 "--block-size" "max_pos
   "$DSACP" forward --model "$tmp/m" --input "$tmp/in.safetensors" --output "$tmp/o.st" --block-size 1048576
 refused "generate --block-size larger than any request" 2 "--block-size" "max_position_embeddings" -- \
   "$DSACP" generate --model "$tmp/m" --prompt-len 4 --new-tokens 1 --block-size 1048576
+refused "--kv-blocks too few for one request" 2 "does not fit" -- \
+  "${R[@]}" --requests 2 --prompt-len 200 --kv-blocks 1 --block-size 16
 refused "--preset nope" 2 "nope" -- "$DSACP" run --preset nope
 refused "missing model directory" 2 "nosuch" -- "$DSACP" run --model "$tmp/nosuch" --requests 1
 refused "missing prompts file" 2 "none.jsonl" -- "${R[@]}" --prompts "$tmp/none.jsonl"

@@ -781,6 +781,15 @@ int cli_run(int argc, char **argv)
     so.realtime = !cli_get(opts, "no-realtime");
     progress_state ps = {isatty(2) != 0, -1e9};
     if (root) so.progress = progress, so.progress_arg = &ps;
+    /* What the serving loop would refuse before its first step (a request that fits no rank's
+     * pool alone, given --kv-blocks or --kv-memory) is the invocation's fault too. */
+    if (root) rc = dsacp_serve_check(e, wl.rq, wl.n, &so);
+    if (world) rc = dsacp_comm_agree(world, rc);
+    if (rc) {
+        ret = cli_setup_exit(rc);
+        cli_fail("run", rc);
+        goto done;
+    }
     rc = dsacp_serve_run(e, wl.rq, wl.n, &so, &res);
     /* --verify: the same workload on one process. */
     const bool verify = cli_get(opts, "verify") != NULL;
