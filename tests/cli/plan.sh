@@ -166,6 +166,8 @@ left=$(find "$tmp" -name '*.tmp.*')
 st=$?
 (( st == 1 )) && grep -q "stdout" "$tmp/err" && pass "stdout on /dev/full: exit 1, $(cat "$tmp/err")" \
   || fail "stdout on /dev/full: exit $st, $(cat "$tmp/err")"
+expect_status "--calibrate into a directory: refused before measuring" 1 "--calibrate" "adir" -- "$DSACP" plan --calibrate "$tmp/adir"
+[[ -z $(ls -A "$tmp/adir") ]] && pass "--calibrate left nothing" || fail "--calibrate left $(ls -A "$tmp/adir")"
 expect_status "--json and --plot the same file" 2 "same file" -- "$DSACP" plan --preset tiny --hardware "$H200" --json "$tmp/x.svg" --plot "$tmp/x.svg"
 # item 12: the JSON through jansson: a model path with a quote and a backslash stays valid JSON
 weird="$tmp/we\"ird\\dir"
