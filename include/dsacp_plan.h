@@ -83,7 +83,9 @@ void dsacp_plan_o_paths(const dsacp_config *cfg, const dsacp_cp_options *cp, int
 /* The context path of a chunk of n_new tokens after old_len positions on a sharded context, as
  * the engine decides it (cp->context_path; auto: the byte rule above, or with a hardware profile
  * -- cp->context_hardware loaded -- the path dsacp_plan_chunk_layer prices faster on it). The
- * engine and dsacp_plan_entries_comm both call this. DSACP_ENOMEM when planning the times fails
+ * engine and dsacp_plan_entries_comm both call this. An error status when planning the times
+ * fails -- DSACP_ENOMEM, or DSACP_ERANGE for a figure that is not finite or byte counts past 64
+ * bits, which a profile within dsacp_hw_load's ranges and an engine's step sizes do not reach
  * (the engine then stops the step on every rank). */
 int dsacp_plan_context_distributed(const dsacp_config *cfg, const dsacp_cp_options *cp, int64_t W, int64_t latent_bytes,
                                    int64_t index_bytes, bool deployed, bool o_gather_v, bool o_tp_f32, const struct dsacp_hw *hw,
