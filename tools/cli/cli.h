@@ -52,9 +52,9 @@ bool cli_engine_options(const char *cmd, const cli_opt *opts, dsacp_engine_optio
  * anything found while validating before the work starts; 1 the run failed after it started
  * (out of memory, KV capacity, an output that cannot be created or written, non-finite logits, a
  * rank failed). */
-/* A cache block holds positions of one request: --block-size above the model's
- * max_position_embeddings only wastes memory (each request's one block). Prints the error
- * naming the flag and returns false. */
+/* A cache block holds positions of one request: --block-size above the smallest power of two
+ * holding the model's max_position_embeddings (and above the default) only wastes memory (each
+ * request's one block). Prints the error naming the flag and returns false. */
 bool cli_block_size_fits(const char *cmd, const dsacp_engine_options *eo, const dsacp_config *cfg, const char *model);
 /* Prints "dsacp CMD: <dsacp_last_error()>" and returns 1 (a failed run). */
 int cli_fail(const char *cmd, int status);

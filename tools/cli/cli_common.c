@@ -371,10 +371,16 @@ bool cli_engine_options(const char *cmd, const cli_opt *opts, dsacp_engine_optio
 
 bool cli_block_size_fits(const char *cmd, const dsacp_engine_options *eo, const dsacp_config *cfg, const char *model)
 {
-    if (eo->block_size <= cfg->max_position_embeddings) return true;
-    fprintf(stderr, "dsacp %s: option '--block-size' = %lld is more than the model's max_position_embeddings = %lld "
-            "(%s): a block holds positions of one request\n", cmd, (long long)eo->block_size,
-            (long long)cfg->max_position_embeddings, model);
+    /* The smallest power of two holding a whole request, and never below the default. */
+    int64_t limit = 1;
+    while (limit < cfg->max_position_embeddings) limit *= 2;
+    dsacp_engine_options def;
+    dsacp_engine_options_default(&def);
+    if (limit < def.block_size) limit = def.block_size;
+    if (eo->block_size <= limit) return true;
+    fprintf(stderr, "dsacp %s: option '--block-size' = %lld is more than %lld, the smallest power of two holding the "
+            "model's max_position_embeddings = %lld (%s): a block holds positions of one request\n", cmd,
+            (long long)eo->block_size, (long long)limit, (long long)cfg->max_position_embeddings, model);
     return false;
 }
 
