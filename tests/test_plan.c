@@ -511,8 +511,77 @@ static void test_large_world(void)
     CHECK(isfinite(d.t_layer));
 }
 
+/* The keys each rank scores and attends for P new tokens after O cached ones, token by token
+ * (the planner counts them per rank in closed form): the busiest rank's sums. */
+static void brute_work(dsacp_prefill_split sp, int64_t I, int64_t W, int64_t O, int64_t P, int64_t K, double *scored,
+                       double *attended, double *tokens)
+{
+    double sc[64] = {0}, at[64] = {0}, tk[64] = {0};
+    const int64_t chunk = (P + W - 1) / W;
+    for (int64_t i = 0; i < P; i++) {
+        int64_t q;
+        if (sp == DSACP_PREFILL_CONTIGUOUS) {
+            q = i / chunk;
+        } else if (sp == DSACP_PREFILL_ZIGZAG) {
+            int64_t c = 0;
+            while (c + 1 < 2 * W && P * (c + 1) / (2 * W) <= i) c++;
+            q = c < W ? c : 2 * W - 1 - c;
+        } else {
+            q = dsacp_cp_owner(O + i, I, W);
+        }
+        sc[q] += (double)(O + i + 1), at[q] += (double)(O + i + 1 < K ? O + i + 1 : K), tk[q] += 1;
+    }
+    *scored = *attended = *tokens = 0;
+    for (int64_t q = 0; q < W; q++) *scored = fmax(*scored, sc[q]), *attended = fmax(*attended, at[q]), *tokens = fmax(*tokens, tk[q]);
+}
+
+/* Prefill and a gathered chunk's compute from the closed-form per-rank sums equal the token-by-token
+ * sums: every split, interleaves 1 and 3, contexts below, at and past the top-k, W up to 9. */
+static void test_prefill_work(void)
+{
+    dsacp_config cfg;
+    REQUIRE_OK(dsacp_preset_config("v32-layer", &cfg));
+    char p[4200];
+    snprintf(p, sizeof p, "%s/hardware/h200-nvlink8.json", src_dir());
+    dsacp_hw hw;
+    REQUIRE_OK(dsacp_hw_load(p, &hw));
+    const double H = (double)cfg.num_attention_heads, D = (double)cfg.hidden_size, Hi = (double)cfg.index_n_heads;
+    const double di = (double)cfg.index_head_dim, dc = (double)cfg.kv_lora_rank, dr = (double)cfg.qk_rope_head_dim;
+    const double dk = dc + dr, nope = (double)cfg.qk_nope_head_dim, dq = nope + dr, dv = (double)cfg.v_head_dim;
+    const double ql = (double)cfg.q_lora_rank;
+    const double mac_tok = D * ql + ql * H * dq + D * dk + ql * Hi * di + D * di + D * Hi + H * dv * D + H * nope * dc + H * dc * dv;
+    const int64_t K = cfg.index_topk;
+    const dsacp_prefill_split splits[3] = {DSACP_PREFILL_OWNER, DSACP_PREFILL_CONTIGUOUS, DSACP_PREFILL_ZIGZAG};
+    const int64_t contexts[4] = {0, 7, K - 3, 3 * K + 5}, lens[4] = {1, 5, 333, 2 * K + 17};
+    for (int64_t W = 1; W <= 9; W++)
+        for (int sp = 0; sp < 3; sp++)
+            for (int64_t I = 1; I <= 3; I += 2)
+                for (int c = 0; c < 4; c++)
+                    for (int l = 0; l < 4; l++) {
+                        dsacp_cp_options cp;
+                        dsacp_cp_options_default(&cp);
+                        cp.prefill_split = splits[sp], cp.interleave = I, cp.context_path = DSACP_CONTEXT_GATHER;
+                        cp.kv_layout = cp.index_layout = DSACP_LAYOUT_SHARDED;
+                        const int64_t O = contexts[c], P = lens[l];
+                        double sc, at, tk;
+                        brute_work(splits[sp], I, W, O, P, K, &sc, &at, &tk);
+                        const double want = 2 * (tk * mac_tok + sc * Hi * di + at * H * (dk + dc));
+                        dsacp_plan_decode d;
+                        bool dist;
+                        if (O == 0) {
+                            CHECK_OK(dsacp_plan_prefill_layer(&cfg, &cp, W, P, DSACP_PLAN_PREFILL_CP, true, &hw, &d));
+                        } else {
+                            CHECK_OK(dsacp_plan_chunk_layer(&cfg, &cp, W, O, P, true, &hw, &d, &dist));
+                            CHECK(!dist);
+                        }
+                        CHECKF(fabs(d.flops - want) <= 1e-12 * want, "W %lld split %d I %lld O %lld P %lld: flops %.17g, token by "
+                               "token %.17g", (long long)W, sp, (long long)I, (long long)O, (long long)P, d.flops, want);
+                    }
+}
+
 int main(void)
 {
+    test_prefill_work();
     test_profile_bounds();
     test_nonfinite();
     test_golden();

@@ -143,7 +143,7 @@ static int shared_build(const dsacp_config *cfg, const dsacp_cp_options *cp, con
         const double Hd = (double)H, dk = (double)(cfg->kv_lora_rank + cfg->qk_rope_head_dim), K = (double)cfg->index_topk;
         const double Id = (double)(I > iI ? I : iI);
         double old = 0, old_share = 0, ctx = 0, ctx_share = 0, T = 0, weights = 0;
-        for (int64_t r = 0; r < s->nreq; r++)
+        for (int64_t r = 0; r < s->nreq && s->nd > 0 && cp->decode == DSACP_DECODE_ALLGATHER_KV; r++) /* the cache gathered */
             old += (double)s->req_old[r], old_share += fmin((double)s->req_old[r], (double)s->req_old[r] / Wd + Id);
         for (int64_t e = 0; e < s->npre; e++) {
             ctx += (double)s->pre_old[e], ctx_share += fmin((double)s->pre_old[e], (double)s->pre_old[e] / Wd + Id);
@@ -158,8 +158,8 @@ static int shared_build(const dsacp_config *cfg, const dsacp_cp_options *cp, con
                   (double)D * 4 + Hd * (double)dv * 4) + (double)s->nd * (per_token * Wd + K * 4) +
                   (double)s->lean_fallback_tokens * K * 8 * Wd + (double)s->lean_owned_winners * 4 + weights * Wd);
         if (!(bound < 0x1p62))
-            return dsacp_error(DSACP_ERANGE, "plan: a step of %lld decode tokens after %.4g cached positions and %.4g prefill "
-                               "tokens after %.4g, on %lld ranks, moves more bytes than 64 bits count (up to %.3g)",
+            return dsacp_error(DSACP_ERANGE, "plan: a step of %lld decode tokens (%.4g cached positions gathered) and %.4g "
+                               "prefill tokens after %.4g, on %lld ranks, moves more bytes than 64 bits count (up to %.3g)",
                                (long long)s->nd, old, T, ctx, (long long)W, bound);
     }
     sh->npq = calloc((size_t)W, sizeof *sh->npq), sh->rows = calloc((size_t)W, sizeof *sh->rows);

@@ -192,41 +192,67 @@ int dsacp_plan_decode_layer(const dsacp_config *cfg_in, const dsacp_cp_options *
     return finite_layer(out, "decode layer");
 }
 
-/* Keys scored and attended by the rank that computes the most of them, for a fresh prompt of P
- * tokens split as the engine splits it (or rows split evenly in zigzag order for TP_IDXSPLIT). */
+/* Over the integers x in [lo, hi]: the sum of x and the sum of min(x, K). */
+static void range_sums(double lo, double hi, double K, double *sx, double *smin)
+{
+    *sx = *smin = 0;
+    if (hi < lo) return;
+    *sx = (lo + hi) * (hi - lo + 1) / 2;
+    const double top = fmin(hi, K);
+    if (top >= lo) *smin = (lo + top) * (top - lo + 1) / 2;
+    if (hi > K) *smin += K * (hi - fmax(lo - 1, K));
+}
+
+/* Over the positions p < n that rank q owns (blocks of I every I W): the sum of p + 1. */
+static double owned_sum(int64_t n, int64_t q, int64_t I, int64_t W)
+{
+    const int64_t IW = I * W, c = n / IW, rest = n - c * IW;
+    const int64_t m = rest - q * I < 0 ? 0 : rest - q * I > I ? I : rest - q * I;
+    const double Id = (double)I, cd = (double)c, md = (double)m;
+    const double full = Id * (double)IW * cd * (cd - 1) / 2 + cd * (Id * ((double)(q * I) + 1) + Id * (Id - 1) / 2);
+    return full + md * (cd * (double)IW + (double)(q * I) + 1) + md * (md - 1) / 2;
+}
+
+/* Keys scored and attended by the rank that computes the most of them, for P new tokens after O
+ * cached positions split as the engine splits them (or rows split evenly in zigzag order for
+ * TP_IDXSPLIT): token i scores O + i + 1 keys and attends min(O + i + 1, K). Each rank's sums in
+ * closed form over its ranges of tokens (O(W), the counts of the token-by-token split). */
 static void prefill_work(const dsacp_cp_options *cp, int64_t W, int64_t O, int64_t P, int64_t K, int mode, double *scored,
                          double *attended, double *tokens)
 {
     *scored = *attended = *tokens = 0;
-    double *sc = calloc((size_t)W, sizeof *sc), *at = calloc((size_t)W, sizeof *at), *tk = calloc((size_t)W, sizeof *tk);
-    if (!sc || !at || !tk) {
-        free(sc), free(at), free(tk);
-        return;
-    }
-    const int64_t chunk = (P + W - 1) / W;
-    for (int64_t i = 0; i < P; i++) {
-        int64_t q;
-        dsacp_prefill_split sp = mode == DSACP_PLAN_PREFILL_CP ? cp->prefill_split : DSACP_PREFILL_ZIGZAG;
-        if (sp == DSACP_PREFILL_CONTIGUOUS) {
-            q = i / chunk;
-        } else if (sp == DSACP_PREFILL_ZIGZAG) {
-            int64_t c = i * 2 * W / P;
-            while (c + 1 < 2 * W && (P * (c + 1)) / (2 * W) <= i) c++;
-            while (c > 0 && (P * c) / (2 * W) > i) c--;
-            q = c < W ? c : 2 * W - 1 - c;
-        } else {
-            q = dsacp_cp_owner(O + i, cp->interleave, W);
-        }
-        sc[q] += (double)(O + i + 1);
-        at[q] += (double)(O + i + 1 < K ? O + i + 1 : K);
-        tk[q] += 1;
-    }
+    const dsacp_prefill_split sp = mode == DSACP_PLAN_PREFILL_CP ? cp->prefill_split : DSACP_PREFILL_ZIGZAG;
+    const double Kd = (double)K, Od = (double)O;
+    const int64_t chunk = (P + W - 1) / W, I = cp->interleave;
     for (int64_t q = 0; q < W; q++) {
-        *scored = fmax(*scored, sc[q]);
-        *attended = fmax(*attended, at[q]);
-        *tokens = fmax(*tokens, tk[q]);
+        double sc = 0, at = 0, tk = 0;
+        if (sp == DSACP_PREFILL_OWNER) {
+            /* the positions q owns in [O, O + P): sums up to O + P less those up to O */
+            const int64_t n1 = O + P, k1 = n1 < K ? n1 : K, k0 = O < K ? O : K;
+            sc = owned_sum(n1, q, I, W) - owned_sum(O, q, I, W);
+            const double a1 = owned_sum(k1, q, I, W) + Kd * (double)(dsacp_cp_local_len(n1, q, I, W) - dsacp_cp_local_len(k1, q, I, W));
+            const double a0 = owned_sum(k0, q, I, W) + Kd * (double)(dsacp_cp_local_len(O, q, I, W) - dsacp_cp_local_len(k0, q, I, W));
+            at = a1 - a0;
+            tk = (double)(dsacp_cp_local_len(n1, q, I, W) - dsacp_cp_local_len(O, q, I, W));
+        } else {
+            /* contiguous: tokens [q chunk, (q + 1) chunk); zigzag: chunks q and 2W - 1 - q of 2W */
+            int64_t lo[2] = {q * chunk, 0}, hi[2] = {(q + 1) * chunk, 0};
+            int nr = 1;
+            if (sp == DSACP_PREFILL_ZIGZAG) {
+                lo[0] = P * q / (2 * W), hi[0] = P * (q + 1) / (2 * W);
+                lo[1] = P * (2 * W - 1 - q) / (2 * W), hi[1] = P * (2 * W - q) / (2 * W), nr = 2;
+            }
+            for (int k = 0; k < nr; k++) {
+                const int64_t l = lo[k] < P ? lo[k] : P, h = hi[k] < P ? hi[k] : P;
+                double sx, sm;
+                range_sums(Od + (double)l + 1, Od + (double)h, Kd, &sx, &sm);
+                sc += sx, at += sm, tk += (double)(h - l);
+            }
+        }
+        *scored = fmax(*scored, sc);
+        *attended = fmax(*attended, at);
+        *tokens = fmax(*tokens, tk);
     }
-    free(sc), free(at), free(tk);
 }
 
 int dsacp_plan_prefill_layer(const dsacp_config *cfg_in, const dsacp_cp_options *cp, int64_t W, int64_t P, int mode,
@@ -274,7 +300,8 @@ int dsacp_plan_prefill_layer(const dsacp_config *cfg_in, const dsacp_cp_options 
         prefill_work(cp, W, 0, P, cfg.index_topk, mode, &scored, &attended, &tokens);
         const double all_scored = Pd * (Pd + 1) / 2;
         double all_att = 0;
-        for (int64_t i = 0; i < P; i++) all_att += (double)(i + 1 < cfg.index_topk ? i + 1 : cfg.index_topk);
+        double all_keys;
+        range_sums(1, Pd, (double)cfg.index_topk, &all_keys, &all_att); /* token i attends min(i + 1, K) */
         const double idx_rows = split ? tokens : Pd, idx_keys = split ? scored : all_scored;
         const double mac_rep = D * ql + D * dk + D * di + D * Hi;              /* replicated projections */
         const double mac_heads = ql * Hs * dq + Hs * dv * D + Hs * nope * dc + Hs * dc * dv;
