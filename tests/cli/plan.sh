@@ -147,6 +147,15 @@ def walk(x):
 r=json.load(open(sys.argv[1])); walk(r); assert r['world']==4096 and len(r['chunk'])>0" "$tmp/w4096.json"; then
   pass "plan --cp 4096 completes with finite figures"
 else fail "plan --cp 4096: $(tail -3 "$tmp/log")"; fi
+# the largest context, batch and --cp together: byte counts stay within 64 bits, figures finite
+if timeout 120 "$DSACP" plan --preset v32 --numerics exact --cp 4096 --context 4294967296 --batch 65536 --hardware "$H200" \
+     --json "$tmp/max.json" >/dev/null 2>"$tmp/err" && python3 -c "
+import json,math,sys
+r=json.load(open(sys.argv[1])); s={x['strategy']: x for x in r['strategies']}
+a=s['allgather-kv (vllm-ascend #6563)']; assert 2**59 < a['recv_bytes_per_token']*65536 < 2**63, a
+assert all(math.isfinite(v) for x in r['strategies'] for v in x.values() if isinstance(v,float))" "$tmp/max.json"; then
+  pass "plan at the largest --context, --batch and --cp: exact byte counts, finite figures"
+else fail "plan at the largest flags: $(cat "$tmp/err")"; fi
 # item 6: outputs opened before any work; nothing on stdout and no file unless every output succeeded
 expect_status "--json /dev/full" 1 "--json" "/dev/full" -- "$DSACP" plan --preset v32-layer --hardware "$H200" --json /dev/full
 expect_status "--json in a missing directory" 1 "--json" "$tmp/nodir/p.json" -- "$DSACP" plan --preset v32-layer --hardware "$H200" --json "$tmp/nodir/p.json"
