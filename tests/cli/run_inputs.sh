@@ -5,7 +5,8 @@
 #    model directory, prompts, forward input, preset, sizes), 1 for a run that failed after it
 #    started; one line on stderr, nothing on stdout, no output file;
 #  - outputs that cannot be created (missing directory, /dev/full, a directory, a symlink) are
-#    refused before any work, quickly, with nothing printed;
+#    refused before any work, quickly, with nothing printed (exit 1: an output that cannot be
+#    written is a failed run, as for plan);
 #  - the prompts file is read by length (a NUL byte names its line); token ids (prompt_ids,
 #    stop_ids) must lie in [0, vocab); the synthetic ranges are checked against the model first;
 #  - one strict number grammar for every numeric flag; conflicting flags are refused;
@@ -113,27 +114,27 @@ unset EXPECT_MAX_S
 # ---- item 6: outputs that cannot be created, refused before any work with nothing printed ----
 mkdir "$tmp/adir"; ln -s "$tmp/victim" "$tmp/alink"; echo precious >"$tmp/victim"
 for target in "$tmp/nodir/o.json" /dev/full "$tmp/adir" "$tmp/alink"; do
-  refused "run --json $target" 2 "--json" "$target" -- "${R[@]}" "${BIG[@]}" --json "$target"
-  refused "run --comm-report $target" 2 "--comm-report" "$target" -- "${R[@]}" "${BIG[@]}" --comm-report "$target"
-  refused "forward --output $target" 2 "--output" "$target" -- \
+  refused "run --json $target" 1 "--json" "$target" -- "${R[@]}" "${BIG[@]}" --json "$target"
+  refused "run --comm-report $target" 1 "--comm-report" "$target" -- "${R[@]}" "${BIG[@]}" --comm-report "$target"
+  refused "forward --output $target" 1 "--output" "$target" -- \
     "$DSACP" forward --model "$tmp/m" --input "$tmp/in.safetensors" --output "$target"
-  refused "forward --comm-report $target" 2 "--comm-report" "$target" -- \
+  refused "forward --comm-report $target" 1 "--comm-report" "$target" -- \
     "$DSACP" forward --model "$tmp/m" --input "$tmp/in.safetensors" --output "$tmp/o.st" --comm-report "$target"
-  refused "generate --comm-report $target" 2 "--comm-report" "$target" -- \
+  refused "generate --comm-report $target" 1 "--comm-report" "$target" -- \
     "$DSACP" generate --model "$tmp/m" --prompt-len 2000 --new-tokens 2000 --comm-report "$target"
-  refused "make-input --out $target" 2 "--out" "$target" -- "$DSACP" make-input --out "$target"
-  refused "bench --kernel cp --comm-report $target" 2 "--comm-report" "$target" -- \
+  refused "make-input --out $target" 1 "--out" "$target" -- "$DSACP" make-input --out "$target"
+  refused "bench --kernel cp --comm-report $target" 1 "--comm-report" "$target" -- \
     "$DSACP" bench --kernel cp --model "$tmp/m" --context 3000 --batch 8 --reps 50 --comm-report "$target"
 done
 refused "bench --comm-report without --kernel cp" 2 "--comm-report" "--kernel cp" -- \
   "$DSACP" bench --preset tiny --kernel mla --comm-report "$tmp/o.json"
 [[ -d $tmp/adir && -L $tmp/alink && $(cat "$tmp/victim") == precious && ! -e $tmp/nodir ]] \
   && pass "the refused targets are as they were" || fail "a refused target changed"
-# Under mpirun (Open MPI adds its own lines about the exit status): status 2, nothing on stdout,
+# Under mpirun (Open MPI adds its own lines about the exit status): status 1, nothing on stdout,
 # one line from dsacp, quickly.
 t0=$SECONDS
 mpi 2 "${R[@]}" "${BIG[@]}" --json /dev/full >"$tmp/out" 2>"$tmp/err"; st=$?
-if (( st == 2 && SECONDS - t0 <= 20 )) && [[ ! -s $tmp/out ]] && (( $(grep -c '^dsacp run' "$tmp/err") == 1 )) &&
+if (( st == 1 && SECONDS - t0 <= 20 )) && [[ ! -s $tmp/out ]] && (( $(grep -c '^dsacp run' "$tmp/err") == 1 )) &&
    grep -q -- '--json: /dev/full' "$tmp/err" && ! grep -q 'MPI_ABORT\|[Bb]acktrace\|Signal:' "$tmp/err"; then
   pass "run --json /dev/full under mpirun: refused at once on every rank"
 else fail "run --json /dev/full under mpirun (status $st, $((SECONDS - t0)) s): $(head -c 600 "$tmp/err")"; fi

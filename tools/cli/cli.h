@@ -47,11 +47,11 @@ bool cli_int(const char *cmd, const char *flag, const char *text, int64_t min, i
 /* Engine options from --numerics, --kv-dtype and --block-size (each optional; options absent
  * from `opts` are simply not given). Prints the error naming the flag and returns false. */
 bool cli_engine_options(const char *cmd, const cli_opt *opts, dsacp_engine_options *eo);
-/* Exit status (README "Errors"): 0 success; 2 the invocation is wrong: bad flags and bad files or
- * values the user named (model directory, prompts, forward input, preset, sizes out of range),
- * anything found while validating before the work starts; 1 the run failed after it started
- * (out of memory, KV capacity, an output that cannot be created or written, non-finite logits, a
- * rank failed). */
+/* Exit status (README): 0 success; 2 the invocation is wrong: bad flags and bad files or values
+ * the user named (model directory, prompts, forward input, preset, sizes out of range), anything
+ * found while validating before the work starts; 1 the run failed (out of memory, KV capacity
+ * once running, an output that cannot be created or written -- refused before any work, but
+ * still 1 -- non-finite logits, a rank failed). */
 /* A cache block holds positions of one request: --block-size above the smallest power of two
  * holding the model's max_position_embeddings (and above the default) only wastes memory (each
  * request's one block). Prints the error naming the flag and returns false. */

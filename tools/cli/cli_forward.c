@@ -50,10 +50,10 @@ int cli_forward(int argc, char **argv)
     cli_output out_file, report_out;
     cli_output_init(&out_file);
     cli_output_init(&report_out);
-    if (cli_output_open("forward", "output", outp, &out_file)) return 2;
+    if (cli_output_open("forward", "output", outp, &out_file)) return 1; /* an output that cannot be created: exit 1 */
     if (cli_cp_begin("forward", opts, &report_out)) {
         cli_output_abort(&out_file);
-        return 2;
+        return 1;
     }
     /* Every rank loads the model; rank 0 alone reads the input and sends its bytes. */
     dsacp_model *m = NULL;

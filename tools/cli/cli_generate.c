@@ -65,7 +65,7 @@ int cli_generate(int argc, char **argv)
     dsacp_comm *world = cli_world;
     const bool root = !world || dsacp_comm_rank(world) == 0;
     cli_output report_out; /* --comm-report, opened before any work */
-    if (cli_cp_begin("generate", opts, &report_out)) return 2;
+    if (cli_cp_begin("generate", opts, &report_out)) return 1; /* an output that cannot be created: exit 1 */
     dsacp_model *m = NULL;
     int rc = dsacp_model_load(dir, &m);
     if (world) rc = dsacp_comm_agree(world, rc);
@@ -184,7 +184,7 @@ int cli_make_input(int argc, char **argv)
     if ((s = cli_get(opts, "chunk")) && !cli_int("make-input", "chunk", s, 1, 1 << 20, &chunk)) return 2;
     if ((s = cli_get(opts, "seed")) && !cli_int("make-input", "seed", s, 0, INT64_MAX, &seed)) return 2;
     cli_output held; /* the output before any work: one that cannot be created is known at once */
-    if (cli_output_open("make-input", "out", out, &held)) return 2;
+    if (cli_output_open("make-input", "out", out, &held)) return 1; /* an output that cannot be created: exit 1 */
     /* Request r has length L - r * L / (2R) (different lengths); prefill in chunks of `chunk`,
      * then one token per step, each request starting one step later than the previous. */
     dsacp_rng rng;

@@ -694,7 +694,7 @@ int cli_run(int argc, char **argv)
     if (!rc) rc = cli_cp_begin("run", opts, &report_out);
     if (rc) {
         cli_output_abort(&json_out);
-        return 2;
+        return 1; /* an output that cannot be created or written: exit 1 (README "Errors") */
     }
     int ret = 1;
     tmp_model tm = {.dir = "", .cleanup = -1};

@@ -133,8 +133,8 @@ static const cli_command commands[] = {
      "  --temperature T --top-p P    sampling (default greedy), seeded by --seed\n"
      "  --no-realtime                ignore arrival times (replay as fast as possible)\n"
      "  --numerics, --kv-dtype, --block-size as for forward\n"
-     "Exit status: 0; 2 a bad invocation (flags, or a file or value named: model, prompts, sizes,\n"
-     "an output that cannot be created); 1 the run failed after it started; 3 --verify failed.\n" CLI_CP_USAGE},
+     "Exit status: 0; 2 a bad invocation (flags, or a file or value named: model, prompts, sizes);\n"
+     "1 a failed run (an output that cannot be written included); 3 --verify failed.\n" CLI_CP_USAGE},
     {"help", NULL, "[COMMAND]", "print this summary, or COMMAND's usage", ""},
 };
 
