@@ -18,6 +18,7 @@
 #include "core/core.h"
 #include "engine/engine.h"
 
+#include <jansson.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -77,28 +78,48 @@ static int report(const run_ctx *r, const char *kind, double *t /* [steps][NT] *
     const double ovl = med[6] + med[7] > 0 ? med[6] / (med[6] + med[7]) : NAN;
     const dsacp_cp_options *o = r->cp;
     if (r->json) {
-        fprintf(r->out, "{\"kind\": \"%s\", \"world\": %lld, \"context\": %lld, \"batch\": %lld, \"tokens_per_step\": %lld, "
-               "\"strategy\": \"%s\", \"kv_layout\": \"%s\", \"index_layout\": \"%s\", \"interleave\": %lld, "
-               "\"prefill_split\": \"%s\", \"context_path\": \"%s\", \"dcp_comm_backend\": \"%s\", \"numerics\": \"%s\", "
-               "\"layers\": %lld, \"step_ms\": %.3f, \"attention_ms\": %.3f, \"attention_ms_per_token\": %.3f, "
-               "\"projections_ms\": %.3f, \"attend_ms\": %.3f, \"o_proj_ms\": %.3f, \"overlap_compute_ms\": %.3f, "
-               "\"overlap_wait_ms\": %.3f, \"overlap\": %.3f, \"kv_bytes_per_rank_max\": %.0f, "
-               "\"transient_peak_bytes_max\": %.0f, \"recv_bytes_max_rank\": {",
-               kind, (long long)r->W, (long long)r->context, (long long)r->batch, (long long)r->tokens_per_step,
-               dsacp_decode_strategy_name(o->decode), dsacp_cp_layout_name(o->kv_layout), dsacp_cp_layout_name(o->index_layout),
-               (long long)o->interleave, dsacp_prefill_split_name(o->prefill_split), dsacp_context_path_name(o->context_path),
-               dsacp_merge_backend_name(o->merge_backend), r->deployed ? "deployed" : "exact",
-               (long long)r->cfg->num_hidden_layers, med[0] * 1e3, med[1] * 1e3, med[1] * 1e3 / per, med[3] * 1e3,
-               med[4] * 1e3, med[5] * 1e3, med[6] * 1e3, med[7] * 1e3, isfinite(ovl) ? ovl : 0.0, kv[0], kv[1]);
-        for (int p = 0, first = 1; p < P; p++)
-            if (recv[p] > 0) fprintf(r->out, "%s\"%s\": %.1f", first ? "" : ", ", dsacp_comm_phase_name(p), recv[p] / per), first = 0;
-        fprintf(r->out, "}, \"calls_per_step\": {");
-        for (int p = 0, first = 1; p < P; p++)
-            if (calls[p] > 0) fprintf(r->out, "%s\"%s\": %.2f", first ? "" : ", ", dsacp_comm_phase_name(p), calls[p]), first = 0;
-        fprintf(r->out, "}, \"comm_ms_per_step\": {");
-        for (int p = 0, first = 1; p < P; p++)
-            if (calls[p] > 0) fprintf(r->out, "%s\"%s\": %.3f", first ? "" : ", ", dsacp_comm_phase_name(p), sec[p] * 1e3), first = 0;
-        fprintf(r->out, "}}\n");
+        /* One object per line, built with jansson (a non-finite figure is null, never "nan"). */
+        json_t *j = json_object(), *recv_j = json_object(), *calls_j = json_object(), *ms_j = json_object();
+#define JNUM(v) (isfinite(v) ? json_real(v) : json_null())
+        json_object_set_new(j, "kind", json_string(kind));
+        json_object_set_new(j, "world", json_integer((json_int_t)r->W));
+        json_object_set_new(j, "context", json_integer((json_int_t)r->context));
+        json_object_set_new(j, "batch", json_integer((json_int_t)r->batch));
+        json_object_set_new(j, "tokens_per_step", json_integer((json_int_t)r->tokens_per_step));
+        json_object_set_new(j, "strategy", json_string(dsacp_decode_strategy_name(o->decode)));
+        json_object_set_new(j, "kv_layout", json_string(dsacp_cp_layout_name(o->kv_layout)));
+        json_object_set_new(j, "index_layout", json_string(dsacp_cp_layout_name(o->index_layout)));
+        json_object_set_new(j, "interleave", json_integer((json_int_t)o->interleave));
+        json_object_set_new(j, "prefill_split", json_string(dsacp_prefill_split_name(o->prefill_split)));
+        json_object_set_new(j, "context_path", json_string(dsacp_context_path_name(o->context_path)));
+        json_object_set_new(j, "dcp_comm_backend", json_string(dsacp_merge_backend_name(o->merge_backend)));
+        json_object_set_new(j, "numerics", json_string(r->deployed ? "deployed" : "exact"));
+        json_object_set_new(j, "layers", json_integer((json_int_t)r->cfg->num_hidden_layers));
+        json_object_set_new(j, "step_ms", JNUM(med[0] * 1e3));
+        json_object_set_new(j, "attention_ms", JNUM(med[1] * 1e3));
+        json_object_set_new(j, "attention_ms_per_token", JNUM(med[1] * 1e3 / per));
+        json_object_set_new(j, "projections_ms", JNUM(med[3] * 1e3));
+        json_object_set_new(j, "attend_ms", JNUM(med[4] * 1e3));
+        json_object_set_new(j, "o_proj_ms", JNUM(med[5] * 1e3));
+        json_object_set_new(j, "overlap_compute_ms", JNUM(med[6] * 1e3));
+        json_object_set_new(j, "overlap_wait_ms", JNUM(med[7] * 1e3));
+        json_object_set_new(j, "overlap", JNUM(isfinite(ovl) ? ovl : 0.0));
+        json_object_set_new(j, "kv_bytes_per_rank_max", JNUM(kv[0]));
+        json_object_set_new(j, "transient_peak_bytes_max", JNUM(kv[1]));
+        for (int p = 0; p < P; p++) {
+            if (recv[p] > 0) json_object_set_new(recv_j, dsacp_comm_phase_name(p), JNUM(recv[p] / per));
+            if (calls[p] > 0) json_object_set_new(calls_j, dsacp_comm_phase_name(p), JNUM(calls[p]));
+            if (calls[p] > 0) json_object_set_new(ms_j, dsacp_comm_phase_name(p), JNUM(sec[p] * 1e3));
+        }
+#undef JNUM
+        json_object_set_new(j, "recv_bytes_max_rank", recv_j);
+        json_object_set_new(j, "calls_per_step", calls_j);
+        json_object_set_new(j, "comm_ms_per_step", ms_j);
+        char *line = json_dumps(j, JSON_PRESERVE_ORDER);
+        json_decref(j);
+        if (!line) return dsacp_error(DSACP_ENOMEM, "out of memory for the JSON line");
+        fprintf(r->out, "%s\n", line);
+        free(line);
         return DSACP_OK;
     }
     fprintf(r->out, "%s: W=%lld, %lld request%s x %lld cached positions, %lld token%s per step, %s, %s numerics\n", kind,
