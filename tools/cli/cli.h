@@ -6,6 +6,7 @@
 #include "dsacp.h"
 #include "dsacp_cp.h"
 
+#include <signal.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdint.h>
@@ -70,6 +71,9 @@ int cli_setup_exit(int status);
  * is too long or every slot is taken). */
 int cli_cleanup_add(const char *path, bool is_dir);
 void cli_cleanup_remove(int slot);
+/* Holds SIGINT, SIGTERM and SIGHUP (hold: the previous mask into *saved) or lets them through
+ * again (restores *saved): around creating a path and registering it, so no signal falls between. */
+void cli_signals_hold(bool hold, sigset_t *saved);
 /* Removes a directory the command created and the files directly inside it. */
 int cli_remove_dir(const char *dir);
 

@@ -258,6 +258,20 @@ int cli_cleanup_add(const char *path, bool is_dir)
     return -1;
 }
 
+void cli_signals_hold(bool hold, sigset_t *saved)
+{
+    if (hold) {
+        sigset_t set;
+        sigemptyset(&set);
+        sigaddset(&set, SIGINT);
+        sigaddset(&set, SIGTERM);
+        sigaddset(&set, SIGHUP);
+        sigprocmask(SIG_BLOCK, &set, saved);
+    } else {
+        sigprocmask(SIG_SETMASK, saved, NULL);
+    }
+}
+
 void cli_cleanup_remove(int slot)
 {
     if (slot >= 0 && slot < CLI_CLEANUP_SLOTS) cleanup_used[slot] = 0;
@@ -279,6 +293,8 @@ int cli_output_open(const char *cmd, const char *flag, const char *path, cli_out
     int rc = DSACP_OK;
     const bool root = !cli_world || dsacp_comm_rank(cli_world) == 0;
     if (path && root) {
+        sigset_t saved; /* the temporary exists only once a signal would remove it */
+        cli_signals_hold(true, &saved);
         rc = dsacp_out_open(&o->out, path);
         if (rc) {
             dsacp_error_context(rc, "--%s", flag);
@@ -286,6 +302,7 @@ int cli_output_open(const char *cmd, const char *flag, const char *path, cli_out
             o->open = true;
             o->cleanup = cli_cleanup_add(o->out.tmp, false);
         }
+        cli_signals_hold(false, &saved);
     }
     if (path && cli_world) rc = dsacp_comm_agree(cli_world, rc);
     if (rc) {

@@ -306,12 +306,16 @@ static int tmp_model_create(tmp_model *t, const dsacp_config *pc, uint64_t seed)
         t->dir[0] = 0;
         return dsacp_error(DSACP_EINVAL, "TMPDIR = '%s': the path is too long", base);
     }
+    sigset_t saved; /* the directory exists only once a signal would remove it */
+    cli_signals_hold(true, &saved);
     if (!mkdtemp(t->dir)) {
         const int err = errno;
+        cli_signals_hold(false, &saved);
         t->dir[0] = 0;
         return dsacp_error(DSACP_EIO, "cannot create a temporary model directory in %s (TMPDIR): %s", base, strerror(err));
     }
     t->cleanup = cli_cleanup_add(t->dir, true);
+    cli_signals_hold(false, &saved);
     return dsacp_model_init(pc, t->dir, seed, DSACP_WEIGHTS_BF16);
 }
 
