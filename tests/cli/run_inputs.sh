@@ -109,6 +109,7 @@ refused "forward --output a hard link of the input" 2 "same file" -- \
   "$DSACP" forward --model "$tmp/m" --input "$tmp/keep.safetensors" --output "$tmp/hard.safetensors"
 cmp -s "$tmp/in.safetensors" "$tmp/keep.safetensors" && pass "the input is intact" || fail "forward replaced its input"
 refused "run --json over --prompts" 2 "same file" -- "${R[@]}" --prompts "$tmp/p.jsonl" --json "$tmp/p.jsonl"
+refused "run --json and --comm-report the same file" 2 "same file" -- "${R[@]}" --requests 1 --json "$tmp/o.json" --comm-report "$tmp/o.json"
 unset EXPECT_MAX_S
 
 # ---- item 6: outputs that cannot be created, refused before any work with nothing printed ----
