@@ -30,7 +30,9 @@ static const cli_command commands[] = {
      "  --model DIR     config.json plus model.safetensors (or the shards of\n"
      "                  model.safetensors.index.json)\n"
      "  --scan-weights  also read every weight and report NaN/Inf (reads the whole checkpoint)\n"
-     "Exits 1 when the model has errors (missing or malformed tensors, non-finite weights).\n"},
+     "Reads only config.json and the safetensors headers unless --scan-weights is given. Exits 2 when\n"
+     "the model is malformed (missing or malformed tensors, a bad config), 1 when --scan-weights finds\n"
+     "NaN/Inf.\n"},
     {"forward", cli_forward,
      "--model DIR --input IN.safetensors --output OUT.safetensors\n"
      "          [--numerics exact|deployed] [--kv-dtype f32|bf16|fp8] [--block-size B] [--dump-topk]\n"
@@ -124,14 +126,16 @@ static const cli_command commands[] = {
      "                               prefill chunks (chunked prefill)\n"
      "  --max-num-seqs N             running requests at most (default 256)\n"
      "  --kv-blocks N | --kv-memory SIZE   this rank's KV pool (default: the whole workload at once);\n"
-     "                               when it is full, requests wait or are preempted and recomputed\n"
+     "                               when it is full, requests wait or are preempted (the youngest\n"
+     "                               first, decoding or mid-prompt) and recomputed\n"
      "  --verify                     replay the workload on one process and compare every token:\n"
      "                               exact numerics, identical tokens; deployed, identical or each\n"
      "                               request's first divergence at a near-tie (top-2 gap <= 0.1)\n"
      "  --json FILE                  the report (docs/serving.md; vllm bench serve's field names);\n"
      "                               bench/plot_run.py FILE OUT.svg draws it\n"
      "  --temperature T --top-p P    sampling (default greedy), seeded by --seed\n"
-     "  --no-realtime                ignore arrival times (replay as fast as possible)\n"
+     "  --no-realtime                every request present at t = 0; arrival times only order the\n"
+     "                               queue (like vllm bench serve --request-rate inf)\n"
      "  --numerics, --kv-dtype, --block-size as for forward\n"
      "Exit status: 0; 2 a bad invocation (flags, or a file or value named: model, prompts, sizes);\n"
      "1 a failed run (an output that cannot be written included); 3 --verify failed.\n" CLI_CP_USAGE},
