@@ -156,6 +156,9 @@ int dsacp_cp_decode_lean(const dsacp_cp_decode_args *a, bool output_merge, bool 
     float *vpart = dsacp_alloc((size_t)(n1 * H * dv) * 4);
     void *qpack = dsacp_alloc((dsacp_index_query_bytes(Hi, di) + 63) / 64 * 64);
     float *sendsc = NULL, *recvsc = NULL;
+    uint32_t *vkeys = NULL;
+    const uint32_t **vkq = NULL;
+    int64_t *voff = NULL, *vbase = NULL;
     uint64_t *fb_send = NULL, *fb_recv = NULL, *merge = NULL;
     /* Each allocation stage is agreed before its first collective (dsacp_cp_agree_alloc): a rank
      * short of memory stops every rank at the same point. */
@@ -194,12 +197,19 @@ int dsacp_cp_decode_lean(const dsacp_cp_decode_args *a, bool output_merge, bool 
         }
         tot_send += m[j * iW + ir];
     }
-    /* 2. The truncated lists' scores (padded with -inf where NaN scores left a list short). */
+    /* 2. The truncated lists' scores (padded with -inf where NaN scores left a list short), and
+     *    the verdict's buffers: one agreement for both (tot_all is the same on every rank). */
     if (tot_all > 0) {
         sendsc = malloc((size_t)tot_send * 4 + 4);
         recvsc = malloc((size_t)tot_all * 4 + 4);
-        crc = dsacp_cp_agree_alloc(cp, "lean", sendsc && recvsc, "the lean candidates");
-        if (crc) goto done;
+    }
+    vkeys = malloc((size_t)(tot_all > 0 ? tot_all : 1) * 4);
+    vkq = malloc((size_t)iW * sizeof *vkq);
+    voff = calloc((size_t)iW, sizeof *voff), vbase = calloc((size_t)iW + 1, sizeof *vbase);
+    crc = dsacp_cp_agree_alloc(cp, "lean", (tot_all == 0 || (sendsc && recvsc)) && vkeys && vkq && voff && vbase,
+                               "the lean candidates");
+    if (crc) goto done;
+    if (tot_all > 0) {
         float *s = sendsc;
         for (int64_t j = 0; j < nd; j++) {
             if (mode[j] != EXCHANGE) continue;
@@ -234,14 +244,9 @@ int dsacp_cp_decode_lean(const dsacp_cp_decode_args *a, bool output_merge, bool 
     }
     /* 3. The verdict per token (the same on every rank), and this rank's winners. */
     {
-        uint32_t *keys = malloc((size_t)(tot_all > 0 ? tot_all : 1) * 4);
-        const uint32_t **kq = malloc((size_t)iW * sizeof *kq);
-        int64_t *off = calloc((size_t)iW, sizeof *off), *base = calloc((size_t)iW + 1, sizeof *base);
-        crc = dsacp_cp_agree_alloc(cp, "lean", keys && kq && off && base, "the lean verdict");
-        if (crc) {
-            free(keys), free(kq), free(off), free(base);
-            goto done;
-        }
+        uint32_t *keys = vkeys;
+        const uint32_t **kq = vkq;
+        int64_t *off = voff, *base = vbase;
         for (int64_t q = 0; q < iW; q++) base[q + 1] = base[q] + (int64_t)(rb[q] / 4);
         for (int64_t i = 0; i < tot_all; i++) keys[i] = dsacp_float_key(recvsc[i]);
         int64_t nfb = 0;
@@ -272,7 +277,6 @@ int dsacp_cp_decode_lean(const dsacp_cp_decode_args *a, bool output_merge, bool 
             for (int64_t i = 0; i < ng; i++)
                 if (dsacp_cp_owner(ow[i], I, W) == me) ow[nown[j]++] = ow[i];
         }
-        free(keys), free(kq), free(off), free(base);
         /* 4. Fallback: exact-topk's exchange of every rank's local top-K for the open tokens. */
         if (nfb > 0) {
             fb_send = malloc((size_t)(nfb * K) * sizeof *fb_send);
@@ -426,5 +430,6 @@ done:
     free(scores), free(lsel), free(list), free(lcount), free(m), free(trunc), free(mode), free(rb), free(own), free(nown);
     dsacp_free(qall), dsacp_free(kv), free(work), dsacp_free(o), free(lse), free(lse_all), dsacp_free(vpart);
     dsacp_free(qpack), free(sendsc), free(recvsc), free(fb_send), free(fb_recv), free(merge);
+    free(vkeys), free((void *)vkq), free(voff), free(vbase);
     return crc;
 }

@@ -48,10 +48,10 @@ done
 # Injected failures, one rank at a time: creation stages through run, step stages through forward
 # (prefill chunks on sharded context, decodes, the selected sets and the logits gathered); every
 # site at W = 2, a few at W = 3 (test_cp_faults covers every site on every rank at W = 2..4).
-creation="pools engine cp plan"; steps="step views layer strategy merge topk logits"
+creation="pools cp plan"; steps="step views strategy merge topk logits"
 for W in 2 3; do
   last=$((W - 1))
-  [ $W = 3 ] && creation="pools" && steps="strategy logits"
+  [ $W = 3 ] && creation="engine" && steps="layer"
   for site in $creation; do
     fails "W=$W $site on rank $last, run" "injected: DSACP_FAULT=$site" $W env DSACP_FAULT=$site:$last "${RUN[@]}"
   done
