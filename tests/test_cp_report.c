@@ -41,7 +41,11 @@ int main(int argc, char **argv)
         CHECKF(dsacp_comm_set_notes(c, bad[i]) == DSACP_EINVAL, "notes '%s' accepted", bad[i]);
 
     char *text = (char *)"unset";
+    const dsacp_comm_counter ctl = dsacp_comm_get_counter(c, DSACP_PHASE_control);
     CHECK_OK(dsacp_comm_report_json(c, &text));
+    /* Building the report moves nothing the report would have to count. */
+    const dsacp_comm_counter ctl2 = dsacp_comm_get_counter(c, DSACP_PHASE_control);
+    CHECK(ctl2.calls == ctl.calls && ctl2.bytes_recv == ctl.bytes_recv && ctl2.bytes_sent == ctl.bytes_sent);
     if (me != 0) {
         CHECK(text == NULL);
     } else {
@@ -58,6 +62,8 @@ int main(int argc, char **argv)
                 CHECK(json_integer_value(json_object_get(k, "calls")) == (W > 1 ? 1 : 0));
                 CHECK(json_integer_value(json_object_get(k, "bytes_recv")) == (W > 1 && q ? (json_int_t)sizeof v : 0));
             }
+            json_t *c0 = json_object_get(json_object_get(json_array_get(ranks, 0), "phases"), "control");
+            CHECK(json_integer_value(json_object_get(c0, "calls")) == ctl.calls);
             const char *got = json_string_value(json_object_get(json_object_get(r, "cp"), "model"));
             CHECKF(got && strcmp(got, path) == 0, "model path came back as '%s'", got ? got : "(null)");
             CHECK(json_integer_value(json_object_get(json_object_get(r, "cp"), "world")) == W);

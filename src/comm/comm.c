@@ -615,8 +615,8 @@ int dsacp_comm_report_json(dsacp_comm *c, char **json_out)
     double *all = c->rank == 0 ? calloc((size_t)P * 4 * (size_t)W, sizeof *all) : NULL;
     int rc = (mine && (c->rank || all)) ? DSACP_OK : dsacp_error(DSACP_ENOMEM, "comm report: out of memory");
     /* Every rank learns whether every rank can take part before the gather (no rank is left
-     * waiting in it). */
-    rc = dsacp_comm_agree(c, rc);
+     * waiting in it); uncounted, so that the report holds exactly the run's counters. */
+    rc = dsacp_comm_agree_phase(c, rc, -1);
     if (!rc) {
         for (int p = 0; p < P; p++) {
             mine[p * 4 + 0] = (double)c->ctr[p].calls;
@@ -639,7 +639,7 @@ int dsacp_comm_report_json(dsacp_comm *c, char **json_out)
     }
     free(mine);
     free(all);
-    rc = dsacp_comm_agree(c, rc);
+    rc = dsacp_comm_agree_phase(c, rc, -1);
     if (rc) {
         free(text);
         return rc;
