@@ -21,8 +21,13 @@ struct dsacp_comm {
     dsacp_comm_counter own_ctr[DSACP_PHASE_COUNT];
     dsacp_comm_counter *ctr; /* own_ctr, or the parent's for a split communicator */
     json_t *notes; /* JSON object whose members join the report (rank 0's are written); NULL: none */
-    int *agree_buf; /* [size] the status agreement's receive buffer, allocated with the handle so that
-                     * the agreement itself never fails for memory */
+    /* Bookkeeping of the blocking collectives, allocated with the handle so that they never fail
+     * for memory halfway (a rank that returned before the MPI call would leave the others
+     * waiting): the status agreement's receive buffer [size], allgather's block sizes [size],
+     * MPI counts and displacements [4 size] (all-to-all; reduce-scatter and gather use part). */
+    int *agree_buf;
+    size_t *zscratch;
+    int *iscratch;
 };
 
 struct dsacp_comm_request {
@@ -63,6 +68,17 @@ static void count(dsacp_comm *c, int phase, int64_t sent, int64_t recv, double t
 
 /* ---- handles ---- */
 
+static int scratch_init(dsacp_comm *c)
+{
+    const size_t W = (size_t)(c->size > 0 ? c->size : 1);
+    c->agree_buf = malloc(W * sizeof *c->agree_buf);
+    c->zscratch = malloc(W * sizeof *c->zscratch);
+    c->iscratch = malloc(4 * W * sizeof *c->iscratch);
+    if (c->agree_buf && c->zscratch && c->iscratch) return DSACP_OK;
+    free(c->agree_buf), free(c->zscratch), free(c->iscratch);
+    return dsacp_error(DSACP_ENOMEM, "out of memory");
+}
+
 int dsacp_comm_create_solo(dsacp_comm **out)
 {
     *out = calloc(1, sizeof **out);
@@ -70,6 +86,11 @@ int dsacp_comm_create_solo(dsacp_comm **out)
     (*out)->solo = true;
     (*out)->size = 1;
     (*out)->ctr = (*out)->own_ctr;
+    if (scratch_init(*out)) {
+        free(*out);
+        *out = NULL;
+        return DSACP_ENOMEM;
+    }
     return DSACP_OK;
 }
 
@@ -89,6 +110,10 @@ int dsacp_comm_split(dsacp_comm *c, int color, int key, dsacp_comm **out)
     s->size = 1;
     if (c->solo) {
         s->solo = true;
+        if (scratch_init(s)) {
+            free(s);
+            return DSACP_ENOMEM;
+        }
         *out = s;
         return DSACP_OK;
     }
@@ -107,12 +132,11 @@ int dsacp_comm_split(dsacp_comm *c, int color, int key, dsacp_comm **out)
         s->rank = 0;
     } else {
         s->comm = sub;
-        s->agree_buf = malloc((size_t)s->size * sizeof *s->agree_buf);
-        if (!s->agree_buf) {
-            MPI_Comm_free(&s->comm);
-            free(s);
-            return dsacp_error(DSACP_ENOMEM, "out of memory");
-        }
+    }
+    if (scratch_init(s)) {
+        if (!s->solo) MPI_Comm_free(&s->comm);
+        free(s);
+        return DSACP_ENOMEM;
     }
     *out = s;
     return DSACP_OK;
@@ -135,11 +159,10 @@ int dsacp_comm_create_mpi(MPI_Comm comm, dsacp_comm **out)
     MPI_Comm_rank(c->comm, &c->rank);
     MPI_Comm_size(c->comm, &c->size);
     c->ctr = c->own_ctr;
-    c->agree_buf = malloc((size_t)c->size * sizeof *c->agree_buf);
-    if (!c->agree_buf) {
+    if (scratch_init(c)) {
         MPI_Comm_free(&c->comm);
         free(c);
-        return dsacp_error(DSACP_ENOMEM, "out of memory");
+        return DSACP_ENOMEM;
     }
     *out = c;
     return DSACP_OK;
@@ -182,7 +205,7 @@ void dsacp_comm_free(dsacp_comm *c)
         if (c->owns_mpi) MPI_Finalize();
     }
     json_decref(c->notes);
-    free(c->agree_buf);
+    free(c->agree_buf), free(c->zscratch), free(c->iscratch);
     free(c);
 }
 
@@ -272,19 +295,27 @@ int dsacp_comm_allgatherv(dsacp_comm *c, const void *send, size_t send_bytes, vo
         if (send_bytes && recv != send) memmove(recv, send, send_bytes);
         return DSACP_OK;
     }
-    dsacp_comm_request *req = NULL;
-    int rc = dsacp_comm_iallgatherv(c, send, send_bytes, recv, recv_bytes, phase, &req);
-    return rc ? rc : dsacp_comm_wait(req);
+    /* Blocking, on the handle's bookkeeping (nothing allocated: no rank can fail before the call). */
+    const double t0 = dsacp_now();
+    int *counts = c->iscratch, *displs = c->iscratch + c->size;
+    int rc = make_counts(c, recv_bytes, counts, displs, "all-gather");
+    if (!rc && send_bytes != recv_bytes[c->rank])
+        rc = dsacp_error(DSACP_EINVAL, "all-gather: send size %zu differs from this rank's block %zu", send_bytes,
+                         recv_bytes[c->rank]);
+    if (!rc) {
+        const void *sb = send == (const uint8_t *)recv + displs[c->rank] ? MPI_IN_PLACE : send;
+        int err = MPI_Allgatherv(sb, (int)send_bytes, MPI_BYTE, recv, counts, displs, MPI_BYTE, c->comm);
+        if (err != MPI_SUCCESS) rc = mpi_fail(err, "MPI_Allgatherv");
+    }
+    if (!rc) count(c, phase, (int64_t)send_bytes * (c->size - 1), sum_others(c, recv_bytes), t0);
+    return rc;
 }
 
 int dsacp_comm_allgather(dsacp_comm *c, const void *send, size_t bytes, void *recv, int phase)
 {
-    size_t *rb = malloc((size_t)c->size * sizeof *rb);
-    if (!rb) return dsacp_error(DSACP_ENOMEM, "out of memory");
+    size_t *rb = c->zscratch;
     for (int q = 0; q < c->size; q++) rb[q] = bytes;
-    int rc = dsacp_comm_allgatherv(c, send, bytes, recv, rb, phase);
-    free(rb);
-    return rc;
+    return dsacp_comm_allgatherv(c, send, bytes, recv, rb, phase);
 }
 
 int dsacp_comm_iallgatherv(dsacp_comm *c, const void *send, size_t send_bytes, void *recv,
@@ -377,15 +408,13 @@ int dsacp_comm_alltoallv(dsacp_comm *c, const void *send, const size_t *send_byt
     }
     const double t0 = dsacp_now();
     const size_t W = (size_t)c->size;
-    int *buf = malloc(4 * W * sizeof(int));
-    if (!buf) return dsacp_error(DSACP_ENOMEM, "out of memory");
+    int *buf = c->iscratch;
     int rc = make_counts(c, send_bytes, buf, buf + W, "all-to-all");
     if (!rc) rc = make_counts(c, recv_bytes, buf + 2 * W, buf + 3 * W, "all-to-all");
     if (!rc) {
         int err = MPI_Alltoallv(send, buf, buf + W, MPI_BYTE, recv, buf + 2 * W, buf + 3 * W, MPI_BYTE, c->comm);
         if (err != MPI_SUCCESS) rc = mpi_fail(err, "MPI_Alltoallv");
     }
-    free(buf);
     if (!rc) count(c, phase, sum_others(c, send_bytes), sum_others(c, recv_bytes), t0);
     return rc;
 }
@@ -397,8 +426,7 @@ int dsacp_comm_reduce_scatter_f32(dsacp_comm *c, const float *send, float *recv,
         return DSACP_OK;
     }
     const double t0 = dsacp_now();
-    int *ic = malloc((size_t)c->size * sizeof *ic);
-    if (!ic) return dsacp_error(DSACP_ENOMEM, "out of memory");
+    int *ic = c->iscratch;
     int64_t others = 0;
     int rc = DSACP_OK;
     for (int q = 0; q < c->size; q++) {
@@ -411,7 +439,6 @@ int dsacp_comm_reduce_scatter_f32(dsacp_comm *c, const float *send, float *recv,
         int err = MPI_Reduce_scatter(send, recv, ic, MPI_FLOAT, MPI_SUM, c->comm);
         if (err != MPI_SUCCESS) rc = mpi_fail(err, "MPI_Reduce_scatter");
     }
-    free(ic);
     if (!rc) count(c, phase, others, counts[c->rank] * 4 * (c->size - 1), t0);
     return rc;
 }
@@ -521,14 +548,12 @@ int dsacp_comm_gatherv(dsacp_comm *c, const void *send, size_t send_bytes, void 
         return DSACP_OK;
     }
     const double t0 = dsacp_now();
-    int *buf = malloc(2 * (size_t)c->size * sizeof(int));
-    if (!buf) return dsacp_error(DSACP_ENOMEM, "out of memory");
+    int *buf = c->iscratch;
     int rc = make_counts(c, recv_bytes, buf, buf + c->size, "gather");
     if (!rc) {
         int err = MPI_Gatherv(send, (int)send_bytes, MPI_BYTE, recv, buf, buf + c->size, MPI_BYTE, 0, c->comm);
         if (err != MPI_SUCCESS) rc = mpi_fail(err, "MPI_Gatherv");
     }
-    free(buf);
     if (!rc) count(c, phase, c->rank ? (int64_t)send_bytes : 0, c->rank ? 0 : sum_others(c, recv_bytes), t0);
     return rc;
 }
