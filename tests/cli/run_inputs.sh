@@ -98,6 +98,11 @@ refused "forward: malformed input" 2 "p.jsonl" -- \
   "$DSACP" forward --model "$tmp/m" --input "$tmp/p.jsonl" --output "$tmp/o.st"
 refused "forward: missing model" 2 "nosuch" -- \
   "$DSACP" forward --model "$tmp/nosuch" --input "$tmp/in.safetensors" --output "$tmp/o.st"
+refused "forward: missing --context-hardware profile" 2 "--context-hardware" "hw.missing" "cannot open" -- \
+  "$DSACP" forward --model "$tmp/m" --input "$tmp/in.safetensors" --output "$tmp/o.st" \
+  --context-path auto --context-hardware "$tmp/hw.missing"
+refused "run: --context-hardware not a profile" 2 "--context-hardware" "broken.jsonl" -- \
+  "${R[@]}" --requests 1 --prompt-len 4 --context-path auto --context-hardware "$tmp/broken.jsonl"
 refused "generate: missing model" 2 "nosuch" -- "$DSACP" generate --model "$tmp/nosuch"
 cp "$tmp/in.safetensors" "$tmp/keep.safetensors"
 refused "forward --input X --output X" 2 "same file" -- \

@@ -1,5 +1,6 @@
 /* cli_common.c -- the option parser and error printing shared by the subcommands. */
 #include "cli.h"
+#include "dsacp_plan.h"
 
 #include <errno.h>
 #include <math.h>
@@ -467,6 +468,13 @@ bool cli_cp_options(const char *cmd, const cli_opt *opts, dsacp_cp_options *cp)
         return false;
     }
     cp->context_hardware = cli_get(opts, "context-hardware");
+    if (cp->context_hardware) { /* a bad profile is the invocation's fault: found here, exit 2 */
+        dsacp_hw hw;
+        if (dsacp_hw_load(cp->context_hardware, &hw)) {
+            fprintf(stderr, "dsacp %s: option '--context-hardware': %s\n", cmd, dsacp_last_error());
+            return false;
+        }
+    }
     if ((s = cli_get(opts, "partials")) && dsacp_partials_dtype_parse(s, &cp->partials)) {
         fprintf(stderr, "dsacp %s: option '--partials': %s\n", cmd, dsacp_last_error());
         return false;
