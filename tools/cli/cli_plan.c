@@ -79,7 +79,10 @@ static void jset(report *r, json_t *obj, const char *key, json_t *v)
 static void jreal(report *r, json_t *obj, const char *key, double v, const char *where)
 {
     if (!isfinite(v)) {
-        if (!r->bad[0]) snprintf(r->bad, sizeof r->bad, "%s%s%s", where, *where ? " " : "", key);
+        /* a long name is cut at the buffer (checking the length keeps gcc's truncation warning
+         * at -O2 quiet: the cut is intended) */
+        if (!r->bad[0] && snprintf(r->bad, sizeof r->bad, "%s%s%s", where, *where ? " " : "", key) < 0)
+            r->bad[0] = '?';
         v = 0;
     }
     jset(r, obj, key, json_real(v));
