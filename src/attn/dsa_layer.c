@@ -154,7 +154,7 @@ void dsacp_dsa_weights_release(dsacp_dsa_weights *w)
 /* ---- phases ----
  * The layer is a sequence of phases over plain buffers; the context-parallel layer
  * (src/cp/cp_layer.c) composes them and says what moves between them. The single-process layer
- * is its solo case (dsacp_dsa_forward at the end of this file). */
+ * is its solo case (dsacp_dsa_forward in src/cp/cp_layer.c). */
 
 int dsacp_dsa_proj_alloc(dsacp_dsa_proj *p, const dsacp_config *cfg, int64_t T)
 {

@@ -1,7 +1,7 @@
 /*
  * attn -- one DeepSeek Sparse Attention layer (docs/dsa-math.md section 3) over the paged caches:
- * projections, lightning indexer, top-k, absorbed sparse MLA, o_proj. The math reads top to
- * bottom in dsa_layer.c. Calls core, numerics, kernels, cache and the model's weight views.
+ * projections, lightning indexer, top-k, absorbed sparse MLA, o_proj: the phases, composed in
+ * order by src/cp/cp_layer.c. Calls core, numerics, kernels, cache and the model's weight views.
  */
 #ifndef DSACP_DSA_LAYER_H
 #define DSACP_DSA_LAYER_H

@@ -1,7 +1,8 @@
 /*
  * cache -- the paged caches of one process (or one CP rank's shard): a pool of fixed-size blocks
  * of B tokens, per-layer storage for the MLA latent cache and the indexer key cache, and
- * per-sequence block tables. Calls core, numerics and the ISA choice of kernels.
+ * per-sequence block tables. Calls core, numerics, the ISA choice of kernels and model (cache
+ * bytes per token).
  *
  * Layouts (docs/dsa-math.md section 6), per layer, per block of B tokens:
  *   MLA latent, token-major, mla_bytes per token:
