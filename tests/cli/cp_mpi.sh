@@ -68,8 +68,8 @@ for W in 2 3; do
              "--decode-strategy replicated-index --kv-layout replicated" \
              "--decode-strategy allgather-kv --kv-layout sharded --index-layout replicated --cp-kv-cache-interleave-size 8" \
              "--cp-mode dsa-cp --kv-layout replicated --index-layout replicated --q-proj layer-shard --o-proj auto" \
-             "--cp-mode dsa-cp --q-proj replicated --o-proj tp --prefetch 1" \
-             "--cp-mode dsa-cp --decode-strategy replicated-index --index-layout replicated --o-proj layer-shard" \
+             "--cp-mode dsa-cp --q-proj replicated --o-proj tp" \
+             "--cp-mode dsa-cp --decode-strategy replicated-index --index-layout replicated --o-proj layer-shard --prefetch 1" \
              "--cp-mode dsa-cp --kv-layout replicated --index-layout replicated --o-proj layer-shard --prefill-split owner" \
              "--decode-strategy lean --lean-candidates 1.5 --context-path distributed" \
              "--context-path auto --prefill-split zigzag --dcp-comm-backend a2a" \

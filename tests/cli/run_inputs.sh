@@ -203,4 +203,45 @@ kill -TERM "$pid" 2>/dev/null; wait "$pid"; st=$?
 if (( seen && st == 143 )) && [[ -z $(leftover) ]]; then pass "--preset: SIGTERM leaves nothing in TMPDIR"
 else fail "--preset SIGTERM: directory seen $seen, status $st, left $(leftover) $(ls "$(leftover)" 2>/dev/null | tr '\n' ' ')"; fi
 
+# ---- an output never replaces an input (item 15): the model's files, the hardware profiles ----
+cp -r "$tmp/m" "$tmp/mi"; cp "${DSACP_SOURCE_DIR:-$(dirname "$0")/../..}/hardware/h200-nvlink8.json" "$tmp/hw.json"
+snap() { cat "$tmp/mi"/* "$tmp/hw.json" | md5sum; }
+before=$(snap)
+refused "run --json names the model's config" 2 "--json" "mi/config.json" "--model" -- \
+  "$DSACP" run --model "$tmp/mi" --requests 1 --prompt-len 4 --gen-len 1 --no-realtime --json "$tmp/mi/config.json"
+refused "forward --output names the model's weights" 2 "--output" "model.safetensors" -- \
+  "$DSACP" forward --model "$tmp/mi" --input "$tmp/in.safetensors" --output "$tmp/mi/model.safetensors"
+refused "generate --comm-report names the model's config (hard link)" 2 "--comm-report" "--model" -- \
+  bash -c 'ln -f "$1/config.json" "$2/cfg.link" && exec "${@:3}"' _ "$tmp/mi" "$tmp" \
+  "$DSACP" generate --model "$tmp/mi" --prompt-len 4 --new-tokens 1 --comm-report "$tmp/cfg.link"
+refused "forward --comm-report names the --context-hardware profile" 2 "--comm-report" "--context-hardware" -- \
+  "$DSACP" forward --model "$tmp/mi" --input "$tmp/in.safetensors" --output "$tmp/o.st" \
+  --context-path auto --context-hardware "$tmp/hw.json" --comm-report "$tmp/hw.json"
+refused "plan --json names the --hardware profile" 2 "--json" "--hardware" -- \
+  "$DSACP" plan --model "$tmp/mi" --context 4096 --cp 4 --hardware "$tmp/hw.json" --json "$tmp/hw.json"
+ln -f "$tmp/hw.json" "$tmp/hw-link.png"
+refused "plan --plot names the --hardware profile (a hard link)" 2 "--plot" "--hardware" -- \
+  "$DSACP" plan --model "$tmp/mi" --context 4096 --cp 4 --hardware "$tmp/hw.json" --plot "$tmp/hw-link.png"
+if [ "$(snap)" = "$before" ]; then pass "the inputs are untouched"; else fail "an input was replaced"; fi
+if mpi 2 "$DSACP" run --model "$tmp/mi" --requests 1 --prompt-len 4 --gen-len 1 --no-realtime \
+     --comm-report "$tmp/mi/config.json" >"$tmp/out" 2>"$tmp/err"; then fail "W=2 run --comm-report over the config accepted"
+elif grep -q "refusing to replace an input" "$tmp/err" && [ "$(snap)" = "$before" ]; then pass "W=2: an output over an input refused on every rank"
+else fail "W=2 output over an input: $(head -c 600 "$tmp/err")"; fi
+
+# ---- every command: an unknown preset or a bad model directory is the invocation (exit 2) ----
+refused "bench --preset nope" 2 "nope" -- "$DSACP" bench --preset nope
+refused "init-model --preset nope" 2 "nope" -- "$DSACP" init-model --preset nope --out "$tmp/o.st"
+refused "bench --model missing" 2 "nosuch" -- "$DSACP" bench --model "$tmp/nosuch" --kernel layer
+refused "bench --block-size larger than any request" 2 "--block-size" "max_position_embeddings" -- \
+  "$DSACP" bench --model "$tmp/m" --kernel layer --context 64 --block-size 1048576 --reps 1
+
+# ---- flags the chosen configuration would ignore are refused (item 11) ----
+for f in "--lean-candidates 3" "--lean-merge values" "--partials fp32"; do
+  # shellcheck disable=SC2086
+  refused "$f without lean" 2 "${f%% *}" "lean" -- "${R[@]}" --requests 1 --prompt-len 4 --gen-len 1 $f
+done
+refused "--prefetch without a layer-shard plan" 2 "--prefetch" "layer-shard" -- "${R[@]}" --requests 1 --prefetch 3
+refused "--top-p with greedy decoding" 2 "--top-p" "--temperature" -- "${R[@]}" --requests 1 --top-p 0.5
+refused "--arrival-rate 1e-320 (its gaps overflow)" 2 "--arrival-rate" -- "${R[@]}" --requests 2 --arrival-rate 1e-320
+
 finish

@@ -50,4 +50,16 @@ for run in "exact 1" "exact 2 --decode-strategy exact-topk --cp-interleave 3" \
   if r=$(python3 "$tmp/check.py" "$tmp/v.json" "$mode" "$st" "$tmp/out" 2>&1); then pass "W=$n $mode $cfg: $r"
   else fail "W=$n $mode $cfg (status $st): $r $(tail -n 3 "$tmp/err")"; fi
 done
+
+# The verdict is rank 0's, but every rank exits with it (README: under mpirun every rank ends with
+# the same status): each rank's own exit status recorded, mpirun told not to cut the others short.
+printf '#!/usr/bin/env bash\n"$@"; rc=$?; echo "$rc" >"$RANK_RC_DIR/rank.${OMPI_COMM_WORLD_RANK:-0}"; exit $rc\n' >"$tmp/rank_rc.sh"
+chmod +x "$tmp/rank_rc.sh"
+mkdir -p "$tmp/rc"; rm -f "$tmp/rc"/rank.* "$tmp/v.json"
+RANK_RC_DIR="$tmp/rc" mpi 3 -x RANK_RC_DIR --mca orte_abort_on_non_zero_status 0 "$tmp/rank_rc.sh" "$DSACP" run "${W[@]}" \
+  --numerics deployed --decode-strategy lean --kv-dtype fp8 --cp-interleave 3 --json "$tmp/v.json" >/dev/null 2>&1
+want=$(python3 -c "import json,sys; print(0 if json.load(open(sys.argv[1]))['verify']['passed'] else 3)" "$tmp/v.json" 2>/dev/null)
+got=$(cat "$tmp/rc"/rank.0 "$tmp/rc"/rank.1 "$tmp/rc"/rank.2 2>/dev/null | tr '\n' ' ')
+if [ -n "$want" ] && [ "$got" = "$want $want $want " ]; then pass "W=3 deployed lean I=3: every rank exits $want"
+else fail "W=3 deployed lean I=3: ranks exited '$got', the verdict wants $want"; fi
 finish

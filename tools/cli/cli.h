@@ -95,6 +95,15 @@ int cli_output_open(const char *cmd, const char *flag, const char *path, cli_out
 int cli_output_commit_bytes(cli_output *o, const void *data, size_t len);
 /* Removes the temporary (no-op when committed or not open). */
 void cli_output_abort(cli_output *o);
+/* The files a command reads: cli_parse records the values of --model (every regular file directly
+ * inside the directory: config, weights, shards, index), --input, --prompts, --hardware and
+ * --context-hardware. DSACP_EINVAL naming --flag and the input when `path` is one of them (the
+ * same device and inode), so no output replaces an input; DSACP_OK otherwise. cli_output_open
+ * checks it; a command that opens an output another way calls it first. */
+int cli_check_not_input(const char *flag, const char *path);
+/* The exit status of a failed cli_output_open / cli_check_not_input: 2 when the output names an
+ * input (a bad invocation), 1 when it cannot be created (README "Errors"). */
+int cli_output_exit(int status);
 /* True when a and b name the same file: the same string, or both exist with the same device and
  * inode (a hard link, a symlink, "./x" for "x"). */
 bool cli_same_file(const char *a, const char *b);

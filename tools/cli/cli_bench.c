@@ -1159,16 +1159,27 @@ int cli_bench(int argc, char **argv)
     if (b->preset) {
         rc = dsacp_preset_config(b->preset, &b->cfg);
         if (rc) {
-            ret = cli_fail("bench", rc);
+            cli_fail("bench", rc);
+            ret = cli_setup_exit(rc); /* an unknown preset: a bad invocation */
             goto out;
         }
     } else {
         rc = dsacp_model_load(b->model_dir, &b->model);
         if (rc) {
-            ret = cli_fail("bench", rc);
+            cli_fail("bench", rc);
+            ret = cli_setup_exit(rc); /* a bad model directory: a bad invocation */
             goto out;
         }
         b->cfg = *dsacp_model_config(b->model);
+    }
+    {
+        dsacp_engine_options eo;
+        dsacp_engine_options_default(&eo);
+        eo.block_size = b->block_size;
+        if (!cli_block_size_fits("bench", &eo, &b->cfg, b->preset ? b->preset : b->model_dir)) {
+            ret = 2;
+            goto out;
+        }
     }
     if (b->deployed && (b->cfg.index_head_dim & (b->cfg.index_head_dim - 1))) {
         fprintf(stderr, "dsacp bench: the deployed numerics need a power-of-two index_head_dim (use '--numerics exact')\n");

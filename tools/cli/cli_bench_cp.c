@@ -202,7 +202,7 @@ int cli_bench_cp(const cli_opt *opts)
     int rc = dsacp_comm_agree(cli_world, ok ? DSACP_OK : DSACP_EINVAL);
     if (rc) return 2;
     cli_output report_out;
-    if (cli_cp_begin("bench", opts, &report_out)) return 1; /* an output that cannot be created: exit 1 (README "Errors") */
+    if ((rc = cli_cp_begin("bench", opts, &report_out))) return cli_output_exit(rc); /* README "Errors" */
     dsacp_model *m = NULL;
     dsacp_engine *e = NULL;
     rc = dsacp_comm_agree(cli_world, dsacp_model_load(dir, &m));

@@ -16,6 +16,66 @@
 #include <sys/syscall.h>
 #endif
 
+/* The inputs of this command (cli_check_not_input): flag name and value, filled by cli_parse. */
+static const char *const input_flags[] = {"model", "input", "prompts", "hardware", "context-hardware"};
+#define N_INPUT_FLAGS (sizeof input_flags / sizeof input_flags[0])
+static const char *inputs[N_INPUT_FLAGS];
+
+static void record_inputs(const cli_opt *opts)
+{
+    for (size_t i = 0; i < N_INPUT_FLAGS; i++) inputs[i] = NULL;
+    for (const cli_opt *p = opts; p->name; p++)
+        for (size_t i = 0; i < N_INPUT_FLAGS; i++)
+            if (p->has_value && p->value && strcmp(p->name, input_flags[i]) == 0) inputs[i] = p->value;
+}
+
+/* Whether the file (dev, ino) is `in` or, when `in` is a directory, a file directly inside it;
+ * *hit gets the matching path (in `buf` for a directory entry). */
+static bool names_input(const struct stat *o, const char *in, char *buf, size_t cap, const char **hit)
+{
+    struct stat s;
+    if (stat(in, &s) != 0) return false;
+    if (!S_ISDIR(s.st_mode)) {
+        *hit = in;
+        return s.st_dev == o->st_dev && s.st_ino == o->st_ino;
+    }
+    DIR *d = opendir(in);
+    if (!d) return false;
+    bool found = false;
+    for (struct dirent *e; !found && (e = readdir(d));) {
+        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0) continue;
+        struct stat f;
+        if (fstatat(dirfd(d), e->d_name, &f, 0) == 0 && S_ISREG(f.st_mode) && f.st_dev == o->st_dev &&
+            f.st_ino == o->st_ino) {
+            snprintf(buf, cap, "%s/%s", in, e->d_name);
+            *hit = buf;
+            found = true;
+        }
+    }
+    closedir(d);
+    return found;
+}
+
+int cli_check_not_input(const char *flag, const char *path)
+{
+    (void)flag; /* named by the caller's context (cli_output_open adds "--flag: ") */
+    struct stat o;
+    if (!path || stat(path, &o) != 0) return DSACP_OK; /* a new file replaces nothing */
+    for (size_t i = 0; i < N_INPUT_FLAGS; i++) {
+        char buf[4352];
+        const char *hit = NULL;
+        if (inputs[i] && names_input(&o, inputs[i], buf, sizeof buf, &hit))
+            return dsacp_error(DSACP_EINVAL, "%s: is the input %s (--%s); refusing to replace an input", path, hit,
+                               input_flags[i]);
+    }
+    return DSACP_OK;
+}
+
+int cli_output_exit(int status)
+{
+    return status == DSACP_EINVAL ? 2 : 1;
+}
+
 int cli_parse(int argc, char **argv, cli_opt *opts)
 {
     const char *cmd = argv[0];
@@ -51,6 +111,7 @@ int cli_parse(int argc, char **argv, cli_opt *opts)
             o->value = "1";
         }
     }
+    record_inputs(opts);
     return CLI_RUN;
 }
 
@@ -296,7 +357,8 @@ int cli_output_open(const char *cmd, const char *flag, const char *path, cli_out
     if (path && root) {
         sigset_t saved; /* the temporary exists only once a signal would remove it */
         cli_signals_hold(true, &saved);
-        rc = dsacp_out_open(&o->out, path);
+        rc = cli_check_not_input(flag, path);
+        if (!rc) rc = dsacp_out_open(&o->out, path);
         if (rc) {
             dsacp_error_context(rc, "--%s", flag);
         } else {
@@ -481,6 +543,19 @@ bool cli_cp_options(const char *cmd, const cli_opt *opts, dsacp_cp_options *cp)
     }
     if ((s = cli_get(opts, "dcp-comm-backend")) && dsacp_merge_backend_parse(s, &cp->merge_backend)) {
         fprintf(stderr, "dsacp %s: option '--dcp-comm-backend': %s\n", cmd, dsacp_last_error());
+        return false;
+    }
+    /* Flags that no part of the chosen configuration reads are refused, never silently ignored. */
+    static const char *const lean_only[] = {"lean-candidates", "lean-merge", "partials"};
+    for (size_t i = 0; i < sizeof lean_only / sizeof lean_only[0]; i++)
+        if (cli_get(opts, lean_only[i]) && cp->decode != DSACP_DECODE_LEAN) {
+            fprintf(stderr, "dsacp %s: option '--%s' applies to '--decode-strategy lean' only (the strategy is %s)\n", cmd,
+                    lean_only[i], dsacp_decode_strategy_name(cp->decode));
+            return false;
+        }
+    if (cli_get(opts, "prefetch") && cp->q_proj != DSACP_WEIGHTS_LAYER_SHARD && cp->o_proj != DSACP_WEIGHTS_LAYER_SHARD) {
+        fprintf(stderr, "dsacp %s: option '--prefetch' applies to a layer-shard weight plan only ('--q-proj layer-shard' "
+                "or '--o-proj layer-shard' with '--cp-mode dsa-cp')\n", cmd);
         return false;
     }
     const int W = cli_world ? dsacp_comm_size(cli_world) : 1;

@@ -50,10 +50,11 @@ int cli_forward(int argc, char **argv)
     cli_output out_file, report_out;
     cli_output_init(&out_file);
     cli_output_init(&report_out);
-    if (cli_output_open("forward", "output", outp, &out_file)) return 1; /* an output that cannot be created: exit 1 */
-    if (cli_cp_begin("forward", opts, &report_out)) {
+    int orc = cli_output_open("forward", "output", outp, &out_file);
+    if (orc) return cli_output_exit(orc); /* 1: cannot be created; 2: it names an input */
+    if ((orc = cli_cp_begin("forward", opts, &report_out))) {
         cli_output_abort(&out_file);
-        return 1;
+        return cli_output_exit(orc);
     }
     /* Every rank loads the model; rank 0 alone reads the input and sends its bytes. */
     dsacp_model *m = NULL;

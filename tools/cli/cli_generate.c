@@ -65,7 +65,8 @@ int cli_generate(int argc, char **argv)
     dsacp_comm *world = cli_world;
     const bool root = !world || dsacp_comm_rank(world) == 0;
     cli_output report_out; /* --comm-report, opened before any work */
-    if (cli_cp_begin("generate", opts, &report_out)) return 1; /* an output that cannot be created: exit 1 */
+    int orc = cli_cp_begin("generate", opts, &report_out);
+    if (orc) return cli_output_exit(orc); /* 1: cannot be created; 2: it names an input */
     dsacp_model *m = NULL;
     int rc = dsacp_model_load(dir, &m);
     if (world) rc = dsacp_comm_agree(world, rc);

@@ -26,7 +26,7 @@ int cli_init_model(int argc, char **argv)
     if (seed_s && !cli_int("init-model", "seed", seed_s, 0, INT64_MAX, &seed)) return 2;
     dsacp_config cfg;
     int rc = dsacp_preset_config(preset, &cfg);
-    if (rc) return cli_fail("init-model", rc);
+    if (rc) return cli_fail_invocation("init-model", rc); /* an unknown preset: exit 2 */
     /* The real checkpoint stores FP8 weights; so does the default of the real-size preset. */
     dsacp_weight_format fmt = strcmp(preset, "v32-layer") == 0 ? DSACP_WEIGHTS_FP8 : DSACP_WEIGHTS_F32;
     const char *ws = cli_get(opts, "weights");

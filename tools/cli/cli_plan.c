@@ -118,7 +118,8 @@ static int calibrate(const char *path)
     const int W = dsacp_comm_size(cli_world), me = dsacp_comm_rank(cli_world);
     /* the output first (rank 0): a path that cannot be written is refused before measuring */
     dsacp_out o = {.fd = -1};
-    int orc = me == 0 ? dsacp_out_open(&o, path) : DSACP_OK;
+    int orc = me == 0 ? cli_check_not_input("calibrate", path) : DSACP_OK;
+    if (!orc && me == 0) orc = dsacp_out_open(&o, path);
     if (orc) dsacp_error_context(orc, "--calibrate");
     orc = dsacp_comm_agree(cli_world, orc);
     if (orc) {
@@ -592,7 +593,8 @@ int cli_plan(int argc, char **argv)
     const char *s;
     if ((s = cli_get(opts, "calibrate"))) {
         int rc = calibrate(s);
-        return rc ? cli_fail("plan", rc) : 0;
+        if (rc) cli_fail("plan", rc);
+        return rc ? cli_output_exit(rc) : 0; /* 2 when the profile would replace an input */
     }
     plan_args A = {.model = cli_get(opts, "model"), .preset = cli_get(opts, "preset"), .hwp = cli_get(opts, "hardware"),
                    .L = 131072, .B = 1, .W = 8, .Pp = 0, .C = 2048, .ep = 0, .f = 2.0, .wbytes = 0, .deployed = true};
@@ -675,6 +677,10 @@ int cli_plan(int argc, char **argv)
 
     /* The outputs before any work: a path that cannot be written fails now, with nothing printed. */
     dsacp_out jo = {.fd = -1}, po = {.fd = -1};
+    if ((rc = cli_check_not_input("json", jpath)) || (rc = cli_check_not_input("plot", ppath))) {
+        cli_fail("plan", dsacp_error_context(rc, "%s", cli_check_not_input("json", jpath) ? "--json" : "--plot"));
+        return 2; /* an output naming an input (the profile, the model's files): a bad invocation */
+    }
     if (jpath && (rc = dsacp_out_open(&jo, jpath))) return cli_fail("plan", dsacp_error_context(rc, "--json"));
     if (ppath && (rc = dsacp_out_open(&po, ppath))) {
         dsacp_out_abort(&jo);

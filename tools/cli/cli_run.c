@@ -654,10 +654,19 @@ int cli_run(int argc, char **argv)
     if ((s = cli_get(opts, "kv-blocks")) && !cli_int("run", "kv-blocks", s, 1, INT32_MAX, &kvb)) return 2;
     /* Requests per second (0: all at once); 1e9 keeps the arrival times finite and distinct. */
     if ((s = cli_get(opts, "arrival-rate")) && !cli_double("run", "arrival-rate", s, 0, 1e9, &rate)) return 2;
+    if (rate > 0 && rate < 1e-6) { /* below that the gaps (1 / rate) leave every finite clock */
+        fprintf(stderr, "dsacp run: option '--arrival-rate' = %s: 0 (all at once) or a rate in [1e-06, 1e+09] "
+                "requests per second\n", s);
+        return 2;
+    }
     if ((s = cli_get(opts, "temperature")) && !cli_double("run", "temperature", s, 0, 1e6, &temp)) return 2;
     if ((s = cli_get(opts, "top-p")) && !cli_double("run", "top-p", s, 0, 1, &topp)) return 2;
     if (s && !(topp > 0)) {
         fprintf(stderr, "dsacp run: option '--top-p' must be in (0, 1], got '%s'\n", s);
+        return 2;
+    }
+    if (s && !(temp > 0)) { /* greedy decoding never samples: a top-p would be silently ignored */
+        fprintf(stderr, "dsacp run: option '--top-p' applies to sampling only: give '--temperature T' > 0 with it\n");
         return 2;
     }
     int64_t kvmem = -1;
@@ -698,7 +707,7 @@ int cli_run(int argc, char **argv)
     if (!rc) rc = cli_cp_begin("run", opts, &report_out);
     if (rc) {
         cli_output_abort(&json_out);
-        return 1; /* an output that cannot be created or written: exit 1 (README "Errors") */
+        return cli_output_exit(rc); /* 1: cannot be created (README "Errors"); 2: it names an input */
     }
     int ret = 1;
     tmp_model tm = {.dir = "", .cleanup = -1};
@@ -839,6 +848,9 @@ int cli_run(int argc, char **argv)
     }
     for (int64_t k = 0; k < n_div; k++) near_ties += div[k].near_tie;
     verify_passed = n_div == near_ties;
+    /* Rank 0 alone compared the runs: every rank learns the verdict, so all exit with the same
+     * status (3 on a failed check). An uncounted agreement: the report's counters stay the run's. */
+    if (world && verify) verify_passed = dsacp_comm_agree_phase(world, root && !verify_passed ? 1 : DSACP_OK, -1) == DSACP_OK;
     if (root) {
         FILE *f = open_memstream(&text, &text_len);
         json_t *j = json_object();
