@@ -88,7 +88,7 @@ refused "forward --block-size larger than any request" 2 "--block-size" "max_pos
 refused "generate --block-size larger than any request" 2 "--block-size" "max_position_embeddings" -- \
   "$DSACP" generate --model "$tmp/m" --prompt-len 4 --new-tokens 1 --block-size 1048576
 refused "--kv-blocks too few for one request" 2 "does not fit" -- \
-  "${R[@]}" --requests 2 --prompt-len 200 --kv-blocks 1 --block-size 16
+  "${R[@]}" --requests 4 --prompt-len 8:200 --gen-len 1 --kv-blocks 1 --block-size 16
 refused "--preset nope" 2 "nope" -- "$DSACP" run --preset nope
 refused "missing model directory" 2 "nosuch" -- "$DSACP" run --model "$tmp/nosuch" --requests 1
 refused "missing prompts file" 2 "none.jsonl" -- "${R[@]}" --prompts "$tmp/none.jsonl"
@@ -243,5 +243,35 @@ done
 refused "--prefetch without a layer-shard plan" 2 "--prefetch" "layer-shard" -- "${R[@]}" --requests 1 --prefetch 3
 refused "--top-p with greedy decoding" 2 "--top-p" "--temperature" -- "${R[@]}" --requests 1 --top-p 0.5
 refused "--arrival-rate 1e-320 (its gaps overflow)" 2 "--arrival-rate" -- "${R[@]}" --requests 2 --arrival-rate 1e-320
+
+# ---- second review: two outputs spelled differently, JSONL keys, the verify check's scope ----
+refused "run --json ./X --comm-report X" 2 "names the same file" -- \
+  bash -c 'cd "$1" && exec "${@:2}"' _ "$tmp" "${R[@]}" --requests 1 --prompt-len 4 --gen-len 1 --json ./o.json --comm-report o.json
+refused "forward --output ./X --comm-report X" 2 "names the same file" -- \
+  bash -c 'cd "$1" && exec "${@:2}"' _ "$tmp" "$DSACP" forward --model "$tmp/m" --input "$tmp/in.safetensors" \
+  --output ./o.st --comm-report o.st
+refused "plan --json ./X.svg --plot X.svg" 2 "same file" -- \
+  bash -c 'cd "$1" && exec "${@:2}"' _ "$tmp" "$DSACP" plan --model "$tmp/m" --context 1024 --cp 2 \
+  --hardware "$tmp/hw.json" --json ./o.svg --plot o.svg
+[ -e "$tmp/o.svg" ] && fail "plan left o.svg" || pass "plan wrote neither output"
+printf '{"prompt_ids": [1, 2, 3], "max_new_tokens": 2, "max_new_tokens": 5}\n' >"$tmp/dup.jsonl"
+refused "JSONL: a repeated key" 2 "dup.jsonl" "line 1" "duplicate" -- "${R[@]}" --prompts "$tmp/dup.jsonl"
+printf '{"prompt_ids": [1, 2, 3]}\n{"prompt_ids": [1, 2, 3], "max_new_token": 5}\n' >"$tmp/typo.jsonl"
+refused "JSONL: an unknown field (a typo)" 2 "typo.jsonl" "line 2" "max_new_token" -- "${R[@]}" --prompts "$tmp/typo.jsonl"
+printf '{"prompt_ids": [1, 2, 3], "arrival_s": 1e300}\n' >"$tmp/far.jsonl"
+refused "JSONL: arrival_s beyond 1e7 s (a silent wait)" 2 "far.jsonl" "arrival_s" -- "$DSACP" run --model "$tmp/m" --prompts "$tmp/far.jsonl"
+refused "--verify with sampling in deployed numerics" 2 "--verify" "--temperature" -- \
+  "${R[@]}" --requests 1 --numerics deployed --verify --temperature 1
+refused "--kv-blocks below the shortest request, before generating" 2 "--kv-blocks" "shortest" -- \
+  "${R[@]}" --requests 262144 --prompt-len 4000 --gen-len 1 --kv-blocks 1
+refused "generate: a CP option the engine refuses" 2 "dsa-cp" -- "$DSACP" generate --model "$tmp/m" --prompt-len 4 --new-tokens 1 --o-proj tp
+refused "forward: a CP option the engine refuses" 2 "dsa-cp" -- \
+  "$DSACP" forward --model "$tmp/m" --input "$tmp/in.safetensors" --output "$tmp/o.st" --o-proj tp
+for c in "inspect --model $tmp/m" "init-model --preset tiny --out $tmp/fullout" "make-input --out $tmp/fullin.st --requests 1 --length 4 --vocab 512"; do
+  # shellcheck disable=SC2086
+  "$DSACP" $c >/dev/full 2>"$tmp/err"; st=$?
+  if [ $st = 1 ] && grep -q "stdout" "$tmp/err"; then pass "${c%% *} with stdout on /dev/full: exit 1"
+  else fail "${c%% *} with stdout on /dev/full: status $st, $(head -c 300 "$tmp/err")"; fi
+done
 
 finish

@@ -397,12 +397,34 @@ void cli_output_abort(cli_output *o)
     o->open = false;
 }
 
+/* The directory part of `path` ("." when it has none) and its last component. */
+static bool split_path(const char *path, char *dir, size_t cap, const char **base)
+{
+    const char *slash = strrchr(path, '/');
+    *base = slash ? slash + 1 : path;
+    if (!slash) return snprintf(dir, cap, ".") < (int)cap;
+    const size_t n = slash == path ? 1 : (size_t)(slash - path);
+    if (n >= cap) return false;
+    memcpy(dir, path, n);
+    dir[n] = 0;
+    return true;
+}
+
 bool cli_same_file(const char *a, const char *b)
 {
     if (!a || !b) return false;
     if (strcmp(a, b) == 0) return true;
     struct stat sa, sb;
-    return stat(a, &sa) == 0 && stat(b, &sb) == 0 && sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
+    const bool ea = stat(a, &sa) == 0, eb = stat(b, &sb) == 0;
+    if (ea && eb) return sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
+    if (ea != eb) return false; /* one exists, the other does not: different files */
+    /* Neither exists yet (two outputs): the same name in the same directory, however spelled
+     * ("./x" and "x", "d/../x"): compare the directories by device and inode. */
+    char da[4096], db[4096];
+    const char *ba, *bb;
+    if (!split_path(a, da, sizeof da, &ba) || !split_path(b, db, sizeof db, &bb)) return false;
+    if (strcmp(ba, bb) != 0) return false;
+    return stat(da, &sa) == 0 && stat(db, &sb) == 0 && sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
 }
 
 int cli_print_buffer(const char *text, size_t len)

@@ -120,6 +120,7 @@ int cli_forward(int argc, char **argv)
     rc = world ? dsacp_engine_create_cp(m, &eo, &cpo, world, &e) : dsacp_engine_create(m, &eo, &e);
     if (rc) {
         cli_fail("forward", rc);
+        ret = rc == DSACP_EINVAL || rc == DSACP_EUNSUPPORTED ? 2 : 1; /* options the engine refuses, as in run */
         goto done;
     }
     /* Sizes from dsacp_forward_input_sizes: overflow-checked and bounded. */

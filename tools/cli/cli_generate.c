@@ -105,6 +105,8 @@ int cli_generate(int argc, char **argv)
     eo.num_blocks = (plen + ntok + eo.block_size - 1) / eo.block_size + 1;
     dsacp_engine *e = NULL;
     rc = world ? dsacp_engine_create_cp(m, &eo, &cpo, world, &e) : dsacp_engine_create(m, &eo, &e);
+    /* options the engine refuses (CP conflicts) are the invocation's: exit 2, as in run */
+    const bool refused = rc == DSACP_EINVAL || rc == DSACP_EUNSUPPORTED;
     int32_t *ids = malloc(ids_bytes);
     float *logits = malloc(root ? logits_bytes : 4);
     int64_t req = 0;
@@ -162,7 +164,7 @@ done:
     free(logits);
     dsacp_engine_free(e);
     dsacp_model_free(m);
-    return rc ? 1 : 0;
+    return rc ? (refused ? 2 : 1) : 0;
 }
 
 int cli_make_input(int argc, char **argv)

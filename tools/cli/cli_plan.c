@@ -637,7 +637,7 @@ int cli_plan(int argc, char **argv)
             return 2;
         }
     }
-    if (jpath && ppath && !strcmp(jpath, ppath)) {
+    if (jpath && ppath && cli_same_file(jpath, ppath)) {
         fprintf(stderr, "dsacp plan: options '--json' and '--plot' name the same file '%s'\n", jpath);
         return 2;
     }

@@ -131,7 +131,8 @@ static int parse_request(const char *line, size_t len, const char *path, int64_t
 {
     const int64_t V = cfg->vocab_size, maxpos = cfg->max_position_embeddings;
     json_error_t err;
-    json_t *o = json_loadb(line, len, 0, &err);
+    /* A repeated key is refused (which value would win is not the user's intent to guess). */
+    json_t *o = json_loadb(line, len, JSON_REJECT_DUPLICATES, &err);
     int rc = DSACP_OK;
     json_t *ids = o ? json_object_get(o, "prompt_ids") : NULL;
     if (!o || !json_is_object(o))
@@ -143,6 +144,21 @@ static int parse_request(const char *line, size_t len, const char *path, int64_t
     else if ((int64_t)json_array_size(ids) > maxpos)
         rc = dsacp_error(DSACP_ERANGE, "%s: line %lld: %zu prompt tokens, more than the model's "
                          "max_position_embeddings = %lld", path, (long long)ln, json_array_size(ids), (long long)maxpos);
+    /* A key this loader does not read (a typo such as "max_new_token", or a per-request sampling
+     * field dsacp does not support) is an error, never silently ignored. */
+    const char *key;
+    json_t *val;
+    if (!rc) {
+        json_object_foreach(o, key, val) {
+            (void)val;
+            if (strcmp(key, "prompt_ids") && strcmp(key, "max_new_tokens") && strcmp(key, "stop_ids") &&
+                strcmp(key, "arrival_s")) {
+                rc = dsacp_error(DSACP_EFORMAT, "%s: line %lld: unknown field '%s' (a request has prompt_ids, "
+                                 "max_new_tokens, stop_ids and arrival_s)", path, (long long)ln, key);
+                break;
+            }
+        }
+    }
     if (!rc) {
         r->prompt_len = (int64_t)json_array_size(ids);
         r->prompt = malloc((size_t)r->prompt_len * sizeof *r->prompt);
@@ -165,8 +181,10 @@ static int parse_request(const char *line, size_t len, const char *path, int64_t
                          (long long)r->prompt_len, (long long)r->max_new_tokens,
                          (long long)(r->prompt_len + r->max_new_tokens), (long long)maxpos);
     if (!rc && a) {
-        if (!json_is_number(a) || !(json_number_value(a) >= 0) || !isfinite(json_number_value(a)))
-            rc = dsacp_error(DSACP_EFORMAT, "%s: line %lld: 'arrival_s' must be a number >= 0", path, (long long)ln);
+        /* 1e7 s (116 days): beyond it a realtime run would wait silently for longer than any trace */
+        if (!json_is_number(a) || !(json_number_value(a) >= 0) || !(json_number_value(a) <= 1e7))
+            rc = dsacp_error(DSACP_EFORMAT, "%s: line %lld: 'arrival_s' must be a number of seconds in [0, 1e7]", path,
+                             (long long)ln);
         else r->arrival_s = json_number_value(a);
     }
     if (!rc && st) {
@@ -681,6 +699,13 @@ int cli_run(int argc, char **argv)
     }
     dsacp_engine_options eo;
     if (!cli_engine_options("run", opts, &eo)) return 2;
+    /* Deployed numerics' --verify judges a divergence by the reference's top-2 gap, which only
+     * decides a greedy token: a sampled token can differ wherever the logits differ at all. */
+    if (cli_get(opts, "verify") && temp > 0 && eo.numerics == DSACP_NUMERICS_DEPLOYED) {
+        fprintf(stderr, "dsacp run: '--verify' with '--temperature' > 0 needs '--numerics exact' (in deployed numerics "
+                "only greedy tokens can be checked, by their top-2 gap)\n");
+        return 2;
+    }
     dsacp_cp_options cpo;
     if (!cli_cp_options("run", opts, &cpo)) return 2;
     dsacp_config pc;
@@ -746,6 +771,26 @@ int cli_run(int argc, char **argv)
         ret = 2;
         goto done;
     }
+    const int64_t per_block = eo.block_size * cfg->num_hidden_layers *
+                              (dsacp_mla_cache_bytes_per_token(cfg, eo.kv_dtype) +
+                               dsacp_index_cache_bytes_per_token(cfg, eo.numerics == DSACP_NUMERICS_DEPLOYED ? DSACP_KV_FP8 : DSACP_KV_F32));
+    /* A pool given by flags that cannot hold even the shortest synthetic request, spread over the
+     * ranks as evenly as any layout could, is refused before any prompt is generated. */
+    if (!prompts && (kvb || kvmem > 0)) {
+        const int64_t blocks = kvb ? kvb : kvmem / per_block;
+        int64_t smallest = INT64_MAX;
+        if (nreq > 0) smallest = plo + glo - 1;
+        if (nlong > 0 && llo + glo - 1 < smallest) smallest = llo + glo - 1;
+        const int64_t per_rank = (smallest + W - 1) / W, need1 = (per_rank + eo.block_size - 1) / eo.block_size;
+        if (blocks >= 1 && need1 > blocks) {
+            fprintf(stderr, "dsacp run: option '--%s': %lld block%s of %lld tokens per rank cannot hold the shortest "
+                    "request of the workload (%lld cached tokens, at least %lld per rank over %d rank%s)\n",
+                    kvb ? "kv-blocks" : "kv-memory", (long long)blocks, blocks == 1 ? "" : "s", (long long)eo.block_size,
+                    (long long)smallest, (long long)per_rank, W, W == 1 ? "" : "s");
+            ret = 2;
+            goto done;
+        }
+    }
     /* The workload, checked against the model before anything is generated or allocated. */
     if (root) {
         if (prompts) rc = load_prompts(&wl, prompts, glo, cfg);
@@ -766,9 +811,6 @@ int cli_run(int argc, char **argv)
         if (world) rc = dsacp_comm_bcast(world, &need, sizeof need, DSACP_PHASE_input);
     }
     if (!rc) {
-        const int64_t per_block = eo.block_size * cfg->num_hidden_layers *
-                                  (dsacp_mla_cache_bytes_per_token(cfg, eo.kv_dtype) +
-                                   dsacp_index_cache_bytes_per_token(cfg, eo.numerics == DSACP_NUMERICS_DEPLOYED ? DSACP_KV_FP8 : DSACP_KV_F32));
         eo.num_blocks = kvb ? kvb : kvmem > 0 ? kvmem / per_block : need;
         if (eo.num_blocks < 1) rc = dsacp_error(DSACP_EINVAL, "--kv-memory %s holds no cache block of %lld bytes",
                                                 cli_get(opts, "kv-memory"), (long long)per_block);

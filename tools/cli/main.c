@@ -179,6 +179,17 @@ static bool wants_calibrate(int argc, char **argv)
     return false;
 }
 
+/* A command that succeeded but whose report could not be written to stdout (a full disk, a closed
+ * pipe, /dev/full) has failed: exit 1 with the reason, never 0 with the report lost. */
+static int stdout_ok(const char *cmd, int status)
+{
+    if (status == 0 && (fflush(stdout) != 0 || ferror(stdout))) {
+        fprintf(stderr, "dsacp %s: stdout: write failed\n", cmd);
+        return 1;
+    }
+    return status;
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 2) {
@@ -211,13 +222,13 @@ int main(int argc, char **argv)
             if (!freopen("/dev/null", "w", stdout) || !freopen("/dev/null", "w", stderr)) { /* keep going */
             }
         }
-        int st = c->run(argc - 1, argv + 1);
+        int st = stdout_ok(cmd, c->run(argc - 1, argv + 1));
         /* Every rank reaches here with the same status (the commands agree before returning). */
         dsacp_comm_free(cli_world);
         cli_world = NULL;
         return st;
     }
-    if (c && c->run) return c->run(argc - 1, argv + 1);
+    if (c && c->run) return stdout_ok(cmd, c->run(argc - 1, argv + 1));
     fprintf(stderr, "dsacp: unknown command '%s' (try 'dsacp help')\n", cmd);
     return 2;
 }
