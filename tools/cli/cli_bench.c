@@ -958,48 +958,98 @@ static void cpu_model(char *out, size_t n, bool *bf16, bool *vnni)
 
 static json_t *jnum(double v) { return isfinite(v) ? json_real(v) : json_null(); }
 
-static void print_json(const bench *b)
+/* A JSON string of text that may not be UTF-8 (a directory name, /proc/cpuinfo, the environment):
+ * when jansson refuses it, every byte >= 0x80 becomes '?' (as cli_plan.c's jstr). NULL only when
+ * out of memory. */
+static json_t *jtext(const char *text)
+{
+    json_t *v = json_string(text);
+    if (v) return v;
+    char *t = strdup(text);
+    if (!t) return NULL;
+    for (char *c = t; *c; c++)
+        if ((unsigned char)*c >= 0x80) *c = '?';
+    v = json_string(t);
+    free(t);
+    return v;
+}
+
+/* obj[key] = v; false (v released) when v is NULL or the insertion fails. */
+static bool jset(json_t *obj, const char *key, json_t *v)
+{
+    if (!v) return false;
+    if (!obj) {
+        json_decref(v);
+        return false;
+    }
+    return json_object_set_new(obj, key, v) == 0;
+}
+
+/* The report as one JSON object on stdout. Any failure to build it (out of memory) is an error:
+ * never a silent success with nothing printed. */
+static int print_json(const bench *b)
 {
     char model[256];
     bool bf16, vnni;
     cpu_model(model, sizeof model, &bf16, &vnni);
     const dsacp_config *c = &b->cfg;
-    json_t *machine = json_pack("{s:s, s:I, s:s, s:s, s:b, s:b, s:s, s:o}", "cpu", model, "cores",
-                                (json_int_t)omp_get_num_procs(), "isa", dsacp_isa_name(dsacp_isa_active()), "isa_best",
-                                dsacp_isa_name(dsacp_isa_best()), "avx512_bf16", bf16, "avx512_vnni", vnni, "openblas",
-                                openblas_get_corename(), "loadavg_at_start", jnum(b->loadavg));
-    const char *ct = getenv("OPENBLAS_CORETYPE");
-    if (machine) json_object_set_new(machine, "openblas_coretype_env", ct ? json_string(ct) : json_null());
-    json_t *config = json_pack("{s:s?, s:s?, s:I, s:I, s:I, s:s, s:I, s:s, s:I, s:s}", "preset", b->preset, "model",
-                               b->model_dir, "context", (json_int_t)b->context, "batch", (json_int_t)b->batch, "threads",
-                               (json_int_t)b->threads, "kernel", b->kernel, "reps", (json_int_t)b->reps, "numerics",
-                               b->deployed ? "deployed" : "exact", "block_size", (json_int_t)b->block_size,
-                               "statistic", "minimum over reps");
-    if (config) json_object_set_new(config, "linear_caches", json_string(b->warm ? "warm" : "flushed"));
-    json_t *dims = json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}", "hidden_size", (json_int_t)c->hidden_size,
-                             "num_attention_heads", (json_int_t)c->num_attention_heads, "q_lora_rank",
-                             (json_int_t)c->q_lora_rank, "kv_lora_rank", (json_int_t)c->kv_lora_rank, "qk_nope_head_dim",
-                             (json_int_t)c->qk_nope_head_dim, "qk_rope_head_dim", (json_int_t)c->qk_rope_head_dim,
-                             "v_head_dim", (json_int_t)c->v_head_dim, "index_n_heads", (json_int_t)c->index_n_heads,
-                             "index_head_dim", (json_int_t)c->index_head_dim, "index_topk", (json_int_t)c->index_topk);
-    if (config && dims) json_object_set_new(config, "dims", dims);
+    json_t *root = json_object(), *machine = json_object(), *config = json_object(), *dims = json_object();
     json_t *results = json_array();
-    for (int i = 0; i < b->nres; i++) {
+    bool ok = root && machine && config && dims && results;
+    const char *ct = getenv("OPENBLAS_CORETYPE");
+    ok = ok && jset(machine, "cpu", jtext(model)) && jset(machine, "cores", json_integer(omp_get_num_procs())) &&
+         jset(machine, "isa", jtext(dsacp_isa_name(dsacp_isa_active()))) &&
+         jset(machine, "isa_best", jtext(dsacp_isa_name(dsacp_isa_best()))) &&
+         jset(machine, "avx512_bf16", json_boolean(bf16)) && jset(machine, "avx512_vnni", json_boolean(vnni)) &&
+         jset(machine, "openblas", jtext(openblas_get_corename())) &&
+         jset(machine, "loadavg_at_start", jnum(b->loadavg)) &&
+         jset(machine, "openblas_coretype_env", ct ? jtext(ct) : json_null());
+    ok = ok && jset(config, "preset", b->preset ? jtext(b->preset) : json_null()) &&
+         jset(config, "model", b->model_dir ? jtext(b->model_dir) : json_null()) &&
+         jset(config, "context", json_integer((json_int_t)b->context)) &&
+         jset(config, "batch", json_integer((json_int_t)b->batch)) &&
+         jset(config, "threads", json_integer((json_int_t)b->threads)) && jset(config, "kernel", jtext(b->kernel)) &&
+         jset(config, "reps", json_integer((json_int_t)b->reps)) &&
+         jset(config, "numerics", json_string(b->deployed ? "deployed" : "exact")) &&
+         jset(config, "block_size", json_integer((json_int_t)b->block_size)) &&
+         jset(config, "statistic", json_string("minimum over reps")) &&
+         jset(config, "linear_caches", json_string(b->warm ? "warm" : "flushed"));
+    const struct {
+        const char *name;
+        int64_t v;
+    } dim[] = {{"hidden_size", c->hidden_size},
+               {"num_attention_heads", c->num_attention_heads},
+               {"q_lora_rank", c->q_lora_rank},
+               {"kv_lora_rank", c->kv_lora_rank},
+               {"qk_nope_head_dim", c->qk_nope_head_dim},
+               {"qk_rope_head_dim", c->qk_rope_head_dim},
+               {"v_head_dim", c->v_head_dim},
+               {"index_n_heads", c->index_n_heads},
+               {"index_head_dim", c->index_head_dim},
+               {"index_topk", c->index_topk}};
+    for (size_t i = 0; ok && i < sizeof dim / sizeof *dim; i++)
+        ok = jset(dims, dim[i].name, json_integer((json_int_t)dim[i].v));
+    if (ok) ok = jset(config, "dims", dims), dims = NULL; /* owned by config now (or released) */
+    for (int i = 0; ok && i < b->nres; i++) {
         const bench_result *r = &b->res[i];
         json_t *o = json_object();
-        json_object_set_new(o, "name", json_string(r->name));
-        json_object_set_new(o, "value", jnum(r->value));
-        json_object_set_new(o, "unit", json_string(r->unit));
-        json_object_set_new(o, "ceiling_name", r->ceiling_name[0] ? json_string(r->ceiling_name) : json_null());
-        json_object_set_new(o, "ceiling_value", r->ceiling_name[0] ? jnum(r->ceiling_value) : json_null());
-        json_object_set_new(o, "ratio", r->ceiling_name[0] ? jnum(r->ratio) : json_null());
-        json_array_append_new(results, o);
+        ok = o && jset(o, "name", jtext(r->name)) && jset(o, "value", jnum(r->value)) &&
+             jset(o, "unit", jtext(r->unit)) &&
+             jset(o, "ceiling_name", r->ceiling_name[0] ? jtext(r->ceiling_name) : json_null()) &&
+             jset(o, "ceiling_value", r->ceiling_name[0] ? jnum(r->ceiling_value) : json_null()) &&
+             jset(o, "ratio", r->ceiling_name[0] ? jnum(r->ratio) : json_null());
+        if (!ok) json_decref(o);
+        else ok = json_array_append_new(results, o) == 0;
     }
-    json_t *root = json_pack("{s:o, s:o, s:o}", "machine", machine, "config", config, "results", results);
-    char *s = root ? json_dumps(root, JSON_INDENT(1) | JSON_PRESERVE_ORDER) : NULL;
-    if (s) printf("%s\n", s);
+    if (ok) ok = jset(root, "machine", machine), machine = NULL;
+    if (ok) ok = jset(root, "config", config), config = NULL;
+    if (ok) ok = jset(root, "results", results), results = NULL;
+    char *s = ok ? json_dumps(root, JSON_INDENT(1) | JSON_PRESERVE_ORDER) : NULL;
+    json_decref(machine), json_decref(config), json_decref(dims), json_decref(results), json_decref(root);
+    if (!s) return dsacp_error(DSACP_ENOMEM, "--json: out of memory building the report");
+    printf("%s\n", s);
     free(s);
-    json_decref(root);
+    return DSACP_OK;
 }
 
 /* ---- the command ---- */
@@ -1075,6 +1125,58 @@ static int bench_prefill(bench *b, const layer_weights *lw)
 
 static const char *const kernel_names[] = {"all", "ceilings", "indexer", "topk", "mla", "linear", "layer", "gemm", "prefill", "cp", NULL};
 
+/* The kernels (bit i: kernel_names[i]) that read each flag whose use depends on the kernel; the
+ * other flags (--model, --reps, --json, --threads) are read by every kernel, and the CP flags by
+ * cp alone. A flag given to a kernel that does not read it is refused: silently ignoring it would
+ * report a measurement of something else than asked. */
+enum { K_ALL = 1 << 0, K_CEIL = 1 << 1, K_INDEXER = 1 << 2, K_TOPK = 1 << 3, K_MLA = 1 << 4, K_LINEAR = 1 << 5,
+       K_LAYER = 1 << 6, K_GEMM = 1 << 7, K_PREFILL = 1 << 8, K_CP = 1 << 9,
+       /* --numerics: indexer, topk and mla always run fp8 keys / f32, ceilings no kernel */
+       K_NUMERICS = K_ALL | K_LINEAR | K_LAYER | K_GEMM | K_PREFILL | K_CP };
+static const struct {
+    const char *flag;
+    unsigned kernels;
+} flag_kernels[] = {
+    {"preset", K_ALL | K_CEIL | K_INDEXER | K_TOPK | K_MLA | K_LINEAR | K_LAYER | K_GEMM | K_PREFILL}, /* cp: --model */
+    {"context", K_ALL | K_CEIL | K_INDEXER | K_TOPK | K_MLA | K_LAYER | K_PREFILL | K_CP}, /* not linear, gemm */
+    {"batch", K_ALL | K_LAYER | K_CP},
+    {"numerics", K_NUMERICS},
+    {"isa", K_ALL | K_INDEXER | K_TOPK | K_MLA | K_LINEAR | K_LAYER | K_GEMM | K_PREFILL | K_CP}, /* ceilings: none */
+    {"block-size", K_ALL | K_LAYER | K_PREFILL | K_CP},
+    {"warm", K_ALL | K_LINEAR},
+    {"chunk", K_CP},
+};
+
+/* Exit status 2 (printed) when a flag is given that kernel `k` (an index of kernel_names) does not read. */
+static bool flags_fit_kernel(const cli_opt *opts, int k)
+{
+    for (size_t i = 0; i < sizeof flag_kernels / sizeof *flag_kernels; i++) {
+        if (!cli_get(opts, flag_kernels[i].flag) || (flag_kernels[i].kernels >> k & 1)) continue;
+        char users[160] = "";
+        size_t n = 0;
+        for (int j = 0; kernel_names[j] && n < sizeof users; j++)
+            if (flag_kernels[i].kernels >> j & 1)
+                n += (size_t)snprintf(users + n, sizeof users - n, "%s%s", n ? ", " : "", kernel_names[j]);
+        fprintf(stderr, "dsacp bench: option '--%s' is not read by '--kernel %s' (only by --kernel %s)\n",
+                flag_kernels[i].flag, kernel_names[k], users);
+        return false;
+    }
+    return true;
+}
+
+/* --isa: the kernels dsacp_isa_set switches to. False (printed) for an unknown name. */
+static bool parse_isa(const char *s, dsacp_isa *isa)
+{
+    if (!strcmp(s, "scalar")) *isa = DSACP_ISA_SCALAR;
+    else if (!strcmp(s, "avx2")) *isa = DSACP_ISA_AVX2;
+    else if (!strcmp(s, "avx512")) *isa = DSACP_ISA_AVX512;
+    else {
+        fprintf(stderr, "dsacp bench: option '--isa' must be scalar, avx2 or avx512, got '%s'\n", s);
+        return false;
+    }
+    return true;
+}
+
 int cli_bench(int argc, char **argv)
 {
     cli_opt opts[] = {{"preset", true, NULL},  {"model", true, NULL},    {"context", true, NULL},
@@ -1085,15 +1187,53 @@ int cli_bench(int argc, char **argv)
                       {NULL, false, NULL}};
     int parsed = cli_parse(argc, argv, opts);
     if (parsed != CLI_RUN) return parsed;
-    if (cli_get(opts, "kernel") && !strcmp(cli_get(opts, "kernel"), "cp")) return cli_bench_cp(opts);
+    const char *s;
+    int kernel = 0; /* index of kernel_names */
+    if ((s = cli_get(opts, "kernel"))) {
+        while (kernel_names[kernel] && strcmp(kernel_names[kernel], s)) kernel++;
+        if (!kernel_names[kernel]) {
+            fprintf(stderr, "dsacp bench: option '--kernel' must be all, ceilings, indexer, topk, mla, linear, layer, gemm, prefill or cp, "
+                            "got '%s'\n", s);
+            return 2;
+        }
+    }
+    const bool cp = !strcmp(kernel_names[kernel], "cp");
+    if (cp && !cli_get(opts, "model")) {
+        fprintf(stderr, "dsacp bench: '--kernel cp' needs '--model DIR' (the engine runs the model's layers)\n");
+        return 2;
+    }
+    if (!flags_fit_kernel(opts, kernel)) return 2;
     /* The context-parallel flags (--comm-report included) belong to --kernel cp: elsewhere they
      * would be silently ignored. */
     static const cli_opt cp_flags[] = {CLI_CP_OPTS, {NULL, false, NULL}};
-    for (const cli_opt *f = cp_flags; f->name; f++)
+    for (const cli_opt *f = cp_flags; f->name && !cp; f++)
         if (cli_get(opts, f->name)) {
             fprintf(stderr, "dsacp bench: option '--%s' applies to '--kernel cp' only\n", f->name);
             return 2;
         }
+    /* Flags every kernel checks alike, before any work (--kernel cp included). */
+    int64_t threads = omp_get_max_threads(), block_size = 64; /* OMP_NUM_THREADS, else every core */
+    if ((s = cli_get(opts, "threads")) && !cli_int("bench", "threads", s, 1, 1024, &threads)) return 2;
+    if ((s = cli_get(opts, "block-size"))) {
+        if (!cli_int("bench", "block-size", s, 1, 1 << 20, &block_size)) return 2;
+        if (block_size & (block_size - 1)) {
+            fprintf(stderr, "dsacp bench: option '--block-size' = %s must be a power of two\n", s);
+            return 2;
+        }
+    }
+    dsacp_isa isa = DSACP_ISA_SCALAR;
+    const char *isa_flag = cli_get(opts, "isa");
+    if (isa_flag && !parse_isa(isa_flag, &isa)) return 2;
+    if (cp) {
+        /* the same machine and flags on every rank: the same answer everywhere */
+        if (isa_flag) {
+            int rc = dsacp_isa_set(isa);
+            if (rc) return cli_fail("bench", rc);
+        }
+        omp_set_num_threads((int)threads);
+        openblas_set_num_threads((int)threads);
+        return cli_bench_cp(opts);
+    }
     bench *b = calloc(1, sizeof *b);
     if (!b) {
         fprintf(stderr, "dsacp bench: out of memory\n");
@@ -1104,35 +1244,16 @@ int cli_bench(int argc, char **argv)
     b->model_dir = cli_get(opts, "model");
     b->json = cli_get(opts, "json") != NULL;
     b->warm = cli_get(opts, "warm") != NULL;
-    b->context = 32768, b->batch = 1, b->reps = 5, b->block_size = 64, b->deployed = true;
-    b->threads = omp_get_max_threads(); /* OMP_NUM_THREADS, else every core */
-    b->kernel = "all";
-    const char *s;
+    b->context = 32768, b->batch = 1, b->reps = 5, b->block_size = block_size, b->deployed = true;
+    b->threads = threads;
+    b->kernel = kernel_names[kernel];
     if (!b->preset == !b->model_dir) {
         fprintf(stderr, "dsacp bench: give exactly one of '--preset NAME' and '--model DIR'\n");
         goto out;
     }
     if ((s = cli_get(opts, "context")) && !cli_int("bench", "context", s, 1, 1 << 24, &b->context)) goto out;
     if ((s = cli_get(opts, "batch")) && !cli_int("bench", "batch", s, 1, 1024, &b->batch)) goto out;
-    if ((s = cli_get(opts, "threads")) && !cli_int("bench", "threads", s, 1, 1024, &b->threads)) goto out;
     if ((s = cli_get(opts, "reps")) && !cli_int("bench", "reps", s, 1, 1000, &b->reps)) goto out;
-    if ((s = cli_get(opts, "block-size"))) {
-        if (!cli_int("bench", "block-size", s, 1, 1 << 20, &b->block_size)) goto out;
-        if (b->block_size & (b->block_size - 1)) {
-            fprintf(stderr, "dsacp bench: option '--block-size' = %s must be a power of two\n", s);
-            goto out;
-        }
-    }
-    if ((s = cli_get(opts, "kernel"))) {
-        const char *const *k = kernel_names;
-        while (*k && strcmp(*k, s)) k++;
-        if (!*k) {
-            fprintf(stderr, "dsacp bench: option '--kernel' must be all, ceilings, indexer, topk, mla, linear, layer, gemm, prefill or cp, "
-                            "got '%s'\n", s);
-            goto out;
-        }
-        b->kernel = *k;
-    }
     if ((s = cli_get(opts, "numerics"))) {
         if (!strcmp(s, "exact")) b->deployed = false;
         else if (strcmp(s, "deployed")) {
@@ -1140,15 +1261,7 @@ int cli_bench(int argc, char **argv)
             goto out;
         }
     }
-    if ((s = cli_get(opts, "isa"))) {
-        dsacp_isa isa;
-        if (!strcmp(s, "scalar")) isa = DSACP_ISA_SCALAR;
-        else if (!strcmp(s, "avx2")) isa = DSACP_ISA_AVX2;
-        else if (!strcmp(s, "avx512")) isa = DSACP_ISA_AVX512;
-        else {
-            fprintf(stderr, "dsacp bench: option '--isa' must be scalar, avx2 or avx512, got '%s'\n", s);
-            goto out;
-        }
+    if (isa_flag) {
         int rc = dsacp_isa_set(isa);
         if (rc) {
             ret = cli_fail("bench", rc);
@@ -1181,7 +1294,7 @@ int cli_bench(int argc, char **argv)
             goto out;
         }
     }
-    if (b->deployed && (b->cfg.index_head_dim & (b->cfg.index_head_dim - 1))) {
+    if (b->deployed && (K_NUMERICS >> kernel & 1) && (b->cfg.index_head_dim & (b->cfg.index_head_dim - 1))) {
         fprintf(stderr, "dsacp bench: the deployed numerics need a power-of-two index_head_dim (use '--numerics exact')\n");
         goto out;
     }
@@ -1228,7 +1341,10 @@ int cli_bench(int argc, char **argv)
         ret = cli_fail("bench", rc);
         goto out;
     }
-    if (b->json) print_json(b);
+    if (b->json && (rc = print_json(b))) {
+        ret = cli_fail("bench", rc);
+        goto out;
+    }
     ret = 0;
 out:
     dsacp_model_free(b->model);

@@ -201,16 +201,41 @@ int cli_bench_cp(const cli_opt *opts)
     if (ok) ok = cli_cp_options("bench", opts, &cp);
     int rc = dsacp_comm_agree(cli_world, ok ? DSACP_OK : DSACP_EINVAL);
     if (rc) return 2;
-    cli_output report_out;
-    if ((rc = cli_cp_begin("bench", opts, &report_out))) return cli_output_exit(rc); /* README "Errors" */
     dsacp_model *m = NULL;
     dsacp_engine *e = NULL;
     rc = dsacp_comm_agree(cli_world, dsacp_model_load(dir, &m));
     if (rc) {
         cli_fail("bench", rc);
-        cli_output_abort(&report_out);
         dsacp_model_free(m);
-        return cli_setup_exit(rc);
+        return cli_setup_exit(rc); /* a bad model directory: a bad invocation */
+    }
+    /* The sizes against the model, before any work (the same answer on every rank): a block
+     * larger than any request, and request 0's positions (the cached context, one per decode
+     * step, the chunk) beyond max_position_embeddings would only fail once running. */
+    const dsacp_config *cfg = dsacp_model_config(m);
+    eo.block_size = bs;
+    ok = cli_block_size_fits("bench", &eo, cfg, dir);
+    const int64_t maxpos = cfg->max_position_embeddings, steps = L > 0 ? reps : 0;
+    if (ok && L > maxpos) {
+        fprintf(stderr, "dsacp bench: option '--context' = %lld exceeds the model's max_position_embeddings %lld (%s)\n",
+                (long long)L, (long long)maxpos, dir);
+        ok = false;
+    } else if (ok && L + steps + chunk > maxpos) {
+        char ch[48] = "";
+        if (chunk > 0) snprintf(ch, sizeof ch, " + '--chunk %lld'", (long long)chunk);
+        fprintf(stderr, "dsacp bench: '--context %lld' + %lld decode steps ('--reps')%s = %lld positions exceed the "
+                        "model's max_position_embeddings %lld (%s)\n",
+                (long long)L, (long long)steps, ch, (long long)(L + steps + chunk), (long long)maxpos, dir);
+        ok = false;
+    }
+    if (dsacp_comm_agree(cli_world, ok ? DSACP_OK : DSACP_EINVAL)) {
+        dsacp_model_free(m);
+        return 2;
+    }
+    cli_output report_out;
+    if ((rc = cli_cp_begin("bench", opts, &report_out))) { /* README "Errors" */
+        dsacp_model_free(m);
+        return cli_output_exit(rc);
     }
     const int W = dsacp_comm_size(cli_world);
     char *text = NULL;
@@ -219,7 +244,6 @@ int cli_bench_cp(const cli_opt *opts)
     if (!out) rc = dsacp_error(DSACP_ENOMEM, "out of memory for the report");
     rc = dsacp_comm_agree(cli_world, rc);
     if (!rc) {
-        eo.block_size = bs;
         /* every request's context + the decode steps + the chunk, on the rank that keeps most */
         eo.num_blocks = B * ((L + reps + chunk) / bs + 2) + 4;
         rc = dsacp_engine_create_cp(m, &eo, &cp, cli_world, &e);
@@ -232,7 +256,6 @@ int cli_bench_cp(const cli_opt *opts)
         rc = dsacp_comm_agree(cli_world, dsacp_engine_add_request(e, &id[i]));
         if (!rc && L > 0) rc = dsacp_engine_fill_random(e, id[i], L, 12345 + (uint64_t)i);
     }
-    const dsacp_config *cfg = m ? dsacp_model_config(m) : NULL;
     run_ctx r = {e, cli_world, cfg, &cp, L, B, B, W, cli_get(opts, "json") != NULL,
                  eo.numerics == DSACP_NUMERICS_DEPLOYED, out};
     if (!rc && L > 0) {
