@@ -103,7 +103,8 @@ bad "token id outside the vocabulary" "outside the vocabulary" 2 "${R[@]}" --pro
 bad "prompt beyond max_position_embeddings" "max_position_embeddings" 2 "${R[@]}" --prompts "$tmp/long.jsonl"
 bad "zero requests" "zero requests" 2 "${R[@]}" --requests 0
 bad "empty prompts file" "no requests" 1 "${R[@]}" --prompts "$tmp/empty.jsonl"
-bad "pool too small for one request" "does not fit the KV pool" 2 "${R[@]}" --requests 2 --prompt-len 200 --kv-blocks 1 --block-size 16
+bad "pool too small for one request" "does not fit the KV pool" 2 "${R[@]}" --requests 4 --prompt-len 8:200 --gen-len 1 --kv-blocks 1 --block-size 16
+bad "pool below the shortest request (before generating)" "cannot hold the shortest request" 2 "${R[@]}" --requests 2 --prompt-len 200 --kv-blocks 1 --block-size 16
 bad "conflicting workload flags" "conflicts" 1 "${R[@]}" --prompts "$tmp/vocab.jsonl" --requests 3
 bad "conflicting pool flags" "at most one" 1 "${R[@]}" --kv-blocks 4 --kv-memory 1M
 bad "both model and preset" "exactly one" 1 "$DSACP" run --model "$tmp/m" --preset tiny

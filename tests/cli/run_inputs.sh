@@ -274,4 +274,11 @@ for c in "inspect --model $tmp/m" "init-model --preset tiny --out $tmp/fullout" 
   else fail "${c%% *} with stdout on /dev/full: status $st, $(head -c 300 "$tmp/err")"; fi
 done
 
+refused "--dcp-comm-backend under DSA-CP with replicated caches" 2 "--dcp-comm-backend" "no effect" -- \
+  "${R[@]}" --requests 1 --cp-mode dsa-cp --kv-layout replicated --index-layout replicated --dcp-comm-backend a2a
+refused "--decode-strategy under DSA-CP with replicated caches" 2 "--decode-strategy" "no effect" -- \
+  "${R[@]}" --requests 1 --cp-mode dsa-cp --kv-layout replicated --index-layout replicated --decode-strategy lean
+refused "--context-path with both caches replicated" 2 "--context-path" "no context is sharded" -- \
+  "${R[@]}" --requests 1 --kv-layout replicated --index-layout replicated --decode-strategy replicated-index --context-path distributed
+
 finish

@@ -603,6 +603,19 @@ bool cli_cp_options(const char *cmd, const cli_opt *opts, dsacp_cp_options *cp)
         fprintf(stderr, "dsacp %s: '--decode-strategy exact-topk' needs '--index-layout sharded' (or partial:G)\n", cmd);
         return false;
     }
+    /* DSA-CP with both caches replicated computes every token on one rank with all heads: no
+     * decode strategy, merge backend or context path takes part. Both caches replicated: no
+     * sharded context for a chunk to reach. */
+    static const char *const dcp_only[] = {"decode-strategy", "dcp-comm-backend", "context-path"};
+    for (size_t i = 0; i < sizeof dcp_only / sizeof dcp_only[0]; i++) {
+        const bool replicated = cp->kv_layout == DSACP_LAYOUT_REPLICATED && cp->index_layout == DSACP_LAYOUT_REPLICATED;
+        if (cli_get(opts, dcp_only[i]) && replicated && (!dcp_decode || i == 2)) {
+            fprintf(stderr, "dsacp %s: option '--%s' has no effect with %s (%s)\n", cmd, dcp_only[i],
+                    !dcp_decode ? "'--cp-mode dsa-cp' and both caches replicated" : "both caches replicated",
+                    !dcp_decode ? "every token runs on one rank with all heads" : "no context is sharded");
+            return false;
+        }
+    }
     if (cp->index_layout == DSACP_LAYOUT_PARTIAL && W % cp->index_group) {
         fprintf(stderr, "dsacp %s: option '--index-layout' = 'partial:%lld': the group size must divide the %d ranks\n",
                 cmd, (long long)cp->index_group, W);
