@@ -575,7 +575,14 @@ int dsacp_plan_decode_model(const dsacp_config *cfg, const dsacp_cp_options *cp,
 
 int dsacp_plan_preset(const char *name, dsacp_config *out)
 {
-    if (!name || strcmp(name, "v32")) return dsacp_preset_config(name, out);
+    if (!name || strcmp(name, "v32")) {
+        const int rc = dsacp_preset_config(name, out);
+        /* the planner knows one preset more than the model module: say so in the list */
+        if (rc == DSACP_ENOTFOUND || rc == DSACP_EINVAL)
+            return dsacp_error(rc, "unknown preset '%s' (known: tiny, tiny-moe, small, v32-layer, and for planning v32)",
+                               name ? name : "(null)");
+        return rc;
+    }
     /* DeepSeek-V3.2's config.json (docs/dsa-math.md section 1): v32-layer's attention, the whole stack */
     int rc = dsacp_preset_config("v32-layer", out);
     if (rc) return rc;

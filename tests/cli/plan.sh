@@ -74,6 +74,8 @@ assert c['gather']['recv_bytes'] > 0 and c['distributed']['recv_bytes'] > 0 and 
 else fail "plan --preset v32: $(tail -3 "$tmp/log") $(head -c 300 "$tmp/v.json" 2>&1)"; fi
 expect_error "plan --ep not dividing the experts" "--ep" "divisor" -- "$DSACP" plan --preset v32 --cp 8 --ep 3 \
   --hardware "$SRC/hardware/h200-nvlink8.json"
+expect_error "plan --preset nope lists v32 among the presets" "unknown preset" "v32-layer" "for planning v32" -- \
+  "$DSACP" plan --preset nope --context 100 --cp 2 --hardware "$SRC/hardware/h200-nvlink8.json"
 expect_error "init-model of the planning-only preset" "unknown preset" -- "$DSACP" init-model --preset v32 --out "$tmp/v32"
 [ ! -e "$tmp/v32" ] && pass "init-model --preset v32 wrote nothing" || fail "init-model --preset v32 left $tmp/v32"
 
