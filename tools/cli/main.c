@@ -82,7 +82,12 @@ static const cli_command commands[] = {
      "  cp       (--model DIR; under mpirun -np W) decode steps of --batch requests holding\n"
      "           --context cached positions, then with --chunk P one step appending P tokens to\n"
      "           the first (--context 0: a prefill of P tokens): step time, the layer's parts,\n"
-     "           time and bytes per communication phase, and the overlap achieved\n"
+     "           time and bytes per communication phase, and the overlap achieved; --threads and\n"
+     "           --isa apply; --context + --reps + --chunk must fit max_position_embeddings\n"
+     "  a flag the chosen kernel does not read is refused (exit 2): --context: all but linear,\n"
+     "  gemm; --batch: all, layer, cp; --numerics: all, linear, layer, gemm, prefill, cp; --isa: all\n"
+     "  but ceilings; --block-size: all, layer, prefill, cp; --warm: all, linear; --chunk and the\n"
+     "  context-parallel flags: cp\n"
      "  see docs/performance.md and docs/context-parallel.md for every figure it prints\n" CLI_CP_USAGE},
     {"plan", cli_plan,
      "(--model DIR | --preset NAME) --context L [--batch N] --cp W --hardware FILE.json [--json FILE]\n"
