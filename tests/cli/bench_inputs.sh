@@ -8,23 +8,7 @@
 set -u
 . "$(dirname "$0")/lib/common.sh"
 
-# refused NAME STATUS SUBSTRING... -- CMD: exit STATUS within 10 s, nothing on stdout, one line on
-# stderr holding every substring.
-refused() {
-  local name=$1 want=$2; shift 2
-  local pats=()
-  while [[ $1 != -- ]]; do pats+=("$1"); shift; done
-  shift
-  local t0=$SECONDS
-  timeout 20 "$@" >"$tmp/out" 2>"$tmp/err"; local rc=$? ok=1
-  (( rc == want )) || { ok=0; echo "  exit status $rc, expected $want"; }
-  (( SECONDS - t0 <= 10 )) || { ok=0; echo "  took $((SECONDS - t0)) s"; }
-  [[ -s $tmp/out ]] && { ok=0; echo "  stdout: $(head -c 300 "$tmp/out")"; }
-  (( $(wc -l <"$tmp/err") == 1 )) || { ok=0; echo "  stderr is not one line"; }
-  for p in "${pats[@]}"; do grep -qF -- "$p" "$tmp/err" || { ok=0; echo "  stderr lacks '$p'"; }; done
-  if (( ok )); then pass "$name: $(cat "$tmp/err")"; else fail "$name: $(head -c 1000 "$tmp/err")"; fi
-}
-
+# refused: tests/cli/lib/common.sh.
 "$DSACP" init-model --preset tiny --out "$tmp/m" >/dev/null || { fail "init-model"; finish; exit; }
 CP=("$DSACP" bench --model "$tmp/m" --kernel cp)
 

@@ -21,24 +21,8 @@ set -u
   || { echo "make-input failed"; exit 1; }
 R=("$DSACP" run --model "$tmp/m" --no-realtime)
 
-# refused NAME STATUS PATTERN... -- CMD: exactly STATUS, one line on stderr with every pattern,
-# nothing on stdout, no file at $tmp/o.json / $tmp/o.st, within 10 s (before any work).
-refused() {
-  local name=$1 want=$2; shift 2
-  local pats=()
-  while [[ $1 != -- ]]; do pats+=("$1"); shift; done
-  shift
-  rm -f "$tmp/o.json" "$tmp/o.st"
-  local t0=$SECONDS
-  timeout 60 "$@" >"$tmp/out" 2>"$tmp/err"; local rc=$? ok=1
-  (( rc == want )) || { ok=0; echo "  exit status $rc, expected $want"; }
-  (( SECONDS - t0 <= 10 )) || { ok=0; echo "  took $((SECONDS - t0)) s"; }
-  [[ -s $tmp/out ]] && { ok=0; echo "  stdout: $(head -c 300 "$tmp/out")"; }
-  (( $(wc -l <"$tmp/err") == 1 )) || { ok=0; echo "  stderr is not one line"; }
-  for p in "${pats[@]}"; do grep -qF -- "$p" "$tmp/err" || { ok=0; echo "  stderr lacks '$p'"; }; done
-  [[ -e $tmp/o.json || -e $tmp/o.st ]] && { ok=0; echo "  an output was written"; }
-  if (( ok )); then pass "$name: $(cat "$tmp/err")"; else fail "$name: $(head -c 1000 "$tmp/err")"; fi
-}
+# refused (lib/common.sh): besides its checks, no file may appear at $tmp/o.json or $tmp/o.st.
+REFUSED_NO_FILES=("$tmp/o.json" "$tmp/o.st")
 # A workload that takes minutes: a refusal must come before it starts.
 BIG=(--requests 64 --prompt-len 3000:3500 --gen-len 200:300)
 

@@ -34,3 +34,23 @@ expect_error() {
   if (( ok )); then passes=$((passes+1)); echo "ok   $name: $(cat "$tmp/err")"; else fails=$((fails+1)); head -c 2000 "$tmp/err"; fi
 }
 finish() { echo "$passes passed, $fails failed"; [ "$fails" -eq 0 ]; }
+# refused NAME STATUS PATTERN... -- CMD: exactly STATUS within 10 s (a refusal comes before any
+# work), nothing on stdout, one line on stderr holding every pattern, and none of the files named
+# in the array REFUSED_NO_FILES (removed before the command) written.
+REFUSED_NO_FILES=()
+refused() {
+  local name=$1 want=$2; shift 2
+  local pats=()
+  while [[ $1 != -- ]]; do pats+=("$1"); shift; done
+  shift
+  local f; for f in "${REFUSED_NO_FILES[@]}"; do rm -f "$f"; done
+  local t0=$SECONDS
+  timeout 60 "$@" >"$tmp/out" 2>"$tmp/err"; local rc=$? ok=1
+  (( rc == want )) || { ok=0; echo "  exit status $rc, expected $want"; }
+  (( SECONDS - t0 <= 10 )) || { ok=0; echo "  took $((SECONDS - t0)) s"; }
+  [[ -s $tmp/out ]] && { ok=0; echo "  stdout: $(head -c 300 "$tmp/out")"; }
+  (( $(wc -l <"$tmp/err") == 1 )) || { ok=0; echo "  stderr is not one line"; }
+  for p in "${pats[@]}"; do grep -qF -- "$p" "$tmp/err" || { ok=0; echo "  stderr lacks '$p'"; }; done
+  for f in "${REFUSED_NO_FILES[@]}"; do [[ -e $f ]] && { ok=0; echo "  an output was written: $f"; }; done
+  if (( ok )); then pass "$name: $(cat "$tmp/err")"; else fail "$name: $(head -c 1000 "$tmp/err")"; fi
+}
