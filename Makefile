@@ -4,6 +4,8 @@
 #               workload, verified against one process (make run ARGS="..." passes more flags)
 #   make asan   the whole suite under AddressSanitizer + UndefinedBehaviorSanitizer (build-asan/)
 #   make fuzz   each libFuzzer target for FUZZ_SECONDS (needs clang; the suite runs a short smoke)
+#   make install  build, then install libdsacp.so/.a, the public headers, dsacp, dsacp.pc and the
+#               CMake package under PREFIX (default /usr/local), staged under DESTDIR when set
 # Warnings: a user's build never stops on a warning (WERROR=OFF, the default). Developers and CI
 # build with warnings as errors: `make test WERROR=ON` (what .ci/run runs); `make asan` and
 # `make fuzz` always do. Pass extra CMake options in CMAKE_FLAGS.
@@ -12,7 +14,10 @@ JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 WERROR ?= OFF
 CMAKE_FLAGS ?=
 
-.PHONY: all deps build test run demo asan fuzz clean
+PREFIX ?= /usr/local
+DESTDIR ?=
+
+.PHONY: all deps build test run demo asan fuzz install clean
 
 all: build
 
@@ -25,6 +30,9 @@ build: deps
 
 test: build
 	@cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
+
+install: build
+	@DESTDIR="$(DESTDIR)" cmake --install $(BUILD) --prefix "$(PREFIX)"
 
 # Build quietly (the output of `make run` is the report); the build log is kept for failures.
 ARGS ?=

@@ -17,6 +17,56 @@
  *    stride C unless a stride argument says otherwise.
  *  - Sizes are int64_t; dtypes are the safetensors names (dsacp_dtype).
  *  - asserts are for programmer errors only; bad input is always a status code.
+ *
+ * Headers (all under the one prefix dsacp_; docs/api.md shows a whole program)
+ *  - dsacp.h        this file: status codes, version, configs, models, presets, the engine;
+ *  - dsacp_cp.h     context parallelism: the communicator, its counters, CP options and stats;
+ *  - dsacp_mpi.h    a communicator from the caller's MPI_Comm (the only header needing mpi.h);
+ *  - dsacp_serve.h  serving: admission, KV use, step times, the serving loop of `dsacp run`;
+ *  - dsacp_util.h   the library's own helpers offered to tools: the error recorder, allocator,
+ *                   checked sizes, clock, random generator, atomic output files;
+ *  - dsacp_io.h     files: safetensors reader/writer, the forward input, model inspection;
+ *  - dsacp_plan.h   the cost model behind `dsacp plan`;
+ *  - dsacp_version.h  DSACP_VERSION_MAJOR/MINOR/PATCH and DSACP_VERSION (included here).
+ * Build and link: `pkg-config --cflags --libs dsacp`, or CMake's find_package(dsacp) and the
+ * target dsacp::dsacp. jansson, OpenMP and MPI are private dependencies of libdsacp.so.
+ *
+ * Thread safety (libuv style: what each handle allows; "thread" means a caller's thread)
+ *  - The library has no global lock and starts no threads of its own outside a call: a step
+ *    runs its kernels on OpenMP threads (OMP_NUM_THREADS) and returns when they are done.
+ *  - Functions without a handle (dsacp_strerror, dsacp_config_parse/load/save,
+ *    dsacp_preset_config, dsacp_model_init, dsacp_version, ...) are reentrant: any thread, any
+ *    time, as long as their arguments are not shared with a concurrent writer.
+ *  - dsacp_model: immutable once dsacp_model_load returned. Any number of threads and engines
+ *    may use one model at the same time (dsacp_model_config, dsacp_engine_create, steps).
+ *  - dsacp_engine: one thread at a time. Calls on one engine must not overlap (serialise them
+ *    yourself); different engines may step concurrently in different threads, over one model.
+ *    Every query of an engine (request length, KV use, step times) counts as a call.
+ *  - dsacp_comm: one thread at a time, and the MPI thread level decides the rest.
+ *    dsacp_comm_create_world initialises MPI with MPI_THREAD_FUNNELED, so every call on an MPI
+ *    communicator -- and so every step of an engine over it -- must come from the thread that
+ *    initialised MPI. A program that initialises MPI itself (dsacp_mpi.h) chooses the level;
+ *    engines over different communicators in different threads need MPI_THREAD_MULTIPLE.
+ *    A solo communicator (dsacp_comm_create_solo) has no MPI and follows the engine's rule.
+ *  - Errors: the message behind dsacp_last_error() is thread-local; read it in the thread that
+ *    got the failing status, before the next call that may fail.
+ *  - Process-wide settings, read once and then shared by every thread: the kernels' instruction
+ *    set (chosen from the CPU and the DSACP_ISA environment variable at the first kernel call)
+ *    and DSACP_FAULT (fault injection for tests).
+ *
+ * Ownership and lifetimes
+ *  - What a create/load/open call returns through `**out` belongs to the caller and is released
+ *    by the matching free (which accepts NULL): dsacp_model_free, dsacp_engine_free,
+ *    dsacp_comm_free. On failure *out is NULL and nothing needs freeing.
+ *  - Lifetimes nest: a model outlives every engine created from it; a communicator outlives
+ *    every engine created over it (dsacp_engine_create_cp); an engine outlives its request ids.
+ *    dsacp_comm_free on the last handle of the world finalises MPI when dsacp initialised it.
+ *  - Pointers the library returns into a handle (dsacp_model_config, dsacp_engine_config,
+ *    dsacp_engine_comm) are borrowed: valid while the handle lives, never freed by the caller.
+ *  - Buffers the caller passes (token ids, logits, topk) stay the caller's: the library copies
+ *    what it keeps and does not hold the pointer after the call returns.
+ *  - Strings the library returns (dsacp_strerror, names) are static; text it allocates for the
+ *    caller says so and names the function that frees it (dsacp_comm_report_json: free()).
  */
 #ifndef DSACP_H
 #define DSACP_H
@@ -24,6 +74,8 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+
+#include "dsacp_version.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -62,6 +114,9 @@ const char *dsacp_status_name(int status);
  * "m/model.safetensors: tensor 'x.weight': shape [4, 4] x F32 is 64 bytes but its range is 60".
  * Empty string when nothing failed yet. */
 const char *dsacp_last_error(void);
+
+/* The version of the library linked, "MAJOR.MINOR.PATCH" (DSACP_VERSION is the headers'). */
+const char *dsacp_version(void);
 
 /* ------------------------------------------------------------------------------------------ */
 /* Dtypes                                                                                     */

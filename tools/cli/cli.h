@@ -18,12 +18,6 @@ typedef struct cli_opt {
     const char *value; /* filled by cli_parse; NULL when not given (flags: "1" when given) */
 } cli_opt;
 
-/* The version `dsacp --version` prints: the build may pass the CMake project version as
- * -DDSACP_VERSION="x.y.z"; otherwise this is the one place it is written. */
-#ifndef DSACP_VERSION
-#define DSACP_VERSION "0.1.0"
-#endif
-
 /* cli_parse's answer when the subcommand should go on; any other value is its exit status. */
 #define CLI_RUN (-1)
 /* Parses argv[1..] of subcommand argv[0] against opts (terminated by a NULL name). With --help
