@@ -1,63 +1,15 @@
 /*
- * engine -- requests, steps and the model stack around the attention (docs/dsa-math.md section 7):
- * embedding, per layer h += attn(RMSNorm(h)); h += mlp(RMSNorm(h)), final norm, lm_head.
- * Dense MLP and DeepSeek-V3 MoE routing live here. Calls everything below it (core, numerics,
- * kernels, cache, attn, model); nothing below calls it.
+ * engine -- requests and steps (docs/dsa-math.md section 7): creation, the request table, and the
+ * order of one step: embedding, per layer h += attn(RMSNorm(h)); h += mlp(RMSNorm(h)), final
+ * norm, lm_head. The model stack is engine_model.c, the CP setup engine_cp.c, the planner's
+ * bookkeeping engine_plan.c, the report engine_report.c (engine_internal.h lists them). Calls
+ * everything below it (core, numerics, kernels, cache, attn, cp, comm, model); nothing below
+ * calls it.
  */
-#include "attn/dsa_layer.h"
-#include "cp/cp.h"
-#include "engine/engine.h"
-#include "model/model.h"
-#include "dsacp_plan.h"
+#include "engine/engine_internal.h"
 
-#include <jansson.h>
-#include <math.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-typedef struct mlp_weights {
-    bool moe;
-    const dsacp_weight *gate, *up, *down; /* dense MLP, or the shared experts of an MoE layer */
-    const dsacp_weight *router;           /* [E][D] */
-    float *bias;                          /* F32 [E] e_score_correction_bias */
-    const dsacp_weight **egate, **eup, **edown; /* [E] each */
-} mlp_weights;
-
-typedef struct request {
-    bool live;
-    int64_t length;    /* tokens of the request so far (all ranks) */
-    dsacp_kv_seq seq;  /* this rank's latent block table (and indexer, when one cache) */
-    dsacp_kv_seq iseq; /* this rank's indexer block table when the layouts differ */
-} request;
-
-struct dsacp_engine {
-    const dsacp_model *model;
-    const dsacp_config *cfg;
-    dsacp_engine_options opt;
-    dsacp_rope rope;
-    dsacp_kv_cache *cache;  /* latent cache (and indexer cache when both layouts agree) */
-    dsacp_kv_cache *icache; /* indexer cache when the layouts differ, else == cache */
-    dsacp_comm *comm;
-    bool owns_comm;
-    dsacp_cp_ctx cp;
-    dsacp_step_times times; /* of the last step */
-    int64_t L;
-    dsacp_dsa_weights *attn;
-    mlp_weights *mlp;
-    float **in_norm, **post_norm, *final_norm;
-    const dsacp_weight *embed, *head;
-    request *req;
-    int64_t nreq, capreq;
-    /* The planner's prediction of this engine's collectives on this rank (dsacp_engine_plan_comm):
-     * the counters at creation, then every step through dsacp_plan_entries_comm. */
-    dsacp_plan_step pbase;
-    int64_t *pq, *po, *psh;
-    dsacp_comm_counter planned[DSACP_PHASE_COUNT];
-    dsacp_comm_counter measured[DSACP_PHASE_COUNT]; /* the counters' growth during those calls */
-    int64_t seen_fb_tokens, seen_fb_rounds, seen_winners;
-    bool plan_lost; /* a step failed after its first collectives: not predicted */
-};
 
 void dsacp_engine_options_default(dsacp_engine_options *opt)
 {
@@ -67,321 +19,27 @@ void dsacp_engine_options_default(dsacp_engine_options *opt)
     opt->num_blocks = 1024;
 }
 
-static const dsacp_weight *need(const dsacp_model *m, int *rc, const char *name)
-{
-    const dsacp_weight *w = dsacp_model_weight(m, name);
-    if (!w && !*rc) *rc = dsacp_error(DSACP_ENOTFOUND, "model has no '%s'", name);
-    return w;
-}
-
-static int bind_mlp(dsacp_engine *e, int64_t l)
-{
-    const dsacp_model *m = e->model;
-    const dsacp_config *cfg = e->cfg;
-    mlp_weights *w = &e->mlp[l];
-    char n[200];
-    int rc = DSACP_OK;
-    w->moe = dsacp_config_layer_is_moe(cfg, l);
-    const char *dense = w->moe ? "shared_experts." : "";
-    if (!w->moe || cfg->n_shared_experts > 0) {
-        snprintf(n, sizeof n, "model.layers.%lld.mlp.%sgate_proj.weight", (long long)l, dense);
-        w->gate = need(m, &rc, n);
-        snprintf(n, sizeof n, "model.layers.%lld.mlp.%sup_proj.weight", (long long)l, dense);
-        w->up = need(m, &rc, n);
-        snprintf(n, sizeof n, "model.layers.%lld.mlp.%sdown_proj.weight", (long long)l, dense);
-        w->down = need(m, &rc, n);
-    }
-    if (!w->moe || rc) return rc;
-    const int64_t E = cfg->n_routed_experts;
-    snprintf(n, sizeof n, "model.layers.%lld.mlp.gate.weight", (long long)l);
-    w->router = need(m, &rc, n);
-    snprintf(n, sizeof n, "model.layers.%lld.mlp.gate.e_score_correction_bias", (long long)l);
-    if (!rc) w->bias = dsacp_model_vector_f32(m, n, E, &rc);
-    w->egate = calloc((size_t)E, sizeof *w->egate);
-    w->eup = calloc((size_t)E, sizeof *w->eup);
-    w->edown = calloc((size_t)E, sizeof *w->edown);
-    if (!w->egate || !w->eup || !w->edown) return dsacp_error(DSACP_ENOMEM, "out of memory");
-    for (int64_t x = 0; x < E && !rc; x++) {
-        snprintf(n, sizeof n, "model.layers.%lld.mlp.experts.%lld.gate_proj.weight", (long long)l, (long long)x);
-        w->egate[x] = need(m, &rc, n);
-        snprintf(n, sizeof n, "model.layers.%lld.mlp.experts.%lld.up_proj.weight", (long long)l, (long long)x);
-        w->eup[x] = need(m, &rc, n);
-        snprintf(n, sizeof n, "model.layers.%lld.mlp.experts.%lld.down_proj.weight", (long long)l, (long long)x);
-        w->edown[x] = need(m, &rc, n);
-    }
-    return rc;
-}
-
 void dsacp_engine_free(dsacp_engine *e)
 {
     if (!e) return;
-    free(e->pq), free(e->po), free(e->psh);
-    for (int64_t l = 0; l < e->L; l++) {
-        if (e->attn) dsacp_dsa_weights_release(&e->attn[l]);
-        if (e->mlp) {
-            dsacp_free(e->mlp[l].bias);
-            free(e->mlp[l].egate);
-            free(e->mlp[l].eup);
-            free(e->mlp[l].edown);
-        }
-        if (e->in_norm) dsacp_free(e->in_norm[l]);
-        if (e->post_norm) dsacp_free(e->post_norm[l]);
-    }
-    free(e->attn);
-    free(e->mlp);
-    free(e->in_norm);
-    free(e->post_norm);
-    dsacp_free(e->final_norm);
+    dsacp_engine_plan_free(e);
     for (int64_t i = 0; i < e->nreq; i++)
         if (e->req[i].live) {
             dsacp_kv_release(e->cache, &e->req[i].seq);
             if (e->icache != e->cache) dsacp_kv_release(e->icache, &e->req[i].iseq);
         }
     free(e->req);
-    if (e->cp.o_shard) {
-        for (int64_t l = 0; l < e->L; l++) dsacp_cp_weight_free(e->cp.o_shard[l]);
-        free(e->cp.o_shard);
-    }
-    dsacp_cp_weights_free(e->cp.wp);
-    free(e->cp.ctx_choices);
-    free(e->cp.hw);
-    dsacp_comm_free(e->cp.icomm_own);
+    dsacp_engine_release_cp(e);
+    dsacp_engine_model_release(e);
     if (e->icache != e->cache) dsacp_kv_cache_free(e->icache);
     dsacp_kv_cache_free(e->cache);
     if (e->owns_comm) dsacp_comm_free(e->comm);
     free(e);
 }
 
-static int setup_cp(dsacp_engine *e, const dsacp_cp_options *cp)
-{
-    const dsacp_config *cfg = e->cfg;
-    const int W = dsacp_comm_size(e->comm), me = dsacp_comm_rank(e->comm);
-    const int64_t H = cfg->num_attention_heads, dv = cfg->v_head_dim;
-    e->cp.comm = e->comm;
-    e->cp.W = W;
-    e->cp.icomm = e->comm;
-    if (W > 1 && cp->index_layout == DSACP_LAYOUT_PARTIAL) {
-        /* The one collective of the setup, first: every rank reaches it (the caller agreed
-         * before), whatever fails below is local and agreed after. The candidates travel
-         * between the groups: one rank of each, the same place in its group. */
-        int rc = dsacp_comm_split(e->comm, (int)(me % cp->index_group), me, &e->cp.icomm_own);
-        if (rc) return rc;
-        e->cp.icomm = e->cp.icomm_own;
-    }
-    if (dsacp_fault("cp")) return dsacp_fault_error("cp", "context-parallel setup");
-    if (cp->context_hardware) { /* --context-path auto by the planner's time on this profile */
-        e->cp.hw = malloc(sizeof *e->cp.hw);
-        if (!e->cp.hw) return dsacp_error(DSACP_ENOMEM, "out of memory");
-        int hrc = dsacp_hw_load(cp->context_hardware, e->cp.hw);
-        if (hrc) return hrc;
-    }
-    e->cp.rank = me;
-    e->cp.opt = *cp;
-    e->cp.opt.context_hardware = NULL; /* read into cp.hw above; the caller's string need not outlive this */
-    e->cp.lat = e->cache;
-    e->cp.idx = e->icache;
-    e->cp.block_size = e->opt.block_size;
-    e->cp.h0 = dsacp_split_begin(H, me, W);
-    e->cp.h1 = dsacp_split_begin(H, me + 1, W);
-    e->cp.cfg = cfg;
-    /* The indexer cache as a sharding of its own: W_i holders of I_i-position runs (docs section 1). */
-    e->cp.iW = 1, e->cp.iI = 1, e->cp.ir = 0;
-    if (W > 1 && cp->index_layout == DSACP_LAYOUT_SHARDED) e->cp.iW = W, e->cp.iI = cp->interleave, e->cp.ir = me;
-    if (W > 1 && cp->index_layout == DSACP_LAYOUT_PARTIAL) {
-        const int64_t G = cp->index_group;
-        e->cp.iW = W / G, e->cp.iI = cp->interleave * G, e->cp.ir = me / G;
-    }
-    e->cp.deployed = e->opt.numerics == DSACP_NUMERICS_DEPLOYED;
-    /* DSA-CP: every rank runs all heads for its tokens; the weight plans say where the whole
-     * q_b_proj and o_proj come from (cp_weights.c). */
-    if (cp->mode == DSACP_CP_DSA_CP) {
-        int rc = dsacp_cp_weights_setup(&e->cp, e->attn, e->L);
-        const bool dcp_decode = W > 1 && (cp->kv_layout == DSACP_LAYOUT_SHARDED || cp->index_layout == DSACP_LAYOUT_SHARDED);
-        if (rc || !dcp_decode) return rc;
-        /* DSA-CP + DCP: decode tokens are processed by every rank with the heads split. Their o_proj
-         * columns: tp's shards (cp_layer.c), or the whole layer-shard weight after a v gather, or,
-         * with a replicated o_proj, the column copies below. */
-        if (cp->o_proj == DSACP_WEIGHTS_LAYER_SHARD) e->cp.o_gather_v = true;
-        if (cp->o_proj != DSACP_WEIGHTS_REPLICATED) return DSACP_OK;
-    }
-    if (W == 1) return DSACP_OK;
-    /* One decision for the whole group: the head columns of every rank must fall on o_proj's
-     * FP8 blocks for the column shards, otherwise the heads' outputs travel instead. */
-    const dsacp_weight *o0 = e->attn[0].o;
-    bool aligned = true;
-    if (o0->dtype == DSACP_F8_E4M3 && o0->block > 0)
-        for (int q = 0; q <= W; q++) {
-            const int64_t c = dsacp_split_begin(H, q, W) * dv;
-            if (c % o0->block && c != o0->cols) aligned = false;
-        }
-    e->cp.o_gather_v = !aligned;
-    if (!aligned) return DSACP_OK;
-    e->cp.o_shard = calloc((size_t)e->L, sizeof *e->cp.o_shard);
-    if (!e->cp.o_shard) return dsacp_error(DSACP_ENOMEM, "out of memory");
-    for (int64_t l = 0; l < e->L; l++) {
-        int rc = dsacp_cp_weight_columns(e->attn[l].o, e->cp.h0 * dv, e->cp.h1 * dv, false, &e->cp.o_shard[l]);
-        if (rc) return rc;
-    }
-    return DSACP_OK;
-}
-
 int dsacp_engine_create(const dsacp_model *model, const dsacp_engine_options *opt_in, dsacp_engine **out)
 {
     return dsacp_engine_create_cp(model, opt_in, NULL, NULL, out);
-}
-
-/* Validation of the options, before anything is allocated (the same verdict on every rank). */
-static int check_options(const dsacp_config *cfg, const dsacp_engine_options *opt, const dsacp_cp_options *cp, int W)
-{
-    if (opt->numerics != DSACP_NUMERICS_EXACT && opt->numerics != DSACP_NUMERICS_DEPLOYED)
-        return dsacp_error(DSACP_EINVAL, "unknown numerics mode %d", (int)opt->numerics);
-    if (opt->kv_dtype != DSACP_KV_F32 && opt->kv_dtype != DSACP_KV_BF16 && opt->kv_dtype != DSACP_KV_FP8)
-        return dsacp_error(DSACP_EINVAL, "unknown kv dtype %d", (int)opt->kv_dtype);
-    if (opt->kv_dtype == DSACP_KV_FP8 && opt->numerics != DSACP_NUMERICS_DEPLOYED)
-        return dsacp_error(DSACP_EINVAL, "the fp8 latent cache belongs to the deployed numerics mode");
-    if (cp->interleave < 1 || cp->interleave > ((int64_t)1 << 30))
-        return dsacp_error(DSACP_EINVAL, "--cp-interleave %lld: must be in [1, 2^30]", (long long)cp->interleave);
-    if ((unsigned)cp->decode > DSACP_DECODE_LEAN || (unsigned)cp->kv_layout > 1 || (unsigned)cp->index_layout > 2 ||
-        (unsigned)cp->prefill_split > 2 || (unsigned)cp->mode > 1 || (unsigned)cp->q_proj > 5 || (unsigned)cp->o_proj > 5 ||
-        (unsigned)cp->lean_merge > 1 || (unsigned)cp->partials > 1 || (unsigned)cp->context_path > 2 ||
-        (unsigned)cp->merge_backend > 1)
-        return dsacp_error(DSACP_EINVAL, "unknown context-parallel option value");
-    if (cp->context_hardware && cp->context_path != DSACP_CONTEXT_AUTO)
-        return dsacp_error(DSACP_EINVAL, "--context-hardware %s: belongs to '--context-path auto' (the path is %s)",
-                           cp->context_hardware, dsacp_context_path_name(cp->context_path));
-    if (!(cp->lean_factor >= 1.0 && cp->lean_factor <= 1024.0))
-        return dsacp_error(DSACP_EINVAL, "--lean-candidates %g: must be in [1, 1024] (times index_topk / W scores "
-                           "per rank)", cp->lean_factor);
-    if (cp->index_layout == DSACP_LAYOUT_PARTIAL && (cp->index_group < 1 || W % cp->index_group))
-        return dsacp_error(DSACP_EINVAL, "--index-layout partial:%lld: the group size must divide the %d ranks",
-                           (long long)cp->index_group, W);
-    if (cp->index_layout == DSACP_LAYOUT_PARTIAL && cp->mode == DSACP_CP_DSA_CP)
-        return dsacp_error(DSACP_EINVAL, "--index-layout partial:G belongs to --cp-mode dcp");
-    if (cp->prefetch < 1 || cp->prefetch > 64)
-        return dsacp_error(DSACP_EINVAL, "--prefetch %lld: must be in [1, 64]", (long long)cp->prefetch);
-    if (cp->mode == DSACP_CP_DCP && (cp->q_proj != DSACP_WEIGHTS_REPLICATED || cp->o_proj != DSACP_WEIGHTS_REPLICATED))
-        return dsacp_error(DSACP_EINVAL, "--q-proj/--o-proj plans belong to --cp-mode dsa-cp (DCP splits the heads "
-                           "of q_b_proj and o_proj already)");
-    if (cp->q_proj >= DSACP_WEIGHTS_TP)
-        return dsacp_error(DSACP_EINVAL, "--q-proj %s: q_b_proj is replicated or layer-shard (tp and auto are "
-                           "o_proj plans)", dsacp_weight_plan_name(cp->q_proj));
-
-    /* Decode tokens attend over the sharded cache with the decode strategy in DCP and in DSA-CP + DCP
-     * (DSA-CP with every cache replicated attends locally). */
-    const bool dcp_decode = cp->mode == DSACP_CP_DCP || cp->kv_layout == DSACP_LAYOUT_SHARDED ||
-                            cp->index_layout == DSACP_LAYOUT_SHARDED;
-    if (W > 1 && dcp_decode && cp->decode == DSACP_DECODE_REPLICATED_INDEX &&
-        cp->index_layout != DSACP_LAYOUT_REPLICATED)
-        return dsacp_error(DSACP_EINVAL, "--decode-strategy replicated-index needs --index-layout replicated "
-                           "(every rank scores every position)");
-    if (W > 1 && dcp_decode && cp->decode == DSACP_DECODE_EXACT_TOPK &&
-        cp->index_layout == DSACP_LAYOUT_REPLICATED)
-        return dsacp_error(DSACP_EINVAL, "--decode-strategy exact-topk scores each rank's shard of the indexer "
-                           "cache: it needs --index-layout sharded or partial:G (replicated-index uses a replicated one)");
-    if (W > cfg->max_position_embeddings)
-        return dsacp_error(DSACP_EINVAL, "%d ranks exceed max_position_embeddings %lld: a rank would own no "
-                           "position", W, (long long)cfg->max_position_embeddings);
-    return DSACP_OK;
-}
-
-static int64_t weight_travel_bytes(const dsacp_weight *w)
-{
-    return w->rows * w->cols * (int64_t)dsacp_dtype_size(w->dtype) +
-           (w->dtype == DSACP_F8_E4M3 && w->scale ? w->scale_rows * w->scale_stride * 4 : 0);
-}
-
-/* What the planner needs to know of this engine (dsacp_plan_step's fixed fields), and the
- * counters so far (creation's agreements) as the prediction's start. */
-static int plan_setup(dsacp_engine *e)
-{
-    const dsacp_config *cfg = e->cfg;
-    const dsacp_cp_options *cp = &e->cp.opt;
-    const int W = e->cp.W;
-    dsacp_plan_step *b = &e->pbase;
-    b->W = W, b->rank = e->cp.rank, b->hidden_bytes = cfg->hidden_size * 4;
-    b->deployed = e->cp.deployed;
-    b->latent_bytes = dsacp_mla_cache_bytes_per_token(cfg, e->opt.kv_dtype);
-    b->index_bytes = dsacp_index_cache_bytes_per_token(cfg, b->deployed ? DSACP_KV_FP8 : DSACP_KV_F32);
-    const dsacp_weight *o = e->attn[0].o;
-    dsacp_plan_o_paths(cfg, cp, W, o->dtype, o->block, &b->o_gather_v, &b->o_tp_f32);
-    b->context_hw = e->cp.hw;
-    if (dsacp_fault("plan")) return dsacp_fault_error("plan", "the engine's plan");
-    if (cp->mode != DSACP_CP_DSA_CP) return DSACP_OK;
-    const int64_t L = e->L, H = cfg->num_attention_heads, dv = cfg->v_head_dim;
-    e->pq = calloc((size_t)L, sizeof *e->pq), e->po = calloc((size_t)L, sizeof *e->po);
-    e->psh = calloc((size_t)W, sizeof *e->psh);
-    if (!e->pq || !e->po || !e->psh) return dsacp_error(DSACP_ENOMEM, "out of memory for the engine's plan");
-    for (int64_t l = 0; l < L; l++) e->pq[l] = weight_travel_bytes(e->attn[l].q_b), e->po[l] = weight_travel_bytes(e->attn[l].o);
-    for (int q = 0; q < W; q++) {
-        const int64_t nc = (dsacp_split_begin(H, q + 1, W) - dsacp_split_begin(H, q, W)) * dv;
-        e->psh[q] = o->rows * nc * (b->o_tp_f32 ? 4 : (int64_t)dsacp_dtype_size(o->dtype));
-        if (!b->o_tp_f32 && o->dtype == DSACP_F8_E4M3) e->psh[q] += o->scale_rows * ((nc + o->block - 1) / o->block) * 4;
-    }
-    b->q_bytes = e->pq, b->o_bytes = e->po, b->o_shard_bytes = e->psh;
-    return DSACP_OK;
-}
-
-static void plan_add(dsacp_engine *e, const dsacp_comm_counter *c)
-{
-    for (int p = 0; p < DSACP_PHASE_COUNT; p++)
-        e->planned[p].calls += c[p].calls, e->planned[p].bytes_sent += c[p].bytes_sent, e->planned[p].bytes_recv += c[p].bytes_recv;
-}
-
-/* The counters before an engine call, and their growth added to `measured` after it: what the
- * engine itself moved, whatever else uses the communicator between its calls. */
-static void counters_now(const dsacp_engine *e, dsacp_comm_counter *c)
-{
-    for (int p = 0; p < DSACP_PHASE_COUNT; p++) c[p] = dsacp_comm_get_counter(e->comm, p);
-}
-
-static void measured_add(dsacp_engine *e, const dsacp_comm_counter *before)
-{
-    for (int p = 0; p < DSACP_PHASE_COUNT; p++) {
-        const dsacp_comm_counter a = dsacp_comm_get_counter(e->comm, p);
-        e->measured[p].calls += a.calls - before[p].calls;
-        e->measured[p].bytes_sent += a.bytes_sent - before[p].bytes_sent;
-        e->measured[p].bytes_recv += a.bytes_recv - before[p].bytes_recv;
-    }
-}
-
-/* One agreement of the group (4 bytes from and to every other rank). */
-static void plan_agreement(dsacp_engine *e)
-{
-    dsacp_comm_counter c[DSACP_PHASE_COUNT] = {{0}};
-    if (e->cp.W > 1) c[DSACP_PHASE_control] = (dsacp_comm_counter){1, 4 * (e->cp.W - 1), 4 * (e->cp.W - 1), 0};
-    plan_add(e, c);
-}
-
-/* A step that completed: the planner's view of it added to the prediction. */
-static void plan_step(dsacp_engine *e, const int64_t *old_len, const int64_t *new_len, int64_t n, const uint8_t *want,
-                      bool last)
-{
-    if (e->plan_lost) return;
-    dsacp_plan_entry *pe = malloc((size_t)(n > 0 ? n : 1) * sizeof *pe);
-    if (!pe) {
-        e->plan_lost = true;
-        return;
-    }
-    for (int64_t i = 0; i < n; i++) pe[i] = (dsacp_plan_entry){old_len[i], new_len[i] - old_len[i]};
-    dsacp_plan_step b = e->pbase;
-    const dsacp_cp_stats *st = &e->cp.stats;
-    const int64_t ft = st->lean_fallback_threshold + st->lean_fallback_ties;
-    b.lean_fallback_tokens = ft - e->seen_fb_tokens, b.lean_fallback_rounds = st->lean_fallback_rounds - e->seen_fb_rounds;
-    b.lean_owned_winners = st->lean_owned_winners - e->seen_winners;
-    e->seen_fb_tokens = ft, e->seen_fb_rounds = st->lean_fallback_rounds, e->seen_winners = st->lean_owned_winners;
-    b.want_logits = want[0], b.want_topk = want[1], b.logits_last = last;
-    dsacp_comm_counter c[DSACP_PHASE_COUNT];
-    if (dsacp_plan_entries_comm(e->cfg, &e->cp.opt, &b, pe, n, c)) e->plan_lost = true;
-    else plan_add(e, c);
-    free(pe);
-}
-
-int dsacp_engine_plan_comm(const dsacp_engine *e, dsacp_comm_counter planned[DSACP_PHASE_COUNT],
-                           dsacp_comm_counter measured[DSACP_PHASE_COUNT])
-{
-    memcpy(planned, e->planned, sizeof e->planned);
-    if (measured) memcpy(measured, e->measured, sizeof e->measured);
-    return e->plan_lost ? dsacp_error(DSACP_EUNSUPPORTED, "a step failed midway: its collectives are not predicted") : DSACP_OK;
 }
 
 int dsacp_engine_create_cp(const dsacp_model *model, const dsacp_engine_options *opt_in,
@@ -397,7 +55,7 @@ int dsacp_engine_create_cp(const dsacp_model *model, const dsacp_engine_options 
     const dsacp_config *cfg = dsacp_model_config(model);
     /* Every failure of creation is agreed by the group before any rank returns (docs/
      * context-parallel.md, "Failures"): the options, then each allocation stage. */
-    int crc = check_options(cfg, &opt, &cpo, comm ? dsacp_comm_size(comm) : 1);
+    int crc = dsacp_engine_check_options(cfg, &opt, &cpo, comm ? dsacp_comm_size(comm) : 1);
     const int64_t di = cfg->index_head_dim;
     if (!crc && opt.numerics == DSACP_NUMERICS_DEPLOYED && (di & (di - 1)))
         crc = dsacp_error(DSACP_EUNSUPPORTED, "deployed mode needs a power-of-two index_head_dim "
@@ -439,30 +97,11 @@ int dsacp_engine_create_cp(const dsacp_model *model, const dsacp_engine_options 
         rc = dsacp_kv_cache_create_parts(cfg, e->L, opt.kv_dtype, fp8_index, opt.block_size, opt.num_blocks, false,
                                          true, &e->icache);
     if (!e->icache) e->icache = e->cache;
-    if (!rc) {
-        e->attn = calloc((size_t)e->L, sizeof *e->attn);
-        e->mlp = calloc((size_t)e->L, sizeof *e->mlp);
-        e->in_norm = calloc((size_t)e->L, sizeof *e->in_norm);
-        e->post_norm = calloc((size_t)e->L, sizeof *e->post_norm);
-        if (!e->attn || !e->mlp || !e->in_norm || !e->post_norm) rc = dsacp_error(DSACP_ENOMEM, "out of memory for the layers");
-        else if (dsacp_fault("engine")) rc = dsacp_fault_error("engine", "engine layers");
-    }
-    for (int64_t l = 0; l < e->L && !rc; l++) {
-        char n[160];
-        rc = dsacp_dsa_weights_bind(&e->attn[l], model, l);
-        snprintf(n, sizeof n, "model.layers.%lld.input_layernorm.weight", (long long)l);
-        if (!rc) e->in_norm[l] = dsacp_model_vector_f32(model, n, cfg->hidden_size, &rc);
-        snprintf(n, sizeof n, "model.layers.%lld.post_attention_layernorm.weight", (long long)l);
-        if (!rc) e->post_norm[l] = dsacp_model_vector_f32(model, n, cfg->hidden_size, &rc);
-        if (!rc) rc = bind_mlp(e, l);
-    }
-    if (!rc) e->final_norm = dsacp_model_vector_f32(model, "model.norm.weight", cfg->hidden_size, &rc);
-    if (!rc) e->embed = need(model, &rc, "model.embed_tokens.weight");
-    if (!rc) e->head = need(model, &rc, "lm_head.weight");
-    /* The pools and the layers: agreed before setup_cp's collective (the partial layout's split). */
+    if (!rc) rc = dsacp_engine_model_bind(e);
+    /* The pools and the layers: agreed before dsacp_engine_setup_cp's collective (the partial layout's split). */
     rc = dsacp_comm_agree_phase(e->comm, rc, -1);
-    if (!rc) rc = setup_cp(e, &cpo);
-    if (!rc) rc = plan_setup(e); /* local: sets fields, counts nothing */
+    if (!rc) rc = dsacp_engine_setup_cp(e, &cpo);
+    if (!rc) rc = dsacp_engine_plan_setup(e); /* local: sets fields, counts nothing */
     rc = dsacp_comm_agree(e->comm, rc);
     if (rc) goto fail;
     *out = e;
@@ -486,7 +125,7 @@ int dsacp_engine_add_request(dsacp_engine *e, int64_t *id)
         }
     if (e->nreq == e->capreq) {
         int64_t cap = e->capreq ? 2 * e->capreq : 16;
-        request *r = realloc(e->req, (size_t)cap * sizeof *r);
+        dsacp_engine_request *r = realloc(e->req, (size_t)cap * sizeof *r);
         if (!r) return dsacp_error(DSACP_ENOMEM, "out of memory adding a request");
         e->req = r;
         e->capreq = cap;
@@ -497,7 +136,7 @@ int dsacp_engine_add_request(dsacp_engine *e, int64_t *id)
     return DSACP_OK;
 }
 
-static request *find_request(const dsacp_engine *e, int64_t id)
+dsacp_engine_request *dsacp_engine_find_request(const dsacp_engine *e, int64_t id)
 {
     if (id < 0 || id >= e->nreq || !e->req[id].live) return NULL;
     return &e->req[id];
@@ -505,7 +144,7 @@ static request *find_request(const dsacp_engine *e, int64_t id)
 
 int dsacp_engine_end_request(dsacp_engine *e, int64_t id)
 {
-    request *r = find_request(e, id);
+    dsacp_engine_request *r = dsacp_engine_find_request(e, id);
     if (!r) return dsacp_error(DSACP_EINVAL, "no live request %lld", (long long)id);
     dsacp_kv_release(e->cache, &r->seq);
     if (e->icache != e->cache) dsacp_kv_release(e->icache, &r->iseq);
@@ -515,150 +154,16 @@ int dsacp_engine_end_request(dsacp_engine *e, int64_t id)
 
 int64_t dsacp_engine_request_length(const dsacp_engine *e, int64_t id)
 {
-    const request *r = find_request(e, id);
+    const dsacp_engine_request *r = dsacp_engine_find_request(e, id);
     if (!r) return dsacp_error(DSACP_EINVAL, "no live request %lld", (long long)id);
     return r->length;
 }
 
-/* ---- MLP ---- */
-
-static float silu(float x) { return x / (1.0f + expf(-x)); }
-
-/* out[t] = down(silu(gate x[t]) * up x[t]) for the n rows of x. */
-static int swiglu(const dsacp_weight *gate, const dsacp_weight *up, const dsacp_weight *down,
-                  const float *x, int64_t n, int64_t D, float *out, bool aq)
-{
-    const int64_t I = gate->rows;
-    float *g = dsacp_alloc((size_t)(n * I) * 4), *u = dsacp_alloc((size_t)(n * I) * 4);
-    int rc = (g && u) ? DSACP_OK : dsacp_error(DSACP_ENOMEM, "out of memory in MLP");
-    if (!rc) rc = dsacp_linear(gate, x, n, D, g, I, aq);
-    if (!rc) rc = dsacp_linear(up, x, n, D, u, I, aq);
-    if (!rc) {
-        for (int64_t i = 0; i < n * I; i++) g[i] = silu(g[i]) * u[i];
-        rc = dsacp_linear(down, g, n, I, out, D, aq);
-    }
-    dsacp_free(g);
-    dsacp_free(u);
-    return rc;
-}
-
-/* DeepSeek-V3 routing of one token: sigmoid scores, bias-corrected choice within the best
- * groups, weights from the unbiased scores. Ties go to the lower index. Writes the chosen
- * experts in ascending order with their weights. */
-static void route(const dsacp_config *cfg, const float *logits, const float *bias, int32_t *experts,
-                  float *weights)
-{
-    const int64_t E = cfg->n_routed_experts, G = cfg->n_group, per = E / G;
-    const int64_t k = cfg->num_experts_per_tok;
-    float s[4096], b[4096], gs[1024];
-    bool keep[1024] = {0}, taken[4096] = {0};
-    for (int64_t x = 0; x < E; x++) {
-        s[x] = 1.0f / (1.0f + expf(-logits[x]));
-        b[x] = s[x] + bias[x];
-    }
-    for (int64_t g = 0; g < G; g++) {
-        float m1 = -INFINITY, m2 = -INFINITY;
-        for (int64_t x = g * per; x < (g + 1) * per; x++) {
-            if (b[x] > m1) {
-                m2 = m1;
-                m1 = b[x];
-            } else if (b[x] > m2) {
-                m2 = b[x];
-            }
-        }
-        gs[g] = per >= 2 ? m1 + m2 : m1;
-    }
-    for (int64_t r = 0; r < cfg->topk_group; r++) {
-        int64_t best = -1;
-        for (int64_t g = 0; g < G; g++)
-            if (!keep[g] && (best < 0 || gs[g] > gs[best])) best = g;
-        keep[best] = true;
-    }
-    for (int64_t r = 0; r < k; r++) {
-        int64_t best = -1;
-        for (int64_t x = 0; x < E; x++)
-            if (keep[x / per] && !taken[x] && (best < 0 || b[x] > b[best])) best = x;
-        taken[best] = true;
-    }
-    double sum = 0;
-    int64_t n = 0;
-    for (int64_t x = 0; x < E; x++)
-        if (taken[x]) {
-            experts[n] = (int32_t)x;
-            weights[n++] = s[x];
-            sum += s[x];
-        }
-    for (int64_t j = 0; j < k; j++) {
-        double wgt = cfg->norm_topk_prob ? weights[j] / (sum + 1e-20) : weights[j];
-        weights[j] = (float)(wgt * cfg->routed_scaling_factor);
-    }
-}
-
-static int moe_forward(const dsacp_engine *e, const mlp_weights *w, const float *x, int64_t T, float *out,
-                       bool aq)
-{
-    const dsacp_config *cfg = e->cfg;
-    const int64_t D = cfg->hidden_size, E = cfg->n_routed_experts, k = cfg->num_experts_per_tok;
-    float *logits = dsacp_alloc((size_t)(T * E) * 4);
-    int32_t *chosen = dsacp_alloc((size_t)(T * k) * 4);
-    float *cw = dsacp_alloc((size_t)(T * k) * 4);
-    float *y = dsacp_alloc((size_t)(T * k * D) * 4);   /* [T][k][D] expert outputs */
-    float *xe = dsacp_alloc((size_t)(T * D) * 4), *ye = dsacp_alloc((size_t)(T * D) * 4);
-    int64_t *rows = dsacp_alloc((size_t)T * sizeof(int64_t));
-    int rc = (logits && chosen && cw && y && xe && ye && rows) ? DSACP_OK
-                                                             : dsacp_error(DSACP_ENOMEM, "out of memory in MoE");
-    if (!rc) rc = dsacp_linear(w->router, x, T, D, logits, E, false);
-    if (!rc)
-        for (int64_t t = 0; t < T; t++) route(cfg, logits + t * E, w->bias, chosen + t * k, cw + t * k);
-    /* Each expert runs on the rows routed to it; kernels are row-invariant, so the grouping does
-     * not change any token's result. */
-    for (int64_t x_ = 0; x_ < E && !rc; x_++) {
-        int64_t n = 0;
-        for (int64_t t = 0; t < T; t++)
-            for (int64_t j = 0; j < k; j++)
-                if (chosen[t * k + j] == x_) {
-                    memcpy(xe + n * D, x + t * D, (size_t)D * 4);
-                    rows[n++] = t * k + j;
-                }
-        if (!n) continue;
-        rc = swiglu(w->egate[x_], w->eup[x_], w->edown[x_], xe, n, D, ye, aq);
-        for (int64_t r = 0; r < n && !rc; r++) memcpy(y + rows[r] * D, ye + r * D, (size_t)D * 4);
-    }
-    if (!rc && w->gate) rc = swiglu(w->gate, w->up, w->down, x, T, D, out, aq);
-    else if (!rc) memset(out, 0, (size_t)(T * D) * 4);
-    if (!rc)
-        for (int64_t t = 0; t < T; t++) {
-            /* Routed experts in ascending expert order, then the shared expert. */
-            float *o = out + t * D;
-            for (int64_t i = 0; i < D; i++) {
-                float acc = 0;
-                for (int64_t j = 0; j < k; j++) acc += cw[t * k + j] * y[(t * k + j) * D + i];
-                o[i] = acc + o[i];
-            }
-        }
-    dsacp_free(logits);
-    dsacp_free(chosen);
-    dsacp_free(cw);
-    dsacp_free(y);
-    dsacp_free(xe);
-    dsacp_free(ye);
-    dsacp_free(rows);
-    return rc;
-}
-
 /* ---- the step ---- */
 
-/* Positions of [0, L) rank q keeps in a cache of the given layout. */
-static int64_t kept_on(const dsacp_engine *e, dsacp_cp_layout layout, int64_t L, int q)
-{
-    const int W = e->cp.W;
-    const int64_t I = e->cp.opt.interleave, G = e->cp.opt.index_group;
-    if (W > 1 && layout == DSACP_LAYOUT_PARTIAL) return dsacp_cp_local_len(L, q / G, I * G, W / G);
-    return W == 1 || layout == DSACP_LAYOUT_REPLICATED ? L : dsacp_cp_local_len(L, q, I, W);
-}
 
 /* Positions of [0, L) this rank keeps in a cache of the given layout. */
-static int64_t kept(const dsacp_engine *e, dsacp_cp_layout layout, int64_t L) { return kept_on(e, layout, L, e->cp.rank); }
+static int64_t kept(const dsacp_engine *e, dsacp_cp_layout layout, int64_t L) { return dsacp_engine_kept_on(e, layout, L, e->cp.rank); }
 
 static int64_t blocks_of(const dsacp_engine *e, int64_t tokens) { return (tokens + e->opt.block_size - 1) / e->opt.block_size; }
 
@@ -669,14 +174,14 @@ bool dsacp_engine_fits(const dsacp_engine *e, const int64_t *ids, const int64_t 
         int64_t used_l = 0, used_i = 0, need_l = 0, need_i = 0;
         for (int64_t i = 0; i < e->nreq; i++)
             if (e->req[i].live) {
-                used_l += blocks_of(e, kept_on(e, e->cp.opt.kv_layout, e->req[i].length, q));
-                used_i += blocks_of(e, kept_on(e, e->cp.opt.index_layout, e->req[i].length, q));
+                used_l += blocks_of(e, dsacp_engine_kept_on(e, e->cp.opt.kv_layout, e->req[i].length, q));
+                used_i += blocks_of(e, dsacp_engine_kept_on(e, e->cp.opt.index_layout, e->req[i].length, q));
             }
         for (int64_t i = 0; i < n; i++) {
-            const request *r = ids[i] >= 0 ? find_request(e, ids[i]) : NULL;
+            const dsacp_engine_request *r = ids[i] >= 0 ? dsacp_engine_find_request(e, ids[i]) : NULL;
             const int64_t cur = r ? r->length : 0;
-            need_l += blocks_of(e, kept_on(e, e->cp.opt.kv_layout, new_len[i], q)) - blocks_of(e, kept_on(e, e->cp.opt.kv_layout, cur, q));
-            need_i += blocks_of(e, kept_on(e, e->cp.opt.index_layout, new_len[i], q)) - blocks_of(e, kept_on(e, e->cp.opt.index_layout, cur, q));
+            need_l += blocks_of(e, dsacp_engine_kept_on(e, e->cp.opt.kv_layout, new_len[i], q)) - blocks_of(e, dsacp_engine_kept_on(e, e->cp.opt.kv_layout, cur, q));
+            need_i += blocks_of(e, dsacp_engine_kept_on(e, e->cp.opt.index_layout, new_len[i], q)) - blocks_of(e, dsacp_engine_kept_on(e, e->cp.opt.index_layout, cur, q));
         }
         if (used_l + need_l > e->cache->num_blocks) return false;
         if (split && used_i + need_i > e->icache->num_blocks) return false;
@@ -690,7 +195,7 @@ double dsacp_engine_kv_use(const dsacp_engine *e)
     for (int q = 0; q < e->cp.W; q++) {
         int64_t used = 0;
         for (int64_t i = 0; i < e->nreq; i++)
-            if (e->req[i].live) used += blocks_of(e, kept_on(e, e->cp.opt.kv_layout, e->req[i].length, q));
+            if (e->req[i].live) used += blocks_of(e, dsacp_engine_kept_on(e, e->cp.opt.kv_layout, e->req[i].length, q));
         const double u = (double)used / (double)e->cache->num_blocks;
         if (u > worst) worst = u;
     }
@@ -708,7 +213,7 @@ static int check_entries(const dsacp_engine *e, const dsacp_step_entry *entries,
     int64_t T = 0;
     for (int64_t i = 0; i < n; i++) {
         const dsacp_step_entry *en = &entries[i];
-        request *r = find_request(e, en->request_id);
+        dsacp_engine_request *r = dsacp_engine_find_request(e, en->request_id);
         if (!r) return dsacp_error(DSACP_EINVAL, "step entry %lld: no live request %lld", (long long)i,
                                    (long long)en->request_id);
         for (int64_t j = 0; j < i; j++)
@@ -739,7 +244,7 @@ static int reserve(dsacp_engine *e, const dsacp_step_entry *entries, int64_t n)
 {
     int64_t need_l = 0, need_i = 0;
     for (int64_t i = 0; i < n; i++) {
-        request *r = find_request(e, entries[i].request_id);
+        dsacp_engine_request *r = dsacp_engine_find_request(e, entries[i].request_id);
         const int64_t L = r->length + entries[i].n_tokens;
         need_l += dsacp_kv_blocks_needed(e->cache, &r->seq, kept(e, e->cp.opt.kv_layout, L));
         if (e->icache != e->cache) need_i += dsacp_kv_blocks_needed(e->icache, &r->iseq, kept(e, e->cp.opt.index_layout, L));
@@ -751,7 +256,7 @@ static int reserve(dsacp_engine *e, const dsacp_step_entry *entries, int64_t n)
                            (long long)(need_l > e->cache->num_free ? e->cache->num_free : e->icache->num_free),
                            (long long)e->cache->num_blocks);
     for (int64_t i = 0; i < n; i++) {
-        request *r = find_request(e, entries[i].request_id);
+        dsacp_engine_request *r = dsacp_engine_find_request(e, entries[i].request_id);
         const int64_t L = r->length + entries[i].n_tokens;
         int rc = dsacp_kv_reserve(e->cache, &r->seq, kept(e, e->cp.opt.kv_layout, L));
         if (!rc && e->icache != e->cache) rc = dsacp_kv_reserve(e->icache, &r->iseq, kept(e, e->cp.opt.index_layout, L));
@@ -760,22 +265,11 @@ static int reserve(dsacp_engine *e, const dsacp_step_entry *entries, int64_t n)
     return DSACP_OK;
 }
 
-/* The first non-finite logit, reported instead of being sampled as token 0. */
-static int check_logits(const float *logits, int64_t T, int64_t V)
-{
-    for (int64_t i = 0; i < T * V; i++)
-        if (!isfinite(logits[i]))
-            return dsacp_error(DSACP_ERANGE, "non-finite logit (%g) for token %lld of the step, vocabulary id "
-                               "%lld: the weights or activations overflowed (run `dsacp inspect --scan-weights`)",
-                               (double)logits[i], (long long)(i / V), (long long)(i % V));
-    return DSACP_OK;
-}
-
 static int engine_step(dsacp_engine *e, const dsacp_step_entry *entries, int64_t n, float *logits, bool last,
                        int32_t *topk)
 {
     const dsacp_config *cfg = e->cfg;
-    const int64_t D = cfg->hidden_size, V = cfg->vocab_size, K = cfg->index_topk;
+    const int64_t D = cfg->hidden_size, K = cfg->index_topk;
     const int W = e->cp.W, me = e->cp.rank;
     /* Validate everything before touching any state; capacity is agreed by the group. */
     int64_t T = 0;
@@ -783,7 +277,7 @@ static int engine_step(dsacp_engine *e, const dsacp_step_entry *entries, int64_t
     if (!rc && T > 0) rc = reserve(e, entries, n);
     rc = dsacp_comm_agree(e->comm, rc);
     if (rc || T == 0) {
-        plan_agreement(e); /* the step's plan counts this agreement when it goes on */
+        dsacp_engine_plan_agreement(e); /* the step's plan counts this agreement when it goes on */
         return rc;
     }
     /* Rank 0 decides what is gathered to it. */
@@ -810,7 +304,7 @@ static int engine_step(dsacp_engine *e, const dsacp_step_entry *entries, int64_t
     if (!rc) {
         int64_t t = 0;
         for (int64_t i = 0; i < n; i++) {
-            request *r = find_request(e, entries[i].request_id);
+            dsacp_engine_request *r = dsacp_engine_find_request(e, entries[i].request_id);
             lseqs[i] = &r->seq;
             iseqs[i] = e->icache == e->cache ? &r->seq : &r->iseq;
             old_len[i] = r->length;
@@ -853,9 +347,7 @@ static int engine_step(dsacp_engine *e, const dsacp_step_entry *entries, int64_t
             e->times.attention += t1 - t0;
             for (int64_t i = 0; i < na * D; i++) h[i] += ob[i];
             for (int64_t i = 0; i < na; i++) dsacp_rmsnorm(xb + i * D, h + i * D, e->post_norm[l], D, cfg->rms_norm_eps);
-            const mlp_weights *mw = &e->mlp[l];
-            if (!lrc) lrc = mw->moe ? moe_forward(e, mw, xb, na, ob, deployed)
-                                    : swiglu(mw->gate, mw->up, mw->down, xb, na, D, ob, deployed);
+            if (!lrc) lrc = dsacp_engine_mlp(e, l, xb, na, ob, deployed);
             for (int64_t i = 0; i < na * D; i++) h[i] += ob[i];
             e->times.mlp += dsacp_now() - t1;
         }
@@ -908,11 +400,9 @@ static int engine_step(dsacp_engine *e, const dsacp_step_entry *entries, int64_t
                         t += entries[i].n_tokens;
                         if (i != t - 1) memmove(xf + i * D, xf + (t - 1) * D, (size_t)D * 4);
                     }
-                    lrc = dsacp_linear(e->head, xf, n, D, logits, V, false);
-                    if (!lrc) lrc = check_logits(logits, n, V);
+                    lrc = dsacp_engine_head(e, xf, n, logits);
                 } else {
-                    lrc = dsacp_linear(e->head, xf, T, D, logits, V, false);
-                    if (!lrc) lrc = check_logits(logits, T, V);
+                    lrc = dsacp_engine_head(e, xf, T, logits);
                 }
             }
         }
@@ -920,13 +410,13 @@ static int engine_step(dsacp_engine *e, const dsacp_step_entry *entries, int64_t
     }
     if (!rc)
         for (int64_t i = 0; i < n; i++) {
-            request *r = find_request(e, entries[i].request_id);
+            dsacp_engine_request *r = dsacp_engine_find_request(e, entries[i].request_id);
             r->length += entries[i].n_tokens;
             r->seq.length = kept(e, e->cp.opt.kv_layout, r->length);
             if (e->icache != e->cache) r->iseq.length = kept(e, e->cp.opt.index_layout, r->length);
         }
-    if (rc) e->plan_lost = true;
-    else plan_step(e, old_len, new_len, n, want, last);
+    if (rc) dsacp_engine_plan_lost(e);
+    else dsacp_engine_plan_step(e, old_len, new_len, n, want, last);
     dsacp_cp_step_free(&mem);
     free(pos), free(old_len), free(new_len), free(ent), free(lseqs), free(iseqs);
     dsacp_free(h), dsacp_free(xb), dsacp_free(ob), dsacp_free(xf);
@@ -936,9 +426,9 @@ static int engine_step(dsacp_engine *e, const dsacp_step_entry *entries, int64_t
 int dsacp_engine_step(dsacp_engine *e, const dsacp_step_entry *entries, int64_t n, float *logits, int32_t *topk)
 {
     dsacp_comm_counter before[DSACP_PHASE_COUNT];
-    counters_now(e, before);
+    dsacp_engine_measure_begin(e, before);
     const int rc = engine_step(e, entries, n, logits, false, topk);
-    measured_add(e, before);
+    dsacp_engine_measure_end(e, before);
     return rc;
 }
 
@@ -946,200 +436,13 @@ int dsacp_engine_step_last(dsacp_engine *e, const dsacp_step_entry *entries, int
                            int32_t *topk)
 {
     dsacp_comm_counter before[DSACP_PHASE_COUNT];
-    counters_now(e, before);
+    dsacp_engine_measure_begin(e, before);
     const int rc = engine_step(e, entries, n, logits_last, true, topk);
-    measured_add(e, before);
+    dsacp_engine_measure_end(e, before);
     return rc;
 }
 
 dsacp_comm *dsacp_engine_comm(const dsacp_engine *e) { return e->comm; }
-
-void dsacp_engine_cp_stats(const dsacp_engine *e, dsacp_cp_stats *out) { *out = e->cp.stats; }
-void dsacp_engine_cp_stats_reset(dsacp_engine *e)
-{
-    memset(&e->cp.stats, 0, sizeof e->cp.stats);
-    e->seen_fb_tokens = e->seen_fb_rounds = e->seen_winners = 0;
-}
-
-int dsacp_engine_report_notes(const dsacp_engine *e)
-{
-    /* Every rank's attention work (uncounted: phase -1), for the load balance of the split. */
-    const int W = e->cp.W > 0 ? e->cp.W : 1;
-    enum { NS = sizeof(dsacp_cp_stats) / sizeof(int64_t) };
-    int64_t *all = calloc((size_t)W * NS, sizeof *all);
-    size_t *rb = malloc((size_t)W * sizeof *rb);
-    if (!all || !rb) {
-        free(all), free(rb);
-        return dsacp_error(DSACP_ENOMEM, "out of memory");
-    }
-    for (int q = 0; q < W; q++) rb[q] = sizeof(dsacp_cp_stats);
-    int grc = dsacp_comm_gatherv(e->comm, &e->cp.stats, sizeof(dsacp_cp_stats), all, rb, -1);
-    free(rb);
-    if (grc) {
-        free(all);
-        return grc;
-    }
-    char *text = NULL;
-    size_t len = 0;
-    FILE *f = open_memstream(&text, &len);
-    if (!f) {
-        free(all);
-        return dsacp_error(DSACP_ENOMEM, "out of memory");
-    }
-    if (!f) return dsacp_error(DSACP_ENOMEM, "out of memory");
-    const dsacp_cp_options *o = &e->cp.opt;
-    dsacp_kv_usage ku;
-    dsacp_engine_kv_usage(e, &ku);
-    fprintf(f, "\"cp\": {\"mode\": \"%s\", \"decode_strategy\": \"%s\", \"kv_layout\": \"%s\", \"index_layout\": \"%s\", "
-               "\"interleave\": %lld, \"prefill_split\": \"%s\", \"kv_bytes_rank0\": {\"latent_used\": %lld, "
-               "\"index_used\": %lld, \"transient_peak\": %lld}",
-            dsacp_cp_mode_name(o->mode), dsacp_decode_strategy_name(o->decode), dsacp_cp_layout_name(o->kv_layout),
-            o->index_layout == DSACP_LAYOUT_PARTIAL ? "partial" : dsacp_cp_layout_name(o->index_layout), (long long)o->interleave, dsacp_prefill_split_name(o->prefill_split),
-            (long long)ku.latent_used_bytes, (long long)ku.index_used_bytes, (long long)ku.transient_peak_bytes);
-    {
-        double g = 0, per = 0;
-        if (e->cp.lat && e->cp.idx) dsacp_cp_context_rule(&e->cp, 1, &g, &per);
-        if (e->cp.hw) {
-            /* The profile's name comes from a file: escaped as a JSON string. */
-            json_t *js = json_string(e->cp.hw->name);
-            char *name = js ? json_dumps(js, JSON_ENCODE_ANY) : NULL;
-            json_decref(js);
-            fprintf(f, ", \"context_hardware\": %s", name ? name : "null");
-            free(name);
-        }
-        fprintf(f, ", \"context_path\": \"%s\", \"context_rule\": \"%s\", \"context_gather_bytes_per_context_token\": %.1f, "
-                   "\"context_distributed_bytes_per_query_token\": %.1f, \"context_choices\": \"%s\"",
-                dsacp_context_path_name(o->context_path),
-                e->cp.hw ? "distributed when the planner's time of the layer on context_hardware is lower"
-                         : "distributed when new tokens x per-token bytes < gather bytes per context token x context length",
-                g, per, e->cp.ctx_choices ? e->cp.ctx_choices : "");
-    }
-    if (o->decode == DSACP_DECODE_LEAN)
-        fprintf(f, ", \"dcp_comm_backend\": \"%s\"", dsacp_merge_backend_name(o->merge_backend));
-    if (o->decode == DSACP_DECODE_LEAN)
-        fprintf(f, ", \"lean\": {\"candidates_factor\": %g, \"merge\": \"%s\", \"partials\": \"%s\"}", o->lean_factor,
-                dsacp_lean_merge_name(o->lean_merge), dsacp_partials_dtype_name(o->partials));
-    fprintf(f, ", \"attention_work\": [");
-    for (int q = 0; q < W; q++) {
-        const dsacp_cp_stats *k = (const dsacp_cp_stats *)(all + (size_t)q * NS);
-        fprintf(f, "%s{\"rank\": %d, \"prefill_tokens\": %lld, \"decode_tokens\": %lld, \"keys_scored\": %lld, "
-                   "\"keys_attended\": %lld, \"lean_decisions\": %lld, \"lean_fallback_threshold\": %lld, "
-                   "\"lean_fallback_ties\": %lld, \"lean_fallback_rounds\": %lld, \"context_gather\": %lld, "
-                   "\"context_distributed\": %lld}", q ? ", " : "", q,
-                (long long)k->prefill_tokens, (long long)k->decode_tokens, (long long)k->keys_scored,
-                (long long)k->keys_attended, (long long)k->lean_decisions, (long long)k->lean_fallback_threshold,
-                (long long)k->lean_fallback_ties, (long long)k->lean_fallback_rounds, (long long)k->context_gather,
-                (long long)k->context_distributed);
-    }
-    fprintf(f, "]");
-    free(all);
-    {
-        /* The planner's prediction of the engine's collectives against what they measured, every
-         * rank (dsacp_engine_plan_comm). */
-        /* and the memory: the KV bytes its live requests hold and (DSA-CP) the q_b_proj / o_proj
-         * bytes, planned (dsacp_plan_kv_bytes, dsacp_plan_weight_usage) and as the engine reports */
-        enum { P = DSACP_PHASE_COUNT, NM = 12, NP = 6 * DSACP_PHASE_COUNT + NM + 1 };
-        int64_t mine[NP], *pall = calloc((size_t)W * NP, sizeof *pall);
-        size_t *pb = malloc((size_t)W * sizeof *pb);
-        int64_t *lens = malloc((size_t)(e->nreq > 0 ? e->nreq : 1) * sizeof *lens), nlive = 0;
-        int prc = pall && pb && lens ? DSACP_OK : dsacp_error(DSACP_ENOMEM, "out of memory");
-        for (int p = 0; p < P; p++) {
-            mine[6 * p + 0] = e->planned[p].calls, mine[6 * p + 1] = e->planned[p].bytes_sent, mine[6 * p + 2] = e->planned[p].bytes_recv;
-            mine[6 * p + 3] = e->measured[p].calls, mine[6 * p + 4] = e->measured[p].bytes_sent, mine[6 * p + 5] = e->measured[p].bytes_recv;
-        }
-        int64_t *mem = mine + 6 * P;
-        memset(mem, 0, NM * sizeof *mem);
-        if (!prc) {
-            for (int64_t i = 0; i < e->nreq; i++)
-                if (e->req[i].live) lens[nlive++] = e->req[i].length;
-            dsacp_plan_kv_bytes(e->cfg, o, W, e->cp.rank, lens, nlive, e->opt.block_size, e->pbase.latent_bytes, e->pbase.index_bytes,
-                                &mem[0], &mem[1]);
-            mem[2] = ku.latent_used_bytes, mem[3] = ku.index_used_bytes;
-            if (e->cp.wp) {
-                dsacp_weight_usage pu, eu;
-                const dsacp_weight *ow = e->attn[0].o;
-                dsacp_plan_weight_usage(e->cfg, o, W, e->cp.rank, ow->dtype, ow->block, &pu);
-                dsacp_engine_weight_usage(e, &eu);
-                mem[4] = pu.q_proj_resident, mem[5] = pu.o_proj_resident, mem[6] = pu.ring_bytes, mem[7] = pu.gather_bytes;
-                mem[8] = eu.q_proj_resident, mem[9] = eu.o_proj_resident, mem[10] = eu.ring_bytes, mem[11] = eu.gather_bytes;
-            }
-        }
-        free(lens);
-        mine[NP - 1] = e->plan_lost;
-        for (int q = 0; pb && q < W; q++) pb[q] = sizeof mine;
-        if (!prc) prc = dsacp_comm_gatherv(e->comm, mine, sizeof mine, pall, pb, -1);
-        if (!prc && e->cp.rank == 0) {
-            bool match = true, lost = false;
-            for (int q = 0; q < W; q++) {
-                const int64_t *r = pall + (size_t)q * NP, *m = r + 6 * P;
-                lost = lost || r[NP - 1];
-                for (int p = 0; p < P; p++)
-                    for (int k = 0; k < 3; k++) match = match && r[6 * p + k] == r[6 * p + 3 + k];
-                match = match && m[0] == m[2] && m[1] == m[3];
-                for (int k = 4; k < 8; k++) match = match && m[k] == m[k + 4];
-            }
-            fprintf(f, ", \"plan\": {\"predicted\": \"every collective of the engine's steps from the planner's formulas "
-                       "(dsacp_plan_entries_comm), against the counters' growth during those steps; the KV bytes of the live "
-                       "requests [latent, index] and (dsa-cp) q_b_proj / o_proj bytes [q resident, o resident, ring, gather] "
-                       "against the engine's\", \"tracked\": %s, \"matches\": %s, "
-                       "\"ranks\": [", lost ? "false" : "true", match && !lost ? "true" : "false");
-            for (int q = 0; q < W; q++) {
-                const int64_t *r = pall + (size_t)q * NP;
-                const int64_t *m = r + 6 * P;
-                fprintf(f, "%s{\"rank\": %d, \"kv\": {\"planned\": [%lld, %lld], \"engine\": [%lld, %lld]}", q ? ", " : "", q,
-                        (long long)m[0], (long long)m[1], (long long)m[2], (long long)m[3]);
-                if (e->cp.wp)
-                    fprintf(f, ", \"weights\": {\"planned\": [%lld, %lld, %lld, %lld], \"engine\": [%lld, %lld, %lld, %lld]}",
-                            (long long)m[4], (long long)m[5], (long long)m[6], (long long)m[7], (long long)m[8], (long long)m[9],
-                            (long long)m[10], (long long)m[11]);
-                fprintf(f, ", \"phases\": {");
-                for (int p = 0, first = 1; p < P; p++) {
-                    const int64_t *x = r + 6 * p;
-                    if (!x[0] && !x[1] && !x[2] && !x[3] && !x[4] && !x[5]) continue;
-                    fprintf(f, "%s\"%s\": {\"planned\": [%lld, %lld, %lld], \"measured\": [%lld, %lld, %lld]}", first ? "" : ", ",
-                            dsacp_comm_phase_name(p), (long long)x[0], (long long)x[1], (long long)x[2], (long long)x[3],
-                            (long long)x[4], (long long)x[5]);
-                    first = 0;
-                }
-                fprintf(f, "}}");
-            }
-            fprintf(f, "]}");
-        }
-        free(pall), free(pb);
-        if (prc) {
-            fclose(f);
-            free(text);
-            return prc;
-        }
-    }
-    if (e->cp.wp) {
-        dsacp_weight_usage u;
-        dsacp_engine_weight_usage(e, &u);
-        double g, a;
-        dsacp_cp_weights_rule(&e->cp, &g, &a);
-        fprintf(f, ", \"q_proj\": \"%s\", \"o_proj\": \"%s\", \"prefetch\": %lld, \"weights_rank0\": {\"q_proj_resident\": "
-                   "%lld, \"o_proj_resident\": %lld, \"ring\": %lld, \"gather_buffers\": %lld}",
-                dsacp_weight_plan_name(o->q_proj), dsacp_weight_plan_name(o->o_proj), (long long)o->prefetch,
-                (long long)u.q_proj_resident, (long long)u.o_proj_resident, (long long)u.ring_bytes, (long long)u.gather_bytes);
-        if (e->cp.wp->col)
-            fprintf(f, ", \"o_proj_rule\": \"tp: gather the weight in steps with prefill tokens, else move activations; "
-                       "auto: gather when the gathered bytes per rank < activation bytes per rank; a decode-only step with "
-                       "sharded layouts (DSA-CP + DCP) moves neither: head columns and one all-reduce (r)\", "
-                       "\"o_proj_gather_bytes\": %.0f, \"o_proj_activation_bytes_per_token\": %.0f, "
-                       "\"o_proj_crossover_tokens\": %.0f, \"o_proj_steps\": {\"gather\": %lld, \"activations\": %lld, "
-                       "\"allreduce\": %lld}, \"o_proj_choices\": \"%s\"",
-                    g, a, a > 0 ? g / a : 0, (long long)u.steps_gather, (long long)u.steps_activations,
-                    (long long)u.steps_allreduce,
-                    e->cp.wp->choices ? e->cp.wp->choices : "");
-    }
-    fprintf(f, "}");
-    fclose(f);
-    int rc = dsacp_comm_set_notes(e->comm, text);
-    free(text);
-    return rc;
-}
-
-void dsacp_engine_weight_usage(const dsacp_engine *e, dsacp_weight_usage *u) { dsacp_cp_weights_usage(&e->cp, u); }
 
 dsacp_step_times dsacp_engine_last_step_times(const dsacp_engine *e) { return e->times; }
 
@@ -1153,17 +456,17 @@ static void fill_row(uint64_t seed, int64_t p, float *v, int64_t n, float scale)
 
 int dsacp_engine_fill_random(dsacp_engine *e, int64_t id, int64_t length, uint64_t seed)
 {
-    request *r = find_request(e, id);
+    dsacp_engine_request *r = dsacp_engine_find_request(e, id);
     if (!r || r->length != 0) return dsacp_error(DSACP_EINVAL, "fill: request %lld must be live and empty", (long long)id);
     if (length < 1 || length > e->cfg->max_position_embeddings)
         return dsacp_error(DSACP_ERANGE, "fill: length %lld outside [1, max_position_embeddings]", (long long)length);
     dsacp_step_entry en = {id, length, NULL};
     int rc = reserve(e, &en, 1);
     dsacp_comm_counter before[DSACP_PHASE_COUNT];
-    counters_now(e, before);
+    dsacp_engine_measure_begin(e, before);
     rc = dsacp_comm_agree(e->comm, rc);
-    plan_agreement(e);
-    measured_add(e, before);
+    dsacp_engine_plan_agreement(e);
+    dsacp_engine_measure_end(e, before);
     if (rc) return rc;
     const dsacp_config *cfg = e->cfg;
     const int64_t dc = cfg->kv_lora_rank, dr = cfg->qk_rope_head_dim, di = cfg->index_head_dim;
@@ -1212,6 +515,6 @@ dsacp_kv_cache *dsacp_engine_cache(dsacp_engine *e) { return e->cache; }
 
 const dsacp_kv_seq *dsacp_engine_request_seq(const dsacp_engine *e, int64_t id)
 {
-    const request *r = find_request(e, id);
+    const dsacp_engine_request *r = dsacp_engine_find_request(e, id);
     return r ? &r->seq : NULL;
 }

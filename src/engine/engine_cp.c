@@ -1,0 +1,166 @@
+/*
+ * engine_cp -- the engine's context-parallel side: validation of the engine and CP options, the
+ * CP context of a created engine (communicators, head split, indexer sharding, DSA-CP weight
+ * plans, o_proj column shards), what each rank keeps of a layout, and the CP views of an engine.
+ */
+#include "engine/engine_internal.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+/* Validation of the options, before anything is allocated (the same verdict on every rank). */
+int dsacp_engine_check_options(const dsacp_config *cfg, const dsacp_engine_options *opt, const dsacp_cp_options *cp,
+                               int W)
+{
+    if (opt->numerics != DSACP_NUMERICS_EXACT && opt->numerics != DSACP_NUMERICS_DEPLOYED)
+        return dsacp_error(DSACP_EINVAL, "unknown numerics mode %d", (int)opt->numerics);
+    if (opt->kv_dtype != DSACP_KV_F32 && opt->kv_dtype != DSACP_KV_BF16 && opt->kv_dtype != DSACP_KV_FP8)
+        return dsacp_error(DSACP_EINVAL, "unknown kv dtype %d", (int)opt->kv_dtype);
+    if (opt->kv_dtype == DSACP_KV_FP8 && opt->numerics != DSACP_NUMERICS_DEPLOYED)
+        return dsacp_error(DSACP_EINVAL, "the fp8 latent cache belongs to the deployed numerics mode");
+    if (cp->interleave < 1 || cp->interleave > ((int64_t)1 << 30))
+        return dsacp_error(DSACP_EINVAL, "--cp-interleave %lld: must be in [1, 2^30]", (long long)cp->interleave);
+    if ((unsigned)cp->decode > DSACP_DECODE_LEAN || (unsigned)cp->kv_layout > 1 || (unsigned)cp->index_layout > 2 ||
+        (unsigned)cp->prefill_split > 2 || (unsigned)cp->mode > 1 || (unsigned)cp->q_proj > 5 || (unsigned)cp->o_proj > 5 ||
+        (unsigned)cp->lean_merge > 1 || (unsigned)cp->partials > 1 || (unsigned)cp->context_path > 2 ||
+        (unsigned)cp->merge_backend > 1)
+        return dsacp_error(DSACP_EINVAL, "unknown context-parallel option value");
+    if (cp->context_hardware && cp->context_path != DSACP_CONTEXT_AUTO)
+        return dsacp_error(DSACP_EINVAL, "--context-hardware %s: belongs to '--context-path auto' (the path is %s)",
+                           cp->context_hardware, dsacp_context_path_name(cp->context_path));
+    if (!(cp->lean_factor >= 1.0 && cp->lean_factor <= 1024.0))
+        return dsacp_error(DSACP_EINVAL, "--lean-candidates %g: must be in [1, 1024] (times index_topk / W scores "
+                           "per rank)", cp->lean_factor);
+    if (cp->index_layout == DSACP_LAYOUT_PARTIAL && (cp->index_group < 1 || W % cp->index_group))
+        return dsacp_error(DSACP_EINVAL, "--index-layout partial:%lld: the group size must divide the %d ranks",
+                           (long long)cp->index_group, W);
+    if (cp->index_layout == DSACP_LAYOUT_PARTIAL && cp->mode == DSACP_CP_DSA_CP)
+        return dsacp_error(DSACP_EINVAL, "--index-layout partial:G belongs to --cp-mode dcp");
+    if (cp->prefetch < 1 || cp->prefetch > 64)
+        return dsacp_error(DSACP_EINVAL, "--prefetch %lld: must be in [1, 64]", (long long)cp->prefetch);
+    if (cp->mode == DSACP_CP_DCP && (cp->q_proj != DSACP_WEIGHTS_REPLICATED || cp->o_proj != DSACP_WEIGHTS_REPLICATED))
+        return dsacp_error(DSACP_EINVAL, "--q-proj/--o-proj plans belong to --cp-mode dsa-cp (DCP splits the heads "
+                           "of q_b_proj and o_proj already)");
+    if (cp->q_proj >= DSACP_WEIGHTS_TP)
+        return dsacp_error(DSACP_EINVAL, "--q-proj %s: q_b_proj is replicated or layer-shard (tp and auto are "
+                           "o_proj plans)", dsacp_weight_plan_name(cp->q_proj));
+
+    /* Decode tokens attend over the sharded cache with the decode strategy in DCP and in DSA-CP + DCP
+     * (DSA-CP with every cache replicated attends locally). */
+    const bool dcp_decode = cp->mode == DSACP_CP_DCP || cp->kv_layout == DSACP_LAYOUT_SHARDED ||
+                            cp->index_layout == DSACP_LAYOUT_SHARDED;
+    if (W > 1 && dcp_decode && cp->decode == DSACP_DECODE_REPLICATED_INDEX &&
+        cp->index_layout != DSACP_LAYOUT_REPLICATED)
+        return dsacp_error(DSACP_EINVAL, "--decode-strategy replicated-index needs --index-layout replicated "
+                           "(every rank scores every position)");
+    if (W > 1 && dcp_decode && cp->decode == DSACP_DECODE_EXACT_TOPK &&
+        cp->index_layout == DSACP_LAYOUT_REPLICATED)
+        return dsacp_error(DSACP_EINVAL, "--decode-strategy exact-topk scores each rank's shard of the indexer "
+                           "cache: it needs --index-layout sharded or partial:G (replicated-index uses a replicated one)");
+    if (W > cfg->max_position_embeddings)
+        return dsacp_error(DSACP_EINVAL, "%d ranks exceed max_position_embeddings %lld: a rank would own no "
+                           "position", W, (long long)cfg->max_position_embeddings);
+    return DSACP_OK;
+}
+
+int dsacp_engine_setup_cp(dsacp_engine *e, const dsacp_cp_options *cp)
+{
+    const dsacp_config *cfg = e->cfg;
+    const int W = dsacp_comm_size(e->comm), me = dsacp_comm_rank(e->comm);
+    const int64_t H = cfg->num_attention_heads, dv = cfg->v_head_dim;
+    e->cp.comm = e->comm;
+    e->cp.W = W;
+    e->cp.icomm = e->comm;
+    if (W > 1 && cp->index_layout == DSACP_LAYOUT_PARTIAL) {
+        /* The one collective of the setup, first: every rank reaches it (the caller agreed
+         * before), whatever fails below is local and agreed after. The candidates travel
+         * between the groups: one rank of each, the same place in its group. */
+        int rc = dsacp_comm_split(e->comm, (int)(me % cp->index_group), me, &e->cp.icomm_own);
+        if (rc) return rc;
+        e->cp.icomm = e->cp.icomm_own;
+    }
+    if (dsacp_fault("cp")) return dsacp_fault_error("cp", "context-parallel setup");
+    if (cp->context_hardware) { /* --context-path auto by the planner's time on this profile */
+        int hrc = dsacp_engine_plan_load_hw(e, cp->context_hardware);
+        if (hrc) return hrc;
+    }
+    e->cp.rank = me;
+    e->cp.opt = *cp;
+    e->cp.opt.context_hardware = NULL; /* read into cp.hw above; the caller's string need not outlive this */
+    e->cp.lat = e->cache;
+    e->cp.idx = e->icache;
+    e->cp.block_size = e->opt.block_size;
+    e->cp.h0 = dsacp_split_begin(H, me, W);
+    e->cp.h1 = dsacp_split_begin(H, me + 1, W);
+    e->cp.cfg = cfg;
+    /* The indexer cache as a sharding of its own: W_i holders of I_i-position runs (docs section 1). */
+    e->cp.iW = 1, e->cp.iI = 1, e->cp.ir = 0;
+    if (W > 1 && cp->index_layout == DSACP_LAYOUT_SHARDED) e->cp.iW = W, e->cp.iI = cp->interleave, e->cp.ir = me;
+    if (W > 1 && cp->index_layout == DSACP_LAYOUT_PARTIAL) {
+        const int64_t G = cp->index_group;
+        e->cp.iW = W / G, e->cp.iI = cp->interleave * G, e->cp.ir = me / G;
+    }
+    e->cp.deployed = e->opt.numerics == DSACP_NUMERICS_DEPLOYED;
+    /* DSA-CP: every rank runs all heads for its tokens; the weight plans say where the whole
+     * q_b_proj and o_proj come from (cp_weights.c). */
+    if (cp->mode == DSACP_CP_DSA_CP) {
+        int rc = dsacp_cp_weights_setup(&e->cp, e->attn, e->L);
+        const bool dcp_decode = W > 1 && (cp->kv_layout == DSACP_LAYOUT_SHARDED || cp->index_layout == DSACP_LAYOUT_SHARDED);
+        if (rc || !dcp_decode) return rc;
+        /* DSA-CP + DCP: decode tokens are processed by every rank with the heads split. Their o_proj
+         * columns: tp's shards (cp_layer.c), or the whole layer-shard weight after a v gather, or,
+         * with a replicated o_proj, the column copies below. */
+        if (cp->o_proj == DSACP_WEIGHTS_LAYER_SHARD) e->cp.o_gather_v = true;
+        if (cp->o_proj != DSACP_WEIGHTS_REPLICATED) return DSACP_OK;
+    }
+    if (W == 1) return DSACP_OK;
+    /* One decision for the whole group: the head columns of every rank must fall on o_proj's
+     * FP8 blocks for the column shards, otherwise the heads' outputs travel instead. */
+    const dsacp_weight *o0 = e->attn[0].o;
+    bool aligned = true;
+    if (o0->dtype == DSACP_F8_E4M3 && o0->block > 0)
+        for (int q = 0; q <= W; q++) {
+            const int64_t c = dsacp_split_begin(H, q, W) * dv;
+            if (c % o0->block && c != o0->cols) aligned = false;
+        }
+    e->cp.o_gather_v = !aligned;
+    if (!aligned) return DSACP_OK;
+    e->cp.o_shard = calloc((size_t)e->L, sizeof *e->cp.o_shard);
+    if (!e->cp.o_shard) return dsacp_error(DSACP_ENOMEM, "out of memory");
+    for (int64_t l = 0; l < e->L; l++) {
+        int rc = dsacp_cp_weight_columns(e->attn[l].o, e->cp.h0 * dv, e->cp.h1 * dv, false, &e->cp.o_shard[l]);
+        if (rc) return rc;
+    }
+    return DSACP_OK;
+}
+
+void dsacp_engine_release_cp(dsacp_engine *e)
+{
+    if (e->cp.o_shard) {
+        for (int64_t l = 0; l < e->L; l++) dsacp_cp_weight_free(e->cp.o_shard[l]);
+        free(e->cp.o_shard);
+    }
+    dsacp_cp_weights_free(e->cp.wp);
+    free(e->cp.ctx_choices);
+    free(e->cp.hw);
+    dsacp_comm_free(e->cp.icomm_own);
+}
+
+/* Positions of [0, L) rank q keeps in a cache of the given layout. */
+int64_t dsacp_engine_kept_on(const dsacp_engine *e, dsacp_cp_layout layout, int64_t L, int q)
+{
+    const int W = e->cp.W;
+    const int64_t I = e->cp.opt.interleave, G = e->cp.opt.index_group;
+    if (W > 1 && layout == DSACP_LAYOUT_PARTIAL) return dsacp_cp_local_len(L, q / G, I * G, W / G);
+    return W == 1 || layout == DSACP_LAYOUT_REPLICATED ? L : dsacp_cp_local_len(L, q, I, W);
+}
+
+void dsacp_engine_cp_stats(const dsacp_engine *e, dsacp_cp_stats *out) { *out = e->cp.stats; }
+
+void dsacp_engine_cp_stats_reset(dsacp_engine *e)
+{
+    memset(&e->cp.stats, 0, sizeof e->cp.stats);
+    dsacp_engine_plan_stats_reset(e);
+}
+
+void dsacp_engine_weight_usage(const dsacp_engine *e, dsacp_weight_usage *u) { dsacp_cp_weights_usage(&e->cp, u); }

@@ -1,0 +1,112 @@
+/*
+ * engine_internal.h -- the engine's state, shared by its files and nothing else:
+ *   engine.c         requests and steps (creation, the step's order, the request table);
+ *   engine_model.c   the model stack around the attention: weight binding, norms, SwiGLU, MoE
+ *                    routing and forward, lm_head;
+ *   engine_cp.c      the context-parallel setup and the validation of the options;
+ *   engine_plan.c    the planner's bookkeeping (the only engine file that includes dsacp_plan.h);
+ *   engine_report.c  the report's notes (dsacp_engine_report_notes, written with jansson).
+ */
+#ifndef DSACP_ENGINE_INTERNAL_H
+#define DSACP_ENGINE_INTERNAL_H
+
+#include "attn/dsa_layer.h"
+#include "cp/cp.h"
+#include "engine/engine.h"
+#include "model/model.h"
+
+/* The MLP weights of one layer: a dense SwiGLU, or routed experts plus shared ones. */
+typedef struct dsacp_mlp_weights {
+    bool moe;
+    const dsacp_weight *gate, *up, *down; /* dense MLP, or the shared experts of an MoE layer */
+    const dsacp_weight *router;           /* [E][D] */
+    float *bias;                          /* F32 [E] e_score_correction_bias */
+    const dsacp_weight **egate, **eup, **edown; /* [E] each */
+} dsacp_mlp_weights;
+
+typedef struct dsacp_engine_request {
+    bool live;
+    int64_t length;    /* tokens of the request so far (all ranks) */
+    dsacp_kv_seq seq;  /* this rank's latent block table (and indexer, when one cache) */
+    dsacp_kv_seq iseq; /* this rank's indexer block table when the layouts differ */
+} dsacp_engine_request;
+
+/* The planner's prediction of the engine's collectives (engine_plan.c). */
+typedef struct dsacp_engine_plan dsacp_engine_plan;
+
+struct dsacp_engine {
+    const dsacp_model *model;
+    const dsacp_config *cfg;
+    dsacp_engine_options opt;
+    dsacp_rope rope;
+    dsacp_kv_cache *cache;  /* latent cache (and indexer cache when both layouts agree) */
+    dsacp_kv_cache *icache; /* indexer cache when the layouts differ, else == cache */
+    dsacp_comm *comm;
+    bool owns_comm;
+    dsacp_cp_ctx cp;
+    dsacp_step_times times; /* of the last step */
+    int64_t L;
+    /* the model stack (engine_model.c) */
+    dsacp_dsa_weights *attn;
+    dsacp_mlp_weights *mlp;
+    float **in_norm, **post_norm, *final_norm;
+    const dsacp_weight *embed, *head;
+    dsacp_engine_request *req;
+    int64_t nreq, capreq;
+    dsacp_engine_plan *plan; /* NULL until dsacp_engine_plan_setup */
+};
+
+/* ---- engine.c ---- */
+/* The live request `id`, or NULL. */
+dsacp_engine_request *dsacp_engine_find_request(const dsacp_engine *e, int64_t id);
+
+/* ---- engine_model.c ---- */
+/* Binds every layer's weights and norm vectors, the final norm, the embedding and lm_head. */
+int dsacp_engine_model_bind(dsacp_engine *e);
+/* Releases what dsacp_engine_model_bind made (also after a partial bind). */
+void dsacp_engine_model_release(dsacp_engine *e);
+/* out[n][D] = MLP of layer l (dense SwiGLU, or MoE with its shared experts) over x[n][D]. */
+int dsacp_engine_mlp(const dsacp_engine *e, int64_t l, const float *x, int64_t n, float *out, bool act_quant);
+/* logits[n][V] = lm_head x[n][D]; DSACP_ERANGE naming the first non-finite logit. */
+int dsacp_engine_head(const dsacp_engine *e, const float *x, int64_t n, float *logits);
+
+/* ---- engine_cp.c ---- */
+/* Validation of the options before anything is allocated (the same verdict on every rank). */
+int dsacp_engine_check_options(const dsacp_config *cfg, const dsacp_engine_options *opt, const dsacp_cp_options *cp,
+                               int W);
+/* The context-parallel context of a created engine (pools and layers bound). */
+int dsacp_engine_setup_cp(dsacp_engine *e, const dsacp_cp_options *cp);
+/* Releases what dsacp_engine_setup_cp made. */
+void dsacp_engine_release_cp(dsacp_engine *e);
+/* Positions of [0, L) rank q keeps in a cache of the given layout. */
+int64_t dsacp_engine_kept_on(const dsacp_engine *e, dsacp_cp_layout layout, int64_t L, int q);
+
+/* ---- engine_plan.c ---- */
+/* What the planner needs to know of this engine, and the counters so far as its start. */
+int dsacp_engine_plan_setup(dsacp_engine *e);
+void dsacp_engine_plan_free(dsacp_engine *e);
+/* Loads the --context-path auto profile into e->cp.hw. */
+int dsacp_engine_plan_load_hw(dsacp_engine *e, const char *path);
+/* The profile's name (e->cp.hw), NULL without one. */
+const char *dsacp_engine_plan_hw_name(const dsacp_engine *e);
+/* The counters before an engine call, and their growth added to the measured side after it. */
+void dsacp_engine_measure_begin(const dsacp_engine *e, dsacp_comm_counter before[DSACP_PHASE_COUNT]);
+void dsacp_engine_measure_end(dsacp_engine *e, const dsacp_comm_counter before[DSACP_PHASE_COUNT]);
+/* One agreement of the group added to the prediction. */
+void dsacp_engine_plan_agreement(dsacp_engine *e);
+/* A step that completed (added to the prediction), or one that failed (the prediction is lost). */
+void dsacp_engine_plan_step(dsacp_engine *e, const int64_t *old_len, const int64_t *new_len, int64_t n,
+                            const uint8_t want[2], bool last);
+void dsacp_engine_plan_lost(dsacp_engine *e);
+/* The planned counters and (measured non-NULL) the measured ones, per phase. */
+void dsacp_engine_plan_counters(const dsacp_engine *e, dsacp_comm_counter planned[DSACP_PHASE_COUNT],
+                                dsacp_comm_counter measured[DSACP_PHASE_COUNT]);
+/* Whether every step so far is in the prediction. */
+bool dsacp_engine_plan_tracked(const dsacp_engine *e);
+/* Forgets the lean statistics already counted (after dsacp_engine_cp_stats_reset). */
+void dsacp_engine_plan_stats_reset(dsacp_engine *e);
+/* The planner's memory of this rank: kv[2] the KV bytes of the live requests [latent, index];
+ * weights[4] (DSA-CP only, else untouched) [q resident, o resident, ring, gather]. */
+int dsacp_engine_plan_memory(const dsacp_engine *e, int64_t kv[2], int64_t weights[4]);
+
+#endif

@@ -1,0 +1,184 @@
+/*
+ * engine_plan -- the planner's bookkeeping of an engine: what the planner needs to know of it,
+ * its prediction of every collective of the engine's steps (dsacp_plan_entries_comm) beside the
+ * counters' growth during those steps (dsacp_engine_plan_comm), and the planned memory the report
+ * compares. The only engine file that includes dsacp_plan.h.
+ */
+#include "engine/engine_internal.h"
+#include "dsacp_plan.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+struct dsacp_engine_plan {
+    dsacp_plan_step base;    /* the fixed fields of every step's plan */
+    int64_t *pq, *po, *psh;  /* DSA-CP: q_b_proj / o_proj bytes per layer, o_proj shard bytes per rank */
+    dsacp_comm_counter planned[DSACP_PHASE_COUNT];
+    dsacp_comm_counter measured[DSACP_PHASE_COUNT]; /* the counters' growth during those calls */
+    int64_t seen_fb_tokens, seen_fb_rounds, seen_winners;
+    bool lost; /* a step failed after its first collectives: not predicted */
+};
+
+static int64_t weight_travel_bytes(const dsacp_weight *w)
+{
+    return w->rows * w->cols * (int64_t)dsacp_dtype_size(w->dtype) +
+           (w->dtype == DSACP_F8_E4M3 && w->scale ? w->scale_rows * w->scale_stride * (int64_t)sizeof(float) : 0);
+}
+
+/* DSA-CP: the bytes of q_b_proj and o_proj per layer and of each rank's o_proj columns. */
+static int setup_weight_bytes(dsacp_engine *e, dsacp_engine_plan *p)
+{
+    const dsacp_config *cfg = e->cfg;
+    const int W = e->cp.W;
+    const int64_t L = e->L, H = cfg->num_attention_heads, dv = cfg->v_head_dim;
+    const dsacp_weight *o = e->attn[0].o;
+    p->pq = calloc((size_t)L, sizeof *p->pq), p->po = calloc((size_t)L, sizeof *p->po);
+    p->psh = calloc((size_t)W, sizeof *p->psh);
+    if (!p->pq || !p->po || !p->psh) return dsacp_error(DSACP_ENOMEM, "out of memory for the engine's plan");
+    for (int64_t l = 0; l < L; l++) p->pq[l] = weight_travel_bytes(e->attn[l].q_b), p->po[l] = weight_travel_bytes(e->attn[l].o);
+    for (int q = 0; q < W; q++) {
+        const int64_t nc = (dsacp_split_begin(H, q + 1, W) - dsacp_split_begin(H, q, W)) * dv;
+        p->psh[q] = o->rows * nc * (p->base.o_tp_f32 ? (int64_t)sizeof(float) : (int64_t)dsacp_dtype_size(o->dtype));
+        if (!p->base.o_tp_f32 && o->dtype == DSACP_F8_E4M3)
+            p->psh[q] += o->scale_rows * ((nc + o->block - 1) / o->block) * (int64_t)sizeof(float);
+    }
+    p->base.q_bytes = p->pq, p->base.o_bytes = p->po, p->base.o_shard_bytes = p->psh;
+    return DSACP_OK;
+}
+
+int dsacp_engine_plan_setup(dsacp_engine *e)
+{
+    const dsacp_config *cfg = e->cfg;
+    const dsacp_cp_options *cp = &e->cp.opt;
+    dsacp_engine_plan *p = calloc(1, sizeof *p);
+    if (!p) return dsacp_error(DSACP_ENOMEM, "out of memory for the engine's plan");
+    e->plan = p;
+    dsacp_plan_step *b = &p->base;
+    b->W = e->cp.W, b->rank = e->cp.rank, b->hidden_bytes = cfg->hidden_size * (int64_t)sizeof(float);
+    b->deployed = e->cp.deployed;
+    b->latent_bytes = dsacp_mla_cache_bytes_per_token(cfg, e->opt.kv_dtype);
+    b->index_bytes = dsacp_index_cache_bytes_per_token(cfg, b->deployed ? DSACP_KV_FP8 : DSACP_KV_F32);
+    const dsacp_weight *o = e->attn[0].o;
+    dsacp_plan_o_paths(cfg, cp, e->cp.W, o->dtype, o->block, &b->o_gather_v, &b->o_tp_f32);
+    b->context_hw = e->cp.hw;
+    if (dsacp_fault("plan")) return dsacp_fault_error("plan", "the engine's plan");
+    if (cp->mode != DSACP_CP_DSA_CP) return DSACP_OK;
+    return setup_weight_bytes(e, p);
+}
+
+void dsacp_engine_plan_free(dsacp_engine *e)
+{
+    if (!e->plan) return;
+    free(e->plan->pq), free(e->plan->po), free(e->plan->psh);
+    free(e->plan);
+    e->plan = NULL;
+}
+
+int dsacp_engine_plan_load_hw(dsacp_engine *e, const char *path)
+{
+    e->cp.hw = malloc(sizeof *e->cp.hw);
+    if (!e->cp.hw) return dsacp_error(DSACP_ENOMEM, "out of memory");
+    return dsacp_hw_load(path, e->cp.hw);
+}
+
+const char *dsacp_engine_plan_hw_name(const dsacp_engine *e) { return e->cp.hw ? e->cp.hw->name : NULL; }
+
+static void plan_add(dsacp_engine_plan *p, const dsacp_comm_counter *c)
+{
+    for (int q = 0; q < DSACP_PHASE_COUNT; q++)
+        p->planned[q].calls += c[q].calls, p->planned[q].bytes_sent += c[q].bytes_sent, p->planned[q].bytes_recv += c[q].bytes_recv;
+}
+
+/* The counters before an engine call, and their growth added to `measured` after it: what the
+ * engine itself moved, whatever else uses the communicator between its calls. */
+void dsacp_engine_measure_begin(const dsacp_engine *e, dsacp_comm_counter before[DSACP_PHASE_COUNT])
+{
+    for (int p = 0; p < DSACP_PHASE_COUNT; p++) before[p] = dsacp_comm_get_counter(e->comm, p);
+}
+
+void dsacp_engine_measure_end(dsacp_engine *e, const dsacp_comm_counter before[DSACP_PHASE_COUNT])
+{
+    dsacp_comm_counter *m = e->plan->measured;
+    for (int p = 0; p < DSACP_PHASE_COUNT; p++) {
+        const dsacp_comm_counter a = dsacp_comm_get_counter(e->comm, p);
+        m[p].calls += a.calls - before[p].calls;
+        m[p].bytes_sent += a.bytes_sent - before[p].bytes_sent;
+        m[p].bytes_recv += a.bytes_recv - before[p].bytes_recv;
+    }
+}
+
+/* One agreement of the group (4 bytes from and to every other rank). */
+void dsacp_engine_plan_agreement(dsacp_engine *e)
+{
+    dsacp_comm_counter c[DSACP_PHASE_COUNT] = {{0}};
+    if (e->cp.W > 1) c[DSACP_PHASE_control] = (dsacp_comm_counter){1, 4 * (e->cp.W - 1), 4 * (e->cp.W - 1), 0};
+    plan_add(e->plan, c);
+}
+
+void dsacp_engine_plan_step(dsacp_engine *e, const int64_t *old_len, const int64_t *new_len, int64_t n,
+                            const uint8_t want[2], bool last)
+{
+    dsacp_engine_plan *p = e->plan;
+    if (p->lost) return;
+    dsacp_plan_entry *pe = malloc((size_t)(n > 0 ? n : 1) * sizeof *pe);
+    if (!pe) {
+        p->lost = true;
+        return;
+    }
+    for (int64_t i = 0; i < n; i++) pe[i] = (dsacp_plan_entry){old_len[i], new_len[i] - old_len[i]};
+    dsacp_plan_step b = p->base;
+    const dsacp_cp_stats *st = &e->cp.stats;
+    const int64_t ft = st->lean_fallback_threshold + st->lean_fallback_ties;
+    b.lean_fallback_tokens = ft - p->seen_fb_tokens, b.lean_fallback_rounds = st->lean_fallback_rounds - p->seen_fb_rounds;
+    b.lean_owned_winners = st->lean_owned_winners - p->seen_winners;
+    p->seen_fb_tokens = ft, p->seen_fb_rounds = st->lean_fallback_rounds, p->seen_winners = st->lean_owned_winners;
+    b.want_logits = want[0], b.want_topk = want[1], b.logits_last = last;
+    dsacp_comm_counter c[DSACP_PHASE_COUNT];
+    if (dsacp_plan_entries_comm(e->cfg, &e->cp.opt, &b, pe, n, c)) p->lost = true;
+    else plan_add(p, c);
+    free(pe);
+}
+
+void dsacp_engine_plan_lost(dsacp_engine *e) { e->plan->lost = true; }
+
+bool dsacp_engine_plan_tracked(const dsacp_engine *e) { return !e->plan->lost; }
+
+void dsacp_engine_plan_stats_reset(dsacp_engine *e)
+{
+    e->plan->seen_fb_tokens = e->plan->seen_fb_rounds = e->plan->seen_winners = 0;
+}
+
+void dsacp_engine_plan_counters(const dsacp_engine *e, dsacp_comm_counter planned[DSACP_PHASE_COUNT],
+                                dsacp_comm_counter measured[DSACP_PHASE_COUNT])
+{
+    memcpy(planned, e->plan->planned, sizeof e->plan->planned);
+    if (measured) memcpy(measured, e->plan->measured, sizeof e->plan->measured);
+}
+
+int dsacp_engine_plan_comm(const dsacp_engine *e, dsacp_comm_counter planned[DSACP_PHASE_COUNT],
+                           dsacp_comm_counter measured[DSACP_PHASE_COUNT])
+{
+    dsacp_engine_plan_counters(e, planned, measured);
+    return e->plan->lost ? dsacp_error(DSACP_EUNSUPPORTED, "a step failed midway: its collectives are not predicted")
+                         : DSACP_OK;
+}
+
+int dsacp_engine_plan_memory(const dsacp_engine *e, int64_t kv[2], int64_t weights[4])
+{
+    int64_t *lens = malloc((size_t)(e->nreq > 0 ? e->nreq : 1) * sizeof *lens), nlive = 0;
+    if (!lens) return dsacp_error(DSACP_ENOMEM, "out of memory");
+    for (int64_t i = 0; i < e->nreq; i++)
+        if (e->req[i].live) lens[nlive++] = e->req[i].length;
+    const int W = e->cp.W > 0 ? e->cp.W : 1;
+    dsacp_plan_kv_bytes(e->cfg, &e->cp.opt, W, e->cp.rank, lens, nlive, e->opt.block_size, e->plan->base.latent_bytes,
+                        e->plan->base.index_bytes, &kv[0], &kv[1]);
+    free(lens);
+    if (e->cp.wp) {
+        dsacp_weight_usage pu;
+        const dsacp_weight *ow = e->attn[0].o;
+        dsacp_plan_weight_usage(e->cfg, &e->cp.opt, W, e->cp.rank, ow->dtype, ow->block, &pu);
+        weights[0] = pu.q_proj_resident, weights[1] = pu.o_proj_resident, weights[2] = pu.ring_bytes;
+        weights[3] = pu.gather_bytes;
+    }
+    return DSACP_OK;
+}
