@@ -1,7 +1,9 @@
 /* test_core.c -- the file helpers of core (and the writers built on them): readers never block
  * on a FIFO and accept only regular files; writers never follow a planted symlink, never replace
  * a device, FIFO, directory or symlink, sync file and directory, and leave nothing behind when a
- * write fails; init-model removes what it created when it fails (issue 7, defects 4-7 and 16). */
+ * write fails; init-model removes what it created when it fails (issue 7, defects 4-7 and 16).
+ * The step workspace (arena): sizing equals what is taken, 64-byte alignment, marks, a take
+ * that does not fit or overflows is NULL with DSACP_ENOMEM (issue 21). */
 #include "core/core.h"
 #include "io/safetensors.h"
 #include "model/model.h"
@@ -328,6 +330,59 @@ static void test_make_dir_created(void)
     rmdir(d);
 }
 
+/* The step workspace: what dsacp_arena_need counts is exactly what the takes use; buffers are
+ * 64-byte aligned and disjoint; a mark gives back a phase's buffers; a take beyond the capacity
+ * or with an overflowing size is NULL with DSACP_ENOMEM naming the buffer; an overflowed size is
+ * refused by create. */
+static void test_arena(void)
+{
+    size_t need = 0;
+    dsacp_arena_need(&need, 3, 5, sizeof(float));   /* 60 -> 64 */
+    dsacp_arena_need(&need, 7, 1, sizeof(int64_t)); /* 56 -> 64 */
+    dsacp_arena_need(&need, 0, 9, sizeof(double));  /* 0 */
+    dsacp_arena_need(&need, 2, 100, 1);             /* 200 -> 256 */
+    CHECKF(need == 384, "need %zu", need);
+    dsacp_arena a;
+    REQUIRE_OK(dsacp_arena_create(&a, need, "test"));
+    float *f = dsacp_arena_take(&a, 3, 5, sizeof(float), "f");
+    int64_t *i = dsacp_arena_take(&a, 7, 1, sizeof(int64_t), "i");
+    double *none = dsacp_arena_take(&a, 0, 9, sizeof(double), "none");
+    const size_t mark = dsacp_arena_mark(&a);
+    unsigned char *c = dsacp_arena_take(&a, 2, 100, 1, "c");
+    CHECK(f && i && none && c);
+    CHECK((uintptr_t)f % 64 == 0 && (uintptr_t)i % 64 == 0 && (uintptr_t)c % 64 == 0);
+    CHECK((unsigned char *)i >= (unsigned char *)(f + 15) && c >= (unsigned char *)(i + 7));
+    CHECK(a.used == need && a.peak == need);
+    dsacp_error_clear();
+    CHECK(dsacp_arena_take(&a, 1, 1, 1, "extra") == NULL);
+    CHECKF(strstr(dsacp_last_error(), "extra: workspace too small") != NULL, "%s", dsacp_last_error());
+    dsacp_arena_rewind(&a, mark);
+    CHECK(dsacp_arena_take(&a, 1, 256, 1, "reused") == c);
+    CHECK(dsacp_arena_take(&a, INT64_MAX, INT64_MAX, 8, "huge") == NULL);
+    CHECK(dsacp_arena_take(&a, -1, 1, 8, "negative") == NULL);
+    dsacp_arena_reset(&a);
+    CHECK(dsacp_arena_take(&a, 3, 5, sizeof(float), "again") == f);
+    CHECK_OK(dsacp_arena_reserve(&a, need - 64, "smaller")); /* no change */
+    CHECK(a.base == (unsigned char *)f && a.cap == need);
+    CHECK_OK(dsacp_arena_reserve(&a, 4 * need, "larger"));
+    CHECK(a.cap == 4 * need && a.used == 0 && (uintptr_t)a.base % 64 == 0);
+    dsacp_arena_destroy(&a);
+    CHECK(a.base == NULL && a.cap == 0);
+    dsacp_arena_destroy(&a);
+
+    size_t over = 0;
+    dsacp_arena_need(&over, INT64_MAX, 2, 8);
+    CHECK(over == SIZE_MAX);
+    dsacp_arena_need(&over, 1, 1, 1); /* stays overflowed */
+    CHECK(over == SIZE_MAX);
+    CHECK(dsacp_arena_create(&a, over, "overflowed") == DSACP_ERANGE);
+    CHECK(a.base == NULL);
+    CHECK_OK(dsacp_arena_create(&a, 0, "empty"));
+    CHECK(dsacp_arena_take(&a, 0, 0, 4, "nothing") != NULL);
+    CHECK(dsacp_arena_take(&a, 1, 1, 4, "something") == NULL);
+    dsacp_arena_destroy(&a);
+}
+
 int main(void)
 {
     snprintf(g_dir, sizeof g_dir, "/tmp/dsacp_core_XXXXXX");
@@ -342,6 +397,7 @@ int main(void)
     test_write_failure_leaves_nothing();
     test_init_model_failure_cleans_up();
     test_make_dir_created();
+    test_arena();
     CHECKF(dir_entries(g_dir) == 0, "%d entries left in %s", dir_entries(g_dir), g_dir);
     rmdir(g_dir);
     return test_finish("test_core");

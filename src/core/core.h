@@ -1,6 +1,7 @@
 /*
  * core -- what every other module may use: the error path (status + thread-local message),
- * the allocator, the deterministic random generator, timers and small file helpers.
+ * the allocator and the step workspace (arena.c), the deterministic random generator, timers and
+ * small file helpers.
  * It calls nothing else in dsacp.
  */
 #ifndef DSACP_CORE_H
@@ -39,6 +40,47 @@ static inline bool dsacp_add_ok(size_t a, size_t b, size_t *out)
 {
     return !__builtin_add_overflow(a, b, out);
 }
+
+/* ---- step workspace (arena) ----
+ * One dsacp_alloc'd block (llm.c's single allocation) carved into named buffers, each 64-byte
+ * aligned, given back all at once (dsacp_arena_reset, at the start of every step) or down to a
+ * mark (a phase's temporaries). Its size is computed up front: each module that takes from it
+ * has a sizing function adding, through dsacp_arena_need, the same (rows, cols, element size) it
+ * will take for the largest step its owner accepts; the owner creates the arena with the sum (or
+ * dsacp_arena_max of phases that reuse the same bytes after a rewind). A take that does not fit
+ * is NULL with DSACP_ENOMEM recorded, naming the buffer and the sizes: the caller returns that
+ * status (never a NaN, never a silent fallback). An arena is not thread-safe: take every
+ * thread's buffer before a parallel region. */
+typedef struct dsacp_arena {
+    unsigned char *base; /* NULL when cap is 0 */
+    size_t cap;          /* bytes of base */
+    size_t used;         /* bytes taken since the last reset (a multiple of 64) */
+    size_t peak;         /* the largest `used` so far */
+} dsacp_arena;
+
+/* *total += the arena bytes of rows x cols elements of elem_size each (rounded up to 64).
+ * Overflow or a negative count makes *total SIZE_MAX, which stays and which dsacp_arena_create
+ * refuses. */
+void dsacp_arena_need(size_t *total, int64_t rows, int64_t cols, size_t elem_size);
+/* The larger of two sizes (phases that reuse the same bytes one after the other). */
+static inline size_t dsacp_arena_max(size_t a, size_t b) { return a > b ? a : b; }
+/* An arena of `bytes` (0: an empty one); *a is zeroed first. DSACP_ENOMEM naming `what` when
+ * the allocation fails, DSACP_ERANGE when bytes is SIZE_MAX (a size that overflowed). */
+int dsacp_arena_create(dsacp_arena *a, size_t bytes, const char *what);
+/* Makes the capacity at least `bytes`, reallocating when it is smaller (the contents are lost:
+ * only with nothing taken). Same errors as dsacp_arena_create; *a is unchanged on failure. */
+int dsacp_arena_reserve(dsacp_arena *a, size_t bytes, const char *what);
+/* Frees the block; *a becomes an empty arena. Accepts an empty or zeroed arena. */
+void dsacp_arena_destroy(dsacp_arena *a);
+/* Gives back everything taken. */
+static inline void dsacp_arena_reset(dsacp_arena *a) { a->used = 0; }
+/* A point to come back to: dsacp_arena_rewind(a, mark) gives back what was taken after it. */
+static inline size_t dsacp_arena_mark(const dsacp_arena *a) { return a->used; }
+static inline void dsacp_arena_rewind(dsacp_arena *a, size_t mark) { a->used = mark; }
+/* rows x cols elements of elem_size bytes, 64-byte aligned, uninitialised (zero elements: a
+ * valid pointer to no bytes). NULL with DSACP_ENOMEM recorded ("<what>: workspace too small
+ * ...") when it does not fit or the size overflows. */
+void *dsacp_arena_take(dsacp_arena *a, int64_t rows, int64_t cols, size_t elem_size, const char *what);
 
 /* ---- fault injection (tests) ----
  * DSACP_FAULT=<site>[:<rank>[:<nth>]] makes the nth time (default 1) this process passes the
