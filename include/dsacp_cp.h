@@ -230,7 +230,35 @@ typedef struct dsacp_cp_options {
 } dsacp_cp_options;
 
 void dsacp_cp_options_default(dsacp_cp_options *opt);
-/* "allgather-kv", "replicated-index", "exact-topk", "lean"; "sharded"/"replicated";
+/* Decode strategies are a table (src/cp/cp_strategy.c): dsacp_decode_strategy values are its
+ * indices, 0 .. dsacp_decode_strategy_count() - 1; the enum above names the first four, any
+ * other is reached by its name (dsacp_decode_strategy_parse). */
+int dsacp_decode_strategy_count(void);
+/* 1 when the strategy expects a replicated index cache (replicated-index: the CLI's default
+ * index layout for it), else 0. */
+int dsacp_decode_strategy_replicated_index(dsacp_decode_strategy s);
+/* The check every CP engine runs on its options (dsacp_engine_create_cp), callable before it:
+ * DSACP_EINVAL with the message naming the option for an unknown value or a conflicting
+ * combination on W ranks with cache blocks of block_size tokens (the strategy's own rules
+ * included: replicated-index needs a replicated index layout, exact-topk a sharded one).
+ * Pure: no communication. */
+int dsacp_cp_options_check(const dsacp_config *cfg, const dsacp_cp_options *opt, int W, int64_t block_size);
+/* The run-time rules (src/cp/cp_formula.c; the engine decides by them, `dsacp plan` predicts by
+ * them). --context-path auto's byte rule for a chunk after old_len cached positions: the bytes a
+ * rank receives per layer gathering the sharded context, and the bytes one query token moves
+ * through the decode strategy (its formula, docs/context-parallel.md section 3.6); the chunk is
+ * distributed when new tokens x per_token < gather. latent_bytes / index_bytes: cache entry
+ * bytes per token; o_gather_v: the decode rows' o_proj path (dsacp_cp_o_paths). */
+void dsacp_cp_context_bytes(const dsacp_config *cfg, const dsacp_cp_options *cp, int64_t W, int64_t latent_bytes,
+                            int64_t index_bytes, bool deployed, bool o_gather_v, int64_t old_len, double *gather_bytes,
+                            double *per_token);
+/* How decode rows reach o_proj for an o_proj stored as `dtype` (FP8: square blocks of `block`):
+ * *gather_v when the heads' v rows are all-gathered and every rank applies the whole o_proj (the
+ * heads' columns split the FP8 blocks, or DSA-CP's layer-shard o_proj), *tp_f32 when DSA-CP's
+ * tp shards are kept in f32 for the same reason. */
+void dsacp_cp_o_paths(const dsacp_config *cfg, const dsacp_cp_options *cp, int64_t W, dsacp_dtype dtype, int64_t block,
+                      bool *gather_v, bool *tp_f32);
+/* "allgather-kv", "replicated-index", "exact-topk", "lean" (and the table's others); "sharded"/"replicated";
  * "owner"/"contiguous"/"zigzag";
  * "dcp"/"dsa-cp"; "replicated"/"layer-shard"/"tp"/"auto"/"tp-gather"/"tp-a2a". */
 const char *dsacp_decode_strategy_name(dsacp_decode_strategy s);

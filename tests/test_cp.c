@@ -12,7 +12,7 @@
  * W = 1 memory.
  */
 #include "test.h"
-#include "cp/cp.h"
+#include "cp/cp_strategy.h"
 #include "dsacp_cp.h"
 #include "dsacp_plan.h"
 #include "io/safetensors.h"
@@ -174,7 +174,7 @@ static void plan_base(const dsacp_model *m, const dsacp_engine_options *eo, cons
     b->index_bytes = dsacp_index_cache_bytes_per_token(cfg, b->deployed ? DSACP_KV_FP8 : DSACP_KV_F32);
     b->want_topk = true; /* run_sched asks for the selected sets */
     const dsacp_weight *o = dsacp_model_weight(m, "model.layers.0.self_attn.o_proj.weight");
-    dsacp_plan_o_paths(cfg, cp, g_W, o->dtype, o->block, &b->o_gather_v, &b->o_tp_f32);
+    dsacp_cp_o_paths(cfg, cp, g_W, o->dtype, o->block, &b->o_gather_v, &b->o_tp_f32);
     if (cp->mode != DSACP_CP_DSA_CP) return;
     const int64_t L = cfg->num_hidden_layers, H = cfg->num_attention_heads, dv = cfg->v_head_dim;
     int64_t *qb = calloc((size_t)L, sizeof *qb), *ob = calloc((size_t)L, sizeof *ob), *sh = calloc((size_t)g_W, sizeof *sh);
@@ -430,96 +430,37 @@ typedef struct expect {
     int64_t calls, sent, recv;
 } expect;
 
-static int64_t heads_of(int64_t H, int64_t q, int64_t W) { return dsacp_split_begin(H, q + 1, W) - dsacp_split_begin(H, q, W); }
 
 /* docs/context-parallel.md, "Bytes per step": one decode step of nd tokens (all requests
- * decoding) with old lengths old[], on rank me. */
+ * decoding; token j's context old[j], request r's cached positions old[r]) on rank me: the
+ * control agreements, and the strategy's phases with the decode rows' o_proj from its formula
+ * (src/cp/cp_formula.c, the one the planner calls too). */
 static void expected_decode(const dsacp_config *cfg, const dsacp_cp_options *cp, int64_t W, int64_t me, int64_t nd,
                             const int64_t *old, int64_t nreq, int64_t mla_b, int64_t idx_b, bool o_gather_v,
                             const dsacp_cp_stats *lean, bool wire16, expect *ex /* [DSACP_PHASE_COUNT] */)
 {
     memset(ex, 0, sizeof(expect) * DSACP_PHASE_COUNT);
-    const int64_t L = cfg->num_hidden_layers, H = cfg->num_attention_heads, K = cfg->index_topk;
-    const int64_t dc = cfg->kv_lora_rank, dk = dc + cfg->qk_rope_head_dim, dv = cfg->v_head_dim, D = cfg->hidden_size;
-    const int64_t Hs = heads_of(H, me, W), I = cp->interleave;
-    /* the indexer's holder groups: the candidates travel between them */
-    const int64_t G = cp->index_layout == DSACP_LAYOUT_PARTIAL ? cp->index_group : 1;
-    const int64_t iW = cp->index_layout == DSACP_LAYOUT_REPLICATED ? 1 : W / G, iI = I * G;
+    const int64_t L = cfg->num_hidden_layers;
+    int64_t *req = malloc((size_t)(nd > 0 ? nd : 1) * sizeof *req);
+    REQUIRE_OK(req ? DSACP_OK : DSACP_ENOMEM);
+    for (int64_t j = 0; j < nd; j++) req[j] = j < nreq ? j : nreq - 1;
+    dsacp_cp_formula f = {.cfg = cfg, .opt = cp, .W = W, .me = me, .nd = nd, .context = old, .request = req, .nreq = nreq,
+                          .req_old = old, .latent_bytes = mla_b, .index_bytes = idx_b, .deployed = wire16,
+                          .o_gather_v = o_gather_v, .lean_fallback_tokens = lean->lean_fallback_threshold + lean->lean_fallback_ties,
+                          .lean_fallback_rounds = lean->lean_fallback_rounds};
+    dsacp_cp_index_groups(cp, W, me, &f.iW, &f.iI, &f.ir);
+    dsacp_comm_counter c[DSACP_PHASE_COUNT] = {0};
+    int64_t *sh = NULL;
+    REQUIRE_OK(dsacp_cp_formula_shared(&f, &sh));
+    dsacp_cp_decode_comm(&f, sh, c);
+    free(sh), free(req);
+    for (int p = 0; p < DSACP_PHASE_COUNT; p++) ex[p] = (expect){c[p].calls, c[p].bytes_sent, c[p].bytes_recv};
     /* control: capacity agreement, metadata agreement, end agreement (int each) + want flags, and
-     * one allocation agreement per layer (+ one per layer for allgather-kv's transient views). */
-    const int64_t views = cp->decode == DSACP_DECODE_ALLGATHER_KV &&
-                          (cp->kv_layout == DSACP_LAYOUT_SHARDED || cp->index_layout == DSACP_LAYOUT_SHARDED);
-    const int64_t agrees = 3 + L * (1 + views);
-    ex[DSACP_PHASE_control] = (expect){agrees + 1, agrees * 4 * (W - 1) + (me ? 0 : 2 * (W - 1)), agrees * 4 * (W - 1) + (me ? 2 : 0)};
-    if (cp->decode == DSACP_DECODE_LEAN) {
-        /* docs/context-parallel.md 3.5: lists of min(k', local length) scores for tokens whose
-         * context exceeds k; the fallback's k (score, position) pairs per open token; one lse
-         * all-gather; values: a reduce-scatter of the head rows; o_proj: the all-reduce (output
-         * merge or head columns) or the v gather, partials of s bytes. */
-        const int64_t kp = dsacp_cp_lean_kprime(K, iW, cp->lean_factor), s = wire16 ? 2 : 4;
-        int64_t mine = 0, others = 0;
-        for (int64_t j = 0; j < nd && iW > 1; j++) {
-            const int64_t n = old[j] + 1;
-            if (n <= K) continue;
-            for (int64_t q = 0; q < iW; q++) {
-                const int64_t nq = dsacp_cp_local_len(n, q, iI, iW), mq = nq < kp ? nq : kp;
-                if (q == me / G) mine += mq;
-                else others += mq;
-            }
-        }
-        if (mine + others > 0) ex[DSACP_PHASE_index_candidates] = (expect){L, L * mine * 4 * (iW - 1), L * others * 4};
-        const int64_t nfb = lean->lean_fallback_threshold + lean->lean_fallback_ties;
-        ex[DSACP_PHASE_lean_fallback] = (expect){lean->lean_fallback_rounds, nfb * K * 8 * (iW - 1), nfb * K * 8 * (iW - 1)};
-        ex[DSACP_PHASE_attn_merge] = (expect){L, L * nd * H * 4 * (W - 1), L * nd * H * 4 * (W - 1)};
-        const bool values = cp->lean_merge == DSACP_LEAN_MERGE_VALUES;
-        if (values && cp->merge_backend == DSACP_MERGE_A2A) {
-            /* one all-to-all of (dv-wide rows of s bytes + fp32 lse) to the heads' ranks */
-            ex[DSACP_PHASE_attn_merge] = (expect){L, L * nd * (H - Hs) * (dv * s + 4), L * nd * Hs * (dv * s + 4) * (W - 1)};
-        } else if (values) {
-            ex[DSACP_PHASE_attn_merge].calls += L;
-            ex[DSACP_PHASE_attn_merge].sent += L * nd * (H - Hs) * dv * s;
-            ex[DSACP_PHASE_attn_merge].recv += L * nd * Hs * dv * s * (W - 1);
-        }
-        if (values && o_gather_v) {
-            ex[DSACP_PHASE_o_proj] = (expect){L, L * nd * Hs * dv * 4 * (W - 1), L * nd * (H - Hs) * dv * 4};
-        } else {
-            const int64_t n = nd * D, blk = (dsacp_split_begin(n, me + 1, W) - dsacp_split_begin(n, me, W)) * s;
-            const int64_t b = blk * (W - 1) + (n * s - blk);
-            ex[DSACP_PHASE_o_proj] = (expect){L, L * b, L * b};
-        }
-        return;
-    }
-    if (cp->decode == DSACP_DECODE_ALLGATHER_KV) {
-        const bool lsh = cp->kv_layout == DSACP_LAYOUT_SHARDED, ish = cp->index_layout == DSACP_LAYOUT_SHARDED;
-        const int64_t Esh = (lsh ? mla_b : 0) + (ish ? idx_b : 0);
-        if (Esh) {
-            int64_t mine = 0, others = 0;
-            for (int64_t r = 0; r < nreq; r++)
-                for (int64_t q = 0; q < W; q++) {
-                    const int64_t b = dsacp_cp_local_len(old[r], q, I, W) * Esh;
-                    if (q == me) mine += b;
-                    else others += b;
-                }
-            ex[DSACP_PHASE_kv_gather] = (expect){L, L * mine * (W - 1), L * others};
-        }
-    } else {
-        if (cp->decode == DSACP_DECODE_EXACT_TOPK && iW > 1)
-            ex[DSACP_PHASE_index_candidates] = (expect){L, L * nd * K * 8 * (iW - 1), L * nd * K * 8 * (iW - 1)};
-        ex[DSACP_PHASE_query_gather] = (expect){L, L * nd * Hs * dk * 4 * (W - 1), L * nd * (H - Hs) * dk * 4};
-        if (cp->merge_backend == DSACP_MERGE_A2A)
-            ex[DSACP_PHASE_attn_merge] = (expect){L, L * nd * (H - Hs) * (dc + 1) * 4, L * nd * Hs * (dc + 1) * 4 * (W - 1)};
-        else
-            ex[DSACP_PHASE_attn_merge] = (expect){2 * L, L * (nd * H * 4 * (W - 1) + nd * (H - Hs) * dc * 4),
-                                                  L * (nd * H * 4 * (W - 1) + nd * Hs * dc * 4 * (W - 1))};
-    }
-    if (o_gather_v) {
-        ex[DSACP_PHASE_o_proj] = (expect){L, L * nd * Hs * dv * 4 * (W - 1), L * nd * (H - Hs) * dv * 4};
-    } else {
-        /* all-reduce of nd x D floats as reduce-scatter + all-gather over blocks split n q / W */
-        const int64_t n = nd * D, mine = (dsacp_split_begin(n, me + 1, W) - dsacp_split_begin(n, me, W)) * 4;
-        const int64_t b = mine * (W - 1) + (n * 4 - mine);
-        ex[DSACP_PHASE_o_proj] = (expect){L, L * b, L * b};
-    }
+     * one allocation agreement per layer (the strategy adds its own, e.g. allgather-kv's views). */
+    const int64_t agrees = 3 + L;
+    ex[DSACP_PHASE_control].calls += agrees + 1;
+    ex[DSACP_PHASE_control].sent += agrees * 4 * (W - 1) + (me ? 0 : 2 * (W - 1));
+    ex[DSACP_PHASE_control].recv += agrees * 4 * (W - 1) + (me ? 2 : 0);
 }
 
 /* One prefill-only step: entries with old lengths old[] and n[] new tokens, both caches
@@ -664,17 +605,11 @@ static void test_counters(const dsacp_model *m, const dsacp_engine_options *eo, 
         expect ex[DSACP_PHASE_COUNT];
         const int64_t mla_b = dsacp_mla_cache_bytes_per_token(cfg, eo->kv_dtype);
         const int64_t idx_b = dsacp_index_cache_bytes_per_token(cfg, eo->numerics == DSACP_NUMERICS_DEPLOYED ? DSACP_KV_FP8 : DSACP_KV_F32);
-        const dsacp_weight *o = NULL;
-        bool gv = false;
+        bool gv = false, f32 = false;
         {
-            /* The same rule as the engine: every rank's head columns on o_proj's FP8 blocks. */
-            const int64_t H = cfg->num_attention_heads, dv = cfg->v_head_dim;
-            o = dsacp_model_weight(m, "model.layers.0.self_attn.o_proj.weight");
-            if (o && o->dtype == DSACP_F8_E4M3)
-                for (int q = 0; q <= g_W; q++) {
-                    const int64_t col = dsacp_split_begin(H, q, g_W) * dv;
-                    if (col % o->block && col != o->cols) gv = true;
-                }
+            /* The engine's rule: every rank's head columns on o_proj's FP8 blocks. */
+            const dsacp_weight *o = dsacp_model_weight(m, "model.layers.0.self_attn.o_proj.weight");
+            if (o) dsacp_cp_o_paths(cfg, &cp, g_W, o->dtype, o->block, &gv, &f32);
         }
         expected_decode(cfg, &cp, g_W, g_rank, NREQ, old, NREQ, mla_b, idx_b, gv, &lst,
                         eo->numerics == DSACP_NUMERICS_DEPLOYED && cp.partials == DSACP_PARTIALS_AUTO, ex);

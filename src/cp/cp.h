@@ -22,6 +22,15 @@
 
 typedef struct dsacp_cp_weights dsacp_cp_weights;
 
+struct dsacp_hw; /* a planner's hardware profile (include/dsacp_plan.h), opaque here */
+
+/* Chooses the context path of a chunk of n_new tokens after old_len sharded positions on the
+ * profile hw (*distributed); an error status stops the step on every rank. */
+typedef int (*dsacp_cp_context_chooser)(const dsacp_config *cfg, const dsacp_cp_options *cp, int64_t W,
+                                        int64_t latent_bytes, int64_t index_bytes, bool deployed, bool o_gather_v,
+                                        bool o_tp_f32, const struct dsacp_hw *hw, int64_t old_len, int64_t n_new,
+                                        bool *distributed);
+
 /* The group and what each rank holds; fixed when the engine is created. */
 typedef struct dsacp_cp_ctx {
     const dsacp_config *cfg;
@@ -52,6 +61,10 @@ typedef struct dsacp_cp_ctx {
      * waiting for it (dsacp_engine_overlap). */
     double ovl_compute, ovl_wait;
     struct dsacp_hw *hw;         /* --context-path auto's profile (cp options' context_hardware), or NULL */
+    /* --context-path auto with a profile: the path the planner's time model prefers, installed by
+     * the engine (dsacp_plan_context_distributed's signature) so that src/cp never calls the
+     * planner; NULL: the byte rule (dsacp_cp_context_bytes). */
+    dsacp_cp_context_chooser choose_context;
     char *ctx_choices;           /* per step with a sharded-context chunk: g(ather), d(istributed), m(ixed) */
     int64_t nctx_choices, capctx_choices;
     /* Set when a stage agreement of this step failed (the same on every rank): the engine stops
@@ -191,15 +204,13 @@ typedef struct dsacp_cp_decode_args {
     float *vcat;     /* F32 [n_dec][H][dv]: fill the columns of heads [h0, h1) */
     int32_t *topk;   /* I32 [n_dec][index_topk]: the selected set of each decode token */
     int *rc;         /* local failure (keep taking part in the collectives) */
+    bool output_merge; /* the strategy's merges_output holds for this step */
+    bool wire16;       /* partials travel as bf16 (the strategy's wire_bytes is 2) */
 } dsacp_cp_decode_args;
 
-int dsacp_cp_decode_allgather_kv(const dsacp_cp_decode_args *a);
-int dsacp_cp_decode_replicated_index(const dsacp_cp_decode_args *a);
-int dsacp_cp_decode_exact_topk(const dsacp_cp_decode_args *a);
-/* lean (cp_lean.c): output_merge: vcat gets this rank's scaled partial v of EVERY head (the
- * caller applies the whole o_proj and all-reduces); otherwise the merged v of heads [h0, h1).
- * bf16: the partials travel as bf16. */
-int dsacp_cp_decode_lean(const dsacp_cp_decode_args *a, bool output_merge, bool bf16);
+/* The strategies' attend-and-merge steps are their table entries (cp_strategy.h). lean's
+ * output merge: vcat gets this rank's scaled partial v of EVERY head (the strategy's o_proj
+ * applies the whole o_proj and all-reduces); otherwise the merged v of heads [h0, h1). */
 
 /* lean's list length k' = min(K, max(1, ceil(f K / W))). */
 int64_t dsacp_cp_lean_kprime(int64_t K, int64_t W, double f);

@@ -10,11 +10,11 @@
  * The seed moves whole blocks plus block tables; dsacp moves the entries only (at most one
  * block per request per rank less) and rebuilds the positions from the ownership formula.
  */
-#include "cp/cp.h"
+#include "cp/cp_strategy.h"
 
 #include <stdlib.h>
 
-int dsacp_cp_decode_allgather_kv(const dsacp_cp_decode_args *a)
+static int decode(const dsacp_cp_decode_args *a)
 {
     const dsacp_cp_step *st = a->st;
     const int64_t nd = st->n_dec;
@@ -45,3 +45,43 @@ int dsacp_cp_decode_allgather_kv(const dsacp_cp_decode_args *a)
     free(want), free(vptr);
     return crc;
 }
+
+/* Shared counts: [q] the decode requests' cached positions rank q holds, [W] their sum. */
+static int64_t shared_len(const dsacp_cp_formula *f) { return f->W + 1; }
+
+static void shared(const dsacp_cp_formula *f, int64_t *sh)
+{
+    const int64_t W = f->W, I = f->opt->interleave;
+    for (int64_t r = 0; r < f->nreq;) { /* requests of equal length together */
+        int64_t k = r + 1;
+        while (k < f->nreq && f->req_old[k] == f->req_old[r]) k++;
+        for (int64_t q = 0; q < W; q++) sh[q] += (k - r) * dsacp_cp_local_len(f->req_old[r], q, I, W);
+        sh[W] += (k - r) * f->req_old[r];
+        r = k;
+    }
+}
+
+/* Per layer, when a cache is sharded: the views' agreement (control) and one all-gather of the
+ * entries every rank holds (phase kv_gather). */
+static void comm(const dsacp_cp_formula *f, const int64_t *sh, dsacp_comm_counter out[DSACP_PHASE_COUNT])
+{
+    const int64_t W = f->W, L = f->cfg->num_hidden_layers, Esh = dsacp_cp_formula_sharded_entry(f);
+    if (!Esh) return;
+    dsacp_cp_count(&out[DSACP_PHASE_control], L, L * 4 * (W - 1), L * 4 * (W - 1));
+    const int64_t mine = sh[f->me] * Esh, oth = (sh[W] - sh[f->me]) * Esh;
+    dsacp_cp_count(&out[DSACP_PHASE_kv_gather], L, L * mine * (W - 1), L * oth);
+}
+
+/* The context is gathered for decode tokens too: never cheaper than gathering it. */
+static double token_bytes(const dsacp_cp_formula *f, double gather_bytes, double oproj_bytes) { return gather_bytes + 1; }
+
+const dsacp_cp_strategy dsacp_cp_strategy_allgather_kv = {
+    .name = "allgather-kv",
+    .summary = "every layer all-gathers the decode requests' sharded cache entries; single-process kernels on the copy",
+    .gathers_context = true,
+    .decode = decode,
+    .shared_len = shared_len,
+    .shared = shared,
+    .comm = comm,
+    .token_bytes = token_bytes,
+};

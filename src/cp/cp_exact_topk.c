@@ -9,7 +9,7 @@
  * of a group hold (and score) the same keys, so the candidates travel between the W / G groups
  * only (cp->icomm: recv = (W / G - 1) x k x 8 bytes).
  */
-#include "cp/cp.h"
+#include "cp/cp_strategy.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -38,7 +38,7 @@ static int cmp_i32(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
-int dsacp_cp_decode_exact_topk(const dsacp_cp_decode_args *a)
+static int decode(const dsacp_cp_decode_args *a)
 {
     dsacp_cp_ctx *cp = a->cp;
     const dsacp_cp_step *st = a->st;
@@ -118,3 +118,35 @@ done:
     dsacp_free(qown);
     return crc;
 }
+
+static int check(const dsacp_cp_options *cp, int W, int64_t block_size, bool dcp_decode)
+{
+    if (W > 1 && dcp_decode && cp->index_layout == DSACP_LAYOUT_REPLICATED)
+        return dsacp_error(DSACP_EINVAL, "--decode-strategy exact-topk scores each rank's shard of the indexer "
+                           "cache: it needs --index-layout sharded or partial:G (replicated-index uses a replicated one)");
+    return DSACP_OK;
+}
+
+/* k (score, position) candidates per token between the index groups, then the query gather and
+ * the merge. */
+static void comm(const dsacp_cp_formula *f, const int64_t *sh, dsacp_comm_counter out[DSACP_PHASE_COUNT])
+{
+    const int64_t L = f->cfg->num_hidden_layers, K = f->cfg->index_topk, iW = f->iW, nd = f->nd;
+    if (iW > 1) dsacp_cp_count(&out[DSACP_PHASE_index_candidates], L, L * nd * K * 8 * (iW - 1), L * nd * K * 8 * (iW - 1));
+    dsacp_cp_formula_merge(f, out);
+}
+
+static double token_bytes(const dsacp_cp_formula *f, double gather_bytes, double oproj_bytes)
+{
+    return dsacp_cp_merge_token_bytes(f, ((double)f->iW - 1) * (double)f->cfg->index_topk * 8, oproj_bytes);
+}
+
+const dsacp_cp_strategy dsacp_cp_strategy_exact_topk = {
+    .name = "exact-topk",
+    .summary = "local top-k, (score, position) candidates all-gathered and merged exactly, attention over owned winners, LSE merge",
+    .overlaps_candidates = true,
+    .check = check,
+    .decode = decode,
+    .comm = comm,
+    .token_bytes = token_bytes,
+};

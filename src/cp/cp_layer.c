@@ -17,7 +17,7 @@
  * A local failure never skips a collective: the rank keeps going with whatever it has and the
  * status is agreed at the end of the step (engine.c).
  */
-#include "cp/cp.h"
+#include "cp/cp_strategy.h"
 #include "dsacp_plan.h"
 
 #include <stdlib.h>
@@ -51,9 +51,29 @@ static int64_t assigned_rank(const dsacp_cp_ctx *cp, const dsacp_cp_step *st, in
 
 void dsacp_cp_context_rule(const dsacp_cp_ctx *cp, int64_t old_len, double *gather_bytes, double *per_token)
 {
-    /* One rule, the planner's (src/plan/plan.c): what the engine decides, `dsacp plan` predicts. */
-    dsacp_plan_context_rule(cp->cfg, &cp->opt, cp->W, (int64_t)cp->lat->mla_bytes, (int64_t)cp->idx->index_bytes,
-                            cp->deployed, cp->o_gather_v, old_len, gather_bytes, per_token);
+    /* One rule (cp_formula.c): what the engine decides, `dsacp plan` predicts. */
+    dsacp_cp_context_bytes(cp->cfg, &cp->opt, cp->W, (int64_t)cp->lat->mla_bytes, (int64_t)cp->idx->index_bytes,
+                           cp->deployed, cp->o_gather_v, old_len, gather_bytes, per_token);
+}
+
+/* The path of a chunk of n_new tokens after old_len sharded positions: the option, or (auto)
+ * the chooser the engine installed (the planner's time on a hardware profile), else the byte
+ * rule. */
+static int context_distributed(dsacp_cp_ctx *cp, int64_t old_len, int64_t n_new, bool *dist)
+{
+    *dist = cp->opt.context_path == DSACP_CONTEXT_DISTRIBUTED;
+    if (cp->opt.context_path != DSACP_CONTEXT_AUTO) return DSACP_OK;
+    if (cp->hw && cp->choose_context)
+        return cp->choose_context(cp->cfg, &cp->opt, cp->W, (int64_t)cp->lat->mla_bytes, (int64_t)cp->idx->index_bytes,
+                                  cp->deployed, cp->o_gather_v, cp->wp && cp->wp->tp_f32, cp->hw, old_len, n_new, dist);
+    if (cp->hw) /* until the engine installs its chooser */
+        return dsacp_plan_context_distributed(cp->cfg, &cp->opt, cp->W, (int64_t)cp->lat->mla_bytes,
+                                              (int64_t)cp->idx->index_bytes, cp->deployed, cp->o_gather_v,
+                                              cp->wp && cp->wp->tp_f32, cp->hw, old_len, n_new, dist);
+    double g, per;
+    dsacp_cp_context_rule(cp, old_len, &g, &per);
+    *dist = (double)n_new * per < g;
+    return DSACP_OK;
 }
 
 int dsacp_cp_step_build(dsacp_cp_ctx *cp, dsacp_cp_step *st, dsacp_cp_step_mem *m)
@@ -87,9 +107,7 @@ int dsacp_cp_step_build(dsacp_cp_ctx *cp, dsacp_cp_step *st, dsacp_cp_step_mem *
         const int64_t nn = st->new_len[e] - st->old_len[e];
         if (m->decode[e] || st->old_len[e] == 0 || nn < 1) continue;
         bool dist = false;
-        int drc = dsacp_plan_context_distributed(cp->cfg, &cp->opt, cp->W, (int64_t)cp->lat->mla_bytes,
-                                                 (int64_t)cp->idx->index_bytes, cp->deployed, cp->o_gather_v,
-                                                 cp->wp && cp->wp->tp_f32, cp->hw, st->old_len[e], nn, &dist);
+        int drc = context_distributed(cp, st->old_len[e], nn, &dist);
         if (drc) { /* agreed by the caller: every rank stops the step */
             dsacp_cp_step_free(m);
             return drc;
@@ -170,7 +188,6 @@ void dsacp_cp_step_free(dsacp_cp_step_mem *m)
         if (k_ && !(rc)) (rc) = k_;                                                               \
     } while (0)
 
-/* Step 7 for the decode rows on W > 1. */
 /* The heads' v rows of the decode tokens to every rank (vcat's rows become whole). */
 static int gather_v(dsacp_cp_ctx *cp, const dsacp_config *cfg, const dsacp_cp_step *st, float *vcat);
 
@@ -202,20 +219,6 @@ static int decode_o_proj(dsacp_cp_ctx *cp, const dsacp_dsa_ctx *ctx, const dsacp
     int crc = gather_v(cp, cfg, st, vcat);
     if (!crc) KEEP(*rc, dsacp_linear(full, vcat, nd, H * dv, out, D, deployed));
     return crc;
-}
-
-/* lean's output merge: the whole o_proj `o` on this rank's partial v rows of every head, then an
- * all-reduce of the D values per token in rank order. The partials are not FP8-quantized in
- * deployed numerics: quantizing each partial would add one e4m3 rounding per rank; applied to
- * the f32 partial (an FP8-weight x 16-bit-activation GEMM on an accelerator), the sum equals
- * o_proj of the merged row up to reassociation, one activation rounding away from W = 1. */
-static int lean_o_proj(dsacp_cp_ctx *cp, const dsacp_dsa_ctx *ctx, const dsacp_weight *o, const dsacp_cp_step *st,
-                       float *vcat, float *out, bool bf16, int *rc)
-{
-    const dsacp_config *cfg = ctx->cfg;
-    const int64_t H = cfg->num_attention_heads, dv = cfg->v_head_dim, D = cfg->hidden_size, nd = st->n_dec;
-    KEEP(*rc, dsacp_linear(o, vcat, nd, H * dv, out, D, false));
-    return dsacp_comm_allreduce_wire(cp->comm, out, nd * D, bf16, DSACP_PHASE_o_proj);
 }
 
 static int gather_v(dsacp_cp_ctx *cp, const dsacp_config *cfg, const dsacp_cp_step *st, float *vcat)
@@ -321,10 +324,10 @@ int dsacp_cp_layer_forward(dsacp_cp_ctx *cp, const dsacp_dsa_ctx *ctx, const dsa
     int rc = DSACP_OK, crc = DSACP_OK; /* local status; collective (fatal) status */
     /* lean: partials in bf16 unless exact numerics or --partials fp32; the output merge needs the
      * whole o_proj on every rank (not DSA-CP's tp activation path, which keeps it split). */
-    const bool lean = nd > 0 && cp->opt.decode == DSACP_DECODE_LEAN;
+    const dsacp_cp_strategy *strat = dsacp_cp_strategy_of(&cp->opt);
     const bool tp_a2a_step = cp->wp && cp->wp->o_tp && !cp->wp->step_gather;
-    const bool lean_out = lean && cp->opt.lean_merge == DSACP_LEAN_MERGE_OUTPUT && !tp_a2a_step;
-    const bool wire16 = lean && deployed && cp->opt.partials == DSACP_PARTIALS_AUTO;
+    const bool lean_out = nd > 0 && strat->merges_output && strat->merges_output(&cp->opt, tp_a2a_step);
+    const bool wire16 = nd > 0 && dsacp_cp_wire_bytes(strat, &cp->opt, deployed) == 2;
 
     dsacp_dsa_proj p;
     dsacp_kv_cache *stage = NULL;
@@ -406,7 +409,8 @@ int dsacp_cp_layer_forward(dsacp_cp_ctx *cp, const dsacp_dsa_ctx *ctx, const dsa
             goto done;
         }
         /* lean replicates the query projection: decode rows get every head too. */
-        const int64_t dh0 = lean ? 0 : cp->h0, dh1 = lean ? H : cp->h1;
+        const bool all_heads = nd > 0 && strat->all_query_heads;
+        const int64_t dh0 = all_heads ? 0 : cp->h0, dh1 = all_heads ? H : cp->h1;
         if (nd > 0 && np > 0 && (dh0 != 0 || dh1 != H)) {
             KEEP(rc, dsacp_dsa_project_q(ctx, w, qb, x, nd, pos_act, dh0, dh1, &p, 0));
             KEEP(rc, dsacp_dsa_project_q(ctx, w, qb, x + nd * D, np, pos_act + nd, 0, H, &p, nd));
@@ -469,13 +473,8 @@ int dsacp_cp_layer_forward(dsacp_cp_ctx *cp, const dsacp_dsa_ctx *ctx, const dsa
 
     /* 6. Decode attention: the strategy fills v of heads [h0, h1) and the selected sets. */
     if (nd > 0) {
-        dsacp_cp_decode_args a = {cp, ctx, w, layer, st, &p, pos_act, stage, vcat, topk_act, &rc};
-        switch (cp->opt.decode) {
-        case DSACP_DECODE_ALLGATHER_KV: crc = dsacp_cp_decode_allgather_kv(&a); break;
-        case DSACP_DECODE_REPLICATED_INDEX: crc = dsacp_cp_decode_replicated_index(&a); break;
-        case DSACP_DECODE_EXACT_TOPK: crc = dsacp_cp_decode_exact_topk(&a); break;
-        case DSACP_DECODE_LEAN: crc = dsacp_cp_decode_lean(&a, lean_out, wire16); break;
-        }
+        dsacp_cp_decode_args a = {cp, ctx, w, layer, st, &p, pos_act, stage, vcat, topk_act, &rc, lean_out, wire16};
+        crc = strat->decode(&a);
         if (crc) goto done;
     }
 
@@ -508,7 +507,7 @@ int dsacp_cp_layer_forward(dsacp_cp_ctx *cp, const dsacp_dsa_ctx *ctx, const dsa
             aq = false;
         }
         if (np > 0) KEEP(rc, dsacp_linear(o, vcat + nd * H * dv, np, H * dv, out + nd * D, D, aq));
-        if (nd > 0 && lean_out) crc = lean_o_proj(cp, ctx, o, st, vcat, out, wire16, &rc);
+        if (nd > 0 && lean_out) crc = strat->o_proj(cp, ctx, o, st, vcat, out, &rc);
         else if (nd > 0) crc = decode_o_proj(cp, ctx, w, shard, o, st, vcat, out, wire16, &rc);
         if (crc) goto done;
     }

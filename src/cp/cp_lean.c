@@ -35,7 +35,7 @@
  * count of them and no truncated list ends at tau, all are selected; otherwise positions would
  * have to travel: fallback.
  */
-#include "cp/cp.h"
+#include "cp/cp_strategy.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -120,8 +120,9 @@ int64_t dsacp_cp_lean_own(const uint64_t *list, int64_t n, uint32_t tau, int64_t
     return cnt;
 }
 
-int dsacp_cp_decode_lean(const dsacp_cp_decode_args *a, bool output_merge, bool bf16)
+static int decode(const dsacp_cp_decode_args *a)
 {
+    const bool output_merge = a->output_merge, bf16 = a->wire16;
     dsacp_cp_ctx *cp = a->cp;
     const dsacp_cp_step *st = a->st;
     const dsacp_config *cfg = a->ctx->cfg;
@@ -433,3 +434,152 @@ done:
     free(vkeys), free((void *)vkq), free(voff), free(vbase);
     return crc;
 }
+
+/* The output merge needs the whole o_proj on every rank: a DSA-CP tp step on the activation path
+ * keeps it split, so lean merges values there. */
+static bool merges_output(const dsacp_cp_options *opt, bool tp_a2a)
+{
+    return opt->lean_merge == DSACP_LEAN_MERGE_OUTPUT && !tp_a2a;
+}
+
+/* Partials in bf16 in deployed numerics unless --partials fp32. */
+static int64_t wire_bytes(const dsacp_cp_options *opt, bool deployed)
+{
+    return deployed && opt->partials == DSACP_PARTIALS_AUTO ? 2 : 4;
+}
+
+#define KEEP(rc, expr)                                                                            \
+    do {                                                                                          \
+        int k_ = (expr);                                                                          \
+        if (k_ && !(rc)) (rc) = k_;                                                               \
+    } while (0)
+
+/* The output merge: the whole o_proj `o` on this rank's partial v rows of every head, then an
+ * all-reduce of the D values per token in rank order. The partials are not FP8-quantized in
+ * deployed numerics: quantizing each partial would add one e4m3 rounding per rank; applied to
+ * the f32 partial (an FP8-weight x 16-bit-activation GEMM on an accelerator), the sum equals
+ * o_proj of the merged row up to reassociation, one activation rounding away from W = 1. */
+static int o_proj(dsacp_cp_ctx *cp, const dsacp_dsa_ctx *ctx, const dsacp_weight *o, const dsacp_cp_step *st, float *vcat,
+                  float *out, int *rc)
+{
+    const dsacp_config *cfg = ctx->cfg;
+    const int64_t H = cfg->num_attention_heads, dv = cfg->v_head_dim, D = cfg->hidden_size, nd = st->n_dec;
+    const bool bf16 = wire_bytes(&cp->opt, ctx->mode == DSACP_MODE_DEPLOYED) == 2;
+    KEEP(*rc, dsacp_linear(o, vcat, nd, H * dv, out, D, false));
+    return dsacp_comm_allreduce_wire(cp->comm, out, nd * D, bf16, DSACP_PHASE_o_proj);
+}
+
+/* Shared counts: [q] the scores index group q sends over the step (min(local, k') per token
+ * whose context exceeds k), [iW] their sum, [iW + 1] the selected positions of the tokens, then
+ * 2 iW of work. */
+static int64_t shared_len(const dsacp_cp_formula *f) { return 3 * f->iW + 2; }
+
+/* For every index group q, the sum over the decode tokens (n = context + 1 positions each, those
+ * with n > K) of min(local_len(n, q), kp): the tokens walked in order, each group's count of
+ * positions advanced by one position at a time while n grows a little and recomputed when it
+ * jumps, its running minimum added lazily -- O(tokens + iW x jumps), the same integers as the
+ * per-token sum over groups. */
+static void lean_counts(const int64_t *context, int64_t nd, int64_t K, int64_t kp, int64_t iI, int64_t iW, int64_t *M,
+                        int64_t *f, int64_t *since)
+{
+    int64_t clock = 0, cur = -1; /* f[q] = local_len(cur, q); each token adds one to the clock */
+    for (int64_t q = 0; q < iW; q++) M[q] = 0;
+    for (int64_t j = 0; j < nd; j++) {
+        const int64_t n = context[j] + 1;
+        if (n <= K) continue;
+        if (cur >= 0 && n >= cur && n - cur <= iW) {
+            for (int64_t p = cur; p < n; p++) {
+                const int64_t q = dsacp_cp_owner(p, iI, iW);
+                M[q] += (f[q] < kp ? f[q] : kp) * (clock - since[q]);
+                since[q] = clock;
+                f[q]++;
+            }
+        } else {
+            for (int64_t q = 0; q < iW; q++) {
+                if (cur >= 0) M[q] += (f[q] < kp ? f[q] : kp) * (clock - since[q]);
+                f[q] = dsacp_cp_local_len(n, q, iI, iW), since[q] = clock;
+            }
+        }
+        cur = n;
+        clock++;
+    }
+    for (int64_t q = 0; q < iW && cur >= 0; q++) M[q] += (f[q] < kp ? f[q] : kp) * (clock - since[q]);
+}
+
+static void shared(const dsacp_cp_formula *f, int64_t *sh)
+{
+    const int64_t K = f->cfg->index_topk, iW = f->iW;
+    for (int64_t j = 0; j < f->nd; j++) {
+        const int64_t n = f->context[j] + 1;
+        sh[iW + 1] += n < K ? n : K;
+    }
+    if (iW <= 1) return;
+    lean_counts(f->context, f->nd, K, dsacp_cp_lean_kprime(K, iW, f->opt->lean_factor), f->iI, iW, sh, sh + iW + 2,
+                sh + 2 * iW + 2);
+    for (int64_t q = 0; q < iW; q++) sh[iW] += sh[q];
+}
+
+/* docs/context-parallel.md 3.5: the truncated lists' scores, the fallback's (score, position)
+ * pairs, the lse all-gather and, merging values, the head rows' reduce-scatter (or one
+ * all-to-all); the selected sets when asked. */
+static void comm(const dsacp_cp_formula *f, const int64_t *sh, dsacp_comm_counter out[DSACP_PHASE_COUNT])
+{
+    const dsacp_cp_options *cp = f->opt;
+    const int64_t L = f->cfg->num_hidden_layers, K = f->cfg->index_topk, H = f->cfg->num_attention_heads;
+    const int64_t dv = f->cfg->v_head_dim, W = f->W, me = f->me, iW = f->iW, nd = f->nd, Hs = dsacp_cp_heads(H, me, W);
+    const int64_t sz = wire_bytes(cp, f->deployed);
+    const int64_t mine = iW > 1 ? sh[f->ir] : 0, oth = iW > 1 ? sh[iW] - mine : 0, sel = sh[iW + 1];
+    if (mine + oth > 0) dsacp_cp_count(&out[DSACP_PHASE_index_candidates], L, L * mine * 4 * (iW - 1), L * oth * 4);
+    dsacp_cp_count(&out[DSACP_PHASE_lean_fallback], f->lean_fallback_rounds, f->lean_fallback_tokens * K * 8 * (iW - 1),
+                   f->lean_fallback_tokens * K * 8 * (iW - 1));
+    const bool values = !merges_output(cp, f->tp_a2a); /* values, or a tp step on the activation path */
+    if (values && cp->merge_backend == DSACP_MERGE_A2A) {
+        dsacp_cp_count(&out[DSACP_PHASE_attn_merge], L, L * nd * (H - Hs) * (dv * sz + 4), L * nd * Hs * (dv * sz + 4) * (W - 1));
+    } else {
+        dsacp_cp_count(&out[DSACP_PHASE_attn_merge], L, L * nd * H * 4 * (W - 1), L * nd * H * 4 * (W - 1));
+        if (values) dsacp_cp_count(&out[DSACP_PHASE_attn_merge], L, L * nd * (H - Hs) * dv * sz, L * nd * Hs * dv * sz * (W - 1));
+    }
+    /* the selected sets: every rank's owned-winner counts, then the winners to rank 0 */
+    if (f->want_topk) {
+        dsacp_cp_count(&out[DSACP_PHASE_topk_dump], L, L * nd * 8 * (W - 1), L * nd * 8 * (W - 1));
+        dsacp_cp_count(&out[DSACP_PHASE_topk_dump], L, me ? f->lean_owned_winners * 4 : 0,
+                       me ? 0 : (L * sel - f->lean_owned_winners) * 4);
+    }
+}
+
+static double token_bytes(const dsacp_cp_formula *f, double gather_bytes, double oproj_bytes)
+{
+    const dsacp_cp_options *cp = f->opt;
+    const double Wd = (double)f->W, H = (double)f->cfg->num_attention_heads, dv = (double)f->cfg->v_head_dim;
+    const double D = (double)f->cfg->hidden_size, s = (double)wire_bytes(cp, f->deployed), iW = (double)f->iW;
+    const bool out = cp->lean_merge == DSACP_LEAN_MERGE_OUTPUT, ish = f->iW > 1;
+    const double kpg = (double)dsacp_cp_lean_kprime(f->cfg->index_topk, f->iW, cp->lean_factor);
+    return (ish ? (iW - 1) * kpg * 4 : 0) + (Wd - 1) * H * 4 + (out ? 0 : (Wd - 1) * (H / Wd) * dv * s) +
+           (out ? 2 * (Wd - 1) / Wd * D * s : oproj_bytes);
+}
+
+static int report(const dsacp_cp_options *o, json_t *obj)
+{
+    if (json_object_set_new(obj, "dcp_comm_backend", json_string(dsacp_merge_backend_name(o->merge_backend))) ||
+        json_object_set_new(obj, "lean", json_pack("{s:f, s:s, s:s}", "candidates_factor", o->lean_factor, "merge",
+                                                   dsacp_lean_merge_name(o->lean_merge), "partials",
+                                                   dsacp_partials_dtype_name(o->partials))))
+        return dsacp_error(DSACP_ENOMEM, "out of memory for the report");
+    return DSACP_OK;
+}
+
+const dsacp_cp_strategy dsacp_cp_strategy_lean = {
+    .name = "lean",
+    .summary = "replicated queries, truncated score lists with an exact threshold check, merge after W_UV and o_proj",
+    .all_query_heads = true,
+    .overlaps_candidates = true,
+    .decode = decode,
+    .merges_output = merges_output,
+    .o_proj = o_proj,
+    .wire_bytes = wire_bytes,
+    .shared_len = shared_len,
+    .shared = shared,
+    .comm = comm,
+    .token_bytes = token_bytes,
+    .report = report,
+};

@@ -1,5 +1,6 @@
 /*
- * cp_options -- the CP options' defaults, names and parsers (include/dsacp_cp.h). They live with
+ * cp_options -- the CP options' defaults, names and parsers (include/dsacp_cp.h; the decode
+ * strategies' names are their table's, cp_strategy.c). They live with
  * the layer that reads them, so src/cp needs nothing from the engine above it
  * (docs/architecture.md, "Layers").
  */
@@ -30,7 +31,6 @@ void dsacp_cp_options_default(dsacp_cp_options *opt)
     opt->merge_backend = DSACP_MERGE_AG_RS;
 }
 
-static const char *const strategy_names[] = {"allgather-kv", "replicated-index", "exact-topk", "lean"};
 static const char *const layout_names[] = {"sharded", "replicated", "partial"};
 static const char *const split_names[] = {"owner", "contiguous", "zigzag"};
 static const char *const merge_names[] = {"output", "values"};
@@ -110,10 +110,6 @@ int dsacp_weight_plan_parse(const char *name, dsacp_weight_plan *out)
     return rc;
 }
 
-const char *dsacp_decode_strategy_name(dsacp_decode_strategy s)
-{
-    return (unsigned)s < 4 ? strategy_names[s] : "?";
-}
 const char *dsacp_cp_layout_name(dsacp_cp_layout l) { return (unsigned)l < 3 ? layout_names[l] : "?"; }
 
 int dsacp_index_layout_parse(const char *name, dsacp_cp_layout *out, int64_t *group)
@@ -134,13 +130,6 @@ int dsacp_index_layout_parse(const char *name, dsacp_cp_layout *out, int64_t *gr
     if (rc) return dsacp_error(DSACP_EINVAL, "unknown index layout '%s' (sharded, replicated, partial:G)", name ? name : "");
     *group = 1;
     return DSACP_OK;
-}
-
-int dsacp_decode_strategy_parse(const char *name, dsacp_decode_strategy *out)
-{
-    int v = 0, rc = parse_name("decode strategy", strategy_names, 4, name, &v);
-    if (!rc) *out = (dsacp_decode_strategy)v;
-    return rc;
 }
 
 int dsacp_cp_layout_parse(const char *name, dsacp_cp_layout *out)

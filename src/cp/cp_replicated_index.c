@@ -4,11 +4,11 @@
  * the full top-k itself -- no candidate exchange -- then attends over the winners it owns in
  * its latent shard; the partials are LSE-merged (cp_merge.c: query gather + merge).
  */
-#include "cp/cp.h"
+#include "cp/cp_strategy.h"
 
 #include <stdlib.h>
 
-int dsacp_cp_decode_replicated_index(const dsacp_cp_decode_args *a)
+static int decode(const dsacp_cp_decode_args *a)
 {
     const dsacp_cp_step *st = a->st;
     const dsacp_config *cfg = a->ctx->cfg;
@@ -37,3 +37,32 @@ int dsacp_cp_decode_replicated_index(const dsacp_cp_decode_args *a)
     free(scores), free(sel), free(nsel), dsacp_free(qpack);
     return crc;
 }
+
+static int check(const dsacp_cp_options *cp, int W, int64_t block_size, bool dcp_decode)
+{
+    if (W > 1 && dcp_decode && cp->index_layout != DSACP_LAYOUT_REPLICATED)
+        return dsacp_error(DSACP_EINVAL, "--decode-strategy replicated-index needs --index-layout replicated "
+                           "(every rank scores every position)");
+    return DSACP_OK;
+}
+
+/* No candidates: the query gather and the merge only. */
+static void comm(const dsacp_cp_formula *f, const int64_t *sh, dsacp_comm_counter out[DSACP_PHASE_COUNT])
+{
+    dsacp_cp_formula_merge(f, out);
+}
+
+static double token_bytes(const dsacp_cp_formula *f, double gather_bytes, double oproj_bytes)
+{
+    return dsacp_cp_merge_token_bytes(f, 0, oproj_bytes);
+}
+
+const dsacp_cp_strategy dsacp_cp_strategy_replicated_index = {
+    .name = "replicated-index",
+    .summary = "replicated index cache: every rank takes the whole top-k, attends its winners, LSE merge",
+    .replicated_index = true,
+    .check = check,
+    .decode = decode,
+    .comm = comm,
+    .token_bytes = token_bytes,
+};

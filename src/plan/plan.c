@@ -5,6 +5,7 @@
  */
 #include "plan/plan.h"
 #include "core/core.h"
+#include "cp/cp_strategy.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -20,37 +21,9 @@ static void add(dsacp_comm_counter *c, int64_t calls, int64_t sent, int64_t recv
     c->bytes_recv += recv;
 }
 
-/* The indexer cache's holders (cp.h's iW, iI, ir): W sharded, W / G partial, 1 replicated. */
 static void index_groups(const dsacp_cp_options *cp, int64_t W, int64_t rank, int64_t *iW, int64_t *iI, int64_t *ir)
 {
-    *iW = 1, *iI = 1, *ir = 0;
-    if (W > 1 && cp->index_layout == DSACP_LAYOUT_SHARDED) *iW = W, *iI = cp->interleave, *ir = rank;
-    if (W > 1 && cp->index_layout == DSACP_LAYOUT_PARTIAL) {
-        const int64_t G = cp->index_group;
-        *iW = W / G, *iI = cp->interleave * G, *ir = rank / G;
-    }
-}
-
-static int64_t lean_kprime(int64_t K, int64_t W, double f)
-{
-    double v = (double)K * f / (double)W;
-    int64_t k = (int64_t)v;
-    if ((double)k < v) k++;
-    if (k < 1) k = 1;
-    return k > K ? K : k;
-}
-
-/* The all-reduce of n elements of s bytes (reduce-scatter + all-gather over blocks n q / W). */
-static void allreduce(dsacp_comm_counter *c, int64_t n, int64_t s, int64_t W, int64_t me, int64_t L)
-{
-    const int64_t mine = (split_begin(n, me + 1, W) - split_begin(n, me, W)) * s, b = mine * (W - 1) + (n * s - mine);
-    add(c, L, L * b, L * b);
-}
-
-/* The heads' v rows of nd decode tokens all-gathered (o_gather_v). */
-static void gather_v(dsacp_comm_counter *c, int64_t nd, int64_t H, int64_t Hs, int64_t dv, int64_t W, int64_t L)
-{
-    add(c, L, L * nd * Hs * dv * 4 * (W - 1), L * nd * (H - Hs) * dv * 4);
+    dsacp_cp_index_groups(cp, W, rank, iW, iI, ir);
 }
 
 /* What a step's counts share across ranks, built once (dsacp_plan_step_comm_ranks then fills
@@ -62,11 +35,8 @@ typedef struct step_shared {
     int64_t iW, iI, T;
     int64_t *npq, *rows;   /* [W] prefill tokens computed by each rank, rows of them rank 0's head needs */
     int64_t orows;         /* rows of ranks 1.. */
-    int64_t *ag;           /* [W] allgather-kv: the decode requests' cached positions each rank holds */
-    int64_t ag_total;      /* their sum over ranks (the requests' positions) */
-    int64_t *lean;         /* [iW] lean: the candidates each index group sends (min(local, k') per token) */
-    int64_t lean_total, lean_sel;
-    int64_t *work;         /* [2 iW] lean's walk */
+    dsacp_cp_formula f;    /* the decode strategy's formula of the step (me and ir set per rank) */
+    int64_t *strat;        /* its shared counts (dsacp_cp_formula_shared) */
     bool gather;           /* DSA-CP tp: the step gathers o_proj's shards */
     bool tp, tp_a2a, dsa;
     int64_t shard_total;   /* tp: the column shards' bytes, all ranks */
@@ -74,40 +44,8 @@ typedef struct step_shared {
 
 static void shared_free(step_shared *sh)
 {
-    free(sh->npq), free(sh->rows), free(sh->ag), free(sh->lean), free(sh->work);
+    free(sh->npq), free(sh->rows), free(sh->strat);
     memset(sh, 0, sizeof *sh);
-}
-
-/* For every index group q, the sum over the decode tokens (n = context + 1 positions each, those
- * with n > K) of min(local_len(n, q), kp): the tokens walked in order, each group's count of
- * positions advanced by one position at a time while n grows a little and recomputed when it
- * jumps, its running minimum added lazily -- O(tokens + iW x jumps), the same integers as the
- * per-token sum over groups. */
-static void lean_counts(const int64_t *context, int64_t nd, int64_t K, int64_t kp, int64_t iI, int64_t iW, int64_t *M,
-                        int64_t *f, int64_t *since)
-{
-    int64_t clock = 0, cur = -1; /* f[q] = local_len(cur, q); each token adds one to the clock */
-    for (int64_t q = 0; q < iW; q++) M[q] = 0;
-    for (int64_t j = 0; j < nd; j++) {
-        const int64_t n = context[j] + 1;
-        if (n <= K) continue;
-        if (cur >= 0 && n >= cur && n - cur <= iW) {
-            for (int64_t p = cur; p < n; p++) {
-                const int64_t q = dsacp_cp_owner(p, iI, iW);
-                M[q] += (f[q] < kp ? f[q] : kp) * (clock - since[q]);
-                since[q] = clock;
-                f[q]++;
-            }
-        } else {
-            for (int64_t q = 0; q < iW; q++) {
-                if (cur >= 0) M[q] += (f[q] < kp ? f[q] : kp) * (clock - since[q]);
-                f[q] = dsacp_cp_local_len(n, q, iI, iW), since[q] = clock;
-            }
-        }
-        cur = n;
-        clock++;
-    }
-    for (int64_t q = 0; q < iW && cur >= 0; q++) M[q] += (f[q] < kp ? f[q] : kp) * (clock - since[q]);
 }
 
 /* The rank computing token i of a prefill entry of n new tokens after o cached positions, the
@@ -143,7 +81,8 @@ static int shared_build(const dsacp_config *cfg, const dsacp_cp_options *cp, con
         const double Hd = (double)H, dk = (double)(cfg->kv_lora_rank + cfg->qk_rope_head_dim), K = (double)cfg->index_topk;
         const double Id = (double)(I > iI ? I : iI);
         double old = 0, old_share = 0, ctx = 0, ctx_share = 0, T = 0, weights = 0;
-        for (int64_t r = 0; r < s->nreq && s->nd > 0 && cp->decode == DSACP_DECODE_ALLGATHER_KV; r++) /* the cache gathered */
+        const bool gathers = dsacp_cp_strategy_of(cp)->gathers_context;
+        for (int64_t r = 0; r < s->nreq && s->nd > 0 && gathers; r++) /* the cache gathered */
             old += (double)s->req_old[r], old_share += fmin((double)s->req_old[r], (double)s->req_old[r] / Wd + Id);
         for (int64_t e = 0; e < s->npre; e++) {
             ctx += (double)s->pre_old[e], ctx_share += fmin((double)s->pre_old[e], (double)s->pre_old[e] / Wd + Id);
@@ -223,38 +162,16 @@ static int shared_build(const dsacp_config *cfg, const dsacp_cp_options *cp, con
     sh->tp_a2a = sh->tp && !sh->gather;
     for (int64_t q = 0; q < W && sh->tp; q++) sh->shard_total += s->o_shard_bytes[q];
 
-    /* the decode strategies' positions per rank */
-    if (s->nd > 0 && cp->decode == DSACP_DECODE_ALLGATHER_KV) {
-        sh->ag = calloc((size_t)W, sizeof *sh->ag);
-        if (!sh->ag) {
-            shared_free(sh);
-            return dsacp_error(DSACP_ENOMEM, "out of memory");
-        }
-        for (int64_t r = 0; r < s->nreq;) { /* requests of equal length together */
-            int64_t k = r + 1;
-            while (k < s->nreq && s->req_old[k] == s->req_old[r]) k++;
-            for (int64_t q = 0; q < W; q++) sh->ag[q] += (k - r) * dsacp_cp_local_len(s->req_old[r], q, I, W);
-            sh->ag_total += (k - r) * s->req_old[r];
-            r = k;
-        }
-    }
-    if (s->nd > 0 && cp->decode == DSACP_DECODE_LEAN) {
-        const int64_t K = cfg->index_topk;
-        for (int64_t j = 0; j < s->nd; j++) {
-            const int64_t n = s->context[j] + 1;
-            sh->lean_sel += n < K ? n : K;
-        }
-        if (iW > 1) {
-            sh->lean = calloc((size_t)iW, sizeof *sh->lean), sh->work = calloc((size_t)(2 * iW), sizeof *sh->work);
-            if (!sh->lean || !sh->work) {
-                shared_free(sh);
-                return dsacp_error(DSACP_ENOMEM, "out of memory");
-            }
-            lean_counts(s->context, s->nd, K, lean_kprime(K, iW, cp->lean_factor), iI, iW, sh->lean, sh->work, sh->work + iW);
-            for (int64_t q = 0; q < iW; q++) sh->lean_total += sh->lean[q];
-        }
-    }
-    return DSACP_OK;
+    /* the decode strategy's formula and its counts shared by the ranks */
+    sh->f = (dsacp_cp_formula){.cfg = cfg, .opt = cp, .W = W, .iW = iW, .iI = iI, .nd = s->nd, .context = s->context,
+                               .request = s->request, .nreq = s->nreq, .req_old = s->req_old,
+                               .latent_bytes = s->latent_bytes, .index_bytes = s->index_bytes, .deployed = s->deployed,
+                               .want_topk = s->want_topk, .tp = sh->tp, .tp_a2a = sh->tp_a2a, .o_gather_v = s->o_gather_v,
+                               .o_tp_f32 = s->o_tp_f32, .lean_fallback_tokens = s->lean_fallback_tokens,
+                               .lean_fallback_rounds = s->lean_fallback_rounds, .lean_owned_winners = s->lean_owned_winners};
+    int rc = dsacp_cp_formula_shared(&sh->f, &sh->strat);
+    if (rc) shared_free(sh);
+    return rc;
 }
 
 /* One rank's counters from the shared part. */
@@ -263,8 +180,7 @@ static void rank_comm(const dsacp_config *cfg, const dsacp_cp_options *cp, const
 {
     memset(out, 0, sizeof(dsacp_comm_counter) * DSACP_PHASE_COUNT);
     const int64_t W = s->W, I = cp->interleave, L = cfg->num_hidden_layers, K = cfg->index_topk;
-    const int64_t H = cfg->num_attention_heads, dc = cfg->kv_lora_rank, dk = dc + cfg->qk_rope_head_dim;
-    const int64_t dv = cfg->v_head_dim, D = cfg->hidden_size, Hs = heads(H, me, W), nd = s->nd;
+    const int64_t H = cfg->num_attention_heads, dv = cfg->v_head_dim, D = cfg->hidden_size;
     int64_t iW, iI, ir;
     index_groups(cp, W, me, &iW, &iI, &ir);
     const bool lsh = cp->kv_layout == DSACP_LAYOUT_SHARDED, ish = iW > 1;
@@ -280,68 +196,17 @@ static void rank_comm(const dsacp_config *cfg, const dsacp_cp_options *cp, const
         }
 
     /* control: capacity, metadata and end agreements (4 bytes each), rank 0's two want flags,
-     * per layer the allocation agreement and, when the layer builds views, their agreement. */
-    const int64_t views = Esh ? (nd > 0 && cp->decode == DSACP_DECODE_ALLGATHER_KV) + (s->npre > 0) : 0;
-    const int64_t agrees = 3 + L * (1 + views);
+     * per layer the allocation agreement and, when the layer builds prefill views, their
+     * agreement (the decode strategy counts its own). */
+    const int64_t agrees = 3 + L * (1 + (Esh && s->npre > 0));
     add(&out[DSACP_PHASE_control], agrees + 1, agrees * 4 * (W - 1) + (me ? 0 : 2 * (W - 1)),
         agrees * 4 * (W - 1) + (me ? 2 : 0));
 
-    /* ---- decode-like tokens: the strategy, then their o_proj ---- */
-    if (nd > 0) {
-        const bool lean = cp->decode == DSACP_DECODE_LEAN;
-        const int64_t sz = lean && s->deployed && cp->partials == DSACP_PARTIALS_AUTO ? 2 : 4;
-        switch (cp->decode) {
-        case DSACP_DECODE_ALLGATHER_KV:
-            if (Esh) {
-                const int64_t mine = sh->ag[me] * Esh, oth = (sh->ag_total - sh->ag[me]) * Esh;
-                add(&out[DSACP_PHASE_kv_gather], L, L * mine * (W - 1), L * oth);
-            }
-            break;
-        case DSACP_DECODE_REPLICATED_INDEX:
-        case DSACP_DECODE_EXACT_TOPK:
-            if (cp->decode == DSACP_DECODE_EXACT_TOPK && iW > 1)
-                add(&out[DSACP_PHASE_index_candidates], L, L * nd * K * 8 * (iW - 1), L * nd * K * 8 * (iW - 1));
-            add(&out[DSACP_PHASE_query_gather], L, L * nd * Hs * dk * 4 * (W - 1), L * nd * (H - Hs) * dk * 4);
-            if (cp->merge_backend == DSACP_MERGE_A2A)
-                add(&out[DSACP_PHASE_attn_merge], L, L * nd * (H - Hs) * (dc + 1) * 4, L * nd * Hs * (dc + 1) * 4 * (W - 1));
-            else
-                add(&out[DSACP_PHASE_attn_merge], 2 * L, L * (nd * H * 4 * (W - 1) + nd * (H - Hs) * dc * 4),
-                    L * (nd * H * 4 * (W - 1) + nd * Hs * dc * 4 * (W - 1)));
-            break;
-        case DSACP_DECODE_LEAN: {
-            const int64_t mine = iW > 1 ? sh->lean[ir] : 0, oth = iW > 1 ? sh->lean_total - mine : 0, sel = sh->lean_sel;
-            if (mine + oth > 0) add(&out[DSACP_PHASE_index_candidates], L, L * mine * 4 * (iW - 1), L * oth * 4);
-            add(&out[DSACP_PHASE_lean_fallback], s->lean_fallback_rounds, s->lean_fallback_tokens * K * 8 * (iW - 1),
-                s->lean_fallback_tokens * K * 8 * (iW - 1));
-            /* the output merge needs the whole o_proj: a tp step on the activation path merges values */
-            const bool values = cp->lean_merge == DSACP_LEAN_MERGE_VALUES || tp_a2a;
-            if (values && cp->merge_backend == DSACP_MERGE_A2A) {
-                add(&out[DSACP_PHASE_attn_merge], L, L * nd * (H - Hs) * (dv * sz + 4), L * nd * Hs * (dv * sz + 4) * (W - 1));
-            } else {
-                add(&out[DSACP_PHASE_attn_merge], L, L * nd * H * 4 * (W - 1), L * nd * H * 4 * (W - 1));
-                if (values) add(&out[DSACP_PHASE_attn_merge], L, L * nd * (H - Hs) * dv * sz, L * nd * Hs * dv * sz * (W - 1));
-            }
-            /* the selected sets: every rank's owned-winner counts, then the winners to rank 0 */
-            if (s->want_topk) {
-                add(&out[DSACP_PHASE_topk_dump], L, L * nd * 8 * (W - 1), L * nd * 8 * (W - 1));
-                add(&out[DSACP_PHASE_topk_dump], L, me ? s->lean_owned_winners * 4 : 0,
-                    me ? 0 : (L * sel - s->lean_owned_winners) * 4);
-            }
-            break;
-        }
-        }
-        /* o_proj of the decode tokens (cp_layer.c step 7): lean's output merge all-reduces the
-         * whole o_proj's partial outputs; otherwise a rank's head columns of o_proj (tp's shard,
-         * or a column copy) and an all-reduce, or the heads' v gathered and the whole o_proj. */
-        const bool lean_out = lean && cp->lean_merge == DSACP_LEAN_MERGE_OUTPUT && !tp_a2a;
-        if (lean_out) {
-            allreduce(&out[DSACP_PHASE_o_proj], nd * D, sz, W, me, L);
-        } else if (tp || !s->o_gather_v) {
-            if (tp && s->o_tp_f32 && s->deployed && (H * dv) % 128 == 0) gather_v(&out[DSACP_PHASE_o_proj], nd, H, Hs, dv, W, L);
-            allreduce(&out[DSACP_PHASE_o_proj], nd * D, sz, W, me, L);
-        } else {
-            gather_v(&out[DSACP_PHASE_o_proj], nd, H, Hs, dv, W, L);
-        }
+    /* ---- decode-like tokens: the strategy's formula, then their o_proj (cp_formula.c) ---- */
+    if (s->nd > 0) {
+        dsacp_cp_formula f = sh->f;
+        f.me = me, f.ir = ir;
+        dsacp_cp_decode_comm(&f, sh->strat, out);
     }
 
     /* ---- prefill entries: their split, the packed entries all-gathered, context gathered ---- */
@@ -414,34 +279,7 @@ void dsacp_plan_context_rule(const dsacp_config *cfg, const dsacp_cp_options *cp
                              int64_t index_bytes, bool deployed, bool o_gather_v, int64_t old_len, double *gather_bytes,
                              double *per_token)
 {
-    int64_t iW, iI, ir;
-    index_groups(cp, W, 0, &iW, &iI, &ir);
-    const double Wd = (double)W, H = (double)cfg->num_attention_heads, K = (double)cfg->index_topk;
-    const double dc = (double)cfg->kv_lora_rank, dk = dc + (double)cfg->qk_rope_head_dim;
-    const double dv = (double)cfg->v_head_dim, D = (double)cfg->hidden_size;
-    const bool lsh = cp->kv_layout == DSACP_LAYOUT_SHARDED, ish = iW > 1;
-    const double esh = (lsh ? (double)latent_bytes : 0) + (ish ? (double)index_bytes : 0);
-    *gather_bytes = (Wd - 1) / Wd * (double)old_len * esh;
-    const bool deployed16 = deployed && cp->partials == DSACP_PARTIALS_AUTO;
-    const double s = cp->decode == DSACP_DECODE_LEAN && deployed16 ? 2 : 4;
-    const double oproj = o_gather_v ? (H - H / Wd) * dv * 4 : 2 * (Wd - 1) / Wd * D * s;
-    switch (cp->decode) {
-    case DSACP_DECODE_LEAN: {
-        const bool out = cp->lean_merge == DSACP_LEAN_MERGE_OUTPUT;
-        const double kpg = (double)lean_kprime(cfg->index_topk, iW, cp->lean_factor);
-        *per_token = (ish ? ((double)iW - 1) * kpg * 4 : 0) + (Wd - 1) * H * 4 + (out ? 0 : (Wd - 1) * (H / Wd) * dv * s) +
-                     (out ? 2 * (Wd - 1) / Wd * D * s : oproj);
-        break;
-    }
-    case DSACP_DECODE_EXACT_TOPK:
-    case DSACP_DECODE_REPLICATED_INDEX:
-        *per_token = (cp->decode == DSACP_DECODE_EXACT_TOPK ? ((double)iW - 1) * K * 8 : 0) + (H - H / Wd) * dk * 4 +
-                     (Wd - 1) * H * 4 + (Wd - 1) * (H / Wd) * dc * 4 + oproj;
-        break;
-    default: /* allgather-kv gathers the context for decode tokens too: never cheaper */
-        *per_token = *gather_bytes + 1;
-        break;
-    }
+    dsacp_cp_context_bytes(cfg, cp, W, latent_bytes, index_bytes, deployed, o_gather_v, old_len, gather_bytes, per_token);
 }
 
 /* A step given as entries, classified the way the engine does (dsacp_plan_entries_comm): the
@@ -536,15 +374,7 @@ int dsacp_plan_entries_comm_ranks(const dsacp_config *cfg, const dsacp_cp_option
 void dsacp_plan_o_paths(const dsacp_config *cfg, const dsacp_cp_options *cp, int64_t W, dsacp_dtype dtype, int64_t block,
                         bool *gather_v, bool *tp_f32)
 {
-    bool split = false; /* some rank's head columns start inside an FP8 block */
-    for (int64_t q = 0; q <= W && dtype == DSACP_F8_E4M3 && block > 0; q++) {
-        const int64_t c = split_begin(cfg->num_attention_heads, q, W) * cfg->v_head_dim;
-        if (c % block && c != cfg->num_attention_heads * cfg->v_head_dim) split = true;
-    }
-    const bool dsa = cp->mode == DSACP_CP_DSA_CP;
-    *tp_f32 = W > 1 && dsa && cp->o_proj >= DSACP_WEIGHTS_TP && split;
-    if (dsa && cp->o_proj != DSACP_WEIGHTS_REPLICATED) *gather_v = cp->o_proj == DSACP_WEIGHTS_LAYER_SHARD;
-    else *gather_v = W > 1 && split;
+    dsacp_cp_o_paths(cfg, cp, W, dtype, block, gather_v, tp_f32);
 }
 
 void dsacp_plan_kv_bytes(const dsacp_config *cfg, const dsacp_cp_options *cp, int64_t W, int64_t rank,

@@ -7,6 +7,7 @@
  */
 #include "plan/plan.h"
 #include "core/core.h"
+#include "cp/cp_strategy.h"
 
 #include <jansson.h>
 #include <stdint.h>
@@ -151,16 +152,17 @@ int dsacp_plan_decode_layer(const dsacp_config *cfg_in, const dsacp_cp_options *
 
     /* What a rank computes and reads for the batch (rank with the most heads, the largest shard). */
     const double B = (double)batch, Wd = (double)W, n = (double)context + 1;
-    const bool lean = cp->decode == DSACP_DECODE_LEAN, out_merge = lean && cp->lean_merge == DSACP_LEAN_MERGE_OUTPUT;
+    const dsacp_cp_strategy *st = dsacp_cp_strategy_of(cp);
+    const bool lean = st->all_query_heads, out_merge = st->merges_output && st->merges_output(cp, false);
     const double Hs = W > 1 ? ceil((double)H / Wd) : (double)H;
     double Hq = lean ? (double)H : Hs, Ho = out_merge ? (double)H : Hs; /* heads of q_b/W_UK/W_UV, of o_proj */
     if (W == 1) Hq = Ho = (double)H;
-    const bool idx_all = W == 1 || cp->index_layout == DSACP_LAYOUT_REPLICATED || cp->decode == DSACP_DECODE_ALLGATHER_KV;
+    const bool idx_all = W == 1 || cp->index_layout == DSACP_LAYOUT_REPLICATED || st->gathers_context;
     double groups = Wd;
     if (cp->index_layout == DSACP_LAYOUT_PARTIAL) groups = Wd / (double)cp->index_group;
     const double scored = idx_all ? n : ceil(n / groups);
-    const bool all_heads = cp->decode != DSACP_DECODE_ALLGATHER_KV && W > 1; /* merge strategies: every head */
-    const double kk = fmin((double)K, n), attended = cp->decode == DSACP_DECODE_ALLGATHER_KV || W == 1 ? kk : ceil(kk / Wd);
+    const bool all_heads = !st->gathers_context && W > 1; /* merge strategies: every head */
+    const double kk = fmin((double)K, n), attended = st->gathers_context || W == 1 ? kk : ceil(kk / Wd);
     const double heads_attn = all_heads ? (double)H : Hs;
     /* multiply-adds per token: projections, W_UK / W_UV, index scores, sparse MLA */
     const double mac_proj = (double)D * ql + (double)ql * Hq * dq + (double)D * dk + (double)ql * Hi * di + (double)D * di +
@@ -182,7 +184,7 @@ int dsacp_plan_decode_layer(const dsacp_config *cfg_in, const dsacp_cp_options *
     out->t_comm = W > 1 ? out->recv_bytes / bw + out->calls * lat : 0;
     /* overlap (cp_exact_topk.c, cp_lean.c): the candidates (lean: the scores) travel while W_UK
      * absorbs the query rows of this rank's heads (lean: every head) */
-    if (W > 1 && (cp->decode == DSACP_DECODE_EXACT_TOPK || lean)) {
+    if (W > 1 && st->overlaps_candidates) {
         const double p = DSACP_PHASE_index_candidates, mac_uk = Hq * (double)nope * (double)dc;
         const double t_cand = out->recv_phase[(int)p] / bw + out->calls_phase[(int)p] * lat;
         const double t_uk = fmax(2 * B * mac_uk / peak, wb * mac_uk / hw->mem_bw);
@@ -359,7 +361,7 @@ static int chunk_layer(const dsacp_config *cfg_in, const dsacp_cp_options *cp_in
     bool dist = sharded && context > 0 && cp.context_path == DSACP_CONTEXT_DISTRIBUTED;
     if (sharded && context > 0 && cp.context_path == DSACP_CONTEXT_AUTO) {
         double g, per;
-        dsacp_plan_context_rule(&cfg, &cp, W, lat_b, idx_b, deployed, gv, context, &g, &per);
+        dsacp_cp_context_bytes(&cfg, &cp, W, lat_b, idx_b, deployed, gv, context, &g, &per);
         dist = (double)chunk * per < g;
     }
     if (dist_in >= 0) dist = sharded && context > 0 && dist_in;
@@ -432,7 +434,7 @@ int dsacp_plan_chunk_layer(const dsacp_config *cfg, const dsacp_cp_options *cp, 
     const int64_t lat_b = dsacp_mla_cache_bytes_per_token(cfg, kvd), idx_b = dsacp_index_cache_bytes_per_token(cfg, kvd);
     /* the engine's o_proj path for FP8 blocks */
     bool gv = false, f32 = false;
-    dsacp_plan_o_paths(cfg, cp, W, deployed ? DSACP_F8_E4M3 : DSACP_BF16, 128, &gv, &f32);
+    dsacp_cp_o_paths(cfg, cp, W, deployed ? DSACP_F8_E4M3 : DSACP_BF16, 128, &gv, &f32);
     return chunk_layer(cfg, cp, W, context, chunk, deployed, lat_b, idx_b, gv, f32, hw, -1, out, distributed);
 }
 
@@ -444,7 +446,7 @@ int dsacp_plan_context_distributed(const dsacp_config *cfg, const dsacp_cp_optio
     if (cp->context_path != DSACP_CONTEXT_AUTO) return DSACP_OK;
     if (!hw) {
         double g, per;
-        dsacp_plan_context_rule(cfg, cp, W, latent_bytes, index_bytes, deployed, o_gather_v, old_len, &g, &per);
+        dsacp_cp_context_bytes(cfg, cp, W, latent_bytes, index_bytes, deployed, o_gather_v, old_len, &g, &per);
         *distributed = (double)n_new * per < g;
         return DSACP_OK;
     }
@@ -467,7 +469,8 @@ static double attn_params(const dsacp_config *c, const dsacp_cp_options *cp, int
     const double dv = (double)c->v_head_dim, Hi = (double)c->index_n_heads, di = (double)c->index_head_dim;
     const double rep = D * ql + D * (dc + dr) + ql * Hi * di + D * di + D * Hi;
     const double qb = ql * H * (nope + dr), kvb = dc * H * (nope + dv), o = H * dv * D, Wd = (double)W;
-    const bool lean = W > 1 && cp->decode == DSACP_DECODE_LEAN, out = lean && cp->lean_merge == DSACP_LEAN_MERGE_OUTPUT;
+    const dsacp_cp_strategy *st = dsacp_cp_strategy_of(cp);
+    const bool lean = W > 1 && st->all_query_heads, out = lean && st->merges_output && st->merges_output(cp, false);
     return rep + (lean ? qb + kvb : (qb + kvb) / Wd) + (out ? o : o / Wd);
 }
 
