@@ -427,7 +427,7 @@ int dsacp_serve_check(const dsacp_engine *e, const dsacp_serve_request *reqs, in
         const int64_t cached = q->prompt_len + q->max_new_tokens - 1, id = -1;
         if (!dsacp_engine_fits(e, &id, &cached, 1))
             return dsacp_error(DSACP_ECAPACITY, "request %lld (%lld tokens cached with its output) does not fit the KV "
-                               "pool even alone: give more --kv-blocks / --kv-memory", (long long)i, (long long)cached);
+                               "pool even alone", (long long)i, (long long)cached);
         for (int64_t j = 0; j < q->prompt_len; j++)
             if (q->prompt[j] < 0 || q->prompt[j] >= V)
                 return dsacp_error(DSACP_ERANGE, "request %lld: prompt token %lld = %d is outside the vocabulary [0, %lld)",

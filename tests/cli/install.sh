@@ -26,7 +26,7 @@ else
 fi
 pcdir=$(dirname "$(find "$root" -name dsacp.pc | head -n 1)")
 libdir=$(dirname "$pcdir")
-for f in include/dsacp.h include/dsacp_version.h bin/dsacp; do
+for f in include/dsacp.h include/dsacp_version.h include/dsacp_serve.h include/dsacp_util.h include/dsacp_io.h bin/dsacp; do
   [[ -e "$root/$f" ]] && pass "installed $f" || fail "missing $f"
 done
 soname=$(objdump -p "$libdir/libdsacp.so" 2>/dev/null | awk '/SONAME/ {print $2}')

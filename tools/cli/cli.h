@@ -1,8 +1,8 @@
-/* cli.h -- subcommands of the dsacp tool and the one option parser they share. */
+/* cli.h -- subcommands of the dsacp tool and the one option parser they share. The tool is a
+ * client of the public API only: its files include include/dsacp*.h and tools/cli's headers. */
 #ifndef DSACP_CLI_H
 #define DSACP_CLI_H
 
-#include "core/core.h"
 #include "dsacp.h"
 #include "dsacp_cp.h"
 
@@ -75,8 +75,9 @@ int cli_remove_dir(const char *dir);
  * any work (its temporary beside the target: a missing directory, a directory, a device, a
  * symlink are refused at once), written and committed once the result is known, removed on
  * failure and on SIGINT/SIGTERM. */
+typedef struct dsacp_out dsacp_out; /* dsacp_util.h */
 typedef struct cli_output {
-    dsacp_out out;
+    dsacp_out *out; /* the temporary in progress (rank 0 with a path), NULL otherwise */
     int cleanup; /* cli_cleanup_add slot of the temporary */
     bool open;   /* rank 0 with a path: the temporary exists */
 } cli_output;

@@ -1,5 +1,6 @@
 /* cli_common.c -- the option parser and error printing shared by the subcommands. */
 #include "cli.h"
+#include "dsacp_util.h"
 #include "dsacp_plan.h"
 
 #include <errno.h>
@@ -343,10 +344,16 @@ void cli_cleanup_remove(int slot)
 
 void cli_output_init(cli_output *o)
 {
-    o->out.fd = -1;
-    o->out.path = o->out.tmp = NULL;
+    o->out = NULL;
     o->cleanup = -1;
     o->open = false;
+}
+
+/* Releases the output's struct (its temporary already committed or removed). */
+static void output_release(cli_output *o)
+{
+    dsacp_free(o->out);
+    o->out = NULL;
 }
 
 int cli_output_open(const char *cmd, const char *flag, const char *path, cli_output *o)
@@ -358,12 +365,15 @@ int cli_output_open(const char *cmd, const char *flag, const char *path, cli_out
         sigset_t saved; /* the temporary exists only once a signal would remove it */
         cli_signals_hold(true, &saved);
         rc = cli_check_not_input(flag, path);
-        if (!rc) rc = dsacp_out_open(&o->out, path);
+        if (!rc) {
+            o->out = dsacp_calloc(1, sizeof *o->out);
+            rc = o->out ? dsacp_out_open(o->out, path) : DSACP_ENOMEM;
+        }
         if (rc) {
             dsacp_error_context(rc, "--%s", flag);
         } else {
             o->open = true;
-            o->cleanup = cli_cleanup_add(o->out.tmp, false);
+            o->cleanup = cli_cleanup_add(o->out->tmp, false);
         }
         cli_signals_hold(false, &saved);
     }
@@ -378,22 +388,22 @@ int cli_output_open(const char *cmd, const char *flag, const char *path, cli_out
 int cli_output_commit_bytes(cli_output *o, const void *data, size_t len)
 {
     if (!o->open) return DSACP_OK;
-    int rc = dsacp_out_write(&o->out, data, len);
+    int rc = dsacp_out_write(o->out, data, len);
     cli_cleanup_remove(o->cleanup);
     o->cleanup = -1;
     o->open = false;
-    if (rc) {
-        dsacp_out_abort(&o->out);
-        return rc;
-    }
-    return dsacp_out_commit(&o->out);
+    if (rc) dsacp_out_abort(o->out);
+    else rc = dsacp_out_commit(o->out);
+    output_release(o);
+    return rc;
 }
 
 void cli_output_abort(cli_output *o)
 {
     cli_cleanup_remove(o->cleanup);
     o->cleanup = -1;
-    if (o->open || o->out.tmp || o->out.fd >= 0) dsacp_out_abort(&o->out);
+    if (o->out) dsacp_out_abort(o->out); /* a no-op when never opened (fd -1, no temporary) */
+    output_release(o);
     o->open = false;
 }
 

@@ -10,10 +10,8 @@
  * are not finite fail the run; the output is written atomically and only after success.
  */
 #include "cli.h"
-#include "core/core.h"
-#include "io/forward_input.h"
-#include "io/safetensors.h"
-#include "model/model.h"
+#include "dsacp_io.h"
+#include "dsacp_util.h"
 
 #include <stdio.h>
 #include <stdlib.h>

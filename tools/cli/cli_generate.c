@@ -3,9 +3,8 @@
  * (writes a forward input: random requests and a mixed prefill/decode schedule).
  */
 #include "cli.h"
-#include "core/core.h"
-#include "io/forward_input.h"
-#include "io/safetensors.h"
+#include "dsacp_io.h"
+#include "dsacp_util.h"
 
 #include <math.h>
 #include <stdio.h>

@@ -3,7 +3,8 @@
  * the safetensors headers are read), and with --scan-weights the NaN/Inf scan of every weight
  * byte (dsacp_model_scan_finite), with a progress line on stderr. */
 #include "cli.h"
-#include "model/model.h"
+#include "dsacp_io.h"
+#include "dsacp_util.h"
 
 #include <inttypes.h>
 #include <stdio.h>
@@ -172,12 +173,12 @@ int cli_inspect(int argc, char **argv)
     printf("tensors (canonical names; packed experts shown per expert):\n");
     int64_t params = 0, bytes = 0;
     for (int64_t i = 0; i < dsacp_model_weight_count(m); i++) {
-        const dsacp_weight *w = dsacp_model_weight_at(m, i);
+        dsacp_tensor_info t;
+        if (dsacp_model_tensor_info(m, i, &t)) continue; /* i is in range: never */
+        const dsacp_tensor_info *w = &t;
         if (strcmp(w->name, "lm_head.weight") == 0 && c->tie_word_embeddings) continue;
-        int64_t n = w->rows * w->cols;
-        params += n;
-        bytes += n * (int64_t)dsacp_dtype_size(w->dtype);
-        if (w->dtype == DSACP_F8_E4M3) bytes += w->scale_rows * w->scale_cols * 4;
+        params += w->rows * w->cols;
+        bytes += w->bytes;
         if (w->ndim == 2)
             printf("  %-60s %-8s [%lld, %lld]%s\n", w->name, dsacp_dtype_name(w->dtype), (long long)w->rows,
                    (long long)w->cols, w->dtype == DSACP_F8_E4M3 ? " + weight_scale_inv" : "");

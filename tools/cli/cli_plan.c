@@ -5,11 +5,9 @@
  * docs/planning.md explains the model and its limits.
  */
 #include "cli.h"
-#include "comm/comm.h"
-#include "core/core.h"
+#include "dsacp_serve.h"
+#include "dsacp_util.h"
 #include "dsacp_plan.h"
-#include "kernels/kernels.h"
-#include "model/model.h"
 #include "plot.h"
 
 #include <cblas.h>
@@ -154,7 +152,6 @@ static int calibrate(const char *path)
         /* what decode's matrix-vector products read weights at: the engine's own linear kernel,
          * one token, over a 256 MB f32 matrix (a copy streams faster than a product reads) */
         const int64_t K = 4096, N = (int64_t)(big / 4 / (size_t)K);
-        dsacp_weight w = {.name = "calibrate", .dtype = DSACP_F32, .ndim = 2, .rows = N, .cols = K, .data = x};
         float *xv = malloc((size_t)K * 4), *yv = malloc((size_t)N * 4);
         if (!xv || !yv) rc = dsacp_error(DSACP_ENOMEM, "out of memory for --calibrate");
         for (int64_t i = 0; !rc && i < K; i++) xv[i] = 1.0f / (float)(1 + i % 5);
@@ -162,7 +159,7 @@ static int calibrate(const char *path)
         best = 1e30;
         for (int r = 0; r < 4 && !rc; r++) {
             const double t0 = dsacp_now();
-            rc = dsacp_linear(&w, xv, 1, K, yv, N, false);
+            rc = dsacp_linear_f32((const float *)x, N, K, xv, yv);
             best = fmin(best, dsacp_now() - t0);
         }
         bw = (double)(N * K) * 4 / best;

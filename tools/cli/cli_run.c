@@ -7,11 +7,9 @@
  * request, whether every generated token matches.
  */
 #include "cli.h"
-#include "comm/comm.h"
-#include "core/core.h"
-#include "engine/engine.h"
-#include "model/model.h"
-#include "serve/serve.h"
+#include "dsacp_io.h"
+#include "dsacp_serve.h"
+#include "dsacp_util.h"
 
 #include <errno.h>
 #include <jansson.h>
@@ -839,6 +837,11 @@ int cli_run(int argc, char **argv)
     /* What the serving loop would refuse before its first step (a request that fits no rank's
      * pool alone, given --kv-blocks or --kv-memory) is the invocation's fault too. */
     if (root) rc = dsacp_serve_check(e, wl.rq, wl.n, &so);
+    if (root && rc == DSACP_ECAPACITY) { /* the library names the pool; the CLI names the flags that size it */
+        char msg[512];
+        snprintf(msg, sizeof msg, "%s", dsacp_last_error());
+        dsacp_error(rc, "%s: give more --kv-blocks / --kv-memory", msg);
+    }
     if (world) rc = dsacp_comm_agree(world, rc);
     if (rc) {
         ret = cli_setup_exit(rc);
@@ -867,8 +870,8 @@ int cli_run(int argc, char **argv)
     if (!rc && world) rc = dsacp_comm_bcast(world, &res.kv_peak_use, sizeof res.kv_peak_use, DSACP_PHASE_input);
     if (!rc) {
         for (int64_t i = 0; i < dsacp_model_weight_count(m); i++) {
-            const dsacp_weight *w = dsacp_model_weight_at(m, i);
-            mem[0] += (double)(w->rows * w->cols) * (double)dsacp_dtype_size(w->dtype);
+            dsacp_tensor_info w;
+            if (!dsacp_model_tensor_info(m, i, &w)) mem[0] += (double)(w.rows * w.cols) * (double)dsacp_dtype_size(w.dtype);
         }
         dsacp_kv_usage ku;
         dsacp_engine_kv_usage(e, &ku);

@@ -6,7 +6,7 @@
  * what bar charts are made of.
  */
 #include "plot.h"
-#include "core/core.h"
+#include "dsacp_util.h"
 
 #include <stdarg.h>
 #include <stdbool.h>

@@ -1,0 +1,142 @@
+/*
+ * dsacp_serve.h -- serving over an engine (docs/serving.md): what a front end such as `dsacp run`
+ * needs besides dsacp.h and dsacp_cp.h. Admission (does a batch of requests fit every rank's KV
+ * pool), the KV pool's use, the last step's times, and the serving loop itself: requests arriving
+ * over time, continuous batching in the style of vLLM's scheduler (a per-step token budget;
+ * decode tokens first, prefill chunks filling the rest; admission by free KV blocks on every
+ * rank; preemption with recompute when the cache is full), greedy or seeded temperature / top-p
+ * sampling, and the per-request and per-step records a report is made of. Under mpirun rank 0
+ * decides every step and broadcasts it; every rank runs the same steps.
+ *
+ * Thread safety: every function here is a call on its engine (one thread at a time, dsacp.h);
+ * dsacp_serve_run is collective over the engine's group and runs the engine until every request
+ * finished. The progress callback is called on rank 0 from the thread that called
+ * dsacp_serve_run, between steps.
+ * Ownership: requests (prompts, stop ids) stay the caller's and must live until
+ * dsacp_serve_run returns; a dsacp_serve_result is filled by the library and released with
+ * dsacp_serve_result_free (which accepts a zeroed result).
+ */
+#ifndef DSACP_SERVE_H_PUBLIC
+#define DSACP_SERVE_H_PUBLIC
+
+#include "dsacp.h"
+#include "dsacp_cp.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ------------------------------------------------------------------------------------------ */
+/* Engine queries a scheduler needs                                                           */
+/* ------------------------------------------------------------------------------------------ */
+
+/* The engine's model configuration (borrowed: valid while the engine lives). */
+const dsacp_config *dsacp_engine_config(const dsacp_engine *e);
+/* Whether growing requests ids[i] (-1: one not added yet, from length 0) to new_len[i] tokens
+ * fits the cache pools of every rank of the group; computed locally (every rank's usage follows
+ * from the lengths), so the scheduler on rank 0 can admit without asking. */
+bool dsacp_engine_fits(const dsacp_engine *e, const int64_t *ids, const int64_t *new_len, int64_t n);
+/* Fraction of the busiest rank's latent pool in use. */
+double dsacp_engine_kv_use(const dsacp_engine *e);
+
+/* Wall time of the last step on this rank, split by part (seconds). */
+typedef struct dsacp_step_times {
+    double step, attention, mlp;      /* attention: the whole layer; its parts: */
+    double projections, attend, o_proj; /* q/kv/indexer projections; cache writes, index scores,
+                                         * top-k, sparse MLA, W_UV (with their collectives);
+                                         * o_proj (with its collectives) */
+    double overlap_compute, overlap_wait; /* compute while a non-blocking collective was in flight,
+                                           * and the wait for it that followed */
+} dsacp_step_times;
+dsacp_step_times dsacp_engine_last_step_times(const dsacp_engine *e);
+
+/* For benchmarks: gives an empty live request `length` cached positions of deterministic
+ * pseudo-random latent rows and indexer keys (the same values for every W and layout; each
+ * rank writes what its layouts keep), without running the model. Collective. */
+int dsacp_engine_fill_random(dsacp_engine *e, int64_t request_id, int64_t length, uint64_t seed);
+
+/* Collectives a multi-rank front end uses besides dsacp_cp.h's (`phase` is a DSACP_PHASE_* the
+ * bytes are counted under, or -1: uncounted, so a report holds exactly the engine's traffic).
+ * dsacp_comm_allgather: every rank's `bytes` of `send`, in rank order, into recv [W][bytes].
+ * dsacp_comm_agree_phase: dsacp_comm_agree counted under `phase`. */
+int dsacp_comm_allgather(dsacp_comm *c, const void *send, size_t bytes, void *recv, int phase);
+int dsacp_comm_agree_phase(dsacp_comm *c, int status, int phase);
+
+/* ------------------------------------------------------------------------------------------ */
+/* The serving loop                                                                           */
+/* ------------------------------------------------------------------------------------------ */
+
+typedef struct dsacp_serve_request {
+    int32_t *prompt;     /* I32 [prompt_len], each in [0, vocab) (owned by the caller) */
+    int64_t prompt_len;  /* >= 1 */
+    int64_t max_new_tokens;
+    const int32_t *stop_ids; /* generation ends after one of these (it is kept) */
+    int64_t n_stop;
+    double arrival_s;    /* seconds after the start of the run */
+} dsacp_serve_request;
+
+typedef struct dsacp_serve_progress {
+    int64_t done, total, generated, prompt_tokens;
+    double elapsed_s, kv_use; /* kv_use: fraction of the busiest rank's pool in use */
+} dsacp_serve_progress;
+
+typedef struct dsacp_serve_options {
+    int64_t max_batch_tokens; /* per-step token budget (default 2048) */
+    int64_t max_num_seqs;     /* running requests at most (default 256) */
+    double temperature;       /* 0: greedy */
+    double top_p;             /* (0, 1] */
+    uint64_t seed;
+    bool realtime;            /* wait for arrivals on the wall clock (false: replay as fast as possible) */
+    void (*progress)(void *arg, const dsacp_serve_progress *p);
+    void *progress_arg;
+} dsacp_serve_options;
+void dsacp_serve_options_default(dsacp_serve_options *o);
+
+typedef struct dsacp_serve_step {
+    double t_s, dur_ms;
+    int64_t prefill_tokens, decode_tokens;
+    double attention_ms, mlp_ms, comm_ms;
+    double projections_ms, attend_ms, o_proj_ms; /* parts of attention_ms */
+    int64_t comm_bytes; /* received by rank 0 */
+} dsacp_serve_step;
+
+/* Times are seconds on the run's clock (0 = the start of the run, docs/serving.md "The clock"). */
+typedef struct dsacp_serve_out {
+    int32_t *tokens;      /* [n_tokens] generated */
+    double *token_s;      /* [n_tokens] time each token was produced */
+    float *gap;           /* [n_tokens] top-1 minus top-2 logit at each generated token (rank 0) */
+    int64_t n_tokens;
+    double arrival_s;     /* the request's arrival on the run's clock: arrival_s when realtime, 0 when replayed */
+    double first_s, finish_s; /* first token, last token; arrival_s <= first_s <= finish_s */
+    int64_t preemptions;
+} dsacp_serve_out;
+
+typedef struct dsacp_serve_result {
+    dsacp_serve_out *out;   /* [n_requests] (rank 0) */
+    int64_t n_requests;
+    dsacp_serve_step *steps;
+    int64_t n_steps, cap_steps;
+    int64_t preemptions;
+    double duration_s, kv_peak_use;
+} dsacp_serve_result;
+void dsacp_serve_result_free(dsacp_serve_result *r);
+
+/* What dsacp_serve_run checks before it starts, on rank 0 alone (local, not collective), so a
+ * caller can tell a bad workload from a run that failed: the options (max_batch_tokens,
+ * max_num_seqs >= 1, temperature, top_p), at least one request, each with a prompt of ids in
+ * [0, vocab), max_new_tokens >= 1, prompt + max_new_tokens <= max_position_embeddings, a finite
+ * arrival_s >= 0, and fitting every rank's KV pool alone at the length it caches (prompt +
+ * max_new_tokens - 1: the last token is never fed back; DSACP_ECAPACITY naming the request).
+ * Whatever the workload and the pools, a workload that passes completes (docs/serving.md,
+ * "Preemption, and why every request finishes"). */
+int dsacp_serve_check(const dsacp_engine *e, const dsacp_serve_request *reqs, int64_t n, const dsacp_serve_options *opt);
+
+/* Collective over the engine's group: rank 0 passes the requests (others: NULL, 0), which it
+ * checks first (dsacp_serve_check; the verdict is agreed). Fills `res` on rank 0. */
+int dsacp_serve_run(dsacp_engine *e, const dsacp_serve_request *reqs, int64_t n, const dsacp_serve_options *opt,
+                    dsacp_serve_result *res);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* DSACP_SERVE_H_PUBLIC */
