@@ -1,0 +1,187 @@
+/*
+ * bench.c -- the harness of dsacp_bench.h: the registration table of the cases, the options,
+ * the results and the timing loop, and one run (its ceilings, then its cases in order).
+ */
+#include "bench/bench.h"
+#include "core/core.h"
+
+#include <math.h>
+#include <omp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define OPT(x) (1u << DSACP_BENCH_OPT_##x)
+
+static const bench_case *const all_members[] = {&bench_case_ceilings, &bench_case_indexer, &bench_case_topk,
+                                                &bench_case_mla,      &bench_case_linear,  &bench_case_layer,
+                                                NULL};
+static const bench_case case_all = {.name = "all", .members = all_members};
+/* Run by the caller over an engine (dsacp_bench_cp_*): listed for its name and options. */
+static const bench_case case_cp = {
+    .name = "cp",
+    .options = OPT(CONTEXT) | OPT(BATCH) | OPT(NUMERICS) | OPT(ISA) | OPT(BLOCK_SIZE) | OPT(CHUNK),
+    .engine = true,
+};
+
+/* The registration table: the order of `dsacp bench --kernel`'s names and messages. */
+static const bench_case *const cases[] = {&case_all,        &bench_case_ceilings, &bench_case_indexer,
+                                          &bench_case_topk, &bench_case_mla,      &bench_case_linear,
+                                          &bench_case_layer, &bench_case_gemm,    &bench_case_prefill,
+                                          &case_cp};
+enum { NCASES = (int)(sizeof cases / sizeof *cases) };
+
+const char *dsacp_bench_option_name(int option)
+{
+    static const char *const names[DSACP_BENCH_OPT_COUNT] = {"preset", "context",    "batch", "numerics",
+                                                             "isa",    "block-size", "warm",  "chunk"};
+    return option >= 0 && option < DSACP_BENCH_OPT_COUNT ? names[option] : "unknown";
+}
+
+int dsacp_bench_case_count(void) { return NCASES; }
+
+/* A case's options and ceilings: its own, or the union of its members'. */
+static unsigned case_options(const bench_case *c)
+{
+    unsigned o = c->options;
+    for (const bench_case *const *m = c->members; m && *m; m++) o |= (*m)->options;
+    return o;
+}
+
+int dsacp_bench_case_get(int i, dsacp_bench_case_info *out)
+{
+    if (i < 0 || i >= NCASES) return dsacp_error(DSACP_EINVAL, "bench case index %d out of range", i);
+    *out = (dsacp_bench_case_info){cases[i]->name, case_options(cases[i]), cases[i]->engine};
+    return DSACP_OK;
+}
+
+int dsacp_bench_case_find(const char *name)
+{
+    for (int i = 0; i < NCASES; i++)
+        if (!strcmp(cases[i]->name, name)) return i;
+    return -1;
+}
+
+void dsacp_bench_options_default(dsacp_bench_options *opt)
+{
+    *opt = (dsacp_bench_options){.context = 32768, .batch = 1, .threads = omp_get_max_threads(), .reps = 5,
+                                 .block_size = 64, .deployed = true};
+}
+
+/* ---- results ---- */
+
+void bench_result(bench_run *r, const char *name, double value, const char *unit, const char *ceil_name,
+                  double ceil_value, double ratio)
+{
+    dsacp_bench_report *rep = r->report;
+    if (rep->count >= DSACP_BENCH_MAX_RESULTS) return;
+    dsacp_bench_result *x = &rep->results[rep->count++];
+    snprintf(x->name, sizeof x->name, "%s", name);
+    x->value = value;
+    x->unit = unit;
+    snprintf(x->ceiling_name, sizeof x->ceiling_name, "%s", ceil_name ? ceil_name : "");
+    x->ceiling_value = ceil_name ? ceil_value : NAN;
+    x->ratio = ceil_name ? ratio : NAN;
+    if (r->opt->on_result) r->opt->on_result(x, r->opt->user);
+}
+
+void bench_rate(bench_run *r, const char *name, double value, const char *unit, const char *ceil_name,
+                double ceil_value)
+{
+    bench_result(r, name, value, unit, ceil_name, ceil_value, ceil_value > 0 ? value / ceil_value : NAN);
+}
+
+/* ---- timing ---- */
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+double bench_time(bench_fn fn, bench_fn before, void *arg, int64_t reps, double min_s)
+{
+    if (before) before(arg);
+    double t0 = dsacp_now();
+    fn(arg);
+    double once = dsacp_now() - t0;
+    int64_t inner = 1;
+    if (!before && once < min_s) inner = (int64_t)(min_s / (once > 1e-7 ? once : 1e-7)) + 1;
+    if (inner > 1000000) inner = 1000000;
+    double *t = dsacp_calloc((size_t)reps, sizeof *t);
+    if (!t) return once;
+    for (int64_t k = 0; k < reps; k++) {
+        if (before) before(arg);
+        double s = dsacp_now();
+        for (int64_t i = 0; i < inner; i++) fn(arg);
+        t[k] = (dsacp_now() - s) / (double)inner;
+    }
+    qsort(t, (size_t)reps, sizeof *t, cmp_double);
+    double best = t[0];
+    dsacp_free(t);
+    return best;
+}
+
+void bench_reference_settle(void)
+{
+    struct timespec ts = {0, 200 * 1000 * 1000};
+    nanosleep(&ts, NULL);
+}
+
+/* ---- one run ---- */
+
+static int check_options(const dsacp_bench_options *o, const bench_case *c)
+{
+    if (!o->config) return dsacp_error(DSACP_EINVAL, "bench options: config is NULL");
+    if (o->context < 1 || o->batch < 1 || o->threads < 1 || o->reps < 1)
+        return dsacp_error(DSACP_EINVAL, "bench options: context, batch, threads and reps must be >= 1");
+    if (o->block_size < 1 || (o->block_size & (o->block_size - 1)))
+        return dsacp_error(DSACP_EINVAL, "bench options: block_size %lld is not a power of two",
+                           (long long)o->block_size);
+    unsigned ceil = c->ceilings;
+    for (const bench_case *const *m = c->members; m && *m; m++) ceil |= (*m)->ceilings;
+    if ((ceil & (BENCH_CEIL_SGEMM_INDEX | BENCH_CEIL_SGEMM_MLA | BENCH_CEIL_REFERENCE)) && !o->reference_gemm)
+        return dsacp_error(DSACP_EINVAL, "bench case '%s': options reference_gemm is NULL", c->name);
+    return DSACP_OK;
+}
+
+/* One case: setup, run, teardown; the layer weights made at the first case that needs them. */
+static int run_case(bench_run *r, const bench_case *c, bench_layer_weights *lw, bool *have_lw)
+{
+    int rc = DSACP_OK;
+    if (c->layer_weights && !*have_lw) {
+        *have_lw = true;
+        rc = bench_layer_weights_make(r, lw);
+        r->lw = &lw->w;
+        if (rc) return rc;
+    }
+    void *state = NULL;
+    if (c->setup) rc = c->setup(r, &state);
+    if (!rc && c->run) rc = c->run(r, state);
+    if (c->teardown) c->teardown(state);
+    return rc;
+}
+
+int dsacp_bench_run(const char *name, const dsacp_bench_options *opt, dsacp_bench_report *out)
+{
+    const int i = dsacp_bench_case_find(name);
+    if (i < 0 || cases[i]->engine)
+        return dsacp_error(DSACP_EINVAL, "bench case '%s' unknown or run through an engine", name);
+    const bench_case *c = cases[i];
+    int rc = check_options(opt, c);
+    if (rc) return rc;
+    memset(out, 0, sizeof *out);
+    omp_set_num_threads((int)opt->threads);
+    bench_run r = {.opt = opt, .cfg = opt->config, .report = out};
+    const bench_case *one[] = {c, NULL};
+    const bench_case *const *list = c->members ? c->members : one;
+    unsigned ceil = 0;
+    for (const bench_case *const *m = list; *m; m++) ceil |= (*m)->ceilings;
+    rc = bench_measure_ceilings(&r, ceil);
+    bench_layer_weights lw;
+    bool have_lw = false;
+    for (const bench_case *const *m = list; *m && !rc; m++) rc = run_case(&r, *m, &lw, &have_lw);
+    if (have_lw) bench_layer_weights_free(&lw);
+    return rc;
+}

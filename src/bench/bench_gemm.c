@@ -1,0 +1,142 @@
+/*
+ * bench_gemm.c -- the "gemm" case: the batched linear (the blocked GEMM) on T tokens for T in
+ * {16, 256, 2048}, weights of q_a's shape (hidden x q_lora, the layer's first and most common
+ * GEMM shape) stored as f32, bf16 and fp8, each beside the reference product on the same f32
+ * problem. The four products are timed interleaved, one after another in every repetition, and
+ * each keeps its minimum: on a shared VM the machine's speed drifts by 30-40 % between seconds,
+ * which a ratio of separately timed runs would carry.
+ */
+#include "bench/bench.h"
+#include "core/core.h"
+
+#include <stdio.h>
+
+static const int64_t tokens[] = {16, 256, 2048};
+enum { NT = sizeof tokens / sizeof *tokens, TMAX = 2048, NW = 3 /* f32, bf16, fp8 */ };
+
+typedef struct gemm_state {
+    int64_t N, K;
+    bench_weight w[NW];
+    float *x, *y;
+} gemm_state;
+
+static int setup(bench_run *r, void **state)
+{
+    const dsacp_config *c = r->cfg;
+    gemm_state *s = dsacp_calloc(1, sizeof *s);
+    *state = s;
+    if (!s) return DSACP_ENOMEM;
+    s->N = c->q_lora_rank > 0 ? c->q_lora_rank : c->hidden_size, s->K = c->hidden_size;
+    const int64_t N = s->N, K = s->K;
+    int rc = bench_weight_make(&s->w[0], "gemm_f32", N, K, false, 201);
+    if (!rc) rc = bench_weight_make(&s->w[2], "gemm_fp8", N, K, true, 202);
+    if (rc) return rc;
+    uint16_t *b = dsacp_calloc((size_t)(N * K), sizeof *b);
+    if (!b) return dsacp_error(DSACP_ENOMEM, "out of memory for the bf16 weight");
+    const float *f = s->w[0].data;
+    for (int64_t i = 0; i < N * K; i++) b[i] = dsacp_f32_to_bf16(f[i]);
+    s->w[1].w = s->w[0].w;
+    s->w[1].data = b;
+    s->w[1].w.name = "gemm_bf16", s->w[1].w.dtype = DSACP_BF16, s->w[1].w.data = b;
+    s->x = dsacp_calloc((size_t)(TMAX * K), sizeof(float));
+    s->y = dsacp_calloc((size_t)(TMAX * N), sizeof(float));
+    if (!s->x || !s->y) return dsacp_error(DSACP_ENOMEM, "out of memory for the batched linear operands");
+    bench_fill(s->x, TMAX * K, 203, 1);
+    return DSACP_OK;
+}
+
+static void teardown(void *state)
+{
+    gemm_state *s = state;
+    if (!s) return;
+    for (int k = 0; k < NW; k++) bench_weight_free(&s->w[k]);
+    dsacp_free(s->x), dsacp_free(s->y);
+    dsacp_free(s);
+}
+
+/* One of the four products on T tokens: k = 0 the reference, 1..3 dsacp_linear on w[k - 1]. */
+typedef struct product {
+    const bench_run *r;
+    const gemm_state *s;
+    int64_t T;
+    int k;
+    int rc;
+} product;
+
+static void product_run(product *p)
+{
+    const gemm_state *s = p->s;
+    if (p->k == 0) {
+        p->r->opt->reference_gemm(p->T, s->N, s->K, s->x, s->K, s->w[0].data, s->K, true, s->y, s->N);
+        return;
+    }
+    const bool act_quant = p->r->opt->deployed && p->k == 3;
+    int rc = dsacp_linear(&s->w[p->k - 1].w, s->x, p->T, s->K, s->y, s->N, act_quant);
+    if (rc && !p->rc) p->rc = rc;
+}
+
+static double work(const bench_run *r, int64_t T)
+{
+    const dsacp_config *c = r->cfg;
+    const double N = (double)(c->q_lora_rank > 0 ? c->q_lora_rank : c->hidden_size);
+    return 2.0 * (double)T * N * (double)c->hidden_size;
+}
+
+/* The best time of each product on T tokens, interleaved over the repetitions. */
+static int time_interleaved(const bench_run *r, const gemm_state *s, int64_t T, double best[4])
+{
+    product p[4];
+    int64_t inner[4];
+    for (int k = 0; k < 4; k++) { /* warm-up; calls per timing of >= 20 ms */
+        p[k] = (product){r, s, T, k, 0};
+        const double t0 = dsacp_now();
+        product_run(&p[k]);
+        const double once = dsacp_now() - t0;
+        inner[k] = once >= 0.02 ? 1 : (int64_t)(0.02 / (once > 1e-7 ? once : 1e-7)) + 1;
+        best[k] = 1e30;
+    }
+    const int64_t reps = r->opt->reps < 5 ? 5 : r->opt->reps;
+    for (int64_t rep = 0; rep < reps; rep++)
+        for (int k = 0; k < 4; k++) {
+            if (k == 1) bench_reference_settle();
+            const double t0 = dsacp_now();
+            for (int64_t it = 0; it < inner[k]; it++) product_run(&p[k]);
+            const double t = (dsacp_now() - t0) / (double)inner[k];
+            if (t < best[k]) best[k] = t;
+        }
+    for (int k = 1; k < 4; k++)
+        if (p[k].rc) return p[k].rc;
+    return DSACP_OK;
+}
+
+static int run(bench_run *r, void *state)
+{
+    const gemm_state *s = state;
+    static const char *const tag[NW] = {"f32", "bf16", "fp8"};
+    for (int i = 0; i < NT; i++) {
+        const int64_t T = tokens[i];
+        const double flops = work(r, T);
+        double best[4];
+        const int rc = time_interleaved(r, s, T, best);
+        char name[64], cname[64];
+        snprintf(cname, sizeof cname, "sgemm_T%lld", (long long)T);
+        bench_result(r, cname, flops / best[0] * 1e-9, "GFLOP/s", NULL, 0, 0);
+        for (int k = 0; k < NW; k++) {
+            snprintf(name, sizeof name, "gemm_%s_T%lld", tag[k], (long long)T);
+            bench_rate(r, name, flops / best[k + 1] * 1e-9, "GFLOP/s", cname, flops / best[0] * 1e-9);
+        }
+        if (rc) return rc;
+    }
+    return DSACP_OK;
+}
+
+const bench_case bench_case_gemm = {
+    .name = "gemm",
+    .options = 1u << DSACP_BENCH_OPT_PRESET | 1u << DSACP_BENCH_OPT_NUMERICS | 1u << DSACP_BENCH_OPT_ISA,
+    .ceilings = BENCH_CEIL_FMA | BENCH_CEIL_REFERENCE,
+    .setup = setup,
+    .run = run,
+    .teardown = teardown,
+    .work = work,
+    .work_unit = "flop",
+};
