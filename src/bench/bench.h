@@ -129,12 +129,13 @@ typedef struct bench_layer_step {
     dsacp_rope rope;
     int64_t requests, tokens;
 } bench_layer_step;
-/* `requests` sequences of `length` reserved positions, `tokens` step tokens (positions and
- * sequence indices 0: the caller sets them) and their input rows x filled from `seed`.
- * bench_layer_step_free also after a failure. */
-int bench_layer_step_make(const bench_run *r, bench_layer_step *s, int64_t requests, int64_t length, int64_t tokens,
-                          uint64_t seed);
-void bench_layer_step_free(bench_layer_step *s);
+/* A case's state (*state) of `requests` sequences with `length` reserved positions each and a
+ * step of `tokens` tokens (positions and sequence indices 0: the caller sets them), their input
+ * rows x filled from `seed`. The case's teardown is bench_layer_step_teardown (also after a
+ * failure). */
+int bench_layer_step_new(const bench_run *r, void **state, int64_t requests, int64_t length, int64_t tokens,
+                         uint64_t seed);
+void bench_layer_step_teardown(void *state);
 /* One call of the layer on the step (the decode layer's and prefill's timed function). */
 typedef struct bench_layer_call {
     dsacp_dsa_ctx ctx;

@@ -40,20 +40,11 @@ static int fill_context(const bench_run *r, bench_layer_step *s, int64_t L)
 
 static int setup(bench_run *r, void **state)
 {
-    bench_layer_step *s = dsacp_calloc(1, sizeof *s);
-    *state = s;
-    if (!s) return DSACP_ENOMEM;
     const int64_t B = r->opt->batch, L = r->opt->context;
-    int rc = bench_layer_step_make(r, s, B, L, B, 41);
+    int rc = bench_layer_step_new(r, state, B, L, B, 41);
+    bench_layer_step *s = *state;
     for (int64_t q = 0; q < B && !rc; q++) s->pos[q] = L - 1, s->seq[q] = (int32_t)q;
     return rc ? rc : fill_context(r, s, L);
-}
-
-static void teardown(void *state)
-{
-    if (!state) return;
-    bench_layer_step_free(state);
-    dsacp_free(state);
 }
 
 static int run(bench_run *r, void *state)
@@ -87,5 +78,5 @@ const bench_case bench_case_layer = {
     .layer_weights = true,
     .setup = setup,
     .run = run,
-    .teardown = teardown,
+    .teardown = bench_layer_step_teardown,
 };

@@ -27,20 +27,11 @@ static double work(const bench_run *r, int64_t L)
 
 static int setup(bench_run *r, void **state)
 {
-    bench_layer_step *s = dsacp_calloc(1, sizeof *s);
-    *state = s;
-    if (!s) return DSACP_ENOMEM;
     const int64_t L = r->opt->context;
-    int rc = bench_layer_step_make(r, s, 1, L, L, 43);
+    int rc = bench_layer_step_new(r, state, 1, L, L, 43);
+    bench_layer_step *s = *state;
     for (int64_t i = 0; i < L && !rc; i++) s->pos[i] = i;
     return rc;
-}
-
-static void teardown(void *state)
-{
-    if (!state) return;
-    bench_layer_step_free(state);
-    dsacp_free(state);
 }
 
 static int run(bench_run *r, void *state)
@@ -70,7 +61,7 @@ const bench_case bench_case_prefill = {
     .layer_weights = true,
     .setup = setup,
     .run = run,
-    .teardown = teardown,
+    .teardown = bench_layer_step_teardown,
     .work = work,
     .work_unit = "flop",
 };

@@ -6,14 +6,14 @@
 #include "bench/bench.h"
 #include "core/core.h"
 
-#include <string.h>
-
-int bench_layer_step_make(const bench_run *r, bench_layer_step *s, int64_t requests, int64_t length, int64_t tokens,
-                          uint64_t seed)
+int bench_layer_step_new(const bench_run *r, void **state, int64_t requests, int64_t length, int64_t tokens,
+                         uint64_t seed)
 {
     const dsacp_config *c = r->cfg;
     const int64_t D = c->hidden_size, bs = r->opt->block_size;
-    memset(s, 0, sizeof *s);
+    bench_layer_step *s = dsacp_calloc(1, sizeof *s);
+    *state = s;
+    if (!s) return DSACP_ENOMEM;
     s->requests = requests, s->tokens = tokens;
     s->seqs = dsacp_calloc((size_t)requests, sizeof *s->seqs);
     s->seqp = dsacp_calloc((size_t)requests, sizeof *s->seqp);
@@ -35,13 +35,15 @@ int bench_layer_step_make(const bench_run *r, bench_layer_step *s, int64_t reque
     return rc;
 }
 
-void bench_layer_step_free(bench_layer_step *s)
+void bench_layer_step_teardown(void *state)
 {
+    bench_layer_step *s = state;
+    if (!s) return;
     for (int64_t q = 0; q < s->requests && s->cache && s->seqs; q++) dsacp_kv_release(s->cache, &s->seqs[q]);
     dsacp_kv_cache_free(s->cache);
     dsacp_free(s->seqs), dsacp_free(s->seqp), dsacp_free(s->pos), dsacp_free(s->seq);
     dsacp_free(s->x), dsacp_free(s->out);
-    memset(s, 0, sizeof *s);
+    dsacp_free(s);
 }
 
 void bench_layer_call_init(const bench_run *r, bench_layer_step *s, bench_layer_call *call)
