@@ -147,7 +147,10 @@ static void run_shape(dsacp_isa isa, int64_t N, int64_t K, int64_t T, int64_t bl
             if (k == 3 && blk % 64 == 0) {
                 /* The fold mode, directly (the AVX-512 VBMI machines' chains). */
                 int rc = -1;
-                CHECK(dsacp_linear_gemm(&ws[k], xq, T, K, yt, N, true, &rc) == 1 && rc == DSACP_OK);
+                const size_t gb = dsacp_linear_gemm_ws_bytes(&ws[k], T, true);
+                void *gws = dsacp_alloc(gb);
+                CHECK(dsacp_linear_gemm(&ws[k], xq, T, K, yt, N, true, &rc, gws, gb) == 1 && rc == DSACP_OK);
+                dsacp_free(gws);
                 for (int64_t t = 0; t < T; t++)
                     for (int64_t o = 0; o < N; o++) ym[t * N + o] = model_fold(&ws[k], xq + t * K, o);
                 const int64_t bf = mismatches(yt, ym, T * N);

@@ -1,6 +1,6 @@
-/* kv_cache.c -- block pool, block tables and the per-dtype row encoders of the paged caches. */
+/* kv_cache.c -- block pool, block tables and the per-dtype row encoders of the paged caches;
+ * the row decoders are the active kernel table's. */
 #include "cache/kv_cache.h"
-#include "kernels/kernels.h"
 #include "numerics/numerics.h"
 
 #include <math.h>
@@ -36,8 +36,8 @@ int dsacp_kv_cache_create_parts(const dsacp_config *cfg, int64_t num_layers, dsa
     c->di = cfg->index_head_dim;
     c->mla_dtype = mla_dtype;
     c->index_fp8 = index_fp8;
-    c->mla_bytes = dsacp_mla_cache_bytes_per_token(cfg, mla_dtype);
-    c->index_bytes = dsacp_index_cache_bytes_per_token(cfg, index_fp8 ? DSACP_KV_FP8 : DSACP_KV_F32);
+    c->mla_bytes = dsacp_mla_entry_bytes(c->dc, c->dr, mla_dtype);
+    c->index_bytes = dsacp_index_entry_bytes(c->di, index_fp8 ? DSACP_KV_FP8 : DSACP_KV_F32);
     c->mla = calloc((size_t)num_layers, sizeof *c->mla);
     c->index = calloc((size_t)num_layers, sizeof *c->index);
     c->free_list = malloc((size_t)num_blocks * sizeof *c->free_list);
@@ -138,92 +138,25 @@ void dsacp_kv_write_mla(dsacp_kv_cache *c, int64_t layer, int64_t slot, const fl
     }
 }
 
-#if defined(__x86_64__)
-#include <immintrin.h>
-#define KV_T512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq")))
-
-/* Whether the AVX-512 row decoders may run: the kernels' ISA choice (dsacp_isa_active, which
- * honours DSACP_ISA and dsacp_isa_set), never a probe of its own. */
-static bool kv_simd(void) { return dsacp_isa_active() == DSACP_ISA_AVX512; }
-
-/* n bf16 -> f32 (exact). */
-KV_T512 static void kv_bf16_row(const uint8_t *src, int64_t n, float *out)
-{
-    for (int64_t i = 0; i < n; i += 16) {
-        const __mmask16 m = n - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - i)) - 1);
-        __m512i v = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, src + 2 * i));
-        _mm512_mask_storeu_ps(out + i, m, _mm512_castsi512_ps(_mm512_slli_epi32(v, 16)));
-    }
-}
-
-/* dc e4m3 bytes times their group-of-128 scales: bit placement gives value * 2^-120 exactly, one
- * multiply by scale * 2^120 (exact while |scale| < 2^7) rounds once -- the same float as
- * dsacp_e4m3_to_f32(b) * scale. false (nothing written) when a scale is out of that range. */
-KV_T512 static bool kv_fp8_row(const uint8_t *e, const float *scales, int64_t dc, float *out)
-{
-    for (int64_t g = 0; g < dc / 128; g++)
-        if (!(fabsf(scales[g]) < 0x1p7f)) return false;
-    const __m512i em = _mm512_set1_epi32(0x07F00000);
-    for (int64_t i = 0; i < dc; i += 16) {
-        __m512i v = _mm512_slli_epi32(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(e + i))), 20);
-        const __mmask16 nan = _mm512_cmpeq_epi32_mask(_mm512_and_si512(v, em), em);
-        v = _mm512_and_si512(v, _mm512_set1_epi32((int)0x87F00000u));
-        v = _mm512_mask_mov_epi32(v, nan, _mm512_set1_epi32(0x7FC00000));
-        _mm512_storeu_ps(out + i, _mm512_mul_ps(_mm512_castsi512_ps(v), _mm512_set1_ps(scales[i / 128] * 0x1p120f)));
-    }
-    return true;
-}
-#endif
-
-dsacp_isa dsacp_kv_decode_isa(void)
-{
-#if defined(__x86_64__)
-    if (kv_simd()) return DSACP_ISA_AVX512;
-#endif
-    return DSACP_ISA_SCALAR;
-}
+dsacp_isa dsacp_kv_decode_isa(void) { return dsacp_kernels()->decode_isa; }
 
 void dsacp_kv_read_mla(const dsacp_kv_cache *c, int64_t layer, int64_t slot, float *out)
 {
     const uint8_t *e = c->mla[layer] + slot * c->mla_bytes;
     const int64_t dc = c->dc, dr = c->dr;
-#if defined(__x86_64__)
-    /* The SIMD decoders give the scalar code's floats bit for bit. */
-    if (c->mla_dtype == DSACP_KV_BF16 && kv_simd()) {
-        kv_bf16_row(e, dc + dr, out);
-        return;
-    }
-    if (c->mla_dtype == DSACP_KV_FP8 && kv_simd()) {
-        float scales[64];
-        memcpy(scales, e + dc, (size_t)(dc / 128) * 4);
-        if (kv_fp8_row(e, scales, dc, out)) {
-            kv_bf16_row(e + dc + (dc / 128) * 4, dr, out + dc);
-            return;
-        }
-    }
-#endif
+    const dsacp_kernel_table *k = dsacp_kernels();
     switch (c->mla_dtype) {
     case DSACP_KV_F32:
-        memcpy(out, e, (size_t)(dc + dr) * 4);
+        memcpy(out, e, (size_t)(dc + dr) * sizeof(float));
         break;
     case DSACP_KV_BF16:
-        for (int64_t i = 0; i < dc + dr; i++) {
-            uint16_t v;
-            memcpy(&v, e + 2 * i, 2);
-            out[i] = dsacp_bf16_to_f32(v);
-        }
+        k->bf16_row(e, dc + dr, out);
         break;
     case DSACP_KV_FP8: {
-        const float *lut = dsacp_e4m3_table();
         float scales[64];
-        memcpy(scales, e + dc, (size_t)(dc / 128) * 4);
-        for (int64_t i = 0; i < dc; i++) out[i] = lut[e[i]] * scales[i / 128];
-        const uint8_t *r = e + dc + (dc / 128) * 4;
-        for (int64_t i = 0; i < dr; i++) {
-            uint16_t v;
-            memcpy(&v, r + 2 * i, 2);
-            out[dc + i] = dsacp_bf16_to_f32(v);
-        }
+        memcpy(scales, e + dc, (size_t)(dc / 128) * sizeof(float));
+        k->e4m3_row(e, scales, 128, dc, out);
+        k->bf16_row(e + dc + (dc / 128) * (int64_t)sizeof(float), dr, out + dc);
         break;
     }
     }

@@ -1,8 +1,8 @@
 /*
  * cache -- the paged caches of one process (or one CP rank's shard): a pool of fixed-size blocks
  * of B tokens, per-layer storage for the MLA latent cache and the indexer key cache, and
- * per-sequence block tables. Calls core, numerics, the ISA choice of kernels and model (cache
- * bytes per token).
+ * per-sequence block tables. Calls core, numerics (entry formats and their sizes) and kernels
+ * (the active table's row decoders).
  *
  * Layouts (docs/dsa-math.md section 6), per layer, per block of B tokens:
  *   MLA latent, token-major, mla_bytes per token:
@@ -20,6 +20,9 @@
 
 #include "core/core.h"
 #include "kernels/kernels.h"
+/* Transitional (issue 21): src/attn/dsa_layer.h's users reach model.h through this header; it
+ * goes once dsa_layer.h includes model/model.h itself. The cache calls nothing in model. */
+#include "model/model.h"
 
 typedef struct dsacp_kv_cache {
     int64_t num_layers, num_blocks, block_size;
@@ -68,8 +71,9 @@ void dsacp_kv_write_mla(dsacp_kv_cache *c, int64_t layer, int64_t slot, const fl
                         const float *k_pe);
 /* Reads one token's latent row back as F32 [dc + dr] = [c | k_pe] (dequantized). */
 void dsacp_kv_read_mla(const dsacp_kv_cache *c, int64_t layer, int64_t slot, float *out);
-/* The ISA of the row decoders dsacp_kv_read_mla runs now: DSACP_ISA_AVX512 when the kernels'
- * active ISA (dsacp_isa_active) is AVX-512, else DSACP_ISA_SCALAR. Both give the same floats. */
+/* The ISA of the row decoders dsacp_kv_read_mla runs now (the active kernel table's decode_isa):
+ * DSACP_ISA_AVX512 when the kernels' active ISA is AVX-512, else DSACP_ISA_SCALAR. Both give
+ * the same floats. */
 dsacp_isa dsacp_kv_decode_isa(void);
 /* Raw bytes of a slot's latent entry (mla_bytes). */
 const uint8_t *dsacp_kv_mla_entry(const dsacp_kv_cache *c, int64_t layer, int64_t slot);

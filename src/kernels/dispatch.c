@@ -1,10 +1,10 @@
 /*
- * dispatch.c -- runtime choice of the kernels' instruction set (kernels.h, "ISA dispatch").
- * The choice is made once, lazily, from cpuid and DSACP_ISA; dsacp_isa_set overrides it.
+ * dispatch.c -- the top of src/kernels: the one pointer to the active kernel table (kernels.h,
+ * "ISA dispatch"), chosen once, at the first call, from cpuid and DSACP_ISA (dsacp_isa_set
+ * switches it), and the public kernels, each a call through that table. Calls the ISA files'
+ * tables and the scalar pieces of kernels.c; nothing in src/kernels calls it.
  */
 #include "kernels/kernels_isa.h"
-
-#include <omp.h>
 
 #include <stdint.h>
 #if defined(__x86_64__) || defined(__i386__)
@@ -13,11 +13,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-static int isa_state = -1; /* -1: not chosen yet */
+static const dsacp_kernel_table *active; /* NULL: not chosen yet */
 
 dsacp_isa dsacp_isa_best(void)
 {
-#if defined(__x86_64__) || defined(__i386__)
+#if defined(__x86_64__)
     __builtin_cpu_init();
     if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("fma"))
@@ -29,10 +29,22 @@ dsacp_isa dsacp_isa_best(void)
     return DSACP_ISA_SCALAR;
 }
 
-dsacp_isa dsacp_isa_active(void)
+/* The table of an ISA this CPU runs (AVX-512 with VBMI gets the table decode's variant). */
+static const dsacp_kernel_table *table_of(dsacp_isa isa)
 {
-    int s = __atomic_load_n(&isa_state, __ATOMIC_ACQUIRE);
-    if (s >= 0) return (dsacp_isa)s;
+#if defined(__x86_64__)
+    if (isa == DSACP_ISA_AVX512) {
+        __builtin_cpu_init();
+        return __builtin_cpu_supports("avx512vbmi") ? &dsacp_kernels_avx512_vbmi : &dsacp_kernels_avx512;
+    }
+    if (isa == DSACP_ISA_AVX2) return &dsacp_kernels_avx2;
+#endif
+    return &dsacp_kernels_scalar;
+}
+
+/* The start-up choice: the best ISA, lowered to DSACP_ISA's when that names a lower one. */
+static const dsacp_kernel_table *choose(void)
+{
     dsacp_isa best = dsacp_isa_best(), want = best;
     const char *env = getenv("DSACP_ISA");
     if (env && *env) {
@@ -40,10 +52,19 @@ dsacp_isa dsacp_isa_active(void)
         else if (!strcmp(env, "avx2")) want = DSACP_ISA_AVX2;
         else if (!strcmp(env, "avx512")) want = DSACP_ISA_AVX512;
     }
-    if (want > best) want = best;
-    __atomic_store_n(&isa_state, (int)want, __ATOMIC_RELEASE);
-    return want;
+    return table_of(want > best ? best : want);
 }
+
+const dsacp_kernel_table *dsacp_kernels(void)
+{
+    const dsacp_kernel_table *t = __atomic_load_n(&active, __ATOMIC_ACQUIRE);
+    if (t) return t;
+    t = choose(); /* racing first calls choose the same table */
+    __atomic_store_n(&active, t, __ATOMIC_RELEASE);
+    return t;
+}
+
+dsacp_isa dsacp_isa_active(void) { return dsacp_kernels()->isa; }
 
 int dsacp_isa_set(dsacp_isa isa)
 {
@@ -51,7 +72,7 @@ int dsacp_isa_set(dsacp_isa isa)
         return dsacp_error(DSACP_EINVAL, "unknown ISA %d", (int)isa);
     if (isa > dsacp_isa_best())
         return dsacp_error(DSACP_EUNSUPPORTED, "this CPU does not support %s", dsacp_isa_name(isa));
-    __atomic_store_n(&isa_state, (int)isa, __ATOMIC_RELEASE);
+    __atomic_store_n(&active, table_of(isa), __ATOMIC_RELEASE);
     return DSACP_OK;
 }
 
@@ -65,21 +86,77 @@ const char *dsacp_isa_name(dsacp_isa isa)
     return "unknown";
 }
 
+/* ---- linear ---- */
+
+size_t dsacp_linear_ws_bytes(const dsacp_weight *w, int64_t T, bool act_quant)
+{
+    /* Enough for every table this CPU runs, so that a dsacp_isa_set after sizing stays safe. */
+    size_t most = 0;
+    for (int i = DSACP_ISA_SCALAR; i <= (int)dsacp_isa_best(); i++) {
+        const size_t b = table_of((dsacp_isa)i)->linear_ws_bytes(w, T, act_quant);
+        if (b > most) most = b;
+    }
+    return most;
+}
+
+int dsacp_linear_ws(const dsacp_weight *w, const float *x, int64_t T, int64_t ldx, float *y, int64_t ldy,
+                    bool act_quant, void *ws, size_t ws_bytes)
+{
+    return dsacp_kernels()->linear(w, x, T, ldx, y, ldy, act_quant, ws, ws_bytes);
+}
+
+/* A linear of table t with its workspace allocated for this call. */
+static int linear_alloc(const dsacp_kernel_table *t, const dsacp_weight *w, const float *x, int64_t T, int64_t ldx,
+                        float *y, int64_t ldy, bool act_quant)
+{
+    const size_t bytes = t->linear_ws_bytes(w, T, act_quant);
+    void *ws = bytes ? dsacp_alloc(bytes) : NULL;
+    if (bytes && !ws)
+        return dsacp_error(DSACP_ENOMEM, "linear %s: out of memory for a %zu-byte workspace", w->name ? w->name : "",
+                           bytes);
+    const int rc = t->linear(w, x, T, ldx, y, ldy, act_quant, ws, bytes);
+    dsacp_free(ws);
+    return rc;
+}
+
 int dsacp_linear(const dsacp_weight *w, const float *x, int64_t T, int64_t ldx, float *y, int64_t ldy,
                  bool act_quant)
 {
-    switch (dsacp_isa_active()) {
-    case DSACP_ISA_AVX512: return dsacp_linear_avx512(w, x, T, ldx, y, ldy, act_quant);
-    case DSACP_ISA_AVX2: return dsacp_linear_avx2(w, x, T, ldx, y, ldy, act_quant);
-    default: return dsacp_linear_scalar(w, x, T, ldx, y, ldy, act_quant);
-    }
+    return linear_alloc(dsacp_kernels(), w, x, T, ldx, y, ldy, act_quant);
 }
+
+int dsacp_linear_scalar(const dsacp_weight *w, const float *x, int64_t T, int64_t ldx, float *y, int64_t ldy,
+                        bool act_quant)
+{
+    return linear_alloc(&dsacp_kernels_scalar, w, x, T, ldx, y, ldy, act_quant);
+}
+
+/* ---- small kernels ---- */
+
+void dsacp_rmsnorm(float *y, const float *x, const float *weight, int64_t n, double eps)
+{
+    dsacp_kernels()->rmsnorm(y, x, weight, n, eps);
+}
+
+void dsacp_gemv_t(const float *A, int64_t lda, const float *x, int64_t m, int64_t n, float *y)
+{
+    dsacp_kernels()->gemv_t(A, lda, x, m, n, y);
+}
+
+void dsacp_lse_merge(const float *o_parts, const float *lse_parts, int64_t R, int64_t H, int64_t d, float *o,
+                     float *lse)
+{
+    dsacp_lse_merge_axpy(o_parts, lse_parts, R, H, d, o, lse, dsacp_kernels()->axpy);
+}
+
+/* ---- indexer ---- */
 
 int dsacp_index_scores_ws(const float *q, const float *w, int64_t Hi, int64_t di, const void *keys,
                           const float *kscales, int64_t n, float *out, void *work)
 {
-    if (dsacp_isa_active() == DSACP_ISA_SCALAR) {
-        dsacp_index_scores_scalar(q, w, Hi, di, keys, kscales, n, out);
+    const dsacp_kernel_table *t = dsacp_kernels();
+    if (!t->index_transposed) {
+        t->index_scores(q, w, Hi, di, keys, kscales, n, out);
         return DSACP_OK;
     }
     if (!work || ((uintptr_t)work & 63))
@@ -92,7 +169,7 @@ int dsacp_index_scores_ws(const float *q, const float *w, int64_t Hi, int64_t di
 int dsacp_index_scores(const float *q, const float *w, int64_t Hi, int64_t di, const void *keys,
                        const float *kscales, int64_t n, float *out)
 {
-    if (dsacp_isa_active() == DSACP_ISA_SCALAR) return dsacp_index_scores_ws(q, w, Hi, di, keys, kscales, n, out, NULL);
+    if (!dsacp_kernels()->index_transposed) return dsacp_index_scores_ws(q, w, Hi, di, keys, kscales, n, out, NULL);
     /* Never a different kernel for want of memory: the packed query fits the stack for the real
      * shapes; otherwise it is allocated, and without memory the call fails. */
     size_t bytes = dsacp_index_query_bytes(Hi, di);
@@ -104,9 +181,9 @@ int dsacp_index_scores(const float *q, const float *w, int64_t Hi, int64_t di, c
     return rc;
 }
 
-/* Packed query: a 64-byte header, then the ISA's layout of q and w. */
+/* Packed query: a 64-byte header naming the table that packed it, then its layout of q and w. */
 typedef struct packed_head {
-    int32_t isa;
+    const dsacp_kernel_table *t;
     int64_t Hi, di, Hp;
 } packed_head;
 enum { PACKED_HEAD = 64 };
@@ -122,12 +199,12 @@ size_t dsacp_index_query_bytes(int64_t Hi, int64_t di)
 void dsacp_index_query_pack(const float *q, const float *w, int64_t Hi, int64_t di, void *packed)
 {
     packed_head *ph = packed;
-    ph->isa = (int32_t)dsacp_isa_active();
+    ph->t = dsacp_kernels();
     ph->Hi = Hi;
     ph->di = di;
     ph->Hp = round16(Hi);
     float *body = (float *)((unsigned char *)packed + PACKED_HEAD);
-    if (ph->isa != DSACP_ISA_SCALAR) {
+    if (ph->t->index_transposed) {
         /* q transposed to [di][Hp] (zero padded), w padded to Hp: the SIMD variants run across heads. */
         const int64_t Hp = ph->Hp;
         float *qt = body, *wp = body + di * Hp;
@@ -146,26 +223,8 @@ void dsacp_index_scores_packed(const void *packed, const void *keys, const float
 {
     const packed_head *ph = packed;
     const float *body = (const float *)((const unsigned char *)packed + PACKED_HEAD);
-    if (ph->isa == DSACP_ISA_AVX512)
-        dsacp_index_scores_packed_avx512(body, body + ph->di * ph->Hp, ph->Hp, ph->di, keys, kscales, n, out);
-    else if (ph->isa == DSACP_ISA_AVX2)
-        dsacp_index_scores_packed_avx2(body, body + ph->di * ph->Hp, ph->Hp, ph->di, keys, kscales, n, out);
-    else
-        dsacp_index_scores_scalar(body, body + ph->Hi * ph->di, ph->Hi, ph->di, keys, kscales, n, out);
-}
-
-void dsacp_gemv_t(const float *A, int64_t lda, const float *x, int64_t m, int64_t n, float *y)
-{
-    switch (dsacp_isa_active()) {
-    case DSACP_ISA_AVX512: dsacp_gemv_t_avx512(A, lda, x, m, n, y); return;
-    case DSACP_ISA_AVX2: dsacp_gemv_t_avx2(A, lda, x, m, n, y); return;
-    default: break;
-    }
-    for (int64_t j = 0; j < n; j++) y[j] = 0;
-    for (int64_t i = 0; i < m; i++) {
-        const float a = x[i], *row = A + i * lda;
-        for (int64_t j = 0; j < n; j++) y[j] += a * row[j];
-    }
+    const int64_t H = ph->t->index_transposed ? ph->Hp : ph->Hi;
+    ph->t->index_scores(body, body + ph->di * H, H, ph->di, keys, kscales, n, out);
 }
 
 static size_t multi_stride(int64_t Hi, int64_t di) { return (dsacp_index_query_bytes(Hi, di) + 63) / 64 * 64; }
@@ -210,76 +269,44 @@ int dsacp_index_scores_multi(const float *q, const float *w, int64_t Tq, int64_t
     return rc;
 }
 
-void dsacp_sparse_mla(const float *q, const float *kv, int64_t n, int64_t H, int64_t dc, int64_t dr,
-                      float scale, float *o, float *lse, float *work)
-{
-    switch (dsacp_isa_active()) {
-    case DSACP_ISA_AVX512: dsacp_sparse_mla_avx512(q, kv, n, H, dc, dr, scale, o, lse, work); break;
-    case DSACP_ISA_AVX2: dsacp_sparse_mla_avx2(q, kv, n, H, dc, dr, scale, o, lse, work); break;
-    default: dsacp_sparse_mla_scalar(q, kv, n, H, dc, dr, scale, o, lse, work); break;
-    }
-}
+/* ---- sparse MLA ---- */
 
 size_t dsacp_sparse_mla_work_bytes(int64_t n, int64_t H, int64_t dc, int64_t dr)
 {
-    size_t b = (size_t)(n > 0 ? n : 1) * sizeof(float);
-    size_t b512 = dsacp_sparse_mla_avx512_bytes(H, dc, dr), b2 = dsacp_sparse_mla_avx2_bytes(H, dc, dr);
-    if (b512 > b) b = b512;
-    if (b2 > b) b = b2;
-    return b + 64; /* room to align */
+    /* Enough for every table this CPU runs, plus room to align. */
+    size_t most = 0;
+    for (int i = DSACP_ISA_SCALAR; i <= (int)dsacp_isa_best(); i++) {
+        const size_t b = table_of((dsacp_isa)i)->mla_bytes(n, H, dc, dr);
+        if (b > most) most = b;
+    }
+    return most + DSACP_WS_ALIGN;
 }
 
 int dsacp_sparse_mla_ws(const float *q, const float *kv, int64_t n, int64_t H, int64_t dc, int64_t dr, float scale,
                         float *o, float *lse, void *work, size_t work_bytes)
 {
-    if (!work || work_bytes < dsacp_sparse_mla_work_bytes(n, H, dc, dr))
-        return dsacp_error(DSACP_EINVAL, "sparse MLA: workspace of %zu bytes, %zu needed", work_bytes,
-                           dsacp_sparse_mla_work_bytes(n, H, dc, dr));
-    float *buf = (float *)(((uintptr_t)work + 63) & ~(uintptr_t)63);
-    switch (dsacp_isa_active()) {
-    case DSACP_ISA_AVX512: dsacp_sparse_mla_avx512_buf(q, kv, n, H, dc, dr, scale, o, lse, buf); break;
-    case DSACP_ISA_AVX2: dsacp_sparse_mla_avx2_buf(q, kv, n, H, dc, dr, scale, o, lse, buf); break;
-    default: dsacp_sparse_mla_scalar(q, kv, n, H, dc, dr, scale, o, lse, buf); break;
-    }
+    const size_t need = dsacp_sparse_mla_work_bytes(n, H, dc, dr);
+    if (!work || work_bytes < need)
+        return dsacp_error(DSACP_EINVAL, "sparse MLA: workspace of %zu bytes, %zu needed", work_bytes, need);
+    dsacp_ws s = dsacp_ws_open(work, work_bytes);
+    dsacp_kernels()->sparse_mla(q, kv, n, H, dc, dr, scale, o, lse, (float *)s.p);
     return DSACP_OK;
 }
 
-int dsacp_linear_drive(const dsacp_weight *w, const float *x, int64_t T, int64_t ldx, float *y, int64_t ldy,
-                       bool act_quant, const dsacp_linear_rows_fn rows_by_dtype[4], dsacp_linear_fast_fn fast)
+int dsacp_sparse_mla(const float *q, const float *kv, int64_t n, int64_t H, int64_t dc, int64_t dr, float scale,
+                     float *o, float *lse, float *work)
 {
-    dsacp_linear_rows_fn rows;
-    switch (w->dtype) {
-    case DSACP_F32: rows = rows_by_dtype[0]; break;
-    case DSACP_BF16: rows = rows_by_dtype[1]; break;
-    case DSACP_F16: rows = rows_by_dtype[2]; break;
-    case DSACP_F8_E4M3: rows = rows_by_dtype[3]; break;
-    default: return dsacp_linear_scalar(w, x, T, ldx, y, ldy, act_quant);
+    const dsacp_kernel_table *t = dsacp_kernels();
+    /* The caller's F32 [n] is the scalar twin's scratch (any alignment); no table reads its
+     * scratch when n == 0. */
+    if (t->isa == DSACP_ISA_SCALAR || n == 0) {
+        t->sparse_mla(q, kv, n, H, dc, dr, scale, o, lse, work);
+        return DSACP_OK;
     }
-    const int64_t K = w->cols, N = w->rows;
-    /* The in-register decode needs 16-aligned blocks and 2^120 * scale finite. */
-    if (w->dtype == DSACP_F8_E4M3 && !dsacp_linear_f8_ok(w)) return dsacp_linear_scalar(w, x, T, ldx, y, ldy, act_quant);
-    if (T <= 0 || N <= 0) return DSACP_OK;
-    const float *xin = x;
-    int64_t ldxin = ldx;
-    float *xq = NULL;
-    if (act_quant && w->dtype == DSACP_F8_E4M3 && K % 128 == 0) {
-        xq = dsacp_linear_act_quant(x, T, ldx, K, &ldxin);
-        if (!xq) return dsacp_error(DSACP_ENOMEM, "linear %s: out of memory", w->name ? w->name : "");
-        xin = xq;
-    }
-    int rc = DSACP_OK;
-    if ((fast && fast(w, xin, T, ldxin, y, ldy, &rc)) ||
-        (T >= DSACP_GEMM_MIN_T && dsacp_linear_gemm(w, xin, T, ldxin, y, ldy, false, &rc))) {
-        dsacp_free(xq);
-        return rc;
-    }
-    const int64_t nb = (N + DSACP_LINEAR_BLOCK - 1) / DSACP_LINEAR_BLOCK;
-    const bool par = !omp_in_parallel() && (double)N * (double)K * (double)T >= 65536 && nb > 1;
-#pragma omp parallel for schedule(static) if (par)
-    for (int64_t b = 0; b < nb; b++) {
-        int64_t o0 = b * DSACP_LINEAR_BLOCK, o1 = o0 + DSACP_LINEAR_BLOCK < N ? o0 + DSACP_LINEAR_BLOCK : N;
-        rows(w, o0, o1, xin, ldxin, T, y, ldy);
-    }
-    dsacp_free(xq);
+    const size_t bytes = t->mla_bytes(n, H, dc, dr);
+    float *buf = dsacp_alloc(bytes);
+    if (!buf) return dsacp_error(DSACP_ENOMEM, "sparse MLA: out of memory for a %zu-byte workspace", bytes);
+    t->sparse_mla(q, kv, n, H, dc, dr, scale, o, lse, buf);
+    dsacp_free(buf);
     return DSACP_OK;
 }

@@ -55,7 +55,7 @@
 #ifndef GCFG
 #define GCFG NC = 48, MC = 32, KC = 512
 #endif
-enum { NR = 24, MU = 4, GCFG };
+enum { NR = 24, MU = 4, GCFG, GEMM_TS = 1024 };
 
 typedef struct gemm_job {
     const dsacp_weight *w;
@@ -395,40 +395,63 @@ T256 static void gemm_task(const gemm_job *j, int64_t n0, int64_t nr, int64_t t0
         }
 }
 
-int dsacp_linear_gemm(const dsacp_weight *w, const float *x, int64_t T, int64_t ldx, float *y, int64_t ldy, bool fold,
-                      int *rc)
+/* The job's shape for this weight (0 when it does not suit the fold mode) and its room: per
+ * thread `per` floats, the packed tokens `xfloats`. */
+static int gemm_setup(const dsacp_weight *w, int64_t T, bool fold, gemm_job *j, int64_t *nkb, size_t *per,
+                      size_t *xfloats)
 {
-    const int64_t K = w->cols, N = w->rows;
-    gemm_job j = {.w = w, .x = x, .T = T, .ldx = ldx, .ldy = ldy, .K = K, .N = N, .y = y, .fold = fold, .dt = w->dtype};
-    int64_t nkb = 0;
+    const int64_t K = w->cols;
+    *nkb = 0;
     if (fold) {
         if (w->dtype != DSACP_F8_E4M3 || w->block <= 0 || w->block % 64 || w->block > 4096) return 0;
-        j.kc = w->block * (KC / w->block > 1 ? KC / w->block : 1);
-        j.Kp = (K + 63) / 64 * 64;
-        nkb = (j.Kp + w->block - 1) / w->block;
+        j->kc = w->block * (KC / w->block > 1 ? KC / w->block : 1);
+        j->Kp = (K + 63) / 64 * 64;
+        *nkb = (j->Kp + w->block - 1) / w->block;
     } else {
-        j.kc = KC;
-        j.Kp = (K + 15) / 16 * 16;
+        j->kc = KC;
+        j->Kp = (K + 15) / 16 * 16;
     }
     /* Tokens go in super-blocks of TS: their packed copy (TS x Kp floats, shared by the threads)
      * bounds the extra memory whatever T is; the weights are packed once per row block and
      * super-block, a cost of 1/TS of the product. */
-    const int64_t nb = (N + NC - 1) / NC, TS = 1024;
-    const int nth = omp_in_parallel() ? 1 : omp_get_max_threads();
-    const size_t per = room_floats(j.Kp, nkb);
-    size_t total, xbytes;
-    if (!dsacp_mul_ok(per * sizeof(float), (size_t)nth, &total) ||
-        !dsacp_mul_ok((size_t)(T < TS ? (T + MC - 1) / MC * MC : TS) * sizeof(float), (size_t)j.Kp, &xbytes) ||
-        total + xbytes < total) {
-        *rc = dsacp_error(DSACP_ENOMEM, "linear %s: packing room overflows", w->name ? w->name : "");
+    *per = room_floats(j->Kp, *nkb);
+    *xfloats = dsacp_ws_mul((size_t)(T < GEMM_TS ? (T + MC - 1) / MC * MC : GEMM_TS), (size_t)j->Kp);
+    return 1;
+}
+
+static int gemm_threads(void) { return omp_in_parallel() ? 1 : omp_get_max_threads(); }
+
+size_t dsacp_linear_gemm_ws_bytes(const dsacp_weight *w, int64_t T, bool fold)
+{
+    gemm_job j;
+    int64_t nkb;
+    size_t per, xf;
+    if (!gemm_setup(w, T, fold, &j, &nkb, &per, &xf)) return 0;
+    const size_t floats = dsacp_ws_add(dsacp_ws_mul(per, (size_t)gemm_threads()), xf);
+    return dsacp_ws_add(dsacp_ws_mul(floats, sizeof(float)), DSACP_WS_ALIGN);
+}
+
+int dsacp_linear_gemm(const dsacp_weight *w, const float *x, int64_t T, int64_t ldx, float *y, int64_t ldy, bool fold,
+                      int *rc, void *ws, size_t ws_bytes)
+{
+    const int64_t K = w->cols, N = w->rows;
+    gemm_job j = {.w = w, .x = x, .T = T, .ldx = ldx, .ldy = ldy, .K = K, .N = N, .y = y, .fold = fold, .dt = w->dtype};
+    int64_t nkb;
+    size_t per, xf;
+    if (!gemm_setup(w, T, fold, &j, &nkb, &per, &xf)) return 0;
+    const int64_t nb = (N + NC - 1) / NC, TS = GEMM_TS;
+    /* As many threads as the workspace has room for (the bits do not depend on it). */
+    dsacp_ws s = dsacp_ws_open(ws, ws_bytes);
+    const size_t avail = s.left / sizeof(float);
+    const size_t fit = avail > xf ? (avail - xf) / per : 0;
+    if (fit < 1) {
+        *rc = dsacp_error(DSACP_EINVAL, "linear %s: workspace of %zu bytes, %zu needed", w->name ? w->name : "",
+                          ws_bytes, dsacp_linear_gemm_ws_bytes(w, T, fold));
         return 1;
     }
-    float *bufs = dsacp_alloc(total + xbytes);
-    if (!bufs) {
-        *rc = dsacp_error(DSACP_ENOMEM, "linear %s: out of memory for %zu bytes of packing room", w->name ? w->name : "",
-                          total + xbytes);
-        return 1;
-    }
+    const int nth = (size_t)gemm_threads() < fit ? gemm_threads() : (int)fit;
+    float *bufs = (float *)s.p;
+    const size_t total = per * (size_t)nth * sizeof(float);
     float *xall = bufs + total / sizeof(float);
     for (int64_t tb = 0; tb < T; tb += TS) {
         const int64_t ts = T - tb < TS ? T - tb : TS, mb = (ts + MC - 1) / MC, tasks = nb * mb;
@@ -459,17 +482,16 @@ int dsacp_linear_gemm(const dsacp_weight *w, const float *x, int64_t T, int64_t 
             }
         }
     }
-    dsacp_free(bufs);
     *rc = DSACP_OK;
     return 1;
 }
 
 #else
 
+size_t dsacp_linear_gemm_ws_bytes(const dsacp_weight *w, int64_t T, bool fold) { return 0; }
 int dsacp_linear_gemm(const dsacp_weight *w, const float *x, int64_t T, int64_t ldx, float *y, int64_t ldy, bool fold,
-                      int *rc)
+                      int *rc, void *ws, size_t ws_bytes)
 {
-    (void)w, (void)x, (void)T, (void)ldx, (void)y, (void)ldy, (void)fold, (void)rc;
     return 0;
 }
 

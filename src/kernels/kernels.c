@@ -1,105 +1,15 @@
 /*
- * kernels.c -- scalar reference kernels. They are the definition the SIMD variants are tested
- * against; every loop keeps a reduction order that depends only on its own row (see kernels.h).
+ * kernels.c -- the scalar ISA file: the reference kernels (the definition the SIMD variants are
+ * tested against) and the scalar kernel table. Every loop keeps a reduction order that depends
+ * only on its own row (see kernels.h). Calls kernels_linear.c (dsacp_dot_f32, the scalar
+ * linear), numerics and core.
  */
 #include "kernels/kernels_isa.h"
 #include "numerics/numerics.h"
 
 #include <math.h>
-#include <omp.h>
 #include <stdlib.h>
 #include <string.h>
-
-float dsacp_dot_f32(const float *a, const float *b, int64_t n)
-{
-    float acc[16] = {0};
-    int64_t i = 0;
-    for (; i + 16 <= n; i += 16)
-        for (int l = 0; l < 16; l++) acc[l] += a[i + l] * b[i + l];
-    for (int l = 0; i < n; i++, l++) acc[l] += a[i] * b[i];
-    /* Fixed pairwise tree over the lanes. */
-    for (int w = 8; w >= 1; w /= 2)
-        for (int l = 0; l < w; l++) acc[l] += acc[l + w];
-    return acc[0];
-}
-
-enum { LINEAR_ROWS = 16 };
-
-bool dsacp_linear_f8_ok(const dsacp_weight *w)
-{
-    if (!(w->block > 0 && w->block % 16 == 0)) return false;
-    for (int64_t i = 0; i < w->scale_rows; i++)
-        for (int64_t j = 0; j < w->scale_cols; j++)
-            if (!(fabsf(w->scale[i * w->scale_stride + j]) < 0x1p7f)) return false;
-    return true;
-}
-
-float *dsacp_linear_act_quant(const float *x, int64_t T, int64_t ldx, int64_t K, int64_t *ldout)
-{
-    float *xq = dsacp_alloc((size_t)(T * K) * sizeof(float));
-    if (!xq) return NULL;
-    /* Rows are independent: split them over the threads when the call is large enough. */
-#pragma omp parallel for schedule(static) if (T * K >= (1 << 17) && !omp_in_parallel())
-    for (int64_t t = 0; t < T; t++) {
-        memcpy(xq + t * K, x + t * ldx, (size_t)K * sizeof(float));
-#if defined(__x86_64__)
-        if (dsacp_isa_active() >= DSACP_ISA_AVX2) {
-            dsacp_fake_quant_e4m3_128_avx2(xq + t * K, K);
-            continue;
-        }
-#endif
-        dsacp_fake_quant_e4m3_groups(xq + t * K, K, 128);
-    }
-    *ldout = K;
-    return xq;
-}
-
-int dsacp_linear_scalar(const dsacp_weight *w, const float *x, int64_t T, int64_t ldx, float *y, int64_t ldy,
-                        bool act_quant)
-{
-    const int64_t K = w->cols, N = w->rows;
-    const float *xin = x;
-    int64_t ldxin = ldx;
-    float *xq = NULL;
-    if (act_quant && w->dtype == DSACP_F8_E4M3 && K % 128 == 0) {
-        xq = dsacp_linear_act_quant(x, T, ldx, K, &ldxin);
-        if (!xq) return DSACP_ENOMEM;
-        xin = xq;
-    }
-    int64_t nblocks = (N + LINEAR_ROWS - 1) / LINEAR_ROWS;
-    int rc = DSACP_OK;
-    /* A thread without its decode buffer computes nothing and the call fails: every thread still
-     * reaches the worksharing loop (skipping it on one thread only would be undefined). */
-#pragma omp parallel
-    {
-        float *wrows = NULL;
-        if (w->dtype != DSACP_F32) wrows = malloc((size_t)(LINEAR_ROWS * K) * sizeof(float));
-        const bool ok = w->dtype == DSACP_F32 || wrows;
-        if (!ok) {
-#pragma omp atomic write
-            rc = DSACP_ENOMEM;
-        }
-#pragma omp for schedule(dynamic, 1)
-        for (int64_t b = 0; b < nblocks; b++) {
-            if (!ok) continue;
-            int64_t o0 = b * LINEAR_ROWS, o1 = o0 + LINEAR_ROWS < N ? o0 + LINEAR_ROWS : N;
-            const float *W;
-            if (w->dtype == DSACP_F32) {
-                W = (const float *)w->data + o0 * K;
-            } else {
-                for (int64_t o = o0; o < o1; o++) dsacp_weight_row_f32(w, o, wrows + (o - o0) * K);
-                W = wrows;
-            }
-            for (int64_t t = 0; t < T; t++)
-                for (int64_t o = o0; o < o1; o++)
-                    y[t * ldy + o] = dsacp_dot_f32(W + (o - o0) * K, xin + t * ldxin, K);
-        }
-        free(wrows);
-    }
-    dsacp_free(xq);
-    if (rc) return dsacp_error(rc, "linear %s: out of memory", w->name ? w->name : "");
-    return DSACP_OK;
-}
 
 void dsacp_rmsnorm_scalar(float *y, const float *x, const float *weight, int64_t n, double eps)
 {
@@ -123,7 +33,7 @@ void dsacp_layernorm(float *y, const float *x, const float *weight, const float 
 
 /* ---- top-k ---- */
 
-static int cmp_i32(const void *a, const void *b)
+int dsacp_cmp_i32(const void *a, const void *b)
 {
     int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
     return (x > y) - (x < y);
@@ -180,7 +90,7 @@ static int64_t topk_scan(const float *scores, int64_t n, int64_t k, int32_t *out
             }
         }
     }
-    qsort(out, (size_t)m, sizeof *out, cmp_i32);
+    qsort(out, (size_t)m, sizeof *out, dsacp_cmp_i32);
     return m;
 }
 
@@ -197,7 +107,7 @@ int64_t dsacp_topk_select_ref_ws(const float *scores, int64_t n, int64_t k, int3
     }
     if (k < n) select_largest(keys, n, k);
     for (int64_t i = 0; i < k; i++) out[i] = (int32_t)~(uint32_t)(keys[i] & 0xffffffffu);
-    qsort(out, (size_t)k, sizeof *out, cmp_i32);
+    qsort(out, (size_t)k, sizeof *out, dsacp_cmp_i32);
     return k;
 }
 
@@ -206,9 +116,9 @@ int64_t dsacp_topk_select_ref(const float *scores, int64_t n, int64_t k, int32_t
     if (k > n) k = n;
     if (k <= 0) return 0;
     /* Without memory for the keys, the same selection by the O(nk) scan. */
-    uint64_t *keys = malloc((size_t)n * sizeof *keys);
+    uint64_t *keys = dsacp_alloc((size_t)n * sizeof *keys);
     int64_t m = dsacp_topk_select_ref_ws(scores, n, k, out, keys);
-    free(keys);
+    dsacp_free(keys);
     return m;
 }
 
@@ -256,19 +166,13 @@ static uint32_t radix_kth(const uint32_t *keys, const int32_t *cand, int64_t nc,
     return prefix;
 }
 
-int64_t dsacp_topk_select(const float *scores, int64_t n, int64_t k, int32_t *out)
+size_t dsacp_topk_ws_bytes(int64_t n) { return 2 * (size_t)(n > 0 ? n : 1) * sizeof(uint32_t); }
+
+/* Pass 1: keys and the histogram of their top 11 bits (4 interleaved copies so equal bins in a
+ * row do not serialize on one counter). */
+static void topk_keys(const float *scores, int64_t n, uint32_t *keys, uint32_t hist0[2048])
 {
-    if (k > n) k = n;
-    if (k <= 0) return 0;
-    if (k == n) {
-        for (int64_t i = 0; i < n; i++) out[i] = (int32_t)i;
-        return n;
-    }
-    uint32_t *keys = malloc((size_t)n * sizeof *keys);
-    if (!keys) return dsacp_topk_select_ref(scores, n, k, out);
-    /* Pass 1: keys and the histogram of their top 11 bits (4 interleaved copies so equal bins
-     * in a row do not serialize on one counter). */
-    uint32_t h4[4][2048], hist0[2048];
+    uint32_t h4[4][2048];
     memset(h4, 0, sizeof h4);
     int64_t i = 0;
     for (; i + 4 <= n; i += 4)
@@ -282,32 +186,44 @@ int64_t dsacp_topk_select(const float *scores, int64_t n, int64_t k, int32_t *ou
         h4[0][keys[i] >> 21]++;
     }
     for (int b = 0; b < 2048; b++) hist0[b] = h4[0][b] + h4[1][b] + h4[2][b] + h4[3][b];
-    /* The first digit's bin; its members are the candidates for the lower digits. */
+}
+
+int64_t dsacp_topk_select_ws(const float *scores, int64_t n, int64_t k, int32_t *out, void *work)
+{
+    if (k > n) k = n;
+    if (k <= 0) return 0;
+    if (k == n) {
+        for (int64_t i = 0; i < n; i++) out[i] = (int32_t)i;
+        return n;
+    }
+    uint32_t *keys = work, hist0[2048];
+    topk_keys(scores, n, keys, hist0);
+    /* The first digit's bin; its members are the candidates for the lower digits (in out when
+     * they fit its k entries, else in the workspace's second half). */
     int64_t need0 = k, b0 = 2047;
     while (b0 > 0 && (int64_t)hist0[b0] < need0) need0 -= hist0[b0--];
-    int32_t *cand = out; /* hist0[b0] >= need0 entries; out has room for k -- use a buffer if more */
-    int32_t *big = NULL;
-    if ((int64_t)hist0[b0] > k) {
-        big = malloc((size_t)hist0[b0] * sizeof *big);
-        if (!big) {
-            free(keys);
-            return dsacp_topk_select_ref(scores, n, k, out);
-        }
-        cand = big;
-    }
+    int32_t *cand = (int64_t)hist0[b0] > k ? (int32_t *)(keys + n) : out;
     int64_t nc = 0;
     for (int64_t j = 0; j < n; j++)
         if ((keys[j] >> 21) == (uint32_t)b0) cand[nc++] = (int32_t)j;
     int64_t need;
     uint32_t kth = radix_kth(keys, cand, nc, hist0, k, &need);
-    free(big);
     /* Every larger key, and the first `need` equal ones, in position order. */
     int64_t m = 0;
     for (int64_t j = 0; j < n; j++) {
         uint32_t key = keys[j];
         if (key > kth || (key == kth && need-- > 0)) out[m++] = (int32_t)j;
     }
-    free(keys);
+    return m;
+}
+
+int64_t dsacp_topk_select(const float *scores, int64_t n, int64_t k, int32_t *out)
+{
+    if (k >= n || k <= 0) return dsacp_topk_select_ws(scores, n, k, out, NULL);
+    void *work = dsacp_alloc(dsacp_topk_ws_bytes(n));
+    if (!work) return dsacp_topk_select_ref(scores, n, k, out);
+    int64_t m = dsacp_topk_select_ws(scores, n, k, out, work);
+    dsacp_free(work);
     return m;
 }
 
@@ -338,8 +254,13 @@ void dsacp_index_scores_scalar(const float *q, const float *w, int64_t Hi, int64
 
 /* ---- sparse MLA ---- */
 
+static size_t mla_bytes_scalar(int64_t n, int64_t H, int64_t dc, int64_t dr)
+{
+    return (size_t)(n > 0 ? n : 1) * sizeof(float);
+}
+
 void dsacp_sparse_mla_scalar(const float *q, const float *kv, int64_t n, int64_t H, int64_t dc, int64_t dr,
-                      float scale, float *o, float *lse, float *work)
+                             float scale, float *o, float *lse, float *work)
 {
     const int64_t dk = dc + dr;
     for (int64_t h = 0; h < H; h++) {
@@ -376,7 +297,7 @@ static void axpy_scalar(float *o, const float *src, float wgt, int64_t d)
 }
 
 void dsacp_lse_merge_axpy(const float *o_parts, const float *lse_parts, int64_t R, int64_t H, int64_t d, float *o,
-                          float *lse, dsacp_axpy_fn axpy)
+                          float *lse, void (*axpy)(float *o, const float *src, float wgt, int64_t d))
 {
     for (int64_t h = 0; h < H; h++) {
         float mx = -INFINITY;
@@ -405,3 +326,48 @@ void dsacp_lse_merge_scalar(const float *o_parts, const float *lse_parts, int64_
 {
     dsacp_lse_merge_axpy(o_parts, lse_parts, R, H, d, o, lse, axpy_scalar);
 }
+
+/* ---- gemv_t ---- */
+
+void dsacp_gemv_t_scalar(const float *A, int64_t lda, const float *x, int64_t m, int64_t n, float *y)
+{
+    for (int64_t j = 0; j < n; j++) y[j] = 0;
+    for (int64_t i = 0; i < m; i++) {
+        const float a = x[i], *row = A + i * lda;
+        for (int64_t j = 0; j < n; j++) y[j] += a * row[j];
+    }
+}
+
+/* ---- cache row decoders ---- */
+
+void dsacp_bf16_row_scalar(const uint8_t *src, int64_t n, float *out)
+{
+    for (int64_t i = 0; i < n; i++) {
+        uint16_t v;
+        memcpy(&v, src + 2 * i, 2);
+        out[i] = dsacp_bf16_to_f32(v);
+    }
+}
+
+void dsacp_e4m3_row_scalar(const uint8_t *src, const float *scales, int64_t group, int64_t n, float *out)
+{
+    const float *lut = dsacp_e4m3_table();
+    for (int64_t i = 0; i < n; i++) out[i] = lut[src[i]] * scales[i / group];
+}
+
+const dsacp_kernel_table dsacp_kernels_scalar = {
+    .isa = DSACP_ISA_SCALAR,
+    .linear_ws_bytes = dsacp_linear_scalar_ws_bytes,
+    .linear = dsacp_linear_scalar_ws,
+    .act_quant_rows = dsacp_quant_rows_scalar,
+    .rmsnorm = dsacp_rmsnorm_scalar,
+    .gemv_t = dsacp_gemv_t_scalar,
+    .index_transposed = false,
+    .index_scores = dsacp_index_scores_scalar,
+    .mla_bytes = mla_bytes_scalar,
+    .sparse_mla = dsacp_sparse_mla_scalar,
+    .axpy = axpy_scalar,
+    .decode_isa = DSACP_ISA_SCALAR,
+    .bf16_row = dsacp_bf16_row_scalar,
+    .e4m3_row = dsacp_e4m3_row_scalar,
+};

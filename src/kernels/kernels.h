@@ -1,7 +1,8 @@
 /*
  * kernels -- leaf compute functions over plain buffers (pointers, strides, counts), with no
  * knowledge of requests, steps or ranks: the context-parallel strategies run the same kernels
- * on each rank's shard. Calls core, numerics and the weight view of model.h.
+ * on each rank's shard. Calls core and numerics; the weight view is kernels/weight.h (below
+ * src/model, which fills it).
  *
  * Batch invariance: every kernel computes each output row with a reduction order that depends
  * only on that row's own inputs and lengths, never on how many other rows are in the call or on
@@ -12,23 +13,58 @@
 #ifndef DSACP_KERNELS_H
 #define DSACP_KERNELS_H
 
-#include "model/model.h"
+#include "kernels/weight.h"
 
 #include <stdint.h>
 
-/* ---- ISA dispatch ----
- * dsacp_isa_active is the one place that decides the ISA: every kernel here and the paged
- * cache's row decoders (cache/kv_cache.c) follow it. Each dispatched kernel below has a scalar twin (dsacp_*_scalar, the reference definition) and
- * SIMD variants; which one runs is chosen once, at the first call, from the CPU (cpuid through
- * __builtin_cpu_supports) and overridable by DSACP_ISA=scalar|avx2|avx512 in the environment
- * (a request above what the CPU supports is lowered to the best it has) or by dsacp_isa_set.
- * Within one ISA every kernel is deterministic and batch-invariant; between ISAs results differ
- * by summation order only (tolerance-tested in test_kernels_simd). An ISA without a dedicated
- * variant of some kernel runs the next lower one. */
+/* ---- ISA dispatch: one kernel table per ISA, chosen once ----
+ * Every kernel with SIMD variants is a slot of dsacp_kernel_table; each ISA file fills its own
+ * table (kernels.c: scalar, the reference twins; kernels_avx2.c; kernels_avx512.c) and
+ * dispatch.c keeps one pointer to the active table, chosen at the first call from the CPU
+ * (cpuid through __builtin_cpu_supports), overridable by DSACP_ISA=scalar|avx2|avx512 in the
+ * environment (a request above what the CPU supports is lowered to the best it has) or by
+ * dsacp_isa_set. The public kernels below call through that pointer; nothing else tests the
+ * ISA. The ISA files never call back into the dispatcher (a SIMD variant that cannot handle an
+ * input runs the scalar twin directly). The paged cache's row decoders are slots too, so they
+ * follow the same choice. Within one ISA every kernel is deterministic and batch-invariant;
+ * between ISAs results differ by summation order only (tolerance-tested in test_kernels_simd). */
 typedef enum { DSACP_ISA_SCALAR = 0, DSACP_ISA_AVX2 = 1, DSACP_ISA_AVX512 = 2 } dsacp_isa;
+
+typedef struct dsacp_kernel_table {
+    dsacp_isa isa;
+    /* dsacp_linear_ws's contract; ws_bytes: what that call needs (0 when nothing). */
+    size_t (*linear_ws_bytes)(const dsacp_weight *w, int64_t T, bool act_quant);
+    int (*linear)(const dsacp_weight *w, const float *x, int64_t T, int64_t ldx, float *y, int64_t ldy,
+                  bool act_quant, void *ws, size_t ws_bytes);
+    /* x rounded in place through e4m3 in groups of 128 (n % 128 == 0): the act_quant rounding. */
+    void (*act_quant_rows)(float *x, int64_t n);
+    void (*rmsnorm)(float *y, const float *x, const float *weight, int64_t n, double eps);
+    void (*gemv_t)(const float *A, int64_t lda, const float *x, int64_t m, int64_t n, float *y);
+    /* Indexer scores of a packed query: index_transposed says the layout dsacp_index_query_pack
+     * writes for this table (q [di][Hp] and w [Hp], Hp = Hi rounded up to 16, zero padded;
+     * otherwise q [Hi][di] and w [Hi] as given); H is Hp or Hi accordingly. */
+    bool index_transposed;
+    void (*index_scores)(const float *q, const float *w, int64_t H, int64_t di, const void *keys,
+                         const float *kscales, int64_t n, float *out);
+    /* Sparse MLA on a 64-byte aligned scratch of mla_bytes(n, H, dc, dr) bytes. */
+    size_t (*mla_bytes)(int64_t n, int64_t H, int64_t dc, int64_t dr);
+    void (*sparse_mla)(const float *q, const float *kv, int64_t n, int64_t H, int64_t dc, int64_t dr, float scale,
+                       float *o, float *lse, float *buf);
+    /* o[i] += wgt * src[i], i < d: the LSE merge's weighted sum. */
+    void (*axpy)(float *o, const float *src, float wgt, int64_t d);
+    /* Cache row decoders (cache/kv_cache.c): n bf16 -> f32; n e4m3 bytes times the F32 scale of
+     * their group of `group` (e4m3 * scale, one rounding). Every ISA gives the same floats;
+     * decode_isa names the decoders this table runs (dsacp_kv_decode_isa). */
+    dsacp_isa decode_isa;
+    void (*bf16_row)(const uint8_t *src, int64_t n, float *out);
+    void (*e4m3_row)(const uint8_t *src, const float *scales, int64_t group, int64_t n, float *out);
+} dsacp_kernel_table;
+
+/* The active table (chosen at the first call; see above). */
+const dsacp_kernel_table *dsacp_kernels(void);
 /* The best ISA this CPU runs (AVX-512 needs F, BW, VL, DQ and FMA; AVX2 needs AVX2, FMA, F16C). */
 dsacp_isa dsacp_isa_best(void);
-/* The ISA the kernels use now. */
+/* The ISA the kernels use now (dsacp_kernels()->isa). */
 dsacp_isa dsacp_isa_active(void);
 /* Selects the ISA for all later kernel calls (not while kernels run on other threads);
  * DSACP_EUNSUPPORTED when the CPU lacks it (nothing changes). */
@@ -43,10 +79,22 @@ float dsacp_dot_f32(const float *a, const float *b, int64_t n);
  * F16, or F8_E4M3 with block scales). x: F32 [T][W->cols] row stride ldx; y: F32 [T][W->rows]
  * row stride ldy. With act_quant (the deployed mode's FP8 layers) each x row is first rounded
  * through e4m3 in groups of 128 (power-of-two scales), as DeepSeek's act_quant does; it is
- * applied only when W is F8_E4M3 and W->cols % 128 == 0. */
+ * applied only where dsacp_act_quant_applies(W, act_quant) (kernels/weight.h).
+ *
+ * dsacp_linear_ws takes its scratch from the caller: ws holds dsacp_linear_ws_bytes(W, T,
+ * act_quant) bytes (any alignment; 0 bytes, ws may be NULL, for the row kernels of few tokens),
+ * enough for every ISA this CPU runs and the thread count at the time of sizing; with more
+ * threads than that, the extra threads sit out (same bits). It allocates nothing and fails only
+ * on a short workspace (DSACP_EINVAL). dsacp_linear allocates what the active ISA needs per call
+ * (DSACP_ENOMEM without it). */
+size_t dsacp_linear_ws_bytes(const dsacp_weight *w, int64_t T, bool act_quant);
+int dsacp_linear_ws(const dsacp_weight *w, const float *x, int64_t T, int64_t ldx, float *y, int64_t ldy,
+                    bool act_quant, void *ws, size_t ws_bytes);
 int dsacp_linear(const dsacp_weight *w, const float *x, int64_t T, int64_t ldx, float *y, int64_t ldy,
                  bool act_quant);
-/* The scalar twin (reference). The AVX-512 variant reads the stored weight once, dequantizing
+/* The scalar twin (reference; dsacp_kernels_scalar.linear, allocating as dsacp_linear does).
+ * It decodes blocks of 16 weight rows (dsacp_weight_row_f32) into a per-thread buffer of the
+ * workspace and sums each output with dsacp_dot_f32. The AVX-512 variant reads the stored weight once, dequantizing
  * 16 columns at a time in registers (BF16: shift; E4M3: bit manipulation times the block scale,
  * the same single rounding as dsacp_weight_row_f32), and sums y[t][o] in 16 lanes (lane l takes
  * columns i = l mod 16, FMA, masked tail) reduced by a fixed tree -- the same instruction
@@ -106,8 +154,12 @@ void dsacp_layernorm(float *y, const float *x, const float *weight, const float 
  * selected indices in ASCENDING order to out and returns their count. NaN scores never win.
  * A radix select over dsacp_float_key: three histogram passes (11, 11, 10 bits) find the k-th
  * largest key, one ordered pass writes the keys above it and the lowest positions equal to it.
- * It allocates O(n) scratch; when that fails it gives the same selection through
- * dsacp_topk_select_ref (a selection is exact: every path gives the same positions). */
+ * dsacp_topk_select_ws takes its scratch from the caller: work holds dsacp_topk_ws_bytes(n)
+ * bytes (4-byte aligned) and nothing is allocated. dsacp_topk_select allocates that scratch;
+ * when that fails it gives the same selection through dsacp_topk_select_ref (a selection is
+ * exact: every path gives the same positions). */
+size_t dsacp_topk_ws_bytes(int64_t n);
+int64_t dsacp_topk_select_ws(const float *scores, int64_t n, int64_t k, int32_t *out, void *work);
 int64_t dsacp_topk_select(const float *scores, int64_t n, int64_t k, int32_t *out);
 /* The same selection by quickselect + sort (the previous implementation, kept as a test
  * reference) over n uint64 keys in `work`; with work == NULL by an allocation-free O(nk) scan.
@@ -129,15 +181,14 @@ static inline uint32_t dsacp_float_key(float f)
  *   kv:   F32 [n][dc + dr]  rows [c | k_pe] of the selected positions
  *   o:    F32 [H][dc]       softmax-weighted sum of c
  *   lse:  F32 [H]           natural-log logsumexp of the scaled logits (-inf when n == 0, o = 0)
- *   work: F32 [n] scratch
- * logits = (q . kv) * scale. */
-void dsacp_sparse_mla(const float *q, const float *kv, int64_t n, int64_t H, int64_t dc, int64_t dr,
+ *   work: F32 [n] scratch (enough for the scalar ISA; the SIMD ISAs allocate theirs)
+ * logits = (q . kv) * scale. DSACP_ENOMEM (o and lse untouched) when a SIMD ISA's scratch
+ * cannot be allocated; the step path uses dsacp_sparse_mla_ws, which allocates nothing. */
+int dsacp_sparse_mla(const float *q, const float *kv, int64_t n, int64_t H, int64_t dc, int64_t dr,
                       float scale, float *o, float *lse, float *work);
 /* The same with all scratch from the caller, for every ISA: `work` holds
  * dsacp_sparse_mla_work_bytes(n, H, dc, dr) bytes (any alignment). It allocates nothing and
- * fails only on a short workspace (DSACP_EINVAL). dsacp_sparse_mla above allocates its SIMD
- * scratch per call and, when that fails, writes NaN to o and lse (recording DSACP_ENOMEM)
- * rather than compute with another kernel. */
+ * fails only on a short workspace (DSACP_EINVAL). The size covers every ISA this CPU runs. */
 size_t dsacp_sparse_mla_work_bytes(int64_t n, int64_t H, int64_t dc, int64_t dr);
 int dsacp_sparse_mla_ws(const float *q, const float *kv, int64_t n, int64_t H, int64_t dc, int64_t dr, float scale,
                         float *o, float *lse, void *work, size_t work_bytes);
@@ -148,6 +199,9 @@ int dsacp_sparse_mla_ws(const float *q, const float *kv, int64_t n, int64_t H, i
  * head tiles over threads when not already inside a parallel region. */
 void dsacp_sparse_mla_scalar(const float *q, const float *kv, int64_t n, int64_t H, int64_t dc, int64_t dr,
                              float scale, float *o, float *lse, float *work);
+
+/* qsort comparator of int32 in ascending order (the one copy; selections sort positions). */
+int dsacp_cmp_i32(const void *a, const void *b);
 
 /* y[j] = sum_i x[i] * A[i][j] for j < n (A: F32 [m][n] row stride lda), summed over i in
  * order for every j (so y[j] does not depend on n or on j's SIMD lane). */

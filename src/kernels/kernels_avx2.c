@@ -1,7 +1,9 @@
 /*
- * kernels_avx2.c -- AVX2 + FMA variants of the dispatched kernels (kernels.h), for CPUs without
- * AVX-512 (and DSACP_ISA=avx2). Every function is compiled for AVX2 through a target attribute
- * (no build flag), and only runs when dispatch.c found the CPU able.
+ * kernels_avx2.c -- the AVX2 ISA file: AVX2 + FMA variants of the kernels (kernels.h) and the
+ * AVX2 kernel table, for CPUs without AVX-512 (and DSACP_ISA=avx2). Every function is compiled
+ * for AVX2 through a target attribute (no build flag); the table is only chosen when dispatch.c
+ * found the CPU able. Calls kernels_linear.c (the shared linear driver), the scalar twins of
+ * kernels.c it keeps (cache row decoders), numerics and core.
  *
  * The reductions keep the AVX-512 variants' lane structure: a 16-lane accumulator is a pair of
  * ymm registers (lanes 0..7, 8..15), summed by the same fixed tree (l += l + 8, + 4, + 2, + 1).
@@ -15,7 +17,6 @@
 
 #include <math.h>
 #include <omp.h>
-#include <stdlib.h>
 #include <string.h>
 
 #if defined(__x86_64__)
@@ -142,33 +143,7 @@ T256 static INL void lin_rows(int dt, const dsacp_weight *w, int64_t o0, int64_t
     for (; o < o1; o++) lin_tile(dt, w, o, 1, x + t * ldx, ldx, 1, y + t * ldy, ldy);
 }
 
-T256 static void lin_rows_f32(const dsacp_weight *w, int64_t o0, int64_t o1, const float *x, int64_t ldx, int64_t T,
-                              float *y, int64_t ldy)
-{
-    lin_rows(DSACP_F32, w, o0, o1, x, ldx, T, y, ldy);
-}
-T256 static void lin_rows_bf16(const dsacp_weight *w, int64_t o0, int64_t o1, const float *x, int64_t ldx, int64_t T,
-                               float *y, int64_t ldy)
-{
-    lin_rows(DSACP_BF16, w, o0, o1, x, ldx, T, y, ldy);
-}
-T256 static void lin_rows_f16(const dsacp_weight *w, int64_t o0, int64_t o1, const float *x, int64_t ldx, int64_t T,
-                              float *y, int64_t ldy)
-{
-    lin_rows(DSACP_F16, w, o0, o1, x, ldx, T, y, ldy);
-}
-T256 static void lin_rows_f8(const dsacp_weight *w, int64_t o0, int64_t o1, const float *x, int64_t ldx, int64_t T,
-                             float *y, int64_t ldy)
-{
-    lin_rows(DSACP_F8_E4M3, w, o0, o1, x, ldx, T, y, ldy);
-}
-
-int dsacp_linear_avx2(const dsacp_weight *w, const float *x, int64_t T, int64_t ldx, float *y, int64_t ldy,
-                      bool act_quant)
-{
-    static const dsacp_linear_rows_fn rows[4] = {lin_rows_f32, lin_rows_bf16, lin_rows_f16, lin_rows_f8};
-    return dsacp_linear_drive(w, x, T, ldx, y, ldy, act_quant, rows, NULL);
-}
+DSACP_DEFINE_LINEAR_ROWS(T256, lin_rows)
 
 /* ---- act_quant ---- */
 
@@ -216,7 +191,7 @@ T256 void dsacp_fake_quant_e4m3_128_avx2(float *x, int64_t n)
 
 /* ---- gemv_t ---- */
 
-T256 void dsacp_gemv_t_avx2(const float *A, int64_t lda, const float *x, int64_t m, int64_t n, float *y)
+T256 static void gemv_t_avx2(const float *A, int64_t lda, const float *x, int64_t m, int64_t n, float *y)
 {
     int64_t j = 0;
     for (; j + 32 <= n; j += 32) {
@@ -299,7 +274,7 @@ T256 static INL void idx_keys(const float *qt, const float *wp, int64_t Hp, int6
     for (int i = 0; i < NK; i++) out[i] = hsum16(sv[i][0], sv[i][1]);
 }
 
-T256 void dsacp_index_scores_packed_avx2(const float *qt, const float *wp, int64_t Hp, int64_t di, const void *keys,
+T256 static void index_scores_avx2(const float *qt, const float *wp, int64_t Hp, int64_t di, const void *keys,
                                         const float *kscales, int64_t n, float *out)
 {
     _Alignas(32) float kbuf[2 * 1024];
@@ -525,18 +500,7 @@ T256 static INL void mla_group(const float *Qt, int64_t Hp, int64_t h0, const in
     }
 }
 
-#define MLA_GROUP(NG)                                                                                     \
-    T256 static void mla_group##NG(const float *Qt, int64_t Hp, int64_t h0, const float *kv, int64_t n,   \
-                                   int64_t dc, int64_t dk, float scale, float *St, float *Ot, float *mo,  \
-                                   float *lo)                                                             \
-    {                                                                                                     \
-        mla_group(Qt, Hp, h0, NG, kv, n, dc, dk, scale, St, Ot, mo, lo);                                  \
-    }
-MLA_GROUP(4)
-MLA_GROUP(3)
-MLA_GROUP(2)
-MLA_GROUP(1)
-#undef MLA_GROUP
+DSACP_DEFINE_MLA_GROUPS(T256, mla_group)
 
 /* Head groups: 32 heads (4 ymm) each, or -- when that leaves fewer groups than threads and the
  * heads are few -- 16 or 8, so that the threads share the work (the small preset's 16 heads were
@@ -562,15 +526,15 @@ static int64_t mla_width(int64_t Hp, int nth)
     return w;
 }
 
-size_t dsacp_sparse_mla_avx2_bytes(int64_t H, int64_t dc, int64_t dr)
+static size_t mla_bytes_avx2(int64_t n, int64_t H, int64_t dc, int64_t dr)
 {
     const int64_t dk = dc + dr, Hp = (H + 7) / 8 * 8, G = mla_groups_max(Hp);
     const size_t per = (size_t)(MLA_NC * MLA_HG + dc * MLA_HG + 2 * MLA_HG);
     return ((size_t)(dk * Hp) + (size_t)G * per) * sizeof(float);
 }
 
-void dsacp_sparse_mla_avx2_buf(const float *q, const float *kv, int64_t n, int64_t H, int64_t dc, int64_t dr,
-                           float scale, float *o, float *lse, float *buf)
+static void sparse_mla_avx2(const float *q, const float *kv, int64_t n, int64_t H, int64_t dc, int64_t dr,
+                            float scale, float *o, float *lse, float *buf)
 {
     const int64_t dk = dc + dr, Hp = (H + 7) / 8 * 8;
     /* Narrower groups only where the groups then run in parallel. */
@@ -593,12 +557,7 @@ void dsacp_sparse_mla_avx2_buf(const float *q, const float *kv, int64_t n, int64
         float *St = buf + dk * Hp + (size_t)g * per, *Ot = St + MLA_NC * MLA_HG, *mo = Ot + dc * MLA_HG,
               *lo = mo + MLA_HG;
         const int64_t h0 = g * W, ng = (Hp - h0) / 8 < W / 8 ? (Hp - h0) / 8 : W / 8;
-        switch (ng) {
-        case 4: mla_group4(Qt, Hp, h0, kv, n, dc, dk, scale, St, Ot, mo, lo); break;
-        case 3: mla_group3(Qt, Hp, h0, kv, n, dc, dk, scale, St, Ot, mo, lo); break;
-        case 2: mla_group2(Qt, Hp, h0, kv, n, dc, dk, scale, St, Ot, mo, lo); break;
-        default: mla_group1(Qt, Hp, h0, kv, n, dc, dk, scale, St, Ot, mo, lo); break;
-        }
+        mla_group_run(ng, Qt, Hp, h0, kv, n, dc, dk, scale, St, Ot, mo, lo);
         for (int64_t hh = 0; hh < ng * 8 && h0 + hh < H; hh++) {
             const int64_t h = h0 + hh;
             const float inv = 1.0f / lo[hh];
@@ -609,48 +568,23 @@ void dsacp_sparse_mla_avx2_buf(const float *q, const float *kv, int64_t n, int64
     }
 }
 
-void dsacp_sparse_mla_avx2(const float *q, const float *kv, int64_t n, int64_t H, int64_t dc, int64_t dr,
-                           float scale, float *o, float *lse, float *work)
-{
-    if (n == 0) {
-        dsacp_sparse_mla_avx2_buf(q, kv, n, H, dc, dr, scale, o, lse, NULL);
-        return;
-    }
-    /* Without memory the result is NaN (and the error recorded), never another kernel's bits:
-     * callers that can fail use dsacp_sparse_mla_ws with a workspace sized once. */
-    float *buf = dsacp_alloc(dsacp_sparse_mla_avx2_bytes(H, dc, dr));
-    if (!buf) {
-        for (int64_t i = 0; i < H * dc; i++) o[i] = NAN;
-        for (int64_t h = 0; h < H; h++) lse[h] = NAN;
-        dsacp_error(DSACP_ENOMEM, "sparse MLA: out of memory for its workspace");
-        return;
-    }
-    dsacp_sparse_mla_avx2_buf(q, kv, n, H, dc, dr, scale, o, lse, buf);
-    dsacp_free(buf);
-}
+DSACP_DEFINE_LINEAR_SLOTS(linear_avx2, lin_rows, NULL, NULL, dsacp_fake_quant_e4m3_128_avx2)
 
-#else /* not x86-64: the dispatcher never selects these */
+const dsacp_kernel_table dsacp_kernels_avx2 = {
+    .isa = DSACP_ISA_AVX2,
+    .linear_ws_bytes = linear_avx2_ws_bytes,
+    .linear = linear_avx2,
+    .act_quant_rows = dsacp_fake_quant_e4m3_128_avx2,
+    .rmsnorm = dsacp_rmsnorm_avx2,
+    .gemv_t = gemv_t_avx2,
+    .index_transposed = true,
+    .index_scores = index_scores_avx2,
+    .mla_bytes = mla_bytes_avx2,
+    .sparse_mla = sparse_mla_avx2,
+    .axpy = dsacp_axpy_avx2,
+    .decode_isa = DSACP_ISA_SCALAR, /* the cache rows: AVX2 has no decoders of its own */
+    .bf16_row = dsacp_bf16_row_scalar,
+    .e4m3_row = dsacp_e4m3_row_scalar,
+};
 
-int dsacp_linear_avx2(const dsacp_weight *w, const float *x, int64_t T, int64_t ldx, float *y, int64_t ldy,
-                      bool act_quant)
-{
-    return dsacp_linear_scalar(w, x, T, ldx, y, ldy, act_quant);
-}
-void dsacp_gemv_t_avx2(const float *A, int64_t lda, const float *x, int64_t m, int64_t n, float *y) { abort(); }
-void dsacp_index_scores_packed_avx2(const float *qt, const float *wp, int64_t Hp, int64_t di, const void *keys,
-                                    const float *kscales, int64_t n, float *out)
-{
-    abort();
-}
-size_t dsacp_sparse_mla_avx2_bytes(int64_t H, int64_t dc, int64_t dr) { return 0; }
-void dsacp_sparse_mla_avx2_buf(const float *q, const float *kv, int64_t n, int64_t H, int64_t dc, int64_t dr,
-                           float scale, float *o, float *lse, float *buf)
-{
-    abort();
-}
-void dsacp_sparse_mla_avx2(const float *q, const float *kv, int64_t n, int64_t H, int64_t dc, int64_t dr,
-                           float scale, float *o, float *lse, float *work)
-{
-    dsacp_sparse_mla_scalar(q, kv, n, H, dc, dr, scale, o, lse, work);
-}
 #endif

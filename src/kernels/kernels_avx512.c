@@ -1,7 +1,9 @@
 /*
- * kernels_avx512.c -- AVX-512 variants of the dispatched kernels (kernels.h). Every function is
- * compiled for AVX-512 through a target attribute (no build flag), and only runs when
- * dispatch.c found the CPU able. Batch invariance: each output element is produced by one
+ * kernels_avx512.c -- the AVX-512 ISA file: AVX-512 variants of the kernels (kernels.h) and the
+ * AVX-512 kernel tables (with and without VBMI). Every function is compiled for AVX-512 through a
+ * target attribute (no build flag); the tables are only chosen when dispatch.c found the CPU
+ * able. Calls gemm_avx2.c (the blocked many-row linear), kernels_small.c, kernels_linear.c (the
+ * shared linear driver), the AVX2 act_quant rounding, numerics and core. Batch invariance: each output element is produced by one
  * fixed sequence of vector instructions that depends on its own inputs and lengths only; tails
  * use masked loads with the same arithmetic as full vectors.
  */
@@ -10,7 +12,6 @@
 
 #include <math.h>
 #include <omp.h>
-#include <stdlib.h>
 #include <string.h>
 
 #if defined(__x86_64__)
@@ -127,26 +128,8 @@ T512 static INL void lin_rows(int dt, const dsacp_weight *w, int64_t o0, int64_t
         for (int64_t tt = t; tt < T; tt++) lin_tile(dt, w, o, 1, x + tt * ldx, ldx, 1, y + tt * ldy, ldy);
 }
 
-T512 static void lin_rows_f32(const dsacp_weight *w, int64_t o0, int64_t o1, const float *x, int64_t ldx, int64_t T,
-                              float *y, int64_t ldy)
-{
-    lin_rows(DSACP_F32, w, o0, o1, x, ldx, T, y, ldy);
-}
-T512 static void lin_rows_bf16(const dsacp_weight *w, int64_t o0, int64_t o1, const float *x, int64_t ldx, int64_t T,
-                               float *y, int64_t ldy)
-{
-    lin_rows(DSACP_BF16, w, o0, o1, x, ldx, T, y, ldy);
-}
-T512 static void lin_rows_f16(const dsacp_weight *w, int64_t o0, int64_t o1, const float *x, int64_t ldx, int64_t T,
-                              float *y, int64_t ldy)
-{
-    lin_rows(DSACP_F16, w, o0, o1, x, ldx, T, y, ldy);
-}
-T512 static void lin_rows_f8(const dsacp_weight *w, int64_t o0, int64_t o1, const float *x, int64_t ldx, int64_t T,
-                             float *y, int64_t ldy)
-{
-    lin_rows(DSACP_F8_E4M3, w, o0, o1, x, ldx, T, y, ldy);
-}
+DSACP_DEFINE_LINEAR_ROWS(T512, lin_rows)
+DSACP_DEFINE_LINEAR_SLOTS(linear_avx512, lin_rows, NULL, NULL, dsacp_fake_quant_e4m3_128_avx2)
 
 /* ---- linear, F8_E4M3 with AVX512-VBMI: table decode ----
  * 64 weight bytes per step: two vpermi2b lookups of the 7-bit magnitude give the high and low
@@ -264,24 +247,21 @@ T512V static void lin8_rows(const dsacp_weight *w, int64_t o0, int64_t o1, const
     }
 }
 
-/* Whether this process uses the table decode (the CPU has AVX512-VBMI). */
-static bool lin8_vbmi(void)
+/* The permuted input: T rows of K rounded up to 64. */
+static size_t lin8_x_bytes(const dsacp_weight *w, int64_t T)
 {
-    static int have = -1;
-    int h = __atomic_load_n(&have, __ATOMIC_RELAXED);
-    if (h < 0) {
-        __builtin_cpu_init();
-        h = __builtin_cpu_supports("avx512vbmi") ? 1 : 0;
-        __atomic_store_n(&have, h, __ATOMIC_RELAXED);
-    }
-    return h;
+    return dsacp_ws_round(dsacp_ws_mul(dsacp_ws_mul((size_t)T, (size_t)((w->cols + 63) / 64 * 64)), sizeof(float)));
 }
 
-static int lin8_linear(const dsacp_weight *w, const float *x, int64_t T, int64_t ldx, float *y, int64_t ldy)
+static int lin8_linear(const dsacp_weight *w, const float *x, int64_t T, int64_t ldx, float *y, int64_t ldy, void *ws,
+                       size_t ws_bytes)
 {
     const int64_t K = w->cols, N = w->rows, Kp = (K + 63) / 64 * 64;
-    float *xp = dsacp_alloc((size_t)(T * Kp) * sizeof(float));
-    if (!xp) return dsacp_error(DSACP_ENOMEM, "linear %s: out of memory", w->name ? w->name : "");
+    dsacp_ws s = dsacp_ws_open(ws, ws_bytes);
+    float *xp = dsacp_ws_take(&s, lin8_x_bytes(w, T));
+    if (!xp)
+        return dsacp_error(DSACP_EINVAL, "linear %s: workspace of %zu bytes, %zu needed", w->name ? w->name : "",
+                           ws_bytes, lin8_x_bytes(w, T));
     lin8_permute_x(x, T, ldx, K, xp, Kp);
     lin8_tab tb;
     lin8_tab_init(&tb);
@@ -292,30 +272,36 @@ static int lin8_linear(const dsacp_weight *w, const float *x, int64_t T, int64_t
         int64_t o0 = b * DSACP_LINEAR_BLOCK, o1 = o0 + DSACP_LINEAR_BLOCK < N ? o0 + DSACP_LINEAR_BLOCK : N;
         lin8_rows(w, o0, o1, xp, Kp, T, y, ldy, &tb);
     }
-    dsacp_free(xp);
     return DSACP_OK;
 }
 
-/* The VBMI table decode for FP8 weights whose blocks are multiples of 64 columns. */
-static int lin8_fast(const dsacp_weight *w, const float *x, int64_t T, int64_t ldx, float *y, int64_t ldy, int *rc)
+/* The VBMI table decode for FP8 weights whose blocks are multiples of 64 columns (the driver's
+ * `fast`: the workspace after the act_quant copy). */
+static bool lin8_suits(const dsacp_weight *w) { return w->dtype == DSACP_F8_E4M3 && w->block % 64 == 0; }
+
+static size_t lin8_ws_bytes(const dsacp_weight *w, int64_t T)
 {
-    if (w->dtype != DSACP_F8_E4M3 || w->block % 64 != 0 || !lin8_vbmi()) return 0;
+    if (!lin8_suits(w)) return 0;
+    const size_t x = lin8_x_bytes(w, T), g = T >= DSACP_GEMM_MIN_T ? dsacp_linear_gemm_ws_bytes(w, T, true) : 0;
+    return x > g ? x : g;
+}
+
+static int lin8_fast(const dsacp_weight *w, const float *x, int64_t T, int64_t ldx, float *y, int64_t ldy, int *rc,
+                     void *ws, size_t ws_bytes)
+{
+    if (!lin8_suits(w)) return 0;
     /* Many tokens: the blocked GEMM running these very chains (gemm_avx2.c, fold mode). */
-    if (T >= DSACP_GEMM_MIN_T && dsacp_linear_gemm(w, x, T, ldx, y, ldy, true, rc)) return 1;
-    *rc = lin8_linear(w, x, T, ldx, y, ldy);
+    if (T >= DSACP_GEMM_MIN_T && dsacp_linear_gemm(w, x, T, ldx, y, ldy, true, rc, ws, ws_bytes)) return 1;
+    *rc = lin8_linear(w, x, T, ldx, y, ldy, ws, ws_bytes);
     return 1;
 }
 
-int dsacp_linear_avx512(const dsacp_weight *w, const float *x, int64_t T, int64_t ldx, float *y, int64_t ldy,
-                        bool act_quant)
-{
-    static const dsacp_linear_rows_fn rows[4] = {lin_rows_f32, lin_rows_bf16, lin_rows_f16, lin_rows_f8};
-    return dsacp_linear_drive(w, x, T, ldx, y, ldy, act_quant, rows, lin8_fast);
-}
+/* The VBMI table's linear slots: lin_rows with lin8_fast in front. */
+DSACP_DEFINE_LINEAR_SLOTS(linear_vbmi, lin_rows, lin8_fast, lin8_ws_bytes, dsacp_fake_quant_e4m3_128_avx2)
 
 /* ---- gemv_t ---- */
 
-T512 void dsacp_gemv_t_avx512(const float *A, int64_t lda, const float *x, int64_t m, int64_t n, float *y)
+T512 static void gemv_t_avx512(const float *A, int64_t lda, const float *x, int64_t m, int64_t n, float *y)
 {
     int64_t j = 0;
     for (; j + 64 <= n; j += 64) {
@@ -393,7 +379,7 @@ T512 static INL void idx_keys(const float *qt, const float *wp, int64_t Hp, int6
     for (int i = 0; i < NK; i++) out[i] = hsum_tree(sv[i]);
 }
 
-T512 void dsacp_index_scores_packed_avx512(const float *qt, const float *wp, int64_t Hp, int64_t di, const void *keys,
+T512 static void index_scores_avx512(const float *qt, const float *wp, int64_t Hp, int64_t di, const void *keys,
                                           const float *kscales, int64_t n, float *out)
 {
     _Alignas(64) float kbuf[6 * 1024];
@@ -548,36 +534,17 @@ T512 static INL void mla_group(const float *Qt, int64_t Hp, int64_t h0, const in
     }
 }
 
-T512 static void mla_group4(const float *Qt, int64_t Hp, int64_t h0, const float *kv, int64_t n, int64_t dc,
-                            int64_t dk, float scale, float *St, float *Ot, float *mo, float *lo)
-{
-    mla_group(Qt, Hp, h0, 4, kv, n, dc, dk, scale, St, Ot, mo, lo);
-}
-T512 static void mla_group3(const float *Qt, int64_t Hp, int64_t h0, const float *kv, int64_t n, int64_t dc,
-                            int64_t dk, float scale, float *St, float *Ot, float *mo, float *lo)
-{
-    mla_group(Qt, Hp, h0, 3, kv, n, dc, dk, scale, St, Ot, mo, lo);
-}
-T512 static void mla_group2(const float *Qt, int64_t Hp, int64_t h0, const float *kv, int64_t n, int64_t dc,
-                            int64_t dk, float scale, float *St, float *Ot, float *mo, float *lo)
-{
-    mla_group(Qt, Hp, h0, 2, kv, n, dc, dk, scale, St, Ot, mo, lo);
-}
-T512 static void mla_group1(const float *Qt, int64_t Hp, int64_t h0, const float *kv, int64_t n, int64_t dc,
-                            int64_t dk, float scale, float *St, float *Ot, float *mo, float *lo)
-{
-    mla_group(Qt, Hp, h0, 1, kv, n, dc, dk, scale, St, Ot, mo, lo);
-}
+DSACP_DEFINE_MLA_GROUPS(T512, mla_group)
 
-size_t dsacp_sparse_mla_avx512_bytes(int64_t H, int64_t dc, int64_t dr)
+static size_t mla_bytes_avx512(int64_t n, int64_t H, int64_t dc, int64_t dr)
 {
     const int64_t dk = dc + dr, Hp = (H + 15) / 16 * 16, G = (Hp + 63) / 64;
     const size_t per = (size_t)(MLA_NC * 64 + dc * 64 + 128);
     return ((size_t)(dk * Hp) + (size_t)G * per) * sizeof(float);
 }
 
-void dsacp_sparse_mla_avx512_buf(const float *q, const float *kv, int64_t n, int64_t H, int64_t dc, int64_t dr,
-                             float scale, float *o, float *lse, float *buf)
+static void sparse_mla_avx512(const float *q, const float *kv, int64_t n, int64_t H, int64_t dc, int64_t dr,
+                              float scale, float *o, float *lse, float *buf)
 {
     const int64_t dk = dc + dr, Hp = (H + 15) / 16 * 16, G = (Hp + 63) / 64;
     if (n == 0) {
@@ -596,12 +563,7 @@ void dsacp_sparse_mla_avx512_buf(const float *q, const float *kv, int64_t n, int
     for (int64_t g = 0; g < G; g++) {
         float *St = buf + dk * Hp + (size_t)g * per, *Ot = St + MLA_NC * 64, *mo = Ot + dc * 64, *lo = mo + 64;
         const int64_t h0 = g * 64, ng = (Hp - h0) / 16 < 4 ? (Hp - h0) / 16 : 4;
-        switch (ng) {
-        case 4: mla_group4(Qt, Hp, h0, kv, n, dc, dk, scale, St, Ot, mo, lo); break;
-        case 3: mla_group3(Qt, Hp, h0, kv, n, dc, dk, scale, St, Ot, mo, lo); break;
-        case 2: mla_group2(Qt, Hp, h0, kv, n, dc, dk, scale, St, Ot, mo, lo); break;
-        default: mla_group1(Qt, Hp, h0, kv, n, dc, dk, scale, St, Ot, mo, lo); break;
-        }
+        mla_group_run(ng, Qt, Hp, h0, kv, n, dc, dk, scale, St, Ot, mo, lo);
         for (int64_t hh = 0; hh < ng * 16 && h0 + hh < H; hh++) {
             const int64_t h = h0 + hh;
             const float inv = 1.0f / lo[hh];
@@ -612,48 +574,47 @@ void dsacp_sparse_mla_avx512_buf(const float *q, const float *kv, int64_t n, int
     }
 }
 
-void dsacp_sparse_mla_avx512(const float *q, const float *kv, int64_t n, int64_t H, int64_t dc, int64_t dr,
-                             float scale, float *o, float *lse, float *work)
+/* ---- cache row decoders (cache/kv_cache.c), the scalar twins' floats bit for bit ---- */
+
+/* n bf16 -> f32 (exact). */
+T512 static void bf16_row_avx512(const uint8_t *src, int64_t n, float *out)
 {
-    if (n == 0) {
-        dsacp_sparse_mla_avx512_buf(q, kv, n, H, dc, dr, scale, o, lse, NULL);
-        return;
+    for (int64_t i = 0; i < n; i += 16) {
+        const __mmask16 m = tail_mask(n - i);
+        __m512i v = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, src + 2 * i));
+        _mm512_mask_storeu_ps(out + i, m, _mm512_castsi512_ps(_mm512_slli_epi32(v, 16)));
     }
-    /* Without memory the result is NaN (and the error recorded), never another kernel's bits:
-     * callers that can fail use dsacp_sparse_mla_ws with a workspace sized once. */
-    float *buf = dsacp_alloc(dsacp_sparse_mla_avx512_bytes(H, dc, dr));
-    if (!buf) {
-        for (int64_t i = 0; i < H * dc; i++) o[i] = NAN;
-        for (int64_t h = 0; h < H; h++) lse[h] = NAN;
-        dsacp_error(DSACP_ENOMEM, "sparse MLA: out of memory for its workspace");
-        return;
-    }
-    dsacp_sparse_mla_avx512_buf(q, kv, n, H, dc, dr, scale, o, lse, buf);
-    dsacp_free(buf);
 }
 
-#else /* not x86-64: the dispatcher never selects these */
+/* e4m3 bytes times their group's scale: e4m3_bits gives value * 2^-120 exactly, one multiply by
+ * scale * 2^120 (exact while |scale| < 2^7) rounds once -- the same float as the scalar
+ * lut[b] * scale. Groups not a multiple of 16, or a scale out of that range: the scalar twin. */
+T512 static void e4m3_row_avx512(const uint8_t *src, const float *scales, int64_t group, int64_t n, float *out)
+{
+    bool ok = group > 0 && group % 16 == 0;
+    for (int64_t g = 0; ok && g < (n + group - 1) / group; g++) ok = fabsf(scales[g]) < 0x1p7f;
+    if (!ok) {
+        dsacp_e4m3_row_scalar(src, scales, group, n, out);
+        return;
+    }
+    for (int64_t i = 0; i < n; i += 16) {
+        const __mmask16 m = tail_mask(n - i);
+        const __m512 v = e4m3_bits(_mm_maskz_loadu_epi8(m, src + i));
+        _mm512_mask_storeu_ps(out + i, m, _mm512_mul_ps(v, _mm512_set1_ps(scales[i / group] * 0x1p120f)));
+    }
+}
 
-int dsacp_linear_avx512(const dsacp_weight *w, const float *x, int64_t T, int64_t ldx, float *y, int64_t ldy,
-                        bool act_quant)
-{
-    return dsacp_linear_scalar(w, x, T, ldx, y, ldy, act_quant);
-}
-void dsacp_gemv_t_avx512(const float *A, int64_t lda, const float *x, int64_t m, int64_t n, float *y) { abort(); }
-void dsacp_index_scores_packed_avx512(const float *qt, const float *wp, int64_t Hp, int64_t di, const void *keys,
-                                      const float *kscales, int64_t n, float *out)
-{
-    abort();
-}
-size_t dsacp_sparse_mla_avx512_bytes(int64_t H, int64_t dc, int64_t dr) { return 0; }
-void dsacp_sparse_mla_avx512_buf(const float *q, const float *kv, int64_t n, int64_t H, int64_t dc, int64_t dr,
-                           float scale, float *o, float *lse, float *buf)
-{
-    abort();
-}
-void dsacp_sparse_mla_avx512(const float *q, const float *kv, int64_t n, int64_t H, int64_t dc, int64_t dr,
-                             float scale, float *o, float *lse, float *work)
-{
-    dsacp_sparse_mla_scalar(q, kv, n, H, dc, dr, scale, o, lse, work);
-}
+/* The AVX-512 table; with AVX512-VBMI (chosen once by dispatch.c) the same but for the linear,
+ * whose FP8 weights with blocks of a multiple of 64 run the table decode. */
+#define AVX512_SLOTS                                                                                              \
+    .isa = DSACP_ISA_AVX512, .act_quant_rows = dsacp_fake_quant_e4m3_128_avx2, .rmsnorm = dsacp_rmsnorm_avx512,    \
+    .gemv_t = gemv_t_avx512, .index_transposed = true, .index_scores = index_scores_avx512,                       \
+    .mla_bytes = mla_bytes_avx512, .sparse_mla = sparse_mla_avx512, .axpy = dsacp_axpy_avx512,                    \
+    .decode_isa = DSACP_ISA_AVX512, .bf16_row = bf16_row_avx512, .e4m3_row = e4m3_row_avx512
+const dsacp_kernel_table dsacp_kernels_avx512 = {AVX512_SLOTS, .linear_ws_bytes = linear_avx512_ws_bytes,
+                                                 .linear = linear_avx512};
+const dsacp_kernel_table dsacp_kernels_avx512_vbmi = {AVX512_SLOTS, .linear_ws_bytes = linear_vbmi_ws_bytes,
+                                                      .linear = linear_vbmi};
+#undef AVX512_SLOTS
+
 #endif

@@ -1,71 +1,201 @@
 /*
- * kernels_isa.h -- the per-ISA variants behind the dispatched kernels of kernels.h (private to
- * src/kernels). Each has exactly the contract of its public kernel; dispatch.c picks one.
+ * kernels_isa.h -- what the ISA files of src/kernels share (private to src/kernels): the three
+ * kernel tables, the scalar pieces a SIMD variant falls back on, the linear driver the SIMD
+ * linears share, and workspace carving. The layers inside src/kernels, each calling only down:
+ *   dispatch.c                      the active table and the public kernels over it
+ *   kernels_avx512.c                AVX-512 table (its FP8 table decode calls gemm_avx2.c)
+ *   kernels_avx2.c, gemm_avx2.c     AVX2 table, the blocked many-row linear
+ *   kernels_small.c                 the small per-row SIMD kernels (RMSNorm, axpy)
+ *   kernels.c                       the scalar table: the reference twins
+ *   kernels_linear.c                dsacp_dot_f32, the scalar linear, act_quant, and the driver
+ *                                   the SIMD linears share
  */
 #ifndef DSACP_KERNELS_ISA_H
 #define DSACP_KERNELS_ISA_H
 
 #include "kernels/kernels.h"
 
-int dsacp_linear_avx512(const dsacp_weight *w, const float *x, int64_t T, int64_t ldx, float *y, int64_t ldy,
-                        bool act_quant);
-void dsacp_sparse_mla_avx512(const float *q, const float *kv, int64_t n, int64_t H, int64_t dc, int64_t dr,
-                             float scale, float *o, float *lse, float *work);
-/* The SIMD sparse MLAs on a caller's buffer of dsacp_sparse_mla_<isa>_bytes(H, dc, dr) bytes,
- * 64-byte aligned (it depends on the shape, not on n). The plain forms allocate it and, without
- * memory, write NaN (never fall back to another kernel). */
-size_t dsacp_sparse_mla_avx512_bytes(int64_t H, int64_t dc, int64_t dr);
-void dsacp_sparse_mla_avx512_buf(const float *q, const float *kv, int64_t n, int64_t H, int64_t dc, int64_t dr,
-                                 float scale, float *o, float *lse, float *buf);
-size_t dsacp_sparse_mla_avx2_bytes(int64_t H, int64_t dc, int64_t dr);
-void dsacp_sparse_mla_avx2_buf(const float *q, const float *kv, int64_t n, int64_t H, int64_t dc, int64_t dr,
-                               float scale, float *o, float *lse, float *buf);
+#include <stdint.h>
 
+extern const dsacp_kernel_table dsacp_kernels_scalar;
+#if defined(__x86_64__)
+extern const dsacp_kernel_table dsacp_kernels_avx2;
+extern const dsacp_kernel_table dsacp_kernels_avx512;
+extern const dsacp_kernel_table dsacp_kernels_avx512_vbmi; /* the same with the FP8 table decode */
+#endif
 
-void dsacp_index_scores_packed_avx512(const float *qt, const float *wp, int64_t Hp, int64_t di, const void *keys,
-                                      const float *kscales, int64_t n, float *out);
-void dsacp_gemv_t_avx512(const float *A, int64_t lda, const float *x, int64_t m, int64_t n, float *y);
+/* ---- workspace carving: a caller's buffer, any alignment, cut into 64-byte aligned parts ---- */
 
-int dsacp_linear_avx2(const dsacp_weight *w, const float *x, int64_t T, int64_t ldx, float *y, int64_t ldy,
-                      bool act_quant);
-void dsacp_sparse_mla_avx2(const float *q, const float *kv, int64_t n, int64_t H, int64_t dc, int64_t dr,
-                           float scale, float *o, float *lse, float *work);
-void dsacp_index_scores_packed_avx2(const float *qt, const float *wp, int64_t Hp, int64_t di, const void *keys,
-                                    const float *kscales, int64_t n, float *out);
-void dsacp_gemv_t_avx2(const float *A, int64_t lda, const float *x, int64_t m, int64_t n, float *y);
+enum { DSACP_WS_ALIGN = 64 };
+/* a * b, saturating at SIZE_MAX (a size no allocation gives). */
+static inline size_t dsacp_ws_mul(size_t a, size_t b) { return b && a > SIZE_MAX / b ? SIZE_MAX : a * b; }
+/* a + b, saturating likewise. */
+static inline size_t dsacp_ws_add(size_t a, size_t b) { return a > SIZE_MAX - b ? SIZE_MAX : a + b; }
+/* bytes rounded up to the alignment (saturating). */
+static inline size_t dsacp_ws_round(size_t b) { return b > SIZE_MAX - 63 ? SIZE_MAX : (b + 63) / 64 * 64; }
+typedef struct dsacp_ws {
+    unsigned char *p; /* next free byte, aligned */
+    size_t left;      /* bytes from p to the end */
+} dsacp_ws;
+/* The aligned view of ws[0..bytes). */
+static inline dsacp_ws dsacp_ws_open(void *ws, size_t bytes)
+{
+    const uintptr_t a = ((uintptr_t)ws + DSACP_WS_ALIGN - 1) & ~(uintptr_t)(DSACP_WS_ALIGN - 1);
+    const size_t skip = (size_t)(a - (uintptr_t)ws);
+    dsacp_ws w = {(unsigned char *)a, ws && bytes > skip ? bytes - skip : 0};
+    return w;
+}
+/* The next `bytes` (rounded to the alignment), or NULL when the rest is shorter. */
+static inline void *dsacp_ws_take(dsacp_ws *w, size_t bytes)
+{
+    const size_t r = dsacp_ws_round(bytes);
+    if (r > w->left) return NULL;
+    void *p = w->p;
+    w->p += r;
+    w->left -= r;
+    return p;
+}
 
+/* ---- scalar pieces (kernels.c) ---- */
+
+void dsacp_gemv_t_scalar(const float *A, int64_t lda, const float *x, int64_t m, int64_t n, float *y);
+/* The LSE merge with the weighted sum of one ISA (dsacp_kernel_table.axpy). */
+void dsacp_lse_merge_axpy(const float *o_parts, const float *lse_parts, int64_t R, int64_t H, int64_t d, float *o,
+                          float *lse, void (*axpy)(float *o, const float *src, float wgt, int64_t d));
+void dsacp_bf16_row_scalar(const uint8_t *src, int64_t n, float *out);
+void dsacp_e4m3_row_scalar(const uint8_t *src, const float *scales, int64_t group, int64_t n, float *out);
+
+/* ---- linear (kernels_linear.c) ---- */
+
+typedef void (*dsacp_quant_rows_fn)(float *x, int64_t n);
+/* The scalar table's slots: act_quant's rounding (dsacp_fake_quant_e4m3_groups, groups of
+ * 128) and the scalar linear with it. */
+void dsacp_quant_rows_scalar(float *x, int64_t n);
+size_t dsacp_linear_scalar_ws_bytes(const dsacp_weight *w, int64_t T, bool act_quant);
+int dsacp_linear_scalar_ws(const dsacp_weight *w, const float *x, int64_t T, int64_t ldx, float *y, int64_t ldy,
+                           bool act_quant, void *ws, size_t ws_bytes);
 /* Whether an F8_E4M3 weight suits the SIMD decode: blocks a multiple of 16 and every
  * 2^120 * scale finite. */
 bool dsacp_linear_f8_ok(const dsacp_weight *w);
+/* Bytes of the act_quant copy of T rows of K floats (0 when act_quant does not apply). */
+size_t dsacp_linear_aq_bytes(const dsacp_weight *w, int64_t T, bool act_quant);
+/* x rows rounded through `quant` (e4m3, groups of 128) into xq [T][K]. */
+void dsacp_linear_act_quant(const float *x, int64_t T, int64_t ldx, int64_t K, float *xq, dsacp_quant_rows_fn quant);
+/* The scalar linear with a given act_quant rounding (the SIMD tables' fallback passes theirs;
+ * every rounding gives the same bits) and its workspace. */
+int dsacp_linear_ref(const dsacp_weight *w, const float *x, int64_t T, int64_t ldx, float *y, int64_t ldy,
+                     bool act_quant, dsacp_quant_rows_fn quant, void *ws, size_t ws_bytes);
 
-/* dsacp_fake_quant_e4m3_groups(x, n, 128) in AVX2, bit for bit (n % 128 == 0). */
-void dsacp_fake_quant_e4m3_128_avx2(float *x, int64_t n);
-/* Rounds x rows through e4m3 groups of 128 into a fresh buffer (the act_quant of dsacp_linear);
- * *ldout gets its row stride. NULL on allocation failure. */
-float *dsacp_linear_act_quant(const float *x, int64_t T, int64_t ldx, int64_t K, int64_t *ldout);
-
-/* The driver shared by the SIMD linears: falls back to the scalar twin for dtypes or FP8 block
- * layouts a variant cannot decode, applies act_quant, then hands output row blocks of
- * DSACP_LINEAR_BLOCK to `rows` over the threads (only outside a parallel region, for products of
- * at least 1e6 multiply-adds). `rows_by_dtype` is indexed F32, BF16, F16, F8_E4M3. `fast`, when
- * not NULL, is offered the (act-quantized) input first and returns 1 when it did the product. */
-enum { DSACP_LINEAR_BLOCK = 16 };
-/* o[i] += wgt * src[i] for i < d, one variant per ISA; the LSE merge around it is shared. */
-typedef void (*dsacp_axpy_fn)(float *o, const float *src, float wgt, int64_t d);
-void dsacp_lse_merge_axpy(const float *o_parts, const float *lse_parts, int64_t R, int64_t H, int64_t d, float *o,
-                          float *lse, dsacp_axpy_fn axpy);
+/* What one SIMD ISA gives the shared driver. `rows` (indexed F32, BF16, F16, F8_E4M3) computes
+ * output rows [o0, o1) of every token; `fast`, when not NULL, is offered the (act-quantized)
+ * input first with the workspace left after the act_quant copy and returns 1 when it did the
+ * product (status in *rc), 0 when the weight does not suit it; fast_ws_bytes sizes it. */
 typedef void (*dsacp_linear_rows_fn)(const dsacp_weight *w, int64_t o0, int64_t o1, const float *x, int64_t ldx,
                                      int64_t T, float *y, int64_t ldy);
-typedef int (*dsacp_linear_fast_fn)(const dsacp_weight *w, const float *x, int64_t T, int64_t ldx, float *y,
-                                    int64_t ldy, int *rc);
-/* The blocked many-row linear (gemm_avx2.c), used for T >= DSACP_GEMM_MIN_T: the same bits as
- * the row kernels (natural chains; with fold, the chains of the AVX-512 VBMI table decode of FP8
- * weights with blocks of a multiple of 64). Returns 1 when it did the product (status in *rc: OK
- * or ENOMEM), 0 when this weight does not suit it (nothing written). x is the act-quantized input. */
+typedef struct dsacp_linear_isa {
+    dsacp_linear_rows_fn rows[4];
+    int (*fast)(const dsacp_weight *w, const float *x, int64_t T, int64_t ldx, float *y, int64_t ldy, int *rc,
+                void *ws, size_t ws_bytes);
+    size_t (*fast_ws_bytes)(const dsacp_weight *w, int64_t T);
+    dsacp_quant_rows_fn quant;
+} dsacp_linear_isa;
+/* The driver shared by the SIMD linears: the scalar twin for dtypes or FP8 block layouts a
+ * variant cannot decode, act_quant, `fast`, the blocked GEMM for T >= DSACP_GEMM_MIN_T, then
+ * output row blocks of DSACP_LINEAR_BLOCK to `rows` over the threads (only outside a parallel
+ * region, for products of at least 65536 multiply-adds). */
+enum { DSACP_LINEAR_BLOCK = 16 };
+size_t dsacp_linear_drive_ws_bytes(const dsacp_linear_isa *li, const dsacp_weight *w, int64_t T, bool act_quant);
+int dsacp_linear_drive(const dsacp_linear_isa *li, const dsacp_weight *w, const float *x, int64_t T, int64_t ldx,
+                       float *y, int64_t ldy, bool act_quant, void *ws, size_t ws_bytes);
+
+/* In an ISA file: ROWS##_f32, _bf16, _f16, _f8, the four per-dtype row functions over
+ * ROWS(dtype, w, o0, o1, x, ldx, T, y, ldy) (an always-inline template compiled with the target
+ * attribute ATTR: one compiled body per dtype). */
+#define DSACP_DEFINE_LINEAR_ROWS(ATTR, ROWS)                                                                      \
+    ATTR static void ROWS##_f32(const dsacp_weight *w, int64_t o0, int64_t o1, const float *x, int64_t ldx,      \
+                                int64_t T, float *y, int64_t ldy)                                                 \
+    {                                                                                                             \
+        ROWS(DSACP_F32, w, o0, o1, x, ldx, T, y, ldy);                                                            \
+    }                                                                                                             \
+    ATTR static void ROWS##_bf16(const dsacp_weight *w, int64_t o0, int64_t o1, const float *x, int64_t ldx,     \
+                                 int64_t T, float *y, int64_t ldy)                                                \
+    {                                                                                                             \
+        ROWS(DSACP_BF16, w, o0, o1, x, ldx, T, y, ldy);                                                           \
+    }                                                                                                             \
+    ATTR static void ROWS##_f16(const dsacp_weight *w, int64_t o0, int64_t o1, const float *x, int64_t ldx,      \
+                                int64_t T, float *y, int64_t ldy)                                                 \
+    {                                                                                                             \
+        ROWS(DSACP_F16, w, o0, o1, x, ldx, T, y, ldy);                                                            \
+    }                                                                                                             \
+    ATTR static void ROWS##_f8(const dsacp_weight *w, int64_t o0, int64_t o1, const float *x, int64_t ldx,       \
+                               int64_t T, float *y, int64_t ldy)                                                  \
+    {                                                                                                             \
+        ROWS(DSACP_F8_E4M3, w, o0, o1, x, ldx, T, y, ldy);                                                        \
+    }
+
+/* In an ISA file: a table's two linear slots, static NAME##_ws_bytes and NAME, over the shared
+ * driver with the row functions of DSACP_DEFINE_LINEAR_ROWS(_, ROWS), FAST and FAST_WS (both may
+ * be NULL) and the act_quant rounding QUANT. */
+#define DSACP_DEFINE_LINEAR_SLOTS(NAME, ROWS, FAST, FAST_WS, QUANT)                                               \
+    static const dsacp_linear_isa NAME##_parts = {                                                                \
+        {ROWS##_f32, ROWS##_bf16, ROWS##_f16, ROWS##_f8}, FAST, FAST_WS, QUANT};                                  \
+    static size_t NAME##_ws_bytes(const dsacp_weight *w, int64_t T, bool act_quant)                               \
+    {                                                                                                             \
+        return dsacp_linear_drive_ws_bytes(&NAME##_parts, w, T, act_quant);                                       \
+    }                                                                                                             \
+    static int NAME(const dsacp_weight *w, const float *x, int64_t T, int64_t ldx, float *y, int64_t ldy,         \
+                    bool act_quant, void *ws, size_t ws_bytes)                                                    \
+    {                                                                                                             \
+        return dsacp_linear_drive(&NAME##_parts, w, x, T, ldx, y, ldy, act_quant, ws, ws_bytes);                  \
+    }
+
+/* In an ISA file: NAME##4 .. NAME##1, the sparse MLA's head-group functions for 4..1 head
+ * vectors over the always-inline template NAME(Qt, Hp, h0, NG, ...), compiled with ATTR (one
+ * compiled body per group width, chosen by a switch at run time). */
+#define DSACP_DEFINE_MLA_GROUP(ATTR, NAME, NG)                                                                    \
+    ATTR static void NAME##NG(const float *Qt, int64_t Hp, int64_t h0, const float *kv, int64_t n, int64_t dc,    \
+                              int64_t dk, float scale, float *St, float *Ot, float *mo, float *lo)                \
+    {                                                                                                             \
+        NAME(Qt, Hp, h0, NG, kv, n, dc, dk, scale, St, Ot, mo, lo);                                               \
+    }
+#define DSACP_DEFINE_MLA_GROUPS(ATTR, NAME)                                                                       \
+    DSACP_DEFINE_MLA_GROUP(ATTR, NAME, 4)                                                                         \
+    DSACP_DEFINE_MLA_GROUP(ATTR, NAME, 3)                                                                         \
+    DSACP_DEFINE_MLA_GROUP(ATTR, NAME, 2)                                                                         \
+    DSACP_DEFINE_MLA_GROUP(ATTR, NAME, 1)                                                                         \
+    static void NAME##_run(int64_t ng, const float *Qt, int64_t Hp, int64_t h0, const float *kv, int64_t n,       \
+                           int64_t dc, int64_t dk, float scale, float *St, float *Ot, float *mo, float *lo)       \
+    {                                                                                                             \
+        switch (ng) {                                                                                             \
+        case 4: NAME##4(Qt, Hp, h0, kv, n, dc, dk, scale, St, Ot, mo, lo); break;                                 \
+        case 3: NAME##3(Qt, Hp, h0, kv, n, dc, dk, scale, St, Ot, mo, lo); break;                                 \
+        case 2: NAME##2(Qt, Hp, h0, kv, n, dc, dk, scale, St, Ot, mo, lo); break;                                 \
+        default: NAME##1(Qt, Hp, h0, kv, n, dc, dk, scale, St, Ot, mo, lo); break;                                \
+        }                                                                                                         \
+    }
+
+/* ---- the blocked many-row linear (gemm_avx2.c) ----
+ * Used for T >= DSACP_GEMM_MIN_T: the same bits as the row kernels (natural chains; with fold,
+ * the chains of the AVX-512 VBMI table decode of FP8 weights with blocks of a multiple of 64).
+ * dsacp_linear_gemm_ws_bytes: its packing room with the threads of now (0 when this weight does
+ * not suit it). dsacp_linear_gemm returns 1 when it did the product (status in *rc: OK, or
+ * EINVAL when ws is shorter than one thread's room; fewer threads run when it holds fewer than
+ * sized, with the same bits), 0 when this weight does not suit it (nothing written). x is the
+ * act-quantized input. */
 enum { DSACP_GEMM_MIN_T = 8 };
+size_t dsacp_linear_gemm_ws_bytes(const dsacp_weight *w, int64_t T, bool fold);
 int dsacp_linear_gemm(const dsacp_weight *w, const float *x, int64_t T, int64_t ldx, float *y, int64_t ldy, bool fold,
-                      int *rc);
-int dsacp_linear_drive(const dsacp_weight *w, const float *x, int64_t T, int64_t ldx, float *y, int64_t ldy,
-                       bool act_quant, const dsacp_linear_rows_fn rows_by_dtype[4], dsacp_linear_fast_fn fast);
+                      int *rc, void *ws, size_t ws_bytes);
+
+/* ---- small SIMD kernels (kernels_small.c) and the AVX2 act_quant (kernels_avx2.c) ---- */
+
+#if defined(__x86_64__)
+void dsacp_rmsnorm_avx512(float *y, const float *x, const float *weight, int64_t n, double eps);
+void dsacp_rmsnorm_avx2(float *y, const float *x, const float *weight, int64_t n, double eps);
+void dsacp_axpy_avx512(float *o, const float *src, float wgt, int64_t d);
+void dsacp_axpy_avx2(float *o, const float *src, float wgt, int64_t d);
+/* dsacp_fake_quant_e4m3_groups(x, n, 128) in AVX2, bit for bit (n % 128 == 0). */
+void dsacp_fake_quant_e4m3_128_avx2(float *x, int64_t n);
+#endif
 
 #endif

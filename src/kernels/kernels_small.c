@@ -1,18 +1,19 @@
 /*
- * kernels_small.c -- AVX-512 and AVX2 variants of the small per-row kernels (RMSNorm, LSE
- * merge) and their dispatch. Same contracts as the scalar twins in kernels.c; per-row work
- * with a fixed lane order, so results depend only on the row and the ISA.
+ * kernels_small.c -- AVX-512 and AVX2 variants of the small per-row kernels (RMSNorm, the LSE
+ * merge's weighted sum), slots of those ISAs' tables. Same contracts as the scalar twins in
+ * kernels.c; per-row work with a fixed lane order, so results depend only on the row and the ISA.
  */
-#include "kernels/kernels.h"
 #include "kernels/kernels_isa.h"
 
-#include <immintrin.h>
 #include <math.h>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
 
 /* ---- RMSNorm: sum of squares in double (as the scalar twin), 8 double lanes ---- */
 
-__attribute__((target("avx512f,avx512vl"))) static void rmsnorm_avx512(float *y, const float *x, const float *weight,
-                                                              int64_t n, double eps)
+__attribute__((target("avx512f,avx512vl"))) void dsacp_rmsnorm_avx512(float *y, const float *x, const float *weight, int64_t n,
+                                                                   double eps)
 {
     __m512d acc = _mm512_setzero_pd();
     int64_t i = 0;
@@ -34,8 +35,8 @@ __attribute__((target("avx512f,avx512vl"))) static void rmsnorm_avx512(float *y,
     }
 }
 
-__attribute__((target("avx2,fma"))) static void rmsnorm_avx2(float *y, const float *x, const float *weight,
-                                                             int64_t n, double eps)
+__attribute__((target("avx2,fma"))) void dsacp_rmsnorm_avx2(float *y, const float *x, const float *weight, int64_t n,
+                                                                double eps)
 {
     __m256d a0 = _mm256_setzero_pd(), a1 = _mm256_setzero_pd();
     int64_t i = 0;
@@ -56,20 +57,10 @@ __attribute__((target("avx2,fma"))) static void rmsnorm_avx2(float *y, const flo
     for (; i < n; i++) y[i] = weight[i] * (x[i] * rs);
 }
 
-void dsacp_rmsnorm(float *y, const float *x, const float *weight, int64_t n, double eps)
-{
-    switch (dsacp_isa_active()) {
-    case DSACP_ISA_AVX512: rmsnorm_avx512(y, x, weight, n, eps); return;
-    case DSACP_ISA_AVX2: rmsnorm_avx2(y, x, weight, n, eps); return;
-    default: dsacp_rmsnorm_scalar(y, x, weight, n, eps);
-    }
-}
-
 /* ---- LSE merge (dsacp_lse_merge_axpy in kernels.c): the per-part weights are scalar (R is
  * small), the weighted sum over d is vectorized; parts are added in fixed order ---- */
 
-
-__attribute__((target("avx512f"))) static void axpy_avx512(float *o, const float *src, float wgt, int64_t d)
+__attribute__((target("avx512f"))) void dsacp_axpy_avx512(float *o, const float *src, float wgt, int64_t d)
 {
     const __m512 w = _mm512_set1_ps(wgt);
     for (int64_t i = 0; i < d; i += 16) {
@@ -79,7 +70,7 @@ __attribute__((target("avx512f"))) static void axpy_avx512(float *o, const float
     }
 }
 
-__attribute__((target("avx2,fma"))) static void axpy_avx2(float *o, const float *src, float wgt, int64_t d)
+__attribute__((target("avx2,fma"))) void dsacp_axpy_avx2(float *o, const float *src, float wgt, int64_t d)
 {
     const __m256 w = _mm256_set1_ps(wgt);
     int64_t i = 0;
@@ -88,13 +79,4 @@ __attribute__((target("avx2,fma"))) static void axpy_avx2(float *o, const float 
     for (; i < d; i++) o[i] = fmaf(wgt, src[i], o[i]);
 }
 
-
-void dsacp_lse_merge(const float *o_parts, const float *lse_parts, int64_t R, int64_t H, int64_t d, float *o,
-                     float *lse)
-{
-    switch (dsacp_isa_active()) {
-    case DSACP_ISA_AVX512: dsacp_lse_merge_axpy(o_parts, lse_parts, R, H, d, o, lse, axpy_avx512); return;
-    case DSACP_ISA_AVX2: dsacp_lse_merge_axpy(o_parts, lse_parts, R, H, d, o, lse, axpy_avx2); return;
-    default: dsacp_lse_merge_scalar(o_parts, lse_parts, R, H, d, o, lse);
-    }
-}
+#endif

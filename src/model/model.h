@@ -1,6 +1,7 @@
 /*
  * model -- configuration parsing, checkpoint loading (tensor names: docs/reference-notes.md,
- * "Weights in the saved file"), presets and init-model. Calls core, numerics and io.
+ * "Weights in the saved file"), presets and init-model. Calls core, numerics and io;
+ * the weight view it fills (dsacp_weight) is kernels/weight.h.
  *
  * Weights stay in their stored dtype, memory-mapped: F32, BF16, F16, or F8_E4M3 with a
  * weight_scale_inv block-scale tensor (dequantized by the kernels, or by dsacp_weight_to_f32).
@@ -13,6 +14,7 @@
 #define DSACP_MODEL_H
 
 #include "core/core.h"
+#include "kernels/weight.h"
 
 /* ---- bounds on config.json ----
  * What a real model can have: generous multiples of DeepSeek-V3.2's values (in parentheses).
@@ -37,17 +39,6 @@
  * (may be NULL) and the field. */
 int dsacp_config_check(const dsacp_config *cfg, const char *path);
 
-typedef struct dsacp_weight {
-    const char *name;   /* canonical name */
-    dsacp_dtype dtype;  /* F32, BF16, F16 or F8_E4M3 */
-    int ndim;           /* 1 or 2 */
-    int64_t rows, cols; /* 1-D: rows = 1, cols = n */
-    const void *data;   /* row-major [rows][cols], row stride cols elements (may be unaligned) */
-    /* F8_E4M3 only: block scales, F32 [scale_rows][scale_cols] with scale_rows = ceil(rows/128),
-     * row stride scale_stride; W[i][j] = e4m3(data[i][j]) * scale[i / block][j / block]. */
-    const float *scale;
-    int64_t scale_rows, scale_cols, scale_stride, block;
-} dsacp_weight;
 
 /* The named weight, or NULL when the model has none of that name. */
 const dsacp_weight *dsacp_model_weight(const dsacp_model *m, const char *name);
@@ -57,10 +48,7 @@ const dsacp_weight *dsacp_model_weightf(const dsacp_model *m, const char *fmt, .
  * weights, biases); NULL with *rc set (DSACP_ENOTFOUND naming it, or DSACP_ENOMEM) otherwise.
  * dsacp_free it. */
 float *dsacp_model_vector_f32(const dsacp_model *m, const char *name, int64_t n, int *rc);
-/* Dequantizes a whole weight to f32, row-major [rows][cols]. */
-void dsacp_weight_to_f32(const dsacp_weight *w, float *out);
-/* Dequantizes row r (cols values). */
-void dsacp_weight_row_f32(const dsacp_weight *w, int64_t r, float *out);
+/* dsacp_weight (the view), dsacp_weight_to_f32 and dsacp_weight_row_f32: kernels/weight.h. */
 
 
 /* ---- the checkpoint's expected tensors (one list drives loading, inspect and init-model) ---- */

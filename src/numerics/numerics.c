@@ -167,6 +167,23 @@ uint8_t dsacp_f32_to_e4m3(float x)
     return (uint8_t)(sign | shift_rne(sig, shift));
 }
 
+/* ---- cache entry formats ---- */
+
+int64_t dsacp_mla_entry_bytes(int64_t dc, int64_t dr, dsacp_kv_dtype dtype)
+{
+    switch (dtype) {
+    case DSACP_KV_F32: return (dc + dr) * (int64_t)sizeof(float);
+    case DSACP_KV_BF16: return (dc + dr) * (int64_t)sizeof(uint16_t);
+    case DSACP_KV_FP8: return dc + (int64_t)sizeof(float) * ((dc + 127) / 128) + (int64_t)sizeof(uint16_t) * dr;
+    }
+    return 0;
+}
+
+int64_t dsacp_index_entry_bytes(int64_t di, dsacp_kv_dtype dtype)
+{
+    return dtype == DSACP_KV_FP8 ? di + (int64_t)sizeof(float) : di * (int64_t)sizeof(float);
+}
+
 /* ---- group quantization ---- */
 
 float dsacp_ue8m0_scale(float amax)

@@ -46,6 +46,14 @@ void dsacp_dequant_e4m3_groups(const uint8_t *q, const float *scales, int64_t n,
 /* Rounds x in place through quantize + dequantize (the value a fp8 cache would give back). */
 void dsacp_fake_quant_e4m3_groups(float *x, int64_t n, int64_t group);
 
+/* ---- cache entry formats (docs/dsa-math.md section 6) ----
+ * Bytes of one token's entry: the MLA latent [dc] c and [dr] k_pe in F32, BF16, or fp8_ds_mla
+ * (dc e4m3, one F32 scale per 128 of c, dr BF16: 656 for V3.2); the indexer key [di] in F32, or
+ * e4m3 plus one F32 scale. The one formula: the paged cache lays its blocks out with it, and
+ * dsacp_mla_cache_bytes_per_token / dsacp_index_cache_bytes_per_token give it for a config. */
+int64_t dsacp_mla_entry_bytes(int64_t dc, int64_t dr, dsacp_kv_dtype dtype);
+int64_t dsacp_index_entry_bytes(int64_t di, dsacp_kv_dtype dtype);
+
 /* ---- Hadamard ---- */
 
 /* In-place x <- H_n x * n^-0.5, H_n the Sylvester-order Hadamard matrix

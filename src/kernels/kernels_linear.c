@@ -1,0 +1,182 @@
+/*
+ * kernels_linear.c -- the bottom of src/kernels (kernels_isa.h): dsacp_dot_f32 (the fixed
+ * 16-lane reduction every scalar twin uses), the scalar linear, act_quant, and the driver the
+ * SIMD linears share. Every buffer comes from the caller's workspace; nothing here allocates.
+ */
+#include "kernels/kernels_isa.h"
+#include "numerics/numerics.h"
+
+#include <math.h>
+#include <omp.h>
+#include <string.h>
+
+float dsacp_dot_f32(const float *a, const float *b, int64_t n)
+{
+    float acc[16] = {0};
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16)
+        for (int l = 0; l < 16; l++) acc[l] += a[i + l] * b[i + l];
+    for (int l = 0; i < n; i++, l++) acc[l] += a[i] * b[i];
+    /* Fixed pairwise tree over the lanes. */
+    for (int w = 8; w >= 1; w /= 2)
+        for (int l = 0; l < w; l++) acc[l] += acc[l + w];
+    return acc[0];
+}
+
+bool dsacp_linear_f8_ok(const dsacp_weight *w)
+{
+    if (!(w->block > 0 && w->block % 16 == 0)) return false;
+    for (int64_t i = 0; i < w->scale_rows; i++)
+        for (int64_t j = 0; j < w->scale_cols; j++)
+            if (!(fabsf(w->scale[i * w->scale_stride + j]) < 0x1p7f)) return false;
+    return true;
+}
+
+void dsacp_quant_rows_scalar(float *x, int64_t n) { dsacp_fake_quant_e4m3_groups(x, n, 128); }
+
+size_t dsacp_linear_aq_bytes(const dsacp_weight *w, int64_t T, bool act_quant)
+{
+    if (!dsacp_act_quant_applies(w, act_quant) || T <= 0) return 0;
+    return dsacp_ws_round(dsacp_ws_mul(dsacp_ws_mul((size_t)T, (size_t)w->cols), sizeof(float)));
+}
+
+void dsacp_linear_act_quant(const float *x, int64_t T, int64_t ldx, int64_t K, float *xq, dsacp_quant_rows_fn quant)
+{
+    /* Rows are independent: split them over the threads when the call is large enough. */
+#pragma omp parallel for schedule(static) if (T * K >= (1 << 17) && !omp_in_parallel())
+    for (int64_t t = 0; t < T; t++) {
+        memcpy(xq + t * K, x + t * ldx, (size_t)K * sizeof(float));
+        quant(xq + t * K, K);
+    }
+}
+
+static int short_ws(const dsacp_weight *w, size_t have, size_t need)
+{
+    return dsacp_error(DSACP_EINVAL, "linear %s: workspace of %zu bytes, %zu needed", w->name ? w->name : "", have,
+                       need);
+}
+
+/* The act_quant copy of x when it applies (from the workspace), else x itself; NULL when the
+ * workspace is short. */
+static const float *act_quant_input(const dsacp_weight *w, const float *x, int64_t T, int64_t ldx, bool act_quant,
+                                    dsacp_quant_rows_fn quant, dsacp_ws *s, int64_t *ldout)
+{
+    *ldout = ldx;
+    const size_t bytes = dsacp_linear_aq_bytes(w, T, act_quant);
+    if (!bytes) return x;
+    float *xq = dsacp_ws_take(s, bytes);
+    if (!xq) return NULL;
+    dsacp_linear_act_quant(x, T, ldx, w->cols, xq, quant);
+    *ldout = w->cols;
+    return xq;
+}
+
+/* ---- the scalar twin ---- */
+
+enum { LINEAR_ROWS = 16 };
+
+static int linear_threads(void) { return omp_in_parallel() ? 1 : omp_get_max_threads(); }
+
+/* One thread's decode buffer: LINEAR_ROWS rows of the weight as f32 (none for F32 weights). */
+static size_t ref_rows_bytes(const dsacp_weight *w)
+{
+    if (w->dtype == DSACP_F32) return 0;
+    return dsacp_ws_round(dsacp_ws_mul((size_t)LINEAR_ROWS * sizeof(float), (size_t)w->cols));
+}
+
+size_t dsacp_linear_scalar_ws_bytes(const dsacp_weight *w, int64_t T, bool act_quant)
+{
+    const size_t b = dsacp_ws_add(dsacp_linear_aq_bytes(w, T, act_quant),
+                                  dsacp_ws_mul(ref_rows_bytes(w), (size_t)linear_threads()));
+    return b ? dsacp_ws_add(b, DSACP_WS_ALIGN) : 0;
+}
+
+int dsacp_linear_ref(const dsacp_weight *w, const float *x, int64_t T, int64_t ldx, float *y, int64_t ldy,
+                     bool act_quant, dsacp_quant_rows_fn quant, void *ws, size_t ws_bytes)
+{
+    const int64_t K = w->cols, N = w->rows;
+    dsacp_ws s = dsacp_ws_open(ws, ws_bytes);
+    int64_t ldxin;
+    const float *xin = act_quant_input(w, x, T, ldx, act_quant, quant, &s, &ldxin);
+    const size_t rb = ref_rows_bytes(w);
+    /* As many threads as the workspace has decode buffers for (the bits do not depend on it). */
+    const size_t nbuf = rb ? s.left / rb : SIZE_MAX;
+    if (!xin || nbuf < 1) return short_ws(w, ws_bytes, dsacp_linear_scalar_ws_bytes(w, T, act_quant));
+    const int nth = (size_t)linear_threads() < nbuf ? linear_threads() : (int)nbuf;
+    unsigned char *bufs = s.p;
+    const int64_t nblocks = (N + LINEAR_ROWS - 1) / LINEAR_ROWS;
+#pragma omp parallel num_threads(nth)
+    {
+        float *wrows = rb ? (float *)(bufs + (size_t)omp_get_thread_num() * rb) : NULL;
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t b = 0; b < nblocks; b++) {
+            int64_t o0 = b * LINEAR_ROWS, o1 = o0 + LINEAR_ROWS < N ? o0 + LINEAR_ROWS : N;
+            const float *W;
+            if (!wrows) {
+                W = (const float *)w->data + o0 * K;
+            } else {
+                for (int64_t o = o0; o < o1; o++) dsacp_weight_row_f32(w, o, wrows + (o - o0) * K);
+                W = wrows;
+            }
+            for (int64_t t = 0; t < T; t++)
+                for (int64_t o = o0; o < o1; o++) y[t * ldy + o] = dsacp_dot_f32(W + (o - o0) * K, xin + t * ldxin, K);
+        }
+    }
+    return DSACP_OK;
+}
+
+int dsacp_linear_scalar_ws(const dsacp_weight *w, const float *x, int64_t T, int64_t ldx, float *y, int64_t ldy,
+                           bool act_quant, void *ws, size_t ws_bytes)
+{
+    return dsacp_linear_ref(w, x, T, ldx, y, ldy, act_quant, dsacp_quant_rows_scalar, ws, ws_bytes);
+}
+
+/* ---- the SIMD linears' driver ---- */
+
+/* The row function for this weight's dtype, or NULL when the scalar twin must run (a dtype the
+ * variants do not decode, or FP8 blocks not a multiple of 16 / 2^120 * scale not finite). */
+static dsacp_linear_rows_fn drive_rows(const dsacp_linear_isa *li, const dsacp_weight *w)
+{
+    switch (w->dtype) {
+    case DSACP_F32: return li->rows[0];
+    case DSACP_BF16: return li->rows[1];
+    case DSACP_F16: return li->rows[2];
+    case DSACP_F8_E4M3: return dsacp_linear_f8_ok(w) ? li->rows[3] : NULL;
+    default: return NULL;
+    }
+}
+
+size_t dsacp_linear_drive_ws_bytes(const dsacp_linear_isa *li, const dsacp_weight *w, int64_t T, bool act_quant)
+{
+    if (!drive_rows(li, w)) return dsacp_linear_scalar_ws_bytes(w, T, act_quant);
+    size_t path = li->fast ? li->fast_ws_bytes(w, T) : 0;
+    const size_t gemm = T >= DSACP_GEMM_MIN_T ? dsacp_linear_gemm_ws_bytes(w, T, false) : 0;
+    if (gemm > path) path = gemm;
+    const size_t b = dsacp_ws_add(dsacp_linear_aq_bytes(w, T, act_quant), path);
+    return b ? dsacp_ws_add(b, DSACP_WS_ALIGN) : 0;
+}
+
+int dsacp_linear_drive(const dsacp_linear_isa *li, const dsacp_weight *w, const float *x, int64_t T, int64_t ldx,
+                       float *y, int64_t ldy, bool act_quant, void *ws, size_t ws_bytes)
+{
+    const dsacp_linear_rows_fn rows = drive_rows(li, w);
+    if (!rows) return dsacp_linear_ref(w, x, T, ldx, y, ldy, act_quant, li->quant, ws, ws_bytes);
+    const int64_t K = w->cols, N = w->rows;
+    if (T <= 0 || N <= 0) return DSACP_OK;
+    dsacp_ws s = dsacp_ws_open(ws, ws_bytes);
+    int64_t ldxin;
+    const float *xin = act_quant_input(w, x, T, ldx, act_quant, li->quant, &s, &ldxin);
+    if (!xin) return short_ws(w, ws_bytes, dsacp_linear_drive_ws_bytes(li, w, T, act_quant));
+    int rc = DSACP_OK;
+    if ((li->fast && li->fast(w, xin, T, ldxin, y, ldy, &rc, s.p, s.left)) ||
+        (T >= DSACP_GEMM_MIN_T && dsacp_linear_gemm(w, xin, T, ldxin, y, ldy, false, &rc, s.p, s.left)))
+        return rc;
+    const int64_t nb = (N + DSACP_LINEAR_BLOCK - 1) / DSACP_LINEAR_BLOCK;
+    const bool par = !omp_in_parallel() && (double)N * (double)K * (double)T >= 65536 && nb > 1;
+#pragma omp parallel for schedule(static) if (par)
+    for (int64_t b = 0; b < nb; b++) {
+        int64_t o0 = b * DSACP_LINEAR_BLOCK, o1 = o0 + DSACP_LINEAR_BLOCK < N ? o0 + DSACP_LINEAR_BLOCK : N;
+        rows(w, o0, o1, xin, ldxin, T, y, ldy);
+    }
+    return DSACP_OK;
+}
