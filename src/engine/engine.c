@@ -11,6 +11,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+static size_t step_workspace(const dsacp_engine *e, int64_t T, int64_t n);
+
 void dsacp_engine_options_default(dsacp_engine_options *opt)
 {
     opt->numerics = DSACP_NUMERICS_EXACT;
@@ -23,6 +25,7 @@ void dsacp_engine_free(dsacp_engine *e)
 {
     if (!e) return;
     dsacp_engine_plan_free(e);
+    dsacp_arena_destroy(&e->ws);
     for (int64_t i = 0; i < e->nreq; i++)
         if (e->req[i].live) {
             dsacp_kv_release(e->cache, &e->req[i].seq);
@@ -98,6 +101,7 @@ int dsacp_engine_create_cp(const dsacp_model *model, const dsacp_engine_options 
                                          true, &e->icache);
     if (!e->icache) e->icache = e->cache;
     if (!rc) rc = dsacp_engine_model_bind(e);
+    if (!rc) rc = dsacp_arena_create(&e->ws, step_workspace(e, 1, 1), "the engine's step workspace");
     /* The pools and the layers: agreed before dsacp_engine_setup_cp's collective (the partial layout's split). */
     rc = dsacp_comm_agree_phase(e->comm, rc, -1);
     if (!rc) rc = dsacp_engine_setup_cp(e, &cpo);
@@ -265,147 +269,249 @@ static int reserve(dsacp_engine *e, const dsacp_step_entry *entries, int64_t n)
     return DSACP_OK;
 }
 
-static int engine_step(dsacp_engine *e, const dsacp_step_entry *entries, int64_t n, float *logits, bool last,
-                       int32_t *topk)
+/* ---- the step ----
+ * Its buffers come from the engine's workspace (e->ws, reset at every step): first the step's own
+ * (below), then, one phase at a time, a layer's MLP scratch (engine_model.c), the logits' gather
+ * and the planner's entries, each given back before the next. */
+
+typedef struct step_bufs {
+    int64_t *pos, *old_len, *new_len; /* [T] position of each row; [n] each entry's lengths */
+    int32_t *ent;                     /* [T] entry of each row */
+    dsacp_kv_seq **lseqs, **iseqs;    /* [n] block tables */
+    float *h, *xb, *ob;               /* [T][D] residual stream, normed rows, a sublayer's output */
+    float *xf;                        /* [T][D] rank 0's rows for lm_head (NULL elsewhere or unwanted) */
+} step_bufs;
+
+static void step_bufs_need(size_t *bytes, int64_t T, int64_t n, int64_t D)
+{
+    dsacp_arena_need(bytes, T, 1, sizeof(int64_t));
+    dsacp_arena_need(bytes, n, 1, sizeof(int64_t));
+    dsacp_arena_need(bytes, n, 1, sizeof(int64_t));
+    dsacp_arena_need(bytes, T, 1, sizeof(int32_t));
+    dsacp_arena_need(bytes, n, 1, sizeof(dsacp_kv_seq *));
+    dsacp_arena_need(bytes, n, 1, sizeof(dsacp_kv_seq *));
+    for (int i = 0; i < 4; i++) dsacp_arena_need(bytes, T, D, sizeof(float));
+}
+
+static int step_bufs_take(dsacp_arena *ws, int64_t T, int64_t n, int64_t D, bool head_rows, step_bufs *b)
+{
+    b->pos = dsacp_arena_take(ws, T, 1, sizeof(int64_t), "step positions");
+    b->old_len = dsacp_arena_take(ws, n, 1, sizeof(int64_t), "step lengths");
+    b->new_len = dsacp_arena_take(ws, n, 1, sizeof(int64_t), "step lengths");
+    b->ent = dsacp_arena_take(ws, T, 1, sizeof(int32_t), "step entries");
+    b->lseqs = dsacp_arena_take(ws, n, 1, sizeof(dsacp_kv_seq *), "step block tables");
+    b->iseqs = dsacp_arena_take(ws, n, 1, sizeof(dsacp_kv_seq *), "step block tables");
+    b->h = dsacp_arena_take(ws, T, D, sizeof(float), "residual stream");
+    b->xb = dsacp_arena_take(ws, T, D, sizeof(float), "normed rows");
+    b->ob = dsacp_arena_take(ws, T, D, sizeof(float), "sublayer output");
+    b->xf = head_rows ? dsacp_arena_take(ws, T, D, sizeof(float), "lm_head rows") : NULL;
+    return b->pos && b->old_len && b->new_len && b->ent && b->lseqs && b->iseqs && b->h && b->xb && b->ob &&
+                   (b->xf || !head_rows)
+               ? DSACP_OK
+               : DSACP_ENOMEM;
+}
+
+/* The logits' gather of prefill rows to rank 0 (W > 1): the byte counts and rank 0's rows. */
+static void logits_gather_need(size_t *bytes, int W, int64_t T, int64_t D)
+{
+    dsacp_arena_need(bytes, W, 1, sizeof(size_t));
+    dsacp_arena_need(bytes, T * D + 1, 1, sizeof(float));
+}
+
+/* The workspace of a step of T tokens in n entries: the step's buffers, then the largest of the
+ * phases that follow one another after them (a layer's MLP; the logits' gather; the planner's
+ * entries). SIZE_MAX when it overflows. */
+static size_t step_workspace(const dsacp_engine *e, int64_t T, int64_t n)
+{
+    const int64_t D = e->cfg->hidden_size;
+    size_t fixed = 0, gather = 0;
+    step_bufs_need(&fixed, T, n, D);
+    logits_gather_need(&gather, dsacp_comm_size(e->comm), T, D);
+    size_t phase = dsacp_arena_max(dsacp_engine_model_workspace(e, T), gather);
+    phase = dsacp_arena_max(phase, dsacp_engine_plan_workspace(n));
+    if (fixed == SIZE_MAX || phase == SIZE_MAX || !dsacp_add_ok(fixed, phase, &fixed)) return SIZE_MAX;
+    return fixed;
+}
+
+/* The step's bookkeeping rows and its CP metadata (dsacp_cp_step_build). */
+static int step_build(dsacp_engine *e, const dsacp_step_entry *entries, int64_t n, int64_t T, bool want_topk,
+                      step_bufs *b, dsacp_cp_step *st, dsacp_cp_step_mem *mem)
+{
+    int64_t t = 0;
+    for (int64_t i = 0; i < n; i++) {
+        dsacp_engine_request *r = dsacp_engine_find_request(e, entries[i].request_id);
+        b->lseqs[i] = &r->seq;
+        b->iseqs[i] = e->icache == e->cache ? &r->seq : &r->iseq;
+        b->old_len[i] = r->length;
+        b->new_len[i] = r->length + entries[i].n_tokens;
+        for (int64_t j = 0; j < entries[i].n_tokens; j++, t++) {
+            b->pos[t] = r->length + j;
+            b->ent[t] = (int32_t)i;
+        }
+    }
+    *st = (dsacp_cp_step){.T = T, .n_ent = n, .pos = b->pos, .ent = b->ent, .old_len = b->old_len,
+                          .new_len = b->new_len, .lat_seq = b->lseqs, .idx_seq = b->iseqs, .want_topk = want_topk};
+    return dsacp_cp_step_build(&e->cp, st, mem);
+}
+
+/* Embedding rows, then every layer: h += attn(RMSNorm(h)); h += mlp(RMSNorm(h)), timed. A local
+ * failure goes to *lrc (this rank keeps taking part); the status returned is the group's failure
+ * (DSACP_ECOMM), after which nothing can be agreed. */
+static int step_layers(dsacp_engine *e, const dsacp_step_entry *entries, const step_bufs *b, const dsacp_cp_step *st,
+                       int32_t *topk, int *lrc)
 {
     const dsacp_config *cfg = e->cfg;
-    const int64_t D = cfg->hidden_size, K = cfg->index_topk;
+    const int64_t D = cfg->hidden_size, K = cfg->index_topk, na = st->n_dec + st->n_pre;
+    float *h = b->h, *xb = b->xb, *ob = b->ob;
+    /* The active rows: every decode token, and the prefill tokens this rank owns. */
+    for (int64_t j = 0; j < na; j++) {
+        const int64_t t = st->act[j], i = b->ent[t];
+        dsacp_weight_row_f32(e->embed, entries[i].token_ids[b->pos[t] - b->old_len[i]], h + j * D);
+    }
+    const bool deployed = e->opt.numerics == DSACP_NUMERICS_DEPLOYED;
+    dsacp_dsa_ctx ctx = {cfg, deployed ? DSACP_MODE_DEPLOYED : DSACP_MODE_EXACT, &e->rope, e->cache};
+    memset(&e->times, 0, sizeof e->times);
+    e->cp.t_proj = e->cp.t_attn = e->cp.t_oproj = 0;
+    e->cp.ovl_compute = e->cp.ovl_wait = 0;
+    int rc = DSACP_OK;
+    const double t_step = dsacp_now();
+    for (int64_t l = 0; l < e->L && !rc; l++) {
+        for (int64_t i = 0; i < na; i++) dsacp_rmsnorm(xb + i * D, h + i * D, e->in_norm[l], D, cfg->rms_norm_eps);
+        const double t0 = dsacp_now();
+        int r2 = dsacp_cp_layer_forward(&e->cp, &ctx, &e->attn[l], l, st, xb, ob,
+                                        e->cp.rank == 0 && topk ? topk + l * st->T * K : NULL);
+        if (r2 == DSACP_ECOMM) rc = r2; /* the group itself failed: no agreement possible */
+        else if (r2 && !*lrc) *lrc = r2;
+        /* An agreed failure (a stage's allocation on some rank): every rank stops here. */
+        if (e->cp.step_failed) break;
+        const double t1 = dsacp_now();
+        e->times.attention += t1 - t0;
+        for (int64_t i = 0; i < na * D; i++) h[i] += ob[i];
+        for (int64_t i = 0; i < na; i++) dsacp_rmsnorm(xb + i * D, h + i * D, e->post_norm[l], D, cfg->rms_norm_eps);
+        if (!*lrc) *lrc = dsacp_engine_mlp(e, &e->ws, l, xb, na, ob, deployed);
+        for (int64_t i = 0; i < na * D; i++) h[i] += ob[i];
+        e->times.mlp += dsacp_now() - t1;
+    }
+    e->times.step = dsacp_now() - t_step;
+    e->times.projections = e->cp.t_proj, e->times.attend = e->cp.t_attn, e->times.o_proj = e->cp.t_oproj;
+    e->times.overlap_compute = e->cp.ovl_compute, e->times.overlap_wait = e->cp.ovl_wait;
+    return rc;
+}
+
+/* Whether rank 0's head needs row t: every row, or (last) each entry's last token's only. */
+static bool row_needed(const step_bufs *b, int64_t t, bool last) { return !last || b->pos[t] == b->new_len[b->ent[t]] - 1; }
+
+/* W > 1 with prefill rows: the rows rank 0's head needs travel to it (a chunk's other rows
+ * never do), into b->xf in step order. */
+static int gather_head_rows(dsacp_engine *e, const step_bufs *b, const dsacp_cp_step *st, bool last, int *lrc)
+{
     const int W = e->cp.W, me = e->cp.rank;
-    /* Validate everything before touching any state; capacity is agreed by the group. */
-    int64_t T = 0;
-    int rc = check_entries(e, entries, n, &T);
-    if (!rc && T > 0) rc = reserve(e, entries, n);
+    const int64_t D = e->cfg->hidden_size;
+    float *xb = b->xb, *xf = b->xf;
+    const size_t mark = dsacp_arena_mark(&e->ws);
+    size_t *rb = dsacp_arena_take(&e->ws, W, 1, sizeof(size_t), "logits' gather counts");
+    int64_t nrows = 0, nmine = 0;
+    for (int q = 0; rb && q < W; q++) {
+        rb[q] = 0;
+        for (int64_t k = st->pre_off[q]; k < st->pre_off[q + 1]; k++)
+            if (row_needed(b, st->pre_all[k], last)) rb[q] += (size_t)D * sizeof(float), nrows++;
+    }
+    float *all = me == 0 && rb ? dsacp_arena_take(&e->ws, nrows * D + 1, 1, sizeof(float), "logits' inputs") : NULL;
+    int rc = DSACP_OK;
+    const int arc = dsacp_cp_agree_alloc(&e->cp, "logits", rb && (me != 0 || all), "the logits' inputs");
+    if (arc) {
+        if (!*lrc) *lrc = arc; /* agreed: every rank skips the gather */
+    } else {
+        /* this rank's needed rows, packed in place (xb is not read again) */
+        for (int64_t j = 0; j < st->n_pre; j++)
+            if (row_needed(b, st->act[st->n_dec + j], last)) {
+                if (j != nmine) memmove(xb + (st->n_dec + nmine) * D, xb + (st->n_dec + j) * D, (size_t)D * sizeof(float));
+                nmine++;
+            }
+        rc = dsacp_comm_gatherv(e->comm, xb + st->n_dec * D, rb[me], all, rb, DSACP_PHASE_logits);
+        if (!rc && me == 0) {
+            for (int64_t j = 0; j < st->n_dec; j++) memcpy(xf + st->act[j] * D, xb + j * D, (size_t)D * sizeof(float));
+            for (int64_t k = 0, r = 0; k < st->n_pre_all; k++)
+                if (row_needed(b, st->pre_all[k], last))
+                    memcpy(xf + st->pre_all[k] * D, all + (r++) * D, (size_t)D * sizeof(float));
+        }
+    }
+    dsacp_arena_rewind(&e->ws, mark);
+    return rc;
+}
+
+/* Final norm of the active rows; prefill rows travel to rank 0, which applies the head to every
+ * token in step order (or, last, to each entry's last token). */
+static int step_logits(dsacp_engine *e, const dsacp_step_entry *entries, int64_t n, const step_bufs *b,
+                       const dsacp_cp_step *st, bool last, float *logits, int *lrc)
+{
+    const dsacp_config *cfg = e->cfg;
+    const int64_t D = cfg->hidden_size, na = st->n_dec + st->n_pre;
+    const int me = e->cp.rank;
+    float *xb = b->xb, *xf = b->xf;
+    for (int64_t i = 0; i < na; i++) dsacp_rmsnorm(xb + i * D, b->h + i * D, e->final_norm, D, cfg->rms_norm_eps);
+    int rc = DSACP_OK;
+    if (e->cp.W == 1 || st->n_pre_all == 0) {
+        if (me == 0)
+            for (int64_t j = 0; j < na; j++) memcpy(xf + st->act[j] * D, xb + j * D, (size_t)D * sizeof(float));
+    } else {
+        rc = gather_head_rows(e, b, st, last, lrc);
+    }
+    if (rc || *lrc || me != 0 || !logits) return rc;
+    if (!last) {
+        *lrc = dsacp_engine_head(e, xf, st->T, logits);
+        return rc;
+    }
+    /* Only the rows sampling reads: each entry's last token (rows are independent and the linear
+     * batch-invariant, so these are the full step's bits). */
+    for (int64_t i = 0, t = 0; i < n; i++) {
+        t += entries[i].n_tokens;
+        if (i != t - 1) memmove(xf + i * D, xf + (t - 1) * D, (size_t)D * sizeof(float));
+    }
+    *lrc = dsacp_engine_head(e, xf, n, logits);
+    return rc;
+}
+
+/* Validation, capacity, what rank 0 wants: agreed by the group before anything is computed. *T
+ * is the step's token count; a return of DSACP_OK with *T == 0 is an empty step. */
+static int step_admit(dsacp_engine *e, const dsacp_step_entry *entries, int64_t n, uint8_t want[2], int64_t *T)
+{
+    *T = 0;
+    int rc = check_entries(e, entries, n, T);
+    if (!rc && *T > 0) rc = reserve(e, entries, n);
     rc = dsacp_comm_agree(e->comm, rc);
-    if (rc || T == 0) {
+    if (rc || *T == 0) {
         dsacp_engine_plan_agreement(e); /* the step's plan counts this agreement when it goes on */
         return rc;
     }
     /* Rank 0 decides what is gathered to it. */
-    uint8_t want[2] = {logits != NULL, topk != NULL};
-    rc = dsacp_comm_bcast(e->comm, want, sizeof want, DSACP_PHASE_control);
-    if (rc) return rc;
+    return dsacp_comm_bcast(e->comm, want, 2 * sizeof *want, DSACP_PHASE_control);
+}
 
-    int64_t *pos = malloc((size_t)T * sizeof *pos), *old_len = malloc((size_t)n * sizeof *old_len);
-    int64_t *new_len = malloc((size_t)n * sizeof *new_len);
-    int32_t *ent = malloc((size_t)T * sizeof *ent);
-    dsacp_kv_seq **lseqs = malloc((size_t)n * sizeof *lseqs), **iseqs = malloc((size_t)n * sizeof *iseqs);
-    float *h = dsacp_alloc((size_t)(T * D) * 4), *xb = dsacp_alloc((size_t)(T * D) * 4);
-    float *ob = dsacp_alloc((size_t)(T * D) * 4);
-    float *xf = me == 0 && want[0] ? dsacp_alloc((size_t)(T * D) * 4) : NULL;
+static int engine_step(dsacp_engine *e, const dsacp_step_entry *entries, int64_t n, float *logits, bool last,
+                       int32_t *topk)
+{
+    int64_t T = 0;
+    uint8_t want[2] = {logits != NULL, topk != NULL};
+    int rc = step_admit(e, entries, n, want, &T);
+    if (rc || T == 0) return rc;
+    step_bufs b = {0};
     dsacp_cp_step_mem mem = {0};
     dsacp_cp_step st = {0};
-    if (!pos || !old_len || !new_len || !ent || !lseqs || !iseqs || !h || !xb || !ob || (me == 0 && want[0] && !xf)) {
-        /* Before any collective of the layers: every rank learns it at the agreement below. */
-        rc = dsacp_error(DSACP_ENOMEM, "out of memory for a step of %lld tokens", (long long)T);
-    } else if (dsacp_fault("step")) {
-        rc = dsacp_fault_error("step", "the step's buffers");
-    }
+    /* Before any collective of the layers: every rank learns of a failure at the agreement below. */
+    dsacp_arena_reset(&e->ws);
+    rc = dsacp_arena_reserve(&e->ws, step_workspace(e, T, n), "the step's workspace");
+    if (!rc) rc = step_bufs_take(&e->ws, T, n, e->cfg->hidden_size, e->cp.rank == 0 && want[0], &b);
+    if (rc) rc = dsacp_error_context(rc, "a step of %lld tokens", (long long)T);
+    else if (dsacp_fault("step")) rc = dsacp_fault_error("step", "the step's buffers");
     e->cp.step_failed = false;
-    if (!rc) {
-        int64_t t = 0;
-        for (int64_t i = 0; i < n; i++) {
-            dsacp_engine_request *r = dsacp_engine_find_request(e, entries[i].request_id);
-            lseqs[i] = &r->seq;
-            iseqs[i] = e->icache == e->cache ? &r->seq : &r->iseq;
-            old_len[i] = r->length;
-            new_len[i] = r->length + entries[i].n_tokens;
-            for (int64_t j = 0; j < entries[i].n_tokens; j++, t++) {
-                pos[t] = r->length + j;
-                ent[t] = (int32_t)i;
-            }
-        }
-        st = (dsacp_cp_step){.T = T, .n_ent = n, .pos = pos, .ent = ent, .old_len = old_len, .new_len = new_len,
-                             .lat_seq = lseqs, .idx_seq = iseqs, .want_topk = want[1]};
-        rc = dsacp_cp_step_build(&e->cp, &st, &mem);
-    }
+    if (!rc) rc = step_build(e, entries, n, T, want[1], &b, &st, &mem);
     rc = dsacp_comm_agree(e->comm, rc);
     if (!rc) rc = dsacp_cp_weights_step_begin(&e->cp, &st); /* DSA-CP: the first weight broadcasts */
-    const int64_t na = st.n_dec + st.n_pre;
     if (!rc) {
-        /* The active rows: every decode token, and the prefill tokens this rank owns. */
-        for (int64_t j = 0; j < na; j++) {
-            const int64_t t = st.act[j];
-            dsacp_weight_row_f32(e->embed, entries[ent[t]].token_ids[pos[t] - old_len[ent[t]]], h + j * D);
-        }
-        const bool deployed = e->opt.numerics == DSACP_NUMERICS_DEPLOYED;
-        dsacp_dsa_ctx ctx = {cfg, deployed ? DSACP_MODE_DEPLOYED : DSACP_MODE_EXACT, &e->rope, e->cache};
         int lrc = DSACP_OK; /* a local failure: keep taking part, agree at the end */
-        memset(&e->times, 0, sizeof e->times);
-        e->cp.t_proj = e->cp.t_attn = e->cp.t_oproj = 0;
-        e->cp.ovl_compute = e->cp.ovl_wait = 0;
-        const double t_step = dsacp_now();
-        for (int64_t l = 0; l < e->L && !rc; l++) {
-            for (int64_t i = 0; i < na; i++) dsacp_rmsnorm(xb + i * D, h + i * D, e->in_norm[l], D, cfg->rms_norm_eps);
-            const double t0 = dsacp_now();
-            int r2 = dsacp_cp_layer_forward(&e->cp, &ctx, &e->attn[l], l, &st, xb, ob,
-                                            me == 0 && topk ? topk + l * T * K : NULL);
-            if (r2 == DSACP_ECOMM) rc = r2; /* the group itself failed: no agreement possible */
-            else if (r2 && !lrc) lrc = r2;
-            /* An agreed failure (a stage's allocation on some rank): every rank stops here. */
-            if (e->cp.step_failed) break;
-            const double t1 = dsacp_now();
-            e->times.attention += t1 - t0;
-            for (int64_t i = 0; i < na * D; i++) h[i] += ob[i];
-            for (int64_t i = 0; i < na; i++) dsacp_rmsnorm(xb + i * D, h + i * D, e->post_norm[l], D, cfg->rms_norm_eps);
-            if (!lrc) lrc = dsacp_engine_mlp(e, l, xb, na, ob, deployed);
-            for (int64_t i = 0; i < na * D; i++) h[i] += ob[i];
-            e->times.mlp += dsacp_now() - t1;
-        }
-        e->times.step = dsacp_now() - t_step;
-        e->times.projections = e->cp.t_proj, e->times.attend = e->cp.t_attn, e->times.o_proj = e->cp.t_oproj;
-        e->times.overlap_compute = e->cp.ovl_compute, e->times.overlap_wait = e->cp.ovl_wait;
-        if (!rc && want[0] && !e->cp.step_failed) {
-            /* Final norm of the active rows; prefill rows travel to rank 0, which applies the head
-             * to every token in step order. */
-            for (int64_t i = 0; i < na; i++) dsacp_rmsnorm(xb + i * D, h + i * D, e->final_norm, D, cfg->rms_norm_eps);
-            if (W == 1 || st.n_pre_all == 0) {
-                if (me == 0)
-                    for (int64_t j = 0; j < na; j++) memcpy(xf + st.act[j] * D, xb + j * D, (size_t)D * 4);
-            } else {
-                /* The prefill rows rank 0's head needs: all of them, or (last) each entry's last
-                 * token's only -- a chunk's other rows never travel. */
-#define ROW_NEEDED(t) (!last || pos[t] == new_len[ent[t]] - 1)
-                size_t *rb = calloc((size_t)W, sizeof *rb);
-                int64_t nrows = 0, nmine = 0;
-                for (int q = 0; rb && q < W; q++)
-                    for (int64_t k = st.pre_off[q]; k < st.pre_off[q + 1]; k++)
-                        if (ROW_NEEDED(st.pre_all[k])) rb[q] += (size_t)D * 4, nrows++;
-                float *all = me == 0 ? dsacp_alloc((size_t)(nrows * D) * 4 + 4) : NULL;
-                const int arc = dsacp_cp_agree_alloc(&e->cp, "logits", rb && (me != 0 || all), "the logits' inputs");
-                if (arc) {
-                    if (!lrc) lrc = arc; /* agreed: every rank skips the gather */
-                } else {
-                    /* this rank's needed rows, packed in place (xb is not read again) */
-                    for (int64_t j = 0; j < st.n_pre; j++)
-                        if (ROW_NEEDED(st.act[st.n_dec + j])) {
-                            if (j != nmine) memmove(xb + (st.n_dec + nmine) * D, xb + (st.n_dec + j) * D, (size_t)D * 4);
-                            nmine++;
-                        }
-                    rc = dsacp_comm_gatherv(e->comm, xb + st.n_dec * D, rb[me], all, rb, DSACP_PHASE_logits);
-                    if (!rc && me == 0) {
-                        for (int64_t j = 0; j < st.n_dec; j++) memcpy(xf + st.act[j] * D, xb + j * D, (size_t)D * 4);
-                        for (int64_t k = 0, r = 0; k < st.n_pre_all; k++)
-                            if (ROW_NEEDED(st.pre_all[k])) memcpy(xf + st.pre_all[k] * D, all + (r++) * D, (size_t)D * 4);
-                    }
-                }
-#undef ROW_NEEDED
-                free(rb);
-                dsacp_free(all);
-            }
-            if (!rc && !lrc && me == 0 && logits) {
-                if (last) {
-                    /* Only the rows sampling reads: each entry's last token (rows are independent
-                     * and the linear batch-invariant, so these are the full step's bits). */
-                    for (int64_t i = 0, t = 0; i < n; i++) {
-                        t += entries[i].n_tokens;
-                        if (i != t - 1) memmove(xf + i * D, xf + (t - 1) * D, (size_t)D * 4);
-                    }
-                    lrc = dsacp_engine_head(e, xf, n, logits);
-                } else {
-                    lrc = dsacp_engine_head(e, xf, T, logits);
-                }
-            }
-        }
+        rc = step_layers(e, entries, &b, &st, topk, &lrc);
+        if (!rc && want[0] && !e->cp.step_failed) rc = step_logits(e, entries, n, &b, &st, last, logits, &lrc);
         if (!rc) rc = dsacp_comm_agree(e->comm, lrc);
     }
     if (!rc)
@@ -416,10 +522,8 @@ static int engine_step(dsacp_engine *e, const dsacp_step_entry *entries, int64_t
             if (e->icache != e->cache) r->iseq.length = kept(e, e->cp.opt.index_layout, r->length);
         }
     if (rc) dsacp_engine_plan_lost(e);
-    else dsacp_engine_plan_step(e, old_len, new_len, n, want, last);
+    else dsacp_engine_plan_step(e, &e->ws, b.old_len, b.new_len, n, want, last);
     dsacp_cp_step_free(&mem);
-    free(pos), free(old_len), free(new_len), free(ent), free(lseqs), free(iseqs);
-    dsacp_free(h), dsacp_free(xb), dsacp_free(ob), dsacp_free(xf);
     return rc;
 }
 

@@ -54,6 +54,9 @@ struct dsacp_engine {
     dsacp_engine_request *req;
     int64_t nreq, capreq;
     dsacp_engine_plan *plan; /* NULL until dsacp_engine_plan_setup */
+    /* The step workspace (engine.c, "the step"): sized at creation for a one-token step, grown
+     * at the start of a larger step than any before (nothing taken then), reset at every step. */
+    dsacp_arena ws;
 };
 
 /* ---- engine.c ---- */
@@ -65,8 +68,13 @@ dsacp_engine_request *dsacp_engine_find_request(const dsacp_engine *e, int64_t i
 int dsacp_engine_model_bind(dsacp_engine *e);
 /* Releases what dsacp_engine_model_bind made (also after a partial bind). */
 void dsacp_engine_model_release(dsacp_engine *e);
-/* out[n][D] = MLP of layer l (dense SwiGLU, or MoE with its shared experts) over x[n][D]. */
-int dsacp_engine_mlp(const dsacp_engine *e, int64_t l, const float *x, int64_t n, float *out, bool act_quant);
+/* The bytes dsacp_engine_mlp takes from the workspace for n <= T rows, whichever layer (SIZE_MAX
+ * when it overflows). */
+size_t dsacp_engine_model_workspace(const dsacp_engine *e, int64_t T);
+/* out[n][D] = MLP of layer l (dense SwiGLU, or MoE with its shared experts) over x[n][D]; its
+ * scratch comes from ws and is given back before it returns. */
+int dsacp_engine_mlp(const dsacp_engine *e, dsacp_arena *ws, int64_t l, const float *x, int64_t n, float *out,
+                     bool act_quant);
 /* logits[n][V] = lm_head x[n][D]; DSACP_ERANGE naming the first non-finite logit. */
 int dsacp_engine_head(const dsacp_engine *e, const float *x, int64_t n, float *logits);
 
@@ -94,8 +102,11 @@ void dsacp_engine_measure_begin(const dsacp_engine *e, dsacp_comm_counter before
 void dsacp_engine_measure_end(dsacp_engine *e, const dsacp_comm_counter before[DSACP_PHASE_COUNT]);
 /* One agreement of the group added to the prediction. */
 void dsacp_engine_plan_agreement(dsacp_engine *e);
-/* A step that completed (added to the prediction), or one that failed (the prediction is lost). */
-void dsacp_engine_plan_step(dsacp_engine *e, const int64_t *old_len, const int64_t *new_len, int64_t n,
+/* The workspace dsacp_engine_plan_step takes for n entries. */
+size_t dsacp_engine_plan_workspace(int64_t n);
+/* A step that completed (added to the prediction; its scratch from ws, given back), or one that
+ * failed (the prediction is lost). */
+void dsacp_engine_plan_step(dsacp_engine *e, dsacp_arena *ws, const int64_t *old_len, const int64_t *new_len, int64_t n,
                             const uint8_t want[2], bool last);
 void dsacp_engine_plan_lost(dsacp_engine *e);
 /* The planned counters and (measured non-NULL) the measured ones, per phase. */

@@ -105,34 +105,51 @@ void dsacp_engine_model_release(dsacp_engine *e)
 
 static float silu(float x) { return x / (1.0f + expf(-x)); }
 
-/* out[t] = down(silu(gate x[t]) * up x[t]) for the n rows of x. */
-static int swiglu(const dsacp_weight *gate, const dsacp_weight *up, const dsacp_weight *down,
+/* The scratch of swiglu over n rows of a gate with I rows. */
+static void swiglu_need(size_t *bytes, int64_t n, int64_t I)
+{
+    dsacp_arena_need(bytes, n, I, sizeof(float));
+    dsacp_arena_need(bytes, n, I, sizeof(float));
+}
+
+/* out[t] = down(silu(gate x[t]) * up x[t]) for the n rows of x; its scratch from ws, given back. */
+static int swiglu(dsacp_arena *ws, const dsacp_weight *gate, const dsacp_weight *up, const dsacp_weight *down,
                   const float *x, int64_t n, int64_t D, float *out, bool aq)
 {
     const int64_t I = gate->rows;
-    float *g = dsacp_alloc((size_t)(n * I) * 4), *u = dsacp_alloc((size_t)(n * I) * 4);
-    int rc = (g && u) ? DSACP_OK : dsacp_error(DSACP_ENOMEM, "out of memory in MLP");
+    const size_t mark = dsacp_arena_mark(ws);
+    float *g = dsacp_arena_take(ws, n, I, sizeof(float), "MLP gate rows");
+    float *u = g ? dsacp_arena_take(ws, n, I, sizeof(float), "MLP up rows") : NULL;
+    int rc = u ? DSACP_OK : DSACP_ENOMEM;
     if (!rc) rc = dsacp_linear(gate, x, n, D, g, I, aq);
     if (!rc) rc = dsacp_linear(up, x, n, D, u, I, aq);
     if (!rc) {
         for (int64_t i = 0; i < n * I; i++) g[i] = silu(g[i]) * u[i];
         rc = dsacp_linear(down, g, n, I, out, D, aq);
     }
-    dsacp_free(g);
-    dsacp_free(u);
+    dsacp_arena_rewind(ws, mark);
     return rc;
 }
+
+/* The router's per-token scratch: scores, biased scores and group scores, kept groups, chosen
+ * experts. */
+typedef struct router_scratch {
+    float *s, *b, *gs; /* [E], [E], [G] */
+    bool *keep, *taken; /* [G], [E] */
+} router_scratch;
 
 /* DeepSeek-V3 routing of one token: sigmoid scores, bias-corrected choice within the best
  * groups, weights from the unbiased scores. Ties go to the lower index. Writes the chosen
  * experts in ascending order with their weights. */
-static void route(const dsacp_config *cfg, const float *logits, const float *bias, int32_t *experts,
-                  float *weights)
+static void route(const dsacp_config *cfg, const float *logits, const float *bias, const router_scratch *rs,
+                  int32_t *experts, float *weights)
 {
     const int64_t E = cfg->n_routed_experts, G = cfg->n_group, per = E / G;
     const int64_t k = cfg->num_experts_per_tok;
-    float s[4096], b[4096], gs[1024];
-    bool keep[1024] = {0}, taken[4096] = {0};
+    float *s = rs->s, *b = rs->b, *gs = rs->gs;
+    bool *keep = rs->keep, *taken = rs->taken;
+    memset(keep, 0, (size_t)G * sizeof *keep);
+    memset(taken, 0, (size_t)E * sizeof *taken);
     for (int64_t x = 0; x < E; x++) {
         s[x] = 1.0f / (1.0f + expf(-logits[x]));
         b[x] = s[x] + bias[x];
@@ -175,63 +192,123 @@ static void route(const dsacp_config *cfg, const float *logits, const float *bia
     }
 }
 
-static int moe_forward(const dsacp_engine *e, const dsacp_mlp_weights *w, const float *x, int64_t T, float *out,
-                       bool aq)
+/* The buffers of one MoE layer over T rows, in the order moe_buffers takes them. */
+static void moe_need(const dsacp_config *cfg, const dsacp_mlp_weights *w, int64_t T, size_t *bytes)
+{
+    const int64_t D = cfg->hidden_size, E = cfg->n_routed_experts, G = cfg->n_group, k = cfg->num_experts_per_tok;
+    dsacp_arena_need(bytes, T, E, sizeof(float));
+    dsacp_arena_need(bytes, T, k, sizeof(int32_t));
+    dsacp_arena_need(bytes, T, k, sizeof(float));
+    dsacp_arena_need(bytes, T * k, D, sizeof(float)); /* T * k: bounded by the config's limits */
+    dsacp_arena_need(bytes, T, D, sizeof(float));
+    dsacp_arena_need(bytes, T, D, sizeof(float));
+    dsacp_arena_need(bytes, T, 1, sizeof(int64_t));
+    dsacp_arena_need(bytes, 2, E, sizeof(float));
+    dsacp_arena_need(bytes, G, 1, sizeof(float));
+    dsacp_arena_need(bytes, G, 1, sizeof(bool));
+    dsacp_arena_need(bytes, E, 1, sizeof(bool));
+    size_t experts = 0, shared = 0; /* one swiglu at a time, after the buffers above */
+    for (int64_t x = 0; x < E; x++) {
+        size_t one = 0;
+        swiglu_need(&one, T, w->egate[x]->rows);
+        experts = dsacp_arena_max(experts, one);
+    }
+    if (w->gate) swiglu_need(&shared, T, w->gate->rows);
+    const size_t tail = dsacp_arena_max(experts, shared);
+    if (*bytes == SIZE_MAX || tail == SIZE_MAX || !dsacp_add_ok(*bytes, tail, bytes)) *bytes = SIZE_MAX;
+}
+
+typedef struct moe_buffers {
+    float *logits;  /* [T][E] router logits */
+    int32_t *chosen; /* [T][k] experts of each row */
+    float *cw;      /* [T][k] their weights */
+    float *y;       /* [T][k][D] expert outputs */
+    float *xe, *ye; /* [T][D] one expert's rows in and out */
+    int64_t *rows;  /* [T] where they came from */
+    router_scratch rs;
+} moe_buffers;
+
+static int moe_take(dsacp_arena *ws, const dsacp_config *cfg, int64_t T, moe_buffers *b)
+{
+    const int64_t D = cfg->hidden_size, E = cfg->n_routed_experts, G = cfg->n_group, k = cfg->num_experts_per_tok;
+    b->logits = dsacp_arena_take(ws, T, E, sizeof(float), "MoE router logits");
+    b->chosen = dsacp_arena_take(ws, T, k, sizeof(int32_t), "MoE chosen experts");
+    b->cw = dsacp_arena_take(ws, T, k, sizeof(float), "MoE expert weights");
+    b->y = dsacp_arena_take(ws, T * k, D, sizeof(float), "MoE expert outputs");
+    b->xe = dsacp_arena_take(ws, T, D, sizeof(float), "MoE expert inputs");
+    b->ye = dsacp_arena_take(ws, T, D, sizeof(float), "MoE expert rows");
+    b->rows = dsacp_arena_take(ws, T, 1, sizeof(int64_t), "MoE routed rows");
+    b->rs.s = dsacp_arena_take(ws, 2, E, sizeof(float), "MoE router scores");
+    b->rs.b = b->rs.s ? b->rs.s + E : NULL;
+    b->rs.gs = dsacp_arena_take(ws, G, 1, sizeof(float), "MoE group scores");
+    b->rs.keep = dsacp_arena_take(ws, G, 1, sizeof(bool), "MoE kept groups");
+    b->rs.taken = dsacp_arena_take(ws, E, 1, sizeof(bool), "MoE taken experts");
+    return b->logits && b->chosen && b->cw && b->y && b->xe && b->ye && b->rows && b->rs.s && b->rs.gs && b->rs.keep &&
+                   b->rs.taken
+               ? DSACP_OK
+               : DSACP_ENOMEM;
+}
+
+static int moe_forward(const dsacp_engine *e, dsacp_arena *ws, const dsacp_mlp_weights *w, const float *x, int64_t T,
+                       float *out, bool aq)
 {
     const dsacp_config *cfg = e->cfg;
     const int64_t D = cfg->hidden_size, E = cfg->n_routed_experts, k = cfg->num_experts_per_tok;
-    float *logits = dsacp_alloc((size_t)(T * E) * 4);
-    int32_t *chosen = dsacp_alloc((size_t)(T * k) * 4);
-    float *cw = dsacp_alloc((size_t)(T * k) * 4);
-    float *y = dsacp_alloc((size_t)(T * k * D) * 4);   /* [T][k][D] expert outputs */
-    float *xe = dsacp_alloc((size_t)(T * D) * 4), *ye = dsacp_alloc((size_t)(T * D) * 4);
-    int64_t *rows = dsacp_alloc((size_t)T * sizeof(int64_t));
-    int rc = (logits && chosen && cw && y && xe && ye && rows) ? DSACP_OK
-                                                             : dsacp_error(DSACP_ENOMEM, "out of memory in MoE");
-    if (!rc) rc = dsacp_linear(w->router, x, T, D, logits, E, false);
+    const size_t mark = dsacp_arena_mark(ws);
+    moe_buffers b;
+    int rc = moe_take(ws, cfg, T, &b);
+    if (!rc) rc = dsacp_linear(w->router, x, T, D, b.logits, E, false);
     if (!rc)
-        for (int64_t t = 0; t < T; t++) route(cfg, logits + t * E, w->bias, chosen + t * k, cw + t * k);
+        for (int64_t t = 0; t < T; t++) route(cfg, b.logits + t * E, w->bias, &b.rs, b.chosen + t * k, b.cw + t * k);
     /* Each expert runs on the rows routed to it; kernels are row-invariant, so the grouping does
      * not change any token's result. */
     for (int64_t x_ = 0; x_ < E && !rc; x_++) {
         int64_t n = 0;
         for (int64_t t = 0; t < T; t++)
             for (int64_t j = 0; j < k; j++)
-                if (chosen[t * k + j] == x_) {
-                    memcpy(xe + n * D, x + t * D, (size_t)D * 4);
-                    rows[n++] = t * k + j;
+                if (b.chosen[t * k + j] == x_) {
+                    memcpy(b.xe + n * D, x + t * D, (size_t)D * sizeof(float));
+                    b.rows[n++] = t * k + j;
                 }
         if (!n) continue;
-        rc = swiglu(w->egate[x_], w->eup[x_], w->edown[x_], xe, n, D, ye, aq);
-        for (int64_t r = 0; r < n && !rc; r++) memcpy(y + rows[r] * D, ye + r * D, (size_t)D * 4);
+        rc = swiglu(ws, w->egate[x_], w->eup[x_], w->edown[x_], b.xe, n, D, b.ye, aq);
+        for (int64_t r = 0; r < n && !rc; r++) memcpy(b.y + b.rows[r] * D, b.ye + r * D, (size_t)D * sizeof(float));
     }
-    if (!rc && w->gate) rc = swiglu(w->gate, w->up, w->down, x, T, D, out, aq);
-    else if (!rc) memset(out, 0, (size_t)(T * D) * 4);
+    if (!rc && w->gate) rc = swiglu(ws, w->gate, w->up, w->down, x, T, D, out, aq);
+    else if (!rc) memset(out, 0, (size_t)(T * D) * sizeof(float));
     if (!rc)
         for (int64_t t = 0; t < T; t++) {
             /* Routed experts in ascending expert order, then the shared expert. */
             float *o = out + t * D;
             for (int64_t i = 0; i < D; i++) {
                 float acc = 0;
-                for (int64_t j = 0; j < k; j++) acc += cw[t * k + j] * y[(t * k + j) * D + i];
+                for (int64_t j = 0; j < k; j++) acc += b.cw[t * k + j] * b.y[(t * k + j) * D + i];
                 o[i] = acc + o[i];
             }
         }
-    dsacp_free(logits);
-    dsacp_free(chosen);
-    dsacp_free(cw);
-    dsacp_free(y);
-    dsacp_free(xe);
-    dsacp_free(ye);
-    dsacp_free(rows);
+    dsacp_arena_rewind(ws, mark);
     return rc;
 }
 
-int dsacp_engine_mlp(const dsacp_engine *e, int64_t l, const float *x, int64_t n, float *out, bool act_quant)
+size_t dsacp_engine_model_workspace(const dsacp_engine *e, int64_t T)
+{
+    size_t most = 0;
+    for (int64_t l = 0; l < e->L; l++) {
+        size_t one = 0;
+        const dsacp_mlp_weights *w = &e->mlp[l];
+        if (w->moe) moe_need(e->cfg, w, T, &one);
+        else swiglu_need(&one, T, w->gate->rows);
+        most = dsacp_arena_max(most, one);
+    }
+    return most;
+}
+
+int dsacp_engine_mlp(const dsacp_engine *e, dsacp_arena *ws, int64_t l, const float *x, int64_t n, float *out,
+                     bool act_quant)
 {
     const dsacp_mlp_weights *mw = &e->mlp[l];
-    return mw->moe ? moe_forward(e, mw, x, n, out, act_quant)
-                   : swiglu(mw->gate, mw->up, mw->down, x, n, e->cfg->hidden_size, out, act_quant);
+    return mw->moe ? moe_forward(e, ws, mw, x, n, out, act_quant)
+                   : swiglu(ws, mw->gate, mw->up, mw->down, x, n, e->cfg->hidden_size, out, act_quant);
 }
 
 /* ---- lm_head ---- */

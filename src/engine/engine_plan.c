@@ -115,12 +115,20 @@ void dsacp_engine_plan_agreement(dsacp_engine *e)
     plan_add(e->plan, c);
 }
 
-void dsacp_engine_plan_step(dsacp_engine *e, const int64_t *old_len, const int64_t *new_len, int64_t n,
+size_t dsacp_engine_plan_workspace(int64_t n)
+{
+    size_t bytes = 0;
+    dsacp_arena_need(&bytes, n, 1, sizeof(dsacp_plan_entry));
+    return bytes;
+}
+
+void dsacp_engine_plan_step(dsacp_engine *e, dsacp_arena *ws, const int64_t *old_len, const int64_t *new_len, int64_t n,
                             const uint8_t want[2], bool last)
 {
     dsacp_engine_plan *p = e->plan;
     if (p->lost) return;
-    dsacp_plan_entry *pe = malloc((size_t)(n > 0 ? n : 1) * sizeof *pe);
+    const size_t mark = dsacp_arena_mark(ws);
+    dsacp_plan_entry *pe = dsacp_arena_take(ws, n, 1, sizeof *pe, "the planner's entries");
     if (!pe) {
         p->lost = true;
         return;
@@ -136,7 +144,7 @@ void dsacp_engine_plan_step(dsacp_engine *e, const int64_t *old_len, const int64
     dsacp_comm_counter c[DSACP_PHASE_COUNT];
     if (dsacp_plan_entries_comm(e->cfg, &e->cp.opt, &b, pe, n, c)) p->lost = true;
     else plan_add(p, c);
-    free(pe);
+    dsacp_arena_rewind(ws, mark);
 }
 
 void dsacp_engine_plan_lost(dsacp_engine *e) { e->plan->lost = true; }
