@@ -312,19 +312,20 @@ typedef struct plan_args {
     bool deployed;
 } plan_args;
 
-static int plan_report(const plan_args *A, report *R, dsacp_plan_decode *r, bool *okv, const char **plabels, double *pttft)
+/* The planning itself, phase by phase, everything into R (stdout's text and the JSON tree);
+ * F(what, x) checks that a figure is finite (the report names it otherwise). */
+#define F(what, x) fin(R, what, (x))
+
+/* The title, the decode table's header and the run's parameters. */
+static void plan_header(const plan_args *A, report *R)
 {
-    const dsacp_hw hw = *A->hw;
-    const dsacp_config cfg = A->cfg;
-    const int64_t L = A->L, B = A->B, W = A->W, Pp = A->Pp, C = A->C, ep = A->ep, layers = A->layers;
-    const double f = A->f, wbytes = A->wbytes;
-    const bool deployed = A->deployed;
+    const dsacp_hw *hw = A->hw;
     FILE *out = R->txt;
     json_t *root = R->root;
-    char where[256];
-#define F(what, x) fin(R, what, (x))
+    const int64_t L = A->L, B = A->B, W = A->W, ep = A->ep, layers = A->layers;
+    const bool deployed = A->deployed;
     fprintf(out, "dsacp plan: %s, context %lld, batch %lld, W = %lld, %s numerics, %s\n", A->preset ? A->preset : A->model,
-            (long long)L, (long long)B, (long long)W, deployed ? "deployed" : "exact", hw.name);
+            (long long)L, (long long)B, (long long)W, deployed ? "deployed" : "exact", hw->name);
     fprintf(out, "per attention layer, busiest rank; t = max(compute, memory) + bytes / link + calls x latency; model: + MLP / MoE\n"
                  "(experts %s) + lm_head; held: batch x KV + weights per rank for the %lld layers ('!' beyond 90%% of the memory)\n",
             ep > 1 ? "spread over ranks, --ep" : "replicated", (long long)layers);
@@ -336,14 +337,29 @@ static int plan_report(const plan_args *A, report *R, dsacp_plan_decode *r, bool
     jint(R, root, "batch", B);
     jint(R, root, "world", W);
     jstr(R, root, "numerics", deployed ? "deployed" : "exact");
-    jstr(R, root, "hardware", hw.name);
+    jstr(R, root, "hardware", hw->name);
     jstr(R, root, "hardware_file", A->hwp);
-    jreal(R, root, "mem_bytes", hw.mem_bytes, "");
+    jreal(R, root, "mem_bytes", hw->mem_bytes, "");
     jint(R, root, "layers", layers);
     jint(R, root, "ep", ep);
+}
+
+/* Decode: every strategy variant's layer and model, one table row each; *best_out the fastest
+ * layer (-1: none). */
+static int plan_decode(const plan_args *A, report *R, dsacp_plan_decode *r, bool *okv, int *best_out)
+{
+    const dsacp_hw hw = *A->hw;
+    const dsacp_config cfg = A->cfg;
+    const int64_t L = A->L, B = A->B, W = A->W, ep = A->ep, layers = A->layers;
+    const double f = A->f, wbytes = A->wbytes;
+    const bool deployed = A->deployed;
+    FILE *out = R->txt;
+    json_t *root = R->root;
+    char where[256];
     json_t *strategies = json_array();
     jset(R, root, "strategies", strategies);
     int best = -1, rc = DSACP_OK;
+    *best_out = -1;
     double tbest = 0;
     for (int v = 0; v < NV && strategies; v++) {
         dsacp_cp_options cp;
@@ -389,6 +405,19 @@ static int plan_report(const plan_args *A, report *R, dsacp_plan_decode *r, bool
                 F(where, pm.tpot * 1e3), F(where, held / 1e9), held > 0.9 * hw.mem_bytes ? "!" : "");
         if (best < 0 || r[v].t_layer < tbest) best = v, tbest = r[v].t_layer;
     }
+    *best_out = best;
+    return DSACP_OK;
+}
+
+/* The recommendation, DSA-CP's o_proj and lean's query crossovers, the context path's crossover. */
+static void plan_recommend(const plan_args *A, report *R, const dsacp_plan_decode *r, const bool *okv, int best)
+{
+    const dsacp_hw hw = *A->hw;
+    const dsacp_config cfg = A->cfg;
+    const int64_t B = A->B, W = A->W;
+    const bool deployed = A->deployed;
+    FILE *out = R->txt;
+    json_t *root = R->root;
     if (best >= 0) {
         const dsacp_plan_decode *b = &r[best];
         fprintf(out, "recommendation: %s -- %.1f us per layer (%s-bound: compute %.1f us, memory %.1f us; communication %.1f us "
@@ -432,7 +461,22 @@ static int plan_report(const plan_args *A, report *R, dsacp_plan_decode *r, bool
         }
     }
     jstr(R, root, "recommendation", best >= 0 ? variants[best].label : "");
-    if (W > 1) {
+}
+
+/* Chunked prefill (W > 1): a chunk of C tokens after the context, by each context path. */
+static int plan_chunks(const plan_args *A, report *R)
+{
+    const dsacp_hw hw = *A->hw;
+    const dsacp_config cfg = A->cfg;
+    const int64_t L = A->L, W = A->W, C = A->C;
+    const double f = A->f;
+    const bool deployed = A->deployed;
+    FILE *out = R->txt;
+    json_t *root = R->root;
+    char where[256];
+    int rc = DSACP_OK;
+    if (W <= 1) return DSACP_OK;
+    {
         /* chunked prefill: a chunk of C tokens after the context, by each context path, priced */
         fprintf(out, "\nchunked prefill: a chunk of %lld tokens after the %lld-token context, per layer on the busiest rank\n",
                 (long long)C, (long long)L);
@@ -473,7 +517,22 @@ static int plan_report(const plan_args *A, report *R, dsacp_plan_decode *r, bool
                     g.recv_bytes / 1048576, F(where, d.t_layer * 1e6), d.recv_bytes / 1048576, da ? "distributed" : "gather", faster);
         }
     }
-    if (Pp > 0) {
+    return DSACP_OK;
+}
+
+/* Prefill of a fresh --prefill prompt: TTFT by split (plabels/pttft: the plot's bars). */
+static int plan_prefill(const plan_args *A, report *R, const char **plabels, double *pttft)
+{
+    const dsacp_hw hw = *A->hw;
+    const dsacp_config cfg = A->cfg;
+    const int64_t W = A->W, Pp = A->Pp, layers = A->layers;
+    const bool deployed = A->deployed;
+    FILE *out = R->txt;
+    json_t *root = R->root;
+    char where[256];
+    int rc;
+    if (Pp <= 0) return DSACP_OK;
+    {
         /* TTFT of a fresh prompt: TP (indexer replicated), TP with the indexer's rows split
          * (TensorRT-LLM #11871), and the CP engine's splits */
         static const struct {
@@ -519,9 +578,24 @@ static int plan_report(const plan_args *A, report *R, dsacp_plan_decode *r, bool
                     r2.t_compute, r2.t_memory, r2.t_comm, ttft, F(where, tp / ttft));
         }
     }
+    return DSACP_OK;
+}
+
+/* DSA-CP's weight plans (W > 1). */
+static void plan_weights(const plan_args *A, report *R)
+{
+    const dsacp_hw hw = *A->hw;
+    const dsacp_config cfg = A->cfg;
+    const int64_t B = A->B, W = A->W, Pp = A->Pp, layers = A->layers;
+    const double wbytes = A->wbytes;
+    const bool deployed = A->deployed;
+    FILE *out = R->txt;
+    json_t *root = R->root;
+    char where[256];
     /* DSA-CP's weight plans for a step of T tokens (the prompt with --prefill, else the batch):
      * bytes each rank receives per layer for q_b_proj / o_proj, and what it holds */
-    if (W > 1) {
+    if (W <= 1) return;
+    {
         const int64_t T = Pp > 0 ? Pp : B;
         static const struct {
             const char *label;
@@ -573,7 +647,18 @@ static int plan_report(const plan_args *A, report *R, dsacp_plan_decode *r, bool
                     F(where, (recv / bw + calls * lat) * 1e6), held / 1048576);
         }
     }
+}
 #undef F
+
+static int plan_report(const plan_args *A, report *R, dsacp_plan_decode *r, bool *okv, const char **plabels, double *pttft)
+{
+    int best = -1;
+    plan_header(A, R);
+    int rc = plan_decode(A, R, r, okv, &best);
+    if (rc) return rc;
+    plan_recommend(A, R, r, okv, best);
+    if ((rc = plan_chunks(A, R)) || (rc = plan_prefill(A, R, plabels, pttft))) return rc;
+    plan_weights(A, R);
     return DSACP_OK;
 }
 

@@ -1,0 +1,351 @@
+/* cli_run_report.c -- `dsacp run`'s report: --verify's comparison with the one-process replay,
+ * the text report (vLLM's metric names) and the --json object (docs/serving.md's schema). */
+#include "cli_run.h"
+#include "dsacp_util.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct stats {
+    double mean, median, std, p90, p99;
+    int64_t n;
+} stats;
+
+static int cmp_d(const void *a, const void *b)
+{
+    const double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+static stats stats_of(double *v, int64_t n)
+{
+    stats s = {0};
+    s.n = n;
+    if (n == 0) return s;
+    qsort(v, (size_t)n, sizeof *v, cmp_d);
+    double sum = 0, sq = 0;
+    for (int64_t i = 0; i < n; i++) sum += v[i];
+    s.mean = sum / n;
+    for (int64_t i = 0; i < n; i++) sq += (v[i] - s.mean) * (v[i] - s.mean);
+    s.std = sqrt(sq / n);
+    s.median = n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+    s.p90 = v[(int64_t)ceil(0.90 * n) - 1];
+    s.p99 = v[(int64_t)ceil(0.99 * n) - 1];
+    return s;
+}
+
+/* A number for the JSON report: null when not finite (an empty run's rates). */
+static json_t *jnum(double v) { return isfinite(v) ? json_real(v) : json_null(); }
+static json_t *jint(int64_t v) { return json_integer((json_int_t)v); }
+
+/* Compares every request of res with the reference ver: the first step where they differ. */
+int run_compare(const dsacp_serve_result *res, const dsacp_serve_result *ver, int64_t n, bool deployed,
+                divergence **out, int64_t *n_div)
+{
+    *out = NULL;
+    *n_div = 0;
+    divergence *d = calloc((size_t)n + 1, sizeof *d);
+    if (!d) return dsacp_error(DSACP_ENOMEM, "--verify: out of memory");
+    for (int64_t i = 0; i < n; i++) {
+        const dsacp_serve_out *a = &res->out[i], *b = &ver->out[i];
+        const int64_t m = a->n_tokens < b->n_tokens ? a->n_tokens : b->n_tokens;
+        int64_t k = 0;
+        while (k < m && a->tokens[k] == b->tokens[k]) k++;
+        if (k == m && a->n_tokens == b->n_tokens) continue;
+        divergence *v = &d[(*n_div)++];
+        v->request = i, v->step = k;
+        v->token = k < a->n_tokens ? a->tokens[k] : -1;
+        v->ref_token = k < b->n_tokens ? b->tokens[k] : -1;
+        v->ref_gap = k < b->n_tokens && b->gap ? (double)b->gap[k] : NAN;
+        v->near_tie = deployed && v->token >= 0 && v->ref_token >= 0 && v->ref_gap <= RUN_VERIFY_NEAR_TIE;
+    }
+    *out = d;
+    return DSACP_OK;
+}
+
+static json_t *stats_json(json_t *o, const char *name, const stats *st)
+{
+    char k[32];
+    const struct { const char *what; double v; } f[] = {
+        {"mean", st->mean}, {"median", st->median}, {"std", st->std}, {"p90", st->p90}, {"p99", st->p99}};
+    for (size_t i = 0; i < sizeof f / sizeof f[0]; i++) {
+        snprintf(k, sizeof k, "%s_%s_ms", f[i].what, name);
+        json_object_set_new(o, k, jnum(f[i].v));
+    }
+    return o;
+}
+
+/* The latencies of a run (ms), per request and pooled, and its totals. */
+typedef struct run_metrics {
+    double *ttft, *tpot, *e2el, *itl; /* sorted by stats_of */
+    double *ttft_r, *e2el_r;          /* per request, in request order */
+    int64_t ntpot, nitl, in_tok, out_tok;
+    stats sec[4]; /* TTFT, TPOT, ITL, E2EL */
+    double attn, mlp, comm, total, bytes, proj, att, oproj; /* summed over steps (ms, bytes) */
+} run_metrics;
+
+static void metrics_free(run_metrics *mt)
+{
+    free(mt->ttft), free(mt->tpot), free(mt->e2el), free(mt->itl), free(mt->ttft_r), free(mt->e2el_r);
+}
+
+static int metrics_of(const workload *wl, const dsacp_serve_result *res, run_metrics *mt)
+{
+    const int64_t n = wl->n;
+    *mt = (run_metrics){0};
+    int64_t nitl = 0;
+    for (int64_t i = 0; i < n; i++) nitl += res->out[i].n_tokens > 1 ? res->out[i].n_tokens - 1 : 0;
+    mt->ttft = malloc((size_t)(n + 1) * sizeof(double)), mt->tpot = malloc((size_t)(n + 1) * sizeof(double));
+    mt->e2el = malloc((size_t)(n + 1) * sizeof(double)), mt->itl = malloc((size_t)(nitl + 1) * sizeof(double));
+    mt->ttft_r = malloc((size_t)(n + 1) * sizeof(double)), mt->e2el_r = malloc((size_t)(n + 1) * sizeof(double));
+    if (!mt->ttft || !mt->tpot || !mt->e2el || !mt->itl || !mt->ttft_r || !mt->e2el_r) {
+        metrics_free(mt);
+        return dsacp_error(DSACP_ENOMEM, "out of memory for the report");
+    }
+    for (int64_t i = 0; i < n; i++) {
+        const dsacp_serve_out *o = &res->out[i];
+        mt->in_tok += wl->rq[i].prompt_len, mt->out_tok += o->n_tokens;
+        mt->ttft[i] = mt->ttft_r[i] = (o->first_s - o->arrival_s) * 1e3;
+        mt->e2el[i] = mt->e2el_r[i] = (o->finish_s - o->arrival_s) * 1e3;
+        if (o->n_tokens > 1) mt->tpot[mt->ntpot++] = (mt->e2el[i] - mt->ttft[i]) / (double)(o->n_tokens - 1);
+        for (int64_t k = 1; k < o->n_tokens; k++) mt->itl[mt->nitl++] = (o->token_s[k] - o->token_s[k - 1]) * 1e3;
+    }
+    mt->sec[0] = stats_of(mt->ttft, n), mt->sec[1] = stats_of(mt->tpot, mt->ntpot);
+    mt->sec[2] = stats_of(mt->itl, mt->nitl), mt->sec[3] = stats_of(mt->e2el, n);
+    for (int64_t i = 0; i < res->n_steps; i++) {
+        const dsacp_serve_step *k = &res->steps[i];
+        mt->attn += k->attention_ms, mt->mlp += k->mlp_ms, mt->comm += k->comm_ms, mt->total += k->dur_ms;
+        mt->bytes += (double)k->comm_bytes;
+        mt->proj += k->projections_ms, mt->att += k->attend_ms, mt->oproj += k->o_proj_ms;
+    }
+    return DSACP_OK;
+}
+
+static const char *const metric_keys[4] = {"ttft", "tpot", "itl", "e2el"};
+
+/* The text report's throughput, latency and time-per-phase sections. */
+static void text_timing(FILE *f, const report_ctx *c, const run_metrics *mt)
+{
+    const dsacp_serve_result *res = c->res;
+    const int64_t n = c->wl->n;
+    const int W = c->W;
+    /* The attention layer's time outside its three timed parts: buffer set-up and agreement,
+     * staging the new cache entries, waiting for the prefill exchange, the CP merge's own calls. */
+    const double arest = fmax(mt->attn - mt->proj - mt->att - mt->oproj, 0);
+    const double dur = res->duration_s, total = mt->total;
+    const int64_t in_tok = mt->in_tok, out_tok = mt->out_tok;
+    const dsacp_cp_options *cpo = c->cpo;
+    const char *mode_detail = W > 1 ? (cpo->mode == DSACP_CP_DCP ? dsacp_decode_strategy_name(cpo->decode)
+                                                                  : dsacp_weight_plan_name(cpo->o_proj)) : "";
+    fprintf(f, "============ dsacp run: serving result ============\n");
+    fprintf(f, "%-42s %s\n", "Model:", c->model);
+    fprintf(f, "%-42s %d (%s%s%s)\n", "Ranks:", W, dsacp_cp_mode_name(cpo->mode), W > 1 ? ", " : "", mode_detail);
+    fprintf(f, "%-42s %lld\n", "Successful requests:", (long long)n);
+    fprintf(f, "%-42s %.2f\n", "Benchmark duration (s):", dur);
+    fprintf(f, "%-42s %lld\n", "Total input tokens:", (long long)in_tok);
+    fprintf(f, "%-42s %lld\n", "Total generated tokens:", (long long)out_tok);
+    fprintf(f, "%-42s %.2f\n", "Request throughput (req/s):", n / dur);
+    fprintf(f, "%-42s %.2f\n", "Output token throughput (tok/s):", out_tok / dur);
+    fprintf(f, "%-42s %.2f\n", "Total Token throughput (tok/s):", (in_tok + out_tok) / dur);
+    static const char *const titles[4] = {"Time to First Token", "Time per Output Token (excl. 1st token)",
+                                          "Inter-token Latency", "End-to-end Latency"};
+    static const char *const names[4] = {"TTFT", "TPOT", "ITL", "E2EL"};
+    for (int k = 0; k < 4; k++) {
+        fprintf(f, "%s\n", titles[k]);
+        fprintf(f, "  Mean / Median / P90 / P99 %s (ms):%*s %.2f / %.2f / %.2f / %.2f\n", names[k], (int)(10 - strlen(names[k])),
+                "", mt->sec[k].mean, mt->sec[k].median, mt->sec[k].p90, mt->sec[k].p99);
+    }
+    fprintf(f, "Time per phase (rank 0, summed over %lld steps)\n", (long long)res->n_steps);
+    fprintf(f, "  attention layer: %.2f s (%.0f%%) = projections %.2f + indexer, top-k and sparse MLA %.2f + o_proj %.2f\n"
+               "    + set-up, staging and exchange waits %.2f\n",
+            mt->attn / 1e3, 100 * mt->attn / fmax(total, 1e-9), mt->proj / 1e3, mt->att / 1e3, mt->oproj / 1e3, arest / 1e3);
+    fprintf(f, "  MLP / MoE: %.2f s (%.0f%%)   communication (inside collectives, waits included): %.2f s (%.0f%%)\n",
+            mt->mlp / 1e3, 100 * mt->mlp / fmax(total, 1e-9), mt->comm / 1e3, 100 * mt->comm / fmax(total, 1e-9));
+    fprintf(f, "  other (embedding, norms, head, scheduling): %.2f s; idle between steps: %.2f s\n",
+            (total - mt->attn - mt->mlp) / 1e3, fmax(dur - total / 1e3, 0));
+}
+
+/* The text report's communication, memory, KV and --verify sections. */
+static void text_resources(FILE *f, const report_ctx *c, const run_metrics *mt)
+{
+    const dsacp_serve_result *res = c->res;
+    const int64_t n = c->wl->n;
+    fprintf(f, "Communication (rank 0 received): %.1f MB, %.1f KB per generated token; by phase:\n", mt->bytes / 1048576,
+            mt->bytes / 1024 / fmax((double)mt->out_tok, 1));
+    if (c->world) {
+        for (int ph = 0, k = 0; ph < DSACP_PHASE_COUNT; ph++) {
+            const dsacp_comm_counter ct = dsacp_comm_get_counter(c->world, ph);
+            if (!ct.calls) continue;
+            fprintf(f, "%s%s %lld calls %.1f MB", k++ % 3 ? ",  " : "  ", dsacp_comm_phase_name(ph), (long long)ct.calls,
+                    (double)ct.bytes_recv / 1048576);
+            if (k % 3 == 0) fprintf(f, "\n");
+        }
+        fprintf(f, "\n");
+    }
+    const double *am = c->allmem;
+    fprintf(f, "Memory per rank (MB): weights / KV pool / KV peak used (busiest rank's share) / transient peak / weight buffers\n");
+    for (int q = 0; q < c->W; q++)
+        fprintf(f, "  rank %d: %.1f / %.1f / %.1f / %.1f / %.1f\n", q, am[6 * q] / 1048576, am[6 * q + 1] / 1048576,
+                am[6 * q + 2] / 1048576, am[6 * q + 3] / 1048576, am[6 * q + 4] / 1048576);
+    fprintf(f, "KV utilisation peak: %.0f%% of %lld blocks of %lld tokens; preemptions: %lld\n", 100 * res->kv_peak_use,
+            (long long)c->eo->num_blocks, (long long)c->eo->block_size, (long long)res->preemptions);
+    if (c->verify) {
+        if (!c->deployed)
+            fprintf(f, "Verify (exact numerics: every token identical to one process): %lld of %lld requests generated "
+                       "identical tokens%s\n", (long long)(n - c->n_div), (long long)n, c->passed ? "" : "  <-- MISMATCH");
+        else
+            fprintf(f, "Verify (deployed numerics: identical tokens, or diverging only at a near-tie, the one-process "
+                       "top-2 logit gap <= %g): %lld of %lld requests generated identical tokens, %lld diverged at "
+                       "near-ties%s\n", RUN_VERIFY_NEAR_TIE, (long long)(n - c->n_div), (long long)n,
+                    (long long)c->near_ties, c->passed ? "" : "  <-- MISMATCH");
+        for (int64_t k = 0; k < c->n_div; k++) {
+            const divergence *d = &c->div[k];
+            fprintf(f, "  request %lld differs at generated token %lld: %d here, %d on one process (its top-2 gap %.4g%s)\n",
+                    (long long)d->request, (long long)d->step, d->token, d->ref_token, d->ref_gap,
+                    d->near_tie ? ": a near-tie" : c->deployed ? ": NOT a near-tie" : "");
+        }
+    }
+    fprintf(f, "===================================================\n");
+}
+
+/* --json: "config" and the run's totals. */
+static void json_summary(json_t *j, const report_ctx *c, const run_metrics *mt)
+{
+    const dsacp_engine_options *eo = c->eo;
+    const dsacp_cp_options *cpo = c->cpo;
+    const dsacp_serve_result *res = c->res;
+    const int64_t n = c->wl->n, in_tok = mt->in_tok, out_tok = mt->out_tok;
+    const double dur = res->duration_s;
+    json_t *cfgj = json_object();
+    json_object_set_new(cfgj, "model", json_string(c->model));
+    json_object_set_new(cfgj, "world", jint(c->W));
+    json_object_set_new(cfgj, "cp_mode", json_string(dsacp_cp_mode_name(cpo->mode)));
+    json_object_set_new(cfgj, "decode_strategy", json_string(dsacp_decode_strategy_name(cpo->decode)));
+    json_object_set_new(cfgj, "kv_layout", json_string(dsacp_cp_layout_name(cpo->kv_layout)));
+    json_object_set_new(cfgj, "index_layout", json_string(dsacp_cp_layout_name(cpo->index_layout)));
+    json_object_set_new(cfgj, "o_proj", json_string(dsacp_weight_plan_name(cpo->o_proj)));
+    json_object_set_new(cfgj, "numerics", json_string(c->deployed ? "deployed" : "exact"));
+    json_object_set_new(cfgj, "max_batch_tokens", jint(c->mbt));
+    json_object_set_new(cfgj, "kv_blocks", jint(eo->num_blocks));
+    json_object_set_new(cfgj, "block_size", jint(eo->block_size));
+    json_object_set_new(j, "config", cfgj);
+    json_object_set_new(j, "completed", jint(n));
+    json_object_set_new(j, "duration_s", jnum(dur));
+    json_object_set_new(j, "total_input_tokens", jint(in_tok));
+    json_object_set_new(j, "total_output_tokens", jint(out_tok));
+    json_object_set_new(j, "request_throughput", jnum(n / dur));
+    json_object_set_new(j, "output_throughput", jnum(out_tok / dur));
+    json_object_set_new(j, "total_token_throughput", jnum((in_tok + out_tok) / dur));
+    for (int k = 0; k < 4; k++) stats_json(j, metric_keys[k], &mt->sec[k]);
+    json_object_set_new(j, "preemptions", jint(res->preemptions));
+    json_object_set_new(j, "kv_utilization_peak", jnum(res->kv_peak_use));
+    json_object_set_new(j, "comm_bytes_rank0", jnum(mt->bytes));
+    json_object_set_new(j, "comm_bytes_per_generated_token", jnum(mt->bytes / fmax((double)out_tok, 1)));
+}
+
+/* --json: "verify" (null without --verify). */
+static json_t *json_verify(const report_ctx *c)
+{
+    if (!c->verify) return json_null();
+    const int64_t n = c->wl->n;
+    json_t *vj = json_object();
+    json_object_set_new(vj, "numerics", json_string(c->deployed ? "deployed" : "exact"));
+    json_object_set_new(vj, "checks", json_string(c->deployed ? "identical tokens, or the first divergence of each "
+                                                                "request at a near-tie" : "identical tokens"));
+    json_object_set_new(vj, "near_tie_gap", c->deployed ? jnum(RUN_VERIFY_NEAR_TIE) : json_null());
+    json_object_set_new(vj, "requests", jint(n));
+    json_object_set_new(vj, "identical", jint(n - c->n_div));
+    json_object_set_new(vj, "passed", json_boolean(c->passed));
+    json_t *dv = json_array();
+    for (int64_t k = 0; k < c->n_div; k++) {
+        const divergence *d = &c->div[k];
+        json_t *o = json_object();
+        json_object_set_new(o, "request", jint(d->request));
+        json_object_set_new(o, "step", jint(d->step));
+        json_object_set_new(o, "token", d->token >= 0 ? jint(d->token) : json_null());
+        json_object_set_new(o, "reference_token", d->ref_token >= 0 ? jint(d->ref_token) : json_null());
+        json_object_set_new(o, "reference_gap", jnum(d->ref_gap));
+        json_object_set_new(o, "near_tie", json_boolean(d->near_tie));
+        json_array_append_new(dv, o);
+    }
+    json_object_set_new(vj, "divergences", dv);
+    return vj;
+}
+
+/* --json: "memory_per_rank" and "steps". */
+static void json_memory_steps(json_t *j, const report_ctx *c)
+{
+    const dsacp_serve_result *res = c->res;
+    json_t *mj = json_array();
+    for (int q = 0; q < c->W; q++) {
+        json_t *o = json_object();
+        json_object_set_new(o, "rank", jint(q));
+        static const char *const mk[5] = {"weights", "kv_pool", "kv_peak_used", "transient_peak", "weight_buffers"};
+        for (int k = 0; k < 5; k++) json_object_set_new(o, mk[k], jnum(round(c->allmem[6 * q + k])));
+        json_array_append_new(mj, o);
+    }
+    json_object_set_new(j, "memory_per_rank", mj);
+    json_t *sj = json_array();
+    for (int64_t i = 0; i < res->n_steps; i++) {
+        const dsacp_serve_step *k = &res->steps[i];
+        json_t *o = json_object(), *ph = json_object();
+        json_object_set_new(o, "index", jint(i));
+        json_object_set_new(o, "t_s", jnum(k->t_s));
+        json_object_set_new(o, "dur_ms", jnum(k->dur_ms));
+        json_object_set_new(o, "prefill_tokens", jint(k->prefill_tokens));
+        json_object_set_new(o, "decode_tokens", jint(k->decode_tokens));
+        json_object_set_new(o, "comm_bytes", jint(k->comm_bytes));
+        json_object_set_new(ph, "projections", jnum(k->projections_ms));
+        json_object_set_new(ph, "attention", jnum(k->attend_ms));
+        json_object_set_new(ph, "o_proj", jnum(k->o_proj_ms));
+        json_object_set_new(ph, "attention_other",
+                            jnum(fmax(k->attention_ms - k->projections_ms - k->attend_ms - k->o_proj_ms, 0)));
+        json_object_set_new(ph, "mlp", jnum(k->mlp_ms));
+        json_object_set_new(ph, "other", jnum(fmax(k->dur_ms - k->attention_ms - k->mlp_ms, 0)));
+        json_object_set_new(o, "phases_ms", ph);
+        json_object_set_new(o, "comm_ms", jnum(k->comm_ms));
+        json_array_append_new(sj, o);
+    }
+    json_object_set_new(j, "steps", sj);
+}
+
+/* --json: "requests", each with its tokens. */
+static json_t *json_requests(const report_ctx *c, const run_metrics *mt)
+{
+    json_t *rj = json_array();
+    for (int64_t i = 0; i < c->wl->n; i++) {
+        const dsacp_serve_out *o = &c->res->out[i];
+        json_t *r = json_object(), *tk = json_array();
+        json_object_set_new(r, "id", jint(i));
+        json_object_set_new(r, "prompt_len", jint(c->wl->rq[i].prompt_len));
+        json_object_set_new(r, "output_len", jint(o->n_tokens));
+        json_object_set_new(r, "arrival_s", jnum(o->arrival_s));
+        json_object_set_new(r, "ttft_ms", jnum(mt->ttft_r[i]));
+        json_object_set_new(r, "e2el_ms", jnum(mt->e2el_r[i]));
+        json_object_set_new(r, "tpot_ms", o->n_tokens > 1 ? jnum((mt->e2el_r[i] - mt->ttft_r[i]) / (double)(o->n_tokens - 1))
+                                                           : json_null());
+        json_object_set_new(r, "preemptions", jint(o->preemptions));
+        for (int64_t k = 0; k < o->n_tokens; k++) json_array_append_new(tk, jint(o->tokens[k]));
+        json_object_set_new(r, "tokens", tk);
+        json_array_append_new(rj, r);
+    }
+    return rj;
+}
+
+int run_write_report(FILE *f, json_t *j, const report_ctx *c)
+{
+    run_metrics mt;
+    int rc = metrics_of(c->wl, c->res, &mt);
+    if (rc) return rc;
+    text_timing(f, c, &mt);
+    text_resources(f, c, &mt);
+    if (j) {
+        json_summary(j, c, &mt);
+        json_object_set_new(j, "verify", json_verify(c));
+        json_memory_steps(j, c);
+        json_object_set_new(j, "requests", json_requests(c, &mt));
+    }
+    metrics_free(&mt);
+    return DSACP_OK;
+}
