@@ -217,9 +217,10 @@ int main(void)
     dsacp_rng_seed(&rng, 7);
     const dsacp_isa start = dsacp_isa_active();
     if (dsacp_isa_best() < DSACP_ISA_AVX2) {
-        printf("test_gemm: no SIMD ISA on this CPU, nothing to compare\n");
-        return test_finish("test_gemm");
+        printf("SKIP test_gemm: no SIMD ISA on this CPU, nothing to compare\n");
+        return 77;
     }
+    if (!have_vbmi()) printf("SKIP test_gemm: the AVX-512 VBMI fold chains of dsacp_linear (this CPU lacks VBMI)\n");
     /* N, K, T: rows cut the 24-row panel and the 48-row block, K the 16-lane step, the 512-column
      * chunk and the FP8 blocks, T the 4-token tile, the 32-token block and (T = 1100) the
      * 1024-token super-block; K = 16500 makes 33 chunks, the last one short. */

@@ -104,7 +104,6 @@ static int cmp_desc_then_pos(const void *a, const void *b, const float *s)
 
 static const float *sort_scores;
 static int cmp_ref(const void *a, const void *b) { return cmp_desc_then_pos(a, b, sort_scores); }
-static int cmp_int(const void *a, const void *b) { return *(const int32_t *)a - *(const int32_t *)b; }
 
 static void test_topk(void)
 {
@@ -113,6 +112,7 @@ static void test_topk(void)
     float *s = malloc(4097 * 4);
     int32_t *idx = malloc(4097 * 4), *out = malloc(4097 * 4);
     uint64_t *ws = malloc(4097 * 8);
+    void *tws = malloc(dsacp_topk_ws_bytes(4097));
     for (size_t a = 0; a < sizeof ns / sizeof ns[0]; a++)
         for (size_t b = 0; b < sizeof ks / sizeof ks[0]; b++)
             for (int ties = 0; ties < 3; ties++) {
@@ -126,9 +126,13 @@ static void test_topk(void)
                 sort_scores = s;
                 qsort(idx, (size_t)n, 4, cmp_ref);
                 int64_t m = k < n ? k : n;
-                qsort(idx, (size_t)m, 4, cmp_int);
+                qsort(idx, (size_t)m, 4, dsacp_cmp_i32);
                 int64_t got = dsacp_topk_select(s, n, k, out);
                 CHECKF(got == m && memcmp(out, idx, (size_t)m * 4) == 0, "top-k n=%lld k=%lld ties=%d",
+                       (long long)n, (long long)k, ties);
+                /* Issue 21: the caller-workspace form (the step path's) gives the same selection. */
+                got = dsacp_topk_select_ws(s, n, k, out, tws);
+                CHECKF(got == m && memcmp(out, idx, (size_t)m * 4) == 0, "top-k ws n=%lld k=%lld ties=%d",
                        (long long)n, (long long)k, ties);
                 /* Issue 7 defect 15: the reference with a workspace, and without one (the O(nk)
                  * scan it falls back to when its malloc fails -- it returned 0..k-1 before). */
@@ -154,6 +158,7 @@ static void test_topk(void)
     CHECK(dsacp_topk_select_ref_ws(nz, 6, 3, o3, NULL) == 3 && o3[0] == 3 && o3[1] == 4 && o3[2] == 5);
     CHECK(dsacp_topk_select_ref_ws(nz, 6, 3, o3, ws) == 3 && o3[0] == 3 && o3[1] == 4 && o3[2] == 5);
     free(ws);
+    free(tws);
     free(s);
     free(idx);
     free(out);
@@ -274,6 +279,34 @@ static void test_isa_env_reaches_cache(void)
     CHECKF(WIFEXITED(status) && WEXITSTATUS(status) == 0, "DSACP_ISA=scalar: cache decoders not scalar");
 }
 
+/* Issue 21: without memory the allocating kernels fail with DSACP_ENOMEM and leave their
+ * outputs alone (sparse MLA wrote NaN before). A shape whose scratch no allocator gives (tens of
+ * terabytes) stands for the failure; the inputs are never read, so they may be small. */
+static void test_enomem(void)
+{
+    float q[64] = {0}, kv[64] = {0}, o[4] = {1, 2, 3, 4}, lse[2] = {5, 6}, y[2] = {7, 8};
+    const int64_t H = (int64_t)1 << 36;
+    if (dsacp_isa_active() != DSACP_ISA_SCALAR) {
+        /* The scalar twin's scratch is the caller's F32 [n]: only the SIMD ISAs allocate. */
+        CHECK(dsacp_sparse_mla(q, kv, 1, H, 8, 8, 1.0f, o, lse, NULL) == DSACP_ENOMEM);
+        CHECK(o[0] == 1 && o[3] == 4 && lse[0] == 5 && lse[1] == 6);
+    }
+    uint8_t w8[256] = {0};
+    float sc[1] = {1};
+    const dsacp_weight w = {.name = "w", .dtype = DSACP_F8_E4M3, .ndim = 2, .rows = 2, .cols = 128, .data = w8,
+                            .scale = sc, .scale_rows = 1, .scale_cols = 1, .scale_stride = 1, .block = 128};
+    CHECK(dsacp_linear(&w, q, (int64_t)1 << 40, 128, y, 2, true) == DSACP_ENOMEM);
+    CHECK(y[0] == 7 && y[1] == 8);
+    /* A short workspace is an error naming the weight, never another kernel's bits. */
+    const size_t need = dsacp_linear_ws_bytes(&w, 3, true);
+    void *ws = malloc(need);
+    float x[3 * 128] = {0}, y3[6];
+    CHECK(need > 0 && dsacp_linear_ws(&w, x, 3, 128, y3, 2, true, ws, 16) == DSACP_EINVAL);
+    CHECK(strstr(dsacp_last_error(), "linear w: workspace") != NULL);
+    CHECK_OK(dsacp_linear_ws(&w, x, 3, 128, y3, 2, true, ws, need));
+    free(ws);
+}
+
 int main(void)
 {
     test_isa_env_reaches_cache();
@@ -283,5 +316,6 @@ int main(void)
     test_topk();
     test_sparse_mla_and_merge();
     test_norms();
+    test_enomem();
     return test_finish("test_kernels");
 }

@@ -1,14 +1,15 @@
 /*
  * kernels_isa.h -- what the ISA files of src/kernels share (private to src/kernels): the three
  * kernel tables, the scalar pieces a SIMD variant falls back on, the linear driver the SIMD
- * linears share, and workspace carving. The layers inside src/kernels, each calling only down:
- *   dispatch.c                      the active table and the public kernels over it
- *   kernels_avx512.c                AVX-512 table (its FP8 table decode calls gemm_avx2.c)
- *   kernels_avx2.c, gemm_avx2.c     AVX2 table, the blocked many-row linear
- *   kernels_small.c                 the small per-row SIMD kernels (RMSNorm, axpy)
- *   kernels.c                       the scalar table: the reference twins
- *   kernels_linear.c                dsacp_dot_f32, the scalar linear, act_quant, and the driver
- *                                   the SIMD linears share
+ * linears share, and workspace carving. The files of src/kernels, each calling only files below
+ * it (no circle; the ISA files never call the dispatcher):
+ *   dispatch.c        the active table and the public kernels over it
+ *   kernels_avx512.c  AVX-512 tables (uses the AVX2 act_quant rounding and gemm_avx2.c's fold mode)
+ *   kernels_avx2.c    AVX2 table
+ *   kernels_small.c   the small per-row SIMD kernels (RMSNorm, axpy)
+ *   kernels.c         the scalar table: the reference twins
+ *   kernels_linear.c  dsacp_dot_f32, the scalar linear, act_quant, the driver the SIMD linears share
+ *   gemm_avx2.c       the blocked many-row linear
  */
 #ifndef DSACP_KERNELS_ISA_H
 #define DSACP_KERNELS_ISA_H
