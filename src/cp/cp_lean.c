@@ -38,6 +38,7 @@
 #include "cp/cp_strategy.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -558,10 +559,14 @@ static double token_bytes(const dsacp_cp_formula *f, double gather_bytes, double
            (out ? 2 * (Wd - 1) / Wd * D * s : oproj_bytes);
 }
 
+/* The report's members: the merge backend and lean's options (the factor written as %g). */
 static int report(const dsacp_cp_options *o, json_t *obj)
 {
+    char factor[32];
+    snprintf(factor, sizeof factor, "%g", o->lean_factor);
     if (json_object_set_new(obj, "dcp_comm_backend", json_string(dsacp_merge_backend_name(o->merge_backend))) ||
-        json_object_set_new(obj, "lean", json_pack("{s:f, s:s, s:s}", "candidates_factor", o->lean_factor, "merge",
+        json_object_set_new(obj, "lean", json_pack("{s:o, s:s, s:s}", "candidates_factor",
+                                                   json_loads(factor, JSON_DECODE_ANY, NULL), "merge",
                                                    dsacp_lean_merge_name(o->lean_merge), "partials",
                                                    dsacp_partials_dtype_name(o->partials))))
         return dsacp_error(DSACP_ENOMEM, "out of memory for the report");

@@ -4,6 +4,7 @@
  * plans, o_proj column shards), what each rank keeps of a layout, and the CP views of an engine.
  */
 #include "engine/engine_internal.h"
+#include "cp/cp_strategy.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -18,49 +19,8 @@ int dsacp_engine_check_options(const dsacp_config *cfg, const dsacp_engine_optio
         return dsacp_error(DSACP_EINVAL, "unknown kv dtype %d", (int)opt->kv_dtype);
     if (opt->kv_dtype == DSACP_KV_FP8 && opt->numerics != DSACP_NUMERICS_DEPLOYED)
         return dsacp_error(DSACP_EINVAL, "the fp8 latent cache belongs to the deployed numerics mode");
-    if (cp->interleave < 1 || cp->interleave > ((int64_t)1 << 30))
-        return dsacp_error(DSACP_EINVAL, "--cp-interleave %lld: must be in [1, 2^30]", (long long)cp->interleave);
-    if ((unsigned)cp->decode > DSACP_DECODE_LEAN || (unsigned)cp->kv_layout > 1 || (unsigned)cp->index_layout > 2 ||
-        (unsigned)cp->prefill_split > 2 || (unsigned)cp->mode > 1 || (unsigned)cp->q_proj > 5 || (unsigned)cp->o_proj > 5 ||
-        (unsigned)cp->lean_merge > 1 || (unsigned)cp->partials > 1 || (unsigned)cp->context_path > 2 ||
-        (unsigned)cp->merge_backend > 1)
-        return dsacp_error(DSACP_EINVAL, "unknown context-parallel option value");
-    if (cp->context_hardware && cp->context_path != DSACP_CONTEXT_AUTO)
-        return dsacp_error(DSACP_EINVAL, "--context-hardware %s: belongs to '--context-path auto' (the path is %s)",
-                           cp->context_hardware, dsacp_context_path_name(cp->context_path));
-    if (!(cp->lean_factor >= 1.0 && cp->lean_factor <= 1024.0))
-        return dsacp_error(DSACP_EINVAL, "--lean-candidates %g: must be in [1, 1024] (times index_topk / W scores "
-                           "per rank)", cp->lean_factor);
-    if (cp->index_layout == DSACP_LAYOUT_PARTIAL && (cp->index_group < 1 || W % cp->index_group))
-        return dsacp_error(DSACP_EINVAL, "--index-layout partial:%lld: the group size must divide the %d ranks",
-                           (long long)cp->index_group, W);
-    if (cp->index_layout == DSACP_LAYOUT_PARTIAL && cp->mode == DSACP_CP_DSA_CP)
-        return dsacp_error(DSACP_EINVAL, "--index-layout partial:G belongs to --cp-mode dcp");
-    if (cp->prefetch < 1 || cp->prefetch > 64)
-        return dsacp_error(DSACP_EINVAL, "--prefetch %lld: must be in [1, 64]", (long long)cp->prefetch);
-    if (cp->mode == DSACP_CP_DCP && (cp->q_proj != DSACP_WEIGHTS_REPLICATED || cp->o_proj != DSACP_WEIGHTS_REPLICATED))
-        return dsacp_error(DSACP_EINVAL, "--q-proj/--o-proj plans belong to --cp-mode dsa-cp (DCP splits the heads "
-                           "of q_b_proj and o_proj already)");
-    if (cp->q_proj >= DSACP_WEIGHTS_TP)
-        return dsacp_error(DSACP_EINVAL, "--q-proj %s: q_b_proj is replicated or layer-shard (tp and auto are "
-                           "o_proj plans)", dsacp_weight_plan_name(cp->q_proj));
-
-    /* Decode tokens attend over the sharded cache with the decode strategy in DCP and in DSA-CP + DCP
-     * (DSA-CP with every cache replicated attends locally). */
-    const bool dcp_decode = cp->mode == DSACP_CP_DCP || cp->kv_layout == DSACP_LAYOUT_SHARDED ||
-                            cp->index_layout == DSACP_LAYOUT_SHARDED;
-    if (W > 1 && dcp_decode && cp->decode == DSACP_DECODE_REPLICATED_INDEX &&
-        cp->index_layout != DSACP_LAYOUT_REPLICATED)
-        return dsacp_error(DSACP_EINVAL, "--decode-strategy replicated-index needs --index-layout replicated "
-                           "(every rank scores every position)");
-    if (W > 1 && dcp_decode && cp->decode == DSACP_DECODE_EXACT_TOPK &&
-        cp->index_layout == DSACP_LAYOUT_REPLICATED)
-        return dsacp_error(DSACP_EINVAL, "--decode-strategy exact-topk scores each rank's shard of the indexer "
-                           "cache: it needs --index-layout sharded or partial:G (replicated-index uses a replicated one)");
-    if (W > cfg->max_position_embeddings)
-        return dsacp_error(DSACP_EINVAL, "%d ranks exceed max_position_embeddings %lld: a rank would own no "
-                           "position", W, (long long)cfg->max_position_embeddings);
-    return DSACP_OK;
+    /* The CP options: one check for the engine and the CLI (src/cp/cp_strategy.c). */
+    return dsacp_cp_options_check(cfg, cp, W, opt->block_size);
 }
 
 int dsacp_engine_setup_cp(dsacp_engine *e, const dsacp_cp_options *cp)
@@ -94,12 +54,7 @@ int dsacp_engine_setup_cp(dsacp_engine *e, const dsacp_cp_options *cp)
     e->cp.h1 = dsacp_split_begin(H, me + 1, W);
     e->cp.cfg = cfg;
     /* The indexer cache as a sharding of its own: W_i holders of I_i-position runs (docs section 1). */
-    e->cp.iW = 1, e->cp.iI = 1, e->cp.ir = 0;
-    if (W > 1 && cp->index_layout == DSACP_LAYOUT_SHARDED) e->cp.iW = W, e->cp.iI = cp->interleave, e->cp.ir = me;
-    if (W > 1 && cp->index_layout == DSACP_LAYOUT_PARTIAL) {
-        const int64_t G = cp->index_group;
-        e->cp.iW = W / G, e->cp.iI = cp->interleave * G, e->cp.ir = me / G;
-    }
+    dsacp_cp_index_groups(cp, W, me, &e->cp.iW, &e->cp.iI, &e->cp.ir);
     e->cp.deployed = e->opt.numerics == DSACP_NUMERICS_DEPLOYED;
     /* DSA-CP: every rank runs all heads for its tokens; the weight plans say where the whole
      * q_b_proj and o_proj come from (cp_weights.c). */
@@ -114,17 +69,11 @@ int dsacp_engine_setup_cp(dsacp_engine *e, const dsacp_cp_options *cp)
         if (cp->o_proj != DSACP_WEIGHTS_REPLICATED) return DSACP_OK;
     }
     if (W == 1) return DSACP_OK;
-    /* One decision for the whole group: the head columns of every rank must fall on o_proj's
-     * FP8 blocks for the column shards, otherwise the heads' outputs travel instead. */
-    const dsacp_weight *o0 = e->attn[0].o;
-    bool aligned = true;
-    if (o0->dtype == DSACP_F8_E4M3 && o0->block > 0)
-        for (int q = 0; q <= W; q++) {
-            const int64_t c = dsacp_split_begin(H, q, W) * dv;
-            if (c % o0->block && c != o0->cols) aligned = false;
-        }
-    e->cp.o_gather_v = !aligned;
-    if (!aligned) return DSACP_OK;
+    /* One decision for the whole group (dsacp_cp_o_paths): the head columns of every rank must
+     * fall on o_proj's FP8 blocks for the column shards, otherwise the heads' outputs travel. */
+    bool tp_f32;
+    dsacp_cp_o_paths(cfg, cp, W, e->attn[0].o->dtype, e->attn[0].o->block, &e->cp.o_gather_v, &tp_f32);
+    if (e->cp.o_gather_v) return DSACP_OK;
     e->cp.o_shard = calloc((size_t)e->L, sizeof *e->cp.o_shard);
     if (!e->cp.o_shard) return dsacp_error(DSACP_ENOMEM, "out of memory");
     for (int64_t l = 0; l < e->L; l++) {
