@@ -3,8 +3,6 @@
 #include "cache/kv_cache.h"
 #include "numerics/numerics.h"
 
-#include <math.h>
-#include <stdlib.h>
 #include <string.h>
 
 int dsacp_kv_cache_create(const dsacp_config *cfg, int64_t num_layers, dsacp_kv_dtype mla_dtype,
@@ -26,7 +24,7 @@ int dsacp_kv_cache_create_parts(const dsacp_config *cfg, int64_t num_layers, dsa
     if (mla_dtype == DSACP_KV_FP8 && cfg->kv_lora_rank % 128)
         return dsacp_error(DSACP_EUNSUPPORTED, "fp8 latent cache needs kv_lora_rank %% 128 == 0 (got %lld)",
                            (long long)cfg->kv_lora_rank);
-    dsacp_kv_cache *c = calloc(1, sizeof *c);
+    dsacp_kv_cache *c = dsacp_calloc(1, sizeof *c);
     if (!c) return dsacp_error(DSACP_ENOMEM, "out of memory");
     c->num_layers = num_layers;
     c->num_blocks = num_blocks;
@@ -38,9 +36,9 @@ int dsacp_kv_cache_create_parts(const dsacp_config *cfg, int64_t num_layers, dsa
     c->index_fp8 = index_fp8;
     c->mla_bytes = dsacp_mla_entry_bytes(c->dc, c->dr, mla_dtype);
     c->index_bytes = dsacp_index_entry_bytes(c->di, index_fp8 ? DSACP_KV_FP8 : DSACP_KV_F32);
-    c->mla = calloc((size_t)num_layers, sizeof *c->mla);
-    c->index = calloc((size_t)num_layers, sizeof *c->index);
-    c->free_list = malloc((size_t)num_blocks * sizeof *c->free_list);
+    c->mla = dsacp_calloc((size_t)num_layers, sizeof *c->mla);
+    c->index = dsacp_calloc((size_t)num_layers, sizeof *c->index);
+    c->free_list = dsacp_alloc((size_t)num_blocks * sizeof *c->free_list);
     if (!c->mla || !c->index || !c->free_list) goto oom;
     size_t tokens = (size_t)(num_blocks * block_size);
     for (int64_t l = 0; l < num_layers; l++) {
@@ -65,10 +63,10 @@ void dsacp_kv_cache_free(dsacp_kv_cache *c)
         if (c->mla) dsacp_free(c->mla[l]);
         if (c->index) dsacp_free(c->index[l]);
     }
-    free(c->mla);
-    free(c->index);
-    free(c->free_list);
-    free(c);
+    dsacp_free(c->mla);
+    dsacp_free(c->index);
+    dsacp_free(c->free_list);
+    dsacp_free(c);
 }
 
 int64_t dsacp_kv_blocks_needed(const dsacp_kv_cache *c, const dsacp_kv_seq *seq, int64_t length)
@@ -89,8 +87,10 @@ int dsacp_kv_reserve(dsacp_kv_cache *c, dsacp_kv_seq *seq, int64_t length)
     if (need > seq->cap) {
         int64_t cap = seq->cap ? seq->cap : 8;
         while (cap < need) cap *= 2;
-        int32_t *b = realloc(seq->blocks, (size_t)cap * sizeof *b);
+        int32_t *b = dsacp_alloc((size_t)cap * sizeof *b);
         if (!b) return dsacp_error(DSACP_ENOMEM, "out of memory growing a block table");
+        if (seq->num_blocks) memcpy(b, seq->blocks, (size_t)seq->num_blocks * sizeof *b);
+        dsacp_free(seq->blocks);
         seq->blocks = b;
         seq->cap = cap;
     }
@@ -101,7 +101,7 @@ int dsacp_kv_reserve(dsacp_kv_cache *c, dsacp_kv_seq *seq, int64_t length)
 void dsacp_kv_release(dsacp_kv_cache *c, dsacp_kv_seq *seq)
 {
     for (int64_t i = seq->num_blocks - 1; i >= 0; i--) c->free_list[c->num_free++] = seq->blocks[i];
-    free(seq->blocks);
+    dsacp_free(seq->blocks);
     memset(seq, 0, sizeof *seq);
 }
 
@@ -117,22 +117,22 @@ void dsacp_kv_write_mla(dsacp_kv_cache *c, int64_t layer, int64_t slot, const fl
     const int64_t dc = c->dc, dr = c->dr;
     switch (c->mla_dtype) {
     case DSACP_KV_F32:
-        memcpy(e, latent, (size_t)dc * 4);
-        memcpy(e + dc * 4, k_pe, (size_t)dr * 4);
+        memcpy(e, latent, (size_t)dc * sizeof(float));
+        memcpy(e + dc * (int64_t)sizeof(float), k_pe, (size_t)dr * sizeof(float));
         break;
     case DSACP_KV_BF16: {
         uint16_t v[1024];
         for (int64_t i = 0; i < dc + dr; i++) v[i] = dsacp_f32_to_bf16(i < dc ? latent[i] : k_pe[i - dc]);
-        memcpy(e, v, (size_t)(dc + dr) * 2);
+        memcpy(e, v, (size_t)(dc + dr) * sizeof(uint16_t));
         break;
     }
     case DSACP_KV_FP8: {
         float scales[64];
         dsacp_quant_e4m3_groups(latent, dc, 128, e, scales);
-        memcpy(e + dc, scales, (size_t)(dc / 128) * 4);
+        memcpy(e + dc, scales, (size_t)(dc / 128) * sizeof(float));
         uint16_t v[512];
         for (int64_t i = 0; i < dr; i++) v[i] = dsacp_f32_to_bf16(k_pe[i]);
-        memcpy(e + dc + (dc / 128) * 4, v, (size_t)dr * 2);
+        memcpy(e + dc + (dc / 128) * (int64_t)sizeof(float), v, (size_t)dr * sizeof(uint16_t));
         break;
     }
     }
@@ -168,12 +168,12 @@ void dsacp_kv_write_index(dsacp_kv_cache *c, int64_t layer, int64_t slot, const 
     int64_t block = slot / B, off = slot % B;
     uint8_t *base = c->index[layer] + block * B * c->index_bytes;
     if (!c->index_fp8) {
-        memcpy(base + off * di * 4, key, (size_t)di * 4);
+        memcpy(base + off * di * (int64_t)sizeof(float), key, (size_t)di * sizeof(float));
         return;
     }
     float scale;
     dsacp_quant_e4m3_groups(key, di, di, base + off * di, &scale);
-    memcpy(base + B * di + off * 4, &scale, 4);
+    memcpy(base + B * di + off * (int64_t)sizeof(float), &scale, sizeof scale);
 }
 
 const void *dsacp_kv_index_block(const dsacp_kv_cache *c, int64_t layer, int64_t block,
