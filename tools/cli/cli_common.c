@@ -498,24 +498,26 @@ bool cli_block_size_fits(const char *cmd, const dsacp_engine_options *eo, const 
 
 dsacp_comm *cli_world = NULL;
 
+/* A library parser's verdict on --flag's value: prints its message naming the flag. */
+static bool parsed(const char *cmd, const char *flag, int status)
+{
+    if (!status) return true;
+    fprintf(stderr, "dsacp %s: option '--%s': %s\n", cmd, flag, dsacp_last_error());
+    return false;
+}
+
 bool cli_cp_options(const char *cmd, const cli_opt *opts, dsacp_cp_options *cp)
 {
     dsacp_cp_options_default(cp);
     const char *s, *s2;
-    if ((s = cli_get(opts, "decode-strategy")) && dsacp_decode_strategy_parse(s, &cp->decode)) {
-        fprintf(stderr, "dsacp %s: option '--decode-strategy': %s\n", cmd, dsacp_last_error());
-        return false;
-    }
-    if ((s = cli_get(opts, "kv-layout")) && dsacp_cp_layout_parse(s, &cp->kv_layout)) {
-        fprintf(stderr, "dsacp %s: option '--kv-layout': %s\n", cmd, dsacp_last_error());
-        return false;
-    }
+    if ((s = cli_get(opts, "decode-strategy")) &&
+        !parsed(cmd, "decode-strategy", dsacp_decode_strategy_parse(s, &cp->decode))) return false;
+    if ((s = cli_get(opts, "kv-layout")) &&
+        !parsed(cmd, "kv-layout", dsacp_cp_layout_parse(s, &cp->kv_layout))) return false;
     /* replicated-index needs a replicated index cache: that is its default. */
-    if (cp->decode == DSACP_DECODE_REPLICATED_INDEX) cp->index_layout = DSACP_LAYOUT_REPLICATED;
-    if ((s = cli_get(opts, "index-layout")) && dsacp_index_layout_parse(s, &cp->index_layout, &cp->index_group)) {
-        fprintf(stderr, "dsacp %s: option '--index-layout': %s\n", cmd, dsacp_last_error());
-        return false;
-    }
+    if (dsacp_decode_strategy_replicated_index(cp->decode)) cp->index_layout = DSACP_LAYOUT_REPLICATED;
+    if ((s = cli_get(opts, "index-layout")) &&
+        !parsed(cmd, "index-layout", dsacp_index_layout_parse(s, &cp->index_layout, &cp->index_group))) return false;
     s = cli_get(opts, "cp-interleave");
     s2 = cli_get(opts, "cp-kv-cache-interleave-size");
     if (s && s2 && strcmp(s, s2) != 0) {
@@ -526,23 +528,12 @@ bool cli_cp_options(const char *cmd, const cli_opt *opts, dsacp_cp_options *cp)
     if (s && !cli_int(cmd, s2 && !cli_get(opts, "cp-interleave") ? "cp-kv-cache-interleave-size" : "cp-interleave", s,
                       1, (int64_t)1 << 30, &cp->interleave))
         return false;
-    if ((s = cli_get(opts, "cp-mode")) && dsacp_cp_mode_parse(s, &cp->mode)) {
-        fprintf(stderr, "dsacp %s: option '--cp-mode': %s\n", cmd, dsacp_last_error());
-        return false;
-    }
+    if ((s = cli_get(opts, "cp-mode")) && !parsed(cmd, "cp-mode", dsacp_cp_mode_parse(s, &cp->mode))) return false;
     if (cp->mode == DSACP_CP_DSA_CP) cp->prefill_split = DSACP_PREFILL_CONTIGUOUS; /* the seed's flat split */
-    if ((s = cli_get(opts, "prefill-split")) && dsacp_prefill_split_parse(s, &cp->prefill_split)) {
-        fprintf(stderr, "dsacp %s: option '--prefill-split': %s\n", cmd, dsacp_last_error());
-        return false;
-    }
-    if ((s = cli_get(opts, "q-proj")) && dsacp_weight_plan_parse(s, &cp->q_proj)) {
-        fprintf(stderr, "dsacp %s: option '--q-proj': %s\n", cmd, dsacp_last_error());
-        return false;
-    }
-    if ((s = cli_get(opts, "o-proj")) && dsacp_weight_plan_parse(s, &cp->o_proj)) {
-        fprintf(stderr, "dsacp %s: option '--o-proj': %s\n", cmd, dsacp_last_error());
-        return false;
-    }
+    if ((s = cli_get(opts, "prefill-split")) &&
+        !parsed(cmd, "prefill-split", dsacp_prefill_split_parse(s, &cp->prefill_split))) return false;
+    if ((s = cli_get(opts, "q-proj")) && !parsed(cmd, "q-proj", dsacp_weight_plan_parse(s, &cp->q_proj))) return false;
+    if ((s = cli_get(opts, "o-proj")) && !parsed(cmd, "o-proj", dsacp_weight_plan_parse(s, &cp->o_proj))) return false;
     if ((s = cli_get(opts, "prefetch")) && !cli_int(cmd, "prefetch", s, 1, 64, &cp->prefetch)) return false;
     if ((s = cli_get(opts, "lean-candidates"))) {
         double v;
@@ -553,14 +544,10 @@ bool cli_cp_options(const char *cmd, const cli_opt *opts, dsacp_cp_options *cp)
         }
         cp->lean_factor = v;
     }
-    if ((s = cli_get(opts, "lean-merge")) && dsacp_lean_merge_parse(s, &cp->lean_merge)) {
-        fprintf(stderr, "dsacp %s: option '--lean-merge': %s\n", cmd, dsacp_last_error());
-        return false;
-    }
-    if ((s = cli_get(opts, "context-path")) && dsacp_context_path_parse(s, &cp->context_path)) {
-        fprintf(stderr, "dsacp %s: option '--context-path': %s\n", cmd, dsacp_last_error());
-        return false;
-    }
+    if ((s = cli_get(opts, "lean-merge")) &&
+        !parsed(cmd, "lean-merge", dsacp_lean_merge_parse(s, &cp->lean_merge))) return false;
+    if ((s = cli_get(opts, "context-path")) &&
+        !parsed(cmd, "context-path", dsacp_context_path_parse(s, &cp->context_path))) return false;
     cp->context_hardware = cli_get(opts, "context-hardware");
     if (cp->context_hardware) { /* a bad profile is the invocation's fault: found here, exit 2 */
         dsacp_hw hw;
@@ -569,14 +556,10 @@ bool cli_cp_options(const char *cmd, const cli_opt *opts, dsacp_cp_options *cp)
             return false;
         }
     }
-    if ((s = cli_get(opts, "partials")) && dsacp_partials_dtype_parse(s, &cp->partials)) {
-        fprintf(stderr, "dsacp %s: option '--partials': %s\n", cmd, dsacp_last_error());
-        return false;
-    }
-    if ((s = cli_get(opts, "dcp-comm-backend")) && dsacp_merge_backend_parse(s, &cp->merge_backend)) {
-        fprintf(stderr, "dsacp %s: option '--dcp-comm-backend': %s\n", cmd, dsacp_last_error());
-        return false;
-    }
+    if ((s = cli_get(opts, "partials")) &&
+        !parsed(cmd, "partials", dsacp_partials_dtype_parse(s, &cp->partials))) return false;
+    if ((s = cli_get(opts, "dcp-comm-backend")) &&
+        !parsed(cmd, "dcp-comm-backend", dsacp_merge_backend_parse(s, &cp->merge_backend))) return false;
     /* Flags that no part of the chosen configuration reads are refused, never silently ignored. */
     static const char *const lean_only[] = {"lean-candidates", "lean-merge", "partials"};
     for (size_t i = 0; i < sizeof lean_only / sizeof lean_only[0]; i++)
