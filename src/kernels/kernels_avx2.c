@@ -332,117 +332,67 @@ T256 static INL __m256 exp256(__m256 x)
 
 enum { MLA_NC = 64, MLA_HG = 32 }; /* keys per softmax chunk; heads per group (4 ymm) */
 
-/* St[i][g] = scale * (q . kv[i]) for NK keys, NG 8-head vectors at Qt column h0. */
-T256 static INL void mla_s_tile(const float *Qt, int64_t Hp, int64_t h0, const float *kv, int64_t dk, const int NK,
-                                const int NG, float scale, float *St)
-{
-    __m256 acc[3][4];
-#pragma GCC unroll 3
-    for (int i = 0; i < NK; i++)
-#pragma GCC unroll 4
-        for (int g = 0; g < NG; g++) acc[i][g] = _mm256_setzero_ps();
-    for (int64_t d = 0; d < dk; d++) {
-        __m256 qv[4];
-#pragma GCC unroll 4
-        for (int g = 0; g < NG; g++) qv[g] = _mm256_load_ps(Qt + d * Hp + h0 + g * 8);
-#pragma GCC unroll 3
-        for (int i = 0; i < NK; i++) {
-            __m256 kb = _mm256_broadcast_ss(kv + i * dk + d);
-#pragma GCC unroll 4
-            for (int g = 0; g < NG; g++) acc[i][g] = _mm256_fmadd_ps(qv[g], kb, acc[i][g]);
-        }
+/* The score and output register tiles, generated twice (MLA_TILES): for 3-4 head vectors with up
+ * to 3 keys or latent columns, and -- suffix _narrow -- for 1-2 head vectors with up to 8 (the
+ * arrays sized to what they hold, so that the compiler keeps them in registers). Same arithmetic:
+ *   s_tile: St[i][g] = scale * (q . kv[i]) for NK keys, NG 8-head vectors at Qt column h0;
+ *   o_tile: Ot[c + i][g] = Ot[c + i][g] * alpha[g] + sum_j kv[j][c + i] * St[j][g], j < nc in order. */
+#define MLA_UNROLL(N) _Pragma(#N)
+#define MLA_TILES(SUFFIX, NI, NGV, UI)                                                                            \
+    T256 static INL void mla_s_tile##SUFFIX(const float *Qt, int64_t Hp, int64_t h0, const float *kv, int64_t dk, \
+                                            const int NK, const int NG, float scale, float *St)                   \
+    {                                                                                                             \
+        __m256 acc[NI][NGV];                                                                                      \
+        MLA_UNROLL(GCC unroll UI)                                                                                 \
+        for (int i = 0; i < NK; i++)                                                                              \
+            MLA_UNROLL(GCC unroll 4)                                                                              \
+        for (int g = 0; g < NG; g++) acc[i][g] = _mm256_setzero_ps();                                             \
+        for (int64_t d = 0; d < dk; d++) {                                                                        \
+            __m256 qv[NGV];                                                                                       \
+            MLA_UNROLL(GCC unroll 4)                                                                              \
+            for (int g = 0; g < NG; g++) qv[g] = _mm256_load_ps(Qt + d * Hp + h0 + g * 8);                        \
+            MLA_UNROLL(GCC unroll UI)                                                                             \
+            for (int i = 0; i < NK; i++) {                                                                        \
+                __m256 kb = _mm256_broadcast_ss(kv + i * dk + d);                                                 \
+                MLA_UNROLL(GCC unroll 4)                                                                          \
+                for (int g = 0; g < NG; g++) acc[i][g] = _mm256_fmadd_ps(qv[g], kb, acc[i][g]);                   \
+            }                                                                                                     \
+        }                                                                                                         \
+        const __m256 sc = _mm256_set1_ps(scale);                                                                  \
+        MLA_UNROLL(GCC unroll UI)                                                                                 \
+        for (int i = 0; i < NK; i++)                                                                              \
+            MLA_UNROLL(GCC unroll 4)                                                                              \
+        for (int g = 0; g < NG; g++) _mm256_store_ps(St + i * MLA_HG + g * 8, _mm256_mul_ps(acc[i][g], sc));     \
+    }                                                                                                             \
+    T256 static INL void mla_o_tile##SUFFIX(float *Ot, const float *kv, int64_t dk, int64_t c, const int NCD,     \
+                                            const int NG, const float *St, int64_t nc, const __m256 *alpha)       \
+    {                                                                                                             \
+        __m256 acc[NI][NGV];                                                                                      \
+        MLA_UNROLL(GCC unroll UI)                                                                                 \
+        for (int i = 0; i < NCD; i++)                                                                             \
+            MLA_UNROLL(GCC unroll 4)                                                                              \
+        for (int g = 0; g < NG; g++) acc[i][g] = _mm256_mul_ps(_mm256_load_ps(Ot + (c + i) * MLA_HG + g * 8), alpha[g]); \
+        for (int64_t j = 0; j < nc; j++) {                                                                        \
+            __m256 pv[NGV];                                                                                       \
+            MLA_UNROLL(GCC unroll 4)                                                                              \
+            for (int g = 0; g < NG; g++) pv[g] = _mm256_load_ps(St + j * MLA_HG + g * 8);                         \
+            const float *row = kv + j * dk + c;                                                                   \
+            MLA_UNROLL(GCC unroll UI)                                                                             \
+            for (int i = 0; i < NCD; i++) {                                                                       \
+                __m256 vb = _mm256_broadcast_ss(row + i);                                                         \
+                MLA_UNROLL(GCC unroll 4)                                                                          \
+                for (int g = 0; g < NG; g++) acc[i][g] = _mm256_fmadd_ps(pv[g], vb, acc[i][g]);                   \
+            }                                                                                                     \
+        }                                                                                                         \
+        MLA_UNROLL(GCC unroll UI)                                                                                 \
+        for (int i = 0; i < NCD; i++)                                                                             \
+            MLA_UNROLL(GCC unroll 4)                                                                              \
+        for (int g = 0; g < NG; g++) _mm256_store_ps(Ot + (c + i) * MLA_HG + g * 8, acc[i][g]);                   \
     }
-    const __m256 sc = _mm256_set1_ps(scale);
-#pragma GCC unroll 3
-    for (int i = 0; i < NK; i++)
-#pragma GCC unroll 4
-        for (int g = 0; g < NG; g++) _mm256_store_ps(St + i * MLA_HG + g * 8, _mm256_mul_ps(acc[i][g], sc));
-}
-
-/* Ot[c + i][g] = Ot[c + i][g] * alpha[g] + sum_j kv[j][c + i] * St[j][g], j < nc in order. */
-T256 static INL void mla_o_tile(float *Ot, const float *kv, int64_t dk, int64_t c, const int NCD, const int NG,
-                                const float *St, int64_t nc, const __m256 *alpha)
-{
-    __m256 acc[3][4];
-#pragma GCC unroll 3
-    for (int i = 0; i < NCD; i++)
-#pragma GCC unroll 4
-        for (int g = 0; g < NG; g++)
-            acc[i][g] = _mm256_mul_ps(_mm256_load_ps(Ot + (c + i) * MLA_HG + g * 8), alpha[g]);
-    for (int64_t j = 0; j < nc; j++) {
-        __m256 pv[4];
-#pragma GCC unroll 4
-        for (int g = 0; g < NG; g++) pv[g] = _mm256_load_ps(St + j * MLA_HG + g * 8);
-        const float *row = kv + j * dk + c;
-#pragma GCC unroll 3
-        for (int i = 0; i < NCD; i++) {
-            __m256 vb = _mm256_broadcast_ss(row + i);
-#pragma GCC unroll 4
-            for (int g = 0; g < NG; g++) acc[i][g] = _mm256_fmadd_ps(pv[g], vb, acc[i][g]);
-        }
-    }
-#pragma GCC unroll 3
-    for (int i = 0; i < NCD; i++)
-#pragma GCC unroll 4
-        for (int g = 0; g < NG; g++) _mm256_store_ps(Ot + (c + i) * MLA_HG + g * 8, acc[i][g]);
-}
-
-/* The same tiles for groups of 1-2 head vectors, up to 8 keys or columns (the arrays sized to
- * what they hold, so that the compiler keeps them in registers). */
-/* St[i][g] = scale * (q . kv[i]) for NK keys, NG 8-head vectors at Qt column h0. */
-T256 static INL void mla_s_tile_narrow(const float *Qt, int64_t Hp, int64_t h0, const float *kv, int64_t dk, const int NK,
-                                const int NG, float scale, float *St)
-{
-    __m256 acc[8][2];
-#pragma GCC unroll 8
-    for (int i = 0; i < NK; i++)
-#pragma GCC unroll 4
-        for (int g = 0; g < NG; g++) acc[i][g] = _mm256_setzero_ps();
-    for (int64_t d = 0; d < dk; d++) {
-        __m256 qv[2];
-#pragma GCC unroll 4
-        for (int g = 0; g < NG; g++) qv[g] = _mm256_load_ps(Qt + d * Hp + h0 + g * 8);
-#pragma GCC unroll 8
-        for (int i = 0; i < NK; i++) {
-            __m256 kb = _mm256_broadcast_ss(kv + i * dk + d);
-#pragma GCC unroll 4
-            for (int g = 0; g < NG; g++) acc[i][g] = _mm256_fmadd_ps(qv[g], kb, acc[i][g]);
-        }
-    }
-    const __m256 sc = _mm256_set1_ps(scale);
-#pragma GCC unroll 8
-    for (int i = 0; i < NK; i++)
-#pragma GCC unroll 4
-        for (int g = 0; g < NG; g++) _mm256_store_ps(St + i * MLA_HG + g * 8, _mm256_mul_ps(acc[i][g], sc));
-}
-
-/* Ot[c + i][g] = Ot[c + i][g] * alpha[g] + sum_j kv[j][c + i] * St[j][g], j < nc in order. */
-T256 static INL void mla_o_tile_narrow(float *Ot, const float *kv, int64_t dk, int64_t c, const int NCD, const int NG,
-                                const float *St, int64_t nc, const __m256 *alpha)
-{
-    __m256 acc[8][2];
-#pragma GCC unroll 8
-    for (int i = 0; i < NCD; i++)
-#pragma GCC unroll 4
-        for (int g = 0; g < NG; g++)
-            acc[i][g] = _mm256_mul_ps(_mm256_load_ps(Ot + (c + i) * MLA_HG + g * 8), alpha[g]);
-    for (int64_t j = 0; j < nc; j++) {
-        __m256 pv[2];
-#pragma GCC unroll 4
-        for (int g = 0; g < NG; g++) pv[g] = _mm256_load_ps(St + j * MLA_HG + g * 8);
-        const float *row = kv + j * dk + c;
-#pragma GCC unroll 8
-        for (int i = 0; i < NCD; i++) {
-            __m256 vb = _mm256_broadcast_ss(row + i);
-#pragma GCC unroll 4
-            for (int g = 0; g < NG; g++) acc[i][g] = _mm256_fmadd_ps(pv[g], vb, acc[i][g]);
-        }
-    }
-#pragma GCC unroll 8
-    for (int i = 0; i < NCD; i++)
-#pragma GCC unroll 4
-        for (int g = 0; g < NG; g++) _mm256_store_ps(Ot + (c + i) * MLA_HG + g * 8, acc[i][g]);
-}
+MLA_TILES(, 3, 4, 3)
+MLA_TILES(_narrow, 8, 2, 8)
+#undef MLA_TILES
+#undef MLA_UNROLL
 
 T256 static INL void mla_group(const float *Qt, int64_t Hp, int64_t h0, const int NG, const float *kv, int64_t n,
                                int64_t dc, int64_t dk, float scale, float *St, float *Ot, float *mo, float *lo)

@@ -112,27 +112,17 @@ int dsacp_linear_drive(const dsacp_linear_isa *li, const dsacp_weight *w, const 
 /* In an ISA file: ROWS##_f32, _bf16, _f16, _f8, the four per-dtype row functions over
  * ROWS(dtype, w, o0, o1, x, ldx, T, y, ldy) (an always-inline template compiled with the target
  * attribute ATTR: one compiled body per dtype). */
-#define DSACP_DEFINE_LINEAR_ROWS(ATTR, ROWS)                                                                      \
-    ATTR static void ROWS##_f32(const dsacp_weight *w, int64_t o0, int64_t o1, const float *x, int64_t ldx,      \
-                                int64_t T, float *y, int64_t ldy)                                                 \
+#define DSACP_DEFINE_LINEAR_ROW(ATTR, ROWS, SUFFIX, DTYPE)                                                       \
+    ATTR static void ROWS##SUFFIX(const dsacp_weight *w, int64_t o0, int64_t o1, const float *x, int64_t ldx,    \
+                                  int64_t T, float *y, int64_t ldy)                                               \
     {                                                                                                             \
-        ROWS(DSACP_F32, w, o0, o1, x, ldx, T, y, ldy);                                                            \
-    }                                                                                                             \
-    ATTR static void ROWS##_bf16(const dsacp_weight *w, int64_t o0, int64_t o1, const float *x, int64_t ldx,     \
-                                 int64_t T, float *y, int64_t ldy)                                                \
-    {                                                                                                             \
-        ROWS(DSACP_BF16, w, o0, o1, x, ldx, T, y, ldy);                                                           \
-    }                                                                                                             \
-    ATTR static void ROWS##_f16(const dsacp_weight *w, int64_t o0, int64_t o1, const float *x, int64_t ldx,      \
-                                int64_t T, float *y, int64_t ldy)                                                 \
-    {                                                                                                             \
-        ROWS(DSACP_F16, w, o0, o1, x, ldx, T, y, ldy);                                                            \
-    }                                                                                                             \
-    ATTR static void ROWS##_f8(const dsacp_weight *w, int64_t o0, int64_t o1, const float *x, int64_t ldx,       \
-                               int64_t T, float *y, int64_t ldy)                                                  \
-    {                                                                                                             \
-        ROWS(DSACP_F8_E4M3, w, o0, o1, x, ldx, T, y, ldy);                                                        \
+        ROWS(DTYPE, w, o0, o1, x, ldx, T, y, ldy);                                                                \
     }
+#define DSACP_DEFINE_LINEAR_ROWS(ATTR, ROWS)                                                                      \
+    DSACP_DEFINE_LINEAR_ROW(ATTR, ROWS, _f32, DSACP_F32)                                                          \
+    DSACP_DEFINE_LINEAR_ROW(ATTR, ROWS, _bf16, DSACP_BF16)                                                        \
+    DSACP_DEFINE_LINEAR_ROW(ATTR, ROWS, _f16, DSACP_F16)                                                          \
+    DSACP_DEFINE_LINEAR_ROW(ATTR, ROWS, _f8, DSACP_F8_E4M3)
 
 /* In an ISA file: a table's two linear slots, static NAME##_ws_bytes and NAME, over the shared
  * driver with the row functions of DSACP_DEFINE_LINEAR_ROWS(_, ROWS), FAST and FAST_WS (both may
