@@ -17,6 +17,104 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* The input file, checked against the model: read directly on one process; under mpirun rank 0
+ * reads its bytes and sends them to every rank, each parses them (the same verdict everywhere).
+ * The status is not agreed. */
+static int forward_read_input(const char *in, const dsacp_config *cfg, dsacp_comm *world, dsacp_forward_input *fi)
+{
+    int rc = DSACP_OK;
+    if (!world || dsacp_comm_size(world) == 1) {
+        dsacp_st_file *f = NULL;
+        rc = dsacp_st_open(in, &f);
+        if (!rc) rc = dsacp_forward_input_from_file(f, cfg, fi);
+        dsacp_st_close(f);
+        return rc;
+    }
+    const bool root = dsacp_comm_rank(world) == 0;
+    char *data = NULL;
+    size_t len = 0;
+    if (root) rc = dsacp_read_file(in, &data, &len, (size_t)1 << 30);
+    rc = dsacp_comm_agree(world, rc);
+    uint64_t n = len;
+    if (!rc) rc = dsacp_comm_bcast(world, &n, sizeof n, DSACP_PHASE_input);
+    if (!rc && !root && !(data = dsacp_alloc((size_t)n + 1))) rc = DSACP_ENOMEM;
+    rc = dsacp_comm_agree(world, rc);
+    if (!rc) rc = dsacp_comm_bcast(world, data, (size_t)n, DSACP_PHASE_input);
+    if (!rc) rc = dsacp_forward_input_parse(data, (size_t)n, in, cfg, fi);
+    dsacp_free(data);
+    return rc;
+}
+
+/* The run's buffers (sizes from dsacp_forward_input_sizes; logits and topk on rank 0 only). */
+typedef struct forward_bufs {
+    int64_t *fed, *ids;          /* [R]: tokens fed so far, request ids */
+    dsacp_step_entry *entries;   /* [R] */
+    int32_t *step_ids;           /* [Tmax] */
+    float *logits, *step_logits; /* [R][Lmax][V], [Tmax][V] */
+    int32_t *topk, *step_topk;   /* [NL][R][Lmax][K], [NL][Tmax][K] (--dump-topk) */
+} forward_bufs;
+
+/* Every step of the schedule; rank 0 copies each token's logits (and selected sets) into place.
+ * The engine refuses a step whose logits are not finite (DSACP_ERANGE), so every row copied is
+ * an answer. */
+static int forward_steps(dsacp_engine *e, const dsacp_forward_input *fi, const dsacp_config *cfg, bool root, bool dump,
+                         const forward_bufs *b)
+{
+    const int64_t R = fi->requests, Lmax = fi->max_len, S = fi->steps;
+    const int64_t V = cfg->vocab_size, K = cfg->index_topk, NL = cfg->num_hidden_layers;
+    const int32_t *input_ids = fi->input_ids, *sched = fi->schedule;
+    int rc = DSACP_OK;
+    for (int64_t st = 0; st < S && !rc; st++) {
+        int64_t n = 0, T = 0;
+        for (int64_t r = 0; r < R; r++) {
+            int32_t c = sched[st * R + r];
+            if (!c) continue;
+            memcpy(b->step_ids + T, input_ids + r * Lmax + b->fed[r], (size_t)c * sizeof *b->step_ids);
+            b->entries[n++] = (dsacp_step_entry){b->ids[r], c, b->step_ids + T};
+            T += c;
+        }
+        if (!T) continue;
+        rc = dsacp_engine_step(e, b->entries, n, root ? b->step_logits : NULL, dump && root ? b->step_topk : NULL);
+        if (rc) break;
+        int64_t t = 0;
+        for (int64_t r = 0; r < R; r++) {
+            int32_t c = sched[st * R + r];
+            for (int32_t j = 0; root && j < c; j++, t++) {
+                int64_t p = b->fed[r] + j;
+                memcpy(b->logits + (r * Lmax + p) * V, b->step_logits + t * V, (size_t)V * sizeof *b->logits);
+                if (dump)
+                    for (int64_t l = 0; l < NL; l++)
+                        memcpy(b->topk + ((l * R + r) * Lmax + p) * K, b->step_topk + (l * T + t) * K,
+                               (size_t)K * sizeof *b->topk);
+            }
+            b->fed[r] += c;
+        }
+    }
+    return rc;
+}
+
+/* Rank 0: the output file (logits, and topk.<layer> with --dump-topk). The writer stages its own
+ * temporary; the one opened up front is removed once this one is in place. */
+static int forward_write(const char *outp, const dsacp_forward_input *fi, const dsacp_config *cfg, bool dump,
+                         const float *logits, const int32_t *topk)
+{
+    const int64_t R = fi->requests, Lmax = fi->max_len, V = cfg->vocab_size, K = cfg->index_topk;
+    dsacp_st_writer *w = NULL;
+    int rc = dsacp_st_writer_create(&w);
+    int64_t lshape[3] = {R, Lmax, V}, tshape[3] = {R, Lmax, K};
+    if (!rc) rc = dsacp_st_writer_add(w, "logits", DSACP_F32, 3, lshape, logits);
+    for (int64_t l = 0; dump && l < cfg->num_hidden_layers && !rc; l++) {
+        char nm[32];
+        snprintf(nm, sizeof nm, "topk.%lld", (long long)l);
+        rc = dsacp_st_writer_add(w, nm, DSACP_I32, 3, tshape, topk + l * R * Lmax * K);
+    }
+    dsacp_out staged;
+    if (!rc) rc = dsacp_st_writer_stage(w, outp, &staged);
+    if (!rc) rc = dsacp_out_commit(&staged);
+    dsacp_st_writer_free(w);
+    return rc;
+}
+
 int cli_forward(int argc, char **argv)
 {
     cli_opt opts[] = {{"model", true, NULL},    {"input", true, NULL},      {"output", true, NULL},
@@ -82,25 +180,7 @@ int cli_forward(int argc, char **argv)
     dsacp_step_entry *entries = NULL;
     /* The whole input is checked (ids, schedule, positions, every buffer size) before any
      * allocation of the run's size and any compute. */
-    if (!world || dsacp_comm_size(world) == 1) {
-        dsacp_st_file *f = NULL;
-        rc = dsacp_st_open(in, &f);
-        if (!rc) rc = dsacp_forward_input_from_file(f, cfg, &fi);
-        dsacp_st_close(f);
-    } else {
-        /* The file's bytes to every rank, each parses them (the same verdict everywhere). */
-        char *data = NULL;
-        size_t len = 0;
-        if (root) rc = dsacp_read_file(in, &data, &len, (size_t)1 << 30);
-        rc = dsacp_comm_agree(world, rc);
-        uint64_t n = len;
-        if (!rc) rc = dsacp_comm_bcast(world, &n, sizeof n, DSACP_PHASE_input);
-        if (!rc && !root && !(data = dsacp_alloc((size_t)n + 1))) rc = DSACP_ENOMEM;
-        rc = dsacp_comm_agree(world, rc);
-        if (!rc) rc = dsacp_comm_bcast(world, data, (size_t)n, DSACP_PHASE_input);
-        if (!rc) rc = dsacp_forward_input_parse(data, (size_t)n, in, cfg, &fi);
-        dsacp_free(data);
-    }
+    rc = forward_read_input(in, cfg, world, &fi);
     if (!rc) rc = dsacp_forward_input_sizes(&fi, cfg, dump, in, &sz);
     if (world) rc = dsacp_comm_agree(world, rc);
     if (rc) {
@@ -108,9 +188,7 @@ int cli_forward(int argc, char **argv)
         ret = cli_setup_exit(rc); /* the input file is the user's invocation */
         goto done;
     }
-    const int64_t R = fi.requests, Lmax = fi.max_len, S = fi.steps;
-    const int64_t V = cfg->vocab_size, K = cfg->index_topk, NL = cfg->num_hidden_layers;
-    const int32_t *input_ids = fi.input_ids, *sched = fi.schedule;
+    const int64_t R = fi.requests, S = fi.steps;
     /* Exactly the blocks the requests need (each length <= max_position_embeddings). */
     eo.num_blocks = 0;
     for (int64_t r = 0; r < R; r++) eo.num_blocks += (fi.length[r] + eo.block_size - 1) / eo.block_size;
@@ -141,56 +219,16 @@ int cli_forward(int argc, char **argv)
     if (rc) goto oom;
     for (size_t i = 0; topk && i < sz.topk; i++) topk[i] = -1;
     for (int64_t r = 0; r < R && !rc; r++) rc = dsacp_engine_add_request(e, &ids[r]);
-    for (int64_t st = 0; st < S && !rc; st++) {
-        int64_t n = 0, T = 0;
-        for (int64_t r = 0; r < R; r++) {
-            int32_t c = sched[st * R + r];
-            if (!c) continue;
-            memcpy(step_ids + T, input_ids + r * Lmax + fed[r], (size_t)c * sizeof *step_ids);
-            entries[n++] = (dsacp_step_entry){ids[r], c, step_ids + T};
-            T += c;
-        }
-        if (!T) continue;
-        rc = dsacp_engine_step(e, entries, n, root ? step_logits : NULL, dump && root ? step_topk : NULL);
-        if (rc) break;
-        int64_t t = 0;
-        for (int64_t r = 0; r < R; r++) {
-            int32_t c = sched[st * R + r];
-            if (!root) {
-                fed[r] += c;
-                continue;
-            }
-            /* The engine refuses a step whose logits are not finite (DSACP_ERANGE), so every row
-             * copied here is an answer. */
-            for (int32_t j = 0; j < c; j++, t++) {
-                int64_t p = fed[r] + j;
-                memcpy(logits + (r * Lmax + p) * V, step_logits + t * V, (size_t)V * sizeof *logits);
-                if (dump)
-                    for (int64_t l = 0; l < NL; l++)
-                        memcpy(topk + ((l * R + r) * Lmax + p) * K, step_topk + (l * T + t) * K,
-                               (size_t)K * sizeof *topk);
-            }
-            fed[r] += c;
-        }
-    }
+    if (!rc)
+        rc = forward_steps(e, &fi, cfg, root, dump,
+                           &(forward_bufs){.fed = fed, .ids = ids, .entries = entries, .step_ids = step_ids,
+                                           .logits = logits, .step_logits = step_logits, .topk = topk,
+                                           .step_topk = step_topk});
     if (rc) {
         cli_fail("forward", rc);
         goto done;
     }
-    dsacp_st_writer *w = NULL;
-    if (root) rc = dsacp_st_writer_create(&w);
-    int64_t lshape[3] = {R, Lmax, V}, tshape[3] = {R, Lmax, K};
-    if (!rc && root) rc = dsacp_st_writer_add(w, "logits", DSACP_F32, 3, lshape, logits);
-    for (int64_t l = 0; root && dump && l < NL && !rc; l++) {
-        char nm[32];
-        snprintf(nm, sizeof nm, "topk.%lld", (long long)l);
-        rc = dsacp_st_writer_add(w, nm, DSACP_I32, 3, tshape, topk + l * R * Lmax * K);
-    }
-    /* The writer stages its own temporary; the one opened up front is removed once it is in place. */
-    dsacp_out staged;
-    if (!rc && root) rc = dsacp_st_writer_stage(w, outp, &staged);
-    if (!rc && root) rc = dsacp_out_commit(&staged);
-    dsacp_st_writer_free(w);
+    if (root) rc = forward_write(outp, &fi, cfg, dump, logits, topk);
     if (world) rc = dsacp_comm_agree(world, rc);
     if (rc) {
         cli_fail("forward", rc);
