@@ -207,11 +207,8 @@ void dsacp_index_query_pack(const float *q, const float *w, int64_t Hi, int64_t 
     if (ph->t->index_transposed) {
         /* q transposed to [di][Hp] (zero padded), w padded to Hp: the SIMD variants run across heads. */
         const int64_t Hp = ph->Hp;
-        float *qt = body, *wp = body + di * Hp;
-        for (int64_t d = 0; d < di; d++) {
-            for (int64_t h = 0; h < Hi; h++) qt[d * Hp + h] = q[h * di + d];
-            for (int64_t h = Hi; h < Hp; h++) qt[d * Hp + h] = 0;
-        }
+        float *wp = body + di * Hp;
+        dsacp_transpose_heads(q, Hi, di, Hp, body);
         for (int64_t h = 0; h < Hp; h++) wp[h] = h < Hi ? w[h] : 0;
     } else {
         memcpy(body, q, (size_t)(Hi * di) * sizeof(float));

@@ -491,16 +491,12 @@ static void sparse_mla_avx2(const float *q, const float *kv, int64_t n, int64_t 
     const bool split = !omp_in_parallel() && omp_get_max_threads() > 1 && (double)n * (double)H * (double)dk >= 1e6;
     const int64_t W = split ? mla_width(Hp, omp_get_max_threads()) : MLA_HG, G = (Hp + W - 1) / W;
     if (n == 0) {
-        memset(o, 0, (size_t)(H * dc) * sizeof(float));
-        for (int64_t h = 0; h < H; h++) lse[h] = -INFINITY;
+        dsacp_mla_empty(H, dc, o, lse);
         return;
     }
     const size_t per = (size_t)(MLA_NC * MLA_HG + dc * MLA_HG + 2 * MLA_HG);
     float *Qt = buf;
-    for (int64_t d = 0; d < dk; d++) {
-        for (int64_t h = 0; h < H; h++) Qt[d * Hp + h] = q[h * dk + d];
-        for (int64_t h = H; h < Hp; h++) Qt[d * Hp + h] = 0;
-    }
+    dsacp_transpose_heads(q, H, dk, Hp, Qt);
     const bool par = G > 1 && split;
 #pragma omp parallel for schedule(static) if (par)
     for (int64_t g = 0; g < G; g++) {
@@ -508,13 +504,7 @@ static void sparse_mla_avx2(const float *q, const float *kv, int64_t n, int64_t 
               *lo = mo + MLA_HG;
         const int64_t h0 = g * W, ng = (Hp - h0) / 8 < W / 8 ? (Hp - h0) / 8 : W / 8;
         mla_group_run(ng, Qt, Hp, h0, kv, n, dc, dk, scale, St, Ot, mo, lo);
-        for (int64_t hh = 0; hh < ng * 8 && h0 + hh < H; hh++) {
-            const int64_t h = h0 + hh;
-            const float inv = 1.0f / lo[hh];
-            float *oh = o + h * dc;
-            for (int64_t c = 0; c < dc; c++) oh[c] = Ot[c * MLA_HG + hh] * inv;
-            lse[h] = mo[hh] + logf(lo[hh]);
-        }
+        dsacp_mla_finish(Ot, MLA_HG, mo, lo, h0, ng * 8, H, dc, o, lse);
     }
 }
 

@@ -548,29 +548,19 @@ static void sparse_mla_avx512(const float *q, const float *kv, int64_t n, int64_
 {
     const int64_t dk = dc + dr, Hp = (H + 15) / 16 * 16, G = (Hp + 63) / 64;
     if (n == 0) {
-        memset(o, 0, (size_t)(H * dc) * sizeof(float));
-        for (int64_t h = 0; h < H; h++) lse[h] = -INFINITY;
+        dsacp_mla_empty(H, dc, o, lse);
         return;
     }
     const size_t per = (size_t)(MLA_NC * 64 + dc * 64 + 128);
     float *Qt = buf;
-    for (int64_t d = 0; d < dk; d++) {
-        for (int64_t h = 0; h < H; h++) Qt[d * Hp + h] = q[h * dk + d];
-        for (int64_t h = H; h < Hp; h++) Qt[d * Hp + h] = 0;
-    }
+    dsacp_transpose_heads(q, H, dk, Hp, Qt);
     const bool par = G > 1 && !omp_in_parallel() && (double)n * (double)H * (double)dk >= 1e6;
 #pragma omp parallel for schedule(static) if (par)
     for (int64_t g = 0; g < G; g++) {
         float *St = buf + dk * Hp + (size_t)g * per, *Ot = St + MLA_NC * 64, *mo = Ot + dc * 64, *lo = mo + 64;
         const int64_t h0 = g * 64, ng = (Hp - h0) / 16 < 4 ? (Hp - h0) / 16 : 4;
         mla_group_run(ng, Qt, Hp, h0, kv, n, dc, dk, scale, St, Ot, mo, lo);
-        for (int64_t hh = 0; hh < ng * 16 && h0 + hh < H; hh++) {
-            const int64_t h = h0 + hh;
-            const float inv = 1.0f / lo[hh];
-            float *oh = o + h * dc;
-            for (int64_t c = 0; c < dc; c++) oh[c] = Ot[c * 64 + hh] * inv;
-            lse[h] = mo[hh] + logf(lo[hh]);
-        }
+        dsacp_mla_finish(Ot, 64, mo, lo, h0, ng * 16, H, dc, o, lse);
     }
 }
 

@@ -16,7 +16,9 @@
 
 #include "kernels/kernels.h"
 
+#include <math.h>
 #include <stdint.h>
+#include <string.h>
 
 extern const dsacp_kernel_table dsacp_kernels_scalar;
 #if defined(__x86_64__)
@@ -177,6 +179,36 @@ enum { DSACP_GEMM_MIN_T = 8 };
 size_t dsacp_linear_gemm_ws_bytes(const dsacp_weight *w, int64_t T, bool fold);
 int dsacp_linear_gemm(const dsacp_weight *w, const float *x, int64_t T, int64_t ldx, float *y, int64_t ldy, bool fold,
                       int *rc, void *ws, size_t ws_bytes);
+
+/* ---- the SIMD sparse MLAs' plain-C steps (the same in every ISA file) ---- */
+
+/* An empty selection: o = 0, lse = -inf. */
+static inline void dsacp_mla_empty(int64_t H, int64_t dc, float *o, float *lse)
+{
+    memset(o, 0, (size_t)(H * dc) * sizeof(float));
+    for (int64_t h = 0; h < H; h++) lse[h] = -INFINITY;
+}
+/* q [H][dk] transposed to Qt [dk][Hp], heads H..Hp zero (the sparse MLAs' and the packed indexer
+ * query's layout: SIMD lanes run across heads). */
+static inline void dsacp_transpose_heads(const float *q, int64_t H, int64_t dk, int64_t Hp, float *Qt)
+{
+    for (int64_t d = 0; d < dk; d++) {
+        for (int64_t h = 0; h < H; h++) Qt[d * Hp + h] = q[h * dk + d];
+        for (int64_t h = H; h < Hp; h++) Qt[d * Hp + h] = 0;
+    }
+}
+/* Heads h0 + hh, hh < nh (and < H): o = Ot[.][hh] / lo[hh] (Ot's row stride ld), lse = mo + log lo. */
+static inline void dsacp_mla_finish(const float *Ot, int64_t ld, const float *mo, const float *lo, int64_t h0,
+                                    int64_t nh, int64_t H, int64_t dc, float *o, float *lse)
+{
+    for (int64_t hh = 0; hh < nh && h0 + hh < H; hh++) {
+        const int64_t h = h0 + hh;
+        const float inv = 1.0f / lo[hh];
+        float *oh = o + h * dc;
+        for (int64_t c = 0; c < dc; c++) oh[c] = Ot[c * ld + hh] * inv;
+        lse[h] = mo[hh] + logf(lo[hh]);
+    }
+}
 
 /* ---- small SIMD kernels (kernels_small.c) and the AVX2 act_quant (kernels_avx2.c) ---- */
 
