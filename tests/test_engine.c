@@ -71,7 +71,7 @@ static int run(const dsacp_model *m, const dsacp_engine_options *eo, const seqs 
                 int64_t p = fed[r] + j;
                 memcpy(out->logits[r] + p * V, lg + t * V, (size_t)V * sizeof(float));
                 for (int64_t l = 0; l < NL; l++)
-                    memcpy(out->topk[r] + (l * q->len[r] + p) * K, tk + (l * T + t) * K, (size_t)K * 4);
+                    memcpy(out->topk[r] + (l * q->len[r] + p) * K, tk + (l * T + t) * K, (size_t)K * sizeof(int32_t));
             }
             fed[r] += en[i].n_tokens;
         }
@@ -173,7 +173,7 @@ static double compare_ref(const dsacp_model *m, const seqs *q, const result *res
                     }
                     double ov = valid ? (double)common / (double)valid : 1.0;
                     if (ov < *overlap_min) *overlap_min = ov;
-                    if (memcmp(a, b, (size_t)K * 4) != 0) {
+                    if (memcmp(a, b, (size_t)K * sizeof(int32_t)) != 0) {
                         if (gap[l * n + p] < tie_tol) (*near_ties)++;
                         else (*bad_sets)++;
                     }
@@ -189,7 +189,7 @@ static double compare_ref(const dsacp_model *m, const seqs *q, const result *res
 static bool results_equal_topk(const dsacp_config *cfg, const seqs *q, const result *a, const result *b)
 {
     for (int64_t r = 0; r < q->R; r++)
-        if (memcmp(a->topk[r], b->topk[r], (size_t)(cfg->num_hidden_layers * q->len[r] * cfg->index_topk) * 4))
+        if (memcmp(a->topk[r], b->topk[r], (size_t)(cfg->num_hidden_layers * q->len[r] * cfg->index_topk) * sizeof(int32_t)))
             return false;
     return true;
 }
@@ -203,7 +203,7 @@ static double results_max_rel(const dsacp_config *cfg, const seqs *q, const resu
         int64_t n = q->len[r] * cfg->vocab_size;
         double e = tu_max_rel_ff(a->logits[r], b->logits[r], n);
         if (e > worst) worst = e;
-        if (memcmp(a->logits[r], b->logits[r], (size_t)n * 4)) *bitwise = false;
+        if (memcmp(a->logits[r], b->logits[r], (size_t)n * sizeof(float))) *bitwise = false;
     }
     return worst;
 }
@@ -416,15 +416,15 @@ static void test_fp8_cache_bytes(void)
         float sc[8];
         dsacp_kv_read_mla(c32, 0, dsacp_kv_slot(c32, s32, p), row);
         dsacp_quant_e4m3_groups(row, dc, 128, want, sc);
-        memcpy(want + dc, sc, (size_t)ng * 4);
+        memcpy(want + dc, sc, (size_t)ng * sizeof(float));
         for (int64_t i = 0; i < dr; i++) {
             uint16_t b = dsacp_f32_to_bf16(row[dc + i]);
-            memcpy(want + dc + ng * 4 + 2 * i, &b, 2);
+            memcpy(want + dc + ng * (int64_t)sizeof(float) + 2 * i, &b, sizeof b);
         }
         if (memcmp(want, dsacp_kv_mla_entry(c8, 0, dsacp_kv_slot(c8, s8, p)), (size_t)c8->mla_bytes)) exact_mismatch++;
         for (int64_t l = 0; l < cfg->num_hidden_layers; l++) {
             const uint8_t *entry = dsacp_kv_mla_entry(c8, l, dsacp_kv_slot(c8, s8, p));
-            memcpy(sc, entry + dc, (size_t)ng * 4);
+            memcpy(sc, entry + dc, (size_t)ng * sizeof(float));
             for (int64_t g = 0; g < ng; g++) {
                 if (!pow2(sc[g])) inconsistent++;
                 for (int64_t i = g * 128; i < (g + 1) * 128; i++)

@@ -208,6 +208,15 @@ double dsacp_engine_kv_use(const dsacp_engine *e)
 
 const dsacp_config *dsacp_engine_config(const dsacp_engine *e) { return e->cfg; }
 
+int64_t dsacp_engine_max_context(const dsacp_engine *e)
+{
+    const int W = dsacp_comm_size(e->comm);
+    const int64_t local = e->cache->num_blocks * e->opt.block_size; /* positions one rank's pool holds */
+    const bool sharded = W > 1 && e->cp.opt.kv_layout == DSACP_LAYOUT_SHARDED;
+    const int64_t whole = sharded && local <= INT64_MAX / W ? local * W : local;
+    return whole < e->cfg->max_position_embeddings ? whole : e->cfg->max_position_embeddings;
+}
+
 /* Validates the entries (the same verdict on every rank: entries are the same everywhere). */
 static int check_entries(const dsacp_engine *e, const dsacp_step_entry *entries, int64_t n, int64_t *T_out)
 {
@@ -319,8 +328,8 @@ static void logits_gather_need(size_t *bytes, int W, int64_t T, int64_t D)
 }
 
 /* The workspace of a step of T tokens in n entries: the step's buffers, then the largest of the
- * phases that follow one another after them (a layer's MLP; the logits' gather; the planner's
- * entries). SIZE_MAX when it overflows. */
+ * phases that follow one another after them (a layer's MLP; the logits' gather; lm_head; the
+ * planner's entries). SIZE_MAX when it overflows. */
 static size_t step_workspace(const dsacp_engine *e, int64_t T, int64_t n)
 {
     const int64_t D = e->cfg->hidden_size;
@@ -328,6 +337,7 @@ static size_t step_workspace(const dsacp_engine *e, int64_t T, int64_t n)
     step_bufs_need(&fixed, T, n, D);
     logits_gather_need(&gather, dsacp_comm_size(e->comm), T, D);
     size_t phase = dsacp_arena_max(dsacp_engine_model_workspace(e, T), gather);
+    phase = dsacp_arena_max(phase, dsacp_engine_head_workspace(e, T));
     phase = dsacp_arena_max(phase, dsacp_engine_plan_workspace(n));
     if (fixed == SIZE_MAX || phase == SIZE_MAX || !dsacp_add_ok(fixed, phase, &fixed)) return SIZE_MAX;
     return fixed;
@@ -459,7 +469,7 @@ static int step_logits(dsacp_engine *e, const dsacp_step_entry *entries, int64_t
     }
     if (rc || *lrc || me != 0 || !logits) return rc;
     if (!last) {
-        *lrc = dsacp_engine_head(e, xf, st->T, logits);
+        *lrc = dsacp_engine_head(e, &e->ws, xf, st->T, logits);
         return rc;
     }
     /* Only the rows sampling reads: each entry's last token (rows are independent and the linear
@@ -468,7 +478,7 @@ static int step_logits(dsacp_engine *e, const dsacp_step_entry *entries, int64_t
         t += entries[i].n_tokens;
         if (i != t - 1) memmove(xf + i * D, xf + (t - 1) * D, (size_t)D * sizeof(float));
     }
-    *lrc = dsacp_engine_head(e, xf, n, logits);
+    *lrc = dsacp_engine_head(e, &e->ws, xf, n, logits);
     return rc;
 }
 

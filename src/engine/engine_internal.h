@@ -62,6 +62,11 @@ struct dsacp_engine {
 /* ---- engine.c ---- */
 /* The live request `id`, or NULL. */
 dsacp_engine_request *dsacp_engine_find_request(const dsacp_engine *e, int64_t id);
+/* The longest context a request can reach in this engine: max_position_embeddings, or less when
+ * the latent pools of the group hold fewer positions (one rank's pool holds at most num_blocks x
+ * block_size of them). Per-step buffers that follow the context length are sized for this, once,
+ * so that a growing context never grows the workspace. */
+int64_t dsacp_engine_max_context(const dsacp_engine *e);
 
 /* ---- engine_model.c ---- */
 /* Binds every layer's weights and norm vectors, the final norm, the embedding and lm_head. */
@@ -75,8 +80,11 @@ size_t dsacp_engine_model_workspace(const dsacp_engine *e, int64_t T);
  * scratch comes from ws and is given back before it returns. */
 int dsacp_engine_mlp(const dsacp_engine *e, dsacp_arena *ws, int64_t l, const float *x, int64_t n, float *out,
                      bool act_quant);
-/* logits[n][V] = lm_head x[n][D]; DSACP_ERANGE naming the first non-finite logit. */
-int dsacp_engine_head(const dsacp_engine *e, const float *x, int64_t n, float *logits);
+/* The bytes dsacp_engine_head takes from the workspace for n <= T rows. */
+size_t dsacp_engine_head_workspace(const dsacp_engine *e, int64_t T);
+/* logits[n][V] = lm_head x[n][D] (the kernel's scratch from ws, given back); DSACP_ERANGE naming
+ * the first non-finite logit. */
+int dsacp_engine_head(const dsacp_engine *e, dsacp_arena *ws, const float *x, int64_t n, float *logits);
 
 /* ---- engine_cp.c ---- */
 /* Validation of the options before anything is allocated (the same verdict on every rank). */

@@ -105,11 +105,36 @@ void dsacp_engine_model_release(dsacp_engine *e)
 
 static float silu(float x) { return x / (1.0f + expf(-x)); }
 
-/* The scratch of swiglu over n rows of a gate with I rows. */
-static void swiglu_need(size_t *bytes, int64_t n, int64_t I)
+/* The scratch of linear() over n rows of w. */
+static void linear_need(size_t *bytes, const dsacp_weight *w, int64_t n, bool aq)
 {
+    const size_t b = dsacp_linear_ws_bytes(w, n, aq);
+    if (b > (size_t)INT64_MAX) *bytes = SIZE_MAX;
+    else dsacp_arena_need(bytes, 1, (int64_t)b, 1);
+}
+
+/* y[n][ldy] = x[n][ldx] W^T (dsacp_linear_ws) with the kernel's scratch from ws, given back. */
+static int linear(dsacp_arena *ws, const dsacp_weight *w, const float *x, int64_t n, int64_t ldx, float *y,
+                  int64_t ldy, bool aq)
+{
+    const size_t mark = dsacp_arena_mark(ws), b = dsacp_linear_ws_bytes(w, n, aq);
+    void *scratch = b <= (size_t)INT64_MAX ? dsacp_arena_take(ws, 1, (int64_t)b, 1, "linear kernel scratch") : NULL;
+    int rc = scratch ? dsacp_linear_ws(w, x, n, ldx, y, ldy, aq, scratch, b) : DSACP_ENOMEM;
+    dsacp_arena_rewind(ws, mark);
+    return rc;
+}
+
+/* The scratch of swiglu over n rows: its two [n][I] buffers, then one linear's at a time. */
+static void swiglu_need(size_t *bytes, const dsacp_weight *gate, const dsacp_weight *up, const dsacp_weight *down,
+                        int64_t n, bool aq)
+{
+    const int64_t I = gate->rows;
+    size_t lg = 0, lu = 0, ld = 0;
     dsacp_arena_need(bytes, n, I, sizeof(float));
     dsacp_arena_need(bytes, n, I, sizeof(float));
+    linear_need(&lg, gate, n, aq), linear_need(&lu, up, n, aq), linear_need(&ld, down, n, aq);
+    const size_t lin = dsacp_arena_max(lg, dsacp_arena_max(lu, ld));
+    if (*bytes == SIZE_MAX || lin == SIZE_MAX || !dsacp_add_ok(*bytes, lin, bytes)) *bytes = SIZE_MAX;
 }
 
 /* out[t] = down(silu(gate x[t]) * up x[t]) for the n rows of x; its scratch from ws, given back. */
@@ -121,11 +146,11 @@ static int swiglu(dsacp_arena *ws, const dsacp_weight *gate, const dsacp_weight 
     float *g = dsacp_arena_take(ws, n, I, sizeof(float), "MLP gate rows");
     float *u = g ? dsacp_arena_take(ws, n, I, sizeof(float), "MLP up rows") : NULL;
     int rc = u ? DSACP_OK : DSACP_ENOMEM;
-    if (!rc) rc = dsacp_linear(gate, x, n, D, g, I, aq);
-    if (!rc) rc = dsacp_linear(up, x, n, D, u, I, aq);
+    if (!rc) rc = linear(ws, gate, x, n, D, g, I, aq);
+    if (!rc) rc = linear(ws, up, x, n, D, u, I, aq);
     if (!rc) {
         for (int64_t i = 0; i < n * I; i++) g[i] = silu(g[i]) * u[i];
-        rc = dsacp_linear(down, g, n, I, out, D, aq);
+        rc = linear(ws, down, g, n, I, out, D, aq);
     }
     dsacp_arena_rewind(ws, mark);
     return rc;
@@ -193,7 +218,7 @@ static void route(const dsacp_config *cfg, const float *logits, const float *bia
 }
 
 /* The buffers of one MoE layer over T rows, in the order moe_buffers takes them. */
-static void moe_need(const dsacp_config *cfg, const dsacp_mlp_weights *w, int64_t T, size_t *bytes)
+static void moe_need(const dsacp_config *cfg, const dsacp_mlp_weights *w, int64_t T, bool aq, size_t *bytes)
 {
     const int64_t D = cfg->hidden_size, E = cfg->n_routed_experts, G = cfg->n_group, k = cfg->num_experts_per_tok;
     dsacp_arena_need(bytes, T, E, sizeof(float));
@@ -207,14 +232,16 @@ static void moe_need(const dsacp_config *cfg, const dsacp_mlp_weights *w, int64_
     dsacp_arena_need(bytes, G, 1, sizeof(float));
     dsacp_arena_need(bytes, G, 1, sizeof(bool));
     dsacp_arena_need(bytes, E, 1, sizeof(bool));
-    size_t experts = 0, shared = 0; /* one swiglu at a time, after the buffers above */
+    size_t tail = 0; /* the router's linear or one swiglu at a time, after the buffers above */
+    linear_need(&tail, w->router, T, false);
     for (int64_t x = 0; x < E; x++) {
         size_t one = 0;
-        swiglu_need(&one, T, w->egate[x]->rows);
-        experts = dsacp_arena_max(experts, one);
+        swiglu_need(&one, w->egate[x], w->eup[x], w->edown[x], T, aq);
+        tail = dsacp_arena_max(tail, one);
     }
-    if (w->gate) swiglu_need(&shared, T, w->gate->rows);
-    const size_t tail = dsacp_arena_max(experts, shared);
+    size_t shared = 0;
+    if (w->gate) swiglu_need(&shared, w->gate, w->up, w->down, T, aq);
+    tail = dsacp_arena_max(tail, shared);
     if (*bytes == SIZE_MAX || tail == SIZE_MAX || !dsacp_add_ok(*bytes, tail, bytes)) *bytes = SIZE_MAX;
 }
 
@@ -257,7 +284,7 @@ static int moe_forward(const dsacp_engine *e, dsacp_arena *ws, const dsacp_mlp_w
     const size_t mark = dsacp_arena_mark(ws);
     moe_buffers b;
     int rc = moe_take(ws, cfg, T, &b);
-    if (!rc) rc = dsacp_linear(w->router, x, T, D, b.logits, E, false);
+    if (!rc) rc = linear(ws, w->router, x, T, D, b.logits, E, false);
     if (!rc)
         for (int64_t t = 0; t < T; t++) route(cfg, b.logits + t * E, w->bias, &b.rs, b.chosen + t * k, b.cw + t * k);
     /* Each expert runs on the rows routed to it; kernels are row-invariant, so the grouping does
@@ -292,12 +319,13 @@ static int moe_forward(const dsacp_engine *e, dsacp_arena *ws, const dsacp_mlp_w
 
 size_t dsacp_engine_model_workspace(const dsacp_engine *e, int64_t T)
 {
+    const bool aq = e->opt.numerics == DSACP_NUMERICS_DEPLOYED; /* as the step calls dsacp_engine_mlp */
     size_t most = 0;
     for (int64_t l = 0; l < e->L; l++) {
         size_t one = 0;
         const dsacp_mlp_weights *w = &e->mlp[l];
-        if (w->moe) moe_need(e->cfg, w, T, &one);
-        else swiglu_need(&one, T, w->gate->rows);
+        if (w->moe) moe_need(e->cfg, w, T, aq, &one);
+        else swiglu_need(&one, w->gate, w->up, w->down, T, aq);
         most = dsacp_arena_max(most, one);
     }
     return most;
@@ -324,10 +352,17 @@ static int check_logits(const float *logits, int64_t T, int64_t V)
     return DSACP_OK;
 }
 
-int dsacp_engine_head(const dsacp_engine *e, const float *x, int64_t n, float *logits)
+size_t dsacp_engine_head_workspace(const dsacp_engine *e, int64_t T)
+{
+    size_t bytes = 0;
+    linear_need(&bytes, e->head, T, false);
+    return bytes;
+}
+
+int dsacp_engine_head(const dsacp_engine *e, dsacp_arena *ws, const float *x, int64_t n, float *logits)
 {
     const int64_t D = e->cfg->hidden_size, V = e->cfg->vocab_size;
-    int rc = dsacp_linear(e->head, x, n, D, logits, V, false);
+    int rc = linear(ws, e->head, x, n, D, logits, V, false);
     if (!rc) rc = check_logits(logits, n, V);
     return rc;
 }

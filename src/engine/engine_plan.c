@@ -107,11 +107,12 @@ void dsacp_engine_measure_end(dsacp_engine *e, const dsacp_comm_counter before[D
     }
 }
 
-/* One agreement of the group (4 bytes from and to every other rank). */
+/* One agreement of the group (a status, an int32, from and to every other rank). */
 void dsacp_engine_plan_agreement(dsacp_engine *e)
 {
+    const int64_t bytes = (int64_t)sizeof(int32_t) * (e->cp.W - 1);
     dsacp_comm_counter c[DSACP_PHASE_COUNT] = {{0}};
-    if (e->cp.W > 1) c[DSACP_PHASE_control] = (dsacp_comm_counter){1, 4 * (e->cp.W - 1), 4 * (e->cp.W - 1), 0};
+    if (e->cp.W > 1) c[DSACP_PHASE_control] = (dsacp_comm_counter){1, bytes, bytes, 0};
     plan_add(e->plan, c);
 }
 
