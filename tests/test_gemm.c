@@ -92,19 +92,19 @@ static bool have_vbmi(void)
 static int64_t mismatches(const float *a, const float *b, int64_t n)
 {
     int64_t bad = 0;
-    for (int64_t i = 0; i < n; i++) bad += memcmp(a + i, b + i, 4) != 0;
+    for (int64_t i = 0; i < n; i++) bad += memcmp(a + i, b + i, sizeof(float)) != 0;
     return bad;
 }
 
 static void run_shape(dsacp_isa isa, int64_t N, int64_t K, int64_t T, int64_t blk)
 {
-    float *w = malloc((size_t)(N * K) * 4), *x = malloc((size_t)(T * K) * 4), *xq = malloc((size_t)(T * K) * 4);
-    float *y = malloc((size_t)(T * N) * 4), *y1 = malloc((size_t)(T * N) * 4), *yt = malloc((size_t)(T * N) * 4);
-    float *ym = malloc((size_t)(T * N) * 4);
-    uint16_t *wb = malloc((size_t)(N * K) * 2), *wh = malloc((size_t)(N * K) * 2);
+    float *w = malloc((size_t)(N * K) * sizeof(float)), *x = malloc((size_t)(T * K) * sizeof(float)), *xq = malloc((size_t)(T * K) * sizeof(float));
+    float *y = malloc((size_t)(T * N) * sizeof(float)), *y1 = malloc((size_t)(T * N) * sizeof(float)), *yt = malloc((size_t)(T * N) * sizeof(float));
+    float *ym = malloc((size_t)(T * N) * sizeof(float));
+    uint16_t *wb = malloc((size_t)(N * K) * sizeof(uint16_t)), *wh = malloc((size_t)(N * K) * sizeof(uint16_t));
     uint8_t *w8 = malloc((size_t)(N * K));
     const int64_t sr = (N + blk - 1) / blk, sc = (K + blk - 1) / blk;
-    float *scales = malloc((size_t)(sr * sc) * 4);
+    float *scales = malloc((size_t)(sr * sc) * sizeof(float));
     for (int64_t i = 0; i < N * K; i++) {
         w[i] = frand();
         wb[i] = dsacp_f32_to_bf16(w[i]);
@@ -131,7 +131,7 @@ static void run_shape(dsacp_isa isa, int64_t N, int64_t K, int64_t T, int64_t bl
             omp_set_num_threads(maxth);
             for (int64_t t = 0; t < T; t++) CHECK_OK(dsacp_linear(&ws[k], x + t * K, 1, K, y1 + t * N, N, aq));
             /* The model's input: x rounded through e4m3 where act_quant applies. */
-            memcpy(xq, x, (size_t)(T * K) * 4);
+            memcpy(xq, x, (size_t)(T * K) * sizeof(float));
             if (aq && k == 3 && K % 128 == 0)
                 for (int64_t t = 0; t < T; t++) dsacp_fake_quant_e4m3_groups(xq + t * K, K, 128);
             const bool fold = k == 3 && isa == DSACP_ISA_AVX512 && blk % 64 == 0 && have_vbmi();
@@ -205,7 +205,7 @@ static void test_act_quant(void)
     dsacp_fake_quant_e4m3_groups(a, G * NG, G);
     dsacp_fake_quant_e4m3_128_avx2(b, G * NG);
     int64_t bad = 0;
-    for (int64_t i = 0; i < G * NG; i++) bad += memcmp(a + i, b + i, 4) != 0 && !(isnan(a[i]) && isnan(b[i]));
+    for (int64_t i = 0; i < G * NG; i++) bad += memcmp(a + i, b + i, sizeof(float)) != 0 && !(isnan(a[i]) && isnan(b[i]));
     CHECKF(bad == 0, "act_quant avx2: %lld of %d values differ from the scalar rounding", (long long)bad, G * NG);
     free(a);
     free(b);

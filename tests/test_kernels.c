@@ -37,9 +37,9 @@ static void test_dot(void)
 static void test_linear(void)
 {
     const int64_t N = 37, K = 256 + 19, T = 5;
-    float *w = malloc((size_t)(N * K) * 4), *x = malloc((size_t)(T * K) * 4);
-    float *y = malloc((size_t)(T * N) * 4), *y1 = malloc((size_t)N * 4), *deq = malloc((size_t)(N * K) * 4);
-    uint16_t *wb = malloc((size_t)(N * K) * 2);
+    float *w = malloc((size_t)(N * K) * sizeof(float)), *x = malloc((size_t)(T * K) * sizeof(float));
+    float *y = malloc((size_t)(T * N) * sizeof(float)), *y1 = malloc((size_t)N * sizeof(float)), *deq = malloc((size_t)(N * K) * sizeof(float));
+    uint16_t *wb = malloc((size_t)(N * K) * sizeof(uint16_t));
     uint8_t *w8 = malloc((size_t)(N * K));
     float scales[64];
     for (int64_t i = 0; i < N * K; i++) w[i] = frand();
@@ -79,7 +79,7 @@ static void test_linear(void)
         /* Batch invariance: row t alone gives the same bits as inside the batch. */
         for (int64_t t = 0; t < T; t++) {
             CHECK_OK(dsacp_linear(&ws[k], x + t * K, 1, K, y1, N, false));
-            CHECKF(memcmp(y1, y + t * N, (size_t)N * 4) == 0, "linear %s row %lld not batch-invariant", ws[k].name,
+            CHECKF(memcmp(y1, y + t * N, (size_t)N * sizeof(float)) == 0, "linear %s row %lld not batch-invariant", ws[k].name,
                    (long long)t);
         }
     }
@@ -109,9 +109,9 @@ static void test_topk(void)
 {
     static const int64_t ns[] = {1, 2, 5, 31, 32, 33, 100, 1000, 4097};
     static const int64_t ks[] = {1, 3, 32, 2048};
-    float *s = malloc(4097 * 4);
-    int32_t *idx = malloc(4097 * 4), *out = malloc(4097 * 4);
-    uint64_t *ws = malloc(4097 * 8);
+    float *s = malloc(4097 * sizeof(float));
+    int32_t *idx = malloc(4097 * sizeof(int32_t)), *out = malloc(4097 * sizeof(int32_t));
+    uint64_t *ws = malloc(4097 * sizeof(uint64_t));
     void *tws = malloc(dsacp_topk_ws_bytes(4097));
     for (size_t a = 0; a < sizeof ns / sizeof ns[0]; a++)
         for (size_t b = 0; b < sizeof ks / sizeof ks[0]; b++)
@@ -124,26 +124,26 @@ static void test_topk(void)
                     idx[i] = (int32_t)i;
                 }
                 sort_scores = s;
-                qsort(idx, (size_t)n, 4, cmp_ref);
+                qsort(idx, (size_t)n, sizeof(int32_t), cmp_ref);
                 int64_t m = k < n ? k : n;
-                qsort(idx, (size_t)m, 4, dsacp_cmp_i32);
+                qsort(idx, (size_t)m, sizeof(int32_t), dsacp_cmp_i32);
                 int64_t got = dsacp_topk_select(s, n, k, out);
-                CHECKF(got == m && memcmp(out, idx, (size_t)m * 4) == 0, "top-k n=%lld k=%lld ties=%d",
+                CHECKF(got == m && memcmp(out, idx, (size_t)m * sizeof(int32_t)) == 0, "top-k n=%lld k=%lld ties=%d",
                        (long long)n, (long long)k, ties);
                 /* Issue 21: the caller-workspace form (the step path's) gives the same selection. */
                 got = dsacp_topk_select_ws(s, n, k, out, tws);
-                CHECKF(got == m && memcmp(out, idx, (size_t)m * 4) == 0, "top-k ws n=%lld k=%lld ties=%d",
+                CHECKF(got == m && memcmp(out, idx, (size_t)m * sizeof(int32_t)) == 0, "top-k ws n=%lld k=%lld ties=%d",
                        (long long)n, (long long)k, ties);
                 /* Issue 7 defect 15: the reference with a workspace, and without one (the O(nk)
                  * scan it falls back to when its malloc fails -- it returned 0..k-1 before). */
                 got = dsacp_topk_select_ref_ws(s, n, k, out, ws);
-                CHECKF(got == m && memcmp(out, idx, (size_t)m * 4) == 0, "top-k ref ws n=%lld k=%lld ties=%d",
+                CHECKF(got == m && memcmp(out, idx, (size_t)m * sizeof(int32_t)) == 0, "top-k ref ws n=%lld k=%lld ties=%d",
                        (long long)n, (long long)k, ties);
                 got = dsacp_topk_select_ref_ws(s, n, k, out, NULL);
-                CHECKF(got == m && memcmp(out, idx, (size_t)m * 4) == 0, "top-k scan n=%lld k=%lld ties=%d",
+                CHECKF(got == m && memcmp(out, idx, (size_t)m * sizeof(int32_t)) == 0, "top-k scan n=%lld k=%lld ties=%d",
                        (long long)n, (long long)k, ties);
                 got = dsacp_topk_select_ref(s, n, k, out);
-                CHECKF(got == m && memcmp(out, idx, (size_t)m * 4) == 0, "top-k ref n=%lld k=%lld ties=%d",
+                CHECKF(got == m && memcmp(out, idx, (size_t)m * sizeof(int32_t)) == 0, "top-k ref n=%lld k=%lld ties=%d",
                        (long long)n, (long long)k, ties);
             }
     /* Negative, zero and signed-zero scores order correctly. */
@@ -191,9 +191,9 @@ static void attn_ref(const float *q, const float *kv, const int32_t *sel, int64_
 static void test_sparse_mla_and_merge(void)
 {
     const int64_t H = 5, dc = 40, dr = 8, n = 37, R = 3;
-    float *q = malloc((size_t)(H * (dc + dr)) * 4), *kv = malloc((size_t)(n * (dc + dr)) * 4);
-    float *o = malloc((size_t)(H * dc) * 4), lse[5], *work = malloc((size_t)n * 4);
-    double *ro = malloc((size_t)(H * dc) * 8), rlse[5];
+    float *q = malloc((size_t)(H * (dc + dr)) * sizeof(float)), *kv = malloc((size_t)(n * (dc + dr)) * sizeof(float));
+    float *o = malloc((size_t)(H * dc) * sizeof(float)), lse[5], *work = malloc((size_t)n * sizeof(float));
+    double *ro = malloc((size_t)(H * dc) * sizeof(double)), rlse[5];
     int32_t sel[37];
     for (int64_t i = 0; i < H * (dc + dr); i++) q[i] = frand();
     for (int64_t i = 0; i < n * (dc + dr); i++) kv[i] = frand();
@@ -212,7 +212,7 @@ static void test_sparse_mla_and_merge(void)
     for (int64_t h = 0; h < H; h++) clean &= lse[h] == -INFINITY;
     CHECK(clean);
     /* Split the rows over R parts (one part empty): the merge equals attention over all rows. */
-    float *op = calloc((size_t)(R * H * dc), 4), *lp = malloc((size_t)(R * H) * 4), *mo = malloc((size_t)(H * dc) * 4);
+    float *op = calloc((size_t)(R * H * dc), sizeof(float)), *lp = malloc((size_t)(R * H) * sizeof(float)), *mo = malloc((size_t)(H * dc) * sizeof(float));
     float ml[5];
     int64_t cut[4] = {0, 20, 20, n};
     for (int64_t r = 0; r < R; r++)

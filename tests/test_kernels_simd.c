@@ -33,12 +33,12 @@ static void test_linear(dsacp_isa isa)
     static const int64_t shapes[][3] = {{1, 1, 1}, {5, 17, 3}, {37, 275, 5}, {64, 256, 1}, {33, 384, 7}, {130, 129, 4}, {19, 200, 2}, {7, 12, 6}, {3, 136, 9}};
     for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
         const int64_t N = shapes[s][0], K = shapes[s][1], T = shapes[s][2];
-        float *w = malloc((size_t)(N * K) * 4), *x = malloc((size_t)(T * K) * 4);
-        float *y = malloc((size_t)(T * N) * 4), *yr = malloc((size_t)(T * N) * 4), *y1 = malloc((size_t)N * 4);
-        uint16_t *wb = malloc((size_t)(N * K) * 2), *wh = malloc((size_t)(N * K) * 2);
+        float *w = malloc((size_t)(N * K) * sizeof(float)), *x = malloc((size_t)(T * K) * sizeof(float));
+        float *y = malloc((size_t)(T * N) * sizeof(float)), *yr = malloc((size_t)(T * N) * sizeof(float)), *y1 = malloc((size_t)N * sizeof(float));
+        uint16_t *wb = malloc((size_t)(N * K) * sizeof(uint16_t)), *wh = malloc((size_t)(N * K) * sizeof(uint16_t));
         uint8_t *w8 = malloc((size_t)(N * K));
         const int64_t sr = (N + 127) / 128, sc = (K + 127) / 128;
-        float *scales = malloc((size_t)(sr * sc) * 4);
+        float *scales = malloc((size_t)(sr * sc) * sizeof(float));
         for (int64_t i = 0; i < N * K; i++) {
             w[i] = frand();
             wb[i] = dsacp_f32_to_bf16(w[i]);
@@ -65,7 +65,7 @@ static void test_linear(dsacp_isa isa)
                        (long long)N, (long long)K, (long long)T, aq, e);
                 for (int64_t t = 0; t < T; t++) {
                     CHECK_OK(dsacp_linear(&ws[k], x + t * K, 1, K, y1, N, aq));
-                    CHECKF(memcmp(y1, y + t * N, (size_t)N * 4) == 0, "%s linear %s row %lld not batch-invariant",
+                    CHECKF(memcmp(y1, y + t * N, (size_t)N * sizeof(float)) == 0, "%s linear %s row %lld not batch-invariant",
                            dsacp_isa_name(isa), ws[k].name, (long long)t);
                 }
             }
@@ -150,11 +150,11 @@ static void test_index(dsacp_isa isa)
     static const int64_t shapes[][3] = {{1, 16, 1}, {3, 20, 7}, {64, 128, 67}, {17, 64, 13}, {70, 32, 29}, {33, 13, 5}, {8, 24, 4}};
     for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
         const int64_t Hi = shapes[s][0], di = shapes[s][1], n = shapes[s][2], Tq = 3;
-        float *q = malloc((size_t)(Tq * Hi * di) * 4), *w = malloc((size_t)(Tq * Hi) * 4);
-        float *kf = malloc((size_t)(n * di) * 4), *ks = malloc((size_t)n * 4);
+        float *q = malloc((size_t)(Tq * Hi * di) * sizeof(float)), *w = malloc((size_t)(Tq * Hi) * sizeof(float));
+        float *kf = malloc((size_t)(n * di) * sizeof(float)), *ks = malloc((size_t)n * sizeof(float));
         uint8_t *k8 = malloc((size_t)(n * di));
-        float *out = malloc((size_t)(Tq * n) * 4), *ref = malloc((size_t)n * 4), *one = malloc(4);
-        float *multi = malloc((size_t)(Tq * (n + 3)) * 4);
+        float *out = malloc((size_t)(Tq * n) * sizeof(float)), *ref = malloc((size_t)n * sizeof(float)), *one = malloc(sizeof(float));
+        float *multi = malloc((size_t)(Tq * (n + 3)) * sizeof(float));
         for (int64_t i = 0; i < Tq * Hi * di; i++) q[i] = frand();
         for (int64_t i = 0; i < Tq * Hi; i++) w[i] = frand();
         for (int64_t i = 0; i < n * di; i++) {
@@ -179,22 +179,22 @@ static void test_index(dsacp_isa isa)
                     dsacp_index_scores(q + t * Hi * di, w + t * Hi, Hi, di,
                                        (const uint8_t *)keys + (size_t)j * (size_t)di * (fp8 ? 1 : 4),
                                        fp8 ? ks + j : NULL, 1, one);
-                    same &= memcmp(one, out + t * n + j, 4) == 0;
+                    same &= memcmp(one, out + t * n + j, sizeof(float)) == 0;
                 }
                 CHECKF(same, "%s index: a key alone differs from the key in a block", dsacp_isa_name(isa));
             }
             CHECK_OK(dsacp_index_scores_multi(q, w, Tq, Hi, di, keys, sc, n, multi, n + 3));
             bool same = true;
-            for (int64_t t = 0; t < Tq; t++) same &= memcmp(multi + t * (n + 3), out + t * n, (size_t)n * 4) == 0;
+            for (int64_t t = 0; t < Tq; t++) same &= memcmp(multi + t * (n + 3), out + t * n, (size_t)n * sizeof(float)) == 0;
             CHECKF(same, "%s index multi differs from single (fp8=%d)", dsacp_isa_name(isa), fp8);
             /* Issue 7 defect 15: with caller workspace, the same bits and no allocation. */
             void *ws = dsacp_alloc(dsacp_index_scores_multi_bytes(Tq, Hi, di));
             CHECK_OK(dsacp_index_scores_multi_ws(q, w, Tq, Hi, di, keys, sc, n, multi, n + 3, ws));
             same = true;
-            for (int64_t t = 0; t < Tq; t++) same &= memcmp(multi + t * (n + 3), out + t * n, (size_t)n * 4) == 0;
+            for (int64_t t = 0; t < Tq; t++) same &= memcmp(multi + t * (n + 3), out + t * n, (size_t)n * sizeof(float)) == 0;
             for (int64_t t = 0; t < Tq; t++) {
                 CHECK_OK(dsacp_index_scores_ws(q + t * Hi * di, w + t * Hi, Hi, di, keys, sc, n, ref, ws));
-                same &= memcmp(ref, out + t * n, (size_t)n * 4) == 0;
+                same &= memcmp(ref, out + t * n, (size_t)n * sizeof(float)) == 0;
             }
             CHECKF(same, "%s index with workspace differs (fp8=%d)", dsacp_isa_name(isa), fp8);
             dsacp_free(ws);
@@ -221,10 +221,10 @@ static void test_mla(dsacp_isa isa)
                                         {24, 512, 64, 100}};
     for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
         const int64_t H = shapes[s][0], dc = shapes[s][1], dr = shapes[s][2], n = shapes[s][3], dk = dc + dr;
-        float *q = malloc((size_t)(H * dk) * 4), *kv = malloc((size_t)(n * dk) * 4);
-        float *o = malloc((size_t)(H * dc) * 4), *or_ = malloc((size_t)(H * dc) * 4), *o2 = malloc((size_t)(H * dc) * 4);
-        float *lse = malloc((size_t)H * 4), *lr = malloc((size_t)H * 4), *l2 = malloc((size_t)H * 4);
-        float *work = malloc((size_t)n * 4);
+        float *q = malloc((size_t)(H * dk) * sizeof(float)), *kv = malloc((size_t)(n * dk) * sizeof(float));
+        float *o = malloc((size_t)(H * dc) * sizeof(float)), *or_ = malloc((size_t)(H * dc) * sizeof(float)), *o2 = malloc((size_t)(H * dc) * sizeof(float));
+        float *lse = malloc((size_t)H * sizeof(float)), *lr = malloc((size_t)H * sizeof(float)), *l2 = malloc((size_t)H * sizeof(float));
+        float *work = malloc((size_t)n * sizeof(float));
         for (int64_t i = 0; i < H * dk; i++) q[i] = 3 * frand();
         for (int64_t i = 0; i < n * dk; i++) kv[i] = frand();
         CHECK_OK(dsacp_isa_set(DSACP_ISA_SCALAR));
@@ -238,18 +238,18 @@ static void test_mla(dsacp_isa isa)
         omp_set_num_threads(1);
         dsacp_sparse_mla(q, kv, n, H, dc, dr, 0.2f, o2, l2, work);
         omp_set_num_threads(omp_get_num_procs());
-        CHECKF(memcmp(o, o2, (size_t)(H * dc) * 4) == 0 && memcmp(lse, l2, (size_t)H * 4) == 0,
+        CHECKF(memcmp(o, o2, (size_t)(H * dc) * sizeof(float)) == 0 && memcmp(lse, l2, (size_t)H * sizeof(float)) == 0,
                "%s sparse MLA depends on the thread count", dsacp_isa_name(isa));
         int64_t h = H / 2;
         dsacp_sparse_mla(q + h * dk, kv, n, 1, dc, dr, 0.2f, o2, l2, work);
-        CHECKF(memcmp(o2, o + h * dc, (size_t)dc * 4) == 0 && l2[0] == lse[h],
+        CHECKF(memcmp(o2, o + h * dc, (size_t)dc * sizeof(float)) == 0 && l2[0] == lse[h],
                "%s sparse MLA head alone differs", dsacp_isa_name(isa));
         /* Issue 7 defect 15: the caller-workspace form gives the same bits (any alignment), and
          * a short workspace is an error, never another kernel. */
         size_t wb = dsacp_sparse_mla_work_bytes(n, H, dc, dr);
         unsigned char *big = malloc(wb + 4);
         CHECK_OK(dsacp_sparse_mla_ws(q, kv, n, H, dc, dr, 0.2f, o2, l2, big + 4, wb));
-        CHECKF(memcmp(o, o2, (size_t)(H * dc) * 4) == 0 && memcmp(lse, l2, (size_t)H * 4) == 0,
+        CHECKF(memcmp(o, o2, (size_t)(H * dc) * sizeof(float)) == 0 && memcmp(lse, l2, (size_t)H * sizeof(float)) == 0,
                "%s sparse MLA with workspace differs", dsacp_isa_name(isa));
         CHECK(dsacp_sparse_mla_ws(q, kv, n, H, dc, dr, 0.2f, o2, l2, big, wb - 1) == DSACP_EINVAL);
         free(big);
@@ -290,8 +290,8 @@ static void test_kv_decode(dsacp_isa isa, const float *want_bf16, const float *w
             dsacp_kv_read_mla(c, 0, slot, got + slot * (dc + dr));
         }
         const float *want = fp8 ? want_fp8 : want_bf16;
-        if (isa == DSACP_ISA_SCALAR) memcpy((float *)want, got, (size_t)(8 * (dc + dr)) * 4);
-        else same = memcmp(want, got, (size_t)(8 * (dc + dr)) * 4) == 0;
+        if (isa == DSACP_ISA_SCALAR) memcpy((float *)want, got, (size_t)(8 * (dc + dr)) * sizeof(float));
+        else same = memcmp(want, got, (size_t)(8 * (dc + dr)) * sizeof(float)) == 0;
         CHECKF(same, "%s cache decode (fp8=%d) differs from scalar", dsacp_isa_name(isa), fp8);
         dsacp_kv_cache_free(c);
     }
@@ -300,7 +300,7 @@ static void test_kv_decode(dsacp_isa isa, const float *want_bf16, const float *w
 static void test_gemv_t(dsacp_isa isa)
 {
     const int64_t m = 37, n = 133;
-    float *A = malloc((size_t)(m * n) * 4), x[37], y[133], yr[133], y1[133];
+    float *A = malloc((size_t)(m * n) * sizeof(float)), x[37], y[133], yr[133], y1[133];
     for (int64_t i = 0; i < m * n; i++) A[i] = frand();
     for (int64_t i = 0; i < m; i++) x[i] = frand();
     CHECK_OK(dsacp_isa_set(DSACP_ISA_SCALAR));
@@ -317,8 +317,8 @@ static void test_gemv_t(dsacp_isa isa)
 static void test_topk_radix(void)
 {
     const int64_t n = 131072;
-    float *s = malloc((size_t)n * 4);
-    int32_t *a = malloc((size_t)n * 4), *b = malloc((size_t)n * 4);
+    float *s = malloc((size_t)n * sizeof(float));
+    int32_t *a = malloc((size_t)n * sizeof(int32_t)), *b = malloc((size_t)n * sizeof(int32_t));
     for (int rep = 0; rep < 6; rep++) {
         for (int64_t i = 0; i < n; i++) {
             s[i] = rep % 3 == 0 ? frand() : rep % 3 == 1 ? (float)(dsacp_rng_u64(&rng) % 7) : fmaxf(frand(), 0);
@@ -326,7 +326,7 @@ static void test_topk_radix(void)
         }
         int64_t k = rep < 3 ? 2048 : 1 + (int64_t)(dsacp_rng_u64(&rng) % 5000);
         int64_t ga = dsacp_topk_select(s, n, k, a), gb = dsacp_topk_select_ref(s, n, k, b);
-        CHECKF(ga == gb && memcmp(a, b, (size_t)ga * 4) == 0, "radix top-k differs from reference (rep %d)", rep);
+        CHECKF(ga == gb && memcmp(a, b, (size_t)ga * sizeof(int32_t)) == 0, "radix top-k differs from reference (rep %d)", rep);
     }
     free(s);
     free(a);
@@ -337,7 +337,7 @@ static void test_topk_radix(void)
 static void test_small(dsacp_isa isa)
 {
     static const int64_t ns[] = {1, 7, 8, 15, 16, 17, 63, 128, 513, 7168};
-    float *x = malloc(7168 * 4), *w = malloc(7168 * 4), *ya = malloc(7168 * 4), *yb = malloc(7168 * 4);
+    float *x = malloc(7168 * sizeof(float)), *w = malloc(7168 * sizeof(float)), *ya = malloc(7168 * sizeof(float)), *yb = malloc(7168 * sizeof(float));
     for (size_t k = 0; k < sizeof ns / sizeof ns[0]; k++) {
         const int64_t n = ns[k];
         for (int64_t i = 0; i < n; i++) x[i] = 4 * frand(), w[i] = frand();
@@ -352,7 +352,7 @@ static void test_small(dsacp_isa isa)
     static const int64_t ds[] = {1, 15, 16, 17, 128, 512};
     for (size_t k = 0; k < sizeof ds / sizeof ds[0]; k++) {
         const int64_t d = ds[k];
-        float *op = malloc((size_t)(R * H * d) * 4), lp[15], oa[5 * 512], ob[5 * 512], la[5], lb[5];
+        float *op = malloc((size_t)(R * H * d) * sizeof(float)), lp[15], oa[5 * 512], ob[5 * 512], la[5], lb[5];
         for (int64_t i = 0; i < R * H * d; i++) op[i] = frand();
         for (int64_t i = 0; i < R * H; i++) lp[i] = i % 4 == 1 ? -INFINITY : 3 * frand();
         for (int64_t h = 0; h < H; h++) lp[h] = lp[H + h] = lp[2 * H + h] = h == 4 ? -INFINITY : lp[h];

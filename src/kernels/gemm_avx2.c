@@ -86,20 +86,20 @@ T256 static INL __m256 wdecode8(int dt, const uint8_t *row, int64_t a, int64_t b
         switch (dt) {
         case DSACP_BF16: {
             int64_t va, vb; /* rows need not be 8-byte aligned: memcpy, not a cast */
-            memcpy(&va, row + 2 * a, 8);
-            memcpy(&vb, row + 2 * b, 8);
+            memcpy(&va, row + 2 * a, sizeof va);
+            memcpy(&vb, row + 2 * b, sizeof vb);
             return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_set_epi64x(vb, va)), 16));
         }
         case DSACP_F16: {
             int64_t va, vb;
-            memcpy(&va, row + 2 * a, 8);
-            memcpy(&vb, row + 2 * b, 8);
+            memcpy(&va, row + 2 * a, sizeof va);
+            memcpy(&vb, row + 2 * b, sizeof vb);
             return _mm256_cvtph_ps(_mm_set_epi64x(vb, va));
         }
         case DSACP_F8_E4M3: {
             int32_t va, vb;
-            memcpy(&va, row + a, 4);
-            memcpy(&vb, row + b, 4);
+            memcpy(&va, row + a, sizeof va);
+            memcpy(&vb, row + b, sizeof vb);
             return _mm256_mul_ps(e4m3_bits8(_mm_set_epi32(0, 0, vb, va)), mult);
         }
         default:

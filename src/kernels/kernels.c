@@ -129,7 +129,7 @@ int64_t dsacp_topk_select_ref(const float *scores, int64_t n, int64_t k, int32_t
 static inline uint32_t topk_key(float f)
 {
     uint32_t b;
-    memcpy(&b, &f, 4);
+    memcpy(&b, &f, sizeof b);
     b = f == 0.0f ? 0u : b;
     uint32_t key = b ^ ((uint32_t)((int32_t)b >> 31) | 0x80000000u);
     return f != f ? 0u : key;

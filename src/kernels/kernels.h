@@ -172,7 +172,7 @@ static inline uint32_t dsacp_float_key(float f)
 {
     uint32_t b;
     if (f == 0.0f) f = 0.0f;
-    __builtin_memcpy(&b, &f, 4);
+    __builtin_memcpy(&b, &f, sizeof b);
     return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
 }
 

@@ -3,9 +3,9 @@
  * AVX-512 kernel tables (with and without VBMI). Every function is compiled for AVX-512 through a
  * target attribute (no build flag); the tables are only chosen when dispatch.c found the CPU
  * able. Calls gemm_avx2.c (the blocked many-row linear), kernels_small.c, kernels_linear.c (the
- * shared linear driver), the AVX2 act_quant rounding, numerics and core. Batch invariance: each output element is produced by one
- * fixed sequence of vector instructions that depends on its own inputs and lengths only; tails
- * use masked loads with the same arithmetic as full vectors.
+ * shared linear driver), the AVX2 act_quant rounding, numerics and core. Batch invariance: each
+ * output element is produced by one fixed sequence of vector instructions that depends on its own
+ * inputs and lengths only; tails use masked loads with the same arithmetic as full vectors.
  */
 #include "kernels/kernels_isa.h"
 #include "numerics/numerics.h"
@@ -151,7 +151,7 @@ static void lin8_tab_init(lin8_tab *tb)
     for (int b = 0; b < 128; b++) {
         float v = dsacp_e4m3_to_f32((uint8_t)b);
         uint32_t u;
-        memcpy(&u, &v, 4);
+        memcpy(&u, &v, sizeof u);
         if (v != v) u = 0x7FC00000u;
         tb->hi[b] = (uint8_t)(u >> 24);
         tb->lo[b] = (uint8_t)(u >> 16);

@@ -12,8 +12,8 @@
 
 /* ---- RMSNorm: sum of squares in double (as the scalar twin), 8 double lanes ---- */
 
-__attribute__((target("avx512f,avx512vl"))) void dsacp_rmsnorm_avx512(float *y, const float *x, const float *weight, int64_t n,
-                                                                   double eps)
+__attribute__((target("avx512f,avx512vl"))) void dsacp_rmsnorm_avx512(float *y, const float *x,
+                                                                   const float *weight, int64_t n, double eps)
 {
     __m512d acc = _mm512_setzero_pd();
     int64_t i = 0;
@@ -35,8 +35,8 @@ __attribute__((target("avx512f,avx512vl"))) void dsacp_rmsnorm_avx512(float *y, 
     }
 }
 
-__attribute__((target("avx2,fma"))) void dsacp_rmsnorm_avx2(float *y, const float *x, const float *weight, int64_t n,
-                                                                double eps)
+__attribute__((target("avx2,fma"))) void dsacp_rmsnorm_avx2(float *y, const float *x, const float *weight,
+                                                            int64_t n, double eps)
 {
     __m256d a0 = _mm256_setzero_pd(), a1 = _mm256_setzero_pd();
     int64_t i = 0;
