@@ -20,8 +20,9 @@
 
 #include "core/core.h"
 #include "kernels/kernels.h"
-/* Transitional (issue 21): src/attn/dsa_layer.h's users reach model.h through this header; it
- * goes once dsa_layer.h includes model/model.h itself. The cache calls nothing in model. */
+/* Transitional (issue 21): tests/test_cp.c calls dsacp_model_weight and reaches model.h only
+ * through this header (by way of cp.h and dsa_layer.h); the line goes once it includes
+ * model/model.h itself. The cache calls nothing in model. */
 #include "model/model.h"
 
 typedef struct dsacp_kv_cache {
