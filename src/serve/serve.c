@@ -436,184 +436,231 @@ int dsacp_serve_check(const dsacp_engine *e, const dsacp_serve_request *reqs, in
     return DSACP_OK;
 }
 
+/* The loop's state beside the scheduler's: the plan every rank applies, rank 0's logits and
+ * sampling scratch, the run's clock and counts. */
+typedef struct loop {
+    dsacp_comm *c;
+    bool root;
+    int64_t V;
+    plan p;
+    float *logits; /* [entries][V] (rank 0) */
+    prob *work;    /* [V] (rank 0) */
+    double t0, kv_peak;
+    int64_t done;
+} loop;
+
+/* Rank 0: the scheduler's arrays, each request's sequence and its outputs, after the workload's
+ * check (dsacp_serve_check). Not agreed. */
+static int serve_setup(sched *S, loop *L)
+{
+    const int64_t n = S->n;
+    const dsacp_serve_request *reqs = S->rq;
+    dsacp_serve_result *res = S->res;
+    S->r = calloc((size_t)(n > 0 ? n : 1), sizeof *S->r);
+    res->out = calloc((size_t)(n > 0 ? n : 1), sizeof *res->out);
+    S->ent_s = malloc((size_t)(n + 1) * sizeof *S->ent_s);
+    S->ent_n = malloc((size_t)(n + 1) * sizeof *S->ent_n);
+    S->fit_id = malloc((size_t)(n + 1) * sizeof *S->fit_id);
+    S->fit_len = malloc((size_t)(n + 1) * sizeof *S->fit_len);
+    S->order = malloc((size_t)(2 * n + 2) * sizeof *S->order);
+    L->work = malloc((size_t)L->V * sizeof *L->work);
+    int rc = DSACP_OK;
+    if (!S->r || !res->out || !S->ent_s || !S->ent_n || !S->fit_id || !S->fit_len || !S->order || !L->work)
+        rc = dsacp_error(DSACP_ENOMEM, "out of memory for %lld requests", (long long)n);
+    res->n_requests = n;
+    if (!rc) rc = dsacp_serve_check(S->e, reqs, n, S->o);
+    for (int64_t i = 0; i < n && !rc; i++) {
+        const dsacp_serve_request *q = &reqs[i];
+        sreq *r = &S->r[i];
+        r->cap = q->prompt_len + q->max_new_tokens + 1; /* bounded by dsacp_serve_check */
+        r->seq = malloc((size_t)r->cap * sizeof *r->seq);
+        res->out[i].tokens = malloc((size_t)(q->max_new_tokens + 1) * sizeof(int32_t));
+        res->out[i].token_s = malloc((size_t)(q->max_new_tokens + 1) * sizeof(double));
+        res->out[i].gap = malloc((size_t)(q->max_new_tokens + 1) * sizeof(float));
+        res->out[i].arrival_s = S->o->realtime ? q->arrival_s : 0;
+        if (!r->seq || !res->out[i].tokens || !res->out[i].token_s || !res->out[i].gap)
+            rc = dsacp_error(DSACP_ENOMEM, "out of memory");
+        else memcpy(r->seq, q->prompt, (size_t)q->prompt_len * sizeof *r->seq), r->len = q->prompt_len;
+        r->state = ST_FUTURE;
+    }
+    return rc;
+}
+
+/* Rank 0: waits (realtime) until a request has arrived or none is left to arrive. */
+static void await_arrivals(sched *S, const loop *L)
+{
+    const dsacp_serve_request *reqs = S->rq;
+    double now = dsacp_now() - L->t0;
+    for (;;) {
+        bool waiting = false, future = false;
+        double next = INFINITY;
+        for (int64_t s = 0; s < S->n; s++) {
+            if (S->r[s].state == ST_FUTURE) {
+                if (!S->o->realtime || reqs[s].arrival_s <= now) S->r[s].state = ST_WAITING;
+                else future = true, next = fmin(next, reqs[s].arrival_s);
+            }
+            if (S->r[s].state == ST_WAITING || S->r[s].state == ST_RUNNING) waiting = true;
+        }
+        if (waiting || !future) return;
+        sleep_s(fmin(next - now, 0.05)); /* nothing to run before the next arrival */
+        now = dsacp_now() - L->t0;
+    }
+}
+
+/* Rank 0 plans the next step into L->p (empty: every request is done, or a failure). */
+static int plan_next(sched *S, loop *L)
+{
+    plan *p = &L->p;
+    int rc = DSACP_OK;
+    await_arrivals(S, L);
+    S->ends.n = S->adds.n = 0;
+    /* Finished requests were ended while sampling; their ids travel now. */
+    for (int64_t s = 0; s < S->n; s++)
+        if (S->r[s].state == ST_DONE && S->eid[s] >= 0) {
+            rc = dsacp_engine_end_request(S->e, S->eid[s]);
+            if (!rc) rc = plan_push(&S->ends, s);
+            S->eid[s] = -1;
+        }
+    if (!rc) rc = build_step(S);
+    if (!rc && S->n_ent == 0 && L->done < S->n)
+        rc = dsacp_error(DSACP_ECAPACITY, "serve: no request can be scheduled although each fits the KV "
+                         "pool alone (a scheduler bug: the oldest running request always runs)");
+    if (!rc && L->done < S->n) {
+        plan_push(p, S->ends.n);
+        for (int64_t i = 0; i < S->ends.n; i++) plan_push(p, S->ends.w[i]);
+        plan_push(p, S->adds.n);
+        for (int64_t i = 0; i < S->adds.n; i++) plan_push(p, S->adds.w[i]);
+        plan_push(p, S->n_ent);
+        for (int64_t i = 0; i < S->n_ent; i++) plan_push(p, S->ent_s[i]), plan_push(p, S->ent_n[i]);
+        for (int64_t i = 0; i < S->n_ent; i++)
+            for (int64_t j = 0; j < S->ent_n[i]; j++) rc = rc ? rc : plan_push(p, S->r[S->ent_s[i]].seq[S->r[S->ent_s[i]].fed + j]);
+    }
+    if (rc) p->n = 0;
+    return rc;
+}
+
+/* Rank 0 after a step: feeds the schedule, samples where a sequence's last token was fed,
+ * records the step and reports progress. ts/te: the step's start and end; cs/cb: the seconds and
+ * bytes the communicator counted during it. */
+static int record_step(sched *S, loop *L, double ts, double te, double cs, int64_t cb)
+{
+    dsacp_serve_result *res = S->res;
+    const dsacp_serve_request *reqs = S->rq;
+    const dsacp_serve_options *opt = S->o;
+    const int64_t V = L->V;
+    int rc = DSACP_OK;
+    if (res->n_steps == res->cap_steps) {
+        int64_t cap = res->cap_steps ? 2 * res->cap_steps : 256;
+        dsacp_serve_step *ns = realloc(res->steps, (size_t)cap * sizeof *ns);
+        if (ns) res->steps = ns, res->cap_steps = cap;
+    }
+    int64_t pre = 0, dec = 0;
+    for (int64_t i = 0; i < S->n_ent; i++) {
+        sreq *r = &S->r[S->ent_s[i]];
+        const int64_t s = S->ent_s[i], cnt = S->ent_n[i];
+        if (cnt == 1 && r->len - r->fed == 1 && r->fed >= reqs[s].prompt_len) dec++;
+        else pre += cnt;
+        r->fed += cnt;
+        if (r->fed < r->len) continue;
+        dsacp_serve_out *out = &res->out[s];
+        const int32_t tok = sample(L->logits + i * V, V, opt, s, out->n_tokens, L->work);
+        const double when = dsacp_now() - L->t0;
+        if (out->n_tokens == 0) out->first_s = when;
+        out->tokens[out->n_tokens] = tok;
+        out->gap[out->n_tokens] = top2_gap(L->logits + i * V, V);
+        out->token_s[out->n_tokens++] = when;
+        bool stop = out->n_tokens >= reqs[s].max_new_tokens;
+        for (int64_t k = 0; k < reqs[s].n_stop; k++) stop |= tok == reqs[s].stop_ids[k];
+        if (stop) {
+            r->state = ST_DONE;
+            out->finish_s = when;
+            L->done++;
+        } else if ((rc = seq_push(r, tok))) {
+            break;
+        }
+    }
+    const double kv = dsacp_engine_kv_use(S->e);
+    L->kv_peak = fmax(L->kv_peak, kv);
+    if (res->n_steps < res->cap_steps) {
+        const dsacp_step_times tm = dsacp_engine_last_step_times(S->e);
+        res->steps[res->n_steps++] = (dsacp_serve_step){
+            .t_s = ts - L->t0, .dur_ms = (te - ts) * 1e3, .prefill_tokens = pre, .decode_tokens = dec,
+            .attention_ms = tm.attention * 1e3, .mlp_ms = tm.mlp * 1e3, .comm_ms = cs * 1e3,
+            .comm_bytes = cb, .projections_ms = tm.projections * 1e3, .attend_ms = tm.attend * 1e3,
+            .o_proj_ms = tm.o_proj * 1e3};
+    }
+    if (opt->progress) {
+        int64_t gen = 0, ptok = 0;
+        for (int64_t s = 0; s < S->n; s++) gen += res->out[s].n_tokens, ptok += reqs[s].prompt_len;
+        dsacp_serve_progress pr = {L->done, S->n, gen, ptok, dsacp_now() - L->t0, kv};
+        opt->progress(opt->progress_arg, &pr);
+    }
+    return rc;
+}
+
+/* One step on every rank: rank 0's plan broadcast and applied, the engine's step (logits after
+ * each entry's last token, on rank 0), rank 0's record. *finished when the plan was empty. */
+static int serve_step(sched *S, loop *L, bool *finished)
+{
+    dsacp_comm *c = L->c;
+    L->p.n = 0;
+    int rc = L->root ? plan_next(S, L) : DSACP_OK;
+    rc = dsacp_comm_agree(c, rc);
+    if (rc) return rc;
+    if ((rc = plan_bcast(c, &L->p))) return rc;
+    if (L->p.n == 0) { /* all requests done */
+        *finished = true;
+        return DSACP_OK;
+    }
+    dsacp_step_entry *ent = NULL;
+    int32_t *ids = NULL;
+    int64_t n_ent = 0;
+    rc = plan_apply(S->e, &L->p, S->eid, !L->root, &ent, &n_ent, &ids);
+    rc = dsacp_comm_agree(c, rc);
+    /* Sampling reads the logits after each entry's last token only: lm_head runs on those. */
+    if (!rc && L->root && !(L->logits = realloc(L->logits, (size_t)((n_ent > 0 ? n_ent : 1) * L->V) * sizeof *L->logits)))
+        rc = dsacp_error(DSACP_ENOMEM, "out of memory for the logits");
+    rc = dsacp_comm_agree(c, rc);
+    double cs0 = 0, cs1 = 0;
+    const int64_t cb0 = comm_recv_total(c, &cs0);
+    const double ts = dsacp_now();
+    if (!rc) rc = dsacp_engine_step_last(S->e, ent, n_ent, L->root ? L->logits : NULL, NULL);
+    const double te = dsacp_now();
+    const int64_t cb1 = comm_recv_total(c, &cs1);
+    if (!rc && L->root) rc = record_step(S, L, ts, te, cs1 - cs0, cb1 - cb0);
+    free(ent), free(ids);
+    return dsacp_comm_agree(c, rc);
+}
+
 int dsacp_serve_run(dsacp_engine *e, const dsacp_serve_request *reqs, int64_t n_in, const dsacp_serve_options *opt,
                     dsacp_serve_result *res)
 {
-    dsacp_comm *c = dsacp_engine_comm(e);
-    const bool root = dsacp_comm_rank(c) == 0;
-    const dsacp_config *cfg = dsacp_engine_config(e);
-    const int64_t V = cfg->vocab_size;
+    loop L = {.c = dsacp_engine_comm(e), .V = dsacp_engine_config(e)->vocab_size};
+    L.root = dsacp_comm_rank(L.c) == 0;
+    const bool root = L.root;
     memset(res, 0, sizeof *res);
     int64_t n = root ? n_in : 0;
-    int rc = dsacp_comm_bcast(c, &n, sizeof n, DSACP_PHASE_input);
+    int rc = dsacp_comm_bcast(L.c, &n, sizeof n, DSACP_PHASE_input);
     if (rc) return rc;
     sched S = {0};
     S.e = e, S.rq = reqs, S.n = n, S.o = opt, S.res = res;
     S.eid = malloc((size_t)(n > 0 ? n : 1) * sizeof *S.eid);
-    plan p = {0};
-    float *logits = NULL;
-    prob *work = NULL;
     if (!S.eid) rc = dsacp_error(DSACP_ENOMEM, "out of memory");
     for (int64_t i = 0; i < n && S.eid; i++) S.eid[i] = -1;
-    if (root && !rc) {
-        S.r = calloc((size_t)(n > 0 ? n : 1), sizeof *S.r);
-        res->out = calloc((size_t)(n > 0 ? n : 1), sizeof *res->out);
-        S.ent_s = malloc((size_t)(n + 1) * sizeof *S.ent_s);
-        S.ent_n = malloc((size_t)(n + 1) * sizeof *S.ent_n);
-        S.fit_id = malloc((size_t)(n + 1) * sizeof *S.fit_id);
-        S.fit_len = malloc((size_t)(n + 1) * sizeof *S.fit_len);
-        S.order = malloc((size_t)(2 * n + 2) * sizeof *S.order);
-        work = malloc((size_t)V * sizeof *work);
-        if (!S.r || !res->out || !S.ent_s || !S.ent_n || !S.fit_id || !S.fit_len || !S.order || !work)
-            rc = dsacp_error(DSACP_ENOMEM, "out of memory for %lld requests", (long long)n);
-        res->n_requests = n;
-        if (!rc) rc = dsacp_serve_check(e, reqs, n, opt);
-        for (int64_t i = 0; i < n && !rc; i++) {
-            const dsacp_serve_request *q = &reqs[i];
-            sreq *r = &S.r[i];
-            r->cap = q->prompt_len + q->max_new_tokens + 1; /* bounded by dsacp_serve_check */
-            r->seq = malloc((size_t)r->cap * sizeof *r->seq);
-            res->out[i].tokens = malloc((size_t)(q->max_new_tokens + 1) * sizeof(int32_t));
-            res->out[i].token_s = malloc((size_t)(q->max_new_tokens + 1) * sizeof(double));
-            res->out[i].gap = malloc((size_t)(q->max_new_tokens + 1) * sizeof(float));
-            res->out[i].arrival_s = opt->realtime ? q->arrival_s : 0;
-            if (!r->seq || !res->out[i].tokens || !res->out[i].token_s || !res->out[i].gap)
-                rc = dsacp_error(DSACP_ENOMEM, "out of memory");
-            else memcpy(r->seq, q->prompt, (size_t)q->prompt_len * sizeof *r->seq), r->len = q->prompt_len;
-            r->state = ST_FUTURE;
-        }
-    }
-    rc = dsacp_comm_agree(c, rc);
-    const double t0 = dsacp_now();
-    int64_t done = 0;
-    double kv_peak = 0;
-    while (!rc) {
-        /* ---- rank 0 plans ---- */
-        p.n = 0;
-        if (root) {
-            double now = dsacp_now() - t0;
-            for (;;) {
-                bool waiting = false, future = false;
-                double next = INFINITY;
-                for (int64_t s = 0; s < n; s++) {
-                    if (S.r[s].state == ST_FUTURE) {
-                        if (!opt->realtime || reqs[s].arrival_s <= now) S.r[s].state = ST_WAITING;
-                        else future = true, next = fmin(next, reqs[s].arrival_s);
-                    }
-                    if (S.r[s].state == ST_WAITING || S.r[s].state == ST_RUNNING) waiting = true;
-                }
-                if (waiting || !future) break;
-                sleep_s(fmin(next - now, 0.05)); /* nothing to run before the next arrival */
-                now = dsacp_now() - t0;
-            }
-            S.ends.n = S.adds.n = 0;
-            /* Finished requests were ended while sampling; their ids travel now. */
-            for (int64_t s = 0; s < n; s++)
-                if (S.r[s].state == ST_DONE && S.eid[s] >= 0) {
-                    rc = dsacp_engine_end_request(e, S.eid[s]);
-                    if (!rc) rc = plan_push(&S.ends, s);
-                    S.eid[s] = -1;
-                }
-            if (!rc) rc = build_step(&S);
-            if (!rc && S.n_ent == 0 && done < n)
-                rc = dsacp_error(DSACP_ECAPACITY, "serve: no request can be scheduled although each fits the KV "
-                                 "pool alone (a scheduler bug: the oldest running request always runs)");
-            if (!rc && done < n) {
-                plan_push(&p, S.ends.n);
-                for (int64_t i = 0; i < S.ends.n; i++) plan_push(&p, S.ends.w[i]);
-                plan_push(&p, S.adds.n);
-                for (int64_t i = 0; i < S.adds.n; i++) plan_push(&p, S.adds.w[i]);
-                plan_push(&p, S.n_ent);
-                for (int64_t i = 0; i < S.n_ent; i++) plan_push(&p, S.ent_s[i]), plan_push(&p, S.ent_n[i]);
-                for (int64_t i = 0; i < S.n_ent; i++)
-                    for (int64_t j = 0; j < S.ent_n[i]; j++) rc = rc ? rc : plan_push(&p, S.r[S.ent_s[i]].seq[S.r[S.ent_s[i]].fed + j]);
-            }
-            if (rc) p.n = 0;
-        }
-        rc = dsacp_comm_agree(c, rc);
-        if (rc) break;
-        if ((rc = plan_bcast(c, &p))) break;
-        if (p.n == 0) break; /* all requests done */
-        dsacp_step_entry *ent = NULL;
-        int32_t *ids = NULL;
-        int64_t n_ent = 0;
-        rc = plan_apply(e, &p, S.eid, !root, &ent, &n_ent, &ids);
-        rc = dsacp_comm_agree(c, rc);
-        /* Sampling reads the logits after each entry's last token only: lm_head runs on those. */
-        if (!rc && root && !(logits = realloc(logits, (size_t)((n_ent > 0 ? n_ent : 1) * V) * sizeof *logits)))
-            rc = dsacp_error(DSACP_ENOMEM, "out of memory for the logits");
-        rc = dsacp_comm_agree(c, rc);
-        double cs0 = 0, cs1 = 0;
-        const int64_t cb0 = comm_recv_total(c, &cs0);
-        const double ts = dsacp_now();
-        if (!rc) rc = dsacp_engine_step_last(e, ent, n_ent, root ? logits : NULL, NULL);
-        const double te = dsacp_now();
-        const int64_t cb1 = comm_recv_total(c, &cs1);
-        if (!rc && root) {
-            /* Record the step, feed the schedule, sample where a sequence's last token was fed. */
-            if (res->n_steps == res->cap_steps) {
-                int64_t cap = res->cap_steps ? 2 * res->cap_steps : 256;
-                dsacp_serve_step *ns = realloc(res->steps, (size_t)cap * sizeof *ns);
-                if (ns) res->steps = ns, res->cap_steps = cap;
-            }
-            int64_t pre = 0, dec = 0;
-            for (int64_t i = 0; i < S.n_ent; i++) {
-                sreq *r = &S.r[S.ent_s[i]];
-                const int64_t s = S.ent_s[i], cnt = S.ent_n[i];
-                if (cnt == 1 && r->len - r->fed == 1 && r->fed >= reqs[s].prompt_len) dec++;
-                else pre += cnt;
-                r->fed += cnt;
-                if (r->fed < r->len) continue;
-                dsacp_serve_out *out = &res->out[s];
-                const int32_t tok = sample(logits + i * V, V, opt, s, out->n_tokens, work);
-                const double when = dsacp_now() - t0;
-                if (out->n_tokens == 0) out->first_s = when;
-                out->tokens[out->n_tokens] = tok;
-                out->gap[out->n_tokens] = top2_gap(logits + i * V, V);
-                out->token_s[out->n_tokens++] = when;
-                bool stop = out->n_tokens >= reqs[s].max_new_tokens;
-                for (int64_t k = 0; k < reqs[s].n_stop; k++) stop |= tok == reqs[s].stop_ids[k];
-                if (stop) {
-                    r->state = ST_DONE;
-                    out->finish_s = when;
-                    done++;
-                } else if ((rc = seq_push(r, tok))) {
-                    break;
-                }
-            }
-            const double kv = dsacp_engine_kv_use(e);
-            kv_peak = fmax(kv_peak, kv);
-            if (res->n_steps < res->cap_steps) {
-                const dsacp_step_times tm = dsacp_engine_last_step_times(e);
-                res->steps[res->n_steps++] = (dsacp_serve_step){
-                    .t_s = ts - t0, .dur_ms = (te - ts) * 1e3, .prefill_tokens = pre, .decode_tokens = dec,
-                    .attention_ms = tm.attention * 1e3, .mlp_ms = tm.mlp * 1e3, .comm_ms = (cs1 - cs0) * 1e3,
-                    .comm_bytes = cb1 - cb0, .projections_ms = tm.projections * 1e3, .attend_ms = tm.attend * 1e3,
-                    .o_proj_ms = tm.o_proj * 1e3};
-            }
-            if (opt->progress) {
-                int64_t gen = 0, ptok = 0;
-                for (int64_t s = 0; s < n; s++) gen += res->out[s].n_tokens, ptok += reqs[s].prompt_len;
-                dsacp_serve_progress pr = {done, n, gen, ptok, dsacp_now() - t0, kv};
-                opt->progress(opt->progress_arg, &pr);
-            }
-        }
-        free(ent), free(ids);
-        rc = dsacp_comm_agree(c, rc);
-    }
+    if (root && !rc) rc = serve_setup(&S, &L);
+    rc = dsacp_comm_agree(L.c, rc);
+    L.t0 = dsacp_now();
+    for (bool finished = false; !rc && !finished;) rc = serve_step(&S, &L, &finished);
     if (root) {
-        res->duration_s = dsacp_now() - t0;
-        res->kv_peak_use = kv_peak;
-        for (int64_t s = 0; s < n; s++) {
-            if (S.eid && S.eid[s] >= 0) dsacp_engine_end_request(e, S.eid[s]);
-            if (S.r) free(S.r[s].seq);
-        }
-    } else {
-        for (int64_t s = 0; s < n; s++)
-            if (S.eid && S.eid[s] >= 0) dsacp_engine_end_request(e, S.eid[s]);
+        res->duration_s = dsacp_now() - L.t0;
+        res->kv_peak_use = L.kv_peak;
+    }
+    for (int64_t s = 0; s < n; s++) {
+        if (S.eid && S.eid[s] >= 0) dsacp_engine_end_request(e, S.eid[s]);
+        if (root && S.r) free(S.r[s].seq);
     }
     free(S.r), free(S.eid), free(S.ent_s), free(S.ent_n), free(S.fit_id), free(S.fit_len), free(S.order);
-    free(S.ends.w), free(S.adds.w), free(p.w), free(logits), free(work);
+    free(S.ends.w), free(S.adds.w), free(L.p.w), free(L.logits), free(L.work);
     if (rc && root) {
         char msg[512];
         snprintf(msg, sizeof msg, "%s", dsacp_last_error());
