@@ -61,31 +61,23 @@ static bool file_is(const char *path, const char *text)
     return same;
 }
 
-/* Entries in a directory other than . and .. */
-static int dir_entries(const char *dir)
+/* Entries in a directory other than . and .. whose name contains `part` (NULL: every one). */
+static int count_entries(const char *dir, const char *part)
 {
     DIR *d = opendir(dir);
     if (!d) return -1;
     int n = 0;
     struct dirent *e;
     while ((e = readdir(d)))
-        if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) n++;
+        if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..") && (!part || strstr(e->d_name, part))) n++;
     closedir(d);
     return n;
 }
 
-/* Names in a directory starting with prefix and containing ".tmp" */
-static int temporaries(const char *dir)
-{
-    DIR *d = opendir(dir);
-    if (!d) return -1;
-    int n = 0;
-    struct dirent *e;
-    while ((e = readdir(d)))
-        if (strstr(e->d_name, ".tmp")) n++;
-    closedir(d);
-    return n;
-}
+static int dir_entries(const char *dir) { return count_entries(dir, NULL); }
+
+/* Temporaries left in a directory: names containing ".tmp". */
+static int temporaries(const char *dir) { return count_entries(dir, ".tmp"); }
 
 static bool msg_has(const char *needle) { return strstr(dsacp_last_error(), needle) != NULL; }
 

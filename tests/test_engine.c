@@ -208,12 +208,28 @@ static double results_max_rel(const dsacp_config *cfg, const seqs *q, const resu
     return worst;
 }
 
+/* A model of `preset` written under a fresh directory (*dir) and loaded. */
+static dsacp_model *preset_model(const char *preset, uint64_t seed, dsacp_weight_format fmt, char **dir)
+{
+    *dir = tu_make_model(preset, seed, fmt);
+    dsacp_model *m;
+    REQUIRE_OK(dsacp_model_load(*dir, &m));
+    return m;
+}
+
+/* Frees the model and removes its directory. */
+static void model_done(dsacp_model *m, char *dir)
+{
+    dsacp_model_free(m);
+    tu_rmtree(dir);
+    free(dir);
+}
+
 /* Exact mode against the reference, then every schedule / block size against the first run. */
 static void test_exact(const char *preset, uint64_t seed)
 {
-    char *dir = tu_make_model(preset, seed, DSACP_WEIGHTS_F32);
-    dsacp_model *m;
-    REQUIRE_OK(dsacp_model_load(dir, &m));
+    char *dir;
+    dsacp_model *m = preset_model(preset, seed, DSACP_WEIGHTS_F32, &dir);
     const dsacp_config *cfg = dsacp_model_config(m);
     seqs q;
     int64_t len[3] = {131, 97, 40}; /* several times index_topk (32) */
@@ -287,9 +303,7 @@ static void test_exact(const char *preset, uint64_t seed)
     result_free(&base);
     free(s0);
     free_seqs(&q);
-    dsacp_model_free(m);
-    tu_rmtree(dir);
-    free(dir);
+    model_done(m, dir);
 }
 
 /* Cache dtypes and the deployed mode against the reference computing the same roundings:
@@ -341,9 +355,7 @@ static void test_quantized_cfg(const char *preset, const dsacp_config *model_cfg
         free(s0);
     }
     free_seqs(&q);
-    dsacp_model_free(m);
-    tu_rmtree(dir);
-    free(dir);
+    model_done(m, dir);
 }
 
 static void test_quantized(const char *preset, uint64_t seed, dsacp_weight_format fmt)
@@ -395,9 +407,8 @@ static bool pow2(float s)
 
 static void test_fp8_cache_bytes(void)
 {
-    char *dir = tu_make_model("tiny", 5, DSACP_WEIGHTS_F32);
-    dsacp_model *m;
-    REQUIRE_OK(dsacp_model_load(dir, &m));
+    char *dir;
+    dsacp_model *m = preset_model("tiny", 5, DSACP_WEIGHTS_F32, &dir);
     const dsacp_config *cfg = dsacp_model_config(m);
     int32_t ids[70];
     tu_random_ids(ids, 70, cfg->vocab_size, 77);
@@ -451,17 +462,14 @@ static void test_fp8_cache_bytes(void)
     CHECK(inconsistent == 0);
     dsacp_engine_free(e8);
     dsacp_engine_free(e32);
-    dsacp_model_free(m);
-    tu_rmtree(dir);
-    free(dir);
+    model_done(m, dir);
 }
 
 /* A step that needs more blocks than are free is refused whole, changing nothing. */
 static void test_capacity(void)
 {
-    char *dir = tu_make_model("tiny", 9, DSACP_WEIGHTS_F32);
-    dsacp_model *m;
-    REQUIRE_OK(dsacp_model_load(dir, &m));
+    char *dir;
+    dsacp_model *m = preset_model("tiny", 9, DSACP_WEIGHTS_F32, &dir);
     const dsacp_config *cfg = dsacp_model_config(m);
     const int64_t V = cfg->vocab_size;
     dsacp_engine_options eo;
@@ -514,18 +522,15 @@ static void test_capacity(void)
     free(lf);
     dsacp_engine_free(e);
     dsacp_engine_free(f);
-    dsacp_model_free(m);
-    tu_rmtree(dir);
-    free(dir);
+    model_done(m, dir);
 }
 
 /* dsacp_engine_step_last: each entry's last-token logits equal the matching rows of the full
  * step's, bit for bit, on a mixed step (two prefill chunks and a decode token), deployed fp8. */
 static void test_step_last(void)
 {
-    char *dir = tu_make_model("tiny-moe", 6, DSACP_WEIGHTS_FP8);
-    dsacp_model *m;
-    REQUIRE_OK(dsacp_model_load(dir, &m));
+    char *dir;
+    dsacp_model *m = preset_model("tiny-moe", 6, DSACP_WEIGHTS_FP8, &dir);
     const int64_t V = dsacp_model_config(m)->vocab_size;
     dsacp_engine_options eo;
     dsacp_engine_options_default(&eo);
@@ -554,9 +559,7 @@ static void test_step_last(void)
     for (int k = 0; k < 2; k++) dsacp_engine_free(e[k]);
     free(full);
     free(last);
-    dsacp_model_free(m);
-    tu_rmtree(dir);
-    free(dir);
+    model_done(m, dir);
 }
 
 int main(void)

@@ -432,8 +432,6 @@ int dsacp_make_dir_created(const char *path, bool *created)
     return dsacp_error(DSACP_EIO, "%s: cannot create directory: %s", path, strerror(err));
 }
 
-int dsacp_make_dir(const char *path) { return dsacp_make_dir_created(path, NULL); }
-
 /* ---- fault injection ---- */
 
 static const char *const fault_sites[] = {"pools", "engine", "cp", "weights", "plan", "step", "views",

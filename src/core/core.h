@@ -156,9 +156,8 @@ void dsacp_out_abort(dsacp_out *o);
 /* Writes `len` bytes to `path` atomically through dsacp_out (temporary, fsync, rename, fsync of
  * the directory). */
 int dsacp_write_file_atomic(const char *path, const void *data, size_t len);
-/* mkdir for one level (parents must exist); succeeds when it exists as a directory. */
-int dsacp_make_dir(const char *path);
-/* The same; *created tells whether this call created it (false when it existed). */
+/* mkdir for one level (parents must exist); succeeds when it exists as a directory. *created
+ * (when not NULL) tells whether this call created it (false when it existed). */
 int dsacp_make_dir_created(const char *path, bool *created);
 
 #endif
