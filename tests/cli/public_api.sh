@@ -21,4 +21,23 @@ for f in *.c *.h; do
     fail "$f includes internal headers: ${bad[*]}"
   fi
 done
+
+# Every function a public header declares is defined by the shared library (the declarations of
+# dsacp_util.h / dsacp_io.h repeat internal ones until those headers include them: this catches
+# a drift). static inline helpers are skipped.
+BUILD=${DSACP_BUILD_DIR:-}
+lib="$BUILD/libdsacp.so"
+if [[ -n $BUILD && -e $lib ]] && command -v nm >/dev/null; then
+  defined=$(nm -D --defined-only "$lib" | awk '{print $3}')
+  for h in "$SRC"/include/dsacp*.h; do
+    missing=()
+    while read -r fn; do
+      grep -qx -- "$fn" <<<"$defined" || missing+=("$fn")
+    done < <(grep -v 'static inline' "$h" | grep -oE '^[a-z][a-z0-9_ ]*[ *]dsacp_[a-z0-9_]+\(' | sed -E 's/.*[ *](dsacp_[a-z0-9_]+)[(]$/\1/')
+    if ((${#missing[@]} == 0)); then pass "$(basename "$h"): every declared function is in libdsacp.so"
+    else fail "$(basename "$h") declares functions libdsacp.so lacks: ${missing[*]}"; fi
+  done
+else
+  echo "note: $lib not built, declarations not checked"
+fi
 finish

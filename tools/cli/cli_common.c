@@ -498,6 +498,30 @@ bool cli_block_size_fits(const char *cmd, const dsacp_engine_options *eo, const 
 
 dsacp_comm *cli_world = NULL;
 
+/* The combinations dsacp_cp_options_check refuses that a flag alone does not show, checked here
+ * in its order so the message names the flags (the library's names the option fields). */
+static bool cp_conflicts(const char *cmd, const dsacp_cp_options *cp)
+{
+    const char *msg = NULL;
+    char buf[512];
+    if (cp->context_hardware && cp->context_path != DSACP_CONTEXT_AUTO) {
+        snprintf(buf, sizeof buf, "--context-hardware %s: belongs to '--context-path auto' (the path is %s)",
+                 cp->context_hardware, dsacp_context_path_name(cp->context_path));
+        msg = buf;
+    } else if (cp->index_layout == DSACP_LAYOUT_PARTIAL && cp->mode == DSACP_CP_DSA_CP) {
+        msg = "--index-layout partial:G belongs to --cp-mode dcp";
+    } else if (cp->mode == DSACP_CP_DCP && (cp->q_proj != DSACP_WEIGHTS_REPLICATED || cp->o_proj != DSACP_WEIGHTS_REPLICATED)) {
+        msg = "--q-proj/--o-proj plans belong to --cp-mode dsa-cp (DCP splits the heads of q_b_proj and o_proj already)";
+    } else if (cp->q_proj >= DSACP_WEIGHTS_TP) {
+        snprintf(buf, sizeof buf, "--q-proj %s: q_b_proj is replicated or layer-shard (tp and auto are o_proj plans)",
+                 dsacp_weight_plan_name(cp->q_proj));
+        msg = buf;
+    }
+    if (!msg) return true;
+    fprintf(stderr, "dsacp %s: %s\n", cmd, msg);
+    return false;
+}
+
 /* A library parser's verdict on --flag's value: prints its message naming the flag. */
 static bool parsed(const char *cmd, const char *flag, int status)
 {
@@ -614,7 +638,7 @@ bool cli_cp_options(const char *cmd, const cli_opt *opts, dsacp_cp_options *cp)
                 cmd, (long long)cp->index_group, W);
         return false;
     }
-    return true;
+    return cp_conflicts(cmd, cp);
 }
 
 int cli_cp_begin(const char *cmd, const cli_opt *opts, cli_output *report)
