@@ -125,12 +125,6 @@ int dsacp_linear(const dsacp_weight *w, const float *x, int64_t T, int64_t ldx, 
     return linear_alloc(dsacp_kernels(), w, x, T, ldx, y, ldy, act_quant);
 }
 
-int dsacp_linear_scalar(const dsacp_weight *w, const float *x, int64_t T, int64_t ldx, float *y, int64_t ldy,
-                        bool act_quant)
-{
-    return linear_alloc(&dsacp_kernels_scalar, w, x, T, ldx, y, ldy, act_quant);
-}
-
 /* ---- small kernels ---- */
 
 void dsacp_rmsnorm(float *y, const float *x, const float *weight, int64_t n, double eps)

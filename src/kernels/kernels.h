@@ -92,20 +92,19 @@ int dsacp_linear_ws(const dsacp_weight *w, const float *x, int64_t T, int64_t ld
                     bool act_quant, void *ws, size_t ws_bytes);
 int dsacp_linear(const dsacp_weight *w, const float *x, int64_t T, int64_t ldx, float *y, int64_t ldy,
                  bool act_quant);
-/* The scalar twin (reference; dsacp_kernels_scalar.linear, allocating as dsacp_linear does).
- * It decodes blocks of 16 weight rows (dsacp_weight_row_f32) into a per-thread buffer of the
- * workspace and sums each output with dsacp_dot_f32. The AVX-512 variant reads the stored weight once, dequantizing
- * 16 columns at a time in registers (BF16: shift; E4M3: bit manipulation times the block scale,
- * the same single rounding as dsacp_weight_row_f32), and sums y[t][o] in 16 lanes (lane l takes
+/* The variants. The scalar twin (the reference, dsacp_kernels_scalar.linear) decodes blocks of
+ * 16 weight rows (dsacp_weight_row_f32) into a per-thread buffer of the workspace and sums each
+ * output with dsacp_dot_f32. The AVX-512 variant reads the stored weight once, dequantizing 16
+ * columns at a time in registers (BF16: shift; E4M3: bit manipulation times the block scale, the
+ * same single rounding as dsacp_weight_row_f32), and sums y[t][o] in 16 lanes (lane l takes
  * columns i = l mod 16, FMA, masked tail) reduced by a fixed tree -- the same instruction
- * sequence for every t, whatever T is. With AVX512-VBMI and blocks of a multiple of 64, E4M3 instead
- * decodes 64 bytes at a time through vpermi2b tables to exact bf16-valued floats, sums each 128-block
- * unscaled and applies the block scale once per block (kernels_avx512.c, "table decode") -- again
- * one chain per output whatever T is. The AVX2 variant keeps the 16-lane chains in ymm pairs.
- * Threads split the output rows (only when the call is large enough and not already inside a
- * parallel region). */
-int dsacp_linear_scalar(const dsacp_weight *w, const float *x, int64_t T, int64_t ldx, float *y, int64_t ldy,
-                        bool act_quant);
+ * sequence for every t, whatever T is. With AVX512-VBMI and blocks of a multiple of 64, E4M3
+ * instead decodes 64 bytes at a time through vpermi2b tables to exact bf16-valued floats, sums
+ * each 128-block unscaled and applies the block scale once per block (kernels_avx512.c, "table
+ * decode") -- again one chain per output whatever T is. The AVX2 variant keeps the 16-lane chains
+ * in ymm pairs. From DSACP_GEMM_MIN_T tokens the SIMD variants run the blocked GEMM with the same
+ * chains (gemm_avx2.c). Threads split the output rows (only when the call is large enough and
+ * not already inside a parallel region). */
 
 /* Lightning-indexer scores of one query against n keys (docs/dsa-math.md 3.5):
  *   q:       F32 [Hi][di]  the query heads (deployed mode: the e4m3 values, scale folded into w)
@@ -140,8 +139,6 @@ size_t dsacp_index_query_bytes(int64_t Hi, int64_t di);
 void dsacp_index_query_pack(const float *q, const float *w, int64_t Hi, int64_t di, void *packed);
 void dsacp_index_scores_packed(const void *packed, const void *keys, const float *kscales, int64_t n,
                                float *out);
-void dsacp_index_scores_scalar(const float *q, const float *w, int64_t Hi, int64_t di, const void *keys,
-                               const float *kscales, int64_t n, float *out);
 
 /* y = x / sqrt(mean(x^2) + eps) * weight, n values (weight: dsacp_weight of n, any float dtype). */
 void dsacp_rmsnorm(float *y, const float *x, const float *weight, int64_t n, double eps);
@@ -192,13 +189,11 @@ int dsacp_sparse_mla(const float *q, const float *kv, int64_t n, int64_t H, int6
 size_t dsacp_sparse_mla_work_bytes(int64_t n, int64_t H, int64_t dc, int64_t dr);
 int dsacp_sparse_mla_ws(const float *q, const float *kv, int64_t n, int64_t H, int64_t dc, int64_t dr, float scale,
                         float *o, float *lse, void *work, size_t work_bytes);
-/* The scalar twin. The AVX-512 variant vectorizes across heads: it transposes q once, runs
+/* The variants. The AVX-512 one vectorizes across heads: it transposes q once, runs
  * chunks of 64 keys through S^T = K Q^T (register tile 6 keys x 64 heads, sequential over the
  * dc + dr dims), an online softmax per head, and O^T += V^T P^T (tile 6 latent dims x 64 heads,
  * sequential over keys); each head's result depends only on its own q row, kv and n. It splits
  * head tiles over threads when not already inside a parallel region. */
-void dsacp_sparse_mla_scalar(const float *q, const float *kv, int64_t n, int64_t H, int64_t dc, int64_t dr,
-                             float scale, float *o, float *lse, float *work);
 
 /* qsort comparator of int32 in ascending order (the one copy; selections sort positions). */
 int dsacp_cmp_i32(const void *a, const void *b);

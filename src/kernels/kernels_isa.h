@@ -61,6 +61,11 @@ static inline void *dsacp_ws_take(dsacp_ws *w, size_t bytes)
 
 /* ---- scalar pieces (kernels.c) ---- */
 
+/* The scalar twins of dsacp_index_scores and dsacp_sparse_mla (its work: F32 [n]). */
+void dsacp_index_scores_scalar(const float *q, const float *w, int64_t Hi, int64_t di, const void *keys,
+                               const float *kscales, int64_t n, float *out);
+void dsacp_sparse_mla_scalar(const float *q, const float *kv, int64_t n, int64_t H, int64_t dc, int64_t dr,
+                             float scale, float *o, float *lse, float *work);
 void dsacp_gemv_t_scalar(const float *A, int64_t lda, const float *x, int64_t m, int64_t n, float *y);
 /* The LSE merge with the weighted sum of one ISA (dsacp_kernel_table.axpy). */
 void dsacp_lse_merge_axpy(const float *o_parts, const float *lse_parts, int64_t R, int64_t H, int64_t d, float *o,
