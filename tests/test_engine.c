@@ -1,11 +1,13 @@
 /*
  * test_engine.c -- the single-process engine against the float64 reference model, and its
  * invariances: schedules (single prefill / odd chunks / token by token, mixed with other
- * requests), block sizes, cache dtypes, numerics modes, capacity refusal.
+ * requests), block sizes, cache dtypes, numerics modes, capacity refusal; the step workspace
+ * sized for max_num_batched_tokens (no step up to it grows it, a larger one is refused whole).
  */
 #include "test.h"
 #include "cache/kv_cache.h"
 #include "engine/engine.h"
+#include "engine/engine_internal.h" /* the step workspace's capacity */
 #include "numerics/numerics.h"
 #include "ref/ref_model.h"
 #include "ref/test_util.h"
@@ -562,6 +564,42 @@ static void test_step_last(void)
     model_done(m, dir);
 }
 
+/* dsacp_engine_set_max_num_batched_tokens: the workspace is sized once; steps up to the limit
+ * (prefill and decode) never grow it, a larger step is refused whole naming the parameter and
+ * changes nothing; 0 lifts the limit. */
+static void test_max_num_batched_tokens(void)
+{
+    char *dir;
+    dsacp_model *m = preset_model("tiny-moe", 8, DSACP_WEIGHTS_F32, &dir);
+    const int64_t V = dsacp_model_config(m)->vocab_size;
+    dsacp_engine *e;
+    REQUIRE_OK(dsacp_engine_create(m, NULL, &e));
+    CHECK(dsacp_engine_set_max_num_batched_tokens(e, -1) == DSACP_EINVAL);
+    REQUIRE_OK(dsacp_engine_set_max_num_batched_tokens(e, 8));
+    const size_t cap = e->ws.cap;
+    int32_t ids[16];
+    tu_random_ids(ids, 16, V, 5);
+    int64_t a, b;
+    REQUIRE_OK(dsacp_engine_add_request(e, &a));
+    REQUIRE_OK(dsacp_engine_add_request(e, &b));
+    float *lg = malloc((size_t)(16 * V) * sizeof(float));
+    dsacp_step_entry s1[2] = {{a, 5, ids}, {b, 3, ids + 5}};
+    CHECK_OK(dsacp_engine_step(e, s1, 2, lg, NULL));
+    dsacp_step_entry s2[2] = {{a, 1, ids + 8}, {b, 1, ids + 9}};
+    CHECK_OK(dsacp_engine_step_last(e, s2, 2, lg, NULL));
+    CHECK(e->ws.cap == cap);
+    dsacp_step_entry s3 = {a, 9, ids};
+    CHECK(dsacp_engine_step(e, &s3, 1, lg, NULL) == DSACP_EINVAL);
+    CHECKF(strstr(dsacp_last_error(), "max_num_batched_tokens 8") != NULL, "%s", dsacp_last_error());
+    CHECK(dsacp_engine_request_length(e, a) == 6 && e->ws.cap == cap);
+    CHECK_OK(dsacp_engine_set_max_num_batched_tokens(e, 0));
+    CHECK_OK(dsacp_engine_step(e, &s3, 1, lg, NULL));
+    CHECK(dsacp_engine_request_length(e, a) == 15 && e->ws.cap > cap);
+    free(lg);
+    dsacp_engine_free(e);
+    model_done(m, dir);
+}
+
 int main(void)
 {
     test_step_last();
@@ -572,5 +610,6 @@ int main(void)
     test_v32_heads();
     test_fp8_cache_bytes();
     test_capacity();
+    test_max_num_batched_tokens();
     return test_finish("test_engine");
 }

@@ -248,7 +248,24 @@ static int check_entries(const dsacp_engine *e, const dsacp_step_entry *entries,
             return dsacp_error(DSACP_ERANGE, "step entry %lld: sequence longer than 2^31", (long long)i);
         T += en->n_tokens;
     }
+    if (e->max_step_tokens > 0 && T > e->max_step_tokens)
+        return dsacp_error(DSACP_EINVAL, "step of %lld tokens: more than the engine's max_num_batched_tokens %lld",
+                           (long long)T, (long long)e->max_step_tokens);
     *T_out = T;
+    return DSACP_OK;
+}
+
+int dsacp_engine_set_max_num_batched_tokens(dsacp_engine *e, int64_t max_tokens)
+{
+    if (max_tokens < 0)
+        return dsacp_error(DSACP_EINVAL, "max_num_batched_tokens %lld: must be >= 0 (0: no limit)",
+                           (long long)max_tokens);
+    if (max_tokens > 0) {
+        int rc = dsacp_arena_reserve(&e->ws, step_workspace(e, max_tokens, max_tokens),
+                                     "the step workspace for max_num_batched_tokens");
+        if (rc) return rc;
+    }
+    e->max_step_tokens = max_tokens;
     return DSACP_OK;
 }
 

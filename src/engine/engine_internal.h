@@ -54,9 +54,11 @@ struct dsacp_engine {
     dsacp_engine_request *req;
     int64_t nreq, capreq;
     dsacp_engine_plan *plan; /* NULL until dsacp_engine_plan_setup */
-    /* The step workspace (engine.c, "the step"): sized at creation for a one-token step, grown
-     * at the start of a larger step than any before (nothing taken then), reset at every step. */
+    /* The step workspace (engine.c, "the step"): sized at creation for a one-token step (or by
+     * dsacp_engine_set_max_num_batched_tokens for the largest step accepted), grown at the start
+     * of a larger step than any before (nothing taken then), reset at every step. */
     dsacp_arena ws;
+    int64_t max_step_tokens; /* dsacp_engine_set_max_num_batched_tokens; 0: no limit */
 };
 
 /* ---- engine.c ---- */
