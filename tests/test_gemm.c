@@ -11,6 +11,7 @@
  *      chains (on AVX-512 VBMI machines check 2 also ties it to the zmm table decode).
  */
 #include "test.h"
+#include "kernel_weights.h"
 #include "kernels/kernels.h"
 #include "kernels/kernels_isa.h"
 #include "numerics/numerics.h"
@@ -98,28 +99,13 @@ static int64_t mismatches(const float *a, const float *b, int64_t n)
 
 static void run_shape(dsacp_isa isa, int64_t N, int64_t K, int64_t T, int64_t blk)
 {
-    float *w = malloc((size_t)(N * K) * sizeof(float)), *x = malloc((size_t)(T * K) * sizeof(float)), *xq = malloc((size_t)(T * K) * sizeof(float));
+    float *x = malloc((size_t)(T * K) * sizeof(float)), *xq = malloc((size_t)(T * K) * sizeof(float));
     float *y = malloc((size_t)(T * N) * sizeof(float)), *y1 = malloc((size_t)(T * N) * sizeof(float)), *yt = malloc((size_t)(T * N) * sizeof(float));
     float *ym = malloc((size_t)(T * N) * sizeof(float));
-    uint16_t *wb = malloc((size_t)(N * K) * sizeof(uint16_t)), *wh = malloc((size_t)(N * K) * sizeof(uint16_t));
-    uint8_t *w8 = malloc((size_t)(N * K));
-    const int64_t sr = (N + blk - 1) / blk, sc = (K + blk - 1) / blk;
-    float *scales = malloc((size_t)(sr * sc) * sizeof(float));
-    for (int64_t i = 0; i < N * K; i++) {
-        w[i] = frand();
-        wb[i] = dsacp_f32_to_bf16(w[i]);
-        wh[i] = dsacp_f32_to_f16(w[i]);
-        w8[i] = dsacp_f32_to_e4m3(w[i] * 400);
-    }
-    for (int64_t i = 0; i < sr * sc; i++) scales[i] = (float)(0.0025 * (1 + dsacp_rng_uniform(&rng)));
+    kernel_weights kw;
+    kernel_weights_make(&kw, N, K, blk, &rng);
     for (int64_t i = 0; i < T * K; i++) x[i] = frand() * (i % 7 == 0 ? 30.0f : 1.0f);
-    dsacp_weight ws[4] = {
-        {.name = "f32", .dtype = DSACP_F32, .ndim = 2, .rows = N, .cols = K, .data = w},
-        {.name = "bf16", .dtype = DSACP_BF16, .ndim = 2, .rows = N, .cols = K, .data = wb},
-        {.name = "f16", .dtype = DSACP_F16, .ndim = 2, .rows = N, .cols = K, .data = wh},
-        {.name = "fp8", .dtype = DSACP_F8_E4M3, .ndim = 2, .rows = N, .cols = K, .data = w8, .scale = scales,
-         .scale_rows = sr, .scale_cols = sc, .scale_stride = sc, .block = blk},
-    };
+    const dsacp_weight *ws = kw.w;
     const int maxth = omp_get_max_threads();
     for (int k = 0; k < 4; k++)
         for (int aq = 0; aq < 2; aq++) {
@@ -158,17 +144,13 @@ static void run_shape(dsacp_isa isa, int64_t N, int64_t K, int64_t T, int64_t bl
                        (long long)N, (long long)K, (long long)T, (long long)blk, aq, (long long)bf);
             }
         }
-    free(w);
     free(x);
     free(xq);
     free(y);
     free(y1);
     free(yt);
     free(ym);
-    free(wb);
-    free(wh);
-    free(w8);
-    free(scales);
+    kernel_weights_free(&kw);
 }
 
 /* The AVX2 act_quant rounding equals dsacp_fake_quant_e4m3_groups bit for bit: random groups

@@ -7,6 +7,7 @@
  * the radix top-k equal to the quickselect reference.
  */
 #include "test.h"
+#include "kernel_weights.h"
 #include "cache/kv_cache.h"
 #include "kernels/kernels.h"
 #include "numerics/numerics.h"
@@ -33,27 +34,12 @@ static void test_linear(dsacp_isa isa)
     static const int64_t shapes[][3] = {{1, 1, 1}, {5, 17, 3}, {37, 275, 5}, {64, 256, 1}, {33, 384, 7}, {130, 129, 4}, {19, 200, 2}, {7, 12, 6}, {3, 136, 9}};
     for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
         const int64_t N = shapes[s][0], K = shapes[s][1], T = shapes[s][2];
-        float *w = malloc((size_t)(N * K) * sizeof(float)), *x = malloc((size_t)(T * K) * sizeof(float));
+        float *x = malloc((size_t)(T * K) * sizeof(float));
         float *y = malloc((size_t)(T * N) * sizeof(float)), *yr = malloc((size_t)(T * N) * sizeof(float)), *y1 = malloc((size_t)N * sizeof(float));
-        uint16_t *wb = malloc((size_t)(N * K) * sizeof(uint16_t)), *wh = malloc((size_t)(N * K) * sizeof(uint16_t));
-        uint8_t *w8 = malloc((size_t)(N * K));
-        const int64_t sr = (N + 127) / 128, sc = (K + 127) / 128;
-        float *scales = malloc((size_t)(sr * sc) * sizeof(float));
-        for (int64_t i = 0; i < N * K; i++) {
-            w[i] = frand();
-            wb[i] = dsacp_f32_to_bf16(w[i]);
-            wh[i] = dsacp_f32_to_f16(w[i]);
-            w8[i] = dsacp_f32_to_e4m3(w[i] * 400);
-        }
-        for (int64_t i = 0; i < sr * sc; i++) scales[i] = (float)(0.0025 * (1 + dsacp_rng_uniform(&rng)));
+        kernel_weights kw;
+        kernel_weights_make(&kw, N, K, 128, &rng);
         for (int64_t i = 0; i < T * K; i++) x[i] = frand();
-        dsacp_weight ws[4] = {
-            {.name = "f32", .dtype = DSACP_F32, .ndim = 2, .rows = N, .cols = K, .data = w},
-            {.name = "bf16", .dtype = DSACP_BF16, .ndim = 2, .rows = N, .cols = K, .data = wb},
-            {.name = "f16", .dtype = DSACP_F16, .ndim = 2, .rows = N, .cols = K, .data = wh},
-            {.name = "fp8", .dtype = DSACP_F8_E4M3, .ndim = 2, .rows = N, .cols = K, .data = w8, .scale = scales,
-             .scale_rows = sr, .scale_cols = sc, .scale_stride = sc, .block = 128},
-        };
+        const dsacp_weight *ws = kw.w;
         for (int k = 0; k < 4; k++)
             for (int aq = 0; aq < 2; aq++) {
                 CHECK_OK(dsacp_isa_set(DSACP_ISA_SCALAR));
@@ -69,15 +55,11 @@ static void test_linear(dsacp_isa isa)
                            dsacp_isa_name(isa), ws[k].name, (long long)t);
                 }
             }
-        free(w);
         free(x);
         free(y);
         free(yr);
         free(y1);
-        free(wb);
-        free(wh);
-        free(w8);
-        free(scales);
+        kernel_weights_free(&kw);
     }
 }
 
@@ -91,25 +73,12 @@ static void test_linear_ws(dsacp_isa isa)
     CHECK_OK(dsacp_isa_set(isa));
     for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
         const int64_t N = shapes[s][0], K = shapes[s][1], T = shapes[s][2];
-        float *w = malloc(sizeof(float) * (size_t)(N * K)), *x = malloc(sizeof(float) * (size_t)(T * K));
+        float *x = malloc(sizeof(float) * (size_t)(T * K));
         float *y = malloc(sizeof(float) * (size_t)(T * N)), *yw = malloc(sizeof(float) * (size_t)(T * N));
-        uint16_t *wb = malloc(sizeof(uint16_t) * (size_t)(N * K));
-        uint8_t *w8 = malloc((size_t)(N * K));
-        const int64_t sr = (N + 127) / 128, sc = (K + 127) / 128;
-        float *scales = malloc(sizeof(float) * (size_t)(sr * sc));
-        for (int64_t i = 0; i < N * K; i++) {
-            w[i] = frand();
-            wb[i] = dsacp_f32_to_bf16(w[i]);
-            w8[i] = dsacp_f32_to_e4m3(w[i] * 400);
-        }
-        for (int64_t i = 0; i < sr * sc; i++) scales[i] = (float)(0.0025 * (1 + dsacp_rng_uniform(&rng)));
+        kernel_weights kw;
+        kernel_weights_make(&kw, N, K, 128, &rng);
         for (int64_t i = 0; i < T * K; i++) x[i] = frand();
-        const dsacp_weight ws[3] = {
-            {.name = "f32", .dtype = DSACP_F32, .ndim = 2, .rows = N, .cols = K, .data = w},
-            {.name = "bf16", .dtype = DSACP_BF16, .ndim = 2, .rows = N, .cols = K, .data = wb},
-            {.name = "fp8", .dtype = DSACP_F8_E4M3, .ndim = 2, .rows = N, .cols = K, .data = w8, .scale = scales,
-             .scale_rows = sr, .scale_cols = sc, .scale_stride = sc, .block = 128},
-        };
+        const dsacp_weight ws[3] = {kw.w[0], kw.w[1], kw.w[3]};
         for (int k = 0; k < 3; k++)
             for (int aq = 0; aq < 2; aq++) {
                 const size_t need = dsacp_linear_ws_bytes(&ws[k], T, aq);
@@ -135,13 +104,10 @@ static void test_linear_ws(dsacp_isa isa)
                 if (act) CHECK(dsacp_linear_ws(&ws[k], x, T, K, yw, N, aq, buf, 16) == DSACP_EINVAL);
                 free(buf);
             }
-        free(w);
         free(x);
         free(y);
         free(yw);
-        free(wb);
-        free(w8);
-        free(scales);
+        kernel_weights_free(&kw);
     }
 }
 
