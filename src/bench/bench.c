@@ -92,6 +92,14 @@ void bench_rate(bench_run *r, const char *name, double value, const char *unit, 
     bench_result(r, name, value, unit, ceil_name, ceil_value, ceil_value > 0 ? value / ceil_value : NAN);
 }
 
+void bench_work_rate(bench_run *r, const char *name, int64_t i, double seconds, const char *ceil_name,
+                     double ceil_value)
+{
+    const bench_case *c = r->current;
+    const bool bytes = !strcmp(c->work_unit, "byte");
+    bench_rate(r, name, c->work(r, i) / seconds * 1e-9, bytes ? "GB/s" : "GFLOP/s", ceil_name, ceil_value);
+}
+
 /* ---- timing ---- */
 
 static int cmp_double(const void *a, const void *b)
@@ -157,6 +165,7 @@ static int run_case(bench_run *r, const bench_case *c, bench_layer_weights *lw, 
         if (rc) return rc;
     }
     void *state = NULL;
+    r->current = c;
     if (c->setup) rc = c->setup(r, &state);
     if (!rc && c->run) rc = c->run(r, state);
     if (c->teardown) c->teardown(state);

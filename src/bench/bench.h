@@ -32,6 +32,7 @@ typedef struct bench_run {
     double peak_fma, stream_copy, stream_read, sgemm_indexer, sgemm_indexer_prefill, sgemm_mla;
     double indexer_fp8_s;        /* one decode query's fp8 scoring, once the indexer case timed it */
     const dsacp_dsa_weights *lw; /* layer 0's weights, for the cases with layer_weights */
+    const struct bench_case *current; /* the case running */
 } bench_run;
 
 /* A case: setup builds its operands (untimed, *state NULL when nothing could be allocated), run
@@ -64,6 +65,10 @@ void bench_result(bench_run *r, const char *name, double value, const char *unit
 /* A rate against a ceiling of the same unit (ratio value / ceil_value). */
 void bench_rate(bench_run *r, const char *name, double value, const char *unit, const char *ceil_name,
                 double ceil_value);
+/* The running case's rate of call i taking `seconds`: work(r, i) / seconds, in GFLOP/s or GB/s
+ * (its work_unit), against a ceiling as bench_rate. */
+void bench_work_rate(bench_run *r, const char *name, int64_t i, double seconds, const char *ceil_name,
+                     double ceil_value);
 
 /* ---- timing (bench.c) ---- */
 typedef void (*bench_fn)(void *arg);

@@ -123,7 +123,7 @@ static int run(bench_run *r, void *state)
         bench_result(r, cname, flops / best[0] * 1e-9, "GFLOP/s", NULL, 0, 0);
         for (int k = 0; k < NW; k++) {
             snprintf(name, sizeof name, "gemm_%s_T%lld", tag[k], (long long)T);
-            bench_rate(r, name, flops / best[k + 1] * 1e-9, "GFLOP/s", cname, flops / best[0] * 1e-9);
+            bench_work_rate(r, name, T, best[k + 1], cname, flops / best[0] * 1e-9);
         }
         if (rc) return rc;
     }

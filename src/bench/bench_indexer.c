@@ -104,14 +104,13 @@ static int run(bench_run *r, void *state)
     const bench_index_data *d = state;
     const double t = bench_index_time_fp8(r, d);
     r->indexer_fp8_s = t;
-    bench_rate(r, "indexer_fp8", work(r, 1) / t * 1e-9, "GFLOP/s", "sgemm_indexer", r->sgemm_indexer);
+    bench_work_rate(r, "indexer_fp8", 1, t, "sgemm_indexer", r->sgemm_indexer);
     bench_result(r, "indexer_fp8_time", t * 1e3, "ms", NULL, 0, 0);
     score_arg f32 = {d, false, 1}, multi = {d, true, QUERIES};
     const double tf = bench_time(score_run, NULL, &f32, r->opt->reps, 0.02);
-    bench_rate(r, "indexer_f32", work(r, 1) / tf * 1e-9, "GFLOP/s", "sgemm_indexer", r->sgemm_indexer);
+    bench_work_rate(r, "indexer_f32", 1, tf, "sgemm_indexer", r->sgemm_indexer);
     const double tm = bench_time(score_run, NULL, &multi, r->opt->reps, 0.02);
-    bench_rate(r, "indexer_prefill16_fp8", work(r, QUERIES) / tm * 1e-9, "GFLOP/s", "sgemm_indexer_prefill16",
-               r->sgemm_indexer_prefill);
+    bench_work_rate(r, "indexer_prefill16_fp8", QUERIES, tm, "sgemm_indexer_prefill16", r->sgemm_indexer_prefill);
     return DSACP_OK;
 }
 

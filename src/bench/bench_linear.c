@@ -84,9 +84,8 @@ static int run(bench_run *r, void *state)
         linear_arg a = {s, s->w[i], r->opt->deployed && s->w[i]->dtype == DSACP_F8_E4M3, 0};
         const double t = bench_time(linear_run, warm ? NULL : cache_flush, &a, r->opt->reps < 5 ? 5 : r->opt->reps,
                                     warm ? 0.02 : 0);
-        const double bytes = work(r, i);
-        tot_bytes += bytes, tot_t += t;
-        bench_rate(r, names[i], bytes / t * 1e-9, "GB/s", "stream_copy", r->stream_copy);
+        tot_bytes += work(r, i), tot_t += t;
+        bench_work_rate(r, names[i], i, t, "stream_copy", r->stream_copy);
         if (a.rc) return a.rc;
     }
     bench_rate(r, "linear_all", tot_bytes / tot_t * 1e-9, "GB/s", "stream_copy", r->stream_copy);

@@ -59,7 +59,7 @@ static int run(bench_run *r, void *state)
 {
     mla_state *s = state;
     const double t = bench_time(mla_run, NULL, s, r->opt->reps, 0.02);
-    bench_rate(r, "sparse_mla", work(r, s->n) / t * 1e-9, "GFLOP/s", "sgemm_mla", r->sgemm_mla);
+    bench_work_rate(r, "sparse_mla", s->n, t, "sgemm_mla", r->sgemm_mla);
     bench_result(r, "sparse_mla_time", t * 1e3, "ms", NULL, 0, 0);
     return DSACP_OK;
 }

@@ -49,7 +49,7 @@ static int run(bench_run *r, void *state)
     bench_result(r, "prefill_layer_time", t * 1e3, "ms", NULL, 0, 0);
     bench_result(r, "prefill_layer_tokens_per_s", (double)L / t, "tok/s", NULL, 0, 0);
     if (peak > 0) bench_result(r, "peak_fma_after", again, "GFLOP/s", NULL, 0, 0);
-    bench_rate(r, "prefill_layer_gflops", work(r, L) / t * 1e-9, "GFLOP/s", peak > 0 ? "peak_fma_max" : NULL, peak);
+    bench_work_rate(r, "prefill_layer_gflops", L, t, peak > 0 ? "peak_fma_max" : NULL, peak);
     return DSACP_OK;
 }
 
