@@ -10,6 +10,7 @@
 #include "kernel_weights.h"
 #include "cache/kv_cache.h"
 #include "kernels/kernels.h"
+#include "kernels/kernels_isa.h"
 #include "numerics/numerics.h"
 
 #include <math.h>
@@ -263,6 +264,36 @@ static void test_kv_decode(dsacp_isa isa, const float *want_bf16, const float *w
     }
 }
 
+/* Issue 21: the cache row decoders are table slots; each ISA's gives the scalar twins' floats bit
+ * for bit on awkward lengths (tails of 1..15), groups of 16 and 128, and scales out of the SIMD
+ * decode's range (|scale| >= 2^7: the scalar path). */
+static void test_row_decoders(dsacp_isa isa)
+{
+    static const int64_t ns[] = {1, 15, 16, 17, 100, 128, 200, 513};
+    uint8_t src[1026];
+    float scales[40], a[513], b[513];
+    for (size_t i = 0; i < sizeof src; i++) src[i] = (uint8_t)(dsacp_rng_u64(&rng) & 0xFF);
+    CHECK_OK(dsacp_isa_set(isa));
+    const dsacp_kernel_table *t = dsacp_kernels();
+    for (size_t k = 0; k < sizeof ns / sizeof ns[0]; k++) {
+        const int64_t n = ns[k];
+        t->bf16_row(src, n, a);
+        dsacp_bf16_row_scalar(src, n, b);
+        CHECKF(memcmp(a, b, sizeof(float) * (size_t)n) == 0, "%s bf16 row n=%lld", dsacp_isa_name(isa), (long long)n);
+        for (int64_t group = 16; group <= 128; group *= 8)
+            for (int big = 0; big < 2; big++) {
+                for (int g = 0; g < 40; g++) scales[g] = (float)(0.01 * (1 + dsacp_rng_uniform(&rng)));
+                if (big) scales[(n - 1) / group] = 300.0f;
+                t->e4m3_row(src, scales, group, n, a);
+                dsacp_e4m3_row_scalar(src, scales, group, n, b);
+                bool same = true;
+                for (int64_t i = 0; i < n; i++) same &= memcmp(a + i, b + i, sizeof(float)) == 0 || (isnan(a[i]) && isnan(b[i]));
+                CHECKF(same, "%s e4m3 row n=%lld group=%lld big=%d", dsacp_isa_name(isa), (long long)n, (long long)group,
+                       big);
+            }
+    }
+}
+
 static void test_gemv_t(dsacp_isa isa)
 {
     const int64_t m = 37, n = 133;
@@ -360,6 +391,7 @@ int main(void)
         test_index(isa);
         test_mla(isa);
         test_gemv_t(isa);
+        test_row_decoders(isa);
         test_small(isa);
         test_kv_decode(isa, kv_bf16, kv_fp8, kv_got);
     }
