@@ -1,45 +1,26 @@
 /*
  * core -- what every other module may use: the error path (status + thread-local message),
  * the allocator and the step workspace (arena.c), the deterministic random generator, timers and
- * small file helpers.
+ * small file helpers. Its public half (errors, allocator, checked sizes, clock, RNG, output
+ * files) is declared once, in include/dsacp_util.h; this header adds what only the library uses.
  * It calls nothing else in dsacp.
  */
 #ifndef DSACP_CORE_H
+/* Before DSACP_CORE_H is defined: dsacp_util.h defines the shared types and inline helpers only
+ * for a translation unit without core.h, and this is where core.h gets them. */
+#include "dsacp_util.h"
 #define DSACP_CORE_H
-
-#include "dsacp.h"
 
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 
-#if defined(__GNUC__)
-#define DSACP_PRINTF(a, b) __attribute__((format(printf, a, b)))
-#else
-#define DSACP_PRINTF(a, b)
-#endif
-
-/* The one error path: records a formatted message for dsacp_last_error() and returns
- * `status`, so a failure reads `return dsacp_error(DSACP_EFORMAT, "%s: ...", path);`. */
-int dsacp_error(int status, const char *fmt, ...) DSACP_PRINTF(2, 3);
-/* Prefixes the current message with "prefix: " (adds context on the way up) and returns status. */
-int dsacp_error_context(int status, const char *fmt, ...) DSACP_PRINTF(2, 3);
+/* The one error path is dsacp_error / dsacp_error_context (dsacp_util.h):
+ * `return dsacp_error(DSACP_EFORMAT, "%s: ...", path);`. Clears the current message: */
 void dsacp_error_clear(void);
 
-/* The one allocator: 64-byte aligned, zero-filled when requested; NULL on failure (and a
- * DSACP_ENOMEM message recorded). dsacp_free accepts NULL. */
-void *dsacp_alloc(size_t bytes);
-void *dsacp_calloc(size_t count, size_t size);
-void dsacp_free(void *p);
-/* Overflow-checked a*b and a+b on sizes; return false on overflow. */
-static inline bool dsacp_mul_ok(size_t a, size_t b, size_t *out)
-{
-    return !__builtin_mul_overflow(a, b, out);
-}
-static inline bool dsacp_add_ok(size_t a, size_t b, size_t *out)
-{
-    return !__builtin_add_overflow(a, b, out);
-}
+/* The one allocator is dsacp_alloc / dsacp_calloc / dsacp_free (64-byte aligned), sizes are
+ * checked with dsacp_mul_ok / dsacp_add_ok (dsacp_util.h). */
 
 /* ---- step workspace (arena) ----
  * One dsacp_alloc'd block (llm.c's single allocation) carved into named buffers, each 64-byte
@@ -100,20 +81,8 @@ void dsacp_fault_set_rank(int rank);
  * for a malformed spec or an unknown site. */
 int dsacp_fault_configure(const char *spec);
 
-/* Deterministic random numbers (splitmix64 seeding xoshiro256**). Same seed, same stream,
- * on every platform. */
-typedef struct dsacp_rng {
-    uint64_t s[4];
-} dsacp_rng;
-void dsacp_rng_seed(dsacp_rng *rng, uint64_t seed);
-uint64_t dsacp_rng_u64(dsacp_rng *rng);
-/* Uniform in [0, 1) with 53 random bits. */
-double dsacp_rng_uniform(dsacp_rng *rng);
-/* Standard normal (Box-Muller, no cached second value so the stream is position-independent). */
-double dsacp_rng_normal(dsacp_rng *rng);
-
-/* Monotonic wall clock in seconds (the one timer). */
-double dsacp_now(void);
+/* The random generator (dsacp_rng: xoshiro256** seeded by splitmix64) and the one timer
+ * (dsacp_now) are in dsacp_util.h. */
 
 /* ---- files ----
  * Reading: every reader opens with dsacp_open_regular, which never blocks (O_NONBLOCK) and
@@ -128,34 +97,14 @@ double dsacp_now(void);
 /* Opens `path` read-only (O_NONBLOCK, O_CLOEXEC), requires a regular file; *fd gets the
  * descriptor (close it) and *size its length. DSACP_EIO with a message naming the file. */
 int dsacp_open_regular(const char *path, int *fd, uint64_t *size);
-/* Reads a whole regular file into a NUL-terminated heap buffer (dsacp_free it). */
-int dsacp_read_file(const char *path, char **out, size_t *len, size_t max_len);
+/* dsacp_read_file (dsacp_util.h) reads a whole file through it. */
 
 /* DSACP_OK when `path` may be replaced by a new regular file: it does not exist or is a regular
  * file (lstat: a symlink there is refused, not resolved). DSACP_EIO naming the path otherwise. */
 int dsacp_check_output_path(const char *path);
 
-/* One output file in progress. */
-typedef struct dsacp_out {
-    int fd;     /* the temporary, -1 when none is open */
-    char *path; /* the target */
-    char *tmp;  /* the temporary's name, NULL once renamed or removed */
-} dsacp_out;
-/* Checks the target (dsacp_check_output_path) and creates its temporary. On failure nothing
- * exists and *o is safe to pass to dsacp_out_abort. */
-int dsacp_out_open(dsacp_out *o, const char *path);
-/* Writes all of data (retrying short writes and EINTR); on failure the temporary stays until
- * dsacp_out_abort. */
-int dsacp_out_write(dsacp_out *o, const void *data, size_t len);
-/* fsync, close, re-check the target, rename, fsync the directory. On failure the temporary is
- * removed. Either way *o is released afterwards. */
-int dsacp_out_commit(dsacp_out *o);
-/* Closes and removes the temporary (no-op when committed or never opened); releases *o. */
-void dsacp_out_abort(dsacp_out *o);
-
-/* Writes `len` bytes to `path` atomically through dsacp_out (temporary, fsync, rename, fsync of
- * the directory). */
-int dsacp_write_file_atomic(const char *path, const void *data, size_t len);
+/* dsacp_out_open checks the target with it; dsacp_out and dsacp_write_file_atomic are in
+ * dsacp_util.h. */
 /* mkdir for one level (parents must exist); succeeds when it exists as a directory. *created
  * (when not NULL) tells whether this call created it (false when it existed). */
 int dsacp_make_dir_created(const char *path, bool *created);
