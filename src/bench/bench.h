@@ -136,10 +136,10 @@ typedef struct bench_layer_step {
 } bench_layer_step;
 /* A case's state (*state) of `requests` sequences with `length` reserved positions each and a
  * step of `tokens` tokens (positions and sequence indices 0: the caller sets them), their input
- * rows x filled from `seed`. The case's teardown is bench_layer_step_teardown (also after a
- * failure). */
+ * rows x filled from `seed`; `what` names the step in an out-of-memory message (NULL: none).
+ * The case's teardown is bench_layer_step_teardown (also after a failure). */
 int bench_layer_step_new(const bench_run *r, void **state, int64_t requests, int64_t length, int64_t tokens,
-                         uint64_t seed);
+                         uint64_t seed, const char *what);
 void bench_layer_step_teardown(void *state);
 /* One call of the layer on the step (the decode layer's and prefill's timed function). */
 typedef struct bench_layer_call {

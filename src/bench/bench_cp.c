@@ -30,7 +30,7 @@ static int max_over_ranks(dsacp_comm *c, double *v, int n)
 {
     const int W = dsacp_comm_size(c);
     double *all = dsacp_calloc((size_t)W * (size_t)n, sizeof *all);
-    if (!all) return dsacp_error(DSACP_ENOMEM, "out of memory for the ranks' step times");
+    if (!all) return dsacp_error(DSACP_ENOMEM, "out of memory");
     int rc = dsacp_comm_allgather(c, v, (size_t)n * sizeof *v, all, -1);
     for (int q = 0; q < W && !rc; q++)
         for (int i = 0; i < n; i++) v[i] = fmax(v[i], all[q * n + i]);
@@ -68,7 +68,7 @@ static int one_step(dsacp_engine *e, const dsacp_step_entry *en, int64_t n, int6
 static int medians(const double *t, int64_t steps, dsacp_bench_cp_figures *out)
 {
     double med[NT], *col = dsacp_calloc((size_t)steps, sizeof *col);
-    if (!col) return dsacp_error(DSACP_ENOMEM, "out of memory for the step times");
+    if (!col) return dsacp_error(DSACP_ENOMEM, "out of memory");
     for (int k = 0; k < NT; k++) {
         for (int64_t s = 0; s < steps; s++) col[s] = t[s * NT + k];
         qsort(col, (size_t)steps, sizeof *col, cmp_double);
@@ -86,7 +86,7 @@ int dsacp_bench_cp_steps(dsacp_engine *engine, const dsacp_step_entry *entries, 
     *out = (dsacp_bench_cp_figures){0};
     if (steps < 1) return dsacp_error(DSACP_EINVAL, "bench cp: steps %lld must be >= 1", (long long)steps);
     double *t = dsacp_calloc((size_t)steps * NT, sizeof *t);
-    if (!t) return dsacp_error(DSACP_ENOMEM, "out of memory for the step times");
+    if (!t) return dsacp_error(DSACP_ENOMEM, "out of memory");
     int rc = DSACP_OK;
     for (int64_t s = 0; s < steps && !rc; s++) rc = one_step(engine, entries, n, steps, t + s * NT, out);
     if (!rc) rc = medians(t, steps, out);

@@ -41,7 +41,7 @@ static int fill_context(const bench_run *r, bench_layer_step *s, int64_t L)
 static int setup(bench_run *r, void **state)
 {
     const int64_t B = r->opt->batch, L = r->opt->context;
-    int rc = bench_layer_step_new(r, state, B, L, B, 41);
+    int rc = bench_layer_step_new(r, state, B, L, B, 41, NULL);
     bench_layer_step *s = *state;
     for (int64_t q = 0; q < B && !rc; q++) s->pos[q] = L - 1, s->seq[q] = (int32_t)q;
     return rc ? rc : fill_context(r, s, L);

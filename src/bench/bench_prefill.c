@@ -28,7 +28,7 @@ static double work(const bench_run *r, int64_t L)
 static int setup(bench_run *r, void **state)
 {
     const int64_t L = r->opt->context;
-    int rc = bench_layer_step_new(r, state, 1, L, L, 43);
+    int rc = bench_layer_step_new(r, state, 1, L, L, 43, "prefill");
     bench_layer_step *s = *state;
     for (int64_t i = 0; i < L && !rc; i++) s->pos[i] = i;
     return rc;

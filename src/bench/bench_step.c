@@ -7,7 +7,7 @@
 #include "core/core.h"
 
 int bench_layer_step_new(const bench_run *r, void **state, int64_t requests, int64_t length, int64_t tokens,
-                         uint64_t seed)
+                         uint64_t seed, const char *what)
 {
     const dsacp_config *c = r->cfg;
     const int64_t D = c->hidden_size, bs = r->opt->block_size;
@@ -22,7 +22,8 @@ int bench_layer_step_new(const bench_run *r, void **state, int64_t requests, int
     s->x = dsacp_calloc((size_t)(tokens * D), sizeof(float));
     s->out = dsacp_calloc((size_t)(tokens * D), sizeof(float));
     if (!s->seqs || !s->seqp || !s->pos || !s->seq || !s->x || !s->out)
-        return dsacp_error(DSACP_ENOMEM, "out of memory for a %lld-token layer step", (long long)tokens);
+        return what ? dsacp_error(DSACP_ENOMEM, "out of memory for a %lld-token %s", (long long)tokens, what)
+                    : dsacp_error(DSACP_ENOMEM, "out of memory");
     int rc = dsacp_rope_init(&s->rope, c);
     if (!rc)
         rc = dsacp_kv_cache_create(c, 1, r->opt->deployed ? DSACP_KV_FP8 : DSACP_KV_F32, r->opt->deployed, bs,

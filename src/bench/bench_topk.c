@@ -31,7 +31,7 @@ static int setup(bench_run *r, void **state)
     if (!s) return DSACP_ENOMEM;
     s->k = r->cfg->index_topk;
     s->selected = dsacp_calloc((size_t)s->k, sizeof *s->selected);
-    if (!s->selected) return dsacp_error(DSACP_ENOMEM, "out of memory for the top-k output");
+    if (!s->selected) return dsacp_error(DSACP_ENOMEM, "out of memory for the indexer operands");
     return bench_index_data_make(r, &s->d);
 }
 
