@@ -292,6 +292,15 @@ static const cp_case all_cases[] = {
 };
 enum { NCASES = sizeof all_cases / sizeof all_cases[0] };
 
+/* allgather-blocks (vllm-ascend #6563 as it runs): the interleave is the block size (16 here);
+ * its strategy id comes from the table by name (main fills `dec`). */
+static cp_case blocks_cases[] = {
+    {"allgather-blocks kv=sharded idx=sharded", 0, DSACP_LAYOUT_SHARDED, DSACP_LAYOUT_SHARDED, 16, DSACP_CP_DCP, DSACP_PREFILL_OWNER, DSACP_WEIGHTS_REPLICATED, DSACP_WEIGHTS_REPLICATED, 0, DSACP_LEAN_MERGE_OUTPUT, DSACP_PARTIALS_AUTO},
+    {"allgather-blocks kv=sharded idx=repl", 0, DSACP_LAYOUT_SHARDED, DSACP_LAYOUT_REPLICATED, 16, DSACP_CP_DCP, DSACP_PREFILL_OWNER, DSACP_WEIGHTS_REPLICATED, DSACP_WEIGHTS_REPLICATED, 0, DSACP_LEAN_MERGE_OUTPUT, DSACP_PARTIALS_AUTO},
+    {"allgather-blocks kv=repl idx=sharded", 0, DSACP_LAYOUT_REPLICATED, DSACP_LAYOUT_SHARDED, 16, DSACP_CP_DCP, DSACP_PREFILL_ZIGZAG, DSACP_WEIGHTS_REPLICATED, DSACP_WEIGHTS_REPLICATED, 0, DSACP_LEAN_MERGE_OUTPUT, DSACP_PARTIALS_AUTO},
+};
+enum { NBLOCKS = sizeof blocks_cases / sizeof blocks_cases[0] };
+
 /* lean (issue 12): every merge, list length and split; the default f = 2 and f = 1 (lists of
  * k / W scores: truncated lists and fallbacks at this size). */
 static const cp_case lean_cases[] = {
@@ -1583,6 +1592,59 @@ static void test_one_rank_fails(const dsacp_model *m)
     dsacp_engine_free(e);
 }
 
+/* allgather-blocks: a decode step of every request counted alone equals its formula (whole
+ * blocks and their table entries of [0, new_len)), and moves more than allgather-kv's entries of
+ * [0, old_len) (the seed's padding, tables and new tokens). */
+static void test_counters_blocks(const dsacp_model *m, const dsacp_engine_options *eo, const char *label)
+{
+    const dsacp_config *cfg = dsacp_model_config(m);
+    int64_t kv_recv[2] = {0, 0};
+    for (int c = 0; c < 2; c++) {
+        dsacp_cp_options cp;
+        dsacp_cp_options_default(&cp);
+        REQUIRE_OK(dsacp_decode_strategy_parse(c ? "allgather-blocks" : "allgather-kv", &cp.decode));
+        cp.interleave = eo->block_size;
+        dsacp_engine *e = NULL;
+        REQUIRE_OK(dsacp_engine_create_cp(m, eo, &cp, g_world, &e));
+        step_out got[NSTEP] = {0};
+        CHECK_OK(run_sched(e, cfg, got));
+        free_out(got);
+        int64_t old[NREQ], used[NREQ] = {0};
+        for (int st = 0; st < NSTEP; st++)
+            for (int r = 0; r < NREQ; r++) used[r] += sched[st][r];
+        dsacp_step_entry en[NREQ];
+        for (int r = 0; r < NREQ; r++) {
+            old[r] = dsacp_engine_request_length(e, r);
+            en[r] = (dsacp_step_entry){r, 1, g_ids[r] + used[r]};
+        }
+        dsacp_comm *ec = dsacp_engine_comm(e);
+        dsacp_comm_reset_counters(ec);
+        dsacp_engine_cp_stats_reset(e);
+        CHECK_OK(dsacp_engine_step(e, en, NREQ, NULL, NULL));
+        dsacp_cp_stats lst;
+        dsacp_engine_cp_stats(e, &lst);
+        const int64_t mla_b = dsacp_mla_cache_bytes_per_token(cfg, eo->kv_dtype);
+        const int64_t idx_b = dsacp_index_cache_bytes_per_token(cfg, eo->numerics == DSACP_NUMERICS_DEPLOYED ? DSACP_KV_FP8 : DSACP_KV_F32);
+        bool gv = false, f32 = false;
+        const dsacp_weight *o = dsacp_model_weight(m, "model.layers.0.self_attn.o_proj.weight");
+        if (o) dsacp_cp_o_paths(cfg, &cp, g_W, o->dtype, o->block, &gv, &f32);
+        expect ex[DSACP_PHASE_COUNT];
+        expected_decode(cfg, &cp, g_W, g_rank, NREQ, old, NREQ, mla_b, idx_b, gv, &lst, false, ex);
+        check_counters(ec, ex, label, dsacp_decode_strategy_name(cp.decode), "decode step");
+        int64_t req[NREQ];
+        for (int r = 0; r < NREQ; r++) req[r] = r;
+        const dsacp_plan_step ps = plan_decode(cfg, eo, NREQ, old, req, NREQ, old, gv, &lst);
+        check_plan(ec, cfg, &cp, &ps, dsacp_decode_strategy_name(cp.decode), "decode step");
+        kv_recv[c] = dsacp_comm_get_counter(ec, DSACP_PHASE_kv_gather).bytes_recv;
+        dsacp_engine_free(e);
+    }
+    CHECKF(g_W == 1 ? kv_recv[1] == 0 : kv_recv[1] > kv_recv[0], "%s W=%d rank %d: allgather-blocks received %lld bytes, "
+           "allgather-kv %lld", label, g_W, g_rank, (long long)kv_recv[1], (long long)kv_recv[0]);
+    if (g_rank == 0)
+        printf("%s counters allgather-blocks W=%d: decode step of %d tokens, rank 0 kv_gather recv %lld bytes "
+               "(allgather-kv %lld; formulas matched)\n", label, g_W, NREQ, (long long)kv_recv[1], (long long)kv_recv[0]);
+}
+
 static void test_bad_options(const dsacp_model *m)
 {
     dsacp_cp_options cp;
@@ -1595,6 +1657,11 @@ static void test_bad_options(const dsacp_model *m)
     int rc = dsacp_engine_create_cp(m, NULL, &cp, g_world, &e);
     CHECK(g_W == 1 ? rc == DSACP_OK : rc == DSACP_EINVAL);
     dsacp_engine_free(e);
+    e = NULL;
+    dsacp_cp_options_default(&cp); /* allgather-blocks: the interleave must be the block size */
+    REQUIRE_OK(dsacp_decode_strategy_parse("allgather-blocks", &cp.decode));
+    CHECK(dsacp_engine_create_cp(m, NULL, &cp, g_world, &e) == DSACP_EINVAL && !e &&
+          strstr(dsacp_last_error(), "--cp-interleave equal to --block-size"));
 }
 
 int main(int argc, char **argv)
@@ -1614,7 +1681,10 @@ int main(int argc, char **argv)
     run_cases("exact", m, &eo, all_cases, NCASES, 1e-5, 1e-10);
     run_cases("exact", m, &eo, dsa_cases, NDSA, 1e-5, 1e-10);
     run_cases("exact", m, &eo, lean_cases, NLEAN, 1e-5, 1e-10);
+    for (int c = 0; c < NBLOCKS; c++) REQUIRE_OK(dsacp_decode_strategy_parse("allgather-blocks", &blocks_cases[c].dec));
+    run_cases("exact", m, &eo, blocks_cases, NBLOCKS, 1e-5, 1e-10);
     test_counters(m, &eo, "exact");
+    test_counters_blocks(m, &eo, "exact");
     test_counters_dsa(m, &eo);
     test_lean_decide();
     test_lean_long(m);
@@ -1640,7 +1710,9 @@ int main(int argc, char **argv)
     run_cases("deployed", m, &eo, all_cases, NCASES, 0.1, 2e-3);
     run_cases("deployed", m, &eo, dsa_cases, NDSA, 0.1, 2e-3);
     run_cases("deployed", m, &eo, lean_deployed_cases, NLEAND, 0.1, 2e-3);
+    run_cases("deployed", m, &eo, blocks_cases, NBLOCKS, 0.1, 2e-3);
     test_counters(m, &eo, "deployed");
+    test_counters_blocks(m, &eo, "deployed");
     test_plan_weights_fp8(m, &eo);
     drop_model(m, dir);
 
@@ -1650,6 +1722,7 @@ int main(int argc, char **argv)
     eo.kv_dtype = DSACP_KV_F32;
     run_cases("ties", m, &eo, all_cases, NCASES, 1e-5, 1e-10);
     run_cases("ties", m, &eo, lean_cases, NLEAN, 1e-5, 1e-10);
+    run_cases("ties", m, &eo, blocks_cases, NBLOCKS, 1e-5, 1e-10);
     test_lean_ties(m);
     drop_model(m, dir);
 

@@ -12,12 +12,13 @@
 /* The registration: one definition per strategy file, indexed by dsacp_decode_strategy (the
  * first four keep the public enum's values). */
 extern const dsacp_cp_strategy dsacp_cp_strategy_allgather_kv, dsacp_cp_strategy_replicated_index,
-    dsacp_cp_strategy_exact_topk, dsacp_cp_strategy_lean;
+    dsacp_cp_strategy_exact_topk, dsacp_cp_strategy_lean, dsacp_cp_strategy_allgather_blocks;
 static const dsacp_cp_strategy *const table[] = {
     &dsacp_cp_strategy_allgather_kv,
     &dsacp_cp_strategy_replicated_index,
     &dsacp_cp_strategy_exact_topk,
     &dsacp_cp_strategy_lean,
+    &dsacp_cp_strategy_allgather_blocks,
 };
 enum { NSTRATEGY = (int)(sizeof table / sizeof table[0]) };
 
