@@ -181,6 +181,12 @@ int dsacp_cp_step_build(dsacp_cp_ctx *cp, dsacp_cp_step *st, dsacp_cp_step_mem *
 void dsacp_cp_context_rule(const dsacp_cp_ctx *cp, int64_t old_len, double *gather_bytes, double *per_token);
 void dsacp_cp_step_free(dsacp_cp_step_mem *mem);
 
+/* Step 7 of the layer on W > 1 (cp_oproj.c): vcat F32 [n_dec + n_pre][H][dv] -> out F32
+ * [n_dec + n_pre][D]; own_merge: the strategy applies o_proj to its decode rows itself (lean's
+ * output merge); wire16: the decode rows' all-reduce in bf16. Collective. */
+int dsacp_cp_layer_o_proj(dsacp_cp_ctx *cp, const dsacp_dsa_ctx *ctx, const dsacp_dsa_weights *w, int64_t layer,
+                          const dsacp_cp_step *st, bool own_merge, bool wire16, float *vcat, float *out, int *rc);
+
 /* The layer: x F32 [n_dec + n_pre][D] (RMS-normed rows of the active tokens) -> out F32
  * [n_dec + n_pre][D]. topk (rank 0, st->want_topk): I32 [T][index_topk] in step order.
  * Collective over the group. Never returns early on a local failure: every rank goes through

@@ -1,0 +1,156 @@
+/*
+ * cp_oproj.c -- the layer's output projection over the group (docs/context-parallel.md section
+ * 2, step 7; section 9 for DSA-CP's weight plans): own prefill rows with the whole o_proj (the
+ * rank's own, a layer-shard broadcast or tp's gather); decode rows with this rank's head columns
+ * then an all-reduce, or the heads' v rows all-gathered and the whole weight applied when the
+ * columns split FP8 blocks, or the strategy's own output merge (lean); DSA-CP's tp steps that
+ * move activations instead (all-to-all + reduce-scatter).
+ */
+#include "cp/cp_strategy.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#define KEEP(rc, expr)                                                                            \
+    do {                                                                                          \
+        int k_ = (expr);                                                                          \
+        if (k_ && !(rc)) (rc) = k_;                                                               \
+    } while (0)
+
+/* The heads' v rows of the decode tokens to every rank (vcat's rows become whole). */
+static int gather_v(dsacp_cp_ctx *cp, const dsacp_config *cfg, const dsacp_cp_step *st, float *vcat);
+
+/* Step 7 for the decode rows on W > 1: with `shard` (this rank's head columns of o_proj),
+ * partial sums over the columns, all-reduced; without, the heads' v rows are all-gathered and the
+ * whole `full` o_proj applied (bit-identical to W = 1). */
+static int decode_o_proj(dsacp_cp_ctx *cp, const dsacp_dsa_ctx *ctx, const dsacp_dsa_weights *w,
+                         const dsacp_weight *shard, const dsacp_weight *full, const dsacp_cp_step *st, float *vcat,
+                         float *out, bool bf16, int *rc)
+{
+    const dsacp_config *cfg = ctx->cfg;
+    const int64_t H = cfg->num_attention_heads, dv = cfg->v_head_dim, D = cfg->hidden_size, nd = st->n_dec;
+    const int64_t h0 = cp->h0, h1 = cp->h1;
+    const bool deployed = ctx->mode == DSACP_MODE_DEPLOYED;
+    if (shard) {
+        bool aq = deployed && w->o->dtype == DSACP_F8_E4M3 && w->o->cols % 128 == 0;
+        if (aq && shard->dtype != w->o->dtype) {
+            /* f32 columns of an FP8 o_proj (blocks split by the heads): the activation
+             * quantization needs whole rows, so the rows travel first. */
+            int crc = gather_v(cp, cfg, st, vcat);
+            if (crc) return crc;
+            for (int64_t j = 0; j < nd; j++) dsacp_fake_quant_e4m3_groups(vcat + j * H * dv, H * dv, 128);
+            aq = false;
+        }
+        if (h1 > h0) KEEP(*rc, dsacp_linear(shard, vcat + h0 * dv, nd, H * dv, out, D, aq));
+        else memset(out, 0, (size_t)(nd * D) * 4);
+        return dsacp_comm_allreduce_wire(cp->comm, out, nd * D, bf16, DSACP_PHASE_o_proj);
+    }
+    int crc = gather_v(cp, cfg, st, vcat);
+    if (!crc) KEEP(*rc, dsacp_linear(full, vcat, nd, H * dv, out, D, deployed));
+    return crc;
+}
+
+static int gather_v(dsacp_cp_ctx *cp, const dsacp_config *cfg, const dsacp_cp_step *st, float *vcat)
+{
+    const int64_t H = cfg->num_attention_heads, dv = cfg->v_head_dim, nd = st->n_dec;
+    const int64_t W = cp->W, h0 = cp->h0, h1 = cp->h1;
+    size_t *rb = calloc((size_t)W, sizeof *rb);
+    float *send = calloc((size_t)(nd * (h1 - h0) * dv) + 1, 4), *recv = malloc((size_t)(nd * H * dv) * 4 + 4);
+    int arc = dsacp_cp_agree_alloc(cp, "o_proj", rb && send && recv, "the o_proj exchange");
+    if (arc) {
+        free(rb), free(send), free(recv);
+        return arc;
+    }
+    for (int64_t q = 0; q < W; q++)
+        rb[q] = (size_t)(nd * (dsacp_split_begin(H, q + 1, W) - dsacp_split_begin(H, q, W)) * dv) * 4;
+    for (int64_t j = 0; j < nd; j++) memcpy(send + j * (h1 - h0) * dv, vcat + (j * H + h0) * dv, (size_t)((h1 - h0) * dv) * 4);
+    int crc = dsacp_comm_allgatherv(cp->comm, send, rb[cp->rank], recv, rb, DSACP_PHASE_o_proj);
+    if (!crc) {
+        const float *r = recv;
+        for (int64_t q = 0; q < W; q++) {
+            const int64_t a = dsacp_split_begin(H, q, W), b = dsacp_split_begin(H, q + 1, W);
+            for (int64_t j = 0; j < nd; j++, r += (b - a) * dv) memcpy(vcat + (j * H + a) * dv, r, (size_t)((b - a) * dv) * 4);
+        }
+    }
+    free(rb), free(send), free(recv);
+    return crc;
+}
+
+/* DSA-CP, o_proj tp on a step that moves activations: v columns of each rank's heads go to it
+ * (all-to-all: [own tokens x all heads] -> [all tokens x own heads]), each rank applies its
+ * shard, and a reduce-scatter sums the partials back to [own tokens x D]. In deployed mode the
+ * FP8 activation quantization is applied to whole v rows first, exactly where the full
+ * o_proj would apply it. */
+static int tp_o_proj(dsacp_cp_ctx *cp, const dsacp_dsa_ctx *ctx, const dsacp_dsa_weights *w, int64_t layer,
+                     const dsacp_cp_step *st, float *v, float *out, int *rc)
+{
+    const dsacp_config *cfg = ctx->cfg;
+    const dsacp_cp_weights *wp = cp->wp;
+    const int64_t H = cfg->num_attention_heads, dv = cfg->v_head_dim, D = cfg->hidden_size, np = st->n_pre;
+    const int W = cp->W, me = cp->rank;
+    const int64_t ncol = H * dv, mine = wp->col[me + 1] - wp->col[me], Tall = st->n_pre_all;
+    if (ctx->mode == DSACP_MODE_DEPLOYED && w->o->dtype == DSACP_F8_E4M3 && w->o->cols % 128 == 0)
+        for (int64_t j = 0; j < np; j++) dsacp_fake_quant_e4m3_groups(v + j * ncol, ncol, 128);
+    size_t *sb = malloc((size_t)W * sizeof *sb), *rb = malloc((size_t)W * sizeof *rb);
+    int64_t *cnt = malloc((size_t)W * sizeof *cnt);
+    float *send = malloc((size_t)(np * ncol) * 4 + 4), *x = malloc((size_t)(Tall * mine) * 4 + 4);
+    float *y = malloc((size_t)(Tall * D) * 4 + 4);
+    int crc = dsacp_cp_agree_alloc(cp, "o_proj", sb && rb && cnt && send && x && y, "tp o_proj");
+    if (!crc) {
+        float *s = send;
+        for (int q = 0; q < W; q++) {
+            const int64_t c0 = wp->col[q], nc = wp->col[q + 1] - c0, Tq = st->pre_off[q + 1] - st->pre_off[q];
+            for (int64_t j = 0; j < np; j++, s += nc) memcpy(s, v + j * ncol + c0, (size_t)nc * 4);
+            sb[q] = (size_t)(np * nc) * 4;
+            rb[q] = (size_t)(Tq * mine) * 4;
+            cnt[q] = Tq * D;
+        }
+        crc = dsacp_comm_alltoallv(cp->comm, send, sb, x, rb, DSACP_PHASE_o_proj);
+    }
+    if (!crc) {
+        if (mine > 0) {
+            int r2 = dsacp_linear(wp->o_tp[layer], x, Tall, mine, y, D, false);
+            if (r2 && !*rc) *rc = r2;
+        } else {
+            memset(y, 0, (size_t)(Tall * D) * 4);
+        }
+        crc = dsacp_comm_reduce_scatter_f32(cp->comm, y, out, cnt, DSACP_PHASE_o_proj);
+    }
+    free(sb), free(rb), free(cnt), free(send), free(x), free(y);
+    return crc;
+}
+
+/* Step 7 of the layer on W > 1 (cp_layer.c): out F32 [n_dec + n_pre][D] from vcat. */
+int dsacp_cp_layer_o_proj(dsacp_cp_ctx *cp, const dsacp_dsa_ctx *ctx, const dsacp_dsa_weights *w, int64_t layer,
+                          const dsacp_cp_step *st, bool own_merge, bool wire16, float *vcat, float *out, int *rc)
+{
+    const dsacp_config *cfg = ctx->cfg;
+    const int64_t H = cfg->num_attention_heads, dv = cfg->v_head_dim, D = cfg->hidden_size, nd = st->n_dec, np = st->n_pre;
+    const bool deployed = ctx->mode == DSACP_MODE_DEPLOYED;
+    /* DSA-CP's tp in a step without prefill moves activations; otherwise the whole o_proj comes
+     * from the plan (the rank's own, a layer-shard broadcast, or the tp gather). Decode rows
+     * (DCP) use this rank's head columns when there are any, else the gathered v rows. */
+    const bool tp_a2a = cp->wp && cp->wp->o_tp && !cp->wp->step_gather;
+    const dsacp_weight *o = w->o, *shard = NULL;
+    int crc = DSACP_OK;
+    if (!tp_a2a) crc = dsacp_cp_weights_o_full(cp, layer, &o); /* DSA-CP: broadcast or gathered weight */
+    if (crc) return crc;
+    if (cp->wp && cp->wp->o_tp) shard = cp->wp->o_tp[layer];
+    else if (cp->o_shard && !cp->o_gather_v) shard = cp->o_shard[layer];
+    if (tp_a2a) {
+        if (st->n_pre_all > 0) crc = tp_o_proj(cp, ctx, w, layer, st, vcat + nd * H * dv, out + nd * D, rc);
+        if (!crc && nd > 0) crc = decode_o_proj(cp, ctx, w, shard, o, st, vcat, out, wire16, rc);
+        return crc;
+    }
+    bool aq = deployed;
+    if (deployed && o->dtype != w->o->dtype && w->o->dtype == DSACP_F8_E4M3 && w->o->cols % 128 == 0) {
+        /* A tp gather held as f32 (FP8 blocks split by the head columns): the activation
+         * quantization the FP8 o_proj applies is applied here, on whole rows. */
+        for (int64_t j = 0; j < np; j++) dsacp_fake_quant_e4m3_groups(vcat + (nd + j) * H * dv, H * dv, 128);
+        aq = false;
+    }
+    if (np > 0) KEEP(*rc, dsacp_linear(o, vcat + nd * H * dv, np, H * dv, out + nd * D, D, aq));
+    if (nd > 0 && own_merge) return dsacp_cp_strategy_of(&cp->opt)->o_proj(cp, ctx, o, st, vcat, out, rc);
+    if (nd > 0) return decode_o_proj(cp, ctx, w, shard, o, st, vcat, out, wire16, rc);
+    return DSACP_OK;
+}

@@ -1,0 +1,171 @@
+/*
+ * cp_step.c -- a step's metadata on a rank (docs/context-parallel.md sections 2 and 4): which
+ * tokens are decode-like (every rank, heads split) and which are prefill tokens of which rank
+ * (the split: owner, contiguous or zigzag), the context path of a chunk after a sharded context
+ * (gather, distributed, or auto by the byte rule or the engine's chooser), and the allocation
+ * agreement every stage of a layer uses.
+ */
+#include "cp/cp_strategy.h"
+#include "dsacp_plan.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+int dsacp_cp_agree_alloc(dsacp_cp_ctx *cp, const char *site, bool ok, const char *what)
+{
+    int rc = DSACP_OK;
+    if (!ok) rc = dsacp_error(DSACP_ENOMEM, "%s: out of memory", what);
+    else if (dsacp_fault(site)) rc = dsacp_fault_error(site, what);
+    rc = dsacp_comm_agree_phase(cp->comm, rc, -1);
+    if (rc) cp->step_failed = true;
+    return rc;
+}
+
+static int64_t assigned_rank(const dsacp_cp_ctx *cp, const dsacp_cp_step *st, int64_t t, int64_t chunk)
+{
+    const int64_t W = cp->W;
+    switch (cp->opt.prefill_split) {
+    case DSACP_PREFILL_CONTIGUOUS: return t / chunk;
+    case DSACP_PREFILL_ZIGZAG: {
+        const int64_t e = st->ent[t], n = st->new_len[e] - st->old_len[e], i = st->pos[t] - st->old_len[e];
+        int64_t c = i * 2 * W / n; /* then the exact chunk of the balanced split n c / (2W) */
+        while (c + 1 < 2 * W && dsacp_split_begin(n, c + 1, 2 * W) <= i) c++;
+        while (c > 0 && dsacp_split_begin(n, c, 2 * W) > i) c--;
+        return c < W ? c : 2 * W - 1 - c;
+    }
+    default: return dsacp_cp_owner(st->pos[t], cp->opt.interleave, W);
+    }
+}
+
+void dsacp_cp_context_rule(const dsacp_cp_ctx *cp, int64_t old_len, double *gather_bytes, double *per_token)
+{
+    /* One rule (cp_formula.c): what the engine decides, `dsacp plan` predicts. */
+    dsacp_cp_context_bytes(cp->cfg, &cp->opt, cp->W, (int64_t)cp->lat->mla_bytes, (int64_t)cp->idx->index_bytes,
+                           cp->deployed, cp->o_gather_v, old_len, gather_bytes, per_token);
+}
+
+/* The path of a chunk of n_new tokens after old_len sharded positions: the option, or (auto)
+ * the chooser the engine installed (the planner's time on a hardware profile), else the byte
+ * rule. */
+static int context_distributed(dsacp_cp_ctx *cp, int64_t old_len, int64_t n_new, bool *dist)
+{
+    *dist = cp->opt.context_path == DSACP_CONTEXT_DISTRIBUTED;
+    if (cp->opt.context_path != DSACP_CONTEXT_AUTO) return DSACP_OK;
+    if (cp->hw && cp->choose_context)
+        return cp->choose_context(cp->cfg, &cp->opt, cp->W, (int64_t)cp->lat->mla_bytes, (int64_t)cp->idx->index_bytes,
+                                  cp->deployed, cp->o_gather_v, cp->wp && cp->wp->tp_f32, cp->hw, old_len, n_new, dist);
+    if (cp->hw) /* until the engine installs its chooser */
+        return dsacp_plan_context_distributed(cp->cfg, &cp->opt, cp->W, (int64_t)cp->lat->mla_bytes,
+                                              (int64_t)cp->idx->index_bytes, cp->deployed, cp->o_gather_v,
+                                              cp->wp && cp->wp->tp_f32, cp->hw, old_len, n_new, dist);
+    double g, per;
+    dsacp_cp_context_rule(cp, old_len, &g, &per);
+    *dist = (double)n_new * per < g;
+    return DSACP_OK;
+}
+
+int dsacp_cp_step_build(dsacp_cp_ctx *cp, dsacp_cp_step *st, dsacp_cp_step_mem *m)
+{
+    memset(m, 0, sizeof *m);
+    const int64_t T = st->T, W = cp->W, n_ent = st->n_ent;
+    m->decode = calloc((size_t)(n_ent > 0 ? n_ent : 1), 1);
+    m->act = malloc((size_t)(T > 0 ? T : 1) * sizeof *m->act);
+    m->act_row = malloc((size_t)(T > 0 ? T : 1) * sizeof *m->act_row);
+    m->pre_all = malloc((size_t)(T > 0 ? T : 1) * sizeof *m->pre_all);
+    m->pre_idx = malloc((size_t)(T > 0 ? T : 1) * sizeof *m->pre_idx);
+    m->pre_off = calloc((size_t)W + 1, sizeof *m->pre_off);
+    if (!m->decode || !m->act || !m->act_row || !m->pre_all || !m->pre_idx || !m->pre_off) {
+        dsacp_cp_step_free(m);
+        return dsacp_error(DSACP_ENOMEM, "out of memory for the step's metadata");
+    }
+    /* Decode tokens go to every rank (DCP) unless DSA-CP keeps every cache whole: DSA-CP + DCP
+     * splits the prefill tokens and attends the decode tokens over the sharded cache with the
+     * decode strategy. */
+    const bool dsa_cp_only = cp->opt.mode == DSACP_CP_DSA_CP &&
+                             (W == 1 || (cp->opt.kv_layout == DSACP_LAYOUT_REPLICATED &&
+                                         cp->opt.index_layout == DSACP_LAYOUT_REPLICATED));
+    for (int64_t e = 0; e < n_ent; e++) m->decode[e] = !dsa_cp_only && st->new_len[e] - st->old_len[e] == 1;
+    /* A chunk whose earlier context is sharded (chunked prefill, a cached prefix): gathered for
+     * it (the prefill path below), or its tokens processed like decode tokens on every rank
+     * through the decode strategy (distributed), or the cheaper of the two in bytes (auto). */
+    const bool sharded = W > 1 && !dsa_cp_only &&
+                         (cp->opt.kv_layout == DSACP_LAYOUT_SHARDED || cp->iW > 1);
+    char choice = '-';
+    for (int64_t e = 0; e < n_ent && sharded; e++) {
+        const int64_t nn = st->new_len[e] - st->old_len[e];
+        if (m->decode[e] || st->old_len[e] == 0 || nn < 1) continue;
+        bool dist = false;
+        int drc = context_distributed(cp, st->old_len[e], nn, &dist);
+        if (drc) { /* agreed by the caller: every rank stops the step */
+            dsacp_cp_step_free(m);
+            return drc;
+        }
+        m->decode[e] = dist;
+        if (dist) cp->stats.context_distributed++;
+        else cp->stats.context_gather++;
+        const char c = dist ? 'd' : 'g';
+        choice = choice == '-' || choice == c ? c : 'm';
+    }
+    if (choice != '-') {
+        if (cp->nctx_choices == cp->capctx_choices) {
+            const int64_t cap = cp->capctx_choices ? 2 * cp->capctx_choices : 64;
+            char *nb = realloc(cp->ctx_choices, (size_t)cap + 1);
+            if (nb) cp->ctx_choices = nb, cp->capctx_choices = cap;
+        }
+        if (cp->nctx_choices < cp->capctx_choices) cp->ctx_choices[cp->nctx_choices++] = choice, cp->ctx_choices[cp->nctx_choices] = 0;
+    }
+    /* The rank that computes a non-decode token: its position's owner, DSA-CP's flat slice of
+     * the step's batch padded to a multiple of W, or the zigzag chunk of its request's new
+     * tokens (2W near-equal chunks: rank r takes chunks r and 2W - 1 - r). */
+    const int64_t chunk = (T + W - 1) / W;
+#define ASSIGNED(t) assigned_rank(cp, st, (t), chunk)
+    int64_t nd = 0, np = 0, npa = 0;
+    for (int64_t t = 0; t < T; t++) {
+        m->act_row[t] = -1;
+        m->pre_idx[t] = -1;
+        if (m->decode[st->ent[t]]) m->act_row[t] = nd++;
+        else m->pre_off[ASSIGNED(t) + 1]++, npa++;
+    }
+    for (int64_t q = 0; q < W; q++) m->pre_off[q + 1] += m->pre_off[q];
+    int64_t *fill = calloc((size_t)W, sizeof *fill);
+    if (!fill) {
+        dsacp_cp_step_free(m);
+        return dsacp_error(DSACP_ENOMEM, "out of memory for the step's metadata");
+    }
+    for (int64_t t = 0, j = 0; t < T; t++) {
+        if (m->decode[st->ent[t]]) {
+            m->act[j++] = t;
+            continue;
+        }
+        const int64_t q = ASSIGNED(t), k = m->pre_off[q] + fill[q]++;
+        m->pre_all[k] = t;
+        m->pre_idx[t] = k;
+        if (q == cp->rank) {
+            m->act[nd + np] = t;
+            m->act_row[t] = nd + np++;
+        }
+    }
+#undef ASSIGNED
+    free(fill);
+    st->decode = m->decode;
+    st->act = m->act;
+    st->act_row = m->act_row;
+    st->pre_all = m->pre_all;
+    st->pre_off = m->pre_off;
+    st->pre_idx = m->pre_idx;
+    st->n_dec = nd;
+    st->n_pre = np;
+    st->n_pre_all = npa;
+    return DSACP_OK;
+}
+
+void dsacp_cp_step_free(dsacp_cp_step_mem *m)
+{
+    free(m->decode);
+    free(m->act);
+    free(m->act_row);
+    free(m->pre_all);
+    free(m->pre_off);
+    free(m->pre_idx);
+    memset(m, 0, sizeof *m);
+}
