@@ -11,6 +11,7 @@
  */
 #include "cli.h"
 #include "dsacp_bench.h"
+#include "dsacp_util.h"
 
 #include <cblas.h>
 #include <jansson.h>
@@ -353,7 +354,7 @@ int cli_bench(int argc, char **argv)
             fprintf(stderr, "dsacp bench: option '--%s' applies to '--kernel cp' only\n", f->name);
             return 2;
         }
-    report *rp = calloc(1, sizeof *rp);
+    report *rp = dsacp_calloc(1, sizeof *rp);
     if (!rp) {
         fprintf(stderr, "dsacp bench: out of memory\n");
         return 1;
@@ -368,6 +369,6 @@ int cli_bench(int argc, char **argv)
         ret = rc ? cli_fail("bench", rc) : cli_bench_cp(opts);
     } else
         ret = bench_plain(opts, rp, kernel, isa);
-    free(rp);
+    dsacp_free(rp);
     return ret;
 }

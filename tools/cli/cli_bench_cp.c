@@ -15,7 +15,7 @@
  */
 #include "cli.h"
 #include "dsacp_bench.h"
-#include "core/core.h" /* dsacp_error: dsacp_util.h once it is public */
+#include "dsacp_util.h"
 
 #include <jansson.h>
 #include <math.h>
@@ -180,9 +180,9 @@ static int cp_run(const cp_sizes *z, dsacp_engine *e, run_ctx *r)
 {
     const int64_t B = z->batch, L = z->context, chunk = z->chunk;
     const dsacp_config *cfg = r->cfg;
-    int64_t *id = calloc((size_t)B, sizeof *id);
-    int32_t *tok = calloc((size_t)(B + chunk + 1), sizeof *tok);
-    dsacp_step_entry *en = calloc((size_t)B, sizeof *en);
+    int64_t *id = dsacp_calloc((size_t)B, sizeof *id);
+    int32_t *tok = dsacp_calloc((size_t)(B + chunk + 1), sizeof *tok);
+    dsacp_step_entry *en = dsacp_calloc((size_t)B, sizeof *en);
     int rc = id && tok && en ? DSACP_OK : dsacp_error(DSACP_ENOMEM, "out of memory");
     for (int64_t i = 0; i < B && !rc; i++) {
         rc = dsacp_comm_agree(cli_world, dsacp_engine_add_request(e, &id[i]));
@@ -202,7 +202,7 @@ static int cp_run(const cp_sizes *z, dsacp_engine *e, run_ctx *r)
         r->batch = 1;
         rc = run_steps(e, r, L > 0 ? "chunk" : "prefill", en, 1, 1, 1.0);
     }
-    free(id), free(tok), free(en);
+    dsacp_free(id), dsacp_free(tok), dsacp_free(en);
     return rc;
 }
 
