@@ -8,8 +8,8 @@
  * presets, exact numerics with f32 and bf16 latent caches, deployed numerics with the fp8 one
  * over FP8 weights, W = 1; each run stays inside the blocks it started in (the lengths below
  * never cross a block boundary between N and N + 16), so the block tables never grow.
- * DSACP_ALLOC_SITES=1 prints the call stack of every allocation of the extra tokens (resolve
- * the "(+0x...)" offsets with addr2line -f -e test_alloc).
+ * DSACP_ALLOC_SITES=1 prints the call stack of every allocation of the extra tokens on stderr;
+ * tests/alloc_sites.py test_alloc FILE sums them per token by file:function (addr2line).
  * Under AddressSanitizer (which owns malloc) the test is skipped (exit 77).
  */
 #include "test.h"
@@ -41,7 +41,7 @@ void *__libc_realloc(void *, size_t);
 void *__libc_memalign(size_t, size_t);
 void __libc_free(void *);
 
-enum { SITES = 16384, DEPTH = 10 };
+enum { SITES = 16384, DEPTH = 16 };
 static atomic_bool g_counting, g_sites;
 static atomic_long g_allocs;
 static atomic_int g_nsites;
