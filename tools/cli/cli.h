@@ -51,6 +51,10 @@ bool cli_engine_options(const char *cmd, const cli_opt *opts, dsacp_engine_optio
  * holding the model's max_position_embeddings (and above the default) only wastes memory (each
  * request's one block). Prints the error naming the flag and returns false. */
 bool cli_block_size_fits(const char *cmd, const dsacp_engine_options *eo, const dsacp_config *cfg, const char *model);
+/* Collective under cli_world: every rank loads the model directory, then --block-size is checked
+ * against it. CLI_RUN with *out set, or the exit status with the error printed (*out NULL): 2 for
+ * a model the user named that is bad, 1 when the machine failed (out of memory, a rank). */
+int cli_load_model(const char *cmd, const char *dir, const dsacp_engine_options *eo, dsacp_model **out);
 /* Prints "dsacp CMD: <dsacp_last_error()>" and returns 1 (a failed run). */
 int cli_fail(const char *cmd, int status);
 /* The same message; returns 2 (a bad invocation: a file or value the user named is wrong). */

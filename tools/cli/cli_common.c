@@ -216,6 +216,25 @@ int cli_setup_exit(int status)
     return status == DSACP_ENOMEM || status == DSACP_ECOMM ? 1 : 2;
 }
 
+int cli_load_model(const char *cmd, const char *dir, const dsacp_engine_options *eo, dsacp_model **out)
+{
+    *out = NULL;
+    dsacp_model *m = NULL;
+    int rc = dsacp_model_load(dir, &m);
+    if (cli_world) rc = dsacp_comm_agree(cli_world, rc);
+    if (rc) {
+        dsacp_model_free(m);
+        cli_fail(cmd, rc);
+        return cli_setup_exit(rc);
+    }
+    if (!cli_block_size_fits(cmd, eo, dsacp_model_config(m), dir)) {
+        dsacp_model_free(m);
+        return 2;
+    }
+    *out = m;
+    return CLI_RUN;
+}
+
 int cli_fail_invocation(const char *cmd, int status)
 {
     cli_fail(cmd, status);

@@ -154,22 +154,13 @@ int cli_forward(int argc, char **argv)
     }
     /* Every rank loads the model; rank 0 alone reads the input and sends its bytes. */
     dsacp_model *m = NULL;
-    int rc = dsacp_model_load(mdir, &m);
-    if (world) rc = dsacp_comm_agree(world, rc);
-    if (rc) {
-        dsacp_model_free(m);
+    int rc = cli_load_model("forward", mdir, &eo, &m);
+    if (rc != CLI_RUN) {
         cli_output_abort(&out_file);
         cli_output_abort(&report_out);
-        cli_fail("forward", rc);
-        return cli_setup_exit(rc);
+        return rc;
     }
     const dsacp_config *cfg = dsacp_model_config(m);
-    if (!cli_block_size_fits("forward", &eo, cfg, mdir)) {
-        dsacp_model_free(m);
-        cli_output_abort(&out_file);
-        cli_output_abort(&report_out);
-        return 2;
-    }
     int ret = 1;
     dsacp_engine *e = NULL;
     dsacp_forward_input fi = {0};

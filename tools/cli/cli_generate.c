@@ -67,20 +67,12 @@ int cli_generate(int argc, char **argv)
     int orc = cli_cp_begin("generate", opts, &report_out);
     if (orc) return cli_output_exit(orc); /* 1: cannot be created; 2: it names an input */
     dsacp_model *m = NULL;
-    int rc = dsacp_model_load(dir, &m);
-    if (world) rc = dsacp_comm_agree(world, rc);
-    if (rc) {
-        dsacp_model_free(m);
+    int rc = cli_load_model("generate", dir, &eo, &m);
+    if (rc != CLI_RUN) {
         cli_output_abort(&report_out);
-        cli_fail("generate", rc);
-        return cli_setup_exit(rc);
+        return rc;
     }
     const dsacp_config *cfg = dsacp_model_config(m);
-    if (!cli_block_size_fits("generate", &eo, cfg, dir)) {
-        dsacp_model_free(m);
-        cli_output_abort(&report_out);
-        return 2;
-    }
     /* Every generated token is fed back, so positions 0 .. plen + ntok - 1 are computed. */
     if (plen + ntok > cfg->max_position_embeddings) {
         fprintf(stderr, "dsacp generate: --prompt-len %lld + --new-tokens %lld = %lld positions, more than the "
