@@ -34,6 +34,17 @@ static void workload_free(workload *w)
     for (int64_t i = 0; i < w->n; i++) free(w->rq[i].prompt);
 }
 
+/* An empty replayed workload (realtime off) over pools of num_blocks blocks of block_size, and
+ * its prompts' generator seeded with `seed`. */
+static void workload_start(workload *w, dsacp_rng *rng, uint64_t seed, int64_t block_size, int64_t num_blocks)
+{
+    *w = (workload){0};
+    dsacp_rng_seed(rng, seed);
+    dsacp_serve_options_default(&w->opt);
+    w->opt.realtime = false;
+    w->block_size = block_size, w->num_blocks = num_blocks;
+}
+
 static int64_t blocks_for(int64_t tokens, int64_t B) { return (tokens + B - 1) / B; }
 
 /* The fewest blocks that hold each request alone (the last output token is never cached). */
@@ -175,13 +186,10 @@ static void test_random_workloads(void)
 static void test_issue_cases(void)
 {
     int64_t pre = 0;
-    workload w = {0};
+    workload w;
     dsacp_rng rng;
-    dsacp_rng_seed(&rng, 5);
-    dsacp_serve_options_default(&w.opt);
-    w.opt.realtime = false;
+    workload_start(&w, &rng, 5, 16, 6);
     w.opt.max_batch_tokens = 256;
-    w.block_size = 16, w.num_blocks = 6;
     add_request(&w, 32, 1, &rng);
     add_request(&w, 90, 2, &rng);
     add_request(&w, 90, 2, &rng);
@@ -210,12 +218,9 @@ static void test_issue_cases(void)
  * is never fed). 31 + 2 tokens in 2 blocks of 16 fit; 32 + 2 do not, and fail naming request 1. */
 static void test_fits_alone(void)
 {
-    workload w = {0};
+    workload w;
     dsacp_rng rng;
-    dsacp_rng_seed(&rng, 8);
-    dsacp_serve_options_default(&w.opt);
-    w.opt.realtime = false;
-    w.block_size = 16, w.num_blocks = 2;
+    workload_start(&w, &rng, 8, 16, 2);
     add_request(&w, 31, 2, &rng);
     int64_t pre = 0;
     check_workload(&w, "exactly the pool", &pre);
@@ -298,12 +303,9 @@ static int desc_f(const void *a, const void *b)
  * the prompt's logits, the second's after feeding the first. */
 static void test_gap(void)
 {
-    workload w = {0};
+    workload w;
     dsacp_rng rng;
-    dsacp_rng_seed(&rng, 11);
-    dsacp_serve_options_default(&w.opt);
-    w.opt.realtime = false;
-    w.block_size = 16, w.num_blocks = 16;
+    workload_start(&w, &rng, 11, 16, 16);
     add_request(&w, 20, 2, &rng);
     dsacp_serve_result res;
     CHECK_OK(serve(&w, w.num_blocks, w.rq, 1, &w.opt, &res));

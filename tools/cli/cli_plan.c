@@ -260,13 +260,18 @@ static int render_plot(const char *path, const char *title, const variant *vs, c
 }
 
 /* The phases of a layer as JSON: per collective phase on the busiest rank, calls and bytes received. */
-static json_t *phases_json(report *R, const dsacp_plan_decode *d, const char *where)
+/* A new JSON object, or NULL with the report marked out of memory. */
+static json_t *jobject(report *R)
 {
     json_t *o = json_object();
-    if (!o) {
-        R->oom = true;
-        return NULL;
-    }
+    if (!o) R->oom = true;
+    return o;
+}
+
+static json_t *phases_json(report *R, const dsacp_plan_decode *d, const char *where)
+{
+    json_t *o = jobject(R);
+    if (!o) return NULL;
     for (int p = 0; p < DSACP_PHASE_COUNT; p++) {
         if (d->calls_phase[p] == 0 && d->recv_phase[p] == 0) continue;
         json_t *ph = json_object();
@@ -280,11 +285,8 @@ static json_t *phases_json(report *R, const dsacp_plan_decode *d, const char *wh
 
 static json_t *chunk_path_json(report *R, const dsacp_plan_decode *d, const char *where)
 {
-    json_t *o = json_object();
-    if (!o) {
-        R->oom = true;
-        return NULL;
-    }
+    json_t *o = jobject(R);
+    if (!o) return NULL;
     jreal(R, o, "recv_bytes", d->recv_bytes, where);
     jreal(R, o, "calls", d->calls, where);
     jreal(R, o, "t_compute", d->t_compute, where);
