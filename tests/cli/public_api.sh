@@ -28,7 +28,7 @@ done
 BUILD=${DSACP_BUILD_DIR:-}
 lib="$BUILD/libdsacp.so"
 if [[ -n $BUILD && -e $lib ]] && command -v nm >/dev/null; then
-  defined=$(nm -D --defined-only "$lib" | awk '{print $3}')
+  defined=$(nm -D --defined-only "$lib" | awk '{sub(/@.*/, "", $3); print $3}')
   for h in "$SRC"/include/dsacp*.h; do
     missing=()
     while read -r fn; do
