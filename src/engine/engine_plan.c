@@ -32,8 +32,8 @@ static int setup_weight_bytes(dsacp_engine *e, dsacp_engine_plan *p)
     const int W = e->cp.W;
     const int64_t L = e->L, H = cfg->num_attention_heads, dv = cfg->v_head_dim;
     const dsacp_weight *o = e->attn[0].o;
-    p->pq = calloc((size_t)L, sizeof *p->pq), p->po = calloc((size_t)L, sizeof *p->po);
-    p->psh = calloc((size_t)W, sizeof *p->psh);
+    p->pq = dsacp_calloc((size_t)L, sizeof *p->pq), p->po = dsacp_calloc((size_t)L, sizeof *p->po);
+    p->psh = dsacp_calloc((size_t)W, sizeof *p->psh);
     if (!p->pq || !p->po || !p->psh) return dsacp_error(DSACP_ENOMEM, "out of memory for the engine's plan");
     for (int64_t l = 0; l < L; l++) p->pq[l] = weight_travel_bytes(e->attn[l].q_b), p->po[l] = weight_travel_bytes(e->attn[l].o);
     for (int q = 0; q < W; q++) {
@@ -69,7 +69,7 @@ int dsacp_engine_plan_setup(dsacp_engine *e)
 void dsacp_engine_plan_free(dsacp_engine *e)
 {
     if (!e->plan) return;
-    free(e->plan->pq), free(e->plan->po), free(e->plan->psh);
+    dsacp_free(e->plan->pq), dsacp_free(e->plan->po), dsacp_free(e->plan->psh);
     free(e->plan);
     e->plan = NULL;
 }
@@ -174,14 +174,14 @@ int dsacp_engine_plan_comm(const dsacp_engine *e, dsacp_comm_counter planned[DSA
 
 int dsacp_engine_plan_memory(const dsacp_engine *e, int64_t kv[2], int64_t weights[4])
 {
-    int64_t *lens = malloc((size_t)(e->nreq > 0 ? e->nreq : 1) * sizeof *lens), nlive = 0;
+    int64_t *lens = dsacp_calloc((size_t)(e->nreq > 0 ? e->nreq : 1), sizeof *lens), nlive = 0;
     if (!lens) return dsacp_error(DSACP_ENOMEM, "out of memory");
     for (int64_t i = 0; i < e->nreq; i++)
         if (e->req[i].live) lens[nlive++] = e->req[i].length;
     const int W = e->cp.W > 0 ? e->cp.W : 1;
     dsacp_plan_kv_bytes(e->cfg, &e->cp.opt, W, e->cp.rank, lens, nlive, e->opt.block_size, e->plan->base.latent_bytes,
                         e->plan->base.index_bytes, &kv[0], &kv[1]);
-    free(lens);
+    dsacp_free(lens);
     if (e->cp.wp) {
         dsacp_weight_usage pu;
         const dsacp_weight *ow = e->attn[0].o;

@@ -91,8 +91,8 @@ static void options_members(const dsacp_engine *e, json_t *cp, bool *ok)
 /* Every rank's attention work (gathered uncounted: phase -1), for the load balance of the split. */
 static int attention_work(const dsacp_engine *e, int W, json_t *cp, bool *ok)
 {
-    int64_t *all = calloc((size_t)W * NSTATS, sizeof *all);
-    size_t *rb = malloc((size_t)W * sizeof *rb);
+    int64_t *all = dsacp_calloc((size_t)W * NSTATS, sizeof *all);
+    size_t *rb = dsacp_calloc((size_t)W, sizeof *rb);
     int rc = all && rb ? DSACP_OK : dsacp_error(DSACP_ENOMEM, "out of memory");
     for (int q = 0; !rc && q < W; q++) rb[q] = sizeof(dsacp_cp_stats);
     if (!rc) rc = dsacp_comm_gatherv(e->comm, &e->cp.stats, sizeof(dsacp_cp_stats), all, rb, -1);
@@ -109,7 +109,7 @@ static int attention_work(const dsacp_engine *e, int W, json_t *cp, bool *ok)
         if (!r || json_array_append_new(work, r)) *ok = false;
     }
     if (!rc) put(cp, "attention_work", work, ok);
-    free(all), free(rb);
+    dsacp_free(all), dsacp_free(rb);
     return rc;
 }
 
@@ -172,8 +172,8 @@ static json_t *plan_rank(const dsacp_engine *e, int q, const int64_t *r)
  * every rank's (gathered uncounted), written by rank 0. */
 static int plan_members(const dsacp_engine *e, int W, json_t *cp, bool *ok)
 {
-    int64_t mine[NPLAN], *pall = calloc((size_t)W * NPLAN, sizeof *pall);
-    size_t *pb = malloc((size_t)W * sizeof *pb);
+    int64_t mine[NPLAN], *pall = dsacp_calloc((size_t)W * NPLAN, sizeof *pall);
+    size_t *pb = dsacp_calloc((size_t)W, sizeof *pb);
     int rc = pall && pb ? DSACP_OK : dsacp_error(DSACP_ENOMEM, "out of memory");
     if (!rc) rc = plan_row(e, mine);
     for (int q = 0; !rc && q < W; q++) pb[q] = sizeof mine;
@@ -198,7 +198,7 @@ static int plan_members(const dsacp_engine *e, int W, json_t *cp, bool *ok)
                                   "resident, o resident, ring, gather] against the engine's",
                                   "tracked", !lost, "matches", match && !lost, "ranks", ranks), ok);
     }
-    free(pall), free(pb);
+    dsacp_free(pall), dsacp_free(pb);
     return rc;
 }
 
