@@ -63,7 +63,8 @@ int dsacp_bench_isa_find(const char *name)
 
 int dsacp_bench_setup(int isa, int64_t threads)
 {
-    if (threads < 1 || threads > 1 << 20) return dsacp_error(DSACP_EINVAL, "bench threads %lld out of range", (long long)threads);
+    if (threads < 1 || threads > 1 << 20)
+        return dsacp_error(DSACP_EINVAL, "bench threads %lld out of range", (long long)threads);
     if (isa >= 0) {
         int rc = dsacp_isa_set((dsacp_isa)isa);
         if (rc) return rc;

@@ -289,8 +289,10 @@ static bool dims_fit(const report *rp, const dsacp_config *cfg, unsigned options
     dsacp_engine_options_default(&eo);
     eo.block_size = rp->opt.block_size;
     if (!cli_block_size_fits("bench", &eo, cfg, rp->preset ? rp->preset : rp->model_dir)) return false;
-    if (rp->opt.deployed && (options >> DSACP_BENCH_OPT_NUMERICS & 1) && (cfg->index_head_dim & (cfg->index_head_dim - 1))) {
-        fprintf(stderr, "dsacp bench: the deployed numerics need a power-of-two index_head_dim (use '--numerics exact')\n");
+    const int64_t di = cfg->index_head_dim;
+    if (rp->opt.deployed && (options >> DSACP_BENCH_OPT_NUMERICS & 1) && (di & (di - 1))) {
+        fprintf(stderr,
+                "dsacp bench: the deployed numerics need a power-of-two index_head_dim (use '--numerics exact')\n");
         return false;
     }
     return true;

@@ -32,11 +32,18 @@ typedef struct run_ctx {
     FILE *out; /* the report, printed once the run (and --comm-report) succeeded */
 } run_ctx;
 
+/* The share of the collectives' time hidden behind compute (NaN when none was in flight). */
+static double overlap(const dsacp_bench_cp_figures *f)
+{
+    const double t = f->overlap_compute + f->overlap_wait;
+    return t > 0 ? f->overlap_compute / t : NAN;
+}
+
 /* One object per line, built with jansson (a non-finite figure is null, never "nan"). */
 static int report_json(const run_ctx *r, const char *kind, const dsacp_bench_cp_figures *f, double per)
 {
     const dsacp_cp_options *o = r->cp;
-    const double ovl = f->overlap_compute + f->overlap_wait > 0 ? f->overlap_compute / (f->overlap_compute + f->overlap_wait) : NAN;
+    const double ovl = overlap(f);
     json_t *j = json_object(), *recv_j = json_object(), *calls_j = json_object(), *ms_j = json_object();
 #define JNUM(v) (isfinite(v) ? json_real(v) : json_null())
     json_object_set_new(j, "kind", json_string(kind));
@@ -84,7 +91,7 @@ static int report_json(const run_ctx *r, const char *kind, const dsacp_bench_cp_
 
 static void report_text(const run_ctx *r, const char *kind, const dsacp_bench_cp_figures *f, double per)
 {
-    const double ovl = f->overlap_compute + f->overlap_wait > 0 ? f->overlap_compute / (f->overlap_compute + f->overlap_wait) : NAN;
+    const double ovl = overlap(f);
     fprintf(r->out, "%s: W=%lld, %lld request%s x %lld cached positions, %lld token%s per step, %s, %s numerics\n", kind,
             (long long)r->W, (long long)r->batch, r->batch == 1 ? "" : "s", (long long)r->context,
             (long long)r->tokens_per_step, r->tokens_per_step == 1 ? "" : "s", dsacp_decode_strategy_name(r->cp->decode),
