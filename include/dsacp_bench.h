@@ -104,10 +104,10 @@ typedef void (*dsacp_bench_result_fn)(const dsacp_bench_result *result, void *us
 typedef struct dsacp_bench_options {
     const dsacp_config *config; /* the dimensions (required) */
     const dsacp_model *model;   /* NULL: the layer's weights are generated; else layer 0's are bound */
-    int64_t context;            /* cached positions (default 32768) */
-    int64_t batch;              /* decode requests per step (layer; default 1) */
-    int64_t threads;            /* OpenMP threads (default: OpenMP's maximum) */
-    int64_t reps;               /* repetitions; each figure is the minimum (default 5) */
+    int64_t context;            /* cached positions, 1 .. 2^24 (default 32768) */
+    int64_t batch;              /* decode requests per step (layer), 1 .. 1024 (default 1) */
+    int64_t threads;            /* OpenMP threads, 1 .. 1024 (default: OpenMP's maximum) */
+    int64_t reps;               /* repetitions, 1 .. 1000; each figure is the minimum (default 5) */
     int64_t block_size;         /* tokens per cache block, a power of two (default 64) */
     bool deployed;              /* deployed numerics (default) or exact */
     bool warm;                  /* linears timed with warm caches (default: flushed before each call) */

@@ -142,8 +142,14 @@ void bench_reference_settle(void)
 static int check_options(const dsacp_bench_options *o, const bench_case *c)
 {
     if (!o->config) return dsacp_error(DSACP_EINVAL, "bench options: config is NULL");
-    if (o->context < 1 || o->batch < 1 || o->threads < 1 || o->reps < 1)
-        return dsacp_error(DSACP_EINVAL, "bench options: context, batch, threads and reps must be >= 1");
+    const dsacp_config *d = o->config;
+    if (d->hidden_size < 1 || d->num_attention_heads < 1 || d->q_lora_rank < 0 || d->kv_lora_rank < 1 ||
+        d->qk_rope_head_dim < 1 || d->index_n_heads < 1 || d->index_head_dim < 1 || d->index_topk < 1)
+        return dsacp_error(DSACP_EINVAL, "bench options: config has a dimension below 1");
+    if (o->context < 1 || o->context > 1 << 24 || o->batch < 1 || o->batch > 1024 || o->threads < 1 ||
+        o->threads > 1024 || o->reps < 1 || o->reps > 1000)
+        return dsacp_error(DSACP_EINVAL, "bench options: context (1..2^24), batch (1..1024), threads (1..1024) "
+                                         "or reps (1..1000) out of range");
     if (o->block_size < 1 || (o->block_size & (o->block_size - 1)))
         return dsacp_error(DSACP_EINVAL, "bench options: block_size %lld is not a power of two",
                            (long long)o->block_size);

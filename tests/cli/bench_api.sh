@@ -2,8 +2,8 @@
 # The benchmarks are library API (include/dsacp_bench.h, issue 21): a program built against the
 # shared library alone -- no BLAS, no internal header -- lists the cases in `dsacp bench`'s order
 # with the options each reads, runs a case with its own reference product (a plain C GEMM), is
-# refused a case that needs one without it and the engine case, and gets finite figures set
-# beside their ceilings. Seconds.
+# refused a case that needs one without it, the engine case and an option out of range, and
+# gets finite figures set beside their ceilings. Seconds.
 set -u
 . "$(dirname "$0")/lib/common.sh"
 SRC=${DSACP_SOURCE_DIR:?set by CTest}
@@ -68,6 +68,9 @@ int main(void)
     o.config = &cfg, o.context = 64, o.reps = 1, o.threads = 1;
     static dsacp_bench_report rep;
     CHECK(dsacp_bench_run("mla", &o, &rep) == DSACP_EINVAL, "mla without a reference product");
+    o.reps = 0;
+    CHECK(dsacp_bench_run("topk", &o, &rep) == DSACP_EINVAL && strstr(dsacp_last_error(), "reps"), "reps 0");
+    o.reps = 1;
     CHECK(dsacp_bench_run("cp", &o, &rep) == DSACP_EINVAL, "the engine case through dsacp_bench_run");
     o.reference_gemm = plain_gemm;
     CHECK(dsacp_bench_run("mla", &o, &rep) == DSACP_OK, "mla: %s", dsacp_last_error());
