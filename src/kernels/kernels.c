@@ -168,11 +168,20 @@ static uint32_t radix_kth(const uint32_t *keys, const int32_t *cand, int64_t nc,
 
 size_t dsacp_topk_ws_bytes(int64_t n) { return 2 * (size_t)(n > 0 ? n : 1) * sizeof(uint32_t); }
 
-/* Pass 1: keys and the histogram of their top 11 bits (4 interleaved copies so equal bins in a
- * row do not serialize on one counter). */
-static void topk_keys(const float *scores, int64_t n, uint32_t *keys, uint32_t hist0[2048])
+int64_t dsacp_topk_select_ws(const float *scores, int64_t n, int64_t k, int32_t *restrict out, void *work)
 {
-    uint32_t h4[4][2048];
+    if (k > n) k = n;
+    if (k <= 0) return 0;
+    if (k == n) {
+        for (int64_t i = 0; i < n; i++) out[i] = (int32_t)i;
+        return n;
+    }
+    /* The workspace never overlaps out (restrict): what let the compiler keep the old malloc'd
+     * keys apart from out. */
+    uint32_t *restrict keys = work;
+    /* Pass 1: keys and the histogram of their top 11 bits (4 interleaved copies so equal bins
+     * in a row do not serialize on one counter). */
+    uint32_t h4[4][2048], hist0[2048];
     memset(h4, 0, sizeof h4);
     int64_t i = 0;
     for (; i + 4 <= n; i += 4)
@@ -186,18 +195,6 @@ static void topk_keys(const float *scores, int64_t n, uint32_t *keys, uint32_t h
         h4[0][keys[i] >> 21]++;
     }
     for (int b = 0; b < 2048; b++) hist0[b] = h4[0][b] + h4[1][b] + h4[2][b] + h4[3][b];
-}
-
-int64_t dsacp_topk_select_ws(const float *scores, int64_t n, int64_t k, int32_t *out, void *work)
-{
-    if (k > n) k = n;
-    if (k <= 0) return 0;
-    if (k == n) {
-        for (int64_t i = 0; i < n; i++) out[i] = (int32_t)i;
-        return n;
-    }
-    uint32_t *keys = work, hist0[2048];
-    topk_keys(scores, n, keys, hist0);
     /* The first digit's bin; its members are the candidates for the lower digits (in out when
      * they fit its k entries, else in the workspace's second half). */
     int64_t need0 = k, b0 = 2047;

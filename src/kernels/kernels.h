@@ -156,7 +156,7 @@ void dsacp_layernorm(float *y, const float *x, const float *weight, const float 
  * when that fails it gives the same selection through dsacp_topk_select_ref (a selection is
  * exact: every path gives the same positions). */
 size_t dsacp_topk_ws_bytes(int64_t n);
-int64_t dsacp_topk_select_ws(const float *scores, int64_t n, int64_t k, int32_t *out, void *work);
+int64_t dsacp_topk_select_ws(const float *scores, int64_t n, int64_t k, int32_t *restrict out, void *work);
 int64_t dsacp_topk_select(const float *scores, int64_t n, int64_t k, int32_t *out);
 /* The same selection by quickselect + sort (the previous implementation, kept as a test
  * reference) over n uint64 keys in `work`; with work == NULL by an allocation-free O(nk) scan.
