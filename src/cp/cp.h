@@ -233,6 +233,8 @@ static inline uint64_t dsacp_cp_cand_key(float score, int32_t pos)
     return ((uint64_t)dsacp_float_key(score) << 32) | (uint64_t)(UINT32_MAX - (uint32_t)pos);
 }
 static inline int32_t dsacp_cp_cand_pos(uint64_t key) { return (int32_t)(UINT32_MAX - (uint32_t)(key & 0xFFFFFFFFu)); }
+/* qsort order of candidate keys: best first (cp_merge.c). */
+int dsacp_cp_cmp_key_desc(const void *a, const void *b);
 /* The positions a rank selects from its own list (cand keys, best first, n of them) after a
  * DECIDED verdict (tau, take): into out, in list order; returns the count. */
 int64_t dsacp_cp_lean_own(const uint64_t *list, int64_t n, uint32_t tau, int64_t take, int32_t *out);

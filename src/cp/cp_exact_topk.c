@@ -20,24 +20,6 @@ typedef struct candidate {
     int32_t pos; /* -1: padding */
 } candidate;
 
-/* Larger is better: score, then the lower position. */
-static uint64_t cand_key(const candidate *c)
-{
-    return ((uint64_t)dsacp_float_key(c->score) << 32) | (uint64_t)(UINT32_MAX - (uint32_t)c->pos);
-}
-
-static int cmp_desc(const void *a, const void *b)
-{
-    const uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-    return x < y ? 1 : x > y ? -1 : 0;
-}
-
-static int cmp_i32(const void *a, const void *b)
-{
-    const int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
-    return (x > y) - (x < y);
-}
-
 static int decode(const dsacp_cp_decode_args *a)
 {
     dsacp_cp_ctx *cp = a->cp;
@@ -102,13 +84,13 @@ static int decode(const dsacp_cp_decode_args *a)
         for (int64_t q = 0; q < iW; q++)
             for (int64_t i = 0; i < K; i++) {
                 const candidate *c = &all[(q * nd + j) * K + i];
-                if (c->pos >= 0) keys[m++] = cand_key(c);
+                if (c->pos >= 0) keys[m++] = dsacp_cp_cand_key(c->score, c->pos);
             }
-        qsort(keys, (size_t)m, sizeof *keys, cmp_desc);
+        qsort(keys, (size_t)m, sizeof *keys, dsacp_cp_cmp_key_desc);
         nsel[j] = m < K ? m : K;
         int32_t *s = sel + j * K;
-        for (int64_t i = 0; i < nsel[j]; i++) s[i] = (int32_t)(UINT32_MAX - (uint32_t)(keys[i] & 0xFFFFFFFFu));
-        qsort(s, (size_t)nsel[j], sizeof *s, cmp_i32);
+        for (int64_t i = 0; i < nsel[j]; i++) s[i] = dsacp_cp_cand_pos(keys[i]);
+        qsort(s, (size_t)nsel[j], sizeof *s, dsacp_cmp_i32);
         for (int64_t i = 0; i < K; i++) a->topk[j * K + i] = i < nsel[j] ? s[i] : -1;
     }
     crc = dsacp_cp_attend_owned_and_merge(a, sel, nsel, qown);

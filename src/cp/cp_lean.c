@@ -94,18 +94,6 @@ typedef struct cand {
     uint64_t key; /* float key << 32 | ~position: larger is better, ties to the lower position */
 } cand;
 
-static int cmp_desc(const void *a, const void *b)
-{
-    const uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-    return x < y ? 1 : x > y ? -1 : 0;
-}
-
-static int cmp_i32(const void *a, const void *b)
-{
-    const int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
-    return (x > y) - (x < y);
-}
-
 #define ckey dsacp_cp_cand_key
 #define ckey_pos dsacp_cp_cand_pos
 
@@ -121,318 +109,393 @@ int64_t dsacp_cp_lean_own(const uint64_t *list, int64_t n, uint32_t tau, int64_t
     return cnt;
 }
 
-static int decode(const dsacp_cp_decode_args *a)
-{
-    const bool output_merge = a->output_merge, bf16 = a->wire16;
-    dsacp_cp_ctx *cp = a->cp;
-    const dsacp_cp_step *st = a->st;
-    const dsacp_config *cfg = a->ctx->cfg;
-    const int64_t nd = st->n_dec, K = cfg->index_topk, Hi = cfg->index_n_heads, di = cfg->index_head_dim;
-    const int64_t H = cfg->num_attention_heads, nope = cfg->qk_nope_head_dim, dr = cfg->qk_rope_head_dim;
-    const int64_t dq = nope + dr, dc = cfg->kv_lora_rank, dk = dc + dr, dv = cfg->v_head_dim;
-    const int64_t W = cp->W, me = cp->rank, I = cp->opt.interleave, n1 = nd > 0 ? nd : 1;
-    const int64_t h0 = cp->h0, h1 = cp->h1, Hs = h1 - h0;
+enum { ALL = 0, EXCHANGE = 1, FALLBACK = 2 }; /* a token's path: whole local top-k, lists, fallback */
+
+/* One layer call of lean: the sizes and every buffer of its stages. */
+typedef struct lean_call {
+    const dsacp_cp_decode_args *a;
+    dsacp_cp_ctx *cp;
+    const dsacp_config *cfg;
+    int64_t nd, n1, K, H, dk, dv;
     /* The lists travel between the indexer's holder groups (iW of them: W when sharded, W / G
      * with partial:G, where the G ranks of a group hold and score the same keys). */
-    const int64_t iW = cp->iW, ir = cp->ir, iI = cp->iI;
-    const bool sharded = iW > 1;
-    const bool lat_sh = W > 1 && cp->opt.kv_layout == DSACP_LAYOUT_SHARDED;
-    const int64_t kp = dsacp_cp_lean_kprime(K, iW, cp->opt.lean_factor);
-    const float scale = (float)cfg->softmax_scale;
+    int64_t iW, ir, kp;
+    float *scores;
+    int32_t *lsel;
+    uint64_t *list;        /* [nd][K] own local top-K, best first */
+    int64_t *lcount;       /* entries of list[j] */
+    int64_t *m;            /* [nd][iW] list lengths sent */
+    uint8_t *trunc, *mode;
+    size_t *rb;
+    int32_t *own;          /* [nd][K] owned winners, ascending */
+    int64_t *nown;
+    float *qall, *kv, *work, *o, *lse, *lse_all, *vpart;
+    void *qpack;
+    int64_t tot_send, tot_all;
+    float *sendsc, *recvsc;
+    uint32_t *vkeys;
+    const uint32_t **vkq;
+    int64_t *voff, *vbase;
+    uint64_t *fb_send, *fb_recv, *merge;
+} lean_call;
 
+static void lean_free(lean_call *l)
+{
+    free(l->scores), free(l->lsel), free(l->list), free(l->lcount), free(l->m), free(l->trunc), free(l->mode);
+    free(l->rb), free(l->own), free(l->nown);
+    dsacp_free(l->qall), dsacp_free(l->kv), free(l->work), dsacp_free(l->o), free(l->lse), free(l->lse_all);
+    dsacp_free(l->vpart), dsacp_free(l->qpack), free(l->sendsc), free(l->recvsc), free(l->fb_send), free(l->fb_recv);
+    free(l->merge), free(l->vkeys), free((void *)l->vkq), free(l->voff), free(l->vbase);
+}
+
+/* The first stage's buffers, agreed by the group (dsacp_cp_agree_alloc): a rank short of memory
+ * stops every rank at the same point. */
+static int lean_alloc(lean_call *l)
+{
+    const dsacp_cp_decode_args *a = l->a;
+    const dsacp_config *cfg = l->cfg;
+    const int64_t n1 = l->n1, K = l->K, iW = l->iW, H = l->H, dk = l->dk, dc = cfg->kv_lora_rank;
     int64_t maxn = 1;
-    for (int64_t j = 0; j < nd; j++)
+    for (int64_t j = 0; j < l->nd; j++)
         if (a->pos_act[j] + 1 > maxn) maxn = a->pos_act[j] + 1;
-    float *scores = malloc((size_t)maxn * 4);
-    int32_t *lsel = malloc((size_t)K * 4);
-    uint64_t *list = malloc((size_t)(n1 * K) * sizeof *list);        /* [nd][K] own local top-K, best first */
-    int64_t *lcount = calloc((size_t)n1, sizeof *lcount);            /* entries of list[j] */
-    int64_t *m = calloc((size_t)(n1 * iW), sizeof *m);               /* [nd][iW] list lengths sent */
-    uint8_t *trunc = calloc((size_t)(n1 * iW), 1), *mode = calloc((size_t)n1, 1);
-    size_t *rb = calloc((size_t)iW, sizeof *rb);
-    int32_t *own = malloc((size_t)(n1 * K) * 4);                     /* [nd][K] owned winners, ascending */
-    int64_t *nown = calloc((size_t)n1, sizeof *nown);
-    float *qall = dsacp_alloc((size_t)(n1 * H * dk) * 4), *kv = dsacp_alloc((size_t)(K * dk) * 4);
-    float *work = malloc((size_t)K * 4), *o = dsacp_alloc((size_t)(n1 * H * dc) * 4);
-    float *lse = malloc((size_t)(n1 * H) * 4), *lse_all = malloc((size_t)(W * n1 * H) * 4);
-    float *vpart = dsacp_alloc((size_t)(n1 * H * dv) * 4);
-    void *qpack = dsacp_alloc((dsacp_index_query_bytes(Hi, di) + 63) / 64 * 64);
-    float *sendsc = NULL, *recvsc = NULL;
-    uint32_t *vkeys = NULL;
-    const uint32_t **vkq = NULL;
-    int64_t *voff = NULL, *vbase = NULL;
-    uint64_t *fb_send = NULL, *fb_recv = NULL, *merge = NULL;
-    /* Each allocation stage is agreed before its first collective (dsacp_cp_agree_alloc): a rank
-     * short of memory stops every rank at the same point. */
-    int crc = dsacp_cp_agree_alloc(cp, "strategy",
-                                   scores && lsel && list && lcount && m && trunc && mode && rb && own && nown && qall &&
-                                       kv && work && o && lse && lse_all && vpart && qpack,
-                                   "the lean decode");
-    if (crc) goto done;
+    l->scores = malloc((size_t)maxn * 4);
+    l->lsel = malloc((size_t)K * 4);
+    l->list = malloc((size_t)(n1 * K) * sizeof *l->list);
+    l->lcount = calloc((size_t)n1, sizeof *l->lcount);
+    l->m = calloc((size_t)(n1 * iW), sizeof *l->m);
+    l->trunc = calloc((size_t)(n1 * iW), 1), l->mode = calloc((size_t)n1, 1);
+    l->rb = calloc((size_t)iW, sizeof *l->rb);
+    l->own = malloc((size_t)(n1 * K) * 4);
+    l->nown = calloc((size_t)n1, sizeof *l->nown);
+    l->qall = dsacp_alloc((size_t)(n1 * H * dk) * 4), l->kv = dsacp_alloc((size_t)(K * dk) * 4);
+    l->work = malloc((size_t)K * 4), l->o = dsacp_alloc((size_t)(n1 * H * dc) * 4);
+    l->lse = malloc((size_t)(n1 * H) * 4), l->lse_all = malloc((size_t)(l->cp->W * n1 * H) * 4);
+    l->vpart = dsacp_alloc((size_t)(n1 * H * l->dv) * 4);
+    l->qpack = dsacp_alloc((dsacp_index_query_bytes(cfg->index_n_heads, cfg->index_head_dim) + 63) / 64 * 64);
+    return dsacp_cp_agree_alloc(l->cp, "strategy",
+                                l->scores && l->lsel && l->list && l->lcount && l->m && l->trunc && l->mode && l->rb &&
+                                    l->own && l->nown && l->qall && l->kv && l->work && l->o && l->lse && l->lse_all &&
+                                    l->vpart && l->qpack,
+                                "the lean decode");
+}
 
-    /* 1. Local scores, local top-K in (score desc, position asc) order, and what each rank sends:
-     *    every rank knows every rank's shard length, so the list lengths need no exchange. */
-    int64_t tot_send = 0, tot_all = 0;
-    enum { ALL = 0, EXCHANGE = 1, FALLBACK = 2 };
-    for (int64_t j = 0; j < nd; j++) {
+/* 1. Local scores, local top-K in (score desc, position asc) order, and what each rank sends:
+ *    every rank knows every rank's shard length, so the list lengths need no exchange. */
+static void local_lists(lean_call *l)
+{
+    const dsacp_cp_decode_args *a = l->a;
+    dsacp_cp_ctx *cp = l->cp;
+    const dsacp_cp_step *st = a->st;
+    const int64_t K = l->K, iW = l->iW, ir = l->ir, Hi = l->cfg->index_n_heads, di = l->cfg->index_head_dim;
+    const bool sharded = iW > 1;
+    for (int64_t j = 0; j < l->nd; j++) {
         const int64_t e = st->ent[st->act[j]], n = a->pos_act[j] + 1;
         const int64_t nl = dsacp_cp_idx_len(cp, n, ir);
-        dsacp_index_query_pack(a->proj->qi + j * Hi * di, a->proj->wts + j * Hi, Hi, di, qpack);
-        dsacp_dsa_index_scores(cp->idx, a->layer, st->idx_seq[e], nl, qpack, scores, true);
+        dsacp_index_query_pack(a->proj->qi + j * Hi * di, a->proj->wts + j * Hi, Hi, di, l->qpack);
+        dsacp_dsa_index_scores(cp->idx, a->layer, st->idx_seq[e], nl, l->qpack, l->scores, true);
         cp->stats.keys_scored += nl;
-        const int64_t k = dsacp_topk_select(scores, nl, K, lsel);
+        const int64_t k = dsacp_topk_select(l->scores, nl, K, l->lsel);
         for (int64_t i = 0; i < k; i++) {
-            const int32_t p = (int32_t)(sharded ? dsacp_cp_global_pos(lsel[i], ir, iI, iW) : lsel[i]);
-            list[j * K + i] = ckey(scores[lsel[i]], p);
+            const int32_t p = (int32_t)(sharded ? dsacp_cp_global_pos(l->lsel[i], ir, cp->iI, iW) : l->lsel[i]);
+            l->list[j * K + i] = ckey(l->scores[l->lsel[i]], p);
         }
-        qsort(list + j * K, (size_t)k, sizeof *list, cmp_desc);
-        lcount[j] = k;
-        mode[j] = (!sharded || n <= K) ? ALL : EXCHANGE;
-        if (mode[j] == ALL) continue;
+        qsort(l->list + j * K, (size_t)k, sizeof *l->list, dsacp_cp_cmp_key_desc);
+        l->lcount[j] = k;
+        l->mode[j] = (!sharded || n <= K) ? ALL : EXCHANGE;
+        if (l->mode[j] == ALL) continue;
         cp->stats.lean_decisions++;
         for (int64_t q = 0; q < iW; q++) {
             const int64_t nq = dsacp_cp_idx_len(cp, n, q);
-            m[j * iW + q] = nq < kp ? nq : kp;
-            trunc[j * iW + q] = nq > m[j * iW + q];
-            rb[q] += (size_t)m[j * iW + q] * 4;
-            tot_all += m[j * iW + q];
+            l->m[j * iW + q] = nq < l->kp ? nq : l->kp;
+            l->trunc[j * iW + q] = nq > l->m[j * iW + q];
+            l->rb[q] += (size_t)l->m[j * iW + q] * 4;
+            l->tot_all += l->m[j * iW + q];
         }
-        tot_send += m[j * iW + ir];
+        l->tot_send += l->m[j * iW + ir];
     }
-    /* 2. The truncated lists' scores (padded with -inf where NaN scores left a list short), and
-     *    the verdict's buffers: one agreement for both (tot_all is the same on every rank). */
-    if (tot_all > 0) {
-        sendsc = malloc((size_t)tot_send * 4 + 4);
-        recvsc = malloc((size_t)tot_all * 4 + 4);
-    }
-    vkeys = malloc((size_t)(tot_all > 0 ? tot_all : 1) * 4);
-    vkq = malloc((size_t)iW * sizeof *vkq);
-    voff = calloc((size_t)iW, sizeof *voff), vbase = calloc((size_t)iW + 1, sizeof *vbase);
-    crc = dsacp_cp_agree_alloc(cp, "lean", (tot_all == 0 || (sendsc && recvsc)) && vkeys && vkq && voff && vbase,
-                               "the lean candidates");
-    if (crc) goto done;
-    if (tot_all > 0) {
-        float *s = sendsc;
-        for (int64_t j = 0; j < nd; j++) {
-            if (mode[j] != EXCHANGE) continue;
-            for (int64_t i = 0; i < m[j * iW + ir]; i++) {
-                float f = -INFINITY;
-                if (i < lcount[j]) {
-                    const uint32_t fk = (uint32_t)(list[j * K + i] >> 32), b = (fk & 0x80000000u) ? (fk & 0x7FFFFFFFu) : ~fk;
-                    memcpy(&f, &b, 4);
-                }
-                *s++ = f;
-            }
-        }
-    }
-    /* The scores travel (non-blocking) while every head's absorbed query row is computed here
-     * (nothing gathered): W_UK does not depend on the selection. */
-    {
-        dsacp_comm_request *req = NULL;
-        if (tot_all > 0) {
-            crc = dsacp_comm_iallgatherv(cp->icomm, sendsc, (size_t)tot_send * 4, recvsc, rb, DSACP_PHASE_index_candidates,
-                                         &req);
-            if (crc) goto done;
-        }
-        double t0 = dsacp_now();
-        if (nd > 0) dsacp_dsa_query_rows_n(a->w, cfg, a->proj->q, nd, H * dq, 0, H, qall, H * dk, true);
-        const double t1 = dsacp_now();
-        if (req) {
-            cp->ovl_compute += t1 - t0;
-            crc = dsacp_comm_wait(req);
-            cp->ovl_wait += dsacp_now() - t1;
-            if (crc) goto done;
-        }
-    }
-    /* 3. The verdict per token (the same on every rank), and this rank's winners. */
-    {
-        uint32_t *keys = vkeys;
-        const uint32_t **kq = vkq;
-        int64_t *off = voff, *base = vbase;
-        for (int64_t q = 0; q < iW; q++) base[q + 1] = base[q] + (int64_t)(rb[q] / 4);
-        for (int64_t i = 0; i < tot_all; i++) keys[i] = dsacp_float_key(recvsc[i]);
-        int64_t nfb = 0;
-        for (int64_t j = 0; j < nd; j++) {
-            int32_t *ow = own + j * K;
-            nown[j] = 0;
-            if (mode[j] == ALL) {
-                for (int64_t i = 0; i < lcount[j]; i++) {
-                    const int32_t p = ckey_pos(list[j * K + i]);
-                    if (dsacp_cp_owner(p, I, W) == me) ow[nown[j]++] = p;
-                }
-                continue;
-            }
-            for (int64_t q = 0; q < iW; q++) kq[q] = keys + base[q] + off[q];
-            uint32_t tau = 0;
-            int64_t take = 0;
-            const int v = dsacp_cp_lean_decide(iW, kq, m + j * iW, trunc + j * iW, K, ir, &tau, &take);
-            for (int64_t q = 0; q < iW; q++) off[q] += m[j * iW + q];
-            if (v != DSACP_LEAN_DECIDED) {
-                mode[j] = FALLBACK;
-                nfb++;
-                if (v == DSACP_LEAN_TIES) cp->stats.lean_fallback_ties++;
-                else cp->stats.lean_fallback_threshold++;
-                continue;
-            }
-            /* the group's winners; this rank attends those it owns */
-            const int64_t ng = dsacp_cp_lean_own(list + j * K, lcount[j], tau, take, ow);
-            for (int64_t i = 0; i < ng; i++)
-                if (dsacp_cp_owner(ow[i], I, W) == me) ow[nown[j]++] = ow[i];
-        }
-        /* 4. Fallback: exact-topk's exchange of every rank's local top-K for the open tokens. */
-        if (nfb > 0) {
-            fb_send = malloc((size_t)(nfb * K) * sizeof *fb_send);
-            fb_recv = malloc((size_t)(iW * nfb * K) * sizeof *fb_recv);
-            merge = malloc((size_t)(iW * K) * sizeof *merge);
-            /* nfb is the same on every rank (the verdicts are) */
-            crc = dsacp_cp_agree_alloc(cp, "lean", fb_send && fb_recv && merge, "the lean fallback");
-            if (crc) goto done;
-            int64_t f = 0;
-            for (int64_t j = 0; j < nd; j++) {
-                if (mode[j] != FALLBACK) continue;
-                for (int64_t i = 0; i < K; i++) fb_send[f * K + i] = i < lcount[j] ? list[j * K + i] : 0; /* 0: none */
-                f++;
-            }
-            cp->stats.lean_fallback_rounds++;
-            crc = dsacp_comm_allgather(cp->icomm, fb_send, (size_t)(nfb * K) * sizeof *fb_send, fb_recv,
-                                       DSACP_PHASE_lean_fallback);
-            if (crc) goto done;
-            f = 0;
-            for (int64_t j = 0; j < nd; j++) {
-                if (mode[j] != FALLBACK) continue;
-                int64_t cnt = 0;
-                for (int64_t q = 0; q < iW; q++)
-                    for (int64_t i = 0; i < K; i++) {
-                        const uint64_t k = fb_recv[(q * nfb + f) * K + i];
-                        if (k) merge[cnt++] = k;
-                    }
-                f++;
-                qsort(merge, (size_t)cnt, sizeof *merge, cmp_desc);
-                for (int64_t i = 0; i < cnt && i < K; i++) {
-                    const int32_t p = ckey_pos(merge[i]);
-                    if (dsacp_cp_owner(p, I, W) == me) own[j * K + nown[j]++] = p;
-                }
-            }
-        }
-    }
-    for (int64_t j = 0; j < nd; j++) qsort(own + j * K, (size_t)nown[j], sizeof *own, cmp_i32);
+}
 
-    /* 5. The attention of all heads over the owned winners in ascending positions. */
+/* 2. The truncated lists' scores (padded with -inf where NaN scores left a list short), and the
+ *    verdict's buffers: one agreement for both (tot_all is the same on every rank). The scores
+ *    travel (non-blocking) while every head's absorbed query row is computed here (nothing
+ *    gathered): W_UK does not depend on the selection. */
+static int exchange_scores(lean_call *l)
+{
+    dsacp_cp_ctx *cp = l->cp;
+    const int64_t iW = l->iW, K = l->K, nd = l->nd, H = l->H;
+    if (l->tot_all > 0) {
+        l->sendsc = malloc((size_t)l->tot_send * 4 + 4);
+        l->recvsc = malloc((size_t)l->tot_all * 4 + 4);
+    }
+    l->vkeys = malloc((size_t)(l->tot_all > 0 ? l->tot_all : 1) * 4);
+    l->vkq = malloc((size_t)iW * sizeof *l->vkq);
+    l->voff = calloc((size_t)iW, sizeof *l->voff), l->vbase = calloc((size_t)iW + 1, sizeof *l->vbase);
+    int crc = dsacp_cp_agree_alloc(cp, "lean", (l->tot_all == 0 || (l->sendsc && l->recvsc)) && l->vkeys && l->vkq &&
+                                                   l->voff && l->vbase, "the lean candidates");
+    if (crc) return crc;
+    float *s = l->sendsc;
+    for (int64_t j = 0; j < nd && l->tot_all > 0; j++) {
+        if (l->mode[j] != EXCHANGE) continue;
+        for (int64_t i = 0; i < l->m[j * iW + l->ir]; i++) {
+            float f = -INFINITY;
+            if (i < l->lcount[j]) {
+                const uint32_t fk = (uint32_t)(l->list[j * K + i] >> 32), b = (fk & 0x80000000u) ? (fk & 0x7FFFFFFFu) : ~fk;
+                memcpy(&f, &b, 4);
+            }
+            *s++ = f;
+        }
+    }
+    dsacp_comm_request *req = NULL;
+    if (l->tot_all > 0) {
+        crc = dsacp_comm_iallgatherv(cp->icomm, l->sendsc, (size_t)l->tot_send * 4, l->recvsc, l->rb,
+                                     DSACP_PHASE_index_candidates, &req);
+        if (crc) return crc;
+    }
+    const int64_t dq = l->cfg->qk_nope_head_dim + l->cfg->qk_rope_head_dim;
+    const double t0 = dsacp_now();
+    if (nd > 0) dsacp_dsa_query_rows_n(l->a->w, l->cfg, l->a->proj->q, nd, H * dq, 0, H, l->qall, H * l->dk, true);
+    const double t1 = dsacp_now();
+    if (!req) return DSACP_OK;
+    cp->ovl_compute += t1 - t0;
+    crc = dsacp_comm_wait(req);
+    cp->ovl_wait += dsacp_now() - t1;
+    return crc;
+}
+
+/* 4. Fallback: exact-topk's exchange of every rank's local top-K for the nfb open tokens (nfb is
+ *    the same on every rank: the verdicts are). */
+static int fallback(lean_call *l, int64_t nfb)
+{
+    dsacp_cp_ctx *cp = l->cp;
+    const int64_t K = l->K, iW = l->iW, nd = l->nd, W = cp->W, me = cp->rank, I = cp->opt.interleave;
+    l->fb_send = malloc((size_t)(nfb * K) * sizeof *l->fb_send);
+    l->fb_recv = malloc((size_t)(iW * nfb * K) * sizeof *l->fb_recv);
+    l->merge = malloc((size_t)(iW * K) * sizeof *l->merge);
+    int crc = dsacp_cp_agree_alloc(cp, "lean", l->fb_send && l->fb_recv && l->merge, "the lean fallback");
+    if (crc) return crc;
+    int64_t f = 0;
     for (int64_t j = 0; j < nd; j++) {
-        const int64_t e = st->ent[st->act[j]];
-        for (int64_t i = 0; i < nown[j]; i++) {
-            const int64_t p = own[j * K + i], lp = lat_sh ? dsacp_cp_local_pos(p, I, W) : p;
-            dsacp_kv_read_mla(cp->lat, a->layer, dsacp_kv_slot(cp->lat, st->lat_seq[e], lp), kv + i * dk);
-        }
-        cp->stats.keys_attended += nown[j];
-        cp->stats.lean_owned_winners += nown[j];
-        cp->stats.decode_tokens++;
-        dsacp_sparse_mla(qall + j * H * dk, kv, nown[j], H, dc, dr, scale, o + j * H * dc, lse + j * H, work);
+        if (l->mode[j] != FALLBACK) continue;
+        for (int64_t i = 0; i < K; i++) l->fb_send[f * K + i] = i < l->lcount[j] ? l->list[j * K + i] : 0; /* 0: none */
+        f++;
     }
+    cp->stats.lean_fallback_rounds++;
+    crc = dsacp_comm_allgather(cp->icomm, l->fb_send, (size_t)(nfb * K) * sizeof *l->fb_send, l->fb_recv,
+                               DSACP_PHASE_lean_fallback);
+    if (crc) return crc;
+    f = 0;
+    for (int64_t j = 0; j < nd; j++) {
+        if (l->mode[j] != FALLBACK) continue;
+        int64_t cnt = 0;
+        for (int64_t q = 0; q < iW; q++)
+            for (int64_t i = 0; i < K; i++) {
+                const uint64_t k = l->fb_recv[(q * nfb + f) * K + i];
+                if (k) l->merge[cnt++] = k;
+            }
+        f++;
+        qsort(l->merge, (size_t)cnt, sizeof *l->merge, dsacp_cp_cmp_key_desc);
+        for (int64_t i = 0; i < cnt && i < K; i++) {
+            const int32_t p = ckey_pos(l->merge[i]);
+            if (dsacp_cp_owner(p, I, W) == me) l->own[j * K + l->nown[j]++] = p;
+        }
+    }
+    return DSACP_OK;
+}
 
-    /* 6. Merge. values + a2a (Helix): W_UV of every head on the unscaled partial, each head's row
-     *    and lse to its rank in one all-to-all, merged there. Otherwise: the lse of every rank,
-     *    this rank's share scaled, W_UV of every head, then the output or values merge. */
-    if (!output_merge && cp->opt.merge_backend == DSACP_MERGE_A2A) {
-        float *mine = dsacp_alloc((size_t)(n1 * (Hs > 0 ? Hs : 1) * dv) * 4);
-        crc = dsacp_cp_agree_alloc(cp, "merge", mine != NULL, "the lean merge");
-        if (crc) {
-            dsacp_free(mine);
-            goto done;
+/* 3. The verdict per token (the same on every rank) and this rank's winners; the open tokens
+ *    through the fallback. */
+static int verdicts(lean_call *l)
+{
+    dsacp_cp_ctx *cp = l->cp;
+    const int64_t K = l->K, iW = l->iW, W = cp->W, me = cp->rank, I = cp->opt.interleave;
+    for (int64_t q = 0; q < iW; q++) l->vbase[q + 1] = l->vbase[q] + (int64_t)(l->rb[q] / 4);
+    for (int64_t i = 0; i < l->tot_all; i++) l->vkeys[i] = dsacp_float_key(l->recvsc[i]);
+    int64_t nfb = 0;
+    for (int64_t j = 0; j < l->nd; j++) {
+        int32_t *ow = l->own + j * K;
+        l->nown[j] = 0;
+        if (l->mode[j] == ALL) {
+            for (int64_t i = 0; i < l->lcount[j]; i++) {
+                const int32_t p = ckey_pos(l->list[j * K + i]);
+                if (dsacp_cp_owner(p, I, W) == me) ow[l->nown[j]++] = p;
+            }
+            continue;
         }
-        if (nd > 0) dsacp_dsa_value_rows_n(a->w, cfg, o, nd, H * dc, 0, H, vpart, H * dv, true);
-        crc = dsacp_cp_merge_a2a(cp, nd, H, dv, vpart, lse, mine, bf16, DSACP_PHASE_attn_merge);
-        if (!crc)
-            for (int64_t j = 0; j < nd; j++)
-                memcpy(a->vcat + (j * H + h0) * dv, mine + j * Hs * dv, (size_t)(Hs * dv) * 4);
-        dsacp_free(mine);
-        if (crc) goto done;
-        goto selected_sets;
+        for (int64_t q = 0; q < iW; q++) l->vkq[q] = l->vkeys + l->vbase[q] + l->voff[q];
+        uint32_t tau = 0;
+        int64_t take = 0;
+        const int v = dsacp_cp_lean_decide(iW, l->vkq, l->m + j * iW, l->trunc + j * iW, K, l->ir, &tau, &take);
+        for (int64_t q = 0; q < iW; q++) l->voff[q] += l->m[j * iW + q];
+        if (v != DSACP_LEAN_DECIDED) {
+            l->mode[j] = FALLBACK;
+            nfb++;
+            if (v == DSACP_LEAN_TIES) cp->stats.lean_fallback_ties++;
+            else cp->stats.lean_fallback_threshold++;
+            continue;
+        }
+        /* the group's winners; this rank attends those it owns */
+        const int64_t ng = dsacp_cp_lean_own(l->list + j * K, l->lcount[j], tau, take, ow);
+        for (int64_t i = 0; i < ng; i++)
+            if (dsacp_cp_owner(ow[i], I, W) == me) ow[l->nown[j]++] = ow[i];
     }
-    crc = dsacp_comm_allgather(cp->comm, lse, (size_t)(nd * H) * 4, lse_all, DSACP_PHASE_attn_merge);
-    if (crc) goto done;
+    int crc = nfb > 0 ? fallback(l, nfb) : DSACP_OK;
+    for (int64_t j = 0; j < l->nd && !crc; j++) qsort(l->own + j * K, (size_t)l->nown[j], sizeof *l->own, dsacp_cmp_i32);
+    return crc;
+}
+
+/* 5. The attention of all heads over the owned winners in ascending positions. */
+static void attend(lean_call *l)
+{
+    dsacp_cp_ctx *cp = l->cp;
+    const dsacp_cp_step *st = l->a->st;
+    const dsacp_config *cfg = l->cfg;
+    const int64_t K = l->K, H = l->H, dk = l->dk, dc = cfg->kv_lora_rank, dr = cfg->qk_rope_head_dim;
+    const int64_t W = cp->W, I = cp->opt.interleave;
+    const bool lat_sh = W > 1 && cp->opt.kv_layout == DSACP_LAYOUT_SHARDED;
+    for (int64_t j = 0; j < l->nd; j++) {
+        const int64_t e = st->ent[st->act[j]];
+        for (int64_t i = 0; i < l->nown[j]; i++) {
+            const int64_t p = l->own[j * K + i], lp = lat_sh ? dsacp_cp_local_pos(p, I, W) : p;
+            dsacp_kv_read_mla(cp->lat, l->a->layer, dsacp_kv_slot(cp->lat, st->lat_seq[e], lp), l->kv + i * dk);
+        }
+        cp->stats.keys_attended += l->nown[j];
+        cp->stats.lean_owned_winners += l->nown[j];
+        cp->stats.decode_tokens++;
+        dsacp_sparse_mla(l->qall + j * H * dk, l->kv, l->nown[j], H, dc, dr, (float)cfg->softmax_scale, l->o + j * H * dc,
+                         l->lse + j * H, l->work);
+    }
+}
+
+/* The merged head rows of this rank's heads into vcat: from the a2a merge or the reduce-scatter. */
+static void put_own_heads(lean_call *l, const float *mine)
+{
+    const int64_t Hs = l->cp->h1 - l->cp->h0, dv = l->dv;
+    for (int64_t j = 0; j < l->nd; j++)
+        memcpy(l->a->vcat + (j * l->H + l->cp->h0) * dv, mine + j * Hs * dv, (size_t)(Hs * dv) * 4);
+}
+
+/* 6a. values + a2a (Helix): W_UV of every head on the unscaled partial, each head's row and lse
+ *     to its rank in one all-to-all, merged there. */
+static int merge_a2a(lean_call *l)
+{
+    const int64_t Hs = l->cp->h1 - l->cp->h0, H = l->H, dc = l->cfg->kv_lora_rank;
+    float *mine = dsacp_alloc((size_t)(l->n1 * (Hs > 0 ? Hs : 1) * l->dv) * 4);
+    int crc = dsacp_cp_agree_alloc(l->cp, "merge", mine != NULL, "the lean merge");
+    if (!crc) {
+        if (l->nd > 0) dsacp_dsa_value_rows_n(l->a->w, l->cfg, l->o, l->nd, H * dc, 0, H, l->vpart, H * l->dv, true);
+        crc = dsacp_cp_merge_a2a(l->cp, l->nd, H, l->dv, l->vpart, l->lse, mine, l->a->wire16, DSACP_PHASE_attn_merge);
+        if (!crc) put_own_heads(l, mine);
+    }
+    dsacp_free(mine);
+    return crc;
+}
+
+/* 6b. The lse of every rank, this rank's share scaled, W_UV of every head, then the output merge
+ *     (the strategy's o_proj all-reduces) or the values merge (head rows to their heads' ranks,
+ *     summed there in rank order). */
+static int merge_scaled(lean_call *l)
+{
+    dsacp_cp_ctx *cp = l->cp;
+    const int64_t nd = l->nd, H = l->H, W = cp->W, dc = l->cfg->kv_lora_rank, dv = l->dv, Hs = cp->h1 - cp->h0;
+    int crc = dsacp_comm_allgather(cp->comm, l->lse, (size_t)(nd * H) * 4, l->lse_all, DSACP_PHASE_attn_merge);
+    if (crc) return crc;
     for (int64_t j = 0; j < nd; j++)
         for (int64_t h = 0; h < H; h++) {
             float mx = -INFINITY;
-            for (int64_t r = 0; r < W; r++) mx = fmaxf(mx, lse_all[(r * nd + j) * H + h]);
+            for (int64_t r = 0; r < W; r++) mx = fmaxf(mx, l->lse_all[(r * nd + j) * H + h]);
             float f = 0.0f;
             if (mx != -INFINITY) {
                 double sum = 0;
-                for (int64_t r = 0; r < W; r++) sum += exp((double)lse_all[(r * nd + j) * H + h] - mx);
-                f = (float)exp((double)lse[j * H + h] - (mx + log(sum)));
+                for (int64_t r = 0; r < W; r++) sum += exp((double)l->lse_all[(r * nd + j) * H + h] - mx);
+                f = (float)exp((double)l->lse[j * H + h] - (mx + log(sum)));
             }
-            float *oh = o + (j * H + h) * dc;
+            float *oh = l->o + (j * H + h) * dc;
             for (int64_t i = 0; i < dc; i++) oh[i] *= f;
         }
-    if (nd > 0) dsacp_dsa_value_rows_n(a->w, cfg, o, nd, H * dc, 0, H, vpart, H * dv, true);
-    if (output_merge) {
-        /* cp_layer.c applies the whole o_proj to each rank's partial and all-reduces. */
-        memcpy(a->vcat, vpart, (size_t)(nd * H * dv) * 4);
-    } else {
-        /* Head rows to their heads' ranks, summed there in rank order. */
-        int64_t *cnt = malloc((size_t)W * sizeof *cnt);
-        float *sendv = dsacp_alloc((size_t)(n1 * H * dv) * 4), *mine = dsacp_alloc((size_t)(n1 * (Hs > 0 ? Hs : 1) * dv) * 4);
-        crc = dsacp_cp_agree_alloc(cp, "merge", cnt && sendv && mine, "the lean merge");
-        if (crc) {
-            free(cnt), dsacp_free(sendv), dsacp_free(mine);
-            goto done;
-        }
+    if (nd > 0) dsacp_dsa_value_rows_n(l->a->w, l->cfg, l->o, nd, H * dc, 0, H, l->vpart, H * dv, true);
+    if (l->a->output_merge) {
+        memcpy(l->a->vcat, l->vpart, (size_t)(nd * H * dv) * 4);
+        return DSACP_OK;
+    }
+    int64_t *cnt = malloc((size_t)W * sizeof *cnt);
+    float *sendv = dsacp_alloc((size_t)(l->n1 * H * dv) * 4), *mine = dsacp_alloc((size_t)(l->n1 * (Hs > 0 ? Hs : 1) * dv) * 4);
+    crc = dsacp_cp_agree_alloc(cp, "merge", cnt && sendv && mine, "the lean merge");
+    if (!crc) {
         float *s = sendv;
         for (int64_t q = 0; q < W; q++) {
             const int64_t qa = dsacp_split_begin(H, q, W), qb = dsacp_split_begin(H, q + 1, W);
             cnt[q] = nd * (qb - qa) * dv;
             for (int64_t j = 0; j < nd; j++, s += (qb - qa) * dv)
-                memcpy(s, vpart + (j * H + qa) * dv, (size_t)((qb - qa) * dv) * 4);
+                memcpy(s, l->vpart + (j * H + qa) * dv, (size_t)((qb - qa) * dv) * 4);
         }
-        crc = dsacp_comm_reduce_scatter_wire(cp->comm, sendv, mine, cnt, bf16, DSACP_PHASE_attn_merge);
-        if (!crc)
+        crc = dsacp_comm_reduce_scatter_wire(cp->comm, sendv, mine, cnt, l->a->wire16, DSACP_PHASE_attn_merge);
+        if (!crc) put_own_heads(l, mine);
+    }
+    free(cnt), dsacp_free(sendv), dsacp_free(mine);
+    return crc;
+}
+
+/* 7. The selected sets, only when asked: every rank's owned winners to rank 0. */
+static int selected_sets(lean_call *l)
+{
+    dsacp_cp_ctx *cp = l->cp;
+    const int64_t nd = l->nd, n1 = l->n1, K = l->K, W = cp->W;
+    size_t *gb = calloc((size_t)W, sizeof *gb);
+    int64_t *gn = malloc((size_t)(W * n1) * sizeof *gn), mycnt = 0;
+    int32_t *gs = malloc((size_t)(n1 * K) * 4), *ga = NULL;
+    int crc = dsacp_cp_agree_alloc(cp, "topk", gb && gn && gs, "the selected sets");
+    if (!crc) {
+        for (int64_t j = 0; j < nd; j++) memcpy(gs + mycnt, l->own + j * K, (size_t)l->nown[j] * 4), mycnt += l->nown[j];
+        crc = dsacp_comm_allgather(cp->comm, l->nown, (size_t)nd * sizeof *l->nown, gn, DSACP_PHASE_topk_dump);
+    }
+    int64_t all = 0;
+    if (!crc) {
+        for (int64_t q = 0; q < W; q++) {
+            for (int64_t j = 0; j < nd; j++) gb[q] += (size_t)gn[q * nd + j] * 4;
+            all += (int64_t)gb[q] / 4;
+        }
+        ga = malloc((size_t)all * 4 + 4);
+        crc = dsacp_cp_agree_alloc(cp, "topk", ga != NULL, "the selected sets");
+    }
+    if (!crc) crc = dsacp_comm_gatherv(cp->comm, gs, (size_t)mycnt * 4, ga, gb, DSACP_PHASE_topk_dump);
+    if (!crc && cp->rank == 0) {
+        int32_t *topk = l->a->topk;
+        int64_t *fill = calloc((size_t)n1, sizeof *fill);
+        const int32_t *r = ga;
+        for (int64_t q = 0; q < W && fill; q++)
             for (int64_t j = 0; j < nd; j++)
-                memcpy(a->vcat + (j * H + h0) * dv, mine + j * Hs * dv, (size_t)(Hs * dv) * 4);
-        free(cnt), dsacp_free(sendv), dsacp_free(mine);
-        if (crc) goto done;
+                for (int64_t i = 0; i < gn[q * nd + j]; i++) topk[j * K + fill[j]++] = *r++;
+        for (int64_t j = 0; j < nd && fill; j++) {
+            qsort(topk + j * K, (size_t)fill[j], 4, dsacp_cmp_i32);
+            for (int64_t i = fill[j]; i < K; i++) topk[j * K + i] = -1;
+        }
+        if (!fill) *l->a->rc = dsacp_error(DSACP_ENOMEM, "out of memory for the selected sets");
+        free(fill);
     }
-selected_sets:
-    /* 7. The selected sets, only when asked: every rank's owned winners to rank 0. */
-    if (st->want_topk) {
-        size_t *gb = calloc((size_t)W, sizeof *gb);
-        int64_t *gn = malloc((size_t)(W * n1) * sizeof *gn), mycnt = 0;
-        int32_t *gs = malloc((size_t)(n1 * K) * 4), *ga = NULL;
-        crc = dsacp_cp_agree_alloc(cp, "topk", gb && gn && gs, "the selected sets");
-        if (!crc) {
-            for (int64_t j = 0; j < nd; j++) memcpy(gs + mycnt, own + j * K, (size_t)nown[j] * 4), mycnt += nown[j];
-            crc = dsacp_comm_allgather(cp->comm, nown, (size_t)nd * sizeof *nown, gn, DSACP_PHASE_topk_dump);
-        }
-        int64_t all = 0;
-        if (!crc) {
-            for (int64_t q = 0; q < W; q++) {
-                for (int64_t j = 0; j < nd; j++) gb[q] += (size_t)gn[q * nd + j] * 4;
-                all += (int64_t)gb[q] / 4;
-            }
-            ga = malloc((size_t)all * 4 + 4);
-            crc = dsacp_cp_agree_alloc(cp, "topk", ga != NULL, "the selected sets");
-        }
-        if (!crc) crc = dsacp_comm_gatherv(cp->comm, gs, (size_t)mycnt * 4, ga, gb, DSACP_PHASE_topk_dump);
-        if (!crc && me == 0) {
-            int64_t *fill = calloc((size_t)n1, sizeof *fill);
-            const int32_t *r = ga;
-            for (int64_t q = 0; q < W && fill; q++)
-                for (int64_t j = 0; j < nd; j++)
-                    for (int64_t i = 0; i < gn[q * nd + j]; i++) a->topk[j * K + fill[j]++] = *r++;
-            for (int64_t j = 0; j < nd && fill; j++) {
-                qsort(a->topk + j * K, (size_t)fill[j], 4, cmp_i32);
-                for (int64_t i = fill[j]; i < K; i++) a->topk[j * K + i] = -1;
-            }
-            if (!fill) *a->rc = dsacp_error(DSACP_ENOMEM, "out of memory for the selected sets");
-            free(fill);
-        }
-        free(gb), free(gn), free(gs), free(ga);
-        if (crc) goto done;
+    free(gb), free(gn), free(gs), free(ga);
+    return crc;
+}
+
+static int decode(const dsacp_cp_decode_args *a)
+{
+    dsacp_cp_ctx *cp = a->cp;
+    const dsacp_config *cfg = a->ctx->cfg;
+    lean_call l = {.a = a, .cp = cp, .cfg = cfg, .nd = a->st->n_dec, .K = cfg->index_topk, .H = cfg->num_attention_heads,
+                   .dk = cfg->kv_lora_rank + cfg->qk_rope_head_dim, .dv = cfg->v_head_dim, .iW = cp->iW, .ir = cp->ir};
+    l.n1 = l.nd > 0 ? l.nd : 1;
+    l.kp = dsacp_cp_lean_kprime(l.K, l.iW, cp->opt.lean_factor);
+    int crc = lean_alloc(&l);
+    if (!crc) {
+        local_lists(&l);
+        crc = exchange_scores(&l);
     }
-done:
-    free(scores), free(lsel), free(list), free(lcount), free(m), free(trunc), free(mode), free(rb), free(own), free(nown);
-    dsacp_free(qall), dsacp_free(kv), free(work), dsacp_free(o), free(lse), free(lse_all), dsacp_free(vpart);
-    dsacp_free(qpack), free(sendsc), free(recvsc), free(fb_send), free(fb_recv), free(merge);
-    free(vkeys), free((void *)vkq), free(voff), free(vbase);
+    if (!crc) crc = verdicts(&l);
+    if (!crc) {
+        attend(&l);
+        crc = !a->output_merge && cp->opt.merge_backend == DSACP_MERGE_A2A ? merge_a2a(&l) : merge_scaled(&l);
+    }
+    if (!crc && a->st->want_topk) crc = selected_sets(&l);
+    lean_free(&l);
     return crc;
 }
 

@@ -90,6 +90,12 @@ int dsacp_cp_merge_a2a(dsacp_cp_ctx *cp, int64_t nd, int64_t H, int64_t wd, cons
     return crc;
 }
 
+int dsacp_cp_cmp_key_desc(const void *a, const void *b)
+{
+    const uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? 1 : x > y ? -1 : 0;
+}
+
 void dsacp_cp_own_query_rows(const dsacp_cp_decode_args *a, float *qown)
 {
     const dsacp_config *cfg = a->ctx->cfg;
