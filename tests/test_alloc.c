@@ -10,7 +10,8 @@
  * never cross a block boundary between N and N + 16), so the block tables never grow.
  * DSACP_ALLOC_SITES=1 prints the call stack of every allocation of the extra tokens on stderr;
  * tests/alloc_sites.py test_alloc FILE sums them per token by file:function (addr2line).
- * Under AddressSanitizer (which owns malloc) the test is skipped (exit 77).
+ * Under AddressSanitizer (which owns malloc) the test is skipped (exit 77); under LLVM's OpenMP
+ * runtime it counts without asserting (that runtime allocates in every parallel region).
  */
 #include "test.h"
 #include "engine/engine.h"
@@ -31,6 +32,7 @@
 #endif
 
 #if ALLOC_COUNTING
+#include <dlfcn.h>
 #include <execinfo.h>
 
 /* ---- the counter ---- */
@@ -110,6 +112,11 @@ void free(void *p) { __libc_free(p); }
  * test asserts zero. */
 #define EXPECT_ZERO 0
 
+/* LLVM's OpenMP runtime (clang's libomp) allocates in every parallel region, even with a full
+ * team (measured: a few per region, about three per chunk of a dynamic schedule); GCC's libgomp
+ * only in regions that run with one thread or nested. Zero is asserted under libgomp only. */
+static bool llvm_openmp(void) { return dlsym(RTLD_DEFAULT, "__kmpc_fork_call") != NULL; }
+
 enum { PROMPT = 20, DECODE = 8, EXTRA = 16, BLOCK = 64 }; /* PROMPT + DECODE + EXTRA < BLOCK */
 
 /* Allocations of one generate run with `decode` tokens after the prompt (0 on failure, with a
@@ -172,7 +179,7 @@ static void check_config(const char *preset, dsacp_weight_format wf, dsacp_numer
            preset, nm == DSACP_NUMERICS_DEPLOYED ? "deployed" : "exact", kv == DSACP_KV_F32 ? "f32" : kv == DSACP_KV_BF16 ? "bf16" : "fp8", a, DECODE, b,
            DECODE + EXTRA, (double)(b - a) / EXTRA);
     if (sites) print_sites();
-    if (EXPECT_ZERO)
+    if (EXPECT_ZERO && !llvm_openmp())
         CHECKF(b - a == 0, "%s: %ld heap allocations in %d decode tokens (DSACP_ALLOC_SITES=1 lists them)", preset,
                b - a, EXTRA);
     dsacp_model_free(m);
@@ -183,6 +190,7 @@ int main(void)
     void *warm[4];
     backtrace(warm, 4); /* loads the unwinder now, not inside a counted allocation */
     const bool sites = getenv("DSACP_ALLOC_SITES") != NULL;
+    if (llvm_openmp()) printf("LLVM's OpenMP runtime: allocations counted, zero not asserted\n");
     char dir[64];
     snprintf(dir, sizeof dir, "/tmp/dsacp_alloc_XXXXXX");
     if (!mkdtemp(dir)) {
