@@ -41,6 +41,23 @@ static inline uint32_t shift_rne(uint32_t v, unsigned shift)
     return q;
 }
 
+/* The magnitude bits of a finite |x| (bit pattern a, below the target's overflow) in a smaller
+ * binary float format with `mbits` mantissa bits and smallest normal exponent `emin` (bias
+ * 1 - emin), rounded to nearest even. In the normal range: rebias and round the mantissa 23 ->
+ * mbits bits (a carry moves into the exponent). Below it: round(|x| * 2^(mbits - emin)) as an
+ * integer, the subnormal codes (the largest rounds up to the smallest normal's code). Float
+ * subnormals are far below either format's smallest subnormal: zero. f16 and e4m3 share it. */
+static inline uint32_t narrow_magnitude(uint32_t a, int mbits, int emin)
+{
+    const unsigned drop = (unsigned)(23 - mbits);
+    if (a >= (uint32_t)(127 + emin) << 23) return shift_rne(a - ((uint32_t)(127 - (1 - emin)) << 23), drop);
+    if (a < 0x00800000u) return 0;
+    const int e = (int)(a >> 23) - 127; /* < emin */
+    const uint32_t sig = (a & 0x007FFFFFu) | 0x00800000u;
+    const unsigned shift = drop + (unsigned)(emin - e); /* |x| * 2^(mbits - emin) = sig >> shift */
+    return shift > 24 ? 0 : shift_rne(sig, shift);      /* sig < 2^24: below half the smallest code */
+}
+
 /* ---- bf16 ---- */
 
 uint16_t dsacp_f32_to_bf16(float x)
@@ -70,23 +87,7 @@ uint16_t dsacp_f32_to_f16(float x)
         return (uint16_t)(sign | 0x7E00u | ((a >> 13) & 0x03FFu));
     if (a >= 0x47800000u) /* >= 65536 (and inf): inf */
         return (uint16_t)(sign | 0x7C00u);
-    if (a >= 0x38800000u) { /* half normal range, >= 2^-14 */
-        /* Rebias the exponent (127 -> 15) and round the mantissa 23 -> 10 bits; a carry
-         * moves into the exponent and reaches 0x7C00 (inf) from 65520 upward. */
-        uint32_t v = a - ((uint32_t)(127 - 15) << 23);
-        return (uint16_t)(sign | shift_rne(v, 13));
-    }
-    /* Half subnormal (or zero): the result is round(|x| * 2^24) as an integer 0..0x400
-     * (0x400 being the smallest normal). A float subnormal is far below 2^-25: zero. */
-    if (a < 0x00800000u)
-        return sign;
-    int e = (int)(a >> 23) - 127; /* <= -15 */
-    uint32_t sig = (a & 0x007FFFFFu) | 0x00800000u;
-    /* |x| * 2^24 = sig * 2^(e - 23 + 24) = sig >> (-e - 1) */
-    unsigned shift = (unsigned)(-e - 1); /* >= 14 */
-    if (shift > 24)                      /* sig < 2^24: below half of the smallest subnormal */
-        return sign;
-    return (uint16_t)(sign | shift_rne(sig, shift));
+    return (uint16_t)(sign | narrow_magnitude(a, 10, -14)); /* from 2^-14 normal; 0x7C00 (inf) from 65520 */
 }
 
 float dsacp_f16_to_f32(uint16_t x)
@@ -149,22 +150,8 @@ uint8_t dsacp_f32_to_e4m3(float x)
         return (uint8_t)(sign | 0x7Fu);
     if (a >= 0x43E00000u) /* >= 448 (inf too): saturate to the largest finite value */
         return (uint8_t)(sign | 0x7Eu);
-    if (a >= 0x3C800000u) { /* e4m3 normal range, >= 2^-6 */
-        /* Rebias (127 -> 7) and round the mantissa 23 -> 3 bits; a carry moves into the
-         * exponent. Below 448 the result is at most 0x7E (448 itself), never the NaN code. */
-        uint32_t v = a - ((uint32_t)(127 - 7) << 23);
-        return (uint8_t)(sign | shift_rne(v, 20));
-    }
-    /* Subnormal (or zero): round(|x| * 2^9) as an integer 0..8 (8 is the smallest normal,
-     * code 0x08). Float subnormals are far below 2^-10: zero. */
-    if (a < 0x00800000u)
-        return sign;
-    int e = (int)(a >> 23) - 127; /* <= -7 */
-    uint32_t sig = (a & 0x007FFFFFu) | 0x00800000u;
-    unsigned shift = (unsigned)(14 - e); /* |x| * 2^9 = sig >> (14 - e); >= 21 */
-    if (shift > 24)
-        return sign;
-    return (uint8_t)(sign | shift_rne(sig, shift));
+    /* Below 448 the result is at most 0x7E (448 itself), never the NaN code. */
+    return (uint8_t)(sign | narrow_magnitude(a, 3, -6)); /* from 2^-6 normal */
 }
 
 /* ---- cache entry formats ---- */
