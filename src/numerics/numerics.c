@@ -189,18 +189,24 @@ float dsacp_ue8m0_scale(float amax)
     return f32_from_bits((uint32_t)(e + 127) << 23);
 }
 
+/* max |x[i]| of a group, NaN skipped (`v > amax` is false for NaN). */
+static float group_amax(const float *x, int64_t group)
+{
+    float amax = 0.0f;
+    for (int64_t i = 0; i < group; i++) {
+        float v = fabsf(x[i]);
+        if (v > amax)
+            amax = v;
+    }
+    return amax;
+}
+
 void dsacp_quant_e4m3_groups(const float *x, int64_t n, int64_t group, uint8_t *q, float *scales)
 {
     assert(group > 0 && n >= 0 && n % group == 0);
     for (int64_t g = 0; g * group < n; g++) {
         const float *xg = x + g * group;
-        float amax = 0.0f;
-        for (int64_t i = 0; i < group; i++) {
-            float v = fabsf(xg[i]);
-            if (v > amax)
-                amax = v;
-        }
-        float s = dsacp_ue8m0_scale(amax);
+        float s = dsacp_ue8m0_scale(group_amax(xg, group));
         scales[g] = s;
         for (int64_t i = 0; i < group; i++) {
             float v = xg[i] / s; /* exact: s is a power of two and v stays normal or tiny */
@@ -229,13 +235,7 @@ void dsacp_fake_quant_e4m3_groups(float *x, int64_t n, int64_t group)
     /* One group at a time (a group may be larger than the buffer: then in chunks of it). */
     for (int64_t g = 0; g * group < n; g++) {
         float *xg = x + g * group;
-        float amax = 0.0f;
-        for (int64_t i = 0; i < group; i++) {
-            float v = fabsf(xg[i]);
-            if (v > amax)
-                amax = v;
-        }
-        float s = dsacp_ue8m0_scale(amax);
+        float s = dsacp_ue8m0_scale(group_amax(xg, group));
         for (int64_t i0 = 0; i0 < group; i0 += CHUNK) {
             int64_t len = group - i0 < CHUNK ? group - i0 : CHUNK;
             for (int64_t i = 0; i < len; i++) {
