@@ -356,7 +356,6 @@ const dsacp_kernel_table dsacp_kernels_scalar = {
     .isa = DSACP_ISA_SCALAR,
     .linear_ws_bytes = dsacp_linear_scalar_ws_bytes,
     .linear = dsacp_linear_scalar_ws,
-    .act_quant_rows = dsacp_quant_rows_scalar,
     .rmsnorm = dsacp_rmsnorm_scalar,
     .gemv_t = dsacp_gemv_t_scalar,
     .index_transposed = false,

@@ -36,8 +36,6 @@ typedef struct dsacp_kernel_table {
     size_t (*linear_ws_bytes)(const dsacp_weight *w, int64_t T, bool act_quant);
     int (*linear)(const dsacp_weight *w, const float *x, int64_t T, int64_t ldx, float *y, int64_t ldy,
                   bool act_quant, void *ws, size_t ws_bytes);
-    /* x rounded in place through e4m3 in groups of 128 (n % 128 == 0): the act_quant rounding. */
-    void (*act_quant_rows)(float *x, int64_t n);
     void (*rmsnorm)(float *y, const float *x, const float *weight, int64_t n, double eps);
     void (*gemv_t)(const float *A, int64_t lda, const float *x, int64_t m, int64_t n, float *y);
     /* Indexer scores of a packed query: index_transposed says the layout dsacp_index_query_pack

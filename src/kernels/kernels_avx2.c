@@ -514,7 +514,6 @@ const dsacp_kernel_table dsacp_kernels_avx2 = {
     .isa = DSACP_ISA_AVX2,
     .linear_ws_bytes = linear_avx2_ws_bytes,
     .linear = linear_avx2,
-    .act_quant_rows = dsacp_fake_quant_e4m3_128_avx2,
     .rmsnorm = dsacp_rmsnorm_avx2,
     .gemv_t = gemv_t_avx2,
     .index_transposed = true,

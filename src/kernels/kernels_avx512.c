@@ -597,8 +597,8 @@ T512 static void e4m3_row_avx512(const uint8_t *src, const float *scales, int64_
 /* The AVX-512 table; with AVX512-VBMI (chosen once by dispatch.c) the same but for the linear,
  * whose FP8 weights with blocks of a multiple of 64 run the table decode. */
 #define AVX512_SLOTS                                                                                              \
-    .isa = DSACP_ISA_AVX512, .act_quant_rows = dsacp_fake_quant_e4m3_128_avx2, .rmsnorm = dsacp_rmsnorm_avx512,    \
-    .gemv_t = gemv_t_avx512, .index_transposed = true, .index_scores = index_scores_avx512,                       \
+    .isa = DSACP_ISA_AVX512, .rmsnorm = dsacp_rmsnorm_avx512, .gemv_t = gemv_t_avx512, .index_transposed = true,  \
+    .index_scores = index_scores_avx512,                                                                          \
     .mla_bytes = mla_bytes_avx512, .sparse_mla = sparse_mla_avx512, .axpy = dsacp_axpy_avx512,                    \
     .decode_isa = DSACP_ISA_AVX512, .bf16_row = bf16_row_avx512, .e4m3_row = e4m3_row_avx512
 const dsacp_kernel_table dsacp_kernels_avx512 = {AVX512_SLOTS, .linear_ws_bytes = linear_avx512_ws_bytes,

@@ -76,9 +76,7 @@ void dsacp_e4m3_row_scalar(const uint8_t *src, const float *scales, int64_t grou
 /* ---- linear (kernels_linear.c) ---- */
 
 typedef void (*dsacp_quant_rows_fn)(float *x, int64_t n);
-/* The scalar table's slots: act_quant's rounding (dsacp_fake_quant_e4m3_groups, groups of
- * 128) and the scalar linear with it. */
-void dsacp_quant_rows_scalar(float *x, int64_t n);
+/* The scalar table's linear slots (act_quant through dsacp_fake_quant_e4m3_groups). */
 size_t dsacp_linear_scalar_ws_bytes(const dsacp_weight *w, int64_t T, bool act_quant);
 int dsacp_linear_scalar_ws(const dsacp_weight *w, const float *x, int64_t T, int64_t ldx, float *y, int64_t ldy,
                            bool act_quant, void *ws, size_t ws_bytes);

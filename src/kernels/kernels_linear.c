@@ -32,7 +32,7 @@ bool dsacp_linear_f8_ok(const dsacp_weight *w)
     return true;
 }
 
-void dsacp_quant_rows_scalar(float *x, int64_t n) { dsacp_fake_quant_e4m3_groups(x, n, 128); }
+static void quant_rows_scalar(float *x, int64_t n) { dsacp_fake_quant_e4m3_groups(x, n, 128); }
 
 size_t dsacp_linear_aq_bytes(const dsacp_weight *w, int64_t T, bool act_quant)
 {
@@ -128,7 +128,7 @@ int dsacp_linear_ref(const dsacp_weight *w, const float *x, int64_t T, int64_t l
 int dsacp_linear_scalar_ws(const dsacp_weight *w, const float *x, int64_t T, int64_t ldx, float *y, int64_t ldy,
                            bool act_quant, void *ws, size_t ws_bytes)
 {
-    return dsacp_linear_ref(w, x, T, ldx, y, ldy, act_quant, dsacp_quant_rows_scalar, ws, ws_bytes);
+    return dsacp_linear_ref(w, x, T, ldx, y, ldy, act_quant, quant_rows_scalar, ws, ws_bytes);
 }
 
 /* ---- the SIMD linears' driver ---- */
