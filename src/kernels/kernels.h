@@ -19,12 +19,13 @@
 
 /* ---- ISA dispatch: one kernel table per ISA, chosen once ----
  * Every kernel with SIMD variants is a slot of dsacp_kernel_table; each ISA file fills its own
- * table (kernels.c: scalar, the reference twins; kernels_avx2.c; kernels_avx512.c) and
- * dispatch.c keeps one pointer to the active table, chosen at the first call from the CPU
- * (cpuid through __builtin_cpu_supports), overridable by DSACP_ISA=scalar|avx2|avx512 in the
- * environment (a request above what the CPU supports is lowered to the best it has) or by
- * dsacp_isa_set. The public kernels below call through that pointer; nothing else tests the
- * ISA. The ISA files never call back into the dispatcher (a SIMD variant that cannot handle an
+ * table (kernels.c: scalar, the reference twins; kernels_avx2.c; kernels_avx512.c, two: with
+ * and without AVX512-VBMI's FP8 table decode) and dispatch.c keeps one pointer to the active
+ * table, chosen at the first call from the CPU (cpuid through __builtin_cpu_supports),
+ * overridable by DSACP_ISA=scalar|avx2|avx512 in the environment (a request above what the CPU
+ * supports is lowered to the best it has) or by dsacp_isa_set. The public kernels below call
+ * through that pointer; nothing else tests the ISA (but the allocating dsacp_sparse_mla, whose
+ * `work` is the scalar twin's scratch). The ISA files never call back into the dispatcher (a SIMD variant that cannot handle an
  * input runs the scalar twin directly). The paged cache's row decoders are slots too, so they
  * follow the same choice. Within one ISA every kernel is deterministic and batch-invariant;
  * between ISAs results differ by summation order only (tolerance-tested in test_kernels_simd). */
