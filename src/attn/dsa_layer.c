@@ -152,9 +152,9 @@ void dsacp_dsa_weights_release(dsacp_dsa_weights *w)
 }
 
 /* ---- phases ----
- * The layer is a sequence of phases over plain buffers; the context-parallel layer
- * (src/cp/cp_layer.c) composes them and says what moves between them. The single-process layer
- * is its solo case (dsacp_dsa_forward in src/cp/cp_layer.c). */
+ * The layer is a sequence of phases over plain buffers; the single-process layer
+ * (dsa_reference.c) runs them top to bottom, the context-parallel layer (src/cp/cp_layer.c)
+ * composes them and says what moves between them. */
 
 int dsacp_dsa_proj_alloc(dsacp_dsa_proj *p, const dsacp_config *cfg, int64_t T)
 {

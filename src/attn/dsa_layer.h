@@ -1,7 +1,8 @@
 /*
  * attn -- one DeepSeek Sparse Attention layer (docs/dsa-math.md section 3) over the paged caches:
- * projections, lightning indexer, top-k, absorbed sparse MLA, o_proj: the phases, composed in
- * order by src/cp/cp_layer.c. Calls core, numerics, kernels, cache and the model's weight views.
+ * projections, lightning indexer, top-k, absorbed sparse MLA, o_proj: the phases (dsa_layer.c),
+ * composed top to bottom by the single-process layer (dsa_reference.c) and over a CP group by
+ * src/cp/cp_layer.c. Calls core, numerics, kernels, cache and the model's weight views.
  */
 #ifndef DSACP_DSA_LAYER_H
 #define DSACP_DSA_LAYER_H
@@ -121,10 +122,26 @@ int dsacp_dsa_attend_views(const dsacp_dsa_ctx *ctx, const dsacp_dsa_weights *w,
                            int64_t row0, int64_t n, const int64_t *pos, const dsacp_dsa_view *const *views,
                            int64_t h0, int64_t h1, float *vcat, int32_t *topk, int64_t layer);
 
-/* The whole layer on one process: out[t] = attention(x[t]) for the step's T tokens (x: F32
- * [T][D], already RMS-normed; out: F32 [T][D]); the solo case of the CP layer (src/cp). Writes
- * the latent and indexer caches at every token's slot first, then attends (so a token sees the
- * step's earlier tokens of its own request). topk: I32 [T][index_topk] or NULL. */
+/* The single-process layer (dsa_reference.c), top to bottom: out[t] = attention(x[t]) for n
+ * rows (x: F32 [n][D], already RMS-normed; out: F32 [n][D]; row t at position pos[t] of the
+ * request whose block tables are lat_seq[t] / idx_seq[t], reserved to cover it). Writes every
+ * row's latent entry (lat) and indexer key (idx) at its slot first, then attends (a row sees the
+ * earlier rows of its own request), with q_b_proj q_b (NULL: the layer's own). topk: I32
+ * [n][index_topk] or NULL; times (or NULL) accumulates the seconds of projections, attention
+ * and o_proj. The context-parallel layer runs it at W = 1. */
+typedef struct dsacp_dsa_rows {
+    int64_t n;
+    const int64_t *pos;                        /* [n] */
+    dsacp_kv_seq *const *lat_seq, *const *idx_seq; /* [n] */
+} dsacp_dsa_rows;
+typedef struct dsacp_dsa_times {
+    double proj, attn, oproj;
+} dsacp_dsa_times;
+int dsacp_dsa_layer(const dsacp_dsa_ctx *ctx, const dsacp_dsa_weights *w, const dsacp_weight *q_b, int64_t layer,
+                    dsacp_kv_cache *lat, dsacp_kv_cache *idx, const dsacp_dsa_rows *rows, const float *x, float *out,
+                    int32_t *topk, dsacp_dsa_times *times);
+
+/* The same for the step's T tokens over ctx->cache (both layouts in one cache). */
 int dsacp_dsa_forward(const dsacp_dsa_ctx *ctx, const dsacp_dsa_weights *w, int64_t layer,
                       const dsacp_step_tokens *tok, const float *x, float *out, int32_t *topk);
 

@@ -235,9 +235,45 @@ static int dump_topk(dsacp_cp_ctx *cp, const dsacp_cp_step *st, int64_t K, const
     return crc;
 }
 
+/* W = 1, the first strategy: the single-process reference layer of src/attn (dsa_reference.c)
+ * on the active rows, no communicator; the same bits as the group's path on one rank (decode and
+ * prefill rows attend alike: test_engine's schedule invariance). */
+static int solo_layer(dsacp_cp_ctx *cp, const dsacp_dsa_ctx *ctx, const dsacp_dsa_weights *w, int64_t layer,
+                      const dsacp_cp_step *st, const float *x, float *out, int32_t *topk)
+{
+    const int64_t nd = st->n_dec, na = nd + st->n_pre, n1 = na > 0 ? na : 1, K = ctx->cfg->index_topk;
+    int64_t *pos = malloc((size_t)n1 * sizeof *pos);
+    dsacp_kv_seq **seq = malloc((size_t)(2 * n1) * sizeof *seq);
+    int32_t *tk = st->want_topk && topk ? malloc((size_t)(n1 * K) * sizeof *tk) : NULL;
+    int rc = pos && seq && (tk || !(st->want_topk && topk)) ? DSACP_OK
+             : dsacp_error(DSACP_ENOMEM, "layer %lld: out of memory for %lld active tokens", (long long)layer, (long long)na);
+    if (!rc && dsacp_fault("layer")) rc = dsacp_fault_error("layer", "the layer's buffers");
+    if (rc) cp->step_failed = true;
+    const dsacp_weight *qb = NULL;
+    if (!rc) rc = dsacp_cp_weights_layer_begin(cp, layer);
+    if (!rc) rc = dsacp_cp_weights_q(cp, layer, &qb);
+    for (int64_t j = 0; j < na && !rc; j++) {
+        const int64_t t = st->act[j], e = st->ent[t], n = st->pos[t] + 1;
+        pos[j] = st->pos[t], seq[j] = st->lat_seq[e], seq[n1 + j] = st->idx_seq[e];
+        if (j < nd) cp->stats.decode_tokens++;
+        else cp->stats.prefill_tokens++;
+        cp->stats.keys_scored += n;
+        cp->stats.keys_attended += n < K ? n : K;
+    }
+    dsacp_dsa_times tm = {0};
+    const dsacp_dsa_rows rows = {na, pos, seq, seq + n1};
+    if (!rc) rc = dsacp_dsa_layer(ctx, w, qb, layer, cp->lat, cp->idx, &rows, x, out, tk, &tm);
+    cp->t_proj += tm.proj, cp->t_attn += tm.attn, cp->t_oproj += tm.oproj;
+    if (!rc) rc = dsacp_cp_weights_layer_done(cp, layer);
+    for (int64_t j = 0; j < na && tk && !rc; j++) memcpy(topk + st->act[j] * K, tk + j * K, (size_t)K * sizeof *tk);
+    free(pos), free(seq), free(tk);
+    return rc;
+}
+
 int dsacp_cp_layer_forward(dsacp_cp_ctx *cp, const dsacp_dsa_ctx *ctx, const dsacp_dsa_weights *w, int64_t layer,
                            const dsacp_cp_step *st, const float *x, float *out, int32_t *topk)
 {
+    if (cp->W == 1) return solo_layer(cp, ctx, w, layer, st, x, out, topk);
     const dsacp_config *cfg = ctx->cfg;
     const int64_t H = cfg->num_attention_heads, dv = cfg->v_head_dim, D = cfg->hidden_size, K = cfg->index_topk;
     const int64_t nd = st->n_dec, na = nd + st->n_pre, W = cp->W;
@@ -286,51 +322,4 @@ int dsacp_cp_layer_forward(dsacp_cp_ctx *cp, const dsacp_dsa_ctx *ctx, const dsa
 done:
     layer_free(&c);
     return crc ? crc : c.rc;
-}
-
-/* ---- the single-process layer: the solo case ---- */
-
-int dsacp_dsa_forward(const dsacp_dsa_ctx *ctx, const dsacp_dsa_weights *w, int64_t layer,
-                      const dsacp_step_tokens *tok, const float *x, float *out, int32_t *topk)
-{
-    if (tok->T == 0) return DSACP_OK;
-    /* Entries: one per distinct sequence of the step, in order of first appearance. */
-    const int64_t T = tok->T;
-    int64_t n_ent = 0;
-    for (int64_t t = 0; t < T; t++)
-        if (tok->seq[t] + 1 > n_ent) n_ent = tok->seq[t] + 1;
-    int64_t *old_len = calloc((size_t)n_ent, sizeof *old_len), *new_len = calloc((size_t)n_ent, sizeof *new_len);
-    float *xa = dsacp_alloc((size_t)(T * ctx->cfg->hidden_size) * 4), *oa = dsacp_alloc((size_t)(T * ctx->cfg->hidden_size) * 4);
-    dsacp_comm *solo = NULL;
-    int rc = (old_len && new_len && xa && oa) ? dsacp_comm_create_solo(&solo)
-                                                        : dsacp_error(DSACP_ENOMEM, "out of memory");
-    dsacp_cp_step_mem mem = {0};
-    if (!rc) {
-        for (int64_t e = 0; e < n_ent; e++) old_len[e] = INT64_MAX;
-        for (int64_t t = 0; t < T; t++) {
-            const int64_t e = tok->seq[t];
-            if (tok->pos[t] < old_len[e]) old_len[e] = tok->pos[t];
-            if (tok->pos[t] + 1 > new_len[e]) new_len[e] = tok->pos[t] + 1;
-        }
-        for (int64_t e = 0; e < n_ent; e++)
-            if (old_len[e] == INT64_MAX) old_len[e] = new_len[e] = 0;
-        dsacp_cp_ctx cp = {.cfg = ctx->cfg, .comm = solo, .icomm = solo, .iW = 1, .iI = 1, .W = 1, .rank = 0,
-                           .lat = ctx->cache, .idx = ctx->cache,
-                           .block_size = ctx->cache->block_size, .h0 = 0, .h1 = ctx->cfg->num_attention_heads};
-        dsacp_cp_options_default(&cp.opt);
-        dsacp_cp_step st = {.T = T, .n_ent = n_ent, .pos = tok->pos, .ent = tok->seq, .old_len = old_len,
-                            .new_len = new_len, .lat_seq = tok->seqs, .idx_seq = tok->seqs, .want_topk = topk != NULL};
-        rc = dsacp_cp_step_build(&cp, &st, &mem);
-        const int64_t D = ctx->cfg->hidden_size;
-        if (!rc) {
-            for (int64_t j = 0; j < T; j++) memcpy(xa + j * D, x + st.act[j] * D, (size_t)D * 4);
-            rc = dsacp_cp_layer_forward(&cp, ctx, w, layer, &st, xa, oa, topk);
-            for (int64_t j = 0; j < T && !rc; j++) memcpy(out + st.act[j] * D, oa + j * D, (size_t)D * 4);
-        }
-    }
-    dsacp_cp_step_free(&mem);
-    dsacp_comm_free(solo);
-    free(old_len), free(new_len);
-    dsacp_free(xa), dsacp_free(oa);
-    return rc;
 }
