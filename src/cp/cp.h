@@ -241,6 +241,21 @@ int64_t dsacp_cp_lean_own(const uint64_t *list, int64_t n, uint32_t tau, int64_t
 int dsacp_cp_lean_decide(int64_t W, const uint32_t *const *keys, const int64_t *m, const uint8_t *trunc, int64_t K,
                          int64_t me, uint32_t *tau, int64_t *take);
 
+/* The pieces every merging strategy shares (cp_merge.c), written once:
+ * score + top-k of this rank's shard of the indexer keys for decode row j (nl = the positions of
+ * its context this rank's index group holds): sel gets the local indices, best first; returns
+ * their count (qpack: scratch of dsacp_index_query_bytes, scores: F32 [nl]); */
+int64_t dsacp_cp_shard_topk(const dsacp_cp_decode_args *a, int64_t j, void *qpack, float *scores, int32_t *sel);
+/* attention of all heads of decode row j (query rows q F32 [H][dk]) over the positions pos[0..n)
+ * in ascending order -- only those this rank owns when `owned_only` -- gathered into kv (F32
+ * [K][dk]) from the latent cache: o F32 [H][dc], lse F32 [H] (no position: o = 0, lse = -inf);
+ * returns the positions attended; */
+int64_t dsacp_cp_attend_positions(const dsacp_cp_decode_args *a, int64_t j, const int32_t *pos, int64_t n,
+                                  bool owned_only, const float *q, float *kv, float *o, float *lse, float *work);
+/* the LSE merge's log total over R parts lse[r * stride] (the max plus the log of the sum of
+ * exp in double), -INFINITY when every part is -inf: a part's weight is exp(lse_r - total). */
+double dsacp_cp_lse_total(const float *lse, int64_t R, int64_t stride);
+
 /* Attention of the decode tokens over the winners this rank owns, then the LSE merge and W_UV
  * (cp_merge.c): sel[j] holds token j's selected positions (ascending, nsel[j] of them). */
 int dsacp_cp_attend_owned_and_merge(const dsacp_cp_decode_args *a, const int32_t *sel, const int64_t *nsel,

@@ -47,12 +47,7 @@ static int decode(const dsacp_cp_decode_args *a)
     if (crc) goto done;
     /* Local scores and local top-k over this rank's shard. */
     for (int64_t j = 0; j < nd; j++) {
-        const int64_t e = st->ent[st->act[j]], n = a->pos_act[j] + 1;
-        const int64_t nl = dsacp_cp_idx_len(cp, n, ir);
-        dsacp_index_query_pack(a->proj->qi + j * Hi * di, a->proj->wts + j * Hi, Hi, di, qpack);
-        dsacp_dsa_index_scores(cp->idx, a->layer, st->idx_seq[e], nl, qpack, scores, true);
-        cp->stats.keys_scored += nl;
-        const int64_t k = dsacp_topk_select(scores, nl, K, lsel);
+        const int64_t k = dsacp_cp_shard_topk(a, j, qpack, scores, lsel);
         for (int64_t i = 0; i < K; i++) {
             candidate *c = &mine[j * K + i];
             if (i < k) {

@@ -185,16 +185,11 @@ static void local_lists(lean_call *l)
 {
     const dsacp_cp_decode_args *a = l->a;
     dsacp_cp_ctx *cp = l->cp;
-    const dsacp_cp_step *st = a->st;
-    const int64_t K = l->K, iW = l->iW, ir = l->ir, Hi = l->cfg->index_n_heads, di = l->cfg->index_head_dim;
+    const int64_t K = l->K, iW = l->iW, ir = l->ir;
     const bool sharded = iW > 1;
     for (int64_t j = 0; j < l->nd; j++) {
-        const int64_t e = st->ent[st->act[j]], n = a->pos_act[j] + 1;
-        const int64_t nl = dsacp_cp_idx_len(cp, n, ir);
-        dsacp_index_query_pack(a->proj->qi + j * Hi * di, a->proj->wts + j * Hi, Hi, di, l->qpack);
-        dsacp_dsa_index_scores(cp->idx, a->layer, st->idx_seq[e], nl, l->qpack, l->scores, true);
-        cp->stats.keys_scored += nl;
-        const int64_t k = dsacp_topk_select(l->scores, nl, K, l->lsel);
+        const int64_t n = a->pos_act[j] + 1;
+        const int64_t k = dsacp_cp_shard_topk(a, j, l->qpack, l->scores, l->lsel);
         for (int64_t i = 0; i < k; i++) {
             const int32_t p = (int32_t)(sharded ? dsacp_cp_global_pos(l->lsel[i], ir, cp->iI, iW) : l->lsel[i]);
             l->list[j * K + i] = ckey(l->scores[l->lsel[i]], p);
@@ -346,23 +341,11 @@ static int verdicts(lean_call *l)
 /* 5. The attention of all heads over the owned winners in ascending positions. */
 static void attend(lean_call *l)
 {
-    dsacp_cp_ctx *cp = l->cp;
-    const dsacp_cp_step *st = l->a->st;
-    const dsacp_config *cfg = l->cfg;
-    const int64_t K = l->K, H = l->H, dk = l->dk, dc = cfg->kv_lora_rank, dr = cfg->qk_rope_head_dim;
-    const int64_t W = cp->W, I = cp->opt.interleave;
-    const bool lat_sh = W > 1 && cp->opt.kv_layout == DSACP_LAYOUT_SHARDED;
+    const int64_t K = l->K, H = l->H, dc = l->cfg->kv_lora_rank;
     for (int64_t j = 0; j < l->nd; j++) {
-        const int64_t e = st->ent[st->act[j]];
-        for (int64_t i = 0; i < l->nown[j]; i++) {
-            const int64_t p = l->own[j * K + i], lp = lat_sh ? dsacp_cp_local_pos(p, I, W) : p;
-            dsacp_kv_read_mla(cp->lat, l->a->layer, dsacp_kv_slot(cp->lat, st->lat_seq[e], lp), l->kv + i * dk);
-        }
-        cp->stats.keys_attended += l->nown[j];
-        cp->stats.lean_owned_winners += l->nown[j];
-        cp->stats.decode_tokens++;
-        dsacp_sparse_mla(l->qall + j * H * dk, l->kv, l->nown[j], H, dc, dr, (float)cfg->softmax_scale, l->o + j * H * dc,
-                         l->lse + j * H, l->work);
+        dsacp_cp_attend_positions(l->a, j, l->own + j * K, l->nown[j], false, l->qall + j * H * l->dk, l->kv,
+                                  l->o + j * H * dc, l->lse + j * H, l->work);
+        l->cp->stats.lean_owned_winners += l->nown[j];
     }
 }
 
@@ -401,14 +384,8 @@ static int merge_scaled(lean_call *l)
     if (crc) return crc;
     for (int64_t j = 0; j < nd; j++)
         for (int64_t h = 0; h < H; h++) {
-            float mx = -INFINITY;
-            for (int64_t r = 0; r < W; r++) mx = fmaxf(mx, l->lse_all[(r * nd + j) * H + h]);
-            float f = 0.0f;
-            if (mx != -INFINITY) {
-                double sum = 0;
-                for (int64_t r = 0; r < W; r++) sum += exp((double)l->lse_all[(r * nd + j) * H + h] - mx);
-                f = (float)exp((double)l->lse[j * H + h] - (mx + log(sum)));
-            }
+            const double total = dsacp_cp_lse_total(l->lse_all + j * H + h, W, nd * H);
+            const float f = total == -INFINITY ? 0.0f : (float)exp((double)l->lse[j * H + h] - total);
             float *oh = l->o + (j * H + h) * dc;
             for (int64_t i = 0; i < dc; i++) oh[i] *= f;
         }

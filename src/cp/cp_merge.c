@@ -57,17 +57,11 @@ int dsacp_cp_merge_a2a(dsacp_cp_ctx *cp, int64_t nd, int64_t H, int64_t wd, cons
         for (int64_t j = 0; j < nd; j++)
             for (int64_t h = 0; h < Hs; h++) {
                 /* rank r's row of (token j, own head h): recv + ((r nd + j) Hs + h) rowb */
-                float mx = -INFINITY;
                 float *o = out + (j * Hs + h) * wd;
                 memset(o, 0, (size_t)wd * 4);
-                for (int64_t r = 0; r < W; r++) {
-                    memcpy(&lr[r], recv + ((r * nd + j) * Hs + h) * rowb + wd * s, 4);
-                    mx = fmaxf(mx, lr[r]);
-                }
-                if (mx != -INFINITY) {
-                    double sum = 0;
-                    for (int64_t r = 0; r < W; r++) sum += exp((double)lr[r] - mx);
-                    const double lt = mx + log(sum);
+                for (int64_t r = 0; r < W; r++) memcpy(&lr[r], recv + ((r * nd + j) * Hs + h) * rowb + wd * s, 4);
+                const double lt = dsacp_cp_lse_total(lr, W, 1);
+                if (lt != -INFINITY) {
                     for (int64_t r = 0; r < W; r++) {
                         const float f = (float)exp((double)lr[r] - lt);
                         const uint8_t *row = recv + ((r * nd + j) * Hs + h) * rowb;
@@ -88,6 +82,52 @@ int dsacp_cp_merge_a2a(dsacp_cp_ctx *cp, int64_t nd, int64_t H, int64_t wd, cons
     (void)me;
     free(sb), free(rb), free(send), free(recv), free(lr);
     return crc;
+}
+
+int64_t dsacp_cp_shard_topk(const dsacp_cp_decode_args *a, int64_t j, void *qpack, float *scores, int32_t *sel)
+{
+    dsacp_cp_ctx *cp = a->cp;
+    const dsacp_cp_step *st = a->st;
+    const dsacp_config *cfg = a->ctx->cfg;
+    const int64_t Hi = cfg->index_n_heads, di = cfg->index_head_dim, e = st->ent[st->act[j]];
+    const int64_t nl = dsacp_cp_idx_len(cp, a->pos_act[j] + 1, cp->ir);
+    dsacp_index_query_pack(a->proj->qi + j * Hi * di, a->proj->wts + j * Hi, Hi, di, qpack);
+    dsacp_dsa_index_scores(cp->idx, a->layer, st->idx_seq[e], nl, qpack, scores, true);
+    cp->stats.keys_scored += nl;
+    return dsacp_topk_select(scores, nl, cfg->index_topk, sel);
+}
+
+int64_t dsacp_cp_attend_positions(const dsacp_cp_decode_args *a, int64_t j, const int32_t *pos, int64_t n,
+                                  bool owned_only, const float *q, float *kv, float *o, float *lse, float *work)
+{
+    dsacp_cp_ctx *cp = a->cp;
+    const dsacp_cp_step *st = a->st;
+    const dsacp_config *cfg = a->ctx->cfg;
+    const int64_t W = cp->W, I = cp->opt.interleave, dc = cfg->kv_lora_rank, dr = cfg->qk_rope_head_dim;
+    const int64_t e = st->ent[st->act[j]];
+    const bool lat_sh = W > 1 && cp->opt.kv_layout == DSACP_LAYOUT_SHARDED;
+    int64_t m = 0;
+    for (int64_t i = 0; i < n; i++) {
+        const int64_t p = pos[i];
+        if (owned_only && dsacp_cp_owner(p, I, W) != cp->rank) continue;
+        const int64_t lp = lat_sh ? dsacp_cp_local_pos(p, I, W) : p;
+        dsacp_kv_read_mla(cp->lat, a->layer, dsacp_kv_slot(cp->lat, st->lat_seq[e], lp), kv + m * (dc + dr));
+        m++;
+    }
+    cp->stats.keys_attended += m;
+    cp->stats.decode_tokens++;
+    dsacp_sparse_mla(q, kv, m, cfg->num_attention_heads, dc, dr, (float)cfg->softmax_scale, o, lse, work);
+    return m;
+}
+
+double dsacp_cp_lse_total(const float *lse, int64_t R, int64_t stride)
+{
+    float mx = -INFINITY;
+    for (int64_t r = 0; r < R; r++) mx = fmaxf(mx, lse[r * stride]);
+    if (mx == -INFINITY) return -INFINITY;
+    double sum = 0;
+    for (int64_t r = 0; r < R; r++) sum += exp((double)lse[r * stride] - mx);
+    return mx + log(sum);
 }
 
 int dsacp_cp_cmp_key_desc(const void *a, const void *b)
@@ -113,9 +153,8 @@ int dsacp_cp_attend_owned_and_merge(const dsacp_cp_decode_args *a, const int32_t
     const dsacp_config *cfg = a->ctx->cfg;
     const int64_t nd = st->n_dec, K = cfg->index_topk, H = cfg->num_attention_heads, W = cp->W, me = cp->rank;
     const int64_t dr = cfg->qk_rope_head_dim, dv = cfg->v_head_dim;
-    const int64_t dc = cfg->kv_lora_rank, dk = dc + dr, I = cp->opt.interleave;
+    const int64_t dc = cfg->kv_lora_rank, dk = dc + dr;
     const int64_t h0 = cp->h0, h1 = cp->h1, Hs = h1 - h0, n1 = nd > 0 ? nd : 1;
-    const float scale = (float)cfg->softmax_scale;
 
     float *qown = dsacp_alloc((size_t)(n1 * (Hs > 0 ? Hs : 1) * dk) * 4);
     float *qrecv = dsacp_alloc((size_t)(n1 * H * dk) * 4), *qall = dsacp_alloc((size_t)(n1 * H * dk) * 4);
@@ -144,21 +183,8 @@ int dsacp_cp_attend_owned_and_merge(const dsacp_cp_decode_args *a, const int32_t
         }
     }
     /* All heads over the winners this rank owns. */
-    const bool lat_sh = W > 1 && cp->opt.kv_layout == DSACP_LAYOUT_SHARDED;
-    for (int64_t j = 0; j < nd; j++) {
-        const int64_t e = st->ent[st->act[j]];
-        int64_t n = 0;
-        for (int64_t i = 0; i < nsel[j]; i++) {
-            const int64_t p = sel[j * K + i];
-            if (dsacp_cp_owner(p, I, W) != me) continue;
-            const int64_t lp = lat_sh ? dsacp_cp_local_pos(p, I, W) : p;
-            dsacp_kv_read_mla(cp->lat, a->layer, dsacp_kv_slot(cp->lat, st->lat_seq[e], lp), kv + n * dk);
-            n++;
-        }
-        cp->stats.keys_attended += n;
-        cp->stats.decode_tokens++;
-        dsacp_sparse_mla(qall + j * H * dk, kv, n, H, dc, dr, scale, o + j * H * dc, lse + j * H, work);
-    }
+    for (int64_t j = 0; j < nd; j++)
+        dsacp_cp_attend_positions(a, j, sel + j * K, nsel[j], true, qall + j * H * dk, kv, o + j * H * dc, lse + j * H, work);
     /* Merge: --dcp-comm-backend a2a sends every head's partial and lse to the head's rank; ag_rs
      * all-gathers the lse, scales the own part, and sums over the ranks by a reduce-scatter. */
     if (cp->opt.merge_backend == DSACP_MERGE_A2A) {
@@ -175,15 +201,8 @@ int dsacp_cp_attend_owned_and_merge(const dsacp_cp_decode_args *a, const int32_t
             cnt[q] = nd * (qb - qa) * dc;
             for (int64_t j = 0; j < nd; j++)
                 for (int64_t h = qa; h < qb; h++, s += dc) {
-                    float m = -INFINITY;
-                    for (int64_t r = 0; r < W; r++) m = fmaxf(m, lse_all[(r * nd + j) * H + h]);
-                    float f = 0.0f;
-                    if (m != -INFINITY) {
-                        double sum = 0;
-                        for (int64_t r = 0; r < W; r++) sum += exp((double)lse_all[(r * nd + j) * H + h] - m);
-                        const double l = m + log(sum);
-                        f = (float)exp((double)lse[j * H + h] - l);
-                    }
+                    const double l = dsacp_cp_lse_total(lse_all + j * H + h, W, nd * H);
+                    const float f = l == -INFINITY ? 0.0f : (float)exp((double)lse[j * H + h] - l);
                     const float *oh = o + (j * H + h) * dc;
                     for (int64_t i = 0; i < dc; i++) s[i] = f * oh[i];
                 }

@@ -25,12 +25,8 @@ static int decode(const dsacp_cp_decode_args *a)
         free(scores), free(sel), free(nsel), dsacp_free(qpack);
         return arc;
     }
-    for (int64_t j = 0; j < nd; j++) {
-        const int64_t e = st->ent[st->act[j]], n = a->pos_act[j] + 1;
-        dsacp_index_query_pack(a->proj->qi + j * Hi * di, a->proj->wts + j * Hi, Hi, di, qpack);
-        dsacp_dsa_index_scores(a->cp->idx, a->layer, st->idx_seq[e], n, qpack, scores, true);
-        a->cp->stats.keys_scored += n;
-        nsel[j] = dsacp_topk_select(scores, n, K, sel + j * K);
+    for (int64_t j = 0; j < nd; j++) { /* the whole index is this rank's shard */
+        nsel[j] = dsacp_cp_shard_topk(a, j, qpack, scores, sel + j * K);
         for (int64_t i = 0; i < K; i++) a->topk[j * K + i] = i < nsel[j] ? sel[j * K + i] : -1;
     }
     int crc = dsacp_cp_attend_owned_and_merge(a, sel, nsel, NULL);
