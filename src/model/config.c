@@ -552,21 +552,15 @@ bool dsacp_config_layer_is_moe(const dsacp_config *cfg, int64_t layer)
     return layer >= cfg->first_k_dense_replace && layer % cfg->moe_layer_freq == 0;
 }
 
+/* One formula for an entry's bytes, in numerics (the cache sizes its pools with it too). */
 int64_t dsacp_mla_cache_bytes_per_token(const dsacp_config *cfg, dsacp_kv_dtype dtype)
 {
-    int64_t c = cfg->kv_lora_rank, r = cfg->qk_rope_head_dim;
-    switch (dtype) {
-    case DSACP_KV_F32: return (c + r) * 4;
-    case DSACP_KV_BF16: return (c + r) * 2;
-    case DSACP_KV_FP8: return c + 4 * ((c + 127) / 128) + 2 * r;
-    }
-    return 0;
+    return dsacp_mla_entry_bytes(cfg->kv_lora_rank, cfg->qk_rope_head_dim, dtype);
 }
 
 int64_t dsacp_index_cache_bytes_per_token(const dsacp_config *cfg, dsacp_kv_dtype dtype)
 {
-    int64_t d = cfg->index_head_dim;
-    return dtype == DSACP_KV_FP8 ? d + 4 : d * 4;
+    return dsacp_index_entry_bytes(cfg->index_head_dim, dtype);
 }
 
 /* ---- writing ---- */

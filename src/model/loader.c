@@ -241,37 +241,6 @@ const dsacp_weight *dsacp_model_weightf(const dsacp_model *m, const char *fmt, .
     return dsacp_model_weight(m, name);
 }
 
-/* ---- dequantization ---- */
-
-void dsacp_weight_row_f32(const dsacp_weight *w, int64_t r, float *out)
-{
-    const int64_t c = w->cols;
-    switch (w->dtype) {
-    case DSACP_F32:
-        memcpy(out, (const float *)w->data + r * c, (size_t)c * sizeof(float));
-        break;
-    case DSACP_BF16: {
-        const uint16_t *src = (const uint16_t *)w->data + r * c;
-        for (int64_t j = 0; j < c; j++) out[j] = dsacp_bf16_to_f32(src[j]);
-        break;
-    }
-    case DSACP_F16: {
-        const uint16_t *src = (const uint16_t *)w->data + r * c;
-        for (int64_t j = 0; j < c; j++) out[j] = dsacp_f16_to_f32(src[j]);
-        break;
-    }
-    case DSACP_F8_E4M3: {
-        const uint8_t *src = (const uint8_t *)w->data + r * c;
-        const float *lut = dsacp_e4m3_table();
-        const float *srow = w->scale + (r / w->block) * w->scale_stride;
-        for (int64_t j = 0; j < c; j++) out[j] = lut[src[j]] * srow[j / w->block];
-        break;
-    }
-    default:
-        memset(out, 0, (size_t)c * sizeof(float));
-    }
-}
-
 float *dsacp_model_vector_f32(const dsacp_model *m, const char *name, int64_t n, int *rc)
 {
     const dsacp_weight *w = dsacp_model_weight(m, name);
@@ -286,11 +255,6 @@ float *dsacp_model_vector_f32(const dsacp_model *m, const char *name, int64_t n,
     }
     dsacp_weight_to_f32(w, v);
     return v;
-}
-
-void dsacp_weight_to_f32(const dsacp_weight *w, float *out)
-{
-    for (int64_t r = 0; r < w->rows; r++) dsacp_weight_row_f32(w, r, out + r * w->cols);
 }
 
 /* ---- loading ---- */
