@@ -419,7 +419,42 @@ static int gemm_setup(const dsacp_weight *w, int64_t T, bool fold, gemm_job *j, 
     return 1;
 }
 
-static int gemm_threads(void) { return omp_in_parallel() ? 1 : omp_get_max_threads(); }
+/* One super-block of tokens: its packed copy xall, and its tasks (row block x token block, in
+ * row-block-major order) over the threads' packing rooms `per` floats each from bufs. */
+typedef struct gemm_block {
+    const gemm_job *j, *jx; /* jx: x at the super-block's first token */
+    int64_t ts, mb, tasks, nkb;
+    float *bufs;
+    size_t per;
+    float *xall;
+} gemm_block;
+
+/* Token block m of the super-block packed into xall. */
+static void gemm_pack_x(const gemm_block *b, int64_t m)
+{
+    pack_x_all(b->jx, m * MC, b->ts - m * MC < MC ? b->ts - m * MC : MC, b->xall + (size_t)(m * MC) * (size_t)b->j->Kp);
+}
+
+/* Thread th of nt: a contiguous run of the tasks, packing a row block's weights once for all the
+ * token blocks it runs on them. */
+static void gemm_share(const gemm_block *b, int th, int nt)
+{
+    const gemm_job *j = b->j;
+    float *wp = b->bufs + (size_t)th * b->per;
+    float *c = wp + (size_t)NC * (size_t)j->Kp, *sc = c + (size_t)16 * MC * NC;
+    const int64_t i0 = b->tasks * th / nt, i1 = b->tasks * (th + 1) / nt;
+    int64_t packed = -1;
+    for (int64_t i = i0; i < i1; i++) {
+        const int64_t blk = i / b->mb, m = i % b->mb;
+        const int64_t n0 = blk * NC, nr = j->N - n0 < NC ? j->N - n0 : NC, t0 = m * MC;
+        const int64_t ntk = b->ts - t0 < MC ? b->ts - t0 : MC;
+        if (blk != packed) {
+            pack_w_all(j, n0, nr, wp, sc, b->nkb);
+            packed = blk;
+        }
+        gemm_task(j, n0, nr, t0, ntk, wp, sc, b->xall + (size_t)t0 * (size_t)j->Kp, c);
+    }
+}
 
 size_t dsacp_linear_gemm_ws_bytes(const dsacp_weight *w, int64_t T, bool fold)
 {
@@ -427,7 +462,7 @@ size_t dsacp_linear_gemm_ws_bytes(const dsacp_weight *w, int64_t T, bool fold)
     int64_t nkb;
     size_t per, xf;
     if (!gemm_setup(w, T, fold, &j, &nkb, &per, &xf)) return 0;
-    const size_t floats = dsacp_ws_add(dsacp_ws_mul(per, (size_t)gemm_threads()), xf);
+    const size_t floats = dsacp_ws_add(dsacp_ws_mul(per, (size_t)dsacp_kernel_threads()), xf);
     return dsacp_ws_add(dsacp_ws_mul(floats, sizeof(float)), DSACP_WS_ALIGN);
 }
 
@@ -449,37 +484,27 @@ int dsacp_linear_gemm(const dsacp_weight *w, const float *x, int64_t T, int64_t 
                           ws_bytes, dsacp_linear_gemm_ws_bytes(w, T, fold));
         return 1;
     }
-    const int nth = (size_t)gemm_threads() < fit ? gemm_threads() : (int)fit;
+    const int nth = (size_t)dsacp_kernel_threads() < fit ? dsacp_kernel_threads() : (int)fit;
     float *bufs = (float *)s.p;
     const size_t total = per * (size_t)nth * sizeof(float);
     float *xall = bufs + total / sizeof(float);
     for (int64_t tb = 0; tb < T; tb += TS) {
-        const int64_t ts = T - tb < TS ? T - tb : TS, mb = (ts + MC - 1) / MC, tasks = nb * mb;
+        const int64_t ts = T - tb < TS ? T - tb : TS, mb = (ts + MC - 1) / MC;
         j.t_base = tb;
         gemm_job jx = j;
         jx.x = x + tb * ldx;
-        const bool par = nth > 1 && tasks > 1;
-#pragma omp parallel num_threads(nth) if (par)
+        gemm_block b = {&j, &jx, ts, mb, nb * mb, nkb, bufs, per, xall};
+        /* No region of one thread (libgomp would allocate its team). */
+        if (nth < 2 || b.tasks < 2) {
+            for (int64_t m = 0; m < mb; m++) gemm_pack_x(&b, m);
+            gemm_share(&b, 0, 1);
+            continue;
+        }
+#pragma omp parallel num_threads(nth)
         {
 #pragma omp for schedule(static)
-            for (int64_t m = 0; m < mb; m++)
-                pack_x_all(&jx, m * MC, ts - m * MC < MC ? ts - m * MC : MC, xall + (size_t)(m * MC) * (size_t)j.Kp);
-            /* Each thread takes a contiguous run of tasks in row-block-major order and packs a row
-             * block's weights once for all the token blocks it runs on them. */
-            const int th = omp_get_thread_num(), nt = omp_get_num_threads();
-            float *wp = bufs + (size_t)th * per;
-            float *c = wp + (size_t)NC * (size_t)j.Kp, *sc = c + (size_t)16 * MC * NC;
-            const int64_t i0 = tasks * th / nt, i1 = tasks * (th + 1) / nt;
-            int64_t packed = -1;
-            for (int64_t i = i0; i < i1; i++) {
-                const int64_t b = i / mb, m = i % mb;
-                const int64_t n0 = b * NC, nr = N - n0 < NC ? N - n0 : NC, t0 = m * MC, nt_ = ts - t0 < MC ? ts - t0 : MC;
-                if (b != packed) {
-                    pack_w_all(&j, n0, nr, wp, sc, nkb);
-                    packed = b;
-                }
-                gemm_task(&j, n0, nr, t0, nt_, wp, sc, xall + (size_t)t0 * (size_t)j.Kp, c);
-            }
+            for (int64_t m = 0; m < mb; m++) gemm_pack_x(&b, m);
+            gemm_share(&b, omp_get_thread_num(), omp_get_num_threads());
         }
     }
     *rc = DSACP_OK;

@@ -71,6 +71,19 @@ int dsacp_isa_set(dsacp_isa isa);
 /* "scalar", "avx2", "avx512". */
 const char *dsacp_isa_name(dsacp_isa isa);
 
+/* ---- threads: no allocation, no nested region ----
+ * dsacp_kernel_threads: the threads a kernel may split over -- 1 inside any parallel region
+ * (active or not), else omp_get_max_threads(). dsacp_parallel_for runs fn(ctx, i) for every
+ * i < n: split statically over a top-level region when `split` (the caller's "large enough"),
+ * n > 1 and dsacp_kernel_threads() > 1; otherwise in order on the calling thread, opening no
+ * region (GCC's libgomp allocates a team for a region of one thread and for a nested one; it
+ * reuses the full top-level team). The kernels use it for every split, so a step path that
+ * takes its scratch from a workspace allocates nothing in them; callers above src/kernels may
+ * use it for their own loops the same way. */
+typedef void (*dsacp_index_fn)(void *ctx, int64_t i);
+int dsacp_kernel_threads(void);
+void dsacp_parallel_for(int64_t n, bool split, dsacp_index_fn fn, void *ctx);
+
 /* Dot product of n floats with a fixed 16-lane summation order. */
 float dsacp_dot_f32(const float *a, const float *b, int64_t n);
 
@@ -103,7 +116,7 @@ int dsacp_linear(const dsacp_weight *w, const float *x, int64_t T, int64_t ldx, 
  * decode") -- again one chain per output whatever T is. The AVX2 variant keeps the 16-lane chains
  * in ymm pairs. From DSACP_GEMM_MIN_T tokens the SIMD variants run the blocked GEMM with the same
  * chains (gemm_avx2.c). Threads split the output rows (only when the call is large enough and
- * not already inside a parallel region). */
+ * not already inside a parallel region: dsacp_parallel_for). */
 
 /* Lightning-indexer scores of one query against n keys (docs/dsa-math.md 3.5):
  *   q:       F32 [Hi][di]  the query heads (deployed mode: the e4m3 values, scale folded into w)
@@ -192,7 +205,7 @@ int dsacp_sparse_mla_ws(const float *q, const float *kv, int64_t n, int64_t H, i
  * chunks of 64 keys through S^T = K Q^T (register tile 6 keys x 64 heads, sequential over the
  * dc + dr dims), an online softmax per head, and O^T += V^T P^T (tile 6 latent dims x 64 heads,
  * sequential over keys); each head's result depends only on its own q row, kv and n. It splits
- * head tiles over threads when not already inside a parallel region. */
+ * head tiles over threads outside any parallel region (dsacp_parallel_for). */
 
 /* qsort comparator of int32 in ascending order (the one copy; selections sort positions). */
 int dsacp_cmp_i32(const void *a, const void *b);

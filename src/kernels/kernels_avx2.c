@@ -16,7 +16,6 @@
 #include "numerics/numerics.h"
 
 #include <math.h>
-#include <omp.h>
 #include <string.h>
 
 #if defined(__x86_64__)
@@ -488,24 +487,19 @@ static void sparse_mla_avx2(const float *q, const float *kv, int64_t n, int64_t 
 {
     const int64_t dk = dc + dr, Hp = (H + 7) / 8 * 8;
     /* Narrower groups only where the groups then run in parallel. */
-    const bool split = !omp_in_parallel() && omp_get_max_threads() > 1 && (double)n * (double)H * (double)dk >= 1e6;
-    const int64_t W = split ? mla_width(Hp, omp_get_max_threads()) : MLA_HG, G = (Hp + W - 1) / W;
+    const int nth = dsacp_kernel_threads();
+    const bool split = nth > 1 && (double)n * (double)H * (double)dk >= 1e6;
+    const int64_t W = split ? mla_width(Hp, nth) : MLA_HG, G = (Hp + W - 1) / W;
     if (n == 0) {
         dsacp_mla_empty(H, dc, o, lse);
         return;
     }
-    const size_t per = (size_t)(MLA_NC * MLA_HG + dc * MLA_HG + 2 * MLA_HG);
-    float *Qt = buf;
-    dsacp_transpose_heads(q, H, dk, Hp, Qt);
-    const bool par = G > 1 && split;
-#pragma omp parallel for schedule(static) if (par)
-    for (int64_t g = 0; g < G; g++) {
-        float *St = buf + dk * Hp + (size_t)g * per, *Ot = St + MLA_NC * MLA_HG, *mo = Ot + dc * MLA_HG,
-              *lo = mo + MLA_HG;
-        const int64_t h0 = g * W, ng = (Hp - h0) / 8 < W / 8 ? (Hp - h0) / 8 : W / 8;
-        mla_group_run(ng, Qt, Hp, h0, kv, n, dc, dk, scale, St, Ot, mo, lo);
-        dsacp_mla_finish(Ot, MLA_HG, mo, lo, h0, ng * 8, H, dc, o, lse);
-    }
+    dsacp_transpose_heads(q, H, dk, Hp, buf);
+    dsacp_mla_job j = {.Qt = buf, .kv = kv, .n = n, .H = H, .Hp = Hp, .dc = dc, .dr = dr, .scale = scale, .o = o,
+                       .lse = lse, .tiles = buf + dk * Hp,
+                       .per = (size_t)(MLA_NC * MLA_HG + dc * MLA_HG + 2 * MLA_HG), .nc = MLA_NC, .ld = MLA_HG,
+                       .width = W, .lanes = 8};
+    dsacp_parallel_for(G, split, mla_group_task, &j);
 }
 
 DSACP_DEFINE_LINEAR_SLOTS(linear_avx2, lin_rows, NULL, NULL, dsacp_fake_quant_e4m3_128_avx2)

@@ -11,7 +11,6 @@
 #include "numerics/numerics.h"
 
 #include <math.h>
-#include <omp.h>
 #include <string.h>
 
 #if defined(__x86_64__)
@@ -253,6 +252,24 @@ static size_t lin8_x_bytes(const dsacp_weight *w, int64_t T)
     return dsacp_ws_round(dsacp_ws_mul(dsacp_ws_mul((size_t)T, (size_t)((w->cols + 63) / 64 * 64)), sizeof(float)));
 }
 
+/* One table-decode linear: the permuted input and the tables, row block by row block. */
+typedef struct lin8_job {
+    const dsacp_weight *w;
+    const float *xp;
+    int64_t Kp, T;
+    float *y;
+    int64_t ldy;
+    lin8_tab tb;
+} lin8_job;
+
+static void lin8_block(void *ctx, int64_t b)
+{
+    const lin8_job *j = ctx;
+    const int64_t N = j->w->rows;
+    const int64_t o0 = b * DSACP_LINEAR_BLOCK, o1 = o0 + DSACP_LINEAR_BLOCK < N ? o0 + DSACP_LINEAR_BLOCK : N;
+    lin8_rows(j->w, o0, o1, j->xp, j->Kp, j->T, j->y, j->ldy, &j->tb);
+}
+
 static int lin8_linear(const dsacp_weight *w, const float *x, int64_t T, int64_t ldx, float *y, int64_t ldy, void *ws,
                        size_t ws_bytes)
 {
@@ -263,15 +280,11 @@ static int lin8_linear(const dsacp_weight *w, const float *x, int64_t T, int64_t
         return dsacp_error(DSACP_EINVAL, "linear %s: workspace of %zu bytes, %zu needed", w->name ? w->name : "",
                            ws_bytes, lin8_x_bytes(w, T));
     lin8_permute_x(x, T, ldx, K, xp, Kp);
-    lin8_tab tb;
-    lin8_tab_init(&tb);
+    lin8_job j = {.w = w, .xp = xp, .Kp = Kp, .T = T, .y = y, .ldy = ldy};
+    lin8_tab_init(&j.tb);
+    /* Threads split the row blocks when the call is large enough. */
     const int64_t nb = (N + DSACP_LINEAR_BLOCK - 1) / DSACP_LINEAR_BLOCK;
-    const bool par = !omp_in_parallel() && (double)N * (double)K * (double)T >= 65536 && nb > 1;
-#pragma omp parallel for schedule(static) if (par)
-    for (int64_t b = 0; b < nb; b++) {
-        int64_t o0 = b * DSACP_LINEAR_BLOCK, o1 = o0 + DSACP_LINEAR_BLOCK < N ? o0 + DSACP_LINEAR_BLOCK : N;
-        lin8_rows(w, o0, o1, xp, Kp, T, y, ldy, &tb);
-    }
+    dsacp_parallel_for(nb, (double)N * (double)K * (double)T >= 65536, lin8_block, &j);
     return DSACP_OK;
 }
 
@@ -551,17 +564,12 @@ static void sparse_mla_avx512(const float *q, const float *kv, int64_t n, int64_
         dsacp_mla_empty(H, dc, o, lse);
         return;
     }
-    const size_t per = (size_t)(MLA_NC * 64 + dc * 64 + 128);
-    float *Qt = buf;
-    dsacp_transpose_heads(q, H, dk, Hp, Qt);
-    const bool par = G > 1 && !omp_in_parallel() && (double)n * (double)H * (double)dk >= 1e6;
-#pragma omp parallel for schedule(static) if (par)
-    for (int64_t g = 0; g < G; g++) {
-        float *St = buf + dk * Hp + (size_t)g * per, *Ot = St + MLA_NC * 64, *mo = Ot + dc * 64, *lo = mo + 64;
-        const int64_t h0 = g * 64, ng = (Hp - h0) / 16 < 4 ? (Hp - h0) / 16 : 4;
-        mla_group_run(ng, Qt, Hp, h0, kv, n, dc, dk, scale, St, Ot, mo, lo);
-        dsacp_mla_finish(Ot, 64, mo, lo, h0, ng * 16, H, dc, o, lse);
-    }
+    dsacp_transpose_heads(q, H, dk, Hp, buf);
+    dsacp_mla_job j = {.Qt = buf, .kv = kv, .n = n, .H = H, .Hp = Hp, .dc = dc, .dr = dr, .scale = scale, .o = o,
+                       .lse = lse, .tiles = buf + dk * Hp, .per = (size_t)(MLA_NC * 64 + dc * 64 + 128),
+                       .nc = MLA_NC, .ld = 64, .width = 64, .lanes = 16};
+    /* Threads split the head groups when the call is large enough. */
+    dsacp_parallel_for(G, (double)n * (double)H * (double)dk >= 1e6, mla_group_task, &j);
 }
 
 /* ---- cache row decoders (cache/kv_cache.c), the scalar twins' floats bit for bit ---- */

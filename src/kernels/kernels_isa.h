@@ -10,6 +10,8 @@
  *   kernels.c         the scalar table: the reference twins
  *   kernels_linear.c  dsacp_dot_f32, the scalar linear, act_quant, the driver the SIMD linears share
  *   gemm_avx2.c       the blocked many-row linear
+ *   kernels_threads.c dsacp_parallel_for: a split over threads that never opens a region of one
+ *                     thread or a nested one (so it allocates nothing under libgomp)
  */
 #ifndef DSACP_KERNELS_ISA_H
 #define DSACP_KERNELS_ISA_H
@@ -107,8 +109,8 @@ typedef struct dsacp_linear_isa {
 } dsacp_linear_isa;
 /* The driver shared by the SIMD linears: the scalar twin for dtypes or FP8 block layouts a
  * variant cannot decode, act_quant, `fast`, the blocked GEMM for T >= DSACP_GEMM_MIN_T, then
- * output row blocks of DSACP_LINEAR_BLOCK to `rows` over the threads (only outside a parallel
- * region, for products of at least 65536 multiply-adds). */
+ * output row blocks of DSACP_LINEAR_BLOCK to `rows` over the threads (dsacp_parallel_for: only
+ * outside any parallel region, for products of at least 65536 multiply-adds). */
 enum { DSACP_LINEAR_BLOCK = 16 };
 size_t dsacp_linear_drive_ws_bytes(const dsacp_linear_isa *li, const dsacp_weight *w, int64_t T, bool act_quant);
 int dsacp_linear_drive(const dsacp_linear_isa *li, const dsacp_weight *w, const float *x, int64_t T, int64_t ldx,
@@ -145,9 +147,23 @@ int dsacp_linear_drive(const dsacp_linear_isa *li, const dsacp_weight *w, const 
         return dsacp_linear_drive(&NAME##_parts, w, x, T, ldx, y, ldy, act_quant, ws, ws_bytes);                  \
     }
 
+/* One SIMD sparse MLA call split into groups of `width` heads (`lanes` per vector) for
+ * dsacp_parallel_for: group g runs on its own tiles, `per` floats from tiles + g * per (the
+ * scores St [nc][ld], then Ot [dc][ld], the running max mo [ld] and sum lo [ld]) and writes heads
+ * [g * width, g * width + width) of o and lse. Qt: the transposed query [dc + dr][Hp]. */
+typedef struct dsacp_mla_job {
+    const float *Qt, *kv;
+    int64_t n, H, Hp, dc, dr;
+    float scale;
+    float *o, *lse, *tiles;
+    size_t per;
+    int64_t nc, ld, width, lanes;
+} dsacp_mla_job;
+
 /* In an ISA file: NAME##4 .. NAME##1, the sparse MLA's head-group functions for 4..1 head
  * vectors over the always-inline template NAME(Qt, Hp, h0, NG, ...), compiled with ATTR (one
- * compiled body per group width, chosen by a switch at run time). */
+ * compiled body per group width, chosen by a switch at run time); NAME##_task runs one group of
+ * a dsacp_mla_job. */
 #define DSACP_DEFINE_MLA_GROUP(ATTR, NAME, NG)                                                                    \
     ATTR static void NAME##NG(const float *Qt, int64_t Hp, int64_t h0, const float *kv, int64_t n, int64_t dc,    \
                               int64_t dk, float scale, float *St, float *Ot, float *mo, float *lo)                \
@@ -168,6 +184,15 @@ int dsacp_linear_drive(const dsacp_linear_isa *li, const dsacp_weight *w, const 
         case 2: NAME##2(Qt, Hp, h0, kv, n, dc, dk, scale, St, Ot, mo, lo); break;                                 \
         default: NAME##1(Qt, Hp, h0, kv, n, dc, dk, scale, St, Ot, mo, lo); break;                                \
         }                                                                                                         \
+    }                                                                                                             \
+    static void NAME##_task(void *ctx, int64_t g)                                                                 \
+    {                                                                                                             \
+        const dsacp_mla_job *j = ctx;                                                                             \
+        float *St = j->tiles + (size_t)g * j->per, *Ot = St + j->nc * j->ld, *mo = Ot + j->dc * j->ld;           \
+        const int64_t h0 = g * j->width, left = (j->Hp - h0) / j->lanes;                                          \
+        const int64_t ng = left < j->width / j->lanes ? left : j->width / j->lanes;                               \
+        NAME##_run(ng, j->Qt, j->Hp, h0, j->kv, j->n, j->dc, j->dc + j->dr, j->scale, St, Ot, mo, mo + j->ld);    \
+        dsacp_mla_finish(Ot, j->ld, mo, mo + j->ld, h0, ng * j->lanes, j->H, j->dc, j->o, j->lse);                \
     }
 
 /* ---- the blocked many-row linear (gemm_avx2.c) ----

@@ -40,14 +40,25 @@ size_t dsacp_linear_aq_bytes(const dsacp_weight *w, int64_t T, bool act_quant)
     return dsacp_ws_round(dsacp_ws_mul(dsacp_ws_mul((size_t)T, (size_t)w->cols), sizeof(float)));
 }
 
+typedef struct aq_job {
+    const float *x;
+    int64_t ldx, K;
+    float *xq;
+    dsacp_quant_rows_fn quant;
+} aq_job;
+
+static void aq_row(void *ctx, int64_t t)
+{
+    const aq_job *j = ctx;
+    memcpy(j->xq + t * j->K, j->x + t * j->ldx, (size_t)j->K * sizeof(float));
+    j->quant(j->xq + t * j->K, j->K);
+}
+
 void dsacp_linear_act_quant(const float *x, int64_t T, int64_t ldx, int64_t K, float *xq, dsacp_quant_rows_fn quant)
 {
     /* Rows are independent: split them over the threads when the call is large enough. */
-#pragma omp parallel for schedule(static) if (T * K >= (1 << 17) && !omp_in_parallel())
-    for (int64_t t = 0; t < T; t++) {
-        memcpy(xq + t * K, x + t * ldx, (size_t)K * sizeof(float));
-        quant(xq + t * K, K);
-    }
+    aq_job j = {x, ldx, K, xq, quant};
+    dsacp_parallel_for(T, T * K >= (1 << 17), aq_row, &j);
 }
 
 static int short_ws(const dsacp_weight *w, size_t have, size_t need)
@@ -75,8 +86,6 @@ static const float *act_quant_input(const dsacp_weight *w, const float *x, int64
 
 enum { LINEAR_ROWS = 16 };
 
-static int linear_threads(void) { return omp_in_parallel() ? 1 : omp_get_max_threads(); }
-
 /* One thread's decode buffer: LINEAR_ROWS rows of the weight as f32 (none for F32 weights). */
 static size_t ref_rows_bytes(const dsacp_weight *w)
 {
@@ -87,14 +96,37 @@ static size_t ref_rows_bytes(const dsacp_weight *w)
 size_t dsacp_linear_scalar_ws_bytes(const dsacp_weight *w, int64_t T, bool act_quant)
 {
     const size_t b = dsacp_ws_add(dsacp_linear_aq_bytes(w, T, act_quant),
-                                  dsacp_ws_mul(ref_rows_bytes(w), (size_t)linear_threads()));
+                                  dsacp_ws_mul(ref_rows_bytes(w), (size_t)dsacp_kernel_threads()));
     return b ? dsacp_ws_add(b, DSACP_WS_ALIGN) : 0;
+}
+
+/* One call of the scalar twin: the blocks of LINEAR_ROWS outputs. */
+typedef struct ref_job {
+    const dsacp_weight *w;
+    const float *x;
+    int64_t T, ldx, ldy;
+    float *y;
+} ref_job;
+
+/* Outputs [16 b, 16 b + 16) for every token; wrows: the thread's decode buffer (NULL for F32). */
+static void ref_block(const ref_job *j, float *wrows, int64_t b)
+{
+    const int64_t K = j->w->cols, N = j->w->rows;
+    const int64_t o0 = b * LINEAR_ROWS, o1 = o0 + LINEAR_ROWS < N ? o0 + LINEAR_ROWS : N;
+    const float *W;
+    if (!wrows) {
+        W = (const float *)j->w->data + o0 * K;
+    } else {
+        for (int64_t o = o0; o < o1; o++) dsacp_weight_row_f32(j->w, o, wrows + (o - o0) * K);
+        W = wrows;
+    }
+    for (int64_t t = 0; t < j->T; t++)
+        for (int64_t o = o0; o < o1; o++) j->y[t * j->ldy + o] = dsacp_dot_f32(W + (o - o0) * K, j->x + t * j->ldx, K);
 }
 
 int dsacp_linear_ref(const dsacp_weight *w, const float *x, int64_t T, int64_t ldx, float *y, int64_t ldy,
                      bool act_quant, dsacp_quant_rows_fn quant, void *ws, size_t ws_bytes)
 {
-    const int64_t K = w->cols, N = w->rows;
     dsacp_ws s = dsacp_ws_open(ws, ws_bytes);
     int64_t ldxin;
     const float *xin = act_quant_input(w, x, T, ldx, act_quant, quant, &s, &ldxin);
@@ -102,25 +134,20 @@ int dsacp_linear_ref(const dsacp_weight *w, const float *x, int64_t T, int64_t l
     /* As many threads as the workspace has decode buffers for (the bits do not depend on it). */
     const size_t nbuf = rb ? s.left / rb : SIZE_MAX;
     if (!xin || nbuf < 1) return short_ws(w, ws_bytes, dsacp_linear_scalar_ws_bytes(w, T, act_quant));
-    const int nth = (size_t)linear_threads() < nbuf ? linear_threads() : (int)nbuf;
+    const int nth = (size_t)dsacp_kernel_threads() < nbuf ? dsacp_kernel_threads() : (int)nbuf;
     unsigned char *bufs = s.p;
-    const int64_t nblocks = (N + LINEAR_ROWS - 1) / LINEAR_ROWS;
+    const int64_t nblocks = (w->rows + LINEAR_ROWS - 1) / LINEAR_ROWS;
+    const ref_job j = {w, xin, T, ldxin, ldy, y};
+    if (nth < 2 || nblocks < 2) {
+        /* No region of one thread (libgomp would allocate its team). */
+        for (int64_t b = 0; b < nblocks; b++) ref_block(&j, rb ? (float *)bufs : NULL, b);
+        return DSACP_OK;
+    }
 #pragma omp parallel num_threads(nth)
     {
         float *wrows = rb ? (float *)(bufs + (size_t)omp_get_thread_num() * rb) : NULL;
 #pragma omp for schedule(dynamic, 1)
-        for (int64_t b = 0; b < nblocks; b++) {
-            int64_t o0 = b * LINEAR_ROWS, o1 = o0 + LINEAR_ROWS < N ? o0 + LINEAR_ROWS : N;
-            const float *W;
-            if (!wrows) {
-                W = (const float *)w->data + o0 * K;
-            } else {
-                for (int64_t o = o0; o < o1; o++) dsacp_weight_row_f32(w, o, wrows + (o - o0) * K);
-                W = wrows;
-            }
-            for (int64_t t = 0; t < T; t++)
-                for (int64_t o = o0; o < o1; o++) y[t * ldy + o] = dsacp_dot_f32(W + (o - o0) * K, xin + t * ldxin, K);
-        }
+        for (int64_t b = 0; b < nblocks; b++) ref_block(&j, wrows, b);
     }
     return DSACP_OK;
 }
@@ -132,6 +159,24 @@ int dsacp_linear_scalar_ws(const dsacp_weight *w, const float *x, int64_t T, int
 }
 
 /* ---- the SIMD linears' driver ---- */
+
+/* One row-kernel call: every token's outputs, block by block. */
+typedef struct rows_job {
+    const dsacp_weight *w;
+    const float *x;
+    int64_t ldx, T;
+    float *y;
+    int64_t ldy;
+    dsacp_linear_rows_fn rows;
+} rows_job;
+
+static void rows_block(void *ctx, int64_t b)
+{
+    const rows_job *j = ctx;
+    const int64_t N = j->w->rows;
+    const int64_t o0 = b * DSACP_LINEAR_BLOCK, o1 = o0 + DSACP_LINEAR_BLOCK < N ? o0 + DSACP_LINEAR_BLOCK : N;
+    j->rows(j->w, o0, o1, j->x, j->ldx, j->T, j->y, j->ldy);
+}
 
 /* The row function for this weight's dtype, or NULL when the scalar twin must run (a dtype the
  * variants do not decode, or FP8 blocks not a multiple of 16 / 2^120 * scale not finite). */
@@ -171,12 +216,9 @@ int dsacp_linear_drive(const dsacp_linear_isa *li, const dsacp_weight *w, const 
     if ((li->fast && li->fast(w, xin, T, ldxin, y, ldy, &rc, s.p, s.left)) ||
         (T >= DSACP_GEMM_MIN_T && dsacp_linear_gemm(w, xin, T, ldxin, y, ldy, false, &rc, s.p, s.left)))
         return rc;
+    /* Threads split the row blocks when the call is large enough. */
+    rows_job j = {w, xin, ldxin, T, y, ldy, rows};
     const int64_t nb = (N + DSACP_LINEAR_BLOCK - 1) / DSACP_LINEAR_BLOCK;
-    const bool par = !omp_in_parallel() && (double)N * (double)K * (double)T >= 65536 && nb > 1;
-#pragma omp parallel for schedule(static) if (par)
-    for (int64_t b = 0; b < nb; b++) {
-        int64_t o0 = b * DSACP_LINEAR_BLOCK, o1 = o0 + DSACP_LINEAR_BLOCK < N ? o0 + DSACP_LINEAR_BLOCK : N;
-        rows(w, o0, o1, xin, ldxin, T, y, ldy);
-    }
+    dsacp_parallel_for(nb, (double)N * (double)K * (double)T >= 65536, rows_block, &j);
     return DSACP_OK;
 }
