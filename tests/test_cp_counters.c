@@ -6,6 +6,19 @@
  */
 #include "test_cp_util.h"
 
+/* After the schedule: one more decode token of every request (en) and the positions each has
+ * cached (old). */
+static void next_decode_step(const dsacp_engine *e, int64_t old[NREQ], dsacp_step_entry en[NREQ])
+{
+    int64_t used[NREQ] = {0};
+    for (int s = 0; s < NSTEP; s++)
+        for (int r = 0; r < NREQ; r++) used[r] += sched[s][r];
+    for (int r = 0; r < NREQ; r++) {
+        old[r] = dsacp_engine_request_length(e, r);
+        en[r] = (dsacp_step_entry){r, 1, g_ids[r] + used[r]};
+    }
+}
+
 static void test_counters(const dsacp_model *m, const dsacp_engine_options *eo, const char *label)
 {
     const dsacp_config *cfg = dsacp_model_config(m);
@@ -33,14 +46,9 @@ static void test_counters(const dsacp_model *m, const dsacp_engine_options *eo, 
         CHECK_OK(run_sched(e, cfg, got));
         free_out(got);
         /* One more decode step of every request, counted alone. */
-        int64_t old[NREQ], used[NREQ] = {0};
-        for (int s = 0; s < NSTEP; s++)
-            for (int r = 0; r < NREQ; r++) used[r] += sched[s][r];
+        int64_t old[NREQ];
         dsacp_step_entry en[NREQ];
-        for (int r = 0; r < NREQ; r++) {
-            old[r] = dsacp_engine_request_length(e, r);
-            en[r] = (dsacp_step_entry){r, 1, g_ids[r] + used[r]};
-        }
+        next_decode_step(e, old, en);
         dsacp_comm_reset_counters(g_world);
         dsacp_comm *ec = dsacp_engine_comm(e);
         dsacp_comm_reset_counters(ec);
@@ -473,14 +481,9 @@ static void test_counters_blocks(const dsacp_model *m, const dsacp_engine_option
         step_out got[NSTEP] = {0};
         CHECK_OK(run_sched(e, cfg, got));
         free_out(got);
-        int64_t old[NREQ], used[NREQ] = {0};
-        for (int st = 0; st < NSTEP; st++)
-            for (int r = 0; r < NREQ; r++) used[r] += sched[st][r];
+        int64_t old[NREQ];
         dsacp_step_entry en[NREQ];
-        for (int r = 0; r < NREQ; r++) {
-            old[r] = dsacp_engine_request_length(e, r);
-            en[r] = (dsacp_step_entry){r, 1, g_ids[r] + used[r]};
-        }
+        next_decode_step(e, old, en);
         dsacp_comm *ec = dsacp_engine_comm(e);
         dsacp_comm_reset_counters(ec);
         dsacp_engine_cp_stats_reset(e);

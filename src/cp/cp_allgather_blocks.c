@@ -188,9 +188,6 @@ static void comm(const dsacp_cp_formula *f, const int64_t *sh, dsacp_comm_counte
     dsacp_cp_count(&out[DSACP_PHASE_kv_gather], L, L * mine * (W - 1), L * oth);
 }
 
-/* The context travels for decode tokens too: never cheaper than gathering it. */
-static double token_bytes(const dsacp_cp_formula *f, double gather_bytes, double oproj_bytes) { return gather_bytes + 1; }
-
 const dsacp_cp_strategy dsacp_cp_strategy_allgather_blocks = {
     .name = "allgather-blocks",
     .summary = "vllm-ascend #6563 as it runs: every layer all-gathers whole cache blocks and block tables (interleave = block size)",
@@ -200,5 +197,4 @@ const dsacp_cp_strategy dsacp_cp_strategy_allgather_blocks = {
     .shared_len = shared_len,
     .shared = shared,
     .comm = comm,
-    .token_bytes = token_bytes,
 };

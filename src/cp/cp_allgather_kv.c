@@ -72,9 +72,6 @@ static void comm(const dsacp_cp_formula *f, const int64_t *sh, dsacp_comm_counte
     dsacp_cp_count(&out[DSACP_PHASE_kv_gather], L, L * mine * (W - 1), L * oth);
 }
 
-/* The context is gathered for decode tokens too: never cheaper than gathering it. */
-static double token_bytes(const dsacp_cp_formula *f, double gather_bytes, double oproj_bytes) { return gather_bytes + 1; }
-
 const dsacp_cp_strategy dsacp_cp_strategy_allgather_kv = {
     .name = "allgather-kv",
     .summary = "every layer all-gathers the decode requests' sharded cache entries; single-process kernels on the copy",
@@ -83,5 +80,4 @@ const dsacp_cp_strategy dsacp_cp_strategy_allgather_kv = {
     .shared_len = shared_len,
     .shared = shared,
     .comm = comm,
-    .token_bytes = token_bytes,
 };

@@ -118,7 +118,8 @@ void dsacp_cp_context_bytes(const dsacp_config *cfg, const dsacp_cp_options *cp,
     const dsacp_cp_strategy *s = dsacp_cp_strategy_of(cp);
     const double sz = (double)dsacp_cp_wire_bytes(s, cp, deployed);
     const double oproj = o_gather_v ? (H - H / Wd) * dv * 4 : 2 * (Wd - 1) / Wd * D * sz;
-    *per_token = s->token_bytes(&f, *gather_bytes, oproj);
+    /* A strategy that gathers the context for decode tokens too is never cheaper than the gather. */
+    *per_token = s->gathers_context ? *gather_bytes + 1 : s->token_bytes(&f, *gather_bytes, oproj);
 }
 
 void dsacp_cp_o_paths(const dsacp_config *cfg, const dsacp_cp_options *cp, int64_t W, dsacp_dtype dtype, int64_t block,

@@ -68,7 +68,8 @@ typedef struct dsacp_cp_strategy {
     void (*shared)(const dsacp_cp_formula *f, int64_t *sh);
     void (*comm)(const dsacp_cp_formula *f, const int64_t *sh, dsacp_comm_counter out[DSACP_PHASE_COUNT]);
     /* Bytes one query token moves through the strategy on the distributed context path (section
-     * 3.6), given the o_proj bytes of the layer's path and the gather path's bytes. */
+     * 3.6), given the o_proj bytes of the layer's path and the gather path's bytes; NULL for a
+     * strategy that gathers the context (never cheaper than the gather). */
     double (*token_bytes)(const dsacp_cp_formula *f, double gather_bytes, double oproj_bytes);
     /* Report members (dsacp_cp_strategy_report); NULL: none. */
     int (*report)(const dsacp_cp_options *opt, json_t *obj);
