@@ -28,13 +28,19 @@ struct dsacp_comm {
     int *agree_buf;
     size_t *zscratch;
     int *iscratch;
+    /* Requests that were waited on, kept for the next non-blocking collective: a step starts
+     * and waits the same few every time, so after the first steps none is allocated. */
+    dsacp_comm_request *spare;
 };
 
+/* A non-blocking collective in flight. Allocated once with its MPI counts and displacements
+ * ([size] each, right after it), then reused through the handle's spare list. */
 struct dsacp_comm_request {
     dsacp_comm *c;
     MPI_Request req, req2;
     int phase;
     int *counts, *displs;
+    dsacp_comm_request *next_spare;
 };
 
 static const char *const phase_names[] = {
@@ -206,6 +212,11 @@ void dsacp_comm_free(dsacp_comm *c)
     }
     json_decref(c->notes);
     free(c->agree_buf), free(c->zscratch), free(c->iscratch);
+    while (c->spare) {
+        dsacp_comm_request *r = c->spare;
+        c->spare = r->next_spare;
+        free(r);
+    }
     free(c);
 }
 
@@ -275,17 +286,34 @@ static int64_t sum_others(const dsacp_comm *c, const size_t *bytes)
 
 /* ---- collectives ---- */
 
+/* A spare request of c, or a new one when none is spare (NULL with DSACP_ENOMEM recorded). */
 static dsacp_comm_request *new_request(dsacp_comm *c, int phase)
 {
-    dsacp_comm_request *r = calloc(1, sizeof *r);
-    if (!r) {
-        dsacp_error(DSACP_ENOMEM, "out of memory");
-        return NULL;
+    dsacp_comm_request *r = c->spare;
+    if (r) {
+        c->spare = r->next_spare;
+    } else {
+        const size_t W = (size_t)(c->size > 0 ? c->size : 1); /* an int: 2 W ints cannot overflow */
+        r = malloc(sizeof *r + 2 * W * sizeof(int));
+        if (!r) {
+            dsacp_error(DSACP_ENOMEM, "non-blocking collective: out of memory for its request");
+            return NULL;
+        }
+        r->counts = (int *)(r + 1);
+        r->displs = r->counts + W;
     }
     r->c = c;
     r->phase = phase;
     r->req = r->req2 = MPI_REQUEST_NULL;
+    r->next_spare = NULL;
     return r;
+}
+
+/* r back to its handle's spare list (after its wait, or when its start failed). */
+static void spare_request(dsacp_comm_request *r)
+{
+    r->next_spare = r->c->spare;
+    r->c->spare = r;
 }
 
 int dsacp_comm_allgatherv(dsacp_comm *c, const void *send, size_t send_bytes, void *recv,
@@ -330,10 +358,7 @@ int dsacp_comm_iallgatherv(dsacp_comm *c, const void *send, size_t send_bytes, v
         return DSACP_OK;
     }
     const double t0 = dsacp_now();
-    r->counts = malloc((size_t)c->size * sizeof(int));
-    r->displs = malloc((size_t)c->size * sizeof(int));
-    int rc = (r->counts && r->displs) ? make_counts(c, recv_bytes, r->counts, r->displs, "all-gather")
-                                      : dsacp_error(DSACP_ENOMEM, "out of memory");
+    int rc = make_counts(c, recv_bytes, r->counts, r->displs, "all-gather");
     if (!rc && send_bytes != recv_bytes[c->rank])
         rc = dsacp_error(DSACP_EINVAL, "all-gather: send size %zu differs from this rank's block %zu", send_bytes,
                          recv_bytes[c->rank]);
@@ -344,9 +369,7 @@ int dsacp_comm_iallgatherv(dsacp_comm *c, const void *send, size_t send_bytes, v
         if (err != MPI_SUCCESS) rc = mpi_fail(err, "MPI_Iallgatherv");
     }
     if (rc) {
-        free(r->counts);
-        free(r->displs);
-        free(r);
+        spare_request(r);
         return rc;
     }
     count(c, phase, (int64_t)send_bytes * (c->size - 1), sum_others(c, recv_bytes), t0);
@@ -366,9 +389,7 @@ int dsacp_comm_wait(dsacp_comm_request *r)
         if (err != MPI_SUCCESS && !rc) rc = mpi_fail(err, "MPI_Wait");
         if (r->phase >= 0 && r->phase < DSACP_PHASE_COUNT) r->c->ctr[r->phase].seconds += dsacp_now() - t0;
     }
-    free(r->counts);
-    free(r->displs);
-    free(r);
+    spare_request(r);
     return rc;
 }
 
@@ -383,14 +404,17 @@ int dsacp_comm_ibcast2(dsacp_comm *c, void *buf1, size_t len1, void *buf2, size_
         return DSACP_OK;
     }
     if (len1 > INT_MAX || len2 > INT_MAX) {
-        free(r);
+        spare_request(r);
         return dsacp_error(DSACP_ERANGE, "broadcast of %zu bytes exceeds MPI's 2^31 count", len1 > len2 ? len1 : len2);
     }
     const double t0 = dsacp_now();
     int err = MPI_Ibcast(buf1, (int)len1, MPI_BYTE, root, c->comm, &r->req);
     if (err == MPI_SUCCESS && len2) err = MPI_Ibcast(buf2, (int)len2, MPI_BYTE, root, c->comm, &r->req2);
     if (err != MPI_SUCCESS) {
-        free(r);
+        /* The first broadcast may be in flight (the second failed): its MPI request is left to
+         * MPI and this one is not reused. */
+        if (r->req == MPI_REQUEST_NULL) spare_request(r);
+        else free(r);
         return mpi_fail(err, "MPI_Ibcast");
     }
     const int64_t n = (int64_t)(len1 + len2);

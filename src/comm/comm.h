@@ -19,7 +19,11 @@ int dsacp_comm_allgatherv(dsacp_comm *c, const void *send, size_t send_bytes, vo
                           const size_t *recv_bytes, int phase);
 /* Equal blocks: recv = W blocks of `bytes`. */
 int dsacp_comm_allgather(dsacp_comm *c, const void *send, size_t bytes, void *recv, int phase);
-/* The same, non-blocking: start, compute, then wait (time is counted in both calls). */
+/* The same, non-blocking: start, compute, then wait (time is counted in both calls). Wait on
+ * every request a start returned (dsacp_comm_wait accepts NULL) before freeing its
+ * communicator; the wait hands the request back to the communicator, which reuses it for the
+ * next start, so that once a step's requests exist the non-blocking collectives allocate
+ * nothing (what the MPI library allocates inside its own calls aside). */
 typedef struct dsacp_comm_request dsacp_comm_request;
 int dsacp_comm_iallgatherv(dsacp_comm *c, const void *send, size_t send_bytes, void *recv,
                            const size_t *recv_bytes, int phase, dsacp_comm_request **req);
