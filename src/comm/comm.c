@@ -28,6 +28,14 @@ struct dsacp_comm {
     int *agree_buf;
     size_t *zscratch;
     int *iscratch;
+    /* The all-reduces' block counts [size] and bytes [size], the bf16 reduce-scatter's send and
+     * receive bytes [size] each (with the handle), and their data: grown to the largest call and
+     * kept ([0]: the all-reduce's, [1]: the bf16 reduce-scatter's, which it calls), so that a
+     * step's reductions allocate nothing once the first steps have run. */
+    int64_t *split_counts;
+    size_t *split_bytes, *wire_bytes;
+    void *grow[2];
+    size_t grow_bytes[2];
     /* Requests that were waited on, kept for the next non-blocking collective: a step starts
      * and waits the same few every time, so after the first steps none is allocated. */
     dsacp_comm_request *spare;
@@ -74,14 +82,25 @@ static void count(dsacp_comm *c, int phase, int64_t sent, int64_t recv, double t
 
 /* ---- handles ---- */
 
+static void scratch_free(dsacp_comm *c)
+{
+    free(c->agree_buf), free(c->zscratch), free(c->iscratch);
+    free(c->split_counts), free(c->split_bytes), free(c->wire_bytes);
+    dsacp_free(c->grow[0]), dsacp_free(c->grow[1]);
+}
+
 static int scratch_init(dsacp_comm *c)
 {
     const size_t W = (size_t)(c->size > 0 ? c->size : 1);
     c->agree_buf = malloc(W * sizeof *c->agree_buf);
     c->zscratch = malloc(W * sizeof *c->zscratch);
     c->iscratch = malloc(4 * W * sizeof *c->iscratch);
-    if (c->agree_buf && c->zscratch && c->iscratch) return DSACP_OK;
-    free(c->agree_buf), free(c->zscratch), free(c->iscratch);
+    c->split_counts = malloc(W * sizeof *c->split_counts);
+    c->split_bytes = malloc(W * sizeof *c->split_bytes);
+    c->wire_bytes = malloc(2 * W * sizeof *c->wire_bytes);
+    if (c->agree_buf && c->zscratch && c->iscratch && c->split_counts && c->split_bytes && c->wire_bytes)
+        return DSACP_OK;
+    scratch_free(c);
     return dsacp_error(DSACP_ENOMEM, "out of memory");
 }
 
@@ -211,7 +230,7 @@ void dsacp_comm_free(dsacp_comm *c)
         if (c->owns_mpi) MPI_Finalize();
     }
     json_decref(c->notes);
-    free(c->agree_buf), free(c->zscratch), free(c->iscratch);
+    scratch_free(c);
     while (c->spare) {
         dsacp_comm_request *r = c->spare;
         c->spare = r->next_spare;
@@ -282,6 +301,45 @@ static int64_t sum_others(const dsacp_comm *c, const size_t *bytes)
     for (int q = 0; q < c->size; q++)
         if (q != c->rank) s += (int64_t)bytes[q];
     return s;
+}
+
+/* At least `bytes` of c's kept buffer `which` (64-byte aligned), grown when shorter; NULL with
+ * DSACP_ENOMEM recorded (the buffer kept as it was). */
+static void *grown(dsacp_comm *c, int which, size_t bytes, const char *what)
+{
+    if (bytes <= c->grow_bytes[which] && c->grow[which]) return c->grow[which];
+    void *p = dsacp_alloc(bytes ? bytes : 1);
+    if (!p) {
+        dsacp_error(DSACP_ENOMEM, "%s: out of memory for %zu bytes of scratch", what, bytes);
+        return NULL;
+    }
+    dsacp_free(c->grow[which]);
+    c->grow[which] = p;
+    c->grow_bytes[which] = bytes;
+    return p;
+}
+
+/* Parts of one kept buffer: sizes[i] bytes each, every part starting 64-byte aligned; false when
+ * the total overflows. */
+static bool carve(const size_t *sizes, int n, size_t *offsets, size_t *total)
+{
+    size_t off = 0;
+    for (int i = 0; i < n; i++) {
+        offsets[i] = off;
+        if (!dsacp_add_ok(off, sizes[i], &off) || !dsacp_add_ok(off, 63, &off)) return false;
+        off &= ~(size_t)63;
+    }
+    *total = off;
+    return true;
+}
+
+/* The balanced split of n elements of `elem` bytes over the ranks, into c's split arrays. */
+static void split_blocks(dsacp_comm *c, int64_t n, size_t elem)
+{
+    for (int q = 0; q < c->size; q++) {
+        c->split_counts[q] = dsacp_split_begin(n, q + 1, c->size) - dsacp_split_begin(n, q, c->size);
+        c->split_bytes[q] = (size_t)c->split_counts[q] * elem;
+    }
 }
 
 /* ---- collectives ---- */
@@ -470,29 +528,17 @@ int dsacp_comm_reduce_scatter_f32(dsacp_comm *c, const float *send, float *recv,
 int dsacp_comm_allreduce_f32(dsacp_comm *c, float *buf, int64_t n, int phase)
 {
     if (c->solo || n == 0) return DSACP_OK;
-    const int W = c->size;
-    int64_t *counts = malloc((size_t)W * sizeof *counts);
-    size_t *bytes = malloc((size_t)W * sizeof *bytes);
-    float *part = NULL;
-    int rc = (counts && bytes) ? DSACP_OK : dsacp_error(DSACP_ENOMEM, "out of memory");
-    if (!rc) {
-        for (int q = 0; q < W; q++) {
-            counts[q] = dsacp_split_begin(n, q + 1, W) - dsacp_split_begin(n, q, W);
-            bytes[q] = (size_t)counts[q] * 4;
-        }
-        part = malloc(bytes[c->rank] + 4);
-        if (!part) rc = dsacp_error(DSACP_ENOMEM, "out of memory");
-    }
+    split_blocks(c, n, sizeof(float));
+    const int64_t *counts = c->split_counts;
+    const size_t *bytes = c->split_bytes;
+    float *part = grown(c, 0, bytes[c->rank] + sizeof(float), "all-reduce");
     /* A rank short of memory stops every rank here, not inside the collectives (uncounted). */
-    rc = dsacp_comm_agree_phase(c, rc, -1);
+    int rc = dsacp_comm_agree_phase(c, part ? DSACP_OK : DSACP_ENOMEM, -1);
     /* Counted as one all-reduce: both halves land in the same phase counter, then calls is
      * corrected to one. */
     if (!rc) rc = dsacp_comm_reduce_scatter_f32(c, buf, part, counts, phase);
     if (!rc) rc = dsacp_comm_allgatherv(c, part, bytes[c->rank], buf, bytes, phase);
     if (!rc && phase >= 0 && phase < DSACP_PHASE_COUNT) c->ctr[phase].calls--;
-    free(part);
-    free(counts);
-    free(bytes);
     return rc;
 }
 
@@ -504,29 +550,32 @@ int dsacp_comm_reduce_scatter_wire(dsacp_comm *c, const float *send, float *recv
 {
     if (!bf16) return dsacp_comm_reduce_scatter_f32(c, send, recv, counts, phase);
     if (c->solo) {
-        if (counts[0] && recv != send) memmove(recv, send, (size_t)counts[0] * 4);
+        if (counts[0] && recv != send) memmove(recv, send, (size_t)counts[0] * sizeof(float));
         return DSACP_OK;
     }
     const int W = c->size, me = c->rank;
     int64_t total = 0;
     for (int q = 0; q < W; q++) total += counts[q];
     const int64_t mine = counts[me];
-    uint16_t *s16 = malloc((size_t)total * 2 + 2), *r16 = malloc((size_t)(mine * W) * 2 + 2);
-    size_t *sb = malloc((size_t)W * sizeof *sb), *rb = malloc((size_t)W * sizeof *rb);
-    int rc = (s16 && r16 && sb && rb) ? DSACP_OK : dsacp_error(DSACP_ENOMEM, "out of memory for a reduce-scatter");
-    rc = dsacp_comm_agree_phase(c, rc, -1); /* every rank, before the collective (uncounted) */
-    if (!rc) {
-        for (int64_t i = 0; i < total; i++) s16[i] = dsacp_f32_to_bf16(send[i]);
-        for (int q = 0; q < W; q++) sb[q] = (size_t)counts[q] * 2, rb[q] = (size_t)mine * 2;
-        rc = dsacp_comm_alltoallv(c, s16, sb, r16, rb, phase);
-    }
+    /* The send blocks and the received ones, as bf16. */
+    const size_t sizes[2] = {(size_t)total * sizeof(uint16_t), (size_t)(mine * W) * sizeof(uint16_t)};
+    size_t off[2] = {0}, need = 0;
+    unsigned char *p = NULL;
+    if (carve(sizes, 2, off, &need)) p = grown(c, 1, need, "reduce-scatter");
+    else dsacp_error(DSACP_ENOMEM, "reduce-scatter: %lld values overflow the scratch size", (long long)total);
+    int rc = dsacp_comm_agree_phase(c, p ? DSACP_OK : DSACP_ENOMEM, -1); /* every rank, before the collective (uncounted) */
+    if (rc) return rc;
+    uint16_t *s16 = (uint16_t *)(p + off[0]), *r16 = (uint16_t *)(p + off[1]);
+    size_t *sb = c->wire_bytes, *rb = c->wire_bytes + W;
+    for (int64_t i = 0; i < total; i++) s16[i] = dsacp_f32_to_bf16(send[i]);
+    for (int q = 0; q < W; q++) sb[q] = (size_t)counts[q] * sizeof(uint16_t), rb[q] = (size_t)mine * sizeof(uint16_t);
+    rc = dsacp_comm_alltoallv(c, s16, sb, r16, rb, phase);
     if (!rc)
         for (int64_t i = 0; i < mine; i++) {
             float acc = 0.0f;
             for (int q = 0; q < W; q++) acc += dsacp_bf16_to_f32(r16[(int64_t)q * mine + i]);
             recv[i] = acc;
         }
-    free(s16), free(r16), free(sb), free(rb);
     return rc;
 }
 
@@ -534,24 +583,21 @@ int dsacp_comm_allreduce_wire(dsacp_comm *c, float *buf, int64_t n, bool bf16, i
 {
     if (!bf16) return dsacp_comm_allreduce_f32(c, buf, n, phase);
     if (c->solo || n == 0) return DSACP_OK;
-    const int W = c->size, me = c->rank;
-    int64_t *counts = malloc((size_t)W * sizeof *counts);
-    size_t *bytes = malloc((size_t)W * sizeof *bytes);
-    float *part = NULL;
-    uint16_t *p16 = NULL, *all16 = NULL;
-    int rc = (counts && bytes) ? DSACP_OK : dsacp_error(DSACP_ENOMEM, "out of memory");
-    if (!rc) {
-        for (int q = 0; q < W; q++) {
-            counts[q] = dsacp_split_begin(n, q + 1, W) - dsacp_split_begin(n, q, W);
-            bytes[q] = (size_t)counts[q] * 2;
-        }
-        part = malloc((size_t)counts[me] * 4 + 4);
-        p16 = malloc(bytes[me] + 2);
-        all16 = malloc((size_t)n * 2);
-        if (!part || !p16 || !all16) rc = dsacp_error(DSACP_ENOMEM, "out of memory");
-    }
-    rc = dsacp_comm_agree_phase(c, rc, -1); /* every rank, before the collectives (uncounted) */
-    if (!rc) rc = dsacp_comm_reduce_scatter_wire(c, buf, part, counts, true, phase);
+    const int me = c->rank;
+    split_blocks(c, n, sizeof(uint16_t));
+    const int64_t *counts = c->split_counts;
+    const size_t *bytes = c->split_bytes;
+    /* This rank's summed block as f32 and as bf16, and the gathered bf16 result. */
+    const size_t sizes[3] = {(size_t)counts[me] * sizeof(float), bytes[me], (size_t)n * sizeof(uint16_t)};
+    size_t off[3] = {0}, need = 0;
+    unsigned char *p = NULL;
+    if (carve(sizes, 3, off, &need)) p = grown(c, 0, need, "all-reduce");
+    else dsacp_error(DSACP_ENOMEM, "all-reduce: %lld values overflow the scratch size", (long long)n);
+    int rc = dsacp_comm_agree_phase(c, p ? DSACP_OK : DSACP_ENOMEM, -1); /* every rank, before the collectives (uncounted) */
+    if (rc) return rc;
+    float *part = (float *)(p + off[0]);
+    uint16_t *p16 = (uint16_t *)(p + off[1]), *all16 = (uint16_t *)(p + off[2]);
+    rc = dsacp_comm_reduce_scatter_wire(c, buf, part, counts, true, phase);
     if (!rc) {
         for (int64_t i = 0; i < counts[me]; i++) p16[i] = dsacp_f32_to_bf16(part[i]);
         rc = dsacp_comm_allgatherv(c, p16, bytes[me], all16, bytes, phase);
@@ -560,7 +606,6 @@ int dsacp_comm_allreduce_wire(dsacp_comm *c, float *buf, int64_t n, bool bf16, i
         for (int64_t i = 0; i < n; i++) buf[i] = dsacp_bf16_to_f32(all16[i]);
         if (phase >= 0 && phase < DSACP_PHASE_COUNT) c->ctr[phase].calls--;
     }
-    free(part), free(p16), free(all16), free(counts), free(bytes);
     return rc;
 }
 
