@@ -7,89 +7,19 @@
  * packed, multi-query), top-k, sparse MLA (large enough to split its head groups), RMSNorm,
  * gemv_t and the LSE merge. For every ISA this CPU runs, with 1 and 2 OpenMP threads, called at
  * the top level and from inside a parallel region (where a kernel must not open a nested one),
- * after one warm-up round: zero allocations. Under AddressSanitizer (which owns malloc) the test
- * is skipped (exit 77); under LLVM's OpenMP runtime, which allocates in every parallel region,
- * the count is printed but not asserted.
+ * after one warm-up round: zero allocations (counted by alloc_count.h). Under AddressSanitizer
+ * (which owns malloc) the test is skipped (exit 77); under LLVM's OpenMP runtime, which
+ * allocates in every parallel region, the count is printed but not asserted.
  */
 #include "test.h"
 #include "kernels/kernels.h"
 #include "numerics/numerics.h"
 
-#include <omp.h>
-#include <stdatomic.h>
+#include "alloc_count.h"
 
-#if defined(__SANITIZE_ADDRESS__)
-#define ALLOC_COUNTING 0
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define ALLOC_COUNTING 0
-#endif
-#endif
-#ifndef ALLOC_COUNTING
-#define ALLOC_COUNTING 1
-#endif
+#include <omp.h>
 
 #if ALLOC_COUNTING
-#include <dlfcn.h>
-
-/* ---- the counter ---- */
-
-void *__libc_malloc(size_t);
-void *__libc_calloc(size_t, size_t);
-void *__libc_realloc(void *, size_t);
-void *__libc_memalign(size_t, size_t);
-void __libc_free(void *);
-
-static atomic_bool g_counting;
-static atomic_long g_allocs;
-
-static void counted(void)
-{
-    if (atomic_load_explicit(&g_counting, memory_order_relaxed)) atomic_fetch_add(&g_allocs, 1);
-}
-
-void *malloc(size_t n)
-{
-    counted();
-    return __libc_malloc(n);
-}
-
-void *calloc(size_t c, size_t n)
-{
-    counted();
-    return __libc_calloc(c, n);
-}
-
-void *realloc(void *p, size_t n)
-{
-    counted();
-    return __libc_realloc(p, n);
-}
-
-void *memalign(size_t a, size_t n)
-{
-    counted();
-    return __libc_memalign(a, n);
-}
-
-void *aligned_alloc(size_t a, size_t n)
-{
-    counted();
-    return __libc_memalign(a, n);
-}
-
-int posix_memalign(void **out, size_t a, size_t n)
-{
-    counted();
-    void *p = __libc_memalign(a, n);
-    if (!p) return 12; /* ENOMEM */
-    *out = p;
-    return 0;
-}
-
-void free(void *p) { __libc_free(p); }
-
-static bool llvm_openmp(void) { return dlsym(RTLD_DEFAULT, "__kmpc_fork_call") != NULL; }
 
 /* ---- the inputs, made before anything is counted ---- */
 
@@ -214,13 +144,13 @@ static int one_round(inputs *in)
 /* Allocations of `reps` rounds at the top level. */
 static long top_level(inputs *in, int reps)
 {
-    atomic_store(&g_allocs, 0);
-    atomic_store(&g_counting, true);
+    atomic_store(&alloc_count, 0);
+    atomic_store(&alloc_counting, true);
     int rc = DSACP_OK;
     for (int r = 0; r < reps && !rc; r++) rc = one_round(in);
-    atomic_store(&g_counting, false);
+    atomic_store(&alloc_counting, false);
     CHECKF(rc == 0, "kernels: %s", dsacp_last_error());
-    return atomic_load(&g_allocs);
+    return atomic_load(&alloc_count);
 }
 
 /* Allocations of `reps` rounds on every thread of a region of `threads` (the region's own start
@@ -228,20 +158,20 @@ static long top_level(inputs *in, int reps)
 static long in_region(inputs *in, int threads, int reps)
 {
     atomic_int rc = DSACP_OK;
-    atomic_store(&g_allocs, 0);
+    atomic_store(&alloc_count, 0);
 #pragma omp parallel num_threads(threads)
     {
 #pragma omp single
-        atomic_store(&g_counting, true);
+        atomic_store(&alloc_counting, true);
         int mine = DSACP_OK;
         for (int r = 0; r < reps && !mine; r++) mine = one_round(&in[omp_get_thread_num()]);
         if (mine) atomic_store(&rc, mine);
 #pragma omp barrier
 #pragma omp single
-        atomic_store(&g_counting, false);
+        atomic_store(&alloc_counting, false);
     }
     CHECKF(atomic_load(&rc) == 0, "kernels in a region: %s", dsacp_last_error());
-    return atomic_load(&g_allocs);
+    return atomic_load(&alloc_count);
 }
 
 /* in: one set of inputs per thread (THREADS). */
@@ -266,7 +196,7 @@ static void check_isa(inputs *in, dsacp_isa isa, bool assert_zero)
 int main(void)
 {
     dsacp_rng_seed(&rng, 21);
-    const bool llvm = llvm_openmp();
+    const bool llvm = alloc_llvm_openmp();
     if (llvm) printf("LLVM's OpenMP runtime: allocations counted, zero not asserted\n");
     inputs in[THREADS];
     bool made = true;
