@@ -295,6 +295,13 @@ static int make_counts(const dsacp_comm *c, const size_t *bytes, int *counts, in
     return DSACP_OK;
 }
 
+/* A collective over one rank: its own block, copied unless it is already in place. */
+static int solo_copy(const void *send, void *recv, size_t bytes)
+{
+    if (bytes && recv != send) memmove(recv, send, bytes);
+    return DSACP_OK;
+}
+
 static int64_t sum_others(const dsacp_comm *c, const size_t *bytes)
 {
     int64_t s = 0;
@@ -377,10 +384,7 @@ static void spare_request(dsacp_comm_request *r)
 int dsacp_comm_allgatherv(dsacp_comm *c, const void *send, size_t send_bytes, void *recv,
                           const size_t *recv_bytes, int phase)
 {
-    if (c->solo) {
-        if (send_bytes && recv != send) memmove(recv, send, send_bytes);
-        return DSACP_OK;
-    }
+    if (c->solo) return solo_copy(send, recv, send_bytes);
     /* Blocking, on the handle's bookkeeping (nothing allocated: no rank can fail before the call). */
     const double t0 = dsacp_now();
     int *counts = c->iscratch, *displs = c->iscratch + c->size;
@@ -411,9 +415,8 @@ int dsacp_comm_iallgatherv(dsacp_comm *c, const void *send, size_t send_bytes, v
     dsacp_comm_request *r = new_request(c, phase);
     if (!r) return DSACP_ENOMEM;
     if (c->solo) {
-        if (send_bytes && recv != send) memmove(recv, send, send_bytes);
         *out = r;
-        return DSACP_OK;
+        return solo_copy(send, recv, send_bytes);
     }
     const double t0 = dsacp_now();
     int rc = make_counts(c, recv_bytes, r->counts, r->displs, "all-gather");
@@ -484,10 +487,7 @@ int dsacp_comm_ibcast2(dsacp_comm *c, void *buf1, size_t len1, void *buf2, size_
 int dsacp_comm_alltoallv(dsacp_comm *c, const void *send, const size_t *send_bytes, void *recv,
                          const size_t *recv_bytes, int phase)
 {
-    if (c->solo) {
-        if (send_bytes[0] && recv != send) memmove(recv, send, send_bytes[0]);
-        return DSACP_OK;
-    }
+    if (c->solo) return solo_copy(send, recv, send_bytes[0]);
     const double t0 = dsacp_now();
     const size_t W = (size_t)c->size;
     int *buf = c->iscratch;
@@ -503,10 +503,7 @@ int dsacp_comm_alltoallv(dsacp_comm *c, const void *send, const size_t *send_byt
 
 int dsacp_comm_reduce_scatter_f32(dsacp_comm *c, const float *send, float *recv, const int64_t *counts, int phase)
 {
-    if (c->solo) {
-        if (counts[0] && recv != send) memmove(recv, send, (size_t)counts[0] * 4);
-        return DSACP_OK;
-    }
+    if (c->solo) return solo_copy(send, recv, (size_t)counts[0] * sizeof(float));
     const double t0 = dsacp_now();
     int *ic = c->iscratch;
     int64_t others = 0;
@@ -515,13 +512,13 @@ int dsacp_comm_reduce_scatter_f32(dsacp_comm *c, const float *send, float *recv,
         if (counts[q] > INT_MAX) rc = dsacp_error(DSACP_ERANGE, "reduce-scatter: block of %lld floats too large",
                                                   (long long)counts[q]);
         ic[q] = (int)counts[q];
-        if (q != c->rank) others += counts[q] * 4;
+        if (q != c->rank) others += counts[q] * (int64_t)sizeof(float);
     }
     if (!rc) {
         int err = MPI_Reduce_scatter(send, recv, ic, MPI_FLOAT, MPI_SUM, c->comm);
         if (err != MPI_SUCCESS) rc = mpi_fail(err, "MPI_Reduce_scatter");
     }
-    if (!rc) count(c, phase, others, counts[c->rank] * 4 * (c->size - 1), t0);
+    if (!rc) count(c, phase, others, counts[c->rank] * (int64_t)sizeof(float) * (c->size - 1), t0);
     return rc;
 }
 
@@ -549,10 +546,7 @@ int dsacp_comm_reduce_scatter_wire(dsacp_comm *c, const float *send, float *recv
                                    int phase)
 {
     if (!bf16) return dsacp_comm_reduce_scatter_f32(c, send, recv, counts, phase);
-    if (c->solo) {
-        if (counts[0] && recv != send) memmove(recv, send, (size_t)counts[0] * sizeof(float));
-        return DSACP_OK;
-    }
+    if (c->solo) return solo_copy(send, recv, (size_t)counts[0] * sizeof(float));
     const int W = c->size, me = c->rank;
     int64_t total = 0;
     for (int q = 0; q < W; q++) total += counts[q];
@@ -612,10 +606,7 @@ int dsacp_comm_allreduce_wire(dsacp_comm *c, float *buf, int64_t n, bool bf16, i
 int dsacp_comm_gatherv(dsacp_comm *c, const void *send, size_t send_bytes, void *recv,
                        const size_t *recv_bytes, int phase)
 {
-    if (c->solo) {
-        if (send_bytes && recv != send) memmove(recv, send, send_bytes);
-        return DSACP_OK;
-    }
+    if (c->solo) return solo_copy(send, recv, send_bytes);
     const double t0 = dsacp_now();
     int *buf = c->iscratch;
     int rc = make_counts(c, recv_bytes, buf, buf + c->size, "gather");
