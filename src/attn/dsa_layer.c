@@ -174,6 +174,35 @@ int dsacp_dsa_proj_alloc(dsacp_dsa_proj *p, const dsacp_config *cfg, int64_t T)
     return dsacp_error(DSACP_ENOMEM, "out of memory for the projections of %lld tokens", (long long)T);
 }
 
+/* The projections' arrays: (rows, cols) of F32 each, in one order for the take and the need. */
+static void proj_shapes(const dsacp_config *cfg, int64_t T, int64_t cols[6])
+{
+    const int64_t H = cfg->num_attention_heads, dq = cfg->qk_nope_head_dim + cfg->qk_rope_head_dim;
+    cols[0] = cfg->q_lora_rank, cols[1] = H * dq, cols[2] = cfg->kv_lora_rank + cfg->qk_rope_head_dim;
+    cols[3] = cfg->index_n_heads * cfg->index_head_dim, cols[4] = cfg->index_head_dim, cols[5] = cfg->index_n_heads;
+    (void)T;
+}
+
+void dsacp_dsa_proj_need(size_t *total, const dsacp_config *cfg, int64_t T)
+{
+    int64_t cols[6];
+    proj_shapes(cfg, T, cols);
+    for (int i = 0; i < 6; i++) dsacp_arena_need(total, T > 0 ? T : 1, cols[i], sizeof(float));
+}
+
+int dsacp_dsa_proj_take(dsacp_dsa_proj *p, const dsacp_config *cfg, int64_t T, dsacp_arena *ws)
+{
+    memset(p, 0, sizeof *p);
+    int64_t cols[6];
+    proj_shapes(cfg, T, cols);
+    float **dst[6] = {&p->qa, &p->q, &p->kv, &p->qi, &p->ki, &p->wts};
+    for (int i = 0; i < 6; i++)
+        if (!(*dst[i] = dsacp_arena_take(ws, T > 0 ? T : 1, cols[i], sizeof(float), "the projections")))
+            return DSACP_ENOMEM;
+    p->T = T;
+    return DSACP_OK;
+}
+
 void dsacp_dsa_proj_free(dsacp_dsa_proj *p)
 {
     dsacp_free(p->qa);

@@ -67,6 +67,10 @@ typedef struct dsacp_dsa_proj {
     float *wts; /* F32 [T][Hi]            head weights * Hi^-0.5 * di^-0.5 (deployed: * q scale) */
 } dsacp_dsa_proj;
 int dsacp_dsa_proj_alloc(dsacp_dsa_proj *p, const dsacp_config *cfg, int64_t T);
+/* The same arrays taken from a step workspace (nothing to free; DSACP_ENOMEM when it does not
+ * fit), and the bytes they take (dsacp_arena_need). */
+int dsacp_dsa_proj_take(dsacp_dsa_proj *p, const dsacp_config *cfg, int64_t T, dsacp_arena *ws);
+void dsacp_dsa_proj_need(size_t *total, const dsacp_config *cfg, int64_t T);
 void dsacp_dsa_proj_free(dsacp_dsa_proj *p);
 
 /* Rows [r0, r1) of y = W x into y + r0 (row stride ldy); see dsa_layer.c for FP8 blocks. */
@@ -128,7 +132,8 @@ int dsacp_dsa_attend_views(const dsacp_dsa_ctx *ctx, const dsacp_dsa_weights *w,
  * row's latent entry (lat) and indexer key (idx) at its slot first, then attends (a row sees the
  * earlier rows of its own request), with q_b_proj q_b (NULL: the layer's own). topk: I32
  * [n][index_topk] or NULL; times (or NULL) accumulates the seconds of projections, attention
- * and o_proj. The context-parallel layer runs it at W = 1. */
+ * and o_proj; its buffers come from ws (dsacp_dsa_layer_need). The context-parallel layer runs
+ * it at W = 1. */
 typedef struct dsacp_dsa_rows {
     int64_t n;
     const int64_t *pos;                        /* [n] */
@@ -139,7 +144,10 @@ typedef struct dsacp_dsa_times {
 } dsacp_dsa_times;
 int dsacp_dsa_layer(const dsacp_dsa_ctx *ctx, const dsacp_dsa_weights *w, const dsacp_weight *q_b, int64_t layer,
                     dsacp_kv_cache *lat, dsacp_kv_cache *idx, const dsacp_dsa_rows *rows, const float *x, float *out,
-                    int32_t *topk, dsacp_dsa_times *times);
+                    int32_t *topk, dsacp_dsa_times *times, dsacp_arena *ws);
+/* The workspace dsacp_dsa_layer takes from `ws` for n rows (added to *total); it gives it back
+ * before returning. */
+void dsacp_dsa_layer_need(size_t *total, const dsacp_config *cfg, int64_t n);
 
 /* The same for the step's T tokens over ctx->cache (both layouts in one cache). */
 int dsacp_dsa_forward(const dsacp_dsa_ctx *ctx, const dsacp_dsa_weights *w, int64_t layer,

@@ -16,20 +16,30 @@
 #include <stdlib.h>
 #include <string.h>
 
+void dsacp_dsa_layer_need(size_t *total, const dsacp_config *cfg, int64_t n)
+{
+    const int64_t n1 = n > 0 ? n : 1;
+    dsacp_dsa_proj_need(total, cfg, n);
+    dsacp_arena_need(total, n1, cfg->num_attention_heads * cfg->v_head_dim, sizeof(float));
+    dsacp_arena_need(total, n1, 1, sizeof(dsacp_dsa_view));
+    dsacp_arena_need(total, n1, 1, sizeof(const dsacp_dsa_view *));
+}
+
 int dsacp_dsa_layer(const dsacp_dsa_ctx *ctx, const dsacp_dsa_weights *w, const dsacp_weight *q_b, int64_t layer,
                     dsacp_kv_cache *lat, dsacp_kv_cache *idx, const dsacp_dsa_rows *rows, const float *x, float *out,
-                    int32_t *topk, dsacp_dsa_times *times)
+                    int32_t *topk, dsacp_dsa_times *times, dsacp_arena *ws)
 {
     const dsacp_config *cfg = ctx->cfg;
-    const int64_t n = rows->n, H = cfg->num_attention_heads, dv = cfg->v_head_dim, D = cfg->hidden_size;
+    const int64_t n = rows->n, n1 = n > 0 ? n : 1, H = cfg->num_attention_heads, dv = cfg->v_head_dim, D = cfg->hidden_size;
     const int64_t dc = cfg->kv_lora_rank, dk = dc + cfg->qk_rope_head_dim, di = cfg->index_head_dim;
+    const size_t mark = dsacp_arena_mark(ws);
     dsacp_dsa_proj p;
-    float *vcat = dsacp_calloc((size_t)(n > 0 ? n : 1) * (size_t)(H * dv), sizeof *vcat);
-    dsacp_dsa_view *view = malloc((size_t)(n > 0 ? n : 1) * sizeof *view);
-    const dsacp_dsa_view **vptr = malloc((size_t)(n > 0 ? n : 1) * sizeof *vptr);
-    int rc = dsacp_dsa_proj_alloc(&p, cfg, n);
-    if (!rc && (!vcat || !view || !vptr))
-        rc = dsacp_error(DSACP_ENOMEM, "layer %lld: out of memory for %lld rows", (long long)layer, (long long)n);
+    int rc = dsacp_dsa_proj_take(&p, cfg, n, ws);
+    float *vcat = rc ? NULL : dsacp_arena_take(ws, n1, H * dv, sizeof *vcat, "the heads' values");
+    dsacp_dsa_view *view = vcat ? dsacp_arena_take(ws, n1, 1, sizeof *view, "the rows' views") : NULL;
+    const dsacp_dsa_view **vptr = view ? dsacp_arena_take(ws, n1, 1, sizeof *vptr, "the rows' views") : NULL;
+    if (!vptr) rc = DSACP_ENOMEM;
+    if (!rc) memset(vcat, 0, (size_t)(n1 * H * dv) * sizeof *vcat);
     /* 1. projections */
     double t0 = dsacp_now();
     if (!rc) rc = dsacp_dsa_project_kv(ctx, w, x, n, rows->pos, &p, 0);
@@ -49,9 +59,7 @@ int dsacp_dsa_layer(const dsacp_dsa_ctx *ctx, const dsacp_dsa_weights *w, const 
     /* 4. o_proj */
     if (!rc) rc = dsacp_linear(w->o, vcat, n, H * dv, out, D, ctx->mode == DSACP_MODE_DEPLOYED);
     if (times) times->proj += t1 - t0, times->attn += t2 - t1, times->oproj += dsacp_now() - t2;
-    dsacp_dsa_proj_free(&p);
-    dsacp_free(vcat);
-    free(view), free((void *)vptr);
+    dsacp_arena_rewind(ws, mark);
     return rc;
 }
 
@@ -63,7 +71,12 @@ int dsacp_dsa_forward(const dsacp_dsa_ctx *ctx, const dsacp_dsa_weights *w, int6
     if (!seq) return dsacp_error(DSACP_ENOMEM, "out of memory for %lld rows", (long long)tok->T);
     for (int64_t t = 0; t < tok->T; t++) seq[t] = tok->seqs[tok->seq[t]];
     const dsacp_dsa_rows rows = {tok->T, tok->pos, seq, seq};
-    int rc = dsacp_dsa_layer(ctx, w, NULL, layer, ctx->cache, ctx->cache, &rows, x, out, topk, NULL);
+    size_t need = 0;
+    dsacp_dsa_layer_need(&need, ctx->cfg, tok->T);
+    dsacp_arena ws;
+    int rc = dsacp_arena_create(&ws, need, "the layer's workspace");
+    if (!rc) rc = dsacp_dsa_layer(ctx, w, NULL, layer, ctx->cache, ctx->cache, &rows, x, out, topk, NULL, &ws);
+    dsacp_arena_destroy(&ws);
     free(seq);
     return rc;
 }

@@ -70,6 +70,10 @@ typedef struct dsacp_cp_ctx {
     /* Set when a stage agreement of this step failed (the same on every rank): the engine stops
      * the step after the layer; cleared by the engine at the start of each step. */
     bool step_failed;
+    /* The step workspace of src/cp (and of the single-process layer at W = 1): reset and sized by
+     * dsacp_cp_step_build for the step (grown only for a step larger than any before), so that a
+     * steady-state decode step takes nothing from the heap here. Freed with the engine. */
+    dsacp_arena ws;
 } dsacp_cp_ctx;
 
 /* The agreement of one allocation stage (docs/context-parallel.md, "Failures"): every rank of
@@ -167,8 +171,9 @@ int dsacp_cp_weights_q(dsacp_cp_ctx *cp, int64_t l, const dsacp_weight **out);
 int dsacp_cp_weights_o_full(dsacp_cp_ctx *cp, int64_t l, const dsacp_weight **out);
 int dsacp_cp_weights_layer_done(dsacp_cp_ctx *cp, int64_t l);
 
-/* Builds the metadata of a step on this rank into `st` (arrays owned by `mem`, freed with
- * dsacp_cp_step_free). pos/ent/old_len/new_len/seqs are the caller's. */
+/* Builds the metadata of a step on this rank into `st` (arrays taken from cp->ws, which it
+ * resets and sizes for the step's layers; `mem` names them, dsacp_cp_step_free forgets them).
+ * pos/ent/old_len/new_len/seqs are the caller's. */
 typedef struct dsacp_cp_step_mem {
     uint8_t *decode;
     int64_t *act, *act_row, *pre_all, *pre_off, *pre_idx;

@@ -64,19 +64,54 @@ static int context_distributed(dsacp_cp_ctx *cp, int64_t old_len, int64_t n_new,
     return DSACP_OK;
 }
 
+/* The step's workspace: its metadata (in the order step_take takes it), then what a layer takes
+ * and gives back (the single-process layer at W = 1). */
+static size_t step_need(const dsacp_cp_ctx *cp, int64_t T, int64_t n_ent)
+{
+    const int64_t W = cp->W, T1 = T > 0 ? T : 1;
+    size_t total = 0;
+    dsacp_arena_need(&total, n_ent > 0 ? n_ent : 1, 1, 1);
+    for (int i = 0; i < 4; i++) dsacp_arena_need(&total, T1, 1, sizeof(int64_t));
+    dsacp_arena_need(&total, W + 1, 1, sizeof(int64_t));
+    dsacp_arena_need(&total, W, 1, sizeof(int64_t));
+    if (W == 1) {
+        dsacp_arena_need(&total, T1, 1, sizeof(int64_t));
+        dsacp_arena_need(&total, 2 * T1, 1, sizeof(dsacp_kv_seq *));
+        dsacp_arena_need(&total, T1, cp->cfg->index_topk, sizeof(int32_t));
+        dsacp_dsa_layer_need(&total, cp->cfg, T);
+    }
+    return total;
+}
+
+static int step_take(dsacp_cp_ctx *cp, int64_t T, int64_t n_ent, dsacp_cp_step_mem *m, int64_t **fill)
+{
+    dsacp_arena *ws = &cp->ws;
+    const int64_t W = cp->W, T1 = T > 0 ? T : 1;
+    dsacp_arena_reset(ws);
+    int rc = dsacp_arena_reserve(ws, step_need(cp, T, n_ent), "the step's CP workspace");
+    if (rc) return rc;
+    if (!(m->decode = dsacp_arena_take(ws, n_ent > 0 ? n_ent : 1, 1, 1, "the step's metadata")) ||
+        !(m->act = dsacp_arena_take(ws, T1, 1, sizeof *m->act, "the step's metadata")) ||
+        !(m->act_row = dsacp_arena_take(ws, T1, 1, sizeof *m->act_row, "the step's metadata")) ||
+        !(m->pre_all = dsacp_arena_take(ws, T1, 1, sizeof *m->pre_all, "the step's metadata")) ||
+        !(m->pre_idx = dsacp_arena_take(ws, T1, 1, sizeof *m->pre_idx, "the step's metadata")) ||
+        !(m->pre_off = dsacp_arena_take(ws, W + 1, 1, sizeof *m->pre_off, "the step's metadata")) ||
+        !(*fill = dsacp_arena_take(ws, W, 1, sizeof **fill, "the step's metadata")))
+        return DSACP_ENOMEM;
+    memset(m->pre_off, 0, (size_t)(W + 1) * sizeof *m->pre_off);
+    memset(*fill, 0, (size_t)W * sizeof **fill);
+    return DSACP_OK;
+}
+
 int dsacp_cp_step_build(dsacp_cp_ctx *cp, dsacp_cp_step *st, dsacp_cp_step_mem *m)
 {
     memset(m, 0, sizeof *m);
     const int64_t T = st->T, W = cp->W, n_ent = st->n_ent;
-    m->decode = calloc((size_t)(n_ent > 0 ? n_ent : 1), 1);
-    m->act = malloc((size_t)(T > 0 ? T : 1) * sizeof *m->act);
-    m->act_row = malloc((size_t)(T > 0 ? T : 1) * sizeof *m->act_row);
-    m->pre_all = malloc((size_t)(T > 0 ? T : 1) * sizeof *m->pre_all);
-    m->pre_idx = malloc((size_t)(T > 0 ? T : 1) * sizeof *m->pre_idx);
-    m->pre_off = calloc((size_t)W + 1, sizeof *m->pre_off);
-    if (!m->decode || !m->act || !m->act_row || !m->pre_all || !m->pre_idx || !m->pre_off) {
-        dsacp_cp_step_free(m);
-        return dsacp_error(DSACP_ENOMEM, "out of memory for the step's metadata");
+    int64_t *fill = NULL;
+    int trc = step_take(cp, T, n_ent, m, &fill);
+    if (trc) {
+        memset(m, 0, sizeof *m);
+        return trc;
     }
     /* Decode tokens go to every rank (DCP) unless DSA-CP keeps every cache whole: DSA-CP + DCP
      * splits the prefill tokens and attends the decode tokens over the sharded cache with the
@@ -127,11 +162,6 @@ int dsacp_cp_step_build(dsacp_cp_ctx *cp, dsacp_cp_step *st, dsacp_cp_step_mem *
         else m->pre_off[ASSIGNED(t) + 1]++, npa++;
     }
     for (int64_t q = 0; q < W; q++) m->pre_off[q + 1] += m->pre_off[q];
-    int64_t *fill = calloc((size_t)W, sizeof *fill);
-    if (!fill) {
-        dsacp_cp_step_free(m);
-        return dsacp_error(DSACP_ENOMEM, "out of memory for the step's metadata");
-    }
     for (int64_t t = 0, j = 0; t < T; t++) {
         if (m->decode[st->ent[t]]) {
             m->act[j++] = t;
@@ -146,7 +176,6 @@ int dsacp_cp_step_build(dsacp_cp_ctx *cp, dsacp_cp_step *st, dsacp_cp_step_mem *
         }
     }
 #undef ASSIGNED
-    free(fill);
     st->decode = m->decode;
     st->act = m->act;
     st->act_row = m->act_row;
@@ -159,13 +188,4 @@ int dsacp_cp_step_build(dsacp_cp_ctx *cp, dsacp_cp_step *st, dsacp_cp_step_mem *
     return DSACP_OK;
 }
 
-void dsacp_cp_step_free(dsacp_cp_step_mem *m)
-{
-    free(m->decode);
-    free(m->act);
-    free(m->act_row);
-    free(m->pre_all);
-    free(m->pre_off);
-    free(m->pre_idx);
-    memset(m, 0, sizeof *m);
-}
+void dsacp_cp_step_free(dsacp_cp_step_mem *m) { memset(m, 0, sizeof *m); /* the arrays are the workspace's */ }

@@ -92,6 +92,7 @@ void dsacp_engine_release_cp(dsacp_engine *e)
     dsacp_cp_weights_free(e->cp.wp);
     free(e->cp.ctx_choices);
     free(e->cp.hw);
+    dsacp_arena_destroy(&e->cp.ws);
     dsacp_comm_free(e->cp.icomm_own);
 }
 
