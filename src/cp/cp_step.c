@@ -6,7 +6,6 @@
  * agreement every stage of a layer uses.
  */
 #include "cp/cp_strategy.h"
-#include "dsacp_plan.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -54,10 +53,6 @@ static int context_distributed(dsacp_cp_ctx *cp, int64_t old_len, int64_t n_new,
     if (cp->hw && cp->choose_context)
         return cp->choose_context(cp->cfg, &cp->opt, cp->W, (int64_t)cp->lat->mla_bytes, (int64_t)cp->idx->index_bytes,
                                   cp->deployed, cp->o_gather_v, cp->wp && cp->wp->tp_f32, cp->hw, old_len, n_new, dist);
-    if (cp->hw) /* until the engine installs its chooser */
-        return dsacp_plan_context_distributed(cp->cfg, &cp->opt, cp->W, (int64_t)cp->lat->mla_bytes,
-                                              (int64_t)cp->idx->index_bytes, cp->deployed, cp->o_gather_v,
-                                              cp->wp && cp->wp->tp_f32, cp->hw, old_len, n_new, dist);
     double g, per;
     dsacp_cp_context_rule(cp, old_len, &g, &per);
     *dist = (double)n_new * per < g;

@@ -78,7 +78,11 @@ int dsacp_engine_plan_load_hw(dsacp_engine *e, const char *path)
 {
     e->cp.hw = malloc(sizeof *e->cp.hw);
     if (!e->cp.hw) return dsacp_error(DSACP_ENOMEM, "out of memory");
-    return dsacp_hw_load(path, e->cp.hw);
+    const int rc = dsacp_hw_load(path, e->cp.hw);
+    /* The planner's time rule chooses --context-path auto's path on the profile: installed here,
+     * so src/cp decides through a pointer and never calls the planner above it. */
+    if (!rc) e->cp.choose_context = dsacp_plan_context_distributed;
+    return rc;
 }
 
 const char *dsacp_engine_plan_hw_name(const dsacp_engine *e) { return e->cp.hw ? e->cp.hw->name : NULL; }

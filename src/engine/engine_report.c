@@ -4,6 +4,7 @@
  * against the counters, and DSA-CP's weight plans. Built with jansson; the report shows each
  * number as it always has (integers as integers, the rules' ratios at their fixed precision).
  */
+#include "cp/cp_strategy.h"
 #include "engine/engine_internal.h"
 
 #include <jansson.h>
@@ -77,15 +78,7 @@ static void options_members(const dsacp_engine *e, json_t *cp, bool *ok)
     put(cp, "context_gather_bytes_per_context_token", formatted("%.1f", g), ok);
     put(cp, "context_distributed_bytes_per_query_token", formatted("%.1f", per), ok);
     put_str(cp, "context_choices", e->cp.ctx_choices ? e->cp.ctx_choices : "", ok);
-    if (o->decode != DSACP_DECODE_LEAN) return;
-    put_str(cp, "dcp_comm_backend", dsacp_merge_backend_name(o->merge_backend), ok);
-    json_t *lean = json_object();
-    if (lean) {
-        put(lean, "candidates_factor", formatted("%g", o->lean_factor), ok);
-        put_str(lean, "merge", dsacp_lean_merge_name(o->lean_merge), ok);
-        put_str(lean, "partials", dsacp_partials_dtype_name(o->partials), ok);
-    }
-    put(cp, "lean", lean, ok);
+    if (dsacp_cp_strategy_report(o, cp)) *ok = false; /* the strategy's own members (lean's) */
 }
 
 /* Every rank's attention work (gathered uncounted: phase -1), for the load balance of the split. */
