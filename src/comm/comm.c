@@ -340,6 +340,20 @@ static bool carve(const size_t *sizes, int n, size_t *offsets, size_t *total)
     return true;
 }
 
+/* c's kept buffer `which` carved into n parts of sizes[i] bytes (their offsets in off), once every
+ * rank has agreed that it has one (uncounted: a rank short of memory stops every rank here, not
+ * inside the collectives); NULL with the agreed status in *rc. */
+static unsigned char *agreed_scratch(dsacp_comm *c, int which, const size_t *sizes, int n, size_t *off,
+                                     const char *what, int *rc)
+{
+    size_t need = 0;
+    unsigned char *p = NULL;
+    if (carve(sizes, n, off, &need)) p = grown(c, which, need, what);
+    else dsacp_error(DSACP_ENOMEM, "%s: the scratch size overflows", what);
+    *rc = dsacp_comm_agree_phase(c, p ? DSACP_OK : DSACP_ENOMEM, -1);
+    return *rc ? NULL : p;
+}
+
 /* The balanced split of n elements of `elem` bytes over the ranks, into c's split arrays. */
 static void split_blocks(dsacp_comm *c, int64_t n, size_t elem)
 {
@@ -528,9 +542,10 @@ int dsacp_comm_allreduce_f32(dsacp_comm *c, float *buf, int64_t n, int phase)
     split_blocks(c, n, sizeof(float));
     const int64_t *counts = c->split_counts;
     const size_t *bytes = c->split_bytes;
-    float *part = grown(c, 0, bytes[c->rank] + sizeof(float), "all-reduce");
-    /* A rank short of memory stops every rank here, not inside the collectives (uncounted). */
-    int rc = dsacp_comm_agree_phase(c, part ? DSACP_OK : DSACP_ENOMEM, -1);
+    const size_t size = bytes[c->rank];
+    size_t off = 0;
+    int rc;
+    float *part = (float *)agreed_scratch(c, 0, &size, 1, &off, "all-reduce", &rc);
     /* Counted as one all-reduce: both halves land in the same phase counter, then calls is
      * corrected to one. */
     if (!rc) rc = dsacp_comm_reduce_scatter_f32(c, buf, part, counts, phase);
@@ -553,11 +568,9 @@ int dsacp_comm_reduce_scatter_wire(dsacp_comm *c, const float *send, float *recv
     const int64_t mine = counts[me];
     /* The send blocks and the received ones, as bf16. */
     const size_t sizes[2] = {(size_t)total * sizeof(uint16_t), (size_t)(mine * W) * sizeof(uint16_t)};
-    size_t off[2] = {0}, need = 0;
-    unsigned char *p = NULL;
-    if (carve(sizes, 2, off, &need)) p = grown(c, 1, need, "reduce-scatter");
-    else dsacp_error(DSACP_ENOMEM, "reduce-scatter: %lld values overflow the scratch size", (long long)total);
-    int rc = dsacp_comm_agree_phase(c, p ? DSACP_OK : DSACP_ENOMEM, -1); /* every rank, before the collective (uncounted) */
+    size_t off[2] = {0};
+    int rc;
+    unsigned char *p = agreed_scratch(c, 1, sizes, 2, off, "reduce-scatter", &rc);
     if (rc) return rc;
     uint16_t *s16 = (uint16_t *)(p + off[0]), *r16 = (uint16_t *)(p + off[1]);
     size_t *sb = c->wire_bytes, *rb = c->wire_bytes + W;
@@ -583,11 +596,9 @@ int dsacp_comm_allreduce_wire(dsacp_comm *c, float *buf, int64_t n, bool bf16, i
     const size_t *bytes = c->split_bytes;
     /* This rank's summed block as f32 and as bf16, and the gathered bf16 result. */
     const size_t sizes[3] = {(size_t)counts[me] * sizeof(float), bytes[me], (size_t)n * sizeof(uint16_t)};
-    size_t off[3] = {0}, need = 0;
-    unsigned char *p = NULL;
-    if (carve(sizes, 3, off, &need)) p = grown(c, 0, need, "all-reduce");
-    else dsacp_error(DSACP_ENOMEM, "all-reduce: %lld values overflow the scratch size", (long long)n);
-    int rc = dsacp_comm_agree_phase(c, p ? DSACP_OK : DSACP_ENOMEM, -1); /* every rank, before the collectives (uncounted) */
+    size_t off[3] = {0};
+    int rc;
+    unsigned char *p = agreed_scratch(c, 0, sizes, 3, off, "all-reduce", &rc);
     if (rc) return rc;
     float *part = (float *)(p + off[0]);
     uint16_t *p16 = (uint16_t *)(p + off[1]), *all16 = (uint16_t *)(p + off[2]);
