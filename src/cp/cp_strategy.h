@@ -1,11 +1,13 @@
 /*
  * cp_strategy.h -- the decode strategy interface (docs/context-parallel.md section 3). A decode
- * strategy is one file (cp_allgather_kv.c, cp_replicated_index.c, cp_exact_topk.c, cp_lean.c)
- * holding one dsacp_cp_strategy: its name, its option check, the
- * heads its decode rows need, its attend-and-merge step, its own o_proj where it has one, its
- * byte and call formula per phase, and its report fields. cp_strategy.c registers them in one
- * table; everything else (the layer, the engine, the planner, the CLI, the tests) reads the
- * table, never the enum value. Adding a strategy: one file plus one line of the table.
+ * strategy is one file (cp_allgather_kv.c, cp_replicated_index.c, cp_exact_topk.c, cp_lean.c,
+ * cp_allgather_blocks.c) holding one dsacp_cp_strategy: its name, its option check, the heads
+ * its decode rows need, its attend-and-merge step, its own o_proj where it has one, its byte and
+ * call formula per phase, and its report fields. cp_strategy.c registers them in one table;
+ * cp_rules.c, above it, holds what looks the table up; cp_formula.c, below it, the formula
+ * pieces the strategy files share. Everything else (the layer, the engine, the planner, the
+ * CLI, the tests) reads the table, never the enum value. Adding a strategy: one file plus one
+ * line of the table.
  */
 #ifndef DSACP_CP_STRATEGY_H
 #define DSACP_CP_STRATEGY_H
@@ -75,17 +77,15 @@ typedef struct dsacp_cp_strategy {
     int (*report)(const dsacp_cp_options *opt, json_t *obj);
 } dsacp_cp_strategy;
 
-/* The table (cp_strategy.c): strategies by id (dsacp_decode_strategy, the index in the table). */
+/* The table (cp_strategy.c, below cp_rules.c and above nothing the strategy files call):
+ * strategies by id (dsacp_decode_strategy, the index in the table). */
 int dsacp_cp_strategy_count(void);
 const dsacp_cp_strategy *dsacp_cp_strategy_at(int id);
 /* The strategy of a set of options (assert: checked options). */
 const dsacp_cp_strategy *dsacp_cp_strategy_of(const dsacp_cp_options *opt);
 
-/* Puts the configured strategy's own members into the engine's report object (lean: its
- * options and merge backend); DSACP_ENOMEM when jansson fails. */
-int dsacp_cp_strategy_report(const dsacp_cp_options *opt, json_t *obj);
 
-/* ---- pieces of the formulas shared by the strategies (cp_formula.c) ---- */
+/* ---- pieces of the formulas shared by the strategies (cp_formula.c: never the table) ---- */
 
 /* c += (calls, sent, recv). */
 void dsacp_cp_count(dsacp_comm_counter *c, int64_t calls, int64_t sent, int64_t recv);
@@ -106,14 +106,21 @@ double dsacp_cp_merge_token_bytes(const dsacp_cp_formula *f, double candidates, 
 void dsacp_cp_formula_allreduce(dsacp_comm_counter *c, int64_t n, int64_t s, int64_t W, int64_t me, int64_t L);
 /* The strategy's wire bytes (4 without a wire_bytes hook). */
 int64_t dsacp_cp_wire_bytes(const dsacp_cp_strategy *s, const dsacp_cp_options *opt, bool deployed);
+/* The indexer's holder groups of `rank` (cp.h's iW, iI, ir): W sharded, W / G partial:G, else 1. */
+void dsacp_cp_index_groups(const dsacp_cp_options *opt, int64_t W, int64_t rank, int64_t *iW, int64_t *iI, int64_t *ir);
 
-/* The whole formula of the decode-like tokens of a step on rank f->me (cp_formula.c): the
+/* ---- the rules over the table (cp_rules.c; also dsacp_cp_options_check, dsacp_cp_context_bytes
+ * and dsacp_cp_o_paths of dsacp_cp.h) ---- */
+
+/* The whole formula of the decode-like tokens of a step on rank f->me: the
  * strategy's phases (with its shared counts `sh`, from dsacp_cp_formula_shared) and the decode
  * rows' o_proj (cp_layer.c step 7), added to out. */
 void dsacp_cp_decode_comm(const dsacp_cp_formula *f, const int64_t *sh, dsacp_comm_counter out[DSACP_PHASE_COUNT]);
-/* The strategy's shared counts of a step (allocated, *sh = NULL when it has none; free()). */
+/* The strategy's shared counts of a step (dsacp_calloc'ed, *sh = NULL when it has none;
+ * dsacp_free). */
 int dsacp_cp_formula_shared(const dsacp_cp_formula *f, int64_t **sh);
-/* The indexer's holder groups of `rank` (cp.h's iW, iI, ir): W sharded, W / G partial:G, else 1. */
-void dsacp_cp_index_groups(const dsacp_cp_options *opt, int64_t W, int64_t rank, int64_t *iW, int64_t *iI, int64_t *ir);
+/* Puts the configured strategy's own members into the engine's report object (lean: its
+ * options and merge backend); DSACP_ENOMEM when jansson fails. */
+int dsacp_cp_strategy_report(const dsacp_cp_options *opt, json_t *obj);
 
 #endif /* DSACP_CP_STRATEGY_H */
