@@ -1,8 +1,9 @@
 /*
  * plan.h -- the planner module's own declarations (src/plan; the public ones are in
- * include/dsacp_plan.h). It owns the cost model behind `dsacp plan` and `--context-path auto`,
- * and calls model (dsacp_preset_config, the cache bytes per token) and core, with the inline
- * ownership helpers of include/dsacp_cp.h: no engine, no communicator, no MPI.
+ * include/dsacp_plan.h). It owns the cost model behind `dsacp plan` and `--context-path auto`
+ * in three files that call one way: plan_entries.c (entries classified, with the time rule) ->
+ * plan_cost.c (times) -> plan_comm.c (bytes). It calls src/cp's strategy table and rules, model
+ * (dsacp_preset_config, the cache bytes per token) and core: no engine, no communicator, no MPI.
  */
 #ifndef DSACP_PLAN_INTERNAL_H
 #define DSACP_PLAN_INTERNAL_H
@@ -14,8 +15,26 @@
  * dsacp_plan_step_comm gives for rank r. O(W + tokens) instead of W calls of O(W + tokens). */
 int dsacp_plan_step_comm_ranks(const dsacp_config *cfg, const dsacp_cp_options *cp, const dsacp_plan_step *s,
                                dsacp_comm_counter *out);
-/* dsacp_plan_entries_comm for every rank at once (base->rank ignored), the same layout. */
-int dsacp_plan_entries_comm_ranks(const dsacp_config *cfg, const dsacp_cp_options *cp, const dsacp_plan_step *base,
-                                  const dsacp_plan_entry *ent, int64_t n, dsacp_comm_counter *out);
+
+/* ---- a step given as entries (plan_comm.c builds it, plan_entries.c classifies) ---- */
+
+/* How the engine classifies an entry (src/cp/cp_layer.c, dsacp_cp_step_build): its tokens are
+ * prefill, decode tokens, or a chunk after a sharded context whose path the context rule picks
+ * (decode tokens on the distributed path). */
+enum { DSACP_PLAN_ENTRY_PREFILL, DSACP_PLAN_ENTRY_DECODE, DSACP_PLAN_ENTRY_CONTEXT };
+int dsacp_plan_entry_kind(const dsacp_cp_options *cp, int64_t W, const dsacp_plan_entry *e);
+
+/* The step and the lists it points into, carved from the caller's memory. */
+typedef struct dsacp_plan_lists {
+    dsacp_plan_step s;
+    int64_t *ctx, *req, *rold, *pold, *pnew, *pfirst;
+} dsacp_plan_lists;
+/* Points l's lists into mem (2 T + 4 n int64_t: the lists of n entries bringing T tokens) and
+ * copies base into l->s. */
+void dsacp_plan_entries_lists(const dsacp_plan_step *base, int64_t T, int64_t n, void *mem, dsacp_plan_lists *l);
+/* Fills l->s from n entries (lengths checked, T tokens in all), decodes[e] saying whether entry
+ * e's tokens go through the decode strategy; also tp's path for the step. */
+void dsacp_plan_entries_step(const dsacp_cp_options *cp, const dsacp_plan_entry *ent, int64_t n, const bool *decodes,
+                             dsacp_plan_lists *l);
 
 #endif /* DSACP_PLAN_INTERNAL_H */

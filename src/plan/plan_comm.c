@@ -1,7 +1,10 @@
 /*
- * plan.c -- the planner's communication and memory model (include/dsacp_plan.h): the formulas
- * of docs/context-parallel.md sections 3-4 per rank and phase, written once here and checked by
- * test_cp against the communicator's counters exactly. Logical bytes as comm.c counts them.
+ * plan_comm.c -- the planner's communication and memory model (include/dsacp_plan.h): the
+ * formulas of docs/context-parallel.md sections 3-4 per rank and phase, written once here (the
+ * decode strategies' own from src/cp's table) and checked by test_cp against the communicator's
+ * counters exactly, and a step built from entries whose paths are decided. The bottom of
+ * src/plan: it calls neither the cost model (plan_cost.c) nor the classification of entries
+ * (plan_entries.c). Logical bytes as comm.c counts them.
  */
 #include "plan/plan.h"
 #include "core/core.h"
@@ -44,7 +47,7 @@ typedef struct step_shared {
 
 static void shared_free(step_shared *sh)
 {
-    free(sh->npq), free(sh->rows), free(sh->strat);
+    dsacp_free(sh->npq), dsacp_free(sh->rows), dsacp_free(sh->strat);
     memset(sh, 0, sizeof *sh);
 }
 
@@ -101,10 +104,10 @@ static int shared_build(const dsacp_config *cfg, const dsacp_cp_options *cp, con
                                "prefill tokens after %.4g, on %lld ranks, moves more bytes than 64 bits count (up to %.3g)",
                                (long long)s->nd, old, T, ctx, (long long)W, bound);
     }
-    sh->npq = calloc((size_t)W, sizeof *sh->npq), sh->rows = calloc((size_t)W, sizeof *sh->rows);
+    sh->npq = dsacp_calloc((size_t)W, sizeof *sh->npq), sh->rows = dsacp_calloc((size_t)W, sizeof *sh->rows);
     if (!sh->npq || !sh->rows) {
         shared_free(sh);
-        return dsacp_error(DSACP_ENOMEM, "out of memory");
+        return dsacp_error_context(DSACP_ENOMEM, "plan: the step's per-rank token counts");
     }
     int64_t *npq = sh->npq, *rows = sh->rows, T = 0;
     for (int64_t e = 0; e < s->npre; e++) T += s->pre_new[e];
@@ -282,93 +285,52 @@ void dsacp_plan_context_rule(const dsacp_config *cfg, const dsacp_cp_options *cp
     dsacp_cp_context_bytes(cfg, cp, W, latent_bytes, index_bytes, deployed, o_gather_v, old_len, gather_bytes, per_token);
 }
 
-/* A step given as entries, classified the way the engine does (dsacp_plan_entries_comm): the
- * step and the lists it points into. */
-typedef struct entries_step {
-    dsacp_plan_step s;
-    int64_t *ctx, *req, *rold, *pold, *pnew, *pfirst;
-} entries_step;
-
-static void entries_free(entries_step *es)
+void dsacp_plan_entries_lists(const dsacp_plan_step *base, int64_t T, int64_t n, void *mem, dsacp_plan_lists *l)
 {
-    free(es->ctx), free(es->req), free(es->rold), free(es->pold), free(es->pnew), free(es->pfirst);
+    int64_t *p = mem;
+    *l = (dsacp_plan_lists){.s = *base};
+    l->ctx = p, l->req = p + T, l->rold = p + 2 * T, l->pold = l->rold + n, l->pnew = l->pold + n, l->pfirst = l->pnew + n;
 }
 
-static int entries_build(const dsacp_config *cfg, const dsacp_cp_options *cp, const dsacp_plan_step *base,
-                         const dsacp_plan_entry *ent, int64_t n, entries_step *es)
+int dsacp_plan_entry_kind(const dsacp_cp_options *cp, int64_t W, const dsacp_plan_entry *e)
 {
-    memset(es, 0, sizeof *es);
-    es->s = *base;
-    dsacp_plan_step *s = &es->s;
-    const int64_t W = s->W;
     int64_t iW, iI, ir;
     index_groups(cp, W, 0, &iW, &iI, &ir);
     /* The engine's classification (src/cp/cp_layer.c, dsacp_cp_step_build): a one-token entry
      * is a decode token on every rank unless DSA-CP keeps every cache whole; a chunk after a
-     * sharded context takes the context path (auto: the byte rule above). */
+     * sharded context takes the context path. */
     const bool dsa_cp_only = cp->mode == DSACP_CP_DSA_CP &&
                              (W == 1 || (cp->kv_layout == DSACP_LAYOUT_REPLICATED && cp->index_layout == DSACP_LAYOUT_REPLICATED));
     const bool sharded = W > 1 && !dsa_cp_only && (cp->kv_layout == DSACP_LAYOUT_SHARDED || iW > 1);
-    int64_t T = 0;
-    bool multi = false;
-    for (int64_t e = 0; e < n; e++) {
-        if (ent[e].n_new < 0 || ent[e].old_len < 0) return dsacp_error(DSACP_EINVAL, "plan: entry %lld has negative lengths", (long long)e);
-        T += ent[e].n_new;
-        multi = multi || ent[e].n_new > 1;
-    }
-    const size_t cap = (size_t)(T > 0 ? T : 1), ce = (size_t)(n > 0 ? n : 1);
-    int64_t *ctx = es->ctx = malloc(cap * sizeof *ctx), *req = es->req = malloc(cap * sizeof *req);
-    int64_t *rold = es->rold = malloc(ce * sizeof *rold), *pold = es->pold = malloc(ce * sizeof *pold);
-    int64_t *pnew = es->pnew = malloc(ce * sizeof *pnew), *pfirst = es->pfirst = malloc(ce * sizeof *pfirst);
-    int rc = ctx && req && rold && pold && pnew && pfirst ? DSACP_OK : dsacp_error(DSACP_ENOMEM, "out of memory");
+    if (!dsa_cp_only && e->n_new == 1) return DSACP_PLAN_ENTRY_DECODE;
+    return sharded && e->old_len > 0 && e->n_new >= 1 ? DSACP_PLAN_ENTRY_CONTEXT : DSACP_PLAN_ENTRY_PREFILL;
+}
+
+void dsacp_plan_entries_step(const dsacp_cp_options *cp, const dsacp_plan_entry *ent, int64_t n, const bool *decodes,
+                             dsacp_plan_lists *l)
+{
+    dsacp_plan_step *s = &l->s;
     int64_t first = 0;
+    bool multi = false;
     s->nd = s->nreq = s->npre = 0;
-    for (int64_t e = 0; e < n && !rc; e++) {
-        bool dec = !dsa_cp_only && ent[e].n_new == 1;
-        if (!dec && sharded && ent[e].old_len > 0 && ent[e].n_new >= 1)
-            rc = dsacp_plan_context_distributed(cfg, cp, W, s->latent_bytes, s->index_bytes, s->deployed, s->o_gather_v,
-                                                s->o_tp_f32, s->context_hw, ent[e].old_len, ent[e].n_new, &dec);
-        if (dec) {
-            for (int64_t j = 0; j < ent[e].n_new; j++) ctx[s->nd] = ent[e].old_len + j, req[s->nd++] = s->nreq;
-            rold[s->nreq++] = ent[e].old_len;
+    for (int64_t e = 0; e < n; e++) {
+        multi = multi || ent[e].n_new > 1;
+        if (decodes[e]) {
+            for (int64_t j = 0; j < ent[e].n_new; j++) l->ctx[s->nd] = ent[e].old_len + j, l->req[s->nd++] = s->nreq;
+            l->rold[s->nreq++] = ent[e].old_len;
         } else if (ent[e].n_new > 0) {
-            pfirst[s->npre] = first, pold[s->npre] = ent[e].old_len, pnew[s->npre++] = ent[e].n_new;
+            l->pfirst[s->npre] = first, l->pold[s->npre] = ent[e].old_len, l->pnew[s->npre++] = ent[e].n_new;
         }
         first += ent[e].n_new;
     }
-    s->context = ctx, s->request = req, s->req_old = rold, s->pre_old = pold, s->pre_new = pnew;
-    s->pre_first = pfirst, s->step_tokens = T;
+    s->context = l->ctx, s->request = l->req, s->req_old = l->rold, s->pre_old = l->pold, s->pre_new = l->pnew;
+    s->pre_first = l->pfirst, s->step_tokens = first;
     /* tp's path for the step (src/cp/cp_weights.c): tp gathers when an entry brings more than one
      * token; auto decides by bytes in dsacp_plan_step_comm, which knows each rank's tokens. */
     if (cp->o_proj == DSACP_WEIGHTS_TP) s->tp_gather = multi, s->tp_auto = false;
     else if (cp->o_proj == DSACP_WEIGHTS_TP_GATHER) s->tp_gather = true, s->tp_auto = false;
     else if (cp->o_proj == DSACP_WEIGHTS_TP_A2A) s->tp_gather = false, s->tp_auto = false;
     else if (cp->o_proj == DSACP_WEIGHTS_AUTO) s->tp_auto = true;
-    if (rc) entries_free(es);
-    return rc;
-}
-
-int dsacp_plan_entries_comm(const dsacp_config *cfg, const dsacp_cp_options *cp, const dsacp_plan_step *base,
-                            const dsacp_plan_entry *ent, int64_t n, dsacp_comm_counter out[DSACP_PHASE_COUNT])
-{
-    memset(out, 0, sizeof(dsacp_comm_counter) * DSACP_PHASE_COUNT);
-    entries_step es;
-    int rc = entries_build(cfg, cp, base, ent, n, &es);
-    if (rc) return rc;
-    rc = dsacp_plan_step_comm(cfg, cp, &es.s, out);
-    entries_free(&es);
-    return rc;
-}
-
-int dsacp_plan_entries_comm_ranks(const dsacp_config *cfg, const dsacp_cp_options *cp, const dsacp_plan_step *base,
-                                  const dsacp_plan_entry *ent, int64_t n, dsacp_comm_counter *out)
-{
-    entries_step es;
-    int rc = entries_build(cfg, cp, base, ent, n, &es);
-    if (rc) return rc;
-    rc = dsacp_plan_step_comm_ranks(cfg, cp, &es.s, out);
-    entries_free(&es);
-    return rc;
 }
 
 void dsacp_plan_o_paths(const dsacp_config *cfg, const dsacp_cp_options *cp, int64_t W, dsacp_dtype dtype, int64_t block,

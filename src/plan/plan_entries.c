@@ -1,0 +1,56 @@
+/*
+ * plan_entries.c -- a step given as entries (dsacp_plan_entries_comm): each entry classified the
+ * way the engine does, a chunk after a sharded context by the context rule (the time rule on a
+ * hardware profile, dsacp_plan_context_distributed in plan_cost.c), then counted by
+ * plan_comm.c. The top of src/plan: nothing in the module calls it.
+ */
+#include "plan/plan.h"
+#include "core/core.h"
+
+#include <string.h>
+
+/* The step of n entries in lists carved from one block (*mem: dsacp_free), each entry's path
+ * decided as the engine decides it. */
+static int entries_build(const dsacp_config *cfg, const dsacp_cp_options *cp, const dsacp_plan_step *base,
+                         const dsacp_plan_entry *ent, int64_t n, dsacp_plan_lists *l, void **mem)
+{
+    *mem = NULL;
+    size_t T = 0, len, bytes;
+    for (int64_t e = 0; e < n; e++) {
+        if (ent[e].n_new < 0 || ent[e].old_len < 0) return dsacp_error(DSACP_EINVAL, "plan: entry %lld has negative lengths", (long long)e);
+        if (!dsacp_add_ok(T, (size_t)ent[e].n_new, &T)) return dsacp_error(DSACP_ERANGE, "plan: the entries' tokens overflow");
+    }
+    /* the lists (2 T + 4 n int64), then the entries' decisions (n bools) */
+    if (!dsacp_mul_ok(T, 2, &len) || !dsacp_add_ok(len, 4 * (size_t)n, &len) || !dsacp_mul_ok(len, sizeof(int64_t), &bytes) ||
+        !dsacp_add_ok(bytes, (size_t)n + 1, &bytes))
+        return dsacp_error(DSACP_ERANGE, "plan: the lists of %lld entries overflow", (long long)n);
+    int64_t *p = *mem = dsacp_alloc(bytes);
+    if (!p) return dsacp_error_context(DSACP_ENOMEM, "plan: the lists of %lld entries", (long long)n);
+    bool *decodes = (bool *)(p + len);
+    dsacp_plan_entries_lists(base, (int64_t)T, n, p, l);
+    int rc = DSACP_OK;
+    for (int64_t e = 0; e < n && !rc; e++) {
+        const int kind = dsacp_plan_entry_kind(cp, base->W, &ent[e]);
+        decodes[e] = kind == DSACP_PLAN_ENTRY_DECODE;
+        if (kind == DSACP_PLAN_ENTRY_CONTEXT)
+            rc = dsacp_plan_context_distributed(cfg, cp, base->W, base->latent_bytes, base->index_bytes, base->deployed,
+                                                base->o_gather_v, base->o_tp_f32, base->context_hw, ent[e].old_len,
+                                                ent[e].n_new, &decodes[e]);
+    }
+    if (!rc) dsacp_plan_entries_step(cp, ent, n, decodes, l);
+    if (rc) dsacp_free(*mem), *mem = NULL;
+    return rc;
+}
+
+int dsacp_plan_entries_comm(const dsacp_config *cfg, const dsacp_cp_options *cp, const dsacp_plan_step *base,
+                            const dsacp_plan_entry *ent, int64_t n, dsacp_comm_counter out[DSACP_PHASE_COUNT])
+{
+    memset(out, 0, sizeof(dsacp_comm_counter) * DSACP_PHASE_COUNT);
+    dsacp_plan_lists l;
+    void *mem;
+    int rc = entries_build(cfg, cp, base, ent, n, &l, &mem);
+    if (rc) return rc;
+    rc = dsacp_plan_step_comm(cfg, cp, &l.s, out);
+    dsacp_free(mem);
+    return rc;
+}
