@@ -1,8 +1,9 @@
 /*
  * bench -- the harness of dsacp_bench.h and its cases (nccl-tests' shape): one harness (the
- * timing loop, the results, the ceilings, the synthetic data) and one small file per case, each
- * described by a bench_case in the one registration table of bench.c. Adding a case is one file
- * plus one line of that table.
+ * timing loop and the results in bench_harness.c, the ceilings, the synthetic data) and one
+ * small file per case, each described by a bench_case in the one registration table of bench.c
+ * (above the cases; they call the harness below them). Adding a case is one file plus one line
+ * of that table.
  *
  * Calls: attn (the decode layer and prefill), cache, kernels, model, numerics, engine (the cp
  * case's steps), comm (its reduction over ranks) and core. Nothing below calls it; the CLI
@@ -57,7 +58,7 @@ typedef struct bench_case {
 extern const bench_case bench_case_ceilings, bench_case_indexer, bench_case_topk, bench_case_mla,
     bench_case_linear, bench_case_layer, bench_case_gemm, bench_case_prefill;
 
-/* ---- results (bench.c) ---- */
+/* ---- results (bench_harness.c) ---- */
 /* Appends a figure (dropped beyond DSACP_BENCH_MAX_RESULTS) and passes it to on_result.
  * ceil_name NULL: no ceiling. */
 void bench_result(bench_run *r, const char *name, double value, const char *unit, const char *ceil_name,
@@ -70,7 +71,7 @@ void bench_rate(bench_run *r, const char *name, double value, const char *unit, 
 void bench_work_rate(bench_run *r, const char *name, int64_t i, double seconds, const char *ceil_name,
                      double ceil_value);
 
-/* ---- timing (bench.c) ---- */
+/* ---- timing (bench_harness.c) ---- */
 typedef void (*bench_fn)(void *arg);
 /* Seconds per call of fn(arg), the minimum over `reps` repetitions after one warm-up call; a
  * repetition loops fn until it lasts >= min_s. before(arg), when given, runs untimed before every
