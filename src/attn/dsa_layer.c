@@ -214,14 +214,41 @@ void dsacp_dsa_proj_free(dsacp_dsa_proj *p)
     memset(p, 0, sizeof *p);
 }
 
+int dsacp_dsa_linear(const dsacp_dsa_ctx *ctx, const dsacp_weight *w, const float *x, int64_t T, int64_t ldx,
+                     float *y, int64_t ldy, bool act_quant)
+{
+    if (!ctx || !ctx->ws) return dsacp_linear(w, x, T, ldx, y, ldy, act_quant);
+    const size_t bytes = dsacp_linear_ws_bytes(w, T, act_quant);
+    if (bytes == 0) return dsacp_linear_ws(w, x, T, ldx, y, ldy, act_quant, NULL, 0);
+    const size_t mark = dsacp_arena_mark(ctx->ws);
+    void *scratch = dsacp_arena_take(ctx->ws, 1, (int64_t)bytes, 1, "a linear's scratch");
+    int rc = scratch ? dsacp_linear_ws(w, x, T, ldx, y, ldy, act_quant, scratch, bytes) : DSACP_ENOMEM;
+    dsacp_arena_rewind(ctx->ws, mark);
+    return rc;
+}
+
+size_t dsacp_dsa_linear_need(const dsacp_dsa_weights *w, int64_t n, bool deployed)
+{
+    const dsacp_weight *aq[] = {w->q_a, w->q_b, w->kv_a, w->wk, w->wq_b, w->o};
+    size_t most = 0, b = 0;
+    for (size_t i = 0; i < sizeof aq / sizeof aq[0]; i++) {
+        b = 0;
+        dsacp_arena_need(&b, 1, (int64_t)dsacp_linear_ws_bytes(aq[i], n, deployed), 1);
+        most = dsacp_arena_max(most, b);
+    }
+    b = 0;
+    dsacp_arena_need(&b, 1, (int64_t)dsacp_linear_ws_bytes(w->wproj, n, false), 1);
+    return dsacp_arena_max(most, b);
+}
+
 /* Output rows [r0, r1) of y = W x (into y + r0, row stride ldy). Rows are independent in every
  * linear kernel, so a subset gives the full call's bits. An FP8 weight is cut at its 128-row
  * scale blocks, so the rows computed may extend to the enclosing blocks: they land in y at their
  * own offsets (the caller's row of y must have room for all W->rows). */
-int dsacp_linear_rows(const dsacp_weight *w, int64_t r0, int64_t r1, const float *x, int64_t T, int64_t ldx,
-                      float *y, int64_t ldy, bool act_quant)
+static int linear_rows(const dsacp_dsa_ctx *ctx, const dsacp_weight *w, int64_t r0, int64_t r1, const float *x,
+                       int64_t T, int64_t ldx, float *y, int64_t ldy, bool act_quant)
 {
-    if (r0 == 0 && r1 == w->rows) return dsacp_linear(w, x, T, ldx, y, ldy, act_quant);
+    if (r0 == 0 && r1 == w->rows) return dsacp_dsa_linear(ctx, w, x, T, ldx, y, ldy, act_quant);
     if (r1 <= r0) return DSACP_OK;
     dsacp_weight v = *w;
     int64_t a0 = r0, a1 = r1;
@@ -235,7 +262,13 @@ int dsacp_linear_rows(const dsacp_weight *w, int64_t r0, int64_t r1, const float
     }
     v.data = (const uint8_t *)w->data + (size_t)(a0 * w->cols) * es;
     v.rows = a1 - a0;
-    return dsacp_linear(&v, x, T, ldx, y + a0, ldy, act_quant);
+    return dsacp_dsa_linear(ctx, &v, x, T, ldx, y + a0, ldy, act_quant);
+}
+
+int dsacp_linear_rows(const dsacp_weight *w, int64_t r0, int64_t r1, const float *x, int64_t T, int64_t ldx,
+                      float *y, int64_t ldy, bool act_quant)
+{
+    return linear_rows(NULL, w, r0, r1, x, T, ldx, y, ldy, act_quant);
 }
 
 int dsacp_dsa_project_kv(const dsacp_dsa_ctx *ctx, const dsacp_dsa_weights *w, const float *x, int64_t n,
@@ -248,8 +281,8 @@ int dsacp_dsa_project_kv(const dsacp_dsa_ctx *ctx, const dsacp_dsa_weights *w, c
     if (n == 0) return DSACP_OK;
     float *kv = p->kv + row0 * dk, *ki = p->ki + row0 * di;
     /* 2. Latent: [c | k_pe] = kv_a_proj x, c = RMSNorm(c); 4a. the indexer key (same x). */
-    int rc = dsacp_linear(w->kv_a, x, n, D, kv, dk, deployed);
-    if (!rc) rc = dsacp_linear(w->wk, x, n, D, ki, di, deployed);
+    int rc = dsacp_dsa_linear(ctx, w->kv_a, x, n, D, kv, dk, deployed);
+    if (!rc) rc = dsacp_dsa_linear(ctx, w->wk, x, n, D, ki, di, deployed);
     if (rc) return rc;
     /* 3 + 4b. Norms and RoPE per token. */
     for (int64_t t = 0; t < n; t++) {
@@ -280,13 +313,13 @@ int dsacp_dsa_project_q(const dsacp_dsa_ctx *ctx, const dsacp_dsa_weights *w, co
     float *qa = p->qa + row0 * ql, *q = p->q + row0 * H * dq;
     float *qi = p->qi + row0 * Hi * di, *wts = p->wts + row0 * Hi;
     /* 1. Query path: qr = RMSNorm(q_a_proj x), q = q_b_proj qr (rows of heads [h0, h1)). */
-    int rc = dsacp_linear(w->q_a, x, n, D, qa, ql, deployed);
+    int rc = dsacp_dsa_linear(ctx, w->q_a, x, n, D, qa, ql, deployed);
     if (!rc)
         for (int64_t t = 0; t < n; t++) dsacp_rmsnorm(qa + t * ql, qa + t * ql, w->q_a_norm, ql, 1e-6);
-    if (!rc) rc = dsacp_linear_rows(q_b, h0 * dq, h1 * dq, qa, n, ql, q, H * dq, deployed);
+    if (!rc) rc = linear_rows(ctx, q_b, h0 * dq, h1 * dq, qa, n, ql, q, H * dq, deployed);
     /* 4a. Indexer query (same qr) and head weights (same x). */
-    if (!rc) rc = dsacp_linear(w->wq_b, qa, n, ql, qi, Hi * di, deployed);
-    if (!rc) rc = dsacp_linear(w->wproj, x, n, D, wts, Hi, false);
+    if (!rc) rc = dsacp_dsa_linear(ctx, w->wq_b, qa, n, ql, qi, Hi * di, deployed);
+    if (!rc) rc = dsacp_dsa_linear(ctx, w->wproj, x, n, D, wts, Hi, false);
     if (rc) return rc;
     const double wscale = 1.0 / sqrt((double)Hi) / sqrt((double)di);
     for (int64_t t = 0; t < n; t++) {
@@ -320,34 +353,60 @@ int dsacp_dsa_project(const dsacp_dsa_ctx *ctx, const dsacp_dsa_weights *w, cons
     return rc ? rc : dsacp_dsa_project_q(ctx, w, NULL, x, n, pos, h0, h1, p, row0);
 }
 
+typedef struct scores_args {
+    const dsacp_kv_cache *c;
+    int64_t layer, n;
+    const dsacp_kv_seq *seq;
+    const void *qpack;
+    float *scores;
+} scores_args;
+
+static void score_block(void *ctx, int64_t b)
+{
+    const scores_args *a = ctx;
+    const int64_t B = a->c->block_size;
+    const float *scales;
+    const void *keys = dsacp_kv_index_block(a->c, a->layer, a->seq->blocks[b], &scales);
+    const int64_t cnt = a->n - b * B < B ? a->n - b * B : B;
+    dsacp_index_scores_packed(a->qpack, keys, scales, cnt, a->scores + b * B);
+}
+
 void dsacp_dsa_index_scores(const dsacp_kv_cache *c, int64_t layer, const dsacp_kv_seq *seq, int64_t n,
                             const void *qpack, float *scores, bool inner)
 {
-    const int64_t B = c->block_size, nb = (n + B - 1) / B;
-#pragma omp parallel for schedule(static) if (inner)
-    for (int64_t b = 0; b < nb; b++) {
-        const float *scales;
-        const void *keys = dsacp_kv_index_block(c, layer, seq->blocks[b], &scales);
-        int64_t cnt = n - b * B < B ? n - b * B : B;
-        dsacp_index_scores_packed(qpack, keys, scales, cnt, scores + b * B);
-    }
+    scores_args a = {c, layer, n, seq, qpack, scores};
+    dsacp_parallel_for((n + c->block_size - 1) / c->block_size, inner, score_block, &a);
+}
+
+typedef struct heads_args {
+    const dsacp_dsa_weights *w;
+    const dsacp_config *cfg;
+    const float *in;
+    int64_t n, ldin, h0;
+    float *out;
+    int64_t ldout;
+} heads_args;
+
+static void query_head(void *ctx, int64_t i)
+{
+    const heads_args *a = ctx;
+    const dsacp_config *cfg = a->cfg;
+    const int64_t nope = cfg->qk_nope_head_dim, dr = cfg->qk_rope_head_dim, dv = cfg->v_head_dim;
+    const int64_t dq = nope + dr, dc = cfg->kv_lora_rank, dk = dc + dr, h = a->h0 + i;
+    const float *qh = a->in + h * dq;
+    float *qr = a->out + i * dk;
+    if (a->w->wuk_t) dsacp_linear(&a->w->wuk_t[h], qh, a->n, a->ldin, qr, a->ldout, false);
+    else
+        for (int64_t t = 0; t < a->n; t++)
+            dsacp_gemv_t(a->w->kv_b_f32 + h * (nope + dv) * dc, dc, qh + t * a->ldin, nope, dc, qr + t * a->ldout);
+    for (int64_t t = 0; t < a->n; t++) memcpy(qr + t * a->ldout + dc, qh + t * a->ldin + nope, (size_t)dr * sizeof *qr);
 }
 
 void dsacp_dsa_query_rows_n(const dsacp_dsa_weights *w, const dsacp_config *cfg, const float *q, int64_t n,
                             int64_t ldq, int64_t h0, int64_t h1, float *qrow, int64_t ldr, bool inner)
 {
-    const int64_t nope = cfg->qk_nope_head_dim, dr = cfg->qk_rope_head_dim, dv = cfg->v_head_dim;
-    const int64_t dq = nope + dr, dc = cfg->kv_lora_rank, dk = dc + dr;
-#pragma omp parallel for schedule(static) if (inner)
-    for (int64_t h = h0; h < h1; h++) {
-        const float *qh = q + h * dq;
-        float *qr = qrow + (h - h0) * dk;
-        if (w->wuk_t) dsacp_linear(&w->wuk_t[h], qh, n, ldq, qr, ldr, false);
-        else
-            for (int64_t t = 0; t < n; t++)
-                dsacp_gemv_t(w->kv_b_f32 + h * (nope + dv) * dc, dc, qh + t * ldq, nope, dc, qr + t * ldr);
-        for (int64_t t = 0; t < n; t++) memcpy(qr + t * ldr + dc, qh + t * ldq + nope, (size_t)dr * 4);
-    }
+    heads_args a = {w, cfg, q, n, ldq, h0, qrow, ldr};
+    dsacp_parallel_for(h1 - h0, inner, query_head, &a);
 }
 
 void dsacp_dsa_query_rows(const dsacp_dsa_weights *w, const dsacp_config *cfg, const float *q, int64_t h0,
@@ -357,16 +416,21 @@ void dsacp_dsa_query_rows(const dsacp_dsa_weights *w, const dsacp_config *cfg, c
     dsacp_dsa_query_rows_n(w, cfg, q, 1, cfg->num_attention_heads * dq, h0, h1, qrow, (h1 - h0) * dk, inner);
 }
 
+static void value_head(void *ctx, int64_t i)
+{
+    const heads_args *a = ctx;
+    const int64_t nope = a->cfg->qk_nope_head_dim, dv = a->cfg->v_head_dim, dc = a->cfg->kv_lora_rank, h = a->h0 + i;
+    const dsacp_dsa_weights *w = a->w;
+    dsacp_weight wuv = {.name = "W_UV", .dtype = DSACP_F32, .ndim = 2, .rows = dv, .cols = dc,
+                        .data = w->kv_b_f32 ? w->kv_b_f32 + (h * (nope + dv) + nope) * dc : NULL};
+    dsacp_linear(w->wuv ? &w->wuv[h] : &wuv, a->in + i * dc, a->n, a->ldin, a->out + i * dv, a->ldout, false);
+}
+
 void dsacp_dsa_value_rows_n(const dsacp_dsa_weights *w, const dsacp_config *cfg, const float *o, int64_t n,
                             int64_t ldo, int64_t h0, int64_t h1, float *v, int64_t ldv, bool inner)
 {
-    const int64_t nope = cfg->qk_nope_head_dim, dv = cfg->v_head_dim, dc = cfg->kv_lora_rank;
-#pragma omp parallel for schedule(static) if (inner)
-    for (int64_t h = h0; h < h1; h++) {
-        dsacp_weight wuv = {.name = "W_UV", .dtype = DSACP_F32, .ndim = 2, .rows = dv, .cols = dc,
-                            .data = w->kv_b_f32 ? w->kv_b_f32 + (h * (nope + dv) + nope) * dc : NULL};
-        dsacp_linear(w->wuv ? &w->wuv[h] : &wuv, o + (h - h0) * dc, n, ldo, v + (h - h0) * dv, ldv, false);
-    }
+    heads_args a = {w, cfg, o, n, ldo, h0, v, ldv};
+    dsacp_parallel_for(h1 - h0, inner, value_head, &a);
 }
 
 void dsacp_dsa_value_rows(const dsacp_dsa_weights *w, const dsacp_config *cfg, const float *o, int64_t h0,
@@ -376,15 +440,69 @@ void dsacp_dsa_value_rows(const dsacp_dsa_weights *w, const dsacp_config *cfg, c
     dsacp_dsa_value_rows_n(w, cfg, o, 1, (h1 - h0) * dc, h0, h1, v, (h1 - h0) * dv, inner);
 }
 
-/* Scratch of one token's attention (per thread). */
+/* Scratch of one token's attention (one per thread), taken from the workspace before any thread
+ * starts (an arena is not thread-safe). */
 typedef struct token_scratch {
-    float *scores;  /* [max_ctx] */
-    int32_t *sel;   /* [k] */
-    float *kv;      /* [k][dc + dr] */
-    float *lse;     /* [H] */
-    float *work;    /* [k] */
-    void *qpack;    /* dsacp_index_query_bytes(Hi, di), 64-byte aligned */
+    float *scores;  /* F32 [max_ctx] */
+    int32_t *sel;   /* I32 [k] */
+    float *kv;      /* F32 [k][dc + dr] the gathered latent rows */
+    float *lse;     /* F32 [heads] */
+    void *qpack;    /* dsacp_index_query_bytes(Hi, di) */
+    void *topk_ws;  /* dsacp_topk_ws_bytes(max_ctx) */
+    void *mla_ws;   /* dsacp_sparse_mla_work_bytes(k, heads, dc, dr) */
+    size_t mla_bytes;
 } token_scratch;
+
+/* The scratch's takes, in one order for the need and the take: (rows, cols, element size). */
+static void scratch_shapes(const dsacp_config *cfg, int64_t heads, int64_t max_ctx, int64_t shape[7][3])
+{
+    const int64_t K = cfg->index_topk, dc = cfg->kv_lora_rank, dr = cfg->qk_rope_head_dim;
+    const int64_t rows[7][3] = {
+        {max_ctx, 1, sizeof(float)},
+        {K, 1, sizeof(int32_t)},
+        {K, dc + dr, sizeof(float)},
+        {heads, 1, sizeof(float)},
+        {1, (int64_t)dsacp_index_query_bytes(cfg->index_n_heads, cfg->index_head_dim), 1},
+        {1, (int64_t)dsacp_topk_ws_bytes(max_ctx), 1},
+        {1, heads > 0 ? (int64_t)dsacp_sparse_mla_work_bytes(K, heads, dc, dr) : 0, 1},
+    };
+    memcpy(shape, rows, sizeof rows);
+}
+
+static int scratch_take(dsacp_arena *ws, const dsacp_config *cfg, int64_t heads, int64_t max_ctx, token_scratch *s)
+{
+    int64_t sh[7][3];
+    scratch_shapes(cfg, heads, max_ctx, sh);
+    void *got[7];
+    for (int i = 0; i < 7; i++)
+        if (!(got[i] = dsacp_arena_take(ws, sh[i][0] > 0 ? sh[i][0] : 1, sh[i][1] > 0 ? sh[i][1] : 1, (size_t)sh[i][2],
+                                        "the attention scratch")))
+            return DSACP_ENOMEM;
+    *s = (token_scratch){got[0], got[1], got[2], got[3], got[4], got[5], got[6], (size_t)sh[6][1]};
+    return DSACP_OK;
+}
+
+/* Threads that take whole tokens of a chunk of n (one scratch each); 1: the tokens run one after
+ * another and the kernels split each token's work. */
+static int64_t token_threads(int64_t n)
+{
+    const int64_t mt = omp_get_max_threads();
+    return mt > 1 && n >= mt ? mt : 1;
+}
+
+void dsacp_dsa_attend_need(size_t *total, const dsacp_config *cfg, int64_t n, int64_t heads, int64_t max_ctx)
+{
+    const int64_t CH = n < DSACP_DSA_ATTEND_CHUNK ? (n > 0 ? n : 1) : DSACP_DSA_ATTEND_CHUNK, nt = token_threads(CH);
+    const int64_t dc = cfg->kv_lora_rank, dk = dc + cfg->qk_rope_head_dim;
+    dsacp_arena_need(total, CH, heads > 0 ? heads * dk : 1, sizeof(float));
+    dsacp_arena_need(total, CH, heads > 0 ? heads * dc : 1, sizeof(float));
+    dsacp_arena_need(total, nt, 1, sizeof(token_scratch));
+    int64_t sh[7][3];
+    scratch_shapes(cfg, heads, max_ctx > 0 ? max_ctx : 1, sh);
+    for (int64_t t = 0; t < nt; t++)
+        for (int i = 0; i < 7; i++)
+            dsacp_arena_need(total, sh[i][0] > 0 ? sh[i][0] : 1, sh[i][1] > 0 ? sh[i][1] : 1, (size_t)sh[i][2]);
+}
 
 /* Everything the tokens of one chunk need, shared by the threads. */
 typedef struct attend_args {
@@ -398,136 +516,144 @@ typedef struct attend_args {
     const float *qrows;                     /* [n][Hs][dc + dr] absorbed query rows */
     float *obuf;                            /* [n][Hs][dc] attention outputs */
     int32_t *topk;
-    int64_t max_ctx;
+    token_scratch *scratch;                 /* [threads] */
     int *rc;
 } attend_args;
 
-/* Step 5 and the sparse MLA of step 6 for every token of a chunk: index scores, top-k, latent
+typedef struct gather_args {
+    const dsacp_dsa_view *v;
+    const int32_t *sel;
+    float *kv;
+    int64_t dk;
+} gather_args;
+
+static void gather_row(void *ctx, int64_t i)
+{
+    const gather_args *g = ctx;
+    dsacp_kv_read_mla(g->v->lat, g->v->lat_layer, dsacp_kv_slot(g->v->lat, g->v->lat_seq, g->sel[i]), g->kv + i * g->dk);
+}
+
+/* Index scores and top-k of one token (row t of p, n positions of view v) into s->sel. */
+static int64_t token_select(const dsacp_dsa_proj *p, const dsacp_config *cfg, int64_t t, int64_t n,
+                            const dsacp_dsa_view *v, const token_scratch *s, bool inner)
+{
+    const int64_t Hi = cfg->index_n_heads, di = cfg->index_head_dim;
+    dsacp_index_query_pack(p->qi + t * Hi * di, p->wts + t * Hi, Hi, di, s->qpack);
+    dsacp_dsa_index_scores(v->idx, v->idx_layer, v->idx_seq, n, s->qpack, s->scores, inner);
+    return dsacp_topk_select_ws(s->scores, n, cfg->index_topk, s->sel, s->topk_ws);
+}
+
+static void write_selected(int32_t *row, const int32_t *sel, int64_t nsel, int64_t K)
+{
+    for (int64_t i = 0; i < K; i++) row[i] = i < nsel ? sel[i] : -1;
+}
+
+/* Step 5 and the sparse MLA of step 6 for token j of a chunk: index scores, top-k, latent
  * gather, absorbed sparse MLA into obuf (W_UK before and W_UV after run over the whole chunk,
- * head by head, in dsacp_dsa_attend_views). The token loop is an orphaned `omp for`: called
- * inside a parallel region, the threads take whole tokens; called outside one (inner = true),
- * the caller runs the tokens one after another and the kernels inside split each token's work
- * (index blocks, heads) over the threads. Those inner regions are then top-level and reuse
- * libgomp's pool; nested under an inactive region they would each start new threads (measured:
- * 1.2x instead of 1.8x on 2 threads at batch 1). Kernels are thread-count invariant, so a
- * token's result is the same either way. */
-static void attend_tokens(const attend_args *a, bool inner)
+ * head by head, in attend_chunks). inner: the kernels split the token's work (index blocks,
+ * heads) over the threads (dsacp_parallel_for: top-level regions only, which reuse libgomp's
+ * pool); otherwise the caller's threads take whole tokens. Kernels are thread-count invariant,
+ * so a token's result is the same either way. */
+static void attend_token(const attend_args *a, int64_t j, const token_scratch *s, bool inner)
 {
     const dsacp_config *cfg = a->ctx->cfg;
-    const int64_t max_ctx = a->max_ctx, Hs = a->h1 - a->h0;
-    const int64_t dr = cfg->qk_rope_head_dim, dc = cfg->kv_lora_rank, dk = dc + dr;
-    const int64_t Hi = cfg->index_n_heads, di = cfg->index_head_dim, K = cfg->index_topk;
-    const float scale = (float)cfg->softmax_scale;
-    const size_t qpack_bytes = (dsacp_index_query_bytes(Hi, di) + 63) / 64 * 64;
-    token_scratch s = {0};
-    s.scores = malloc((size_t)max_ctx * 4);
-    s.sel = malloc((size_t)K * 4);
-    s.kv = dsacp_alloc((size_t)(K * dk) * 4);
-    s.lse = malloc((size_t)Hs * 4);
-    s.work = malloc((size_t)K * 4);
-    s.qpack = dsacp_alloc(qpack_bytes);
-    bool ok = s.scores && s.sel && s.kv && s.lse && s.work && s.qpack;
-    if (!ok) {
+    const int64_t Hs = a->h1 - a->h0, dr = cfg->qk_rope_head_dim, dc = cfg->kv_lora_rank, dk = dc + dr;
+    const int64_t K = cfg->index_topk;
+    const dsacp_dsa_view *v = a->views[j];
+    const int64_t nsel = token_select(a->p, cfg, a->row0 + j, a->pos[j] + 1, v, s, inner);
+    if (a->topk) write_selected(a->topk + j * K, s->sel, nsel, K);
+    gather_args g = {v, s->sel, s->kv, dk};
+    dsacp_parallel_for(nsel, inner, gather_row, &g);
+    int rc = dsacp_sparse_mla_ws(a->qrows + j * Hs * dk, s->kv, nsel, Hs, dc, dr, (float)cfg->softmax_scale,
+                                 a->obuf + j * Hs * dc, s->lse, s->mla_ws, s->mla_bytes);
+    if (rc) {
 #pragma omp atomic write
-        *a->rc = DSACP_ENOMEM;
+        *a->rc = rc;
     }
+}
+
+/* The tokens of a chunk: one after another on the calling thread (the kernels split each), or
+ * taken whole by `threads` threads, each with its own scratch. */
+static void attend_tokens(const attend_args *a, int64_t threads)
+{
+    if (threads <= 1) {
+        for (int64_t j = 0; j < a->n; j++) attend_token(a, j, &a->scratch[0], true);
+        return;
+    }
+#pragma omp parallel num_threads((int)threads)
+    {
+        const token_scratch *s = &a->scratch[omp_get_thread_num()];
 #pragma omp for schedule(dynamic, 1)
-    for (int64_t j = 0; j < a->n; j++) {
-        if (!ok) continue;
-        const int64_t t = a->row0 + j, n = a->pos[j] + 1;
-        const dsacp_dsa_view *v = a->views[j];
-        dsacp_index_query_pack(a->p->qi + t * Hi * di, a->p->wts + t * Hi, Hi, di, s.qpack);
-        dsacp_dsa_index_scores(v->idx, v->idx_layer, v->idx_seq, n, s.qpack, s.scores, inner);
-        int64_t nsel = dsacp_topk_select(s.scores, n, K, s.sel);
-        if (a->topk) {
-            int32_t *row = a->topk + j * K;
-            for (int64_t i = 0; i < K; i++) row[i] = i < nsel ? s.sel[i] : -1;
-        }
-#pragma omp parallel for schedule(static) if (inner)
-        for (int64_t i = 0; i < nsel; i++)
-            dsacp_kv_read_mla(v->lat, v->lat_layer, dsacp_kv_slot(v->lat, v->lat_seq, s.sel[i]), s.kv + i * dk);
-        dsacp_sparse_mla(a->qrows + j * Hs * dk, s.kv, nsel, Hs, dc, dr, scale, a->obuf + j * Hs * dc, s.lse, s.work);
+        for (int64_t j = 0; j < a->n; j++) attend_token(a, j, s, false);
     }
-    free(s.scores);
-    free(s.sel);
-    dsacp_free(s.kv);
-    free(s.lse);
-    free(s.work);
-    dsacp_free(s.qpack);
 }
 
 /* No heads to attend with (a rank of a group larger than the head count): the selected sets
  * alone, computed exactly as attend_tokens computes them (the same kernels, the same order), so
  * that every rank reports the true sets whether it owns heads or not. */
-static int select_only(const dsacp_dsa_ctx *ctx, const dsacp_dsa_proj *p, int64_t row0, int64_t n, const int64_t *pos,
-                       const dsacp_dsa_view *const *views, int32_t *topk, int64_t layer)
+static void select_only(const dsacp_dsa_ctx *ctx, const dsacp_dsa_proj *p, int64_t row0, int64_t n,
+                        const int64_t *pos, const dsacp_dsa_view *const *views, int32_t *topk, const token_scratch *s)
 {
-    const dsacp_config *cfg = ctx->cfg;
-    const int64_t Hi = cfg->index_n_heads, di = cfg->index_head_dim, K = cfg->index_topk;
-    int64_t max_ctx = 1;
-    for (int64_t t = 0; t < n; t++)
-        if (pos[t] + 1 > max_ctx) max_ctx = pos[t] + 1;
-    float *scores = malloc((size_t)max_ctx * 4);
-    int32_t *sel = malloc((size_t)K * 4);
-    void *qpack = dsacp_alloc((dsacp_index_query_bytes(Hi, di) + 63) / 64 * 64);
-    int rc = scores && sel && qpack ? DSACP_OK
-                                    : dsacp_error(DSACP_ENOMEM, "layer %lld: out of memory for the index scores of a "
-                                                  "%lld-token context", (long long)layer, (long long)max_ctx);
-    for (int64_t j = 0; j < n && !rc; j++) {
-        const int64_t t = row0 + j, nk = pos[j] + 1;
-        const dsacp_dsa_view *v = views[j];
-        dsacp_index_query_pack(p->qi + t * Hi * di, p->wts + t * Hi, Hi, di, qpack);
-        dsacp_dsa_index_scores(v->idx, v->idx_layer, v->idx_seq, nk, qpack, scores, true);
-        const int64_t nsel = dsacp_topk_select(scores, nk, K, sel);
-        for (int64_t i = 0; i < K; i++) topk[j * K + i] = i < nsel ? sel[i] : -1;
-    }
-    free(scores);
-    free(sel);
-    dsacp_free(qpack);
-    return rc;
+    const int64_t K = ctx->cfg->index_topk;
+    for (int64_t j = 0; j < n; j++)
+        write_selected(topk + j * K, s->sel, token_select(p, ctx->cfg, row0 + j, pos[j] + 1, views[j], s, true), K);
 }
 
-/* Tokens per chunk of dsacp_dsa_attend_views: W_UK and W_UV run as many-row linears over a
- * chunk (each head's weights read once per chunk instead of once per token); the chunk's query
- * rows and outputs take CH x heads x (2 dc + dr) floats (35 MB at V3.2's 128 heads). */
-enum { ATTEND_CHUNK = 64 };
+/* The chunks of dsacp_dsa_attend_views over a workspace that holds dsacp_dsa_attend_need. */
+static int attend_chunks(const dsacp_dsa_ctx *ctx, const dsacp_dsa_weights *w, const dsacp_dsa_proj *p,
+                         int64_t row0, int64_t n, const int64_t *pos, const dsacp_dsa_view *const *views, int64_t h0,
+                         int64_t h1, float *vcat, int32_t *topk, int64_t max_ctx, dsacp_arena *ws)
+{
+    const dsacp_config *cfg = ctx->cfg;
+    const int64_t H = cfg->num_attention_heads, Hs = h1 > h0 ? h1 - h0 : 0, dq = cfg->qk_nope_head_dim + cfg->qk_rope_head_dim;
+    const int64_t dc = cfg->kv_lora_rank, dk = dc + cfg->qk_rope_head_dim, dv = cfg->v_head_dim;
+    const int64_t CH = n < DSACP_DSA_ATTEND_CHUNK ? n : DSACP_DSA_ATTEND_CHUNK, nt = token_threads(CH);
+    float *qrows = dsacp_arena_take(ws, CH, Hs > 0 ? Hs * dk : 1, sizeof *qrows, "the attention's query rows");
+    float *obuf = qrows ? dsacp_arena_take(ws, CH, Hs > 0 ? Hs * dc : 1, sizeof *obuf, "the attention's outputs") : NULL;
+    token_scratch *sc = obuf ? dsacp_arena_take(ws, nt, 1, sizeof *sc, "the attention scratch") : NULL;
+    int rc = sc ? DSACP_OK : DSACP_ENOMEM;
+    for (int64_t i = 0; i < nt && !rc; i++) rc = scratch_take(ws, cfg, Hs, max_ctx, &sc[i]);
+    if (rc || Hs == 0) {
+        if (!rc && topk) select_only(ctx, p, row0, n, pos, views, topk, &sc[0]);
+        return rc;
+    }
+    for (int64_t c0 = 0; c0 < n && !rc; c0 += CH) {
+        const int64_t cn = n - c0 < CH ? n - c0 : CH, r = row0 + c0;
+        /* q_abs[t][h] = q_nope[t][h] . W_UK[h] (dc wide), query rows [q_abs | q_pe]. */
+        dsacp_dsa_query_rows_n(w, cfg, p->q + r * H * dq, cn, H * dq, h0, h1, qrows, Hs * dk, true);
+        const attend_args args = {ctx, w, p, r, cn, pos + c0, views + c0, h0, h1, qrows, obuf,
+                                  topk ? topk + c0 * cfg->index_topk : NULL, sc, &rc};
+        attend_tokens(&args, token_threads(cn));
+        /* v[t][h] = W_UV[h] o[t][h]. */
+        if (!rc) dsacp_dsa_value_rows_n(w, cfg, obuf, cn, Hs * dc, h0, h1, vcat + (c0 * H + h0) * dv, H * dv, true);
+    }
+    return rc;
+}
 
 int dsacp_dsa_attend_views(const dsacp_dsa_ctx *ctx, const dsacp_dsa_weights *w, const dsacp_dsa_proj *p,
                            int64_t row0, int64_t n, const int64_t *pos, const dsacp_dsa_view *const *views,
                            int64_t h0, int64_t h1, float *vcat, int32_t *topk, int64_t layer)
 {
-    if (n == 0) return DSACP_OK;
-    if (h1 <= h0) return topk ? select_only(ctx, p, row0, n, pos, views, topk, layer) : DSACP_OK;
-    const dsacp_config *cfg = ctx->cfg;
-    const int64_t H = cfg->num_attention_heads, Hs = h1 - h0, dq = cfg->qk_nope_head_dim + cfg->qk_rope_head_dim;
-    const int64_t dc = cfg->kv_lora_rank, dk = dc + cfg->qk_rope_head_dim, dv = cfg->v_head_dim;
-    const int64_t CH = n < ATTEND_CHUNK ? n : ATTEND_CHUNK;
-    int64_t max_ctx = 0;
+    if (n == 0 || (h1 <= h0 && !topk)) return DSACP_OK;
+    int64_t max_ctx = 1;
     for (int64_t t = 0; t < n; t++)
         if (pos[t] + 1 > max_ctx) max_ctx = pos[t] + 1;
-    float *qrows = dsacp_alloc((size_t)(CH * Hs * dk) * 4), *obuf = dsacp_alloc((size_t)(CH * Hs * dc) * 4);
-    int rc = qrows && obuf ? DSACP_OK : DSACP_ENOMEM;
-    for (int64_t c0 = 0; c0 < n && !rc; c0 += CH) {
-        const int64_t cn = n - c0 < CH ? n - c0 : CH;
-        const int64_t r = row0 + c0;
-        /* q_abs[t][h] = q_nope[t][h] . W_UK[h] (dc wide), query rows [q_abs | q_pe]. */
-        dsacp_dsa_query_rows_n(w, cfg, p->q + r * H * dq, cn, H * dq, h0, h1, qrows, Hs * dk, true);
-        const attend_args args = {ctx, w, p, r, cn, pos + c0, views + c0, h0, h1, qrows, obuf,
-                                  topk ? topk + c0 * cfg->index_topk : NULL, max_ctx, &rc};
-        if (cn >= omp_get_max_threads()) {
-#pragma omp parallel
-            attend_tokens(&args, false);
-        } else {
-            attend_tokens(&args, true);
-        }
-        /* v[t][h] = W_UV[h] o[t][h]. */
-        if (!rc) dsacp_dsa_value_rows_n(w, cfg, obuf, cn, Hs * dc, h0, h1, vcat + (c0 * H + h0) * dv, H * dv, true);
+    /* Without a workspace in ctx (the W > 1 strategies), one of this call's size. */
+    dsacp_arena own = {0}, *ws = ctx->ws;
+    int rc = DSACP_OK;
+    if (!ws) {
+        size_t need = 0;
+        dsacp_dsa_attend_need(&need, ctx->cfg, n, h1 > h0 ? h1 - h0 : 0, max_ctx);
+        rc = dsacp_arena_create(&own, need, "the attention scratch");
+        ws = &own;
     }
-    dsacp_free(qrows);
-    dsacp_free(obuf);
+    const size_t mark = dsacp_arena_mark(ws);
+    if (!rc) rc = attend_chunks(ctx, w, p, row0, n, pos, views, h0, h1, vcat, topk, max_ctx, ws);
+    dsacp_arena_rewind(ws, mark);
+    dsacp_arena_destroy(&own);
     if (rc)
-        return dsacp_error(rc, "layer %lld: out of memory for the attention scratch of a %lld-token context "
-                           "(index_topk %lld, num_attention_heads %lld)", (long long)layer, (long long)max_ctx,
-                           (long long)ctx->cfg->index_topk, (long long)ctx->cfg->num_attention_heads);
+        return dsacp_error_context(rc, "layer %lld: the attention of a %lld-token context (index_topk %lld, "
+                                   "num_attention_heads %lld)", (long long)layer, (long long)max_ctx,
+                                   (long long)ctx->cfg->index_topk, (long long)ctx->cfg->num_attention_heads);
     return DSACP_OK;
 }

@@ -52,6 +52,9 @@ typedef struct dsacp_dsa_ctx {
     dsacp_numerics_mode mode;
     const dsacp_rope *rope;
     dsacp_kv_cache *cache;
+    /* The step workspace the phases take their scratch from (linears, attention), or NULL: each
+     * call then allocates its own (the W > 1 strategies). Not thread-safe: one caller at a time. */
+    dsacp_arena *ws;
 } dsacp_dsa_ctx;
 
 /* ---- phases (docs/context-parallel.md: the CP layer in src/cp composes them) ---- */
@@ -72,6 +75,13 @@ int dsacp_dsa_proj_alloc(dsacp_dsa_proj *p, const dsacp_config *cfg, int64_t T);
 int dsacp_dsa_proj_take(dsacp_dsa_proj *p, const dsacp_config *cfg, int64_t T, dsacp_arena *ws);
 void dsacp_dsa_proj_need(size_t *total, const dsacp_config *cfg, int64_t T);
 void dsacp_dsa_proj_free(dsacp_dsa_proj *p);
+
+/* y = W x (dsacp_linear's shapes) with the kernel's scratch taken from ctx->ws and given back
+ * (ctx or ctx->ws NULL: the allocating dsacp_linear); dsacp_dsa_linear_need: the most any of
+ * the layer's projections (q_a, q_b, kv_a, wk, wq_b, weights_proj, o_proj) takes for n rows. */
+int dsacp_dsa_linear(const dsacp_dsa_ctx *ctx, const dsacp_weight *w, const float *x, int64_t T, int64_t ldx,
+                     float *y, int64_t ldy, bool act_quant);
+size_t dsacp_dsa_linear_need(const dsacp_dsa_weights *w, int64_t n, bool deployed);
 
 /* Rows [r0, r1) of y = W x into y + r0 (row stride ldy); see dsa_layer.c for FP8 blocks. */
 int dsacp_linear_rows(const dsacp_weight *w, int64_t r0, int64_t r1, const float *x, int64_t T, int64_t ldx,
@@ -125,6 +135,15 @@ typedef struct dsacp_dsa_view {
 int dsacp_dsa_attend_views(const dsacp_dsa_ctx *ctx, const dsacp_dsa_weights *w, const dsacp_dsa_proj *p,
                            int64_t row0, int64_t n, const int64_t *pos, const dsacp_dsa_view *const *views,
                            int64_t h0, int64_t h1, float *vcat, int32_t *topk, int64_t layer);
+/* Tokens per chunk of dsacp_dsa_attend_views: W_UK and W_UV run as many-row linears over a
+ * chunk (each head's weights read once per chunk instead of once per token); the chunk's query
+ * rows and outputs take CH x heads x (2 dc + dr) floats (35 MB at V3.2's 128 heads). */
+enum { DSACP_DSA_ATTEND_CHUNK = 64 };
+/* What dsacp_dsa_attend_views takes from ctx->ws (and gives back) for n rows attended by
+ * `heads` heads at positions below max_ctx, added to *total: the chunk's query rows and
+ * outputs, and per token thread the index scores, top-k, gathered rows and sparse MLA scratch
+ * (the kernels' _ws_bytes). */
+void dsacp_dsa_attend_need(size_t *total, const dsacp_config *cfg, int64_t n, int64_t heads, int64_t max_ctx);
 
 /* The single-process layer (dsa_reference.c), top to bottom: out[t] = attention(x[t]) for n
  * rows (x: F32 [n][D], already RMS-normed; out: F32 [n][D]; row t at position pos[t] of the
@@ -145,9 +164,11 @@ typedef struct dsacp_dsa_times {
 int dsacp_dsa_layer(const dsacp_dsa_ctx *ctx, const dsacp_dsa_weights *w, const dsacp_weight *q_b, int64_t layer,
                     dsacp_kv_cache *lat, dsacp_kv_cache *idx, const dsacp_dsa_rows *rows, const float *x, float *out,
                     int32_t *topk, dsacp_dsa_times *times, dsacp_arena *ws);
-/* The workspace dsacp_dsa_layer takes from `ws` for n rows (added to *total); it gives it back
- * before returning. */
-void dsacp_dsa_layer_need(size_t *total, const dsacp_config *cfg, int64_t n);
+/* The workspace dsacp_dsa_layer takes from `ws` for n rows at positions below max_ctx (added to
+ * *total), the linears' scratch the most any of the nw layers' weights w[0..nw) takes; it gives
+ * it all back before returning. */
+void dsacp_dsa_layer_need(size_t *total, const dsacp_config *cfg, const dsacp_dsa_weights *w, int64_t nw, int64_t n,
+                          int64_t max_ctx, bool deployed);
 
 /* The same for the step's T tokens over ctx->cache (both layouts in one cache). */
 int dsacp_dsa_forward(const dsacp_dsa_ctx *ctx, const dsacp_dsa_weights *w, int64_t layer,

@@ -16,13 +16,19 @@
 #include <stdlib.h>
 #include <string.h>
 
-void dsacp_dsa_layer_need(size_t *total, const dsacp_config *cfg, int64_t n)
+void dsacp_dsa_layer_need(size_t *total, const dsacp_config *cfg, const dsacp_dsa_weights *w, int64_t nw, int64_t n,
+                          int64_t max_ctx, bool deployed)
 {
     const int64_t n1 = n > 0 ? n : 1;
     dsacp_dsa_proj_need(total, cfg, n);
     dsacp_arena_need(total, n1, cfg->num_attention_heads * cfg->v_head_dim, sizeof(float));
     dsacp_arena_need(total, n1, 1, sizeof(dsacp_dsa_view));
     dsacp_arena_need(total, n1, 1, sizeof(const dsacp_dsa_view *));
+    /* Then, given back after each: a linear's scratch, or the attention's. */
+    size_t phase = 0;
+    dsacp_dsa_attend_need(&phase, cfg, n, cfg->num_attention_heads, max_ctx);
+    for (int64_t l = 0; l < nw; l++) phase = dsacp_arena_max(phase, dsacp_dsa_linear_need(&w[l], n, deployed));
+    if (*total == SIZE_MAX || phase == SIZE_MAX || !dsacp_add_ok(*total, phase, total)) *total = SIZE_MAX;
 }
 
 int dsacp_dsa_layer(const dsacp_dsa_ctx *ctx, const dsacp_dsa_weights *w, const dsacp_weight *q_b, int64_t layer,
@@ -33,6 +39,9 @@ int dsacp_dsa_layer(const dsacp_dsa_ctx *ctx, const dsacp_dsa_weights *w, const 
     const int64_t n = rows->n, n1 = n > 0 ? n : 1, H = cfg->num_attention_heads, dv = cfg->v_head_dim, D = cfg->hidden_size;
     const int64_t dc = cfg->kv_lora_rank, dk = dc + cfg->qk_rope_head_dim, di = cfg->index_head_dim;
     const size_t mark = dsacp_arena_mark(ws);
+    dsacp_dsa_ctx lc = *ctx; /* the phases take their scratch from ws */
+    lc.ws = ws;
+    ctx = &lc;
     dsacp_dsa_proj p;
     int rc = dsacp_dsa_proj_take(&p, cfg, n, ws);
     float *vcat = rc ? NULL : dsacp_arena_take(ws, n1, H * dv, sizeof *vcat, "the heads' values");
@@ -57,7 +66,7 @@ int dsacp_dsa_layer(const dsacp_dsa_ctx *ctx, const dsacp_dsa_weights *w, const 
     if (!rc) rc = dsacp_dsa_attend_views(ctx, w, &p, 0, n, rows->pos, vptr, 0, H, vcat, topk, layer);
     double t2 = dsacp_now();
     /* 4. o_proj */
-    if (!rc) rc = dsacp_linear(w->o, vcat, n, H * dv, out, D, ctx->mode == DSACP_MODE_DEPLOYED);
+    if (!rc) rc = dsacp_dsa_linear(ctx, w->o, vcat, n, H * dv, out, D, ctx->mode == DSACP_MODE_DEPLOYED);
     if (times) times->proj += t1 - t0, times->attn += t2 - t1, times->oproj += dsacp_now() - t2;
     dsacp_arena_rewind(ws, mark);
     return rc;
@@ -71,8 +80,11 @@ int dsacp_dsa_forward(const dsacp_dsa_ctx *ctx, const dsacp_dsa_weights *w, int6
     if (!seq) return dsacp_error(DSACP_ENOMEM, "out of memory for %lld rows", (long long)tok->T);
     for (int64_t t = 0; t < tok->T; t++) seq[t] = tok->seqs[tok->seq[t]];
     const dsacp_dsa_rows rows = {tok->T, tok->pos, seq, seq};
+    int64_t max_ctx = 1;
+    for (int64_t t = 0; t < tok->T; t++)
+        if (tok->pos[t] + 1 > max_ctx) max_ctx = tok->pos[t] + 1;
     size_t need = 0;
-    dsacp_dsa_layer_need(&need, ctx->cfg, tok->T);
+    dsacp_dsa_layer_need(&need, ctx->cfg, w, 1, tok->T, max_ctx, ctx->mode == DSACP_MODE_DEPLOYED);
     dsacp_arena ws;
     int rc = dsacp_arena_create(&ws, need, "the layer's workspace");
     if (!rc) rc = dsacp_dsa_layer(ctx, w, NULL, layer, ctx->cache, ctx->cache, &rows, x, out, topk, NULL, &ws);

@@ -74,6 +74,10 @@ typedef struct dsacp_cp_ctx {
      * dsacp_cp_step_build for the step (grown only for a step larger than any before), so that a
      * steady-state decode step takes nothing from the heap here. Freed with the engine. */
     dsacp_arena ws;
+    /* What sizes it (set by the engine): the layers' attention weights [n_layers] (the linears'
+     * scratch) and the longest context a step can attend (dsacp_engine_max_context). */
+    const dsacp_dsa_weights *layer_w;
+    int64_t n_layers, max_context;
 } dsacp_cp_ctx;
 
 /* The agreement of one allocation stage (docs/context-parallel.md, "Failures"): every rank of

@@ -73,7 +73,7 @@ static size_t step_need(const dsacp_cp_ctx *cp, int64_t T, int64_t n_ent)
         dsacp_arena_need(&total, T1, 1, sizeof(int64_t));
         dsacp_arena_need(&total, 2 * T1, 1, sizeof(dsacp_kv_seq *));
         dsacp_arena_need(&total, T1, cp->cfg->index_topk, sizeof(int32_t));
-        dsacp_dsa_layer_need(&total, cp->cfg, T);
+        dsacp_dsa_layer_need(&total, cp->cfg, cp->layer_w, cp->n_layers, T, cp->max_context, cp->deployed);
     }
     return total;
 }

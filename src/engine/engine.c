@@ -396,7 +396,7 @@ static int step_layers(dsacp_engine *e, const dsacp_step_entry *entries, const s
         dsacp_weight_row_f32(e->embed, entries[i].token_ids[b->pos[t] - b->old_len[i]], h + j * D);
     }
     const bool deployed = e->opt.numerics == DSACP_NUMERICS_DEPLOYED;
-    dsacp_dsa_ctx ctx = {cfg, deployed ? DSACP_MODE_DEPLOYED : DSACP_MODE_EXACT, &e->rope, e->cache};
+    dsacp_dsa_ctx ctx = {cfg, deployed ? DSACP_MODE_DEPLOYED : DSACP_MODE_EXACT, &e->rope, e->cache, NULL};
     memset(&e->times, 0, sizeof e->times);
     e->cp.t_proj = e->cp.t_attn = e->cp.t_oproj = 0;
     e->cp.ovl_compute = e->cp.ovl_wait = 0;

@@ -56,6 +56,9 @@ int dsacp_engine_setup_cp(dsacp_engine *e, const dsacp_cp_options *cp)
     /* The indexer cache as a sharding of its own: W_i holders of I_i-position runs (docs section 1). */
     dsacp_cp_index_groups(cp, W, me, &e->cp.iW, &e->cp.iI, &e->cp.ir);
     e->cp.deployed = e->opt.numerics == DSACP_NUMERICS_DEPLOYED;
+    e->cp.layer_w = e->attn;
+    e->cp.n_layers = e->L;
+    e->cp.max_context = dsacp_engine_max_context(e);
     /* DSA-CP: every rank runs all heads for its tokens; the weight plans say where the whole
      * q_b_proj and o_proj come from (cp_weights.c). */
     if (cp->mode == DSACP_CP_DSA_CP) {
