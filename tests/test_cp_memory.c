@@ -178,7 +178,7 @@ static void test_bad_options(const dsacp_model *m)
     dsacp_cp_options_default(&cp); /* allgather-blocks: the interleave must be the block size */
     REQUIRE_OK(dsacp_decode_strategy_parse("allgather-blocks", &cp.decode));
     CHECK(dsacp_engine_create_cp(m, NULL, &cp, g_world, &e) == DSACP_EINVAL && !e &&
-          strstr(dsacp_last_error(), "--cp-interleave equal to --block-size"));
+          strstr(dsacp_last_error(), "interleave equal to block_size"));
 }
 
 int main(int argc, char **argv)

@@ -157,11 +157,11 @@ static int decode(const dsacp_cp_decode_args *a)
 static int check(const dsacp_cp_options *cp, int W, int64_t block_size, bool dcp_decode)
 {
     if (cp->index_layout == DSACP_LAYOUT_PARTIAL)
-        return dsacp_error(DSACP_EINVAL, "--decode-strategy allgather-blocks gathers whole blocks of a sharded or "
-                           "replicated index cache (not partial:G)");
+        return dsacp_error(DSACP_EINVAL, "decode strategy allgather-blocks gathers whole blocks of a sharded or "
+                           "replicated index cache: index_layout partial:G is not supported");
     if (cp->interleave != block_size)
-        return dsacp_error(DSACP_EINVAL, "--decode-strategy allgather-blocks gathers whole cache blocks: it needs "
-                           "--cp-interleave equal to --block-size (%lld), as the seed forces it", (long long)block_size);
+        return dsacp_error(DSACP_EINVAL, "decode strategy allgather-blocks gathers whole cache blocks: it needs "
+                           "interleave equal to block_size (%lld), as the seed forces it", (long long)block_size);
     return DSACP_OK;
 }
 

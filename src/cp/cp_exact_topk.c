@@ -99,8 +99,8 @@ done:
 static int check(const dsacp_cp_options *cp, int W, int64_t block_size, bool dcp_decode)
 {
     if (W > 1 && dcp_decode && cp->index_layout == DSACP_LAYOUT_REPLICATED)
-        return dsacp_error(DSACP_EINVAL, "--decode-strategy exact-topk scores each rank's shard of the indexer "
-                           "cache: it needs --index-layout sharded or partial:G (replicated-index uses a replicated one)");
+        return dsacp_error(DSACP_EINVAL, "decode strategy exact-topk scores each rank's shard of the indexer "
+                           "cache: it needs index_layout sharded or partial:G (replicated-index uses a replicated one)");
     return DSACP_OK;
 }
 

@@ -37,7 +37,7 @@ static int decode(const dsacp_cp_decode_args *a)
 static int check(const dsacp_cp_options *cp, int W, int64_t block_size, bool dcp_decode)
 {
     if (W > 1 && dcp_decode && cp->index_layout != DSACP_LAYOUT_REPLICATED)
-        return dsacp_error(DSACP_EINVAL, "--decode-strategy replicated-index needs --index-layout replicated "
+        return dsacp_error(DSACP_EINVAL, "decode strategy replicated-index needs index_layout replicated "
                            "(every rank scores every position)");
     return DSACP_OK;
 }

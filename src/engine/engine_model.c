@@ -347,7 +347,7 @@ static int check_logits(const float *logits, int64_t T, int64_t V)
     for (int64_t i = 0; i < T * V; i++)
         if (!isfinite(logits[i]))
             return dsacp_error(DSACP_ERANGE, "non-finite logit (%g) for token %lld of the step, vocabulary id "
-                               "%lld: the weights or activations overflowed (run `dsacp inspect --scan-weights`)",
+                               "%lld: the weights or activations overflowed (dsacp_model_scan_finite finds non-finite weights)",
                                (double)logits[i], (long long)(i / V), (long long)(i % V));
     return DSACP_OK;
 }
