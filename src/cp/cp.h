@@ -70,10 +70,11 @@ typedef struct dsacp_cp_ctx {
     /* Set when a stage agreement of this step failed (the same on every rank): the engine stops
      * the step after the layer; cleared by the engine at the start of each step. */
     bool step_failed;
-    /* The step workspace of src/cp (and of the single-process layer at W = 1): reset and sized by
-     * dsacp_cp_step_build for the step (grown only for a step larger than any before), so that a
-     * steady-state decode step takes nothing from the heap here. Freed with the engine. */
-    dsacp_arena ws;
+    /* The engine's step workspace (one for the whole step, docs/conventions.md): the step's CP
+     * metadata and the single-process layer's buffers come from it, sized by
+     * dsacp_cp_step_ws_bytes and dsacp_cp_layer_ws_bytes in the engine's sum, so that a
+     * steady-state decode step takes nothing from the heap here. */
+    dsacp_arena *ws;
     /* What sizes it (set by the engine): the layers' attention weights [n_layers] (the linears'
      * scratch) and the longest context a step can attend (dsacp_engine_max_context). */
     const dsacp_dsa_weights *layer_w;
@@ -175,14 +176,19 @@ int dsacp_cp_weights_q(dsacp_cp_ctx *cp, int64_t l, const dsacp_weight **out);
 int dsacp_cp_weights_o_full(dsacp_cp_ctx *cp, int64_t l, const dsacp_weight **out);
 int dsacp_cp_weights_layer_done(dsacp_cp_ctx *cp, int64_t l);
 
-/* Builds the metadata of a step on this rank into `st` (arrays taken from cp->ws, which it
- * resets and sizes for the step's layers; `mem` names them, dsacp_cp_step_free forgets them).
- * pos/ent/old_len/new_len/seqs are the caller's. */
+/* Builds the metadata of a step on this rank into `st` (arrays taken from cp->ws, which holds
+ * dsacp_cp_step_ws_bytes for the step and keeps them until the engine resets it; `mem` names
+ * them, dsacp_cp_step_free forgets them). pos/ent/old_len/new_len/seqs are the caller's. */
 typedef struct dsacp_cp_step_mem {
     uint8_t *decode;
     int64_t *act, *act_row, *pre_all, *pre_off, *pre_idx;
 } dsacp_cp_step_mem;
 int dsacp_cp_step_build(dsacp_cp_ctx *cp, dsacp_cp_step *st, dsacp_cp_step_mem *mem);
+/* The step workspace a step of T tokens in n_ent entries takes: its CP metadata, held for the
+ * step (dsacp_cp_step_build); one layer's buffers, given back at the end of each layer (the
+ * single-process layer at W = 1; 0 otherwise). SIZE_MAX when it overflows. */
+size_t dsacp_cp_step_ws_bytes(const dsacp_cp_ctx *cp, int64_t T, int64_t n_ent);
+size_t dsacp_cp_layer_ws_bytes(const dsacp_cp_ctx *cp, int64_t T);
 /* --context-path auto's rule for a chunk of a request with old_len cached positions: bytes a
  * rank receives per layer to gather the sharded context, and per query token on the
  * distributed path (the decode strategy's formula, section 3 of docs/context-parallel.md);

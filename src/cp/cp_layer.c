@@ -242,10 +242,11 @@ static int solo_layer(dsacp_cp_ctx *cp, const dsacp_dsa_ctx *ctx, const dsacp_ds
                       const dsacp_cp_step *st, const float *x, float *out, int32_t *topk)
 {
     const int64_t nd = st->n_dec, na = nd + st->n_pre, n1 = na > 0 ? na : 1, K = ctx->cfg->index_topk;
-    const size_t mark = dsacp_arena_mark(&cp->ws); /* sized by dsacp_cp_step_build */
-    int64_t *pos = dsacp_arena_take(&cp->ws, n1, 1, sizeof *pos, "the layer's rows");
-    dsacp_kv_seq **seq = pos ? dsacp_arena_take(&cp->ws, 2 * n1, 1, sizeof *seq, "the layer's rows") : NULL;
-    int32_t *tk = seq && st->want_topk && topk ? dsacp_arena_take(&cp->ws, n1, K, sizeof *tk, "the selected sets") : NULL;
+    dsacp_arena *ws = cp->ws; /* holds dsacp_cp_layer_ws_bytes */
+    const size_t mark = dsacp_arena_mark(ws);
+    int64_t *pos = dsacp_arena_take(ws, n1, 1, sizeof *pos, "the layer's rows");
+    dsacp_kv_seq **seq = pos ? dsacp_arena_take(ws, 2 * n1, 1, sizeof *seq, "the layer's rows") : NULL;
+    int32_t *tk = seq && st->want_topk && topk ? dsacp_arena_take(ws, n1, K, sizeof *tk, "the selected sets") : NULL;
     int rc = pos && seq && (tk || !(st->want_topk && topk)) ? DSACP_OK : DSACP_ENOMEM;
     if (!rc && dsacp_fault("layer")) rc = dsacp_fault_error("layer", "the layer's buffers");
     if (rc) cp->step_failed = true;
@@ -262,11 +263,11 @@ static int solo_layer(dsacp_cp_ctx *cp, const dsacp_dsa_ctx *ctx, const dsacp_ds
     }
     dsacp_dsa_times tm = {0};
     const dsacp_dsa_rows rows = {na, pos, seq, seq + n1};
-    if (!rc) rc = dsacp_dsa_layer(ctx, w, qb, layer, cp->lat, cp->idx, &rows, x, out, tk, &tm, &cp->ws);
+    if (!rc) rc = dsacp_dsa_layer(ctx, w, qb, layer, cp->lat, cp->idx, &rows, x, out, tk, &tm, ws);
     cp->t_proj += tm.proj, cp->t_attn += tm.attn, cp->t_oproj += tm.oproj;
     if (!rc) rc = dsacp_cp_weights_layer_done(cp, layer);
     for (int64_t j = 0; j < na && tk && !rc; j++) memcpy(topk + st->act[j] * K, tk + j * K, (size_t)K * sizeof *tk);
-    dsacp_arena_rewind(&cp->ws, mark);
+    dsacp_arena_rewind(ws, mark);
     return rc;
 }
 

@@ -59,9 +59,8 @@ static int context_distributed(dsacp_cp_ctx *cp, int64_t old_len, int64_t n_new,
     return DSACP_OK;
 }
 
-/* The step's workspace: its metadata (in the order step_take takes it), then what a layer takes
- * and gives back (the single-process layer at W = 1). */
-static size_t step_need(const dsacp_cp_ctx *cp, int64_t T, int64_t n_ent)
+/* The step's metadata, in the order step_take takes it. */
+size_t dsacp_cp_step_ws_bytes(const dsacp_cp_ctx *cp, int64_t T, int64_t n_ent)
 {
     const int64_t W = cp->W, T1 = T > 0 ? T : 1;
     size_t total = 0;
@@ -69,22 +68,27 @@ static size_t step_need(const dsacp_cp_ctx *cp, int64_t T, int64_t n_ent)
     for (int i = 0; i < 4; i++) dsacp_arena_need(&total, T1, 1, sizeof(int64_t));
     dsacp_arena_need(&total, W + 1, 1, sizeof(int64_t));
     dsacp_arena_need(&total, W, 1, sizeof(int64_t));
-    if (W == 1) {
-        dsacp_arena_need(&total, T1, 1, sizeof(int64_t));
-        dsacp_arena_need(&total, 2 * T1, 1, sizeof(dsacp_kv_seq *));
-        dsacp_arena_need(&total, T1, cp->cfg->index_topk, sizeof(int32_t));
-        dsacp_dsa_layer_need(&total, cp->cfg, cp->layer_w, cp->n_layers, T, cp->max_context, cp->deployed);
-    }
+    return total;
+}
+
+/* What a layer takes and gives back (solo_layer in cp_layer.c: its rows, then the
+ * single-process layer's own). */
+size_t dsacp_cp_layer_ws_bytes(const dsacp_cp_ctx *cp, int64_t T)
+{
+    if (cp->W != 1) return 0;
+    const int64_t T1 = T > 0 ? T : 1;
+    size_t total = 0;
+    dsacp_arena_need(&total, T1, 1, sizeof(int64_t));
+    dsacp_arena_need(&total, 2 * T1, 1, sizeof(dsacp_kv_seq *));
+    dsacp_arena_need(&total, T1, cp->cfg->index_topk, sizeof(int32_t));
+    dsacp_dsa_layer_need(&total, cp->cfg, cp->layer_w, cp->n_layers, T, cp->max_context, cp->deployed);
     return total;
 }
 
 static int step_take(dsacp_cp_ctx *cp, int64_t T, int64_t n_ent, dsacp_cp_step_mem *m, int64_t **fill)
 {
-    dsacp_arena *ws = &cp->ws;
+    dsacp_arena *ws = cp->ws;
     const int64_t W = cp->W, T1 = T > 0 ? T : 1;
-    dsacp_arena_reset(ws);
-    int rc = dsacp_arena_reserve(ws, step_need(cp, T, n_ent), "the step's CP workspace");
-    if (rc) return rc;
     if (!(m->decode = dsacp_arena_take(ws, n_ent > 0 ? n_ent : 1, 1, 1, "the step's metadata")) ||
         !(m->act = dsacp_arena_take(ws, T1, 1, sizeof *m->act, "the step's metadata")) ||
         !(m->act_row = dsacp_arena_take(ws, T1, 1, sizeof *m->act_row, "the step's metadata")) ||

@@ -106,6 +106,7 @@ int dsacp_engine_create_cp(const dsacp_model *model, const dsacp_engine_options 
     rc = dsacp_comm_agree_phase(e->comm, rc, -1);
     if (!rc) rc = dsacp_engine_setup_cp(e, &cpo);
     if (!rc) rc = dsacp_engine_plan_setup(e); /* local: sets fields, counts nothing */
+    if (!rc) rc = dsacp_arena_reserve(&e->ws, step_workspace(e, 1, 1), "the engine's step workspace"); /* with cp's */
     rc = dsacp_comm_agree(e->comm, rc);
     if (rc) goto fail;
     *out = e;
@@ -344,18 +345,22 @@ static void logits_gather_need(size_t *bytes, int W, int64_t T, int64_t D)
     dsacp_arena_need(bytes, T * D + 1, 1, sizeof(float));
 }
 
-/* The workspace of a step of T tokens in n entries: the step's buffers, then the largest of the
- * phases that follow one another after them (a layer's MLP; the logits' gather; lm_head; the
- * planner's entries). SIZE_MAX when it overflows. */
+/* The workspace of a step of T tokens in n entries: the step's buffers and its CP metadata, then
+ * the largest of the phases that follow one another after them (a layer's attention; its MLP;
+ * the logits' gather; lm_head; the planner's entries). SIZE_MAX when it overflows. Before the CP
+ * context is set up (cfg NULL), without its parts. */
 static size_t step_workspace(const dsacp_engine *e, int64_t T, int64_t n)
 {
     const int64_t D = e->cfg->hidden_size;
     size_t fixed = 0, gather = 0;
     step_bufs_need(&fixed, T, n, D);
+    const bool cp = e->cp.cfg != NULL;
+    if (cp && !dsacp_add_ok(fixed, dsacp_cp_step_ws_bytes(&e->cp, T, n), &fixed)) return SIZE_MAX;
     logits_gather_need(&gather, dsacp_comm_size(e->comm), T, D);
     size_t phase = dsacp_arena_max(dsacp_engine_model_workspace(e, T), gather);
     phase = dsacp_arena_max(phase, dsacp_engine_head_workspace(e, T));
     phase = dsacp_arena_max(phase, dsacp_engine_plan_workspace(n));
+    if (cp) phase = dsacp_arena_max(phase, dsacp_cp_layer_ws_bytes(&e->cp, T));
     if (fixed == SIZE_MAX || phase == SIZE_MAX || !dsacp_add_ok(fixed, phase, &fixed)) return SIZE_MAX;
     return fixed;
 }

@@ -56,6 +56,7 @@ int dsacp_engine_setup_cp(dsacp_engine *e, const dsacp_cp_options *cp)
     /* The indexer cache as a sharding of its own: W_i holders of I_i-position runs (docs section 1). */
     dsacp_cp_index_groups(cp, W, me, &e->cp.iW, &e->cp.iI, &e->cp.ir);
     e->cp.deployed = e->opt.numerics == DSACP_NUMERICS_DEPLOYED;
+    e->cp.ws = &e->ws;
     e->cp.layer_w = e->attn;
     e->cp.n_layers = e->L;
     e->cp.max_context = dsacp_engine_max_context(e);
@@ -95,7 +96,6 @@ void dsacp_engine_release_cp(dsacp_engine *e)
     dsacp_cp_weights_free(e->cp.wp);
     free(e->cp.ctx_choices);
     free(e->cp.hw);
-    dsacp_arena_destroy(&e->cp.ws);
     dsacp_comm_free(e->cp.icomm_own);
 }
 
