@@ -237,13 +237,23 @@ int dsacp_decode_strategy_count(void);
 /* 1 when the strategy expects a replicated index cache (replicated-index: the CLI's default
  * index layout for it), else 0. */
 int dsacp_decode_strategy_replicated_index(dsacp_decode_strategy s);
+/* 1 when decode tokens read a transient whole copy of their context (allgather-kv,
+ * allgather-blocks: never the distributed context path), else 0. */
+int dsacp_decode_strategy_gathers_context(dsacp_decode_strategy s);
+/* One line: what the strategy moves (its table entry; "?" for no strategy). */
+const char *dsacp_decode_strategy_summary(dsacp_decode_strategy s);
+/* The strategy's own rule on its options on W ranks with cache blocks of block_size tokens
+ * (part of dsacp_cp_options_check; replicated-index needs a replicated index layout,
+ * exact-topk a sharded one, allgather-blocks interleave = block_size): DSACP_EINVAL with the
+ * strategy's message, else 0. Pure. */
+int dsacp_decode_strategy_check(const dsacp_cp_options *opt, int W, int64_t block_size);
 /* The check every CP engine runs on its options (dsacp_engine_create_cp), callable before it:
  * DSACP_EINVAL with the message naming the option for an unknown value or a conflicting
  * combination on W ranks with cache blocks of block_size tokens (the strategy's own rules
  * included: replicated-index needs a replicated index layout, exact-topk a sharded one).
  * Pure: no communication. */
 int dsacp_cp_options_check(const dsacp_config *cfg, const dsacp_cp_options *opt, int W, int64_t block_size);
-/* The run-time rules (src/cp/cp_formula.c; the engine decides by them, `dsacp plan` predicts by
+/* The run-time rules (src/cp/cp_rules.c; the engine decides by them, `dsacp plan` predicts by
  * them). --context-path auto's byte rule for a chunk after old_len cached positions: the bytes a
  * rank receives per layer gathering the sharded context, and the bytes one query token moves
  * through the decode strategy (its formula, docs/context-parallel.md section 3.6); the chunk is

@@ -13,19 +13,31 @@
 static int check_values(const dsacp_cp_options *cp)
 {
     if (cp->interleave < 1 || cp->interleave > ((int64_t)1 << 30))
-        return dsacp_error(DSACP_EINVAL, "--cp-interleave %lld: must be in [1, 2^30]", (long long)cp->interleave);
+        return dsacp_error(DSACP_EINVAL, "interleave = %lld: must be in [1, 2^30]", (long long)cp->interleave);
     if ((unsigned)cp->decode >= (unsigned)dsacp_cp_strategy_count() || (unsigned)cp->kv_layout > 1 || (unsigned)cp->index_layout > 2 ||
         (unsigned)cp->prefill_split > 2 || (unsigned)cp->mode > 1 || (unsigned)cp->q_proj > 5 || (unsigned)cp->o_proj > 5 ||
         (unsigned)cp->lean_merge > 1 || (unsigned)cp->partials > 1 || (unsigned)cp->context_path > 2 ||
         (unsigned)cp->merge_backend > 1)
         return dsacp_error(DSACP_EINVAL, "unknown context-parallel option value");
     if (cp->context_hardware && cp->context_path != DSACP_CONTEXT_AUTO)
-        return dsacp_error(DSACP_EINVAL, "--context-hardware %s: belongs to '--context-path auto' (the path is %s)",
+        return dsacp_error(DSACP_EINVAL, "context_hardware %s: used only by context_path auto (the path is %s)",
                            cp->context_hardware, dsacp_context_path_name(cp->context_path));
     if (!(cp->lean_factor >= 1.0 && cp->lean_factor <= 1024.0))
-        return dsacp_error(DSACP_EINVAL, "--lean-candidates %g: must be in [1, 1024] (times index_topk / W scores "
-                           "per rank)", cp->lean_factor);
+        return dsacp_error(DSACP_EINVAL, "lean_factor = %g: must be in [1, 1024] (times index_topk / W scores per "
+                           "rank)", cp->lean_factor);
     return DSACP_OK;
+}
+
+int dsacp_decode_strategy_check(const dsacp_cp_options *cp, int W, int64_t block_size)
+{
+    if ((unsigned)cp->decode >= (unsigned)dsacp_cp_strategy_count())
+        return dsacp_error(DSACP_EINVAL, "decode = %d: not a decode strategy", (int)cp->decode);
+    /* Decode tokens attend over the sharded cache with the decode strategy in DCP and in DSA-CP +
+     * DCP (DSA-CP with every cache replicated attends locally). */
+    const bool dcp_decode = cp->mode == DSACP_CP_DCP || cp->kv_layout == DSACP_LAYOUT_SHARDED ||
+                            cp->index_layout == DSACP_LAYOUT_SHARDED;
+    const dsacp_cp_strategy *s = dsacp_cp_strategy_of(cp);
+    return s->check ? s->check(cp, W, block_size, dcp_decode) : DSACP_OK;
 }
 
 int dsacp_cp_options_check(const dsacp_config *cfg, const dsacp_cp_options *cp, int W, int64_t block_size)
@@ -33,24 +45,19 @@ int dsacp_cp_options_check(const dsacp_config *cfg, const dsacp_cp_options *cp, 
     int rc = check_values(cp);
     if (rc) return rc;
     if (cp->index_layout == DSACP_LAYOUT_PARTIAL && (cp->index_group < 1 || W % cp->index_group))
-        return dsacp_error(DSACP_EINVAL, "--index-layout partial:%lld: the group size must divide the %d ranks",
+        return dsacp_error(DSACP_EINVAL, "index_layout partial:%lld: index_group must divide the %d ranks",
                            (long long)cp->index_group, W);
     if (cp->index_layout == DSACP_LAYOUT_PARTIAL && cp->mode == DSACP_CP_DSA_CP)
-        return dsacp_error(DSACP_EINVAL, "--index-layout partial:G belongs to --cp-mode dcp");
+        return dsacp_error(DSACP_EINVAL, "index_layout partial belongs to mode dcp");
     if (cp->prefetch < 1 || cp->prefetch > 64)
-        return dsacp_error(DSACP_EINVAL, "--prefetch %lld: must be in [1, 64]", (long long)cp->prefetch);
+        return dsacp_error(DSACP_EINVAL, "prefetch = %lld: must be in [1, 64]", (long long)cp->prefetch);
     if (cp->mode == DSACP_CP_DCP && (cp->q_proj != DSACP_WEIGHTS_REPLICATED || cp->o_proj != DSACP_WEIGHTS_REPLICATED))
-        return dsacp_error(DSACP_EINVAL, "--q-proj/--o-proj plans belong to --cp-mode dsa-cp (DCP splits the heads "
-                           "of q_b_proj and o_proj already)");
+        return dsacp_error(DSACP_EINVAL, "q_proj/o_proj plans belong to mode dsa-cp (DCP splits the heads of "
+                           "q_b_proj and o_proj already)");
     if (cp->q_proj >= DSACP_WEIGHTS_TP)
-        return dsacp_error(DSACP_EINVAL, "--q-proj %s: q_b_proj is replicated or layer-shard (tp and auto are "
-                           "o_proj plans)", dsacp_weight_plan_name(cp->q_proj));
-    /* Decode tokens attend over the sharded cache with the decode strategy in DCP and in DSA-CP +
-     * DCP (DSA-CP with every cache replicated attends locally). */
-    const bool dcp_decode = cp->mode == DSACP_CP_DCP || cp->kv_layout == DSACP_LAYOUT_SHARDED ||
-                            cp->index_layout == DSACP_LAYOUT_SHARDED;
-    const dsacp_cp_strategy *s = dsacp_cp_strategy_of(cp);
-    if (s->check && (rc = s->check(cp, W, block_size, dcp_decode))) return rc;
+        return dsacp_error(DSACP_EINVAL, "q_proj = %s: q_b_proj is replicated or layer-shard (tp and auto are o_proj "
+                           "plans)", dsacp_weight_plan_name(cp->q_proj));
+    if ((rc = dsacp_decode_strategy_check(cp, W, block_size))) return rc;
     if (W > cfg->max_position_embeddings)
         return dsacp_error(DSACP_EINVAL, "%d ranks exceed max_position_embeddings %lld: a rank would own no "
                            "position", W, (long long)cfg->max_position_embeddings);
