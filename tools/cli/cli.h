@@ -126,7 +126,10 @@ extern dsacp_comm *cli_world;
 /* The usage lines of those flags. */
 #define CLI_CP_USAGE                                                                                  \
     "context parallelism (under mpirun -np W; docs/context-parallel.md):\n"                          \
-    "  --decode-strategy S   allgather-kv, replicated-index, exact-topk (default) or lean\n"          \
+    "  --decode-strategy S   allgather-kv, replicated-index, exact-topk (default), lean or\n"         \
+    "                        allgather-blocks (allgather-blocks: vllm-ascend #6563 as it runs --\n"  \
+    "                        whole cache blocks and block tables gathered; needs --cp-interleave\n" \
+    "                        equal to --block-size)\n"                                              \
     "  --lean-candidates F   lean: each rank sends its best ceil(F k / W) index scores (default 2)\n" \
     "  --lean-merge M        lean: output (W_UV + whole o_proj before the merge, D values per token;\n" \
     "                        default) or values (W_UV only, o_proj split by heads)\n"                 \

@@ -605,8 +605,10 @@ bool cli_cp_options(const char *cmd, const cli_opt *opts, dsacp_cp_options *cp)
         !parsed(cmd, "dcp-comm-backend", dsacp_merge_backend_parse(s, &cp->merge_backend))) return false;
     /* Flags that no part of the chosen configuration reads are refused, never silently ignored. */
     static const char *const lean_only[] = {"lean-candidates", "lean-merge", "partials"};
+    dsacp_decode_strategy lean;
+    const bool is_lean = dsacp_decode_strategy_parse("lean", &lean) == DSACP_OK && cp->decode == lean;
     for (size_t i = 0; i < sizeof lean_only / sizeof lean_only[0]; i++)
-        if (cli_get(opts, lean_only[i]) && cp->decode != DSACP_DECODE_LEAN) {
+        if (cli_get(opts, lean_only[i]) && !is_lean) {
             fprintf(stderr, "dsacp %s: option '--%s' applies to '--decode-strategy lean' only (the strategy is %s)\n", cmd,
                     lean_only[i], dsacp_decode_strategy_name(cp->decode));
             return false;
@@ -629,14 +631,16 @@ bool cli_cp_options(const char *cmd, const cli_opt *opts, dsacp_cp_options *cp)
     /* The engine refuses the other conflicts (dsacp_engine_create_cp) with the same words. */
     const bool dcp_decode = cp->mode == DSACP_CP_DCP || cp->kv_layout == DSACP_LAYOUT_SHARDED ||
                             cp->index_layout == DSACP_LAYOUT_SHARDED;
-    if (W > 1 && dcp_decode && cp->decode == DSACP_DECODE_REPLICATED_INDEX &&
+    /* The strategy's own rule on the index layout (the table's check; the block size is the
+     * engine's, checked when it is created): said here with the flags' names. */
+    const char *name = dsacp_decode_strategy_name(cp->decode);
+    if (W > 1 && dcp_decode && dsacp_decode_strategy_replicated_index(cp->decode) &&
         cp->index_layout != DSACP_LAYOUT_REPLICATED) {
-        fprintf(stderr, "dsacp %s: '--decode-strategy replicated-index' needs '--index-layout replicated'\n", cmd);
+        fprintf(stderr, "dsacp %s: '--decode-strategy %s' needs '--index-layout replicated'\n", cmd, name);
         return false;
     }
-    if (W > 1 && dcp_decode && cp->decode == DSACP_DECODE_EXACT_TOPK &&
-        cp->index_layout == DSACP_LAYOUT_REPLICATED) {
-        fprintf(stderr, "dsacp %s: '--decode-strategy exact-topk' needs '--index-layout sharded' (or partial:G)\n", cmd);
+    if (cp->index_layout == DSACP_LAYOUT_REPLICATED && dsacp_decode_strategy_check(cp, W, cp->interleave)) {
+        fprintf(stderr, "dsacp %s: '--decode-strategy %s' needs '--index-layout sharded' (or partial:G)\n", cmd, name);
         return false;
     }
     /* DSA-CP with both caches replicated computes every token on one rank with all heads: no

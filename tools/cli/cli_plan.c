@@ -18,9 +18,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* A priced configuration: a decode strategy (by its name in the table) with its layouts. */
 typedef struct variant {
     const char *label;
-    dsacp_decode_strategy s;
+    const char *strategy;
     dsacp_cp_layout kv, idx;
     int64_t group;
     dsacp_lean_merge merge;
@@ -29,21 +30,62 @@ typedef struct variant {
 
 #define S_ DSACP_LAYOUT_SHARDED
 #define R_ DSACP_LAYOUT_REPLICATED
-static const variant variants[] = {
+/* The rows priced for the strategies they name, in the table's order; a strategy of the table
+ * without a row here gets one (its name, both caches sharded). */
+static const variant rows[] = {
     /* no context parallelism: every rank keeps the whole cache and runs its heads (tensor parallel
      * attention: the engine's DCP path with both layouts replicated moves only o_proj's sums) */
-    {"TP, no CP (caches replicated)", DSACP_DECODE_ALLGATHER_KV, R_, R_, 1, DSACP_LEAN_MERGE_OUTPUT, DSACP_MERGE_AG_RS},
-    {"allgather-kv (vllm-ascend #6563)", DSACP_DECODE_ALLGATHER_KV, S_, S_, 1, DSACP_LEAN_MERGE_OUTPUT, DSACP_MERGE_AG_RS},
-    {"replicated-index (vllm-ascend, SGLang)", DSACP_DECODE_REPLICATED_INDEX, S_, R_, 1, DSACP_LEAN_MERGE_OUTPUT, DSACP_MERGE_AG_RS},
-    {"exact-topk ag_rs (vLLM)", DSACP_DECODE_EXACT_TOPK, S_, S_, 1, DSACP_LEAN_MERGE_OUTPUT, DSACP_MERGE_AG_RS},
-    {"exact-topk a2a (Helix merge)", DSACP_DECODE_EXACT_TOPK, S_, S_, 1, DSACP_LEAN_MERGE_OUTPUT, DSACP_MERGE_A2A},
-    {"exact-topk partial:2", DSACP_DECODE_EXACT_TOPK, S_, DSACP_LAYOUT_PARTIAL, 2, DSACP_LEAN_MERGE_OUTPUT, DSACP_MERGE_AG_RS},
-    {"lean output", DSACP_DECODE_LEAN, S_, S_, 1, DSACP_LEAN_MERGE_OUTPUT, DSACP_MERGE_AG_RS},
-    {"lean values a2a", DSACP_DECODE_LEAN, S_, S_, 1, DSACP_LEAN_MERGE_VALUES, DSACP_MERGE_A2A},
+    {"TP, no CP (caches replicated)", "allgather-kv", R_, R_, 1, DSACP_LEAN_MERGE_OUTPUT, DSACP_MERGE_AG_RS},
+    {"allgather-kv (vllm-ascend #6563)", "allgather-kv", S_, S_, 1, DSACP_LEAN_MERGE_OUTPUT, DSACP_MERGE_AG_RS},
+    {"replicated-index (vllm-ascend, SGLang)", "replicated-index", S_, R_, 1, DSACP_LEAN_MERGE_OUTPUT, DSACP_MERGE_AG_RS},
+    {"exact-topk ag_rs (vLLM)", "exact-topk", S_, S_, 1, DSACP_LEAN_MERGE_OUTPUT, DSACP_MERGE_AG_RS},
+    {"exact-topk a2a (Helix merge)", "exact-topk", S_, S_, 1, DSACP_LEAN_MERGE_OUTPUT, DSACP_MERGE_A2A},
+    {"exact-topk partial:2", "exact-topk", S_, DSACP_LAYOUT_PARTIAL, 2, DSACP_LEAN_MERGE_OUTPUT, DSACP_MERGE_AG_RS},
+    {"lean output", "lean", S_, S_, 1, DSACP_LEAN_MERGE_OUTPUT, DSACP_MERGE_AG_RS},
+    {"lean values a2a", "lean", S_, S_, 1, DSACP_LEAN_MERGE_VALUES, DSACP_MERGE_A2A},
+    {"allgather-blocks (vllm-ascend, as run)", "allgather-blocks", S_, S_, 1, DSACP_LEAN_MERGE_OUTPUT, DSACP_MERGE_AG_RS},
 };
 #undef S_
 #undef R_
-enum { NV = sizeof variants / sizeof variants[0] };
+enum { NV_MAX = 32 };
+
+/* The variants priced: every strategy of the table in order, with its rows. */
+typedef struct variant_list {
+    int n;
+    variant v[NV_MAX];
+    dsacp_decode_strategy s[NV_MAX];
+} variant_list;
+
+static void variants_build(variant_list *vs)
+{
+    vs->n = 0;
+    for (int id = 0; id < dsacp_decode_strategy_count(); id++) {
+        const char *name = dsacp_decode_strategy_name((dsacp_decode_strategy)id);
+        const int n0 = vs->n;
+        for (size_t i = 0; i < sizeof rows / sizeof rows[0] && vs->n < NV_MAX; i++)
+            if (!strcmp(rows[i].strategy, name)) vs->s[vs->n] = (dsacp_decode_strategy)id, vs->v[vs->n++] = rows[i];
+        if (vs->n == n0 && vs->n < NV_MAX)
+            vs->s[vs->n] = (dsacp_decode_strategy)id,
+            vs->v[vs->n++] = (variant){name, name, DSACP_LAYOUT_SHARDED, DSACP_LAYOUT_SHARDED, 1, DSACP_LEAN_MERGE_OUTPUT,
+                                       DSACP_MERGE_AG_RS};
+    }
+}
+
+/* Variant v's options on W ranks: the interleave 1, or the engine's cache block where the
+ * strategy needs the interleave equal to it (allgather-blocks, as the seed forces it). */
+static void variant_options(const variant_list *vs, int v, int64_t W, double f, dsacp_cp_options *cp)
+{
+    const variant *x = &vs->v[v];
+    dsacp_cp_options_default(cp);
+    cp->decode = vs->s[v], cp->kv_layout = x->kv, cp->index_layout = x->idx, cp->index_group = x->group;
+    cp->lean_merge = x->merge, cp->merge_backend = x->backend, cp->lean_factor = f;
+    dsacp_engine_options eo;
+    dsacp_engine_options_default(&eo);
+    dsacp_cp_options t = *cp;
+    t.interleave = eo.block_size;
+    if (dsacp_decode_strategy_check(cp, (int)W, eo.block_size) && !dsacp_decode_strategy_check(&t, (int)W, eo.block_size))
+        *cp = t;
+}
 
 /* Prints text (and tail) on stdout at once; DSACP_EIO when stdout cannot take it. */
 static int print_stdout(const char *text, size_t len, const char *tail)
@@ -312,6 +354,7 @@ typedef struct plan_args {
     int64_t L, B, W, Pp, C, ep, layers;
     double f, wbytes;
     bool deployed;
+    const variant_list *vs; /* the strategies priced */
 } plan_args;
 
 /* The planning itself, phase by phase, everything into R (stdout's text and the JSON tree);
@@ -363,12 +406,10 @@ static int plan_decode(const plan_args *A, report *R, dsacp_plan_decode *r, bool
     int best = -1, rc = DSACP_OK;
     *best_out = -1;
     double tbest = 0;
-    for (int v = 0; v < NV && strategies; v++) {
+    const variant *variants = A->vs->v;
+    for (int v = 0; v < A->vs->n && strategies; v++) {
         dsacp_cp_options cp;
-        dsacp_cp_options_default(&cp);
-        cp.decode = variants[v].s, cp.kv_layout = variants[v].kv, cp.index_layout = variants[v].idx;
-        cp.index_group = variants[v].group;
-        cp.lean_merge = variants[v].merge, cp.merge_backend = variants[v].backend, cp.lean_factor = f;
+        variant_options(A->vs, v, W, f, &cp);
         if (cp.index_layout == DSACP_LAYOUT_PARTIAL && (W % cp.index_group || W < 2 * cp.index_group)) continue;
         dsacp_plan_model pm;
         if ((rc = dsacp_plan_decode_model(&cfg, &cp, W, ep, L, B, deployed, wbytes, &hw, &pm)))
@@ -414,6 +455,7 @@ static int plan_decode(const plan_args *A, report *R, dsacp_plan_decode *r, bool
 /* The recommendation, DSA-CP's o_proj and lean's query crossovers, the context path's crossover. */
 static void plan_recommend(const plan_args *A, report *R, const dsacp_plan_decode *r, const bool *okv, int best)
 {
+    const variant *variants = A->vs->v;
     const dsacp_hw hw = *A->hw;
     const dsacp_config cfg = A->cfg;
     const int64_t B = A->B, W = A->W;
@@ -448,9 +490,11 @@ static void plan_recommend(const plan_args *A, report *R, const dsacp_plan_decod
                     (W > hw.ranks_per_node ? hw.net_latency_us : hw.link_latency_us),
                     F("lean's crossover", ceil((extra / hw.mem_bw) / (qbytes / bw))));
         }
-        /* the context path's crossover for the recommended strategy and for exact-topk */
-        for (int v = 0; v < NV; v++) {
-            if (!okv[v] || (v != best && variants[v].s != DSACP_DECODE_EXACT_TOPK) || variants[v].backend != DSACP_MERGE_AG_RS ||
+        /* the context path's crossover for the recommended strategy and for the default one */
+        dsacp_cp_options def;
+        dsacp_cp_options_default(&def);
+        for (int v = 0; v < A->vs->n; v++) {
+            if (!okv[v] || (v != best && A->vs->s[v] != def.decode) || variants[v].backend != DSACP_MERGE_AG_RS ||
                 variants[v].idx == DSACP_LAYOUT_PARTIAL || variants[v].kv == DSACP_LAYOUT_REPLICATED)
                 continue;
             const double esh = (double)(dsacp_mla_cache_bytes_per_token(&cfg, deployed ? DSACP_KV_FP8 : DSACP_KV_F32) +
@@ -487,13 +531,11 @@ static int plan_chunks(const plan_args *A, report *R)
         jint(R, root, "chunk_tokens", C);
         json_t *chunk = json_array();
         jset(R, root, "chunk", chunk);
-        for (int v = 0; v < NV && chunk; v++) {
-            if (variants[v].s == DSACP_DECODE_ALLGATHER_KV) continue; /* gathers the context for decode tokens too */
+        const variant *variants = A->vs->v;
+        for (int v = 0; v < A->vs->n && chunk; v++) {
+            if (dsacp_decode_strategy_gathers_context(A->vs->s[v])) continue; /* it gathers for decode tokens too */
             dsacp_cp_options cp;
-            dsacp_cp_options_default(&cp);
-            cp.decode = variants[v].s, cp.kv_layout = variants[v].kv, cp.index_layout = variants[v].idx;
-            cp.index_group = variants[v].group;
-            cp.lean_merge = variants[v].merge, cp.merge_backend = variants[v].backend, cp.lean_factor = f;
+            variant_options(A->vs, v, W, f, &cp);
             if (cp.index_layout == DSACP_LAYOUT_PARTIAL && (W % cp.index_group || W < 2 * cp.index_group)) continue;
             dsacp_plan_decode g, d, a;
             bool dg, dd, da;
@@ -680,8 +722,11 @@ int cli_plan(int argc, char **argv)
         if (rc) cli_fail("plan", rc);
         return rc ? cli_output_exit(rc) : 0; /* 2 when the profile would replace an input */
     }
+    variant_list vs;
+    variants_build(&vs);
     plan_args A = {.model = cli_get(opts, "model"), .preset = cli_get(opts, "preset"), .hwp = cli_get(opts, "hardware"),
-                   .L = 131072, .B = 1, .W = 8, .Pp = 0, .C = 2048, .ep = 0, .f = 2.0, .wbytes = 0, .deployed = true};
+                   .L = 131072, .B = 1, .W = 8, .Pp = 0, .C = 2048, .ep = 0, .f = 2.0, .wbytes = 0, .deployed = true,
+                   .vs = &vs};
     if (!A.model == !A.preset) {
         fprintf(stderr, "dsacp plan: give exactly one of '--model DIR' and '--preset NAME'\n");
         return 2;
@@ -774,8 +819,8 @@ int cli_plan(int argc, char **argv)
     R.txt = open_memstream(&R.text, &R.len);
     R.root = json_object();
     if (!R.txt || !R.root) rc = dsacp_error(DSACP_ENOMEM, "out of memory");
-    dsacp_plan_decode r[NV];
-    bool okv[NV] = {0};
+    dsacp_plan_decode r[NV_MAX];
+    bool okv[NV_MAX] = {0};
     const char *plabels[5] = {NULL};
     double pttft[5] = {0};
     if (!rc) rc = plan_report(&A, &R, r, okv, plabels, pttft);
@@ -800,7 +845,7 @@ int cli_plan(int argc, char **argv)
         char title[512];
         snprintf(title, sizeof title, "%s, context %lld, batch %lld, W = %lld, %s", A.preset ? A.preset : A.model,
                  (long long)A.L, (long long)A.B, (long long)W, hw.name);
-        rc = render_plot(ppath, title, variants, r, okv, NV, (double)A.layers, plabels, pttft, A.Pp > 0 ? 5 : 0, A.Pp, &ptext,
+        rc = render_plot(ppath, title, vs.v, r, okv, vs.n, (double)A.layers, plabels, pttft, A.Pp > 0 ? 5 : 0, A.Pp, &ptext,
                          &plen);
         if (!rc) rc = dsacp_out_write(&po, ptext, plen);
     }
