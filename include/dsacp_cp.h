@@ -240,8 +240,6 @@ int dsacp_decode_strategy_replicated_index(dsacp_decode_strategy s);
 /* 1 when decode tokens read a transient whole copy of their context (allgather-kv,
  * allgather-blocks: never the distributed context path), else 0. */
 int dsacp_decode_strategy_gathers_context(dsacp_decode_strategy s);
-/* One line: what the strategy moves (its table entry; "?" for no strategy). */
-const char *dsacp_decode_strategy_summary(dsacp_decode_strategy s);
 /* The strategy's own rule on its options on W ranks with cache blocks of block_size tokens
  * (part of dsacp_cp_options_check; replicated-index needs a replicated index layout,
  * exact-topk a sharded one, allgather-blocks interleave = block_size): DSACP_EINVAL with the

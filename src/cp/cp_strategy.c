@@ -62,9 +62,3 @@ int dsacp_decode_strategy_gathers_context(dsacp_decode_strategy s)
     const dsacp_cp_strategy *st = dsacp_cp_strategy_at((int)s);
     return st && st->gathers_context;
 }
-
-const char *dsacp_decode_strategy_summary(dsacp_decode_strategy s)
-{
-    const dsacp_cp_strategy *st = dsacp_cp_strategy_at((int)s);
-    return st ? st->summary : "?";
-}

@@ -11,15 +11,23 @@
 
 /* The step of n entries in lists carved from one block (*mem: dsacp_free), each entry's path
  * decided as the engine decides it. */
+static int entries_tokens(const dsacp_plan_entry *ent, int64_t n, size_t *T)
+{
+    *T = 0;
+    for (int64_t e = 0; e < n; e++) {
+        if (ent[e].n_new < 0 || ent[e].old_len < 0) return dsacp_error(DSACP_EINVAL, "plan: entry %lld has negative lengths", (long long)e);
+        if (!dsacp_add_ok(*T, (size_t)ent[e].n_new, T)) return dsacp_error(DSACP_ERANGE, "plan: the entries' tokens overflow");
+    }
+    return DSACP_OK;
+}
+
 static int entries_build(const dsacp_config *cfg, const dsacp_cp_options *cp, const dsacp_plan_step *base,
                          const dsacp_plan_entry *ent, int64_t n, dsacp_plan_lists *l, void **mem)
 {
     *mem = NULL;
-    size_t T = 0, len, bytes;
-    for (int64_t e = 0; e < n; e++) {
-        if (ent[e].n_new < 0 || ent[e].old_len < 0) return dsacp_error(DSACP_EINVAL, "plan: entry %lld has negative lengths", (long long)e);
-        if (!dsacp_add_ok(T, (size_t)ent[e].n_new, &T)) return dsacp_error(DSACP_ERANGE, "plan: the entries' tokens overflow");
-    }
+    size_t T, len, bytes;
+    int rc = entries_tokens(ent, n, &T);
+    if (rc) return rc;
     /* the lists (2 T + 4 n int64), then the entries' decisions (n bools) */
     if (!dsacp_mul_ok(T, 2, &len) || !dsacp_add_ok(len, 4 * (size_t)n, &len) || !dsacp_mul_ok(len, sizeof(int64_t), &bytes) ||
         !dsacp_add_ok(bytes, (size_t)n + 1, &bytes))
@@ -28,7 +36,6 @@ static int entries_build(const dsacp_config *cfg, const dsacp_cp_options *cp, co
     if (!p) return dsacp_error_context(DSACP_ENOMEM, "plan: the lists of %lld entries", (long long)n);
     bool *decodes = (bool *)(p + len);
     dsacp_plan_entries_lists(base, (int64_t)T, n, p, l);
-    int rc = DSACP_OK;
     for (int64_t e = 0; e < n && !rc; e++) {
         const int kind = dsacp_plan_entry_kind(cp, base->W, &ent[e]);
         decodes[e] = kind == DSACP_PLAN_ENTRY_DECODE;
@@ -46,9 +53,14 @@ int dsacp_plan_entries_comm(const dsacp_config *cfg, const dsacp_cp_options *cp,
                             const dsacp_plan_entry *ent, int64_t n, dsacp_comm_counter out[DSACP_PHASE_COUNT])
 {
     memset(out, 0, sizeof(dsacp_comm_counter) * DSACP_PHASE_COUNT);
+    size_t T;
+    int rc = entries_tokens(ent, n, &T);
+    /* A solo group counts nothing (dsacp_plan_step_comm checks the step and returns): no lists,
+     * so the engine's per-step call at W = 1 allocates nothing. */
+    if (rc || base->W == 1) return rc ? rc : dsacp_plan_step_comm(cfg, cp, base, out);
     dsacp_plan_lists l;
     void *mem;
-    int rc = entries_build(cfg, cp, base, ent, n, &l, &mem);
+    rc = entries_build(cfg, cp, base, ent, n, &l, &mem);
     if (rc) return rc;
     rc = dsacp_plan_step_comm(cfg, cp, &l.s, out);
     dsacp_free(mem);
