@@ -79,6 +79,11 @@ typedef struct dsacp_cp_ctx {
      * scratch) and the longest context a step can attend (dsacp_engine_max_context). */
     const dsacp_dsa_weights *layer_w;
     int64_t n_layers, max_context;
+    /* W > 1: the active rows' new entries of a layer (a one-layer pool of block size 1, slot j =
+     * active row j), kept from layer to layer and recreated only for a step with more rows than
+     * stage_rows; freed with the engine. */
+    dsacp_kv_cache *stage;
+    int64_t stage_rows;
 } dsacp_cp_ctx;
 
 /* The agreement of one allocation stage (docs/context-parallel.md, "Failures"): every rank of
@@ -189,6 +194,8 @@ int dsacp_cp_step_build(dsacp_cp_ctx *cp, dsacp_cp_step *st, dsacp_cp_step_mem *
  * single-process layer at W = 1; 0 otherwise). SIZE_MAX when it overflows. */
 size_t dsacp_cp_step_ws_bytes(const dsacp_cp_ctx *cp, int64_t T, int64_t n_ent);
 size_t dsacp_cp_layer_ws_bytes(const dsacp_cp_ctx *cp, int64_t T);
+/* W > 1: the buffers a layer call takes for a step of T tokens in n_ent entries (cp_layer.c). */
+void dsacp_cp_layer_buffers_need(size_t *total, const dsacp_cp_ctx *cp, int64_t T, int64_t n_ent);
 /* --context-path auto's rule for a chunk of a request with old_len cached positions: bytes a
  * rank receives per layer to gather the sharded context, and per query token on the
  * distributed path (the decode strategy's formula, section 3 of docs/context-parallel.md);

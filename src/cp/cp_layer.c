@@ -46,48 +46,73 @@ typedef struct layer_call {
     const dsacp_dsa_view **vptr;
     dsacp_comm_request *xreq;    /* the prefill exchange in flight */
     int rc;                      /* local status (the rank keeps taking part) */
+    size_t mark;                 /* cp->ws before the layer's buffers */
 } layer_call;
 
-static void layer_free(layer_call *c)
+static void layer_free(layer_call *c) { dsacp_arena_rewind(c->cp->ws, c->mark); }
+
+/* The staging pool kept in the context, recreated only for more rows than it has. */
+static int stage_get(dsacp_cp_ctx *cp, int64_t rows, dsacp_kv_cache **out)
 {
-    dsacp_dsa_proj_free(&c->p);
-    dsacp_kv_cache_free(c->stage);
-    free(c->pos_act);
-    dsacp_free(c->vcat);
-    free(c->topk_act);
-    free(c->pre_send), free(c->pre_recv), free(c->want), free((void *)c->vptr), free(c->rb);
+    if (!cp->stage || cp->stage_rows < rows) {
+        dsacp_kv_cache_free(cp->stage);
+        cp->stage = NULL, cp->stage_rows = 0;
+        int rc = dsacp_cp_cache_like(cp->lat, cp->idx, 1, rows, &cp->stage);
+        if (rc) return rc;
+        cp->stage_rows = rows;
+    }
+    *out = cp->stage;
+    return DSACP_OK;
 }
 
-/* Every buffer whose size the step's metadata fixes is allocated here, and the group agrees on
- * it before the first collective of the layer: a rank short of memory stops every rank at the
- * same point instead of leaving them waiting in a collective. */
+void dsacp_cp_layer_buffers_need(size_t *total, const dsacp_cp_ctx *cp, int64_t T, int64_t n_ent)
+{
+    const dsacp_config *cfg = cp->cfg;
+    const int64_t T1 = T > 0 ? T : 1, E = (int64_t)(cp->lat->mla_bytes + cp->idx->index_bytes);
+    dsacp_arena_need(total, T + 1, 1, sizeof(int64_t));
+    dsacp_arena_need(total, T1, cfg->num_attention_heads * cfg->v_head_dim, sizeof(float));
+    dsacp_arena_need(total, T1, cfg->index_topk, sizeof(int32_t));
+    dsacp_dsa_proj_need(total, cfg, T);
+    dsacp_arena_need(total, cp->W, 1, sizeof(size_t));
+    dsacp_arena_need(total, 1, T1 * E + 1, 1);
+    dsacp_arena_need(total, 1, T1 * E + 1, 1);
+    dsacp_arena_need(total, n_ent > 0 ? n_ent : 1, 1, 1);
+    dsacp_arena_need(total, T + 1, 1, sizeof(const dsacp_dsa_view *));
+}
+
+/* Every buffer whose size the step's metadata fixes is taken here (from the step workspace,
+ * dsacp_cp_layer_buffers_need), and the group agrees on it before the first collective of the
+ * layer: a rank short of memory stops every rank at the same point instead of leaving them
+ * waiting in a collective. */
 static int layer_alloc(layer_call *c)
 {
-    const dsacp_cp_ctx *cp = c->cp;
+    dsacp_cp_ctx *cp = c->cp;
+    dsacp_arena *ws = cp->ws;
     const dsacp_cp_step *st = c->st;
     const dsacp_config *cfg = c->ctx->cfg;
     const int64_t na = st->n_dec + st->n_pre, n1 = na > 0 ? na : 1, W = cp->W, layer = c->layer;
-    c->pos_act = malloc((size_t)(na + 1) * sizeof *c->pos_act);
-    c->vcat = dsacp_calloc((size_t)n1 * (size_t)(cfg->num_attention_heads * cfg->v_head_dim), sizeof *c->vcat);
-    c->topk_act = malloc((size_t)(n1 * cfg->index_topk) * sizeof *c->topk_act);
-    int arc = DSACP_OK;
-    if (dsacp_dsa_proj_alloc(&c->p, cfg, na) || !c->pos_act || !c->vcat || !c->topk_act)
-        arc = dsacp_error(DSACP_ENOMEM, "layer %lld: out of memory for %lld active tokens", (long long)layer, (long long)na);
-    if (!arc && dsacp_cp_cache_like(cp->lat, cp->idx, 1, n1, &c->stage))
+    c->mark = dsacp_arena_mark(ws);
+    c->pos_act = dsacp_arena_take(ws, na + 1, 1, sizeof *c->pos_act, "the layer's active rows");
+    c->vcat = c->pos_act ? dsacp_arena_take(ws, n1, cfg->num_attention_heads * cfg->v_head_dim, sizeof *c->vcat,
+                                            "the layer's values") : NULL;
+    c->topk_act = c->vcat ? dsacp_arena_take(ws, n1, cfg->index_topk, sizeof *c->topk_act, "the selected sets") : NULL;
+    int arc = c->topk_act ? dsacp_dsa_proj_take(&c->p, cfg, na, ws) : DSACP_ENOMEM;
+    if (!arc) memset(c->vcat, 0, (size_t)n1 * (size_t)(cfg->num_attention_heads * cfg->v_head_dim) * sizeof *c->vcat);
+    if (arc) arc = dsacp_error_context(arc, "layer %lld: %lld active tokens", (long long)layer, (long long)na);
+    if (!arc && stage_get(cp, n1, &c->stage))
         arc = dsacp_error(DSACP_ENOMEM, "layer %lld: out of memory staging %lld entries", (long long)layer, (long long)na);
     if (!arc && W > 1 && st->n_pre_all > 0) {
         const int64_t E0 = c->stage->mla_bytes + c->stage->index_bytes;
-        c->rb = malloc((size_t)W * sizeof *c->rb);
-        c->pre_send = malloc((size_t)(st->n_pre * E0) + 1);
-        c->pre_recv = malloc((size_t)(st->n_pre_all * E0) + 1);
-        if (!c->rb || !c->pre_send || !c->pre_recv)
-            arc = dsacp_error(DSACP_ENOMEM, "layer %lld: out of memory for the prefill exchange", (long long)layer);
+        c->rb = dsacp_arena_take(ws, W, 1, sizeof *c->rb, "the prefill exchange");
+        c->pre_send = c->rb ? dsacp_arena_take(ws, 1, st->n_pre * E0 + 1, 1, "the prefill exchange") : NULL;
+        c->pre_recv = c->pre_send ? dsacp_arena_take(ws, 1, st->n_pre_all * E0 + 1, 1, "the prefill exchange") : NULL;
+        if (!c->pre_recv) arc = dsacp_error_context(DSACP_ENOMEM, "layer %lld", (long long)layer);
     }
     if (!arc && st->n_pre_all > 0) {
-        c->want = calloc((size_t)(st->n_ent > 0 ? st->n_ent : 1), 1);
-        c->vptr = malloc((size_t)(st->n_pre + 1) * sizeof *c->vptr);
-        if (!c->want || !c->vptr)
-            arc = dsacp_error(DSACP_ENOMEM, "layer %lld: out of memory for the prefill views", (long long)layer);
+        c->want = dsacp_arena_take(ws, st->n_ent > 0 ? st->n_ent : 1, 1, 1, "the prefill views");
+        c->vptr = c->want ? dsacp_arena_take(ws, st->n_pre + 1, 1, sizeof *c->vptr, "the prefill views") : NULL;
+        if (!c->vptr) arc = dsacp_error_context(DSACP_ENOMEM, "layer %lld", (long long)layer);
+        else memset(c->want, 0, (size_t)(st->n_ent > 0 ? st->n_ent : 1));
     }
     if (!arc && dsacp_fault("layer")) arc = dsacp_fault_error("layer", "the layer's buffers");
     int crc = dsacp_comm_agree(c->cp->comm, arc);
@@ -276,8 +301,7 @@ int dsacp_cp_layer_forward(dsacp_cp_ctx *cp, const dsacp_dsa_ctx *ctx, const dsa
 {
     if (cp->W == 1) return solo_layer(cp, ctx, w, layer, st, x, out, topk);
     const dsacp_config *cfg = ctx->cfg;
-    const int64_t H = cfg->num_attention_heads, dv = cfg->v_head_dim, D = cfg->hidden_size, K = cfg->index_topk;
-    const int64_t nd = st->n_dec, na = nd + st->n_pre, W = cp->W;
+    const int64_t K = cfg->index_topk, nd = st->n_dec, na = nd + st->n_pre;
     const bool deployed = ctx->mode == DSACP_MODE_DEPLOYED;
     /* The strategy's own output merge (lean: needs the whole o_proj on every rank, not DSA-CP's tp
      * activation path) and its partials' wire dtype. */
@@ -311,15 +335,12 @@ int dsacp_cp_layer_forward(dsacp_cp_ctx *cp, const dsacp_dsa_ctx *ctx, const dsa
 
     /* 7. Output projection (cp_oproj.c). */
     t0 = dsacp_now();
-    if (W == 1) KEEP(c.rc, dsacp_linear(w->o, c.vcat, na, H * dv, out, D, deployed));
-    else if ((crc = dsacp_cp_layer_o_proj(cp, ctx, w, layer, st, own_merge, wire16, c.vcat, out, &c.rc))) goto done;
+    if ((crc = dsacp_cp_layer_o_proj(cp, ctx, w, layer, st, own_merge, wire16, c.vcat, out, &c.rc))) goto done;
     cp->t_oproj += dsacp_now() - t0;
     if ((crc = dsacp_cp_weights_layer_done(cp, layer))) goto done;
 
     /* 8. Selected sets. */
-    if (st->want_topk && W == 1 && topk)
-        for (int64_t j = 0; j < na; j++) memcpy(topk + st->act[j] * K, c.topk_act + j * K, (size_t)K * sizeof *topk);
-    if (st->want_topk && W > 1) crc = dump_topk(cp, st, K, c.topk_act, topk);
+    if (st->want_topk) crc = dump_topk(cp, st, K, c.topk_act, topk);
 done:
     layer_free(&c);
     return crc ? crc : c.rc;

@@ -71,13 +71,16 @@ size_t dsacp_cp_step_ws_bytes(const dsacp_cp_ctx *cp, int64_t T, int64_t n_ent)
     return total;
 }
 
-/* What a layer takes and gives back (solo_layer in cp_layer.c: its rows, then the
- * single-process layer's own). */
+/* What a layer takes and gives back: at W = 1 solo_layer's rows, then the single-process
+ * layer's own (cp_layer.c); at W > 1 the layer call's buffers (n_ent <= T). */
 size_t dsacp_cp_layer_ws_bytes(const dsacp_cp_ctx *cp, int64_t T)
 {
-    if (cp->W != 1) return 0;
     const int64_t T1 = T > 0 ? T : 1;
     size_t total = 0;
+    if (cp->W != 1) {
+        dsacp_cp_layer_buffers_need(&total, cp, T, T);
+        return total;
+    }
     dsacp_arena_need(&total, T1, 1, sizeof(int64_t));
     dsacp_arena_need(&total, 2 * T1, 1, sizeof(dsacp_kv_seq *));
     dsacp_arena_need(&total, T1, cp->cfg->index_topk, sizeof(int32_t));
