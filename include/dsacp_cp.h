@@ -104,6 +104,12 @@ int dsacp_comm_set_notes(dsacp_comm *comm, const char *json_members);
 int dsacp_comm_agree(dsacp_comm *comm, int status);
 /* Collective: rank 0's `len` bytes of `buf` to every rank (counted under `phase`). */
 int dsacp_comm_bcast(dsacp_comm *comm, void *buf, size_t len, int phase);
+/* Collectives a multi-rank front end uses beside the engine's (`phase` is a DSACP_PHASE_* the
+ * bytes are counted under, or -1: uncounted, so a report holds exactly the engine's traffic).
+ * dsacp_comm_allgather: every rank's `bytes` of `send`, in rank order, into recv [W][bytes].
+ * dsacp_comm_agree_phase: dsacp_comm_agree counted under `phase`. */
+int dsacp_comm_allgather(dsacp_comm *comm, const void *send, size_t bytes, void *recv, int phase);
+int dsacp_comm_agree_phase(dsacp_comm *comm, int status, int phase);
 
 /* ------------------------------------------------------------------------------------------ */
 /* CP engine                                                                                  */

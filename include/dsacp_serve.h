@@ -55,13 +55,6 @@ dsacp_step_times dsacp_engine_last_step_times(const dsacp_engine *e);
  * rank writes what its layouts keep), without running the model. Collective. */
 int dsacp_engine_fill_random(dsacp_engine *e, int64_t request_id, int64_t length, uint64_t seed);
 
-/* Collectives a multi-rank front end uses besides dsacp_cp.h's (`phase` is a DSACP_PHASE_* the
- * bytes are counted under, or -1: uncounted, so a report holds exactly the engine's traffic).
- * dsacp_comm_allgather: every rank's `bytes` of `send`, in rank order, into recv [W][bytes].
- * dsacp_comm_agree_phase: dsacp_comm_agree counted under `phase`. */
-int dsacp_comm_allgather(dsacp_comm *c, const void *send, size_t bytes, void *recv, int phase);
-int dsacp_comm_agree_phase(dsacp_comm *c, int status, int phase);
-
 /* ------------------------------------------------------------------------------------------ */
 /* The serving loop                                                                           */
 /* ------------------------------------------------------------------------------------------ */

@@ -14,6 +14,7 @@
 #define DSACP_MODEL_H
 
 #include "core/core.h"
+#include "dsacp_io.h" /* the model's inspection: problems, load flags, files, the non-finite scan */
 #include "kernels/weight.h"
 
 /* ---- bounds on config.json ----
@@ -74,55 +75,10 @@ typedef struct dsacp_tensor_spec {
  * tie_word_embeddings. */
 int dsacp_model_tensor_specs(const dsacp_config *cfg, dsacp_tensor_spec **out, int64_t *count);
 
-/* A problem found while loading: errors make dsacp_model_load fail; warnings are reported by
- * inspect (unexpected tensors, skipped MTP layers). */
-typedef struct dsacp_model_problem {
-    bool error;
-    char text[400];
-} dsacp_model_problem;
-
-/* Flags of dsacp_model_load_ex. */
-enum {
-    /* Return the model even when required tensors are missing or malformed (the status is still
-     * the first error), so that inspect can list every problem. A model returned with errors must
-     * not be run. */
-    DSACP_LOAD_KEEP_GOING = 1u,
-    /* Read config.json, the shard index and the safetensors headers only: names, dtypes, shapes,
-     * offsets and sizes (against the file size) are validated, and no byte of weight data is read
-     * (a tensor whose data is not aligned to its element size stays an unaligned view instead of
-     * being copied). What inspect does; the cost is proportional to the headers, not the weights.
-     * Such a model must not be run; dsacp_model_scan_finite may read it. */
-    DSACP_LOAD_STRUCTURE_ONLY = 2u,
-};
-/* Loads like dsacp_model_load with DSACP_LOAD_* flags (0: exactly dsacp_model_load). */
-int dsacp_model_load_ex(const char *dir, unsigned flags, dsacp_model **out);
-int64_t dsacp_model_problem_count(const dsacp_model *m);
-const dsacp_model_problem *dsacp_model_problem_at(const dsacp_model *m, int64_t i);
-
-/* The non-finite scan: every stored floating-point value of the model's weights (F32, BF16, F16
- * and F8_E4M3 data, and the F32 weight_scale_inv block scales of FP8 weights; unaligned data is
- * fine) is checked for NaN and infinity. Loading never scans (the weights stay memory-mapped and
- * untouched); `dsacp inspect --scan-weights` does. It reads every byte of the canonical weights:
- * dsacp_model_scan_bytes(m) of them (a tied lm_head is the embedding, counted once).
- *
- * DSACP_OK when all are finite; otherwise DSACP_ERANGE, and dsacp_last_error() names the first
- * bad tensor (in name order) and the first bad flat index in it, e.g.
- * "model.layers.0.self_attn.q_a_proj.weight: non-finite value (nan) at index 17"
- * (a scale is named "<weight name minus .weight>.weight_scale_inv").
- * `on_bad` (may be NULL) is called with that message for every bad tensor, in name order, after
- * the scan. `progress` (may be NULL) is called with the bytes scanned so far and the total: at
- * the start (0), after each weight, and at the end (total == done); from any scan thread, never
- * by two at once. */
-typedef void (*dsacp_scan_progress_fn)(int64_t done_bytes, int64_t total_bytes, void *ctx);
-typedef void (*dsacp_scan_bad_fn)(const char *message, void *ctx);
-int dsacp_model_scan_finite(const dsacp_model *m, dsacp_scan_progress_fn progress, dsacp_scan_bad_fn on_bad,
-                            void *ctx);
-int64_t dsacp_model_scan_bytes(const dsacp_model *m);
+/* The loader's public half (problems, DSACP_LOAD_* flags, dsacp_model_load_ex, the files, the
+ * non-finite scan and its callbacks) is declared in include/dsacp_io.h. */
 /* dsacp_model_scan_finite without callbacks. */
 int dsacp_model_check_finite(const dsacp_model *m);
-/* The files mapped and every stored tensor (for inspect). */
-int64_t dsacp_model_file_count(const dsacp_model *m);
-const char *dsacp_model_file_path(const dsacp_model *m, int64_t i);
-int64_t dsacp_model_weight_count(const dsacp_model *m);
+/* Every stored tensor (for inspect): i in [0, dsacp_model_weight_count). */
 const dsacp_weight *dsacp_model_weight_at(const dsacp_model *m, int64_t i);
 #endif
