@@ -156,24 +156,6 @@ void dsacp_dsa_weights_release(dsacp_dsa_weights *w)
  * (dsa_reference.c) runs them top to bottom, the context-parallel layer (src/cp/cp_layer.c)
  * composes them and says what moves between them. */
 
-int dsacp_dsa_proj_alloc(dsacp_dsa_proj *p, const dsacp_config *cfg, int64_t T)
-{
-    memset(p, 0, sizeof *p);
-    const int64_t H = cfg->num_attention_heads, dq = cfg->qk_nope_head_dim + cfg->qk_rope_head_dim;
-    const int64_t dk = cfg->kv_lora_rank + cfg->qk_rope_head_dim, Hi = cfg->index_n_heads, di = cfg->index_head_dim;
-    const int64_t n = T > 0 ? T : 1;
-    p->T = T;
-    p->qa = dsacp_alloc((size_t)(n * cfg->q_lora_rank) * 4);
-    p->q = dsacp_alloc((size_t)(n * H * dq) * 4);
-    p->kv = dsacp_alloc((size_t)(n * dk) * 4);
-    p->qi = dsacp_alloc((size_t)(n * Hi * di) * 4);
-    p->ki = dsacp_alloc((size_t)(n * di) * 4);
-    p->wts = dsacp_alloc((size_t)(n * Hi) * 4);
-    if (p->qa && p->q && p->kv && p->qi && p->ki && p->wts) return DSACP_OK;
-    dsacp_dsa_proj_free(p);
-    return dsacp_error(DSACP_ENOMEM, "out of memory for the projections of %lld tokens", (long long)T);
-}
-
 /* The projections' arrays: (rows, cols) of F32 each, in one order for the take and the need. */
 static void proj_shapes(const dsacp_config *cfg, int64_t T, int64_t cols[6])
 {
@@ -201,17 +183,6 @@ int dsacp_dsa_proj_take(dsacp_dsa_proj *p, const dsacp_config *cfg, int64_t T, d
             return DSACP_ENOMEM;
     p->T = T;
     return DSACP_OK;
-}
-
-void dsacp_dsa_proj_free(dsacp_dsa_proj *p)
-{
-    dsacp_free(p->qa);
-    dsacp_free(p->q);
-    dsacp_free(p->kv);
-    dsacp_free(p->qi);
-    dsacp_free(p->ki);
-    dsacp_free(p->wts);
-    memset(p, 0, sizeof *p);
 }
 
 int dsacp_dsa_linear(const dsacp_dsa_ctx *ctx, const dsacp_weight *w, const float *x, int64_t T, int64_t ldx,
@@ -263,12 +234,6 @@ static int linear_rows(const dsacp_dsa_ctx *ctx, const dsacp_weight *w, int64_t 
     v.data = (const uint8_t *)w->data + (size_t)(a0 * w->cols) * es;
     v.rows = a1 - a0;
     return dsacp_dsa_linear(ctx, &v, x, T, ldx, y + a0, ldy, act_quant);
-}
-
-int dsacp_linear_rows(const dsacp_weight *w, int64_t r0, int64_t r1, const float *x, int64_t T, int64_t ldx,
-                      float *y, int64_t ldy, bool act_quant)
-{
-    return linear_rows(NULL, w, r0, r1, x, T, ldx, y, ldy, act_quant);
 }
 
 int dsacp_dsa_project_kv(const dsacp_dsa_ctx *ctx, const dsacp_dsa_weights *w, const float *x, int64_t n,
@@ -346,13 +311,6 @@ int dsacp_dsa_project_q(const dsacp_dsa_ctx *ctx, const dsacp_dsa_weights *w, co
     return DSACP_OK;
 }
 
-int dsacp_dsa_project(const dsacp_dsa_ctx *ctx, const dsacp_dsa_weights *w, const float *x, int64_t n,
-                      const int64_t *pos, int64_t h0, int64_t h1, dsacp_dsa_proj *p, int64_t row0)
-{
-    int rc = dsacp_dsa_project_kv(ctx, w, x, n, pos, p, row0);
-    return rc ? rc : dsacp_dsa_project_q(ctx, w, NULL, x, n, pos, h0, h1, p, row0);
-}
-
 typedef struct scores_args {
     const dsacp_kv_cache *c;
     int64_t layer, n;
@@ -407,13 +365,6 @@ void dsacp_dsa_query_rows_n(const dsacp_dsa_weights *w, const dsacp_config *cfg,
 {
     heads_args a = {w, cfg, q, n, ldq, h0, qrow, ldr};
     dsacp_parallel_for(h1 - h0, inner, query_head, &a);
-}
-
-void dsacp_dsa_query_rows(const dsacp_dsa_weights *w, const dsacp_config *cfg, const float *q, int64_t h0,
-                          int64_t h1, float *qrow, bool inner)
-{
-    const int64_t dq = cfg->qk_nope_head_dim + cfg->qk_rope_head_dim, dk = cfg->kv_lora_rank + cfg->qk_rope_head_dim;
-    dsacp_dsa_query_rows_n(w, cfg, q, 1, cfg->num_attention_heads * dq, h0, h1, qrow, (h1 - h0) * dk, inner);
 }
 
 static void value_head(void *ctx, int64_t i)

@@ -69,12 +69,10 @@ typedef struct dsacp_dsa_proj {
     float *ki;  /* F32 [T][di]            indexer keys after LayerNorm + RoPE (deployed: Hadamard) */
     float *wts; /* F32 [T][Hi]            head weights * Hi^-0.5 * di^-0.5 (deployed: * q scale) */
 } dsacp_dsa_proj;
-int dsacp_dsa_proj_alloc(dsacp_dsa_proj *p, const dsacp_config *cfg, int64_t T);
-/* The same arrays taken from a step workspace (nothing to free; DSACP_ENOMEM when it does not
- * fit), and the bytes they take (dsacp_arena_need). */
+/* Its arrays taken from a step workspace (nothing to free; DSACP_ENOMEM when it does not fit),
+ * and the bytes they take (dsacp_arena_need). */
 int dsacp_dsa_proj_take(dsacp_dsa_proj *p, const dsacp_config *cfg, int64_t T, dsacp_arena *ws);
 void dsacp_dsa_proj_need(size_t *total, const dsacp_config *cfg, int64_t T);
-void dsacp_dsa_proj_free(dsacp_dsa_proj *p);
 
 /* y = W x (dsacp_linear's shapes) with the kernel's scratch taken from ctx->ws and given back
  * (ctx or ctx->ws NULL: the allocating dsacp_linear); dsacp_dsa_linear_need: the most any of
@@ -83,11 +81,8 @@ int dsacp_dsa_linear(const dsacp_dsa_ctx *ctx, const dsacp_weight *w, const floa
                      float *y, int64_t ldy, bool act_quant);
 size_t dsacp_dsa_linear_need(const dsacp_dsa_weights *w, int64_t n, bool deployed);
 
-/* Rows [r0, r1) of y = W x into y + r0 (row stride ldy); see dsa_layer.c for FP8 blocks. */
-int dsacp_linear_rows(const dsacp_weight *w, int64_t r0, int64_t r1, const float *x, int64_t T, int64_t ldx,
-                      float *y, int64_t ldy, bool act_quant);
-
-/* The two halves of dsacp_dsa_project: the cache entries' inputs (kv, ki: steps 2, 3, 4a's key),
+/* Steps 1-4a for n tokens (x: F32 [n][D], already RMS-normed; pos: [n]) into rows
+ * [row0, row0 + n) of p, in two halves: the cache entries' inputs (kv, ki: steps 2, 3, 4a's key),
  * and the queries (qa, q of heads [h0, h1) with q_b_proj = q_b, or the layer's own when NULL;
  * qi, wts), so that the entries can travel while the queries are computed. */
 int dsacp_dsa_project_kv(const dsacp_dsa_ctx *ctx, const dsacp_dsa_weights *w, const float *x, int64_t n,
@@ -95,21 +90,14 @@ int dsacp_dsa_project_kv(const dsacp_dsa_ctx *ctx, const dsacp_dsa_weights *w, c
 int dsacp_dsa_project_q(const dsacp_dsa_ctx *ctx, const dsacp_dsa_weights *w, const dsacp_weight *q_b,
                         const float *x, int64_t n, const int64_t *pos, int64_t h0, int64_t h1, dsacp_dsa_proj *p,
                         int64_t row0);
-/* Steps 1-4a for n tokens (x: F32 [n][D], already RMS-normed; pos: [n]) into rows
- * [row0, row0 + n) of p; the query rows of heads [h0, h1) only. */
-int dsacp_dsa_project(const dsacp_dsa_ctx *ctx, const dsacp_dsa_weights *w, const float *x, int64_t n,
-                      const int64_t *pos, int64_t h0, int64_t h1, dsacp_dsa_proj *p, int64_t row0);
 
 /* Index scores of one packed query (dsacp_index_query_pack) against positions 0..n-1 of a
  * block table, one kernel call per block; inner: split the blocks over threads. */
 void dsacp_dsa_index_scores(const dsacp_kv_cache *c, int64_t layer, const dsacp_kv_seq *seq, int64_t n,
                             const void *qpack, float *scores, bool inner);
-/* Absorbed query rows of one token: q: F32 [H][nope + dr] -> qrow: F32 [h1 - h0][dc + dr]. */
-void dsacp_dsa_query_rows(const dsacp_dsa_weights *w, const dsacp_config *cfg, const float *q, int64_t h0,
-                          int64_t h1, float *qrow, bool inner);
-/* The same for n tokens at once (token t: q + t * ldq, qrow + t * ldr): each head's W_UK is one
- * many-row linear over the tokens (the blocked GEMM from 8 tokens on), giving every token the
- * bits dsacp_dsa_query_rows gives it alone. inner: split the heads over threads. */
+/* Absorbed query rows of n tokens (token t: q + t * ldq, F32 [H][nope + dr] -> qrow + t * ldr,
+ * F32 [h1 - h0][dc + dr]): each head's W_UK is one many-row linear over the tokens (the blocked
+ * GEMM from 8 tokens on), giving every token the bits it gets alone. inner: split the heads over threads. */
 void dsacp_dsa_query_rows_n(const dsacp_dsa_weights *w, const dsacp_config *cfg, const float *q, int64_t n,
                             int64_t ldq, int64_t h0, int64_t h1, float *qrow, int64_t ldr, bool inner);
 /* v[h] = W_UV[h] o[h] for heads [h0, h1): o: F32 [h1 - h0][dc] -> v: F32 [h1 - h0][dv]. */
