@@ -107,6 +107,31 @@ static int finite_layer(const dsacp_plan_decode *d, const char *what)
     return DSACP_OK;
 }
 
+/* The roofline of a layer's counts on the profile: compute and memory time, and the link's time
+ * for its bytes and calls (*bw, *lat: the link's, NVLink within a node, the network beyond). */
+static void roofline(const dsacp_hw *hw, int64_t W, bool deployed, dsacp_plan_decode *out, double *bw, double *lat)
+{
+    const double peak = deployed ? hw->flops_fp8 : hw->flops_bf16;
+    out->t_compute = out->flops / peak;
+    out->t_memory = (out->weight_bytes + out->kv_read_bytes) / hw->mem_bw;
+    const bool net = W > hw->ranks_per_node;
+    *bw = net ? hw->net_bw : hw->link_bw, *lat = (net ? hw->net_latency_us : hw->link_latency_us) * 1e-6;
+    out->t_comm = W > 1 ? out->recv_bytes / *bw + out->calls * *lat : 0;
+}
+
+/* Times of a prefill or chunk layer; `overlap_bytes` travel in one call during `overlap_macs` of
+ * the query projection (`qparams` weights): the prefill path's entry all-gather (cp_layer.c). */
+static void link_time(const dsacp_hw *hw, int64_t W, dsacp_plan_decode *out, bool deployed, double overlap_bytes,
+                      double overlap_macs, double qparams)
+{
+    const double peak = deployed ? hw->flops_fp8 : hw->flops_bf16;
+    double bw, lat;
+    roofline(hw, W, deployed, out, &bw, &lat);
+    if (W > 1 && overlap_macs > 0)
+        out->t_hidden = fmin(overlap_bytes / bw + lat, fmax(2 * overlap_macs / peak, (deployed ? 1 : 2) * qparams / hw->mem_bw));
+    out->t_layer = fmax(out->t_compute, out->t_memory) + out->t_comm - out->t_hidden;
+}
+
 /* The busiest rank: the one that receives the most in the step. */
 int dsacp_plan_decode_layer(const dsacp_config *cfg_in, const dsacp_cp_options *cp, int64_t W, int64_t context,
                             int64_t batch, bool deployed, const dsacp_hw *hw, dsacp_plan_decode *out)
@@ -177,11 +202,8 @@ int dsacp_plan_decode_layer(const dsacp_config *cfg_in, const dsacp_cp_options *
     out->kv_bytes_per_rank = (double)context * (double)lat_b / (W > 1 && cp->kv_layout == DSACP_LAYOUT_SHARDED ? Wd : 1) +
                              (double)context * (double)idx_b / idiv;
     const double peak = deployed ? hw->flops_fp8 : hw->flops_bf16;
-    out->t_compute = out->flops / peak;
-    out->t_memory = (out->weight_bytes + out->kv_read_bytes) / hw->mem_bw;
-    const bool net = W > hw->ranks_per_node;
-    const double bw = net ? hw->net_bw : hw->link_bw, lat = (net ? hw->net_latency_us : hw->link_latency_us) * 1e-6;
-    out->t_comm = W > 1 ? out->recv_bytes / bw + out->calls * lat : 0;
+    double bw, lat;
+    roofline(hw, W, deployed, out, &bw, &lat);
     /* overlap (cp_exact_topk.c, cp_lean.c): the candidates (lean: the scores) travel while W_UK
      * absorbs the query rows of this rank's heads (lean: every head) */
     if (W > 1 && st->overlaps_candidates) {
@@ -317,33 +339,13 @@ int dsacp_plan_prefill_layer(const dsacp_config *cfg_in, const dsacp_cp_options 
         }
     }
     out->kv_read_bytes = Pd * (double)(lat_b + idx_b);
-    const double peak = deployed ? hw->flops_fp8 : hw->flops_bf16;
-    out->t_compute = out->flops / peak;
-    out->t_memory = (out->weight_bytes + out->kv_read_bytes) / hw->mem_bw;
-    const bool net = W > hw->ranks_per_node;
-    const double bw = net ? hw->net_bw : hw->link_bw, lat = (net ? hw->net_latency_us : hw->link_latency_us) * 1e-6;
-    out->t_comm = W > 1 ? out->recv_bytes / bw + out->calls * lat : 0;
-    if (W > 1 && q_macs > 0) /* the entries (one call) travel during the query projection (cp_layer.c) */
-        out->t_hidden = fmin(out->recv_bytes / bw + lat, fmax(2 * q_macs / peak, (deployed ? 1 : 2) * ql * H * dq / hw->mem_bw));
-    out->t_layer = fmax(out->t_compute, out->t_memory) + out->t_comm - out->t_hidden;
+    /* the entries (one call) travel during the query projection (cp_layer.c) */
+    link_time(hw, W, out, deployed, out->recv_bytes, q_macs, ql * H * dq);
     return finite_layer(out, "prefill layer");
 }
 
 /* Times of a chunk's layer; `overlap_bytes` travel in one call during `overlap_macs` of the query
  * projection (`qparams` weights): the prefill path's entry all-gather (cp_layer.c). */
-static void link_time(const dsacp_hw *hw, int64_t W, dsacp_plan_decode *out, bool deployed, double overlap_bytes,
-                      double overlap_macs, double qparams)
-{
-    const double peak = deployed ? hw->flops_fp8 : hw->flops_bf16;
-    out->t_compute = out->flops / peak;
-    out->t_memory = (out->weight_bytes + out->kv_read_bytes) / hw->mem_bw;
-    const bool net = W > hw->ranks_per_node;
-    const double bw = net ? hw->net_bw : hw->link_bw, lat = (net ? hw->net_latency_us : hw->link_latency_us) * 1e-6;
-    out->t_comm = W > 1 ? out->recv_bytes / bw + out->calls * lat : 0;
-    if (W > 1 && overlap_macs > 0)
-        out->t_hidden = fmin(overlap_bytes / bw + lat, fmax(2 * overlap_macs / peak, (deployed ? 1 : 2) * qparams / hw->mem_bw));
-    out->t_layer = fmax(out->t_compute, out->t_memory) + out->t_comm - out->t_hidden;
-}
 
 /* dsacp_plan_chunk_layer with the engine's entry sizes and o_proj paths given; dist_in < 0: the
  * path by cp->context_path (auto: bytes), else forced (1: distributed). */
