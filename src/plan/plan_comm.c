@@ -205,7 +205,7 @@ static void rank_comm(const dsacp_config *cfg, const dsacp_cp_options *cp, const
     add(&out[DSACP_PHASE_control], agrees + 1, agrees * 4 * (W - 1) + (me ? 0 : 2 * (W - 1)),
         agrees * 4 * (W - 1) + (me ? 2 : 0));
 
-    /* ---- decode-like tokens: the strategy's formula, then their o_proj (cp_formula.c) ---- */
+    /* ---- decode-like tokens: the strategy's formula, then their o_proj (cp_rules.c) ---- */
     if (s->nd > 0) {
         dsacp_cp_formula f = sh->f;
         f.me = me, f.ir = ir;
