@@ -20,6 +20,14 @@ static const char *src_dir(void)
     return s ? s : ".";
 }
 
+/* A profile of hardware/ by name (most tests' set-up). */
+static void load_profile(const char *name, dsacp_hw *hw)
+{
+    char p[4200];
+    snprintf(p, sizeof p, "%s/hardware/%s.json", src_dir(), name);
+    REQUIRE_OK(dsacp_hw_load(p, hw));
+}
+
 static void test_profiles(void)
 {
     const char *names[] = {"h200-nvlink8", "b200-nvlink8", "mi355x-8", "ascend-910b-8"};
@@ -77,10 +85,8 @@ static void test_v32_figures(void)
 {
     dsacp_config cfg;
     REQUIRE_OK(dsacp_preset_config("v32-layer", &cfg));
-    char p[4200];
-    snprintf(p, sizeof p, "%s/hardware/h200-nvlink8.json", src_dir());
     dsacp_hw hw;
-    REQUIRE_OK(dsacp_hw_load(p, &hw));
+    load_profile("h200-nvlink8", &hw);
     struct {
         dsacp_decode_strategy s;
         dsacp_cp_layout idx;
@@ -122,10 +128,8 @@ static void test_prefill(void)
 {
     dsacp_config cfg;
     REQUIRE_OK(dsacp_preset_config("v32-layer", &cfg));
-    char p[4200];
-    snprintf(p, sizeof p, "%s/hardware/b200-nvlink8.json", src_dir());
     dsacp_hw hw;
-    REQUIRE_OK(dsacp_hw_load(p, &hw));
+    load_profile("b200-nvlink8", &hw);
     dsacp_cp_options cp;
     dsacp_cp_options_default(&cp);
     const int64_t P = 153600;
@@ -151,10 +155,8 @@ static void test_chunk(void)
 {
     dsacp_config cfg;
     REQUIRE_OK(dsacp_preset_config("v32-layer", &cfg));
-    char p[4200];
-    snprintf(p, sizeof p, "%s/hardware/h200-nvlink8.json", src_dir());
     dsacp_hw hw;
-    REQUIRE_OK(dsacp_hw_load(p, &hw));
+    load_profile("h200-nvlink8", &hw);
     dsacp_cp_options cp;
     dsacp_cp_options_default(&cp);
     cp.decode = DSACP_DECODE_EXACT_TOPK;
@@ -194,10 +196,8 @@ static void test_v32_model(void)
     dsacp_config cfg;
     REQUIRE_OK(dsacp_plan_preset("v32", &cfg));
     CHECK(cfg.num_hidden_layers == 61 && cfg.n_routed_experts == 256 && cfg.vocab_size == 129280);
-    char p[4200];
-    snprintf(p, sizeof p, "%s/hardware/h200-nvlink8.json", src_dir());
     dsacp_hw hw;
-    REQUIRE_OK(dsacp_hw_load(p, &hw));
+    load_profile("h200-nvlink8", &hw);
     dsacp_cp_options cp;
     dsacp_cp_options_default(&cp);
     cp.kv_layout = cp.index_layout = DSACP_LAYOUT_REPLICATED; /* W = 1 */
@@ -366,10 +366,8 @@ static void test_golden(void)
 {
     dsacp_config cfg;
     REQUIRE_OK(dsacp_preset_config("v32-layer", &cfg));
-    char p[4200];
-    snprintf(p, sizeof p, "%s/hardware/h200-nvlink8.json", src_dir());
     dsacp_hw hw;
-    REQUIRE_OK(dsacp_hw_load(p, &hw));
+    load_profile("h200-nvlink8", &hw);
     for (size_t g = 0; g < sizeof golden / sizeof golden[0]; g++) {
         const int64_t W = golden[g].W, L = golden[g].context;
         const bool deployed = !golden[g].exact;
@@ -488,10 +486,8 @@ static void test_large_world(void)
 {
     dsacp_config cfg;
     REQUIRE_OK(dsacp_preset_config("v32-layer", &cfg));
-    char p[4200];
-    snprintf(p, sizeof p, "%s/hardware/h200-nvlink8.json", src_dir());
     dsacp_hw hw;
-    REQUIRE_OK(dsacp_hw_load(p, &hw));
+    load_profile("h200-nvlink8", &hw);
     for (int v = 0; v < PLAN_NV; v++) {
         dsacp_cp_options cp;
         variant_options(v, 2.0, &cp);
@@ -541,10 +537,8 @@ static void test_prefill_work(void)
 {
     dsacp_config cfg;
     REQUIRE_OK(dsacp_preset_config("v32-layer", &cfg));
-    char p[4200];
-    snprintf(p, sizeof p, "%s/hardware/h200-nvlink8.json", src_dir());
     dsacp_hw hw;
-    REQUIRE_OK(dsacp_hw_load(p, &hw));
+    load_profile("h200-nvlink8", &hw);
     const double H = (double)cfg.num_attention_heads, D = (double)cfg.hidden_size, Hi = (double)cfg.index_n_heads;
     const double di = (double)cfg.index_head_dim, dc = (double)cfg.kv_lora_rank, dr = (double)cfg.qk_rope_head_dim;
     const double dk = dc + dr, nope = (double)cfg.qk_nope_head_dim, dq = nope + dr, dv = (double)cfg.v_head_dim;
