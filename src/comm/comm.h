@@ -17,8 +17,7 @@
  * on this rank must equal recv_bytes[rank]); recv receives them concatenated in rank order. */
 int dsacp_comm_allgatherv(dsacp_comm *c, const void *send, size_t send_bytes, void *recv,
                           const size_t *recv_bytes, int phase);
-/* Equal blocks: recv = W blocks of `bytes`. */
-int dsacp_comm_allgather(dsacp_comm *c, const void *send, size_t bytes, void *recv, int phase);
+/* Equal blocks: dsacp_comm_allgather (include/dsacp_cp.h). */
 /* The same, non-blocking: start, compute, then wait (time is counted in both calls). Wait on
  * every request a start returned (dsacp_comm_wait accepts NULL) before freeing its
  * communicator; the wait hands the request back to the communicator, which reuses it for the
@@ -62,9 +61,7 @@ int dsacp_comm_gatherv(dsacp_comm *c, const void *send, size_t send_bytes, void 
  * A group of one is a solo communicator. Free it before c. */
 int dsacp_comm_split(dsacp_comm *c, int color, int key, dsacp_comm **out);
 
-/* dsacp_comm_agree counted under `phase`; -1: not counted (the allocation agreements of engine
- * creation and of a step's stages, docs/context-parallel.md "Failures"). */
-int dsacp_comm_agree_phase(dsacp_comm *c, int status, int phase);
+/* dsacp_comm_agree counted under a phase or uncounted: dsacp_comm_agree_phase (include/dsacp_cp.h). */
 
 /* Balanced split of n items over W ranks: rank r takes [n r / W, n (r + 1) / W). */
 static inline int64_t dsacp_split_begin(int64_t n, int64_t r, int64_t W) { return n * r / W; }

@@ -2,23 +2,12 @@
  * cp_step.c -- a step's metadata on a rank (docs/context-parallel.md sections 2 and 4): which
  * tokens are decode-like (every rank, heads split) and which are prefill tokens of which rank
  * (the split: owner, contiguous or zigzag), the context path of a chunk after a sharded context
- * (gather, distributed, or auto by the byte rule or the engine's chooser), and the allocation
- * agreement every stage of a layer uses.
+ * (gather, distributed, or auto by the byte rule or the engine's chooser).
  */
 #include "cp/cp_strategy.h"
 
 #include <stdlib.h>
 #include <string.h>
-
-int dsacp_cp_agree_alloc(dsacp_cp_ctx *cp, const char *site, bool ok, const char *what)
-{
-    int rc = DSACP_OK;
-    if (!ok) rc = dsacp_error(DSACP_ENOMEM, "%s: out of memory", what);
-    else if (dsacp_fault(site)) rc = dsacp_fault_error(site, what);
-    rc = dsacp_comm_agree_phase(cp->comm, rc, -1);
-    if (rc) cp->step_failed = true;
-    return rc;
-}
 
 static int64_t assigned_rank(const dsacp_cp_ctx *cp, const dsacp_cp_step *st, int64_t t, int64_t chunk)
 {
@@ -38,7 +27,7 @@ static int64_t assigned_rank(const dsacp_cp_ctx *cp, const dsacp_cp_step *st, in
 
 void dsacp_cp_context_rule(const dsacp_cp_ctx *cp, int64_t old_len, double *gather_bytes, double *per_token)
 {
-    /* One rule (cp_formula.c): what the engine decides, `dsacp plan` predicts. */
+    /* One rule (cp_rules.c): what the engine decides, `dsacp plan` predicts. */
     dsacp_cp_context_bytes(cp->cfg, &cp->opt, cp->W, (int64_t)cp->lat->mla_bytes, (int64_t)cp->idx->index_bytes,
                            cp->deployed, cp->o_gather_v, old_len, gather_bytes, per_token);
 }

@@ -209,15 +209,6 @@ double dsacp_engine_kv_use(const dsacp_engine *e)
 
 const dsacp_config *dsacp_engine_config(const dsacp_engine *e) { return e->cfg; }
 
-int64_t dsacp_engine_max_context(const dsacp_engine *e)
-{
-    const int W = dsacp_comm_size(e->comm);
-    const int64_t local = e->cache->num_blocks * e->opt.block_size; /* positions one rank's pool holds */
-    const bool sharded = W > 1 && e->cp.opt.kv_layout == DSACP_LAYOUT_SHARDED;
-    const int64_t whole = sharded && local <= INT64_MAX / W ? local * W : local;
-    return whole < e->cfg->max_position_embeddings ? whole : e->cfg->max_position_embeddings;
-}
-
 /* Validates the entries (the same verdict on every rank: entries are the same everywhere). */
 static int check_entries(const dsacp_engine *e, const dsacp_step_entry *entries, int64_t n, int64_t *T_out)
 {

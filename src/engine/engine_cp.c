@@ -23,6 +23,19 @@ int dsacp_engine_check_options(const dsacp_config *cfg, const dsacp_engine_optio
     return dsacp_cp_options_check(cfg, cp, W, opt->block_size);
 }
 
+/* The longest context the pools can hold (the positions one rank keeps, times W when the
+ * latent cache is sharded), capped by the model's positions: what context-sized workspace
+ * buffers are sized for. */
+int64_t dsacp_engine_max_context(const dsacp_engine *e)
+{
+    const int W = dsacp_comm_size(e->comm);
+    const int64_t local = e->cache->num_blocks * e->opt.block_size; /* positions one rank's pool holds */
+    const bool sharded = W > 1 && e->cp.opt.kv_layout == DSACP_LAYOUT_SHARDED;
+    const int64_t whole = sharded && local <= INT64_MAX / W ? local * W : local;
+    return whole < e->cfg->max_position_embeddings ? whole : e->cfg->max_position_embeddings;
+}
+
+
 int dsacp_engine_setup_cp(dsacp_engine *e, const dsacp_cp_options *cp)
 {
     const dsacp_config *cfg = e->cfg;
