@@ -102,6 +102,14 @@ typedef struct dsacp_plan_entry {
  * weight path by cp->o_proj) and fills base's lists (base's own lists and tp_gather ignored). */
 int dsacp_plan_entries_comm(const dsacp_config *cfg, const dsacp_cp_options *cp, const dsacp_plan_step *base,
                             const dsacp_plan_entry *ent, int64_t n, dsacp_comm_counter out[DSACP_PHASE_COUNT]);
+/* The same with its lists carved from the caller's memory (8-byte aligned): mem holds at least
+ * dsacp_plan_entries_bytes(T, n) bytes for n entries bringing T new tokens in all (SIZE_MAX on
+ * overflow; nothing is needed when base->W == 1, mem may then be NULL). Allocates nothing of its
+ * own for the lists; DSACP_EINVAL naming mem when it is short. */
+size_t dsacp_plan_entries_bytes(int64_t T, int64_t n);
+int dsacp_plan_entries_comm_mem(const dsacp_config *cfg, const dsacp_cp_options *cp, const dsacp_plan_step *base,
+                                const dsacp_plan_entry *ent, int64_t n, dsacp_comm_counter out[DSACP_PHASE_COUNT],
+                                void *mem, size_t bytes);
 
 /* KV bytes `rank` keeps for requests of len[i] positions (blocks of block_size tokens, one pool
  * per cache when the layouts differ): latent and indexer, as dsacp_engine_kv_usage reports

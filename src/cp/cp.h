@@ -71,8 +71,9 @@ typedef struct dsacp_cp_ctx {
      * the step after the layer; cleared by the engine at the start of each step. */
     bool step_failed;
     /* The engine's step workspace (one for the whole step, docs/conventions.md): the step's CP
-     * metadata and the single-process layer's buffers come from it, sized by
-     * dsacp_cp_step_ws_bytes and dsacp_cp_layer_ws_bytes in the engine's sum, so that a
+     * metadata, the single-process layer's buffers and, at W > 1, the layer call's, the
+     * strategies' (their ws_need), the merges', o_proj's and the views' lists come from it, sized
+     * by dsacp_cp_step_ws_bytes and dsacp_cp_layer_ws_bytes in the engine's sum, so that a
      * steady-state decode step takes nothing from the heap here. */
     dsacp_arena *ws;
     /* What sizes it (set by the engine): the layers' attention weights [n_layers] (the linears'
@@ -84,6 +85,12 @@ typedef struct dsacp_cp_ctx {
      * stage_rows; freed with the engine. */
     dsacp_kv_cache *stage;
     int64_t stage_rows;
+    /* W > 1: the transient views' pool of view_blocks blocks, its block table and the gather's
+     * send and receive buffers (cp_view.c), kept from call to call, grown when a step needs more. */
+    dsacp_kv_cache *view_cache;
+    int32_t *view_table;
+    uint8_t *view_buf;
+    int64_t view_blocks;
 } dsacp_cp_ctx;
 
 /* The agreement of one allocation stage (docs/context-parallel.md, "Failures"): every rank of
@@ -93,6 +100,21 @@ typedef struct dsacp_cp_ctx {
  * 4-byte all-gather, not counted under any phase; W = 1: no communication. Call it where every
  * rank of the group passes, before the stage's first collective. */
 int dsacp_cp_agree_alloc(dsacp_cp_ctx *cp, const char *site, bool ok, const char *what);
+
+/* One buffer of a stage taken from the step workspace: *out (the address of the caller's
+ * pointer, of any object type) receives rows x cols elements of elem bytes. A stage lists its
+ * buffers once (DSACP_CP_BUF) for both its sizing, at the largest step (dsacp_cp_bufs_need), and
+ * its take (dsacp_cp_bufs_take: every pointer set, NULL from the first that does not fit, with
+ * DSACP_ENOMEM recorded naming `what`; false then). The caller agrees on the result
+ * (dsacp_cp_agree_alloc) and gives the buffers back with dsacp_arena_rewind. */
+typedef struct dsacp_cp_buf {
+    void *out;
+    int64_t rows, cols;
+    size_t elem;
+} dsacp_cp_buf;
+#define DSACP_CP_BUF(p, r, c) ((dsacp_cp_buf){(void *)&(p), (r), (c), sizeof *(p)})
+void dsacp_cp_bufs_need(size_t *total, const dsacp_cp_buf *b, int n);
+bool dsacp_cp_bufs_take(dsacp_arena *ws, const dsacp_cp_buf *b, int n, const char *what);
 
 static inline int64_t dsacp_cp_idx_local(const dsacp_cp_ctx *cp, int64_t p)
 {
@@ -191,9 +213,14 @@ typedef struct dsacp_cp_step_mem {
 int dsacp_cp_step_build(dsacp_cp_ctx *cp, dsacp_cp_step *st, dsacp_cp_step_mem *mem);
 /* The step workspace a step of T tokens in n_ent entries takes: its CP metadata, held for the
  * step (dsacp_cp_step_build); one layer's buffers, given back at the end of each layer (the
- * single-process layer at W = 1; 0 otherwise). SIZE_MAX when it overflows. */
+ * single-process layer at W = 1; at W > 1 the layer call's, the phases of src/attn it runs, the
+ * strategy's decode (dsacp_cp_strategy.ws_need), the decode rows' o_proj and the views' lists).
+ * SIZE_MAX when it overflows. */
 size_t dsacp_cp_step_ws_bytes(const dsacp_cp_ctx *cp, int64_t T, int64_t n_ent);
 size_t dsacp_cp_layer_ws_bytes(const dsacp_cp_ctx *cp, int64_t T);
+/* W > 1: the step workspace the decode rows' o_proj takes (cp_oproj.c: the v rows' gather and
+ * the head columns' linear scratch) for up to T decode rows, added to *total. */
+void dsacp_cp_oproj_need(size_t *total, const dsacp_cp_ctx *cp, int64_t T);
 /* W > 1: the buffers a layer call takes for a step of T tokens in n_ent entries (cp_layer.c). */
 void dsacp_cp_layer_buffers_need(size_t *total, const dsacp_cp_ctx *cp, int64_t T, int64_t n_ent);
 /* --context-path auto's rule for a chunk of a request with old_len cached positions: bytes a
@@ -266,26 +293,35 @@ int dsacp_cp_lean_decide(int64_t W, const uint32_t *const *keys, const int64_t *
 /* The pieces every merging strategy shares (cp_merge.c), written once:
  * score + top-k of this rank's shard of the indexer keys for decode row j (nl = the positions of
  * its context this rank's index group holds): sel gets the local indices, best first; returns
- * their count (qpack: scratch of dsacp_index_query_bytes, scores: F32 [nl]); */
-int64_t dsacp_cp_shard_topk(const dsacp_cp_decode_args *a, int64_t j, void *qpack, float *scores, int32_t *sel);
+ * their count (qpack: scratch of dsacp_index_query_bytes, scores: F32 [nl], topk_work:
+ * dsacp_topk_ws_bytes(nl) bytes); */
+int64_t dsacp_cp_shard_topk(const dsacp_cp_decode_args *a, int64_t j, void *qpack, float *scores, int32_t *sel,
+                            void *topk_work);
 /* attention of all heads of decode row j (query rows q F32 [H][dk]) over the positions pos[0..n)
  * in ascending order -- only those this rank owns when `owned_only` -- gathered into kv (F32
  * [K][dk]) from the latent cache: o F32 [H][dc], lse F32 [H] (no position: o = 0, lse = -inf);
- * returns the positions attended; */
+ * work: dsacp_sparse_mla_work_bytes(K, H, dc, dr) bytes (work_bytes; short: *a->rc set); returns
+ * the positions attended; */
 int64_t dsacp_cp_attend_positions(const dsacp_cp_decode_args *a, int64_t j, const int32_t *pos, int64_t n,
-                                  bool owned_only, const float *q, float *kv, float *o, float *lse, float *work);
+                                  bool owned_only, const float *q, float *kv, float *o, float *lse, void *work,
+                                  size_t work_bytes);
 /* the LSE merge's log total over R parts lse[r * stride] (the max plus the log of the sum of
  * exp in double), -INFINITY when every part is -inf: a part's weight is exp(lse_r - total). */
 double dsacp_cp_lse_total(const float *lse, int64_t R, int64_t stride);
 
 /* Attention of the decode tokens over the winners this rank owns, then the LSE merge and W_UV
- * (cp_merge.c): sel[j] holds token j's selected positions (ascending, nsel[j] of them). */
+ * (cp_merge.c): sel[j] holds token j's selected positions (ascending, nsel[j] of them). Its
+ * buffers come from cp->ws (given back): dsacp_cp_merge_need adds them for nd decode rows, the
+ * a2a merge's included when the options ask for it. */
+void dsacp_cp_merge_need(size_t *total, const dsacp_cp_ctx *cp, int64_t nd);
 int dsacp_cp_attend_owned_and_merge(const dsacp_cp_decode_args *a, const int32_t *sel, const int64_t *nsel,
                                     const float *qown);
 /* Helix's merge (--dcp-comm-backend a2a): part F32 [nd][H][wd] unscaled partial rows and lse
  * F32 [nd][H] of this rank; every head's row and lse go to the head's rank in one all-to-all
  * (rows as bf16 when asked, lse fp32), which merges them in rank order into out F32
- * [nd][h1 - h0][wd]. recv = (W - 1) nd Hs (wd s + 4) bytes. */
+ * [nd][h1 - h0][wd]. recv = (W - 1) nd Hs (wd s + 4) bytes. Its buffers come from cp->ws (given
+ * back): dsacp_cp_merge_a2a_need adds them for nd rows of wd floats (the f32 wire, the larger). */
+void dsacp_cp_merge_a2a_need(size_t *total, const dsacp_cp_ctx *cp, int64_t nd, int64_t wd);
 int dsacp_cp_merge_a2a(dsacp_cp_ctx *cp, int64_t nd, int64_t H, int64_t wd, const float *part, const float *lse,
                        float *out, bool bf16, int phase);
 /* The absorbed query rows of this rank's heads for the decode rows (F32 [n_dec][h1 - h0][dc + dr]),
@@ -297,12 +333,25 @@ void dsacp_cp_own_query_rows(const dsacp_cp_decode_args *a, float *qown);
  * `phase`); the step's new tokens come from `stage` (this rank's active rows, slot = row) or
  * from `pre_recv` (every prefill token's packed entry, indexed by pre_idx). */
 typedef struct dsacp_cp_views {
-    dsacp_kv_cache *cache;   /* the transient cache (NULL when nothing was sharded) */
-    dsacp_kv_seq *seqs;      /* [n_ent] of the step (only listed entries are filled) */
+    dsacp_kv_seq *seqs;      /* [n_ent] of the step (only listed entries are filled; NULL when nothing was sharded) */
     dsacp_dsa_view *view;    /* [n_ent] */
     int64_t n_ent;
-    int64_t bytes;           /* transient bytes (cache + gathered buffers) */
+    int64_t bytes;           /* transient bytes (pool blocks + gathered buffers) the views use */
+    dsacp_arena *ws;         /* where seqs and view were taken (cp->ws), given back by dsacp_cp_views_free */
+    size_t mark;
 } dsacp_cp_views;
+/* The views' lists come from cp->ws (dsacp_cp_views_need: for n_ent entries); the gathered
+ * entries land in the context's transient pool (cp->view_cache), created at the first gather and
+ * grown -- to twice the blocks needed -- only when a step needs more, its block table and the
+ * exchange's buffers with it, so that a steady-state decode step allocates nothing; freed by
+ * dsacp_cp_views_release (with the engine). */
+void dsacp_cp_views_need(size_t *total, const dsacp_cp_ctx *cp, int64_t n_ent);
+void dsacp_cp_views_release(dsacp_cp_ctx *cp);
+/* The pool for nblocks blocks (a local status: the caller's agreement covers it). */
+int dsacp_cp_views_reserve(dsacp_cp_ctx *cp, int64_t nblocks);
+/* Block tables of the listed entries over the pool (new_len positions each, the pool's blocks
+ * in entry order): seqs [n_ent], unlisted entries empty. */
+void dsacp_cp_views_tables(dsacp_cp_ctx *cp, const dsacp_cp_step *st, const uint8_t *want, dsacp_kv_seq *seqs);
 int dsacp_cp_views_build(dsacp_cp_ctx *cp, const dsacp_cp_step *st, int64_t layer, const uint8_t *want_entry,
                          const dsacp_kv_cache *stage, const uint8_t *pre_recv, int phase, dsacp_cp_views *out,
                          int *rc);

@@ -18,57 +18,61 @@
  */
 #include "cp/cp_strategy.h"
 
-#include <stdlib.h>
 #include <string.h>
 
 /* Blocks rank q holds of a request with n positions (interleave = block size B). */
 static int64_t blocks_of(int64_t n, int64_t q, int64_t B, int64_t W) { return (dsacp_cp_local_len(n, q, B, W) + B - 1) / B; }
 
 typedef struct copy {
-    dsacp_kv_cache *cache;   /* the transient copy (one layer) */
+    dsacp_kv_cache *cache;   /* the transient copy (the context's view pool, one layer) */
     dsacp_kv_seq *seqs;      /* [n_ent] global block tables of the copy */
     dsacp_dsa_view *view;    /* [n_ent] */
     const dsacp_dsa_view **vptr; /* [n_dec] */
     uint8_t *send, *recv;
     size_t *rb;
-    int64_t nent;
+    int64_t nblocks;         /* blocks of the copy */
 } copy;
 
-static void copy_free(copy *c)
+/* The decode's lists from cp->ws for n entries of n_dec decode tokens (one list sizes and
+ * takes them). */
+static int copy_list(const dsacp_cp_ctx *cp, int64_t n, int64_t n_dec, copy *c, dsacp_cp_buf *b)
 {
-    for (int64_t e = 0; c->seqs && c->cache && e < c->nent; e++) dsacp_kv_release(c->cache, &c->seqs[e]);
-    dsacp_kv_cache_free(c->cache);
-    free(c->seqs), free(c->view), free((void *)c->vptr), free(c->send), free(c->recv), free(c->rb);
-    memset(c, 0, sizeof *c);
+    int k = 0;
+    b[k++] = DSACP_CP_BUF(c->rb, cp->W, 1);
+    b[k++] = DSACP_CP_BUF(c->seqs, n, 1);
+    b[k++] = DSACP_CP_BUF(c->view, n, 1);
+    b[k++] = DSACP_CP_BUF(c->vptr, n_dec + 1, 1);
+    return k;
 }
 
-/* Sizes and buffers of the layer's exchange, all allocated before the group agrees on them. */
+static void ws_need(size_t *total, const dsacp_cp_ctx *cp, int64_t n_dec)
+{
+    copy c;
+    dsacp_cp_buf b[4];
+    dsacp_cp_bufs_need(total, b, copy_list(cp, n_dec > 0 ? n_dec : 1, n_dec, &c, b));
+}
+
+/* Sizes and buffers of the layer's exchange, all taken before the group agrees on them: the
+ * lists from cp->ws, the copy and the exchange's buffers from the context's view pool. */
 static bool copy_alloc(const dsacp_cp_decode_args *a, int64_t blockb, copy *c)
 {
-    const dsacp_cp_ctx *cp = a->cp;
+    dsacp_cp_ctx *cp = a->cp;
     const dsacp_cp_step *st = a->st;
     const int64_t W = cp->W, B = cp->block_size, n = st->n_ent > 0 ? st->n_ent : 1;
-    c->nent = st->n_ent;
-    c->rb = calloc((size_t)W, sizeof *c->rb);
-    c->seqs = calloc((size_t)n, sizeof *c->seqs);
-    c->view = calloc((size_t)n, sizeof *c->view);
-    c->vptr = malloc((size_t)(st->n_dec + 1) * sizeof *c->vptr);
-    if (!c->rb || !c->seqs || !c->view || !c->vptr) return false;
+    dsacp_cp_buf b[4];
+    if (!dsacp_cp_bufs_take(cp->ws, b, copy_list(cp, n, st->n_dec, c, b), "the allgather-blocks copy")) return false;
+    memset(c->rb, 0, (size_t)W * sizeof *c->rb);
     int64_t total = 0;
     for (int64_t e = 0; e < st->n_ent; e++) {
         if (!st->decode[e]) continue;
         total += (st->new_len[e] + B - 1) / B;
         for (int64_t q = 0; q < W && blockb; q++) c->rb[q] += (size_t)(blocks_of(st->new_len[e], q, B, W) * blockb);
     }
-    size_t all = 0;
-    for (int64_t q = 0; q < W; q++) all += c->rb[q];
-    c->send = malloc(c->rb[cp->rank] + 1);
-    c->recv = malloc(all + 1);
-    if (!c->send || !c->recv) return false;
     if (!blockb) return true;
-    if (dsacp_cp_cache_like(cp->lat, cp->idx, B, total > 0 ? total : 1, &c->cache)) return false;
-    for (int64_t e = 0; e < st->n_ent; e++)
-        if (st->decode[e] && dsacp_kv_reserve(c->cache, &c->seqs[e], st->new_len[e])) return false;
+    if (dsacp_cp_views_reserve(cp, total > 0 ? total : 1)) return false;
+    c->cache = cp->view_cache, c->nblocks = total > 0 ? total : 1;
+    c->send = cp->view_buf, c->recv = cp->view_buf + c->rb[cp->rank];
+    dsacp_cp_views_tables(cp, st, st->decode, c->seqs);
     return true;
 }
 
@@ -125,6 +129,7 @@ static int decode(const dsacp_cp_decode_args *a)
     const int64_t blockb = (lat_sh || idx_sh) ? (int64_t)sizeof(int32_t) +
                            cp->block_size * ((lat_sh ? cp->lat->mla_bytes : 0) + (idx_sh ? cp->idx->index_bytes : 0)) : 0;
     copy c = {0};
+    const size_t mark = dsacp_arena_mark(cp->ws);
     const bool fits = !blockb || cp->opt.interleave == cp->block_size;
     int crc = dsacp_cp_agree_alloc(cp, "strategy", copy_alloc(a, fits ? blockb : 0, &c), "the allgather-blocks copy");
     if (!crc && !fits)
@@ -133,7 +138,7 @@ static int decode(const dsacp_cp_decode_args *a)
     if (!crc && fits && blockb) {
         pack(a, lat_sh, idx_sh, c.send);
         crc = dsacp_comm_allgatherv(cp->comm, c.send, c.rb[cp->rank], c.recv, c.rb, DSACP_PHASE_kv_gather);
-        int64_t bytes = (c.cache ? c.cache->num_blocks * c.cache->block_size * (c.cache->mla_bytes + c.cache->index_bytes) : 0);
+        int64_t bytes = (c.cache ? c.nblocks * c.cache->block_size * (c.cache->mla_bytes + c.cache->index_bytes) : 0);
         for (int64_t q = 0; q < W; q++) bytes += (int64_t)c.rb[q];
         if (bytes > cp->transient_peak) cp->transient_peak = bytes;
     }
@@ -150,7 +155,7 @@ static int decode(const dsacp_cp_decode_args *a)
                                         a->topk, a->layer);
         if (rc) *a->rc = rc;
     }
-    copy_free(&c);
+    dsacp_arena_rewind(cp->ws, mark);
     return crc;
 }
 
@@ -194,6 +199,7 @@ const dsacp_cp_strategy dsacp_cp_strategy_allgather_blocks = {
     .gathers_context = true,
     .check = check,
     .decode = decode,
+    .ws_need = ws_need,
     .shared_len = shared_len,
     .shared = shared,
     .comm = comm,

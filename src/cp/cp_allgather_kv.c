@@ -12,22 +12,22 @@
  */
 #include "cp/cp_strategy.h"
 
-#include <stdlib.h>
 
 static int decode(const dsacp_cp_decode_args *a)
 {
     const dsacp_cp_step *st = a->st;
     const int64_t nd = st->n_dec;
-    uint8_t *want = calloc((size_t)(st->n_ent > 0 ? st->n_ent : 1), 1);
-    const dsacp_dsa_view **vptr = malloc((size_t)(nd + 1) * sizeof *vptr);
-    int arc = dsacp_cp_agree_alloc(a->cp, "strategy", want && vptr, "the allgather-kv views");
-    if (arc) {
-        free(want), free(vptr);
-        return arc;
+    const size_t mark = dsacp_arena_mark(a->cp->ws);
+    uint8_t *want = dsacp_arena_take(a->cp->ws, st->n_ent > 0 ? st->n_ent : 1, 1, 1, "the allgather-kv views");
+    const dsacp_dsa_view **vptr = want ? dsacp_arena_take(a->cp->ws, nd + 1, 1, sizeof *vptr, "the allgather-kv views") : NULL;
+    int crc = dsacp_cp_agree_alloc(a->cp, "strategy", want && vptr, "the allgather-kv views");
+    if (crc) {
+        dsacp_arena_rewind(a->cp->ws, mark);
+        return crc;
     }
     for (int64_t e = 0; e < st->n_ent; e++) want[e] = st->decode[e];
     dsacp_cp_views v;
-    int crc = dsacp_cp_views_build(a->cp, st, a->layer, want, a->stage, NULL, DSACP_PHASE_kv_gather, &v, a->rc);
+    crc = dsacp_cp_views_build(a->cp, st, a->layer, want, a->stage, NULL, DSACP_PHASE_kv_gather, &v, a->rc);
     if (!crc && !*a->rc) {
         const int64_t K = a->ctx->cfg->index_topk;
         for (int64_t j = 0; j < nd; j++) {
@@ -41,9 +41,16 @@ static int decode(const dsacp_cp_decode_args *a)
                                         a->vcat, a->topk, a->layer);
         if (rc) *a->rc = rc;
     }
-    if (!crc) dsacp_cp_views_free(&v);
-    free(want), free(vptr);
+    dsacp_arena_rewind(a->cp->ws, mark);
     return crc;
+}
+
+/* The decode's lists (want, vptr) and the views' (dsacp_cp_views_need). */
+static void ws_need(size_t *total, const dsacp_cp_ctx *cp, int64_t n_dec)
+{
+    dsacp_arena_need(total, n_dec > 0 ? n_dec : 1, 1, 1);
+    dsacp_arena_need(total, n_dec + 1, 1, sizeof(const dsacp_dsa_view *));
+    dsacp_cp_views_need(total, cp, n_dec);
 }
 
 /* Shared counts: [q] the decode requests' cached positions rank q holds, [W] their sum. */
@@ -77,6 +84,7 @@ const dsacp_cp_strategy dsacp_cp_strategy_allgather_kv = {
     .summary = "every layer all-gathers the decode requests' sharded cache entries; single-process kernels on the copy",
     .gathers_context = true,
     .decode = decode,
+    .ws_need = ws_need,
     .shared_len = shared_len,
     .shared = shared,
     .comm = comm,

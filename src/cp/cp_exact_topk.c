@@ -20,34 +20,73 @@ typedef struct candidate {
     int32_t pos; /* -1: padding */
 } candidate;
 
+/* The buffers of n1 decode rows at contexts up to maxn (one list sizes and takes them). */
+typedef struct xt_bufs {
+    float *scores, *qown;
+    int32_t *lsel, *sel;
+    int64_t *nsel;
+    candidate *mine, *all;
+    uint64_t *keys;
+    uint8_t *qpack, *topk_work;
+    size_t *rbq;
+} xt_bufs;
+
+static int xt_list(const dsacp_cp_ctx *cp, int64_t n1, int64_t maxn, xt_bufs *x, dsacp_cp_buf *b)
+{
+    const dsacp_config *cfg = cp->cfg;
+    const int64_t K = cfg->index_topk, iW = cp->iW, Hs = cp->h1 - cp->h0, dk = cfg->kv_lora_rank + cfg->qk_rope_head_dim;
+    int n = 0;
+    b[n++] = DSACP_CP_BUF(x->scores, maxn, 1);
+    b[n++] = DSACP_CP_BUF(x->lsel, K, 1);
+    b[n++] = DSACP_CP_BUF(x->sel, n1, K);
+    b[n++] = DSACP_CP_BUF(x->nsel, n1, 1);
+    b[n++] = DSACP_CP_BUF(x->mine, n1, K);
+    b[n++] = DSACP_CP_BUF(x->all, n1 * iW, K);
+    b[n++] = DSACP_CP_BUF(x->keys, iW, K);
+    b[n++] = DSACP_CP_BUF(x->qpack, 1, (int64_t)dsacp_index_query_bytes(cfg->index_n_heads, cfg->index_head_dim));
+    b[n++] = DSACP_CP_BUF(x->topk_work, 1, (int64_t)dsacp_topk_ws_bytes(maxn));
+    b[n++] = DSACP_CP_BUF(x->qown, n1 * (Hs > 0 ? Hs : 1), dk);
+    b[n++] = DSACP_CP_BUF(x->rbq, iW, 1);
+    return n;
+}
+
+static void ws_need(size_t *total, const dsacp_cp_ctx *cp, int64_t n_dec)
+{
+    xt_bufs x;
+    dsacp_cp_buf b[11];
+    dsacp_cp_bufs_need(total, b, xt_list(cp, n_dec > 0 ? n_dec : 1, cp->max_context + 1, &x, b));
+    dsacp_cp_merge_need(total, cp, n_dec);
+}
+
 static int decode(const dsacp_cp_decode_args *a)
 {
     dsacp_cp_ctx *cp = a->cp;
     const dsacp_cp_step *st = a->st;
     const dsacp_config *cfg = a->ctx->cfg;
-    const int64_t nd = st->n_dec, K = cfg->index_topk, Hi = cfg->index_n_heads, di = cfg->index_head_dim;
+    const int64_t nd = st->n_dec, K = cfg->index_topk;
     const int64_t iW = cp->iW, ir = cp->ir, iI = cp->iI;
     const bool sharded = iW > 1;
     int64_t maxn = 1;
     for (int64_t j = 0; j < nd; j++)
         if (a->pos_act[j] + 1 > maxn) maxn = a->pos_act[j] + 1;
     const size_t nc = (size_t)((nd > 0 ? nd : 1) * K);
-    float *scores = malloc((size_t)maxn * 4);
-    int32_t *lsel = malloc((size_t)K * 4), *sel = malloc(nc * 4);
-    int64_t *nsel = malloc((size_t)(nd > 0 ? nd : 1) * sizeof *nsel);
-    candidate *mine = malloc(nc * sizeof *mine), *all = malloc(nc * (size_t)iW * sizeof *all);
-    uint64_t *keys = malloc((size_t)(iW * K) * sizeof *keys);
-    void *qpack = dsacp_alloc((dsacp_index_query_bytes(Hi, di) + 63) / 64 * 64);
-    const int64_t Hs = cp->h1 - cp->h0, dk = cfg->kv_lora_rank + cfg->qk_rope_head_dim;
-    float *qown = dsacp_alloc((size_t)((nd > 0 ? nd : 1) * (Hs > 0 ? Hs : 1) * dk) * 4);
-    size_t *rbq = malloc((size_t)iW * sizeof *rbq);
+    xt_bufs x;
+    dsacp_cp_buf b[11];
+    const size_t mark = dsacp_arena_mark(cp->ws);
+    const int nb = xt_list(cp, nd > 0 ? nd : 1, maxn, &x, b);
     /* Agreed before the first collective: a rank short of memory stops every rank here. */
-    int crc = dsacp_cp_agree_alloc(cp, "strategy", scores && lsel && sel && nsel && mine && all && keys && qpack && qown && rbq,
+    int crc = dsacp_cp_agree_alloc(cp, "strategy", dsacp_cp_bufs_take(cp->ws, b, nb, "the top-k candidates"),
                                    "the top-k candidates");
     if (crc) goto done;
+    float *scores = x.scores, *qown = x.qown;
+    int32_t *lsel = x.lsel, *sel = x.sel;
+    int64_t *nsel = x.nsel;
+    candidate *mine = x.mine, *all = x.all;
+    uint64_t *keys = x.keys;
+    size_t *rbq = x.rbq;
     /* Local scores and local top-k over this rank's shard. */
     for (int64_t j = 0; j < nd; j++) {
-        const int64_t k = dsacp_cp_shard_topk(a, j, qpack, scores, lsel);
+        const int64_t k = dsacp_cp_shard_topk(a, j, x.qpack, scores, lsel, x.topk_work);
         for (int64_t i = 0; i < K; i++) {
             candidate *c = &mine[j * K + i];
             if (i < k) {
@@ -90,9 +129,7 @@ static int decode(const dsacp_cp_decode_args *a)
     }
     crc = dsacp_cp_attend_owned_and_merge(a, sel, nsel, qown);
 done:
-    free(scores), free(lsel), free(sel), free(nsel), free(mine), free(all), free(keys), free(rbq);
-    dsacp_free(qpack);
-    dsacp_free(qown);
+    dsacp_arena_rewind(cp->ws, mark);
     return crc;
 }
 
@@ -124,6 +161,7 @@ const dsacp_cp_strategy dsacp_cp_strategy_exact_topk = {
     .overlaps_candidates = true,
     .check = check,
     .decode = decode,
+    .ws_need = ws_need,
     .comm = comm,
     .token_bytes = token_bytes,
 };

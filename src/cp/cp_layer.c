@@ -41,6 +41,7 @@ typedef struct layer_call {
     int64_t *pos_act;            /* [na] */
     float *vcat;                 /* F32 [na][H][dv] */
     int32_t *topk_act;           /* I32 [na][K] */
+    uint8_t *entry;              /* one packed cache entry (persist) */
     uint8_t *pre_send, *pre_recv, *want;
     size_t *rb;
     const dsacp_dsa_view **vptr;
@@ -78,6 +79,7 @@ void dsacp_cp_layer_buffers_need(size_t *total, const dsacp_cp_ctx *cp, int64_t 
     dsacp_arena_need(total, 1, T1 * E + 1, 1);
     dsacp_arena_need(total, n_ent > 0 ? n_ent : 1, 1, 1);
     dsacp_arena_need(total, T + 1, 1, sizeof(const dsacp_dsa_view *));
+    dsacp_arena_need(total, 1, E, 1);
 }
 
 /* Every buffer whose size the step's metadata fixes is taken here (from the step workspace,
@@ -96,7 +98,9 @@ static int layer_alloc(layer_call *c)
     c->vcat = c->pos_act ? dsacp_arena_take(ws, n1, cfg->num_attention_heads * cfg->v_head_dim, sizeof *c->vcat,
                                             "the layer's values") : NULL;
     c->topk_act = c->vcat ? dsacp_arena_take(ws, n1, cfg->index_topk, sizeof *c->topk_act, "the selected sets") : NULL;
-    int arc = c->topk_act ? dsacp_dsa_proj_take(&c->p, cfg, na, ws) : DSACP_ENOMEM;
+    c->entry = c->topk_act ? dsacp_arena_take(ws, 1, (int64_t)(cp->lat->mla_bytes + cp->idx->index_bytes), 1,
+                                              "the cache writes") : NULL;
+    int arc = c->entry ? dsacp_dsa_proj_take(&c->p, cfg, na, ws) : DSACP_ENOMEM;
     if (!arc) memset(c->vcat, 0, (size_t)n1 * (size_t)(cfg->num_attention_heads * cfg->v_head_dim) * sizeof *c->vcat);
     if (arc) arc = dsacp_error_context(arc, "layer %lld: %lld active tokens", (long long)layer, (long long)na);
     if (!arc && stage_get(cp, n1, &c->stage))
@@ -186,11 +190,7 @@ static void persist(layer_call *c)
     dsacp_cp_ctx *cp = c->cp;
     const dsacp_cp_step *st = c->st;
     const int64_t W = cp->W, me = cp->rank, I = cp->opt.interleave, ml = c->stage->mla_bytes, E = ml + c->stage->index_bytes;
-    uint8_t *tmp = malloc((size_t)E);
-    if (!tmp) {
-        KEEP(c->rc, dsacp_error(DSACP_ENOMEM, "layer %lld: out of memory writing the cache", (long long)c->layer));
-        return;
-    }
+    uint8_t *tmp = c->entry;
     const bool lat_all = W == 1 || cp->opt.kv_layout == DSACP_LAYOUT_REPLICATED;
     for (int64_t t = 0; t < st->T; t++) {
         const int64_t e = st->ent[t], pp = st->pos[t];
@@ -207,7 +207,6 @@ static void persist(layer_call *c)
         if (lat_all || mine) dsacp_cp_put_lat(cp->lat, c->layer, dsacp_cp_lat_slot(cp, st, e, pp), src);
         if (idx_keep) dsacp_cp_put_idx(cp->idx, c->layer, dsacp_cp_idx_slot(cp, st, e, pp), src + ml);
     }
-    free(tmp);
 }
 
 /* 5. Prefill attention over full views (every rank gathers every prefill request's context: the

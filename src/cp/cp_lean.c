@@ -129,8 +129,8 @@ typedef struct lean_call {
     size_t *rb;
     int32_t *own;          /* [nd][K] owned winners, ascending */
     int64_t *nown;
-    float *qall, *kv, *work, *o, *lse, *lse_all, *vpart;
-    void *qpack;
+    float *qall, *kv, *o, *lse, *lse_all, *vpart;
+    uint8_t *qpack, *work, *topk_work;
     int64_t tot_send, tot_all;
     float *sendsc, *recvsc;
     uint32_t *vkeys;
@@ -139,44 +139,131 @@ typedef struct lean_call {
     uint64_t *fb_send, *fb_recv, *merge;
 } lean_call;
 
-static void lean_free(lean_call *l)
+/* The lists of every stage's buffers (one list sizes a stage and takes it from cp->ws; all of
+ * them are held until the layer call's end, as the stages read earlier stages' buffers). */
+static int stage1_list(lean_call *l, int64_t maxn, dsacp_cp_buf *b)
 {
-    free(l->scores), free(l->lsel), free(l->list), free(l->lcount), free(l->m), free(l->trunc), free(l->mode);
-    free(l->rb), free(l->own), free(l->nown);
-    dsacp_free(l->qall), dsacp_free(l->kv), free(l->work), dsacp_free(l->o), free(l->lse), free(l->lse_all);
-    dsacp_free(l->vpart), dsacp_free(l->qpack), free(l->sendsc), free(l->recvsc), free(l->fb_send), free(l->fb_recv);
-    free(l->merge), free(l->vkeys), free((void *)l->vkq), free(l->voff), free(l->vbase);
-}
-
-/* The first stage's buffers, agreed by the group (dsacp_cp_agree_alloc): a rank short of memory
- * stops every rank at the same point. */
-static int lean_alloc(lean_call *l)
-{
-    const dsacp_cp_decode_args *a = l->a;
     const dsacp_config *cfg = l->cfg;
     const int64_t n1 = l->n1, K = l->K, iW = l->iW, H = l->H, dk = l->dk, dc = cfg->kv_lora_rank;
+    int n = 0;
+    b[n++] = DSACP_CP_BUF(l->scores, maxn, 1);
+    b[n++] = DSACP_CP_BUF(l->lsel, K, 1);
+    b[n++] = DSACP_CP_BUF(l->topk_work, 1, (int64_t)dsacp_topk_ws_bytes(maxn));
+    b[n++] = DSACP_CP_BUF(l->list, n1, K);
+    b[n++] = DSACP_CP_BUF(l->lcount, n1, 1);
+    b[n++] = DSACP_CP_BUF(l->m, n1, iW);
+    b[n++] = DSACP_CP_BUF(l->trunc, n1, iW);
+    b[n++] = DSACP_CP_BUF(l->mode, n1, 1);
+    b[n++] = DSACP_CP_BUF(l->rb, iW, 1);
+    b[n++] = DSACP_CP_BUF(l->own, n1, K);
+    b[n++] = DSACP_CP_BUF(l->nown, n1, 1);
+    b[n++] = DSACP_CP_BUF(l->qall, n1 * H, dk);
+    b[n++] = DSACP_CP_BUF(l->kv, K, dk);
+    b[n++] = DSACP_CP_BUF(l->work, 1, (int64_t)dsacp_sparse_mla_work_bytes(K, H, dc, cfg->qk_rope_head_dim));
+    b[n++] = DSACP_CP_BUF(l->o, n1 * H, dc);
+    b[n++] = DSACP_CP_BUF(l->lse, n1, H);
+    b[n++] = DSACP_CP_BUF(l->lse_all, l->cp->W * n1, H);
+    b[n++] = DSACP_CP_BUF(l->vpart, n1 * H, l->dv);
+    b[n++] = DSACP_CP_BUF(l->qpack, 1, (int64_t)dsacp_index_query_bytes(cfg->index_n_heads, cfg->index_head_dim));
+    return n;
+}
+
+static int exchange_list(lean_call *l, int64_t tot_send, int64_t tot_all, dsacp_cp_buf *b)
+{
+    int n = 0;
+    b[n++] = DSACP_CP_BUF(l->sendsc, tot_send + 1, 1);
+    b[n++] = DSACP_CP_BUF(l->recvsc, tot_all + 1, 1);
+    b[n++] = DSACP_CP_BUF(l->vkeys, tot_all > 0 ? tot_all : 1, 1);
+    b[n++] = DSACP_CP_BUF(l->vkq, l->iW, 1);
+    b[n++] = DSACP_CP_BUF(l->voff, l->iW, 1);
+    b[n++] = DSACP_CP_BUF(l->vbase, l->iW + 1, 1);
+    return n;
+}
+
+static int fallback_list(lean_call *l, int64_t nfb, dsacp_cp_buf *b)
+{
+    int n = 0;
+    b[n++] = DSACP_CP_BUF(l->fb_send, nfb, l->K);
+    b[n++] = DSACP_CP_BUF(l->fb_recv, l->iW * nfb, l->K);
+    b[n++] = DSACP_CP_BUF(l->merge, l->iW, l->K);
+    return n;
+}
+
+/* The merges' and the selected sets' buffers (ga: up to n1 K winners over all ranks, as every
+ * position is owned by one rank). */
+static int merge_list(lean_call *l, int64_t **cnt, float **sendv, float **mine, dsacp_cp_buf *b)
+{
+    const int64_t Hs = l->cp->h1 - l->cp->h0;
+    int n = 0;
+    b[n++] = DSACP_CP_BUF(*cnt, l->cp->W, 1);
+    b[n++] = DSACP_CP_BUF(*sendv, l->n1 * l->H, l->dv);
+    b[n++] = DSACP_CP_BUF(*mine, l->n1 * (Hs > 0 ? Hs : 1), l->dv);
+    return n;
+}
+
+typedef struct sets_bufs {
+    size_t *gb;
+    int64_t *gn, *fill;
+    int32_t *gs, *ga;
+} sets_bufs;
+
+static int sets_list(lean_call *l, int64_t all, sets_bufs *g, dsacp_cp_buf *b)
+{
+    const int64_t W = l->cp->W;
+    int n = 0;
+    b[n++] = DSACP_CP_BUF(g->gb, W, 1);
+    b[n++] = DSACP_CP_BUF(g->gn, W * l->n1, 1);
+    b[n++] = DSACP_CP_BUF(g->gs, l->n1, l->K);
+    b[n++] = DSACP_CP_BUF(g->ga, all + 1, 1);
+    b[n++] = DSACP_CP_BUF(g->fill, l->n1, 1);
+    return n;
+}
+
+static lean_call lean_sizes(const dsacp_cp_decode_args *a, dsacp_cp_ctx *cp, int64_t nd)
+{
+    const dsacp_config *cfg = cp->cfg;
+    lean_call l = {.a = a, .cp = cp, .cfg = cfg, .nd = nd, .K = cfg->index_topk, .H = cfg->num_attention_heads,
+                   .dk = cfg->kv_lora_rank + cfg->qk_rope_head_dim, .dv = cfg->v_head_dim, .iW = cp->iW, .ir = cp->ir};
+    l.n1 = l.nd > 0 ? l.nd : 1;
+    l.kp = dsacp_cp_lean_kprime(l.K, l.iW, cp->opt.lean_factor);
+    return l;
+}
+
+static void ws_need(size_t *total, const dsacp_cp_ctx *cp, int64_t n_dec)
+{
+    lean_call l = lean_sizes(NULL, (dsacp_cp_ctx *)cp, n_dec);
+    dsacp_cp_buf b[19];
+    int64_t *cnt;
+    float *sendv, *mine;
+    sets_bufs g;
+    dsacp_cp_bufs_need(total, b, stage1_list(&l, cp->max_context + 1, b));
+    dsacp_cp_bufs_need(total, b, exchange_list(&l, l.n1 * l.kp, l.n1 * l.iW * l.kp, b));
+    dsacp_cp_bufs_need(total, b, fallback_list(&l, l.n1, b));
+    dsacp_cp_bufs_need(total, b, merge_list(&l, &cnt, &sendv, &mine, b));
+    dsacp_cp_merge_a2a_need(total, cp, l.n1, l.dv);
+    dsacp_cp_bufs_need(total, b, sets_list(&l, l.n1 * l.K, &g, b));
+}
+
+/* A stage's buffers from cp->ws, agreed by the group (dsacp_cp_agree_alloc): a rank short of
+ * memory stops every rank at the same point. */
+static int stage_take(lean_call *l, const char *site, const dsacp_cp_buf *b, int n, const char *what)
+{
+    return dsacp_cp_agree_alloc(l->cp, site, dsacp_cp_bufs_take(l->cp->ws, b, n, what), what);
+}
+
+static int lean_alloc(lean_call *l)
+{
     int64_t maxn = 1;
     for (int64_t j = 0; j < l->nd; j++)
-        if (a->pos_act[j] + 1 > maxn) maxn = a->pos_act[j] + 1;
-    l->scores = malloc((size_t)maxn * 4);
-    l->lsel = malloc((size_t)K * 4);
-    l->list = malloc((size_t)(n1 * K) * sizeof *l->list);
-    l->lcount = calloc((size_t)n1, sizeof *l->lcount);
-    l->m = calloc((size_t)(n1 * iW), sizeof *l->m);
-    l->trunc = calloc((size_t)(n1 * iW), 1), l->mode = calloc((size_t)n1, 1);
-    l->rb = calloc((size_t)iW, sizeof *l->rb);
-    l->own = malloc((size_t)(n1 * K) * 4);
-    l->nown = calloc((size_t)n1, sizeof *l->nown);
-    l->qall = dsacp_alloc((size_t)(n1 * H * dk) * 4), l->kv = dsacp_alloc((size_t)(K * dk) * 4);
-    l->work = malloc((size_t)K * 4), l->o = dsacp_alloc((size_t)(n1 * H * dc) * 4);
-    l->lse = malloc((size_t)(n1 * H) * 4), l->lse_all = malloc((size_t)(l->cp->W * n1 * H) * 4);
-    l->vpart = dsacp_alloc((size_t)(n1 * H * l->dv) * 4);
-    l->qpack = dsacp_alloc((dsacp_index_query_bytes(cfg->index_n_heads, cfg->index_head_dim) + 63) / 64 * 64);
-    return dsacp_cp_agree_alloc(l->cp, "strategy",
-                                l->scores && l->lsel && l->list && l->lcount && l->m && l->trunc && l->mode && l->rb &&
-                                    l->own && l->nown && l->qall && l->kv && l->work && l->o && l->lse && l->lse_all &&
-                                    l->vpart && l->qpack,
-                                "the lean decode");
+        if (l->a->pos_act[j] + 1 > maxn) maxn = l->a->pos_act[j] + 1;
+    dsacp_cp_buf b[19];
+    const int crc = stage_take(l, "strategy", b, stage1_list(l, maxn, b), "the lean decode");
+    if (crc) return crc;
+    const size_t n1 = (size_t)l->n1, iW = (size_t)l->iW;
+    memset(l->lcount, 0, n1 * sizeof *l->lcount), memset(l->m, 0, n1 * iW * sizeof *l->m);
+    memset(l->trunc, 0, n1 * iW), memset(l->mode, 0, n1), memset(l->rb, 0, iW * sizeof *l->rb);
+    memset(l->nown, 0, n1 * sizeof *l->nown);
+    return DSACP_OK;
 }
 
 /* 1. Local scores, local top-K in (score desc, position asc) order, and what each rank sends:
@@ -189,7 +276,7 @@ static void local_lists(lean_call *l)
     const bool sharded = iW > 1;
     for (int64_t j = 0; j < l->nd; j++) {
         const int64_t n = a->pos_act[j] + 1;
-        const int64_t k = dsacp_cp_shard_topk(a, j, l->qpack, l->scores, l->lsel);
+        const int64_t k = dsacp_cp_shard_topk(a, j, l->qpack, l->scores, l->lsel, l->topk_work);
         for (int64_t i = 0; i < k; i++) {
             const int32_t p = (int32_t)(sharded ? dsacp_cp_global_pos(l->lsel[i], ir, cp->iI, iW) : l->lsel[i]);
             l->list[j * K + i] = ckey(l->scores[l->lsel[i]], p);
@@ -218,16 +305,10 @@ static int exchange_scores(lean_call *l)
 {
     dsacp_cp_ctx *cp = l->cp;
     const int64_t iW = l->iW, K = l->K, nd = l->nd, H = l->H;
-    if (l->tot_all > 0) {
-        l->sendsc = malloc((size_t)l->tot_send * 4 + 4);
-        l->recvsc = malloc((size_t)l->tot_all * 4 + 4);
-    }
-    l->vkeys = malloc((size_t)(l->tot_all > 0 ? l->tot_all : 1) * 4);
-    l->vkq = malloc((size_t)iW * sizeof *l->vkq);
-    l->voff = calloc((size_t)iW, sizeof *l->voff), l->vbase = calloc((size_t)iW + 1, sizeof *l->vbase);
-    int crc = dsacp_cp_agree_alloc(cp, "lean", (l->tot_all == 0 || (l->sendsc && l->recvsc)) && l->vkeys && l->vkq &&
-                                                   l->voff && l->vbase, "the lean candidates");
+    dsacp_cp_buf bl[6];
+    int crc = stage_take(l, "lean", bl, exchange_list(l, l->tot_send, l->tot_all, bl), "the lean candidates");
     if (crc) return crc;
+    memset(l->voff, 0, (size_t)iW * sizeof *l->voff), memset(l->vbase, 0, (size_t)(iW + 1) * sizeof *l->vbase);
     float *s = l->sendsc;
     for (int64_t j = 0; j < nd && l->tot_all > 0; j++) {
         if (l->mode[j] != EXCHANGE) continue;
@@ -263,10 +344,8 @@ static int fallback(lean_call *l, int64_t nfb)
 {
     dsacp_cp_ctx *cp = l->cp;
     const int64_t K = l->K, iW = l->iW, nd = l->nd, W = cp->W, me = cp->rank, I = cp->opt.interleave;
-    l->fb_send = malloc((size_t)(nfb * K) * sizeof *l->fb_send);
-    l->fb_recv = malloc((size_t)(iW * nfb * K) * sizeof *l->fb_recv);
-    l->merge = malloc((size_t)(iW * K) * sizeof *l->merge);
-    int crc = dsacp_cp_agree_alloc(cp, "lean", l->fb_send && l->fb_recv && l->merge, "the lean fallback");
+    dsacp_cp_buf b[3];
+    int crc = stage_take(l, "lean", b, fallback_list(l, nfb, b), "the lean fallback");
     if (crc) return crc;
     int64_t f = 0;
     for (int64_t j = 0; j < nd; j++) {
@@ -344,7 +423,8 @@ static void attend(lean_call *l)
     const int64_t K = l->K, H = l->H, dc = l->cfg->kv_lora_rank;
     for (int64_t j = 0; j < l->nd; j++) {
         dsacp_cp_attend_positions(l->a, j, l->own + j * K, l->nown[j], false, l->qall + j * H * l->dk, l->kv,
-                                  l->o + j * H * dc, l->lse + j * H, l->work);
+                                  l->o + j * H * dc, l->lse + j * H, l->work,
+                                  dsacp_sparse_mla_work_bytes(K, H, dc, l->cfg->qk_rope_head_dim));
         l->cp->stats.lean_owned_winners += l->nown[j];
     }
 }
@@ -361,15 +441,16 @@ static void put_own_heads(lean_call *l, const float *mine)
  *     to its rank in one all-to-all, merged there. */
 static int merge_a2a(lean_call *l)
 {
-    const int64_t Hs = l->cp->h1 - l->cp->h0, H = l->H, dc = l->cfg->kv_lora_rank;
-    float *mine = dsacp_alloc((size_t)(l->n1 * (Hs > 0 ? Hs : 1) * l->dv) * 4);
-    int crc = dsacp_cp_agree_alloc(l->cp, "merge", mine != NULL, "the lean merge");
+    const int64_t H = l->H, dc = l->cfg->kv_lora_rank;
+    int64_t *cnt;
+    float *sendv, *mine;
+    dsacp_cp_buf b[3];
+    int crc = stage_take(l, "merge", b, merge_list(l, &cnt, &sendv, &mine, b), "the lean merge");
     if (!crc) {
         if (l->nd > 0) dsacp_dsa_value_rows_n(l->a->w, l->cfg, l->o, l->nd, H * dc, 0, H, l->vpart, H * l->dv, true);
         crc = dsacp_cp_merge_a2a(l->cp, l->nd, H, l->dv, l->vpart, l->lse, mine, l->a->wire16, DSACP_PHASE_attn_merge);
         if (!crc) put_own_heads(l, mine);
     }
-    dsacp_free(mine);
     return crc;
 }
 
@@ -379,7 +460,7 @@ static int merge_a2a(lean_call *l)
 static int merge_scaled(lean_call *l)
 {
     dsacp_cp_ctx *cp = l->cp;
-    const int64_t nd = l->nd, H = l->H, W = cp->W, dc = l->cfg->kv_lora_rank, dv = l->dv, Hs = cp->h1 - cp->h0;
+    const int64_t nd = l->nd, H = l->H, W = cp->W, dc = l->cfg->kv_lora_rank, dv = l->dv;
     int crc = dsacp_comm_allgather(cp->comm, l->lse, (size_t)(nd * H) * 4, l->lse_all, DSACP_PHASE_attn_merge);
     if (crc) return crc;
     for (int64_t j = 0; j < nd; j++)
@@ -394,9 +475,10 @@ static int merge_scaled(lean_call *l)
         memcpy(l->a->vcat, l->vpart, (size_t)(nd * H * dv) * 4);
         return DSACP_OK;
     }
-    int64_t *cnt = malloc((size_t)W * sizeof *cnt);
-    float *sendv = dsacp_alloc((size_t)(l->n1 * H * dv) * 4), *mine = dsacp_alloc((size_t)(l->n1 * (Hs > 0 ? Hs : 1) * dv) * 4);
-    crc = dsacp_cp_agree_alloc(cp, "merge", cnt && sendv && mine, "the lean merge");
+    int64_t *cnt;
+    float *sendv, *mine;
+    dsacp_cp_buf b[3];
+    crc = stage_take(l, "merge", b, merge_list(l, &cnt, &sendv, &mine, b), "the lean merge");
     if (!crc) {
         float *s = sendv;
         for (int64_t q = 0; q < W; q++) {
@@ -408,7 +490,6 @@ static int merge_scaled(lean_call *l)
         crc = dsacp_comm_reduce_scatter_wire(cp->comm, sendv, mine, cnt, l->a->wire16, DSACP_PHASE_attn_merge);
         if (!crc) put_own_heads(l, mine);
     }
-    free(cnt), dsacp_free(sendv), dsacp_free(mine);
     return crc;
 }
 
@@ -417,50 +498,40 @@ static int selected_sets(lean_call *l)
 {
     dsacp_cp_ctx *cp = l->cp;
     const int64_t nd = l->nd, n1 = l->n1, K = l->K, W = cp->W;
-    size_t *gb = calloc((size_t)W, sizeof *gb);
-    int64_t *gn = malloc((size_t)(W * n1) * sizeof *gn), mycnt = 0;
-    int32_t *gs = malloc((size_t)(n1 * K) * 4), *ga = NULL;
-    int crc = dsacp_cp_agree_alloc(cp, "topk", gb && gn && gs, "the selected sets");
+    sets_bufs g;
+    dsacp_cp_buf b[5];
+    int64_t mycnt = 0;
+    /* ga sized for the most winners there can be (n1 K): one agreement for the stage */
+    int crc = stage_take(l, "topk", b, sets_list(l, n1 * K, &g, b), "the selected sets");
     if (!crc) {
-        for (int64_t j = 0; j < nd; j++) memcpy(gs + mycnt, l->own + j * K, (size_t)l->nown[j] * 4), mycnt += l->nown[j];
-        crc = dsacp_comm_allgather(cp->comm, l->nown, (size_t)nd * sizeof *l->nown, gn, DSACP_PHASE_topk_dump);
+        memset(g.gb, 0, (size_t)W * sizeof *g.gb), memset(g.fill, 0, (size_t)n1 * sizeof *g.fill);
+        for (int64_t j = 0; j < nd; j++) memcpy(g.gs + mycnt, l->own + j * K, (size_t)l->nown[j] * 4), mycnt += l->nown[j];
+        crc = dsacp_comm_allgather(cp->comm, l->nown, (size_t)nd * sizeof *l->nown, g.gn, DSACP_PHASE_topk_dump);
     }
-    int64_t all = 0;
     if (!crc) {
-        for (int64_t q = 0; q < W; q++) {
-            for (int64_t j = 0; j < nd; j++) gb[q] += (size_t)gn[q * nd + j] * 4;
-            all += (int64_t)gb[q] / 4;
-        }
-        ga = malloc((size_t)all * 4 + 4);
-        crc = dsacp_cp_agree_alloc(cp, "topk", ga != NULL, "the selected sets");
+        for (int64_t q = 0; q < W; q++)
+            for (int64_t j = 0; j < nd; j++) g.gb[q] += (size_t)g.gn[q * nd + j] * 4;
+        crc = dsacp_comm_gatherv(cp->comm, g.gs, (size_t)mycnt * 4, g.ga, g.gb, DSACP_PHASE_topk_dump);
     }
-    if (!crc) crc = dsacp_comm_gatherv(cp->comm, gs, (size_t)mycnt * 4, ga, gb, DSACP_PHASE_topk_dump);
     if (!crc && cp->rank == 0) {
         int32_t *topk = l->a->topk;
-        int64_t *fill = calloc((size_t)n1, sizeof *fill);
-        const int32_t *r = ga;
-        for (int64_t q = 0; q < W && fill; q++)
+        const int32_t *r = g.ga;
+        for (int64_t q = 0; q < W; q++)
             for (int64_t j = 0; j < nd; j++)
-                for (int64_t i = 0; i < gn[q * nd + j]; i++) topk[j * K + fill[j]++] = *r++;
-        for (int64_t j = 0; j < nd && fill; j++) {
-            qsort(topk + j * K, (size_t)fill[j], 4, dsacp_cmp_i32);
-            for (int64_t i = fill[j]; i < K; i++) topk[j * K + i] = -1;
+                for (int64_t i = 0; i < g.gn[q * nd + j]; i++) topk[j * K + g.fill[j]++] = *r++;
+        for (int64_t j = 0; j < nd; j++) {
+            qsort(topk + j * K, (size_t)g.fill[j], 4, dsacp_cmp_i32);
+            for (int64_t i = g.fill[j]; i < K; i++) topk[j * K + i] = -1;
         }
-        if (!fill) *l->a->rc = dsacp_error(DSACP_ENOMEM, "out of memory for the selected sets");
-        free(fill);
     }
-    free(gb), free(gn), free(gs), free(ga);
     return crc;
 }
 
 static int decode(const dsacp_cp_decode_args *a)
 {
     dsacp_cp_ctx *cp = a->cp;
-    const dsacp_config *cfg = a->ctx->cfg;
-    lean_call l = {.a = a, .cp = cp, .cfg = cfg, .nd = a->st->n_dec, .K = cfg->index_topk, .H = cfg->num_attention_heads,
-                   .dk = cfg->kv_lora_rank + cfg->qk_rope_head_dim, .dv = cfg->v_head_dim, .iW = cp->iW, .ir = cp->ir};
-    l.n1 = l.nd > 0 ? l.nd : 1;
-    l.kp = dsacp_cp_lean_kprime(l.K, l.iW, cp->opt.lean_factor);
+    lean_call l = lean_sizes(a, cp, a->st->n_dec);
+    const size_t mark = dsacp_arena_mark(cp->ws);
     int crc = lean_alloc(&l);
     if (!crc) {
         local_lists(&l);
@@ -472,7 +543,7 @@ static int decode(const dsacp_cp_decode_args *a)
         crc = !a->output_merge && cp->opt.merge_backend == DSACP_MERGE_A2A ? merge_a2a(&l) : merge_scaled(&l);
     }
     if (!crc && a->st->want_topk) crc = selected_sets(&l);
-    lean_free(&l);
+    dsacp_arena_rewind(cp->ws, mark);
     return crc;
 }
 
@@ -506,7 +577,7 @@ static int o_proj(dsacp_cp_ctx *cp, const dsacp_dsa_ctx *ctx, const dsacp_weight
     const dsacp_config *cfg = ctx->cfg;
     const int64_t H = cfg->num_attention_heads, dv = cfg->v_head_dim, D = cfg->hidden_size, nd = st->n_dec;
     const bool bf16 = wire_bytes(&cp->opt, ctx->mode == DSACP_MODE_DEPLOYED) == 2;
-    KEEP(*rc, dsacp_linear(o, vcat, nd, H * dv, out, D, false));
+    KEEP(*rc, dsacp_dsa_linear(ctx, o, vcat, nd, H * dv, out, D, false));
     return dsacp_comm_allreduce_wire(cp->comm, out, nd * D, bf16, DSACP_PHASE_o_proj);
 }
 
@@ -619,6 +690,7 @@ const dsacp_cp_strategy dsacp_cp_strategy_lean = {
     .all_query_heads = true,
     .overlaps_candidates = true,
     .decode = decode,
+    .ws_need = ws_need,
     .merges_output = merges_output,
     .o_proj = o_proj,
     .wire_bytes = wire_bytes,

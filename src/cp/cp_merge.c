@@ -21,16 +21,44 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* The a2a merge's buffers for nd rows of wd floats (s bytes each on the wire). */
+static int a2a_bufs(const dsacp_cp_ctx *cp, int64_t nd, int64_t H, int64_t wd, int64_t s, size_t **sb, size_t **rb,
+                    uint8_t **send, uint8_t **recv, float **lr, dsacp_cp_buf *b)
+{
+    const int64_t W = cp->W, Hs = cp->h1 - cp->h0, rowb = wd * s + (int64_t)sizeof(float);
+    int n = 0;
+    b[n++] = DSACP_CP_BUF(*sb, W, 1);
+    b[n++] = DSACP_CP_BUF(*rb, W, 1);
+    b[n++] = DSACP_CP_BUF(*send, 1, nd * H * rowb + 1);
+    b[n++] = DSACP_CP_BUF(*recv, 1, W * nd * (Hs > 0 ? Hs : 1) * rowb + 1);
+    b[n++] = DSACP_CP_BUF(*lr, W, 1);
+    return n;
+}
+
+void dsacp_cp_merge_a2a_need(size_t *total, const dsacp_cp_ctx *cp, int64_t nd, int64_t wd)
+{
+    size_t *sb, *rb;
+    uint8_t *send, *recv;
+    float *lr;
+    dsacp_cp_buf b[5];
+    const int n = a2a_bufs(cp, nd, cp->cfg->num_attention_heads, wd, (int64_t)sizeof(float), &sb, &rb, &send, &recv, &lr, b);
+    dsacp_cp_bufs_need(total, b, n);
+}
+
 int dsacp_cp_merge_a2a(dsacp_cp_ctx *cp, int64_t nd, int64_t H, int64_t wd, const float *part, const float *lse,
                        float *out, bool bf16, int phase)
 {
-    const int64_t W = cp->W, me = cp->rank, Hs = cp->h1 - cp->h0, s = bf16 ? 2 : 4, rowb = wd * s + 4;
-    size_t *sb = malloc((size_t)W * sizeof *sb), *rb = malloc((size_t)W * sizeof *rb);
-    uint8_t *send = malloc((size_t)(nd * H * rowb) + 1), *recv = malloc((size_t)(W * nd * (Hs > 0 ? Hs : 1) * rowb) + 1);
-    float *lr = malloc((size_t)W * 4);
-    int arc = dsacp_cp_agree_alloc(cp, "merge", sb && rb && send && recv && lr, "the all-to-all merge");
+    const int64_t W = cp->W, Hs = cp->h1 - cp->h0, s = bf16 ? 2 : 4, rowb = wd * s + 4;
+    size_t *sb, *rb;
+    uint8_t *send, *recv;
+    float *lr;
+    dsacp_cp_buf bl[5];
+    const size_t mark = dsacp_arena_mark(cp->ws);
+    const int n = a2a_bufs(cp, nd, H, wd, s, &sb, &rb, &send, &recv, &lr, bl);
+    int arc = dsacp_cp_agree_alloc(cp, "merge", dsacp_cp_bufs_take(cp->ws, bl, n, "the all-to-all merge"),
+                                   "the all-to-all merge");
     if (arc) {
-        free(sb), free(rb), free(send), free(recv), free(lr);
+        dsacp_arena_rewind(cp->ws, mark);
         return arc;
     }
     uint8_t *p = send;
@@ -79,12 +107,12 @@ int dsacp_cp_merge_a2a(dsacp_cp_ctx *cp, int64_t nd, int64_t H, int64_t wd, cons
                     }
                 }
             }
-    (void)me;
-    free(sb), free(rb), free(send), free(recv), free(lr);
+    dsacp_arena_rewind(cp->ws, mark);
     return crc;
 }
 
-int64_t dsacp_cp_shard_topk(const dsacp_cp_decode_args *a, int64_t j, void *qpack, float *scores, int32_t *sel)
+int64_t dsacp_cp_shard_topk(const dsacp_cp_decode_args *a, int64_t j, void *qpack, float *scores, int32_t *sel,
+                            void *topk_work)
 {
     dsacp_cp_ctx *cp = a->cp;
     const dsacp_cp_step *st = a->st;
@@ -94,11 +122,12 @@ int64_t dsacp_cp_shard_topk(const dsacp_cp_decode_args *a, int64_t j, void *qpac
     dsacp_index_query_pack(a->proj->qi + j * Hi * di, a->proj->wts + j * Hi, Hi, di, qpack);
     dsacp_dsa_index_scores(cp->idx, a->layer, st->idx_seq[e], nl, qpack, scores, true);
     cp->stats.keys_scored += nl;
-    return dsacp_topk_select(scores, nl, cfg->index_topk, sel);
+    return dsacp_topk_select_ws(scores, nl, cfg->index_topk, sel, topk_work);
 }
 
 int64_t dsacp_cp_attend_positions(const dsacp_cp_decode_args *a, int64_t j, const int32_t *pos, int64_t n,
-                                  bool owned_only, const float *q, float *kv, float *o, float *lse, float *work)
+                                  bool owned_only, const float *q, float *kv, float *o, float *lse, void *work,
+                                  size_t work_bytes)
 {
     dsacp_cp_ctx *cp = a->cp;
     const dsacp_cp_step *st = a->st;
@@ -116,7 +145,9 @@ int64_t dsacp_cp_attend_positions(const dsacp_cp_decode_args *a, int64_t j, cons
     }
     cp->stats.keys_attended += m;
     cp->stats.decode_tokens++;
-    dsacp_sparse_mla(q, kv, m, cfg->num_attention_heads, dc, dr, (float)cfg->softmax_scale, o, lse, work);
+    const int rc = dsacp_sparse_mla_ws(q, kv, m, cfg->num_attention_heads, dc, dr, (float)cfg->softmax_scale, o, lse,
+                                       work, work_bytes);
+    if (rc && !*a->rc) *a->rc = rc;
     return m;
 }
 
@@ -145,6 +176,44 @@ void dsacp_cp_own_query_rows(const dsacp_cp_decode_args *a, float *qown)
         dsacp_dsa_query_rows_n(a->w, cfg, a->proj->q, a->st->n_dec, H * dq, a->cp->h0, a->cp->h1, qown, Hs * dk, true);
 }
 
+/* The merge's buffers for nd decode rows (the same list sizes and takes them). */
+typedef struct merge_bufs {
+    float *qown, *qrecv, *qall, *kv, *o, *lse, *lse_all, *osend, *omine;
+    uint8_t *work;
+    size_t *rb;
+    int64_t *cnt;
+} merge_bufs;
+
+static int merge_list(const dsacp_cp_ctx *cp, int64_t nd, merge_bufs *m, dsacp_cp_buf *b)
+{
+    const dsacp_config *cfg = cp->cfg;
+    const int64_t K = cfg->index_topk, H = cfg->num_attention_heads, W = cp->W, dc = cfg->kv_lora_rank;
+    const int64_t dr = cfg->qk_rope_head_dim, dk = dc + dr, Hs = cp->h1 - cp->h0, n1 = nd > 0 ? nd : 1;
+    const int64_t Hs1 = Hs > 0 ? Hs : 1;
+    int n = 0;
+    b[n++] = DSACP_CP_BUF(m->qown, n1 * Hs1, dk);
+    b[n++] = DSACP_CP_BUF(m->qrecv, n1 * H, dk);
+    b[n++] = DSACP_CP_BUF(m->qall, n1 * H, dk);
+    b[n++] = DSACP_CP_BUF(m->kv, K, dk);
+    b[n++] = DSACP_CP_BUF(m->work, 1, (int64_t)dsacp_sparse_mla_work_bytes(K, H, dc, dr));
+    b[n++] = DSACP_CP_BUF(m->o, n1 * H, dc);
+    b[n++] = DSACP_CP_BUF(m->lse, n1, H);
+    b[n++] = DSACP_CP_BUF(m->lse_all, W * n1, H);
+    b[n++] = DSACP_CP_BUF(m->osend, n1 * H, dc);
+    b[n++] = DSACP_CP_BUF(m->omine, n1 * Hs1, dc);
+    b[n++] = DSACP_CP_BUF(m->rb, W, 1);
+    b[n++] = DSACP_CP_BUF(m->cnt, W, 1);
+    return n;
+}
+
+void dsacp_cp_merge_need(size_t *total, const dsacp_cp_ctx *cp, int64_t nd)
+{
+    merge_bufs m;
+    dsacp_cp_buf b[12];
+    dsacp_cp_bufs_need(total, b, merge_list(cp, nd, &m, b));
+    if (cp->opt.merge_backend == DSACP_MERGE_A2A) dsacp_cp_merge_a2a_need(total, cp, nd, cp->cfg->kv_lora_rank);
+}
+
 int dsacp_cp_attend_owned_and_merge(const dsacp_cp_decode_args *a, const int32_t *sel, const int64_t *nsel,
                                     const float *qpre)
 {
@@ -154,19 +223,18 @@ int dsacp_cp_attend_owned_and_merge(const dsacp_cp_decode_args *a, const int32_t
     const int64_t nd = st->n_dec, K = cfg->index_topk, H = cfg->num_attention_heads, W = cp->W, me = cp->rank;
     const int64_t dr = cfg->qk_rope_head_dim, dv = cfg->v_head_dim;
     const int64_t dc = cfg->kv_lora_rank, dk = dc + dr;
-    const int64_t h0 = cp->h0, h1 = cp->h1, Hs = h1 - h0, n1 = nd > 0 ? nd : 1;
-
-    float *qown = dsacp_alloc((size_t)(n1 * (Hs > 0 ? Hs : 1) * dk) * 4);
-    float *qrecv = dsacp_alloc((size_t)(n1 * H * dk) * 4), *qall = dsacp_alloc((size_t)(n1 * H * dk) * 4);
-    float *kv = dsacp_alloc((size_t)(K * dk) * 4), *work = malloc((size_t)K * 4);
-    float *o = dsacp_alloc((size_t)(n1 * H * dc) * 4), *lse = malloc((size_t)(n1 * H) * 4);
-    float *lse_all = malloc((size_t)(W * n1 * H) * 4);
-    float *osend = dsacp_alloc((size_t)(n1 * H * dc) * 4), *omine = dsacp_alloc((size_t)(n1 * (Hs > 0 ? Hs : 1) * dc) * 4);
-    size_t *rb = malloc((size_t)W * sizeof *rb);
-    int64_t *cnt = malloc((size_t)W * sizeof *cnt);
-    int crc = dsacp_cp_agree_alloc(cp, "merge", qown && qrecv && qall && kv && work && o && lse && lse_all && osend && omine && rb && cnt,
+    const int64_t h0 = cp->h0, h1 = cp->h1, Hs = h1 - h0;
+    merge_bufs mb;
+    dsacp_cp_buf b[12];
+    const size_t mark = dsacp_arena_mark(cp->ws);
+    const int nb = merge_list(cp, nd, &mb, b);
+    int crc = dsacp_cp_agree_alloc(cp, "merge", dsacp_cp_bufs_take(cp->ws, b, nb, "the decode attention merge"),
                                    "the decode attention merge");
     if (crc) goto done;
+    float *qown = mb.qown, *qrecv = mb.qrecv, *qall = mb.qall, *kv = mb.kv, *o = mb.o, *lse = mb.lse;
+    float *lse_all = mb.lse_all, *osend = mb.osend, *omine = mb.omine;
+    size_t *rb = mb.rb;
+    int64_t *cnt = mb.cnt;
     /* Query rows of this rank's heads, gathered to every rank. */
     if (qpre) memcpy(qown, qpre, (size_t)(nd * Hs * dk) * 4);
     else dsacp_cp_own_query_rows(a, qown);
@@ -184,7 +252,8 @@ int dsacp_cp_attend_owned_and_merge(const dsacp_cp_decode_args *a, const int32_t
     }
     /* All heads over the winners this rank owns. */
     for (int64_t j = 0; j < nd; j++)
-        dsacp_cp_attend_positions(a, j, sel + j * K, nsel[j], true, qall + j * H * dk, kv, o + j * H * dc, lse + j * H, work);
+        dsacp_cp_attend_positions(a, j, sel + j * K, nsel[j], true, qall + j * H * dk, kv, o + j * H * dc, lse + j * H,
+                                  mb.work, dsacp_sparse_mla_work_bytes(K, H, dc, dr));
     /* Merge: --dcp-comm-backend a2a sends every head's partial and lse to the head's rank; ag_rs
      * all-gathers the lse, scales the own part, and sums over the ranks by a reduce-scatter. */
     if (cp->opt.merge_backend == DSACP_MERGE_A2A) {
@@ -214,7 +283,6 @@ merged:
     for (int64_t j = 0; j < nd; j++)
         dsacp_dsa_value_rows(a->w, cfg, omine + j * Hs * dc, h0, h1, a->vcat + (j * H + h0) * dv, true);
 done:
-    dsacp_free(qown), dsacp_free(qrecv), dsacp_free(qall), dsacp_free(kv), free(work);
-    dsacp_free(o), free(lse), free(lse_all), dsacp_free(osend), dsacp_free(omine), free(rb), free(cnt);
+    dsacp_arena_rewind(cp->ws, mark);
     return crc;
 }

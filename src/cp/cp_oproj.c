@@ -41,24 +41,57 @@ static int decode_o_proj(dsacp_cp_ctx *cp, const dsacp_dsa_ctx *ctx, const dsacp
             for (int64_t j = 0; j < nd; j++) dsacp_fake_quant_e4m3_groups(vcat + j * H * dv, H * dv, 128);
             aq = false;
         }
-        if (h1 > h0) KEEP(*rc, dsacp_linear(shard, vcat + h0 * dv, nd, H * dv, out, D, aq));
+        if (h1 > h0) KEEP(*rc, dsacp_dsa_linear(ctx, shard, vcat + h0 * dv, nd, H * dv, out, D, aq));
         else memset(out, 0, (size_t)(nd * D) * 4);
         return dsacp_comm_allreduce_wire(cp->comm, out, nd * D, bf16, DSACP_PHASE_o_proj);
     }
     int crc = gather_v(cp, cfg, st, vcat);
-    if (!crc) KEEP(*rc, dsacp_linear(full, vcat, nd, H * dv, out, D, deployed));
+    if (!crc) KEEP(*rc, dsacp_dsa_linear(ctx, full, vcat, nd, H * dv, out, D, deployed));
     return crc;
+}
+
+/* gather_v's buffers for nd decode rows (one list sizes and takes them). */
+static int gather_v_list(const dsacp_cp_ctx *cp, int64_t nd, size_t **rb, float **send, float **recv, dsacp_cp_buf *b)
+{
+    const int64_t H = cp->cfg->num_attention_heads, dv = cp->cfg->v_head_dim;
+    int n = 0;
+    b[n++] = DSACP_CP_BUF(*rb, cp->W, 1);
+    b[n++] = DSACP_CP_BUF(*send, 1, nd * (cp->h1 - cp->h0) * dv + 1);
+    b[n++] = DSACP_CP_BUF(*recv, 1, nd * H * dv + 1);
+    return n;
+}
+
+void dsacp_cp_oproj_need(size_t *total, const dsacp_cp_ctx *cp, int64_t T)
+{
+    size_t *rb;
+    float *send, *recv;
+    dsacp_cp_buf b[3];
+    dsacp_cp_bufs_need(total, b, gather_v_list(cp, T, &rb, &send, &recv, b));
+    /* the decode rows' linear over this rank's head columns (dsacp_dsa_linear's scratch) */
+    size_t most = 0;
+    for (int64_t l = 0; cp->layer_w && l < cp->n_layers; l++) {
+        /* the layer's o_proj, as stored or as an f32 gather (DSA-CP tp), and its head columns */
+        dsacp_weight f32 = *cp->layer_w[l].o;
+        f32.dtype = DSACP_F32;
+        const dsacp_weight *ws[3] = {cp->layer_w[l].o, &f32, cp->o_shard ? cp->o_shard[l] : NULL};
+        for (int i = 0; i < 3; i++)
+            for (int aq = 0; aq < 2 && ws[i]; aq++) most = dsacp_arena_max(most, dsacp_linear_ws_bytes(ws[i], T, aq));
+    }
+    dsacp_arena_need(total, 1, (int64_t)most, 1);
 }
 
 static int gather_v(dsacp_cp_ctx *cp, const dsacp_config *cfg, const dsacp_cp_step *st, float *vcat)
 {
     const int64_t H = cfg->num_attention_heads, dv = cfg->v_head_dim, nd = st->n_dec;
     const int64_t W = cp->W, h0 = cp->h0, h1 = cp->h1;
-    size_t *rb = calloc((size_t)W, sizeof *rb);
-    float *send = calloc((size_t)(nd * (h1 - h0) * dv) + 1, 4), *recv = malloc((size_t)(nd * H * dv) * 4 + 4);
-    int arc = dsacp_cp_agree_alloc(cp, "o_proj", rb && send && recv, "the o_proj exchange");
+    size_t *rb;
+    float *send, *recv;
+    dsacp_cp_buf bl[3];
+    const size_t mark = dsacp_arena_mark(cp->ws);
+    const int n = gather_v_list(cp, nd, &rb, &send, &recv, bl);
+    int arc = dsacp_cp_agree_alloc(cp, "o_proj", dsacp_cp_bufs_take(cp->ws, bl, n, "the o_proj exchange"), "the o_proj exchange");
     if (arc) {
-        free(rb), free(send), free(recv);
+        dsacp_arena_rewind(cp->ws, mark);
         return arc;
     }
     for (int64_t q = 0; q < W; q++)
@@ -72,7 +105,7 @@ static int gather_v(dsacp_cp_ctx *cp, const dsacp_config *cfg, const dsacp_cp_st
             for (int64_t j = 0; j < nd; j++, r += (b - a) * dv) memcpy(vcat + (j * H + a) * dv, r, (size_t)((b - a) * dv) * 4);
         }
     }
-    free(rb), free(send), free(recv);
+    dsacp_arena_rewind(cp->ws, mark);
     return crc;
 }
 
@@ -149,7 +182,7 @@ int dsacp_cp_layer_o_proj(dsacp_cp_ctx *cp, const dsacp_dsa_ctx *ctx, const dsac
         for (int64_t j = 0; j < np; j++) dsacp_fake_quant_e4m3_groups(vcat + (nd + j) * H * dv, H * dv, 128);
         aq = false;
     }
-    if (np > 0) KEEP(*rc, dsacp_linear(o, vcat + nd * H * dv, np, H * dv, out + nd * D, D, aq));
+    if (np > 0) KEEP(*rc, dsacp_dsa_linear(ctx, o, vcat + nd * H * dv, np, H * dv, out + nd * D, D, aq));
     if (nd > 0 && own_merge) return dsacp_cp_strategy_of(&cp->opt)->o_proj(cp, ctx, o, st, vcat, out, rc);
     if (nd > 0) return decode_o_proj(cp, ctx, w, shard, o, st, vcat, out, wire16, rc);
     return DSACP_OK;

@@ -6,31 +6,56 @@
  */
 #include "cp/cp_strategy.h"
 
-#include <stdlib.h>
+
+/* The buffers of n1 decode rows at contexts up to maxn (one list sizes and takes them). */
+typedef struct ri_bufs {
+    float *scores;
+    int32_t *sel;
+    int64_t *nsel;
+    uint8_t *qpack, *topk_work;
+} ri_bufs;
+
+static int ri_list(const dsacp_cp_ctx *cp, int64_t n1, int64_t maxn, ri_bufs *r, dsacp_cp_buf *b)
+{
+    const dsacp_config *cfg = cp->cfg;
+    int n = 0;
+    b[n++] = DSACP_CP_BUF(r->scores, maxn, 1);
+    b[n++] = DSACP_CP_BUF(r->sel, n1, cfg->index_topk);
+    b[n++] = DSACP_CP_BUF(r->nsel, n1, 1);
+    b[n++] = DSACP_CP_BUF(r->qpack, 1, (int64_t)dsacp_index_query_bytes(cfg->index_n_heads, cfg->index_head_dim));
+    b[n++] = DSACP_CP_BUF(r->topk_work, 1, (int64_t)dsacp_topk_ws_bytes(maxn));
+    return n;
+}
+
+static void ws_need(size_t *total, const dsacp_cp_ctx *cp, int64_t n_dec)
+{
+    ri_bufs r;
+    dsacp_cp_buf b[5];
+    dsacp_cp_bufs_need(total, b, ri_list(cp, n_dec > 0 ? n_dec : 1, cp->max_context + 1, &r, b));
+    dsacp_cp_merge_need(total, cp, n_dec);
+}
 
 static int decode(const dsacp_cp_decode_args *a)
 {
     const dsacp_cp_step *st = a->st;
-    const dsacp_config *cfg = a->ctx->cfg;
-    const int64_t nd = st->n_dec, K = cfg->index_topk, Hi = cfg->index_n_heads, di = cfg->index_head_dim;
+    const int64_t nd = st->n_dec, K = a->ctx->cfg->index_topk;
     int64_t maxn = 1;
     for (int64_t j = 0; j < nd; j++)
         if (a->pos_act[j] + 1 > maxn) maxn = a->pos_act[j] + 1;
-    float *scores = malloc((size_t)maxn * 4);
-    int32_t *sel = malloc((size_t)((nd > 0 ? nd : 1) * K) * 4);
-    int64_t *nsel = malloc((size_t)(nd > 0 ? nd : 1) * sizeof *nsel);
-    void *qpack = dsacp_alloc((dsacp_index_query_bytes(Hi, di) + 63) / 64 * 64);
-    int arc = dsacp_cp_agree_alloc(a->cp, "strategy", scores && sel && nsel && qpack, "the replicated-index scores");
-    if (arc) {
-        free(scores), free(sel), free(nsel), dsacp_free(qpack);
-        return arc;
+    ri_bufs r;
+    dsacp_cp_buf b[5];
+    const size_t mark = dsacp_arena_mark(a->cp->ws);
+    const int n = ri_list(a->cp, nd > 0 ? nd : 1, maxn, &r, b);
+    int crc = dsacp_cp_agree_alloc(a->cp, "strategy", dsacp_cp_bufs_take(a->cp->ws, b, n, "the replicated-index scores"),
+                                   "the replicated-index scores");
+    if (!crc) {
+        for (int64_t j = 0; j < nd; j++) { /* the whole index is this rank's shard */
+            r.nsel[j] = dsacp_cp_shard_topk(a, j, r.qpack, r.scores, r.sel + j * K, r.topk_work);
+            for (int64_t i = 0; i < K; i++) a->topk[j * K + i] = i < r.nsel[j] ? r.sel[j * K + i] : -1;
+        }
+        crc = dsacp_cp_attend_owned_and_merge(a, r.sel, r.nsel, NULL);
     }
-    for (int64_t j = 0; j < nd; j++) { /* the whole index is this rank's shard */
-        nsel[j] = dsacp_cp_shard_topk(a, j, qpack, scores, sel + j * K);
-        for (int64_t i = 0; i < K; i++) a->topk[j * K + i] = i < nsel[j] ? sel[j * K + i] : -1;
-    }
-    int crc = dsacp_cp_attend_owned_and_merge(a, sel, nsel, NULL);
-    free(scores), free(sel), free(nsel), dsacp_free(qpack);
+    dsacp_arena_rewind(a->cp->ws, mark);
     return crc;
 }
 
@@ -59,6 +84,7 @@ const dsacp_cp_strategy dsacp_cp_strategy_replicated_index = {
     .replicated_index = true,
     .check = check,
     .decode = decode,
+    .ws_need = ws_need,
     .comm = comm,
     .token_bytes = token_bytes,
 };

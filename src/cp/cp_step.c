@@ -61,13 +61,23 @@ size_t dsacp_cp_step_ws_bytes(const dsacp_cp_ctx *cp, int64_t T, int64_t n_ent)
 }
 
 /* What a layer takes and gives back: at W = 1 solo_layer's rows, then the single-process
- * layer's own (cp_layer.c); at W > 1 the layer call's buffers (n_ent <= T). */
+ * layer's own (cp_layer.c); at W > 1 the layer call's buffers (n_ent <= T) and what its phases
+ * take after them. */
 size_t dsacp_cp_layer_ws_bytes(const dsacp_cp_ctx *cp, int64_t T)
 {
     const int64_t T1 = T > 0 ? T : 1;
     size_t total = 0;
     if (cp->W != 1) {
+        /* the layer call's buffers, held through the layer; then, one after another and each
+         * given back, the phases of src/attn it runs (the linears' scratch, prefill attention
+         * and the gathering strategies' attention: dsacp_dsa_layer_need's bound), the
+         * strategy's decode, the decode rows' o_proj, the transient views */
+        const dsacp_cp_strategy *s = dsacp_cp_strategy_of(&cp->opt);
         dsacp_cp_layer_buffers_need(&total, cp, T, T);
+        dsacp_dsa_layer_need(&total, cp->cfg, cp->layer_w, cp->n_layers, T, cp->max_context, cp->deployed);
+        if (s->ws_need) s->ws_need(&total, cp, T);
+        dsacp_cp_oproj_need(&total, cp, T);
+        dsacp_cp_views_need(&total, cp, T);
         return total;
     }
     dsacp_arena_need(&total, T1, 1, sizeof(int64_t));

@@ -56,6 +56,10 @@ typedef struct dsacp_cp_strategy {
     /* The attend-and-merge step of cp_layer.c (step 6): fills v of heads [h0, h1) (or, when
      * merges_output says so, the rank's partial of every head) and the selected sets. */
     int (*decode)(const dsacp_cp_decode_args *a);
+    /* The step workspace decode takes from cp->ws (and gives back before returning) for n_dec
+     * decode rows at contexts up to cp->max_context, added to *total (the engine sizes its
+     * workspace with it through dsacp_cp_layer_ws_bytes); NULL: nothing. */
+    void (*ws_need)(size_t *total, const dsacp_cp_ctx *cp, int64_t n_dec);
     /* The strategy applies o_proj itself to its decode rows (lean's output merge) on a step
      * whose o_proj is whole on every rank (!tp_a2a); NULL: never. */
     bool (*merges_output)(const dsacp_cp_options *opt, bool tp_a2a);

@@ -350,7 +350,7 @@ static size_t step_workspace(const dsacp_engine *e, int64_t T, int64_t n)
     logits_gather_need(&gather, dsacp_comm_size(e->comm), T, D);
     size_t phase = dsacp_arena_max(dsacp_engine_model_workspace(e, T), gather);
     phase = dsacp_arena_max(phase, dsacp_engine_head_workspace(e, T));
-    phase = dsacp_arena_max(phase, dsacp_engine_plan_workspace(n));
+    phase = dsacp_arena_max(phase, dsacp_engine_plan_workspace(T, n));
     if (cp) phase = dsacp_arena_max(phase, dsacp_cp_layer_ws_bytes(&e->cp, T));
     if (fixed == SIZE_MAX || phase == SIZE_MAX || !dsacp_add_ok(fixed, phase, &fixed)) return SIZE_MAX;
     return fixed;
@@ -392,7 +392,10 @@ static int step_layers(dsacp_engine *e, const dsacp_step_entry *entries, const s
         dsacp_weight_row_f32(e->embed, entries[i].token_ids[b->pos[t] - b->old_len[i]], h + j * D);
     }
     const bool deployed = e->opt.numerics == DSACP_NUMERICS_DEPLOYED;
-    dsacp_dsa_ctx ctx = {cfg, deployed ? DSACP_MODE_DEPLOYED : DSACP_MODE_EXACT, &e->rope, e->cache, NULL};
+    /* W > 1: the phases of src/attn the CP layer runs take their scratch from the step workspace
+     * (sized by dsacp_cp_layer_ws_bytes); W = 1 hands it to the single-process layer itself. */
+    dsacp_dsa_ctx ctx = {cfg, deployed ? DSACP_MODE_DEPLOYED : DSACP_MODE_EXACT, &e->rope, e->cache,
+                         e->cp.W > 1 ? &e->ws : NULL};
     memset(&e->times, 0, sizeof e->times);
     e->cp.t_proj = e->cp.t_attn = e->cp.t_oproj = 0;
     e->cp.ovl_compute = e->cp.ovl_wait = 0;

@@ -108,6 +108,7 @@ void dsacp_engine_release_cp(dsacp_engine *e)
     }
     dsacp_cp_weights_free(e->cp.wp);
     dsacp_kv_cache_free(e->cp.stage);
+    dsacp_cp_views_release(&e->cp);
     free(e->cp.ctx_choices);
     free(e->cp.hw);
     dsacp_comm_free(e->cp.icomm_own);

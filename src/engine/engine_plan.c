@@ -120,10 +120,12 @@ void dsacp_engine_plan_agreement(dsacp_engine *e)
     plan_add(e->plan, c);
 }
 
-size_t dsacp_engine_plan_workspace(int64_t n)
+size_t dsacp_engine_plan_workspace(int64_t T, int64_t n)
 {
     size_t bytes = 0;
     dsacp_arena_need(&bytes, n, 1, sizeof(dsacp_plan_entry));
+    const size_t lists = dsacp_plan_entries_bytes(T, n);
+    dsacp_arena_need(&bytes, 1, lists == SIZE_MAX ? -1 : (int64_t)lists, 1);
     return bytes;
 }
 
@@ -134,11 +136,15 @@ void dsacp_engine_plan_step(dsacp_engine *e, dsacp_arena *ws, const int64_t *old
     if (p->lost) return;
     const size_t mark = dsacp_arena_mark(ws);
     dsacp_plan_entry *pe = dsacp_arena_take(ws, n, 1, sizeof *pe, "the planner's entries");
-    if (!pe) {
+    int64_t T = 0;
+    for (int64_t i = 0; pe && i < n; i++) pe[i] = (dsacp_plan_entry){old_len[i], new_len[i] - old_len[i]}, T += pe[i].n_new;
+    const size_t bytes = e->cp.W > 1 ? dsacp_plan_entries_bytes(T, n) : 0;
+    void *mem = pe && bytes && bytes != SIZE_MAX ? dsacp_arena_take(ws, 1, (int64_t)bytes, 1, "the planner's lists") : NULL;
+    if (!pe || bytes == SIZE_MAX || (bytes && !mem)) {
         p->lost = true;
+        dsacp_arena_rewind(ws, mark);
         return;
     }
-    for (int64_t i = 0; i < n; i++) pe[i] = (dsacp_plan_entry){old_len[i], new_len[i] - old_len[i]};
     dsacp_plan_step b = p->base;
     const dsacp_cp_stats *st = &e->cp.stats;
     const int64_t ft = st->lean_fallback_threshold + st->lean_fallback_ties;
@@ -147,7 +153,7 @@ void dsacp_engine_plan_step(dsacp_engine *e, dsacp_arena *ws, const int64_t *old
     p->seen_fb_tokens = ft, p->seen_fb_rounds = st->lean_fallback_rounds, p->seen_winners = st->lean_owned_winners;
     b.want_logits = want[0], b.want_topk = want[1], b.logits_last = last;
     dsacp_comm_counter c[DSACP_PHASE_COUNT];
-    if (dsacp_plan_entries_comm(e->cfg, &e->cp.opt, &b, pe, n, c)) p->lost = true;
+    if (dsacp_plan_entries_comm_mem(e->cfg, &e->cp.opt, &b, pe, n, c, mem, bytes)) p->lost = true;
     else plan_add(p, c);
     dsacp_arena_rewind(ws, mark);
 }

@@ -2,15 +2,15 @@
  * plan_entries.c -- a step given as entries (dsacp_plan_entries_comm): each entry classified the
  * way the engine does, a chunk after a sharded context by the context rule (the time rule on a
  * hardware profile, dsacp_plan_context_distributed in plan_cost.c), then counted by
- * plan_comm.c. The top of src/plan: nothing in the module calls it.
+ * plan_comm.c; its lists carved from the caller's memory (dsacp_plan_entries_comm_mem, the
+ * engine's step workspace) or from one allocation. The top of src/plan: nothing in the module
+ * calls it.
  */
 #include "plan/plan.h"
 #include "core/core.h"
 
 #include <string.h>
 
-/* The step of n entries in lists carved from one block (*mem: dsacp_free), each entry's path
- * decided as the engine decides it. */
 static int entries_tokens(const dsacp_plan_entry *ent, int64_t n, size_t *T)
 {
     *T = 0;
@@ -21,21 +21,25 @@ static int entries_tokens(const dsacp_plan_entry *ent, int64_t n, size_t *T)
     return DSACP_OK;
 }
 
-static int entries_build(const dsacp_config *cfg, const dsacp_cp_options *cp, const dsacp_plan_step *base,
-                         const dsacp_plan_entry *ent, int64_t n, dsacp_plan_lists *l, void **mem)
+/* The lists (2 T + 4 n int64), then the entries' decisions (n bools); SIZE_MAX on overflow. */
+size_t dsacp_plan_entries_bytes(int64_t T, int64_t n)
 {
-    *mem = NULL;
-    size_t T, len, bytes;
-    int rc = entries_tokens(ent, n, &T);
-    if (rc) return rc;
-    /* the lists (2 T + 4 n int64), then the entries' decisions (n bools) */
-    if (!dsacp_mul_ok(T, 2, &len) || !dsacp_add_ok(len, 4 * (size_t)n, &len) || !dsacp_mul_ok(len, sizeof(int64_t), &bytes) ||
-        !dsacp_add_ok(bytes, (size_t)n + 1, &bytes))
-        return dsacp_error(DSACP_ERANGE, "plan: the lists of %lld entries overflow", (long long)n);
-    int64_t *p = *mem = dsacp_alloc(bytes);
-    if (!p) return dsacp_error_context(DSACP_ENOMEM, "plan: the lists of %lld entries", (long long)n);
-    bool *decodes = (bool *)(p + len);
+    size_t len, bytes;
+    if (T < 0 || n < 0 || !dsacp_mul_ok((size_t)T, 2, &len) || !dsacp_add_ok(len, 4 * (size_t)n, &len) ||
+        !dsacp_mul_ok(len, sizeof(int64_t), &bytes) || !dsacp_add_ok(bytes, (size_t)n + 1, &bytes))
+        return SIZE_MAX;
+    return bytes;
+}
+
+/* The step of n entries (T tokens) in lists carved from mem, each entry's path decided as the
+ * engine decides it. */
+static int entries_build(const dsacp_config *cfg, const dsacp_cp_options *cp, const dsacp_plan_step *base,
+                         const dsacp_plan_entry *ent, int64_t n, size_t T, dsacp_plan_lists *l, void *mem)
+{
+    int64_t *p = mem;
+    bool *decodes = (bool *)(p + 2 * T + 4 * (size_t)n);
     dsacp_plan_entries_lists(base, (int64_t)T, n, p, l);
+    int rc = DSACP_OK;
     for (int64_t e = 0; e < n && !rc; e++) {
         const int kind = dsacp_plan_entry_kind(cp, base->W, &ent[e]);
         decodes[e] = kind == DSACP_PLAN_ENTRY_DECODE;
@@ -45,24 +49,42 @@ static int entries_build(const dsacp_config *cfg, const dsacp_cp_options *cp, co
                                                 ent[e].n_new, &decodes[e]);
     }
     if (!rc) dsacp_plan_entries_step(cp, ent, n, decodes, l);
-    if (rc) dsacp_free(*mem), *mem = NULL;
     return rc;
+}
+
+int dsacp_plan_entries_comm_mem(const dsacp_config *cfg, const dsacp_cp_options *cp, const dsacp_plan_step *base,
+                                const dsacp_plan_entry *ent, int64_t n, dsacp_comm_counter out[DSACP_PHASE_COUNT],
+                                void *mem, size_t bytes)
+{
+    memset(out, 0, sizeof(dsacp_comm_counter) * DSACP_PHASE_COUNT);
+    size_t T;
+    int rc = entries_tokens(ent, n, &T);
+    /* A solo group counts nothing (dsacp_plan_step_comm checks the step and returns): no lists. */
+    if (rc || base->W == 1) return rc ? rc : dsacp_plan_step_comm(cfg, cp, base, out);
+    const size_t need = dsacp_plan_entries_bytes((int64_t)T, n);
+    if (need == SIZE_MAX) return dsacp_error(DSACP_ERANGE, "plan: the lists of %lld entries overflow", (long long)n);
+    if (!mem || bytes < need)
+        return dsacp_error(DSACP_EINVAL, "plan: mem holds %zu bytes, the lists of %lld entries need %zu", mem ? bytes : 0,
+                           (long long)n, need);
+    dsacp_plan_lists l;
+    rc = entries_build(cfg, cp, base, ent, n, T, &l, mem);
+    return rc ? rc : dsacp_plan_step_comm(cfg, cp, &l.s, out);
 }
 
 int dsacp_plan_entries_comm(const dsacp_config *cfg, const dsacp_cp_options *cp, const dsacp_plan_step *base,
                             const dsacp_plan_entry *ent, int64_t n, dsacp_comm_counter out[DSACP_PHASE_COUNT])
 {
-    memset(out, 0, sizeof(dsacp_comm_counter) * DSACP_PHASE_COUNT);
     size_t T;
     int rc = entries_tokens(ent, n, &T);
-    /* A solo group counts nothing (dsacp_plan_step_comm checks the step and returns): no lists,
-     * so the engine's per-step call at W = 1 allocates nothing. */
-    if (rc || base->W == 1) return rc ? rc : dsacp_plan_step_comm(cfg, cp, base, out);
-    dsacp_plan_lists l;
-    void *mem;
-    rc = entries_build(cfg, cp, base, ent, n, &l, &mem);
-    if (rc) return rc;
-    rc = dsacp_plan_step_comm(cfg, cp, &l.s, out);
+    if (rc) {
+        memset(out, 0, sizeof(dsacp_comm_counter) * DSACP_PHASE_COUNT);
+        return rc;
+    }
+    const size_t bytes = base->W == 1 ? 0 : dsacp_plan_entries_bytes((int64_t)T, n);
+    if (bytes == SIZE_MAX) return dsacp_error(DSACP_ERANGE, "plan: the lists of %lld entries overflow", (long long)n);
+    void *mem = bytes ? dsacp_alloc(bytes) : NULL;
+    if (bytes && !mem) return dsacp_error_context(DSACP_ENOMEM, "plan: the lists of %lld entries", (long long)n);
+    rc = dsacp_plan_entries_comm_mem(cfg, cp, base, ent, n, out, mem, bytes);
     dsacp_free(mem);
     return rc;
 }
