@@ -67,7 +67,7 @@ int dsacp_dsa_weights_bind(dsacp_dsa_weights *w, const dsacp_model *m, int64_t l
     return rc;
 }
 
-void dsacp_dsa_weights_absorb_release(dsacp_dsa_weights *w)
+static void absorb_release(dsacp_dsa_weights *w)
 {
     free(w->wuk_t);
     free(w->wuv);
@@ -79,7 +79,7 @@ void dsacp_dsa_weights_absorb_release(dsacp_dsa_weights *w)
 int dsacp_dsa_weights_absorb(dsacp_dsa_weights *w, const dsacp_config *cfg)
 {
     if (!w->kv_b_f32 && w->wuk_t) return DSACP_OK; /* already absorbed, the f32 copy released */
-    dsacp_dsa_weights_absorb_release(w);
+    absorb_release(w);
     const dsacp_weight *kb = w->kv_b;
     const int64_t H = cfg->num_attention_heads, nope = cfg->qk_nope_head_dim, dv = cfg->v_head_dim;
     const int64_t dc = cfg->kv_lora_rank, hr = nope + dv;
@@ -94,7 +94,7 @@ int dsacp_dsa_weights_absorb(dsacp_dsa_weights *w, const dsacp_config *cfg)
     w->wuv = calloc((size_t)H, sizeof *w->wuv);
     w->absorb_buf = dsacp_alloc(dbytes + sbytes + 64);
     if (!w->wuk_t || !w->wuv || !w->absorb_buf) {
-        dsacp_dsa_weights_absorb_release(w);
+        absorb_release(w);
         return dsacp_error(DSACP_ENOMEM, "out of memory for the absorbed kv_b_proj");
     }
     uint8_t *data = w->absorb_buf;
@@ -142,7 +142,7 @@ int dsacp_dsa_weights_absorb(dsacp_dsa_weights *w, const dsacp_config *cfg)
 
 void dsacp_dsa_weights_release(dsacp_dsa_weights *w)
 {
-    dsacp_dsa_weights_absorb_release(w);
+    absorb_release(w);
     dsacp_free(w->q_a_norm);
     dsacp_free(w->kv_a_norm);
     dsacp_free(w->k_norm_w);

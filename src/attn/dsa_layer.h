@@ -32,9 +32,8 @@ typedef struct dsacp_dsa_weights {
 
 /* Builds wuk_t / wuv from kv_b (and kv_b_f32, which must be filled), then frees kv_b_f32 when
  * nothing views it; calling it again after that is a no-op. Released by
- * dsacp_dsa_weights_release or dsacp_dsa_weights_absorb_release. */
+ * dsacp_dsa_weights_release. */
 int dsacp_dsa_weights_absorb(dsacp_dsa_weights *w, const dsacp_config *cfg);
-void dsacp_dsa_weights_absorb_release(dsacp_dsa_weights *w);
 
 int dsacp_dsa_weights_bind(dsacp_dsa_weights *w, const dsacp_model *m, int64_t layer);
 void dsacp_dsa_weights_release(dsacp_dsa_weights *w);

@@ -536,7 +536,10 @@ int dsacp_comm_reduce_scatter_f32(dsacp_comm *c, const float *send, float *recv,
     return rc;
 }
 
-int dsacp_comm_allreduce_f32(dsacp_comm *c, float *buf, int64_t n, int phase)
+/* In-place sum over ranks of n floats, as reduce-scatter then all-gather: every element is
+ * summed in one place, so every rank gets bit-identical results (replicated state stays
+ * replicated). */
+static int allreduce_f32(dsacp_comm *c, float *buf, int64_t n, int phase)
 {
     if (c->solo || n == 0) return DSACP_OK;
     split_blocks(c, n, sizeof(float));
@@ -588,7 +591,7 @@ int dsacp_comm_reduce_scatter_wire(dsacp_comm *c, const float *send, float *recv
 
 int dsacp_comm_allreduce_wire(dsacp_comm *c, float *buf, int64_t n, bool bf16, int phase)
 {
-    if (!bf16) return dsacp_comm_allreduce_f32(c, buf, n, phase);
+    if (!bf16) return allreduce_f32(c, buf, n, phase);
     if (c->solo || n == 0) return DSACP_OK;
     const int me = c->rank;
     split_blocks(c, n, sizeof(uint16_t));

@@ -39,10 +39,6 @@ int dsacp_comm_alltoallv(dsacp_comm *c, const void *send, const size_t *send_byt
  * recv F32 [counts[rank]] = elementwise sum of every rank's block `rank`. */
 int dsacp_comm_reduce_scatter_f32(dsacp_comm *c, const float *send, float *recv, const int64_t *counts,
                                   int phase);
-/* In-place sum over ranks of n floats, as reduce-scatter then all-gather: every element is
- * summed in one place, so every rank gets bit-identical results (replicated state stays
- * replicated). */
-int dsacp_comm_allreduce_f32(dsacp_comm *c, float *buf, int64_t n, int phase);
 /* The same two with a choice of wire format: bf16 sends every block as bf16 (round to nearest
  * even) and sums the received blocks in fp32 in rank order; the all-reduce rounds the sums to
  * bf16 before they are gathered, so every rank holds the same bits. Counted like the f32

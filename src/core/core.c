@@ -267,7 +267,9 @@ int dsacp_read_file(const char *path, char **out, size_t *len, size_t max_len)
     return DSACP_OK;
 }
 
-int dsacp_check_output_path(const char *path)
+/* DSACP_OK when `path` may be replaced by a new regular file: it does not exist or is a regular
+ * file (lstat: a symlink there is refused, not resolved). DSACP_EIO naming the path otherwise. */
+static int check_output_path(const char *path)
 {
     if (!path || !*path) return dsacp_error(DSACP_EINVAL, "output path is empty");
     struct stat st;
@@ -307,7 +309,7 @@ int dsacp_out_open(dsacp_out *o, const char *path)
 {
     o->fd = -1;
     o->path = o->tmp = NULL;
-    int rc = dsacp_check_output_path(path);
+    int rc = check_output_path(path);
     if (rc) return rc;
     size_t plen = strlen(path);
     o->path = dsacp_alloc(plen + 1);
@@ -374,7 +376,7 @@ int dsacp_out_commit(dsacp_out *o)
     o->fd = -1;
     if (!rc && cr != 0) rc = dsacp_error(DSACP_EIO, "%s: close failed: %s", o->path, strerror(errno));
     /* Checked again: something may have appeared at the target since dsacp_out_open. */
-    if (!rc) rc = dsacp_check_output_path(o->path);
+    if (!rc) rc = check_output_path(o->path);
     if (!rc && rename(o->tmp, o->path) != 0)
         rc = dsacp_error(DSACP_EIO, "%s: cannot rename the temporary into place: %s", o->path, strerror(errno));
     if (rc) {

@@ -99,9 +99,6 @@ int dsacp_fault_configure(const char *spec);
 int dsacp_open_regular(const char *path, int *fd, uint64_t *size);
 /* dsacp_read_file (dsacp_util.h) reads a whole file through it. */
 
-/* DSACP_OK when `path` may be replaced by a new regular file: it does not exist or is a regular
- * file (lstat: a symlink there is refused, not resolved). DSACP_EIO naming the path otherwise. */
-int dsacp_check_output_path(const char *path);
 
 /* dsacp_out_open checks the target with it; dsacp_out and dsacp_write_file_atomic are in
  * dsacp_util.h. */

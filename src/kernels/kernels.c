@@ -226,8 +226,8 @@ int64_t dsacp_topk_select(const float *scores, int64_t n, int64_t k, int32_t *ou
 
 /* ---- indexer ---- */
 
-void dsacp_index_scores_scalar(const float *q, const float *w, int64_t Hi, int64_t di, const void *keys,
-                               const float *kscales, int64_t n, float *out)
+static void index_scores_scalar(const float *q, const float *w, int64_t Hi, int64_t di, const void *keys,
+                                const float *kscales, int64_t n, float *out)
 {
     const float *lut = dsacp_e4m3_table();
     float krow[1024];
@@ -256,8 +256,8 @@ static size_t mla_bytes_scalar(int64_t n, int64_t H, int64_t dc, int64_t dr)
     return (size_t)(n > 0 ? n : 1) * sizeof(float);
 }
 
-void dsacp_sparse_mla_scalar(const float *q, const float *kv, int64_t n, int64_t H, int64_t dc, int64_t dr,
-                             float scale, float *o, float *lse, float *work)
+static void sparse_mla_scalar(const float *q, const float *kv, int64_t n, int64_t H, int64_t dc, int64_t dr,
+                              float scale, float *o, float *lse, float *work)
 {
     const int64_t dk = dc + dr;
     for (int64_t h = 0; h < H; h++) {
@@ -326,7 +326,7 @@ void dsacp_lse_merge_scalar(const float *o_parts, const float *lse_parts, int64_
 
 /* ---- gemv_t ---- */
 
-void dsacp_gemv_t_scalar(const float *A, int64_t lda, const float *x, int64_t m, int64_t n, float *y)
+static void gemv_t_scalar(const float *A, int64_t lda, const float *x, int64_t m, int64_t n, float *y)
 {
     for (int64_t j = 0; j < n; j++) y[j] = 0;
     for (int64_t i = 0; i < m; i++) {
@@ -357,11 +357,11 @@ const dsacp_kernel_table dsacp_kernels_scalar = {
     .linear_ws_bytes = dsacp_linear_scalar_ws_bytes,
     .linear = dsacp_linear_scalar_ws,
     .rmsnorm = dsacp_rmsnorm_scalar,
-    .gemv_t = dsacp_gemv_t_scalar,
+    .gemv_t = gemv_t_scalar,
     .index_transposed = false,
-    .index_scores = dsacp_index_scores_scalar,
+    .index_scores = index_scores_scalar,
     .mla_bytes = mla_bytes_scalar,
-    .sparse_mla = dsacp_sparse_mla_scalar,
+    .sparse_mla = sparse_mla_scalar,
     .axpy = axpy_scalar,
     .decode_isa = DSACP_ISA_SCALAR,
     .bf16_row = dsacp_bf16_row_scalar,

@@ -63,12 +63,6 @@ static inline void *dsacp_ws_take(dsacp_ws *w, size_t bytes)
 
 /* ---- scalar pieces (kernels.c) ---- */
 
-/* The scalar twins of dsacp_index_scores and dsacp_sparse_mla (its work: F32 [n]). */
-void dsacp_index_scores_scalar(const float *q, const float *w, int64_t Hi, int64_t di, const void *keys,
-                               const float *kscales, int64_t n, float *out);
-void dsacp_sparse_mla_scalar(const float *q, const float *kv, int64_t n, int64_t H, int64_t dc, int64_t dr,
-                             float scale, float *o, float *lse, float *work);
-void dsacp_gemv_t_scalar(const float *A, int64_t lda, const float *x, int64_t m, int64_t n, float *y);
 /* The LSE merge with the weighted sum of one ISA (dsacp_kernel_table.axpy). */
 void dsacp_lse_merge_axpy(const float *o_parts, const float *lse_parts, int64_t R, int64_t H, int64_t d, float *o,
                           float *lse, void (*axpy)(float *o, const float *src, float wgt, int64_t d));
@@ -82,17 +76,6 @@ typedef void (*dsacp_quant_rows_fn)(float *x, int64_t n);
 size_t dsacp_linear_scalar_ws_bytes(const dsacp_weight *w, int64_t T, bool act_quant);
 int dsacp_linear_scalar_ws(const dsacp_weight *w, const float *x, int64_t T, int64_t ldx, float *y, int64_t ldy,
                            bool act_quant, void *ws, size_t ws_bytes);
-/* Whether an F8_E4M3 weight suits the SIMD decode: blocks a multiple of 16 and every
- * 2^120 * scale finite. */
-bool dsacp_linear_f8_ok(const dsacp_weight *w);
-/* Bytes of the act_quant copy of T rows of K floats (0 when act_quant does not apply). */
-size_t dsacp_linear_aq_bytes(const dsacp_weight *w, int64_t T, bool act_quant);
-/* x rows rounded through `quant` (e4m3, groups of 128) into xq [T][K]. */
-void dsacp_linear_act_quant(const float *x, int64_t T, int64_t ldx, int64_t K, float *xq, dsacp_quant_rows_fn quant);
-/* The scalar linear with a given act_quant rounding (the SIMD tables' fallback passes theirs;
- * every rounding gives the same bits) and its workspace. */
-int dsacp_linear_ref(const dsacp_weight *w, const float *x, int64_t T, int64_t ldx, float *y, int64_t ldy,
-                     bool act_quant, dsacp_quant_rows_fn quant, void *ws, size_t ws_bytes);
 
 /* What one SIMD ISA gives the shared driver. `rows` (indexed F32, BF16, F16, F8_E4M3) computes
  * output rows [o0, o1) of every token; `fast`, when not NULL, is offered the (act-quantized)

@@ -23,7 +23,9 @@ float dsacp_dot_f32(const float *a, const float *b, int64_t n)
     return acc[0];
 }
 
-bool dsacp_linear_f8_ok(const dsacp_weight *w)
+/* Whether an F8_E4M3 weight suits the SIMD decode: blocks a multiple of 16 and every
+ * 2^120 * scale finite. */
+static bool f8_decode_ok(const dsacp_weight *w)
 {
     if (!(w->block > 0 && w->block % 16 == 0)) return false;
     for (int64_t i = 0; i < w->scale_rows; i++)
@@ -34,7 +36,8 @@ bool dsacp_linear_f8_ok(const dsacp_weight *w)
 
 static void quant_rows_scalar(float *x, int64_t n) { dsacp_fake_quant_e4m3_groups(x, n, 128); }
 
-size_t dsacp_linear_aq_bytes(const dsacp_weight *w, int64_t T, bool act_quant)
+/* Bytes of the act_quant copy of T rows of K floats (0 when act_quant does not apply). */
+static size_t act_quant_bytes(const dsacp_weight *w, int64_t T, bool act_quant)
 {
     if (!dsacp_act_quant_applies(w, act_quant) || T <= 0) return 0;
     return dsacp_ws_round(dsacp_ws_mul(dsacp_ws_mul((size_t)T, (size_t)w->cols), sizeof(float)));
@@ -54,7 +57,8 @@ static void aq_row(void *ctx, int64_t t)
     j->quant(j->xq + t * j->K, j->K);
 }
 
-void dsacp_linear_act_quant(const float *x, int64_t T, int64_t ldx, int64_t K, float *xq, dsacp_quant_rows_fn quant)
+/* x rows rounded through `quant` (e4m3, groups of 128) into xq [T][K]. */
+static void act_quant_rows(const float *x, int64_t T, int64_t ldx, int64_t K, float *xq, dsacp_quant_rows_fn quant)
 {
     /* Rows are independent: split them over the threads when the call is large enough. */
     aq_job j = {x, ldx, K, xq, quant};
@@ -73,11 +77,11 @@ static const float *act_quant_input(const dsacp_weight *w, const float *x, int64
                                     dsacp_quant_rows_fn quant, dsacp_ws *s, int64_t *ldout)
 {
     *ldout = ldx;
-    const size_t bytes = dsacp_linear_aq_bytes(w, T, act_quant);
+    const size_t bytes = act_quant_bytes(w, T, act_quant);
     if (!bytes) return x;
     float *xq = dsacp_ws_take(s, bytes);
     if (!xq) return NULL;
-    dsacp_linear_act_quant(x, T, ldx, w->cols, xq, quant);
+    act_quant_rows(x, T, ldx, w->cols, xq, quant);
     *ldout = w->cols;
     return xq;
 }
@@ -95,7 +99,7 @@ static size_t ref_rows_bytes(const dsacp_weight *w)
 
 size_t dsacp_linear_scalar_ws_bytes(const dsacp_weight *w, int64_t T, bool act_quant)
 {
-    const size_t b = dsacp_ws_add(dsacp_linear_aq_bytes(w, T, act_quant),
+    const size_t b = dsacp_ws_add(act_quant_bytes(w, T, act_quant),
                                   dsacp_ws_mul(ref_rows_bytes(w), (size_t)dsacp_kernel_threads()));
     return b ? dsacp_ws_add(b, DSACP_WS_ALIGN) : 0;
 }
@@ -124,8 +128,10 @@ static void ref_block(const ref_job *j, float *wrows, int64_t b)
         for (int64_t o = o0; o < o1; o++) j->y[t * j->ldy + o] = dsacp_dot_f32(W + (o - o0) * K, j->x + t * j->ldx, K);
 }
 
-int dsacp_linear_ref(const dsacp_weight *w, const float *x, int64_t T, int64_t ldx, float *y, int64_t ldy,
-                     bool act_quant, dsacp_quant_rows_fn quant, void *ws, size_t ws_bytes)
+/* The scalar linear with a given act_quant rounding (the SIMD tables' fallback passes theirs;
+ * every rounding gives the same bits) and its workspace. */
+static int linear_ref(const dsacp_weight *w, const float *x, int64_t T, int64_t ldx, float *y, int64_t ldy,
+                      bool act_quant, dsacp_quant_rows_fn quant, void *ws, size_t ws_bytes)
 {
     dsacp_ws s = dsacp_ws_open(ws, ws_bytes);
     int64_t ldxin;
@@ -155,7 +161,7 @@ int dsacp_linear_ref(const dsacp_weight *w, const float *x, int64_t T, int64_t l
 int dsacp_linear_scalar_ws(const dsacp_weight *w, const float *x, int64_t T, int64_t ldx, float *y, int64_t ldy,
                            bool act_quant, void *ws, size_t ws_bytes)
 {
-    return dsacp_linear_ref(w, x, T, ldx, y, ldy, act_quant, quant_rows_scalar, ws, ws_bytes);
+    return linear_ref(w, x, T, ldx, y, ldy, act_quant, quant_rows_scalar, ws, ws_bytes);
 }
 
 /* ---- the SIMD linears' driver ---- */
@@ -186,7 +192,7 @@ static dsacp_linear_rows_fn drive_rows(const dsacp_linear_isa *li, const dsacp_w
     case DSACP_F32: return li->rows[0];
     case DSACP_BF16: return li->rows[1];
     case DSACP_F16: return li->rows[2];
-    case DSACP_F8_E4M3: return dsacp_linear_f8_ok(w) ? li->rows[3] : NULL;
+    case DSACP_F8_E4M3: return f8_decode_ok(w) ? li->rows[3] : NULL;
     default: return NULL;
     }
 }
@@ -197,7 +203,7 @@ size_t dsacp_linear_drive_ws_bytes(const dsacp_linear_isa *li, const dsacp_weigh
     size_t path = li->fast ? li->fast_ws_bytes(w, T) : 0;
     const size_t gemm = T >= DSACP_GEMM_MIN_T ? dsacp_linear_gemm_ws_bytes(w, T, false) : 0;
     if (gemm > path) path = gemm;
-    const size_t b = dsacp_ws_add(dsacp_linear_aq_bytes(w, T, act_quant), path);
+    const size_t b = dsacp_ws_add(act_quant_bytes(w, T, act_quant), path);
     return b ? dsacp_ws_add(b, DSACP_WS_ALIGN) : 0;
 }
 
@@ -205,7 +211,7 @@ int dsacp_linear_drive(const dsacp_linear_isa *li, const dsacp_weight *w, const 
                        float *y, int64_t ldy, bool act_quant, void *ws, size_t ws_bytes)
 {
     const dsacp_linear_rows_fn rows = drive_rows(li, w);
-    if (!rows) return dsacp_linear_ref(w, x, T, ldx, y, ldy, act_quant, li->quant, ws, ws_bytes);
+    if (!rows) return linear_ref(w, x, T, ldx, y, ldy, act_quant, li->quant, ws, ws_bytes);
     const int64_t K = w->cols, N = w->rows;
     if (T <= 0 || N <= 0) return DSACP_OK;
     dsacp_ws s = dsacp_ws_open(ws, ws_bytes);
