@@ -39,6 +39,10 @@
  * dsacp_config_save run it on configs built in code. DSACP_ECONFIG with a message naming `path`
  * (may be NULL) and the field. */
 int dsacp_config_check(const dsacp_config *cfg, const char *path);
+/* dsacp_preset_config, and the planning-only presets of the same list ("v32": the whole
+ * DeepSeek-V3.2, 61 layers, 256 routed experts, vocabulary 129280, which init-model never
+ * writes); DSACP_ENOTFOUND listing both kinds otherwise. dsacp_plan_preset is this. */
+int dsacp_preset_config_planning(const char *name, dsacp_config *out);
 
 
 /* The named weight, or NULL when the model has none of that name. */

@@ -17,10 +17,6 @@
 #include <string.h>
 #include <unistd.h>
 
-static const char *const preset_names[] = {"tiny", "tiny-moe", "small", "v32-layer", NULL};
-
-const char *const *dsacp_preset_names(void) { return preset_names; }
-
 static void yarn(dsacp_config *c, double factor, double orig)
 {
     c->rope_type = DSACP_ROPE_YARN;
@@ -55,58 +51,124 @@ static int finish(dsacp_config *c)
     return DSACP_OK;
 }
 
-int dsacp_preset_config(const char *name, dsacp_config *c)
+/* ---- the presets ---- */
+
+static void preset_tiny(dsacp_config *c)
+{
+    *c = (dsacp_config){.hidden_size = 256, .num_hidden_layers = 2, .num_attention_heads = 4,
+                        .q_lora_rank = 128, .kv_lora_rank = 128, .qk_nope_head_dim = 32,
+                        .qk_rope_head_dim = 32, .v_head_dim = 32, .index_n_heads = 8,
+                        .index_head_dim = 64, .index_topk = 32, .vocab_size = 512,
+                        .intermediate_size = 512, .max_position_embeddings = 4096,
+                        .n_group = 1, .topk_group = 1, .routed_scaling_factor = 1.0};
+    yarn(c, 4.0, 1024);
+}
+
+static void preset_tiny_moe(dsacp_config *c)
+{
+    preset_tiny(c);
+    c->n_routed_experts = 8;
+    c->n_shared_experts = 1;
+    c->num_experts_per_tok = 2;
+    c->n_group = 2;
+    c->topk_group = 1;
+    c->moe_intermediate_size = 128;
+    c->first_k_dense_replace = 1;
+    c->routed_scaling_factor = 2.5;
+    c->norm_topk_prob = true;
+}
+
+static void preset_small(dsacp_config *c)
+{
+    *c = (dsacp_config){.hidden_size = 1024, .num_hidden_layers = 4, .num_attention_heads = 16,
+                        .q_lora_rank = 512, .kv_lora_rank = 512, .qk_nope_head_dim = 64,
+                        .qk_rope_head_dim = 64, .v_head_dim = 64, .index_n_heads = 16,
+                        .index_head_dim = 128, .index_topk = 256, .vocab_size = 8192,
+                        .intermediate_size = 2816, .max_position_embeddings = 32768,
+                        .n_routed_experts = 16, .n_shared_experts = 1,
+                        .num_experts_per_tok = 4, .n_group = 4, .topk_group = 2,
+                        .moe_intermediate_size = 256, .first_k_dense_replace = 1,
+                        .routed_scaling_factor = 2.5, .norm_topk_prob = true};
+    yarn(c, 8.0, 4096);
+}
+
+/* One layer with DeepSeek-V3.2's real attention dimensions; a small vocabulary keeps the file to
+ * the attention and one dense MLP. */
+static void preset_v32_layer(dsacp_config *c)
+{
+    *c = (dsacp_config){.hidden_size = 7168, .num_hidden_layers = 1, .num_attention_heads = 128,
+                        .q_lora_rank = 1536, .kv_lora_rank = 512, .qk_nope_head_dim = 128,
+                        .qk_rope_head_dim = 64, .v_head_dim = 128, .index_n_heads = 64,
+                        .index_head_dim = 128, .index_topk = 2048, .vocab_size = 4096,
+                        .intermediate_size = 18432, .max_position_embeddings = 163840,
+                        .n_group = 1, .topk_group = 1, .routed_scaling_factor = 1.0};
+    yarn(c, 40.0, 4096);
+}
+
+/* DeepSeek-V3.2's config.json (docs/dsa-math.md section 1): v32-layer's attention, the whole
+ * stack. For planning only: no checkpoint is ever made of it. */
+static void preset_v32(dsacp_config *c)
+{
+    preset_v32_layer(c);
+    c->num_hidden_layers = 61;
+    c->vocab_size = 129280;
+    c->intermediate_size = 18432;
+    c->moe_intermediate_size = 2048;
+    c->n_routed_experts = 256;
+    c->n_shared_experts = 1;
+    c->num_experts_per_tok = 8;
+    c->n_group = 8;
+    c->topk_group = 4;
+    c->routed_scaling_factor = 2.5;
+    c->norm_topk_prob = true;
+    c->first_k_dense_replace = 3;
+}
+
+/* The one list of presets: the ones init-model writes (dsacp_preset_names, up to the first
+ * NULL), then the planning-only ones (dsacp_preset_config_planning), each with its fill. */
+static const char *const preset_names[] = {"tiny", "tiny-moe", "small", "v32-layer", NULL, "v32", NULL};
+static void (*const preset_fills[])(dsacp_config *) = {preset_tiny, preset_tiny_moe, preset_small,
+                                                       preset_v32_layer, NULL, preset_v32, NULL};
+_Static_assert(sizeof preset_names / sizeof preset_names[0] == sizeof preset_fills / sizeof preset_fills[0],
+               "one fill per preset name");
+
+const char *const *dsacp_preset_names(void) { return preset_names; }
+
+/* Appends the words to buf (size bytes), cut short when full. */
+static void append(char *buf, size_t size, const char *sep, const char *word)
+{
+    const size_t used = strlen(buf);
+    snprintf(buf + used, size - used, "%s%s", sep, word);
+}
+
+/* Fills c from the row named `name` among the init-model presets, and among the planning-only
+ * ones too when `planning`; DSACP_ENOTFOUND listing the names it looked at otherwise. */
+static int preset_lookup(const char *name, bool planning, const char *shown, dsacp_config *c)
 {
     memset(c, 0, sizeof *c);
-    if (!name) name = "";
-    if (strcmp(name, "tiny") == 0 || strcmp(name, "tiny-moe") == 0) {
-        *c = (dsacp_config){.hidden_size = 256, .num_hidden_layers = 2, .num_attention_heads = 4,
-                            .q_lora_rank = 128, .kv_lora_rank = 128, .qk_nope_head_dim = 32,
-                            .qk_rope_head_dim = 32, .v_head_dim = 32, .index_n_heads = 8,
-                            .index_head_dim = 64, .index_topk = 32, .vocab_size = 512,
-                            .intermediate_size = 512, .max_position_embeddings = 4096,
-                            .n_group = 1, .topk_group = 1, .routed_scaling_factor = 1.0};
-        yarn(c, 4.0, 1024);
-        if (strcmp(name, "tiny-moe") == 0) {
-            c->n_routed_experts = 8;
-            c->n_shared_experts = 1;
-            c->num_experts_per_tok = 2;
-            c->n_group = 2;
-            c->topk_group = 1;
-            c->moe_intermediate_size = 128;
-            c->first_k_dense_replace = 1;
-            c->routed_scaling_factor = 2.5;
-            c->norm_topk_prob = true;
+    const size_t n = sizeof preset_names / sizeof preset_names[0];
+    for (size_t i = 0; i < n; i++) {
+        if (!preset_names[i] && !planning) break;
+        if (preset_names[i] && strcmp(name, preset_names[i]) == 0) {
+            preset_fills[i](c);
+            return finish(c);
         }
-        return finish(c);
     }
-    if (strcmp(name, "small") == 0) {
-        *c = (dsacp_config){.hidden_size = 1024, .num_hidden_layers = 4, .num_attention_heads = 16,
-                            .q_lora_rank = 512, .kv_lora_rank = 512, .qk_nope_head_dim = 64,
-                            .qk_rope_head_dim = 64, .v_head_dim = 64, .index_n_heads = 16,
-                            .index_head_dim = 128, .index_topk = 256, .vocab_size = 8192,
-                            .intermediate_size = 2816, .max_position_embeddings = 32768,
-                            .n_routed_experts = 16, .n_shared_experts = 1,
-                            .num_experts_per_tok = 4, .n_group = 4, .topk_group = 2,
-                            .moe_intermediate_size = 256, .first_k_dense_replace = 1,
-                            .routed_scaling_factor = 2.5, .norm_topk_prob = true};
-        yarn(c, 8.0, 4096);
-        return finish(c);
-    }
-    if (strcmp(name, "v32-layer") == 0) {
-        /* One layer with DeepSeek-V3.2's real attention dimensions; a small vocabulary keeps the
-         * file to the attention and one dense MLP. */
-        *c = (dsacp_config){.hidden_size = 7168, .num_hidden_layers = 1, .num_attention_heads = 128,
-                            .q_lora_rank = 1536, .kv_lora_rank = 512, .qk_nope_head_dim = 128,
-                            .qk_rope_head_dim = 64, .v_head_dim = 128, .index_n_heads = 64,
-                            .index_head_dim = 128, .index_topk = 2048, .vocab_size = 4096,
-                            .intermediate_size = 18432, .max_position_embeddings = 163840,
-                            .n_group = 1, .topk_group = 1, .routed_scaling_factor = 1.0};
-        yarn(c, 40.0, 4096);
-        return finish(c);
-    }
-    return dsacp_error(DSACP_ENOTFOUND, "unknown preset '%s' (known: tiny, tiny-moe, small, v32-layer)",
-                       name);
+    char known[128] = "";
+    size_t i = 0;
+    for (; preset_names[i]; i++) append(known, sizeof known, i ? ", " : "", preset_names[i]);
+    for (i++; planning && preset_names[i]; i++) append(known, sizeof known, ", and for planning ", preset_names[i]);
+    return dsacp_error(DSACP_ENOTFOUND, "unknown preset '%s' (known: %s)", shown, known);
+}
+
+int dsacp_preset_config(const char *name, dsacp_config *c)
+{
+    return preset_lookup(name ? name : "", false, name ? name : "", c);
+}
+
+int dsacp_preset_config_planning(const char *name, dsacp_config *c)
+{
+    return preset_lookup(name ? name : "", true, name ? name : "(null)", c);
 }
 
 /* ---- init-model ---- */

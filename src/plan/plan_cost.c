@@ -588,30 +588,4 @@ int dsacp_plan_decode_model(const dsacp_config *cfg, const dsacp_cp_options *cp,
     return rc;
 }
 
-int dsacp_plan_preset(const char *name, dsacp_config *out)
-{
-    if (!name || strcmp(name, "v32")) {
-        const int rc = dsacp_preset_config(name, out);
-        /* the planner knows one preset more than the model module: say so in the list */
-        if (rc == DSACP_ENOTFOUND || rc == DSACP_EINVAL)
-            return dsacp_error(rc, "unknown preset '%s' (known: tiny, tiny-moe, small, v32-layer, and for planning v32)",
-                               name ? name : "(null)");
-        return rc;
-    }
-    /* DeepSeek-V3.2's config.json (docs/dsa-math.md section 1): v32-layer's attention, the whole stack */
-    int rc = dsacp_preset_config("v32-layer", out);
-    if (rc) return rc;
-    out->num_hidden_layers = 61;
-    out->vocab_size = 129280;
-    out->intermediate_size = 18432;
-    out->moe_intermediate_size = 2048;
-    out->n_routed_experts = 256;
-    out->n_shared_experts = 1;
-    out->num_experts_per_tok = 8;
-    out->n_group = 8;
-    out->topk_group = 4;
-    out->routed_scaling_factor = 2.5;
-    out->norm_topk_prob = true;
-    out->first_k_dense_replace = 3;
-    return DSACP_OK;
-}
+int dsacp_plan_preset(const char *name, dsacp_config *out) { return dsacp_preset_config_planning(name, out); }
