@@ -276,9 +276,7 @@ static int lin8_linear(const dsacp_weight *w, const float *x, int64_t T, int64_t
     const int64_t K = w->cols, N = w->rows, Kp = (K + 63) / 64 * 64;
     dsacp_ws s = dsacp_ws_open(ws, ws_bytes);
     float *xp = dsacp_ws_take(&s, lin8_x_bytes(w, T));
-    if (!xp)
-        return dsacp_error(DSACP_EINVAL, "linear %s: workspace of %zu bytes, %zu needed", w->name ? w->name : "",
-                           ws_bytes, lin8_x_bytes(w, T));
+    if (!xp) return dsacp_linear_short_ws(w, ws_bytes, lin8_x_bytes(w, T));
     lin8_permute_x(x, T, ldx, K, xp, Kp);
     lin8_job j = {.w = w, .xp = xp, .Kp = Kp, .T = T, .y = y, .ldy = ldy};
     lin8_tab_init(&j.tb);

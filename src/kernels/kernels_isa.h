@@ -72,6 +72,8 @@ void dsacp_e4m3_row_scalar(const uint8_t *src, const float *scales, int64_t grou
 /* ---- linear (kernels_linear.c) ---- */
 
 typedef void (*dsacp_quant_rows_fn)(float *x, int64_t n);
+/* DSACP_EINVAL naming the weight: a linear's workspace of `have` bytes where `need` are needed. */
+int dsacp_linear_short_ws(const dsacp_weight *w, size_t have, size_t need);
 /* The scalar table's linear slots (act_quant through dsacp_fake_quant_e4m3_groups). */
 size_t dsacp_linear_scalar_ws_bytes(const dsacp_weight *w, int64_t T, bool act_quant);
 int dsacp_linear_scalar_ws(const dsacp_weight *w, const float *x, int64_t T, int64_t ldx, float *y, int64_t ldy,

@@ -65,7 +65,7 @@ static void act_quant_rows(const float *x, int64_t T, int64_t ldx, int64_t K, fl
     dsacp_parallel_for(T, T * K >= (1 << 17), aq_row, &j);
 }
 
-static int short_ws(const dsacp_weight *w, size_t have, size_t need)
+int dsacp_linear_short_ws(const dsacp_weight *w, size_t have, size_t need)
 {
     return dsacp_error(DSACP_EINVAL, "linear %s: workspace of %zu bytes, %zu needed", w->name ? w->name : "", have,
                        need);
@@ -139,7 +139,7 @@ static int linear_ref(const dsacp_weight *w, const float *x, int64_t T, int64_t 
     const size_t rb = ref_rows_bytes(w);
     /* As many threads as the workspace has decode buffers for (the bits do not depend on it). */
     const size_t nbuf = rb ? s.left / rb : SIZE_MAX;
-    if (!xin || nbuf < 1) return short_ws(w, ws_bytes, dsacp_linear_scalar_ws_bytes(w, T, act_quant));
+    if (!xin || nbuf < 1) return dsacp_linear_short_ws(w, ws_bytes, dsacp_linear_scalar_ws_bytes(w, T, act_quant));
     const int nth = (size_t)dsacp_kernel_threads() < nbuf ? dsacp_kernel_threads() : (int)nbuf;
     unsigned char *bufs = s.p;
     const int64_t nblocks = (w->rows + LINEAR_ROWS - 1) / LINEAR_ROWS;
@@ -217,7 +217,7 @@ int dsacp_linear_drive(const dsacp_linear_isa *li, const dsacp_weight *w, const 
     dsacp_ws s = dsacp_ws_open(ws, ws_bytes);
     int64_t ldxin;
     const float *xin = act_quant_input(w, x, T, ldx, act_quant, li->quant, &s, &ldxin);
-    if (!xin) return short_ws(w, ws_bytes, dsacp_linear_drive_ws_bytes(li, w, T, act_quant));
+    if (!xin) return dsacp_linear_short_ws(w, ws_bytes, dsacp_linear_drive_ws_bytes(li, w, T, act_quant));
     int rc = DSACP_OK;
     if ((li->fast && li->fast(w, xin, T, ldxin, y, ldy, &rc, s.p, s.left)) ||
         (T >= DSACP_GEMM_MIN_T && dsacp_linear_gemm(w, xin, T, ldxin, y, ldy, false, &rc, s.p, s.left)))
