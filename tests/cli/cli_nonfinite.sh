@@ -7,26 +7,12 @@ set -u
 . "$(dirname "$0")/lib/common.sh"
 command -v python3 >/dev/null || { echo "SKIP: needs python3"; exit 0; }
 
-# patch FILE TENSOR INDEX VALUE: overwrite one element of an F32 tensor in place.
-patch() {
-  python3 - "$@" <<'EOF'
-import json, struct, sys
-path, name, idx, val = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
-with open(path, 'r+b') as f:
-    n = struct.unpack('<Q', f.read(8))[0]
-    t = json.loads(f.read(n))[name]
-    assert t['dtype'] == 'F32', t
-    f.seek(8 + n + t['data_offsets'][0] + 4 * idx)
-    f.write(struct.pack('<f', val))
-EOF
-}
-
 "$DSACP" init-model --preset tiny --out "$tmp/good" --seed 5 >/dev/null || { echo "init-model failed"; exit 1; }
 cp -r "$tmp/good" "$tmp/nan"
-patch "$tmp/nan/model.safetensors" model.norm.weight 5 nan || { echo "patch failed"; exit 1; }
+patch_f32 "$tmp/nan/model.safetensors" model.norm.weight 5 nan || { echo "patch failed"; exit 1; }
 cp -r "$tmp/good" "$tmp/inf"
 # down_proj of layer 1 is [256, 512]: flat index 3*512+10 = 1546 is [3][10].
-patch "$tmp/inf/model.safetensors" model.layers.1.mlp.down_proj.weight $((3 * 512 + 10)) inf || exit 1
+patch_f32 "$tmp/inf/model.safetensors" model.layers.1.mlp.down_proj.weight $((3 * 512 + 10)) inf || exit 1
 "$DSACP" make-input --out "$tmp/in.safetensors" --requests 2 --length 12 --vocab 512 --chunk 5 >/dev/null || exit 1
 
 # The good model still passes.

@@ -47,22 +47,6 @@ m = max(abs(x) for x in la); d = max(abs(x - y) for x, y in zip(la, lb))
 print('max rel %.3g' % (d / m)); sys.exit(0 if d / m <= float(sys.argv[3]) else 1)
 EOF
 
-# The report's plan section: the planner's calls and bytes per phase equal the measured ones.
-cat >"$tmp/plan.py" <<'EOF'
-import json, sys
-p = json.load(open(sys.argv[1]))['cp']['plan']
-assert p['tracked'] and len(p['ranks']) == int(sys.argv[2]), p
-n = 0
-for r in p['ranks']:
-    if r['kv']['planned'] != r['kv']['engine']: print('rank', r['rank'], 'kv', r['kv']); sys.exit(1)
-    if 'weights' in r and r['weights']['planned'] != r['weights']['engine']: print('rank', r['rank'], 'weights', r['weights']); sys.exit(1)
-    for name, x in r['phases'].items():
-        if x['planned'] != x['measured']: print('rank', r['rank'], name, x); sys.exit(1)
-        n += x['measured'][0]
-assert p['matches']
-print('%d calls, KV %d B on rank 0' % (n, sum(p['ranks'][0]['kv']['engine'])))
-EOF
-
 for W in 2 3; do
   for cfg in "--decode-strategy exact-topk" "--decode-strategy allgather-kv --cp-interleave 3" \
              "--decode-strategy replicated-index --kv-layout replicated" \
@@ -92,7 +76,7 @@ for W in 2 3; do
       fail "W=$W comm report: $(cat "$tmp/rep.json" 2>&1 | head -5)"
     fi
     # The planner predicted every collective of every step on every rank, per phase, exactly.
-    if r=$(python3 "$tmp/plan.py" "$tmp/rep.json" $W); then pass "W=$W $cfg: planner = counters and memory ($r)"
+    if r=$(python3 "$PLAN_MATCHES" "$tmp/rep.json" $W); then pass "W=$W $cfg: planner = counters and memory ($r)"
     else fail "W=$W $cfg: planner vs counters: $r"; fi
   done
 done
@@ -150,7 +134,7 @@ g2=$(mpi 2 "$DSACP" generate --model "$tmp/m" --prompt-len 40 --new-tokens 6 --c
 [ -n "$g1" ] && [ "$g1" = "$g2" ] && pass "generate W=2: $g2" || fail "generate: W=1 '$g1' vs W=2 '$g2'"
 mpi 2 "$DSACP" generate --model "$tmp/m" --prompt-len 40 --new-tokens 6 --chunk 16 --decode-strategy lean \
   --context-path auto --comm-report "$tmp/rep.json" >/dev/null 2>&1
-if r=$(python3 "$tmp/plan.py" "$tmp/rep.json" 2); then pass "generate lean W=2: planner = counters and memory ($r)"
+if r=$(python3 "$PLAN_MATCHES" "$tmp/rep.json" 2); then pass "generate lean W=2: planner = counters and memory ($r)"
 else fail "generate lean W=2: planner vs counters: $r"; fi
 g3=$(mpi 3 "$DSACP" generate --model "$tmp/m" --prompt-len 40 --new-tokens 6 --chunk 16 --cp-mode dsa-cp --o-proj tp \
      --q-proj layer-shard | grep '^generated:')

@@ -91,23 +91,10 @@ expect_error "sparse checkpoint cut by one byte" "big1/model.safetensors" "lm_he
   "$DSACP" inspect --model "$tmp/big1"
 rm -rf "$tmp/big0" "$tmp/big1"
 
-# patch FILE TENSOR INDEX VALUE: overwrite one element of an F32 tensor in place.
-patch() {
-  python3 - "$@" <<'EOF'
-import json, struct, sys
-path, name, idx, val = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
-with open(path, 'r+b') as f:
-    n = struct.unpack('<Q', f.read(8))[0]
-    t = json.loads(f.read(n))[name]
-    assert t['dtype'] == 'F32', t
-    f.seek(8 + n + t['data_offsets'][0] + 4 * idx)
-    f.write(struct.pack('<f', val))
-EOF
-}
 # A NaN and an Inf, in an unaligned layout (the scan reads unaligned data too).
 relayout "$tmp/good" "$tmp/nan" 512 1 || { fail "relayout failed"; finish; exit 1; }
-patch "$tmp/nan/model.safetensors" model.layers.0.self_attn.q_b_proj.weight 77 nan || exit 1
-patch "$tmp/nan/model.safetensors" model.norm.weight 3 -inf || exit 1
+patch_f32 "$tmp/nan/model.safetensors" model.layers.0.self_attn.q_b_proj.weight 77 nan || exit 1
+patch_f32 "$tmp/nan/model.safetensors" model.norm.weight 3 -inf || exit 1
 
 "$DSACP" inspect --model "$tmp/nan" >"$tmp/out" 2>"$tmp/err"; rc=$?
 if (( rc == 0 )) && [[ ! -s $tmp/err ]] && grep -q "problems: none" "$tmp/out" &&

@@ -14,20 +14,6 @@ tokens() { python3 -c "import json,sys; print(json.dumps([r['tokens'] for r in j
 "$DSACP" run "${W[@]}" --json "$tmp/ref.json" >"$tmp/log" 2>&1 || { echo "W=1 run failed: $(cat "$tmp/log")"; exit 1; }
 ref=$(tokens "$tmp/ref.json")
 [ -n "$ref" ] && pass "W=1 reference run" || fail "W=1 reference"
-cat >"$tmp/plan.py" <<'EOF'
-import json, sys
-p = json.load(open(sys.argv[1]))['cp']['plan']
-assert p['tracked'] and len(p['ranks']) == int(sys.argv[2]), p
-n = 0
-for r in p['ranks']:
-    if r['kv']['planned'] != r['kv']['engine']: print('rank', r['rank'], 'kv', r['kv']); sys.exit(1)
-    if 'weights' in r and r['weights']['planned'] != r['weights']['engine']: print('rank', r['rank'], 'weights', r['weights']); sys.exit(1)
-    for name, x in r['phases'].items():
-        if x['planned'] != x['measured']: print('rank', r['rank'], name, x); sys.exit(1)
-        n += x['measured'][0]
-assert p['matches']
-print('%d calls, KV %d B on rank 0' % (n, sum(p['ranks'][0]['kv']['engine'])))
-EOF
 for n in 2 4; do
   for cfg in "--decode-strategy exact-topk" "--decode-strategy allgather-kv --cp-interleave 3" \
              "--decode-strategy replicated-index --kv-layout replicated" \
@@ -39,7 +25,7 @@ for n in 2 4; do
       pass "W=$n $cfg: identical tokens"
     else fail "W=$n $cfg: $(tail -n 5 "$tmp/log")"; fi
     # The planner predicted every collective of the serving loop's steps, per rank and phase.
-    if r=$(python3 "$tmp/plan.py" "$tmp/rep.json" "$n"); then pass "W=$n $cfg: planner = counters and memory ($r)"
+    if r=$(python3 "$PLAN_MATCHES" "$tmp/rep.json" "$n"); then pass "W=$n $cfg: planner = counters and memory ($r)"
     else fail "W=$n $cfg: planner vs counters: $r"; fi
   done
 done
@@ -55,7 +41,7 @@ else fail "sampling: $(tail -n 3 "$tmp/log")"; fi
 # Capacity: 6 blocks of 16 tokens cannot hold the workload at once.
 rm -f "$tmp/o.json"
 if mpi 2 "$DSACP" run "${W[@]}" --kv-blocks 6 --verify --json "$tmp/o.json" --comm-report "$tmp/rep.json" >"$tmp/log" 2>&1 &&
-   python3 "$tmp/plan.py" "$tmp/rep.json" 2 >>"$tmp/log" &&
+   python3 "$PLAN_MATCHES" "$tmp/rep.json" 2 >>"$tmp/log" &&
    [ "$(tokens "$tmp/o.json")" = "$ref" ] && grep -q 'Verify.*9 of 9' "$tmp/log"; then
   pre=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['preemptions'])" "$tmp/o.json")
   [ "$pre" -gt 0 ] && pass "small pool: $pre preemptions, same tokens, verified" || fail "small pool: no preemption counted"

@@ -3,6 +3,11 @@
 # timeout, oversubscribed, root-safe, one OpenMP thread per rank, leak detection off because
 # Open MPI leaks internally), expect_error. End a script with `finish`.
 DSACP=${DSACP:?set by CTest}
+# The Python helpers beside this file: python3 "$PLAN_MATCHES" REPORT W (the run report's plan
+# section equals the counters), patch_f32 FILE TENSOR INDEX VALUE (one F32 element overwritten).
+CLI_LIB="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+PLAN_MATCHES="$CLI_LIB/plan_matches.py"
+patch_f32() { python3 "$CLI_LIB/patch_f32.py" "$@"; }
 MPIEXEC=${MPIEXEC:-mpirun}
 command -v "$MPIEXEC" >/dev/null 2>&1 || MPIEXEC=mpirun
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
