@@ -28,6 +28,9 @@ int cli_parse(int argc, char **argv, cli_opt *opts);
 /* Prints subcommand cmd's usage (the summary of every command for an unknown name). */
 void cli_usage(const char *cmd, FILE *f);
 const char *cli_get(const cli_opt *opts, const char *name);
+/* The value of a flag the command requires; NULL after "dsacp CMD: missing required option
+ * '--NAME'" on stderr (the caller exits 2). */
+const char *cli_require(const cli_opt *opts, const char *cmd, const char *name);
 /* The one strict number parser of flags and JSON-free text fields (docs/conventions.md): an
  * optional '-', decimal digits, and for reals an optional fraction and exponent. No whitespace,
  * '+', hex, nan, inf or trailing text; out-of-range integers and overflowing reals refused.

@@ -123,6 +123,13 @@ const char *cli_get(const cli_opt *opts, const char *name)
     return NULL;
 }
 
+const char *cli_require(const cli_opt *opts, const char *cmd, const char *name)
+{
+    const char *v = cli_get(opts, name);
+    if (!v) fprintf(stderr, "dsacp %s: missing required option '--%s'\n", cmd, name);
+    return v;
+}
+
 /* The one number grammar of flags and fields: an optional '-', decimal digits, and (for reals)
  * an optional fraction and exponent. Rejected: whitespace, '+', hex ("0x10"), "nan", "inf",
  * trailing text ("4abc", "0.5x"), an empty string. */

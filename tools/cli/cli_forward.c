@@ -122,11 +122,10 @@ int cli_forward(int argc, char **argv)
                       {"dump-topk", false, NULL}, CLI_CP_OPTS, {NULL, false, NULL}};
     int parsed = cli_parse(argc, argv, opts);
     if (parsed != CLI_RUN) return parsed;
-    const char *mdir = cli_get(opts, "model"), *in = cli_get(opts, "input"), *outp = cli_get(opts, "output");
-    if (!mdir || !in || !outp) {
-        fprintf(stderr, "dsacp forward: missing required option '--%s'\n", !mdir ? "model" : !in ? "input" : "output");
-        return 2;
-    }
+    const char *mdir = cli_require(opts, "forward", "model");
+    const char *in = mdir ? cli_require(opts, "forward", "input") : NULL;
+    const char *outp = in ? cli_require(opts, "forward", "output") : NULL;
+    if (!outp) return 2;
     dsacp_engine_options eo;
     if (!cli_engine_options("forward", opts, &eo)) return 2;
     dsacp_cp_options cpo;

@@ -44,13 +44,10 @@ int cli_generate(int argc, char **argv)
                       CLI_CP_OPTS,                {NULL, false, NULL}};
     int parsed = cli_parse(argc, argv, opts);
     if (parsed != CLI_RUN) return parsed;
-    const char *dir = cli_get(opts, "model");
+    const char *dir = cli_require(opts, "generate", "model");
+    if (!dir) return 2;
     /* Greedy decoding reads one row per step: lm_head runs only there unless asked for all. */
     const bool all_logits = cli_get(opts, "all-logits") != NULL;
-    if (!dir) {
-        fprintf(stderr, "dsacp generate: missing required option '--model'\n");
-        return 2;
-    }
     int64_t plen = 64, ntok = 16, seed = 0, chunk = 256;
     const char *s;
     if ((s = cli_get(opts, "prompt-len")) && !cli_int("generate", "prompt-len", s, 1, 1 << 24, &plen)) return 2;
@@ -165,11 +162,8 @@ int cli_make_input(int argc, char **argv)
                       {NULL, false, NULL}};
     int parsed = cli_parse(argc, argv, opts);
     if (parsed != CLI_RUN) return parsed;
-    const char *out = cli_get(opts, "out");
-    if (!out) {
-        fprintf(stderr, "dsacp make-input: missing required option '--out'\n");
-        return 2;
-    }
+    const char *out = cli_require(opts, "make-input", "out");
+    if (!out) return 2;
     int64_t R = 3, L = 100, V = 512, chunk = 37, seed = 0;
     const char *s;
     if ((s = cli_get(opts, "requests")) && !cli_int("make-input", "requests", s, 1, 4096, &R)) return 2;

@@ -17,11 +17,9 @@ int cli_init_model(int argc, char **argv)
                       {"weights", true, NULL}, {NULL, false, NULL}};
     int parsed = cli_parse(argc, argv, opts);
     if (parsed != CLI_RUN) return parsed;
-    const char *preset = cli_get(opts, "preset"), *out = cli_get(opts, "out");
-    if (!preset || !out) {
-        fprintf(stderr, "dsacp init-model: missing required option '--%s'\n", !preset ? "preset" : "out");
-        return 2;
-    }
+    const char *preset = cli_require(opts, "init-model", "preset");
+    const char *out = preset ? cli_require(opts, "init-model", "out") : NULL;
+    if (!out) return 2;
     int64_t seed = 0;
     const char *seed_s = cli_get(opts, "seed");
     if (seed_s && !cli_int("init-model", "seed", seed_s, 0, INT64_MAX, &seed)) return 2;
@@ -149,11 +147,8 @@ int cli_inspect(int argc, char **argv)
     cli_opt opts[] = {{"model", true, NULL}, {"scan-weights", false, NULL}, {NULL, false, NULL}};
     int parsed = cli_parse(argc, argv, opts);
     if (parsed != CLI_RUN) return parsed;
-    const char *dir = cli_get(opts, "model");
-    if (!dir) {
-        fprintf(stderr, "dsacp inspect: missing required option '--model'\n");
-        return 2;
-    }
+    const char *dir = cli_require(opts, "inspect", "model");
+    if (!dir) return 2;
     const bool scan = cli_get(opts, "scan-weights") != NULL;
     /* Structure only: the headers are read and checked against the file sizes; no weight byte
      * is read unless --scan-weights asks for it. */
