@@ -15,11 +15,9 @@
  * prints each counted allocation's caller and the two frames above it as offsets for
  * addr2line -f -e test_cp_alloc. Skipped under AddressSanitizer (exit 77).
  */
-#include "test.h"
-#include "cp/cp_strategy.h"
+#include "test_cp_util.h"
 #include "engine/engine.h"
 #include "model/model.h"
-#include "ref/test_util.h"
 
 #if defined(__SANITIZE_ADDRESS__)
 #define CP_ALLOC_COUNTING 0
@@ -98,9 +96,6 @@ int posix_memalign(void **out, size_t a, size_t n)
 }
 void free(void *p) { __libc_free(p); }
 
-static dsacp_comm *g_world;
-static int g_rank, g_W;
-
 enum { PROMPT = 20, DECODE = 8, EXTRA = 16, BLOCK = 64 }; /* PROMPT + DECODE + EXTRA < BLOCK */
 
 /* What is left per decode token at W > 1: the planner's per-step prediction of the engine's
@@ -178,29 +173,6 @@ static void check_model(const dsacp_model *m, const char *label, dsacp_numerics 
     }
 }
 
-static dsacp_model *shared_model(char **dir_out, dsacp_weight_format fmt)
-{
-    char dir[256] = {0};
-    if (g_rank == 0) {
-        char *d = tu_make_model("tiny", 7, fmt);
-        snprintf(dir, sizeof dir, "%s", d);
-        free(d);
-    }
-    REQUIRE_OK(dsacp_comm_bcast(g_world, dir, sizeof dir, DSACP_PHASE_input));
-    dsacp_model *m = NULL;
-    REQUIRE_OK(dsacp_model_load(dir, &m));
-    *dir_out = strdup(dir);
-    return m;
-}
-
-static void drop_model(dsacp_model *m, char *dir)
-{
-    dsacp_model_free(m);
-    REQUIRE_OK(dsacp_comm_agree(g_world, DSACP_OK));
-    if (g_rank == 0) tu_rmtree(dir);
-    free(dir);
-}
-
 int main(int argc, char **argv)
 {
     REQUIRE_OK(dsacp_comm_create_world(&argc, &argv, &g_world));
@@ -209,10 +181,10 @@ int main(int argc, char **argv)
     void *warm[4];
     backtrace(warm, 4); /* loads the unwinder now, not inside a counted allocation */
     char *dir = NULL;
-    dsacp_model *m = shared_model(&dir, DSACP_WEIGHTS_F32);
+    dsacp_model *m = shared_model(&dir, "tiny", DSACP_WEIGHTS_F32, false);
     check_model(m, "exact f32", DSACP_NUMERICS_EXACT, DSACP_KV_F32);
     drop_model(m, dir);
-    m = shared_model(&dir, DSACP_WEIGHTS_FP8);
+    m = shared_model(&dir, "tiny", DSACP_WEIGHTS_FP8, false);
     check_model(m, "deployed fp8", DSACP_NUMERICS_DEPLOYED, DSACP_KV_FP8);
     drop_model(m, dir);
     const int failed = test_failures_;

@@ -115,6 +115,9 @@ typedef struct dsacp_cp_buf {
 #define DSACP_CP_BUF(p, r, c) ((dsacp_cp_buf){(void *)&(p), (r), (c), sizeof *(p)})
 void dsacp_cp_bufs_need(size_t *total, const dsacp_cp_buf *b, int n);
 bool dsacp_cp_bufs_take(dsacp_arena *ws, const dsacp_cp_buf *b, int n, const char *what);
+/* The take of a stage's list from cp->ws and the group's agreement on it (dsacp_cp_agree_alloc at
+ * `site`): every rank gets the same status, DSACP_ENOMEM "<what>: out of memory" when one failed. */
+int dsacp_cp_bufs_agree(dsacp_cp_ctx *cp, const char *site, const dsacp_cp_buf *b, int n, const char *what);
 
 static inline int64_t dsacp_cp_idx_local(const dsacp_cp_ctx *cp, int64_t p)
 {
@@ -262,6 +265,10 @@ typedef struct dsacp_cp_decode_args {
     bool output_merge; /* the strategy's merges_output holds for this step */
     bool wire16;       /* partials travel as bf16 (the strategy's wire_bytes is 2) */
 } dsacp_cp_decode_args;
+
+/* The longest context among the decode rows (positions of the longest one's context, at least 1):
+ * what a strategy's per-token score buffers take. */
+int64_t dsacp_cp_decode_maxn(const dsacp_cp_decode_args *a);
 
 /* The strategies' attend-and-merge steps are their table entries (cp_strategy.h). lean's
  * output merge: vcat gets this rank's scaled partial v of EVERY head (the strategy's o_proj

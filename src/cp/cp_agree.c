@@ -34,3 +34,8 @@ bool dsacp_cp_bufs_take(dsacp_arena *ws, const dsacp_cp_buf *b, int n, const cha
     }
     return ok;
 }
+
+int dsacp_cp_bufs_agree(dsacp_cp_ctx *cp, const char *site, const dsacp_cp_buf *b, int n, const char *what)
+{
+    return dsacp_cp_agree_alloc(cp, site, dsacp_cp_bufs_take(cp->ws, b, n, what), what);
+}

@@ -66,17 +66,14 @@ static int decode(const dsacp_cp_decode_args *a)
     const int64_t nd = st->n_dec, K = cfg->index_topk;
     const int64_t iW = cp->iW, ir = cp->ir, iI = cp->iI;
     const bool sharded = iW > 1;
-    int64_t maxn = 1;
-    for (int64_t j = 0; j < nd; j++)
-        if (a->pos_act[j] + 1 > maxn) maxn = a->pos_act[j] + 1;
+    const int64_t maxn = dsacp_cp_decode_maxn(a);
     const size_t nc = (size_t)((nd > 0 ? nd : 1) * K);
     xt_bufs x;
     dsacp_cp_buf b[11];
     const size_t mark = dsacp_arena_mark(cp->ws);
     const int nb = xt_list(cp, nd > 0 ? nd : 1, maxn, &x, b);
     /* Agreed before the first collective: a rank short of memory stops every rank here. */
-    int crc = dsacp_cp_agree_alloc(cp, "strategy", dsacp_cp_bufs_take(cp->ws, b, nb, "the top-k candidates"),
-                                   "the top-k candidates");
+    int crc = dsacp_cp_bufs_agree(cp, "strategy", b, nb, "the top-k candidates");
     if (crc) goto done;
     float *scores = x.scores, *qown = x.qown;
     int32_t *lsel = x.lsel, *sel = x.sel;

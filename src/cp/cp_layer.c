@@ -20,7 +20,6 @@
  */
 #include "cp/cp_strategy.h"
 
-#include <stdlib.h>
 #include <string.h>
 
 #define KEEP(rc, expr)                                                                            \
@@ -80,6 +79,9 @@ void dsacp_cp_layer_buffers_need(size_t *total, const dsacp_cp_ctx *cp, int64_t 
     dsacp_arena_need(total, n_ent > 0 ? n_ent : 1, 1, 1);
     dsacp_arena_need(total, T + 1, 1, sizeof(const dsacp_dsa_view *));
     dsacp_arena_need(total, 1, E, 1);
+    /* after the layer's phases: the selected sets' gather (dump_topk) */
+    dsacp_arena_need(total, cp->W, 1, sizeof(size_t));
+    dsacp_arena_need(total, T1, cfg->index_topk, sizeof(int32_t));
 }
 
 /* Every buffer whose size the step's metadata fixes is taken here (from the step workspace,
@@ -244,18 +246,19 @@ static int dump_topk(dsacp_cp_ctx *cp, const dsacp_cp_step *st, int64_t K, const
     if (cp->rank == 0 && topk)
         for (int64_t j = 0; j < nd; j++) memcpy(topk + st->act[j] * K, topk_act + j * K, (size_t)K * 4);
     if (st->n_pre_all == 0) return DSACP_OK;
-    size_t *rb = malloc((size_t)W * sizeof *rb);
-    int32_t *all = cp->rank == 0 ? malloc((size_t)(st->n_pre_all * K) * 4) : NULL;
+    const size_t mark = dsacp_arena_mark(cp->ws);
+    size_t *rb = dsacp_arena_take(cp->ws, W, 1, sizeof *rb, "the selected sets");
+    int32_t *all = cp->rank == 0 && rb ? dsacp_arena_take(cp->ws, st->n_pre_all, K, sizeof *all, "the selected sets") : NULL;
     int arc = dsacp_cp_agree_alloc(cp, "topk", rb && (cp->rank != 0 || all), "the selected sets");
     if (arc) {
-        free(rb), free(all);
+        dsacp_arena_rewind(cp->ws, mark);
         return arc;
     }
     for (int64_t q = 0; q < W; q++) rb[q] = (size_t)((st->pre_off[q + 1] - st->pre_off[q]) * K) * 4;
     int crc = dsacp_comm_gatherv(cp->comm, topk_act + nd * K, rb[cp->rank], all, rb, DSACP_PHASE_topk_dump);
     if (!crc && cp->rank == 0 && topk)
         for (int64_t k = 0; k < st->n_pre_all; k++) memcpy(topk + st->pre_all[k] * K, all + k * K, (size_t)K * 4);
-    free(rb), free(all);
+    dsacp_arena_rewind(cp->ws, mark);
     return crc;
 }
 

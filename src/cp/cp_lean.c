@@ -244,20 +244,12 @@ static void ws_need(size_t *total, const dsacp_cp_ctx *cp, int64_t n_dec)
     dsacp_cp_bufs_need(total, b, sets_list(&l, l.n1 * l.K, &g, b));
 }
 
-/* A stage's buffers from cp->ws, agreed by the group (dsacp_cp_agree_alloc): a rank short of
- * memory stops every rank at the same point. */
-static int stage_take(lean_call *l, const char *site, const dsacp_cp_buf *b, int n, const char *what)
-{
-    return dsacp_cp_agree_alloc(l->cp, site, dsacp_cp_bufs_take(l->cp->ws, b, n, what), what);
-}
-
+/* Each stage's buffers come from cp->ws and are agreed by the group (dsacp_cp_bufs_agree): a
+ * rank short of memory stops every rank at the same point. */
 static int lean_alloc(lean_call *l)
 {
-    int64_t maxn = 1;
-    for (int64_t j = 0; j < l->nd; j++)
-        if (l->a->pos_act[j] + 1 > maxn) maxn = l->a->pos_act[j] + 1;
     dsacp_cp_buf b[19];
-    const int crc = stage_take(l, "strategy", b, stage1_list(l, maxn, b), "the lean decode");
+    const int crc = dsacp_cp_bufs_agree(l->cp, "strategy", b, stage1_list(l, dsacp_cp_decode_maxn(l->a), b), "the lean decode");
     if (crc) return crc;
     const size_t n1 = (size_t)l->n1, iW = (size_t)l->iW;
     memset(l->lcount, 0, n1 * sizeof *l->lcount), memset(l->m, 0, n1 * iW * sizeof *l->m);
@@ -306,7 +298,7 @@ static int exchange_scores(lean_call *l)
     dsacp_cp_ctx *cp = l->cp;
     const int64_t iW = l->iW, K = l->K, nd = l->nd, H = l->H;
     dsacp_cp_buf bl[6];
-    int crc = stage_take(l, "lean", bl, exchange_list(l, l->tot_send, l->tot_all, bl), "the lean candidates");
+    int crc = dsacp_cp_bufs_agree(l->cp, "lean", bl, exchange_list(l, l->tot_send, l->tot_all, bl), "the lean candidates");
     if (crc) return crc;
     memset(l->voff, 0, (size_t)iW * sizeof *l->voff), memset(l->vbase, 0, (size_t)(iW + 1) * sizeof *l->vbase);
     float *s = l->sendsc;
@@ -345,7 +337,7 @@ static int fallback(lean_call *l, int64_t nfb)
     dsacp_cp_ctx *cp = l->cp;
     const int64_t K = l->K, iW = l->iW, nd = l->nd, W = cp->W, me = cp->rank, I = cp->opt.interleave;
     dsacp_cp_buf b[3];
-    int crc = stage_take(l, "lean", b, fallback_list(l, nfb, b), "the lean fallback");
+    int crc = dsacp_cp_bufs_agree(l->cp, "lean", b, fallback_list(l, nfb, b), "the lean fallback");
     if (crc) return crc;
     int64_t f = 0;
     for (int64_t j = 0; j < nd; j++) {
@@ -445,7 +437,7 @@ static int merge_a2a(lean_call *l)
     int64_t *cnt;
     float *sendv, *mine;
     dsacp_cp_buf b[3];
-    int crc = stage_take(l, "merge", b, merge_list(l, &cnt, &sendv, &mine, b), "the lean merge");
+    int crc = dsacp_cp_bufs_agree(l->cp, "merge", b, merge_list(l, &cnt, &sendv, &mine, b), "the lean merge");
     if (!crc) {
         if (l->nd > 0) dsacp_dsa_value_rows_n(l->a->w, l->cfg, l->o, l->nd, H * dc, 0, H, l->vpart, H * l->dv, true);
         crc = dsacp_cp_merge_a2a(l->cp, l->nd, H, l->dv, l->vpart, l->lse, mine, l->a->wire16, DSACP_PHASE_attn_merge);
@@ -478,7 +470,7 @@ static int merge_scaled(lean_call *l)
     int64_t *cnt;
     float *sendv, *mine;
     dsacp_cp_buf b[3];
-    crc = stage_take(l, "merge", b, merge_list(l, &cnt, &sendv, &mine, b), "the lean merge");
+    crc = dsacp_cp_bufs_agree(l->cp, "merge", b, merge_list(l, &cnt, &sendv, &mine, b), "the lean merge");
     if (!crc) {
         float *s = sendv;
         for (int64_t q = 0; q < W; q++) {
@@ -502,7 +494,7 @@ static int selected_sets(lean_call *l)
     dsacp_cp_buf b[5];
     int64_t mycnt = 0;
     /* ga sized for the most winners there can be (n1 K): one agreement for the stage */
-    int crc = stage_take(l, "topk", b, sets_list(l, n1 * K, &g, b), "the selected sets");
+    int crc = dsacp_cp_bufs_agree(l->cp, "topk", b, sets_list(l, n1 * K, &g, b), "the selected sets");
     if (!crc) {
         memset(g.gb, 0, (size_t)W * sizeof *g.gb), memset(g.fill, 0, (size_t)n1 * sizeof *g.fill);
         for (int64_t j = 0; j < nd; j++) memcpy(g.gs + mycnt, l->own + j * K, (size_t)l->nown[j] * 4), mycnt += l->nown[j];

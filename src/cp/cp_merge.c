@@ -18,7 +18,6 @@
 #include "numerics/numerics.h"
 
 #include <math.h>
-#include <stdlib.h>
 #include <string.h>
 
 /* The a2a merge's buffers for nd rows of wd floats (s bytes each on the wire). */
@@ -55,8 +54,7 @@ int dsacp_cp_merge_a2a(dsacp_cp_ctx *cp, int64_t nd, int64_t H, int64_t wd, cons
     dsacp_cp_buf bl[5];
     const size_t mark = dsacp_arena_mark(cp->ws);
     const int n = a2a_bufs(cp, nd, H, wd, s, &sb, &rb, &send, &recv, &lr, bl);
-    int arc = dsacp_cp_agree_alloc(cp, "merge", dsacp_cp_bufs_take(cp->ws, bl, n, "the all-to-all merge"),
-                                   "the all-to-all merge");
+    int arc = dsacp_cp_bufs_agree(cp, "merge", bl, n, "the all-to-all merge");
     if (arc) {
         dsacp_arena_rewind(cp->ws, mark);
         return arc;
@@ -109,6 +107,14 @@ int dsacp_cp_merge_a2a(dsacp_cp_ctx *cp, int64_t nd, int64_t H, int64_t wd, cons
             }
     dsacp_arena_rewind(cp->ws, mark);
     return crc;
+}
+
+int64_t dsacp_cp_decode_maxn(const dsacp_cp_decode_args *a)
+{
+    int64_t maxn = 1;
+    for (int64_t j = 0; j < a->st->n_dec; j++)
+        if (a->pos_act[j] + 1 > maxn) maxn = a->pos_act[j] + 1;
+    return maxn;
 }
 
 int64_t dsacp_cp_shard_topk(const dsacp_cp_decode_args *a, int64_t j, void *qpack, float *scores, int32_t *sel,
@@ -228,8 +234,7 @@ int dsacp_cp_attend_owned_and_merge(const dsacp_cp_decode_args *a, const int32_t
     dsacp_cp_buf b[12];
     const size_t mark = dsacp_arena_mark(cp->ws);
     const int nb = merge_list(cp, nd, &mb, b);
-    int crc = dsacp_cp_agree_alloc(cp, "merge", dsacp_cp_bufs_take(cp->ws, b, nb, "the decode attention merge"),
-                                   "the decode attention merge");
+    int crc = dsacp_cp_bufs_agree(cp, "merge", b, nb, "the decode attention merge");
     if (crc) goto done;
     float *qown = mb.qown, *qrecv = mb.qrecv, *qall = mb.qall, *kv = mb.kv, *o = mb.o, *lse = mb.lse;
     float *lse_all = mb.lse_all, *osend = mb.osend, *omine = mb.omine;

@@ -8,7 +8,6 @@
  */
 #include "cp/cp_strategy.h"
 
-#include <stdlib.h>
 #include <string.h>
 
 #define KEEP(rc, expr)                                                                            \
@@ -61,20 +60,38 @@ static int gather_v_list(const dsacp_cp_ctx *cp, int64_t nd, size_t **rb, float 
     return n;
 }
 
+/* tp_o_proj's buffers for np own prefill rows of Tall in all (one list sizes and takes them). */
+static int tp_list(const dsacp_cp_ctx *cp, int64_t np, int64_t Tall, size_t **sb, size_t **rb, int64_t **cnt, float **send,
+                   float **x, float **y, dsacp_cp_buf *b)
+{
+    const int64_t W = cp->W, ncol = cp->cfg->num_attention_heads * cp->cfg->v_head_dim, D = cp->cfg->hidden_size;
+    int n = 0;
+    b[n++] = DSACP_CP_BUF(*sb, W, 1);
+    b[n++] = DSACP_CP_BUF(*rb, W, 1);
+    b[n++] = DSACP_CP_BUF(*cnt, W, 1);
+    b[n++] = DSACP_CP_BUF(*send, 1, np * ncol + 1);
+    b[n++] = DSACP_CP_BUF(*x, 1, Tall * ncol + 1); /* this rank's columns, at most all of them */
+    b[n++] = DSACP_CP_BUF(*y, 1, Tall * D + 1);
+    return n;
+}
+
 void dsacp_cp_oproj_need(size_t *total, const dsacp_cp_ctx *cp, int64_t T)
 {
-    size_t *rb;
-    float *send, *recv;
-    dsacp_cp_buf b[3];
+    size_t *rb, *sb;
+    int64_t *cnt;
+    float *send, *recv, *y;
+    dsacp_cp_buf b[6];
     dsacp_cp_bufs_need(total, b, gather_v_list(cp, T, &rb, &send, &recv, b));
+    if (cp->wp && cp->wp->o_tp) dsacp_cp_bufs_need(total, b, tp_list(cp, T, T, &sb, &rb, &cnt, &send, &recv, &y, b));
     /* the decode rows' linear over this rank's head columns (dsacp_dsa_linear's scratch) */
     size_t most = 0;
     for (int64_t l = 0; cp->layer_w && l < cp->n_layers; l++) {
-        /* the layer's o_proj, as stored or as an f32 gather (DSA-CP tp), and its head columns */
+        /* the layer's o_proj, as stored or as an f32 gather (DSA-CP tp), its head columns and tp's shard */
         dsacp_weight f32 = *cp->layer_w[l].o;
         f32.dtype = DSACP_F32;
-        const dsacp_weight *ws[3] = {cp->layer_w[l].o, &f32, cp->o_shard ? cp->o_shard[l] : NULL};
-        for (int i = 0; i < 3; i++)
+        const dsacp_weight *ws[4] = {cp->layer_w[l].o, &f32, cp->o_shard ? cp->o_shard[l] : NULL,
+                                     cp->wp && cp->wp->o_tp ? cp->wp->o_tp[l] : NULL};
+        for (int i = 0; i < 4; i++)
             for (int aq = 0; aq < 2 && ws[i]; aq++) most = dsacp_arena_max(most, dsacp_linear_ws_bytes(ws[i], T, aq));
     }
     dsacp_arena_need(total, 1, (int64_t)most, 1);
@@ -89,7 +106,7 @@ static int gather_v(dsacp_cp_ctx *cp, const dsacp_config *cfg, const dsacp_cp_st
     dsacp_cp_buf bl[3];
     const size_t mark = dsacp_arena_mark(cp->ws);
     const int n = gather_v_list(cp, nd, &rb, &send, &recv, bl);
-    int arc = dsacp_cp_agree_alloc(cp, "o_proj", dsacp_cp_bufs_take(cp->ws, bl, n, "the o_proj exchange"), "the o_proj exchange");
+    int arc = dsacp_cp_bufs_agree(cp, "o_proj", bl, n, "the o_proj exchange");
     if (arc) {
         dsacp_arena_rewind(cp->ws, mark);
         return arc;
@@ -124,11 +141,13 @@ static int tp_o_proj(dsacp_cp_ctx *cp, const dsacp_dsa_ctx *ctx, const dsacp_dsa
     const int64_t ncol = H * dv, mine = wp->col[me + 1] - wp->col[me], Tall = st->n_pre_all;
     if (ctx->mode == DSACP_MODE_DEPLOYED && w->o->dtype == DSACP_F8_E4M3 && w->o->cols % 128 == 0)
         for (int64_t j = 0; j < np; j++) dsacp_fake_quant_e4m3_groups(v + j * ncol, ncol, 128);
-    size_t *sb = malloc((size_t)W * sizeof *sb), *rb = malloc((size_t)W * sizeof *rb);
-    int64_t *cnt = malloc((size_t)W * sizeof *cnt);
-    float *send = malloc((size_t)(np * ncol) * 4 + 4), *x = malloc((size_t)(Tall * mine) * 4 + 4);
-    float *y = malloc((size_t)(Tall * D) * 4 + 4);
-    int crc = dsacp_cp_agree_alloc(cp, "o_proj", sb && rb && cnt && send && x && y, "tp o_proj");
+    size_t *sb, *rb;
+    int64_t *cnt;
+    float *send, *x, *y;
+    dsacp_cp_buf bl[6];
+    const size_t mark = dsacp_arena_mark(cp->ws);
+    const int nb = tp_list(cp, np, Tall, &sb, &rb, &cnt, &send, &x, &y, bl);
+    int crc = dsacp_cp_bufs_agree(cp, "o_proj", bl, nb, "tp o_proj");
     if (!crc) {
         float *s = send;
         for (int q = 0; q < W; q++) {
@@ -142,14 +161,14 @@ static int tp_o_proj(dsacp_cp_ctx *cp, const dsacp_dsa_ctx *ctx, const dsacp_dsa
     }
     if (!crc) {
         if (mine > 0) {
-            int r2 = dsacp_linear(wp->o_tp[layer], x, Tall, mine, y, D, false);
+            int r2 = dsacp_dsa_linear(ctx, wp->o_tp[layer], x, Tall, mine, y, D, false);
             if (r2 && !*rc) *rc = r2;
         } else {
             memset(y, 0, (size_t)(Tall * D) * 4);
         }
         crc = dsacp_comm_reduce_scatter_f32(cp->comm, y, out, cnt, DSACP_PHASE_o_proj);
     }
-    free(sb), free(rb), free(cnt), free(send), free(x), free(y);
+    dsacp_arena_rewind(cp->ws, mark);
     return crc;
 }
 

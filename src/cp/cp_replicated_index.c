@@ -39,15 +39,12 @@ static int decode(const dsacp_cp_decode_args *a)
 {
     const dsacp_cp_step *st = a->st;
     const int64_t nd = st->n_dec, K = a->ctx->cfg->index_topk;
-    int64_t maxn = 1;
-    for (int64_t j = 0; j < nd; j++)
-        if (a->pos_act[j] + 1 > maxn) maxn = a->pos_act[j] + 1;
+    const int64_t maxn = dsacp_cp_decode_maxn(a);
     ri_bufs r;
     dsacp_cp_buf b[5];
     const size_t mark = dsacp_arena_mark(a->cp->ws);
     const int n = ri_list(a->cp, nd > 0 ? nd : 1, maxn, &r, b);
-    int crc = dsacp_cp_agree_alloc(a->cp, "strategy", dsacp_cp_bufs_take(a->cp->ws, b, n, "the replicated-index scores"),
-                                   "the replicated-index scores");
+    int crc = dsacp_cp_bufs_agree(a->cp, "strategy", b, n, "the replicated-index scores");
     if (!crc) {
         for (int64_t j = 0; j < nd; j++) { /* the whole index is this rank's shard */
             r.nsel[j] = dsacp_cp_shard_topk(a, j, r.qpack, r.scores, r.sel + j * K, r.topk_work);

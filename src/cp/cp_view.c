@@ -9,7 +9,6 @@
  */
 #include "cp/cp.h"
 
-#include <stdlib.h>
 #include <string.h>
 
 void dsacp_cp_get_lat(const dsacp_kv_cache *c, int64_t layer, int64_t slot, uint8_t *dst)
