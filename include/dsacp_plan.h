@@ -65,6 +65,13 @@ typedef struct dsacp_plan_step {
  * combination the engine refuses. */
 int dsacp_plan_step_comm(const dsacp_config *cfg, const dsacp_cp_options *cp, const dsacp_plan_step *s,
                          dsacp_comm_counter out[DSACP_PHASE_COUNT]);
+/* The same without allocating: the step's per-rank counts carved from the caller's memory
+ * (8-byte aligned), at least dsacp_plan_step_bytes(cfg, cp, s->W, s->nd, s->nreq) bytes (0 when
+ * W == 1, mem may then be NULL; SIZE_MAX on overflow, a bound for nd and nreq at least the
+ * step's serves any smaller step); DSACP_EINVAL naming mem when it is short. */
+size_t dsacp_plan_step_bytes(const dsacp_config *cfg, const dsacp_cp_options *cp, int64_t W, int64_t nd, int64_t nreq);
+int dsacp_plan_step_comm_mem(const dsacp_config *cfg, const dsacp_cp_options *cp, const dsacp_plan_step *s,
+                             dsacp_comm_counter out[DSACP_PHASE_COUNT], void *mem, size_t bytes);
 
 /* --context-path auto's byte rule for a chunk after old_len cached positions (the engine uses
  * this function): the bytes gathering the sharded context moves per rank, and the bytes one
@@ -102,11 +109,12 @@ typedef struct dsacp_plan_entry {
  * weight path by cp->o_proj) and fills base's lists (base's own lists and tp_gather ignored). */
 int dsacp_plan_entries_comm(const dsacp_config *cfg, const dsacp_cp_options *cp, const dsacp_plan_step *base,
                             const dsacp_plan_entry *ent, int64_t n, dsacp_comm_counter out[DSACP_PHASE_COUNT]);
-/* The same with its lists carved from the caller's memory (8-byte aligned): mem holds at least
- * dsacp_plan_entries_bytes(T, n) bytes for n entries bringing T new tokens in all (SIZE_MAX on
- * overflow; nothing is needed when base->W == 1, mem may then be NULL). Allocates nothing of its
- * own for the lists; DSACP_EINVAL naming mem when it is short. */
-size_t dsacp_plan_entries_bytes(int64_t T, int64_t n);
+/* The same allocating nothing: its lists and the step's counts (dsacp_plan_step_comm_mem)
+ * carved from the caller's memory (8-byte aligned), at least dsacp_plan_entries_bytes(cfg, cp,
+ * W, T, n) bytes for n entries bringing T new tokens in all on W ranks (SIZE_MAX on overflow;
+ * nothing is needed when W == 1, mem may then be NULL); DSACP_EINVAL naming mem when it is
+ * short. */
+size_t dsacp_plan_entries_bytes(const dsacp_config *cfg, const dsacp_cp_options *cp, int64_t W, int64_t T, int64_t n);
 int dsacp_plan_entries_comm_mem(const dsacp_config *cfg, const dsacp_cp_options *cp, const dsacp_plan_step *base,
                                 const dsacp_plan_entry *ent, int64_t n, dsacp_comm_counter out[DSACP_PHASE_COUNT],
                                 void *mem, size_t bytes);

@@ -512,7 +512,7 @@ static int selected_sets(lean_call *l)
             for (int64_t j = 0; j < nd; j++)
                 for (int64_t i = 0; i < g.gn[q * nd + j]; i++) topk[j * K + g.fill[j]++] = *r++;
         for (int64_t j = 0; j < nd; j++) {
-            qsort(topk + j * K, (size_t)g.fill[j], 4, dsacp_cmp_i32);
+            qsort(topk + j * K, (size_t)g.fill[j], sizeof *topk, dsacp_cmp_i32);
             for (int64_t i = g.fill[j]; i < K; i++) topk[j * K + i] = -1;
         }
     }

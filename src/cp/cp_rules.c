@@ -9,6 +9,8 @@
  */
 #include "cp/cp_strategy.h"
 
+#include <string.h>
+
 /* The values of the option enums, then their combinations (the same verdict on every rank). */
 static int check_values(const dsacp_cp_options *cp)
 {
@@ -78,15 +80,29 @@ static void gather_v(const dsacp_cp_formula *f, dsacp_comm_counter *c)
     dsacp_cp_count(c, L, L * f->nd * Hs * dv * 4 * (f->W - 1), L * f->nd * (H - Hs) * dv * 4);
 }
 
+int64_t dsacp_cp_formula_shared_len(const dsacp_cp_formula *f)
+{
+    const dsacp_cp_strategy *s = dsacp_cp_strategy_of(f->opt);
+    const int64_t n = f->nd > 0 && s->shared_len ? s->shared_len(f) : 0;
+    return n > 0 ? n : 0;
+}
+
+void dsacp_cp_formula_shared_into(const dsacp_cp_formula *f, int64_t *sh)
+{
+    const int64_t n = dsacp_cp_formula_shared_len(f);
+    if (n <= 0) return;
+    memset(sh, 0, (size_t)n * sizeof *sh);
+    dsacp_cp_strategy_of(f->opt)->shared(f, sh);
+}
+
 int dsacp_cp_formula_shared(const dsacp_cp_formula *f, int64_t **sh)
 {
     *sh = NULL;
-    const dsacp_cp_strategy *s = dsacp_cp_strategy_of(f->opt);
-    const int64_t n = f->nd > 0 && s->shared_len ? s->shared_len(f) : 0;
+    const int64_t n = dsacp_cp_formula_shared_len(f);
     if (n <= 0) return DSACP_OK;
     *sh = dsacp_calloc((size_t)n, sizeof **sh);
     if (!*sh) return dsacp_error_context(DSACP_ENOMEM, "the decode formula's shared counts");
-    s->shared(f, *sh);
+    dsacp_cp_formula_shared_into(f, *sh);
     return DSACP_OK;
 }
 

@@ -69,7 +69,9 @@ typedef struct dsacp_cp_strategy {
     int64_t (*wire_bytes)(const dsacp_cp_options *opt, bool deployed);
     /* Formula. shared_len/shared: counts every rank's formula reads (computed once per step for
      * all ranks, so W ranks cost O(W)); comm: the counters the strategy's own phases add on rank
-     * f->me for the step, through every layer (o_proj and control are the layer's). */
+     * f->me for the step, through every layer (o_proj and control are the layer's). shared_len
+     * reads only f's W, iW and nreq, never decreasing in nreq (the planner sizes a step's memory
+     * with nreq at its bound). */
     int64_t (*shared_len)(const dsacp_cp_formula *f);
     void (*shared)(const dsacp_cp_formula *f, int64_t *sh);
     void (*comm)(const dsacp_cp_formula *f, const int64_t *sh, dsacp_comm_counter out[DSACP_PHASE_COUNT]);
@@ -120,8 +122,11 @@ void dsacp_cp_index_groups(const dsacp_cp_options *opt, int64_t W, int64_t rank,
  * strategy's phases (with its shared counts `sh`, from dsacp_cp_formula_shared) and the decode
  * rows' o_proj (cp_layer.c step 7), added to out. */
 void dsacp_cp_decode_comm(const dsacp_cp_formula *f, const int64_t *sh, dsacp_comm_counter out[DSACP_PHASE_COUNT]);
-/* The strategy's shared counts of a step (dsacp_calloc'ed, *sh = NULL when it has none;
- * dsacp_free). */
+/* The strategy's shared counts of a step: _len their number (0 when it has none or the step has
+ * no decode token), _into writes them to the caller's sh[_len] (the planner's step memory), and
+ * dsacp_cp_formula_shared allocates them (dsacp_calloc'ed, *sh = NULL when none; dsacp_free). */
+int64_t dsacp_cp_formula_shared_len(const dsacp_cp_formula *f);
+void dsacp_cp_formula_shared_into(const dsacp_cp_formula *f, int64_t *sh);
 int dsacp_cp_formula_shared(const dsacp_cp_formula *f, int64_t **sh);
 /* Puts the configured strategy's own members into the engine's report object (lean: its
  * options and merge backend); DSACP_ENOMEM when jansson fails. */

@@ -39,16 +39,23 @@ typedef struct step_shared {
     int64_t *npq, *rows;   /* [W] prefill tokens computed by each rank, rows of them rank 0's head needs */
     int64_t orows;         /* rows of ranks 1.. */
     dsacp_cp_formula f;    /* the decode strategy's formula of the step (me and ir set per rank) */
-    int64_t *strat;        /* its shared counts (dsacp_cp_formula_shared) */
+    int64_t *strat;        /* its shared counts (dsacp_cp_formula_shared_into) */
     bool gather;           /* DSA-CP tp: the step gathers o_proj's shards */
     bool tp, tp_a2a, dsa;
     int64_t shard_total;   /* tp: the column shards' bytes, all ranks */
 } step_shared;
 
-static void shared_free(step_shared *sh)
+size_t dsacp_plan_step_bytes(const dsacp_config *cfg, const dsacp_cp_options *cp, int64_t W, int64_t nd, int64_t nreq)
 {
-    dsacp_free(sh->npq), dsacp_free(sh->rows), dsacp_free(sh->strat);
-    memset(sh, 0, sizeof *sh);
+    if (W <= 1) return 0;
+    if (W > INT32_MAX || nd < 0 || nreq < 0 || nreq > INT64_MAX / 4) return SIZE_MAX;
+    int64_t iW, iI, ir;
+    index_groups(cp, W, 0, &iW, &iI, &ir);
+    const dsacp_cp_formula f = {.cfg = cfg, .opt = cp, .W = W, .iW = iW, .iI = iI, .nd = nd, .nreq = nreq};
+    const int64_t ints = dsacp_cp_formula_shared_len(&f);
+    size_t bytes;
+    if (ints > INT64_MAX / 4 || !dsacp_mul_ok((size_t)(2 * W + ints), sizeof(int64_t), &bytes)) return SIZE_MAX;
+    return bytes;
 }
 
 /* The rank computing token i of a prefill entry of n new tokens after o cached positions, the
@@ -69,7 +76,9 @@ static int64_t token_rank(const dsacp_cp_options *cp, int64_t W, int64_t n, int6
     return q < W ? q : W - 1;
 }
 
-static int shared_build(const dsacp_config *cfg, const dsacp_cp_options *cp, const dsacp_plan_step *s, step_shared *sh)
+/* The shared part of step s, its arrays carved from mem (dsacp_plan_step_bytes of the step). */
+static int shared_build(const dsacp_config *cfg, const dsacp_cp_options *cp, const dsacp_plan_step *s, step_shared *sh,
+                        int64_t *mem)
 {
     memset(sh, 0, sizeof *sh);
     const int64_t W = s->W, I = cp->interleave, H = cfg->num_attention_heads, dv = cfg->v_head_dim, D = cfg->hidden_size;
@@ -104,11 +113,8 @@ static int shared_build(const dsacp_config *cfg, const dsacp_cp_options *cp, con
                                "prefill tokens after %.4g, on %lld ranks, moves more bytes than 64 bits count (up to %.3g)",
                                (long long)s->nd, old, T, ctx, (long long)W, bound);
     }
-    sh->npq = dsacp_calloc((size_t)W, sizeof *sh->npq), sh->rows = dsacp_calloc((size_t)W, sizeof *sh->rows);
-    if (!sh->npq || !sh->rows) {
-        shared_free(sh);
-        return dsacp_error_context(DSACP_ENOMEM, "plan: the step's per-rank token counts");
-    }
+    sh->npq = mem, sh->rows = mem + W;
+    memset(mem, 0, 2 * (size_t)W * sizeof *mem);
     int64_t *npq = sh->npq, *rows = sh->rows, T = 0;
     for (int64_t e = 0; e < s->npre; e++) T += s->pre_new[e];
     sh->T = T;
@@ -172,9 +178,9 @@ static int shared_build(const dsacp_config *cfg, const dsacp_cp_options *cp, con
                                .want_topk = s->want_topk, .tp = sh->tp, .tp_a2a = sh->tp_a2a, .o_gather_v = s->o_gather_v,
                                .o_tp_f32 = s->o_tp_f32, .lean_fallback_tokens = s->lean_fallback_tokens,
                                .lean_fallback_rounds = s->lean_fallback_rounds, .lean_owned_winners = s->lean_owned_winners};
-    int rc = dsacp_cp_formula_shared(&sh->f, &sh->strat);
-    if (rc) shared_free(sh);
-    return rc;
+    sh->strat = dsacp_cp_formula_shared_len(&sh->f) > 0 ? mem + 2 * W : NULL;
+    if (sh->strat) dsacp_cp_formula_shared_into(&sh->f, sh->strat);
+    return DSACP_OK;
 }
 
 /* One rank's counters from the shared part. */
@@ -250,32 +256,61 @@ static int check_step(const dsacp_cp_options *cp, const dsacp_plan_step *s, int6
     return DSACP_OK;
 }
 
+/* Rank me's counters (every rank's, out[W][DSACP_PHASE_COUNT], when all) of a step of W > 1
+ * ranks, its shared arrays carved from mem. */
+static int step_counts(const dsacp_config *cfg, const dsacp_cp_options *cp, const dsacp_plan_step *s, int64_t me, bool all,
+                       dsacp_comm_counter *out, void *mem, size_t bytes)
+{
+    const size_t need = dsacp_plan_step_bytes(cfg, cp, s->W, s->nd, s->nreq);
+    if (need == SIZE_MAX)
+        return dsacp_error(DSACP_ERANGE, "plan: the counts of a step of %lld ranks and %lld requests overflow",
+                           (long long)s->W, (long long)s->nreq);
+    if (!mem || bytes < need)
+        return dsacp_error(DSACP_EINVAL, "plan: mem holds %zu bytes, the step's counts need %zu", mem ? bytes : 0, need);
+    step_shared sh;
+    int rc = shared_build(cfg, cp, s, &sh, mem);
+    for (int64_t r = all ? 0 : me; !rc && r < (all ? s->W : me + 1); r++)
+        rank_comm(cfg, cp, s, &sh, r, out + (all ? r : 0) * DSACP_PHASE_COUNT);
+    return rc;
+}
+
+/* The same with the arrays allocated (the planner's own calls, `dsacp plan`). */
+static int step_counts_alloc(const dsacp_config *cfg, const dsacp_cp_options *cp, const dsacp_plan_step *s, int64_t me,
+                             bool all, dsacp_comm_counter *out)
+{
+    const size_t bytes = dsacp_plan_step_bytes(cfg, cp, s->W, s->nd, s->nreq);
+    void *mem = bytes && bytes != SIZE_MAX ? dsacp_alloc(bytes) : NULL;
+    if (bytes && bytes != SIZE_MAX && !mem) return dsacp_error_context(DSACP_ENOMEM, "plan: the step's per-rank counts");
+    const int rc = step_counts(cfg, cp, s, me, all, out, mem, bytes);
+    dsacp_free(mem);
+    return rc;
+}
+
+int dsacp_plan_step_comm_mem(const dsacp_config *cfg, const dsacp_cp_options *cp, const dsacp_plan_step *s,
+                             dsacp_comm_counter out[DSACP_PHASE_COUNT], void *mem, size_t bytes)
+{
+    memset(out, 0, sizeof(dsacp_comm_counter) * DSACP_PHASE_COUNT);
+    const int rc = check_step(cp, s, s->rank);
+    if (rc || s->W == 1) return rc; /* a solo group counts nothing */
+    return step_counts(cfg, cp, s, s->rank, false, out, mem, bytes);
+}
+
 int dsacp_plan_step_comm(const dsacp_config *cfg, const dsacp_cp_options *cp, const dsacp_plan_step *s,
                          dsacp_comm_counter out[DSACP_PHASE_COUNT])
 {
     memset(out, 0, sizeof(dsacp_comm_counter) * DSACP_PHASE_COUNT);
-    int rc = check_step(cp, s, s->rank);
+    const int rc = check_step(cp, s, s->rank);
     if (rc || s->W == 1) return rc; /* a solo group counts nothing */
-    step_shared sh;
-    if ((rc = shared_build(cfg, cp, s, &sh))) return rc;
-    rank_comm(cfg, cp, s, &sh, s->rank, out);
-    shared_free(&sh);
-    return DSACP_OK;
+    return step_counts_alloc(cfg, cp, s, s->rank, false, out);
 }
 
 int dsacp_plan_step_comm_ranks(const dsacp_config *cfg, const dsacp_cp_options *cp, const dsacp_plan_step *s,
                                dsacp_comm_counter *out)
 {
-    const int64_t W = s->W;
-    int rc = check_step(cp, s, 0);
+    const int rc = check_step(cp, s, 0);
     if (rc) return rc;
-    memset(out, 0, sizeof(dsacp_comm_counter) * DSACP_PHASE_COUNT * (size_t)W);
-    if (W == 1) return DSACP_OK;
-    step_shared sh;
-    if ((rc = shared_build(cfg, cp, s, &sh))) return rc;
-    for (int64_t r = 0; r < W; r++) rank_comm(cfg, cp, s, &sh, r, out + r * DSACP_PHASE_COUNT);
-    shared_free(&sh);
-    return DSACP_OK;
+    memset(out, 0, sizeof(dsacp_comm_counter) * DSACP_PHASE_COUNT * (size_t)s->W);
+    return s->W == 1 ? DSACP_OK : step_counts_alloc(cfg, cp, s, 0, true, out);
 }
 
 void dsacp_plan_context_rule(const dsacp_config *cfg, const dsacp_cp_options *cp, int64_t W, int64_t latent_bytes,

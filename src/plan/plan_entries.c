@@ -22,12 +22,23 @@ static int entries_tokens(const dsacp_plan_entry *ent, int64_t n, size_t *T)
 }
 
 /* The lists (2 T + 4 n int64), then the entries' decisions (n bools); SIZE_MAX on overflow. */
-size_t dsacp_plan_entries_bytes(int64_t T, int64_t n)
+static size_t lists_bytes(int64_t T, int64_t n)
 {
     size_t len, bytes;
     if (T < 0 || n < 0 || !dsacp_mul_ok((size_t)T, 2, &len) || !dsacp_add_ok(len, 4 * (size_t)n, &len) ||
         !dsacp_mul_ok(len, sizeof(int64_t), &bytes) || !dsacp_add_ok(bytes, (size_t)n + 1, &bytes))
         return SIZE_MAX;
+    return bytes;
+}
+
+/* The lists rounded up to 8 bytes, then the step's counts (at most T decode tokens of n
+ * requests); 0 on one rank. */
+size_t dsacp_plan_entries_bytes(const dsacp_config *cfg, const dsacp_cp_options *cp, int64_t W, int64_t T, int64_t n)
+{
+    if (W == 1) return 0;
+    const size_t lists = lists_bytes(T, n), step = dsacp_plan_step_bytes(cfg, cp, W, T, n);
+    size_t bytes;
+    if (lists == SIZE_MAX || step == SIZE_MAX || !dsacp_add_ok(lists / 8 * 8, 8 + step, &bytes)) return SIZE_MAX;
     return bytes;
 }
 
@@ -61,14 +72,15 @@ int dsacp_plan_entries_comm_mem(const dsacp_config *cfg, const dsacp_cp_options 
     int rc = entries_tokens(ent, n, &T);
     /* A solo group counts nothing (dsacp_plan_step_comm checks the step and returns): no lists. */
     if (rc || base->W == 1) return rc ? rc : dsacp_plan_step_comm(cfg, cp, base, out);
-    const size_t need = dsacp_plan_entries_bytes((int64_t)T, n);
+    const size_t need = dsacp_plan_entries_bytes(cfg, cp, base->W, (int64_t)T, n);
     if (need == SIZE_MAX) return dsacp_error(DSACP_ERANGE, "plan: the lists of %lld entries overflow", (long long)n);
     if (!mem || bytes < need)
         return dsacp_error(DSACP_EINVAL, "plan: mem holds %zu bytes, the lists of %lld entries need %zu", mem ? bytes : 0,
                            (long long)n, need);
     dsacp_plan_lists l;
     rc = entries_build(cfg, cp, base, ent, n, T, &l, mem);
-    return rc ? rc : dsacp_plan_step_comm(cfg, cp, &l.s, out);
+    const size_t off = lists_bytes((int64_t)T, n) / 8 * 8 + 8; /* the step's counts after the lists */
+    return rc ? rc : dsacp_plan_step_comm_mem(cfg, cp, &l.s, out, (char *)mem + off, bytes - off);
 }
 
 int dsacp_plan_entries_comm(const dsacp_config *cfg, const dsacp_cp_options *cp, const dsacp_plan_step *base,
@@ -80,7 +92,7 @@ int dsacp_plan_entries_comm(const dsacp_config *cfg, const dsacp_cp_options *cp,
         memset(out, 0, sizeof(dsacp_comm_counter) * DSACP_PHASE_COUNT);
         return rc;
     }
-    const size_t bytes = base->W == 1 ? 0 : dsacp_plan_entries_bytes((int64_t)T, n);
+    const size_t bytes = dsacp_plan_entries_bytes(cfg, cp, base->W, (int64_t)T, n);
     if (bytes == SIZE_MAX) return dsacp_error(DSACP_ERANGE, "plan: the lists of %lld entries overflow", (long long)n);
     void *mem = bytes ? dsacp_alloc(bytes) : NULL;
     if (bytes && !mem) return dsacp_error_context(DSACP_ENOMEM, "plan: the lists of %lld entries", (long long)n);
