@@ -350,7 +350,7 @@ static size_t step_workspace(const dsacp_engine *e, int64_t T, int64_t n)
     logits_gather_need(&gather, dsacp_comm_size(e->comm), T, D);
     size_t phase = dsacp_arena_max(dsacp_engine_model_workspace(e, T), gather);
     phase = dsacp_arena_max(phase, dsacp_engine_head_workspace(e, T));
-    phase = dsacp_arena_max(phase, dsacp_engine_plan_workspace(T, n));
+    phase = dsacp_arena_max(phase, dsacp_engine_plan_workspace(e, T, n));
     if (cp) phase = dsacp_arena_max(phase, dsacp_cp_layer_ws_bytes(&e->cp, T));
     if (fixed == SIZE_MAX || phase == SIZE_MAX || !dsacp_add_ok(fixed, phase, &fixed)) return SIZE_MAX;
     return fixed;

@@ -114,7 +114,7 @@ void dsacp_engine_measure_end(dsacp_engine *e, const dsacp_comm_counter before[D
 void dsacp_engine_plan_agreement(dsacp_engine *e);
 /* The workspace dsacp_engine_plan_step takes for n entries bringing T tokens (the entries and the
  * planner's lists, dsacp_plan_entries_bytes). */
-size_t dsacp_engine_plan_workspace(int64_t T, int64_t n);
+size_t dsacp_engine_plan_workspace(const dsacp_engine *e, int64_t T, int64_t n);
 /* A step that completed (added to the prediction; its scratch from ws, given back), or one that
  * failed (the prediction is lost). */
 void dsacp_engine_plan_step(dsacp_engine *e, dsacp_arena *ws, const int64_t *old_len, const int64_t *new_len, int64_t n,

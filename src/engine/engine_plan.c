@@ -16,8 +16,6 @@ struct dsacp_engine_plan {
     dsacp_comm_counter planned[DSACP_PHASE_COUNT];
     dsacp_comm_counter measured[DSACP_PHASE_COUNT]; /* the counters' growth during those calls */
     int64_t seen_fb_tokens, seen_fb_rounds, seen_winners;
-    void *mem;  /* W > 1: the step's lists and per-rank counts (dsacp_plan_entries_bytes), grown */
-    size_t cap; /* to the largest step seen, so a steady decode step allocates nothing */
     bool lost; /* a step failed after its first collectives: not predicted */
 };
 
@@ -71,7 +69,7 @@ int dsacp_engine_plan_setup(dsacp_engine *e)
 void dsacp_engine_plan_free(dsacp_engine *e)
 {
     if (!e->plan) return;
-    dsacp_free(e->plan->pq), dsacp_free(e->plan->po), dsacp_free(e->plan->psh), dsacp_free(e->plan->mem);
+    dsacp_free(e->plan->pq), dsacp_free(e->plan->po), dsacp_free(e->plan->psh);
     free(e->plan);
     e->plan = NULL;
 }
@@ -122,26 +120,16 @@ void dsacp_engine_plan_agreement(dsacp_engine *e)
     plan_add(e->plan, c);
 }
 
-size_t dsacp_engine_plan_workspace(int64_t T, int64_t n)
+size_t dsacp_engine_plan_workspace(const dsacp_engine *e, int64_t T, int64_t n)
 {
-    (void)T;
     size_t bytes = 0;
     dsacp_arena_need(&bytes, n, 1, sizeof(dsacp_plan_entry));
+    if (e->cp.W > 1) { /* the planner's lists and per-rank counts of the step */
+        const size_t lists = dsacp_plan_entries_bytes(e->cfg, &e->cp.opt, e->cp.W, T, n);
+        if (lists == SIZE_MAX) return SIZE_MAX;
+        dsacp_arena_need(&bytes, (int64_t)lists, 1, 1);
+    }
     return bytes;
-}
-
-/* The plan's memory for a step of T tokens in n entries: grown to the largest step (W, hence the
- * size, is the plan's, not the step workspace's); false when it cannot be. */
-static bool plan_mem(dsacp_engine *e, int64_t T, int64_t n, size_t *bytes)
-{
-    dsacp_engine_plan *p = e->plan;
-    *bytes = e->cp.W > 1 ? dsacp_plan_entries_bytes(e->cfg, &e->cp.opt, e->cp.W, T, n) : 0;
-    if (*bytes == SIZE_MAX) return false;
-    if (*bytes <= p->cap) return true;
-    dsacp_free(p->mem);
-    p->mem = dsacp_alloc(*bytes);
-    p->cap = p->mem ? *bytes : 0;
-    return p->mem != NULL;
 }
 
 void dsacp_engine_plan_step(dsacp_engine *e, dsacp_arena *ws, const int64_t *old_len, const int64_t *new_len, int64_t n,
@@ -153,8 +141,9 @@ void dsacp_engine_plan_step(dsacp_engine *e, dsacp_arena *ws, const int64_t *old
     dsacp_plan_entry *pe = dsacp_arena_take(ws, n, 1, sizeof *pe, "the planner's entries");
     int64_t T = 0;
     for (int64_t i = 0; pe && i < n; i++) pe[i] = (dsacp_plan_entry){old_len[i], new_len[i] - old_len[i]}, T += pe[i].n_new;
-    size_t bytes = 0;
-    if (!pe || !plan_mem(e, T, n, &bytes)) {
+    const size_t bytes = e->cp.W > 1 ? dsacp_plan_entries_bytes(e->cfg, &e->cp.opt, e->cp.W, T, n) : 0;
+    void *mem = bytes && bytes != SIZE_MAX ? dsacp_arena_take(ws, (int64_t)bytes, 1, 1, "the planner's lists") : NULL;
+    if (!pe || bytes == SIZE_MAX || (bytes && !mem)) {
         p->lost = true;
         dsacp_arena_rewind(ws, mark);
         return;
@@ -167,7 +156,7 @@ void dsacp_engine_plan_step(dsacp_engine *e, dsacp_arena *ws, const int64_t *old
     p->seen_fb_tokens = ft, p->seen_fb_rounds = st->lean_fallback_rounds, p->seen_winners = st->lean_owned_winners;
     b.want_logits = want[0], b.want_topk = want[1], b.logits_last = last;
     dsacp_comm_counter c[DSACP_PHASE_COUNT];
-    if (dsacp_plan_entries_comm_mem(e->cfg, &e->cp.opt, &b, pe, n, c, bytes ? p->mem : NULL, bytes)) p->lost = true;
+    if (dsacp_plan_entries_comm_mem(e->cfg, &e->cp.opt, &b, pe, n, c, mem, bytes)) p->lost = true;
     else plan_add(p, c);
     dsacp_arena_rewind(ws, mark);
 }
