@@ -86,7 +86,8 @@ static void pack(const dsacp_cp_decode_args *a, bool lat_sh, bool idx_sh, uint8_
         if (!st->decode[e]) continue;
         const dsacp_kv_seq *seq = lat_sh ? st->lat_seq[e] : st->idx_seq[e];
         const int64_t nb = blocks_of(st->new_len[e], cp->rank, B, cp->W);
-        memcpy(s, seq->blocks, (size_t)nb * sizeof *seq->blocks), s += nb * (int64_t)sizeof *seq->blocks;
+        if (nb > 0) /* a rank holding none of a short request's blocks sends no table entry */
+            memcpy(s, seq->blocks, (size_t)nb * sizeof *seq->blocks), s += nb * (int64_t)sizeof *seq->blocks;
         for (int64_t j = 0; j < nb; j++) {
             if (lat_sh) memcpy(s, cp->lat->mla[a->layer] + st->lat_seq[e]->blocks[j] * ml, (size_t)ml), s += ml;
             if (idx_sh) memcpy(s, cp->idx->index[a->layer] + st->idx_seq[e]->blocks[j] * il, (size_t)il), s += il;
