@@ -56,6 +56,48 @@ dsacp_step_times dsacp_engine_last_step_times(const dsacp_engine *e);
 int dsacp_engine_fill_random(dsacp_engine *e, int64_t request_id, int64_t length, uint64_t seed);
 
 /* ------------------------------------------------------------------------------------------ */
+/* Prefill and decode on separate rank groups (docs/disaggregation.md)                        */
+/* ------------------------------------------------------------------------------------------ */
+
+/* A rank's role, with vLLM's names (--kv-role): kv_both runs prefill and decode (one group, the
+ * default); kv_producer ranks prefill only and send the prefilled latent and indexer entries to
+ * the kv_consumer ranks, which decode. One MPI job holds both groups. */
+typedef enum dsacp_kv_role { DSACP_KV_BOTH = 0, DSACP_KV_PRODUCER = 1, DSACP_KV_CONSUMER = 2 } dsacp_kv_role;
+/* "kv_both", "kv_producer", "kv_consumer" ("?" when out of range); the parser takes those names
+ * (DSACP_EINVAL, listing them, otherwise). */
+const char *dsacp_kv_role_name(dsacp_kv_role role);
+int dsacp_kv_role_parse(const char *name, dsacp_kv_role *out);
+
+/* Collective over the world: every rank names its role. Ranks of one role form a group, ranked by
+ * world rank, with its own communicator and counters (*group; NULL when every rank is kv_both:
+ * the world is the group). Refused with DSACP_EINVAL and the same message on every rank unless
+ * every rank is kv_both or the world holds exactly a producer group and a consumer group. */
+int dsacp_pd_split(dsacp_comm *world, dsacp_kv_role role, dsacp_comm **group);
+
+/* The link between a producer and a consumer group. Collective over the world, after each rank
+ * created its group's engine (over the group communicator of dsacp_pd_split): the groups exchange
+ * what the transfer needs (model configuration, numerics, cache dtype, W, interleave, block size,
+ * layouts) and refuse an incompatible pair (another model or numerics, another latent cache dtype)
+ * with DSACP_EINVAL and one message on every rank of both groups. The link is a duplicate of the
+ * world communicator: its counters hold the transfer (phase kv_transfer) and the leaders' control
+ * messages (phase control). `timeout_s` (> 0) bounds every wait on the other group: a dead peer or
+ * link is DSACP_ECOMM within it (docs/disaggregation.md, "Failures"). The world, the group
+ * communicator and the engine outlive the link. */
+typedef struct dsacp_pd dsacp_pd;
+int dsacp_pd_create(dsacp_comm *world, dsacp_engine *e, dsacp_kv_role role, double timeout_s, dsacp_pd **out);
+void dsacp_pd_free(dsacp_pd *pd);
+dsacp_kv_role dsacp_pd_role(const dsacp_pd *pd);
+/* The link's communicator (borrowed): world ranks, counters of the transfer. */
+dsacp_comm *dsacp_pd_link(const dsacp_pd *pd);
+/* The producer's and the consumer's group sizes. */
+void dsacp_pd_sizes(const dsacp_pd *pd, int *w_producer, int *w_consumer);
+/* The relayout's formula (docs/disaggregation.md, "Bytes") for the chunks the producer ran so far:
+ * this rank's kv_transfer counter as predicted (calls, bytes_sent, bytes_recv; seconds 0): equal,
+ * field by field, to dsacp_comm_get_counter(dsacp_pd_link(pd), DSACP_PHASE_kv_transfer) after
+ * dsacp_serve_run returned. */
+dsacp_comm_counter dsacp_pd_predicted(const dsacp_pd *pd);
+
+/* ------------------------------------------------------------------------------------------ */
 /* The serving loop                                                                           */
 /* ------------------------------------------------------------------------------------------ */
 
@@ -82,6 +124,11 @@ typedef struct dsacp_serve_options {
     bool realtime;            /* wait for arrivals on the wall clock (false: replay as fast as possible) */
     void (*progress)(void *arg, const dsacp_serve_progress *p);
     void *progress_arg;
+    /* Disaggregated serving: the link of this rank (dsacp_pd_create), NULL for kv_both. The call is
+     * then collective over the world: a producer engine prefills (and samples each request's first
+     * token), a consumer engine decodes the rest; the world's rank 0 passes the requests and gets
+     * the result. The options must agree between the groups except `progress`. */
+    dsacp_pd *pd;
 } dsacp_serve_options;
 void dsacp_serve_options_default(dsacp_serve_options *o);
 
@@ -91,6 +138,7 @@ typedef struct dsacp_serve_step {
     double attention_ms, mlp_ms, comm_ms;
     double projections_ms, attend_ms, o_proj_ms; /* parts of attention_ms */
     int64_t comm_bytes; /* received by rank 0 */
+    dsacp_kv_role group; /* the group that ran it (kv_both without a link) */
 } dsacp_serve_step;
 
 /* Times are seconds on the run's clock (0 = the start of the run, docs/serving.md "The clock"). */
@@ -102,6 +150,12 @@ typedef struct dsacp_serve_out {
     double arrival_s;     /* the request's arrival on the run's clock: arrival_s when realtime, 0 when replayed */
     double first_s, finish_s; /* first token, last token; arrival_s <= first_s <= finish_s */
     int64_t preemptions;
+    /* Disaggregated runs (0 otherwise): when the producer sampled the first token, when the
+     * consumer held every entry of the prompt (first_s: the first token reaches the client from
+     * the decode group, so TTFT includes the transfer), and the bytes and messages of the
+     * transfer (every producer rank's sends, headers included). */
+    double prefill_done_s, kv_ready_s;
+    int64_t kv_bytes, kv_messages;
 } dsacp_serve_out;
 
 typedef struct dsacp_serve_result {
@@ -111,6 +165,12 @@ typedef struct dsacp_serve_result {
     int64_t n_steps, cap_steps;
     int64_t preemptions;
     double duration_s, kv_peak_use;
+    /* Disaggregated runs: per group ([0] producer, [1] consumer) its size, its busiest rank's peak
+     * KV use, its steps and their summed duration (seconds), its preemptions. */
+    bool pd;
+    int pd_W[2];
+    double pd_kv_peak_use[2], pd_busy_s[2];
+    int64_t pd_steps[2], pd_preemptions[2];
 } dsacp_serve_result;
 void dsacp_serve_result_free(dsacp_serve_result *r);
 
