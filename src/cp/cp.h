@@ -381,4 +381,37 @@ void dsacp_cp_put_idx(dsacp_kv_cache *c, int64_t layer, int64_t slot, const uint
 int64_t dsacp_cp_lat_slot(const dsacp_cp_ctx *cp, const dsacp_cp_step *st, int64_t e, int64_t p);
 int64_t dsacp_cp_idx_slot(const dsacp_cp_ctx *cp, const dsacp_cp_step *st, int64_t e, int64_t p);
 
+/* ---- the relayout between a producer and a consumer group (cp_relayout.c) ----
+ * A request prefilled on the producer group (W_p ranks, interleave I_p) moves its latent and
+ * indexer entries to the consumer group (W_d ranks, interleave I_d, the consumer's layouts):
+ * position p is sent by the producer rank that computed it, (p / I_p) mod W_p, straight to every
+ * consumer rank that keeps it (docs/disaggregation.md, "The relayout" and "Bytes"). */
+enum { DSACP_KV_LATENT = 0, DSACP_KV_INDEX = 1 };
+#define DSACP_RELAYOUT_HEADER 16 /* bytes in front of every transfer message: int32[4] {a, layer, n_latent, n_index} */
+typedef struct dsacp_cp_relayout {
+    int64_t Wp, Ip;                 /* producer group: position p is SENT by rank (p / Ip) mod Wp */
+    int64_t Wd, Id;                 /* consumer group */
+    dsacp_cp_layout kv_layout, index_layout; int64_t index_group; /* the CONSUMER's layouts */
+    int64_t latent_bytes, index_bytes;                            /* wire bytes per position, one layer */
+    int64_t layers;
+} dsacp_cp_relayout;
+int64_t dsacp_cp_relayout_sender(const dsacp_cp_relayout *r, int64_t p);
+/* Whether consumer rank q keeps position p of kind (DSACP_KV_LATENT/INDEX) -- the engine's own rule:
+ * Wd == 1 or replicated: every rank; sharded: (p / Id) mod Wd; partial:G: the ranks q with
+ * q / G == (p / (Id G)) mod (Wd / G). */
+bool dsacp_cp_relayout_holds(const dsacp_cp_relayout *r, int kind, int64_t p, int64_t q);
+/* Positions of [a, b) that producer rank src sends consumer rank dst for kind, ascending: returns the
+ * count, writes them to pos when pos != NULL. Also: the first n such positions from a (for a
+ * receiver that knows a and n; they must exist): */
+int64_t dsacp_cp_relayout_positions(const dsacp_cp_relayout *r, int kind, int64_t a, int64_t b, int64_t src,
+                                    int64_t dst, int64_t *pos);
+void dsacp_cp_relayout_first(const dsacp_cp_relayout *r, int kind, int64_t a, int64_t n, int64_t src, int64_t dst,
+                             int64_t *pos);
+/* Counters of moving chunk [a, b) of one request: ONE message per (layer, src, dst) pair with at least
+ * one position of either kind, DSACP_RELAYOUT_HEADER + n_latent latent_bytes + n_index index_bytes
+ * bytes. side 0: producer rank `rank` (calls, bytes_sent); side 1: consumer rank `rank` (calls,
+ * bytes_recv). ADDED to *out. O((b - a) / min(Ip, Id)) per peer. */
+void dsacp_cp_relayout_comm(const dsacp_cp_relayout *r, int64_t a, int64_t b, int side, int64_t rank,
+                            dsacp_comm_counter *out);
+
 #endif

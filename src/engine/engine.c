@@ -179,8 +179,9 @@ bool dsacp_engine_fits(const dsacp_engine *e, const int64_t *ids, const int64_t 
         int64_t used_l = 0, used_i = 0, need_l = 0, need_i = 0;
         for (int64_t i = 0; i < e->nreq; i++)
             if (e->req[i].live) {
-                used_l += blocks_of(e, dsacp_engine_kept_on(e, e->cp.opt.kv_layout, e->req[i].length, q));
-                used_i += blocks_of(e, dsacp_engine_kept_on(e, e->cp.opt.index_layout, e->req[i].length, q));
+                const int64_t span = dsacp_engine_request_span(&e->req[i]);
+                used_l += blocks_of(e, dsacp_engine_kept_on(e, e->cp.opt.kv_layout, span, q));
+                used_i += blocks_of(e, dsacp_engine_kept_on(e, e->cp.opt.index_layout, span, q));
             }
         for (int64_t i = 0; i < n; i++) {
             const dsacp_engine_request *r = ids[i] >= 0 ? dsacp_engine_find_request(e, ids[i]) : NULL;
@@ -200,7 +201,8 @@ double dsacp_engine_kv_use(const dsacp_engine *e)
     for (int q = 0; q < e->cp.W; q++) {
         int64_t used = 0;
         for (int64_t i = 0; i < e->nreq; i++)
-            if (e->req[i].live) used += blocks_of(e, dsacp_engine_kept_on(e, e->cp.opt.kv_layout, e->req[i].length, q));
+            if (e->req[i].live)
+                used += blocks_of(e, dsacp_engine_kept_on(e, e->cp.opt.kv_layout, dsacp_engine_request_span(&e->req[i]), q));
         const double u = (double)used / (double)e->cache->num_blocks;
         if (u > worst) worst = u;
     }
@@ -221,6 +223,9 @@ static int check_entries(const dsacp_engine *e, const dsacp_step_entry *entries,
         dsacp_engine_request *r = dsacp_engine_find_request(e, en->request_id);
         if (!r) return dsacp_error(DSACP_EINVAL, "step entry %lld: no live request %lld", (long long)i,
                                    (long long)en->request_id);
+        if (r->importing)
+            return dsacp_error(DSACP_EINVAL, "step entry %lld: request %lld is being imported "
+                               "(dsacp_engine_import_end not called)", (long long)i, (long long)en->request_id);
         for (int64_t j = 0; j < i; j++)
             if (entries[j].request_id == en->request_id)
                 return dsacp_error(DSACP_EINVAL, "step entry %lld: request %lld appears twice in one step",
@@ -410,6 +415,12 @@ static int step_layers(dsacp_engine *e, const dsacp_step_entry *entries, const s
         else if (r2 && !*lrc) *lrc = r2;
         /* An agreed failure (a stage's allocation on some rank): every rank stops here. */
         if (e->cp.step_failed) break;
+        /* The layer's cache entries of the step are written: the disaggregation's hook (a
+         * producer sends them from here, in flight with the rest of the step). */
+        if (e->layer_hook) {
+            const int hrc = e->layer_hook(e->layer_hook_arg, l);
+            if (hrc && !*lrc) *lrc = hrc;
+        }
         const double t1 = dsacp_now();
         e->times.attention += t1 - t0;
         for (int64_t i = 0; i < na * D; i++) h[i] += ob[i];

@@ -5,7 +5,9 @@
  *                    routing and forward, lm_head;
  *   engine_cp.c      the context-parallel setup and the validation of the options;
  *   engine_plan.c    the planner's bookkeeping (the only engine file that includes dsacp_plan.h);
- *   engine_report.c  the report's notes (dsacp_engine_report_notes, written with jansson).
+ *   engine_report.c  the report's notes (dsacp_engine_report_notes, written with jansson);
+ *   engine_kv.c      the KV a relayout moves: wire bytes, pack/unpack of entries, imported
+ *                    requests, the layer hook.
  */
 #ifndef DSACP_ENGINE_INTERNAL_H
 #define DSACP_ENGINE_INTERNAL_H
@@ -29,7 +31,17 @@ typedef struct dsacp_engine_request {
     int64_t length;    /* tokens of the request so far (all ranks) */
     dsacp_kv_seq seq;  /* this rank's latent block table (and indexer, when one cache) */
     dsacp_kv_seq iseq; /* this rank's indexer block table when the layouts differ */
+    /* engine_kv.c: between dsacp_engine_import_begin and _end the request holds the blocks of
+     * import_len positions, its length stays 0 and no step may name it. */
+    bool importing;
+    int64_t import_len;
 } dsacp_engine_request;
+
+/* The positions a request's blocks are reserved for (its length, or what an import brings). */
+static inline int64_t dsacp_engine_request_span(const dsacp_engine_request *r)
+{
+    return r->importing ? r->import_len : r->length;
+}
 
 /* The planner's prediction of the engine's collectives (engine_plan.c). */
 typedef struct dsacp_engine_plan dsacp_engine_plan;
@@ -59,6 +71,8 @@ struct dsacp_engine {
      * of a larger step than any before (nothing taken then), reset at every step. */
     dsacp_arena ws;
     int64_t max_step_tokens; /* dsacp_engine_set_max_num_batched_tokens; 0: no limit */
+    dsacp_engine_layer_hook layer_hook; /* dsacp_engine_set_layer_hook (engine_kv.c), NULL: none */
+    void *layer_hook_arg;
 };
 
 /* ---- engine.c ---- */
