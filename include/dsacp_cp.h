@@ -41,7 +41,8 @@ typedef struct dsacp_comm dsacp_comm;
     X(topk_dump, "selected positions gathered to rank 0 (only when asked)")                  \
     X(q_proj_weight, "layer-shard: q_b_proj broadcast from its owner")                       \
     X(o_proj_weight, "layer-shard: o_proj broadcast; tp: o_proj shards gathered")            \
-    X(input, "inputs broadcast from rank 0")
+    X(input, "inputs broadcast from rank 0")                                                  \
+    X(kv_transfer, "prefill group to decode group: prefilled latent and indexer entries, point to point")
 
 typedef enum dsacp_comm_phase {
 #define DSACP_COMM_PHASE_ENUM_(name, desc) DSACP_PHASE_##name,
@@ -62,6 +63,7 @@ const char *dsacp_comm_phase_name(int phase);
  *   all-reduce (n):    recv = sent = 2 n (W - 1) / W  (reduce-scatter + all-gather, rounded per block)
  *   broadcast (n):     root sent n (W - 1), others recv n
  *   gather(v) to root: root recv = sum of the others' blocks, others sent their block
+ *   point to point:    one call per message on each side; sender bytes_sent, receiver bytes_recv
  * Bytes to or from oneself never count. A solo communicator counts nothing. */
 typedef struct dsacp_comm_counter {
     int64_t calls;
@@ -110,6 +112,15 @@ int dsacp_comm_bcast(dsacp_comm *comm, void *buf, size_t len, int phase);
  * dsacp_comm_agree_phase: dsacp_comm_agree counted under `phase`. */
 int dsacp_comm_allgather(dsacp_comm *comm, const void *send, size_t bytes, void *recv, int phase);
 int dsacp_comm_agree_phase(dsacp_comm *comm, int status, int phase);
+/* Collective over c: ranks passing the same color form a new communicator ranked by key (ties by
+ * rank), with its OWN counters (zero), notes and message space -- a group of a larger job. A group
+ * of one is a solo communicator. Free it before c. */
+int dsacp_comm_split_group(dsacp_comm *c, int color, int key, dsacp_comm **out);
+/* Collective: the same ranks in a new message space with its own (zero) counters. */
+int dsacp_comm_dup(dsacp_comm *c, dsacp_comm **out);
+/* Bound, in seconds, on every point-to-point wait of this communicator (<= 0: wait forever, the
+ * default): a wait that passes it fails with DSACP_ECOMM naming the peer and the seconds. */
+void dsacp_comm_set_timeout(dsacp_comm *c, double seconds);
 
 /* ------------------------------------------------------------------------------------------ */
 /* CP engine                                                                                  */

@@ -12,6 +12,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+
+/* The tag bound of a solo communicator: the least MPI_TAG_UB the standard allows. */
+#define SOLO_TAG_UB 32767
 
 struct dsacp_comm {
     bool solo;
@@ -21,6 +25,8 @@ struct dsacp_comm {
     dsacp_comm_counter own_ctr[DSACP_PHASE_COUNT];
     dsacp_comm_counter *ctr; /* own_ctr, or the parent's for a split communicator */
     json_t *notes; /* JSON object whose members join the report (rank 0's are written); NULL: none */
+    double timeout; /* bound on every point-to-point wait, seconds (<= 0: none) */
+    int tag_ub;     /* the largest tag (MPI_TAG_UB) */
     /* Bookkeeping of the blocking collectives, allocated with the handle so that they never fail
      * for memory halfway (a rank that returned before the MPI call would leave the others
      * waiting): the status agreement's receive buffer [size], allgather's block sizes [size],
@@ -41,12 +47,15 @@ struct dsacp_comm {
     dsacp_comm_request *spare;
 };
 
-/* A non-blocking collective in flight. Allocated once with its MPI counts and displacements
- * ([size] each, right after it), then reused through the handle's spare list. */
+/* A non-blocking collective or send in flight. Allocated once with its MPI counts and
+ * displacements ([size] each, right after it), then reused through the handle's spare list. */
+enum { REQUEST_COLLECTIVE = 0, REQUEST_SEND = 1 };
 struct dsacp_comm_request {
     dsacp_comm *c;
     MPI_Request req, req2;
     int phase;
+    int kind;      /* REQUEST_*: a send's wait is bounded by the handle's timeout */
+    int peer, tag; /* a send's destination and tag (for the timeout's message) */
     int *counts, *displs;
     dsacp_comm_request *next_spare;
 };
@@ -110,6 +119,7 @@ int dsacp_comm_create_solo(dsacp_comm **out)
     if (!*out) return dsacp_error(DSACP_ENOMEM, "out of memory");
     (*out)->solo = true;
     (*out)->size = 1;
+    (*out)->tag_ub = SOLO_TAG_UB;
     (*out)->ctr = (*out)->own_ctr;
     if (scratch_init(*out)) {
         free(*out);
@@ -119,7 +129,17 @@ int dsacp_comm_create_solo(dsacp_comm **out)
     return DSACP_OK;
 }
 
-int dsacp_comm_split(dsacp_comm *c, int color, int key, dsacp_comm **out)
+/* The largest tag of an MPI communicator (MPI_TAG_UB; the standard's minimum when unknown). */
+static int mpi_tag_ub(MPI_Comm comm)
+{
+    int *ub = NULL, flag = 0;
+    if (MPI_Comm_get_attr(comm, MPI_TAG_UB, &ub, &flag) != MPI_SUCCESS || !flag || !ub) return SOLO_TAG_UB;
+    return *ub;
+}
+
+/* The split behind dsacp_comm_split (counters shared with c) and dsacp_comm_split_group (own
+ * counters). */
+static int split_impl(dsacp_comm *c, int color, int key, bool own_counters, dsacp_comm **out)
 {
     *out = NULL;
     dsacp_comm *s = calloc(1, sizeof *s);
@@ -131,32 +151,27 @@ int dsacp_comm_split(dsacp_comm *c, int color, int key, dsacp_comm **out)
         }
         return dsacp_error(DSACP_ENOMEM, "out of memory");
     }
-    s->ctr = c->ctr;
+    s->ctr = own_counters ? s->own_ctr : c->ctr;
     s->size = 1;
-    if (c->solo) {
-        s->solo = true;
-        if (scratch_init(s)) {
+    s->solo = true;
+    s->tag_ub = SOLO_TAG_UB;
+    if (!c->solo) {
+        MPI_Comm sub;
+        int err = MPI_Comm_split(c->comm, color, key, &sub);
+        if (err != MPI_SUCCESS) {
             free(s);
-            return DSACP_ENOMEM;
+            return mpi_fail(err, "MPI_Comm_split");
         }
-        *out = s;
-        return DSACP_OK;
-    }
-    MPI_Comm sub;
-    int err = MPI_Comm_split(c->comm, color, key, &sub);
-    if (err != MPI_SUCCESS) {
-        free(s);
-        return mpi_fail(err, "MPI_Comm_split");
-    }
-    MPI_Comm_set_errhandler(sub, MPI_ERRORS_RETURN);
-    MPI_Comm_rank(sub, &s->rank);
-    MPI_Comm_size(sub, &s->size);
-    if (s->size == 1) { /* a group of one: no MPI calls at all */
-        MPI_Comm_free(&sub);
-        s->solo = true;
-        s->rank = 0;
-    } else {
-        s->comm = sub;
+        MPI_Comm_set_errhandler(sub, MPI_ERRORS_RETURN);
+        MPI_Comm_size(sub, &s->size);
+        if (s->size == 1) { /* a group of one: no MPI calls at all */
+            MPI_Comm_free(&sub);
+        } else {
+            MPI_Comm_rank(sub, &s->rank);
+            s->comm = sub;
+            s->solo = false;
+            s->tag_ub = mpi_tag_ub(sub);
+        }
     }
     if (scratch_init(s)) {
         if (!s->solo) MPI_Comm_free(&s->comm);
@@ -166,6 +181,21 @@ int dsacp_comm_split(dsacp_comm *c, int color, int key, dsacp_comm **out)
     *out = s;
     return DSACP_OK;
 }
+
+int dsacp_comm_split(dsacp_comm *c, int color, int key, dsacp_comm **out)
+{
+    return split_impl(c, color, key, false, out);
+}
+
+int dsacp_comm_split_group(dsacp_comm *c, int color, int key, dsacp_comm **out)
+{
+    return split_impl(c, color, key, true, out);
+}
+
+/* One color for every rank, ranked as in c: the same group in a new context. */
+int dsacp_comm_dup(dsacp_comm *c, dsacp_comm **out) { return split_impl(c, 0, c->rank, true, out); }
+
+void dsacp_comm_set_timeout(dsacp_comm *c, double seconds) { c->timeout = seconds > 0 ? seconds : 0; }
 
 int dsacp_comm_create_mpi(MPI_Comm comm, dsacp_comm **out)
 {
@@ -183,6 +213,7 @@ int dsacp_comm_create_mpi(MPI_Comm comm, dsacp_comm **out)
     MPI_Comm_set_errhandler(c->comm, MPI_ERRORS_RETURN);
     MPI_Comm_rank(c->comm, &c->rank);
     MPI_Comm_size(c->comm, &c->size);
+    c->tag_ub = mpi_tag_ub(c->comm);
     c->ctr = c->own_ctr;
     if (scratch_init(c)) {
         MPI_Comm_free(&c->comm);
@@ -363,7 +394,7 @@ static void split_blocks(dsacp_comm *c, int64_t n, size_t elem)
     }
 }
 
-/* ---- collectives ---- */
+/* ---- requests ---- */
 
 /* A spare request of c, or a new one when none is spare (NULL with DSACP_ENOMEM recorded). */
 static dsacp_comm_request *new_request(dsacp_comm *c, int phase)
@@ -383,6 +414,8 @@ static dsacp_comm_request *new_request(dsacp_comm *c, int phase)
     }
     r->c = c;
     r->phase = phase;
+    r->kind = REQUEST_COLLECTIVE;
+    r->peer = r->tag = -1;
     r->req = r->req2 = MPI_REQUEST_NULL;
     r->next_spare = NULL;
     return r;
@@ -394,6 +427,230 @@ static void spare_request(dsacp_comm_request *r)
     r->next_spare = r->c->spare;
     r->c->spare = r;
 }
+
+/* r handed back after its wait or test, whatever the outcome: an MPI request still active (a
+ * send whose wait failed) is left to MPI to complete (MPI_Request_free), so the handle never
+ * reuses it. */
+static void release_request(dsacp_comm_request *r)
+{
+    if (r->req != MPI_REQUEST_NULL) MPI_Request_free(&r->req);
+    if (r->req2 != MPI_REQUEST_NULL) MPI_Request_free(&r->req2);
+    spare_request(r);
+}
+
+/* Time since t0 added to a phase's seconds (a wait's or a test's, whose call was counted at the
+ * start). */
+static void add_seconds(dsacp_comm *c, int phase, double t0)
+{
+    if (!c->solo && phase >= 0 && phase < DSACP_PHASE_COUNT) c->ctr[phase].seconds += dsacp_now() - t0;
+}
+
+/* ---- point to point ---- */
+
+/* A bounded wait polls: POLL_SPINS polls back to back, then sleeps between polls starting at
+ * POLL_SLEEP_MIN_NS and doubling up to POLL_SLEEP_MAX_NS (a dead peer or link costs at most the
+ * timeout plus one sleep; a live one at most one sleep of latency). */
+enum { POLL_SPINS = 64 };
+#define POLL_SLEEP_MIN_NS 50000L
+#define POLL_SLEEP_MAX_NS 200000L
+
+typedef struct poller {
+    double deadline; /* dsacp_now() bound; 0: none */
+    int spins;
+    long sleep_ns;
+} poller;
+
+static void poll_start(const dsacp_comm *c, poller *p)
+{
+    p->deadline = c->timeout > 0 ? dsacp_now() + c->timeout : 0;
+    p->spins = 0;
+    p->sleep_ns = POLL_SLEEP_MIN_NS;
+}
+
+/* Pause before the next poll; false once the deadline has passed. */
+static bool poll_next(poller *p)
+{
+    if (p->spins < POLL_SPINS) {
+        p->spins++;
+    } else {
+        struct timespec ts = {0, p->sleep_ns};
+        nanosleep(&ts, NULL);
+        if (p->sleep_ns < POLL_SLEEP_MAX_NS) p->sleep_ns *= 2;
+        if (p->sleep_ns > POLL_SLEEP_MAX_NS) p->sleep_ns = POLL_SLEEP_MAX_NS;
+    }
+    return !(p->deadline > 0 && dsacp_now() > p->deadline);
+}
+
+static int timed_out(const dsacp_comm *c, const char *what, int peer, int tag)
+{
+    char who[32], t[16];
+    if (peer < 0) snprintf(who, sizeof who, "any rank");
+    else snprintf(who, sizeof who, "rank %d", peer);
+    if (tag < 0) snprintf(t, sizeof t, "any");
+    else snprintf(t, sizeof t, "%d", tag);
+    return dsacp_error(DSACP_ECOMM, "%s: timed out after %g s waiting for %s (tag %s)", what, c->timeout, who, t);
+}
+
+/* A peer rank (`name` the parameter; -1 = any when any_ok), a tag (-1 = any when any_ok) and a
+ * size that MPI's int count holds. */
+static int check_p2p(const dsacp_comm *c, const char *what, const char *name, int peer, int tag, size_t bytes,
+                     bool any_ok)
+{
+    if (c->solo) return dsacp_error(DSACP_EINVAL, "%s: a solo communicator has no peers", what);
+    if (!(any_ok && peer == -1) && (peer < 0 || peer >= c->size))
+        return dsacp_error(DSACP_EINVAL, "%s: %s %d outside [0, %d)", what, name, peer, c->size);
+    if (peer == c->rank) return dsacp_error(DSACP_EINVAL, "%s: %s %d is this rank (a message to oneself)", what, name, peer);
+    if (!(any_ok && tag == -1) && (tag < 0 || tag > c->tag_ub))
+        return dsacp_error(DSACP_EINVAL, "%s: tag %d outside [0, %d]", what, tag, c->tag_ub);
+    if (bytes > INT_MAX)
+        return dsacp_error(DSACP_ERANGE, "%s: message of %zu bytes exceeds MPI's 2^31 count", what, bytes);
+    return DSACP_OK;
+}
+
+int dsacp_comm_tag_max(const dsacp_comm *c) { return c->tag_ub; }
+
+int dsacp_comm_isend(dsacp_comm *c, int dest, int tag, const void *buf, size_t bytes, int phase,
+                     dsacp_comm_request **out)
+{
+    *out = NULL;
+    int rc = check_p2p(c, "dsacp_comm_isend", "dest", dest, tag, bytes, false);
+    if (rc) return rc;
+    dsacp_comm_request *r = new_request(c, phase);
+    if (!r) return DSACP_ENOMEM;
+    r->kind = REQUEST_SEND;
+    r->peer = dest, r->tag = tag;
+    const double t0 = dsacp_now();
+    int err = MPI_Isend(buf, (int)bytes, MPI_BYTE, dest, tag, c->comm, &r->req);
+    if (err != MPI_SUCCESS) {
+        spare_request(r);
+        return mpi_fail(err, "MPI_Isend");
+    }
+    count(c, phase, (int64_t)bytes, 0, t0);
+    *out = r;
+    return DSACP_OK;
+}
+
+/* A send's wait, bounded by the handle's timeout. On expiry the send stays with MPI (its buffer
+ * may still be read until the process ends) and the request is handed back. */
+static int send_wait(dsacp_comm_request *r)
+{
+    dsacp_comm *c = r->c;
+    const double t0 = dsacp_now();
+    poller p;
+    poll_start(c, &p);
+    int rc = DSACP_OK;
+    for (;;) {
+        int done = 0;
+        int err = MPI_Test(&r->req, &done, MPI_STATUS_IGNORE);
+        if (err != MPI_SUCCESS) {
+            rc = mpi_fail(err, "MPI_Test (send)");
+            break;
+        }
+        if (done) break;
+        if (!poll_next(&p)) {
+            rc = timed_out(c, "dsacp_comm_wait (send)", r->peer, r->tag);
+            break;
+        }
+    }
+    add_seconds(c, r->phase, t0);
+    release_request(r);
+    return rc;
+}
+
+int dsacp_comm_test(dsacp_comm_request *r, bool *done)
+{
+    *done = true;
+    if (!r) return DSACP_OK;
+    int rc = DSACP_OK, f1 = 1, f2 = 1;
+    if (!r->c->solo) {
+        const double t0 = dsacp_now();
+        int err = MPI_Test(&r->req, &f1, MPI_STATUS_IGNORE);
+        if (err == MPI_SUCCESS && f1) err = MPI_Test(&r->req2, &f2, MPI_STATUS_IGNORE);
+        if (err != MPI_SUCCESS) rc = mpi_fail(err, "MPI_Test");
+        add_seconds(r->c, r->phase, t0);
+    }
+    *done = rc || (f1 && f2);
+    if (*done) release_request(r);
+    return rc;
+}
+
+/* MPI_Message kept in the message's opaque pointer. */
+_Static_assert(sizeof(MPI_Message) <= sizeof(void *), "an MPI_Message fits dsacp_comm_message.mpi_");
+
+int dsacp_comm_improbe(dsacp_comm *c, int source, int tag, bool *found, dsacp_comm_message *msg)
+{
+    *found = false;
+    int rc = check_p2p(c, "dsacp_comm_improbe", "source", source, tag, 0, true);
+    if (rc) return rc;
+    int flag = 0;
+    MPI_Message m = MPI_MESSAGE_NULL;
+    MPI_Status st;
+    int err = MPI_Improbe(source < 0 ? MPI_ANY_SOURCE : source, tag < 0 ? MPI_ANY_TAG : tag, c->comm, &flag, &m, &st);
+    if (err != MPI_SUCCESS) return mpi_fail(err, "MPI_Improbe");
+    if (!flag) return DSACP_OK;
+    int n = 0;
+    MPI_Get_count(&st, MPI_BYTE, &n);
+    msg->source = st.MPI_SOURCE;
+    msg->tag = st.MPI_TAG;
+    msg->bytes = (size_t)(n > 0 ? n : 0);
+    msg->mpi_ = NULL;
+    memcpy(&msg->mpi_, &m, sizeof m);
+    *found = true;
+    return DSACP_OK;
+}
+
+/* Receive a matched message into cap bytes of buf (a longer message is an MPI truncation error,
+ * consumed all the same); counted from t0. */
+static int mrecv_into(dsacp_comm *c, dsacp_comm_message *msg, void *buf, size_t cap, int phase, double t0)
+{
+    if (c->solo || !msg->mpi_)
+        return dsacp_error(DSACP_EINVAL, "dsacp_comm_mrecv: msg holds no matched message (received already?)");
+    MPI_Message m;
+    memcpy(&m, &msg->mpi_, sizeof m);
+    msg->mpi_ = NULL;
+    int err = MPI_Mrecv(buf, (int)cap, MPI_BYTE, &m, MPI_STATUS_IGNORE);
+    if (err != MPI_SUCCESS) return mpi_fail(err, "MPI_Mrecv");
+    if (msg->bytes == cap) count(c, phase, 0, (int64_t)msg->bytes, t0);
+    return DSACP_OK;
+}
+
+int dsacp_comm_mrecv(dsacp_comm *c, dsacp_comm_message *msg, void *buf, int phase)
+{
+    return mrecv_into(c, msg, buf, msg->bytes, phase, dsacp_now());
+}
+
+int dsacp_comm_send(dsacp_comm *c, int dest, int tag, const void *buf, size_t bytes, int phase)
+{
+    dsacp_comm_request *r = NULL;
+    int rc = dsacp_comm_isend(c, dest, tag, buf, bytes, phase, &r);
+    return rc ? rc : dsacp_comm_wait(r);
+}
+
+int dsacp_comm_recv(dsacp_comm *c, int source, int tag, void *buf, size_t bytes, int phase, int *from)
+{
+    int rc = check_p2p(c, "dsacp_comm_recv", "source", source, tag, bytes, true);
+    if (rc) return rc;
+    const double t0 = dsacp_now();
+    poller p;
+    poll_start(c, &p);
+    dsacp_comm_message msg;
+    bool found = false;
+    for (;;) {
+        rc = dsacp_comm_improbe(c, source, tag, &found, &msg);
+        if (rc || found) break;
+        if (!poll_next(&p)) return timed_out(c, "dsacp_comm_recv", source, tag);
+    }
+    if (rc) return rc;
+    /* A message of another size is consumed (received into what fits), then refused. */
+    rc = mrecv_into(c, &msg, buf, bytes, phase, t0);
+    if (msg.bytes != bytes)
+        return dsacp_error(DSACP_ECOMM, "dsacp_comm_recv: %zu bytes from rank %d (tag %d), expected %zu", msg.bytes,
+                           msg.source, msg.tag, bytes);
+    if (!rc && from) *from = msg.source;
+    return rc;
+}
+
+/* ---- collectives ---- */
 
 int dsacp_comm_allgatherv(dsacp_comm *c, const void *send, size_t send_bytes, void *recv,
                           const size_t *recv_bytes, int phase)
@@ -455,6 +712,7 @@ int dsacp_comm_iallgatherv(dsacp_comm *c, const void *send, size_t send_bytes, v
 int dsacp_comm_wait(dsacp_comm_request *r)
 {
     if (!r) return DSACP_OK;
+    if (r->kind == REQUEST_SEND) return send_wait(r);
     int rc = DSACP_OK;
     if (!r->c->solo) {
         const double t0 = dsacp_now();
@@ -462,9 +720,9 @@ int dsacp_comm_wait(dsacp_comm_request *r)
         if (err != MPI_SUCCESS) rc = mpi_fail(err, "MPI_Wait");
         err = MPI_Wait(&r->req2, MPI_STATUS_IGNORE);
         if (err != MPI_SUCCESS && !rc) rc = mpi_fail(err, "MPI_Wait");
-        if (r->phase >= 0 && r->phase < DSACP_PHASE_COUNT) r->c->ctr[r->phase].seconds += dsacp_now() - t0;
+        add_seconds(r->c, r->phase, t0);
     }
-    spare_request(r);
+    release_request(r);
     return rc;
 }
 

@@ -1,9 +1,10 @@
 /*
  * comm -- the collectives the CP strategies use, over an MPI communicator or over a solo one
  * (W = 1, no MPI), each counted per rank and per phase in logical bytes (dsacp_cp.h gives the
- * definition per collective; docs/context-parallel.md the formulas per strategy). Only comm.c
- * includes mpi.h. Every function is collective over the communicator: all ranks call it, in the
- * same order, with sizes that agree. Buffers are plain bytes or F32; blocks land in rank order.
+ * definition per collective; docs/context-parallel.md the formulas per strategy), and point to
+ * point messages between the ranks of one communicator (the link between rank groups). Only comm.c
+ * includes mpi.h. Every function but the point-to-point ones is collective over the communicator:
+ * all ranks call it, in the same order, with sizes that agree. Buffers are plain bytes or F32; blocks land in rank order.
  * Calls core (errors, timer, fault injection) and numerics (bf16 conversion of the wire formats),
  * and jansson for the report.
  */
@@ -19,7 +20,7 @@ int dsacp_comm_allgatherv(dsacp_comm *c, const void *send, size_t send_bytes, vo
                           const size_t *recv_bytes, int phase);
 /* Equal blocks: dsacp_comm_allgather (include/dsacp_cp.h). */
 /* The same, non-blocking: start, compute, then wait (time is counted in both calls). Wait on
- * every request a start returned (dsacp_comm_wait accepts NULL) before freeing its
+ * (or test until done) every request a start returned (dsacp_comm_wait accepts NULL) before freeing its
  * communicator; the wait hands the request back to the communicator, which reuses it for the
  * next start, so that once a step's requests exist the non-blocking collectives allocate
  * nothing (what the MPI library allocates inside its own calls aside). */
@@ -56,6 +57,53 @@ int dsacp_comm_gatherv(dsacp_comm *c, const void *send, size_t send_bytes, void 
  * It counts into c's counters (the same phases), so that a report of c includes its traffic.
  * A group of one is a solo communicator. Free it before c. */
 int dsacp_comm_split(dsacp_comm *c, int color, int key, dsacp_comm **out);
+
+/* Split into groups with their own counters, a duplicate, the wait bound: dsacp_comm_split_group,
+ * dsacp_comm_dup, dsacp_comm_set_timeout (include/dsacp_cp.h). */
+
+/* ---- point to point (not collective) ----
+ * One message counts ONE call on each side, under the phase its calls name: the sender adds the
+ * call and bytes_sent when it starts the send, the receiver the call and bytes_recv when it
+ * receives; seconds = time inside the calls (tests and waits included). A message to oneself, a
+ * peer outside [0, size), a tag outside [0, dsacp_comm_tag_max] and any call on a solo
+ * communicator (it has no peers) are DSACP_EINVAL; a message over 2^31 - 1 bytes DSACP_ERANGE;
+ * MPI errors DSACP_ECOMM with MPI's message. Messages between two ranks with one tag arrive in
+ * the order they were sent (MPI's non-overtaking rule). */
+
+/* Start a send of `bytes` of buf to rank `dest`: buf must stay untouched until the request
+ * completes (dsacp_comm_wait or dsacp_comm_test), which hands the request back to the
+ * communicator (reused, as the collectives' are; any number may be in flight). The wait is bounded
+ * by the communicator's timeout: when it expires (DSACP_ECOMM naming the peer, the tag and the
+ * seconds) the request is handed back all the same, but the send stays with MPI, which may still
+ * read buf: keep buf allocated (the run is ending with an error anyway). */
+int dsacp_comm_isend(dsacp_comm *c, int dest, int tag, const void *buf, size_t bytes, int phase,
+                     dsacp_comm_request **req);
+/* Whether req (a send or a non-blocking collective) has completed, without blocking: *done true
+ * when it has -- the request is then handed back, as by dsacp_comm_wait -- or when the test failed
+ * (the error returned, the request handed back too). NULL: done. */
+int dsacp_comm_test(dsacp_comm_request *req, bool *done);
+/* A message waiting to be received, as dsacp_comm_improbe found it; mpi_ is MPI's handle of the
+ * matched message (NULL once received). */
+typedef struct dsacp_comm_message {
+    int source, tag;
+    size_t bytes;
+    void *mpi_;
+} dsacp_comm_message;
+/* Matched probe, not blocking: is a message from `source` (-1: any) with `tag` (-1: any) waiting?
+ * *found; when found, msg describes it and it is no longer visible to other probes or receives:
+ * it MUST be received with dsacp_comm_mrecv. */
+int dsacp_comm_improbe(dsacp_comm *c, int source, int tag, bool *found, dsacp_comm_message *msg);
+/* Receive the message improbe matched into buf (msg->bytes bytes), counted under `phase`. */
+int dsacp_comm_mrecv(dsacp_comm *c, dsacp_comm_message *msg, void *buf, int phase);
+/* Blocking forms, bounded by the communicator's timeout (they poll, spinning briefly and then
+ * sleeping 50-200 us between polls, so that a dead peer or link is DSACP_ECOMM within the
+ * timeout, never a hang). send: isend + wait. recv: exactly `bytes` from `source` (-1: any; *from
+ * gets the sender, may be NULL) with `tag` (-1: any); a message of another size is received
+ * (consumed) and refused with DSACP_ECOMM naming both sizes. */
+int dsacp_comm_send(dsacp_comm *c, int dest, int tag, const void *buf, size_t bytes, int phase);
+int dsacp_comm_recv(dsacp_comm *c, int source, int tag, void *buf, size_t bytes, int phase, int *from);
+/* The largest tag MPI allows on c (MPI_TAG_UB, at least 32767; 32767 for a solo communicator). */
+int dsacp_comm_tag_max(const dsacp_comm *c);
 
 /* dsacp_comm_agree counted under a phase or uncounted: dsacp_comm_agree_phase (include/dsacp_cp.h). */
 
