@@ -229,6 +229,79 @@ int dsacp_plan_prefill_layer(const dsacp_config *cfg, const dsacp_cp_options *cp
 int dsacp_plan_chunk_layer(const dsacp_config *cfg, const dsacp_cp_options *cp, int64_t W, int64_t context, int64_t chunk,
                            bool deployed, const dsacp_hw *hw, dsacp_plan_decode *out, bool *distributed);
 
+/* ---- disaggregated prefill and decode (issue 22; docs/planning.md "Disaggregated prefill and
+ * decode") ---- */
+
+/* The KV relayout from a producer group to a consumer group as the planner takes it: the fields
+ * of src/cp's dsacp_cp_relayout (docs/context-parallel.md), whose formula prices it. Position p is
+ * sent by producer rank (p / Ip) mod Wp; the consumer keeps it by its layouts (Wd, Id, kv_layout,
+ * index_layout, index_group); latent_bytes / index_bytes: wire bytes per position and layer. */
+typedef struct dsacp_plan_relayout {
+    int64_t Wp, Ip, Wd, Id;
+    dsacp_cp_layout kv_layout, index_layout;
+    int64_t index_group;
+    int64_t latent_bytes, index_bytes, layers;
+} dsacp_plan_relayout;
+/* A prefill chunk the producer ran: positions [a, b) of request `request`. */
+typedef struct dsacp_plan_chunk {
+    int64_t request, a, b;
+} dsacp_plan_chunk;
+/* The kv_transfer counter (calls, bytes_sent, bytes_recv; seconds 0) of one rank for the chunks
+ * chunks[0..n): side 0 producer rank `rank` (what it sends), side 1 consumer rank `rank` (what it
+ * receives) -- the relayout formula summed over the chunks, one message per (chunk, layer,
+ * producer rank, consumer rank) carrying a position. DSACP_EINVAL naming the field for a relayout,
+ * side, rank or chunk out of range (0 <= a < b, request >= 0). */
+int dsacp_plan_kv_transfer(const dsacp_plan_relayout *r, const dsacp_plan_chunk *chunks, int64_t n, int side, int64_t rank,
+                           dsacp_comm_counter *out);
+/* Seconds a rank's kv_transfer takes on a link of bytes_per_s (one way) and latency_s per message:
+ * its bytes (sent on side 0, received on side 1) / bandwidth + calls x latency. */
+double dsacp_plan_link_seconds(const dsacp_comm_counter *c, int side, double bytes_per_s, double latency_s);
+
+/* A disaggregated deployment against the same ranks run PD-mixed. Instances of W ranks each (one
+ * node when W = the profile's ranks_per_node): `producers` prefill only and hand each request's
+ * KV to one of `consumers`, which decode only; PD-mixed runs producers + consumers instances that
+ * each prefill (chunk by chunk, one chunk per step beside the decode batch) and decode. */
+typedef struct dsacp_plan_pd_options {
+    int64_t producers, consumers;   /* P, D >= 1 */
+    int64_t W, ep;                  /* ranks per instance; expert parallelism inside it (1..W) */
+    int64_t prompt, output;         /* tokens per request: prompt and generated, >= 1 */
+    int64_t chunk;                  /* prefill chunk (tokens per step), >= 1 */
+    double link_bw, link_latency_s; /* the transfer's link per rank (bytes/s one way, seconds per
+                                     * message); 0: the profile's net_bw / net_latency_us */
+    bool deployed;                  /* fp8 caches and weights (else bf16 weights, f32 caches) */
+    double weight_bytes;            /* bytes per weight parameter, 0: by the numerics */
+} dsacp_plan_pd_options;
+/* Per request, whatever the load: the transfer (the busiest producer rank's and consumer rank's
+ * kv_transfer counters, the seconds the slower of the two takes on the link, and what is left of
+ * it after the prefill's last layer when it streams layer by layer in flight), the producer's
+ * prefill of the prompt, its chunks, and the link used. */
+typedef struct dsacp_plan_pd {
+    dsacp_comm_counter sent, recv;
+    double transfer_s, transfer_exposed_s, prefill_s;
+    int64_t chunks;
+    double link_bw, link_latency_s;
+} dsacp_plan_pd;
+/* One deployment at one load: stable when every queue's utilisation is below 1 and the decode
+ * batch fits the memory; otherwise `limit` names what saturates first and the times are 0. */
+typedef struct dsacp_plan_pd_side {
+    bool stable;
+    const char *limit;    /* "" when stable, else "prefill", "link", "decode" or "memory" */
+    double ttft, tpot;    /* seconds: mean time to first token (queueing included), per output token */
+    double itl_max;       /* the longest step a decoding request waits (PD-mixed: one carrying a chunk) */
+    double prefill_util;  /* utilisation of the prefill queue (disaggregated: or of the link, if higher) */
+    double batch;         /* decoding requests per instance (Little's law) */
+    double held_per_rank; /* bytes on the busiest decoding rank: the batch's KV + the weights */
+} dsacp_plan_pd_side;
+/* Prices both deployments of o at each load rate[i] (requests per second into the deployment,
+ * > 0) on the profile, for a model cfg (num_hidden_layers: the whole stack) and the CP options of
+ * every instance (decode strategy, layouts, interleave, context path; producer and consumer the
+ * same): *req, and disagg[i] / mixed[i]. Every step time comes from dsacp_plan_decode_model and
+ * dsacp_plan_chunk_layer; docs/planning.md gives the queueing model. DSACP_EINVAL naming the field
+ * for producers or consumers < 1 and every other option out of range. */
+int dsacp_plan_pd_price(const dsacp_config *cfg, const dsacp_cp_options *cp, const dsacp_hw *hw, const dsacp_plan_pd_options *o,
+                        const double *rate, int64_t nrate, dsacp_plan_pd *req, dsacp_plan_pd_side *disagg,
+                        dsacp_plan_pd_side *mixed);
+
 #ifdef __cplusplus
 }
 #endif
