@@ -162,6 +162,9 @@ extern dsacp_comm *cli_world;
 /* Fills cp from the CLI_CP_OPTS flags (defaults otherwise), checks them against the group's size.
  * Prints the error naming the flag and returns false. */
 bool cli_cp_options(const char *cmd, const cli_opt *opts, dsacp_cp_options *cp);
+/* The same for a group of W ranks of a larger job (`dsacp run --kv-role` / `--pd`: a producer or
+ * consumer group checks its flags against its own size, not the world's). */
+bool cli_cp_options_group(const char *cmd, const cli_opt *opts, int W, dsacp_cp_options *cp);
 /* Collective: opens --comm-report (when given) on rank 0 before any work; prints the error and
  * returns the agreed status. */
 int cli_cp_begin(const char *cmd, const cli_opt *opts, cli_output *report);

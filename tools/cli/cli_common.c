@@ -558,6 +558,11 @@ static bool parsed(const char *cmd, const char *flag, int status)
 
 bool cli_cp_options(const char *cmd, const cli_opt *opts, dsacp_cp_options *cp)
 {
+    return cli_cp_options_group(cmd, opts, cli_world ? dsacp_comm_size(cli_world) : 1, cp);
+}
+
+bool cli_cp_options_group(const char *cmd, const cli_opt *opts, int W, dsacp_cp_options *cp)
+{
     dsacp_cp_options_default(cp);
     const char *s, *s2;
     if ((s = cli_get(opts, "decode-strategy")) &&
@@ -625,7 +630,6 @@ bool cli_cp_options(const char *cmd, const cli_opt *opts, dsacp_cp_options *cp)
                 "or '--o-proj layer-shard' with '--cp-mode dsa-cp')\n", cmd);
         return false;
     }
-    const int W = cli_world ? dsacp_comm_size(cli_world) : 1;
     int64_t w;
     if ((s = cli_get(opts, "decode-context-parallel-size"))) {
         if (!cli_int(cmd, "decode-context-parallel-size", s, 1, 1 << 20, &w)) return false;

@@ -4,7 +4,9 @@
  * (src/serve: continuous batching, chunked prefill, preemption), then rank 0 prints a report with
  * vLLM's metric names and, with --json, writes it in the schema of docs/serving.md. --verify
  * replays the workload on rank 0 alone (one process, same model and options) and states, per
- * request, whether every generated token matches.
+ * request, whether every generated token matches. With --kv-role or --pd the world holds a
+ * producer and a consumer group (cli_run_pd.c): each group's engine runs over its own
+ * communicator, the link joins them, and every setup verdict is agreed over the world.
  */
 #include "cli_run.h"
 #include "dsacp_io.h"
@@ -104,15 +106,21 @@ typedef struct run_args {
     double rate, temp, topp;
     bool verify;
     dsacp_engine_options eo;
-    dsacp_cp_options cpo;
+    dsacp_cp_options cpo; /* this rank's group's plan */
     dsacp_config pc; /* --preset's configuration */
+    run_pd_args pd;
 } run_args;
 
 /* What a run holds, from its outputs to its report; run_state_free releases all of it. */
 typedef struct run_state {
-    dsacp_comm *world;
-    bool root;
-    int W;
+    dsacp_comm *world; /* every setup agreement goes over it */
+    bool root;         /* world rank 0: the workload, the report */
+    int W;             /* the engine's group's ranks */
+    bool pd;           /* a disaggregated run: */
+    dsacp_comm *group; /*   this rank's group (the engine's communicator) */
+    dsacp_pd *link;
+    run_pd_card *cards;  /* [world] */
+    run_pd_rank *pdr;    /* [world], world rank 0 */
     cli_output json_out, report_out;
     tmp_model tm;
     dsacp_model *m;
@@ -218,7 +226,8 @@ static int run_parse_engine(const cli_opt *opts, run_args *a)
                 "only greedy tokens can be checked, by their top-2 gap)\n");
         return 2;
     }
-    if (!cli_cp_options("run", opts, &a->cpo)) return 2;
+    /* A group's plan is checked against the group's size, once the world is split. */
+    if (a->pd.role == DSACP_KV_BOTH && !cli_cp_options("run", opts, &a->cpo)) return 2;
     if (a->preset && dsacp_preset_config(a->preset, &a->pc)) return cli_fail_invocation("run", DSACP_ENOTFOUND);
     const char *cr = cli_get(opts, "comm-report"), *json_path = a->json_path;
     if (json_path && (cli_same_file(json_path, cr) || cli_same_file(json_path, a->prompts))) {
@@ -251,8 +260,10 @@ static int run_load_model(const run_args *a, run_state *st)
     if (st->root) tmp_model_remove(&st->tm); /* every rank has it mapped (or failed) */
     if (rc) return a->preset ? cli_fail("run", rc) : cli_fail_invocation("run", rc);
     st->model_name = a->preset ? a->preset : a->mdir;
-    if (!cli_block_size_fits("run", &a->eo, dsacp_model_config(st->m), st->model_name)) return 2;
-    return CLI_RUN;
+    run_capture cap; /* each group checks its own block size: the verdict is the world's */
+    run_capture_begin(&cap, st->pd && !st->root);
+    const int ret = cli_block_size_fits("run", &a->eo, dsacp_model_config(st->m), st->model_name) ? CLI_RUN : 2;
+    return st->pd ? run_capture_verdict(&cap, st->world, ret) : ret;
 }
 
 /* A pool given by flags that cannot hold even the shortest synthetic request, spread over the
@@ -275,6 +286,24 @@ static int run_check_pool(const run_args *a, int W, int64_t per_block)
     return CLI_RUN;
 }
 
+/* Blocks of `bs` tokens holding the whole workload at once, plus a few spare (256 tokens' worth, at
+ * least one block). */
+static int64_t workload_blocks(const workload *wl, int64_t bs)
+{
+    int64_t need = (256 + bs - 1) / bs;
+    for (int64_t i = 0; i < wl->n; i++) need += (wl->rq[i].prompt_len + wl->rq[i].max_new_tokens + bs - 1) / bs;
+    return need;
+}
+
+/* The block size of the group of `role` (the ranks of a group share their flags). */
+static int64_t run_pd_group_block_size(const run_state *st, int role)
+{
+    const int size = dsacp_comm_size(st->world);
+    for (int q = 0; q < size; q++)
+        if (st->cards[q].role == role) return st->cards[q].block_size;
+    return 1;
+}
+
 /* The workload, checked against the model before anything is generated or allocated, and the
  * pool: --kv-blocks, --kv-memory (this rank's latent + indexer bytes), or enough for the whole
  * workload at once: each request's blocks plus a few spare (256 tokens' worth, at least one
@@ -285,7 +314,10 @@ static int run_make_workload(const cli_opt *opts, const run_args *a, run_state *
     const int64_t per_block = eo->block_size * cfg->num_hidden_layers *
                               (dsacp_mla_cache_bytes_per_token(cfg, eo->kv_dtype) +
                                dsacp_index_cache_bytes_per_token(cfg, eo->numerics == DSACP_NUMERICS_DEPLOYED ? DSACP_KV_FP8 : DSACP_KV_F32));
+    run_capture cap; /* each group checks its own pool: the verdict is the world's */
+    run_capture_begin(&cap, st->pd && !st->root);
     int ret = run_check_pool(a, st->W, per_block);
+    if (st->pd) ret = run_capture_verdict(&cap, st->world, ret);
     if (ret != CLI_RUN) return ret;
     int rc = DSACP_OK;
     if (st->root) {
@@ -298,11 +330,14 @@ static int run_make_workload(const cli_opt *opts, const run_args *a, run_state *
         }
     }
     if (st->world) rc = dsacp_comm_agree(st->world, rc);
-    if (!rc) {
-        for (int64_t i = 0; st->root && i < st->wl.n; i++)
-            st->need += (st->wl.rq[i].prompt_len + st->wl.rq[i].max_new_tokens + eo->block_size - 1) / eo->block_size;
-        st->need += (256 + eo->block_size - 1) / eo->block_size;
+    if (!rc && !st->pd) {
+        if (st->root) st->need = workload_blocks(&st->wl, eo->block_size);
         if (st->world) rc = dsacp_comm_bcast(st->world, &st->need, sizeof st->need, DSACP_PHASE_input);
+    } else if (!rc) { /* world rank 0 sizes both groups' pools, each by its block size */
+        int64_t need[3] = {0};
+        for (int r = 1; st->root && r < 3; r++) need[r] = workload_blocks(&st->wl, run_pd_group_block_size(st, r));
+        rc = dsacp_comm_bcast(st->world, need, sizeof need, -1);
+        st->need = need[a->pd.role];
     }
     if (!rc) {
         eo->num_blocks = a->kvb ? a->kvb : a->kvmem > 0 ? a->kvmem / per_block : st->need;
@@ -321,13 +356,17 @@ static int run_make_workload(const cli_opt *opts, const run_args *a, run_state *
  * invocation's fault too. */
 static int run_prepare(const cli_opt *opts, const run_args *a, run_state *st, const dsacp_engine_options *eo)
 {
-    int rc = st->world ? dsacp_engine_create_cp(st->m, eo, &a->cpo, st->world, &st->e)
-                       : dsacp_engine_create(st->m, eo, &st->e);
+    dsacp_comm *comm = st->pd ? st->group : st->world;
+    int rc = comm ? dsacp_engine_create_cp(st->m, eo, &a->cpo, comm, &st->e) : dsacp_engine_create(st->m, eo, &st->e);
+    if (st->pd) rc = dsacp_comm_agree(st->world, rc); /* the other group must not wait for this one */
+    /* The link checks the groups against each other (model, numerics, cache dtype). */
+    if (!rc && st->pd) rc = dsacp_pd_create(st->world, st->e, a->pd.role, a->pd.timeout_s, &st->link);
     if (rc) {
         cli_fail("run", rc);
         return rc == DSACP_EINVAL || rc == DSACP_EUNSUPPORTED ? 2 : 1; /* options the engine refuses, or memory */
     }
     dsacp_serve_options_default(&st->so);
+    st->so.pd = st->link;
     st->so.max_batch_tokens = a->mbt;
     st->so.max_num_seqs = a->mns;
     st->so.temperature = a->temp;
@@ -371,14 +410,10 @@ static int run_serve(const run_args *a, run_state *st, const dsacp_engine_option
     return rc;
 }
 
-/* Memory per rank, gathered to every rank: weights (checkpoint tensors), KV pool and peak use,
- * transients, weight buffers. Agreed status. */
-static int run_memory(run_state *st)
+/* This rank's memory: weights (checkpoint tensors), KV pool and its peak use (at `peak`, the
+ * busiest rank's fraction), transients, weight buffers. */
+static void rank_memory(const run_state *st, double peak, double mem[6])
 {
-    double mem[6] = {0};
-    int rc = DSACP_OK;
-    if (st->world) rc = dsacp_comm_bcast(st->world, &st->res.kv_peak_use, sizeof st->res.kv_peak_use, DSACP_PHASE_input);
-    if (rc) return rc;
     for (int64_t i = 0; i < dsacp_model_weight_count(st->m); i++) {
         dsacp_tensor_info w;
         if (!dsacp_model_tensor_info(st->m, i, &w)) mem[0] += (double)(w.rows * w.cols) * (double)dsacp_dtype_size(w.dtype);
@@ -386,17 +421,46 @@ static int run_memory(run_state *st)
     dsacp_kv_usage ku;
     dsacp_engine_kv_usage(st->e, &ku);
     mem[1] = (double)(ku.latent_pool_bytes + ku.index_pool_bytes);
-    mem[2] = st->res.kv_peak_use * mem[1];
+    mem[2] = peak * mem[1];
     mem[3] = (double)ku.transient_peak_bytes;
     dsacp_weight_usage wu;
     dsacp_engine_weight_usage(st->e, &wu);
     mem[4] = (double)(wu.ring_bytes + wu.gather_bytes);
+}
+
+/* Memory per rank, gathered to every rank. Agreed status. */
+static int run_memory(run_state *st)
+{
+    double mem[6] = {0};
+    int rc = DSACP_OK;
+    if (st->world) rc = dsacp_comm_bcast(st->world, &st->res.kv_peak_use, sizeof st->res.kv_peak_use, DSACP_PHASE_input);
+    if (rc) return rc;
+    rank_memory(st, st->res.kv_peak_use, mem);
     st->allmem = malloc((size_t)(6 * st->W) * sizeof *st->allmem);
     if (!st->allmem) rc = dsacp_error(DSACP_ENOMEM, "out of memory");
     else if (st->world) rc = dsacp_comm_allgather(st->world, mem, sizeof mem, st->allmem, -1);
     else memcpy(st->allmem, mem, sizeof mem);
     if (st->world) rc = dsacp_comm_agree(st->world, rc);
     return rc;
+}
+
+/* A disaggregated run's part of every world rank (uncounted): its group, memory, the link's
+ * transfer counter beside the formula's, pool and plan. Agreed status. */
+static int run_pd_memory(const run_args *a, run_state *st, const dsacp_engine_options *eo)
+{
+    const int size = dsacp_comm_size(st->world), ph = run_pd_transfer_phase();
+    double peak[2] = {st->res.pd_kv_peak_use[0], st->res.pd_kv_peak_use[1]};
+    int rc = dsacp_comm_bcast(st->world, peak, sizeof peak, -1);
+    run_pd_rank me = {.role = (int32_t)a->pd.role, .group_rank = dsacp_comm_rank(st->group),
+                      .kv_blocks = eo->num_blocks, .block_size = eo->block_size};
+    rank_memory(st, peak[a->pd.role == DSACP_KV_PRODUCER ? 0 : 1], me.mem);
+    if (ph >= 0) me.measured = dsacp_comm_get_counter(dsacp_pd_link(st->link), ph);
+    me.predicted = dsacp_pd_predicted(st->link);
+    run_pd_plan_words(&a->cpo, st->W, me.plan, sizeof me.plan);
+    st->pdr = calloc((size_t)size, sizeof *st->pdr);
+    if (!rc && !st->pdr) rc = dsacp_error(DSACP_ENOMEM, "out of memory");
+    if (!rc) rc = dsacp_comm_allgather(st->world, &me, sizeof me, st->pdr, -1);
+    return dsacp_comm_agree_phase(st->world, rc, -1);
 }
 
 /* Rank 0: the report's text (kept for stdout) and --json, committed. */
@@ -409,9 +473,10 @@ static int run_report(const run_args *a, run_state *st, const dsacp_engine_optio
         rc = run_write_report(f, a->json_path ? j : NULL,
                               &(report_ctx){.wl = &st->wl, .res = &st->res, .eo = eo, .cpo = &a->cpo,
                                             .model = st->model_name, .W = st->W, .mbt = a->mbt, .allmem = st->allmem,
-                                            .world = st->world, .verify = a->verify, .div = st->div, .n_div = st->n_div,
+                                            .world = st->pd ? st->group : st->world, .verify = a->verify, .div = st->div, .n_div = st->n_div,
                                             .near_ties = st->near_ties, .passed = st->verify_passed,
-                                            .deployed = eo->numerics == DSACP_NUMERICS_DEPLOYED});
+                                            .deployed = eo->numerics == DSACP_NUMERICS_DEPLOYED, .pd = st->pdr,
+                                            .world_W = dsacp_comm_size(st->world)});
     if (f && fclose(f) != 0 && !rc) rc = dsacp_error(DSACP_ENOMEM, "out of memory for the report");
     if (!rc && a->json_path) {
         st->jtext = json_dumps(j, JSON_INDENT(1) | JSON_PRESERVE_ORDER);
@@ -433,7 +498,7 @@ static int run_report(const run_args *a, run_state *st, const dsacp_engine_optio
  * every file is in place. Returns the exit status. */
 static int run_results(const cli_opt *opts, const run_args *a, run_state *st, const dsacp_engine_options *eo, int rc)
 {
-    if (!rc) rc = run_memory(st);
+    if (!rc) rc = st->pd ? run_pd_memory(a, st, eo) : run_memory(st);
     if (rc) {
         cli_fail("run", rc);
     } else {
@@ -445,7 +510,9 @@ static int run_results(const cli_opt *opts, const run_args *a, run_state *st, co
                 dsacp_comm_agree_phase(st->world, st->root && !st->verify_passed ? 1 : DSACP_OK, -1) == DSACP_OK;
         if (st->root) rc = run_report(a, st, eo);
     }
-    rc = cli_cp_finish("run", opts, rc, st->e, &st->report_out);
+    rc = st->pd ? run_pd_finish(rc, st->world, st->group, a->pd.role, st->e, st->link, st->cards[0].comm_report,
+                                &st->report_out)
+                : cli_cp_finish("run", opts, rc, st->e, &st->report_out);
     if (!rc && st->root) {
         rc = cli_print_buffer(st->text, st->text_len);
         if (rc) cli_fail("run", rc);
@@ -465,8 +532,46 @@ static void run_state_free(run_state *st)
     dsacp_serve_result_free(&st->res);
     dsacp_serve_result_free(&st->ver);
     run_workload_free(&st->wl);
+    free(st->cards);
+    free(st->pdr);
+    dsacp_pd_free(st->link); /* before the engine and the group it joins */
     dsacp_engine_free(st->e);
+    dsacp_comm_free(st->group);
     dsacp_model_free(st->m);
+}
+
+/* The flags of this rank, then the roles: a disaggregated run splits the world into its groups and
+ * checks each group's plan against the group's size. Every verdict is the world's (a rank of the
+ * other group, with flags of its own, may be the one that failed). */
+static int run_parse(int argc, char **argv, cli_opt *opts, run_args *a, run_state *st)
+{
+    const int size = st->world ? dsacp_comm_size(st->world) : 1, rank = st->world ? dsacp_comm_rank(st->world) : 0;
+    run_capture cap;
+    run_capture_begin(&cap, rank != 0);
+    int ret = cli_parse(argc, argv, opts);
+    if (ret == CLI_RUN) {
+        *a = (run_args){.mdir = cli_get(opts, "model"), .preset = cli_get(opts, "preset"),
+                        .prompts = cli_get(opts, "prompts"), .json_path = cli_get(opts, "json")};
+        if ((ret = run_parse_conflicts(opts, a)) == CLI_RUN && (ret = run_parse_values(opts, a)) == CLI_RUN &&
+            (ret = run_pd_parse(opts, rank, size, &a->pd)) == CLI_RUN)
+            ret = run_parse_engine(opts, a);
+    }
+    if (!st->world) return ret;
+    if ((ret = run_capture_verdict(&cap, st->world, ret)) != CLI_RUN) return ret;
+    run_pd_card mine;
+    run_pd_card_of(opts, argc, argv, &a->pd, a->eo.block_size, &mine);
+    st->cards = calloc((size_t)size, sizeof *st->cards);
+    int rc = st->cards ? dsacp_comm_allgather(st->world, &mine, sizeof mine, st->cards, -1)
+                       : dsacp_error(DSACP_ENOMEM, "out of memory");
+    if ((rc = dsacp_comm_agree_phase(st->world, rc, -1))) return cli_fail("run", rc);
+    if ((ret = run_pd_check_cards(st->cards, size, &st->pd)) != CLI_RUN || !st->pd) return ret;
+    if ((rc = dsacp_pd_split(st->world, a->pd.role, &st->group))) {
+        cli_fail("run", rc);
+        return cli_setup_exit(rc);
+    }
+    st->W = dsacp_comm_size(st->group);
+    run_capture_begin(&cap, rank != 0);
+    return run_capture_verdict(&cap, st->world, run_pd_cp_options(opts, &a->pd, st->W, &a->cpo) ? CLI_RUN : 2);
 }
 
 int cli_run(int argc, char **argv)
@@ -478,29 +583,22 @@ int cli_run(int argc, char **argv)
                       {"kv-memory", true, NULL},     {"verify", false, NULL},        {"json", true, NULL},
                       {"seed", true, NULL},          {"temperature", true, NULL},    {"top-p", true, NULL},
                       {"no-realtime", false, NULL},  {"numerics", true, NULL},       {"kv-dtype", true, NULL},
-                      {"block-size", true, NULL},    CLI_CP_OPTS,                    {NULL, false, NULL}};
-    int ret = cli_parse(argc, argv, opts);
-    if (ret != CLI_RUN) return ret;
-    run_args a = {.mdir = cli_get(opts, "model"), .preset = cli_get(opts, "preset"), .prompts = cli_get(opts, "prompts"),
-                  .json_path = cli_get(opts, "json")};
-    if ((ret = run_parse_conflicts(opts, &a)) != CLI_RUN || (ret = run_parse_values(opts, &a)) != CLI_RUN ||
-        (ret = run_parse_engine(opts, &a)) != CLI_RUN)
-        return ret;
+                      {"block-size", true, NULL},    RUN_PD_OPTS,                    CLI_CP_OPTS,
+                      {NULL, false, NULL}};
+    run_args a = {0};
     run_state st = {.world = cli_world, .tm = {.dir = "", .cleanup = -1}, .verify_passed = true};
     st.root = !st.world || dsacp_comm_rank(st.world) == 0;
     st.W = st.world ? dsacp_comm_size(st.world) : 1;
-    /* The outputs first: a report that cannot be written is known before any work. */
     cli_output_init(&st.json_out);
     cli_output_init(&st.report_out);
-    int rc = cli_output_open("run", "json", a.json_path, &st.json_out);
-    if (!rc) rc = cli_cp_begin("run", opts, &st.report_out);
-    if (rc) {
-        cli_output_abort(&st.json_out);
-        return cli_output_exit(rc); /* 1: cannot be created (README "Errors"); 2: it names an input */
-    }
+    int ret = run_parse(argc, argv, opts, &a, &st);
+    /* The outputs first: a report that cannot be written is known before any work. */
+    int rc = ret == CLI_RUN ? cli_output_open("run", "json", a.json_path, &st.json_out) : DSACP_OK;
+    if (ret == CLI_RUN && !rc) rc = cli_cp_begin("run", opts, &st.report_out);
+    if (rc) ret = cli_output_exit(rc); /* 1: cannot be created (README "Errors"); 2: it names an input */
     dsacp_engine_options eo = a.eo; /* its num_blocks is sized by the workload */
-    if ((ret = run_load_model(&a, &st)) == CLI_RUN && (ret = run_make_workload(opts, &a, &st, &eo)) == CLI_RUN &&
-        (ret = run_prepare(opts, &a, &st, &eo)) == CLI_RUN)
+    if (ret == CLI_RUN && (ret = run_load_model(&a, &st)) == CLI_RUN &&
+        (ret = run_make_workload(opts, &a, &st, &eo)) == CLI_RUN && (ret = run_prepare(opts, &a, &st, &eo)) == CLI_RUN)
         ret = run_results(opts, &a, &st, &eo, run_serve(&a, &st, &eo));
     run_state_free(&st);
     return ret;

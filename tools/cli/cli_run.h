@@ -33,6 +33,76 @@ int run_load_prompts(workload *w, const char *path, int64_t gen, const dsacp_con
  * reference's top-1 minus top-2 logit at that step at most this (docs/serving.md "--verify"). */
 #define RUN_VERIFY_NEAR_TIE 0.1
 
+/* ---- disaggregated runs (cli_run_pd.c; docs/serving.md "Disaggregated serving") ---- */
+
+/* The flags of the roles, appended to run's option table. */
+#define RUN_PD_OPTS {"kv-role", true, NULL}, {"pd", true, NULL}, {"kv-transfer-timeout", true, NULL}
+
+/* This rank's part: its role (kv_both: today's run), how it was given, the link's timeout. */
+typedef struct run_pd_args {
+    dsacp_kv_role role;
+    bool role_flag, pd_flag; /* --kv-role, --pd P:D */
+    int64_t P, D;
+    double timeout_s; /* --kv-transfer-timeout (default 120) */
+} run_pd_args;
+/* --kv-role, --pd and --kv-transfer-timeout of this rank (world rank `rank` of `size`): local
+ * checks only; prints the error naming the flag. CLI_RUN or the exit status. */
+int run_pd_parse(const cli_opt *opts, int rank, int size, run_pd_args *p);
+
+/* What every rank tells the others before anything is shared (one uncounted all-gather): its
+ * role, its command line's fingerprint (the ranks of a group share one), the job-wide flags'
+ * values (one per flag of run_pd_job_flags) and what world rank 0's outputs are. */
+#define RUN_PD_JOB_FLAGS 17
+typedef struct run_pd_card {
+    int32_t role, pd_flag, verify, json, comm_report;
+    int64_t P, D, block_size;
+    uint64_t argv_hash, job[RUN_PD_JOB_FLAGS];
+} run_pd_card;
+/* This rank's card. */
+void run_pd_card_of(const cli_opt *opts, int argc, char **argv, const run_pd_args *p, int64_t block_size,
+                    run_pd_card *card);
+/* Every rank's cards [size] (the same on every rank): whether the job is disaggregated (*pd), or a
+ * refusal printed by world rank 0 (the same verdict on every rank, no communication): a rank
+ * without a role beside ranks with one, a role without its partner group, --pd beside --kv-role,
+ * ranks of one group started with different flags, job-wide flags that differ between groups. */
+int run_pd_check_cards(const run_pd_card *cards, int size, bool *pd);
+/* The group's context-parallel options on W ranks: a consumer's are its flags; a producer's the
+ * seed's pure-prefill plan (dsa-cp, contiguous split, q_proj and o_proj layer-shard, both caches
+ * replicated), each overridden by an explicit flag of its own (with --pd the flags belong to the
+ * consumer group: the producer keeps the plan). Prints the error naming the flag; false then. */
+bool run_pd_cp_options(const cli_opt *opts, const run_pd_args *p, int W, dsacp_cp_options *cpo);
+
+/* Another rank's one-line error reaches world rank 0: a rank other than 0 (whose stderr is
+ * /dev/null) keeps what a local check printed and hands it to the agreement. */
+typedef struct run_capture {
+    int saved_fd;
+    FILE *tmp;
+} run_capture;
+void run_capture_begin(run_capture *c, bool on);
+/* The verdict of a local check (ret: CLI_RUN or an exit status) agreed over the world,
+ * uncounted: a rank that failed returns its own status; the others print the first failing
+ * rank's line ("dsacp run: rank R: ...") and return 2 (1 when that rank failed with ENOMEM or
+ * ECOMM). Ends the capture. */
+int run_capture_verdict(run_capture *c, dsacp_comm *world, int ret);
+
+/* What world rank 0 reports of every rank of a disaggregated run (gathered, uncounted). */
+typedef struct run_pd_rank {
+    int32_t role, group_rank;
+    double mem[6];                        /* as run_memory's */
+    dsacp_comm_counter measured, predicted; /* the link's kv_transfer counter, and the formula's */
+    int64_t kv_blocks, block_size;
+    char plan[96];                        /* the group's CP plan in words */
+} run_pd_rank;
+/* The group's plan in words ("dsa-cp, contiguous, q_proj layer-shard, o_proj layer-shard, ..."). */
+void run_pd_plan_words(const dsacp_cp_options *cpo, int W, char *buf, size_t cap);
+/* The link's phase index of the transfer (-1 when the library has none). */
+int run_pd_transfer_phase(void);
+/* Collective end of a disaggregated run (cli_cp_finish's part): the agreed status; with
+ * --comm-report, one JSON object {"producer": group report, "consumer": group report, "link":
+ * the link's report} committed by world rank 0. */
+int run_pd_finish(int status, dsacp_comm *world, dsacp_comm *group, dsacp_kv_role role, const dsacp_engine *e,
+                  dsacp_pd *link, bool want_report, cli_output *report);
+
 typedef struct divergence {
     int64_t request, step;
     int32_t token, ref_token; /* -1: that run ended there */
@@ -58,6 +128,9 @@ typedef struct report_ctx {
     bool verify, passed, deployed;
     const divergence *div;
     int64_t n_div, near_ties;
+    /* Disaggregated runs: every world rank's part [world_W], and the world's size. */
+    const run_pd_rank *pd;
+    int world_W;
 } report_ctx;
 
 /* The report: the text into f (printed once every output is committed) and, when j is not

@@ -76,13 +76,34 @@ static json_t *stats_json(json_t *o, const char *name, const stats *st)
     return o;
 }
 
+/* Steps' times summed (ms) and bytes: of every step, or of one group's. */
+typedef struct phase_sums {
+    double attn, mlp, comm, total, bytes, proj, att, oproj;
+    int64_t steps;
+} phase_sums;
+
+/* The steps of `group` (a dsacp_kv_role; -1: every step). */
+static phase_sums phase_sums_of(const dsacp_serve_result *res, int group)
+{
+    phase_sums p = {0};
+    for (int64_t i = 0; i < res->n_steps; i++) {
+        const dsacp_serve_step *k = &res->steps[i];
+        if (group >= 0 && (int)k->group != group) continue;
+        p.attn += k->attention_ms, p.mlp += k->mlp_ms, p.comm += k->comm_ms, p.total += k->dur_ms;
+        p.bytes += (double)k->comm_bytes;
+        p.proj += k->projections_ms, p.att += k->attend_ms, p.oproj += k->o_proj_ms;
+        p.steps++;
+    }
+    return p;
+}
+
 /* The latencies of a run (ms), per request and pooled, and its totals. */
 typedef struct run_metrics {
     double *ttft, *tpot, *e2el, *itl; /* sorted by stats_of */
     double *ttft_r, *e2el_r;          /* per request, in request order */
     int64_t ntpot, nitl, in_tok, out_tok;
     stats sec[4]; /* TTFT, TPOT, ITL, E2EL */
-    double attn, mlp, comm, total, bytes, proj, att, oproj; /* summed over steps (ms, bytes) */
+    phase_sums ph; /* every step */
 } run_metrics;
 
 static void metrics_free(run_metrics *mt)
@@ -113,34 +134,59 @@ static int metrics_of(const workload *wl, const dsacp_serve_result *res, run_met
     }
     mt->sec[0] = stats_of(mt->ttft, n), mt->sec[1] = stats_of(mt->tpot, mt->ntpot);
     mt->sec[2] = stats_of(mt->itl, mt->nitl), mt->sec[3] = stats_of(mt->e2el, n);
-    for (int64_t i = 0; i < res->n_steps; i++) {
-        const dsacp_serve_step *k = &res->steps[i];
-        mt->attn += k->attention_ms, mt->mlp += k->mlp_ms, mt->comm += k->comm_ms, mt->total += k->dur_ms;
-        mt->bytes += (double)k->comm_bytes;
-        mt->proj += k->projections_ms, mt->att += k->attend_ms, mt->oproj += k->o_proj_ms;
-    }
+    mt->ph = phase_sums_of(res, -1);
     return DSACP_OK;
 }
 
 static const char *const metric_keys[4] = {"ttft", "tpot", "itl", "e2el"};
+
+/* The time-per-phase lines of steps summed in p. */
+static void text_phases(FILE *f, const phase_sums *p, double idle_s)
+{
+    /* The attention layer's time outside its three timed parts: buffer set-up and agreement,
+     * staging the new cache entries, waiting for the prefill exchange, the CP merge's own calls. */
+    const double arest = fmax(p->attn - p->proj - p->att - p->oproj, 0), total = p->total;
+    fprintf(f, "  attention layer: %.2f s (%.0f%%) = projections %.2f + indexer, top-k and sparse MLA %.2f + o_proj %.2f\n"
+               "    + set-up, staging and exchange waits %.2f\n",
+            p->attn / 1e3, 100 * p->attn / fmax(total, 1e-9), p->proj / 1e3, p->att / 1e3, p->oproj / 1e3, arest / 1e3);
+    fprintf(f, "  MLP / MoE: %.2f s (%.0f%%)   communication (inside collectives, waits included): %.2f s (%.0f%%)\n",
+            p->mlp / 1e3, 100 * p->mlp / fmax(total, 1e-9), p->comm / 1e3, 100 * p->comm / fmax(total, 1e-9));
+    fprintf(f, "  other (embedding, norms, head, scheduling): %.2f s; idle between steps: %.2f s\n",
+            (total - p->attn - p->mlp) / 1e3, idle_s);
+}
+
+/* The "Ranks:" line: the run's plan, or each group's. */
+static void text_ranks(FILE *f, const report_ctx *c)
+{
+    const dsacp_cp_options *cpo = c->cpo;
+    const int W = c->W;
+    if (!c->pd) {
+        const char *detail = W > 1 ? (cpo->mode == DSACP_CP_DCP ? dsacp_decode_strategy_name(cpo->decode)
+                                                               : dsacp_weight_plan_name(cpo->o_proj)) : "";
+        fprintf(f, "%-42s %d (%s%s%s)\n", "Ranks:", W, dsacp_cp_mode_name(cpo->mode), W > 1 ? ", " : "", detail);
+        return;
+    }
+    fprintf(f, "%-42s %d, disaggregated:\n", "Ranks:", c->world_W);
+    for (int g = DSACP_KV_PRODUCER; g <= DSACP_KV_CONSUMER; g++) {
+        int n = 0, lead = -1;
+        for (int q = 0; q < c->world_W; q++)
+            if (c->pd[q].role == g) n++, lead = lead < 0 ? q : lead;
+        if (lead >= 0)
+            fprintf(f, "  %-11s %d rank%s (world %d..%d): %s\n", dsacp_kv_role_name((dsacp_kv_role)g), n,
+                    n == 1 ? " " : "s", lead, lead + n - 1, c->pd[lead].plan);
+    }
+}
 
 /* The text report's throughput, latency and time-per-phase sections. */
 static void text_timing(FILE *f, const report_ctx *c, const run_metrics *mt)
 {
     const dsacp_serve_result *res = c->res;
     const int64_t n = c->wl->n;
-    const int W = c->W;
-    /* The attention layer's time outside its three timed parts: buffer set-up and agreement,
-     * staging the new cache entries, waiting for the prefill exchange, the CP merge's own calls. */
-    const double arest = fmax(mt->attn - mt->proj - mt->att - mt->oproj, 0);
-    const double dur = res->duration_s, total = mt->total;
+    const double dur = res->duration_s, total = mt->ph.total;
     const int64_t in_tok = mt->in_tok, out_tok = mt->out_tok;
-    const dsacp_cp_options *cpo = c->cpo;
-    const char *mode_detail = W > 1 ? (cpo->mode == DSACP_CP_DCP ? dsacp_decode_strategy_name(cpo->decode)
-                                                                  : dsacp_weight_plan_name(cpo->o_proj)) : "";
     fprintf(f, "============ dsacp run: serving result ============\n");
     fprintf(f, "%-42s %s\n", "Model:", c->model);
-    fprintf(f, "%-42s %d (%s%s%s)\n", "Ranks:", W, dsacp_cp_mode_name(cpo->mode), W > 1 ? ", " : "", mode_detail);
+    text_ranks(f, c);
     fprintf(f, "%-42s %lld\n", "Successful requests:", (long long)n);
     fprintf(f, "%-42s %.2f\n", "Benchmark duration (s):", dur);
     fprintf(f, "%-42s %lld\n", "Total input tokens:", (long long)in_tok);
@@ -156,14 +202,85 @@ static void text_timing(FILE *f, const report_ctx *c, const run_metrics *mt)
         fprintf(f, "  Mean / Median / P90 / P99 %s (ms):%*s %.2f / %.2f / %.2f / %.2f\n", names[k], (int)(10 - strlen(names[k])),
                 "", mt->sec[k].mean, mt->sec[k].median, mt->sec[k].p90, mt->sec[k].p99);
     }
+    if (c->pd) {
+        fprintf(f, "  (TTFT includes the KV transfer: the first token reaches the client from the decode group; TPOT\n"
+                   "   and ITL are the decode group's)\n");
+        return; /* each group's phases follow in text_groups */
+    }
     fprintf(f, "Time per phase (rank 0, summed over %lld steps)\n", (long long)res->n_steps);
-    fprintf(f, "  attention layer: %.2f s (%.0f%%) = projections %.2f + indexer, top-k and sparse MLA %.2f + o_proj %.2f\n"
-               "    + set-up, staging and exchange waits %.2f\n",
-            mt->attn / 1e3, 100 * mt->attn / fmax(total, 1e-9), mt->proj / 1e3, mt->att / 1e3, mt->oproj / 1e3, arest / 1e3);
-    fprintf(f, "  MLP / MoE: %.2f s (%.0f%%)   communication (inside collectives, waits included): %.2f s (%.0f%%)\n",
-            mt->mlp / 1e3, 100 * mt->mlp / fmax(total, 1e-9), mt->comm / 1e3, 100 * mt->comm / fmax(total, 1e-9));
-    fprintf(f, "  other (embedding, norms, head, scheduling): %.2f s; idle between steps: %.2f s\n",
-            (total - mt->attn - mt->mlp) / 1e3, fmax(dur - total / 1e3, 0));
+    text_phases(f, &mt->ph, fmax(dur - total / 1e3, 0));
+}
+
+/* ---- disaggregated runs ---- */
+
+/* The first world rank of group g (a dsacp_kv_role), -1 when none. */
+static int group_lead(const report_ctx *c, int g)
+{
+    for (int q = 0; q < c->world_W; q++)
+        if (c->pd[q].role == g) return q;
+    return -1;
+}
+
+/* The transfer per request: bytes and the time from the producer's first token to the consumer
+ * holding every entry (kv_ready_s - prefill_done_s). */
+typedef struct transfer_stats {
+    stats bytes, ms;
+    int64_t total_bytes, messages;
+    bool counters_equal; /* the link's kv_transfer counters equal the formula on every rank */
+} transfer_stats;
+
+static int transfer_of(const report_ctx *c, transfer_stats *t)
+{
+    const int64_t n = c->wl->n;
+    double *b = malloc((size_t)(n + 1) * sizeof *b), *ms = malloc((size_t)(n + 1) * sizeof *ms);
+    if (!b || !ms) {
+        free(b), free(ms);
+        return dsacp_error(DSACP_ENOMEM, "out of memory for the report");
+    }
+    *t = (transfer_stats){.counters_equal = true};
+    for (int64_t i = 0; i < n; i++) {
+        const dsacp_serve_out *o = &c->res->out[i];
+        b[i] = (double)o->kv_bytes, ms[i] = (o->kv_ready_s - o->prefill_done_s) * 1e3;
+        t->total_bytes += o->kv_bytes, t->messages += o->kv_messages;
+    }
+    t->bytes = stats_of(b, n), t->ms = stats_of(ms, n);
+    free(b), free(ms);
+    for (int q = 0; q < c->world_W; q++) {
+        const dsacp_comm_counter *m = &c->pd[q].measured, *p = &c->pd[q].predicted;
+        t->counters_equal &= m->calls == p->calls && m->bytes_sent == p->bytes_sent && m->bytes_recv == p->bytes_recv;
+    }
+    return DSACP_OK;
+}
+
+/* Each group's steps, time per phase, KV use and preemptions; the transfer and the link's counters. */
+static void text_groups(FILE *f, const report_ctx *c, const transfer_stats *t)
+{
+    const dsacp_serve_result *res = c->res;
+    for (int g = DSACP_KV_PRODUCER; g <= DSACP_KV_CONSUMER; g++) {
+        const int lead = group_lead(c, g);
+        if (lead < 0) continue;
+        const phase_sums p = phase_sums_of(res, g);
+        fprintf(f, "Group %s (W %d): %lld steps, busy %.2f s; KV peak %.0f%% of %lld blocks of %lld tokens; "
+                "preemptions %lld\n", dsacp_kv_role_name((dsacp_kv_role)g), res->pd_W[g - 1], (long long)res->pd_steps[g - 1],
+                res->pd_busy_s[g - 1], 100 * res->pd_kv_peak_use[g - 1], (long long)c->pd[lead].kv_blocks,
+                (long long)c->pd[lead].block_size, (long long)res->pd_preemptions[g - 1]);
+        text_phases(f, &p, fmax(res->duration_s - p.total / 1e3, 0));
+    }
+    fprintf(f, "KV transfer (kv_producer -> kv_consumer, point to point, in flight with the next layer):\n");
+    fprintf(f, "  %.2f MB in %lld messages; per request: Mean / Median / P99 %.1f / %.1f / %.1f KB, transfer time "
+            "(prefill done -> KV ready) %.2f / %.2f / %.2f ms\n", (double)t->total_bytes / 1048576, (long long)t->messages,
+            t->bytes.mean / 1024, t->bytes.median / 1024, t->bytes.p99 / 1024, t->ms.mean, t->ms.median, t->ms.p99);
+    fprintf(f, "  link counters (kv_transfer: calls / bytes sent / bytes received) against the relayout's formula "
+            "(dsacp_pd_predicted): %s\n", t->counters_equal ? "equal on every rank" : "DIFFERENT");
+    for (int q = 0; q < c->world_W; q++) {
+        const dsacp_comm_counter *m = &c->pd[q].measured, *p = &c->pd[q].predicted;
+        fprintf(f, "    rank %d (%s %d): %lld / %lld / %lld", q, dsacp_kv_role_name((dsacp_kv_role)c->pd[q].role),
+                c->pd[q].group_rank, (long long)m->calls, (long long)m->bytes_sent, (long long)m->bytes_recv);
+        if (!t->counters_equal)
+            fprintf(f, "   formula %lld / %lld / %lld", (long long)p->calls, (long long)p->bytes_sent,
+                    (long long)p->bytes_recv);
+        fprintf(f, "\n");
+    }
 }
 
 /* The text report's communication, memory, KV and --verify sections. */
@@ -171,8 +288,8 @@ static void text_resources(FILE *f, const report_ctx *c, const run_metrics *mt)
 {
     const dsacp_serve_result *res = c->res;
     const int64_t n = c->wl->n;
-    fprintf(f, "Communication (rank 0 received): %.1f MB, %.1f KB per generated token; by phase:\n", mt->bytes / 1048576,
-            mt->bytes / 1024 / fmax((double)mt->out_tok, 1));
+    fprintf(f, "Communication (%s received): %.1f MB, %.1f KB per generated token; by phase:\n",
+            c->pd ? "each group's rank 0" : "rank 0", mt->ph.bytes / 1048576, mt->ph.bytes / 1024 / fmax((double)mt->out_tok, 1));
     if (c->world) {
         for (int ph = 0, k = 0; ph < DSACP_PHASE_COUNT; ph++) {
             const dsacp_comm_counter ct = dsacp_comm_get_counter(c->world, ph);
@@ -183,13 +300,17 @@ static void text_resources(FILE *f, const report_ctx *c, const run_metrics *mt)
         }
         fprintf(f, "\n");
     }
-    const double *am = c->allmem;
     fprintf(f, "Memory per rank (MB): weights / KV pool / KV peak used (busiest rank's share) / transient peak / weight buffers\n");
-    for (int q = 0; q < c->W; q++)
-        fprintf(f, "  rank %d: %.1f / %.1f / %.1f / %.1f / %.1f\n", q, am[6 * q] / 1048576, am[6 * q + 1] / 1048576,
-                am[6 * q + 2] / 1048576, am[6 * q + 3] / 1048576, am[6 * q + 4] / 1048576);
-    fprintf(f, "KV utilisation peak: %.0f%% of %lld blocks of %lld tokens; preemptions: %lld\n", 100 * res->kv_peak_use,
-            (long long)c->eo->num_blocks, (long long)c->eo->block_size, (long long)res->preemptions);
+    for (int q = 0; q < (c->pd ? c->world_W : c->W); q++) {
+        const double *am = c->pd ? c->pd[q].mem : c->allmem + 6 * q;
+        char who[48] = "";
+        if (c->pd) snprintf(who, sizeof who, " (%s %d)", dsacp_kv_role_name((dsacp_kv_role)c->pd[q].role), c->pd[q].group_rank);
+        fprintf(f, "  rank %d%s: %.1f / %.1f / %.1f / %.1f / %.1f\n", q, who, am[0] / 1048576, am[1] / 1048576,
+                am[2] / 1048576, am[3] / 1048576, am[4] / 1048576);
+    }
+    if (!c->pd) /* a disaggregated run gives each group's in text_groups */
+        fprintf(f, "KV utilisation peak: %.0f%% of %lld blocks of %lld tokens; preemptions: %lld\n", 100 * res->kv_peak_use,
+                (long long)c->eo->num_blocks, (long long)c->eo->block_size, (long long)res->preemptions);
     if (c->verify) {
         if (!c->deployed)
             fprintf(f, "Verify (exact numerics: every token identical to one process): %lld of %lld requests generated "
@@ -219,7 +340,7 @@ static void json_summary(json_t *j, const report_ctx *c, const run_metrics *mt)
     const double dur = res->duration_s;
     json_t *cfgj = json_object();
     json_object_set_new(cfgj, "model", json_string(c->model));
-    json_object_set_new(cfgj, "world", jint(c->W));
+    json_object_set_new(cfgj, "world", jint(c->pd ? c->world_W : c->W));
     json_object_set_new(cfgj, "cp_mode", json_string(dsacp_cp_mode_name(cpo->mode)));
     json_object_set_new(cfgj, "decode_strategy", json_string(dsacp_decode_strategy_name(cpo->decode)));
     json_object_set_new(cfgj, "kv_layout", json_string(dsacp_cp_layout_name(cpo->kv_layout)));
@@ -240,8 +361,8 @@ static void json_summary(json_t *j, const report_ctx *c, const run_metrics *mt)
     for (int k = 0; k < 4; k++) stats_json(j, metric_keys[k], &mt->sec[k]);
     json_object_set_new(j, "preemptions", jint(res->preemptions));
     json_object_set_new(j, "kv_utilization_peak", jnum(res->kv_peak_use));
-    json_object_set_new(j, "comm_bytes_rank0", jnum(mt->bytes));
-    json_object_set_new(j, "comm_bytes_per_generated_token", jnum(mt->bytes / fmax((double)out_tok, 1)));
+    json_object_set_new(j, "comm_bytes_rank0", jnum(mt->ph.bytes));
+    json_object_set_new(j, "comm_bytes_per_generated_token", jnum(mt->ph.bytes / fmax((double)out_tok, 1)));
 }
 
 /* --json: "verify" (null without --verify). */
@@ -278,11 +399,13 @@ static void json_memory_steps(json_t *j, const report_ctx *c)
 {
     const dsacp_serve_result *res = c->res;
     json_t *mj = json_array();
-    for (int q = 0; q < c->W; q++) {
+    for (int q = 0; q < (c->pd ? c->world_W : c->W); q++) {
         json_t *o = json_object();
         json_object_set_new(o, "rank", jint(q));
+        if (c->pd) json_object_set_new(o, "role", json_string(dsacp_kv_role_name((dsacp_kv_role)c->pd[q].role)));
         static const char *const mk[5] = {"weights", "kv_pool", "kv_peak_used", "transient_peak", "weight_buffers"};
-        for (int k = 0; k < 5; k++) json_object_set_new(o, mk[k], jnum(round(c->allmem[6 * q + k])));
+        const double *am = c->pd ? c->pd[q].mem : c->allmem + 6 * q;
+        for (int k = 0; k < 5; k++) json_object_set_new(o, mk[k], jnum(round(am[k])));
         json_array_append_new(mj, o);
     }
     json_object_set_new(j, "memory_per_rank", mj);
@@ -296,6 +419,7 @@ static void json_memory_steps(json_t *j, const report_ctx *c)
         json_object_set_new(o, "prefill_tokens", jint(k->prefill_tokens));
         json_object_set_new(o, "decode_tokens", jint(k->decode_tokens));
         json_object_set_new(o, "comm_bytes", jint(k->comm_bytes));
+        if (c->pd) json_object_set_new(o, "group", json_string(dsacp_kv_role_name(k->group)));
         json_object_set_new(ph, "projections", jnum(k->projections_ms));
         json_object_set_new(ph, "attention", jnum(k->attend_ms));
         json_object_set_new(ph, "o_proj", jnum(k->o_proj_ms));
@@ -326,6 +450,13 @@ static json_t *json_requests(const report_ctx *c, const run_metrics *mt)
         json_object_set_new(r, "tpot_ms", o->n_tokens > 1 ? jnum((mt->e2el_r[i] - mt->ttft_r[i]) / (double)(o->n_tokens - 1))
                                                            : json_null());
         json_object_set_new(r, "preemptions", jint(o->preemptions));
+        if (c->pd) {
+            json_object_set_new(r, "prefill_done_s", jnum(o->prefill_done_s));
+            json_object_set_new(r, "kv_ready_s", jnum(o->kv_ready_s));
+            json_object_set_new(r, "transfer_ms", jnum((o->kv_ready_s - o->prefill_done_s) * 1e3));
+            json_object_set_new(r, "kv_bytes", jint(o->kv_bytes));
+            json_object_set_new(r, "kv_messages", jint(o->kv_messages));
+        }
         for (int64_t k = 0; k < o->n_tokens; k++) json_array_append_new(tk, jint(o->tokens[k]));
         json_object_set_new(r, "tokens", tk);
         json_array_append_new(rj, r);
@@ -333,15 +464,82 @@ static json_t *json_requests(const report_ctx *c, const run_metrics *mt)
     return rj;
 }
 
+/* --json "disaggregated": a group's numbers. */
+static json_t *json_group(const report_ctx *c, int g)
+{
+    const dsacp_serve_result *res = c->res;
+    const int lead = group_lead(c, g);
+    const phase_sums p = phase_sums_of(res, g);
+    json_t *o = json_object(), *ph = json_object();
+    json_object_set_new(o, "world", jint(res->pd_W[g - 1]));
+    json_object_set_new(o, "first_world_rank", jint(lead));
+    json_object_set_new(o, "plan", json_string(lead >= 0 ? c->pd[lead].plan : ""));
+    json_object_set_new(o, "kv_blocks", jint(lead >= 0 ? c->pd[lead].kv_blocks : 0));
+    json_object_set_new(o, "block_size", jint(lead >= 0 ? c->pd[lead].block_size : 0));
+    json_object_set_new(o, "steps", jint(res->pd_steps[g - 1]));
+    json_object_set_new(o, "busy_s", jnum(res->pd_busy_s[g - 1]));
+    json_object_set_new(o, "kv_utilization_peak", jnum(res->pd_kv_peak_use[g - 1]));
+    json_object_set_new(o, "preemptions", jint(res->pd_preemptions[g - 1]));
+    const struct { const char *k; double v; } f[] = {
+        {"attention", p.attn}, {"projections", p.proj}, {"indexer_topk_sparse_mla", p.att}, {"o_proj", p.oproj},
+        {"mlp", p.mlp}, {"communication", p.comm}, {"steps_total", p.total}};
+    for (size_t i = 0; i < sizeof f / sizeof f[0]; i++) json_object_set_new(ph, f[i].k, jnum(f[i].v / 1e3));
+    json_object_set_new(o, "phases_s", ph);
+    return o;
+}
+
+static json_t *json_counter(const dsacp_comm_counter *k)
+{
+    json_t *o = json_object();
+    json_object_set_new(o, "calls", jint(k->calls));
+    json_object_set_new(o, "bytes_sent", jint(k->bytes_sent));
+    json_object_set_new(o, "bytes_recv", jint(k->bytes_recv));
+    return o;
+}
+
+/* --json "disaggregated": both groups, the transfer, the link's counters beside the formula. */
+static json_t *json_disaggregated(const report_ctx *c, const transfer_stats *t)
+{
+    json_t *o = json_object(), *tj = json_object(), *lj = json_array();
+    json_object_set_new(o, "producer", json_group(c, DSACP_KV_PRODUCER));
+    json_object_set_new(o, "consumer", json_group(c, DSACP_KV_CONSUMER));
+    json_object_set_new(tj, "bytes", jint(t->total_bytes));
+    json_object_set_new(tj, "messages", jint(t->messages));
+    const struct { const char *k; double v; } f[] = {
+        {"mean_kv_bytes", t->bytes.mean}, {"median_kv_bytes", t->bytes.median}, {"p99_kv_bytes", t->bytes.p99},
+        {"mean_transfer_ms", t->ms.mean}, {"median_transfer_ms", t->ms.median}, {"p99_transfer_ms", t->ms.p99}};
+    for (size_t i = 0; i < sizeof f / sizeof f[0]; i++) json_object_set_new(tj, f[i].k, jnum(f[i].v));
+    json_object_set_new(tj, "counters_equal_formula", json_boolean(t->counters_equal));
+    for (int q = 0; q < c->world_W; q++) {
+        json_t *r = json_object();
+        json_object_set_new(r, "rank", jint(q));
+        json_object_set_new(r, "role", json_string(dsacp_kv_role_name((dsacp_kv_role)c->pd[q].role)));
+        json_object_set_new(r, "group_rank", jint(c->pd[q].group_rank));
+        json_object_set_new(r, "kv_transfer", json_counter(&c->pd[q].measured));
+        json_object_set_new(r, "predicted", json_counter(&c->pd[q].predicted));
+        json_array_append_new(lj, r);
+    }
+    json_object_set_new(tj, "link_counters", lj);
+    json_object_set_new(o, "transfer", tj);
+    return o;
+}
+
 int run_write_report(FILE *f, json_t *j, const report_ctx *c)
 {
     run_metrics mt;
+    transfer_stats t = {.counters_equal = true};
     int rc = metrics_of(c->wl, c->res, &mt);
     if (rc) return rc;
+    if (c->pd && (rc = transfer_of(c, &t))) {
+        metrics_free(&mt);
+        return rc;
+    }
     text_timing(f, c, &mt);
+    if (c->pd) text_groups(f, c, &t);
     text_resources(f, c, &mt);
     if (j) {
         json_summary(j, c, &mt);
+        if (c->pd) json_object_set_new(j, "disaggregated", json_disaggregated(c, &t));
         json_object_set_new(j, "verify", json_verify(c));
         json_memory_steps(j, c);
         json_object_set_new(j, "requests", json_requests(c, &mt));
