@@ -415,14 +415,15 @@ static int step_layers(dsacp_engine *e, const dsacp_step_entry *entries, const s
         else if (r2 && !*lrc) *lrc = r2;
         /* An agreed failure (a stage's allocation on some rank): every rank stops here. */
         if (e->cp.step_failed) break;
+        e->times.attention += dsacp_now() - t0;
         /* The layer's cache entries of the step are written: the disaggregation's hook (a
-         * producer sends them from here, in flight with the rest of the step). */
+         * producer sends them from here, in flight with the rest of the step; its time counts
+         * in the step's only). */
         if (e->layer_hook) {
             const int hrc = e->layer_hook(e->layer_hook_arg, l);
             if (hrc && !*lrc) *lrc = hrc;
         }
         const double t1 = dsacp_now();
-        e->times.attention += t1 - t0;
         for (int64_t i = 0; i < na * D; i++) h[i] += ob[i];
         for (int64_t i = 0; i < na; i++) dsacp_rmsnorm(xb + i * D, h + i * D, e->post_norm[l], D, cfg->rms_norm_eps);
         if (!*lrc) *lrc = dsacp_engine_mlp(e, &e->ws, l, xb, na, ob, deployed);
