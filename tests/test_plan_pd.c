@@ -41,12 +41,25 @@ static void test_transfer_is_formula(void)
         }
         const dsacp_cp_relayout c = {r.Wp, r.Ip, r.Wd, r.Id, r.kv_layout, r.index_layout, r.index_group,
                                      r.latent_bytes, r.index_bytes, r.layers};
-        dsacp_plan_chunk ch[6];
-        const int n = (int)pick(1, 6);
+        /* the positions' owners repeat every lcm(Wp Ip, Wd Id): chunks shifted by whole periods
+         * (which the planner counts once) among the others */
+        int64_t g = r.Wp * r.Ip, h = r.Wd * r.Id;
+        while (h) {
+            const int64_t t = g % h;
+            g = h, h = t;
+        }
+        const int64_t period = r.Wp * r.Ip / g * r.Wd * r.Id;
+        dsacp_plan_chunk ch[8];
+        const int n = (int)pick(1, 8);
         for (int i = 0, req = 0; i < n; i++) {
-            const int64_t a = i && pick(0, 1) ? ch[i - 1].b : pick(0, 40); /* the next chunk of a request, or another */
+            const int kind = (int)pick(0, 2);
+            const int64_t a = i && kind == 0 ? ch[i - 1].b : pick(0, 40); /* the next chunk of a request, or another */
             if (i && a != ch[i - 1].b) req++;
             ch[i] = (dsacp_plan_chunk){req, a, a + pick(1, 50)};
+            if (i && kind == 2) { /* an earlier chunk shifted by whole periods */
+                const int64_t j = pick(0, i - 1), k = pick(1, 3) * period;
+                ch[i] = (dsacp_plan_chunk){++req, ch[j].a + k, ch[j].b + k};
+            }
         }
         int64_t sent = 0, recv = 0;
         for (int side = 0; side < 2; side++)

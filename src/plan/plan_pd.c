@@ -44,6 +44,26 @@ static int relayout_from(const dsacp_plan_relayout *r, dsacp_cp_relayout *c)
     return DSACP_OK;
 }
 
+/* The relayout's period in positions, lcm(Wp Ip, Wd Id), or 0 when it passes 2^40. */
+static int64_t period_of(const dsacp_cp_relayout *c)
+{
+    const int64_t lim = (int64_t)1 << 40;
+    if (c->Wp > lim / c->Ip || c->Wd > lim / c->Id) return 0;
+    const int64_t a = c->Wp * c->Ip, b = c->Wd * c->Id;
+    int64_t x = a, y = b;
+    while (y) {
+        const int64_t t = x % y;
+        x = y, y = t;
+    }
+    return a / x > lim / b ? 0 : a / x * b;
+}
+
+/* A chunk's counter by its phase in the period and its length. */
+typedef struct chunk_count {
+    int64_t phase, len;
+    dsacp_comm_counter c;
+} chunk_count;
+
 int dsacp_plan_kv_transfer(const dsacp_plan_relayout *r, const dsacp_plan_chunk *chunks, int64_t n, int side, int64_t rank,
                            dsacp_comm_counter *out)
 {
@@ -68,7 +88,23 @@ int dsacp_plan_kv_transfer(const dsacp_plan_relayout *r, const dsacp_plan_chunk 
         total += (double)(k->b - k->a) * (per_pos + DSACP_RELAYOUT_HEADER * (double)c.Wd) * (double)c.layers;
     }
     if (total > 0x1p62) return dsacp_error(DSACP_ERANGE, "plan: the chunks' transfer (%g bytes) exceeds 64-bit counters", total);
-    for (int64_t i = 0; i < n; i++) dsacp_cp_relayout_comm(&c, chunks[i].a, chunks[i].b, side, rank, out);
+    /* Who sends and who keeps a position repeats every lcm(Wp Ip, Wd Id) positions (the sender's
+     * rule, and every consumer layout's, are periodic in Wp Ip and Wd Id), so a chunk shifted by
+     * whole periods counts what the first one did: the formula runs once per distinct chunk
+     * (a mod period, b - a) -- a 1M-token prompt in 2048-token chunks is one run, not 512. */
+    const int64_t period = period_of(&c);
+    chunk_count seen[16];
+    int ns = 0;
+    for (int64_t i = 0; i < n; i++) {
+        const chunk_count key = {period ? chunks[i].a % period : -1, chunks[i].b - chunks[i].a, {0}};
+        int j = 0;
+        while (j < ns && (seen[j].phase != key.phase || seen[j].len != key.len)) j++;
+        chunk_count one = key;
+        if (j < ns) one = seen[j];
+        else dsacp_cp_relayout_comm(&c, chunks[i].a, chunks[i].b, side, rank, &one.c);
+        if (j == ns && key.phase >= 0 && ns < (int)(sizeof seen / sizeof seen[0])) seen[ns++] = one;
+        out->calls += one.c.calls, out->bytes_sent += one.c.bytes_sent, out->bytes_recv += one.c.bytes_recv;
+    }
     return DSACP_OK;
 }
 
@@ -78,6 +114,8 @@ double dsacp_plan_link_seconds(const dsacp_comm_counter *c, int side, double byt
 }
 
 /* ---- a request's work, whatever the load ---- */
+
+enum { PD_MEMO = 512 };
 
 typedef struct pd_ctx {
     const dsacp_config *cfg;
@@ -90,20 +128,30 @@ typedef struct pd_ctx {
     double att_max;    /* the slowest chunk's attention layers */
     double head1;      /* lm_head for one token (the prompt's first output) */
     dsacp_plan_pd *req;
+    /* model_at's results by batch (direct-mapped): the loads' searches ask for the same batches */
+    int64_t memo_batch[PD_MEMO];
+    double memo[PD_MEMO][3];
 } pd_ctx;
 
 /* The whole model's decode step for `batch` tokens at the decode context: *step its time; *mlp
  * the part that grows with the tokens whoever they are (MLP / MoE and its all-reduce; attention
  * and lm_head left out); *held the busiest rank's KV of `batch` requests plus its weights. */
-static int model_at(const pd_ctx *x, int64_t batch, double *step, double *mlp, double *held)
+static int model_at(pd_ctx *x, int64_t batch, double *step, double *mlp, double *held)
 {
-    dsacp_plan_model m;
-    int rc = dsacp_plan_decode_model(x->cfg, x->cp, x->o->W, x->o->ep, x->ctx, batch, x->o->deployed, x->o->weight_bytes,
-                                     x->hw, &m);
-    if (rc) return rc;
-    if (step) *step = m.tpot;
-    if (mlp) *mlp = m.t_mlp + m.t_moe_comm;
-    if (held) *held = (double)batch * m.layer.kv_bytes_per_rank * (double)x->cfg->num_hidden_layers + m.weights_per_rank;
+    const size_t k = (size_t)batch % PD_MEMO;
+    double *v = x->memo[k];
+    if (x->memo_batch[k] != batch) {
+        dsacp_plan_model m;
+        int rc = dsacp_plan_decode_model(x->cfg, x->cp, x->o->W, x->o->ep, x->ctx, batch, x->o->deployed, x->o->weight_bytes,
+                                         x->hw, &m);
+        if (rc) return rc;
+        v[0] = m.tpot, v[1] = m.t_mlp + m.t_moe_comm;
+        v[2] = (double)batch * m.layer.kv_bytes_per_rank * (double)x->cfg->num_hidden_layers + m.weights_per_rank;
+        x->memo_batch[k] = batch;
+    }
+    if (step) *step = v[0];
+    if (mlp) *mlp = v[1];
+    if (held) *held = v[2];
     return DSACP_OK;
 }
 
@@ -180,13 +228,14 @@ typedef struct pd_point {
     double s;      /* PD-mixed: a prompt's service time (its chunk steps), 0 when disaggregated */
     double rho;    /* PD-mixed: the prefill queue's utilisation */
     bool ok;       /* the prefill queue keeps up */
+    int64_t B;     /* the batch priced */
 } pd_point;
 
 /* PD-mixed: each of the prompt's chunk steps runs the batch's decode step plus the chunk (its
  * attention layers, the MLP / MoE of batch + chunk tokens in place of the batch's); the batch's
  * requests wait for those steps too, so per output token they wait t_d / (1 - rho_c), rho_c the
  * share of time the chunks add. */
-static int mixed_at(const pd_ctx *x, double lam, int64_t B, pd_point *p)
+static int mixed_at(pd_ctx *x, double lam, int64_t B, pd_point *p)
 {
     const int64_t nc = x->req->chunks;
     double mlp_b, mlp_c = 0, mlp_l;
@@ -206,7 +255,7 @@ static int mixed_at(const pd_ctx *x, double lam, int64_t B, pd_point *p)
 }
 
 /* A consumer instance: decode steps only. */
-static int disagg_at(const pd_ctx *x, int64_t B, pd_point *p)
+static int disagg_at(pd_ctx *x, int64_t B, pd_point *p)
 {
     memset(p, 0, sizeof *p);
     int rc = model_at(x, B, &p->t_d, NULL, &p->held);
@@ -214,14 +263,16 @@ static int disagg_at(const pd_ctx *x, int64_t B, pd_point *p)
     return rc;
 }
 
-static int point_at(const pd_ctx *x, bool mixed, double lam, int64_t B, pd_point *p)
+static int point_at(pd_ctx *x, bool mixed, double lam, int64_t B, pd_point *p)
 {
-    return mixed ? mixed_at(x, lam, B, p) : disagg_at(x, B, p);
+    int rc = mixed ? mixed_at(x, lam, B, p) : disagg_at(x, B, p);
+    p->B = B;
+    return rc;
 }
 
 /* Whether batch B runs (the prefill queue keeps up, the KV fits) and holds the requests that
  * decode at once (B >= lam x output x tpot(B): Little's law). */
-static int batch_test(const pd_ctx *x, bool mixed, double lam, int64_t B, pd_point *p, bool *runs, bool *holds)
+static int batch_test(pd_ctx *x, bool mixed, double lam, int64_t B, pd_point *p, bool *runs, bool *holds)
 {
     int rc = point_at(x, mixed, lam, B, p);
     *runs = !rc && p->ok && p->held <= 0.9 * x->hw->mem_bytes;
@@ -230,7 +281,7 @@ static int batch_test(const pd_ctx *x, bool mixed, double lam, int64_t B, pd_poi
 }
 
 /* The smallest B in (lo, hi] that holds, given that hi does and lo does not. */
-static int bisect_holds(const pd_ctx *x, bool mixed, double lam, int64_t lo, int64_t hi, pd_point *out)
+static int bisect_holds(pd_ctx *x, bool mixed, double lam, int64_t lo, int64_t hi, pd_point *out)
 {
     pd_point p;
     bool runs, holds;
@@ -246,10 +297,13 @@ static int bisect_holds(const pd_ctx *x, bool mixed, double lam, int64_t lo, int
 
 /* The decode batch of an instance receiving lam requests per second: the smallest B that holds,
  * by doubling and bisection (a larger batch only runs slower steps, so what runs at B runs below
- * it); *limit names what stops it when none does ("prefill", "memory", "decode"). */
-static int find_batch(const pd_ctx *x, bool mixed, double lam, pd_point *out, const char **limit)
+ * it); *limit names what stops it when none does ("prefill", "memory", "decode"; *out is then
+ * batch 1's point). */
+static int find_batch_int(pd_ctx *x, bool mixed, double lam, pd_point *out, const char **limit)
 {
     *limit = "";
+    int rc0 = point_at(x, mixed, lam, 1, out);
+    if (rc0) return rc0;
     int64_t good = 0, hi = 1; /* good: the largest batch tried that runs but does not hold */
     pd_point p;
     bool runs, holds;
@@ -285,16 +339,35 @@ static int find_batch(const pd_ctx *x, bool mixed, double lam, pd_point *out, co
     return bisect_holds(x, mixed, lam, good, lo, out);
 }
 
+/* find_batch_int's batch B (the smallest that holds) made the mean batch b in (B - 1, B]: the
+ * instance then runs steps of B - 1 and of B requests, in the share that makes Little's law hold
+ * (b = lam x output x tpot(b)), so every figure is interpolated between the two points. Batch 1
+ * stays as it is (an instance decoding less than one request on average runs batch 1). */
+static int find_batch(pd_ctx *x, bool mixed, double lam, pd_point *out, const char **limit)
+{
+    int rc = find_batch_int(x, mixed, lam, out, limit);
+    if (rc || **limit || out->B == 1) return rc;
+    pd_point p0;
+    if ((rc = point_at(x, mixed, lam, out->B - 1, &p0))) return rc;
+    const double LO = lam * (double)x->o->output, den = 1 - LO * (out->tpot - p0.tpot);
+    const double w = den > 0 ? fmin(1, fmax(0, (LO * p0.tpot - (double)p0.B) / den)) : 1;
+    double *f1[] = {&out->t_d, &out->tpot, &out->itl, &out->held, &out->s, &out->rho};
+    const double f0[] = {p0.t_d, p0.tpot, p0.itl, p0.held, p0.s, p0.rho};
+    for (size_t i = 0; i < sizeof f0 / sizeof f0[0]; i++) *f1[i] = f0[i] + w * (*f1[i] - f0[i]);
+    return DSACP_OK;
+}
+
 /* M/D/1: the mean wait of a queue of utilisation rho < 1 and fixed service time s. */
 static double md1_wait(double rho, double s) { return rho * s / (2 * (1 - rho)); }
 
 /* PD-mixed: producers + consumers instances sharing the load, each prefilling in its steps. */
-static int side_mixed(const pd_ctx *x, double rate, dsacp_plan_pd_side *out)
+static int side_mixed(pd_ctx *x, double rate, dsacp_plan_pd_side *out)
 {
     memset(out, 0, sizeof *out);
     const double lam = rate / (double)(x->o->producers + x->o->consumers);
     pd_point p;
     int rc = find_batch(x, true, lam, &p, &out->limit);
+    out->prefill_util = p.rho;
     if (rc || *out->limit) return rc;
     out->stable = true;
     out->ttft = md1_wait(p.rho, p.s) + p.s;
@@ -304,7 +377,7 @@ static int side_mixed(const pd_ctx *x, double rate, dsacp_plan_pd_side *out)
 }
 
 /* Disaggregated: producers prefill (their queue and the link's), consumers decode. */
-static int side_disagg(const pd_ctx *x, double rate, dsacp_plan_pd_side *out)
+static int side_disagg(pd_ctx *x, double rate, dsacp_plan_pd_side *out)
 {
     memset(out, 0, sizeof *out);
     const dsacp_plan_pd *q = x->req;

@@ -346,6 +346,8 @@ static int invocation_fail(int rc)
     return rc == DSACP_ENOMEM ? 1 : 2;
 }
 
+enum { PD_RATES_MAX = 32 };
+
 /* The planning itself, everything into R (stdout's text and the JSON tree). */
 typedef struct plan_args {
     const char *model, *preset, *hwp;
@@ -355,6 +357,11 @@ typedef struct plan_args {
     double f, wbytes;
     bool deployed;
     const variant_list *vs; /* the strategies priced */
+    /* --pd P:D: a disaggregated deployment against PD-mixed (P = 0: not asked) */
+    int64_t pd_P, pd_D, gen_len;
+    double link_bw, link_lat; /* bytes/s, seconds per message; 0: the profile's net_* */
+    double rates[PD_RATES_MAX];
+    int nrates; /* 0: a sweep around the producers' capacity */
 } plan_args;
 
 /* The planning itself, phase by phase, everything into R (stdout's text and the JSON tree);
@@ -692,6 +699,167 @@ static void plan_weights(const plan_args *A, report *R)
         }
     }
 }
+/* One deployment at one load as JSON: its times, null where it does not keep up. */
+static json_t *pd_side_json(report *R, const dsacp_plan_pd_side *d, const char *where)
+{
+    json_t *o = jobject(R);
+    if (!o) return NULL;
+    jset(R, o, "stable", json_boolean(d->stable));
+    jstr(R, o, "limit", d->limit);
+    const struct {
+        const char *key;
+        double v;
+    } f[] = {{"ttft", d->ttft}, {"tpot", d->tpot}, {"itl_max", d->itl_max}, {"batch", d->batch}, {"held_per_rank", d->held_per_rank}};
+    for (size_t i = 0; i < sizeof f / sizeof f[0]; i++)
+        if (d->stable) jreal(R, o, f[i].key, f[i].v, where);
+        else jset(R, o, f[i].key, json_null());
+    jreal(R, o, "prefill_util", d->prefill_util, where);
+    return o;
+}
+
+/* A deployment's cells of the --pd table: TTFT s, TPOT ms, (ITL max ms,) batch; or what saturates. */
+static void pd_cells(report *R, const dsacp_plan_pd_side *d, bool itl, const char *where)
+{
+    if (!d->stable) {
+        fprintf(R->txt, " %9s %9s%s %7s", "-", "-", itl ? "         -" : "", d->limit);
+        return;
+    }
+    fprintf(R->txt, " %9.3f %9.2f", F(where, d->ttft), F(where, d->tpot * 1e3));
+    if (itl) fprintf(R->txt, " %9.2f", F(where, d->itl_max * 1e3));
+    fprintf(R->txt, " %7.1f", F(where, d->batch));
+}
+
+/* Which deployment's figures are lower at one load. */
+static const char *pd_verdict(const dsacp_plan_pd_side *d, const dsacp_plan_pd_side *m)
+{
+    if (!d->stable) return m->stable ? "PD-mixed (only it keeps up)" : "neither keeps up";
+    if (!m->stable) return "disaggregated (only it keeps up)";
+    const bool ttft = d->ttft < m->ttft, tpot = d->tpot < m->tpot;
+    return ttft && tpot ? "disaggregated" : ttft ? "disaggregated TTFT, PD-mixed TPOT"
+                                        : tpot ? "PD-mixed TTFT, disaggregated TPOT" : "PD-mixed";
+}
+
+/* d's figure minus m's (TTFT or TPOT) at one load; a deployment that does not keep up is +inf. */
+static double pd_gap(const dsacp_plan_pd_side *d, const dsacp_plan_pd_side *m, bool ttft)
+{
+    const double a = d->stable ? (ttft ? d->ttft : d->tpot) : INFINITY, b = m->stable ? (ttft ? m->ttft : m->tpot) : INFINITY;
+    return isinf(a) && isinf(b) ? NAN : a - b;
+}
+
+/* Where the lower of the two deployments changes over the loads rates[0..n) (ascending), at most
+ * 4 times: *low whether the disaggregated one is lower at the lightest load; at[k] the loads where
+ * the gap crosses 0 (interpolated between the two loads around it), *stop the first load where one
+ * of the two stops keeping up (-1: none). Returns the count. */
+static int pd_crossover(const double *rates, const dsacp_plan_pd_side *d, const dsacp_plan_pd_side *m, int n, bool ttft,
+                        bool *low, double at[4], int *stop)
+{
+    *low = pd_gap(&d[0], &m[0], ttft) < 0, *stop = -1;
+    bool cur = *low;
+    int k = 0;
+    for (int i = 1; i < n && k < 4 && *stop < 0; i++) {
+        const double g = pd_gap(&d[i], &m[i], ttft), gp = pd_gap(&d[i - 1], &m[i - 1], ttft);
+        if (!d[i].stable || !m[i].stable) *stop = i;
+        else if ((g < 0) != cur) at[k++] = rates[i - 1] + (rates[i] - rates[i - 1]) * gp / (gp - g), cur = g < 0;
+    }
+    return k;
+}
+
+/* The crossovers over a fine sweep of loads (to twice the producers' capacity), printed and in J. */
+static int pd_crossovers(const plan_args *A, report *R, const dsacp_cp_options *cp, const dsacp_plan_pd_options *o, double cap,
+                         json_t *J)
+{
+    double rates[PD_RATES_MAX], at[4];
+    int stop;
+    dsacp_plan_pd q;
+    dsacp_plan_pd_side d[PD_RATES_MAX], m[PD_RATES_MAX];
+    for (int i = 0; i < PD_RATES_MAX; i++) rates[i] = cap * 0.01 * pow(200.0, (double)i / (PD_RATES_MAX - 1));
+    int rc = dsacp_plan_pd_price(&A->cfg, cp, A->hw, o, rates, PD_RATES_MAX, &q, d, m);
+    if (rc) return dsacp_error_context(rc, "--pd");
+    for (int t = 0; t < 2; t++) {
+        bool low;
+        const int k = pd_crossover(rates, d, m, PD_RATES_MAX, t == 0, &low, at, &stop);
+        json_t *c = jobject(R), *arr = json_array();
+        jset(R, J, t == 0 ? "crossover_ttft" : "crossover_tpot", c);
+        if (c) jstr(R, c, "lower_at_light_load", low ? "disaggregated" : "PD-mixed"), jset(R, c, "rates", arr);
+        else json_decref(arr), arr = NULL;
+        fprintf(R->txt, "%s lower: %s", t == 0 ? "TTFT" : "TPOT", low ? "disaggregated" : "PD-mixed");
+        for (int i = 0; i < k; i++) {
+            fprintf(R->txt, " to %.3g requests/s (%.0f%% of the producers' capacity), then %s", F("--pd: crossover", at[i]),
+                    at[i] / cap * 100, (i % 2 == 0) == low ? "PD-mixed" : "disaggregated");
+            if (arr) jappend(R, arr, json_real(at[i]));
+        }
+        if (stop >= 0)
+            fprintf(R->txt, "; from %.3g requests/s %s", rates[stop],
+                    !d[stop].stable && !m[stop].stable ? "neither keeps up"
+                    : !d[stop].stable ? "only PD-mixed keeps up" : "only the disaggregated one keeps up");
+        fprintf(R->txt, "\n");
+    }
+    return DSACP_OK;
+}
+
+/* --pd P:D: the disaggregated deployment against the same ranks run PD-mixed, per load. */
+static int plan_pd(const plan_args *A, report *R)
+{
+    if (A->pd_P <= 0) return DSACP_OK;
+    dsacp_cp_options cp;
+    dsacp_cp_options_default(&cp);
+    const dsacp_plan_pd_options o = {.producers = A->pd_P, .consumers = A->pd_D, .W = A->W, .ep = A->ep, .prompt = A->L,
+                                     .output = A->gen_len, .chunk = A->C, .link_bw = A->link_bw, .link_latency_s = A->link_lat,
+                                     .deployed = A->deployed, .weight_bytes = A->wbytes};
+    dsacp_plan_pd q;
+    double rates[PD_RATES_MAX];
+    int n = A->nrates;
+    int rc = dsacp_plan_pd_price(&A->cfg, &cp, A->hw, &o, NULL, 0, &q, NULL, NULL);
+    if (rc) return dsacp_error_context(rc, "--pd");
+    const double cap = (double)A->pd_P / q.prefill_s; /* the producers' prefill capacity */
+    static const double sweep[] = {0.1, 0.25, 0.5, 0.75, 0.9, 1.25, 1.5, 2.0};
+    if (n == 0)
+        for (n = 0; n < (int)(sizeof sweep / sizeof sweep[0]); n++) rates[n] = sweep[n] * cap;
+    else memcpy(rates, A->rates, (size_t)n * sizeof rates[0]);
+    dsacp_plan_pd_side dis[PD_RATES_MAX], mix[PD_RATES_MAX];
+    if ((rc = dsacp_plan_pd_price(&A->cfg, &cp, A->hw, &o, rates, n, &q, dis, mix))) return dsacp_error_context(rc, "--pd");
+    FILE *out = R->txt;
+    const char *where = "--pd:";
+    fprintf(out, "\ndisaggregated prefill and decode: %lld producer + %lld consumer instances of W = %lld ranks against %lld "
+                 "PD-mixed; prompt %lld, output %lld tokens, %lld-token chunks, decode strategy %s\n", (long long)A->pd_P,
+            (long long)A->pd_D, (long long)A->W, (long long)(A->pd_P + A->pd_D), (long long)A->L, (long long)A->gen_len,
+            (long long)A->C, dsacp_decode_strategy_name(cp.decode));
+    fprintf(out, "transfer per request (%lld chunks x %lld layers): %.1f MB in %lld messages from the busiest producer rank, "
+                 "%.1f MB in %lld to the busiest consumer rank; on a %.1f Gb/s link at %.1f us per message %.3f s, %.3f s of it "
+                 "after the prefill (%.3f s on a producer, capacity %.3g requests/s)\n", (long long)q.chunks, (long long)A->layers,
+            (double)q.sent.bytes_sent / 1e6, (long long)q.sent.calls, (double)q.recv.bytes_recv / 1e6, (long long)q.recv.calls,
+            q.link_bw * 8 / 1e9, q.link_latency_s * 1e6, F(where, q.transfer_s), F(where, q.transfer_exposed_s),
+            F(where, q.prefill_s), F(where, cap));
+    fprintf(out, "%10s | %-37s | %-47s | %s\n", "", "disaggregated", "PD-mixed", "");
+    fprintf(out, "%10s | %9s %9s %7s %9s | %9s %9s %9s %7s %9s | %s\n", "req/s", "TTFT s", "TPOT ms", "batch", "prefill", "TTFT s",
+            "TPOT ms", "ITLmax ms", "batch", "prefill", "lower");
+    json_t *pd = jobject(R), *loads = json_array();
+    jset(R, R->root, "pd", pd);
+    if (pd) {
+        jint(R, pd, "producers", A->pd_P), jint(R, pd, "consumers", A->pd_D), jint(R, pd, "prompt", A->L);
+        jint(R, pd, "output", A->gen_len), jint(R, pd, "chunk", A->C), jint(R, pd, "chunks", q.chunks);
+        jreal(R, pd, "link_bw", q.link_bw, where), jreal(R, pd, "link_latency_s", q.link_latency_s, where);
+        jint(R, pd, "sent_calls", q.sent.calls), jint(R, pd, "sent_bytes", q.sent.bytes_sent);
+        jint(R, pd, "recv_calls", q.recv.calls), jint(R, pd, "recv_bytes", q.recv.bytes_recv);
+        jreal(R, pd, "transfer_s", q.transfer_s, where), jreal(R, pd, "transfer_exposed_s", q.transfer_exposed_s, where);
+        jreal(R, pd, "prefill_s", q.prefill_s, where), jreal(R, pd, "producer_capacity", cap, where);
+        jset(R, pd, "loads", loads);
+    } else json_decref(loads), loads = NULL;
+    for (int i = 0; i < n; i++) {
+        fprintf(out, "%10.3g |", rates[i]);
+        pd_cells(R, &dis[i], false, where);
+        fprintf(out, " %8.0f%% |", dis[i].prefill_util * 100);
+        pd_cells(R, &mix[i], true, where);
+        fprintf(out, " %8.0f%% | %s\n", mix[i].prefill_util * 100, pd_verdict(&dis[i], &mix[i]));
+        json_t *l = loads ? jappend(R, loads, json_object()) : NULL;
+        if (!l) continue;
+        jreal(R, l, "rate", rates[i], where);
+        jset(R, l, "disaggregated", pd_side_json(R, &dis[i], where));
+        jset(R, l, "mixed", pd_side_json(R, &mix[i], where));
+        jstr(R, l, "lower", pd_verdict(&dis[i], &mix[i]));
+    }
+    return pd_crossovers(A, R, &cp, &o, cap, pd);
+}
 #undef F
 
 static int plan_report(const plan_args *A, report *R, dsacp_plan_decode *r, bool *okv, const char **plabels, double *pttft)
@@ -703,7 +871,61 @@ static int plan_report(const plan_args *A, report *R, dsacp_plan_decode *r, bool
     plan_recommend(A, R, r, okv, best);
     if ((rc = plan_chunks(A, R)) || (rc = plan_prefill(A, R, plabels, pttft))) return rc;
     plan_weights(A, R);
-    return DSACP_OK;
+    return plan_pd(A, R);
+}
+
+/* --pd P:D and the flags that go with it (--link-gbps, --link-latency-us, --rate R[,R...],
+ * --gen-len); false after the error naming the flag. */
+static bool pd_flags(const cli_opt *opts, plan_args *A)
+{
+    static const char *const with[] = {"link-gbps", "link-latency-us", "rate", "gen-len"};
+    const char *pd = cli_get(opts, "pd"), *s;
+    for (size_t i = 0; i < sizeof with / sizeof with[0] && !pd; i++)
+        if (cli_get(opts, with[i])) {
+            fprintf(stderr, "dsacp plan: option '--%s' prices a disaggregated deployment: it needs '--pd P:D'\n", with[i]);
+            return false;
+        }
+    A->gen_len = 1024;
+    if (!pd) return true;
+    const char *colon = strchr(pd, ':');
+    char left[32];
+    const size_t n = colon ? (size_t)(colon - pd) : 0;
+    bool ok = colon && n < sizeof left;
+    if (ok) memcpy(left, pd, n), left[n] = 0;
+    ok = ok && cli_parse_i64(left, &A->pd_P) && cli_parse_i64(colon + 1, &A->pd_D) && A->pd_P >= 1 && A->pd_D >= 1 &&
+         A->pd_P <= 4096 && A->pd_D <= 4096;
+    if (!ok) {
+        fprintf(stderr, "dsacp plan: option '--pd' = '%s': P:D, the producer and the consumer instance counts (each 1 to 4096)\n",
+                pd);
+        return false;
+    }
+    double x;
+    if ((s = cli_get(opts, "link-gbps"))) {
+        if (!cli_double("plan", "link-gbps", s, 0.008, 8e6, &x)) return false;
+        A->link_bw = x * 1e9 / 8;
+    }
+    if ((s = cli_get(opts, "link-latency-us"))) {
+        if (!cli_double("plan", "link-latency-us", s, 1e-3, 1e6, &x)) return false;
+        A->link_lat = x * 1e-6;
+    }
+    if ((s = cli_get(opts, "gen-len")) && !cli_int("plan", "gen-len", s, 1, (int64_t)1 << 24, &A->gen_len)) return false;
+    const char *rates = cli_get(opts, "rate");
+    for (const char *r = rates && !*rates ? "," : rates; r && *r;) {
+        const char *comma = strchr(r, ',');
+        const size_t len = comma ? (size_t)(comma - r) : strlen(r);
+        char one[64];
+        ok = len < sizeof one && A->nrates < PD_RATES_MAX;
+        if (ok) memcpy(one, r, len), one[len] = 0;
+        if (!ok || !cli_parse_f64(one, &x) || !(x > 0 && x <= 1e9)) {
+            fprintf(stderr, "dsacp plan: option '--rate' = '%s': up to %d request rates per second, each in (0, 1e9], "
+                    "separated by commas\n", rates, PD_RATES_MAX);
+            return false;
+        }
+        A->rates[A->nrates++] = x;
+        r = comma ? comma + 1 : r + len;
+        if (comma && !*r) r = ","; /* a trailing comma: refused on the next turn */
+    }
+    return true;
 }
 
 int cli_plan(int argc, char **argv)
@@ -713,7 +935,8 @@ int cli_plan(int argc, char **argv)
                       {"numerics", true, NULL}, {"json", true, NULL},     {"calibrate", true, NULL},
                       {"lean-candidates", true, NULL}, {"layers", true, NULL}, {"prefill", true, NULL},
                       {"weight-bytes", true, NULL}, {"plot", true, NULL}, {"chunk", true, NULL}, {"ep", true, NULL},
-                      {NULL, false, NULL}};
+                      {"pd", true, NULL}, {"link-gbps", true, NULL}, {"link-latency-us", true, NULL}, {"rate", true, NULL},
+                      {"gen-len", true, NULL}, {NULL, false, NULL}};
     int parsed = cli_parse(argc, argv, opts);
     if (parsed != CLI_RUN) return parsed;
     const char *s;
@@ -751,6 +974,7 @@ int cli_plan(int argc, char **argv)
             return 2;
         }
     }
+    if (!pd_flags(opts, &A)) return 2;
     if ((s = cli_get(opts, "numerics"))) {
         if (!strcmp(s, "exact")) A.deployed = false;
         else if (strcmp(s, "deployed")) {
