@@ -5,8 +5,9 @@
  * of several tags received in send order per (source, tag); sends of 0 bytes and of several MB,
  * hundreds in flight; a receive nobody answers fails with DSACP_ECOMM within about its timeout; a
  * message of the wrong size is refused; the argument errors; a group's counters independent of
- * its parent, a duplicate's message space its own. Runs alone (a solo communicator: every point-
- * to-point call refused) and under mpirun at W = 2, 3, 4.
+ * its parent, a duplicate's message space its own, a send never waited on freed with its
+ * communicator. Runs alone (a solo communicator: every point-to-point call refused) and under
+ * mpirun at W = 2, 3, 4.
  */
 #include "comm/comm.h"
 #include "test.h"
@@ -307,6 +308,11 @@ static void dup_space(dsacp_comm *world)
         CHECK_OK(dsacp_comm_recv(d, 0, 3, &w, sizeof w, DSACP_PHASE_kv_transfer, NULL));
         CHECK(w == 42);
     }
+    /* A send never waited on is freed with its communicator (a run ending with an error). */
+    dsacp_comm_request *r = NULL;
+    if (g_me == 0) CHECK_OK(dsacp_comm_isend(d, 1, 4, &v, sizeof v, DSACP_PHASE_kv_transfer, &r));
+    if (g_me == 1) CHECK_OK(dsacp_comm_recv(d, 0, 4, &w, sizeof w, DSACP_PHASE_kv_transfer, NULL));
+    REQUIRE_OK(dsacp_comm_agree(world, DSACP_OK));
     dsacp_comm_free(d);
 }
 

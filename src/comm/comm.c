@@ -42,9 +42,10 @@ struct dsacp_comm {
     size_t *split_bytes, *wire_bytes;
     void *grow[2];
     size_t grow_bytes[2];
-    /* Requests that were waited on, kept for the next non-blocking collective: a step starts
-     * and waits the same few every time, so after the first steps none is allocated. */
-    dsacp_comm_request *spare;
+    /* Requests that were waited on, kept for the next non-blocking call: a step starts and
+     * waits the same few every time, so after the first steps none is allocated. `all` lists
+     * every request the handle allocated (spare, in flight or given up), freed with it. */
+    dsacp_comm_request *spare, *all;
 };
 
 /* A non-blocking collective or send in flight. Allocated once with its MPI counts and
@@ -57,7 +58,7 @@ struct dsacp_comm_request {
     int kind;      /* REQUEST_*: a send's wait is bounded by the handle's timeout */
     int peer, tag; /* a send's destination and tag (for the timeout's message) */
     int *counts, *displs;
-    dsacp_comm_request *next_spare;
+    dsacp_comm_request *next_spare, *next_all;
 };
 
 static const char *const phase_names[] = {
@@ -256,17 +257,21 @@ int dsacp_comm_create_world(int *argc, char ***argv, dsacp_comm **out)
 void dsacp_comm_free(dsacp_comm *c)
 {
     if (!c) return;
+    /* Every request, also those still in flight (a run ending with an error): a send is left to
+     * MPI to complete; a collective's MPI request cannot be freed, and MPI may still read the
+     * counts it holds, so it is left allocated. */
+    while (c->all) {
+        dsacp_comm_request *r = c->all;
+        c->all = r->next_all;
+        if (!c->solo && r->kind == REQUEST_SEND && r->req != MPI_REQUEST_NULL) MPI_Request_free(&r->req);
+        if (c->solo || (r->req == MPI_REQUEST_NULL && r->req2 == MPI_REQUEST_NULL)) free(r);
+    }
     if (!c->solo) {
         MPI_Comm_free(&c->comm);
         if (c->owns_mpi) MPI_Finalize();
     }
     json_decref(c->notes);
     scratch_free(c);
-    while (c->spare) {
-        dsacp_comm_request *r = c->spare;
-        c->spare = r->next_spare;
-        free(r);
-    }
     free(c);
 }
 
@@ -411,6 +416,8 @@ static dsacp_comm_request *new_request(dsacp_comm *c, int phase)
         }
         r->counts = (int *)(r + 1);
         r->displs = r->counts + W;
+        r->next_all = c->all;
+        c->all = r;
     }
     r->c = c;
     r->phase = phase;
@@ -428,14 +435,13 @@ static void spare_request(dsacp_comm_request *r)
     r->c->spare = r;
 }
 
-/* r handed back after its wait or test, whatever the outcome: an MPI request still active (a
- * send whose wait failed) is left to MPI to complete (MPI_Request_free), so the handle never
- * reuses it. */
+/* r handed back after its wait or test, whatever the outcome. A send still active (its wait
+ * failed) is left to MPI to complete (MPI_Request_free) and r reused; a collective still active
+ * (MPI forbids freeing its request) keeps r out of use until the handle is freed. */
 static void release_request(dsacp_comm_request *r)
 {
-    if (r->req != MPI_REQUEST_NULL) MPI_Request_free(&r->req);
-    if (r->req2 != MPI_REQUEST_NULL) MPI_Request_free(&r->req2);
-    spare_request(r);
+    if (r->kind == REQUEST_SEND && r->req != MPI_REQUEST_NULL) MPI_Request_free(&r->req);
+    if (r->req == MPI_REQUEST_NULL && r->req2 == MPI_REQUEST_NULL) spare_request(r);
 }
 
 /* Time since t0 added to a phase's seconds (a wait's or a test's, whose call was counted at the
@@ -745,9 +751,8 @@ int dsacp_comm_ibcast2(dsacp_comm *c, void *buf1, size_t len1, void *buf2, size_
     if (err == MPI_SUCCESS && len2) err = MPI_Ibcast(buf2, (int)len2, MPI_BYTE, root, c->comm, &r->req2);
     if (err != MPI_SUCCESS) {
         /* The first broadcast may be in flight (the second failed): its MPI request is left to
-         * MPI and this one is not reused. */
+         * MPI and this one is not reused (it is freed with the handle). */
         if (r->req == MPI_REQUEST_NULL) spare_request(r);
-        else free(r);
         return mpi_fail(err, "MPI_Ibcast");
     }
     const int64_t n = (int64_t)(len1 + len2);

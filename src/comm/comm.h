@@ -75,7 +75,8 @@ int dsacp_comm_split(dsacp_comm *c, int color, int key, dsacp_comm **out);
  * communicator (reused, as the collectives' are; any number may be in flight). The wait is bounded
  * by the communicator's timeout: when it expires (DSACP_ECOMM naming the peer, the tag and the
  * seconds) the request is handed back all the same, but the send stays with MPI, which may still
- * read buf: keep buf allocated (the run is ending with an error anyway). */
+ * read buf: keep buf allocated (the run is ending with an error anyway). dsacp_comm_free frees
+ * the requests never waited on too (a run ending with an error): do not use them afterwards. */
 int dsacp_comm_isend(dsacp_comm *c, int dest, int tag, const void *buf, size_t bytes, int phase,
                      dsacp_comm_request **req);
 /* Whether req (a send or a non-blocking collective) has completed, without blocking: *done true
