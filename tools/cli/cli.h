@@ -159,6 +159,19 @@ extern dsacp_comm *cli_world;
     "  --dcp-comm-backend B  merge of partial results: ag_rs (all-gather lse + reduce-scatter, vLLM's;\n" \
     "                        default) or a2a (one all-to-all of partials and lse, Helix)\n"         \
     "  --comm-report FILE    write every rank's communication counters (JSON) at the end\n"
+/* The usage lines of `dsacp run`'s roles (tools/cli/cli_run_pd.c; docs/serving.md "Disaggregated
+ * serving"), for run's usage in main.c. */
+#define CLI_RUN_PD_USAGE                                                                              \
+    "disaggregated serving (one MPI job, a producer and a consumer group; docs/serving.md):\n"      \
+    "  --kv-role R           kv_producer (prefill only, the first token), kv_consumer (decode) or\n" \
+    "                        kv_both (default: both, one group); MPMD, each group its own flags:\n"  \
+    "                        mpirun -np P dsacp run --kv-role kv_producer ... : -np D dsacp run\n"   \
+    "                        --kv-role kv_consumer ...\n"                                           \
+    "  --pd P:D              one command: world ranks [0, P) kv_producer, [P, P + D) kv_consumer;\n" \
+    "                        the CP flags are the consumer's, the producer runs dsa-cp with q_proj\n"\
+    "                        and o_proj layer-shard and both caches replicated (each overridable\n" \
+    "                        on a kv_producer's own command line)\n"                                \
+    "  --kv-transfer-timeout S   bound on every wait for the other group (default 120 s)\n"
 /* Fills cp from the CLI_CP_OPTS flags (defaults otherwise), checks them against the group's size.
  * Prints the error naming the flag and returns false. */
 bool cli_cp_options(const char *cmd, const cli_opt *opts, dsacp_cp_options *cp);
