@@ -12,6 +12,8 @@
 #     pd      the disaggregated dsacp run (producer in the first namespace, consumer in the
 #             second) at each rate: transfer bytes and time per request beside the prediction
 #     fault   the link set down mid-run: every rank ends with an error within a bound, no hang
+#     fault-mpi   what Open MPI does when ranks end after the link went down (exit, MPI_Abort,
+#             MPI_Finalize; bench/netns/link_down.c)
 #     exec NA NB ARGS...   any mpirun line across the two (NA slots on the first host, NB on the
 #             second), e.g. exec 1 1 -np 2 build/dsacp generate --model M
 #   RATES: tc rates (default "none 1gbit 200mbit"; none = the link as it is).
@@ -34,7 +36,7 @@ while [[ $# -gt 0 ]]; do
   esac
 done
 cmd=${1:-}
-[[ -n $cmd ]] || { echo "pd_netns: no command (check, link, pd, fault, exec); --help" >&2; exit 2; }
+[[ -n $cmd ]] || { echo "pd_netns: no command (check, link, pd, fault, fault-mpi, exec); --help" >&2; exit 2; }
 shift
 RATES=${RATES:-none 1gbit 200mbit}
 # Where the ranks run. Each "host" binds its first rank to core 0 by default (both believe they
@@ -87,6 +89,14 @@ pingpong() {
   netns_mpirun 120 1 1 "${PLACE[@]}" -np 2 "$work/pingpong" "${1:-16777216}" "${2:-0.5}"
 }
 
+# The planner's two link figures from a ping-pong sweep on stdin: "latency_us gbps" -- the mean
+# one-way time of messages up to 64 bytes, and the slope between the two largest sizes (the rate
+# once tbf's bucket is spent).
+link_figures() {
+  awk '$1 <= 64 {s += $2; n++} {b2 = b1; t2 = t1; b1 = $1; t1 = $2}
+       END {printf "%.1f %.3f\n", s / n, (b1 - b2) * 8 / (t1 - t2) / 1000}'
+}
+
 do_link() {
   model || return 1
   if netns_has_netem; then echo "netem: present (latency could be injected; not used)"
@@ -95,9 +105,7 @@ do_link() {
   for rate in $RATES; do
     netns_shape "$rate" || { echo "FAIL tc tbf rate $rate"; return 1; }
     pp=$(pingpong) || { echo "FAIL ping-pong at $rate: $pp"; return 1; }
-    lat=$(awk '$1 <= 64 {s += $2; n++} END {printf "%.1f", s / n}' <<<"$pp")
-    # the slope between the two largest sizes: the rate once tbf's bucket is spent
-    bw=$(tail -n 2 <<<"$pp" | awk 'NR == 1 {b = $1; t = $2} NR == 2 {printf "%.3f", ($1 - b) * 8 / ($2 - t) / 1000}')
+    read -r lat bw < <(link_figures <<<"$pp")
     d0=$(gen_two 2>&1 | sed -n 's/.*(\(.*\) ms\/token).*/\1/p')
     d1=$(gen_two "${PLACE[@]}" 2>&1 | sed -n 's/.*(\(.*\) ms\/token).*/\1/p')
     echo "rate $rate: link_latency_us $lat (one way, messages <= 64 B)  link_gbps $bw (4 -> 16 MiB messages)" \
@@ -112,10 +120,10 @@ main() {
   case $cmd in
     check) do_check | save check.txt ;;
     link) do_link | save link.txt ;;
-    pd|fault) . "$here/netns/pd.sh" && "do_$cmd" | save "$cmd.txt" ;;
+    pd|fault|fault-mpi) . "$here/netns/pd.sh" && "do_${cmd/-/_}" | save "$cmd.txt" ;;
     exec) [[ $# -ge 3 ]] || { echo "pd_netns: exec NA NB MPIRUN_ARGS..." >&2; return 2; }
           local na=$1 nb=$2; shift 2; netns_mpirun "${TIMEOUT:-600}" "$na" "$nb" "${PLACE[@]}" "$@" ;;
-    *) echo "pd_netns: unknown command '$cmd' (check, link, pd, fault, exec)" >&2; return 2 ;;
+    *) echo "pd_netns: unknown command '$cmd' (check, link, pd, fault, fault-mpi, exec)" >&2; return 2 ;;
   esac
 }
 # The work runs as a background job the shell waits for, so that a signal interrupts the wait at

@@ -1,26 +1,36 @@
 /* Ping-pong between ranks 0 and 1 over whatever link joins them (bench/pd_netns.sh builds it with
  * mpicc and runs it across the two network namespaces): for each message size, the mean one-way
- * time (half a round trip) and the bandwidth it implies. The smallest sizes give the per-message
- * latency, the largest the link's bandwidth -- the planner profile's link_latency_us and
- * link_gbps. Output: one line per size, "bytes one_way_us MB/s".
+ * time (half the median round trip: robust to the scheduler's pauses on a shared machine) and the
+ * bandwidth it implies. The smallest sizes give the per-message latency, the largest the link's
+ * bandwidth -- the planner's link_latency_us and link_gbps. Output: one line per size,
+ * "bytes one_way_us MB/s round_trips".
  *   mpirun -np 2 pingpong [MAX_BYTES [SECONDS_PER_SIZE]] */
 #include <mpi.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-static double one_way(char *buf, long bytes, int rank, double budget_s, long *reps_out)
+#define MAX_REPS 100000
+
+static int by_value(const void *a, const void *b)
+{
+    const double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* Half the median round trip of `bytes` (rank 0's figure; rank 1 returns 0). */
+static double one_way(char *buf, long bytes, int rank, double budget_s, double *rtt, long *reps_out)
 {
     long reps = 0;
-    double t0 = MPI_Wtime(), t = t0;
+    double t0 = MPI_Wtime();
     int go = 1;
     while (go) {
         if (rank == 0) {
+            const double t = MPI_Wtime();
             MPI_Send(buf, (int)bytes, MPI_BYTE, 1, 0, MPI_COMM_WORLD);
             MPI_Recv(buf, (int)bytes, MPI_BYTE, 1, 0, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
-            t = MPI_Wtime();
-            reps++;
-            go = (t - t0 < budget_s && reps < 100000) || reps < 3;
+            rtt[reps++] = MPI_Wtime() - t;
+            go = (MPI_Wtime() - t0 < budget_s && reps < MAX_REPS) || reps < 3;
         } else {
             MPI_Recv(buf, (int)bytes, MPI_BYTE, 0, 0, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
             MPI_Send(buf, (int)bytes, MPI_BYTE, 0, 0, MPI_COMM_WORLD);
@@ -32,7 +42,10 @@ static double one_way(char *buf, long bytes, int rank, double budget_s, long *re
             MPI_Recv(&go, 1, MPI_INT, 0, 1, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
     }
     *reps_out = reps;
-    return (t - t0) / (double)reps / 2.0;
+    if (rank != 0)
+        return 0;
+    qsort(rtt, (size_t)reps, sizeof *rtt, by_value);
+    return rtt[reps / 2] / 2.0;
 }
 
 int main(int argc, char **argv)
@@ -50,20 +63,21 @@ int main(int argc, char **argv)
         return 2;
     }
     char *buf = malloc((size_t)max_bytes);
-    if (!buf) {
+    double *rtt = malloc(MAX_REPS * sizeof *rtt);
+    if (!buf || !rtt) {
         fprintf(stderr, "pingpong: out of memory\n");
         MPI_Abort(MPI_COMM_WORLD, 1);
     }
     memset(buf, 1, (size_t)max_bytes);
     for (long bytes = 0; bytes <= max_bytes; bytes = bytes ? bytes * 4 : 1) {
         long reps = 0;
-        double s = one_way(buf, bytes, rank, budget, &reps);
-        /* the one-way time of the message (the turn flag rides after the measured window) */
+        double s = one_way(buf, bytes, rank, budget, rtt, &reps);
         if (rank == 0)
             printf("%ld %.1f %.1f %ld\n", bytes, s * 1e6, bytes ? (double)bytes / s / 1e6 : 0.0, reps);
     }
     if (rank == 0)
         fflush(stdout);
+    free(rtt);
     free(buf);
     MPI_Finalize();
     return 0;
