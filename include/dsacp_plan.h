@@ -265,7 +265,8 @@ typedef struct dsacp_plan_pd_options {
     int64_t producers, consumers;   /* P, D >= 1 */
     int64_t W, ep;                  /* ranks per instance; expert parallelism inside it (1..W) */
     int64_t prompt, output;         /* tokens per request: prompt and generated, >= 1 */
-    int64_t chunk;                  /* prefill chunk (tokens per step), >= 1 */
+    int64_t chunk;                  /* PD-mixed prefill chunk (tokens per step beside the decode batch), >= 1 */
+    int64_t producer_chunk;         /* a producer's chunk (no decode steps beside it); 0: chunk */
     double link_bw, link_latency_s; /* the transfer's link per rank (bytes/s one way, seconds per
                                      * message); 0: the profile's net_bw / net_latency_us */
     bool deployed;                  /* fp8 caches and weights (else bf16 weights, f32 caches) */
@@ -274,7 +275,7 @@ typedef struct dsacp_plan_pd_options {
 /* Per request, whatever the load: the transfer (the busiest producer rank's and consumer rank's
  * kv_transfer counters, the seconds the slower of the two takes on the link, and what is left of
  * it after the prefill's last layer when it streams layer by layer in flight), the producer's
- * prefill of the prompt, its chunks, and the link used. */
+ * prefill of the prompt, its chunks (of producer_chunk tokens), and the link used. */
 typedef struct dsacp_plan_pd {
     dsacp_comm_counter sent, recv;
     double transfer_s, transfer_exposed_s, prefill_s;

@@ -196,6 +196,15 @@ static void test_pd_queues(void)
     CHECK(m[4].stable);
     /* at the lightest load the producer's prefill has no decode steps beside it */
     CHECK(d[0].ttft < m[0].ttft);
+    /* a producer prefilling in larger chunks gathers the context fewer times and sends fewer
+     * messages; the PD-mixed side does not change */
+    dsacp_plan_pd big;
+    dsacp_plan_pd_side d2[5], m2[5];
+    o.producer_chunk = 8192;
+    REQUIRE_OK(dsacp_plan_pd_price(&cfg, &cp, &hw, &o, rate, 5, &big, d2, m2));
+    CHECK(big.chunks == 4 && big.prefill_s < q.prefill_s && big.sent.calls == 4 * 61 && big.sent.calls < q.sent.calls);
+    CHECK(big.sent.bytes_sent < q.sent.bytes_sent); /* fewer headers, the same entries */
+    CHECK(m2[2].ttft == m[2].ttft && m2[2].tpot == m[2].tpot && d2[2].ttft < d[2].ttft);
 }
 
 int main(void)

@@ -123,8 +123,8 @@ typedef struct pd_ctx {
     const dsacp_hw *hw;
     const dsacp_plan_pd_options *o;
     int64_t ctx;       /* a decoding request's mean context: prompt + output / 2 */
-    int64_t last;      /* the prompt's last chunk's tokens */
-    double att_sum;    /* seconds: the attention layers of every chunk of the prompt */
+    int64_t nc, last;  /* PD-mixed: the prompt's chunks, its last chunk's tokens */
+    double att_sum;    /* seconds: the attention layers of every such chunk */
     double att_max;    /* the slowest chunk's attention layers */
     double head1;      /* lm_head for one token (the prompt's first output) */
     dsacp_plan_pd *req;
@@ -155,31 +155,46 @@ static int model_at(pd_ctx *x, int64_t batch, double *step, double *mlp, double 
     return DSACP_OK;
 }
 
-/* The prompt's chunks, their attention layers (dsacp_plan_chunk_layer after each chunk's context)
- * and the producer's prefill: attention + each chunk's MLP + one lm_head row. */
-static int pd_prefill(pd_ctx *x)
+/* The attention layers of the prompt prefilled in `chunk`-token chunks (dsacp_plan_chunk_layer
+ * after each chunk's context): their sum and the slowest chunk's, in seconds. */
+static int prompt_attention(const pd_ctx *x, int64_t chunk, double *sum, double *max)
 {
     const dsacp_plan_pd_options *o = x->o;
     const double layers = (double)x->cfg->num_hidden_layers;
-    x->req->chunks = (o->prompt + o->chunk - 1) / o->chunk;
-    x->last = o->prompt - (x->req->chunks - 1) * o->chunk;
-    for (int64_t a = 0; a < o->prompt; a += o->chunk) {
-        const int64_t n = o->prompt - a < o->chunk ? o->prompt - a : o->chunk;
+    *sum = *max = 0;
+    for (int64_t a = 0; a < o->prompt; a += chunk) {
+        const int64_t n = o->prompt - a < chunk ? o->prompt - a : chunk;
         dsacp_plan_decode d;
         bool dist;
         int rc = dsacp_plan_chunk_layer(x->cfg, x->cp, o->W, a, n, o->deployed, x->hw, &d, &dist);
         if (rc) return dsacp_error_context(rc, "plan: prefill chunk [%lld, %lld)", (long long)a, (long long)(a + n));
-        x->att_sum += d.t_layer * layers;
-        x->att_max = fmax(x->att_max, d.t_layer * layers);
+        *sum += d.t_layer * layers;
+        *max = fmax(*max, d.t_layer * layers);
     }
+    return DSACP_OK;
+}
+
+/* The prompt's chunks on a PD-mixed instance (their attention layers), and the producer's
+ * prefill in its own chunks: attention + each chunk's MLP + one lm_head row. */
+static int pd_prefill(pd_ctx *x)
+{
+    const dsacp_plan_pd_options *o = x->o;
+    const int64_t pc = o->producer_chunk > 0 ? o->producer_chunk : o->chunk;
+    x->nc = (o->prompt + o->chunk - 1) / o->chunk;
+    x->last = o->prompt - (x->nc - 1) * o->chunk;
+    x->req->chunks = (o->prompt + pc - 1) / pc;
+    const int64_t plast = o->prompt - (x->req->chunks - 1) * pc;
+    double psum = 0, pmax, full = 0, part = 0;
+    int rc = prompt_attention(x, o->chunk, &x->att_sum, &x->att_max);
+    if (!rc && pc != o->chunk) rc = prompt_attention(x, pc, &psum, &pmax);
+    else psum = x->att_sum;
     dsacp_plan_model one;
-    double full = 0, part = 0;
-    int rc = dsacp_plan_decode_model(x->cfg, x->cp, o->W, o->ep, x->ctx, 1, o->deployed, o->weight_bytes, x->hw, &one);
-    if (!rc) rc = model_at(x, o->chunk, NULL, &full, NULL);
-    if (!rc) rc = model_at(x, x->last, NULL, &part, NULL);
+    if (!rc) rc = dsacp_plan_decode_model(x->cfg, x->cp, o->W, o->ep, x->ctx, 1, o->deployed, o->weight_bytes, x->hw, &one);
+    if (!rc) rc = model_at(x, pc, NULL, &full, NULL);
+    if (!rc) rc = model_at(x, plast, NULL, &part, NULL);
     if (rc) return rc;
     x->head1 = one.t_head;
-    x->req->prefill_s = x->att_sum + (double)(x->req->chunks - 1) * full + part + x->head1;
+    x->req->prefill_s = psum + (double)(x->req->chunks - 1) * full + part + x->head1;
     return DSACP_OK;
 }
 
@@ -190,10 +205,10 @@ static int pd_prefill(pd_ctx *x)
 static int pd_transfer(pd_ctx *x)
 {
     const dsacp_plan_pd_options *o = x->o;
-    const int64_t nc = x->req->chunks, W = o->W;
+    const int64_t nc = x->req->chunks, W = o->W, pc = o->producer_chunk > 0 ? o->producer_chunk : o->chunk;
     dsacp_plan_chunk *ch = dsacp_calloc((size_t)nc, sizeof *ch);
     if (!ch) return dsacp_error_context(DSACP_ENOMEM, "plan: %lld chunks", (long long)nc);
-    for (int64_t i = 0; i < nc; i++) ch[i] = (dsacp_plan_chunk){0, i * o->chunk, i == nc - 1 ? o->prompt : (i + 1) * o->chunk};
+    for (int64_t i = 0; i < nc; i++) ch[i] = (dsacp_plan_chunk){0, i * pc, i == nc - 1 ? o->prompt : (i + 1) * pc};
     const dsacp_kv_dtype kvd = o->deployed ? DSACP_KV_FP8 : DSACP_KV_F32;
     const dsacp_plan_relayout r = {.Wp = W, .Ip = x->cp->interleave, .Wd = W, .Id = x->cp->interleave,
                                    .kv_layout = x->cp->kv_layout, .index_layout = x->cp->index_layout,
@@ -237,7 +252,7 @@ typedef struct pd_point {
  * share of time the chunks add. */
 static int mixed_at(pd_ctx *x, double lam, int64_t B, pd_point *p)
 {
-    const int64_t nc = x->req->chunks;
+    const int64_t nc = x->nc;
     double mlp_b, mlp_c = 0, mlp_l;
     int rc = model_at(x, B, &p->t_d, &mlp_b, NULL);
     if (!rc) rc = model_at(x, B + 1, NULL, NULL, &p->held); /* the request being prefilled holds KV too */
@@ -298,12 +313,10 @@ static int bisect_holds(pd_ctx *x, bool mixed, double lam, int64_t lo, int64_t h
 /* The decode batch of an instance receiving lam requests per second: the smallest B that holds,
  * by doubling and bisection (a larger batch only runs slower steps, so what runs at B runs below
  * it); *limit names what stops it when none does ("prefill", "memory", "decode"; *out is then
- * batch 1's point). */
+ * the first batch that does not run). */
 static int find_batch_int(pd_ctx *x, bool mixed, double lam, pd_point *out, const char **limit)
 {
     *limit = "";
-    int rc0 = point_at(x, mixed, lam, 1, out);
-    if (rc0) return rc0;
     int64_t good = 0, hi = 1; /* good: the largest batch tried that runs but does not hold */
     pd_point p;
     bool runs, holds;
@@ -313,11 +326,12 @@ static int find_batch_int(pd_ctx *x, bool mixed, double lam, pd_point *out, cons
         if (holds) return bisect_holds(x, mixed, lam, good, hi, out);
         if (!runs) break;
         if (hi >= 65536) {
-            *limit = "decode";
+            *limit = "decode", *out = p;
             return DSACP_OK;
         }
     }
     const char *why = !p.ok ? "prefill" : "memory";
+    *out = p; /* the first batch that does not run, should none hold */
     if (good == 0) {
         *limit = why;
         return DSACP_OK;
@@ -331,9 +345,10 @@ static int find_batch_int(pd_ctx *x, bool mixed, double lam, pd_point *out, cons
         if (runs) lo = mid;
         else top = mid;
     }
+    const pd_point fail = *out;
     int rc = batch_test(x, mixed, lam, lo, &p, &runs, &holds);
     if (rc || !holds) {
-        *limit = why;
+        *limit = why, *out = fail;
         return rc;
     }
     return bisect_holds(x, mixed, lam, good, lo, out);
@@ -408,7 +423,7 @@ static int pd_check(const dsacp_config *cfg, const dsacp_hw *hw, const dsacp_pla
         int64_t v, lo, hi;
     } f[] = {{"producers", o->producers, 1, 4096}, {"consumers", o->consumers, 1, 4096}, {"W", o->W, 1, 4096},
              {"ep", o->ep, 1, o->W},               {"prompt", o->prompt, 1, big},       {"output", o->output, 1, big},
-             {"chunk", o->chunk, 1, (int64_t)1 << 16}};
+             {"chunk", o->chunk, 1, (int64_t)1 << 20}, {"producer_chunk", o->producer_chunk, 0, (int64_t)1 << 20}};
     for (size_t i = 0; i < sizeof f / sizeof f[0]; i++)
         if (f[i].v < f[i].lo || f[i].v > f[i].hi)
             return dsacp_error(DSACP_EINVAL, "plan: pd option '%s' = %lld: outside [%lld, %lld]", f[i].name, (long long)f[i].v,

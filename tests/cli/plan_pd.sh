@@ -13,6 +13,11 @@ if out=$("$DSACP" plan --preset v32 --context 131072 --cp 8 --hardware "$H200" -
    && (( $(grep -cE '^ +[0-9.e+-]+ \|' <<<"$out") == 8 )); then
   pass "plan --pd 1:1 at 128K: the transfer line and a row per load of the default sweep"
 else fail "plan --pd 1:1: $out"; fi
+if out=$("$DSACP" plan --preset v32 --context 131072 --cp 8 --hardware "$H200" --pd 1:1 --producer-chunk 16384 2>&1) \
+   && grep -q "2048-token chunks (a producer's: 16384)" <<<"$out" && grep -q '^transfer per request (8 chunks x 61 layers)' <<<"$out" \
+   && grep -q '^TTFT lower: ' <<<"$out" && grep -q '^TPOT lower: ' <<<"$out"; then
+  pass "plan --pd --producer-chunk 16384: the producer's chunks, the crossovers"
+else fail "plan --pd --producer-chunk: $out"; fi
 
 for hw in "$SRC"/hardware/*.json; do
   if "$DSACP" plan --preset v32 --context 32768 --cp 8 --hardware "$hw" --pd 2:3 --rate 0.5,1,2 --gen-len 512 \
@@ -61,6 +66,9 @@ refused "--rate 1," 2 "--rate" -- "$DSACP" "${base[@]}" --pd 1:1 --rate 1,
 refused "--rate ''" 2 "--rate" -- "$DSACP" "${base[@]}" --pd 1:1 --rate ''
 refused "--rate 1,x" 2 "--rate" -- "$DSACP" "${base[@]}" --pd 1:1 --rate 1,x
 refused "--gen-len 0" 2 "--gen-len" -- "$DSACP" "${base[@]}" --pd 1:1 --gen-len 0
+refused "--producer-chunk 0" 2 "--producer-chunk" -- "$DSACP" "${base[@]}" --pd 1:1 --producer-chunk 0
+refused "--chunk beyond 2^20 with --pd" 2 "--chunk" -- "$DSACP" "${base[@]}" --pd 1:1 --chunk 2000000
+refused "--producer-chunk without --pd" 2 "--producer-chunk" "--pd" -- "$DSACP" "${base[@]}" --producer-chunk 8192
 refused "--rate without --pd" 2 "--rate" "--pd" -- "$DSACP" "${base[@]}" --rate 1
 refused "--link-gbps without --pd" 2 "--link-gbps" "--pd" -- "$DSACP" "${base[@]}" --link-gbps 100
 finish

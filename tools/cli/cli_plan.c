@@ -358,7 +358,7 @@ typedef struct plan_args {
     bool deployed;
     const variant_list *vs; /* the strategies priced */
     /* --pd P:D: a disaggregated deployment against PD-mixed (P = 0: not asked) */
-    int64_t pd_P, pd_D, gen_len;
+    int64_t pd_P, pd_D, gen_len, pchunk;
     double link_bw, link_lat; /* bytes/s, seconds per message; 0: the profile's net_* */
     double rates[PD_RATES_MAX];
     int nrates; /* 0: a sweep around the producers' capacity */
@@ -753,7 +753,7 @@ static double pd_gap(const dsacp_plan_pd_side *d, const dsacp_plan_pd_side *m, b
 static int pd_crossover(const double *rates, const dsacp_plan_pd_side *d, const dsacp_plan_pd_side *m, int n, bool ttft,
                         bool *low, double at[4], int *stop)
 {
-    *low = pd_gap(&d[0], &m[0], ttft) < 0, *stop = -1;
+    *low = pd_gap(&d[0], &m[0], ttft) < 0, *stop = !d[0].stable || !m[0].stable ? 0 : -1;
     bool cur = *low;
     int k = 0;
     for (int i = 1; i < n && k < 4 && *stop < 0; i++) {
@@ -780,19 +780,19 @@ static int pd_crossovers(const plan_args *A, report *R, const dsacp_cp_options *
         const int k = pd_crossover(rates, d, m, PD_RATES_MAX, t == 0, &low, at, &stop);
         json_t *c = jobject(R), *arr = json_array();
         jset(R, J, t == 0 ? "crossover_ttft" : "crossover_tpot", c);
-        if (c) jstr(R, c, "lower_at_light_load", low ? "disaggregated" : "PD-mixed"), jset(R, c, "rates", arr);
+        if (c) jstr(R, c, "lower_at_light_load", stop == 0 ? "" : low ? "disaggregated" : "PD-mixed"), jset(R, c, "rates", arr);
         else json_decref(arr), arr = NULL;
-        fprintf(R->txt, "%s lower: %s", t == 0 ? "TTFT" : "TPOT", low ? "disaggregated" : "PD-mixed");
+        fprintf(R->txt, "%s lower: %s", t == 0 ? "TTFT" : "TPOT", stop == 0 ? "-" : low ? "disaggregated" : "PD-mixed");
         for (int i = 0; i < k; i++) {
             fprintf(R->txt, " to %.3g requests/s (%.0f%% of the producers' capacity), then %s", F("--pd: crossover", at[i]),
                     at[i] / cap * 100, (i % 2 == 0) == low ? "PD-mixed" : "disaggregated");
             if (arr) jappend(R, arr, json_real(at[i]));
         }
         if (stop >= 0)
-            fprintf(R->txt, "; from %.3g requests/s %s", rates[stop],
+            fprintf(R->txt, "%s %.3g requests/s %s", stop ? "; from" : " (from", rates[stop],
                     !d[stop].stable && !m[stop].stable ? "neither keeps up"
                     : !d[stop].stable ? "only PD-mixed keeps up" : "only the disaggregated one keeps up");
-        fprintf(R->txt, "\n");
+        fprintf(R->txt, "%s\n", stop == 0 ? ")" : "");
     }
     return DSACP_OK;
 }
@@ -804,7 +804,8 @@ static int plan_pd(const plan_args *A, report *R)
     dsacp_cp_options cp;
     dsacp_cp_options_default(&cp);
     const dsacp_plan_pd_options o = {.producers = A->pd_P, .consumers = A->pd_D, .W = A->W, .ep = A->ep, .prompt = A->L,
-                                     .output = A->gen_len, .chunk = A->C, .link_bw = A->link_bw, .link_latency_s = A->link_lat,
+                                     .output = A->gen_len, .chunk = A->C, .producer_chunk = A->pchunk,
+                                     .link_bw = A->link_bw, .link_latency_s = A->link_lat,
                                      .deployed = A->deployed, .weight_bytes = A->wbytes};
     dsacp_plan_pd q;
     double rates[PD_RATES_MAX];
@@ -821,9 +822,9 @@ static int plan_pd(const plan_args *A, report *R)
     FILE *out = R->txt;
     const char *where = "--pd:";
     fprintf(out, "\ndisaggregated prefill and decode: %lld producer + %lld consumer instances of W = %lld ranks against %lld "
-                 "PD-mixed; prompt %lld, output %lld tokens, %lld-token chunks, decode strategy %s\n", (long long)A->pd_P,
-            (long long)A->pd_D, (long long)A->W, (long long)(A->pd_P + A->pd_D), (long long)A->L, (long long)A->gen_len,
-            (long long)A->C, dsacp_decode_strategy_name(cp.decode));
+                 "PD-mixed; prompt %lld, output %lld tokens, %lld-token chunks (a producer's: %lld), decode strategy %s\n",
+            (long long)A->pd_P, (long long)A->pd_D, (long long)A->W, (long long)(A->pd_P + A->pd_D), (long long)A->L,
+            (long long)A->gen_len, (long long)A->C, (long long)(A->pchunk ? A->pchunk : A->C), dsacp_decode_strategy_name(cp.decode));
     fprintf(out, "transfer per request (%lld chunks x %lld layers): %.1f MB in %lld messages from the busiest producer rank, "
                  "%.1f MB in %lld to the busiest consumer rank; on a %.1f Gb/s link at %.1f us per message %.3f s, %.3f s of it "
                  "after the prefill (%.3f s on a producer, capacity %.3g requests/s)\n", (long long)q.chunks, (long long)A->layers,
@@ -837,7 +838,8 @@ static int plan_pd(const plan_args *A, report *R)
     jset(R, R->root, "pd", pd);
     if (pd) {
         jint(R, pd, "producers", A->pd_P), jint(R, pd, "consumers", A->pd_D), jint(R, pd, "prompt", A->L);
-        jint(R, pd, "output", A->gen_len), jint(R, pd, "chunk", A->C), jint(R, pd, "chunks", q.chunks);
+        jint(R, pd, "output", A->gen_len), jint(R, pd, "chunk", A->C), jint(R, pd, "producer_chunk", A->pchunk ? A->pchunk : A->C);
+        jint(R, pd, "chunks", q.chunks);
         jreal(R, pd, "link_bw", q.link_bw, where), jreal(R, pd, "link_latency_s", q.link_latency_s, where);
         jint(R, pd, "sent_calls", q.sent.calls), jint(R, pd, "sent_bytes", q.sent.bytes_sent);
         jint(R, pd, "recv_calls", q.recv.calls), jint(R, pd, "recv_bytes", q.recv.bytes_recv);
@@ -878,7 +880,7 @@ static int plan_report(const plan_args *A, report *R, dsacp_plan_decode *r, bool
  * --gen-len); false after the error naming the flag. */
 static bool pd_flags(const cli_opt *opts, plan_args *A)
 {
-    static const char *const with[] = {"link-gbps", "link-latency-us", "rate", "gen-len"};
+    static const char *const with[] = {"link-gbps", "link-latency-us", "rate", "gen-len", "producer-chunk"};
     const char *pd = cli_get(opts, "pd"), *s;
     for (size_t i = 0; i < sizeof with / sizeof with[0] && !pd; i++)
         if (cli_get(opts, with[i])) {
@@ -909,6 +911,12 @@ static bool pd_flags(const cli_opt *opts, plan_args *A)
         A->link_lat = x * 1e-6;
     }
     if ((s = cli_get(opts, "gen-len")) && !cli_int("plan", "gen-len", s, 1, (int64_t)1 << 24, &A->gen_len)) return false;
+    if ((s = cli_get(opts, "producer-chunk")) && !cli_int("plan", "producer-chunk", s, 1, (int64_t)1 << 20, &A->pchunk))
+        return false;
+    if (A->C > (int64_t)1 << 20) {
+        fprintf(stderr, "dsacp plan: option '--chunk' = %lld: with '--pd' at most 1048576\n", (long long)A->C);
+        return false;
+    }
     const char *rates = cli_get(opts, "rate");
     for (const char *r = rates && !*rates ? "," : rates; r && *r;) {
         const char *comma = strchr(r, ',');
@@ -936,7 +944,7 @@ int cli_plan(int argc, char **argv)
                       {"lean-candidates", true, NULL}, {"layers", true, NULL}, {"prefill", true, NULL},
                       {"weight-bytes", true, NULL}, {"plot", true, NULL}, {"chunk", true, NULL}, {"ep", true, NULL},
                       {"pd", true, NULL}, {"link-gbps", true, NULL}, {"link-latency-us", true, NULL}, {"rate", true, NULL},
-                      {"gen-len", true, NULL}, {NULL, false, NULL}};
+                      {"gen-len", true, NULL}, {"producer-chunk", true, NULL}, {NULL, false, NULL}};
     int parsed = cli_parse(argc, argv, opts);
     if (parsed != CLI_RUN) return parsed;
     const char *s;
