@@ -453,32 +453,34 @@ static void add_seconds(dsacp_comm *c, int phase, double t0)
 
 /* ---- point to point ---- */
 
-/* A bounded wait polls: POLL_SPINS polls back to back, then sleeps between polls starting at
- * POLL_SLEEP_MIN_NS and doubling up to POLL_SLEEP_MAX_NS (a dead peer or link costs at most the
- * timeout plus one sleep; a live one at most one sleep of latency). */
-enum { POLL_SPINS = 64 };
+/* A bounded wait polls: back to back for POLL_SPIN_S (a message in flight on a live link
+ * arrives within it, at MPI's own latency, and every poll drives MPI's progress), then sleeping
+ * between polls, POLL_SLEEP_MIN_NS doubling up to POLL_SLEEP_MAX_NS (a peer that is busy
+ * computing or gone costs little CPU; a dead one is an error at most one sleep after the
+ * timeout). */
+#define POLL_SPIN_S 2e-3
 #define POLL_SLEEP_MIN_NS 50000L
 #define POLL_SLEEP_MAX_NS 200000L
 
 typedef struct poller {
+    double spin_end; /* dsacp_now() until which polls go back to back */
     double deadline; /* dsacp_now() bound; 0: none */
-    int spins;
     long sleep_ns;
 } poller;
 
 static void poll_start(const dsacp_comm *c, poller *p)
 {
-    p->deadline = c->timeout > 0 ? dsacp_now() + c->timeout : 0;
-    p->spins = 0;
+    const double now = dsacp_now();
+    p->spin_end = now + POLL_SPIN_S;
+    p->deadline = c->timeout > 0 ? now + c->timeout : 0;
     p->sleep_ns = POLL_SLEEP_MIN_NS;
 }
 
 /* Pause before the next poll; false once the deadline has passed. */
 static bool poll_next(poller *p)
 {
-    if (p->spins < POLL_SPINS) {
-        p->spins++;
-    } else {
+    const double now = dsacp_now();
+    if (now >= p->spin_end) {
         struct timespec ts = {0, p->sleep_ns};
         nanosleep(&ts, NULL);
         if (p->sleep_ns < POLL_SLEEP_MAX_NS) p->sleep_ns *= 2;

@@ -96,8 +96,8 @@ typedef struct dsacp_comm_message {
 int dsacp_comm_improbe(dsacp_comm *c, int source, int tag, bool *found, dsacp_comm_message *msg);
 /* Receive the message improbe matched into buf (msg->bytes bytes), counted under `phase`. */
 int dsacp_comm_mrecv(dsacp_comm *c, dsacp_comm_message *msg, void *buf, int phase);
-/* Blocking forms, bounded by the communicator's timeout (they poll, spinning briefly and then
- * sleeping 50-200 us between polls, so that a dead peer or link is DSACP_ECOMM within the
+/* Blocking forms, bounded by the communicator's timeout (they poll, back to back for 2 ms and
+ * then sleeping 50-200 us between polls, so that a dead peer or link is DSACP_ECOMM within the
  * timeout, never a hang). send: isend + wait. recv: exactly `bytes` from `source` (-1: any; *from
  * gets the sender, may be NULL) with `tag` (-1: any); a message of another size is received
  * (consumed) and refused with DSACP_ECOMM naming both sizes. */
