@@ -6,8 +6,8 @@
  * hundreds in flight; a receive nobody answers fails with DSACP_ECOMM within about its timeout; a
  * message of the wrong size is refused; the argument errors; a group's counters independent of
  * its parent, a duplicate's message space its own, a send never waited on freed with its
- * communicator. Runs alone (a solo communicator: every point-to-point call refused) and under
- * mpirun at W = 2, 3, 4.
+ * communicator; the poll helper of a caller's own loop. Runs alone (a solo communicator: every
+ * point-to-point call refused) and under mpirun at W = 2, 3, 4.
  */
 #include "comm/comm.h"
 #include "test.h"
@@ -316,11 +316,27 @@ static void dup_space(dsacp_comm *world)
     dsacp_comm_free(d);
 }
 
+/* The poll of a caller's own loop: back to back at first, false once its timeout has passed (and
+ * not much later), never false without a timeout. */
+static void poll_helper(void)
+{
+    dsacp_comm_poll p;
+    const double t0 = dsacp_now();
+    dsacp_comm_poll_start(&p, 0.05);
+    int polls = 0;
+    while (dsacp_comm_poll_next(&p)) polls++;
+    const double dt = dsacp_now() - t0;
+    CHECKF(dt >= 0.05 && dt < 1.0 && polls > 10, "poll: %d polls, false after %.3f s", polls, dt);
+    dsacp_comm_poll_start(&p, 0);
+    for (int i = 0; i < 100; i++) CHECK(dsacp_comm_poll_next(&p));
+}
+
 int main(int argc, char **argv)
 {
     dsacp_comm *world = NULL;
     REQUIRE_OK(dsacp_comm_create_world(&argc, &argv, &world));
     g_me = dsacp_comm_rank(world), g_W = dsacp_comm_size(world);
+    poll_helper();
     if (g_W == 1) {
         solo_checks(world);
         dsacp_comm *g = NULL, *d = NULL;

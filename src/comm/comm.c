@@ -453,34 +453,24 @@ static void add_seconds(dsacp_comm *c, int phase, double t0)
 
 /* ---- point to point ---- */
 
-/* A bounded wait polls: back to back for POLL_SPIN_S (a message in flight on a live link
- * arrives within it, at MPI's own latency, and every poll drives MPI's progress), then sleeping
- * between polls, POLL_SLEEP_MIN_NS doubling up to POLL_SLEEP_MAX_NS (a peer that is busy
- * computing or gone costs little CPU; a dead one is an error at most one sleep after the
- * timeout). */
+/* A bounded wait polls: back to back for POLL_SPIN_S (a message in flight on a live link arrives
+ * within it at MPI's own latency, and every poll drives MPI's progress), then sleeping between
+ * polls, POLL_SLEEP_MIN_NS doubling up to POLL_SLEEP_MAX_NS. */
 #define POLL_SPIN_S 2e-3
 #define POLL_SLEEP_MIN_NS 50000L
 #define POLL_SLEEP_MAX_NS 200000L
 
-typedef struct poller {
-    double spin_end; /* dsacp_now() until which polls go back to back */
-    double deadline; /* dsacp_now() bound; 0: none */
-    long sleep_ns;
-} poller;
-
-static void poll_start(const dsacp_comm *c, poller *p)
+void dsacp_comm_poll_start(dsacp_comm_poll *p, double timeout_s)
 {
     const double now = dsacp_now();
     p->spin_end = now + POLL_SPIN_S;
-    p->deadline = c->timeout > 0 ? now + c->timeout : 0;
+    p->deadline = timeout_s > 0 ? now + timeout_s : 0;
     p->sleep_ns = POLL_SLEEP_MIN_NS;
 }
 
-/* Pause before the next poll; false once the deadline has passed. */
-static bool poll_next(poller *p)
+bool dsacp_comm_poll_next(dsacp_comm_poll *p)
 {
-    const double now = dsacp_now();
-    if (now >= p->spin_end) {
+    if (dsacp_now() >= p->spin_end) {
         struct timespec ts = {0, p->sleep_ns};
         nanosleep(&ts, NULL);
         if (p->sleep_ns < POLL_SLEEP_MAX_NS) p->sleep_ns *= 2;
@@ -544,8 +534,8 @@ static int send_wait(dsacp_comm_request *r)
 {
     dsacp_comm *c = r->c;
     const double t0 = dsacp_now();
-    poller p;
-    poll_start(c, &p);
+    dsacp_comm_poll p;
+    dsacp_comm_poll_start(&p, c->timeout);
     int rc = DSACP_OK;
     for (;;) {
         int done = 0;
@@ -555,7 +545,7 @@ static int send_wait(dsacp_comm_request *r)
             break;
         }
         if (done) break;
-        if (!poll_next(&p)) {
+        if (!dsacp_comm_poll_next(&p)) {
             rc = timed_out(c, "dsacp_comm_wait (send)", r->peer, r->tag);
             break;
         }
@@ -639,14 +629,14 @@ int dsacp_comm_recv(dsacp_comm *c, int source, int tag, void *buf, size_t bytes,
     int rc = check_p2p(c, "dsacp_comm_recv", "source", source, tag, bytes, true);
     if (rc) return rc;
     const double t0 = dsacp_now();
-    poller p;
-    poll_start(c, &p);
+    dsacp_comm_poll p;
+    dsacp_comm_poll_start(&p, c->timeout);
     dsacp_comm_message msg;
     bool found = false;
     for (;;) {
         rc = dsacp_comm_improbe(c, source, tag, &found, &msg);
         if (rc || found) break;
-        if (!poll_next(&p)) return timed_out(c, "dsacp_comm_recv", source, tag);
+        if (!dsacp_comm_poll_next(&p)) return timed_out(c, "dsacp_comm_recv", source, tag);
     }
     if (rc) return rc;
     /* A message of another size is consumed (received into what fits), then refused. */

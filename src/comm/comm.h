@@ -103,6 +103,17 @@ int dsacp_comm_mrecv(dsacp_comm *c, dsacp_comm_message *msg, void *buf, int phas
  * (consumed) and refused with DSACP_ECOMM naming both sizes. */
 int dsacp_comm_send(dsacp_comm *c, int dest, int tag, const void *buf, size_t bytes, int phase);
 int dsacp_comm_recv(dsacp_comm *c, int source, int tag, void *buf, size_t bytes, int phase, int *from);
+/* The blocking forms' wait, for a caller's own polling loop (several sources or requests at
+ * once): start, then after every unsuccessful poll dsacp_comm_poll_next, which returns at once
+ * for the first 2 ms (polls back to back: a message on a live link is taken at MPI's latency),
+ * then sleeps 50 us doubling to 200 us, and returns false once timeout_s (<= 0: none) has
+ * passed since the start. */
+typedef struct dsacp_comm_poll {
+    double spin_end, deadline;
+    long sleep_ns;
+} dsacp_comm_poll;
+void dsacp_comm_poll_start(dsacp_comm_poll *p, double timeout_s);
+bool dsacp_comm_poll_next(dsacp_comm_poll *p);
 /* The largest tag MPI allows on c (MPI_TAG_UB, at least 32767; 32767 for a solo communicator). */
 int dsacp_comm_tag_max(const dsacp_comm *c);
 
