@@ -98,75 +98,79 @@ static void test_transfer_refusals(void)
     CHECK(c.calls == 0 && c.bytes_recv == 0);
 }
 
-/* V3.2 on 8 H200s per instance, deployed numerics, experts over the 8 ranks. */
-static void v32_setup(dsacp_config *cfg, dsacp_cp_options *cp, dsacp_hw *hw, dsacp_plan_pd_options *o)
-{
-    char p[4200];
-    snprintf(p, sizeof p, "%s/hardware/h200-nvlink8.json", src_dir());
-    REQUIRE_OK(dsacp_hw_load(p, hw));
-    REQUIRE_OK(dsacp_plan_preset("v32", cfg));
-    dsacp_cp_options_default(cp);
-    *o = (dsacp_plan_pd_options){.producers = 1, .consumers = 1, .W = 8, .ep = 8, .prompt = 32768, .output = 256,
-                                 .chunk = 2048, .deployed = true};
-}
-
-static void test_link_monotonic(void)
-{
+/* V3.2 on 8 H200s per instance, deployed numerics, experts over the 8 ranks; price() runs it. */
+typedef struct v32_case {
     dsacp_config cfg;
     dsacp_cp_options cp;
     dsacp_hw hw;
     dsacp_plan_pd_options o;
-    v32_setup(&cfg, &cp, &hw, &o);
+} v32_case;
+
+static void v32_setup(v32_case *v)
+{
+    char p[4200];
+    snprintf(p, sizeof p, "%s/hardware/h200-nvlink8.json", src_dir());
+    REQUIRE_OK(dsacp_hw_load(p, &v->hw));
+    REQUIRE_OK(dsacp_plan_preset("v32", &v->cfg));
+    dsacp_cp_options_default(&v->cp);
+    v->o = (dsacp_plan_pd_options){.producers = 1, .consumers = 1, .W = 8, .ep = 8, .prompt = 32768, .output = 256,
+                                   .chunk = 2048, .deployed = true};
+}
+
+static int price(const v32_case *v, const double *rate, int64_t n, dsacp_plan_pd *q, dsacp_plan_pd_side *d,
+                 dsacp_plan_pd_side *m)
+{
+    return dsacp_plan_pd_price(&v->cfg, &v->cp, &v->hw, &v->o, rate, n, q, d, m);
+}
+
+static void test_link_monotonic(void)
+{
+    v32_case v;
+    v32_setup(&v);
     double last = INFINITY;
     for (double gbps = 1; gbps <= 1000; gbps *= 10) {
-        o.link_bw = gbps * 1e9 / 8, o.link_latency_s = 5e-6;
+        v.o.link_bw = gbps * 1e9 / 8, v.o.link_latency_s = 5e-6;
         dsacp_plan_pd q;
-        CHECK_OK(dsacp_plan_pd_price(&cfg, &cp, &hw, &o, NULL, 0, &q, NULL, NULL));
+        CHECK_OK(price(&v, NULL, 0, &q, NULL, NULL));
         CHECKF(q.transfer_s < last && q.transfer_s > 0, "%g Gb/s: %g s after %g s", gbps, q.transfer_s, last);
         CHECK(q.transfer_exposed_s > 0 && q.transfer_exposed_s <= q.transfer_s);
         /* the time is the formula's on the busiest rank: bytes / bandwidth + messages x latency */
-        const double ts = dsacp_plan_link_seconds(&q.sent, 0, o.link_bw, o.link_latency_s);
-        const double tr = dsacp_plan_link_seconds(&q.recv, 1, o.link_bw, o.link_latency_s);
+        const double ts = dsacp_plan_link_seconds(&q.sent, 0, v.o.link_bw, v.o.link_latency_s);
+        const double tr = dsacp_plan_link_seconds(&q.recv, 1, v.o.link_bw, v.o.link_latency_s);
         CHECK(fabs(q.transfer_s - fmax(ts, tr)) <= 1e-12 * q.transfer_s);
         CHECK(q.chunks == 16 && q.sent.calls == 16 * 61 && q.sent.bytes_sent > 32768 * (656 + 132) * 61 / 8);
         last = q.transfer_s;
     }
     /* a slower message costs more; 0 takes the profile's network figures */
     dsacp_plan_pd a, b, prof;
-    o.link_latency_s = 1e-6;
-    CHECK_OK(dsacp_plan_pd_price(&cfg, &cp, &hw, &o, NULL, 0, &a, NULL, NULL));
-    o.link_latency_s = 1e-4;
-    CHECK_OK(dsacp_plan_pd_price(&cfg, &cp, &hw, &o, NULL, 0, &b, NULL, NULL));
+    v.o.link_latency_s = 1e-6;
+    CHECK_OK(price(&v, NULL, 0, &a, NULL, NULL));
+    v.o.link_latency_s = 1e-4;
+    CHECK_OK(price(&v, NULL, 0, &b, NULL, NULL));
     CHECK(b.transfer_s > a.transfer_s);
-    o.link_bw = 0, o.link_latency_s = 0;
-    CHECK_OK(dsacp_plan_pd_price(&cfg, &cp, &hw, &o, NULL, 0, &prof, NULL, NULL));
-    CHECK(prof.link_bw == hw.net_bw && fabs(prof.link_latency_s - hw.net_latency_us * 1e-6) < 1e-15);
+    v.o.link_bw = 0, v.o.link_latency_s = 0;
+    CHECK_OK(price(&v, NULL, 0, &prof, NULL, NULL));
+    CHECK(prof.link_bw == v.hw.net_bw && fabs(prof.link_latency_s - v.hw.net_latency_us * 1e-6) < 1e-15);
 }
 
 static void test_pd_refusals(void)
 {
-    dsacp_config cfg;
-    dsacp_cp_options cp;
-    dsacp_hw hw;
-    dsacp_plan_pd_options o;
-    v32_setup(&cfg, &cp, &hw, &o);
+    v32_case v;
+    v32_setup(&v);
     dsacp_plan_pd q;
     const double rate = 0.1;
     dsacp_plan_pd_side d, m;
-    o.producers = 0;
-    CHECK(dsacp_plan_pd_price(&cfg, &cp, &hw, &o, &rate, 1, &q, &d, &m) == DSACP_EINVAL &&
-          strstr(dsacp_last_error(), "'producers'"));
-    o.producers = 1, o.consumers = 0;
-    CHECK(dsacp_plan_pd_price(&cfg, &cp, &hw, &o, &rate, 1, &q, &d, &m) == DSACP_EINVAL &&
-          strstr(dsacp_last_error(), "'consumers'"));
-    o.consumers = 1, o.ep = 9;
-    CHECK(dsacp_plan_pd_price(&cfg, &cp, &hw, &o, &rate, 1, &q, &d, &m) == DSACP_EINVAL && strstr(dsacp_last_error(), "'ep'"));
-    o.ep = 8, o.link_bw = 10;
-    CHECK(dsacp_plan_pd_price(&cfg, &cp, &hw, &o, &rate, 1, &q, &d, &m) == DSACP_EINVAL &&
-          strstr(dsacp_last_error(), "link_bw"));
-    o.link_bw = 0;
+    v.o.producers = 0;
+    CHECK(price(&v, &rate, 1, &q, &d, &m) == DSACP_EINVAL && strstr(dsacp_last_error(), "'producers'"));
+    v.o.producers = 1, v.o.consumers = 0;
+    CHECK(price(&v, &rate, 1, &q, &d, &m) == DSACP_EINVAL && strstr(dsacp_last_error(), "'consumers'"));
+    v.o.consumers = 1, v.o.ep = 9;
+    CHECK(price(&v, &rate, 1, &q, &d, &m) == DSACP_EINVAL && strstr(dsacp_last_error(), "'ep'"));
+    v.o.ep = 8, v.o.link_bw = 10;
+    CHECK(price(&v, &rate, 1, &q, &d, &m) == DSACP_EINVAL && strstr(dsacp_last_error(), "link_bw"));
+    v.o.link_bw = 0;
     const double zero = 0;
-    CHECK(dsacp_plan_pd_price(&cfg, &cp, &hw, &o, &zero, 1, &q, &d, &m) == DSACP_EINVAL && strstr(dsacp_last_error(), "rate"));
+    CHECK(price(&v, &zero, 1, &q, &d, &m) == DSACP_EINVAL && strstr(dsacp_last_error(), "rate"));
 }
 
 /* The queues: times grow with the load; past the producers' capacity the disaggregated
@@ -174,22 +178,19 @@ static void test_pd_refusals(void)
  * prefilling, still does at 1.25x; a PD-mixed decode step waits for the chunks beside it. */
 static void test_pd_queues(void)
 {
-    dsacp_config cfg;
-    dsacp_cp_options cp;
-    dsacp_hw hw;
-    dsacp_plan_pd_options o;
-    v32_setup(&cfg, &cp, &hw, &o);
+    v32_case v;
+    v32_setup(&v);
     dsacp_plan_pd q;
-    REQUIRE_OK(dsacp_plan_pd_price(&cfg, &cp, &hw, &o, NULL, 0, &q, NULL, NULL));
+    REQUIRE_OK(price(&v, NULL, 0, &q, NULL, NULL));
     const double cap = 1 / q.prefill_s;
     double rate[5] = {0.05 * cap, 0.3 * cap, 0.6 * cap, 0.9 * cap, 1.25 * cap};
     dsacp_plan_pd_side d[5], m[5];
-    REQUIRE_OK(dsacp_plan_pd_price(&cfg, &cp, &hw, &o, rate, 5, &q, d, m));
+    REQUIRE_OK(price(&v, rate, 5, &q, d, m));
     for (int i = 0; i < 4; i++) {
         CHECKF(d[i].stable && m[i].stable, "load %d: %s / %s", i, d[i].limit, m[i].limit);
         CHECK(d[i].ttft >= q.prefill_s + q.transfer_exposed_s && d[i].tpot > 0 && d[i].itl_max == d[i].tpot);
         CHECK(m[i].itl_max > m[i].tpot && m[i].ttft > q.prefill_s && m[i].prefill_util > 0 && m[i].prefill_util < 1);
-        CHECK(d[i].held_per_rank > 0 && d[i].held_per_rank <= 0.9 * hw.mem_bytes);
+        CHECK(d[i].held_per_rank > 0 && d[i].held_per_rank <= 0.9 * v.hw.mem_bytes);
         if (i) CHECK(d[i].ttft > d[i - 1].ttft && m[i].ttft > m[i - 1].ttft && m[i].tpot >= m[i - 1].tpot);
     }
     CHECK(!d[4].stable && !strcmp(d[4].limit, "prefill") && d[4].prefill_util > 1);
@@ -200,8 +201,8 @@ static void test_pd_queues(void)
      * messages; the PD-mixed side does not change */
     dsacp_plan_pd big;
     dsacp_plan_pd_side d2[5], m2[5];
-    o.producer_chunk = 8192;
-    REQUIRE_OK(dsacp_plan_pd_price(&cfg, &cp, &hw, &o, rate, 5, &big, d2, m2));
+    v.o.producer_chunk = 8192;
+    REQUIRE_OK(price(&v, rate, 5, &big, d2, m2));
     CHECK(big.chunks == 4 && big.prefill_s < q.prefill_s && big.sent.calls == 4 * 61 && big.sent.calls < q.sent.calls);
     CHECK(big.sent.bytes_sent < q.sent.bytes_sent); /* fewer headers, the same entries */
     CHECK(m2[2].ttft == m[2].ttft && m2[2].tpot == m[2].tpot && d2[2].ttft < d[2].ttft);
