@@ -16,6 +16,9 @@
 
 enum { TAG_RING = 1, TAG_WRONG = 9, NTAGS = 3, PER_TAG = 20, MANY = 300 };
 #define BIG_BYTES ((size_t)6 << 20)
+/* The most a bounded wait may overrun its timeout here: on a loaded host a rank can be off the
+ * CPU for seconds (2.3 s seen with 4 ranks on 2 shared cores); a hang is the failure to catch. */
+#define SLACK_S 15.0
 
 static int g_me, g_W;
 
@@ -214,9 +217,9 @@ static void wrong_size(dsacp_comm *world)
 }
 
 /* With a timeout of 0.3 s, a receive nobody answers fails with DSACP_ECOMM naming the peer, the
- * tag and the seconds, after at least the timeout and well before a hang. Then a send nobody
- * receives: a large one is usually held until received, so its wait times out the same way (MPI may
- * also buffer it: then it completes); the receiver takes it afterwards. */
+ * tag and the seconds, after at least the timeout and well before a hang (SLACK_S). Then a send
+ * nobody receives: a large one is usually held until received, so its wait times out the same way
+ * (MPI may also buffer it: then it completes); the receiver takes it afterwards. */
 static void timeouts(dsacp_comm *world)
 {
     dsacp_comm *d = NULL;
@@ -231,7 +234,7 @@ static void timeouts(dsacp_comm *world)
     snprintf(want, sizeof want, "waiting for rank %d (tag 7)", peer);
     CHECKF(strstr(dsacp_last_error(), "timed out after 0.3 s") && strstr(dsacp_last_error(), want), "%s",
            dsacp_last_error());
-    CHECKF(dt >= 0.3 && dt < 3.0, "timed out after %.3f s", dt);
+    CHECKF(dt >= 0.3 && dt < SLACK_S, "timed out after %.3f s", dt);
     CHECK(dsacp_comm_recv(d, -1, -1, &v, sizeof v, DSACP_PHASE_kv_transfer, NULL) == DSACP_ECOMM);
     CHECK(strstr(dsacp_last_error(), "any rank (tag any)") != NULL);
     CHECK(counter_is(dsacp_comm_get_counter(d, DSACP_PHASE_kv_transfer), 0, 0, 0));
@@ -245,7 +248,7 @@ static void timeouts(dsacp_comm *world)
         dt = dsacp_now() - t0;
         CHECKF(rc == DSACP_OK || (rc == DSACP_ECOMM && strstr(dsacp_last_error(), "waiting for rank 1 (tag 8)")),
                "%s", dsacp_last_error());
-        CHECKF(rc == DSACP_OK || (dt >= 0.3 && dt < 3.0), "send timed out after %.3f s", dt);
+        CHECKF(rc == DSACP_OK || (dt >= 0.3 && dt < SLACK_S), "send timed out after %.3f s", dt);
     }
     REQUIRE_OK(dsacp_comm_agree(world, DSACP_OK));
     dsacp_comm_set_timeout(d, 0); /* the drain waits as long as it takes */
@@ -326,7 +329,7 @@ static void poll_helper(void)
     int polls = 0;
     while (dsacp_comm_poll_next(&p)) polls++;
     const double dt = dsacp_now() - t0;
-    CHECKF(dt >= 0.05 && dt < 1.0 && polls > 10, "poll: %d polls, false after %.3f s", polls, dt);
+    CHECKF(dt >= 0.05 && dt < SLACK_S && polls > 10, "poll: %d polls, false after %.3f s", polls, dt);
     dsacp_comm_poll_start(&p, 0);
     for (int i = 0; i < 100; i++) CHECK(dsacp_comm_poll_next(&p));
 }
