@@ -411,7 +411,7 @@ static dsacp_comm_request *new_request(dsacp_comm *c, int phase)
         const size_t W = (size_t)(c->size > 0 ? c->size : 1); /* an int: 2 W ints cannot overflow */
         r = malloc(sizeof *r + 2 * W * sizeof(int));
         if (!r) {
-            dsacp_error(DSACP_ENOMEM, "non-blocking collective: out of memory for its request");
+            dsacp_error(DSACP_ENOMEM, "non-blocking call: out of memory for its request");
             return NULL;
         }
         r->counts = (int *)(r + 1);
