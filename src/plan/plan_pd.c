@@ -380,13 +380,13 @@ static int side_mixed(pd_ctx *x, double rate, dsacp_plan_pd_side *out)
 {
     memset(out, 0, sizeof *out);
     const double lam = rate / (double)(x->o->producers + x->o->consumers);
-    pd_point p;
+    pd_point p = {0};
     int rc = find_batch(x, true, lam, &p, &out->limit);
     out->prefill_util = p.rho;
     if (rc || *out->limit) return rc;
     out->stable = true;
     out->ttft = md1_wait(p.rho, p.s) + p.s;
-    out->tpot = p.tpot, out->itl_max = p.itl, out->prefill_util = p.rho;
+    out->tpot = p.tpot, out->itl_max = p.itl;
     out->batch = lam * (double)x->o->output * p.tpot, out->held_per_rank = p.held;
     return DSACP_OK;
 }
@@ -415,7 +415,7 @@ static int side_disagg(pd_ctx *x, double rate, dsacp_plan_pd_side *out)
     return DSACP_OK;
 }
 
-static int pd_check(const dsacp_config *cfg, const dsacp_hw *hw, const dsacp_plan_pd_options *o, const double *rate, int64_t nrate)
+static int pd_check(const dsacp_config *cfg, const dsacp_plan_pd_options *o, const double *rate, int64_t nrate)
 {
     const int64_t big = (int64_t)1 << 32;
     const struct {
@@ -437,7 +437,6 @@ static int pd_check(const dsacp_config *cfg, const dsacp_hw *hw, const dsacp_pla
     for (int64_t i = 0; i < nrate; i++)
         if (!(rate[i] > 0 && rate[i] <= 1e9))
             return dsacp_error(DSACP_EINVAL, "plan: pd rate %g: outside (0, 1e9] requests per second", rate[i]);
-    (void)hw;
     return DSACP_OK;
 }
 
@@ -446,7 +445,7 @@ int dsacp_plan_pd_price(const dsacp_config *cfg, const dsacp_cp_options *cp, con
                         dsacp_plan_pd_side *mixed)
 {
     memset(req, 0, sizeof *req);
-    int rc = pd_check(cfg, hw, o, rate, nrate);
+    int rc = pd_check(cfg, o, rate, nrate);
     if (rc) return rc;
     req->link_bw = o->link_bw > 0 ? o->link_bw : hw->net_bw;
     req->link_latency_s = o->link_latency_s > 0 ? o->link_latency_s : hw->net_latency_us * 1e-6;
