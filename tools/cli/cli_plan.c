@@ -724,8 +724,8 @@ static void pd_cells(report *R, const dsacp_plan_pd_side *d, bool itl, const cha
         fprintf(R->txt, " %9s %9s%s %7s", "-", "-", itl ? "         -" : "", d->limit);
         return;
     }
-    fprintf(R->txt, " %9.3f %9.2f", F(where, d->ttft), F(where, d->tpot * 1e3));
-    if (itl) fprintf(R->txt, " %9.2f", F(where, d->itl_max * 1e3));
+    fprintf(R->txt, " %9.4g %9.4g", F(where, d->ttft), F(where, d->tpot * 1e3));
+    if (itl) fprintf(R->txt, " %9.4g", F(where, d->itl_max * 1e3));
     fprintf(R->txt, " %7.1f", F(where, d->batch));
 }
 
@@ -812,7 +812,9 @@ static int plan_pd(const plan_args *A, report *R)
     int n = A->nrates;
     int rc = dsacp_plan_pd_price(&A->cfg, &cp, A->hw, &o, NULL, 0, &q, NULL, NULL);
     if (rc) return dsacp_error_context(rc, "--pd");
-    const double cap = (double)A->pd_P / q.prefill_s; /* the producers' prefill capacity */
+    /* the producers' capacity: their prefill, or the link when it is slower */
+    const double cap = fmin((double)A->pd_P / fmax(q.prefill_s, dsacp_plan_link_seconds(&q.sent, 0, q.link_bw, q.link_latency_s)),
+                            (double)A->pd_D / dsacp_plan_link_seconds(&q.recv, 1, q.link_bw, q.link_latency_s));
     static const double sweep[] = {0.1, 0.25, 0.5, 0.75, 0.9, 1.25, 1.5, 2.0};
     if (n == 0)
         for (n = 0; n < (int)(sizeof sweep / sizeof sweep[0]); n++) rates[n] = sweep[n] * cap;
@@ -826,8 +828,8 @@ static int plan_pd(const plan_args *A, report *R)
             (long long)A->pd_P, (long long)A->pd_D, (long long)A->W, (long long)(A->pd_P + A->pd_D), (long long)A->L,
             (long long)A->gen_len, (long long)A->C, (long long)(A->pchunk ? A->pchunk : A->C), dsacp_decode_strategy_name(cp.decode));
     fprintf(out, "transfer per request (%lld chunks x %lld layers): %.1f MB in %lld messages from the busiest producer rank, "
-                 "%.1f MB in %lld to the busiest consumer rank; on a %.1f Gb/s link at %.1f us per message %.3f s, %.3f s of it "
-                 "after the prefill (%.3f s on a producer, capacity %.3g requests/s)\n", (long long)q.chunks, (long long)A->layers,
+                 "%.1f MB in %lld to the busiest consumer rank; on a %.3g Gb/s link at %.3g us per message %.3g s, %.3g s of it "
+                 "after the prefill (%.3g s on a producer; the producers keep up with %.3g requests/s)\n", (long long)q.chunks, (long long)A->layers,
             (double)q.sent.bytes_sent / 1e6, (long long)q.sent.calls, (double)q.recv.bytes_recv / 1e6, (long long)q.recv.calls,
             q.link_bw * 8 / 1e9, q.link_latency_s * 1e6, F(where, q.transfer_s), F(where, q.transfer_exposed_s),
             F(where, q.prefill_s), F(where, cap));
