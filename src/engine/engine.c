@@ -599,7 +599,7 @@ static void fill_row(uint64_t seed, int64_t p, float *v, int64_t n, float scale)
 int dsacp_engine_fill_random(dsacp_engine *e, int64_t id, int64_t length, uint64_t seed)
 {
     dsacp_engine_request *r = dsacp_engine_find_request(e, id);
-    if (!r || r->length != 0) return dsacp_error(DSACP_EINVAL, "fill: request %lld must be live and empty", (long long)id);
+    if (!r || r->length != 0 || r->importing) return dsacp_error(DSACP_EINVAL, "fill: request %lld must be live and empty", (long long)id);
     if (length < 1 || length > e->cfg->max_position_embeddings)
         return dsacp_error(DSACP_ERANGE, "fill: length %lld outside [1, max_position_embeddings]", (long long)length);
     dsacp_step_entry en = {id, length, NULL};

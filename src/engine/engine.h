@@ -49,4 +49,8 @@ int dsacp_engine_import_end(dsacp_engine *e, int64_t id);
 typedef int (*dsacp_engine_layer_hook)(void *arg, int64_t layer);
 void dsacp_engine_set_layer_hook(dsacp_engine *e, dsacp_engine_layer_hook fn, void *arg);
 
+/* The engine's options and its CP group's (W = 1: the defaults it was created with); borrowed. */
+const dsacp_engine_options *dsacp_engine_options_get(const dsacp_engine *e);
+const dsacp_cp_options *dsacp_engine_cp_options(const dsacp_engine *e);
+
 #endif

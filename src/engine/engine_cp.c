@@ -132,3 +132,6 @@ void dsacp_engine_cp_stats_reset(dsacp_engine *e)
 }
 
 void dsacp_engine_weight_usage(const dsacp_engine *e, dsacp_weight_usage *u) { dsacp_cp_weights_usage(&e->cp, u); }
+
+const dsacp_engine_options *dsacp_engine_options_get(const dsacp_engine *e) { return &e->opt; }
+const dsacp_cp_options *dsacp_engine_cp_options(const dsacp_engine *e) { return &e->cp.opt; }

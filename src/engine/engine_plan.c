@@ -190,7 +190,7 @@ int dsacp_engine_plan_memory(const dsacp_engine *e, int64_t kv[2], int64_t weigh
     int64_t *lens = dsacp_calloc((size_t)(e->nreq > 0 ? e->nreq : 1), sizeof *lens), nlive = 0;
     if (!lens) return dsacp_error(DSACP_ENOMEM, "out of memory");
     for (int64_t i = 0; i < e->nreq; i++)
-        if (e->req[i].live) lens[nlive++] = e->req[i].length;
+        if (e->req[i].live) lens[nlive++] = dsacp_engine_request_span(&e->req[i]);
     const int W = e->cp.W > 0 ? e->cp.W : 1;
     dsacp_plan_kv_bytes(e->cfg, &e->cp.opt, W, e->cp.rank, lens, nlive, e->opt.block_size, e->plan->base.latent_bytes,
                         e->plan->base.index_bytes, &kv[0], &kv[1]);

@@ -14,6 +14,16 @@
  * its prompt and generated tokens, to be recomputed (vLLM's recompute preemption). The oldest
  * running request is never preempted and always runs, so every request finishes: each fits every
  * rank's pool alone (checked up front).
+ *
+ * Disaggregated (docs/disaggregation.md): with a link (dsacp_serve_options.pd) the same loop runs
+ * in each group. The producer's leader asks the consumer's leader to reserve each arrived
+ * request's prompt (ASK), admits a request to prefill only once granted (GRANT: back-pressure, the
+ * consumer's pool decides), runs prefill chunks whose entries the link sends layer by layer, and
+ * samples the first token, which it sends with the chunks it ran (DONE). The consumer's leader
+ * grants asked requests in ask order while its pool holds their prompts, and activates a request
+ * once DONE arrived and every consumer rank received its entries; the request then decodes like any
+ * other. A consumer that must preempt recomputes the victim itself (chunked prefill on the consumer,
+ * as kv_both does): the producer's entries are not asked for again.
  */
 #include "serve/serve.h"
 #include "engine/engine.h"
@@ -45,7 +55,8 @@ void dsacp_serve_result_free(dsacp_serve_result *r)
     memset(r, 0, sizeof *r);
 }
 
-enum { ST_FUTURE, ST_WAITING, ST_RUNNING, ST_DONE };
+/* ST_ASKED / ST_IMPORTING: consumer only (asked by the producer, granted and receiving). */
+enum { ST_FUTURE, ST_WAITING, ST_RUNNING, ST_DONE, ST_ASKED, ST_IMPORTING };
 
 typedef struct sreq {
     int state;
@@ -53,6 +64,16 @@ typedef struct sreq {
     int64_t len, cap;    /* tokens in seq */
     int64_t fed;         /* tokens in the engine's cache */
     int64_t admit;       /* admission order (preemption picks the youngest) */
+    /* disaggregated */
+    int64_t *chunks;     /* [a, b) pairs: producer, the chunks it ran; consumer, the producer's (DONE) */
+    int64_t n_chunks, cap_chunks;
+    int64_t ask;         /* consumer: order of the producer's ask */
+    bool granted;        /* producer: the consumer reserved the prompt's blocks */
+    bool done_known;     /* consumer: DONE arrived */
+    int32_t first_tok;
+    float first_gap;
+    double prefill_s;    /* consumer: when the producer sampled the first token */
+    int64_t pre_preempt; /* consumer: the producer's preemptions of the request */
 } sreq;
 
 /* ---- the plan, as int64 words ---- */
@@ -86,14 +107,42 @@ static int plan_bcast(dsacp_comm *c, plan *p)
     return dsacp_comm_bcast(c, p->w, (size_t)n * sizeof *p->w, DSACP_PHASE_input);
 }
 
+/* The activations of a consumer's plan, first in the plan (every rank but 0): [n_act, (s,
+ * n_chunks, a0, b0, ...)...]. They come before the ends because the leader activates before it
+ * schedules, and a request it activated may be preempted by the same plan. *k moves past them. */
+static int plan_apply_acts(dsacp_pd *pd, const int64_t *w, int64_t *k, bool structural)
+{
+    int rc = DSACP_OK;
+    const int64_t n_act = w[(*k)++];
+    for (int64_t i = 0; i < n_act; i++) {
+        const int64_t s = w[*k], nc = w[*k + 1];
+        if (structural && !rc) rc = dsacp_pd_import_finish(pd, s, w + *k + 2, nc);
+        *k += 2 + 2 * nc;
+    }
+    return rc;
+}
+
+/* The imports of a consumer's plan, after its adds (the leader grants after it admits):
+ * [n_imp, (s, length)...]. */
+static int plan_apply_imps(dsacp_engine *e, dsacp_pd *pd, const int64_t *w, int64_t *k, int64_t *eid, bool structural)
+{
+    int rc = DSACP_OK;
+    const int64_t n_imp = w[(*k)++];
+    for (int64_t i = 0; i < n_imp; i++, *k += 2)
+        if (structural && !rc && !(rc = dsacp_engine_import_begin(e, w[*k + 1], &eid[w[*k]])))
+            rc = dsacp_pd_import_add(pd, w[*k], eid[w[*k]], w[*k + 1]);
+    return rc;
+}
+
 /* Applies the ends and adds of a plan (every rank but 0, which applied them while planning), and
  * returns the step's entries. eid: serve index -> engine id. */
-static int plan_apply(dsacp_engine *e, const plan *p, int64_t *eid, bool structural, dsacp_step_entry **ent,
-                      int64_t *n_ent, int32_t **ids)
+static int plan_apply(dsacp_engine *e, dsacp_pd *pd, const plan *p, int64_t *eid, bool structural,
+                      dsacp_step_entry **ent, int64_t *n_ent, int32_t **ids, int64_t **ent_s)
 {
     const int64_t *w = p->w;
     int64_t k = 0;
-    int rc = DSACP_OK;
+    int rc = plan_apply_acts(pd, w, &k, structural);
+    if (rc) return rc;
     const int64_t n_end = w[k++];
     for (int64_t i = 0; i < n_end; i++, k++)
         if (structural) {
@@ -104,16 +153,19 @@ static int plan_apply(dsacp_engine *e, const plan *p, int64_t *eid, bool structu
     const int64_t n_add = w[k++];
     for (int64_t i = 0; i < n_add; i++, k++)
         if (structural && (rc = dsacp_engine_add_request(e, &eid[w[k]]))) return rc;
+    if ((rc = plan_apply_imps(e, pd, w, &k, eid, structural))) return rc;
     const int64_t n = w[k++];
     int64_t T = 0;
     for (int64_t i = 0; i < n; i++) T += w[k + 2 * i + 1];
     *ent = malloc((size_t)(n > 0 ? n : 1) * sizeof **ent);
     *ids = malloc((size_t)(T > 0 ? T : 1) * sizeof **ids);
-    if (!*ent || !*ids) return dsacp_error(DSACP_ENOMEM, "out of memory");
+    *ent_s = malloc((size_t)(n > 0 ? n : 1) * sizeof **ent_s);
+    if (!*ent || !*ids || !*ent_s) return dsacp_error(DSACP_ENOMEM, "out of memory");
     const int64_t *tok = w + k + 2 * n;
     for (int64_t i = 0, t = 0; i < n; i++) {
         const int64_t s = w[k + 2 * i], c = w[k + 2 * i + 1];
         for (int64_t j = 0; j < c; j++) (*ids)[t + j] = (int32_t)tok[t + j];
+        (*ent_s)[i] = s;
         (*ent)[i] = (dsacp_step_entry){eid[s], c, *ids + t};
         t += c;
     }
@@ -210,6 +262,13 @@ typedef struct sched {
     int64_t *ent_s, *ent_n, *fit_id, *fit_len, n_ent;
     int64_t *order; /* [2 n]: the running requests as (admission, index), oldest first */
     plan ends, adds;
+    /* disaggregated */
+    dsacp_pd *pd;           /* NULL: kv_both */
+    dsacp_kv_role role;
+    int64_t asks;           /* consumer: asks received so far */
+    plan imps, acts;        /* consumer: this plan's imports and activations */
+    int64_t *stash;         /* consumer leader: the producer's RESULT when it came during the loop */
+    int64_t n_stash;
 } sched;
 
 static int seq_push(sreq *r, int32_t tok)
@@ -298,7 +357,7 @@ static int64_t next_waiting(const sched *S)
 {
     int64_t best = -1;
     for (int64_t s = 0; s < S->n; s++) {
-        if (S->r[s].state != ST_WAITING) continue;
+        if (S->r[s].state != ST_WAITING || (S->role == DSACP_KV_PRODUCER && !S->r[s].granted)) continue;
         if (best < 0) best = s;
         else if (S->r[s].admit == -1 && S->r[best].admit != -1) best = s;
         else if ((S->r[s].admit == -1) == (S->r[best].admit == -1) && S->rq[s].arrival_s < S->rq[best].arrival_s) best = s;
@@ -324,6 +383,32 @@ static int schedule_running(sched *S, int64_t s, int64_t want, int64_t *budget, 
     }
     if (c < want) *short_of_pool = true;
     if (c > 0) add_entry(S, s, c), *budget -= c;
+    return DSACP_OK;
+}
+
+/* Consumer: grants asked requests in ask order (none overtakes another) while every rank's pool
+ * holds the prompt beside the step so far and the running and importing requests stay within
+ * max_num_seqs: the prompt's blocks are reserved (an import, in the plan) and the producer told. */
+static int grant_asked(sched *S, int64_t running)
+{
+    int64_t importing = 0;
+    for (int64_t s = 0; s < S->n; s++) importing += S->r[s].state == ST_IMPORTING;
+    while (running + importing < S->o->max_num_seqs) {
+        int64_t s = -1;
+        for (int64_t i = 0; i < S->n; i++)
+            if (S->r[i].state == ST_ASKED && (s < 0 || S->r[i].ask < S->r[s].ask)) s = i;
+        if (s < 0) return DSACP_OK;
+        const int64_t len = S->rq[s].prompt_len;
+        if (!fits_with(S, s, len)) return DSACP_OK;
+        int rc = dsacp_engine_import_begin(S->e, len, &S->eid[s]);
+        if (!rc) rc = dsacp_pd_import_add(S->pd, s, S->eid[s], len);
+        if (!rc && !(rc = plan_push(&S->imps, s))) rc = plan_push(&S->imps, len);
+        const int64_t g[2] = {DSACP_PD_GRANT, s};
+        if (!rc) rc = dsacp_pd_ctl_send(S->pd, g, 2);
+        if (rc) return rc;
+        S->r[s].state = ST_IMPORTING;
+        importing++;
+    }
     return DSACP_OK;
 }
 
@@ -395,10 +480,13 @@ static int build_step(sched *S)
         add_entry(S, s, c);
         budget -= c;
     }
-    return DSACP_OK;
+    return S->role == DSACP_KV_CONSUMER ? grant_asked(S, running) : DSACP_OK;
 }
 
-int dsacp_serve_check(const dsacp_engine *e, const dsacp_serve_request *reqs, int64_t n, const dsacp_serve_options *opt)
+/* The check of dsacp_serve_check for a group of the given role: a producer caches the prompt
+ * only (it samples the first token and hands the request over). */
+static int serve_check_role(const dsacp_engine *e, const dsacp_serve_request *reqs, int64_t n,
+                            const dsacp_serve_options *opt, dsacp_kv_role role)
 {
     const dsacp_config *cfg = dsacp_engine_config(e);
     const int64_t V = cfg->vocab_size, maxpos = cfg->max_position_embeddings;
@@ -424,16 +512,23 @@ int dsacp_serve_check(const dsacp_engine *e, const dsacp_serve_request *reqs, in
         /* The cache holds the prompt and every generated token but the last (never fed back). Each
          * rank's share grows with the length, so fitting at this length means fitting at every
          * point of the request's life, on every rank. */
-        const int64_t cached = q->prompt_len + q->max_new_tokens - 1, id = -1;
+        const int64_t cached = role == DSACP_KV_PRODUCER ? q->prompt_len : q->prompt_len + q->max_new_tokens - 1, id = -1;
         if (!dsacp_engine_fits(e, &id, &cached, 1))
-            return dsacp_error(DSACP_ECAPACITY, "request %lld (%lld tokens cached with its output) does not fit the KV "
-                               "pool even alone", (long long)i, (long long)cached);
+            return dsacp_error(DSACP_ECAPACITY, "request %lld (%lld tokens cached%s) does not fit the %sKV pool even alone",
+                               (long long)i, (long long)cached, role == DSACP_KV_PRODUCER ? ": its prompt" : " with its output",
+                               role == DSACP_KV_PRODUCER ? "kv_producer group's " : role == DSACP_KV_CONSUMER ?
+                               "kv_consumer group's " : "");
         for (int64_t j = 0; j < q->prompt_len; j++)
             if (q->prompt[j] < 0 || q->prompt[j] >= V)
                 return dsacp_error(DSACP_ERANGE, "request %lld: prompt token %lld = %d is outside the vocabulary [0, %lld)",
                                    (long long)i, (long long)j, q->prompt[j], (long long)V);
     }
     return DSACP_OK;
+}
+
+int dsacp_serve_check(const dsacp_engine *e, const dsacp_serve_request *reqs, int64_t n, const dsacp_serve_options *opt)
+{
+    return serve_check_role(e, reqs, n, opt, opt->pd ? dsacp_pd_role(opt->pd) : DSACP_KV_BOTH);
 }
 
 /* The loop's state beside the scheduler's: the plan every rank applies, rank 0's logits and
@@ -468,7 +563,7 @@ static int serve_setup(sched *S, loop *L)
     if (!S->r || !res->out || !S->ent_s || !S->ent_n || !S->fit_id || !S->fit_len || !S->order || !L->work)
         rc = dsacp_error(DSACP_ENOMEM, "out of memory for %lld requests", (long long)n);
     res->n_requests = n;
-    if (!rc) rc = dsacp_serve_check(S->e, reqs, n, S->o);
+    if (!rc) rc = serve_check_role(S->e, reqs, n, S->o, S->role);
     for (int64_t i = 0; i < n && !rc; i++) {
         const dsacp_serve_request *q = &reqs[i];
         sreq *r = &S->r[i];
@@ -486,25 +581,195 @@ static int serve_setup(sched *S, loop *L)
     return rc;
 }
 
-/* Rank 0: waits (realtime) until a request has arrived or none is left to arrive. */
-static void await_arrivals(sched *S, const loop *L)
+/* Rank 0: waits (realtime) until a request has arrived or none is left to arrive. A producer asks
+ * the consumer to reserve each request that arrives. A consumer learns of requests from the
+ * producer's asks instead. */
+static int await_arrivals(sched *S, const loop *L)
 {
     const dsacp_serve_request *reqs = S->rq;
+    if (S->role == DSACP_KV_CONSUMER) return DSACP_OK;
     double now = dsacp_now() - L->t0;
     for (;;) {
         bool waiting = false, future = false;
         double next = INFINITY;
         for (int64_t s = 0; s < S->n; s++) {
             if (S->r[s].state == ST_FUTURE) {
-                if (!S->o->realtime || reqs[s].arrival_s <= now) S->r[s].state = ST_WAITING;
-                else future = true, next = fmin(next, reqs[s].arrival_s);
+                if (!S->o->realtime || reqs[s].arrival_s <= now) {
+                    S->r[s].state = ST_WAITING;
+                    const int64_t ask[2] = {DSACP_PD_ASK, s};
+                    int rc = S->pd ? dsacp_pd_ctl_send(S->pd, ask, 2) : DSACP_OK;
+                    if (rc) return rc;
+                } else {
+                    future = true, next = fmin(next, reqs[s].arrival_s);
+                }
             }
             if (S->r[s].state == ST_WAITING || S->r[s].state == ST_RUNNING) waiting = true;
         }
-        if (waiting || !future) return;
+        if (waiting || !future) return DSACP_OK;
+        if (S->pd) {
+            int rc = dsacp_pd_alive(S->pd);
+            if (rc) return rc;
+        }
         sleep_s(fmin(next - now, 0.05)); /* nothing to run before the next arrival */
         now = dsacp_now() - L->t0;
     }
+}
+
+static double bits_f64(int64_t w)
+{
+    double d;
+    memcpy(&d, &w, sizeof d);
+    return d;
+}
+
+static int64_t f64_bits(double d)
+{
+    int64_t w;
+    memcpy(&w, &d, sizeof w);
+    return w;
+}
+
+static int chunk_push(sreq *r, int64_t a, int64_t b)
+{
+    if (r->n_chunks == r->cap_chunks) {
+        const int64_t cap = r->cap_chunks ? 2 * r->cap_chunks : 8;
+        int64_t *n = realloc(r->chunks, (size_t)(2 * cap) * sizeof *n);
+        if (!n) return dsacp_error(DSACP_ENOMEM, "out of memory for a request's chunks");
+        r->chunks = n, r->cap_chunks = cap;
+    }
+    r->chunks[2 * r->n_chunks] = a, r->chunks[2 * r->n_chunks + 1] = b;
+    r->n_chunks++;
+    return DSACP_OK;
+}
+
+/* A leader's control message from the other group: GRANT (producer), ASK and DONE (consumer);
+ * the producer's RESULT, when it comes during the consumer's loop, is kept for the end. */
+static int handle_ctl(sched *S, const int64_t *w, int64_t n)
+{
+    const int64_t s = n > 1 ? w[1] : -1;
+    const bool ok_s = s >= 0 && s < S->n;
+    if (w[0] == DSACP_PD_ABORT) return dsacp_pd_abort_error(S->pd, w, n);
+    if (w[0] == DSACP_PD_RESULT && S->role == DSACP_KV_CONSUMER) {
+        free(S->stash);
+        if (!(S->stash = malloc((size_t)n * sizeof *S->stash))) return dsacp_error(DSACP_ENOMEM, "out of memory");
+        memcpy(S->stash, w, (size_t)n * sizeof *w);
+        S->n_stash = n;
+        return DSACP_OK;
+    }
+    if (w[0] == DSACP_PD_GRANT && S->role == DSACP_KV_PRODUCER && ok_s && n == 2) {
+        S->r[s].granted = true;
+        return DSACP_OK;
+    }
+    if (w[0] == DSACP_PD_ASK && S->role == DSACP_KV_CONSUMER && ok_s && n == 2 && S->r[s].state == ST_FUTURE) {
+        S->r[s].state = ST_ASKED;
+        S->r[s].ask = S->asks++;
+        return DSACP_OK;
+    }
+    if (w[0] == DSACP_PD_DONE && S->role == DSACP_KV_CONSUMER && ok_s && n >= 7 && n == 7 + 2 * w[6] && w[6] >= 1 &&
+        S->r[s].state == ST_IMPORTING && w[2] >= 0 && w[2] < dsacp_engine_config(S->e)->vocab_size) {
+        sreq *r = &S->r[s];
+        r->n_chunks = 0;
+        for (int64_t i = 0; i < w[6]; i++) {
+            int rc = chunk_push(r, w[7 + 2 * i], w[8 + 2 * i]);
+            if (rc) return rc;
+        }
+        int32_t g;
+        memcpy(&g, &w[3], sizeof g);
+        memcpy(&r->first_gap, &g, sizeof r->first_gap);
+        r->first_tok = (int32_t)w[2];
+        r->prefill_s = bits_f64(w[4]);
+        r->pre_preempt = w[5];
+        r->done_known = true;
+        return DSACP_OK;
+    }
+    return dsacp_error(DSACP_ECOMM, "unexpected control message (kind %lld, %lld words) from the other group",
+                       (long long)w[0], (long long)n);
+}
+
+static int drain_ctl(sched *S)
+{
+    for (;;) {
+        const int64_t *w;
+        int64_t n;
+        int rc = dsacp_pd_ctl_poll(S->pd, &w, &n);
+        if (rc || n == 0) return rc;
+        if ((rc = handle_ctl(S, w, n))) return rc;
+    }
+}
+
+/* Consumer leader: every imported request whose DONE arrived is activated (its remaining entries
+ * received, the first token recorded) and decodes from this step on; the plan carries the
+ * activations so that the other ranks receive theirs too. */
+static int activate_ready(sched *S, loop *L)
+{
+    int rc = DSACP_OK;
+    for (int64_t s = 0; s < S->n && !rc; s++) {
+        sreq *r = &S->r[s];
+        if (r->state != ST_IMPORTING || !r->done_known) continue;
+        if ((rc = dsacp_pd_import_finish(S->pd, s, r->chunks, r->n_chunks))) break;
+        rc = plan_push(&S->acts, s);
+        if (!rc) rc = plan_push(&S->acts, r->n_chunks);
+        for (int64_t i = 0; i < 2 * r->n_chunks && !rc; i++) rc = plan_push(&S->acts, r->chunks[i]);
+        dsacp_serve_out *out = &S->res->out[s];
+        const double now = dsacp_now() - L->t0;
+        r->state = ST_RUNNING;
+        r->fed = S->rq[s].prompt_len;
+        r->admit = S->admitted++;
+        out->tokens[0] = r->first_tok, out->gap[0] = r->first_gap, out->token_s[0] = now, out->n_tokens = 1;
+        out->first_s = out->kv_ready_s = now;
+        out->prefill_done_s = r->prefill_s;
+        out->preemptions += r->pre_preempt;
+        dsacp_pd_chunks_cost(S->pd, r->chunks, r->n_chunks, &out->kv_bytes, &out->kv_messages);
+        bool stop = S->rq[s].max_new_tokens <= 1;
+        for (int64_t k = 0; k < S->rq[s].n_stop; k++) stop |= r->first_tok == S->rq[s].stop_ids[k];
+        if (stop) {
+            r->state = ST_DONE;
+            out->finish_s = now;
+            L->done++;
+        } else if (!rc) {
+            rc = seq_push(r, r->first_tok);
+        }
+    }
+    return rc;
+}
+
+/* The plan's words, in the order the leader applied them: activations, ends, adds, imports (the
+ * last two only in a consumer's plans), the entries and their token ids. */
+static int plan_words(sched *S, plan *p)
+{
+    int64_t n_act = 0;
+    for (int64_t k = 0; k < S->acts.n; k += 2 + 2 * S->acts.w[k + 1]) n_act++;
+    int rc = plan_push(p, n_act);
+    for (int64_t i = 0; i < S->acts.n && !rc; i++) rc = plan_push(p, S->acts.w[i]);
+    if (!rc) rc = plan_push(p, S->ends.n);
+    for (int64_t i = 0; i < S->ends.n && !rc; i++) rc = plan_push(p, S->ends.w[i]);
+    if (!rc) rc = plan_push(p, S->adds.n);
+    for (int64_t i = 0; i < S->adds.n && !rc; i++) rc = plan_push(p, S->adds.w[i]);
+    if (!rc) rc = plan_push(p, S->imps.n / 2);
+    for (int64_t i = 0; i < S->imps.n && !rc; i++) rc = plan_push(p, S->imps.w[i]);
+    if (!rc) rc = plan_push(p, S->n_ent);
+    for (int64_t i = 0; i < S->n_ent && !rc; i++)
+        if (!(rc = plan_push(p, S->ent_s[i]))) rc = plan_push(p, S->ent_n[i]);
+    for (int64_t i = 0; i < S->n_ent && !rc; i++)
+        for (int64_t j = 0; j < S->ent_n[i] && !rc; j++) rc = plan_push(p, S->r[S->ent_s[i]].seq[S->r[S->ent_s[i]].fed + j]);
+    return rc;
+}
+
+/* Disaggregated leader with nothing to run: waits for the other group (a grant, a DONE, an ask),
+ * at most 50 ms at a time so that arrivals are asked for and, on a consumer with transfers in
+ * flight, every rank drains its messages (*poll_only: an empty step). */
+static int idle_wait(sched *S, bool *poll_only)
+{
+    *poll_only = false;
+    bool importing = false;
+    for (int64_t s = 0; s < S->n; s++) importing |= S->r[s].state == ST_IMPORTING;
+    const int64_t *w;
+    int64_t n;
+    int rc = dsacp_pd_ctl_wait(S->pd, importing ? 0.005 : 0.05, &w, &n);
+    if (rc) return rc;
+    if (n > 0) return handle_ctl(S, w, n);
+    *poll_only = importing;
+    return DSACP_OK;
 }
 
 /* Rank 0 plans the next step into L->p (empty: every request is done, or a failure). */
@@ -512,30 +777,48 @@ static int plan_next(sched *S, loop *L)
 {
     plan *p = &L->p;
     int rc = DSACP_OK;
-    await_arrivals(S, L);
-    S->ends.n = S->adds.n = 0;
-    /* Finished requests were ended while sampling; their ids travel now. */
-    for (int64_t s = 0; s < S->n; s++)
+    S->ends.n = S->adds.n = S->imps.n = S->acts.n = 0;
+    /* Finished requests were ended while sampling; their ids travel now (a request activated and
+     * finished at once below travels in the next plan: the plan's ends come before its
+     * activations). */
+    for (int64_t s = 0; s < S->n && !rc; s++)
         if (S->r[s].state == ST_DONE && S->eid[s] >= 0) {
             rc = dsacp_engine_end_request(S->e, S->eid[s]);
             if (!rc) rc = plan_push(&S->ends, s);
             S->eid[s] = -1;
         }
-    if (!rc) rc = build_step(S);
-    if (!rc && S->n_ent == 0 && L->done < S->n)
+    for (; !rc;) {
+        if ((rc = await_arrivals(S, L))) break;
+        if (S->pd && (rc = drain_ctl(S))) break;
+        if (S->role == DSACP_KV_CONSUMER && (rc = activate_ready(S, L))) break;
+        if (!rc) rc = build_step(S);
+        if (rc || !S->pd || S->n_ent > 0 || S->imps.n > 0 || S->acts.n > 0 || L->done == S->n) break;
+        bool poll_only;
+        if ((rc = idle_wait(S, &poll_only)) || poll_only) break;
+    }
+    if (!rc && S->n_ent == 0 && !S->pd && L->done < S->n)
         rc = dsacp_error(DSACP_ECAPACITY, "serve: no request can be scheduled although each fits the KV "
                          "pool alone (a scheduler bug: the oldest running request always runs)");
-    if (!rc && L->done < S->n) {
-        plan_push(p, S->ends.n);
-        for (int64_t i = 0; i < S->ends.n; i++) plan_push(p, S->ends.w[i]);
-        plan_push(p, S->adds.n);
-        for (int64_t i = 0; i < S->adds.n; i++) plan_push(p, S->adds.w[i]);
-        plan_push(p, S->n_ent);
-        for (int64_t i = 0; i < S->n_ent; i++) plan_push(p, S->ent_s[i]), plan_push(p, S->ent_n[i]);
-        for (int64_t i = 0; i < S->n_ent; i++)
-            for (int64_t j = 0; j < S->ent_n[i]; j++) rc = rc ? rc : plan_push(p, S->r[S->ent_s[i]].seq[S->r[S->ent_s[i]].fed + j]);
-    }
+    if (!rc && L->done < S->n) rc = plan_words(S, p);
     if (rc) p->n = 0;
+    return rc;
+}
+
+/* Producer leader: the request's prompt is prefilled; its first token, the chunks that were
+ * sent and its preemptions go to the consumer's leader. */
+static int send_done(sched *S, int64_t s, int32_t tok, float gap, double when)
+{
+    sreq *r = &S->r[s];
+    const int64_t n = 7 + 2 * r->n_chunks;
+    int64_t *w = malloc((size_t)n * sizeof *w);
+    if (!w) return dsacp_error(DSACP_ENOMEM, "out of memory");
+    int32_t g;
+    memcpy(&g, &gap, sizeof g);
+    w[0] = DSACP_PD_DONE, w[1] = s, w[2] = tok, w[3] = g, w[4] = f64_bits(when), w[5] = S->res->out[s].preemptions;
+    w[6] = r->n_chunks;
+    memcpy(w + 7, r->chunks, (size_t)(2 * r->n_chunks) * sizeof *w);
+    int rc = dsacp_pd_ctl_send(S->pd, w, n);
+    free(w);
     return rc;
 }
 
@@ -555,11 +838,12 @@ static int record_step(sched *S, loop *L, double ts, double te, double cs, int64
         if (ns) res->steps = ns, res->cap_steps = cap;
     }
     int64_t pre = 0, dec = 0;
-    for (int64_t i = 0; i < S->n_ent; i++) {
+    for (int64_t i = 0; i < S->n_ent && !rc; i++) {
         sreq *r = &S->r[S->ent_s[i]];
         const int64_t s = S->ent_s[i], cnt = S->ent_n[i];
         if (cnt == 1 && r->len - r->fed == 1 && r->fed >= reqs[s].prompt_len) dec++;
         else pre += cnt;
+        if (S->role == DSACP_KV_PRODUCER && (rc = chunk_push(r, r->fed, r->fed + cnt))) break;
         r->fed += cnt;
         if (r->fed < r->len) continue;
         dsacp_serve_out *out = &res->out[s];
@@ -569,14 +853,18 @@ static int record_step(sched *S, loop *L, double ts, double te, double cs, int64
         out->tokens[out->n_tokens] = tok;
         out->gap[out->n_tokens] = top2_gap(L->logits + i * V, V);
         out->token_s[out->n_tokens++] = when;
-        bool stop = out->n_tokens >= reqs[s].max_new_tokens;
+        bool stop = out->n_tokens >= reqs[s].max_new_tokens || S->role == DSACP_KV_PRODUCER;
         for (int64_t k = 0; k < reqs[s].n_stop; k++) stop |= tok == reqs[s].stop_ids[k];
+        if (S->role == DSACP_KV_PRODUCER) {
+            out->prefill_done_s = when;
+            rc = send_done(S, s, tok, out->gap[0], when);
+        }
         if (stop) {
             r->state = ST_DONE;
             out->finish_s = when;
             L->done++;
-        } else if ((rc = seq_push(r, tok))) {
-            break;
+        } else if (!rc) {
+            rc = seq_push(r, tok);
         }
     }
     const double kv = dsacp_engine_kv_use(S->e);
@@ -587,7 +875,7 @@ static int record_step(sched *S, loop *L, double ts, double te, double cs, int64
             .t_s = ts - L->t0, .dur_ms = (te - ts) * 1e3, .prefill_tokens = pre, .decode_tokens = dec,
             .attention_ms = tm.attention * 1e3, .mlp_ms = tm.mlp * 1e3, .comm_ms = cs * 1e3,
             .comm_bytes = cb, .projections_ms = tm.projections * 1e3, .attend_ms = tm.attend * 1e3,
-            .o_proj_ms = tm.o_proj * 1e3};
+            .o_proj_ms = tm.o_proj * 1e3, .group = S->role};
     }
     if (opt->progress) {
         int64_t gen = 0, ptok = 0;
@@ -596,6 +884,21 @@ static int record_step(sched *S, loop *L, double ts, double te, double cs, int64
         opt->progress(opt->progress_arg, &pr);
     }
     return rc;
+}
+
+/* Producer, every rank: the step's entries for the link's layer hook (serve index, engine id,
+ * old length, new tokens). */
+static int pd_step_begin(sched *S, const dsacp_step_entry *ent, const int64_t *ent_s, int64_t n, int64_t **arr)
+{
+    if (!(*arr = malloc((size_t)(4 * (n > 0 ? n : 1)) * sizeof **arr))) return dsacp_error(DSACP_ENOMEM, "out of memory");
+    int64_t *s = *arr, *id = s + n, *a = id + n, *c = a + n;
+    for (int64_t i = 0; i < n; i++) {
+        s[i] = ent_s[i], id[i] = ent[i].request_id, c[i] = ent[i].n_tokens;
+        a[i] = dsacp_engine_request_length(S->e, id[i]);
+        if (a[i] < 0) return (int)a[i];
+    }
+    dsacp_pd_step_begin(S->pd, s, id, a, c, n);
+    return DSACP_OK;
 }
 
 /* One step on every rank: rank 0's plan broadcast and applied, the engine's step (logits after
@@ -614,12 +917,19 @@ static int serve_step(sched *S, loop *L, bool *finished)
     }
     dsacp_step_entry *ent = NULL;
     int32_t *ids = NULL;
-    int64_t n_ent = 0;
-    rc = plan_apply(S->e, &L->p, S->eid, !L->root, &ent, &n_ent, &ids);
+    int64_t n_ent = 0, *ent_s = NULL, *hook = NULL;
+    rc = plan_apply(S->e, S->pd, &L->p, S->eid, !L->root, &ent, &n_ent, &ids, &ent_s);
+    /* A consumer drains the entries that have arrived, on every rank, at every step. */
+    if (!rc && S->role == DSACP_KV_CONSUMER) rc = dsacp_pd_poll(S->pd);
     rc = dsacp_comm_agree(c, rc);
+    if (rc || n_ent == 0) { /* an empty step: a consumer only drained its transfers */
+        free(ent), free(ids), free(ent_s);
+        return rc;
+    }
     /* Sampling reads the logits after each entry's last token only: lm_head runs on those. */
     if (!rc && L->root && !(L->logits = realloc(L->logits, (size_t)((n_ent > 0 ? n_ent : 1) * L->V) * sizeof *L->logits)))
         rc = dsacp_error(DSACP_ENOMEM, "out of memory for the logits");
+    if (!rc && S->role == DSACP_KV_PRODUCER) rc = pd_step_begin(S, ent, ent_s, n_ent, &hook);
     rc = dsacp_comm_agree(c, rc);
     double cs0 = 0, cs1 = 0;
     const int64_t cb0 = comm_recv_total(c, &cs0);
@@ -627,41 +937,331 @@ static int serve_step(sched *S, loop *L, bool *finished)
     if (!rc) rc = dsacp_engine_step_last(S->e, ent, n_ent, L->root ? L->logits : NULL, NULL);
     const double te = dsacp_now();
     const int64_t cb1 = comm_recv_total(c, &cs1);
+    if (S->role == DSACP_KV_PRODUCER) dsacp_pd_step_end(S->pd);
     if (!rc && L->root) rc = record_step(S, L, ts, te, cs1 - cs0, cb1 - cb0);
-    free(ent), free(ids);
+    if (!rc && L->root && S->pd) rc = dsacp_pd_alive(S->pd);
+    free(ent), free(ids), free(ent_s), free(hook);
     return dsacp_comm_agree(c, rc);
 }
+
+static void sched_free(sched *S, loop *L, dsacp_engine *e, int64_t n)
+{
+    for (int64_t s = 0; s < n; s++) {
+        if (S->eid && S->eid[s] >= 0) dsacp_engine_end_request(e, S->eid[s]);
+        if (S->r) free(S->r[s].seq), free(S->r[s].chunks);
+    }
+    free(S->r), free(S->eid), free(S->ent_s), free(S->ent_n), free(S->fit_id), free(S->fit_len), free(S->order);
+    free(S->ends.w), free(S->adds.w), free(S->imps.w), free(S->acts.w), free(S->stash);
+    free(L->p.w), free(L->logits), free(L->work);
+}
+
+/* The loop itself, every rank of the group; rank 0 passes the requests. */
+static int serve_loop(sched *S, loop *L)
+{
+    int rc = DSACP_OK;
+    S->eid = malloc((size_t)(S->n > 0 ? S->n : 1) * sizeof *S->eid);
+    if (!S->eid) rc = dsacp_error(DSACP_ENOMEM, "out of memory");
+    for (int64_t i = 0; i < S->n && S->eid; i++) S->eid[i] = -1;
+    if (L->root && !rc) rc = serve_setup(S, L);
+    rc = dsacp_comm_agree(L->c, rc);
+    if (S->pd) rc = dsacp_comm_agree_phase(dsacp_pd_world(S->pd), rc, -1); /* both groups start together */
+    L->t0 = dsacp_now();
+    for (bool finished = false; !rc && !finished;) rc = serve_step(S, L, &finished);
+    if (L->root) {
+        S->res->duration_s = dsacp_now() - L->t0;
+        S->res->kv_peak_use = L->kv_peak;
+    }
+    return rc;
+}
+
+static int serve_run_pd(dsacp_engine *e, const dsacp_serve_request *reqs, int64_t n_in, const dsacp_serve_options *opt,
+                        dsacp_serve_result *res);
 
 int dsacp_serve_run(dsacp_engine *e, const dsacp_serve_request *reqs, int64_t n_in, const dsacp_serve_options *opt,
                     dsacp_serve_result *res)
 {
+    if (opt->pd) return serve_run_pd(e, reqs, n_in, opt, res);
     loop L = {.c = dsacp_engine_comm(e), .V = dsacp_engine_config(e)->vocab_size};
     L.root = dsacp_comm_rank(L.c) == 0;
-    const bool root = L.root;
     memset(res, 0, sizeof *res);
-    int64_t n = root ? n_in : 0;
+    int64_t n = L.root ? n_in : 0;
     int rc = dsacp_comm_bcast(L.c, &n, sizeof n, DSACP_PHASE_input);
     if (rc) return rc;
     sched S = {0};
     S.e = e, S.rq = reqs, S.n = n, S.o = opt, S.res = res;
-    S.eid = malloc((size_t)(n > 0 ? n : 1) * sizeof *S.eid);
-    if (!S.eid) rc = dsacp_error(DSACP_ENOMEM, "out of memory");
-    for (int64_t i = 0; i < n && S.eid; i++) S.eid[i] = -1;
-    if (root && !rc) rc = serve_setup(&S, &L);
-    rc = dsacp_comm_agree(L.c, rc);
-    L.t0 = dsacp_now();
-    for (bool finished = false; !rc && !finished;) rc = serve_step(&S, &L, &finished);
+    rc = serve_loop(&S, &L);
+    sched_free(&S, &L, e, n);
+    if (rc && L.root) {
+        char msg[512];
+        snprintf(msg, sizeof msg, "%s", dsacp_last_error());
+        dsacp_serve_result_free(res);
+        dsacp_error(rc, "%s", msg);
+    }
+    return rc;
+}
+
+/* ---- disaggregated runs: the workload to both leaders, the end, the merged result ---- */
+
+/* The world's rank 0 sends the workload to every rank as words; the leaders rebuild it. */
+static int workload_bcast(dsacp_comm *world, const dsacp_serve_request *reqs, int64_t n_in, plan *wl)
+{
+    const bool root = dsacp_comm_rank(world) == 0;
+    int rc = DSACP_OK;
     if (root) {
-        res->duration_s = dsacp_now() - L.t0;
-        res->kv_peak_use = L.kv_peak;
+        rc = plan_push(wl, n_in);
+        for (int64_t i = 0; i < n_in && !rc; i++) {
+            const dsacp_serve_request *q = &reqs[i];
+            const bool bad = q->prompt_len < 0 || q->n_stop < 0 || (q->prompt_len > 0 && !q->prompt) || (q->n_stop > 0 && !q->stop_ids);
+            const int64_t np = bad ? 0 : q->prompt_len, ns = bad ? 0 : q->n_stop;
+            rc = plan_push(wl, bad ? 0 : q->prompt_len);
+            if (!rc) rc = plan_push(wl, q->max_new_tokens);
+            if (!rc) rc = plan_push(wl, ns);
+            if (!rc) rc = plan_push(wl, f64_bits(q->arrival_s));
+            for (int64_t j = 0; j < np && !rc; j++) rc = plan_push(wl, q->prompt[j]);
+            for (int64_t j = 0; j < ns && !rc; j++) rc = plan_push(wl, q->stop_ids[j]);
+        }
     }
-    for (int64_t s = 0; s < n; s++) {
-        if (S.eid && S.eid[s] >= 0) dsacp_engine_end_request(e, S.eid[s]);
-        if (root && S.r) free(S.r[s].seq);
+    rc = dsacp_comm_agree_phase(world, rc, -1);
+    if (!rc) rc = plan_bcast(world, wl);
+    return rc;
+}
+
+/* The requests of the words (pointing into them). */
+static int workload_parse(const plan *wl, dsacp_serve_request **out, int32_t **store, int64_t *n)
+{
+    const int64_t *w = wl->w;
+    *n = wl->n > 0 ? w[0] : 0;
+    *out = calloc((size_t)(*n > 0 ? *n : 1), sizeof **out);
+    *store = malloc((size_t)(wl->n > 0 ? wl->n : 1) * sizeof **store);
+    if (!*out || !*store) return dsacp_error(DSACP_ENOMEM, "out of memory for the workload");
+    int64_t k = 1;
+    for (int64_t i = 0; i < *n; i++) {
+        dsacp_serve_request *q = &(*out)[i];
+        q->prompt_len = w[k], q->max_new_tokens = w[k + 1], q->n_stop = w[k + 2], q->arrival_s = bits_f64(w[k + 3]);
+        k += 4;
+        q->prompt = *store + k;
+        for (int64_t j = 0; j < q->prompt_len; j++) q->prompt[j] = (int32_t)w[k + j];
+        k += q->prompt_len;
+        int32_t *st = *store + k;
+        for (int64_t j = 0; j < q->n_stop; j++) st[j] = (int32_t)w[k + j];
+        q->stop_ids = st;
+        k += q->n_stop;
     }
-    free(S.r), free(S.eid), free(S.ent_s), free(S.ent_n), free(S.fit_id), free(S.fit_len), free(S.order);
-    free(S.ends.w), free(S.adds.w), free(L.p.w), free(L.logits), free(L.work);
-    if (rc && root) {
+    return DSACP_OK;
+}
+
+static int push_f64(plan *p, double d) { return plan_push(p, f64_bits(d)); }
+
+/* A message's text as words (NUL-terminated, at most 399 characters). */
+static int push_text(plan *p, const char *t)
+{
+    int64_t w[50] = {0};
+    const size_t len = strlen(t) < 399 ? strlen(t) : 399;
+    memcpy(w, t, len);
+    int rc = DSACP_OK;
+    for (size_t i = 0; i < (len + 8) / 8 && !rc; i++) rc = plan_push(p, w[i]);
+    return rc;
+}
+
+/* The text of words w[0..n) (as push_text wrote it). */
+static void words_text(const int64_t *w, int64_t n, char *out, size_t cap)
+{
+    const size_t bytes = n > 0 ? (size_t)n * 8 : 0;
+    snprintf(out, cap, "%.*s", (int)(bytes < cap - 1 ? bytes : cap - 1), (const char *)w);
+}
+
+/* A leader's part of the result as words: its steps, peak KV use and preemptions; a consumer's
+ * also every request's outputs. */
+static int result_words(const dsacp_serve_result *r, dsacp_kv_role role, plan *p)
+{
+    const int64_t sw = (int64_t)((sizeof(dsacp_serve_step) + 7) / 8);
+    int rc = plan_push(p, r->n_steps);
+    for (int64_t i = 0; i < r->n_steps && !rc; i++) {
+        int64_t w[64] = {0};
+        memcpy(w, &r->steps[i], sizeof r->steps[i]);
+        for (int64_t j = 0; j < sw && !rc; j++) rc = plan_push(p, w[j]);
+    }
+    if (!rc) rc = push_f64(p, r->kv_peak_use);
+    if (!rc) rc = plan_push(p, r->preemptions);
+    if (!rc) rc = push_f64(p, r->duration_s);
+    for (int64_t i = 0; role == DSACP_KV_CONSUMER && i < r->n_requests && !rc; i++) {
+        const dsacp_serve_out *o = &r->out[i];
+        rc = plan_push(p, o->n_tokens);
+        for (int64_t j = 0; j < o->n_tokens && !rc; j++) {
+            int32_t g;
+            memcpy(&g, &o->gap[j], sizeof g);
+            if (!(rc = plan_push(p, o->tokens[j])) && !(rc = push_f64(p, o->token_s[j]))) rc = plan_push(p, g);
+        }
+        const double t[5] = {o->arrival_s, o->first_s, o->finish_s, o->prefill_done_s, o->kv_ready_s};
+        for (int j = 0; j < 5 && !rc; j++) rc = push_f64(p, t[j]);
+        if (!rc) rc = plan_push(p, o->kv_bytes);
+        if (!rc) rc = plan_push(p, o->kv_messages);
+        if (!rc) rc = plan_push(p, o->preemptions);
+    }
+    return rc;
+}
+
+static int step_t_asc(const void *a, const void *b)
+{
+    const dsacp_serve_step *x = a, *y = b;
+    return (x->t_s > y->t_s) - (x->t_s < y->t_s);
+}
+
+/* The world's rank 0: the other leader's words (w[0] = RESULT, w[1] = status, then its part)
+ * merged into its own result. */
+static int result_merge(dsacp_serve_result *res, dsacp_kv_role mine, const int64_t *w, int64_t n)
+{
+    const int64_t sw = (int64_t)((sizeof(dsacp_serve_step) + 7) / 8);
+    int64_t k = 2;
+    const int64_t ns = n > k ? w[k++] : -1;
+    if (ns < 0 || k + ns * sw + 3 > n) return dsacp_error(DSACP_ECOMM, "malformed result from the other group");
+    dsacp_serve_step *st = realloc(res->steps, (size_t)(res->n_steps + ns + 1) * sizeof *st);
+    if (!st) return dsacp_error(DSACP_ENOMEM, "out of memory");
+    res->steps = st, res->cap_steps = res->n_steps + ns + 1;
+    for (int64_t i = 0; i < ns; i++, k += sw) memcpy(&st[res->n_steps++], w + k, sizeof *st);
+    const int g = mine == DSACP_KV_PRODUCER ? 1 : 0; /* the other group's index */
+    res->pd_kv_peak_use[g] = bits_f64(w[k]);
+    res->pd_preemptions[g] = w[k + 1];
+    const double dur = bits_f64(w[k + 2]);
+    k += 3;
+    res->pd_kv_peak_use[1 - g] = res->kv_peak_use;
+    res->pd_preemptions[1 - g] = res->preemptions;
+    res->duration_s = fmax(res->duration_s, dur);
+    for (int64_t i = 0; g == 1 && i < res->n_requests; i++) { /* the consumer's outputs replace the producer's */
+        dsacp_serve_out *o = &res->out[i];
+        const int64_t nt = k < n ? w[k++] : -1;
+        if (nt < 0 || nt > o->n_tokens + (int64_t)1e9 || k + 3 * nt + 8 > n) return dsacp_error(DSACP_ECOMM, "malformed result");
+        int32_t *tk = realloc(o->tokens, (size_t)(nt + 1) * sizeof *tk);
+        double *ts = realloc(o->token_s, (size_t)(nt + 1) * sizeof *ts);
+        float *gp = realloc(o->gap, (size_t)(nt + 1) * sizeof *gp);
+        if (tk) o->tokens = tk;
+        if (ts) o->token_s = ts;
+        if (gp) o->gap = gp;
+        if (!tk || !ts || !gp) return dsacp_error(DSACP_ENOMEM, "out of memory");
+        for (int64_t j = 0; j < nt; j++, k += 3) {
+            const int32_t gb = (int32_t)w[k + 2];
+            o->tokens[j] = (int32_t)w[k], o->token_s[j] = bits_f64(w[k + 1]);
+            memcpy(&o->gap[j], &gb, sizeof gb);
+        }
+        o->n_tokens = nt;
+        o->arrival_s = bits_f64(w[k]), o->first_s = bits_f64(w[k + 1]), o->finish_s = bits_f64(w[k + 2]);
+        o->prefill_done_s = bits_f64(w[k + 3]), o->kv_ready_s = bits_f64(w[k + 4]);
+        o->kv_bytes = w[k + 5], o->kv_messages = w[k + 6], o->preemptions = w[k + 7];
+        k += 8;
+    }
+    res->preemptions = res->pd_preemptions[0] + res->pd_preemptions[1];
+    res->kv_peak_use = fmax(res->pd_kv_peak_use[0], res->pd_kv_peak_use[1]);
+    qsort(res->steps, (size_t)res->n_steps, sizeof *res->steps, step_t_asc);
+    for (int64_t i = 0; i < res->n_steps; i++) {
+        const int j = res->steps[i].group == DSACP_KV_PRODUCER ? 0 : 1;
+        res->pd_steps[j]++;
+        res->pd_busy_s[j] += res->steps[i].dur_ms * 1e-3;
+    }
+    return DSACP_OK;
+}
+
+/* The world's rank 0 waits for the other leader's RESULT, any other leader for the FINAL verdict
+ * (an ABORT on the way is noted: the other group failed and says why). *w / *n: the message. */
+static int pd_end_wait(sched *S, int64_t want, const int64_t **w, int64_t *n, int *peer, char *text, size_t cap)
+{
+    *w = S->stash, *n = S->n_stash;
+    while (!(*n > 0 && (*w)[0] == want)) {
+        int st = dsacp_pd_ctl_wait(S->pd, -1, w, n);
+        if (st) return st;
+        if (*n > 0 && (*w)[0] == DSACP_PD_ABORT) {
+            *peer = dsacp_pd_abort_error(S->pd, *w, *n);
+            snprintf(text, cap, "%s", dsacp_last_error());
+        }
+    }
+    return DSACP_OK;
+}
+
+/* The end of a disaggregated run: a producer's sends complete, the group agrees, the other
+ * leader's part and verdict come to the world's rank 0, which sends the run's verdict back; each
+ * leader gives it to its group. Every wait on the other group is bounded by the link's timeout. */
+static int pd_end(sched *S, loop *L, int rc)
+{
+    dsacp_pd *pd = S->pd;
+    if (S->role == DSACP_KV_PRODUCER && !rc) rc = dsacp_pd_flush(pd);
+    rc = dsacp_comm_agree(L->c, rc);
+    char text[400] = "";
+    if (rc) snprintf(text, sizeof text, "%s", dsacp_last_error());
+    int64_t verdict[1 + 50] = {rc};
+    if (L->root) {
+        const bool wroot = dsacp_pd_world_rank(pd) == 0;
+        const char *other = S->role == DSACP_KV_PRODUCER ? "kv_consumer" : "kv_producer";
+        plan out = {0};
+        int peer = DSACP_OK, st = DSACP_OK;
+        if (!wroot) { /* RESULT: status, then the part (or the failure's text) */
+            st = plan_push(&out, DSACP_PD_RESULT);
+            if (!st) st = plan_push(&out, rc);
+            if (!st) st = rc ? push_text(&out, text) : result_words(S->res, S->role, &out);
+            if (!st) st = dsacp_pd_ctl_send(pd, out.w, out.n);
+        }
+        const int64_t *w = NULL;
+        int64_t n = 0;
+        if (!st) st = pd_end_wait(S, wroot ? DSACP_PD_RESULT : DSACP_PD_FINAL, &w, &n, &peer, text, sizeof text);
+        if (!st && !rc && n > 1 && w[1]) { /* the other group failed, or (FINAL) the run did */
+            char pm[400];
+            words_text(w + 2, n - 2, pm, sizeof pm);
+            peer = (int)w[1];
+            if (wroot) snprintf(text, sizeof text, "the %s group failed: %.340s", other, pm);
+            else snprintf(text, sizeof text, "%s", pm);
+        }
+        if (wroot && !st && !rc && !peer) st = result_merge(S->res, S->role, w, n);
+        if (st && !rc) snprintf(text, sizeof text, "%s", dsacp_last_error());
+        const int final = rc ? rc : st ? st : peer;
+        if (wroot && !(st == DSACP_ECOMM && !rc)) { /* the verdict and its text to the other leader */
+            out.n = 0;
+            if (!plan_push(&out, DSACP_PD_FINAL) && !plan_push(&out, final) && !push_text(&out, final ? text : ""))
+                (void)dsacp_pd_ctl_send(pd, out.w, out.n);
+            (void)dsacp_pd_flush(pd);
+        }
+        verdict[0] = final;
+        memcpy(verdict + 1, text, strlen(text) < 399 ? strlen(text) : 399);
+        free(out.w);
+    }
+    int b = dsacp_comm_bcast(L->c, verdict, sizeof verdict, DSACP_PHASE_input);
+    if (b) return b;
+    if (verdict[0] && !(rc && !L->root && verdict[0] == rc)) {
+        char msg[400];
+        words_text(verdict + 1, 50, msg, sizeof msg);
+        return dsacp_error((int)verdict[0], "%s", msg);
+    }
+    return (int)verdict[0];
+}
+
+static int serve_run_pd(dsacp_engine *e, const dsacp_serve_request *reqs, int64_t n_in, const dsacp_serve_options *opt,
+                        dsacp_serve_result *res)
+{
+    dsacp_pd *pd = opt->pd;
+    dsacp_comm *world = dsacp_pd_world(pd);
+    memset(res, 0, sizeof *res);
+    plan wl = {0};
+    dsacp_serve_request *own = NULL;
+    int32_t *store = NULL;
+    int64_t n = 0;
+    int rc = workload_bcast(world, reqs, n_in, &wl);
+    if (!rc) rc = workload_parse(&wl, &own, &store, &n);
+    rc = dsacp_comm_agree_phase(world, rc, -1);
+    const bool wroot = dsacp_comm_rank(world) == 0;
+    dsacp_serve_result local = {0};
+    loop L = {.c = dsacp_engine_comm(e), .V = dsacp_engine_config(e)->vocab_size};
+    L.root = dsacp_comm_rank(L.c) == 0;
+    sched S = {0};
+    S.e = e, S.rq = own, S.n = n, S.o = opt, S.res = wroot ? res : &local, S.pd = pd, S.role = dsacp_pd_role(pd);
+    if (!rc) rc = serve_loop(&S, &L);
+    if (rc && L.root) dsacp_pd_abort(pd, rc, dsacp_last_error());
+    if (!rc || L.t0 > 0) rc = pd_end(&S, &L, rc);
+    if (wroot && !rc) {
+        int wp, wd;
+        dsacp_pd_sizes(pd, &wp, &wd);
+        res->pd = true, res->pd_W[0] = wp, res->pd_W[1] = wd;
+    }
+    sched_free(&S, &L, e, n);
+    dsacp_serve_result_free(&local);
+    free(own), free(store), free(wl.w);
+    if (rc && wroot) {
         char msg[512];
         snprintf(msg, sizeof msg, "%s", dsacp_last_error());
         dsacp_serve_result_free(res);
