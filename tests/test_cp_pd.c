@@ -24,7 +24,7 @@ enum { NREQ = 7 };
 
 static dsacp_comm *g_world;
 static int g_rank, g_W;
-static int64_t g_runs, g_starved;
+static int64_t g_runs, g_starved, g_preempted;
 
 typedef struct pd_case {
     dsacp_cp_mode mode;
@@ -33,6 +33,7 @@ typedef struct pd_case {
     int64_t G, I, B;
     bool producer_dcp; /* the producer on DCP (sharded, I_p = 2) instead of the pure-prefill plan */
     bool starved;      /* the consumer's pool holds the largest request alone, no more */
+    bool realtime;     /* the arrivals on the wall clock (staggered by a few ms) */
 } pd_case;
 
 /* The workload every rank draws: long and short prompts, one shorter than W_d I_d, one exactly
@@ -107,7 +108,7 @@ static void run_case(const dsacp_model *m, dsacp_comm *group, bool producer, int
     CHECKF(rc == DSACP_OK, "%s: link: %s", what, dsacp_last_error());
     dsacp_serve_options so;
     dsacp_serve_options_default(&so);
-    so.realtime = false;
+    so.realtime = c->realtime;
     so.max_batch_tokens = 24; /* chunked prefill */
     so.pd = pd;
     dsacp_serve_result res;
@@ -127,6 +128,7 @@ static void run_case(const dsacp_model *m, dsacp_comm *group, bool producer, int
     if (!rc && g_rank == 0) {
         g_runs++;
         g_starved += c->starved;
+        g_preempted += res.pd_preemptions[1];
         CHECKF(res.pd && res.pd_W[0] == P && res.pd_W[1] == Wd && res.n_requests == NREQ, "%s: result", what);
         for (int i = 0; i < NREQ; i++) {
             const dsacp_serve_out *a = &res.out[i], *b = &ref->out[i];
@@ -154,7 +156,8 @@ static int consumer_cases(const dsacp_config *cfg, int Wd, pd_case *out, int cap
     for (int s = -1; s < ns; s++)
         for (int ii = 0; ii < 3; ii++, k++) {
             pd_case c = {.mode = s < 0 ? DSACP_CP_DSA_CP : DSACP_CP_DCP, .dec = s < 0 ? DSACP_DECODE_ALLGATHER_KV : (dsacp_decode_strategy)s,
-                         .B = blocks[k % 3], .G = 1, .producer_dcp = k % 4 == 1, .starved = k % 5 == 2};
+                         .B = blocks[k % 3], .G = 1, .producer_dcp = k % 4 == 1, .starved = k % 5 == 2,
+                         .realtime = k % 7 == 3};
             c.I = ii == 0 ? 1 : ii == 1 ? 3 : c.B;
             c.kv = s < 0 ? DSACP_LAYOUT_REPLICATED : DSACP_LAYOUT_SHARDED;
             const int rot = (k + s) % 3;
@@ -253,8 +256,8 @@ int main(int argc, char **argv)
         dsacp_comm_free(group);
     }
     if (g_rank == 0) {
-        printf("W=%d: %lld disaggregated runs (%lld with a starved consumer pool), tokens of one process\n", g_W,
-               (long long)g_runs, (long long)g_starved);
+        printf("W=%d: %lld disaggregated runs (%lld with a starved consumer pool, %lld preemptions there), tokens of "
+               "one process\n", g_W, (long long)g_runs, (long long)g_starved, (long long)g_preempted);
         CHECK(g_runs > 0);
     }
     dsacp_model_free(m);
