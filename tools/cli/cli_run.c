@@ -296,7 +296,7 @@ static int64_t workload_blocks(const workload *wl, int64_t bs)
 }
 
 /* The block size of the group of `role` (the ranks of a group share their flags). */
-static int64_t run_pd_group_block_size(const run_state *st, int role)
+static int64_t group_block_size(const run_state *st, int role)
 {
     const int size = dsacp_comm_size(st->world);
     for (int q = 0; q < size; q++)
@@ -335,7 +335,7 @@ static int run_make_workload(const cli_opt *opts, const run_args *a, run_state *
         if (st->world) rc = dsacp_comm_bcast(st->world, &st->need, sizeof st->need, DSACP_PHASE_input);
     } else if (!rc) { /* world rank 0 sizes both groups' pools, each by its block size */
         int64_t need[3] = {0};
-        for (int r = 1; st->root && r < 3; r++) need[r] = workload_blocks(&st->wl, run_pd_group_block_size(st, r));
+        for (int r = 1; st->root && r < 3; r++) need[r] = workload_blocks(&st->wl, group_block_size(st, r));
         rc = dsacp_comm_bcast(st->world, need, sizeof need, -1);
         st->need = need[a->pd.role];
     }

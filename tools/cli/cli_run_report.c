@@ -168,12 +168,13 @@ static void text_ranks(FILE *f, const report_ctx *c)
     }
     fprintf(f, "%-42s %d, disaggregated:\n", "Ranks:", c->world_W);
     for (int g = DSACP_KV_PRODUCER; g <= DSACP_KV_CONSUMER; g++) {
-        int n = 0, lead = -1;
+        int n = 0, lead = -1, last = -1;
         for (int q = 0; q < c->world_W; q++)
-            if (c->pd[q].role == g) n++, lead = lead < 0 ? q : lead;
-        if (lead >= 0)
-            fprintf(f, "  %-11s %d rank%s (world %d..%d): %s\n", dsacp_kv_role_name((dsacp_kv_role)g), n,
-                    n == 1 ? " " : "s", lead, lead + n - 1, c->pd[lead].plan);
+            if (c->pd[q].role == g) n++, lead = lead < 0 ? q : lead, last = q;
+        char who[64];
+        if (n == 1) snprintf(who, sizeof who, "1 rank (world rank %d)", lead);
+        else snprintf(who, sizeof who, "%d ranks (world ranks %d%s%d)", n, lead, last - lead + 1 == n ? "-" : ", ..., ", last);
+        if (lead >= 0) fprintf(f, "  %-11s %s: %s\n", dsacp_kv_role_name((dsacp_kv_role)g), who, c->pd[lead].plan);
     }
 }
 
