@@ -24,7 +24,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 static const char *const role_names[] = {"kv_both", "kv_producer", "kv_consumer"};
 
@@ -317,16 +316,14 @@ static int pd_isend(dsacp_pd *pd, int dest, int tag, void *buf, size_t bytes, in
 
 int dsacp_pd_flush(dsacp_pd *pd)
 {
-    const double t0 = dsacp_now();
+    dsacp_comm_poll p;
+    dsacp_comm_poll_start(&p, pd->timeout);
     int rc;
-    while (!(rc = pd_sends_test(pd)) && pd->n_sends > 0) {
-        if (dsacp_now() - t0 > pd->timeout)
-            return dsacp_error(DSACP_ECOMM, "world rank %d: %lld transfer message%s not taken by the kv_consumer group "
-                               "after %g s", pd->wrank, (long long)pd->n_sends, pd->n_sends == 1 ? " was" : "s were",
-                               pd->timeout);
-        const struct timespec ts = {0, 100000};
-        nanosleep(&ts, NULL);
-    }
+    while (!(rc = pd_sends_test(pd)) && pd->n_sends > 0)
+        if (!dsacp_comm_poll_next(&p))
+            return dsacp_error(DSACP_ECOMM, "world rank %d: %lld message%s not taken by the %s group after %g s", pd->wrank,
+                               (long long)pd->n_sends, pd->n_sends == 1 ? " was" : "s were",
+                               pd->role == DSACP_KV_PRODUCER ? "kv_consumer" : "kv_producer", pd->timeout);
     return rc;
 }
 
@@ -386,17 +383,15 @@ int dsacp_pd_abort_error(const dsacp_pd *pd, const int64_t *w, int64_t n)
 
 int dsacp_pd_ctl_wait(dsacp_pd *pd, double max_s, const int64_t **w, int64_t *n)
 {
-    const double t0 = dsacp_now();
-    for (int spin = 0;; spin++) {
+    /* Silence past the timeout is ctl_poll's error; max_s only ends the wait quietly. */
+    dsacp_comm_poll p;
+    dsacp_comm_poll_start(&p, max_s >= 0 ? fmax(max_s, 1e-9) : 0);
+    for (;;) {
         int rc = dsacp_pd_ctl_poll(pd, w, n);
         if (rc || *n > 0) return rc;
-        if (max_s >= 0 && dsacp_now() - t0 >= max_s) return DSACP_OK;
         if (pd->role == DSACP_KV_CONSUMER && (rc = dsacp_pd_poll(pd))) return rc;
         if ((rc = dsacp_pd_alive(pd))) return rc;
-        if (spin > 64) {
-            const struct timespec ts = {0, 200000};
-            nanosleep(&ts, NULL);
-        }
+        if (!dsacp_comm_poll_next(&p)) return DSACP_OK;
     }
 }
 
@@ -552,18 +547,15 @@ int dsacp_pd_import_finish(dsacp_pd *pd, int64_t s, const int64_t *chunks, int64
     for (int64_t i = 0; i < n_chunks; i++) dsacp_cp_relayout_comm(&pd->rl, chunks[2 * i], chunks[2 * i + 1], 1, pd->grank, &c);
     pd->predicted.calls += c.calls, pd->predicted.bytes_sent += c.bytes_sent, pd->predicted.bytes_recv += c.bytes_recv;
     im->expected = c.calls;
-    const double t0 = dsacp_now();
+    dsacp_comm_poll p;
+    dsacp_comm_poll_start(&p, pd->timeout);
     int rc = DSACP_OK;
-    for (int spin = 0; !rc && im->received < im->expected; spin++) {
+    while (!rc && im->received < im->expected) {
         if ((rc = pd_drain(pd, im)) || im->received >= im->expected) break;
-        if (dsacp_now() - t0 > pd->timeout)
+        if (!dsacp_comm_poll_next(&p))
             rc = dsacp_error(DSACP_ECOMM, "world rank %d: %lld of the %lld transfer messages of request %lld arrived "
                              "in %g s", pd->wrank, (long long)im->received, (long long)im->expected, (long long)s,
                              pd->timeout);
-        else if (spin > 64) {
-            const struct timespec ts = {0, 100000};
-            nanosleep(&ts, NULL);
-        }
     }
     if (!rc && im->received > im->expected)
         rc = dsacp_error(DSACP_ECOMM, "request %lld: %lld transfer messages arrived, %lld expected", (long long)s,
