@@ -7,23 +7,25 @@
 PD_WORKLOAD=(--requests "${PD_REQUESTS:-6}" --prompt-len "${PD_PROMPT:-768:1536}" --gen-len 4:8 --max-batch-tokens 512
              --arrival-rate 0 --seed 11)
 
-# pd_run SECONDS JSON EXTRA...: the disaggregated run, MPMD, one rank per host.
+# pd_run SECONDS JSON EXTRA...: the disaggregated run, MPMD, one rank per host, the report in
+# JSON (--json is the job's: every group names it), EXTRA flags to both groups, PD_MPI (an array) to mpirun.
+read -r -a PD_MPI <<<"${PD_MCA:-}"    # e.g. PD_MCA="--mca btl_tcp_progress_thread 1"
 pd_run() {
   local secs=$1 json=$2; shift 2
-  local common=(run --model "$work/m" "${PD_WORKLOAD[@]}" "$@")
-  netns_mpirun "$secs" 1 1 "${PLACE[@]}" -np 1 "$dsacp" "${common[@]}" --kv-role kv_producer --json "$json" \
+  local common=(run --model "$work/m" "${PD_WORKLOAD[@]}" --json "$json" "$@")
+  netns_mpirun "$secs" 1 1 "${PLACE[@]}" "${PD_MPI[@]}" -np 1 "$dsacp" "${common[@]}" --kv-role kv_producer \
     : -np 1 "$dsacp" "${common[@]}" --kv-role kv_consumer
 }
 
 do_pd() {
-  "$dsacp" run --help 2>/dev/null | grep -q -- '--kv-role' || { echo "skip: this dsacp has no 'run --kv-role'"; return 77; }
+  grep -qa -- 'kv-transfer-timeout' "$dsacp" || { echo "skip: this dsacp has no 'run --kv-role'"; return 77; }
   model || return 1
   local rate fig lat gbps rc=0
   for rate in $RATES; do
     netns_shape "$rate" || { echo "FAIL tc tbf rate $rate"; return 1; }
     fig=$(pingpong 16777216 0.3) || { echo "FAIL ping-pong at $rate"; return 1; }
     read -r lat gbps < <(link_figures <<<"$fig")
-    if ! pd_run 600 "$work/pd.json" --verify >"$work/pd.log" 2>&1; then
+    if ! pd_run 300 "$work/pd.json" >"$work/pd.log" 2>&1; then
       echo "FAIL disaggregated run at $rate: $(tail -n 20 "$work/pd.log")"; rc=1; continue
     fi
     echo "rate $rate: measured link ${lat} us per message, ${gbps} Gb/s"
@@ -56,6 +58,17 @@ ranks_alive() {
   done
 }
 
+# Where each rank process still running is (gdb, when installed): its frames in dsacp and MPI.
+stacks() {
+  command -v gdb >/dev/null || return 0
+  local pid
+  for pid in $(ranks_alive "$1"); do
+    echo "     stack of rank process $pid:"
+    timeout 30 gdb -p "$pid" -batch -ex 'bt 30' 2>/dev/null | grep -E '^#' | grep -E 'at /|Finalize|PMPI' |
+      sed 's/^/       /' | cut -c1-220 | head -n 10
+  done
+}
+
 # wait_ranks N COMM: until N rank processes named COMM run (60 s at most): the link must go down
 # mid-run, not before the far host's ranks have started.
 wait_ranks() {
@@ -77,7 +90,10 @@ fault_watch() {
   done
   local dt=$((SECONDS - t0))
   if (( ok )); then echo "ok   $name: every rank ended ${dt} s after the link went down (bound $bound s)"
-  else echo "FAIL $name: ranks $(ranks_alive "$4" | tr '\n' ' ')still running $bound s after the link went down"; fi
+  else
+    echo "FAIL $name: ranks $(ranks_alive "$4" | tr '\n' ' ')still running $bound s after the link went down"
+    stacks "$4"
+  fi
   netns_link up
   t0=$SECONDS
   while kill -0 "$mp" 2>/dev/null && (( SECONDS - t0 < 30 )); do sleep 0.2; done
@@ -86,13 +102,14 @@ fault_watch() {
 }
 
 do_fault() {
-  "$dsacp" run --help 2>/dev/null | grep -q -- '--kv-transfer-timeout' || { echo "skip: this dsacp has no 'run --kv-transfer-timeout'"; return 77; }
+  grep -qa -- 'kv-transfer-timeout' "$dsacp" || { echo "skip: this dsacp has no 'run --kv-transfer-timeout'"; return 77; }
   model || return 1
   local to=${FAULT_TIMEOUT:-3} rc=0
   rm -rf "$work/fault"
   # Requests arriving over ~20 s on the wall clock, so the link goes down in the middle.
   PD_WORKLOAD=(--requests 40 --prompt-len 64:256 --gen-len 16:32 --arrival-rate 2 --seed 12)
-  pd_run $((to * 4 + 60)) "$work/fault.json" --kv-transfer-timeout "$to" --output-filename "$work/fault" >"$work/fault.log" 2>&1 &
+  PD_MPI=(--output-filename "$work/fault")
+  pd_run $((to * 4 + 60)) "$work/fault.json" --kv-transfer-timeout "$to" >"$work/fault.log" 2>&1 &
   local mp=$!
   wait_ranks 2 dsacp || return 1
   sleep "${FAULT_AFTER:-4}"
