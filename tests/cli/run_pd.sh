@@ -6,7 +6,7 @@ set -u
 . "$(dirname "$0")/lib/common.sh"
 
 "$DSACP" init-model --preset tiny --out "$tmp/m" --seed 5 >/dev/null || { echo "init-model failed"; exit 1; }
-C=(--model "$tmp/m" --requests 4 --prompt-len 6:40 --gen-len 2:6 --max-batch-tokens 32 --no-realtime --seed 3)
+C=(--model "$tmp/m" --requests 4 --prompt-len 6:40 --gen-len 2:6 --max-batch-tokens 24 --no-realtime --seed 3)
 
 # pd_refused NAME STATUS PATTERN -- CMD...: exit STATUS within 30 s (no hang), exactly one line of
 # dsacp's on stderr holding PATTERN, no MPI abort or crash, and no --json file written.
@@ -47,5 +47,57 @@ pd_refused "job-wide flags differ between the groups" 2 "give '--arrival-rate' d
 pd_refused "the ranks of a group with different flags" 2 "world ranks 1 and 2 (kv_consumer) were started with different flags" -- \
   mpi 1 "$DSACP" run "${C[@]}" "${P[@]}" "${J[@]}" : -np 1 "$DSACP" run "${C[@]}" "${K[@]}" "${J[@]}" \
       : -np 1 "$DSACP" run "${C[@]}" "${K[@]}" "${J[@]}" --block-size 32
+# After the split: each group's plan against its own size, and the link's refusals.
+pd_refused "a consumer strategy its layout cannot run" 2 "'--decode-strategy exact-topk' needs '--index-layout sharded'" -- \
+  mpi 3 "$DSACP" run "${C[@]}" --pd 1:2 --index-layout replicated --decode-strategy exact-topk "${J[@]}"
+pd_refused "mismatched cache dtypes (the link)" 2 "the groups must use the same cache dtype" -- \
+  mpi 1 "$DSACP" run "${C[@]}" "${P[@]}" "${J[@]}" --numerics deployed --kv-dtype fp8 \
+    : -np 1 "$DSACP" run "${C[@]}" "${K[@]}" "${J[@]}" --numerics deployed --kv-dtype bf16
+"$DSACP" init-model --preset tiny-moe --out "$tmp/m2" --seed 5 >/dev/null || fail "init-model tiny-moe"
+M2=("${C[@]}"); M2[1]="$tmp/m2"
+pd_refused "mismatched models (the link)" 2 "both groups must serve the same model" -- \
+  mpi 1 "$DSACP" run "${C[@]}" "${P[@]}" "${J[@]}" : -np 1 "$DSACP" run "${M2[@]}" "${K[@]}" "${J[@]}"
+
+# The runs: tokens identical to one process (--verify, exact numerics), the report's members, the
+# link's counters equal to the relayout's formula, the counters' report of both groups and the link.
+pd_report() { # REPORT.json COMM.json WP WD
+  python3 - "$@" <<'PY'
+import json, sys
+r, c = json.load(open(sys.argv[1])), json.load(open(sys.argv[2]))
+wp, wd = int(sys.argv[3]), int(sys.argv[4])
+d = r["disaggregated"]
+assert r["verify"]["passed"] and r["completed"] == len(r["requests"]), r["verify"]
+assert d["producer"]["world"] == wp and d["consumer"]["world"] == wd and r["config"]["world"] == wp + wd, d
+t = d["transfer"]
+assert t["counters_equal_formula"] and t["bytes"] > 0 and t["messages"] > 0, t
+assert len(t["link_counters"]) == wp + wd and sum(x["kv_transfer"]["bytes_sent"] for x in t["link_counters"]) \
+    == sum(x["kv_transfer"]["bytes_recv"] for x in t["link_counters"]), t["link_counters"]
+for k in ["mean_ttft_ms", "p99_tpot_ms", "median_itl_ms", "p99_itl_ms", "mean_transfer_ms", "p99_kv_bytes"]:
+    assert k in r or k in t, k
+for q in r["requests"]:
+    assert q["kv_bytes"] > 0 and q["kv_ready_s"] >= q["prefill_done_s"] and q["transfer_ms"] >= 0, q
+assert {s["group"] for s in r["steps"]} == {"kv_producer", "kv_consumer"}
+assert [m["role"] for m in r["memory_per_rank"]].count("kv_consumer") == wd
+assert list(c) == ["producer", "consumer", "link"] and c["link"]["world"] == wp + wd
+assert c["producer"]["world"] == wp and c["consumer"]["world"] == wd
+for g in ["producer", "consumer"]:
+    json.dump(c[g], open("%s.%s" % (sys.argv[2], g), "w"))
+print("%d requests, %d transfer bytes in %d messages" % (len(r["requests"]), t["bytes"], t["messages"]))
+PY
+  # Each group's counters equal the planner's prediction of its steps (its own report).
+  python3 "$PLAN_MATCHES" "$2.producer" "$3" >/dev/null && python3 "$PLAN_MATCHES" "$2.consumer" "$4" >/dev/null
+}
+rm -f "$tmp/o.json" "$tmp/rep.json"
+if mpi 1 "$DSACP" run "${C[@]}" "${P[@]}" --block-size 16 --verify --json "$tmp/o.json" --comm-report "$tmp/rep.json" \
+     : -np 2 "$DSACP" run "${C[@]}" "${K[@]}" --block-size 32 --cp-interleave 3 --verify --json "$tmp/o.json" \
+       --comm-report "$tmp/rep.json" >"$tmp/log" 2>&1 && out=$(pd_report "$tmp/o.json" "$tmp/rep.json" 1 2) &&
+   grep -q 'Verify.*4 of 4' "$tmp/log" && grep -q 'equal on every rank' "$tmp/log"; then
+  pass "MPMD 1 producer (block 16) + 2 consumers (block 32, interleave 3): verified, planner = counters per group, $out"
+else fail "MPMD 1 + 2: ${out:-} $(tail -n 12 "$tmp/log")"; fi
+rm -f "$tmp/o.json" "$tmp/rep.json"
+if mpi 5 "$DSACP" run "${C[@]}" --pd 3:2 --verify --json "$tmp/o.json" --comm-report "$tmp/rep.json" >"$tmp/log" 2>&1 &&
+   out=$(pd_report "$tmp/o.json" "$tmp/rep.json" 3 2) && grep -q 'Verify.*4 of 4' "$tmp/log"; then
+  pass "--pd 3:2 (5 ranks): verified, planner = counters per group, $out"
+else fail "--pd 3:2: ${out:-} $(tail -n 12 "$tmp/log")"; fi
 
 finish

@@ -398,6 +398,7 @@ static int run_serve(const run_args *a, run_state *st, const dsacp_engine_option
         dsacp_serve_options s1 = st->so;
         s1.realtime = false;
         s1.progress = NULL;
+        s1.pd = NULL; /* one process, no link */
         dsacp_engine_options e1o = *eo;
         e1o.num_blocks = st->need; /* one process holds every position: room for the whole workload */
         rc = dsacp_engine_create(st->m, &e1o, &e1);
