@@ -32,7 +32,11 @@ def main():
     print('  total %d bytes in %d messages; transfer after prefill mean / p99 %.2f / %.2f ms; link counters equal the '
           'formula: %s' % (t['bytes'], t['messages'], t['mean_transfer_ms'], t['p99_transfer_ms'],
                            t['counters_equal_formula']))
-    if not t['counters_equal_formula']:
+    v = rep.get('verify')
+    if v:
+        print('  --verify: %d of %d requests identical to one process (%s)' % (v['identical'], v['requests'],
+                                                                           'passed' if v['passed'] else 'FAILED'))
+    if not t['counters_equal_formula'] or (v and not v['passed']):
         sys.exit(1)
 
 
