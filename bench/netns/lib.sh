@@ -8,18 +8,24 @@ VETH_A=dsva$$ VETH_B=dsvb$$                # the pair's ends (interface names: 1
 ADDR_A=10.77.0.1 ADDR_B=10.77.0.2 NETNS_SUBNET=10.77.0.0/24
 NETNS_MADE=()                              # what this run created, for teardown
 
-# 0: root, iproute2 and namespaces usable; 77: not here (not root, or namespaces refused, as in
-# most containers), with the reason on stderr; 1: iproute2 missing and not root.
+# 0: root, iproute2 and namespaces usable; 77: not here (not root -- then a missing iproute2 is
+# only reported, with the one command to run -- or namespaces refused, as in most containers),
+# the reason on stderr; 1: installing iproute2 as root failed.
 netns_require() {
-  if ! command -v ip >/dev/null 2>&1 || ! command -v tc >/dev/null 2>&1; then
+  local tool have=1
+  for tool in ip tc; do
+    command -v "$tool" >/dev/null 2>&1 || [[ -x /usr/sbin/$tool || -x /sbin/$tool ]] || have=0
+  done
+  if (( !have )); then
     if [[ $(id -u) -ne 0 ]]; then
-      echo "netns: iproute2 (ip, tc) is missing; run: sudo apt-get install -y iproute2" >&2; return 1
+      echo "netns: iproute2 (ip, tc) is missing; run: sudo apt-get install -y iproute2" >&2; return 77
     fi
     echo "netns: installing iproute2" >&2
     DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2 &&
       DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends iproute2 >&2 || return 1
   fi
   [[ $(id -u) -eq 0 ]] || { echo "netns: needs root (network namespaces)" >&2; return 77; }
+  export PATH=$PATH:/usr/sbin:/sbin
   local probe=dsacp-p-$$
   if ! ip netns add "$probe" 2>/dev/null; then
     echo "netns: network namespaces are not permitted here" >&2; return 77
