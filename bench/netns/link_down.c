@@ -6,6 +6,7 @@
  *   abort     MPI_Abort(MPI_COMM_WORLD, 1)
  *   exit      exit(1) without MPI_Finalize
  *   mpirun -np 2 link_down MODE TIMEOUT */
+#define _POSIX_C_SOURCE 200809L /* nanosleep under -std=c11 */
 #include <mpi.h>
 #include <stdio.h>
 #include <stdlib.h>
