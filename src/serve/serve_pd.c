@@ -181,6 +181,7 @@ void dsacp_pd_free(dsacp_pd *pd)
 }
 
 static int pd_layer_hook(void *arg, int64_t layer);
+static int pd_consumer_hook(void *arg, int64_t layer);
 
 /* The descriptions of every world rank, gathered; the groups' sizes and world ranks. */
 static int pd_describe(dsacp_pd *pd, pd_desc *all)
@@ -248,7 +249,7 @@ int dsacp_pd_create(dsacp_comm *world, dsacp_engine *e, dsacp_kv_role role, doub
         const int tmax = dsacp_comm_tag_max(pd->link);
         pd->tag_slots = tmax > 1 ? tmax - 1 : 1;
         pd->last_sent = pd->last_heard = dsacp_now();
-        if (role == DSACP_KV_PRODUCER) dsacp_engine_set_layer_hook(e, pd_layer_hook, pd);
+        dsacp_engine_set_layer_hook(e, role == DSACP_KV_PRODUCER ? pd_layer_hook : pd_consumer_hook, pd);
     }
     rc = dsacp_comm_agree_phase(world, rc, -1);
     free(all);
@@ -516,6 +517,16 @@ static int pd_receive(dsacp_pd *pd, pd_import *im, dsacp_comm_message *m)
                                     pd->rbuf + DSACP_RELAYOUT_HEADER + h[2] * lb);
     im->received++;
     return rc;
+}
+
+/* A consumer drains arrived entries after every layer of its own steps too: over TCP a large
+ * message moves only while the receiving side calls MPI (Open MPI's rendezvous has no progress
+ * thread by default), so polling between layers keeps the transfer in flight while the consumer
+ * decodes (docs/netns.md). The importing requests' blocks are not read by the step. */
+static int pd_consumer_hook(void *arg, int64_t layer)
+{
+    (void)layer;
+    return dsacp_pd_poll(arg);
 }
 
 /* Drains the messages of import im that have arrived. */
