@@ -136,7 +136,7 @@ static void run_case(const dsacp_model *m, dsacp_comm *group, bool producer, int
             for (int64_t k = 0; same && k < a->n_tokens; k++) same = a->tokens[k] == b->tokens[k];
             CHECKF(same, "%s: request %d (prompt %lld): %lld tokens, one process %lld, or a token differs", what, i,
                    (long long)rq[i].prompt_len, (long long)a->n_tokens, (long long)b->n_tokens);
-            CHECKF(a->kv_bytes > 0 && a->kv_messages > 0 && a->prefill_done_s >= 0 && a->kv_ready_s >= a->prefill_done_s - 0.5 &&
+            CHECKF(a->kv_bytes > 0 && a->kv_messages > 0 && a->prefill_done_s >= 0 && a->kv_ready_s >= a->prefill_done_s - 0.05 &&
                        a->first_s == a->kv_ready_s && a->finish_s >= a->first_s,
                    "%s: request %d's times or transfer", what, i);
         }

@@ -269,6 +269,7 @@ typedef struct sched {
     plan imps, acts;        /* consumer: this plan's imports and activations */
     int64_t *stash;         /* consumer leader: the producer's RESULT when it came during the loop */
     int64_t n_stash;
+    double shift;           /* consumer leader: its run clock + shift = the producer's */
 } sched;
 
 static int seq_push(sreq *r, int32_t tok)
@@ -966,6 +967,9 @@ static int serve_loop(sched *S, loop *L)
     rc = dsacp_comm_agree(L->c, rc);
     if (S->pd) rc = dsacp_comm_agree_phase(dsacp_pd_world(S->pd), rc, -1); /* both groups start together */
     L->t0 = dsacp_now();
+    /* One clock for the run: the consumer's times are put on the producer's at the end. */
+    if (S->pd && L->root && !rc) rc = dsacp_pd_clock_sync(S->pd, L->t0, &S->shift);
+    if (S->pd) rc = dsacp_comm_agree(L->c, rc);
     for (bool finished = false; !rc && !finished;) rc = serve_step(S, L, &finished);
     if (L->root) {
         S->res->duration_s = dsacp_now() - L->t0;
@@ -1179,9 +1183,22 @@ static int pd_end_wait(sched *S, int64_t want, const int64_t **w, int64_t *n, in
 /* The end of a disaggregated run: a producer's sends complete, the group agrees, the other
  * leader's part and verdict come to the world's rank 0, which sends the run's verdict back; each
  * leader gives it to its group. Every wait on the other group is bounded by the link's timeout. */
+/* The consumer leader's times onto the producer's clock (the run's: arrivals are there); a
+ * request's arrival stays as it is. */
+static void shift_times(dsacp_serve_result *r, double shift)
+{
+    for (int64_t i = 0; i < r->n_requests && r->out; i++) {
+        dsacp_serve_out *o = &r->out[i];
+        for (int64_t j = 0; j < o->n_tokens; j++) o->token_s[j] += shift;
+        o->first_s += shift, o->finish_s += shift, o->kv_ready_s += shift;
+    }
+    for (int64_t i = 0; i < r->n_steps; i++) r->steps[i].t_s += shift;
+}
+
 static int pd_end(sched *S, loop *L, int rc)
 {
     dsacp_pd *pd = S->pd;
+    if (L->root && S->role == DSACP_KV_CONSUMER && !rc) shift_times(S->res, S->shift);
     if (S->role == DSACP_KV_PRODUCER && !rc) rc = dsacp_pd_flush(pd);
     rc = dsacp_comm_agree(L->c, rc);
     char text[400] = "";

@@ -21,6 +21,8 @@ enum {
     DSACP_PD_ABORT,     /* either way: [ABORT, status, text...] the group failed */
     DSACP_PD_RESULT,    /* to the world's rank 0 at the end: the group's part of the result */
     DSACP_PD_FINAL,     /* from the world's rank 0: [FINAL, status] the run's verdict */
+    DSACP_PD_PING,      /* consumer -> producer at the start: [PING] */
+    DSACP_PD_PONG,      /* producer -> consumer: [PONG, the producer's clock bits] */
 };
 
 /* ---- serve_pd.c ---- */
@@ -38,6 +40,11 @@ int dsacp_pd_ctl_send(dsacp_pd *pd, const int64_t *w, int64_t n);
 int dsacp_pd_ctl_poll(dsacp_pd *pd, const int64_t **w, int64_t *n);
 int dsacp_pd_ctl_wait(dsacp_pd *pd, double max_s, const int64_t **w, int64_t *n);
 int dsacp_pd_abort_error(const dsacp_pd *pd, const int64_t *w, int64_t n);
+/* The leaders' clocks, at the start of the run (both leaders, before the loop): the consumer's
+ * *shift = what to add to a time on its run clock (seconds since its t0) to put it on the
+ * producer's (the run's clock: requests arrive there), from the round trip of least delay of a
+ * few pings (0 on the producer). */
+int dsacp_pd_clock_sync(dsacp_pd *pd, double t0, double *shift);
 /* A heartbeat when nothing was sent for a second. */
 int dsacp_pd_alive(dsacp_pd *pd);
 /* Best effort: tells the other leader this group failed. */

@@ -396,6 +396,36 @@ int dsacp_pd_ctl_wait(dsacp_pd *pd, double max_s, const int64_t **w, int64_t *n)
     }
 }
 
+int dsacp_pd_clock_sync(dsacp_pd *pd, double t0, double *shift)
+{
+    enum { PINGS = 5 };
+    *shift = 0;
+    double best_rtt = INFINITY;
+    for (int k = 0; k < PINGS; k++) {
+        const int64_t *w;
+        int64_t n;
+        int rc;
+        if (pd->role == DSACP_KV_PRODUCER) { /* answer each ping with the time on this clock */
+            if ((rc = dsacp_pd_ctl_wait(pd, -1, &w, &n))) return rc;
+            if (n != 1 || w[0] != DSACP_PD_PING) return dsacp_error(DSACP_ECOMM, "the clocks' exchange: unexpected message");
+            const double now = dsacp_now() - t0;
+            int64_t pong[2] = {DSACP_PD_PONG, 0};
+            memcpy(&pong[1], &now, sizeof now);
+            if ((rc = dsacp_pd_ctl_send(pd, pong, 2))) return rc;
+            continue;
+        }
+        const int64_t ping = DSACP_PD_PING;
+        const double a = dsacp_now() - t0;
+        if ((rc = dsacp_pd_ctl_send(pd, &ping, 1)) || (rc = dsacp_pd_ctl_wait(pd, -1, &w, &n))) return rc;
+        const double b = dsacp_now() - t0;
+        if (n != 2 || w[0] != DSACP_PD_PONG) return dsacp_error(DSACP_ECOMM, "the clocks' exchange: unexpected message");
+        double theirs;
+        memcpy(&theirs, &w[1], sizeof theirs);
+        if (b - a < best_rtt) best_rtt = b - a, *shift = theirs - (a + b) / 2;
+    }
+    return DSACP_OK;
+}
+
 void dsacp_pd_abort(dsacp_pd *pd, int status, const char *msg)
 {
     int64_t w[2 + 50] = {DSACP_PD_ABORT, status};
