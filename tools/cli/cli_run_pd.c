@@ -90,8 +90,6 @@ void run_pd_card_of(const cli_opt *opts, int argc, char **argv, const run_pd_arg
     card->role = (int32_t)p->role;
     card->pd_flag = p->pd_flag;
     card->P = p->P, card->D = p->D, card->block_size = block_size;
-    card->verify = cli_get(opts, "verify") != NULL;
-    card->json = cli_get(opts, "json") != NULL;
     card->comm_report = cli_get(opts, "comm-report") != NULL;
     uint64_t h = 14695981039346656037ull;
     for (int i = 1; i < argc; i++) h = fingerprint(h, argv[i]);
