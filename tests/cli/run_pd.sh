@@ -58,6 +58,13 @@ M2=("${C[@]}"); M2[1]="$tmp/m2"
 pd_refused "mismatched models (the link)" 2 "both groups must serve the same model" -- \
   mpi 1 "$DSACP" run "${C[@]}" "${P[@]}" "${J[@]}" : -np 1 "$DSACP" run "${M2[@]}" "${K[@]}" "${J[@]}"
 
+# A failure on one rank of either group ends every rank with one line (injected faults,
+# src/core/core.h): the producer's engine at setup, a consumer's step mid-run.
+pd_refused "a producer rank fails at setup" 1 "injected: DSACP_FAULT=engine" -- \
+  mpi 3 -x DSACP_FAULT=engine:0 "$DSACP" run "${C[@]}" --pd 1:2 --kv-transfer-timeout 10 "${J[@]}"
+pd_refused "a consumer rank fails mid-run" 1 "the kv_consumer group failed: rank 1: the step's buffers: out of memory (injected: DSACP_FAULT=step)" -- \
+  mpi 3 -x DSACP_FAULT=step:2:3 "$DSACP" run "${C[@]}" --pd 1:2 --kv-transfer-timeout 10 "${J[@]}"
+
 # The runs: tokens identical to one process (--verify, exact numerics), the report's members, the
 # link's counters equal to the relayout's formula, the counters' report of both groups and the link.
 pd_report() { # REPORT.json COMM.json WP WD
