@@ -65,6 +65,36 @@ pd_refused "a producer rank fails at setup" 1 "injected: DSACP_FAULT=engine" -- 
 pd_refused "a consumer rank fails mid-run" 1 "the kv_consumer group failed: rank 1: the step's buffers: out of memory (injected: DSACP_FAULT=step)" -- \
   mpi 3 -x DSACP_FAULT=step:2:3 "$DSACP" run "${C[@]}" --pd 1:2 --kv-transfer-timeout 10 "${J[@]}"
 
+# A consumer that stops answering (SIGSTOP: as a dead link) mid-run: world rank 0 says so within
+# the link's timeout and every rank exits 1 without waiting on the other group (no agreement
+# crosses the world, no MPI_Finalize), no report written.
+cat >"$tmp/pidwrap.sh" <<'W'
+#!/usr/bin/env bash
+echo $$ >"$PID_DIR/pid.${OMPI_COMM_WORLD_RANK:-0}"
+exec "$@"
+W
+chmod +x "$tmp/pidwrap.sh"
+rm -f "$tmp/pid.1" "$tmp/bad.json"
+t0=$SECONDS
+PID_DIR=$tmp mpi 2 -x PID_DIR "$tmp/pidwrap.sh" "$DSACP" run --model "$tmp/m" --requests 60 --prompt-len 6:40 \
+  --gen-len 20:40 --max-batch-tokens 24 --arrival-rate 5 --seed 3 --pd 1:1 --kv-transfer-timeout 3 "${J[@]}" \
+  >"$tmp/out" 2>"$tmp/err" &
+runner=$!
+for _ in $(seq 50); do [ -s "$tmp/pid.1" ] && break; sleep 0.1; done
+sleep 3
+stopped=$(cat "$tmp/pid.1" 2>/dev/null)
+[ -n "$stopped" ] && kill -STOP "$stopped"
+wait $runner; st=$?
+took=$((SECONDS - t0))
+if [ -n "$stopped" ]; then # mpirun's SIGTERM waits for it: let it go, end it if it is still ours
+  kill -CONT "$stopped" 2>/dev/null; sleep 0.5
+  [ "$(cat "/proc/$stopped/comm" 2>/dev/null)" = dsacp ] && kill -9 "$stopped" 2>/dev/null
+fi
+if [ $st -ne 0 ] && [ $st -ne 124 ] && [ $took -le 25 ] && grep -q "no word from the kv_consumer group" "$tmp/err" &&
+   [ "$(grep -c '^dsacp run' "$tmp/err")" = 1 ] && [ ! -e "$tmp/bad.json" ]; then
+  pass "a consumer that stops answering: status $st in $took s: $(grep '^dsacp run' "$tmp/err")"
+else fail "a stopped consumer (status $st, $took s): $(grep -v '^\[run' "$tmp/err" | head -c 1500)"; fi
+
 # The runs: tokens identical to one process (--verify, exact numerics), the report's members, the
 # link's counters equal to the relayout's formula, the counters' report of both groups and the link.
 pd_report() { # REPORT.json COMM.json WP WD

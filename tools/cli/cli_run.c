@@ -389,10 +389,25 @@ static int run_prepare(const cli_opt *opts, const run_args *a, run_state *st, co
     return CLI_RUN;
 }
 
+/* The other group is unreachable (DSACP_ECOMM: the link's timeout passed): no agreement can cross
+ * the world, and MPI_Finalize would wait as long as the link is down (docs/netns.md, "The fault
+ * test"). World rank 0 prints the line; every rank removes its outputs and exits 1 without
+ * finalising; mpirun ends the job. */
+static void run_pd_unreachable(run_state *st)
+{
+    if (st->root) fprintf(stderr, "dsacp run: %s\n", dsacp_last_error());
+    cli_output_abort(&st->json_out);
+    cli_output_abort(&st->report_out);
+    fflush(stdout);
+    fflush(stderr);
+    _exit(1);
+}
+
 /* The run, then --verify's replay of the same workload on one process (rank 0). Agreed status. */
 static int run_serve(const run_args *a, run_state *st, const dsacp_engine_options *eo)
 {
     int rc = dsacp_serve_run(st->e, st->wl.rq, st->wl.n, &st->so, &st->res);
+    if (st->pd && rc == DSACP_ECOMM) run_pd_unreachable(st);
     if (!rc && st->root && a->verify) {
         dsacp_engine *e1 = NULL;
         dsacp_serve_options s1 = st->so;
