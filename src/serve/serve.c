@@ -878,7 +878,7 @@ static int record_step(sched *S, loop *L, double ts, double te, double cs, int64
             .comm_bytes = cb, .projections_ms = tm.projections * 1e3, .attend_ms = tm.attend * 1e3,
             .o_proj_ms = tm.o_proj * 1e3, .group = S->role};
     }
-    if (opt->progress) {
+    if (opt->progress && S->role != DSACP_KV_PRODUCER) { /* a producer's leader knows first tokens only */
         int64_t gen = 0, ptok = 0;
         for (int64_t s = 0; s < S->n; s++) gen += res->out[s].n_tokens, ptok += reqs[s].prompt_len;
         dsacp_serve_progress pr = {L->done, S->n, gen, ptok, dsacp_now() - L->t0, kv};
@@ -1199,7 +1199,6 @@ static int pd_end(sched *S, loop *L, int rc)
 {
     dsacp_pd *pd = S->pd;
     if (L->root && S->role == DSACP_KV_CONSUMER && !rc) shift_times(S->res, S->shift);
-    if (S->role == DSACP_KV_PRODUCER && !rc) rc = dsacp_pd_flush(pd);
     rc = dsacp_comm_agree(L->c, rc);
     char text[400] = "";
     if (rc) snprintf(text, sizeof text, "%s", dsacp_last_error());
@@ -1232,7 +1231,7 @@ static int pd_end(sched *S, loop *L, int rc)
             out.n = 0;
             if (!plan_push(&out, DSACP_PD_FINAL) && !plan_push(&out, final) && !push_text(&out, final ? text : ""))
                 (void)dsacp_pd_ctl_send(pd, out.w, out.n);
-            (void)dsacp_pd_flush(pd);
+            (void)dsacp_pd_flush(pd, final ? 2.0 : -1); /* after a failure: the verdict's send, briefly */
         }
         verdict[0] = final;
         memcpy(verdict + 1, text, strlen(text) < 399 ? strlen(text) : 399);
@@ -1240,6 +1239,10 @@ static int pd_end(sched *S, loop *L, int rc)
     }
     int b = dsacp_comm_bcast(L->c, verdict, sizeof verdict, DSACP_PHASE_input);
     if (b) return b;
+    /* A producer's sends: after a verdict of success the consumer has received every message (it
+     * activated every request), so this returns at once; after a failure they are left to MPI (a
+     * consumer that failed never takes them: waiting would only cost the timeout). */
+    if (S->role == DSACP_KV_PRODUCER && !verdict[0] && (b = dsacp_pd_flush(pd, -1))) return b;
     if (verdict[0] && !(rc && !L->root && verdict[0] == rc)) {
         char msg[400];
         words_text(verdict + 1, 50, msg, sizeof msg);

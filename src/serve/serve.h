@@ -54,8 +54,8 @@ void dsacp_pd_abort(dsacp_pd *pd, int status, const char *msg);
 void dsacp_pd_step_begin(dsacp_pd *pd, const int64_t *s, const int64_t *eid, const int64_t *a, const int64_t *n,
                          int64_t n_ent);
 void dsacp_pd_step_end(dsacp_pd *pd);
-/* Producer: waits (bounded) until every send completed. */
-int dsacp_pd_flush(dsacp_pd *pd);
+/* Waits until every send of this rank completed, at most max_s seconds (< 0: the link's timeout). */
+int dsacp_pd_flush(dsacp_pd *pd, double max_s);
 /* Consumer: request s (engine id eid, prompt of length tokens) is imported; poll drains what
  * arrived; finish receives the rest of s (the producer's chunks tell how much) and ends the
  * engine's import. */

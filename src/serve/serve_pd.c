@@ -315,16 +315,17 @@ static int pd_isend(dsacp_pd *pd, int dest, int tag, void *buf, size_t bytes, in
     return DSACP_OK;
 }
 
-int dsacp_pd_flush(dsacp_pd *pd)
+int dsacp_pd_flush(dsacp_pd *pd, double max_s)
 {
     dsacp_comm_poll p;
-    dsacp_comm_poll_start(&p, pd->timeout);
+    dsacp_comm_poll_start(&p, max_s >= 0 ? fmax(max_s, 1e-9) : pd->timeout);
     int rc;
     while (!(rc = pd_sends_test(pd)) && pd->n_sends > 0)
         if (!dsacp_comm_poll_next(&p))
             return dsacp_error(DSACP_ECOMM, "world rank %d: %lld message%s not taken by the %s group after %g s", pd->wrank,
                                (long long)pd->n_sends, pd->n_sends == 1 ? " was" : "s were",
-                               pd->role == DSACP_KV_PRODUCER ? "kv_consumer" : "kv_producer", pd->timeout);
+                               pd->role == DSACP_KV_PRODUCER ? "kv_consumer" : "kv_producer",
+                               max_s >= 0 ? max_s : pd->timeout);
     return rc;
 }
 

@@ -374,7 +374,10 @@ static int run_prepare(const cli_opt *opts, const run_args *a, run_state *st, co
     st->so.seed = (uint64_t)a->seed;
     st->so.realtime = !cli_get(opts, "no-realtime");
     st->ps = (progress_state){isatty(2) != 0, -1e9};
-    if (st->root) st->so.progress = progress, st->so.progress_arg = &st->ps;
+    /* The progress line is the decode side's: a disaggregated run's consumer leader prints it (the
+     * producer's leader only knows the first tokens). */
+    const bool shows = st->pd ? a->pd.role == DSACP_KV_CONSUMER && dsacp_comm_rank(st->group) == 0 : st->root;
+    if (shows) st->so.progress = progress, st->so.progress_arg = &st->ps;
     if (st->root) rc = dsacp_serve_check(st->e, st->wl.rq, st->wl.n, &st->so);
     if (st->root && rc == DSACP_ECAPACITY) { /* the library names the pool; the CLI names the flags that size it */
         char msg[512];

@@ -92,7 +92,8 @@ static const cli_command commands[] = {
     {"plan", cli_plan,
      "(--model DIR | --preset NAME) --context L [--batch N] --cp W --hardware FILE.json [--json FILE]\n"
      "        [--numerics deployed|exact] [--lean-candidates F] [--layers N] [--prefill P] [--chunk C]\n"
-     "        [--ep N] [--plot F.svg|F.png];\n"
+     "        [--ep N] [--plot F.svg|F.png]\n"
+     "        [--pd P:D [--rate R[,R...]] [--gen-len N] [--producer-chunk C] [--link-gbps G] [--link-latency-us U]];\n"
      "        or under mpirun:\n"
      "        --calibrate FILE.json",
      "predict each decode strategy's bytes, calls, memory and time per layer (docs/planning.md)",
@@ -112,12 +113,20 @@ static const cli_command commands[] = {
      "                     replicated or its rows split, and the CP engine's splits\n"
      "  --chunk C          the chunked-prefill table: a C-token chunk after the context by each\n"
      "                     context path, gathered or distributed, priced (default 2048)\n"
+     "  --pd P:D           price P producer and D consumer instances of --cp ranks each (prefill and\n"
+     "                     decode on separate groups, the KV moved over the link) against the same\n"
+     "                     P + D instances run PD-mixed: TTFT, TPOT and ITL per load\n"
+     "  --rate R[,R...]    request rates (requests/s) to price (default: 10-200% of what the\n"
+     "                     producers keep up with); --gen-len N output tokens per request\n"
+     "  --producer-chunk C the producers' prefill chunk (default --chunk: they have no decode to protect)\n"
+     "  --link-gbps G --link-latency-us U   the inter-node link (default the profile's network)\n"
      "  the byte and call counts are the formulas test_cp checks against the counters exactly\n"},
     {"run", cli_run,
      "(--model DIR | --preset NAME) [--requests N --prompt-len MIN:MAX --gen-len MIN:MAX\n"
      "          --arrival-rate R --long-requests N --long-prompt-len MIN:MAX | --prompts FILE.jsonl]\n"
      "          [--max-batch-tokens N] [--max-num-seqs N] [--kv-blocks N | --kv-memory SIZE] [--verify]\n"
-     "          [--json FILE] [--seed N] [--temperature T] [--top-p P] [--no-realtime] [CP flags]",
+     "          [--json FILE] [--seed N] [--temperature T] [--top-p P] [--no-realtime] [CP flags]\n"
+     "          [--kv-role kv_producer|kv_consumer|kv_both | --pd P:D] [--kv-transfer-timeout S]",
      "serve a workload with continuous batching and report latency, throughput, traffic, memory",
      "  --model DIR / --preset NAME   the model (a preset is created in a temporary directory under\n"
      "                               $TMPDIR or /tmp, removed once loaded and on SIGINT/SIGTERM)\n"
@@ -143,7 +152,7 @@ static const cli_command commands[] = {
      "                               queue (like vllm bench serve --request-rate inf)\n"
      "  --numerics, --kv-dtype, --block-size as for forward\n"
      "Exit status: 0; 2 a bad invocation (flags, or a file or value named: model, prompts, sizes);\n"
-     "1 a failed run (an output that cannot be written included); 3 --verify failed.\n" CLI_CP_USAGE},
+     "1 a failed run (an output that cannot be written included); 3 --verify failed.\n" CLI_RUN_PD_USAGE CLI_CP_USAGE},
     {"help", NULL, "[COMMAND]", "print this summary, or COMMAND's usage", ""},
 };
 
