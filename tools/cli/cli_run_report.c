@@ -289,9 +289,11 @@ static void text_resources(FILE *f, const report_ctx *c, const run_metrics *mt)
 {
     const dsacp_serve_result *res = c->res;
     const int64_t n = c->wl->n;
-    fprintf(f, "Communication (%s received): %.1f MB, %.1f KB per generated token; by phase:\n",
-            c->pd ? "each group's rank 0" : "rank 0", mt->ph.bytes / 1048576, mt->ph.bytes / 1024 / fmax((double)mt->out_tok, 1));
-    if (c->world) {
+    fprintf(f, "Communication %s: %.1f MB, %.1f KB per generated token; %s\n",
+            c->pd ? "inside each group (its rank 0 received)" : "(rank 0 received)", mt->ph.bytes / 1048576,
+            mt->ph.bytes / 1024 / fmax((double)mt->out_tok, 1),
+            c->pd ? "per group and phase: --comm-report FILE (members producer, consumer, link)" : "by phase:");
+    if (c->world && !c->pd) {
         for (int ph = 0, k = 0; ph < DSACP_PHASE_COUNT; ph++) {
             const dsacp_comm_counter ct = dsacp_comm_get_counter(c->world, ph);
             if (!ct.calls) continue;
