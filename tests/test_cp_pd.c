@@ -125,6 +125,21 @@ static void run_case(const dsacp_model *m, dsacp_comm *group, bool producer, int
                (long long)got.calls, (long long)got.bytes_sent, (long long)got.bytes_recv, (long long)want.calls,
                (long long)want.bytes_sent, (long long)want.bytes_recv);
     }
+    /* The per-request bytes and messages (the formula over each request's chunks) add up to what
+     * the producer ranks' counters measured. */
+    int64_t sent[2] = {0, 0}, all[2 * 8] = {0};
+    if (!rc) {
+        const dsacp_comm_counter k = dsacp_comm_get_counter(dsacp_pd_link(pd), DSACP_PHASE_kv_transfer);
+        sent[0] = producer ? k.bytes_sent : 0, sent[1] = producer ? k.calls : 0;
+        REQUIRE_OK(dsacp_comm_allgather(g_world, sent, sizeof sent, all, -1));
+    }
+    if (!rc && g_rank == 0) {
+        int64_t bytes = 0, msgs = 0, per_bytes = 0, per_msgs = 0;
+        for (int q = 0; q < g_W; q++) bytes += all[2 * q], msgs += all[2 * q + 1];
+        for (int i = 0; i < NREQ; i++) per_bytes += res.out[i].kv_bytes, per_msgs += res.out[i].kv_messages;
+        CHECKF(per_bytes == bytes && per_msgs == msgs, "%s: requests' kv_bytes %lld / messages %lld, producers sent %lld / %lld",
+               what, (long long)per_bytes, (long long)per_msgs, (long long)bytes, (long long)msgs);
+    }
     if (!rc && g_rank == 0) {
         g_runs++;
         g_starved += c->starved;
