@@ -82,13 +82,14 @@ netns_link() { ip -n "$NS_A" link set "$VETH_A" "$1"; ip -n "$NS_B" link set "$V
 # netns_mpirun SECONDS NA NB ARGS...: mpirun inside namespace A under `timeout SECONDS`, NA slots
 # on A's address then NB on B's (ranks fill A first), Open MPI's TCP transport on the veth
 # subnet only, the remote daemon started through bench/netns/rsh.sh. ARGS: -np N PROGRAM ...
-# (or an MPMD line). Status: mpirun's, 124 when the bound was passed.
+# (or an MPMD line). Status: mpirun's, 124 when the bound was passed. Under a sanitizer build the
+# ranks skip leak detection (ASAN_OPTIONS, as the other MPI tests: Open MPI's own allocations).
 netns_mpirun() {
   local secs=$1 na=$2 nb=$3; shift 3
   ip netns exec "$NS_A" env DSACP_NETNS_MAP="$ADDR_A=$NS_A $ADDR_B=$NS_B" \
-    OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 \
+    OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 ASAN_OPTIONS="${MPI_ASAN_OPTIONS:-detect_leaks=0}" \
     timeout -k 5 "$secs" mpirun --host "$ADDR_A:$na,$ADDR_B:$nb" --oversubscribe \
       --mca plm_rsh_agent "$NETNS_DIR/rsh.sh" --mca plm_rsh_no_tree_spawn 1 \
       --mca btl tcp,self --mca btl_tcp_if_include "$NETNS_SUBNET" --mca oob_tcp_if_include "$NETNS_SUBNET" \
-      -x OMP_NUM_THREADS=1 -x OMP_WAIT_POLICY=PASSIVE "$@"
+      -x OMP_NUM_THREADS=1 -x OMP_WAIT_POLICY=PASSIVE -x ASAN_OPTIONS "$@"
 }
