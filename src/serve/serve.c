@@ -25,7 +25,7 @@
  * other. A consumer that must preempt recomputes the victim itself (chunked prefill on the consumer,
  * as kv_both does): the producer's entries are not asked for again.
  */
-#include "serve/serve.h"
+#include "serve/serve_loop.h"
 #include "engine/engine.h"
 
 #include <math.h>
@@ -55,35 +55,11 @@ void dsacp_serve_result_free(dsacp_serve_result *r)
     memset(r, 0, sizeof *r);
 }
 
-/* ST_ASKED / ST_IMPORTING: consumer only (asked by the producer, granted and receiving). */
-enum { ST_FUTURE, ST_WAITING, ST_RUNNING, ST_DONE, ST_ASKED, ST_IMPORTING };
-
-typedef struct sreq {
-    int state;
-    int32_t *seq;        /* prompt, then generated tokens: what is fed */
-    int64_t len, cap;    /* tokens in seq */
-    int64_t fed;         /* tokens in the engine's cache */
-    int64_t admit;       /* admission order (preemption picks the youngest) */
-    /* disaggregated */
-    int64_t *chunks;     /* [a, b) pairs: producer, the chunks it ran; consumer, the producer's (DONE) */
-    int64_t n_chunks, cap_chunks;
-    int64_t ask;         /* consumer: order of the producer's ask */
-    bool granted;        /* producer: the consumer reserved the prompt's blocks */
-    bool done_known;     /* consumer: DONE arrived */
-    int32_t first_tok;
-    float first_gap;
-    double prefill_s;    /* consumer: when the producer sampled the first token */
-    int64_t pre_preempt; /* consumer: the producer's preemptions of the request */
-} sreq;
 
 /* ---- the plan, as int64 words ---- */
 
-typedef struct plan {
-    int64_t *w;
-    int64_t n, cap;
-} plan;
 
-static int plan_push(plan *p, int64_t v)
+int dsacp_serve_plan_push(plan *p, int64_t v)
 {
     if (p->n == p->cap) {
         int64_t cap = p->cap ? 2 * p->cap : 256;
@@ -96,14 +72,14 @@ static int plan_push(plan *p, int64_t v)
 }
 
 /* Sends rank 0's plan (length 0: the run is over) to every rank. */
-static int plan_bcast(dsacp_comm *c, plan *p)
+int dsacp_serve_plan_bcast(dsacp_comm *c, plan *p)
 {
     int64_t n = p->n;
     int rc = dsacp_comm_bcast(c, &n, sizeof n, DSACP_PHASE_input);
     if (rc || dsacp_comm_rank(c) == 0) return rc ? rc : dsacp_comm_bcast(c, p->w, (size_t)n * sizeof *p->w, DSACP_PHASE_input);
     p->n = 0;
     for (int64_t i = 0; i < n; i++)
-        if ((rc = plan_push(p, 0))) return rc;
+        if ((rc = dsacp_serve_plan_push(p, 0))) return rc;
     return dsacp_comm_bcast(c, p->w, (size_t)n * sizeof *p->w, DSACP_PHASE_input);
 }
 
@@ -175,10 +151,6 @@ static int plan_apply(dsacp_engine *e, dsacp_pd *pd, const plan *p, int64_t *eid
 
 /* ---- sampling ---- */
 
-typedef struct prob {
-    float p;
-    int32_t id;
-} prob;
 
 /* Descending probability, then the lower id: a total order, so the draw is deterministic. */
 static int prob_desc(const void *a, const void *b)
@@ -251,26 +223,6 @@ static int64_t comm_recv_total(dsacp_comm *c, double *seconds)
 
 /* ---- rank 0 ---- */
 
-typedef struct sched {
-    dsacp_engine *e;
-    const dsacp_serve_request *rq;
-    sreq *r;
-    int64_t *eid, n, admitted;
-    const dsacp_serve_options *o;
-    dsacp_serve_result *res;
-    /* this step's entries while planning */
-    int64_t *ent_s, *ent_n, *fit_id, *fit_len, n_ent;
-    int64_t *order; /* [2 n]: the running requests as (admission, index), oldest first */
-    plan ends, adds;
-    /* disaggregated */
-    dsacp_pd *pd;           /* NULL: kv_both */
-    dsacp_kv_role role;
-    int64_t asks;           /* consumer: asks received so far */
-    plan imps, acts;        /* consumer: this plan's imports and activations */
-    int64_t *stash;         /* consumer leader: the producer's RESULT when it came during the loop */
-    int64_t n_stash;
-    double shift;           /* consumer leader: its run clock + shift = the producer's */
-} sched;
 
 static int seq_push(sreq *r, int32_t tok)
 {
@@ -336,7 +288,7 @@ static int preempt_younger_than(sched *S, int64_t s, int64_t *budget, int64_t *v
         S->n_ent--;
     }
     int rc = dsacp_engine_end_request(S->e, S->eid[v]);
-    if (!rc) rc = plan_push(&S->ends, v);
+    if (!rc) rc = dsacp_serve_plan_push(&S->ends, v);
     S->eid[v] = -1;
     S->r[v].fed = 0;
     S->r[v].state = ST_WAITING;
@@ -403,7 +355,7 @@ static int grant_asked(sched *S, int64_t running)
         if (!fits_with(S, s, len)) return DSACP_OK;
         int rc = dsacp_engine_import_begin(S->e, len, &S->eid[s]);
         if (!rc) rc = dsacp_pd_import_add(S->pd, s, S->eid[s], len);
-        if (!rc && !(rc = plan_push(&S->imps, s))) rc = plan_push(&S->imps, len);
+        if (!rc && !(rc = dsacp_serve_plan_push(&S->imps, s))) rc = dsacp_serve_plan_push(&S->imps, len);
         const int64_t g[2] = {DSACP_PD_GRANT, s};
         if (!rc) rc = dsacp_pd_ctl_send(S->pd, g, 2);
         if (rc) return rc;
@@ -474,7 +426,7 @@ static int build_step(sched *S)
         if (s < 0) break;
         const int64_t c = largest_fit(S, s, S->r[s].len - S->r[s].fed < budget ? S->r[s].len - S->r[s].fed : budget);
         if (c == 0) break;
-        if ((rc = dsacp_engine_add_request(S->e, &S->eid[s])) || (rc = plan_push(&S->adds, s))) return rc;
+        if ((rc = dsacp_engine_add_request(S->e, &S->eid[s])) || (rc = dsacp_serve_plan_push(&S->adds, s))) return rc;
         S->r[s].state = ST_RUNNING;
         S->r[s].admit = S->admitted++;
         running++;
@@ -532,18 +484,6 @@ int dsacp_serve_check(const dsacp_engine *e, const dsacp_serve_request *reqs, in
     return serve_check_role(e, reqs, n, opt, opt->pd ? dsacp_pd_role(opt->pd) : DSACP_KV_BOTH);
 }
 
-/* The loop's state beside the scheduler's: the plan every rank applies, rank 0's logits and
- * sampling scratch, the run's clock and counts. */
-typedef struct loop {
-    dsacp_comm *c;
-    bool root;
-    int64_t V;
-    plan p;
-    float *logits; /* [entries][V] (rank 0) */
-    prob *work;    /* [V] (rank 0) */
-    double t0, kv_peak;
-    int64_t done;
-} loop;
 
 /* Rank 0: the scheduler's arrays, each request's sequence and its outputs, after the workload's
  * check (dsacp_serve_check). Not agreed. */
@@ -616,19 +556,7 @@ static int await_arrivals(sched *S, const loop *L)
     }
 }
 
-static double bits_f64(int64_t w)
-{
-    double d;
-    memcpy(&d, &w, sizeof d);
-    return d;
-}
 
-static int64_t f64_bits(double d)
-{
-    int64_t w;
-    memcpy(&w, &d, sizeof w);
-    return w;
-}
 
 static int chunk_push(sreq *r, int64_t a, int64_t b)
 {
@@ -708,9 +636,9 @@ static int activate_ready(sched *S, loop *L)
         sreq *r = &S->r[s];
         if (r->state != ST_IMPORTING || !r->done_known) continue;
         if ((rc = dsacp_pd_import_finish(S->pd, s, r->chunks, r->n_chunks))) break;
-        rc = plan_push(&S->acts, s);
-        if (!rc) rc = plan_push(&S->acts, r->n_chunks);
-        for (int64_t i = 0; i < 2 * r->n_chunks && !rc; i++) rc = plan_push(&S->acts, r->chunks[i]);
+        rc = dsacp_serve_plan_push(&S->acts, s);
+        if (!rc) rc = dsacp_serve_plan_push(&S->acts, r->n_chunks);
+        for (int64_t i = 0; i < 2 * r->n_chunks && !rc; i++) rc = dsacp_serve_plan_push(&S->acts, r->chunks[i]);
         dsacp_serve_out *out = &S->res->out[s];
         const double now = dsacp_now() - L->t0;
         r->state = ST_RUNNING;
@@ -740,19 +668,19 @@ static int plan_words(sched *S, plan *p)
 {
     int64_t n_act = 0;
     for (int64_t k = 0; k < S->acts.n; k += 2 + 2 * S->acts.w[k + 1]) n_act++;
-    int rc = plan_push(p, n_act);
-    for (int64_t i = 0; i < S->acts.n && !rc; i++) rc = plan_push(p, S->acts.w[i]);
-    if (!rc) rc = plan_push(p, S->ends.n);
-    for (int64_t i = 0; i < S->ends.n && !rc; i++) rc = plan_push(p, S->ends.w[i]);
-    if (!rc) rc = plan_push(p, S->adds.n);
-    for (int64_t i = 0; i < S->adds.n && !rc; i++) rc = plan_push(p, S->adds.w[i]);
-    if (!rc) rc = plan_push(p, S->imps.n / 2);
-    for (int64_t i = 0; i < S->imps.n && !rc; i++) rc = plan_push(p, S->imps.w[i]);
-    if (!rc) rc = plan_push(p, S->n_ent);
+    int rc = dsacp_serve_plan_push(p, n_act);
+    for (int64_t i = 0; i < S->acts.n && !rc; i++) rc = dsacp_serve_plan_push(p, S->acts.w[i]);
+    if (!rc) rc = dsacp_serve_plan_push(p, S->ends.n);
+    for (int64_t i = 0; i < S->ends.n && !rc; i++) rc = dsacp_serve_plan_push(p, S->ends.w[i]);
+    if (!rc) rc = dsacp_serve_plan_push(p, S->adds.n);
+    for (int64_t i = 0; i < S->adds.n && !rc; i++) rc = dsacp_serve_plan_push(p, S->adds.w[i]);
+    if (!rc) rc = dsacp_serve_plan_push(p, S->imps.n / 2);
+    for (int64_t i = 0; i < S->imps.n && !rc; i++) rc = dsacp_serve_plan_push(p, S->imps.w[i]);
+    if (!rc) rc = dsacp_serve_plan_push(p, S->n_ent);
     for (int64_t i = 0; i < S->n_ent && !rc; i++)
-        if (!(rc = plan_push(p, S->ent_s[i]))) rc = plan_push(p, S->ent_n[i]);
+        if (!(rc = dsacp_serve_plan_push(p, S->ent_s[i]))) rc = dsacp_serve_plan_push(p, S->ent_n[i]);
     for (int64_t i = 0; i < S->n_ent && !rc; i++)
-        for (int64_t j = 0; j < S->ent_n[i] && !rc; j++) rc = plan_push(p, S->r[S->ent_s[i]].seq[S->r[S->ent_s[i]].fed + j]);
+        for (int64_t j = 0; j < S->ent_n[i] && !rc; j++) rc = dsacp_serve_plan_push(p, S->r[S->ent_s[i]].seq[S->r[S->ent_s[i]].fed + j]);
     return rc;
 }
 
@@ -785,7 +713,7 @@ static int plan_next(sched *S, loop *L)
     for (int64_t s = 0; s < S->n && !rc; s++)
         if (S->r[s].state == ST_DONE && S->eid[s] >= 0) {
             rc = dsacp_engine_end_request(S->e, S->eid[s]);
-            if (!rc) rc = plan_push(&S->ends, s);
+            if (!rc) rc = dsacp_serve_plan_push(&S->ends, s);
             S->eid[s] = -1;
         }
     for (; !rc;) {
@@ -911,7 +839,7 @@ static int serve_step(sched *S, loop *L, bool *finished)
     int rc = L->root ? plan_next(S, L) : DSACP_OK;
     rc = dsacp_comm_agree(c, rc);
     if (rc) return rc;
-    if ((rc = plan_bcast(c, &L->p))) return rc;
+    if ((rc = dsacp_serve_plan_bcast(c, &L->p))) return rc;
     if (L->p.n == 0) { /* all requests done */
         *finished = true;
         return DSACP_OK;
@@ -945,7 +873,7 @@ static int serve_step(sched *S, loop *L, bool *finished)
     return dsacp_comm_agree(c, rc);
 }
 
-static void sched_free(sched *S, loop *L, dsacp_engine *e, int64_t n)
+void dsacp_serve_sched_free(sched *S, loop *L, dsacp_engine *e, int64_t n)
 {
     for (int64_t s = 0; s < n; s++) {
         if (S->eid && S->eid[s] >= 0) dsacp_engine_end_request(e, S->eid[s]);
@@ -957,7 +885,7 @@ static void sched_free(sched *S, loop *L, dsacp_engine *e, int64_t n)
 }
 
 /* The loop itself, every rank of the group; rank 0 passes the requests. */
-static int serve_loop(sched *S, loop *L)
+int dsacp_serve_loop(sched *S, loop *L)
 {
     int rc = DSACP_OK;
     S->eid = malloc((size_t)(S->n > 0 ? S->n : 1) * sizeof *S->eid);
@@ -974,318 +902,6 @@ static int serve_loop(sched *S, loop *L)
     if (L->root) {
         S->res->duration_s = dsacp_now() - L->t0;
         S->res->kv_peak_use = L->kv_peak;
-    }
-    return rc;
-}
-
-static int serve_run_pd(dsacp_engine *e, const dsacp_serve_request *reqs, int64_t n_in, const dsacp_serve_options *opt,
-                        dsacp_serve_result *res);
-
-int dsacp_serve_run(dsacp_engine *e, const dsacp_serve_request *reqs, int64_t n_in, const dsacp_serve_options *opt,
-                    dsacp_serve_result *res)
-{
-    if (opt->pd) return serve_run_pd(e, reqs, n_in, opt, res);
-    loop L = {.c = dsacp_engine_comm(e), .V = dsacp_engine_config(e)->vocab_size};
-    L.root = dsacp_comm_rank(L.c) == 0;
-    memset(res, 0, sizeof *res);
-    int64_t n = L.root ? n_in : 0;
-    int rc = dsacp_comm_bcast(L.c, &n, sizeof n, DSACP_PHASE_input);
-    if (rc) return rc;
-    sched S = {0};
-    S.e = e, S.rq = reqs, S.n = n, S.o = opt, S.res = res;
-    rc = serve_loop(&S, &L);
-    sched_free(&S, &L, e, n);
-    if (rc && L.root) {
-        char msg[512];
-        snprintf(msg, sizeof msg, "%s", dsacp_last_error());
-        dsacp_serve_result_free(res);
-        dsacp_error(rc, "%s", msg);
-    }
-    return rc;
-}
-
-/* ---- disaggregated runs: the workload to both leaders, the end, the merged result ---- */
-
-/* The world's rank 0 sends the workload to every rank as words; the leaders rebuild it. */
-static int workload_bcast(dsacp_comm *world, const dsacp_serve_request *reqs, int64_t n_in, plan *wl)
-{
-    const bool root = dsacp_comm_rank(world) == 0;
-    int rc = DSACP_OK;
-    if (root) {
-        rc = plan_push(wl, n_in);
-        for (int64_t i = 0; i < n_in && !rc; i++) {
-            const dsacp_serve_request *q = &reqs[i];
-            const bool bad = q->prompt_len < 0 || q->n_stop < 0 || (q->prompt_len > 0 && !q->prompt) || (q->n_stop > 0 && !q->stop_ids);
-            const int64_t np = bad ? 0 : q->prompt_len, ns = bad ? 0 : q->n_stop;
-            rc = plan_push(wl, bad ? 0 : q->prompt_len);
-            if (!rc) rc = plan_push(wl, q->max_new_tokens);
-            if (!rc) rc = plan_push(wl, ns);
-            if (!rc) rc = plan_push(wl, f64_bits(q->arrival_s));
-            for (int64_t j = 0; j < np && !rc; j++) rc = plan_push(wl, q->prompt[j]);
-            for (int64_t j = 0; j < ns && !rc; j++) rc = plan_push(wl, q->stop_ids[j]);
-        }
-    }
-    rc = dsacp_comm_agree_phase(world, rc, -1);
-    if (!rc) rc = plan_bcast(world, wl);
-    return rc;
-}
-
-/* The requests of the words (pointing into them). */
-static int workload_parse(const plan *wl, dsacp_serve_request **out, int32_t **store, int64_t *n)
-{
-    const int64_t *w = wl->w;
-    *n = wl->n > 0 ? w[0] : 0;
-    *out = calloc((size_t)(*n > 0 ? *n : 1), sizeof **out);
-    *store = malloc((size_t)(wl->n > 0 ? wl->n : 1) * sizeof **store);
-    if (!*out || !*store) return dsacp_error(DSACP_ENOMEM, "out of memory for the workload");
-    int64_t k = 1;
-    for (int64_t i = 0; i < *n; i++) {
-        dsacp_serve_request *q = &(*out)[i];
-        q->prompt_len = w[k], q->max_new_tokens = w[k + 1], q->n_stop = w[k + 2], q->arrival_s = bits_f64(w[k + 3]);
-        k += 4;
-        q->prompt = *store + k;
-        for (int64_t j = 0; j < q->prompt_len; j++) q->prompt[j] = (int32_t)w[k + j];
-        k += q->prompt_len;
-        int32_t *st = *store + k;
-        for (int64_t j = 0; j < q->n_stop; j++) st[j] = (int32_t)w[k + j];
-        q->stop_ids = st;
-        k += q->n_stop;
-    }
-    return DSACP_OK;
-}
-
-static int push_f64(plan *p, double d) { return plan_push(p, f64_bits(d)); }
-
-/* A message's text as words (NUL-terminated, at most 399 characters). */
-static int push_text(plan *p, const char *t)
-{
-    int64_t w[50] = {0};
-    const size_t len = strlen(t) < 399 ? strlen(t) : 399;
-    memcpy(w, t, len);
-    int rc = DSACP_OK;
-    for (size_t i = 0; i < (len + 8) / 8 && !rc; i++) rc = plan_push(p, w[i]);
-    return rc;
-}
-
-/* The text of words w[0..n) (as push_text wrote it). */
-static void words_text(const int64_t *w, int64_t n, char *out, size_t cap)
-{
-    const size_t bytes = n > 0 ? (size_t)n * 8 : 0;
-    snprintf(out, cap, "%.*s", (int)(bytes < cap - 1 ? bytes : cap - 1), (const char *)w);
-}
-
-/* A leader's part of the result as words: its steps, peak KV use and preemptions; a consumer's
- * also every request's outputs. */
-static int result_words(const dsacp_serve_result *r, dsacp_kv_role role, plan *p)
-{
-    const int64_t sw = (int64_t)((sizeof(dsacp_serve_step) + 7) / 8);
-    int rc = plan_push(p, r->n_steps);
-    for (int64_t i = 0; i < r->n_steps && !rc; i++) {
-        int64_t w[64] = {0};
-        memcpy(w, &r->steps[i], sizeof r->steps[i]);
-        for (int64_t j = 0; j < sw && !rc; j++) rc = plan_push(p, w[j]);
-    }
-    if (!rc) rc = push_f64(p, r->kv_peak_use);
-    if (!rc) rc = plan_push(p, r->preemptions);
-    if (!rc) rc = push_f64(p, r->duration_s);
-    for (int64_t i = 0; role == DSACP_KV_CONSUMER && i < r->n_requests && !rc; i++) {
-        const dsacp_serve_out *o = &r->out[i];
-        rc = plan_push(p, o->n_tokens);
-        for (int64_t j = 0; j < o->n_tokens && !rc; j++) {
-            int32_t g;
-            memcpy(&g, &o->gap[j], sizeof g);
-            if (!(rc = plan_push(p, o->tokens[j])) && !(rc = push_f64(p, o->token_s[j]))) rc = plan_push(p, g);
-        }
-        const double t[5] = {o->arrival_s, o->first_s, o->finish_s, o->prefill_done_s, o->kv_ready_s};
-        for (int j = 0; j < 5 && !rc; j++) rc = push_f64(p, t[j]);
-        if (!rc) rc = plan_push(p, o->kv_bytes);
-        if (!rc) rc = plan_push(p, o->kv_messages);
-        if (!rc) rc = plan_push(p, o->preemptions);
-    }
-    return rc;
-}
-
-static int step_t_asc(const void *a, const void *b)
-{
-    const dsacp_serve_step *x = a, *y = b;
-    return (x->t_s > y->t_s) - (x->t_s < y->t_s);
-}
-
-/* The world's rank 0: the other leader's words (w[0] = RESULT, w[1] = status, then its part)
- * merged into its own result. */
-static int result_merge(dsacp_serve_result *res, dsacp_kv_role mine, const int64_t *w, int64_t n)
-{
-    const int64_t sw = (int64_t)((sizeof(dsacp_serve_step) + 7) / 8);
-    int64_t k = 2;
-    const int64_t ns = n > k ? w[k++] : -1;
-    if (ns < 0 || k + ns * sw + 3 > n) return dsacp_error(DSACP_ECOMM, "malformed result from the other group");
-    dsacp_serve_step *st = realloc(res->steps, (size_t)(res->n_steps + ns + 1) * sizeof *st);
-    if (!st) return dsacp_error(DSACP_ENOMEM, "out of memory");
-    res->steps = st, res->cap_steps = res->n_steps + ns + 1;
-    for (int64_t i = 0; i < ns; i++, k += sw) memcpy(&st[res->n_steps++], w + k, sizeof *st);
-    const int g = mine == DSACP_KV_PRODUCER ? 1 : 0; /* the other group's index */
-    res->pd_kv_peak_use[g] = bits_f64(w[k]);
-    res->pd_preemptions[g] = w[k + 1];
-    const double dur = bits_f64(w[k + 2]);
-    k += 3;
-    res->pd_kv_peak_use[1 - g] = res->kv_peak_use;
-    res->pd_preemptions[1 - g] = res->preemptions;
-    res->duration_s = fmax(res->duration_s, dur);
-    for (int64_t i = 0; g == 1 && i < res->n_requests; i++) { /* the consumer's outputs replace the producer's */
-        dsacp_serve_out *o = &res->out[i];
-        const int64_t nt = k < n ? w[k++] : -1;
-        if (nt < 0 || nt > o->n_tokens + (int64_t)1e9 || k + 3 * nt + 8 > n) return dsacp_error(DSACP_ECOMM, "malformed result");
-        int32_t *tk = realloc(o->tokens, (size_t)(nt + 1) * sizeof *tk);
-        double *ts = realloc(o->token_s, (size_t)(nt + 1) * sizeof *ts);
-        float *gp = realloc(o->gap, (size_t)(nt + 1) * sizeof *gp);
-        if (tk) o->tokens = tk;
-        if (ts) o->token_s = ts;
-        if (gp) o->gap = gp;
-        if (!tk || !ts || !gp) return dsacp_error(DSACP_ENOMEM, "out of memory");
-        for (int64_t j = 0; j < nt; j++, k += 3) {
-            const int32_t gb = (int32_t)w[k + 2];
-            o->tokens[j] = (int32_t)w[k], o->token_s[j] = bits_f64(w[k + 1]);
-            memcpy(&o->gap[j], &gb, sizeof gb);
-        }
-        o->n_tokens = nt;
-        o->arrival_s = bits_f64(w[k]), o->first_s = bits_f64(w[k + 1]), o->finish_s = bits_f64(w[k + 2]);
-        o->prefill_done_s = bits_f64(w[k + 3]), o->kv_ready_s = bits_f64(w[k + 4]);
-        o->kv_bytes = w[k + 5], o->kv_messages = w[k + 6], o->preemptions = w[k + 7];
-        k += 8;
-    }
-    res->preemptions = res->pd_preemptions[0] + res->pd_preemptions[1];
-    res->kv_peak_use = fmax(res->pd_kv_peak_use[0], res->pd_kv_peak_use[1]);
-    qsort(res->steps, (size_t)res->n_steps, sizeof *res->steps, step_t_asc);
-    for (int64_t i = 0; i < res->n_steps; i++) {
-        const int j = res->steps[i].group == DSACP_KV_PRODUCER ? 0 : 1;
-        res->pd_steps[j]++;
-        res->pd_busy_s[j] += res->steps[i].dur_ms * 1e-3;
-    }
-    return DSACP_OK;
-}
-
-/* The world's rank 0 waits for the other leader's RESULT, any other leader for the FINAL verdict
- * (an ABORT on the way is noted: the other group failed and says why). *w / *n: the message. */
-static int pd_end_wait(sched *S, int64_t want, const int64_t **w, int64_t *n, int *peer, char *text, size_t cap)
-{
-    *w = S->stash, *n = S->n_stash;
-    while (!(*n > 0 && (*w)[0] == want)) {
-        int st = dsacp_pd_ctl_wait(S->pd, -1, w, n);
-        if (st) return st;
-        if (*n > 0 && (*w)[0] == DSACP_PD_ABORT) {
-            *peer = dsacp_pd_abort_error(S->pd, *w, *n);
-            snprintf(text, cap, "%s", dsacp_last_error());
-        }
-    }
-    return DSACP_OK;
-}
-
-/* The end of a disaggregated run: a producer's sends complete, the group agrees, the other
- * leader's part and verdict come to the world's rank 0, which sends the run's verdict back; each
- * leader gives it to its group. Every wait on the other group is bounded by the link's timeout. */
-/* The consumer leader's times onto the producer's clock (the run's: arrivals are there); a
- * request's arrival stays as it is. */
-static void shift_times(dsacp_serve_result *r, double shift)
-{
-    for (int64_t i = 0; i < r->n_requests && r->out; i++) {
-        dsacp_serve_out *o = &r->out[i];
-        for (int64_t j = 0; j < o->n_tokens; j++) o->token_s[j] += shift;
-        o->first_s += shift, o->finish_s += shift, o->kv_ready_s += shift;
-    }
-    for (int64_t i = 0; i < r->n_steps; i++) r->steps[i].t_s += shift;
-}
-
-static int pd_end(sched *S, loop *L, int rc)
-{
-    dsacp_pd *pd = S->pd;
-    if (L->root && S->role == DSACP_KV_CONSUMER && !rc) shift_times(S->res, S->shift);
-    rc = dsacp_comm_agree(L->c, rc);
-    char text[400] = "";
-    if (rc) snprintf(text, sizeof text, "%s", dsacp_last_error());
-    int64_t verdict[1 + 50] = {rc};
-    if (L->root) {
-        const bool wroot = dsacp_pd_world_rank(pd) == 0;
-        const char *other = S->role == DSACP_KV_PRODUCER ? "kv_consumer" : "kv_producer";
-        plan out = {0};
-        int peer = DSACP_OK, st = DSACP_OK;
-        if (!wroot) { /* RESULT: status, then the part (or the failure's text) */
-            st = plan_push(&out, DSACP_PD_RESULT);
-            if (!st) st = plan_push(&out, rc);
-            if (!st) st = rc ? push_text(&out, text) : result_words(S->res, S->role, &out);
-            if (!st) st = dsacp_pd_ctl_send(pd, out.w, out.n);
-        }
-        const int64_t *w = NULL;
-        int64_t n = 0;
-        if (!st) st = pd_end_wait(S, wroot ? DSACP_PD_RESULT : DSACP_PD_FINAL, &w, &n, &peer, text, sizeof text);
-        if (!st && !rc && n > 1 && w[1]) { /* the other group failed, or (FINAL) the run did */
-            char pm[400];
-            words_text(w + 2, n - 2, pm, sizeof pm);
-            peer = (int)w[1];
-            if (wroot) snprintf(text, sizeof text, "the %s group failed: %.340s", other, pm);
-            else snprintf(text, sizeof text, "%s", pm);
-        }
-        if (wroot && !st && !rc && !peer) st = result_merge(S->res, S->role, w, n);
-        if (st && !rc) snprintf(text, sizeof text, "%s", dsacp_last_error());
-        const int final = rc ? rc : st ? st : peer;
-        if (wroot && !(st == DSACP_ECOMM && !rc)) { /* the verdict and its text to the other leader */
-            out.n = 0;
-            if (!plan_push(&out, DSACP_PD_FINAL) && !plan_push(&out, final) && !push_text(&out, final ? text : ""))
-                (void)dsacp_pd_ctl_send(pd, out.w, out.n);
-            (void)dsacp_pd_flush(pd, final ? 2.0 : -1); /* after a failure: the verdict's send, briefly */
-        }
-        verdict[0] = final;
-        memcpy(verdict + 1, text, strlen(text) < 399 ? strlen(text) : 399);
-        free(out.w);
-    }
-    int b = dsacp_comm_bcast(L->c, verdict, sizeof verdict, DSACP_PHASE_input);
-    if (b) return b;
-    /* A producer's sends: after a verdict of success the consumer has received every message (it
-     * activated every request), so this returns at once; after a failure they are left to MPI (a
-     * consumer that failed never takes them: waiting would only cost the timeout). */
-    if (S->role == DSACP_KV_PRODUCER && !verdict[0] && (b = dsacp_pd_flush(pd, -1))) return b;
-    if (verdict[0] && !(rc && !L->root && verdict[0] == rc)) {
-        char msg[400];
-        words_text(verdict + 1, 50, msg, sizeof msg);
-        return dsacp_error((int)verdict[0], "%s", msg);
-    }
-    return (int)verdict[0];
-}
-
-static int serve_run_pd(dsacp_engine *e, const dsacp_serve_request *reqs, int64_t n_in, const dsacp_serve_options *opt,
-                        dsacp_serve_result *res)
-{
-    dsacp_pd *pd = opt->pd;
-    dsacp_comm *world = dsacp_pd_world(pd);
-    memset(res, 0, sizeof *res);
-    plan wl = {0};
-    dsacp_serve_request *own = NULL;
-    int32_t *store = NULL;
-    int64_t n = 0;
-    int rc = workload_bcast(world, reqs, n_in, &wl);
-    if (!rc) rc = workload_parse(&wl, &own, &store, &n);
-    rc = dsacp_comm_agree_phase(world, rc, -1);
-    const bool wroot = dsacp_comm_rank(world) == 0;
-    dsacp_serve_result local = {0};
-    loop L = {.c = dsacp_engine_comm(e), .V = dsacp_engine_config(e)->vocab_size};
-    L.root = dsacp_comm_rank(L.c) == 0;
-    sched S = {0};
-    S.e = e, S.rq = own, S.n = n, S.o = opt, S.res = wroot ? res : &local, S.pd = pd, S.role = dsacp_pd_role(pd);
-    if (!rc) rc = serve_loop(&S, &L);
-    if (rc && L.root) dsacp_pd_abort(pd, rc, dsacp_last_error());
-    if (!rc || L.t0 > 0) rc = pd_end(&S, &L, rc);
-    if (wroot && !rc) {
-        int wp, wd;
-        dsacp_pd_sizes(pd, &wp, &wd);
-        res->pd = true, res->pd_W[0] = wp, res->pd_W[1] = wd;
-    }
-    sched_free(&S, &L, e, n);
-    dsacp_serve_result_free(&local);
-    free(own), free(store), free(wl.w);
-    if (rc && wroot) {
-        char msg[512];
-        snprintf(msg, sizeof msg, "%s", dsacp_last_error());
-        dsacp_serve_result_free(res);
-        dsacp_error(rc, "%s", msg);
     }
     return rc;
 }

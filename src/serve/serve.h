@@ -2,8 +2,10 @@
  * serve -- the serving loop over an engine (docs/serving.md); its interface is public:
  * include/dsacp_serve.h. Calls engine, cp (the relayout's formula), comm and core.
  *
- * Files: serve.c (the loop and its scheduler, every role) above serve_pd.c (the link between a
- * producer and a consumer group: control messages, the KV transfer; docs/disaggregation.md).
+ * Files, calling one way: serve_run.c (dsacp_serve_run: one group's run, or a disaggregated run's
+ * workload, end and merged result) above serve.c (the loop and its scheduler, every role; the
+ * types both share in serve_loop.h) above serve_pd.c (the link between a producer and a consumer
+ * group: control messages, the KV transfer; docs/disaggregation.md).
  */
 #ifndef DSACP_SERVE_H
 #define DSACP_SERVE_H
