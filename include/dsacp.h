@@ -161,7 +161,10 @@ typedef enum dsacp_rope_type { DSACP_ROPE_DEFAULT = 0, DSACP_ROPE_YARN = 1 } dsa
 typedef struct dsacp_config {
     /* Attention dimensions (docs/dsa-math.md section 1). */
     int64_t hidden_size;         /* D */
-    int64_t num_hidden_layers;   /* layers run (an MTP layer in the checkpoint is skipped) */
+    int64_t num_hidden_layers;   /* layers of the target model (the MTP layer is not one of them) */
+    int64_t num_nextn_predict_layers; /* MTP layers the checkpoint declares (0 or 1 used; DeepSeek-V3.2: 1).
+                                       * The MTP layer is checkpoint layer num_hidden_layers
+                                       * (docs/mtp.md); absent key: 0 */
     int64_t num_attention_heads; /* H */
     int64_t q_lora_rank;
     int64_t kv_lora_rank;        /* latent width of the MLA cache ("nope" part) */
@@ -272,9 +275,12 @@ typedef struct dsacp_engine_options {
     dsacp_kv_dtype kv_dtype; /* MLA latent cache: f32, bf16, or fp8_ds_mla (deployed mode only) */
     int64_t block_size;      /* tokens per cache block: a power of two >= 1 (default 64) */
     int64_t num_blocks;      /* blocks in the pool, shared by all requests (capacity) */
+    bool mtp;                /* also run the model's MTP layer (dsacp_engine_mtp_step, docs/mtp.md):
+                              * its latent and indexer caches are one more layer of the pools,
+                              * sharded like the target's. DSACP_EINVAL when the model has none. */
 } dsacp_engine_options;
 
-/* Defaults: exact, f32 cache, block size 64, 1024 blocks. */
+/* Defaults: exact, f32 cache, block size 64, 1024 blocks, no MTP layer. */
 void dsacp_engine_options_default(dsacp_engine_options *opt);
 
 typedef struct dsacp_engine dsacp_engine;
@@ -298,6 +304,18 @@ typedef struct dsacp_step_entry {
     const int32_t *token_ids; /* I32 [n_tokens], each in [0, vocab) */
 } dsacp_step_entry;
 
+/* Entry flags. VERIFY: a speculative verify entry (docs/speculative.md): its k + 1 rows (the
+ * last sampled token and k draft tokens) are decode rows -- every rank of a DCP group runs them
+ * through the decode strategy, each row with its own causal bound (its position) and its own
+ * top-k, exactly as if they were decoded one by one; DSA-CP alone splits them like decode tokens. */
+#define DSACP_ENTRY_VERIFY 1u
+
+/* Per-entry options of dsacp_engine_step_opts and dsacp_engine_mtp_step. */
+typedef struct dsacp_entry_opts {
+    int64_t n_logits; /* logits after the entry's last n_logits tokens (0 counts as 1; <= n_tokens) */
+    uint32_t flags;   /* DSACP_ENTRY_* */
+} dsacp_entry_opts;
+
 /* Runs one engine step over a batch of requests (prefill chunks and decode tokens mixed), the
  * tokens flattened in entry order into T = sum n_tokens rows. A request may appear once per step.
  *   logits: F32 [T][vocab] or NULL, row t = the logits after token t.
@@ -313,6 +331,47 @@ int dsacp_engine_step(dsacp_engine *engine, const dsacp_step_entry *entries, int
  *                (bit-identical to row (its offset + n_tokens - 1) of dsacp_engine_step's). */
 int dsacp_engine_step_last(dsacp_engine *engine, const dsacp_step_entry *entries, int64_t n_entries,
                            float *logits_last, int32_t *topk);
+/* dsacp_engine_step_last with per-entry options (opts: [n_entries], or NULL for n_logits 1 and no
+ * flags): the logits after each entry's last m_i = max(1, n_logits) tokens -- what a verify step
+ * needs -- lm_head on sum m_i rows.
+ *   logits: F32 [sum m_i][vocab] or NULL (rank 0), entry i's rows in order, each bit-identical to
+ *           the same token's row of dsacp_engine_step's. */
+int dsacp_engine_step_opts(dsacp_engine *engine, const dsacp_step_entry *entries, const dsacp_entry_opts *opts,
+                           int64_t n_entries, float *logits, int32_t *topk);
+
+/* ---- Speculative decoding (docs/speculative.md, docs/mtp.md) ---- */
+
+/* Whether the model holds a complete MTP layer (checkpoint layer num_hidden_layers). */
+bool dsacp_model_has_mtp(const dsacp_model *model);
+
+/* The MTP layer over a batch (an engine created with opt.mtp), collective like a step. Entry i
+ * brings n_tokens rows at the request's MTP positions p = m .. m + n - 1 (m =
+ * dsacp_engine_request_mtp_length). Row p's token is the request's token at position p + 1 (the
+ * one the target fed there or sampled after p; beyond what is known, any valid id: such rows are
+ * truncated afterwards). The rows' hidden inputs, for the whole call, are either
+ *   - catch-up: the last dsacp_engine_step* call's final-normed hidden rows -- the entries must be
+ *     that step's, same requests, n_tokens and order, and each request's MTP length must be the
+ *     target length it had before that step; or
+ *   - chain: every entry one row at p = its request's MTP length, whose position p - 1 was a row
+ *     of the previous dsacp_engine_mtp_step: the MTP layer's own output there (a chained draft);
+ * anything else is DSACP_EINVAL naming the entry. The layer (docs/mtp.md): e = enorm(embed(token))
+ * (zero rows at position 0, as vLLM), g = hnorm(hidden), x = eh_proj [e; g], one decoder layer
+ * (DSA attention over the MTP layer's own caches, its MLP), logits = head(shared_head.norm(x)).
+ *   opts:   [n_entries] or NULL: n_logits as dsacp_engine_step_opts (flags are the target step's
+ *           in catch-up, none in chain; ignored).
+ *   logits: F32 [sum m_i][vocab] or NULL (rank 0): the logits after each entry's last m_i rows.
+ *   topk:   I32 [T][index_topk] or NULL (rank 0): the MTP layer's selected sets per row.
+ * Rows run on the ranks that hold their hidden inputs: no hidden state moves between ranks. */
+int dsacp_engine_mtp_step(dsacp_engine *engine, const dsacp_step_entry *entries, const dsacp_entry_opts *opts,
+                          int64_t n_entries, float *logits, int32_t *topk);
+/* MTP positions cached for the request (<= what dsacp_engine_request_length says + k - 1 while
+ * drafting), or a negative status. */
+int64_t dsacp_engine_request_mtp_length(const dsacp_engine *engine, int64_t request_id);
+/* Rejected speculation: the request keeps its first `length` target positions and `mtp_length`
+ * MTP positions (each <= what it holds; mtp_length ignored without MTP); the entries beyond are
+ * discarded and blocks no longer needed by either return to the pool, on every rank that holds
+ * them. Local: every rank of the group must make the same call before the group's next step. */
+int dsacp_engine_truncate_request(dsacp_engine *engine, int64_t request_id, int64_t length, int64_t mtp_length);
 
 #ifdef __cplusplus
 }

@@ -115,6 +115,23 @@ typedef struct dsacp_serve_progress {
     double elapsed_s, kv_use; /* kv_use: fraction of the busiest rank's pool in use */
 } dsacp_serve_progress;
 
+/* Speculative decoding (docs/speculative.md): vLLM's --speculative-config fields. */
+typedef enum dsacp_spec_method { DSACP_SPEC_NONE = 0, DSACP_SPEC_NGRAM = 1, DSACP_SPEC_MTP = 2 } dsacp_spec_method;
+#define DSACP_SPEC_MAX_TOKENS 16 /* num_speculative_tokens at most */
+typedef struct dsacp_spec_config {
+    dsacp_spec_method method;       /* none, ngram (prompt lookup), mtp (the model's MTP layer;
+                                     * the engine must be created with opt.mtp) */
+    int64_t num_speculative_tokens; /* k in [1, DSACP_SPEC_MAX_TOKENS] */
+    int64_t prompt_lookup_min;      /* ngram: shortest suffix matched */
+    int64_t prompt_lookup_max;      /* ngram: longest suffix matched (vLLM: both absent: 5 and 5;
+                                     * one absent: the other's value; 1 <= min <= max) */
+} dsacp_spec_config;
+/* Parses vLLM's JSON ({"method": "ngram" | "mtp" | "deepseek_mtp", "num_speculative_tokens": k,
+ * "prompt_lookup_min": a, "prompt_lookup_max": b}); an unknown key, a bad value or a missing
+ * required field is DSACP_EINVAL with a message naming the field. `what` names the source (a
+ * flag or a file) in messages. */
+int dsacp_spec_config_parse(const char *json, const char *what, dsacp_spec_config *out);
+
 typedef struct dsacp_serve_options {
     int64_t max_batch_tokens; /* per-step token budget (default 2048) */
     int64_t max_num_seqs;     /* running requests at most (default 256) */
@@ -129,6 +146,8 @@ typedef struct dsacp_serve_options {
      * token), a consumer engine decodes the rest; the world's rank 0 passes the requests and gets
      * the result. The options must agree between the groups except `progress`. */
     dsacp_pd *pd;
+    /* Speculative decoding: method none by default. Not with a disaggregated link (refused). */
+    dsacp_spec_config spec;
 } dsacp_serve_options;
 void dsacp_serve_options_default(dsacp_serve_options *o);
 
@@ -139,6 +158,12 @@ typedef struct dsacp_serve_step {
     double projections_ms, attend_ms, o_proj_ms; /* parts of attention_ms */
     int64_t comm_bytes; /* received by rank 0 */
     dsacp_kv_role group; /* the group that ran it (kv_both without a link) */
+    /* Speculative decoding: the target step's verify rows (every row of its verify entries),
+     * and the MTP draft steps that followed it before the next target step (their number and
+     * summed wall time, ms: the draft phase; dur_ms is the target step, the verify phase). */
+    int64_t verify_tokens;
+    int64_t draft_steps;
+    double draft_ms;
 } dsacp_serve_step;
 
 /* Times are seconds on the run's clock (0 = the start of the run, docs/serving.md "The clock"). */
@@ -171,6 +196,12 @@ typedef struct dsacp_serve_result {
     int pd_W[2];
     double pd_kv_peak_use[2], pd_busy_s[2];
     int64_t pd_steps[2], pd_preemptions[2];
+    /* Speculative decoding, with vLLM's metric names (spec_decode_*): verify entries run
+     * (num_drafts), draft tokens proposed and accepted, accepted per draft position [k]. */
+    dsacp_spec_config spec;
+    int64_t spec_num_drafts, spec_num_draft_tokens, spec_num_accepted_tokens;
+    int64_t spec_accepted_per_pos[DSACP_SPEC_MAX_TOKENS];
+    int64_t target_steps_decode; /* target steps that ran at least one decode or verify row */
 } dsacp_serve_result;
 void dsacp_serve_result_free(dsacp_serve_result *r);
 

@@ -195,6 +195,14 @@ typedef struct dsacp_cp_step {
     const int64_t *pre_off;  /* [W + 1] rank q's prefill tokens: pre_all[pre_off[q] .. pre_off[q+1]) */
     const int64_t *pre_idx;  /* [T] index of a prefill token in pre_all, -1 for decode tokens */
     bool want_topk;          /* gather selected sets to rank 0 */
+    /* Given by the caller (dsacp_cp_step_build reads them): */
+    int64_t layer0, layer1;  /* the layers the step runs: [0, L) for the target, [L, L + 1) for
+                              * an MTP step (the weight plans issue their broadcasts in that range) */
+    const uint32_t *flags;   /* [n_ent] or NULL: DSACP_ENTRY_* (VERIFY: decode rows whenever decode
+                              * tokens are, never the context-path choice) */
+    const int32_t *place;    /* [T] or NULL: the rank that computes token t, -1 for a decode row
+                              * (every rank); all -1 or all >= 0 within an entry. An MTP step's rows
+                              * run where their hidden inputs are (docs/speculative.md) */
 } dsacp_cp_step;
 
 /* Per step and per layer (collective, in this order): the step's o_proj path and the first

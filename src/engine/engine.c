@@ -560,7 +560,7 @@ static int engine_step(dsacp_engine *e, const dsacp_step_entry *entries, int64_t
             if (e->icache != e->cache) r->iseq.length = kept(e, e->cp.opt.index_layout, r->length);
         }
     if (rc) dsacp_engine_plan_lost(e);
-    else dsacp_engine_plan_step(e, &e->ws, b.old_len, b.new_len, n, want, last);
+    else dsacp_engine_plan_step(e, &e->ws, &st, NULL, want, last, false);
     dsacp_cp_step_free(&mem);
     return rc;
 }

@@ -131,8 +131,10 @@ void dsacp_engine_plan_agreement(dsacp_engine *e);
 size_t dsacp_engine_plan_workspace(const dsacp_engine *e, int64_t T, int64_t n);
 /* A step that completed (added to the prediction; its scratch from ws, given back), or one that
  * failed (the prediction is lost). */
-void dsacp_engine_plan_step(dsacp_engine *e, dsacp_arena *ws, const int64_t *old_len, const int64_t *new_len, int64_t n,
-                            const uint8_t want[2], bool last);
+/* st: the step as built (entries' lengths, flags, placement, layer range); n_logits [n_ent]: the
+ * logits rows of each entry when `last` (each >= 1); mtp: an MTP step (dsacp_engine_mtp_step). */
+void dsacp_engine_plan_step(dsacp_engine *e, dsacp_arena *ws, const dsacp_cp_step *st, const int64_t *n_logits,
+                            const uint8_t want[2], bool last, bool mtp);
 void dsacp_engine_plan_lost(dsacp_engine *e);
 /* The planned counters and (measured non-NULL) the measured ones, per phase. */
 void dsacp_engine_plan_counters(const dsacp_engine *e, dsacp_comm_counter planned[DSACP_PHASE_COUNT],

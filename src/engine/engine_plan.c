@@ -132,9 +132,15 @@ size_t dsacp_engine_plan_workspace(const dsacp_engine *e, int64_t T, int64_t n)
     return bytes;
 }
 
-void dsacp_engine_plan_step(dsacp_engine *e, dsacp_arena *ws, const int64_t *old_len, const int64_t *new_len, int64_t n,
-                            const uint8_t want[2], bool last)
+void dsacp_engine_plan_step(dsacp_engine *e, dsacp_arena *ws, const dsacp_cp_step *st_in, const int64_t *n_logits,
+                            const uint8_t want[2], bool last, bool mtp)
 {
+    const int64_t *old_len = st_in->old_len, *new_len = st_in->new_len, n = st_in->n_ent;
+    (void)n_logits;
+    if (mtp) { /* not predicted yet */
+        e->plan->lost = true;
+        return;
+    }
     dsacp_engine_plan *p = e->plan;
     if (p->lost) return;
     const size_t mark = dsacp_arena_mark(ws);
