@@ -1,8 +1,9 @@
 /*
  * cp_step.c -- a step's metadata on a rank (docs/context-parallel.md sections 2 and 4): which
  * tokens are decode-like (every rank, heads split) and which are prefill tokens of which rank
- * (the split: owner, contiguous or zigzag), the context path of a chunk after a sharded context
- * (gather, distributed, or auto by the byte rule or the engine's chooser).
+ * (the split: owner, contiguous or zigzag, or the caller's placement for an MTP step), verify
+ * entries (decode rows), the context path of a chunk after a sharded context (gather,
+ * distributed, or auto by the byte rule or the engine's chooser).
  */
 #include "cp/cp_strategy.h"
 
@@ -45,6 +46,60 @@ static int context_distributed(dsacp_cp_ctx *cp, int64_t old_len, int64_t n_new,
     double g, per;
     dsacp_cp_context_rule(cp, old_len, &g, &per);
     *dist = (double)n_new * per < g;
+    return DSACP_OK;
+}
+
+/* Records one step's context-path letter (g, d or m) in cp->ctx_choices. */
+static void record_choice(dsacp_cp_ctx *cp, char choice)
+{
+    if (cp->nctx_choices == cp->capctx_choices) {
+        const int64_t cap = cp->capctx_choices ? 2 * cp->capctx_choices : 64;
+        char *nb = realloc(cp->ctx_choices, (size_t)cap + 1);
+        if (nb) cp->ctx_choices = nb, cp->capctx_choices = cap;
+    }
+    if (cp->nctx_choices < cp->capctx_choices) cp->ctx_choices[cp->nctx_choices++] = choice, cp->ctx_choices[cp->nctx_choices] = 0;
+}
+
+/* Which entries are decode-like (decode[e] = 1: every rank, heads split).
+ * - Given placement (an MTP step): an entry's rows run where their hidden inputs are, decode
+ *   rows when its first token's place is -1; no context-path choice.
+ * - Otherwise decode tokens go to every rank (DCP) unless DSA-CP keeps every cache whole
+ *   (DSA-CP + DCP splits the prefill tokens and attends the decode tokens over the sharded cache
+ *   with the decode strategy); a verify entry's rows are decode rows under the same condition,
+ *   each with its own causal bound, never the context-path choice.
+ * - A chunk whose earlier context is sharded (chunked prefill, a cached prefix): gathered for it
+ *   (the prefill path), or its tokens processed like decode tokens on every rank through the
+ *   decode strategy (distributed), or the cheaper of the two in bytes (auto). */
+static int step_decode(dsacp_cp_ctx *cp, const dsacp_cp_step *st, uint8_t *decode)
+{
+    const int64_t W = cp->W, n_ent = st->n_ent;
+    memset(decode, 0, (size_t)(n_ent > 0 ? n_ent : 1));
+    if (st->place) {
+        for (int64_t t = st->T - 1; t >= 0; t--) decode[st->ent[t]] = st->place[t] == -1; /* ends at the first token */
+        return DSACP_OK;
+    }
+    const bool dsa_cp_only = cp->opt.mode == DSACP_CP_DSA_CP &&
+                             (W == 1 || (cp->opt.kv_layout == DSACP_LAYOUT_REPLICATED &&
+                                         cp->opt.index_layout == DSACP_LAYOUT_REPLICATED));
+    for (int64_t e = 0; e < n_ent; e++) {
+        const bool verify = st->flags && (st->flags[e] & DSACP_ENTRY_VERIFY);
+        decode[e] = !dsa_cp_only && (verify || st->new_len[e] - st->old_len[e] == 1);
+    }
+    const bool sharded = W > 1 && !dsa_cp_only && (cp->opt.kv_layout == DSACP_LAYOUT_SHARDED || cp->iW > 1);
+    char choice = '-';
+    for (int64_t e = 0; e < n_ent && sharded; e++) {
+        const int64_t nn = st->new_len[e] - st->old_len[e];
+        if (decode[e] || st->old_len[e] == 0 || nn < 1) continue;
+        bool dist = false;
+        int drc = context_distributed(cp, st->old_len[e], nn, &dist);
+        if (drc) return drc;
+        decode[e] = dist;
+        if (dist) cp->stats.context_distributed++;
+        else cp->stats.context_gather++;
+        const char c = dist ? 'd' : 'g';
+        choice = choice == '-' || choice == c ? c : 'm';
+    }
+    if (choice != '-') record_choice(cp, choice);
     return DSACP_OK;
 }
 
@@ -114,47 +169,23 @@ int dsacp_cp_step_build(dsacp_cp_ctx *cp, dsacp_cp_step *st, dsacp_cp_step_mem *
         memset(m, 0, sizeof *m);
         return trc;
     }
-    /* Decode tokens go to every rank (DCP) unless DSA-CP keeps every cache whole: DSA-CP + DCP
-     * splits the prefill tokens and attends the decode tokens over the sharded cache with the
-     * decode strategy. */
-    const bool dsa_cp_only = cp->opt.mode == DSACP_CP_DSA_CP &&
-                             (W == 1 || (cp->opt.kv_layout == DSACP_LAYOUT_REPLICATED &&
-                                         cp->opt.index_layout == DSACP_LAYOUT_REPLICATED));
-    for (int64_t e = 0; e < n_ent; e++) m->decode[e] = !dsa_cp_only && st->new_len[e] - st->old_len[e] == 1;
-    /* A chunk whose earlier context is sharded (chunked prefill, a cached prefix): gathered for
-     * it (the prefill path below), or its tokens processed like decode tokens on every rank
-     * through the decode strategy (distributed), or the cheaper of the two in bytes (auto). */
-    const bool sharded = W > 1 && !dsa_cp_only &&
-                         (cp->opt.kv_layout == DSACP_LAYOUT_SHARDED || cp->iW > 1);
-    char choice = '-';
-    for (int64_t e = 0; e < n_ent && sharded; e++) {
-        const int64_t nn = st->new_len[e] - st->old_len[e];
-        if (m->decode[e] || st->old_len[e] == 0 || nn < 1) continue;
-        bool dist = false;
-        int drc = context_distributed(cp, st->old_len[e], nn, &dist);
-        if (drc) { /* agreed by the caller: every rank stops the step */
-            dsacp_cp_step_free(m);
-            return drc;
-        }
-        m->decode[e] = dist;
-        if (dist) cp->stats.context_distributed++;
-        else cp->stats.context_gather++;
-        const char c = dist ? 'd' : 'g';
-        choice = choice == '-' || choice == c ? c : 'm';
+    int drc = step_decode(cp, st, m->decode);
+    if (drc) { /* agreed by the caller: every rank stops the step */
+        dsacp_cp_step_free(m);
+        return drc;
     }
-    if (choice != '-') {
-        if (cp->nctx_choices == cp->capctx_choices) {
-            const int64_t cap = cp->capctx_choices ? 2 * cp->capctx_choices : 64;
-            char *nb = realloc(cp->ctx_choices, (size_t)cap + 1);
-            if (nb) cp->ctx_choices = nb, cp->capctx_choices = cap;
-        }
-        if (cp->nctx_choices < cp->capctx_choices) cp->ctx_choices[cp->nctx_choices++] = choice, cp->ctx_choices[cp->nctx_choices] = 0;
-    }
-    /* The rank that computes a non-decode token: its position's owner, DSA-CP's flat slice of
-     * the step's batch padded to a multiple of W, or the zigzag chunk of its request's new
-     * tokens (2W near-equal chunks: rank r takes chunks r and 2W - 1 - r). */
+    /* The rank that computes a non-decode token: the given place (an MTP step), its position's
+     * owner, DSA-CP's flat slice of the step's batch padded to a multiple of W, or the zigzag
+     * chunk of its request's new tokens (2W near-equal chunks: rank r takes chunks r and
+     * 2W - 1 - r). */
     const int64_t chunk = (T + W - 1) / W;
-#define ASSIGNED(t) assigned_rank(cp, st, (t), chunk)
+    for (int64_t t = 0; st->place && t < T; t++)
+        if (!m->decode[st->ent[t]] && (st->place[t] < 0 || st->place[t] >= W)) {
+            dsacp_cp_step_free(m);
+            return dsacp_error(DSACP_EINVAL, "place[%lld] = %d: not a rank of the group of %lld (entry %d mixes "
+                               "decode rows and ranks?)", (long long)t, (int)st->place[t], (long long)W, (int)st->ent[t]);
+        }
+#define ASSIGNED(t) (st->place ? (int64_t)st->place[(t)] : assigned_rank(cp, st, (t), chunk))
     int64_t nd = 0, np = 0, npa = 0;
     for (int64_t t = 0; t < T; t++) {
         m->act_row[t] = -1;

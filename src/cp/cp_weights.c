@@ -22,6 +22,16 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* The plans and what this file keeps per step: the layer range [l0, l1) of the step in flight
+ * (dsacp_cp_step.layer0/layer1), so that layer_done issues the ring's next broadcasts only for
+ * layers the step runs and nothing is left in flight after it. cp->wp points at `pub`. */
+typedef struct weights_state {
+    dsacp_cp_weights pub;
+    int64_t l0, l1;
+} weights_state;
+
+static weights_state *state_of(dsacp_cp_weights *wp) { return (weights_state *)(void *)wp; }
+
 static size_t scale_bytes(const dsacp_weight *w)
 {
     return w->dtype == DSACP_F8_E4M3 && w->scale ? (size_t)(w->scale_rows * w->scale_stride) * 4 : 0;
@@ -148,10 +158,12 @@ void dsacp_cp_weight_free(dsacp_weight *w)
 int dsacp_cp_weights_setup(dsacp_cp_ctx *cp, const dsacp_dsa_weights *attn, int64_t L)
 {
     if (dsacp_fault("weights")) return dsacp_fault_error("weights", "DSA-CP weight plans");
-    dsacp_cp_weights *wp = calloc(1, sizeof *wp);
-    if (!wp) return dsacp_error(DSACP_ENOMEM, "out of memory");
+    weights_state *ws = calloc(1, sizeof *ws);
+    if (!ws) return dsacp_error(DSACP_ENOMEM, "out of memory");
+    dsacp_cp_weights *wp = &ws->pub;
     cp->wp = wp;
-    wp->L = L;
+    wp->L = L; /* the target's layers, plus the MTP layer (index num_hidden_layers) when bound */
+    ws->l0 = 0, ws->l1 = L;
     const int W = cp->W, me = cp->rank;
     wp->q_b = calloc((size_t)L, sizeof *wp->q_b);
     wp->o = calloc((size_t)L, sizeof *wp->o);
@@ -207,7 +219,7 @@ void dsacp_cp_weights_free(dsacp_cp_weights *wp)
     for (int64_t l = 0; wp->o_tp && l < wp->L; l++) dsacp_cp_weight_free(wp->o_tp[l]);
     free(wp->o_tp), free(wp->col), free(wp->q_b), free(wp->o), free(wp->choices);
     dsacp_free(wp->gather_full), dsacp_free(wp->gather_recv);
-    free(wp);
+    free(state_of(wp));
 }
 
 /* Bytes a rank receives, on average over the group, for o_proj in this step by each tp path. */
@@ -241,9 +253,11 @@ int dsacp_cp_weights_step_begin(dsacp_cp_ctx *cp, const dsacp_cp_step *st)
     if (!wp || cp->W == 1) return DSACP_OK;
     /* tp / auto: which path o_proj takes this step (the same verdict on every rank). */
     if (cp->opt.o_proj >= DSACP_WEIGHTS_TP) {
-        bool prefill = false;
-        for (int64_t e = 0; e < st->n_ent; e++)
-            if (st->new_len[e] - st->old_len[e] > 1) prefill = true;
+        /* tp's "prefill step": a chunk of more than one token (a verify entry's rows are decode
+         * rows, not a chunk); an MTP step (given placement) by its rows computed on one rank. */
+        bool prefill = st->place && st->n_pre_all > 0;
+        for (int64_t e = 0; e < st->n_ent && !st->place; e++)
+            if (st->new_len[e] - st->old_len[e] > 1 && !(st->flags && (st->flags[e] & DSACP_ENTRY_VERIFY))) prefill = true;
         double g, a;
         tp_bytes(cp, st, &g, &a);
         switch (cp->opt.o_proj) {
@@ -268,10 +282,18 @@ int dsacp_cp_weights_step_begin(dsacp_cp_ctx *cp, const dsacp_cp_step *st)
         if (wp->nchoices < wp->capchoices) wp->choices[wp->nchoices++] = wp->step_gather ? 'g' : allreduce_only ? 'r' : 'a', wp->choices[wp->nchoices] = 0;
         wp->last_gather_bytes = g, wp->last_act_bytes = a;
     }
+    /* The step's layers: the target's [0, L) or the MTP layer's [L, L + 1); layer1 == 0 (a caller
+     * that sets no range) runs every layer. The rings' first broadcasts start at layer0. */
+    weights_state *ws = state_of(wp);
+    ws->l0 = st->layer1 > 0 ? st->layer0 : 0;
+    ws->l1 = st->layer1 > 0 ? st->layer1 : wp->L;
+    if (ws->l0 < 0 || ws->l1 > wp->L || ws->l0 >= ws->l1)
+        return dsacp_error(DSACP_EINVAL, "step layers [%lld, %lld) outside the %lld bound layers", (long long)ws->l0,
+                           (long long)ws->l1, (long long)wp->L);
     int rc = DSACP_OK;
-    for (int64_t l = 0; l < wp->q_ring.slots && !rc; l++)
+    for (int64_t l = ws->l0; l < ws->l0 + wp->q_ring.slots && l < ws->l1 && !rc; l++)
         rc = ring_issue(cp, &wp->q_ring, wp->q_b[l], l, DSACP_PHASE_q_proj_weight);
-    for (int64_t l = 0; l < wp->o_ring.slots && !rc; l++)
+    for (int64_t l = ws->l0; l < ws->l0 + wp->o_ring.slots && l < ws->l1 && !rc; l++)
         rc = ring_issue(cp, &wp->o_ring, wp->o[l], l, DSACP_PHASE_o_proj_weight);
     return rc;
 }
@@ -372,10 +394,11 @@ int dsacp_cp_weights_layer_done(dsacp_cp_ctx *cp, int64_t l)
 {
     dsacp_cp_weights *wp = cp->wp;
     if (!wp || cp->W == 1) return DSACP_OK;
+    const int64_t l1 = state_of(wp)->l1; /* only the step's layers: nothing in flight after it */
     int rc = DSACP_OK;
-    if (wp->q_ring.slots && l + wp->q_ring.slots < wp->L)
+    if (wp->q_ring.slots && l + wp->q_ring.slots < l1)
         rc = ring_issue(cp, &wp->q_ring, wp->q_b[l + wp->q_ring.slots], l + wp->q_ring.slots, DSACP_PHASE_q_proj_weight);
-    if (!rc && wp->o_ring.slots && l + wp->o_ring.slots < wp->L)
+    if (!rc && wp->o_ring.slots && l + wp->o_ring.slots < l1)
         rc = ring_issue(cp, &wp->o_ring, wp->o[l + wp->o_ring.slots], l + wp->o_ring.slots, DSACP_PHASE_o_proj_weight);
     return rc;
 }
