@@ -26,6 +26,7 @@
  * as kv_both does): the producer's entries are not asked for again.
  */
 #include "serve/serve_loop.h"
+#include "serve/serve_spec.h"
 #include "engine/engine.h"
 
 #include <math.h>
@@ -481,7 +482,8 @@ static int serve_check_role(const dsacp_engine *e, const dsacp_serve_request *re
 
 int dsacp_serve_check(const dsacp_engine *e, const dsacp_serve_request *reqs, int64_t n, const dsacp_serve_options *opt)
 {
-    return serve_check_role(e, reqs, n, opt, opt->pd ? dsacp_pd_role(opt->pd) : DSACP_KV_BOTH);
+    int rc = dsacp_spec_check(e, opt);
+    return rc ? rc : serve_check_role(e, reqs, n, opt, opt->pd ? dsacp_pd_role(opt->pd) : DSACP_KV_BOTH);
 }
 
 
@@ -504,6 +506,7 @@ static int serve_setup(sched *S, loop *L)
     if (!S->r || !res->out || !S->ent_s || !S->ent_n || !S->fit_id || !S->fit_len || !S->order || !L->work)
         rc = dsacp_error(DSACP_ENOMEM, "out of memory for %lld requests", (long long)n);
     res->n_requests = n;
+    if (!rc) rc = dsacp_spec_check(S->e, S->o);
     if (!rc) rc = serve_check_role(S->e, reqs, n, S->o, S->role);
     for (int64_t i = 0; i < n && !rc; i++) {
         const dsacp_serve_request *q = &reqs[i];
