@@ -58,6 +58,19 @@ typedef struct dsacp_plan_step {
     bool want_logits; /* rank 0 asks for logits: the prefill rows' hidden states travel to it */
     const struct dsacp_hw *context_hw; /* the profile of --context-path auto's time rule (or NULL) */
     bool logits_last; /* only each entry's last token's row (dsacp_engine_step_last) */
+    /* Speculative decoding (docs/speculative.md). The layers the step runs: [layer0, layer0 +
+     * layers) -- a target step [0, num_hidden_layers), an MTP step [num_hidden_layers, +1) (its
+     * q_bytes / o_bytes entries at index layer0; layer-shard's owner layer0 mod W); layers 0:
+     * num_hidden_layers from 0. */
+    int64_t layer0, layers;
+    /* [npre] or NULL: with logits_last, the rows of each prefill entry's last tokens rank 0's head
+     * needs (a verify entry's n_logits; NULL: 1 each) */
+    const int64_t *pre_logits;
+    /* [npre] or NULL: the rank computing each prefill entry's tokens (an MTP chain row computed
+     * where its hidden input is), -1: the split rule (NULL: the split rule for all) */
+    const int64_t *pre_rank;
+    /* dsacp_plan_entries_comm: [n] beside its entries, or NULL (ordinary entries) */
+    const struct dsacp_plan_entry_spec *entry_spec;
 } dsacp_plan_step;
 
 /* Per phase: calls, bytes sent, bytes received on `rank` (seconds left 0), for one step through
@@ -103,10 +116,25 @@ int dsacp_plan_context_distributed(const dsacp_config *cfg, const dsacp_cp_optio
 typedef struct dsacp_plan_entry {
     int64_t old_len, n_new;
 } dsacp_plan_entry;
+/* What a speculative-decoding step adds to an entry (docs/speculative.md; all zero: an ordinary
+ * entry), given beside the entries in base->entry_spec. flags: DSACP_ENTRY_* (VERIFY: its rows
+ * are decode rows whenever decode tokens are, each with its own context, never the context-path
+ * choice); n_logits: rows of logits after its last tokens with logits_last (0: 1); path: how its
+ * tokens are placed -- DSACP_PLAN_PATH_AUTO classified as the engine classifies entries, or given
+ * (an MTP step, whose rows run where their hidden inputs are): _DECODE every rank, _SPLIT the
+ * prefill split (a catch-up step repeats its target step's placement), _RANK all on rank `rank`
+ * (a chain row under DSA-CP alone). An MTP step also sets base->layer0 / layers. */
+typedef struct dsacp_plan_entry_spec {
+    uint32_t flags;
+    int64_t n_logits;
+    int32_t path, rank;
+} dsacp_plan_entry_spec;
+enum { DSACP_PLAN_PATH_AUTO = 0, DSACP_PLAN_PATH_DECODE = 1, DSACP_PLAN_PATH_SPLIT = 2, DSACP_PLAN_PATH_RANK = 3 };
 
 /* dsacp_plan_step_comm for a step given as entries: classifies them the way the engine does
- * (decode tokens, prefill chunks, chunks after a sharded context by cp->context_path, tp's
- * weight path by cp->o_proj) and fills base's lists (base's own lists and tp_gather ignored). */
+ * (decode tokens, verify entries, prefill chunks, chunks after a sharded context by
+ * cp->context_path, given paths by base->entry_spec, tp's weight path by cp->o_proj) and fills
+ * base's lists (base's own lists and tp_gather ignored). */
 int dsacp_plan_entries_comm(const dsacp_config *cfg, const dsacp_cp_options *cp, const dsacp_plan_step *base,
                             const dsacp_plan_entry *ent, int64_t n, dsacp_comm_counter out[DSACP_PHASE_COUNT]);
 /* The same allocating nothing: its lists and the step's counts (dsacp_plan_step_comm_mem)

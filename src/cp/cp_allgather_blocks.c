@@ -188,7 +188,7 @@ static void shared(const dsacp_cp_formula *f, int64_t *sh)
 
 static void comm(const dsacp_cp_formula *f, const int64_t *sh, dsacp_comm_counter out[DSACP_PHASE_COUNT])
 {
-    const int64_t W = f->W, L = f->cfg->num_hidden_layers, Esh = dsacp_cp_formula_sharded_entry(f);
+    const int64_t W = f->W, L = dsacp_cp_formula_layers(f), Esh = dsacp_cp_formula_sharded_entry(f);
     if (!Esh) return;
     const int64_t blockb = 4 + f->opt->interleave * Esh, mine = sh[f->me] * blockb, oth = (sh[W] - sh[f->me]) * blockb;
     dsacp_cp_count(&out[DSACP_PHASE_kv_gather], L, L * mine * (W - 1), L * oth);

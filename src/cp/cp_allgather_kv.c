@@ -72,7 +72,7 @@ static void shared(const dsacp_cp_formula *f, int64_t *sh)
  * entries every rank holds (phase kv_gather). */
 static void comm(const dsacp_cp_formula *f, const int64_t *sh, dsacp_comm_counter out[DSACP_PHASE_COUNT])
 {
-    const int64_t W = f->W, L = f->cfg->num_hidden_layers, Esh = dsacp_cp_formula_sharded_entry(f);
+    const int64_t W = f->W, L = dsacp_cp_formula_layers(f), Esh = dsacp_cp_formula_sharded_entry(f);
     if (!Esh) return;
     dsacp_cp_count(&out[DSACP_PHASE_control], L, L * 4 * (W - 1), L * 4 * (W - 1));
     const int64_t mine = sh[f->me] * Esh, oth = (sh[W] - sh[f->me]) * Esh;

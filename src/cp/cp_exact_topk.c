@@ -142,7 +142,7 @@ static int check(const dsacp_cp_options *cp, int W, int64_t block_size, bool dcp
  * the merge. */
 static void comm(const dsacp_cp_formula *f, const int64_t *sh, dsacp_comm_counter out[DSACP_PHASE_COUNT])
 {
-    const int64_t L = f->cfg->num_hidden_layers, K = f->cfg->index_topk, iW = f->iW, nd = f->nd;
+    const int64_t L = dsacp_cp_formula_layers(f), K = f->cfg->index_topk, iW = f->iW, nd = f->nd;
     if (iW > 1) dsacp_cp_count(&out[DSACP_PHASE_index_candidates], L, L * nd * K * 8 * (iW - 1), L * nd * K * 8 * (iW - 1));
     dsacp_cp_formula_merge(f, out);
 }

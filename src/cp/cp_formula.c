@@ -44,7 +44,7 @@ void dsacp_cp_formula_allreduce(dsacp_comm_counter *c, int64_t n, int64_t s, int
 void dsacp_cp_formula_merge(const dsacp_cp_formula *f, dsacp_comm_counter out[DSACP_PHASE_COUNT])
 {
     const dsacp_config *cfg = f->cfg;
-    const int64_t L = cfg->num_hidden_layers, H = cfg->num_attention_heads, dc = cfg->kv_lora_rank;
+    const int64_t L = dsacp_cp_formula_layers(f), H = cfg->num_attention_heads, dc = cfg->kv_lora_rank;
     const int64_t dk = dc + cfg->qk_rope_head_dim, W = f->W, nd = f->nd, Hs = dsacp_cp_heads(H, f->me, W);
     dsacp_cp_count(&out[DSACP_PHASE_query_gather], L, L * nd * Hs * dk * 4 * (W - 1), L * nd * (H - Hs) * dk * 4);
     if (f->opt->merge_backend == DSACP_MERGE_A2A)

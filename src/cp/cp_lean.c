@@ -629,7 +629,7 @@ static void shared(const dsacp_cp_formula *f, int64_t *sh)
 static void comm(const dsacp_cp_formula *f, const int64_t *sh, dsacp_comm_counter out[DSACP_PHASE_COUNT])
 {
     const dsacp_cp_options *cp = f->opt;
-    const int64_t L = f->cfg->num_hidden_layers, K = f->cfg->index_topk, H = f->cfg->num_attention_heads;
+    const int64_t L = dsacp_cp_formula_layers(f), K = f->cfg->index_topk, H = f->cfg->num_attention_heads;
     const int64_t dv = f->cfg->v_head_dim, W = f->W, me = f->me, iW = f->iW, nd = f->nd, Hs = dsacp_cp_heads(H, me, W);
     const int64_t sz = wire_bytes(cp, f->deployed);
     const int64_t mine = iW > 1 ? sh[f->ir] : 0, oth = iW > 1 ? sh[iW] - mine : 0, sel = sh[iW + 1];

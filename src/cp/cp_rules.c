@@ -75,7 +75,7 @@ int dsacp_cp_strategy_report(const dsacp_cp_options *opt, json_t *obj)
 /* The heads' v rows of the decode tokens all-gathered (cp_layer.c gather_v). */
 static void gather_v(const dsacp_cp_formula *f, dsacp_comm_counter *c)
 {
-    const int64_t L = f->cfg->num_hidden_layers, H = f->cfg->num_attention_heads, dv = f->cfg->v_head_dim;
+    const int64_t L = dsacp_cp_formula_layers(f), H = f->cfg->num_attention_heads, dv = f->cfg->v_head_dim;
     const int64_t Hs = dsacp_cp_heads(H, f->me, f->W);
     dsacp_cp_count(c, L, L * f->nd * Hs * dv * 4 * (f->W - 1), L * f->nd * (H - Hs) * dv * 4);
 }
@@ -115,7 +115,7 @@ void dsacp_cp_decode_comm(const dsacp_cp_formula *f, const int64_t *sh, dsacp_co
      * rank's head columns (tp's shard or a column copy) and an all-reduce, or the heads' v
      * gathered and the whole o_proj. */
     const dsacp_config *cfg = f->cfg;
-    const int64_t L = cfg->num_hidden_layers, H = cfg->num_attention_heads, dv = cfg->v_head_dim, D = cfg->hidden_size;
+    const int64_t L = dsacp_cp_formula_layers(f), H = cfg->num_attention_heads, dv = cfg->v_head_dim, D = cfg->hidden_size;
     const int64_t sz = dsacp_cp_wire_bytes(s, f->opt, f->deployed);
     dsacp_comm_counter *o = &out[DSACP_PHASE_o_proj];
     if (s->merges_output && s->merges_output(f->opt, f->tp_a2a)) {

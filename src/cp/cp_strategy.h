@@ -38,6 +38,8 @@ typedef struct dsacp_cp_formula {
     const int64_t *request;        /* [nd] request index of each token (in 0 .. nreq) */
     /* lean's data-dependent counts (measured; 0 in a prediction) */
     int64_t lean_fallback_tokens, lean_fallback_rounds, lean_owned_winners;
+    /* layers the step runs: a target step num_hidden_layers, an MTP step 1 (0: num_hidden_layers) */
+    int64_t layers;
 } dsacp_cp_formula;
 
 typedef struct dsacp_cp_strategy {
@@ -99,6 +101,11 @@ void dsacp_cp_count(dsacp_comm_counter *c, int64_t calls, int64_t sent, int64_t 
 static inline int64_t dsacp_cp_heads(int64_t H, int64_t q, int64_t W)
 {
     return dsacp_split_begin(H, q + 1, W) - dsacp_split_begin(H, q, W);
+}
+/* The layers f's step runs (f->layers, num_hidden_layers when 0): every per-layer count x it. */
+static inline int64_t dsacp_cp_formula_layers(const dsacp_cp_formula *f)
+{
+    return f->layers > 0 ? f->layers : f->cfg->num_hidden_layers;
 }
 /* Bytes of a sharded cache entry under f's layouts (latent where sharded, indexer where sharded). */
 int64_t dsacp_cp_formula_sharded_entry(const dsacp_cp_formula *f);

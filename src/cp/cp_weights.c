@@ -253,10 +253,10 @@ int dsacp_cp_weights_step_begin(dsacp_cp_ctx *cp, const dsacp_cp_step *st)
     if (!wp || cp->W == 1) return DSACP_OK;
     /* tp / auto: which path o_proj takes this step (the same verdict on every rank). */
     if (cp->opt.o_proj >= DSACP_WEIGHTS_TP) {
-        /* tp's "prefill step": a chunk of more than one token (a verify entry's rows are decode
-         * rows, not a chunk); an MTP step (given placement) by its rows computed on one rank. */
-        bool prefill = st->place && st->n_pre_all > 0;
-        for (int64_t e = 0; e < st->n_ent && !st->place; e++)
+        /* tp's "prefill step": an entry of more than one token that is not a verify entry (whose
+         * rows are decode rows); an MTP step by the same rule over its entries. */
+        bool prefill = false;
+        for (int64_t e = 0; e < st->n_ent; e++)
             if (st->new_len[e] - st->old_len[e] > 1 && !(st->flags && (st->flags[e] & DSACP_ENTRY_VERIFY))) prefill = true;
         double g, a;
         tp_bytes(cp, st, &g, &a);

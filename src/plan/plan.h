@@ -24,14 +24,16 @@ int dsacp_plan_step_comm_ranks(const dsacp_config *cfg, const dsacp_cp_options *
  * prefill, decode tokens, or a chunk after a sharded context whose path the context rule picks
  * (decode tokens on the distributed path). */
 enum { DSACP_PLAN_ENTRY_PREFILL, DSACP_PLAN_ENTRY_DECODE, DSACP_PLAN_ENTRY_CONTEXT };
-int dsacp_plan_entry_kind(const dsacp_cp_options *cp, int64_t W, const dsacp_plan_entry *e);
+int dsacp_plan_entry_kind(const dsacp_cp_options *cp, int64_t W, const dsacp_plan_entry *e, const dsacp_plan_entry_spec *sp);
+/* Entry e's spec of base->entry_spec, or the ordinary entry's (all zero). */
+const dsacp_plan_entry_spec *dsacp_plan_spec_of(const dsacp_plan_step *base, int64_t e);
 
 /* The step and the lists it points into, carved from the caller's memory. */
 typedef struct dsacp_plan_lists {
     dsacp_plan_step s;
-    int64_t *ctx, *req, *rold, *pold, *pnew, *pfirst;
+    int64_t *ctx, *req, *rold, *pold, *pnew, *pfirst, *plogits, *prank;
 } dsacp_plan_lists;
-/* Points l's lists into mem (2 T + 4 n int64_t: the lists of n entries bringing T tokens) and
+/* Points l's lists into mem (2 T + 6 n int64_t: the lists of n entries bringing T tokens) and
  * copies base into l->s. */
 void dsacp_plan_entries_lists(const dsacp_plan_step *base, int64_t T, int64_t n, void *mem, dsacp_plan_lists *l);
 /* Fills l->s from n entries (lengths checked, T tokens in all), decodes[e] saying whether entry

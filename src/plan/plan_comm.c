@@ -24,6 +24,12 @@ static void add(dsacp_comm_counter *c, int64_t calls, int64_t sent, int64_t recv
     c->bytes_recv += recv;
 }
 
+/* The layers step s runs: [layer0, layer0 + layers) (layers 0: the target's). */
+static int64_t step_layers(const dsacp_config *cfg, const dsacp_plan_step *s)
+{
+    return s->layers > 0 ? s->layers : cfg->num_hidden_layers;
+}
+
 static void index_groups(const dsacp_cp_options *cp, int64_t W, int64_t rank, int64_t *iW, int64_t *iI, int64_t *ir)
 {
     dsacp_cp_index_groups(cp, W, rank, iW, iI, ir);
@@ -89,7 +95,7 @@ static int shared_build(const dsacp_config *cfg, const dsacp_cp_options *cp, con
      * config and `plan`'s flags reach 2^68 bytes for allgather-kv's batch x context x entry) is
      * refused instead of wrapping. A rank's share of n cached positions: at most n / W + I. */
     {
-        const double Ld = (double)cfg->num_hidden_layers + 1, Wd = (double)W, E = (double)(s->latent_bytes + s->index_bytes);
+        const double Ld = (double)step_layers(cfg, s) + 1, Wd = (double)W, E = (double)(s->latent_bytes + s->index_bytes);
         const double Hd = (double)H, dk = (double)(cfg->kv_lora_rank + cfg->qk_rope_head_dim), K = (double)cfg->index_topk;
         const double Id = (double)(I > iI ? I : iI);
         double old = 0, old_share = 0, ctx = 0, ctx_share = 0, T = 0, weights = 0;
@@ -100,7 +106,7 @@ static int shared_build(const dsacp_config *cfg, const dsacp_cp_options *cp, con
             ctx += (double)s->pre_old[e], ctx_share += fmin((double)s->pre_old[e], (double)s->pre_old[e] / Wd + Id);
             T += (double)s->pre_new[e];
         }
-        for (int64_t l = 0; l < cfg->num_hidden_layers && cp->mode == DSACP_CP_DSA_CP; l++)
+        for (int64_t l = s->layer0; l < s->layer0 + step_layers(cfg, s) && cp->mode == DSACP_CP_DSA_CP; l++)
             weights += (s->q_bytes ? (double)s->q_bytes[l] : 0) + (s->o_bytes ? (double)s->o_bytes[l] : 0);
         for (int64_t q = 0; q < W && s->o_shard_bytes && cp->mode == DSACP_CP_DSA_CP; q++) weights += (double)s->o_shard_bytes[q];
         const double per_token = Hd * (dk + (double)cfg->kv_lora_rank + (double)dv + 8) * 4 + (double)D * 8 + K * 8 + 64;
@@ -121,11 +127,16 @@ static int shared_build(const dsacp_config *cfg, const dsacp_cp_options *cp, con
     const int64_t Tall = s->step_tokens > 0 ? s->step_tokens : T, chunk = Tall > 0 ? (Tall + W - 1) / W : 1;
     for (int64_t e = 0, t = 0; e < s->npre; e++) {
         const int64_t n = s->pre_new[e], o = s->pre_old[e], first = s->pre_first ? s->pre_first[e] : t;
-        if (n <= 2 * W) {
+        const int64_t nl = s->pre_logits && s->pre_logits[e] > 0 ? s->pre_logits[e] : 1; /* logits_last's rows */
+        if (s->pre_rank && s->pre_rank[e] >= 0) { /* the whole entry on one given rank */
+            const int64_t q = s->pre_rank[e] < W ? s->pre_rank[e] : W - 1;
+            npq[q] += n;
+            rows[q] += s->logits_last ? (nl < n ? nl : n) : n;
+        } else if (n <= 2 * W) {
             for (int64_t i = 0; i < n; i++) {
                 const int64_t q = token_rank(cp, W, n, o, first, chunk, i);
                 npq[q]++;
-                if (!s->logits_last || i == n - 1) rows[q]++; /* rows rank 0's head needs */
+                if (!s->logits_last || i >= n - nl) rows[q]++; /* rows rank 0's head needs */
             }
         } else {
             /* a long entry: each rank's count at once (O(W), the same counts as token by token) */
@@ -150,7 +161,7 @@ static int shared_build(const dsacp_config *cfg, const dsacp_cp_options *cp, con
                     if (all_rows) rows[q] += cnt;
                 }
             }
-            if (!all_rows) rows[token_rank(cp, W, n, o, first, chunk, n - 1)]++;
+            for (int64_t i = n - (nl < n ? nl : n); i < n && !all_rows; i++) rows[token_rank(cp, W, n, o, first, chunk, i)]++;
         }
         t += n;
     }
@@ -177,7 +188,8 @@ static int shared_build(const dsacp_config *cfg, const dsacp_cp_options *cp, con
                                .latent_bytes = s->latent_bytes, .index_bytes = s->index_bytes, .deployed = s->deployed,
                                .want_topk = s->want_topk, .tp = sh->tp, .tp_a2a = sh->tp_a2a, .o_gather_v = s->o_gather_v,
                                .o_tp_f32 = s->o_tp_f32, .lean_fallback_tokens = s->lean_fallback_tokens,
-                               .lean_fallback_rounds = s->lean_fallback_rounds, .lean_owned_winners = s->lean_owned_winners};
+                               .lean_fallback_rounds = s->lean_fallback_rounds, .lean_owned_winners = s->lean_owned_winners,
+                               .layers = step_layers(cfg, s)};
     sh->strat = dsacp_cp_formula_shared_len(&sh->f) > 0 ? mem + 2 * W : NULL;
     if (sh->strat) dsacp_cp_formula_shared_into(&sh->f, sh->strat);
     return DSACP_OK;
@@ -188,7 +200,7 @@ static void rank_comm(const dsacp_config *cfg, const dsacp_cp_options *cp, const
                       int64_t me, dsacp_comm_counter out[DSACP_PHASE_COUNT])
 {
     memset(out, 0, sizeof(dsacp_comm_counter) * DSACP_PHASE_COUNT);
-    const int64_t W = s->W, I = cp->interleave, L = cfg->num_hidden_layers, K = cfg->index_topk;
+    const int64_t W = s->W, I = cp->interleave, L = step_layers(cfg, s), K = cfg->index_topk;
     const int64_t H = cfg->num_attention_heads, dv = cfg->v_head_dim, D = cfg->hidden_size;
     int64_t iW, iI, ir;
     index_groups(cp, W, me, &iW, &iI, &ir);
@@ -238,7 +250,7 @@ static void rank_comm(const dsacp_config *cfg, const dsacp_cp_options *cp, const
      * tp's gather of the column shards when the step takes it. */
     int64_t rest = 0; /* every other rank's shard (f32 when the heads split FP8 blocks) */
     if (dsa && tp && gather) rest = sh->shard_total - s->o_shard_bytes[me];
-    for (int64_t l = 0; l < L && dsa; l++) {
+    for (int64_t l = s->layer0; l < s->layer0 + L && dsa; l++) {
         const bool root = l % W == me;
         if (cp->q_proj == DSACP_WEIGHTS_LAYER_SHARD)
             add(&out[DSACP_PHASE_q_proj_weight], 1, root ? s->q_bytes[l] * (W - 1) : 0, root ? 0 : s->q_bytes[l]);
@@ -325,19 +337,28 @@ void dsacp_plan_entries_lists(const dsacp_plan_step *base, int64_t T, int64_t n,
     int64_t *p = mem;
     *l = (dsacp_plan_lists){.s = *base};
     l->ctx = p, l->req = p + T, l->rold = p + 2 * T, l->pold = l->rold + n, l->pnew = l->pold + n, l->pfirst = l->pnew + n;
+    l->plogits = l->pfirst + n, l->prank = l->plogits + n;
 }
 
-int dsacp_plan_entry_kind(const dsacp_cp_options *cp, int64_t W, const dsacp_plan_entry *e)
+const dsacp_plan_entry_spec *dsacp_plan_spec_of(const dsacp_plan_step *base, int64_t e)
+{
+    static const dsacp_plan_entry_spec ordinary = {0, 0, DSACP_PLAN_PATH_AUTO, 0};
+    return base->entry_spec ? &base->entry_spec[e] : &ordinary;
+}
+
+int dsacp_plan_entry_kind(const dsacp_cp_options *cp, int64_t W, const dsacp_plan_entry *e, const dsacp_plan_entry_spec *sp)
 {
     int64_t iW, iI, ir;
     index_groups(cp, W, 0, &iW, &iI, &ir);
-    /* The engine's classification (src/cp/cp_layer.c, dsacp_cp_step_build): a one-token entry
-     * is a decode token on every rank unless DSA-CP keeps every cache whole; a chunk after a
-     * sharded context takes the context path. */
+    /* The engine's classification (src/cp/cp_step.c, dsacp_cp_step_build): a given path (an MTP
+     * step) as given; a one-token entry or a verify entry is decode rows on every rank unless
+     * DSA-CP keeps every cache whole; a chunk after a sharded context takes the context path. */
+    if (sp && sp->path == DSACP_PLAN_PATH_DECODE) return DSACP_PLAN_ENTRY_DECODE;
+    if (sp && (sp->path == DSACP_PLAN_PATH_SPLIT || sp->path == DSACP_PLAN_PATH_RANK)) return DSACP_PLAN_ENTRY_PREFILL;
     const bool dsa_cp_only = cp->mode == DSACP_CP_DSA_CP &&
                              (W == 1 || (cp->kv_layout == DSACP_LAYOUT_REPLICATED && cp->index_layout == DSACP_LAYOUT_REPLICATED));
     const bool sharded = W > 1 && !dsa_cp_only && (cp->kv_layout == DSACP_LAYOUT_SHARDED || iW > 1);
-    if (!dsa_cp_only && e->n_new == 1) return DSACP_PLAN_ENTRY_DECODE;
+    if (!dsa_cp_only && (e->n_new == 1 || (sp && (sp->flags & DSACP_ENTRY_VERIFY)))) return DSACP_PLAN_ENTRY_DECODE;
     return sharded && e->old_len > 0 && e->n_new >= 1 ? DSACP_PLAN_ENTRY_CONTEXT : DSACP_PLAN_ENTRY_PREFILL;
 }
 
@@ -349,19 +370,22 @@ void dsacp_plan_entries_step(const dsacp_cp_options *cp, const dsacp_plan_entry 
     bool multi = false;
     s->nd = s->nreq = s->npre = 0;
     for (int64_t e = 0; e < n; e++) {
-        multi = multi || ent[e].n_new > 1;
-        if (decodes[e]) {
+        const dsacp_plan_entry_spec *sp = dsacp_plan_spec_of(s, e);
+        multi = multi || (ent[e].n_new > 1 && !(sp->flags & DSACP_ENTRY_VERIFY));
+        if (decodes[e]) { /* one row per token, each with its own context (a verify entry's rows too) */
             for (int64_t j = 0; j < ent[e].n_new; j++) l->ctx[s->nd] = ent[e].old_len + j, l->req[s->nd++] = s->nreq;
             l->rold[s->nreq++] = ent[e].old_len;
         } else if (ent[e].n_new > 0) {
-            l->pfirst[s->npre] = first, l->pold[s->npre] = ent[e].old_len, l->pnew[s->npre++] = ent[e].n_new;
+            l->pfirst[s->npre] = first, l->pold[s->npre] = ent[e].old_len, l->pnew[s->npre] = ent[e].n_new;
+            l->plogits[s->npre] = sp->n_logits > 0 ? sp->n_logits : 1;
+            l->prank[s->npre++] = sp->path == DSACP_PLAN_PATH_RANK ? sp->rank : -1;
         }
         first += ent[e].n_new;
     }
     s->context = l->ctx, s->request = l->req, s->req_old = l->rold, s->pre_old = l->pold, s->pre_new = l->pnew;
-    s->pre_first = l->pfirst, s->step_tokens = first;
-    /* tp's path for the step (src/cp/cp_weights.c): tp gathers when an entry brings more than one
-     * token; auto decides by bytes in dsacp_plan_step_comm, which knows each rank's tokens. */
+    s->pre_first = l->pfirst, s->step_tokens = first, s->pre_logits = l->plogits, s->pre_rank = l->prank;
+    /* tp's path for the step (src/cp/cp_weights.c): tp gathers when an entry other than a verify
+     * entry brings more than one token; auto decides by bytes in dsacp_plan_step_comm, which knows each rank's tokens. */
     if (cp->o_proj == DSACP_WEIGHTS_TP) s->tp_gather = multi, s->tp_auto = false;
     else if (cp->o_proj == DSACP_WEIGHTS_TP_GATHER) s->tp_gather = true, s->tp_auto = false;
     else if (cp->o_proj == DSACP_WEIGHTS_TP_A2A) s->tp_gather = false, s->tp_auto = false;

@@ -374,12 +374,12 @@ static int chunk_layer(const dsacp_config *cfg_in, const dsacp_cp_options *cp_in
     const dsacp_plan_entry ent = {context, chunk};
     const dsacp_plan_step s = {.W = W, .rank = 0, .latent_bytes = lat_b, .index_bytes = idx_b, .hidden_bytes = cfg.hidden_size * 4,
                                .want_logits = true, .logits_last = true, .deployed = deployed, .o_gather_v = gv, .o_tp_f32 = f32};
-    const int kind = dsacp_plan_entry_kind(&cp, W, &ent);
+    const int kind = dsacp_plan_entry_kind(&cp, W, &ent, NULL);
     const bool decodes = kind == DSACP_PLAN_ENTRY_DECODE || (kind == DSACP_PLAN_ENTRY_CONTEXT && dist);
-    int64_t lists[2 * 1 + 4], *ctx = NULL; /* a one-token entry's lists; a decoded chunk's tokens below */
+    int64_t lists[2 * 1 + 6], *ctx = NULL; /* a one-token entry's lists; a decoded chunk's tokens below */
     dsacp_plan_lists l;
-    if (decodes && chunk > (INT64_MAX - 4) / 2) return dsacp_error(DSACP_ERANGE, "plan: chunk %lld too long", (long long)chunk);
-    if (decodes && chunk > 1 && !(ctx = dsacp_calloc((size_t)chunk * 2 + 4, sizeof *ctx)))
+    if (decodes && chunk > (INT64_MAX - 6) / 2) return dsacp_error(DSACP_ERANGE, "plan: chunk %lld too long", (long long)chunk);
+    if (decodes && chunk > 1 && !(ctx = dsacp_calloc((size_t)chunk * 2 + 6, sizeof *ctx)))
         return dsacp_error_context(DSACP_ENOMEM, "plan: a chunk of %lld tokens", (long long)chunk);
     dsacp_plan_entries_lists(&s, decodes ? chunk : 1, 1, ctx ? (void *)ctx : (void *)lists, &l);
     dsacp_plan_entries_step(&cp, &ent, 1, &decodes, &l);

@@ -21,11 +21,11 @@ static int entries_tokens(const dsacp_plan_entry *ent, int64_t n, size_t *T)
     return DSACP_OK;
 }
 
-/* The lists (2 T + 4 n int64), then the entries' decisions (n bools); SIZE_MAX on overflow. */
+/* The lists (2 T + 6 n int64), then the entries' decisions (n bools); SIZE_MAX on overflow. */
 static size_t lists_bytes(int64_t T, int64_t n)
 {
     size_t len, bytes;
-    if (T < 0 || n < 0 || !dsacp_mul_ok((size_t)T, 2, &len) || !dsacp_add_ok(len, 4 * (size_t)n, &len) ||
+    if (T < 0 || n < 0 || !dsacp_mul_ok((size_t)T, 2, &len) || !dsacp_add_ok(len, 6 * (size_t)n, &len) ||
         !dsacp_mul_ok(len, sizeof(int64_t), &bytes) || !dsacp_add_ok(bytes, (size_t)n + 1, &bytes))
         return SIZE_MAX;
     return bytes;
@@ -48,11 +48,17 @@ static int entries_build(const dsacp_config *cfg, const dsacp_cp_options *cp, co
                          const dsacp_plan_entry *ent, int64_t n, size_t T, dsacp_plan_lists *l, void *mem)
 {
     int64_t *p = mem;
-    bool *decodes = (bool *)(p + 2 * T + 4 * (size_t)n);
+    bool *decodes = (bool *)(p + 2 * T + 6 * (size_t)n);
     dsacp_plan_entries_lists(base, (int64_t)T, n, p, l);
     int rc = DSACP_OK;
     for (int64_t e = 0; e < n && !rc; e++) {
-        const int kind = dsacp_plan_entry_kind(cp, base->W, &ent[e]);
+        const dsacp_plan_entry_spec *sp = dsacp_plan_spec_of(base, e);
+        if (sp->path < DSACP_PLAN_PATH_AUTO || sp->path > DSACP_PLAN_PATH_RANK ||
+            (sp->path == DSACP_PLAN_PATH_RANK && (sp->rank < 0 || sp->rank >= base->W)) || sp->n_logits < 0 ||
+            sp->n_logits > ent[e].n_new)
+            return dsacp_error(DSACP_EINVAL, "plan: entry %lld: path %d, rank %d, n_logits %lld of %lld tokens",
+                               (long long)e, (int)sp->path, (int)sp->rank, (long long)sp->n_logits, (long long)ent[e].n_new);
+        const int kind = dsacp_plan_entry_kind(cp, base->W, &ent[e], sp);
         decodes[e] = kind == DSACP_PLAN_ENTRY_DECODE;
         if (kind == DSACP_PLAN_ENTRY_CONTEXT)
             rc = dsacp_plan_context_distributed(cfg, cp, base->W, base->latent_bytes, base->index_bytes, base->deployed,
