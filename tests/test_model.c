@@ -539,9 +539,11 @@ static void test_config_unsupported(void)
     CHECK_OK(dsacp_config_load(path, &c));
 }
 
-/* Rewrites dir/model.safetensors with `nbytes` bytes at element `index` of tensor `name`
- * replaced by `bytes`. */
-static void poke_tensor(const char *dir, const char *name, int64_t index, const void *bytes, size_t nbytes)
+/* Rewrites dir/model.safetensors with `nbytes` bytes at element `index` of tensor `name` (when not
+ * NULL) replaced by `bytes`, or without that tensor when `bytes` is NULL; and with one more F32
+ * tensor `add` [rows][cols] of 0.5s when `add` is not NULL. */
+static void edit_checkpoint(const char *dir, const char *name, int64_t index, const void *bytes, size_t nbytes,
+                            const char *add, int64_t rows, int64_t cols)
 {
     char path[4200];
     snprintf(path, sizeof path, "%s/model.safetensors", dir);
@@ -550,27 +552,39 @@ static void poke_tensor(const char *dir, const char *name, int64_t index, const 
     dsacp_st_writer *w;
     REQUIRE_OK(dsacp_st_writer_create(&w));
     int64_t n = dsacp_st_count(f);
-    void **copies = calloc((size_t)n, sizeof *copies);
-    bool found = false;
+    void **copies = calloc((size_t)n + 1, sizeof *copies);
+    bool found = name == NULL;
     for (int64_t i = 0; i < n; i++) {
         const dsacp_st_tensor *t = dsacp_st_tensor_at(f, i);
         copies[i] = malloc(t->nbytes ? t->nbytes : 1);
         memcpy(copies[i], t->data, t->nbytes);
-        if (strcmp(t->name, name) == 0) {
-            memcpy((uint8_t *)copies[i] + (size_t)index * dsacp_dtype_size(t->dtype), bytes, nbytes);
+        if (name && strcmp(t->name, name) == 0) {
             found = true;
+            if (!bytes) continue;
+            memcpy((uint8_t *)copies[i] + (size_t)index * dsacp_dtype_size(t->dtype), bytes, nbytes);
         }
         REQUIRE_OK(dsacp_st_writer_add(w, t->name, t->dtype, t->ndim, t->shape, copies[i]));
     }
     if (!found) {
-        fprintf(stderr, "poke_tensor: no tensor %s\n", name);
+        fprintf(stderr, "edit_checkpoint: no tensor %s\n", name);
         exit(1);
+    }
+    if (add) {
+        float *v = malloc((size_t)(rows * cols) * sizeof(float));
+        for (int64_t i = 0; i < rows * cols; i++) v[i] = 0.5f;
+        copies[n] = v;
+        REQUIRE_OK(dsacp_st_writer_add(w, add, DSACP_F32, 2, (int64_t[2]){rows, cols}, v));
     }
     REQUIRE_OK(dsacp_st_writer_write(w, path));
     dsacp_st_writer_free(w);
     dsacp_st_close(f);
-    for (int64_t i = 0; i < n; i++) free(copies[i]);
+    for (int64_t i = 0; i <= n; i++) free(copies[i]);
     free(copies);
+}
+
+static void poke_tensor(const char *dir, const char *name, int64_t index, const void *bytes, size_t nbytes)
+{
+    edit_checkpoint(dir, name, index, bytes, nbytes, NULL, 0, 0);
 }
 
 static void expect_nonfinite(const char *dir, const char *message)
@@ -759,6 +773,187 @@ static void test_shard_index(void)
     free(longname);
 }
 
+/* ---- the MTP layer (issue 23) ---- */
+
+/* num_nextn_predict_layers: parsed (absent: 0), bounded, saved; the MTP layer's MLP by the
+ * first_k_dense_replace / moe_layer_freq rule, also when mlp_layer_types lists the target layers. */
+static void test_mtp_config(void)
+{
+    dsacp_config c;
+    CHECK_OK(dsacp_config_parse(V32_ROPE_SCALING, strlen(V32_ROPE_SCALING), "v32.json", &c));
+    CHECK(c.num_nextn_predict_layers == 0 && !dsacp_config_layer_is_moe(&c, 61));
+    char *cfg = cfg_edit(V32_ROPE_SCALING, "\"num_hidden_layers\":61,", "\"num_hidden_layers\":61,\"num_nextn_predict_layers\":1,");
+    CHECK_OK(dsacp_config_parse(cfg, strlen(cfg), "v32.json", &c));
+    CHECK(c.num_nextn_predict_layers == 1 && dsacp_config_layer_is_moe(&c, 61) && !dsacp_config_layer_is_moe(&c, 62));
+    free(cfg);
+    /* transformers 5: mlp_layer_types covers layers 0 and 1; the MTP layer 2 follows the rule. */
+    const char *base = "{\"hidden_size\":64,\"num_hidden_layers\":2,\"num_attention_heads\":4,\"q_lora_rank\":32,"
+                       "\"kv_lora_rank\":32,\"qk_nope_head_dim\":16,\"qk_rope_head_dim\":16,\"v_head_dim\":16,"
+                       "\"index_n_heads\":4,\"index_head_dim\":32,\"index_topk\":16,\"vocab_size\":256,"
+                       "\"intermediate_size\":128,\"moe_intermediate_size\":32,\"n_routed_experts\":8,"
+                       "\"num_experts_per_tok\":2,\"n_group\":2,\"topk_group\":1,\"first_k_dense_replace\":1,"
+                       "\"mlp_layer_types\":[\"dense\",\"dense\"],\"num_nextn_predict_layers\":1}";
+    CHECK_OK(dsacp_config_parse(base, strlen(base), "t5.json", &c));
+    CHECK(!dsacp_config_layer_is_moe(&c, 1) && dsacp_config_layer_is_moe(&c, 2));
+    cfg = cfg_edit(base, "\"first_k_dense_replace\":1", "\"first_k_dense_replace\":3");
+    CHECK_OK(dsacp_config_parse(cfg, strlen(cfg), "t5.json", &c));
+    CHECK(!dsacp_config_layer_is_moe(&c, 2));
+    free(cfg);
+    cfg = cfg_edit(base, "\"num_nextn_predict_layers\":1", "\"num_nextn_predict_layers\":0");
+    CHECK_OK(dsacp_config_parse(cfg, strlen(cfg), "t5.json", &c));
+    CHECK(!dsacp_config_layer_is_moe(&c, 2));
+    free(cfg);
+    /* Bounds: 0..16, and the MTP layer needs a slot below DSACP_MAX_LAYERS. */
+    const char *bad[] = {"\"num_nextn_predict_layers\":17", "\"num_nextn_predict_layers\":-1",
+                         "\"num_nextn_predict_layers\":\"one\""};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        cfg = cfg_edit(base, "\"num_nextn_predict_layers\":1", bad[i]);
+        int rc = dsacp_config_parse(cfg, strlen(cfg), "n.json", &c);
+        CHECKF(rc == DSACP_ECONFIG && strstr(dsacp_last_error(), "n.json") &&
+                   strstr(dsacp_last_error(), "'num_nextn_predict_layers'"), "%s: rc %d '%s'", bad[i], rc, dsacp_last_error());
+        free(cfg);
+    }
+    char *big = cfg_with_layers(DSACP_MAX_LAYERS, DSACP_MAX_LAYERS);
+    cfg = cfg_edit(big, "\"mlp_layer_types\"", "\"num_nextn_predict_layers\":1,\"mlp_layer_types\"");
+    int rc = dsacp_config_parse(cfg, strlen(cfg), "max.json", &c);
+    CHECKF(rc == DSACP_ECONFIG && strstr(dsacp_last_error(), "'num_nextn_predict_layers'") &&
+               strstr(dsacp_last_error(), "num_hidden_layers"), "512 layers + MTP: rc %d '%s'", rc, dsacp_last_error());
+    free(cfg);
+    free(big);
+    /* Saved and read back. */
+    char *dir = tu_tempdir(), path[4200];
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    for (int64_t n = 0; n <= 2; n++) {
+        dsacp_config a, b;
+        CHECK_OK(dsacp_preset_config("tiny-moe", &a));
+        a.num_nextn_predict_layers = n;
+        CHECK_OK(dsacp_config_save(&a, path));
+        CHECK_OK(dsacp_config_load(path, &b));
+        CHECKF(b.num_nextn_predict_layers == n, "saved %lld, read %lld", (long long)n, (long long)b.num_nextn_predict_layers);
+    }
+    tu_rmtree(dir);
+    free(dir);
+}
+
+/* The specs list the MTP layer after the target's, with its own MoE MLP and the extra tensors. */
+static void test_mtp_specs(void)
+{
+    dsacp_config c;
+    CHECK_OK(dsacp_preset_config("tiny-moe", &c));
+    dsacp_tensor_spec *s0, *s1, *s2;
+    int64_t n0, n1, n2;
+    c.num_nextn_predict_layers = 0;
+    REQUIRE_OK(dsacp_model_tensor_specs(&c, &s0, &n0));
+    c.num_nextn_predict_layers = 1;
+    REQUIRE_OK(dsacp_model_tensor_specs(&c, &s1, &n1));
+    c.num_nextn_predict_layers = 2; /* only the first MTP layer is listed */
+    REQUIRE_OK(dsacp_model_tensor_specs(&c, &s2, &n2));
+    const int64_t E = c.n_routed_experts, D = c.hidden_size, V = c.vocab_size;
+    const int64_t layer = 14 + 2 + 3 * E + 3; /* attention + norms, router, experts, shared expert */
+    CHECKF(n1 == n0 + 5 + layer && n2 == n1, "%lld specs without MTP, %lld with, %lld with 2", (long long)n0,
+           (long long)n1, (long long)n2);
+    int64_t mtp = 0, same = 0;
+    for (int64_t i = 0; i < n1; i++) mtp += s1[i].mtp;
+    for (int64_t i = 0; i < n0; i++) same += !strcmp(s0[i].name, s1[i].name) && !s1[i].mtp && !s0[i].mtp;
+    CHECK(mtp == 5 + layer && same == n0);
+    CHECK(!strcmp(s1[n0].name, "model.layers.2.enorm.weight") && s1[n0].ndim == 1 && s1[n0].shape[0] == D);
+    const dsacp_tensor_spec *eh = &s1[n0 + 2], *head = &s1[n1 - 1];
+    CHECK(!strcmp(eh->name, "model.layers.2.eh_proj.weight") && eh->kind == DSACP_TK_LINEAR_BF16 &&
+          eh->shape[0] == D && eh->shape[1] == 2 * D && !eh->fallback);
+    CHECK(!strcmp(head->name, "model.layers.2.shared_head.head.weight") && head->shape[0] == V && head->shape[1] == D &&
+          head->fallback && !strcmp(head->fallback, "lm_head.weight"));
+    bool experts = false;
+    for (int64_t i = n0; i < n1; i++) experts |= !strcmp(s1[i].name, "model.layers.2.mlp.experts.7.down_proj.weight");
+    CHECK(experts);
+    dsacp_free(s0);
+    dsacp_free(s1);
+    dsacp_free(s2);
+}
+
+static bool has_problem(const dsacp_model *m, bool error, const char *text)
+{
+    for (int64_t i = 0; i < dsacp_model_problem_count(m); i++) {
+        const dsacp_model_problem *p = dsacp_model_problem_at(m, i);
+        if (p->error == error && strstr(p->text, text)) return true;
+    }
+    return false;
+}
+
+/* A checkpoint with the whole MTP layer (FP8: its linears quantized but eh_proj), without it, with
+ * part of it, with its own embedding, with a tensor of the wrong shape. */
+static void test_mtp_load(void)
+{
+    dsacp_config c;
+    CHECK_OK(dsacp_preset_config("tiny-moe", &c));
+    c.num_nextn_predict_layers = 1;
+    char *d = tu_make_model_cfg(&c, 11, DSACP_WEIGHTS_FP8);
+    dsacp_model *m = NULL;
+    REQUIRE_OK(dsacp_model_load(d, &m));
+    const dsacp_weight *ex = dsacp_model_weight(m, "model.layers.2.mlp.experts.7.down_proj.weight");
+    const dsacp_weight *eh = dsacp_model_weight(m, "model.layers.2.eh_proj.weight");
+    const dsacp_weight *emb = dsacp_model_weight(m, "model.layers.2.embed_tokens.weight");
+    const dsacp_weight *head = dsacp_model_weight(m, "model.layers.2.shared_head.head.weight");
+    CHECK(dsacp_model_has_mtp(m) && dsacp_model_problem_count(m) == 0);
+    CHECK(ex && ex->dtype == DSACP_F8_E4M3 && ex->scale && eh && eh->dtype == DSACP_BF16 && eh->cols == 2 * c.hidden_size);
+    CHECK(emb && emb == dsacp_model_weight(m, "model.embed_tokens.weight"));
+    CHECK(head && head != dsacp_model_weight(m, "lm_head.weight") && head->rows == c.vocab_size);
+    CHECK(dsacp_model_weight(m, "model.layers.2.self_attn.indexer.wk.weight") != NULL);
+    dsacp_model_free(m);
+
+    /* Its own embedding, stored, is bound; the shared head absent resolves to lm_head. */
+    edit_checkpoint(d, "model.layers.2.shared_head.head.weight", 0, NULL, 0, "model.layers.2.embed_tokens.weight",
+                    c.vocab_size, c.hidden_size);
+    REQUIRE_OK(dsacp_model_load(d, &m));
+    emb = dsacp_model_weight(m, "model.layers.2.embed_tokens.weight");
+    CHECK(dsacp_model_has_mtp(m) && emb && emb->dtype == DSACP_F32 && emb != dsacp_model_weight(m, "model.embed_tokens.weight"));
+    CHECK(dsacp_model_weight(m, "model.layers.2.shared_head.head.weight") == dsacp_model_weight(m, "lm_head.weight"));
+    dsacp_model_free(m);
+
+    /* Part of it: an error naming the first missing tensor and the file. */
+    poke_tensor(d, "model.layers.2.hnorm.weight", 0, NULL, 0);
+    m = NULL;
+    int rc = dsacp_model_load(d, &m);
+    CHECKF(rc == DSACP_EFORMAT && !m && strstr(dsacp_last_error(), "'model.layers.2.hnorm.weight'") &&
+               strstr(dsacp_last_error(), "model.safetensors") && strstr(dsacp_last_error(), "MTP"),
+           "partial MTP layer: rc %d '%s'", rc, dsacp_last_error());
+    tu_rmtree(d);
+    free(d);
+
+    /* None of it, though the config declares it: the target loads, a note says why mtp is unavailable. */
+    c.num_nextn_predict_layers = 0;
+    d = tu_make_model_cfg(&c, 11, DSACP_WEIGHTS_F32);
+    char *text = read_text(d, "config.json");
+    char *edited = cfg_edit(text, "\"num_nextn_predict_layers\": 0", "\"num_nextn_predict_layers\": 1");
+    write_text(d, "config.json", edited);
+    REQUIRE_OK(dsacp_model_load(d, &m));
+    CHECK(!dsacp_model_has_mtp(m) && dsacp_model_weight(m, "model.layers.1.mlp.gate.weight") &&
+          !dsacp_model_weight(m, "model.layers.2.enorm.weight") && !dsacp_model_weight(m, "model.layers.2.embed_tokens.weight"));
+    CHECKF(dsacp_model_problem_count(m) == 1 && has_problem(m, false, "speculative method mtp unavailable"),
+           "%lld problems: '%s'", (long long)dsacp_model_problem_count(m),
+           dsacp_model_problem_count(m) ? dsacp_model_problem_at(m, 0)->text : "");
+    dsacp_model_free(m);
+    CHECK(!dsacp_model_has_mtp(NULL));
+    dsacp_free(text);
+    free(edited);
+    tu_rmtree(d);
+    free(d);
+
+    /* A tensor of the wrong shape: the usual shape error (inspect's keep-going load lists it). */
+    c.num_nextn_predict_layers = 1;
+    d = tu_make_model_cfg(&c, 11, DSACP_WEIGHTS_F32);
+    edit_checkpoint(d, "model.layers.2.eh_proj.weight", 0, NULL, 0, "model.layers.2.eh_proj.weight", c.hidden_size,
+                    c.hidden_size);
+    m = NULL;
+    rc = dsacp_model_load(d, &m);
+    CHECKF(rc == DSACP_ESHAPE && !m && strstr(dsacp_last_error(), "'model.layers.2.eh_proj.weight'") &&
+               strstr(dsacp_last_error(), "shape"), "wrong shape: rc %d '%s'", rc, dsacp_last_error());
+    rc = dsacp_model_load_ex(d, DSACP_LOAD_KEEP_GOING | DSACP_LOAD_STRUCTURE_ONLY, &m);
+    CHECK(rc == DSACP_ESHAPE && m && !dsacp_model_has_mtp(m) && has_problem(m, true, "eh_proj"));
+    dsacp_model_free(m);
+    tu_rmtree(d);
+    free(d);
+}
+
 int main(void)
 {
     test_config();
@@ -774,5 +969,8 @@ int main(void)
     test_round_trip("tiny-moe", DSACP_WEIGHTS_BF16);
     test_round_trip("tiny-moe", DSACP_WEIGHTS_FP8);
     test_packed_and_sharded();
+    test_mtp_config();
+    test_mtp_specs();
+    test_mtp_load();
     return test_finish("test_model");
 }

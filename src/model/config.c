@@ -278,6 +278,13 @@ int dsacp_config_check(const dsacp_config *cfg, const char *path)
     /* Each field on its own (the parser already enforced these; a config built in code may not). */
     TRY(in_range(p, "hidden_size", cfg->hidden_size, 1, DSACP_CFG_MAX_WIDTH));
     TRY(in_range(p, "num_hidden_layers", cfg->num_hidden_layers, 1, DSACP_MAX_LAYERS));
+    TRY(in_range(p, "num_nextn_predict_layers", cfg->num_nextn_predict_layers, 0, DSACP_CFG_MAX_NEXTN));
+    /* The MTP layer is checkpoint layer num_hidden_layers: it needs a layer slot of its own. */
+    if (cfg->num_nextn_predict_layers > 0 && cfg->num_hidden_layers >= DSACP_MAX_LAYERS)
+        return dsacp_error(DSACP_ECONFIG, "%s: field 'num_nextn_predict_layers' = %lld needs layer %lld for "
+                           "the MTP layer, but num_hidden_layers (%lld) + 1 exceeds %d layers", p,
+                           (long long)cfg->num_nextn_predict_layers, (long long)cfg->num_hidden_layers,
+                           (long long)cfg->num_hidden_layers, DSACP_MAX_LAYERS);
     TRY(in_range(p, "num_attention_heads", cfg->num_attention_heads, 1, DSACP_CFG_MAX_HEADS));
     TRY(in_range(p, "q_lora_rank", cfg->q_lora_rank, 1, DSACP_CFG_MAX_WIDTH));
     TRY(in_range(p, "kv_lora_rank", cfg->kv_lora_rank, 1, DSACP_CFG_MAX_WIDTH));
@@ -466,6 +473,7 @@ static int parse_root(parse_ctx *c, dsacp_config *cfg)
 #define INT_OPT(name, def, lo, hi) TRY(get_int(c, root, #name, false, def, lo, hi, &cfg->name))
     INT_REQ(hidden_size, 1, DSACP_CFG_MAX_WIDTH);
     INT_REQ(num_hidden_layers, 1, DSACP_MAX_LAYERS);
+    INT_OPT(num_nextn_predict_layers, 0, 0, DSACP_CFG_MAX_NEXTN);
     INT_REQ(num_attention_heads, 1, DSACP_CFG_MAX_HEADS);
     INT_REQ(q_lora_rank, 1, DSACP_CFG_MAX_WIDTH);
     INT_REQ(kv_lora_rank, 1, DSACP_CFG_MAX_WIDTH);
@@ -543,12 +551,19 @@ int dsacp_config_load(const char *path, dsacp_config *out)
     return rc;
 }
 
+/* Layers [0, num_hidden_layers) are the target's; layer num_hidden_layers is the MTP layer when
+ * the config declares one. mlp_layer_types (transformers 5) lists the target layers only, so the
+ * MTP layer always takes the first_k_dense_replace / moe_layer_freq rule: vLLM's MTP decoder layer
+ * (deepseek_mtp.py builds a DeepseekV2DecoderLayer whose index, read from its prefix
+ * "model.layers.M", goes through that rule); SGLang's deepseek_nextn.py makes it MoE whenever the
+ * model has routed experts, which agrees on DeepSeek's configs (M = 61 >= first_k_dense_replace = 3,
+ * moe_layer_freq 1); transformers has no MTP module and skips the layer's tensors on load. */
 bool dsacp_config_layer_is_moe(const dsacp_config *cfg, int64_t layer)
 {
-    if (cfg->n_routed_experts <= 0 || layer < 0 || layer >= cfg->num_hidden_layers ||
-        layer >= DSACP_MAX_LAYERS)
+    const int64_t layers = cfg->num_hidden_layers + (cfg->num_nextn_predict_layers > 0 ? 1 : 0);
+    if (cfg->n_routed_experts <= 0 || layer < 0 || layer >= layers || layer >= DSACP_MAX_LAYERS)
         return false;
-    if (cfg->has_mlp_layer_types) return cfg->mlp_layer_moe[layer] != 0;
+    if (cfg->has_mlp_layer_types && layer < cfg->num_hidden_layers) return cfg->mlp_layer_moe[layer] != 0;
     return layer >= cfg->first_k_dense_replace && layer % cfg->moe_layer_freq == 0;
 }
 
@@ -577,6 +592,7 @@ int dsacp_config_save(const dsacp_config *cfg, const char *path)
 #define PUT_INT(name) json_object_set_new(o, #name, jint(cfg->name))
     PUT_INT(hidden_size);
     PUT_INT(num_hidden_layers);
+    PUT_INT(num_nextn_predict_layers);
     PUT_INT(num_attention_heads);
     json_object_set_new(o, "num_key_value_heads", jint(cfg->num_attention_heads));
     PUT_INT(q_lora_rank);

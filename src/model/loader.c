@@ -31,6 +31,11 @@ struct dsacp_model {
     dsacp_model_problem *problems;
     int64_t nproblems, cap_problems;
     bool structure_only; /* DSACP_LOAD_STRUCTURE_ONLY: views are never copied (no data read) */
+    bool has_mtp;        /* every required tensor of the MTP layer bound (dsacp_model_has_mtp) */
+    struct {
+        const char *name, *target;
+    } aliases[4];        /* names the checkpoint may omit, resolved to another weight (not listed) */
+    int naliases;
 };
 
 /* ---- tensor specs ---- */
@@ -75,19 +80,88 @@ static void spec_add(spec_list *l, dsacp_tensor_kind kind, int64_t r, int64_t c,
     }
 }
 
-/* How many specs dsacp_model_tensor_specs lists, without listing them (cfg already checked:
- * at most 512 layers x (3 x 4096 experts + 20), far inside int64). */
+/* Specs of one decoder layer L: attention with its indexer, the norms, the MLP (MoE or dense). */
+static int64_t layer_spec_count(const dsacp_config *cfg, int64_t L)
+{
+    if (dsacp_config_layer_is_moe(cfg, L))
+        return 14 + 2 + 3 * cfg->n_routed_experts + (cfg->n_shared_experts > 0 ? 3 : 0);
+    return 14 + 3;
+}
+
+/* How many specs dsacp_model_tensor_specs lists for the target model (the MTP layer is optional
+ * in a checkpoint), without listing them (cfg already checked: at most 512 layers x (3 x 4096
+ * experts + 20), far inside int64). */
 static int64_t spec_count(const dsacp_config *cfg)
 {
     int64_t n = 2 + (cfg->tie_word_embeddings ? 0 : 1); /* embed, norm, lm_head */
-    for (int64_t L = 0; L < cfg->num_hidden_layers; L++) {
-        n += 14;
-        if (dsacp_config_layer_is_moe(cfg, L))
-            n += 2 + 3 * cfg->n_routed_experts + (cfg->n_shared_experts > 0 ? 3 : 0);
-        else
-            n += 3;
-    }
+    for (int64_t L = 0; L < cfg->num_hidden_layers; L++) n += layer_spec_count(cfg, L);
     return n;
+}
+
+static void add_layer_specs(spec_list *l, const dsacp_config *cfg, int64_t L)
+{
+    const int64_t D = cfg->hidden_size, H = cfg->num_attention_heads;
+    const int64_t qk = cfg->qk_nope_head_dim + cfg->qk_rope_head_dim;
+    const char *p = "model.layers";
+    const long long li = (long long)L;
+    spec_add(l, DSACP_TK_NORM, 0, D, "%s.%lld.input_layernorm.weight", p, li);
+    spec_add(l, DSACP_TK_LINEAR, cfg->q_lora_rank, D, "%s.%lld.self_attn.q_a_proj.weight", p, li);
+    spec_add(l, DSACP_TK_NORM, 0, cfg->q_lora_rank, "%s.%lld.self_attn.q_a_layernorm.weight", p, li);
+    spec_add(l, DSACP_TK_LINEAR, H * qk, cfg->q_lora_rank, "%s.%lld.self_attn.q_b_proj.weight", p, li);
+    spec_add(l, DSACP_TK_LINEAR, cfg->kv_lora_rank + cfg->qk_rope_head_dim, D,
+             "%s.%lld.self_attn.kv_a_proj_with_mqa.weight", p, li);
+    spec_add(l, DSACP_TK_NORM, 0, cfg->kv_lora_rank, "%s.%lld.self_attn.kv_a_layernorm.weight", p, li);
+    spec_add(l, DSACP_TK_LINEAR, H * (cfg->qk_nope_head_dim + cfg->v_head_dim), cfg->kv_lora_rank,
+             "%s.%lld.self_attn.kv_b_proj.weight", p, li);
+    spec_add(l, DSACP_TK_LINEAR, D, H * cfg->v_head_dim, "%s.%lld.self_attn.o_proj.weight", p, li);
+    spec_add(l, DSACP_TK_LINEAR, cfg->index_n_heads * cfg->index_head_dim, cfg->q_lora_rank,
+             "%s.%lld.self_attn.indexer.wq_b.weight", p, li);
+    spec_add(l, DSACP_TK_LINEAR, cfg->index_head_dim, D, "%s.%lld.self_attn.indexer.wk.weight", p, li);
+    spec_add(l, DSACP_TK_NORM, 0, cfg->index_head_dim, "%s.%lld.self_attn.indexer.k_norm.weight", p, li);
+    spec_add(l, DSACP_TK_BIAS, 0, cfg->index_head_dim, "%s.%lld.self_attn.indexer.k_norm.bias", p, li);
+    spec_add(l, DSACP_TK_LINEAR_F32, cfg->index_n_heads, D, "%s.%lld.self_attn.indexer.weights_proj.weight", p, li);
+    spec_add(l, DSACP_TK_NORM, 0, D, "%s.%lld.post_attention_layernorm.weight", p, li);
+    if (dsacp_config_layer_is_moe(cfg, L)) {
+        const int64_t E = cfg->n_routed_experts, I = cfg->moe_intermediate_size;
+        spec_add(l, DSACP_TK_LINEAR_F32, E, D, "%s.%lld.mlp.gate.weight", p, li);
+        spec_add(l, DSACP_TK_BIAS, 0, E, "%s.%lld.mlp.gate.e_score_correction_bias", p, li);
+        for (int64_t e = 0; e < E; e++) {
+            long long ei = (long long)e;
+            spec_add(l, DSACP_TK_LINEAR, I, D, "%s.%lld.mlp.experts.%lld.gate_proj.weight", p, li, ei);
+            spec_add(l, DSACP_TK_LINEAR, I, D, "%s.%lld.mlp.experts.%lld.up_proj.weight", p, li, ei);
+            spec_add(l, DSACP_TK_LINEAR, D, I, "%s.%lld.mlp.experts.%lld.down_proj.weight", p, li, ei);
+        }
+        if (cfg->n_shared_experts > 0) {
+            const int64_t S = I * cfg->n_shared_experts;
+            spec_add(l, DSACP_TK_LINEAR, S, D, "%s.%lld.mlp.shared_experts.gate_proj.weight", p, li);
+            spec_add(l, DSACP_TK_LINEAR, S, D, "%s.%lld.mlp.shared_experts.up_proj.weight", p, li);
+            spec_add(l, DSACP_TK_LINEAR, D, S, "%s.%lld.mlp.shared_experts.down_proj.weight", p, li);
+        }
+    } else {
+        const int64_t I = cfg->intermediate_size;
+        spec_add(l, DSACP_TK_LINEAR, I, D, "%s.%lld.mlp.gate_proj.weight", p, li);
+        spec_add(l, DSACP_TK_LINEAR, I, D, "%s.%lld.mlp.up_proj.weight", p, li);
+        spec_add(l, DSACP_TK_LINEAR, D, I, "%s.%lld.mlp.down_proj.weight", p, li);
+    }
+}
+
+/* The MTP layer M = num_hidden_layers (docs/mtp.md): enorm, hnorm, eh_proj, its decoder layer, the
+ * shared head's norm and head. Its embed_tokens is not listed: the loader binds it when stored
+ * and otherwise resolves the name to model.embed_tokens.weight (dsacp_model_weight). */
+static void add_mtp_specs(spec_list *l, const dsacp_config *cfg)
+{
+    const int64_t D = cfg->hidden_size;
+    const long long M = (long long)cfg->num_hidden_layers;
+    const int64_t first = l->n;
+    spec_add(l, DSACP_TK_NORM, 0, D, "model.layers.%lld.enorm.weight", M);
+    spec_add(l, DSACP_TK_NORM, 0, D, "model.layers.%lld.hnorm.weight", M);
+    spec_add(l, DSACP_TK_LINEAR_BF16, D, 2 * D, "model.layers.%lld.eh_proj.weight", M);
+    add_layer_specs(l, cfg, cfg->num_hidden_layers);
+    spec_add(l, DSACP_TK_NORM, 0, D, "model.layers.%lld.shared_head.norm.weight", M);
+    spec_add(l, DSACP_TK_HEAD, cfg->vocab_size, D, "model.layers.%lld.shared_head.head.weight", M);
+    if (l->rc) return;
+    for (int64_t i = first; i < l->n; i++) l->v[i].mtp = true;
+    l->v[l->n - 1].fallback = "lm_head.weight";
 }
 
 int dsacp_model_tensor_specs(const dsacp_config *cfg, dsacp_tensor_spec **out, int64_t *count)
@@ -99,55 +173,12 @@ int dsacp_model_tensor_specs(const dsacp_config *cfg, dsacp_tensor_spec **out, i
     int crc = dsacp_config_check(cfg, "config");
     if (crc) return crc;
     spec_list l = {0};
-    const int64_t D = cfg->hidden_size, H = cfg->num_attention_heads;
-    const int64_t qk = cfg->qk_nope_head_dim + cfg->qk_rope_head_dim;
-    spec_add(&l, DSACP_TK_EMBED, cfg->vocab_size, D, "model.embed_tokens.weight");
-    for (int64_t L = 0; L < cfg->num_hidden_layers; L++) {
-        const char *p = "model.layers";
-        long long li = (long long)L;
-        spec_add(&l, DSACP_TK_NORM, 0, D, "%s.%lld.input_layernorm.weight", p, li);
-        spec_add(&l, DSACP_TK_LINEAR, cfg->q_lora_rank, D, "%s.%lld.self_attn.q_a_proj.weight", p, li);
-        spec_add(&l, DSACP_TK_NORM, 0, cfg->q_lora_rank, "%s.%lld.self_attn.q_a_layernorm.weight", p, li);
-        spec_add(&l, DSACP_TK_LINEAR, H * qk, cfg->q_lora_rank, "%s.%lld.self_attn.q_b_proj.weight", p, li);
-        spec_add(&l, DSACP_TK_LINEAR, cfg->kv_lora_rank + cfg->qk_rope_head_dim, D,
-                 "%s.%lld.self_attn.kv_a_proj_with_mqa.weight", p, li);
-        spec_add(&l, DSACP_TK_NORM, 0, cfg->kv_lora_rank, "%s.%lld.self_attn.kv_a_layernorm.weight", p, li);
-        spec_add(&l, DSACP_TK_LINEAR, H * (cfg->qk_nope_head_dim + cfg->v_head_dim), cfg->kv_lora_rank,
-                 "%s.%lld.self_attn.kv_b_proj.weight", p, li);
-        spec_add(&l, DSACP_TK_LINEAR, D, H * cfg->v_head_dim, "%s.%lld.self_attn.o_proj.weight", p, li);
-        spec_add(&l, DSACP_TK_LINEAR, cfg->index_n_heads * cfg->index_head_dim, cfg->q_lora_rank,
-                 "%s.%lld.self_attn.indexer.wq_b.weight", p, li);
-        spec_add(&l, DSACP_TK_LINEAR, cfg->index_head_dim, D, "%s.%lld.self_attn.indexer.wk.weight", p, li);
-        spec_add(&l, DSACP_TK_NORM, 0, cfg->index_head_dim, "%s.%lld.self_attn.indexer.k_norm.weight", p, li);
-        spec_add(&l, DSACP_TK_BIAS, 0, cfg->index_head_dim, "%s.%lld.self_attn.indexer.k_norm.bias", p, li);
-        spec_add(&l, DSACP_TK_LINEAR_F32, cfg->index_n_heads, D,
-                 "%s.%lld.self_attn.indexer.weights_proj.weight", p, li);
-        spec_add(&l, DSACP_TK_NORM, 0, D, "%s.%lld.post_attention_layernorm.weight", p, li);
-        if (dsacp_config_layer_is_moe(cfg, L)) {
-            const int64_t E = cfg->n_routed_experts, I = cfg->moe_intermediate_size;
-            spec_add(&l, DSACP_TK_LINEAR_F32, E, D, "%s.%lld.mlp.gate.weight", p, li);
-            spec_add(&l, DSACP_TK_BIAS, 0, E, "%s.%lld.mlp.gate.e_score_correction_bias", p, li);
-            for (int64_t e = 0; e < E; e++) {
-                long long ei = (long long)e;
-                spec_add(&l, DSACP_TK_LINEAR, I, D, "%s.%lld.mlp.experts.%lld.gate_proj.weight", p, li, ei);
-                spec_add(&l, DSACP_TK_LINEAR, I, D, "%s.%lld.mlp.experts.%lld.up_proj.weight", p, li, ei);
-                spec_add(&l, DSACP_TK_LINEAR, D, I, "%s.%lld.mlp.experts.%lld.down_proj.weight", p, li, ei);
-            }
-            if (cfg->n_shared_experts > 0) {
-                const int64_t S = I * cfg->n_shared_experts;
-                spec_add(&l, DSACP_TK_LINEAR, S, D, "%s.%lld.mlp.shared_experts.gate_proj.weight", p, li);
-                spec_add(&l, DSACP_TK_LINEAR, S, D, "%s.%lld.mlp.shared_experts.up_proj.weight", p, li);
-                spec_add(&l, DSACP_TK_LINEAR, D, S, "%s.%lld.mlp.shared_experts.down_proj.weight", p, li);
-            }
-        } else {
-            const int64_t I = cfg->intermediate_size;
-            spec_add(&l, DSACP_TK_LINEAR, I, D, "%s.%lld.mlp.gate_proj.weight", p, li);
-            spec_add(&l, DSACP_TK_LINEAR, I, D, "%s.%lld.mlp.up_proj.weight", p, li);
-            spec_add(&l, DSACP_TK_LINEAR, D, I, "%s.%lld.mlp.down_proj.weight", p, li);
-        }
-    }
-    spec_add(&l, DSACP_TK_NORM, 0, D, "model.norm.weight");
-    if (!cfg->tie_word_embeddings) spec_add(&l, DSACP_TK_HEAD, cfg->vocab_size, D, "lm_head.weight");
+    spec_add(&l, DSACP_TK_EMBED, cfg->vocab_size, cfg->hidden_size, "model.embed_tokens.weight");
+    for (int64_t L = 0; L < cfg->num_hidden_layers; L++) add_layer_specs(&l, cfg, L);
+    spec_add(&l, DSACP_TK_NORM, 0, cfg->hidden_size, "model.norm.weight");
+    if (!cfg->tie_word_embeddings)
+        spec_add(&l, DSACP_TK_HEAD, cfg->vocab_size, cfg->hidden_size, "lm_head.weight");
+    if (cfg->num_nextn_predict_layers > 0) add_mtp_specs(&l, cfg);
     if (l.rc) {
         dsacp_free(l.v);
         return dsacp_error(l.rc, "out of memory listing tensors");
@@ -228,8 +259,16 @@ static int weight_cmp(const void *a, const void *b)
 const dsacp_weight *dsacp_model_weight(const dsacp_model *m, const char *name)
 {
     dsacp_weight key = {.name = name};
-    return bsearch(&key, m->weights, (size_t)m->nweights, sizeof key, weight_cmp);
+    const dsacp_weight *w = bsearch(&key, m->weights, (size_t)m->nweights, sizeof key, weight_cmp);
+    for (int i = 0; !w && i < m->naliases; i++)
+        if (strcmp(name, m->aliases[i].name) == 0) {
+            key.name = m->aliases[i].target;
+            w = bsearch(&key, m->weights, (size_t)m->nweights, sizeof key, weight_cmp);
+        }
+    return w;
 }
+
+bool dsacp_model_has_mtp(const dsacp_model *m) { return m && m->has_mtp; }
 
 const dsacp_weight *dsacp_model_weightf(const dsacp_model *m, const char *fmt, ...)
 {
@@ -406,29 +445,37 @@ static void shape_str(char *buf, size_t cap, int ndim, const int64_t *shape)
     if (o < cap) snprintf(buf + o, cap - o, "]");
 }
 
+/* The packed transformers-5 tensor holding canonical expert `name`
+ * ("model.layers.L.mlp.experts.E.{gate,up,down}_proj.weight"), named in `pname`; NULL when the
+ * name is no expert's or no packed tensor exists. */
+static stored *find_packed(stored *all, int64_t nall, const char *name, long long *L, long long *E,
+                           char which[16], char *pname, size_t pcap)
+{
+    if (sscanf(name, "model.layers.%lld.mlp.experts.%lld.%15[a-z]_proj.weight", L, E, which) != 3) return NULL;
+    const bool down = strcmp(which, "down") == 0;
+    const char *suffixes[2] = {"", ".weight"};
+    for (int k = 0; k < 2; k++) {
+        snprintf(pname, pcap, "model.layers.%lld.mlp.experts.%s%s", *L, down ? "down_proj" : "gate_up_proj",
+                 suffixes[k]);
+        stored *s = find_stored(all, nall, pname);
+        if (s) return s;
+    }
+    return NULL;
+}
+
 /* Tries "....mlp.experts.E.{gate,up,down}_proj.weight" against packed transformers-5 tensors. */
 static int bind_packed_expert(dsacp_model *m, dsacp_weight *w, const dsacp_tensor_spec *spec,
                               stored *all, int64_t nall, bool *found)
 {
     long long L, E;
-    char which[16];
-    *found = false;
-    if (sscanf(spec->name, "model.layers.%lld.mlp.experts.%lld.%15[a-z]_proj.weight", &L, &E, which) != 3)
-        return DSACP_OK;
-    bool down = strcmp(which, "down") == 0;
-    char pname[200];
-    stored *s = NULL;
-    const char *suffixes[2] = {"", ".weight"};
-    for (int k = 0; k < 2 && !s; k++) {
-        snprintf(pname, sizeof pname, "model.layers.%lld.mlp.experts.%s%s", L,
-                 down ? "down_proj" : "gate_up_proj", suffixes[k]);
-        s = find_stored(all, nall, pname);
-    }
+    char which[16], pname[200];
+    stored *s = find_packed(all, nall, spec->name, &L, &E, which, pname, sizeof pname);
+    *found = s != NULL;
     if (!s) return DSACP_OK;
-    *found = true;
     s->used = true;
     const dsacp_st_tensor *t = s->t;
     const char *fname = dsacp_st_path(s->f);
+    const bool down = strcmp(which, "down") == 0;
     int64_t I = down ? spec->shape[1] : spec->shape[0];
     int64_t D = down ? spec->shape[0] : spec->shape[1];
     int64_t er = down ? D : 2 * I, ec = down ? I : D;
@@ -449,189 +496,301 @@ static int bind_packed_expert(dsacp_model *m, dsacp_weight *w, const dsacp_tenso
     return rc;
 }
 
+/* One load: the model being filled, every stored tensor (sorted by name), the problems so far. */
+typedef struct load_ctx {
+    dsacp_model *m;
+    stored *all;
+    int64_t nall;
+    bool keep_going;
+    int first_error;  /* the first error problem's status: the load's result */
+    int64_t nerrors;  /* error problems recorded */
+} load_ctx;
+
+/* Records an error problem (also dsacp_last_error's message). */
+static void problem(load_ctx *c, int status, const char *fmt, ...) DSACP_PRINTF(3, 4);
+static void problem(load_ctx *c, int status, const char *fmt, ...)
+{
+    char msg[sizeof c->m->problems[0].text];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    dsacp_error(status, "%s", msg);
+    add_problem(c->m, true, "%s", msg);
+    if (!c->first_error) c->first_error = status;
+    c->nerrors++;
+}
+
+/* `name` resolves to the weight `target` (a view the checkpoint does not store: not listed). */
+static int add_alias(dsacp_model *m, const char *name, const char *target)
+{
+    if (m->naliases == (int)(sizeof m->aliases / sizeof m->aliases[0]))
+        return dsacp_error(DSACP_ENOMEM, "%s: too many aliases", m->dir); /* a programmer error */
+    m->aliases[m->naliases].name = name;
+    m->aliases[m->naliases].target = target;
+    m->naliases++;
+    return DSACP_OK;
+}
+
+/* Binds one spec to its stored tensor (or an expert of a packed one, or, for an optional spec the
+ * checkpoint lacks, an alias of its fallback). Returns only DSACP_ENOMEM; every other problem is
+ * recorded and the load goes on. */
+static int bind_spec(load_ctx *c, const dsacp_tensor_spec *spec)
+{
+    dsacp_model *m = c->m;
+    dsacp_weight *w = &m->weights[m->nweights];
+    memset(w, 0, sizeof *w);
+    w->name = own_string(m, spec->name);
+    if (!w->name) return DSACP_ENOMEM;
+    w->ndim = spec->ndim;
+    const int64_t rows = spec->ndim == 2 ? spec->shape[0] : 1;
+    const int64_t cols = spec->ndim == 2 ? spec->shape[1] : spec->shape[0];
+    char want[64], have[64];
+    shape_str(want, sizeof want, spec->ndim, spec->shape);
+    stored *s = find_stored(c->all, c->nall, spec->name);
+    if (!s) {
+        bool found = false;
+        int rc = bind_packed_expert(m, w, spec, c->all, c->nall, &found);
+        if (rc == DSACP_ENOMEM) return rc;
+        if (rc) problem(c, rc, "%s", dsacp_last_error());
+        else if (found) m->nweights++;
+        else if (spec->fallback) return add_alias(m, w->name, spec->fallback);
+        else if (strcmp(spec->name, "lm_head.weight") != 0) /* (lm_head: tied, bound below) */
+            problem(c, DSACP_ENOTFOUND, "%s: required tensor '%s' %s is missing", m->dir, spec->name, want);
+        return DSACP_OK;
+    }
+    s->used = true;
+    const dsacp_st_tensor *t = s->t;
+    const char *fname = dsacp_st_path(s->f);
+    shape_str(have, sizeof have, t->ndim, t->shape);
+    if (t->ndim != spec->ndim || t->shape[0] != spec->shape[0] || (spec->ndim == 2 && t->shape[1] != spec->shape[1])) {
+        problem(c, DSACP_ESHAPE, "%s: tensor '%s' has shape %s, expected %s", fname, spec->name, have, want);
+        return DSACP_OK;
+    }
+    if (!is_float_dtype(t->dtype) || (t->dtype == DSACP_F8_E4M3 && spec->ndim != 2)) {
+        problem(c, DSACP_ESHAPE, "%s: tensor '%s' has dtype %s; expected F32, BF16, F16%s", fname, spec->name,
+                dsacp_dtype_name(t->dtype), spec->ndim == 2 ? " or F8_E4M3" : "");
+        return DSACP_OK;
+    }
+    int rc = bind_view(m, w, t, 0, rows, cols);
+    if (!rc && t->dtype == DSACP_F8_E4M3)
+        rc = bind_scale(m, w, c->all, c->nall, spec->name, fname, m->cfg.weight_block_rows, -1, rows, 0);
+    if (rc == DSACP_ENOMEM) return rc;
+    if (rc) problem(c, rc, "%s", dsacp_last_error());
+    else m->nweights++;
+    return DSACP_OK;
+}
+
+static int bind_specs(load_ctx *c, const dsacp_tensor_spec *specs, int64_t first, int64_t end)
+{
+    for (int64_t i = first; i < end && (c->keep_going || !c->first_error); i++) {
+        int rc = bind_spec(c, &specs[i]);
+        if (rc) return rc;
+    }
+    return DSACP_OK;
+}
+
+/* The stored tensor that supplies `spec` (itself or its packed experts), or NULL. */
+static const stored *spec_source(load_ctx *c, const dsacp_tensor_spec *spec)
+{
+    stored *s = find_stored(c->all, c->nall, spec->name);
+    long long L, E;
+    char which[16], pname[200];
+    return s ? s : find_packed(c->all, c->nall, spec->name, &L, &E, which, pname, sizeof pname);
+}
+
+/* The MTP layer, specs [first, end): loaded when the checkpoint holds every required tensor
+ * (dsacp_model_has_mtp, unless one of them is refused), left out with a note when it holds none,
+ * DSACP_EFORMAT naming the first missing tensor when it holds some. */
+static int bind_mtp(load_ctx *c, const dsacp_tensor_spec *specs, int64_t first, int64_t end)
+{
+    dsacp_model *m = c->m;
+    const long long M = (long long)m->cfg.num_hidden_layers;
+    int64_t required = 0, present = 0, missing = -1;
+    const char *where = NULL;
+    for (int64_t i = first; i < end; i++) {
+        if (specs[i].fallback) continue;
+        required++;
+        const stored *s = spec_source(c, &specs[i]);
+        if (s && !where) where = dsacp_st_path(s->f);
+        if (s) present++;
+        else if (missing < 0) missing = i;
+    }
+    if (present == 0) {
+        add_problem(m, false, "%s: config declares an MTP layer (num_nextn_predict_layers = %lld); the "
+                    "checkpoint has none: speculative method mtp unavailable", m->dir,
+                    (long long)m->cfg.num_nextn_predict_layers);
+        return DSACP_OK;
+    }
+    if (missing >= 0) {
+        char want[64];
+        shape_str(want, sizeof want, specs[missing].ndim, specs[missing].shape);
+        problem(c, DSACP_EFORMAT, "%s: MTP layer %lld is incomplete: tensor '%s' %s is missing (%lld of its "
+                "%lld required tensors present)", where, M, specs[missing].name, want, (long long)present,
+                (long long)required);
+        return DSACP_OK;
+    }
+    const int64_t errors = c->nerrors;
+    int rc = bind_specs(c, specs, first, end);
+    /* Its own embedding when the checkpoint stores one (DeepSeek's does), else the target's. */
+    dsacp_tensor_spec embed = {.ndim = 2, .shape = {m->cfg.vocab_size, m->cfg.hidden_size}, .kind = DSACP_TK_EMBED,
+                               .mtp = true, .fallback = "model.embed_tokens.weight"};
+    snprintf(embed.name, sizeof embed.name, "model.layers.%lld.embed_tokens.weight", M);
+    if (!rc) rc = bind_spec(c, &embed);
+    m->has_mtp = !rc && c->nerrors == errors;
+    return rc;
+}
+
+/* Duplicates across shards are errors. */
+static void check_duplicates(load_ctx *c)
+{
+    for (int64_t i = 1; i < c->nall; i++)
+        if (strcmp(c->all[i - 1].t->name, c->all[i].t->name) == 0)
+            problem(c, DSACP_EFORMAT, "%s: tensor '%s' is also stored in %s", dsacp_st_path(c->all[i].f),
+                    c->all[i].t->name, dsacp_st_path(c->all[i - 1].f));
+}
+
+/* The tensors the config asks for against what the checkpoint can supply, before listing them:
+ * each canonical tensor is a stored one, or an expert of a packed [E, ...] tensor (which covers at
+ * most E of them), or the tied lm_head. A config whose layers x experts the files cannot hold is
+ * refused here instead of allocating its whole tensor list; a few missing tensors are left to the
+ * per-tensor report. The MTP layer is optional in a checkpoint: only the target's count. */
+static int check_supply(load_ctx *c)
+{
+    const dsacp_config *cfg = &c->m->cfg;
+    int64_t expected = spec_count(cfg), supply = c->nall + 1;
+    for (int64_t i = 0; i < c->nall; i++) {
+        const dsacp_st_tensor *t = c->all[i].t;
+        if (t->ndim == 3 && t->shape[0] > 0 && strstr(t->name, ".mlp.experts.") &&
+            (strstr(t->name, "gate_up_proj") || strstr(t->name, "down_proj")))
+            supply += (strstr(t->name, "gate_up_proj") ? 2 : 1) *
+                      (t->shape[0] < cfg->n_routed_experts ? t->shape[0] : cfg->n_routed_experts);
+    }
+    if (expected > supply + 4096)
+        return dsacp_error(DSACP_ECONFIG, "%s/config.json: fields 'num_hidden_layers' (%lld) and "
+                           "'n_routed_experts' (%lld) ask for %lld tensors, but the checkpoint holds "
+                           "%lld", c->m->dir, (long long)cfg->num_hidden_layers,
+                           (long long)cfg->n_routed_experts, (long long)expected, (long long)c->nall);
+    return DSACP_OK;
+}
+
+/* A tied (or absent, with tie_word_embeddings) lm_head is a view of the embedding. */
+static void bind_tied_head(load_ctx *c)
+{
+    dsacp_model *m = c->m;
+    if (!m->cfg.tie_word_embeddings || find_stored(c->all, c->nall, "lm_head.weight")) return;
+    for (int64_t i = 0; i < m->nweights; i++)
+        if (strcmp(m->weights[i].name, "model.embed_tokens.weight") == 0) {
+            dsacp_weight w = m->weights[i];
+            w.name = "lm_head.weight";
+            m->weights[m->nweights++] = w;
+            return;
+        }
+}
+
+/* Stored tensors nothing used: warnings, except the layers past the ones loaded (MTP layers not
+ * loaded, or beyond the first), counted in one note. */
+static void report_unused(load_ctx *c)
+{
+    dsacp_model *m = c->m;
+    const int64_t skip_from = m->cfg.num_hidden_layers + (m->has_mtp ? 1 : 0);
+    int64_t skipped = 0;
+    for (int64_t i = 0; i < c->nall; i++) {
+        if (c->all[i].used) continue;
+        const char *name = c->all[i].t->name;
+        long long L;
+        if (sscanf(name, "model.layers.%lld.", &L) == 1 && L >= skip_from) {
+            skipped++;
+            continue;
+        }
+        if (strstr(name, "rotary_emb.inv_freq")) continue;
+        if (strcmp(name, "lm_head.weight") == 0 && m->cfg.tie_word_embeddings) continue;
+        add_problem(m, false, "%s: unexpected tensor '%s' (ignored)", dsacp_st_path(c->all[i].f), name);
+    }
+    if (skipped && m->has_mtp)
+        add_problem(m, false, "%s: %lld tensors of layers > num_hidden_layers (MTP layers beyond the first) "
+                    "skipped", m->dir, (long long)skipped);
+    else if (skipped)
+        add_problem(m, false, "%s: %lld tensors of layers >= num_hidden_layers (MTP) skipped", m->dir,
+                    (long long)skipped);
+}
+
+/* Every stored tensor of the open files, sorted by name; NULL when out of memory. */
+static stored *list_stored(const dsacp_model *m, int64_t *n)
+{
+    int64_t nall = 0;
+    for (int64_t i = 0; i < m->nfiles; i++) nall += dsacp_st_count(m->files[i]);
+    stored *all = calloc((size_t)nall + 1, sizeof *all);
+    if (!all) return NULL;
+    int64_t k = 0;
+    for (int64_t i = 0; i < m->nfiles; i++)
+        for (int64_t j = 0; j < dsacp_st_count(m->files[i]); j++)
+            all[k++] = (stored){dsacp_st_tensor_at(m->files[i], j), m->files[i], false};
+    qsort(all, (size_t)nall, sizeof *all, stored_cmp);
+    *n = nall;
+    return all;
+}
+
+/* Checks and binds every spec (the target's, then the MTP layer's). DSACP_ENOMEM or the supply
+ * check's DSACP_ECONFIG end the load; everything else is a problem in c. */
+static int bind_model(load_ctx *c)
+{
+    dsacp_model *m = c->m;
+    check_duplicates(c);
+    int rc = check_supply(c);
+    if (rc) return rc;
+    dsacp_tensor_spec *specs = NULL;
+    int64_t nspecs = 0, mtp_first = 0;
+    rc = dsacp_model_tensor_specs(&m->cfg, &specs, &nspecs);
+    if (rc) return rc;
+    m->weights = dsacp_calloc((size_t)nspecs + 2, sizeof *m->weights); /* + tied lm_head, MTP embed */
+    if (!m->weights) rc = DSACP_ENOMEM;
+    while (mtp_first < nspecs && !specs[mtp_first].mtp) mtp_first++;
+    if (!rc) rc = bind_specs(c, specs, 0, mtp_first);
+    if (!rc && mtp_first < nspecs && (c->keep_going || !c->first_error)) rc = bind_mtp(c, specs, mtp_first, nspecs);
+    dsacp_free(specs);
+    if (rc) return rc;
+    bind_tied_head(c);
+    report_unused(c);
+    qsort(m->weights, (size_t)m->nweights, sizeof *m->weights, weight_cmp);
+    return DSACP_OK;
+}
+
 int dsacp_model_load_ex(const char *dir, unsigned flags, dsacp_model **out)
 {
     *out = NULL;
-    const bool keep_going = (flags & DSACP_LOAD_KEEP_GOING) != 0;
     dsacp_model *m = calloc(1, sizeof *m);
     if (!m) return dsacp_error(DSACP_ENOMEM, "out of memory");
     m->structure_only = (flags & DSACP_LOAD_STRUCTURE_ONLY) != 0;
     m->dir = strdup(dir);
     char path[4096];
     snprintf(path, sizeof path, "%s/config.json", dir);
-    int rc = dsacp_config_load(path, &m->cfg);
+    int rc = m->dir ? dsacp_config_load(path, &m->cfg) : DSACP_ENOMEM;
     if (!rc) rc = open_files(m);
+    load_ctx c = {.m = m, .keep_going = (flags & DSACP_LOAD_KEEP_GOING) != 0};
+    if (!rc) {
+        c.all = list_stored(m, &c.nall);
+        rc = c.all ? bind_model(&c) : dsacp_error(DSACP_ENOMEM, "out of memory");
+    }
+    free(c.all);
     if (rc) {
         dsacp_model_free(m);
         return rc;
     }
-    /* Every stored tensor, sorted by name; duplicates across shards are an error. */
-    int64_t nall = 0;
-    for (int64_t i = 0; i < m->nfiles; i++) nall += dsacp_st_count(m->files[i]);
-    stored *all = calloc((size_t)nall + 1, sizeof *all);
-    dsacp_tensor_spec *specs = NULL;
-    int64_t nspecs = 0;
-    if (!all) {
-        dsacp_model_free(m);
-        return dsacp_error(DSACP_ENOMEM, "out of memory");
-    }
-    int64_t k = 0;
-    for (int64_t i = 0; i < m->nfiles; i++)
-        for (int64_t j = 0; j < dsacp_st_count(m->files[i]); j++)
-            all[k++] = (stored){dsacp_st_tensor_at(m->files[i], j), m->files[i], false};
-    qsort(all, (size_t)nall, sizeof *all, stored_cmp);
-    int first_error = DSACP_OK;
-#define PROBLEM(status, ...)                                        \
-    do {                                                            \
-        int st_ = dsacp_error(status, __VA_ARGS__);                 \
-        add_problem(m, true, "%s", dsacp_last_error());             \
-        if (!first_error) first_error = st_;                        \
-    } while (0)
-    for (int64_t i = 1; i < nall; i++)
-        if (strcmp(all[i - 1].t->name, all[i].t->name) == 0)
-            PROBLEM(DSACP_EFORMAT, "%s: tensor '%s' is also stored in %s", dsacp_st_path(all[i].f),
-                    all[i].t->name, dsacp_st_path(all[i - 1].f));
-
-    /* The tensors the config asks for against what the checkpoint can supply, before listing
-     * them: each canonical tensor is a stored one, or an expert of a packed [E, ...] tensor (which
-     * covers at most E of them), or the tied lm_head. A config whose layers x experts the files
-     * cannot hold is refused here instead of allocating its whole tensor list; a few missing
-     * tensors are left to the per-tensor report below. */
-    {
-        int64_t expected = spec_count(&m->cfg), supply = nall + 1;
-        for (int64_t i = 0; i < nall; i++) {
-            const dsacp_st_tensor *t = all[i].t;
-            if (t->ndim == 3 && t->shape[0] > 0 && strstr(t->name, ".mlp.experts.") &&
-                (strstr(t->name, "gate_up_proj") || strstr(t->name, "down_proj")))
-                supply += (strstr(t->name, "gate_up_proj") ? 2 : 1) *
-                          (t->shape[0] < m->cfg.n_routed_experts ? t->shape[0] : m->cfg.n_routed_experts);
-        }
-        if (expected > supply + 4096) {
-            rc = dsacp_error(DSACP_ECONFIG, "%s/config.json: fields 'num_hidden_layers' (%lld) and "
-                             "'n_routed_experts' (%lld) ask for %lld tensors, but the checkpoint holds "
-                             "%lld", dir, (long long)m->cfg.num_hidden_layers,
-                             (long long)m->cfg.n_routed_experts, (long long)expected, (long long)nall);
-            goto fail;
-        }
-    }
-    rc = dsacp_model_tensor_specs(&m->cfg, &specs, &nspecs);
-    if (rc) goto fail;
-    m->weights = dsacp_calloc((size_t)nspecs + 1, sizeof *m->weights);
-    if (!m->weights) {
-        rc = DSACP_ENOMEM;
-        goto fail;
-    }
-    for (int64_t i = 0; i < nspecs && (keep_going || !first_error); i++) {
-        const dsacp_tensor_spec *spec = &specs[i];
-        dsacp_weight *w = &m->weights[m->nweights];
-        memset(w, 0, sizeof *w);
-        w->name = own_string(m, spec->name);
-        if (!w->name) {
-            rc = DSACP_ENOMEM;
-            goto fail;
-        }
-        w->ndim = spec->ndim;
-        int64_t rows = spec->ndim == 2 ? spec->shape[0] : 1;
-        int64_t cols = spec->ndim == 2 ? spec->shape[1] : spec->shape[0];
-        char want[64], have[64];
-        shape_str(want, sizeof want, spec->ndim, spec->shape);
-        stored *s = find_stored(all, nall, spec->name);
-        if (!s) {
-            bool found = false;
-            rc = bind_packed_expert(m, w, spec, all, nall, &found);
-            if (rc) {
-                PROBLEM(rc, "%s", dsacp_last_error());
-                rc = DSACP_OK;
-                continue;
-            }
-            if (found) {
-                m->nweights++;
-                continue;
-            }
-            if (strcmp(spec->name, "lm_head.weight") == 0) continue; /* tied: bound below */
-            PROBLEM(DSACP_ENOTFOUND, "%s: required tensor '%s' %s is missing", m->dir, spec->name, want);
-            continue;
-        }
-        s->used = true;
-        const dsacp_st_tensor *t = s->t;
-        const char *fname = dsacp_st_path(s->f);
-        shape_str(have, sizeof have, t->ndim, t->shape);
-        bool shape_ok = t->ndim == spec->ndim && t->shape[0] == spec->shape[0] &&
-                        (spec->ndim == 1 || t->shape[1] == spec->shape[1]);
-        if (!shape_ok) {
-            PROBLEM(DSACP_ESHAPE, "%s: tensor '%s' has shape %s, expected %s", fname, spec->name, have, want);
-            continue;
-        }
-        if (!is_float_dtype(t->dtype) || (t->dtype == DSACP_F8_E4M3 && spec->ndim != 2)) {
-            PROBLEM(DSACP_ESHAPE, "%s: tensor '%s' has dtype %s; expected F32, BF16, F16%s", fname,
-                    spec->name, dsacp_dtype_name(t->dtype), spec->ndim == 2 ? " or F8_E4M3" : "");
-            continue;
-        }
-        rc = bind_view(m, w, t, 0, rows, cols);
-        if (!rc && t->dtype == DSACP_F8_E4M3)
-            rc = bind_scale(m, w, all, nall, spec->name, fname, m->cfg.weight_block_rows, -1, rows, 0);
-        if (rc == DSACP_ENOMEM) goto fail;
-        if (rc) {
-            PROBLEM(rc, "%s", dsacp_last_error());
-            rc = DSACP_OK;
-            continue;
-        }
-        m->nweights++;
-    }
-    /* A tied (or absent, with tie_word_embeddings) lm_head is a view of the embedding. */
-    if (m->cfg.tie_word_embeddings && !find_stored(all, nall, "lm_head.weight")) {
-        for (int64_t i = 0; i < m->nweights; i++)
-            if (strcmp(m->weights[i].name, "model.embed_tokens.weight") == 0) {
-                dsacp_weight w = m->weights[i];
-                w.name = "lm_head.weight";
-                m->weights[m->nweights++] = w;
-                break;
-            }
-    }
-    /* Stored tensors nothing used. */
-    for (int64_t i = 0; i < nall; i++) {
-        if (all[i].used) continue;
-        const char *name = all[i].t->name;
-        long long L;
-        if (sscanf(name, "model.layers.%lld.", &L) == 1 && L >= m->cfg.num_hidden_layers)
-            continue; /* MTP layer(s) beyond num_hidden_layers: skipped, counted below */
-        if (strstr(name, "rotary_emb.inv_freq")) continue;
-        if (strcmp(name, "lm_head.weight") == 0 && m->cfg.tie_word_embeddings) continue;
-        add_problem(m, false, "%s: unexpected tensor '%s' (ignored)", dsacp_st_path(all[i].f), name);
-    }
-    int64_t skipped = 0;
-    for (int64_t i = 0; i < nall; i++) {
-        long long L;
-        if (!all[i].used && sscanf(all[i].t->name, "model.layers.%lld.", &L) == 1 &&
-            L >= m->cfg.num_hidden_layers)
-            skipped++;
-    }
-    if (skipped)
-        add_problem(m, false, "%s: %lld tensors of layers >= num_hidden_layers (MTP) skipped", m->dir,
-                    (long long)skipped);
-    qsort(m->weights, (size_t)m->nweights, sizeof *m->weights, weight_cmp);
-    free(all);
-    dsacp_free(specs);
-    if (first_error) {
+    if (c.first_error) {
         /* Restore the first error's message for dsacp_last_error(). */
         for (int64_t i = 0; i < m->nproblems; i++)
             if (m->problems[i].error) {
-                dsacp_error(first_error, "%s", m->problems[i].text);
+                dsacp_error(c.first_error, "%s", m->problems[i].text);
                 break;
             }
-        if (!keep_going) {
+        if (!c.keep_going) {
             dsacp_model_free(m);
-            return first_error;
+            return c.first_error;
         }
     }
     *out = m;
-    return first_error;
-fail:
-    free(all);
-    dsacp_free(specs);
-    dsacp_model_free(m);
-    return rc ? rc : DSACP_ENOMEM;
-#undef PROBLEM
+    return c.first_error;
 }
 
 int dsacp_model_load(const char *dir, dsacp_model **out) { return dsacp_model_load_ex(dir, 0, out); }

@@ -31,7 +31,9 @@
 #define DSACP_CFG_MAX_SHARED_EXPERTS 64        /* n_shared_experts (1) */
 #define DSACP_CFG_MAX_POSITIONS (1 << 24)      /* max_position_embeddings (163840) >= index_topk (2048) */
 #define DSACP_CFG_MAX_BLOCK 65536              /* quantization_config.weight_block_size (128) */
-/* num_hidden_layers (61) <= DSACP_MAX_LAYERS (512), from dsacp.h. */
+#define DSACP_CFG_MAX_NEXTN 16                 /* num_nextn_predict_layers (1) */
+/* num_hidden_layers (61) <= DSACP_MAX_LAYERS (512), from dsacp.h, one less with an MTP layer
+ * (checkpoint layer num_hidden_layers). */
 
 /* Checks every field of a config (each within the bounds above, and against the others:
  * index_topk <= max_position_embeddings, n_group divides n_routed_experts, ...). The parser runs it
@@ -61,6 +63,8 @@ float *dsacp_model_vector_f32(const dsacp_model *m, const char *name, int64_t n,
 typedef enum dsacp_tensor_kind {
     DSACP_TK_LINEAR,    /* [out][in] projection: FP8-eligible, init N(0, 1/in) */
     DSACP_TK_LINEAR_F32,/* projection kept in fp32 by transformers (router gate, weights_proj) */
+    DSACP_TK_LINEAR_BF16,/* projection never FP8 (DeepSeek's FP8 checkpoint keeps the MTP layer's
+                          * eh_proj in bf16): init N(0, 1/in), bf16 when init-model writes fp8 */
     DSACP_TK_EMBED,     /* embedding table, init N(0, 1) */
     DSACP_TK_HEAD,      /* lm_head, init N(0, 1/D) */
     DSACP_TK_NORM,      /* norm weight, init 1 + 0.05 N(0,1) */
@@ -72,11 +76,18 @@ typedef struct dsacp_tensor_spec {
     int ndim;
     int64_t shape[2];
     dsacp_tensor_kind kind;
+    bool mtp;             /* part of the MTP layer (checkpoint layer num_hidden_layers) */
+    const char *fallback; /* NULL: required. Else the checkpoint may omit it, and the loader then
+                           * resolves this name to the tensor named here (the MTP shared head ->
+                           * lm_head.weight) */
 } dsacp_tensor_spec;
 
 /* The canonical tensors a model with this config needs, in checkpoint order (embed, layers, norm,
- * lm_head; per-expert names). `*out` is dsacp_free'd by the caller. lm_head is omitted when
- * tie_word_embeddings. */
+ * lm_head; per-expert names), then, when num_nextn_predict_layers > 0, the MTP layer M =
+ * num_hidden_layers (enorm, hnorm, eh_proj, its decoder layer, shared_head.norm, shared_head.head;
+ * `mtp` set; only the first MTP layer: DeepSeek's checkpoints have one). The MTP layer's optional
+ * embed_tokens is not listed (init-model does not write it). `*out` is dsacp_free'd by the caller.
+ * lm_head is omitted when tie_word_embeddings. */
 int dsacp_model_tensor_specs(const dsacp_config *cfg, dsacp_tensor_spec **out, int64_t *count);
 
 /* The loader's public half (problems, DSACP_LOAD_* flags, dsacp_model_load_ex, the files, the

@@ -187,7 +187,8 @@ static void fill_tensor(const dsacp_tensor_spec *s, uint64_t seed, float *out, i
     double mean = 0, std = 1;
     switch (s->kind) {
     case DSACP_TK_LINEAR:
-    case DSACP_TK_LINEAR_F32: std = 1.0 / sqrt((double)s->shape[1]); break;
+    case DSACP_TK_LINEAR_F32:
+    case DSACP_TK_LINEAR_BF16: std = 1.0 / sqrt((double)s->shape[1]); break;
     case DSACP_TK_EMBED: std = 1.0; break;
     case DSACP_TK_HEAD: std = 1.0 / sqrt((double)s->shape[1]); break;
     case DSACP_TK_NORM: mean = 1.0; std = 0.05; break;
