@@ -30,7 +30,7 @@ static int setup_weight_bytes(dsacp_engine *e, dsacp_engine_plan *p)
 {
     const dsacp_config *cfg = e->cfg;
     const int W = e->cp.W;
-    const int64_t L = e->L, H = cfg->num_attention_heads, dv = cfg->v_head_dim;
+    const int64_t L = e->cp.n_layers, H = cfg->num_attention_heads, dv = cfg->v_head_dim; /* the MTP layer's too */
     const dsacp_weight *o = e->attn[0].o;
     p->pq = dsacp_calloc((size_t)L, sizeof *p->pq), p->po = dsacp_calloc((size_t)L, sizeof *p->po);
     p->psh = dsacp_calloc((size_t)W, sizeof *p->psh);
@@ -124,6 +124,7 @@ size_t dsacp_engine_plan_workspace(const dsacp_engine *e, int64_t T, int64_t n)
 {
     size_t bytes = 0;
     dsacp_arena_need(&bytes, n, 1, sizeof(dsacp_plan_entry));
+    dsacp_arena_need(&bytes, n, 1, sizeof(dsacp_plan_entry_spec));
     if (e->cp.W > 1) { /* the planner's lists and per-rank counts of the step */
         const size_t lists = dsacp_plan_entries_bytes(e->cfg, &e->cp.opt, e->cp.W, T, n);
         if (lists == SIZE_MAX) return SIZE_MAX;
@@ -132,35 +133,53 @@ size_t dsacp_engine_plan_workspace(const dsacp_engine *e, int64_t T, int64_t n)
     return bytes;
 }
 
-void dsacp_engine_plan_step(dsacp_engine *e, dsacp_arena *ws, const dsacp_cp_step *st_in, const int64_t *n_logits,
+/* The planner's entries of a built step: lengths, verify flags and logits rows; an MTP step's
+ * placement as given (decode rows, the target step's split -- a catch-up repeats it -- or the
+ * one rank of a chain row under DSA-CP alone). */
+static void step_entries(const dsacp_cp_step *st, const int64_t *n_logits, bool mtp, dsacp_plan_entry *pe,
+                         dsacp_plan_entry_spec *sp, int64_t *T)
+{
+    *T = 0;
+    for (int64_t i = 0, t = 0; i < st->n_ent; i++) {
+        const int64_t nn = st->new_len[i] - st->old_len[i];
+        pe[i] = (dsacp_plan_entry){st->old_len[i], nn};
+        sp[i] = (dsacp_plan_entry_spec){st->flags ? st->flags[i] : 0, n_logits ? n_logits[i] : 0, DSACP_PLAN_PATH_AUTO, 0};
+        if (mtp) {
+            sp[i].path = st->decode[i] ? DSACP_PLAN_PATH_DECODE : DSACP_PLAN_PATH_SPLIT;
+            if (!st->decode[i] && nn == 1 && st->place) sp[i].path = DSACP_PLAN_PATH_RANK, sp[i].rank = st->place[t];
+        }
+        t += nn, *T += nn;
+    }
+}
+
+void dsacp_engine_plan_step(dsacp_engine *e, dsacp_arena *ws, const dsacp_cp_step *st, const int64_t *n_logits,
                             const uint8_t want[2], bool last, bool mtp)
 {
-    const int64_t *old_len = st_in->old_len, *new_len = st_in->new_len, n = st_in->n_ent;
-    (void)n_logits;
-    if (mtp) { /* not predicted yet */
-        e->plan->lost = true;
-        return;
-    }
+    const int64_t n = st->n_ent;
     dsacp_engine_plan *p = e->plan;
     if (p->lost) return;
     const size_t mark = dsacp_arena_mark(ws);
     dsacp_plan_entry *pe = dsacp_arena_take(ws, n, 1, sizeof *pe, "the planner's entries");
+    dsacp_plan_entry_spec *sp = pe ? dsacp_arena_take(ws, n, 1, sizeof *sp, "the planner's entries") : NULL;
     int64_t T = 0;
-    for (int64_t i = 0; pe && i < n; i++) pe[i] = (dsacp_plan_entry){old_len[i], new_len[i] - old_len[i]}, T += pe[i].n_new;
+    if (sp) step_entries(st, n_logits, mtp, pe, sp, &T);
     const size_t bytes = e->cp.W > 1 ? dsacp_plan_entries_bytes(e->cfg, &e->cp.opt, e->cp.W, T, n) : 0;
     void *mem = bytes && bytes != SIZE_MAX ? dsacp_arena_take(ws, (int64_t)bytes, 1, 1, "the planner's lists") : NULL;
-    if (!pe || bytes == SIZE_MAX || (bytes && !mem)) {
+    if (!sp || bytes == SIZE_MAX || (bytes && !mem)) {
         p->lost = true;
         dsacp_arena_rewind(ws, mark);
         return;
     }
     dsacp_plan_step b = p->base;
-    const dsacp_cp_stats *st = &e->cp.stats;
-    const int64_t ft = st->lean_fallback_threshold + st->lean_fallback_ties;
-    b.lean_fallback_tokens = ft - p->seen_fb_tokens, b.lean_fallback_rounds = st->lean_fallback_rounds - p->seen_fb_rounds;
-    b.lean_owned_winners = st->lean_owned_winners - p->seen_winners;
-    p->seen_fb_tokens = ft, p->seen_fb_rounds = st->lean_fallback_rounds, p->seen_winners = st->lean_owned_winners;
+    const dsacp_cp_stats *cs = &e->cp.stats;
+    const int64_t ft = cs->lean_fallback_threshold + cs->lean_fallback_ties;
+    b.lean_fallback_tokens = ft - p->seen_fb_tokens, b.lean_fallback_rounds = cs->lean_fallback_rounds - p->seen_fb_rounds;
+    b.lean_owned_winners = cs->lean_owned_winners - p->seen_winners;
+    p->seen_fb_tokens = ft, p->seen_fb_rounds = cs->lean_fallback_rounds, p->seen_winners = cs->lean_owned_winners;
     b.want_logits = want[0], b.want_topk = want[1], b.logits_last = last;
+    b.entry_spec = sp;
+    /* an MTP step runs the MTP layer alone: index num_hidden_layers of the engine's layers */
+    if (mtp) b.layer0 = e->cfg->num_hidden_layers, b.layers = 1;
     dsacp_comm_counter c[DSACP_PHASE_COUNT];
     if (dsacp_plan_entries_comm_mem(e->cfg, &e->cp.opt, &b, pe, n, c, mem, bytes)) p->lost = true;
     else plan_add(p, c);
@@ -198,13 +217,16 @@ int dsacp_engine_plan_memory(const dsacp_engine *e, int64_t kv[2], int64_t weigh
     for (int64_t i = 0; i < e->nreq; i++)
         if (e->req[i].live) lens[nlive++] = dsacp_engine_request_span(&e->req[i]);
     const int W = e->cp.W > 0 ? e->cp.W : 1;
-    dsacp_plan_kv_bytes(e->cfg, &e->cp.opt, W, e->cp.rank, lens, nlive, e->opt.block_size, e->plan->base.latent_bytes,
+    /* every layer the engine caches and binds: the MTP layer's too when it is on */
+    dsacp_config cfg = *e->cfg;
+    if (e->cp.n_layers > 0) cfg.num_hidden_layers = e->cp.n_layers;
+    dsacp_plan_kv_bytes(&cfg, &e->cp.opt, W, e->cp.rank, lens, nlive, e->opt.block_size, e->plan->base.latent_bytes,
                         e->plan->base.index_bytes, &kv[0], &kv[1]);
     dsacp_free(lens);
     if (e->cp.wp) {
         dsacp_weight_usage pu;
         const dsacp_weight *ow = e->attn[0].o;
-        dsacp_plan_weight_usage(e->cfg, &e->cp.opt, W, e->cp.rank, ow->dtype, ow->block, &pu);
+        dsacp_plan_weight_usage(&cfg, &e->cp.opt, W, e->cp.rank, ow->dtype, ow->block, &pu);
         weights[0] = pu.q_proj_resident, weights[1] = pu.o_proj_resident, weights[2] = pu.ring_bytes;
         weights[3] = pu.gather_bytes;
     }
