@@ -207,22 +207,18 @@ def topk_and_ties(call, topk_n):
 # Independent float64 numpy forward, written from docs/reference-notes.md (self-check only).
 # Uses the reference's own top-k selection so near-ties cannot make it diverge.
 # ---------------------------------------------------------------------------------------------
-def np_forward(sd, cfg, ids, selections):
-    g = lambda n: sd[n].astype(np.float64)
-    D, H = cfg.hidden_size, cfg.num_attention_heads
-    nope, rope, vd, kvl = cfg.qk_nope_head_dim, cfg.qk_rope_head_dim, cfg.v_head_dim, cfg.kv_lora_rank
-    Hi, di = cfg.index_n_heads, cfg.index_head_dim
-    eps = cfg.rms_norm_eps
-    rp = cfg.rope_parameters
-    S = len(ids)
+def np_rms(x, w, eps):
+    return x / np.sqrt((x * x).mean(-1, keepdims=True) + eps) * w
 
-    def rms(x, w):
-        return x / np.sqrt((x * x).mean(-1, keepdims=True) + eps) * w
 
-    def silu(x):
-        return x / (1 + np.exp(-x))
+def np_silu(x):
+    return x / (1 + np.exp(-x))
 
-    # YaRN frequencies (modeling_rope_utils._compute_yarn_parameters)
+
+def np_rope_tables(cfg, S):
+    """YaRN cos/sin [S, rope/2] (times the attention factor) and the softmax scale, in float64
+    (modeling_rope_utils._compute_yarn_parameters)."""
+    rp, rope = cfg.rope_parameters, cfg.qk_rope_head_dim
     base, factor, orig = rp["rope_theta"], rp["factor"], rp["original_max_position_embeddings"]
     corr = lambda nrot: rope * math.log(orig / (nrot * 2 * math.pi)) / (2 * math.log(base))
     low = max(math.floor(corr(rp["beta_fast"])), 0)
@@ -236,8 +232,22 @@ def np_forward(sd, cfg, ids, selections):
     m = lambda f, x: 1.0 if f <= 1 else 0.1 * x * math.log(f) + 1.0
     att_factor = m(factor, rp["mscale"]) / m(factor, rp["mscale_all_dim"])
     ang = np.arange(S)[:, None] * freq[None, :]
-    cos, sin = np.cos(ang) * att_factor, np.sin(ang) * att_factor  # [S, rope/2]
-    scale = (nope + rope) ** -0.5 * m(factor, rp["mscale_all_dim"]) ** 2
+    scale = (cfg.qk_nope_head_dim + rope) ** -0.5 * m(factor, rp["mscale_all_dim"]) ** 2
+    return np.cos(ang) * att_factor, np.sin(ang) * att_factor, scale
+
+
+def np_layer(sd, cfg, P, h, sel, tables, moe):
+    """One decoder layer (prefix P, e.g. "model.layers.1.") over rows h [S, D] at positions 0..S-1,
+    attention restricted to the given selections sel [S, topk] (-1 padded). Returns the layer's
+    output (the residual stream) and the layer's own float64 top-k selection."""
+    g = lambda n: sd[n].astype(np.float64)
+    D, H = cfg.hidden_size, cfg.num_attention_heads
+    nope, rope, vd, kvl = cfg.qk_nope_head_dim, cfg.qk_rope_head_dim, cfg.v_head_dim, cfg.kv_lora_rank
+    Hi, di = cfg.index_n_heads, cfg.index_head_dim
+    eps = cfg.rms_norm_eps
+    S = h.shape[0]
+    cos, sin, scale = tables
+    cos, sin = cos[:S], sin[:S]
 
     def rope_interleaved(x, c_, s_):  # rotate pairs (2i, 2i+1) in place, angle p * freq_i
         y = x.copy()
@@ -247,86 +257,93 @@ def np_forward(sd, cfg, ids, selections):
         return y
 
     def rope_half(x, c_, s_):  # rotate pairs (i, i + rope/2), angle p * freq_i
-        h = rope // 2
-        a, b = x[..., :h], x[..., h:]
+        hh = rope // 2
+        a, b = x[..., :hh], x[..., hh:]
         return np.concatenate([a * c_ - b * s_, b * c_ + a * s_], axis=-1)
 
     cos_h, sin_h = cos[:, None, :], sin[:, None, :]  # broadcast over heads
+    A = P + "self_attn."
+    x = np_rms(h, g(P + "input_layernorm.weight"), eps)
+    qr = np_rms(x @ g(A + "q_a_proj.weight").T, g(A + "q_a_layernorm.weight"), 1e-6)
+    q = (qr @ g(A + "q_b_proj.weight").T).reshape(S, H, nope + rope)
+    kv = x @ g(A + "kv_a_proj_with_mqa.weight").T
+    c = np_rms(kv[:, :kvl], g(A + "kv_a_layernorm.weight"), 1e-6)
+    q_pe = rope_interleaved(q[..., nope:], cos_h, sin_h)
+    k_pe = rope_interleaved(kv[:, kvl:], cos, sin)
+    wkv = g(A + "kv_b_proj.weight").reshape(H, nope + vd, kvl)
+    q_abs = np.einsum("phn,hnc->phc", q[..., :nope], wkv[:, :nope, :])
+    logit = (np.einsum("phc,sc->phs", q_abs, c) + np.einsum("phr,sr->phs", q_pe, k_pe)) * scale
+    mask = np.full((S, S), -np.inf)
+    for p in range(S):
+        mask[p, sel[p][sel[p] >= 0]] = 0.0
+    logit = logit + mask[:, None, :]
+    logit -= logit.max(-1, keepdims=True)
+    pr = np.exp(logit)
+    pr /= pr.sum(-1, keepdims=True)
+    o = np.einsum("phs,sc->phc", pr, c)
+    v = np.einsum("phc,hvc->phv", o, wkv[:, nope:, :]).reshape(S, H * vd)
+    h = h + v @ g(A + "o_proj.weight").T
 
-    h = g("model.embed_tokens.weight")[ids]
+    # indexer (own float64 selection, compared with the reference's outside ties)
+    I_ = A + "indexer."
+    qi = (qr @ g(I_ + "wq_b.weight").T).reshape(S, Hi, di)
+    ki = x @ g(I_ + "wk.weight").T
+    mu = ki.mean(-1, keepdims=True)
+    ki = (ki - mu) / np.sqrt(((ki - mu) ** 2).mean(-1, keepdims=True) + 1e-6)
+    ki = ki * g(I_ + "k_norm.weight") + g(I_ + "k_norm.bias")
+    qi[..., :rope] = rope_half(qi[..., :rope], cos_h, sin_h)
+    ki[..., :rope] = rope_half(ki[..., :rope], cos, sin)
+    w = (x @ g(I_ + "weights_proj.weight").T) * Hi**-0.5
+    Isc = np.einsum("ph,phs->ps", w, np.maximum(np.einsum("phd,sd->phs", qi, ki), 0) * di**-0.5)
+    own = np.full((S, cfg.index_topk), -1, dtype=np.int32)
+    for p in range(S):
+        n = min(cfg.index_topk, p + 1)
+        own[p, :n] = np.sort(np.argsort(-Isc[p, : p + 1], kind="stable")[:n])
+
+    x = np_rms(h, g(P + "post_attention_layernorm.weight"), eps)
+    return h + np_mlp(sd, cfg, P + "mlp.", x, moe), own
+
+
+def np_mlp(sd, cfg, M, x, moe):
+    g = lambda n: sd[n].astype(np.float64)
+    if not moe:
+        return (np_silu(x @ g(M + "gate_proj.weight").T) * (x @ g(M + "up_proj.weight").T)) @ g(M + "down_proj.weight").T
+    S = x.shape[0]
+    E, ng, tg, K = cfg.n_routed_experts, cfg.n_group, cfg.topk_group, cfg.num_experts_per_tok
+    s = 1 / (1 + np.exp(-(x @ g(M + "gate.weight").T)))
+    b = s + g(M + "gate.e_score_correction_bias")
+    gs = np.sort(b.reshape(S, ng, E // ng), -1)[..., -2:].sum(-1)
+    y = np.zeros_like(x)
+    gu, dn = get_experts(sd, M)
+    for t in range(S):
+        keep = np.argsort(-gs[t], kind="stable")[:tg]
+        bm = np.full(E, -np.inf)
+        for grp in keep:
+            bm[grp * (E // ng) : (grp + 1) * (E // ng)] = b[t, grp * (E // ng) : (grp + 1) * (E // ng)]
+        ex = np.argsort(-bm, kind="stable")[:K]
+        wt = s[t, ex]
+        if cfg.norm_topk_prob:
+            wt = wt / (wt.sum() + 1e-20)
+        wt = wt * cfg.routed_scaling_factor
+        for e, we in zip(ex, wt):
+            I2 = gu[e].shape[0] // 2
+            a = gu[e] @ x[t]
+            y[t] += we * (dn[e] @ (np_silu(a[:I2]) * a[I2:]))
+    S_ = M + "shared_experts."
+    return y + (np_silu(x @ g(S_ + "gate_proj.weight").T) * (x @ g(S_ + "up_proj.weight").T)) @ g(S_ + "down_proj.weight").T
+
+
+def np_forward(sd, cfg, ids, selections):
+    """The target model in float64: (logits [S, V], own selections per layer, final-normed
+    hidden rows [S, D])."""
+    tables = np_rope_tables(cfg, len(ids))
+    h = sd["model.embed_tokens.weight"].astype(np.float64)[ids]
     own_sel = []
     for L in range(cfg.num_hidden_layers):
-        P = f"model.layers.{L}."
-        A = P + "self_attn."
-        x = rms(h, g(P + "input_layernorm.weight"))
-        qr = rms(x @ g(A + "q_a_proj.weight").T, g(A + "q_a_layernorm.weight"))
-        q = (qr @ g(A + "q_b_proj.weight").T).reshape(S, H, nope + rope)
-        kv = x @ g(A + "kv_a_proj_with_mqa.weight").T
-        c = rms(kv[:, :kvl], g(A + "kv_a_layernorm.weight"))
-        q_pe = rope_interleaved(q[..., nope:], cos_h, sin_h)
-        k_pe = rope_interleaved(kv[:, kvl:], cos, sin)
-        wkv = g(A + "kv_b_proj.weight").reshape(H, nope + vd, kvl)
-        q_abs = np.einsum("phn,hnc->phc", q[..., :nope], wkv[:, :nope, :])
-        logit = (np.einsum("phc,sc->phs", q_abs, c) + np.einsum("phr,sr->phs", q_pe, k_pe)) * scale
-        mask = np.full((S, S), -np.inf)
-        for p in range(S):
-            sel = selections[L][p]
-            mask[p, sel[sel >= 0]] = 0.0
-        logit = logit + mask[:, None, :]
-        logit -= logit.max(-1, keepdims=True)
-        pr = np.exp(logit)
-        pr /= pr.sum(-1, keepdims=True)
-        o = np.einsum("phs,sc->phc", pr, c)
-        v = np.einsum("phc,hvc->phv", o, wkv[:, nope:, :]).reshape(S, H * vd)
-        h = h + v @ g(A + "o_proj.weight").T
-
-        # indexer (own float64 selection, compared with the reference's outside ties)
-        I_ = A + "indexer."
-        qi = (qr @ g(I_ + "wq_b.weight").T).reshape(S, Hi, di)
-        ki = x @ g(I_ + "wk.weight").T
-        mu = ki.mean(-1, keepdims=True)
-        ki = (ki - mu) / np.sqrt(((ki - mu) ** 2).mean(-1, keepdims=True) + 1e-6)
-        ki = ki * g(I_ + "k_norm.weight") + g(I_ + "k_norm.bias")
-        qi[..., :rope] = rope_half(qi[..., :rope], cos_h, sin_h)
-        ki[..., :rope] = rope_half(ki[..., :rope], cos, sin)
-        w = (x @ g(I_ + "weights_proj.weight").T) * Hi**-0.5
-        Isc = np.einsum("ph,phs->ps", w, np.maximum(np.einsum("phd,sd->phs", qi, ki), 0) * di**-0.5)
-        own = np.full((S, cfg.index_topk), -1, dtype=np.int32)
-        for p in range(S):
-            n = min(cfg.index_topk, p + 1)
-            own[p, :n] = np.sort(np.argsort(-Isc[p, : p + 1], kind="stable")[:n])
+        h, own = np_layer(sd, cfg, f"model.layers.{L}.", h, selections[L], tables, cfg.mlp_layer_types[L] != "dense")
         own_sel.append(own)
-
-        x = rms(h, g(P + "post_attention_layernorm.weight"))
-        M = P + "mlp."
-        if cfg.mlp_layer_types[L] == "dense":
-            y = (silu(x @ g(M + "gate_proj.weight").T) * (x @ g(M + "up_proj.weight").T)) @ g(M + "down_proj.weight").T
-        else:
-            E, ng, tg, K = cfg.n_routed_experts, cfg.n_group, cfg.topk_group, cfg.num_experts_per_tok
-            s = 1 / (1 + np.exp(-(x @ g(M + "gate.weight").T)))
-            b = s + g(M + "gate.e_score_correction_bias")
-            gs = np.sort(b.reshape(S, ng, E // ng), -1)[..., -2:].sum(-1)
-            y = np.zeros_like(x)
-            gu, dn = get_experts(sd, M)
-            for t in range(S):
-                keep = np.argsort(-gs[t], kind="stable")[:tg]
-                bm = np.full(E, -np.inf)
-                for grp in keep:
-                    bm[grp * (E // ng) : (grp + 1) * (E // ng)] = b[t, grp * (E // ng) : (grp + 1) * (E // ng)]
-                ex = np.argsort(-bm, kind="stable")[:K]
-                wt = s[t, ex]
-                if cfg.norm_topk_prob:
-                    wt = wt / (wt.sum() + 1e-20)
-                wt = wt * cfg.routed_scaling_factor
-                for e, we in zip(ex, wt):
-                    I2 = gu[e].shape[0] // 2
-                    a = gu[e] @ x[t]
-                    y[t] += we * (dn[e] @ (silu(a[:I2]) * a[I2:]))
-            S_ = M + "shared_experts."
-            y += (silu(x @ g(S_ + "gate_proj.weight").T) * (x @ g(S_ + "up_proj.weight").T)) @ g(S_ + "down_proj.weight").T
-        h = h + y
-    h = rms(h, g("model.norm.weight"))
-    return h @ g("lm_head.weight").T, own_sel
+    h = np_rms(h, sd["model.norm.weight"].astype(np.float64), cfg.rms_norm_eps)
+    return h @ sd["lm_head.weight"].astype(np.float64).T, own_sel, h
 
 
 def get_experts(sd, M):
@@ -397,7 +414,7 @@ def main():
             exp[f"topk.{c['layer']}"][r, :S] = sel
             exp[f"tie.{c['layer']}"][r, :S] = tie
             sels.append(sel)
-        ref64, own = np_forward(sd, cfg, ids[0].numpy(), sels)
+        ref64, own, _ = np_forward(sd, cfg, ids[0].numpy(), sels)
         for L in range(NL):
             t = exp[f"tie.{L}"][r, :S]
             mism += int(((own[L] != sels[L]).any(-1) & (t == 0)).sum())
