@@ -3,7 +3,8 @@
  *
  * Reading order: the small ops (linear, norms, RoPE), then one attention layer
  * (ref_attention: docs/dsa-math.md section 3, in the absorbed form of step 6), the MLPs
- * (section 7), and ref_forward, which runs the stack. Weights of one layer are converted to
+ * (section 7), ref_forward, which runs the stack, and ref_mtp_forward, the MTP layer
+ * (docs/mtp.md). Weights of one layer are converted to
  * double when the layer starts and freed when it ends.
  */
 #include "ref_model.h"
@@ -709,154 +710,262 @@ static int64_t max64(int64_t a, int64_t b)
     return a > b ? a : b;
 }
 
+/* The work buffers of one run over n rows. */
+typedef struct ref_bufs {
+    double *h, *x, *y; /* [n][D]: the residual stream, a normed copy, a sublayer's output */
+    double *tmp;       /* [2 * inter_max] */
+    double *ey, *cat;  /* [D], [2D] */
+    double *rs, *rb;   /* [E] router scores */
+    ref_score *rank;   /* [max(E, G)] */
+    float *row;        /* [D] */
+} ref_bufs;
+
+static void run_free(ref_ctx *c, ref_bufs *b)
+{
+    dsacp_free(b->h), dsacp_free(b->x), dsacp_free(b->y), dsacp_free(b->tmp), dsacp_free(b->ey);
+    dsacp_free(b->cat), dsacp_free(b->rs), dsacp_free(b->rb), dsacp_free(b->rank), dsacp_free(b->row);
+    dsacp_free(c->scratch_f), dsacp_free(c->scratch_d);
+}
+
+/* Checks the arguments against the model (layers [0, layers) run; ids in [0, vocab)) and sets up
+ * the context and the buffers for n rows. `who` names the caller in messages. */
+static int run_init(const dsacp_model *m, ref_numerics mode, ref_kv kv, const int32_t *ids, int64_t n,
+                    int64_t layers, const char *who, ref_ctx *c, ref_bufs *b)
+{
+    memset(b, 0, sizeof *b);
+    memset(c, 0, sizeof *c);
+    if (!m || !ids || n <= 0 || (mode != REF_EXACT && mode != REF_DEPLOYED) ||
+        (kv != REF_KV_F32 && kv != REF_KV_BF16 && kv != REF_KV_FP8))
+        return dsacp_error(DSACP_EINVAL, "%s: invalid arguments", who);
+    const dsacp_config *cfg = dsacp_model_config(m);
+    int64_t D = cfg->hidden_size, V = cfg->vocab_size, E = cfg->n_routed_experts;
+    int64_t K = cfg->index_topk, di = cfg->index_head_dim, G = cfg->n_group > 0 ? cfg->n_group : 1;
+    if (K <= 0 || cfg->qk_rope_head_dim > di)
+        return dsacp_error(DSACP_EUNSUPPORTED, "%s: index_topk %lld, rope %lld > di %lld", who, (long long)K,
+                           (long long)cfg->qk_rope_head_dim, (long long)di);
+    if (mode == REF_DEPLOYED && (di & (di - 1) || di > 1024))
+        return dsacp_error(DSACP_EUNSUPPORTED,
+                           "%s: deployed mode needs a power-of-two index_head_dim <= 1024, got %lld", who,
+                           (long long)di);
+    if (kv == REF_KV_FP8 && cfg->kv_lora_rank % REF_KV_GROUP)
+        return dsacp_error(DSACP_EUNSUPPORTED, "%s: fp8 kv needs kv_lora_rank %% 128 == 0, got %lld", who,
+                           (long long)cfg->kv_lora_rank);
+    for (int64_t L = 0; L < layers; L++)
+        if (dsacp_config_layer_is_moe(cfg, L) && (E <= 0 || E % G || G > 4096))
+            return dsacp_error(DSACP_EUNSUPPORTED, "%s: %lld experts in %lld groups", who, (long long)E,
+                               (long long)G);
+    for (int64_t p = 0; p < n; p++)
+        if (ids[p] < 0 || ids[p] >= V)
+            return dsacp_error(DSACP_EINVAL, "%s: token id %d at %lld outside [0, %lld)", who, ids[p],
+                               (long long)p, (long long)V);
+
+    int64_t inter_max = max64(cfg->intermediate_size, cfg->moe_intermediate_size * max64(cfg->n_shared_experts, 1));
+    int64_t scratch_n = max64(max64(2 * D, cfg->q_lora_rank), max64(cfg->num_attention_heads * cfg->v_head_dim, inter_max));
+    scratch_n = max64(max64(scratch_n, cfg->kv_lora_rank), di);
+    *c = (ref_ctx){.m = m, .cfg = cfg, .mode = mode, .kv = kv, .scratch_n = scratch_n};
+    b->h = dsacp_alloc((size_t)(n * D) * sizeof(double));
+    b->x = dsacp_alloc((size_t)(n * D) * sizeof(double));
+    b->y = dsacp_alloc((size_t)(n * D) * sizeof(double));
+    b->tmp = dsacp_alloc((size_t)(2 * inter_max) * sizeof(double));
+    b->ey = dsacp_alloc((size_t)D * sizeof(double));
+    b->cat = dsacp_alloc((size_t)(2 * D) * sizeof(double));
+    b->rs = dsacp_alloc((size_t)max64(E, 1) * sizeof(double));
+    b->rb = dsacp_alloc((size_t)max64(E, 1) * sizeof(double));
+    b->rank = dsacp_alloc((size_t)max64(max64(E, G), 1) * sizeof(ref_score));
+    b->row = dsacp_alloc((size_t)D * sizeof(float));
+    c->scratch_f = dsacp_alloc((size_t)scratch_n * sizeof(float));
+    c->scratch_d = dsacp_alloc((size_t)scratch_n * sizeof(double));
+    if (!b->h || !b->x || !b->y || !b->tmp || !b->ey || !b->cat || !b->rs || !b->rb || !b->rank || !b->row ||
+        !c->scratch_f || !c->scratch_d) {
+        run_free(c, b);
+        return dsacp_error(DSACP_ENOMEM, "%s: no memory for %lld tokens", who, (long long)n);
+    }
+    return 0;
+}
+
+/* out[p] = the row ids[p] of the embedding table `name` ([vocab][D]), in double. */
+static int embed_rows(ref_ctx *c, ref_bufs *b, const char *name, const int32_t *ids, int64_t n, double *out)
+{
+    const int64_t D = c->cfg->hidden_size, V = c->cfg->vocab_size;
+    const dsacp_weight *emb = dsacp_model_weight(c->m, name);
+    if (!emb)
+        return dsacp_error(DSACP_ENOTFOUND, "ref_forward: weight '%s' not found", name);
+    if (emb->rows != V || emb->cols != D)
+        return dsacp_error(DSACP_ESHAPE, "ref_forward: %s is [%lld, %lld]", name, (long long)emb->rows,
+                           (long long)emb->cols);
+    for (int64_t p = 0; p < n; p++) {
+        dsacp_weight_row_f32(emb, ids[p], b->row);
+        for (int64_t d = 0; d < D; d++)
+            out[p * D + d] = b->row[d];
+    }
+    return 0;
+}
+
+/* y[p] = the layer's MLP (dense or MoE) of x[p], p < n. */
+static int ref_mlp_rows(ref_ctx *c, ref_bufs *b, int64_t L, int64_t n)
+{
+    const dsacp_config *cfg = c->cfg;
+    const int64_t D = cfg->hidden_size;
+    int rc;
+    if (dsacp_config_layer_is_moe(cfg, L)) {
+        ref_moe_w mw;
+        if ((rc = moe_w_load(c->m, cfg, L, &mw)))
+            return rc;
+        for (int64_t p = 0; p < n; p++)
+            moe(c, &mw, b->x + p * D, b->y + p * D, b->tmp, b->ey, b->rs, b->rb, b->rank);
+        moe_w_free(&mw);
+        return 0;
+    }
+    ref_mlp_w dw;
+    char prefix[96];
+    snprintf(prefix, sizeof prefix, "model.layers.%lld.mlp", (long long)L);
+    if ((rc = mlp_w_load(c->m, prefix, D, cfg->intermediate_size, &dw)))
+        return rc;
+    for (int64_t p = 0; p < n; p++)
+        mlp(c, &dw, b->x + p * D, b->y + p * D, b->tmp);
+    mlp_w_free(&dw);
+    return 0;
+}
+
+/* Decoder layer L over the residual stream b->h [n][D] (positions 0..n-1), in place:
+ * h += attn(RMSNorm(h)); h += mlp(RMSNorm(h)). topk [n][index_topk] and gap [n] may be NULL. */
+static int ref_layer(ref_ctx *c, ref_bufs *b, int64_t L, int64_t n, int32_t *topk, double *gap)
+{
+    const dsacp_config *cfg = c->cfg;
+    const int64_t D = cfg->hidden_size;
+    ref_mat in_norm = {0}, post_norm = {0};
+    ref_attn_w aw;
+    int rc = mat_load(c->m, &in_norm, 1, D, "model.layers.%lld.input_layernorm.weight", (long long)L);
+    if (!rc)
+        rc = mat_load(c->m, &post_norm, 1, D, "model.layers.%lld.post_attention_layernorm.weight", (long long)L);
+    if (!rc && !(rc = attn_w_load(c->m, cfg, L, &aw))) {
+        for (int64_t p = 0; p < n; p++)
+            rmsnorm(b->h + p * D, in_norm.w, D, cfg->rms_norm_eps, b->x + p * D);
+        rc = ref_attention(c, &aw, b->x, n, b->y, topk, gap);
+        attn_w_free(&aw);
+    }
+    if (!rc) {
+        for (int64_t i = 0; i < n * D; i++)
+            b->h[i] += b->y[i];
+        for (int64_t p = 0; p < n; p++)
+            rmsnorm(b->h + p * D, post_norm.w, D, cfg->rms_norm_eps, b->x + p * D);
+        rc = ref_mlp_rows(c, b, L, n);
+    }
+    if (!rc)
+        for (int64_t i = 0; i < n * D; i++)
+            b->h[i] += b->y[i];
+    mat_free(&in_norm);
+    mat_free(&post_norm);
+    return rc;
+}
+
+/* normed[p] = RMSNorm(h[p]; norm_name) and logits[p] = head normed[p] (either may be NULL). */
+static int head_rows(ref_ctx *c, ref_bufs *b, const char *norm_name, const char *head_name, int64_t n,
+                     double *normed, double *logits)
+{
+    const int64_t D = c->cfg->hidden_size, V = c->cfg->vocab_size;
+    ref_mat norm = {0}, head = {0};
+    int rc = mat_load(c->m, &norm, 1, D, "%s", norm_name);
+    if (!rc && logits)
+        rc = mat_load(c->m, &head, V, D, "%s", head_name);
+    for (int64_t p = 0; p < n && !rc; p++) {
+        rmsnorm(b->h + p * D, norm.w, D, c->cfg->rms_norm_eps, b->x + p * D);
+        if (normed)
+            memcpy(normed + p * D, b->x + p * D, (size_t)D * sizeof(double));
+        if (logits)
+            linear(c, &head, b->x + p * D, logits + p * V);
+    }
+    mat_free(&norm);
+    mat_free(&head);
+    return rc;
+}
+
+int ref_forward_ex(const dsacp_model *m, ref_numerics mode, ref_kv kv, const int32_t *ids, int64_t n,
+                   double *logits, int32_t *topk, double *gap, double *hidden)
+{
+    ref_ctx c;
+    ref_bufs b;
+    const dsacp_config *cfg = m ? dsacp_model_config(m) : NULL;
+    int rc = run_init(m, mode, kv, ids, n, cfg ? cfg->num_hidden_layers : 0, "ref_forward", &c, &b);
+    if (rc)
+        return rc;
+    const int64_t NL = cfg->num_hidden_layers, K = cfg->index_topk;
+    rc = embed_rows(&c, &b, "model.embed_tokens.weight", ids, n, b.h);
+    for (int64_t L = 0; L < NL && !rc; L++)
+        rc = ref_layer(&c, &b, L, n, topk ? topk + L * n * K : NULL, gap ? gap + L * n : NULL);
+    if (!rc && (logits || hidden))
+        rc = head_rows(&c, &b, "model.norm.weight", "lm_head.weight", n, hidden, logits);
+    run_free(&c, &b);
+    return rc;
+}
+
 int ref_forward(const dsacp_model *m, ref_numerics mode, ref_kv kv, const int32_t *ids, int64_t n,
                 double *logits, int32_t *topk, double *gap)
 {
-    if (!m || !ids || n <= 0 || (mode != REF_EXACT && mode != REF_DEPLOYED) ||
-        (kv != REF_KV_F32 && kv != REF_KV_BF16 && kv != REF_KV_FP8))
-        return dsacp_error(DSACP_EINVAL, "ref_forward: invalid arguments");
-    const dsacp_config *cfg = dsacp_model_config(m);
-    int64_t D = cfg->hidden_size, V = cfg->vocab_size, NL = cfg->num_hidden_layers;
-    int64_t E = cfg->n_routed_experts, K = cfg->index_topk, di = cfg->index_head_dim;
-    int64_t G = cfg->n_group > 0 ? cfg->n_group : 1;
-    if (K <= 0 || cfg->qk_rope_head_dim > di)
-        return dsacp_error(DSACP_EUNSUPPORTED, "ref_forward: index_topk %lld, rope %lld > di %lld",
-                           (long long)K, (long long)cfg->qk_rope_head_dim, (long long)di);
-    if (mode == REF_DEPLOYED && (di & (di - 1) || di > 1024))
-        return dsacp_error(DSACP_EUNSUPPORTED,
-                           "ref_forward: deployed mode needs a power-of-two index_head_dim <= 1024, "
-                           "got %lld", (long long)di);
-    if (kv == REF_KV_FP8 && cfg->kv_lora_rank % REF_KV_GROUP)
-        return dsacp_error(DSACP_EUNSUPPORTED,
-                           "ref_forward: fp8 kv needs kv_lora_rank %% 128 == 0, got %lld",
-                           (long long)cfg->kv_lora_rank);
-    for (int64_t L = 0; L < NL; L++)
-        if (dsacp_config_layer_is_moe(cfg, L) && (E <= 0 || E % G || G > 4096))
-            return dsacp_error(DSACP_EUNSUPPORTED, "ref_forward: %lld experts in %lld groups",
-                               (long long)E, (long long)G);
-    for (int64_t p = 0; p < n; p++)
-        if (ids[p] < 0 || ids[p] >= V)
-            return dsacp_error(DSACP_EINVAL, "ref_forward: token id %d at %lld outside [0, %lld)",
-                               ids[p], (long long)p, (long long)V);
+    return ref_forward_ex(m, mode, kv, ids, n, logits, topk, gap, NULL);
+}
 
-    int64_t inter_max = max64(cfg->intermediate_size,
-                              cfg->moe_intermediate_size * max64(cfg->n_shared_experts, 1));
-    int64_t scratch_n = max64(max64(D, cfg->q_lora_rank), max64(cfg->num_attention_heads * cfg->v_head_dim,
-                                                                inter_max));
-    scratch_n = max64(max64(scratch_n, cfg->kv_lora_rank), di);
-    ref_ctx c = {.m = m, .cfg = cfg, .mode = mode, .kv = kv, .scratch_n = scratch_n};
-    int rc = 0;
-    double *h = dsacp_alloc((size_t)(n * D) * sizeof(double));
-    double *x = dsacp_alloc((size_t)(n * D) * sizeof(double));
-    double *y = dsacp_alloc((size_t)(n * D) * sizeof(double));
-    double *tmp = dsacp_alloc((size_t)(2 * inter_max) * sizeof(double));
-    double *ey = dsacp_alloc((size_t)D * sizeof(double));
-    double *rs = dsacp_alloc((size_t)max64(E, 1) * sizeof(double));
-    double *rb = dsacp_alloc((size_t)max64(E, 1) * sizeof(double));
-    ref_score *rank = dsacp_alloc((size_t)max64(max64(E, G), 1) * sizeof(ref_score));
-    float *row = dsacp_alloc((size_t)D * sizeof(float));
-    c.scratch_f = dsacp_alloc((size_t)scratch_n * sizeof(float));
-    c.scratch_d = dsacp_alloc((size_t)scratch_n * sizeof(double));
-    ref_mat norm = {0}, head = {0};
-    if (!h || !x || !y || !tmp || !ey || !rs || !rb || !rank || !row || !c.scratch_f ||
-        !c.scratch_d) {
-        rc = dsacp_error(DSACP_ENOMEM, "ref_forward: no memory for %lld tokens", (long long)n);
-        goto done;
-    }
+/* ------------------------------------------------------------------------------------------ */
+/* The MTP layer (docs/mtp.md)                                                                */
+/* ------------------------------------------------------------------------------------------ */
 
-    /* h = embed(ids) */
-    const dsacp_weight *emb = dsacp_model_weight(m, "model.embed_tokens.weight");
-    if (!emb) {
-        rc = dsacp_error(DSACP_ENOTFOUND, "ref_forward: weight 'model.embed_tokens.weight' not found");
-        goto done;
+/* b->h[p] = eh_proj [enorm(embed(ids[p])) (zero at p = 0); hnorm(hidden[p])]. */
+static int mtp_input(ref_ctx *c, ref_bufs *b, int64_t M, const int32_t *ids, const double *hidden, int64_t n)
+{
+    const int64_t D = c->cfg->hidden_size;
+    const double eps = c->cfg->rms_norm_eps;
+    char name[160];
+    ref_mat en = {0}, hn = {0}, eh = {0};
+    snprintf(name, sizeof name, "model.layers.%lld.embed_tokens.weight", (long long)M);
+    if (!dsacp_model_weight(c->m, name))
+        snprintf(name, sizeof name, "model.embed_tokens.weight");
+    int rc = embed_rows(c, b, name, ids, n, b->y); /* b->y: the embedding rows */
+    if (!rc)
+        rc = mat_load(c->m, &en, 1, D, "model.layers.%lld.enorm.weight", (long long)M);
+    if (!rc)
+        rc = mat_load(c->m, &hn, 1, D, "model.layers.%lld.hnorm.weight", (long long)M);
+    if (!rc)
+        rc = mat_load(c->m, &eh, D, 2 * D, "model.layers.%lld.eh_proj.weight", (long long)M);
+    for (int64_t p = 0; p < n && !rc; p++) {
+        if (p == 0) /* vLLM masks position 0's embedding; RMSNorm keeps the zero row zero */
+            memset(b->y + p * D, 0, (size_t)D * sizeof(double));
+        rmsnorm(b->y + p * D, en.w, D, eps, b->cat);
+        rmsnorm(hidden + p * D, hn.w, D, eps, b->cat + D);
+        linear(c, &eh, b->cat, b->h + p * D);
     }
-    if (emb->rows != V || emb->cols != D) {
-        rc = dsacp_error(DSACP_ESHAPE, "ref_forward: model.embed_tokens.weight is [%lld, %lld]",
-                         (long long)emb->rows, (long long)emb->cols);
-        goto done;
-    }
-    for (int64_t p = 0; p < n; p++) {
-        dsacp_weight_row_f32(emb, ids[p], row);
-        for (int64_t d = 0; d < D; d++)
-            h[p * D + d] = row[d];
-    }
+    mat_free(&en);
+    mat_free(&hn);
+    mat_free(&eh);
+    return rc;
+}
 
-    for (int64_t L = 0; L < NL; L++) {
-        ref_mat in_norm = {0}, post_norm = {0};
-        ref_attn_w aw;
-        if ((rc = mat_load(m, &in_norm, 1, D, "model.layers.%lld.input_layernorm.weight", (long long)L)))
-            goto done;
-        if ((rc = mat_load(m, &post_norm, 1, D, "model.layers.%lld.post_attention_layernorm.weight",
-                           (long long)L))) {
-            mat_free(&in_norm);
-            goto done;
-        }
-        if ((rc = attn_w_load(m, cfg, L, &aw))) {
-            mat_free(&in_norm);
-            mat_free(&post_norm);
-            goto done;
-        }
-        /* h += attn(RMSNorm(h)) */
-        for (int64_t p = 0; p < n; p++)
-            rmsnorm(h + p * D, in_norm.w, D, cfg->rms_norm_eps, x + p * D);
-        rc = ref_attention(&c, &aw, x, n, y, topk ? topk + L * n * K : NULL, gap ? gap + L * n : NULL);
-        attn_w_free(&aw);
-        mat_free(&in_norm);
-        if (rc) {
-            mat_free(&post_norm);
-            goto done;
-        }
-        for (int64_t i = 0; i < n * D; i++)
-            h[i] += y[i];
-        /* h += mlp(RMSNorm(h)) */
-        for (int64_t p = 0; p < n; p++)
-            rmsnorm(h + p * D, post_norm.w, D, cfg->rms_norm_eps, x + p * D);
-        mat_free(&post_norm);
-        if (dsacp_config_layer_is_moe(cfg, L)) {
-            ref_moe_w mw;
-            if ((rc = moe_w_load(m, cfg, L, &mw)))
-                goto done;
-            for (int64_t p = 0; p < n; p++)
-                moe(&c, &mw, x + p * D, y + p * D, tmp, ey, rs, rb, rank);
-            moe_w_free(&mw);
-        } else {
-            ref_mlp_w dw;
-            char prefix[96];
-            snprintf(prefix, sizeof prefix, "model.layers.%lld.mlp", (long long)L);
-            if ((rc = mlp_w_load(m, prefix, D, cfg->intermediate_size, &dw)))
-                goto done;
-            for (int64_t p = 0; p < n; p++)
-                mlp(&c, &dw, x + p * D, y + p * D, tmp);
-            mlp_w_free(&dw);
-        }
-        for (int64_t i = 0; i < n * D; i++)
-            h[i] += y[i];
+int ref_mtp_forward(const dsacp_model *m, ref_numerics mode, ref_kv kv, const int32_t *ids, const double *hidden,
+                    int64_t n, double *out, double *logits, int32_t *topk, double *gap)
+{
+    if (m && !dsacp_model_has_mtp(m))
+        return dsacp_error(DSACP_EINVAL, "ref_mtp_forward: the model has no MTP layer");
+    if (!hidden)
+        return dsacp_error(DSACP_EINVAL, "ref_mtp_forward: hidden is NULL");
+    ref_ctx c;
+    ref_bufs b;
+    const dsacp_config *cfg = m ? dsacp_model_config(m) : NULL;
+    int rc = run_init(m, mode, kv, ids, n, cfg ? cfg->num_hidden_layers + 1 : 0, "ref_mtp_forward", &c, &b);
+    if (rc)
+        return rc;
+    const int64_t M = cfg->num_hidden_layers, D = cfg->hidden_size;
+    rc = mtp_input(&c, &b, M, ids, hidden, n);
+    if (!rc)
+        rc = ref_layer(&c, &b, M, n, topk, gap);
+    if (!rc && out)
+        memcpy(out, b.h, (size_t)(n * D) * sizeof(double));
+    if (!rc && logits) {
+        char norm[160], head[160];
+        snprintf(norm, sizeof norm, "model.layers.%lld.shared_head.norm.weight", (long long)M);
+        snprintf(head, sizeof head, "model.layers.%lld.shared_head.head.weight", (long long)M);
+        if (!dsacp_model_weight(m, head))
+            snprintf(head, sizeof head, "lm_head.weight");
+        rc = head_rows(&c, &b, norm, head, n, NULL, logits);
     }
-
-    /* logits = lm_head RMSNorm(h) */
-    if (logits) {
-        if ((rc = mat_load(m, &norm, 1, D, "model.norm.weight")) ||
-            (rc = mat_load(m, &head, V, D, "lm_head.weight")))
-            goto done;
-        for (int64_t p = 0; p < n; p++) {
-            rmsnorm(h + p * D, norm.w, D, cfg->rms_norm_eps, x + p * D);
-            linear(&c, &head, x + p * D, logits + p * V);
-        }
-    }
-
-done:
-    mat_free(&norm);
-    mat_free(&head);
-    dsacp_free(h);
-    dsacp_free(x);
-    dsacp_free(y);
-    dsacp_free(tmp);
-    dsacp_free(ey);
-    dsacp_free(rs);
-    dsacp_free(rb);
-    dsacp_free(rank);
-    dsacp_free(row);
-    dsacp_free(c.scratch_f);
-    dsacp_free(c.scratch_d);
+    run_free(&c, &b);
     return rc;
 }

@@ -71,5 +71,26 @@ typedef enum { REF_KV_F32 = 0, REF_KV_BF16 = 1, REF_KV_FP8 = 2 } ref_kv;
  * dimensions cannot run, DSACP_ENOMEM) with dsacp_last_error() set. */
 int ref_forward(const dsacp_model *m, ref_numerics mode, ref_kv kv, const int32_t *ids, int64_t n,
                 double *logits, int32_t *topk, double *gap);
+/* ref_forward that also returns the final-normed hidden rows (what lm_head reads and what the MTP
+ * layer takes as its hidden input): hidden F64 [n][hidden_size], may be NULL. */
+int ref_forward_ex(const dsacp_model *m, ref_numerics mode, ref_kv kv, const int32_t *ids, int64_t n,
+                   double *logits, int32_t *topk, double *gap, double *hidden);
+
+/* The MTP layer (checkpoint layer M = num_hidden_layers, docs/mtp.md) over n rows at positions
+ * 0..n-1, in float64:
+ *   x_p      = eh_proj [RMSNorm(e_p; enorm); RMSNorm(hidden[p]; hnorm)], e_p = embed(ids[p]) (the
+ *              layer's own embed_tokens when the checkpoint has one), zero for p = 0 (vLLM);
+ *   out_p    = decoder layer M (DSA attention over rows 0..p, its MLP) of x;
+ *   logits_p = head RMSNorm(out_p; shared_head.norm), head = shared_head.head, else lm_head.
+ *  ids     I32 [n]: row p's token = the token at position p + 1 of the sequence.
+ *  hidden  F64 [n][D]: row p's hidden input: the target's final-normed row p (ref_forward_ex), or,
+ *          for a chained draft row, the MTP layer's out_{p-1}.
+ *  out     F64 [n][D] (may be NULL): out_p, pre-norm (what a chained row p + 1 takes as hidden).
+ *  logits  F64 [n][vocab] (may be NULL); topk I32 [n][index_topk] and gap F64 [n] (may be NULL):
+ *          the MTP layer's selections, as ref_forward's.
+ * DSACP_EINVAL when the model has no MTP layer (dsacp_model_has_mtp) or for bad arguments; else
+ * as ref_forward. */
+int ref_mtp_forward(const dsacp_model *m, ref_numerics mode, ref_kv kv, const int32_t *ids, const double *hidden,
+                    int64_t n, double *out, double *logits, int32_t *topk, double *gap);
 
 #endif
