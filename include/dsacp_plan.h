@@ -229,6 +229,34 @@ typedef struct dsacp_plan_model {
 int dsacp_plan_decode_model(const dsacp_config *cfg, const dsacp_cp_options *cp, int64_t W, int64_t ep, int64_t context,
                             int64_t batch, bool deployed, double weight_bytes, const dsacp_hw *hw, dsacp_plan_model *out);
 
+/* ---- speculative decoding (issue 23; docs/planning.md "Speculative decoding") ---- */
+
+/* k drafts per step accepted each with probability `acceptance` given the ones before it were
+ * (the mean of the per-position rates); mtp: drafts from the model's MTP layer (its catch-up and
+ * chain steps are priced), else n-gram prompt lookup (no draft step). */
+typedef struct dsacp_plan_spec {
+    int64_t k;          /* 1..16 */
+    double acceptance;  /* [0, 1] */
+    bool mtp;
+} dsacp_plan_spec;
+/* One speculative round on the busiest rank, per strategy: the target's verify step of batch x
+ * (k + 1) decode rows, the MTP layer's catch-up step (the same rows through its one layer, eh_proj
+ * and head) and its k - 1 chain steps (one row per request), and the expected tokens a round
+ * emits E = (1 - A^(k+1)) / (1 - A) (k + 1 at A = 1): tpot = (verify + catch-up + chain) / E,
+ * beside the non-speculative step `plain`. */
+typedef struct dsacp_plan_spec_model {
+    dsacp_plan_model plain, verify, mtp_step;  /* mtp_step: the MTP layer over batch x (k + 1) rows */
+    double t_verify, t_catchup, t_chain;       /* seconds per round */
+    double tokens_per_step, tpot;
+    double mtp_kv_bytes_per_rank;              /* per request at the context: the MTP layer's caches */
+} dsacp_plan_spec_model;
+/* DSACP_EINVAL naming the field for k or acceptance out of range; the model's other figures as
+ * dsacp_plan_decode_model takes them (cfg->num_hidden_layers: the target's layers; the MTP layer
+ * is layer num_hidden_layers, MoE by the first_k_dense_replace / moe_layer_freq rule). */
+int dsacp_plan_spec_price(const dsacp_config *cfg, const dsacp_cp_options *cp, int64_t W, int64_t ep, int64_t context,
+                          int64_t batch, bool deployed, double weight_bytes, const dsacp_hw *hw,
+                          const dsacp_plan_spec *spec, dsacp_plan_spec_model *out);
+
 /* The presets dsacp_preset_config knows, and "v32": the whole DeepSeek-V3.2 (61 layers, 256
  * routed experts, vocabulary 129280) for planning only -- no checkpoint is ever made of it. */
 int dsacp_plan_preset(const char *name, dsacp_config *out);

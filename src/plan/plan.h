@@ -18,6 +18,16 @@
 int dsacp_plan_step_comm_ranks(const dsacp_config *cfg, const dsacp_cp_options *cp, const dsacp_plan_step *s,
                                dsacp_comm_counter *out);
 
+/* dsacp_plan_decode_layer / dsacp_plan_decode_model for batch requests of `rows` decode rows each
+ * (1..64: a verify entry's k + 1 rows, row j after context + j positions; rows = 1 is the decode
+ * step itself): the layer's communication exact from the per-row formula, its work at the rows'
+ * mean context, the MLPs and the head over batch x rows rows. */
+int dsacp_plan_layer_rows(const dsacp_config *cfg, const dsacp_cp_options *cp, int64_t W, int64_t context, int64_t batch,
+                          int64_t rows, bool deployed, const dsacp_hw *hw, dsacp_plan_decode *out);
+int dsacp_plan_model_rows(const dsacp_config *cfg, const dsacp_cp_options *cp, int64_t W, int64_t ep, int64_t context,
+                          int64_t batch, int64_t rows, bool deployed, double weight_bytes, const dsacp_hw *hw,
+                          dsacp_plan_model *out);
+
 /* ---- a step given as entries (plan_comm.c builds it, plan_entries.c classifies) ---- */
 
 /* How the engine classifies an entry (src/cp/cp_layer.c, dsacp_cp_step_build): its tokens are

@@ -132,12 +132,20 @@ static void link_time(const dsacp_hw *hw, int64_t W, dsacp_plan_decode *out, boo
     out->t_layer = fmax(out->t_compute, out->t_memory) + out->t_comm - out->t_hidden;
 }
 
-/* The busiest rank: the one that receives the most in the step. */
-int dsacp_plan_decode_layer(const dsacp_config *cfg_in, const dsacp_cp_options *cp, int64_t W, int64_t context,
-                            int64_t batch, bool deployed, const dsacp_hw *hw, dsacp_plan_decode *out)
+int dsacp_plan_decode_layer(const dsacp_config *cfg, const dsacp_cp_options *cp, int64_t W, int64_t context, int64_t batch,
+                            bool deployed, const dsacp_hw *hw, dsacp_plan_decode *out)
+{
+    return dsacp_plan_layer_rows(cfg, cp, W, context, batch, 1, deployed, hw, out);
+}
+
+/* The busiest rank: the one that receives the most in the step. batch requests of `rows` decode
+ * rows each (a verify entry's k + 1: row j of a request after context + j positions). */
+int dsacp_plan_layer_rows(const dsacp_config *cfg_in, const dsacp_cp_options *cp, int64_t W, int64_t context, int64_t batch,
+                          int64_t rows, bool deployed, const dsacp_hw *hw, dsacp_plan_decode *out)
 {
     memset(out, 0, sizeof *out);
-    if (W < 1 || context < 0 || batch < 1) return dsacp_error(DSACP_EINVAL, "plan: W, context or batch out of range");
+    if (W < 1 || context < 0 || batch < 1 || rows < 1 || rows > 64 || batch > INT64_MAX / 64)
+        return dsacp_error(DSACP_EINVAL, "plan: W, context, batch or rows out of range");
     dsacp_config cfg = *cfg_in;
     cfg.num_hidden_layers = 1; /* one layer */
     const int64_t H = cfg.num_attention_heads, D = cfg.hidden_size, K = cfg.index_topk, Hi = cfg.index_n_heads;
@@ -145,15 +153,18 @@ int dsacp_plan_decode_layer(const dsacp_config *cfg_in, const dsacp_cp_options *
     const int64_t nope = cfg.qk_nope_head_dim, dq = nope + dr, dv = cfg.v_head_dim, ql = cfg.q_lora_rank;
     const dsacp_kv_dtype kvd = deployed ? DSACP_KV_FP8 : DSACP_KV_F32;
     const int64_t lat_b = dsacp_mla_cache_bytes_per_token(&cfg, kvd), idx_b = dsacp_index_cache_bytes_per_token(&cfg, kvd);
-    int64_t *ctx = malloc((size_t)batch * sizeof *ctx), *req = malloc((size_t)batch * sizeof *req);
-    if (!ctx || !req) {
-        free(ctx), free(req);
+    const int64_t nd = batch * rows;
+    int64_t *ctx = malloc((size_t)nd * sizeof *ctx), *req = malloc((size_t)nd * sizeof *req);
+    int64_t *old = malloc((size_t)batch * sizeof *old);
+    if (!ctx || !req || !old) {
+        free(ctx), free(req), free(old);
         return dsacp_error(DSACP_ENOMEM, "out of memory");
     }
-    for (int64_t j = 0; j < batch; j++) ctx[j] = context, req[j] = j;
+    for (int64_t j = 0; j < nd; j++) ctx[j] = context + j % rows, req[j] = j / rows;
+    for (int64_t j = 0; j < batch; j++) old[j] = context;
     dsacp_comm_counter *all = malloc((size_t)W * DSACP_PHASE_COUNT * sizeof *all);
-    dsacp_plan_step s = {.W = W, .rank = 0, .nd = batch, .context = ctx, .request = req, .nreq = batch,
-                         .req_old = ctx, .latent_bytes = lat_b, .index_bytes = idx_b, .hidden_bytes = D * 4, .want_logits = true,
+    dsacp_plan_step s = {.W = W, .rank = 0, .nd = nd, .context = ctx, .request = req, .nreq = batch,
+                         .req_old = old, .latent_bytes = lat_b, .index_bytes = idx_b, .hidden_bytes = D * 4, .want_logits = true,
                          .deployed = deployed};
     int rc = all ? dsacp_plan_step_comm_ranks(&cfg, cp, &s, all) : dsacp_error(DSACP_ENOMEM, "out of memory");
     double best = -1;
@@ -172,11 +183,13 @@ int dsacp_plan_decode_layer(const dsacp_config *cfg_in, const dsacp_cp_options *
         }
     }
     free(all);
-    free(ctx), free(req);
+    free(ctx), free(req), free(old);
     if (rc) return rc;
 
-    /* What a rank computes and reads for the batch (rank with the most heads, the largest shard). */
-    const double B = (double)batch, Wd = (double)W, n = (double)context + 1;
+    /* What a rank computes and reads for the batch (rank with the most heads, the largest shard):
+     * every row, at the rows' mean context (index and attention work are linear in it below
+     * index_topk and flat above, so the mean is exact for rows = 1 and within a row's work else). */
+    const double B = (double)nd, Wd = (double)W, n = (double)context + 1 + (double)(rows - 1) / 2;
     const dsacp_cp_strategy *st = dsacp_cp_strategy_of(cp);
     const bool lean = st->all_query_heads, out_merge = st->merges_output && st->merges_output(cp, false);
     const double Hs = W > 1 ? ceil((double)H / Wd) : (double)H;
@@ -530,11 +543,19 @@ static double busiest_experts(int64_t E, int64_t k, int64_t B, int64_t ep)
 int dsacp_plan_decode_model(const dsacp_config *cfg, const dsacp_cp_options *cp, int64_t W, int64_t ep, int64_t context,
                             int64_t batch, bool deployed, double weight_bytes, const dsacp_hw *hw, dsacp_plan_model *out)
 {
+    return dsacp_plan_model_rows(cfg, cp, W, ep, context, batch, 1, deployed, weight_bytes, hw, out);
+}
+
+int dsacp_plan_model_rows(const dsacp_config *cfg, const dsacp_cp_options *cp, int64_t W, int64_t ep, int64_t context,
+                          int64_t batch_in, int64_t rows, bool deployed, double weight_bytes, const dsacp_hw *hw,
+                          dsacp_plan_model *out)
+{
     memset(out, 0, sizeof *out);
+    const int64_t batch = batch_in * (rows > 0 ? rows : 1); /* the MLPs and the head run every row */
     if (ep < 1 || ep > W || (cfg->n_routed_experts > 0 && cfg->n_routed_experts % ep))
         return dsacp_error(DSACP_EINVAL, "plan: expert parallelism %lld must divide the routed experts and be at most W",
                            (long long)ep);
-    int rc = dsacp_plan_decode_layer(cfg, cp, W, context, batch, deployed, hw, &out->layer);
+    int rc = dsacp_plan_layer_rows(cfg, cp, W, context, batch_in, rows, deployed, hw, &out->layer);
     if (rc) return rc;
     const double wb0 = deployed ? 1.0 : 2.0, wb = weight_bytes > 0 ? weight_bytes : wb0;
     const double peak = deployed ? hw->flops_fp8 : hw->flops_bf16, B = (double)batch;
