@@ -5,6 +5,7 @@
  * docs/planning.md explains the model and its limits.
  */
 #include "cli.h"
+#include "cli_plan_spec.h"
 #include "dsacp_serve.h"
 #include "dsacp_util.h"
 #include "dsacp_plan.h"
@@ -362,6 +363,7 @@ typedef struct plan_args {
     double link_bw, link_lat; /* bytes/s, seconds per message; 0: the profile's net_* */
     double rates[PD_RATES_MAX];
     int nrates; /* 0: a sweep around the producers' capacity */
+    cli_plan_spec spec; /* --speculative-config (off when not given) */
 } plan_args;
 
 /* The planning itself, phase by phase, everything into R (stdout's text and the JSON tree);
@@ -423,7 +425,9 @@ static int plan_decode(const plan_args *A, report *R, dsacp_plan_decode *r, bool
             return dsacp_error_context(rc, "strategy '%s'", variants[v].label);
         r[v] = pm.layer;
         okv[v] = true;
-        const double held = (double)B * r[v].kv_bytes_per_rank * (double)layers + pm.weights_per_rank;
+        /* the KV of every cached layer: the MTP layer's too when --speculative-config asks for mtp */
+        const double kv_layers = (double)layers + (A->spec.on && A->spec.spec.mtp ? 1 : 0);
+        const double held = (double)B * r[v].kv_bytes_per_rank * kv_layers + pm.weights_per_rank;
         snprintf(where, sizeof where, "strategy '%s':", variants[v].label);
         json_t *o = jappend(R, strategies, json_object());
         if (o) {
@@ -866,6 +870,21 @@ static int plan_pd(const plan_args *A, report *R)
 }
 #undef F
 
+/* --speculative-config: each priced strategy's TPOT with k drafts (cli_plan_spec.c). */
+static int plan_spec(const plan_args *A, report *R, const bool *okv)
+{
+    if (!A->spec.on) return DSACP_OK;
+    cli_plan_spec_row sr[NV_MAX];
+    int n = 0;
+    for (int v = 0; v < A->vs->n; v++)
+        if (okv[v]) {
+            sr[n].label = A->vs->v[v].label;
+            variant_options(A->vs, v, A->W, A->f, &sr[n++].cp);
+        }
+    return cli_plan_spec_section(R->txt, R->root, &A->spec, &A->cfg, sr, n, A->W, A->ep, A->L, A->B, A->deployed,
+                                 A->wbytes, A->hw);
+}
+
 static int plan_report(const plan_args *A, report *R, dsacp_plan_decode *r, bool *okv, const char **plabels, double *pttft)
 {
     int best = -1;
@@ -873,6 +892,7 @@ static int plan_report(const plan_args *A, report *R, dsacp_plan_decode *r, bool
     int rc = plan_decode(A, R, r, okv, &best);
     if (rc) return rc;
     plan_recommend(A, R, r, okv, best);
+    if ((rc = plan_spec(A, R, okv))) return rc;
     if ((rc = plan_chunks(A, R)) || (rc = plan_prefill(A, R, plabels, pttft))) return rc;
     plan_weights(A, R);
     return plan_pd(A, R);
@@ -946,7 +966,8 @@ int cli_plan(int argc, char **argv)
                       {"lean-candidates", true, NULL}, {"layers", true, NULL}, {"prefill", true, NULL},
                       {"weight-bytes", true, NULL}, {"plot", true, NULL}, {"chunk", true, NULL}, {"ep", true, NULL},
                       {"pd", true, NULL}, {"link-gbps", true, NULL}, {"link-latency-us", true, NULL}, {"rate", true, NULL},
-                      {"gen-len", true, NULL}, {"producer-chunk", true, NULL}, {NULL, false, NULL}};
+                      {"gen-len", true, NULL}, {"producer-chunk", true, NULL}, {"speculative-config", true, NULL},
+                      {"spec-acceptance-rate", true, NULL}, {NULL, false, NULL}};
     int parsed = cli_parse(argc, argv, opts);
     if (parsed != CLI_RUN) return parsed;
     const char *s;
@@ -985,6 +1006,7 @@ int cli_plan(int argc, char **argv)
         }
     }
     if (!pd_flags(opts, &A)) return 2;
+    if (!cli_plan_spec_flags(cli_get(opts, "speculative-config"), cli_get(opts, "spec-acceptance-rate"), &A.spec)) return 2;
     if ((s = cli_get(opts, "numerics"))) {
         if (!strcmp(s, "exact")) A.deployed = false;
         else if (strcmp(s, "deployed")) {
