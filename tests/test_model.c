@@ -200,19 +200,22 @@ static void test_packed_and_sharded(void)
     const int64_t E = cfg->n_routed_experts, I = cfg->moe_intermediate_size, D = cfg->hidden_size;
     char *dst = tu_tempdir();
     char path[4200];
-    /* Shard 1: everything but layer 1's experts; shard 2: layer 1's experts, packed. */
+    /* Shard 1: everything but the MoE layers' experts; shard 2: the experts of layer 1 and of the
+     * MTP layer 2, packed. */
+    CHECK(dsacp_model_has_mtp(m));
     dsacp_st_writer *w1, *w2;
     REQUIRE_OK(dsacp_st_writer_create(&w1));
     REQUIRE_OK(dsacp_st_writer_create(&w2));
-    float *gate_up = malloc((size_t)(E * 2 * I * D) * 4), *down = malloc((size_t)(E * D * I) * 4);
+    float *gate_up = malloc((size_t)(2 * E * 2 * I * D) * 4), *down = malloc((size_t)(2 * E * D * I) * 4);
     for (int64_t i = 0; i < dsacp_model_weight_count(m); i++) {
         const dsacp_weight *w = dsacp_model_weight_at(m, i);
         long long L, e;
         char which[16];
         if (sscanf(w->name, "model.layers.%lld.mlp.experts.%lld.%15[a-z]_proj", &L, &e, which) == 3) {
-            if (!strcmp(which, "gate")) memcpy(gate_up + e * 2 * I * D, w->data, (size_t)(I * D) * 4);
-            else if (!strcmp(which, "up")) memcpy(gate_up + (e * 2 + 1) * I * D, w->data, (size_t)(I * D) * 4);
-            else memcpy(down + e * D * I, w->data, (size_t)(D * I) * 4);
+            float *gu = gate_up + (L - 1) * E * 2 * I * D, *dn = down + (L - 1) * E * D * I;
+            if (!strcmp(which, "gate")) memcpy(gu + e * 2 * I * D, w->data, (size_t)(I * D) * 4);
+            else if (!strcmp(which, "up")) memcpy(gu + (e * 2 + 1) * I * D, w->data, (size_t)(I * D) * 4);
+            else memcpy(dn + e * D * I, w->data, (size_t)(D * I) * 4);
             continue;
         }
         int64_t shape[2] = {w->rows, w->cols};
@@ -222,6 +225,9 @@ static void test_packed_and_sharded(void)
     int64_t s_gu[3] = {E, 2 * I, D}, s_d[3] = {E, D, I};
     CHECK_OK(dsacp_st_writer_add(w2, "model.layers.1.mlp.experts.gate_up_proj", DSACP_F32, 3, s_gu, gate_up));
     CHECK_OK(dsacp_st_writer_add(w2, "model.layers.1.mlp.experts.down_proj", DSACP_F32, 3, s_d, down));
+    CHECK_OK(dsacp_st_writer_add(w2, "model.layers.2.mlp.experts.gate_up_proj.weight", DSACP_F32, 3, s_gu,
+                                 gate_up + E * 2 * I * D));
+    CHECK_OK(dsacp_st_writer_add(w2, "model.layers.2.mlp.experts.down_proj.weight", DSACP_F32, 3, s_d, down + E * D * I));
     snprintf(path, sizeof path, "%s/model-00001-of-00002.safetensors", dst);
     CHECK_OK(dsacp_st_writer_write(w1, path));
     snprintf(path, sizeof path, "%s/model-00002-of-00002.safetensors", dst);
@@ -240,7 +246,9 @@ static void test_packed_and_sharded(void)
         first = false;
     }
     fprintf(f, ",\"model.layers.1.mlp.experts.gate_up_proj\":\"model-00002-of-00002.safetensors\"");
-    fprintf(f, ",\"model.layers.1.mlp.experts.down_proj\":\"model-00002-of-00002.safetensors\"}}");
+    fprintf(f, ",\"model.layers.1.mlp.experts.down_proj\":\"model-00002-of-00002.safetensors\"");
+    fprintf(f, ",\"model.layers.2.mlp.experts.gate_up_proj.weight\":\"model-00002-of-00002.safetensors\"");
+    fprintf(f, ",\"model.layers.2.mlp.experts.down_proj.weight\":\"model-00002-of-00002.safetensors\"}}");
     fclose(f);
     snprintf(path, sizeof path, "cp %s/config.json %s/config.json", src, dst);
     CHECK(system(path) == 0);
@@ -257,7 +265,7 @@ static void test_packed_and_sharded(void)
         printf("sharded + packed experts: %lld of %lld weights identical\n", (long long)same,
                (long long)dsacp_model_weight_count(m));
         CHECK(same == dsacp_model_weight_count(m));
-        CHECK(dsacp_model_file_count(m2) == 2);
+        CHECK(dsacp_model_file_count(m2) == 2 && dsacp_model_has_mtp(m2));
         dsacp_model_free(m2);
     }
     /* A shard name escaping the directory is refused. */
@@ -443,7 +451,10 @@ static void test_experts_vs_checkpoint(void)
     char *dir = tu_make_model("tiny-moe", 3, DSACP_WEIGHTS_F32);
     char *orig = read_text(dir, "config.json");
     char *a = cfg_edit(orig, "\"n_routed_experts\": 8", "\"n_routed_experts\": 4096");
-    char *b = cfg_edit(a, "\"num_hidden_layers\": 2", "\"num_hidden_layers\": 512");
+    /* (Without the MTP layer: 512 layers leave it no slot, an error of its own, test_mtp_config.) */
+    char *a2 = cfg_edit(a, "\"num_nextn_predict_layers\": 1", "\"num_nextn_predict_layers\": 0");
+    char *b = cfg_edit(a2, "\"num_hidden_layers\": 2", "\"num_hidden_layers\": 512");
+    free(a2);
     write_text(dir, "config.json", b);
     for (int keep = 0; keep < 2; keep++) {
         dsacp_model *m = NULL;

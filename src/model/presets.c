@@ -4,7 +4,8 @@
  *
  * Determinism: every tensor is filled in chunks of 64K elements, each chunk from its own
  * generator seeded by (seed, tensor name, chunk index). The bytes therefore depend only on
- * (config, seed, format), not on thread count or tensor order.
+ * (config, seed, format), not on thread count or tensor order; the MTP layer's tensors (their own
+ * names) leave every target tensor's bytes as they were without it.
  * Scaling: linear weights N(0, 1/fan_in), embeddings N(0, 1), norm weights 1 + 0.05 N(0, 1),
  * biases 0.05 N(0, 1): every RMSNorm input is O(1), so activations stay O(1) through the stack.
  */
@@ -31,6 +32,7 @@ static void yarn(dsacp_config *c, double factor, double orig)
 /* Fills the derived fields exactly as the parser would, by a round trip through JSON rules. */
 static int finish(dsacp_config *c)
 {
+    c->num_nextn_predict_layers = 1; /* DeepSeek-V3.2's one MTP layer (init-model --no-mtp: 0) */
     c->rope_theta = 10000.0;
     c->rms_norm_eps = 1e-6;
     c->moe_layer_freq = 1;

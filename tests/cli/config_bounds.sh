@@ -38,8 +38,9 @@ mk topk 's/"index_topk": 32,/"index_topk": 8192,/'
 expect_error "index_topk > max_position_embeddings" "topk/config.json" "'index_topk'" "max_position_embeddings" -- "$DSACP" inspect --model "$tmp/topk"
 mk vocab 's/"vocab_size": 512,/"vocab_size": 1099511627776,/'
 expect_error "vocab 2^40" "vocab/config.json" "'vocab_size'" -- "$DSACP" inspect --model "$tmp/vocab"
-mk manyexp 's/"n_routed_experts": 8,/"n_routed_experts": 4096,/' 's/"num_hidden_layers": 2,/"num_hidden_layers": 512,/'
-expect_error "512 layers x 4096 experts vs a 63-tensor file" "manyexp/config.json" "'n_routed_experts'" "checkpoint" -- "$DSACP" inspect --model "$tmp/manyexp"
+mk manyexp 's/"n_routed_experts": 8,/"n_routed_experts": 4096,/' 's/"num_hidden_layers": 2,/"num_hidden_layers": 512,/' \
+  's/"num_nextn_predict_layers": 1,/"num_nextn_predict_layers": 0,/' # 512 layers leave no slot for the MTP layer
+expect_error "512 layers x 4096 experts vs a 111-tensor file" "manyexp/config.json" "'n_routed_experts'" "checkpoint" -- "$DSACP" inspect --model "$tmp/manyexp"
 
 # Defect 8: fields that change the math, with values dsacp does not implement.
 add bias '"attention_bias": true'

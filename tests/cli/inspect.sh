@@ -2,7 +2,7 @@
 # `dsacp inspect` is a quick look at a checkpoint of any size (issue 20, item 14): by default it
 # reads config.json and the safetensors headers only, never a byte of weight data; the NaN/Inf
 # scan of every weight is `--scan-weights`, with a progress line on stderr.
-#  - a checkpoint whose 8 GiB of weights are a sparse hole (truncate -s: a valid header, data never
+#  - a checkpoint whose 12 GiB of weights are a sparse hole (truncate -s: a valid header, data never
 #    written) is inspected without reading it: the process's peak resident memory stays far below
 #    the data (reading the hole maps it; copying an unaligned tensor allocates it). Once with the
 #    data region aligned, once with a header whose length leaves every F32 tensor unaligned;
@@ -37,7 +37,9 @@ with open(os.path.join(src, 'model.safetensors'), 'rb') as f:
         if k == '__metadata__': continue
         f.seek(base + v['data_offsets'][0])
         blobs[k] = f.read(v['data_offsets'][1] - v['data_offsets'][0])
-big = ['model.embed_tokens.weight', 'lm_head.weight']
+# Every [vocab, D] tensor: the MTP layer's shared head too (lm_head last: the cut below is in it).
+big = [k for k in ['model.embed_tokens.weight', 'model.layers.2.shared_head.head.weight', 'lm_head.weight']
+       if k in hdr]
 out, off, data = {}, 0, b''
 if '__metadata__' in hdr: out['__metadata__'] = hdr['__metadata__']
 for k in sorted(blobs):
@@ -69,9 +71,9 @@ print(rc, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024)
 EOF
 }
 
-vocab=$((1 << 22))  # 4 Mi rows x 256 x 4 bytes: 4 GiB each for the embedding and lm_head
+vocab=$((1 << 22))  # 4 Mi rows x 256 x 4 bytes: 4 GiB each for the embedding, lm_head and the MTP head
 for pad in 0 1; do
-  name="sparse 8 GiB checkpoint, $([[ $pad == 0 ]] && echo aligned || echo "every tensor unaligned")"
+  name="sparse 12 GiB checkpoint, $([[ $pad == 0 ]] && echo aligned || echo "every tensor unaligned")"
   relayout "$tmp/good" "$tmp/big$pad" $vocab $pad || { fail "$name: relayout failed"; continue; }
   read -r rc rss < <(peak_rss_mib "$tmp/out" "$tmp/err" -- "$DSACP" inspect --model "$tmp/big$pad")
   ok=1
@@ -80,7 +82,7 @@ for pad in 0 1; do
   grep -qE "model.embed_tokens.weight +F32 +\[$vocab, 256\]" "$tmp/out" || { ok=0; echo "  no embedding [$vocab, 256] listed"; }
   grep -q "problems: none" "$tmp/out" || { ok=0; echo "  not 'problems: none'"; }
   grep -q "not scanned for NaN/Inf (add --scan-weights" "$tmp/out" || { ok=0; echo "  no hint that the scan was skipped"; }
-  # 8 GiB of data: reading (or copying) it would leave GiBs resident; the headers take a few MiB.
+  # 12 GiB of data: reading (or copying) it would leave GiBs resident; the headers take a few MiB.
   (( rss < 1024 )) || { ok=0; echo "  peak resident memory $rss MiB: the weight data was read"; }
   if (( ok )); then pass "$name: inspected, peak RSS $rss MiB"; else fail "$name (peak RSS $rss MiB)"; fi
 done

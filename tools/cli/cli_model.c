@@ -14,7 +14,7 @@
 int cli_init_model(int argc, char **argv)
 {
     cli_opt opts[] = {{"preset", true, NULL}, {"out", true, NULL}, {"seed", true, NULL},
-                      {"weights", true, NULL}, {NULL, false, NULL}};
+                      {"weights", true, NULL}, {"no-mtp", false, NULL}, {NULL, false, NULL}};
     int parsed = cli_parse(argc, argv, opts);
     if (parsed != CLI_RUN) return parsed;
     const char *preset = cli_require(opts, "init-model", "preset");
@@ -26,6 +26,8 @@ int cli_init_model(int argc, char **argv)
     dsacp_config cfg;
     int rc = dsacp_preset_config(preset, &cfg);
     if (rc) return cli_fail_invocation("init-model", rc); /* an unknown preset: exit 2 */
+    /* Without the MTP layer the config declares none, so the checkpoint is complete as written. */
+    if (cli_get(opts, "no-mtp")) cfg.num_nextn_predict_layers = 0;
     /* The real checkpoint stores FP8 weights; so does the default of the real-size preset. */
     dsacp_weight_format fmt = strcmp(preset, "v32-layer") == 0 ? DSACP_WEIGHTS_FP8 : DSACP_WEIGHTS_F32;
     const char *ws = cli_get(opts, "weights");
@@ -40,8 +42,9 @@ int cli_init_model(int argc, char **argv)
     }
     rc = dsacp_model_init(&cfg, out, (uint64_t)seed, fmt);
     if (rc) return cli_fail("init-model", rc);
-    printf("wrote %s/config.json and %s/model.safetensors (preset %s, seed %" PRId64 ", weights %s)\n",
-           out, out, preset, seed, fmt == DSACP_WEIGHTS_FP8 ? "fp8" : fmt == DSACP_WEIGHTS_BF16 ? "bf16" : "f32");
+    printf("wrote %s/config.json and %s/model.safetensors (preset %s, seed %" PRId64 ", weights %s, %s)\n",
+           out, out, preset, seed, fmt == DSACP_WEIGHTS_FP8 ? "fp8" : fmt == DSACP_WEIGHTS_BF16 ? "bf16" : "f32",
+           cfg.num_nextn_predict_layers > 0 ? "with the MTP layer" : "no MTP layer");
     return 0;
 }
 
@@ -63,6 +66,7 @@ static void print_config(const dsacp_config *c)
                (long long)c->moe_intermediate_size, c->routed_scaling_factor,
                (long long)c->first_k_dense_replace);
     printf("  dense MLP intermediate %lld\n", (long long)c->intermediate_size);
+    printf("  MTP layers declared (num_nextn_predict_layers): %lld\n", (long long)c->num_nextn_predict_layers);
     if (c->rope_type == DSACP_ROPE_YARN)
         printf("  rope: yarn, theta %g, factor %g, original %g, beta %g/%g, mscale %g/%g -> "
                "cos/sin factor %.10g\n", c->rope_theta, c->rope_factor, c->rope_original_max_position,
@@ -74,6 +78,29 @@ static void print_config(const dsacp_config *c)
     if (c->fp8_weights)
         printf("  quantization: fp8 e4m3, block %lldx%lld, scales %s\n", (long long)c->weight_block_rows,
                (long long)c->weight_block_cols, c->scale_fmt_ue8m0 ? "ue8m0" : "float");
+}
+
+/* The MTP layer (checkpoint layer num_hidden_layers): loaded with its tensor count (canonical
+ * names, experts counted one by one), or why not. */
+static void print_mtp(const dsacp_model *m, const dsacp_config *c)
+{
+    if (c->num_nextn_predict_layers == 0) {
+        printf("MTP layer: none (num_nextn_predict_layers = 0)\n");
+        return;
+    }
+    if (!dsacp_model_has_mtp(m)) {
+        printf("MTP layer: not loaded (layer %lld: see the problems below)\n", (long long)c->num_hidden_layers);
+        return;
+    }
+    char prefix[64];
+    int len = snprintf(prefix, sizeof prefix, "model.layers.%lld.", (long long)c->num_hidden_layers);
+    int64_t n = 0;
+    for (int64_t i = 0; i < dsacp_model_weight_count(m); i++) {
+        dsacp_tensor_info t;
+        if (!dsacp_model_tensor_info(m, i, &t) && strncmp(t.name, prefix, (size_t)len) == 0) n++;
+    }
+    printf("MTP layer: layer %lld loaded, %lld tensors%s\n", (long long)c->num_hidden_layers, (long long)n,
+           c->num_nextn_predict_layers > 1 ? " (only the first MTP layer is used)" : "");
 }
 
 /* The scan's progress line on stderr: on a terminal one line rewritten in place (at most four
@@ -180,6 +207,7 @@ int cli_inspect(int argc, char **argv)
         else
             printf("  %-60s %-8s [%lld]\n", w->name, dsacp_dtype_name(w->dtype), (long long)w->cols);
     }
+    print_mtp(m, c);
     printf("parameters: %lld (%.3f M), weight bytes: %lld (%.2f MiB)\n", (long long)params, params / 1e6,
            (long long)bytes, bytes / 1048576.0);
     printf("KV cache bytes per token per layer:\n");
