@@ -43,7 +43,6 @@ Not run in CI; the files are committed under tests/data/hf_tiny_mtp. Setup as hf
     tools/.venv/bin/python tools/hf_mtp_reference.py --out tests/data/hf_tiny_mtp --seed 19
 """
 
-import argparse
 import copy
 import json
 import os
@@ -150,12 +149,7 @@ def load_mtp(mtp, path, M):
 
 
 def write_checkpoint(model, mtp, out, M):
-    model.to(torch.bfloat16)
-    model.config.dtype = torch.bfloat16
-    model.save_pretrained(out, safe_serialization=True)
-    for f in os.listdir(out):  # keep only what dsacp uses
-        if f not in ("config.json", "model.safetensors"):
-            os.remove(os.path.join(out, f))
+    hfr.save_bf16(model, out)
     path = os.path.join(out, "model.safetensors")
     with safe_open(path, framework="pt") as fh:
         tensors = {k: fh.get_tensor(k) for k in fh.keys()}
@@ -256,22 +250,14 @@ def run_sequence(model, mtp, sd, ids, K, chk):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out", default="tests/data/hf_tiny_mtp")
-    ap.add_argument("--seed", type=int, default=19)
-    args = ap.parse_args()
-
-    torch.manual_seed(args.seed)
-    cfg = hfr.make_config()
+    args = hfr.parse_args(__doc__, "tests/data/hf_tiny_mtp", 19)
+    model, src = hfr.seeded_model(args.seed)
+    cfg = model.config
     M = cfg.num_hidden_layers
-    model = DeepseekV32ForCausalLM(cfg).to(torch.float32)
-    hfr.init_weights(model, args.seed)
     mtp = MtpLayer(model.config).to(torch.float32)
     hfr.init_weights(mtp, args.seed + 1000)
-    src = {k: v.detach().clone() for k, v in model.state_dict().items()}
     msrc = {k: v.detach().clone() for k, v in mtp.state_dict().items()}
 
-    os.makedirs(args.out, exist_ok=True)
     write_checkpoint(model, mtp, args.out, M)
     model = DeepseekV32ForCausalLM.from_pretrained(
         args.out, dtype=torch.float32, attn_implementation="eager", experts_implementation="eager"

@@ -357,25 +357,38 @@ def get_experts(sd, M):
     return gu, dn
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out", default="tests/data/hf_tiny")
-    ap.add_argument("--seed", type=int, default=6)
-    args = ap.parse_args()
+def parse_args(doc, out, seed):
+    """--out DIR and --seed N (the defaults are the committed data's)."""
+    ap = argparse.ArgumentParser(description=doc.split("\n")[0])
+    ap.add_argument("--out", default=out)
+    ap.add_argument("--seed", type=int, default=seed)
+    return ap.parse_args()
 
-    torch.manual_seed(args.seed)
-    cfg = make_config()
-    model = DeepseekV32ForCausalLM(cfg).to(torch.float32)
-    init_weights(model, args.seed)
-    src = {k: v.detach().clone() for k, v in model.state_dict().items()}
 
-    os.makedirs(args.out, exist_ok=True)
+def seeded_model(seed):
+    """The tiny target model with the seeded weights, and a copy of its state."""
+    torch.manual_seed(seed)
+    model = DeepseekV32ForCausalLM(make_config()).to(torch.float32)
+    init_weights(model, seed)
+    return model, {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def save_bf16(model, out):
+    """save_pretrained in bf16 into out, keeping only what dsacp reads (and expected.safetensors)."""
+    os.makedirs(out, exist_ok=True)
     model.to(torch.bfloat16)
     model.config.dtype = torch.bfloat16
-    model.save_pretrained(args.out, safe_serialization=True)
-    for f in os.listdir(args.out):  # keep only what dsacp uses
+    model.save_pretrained(out, safe_serialization=True)
+    for f in os.listdir(out):
         if f not in ("config.json", "model.safetensors", "expected.safetensors"):
-            os.remove(os.path.join(args.out, f))
+            os.remove(os.path.join(out, f))
+
+
+def main():
+    args = parse_args(__doc__, "tests/data/hf_tiny", 6)
+    model, src = seeded_model(args.seed)
+
+    save_bf16(model, args.out)
 
     model = DeepseekV32ForCausalLM.from_pretrained(
         args.out, dtype=torch.float32, attn_implementation="eager", experts_implementation="eager"
