@@ -105,6 +105,13 @@ void dsacp_kv_release(dsacp_kv_cache *c, dsacp_kv_seq *seq)
     memset(seq, 0, sizeof *seq);
 }
 
+void dsacp_kv_shrink(dsacp_kv_cache *c, dsacp_kv_seq *seq, int64_t length)
+{
+    const int64_t keep = (length + c->block_size - 1) / c->block_size;
+    while (seq->num_blocks > keep) c->free_list[c->num_free++] = seq->blocks[--seq->num_blocks];
+    if (seq->length > length) seq->length = length;
+}
+
 const uint8_t *dsacp_kv_mla_entry(const dsacp_kv_cache *c, int64_t layer, int64_t slot)
 {
     return c->mla[layer] + slot * c->mla_bytes;

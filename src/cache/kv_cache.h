@@ -59,6 +59,9 @@ int64_t dsacp_kv_blocks_needed(const dsacp_kv_cache *c, const dsacp_kv_seq *seq,
 /* Grows the block table to cover `length` tokens; DSACP_ECAPACITY (nothing changed) when the pool
  * has too few free blocks. Does not change seq->length. */
 int dsacp_kv_reserve(dsacp_kv_cache *c, dsacp_kv_seq *seq, int64_t length);
+/* Keeps the blocks covering `length` tokens and returns the rest to the pool (rejected
+ * speculative positions); seq->length is capped at `length`. */
+void dsacp_kv_shrink(dsacp_kv_cache *c, dsacp_kv_seq *seq, int64_t length);
 /* Returns every block of `seq` to the pool and empties it. */
 void dsacp_kv_release(dsacp_kv_cache *c, dsacp_kv_seq *seq);
 

@@ -19,6 +19,7 @@ void dsacp_engine_options_default(dsacp_engine_options *opt)
     opt->kv_dtype = DSACP_KV_F32;
     opt->block_size = 64;
     opt->num_blocks = 1024;
+    opt->mtp = false;
 }
 
 void dsacp_engine_free(dsacp_engine *e)
@@ -26,6 +27,8 @@ void dsacp_engine_free(dsacp_engine *e)
     if (!e) return;
     dsacp_engine_plan_free(e);
     dsacp_arena_destroy(&e->ws);
+    dsacp_engine_stash_free(&e->stash_target);
+    dsacp_engine_stash_free(&e->stash_mtp);
     for (int64_t i = 0; i < e->nreq; i++)
         if (e->req[i].live) {
             dsacp_kv_release(e->cache, &e->req[i].seq);
@@ -66,6 +69,10 @@ int dsacp_engine_create_cp(const dsacp_model *model, const dsacp_engine_options 
     if (!crc && (di > 1024 || cfg->qk_rope_head_dim > 512 || cfg->kv_lora_rank + cfg->qk_rope_head_dim > 1024))
         crc = dsacp_error(DSACP_EUNSUPPORTED, "head dimensions beyond the engine's limits "
                           "(index_head_dim <= 1024, kv_lora_rank + rope <= 1024)");
+    if (!crc && opt.mtp && !dsacp_model_has_mtp(model))
+        crc = dsacp_error(DSACP_EINVAL, "option mtp: the model has no MTP layer (config num_nextn_predict_layers "
+                          "= %lld; a checkpoint layer %lld with enorm, hnorm, eh_proj and shared_head is needed)",
+                          (long long)cfg->num_nextn_predict_layers, (long long)cfg->num_hidden_layers);
     if (!crc && (cfg->n_routed_experts > 4096 || cfg->n_group > 1024))
         crc = dsacp_error(DSACP_EUNSUPPORTED, "more than 4096 routed experts or 1024 expert groups");
     if (crc) return comm ? dsacp_comm_agree(comm, crc) : crc;
@@ -86,6 +93,7 @@ int dsacp_engine_create_cp(const dsacp_model *model, const dsacp_engine_options 
     e->cfg = cfg;
     e->opt = opt;
     e->L = cfg->num_hidden_layers;
+    e->NL = e->L + (opt.mtp ? 1 : 0);
     int rc = dsacp_rope_init(&e->rope, cfg);
     /* Layouts that differ: the indexer keys get a pool of their own, and each pool holds only its
      * part. */
@@ -93,11 +101,11 @@ int dsacp_engine_create_cp(const dsacp_model *model, const dsacp_engine_options 
     const bool fp8_index = opt.numerics == DSACP_NUMERICS_DEPLOYED;
     if (!rc && dsacp_fault("pools")) rc = dsacp_fault_error("pools", "KV cache pool");
     if (!rc)
-        rc = dsacp_kv_cache_create_parts(cfg, e->L, opt.kv_dtype, fp8_index, opt.block_size, opt.num_blocks, true,
+        rc = dsacp_kv_cache_create_parts(cfg, e->NL, opt.kv_dtype, fp8_index, opt.block_size, opt.num_blocks, true,
                                          !split, &e->cache);
     e->icache = e->cache;
     if (!rc && split)
-        rc = dsacp_kv_cache_create_parts(cfg, e->L, opt.kv_dtype, fp8_index, opt.block_size, opt.num_blocks, false,
+        rc = dsacp_kv_cache_create_parts(cfg, e->NL, opt.kv_dtype, fp8_index, opt.block_size, opt.num_blocks, false,
                                          true, &e->icache);
     if (!e->icache) e->icache = e->cache;
     if (!rc) rc = dsacp_engine_model_bind(e);
@@ -185,9 +193,9 @@ bool dsacp_engine_fits(const dsacp_engine *e, const int64_t *ids, const int64_t 
             }
         for (int64_t i = 0; i < n; i++) {
             const dsacp_engine_request *r = ids[i] >= 0 ? dsacp_engine_find_request(e, ids[i]) : NULL;
-            const int64_t cur = r ? r->length : 0;
-            need_l += blocks_of(e, dsacp_engine_kept_on(e, e->cp.opt.kv_layout, new_len[i], q)) - blocks_of(e, dsacp_engine_kept_on(e, e->cp.opt.kv_layout, cur, q));
-            need_i += blocks_of(e, dsacp_engine_kept_on(e, e->cp.opt.index_layout, new_len[i], q)) - blocks_of(e, dsacp_engine_kept_on(e, e->cp.opt.index_layout, cur, q));
+            const int64_t cur = r ? dsacp_engine_request_span(r) : 0, nl = new_len[i] > cur ? new_len[i] : cur;
+            need_l += blocks_of(e, dsacp_engine_kept_on(e, e->cp.opt.kv_layout, nl, q)) - blocks_of(e, dsacp_engine_kept_on(e, e->cp.opt.kv_layout, cur, q));
+            need_i += blocks_of(e, dsacp_engine_kept_on(e, e->cp.opt.index_layout, nl, q)) - blocks_of(e, dsacp_engine_kept_on(e, e->cp.opt.index_layout, cur, q));
         }
         if (used_l + need_l > e->cache->num_blocks) return false;
         if (split && used_i + need_i > e->icache->num_blocks) return false;
@@ -211,12 +219,31 @@ double dsacp_engine_kv_use(const dsacp_engine *e)
 
 const dsacp_config *dsacp_engine_config(const dsacp_engine *e) { return e->cfg; }
 
+/* What kind of step runs: the target's (every layer of the model, then lm_head) or the MTP
+ * layer's (docs/mtp.md), the logits rows each entry wants, and the entries' flags. */
+typedef struct step_kind {
+    bool mtp;
+    bool last;                    /* logits after each entry's last n_logits tokens (else every token) */
+    const dsacp_entry_opts *opts; /* [n] or NULL */
+} step_kind;
+
+/* The position a request's entry starts at: its target length, or its MTP length. */
+static int64_t entry_base(const dsacp_engine_request *r, bool mtp) { return mtp ? r->mtp_length : r->length; }
+
+static int64_t entry_logits(const step_kind *k, int64_t i)
+{
+    return k->opts && k->opts[i].n_logits > 1 ? k->opts[i].n_logits : 1;
+}
+
 /* Validates the entries (the same verdict on every rank: entries are the same everywhere). */
-static int check_entries(const dsacp_engine *e, const dsacp_step_entry *entries, int64_t n, int64_t *T_out)
+static int check_entries(const dsacp_engine *e, const dsacp_step_entry *entries, int64_t n, const step_kind *k,
+                         int64_t *T_out)
 {
     const dsacp_config *cfg = e->cfg;
     const int64_t V = cfg->vocab_size;
     if (n < 0 || (n > 0 && !entries)) return dsacp_error(DSACP_EINVAL, "step: bad entry list");
+    if (k->mtp && e->NL == e->L)
+        return dsacp_error(DSACP_EINVAL, "MTP step: the engine was created without its MTP layer (option mtp)");
     int64_t T = 0;
     for (int64_t i = 0; i < n; i++) {
         const dsacp_step_entry *en = &entries[i];
@@ -232,16 +259,23 @@ static int check_entries(const dsacp_engine *e, const dsacp_step_entry *entries,
                                    (long long)i, (long long)en->request_id);
         if (en->n_tokens < 1 || !en->token_ids)
             return dsacp_error(DSACP_EINVAL, "step entry %lld: needs n_tokens >= 1 and token ids", (long long)i);
-        if (en->n_tokens > cfg->max_position_embeddings - r->length)
+        if (k->opts && (k->opts[i].n_logits < 0 || k->opts[i].n_logits > en->n_tokens))
+            return dsacp_error(DSACP_EINVAL, "step entry %lld: n_logits %lld outside [0, n_tokens = %lld]",
+                               (long long)i, (long long)k->opts[i].n_logits, (long long)en->n_tokens);
+        if (k->opts && (k->opts[i].flags & ~DSACP_ENTRY_VERIFY))
+            return dsacp_error(DSACP_EINVAL, "step entry %lld: unknown flags 0x%x", (long long)i,
+                               (unsigned)(k->opts[i].flags & ~DSACP_ENTRY_VERIFY));
+        const int64_t base = entry_base(r, k->mtp);
+        if (en->n_tokens > cfg->max_position_embeddings - base)
             return dsacp_error(DSACP_ERANGE, "step entry %lld: request %lld would reach position %lld, beyond "
                                "max_position_embeddings %lld of the model's config", (long long)i,
-                               (long long)en->request_id, (long long)(r->length + en->n_tokens - 1),
+                               (long long)en->request_id, (long long)(base + en->n_tokens - 1),
                                (long long)cfg->max_position_embeddings);
         for (int64_t j = 0; j < en->n_tokens; j++)
             if (en->token_ids[j] < 0 || en->token_ids[j] >= V)
                 return dsacp_error(DSACP_ERANGE, "step entry %lld: token id %d out of vocabulary [0, %lld)",
                                    (long long)i, en->token_ids[j], (long long)V);
-        if (r->length + en->n_tokens > INT32_MAX)
+        if (base + en->n_tokens > INT32_MAX)
             return dsacp_error(DSACP_ERANGE, "step entry %lld: sequence longer than 2^31", (long long)i);
         T += en->n_tokens;
     }
@@ -266,13 +300,20 @@ int dsacp_engine_set_max_num_batched_tokens(dsacp_engine *e, int64_t max_tokens)
     return DSACP_OK;
 }
 
+/* The positions request r's blocks must cover after its entry of n tokens. */
+static int64_t span_after(const dsacp_engine_request *r, int64_t n, bool mtp)
+{
+    const int64_t grown = entry_base(r, mtp) + n, span = dsacp_engine_request_span(r);
+    return grown > span ? grown : span;
+}
+
 /* Reserves this rank's blocks for every entry, or changes nothing (DSACP_ECAPACITY). */
-static int reserve(dsacp_engine *e, const dsacp_step_entry *entries, int64_t n)
+static int reserve(dsacp_engine *e, const dsacp_step_entry *entries, int64_t n, bool mtp)
 {
     int64_t need_l = 0, need_i = 0;
     for (int64_t i = 0; i < n; i++) {
         dsacp_engine_request *r = dsacp_engine_find_request(e, entries[i].request_id);
-        const int64_t L = r->length + entries[i].n_tokens;
+        const int64_t L = span_after(r, entries[i].n_tokens, mtp);
         need_l += dsacp_kv_blocks_needed(e->cache, &r->seq, kept(e, e->cp.opt.kv_layout, L));
         if (e->icache != e->cache) need_i += dsacp_kv_blocks_needed(e->icache, &r->iseq, kept(e, e->cp.opt.index_layout, L));
     }
@@ -284,7 +325,7 @@ static int reserve(dsacp_engine *e, const dsacp_step_entry *entries, int64_t n)
                            (long long)e->cache->num_blocks);
     for (int64_t i = 0; i < n; i++) {
         dsacp_engine_request *r = dsacp_engine_find_request(e, entries[i].request_id);
-        const int64_t L = r->length + entries[i].n_tokens;
+        const int64_t L = span_after(r, entries[i].n_tokens, mtp);
         int rc = dsacp_kv_reserve(e->cache, &r->seq, kept(e, e->cp.opt.kv_layout, L));
         if (!rc && e->icache != e->cache) rc = dsacp_kv_reserve(e->icache, &r->iseq, kept(e, e->cp.opt.index_layout, L));
         if (rc) return rc; /* cannot happen after the check above, except out of memory */
@@ -299,7 +340,13 @@ static int reserve(dsacp_engine *e, const dsacp_step_entry *entries, int64_t n)
 
 typedef struct step_bufs {
     int64_t *pos, *old_len, *new_len; /* [T] position of each row; [n] each entry's lengths */
+    int64_t *nlog;                    /* [n] logits rows of each entry (when last) */
+    uint32_t *flags;                  /* [n] entry flags */
     int32_t *ent;                     /* [T] entry of each row */
+    int32_t *place;                   /* [T] an MTP step's placement (its hidden rows') */
+    int64_t *src;                     /* [T] an MTP step's hidden row of each token on this rank */
+    int64_t *apos;                    /* [T] an MTP step's active rows' positions */
+    int32_t *atok;                    /* [T] an MTP step's active rows' tokens */
     dsacp_kv_seq **lseqs, **iseqs;    /* [n] block tables */
     float *h, *xb, *ob;               /* [T][D] residual stream, normed rows, a sublayer's output */
     float *xf;                        /* [T][D] rank 0's rows for lm_head (NULL elsewhere or unwanted) */
@@ -310,6 +357,12 @@ static void step_bufs_need(size_t *bytes, int64_t T, int64_t n, int64_t D)
     dsacp_arena_need(bytes, T, 1, sizeof(int64_t));
     dsacp_arena_need(bytes, n, 1, sizeof(int64_t));
     dsacp_arena_need(bytes, n, 1, sizeof(int64_t));
+    dsacp_arena_need(bytes, n, 1, sizeof(int64_t));
+    dsacp_arena_need(bytes, n, 1, sizeof(uint32_t));
+    dsacp_arena_need(bytes, T, 1, sizeof(int32_t));
+    dsacp_arena_need(bytes, T, 1, sizeof(int32_t));
+    dsacp_arena_need(bytes, T, 1, sizeof(int64_t));
+    dsacp_arena_need(bytes, T, 1, sizeof(int64_t));
     dsacp_arena_need(bytes, T, 1, sizeof(int32_t));
     dsacp_arena_need(bytes, n, 1, sizeof(dsacp_kv_seq *));
     dsacp_arena_need(bytes, n, 1, sizeof(dsacp_kv_seq *));
@@ -321,15 +374,21 @@ static int step_bufs_take(dsacp_arena *ws, int64_t T, int64_t n, int64_t D, bool
     b->pos = dsacp_arena_take(ws, T, 1, sizeof(int64_t), "step positions");
     b->old_len = dsacp_arena_take(ws, n, 1, sizeof(int64_t), "step lengths");
     b->new_len = dsacp_arena_take(ws, n, 1, sizeof(int64_t), "step lengths");
+    b->nlog = dsacp_arena_take(ws, n, 1, sizeof(int64_t), "step logits rows");
+    b->flags = dsacp_arena_take(ws, n, 1, sizeof(uint32_t), "step entry flags");
     b->ent = dsacp_arena_take(ws, T, 1, sizeof(int32_t), "step entries");
+    b->place = dsacp_arena_take(ws, T, 1, sizeof(int32_t), "step placement");
+    b->src = dsacp_arena_take(ws, T, 1, sizeof(int64_t), "step hidden sources");
+    b->apos = dsacp_arena_take(ws, T, 1, sizeof(int64_t), "step active positions");
+    b->atok = dsacp_arena_take(ws, T, 1, sizeof(int32_t), "step active tokens");
     b->lseqs = dsacp_arena_take(ws, n, 1, sizeof(dsacp_kv_seq *), "step block tables");
     b->iseqs = dsacp_arena_take(ws, n, 1, sizeof(dsacp_kv_seq *), "step block tables");
     b->h = dsacp_arena_take(ws, T, D, sizeof(float), "residual stream");
     b->xb = dsacp_arena_take(ws, T, D, sizeof(float), "normed rows");
     b->ob = dsacp_arena_take(ws, T, D, sizeof(float), "sublayer output");
     b->xf = head_rows ? dsacp_arena_take(ws, T, D, sizeof(float), "lm_head rows") : NULL;
-    return b->pos && b->old_len && b->new_len && b->ent && b->lseqs && b->iseqs && b->h && b->xb && b->ob &&
-                   (b->xf || !head_rows)
+    return b->pos && b->old_len && b->new_len && b->nlog && b->flags && b->ent && b->place && b->src && b->apos && b->atok && b->lseqs &&
+                   b->iseqs && b->h && b->xb && b->ob && (b->xf || !head_rows)
                ? DSACP_OK
                : DSACP_ENOMEM;
 }
@@ -361,56 +420,79 @@ static size_t step_workspace(const dsacp_engine *e, int64_t T, int64_t n)
     return fixed;
 }
 
-/* The step's bookkeeping rows and its CP metadata (dsacp_cp_step_build). */
-static int step_build(dsacp_engine *e, const dsacp_step_entry *entries, int64_t n, int64_t T, bool want_topk,
-                      step_bufs *b, dsacp_cp_step *st, dsacp_cp_step_mem *mem)
+/* The step's bookkeeping rows and its CP metadata (dsacp_cp_step_build). An MTP step's rows run
+ * where their hidden inputs are (dsacp_engine_mtp_sources). */
+static int step_build(dsacp_engine *e, const dsacp_step_entry *entries, int64_t n, int64_t T, const step_kind *k,
+                      bool want_topk, step_bufs *b, dsacp_cp_step *st, dsacp_cp_step_mem *mem,
+                      const dsacp_engine_stash **from)
 {
     int64_t t = 0;
     for (int64_t i = 0; i < n; i++) {
         dsacp_engine_request *r = dsacp_engine_find_request(e, entries[i].request_id);
+        const int64_t base = entry_base(r, k->mtp);
         b->lseqs[i] = &r->seq;
         b->iseqs[i] = e->icache == e->cache ? &r->seq : &r->iseq;
-        b->old_len[i] = r->length;
-        b->new_len[i] = r->length + entries[i].n_tokens;
+        b->old_len[i] = base;
+        b->new_len[i] = base + entries[i].n_tokens;
+        b->nlog[i] = entry_logits(k, i);
+        b->flags[i] = k->opts && !k->mtp ? k->opts[i].flags : 0;
         for (int64_t j = 0; j < entries[i].n_tokens; j++, t++) {
-            b->pos[t] = r->length + j;
+            b->pos[t] = base + j;
             b->ent[t] = (int32_t)i;
         }
     }
+    int rc = DSACP_OK;
+    *from = NULL;
+    if (k->mtp) rc = dsacp_engine_mtp_sources(e, entries, n, b->old_len, b->place, b->src, from);
     *st = (dsacp_cp_step){.T = T, .n_ent = n, .pos = b->pos, .ent = b->ent, .old_len = b->old_len,
-                          .new_len = b->new_len, .lat_seq = b->lseqs, .idx_seq = b->iseqs, .want_topk = want_topk};
+                          .new_len = b->new_len, .lat_seq = b->lseqs, .idx_seq = b->iseqs, .want_topk = want_topk,
+                          .layer0 = k->mtp ? e->L : 0, .layer1 = k->mtp ? e->L + 1 : e->L, .flags = b->flags,
+                          .place = k->mtp ? b->place : NULL};
+    if (rc) return rc;
     return dsacp_cp_step_build(&e->cp, st, mem);
 }
 
-/* Embedding rows, then every layer: h += attn(RMSNorm(h)); h += mlp(RMSNorm(h)), timed. A local
- * failure goes to *lrc (this rank keeps taking part); the status returned is the group's failure
- * (DSACP_ECOMM), after which nothing can be agreed. */
-static int step_layers(dsacp_engine *e, const dsacp_step_entry *entries, const step_bufs *b, const dsacp_cp_step *st,
-                       int32_t *topk, int *lrc)
+/* The step's first rows on this rank: the target's embeddings, or the MTP layer's input (its
+ * tokens, positions and the hidden rows it reads from `from`, docs/mtp.md). */
+static int step_input(dsacp_engine *e, const dsacp_step_entry *entries, const step_bufs *b, const dsacp_cp_step *st,
+                      const dsacp_engine_stash *from)
+{
+    const int64_t D = e->cfg->hidden_size, na = st->n_dec + st->n_pre;
+    for (int64_t j = 0; j < na; j++) {
+        const int64_t t = st->act[j], i = b->ent[t];
+        const int32_t tok = entries[i].token_ids[b->pos[t] - b->old_len[i]];
+        if (!from) {
+            dsacp_weight_row_f32(e->embed, tok, b->h + j * D);
+            continue;
+        }
+        b->apos[j] = b->pos[t];
+        b->atok[j] = tok;
+        memcpy(b->ob + j * D, from->h + b->src[t] * D, (size_t)D * sizeof(float));
+    }
+    if (!from) return DSACP_OK;
+    return dsacp_engine_mtp_input(e, &e->ws, b->atok, b->apos, b->ob, na, b->h,
+                                  e->opt.numerics == DSACP_NUMERICS_DEPLOYED);
+}
+
+/* Every layer of the step (the target's, or the MTP layer): h += attn(RMSNorm(h)); h +=
+ * mlp(RMSNorm(h)), timed. A local failure goes to *lrc (this rank keeps taking part); the status
+ * returned is the group's failure (DSACP_ECOMM), after which nothing can be agreed. */
+static int step_layers(dsacp_engine *e, const step_bufs *b, const dsacp_cp_step *st, int32_t *topk, int *lrc)
 {
     const dsacp_config *cfg = e->cfg;
     const int64_t D = cfg->hidden_size, K = cfg->index_topk, na = st->n_dec + st->n_pre;
     float *h = b->h, *xb = b->xb, *ob = b->ob;
-    /* The active rows: every decode token, and the prefill tokens this rank owns. */
-    for (int64_t j = 0; j < na; j++) {
-        const int64_t t = st->act[j], i = b->ent[t];
-        dsacp_weight_row_f32(e->embed, entries[i].token_ids[b->pos[t] - b->old_len[i]], h + j * D);
-    }
     const bool deployed = e->opt.numerics == DSACP_NUMERICS_DEPLOYED;
     /* W > 1: the phases of src/attn the CP layer runs take their scratch from the step workspace
      * (sized by dsacp_cp_layer_ws_bytes); W = 1 hands it to the single-process layer itself. */
     dsacp_dsa_ctx ctx = {cfg, deployed ? DSACP_MODE_DEPLOYED : DSACP_MODE_EXACT, &e->rope, e->cache,
                          e->cp.W > 1 ? &e->ws : NULL};
-    memset(&e->times, 0, sizeof e->times);
-    e->cp.t_proj = e->cp.t_attn = e->cp.t_oproj = 0;
-    e->cp.ovl_compute = e->cp.ovl_wait = 0;
     int rc = DSACP_OK;
-    const double t_step = dsacp_now();
-    for (int64_t l = 0; l < e->L && !rc; l++) {
+    for (int64_t l = st->layer0; l < st->layer1 && !rc; l++) {
         for (int64_t i = 0; i < na; i++) dsacp_rmsnorm(xb + i * D, h + i * D, e->in_norm[l], D, cfg->rms_norm_eps);
         const double t0 = dsacp_now();
         int r2 = dsacp_cp_layer_forward(&e->cp, &ctx, &e->attn[l], l, st, xb, ob,
-                                        e->cp.rank == 0 && topk ? topk + l * st->T * K : NULL);
+                                        e->cp.rank == 0 && topk ? topk + (l - st->layer0) * st->T * K : NULL);
         if (r2 == DSACP_ECOMM) rc = r2; /* the group itself failed: no agreement possible */
         else if (r2 && !*lrc) *lrc = r2;
         /* An agreed failure (a stage's allocation on some rank): every rank stops here. */
@@ -418,8 +500,8 @@ static int step_layers(dsacp_engine *e, const dsacp_step_entry *entries, const s
         e->times.attention += dsacp_now() - t0;
         /* The layer's cache entries of the step are written: the disaggregation's hook (a
          * producer sends them from here, in flight with the rest of the step; its time counts
-         * in the step's only). */
-        if (e->layer_hook) {
+         * in the step's only). Target layers only. */
+        if (e->layer_hook && l < e->L) {
             const int hrc = e->layer_hook(e->layer_hook_arg, l);
             if (hrc && !*lrc) *lrc = hrc;
         }
@@ -430,14 +512,14 @@ static int step_layers(dsacp_engine *e, const dsacp_step_entry *entries, const s
         for (int64_t i = 0; i < na * D; i++) h[i] += ob[i];
         e->times.mlp += dsacp_now() - t1;
     }
-    e->times.step = dsacp_now() - t_step;
-    e->times.projections = e->cp.t_proj, e->times.attend = e->cp.t_attn, e->times.o_proj = e->cp.t_oproj;
-    e->times.overlap_compute = e->cp.ovl_compute, e->times.overlap_wait = e->cp.ovl_wait;
     return rc;
 }
 
-/* Whether rank 0's head needs row t: every row, or (last) each entry's last token's only. */
-static bool row_needed(const step_bufs *b, int64_t t, bool last) { return !last || b->pos[t] == b->new_len[b->ent[t]] - 1; }
+/* Whether rank 0's head needs row t: every row, or (last) one of its entry's last nlog tokens. */
+static bool row_needed(const step_bufs *b, int64_t t, bool last)
+{
+    return !last || b->pos[t] >= b->new_len[b->ent[t]] - b->nlog[b->ent[t]];
+}
 
 /* W > 1 with prefill rows: the rows rank 0's head needs travel to it (a chunk's other rows
  * never do), into b->xf in step order. */
@@ -478,45 +560,61 @@ static int gather_head_rows(dsacp_engine *e, const step_bufs *b, const dsacp_cp_
     return rc;
 }
 
-/* Final norm of the active rows; prefill rows travel to rank 0, which applies the head to every
- * token in step order (or, last, to each entry's last token). */
-static int step_logits(dsacp_engine *e, const dsacp_step_entry *entries, int64_t n, const step_bufs *b,
-                       const dsacp_cp_step *st, bool last, float *logits, int *lrc)
+/* The final norm of the active rows into xb (the target's, or the MTP layer's shared head's).
+ * With the MTP layer bound, the rows are kept for the MTP step that follows: a target step's
+ * final-normed rows, an MTP step's own output before its norm (a chained draft's input). */
+static int step_final(dsacp_engine *e, const dsacp_step_entry *entries, const step_bufs *b, const dsacp_cp_step *st,
+                      bool mtp)
 {
-    const dsacp_config *cfg = e->cfg;
-    const int64_t D = cfg->hidden_size, na = st->n_dec + st->n_pre;
+    const int64_t D = e->cfg->hidden_size, na = st->n_dec + st->n_pre;
+    int rc = DSACP_OK;
+    if (mtp) rc = dsacp_engine_stash_keep(e, &e->stash_mtp, entries, b->old_len, st, b->h);
+    const float *w = mtp ? e->mtp_norm : e->final_norm;
+    for (int64_t i = 0; i < na; i++) dsacp_rmsnorm(b->xb + i * D, b->h + i * D, w, D, e->cfg->rms_norm_eps);
+    if (!mtp && e->NL > e->L) rc = dsacp_engine_stash_keep(e, &e->stash_target, entries, b->old_len, st, b->xb);
+    return rc;
+}
+
+/* Rank 0 applies the head to the rows it needs: prefill rows travel to it first (or, last, only
+ * each entry's last nlog tokens do), in step order. */
+static int step_logits(dsacp_engine *e, const dsacp_step_entry *entries, int64_t n, const step_bufs *b,
+                       const dsacp_cp_step *st, const step_kind *k, float *logits, int *lrc)
+{
+    const int64_t D = e->cfg->hidden_size, na = st->n_dec + st->n_pre;
     const int me = e->cp.rank;
     float *xb = b->xb, *xf = b->xf;
-    for (int64_t i = 0; i < na; i++) dsacp_rmsnorm(xb + i * D, b->h + i * D, e->final_norm, D, cfg->rms_norm_eps);
     int rc = DSACP_OK;
     if (e->cp.W == 1 || st->n_pre_all == 0) {
         if (me == 0)
             for (int64_t j = 0; j < na; j++) memcpy(xf + st->act[j] * D, xb + j * D, (size_t)D * sizeof(float));
     } else {
-        rc = gather_head_rows(e, b, st, last, lrc);
+        rc = gather_head_rows(e, b, st, k->last, lrc);
     }
     if (rc || *lrc || me != 0 || !logits) return rc;
-    if (!last) {
-        *lrc = dsacp_engine_head(e, &e->ws, xf, st->T, logits);
+    if (!k->last) {
+        *lrc = dsacp_engine_head(e, &e->ws, xf, st->T, logits, k->mtp);
         return rc;
     }
-    /* Only the rows sampling reads: each entry's last token (rows are independent and the linear
-     * batch-invariant, so these are the full step's bits). */
+    /* Only the rows sampling or a verify reads: each entry's last nlog tokens (rows are
+     * independent and the linear batch-invariant, so these are the full step's bits). */
+    int64_t rows = 0;
     for (int64_t i = 0, t = 0; i < n; i++) {
         t += entries[i].n_tokens;
-        if (i != t - 1) memmove(xf + i * D, xf + (t - 1) * D, (size_t)D * sizeof(float));
+        for (int64_t j = t - b->nlog[i]; j < t; j++, rows++)
+            if (rows != j) memmove(xf + rows * D, xf + j * D, (size_t)D * sizeof(float));
     }
-    *lrc = dsacp_engine_head(e, &e->ws, xf, n, logits);
+    *lrc = dsacp_engine_head(e, &e->ws, xf, rows, logits, k->mtp);
     return rc;
 }
 
 /* Validation, capacity, what rank 0 wants: agreed by the group before anything is computed. *T
  * is the step's token count; a return of DSACP_OK with *T == 0 is an empty step. */
-static int step_admit(dsacp_engine *e, const dsacp_step_entry *entries, int64_t n, uint8_t want[2], int64_t *T)
+static int step_admit(dsacp_engine *e, const dsacp_step_entry *entries, int64_t n, const step_kind *k, uint8_t want[2],
+                      int64_t *T)
 {
     *T = 0;
-    int rc = check_entries(e, entries, n, T);
-    if (!rc && *T > 0) rc = reserve(e, entries, n);
+    int rc = check_entries(e, entries, n, k, T);
+    if (!rc && *T > 0) rc = reserve(e, entries, n, k->mtp);
     rc = dsacp_comm_agree(e->comm, rc);
     if (rc || *T == 0) {
         dsacp_engine_plan_agreement(e); /* the step's plan counts this agreement when it goes on */
@@ -526,16 +624,41 @@ static int step_admit(dsacp_engine *e, const dsacp_step_entry *entries, int64_t 
     return dsacp_comm_bcast(e->comm, want, 2 * sizeof *want, DSACP_PHASE_control);
 }
 
-static int engine_step(dsacp_engine *e, const dsacp_step_entry *entries, int64_t n, float *logits, bool last,
+/* The step's compute once built: input rows, layers, final norm (and the rows kept for the MTP
+ * layer), logits. */
+static int step_run(dsacp_engine *e, const dsacp_step_entry *entries, int64_t n, const step_kind *k,
+                    const uint8_t want[2], const step_bufs *b, const dsacp_cp_step *st,
+                    const dsacp_engine_stash *from, float *logits, int32_t *topk)
+{
+    int lrc = step_input(e, entries, b, st, from); /* a local failure: keep taking part, agree at the end */
+    memset(&e->times, 0, sizeof e->times);
+    e->cp.t_proj = e->cp.t_attn = e->cp.t_oproj = 0;
+    e->cp.ovl_compute = e->cp.ovl_wait = 0;
+    const double t_step = dsacp_now();
+    int rc = step_layers(e, b, st, topk, &lrc);
+    if (!rc && !e->cp.step_failed) {
+        const int frc = step_final(e, entries, b, st, k->mtp);
+        if (frc && !lrc) lrc = frc;
+    }
+    if (!rc && want[0] && !e->cp.step_failed) rc = step_logits(e, entries, n, b, st, k, logits, &lrc);
+    e->times.step = dsacp_now() - t_step;
+    e->times.projections = e->cp.t_proj, e->times.attend = e->cp.t_attn, e->times.o_proj = e->cp.t_oproj;
+    e->times.overlap_compute = e->cp.ovl_compute, e->times.overlap_wait = e->cp.ovl_wait;
+    if (!rc) rc = dsacp_comm_agree(e->comm, lrc);
+    return rc;
+}
+
+static int engine_step(dsacp_engine *e, const dsacp_step_entry *entries, int64_t n, const step_kind *k, float *logits,
                        int32_t *topk)
 {
     int64_t T = 0;
     uint8_t want[2] = {logits != NULL, topk != NULL};
-    int rc = step_admit(e, entries, n, want, &T);
+    int rc = step_admit(e, entries, n, k, want, &T);
     if (rc || T == 0) return rc;
     step_bufs b = {0};
     dsacp_cp_step_mem mem = {0};
     dsacp_cp_step st = {0};
+    const dsacp_engine_stash *from = NULL;
     /* Before any collective of the layers: every rank learns of a failure at the agreement below. */
     dsacp_arena_reset(&e->ws);
     rc = dsacp_arena_reserve(&e->ws, step_workspace(e, T, n), "the step's workspace");
@@ -543,24 +666,23 @@ static int engine_step(dsacp_engine *e, const dsacp_step_entry *entries, int64_t
     if (rc) rc = dsacp_error_context(rc, "a step of %lld tokens", (long long)T);
     else if (dsacp_fault("step")) rc = dsacp_fault_error("step", "the step's buffers");
     e->cp.step_failed = false;
-    if (!rc) rc = step_build(e, entries, n, T, want[1], &b, &st, &mem);
+    if (!rc) rc = step_build(e, entries, n, T, k, want[1], &b, &st, &mem, &from);
     rc = dsacp_comm_agree(e->comm, rc);
     if (!rc) rc = dsacp_cp_weights_step_begin(&e->cp, &st); /* DSA-CP: the first weight broadcasts */
-    if (!rc) {
-        int lrc = DSACP_OK; /* a local failure: keep taking part, agree at the end */
-        rc = step_layers(e, entries, &b, &st, topk, &lrc);
-        if (!rc && want[0] && !e->cp.step_failed) rc = step_logits(e, entries, n, &b, &st, last, logits, &lrc);
-        if (!rc) rc = dsacp_comm_agree(e->comm, lrc);
-    }
+    if (!rc) rc = step_run(e, entries, n, k, want, &b, &st, from, logits, topk);
+    /* The hidden rows a catch-up read are spent; a failed step leaves none to read. */
+    if (k->mtp && from == &e->stash_target) e->stash_target.valid = false;
+    if (rc) e->stash_target.valid = e->stash_mtp.valid = false;
     if (!rc)
         for (int64_t i = 0; i < n; i++) {
             dsacp_engine_request *r = dsacp_engine_find_request(e, entries[i].request_id);
-            r->length += entries[i].n_tokens;
-            r->seq.length = kept(e, e->cp.opt.kv_layout, r->length);
-            if (e->icache != e->cache) r->iseq.length = kept(e, e->cp.opt.index_layout, r->length);
+            if (k->mtp) r->mtp_length += entries[i].n_tokens;
+            else r->length += entries[i].n_tokens;
+            r->seq.length = kept(e, e->cp.opt.kv_layout, dsacp_engine_request_span(r));
+            if (e->icache != e->cache) r->iseq.length = kept(e, e->cp.opt.index_layout, dsacp_engine_request_span(r));
         }
     if (rc) dsacp_engine_plan_lost(e);
-    else dsacp_engine_plan_step(e, &e->ws, &st, NULL, want, last, false);
+    else dsacp_engine_plan_step(e, &e->ws, &st, b.nlog, want, k->last, k->mtp);
     dsacp_cp_step_free(&mem);
     return rc;
 }
@@ -569,7 +691,8 @@ int dsacp_engine_step(dsacp_engine *e, const dsacp_step_entry *entries, int64_t 
 {
     dsacp_comm_counter before[DSACP_PHASE_COUNT];
     dsacp_engine_measure_begin(e, before);
-    const int rc = engine_step(e, entries, n, logits, false, topk);
+    const step_kind k = {false, false, NULL};
+    const int rc = engine_step(e, entries, n, &k, logits, topk);
     dsacp_engine_measure_end(e, before);
     return rc;
 }
@@ -577,9 +700,27 @@ int dsacp_engine_step(dsacp_engine *e, const dsacp_step_entry *entries, int64_t 
 int dsacp_engine_step_last(dsacp_engine *e, const dsacp_step_entry *entries, int64_t n, float *logits_last,
                            int32_t *topk)
 {
+    return dsacp_engine_step_opts(e, entries, NULL, n, logits_last, topk);
+}
+
+int dsacp_engine_step_opts(dsacp_engine *e, const dsacp_step_entry *entries, const dsacp_entry_opts *opts, int64_t n,
+                           float *logits, int32_t *topk)
+{
     dsacp_comm_counter before[DSACP_PHASE_COUNT];
     dsacp_engine_measure_begin(e, before);
-    const int rc = engine_step(e, entries, n, logits_last, true, topk);
+    const step_kind k = {false, true, opts};
+    const int rc = engine_step(e, entries, n, &k, logits, topk);
+    dsacp_engine_measure_end(e, before);
+    return rc;
+}
+
+int dsacp_engine_mtp_step(dsacp_engine *e, const dsacp_step_entry *entries, const dsacp_entry_opts *opts, int64_t n,
+                          float *logits, int32_t *topk)
+{
+    dsacp_comm_counter before[DSACP_PHASE_COUNT];
+    dsacp_engine_measure_begin(e, before);
+    const step_kind k = {true, true, opts};
+    const int rc = engine_step(e, entries, n, &k, logits, topk);
     dsacp_engine_measure_end(e, before);
     return rc;
 }
@@ -603,7 +744,7 @@ int dsacp_engine_fill_random(dsacp_engine *e, int64_t id, int64_t length, uint64
     if (length < 1 || length > e->cfg->max_position_embeddings)
         return dsacp_error(DSACP_ERANGE, "fill: length %lld outside [1, max_position_embeddings]", (long long)length);
     dsacp_step_entry en = {id, length, NULL};
-    int rc = reserve(e, &en, 1);
+    int rc = reserve(e, &en, 1, false);
     dsacp_comm_counter before[DSACP_PHASE_COUNT];
     dsacp_engine_measure_begin(e, before);
     rc = dsacp_comm_agree(e->comm, rc);
@@ -620,7 +761,7 @@ int dsacp_engine_fill_random(dsacp_engine *e, int64_t id, int64_t length, uint64
     for (int64_t p = 0; p < length; p++) {
         float v[2048];
         const bool mine = dsacp_cp_owner(p, I, W) == me;
-        for (int64_t l = 0; l < e->L; l++) {
+        for (int64_t l = 0; l < e->NL; l++) {
             const uint64_t s = seed + (uint64_t)l * 1000003u;
             if (lat_all || mine) {
                 fill_row(s, p, v, dc + dr, 1.0f);
@@ -634,6 +775,7 @@ int dsacp_engine_fill_random(dsacp_engine *e, int64_t id, int64_t length, uint64
         }
     }
     r->length = length;
+    r->mtp_length = e->NL > e->L ? length : 0;
     r->seq.length = kept(e, e->cp.opt.kv_layout, length);
     if (e->icache != e->cache) r->iseq.length = kept(e, e->cp.opt.index_layout, length);
     return DSACP_OK;
@@ -642,7 +784,7 @@ int dsacp_engine_fill_random(dsacp_engine *e, int64_t id, int64_t length, uint64
 void dsacp_engine_kv_usage(const dsacp_engine *e, dsacp_kv_usage *u)
 {
     memset(u, 0, sizeof *u);
-    const int64_t B = e->opt.block_size, L = e->L;
+    const int64_t B = e->opt.block_size, L = e->NL;
     const dsacp_kv_cache *lc = e->cache, *ic = e->icache;
     u->latent_pool_bytes = lc->num_blocks * B * lc->mla_bytes * L;
     u->index_pool_bytes = ic->num_blocks * B * ic->index_bytes * L;

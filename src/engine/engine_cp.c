@@ -71,12 +71,12 @@ int dsacp_engine_setup_cp(dsacp_engine *e, const dsacp_cp_options *cp)
     e->cp.deployed = e->opt.numerics == DSACP_NUMERICS_DEPLOYED;
     e->cp.ws = &e->ws;
     e->cp.layer_w = e->attn;
-    e->cp.n_layers = e->L;
+    e->cp.n_layers = e->NL; /* the target's layers, then the MTP layer's with option mtp */
     e->cp.max_context = dsacp_engine_max_context(e);
     /* DSA-CP: every rank runs all heads for its tokens; the weight plans say where the whole
      * q_b_proj and o_proj come from (cp_weights.c). */
     if (cp->mode == DSACP_CP_DSA_CP) {
-        int rc = dsacp_cp_weights_setup(&e->cp, e->attn, e->L);
+        int rc = dsacp_cp_weights_setup(&e->cp, e->attn, e->NL);
         const bool dcp_decode = W > 1 && (cp->kv_layout == DSACP_LAYOUT_SHARDED || cp->index_layout == DSACP_LAYOUT_SHARDED);
         if (rc || !dcp_decode) return rc;
         /* DSA-CP + DCP: decode tokens are processed by every rank with the heads split. Their o_proj
@@ -91,9 +91,9 @@ int dsacp_engine_setup_cp(dsacp_engine *e, const dsacp_cp_options *cp)
     bool tp_f32;
     dsacp_cp_o_paths(cfg, cp, W, e->attn[0].o->dtype, e->attn[0].o->block, &e->cp.o_gather_v, &tp_f32);
     if (e->cp.o_gather_v) return DSACP_OK;
-    e->cp.o_shard = calloc((size_t)e->L, sizeof *e->cp.o_shard);
+    e->cp.o_shard = calloc((size_t)e->NL, sizeof *e->cp.o_shard);
     if (!e->cp.o_shard) return dsacp_error(DSACP_ENOMEM, "out of memory");
-    for (int64_t l = 0; l < e->L; l++) {
+    for (int64_t l = 0; l < e->NL; l++) {
         int rc = dsacp_cp_weight_columns(e->attn[l].o, e->cp.h0 * dv, e->cp.h1 * dv, false, &e->cp.o_shard[l]);
         if (rc) return rc;
     }
@@ -103,7 +103,7 @@ int dsacp_engine_setup_cp(dsacp_engine *e, const dsacp_cp_options *cp)
 void dsacp_engine_release_cp(dsacp_engine *e)
 {
     if (e->cp.o_shard) {
-        for (int64_t l = 0; l < e->L; l++) dsacp_cp_weight_free(e->cp.o_shard[l]);
+        for (int64_t l = 0; l < e->NL; l++) dsacp_cp_weight_free(e->cp.o_shard[l]);
         free(e->cp.o_shard);
     }
     dsacp_cp_weights_free(e->cp.wp);

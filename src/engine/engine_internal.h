@@ -7,7 +7,9 @@
  *   engine_plan.c    the planner's bookkeeping (the only engine file that includes dsacp_plan.h);
  *   engine_report.c  the report's notes (dsacp_engine_report_notes, written with jansson);
  *   engine_kv.c      the KV a relayout moves: wire bytes, pack/unpack of entries, imported
- *                    requests, the layer hook.
+ *                    requests, the layer hook;
+ *   engine_spec.c    speculative decoding's hand-over between steps: the hidden rows a step
+ *                    leaves for the MTP layer, the checks of an MTP step, truncation.
  */
 #ifndef DSACP_ENGINE_INTERNAL_H
 #define DSACP_ENGINE_INTERNAL_H
@@ -29,6 +31,7 @@ typedef struct dsacp_mlp_weights {
 typedef struct dsacp_engine_request {
     bool live;
     int64_t length;    /* tokens of the request so far (all ranks) */
+    int64_t mtp_length; /* positions the MTP layer's caches hold (engine option mtp) */
     dsacp_kv_seq seq;  /* this rank's latent block table (and indexer, when one cache) */
     dsacp_kv_seq iseq; /* this rank's indexer block table when the layouts differ */
     /* engine_kv.c: between dsacp_engine_import_begin and _end the request holds the blocks of
@@ -40,8 +43,20 @@ typedef struct dsacp_engine_request {
 /* The positions a request's blocks are reserved for (its length, or what an import brings). */
 static inline int64_t dsacp_engine_request_span(const dsacp_engine_request *r)
 {
-    return r->importing ? r->import_len : r->length;
+    return r->importing ? r->import_len : r->length > r->mtp_length ? r->length : r->mtp_length;
 }
+
+/* The hidden rows one step leaves for the next MTP step (engine_spec.c): the step's entries,
+ * where each of its tokens ran (-1 every rank, else a rank), and this rank's rows. */
+typedef struct dsacp_engine_stash {
+    bool valid;
+    int64_t n_ent, T;
+    int64_t *req, *ntok, *pos0; /* [n_ent] */
+    int32_t *place;             /* [T] */
+    int64_t *row;               /* [T] this rank's row in h, -1 when not held */
+    float *h;                   /* [T][D] (rows held) */
+    int64_t cap_ent, cap_T;
+} dsacp_engine_stash;
 
 /* The planner's prediction of the engine's collectives (engine_plan.c). */
 typedef struct dsacp_engine_plan dsacp_engine_plan;
@@ -57,12 +72,17 @@ struct dsacp_engine {
     bool owns_comm;
     dsacp_cp_ctx cp;
     dsacp_step_times times; /* of the last step */
-    int64_t L;
+    int64_t L;  /* the target's layers */
+    int64_t NL; /* layers bound and cached: L, plus the MTP layer (index L) with opt.mtp */
     /* the model stack (engine_model.c) */
     dsacp_dsa_weights *attn;
     dsacp_mlp_weights *mlp;
     float **in_norm, **post_norm, *final_norm;
     const dsacp_weight *embed, *head;
+    /* the MTP layer's own parts (bound with opt.mtp; its decoder layer is index L of the arrays) */
+    float *mtp_enorm, *mtp_hnorm, *mtp_norm;
+    const dsacp_weight *mtp_eh, *mtp_head, *mtp_embed;
+    dsacp_engine_stash stash_target, stash_mtp; /* engine_spec.c */
     dsacp_engine_request *req;
     int64_t nreq, capreq;
     dsacp_engine_plan *plan; /* NULL until dsacp_engine_plan_setup */
@@ -96,11 +116,27 @@ size_t dsacp_engine_model_workspace(const dsacp_engine *e, int64_t T);
  * scratch comes from ws and is given back before it returns. */
 int dsacp_engine_mlp(const dsacp_engine *e, dsacp_arena *ws, int64_t l, const float *x, int64_t n, float *out,
                      bool act_quant);
-/* The bytes dsacp_engine_head takes from the workspace for n <= T rows. */
+/* The bytes dsacp_engine_head takes from the workspace for n <= T rows (either head). */
 size_t dsacp_engine_head_workspace(const dsacp_engine *e, int64_t T);
-/* logits[n][V] = lm_head x[n][D] (the kernel's scratch from ws, given back); DSACP_ERANGE naming
- * the first non-finite logit. */
-int dsacp_engine_head(const dsacp_engine *e, dsacp_arena *ws, const float *x, int64_t n, float *logits);
+/* logits[n][V] = lm_head x[n][D], or the MTP layer's shared head (mtp) (the kernel's scratch from
+ * ws, given back); DSACP_ERANGE naming the first non-finite logit. */
+int dsacp_engine_head(const dsacp_engine *e, dsacp_arena *ws, const float *x, int64_t n, float *logits, bool mtp);
+/* The MTP layer's input rows (docs/mtp.md): out[n][D] = eh_proj [enorm(embed(tokens[i])) (zero at
+ * position 0); hnorm(hidden[i])]; scratch from ws (dsacp_engine_model_workspace counts it). */
+int dsacp_engine_mtp_input(const dsacp_engine *e, dsacp_arena *ws, const int32_t *tokens, const int64_t *pos,
+                           const float *hidden, int64_t n, float *out, bool aq);
+
+/* ---- engine_spec.c ---- */
+void dsacp_engine_stash_free(dsacp_engine_stash *s);
+/* Keeps a finished step's hidden rows: st's entries and placement, and this rank's active rows
+ * rows[n_dec + n_pre][D] (st->act order). DSACP_ENOMEM leaves the stash invalid. */
+int dsacp_engine_stash_keep(dsacp_engine *e, dsacp_engine_stash *s, const dsacp_step_entry *entries, const int64_t *pos0,
+                            const dsacp_cp_step *st, const float *rows);
+/* The MTP step's sources, checked (the same verdict on every rank): for each token t of the step
+ * (entries at MTP positions pos0[i]...), place[t] and src[t] = the stash row it reads (in *from,
+ * the target's stash for a catch-up, the MTP's for a chain), -1 when this rank does not hold it. */
+int dsacp_engine_mtp_sources(dsacp_engine *e, const dsacp_step_entry *entries, int64_t n, const int64_t *pos0,
+                             int32_t *place, int64_t *src, const dsacp_engine_stash **from);
 
 /* ---- engine_cp.c ---- */
 /* Validation of the options before anything is allocated (the same verdict on every rank). */

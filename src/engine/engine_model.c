@@ -55,18 +55,44 @@ static int bind_mlp(dsacp_engine *e, int64_t l)
     return rc;
 }
 
+/* The MTP layer's own parts (docs/mtp.md): its two input norms, eh_proj, its shared head's norm,
+ * and its embedding and head when the checkpoint has its own (else the target's). */
+static int bind_mtp(dsacp_engine *e)
+{
+    const dsacp_model *m = e->model;
+    const int64_t M = e->L, D = e->cfg->hidden_size;
+    int rc = DSACP_OK;
+    char n[160];
+    snprintf(n, sizeof n, "model.layers.%lld.enorm.weight", (long long)M);
+    e->mtp_enorm = dsacp_model_vector_f32(m, n, D, &rc);
+    snprintf(n, sizeof n, "model.layers.%lld.hnorm.weight", (long long)M);
+    if (!rc) e->mtp_hnorm = dsacp_model_vector_f32(m, n, D, &rc);
+    snprintf(n, sizeof n, "model.layers.%lld.shared_head.norm.weight", (long long)M);
+    if (!rc) e->mtp_norm = dsacp_model_vector_f32(m, n, D, &rc);
+    snprintf(n, sizeof n, "model.layers.%lld.eh_proj.weight", (long long)M);
+    if (!rc) e->mtp_eh = need(m, &rc, n);
+    if (!rc && (e->mtp_eh->rows != D || e->mtp_eh->cols != 2 * D))
+        rc = dsacp_error(DSACP_EFORMAT, "'%s' is [%lld][%lld], expected [%lld][%lld]", n, (long long)e->mtp_eh->rows,
+                         (long long)e->mtp_eh->cols, (long long)D, (long long)(2 * D));
+    e->mtp_head = dsacp_model_weightf(m, "model.layers.%lld.shared_head.head.weight", (long long)M);
+    if (!e->mtp_head) e->mtp_head = e->head;
+    e->mtp_embed = dsacp_model_weightf(m, "model.layers.%lld.embed_tokens.weight", (long long)M);
+    if (!e->mtp_embed) e->mtp_embed = e->embed;
+    return rc;
+}
+
 int dsacp_engine_model_bind(dsacp_engine *e)
 {
     const dsacp_model *model = e->model;
     const dsacp_config *cfg = e->cfg;
     int rc = DSACP_OK;
-    e->attn = calloc((size_t)e->L, sizeof *e->attn);
-    e->mlp = calloc((size_t)e->L, sizeof *e->mlp);
-    e->in_norm = calloc((size_t)e->L, sizeof *e->in_norm);
-    e->post_norm = calloc((size_t)e->L, sizeof *e->post_norm);
+    e->attn = calloc((size_t)e->NL, sizeof *e->attn);
+    e->mlp = calloc((size_t)e->NL, sizeof *e->mlp);
+    e->in_norm = calloc((size_t)e->NL, sizeof *e->in_norm);
+    e->post_norm = calloc((size_t)e->NL, sizeof *e->post_norm);
     if (!e->attn || !e->mlp || !e->in_norm || !e->post_norm) rc = dsacp_error(DSACP_ENOMEM, "out of memory for the layers");
     else if (dsacp_fault("engine")) rc = dsacp_fault_error("engine", "engine layers");
-    for (int64_t l = 0; l < e->L && !rc; l++) {
+    for (int64_t l = 0; l < e->NL && !rc; l++) {
         char n[160];
         rc = dsacp_dsa_weights_bind(&e->attn[l], model, l);
         snprintf(n, sizeof n, "model.layers.%lld.input_layernorm.weight", (long long)l);
@@ -78,12 +104,14 @@ int dsacp_engine_model_bind(dsacp_engine *e)
     if (!rc) e->final_norm = dsacp_model_vector_f32(model, "model.norm.weight", cfg->hidden_size, &rc);
     if (!rc) e->embed = need(model, &rc, "model.embed_tokens.weight");
     if (!rc) e->head = need(model, &rc, "lm_head.weight");
+    if (!rc && e->NL > e->L) rc = bind_mtp(e);
     return rc;
 }
 
 void dsacp_engine_model_release(dsacp_engine *e)
 {
-    for (int64_t l = 0; l < e->L; l++) {
+    dsacp_free(e->mtp_enorm), dsacp_free(e->mtp_hnorm), dsacp_free(e->mtp_norm);
+    for (int64_t l = 0; l < e->NL; l++) {
         if (e->attn) dsacp_dsa_weights_release(&e->attn[l]);
         if (e->mlp) {
             dsacp_free(e->mlp[l].bias);
@@ -321,7 +349,13 @@ size_t dsacp_engine_model_workspace(const dsacp_engine *e, int64_t T)
 {
     const bool aq = e->opt.numerics == DSACP_NUMERICS_DEPLOYED; /* as the step calls dsacp_engine_mlp */
     size_t most = 0;
-    for (int64_t l = 0; l < e->L; l++) {
+    if (e->mtp_eh) { /* the MTP input: [T][2D] concatenation, then eh_proj's scratch */
+        size_t one = 0;
+        dsacp_arena_need(&one, T, 2 * e->cfg->hidden_size, sizeof(float));
+        linear_need(&one, e->mtp_eh, T, aq);
+        most = one;
+    }
+    for (int64_t l = 0; l < e->NL; l++) {
         size_t one = 0;
         const dsacp_mlp_weights *w = &e->mlp[l];
         if (w->moe) moe_need(e->cfg, w, T, aq, &one);
@@ -354,15 +388,40 @@ static int check_logits(const float *logits, int64_t T, int64_t V)
 
 size_t dsacp_engine_head_workspace(const dsacp_engine *e, int64_t T)
 {
-    size_t bytes = 0;
+    size_t bytes = 0, mtp = 0;
     linear_need(&bytes, e->head, T, false);
-    return bytes;
+    if (e->mtp_head) linear_need(&mtp, e->mtp_head, T, false);
+    return dsacp_arena_max(bytes, mtp);
 }
 
-int dsacp_engine_head(const dsacp_engine *e, dsacp_arena *ws, const float *x, int64_t n, float *logits)
+int dsacp_engine_head(const dsacp_engine *e, dsacp_arena *ws, const float *x, int64_t n, float *logits, bool mtp)
 {
     const int64_t D = e->cfg->hidden_size, V = e->cfg->vocab_size;
-    int rc = linear(ws, e->head, x, n, D, logits, V, false);
+    int rc = linear(ws, mtp ? e->mtp_head : e->head, x, n, D, logits, V, false);
     if (!rc) rc = check_logits(logits, n, V);
+    return rc;
+}
+
+/* ---- the MTP layer's input ---- */
+
+int dsacp_engine_mtp_input(const dsacp_engine *e, dsacp_arena *ws, const int32_t *tokens, const int64_t *pos,
+                           const float *hidden, int64_t n, float *out, bool aq)
+{
+    const int64_t D = e->cfg->hidden_size;
+    const double eps = e->cfg->rms_norm_eps;
+    const size_t mark = dsacp_arena_mark(ws);
+    float *cat = dsacp_arena_take(ws, n > 0 ? n : 1, 2 * D, sizeof(float), "the MTP layer's input rows");
+    int rc = cat ? DSACP_OK : DSACP_ENOMEM;
+    for (int64_t i = 0; i < n && !rc; i++) {
+        float *c = cat + i * 2 * D;
+        /* [enorm(embed(token)); hnorm(hidden)]: the embedding half first; position 0's embedding
+         * is zeroed, as vLLM's MTP layer does (docs/mtp.md), and RMSNorm keeps a zero row zero. */
+        if (pos[i] == 0) memset(c + D, 0, (size_t)D * sizeof(float));
+        else dsacp_weight_row_f32(e->mtp_embed, tokens[i], c + D);
+        dsacp_rmsnorm(c, c + D, e->mtp_enorm, D, eps);
+        dsacp_rmsnorm(c + D, hidden + i * D, e->mtp_hnorm, D, eps);
+    }
+    if (!rc) rc = linear(ws, e->mtp_eh, cat, n, 2 * D, out, D, aq);
+    dsacp_arena_rewind(ws, mark);
     return rc;
 }
