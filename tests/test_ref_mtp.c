@@ -14,7 +14,7 @@
 #include "test.h"
 
 #include "dsacp.h"
-#include "io/safetensors.h"
+#include "ref/hf_mtp_data.h"
 #include "ref/ref_model.h"
 #include "ref/test_util.h"
 
@@ -23,90 +23,16 @@
 
 #define HF_TOL 1e-4
 
-typedef struct hf_data {
-    dsacp_st_file *f;
-    int64_t R, Lmax, V, K, D, NL;
-    const int32_t *ids, *next, *chain_ids, *mtp_topk, *chain_topk, *topk[8];
-    const float *mtp_logits, *mtp_hidden, *chain_logits, *logits;
-    const uint8_t *mtp_tie, *chain_tie, *tie[8];
-} hf_data;
-
-static const void *need(dsacp_st_file *f, const char *name, int64_t numel)
-{
-    const dsacp_st_tensor *t = dsacp_st_find(f, name);
-    REQUIRE_OK(t && t->numel == numel ? 0 : DSACP_EFORMAT);
-    return t->data;
-}
-
-static void hf_open(const dsacp_config *cfg, const char *path, hf_data *h)
-{
-    REQUIRE_OK(dsacp_st_open(path, &h->f));
-    const dsacp_st_tensor *ids = dsacp_st_find(h->f, "input_ids");
-    REQUIRE_OK(ids && ids->ndim == 2 ? 0 : DSACP_EFORMAT);
-    h->R = ids->shape[0], h->Lmax = ids->shape[1], h->V = cfg->vocab_size, h->K = cfg->index_topk;
-    h->D = cfg->hidden_size, h->NL = cfg->num_hidden_layers;
-    REQUIRE_OK(h->NL <= 8 ? 0 : DSACP_EFORMAT);
-    const int64_t RL = h->R * h->Lmax;
-    h->ids = ids->data;
-    h->next = need(h->f, "next_ids", h->R);
-    h->logits = need(h->f, "logits", RL * h->V);
-    h->mtp_logits = need(h->f, "mtp.logits", RL * h->V);
-    h->mtp_hidden = need(h->f, "mtp.hidden", RL * h->D);
-    h->mtp_topk = need(h->f, "mtp.topk", RL * h->K);
-    h->mtp_tie = need(h->f, "mtp.tie", RL);
-    h->chain_ids = need(h->f, "chain.ids", h->R);
-    h->chain_logits = need(h->f, "chain.logits", h->R * h->V);
-    h->chain_topk = need(h->f, "chain.topk", h->R * h->K);
-    h->chain_tie = need(h->f, "chain.tie", h->R);
-    for (int64_t l = 0; l < h->NL; l++) {
-        char n[32];
-        snprintf(n, sizeof n, "topk.%lld", (long long)l);
-        h->topk[l] = need(h->f, n, RL * h->K);
-        snprintf(n, sizeof n, "tie.%lld", (long long)l);
-        h->tie[l] = need(h->f, n, RL);
-    }
-}
-
-static int64_t seq_len(const hf_data *h, int64_t r)
-{
-    int64_t n = 0;
-    while (n < h->Lmax && h->ids[r * h->Lmax + n] >= 0) n++;
-    return n;
-}
-
-/* The first row of sequence r a near tie (any target layer, or the MTP layer) may have changed. */
-static int64_t first_affected(const hf_data *h, int64_t r, int64_t n)
-{
-    for (int64_t p = 0; p < n; p++) {
-        bool t = h->mtp_tie[r * h->Lmax + p];
-        for (int64_t l = 0; l < h->NL; l++) t = t || h->tie[l][r * h->Lmax + p];
-        if (t) return p;
-    }
-    return n;
-}
-
-/* max |a - b| / max |b| over n values (double a, float b). */
-static double rel_df(const double *a, const float *b, int64_t n)
-{
-    double md = 0, mr = 0;
-    for (int64_t i = 0; i < n; i++) {
-        md = fmax(md, fabs(a[i] - (double)b[i]));
-        mr = fmax(mr, fabs((double)b[i]));
-    }
-    return mr > 0 ? md / mr : md;
-}
-
 /* Part 1: ref_mtp_forward against transformers. */
 static void test_ref_vs_hf(void)
 {
-    char dir[4096], path[4200];
+    char dir[4096];
     snprintf(dir, sizeof dir, "%s/tests/data/hf_tiny_mtp", tu_source_dir());
-    snprintf(path, sizeof path, "%s/expected.safetensors", dir);
     dsacp_model *m;
     REQUIRE_OK(dsacp_model_load(dir, &m));
     REQUIRE_OK(dsacp_model_has_mtp(m) ? 0 : DSACP_ENOTFOUND);
-    hf_data h;
-    hf_open(dsacp_model_config(m), path, &h);
+    hf_mtp_data h;
+    hf_mtp_open(dsacp_model_config(m), &h);
     const int64_t V = h.V, K = h.K, D = h.D, Lmax = h.Lmax;
     double *hid = malloc((size_t)((Lmax + 1) * D) * sizeof(double));
     double *out = malloc((size_t)((Lmax + 1) * D) * sizeof(double));
@@ -117,14 +43,14 @@ static void test_ref_vs_hf(void)
     double worst = 0, worst_out = 0, worst_chain = 0;
     int64_t rows = 0, bad_sets = 0, chains = 0;
     for (int64_t r = 0; r < h.R; r++) {
-        const int64_t n = seq_len(&h, r), fa = first_affected(&h, r, n);
+        const int64_t n = hf_mtp_seq_len(&h, r), fa = hf_mtp_first_affected(&h, r, n);
         const int32_t *ids = h.ids + r * Lmax;
         CHECK_OK(ref_forward_ex(m, REF_EXACT, REF_KV_F32, ids, n, NULL, NULL, NULL, hid));
         memcpy(mids, ids + 1, (size_t)(n - 1) * sizeof(int32_t));
         mids[n - 1] = h.next[r];
         CHECK_OK(ref_mtp_forward(m, REF_EXACT, REF_KV_F32, mids, hid, n, out, lg, tk, NULL));
-        worst = fmax(worst, rel_df(lg, h.mtp_logits + r * Lmax * V, fa * V));
-        worst_out = fmax(worst_out, rel_df(out, h.mtp_hidden + r * Lmax * D, fa * D));
+        worst = fmax(worst, tu_max_rel(h.mtp_logits + r * Lmax * V, lg, fa * V));
+        worst_out = fmax(worst_out, tu_max_rel(h.mtp_hidden + r * Lmax * D, out, fa * D));
         for (int64_t p = 0; p < fa; p++)
             bad_sets += memcmp(tk + p * K, h.mtp_topk + (r * Lmax + p) * K, (size_t)K * sizeof(int32_t)) != 0;
         rows += fa;
@@ -133,7 +59,7 @@ static void test_ref_vs_hf(void)
         memcpy(hid + n * D, out + (n - 1) * D, (size_t)D * sizeof(double));
         mids[n] = h.chain_ids[r];
         CHECK_OK(ref_mtp_forward(m, REF_EXACT, REF_KV_F32, mids, hid, n + 1, out, lg, tk, NULL));
-        worst_chain = fmax(worst_chain, rel_df(lg + n * V, h.chain_logits + r * V, V));
+        worst_chain = fmax(worst_chain, tu_max_rel(h.chain_logits + r * V, lg + n * V, V));
         bad_sets += memcmp(tk + n * K, h.chain_topk + r * K, (size_t)K * sizeof(int32_t)) != 0;
         chains++;
     }
@@ -155,8 +81,171 @@ static void test_ref_vs_hf(void)
     dsacp_model_free(m);
 }
 
+/* ---- Part 2: the engine against the reference on random models ---- */
+
+#define SEQ 48   /* crosses the presets' index_topk (32) */
+#define CHAIN 2  /* chained draft rows after the catch-up (k = 3) */
+#define TIE_TOL 1e-6
+#define ENGINE_TOL 1e-5
+
+/* The reference's view of one sequence: target hidden rows, MTP tokens / hidden / logits / sets
+ * for the SEQ catch-up rows and the CHAIN chained rows after them. */
+typedef struct ref_run {
+    int32_t mids[SEQ + CHAIN];
+    double *hid, *out, *lg; /* [SEQ + CHAIN][D], [SEQ + CHAIN][D], [SEQ + CHAIN][V] */
+    int32_t *tk;            /* [SEQ + CHAIN][K] */
+    int64_t clean;          /* rows before the first near tie (target layers or the MTP layer) */
+} ref_run;
+
+static int64_t argmax_d(const double *x, int64_t n)
+{
+    int64_t b = 0;
+    for (int64_t i = 1; i < n; i++)
+        if (x[i] > x[b]) b = i;
+    return b;
+}
+
+static int64_t first_near_tie(const double *gap, int64_t layers, int64_t n, int64_t stride)
+{
+    int64_t first = n;
+    for (int64_t l = 0; l < layers; l++)
+        for (int64_t p = 0; p < n && p < first; p++)
+            if (gap[l * stride + p] < TIE_TOL) first = p;
+    return first;
+}
+
+static void ref_run_sequence(const dsacp_model *m, ref_numerics mode, ref_kv kv, const int32_t *ids, ref_run *rr)
+{
+    const dsacp_config *cfg = dsacp_model_config(m);
+    const int64_t D = cfg->hidden_size, V = cfg->vocab_size, K = cfg->index_topk, NL = cfg->num_hidden_layers;
+    const int64_t N = SEQ + CHAIN;
+    rr->hid = malloc((size_t)(N * D) * sizeof(double));
+    rr->out = malloc((size_t)(N * D) * sizeof(double));
+    rr->lg = malloc((size_t)(N * V) * sizeof(double));
+    rr->tk = malloc((size_t)(N * K) * sizeof(int32_t));
+    double *tlg = malloc((size_t)(SEQ * V) * sizeof(double)), *gap = malloc((size_t)((NL + 1) * N) * sizeof(double));
+    REQUIRE_OK(rr->hid && rr->out && rr->lg && rr->tk && tlg && gap ? 0 : DSACP_ENOMEM);
+    REQUIRE_OK(ref_forward_ex(m, mode, kv, ids, SEQ, tlg, NULL, gap, rr->hid));
+    rr->clean = first_near_tie(gap, NL, SEQ, SEQ);
+    memcpy(rr->mids, ids + 1, (SEQ - 1) * sizeof(int32_t));
+    rr->mids[SEQ - 1] = (int32_t)argmax_d(tlg + (SEQ - 1) * V, V); /* the sampled token */
+    for (int64_t n = SEQ; n <= N; n++) { /* the catch-up rows, then one more chained row each time */
+        REQUIRE_OK(ref_mtp_forward(m, mode, kv, rr->mids, rr->hid, n, rr->out, rr->lg, rr->tk, gap));
+        if (n == N) break;
+        rr->mids[n] = (int32_t)argmax_d(rr->lg + (n - 1) * V, V);  /* the draft */
+        memcpy(rr->hid + n * D, rr->out + (n - 1) * D, (size_t)D * sizeof(double)); /* its hidden */
+    }
+    const int64_t mt = first_near_tie(gap, 1, N, N);
+    rr->clean = mt < rr->clean ? mt : rr->clean;
+    free(tlg), free(gap);
+}
+
+/* The engine: a prefill of SEQ - tail tokens then a verify entry of tail tokens (tail 0: all one
+ * prefill; tail SEQ: token by token), each target step followed by its catch-up MTP step, then
+ * CHAIN chained MTP steps. Returns the MTP logits [SEQ + CHAIN][V] and sets [SEQ + CHAIN][K]. */
+static int engine_run(const dsacp_model *m, const dsacp_engine_options *o, int64_t tail, const int32_t *ids,
+                      const ref_run *rr, float *lg, int32_t *tk)
+{
+    const dsacp_config *cfg = dsacp_model_config(m);
+    const int64_t V = cfg->vocab_size, K = cfg->index_topk;
+    dsacp_engine *e;
+    int rc = dsacp_engine_create(m, o, &e);
+    if (rc) return rc;
+    int64_t id;
+    rc = dsacp_engine_add_request(e, &id);
+    for (int64_t p = 0; p < SEQ && !rc;) {
+        const bool each = tail == SEQ;
+        const int64_t c = each ? 1 : p == 0 && tail ? SEQ - tail : SEQ - p;
+        dsacp_step_entry en = {id, c, ids + p};
+        dsacp_entry_opts op = {c, p > 0 && !each ? DSACP_ENTRY_VERIFY : 0};
+        rc = dsacp_engine_step_opts(e, &en, &op, 1, NULL, NULL);
+        en.token_ids = rr->mids + p;
+        if (!rc) rc = dsacp_engine_mtp_step(e, &en, &op, 1, lg + p * V, tk + p * K);
+        p += c;
+    }
+    for (int64_t j = 0; j < CHAIN && !rc; j++) {
+        dsacp_step_entry en = {id, 1, rr->mids + SEQ + j};
+        rc = dsacp_engine_mtp_step(e, &en, NULL, 1, lg + (SEQ + j) * V, tk + (SEQ + j) * K);
+    }
+    if (!rc && dsacp_engine_request_mtp_length(e, id) != SEQ + CHAIN) rc = DSACP_EINVAL;
+    if (!rc) rc = dsacp_engine_truncate_request(e, id, SEQ, SEQ);
+    if (!rc && dsacp_engine_request_mtp_length(e, id) != SEQ) rc = DSACP_EINVAL;
+    dsacp_engine_free(e);
+    return rc;
+}
+
+/* Fraction of the reference's selected positions the engine also selected, the worst row. */
+static double min_overlap(const int32_t *a, const int32_t *r, int64_t rows, int64_t K)
+{
+    double worst = 1;
+    for (int64_t p = 0; p < rows; p++) {
+        int64_t n = 0, both = 0;
+        for (int64_t i = 0; i < K && r[p * K + i] >= 0; i++, n++)
+            for (int64_t j = 0; j < K; j++) both += a[p * K + j] == r[p * K + i];
+        if (n) worst = fmin(worst, (double)both / (double)n);
+    }
+    return worst;
+}
+
+/* Exact numerics: each schedule's MTP rows within ENGINE_TOL and the sets identical (outside
+ * near ties). Deployed numerics (FP8 weights, bf16 cache): the ref's deployed mode, held like
+ * test_engine holds the target -- cos diff 1e-4, 90% top-k overlap. */
+static void test_engine_vs_ref(const char *preset, uint64_t seed, bool deployed)
+{
+    char *dir = tu_make_model(preset, seed, deployed ? DSACP_WEIGHTS_FP8 : DSACP_WEIGHTS_F32);
+    dsacp_model *m;
+    REQUIRE_OK(dsacp_model_load(dir, &m));
+    CHECKF(dsacp_model_has_mtp(m), "%s: init-model wrote no MTP layer", preset);
+    const dsacp_config *cfg = dsacp_model_config(m);
+    const int64_t V = cfg->vocab_size, K = cfg->index_topk, N = SEQ + CHAIN;
+    int32_t ids[SEQ];
+    tu_random_ids(ids, SEQ, V, seed + 100);
+    ref_run rr;
+    ref_run_sequence(m, deployed ? REF_DEPLOYED : REF_EXACT, deployed ? REF_KV_BF16 : REF_KV_F32, ids, &rr);
+    float *lg = malloc((size_t)(N * V) * sizeof(float));
+    int32_t *tk = malloc((size_t)(N * K) * sizeof(int32_t));
+    REQUIRE_OK(lg && tk ? 0 : DSACP_ENOMEM);
+    static const struct { int64_t block, tail; const char *name; } runs[] = {
+        {4, 3, "prefill + 3-token verify entry"}, {16, 0, "prefill"}, {1, SEQ, "token by token"}};
+    for (size_t k = 0; k < (deployed ? 1 : sizeof runs / sizeof runs[0]); k++) {
+        dsacp_engine_options eo = {0};
+        dsacp_engine_options_default(&eo);
+        eo.numerics = deployed ? DSACP_NUMERICS_DEPLOYED : DSACP_NUMERICS_EXACT;
+        eo.kv_dtype = deployed ? DSACP_KV_BF16 : DSACP_KV_F32;
+        eo.block_size = runs[k].block;
+        eo.num_blocks = 512;
+        eo.mtp = true;
+        int rc = engine_run(m, &eo, runs[k].tail, ids, &rr, lg, tk);
+        CHECKF(rc == 0, "%s %s: %s", preset, runs[k].name, dsacp_last_error());
+        if (rc) continue;
+        const int64_t rows = rr.clean == SEQ ? N : rr.clean; /* the chain only without near ties */
+        const double worst = tu_max_rel(lg, rr.lg, rows * V), cosd = tu_cos_diff(lg, rr.lg, rows * V);
+        const double ov = min_overlap(tk, rr.tk, rows, K);
+        int64_t bad = 0;
+        for (int64_t p = 0; p < rows; p++) bad += memcmp(tk + p * K, rr.tk + p * K, (size_t)K * sizeof(int32_t)) != 0;
+        printf("%s%s, %s (block %lld): %lld MTP rows vs the float64 reference, logits max rel %.3g, cos diff %.3g, "
+               "top-k min overlap %.3f, sets differing %lld\n", preset, deployed ? " deployed/fp8 weights/bf16 cache" : "",
+               runs[k].name, (long long)runs[k].block, (long long)rows, worst, cosd, ov, (long long)bad);
+        if (deployed) {
+            CHECKF(cosd <= 1e-4, "%s deployed: cos diff %.3g", preset, cosd);
+            CHECKF(ov >= 0.9, "%s deployed: top-k overlap %.3f", preset, ov);
+        } else {
+            CHECKF(worst <= ENGINE_TOL, "%s %s: MTP logits max rel %.3g > %g", preset, runs[k].name, worst, ENGINE_TOL);
+            CHECK(bad == 0);
+        }
+        CHECK(rows > cfg->index_topk);
+    }
+    free(lg), free(tk), free(rr.hid), free(rr.out), free(rr.lg), free(rr.tk);
+    dsacp_model_free(m);
+    tu_rmtree(dir);
+    free(dir);
+}
+
 int main(void)
 {
     test_ref_vs_hf();
+    test_engine_vs_ref("tiny", 31, false);
+    test_engine_vs_ref("tiny-moe", 32, false);
+    test_engine_vs_ref("tiny-moe", 33, true);
     return test_finish("test_ref_mtp");
 }
