@@ -18,13 +18,15 @@ typedef struct cli_command {
 } cli_command;
 
 static const cli_command commands[] = {
-    {"init-model", cli_init_model, "--preset NAME --out DIR [--seed N] [--weights f32|bf16|fp8]",
+    {"init-model", cli_init_model, "--preset NAME --out DIR [--seed N] [--weights f32|bf16|fp8] [--no-mtp]",
      "write config.json and model.safetensors with deterministic random weights",
      "  --preset NAME   tiny, tiny-moe, small or v32-layer\n"
      "  --out DIR       the model directory to create (nothing is left there on failure)\n"
      "  --seed N        random seed of the weights (default 0)\n"
      "  --weights FMT   stored dtype of the linear weights: f32, bf16 or fp8 (default f32; fp8 for\n"
-     "                  v32-layer)\n"},
+     "                  v32-layer)\n"
+     "  --no-mtp        leave out the MTP layer (checkpoint layer num_hidden_layers) and declare\n"
+     "                  num_nextn_predict_layers 0 (every preset has one MTP layer)\n"},
     {"inspect", cli_inspect, "--model DIR [--scan-weights]",
      "load and validate a model directory (config and safetensors headers), print a summary",
      "  --model DIR     config.json plus model.safetensors (or the shards of\n"
