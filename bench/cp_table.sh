@@ -23,7 +23,7 @@ done
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1
 if [ -z "$model" ]; then
   model=$(mktemp -d /tmp/dsacp-v32-XXXXXX)
-  "$BUILD/dsacp" init-model --preset v32-layer --weights bf16 --out "$model" >/dev/null
+  "$BUILD/dsacp" init-model --preset v32-layer --weights bf16 --no-mtp --out "$model" >/dev/null
 fi
 [ -n "$out" ] || out=$(mktemp /tmp/dsacp-cp-table-XXXXXX.jsonl)
 : >"$out"
