@@ -66,4 +66,13 @@ refuse speculative-config --speculative-config 'mtp'
 refuse speculative-config --speculative-config '{"method":"ngram","num_speculative_tokens":2}'
 refuse spec-acceptance-rate --speculative-config '{"method":"mtp","num_speculative_tokens":2}' --spec-acceptance-rate 1.5
 refuse spec-acceptance-rate --spec-acceptance-rate 0.5
+# a model without the MTP layer: mtp refused, ngram priced
+if "$DSACP" init-model --preset tiny --no-mtp --out "$tmp/nomtp" >/dev/null 2>&1 \
+   && ! out=$("$DSACP" plan --model "$tmp/nomtp" --hardware "$H200" \
+               --speculative-config '{"method":"mtp","num_speculative_tokens":1}' 2>&1) \
+   && grep -q "the model has no MTP layer" <<<"$out" \
+   && "$DSACP" plan --model "$tmp/nomtp" --hardware "$H200" --speculative-config '{"method":"ngram","num_speculative_tokens":2}' \
+        --spec-acceptance-rate 0.4 >/dev/null 2>&1; then
+  pass "a model without the MTP layer: mtp refused, ngram priced"
+else fail "no MTP layer: $out"; fi
 finish

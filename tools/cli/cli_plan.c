@@ -1035,6 +1035,11 @@ int cli_plan(int argc, char **argv)
     else if (!(rc = dsacp_model_load(A.model, &m))) A.cfg = *dsacp_model_config(m);
     dsacp_model_free(m); /* only its configuration is planned */
     if (rc) return invocation_fail(rc);
+    if (A.spec.on && A.spec.spec.mtp && A.cfg.num_nextn_predict_layers < 1) {
+        fprintf(stderr, "dsacp plan: option '--speculative-config': method mtp, but the model has no MTP layer "
+                        "(num_nextn_predict_layers 0)\n");
+        return 2;
+    }
     A.layers = A.cfg.num_hidden_layers;
     if ((s = cli_get(opts, "layers")) && !cli_int("plan", "layers", s, 1, 4096, &A.layers)) return 2;
     /* expert parallelism: as given; else replicated experts when the whole model fits a rank
