@@ -111,43 +111,77 @@ static int plan_apply_imps(dsacp_engine *e, dsacp_pd *pd, const int64_t *w, int6
     return rc;
 }
 
+/* The step's entries as a plan gives them (every rank; rank 0 builds its own the same way). */
+typedef struct step_ents {
+    dsacp_step_entry *ent;
+    dsacp_entry_opts *opts; /* with speculation: a verify entry's flags and n_logits */
+    int32_t *ids;
+    int64_t *ent_s, n;
+} step_ents;
+
+static void step_ents_free(step_ents *se)
+{
+    free(se->ent), free(se->opts), free(se->ids), free(se->ent_s);
+    memset(se, 0, sizeof *se);
+}
+
+/* With speculation, the cut backs of the last step's verify entries (ngram; rank 0 made them at
+ * once): [n_trunc, (s, length)...], after the activations. */
+static int plan_apply_truncs(sched *S, const int64_t *w, int64_t *k, bool structural)
+{
+    int rc = DSACP_OK;
+    const int64_t n = S->o->spec.method != DSACP_SPEC_NONE ? w[(*k)++] : 0;
+    for (int64_t i = 0; i < n; i++, *k += 2)
+        if (structural && !rc) rc = dsacp_engine_truncate_request(S->e, S->eid[w[*k]], w[*k + 1], w[*k + 1]);
+    return rc;
+}
+
+/* The entries of a plan: [n, (s, c[, k])..., token ids], k (speculation only) the drafts of a
+ * verify entry. */
+static int plan_apply_entries(sched *S, const int64_t *w, int64_t k, step_ents *se)
+{
+    const int64_t n = w[k++], per = S->o->spec.method != DSACP_SPEC_NONE ? 3 : 2;
+    int64_t T = 0;
+    for (int64_t i = 0; i < n; i++) T += w[k + per * i + 1];
+    se->ent = malloc((size_t)(n > 0 ? n : 1) * sizeof *se->ent);
+    se->opts = calloc((size_t)(n > 0 ? n : 1), sizeof *se->opts);
+    se->ids = malloc((size_t)(T > 0 ? T : 1) * sizeof *se->ids);
+    se->ent_s = malloc((size_t)(n > 0 ? n : 1) * sizeof *se->ent_s);
+    if (!se->ent || !se->opts || !se->ids || !se->ent_s) return dsacp_error(DSACP_ENOMEM, "out of memory");
+    const int64_t *tok = w + k + per * n;
+    for (int64_t i = 0, t = 0; i < n; i++) {
+        const int64_t s = w[k + per * i], c = w[k + per * i + 1], nd = per == 3 ? w[k + per * i + 2] : 0;
+        for (int64_t j = 0; j < c; j++) se->ids[t + j] = (int32_t)tok[t + j];
+        se->ent_s[i] = s;
+        se->ent[i] = (dsacp_step_entry){S->eid[s], c, se->ids + t};
+        se->opts[i] = (dsacp_entry_opts){nd > 0 ? nd + 1 : 1, nd > 0 ? DSACP_ENTRY_VERIFY : 0u};
+        t += c;
+    }
+    se->n = n;
+    return DSACP_OK;
+}
+
 /* Applies the ends and adds of a plan (every rank but 0, which applied them while planning), and
- * returns the step's entries. eid: serve index -> engine id. */
-static int plan_apply(dsacp_engine *e, dsacp_pd *pd, const plan *p, int64_t *eid, bool structural,
-                      dsacp_step_entry **ent, int64_t *n_ent, int32_t **ids, int64_t **ent_s)
+ * returns the step's entries. S->eid: serve index -> engine id. */
+static int plan_apply(sched *S, const plan *p, bool structural, step_ents *se)
 {
     const int64_t *w = p->w;
     int64_t k = 0;
-    int rc = plan_apply_acts(pd, w, &k, structural);
+    int rc = plan_apply_acts(S->pd, w, &k, structural);
+    if (!rc) rc = plan_apply_truncs(S, w, &k, structural);
     if (rc) return rc;
     const int64_t n_end = w[k++];
     for (int64_t i = 0; i < n_end; i++, k++)
         if (structural) {
-            rc = dsacp_engine_end_request(e, eid[w[k]]);
-            eid[w[k]] = -1;
+            rc = dsacp_engine_end_request(S->e, S->eid[w[k]]);
+            S->eid[w[k]] = -1;
             if (rc) return rc;
         }
     const int64_t n_add = w[k++];
     for (int64_t i = 0; i < n_add; i++, k++)
-        if (structural && (rc = dsacp_engine_add_request(e, &eid[w[k]]))) return rc;
-    if ((rc = plan_apply_imps(e, pd, w, &k, eid, structural))) return rc;
-    const int64_t n = w[k++];
-    int64_t T = 0;
-    for (int64_t i = 0; i < n; i++) T += w[k + 2 * i + 1];
-    *ent = malloc((size_t)(n > 0 ? n : 1) * sizeof **ent);
-    *ids = malloc((size_t)(T > 0 ? T : 1) * sizeof **ids);
-    *ent_s = malloc((size_t)(n > 0 ? n : 1) * sizeof **ent_s);
-    if (!*ent || !*ids || !*ent_s) return dsacp_error(DSACP_ENOMEM, "out of memory");
-    const int64_t *tok = w + k + 2 * n;
-    for (int64_t i = 0, t = 0; i < n; i++) {
-        const int64_t s = w[k + 2 * i], c = w[k + 2 * i + 1];
-        for (int64_t j = 0; j < c; j++) (*ids)[t + j] = (int32_t)tok[t + j];
-        (*ent_s)[i] = s;
-        (*ent)[i] = (dsacp_step_entry){eid[s], c, *ids + t};
-        t += c;
-    }
-    *n_ent = n;
-    return DSACP_OK;
+        if (structural && (rc = dsacp_engine_add_request(S->e, &S->eid[w[k]]))) return rc;
+    if ((rc = plan_apply_imps(S->e, S->pd, w, &k, S->eid, structural))) return rc;
+    return plan_apply_entries(S, w, k, se);
 }
 
 /* ---- sampling ---- */
@@ -181,7 +215,7 @@ static int32_t sample(const float *logits, int64_t V, const dsacp_serve_options 
     int64_t n = 0;
     while (n < V && (n == 0 || keep < o->top_p * sum)) keep += work[n++].p;
     dsacp_rng rng;
-    dsacp_rng_seed(&rng, o->seed * 0x9E3779B97F4A7C15ull ^ ((uint64_t)req << 32) ^ (uint64_t)index);
+    dsacp_spec_rng(&rng, o->seed, req, index);
     const double u = dsacp_rng_uniform(&rng) * keep;
     double acc = 0;
     for (int64_t i = 0; i < n; i++) {
@@ -192,7 +226,7 @@ static int32_t sample(const float *logits, int64_t V, const dsacp_serve_options 
 }
 
 /* The first largest logit minus the largest of the others (0 on a tie; 0 for a one-word vocabulary). */
-static float top2_gap(const float *logits, int64_t V)
+float dsacp_serve_top2_gap(const float *logits, int64_t V)
 {
     if (V < 2) return 0;
     float a = logits[0] >= logits[1] ? logits[0] : logits[1], b = logits[0] >= logits[1] ? logits[1] : logits[0];
@@ -285,13 +319,15 @@ static int preempt_younger_than(sched *S, int64_t s, int64_t *budget, int64_t *v
     const int64_t k = entry_of(S, v);
     if (k >= 0) {
         *budget += S->ent_n[k];
-        for (int64_t i = k + 1; i < S->n_ent; i++) S->ent_s[i - 1] = S->ent_s[i], S->ent_n[i - 1] = S->ent_n[i];
+        for (int64_t i = k + 1; i < S->n_ent; i++)
+            S->ent_s[i - 1] = S->ent_s[i], S->ent_n[i - 1] = S->ent_n[i], S->ent_k[i - 1] = S->ent_k[i];
         S->n_ent--;
     }
     int rc = dsacp_engine_end_request(S->e, S->eid[v]);
     if (!rc) rc = dsacp_serve_plan_push(&S->ends, v);
     S->eid[v] = -1;
     S->r[v].fed = 0;
+    S->r[v].n_draft = 0; /* a preempted request loses its drafts */
     S->r[v].state = ST_WAITING;
     S->r[v].admit = -1; /* back to the head of the queue */
     S->res->out[v].preemptions++;
@@ -303,6 +339,7 @@ static void add_entry(sched *S, int64_t s, int64_t c)
 {
     S->ent_s[S->n_ent] = s;
     S->ent_n[S->n_ent] = c;
+    S->ent_k[S->n_ent] = 0;
     S->n_ent++;
 }
 
@@ -389,7 +426,7 @@ static int admit_asc(const void *a, const void *b)
  * at least one token per step (every other running request is younger, and each request fits
  * every rank's pool alone, checked up front), it is never preempted, and it finishes; then the
  * next one is the oldest: every request completes. */
-static int build_step(sched *S)
+static int build_step(sched *S, loop *L)
 {
     const dsacp_serve_options *o = S->o;
     int64_t budget = o->max_batch_tokens, running = 0;
@@ -410,7 +447,11 @@ static int build_step(sched *S)
         if (S->r[s].state != ST_RUNNING || S->r[s].len - S->r[s].fed != 1) continue;
         int64_t b = budget - keep;
         if (b < 1) break;
-        if ((rc = schedule_running(S, s, 1, &b, &short_of_pool))) return rc;
+        /* With speculation: the last token and its drafts, a verify entry (drafts cut by the
+         * budget and the pools like any tokens). */
+        const int64_t nd = o->spec.method != DSACP_SPEC_NONE ? dsacp_spec_drafts(S, L, s) : 0;
+        if ((rc = schedule_running(S, s, 1 + nd, &b, &short_of_pool))) return rc;
+        if (S->n_ent > 0 && S->ent_s[S->n_ent - 1] == s) S->ent_k[S->n_ent - 1] = S->ent_n[S->n_ent - 1] - 1;
         budget = b + keep;
     }
     /* 2. Running requests still prefilling (or recomputing), oldest first; these may withdraw and
@@ -498,14 +539,22 @@ static int serve_setup(sched *S, loop *L)
     res->out = calloc((size_t)(n > 0 ? n : 1), sizeof *res->out);
     S->ent_s = malloc((size_t)(n + 1) * sizeof *S->ent_s);
     S->ent_n = malloc((size_t)(n + 1) * sizeof *S->ent_n);
+    S->ent_k = calloc((size_t)(n + 1), sizeof *S->ent_k);
+    S->ent_a = calloc((size_t)(n + 1), sizeof *S->ent_a);
     S->fit_id = malloc((size_t)(n + 1) * sizeof *S->fit_id);
     S->fit_len = malloc((size_t)(n + 1) * sizeof *S->fit_len);
     S->order = malloc((size_t)(2 * n + 2) * sizeof *S->order);
     L->work = malloc((size_t)L->V * sizeof *L->work);
     int rc = DSACP_OK;
-    if (!S->r || !res->out || !S->ent_s || !S->ent_n || !S->fit_id || !S->fit_len || !S->order || !L->work)
+    const bool spec_sampling = S->o->spec.method != DSACP_SPEC_NONE && S->o->temperature > 0;
+    if (spec_sampling) { /* rejection sampling's distributions */
+        L->probs = malloc((size_t)(DSACP_SPEC_MAX_TOKENS + 2) * (size_t)L->V * sizeof *L->probs);
+        L->swork = malloc((size_t)L->V * sizeof *L->swork);
+    }
+    if (!S->ent_k || !S->ent_a || (spec_sampling && (!L->probs || !L->swork)) || !S->r || !res->out || !S->ent_s || !S->ent_n || !S->fit_id || !S->fit_len || !S->order || !L->work)
         rc = dsacp_error(DSACP_ENOMEM, "out of memory for %lld requests", (long long)n);
     res->n_requests = n;
+    res->spec = S->o->spec;
     if (!rc) rc = dsacp_spec_check(S->e, S->o);
     if (!rc) rc = serve_check_role(S->e, reqs, n, S->o, S->role);
     for (int64_t i = 0; i < n && !rc; i++) {
@@ -673,6 +722,10 @@ static int plan_words(sched *S, plan *p)
     for (int64_t k = 0; k < S->acts.n; k += 2 + 2 * S->acts.w[k + 1]) n_act++;
     int rc = dsacp_serve_plan_push(p, n_act);
     for (int64_t i = 0; i < S->acts.n && !rc; i++) rc = dsacp_serve_plan_push(p, S->acts.w[i]);
+    /* With speculation the cut backs of the last step (ngram; mtp cut back after its catch-up). */
+    const bool spec = S->o->spec.method != DSACP_SPEC_NONE, ngram = S->o->spec.method == DSACP_SPEC_NGRAM;
+    if (spec && !rc) rc = dsacp_serve_plan_push(p, ngram ? S->truncs.n / 2 : 0);
+    for (int64_t i = 0; ngram && i < S->truncs.n && !rc; i++) rc = dsacp_serve_plan_push(p, S->truncs.w[i]);
     if (!rc) rc = dsacp_serve_plan_push(p, S->ends.n);
     for (int64_t i = 0; i < S->ends.n && !rc; i++) rc = dsacp_serve_plan_push(p, S->ends.w[i]);
     if (!rc) rc = dsacp_serve_plan_push(p, S->adds.n);
@@ -680,10 +733,16 @@ static int plan_words(sched *S, plan *p)
     if (!rc) rc = dsacp_serve_plan_push(p, S->imps.n / 2);
     for (int64_t i = 0; i < S->imps.n && !rc; i++) rc = dsacp_serve_plan_push(p, S->imps.w[i]);
     if (!rc) rc = dsacp_serve_plan_push(p, S->n_ent);
-    for (int64_t i = 0; i < S->n_ent && !rc; i++)
+    for (int64_t i = 0; i < S->n_ent && !rc; i++) {
         if (!(rc = dsacp_serve_plan_push(p, S->ent_s[i]))) rc = dsacp_serve_plan_push(p, S->ent_n[i]);
-    for (int64_t i = 0; i < S->n_ent && !rc; i++)
-        for (int64_t j = 0; j < S->ent_n[i] && !rc; j++) rc = dsacp_serve_plan_push(p, S->r[S->ent_s[i]].seq[S->r[S->ent_s[i]].fed + j]);
+        if (spec && !rc) rc = dsacp_serve_plan_push(p, S->ent_k[i]);
+    }
+    /* A verify entry's tokens: the last sampled one, then its drafts. */
+    for (int64_t i = 0; i < S->n_ent && !rc; i++) {
+        const sreq *r = &S->r[S->ent_s[i]];
+        for (int64_t j = 0; j < S->ent_n[i] && !rc; j++)
+            rc = dsacp_serve_plan_push(p, S->ent_k[i] > 0 && j > 0 ? r->draft[j - 1] : r->seq[r->fed + j]);
+    }
     return rc;
 }
 
@@ -723,7 +782,7 @@ static int plan_next(sched *S, loop *L)
         if ((rc = await_arrivals(S, L))) break;
         if (S->pd && (rc = drain_ctl(S))) break;
         if (S->role == DSACP_KV_CONSUMER && (rc = activate_ready(S, L))) break;
-        if (!rc) rc = build_step(S);
+        if (!rc) rc = build_step(S, L);
         if (rc || !S->pd || S->n_ent > 0 || S->imps.n > 0 || S->acts.n > 0 || L->done == S->n) break;
         bool poll_only;
         if ((rc = idle_wait(S, &poll_only)) || poll_only) break;
@@ -754,6 +813,28 @@ static int send_done(sched *S, int64_t s, int32_t tok, float gap, double when)
     return rc;
 }
 
+/* Rank 0: token `tok` (its top-2 gap) generated for request s now. It ends the request (*stopped)
+ * at max_new_tokens, at a stop id, and on a producer (which hands the request over); otherwise it
+ * is appended to the sequence, to be fed. */
+int dsacp_serve_emit(sched *S, loop *L, int64_t s, int32_t tok, float gap, bool *stopped)
+{
+    const dsacp_serve_request *q = &S->rq[s];
+    dsacp_serve_out *out = &S->res->out[s];
+    const double when = dsacp_now() - L->t0;
+    if (out->n_tokens == 0) out->first_s = when;
+    out->tokens[out->n_tokens] = tok;
+    out->gap[out->n_tokens] = gap;
+    out->token_s[out->n_tokens++] = when;
+    bool stop = out->n_tokens >= q->max_new_tokens || S->role == DSACP_KV_PRODUCER;
+    for (int64_t k = 0; k < q->n_stop; k++) stop |= tok == q->stop_ids[k];
+    *stopped = stop;
+    if (!stop) return seq_push(&S->r[s], tok);
+    S->r[s].state = ST_DONE;
+    out->finish_s = when;
+    L->done++;
+    return DSACP_OK;
+}
+
 /* Rank 0 after a step: feeds the schedule, samples where a sequence's last token was fed,
  * records the step and reports progress. ts/te: the step's start and end; cs/cb: the seconds and
  * bytes the communicator counted during it. */
@@ -769,34 +850,31 @@ static int record_step(sched *S, loop *L, double ts, double te, double cs, int64
         dsacp_serve_step *ns = realloc(res->steps, (size_t)cap * sizeof *ns);
         if (ns) res->steps = ns, res->cap_steps = cap;
     }
-    int64_t pre = 0, dec = 0;
-    for (int64_t i = 0; i < S->n_ent && !rc; i++) {
+    int64_t pre = 0, dec = 0, ver = 0, row = 0;
+    S->truncs.n = 0;
+    for (int64_t i = 0; i < S->n_ent && !rc; i++, row++) {
         sreq *r = &S->r[S->ent_s[i]];
         const int64_t s = S->ent_s[i], cnt = S->ent_n[i];
+        if (S->ent_k[i] > 0) { /* a verify entry: its k + 1 logits rows */
+            bool stopped;
+            dec += cnt, ver += cnt;
+            rc = dsacp_spec_accept(S, L, i, L->logits + row * V, &stopped);
+            row += S->ent_k[i];
+            continue;
+        }
         if (cnt == 1 && r->len - r->fed == 1 && r->fed >= reqs[s].prompt_len) dec++;
         else pre += cnt;
         if (S->role == DSACP_KV_PRODUCER && (rc = chunk_push(r, r->fed, r->fed + cnt))) break;
         r->fed += cnt;
         if (r->fed < r->len) continue;
-        dsacp_serve_out *out = &res->out[s];
-        const int32_t tok = sample(L->logits + i * V, V, opt, s, out->n_tokens, L->work);
-        const double when = dsacp_now() - L->t0;
-        if (out->n_tokens == 0) out->first_s = when;
-        out->tokens[out->n_tokens] = tok;
-        out->gap[out->n_tokens] = top2_gap(L->logits + i * V, V);
-        out->token_s[out->n_tokens++] = when;
-        bool stop = out->n_tokens >= reqs[s].max_new_tokens || S->role == DSACP_KV_PRODUCER;
-        for (int64_t k = 0; k < reqs[s].n_stop; k++) stop |= tok == reqs[s].stop_ids[k];
-        if (S->role == DSACP_KV_PRODUCER) {
-            out->prefill_done_s = when;
-            rc = send_done(S, s, tok, out->gap[0], when);
-        }
-        if (stop) {
-            r->state = ST_DONE;
-            out->finish_s = when;
-            L->done++;
-        } else if (!rc) {
-            rc = seq_push(r, tok);
+        const float *lg = L->logits + row * V;
+        const int32_t tok = sample(lg, V, opt, s, res->out[s].n_tokens, L->work);
+        bool stop;
+        rc = dsacp_serve_emit(S, L, s, tok, dsacp_serve_top2_gap(lg, V), &stop);
+        if (!rc && S->role == DSACP_KV_PRODUCER) {
+            dsacp_serve_out *out = &res->out[s];
+            out->prefill_done_s = out->token_s[0];
+            rc = send_done(S, s, tok, out->gap[0], out->token_s[0]);
         }
     }
     const double kv = dsacp_engine_kv_use(S->e);
@@ -807,7 +885,9 @@ static int record_step(sched *S, loop *L, double ts, double te, double cs, int64
             .t_s = ts - L->t0, .dur_ms = (te - ts) * 1e3, .prefill_tokens = pre, .decode_tokens = dec,
             .attention_ms = tm.attention * 1e3, .mlp_ms = tm.mlp * 1e3, .comm_ms = cs * 1e3,
             .comm_bytes = cb, .projections_ms = tm.projections * 1e3, .attend_ms = tm.attend * 1e3,
-            .o_proj_ms = tm.o_proj * 1e3, .group = S->role};
+            .o_proj_ms = tm.o_proj * 1e3, .group = S->role, .verify_tokens = ver,
+            .draft_ms = L->draft_ms};
+        res->target_steps_decode += dec > 0;
     }
     if (opt->progress && S->role != DSACP_KV_PRODUCER) { /* a producer's leader knows first tokens only */
         int64_t gen = 0, ptok = 0;
@@ -833,12 +913,29 @@ static int pd_step_begin(sched *S, const dsacp_step_entry *ent, const int64_t *e
     return DSACP_OK;
 }
 
+/* The target step: with speculation the logits rows of each entry (k + 1 for a verify entry),
+ * otherwise after each entry's last token only (lm_head runs on those). Rank 0's logits buffer
+ * grows to the rows. */
+static int target_step(sched *S, loop *L, const step_ents *se)
+{
+    const bool spec = S->o->spec.method != DSACP_SPEC_NONE;
+    int64_t rows = 0;
+    for (int64_t i = 0; i < se->n; i++) rows += spec ? se->opts[i].n_logits : 1;
+    if (L->root && !(L->logits = realloc(L->logits, (size_t)((rows > 0 ? rows : 1) * L->V) * sizeof *L->logits)))
+        return dsacp_error(DSACP_ENOMEM, "out of memory for the logits");
+    float *lg = L->root ? L->logits : NULL;
+    return spec ? dsacp_engine_step_opts(S->e, se->ent, se->opts, se->n, lg, NULL)
+                : dsacp_engine_step_last(S->e, se->ent, se->n, lg, NULL);
+}
+
 /* One step on every rank: rank 0's plan broadcast and applied, the engine's step (logits after
- * each entry's last token, on rank 0), rank 0's record. *finished when the plan was empty. */
+ * each entry's last token, on rank 0), rank 0's record; with MTP speculation the draft steps
+ * that follow. *finished when the plan was empty. */
 static int serve_step(sched *S, loop *L, bool *finished)
 {
     dsacp_comm *c = L->c;
     L->p.n = 0;
+    L->draft_ms = 0, L->draft_steps = 0;
     int rc = L->root ? plan_next(S, L) : DSACP_OK;
     rc = dsacp_comm_agree(c, rc);
     if (rc) return rc;
@@ -847,32 +944,36 @@ static int serve_step(sched *S, loop *L, bool *finished)
         *finished = true;
         return DSACP_OK;
     }
-    dsacp_step_entry *ent = NULL;
-    int32_t *ids = NULL;
-    int64_t n_ent = 0, *ent_s = NULL, *hook = NULL;
-    rc = plan_apply(S->e, S->pd, &L->p, S->eid, !L->root, &ent, &n_ent, &ids, &ent_s);
+    step_ents se = {0};
+    int64_t *hook = NULL;
+    rc = plan_apply(S, &L->p, !L->root, &se);
     /* A consumer drains the entries that have arrived, on every rank, at every step. */
     if (!rc && S->role == DSACP_KV_CONSUMER) rc = dsacp_pd_poll(S->pd);
     rc = dsacp_comm_agree(c, rc);
-    if (rc || n_ent == 0) { /* an empty step: a consumer only drained its transfers */
-        free(ent), free(ids), free(ent_s);
+    if (rc || se.n == 0) { /* an empty step: a consumer only drained its transfers */
+        step_ents_free(&se);
         return rc;
     }
-    /* Sampling reads the logits after each entry's last token only: lm_head runs on those. */
-    if (!rc && L->root && !(L->logits = realloc(L->logits, (size_t)((n_ent > 0 ? n_ent : 1) * L->V) * sizeof *L->logits)))
-        rc = dsacp_error(DSACP_ENOMEM, "out of memory for the logits");
-    if (!rc && S->role == DSACP_KV_PRODUCER) rc = pd_step_begin(S, ent, ent_s, n_ent, &hook);
+    if (!rc && S->role == DSACP_KV_PRODUCER) rc = pd_step_begin(S, se.ent, se.ent_s, se.n, &hook);
     rc = dsacp_comm_agree(c, rc);
     double cs0 = 0, cs1 = 0;
     const int64_t cb0 = comm_recv_total(c, &cs0);
     const double ts = dsacp_now();
-    if (!rc) rc = dsacp_engine_step_last(S->e, ent, n_ent, L->root ? L->logits : NULL, NULL);
+    if (!rc) rc = target_step(S, L, &se);
     const double te = dsacp_now();
     const int64_t cb1 = comm_recv_total(c, &cs1);
     if (S->role == DSACP_KV_PRODUCER) dsacp_pd_step_end(S->pd);
     if (!rc && L->root) rc = record_step(S, L, ts, te, cs1 - cs0, cb1 - cb0);
     if (!rc && L->root && S->pd) rc = dsacp_pd_alive(S->pd);
-    free(ent), free(ids), free(ent_s), free(hook);
+    if (S->o->spec.method == DSACP_SPEC_MTP) {
+        L->ent = se.ent, L->opts = se.opts, L->ent_s = se.ent_s, L->n_ent = se.n;
+        rc = dsacp_comm_agree(c, rc);
+        if (!rc) rc = dsacp_spec_mtp_round(S, L);
+        if (L->root && S->res->n_steps > 0)
+            S->res->steps[S->res->n_steps - 1].draft_ms = L->draft_ms, S->res->steps[S->res->n_steps - 1].draft_steps = L->draft_steps;
+    }
+    step_ents_free(&se);
+    free(hook);
     return dsacp_comm_agree(c, rc);
 }
 
@@ -882,9 +983,9 @@ void dsacp_serve_sched_free(sched *S, loop *L, dsacp_engine *e, int64_t n)
         if (S->eid && S->eid[s] >= 0) dsacp_engine_end_request(e, S->eid[s]);
         if (S->r) free(S->r[s].seq), free(S->r[s].chunks);
     }
-    free(S->r), free(S->eid), free(S->ent_s), free(S->ent_n), free(S->fit_id), free(S->fit_len), free(S->order);
-    free(S->ends.w), free(S->adds.w), free(S->imps.w), free(S->acts.w), free(S->stash);
-    free(L->p.w), free(L->logits), free(L->work);
+    free(S->r), free(S->eid), free(S->ent_s), free(S->ent_n), free(S->ent_k), free(S->ent_a), free(S->fit_id), free(S->fit_len), free(S->order);
+    free(S->ends.w), free(S->adds.w), free(S->imps.w), free(S->acts.w), free(S->truncs.w), free(S->stash);
+    free(L->p.w), free(L->logits), free(L->work), free(L->mtp_logits), free(L->probs), free(L->swork), free(L->sw.w);
 }
 
 /* The loop itself, every rank of the group; rank 0 passes the requests. */

@@ -29,6 +29,9 @@ typedef struct sreq {
     float first_gap;
     double prefill_s;    /* consumer: when the producer sampled the first token */
     int64_t pre_preempt; /* consumer: the producer's preemptions of the request */
+    /* speculative decoding (rank 0) */
+    int32_t draft[DSACP_SPEC_MAX_TOKENS]; /* drafts for the token after seq[len - 1] on */
+    int64_t n_draft;
 } sreq;
 
 typedef struct plan {
@@ -50,6 +53,9 @@ typedef struct sched {
     dsacp_serve_result *res;
     /* this step's entries while planning */
     int64_t *ent_s, *ent_n, *fit_id, *fit_len, n_ent;
+    int64_t *ent_k; /* drafts in each entry (a verify entry of ent_k + 1 rows; 0: none) */
+    int64_t *ent_a; /* after the step: the drafts of each verify entry accepted */
+    plan truncs;    /* rank 0: (s, length) the last step's verify entries were cut back to */
     int64_t *order; /* [2 n]: the running requests as (admission, index), oldest first */
     plan ends, adds;
     /* disaggregated */
@@ -73,6 +79,17 @@ typedef struct loop {
     prob *work;    /* [V] (rank 0) */
     double t0, kv_peak;
     int64_t done;
+    /* speculative decoding: the step's entries as every rank applied them (serve_step) */
+    const dsacp_step_entry *ent;
+    const dsacp_entry_opts *opts;
+    const int64_t *ent_s;
+    int64_t n_ent;
+    float *mtp_logits;  /* [entries][V] (rank 0) */
+    double *probs;      /* [DSACP_SPEC_MAX_TOKENS + 1][V] + [V] (rank 0, sampling) */
+    struct dsacp_spec_prob *swork; /* [V] (rank 0, sampling) */
+    plan sw;            /* the MTP round's words from rank 0 */
+    double draft_ms;    /* drafting for or after the last target step (ngram's lookups, MTP steps) */
+    int64_t draft_steps;
 } loop;
 
 static inline double bits_f64(int64_t w)
@@ -90,6 +107,11 @@ static inline int64_t f64_bits(double d)
 }
 
 /* ---- serve.c ---- */
+/* Rank 0: token `tok` (top-2 gap `gap`) generated for request s now: recorded; the request ends
+ * (*stopped) at max_new_tokens or a stop id, else the token is appended to be fed. */
+int dsacp_serve_emit(sched *S, loop *L, int64_t s, int32_t tok, float gap, bool *stopped);
+/* The first largest logit minus the largest of the others (0 on a tie or a one-word vocabulary). */
+float dsacp_serve_top2_gap(const float *logits, int64_t V);
 /* Appends one word (grown by doubling). */
 int dsacp_serve_plan_push(plan *p, int64_t v);
 /* Sends rank 0's words (length 0: the run is over) to every rank of c. */
@@ -98,4 +120,20 @@ int dsacp_serve_plan_bcast(dsacp_comm *c, plan *p);
 int dsacp_serve_loop(sched *S, loop *L);
 /* Releases what the loop made (every live request ended). */
 void dsacp_serve_sched_free(sched *S, loop *L, dsacp_engine *e, int64_t n);
+
+/* ---- serve_spec_round.c: the speculative round's steps in the loop (docs/speculative.md) ---- */
+/* Rank 0, planning: the drafts of decoding request s for this step (ngram: proposed now; mtp: the
+ * last round's), at most k and max_new_tokens - generated - 1; returns their number. */
+int64_t dsacp_spec_drafts(sched *S, loop *L, int64_t s);
+/* Rank 0, after a target step: entry i's k = S->ent_k[i] drafts verified against its k + 1
+ * logits rows (greedy or rejection sampling); the accepted run and its bonus appended to
+ * request s (a stop id or max_new_tokens cuts it); the counters; the request's cut-back length
+ * pushed to S->truncs (and applied to rank 0's engine at once for ngram). Returns the status. */
+int dsacp_spec_accept(sched *S, loop *L, int64_t i, const float *logits, bool *stopped);
+/* Every rank, after the target step (method mtp): the catch-up MTP step over the target step's
+ * entries, the cut back of every verify entry's request, the chain steps; rank 0 keeps each
+ * decoding request's drafts. Collective. */
+int dsacp_spec_mtp_round(sched *S, loop *L);
+/* The token at position q of request s (prompt, then the generated ones; 0 beyond). */
+int32_t dsacp_spec_token_at(const sched *S, int64_t s, int64_t q);
 #endif

@@ -105,6 +105,7 @@ typedef struct run_args {
     int64_t nreq, plo, phi, glo, ghi, nlong, llo, lhi, seed, mbt, mns, kvb, kvmem;
     double rate, temp, topp;
     bool verify;
+    dsacp_spec_config spec; /* --speculative-config */
     dsacp_engine_options eo;
     dsacp_cp_options cpo; /* this rank's group's plan */
     dsacp_config pc; /* --preset's configuration */
@@ -218,6 +219,16 @@ static int run_parse_values(const cli_opt *opts, run_args *a)
 static int run_parse_engine(const cli_opt *opts, run_args *a)
 {
     if (!cli_engine_options("run", opts, &a->eo)) return 2;
+    const char *sj = cli_get(opts, "speculative-config");
+    if (sj && dsacp_spec_config_parse(sj, "--speculative-config", &a->spec)) {
+        fprintf(stderr, "dsacp run: %s\n", dsacp_last_error());
+        return 2;
+    }
+    if (sj && a->pd.role != DSACP_KV_BOTH) {
+        fprintf(stderr, "dsacp run: '--speculative-config' does not run disaggregated (--kv-role, --pd): serve kv_both\n");
+        return 2;
+    }
+    a->eo.mtp = a->spec.method == DSACP_SPEC_MTP; /* the MTP layer's caches only when it drafts */
     a->verify = cli_get(opts, "verify") != NULL;
     /* Deployed numerics' --verify judges a divergence by the reference's top-2 gap, which only
      * decides a greedy token: a sampled token can differ wherever the logits differ at all. */
@@ -372,6 +383,7 @@ static int run_prepare(const cli_opt *opts, const run_args *a, run_state *st, co
     st->so.temperature = a->temp;
     st->so.top_p = a->topp;
     st->so.seed = (uint64_t)a->seed;
+    st->so.spec = a->spec;
     st->so.realtime = !cli_get(opts, "no-realtime");
     st->ps = (progress_state){isatty(2) != 0, -1e9};
     /* The progress line is the decode side's: a disaggregated run's consumer leader prints it (the
@@ -417,6 +429,9 @@ static int run_serve(const run_args *a, run_state *st, const dsacp_engine_option
         s1.realtime = false;
         s1.progress = NULL;
         s1.pd = NULL; /* one process, no link */
+        /* Greedy: the replay runs without speculation, so --verify also checks that speculation
+         * changed no token. Sampling keeps it (rejection sampling draws other numbers). */
+        if (s1.temperature <= 0) s1.spec.method = DSACP_SPEC_NONE;
         dsacp_engine_options e1o = *eo;
         e1o.num_blocks = st->need; /* one process holds every position: room for the whole workload */
         rc = dsacp_engine_create(st->m, &e1o, &e1);
@@ -602,7 +617,7 @@ int cli_run(int argc, char **argv)
                       {"kv-memory", true, NULL},     {"verify", false, NULL},        {"json", true, NULL},
                       {"seed", true, NULL},          {"temperature", true, NULL},    {"top-p", true, NULL},
                       {"no-realtime", false, NULL},  {"numerics", true, NULL},       {"kv-dtype", true, NULL},
-                      {"block-size", true, NULL},    RUN_PD_OPTS,                    CLI_CP_OPTS,
+                      {"block-size", true, NULL},    {"speculative-config", true, NULL}, RUN_PD_OPTS,                    CLI_CP_OPTS,
                       {NULL, false, NULL}};
     run_args a = {0};
     run_state st = {.world = cli_world, .tm = {.dir = "", .cleanup = -1}, .verify_passed = true};

@@ -212,6 +212,92 @@ static void text_timing(FILE *f, const report_ctx *c, const run_metrics *mt)
     text_phases(f, &mt->ph, fmax(dur - total / 1e3, 0));
 }
 
+/* ---- speculative decoding (docs/speculative.md, "Metrics") ---- */
+
+/* vLLM's spec-decode metrics of a run, and the time of its draft and verify phases. */
+typedef struct spec_metrics {
+    double acceptance_rate, mean_acceptance_length, tokens_per_step, per_pos[DSACP_SPEC_MAX_TOKENS];
+    double draft_s, verify_s;
+    int64_t draft_steps, verify_steps;
+} spec_metrics;
+
+static spec_metrics spec_metrics_of(const dsacp_serve_result *res, const run_metrics *mt, int64_t n)
+{
+    spec_metrics m = {0};
+    const double drafts = (double)res->spec_num_drafts;
+    m.acceptance_rate = res->spec_num_draft_tokens > 0 ? (double)res->spec_num_accepted_tokens / (double)res->spec_num_draft_tokens : NAN;
+    m.mean_acceptance_length = drafts > 0 ? 1 + (double)res->spec_num_accepted_tokens / drafts : NAN;
+    for (int64_t j = 0; j < res->spec.num_speculative_tokens && j < DSACP_SPEC_MAX_TOKENS; j++)
+        m.per_pos[j] = drafts > 0 ? (double)res->spec_accepted_per_pos[j] / drafts : NAN;
+    /* The tokens decode and verify rows produced (every request's first token comes from its prefill). */
+    m.tokens_per_step = res->target_steps_decode > 0 ? (double)(mt->out_tok - n) / (double)res->target_steps_decode : NAN;
+    for (int64_t i = 0; i < res->n_steps; i++) {
+        const dsacp_serve_step *k = &res->steps[i];
+        m.draft_s += k->draft_ms / 1e3, m.draft_steps += k->draft_steps;
+        if (k->verify_tokens > 0) m.verify_s += k->dur_ms / 1e3, m.verify_steps++;
+    }
+    return m;
+}
+
+static void text_spec(FILE *f, const report_ctx *c, const run_metrics *mt)
+{
+    const dsacp_serve_result *res = c->res;
+    const dsacp_spec_config *sc = &res->spec;
+    if (sc->method == DSACP_SPEC_NONE) return;
+    const spec_metrics m = spec_metrics_of(res, mt, c->wl->n);
+    if (sc->method == DSACP_SPEC_NGRAM)
+        fprintf(f, "Speculative decoding: ngram (prompt lookup %lld..%lld), %lld draft tokens per step\n",
+                (long long)sc->prompt_lookup_min, (long long)sc->prompt_lookup_max, (long long)sc->num_speculative_tokens);
+    else
+        fprintf(f, "Speculative decoding: mtp (the model's MTP layer), %lld draft tokens per step\n",
+                (long long)sc->num_speculative_tokens);
+    fprintf(f, "  spec_decode_num_drafts / num_draft_tokens / num_accepted_tokens: %lld / %lld / %lld\n",
+            (long long)res->spec_num_drafts, (long long)res->spec_num_draft_tokens, (long long)res->spec_num_accepted_tokens);
+    fprintf(f, "  Draft acceptance rate: %.1f%%   Mean acceptance length: %.2f   Tokens per target step: %.2f\n",
+            100 * m.acceptance_rate, m.mean_acceptance_length, m.tokens_per_step);
+    fprintf(f, "  Per-position acceptance rate:");
+    for (int64_t j = 0; j < sc->num_speculative_tokens; j++) fprintf(f, "%s %.3f", j ? "," : "", m.per_pos[j]);
+    if (sc->method == DSACP_SPEC_NGRAM)
+        fprintf(f, "\n  Time per phase: draft %.3f s (prompt lookups), verify %.2f s (%lld target steps with verify rows)\n",
+                m.draft_s, m.verify_s, (long long)m.verify_steps);
+    else
+        fprintf(f, "\n  Time per phase: draft %.2f s (%lld MTP steps), verify %.2f s (%lld target steps with verify rows)\n",
+                m.draft_s, (long long)m.draft_steps, m.verify_s, (long long)m.verify_steps);
+}
+
+static json_t *json_spec(const report_ctx *c, const run_metrics *mt)
+{
+    const dsacp_serve_result *res = c->res;
+    const dsacp_spec_config *sc = &res->spec;
+    if (sc->method == DSACP_SPEC_NONE) return json_null();
+    const spec_metrics m = spec_metrics_of(res, mt, c->wl->n);
+    json_t *o = json_object(), *pos = json_array(), *rate = json_array();
+    json_object_set_new(o, "method", json_string(sc->method == DSACP_SPEC_NGRAM ? "ngram" : "mtp"));
+    json_object_set_new(o, "num_speculative_tokens", jint(sc->num_speculative_tokens));
+    if (sc->method == DSACP_SPEC_NGRAM) {
+        json_object_set_new(o, "prompt_lookup_min", jint(sc->prompt_lookup_min));
+        json_object_set_new(o, "prompt_lookup_max", jint(sc->prompt_lookup_max));
+    }
+    json_object_set_new(o, "spec_decode_num_drafts", jint(res->spec_num_drafts));
+    json_object_set_new(o, "spec_decode_num_draft_tokens", jint(res->spec_num_draft_tokens));
+    json_object_set_new(o, "spec_decode_num_accepted_tokens", jint(res->spec_num_accepted_tokens));
+    for (int64_t j = 0; j < sc->num_speculative_tokens; j++) {
+        json_array_append_new(pos, jint(res->spec_accepted_per_pos[j]));
+        json_array_append_new(rate, jnum(m.per_pos[j]));
+    }
+    json_object_set_new(o, "spec_decode_num_accepted_tokens_per_pos", pos);
+    json_object_set_new(o, "acceptance_rate_per_pos", rate);
+    json_object_set_new(o, "acceptance_rate", jnum(m.acceptance_rate));
+    json_object_set_new(o, "mean_acceptance_length", jnum(m.mean_acceptance_length));
+    json_object_set_new(o, "tokens_per_target_step", jnum(m.tokens_per_step));
+    json_object_set_new(o, "target_steps_decode", jint(res->target_steps_decode));
+    json_object_set_new(o, "draft_s", jnum(m.draft_s));
+    json_object_set_new(o, "draft_steps", jint(m.draft_steps));
+    json_object_set_new(o, "verify_s", jnum(m.verify_s));
+    json_object_set_new(o, "verify_steps", jint(m.verify_steps));
+    return o;
+}
+
 /* ---- disaggregated runs ---- */
 
 /* The first world rank of group g (a dsacp_kv_role), -1 when none. */
@@ -421,6 +507,11 @@ static void json_memory_steps(json_t *j, const report_ctx *c)
         json_object_set_new(o, "dur_ms", jnum(k->dur_ms));
         json_object_set_new(o, "prefill_tokens", jint(k->prefill_tokens));
         json_object_set_new(o, "decode_tokens", jint(k->decode_tokens));
+        if (res->spec.method != DSACP_SPEC_NONE) {
+            json_object_set_new(o, "verify_tokens", jint(k->verify_tokens));
+            json_object_set_new(o, "draft_steps", jint(k->draft_steps));
+            json_object_set_new(o, "draft_ms", jnum(k->draft_ms));
+        }
         json_object_set_new(o, "comm_bytes", jint(k->comm_bytes));
         if (c->pd) json_object_set_new(o, "group", json_string(dsacp_kv_role_name(k->group)));
         json_object_set_new(ph, "projections", jnum(k->projections_ms));
@@ -539,11 +630,13 @@ int run_write_report(FILE *f, json_t *j, const report_ctx *c)
     }
     text_timing(f, c, &mt);
     if (c->pd) text_groups(f, c, &t);
+    text_spec(f, c, &mt);
     text_resources(f, c, &mt);
     if (j) {
         json_summary(j, c, &mt);
         if (c->pd) json_object_set_new(j, "disaggregated", json_disaggregated(c, &t));
         json_object_set_new(j, "verify", json_verify(c));
+        json_object_set_new(j, "speculative", json_spec(c, &mt));
         json_memory_steps(j, c);
         json_object_set_new(j, "requests", json_requests(c, &mt));
     }
