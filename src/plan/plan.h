@@ -1,8 +1,9 @@
 /*
  * plan.h -- the planner module's own declarations (src/plan; the public ones are in
  * include/dsacp_plan.h). It owns the cost model behind `dsacp plan` and `--context-path auto`
- * in four files that call one way: plan_pd.c (a disaggregated deployment priced against PD-mixed,
- * the kv_transfer prediction over src/cp's relayout formula) -> plan_entries.c (entries classified,
+ * in five files that call one way: plan_pd.c (a disaggregated deployment priced against PD-mixed,
+ * the kv_transfer prediction over src/cp's relayout formula) and plan_spec.c (speculative
+ * decoding's rounds) -> plan_entries.c (entries classified,
  * with the time rule) -> plan_cost.c (times) -> plan_comm.c (bytes). It calls src/cp's strategy
  * table, rules and relayout formula, model
  * (dsacp_preset_config, the cache bytes per token) and core: no engine, no communicator, no MPI.
