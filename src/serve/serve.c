@@ -201,9 +201,7 @@ static int prob_desc(const void *a, const void *b)
 static int32_t sample(const float *logits, int64_t V, const dsacp_serve_options *o, int64_t req, int64_t index,
                       prob *work)
 {
-    int64_t best = 0;
-    for (int64_t i = 1; i < V; i++)
-        if (logits[i] > logits[best]) best = i;
+    const int64_t best = dsacp_spec_argmax(logits, V);
     if (o->temperature <= 0) return (int32_t)best;
     double sum = 0;
     for (int64_t i = 0; i < V; i++) {
