@@ -44,6 +44,13 @@ for cfg in "$NG" "$MT"; do
   done
 done
 
+# Rejection sampling: draws seeded by (seed, request, token index), so one rank and two agree.
+"$DSACP" run "${W[@]}" --speculative-config "$NG" --temperature 0.8 --json "$tmp/t1.json" >"$tmp/log" 2>&1
+if mpi 2 "$DSACP" run "${W[@]}" --speculative-config "$NG" --temperature 0.8 --json "$tmp/t2.json" >"$tmp/log" 2>&1 &&
+   [ "$(tokens "$tmp/t1.json")" = "$(tokens "$tmp/t2.json")" ] && [ "$(tokens "$tmp/t1.json")" != "$ref" ]; then
+  pass "sampled tokens with speculation identical on 1 and 2 ranks (and not the greedy ones)"
+else fail "sampling with speculation: $(tail -n 3 "$tmp/log")"; fi
+
 expect_error "unknown field" "--speculative-config" "draft_model" -- \
   "$DSACP" run "${W[@]}" --speculative-config '{"method": "ngram", "num_speculative_tokens": 2, "draft_model": "x"}'
 expect_error "unknown method" "--speculative-config" "method" "eagle" -- \
