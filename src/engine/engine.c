@@ -781,6 +781,39 @@ int dsacp_engine_fill_random(dsacp_engine *e, int64_t id, int64_t length, uint64
     return DSACP_OK;
 }
 
+/* ---- speculative decoding: the MTP layer's length, and truncation (engine_spec.c keeps the rows
+ * an MTP step reads) ---- */
+
+int64_t dsacp_engine_request_mtp_length(const dsacp_engine *e, int64_t id)
+{
+    const dsacp_engine_request *r = dsacp_engine_find_request(e, id);
+    if (!r) return dsacp_error(DSACP_EINVAL, "no live request %lld", (long long)id);
+    return r->mtp_length;
+}
+
+int dsacp_engine_truncate_request(dsacp_engine *e, int64_t id, int64_t length, int64_t mtp_length)
+{
+    dsacp_engine_request *r = dsacp_engine_find_request(e, id);
+    if (!r || r->importing) return dsacp_error(DSACP_EINVAL, "truncate: no live request %lld", (long long)id);
+    if (length < 0 || length > r->length)
+        return dsacp_error(DSACP_EINVAL, "truncate: request %lld holds %lld positions, cannot keep %lld",
+                           (long long)id, (long long)r->length, (long long)length);
+    if (e->NL == e->L) mtp_length = 0;
+    else if (mtp_length < 0 || mtp_length > r->mtp_length)
+        return dsacp_error(DSACP_EINVAL, "truncate: request %lld's MTP layer holds %lld positions, cannot keep %lld",
+                           (long long)id, (long long)r->mtp_length, (long long)mtp_length);
+    r->length = length;
+    r->mtp_length = mtp_length;
+    const int64_t span = dsacp_engine_request_span(r), me = e->cp.rank;
+    dsacp_kv_shrink(e->cache, &r->seq, dsacp_engine_kept_on(e, e->cp.opt.kv_layout, span, (int)me));
+    r->seq.length = dsacp_engine_kept_on(e, e->cp.opt.kv_layout, span, (int)me);
+    if (e->icache != e->cache) {
+        dsacp_kv_shrink(e->icache, &r->iseq, dsacp_engine_kept_on(e, e->cp.opt.index_layout, span, (int)me));
+        r->iseq.length = dsacp_engine_kept_on(e, e->cp.opt.index_layout, span, (int)me);
+    }
+    return DSACP_OK;
+}
+
 void dsacp_engine_kv_usage(const dsacp_engine *e, dsacp_kv_usage *u)
 {
     memset(u, 0, sizeof *u);

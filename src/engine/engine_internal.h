@@ -9,7 +9,7 @@
  *   engine_kv.c      the KV a relayout moves: wire bytes, pack/unpack of entries, imported
  *                    requests, the layer hook;
  *   engine_spec.c    speculative decoding's hand-over between steps: the hidden rows a step
- *                    leaves for the MTP layer, the checks of an MTP step, truncation.
+ *                    leaves for the MTP layer and the checks of an MTP step (below engine.c).
  */
 #ifndef DSACP_ENGINE_INTERNAL_H
 #define DSACP_ENGINE_INTERNAL_H

@@ -2,8 +2,8 @@
  * engine_spec -- speculative decoding's hand-over between steps (docs/speculative.md, docs/mtp.md):
  * the hidden rows a step leaves for the MTP layer (a target step's final-normed rows, an MTP
  * step's own output), where each of them lives (every rank for a decode row, one rank for a
- * prefill row), the checks that say which rows an MTP step reads, and the truncation of rejected
- * positions. Nothing here communicates: an MTP step runs each row on the ranks that hold its
+ * prefill row), and the checks that say which rows an MTP step reads (engine.c, above it, runs
+ * the steps and truncates rejected positions). Nothing here communicates: an MTP step runs each row on the ranks that hold its
  * hidden input, so no hidden state ever moves between ranks.
  */
 #include "engine/engine_internal.h"
@@ -114,35 +114,5 @@ int dsacp_engine_mtp_sources(dsacp_engine *e, const dsacp_step_entry *entries, i
         place[i] = mt->place[t], src[i] = mt->row[t];
     }
     *from = mt;
-    return DSACP_OK;
-}
-
-int64_t dsacp_engine_request_mtp_length(const dsacp_engine *e, int64_t id)
-{
-    const dsacp_engine_request *r = dsacp_engine_find_request(e, id);
-    if (!r) return dsacp_error(DSACP_EINVAL, "no live request %lld", (long long)id);
-    return r->mtp_length;
-}
-
-int dsacp_engine_truncate_request(dsacp_engine *e, int64_t id, int64_t length, int64_t mtp_length)
-{
-    dsacp_engine_request *r = dsacp_engine_find_request(e, id);
-    if (!r || r->importing) return dsacp_error(DSACP_EINVAL, "truncate: no live request %lld", (long long)id);
-    if (length < 0 || length > r->length)
-        return dsacp_error(DSACP_EINVAL, "truncate: request %lld holds %lld positions, cannot keep %lld",
-                           (long long)id, (long long)r->length, (long long)length);
-    if (e->NL == e->L) mtp_length = 0;
-    else if (mtp_length < 0 || mtp_length > r->mtp_length)
-        return dsacp_error(DSACP_EINVAL, "truncate: request %lld's MTP layer holds %lld positions, cannot keep %lld",
-                           (long long)id, (long long)r->mtp_length, (long long)mtp_length);
-    r->length = length;
-    r->mtp_length = mtp_length;
-    const int64_t span = dsacp_engine_request_span(r), me = e->cp.rank;
-    dsacp_kv_shrink(e->cache, &r->seq, dsacp_engine_kept_on(e, e->cp.opt.kv_layout, span, (int)me));
-    r->seq.length = dsacp_engine_kept_on(e, e->cp.opt.kv_layout, span, (int)me);
-    if (e->icache != e->cache) {
-        dsacp_kv_shrink(e->icache, &r->iseq, dsacp_engine_kept_on(e, e->cp.opt.index_layout, span, (int)me));
-        r->iseq.length = dsacp_engine_kept_on(e, e->cp.opt.index_layout, span, (int)me);
-    }
     return DSACP_OK;
 }
