@@ -253,7 +253,7 @@ static void text_spec(FILE *f, const report_ctx *c, const run_metrics *mt)
                 (long long)sc->num_speculative_tokens);
     fprintf(f, "  spec_decode_num_drafts / num_draft_tokens / num_accepted_tokens: %lld / %lld / %lld\n",
             (long long)res->spec_num_drafts, (long long)res->spec_num_draft_tokens, (long long)res->spec_num_accepted_tokens);
-    fprintf(f, "  Draft acceptance rate: %.1f%%   Mean acceptance length: %.2f   Tokens per target step: %.2f\n",
+    fprintf(f, "  Draft acceptance rate: %.1f%%   Mean acceptance length: %.2f   Tokens per target step (batch): %.2f\n",
             100 * m.acceptance_rate, m.mean_acceptance_length, m.tokens_per_step);
     fprintf(f, "  Per-position acceptance rate:");
     for (int64_t j = 0; j < sc->num_speculative_tokens; j++) fprintf(f, "%s %.3f", j ? "," : "", m.per_pos[j]);
