@@ -95,7 +95,8 @@ static const cli_command commands[] = {
      "(--model DIR | --preset NAME) --context L [--batch N] --cp W --hardware FILE.json [--json FILE]\n"
      "        [--numerics deployed|exact] [--lean-candidates F] [--layers N] [--prefill P] [--chunk C]\n"
      "        [--ep N] [--plot F.svg|F.png]\n"
-     "        [--pd P:D [--rate R[,R...]] [--gen-len N] [--producer-chunk C] [--link-gbps G] [--link-latency-us U]];\n"
+     "        [--pd P:D [--rate R[,R...]] [--gen-len N] [--producer-chunk C] [--link-gbps G] [--link-latency-us U]]\n"
+     "        [--speculative-config JSON [--spec-acceptance-rate A]];\n"
      "        or under mpirun:\n"
      "        --calibrate FILE.json",
      "predict each decode strategy's bytes, calls, memory and time per layer (docs/planning.md)",
@@ -122,6 +123,11 @@ static const cli_command commands[] = {
      "                     producers keep up with); --gen-len N output tokens per request\n"
      "  --producer-chunk C the producers' prefill chunk (default --chunk: they have no decode to protect)\n"
      "  --link-gbps G --link-latency-us U   the inter-node link (default the profile's network)\n"
+     "  --speculative-config JSON    vLLM's speculative config ({\"method\": \"mtp\"|\"ngram\",\n"
+     "                     \"num_speculative_tokens\": k, ...}): each strategy's TPOT with k drafts\n"
+     "                     beside the plain one (docs/planning.md)\n"
+     "  --spec-acceptance-rate A   the drafts' acceptance rate per position (default 0.7 for mtp;\n"
+     "                     required for ngram)\n"
      "  the byte and call counts are the formulas test_cp checks against the counters exactly\n"},
     {"run", cli_run,
      "(--model DIR | --preset NAME) [--requests N --prompt-len MIN:MAX --gen-len MIN:MAX\n"
