@@ -133,7 +133,8 @@ static const cli_command commands[] = {
      "(--model DIR | --preset NAME) [--requests N --prompt-len MIN:MAX --gen-len MIN:MAX\n"
      "          --arrival-rate R --long-requests N --long-prompt-len MIN:MAX | --prompts FILE.jsonl]\n"
      "          [--max-batch-tokens N] [--max-num-seqs N] [--kv-blocks N | --kv-memory SIZE] [--verify]\n"
-     "          [--json FILE] [--seed N] [--temperature T] [--top-p P] [--no-realtime] [CP flags]\n"
+     "          [--json FILE] [--seed N] [--temperature T] [--top-p P] [--speculative-config JSON]\n"
+     "          [--no-realtime] [CP flags]\n"
      "          [--kv-role kv_producer|kv_consumer|kv_both | --pd P:D] [--kv-transfer-timeout S]",
      "serve a workload with continuous batching and report latency, throughput, traffic, memory",
      "  --model DIR / --preset NAME   the model (a preset is created in a temporary directory under\n"
@@ -156,6 +157,8 @@ static const cli_command commands[] = {
      "  --json FILE                  the report (docs/serving.md; vllm bench serve's field names);\n"
      "                               bench/plot_run.py FILE OUT.svg draws it\n"
      "  --temperature T --top-p P    sampling (default greedy), seeded by --seed\n"
+     "  --speculative-config JSON    vLLM's: {\"method\": \"ngram\"|\"mtp\", \"num_speculative_tokens\": k,\n"
+     "                               \"prompt_lookup_min\": a, \"prompt_lookup_max\": b} (docs/speculative.md)\n"
      "  --no-realtime                every request present at t = 0; arrival times only order the\n"
      "                               queue (like vllm bench serve --request-rate inf)\n"
      "  --numerics, --kv-dtype, --block-size as for forward\n"
