@@ -198,8 +198,8 @@ static int mstep(dsacp_engine *e, int64_t id, int64_t n, int64_t p, const int32_
 
 /* The MTP step's contract (docs/speculative.md): catch-up = the last target step's entries at
  * the target length before it; chain = one row per entry after a row of the previous MTP step.
- * Anything else is DSACP_EINVAL and changes no length. (A refused MTP step also forgets the
- * rows a catch-up or chain could have read: each refusal here is followed by a new target step.) */
+ * Anything else is DSACP_EINVAL and changes no length, and forgets nothing: the rows a catch-up
+ * or a chain can read stay readable after a refusal (the last check reads them). */
 static void test_errors_mtp(const dsacp_model *m, int32_t *ids)
 {
     dsacp_engine *e = engine(m, true, 64);
@@ -214,7 +214,9 @@ static void test_errors_mtp(const dsacp_model *m, int32_t *ids)
            "step's: not refused, or a length changed");
     CHECK_OK(dsacp_engine_truncate_request(e, a, 8, 8));
     REQUIRE_OK(tstep(e, a, 8, ids));
-    CHECKF(mstep(e, b, 1, 8, ids + 20) == DSACP_EINVAL && LENGTHS(9, 8, 8), "a catch-up of a request the target step "
+    /* b's last MTP rows (its prefill's catch-up) would make one row at 8 a valid chain row: two are
+     * neither that nor a catch-up */
+    CHECKF(mstep(e, b, 2, 8, ids + 20) == DSACP_EINVAL && LENGTHS(9, 8, 8), "a catch-up of a request the target step "
            "did not run: not refused, or a length changed");
     CHECK_OK(dsacp_engine_truncate_request(e, a, 8, 8));
     REQUIRE_OK(tstep(e, a, 8, ids));
@@ -239,6 +241,9 @@ static void test_errors_mtp(const dsacp_model *m, int32_t *ids)
      * previous MTP step (12) */
     CHECKF(mstep(e, a, 1, 12, ids) == DSACP_EINVAL && LENGTHS(12, 12, 8), "an MTP step with the MTP length ahead of "
            "the target's, after no row of the previous MTP step: not refused, or a length changed");
+    /* the refusals above left the target step's rows readable: the catch-up from 11 runs */
+    CHECK_OK(dsacp_engine_truncate_request(e, a, 12, 11));
+    CHECKF(mstep(e, a, 1, 11, ids) == DSACP_OK && LENGTHS(12, 12, 8), "a catch-up after a refused MTP step");
 #undef LENGTHS
     CHECK_OK(dsacp_engine_end_request(e, a));
     CHECK_OK(dsacp_engine_end_request(e, b));

@@ -669,10 +669,12 @@ static int engine_step(dsacp_engine *e, const dsacp_step_entry *entries, int64_t
     if (!rc) rc = step_build(e, entries, n, T, k, want[1], &b, &st, &mem, &from);
     rc = dsacp_comm_agree(e->comm, rc);
     if (!rc) rc = dsacp_cp_weights_step_begin(&e->cp, &st); /* DSA-CP: the first weight broadcasts */
+    const bool ran = !rc;
     if (!rc) rc = step_run(e, entries, n, k, want, &b, &st, from, logits, topk);
-    /* The hidden rows a catch-up read are spent; a failed step leaves none to read. */
-    if (k->mtp && from == &e->stash_target) e->stash_target.valid = false;
-    if (rc) e->stash_target.valid = e->stash_mtp.valid = false;
+    /* The hidden rows a catch-up read are spent; a step that failed once its compute began leaves
+     * none to read (one refused before it -- its entries, the pools -- keeps them). */
+    if (ran && k->mtp && from == &e->stash_target) e->stash_target.valid = false;
+    if (ran && rc) e->stash_target.valid = e->stash_mtp.valid = false;
     if (!rc)
         for (int64_t i = 0; i < n; i++) {
             dsacp_engine_request *r = dsacp_engine_find_request(e, entries[i].request_id);
