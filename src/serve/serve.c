@@ -57,33 +57,6 @@ void dsacp_serve_result_free(dsacp_serve_result *r)
 }
 
 
-/* ---- the plan, as int64 words ---- */
-
-
-int dsacp_serve_plan_push(plan *p, int64_t v)
-{
-    if (p->n == p->cap) {
-        int64_t cap = p->cap ? 2 * p->cap : 256;
-        int64_t *nw = realloc(p->w, (size_t)cap * sizeof *nw);
-        if (!nw) return dsacp_error(DSACP_ENOMEM, "out of memory for a step plan");
-        p->w = nw, p->cap = cap;
-    }
-    p->w[p->n++] = v;
-    return DSACP_OK;
-}
-
-/* Sends rank 0's plan (length 0: the run is over) to every rank. */
-int dsacp_serve_plan_bcast(dsacp_comm *c, plan *p)
-{
-    int64_t n = p->n;
-    int rc = dsacp_comm_bcast(c, &n, sizeof n, DSACP_PHASE_input);
-    if (rc || dsacp_comm_rank(c) == 0) return rc ? rc : dsacp_comm_bcast(c, p->w, (size_t)n * sizeof *p->w, DSACP_PHASE_input);
-    p->n = 0;
-    for (int64_t i = 0; i < n; i++)
-        if ((rc = dsacp_serve_plan_push(p, 0))) return rc;
-    return dsacp_comm_bcast(c, p->w, (size_t)n * sizeof *p->w, DSACP_PHASE_input);
-}
-
 /* The activations of a consumer's plan, first in the plan (every rank but 0): [n_act, (s,
  * n_chunks, a0, b0, ...)...]. They come before the ends because the leader activates before it
  * schedules, and a request it activated may be preempted by the same plan. *k moves past them. */
@@ -223,18 +196,6 @@ static int32_t sample(const float *logits, int64_t V, const dsacp_serve_options 
     return work[n - 1].id;
 }
 
-/* The first largest logit minus the largest of the others (0 on a tie; 0 for a one-word vocabulary). */
-float dsacp_serve_top2_gap(const float *logits, int64_t V)
-{
-    if (V < 2) return 0;
-    float a = logits[0] >= logits[1] ? logits[0] : logits[1], b = logits[0] >= logits[1] ? logits[1] : logits[0];
-    for (int64_t i = 2; i < V; i++) {
-        if (logits[i] > a) b = a, a = logits[i];
-        else if (logits[i] > b) b = logits[i];
-    }
-    return a - b;
-}
-
 static void sleep_s(double s)
 {
     if (s <= 0) return;
@@ -256,18 +217,6 @@ static int64_t comm_recv_total(dsacp_comm *c, double *seconds)
 
 /* ---- rank 0 ---- */
 
-
-static int seq_push(sreq *r, int32_t tok)
-{
-    if (r->len == r->cap) {
-        int64_t cap = r->cap * 2 + 16;
-        int32_t *n = realloc(r->seq, (size_t)cap * sizeof *n);
-        if (!n) return dsacp_error(DSACP_ENOMEM, "out of memory");
-        r->seq = n, r->cap = cap;
-    }
-    r->seq[r->len++] = tok;
-    return DSACP_OK;
-}
 
 /* Would the step so far plus (request s growing by c) fit every rank's pool? */
 static bool fits_with(sched *S, int64_t s, int64_t c)
@@ -706,7 +655,7 @@ static int activate_ready(sched *S, loop *L)
             out->finish_s = now;
             L->done++;
         } else if (!rc) {
-            rc = seq_push(r, r->first_tok);
+            rc = dsacp_serve_seq_push(r, r->first_tok);
         }
     }
     return rc;
@@ -809,28 +758,6 @@ static int send_done(sched *S, int64_t s, int32_t tok, float gap, double when)
     int rc = dsacp_pd_ctl_send(S->pd, w, n);
     free(w);
     return rc;
-}
-
-/* Rank 0: token `tok` (its top-2 gap) generated for request s now. It ends the request (*stopped)
- * at max_new_tokens, at a stop id, and on a producer (which hands the request over); otherwise it
- * is appended to the sequence, to be fed. */
-int dsacp_serve_emit(sched *S, loop *L, int64_t s, int32_t tok, float gap, bool *stopped)
-{
-    const dsacp_serve_request *q = &S->rq[s];
-    dsacp_serve_out *out = &S->res->out[s];
-    const double when = dsacp_now() - L->t0;
-    if (out->n_tokens == 0) out->first_s = when;
-    out->tokens[out->n_tokens] = tok;
-    out->gap[out->n_tokens] = gap;
-    out->token_s[out->n_tokens++] = when;
-    bool stop = out->n_tokens >= q->max_new_tokens || S->role == DSACP_KV_PRODUCER;
-    for (int64_t k = 0; k < q->n_stop; k++) stop |= tok == q->stop_ids[k];
-    *stopped = stop;
-    if (!stop) return seq_push(&S->r[s], tok);
-    S->r[s].state = ST_DONE;
-    out->finish_s = when;
-    L->done++;
-    return DSACP_OK;
 }
 
 /* Rank 0 after a step: feeds the schedule, samples where a sequence's last token was fed,

@@ -106,7 +106,9 @@ static inline int64_t f64_bits(double d)
     return w;
 }
 
-/* ---- serve.c ---- */
+/* ---- serve_plan.c (below serve.c and serve_spec_round.c) ---- */
+/* Appends a token to the request's sequence (what is fed). */
+int dsacp_serve_seq_push(sreq *r, int32_t tok);
 /* Rank 0: token `tok` (top-2 gap `gap`) generated for request s now: recorded; the request ends
  * (*stopped) at max_new_tokens or a stop id, else the token is appended to be fed. */
 int dsacp_serve_emit(sched *S, loop *L, int64_t s, int32_t tok, float gap, bool *stopped);
@@ -116,6 +118,8 @@ float dsacp_serve_top2_gap(const float *logits, int64_t V);
 int dsacp_serve_plan_push(plan *p, int64_t v);
 /* Sends rank 0's words (length 0: the run is over) to every rank of c. */
 int dsacp_serve_plan_bcast(dsacp_comm *c, plan *p);
+
+/* ---- serve.c ---- */
 /* The loop itself, every rank of the group; rank 0 passes the requests (S->rq, S->n). */
 int dsacp_serve_loop(sched *S, loop *L);
 /* Releases what the loop made (every live request ended). */
