@@ -1,7 +1,9 @@
 /*
- * serve_loop.h -- what the serving loop's two files share (src/serve): serve_run.c (the entry
- * point: a run of one group, or a disaggregated run's workload, end and merged result) above
- * serve.c (the loop and its scheduler, every role), above serve_pd.c (the link). Internal.
+ * serve_loop.h -- what the serving loop's files share (src/serve): serve_run.c (the entry point:
+ * a run of one group, or a disaggregated run's workload, end and merged result) above serve.c
+ * (the loop and its scheduler, every role), above serve_spec_round.c (a speculative round's
+ * acceptance and MTP steps), above serve_plan.c (the plan words, rank 0's record of a token),
+ * serve_spec.c (drafters, sampling) and serve_pd.c (the link). Internal.
  */
 #ifndef DSACP_SERVE_LOOP_H
 #define DSACP_SERVE_LOOP_H
