@@ -253,10 +253,16 @@ static void text_spec(FILE *f, const report_ctx *c, const run_metrics *mt)
                 (long long)sc->num_speculative_tokens);
     fprintf(f, "  spec_decode_num_drafts / num_draft_tokens / num_accepted_tokens: %lld / %lld / %lld\n",
             (long long)res->spec_num_drafts, (long long)res->spec_num_draft_tokens, (long long)res->spec_num_accepted_tokens);
-    fprintf(f, "  Draft acceptance rate: %.1f%%   Mean acceptance length: %.2f   Tokens per target step (batch): %.2f\n",
-            100 * m.acceptance_rate, m.mean_acceptance_length, m.tokens_per_step);
-    fprintf(f, "  Per-position acceptance rate:");
-    for (int64_t j = 0; j < sc->num_speculative_tokens; j++) fprintf(f, "%s %.3f", j ? "," : "", m.per_pos[j]);
+    if (res->spec_num_drafts > 0) {
+        fprintf(f, "  Draft acceptance rate: %.1f%%   Mean acceptance length: %.2f   Tokens per target step (batch): %.2f\n",
+                100 * m.acceptance_rate, m.mean_acceptance_length, m.tokens_per_step);
+        fprintf(f, "  Per-position acceptance rate:");
+        for (int64_t j = 0; j < sc->num_speculative_tokens; j++) fprintf(f, "%s %.3f", j ? "," : "", m.per_pos[j]);
+    } else { /* no rate to print: nothing was proposed */
+        fprintf(f, "  No drafts were proposed%s   Tokens per target step (batch): %.2f",
+                sc->method == DSACP_SPEC_NGRAM ? " (no suffix n-gram of a sequence occurred earlier in it)." : ".",
+                m.tokens_per_step);
+    }
     if (sc->method == DSACP_SPEC_NGRAM)
         fprintf(f, "\n  Time per phase: draft %.3f s (prompt lookups), verify %.2f s (%lld target steps with verify rows)\n",
                 m.draft_s, m.verify_s, (long long)m.verify_steps);
