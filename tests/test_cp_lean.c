@@ -140,18 +140,11 @@ static void test_lean_ties(const dsacp_model *ties)
  * cache entries come from the embeddings: no error carries over). Tolerance: FlashMLA's. */
 static void test_lean_deployed(void)
 {
-    char dir[256] = {0};
-    if (g_rank == 0) {
-        dsacp_config c;
-        REQUIRE_OK(dsacp_preset_config("tiny", &c));
-        c.num_hidden_layers = 1;
-        char *d = tu_make_model_cfg(&c, 11, DSACP_WEIGHTS_FP8);
-        snprintf(dir, sizeof dir, "%s", d);
-        free(d);
-    }
-    REQUIRE_OK(dsacp_comm_bcast(g_world, dir, sizeof dir, DSACP_PHASE_input));
-    dsacp_model *m = NULL;
-    REQUIRE_OK(dsacp_model_load(dir, &m));
+    dsacp_config c;
+    REQUIRE_OK(dsacp_preset_config("tiny", &c));
+    c.num_hidden_layers = 1;
+    char *dir = NULL;
+    dsacp_model *m = shared_model_cfg(&dir, &c, 11, DSACP_WEIGHTS_FP8);
     dsacp_engine_options eo;
     dsacp_engine_options_default(&eo);
     eo.block_size = 16;
@@ -165,7 +158,7 @@ static void test_lean_deployed(void)
     cp.lean_merge = DSACP_LEAN_MERGE_VALUES;
     cp.partials = DSACP_PARTIALS_F32;
     run_long(m, &eo, &cp, "lean deployed 1 layer (fp32, values merge)", 0.1, 2e-3);
-    drop_model(m, strdup(dir));
+    drop_model(m, dir);
 }
 
 int main(int argc, char **argv)

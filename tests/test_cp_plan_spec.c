@@ -152,21 +152,14 @@ static void cases(const dsacp_model *m, bool mtp)
 int main(int argc, char **argv)
 {
     cp_test_begin(&argc, &argv);
-    char dir[256] = {0};
-    if (g_rank == 0) {
-        dsacp_config cfg;
-        REQUIRE_OK(dsacp_preset_config("tiny", &cfg));
-        cfg.num_nextn_predict_layers = 1;
-        char *d = tu_make_model_cfg(&cfg, 7, DSACP_WEIGHTS_F32);
-        snprintf(dir, sizeof dir, "%s", d);
-        free(d);
-    }
-    REQUIRE_OK(dsacp_comm_bcast(g_world, dir, sizeof dir, DSACP_PHASE_input));
-    dsacp_model *m = NULL;
-    REQUIRE_OK(dsacp_model_load(dir, &m));
+    dsacp_config cfg;
+    REQUIRE_OK(dsacp_preset_config("tiny", &cfg));
+    cfg.num_nextn_predict_layers = 1;
+    char *dir = NULL;
+    dsacp_model *m = shared_model_cfg(&dir, &cfg, 7, DSACP_WEIGHTS_F32);
     REQUIRE_OK(dsacp_model_has_mtp(m) ? DSACP_OK : DSACP_EINVAL);
     cases(m, false); /* verify entries alone (the n-gram drafter's steps) */
     cases(m, true);
-    drop_model(m, strdup(dir));
+    drop_model(m, dir);
     return cp_test_end("test_cp_plan_spec");
 }

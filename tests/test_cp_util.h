@@ -328,6 +328,22 @@ static inline dsacp_model *shared_model(char **dir_out, const char *preset, dsac
     return m;
 }
 
+/* The same for a configuration of the test's own (tu_make_model_cfg). */
+static inline dsacp_model *shared_model_cfg(char **dir_out, const dsacp_config *cfg, uint64_t seed, dsacp_weight_format fmt)
+{
+    char dir[256] = {0};
+    if (g_rank == 0) {
+        char *d = tu_make_model_cfg(cfg, seed, fmt);
+        snprintf(dir, sizeof dir, "%s", d);
+        free(d);
+    }
+    REQUIRE_OK(dsacp_comm_bcast(g_world, dir, sizeof dir, DSACP_PHASE_input));
+    dsacp_model *m = NULL;
+    REQUIRE_OK(dsacp_model_load(dir, &m));
+    *dir_out = strdup(dir);
+    return m;
+}
+
 static inline void drop_model(dsacp_model *m, char *dir)
 {
     dsacp_model_free(m);

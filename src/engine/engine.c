@@ -689,14 +689,20 @@ static int engine_step(dsacp_engine *e, const dsacp_step_entry *entries, int64_t
     return rc;
 }
 
-int dsacp_engine_step(dsacp_engine *e, const dsacp_step_entry *entries, int64_t n, float *logits, int32_t *topk)
+/* A step of either kind with its counters added to the measured side of the plan. */
+static int measured_step(dsacp_engine *e, const dsacp_step_entry *entries, int64_t n, step_kind k, float *logits,
+                         int32_t *topk)
 {
     dsacp_comm_counter before[DSACP_PHASE_COUNT];
     dsacp_engine_measure_begin(e, before);
-    const step_kind k = {false, false, NULL};
     const int rc = engine_step(e, entries, n, &k, logits, topk);
     dsacp_engine_measure_end(e, before);
     return rc;
+}
+
+int dsacp_engine_step(dsacp_engine *e, const dsacp_step_entry *entries, int64_t n, float *logits, int32_t *topk)
+{
+    return measured_step(e, entries, n, (step_kind){false, false, NULL}, logits, topk);
 }
 
 int dsacp_engine_step_last(dsacp_engine *e, const dsacp_step_entry *entries, int64_t n, float *logits_last,
@@ -708,23 +714,13 @@ int dsacp_engine_step_last(dsacp_engine *e, const dsacp_step_entry *entries, int
 int dsacp_engine_step_opts(dsacp_engine *e, const dsacp_step_entry *entries, const dsacp_entry_opts *opts, int64_t n,
                            float *logits, int32_t *topk)
 {
-    dsacp_comm_counter before[DSACP_PHASE_COUNT];
-    dsacp_engine_measure_begin(e, before);
-    const step_kind k = {false, true, opts};
-    const int rc = engine_step(e, entries, n, &k, logits, topk);
-    dsacp_engine_measure_end(e, before);
-    return rc;
+    return measured_step(e, entries, n, (step_kind){false, true, opts}, logits, topk);
 }
 
 int dsacp_engine_mtp_step(dsacp_engine *e, const dsacp_step_entry *entries, const dsacp_entry_opts *opts, int64_t n,
                           float *logits, int32_t *topk)
 {
-    dsacp_comm_counter before[DSACP_PHASE_COUNT];
-    dsacp_engine_measure_begin(e, before);
-    const step_kind k = {true, true, opts};
-    const int rc = engine_step(e, entries, n, &k, logits, topk);
-    dsacp_engine_measure_end(e, before);
-    return rc;
+    return measured_step(e, entries, n, (step_kind){true, true, opts}, logits, topk);
 }
 
 dsacp_comm *dsacp_engine_comm(const dsacp_engine *e) { return e->comm; }
