@@ -15,6 +15,7 @@
 #include "serve/serve.h"
 
 #include <stdint.h>
+#include <string.h>
 
 enum { NREQ = 5, CUT = 3, LOOP = 4 }; /* the request stopped mid-run, the one whose output loops */
 
@@ -48,6 +49,31 @@ static void make_workload(int64_t V, dsacp_serve_request *rq, int32_t *stop)
     rq[CUT].stop_ids = stop, rq[CUT].n_stop = 1;
 }
 
+/* Disaggregated runs: the group's role (kv_both: none), and for a consumer the spec counters the
+ * run must report. */
+static dsacp_kv_role g_role = DSACP_KV_BOTH;
+
+/* Serves with a link (role != kv_both: comm is the group, the link joins it to the other group
+ * over the world); every rank's kv_transfer counter must equal the relayout's formula. */
+static int serve_link(dsacp_engine *e, const dsacp_serve_request *rq, int64_t n, dsacp_serve_options *so,
+                      dsacp_serve_result *res)
+{
+    dsacp_pd *pd = NULL;
+    int rc = dsacp_pd_create(g_world, e, g_role, 60, &pd);
+    so->pd = pd;
+    if (!rc) rc = dsacp_serve_run(e, g_rank == 0 ? rq : NULL, g_rank == 0 ? n : 0, so, res);
+    if (!rc) {
+        const dsacp_comm_counter got = dsacp_comm_get_counter(dsacp_pd_link(pd), DSACP_PHASE_kv_transfer),
+                                 want = dsacp_pd_predicted(pd);
+        CHECKF(got.calls == want.calls && got.bytes_sent == want.bytes_sent && got.bytes_recv == want.bytes_recv,
+               "world rank %d: kv_transfer %lld calls %lld sent %lld received, formula %lld %lld %lld", g_rank,
+               (long long)got.calls, (long long)got.bytes_sent, (long long)got.bytes_recv, (long long)want.calls,
+               (long long)want.bytes_sent, (long long)want.bytes_recv);
+    }
+    dsacp_pd_free(pd);
+    return rc;
+}
+
 static int serve(const dsacp_model *m, const cp_case *c, dsacp_comm *comm, const dsacp_spec_config *spec,
                  const dsacp_serve_request *rq, int64_t n, int64_t mbt, int64_t blocks, dsacp_serve_result *res)
 {
@@ -70,7 +96,9 @@ static int serve(const dsacp_model *m, const cp_case *c, dsacp_comm *comm, const
     dsacp_engine *e = NULL;
     int rc = comm ? dsacp_engine_create_cp(m, &eo, &cp, comm, &e) : dsacp_engine_create(m, &eo, &e);
     const bool root = !comm || dsacp_comm_rank(comm) == 0;
-    if (!rc) rc = dsacp_serve_run(e, root ? rq : NULL, root ? n : 0, &so, res);
+    if (g_role != DSACP_KV_BOTH && comm) rc = dsacp_comm_agree(g_world, rc); /* the other group must not wait */
+    if (!rc && g_role != DSACP_KV_BOTH && comm) rc = serve_link(e, rq, n, &so, res);
+    else if (!rc) rc = dsacp_serve_run(e, root ? rq : NULL, root ? n : 0, &so, res);
     dsacp_engine_free(e);
     return rc;
 }
@@ -144,6 +172,63 @@ static void run_cases(const dsacp_model *m, dsacp_serve_request *rq, const dsacp
             }
 }
 
+/* Disaggregated (docs/disaggregation.md): every split of the world into P producers and W - P
+ * consumers, the producer on the pure-prefill plan or on DCP, the consumer under a decode strategy
+ * of its own with ngram speculation (the producer never speculates): the tokens are those of one
+ * process without speculation, the consumer's spec counters reach the merged result, the link's
+ * counters equal the formula (serve_link). Method mtp is refused on every rank. */
+static void run_pd_cases(const dsacp_model *m, dsacp_serve_request *rq, const dsacp_serve_result *ref, totals *t)
+{
+    static const cp_case prod[] = {
+        {"producer dsa-cp", DSACP_CP_DSA_CP, DSACP_DECODE_ALLGATHER_KV, DSACP_LAYOUT_REPLICATED, DSACP_LAYOUT_REPLICATED, 1, 8},
+        {"producer dcp I=2", DSACP_CP_DCP, DSACP_DECODE_EXACT_TOPK, DSACP_LAYOUT_SHARDED, DSACP_LAYOUT_SHARDED, 2, 16},
+    };
+    static const cp_case cons[] = {
+        {"exact-topk sharded I=1", DSACP_CP_DCP, DSACP_DECODE_EXACT_TOPK, DSACP_LAYOUT_SHARDED, DSACP_LAYOUT_SHARDED, 1, 4},
+        {"replicated-index I=3", DSACP_CP_DCP, DSACP_DECODE_REPLICATED_INDEX, DSACP_LAYOUT_SHARDED, DSACP_LAYOUT_REPLICATED, 3, 8},
+        {"dsa-cp replicated", DSACP_CP_DSA_CP, DSACP_DECODE_ALLGATHER_KV, DSACP_LAYOUT_REPLICATED, DSACP_LAYOUT_REPLICATED, 1, 16},
+    };
+    int64_t drafts = 0, preempted = 0;
+    for (int P = 1; P < g_W; P++) {
+        const bool producer = g_rank < P;
+        dsacp_comm *group = NULL;
+        g_role = producer ? DSACP_KV_PRODUCER : DSACP_KV_CONSUMER;
+        REQUIRE_OK(dsacp_pd_split(g_world, g_role, &group));
+        for (int ci = 0; ci < 3; ci++) {
+            const int64_t k = 1 + (P + ci) % 3;
+            const dsacp_spec_config sp = {DSACP_SPEC_NGRAM, k, 1, 3};
+            const cp_case *c = producer ? &prod[(P + ci) % 2] : &cons[ci];
+            /* the consumer's pool tight in one case (CUT's 60 cached tokens fit alone): it preempts
+             * and recomputes there, verify entries beside the recompute's prefill chunks */
+            const int64_t mbt = ci == 1 ? 7 : 64, blocks = !producer && ci == 0 ? 64 / c->B : 1024;
+            char what[200];
+            snprintf(what, sizeof what, "W=%d --pd %d:%d consumer %s, %s, ngram k=%lld budget %lld blocks %lld", g_W, P,
+                     g_W - P, cons[ci].name, prod[(P + ci) % 2].name, (long long)k, (long long)mbt, (long long)blocks);
+            dsacp_serve_result res = {0};
+            const int rc = serve(m, c, group, &sp, rq, NREQ, mbt, blocks, &res);
+            CHECKF(rc == DSACP_OK, "%s: %s (%s)", what, dsacp_status_name(rc), dsacp_last_error());
+            if (g_rank == 0 && rc == DSACP_OK) {
+                CHECKF(res.pd && res.pd_W[0] == P && res.spec.method == DSACP_SPEC_NGRAM, "%s: the result", what);
+                check_run(what, &res, ref, rq, &sp, t);
+                drafts += res.spec_num_drafts, preempted += res.pd_preemptions[1];
+            }
+            dsacp_serve_result_free(&res);
+        }
+        const dsacp_spec_config mtp = {DSACP_SPEC_MTP, 1, 0, 0};
+        dsacp_serve_result res = {0};
+        const int rc = serve(m, &prod[0], group, &mtp, rq, NREQ, 64, 1024, &res);
+        CHECKF(rc == DSACP_EUNSUPPORTED && strstr(dsacp_last_error(), "MTP layer's cache entries"),
+               "--pd %d:%d with spec mtp: %s (%s)", P, g_W - P, dsacp_status_name(rc), dsacp_last_error());
+        dsacp_comm_free(group);
+    }
+    g_role = DSACP_KV_BOTH;
+    if (g_rank == 0) {
+        printf("W=%d: disaggregated with ngram, %lld drafts over %d splits (%lld consumer preemptions), tokens of one "
+               "process\n", g_W, (long long)drafts, g_W - 1, (long long)preempted);
+        CHECK(drafts > 0);
+    }
+}
+
 /* The looping request alone with ngram: the output without speculation repeats itself, and most
  * drafts are accepted. CUT alone: its stop id ends it inside an accepted run (fewer tokens than
  * the first token, the accepted drafts, a bonus per verify entry and the plain decode steps). */
@@ -208,6 +293,7 @@ int main(int argc, char **argv)
     }
     totals t = {0};
     run_cases(m, rq, &ref, &t);
+    if (g_W > 1) run_pd_cases(m, rq, &ref, &t);
     if (g_rank == 0) {
         const double ng = t.draft_tokens[0] ? (double)t.accepted[0] / (double)t.draft_tokens[0] : 0;
         const double mt = t.draft_tokens[1] ? (double)t.accepted[1] / (double)t.draft_tokens[1] : 1;

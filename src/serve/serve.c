@@ -673,6 +673,9 @@ static int plan_words(sched *S, plan *p)
     const bool spec = S->o->spec.method != DSACP_SPEC_NONE, ngram = S->o->spec.method == DSACP_SPEC_NGRAM;
     if (spec && !rc) rc = dsacp_serve_plan_push(p, ngram ? S->truncs.n / 2 : 0);
     for (int64_t i = 0; ngram && i < S->truncs.n && !rc; i++) rc = dsacp_serve_plan_push(p, S->truncs.w[i]);
+    /* Sent once: a consumer's next plan may follow an empty step (no record_step resets them), and
+     * a request ended by this plan must not be cut back again by the next. */
+    if (ngram) S->truncs.n = 0;
     if (!rc) rc = dsacp_serve_plan_push(p, S->ends.n);
     for (int64_t i = 0; i < S->ends.n && !rc; i++) rc = dsacp_serve_plan_push(p, S->ends.w[i]);
     if (!rc) rc = dsacp_serve_plan_push(p, S->adds.n);

@@ -5,6 +5,7 @@
  * over the link, the other group's part merged into the world's rank 0's result.
  */
 #include "serve/serve_loop.h"
+#include "serve/serve_spec.h"
 #include "engine/engine.h"
 
 #include <math.h>
@@ -108,8 +109,9 @@ static void words_text(const int64_t *w, int64_t n, char *out, size_t cap)
     snprintf(out, cap, "%.*s", (int)(bytes < cap - 1 ? bytes : cap - 1), (const char *)w);
 }
 
-/* A leader's part of the result as words: its steps, peak KV use and preemptions; a consumer's
- * also every request's outputs. */
+/* A leader's part of the result as words: its steps, peak KV use, preemptions, duration and
+ * speculative counters (a consumer's; the producer never speculates); a consumer's also every
+ * request's outputs. */
 static int result_words(const dsacp_serve_result *r, dsacp_kv_role role, plan *p)
 {
     const int64_t sw = (int64_t)((sizeof(dsacp_serve_step) + 7) / 8);
@@ -122,6 +124,10 @@ static int result_words(const dsacp_serve_result *r, dsacp_kv_role role, plan *p
     if (!rc) rc = push_f64(p, r->kv_peak_use);
     if (!rc) rc = dsacp_serve_plan_push(p, r->preemptions);
     if (!rc) rc = push_f64(p, r->duration_s);
+    const int64_t spec[4] = {r->spec_num_drafts, r->spec_num_draft_tokens, r->spec_num_accepted_tokens,
+                             r->target_steps_decode};
+    for (int j = 0; j < 4 && !rc; j++) rc = dsacp_serve_plan_push(p, spec[j]);
+    for (int j = 0; j < DSACP_SPEC_MAX_TOKENS && !rc; j++) rc = dsacp_serve_plan_push(p, r->spec_accepted_per_pos[j]);
     for (int64_t i = 0; role == DSACP_KV_CONSUMER && i < r->n_requests && !rc; i++) {
         const dsacp_serve_out *o = &r->out[i];
         rc = dsacp_serve_plan_push(p, o->n_tokens);
@@ -152,7 +158,8 @@ static int result_merge(dsacp_serve_result *res, dsacp_kv_role mine, const int64
     const int64_t sw = (int64_t)((sizeof(dsacp_serve_step) + 7) / 8);
     int64_t k = 2;
     const int64_t ns = n > k ? w[k++] : -1;
-    if (ns < 0 || k + ns * sw + 3 > n) return dsacp_error(DSACP_ECOMM, "malformed result from the other group");
+    enum { SPEC_WORDS = 4 + DSACP_SPEC_MAX_TOKENS };
+    if (ns < 0 || k + ns * sw + 3 + SPEC_WORDS > n) return dsacp_error(DSACP_ECOMM, "malformed result from the other group");
     dsacp_serve_step *st = realloc(res->steps, (size_t)(res->n_steps + ns + 1) * sizeof *st);
     if (!st) return dsacp_error(DSACP_ENOMEM, "out of memory");
     res->steps = st, res->cap_steps = res->n_steps + ns + 1;
@@ -162,6 +169,11 @@ static int result_merge(dsacp_serve_result *res, dsacp_kv_role mine, const int64
     res->pd_preemptions[g] = w[k + 1];
     const double dur = bits_f64(w[k + 2]);
     k += 3;
+    /* The speculative counters: the consumer's (the producer's are zero). */
+    res->spec_num_drafts += w[k], res->spec_num_draft_tokens += w[k + 1];
+    res->spec_num_accepted_tokens += w[k + 2], res->target_steps_decode += w[k + 3];
+    for (int j = 0; j < DSACP_SPEC_MAX_TOKENS; j++) res->spec_accepted_per_pos[j] += w[k + 4 + j];
+    k += SPEC_WORDS;
     res->pd_kv_peak_use[1 - g] = res->kv_peak_use;
     res->pd_preemptions[1 - g] = res->preemptions;
     res->duration_s = fmax(res->duration_s, dur);
@@ -295,7 +307,9 @@ static int serve_run_pd(dsacp_engine *e, const dsacp_serve_request *reqs, int64_
     dsacp_serve_request *own = NULL;
     int32_t *store = NULL;
     int64_t n = 0;
-    int rc = workload_bcast(world, reqs, n_in, &wl);
+    /* The speculative configuration on every rank of both groups (mtp is refused with a link). */
+    int rc = dsacp_comm_agree_phase(world, dsacp_spec_check(e, opt), -1);
+    if (!rc) rc = workload_bcast(world, reqs, n_in, &wl);
     if (!rc) rc = workload_parse(&wl, &own, &store, &n);
     rc = dsacp_comm_agree_phase(world, rc, -1);
     const bool wroot = dsacp_comm_rank(world) == 0;
@@ -303,7 +317,11 @@ static int serve_run_pd(dsacp_engine *e, const dsacp_serve_request *reqs, int64_
     loop L = {.c = dsacp_engine_comm(e), .V = dsacp_engine_config(e)->vocab_size};
     L.root = dsacp_comm_rank(L.c) == 0;
     sched S = {0};
-    S.e = e, S.rq = own, S.n = n, S.o = opt, S.res = wroot ? res : &local, S.pd = pd, S.role = dsacp_pd_role(pd);
+    /* The producer never speculates: it prefills and samples the first token (greedy or with the
+     * seed stream of token 0, as kv_both does); the consumer decodes with verify entries. */
+    dsacp_serve_options own_opt = *opt;
+    if (dsacp_pd_role(pd) == DSACP_KV_PRODUCER) own_opt.spec.method = DSACP_SPEC_NONE;
+    S.e = e, S.rq = own, S.n = n, S.o = &own_opt, S.res = wroot ? res : &local, S.pd = pd, S.role = dsacp_pd_role(pd);
     if (!rc) rc = dsacp_serve_loop(&S, &L);
     if (rc && L.root) dsacp_pd_abort(pd, rc, dsacp_last_error());
     if (!rc || L.t0 > 0) rc = pd_end(&S, &L, rc);
@@ -311,6 +329,7 @@ static int serve_run_pd(dsacp_engine *e, const dsacp_serve_request *reqs, int64_
         int wp, wd;
         dsacp_pd_sizes(pd, &wp, &wd);
         res->pd = true, res->pd_W[0] = wp, res->pd_W[1] = wd;
+        res->spec = opt->spec; /* the run's configuration, whichever group's leader reports */
     }
     dsacp_serve_sched_free(&S, &L, e, n);
     dsacp_serve_result_free(&local);
