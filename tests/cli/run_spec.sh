@@ -72,6 +72,10 @@ if mpi 2 "$DSACP" run "${W[@]}" --speculative-config "$NG" --temperature 0.8 --j
    [ "$(tokens "$tmp/t1.json")" = "$(tokens "$tmp/t2.json")" ] && [ "$(tokens "$tmp/t1.json")" != "$ref" ]; then
   pass "sampled tokens with speculation identical on 1 and 2 ranks (and not the greedy ones)"
 else fail "sampling with speculation: $(tail -n 3 "$tmp/log")"; fi
+if mpi 2 "$DSACP" run "${W[@]}" --pd 1:1 --speculative-config "$NG" --temperature 0.8 --json "$tmp/t3.json" >"$tmp/log" 2>&1 &&
+   [ "$(tokens "$tmp/t1.json")" = "$(tokens "$tmp/t3.json")" ]; then
+  pass "sampled tokens with speculation identical disaggregated (--pd 1:1: first token on the producer)"
+else fail "sampling with speculation, --pd 1:1: $(tail -n 3 "$tmp/log")"; fi
 
 expect_error "unknown field" "--speculative-config" "draft_model" -- \
   "$DSACP" run "${W[@]}" --speculative-config '{"method": "ngram", "num_speculative_tokens": 2, "draft_model": "x"}'
