@@ -8,15 +8,21 @@
  * (sharded, replicated, partial:G), block sizes that differ between the groups and producers
  * on the pure-prefill plan (DSA-CP, layer-shard q_proj / o_proj) or on DCP; every request gets
  * the greedy tokens one process gives, and every rank's kv_transfer counter on the link equals
- * the relayout's formula (dsacp_pd_predicted). The refusals: a role without a partner group,
- * mismatched cache dtypes. Run alone (W = 1) it checks the refusal of a lone producer.
+ * the relayout's formula (dsacp_pd_predicted). With the MTP layer (speculative decoding, method
+ * mtp) the producer's catch-up entries travel beside the target layers': every entry a consumer
+ * rank keeps equals one process's, the counters equal the formula over L + 1 layers. The
+ * refusals: a role without a partner group, mismatched cache dtypes, the MTP layer on one side. Run alone (W = 1) it checks the refusal of a lone producer.
  */
 #include "test.h"
 #include "dsacp_cp.h"
 #include "dsacp_serve.h"
 #include "dsacp_util.h"
+#include "cp/cp.h"
+#include "engine/engine.h"
 #include "ref/test_util.h"
+#include "serve/serve.h"
 
+#include <math.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -197,6 +203,164 @@ static int consumer_cases(const dsacp_config *cfg, int Wd, pd_case *out, int cap
     return n;
 }
 
+/* ---- the MTP layer's entries over the link (speculative decoding, method mtp) ---- */
+
+enum { MTP_N = 37, MTP_CHUNK = 16 };
+
+static int32_t argmax(const float *x, int64_t n)
+{
+    int64_t best = 0;
+    for (int64_t i = 1; i < n; i++)
+        if (x[i] > x[best]) best = i;
+    return (int32_t)best;
+}
+
+/* One prefill chunk [a, b) of request `id` on a producer, as the serving loop runs it with the MTP
+ * layer: the target step (its layers' entries sent by the link's hook), the catch-up MTP step over
+ * the same rows (row p's token: the prompt's at p + 1, the first token after the last row), the
+ * MTP layer's entries sent. *first: the first token (the last chunk, every rank of the group). */
+static void producer_chunk(dsacp_engine *e, dsacp_pd *pd, int64_t id, const int32_t *prompt, int64_t a, int64_t b,
+                           int32_t *first)
+{
+    const dsacp_config *cfg = dsacp_engine_config(e);
+    const bool root = dsacp_comm_rank(dsacp_engine_comm(e)) == 0;
+    float *lg = root ? malloc((size_t)cfg->vocab_size * sizeof *lg) : NULL;
+    const int64_t s = 0, n = b - a;
+    dsacp_pd_step_begin(pd, &s, &id, &a, &n, 1);
+    const dsacp_step_entry t = {id, n, prompt + a};
+    REQUIRE_OK(dsacp_engine_step_opts(e, &t, NULL, 1, lg, NULL));
+    int32_t tok = b < MTP_N ? prompt[b] : 0;
+    if (b == MTP_N) {
+        if (root) tok = argmax(lg, cfg->vocab_size);
+        REQUIRE_OK(dsacp_comm_bcast(dsacp_engine_comm(e), &tok, sizeof tok, DSACP_PHASE_input));
+        *first = tok;
+    }
+    int32_t ids[MTP_CHUNK];
+    for (int64_t j = 0; j < n; j++) ids[j] = a + j + 1 < MTP_N ? prompt[a + j + 1] : tok;
+    const dsacp_step_entry c = {id, n, ids};
+    REQUIRE_OK(dsacp_engine_mtp_step(e, &c, NULL, 1, NULL, NULL));
+    REQUIRE_OK(dsacp_pd_send_layer(pd, cfg->num_hidden_layers));
+    dsacp_pd_step_end(pd);
+    free(lg);
+}
+
+/* Every entry a consumer rank keeps, target layers and the MTP layer's, against one process's
+ * (exact numerics: the same values up to the summation order of the CP reductions). */
+static int64_t compare_entries(dsacp_engine *e, int64_t id, dsacp_engine *solo, int64_t sid, const char *what)
+{
+    const dsacp_config *cfg = dsacp_engine_config(e);
+    dsacp_cp_relayout rl = {0};
+    dsacp_engine_relayout_side(e, false, &rl);
+    const int me = dsacp_comm_rank(dsacp_engine_comm(e));
+    int64_t checked = 0;
+    for (int kind = 0; kind < 2; kind++) {
+        const int64_t eb = dsacp_engine_kv_wire_bytes(e, kind), nf = eb / (int64_t)sizeof(float);
+        float *x = malloc((size_t)eb), *y = malloc((size_t)eb);
+        for (int64_t l = 0; l <= cfg->num_hidden_layers; l++)
+            for (int64_t p = 0; p < MTP_N; p++) {
+                if (!dsacp_cp_relayout_holds(&rl, kind, p, me)) continue;
+                REQUIRE_OK(dsacp_engine_kv_pack(e, id, l, kind, &p, 1, x));
+                REQUIRE_OK(dsacp_engine_kv_pack(solo, sid, l, kind, &p, 1, y));
+                double worst = 0, norm = 0;
+                for (int64_t i = 0; i < nf; i++) worst = fmax(worst, fabs((double)x[i] - y[i])), norm += fabs((double)y[i]);
+                CHECKF(worst <= 1e-4 * (1 + norm / (double)nf) && norm > 0, "%s: rank %d layer %lld %s position %lld "
+                       "differs from one process by %g", what, me, (long long)l, kind ? "index" : "latent", (long long)p, worst);
+                checked++;
+            }
+        free(x), free(y);
+    }
+    return checked;
+}
+
+/* A prompt prefilled by the producer group with the MTP layer (chunks, catch-up steps) and
+ * imported by the consumer group: every entry the consumer keeps -- the MTP layer's included --
+ * equals one process's, the imported request's MTP length is the prompt's, and every rank's
+ * kv_transfer counter equals the formula over L + 1 layers. */
+static void mtp_relayout(const dsacp_model *m, dsacp_comm *group, bool producer, int P, int variant)
+{
+    dsacp_engine_options eo;
+    dsacp_engine_options_default(&eo);
+    eo.mtp = true, eo.num_blocks = 64;
+    dsacp_cp_options cp;
+    dsacp_cp_options_default(&cp);
+    if (producer) {
+        eo.block_size = 8;
+        if (variant) cp.interleave = 2;
+        else cp.mode = DSACP_CP_DSA_CP, cp.prefill_split = DSACP_PREFILL_CONTIGUOUS,
+             cp.kv_layout = cp.index_layout = DSACP_LAYOUT_REPLICATED;
+    } else {
+        eo.block_size = 4, cp.interleave = variant ? 3 : 1;
+        if (variant) cp.decode = DSACP_DECODE_REPLICATED_INDEX, cp.index_layout = DSACP_LAYOUT_REPLICATED;
+    }
+    char what[120];
+    snprintf(what, sizeof what, "MTP layer over the link, P=%d D=%d variant %d", P, g_W - P, variant);
+    dsacp_engine *e = NULL;
+    REQUIRE_OK(dsacp_engine_create_cp(m, &eo, &cp, group, &e));
+    dsacp_pd *pd = NULL;
+    REQUIRE_OK(dsacp_pd_create(g_world, e, producer ? DSACP_KV_PRODUCER : DSACP_KV_CONSUMER, 60, &pd));
+    int32_t prompt[MTP_N], first = -1;
+    dsacp_rng rng;
+    dsacp_rng_seed(&rng, 909);
+    for (int64_t j = 0; j < MTP_N; j++) prompt[j] = (int32_t)(dsacp_rng_u64(&rng) % (uint64_t)dsacp_engine_config(e)->vocab_size);
+    int64_t chunks[2 * 3], nc = 0, id = -1;
+    for (int64_t a = 0; a < MTP_N; a += MTP_CHUNK) chunks[2 * nc] = a, chunks[2 * nc + 1] = a + MTP_CHUNK < MTP_N ? a + MTP_CHUNK : MTP_N, nc++;
+    if (producer) {
+        REQUIRE_OK(dsacp_engine_add_request(e, &id));
+        for (int64_t k = 0; k < nc; k++) producer_chunk(e, pd, id, prompt, chunks[2 * k], chunks[2 * k + 1], &first);
+        REQUIRE_OK(dsacp_pd_flush(pd, -1));
+    } else {
+        REQUIRE_OK(dsacp_engine_import_begin(e, MTP_N, &id));
+        REQUIRE_OK(dsacp_pd_import_add(pd, 0, id, MTP_N));
+        REQUIRE_OK(dsacp_pd_import_finish(pd, 0, chunks, nc));
+        CHECKF(dsacp_engine_request_mtp_length(e, id) == MTP_N && dsacp_engine_request_length(e, id) == MTP_N,
+               "%s: the imported request's lengths", what);
+        /* One process: the whole prompt, then its catch-up (the first token its own argmax). */
+        dsacp_engine_options so = eo;
+        dsacp_engine *solo = NULL;
+        REQUIRE_OK(dsacp_engine_create(m, &so, &solo));
+        int64_t sid;
+        float *lg = malloc((size_t)dsacp_engine_config(e)->vocab_size * sizeof *lg);
+        REQUIRE_OK(dsacp_engine_add_request(solo, &sid));
+        const dsacp_step_entry t = {sid, MTP_N, prompt};
+        REQUIRE_OK(dsacp_engine_step_opts(solo, &t, NULL, 1, lg, NULL));
+        int32_t ids[MTP_N];
+        for (int64_t j = 0; j < MTP_N; j++) ids[j] = j + 1 < MTP_N ? prompt[j + 1] : argmax(lg, dsacp_engine_config(e)->vocab_size);
+        const dsacp_step_entry c = {sid, MTP_N, ids};
+        REQUIRE_OK(dsacp_engine_mtp_step(solo, &c, NULL, 1, NULL, NULL));
+        const int64_t n = compare_entries(e, id, solo, sid, what);
+        CHECKF(n > 0, "%s: no entry kept", what);
+        free(lg);
+        dsacp_engine_free(solo);
+    }
+    const dsacp_comm_counter got = dsacp_comm_get_counter(dsacp_pd_link(pd), DSACP_PHASE_kv_transfer),
+                             want = dsacp_pd_predicted(pd);
+    CHECKF(got.calls == want.calls && got.bytes_sent == want.bytes_sent && got.bytes_recv == want.bytes_recv && got.calls > 0,
+           "%s: world rank %d kv_transfer %lld calls %lld sent %lld received, formula %lld %lld %lld", what, g_rank,
+           (long long)got.calls, (long long)got.bytes_sent, (long long)got.bytes_recv, (long long)want.calls,
+           (long long)want.bytes_sent, (long long)want.bytes_recv);
+    REQUIRE_OK(dsacp_comm_agree(g_world, DSACP_OK));
+    dsacp_pd_free(pd);
+    dsacp_engine_free(e);
+}
+
+/* The link refuses a pair where one group's engine has the MTP layer and the other's not. */
+static void mtp_refusal(const dsacp_model *m, dsacp_comm *group, bool producer)
+{
+    dsacp_engine_options eo;
+    dsacp_engine_options_default(&eo);
+    eo.num_blocks = 64;
+    eo.mtp = producer;
+    dsacp_cp_options cp;
+    dsacp_cp_options_default(&cp);
+    dsacp_engine *e = NULL;
+    REQUIRE_OK(dsacp_engine_create_cp(m, &eo, &cp, group, &e));
+    dsacp_pd *pd = NULL;
+    const int rc = dsacp_pd_create(g_world, e, producer ? DSACP_KV_PRODUCER : DSACP_KV_CONSUMER, 10, &pd);
+    CHECKF(rc == DSACP_EINVAL && !pd && strstr(dsacp_last_error(), "MTP layer"), "MTP layer on one side only: %s (%s)",
+           dsacp_status_name(rc), dsacp_last_error());
+    dsacp_engine_free(e);
+}
+
 /* The refusals: mismatched cache dtypes between the groups (every rank gets the same verdict). */
 static void refusals(const dsacp_model *m, dsacp_comm *group, bool producer)
 {
@@ -265,7 +429,8 @@ int main(int argc, char **argv)
         pd_case cases[64];
         const int n = consumer_cases(cfg, Wd, cases, 64);
         for (int k = 0; k < n; k++) run_case(m, group, producer, P, &cases[k], rq, &ref);
-        if (P == 1) refusals(m, group, producer);
+        if (P == 1) refusals(m, group, producer), mtp_refusal(m, group, producer);
+        for (int v = 0; v < 2; v++) mtp_relayout(m, group, producer, P, v);
         dsacp_serve_result_free(&ref);
         for (int i = 0; i < NREQ; i++) free(rq[i].prompt);
         dsacp_comm_free(group);

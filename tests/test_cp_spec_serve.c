@@ -15,7 +15,6 @@
 #include "serve/serve.h"
 
 #include <stdint.h>
-#include <string.h>
 
 enum { NREQ = 5, CUT = 3, LOOP = 4 }; /* the request stopped mid-run, the one whose output loops */
 
@@ -174,9 +173,10 @@ static void run_cases(const dsacp_model *m, dsacp_serve_request *rq, const dsacp
 
 /* Disaggregated (docs/disaggregation.md): every split of the world into P producers and W - P
  * consumers, the producer on the pure-prefill plan or on DCP, the consumer under a decode strategy
- * of its own with ngram speculation (the producer never speculates): the tokens are those of one
+ * of its own with ngram or mtp speculation (the producer never speculates; with mtp it computes
+ * the prompt's MTP entries, which travel with the target layers'): the tokens are those of one
  * process without speculation, the consumer's spec counters reach the merged result, the link's
- * counters equal the formula (serve_link). Method mtp is refused on every rank. */
+ * counters equal the formula over every cached layer (serve_link). */
 static void run_pd_cases(const dsacp_model *m, dsacp_serve_request *rq, const dsacp_serve_result *ref, totals *t)
 {
     static const cp_case prod[] = {
@@ -188,44 +188,41 @@ static void run_pd_cases(const dsacp_model *m, dsacp_serve_request *rq, const ds
         {"replicated-index I=3", DSACP_CP_DCP, DSACP_DECODE_REPLICATED_INDEX, DSACP_LAYOUT_SHARDED, DSACP_LAYOUT_REPLICATED, 3, 8},
         {"dsa-cp replicated", DSACP_CP_DSA_CP, DSACP_DECODE_ALLGATHER_KV, DSACP_LAYOUT_REPLICATED, DSACP_LAYOUT_REPLICATED, 1, 16},
     };
-    int64_t drafts = 0, preempted = 0;
+    int64_t drafts = 0, mtp_drafts = 0, preempted = 0;
     for (int P = 1; P < g_W; P++) {
         const bool producer = g_rank < P;
         dsacp_comm *group = NULL;
         g_role = producer ? DSACP_KV_PRODUCER : DSACP_KV_CONSUMER;
         REQUIRE_OK(dsacp_pd_split(g_world, g_role, &group));
-        for (int ci = 0; ci < 3; ci++) {
+        for (int ci = 0; ci < 6; ci++) {
             const int64_t k = 1 + (P + ci) % 3;
-            const dsacp_spec_config sp = {DSACP_SPEC_NGRAM, k, 1, 3};
-            const cp_case *c = producer ? &prod[(P + ci) % 2] : &cons[ci];
+            const dsacp_spec_config sp = {ci < 3 ? DSACP_SPEC_NGRAM : DSACP_SPEC_MTP, k, ci < 3 ? 1 : 0, ci < 3 ? 3 : 0};
+            const cp_case *c = producer ? &prod[(P + ci) % 2] : &cons[ci % 3];
             /* the consumer's pool tight in one case (CUT's 60 cached tokens fit alone): it preempts
              * and recomputes there, verify entries beside the recompute's prefill chunks */
-            const int64_t mbt = ci == 1 ? 7 : 64, blocks = !producer && ci == 0 ? 64 / c->B : 1024;
+            const int64_t mbt = ci % 3 == 1 ? 7 : 64, blocks = !producer && ci % 3 == 0 ? 64 / c->B : 1024;
             char what[200];
-            snprintf(what, sizeof what, "W=%d --pd %d:%d consumer %s, %s, ngram k=%lld budget %lld blocks %lld", g_W, P,
-                     g_W - P, cons[ci].name, prod[(P + ci) % 2].name, (long long)k, (long long)mbt, (long long)blocks);
+            snprintf(what, sizeof what, "W=%d --pd %d:%d consumer %s, %s, %s k=%lld budget %lld blocks %lld", g_W, P,
+                     g_W - P, cons[ci % 3].name, prod[(P + ci) % 2].name, ci < 3 ? "ngram" : "mtp", (long long)k,
+                     (long long)mbt, (long long)blocks);
             dsacp_serve_result res = {0};
             const int rc = serve(m, c, group, &sp, rq, NREQ, mbt, blocks, &res);
             CHECKF(rc == DSACP_OK, "%s: %s (%s)", what, dsacp_status_name(rc), dsacp_last_error());
             if (g_rank == 0 && rc == DSACP_OK) {
-                CHECKF(res.pd && res.pd_W[0] == P && res.spec.method == DSACP_SPEC_NGRAM, "%s: the result", what);
+                CHECKF(res.pd && res.pd_W[0] == P && res.spec.method == sp.method, "%s: the result", what);
                 check_run(what, &res, ref, rq, &sp, t);
-                drafts += res.spec_num_drafts, preempted += res.pd_preemptions[1];
+                drafts += ci < 3 ? res.spec_num_drafts : 0, mtp_drafts += ci < 3 ? 0 : res.spec_num_drafts;
+                preempted += res.pd_preemptions[1];
             }
             dsacp_serve_result_free(&res);
         }
-        const dsacp_spec_config mtp = {DSACP_SPEC_MTP, 1, 0, 0};
-        dsacp_serve_result res = {0};
-        const int rc = serve(m, &prod[0], group, &mtp, rq, NREQ, 64, 1024, &res);
-        CHECKF(rc == DSACP_EUNSUPPORTED && strstr(dsacp_last_error(), "MTP layer's cache entries"),
-               "--pd %d:%d with spec mtp: %s (%s)", P, g_W - P, dsacp_status_name(rc), dsacp_last_error());
         dsacp_comm_free(group);
     }
     g_role = DSACP_KV_BOTH;
     if (g_rank == 0) {
-        printf("W=%d: disaggregated with ngram, %lld drafts over %d splits (%lld consumer preemptions), tokens of one "
-               "process\n", g_W, (long long)drafts, g_W - 1, (long long)preempted);
-        CHECK(drafts > 0);
+        printf("W=%d: disaggregated, ngram %lld drafts and mtp %lld over %d splits (%lld consumer preemptions), tokens "
+               "of one process\n", g_W, (long long)drafts, (long long)mtp_drafts, g_W - 1, (long long)preempted);
+        CHECK(drafts > 0 && mtp_drafts > 0);
     }
 }
 

@@ -3,7 +3,7 @@
  * (docs/disaggregation.md): the wire bytes of an entry, this engine's shape as either side of a
  * dsacp_cp_relayout, the copy of a request's entries out of and into its blocks, requests whose
  * prompt arrives from elsewhere (imports), and the hook a step calls after each layer's
- * attention. What a rank keeps is the engine's own rule (dsacp_cp_idx_holds, the latent's
+ * attention. Every cached layer travels: the target's L and, with opt.mtp, the MTP layer (index L). What a rank keeps is the engine's own rule (dsacp_cp_idx_holds, the latent's
  * sharded or replicated layout), the same as dsacp_cp_relayout_holds computes.
  */
 #include "engine/engine_internal.h"
@@ -29,7 +29,7 @@ void dsacp_engine_relayout_side(const dsacp_engine *e, bool producer, dsacp_cp_r
     }
     r->latent_bytes = dsacp_engine_kv_wire_bytes(e, DSACP_KV_LATENT);
     r->index_bytes = dsacp_engine_kv_wire_bytes(e, DSACP_KV_INDEX);
-    r->layers = e->L;
+    r->layers = e->NL; /* every cached layer: the MTP layer's too (index L) with opt.mtp */
 }
 
 /* The slot of global position p of kind in request r on this rank, or -1 when this rank does
@@ -65,8 +65,8 @@ static int kv_access(const dsacp_engine *e, int64_t id, int64_t layer, int kind,
 {
     const dsacp_engine_request *r = dsacp_engine_find_request(e, id);
     if (!r) return dsacp_error(DSACP_EINVAL, "kv copy: no live request %lld", (long long)id);
-    if (layer < 0 || layer >= e->L)
-        return dsacp_error(DSACP_EINVAL, "kv copy: layer %lld outside [0, %lld)", (long long)layer, (long long)e->L);
+    if (layer < 0 || layer >= e->NL)
+        return dsacp_error(DSACP_EINVAL, "kv copy: layer %lld outside [0, %lld)", (long long)layer, (long long)e->NL);
     if (kind != DSACP_KV_LATENT && kind != DSACP_KV_INDEX)
         return dsacp_error(DSACP_EINVAL, "kv copy: kind %d is neither latent (0) nor index (1)", kind);
     if (n < 0 || (n > 0 && !buf)) return dsacp_error(DSACP_EINVAL, "kv copy: bad position count or buffer");
@@ -166,6 +166,9 @@ int dsacp_engine_import_end(dsacp_engine *e, int64_t id)
     const int me = e->cp.rank;
     r->importing = false;
     r->length = r->import_len;
+    /* With the MTP layer the producer sent its entries of the prompt too (the link refuses a pair
+     * where only one side has it): the MTP layer holds the prompt's positions as the target does. */
+    r->mtp_length = e->NL > e->L ? r->length : 0;
     r->seq.length = dsacp_engine_kept_on(e, e->cp.opt.kv_layout, r->length, me);
     if (e->icache != e->cache) r->iseq.length = dsacp_engine_kept_on(e, e->cp.opt.index_layout, r->length, me);
     return DSACP_OK;

@@ -105,7 +105,7 @@ static int plan_apply_truncs(sched *S, const int64_t *w, int64_t *k, bool struct
     int rc = DSACP_OK;
     const int64_t n = S->o->spec.method != DSACP_SPEC_NONE ? w[(*k)++] : 0;
     for (int64_t i = 0; i < n; i++, *k += 2)
-        if (structural && !rc) rc = dsacp_engine_truncate_request(S->e, S->eid[w[*k]], w[*k + 1], w[*k + 1]);
+        if (structural && !rc) rc = dsacp_spec_cut_back(S, w[*k], w[*k + 1]);
     return rc;
 }
 
@@ -890,7 +890,6 @@ static int serve_step(sched *S, loop *L, bool *finished)
     if (!rc) rc = target_step(S, L, &se);
     const double te = dsacp_now();
     const int64_t cb1 = comm_recv_total(c, &cs1);
-    if (S->role == DSACP_KV_PRODUCER) dsacp_pd_step_end(S->pd);
     if (!rc && L->root) rc = record_step(S, L, ts, te, cs1 - cs0, cb1 - cb0);
     if (!rc && L->root && S->pd) rc = dsacp_pd_alive(S->pd);
     if (S->o->spec.method == DSACP_SPEC_MTP) {
@@ -899,7 +898,10 @@ static int serve_step(sched *S, loop *L, bool *finished)
         if (!rc) rc = dsacp_spec_mtp_round(S, L);
         if (L->root && S->res->n_steps > 0)
             S->res->steps[S->res->n_steps - 1].draft_ms = L->draft_ms, S->res->steps[S->res->n_steps - 1].draft_steps = L->draft_steps;
+        /* A producer's catch-up wrote the MTP layer's entries of the step's chunks: they go now. */
+        if (!rc && S->role == DSACP_KV_PRODUCER) rc = dsacp_pd_send_layer(S->pd, dsacp_engine_config(S->e)->num_hidden_layers);
     }
+    if (S->role == DSACP_KV_PRODUCER) dsacp_pd_step_end(S->pd);
     step_ents_free(&se);
     free(hook);
     return dsacp_comm_agree(c, rc);

@@ -56,6 +56,10 @@ void dsacp_pd_abort(dsacp_pd *pd, int status, const char *msg);
 void dsacp_pd_step_begin(dsacp_pd *pd, const int64_t *s, const int64_t *eid, const int64_t *a, const int64_t *n,
                          int64_t n_ent);
 void dsacp_pd_step_end(dsacp_pd *pd);
+/* Producer, every rank, between step_begin and step_end: sends the step's entries of one layer as
+ * the layer hook does (the MTP layer's, after the catch-up MTP step over the step's entries; its
+ * bytes are in step_begin's prediction, which counts every cached layer). */
+int dsacp_pd_send_layer(dsacp_pd *pd, int64_t layer);
 /* Waits until every send of this rank completed, at most max_s seconds (< 0: the link's timeout). */
 int dsacp_pd_flush(dsacp_pd *pd, double max_s);
 /* Consumer: request s (engine id eid, prompt of length tokens) is imported; poll drains what

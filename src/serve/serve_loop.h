@@ -140,6 +140,9 @@ int dsacp_spec_accept(sched *S, loop *L, int64_t i, const float *logits, bool *s
  * entries, the cut back of every verify entry's request, the chain steps; rank 0 keeps each
  * decoding request's drafts. Collective. */
 int dsacp_spec_mtp_round(sched *S, loop *L);
+/* Every rank: request s keeps `keep` target positions and at most as many MTP positions (the
+ * cut back of a verify entry's rejected drafts). */
+int dsacp_spec_cut_back(sched *S, int64_t s, int64_t keep);
 /* The token at position q of request s (prompt, then the generated ones; 0 beyond). */
 int32_t dsacp_spec_token_at(const sched *S, int64_t s, int64_t q);
 #endif

@@ -157,6 +157,11 @@ static int pd_check(const pd_desc *p, const pd_desc *d)
     if (p->numerics != d->numerics)
         return dsacp_error(DSACP_EINVAL, "kv_producer group runs %s numerics, kv_consumer group %s: the groups must "
                            "run the same numerics", p->numerics ? "deployed" : "exact", d->numerics ? "deployed" : "exact");
+    if (p->side.layers != d->side.layers)
+        return dsacp_error(DSACP_EINVAL, "the kv_%s group's engine has the MTP layer, the kv_%s group's not: the "
+                           "relayout moves every cached layer, so create both groups' engines with opt.mtp or neither",
+                           p->side.layers > d->side.layers ? "producer" : "consumer",
+                           p->side.layers > d->side.layers ? "consumer" : "producer");
     if (p->kv_dtype != d->kv_dtype)
         return dsacp_error(DSACP_EINVAL, "kv_producer group caches latents as %s, kv_consumer group as %s: the groups "
                            "must use the same cache dtype (entries travel as stored)", kv_dtype_name(p->kv_dtype),
@@ -481,6 +486,8 @@ static int pd_send_entries(dsacp_pd *pd, int64_t i, int64_t layer, int dst, int6
     }
     return pd_isend(pd, pd->dw[dst], (int)dsacp_pd_tag(pd, pd->st_s[i]), buf, bytes, DSACP_PHASE_kv_transfer);
 }
+
+int dsacp_pd_send_layer(dsacp_pd *pd, int64_t layer) { return pd_layer_hook(pd, layer); }
 
 static int pd_layer_hook(void *arg, int64_t layer)
 {

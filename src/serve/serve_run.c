@@ -307,7 +307,7 @@ static int serve_run_pd(dsacp_engine *e, const dsacp_serve_request *reqs, int64_
     dsacp_serve_request *own = NULL;
     int32_t *store = NULL;
     int64_t n = 0;
-    /* The speculative configuration on every rank of both groups (mtp is refused with a link). */
+    /* The speculative configuration on every rank of both groups. */
     int rc = dsacp_comm_agree_phase(world, dsacp_spec_check(e, opt), -1);
     if (!rc) rc = workload_bcast(world, reqs, n_in, &wl);
     if (!rc) rc = workload_parse(&wl, &own, &store, &n);
@@ -318,9 +318,13 @@ static int serve_run_pd(dsacp_engine *e, const dsacp_serve_request *reqs, int64_
     L.root = dsacp_comm_rank(L.c) == 0;
     sched S = {0};
     /* The producer never speculates: it prefills and samples the first token (greedy or with the
-     * seed stream of token 0, as kv_both does); the consumer decodes with verify entries. */
+     * seed stream of token 0, as kv_both does); the consumer decodes with verify entries. With the
+     * MTP layer the producer runs the catch-up MTP step after each prefill step (method mtp, no
+     * chain: k = 1), whose cache entries travel beside the target layers'. */
     dsacp_serve_options own_opt = *opt;
-    if (dsacp_pd_role(pd) == DSACP_KV_PRODUCER) own_opt.spec.method = DSACP_SPEC_NONE;
+    if (dsacp_pd_role(pd) == DSACP_KV_PRODUCER)
+        own_opt.spec = dsacp_engine_options_get(e)->mtp ? (dsacp_spec_config){DSACP_SPEC_MTP, 1, 0, 0}
+                                                         : (dsacp_spec_config){DSACP_SPEC_NONE, 0, 0, 0};
     S.e = e, S.rq = own, S.n = n, S.o = &own_opt, S.res = wroot ? res : &local, S.pd = pd, S.role = dsacp_pd_role(pd);
     if (!rc) rc = dsacp_serve_loop(&S, &L);
     if (rc && L.root) dsacp_pd_abort(pd, rc, dsacp_last_error());

@@ -107,13 +107,6 @@ int dsacp_spec_check(const dsacp_engine *e, const dsacp_serve_options *opt)
     if (c->method == DSACP_SPEC_NONE) return DSACP_OK;
     int rc = spec_ranges(c, "serve: spec");
     if (rc) return rc;
-    /* Disaggregated: the consumer speculates, the producer never does (it prefills and samples the
-     * first token). ngram drafts from the tokens the consumer's leader has; mtp would need the MTP
-     * layer's cache entries of the prompt, which the producer neither computes nor sends. */
-    if (opt->pd && c->method == DSACP_SPEC_MTP)
-        return dsacp_error(DSACP_EUNSUPPORTED, "serve: spec method mtp does not run with a disaggregated link (pd): "
-                           "the kv_consumer group would need the MTP layer's cache entries of the prompt, which the "
-                           "kv_producer group does not compute or send; use method ngram, or serve kv_both");
     if (c->method == DSACP_SPEC_MTP && !dsacp_engine_options_get(e)->mtp)
         return dsacp_error(DSACP_EINVAL, "serve: spec method mtp needs the model's MTP layer: create the engine "
                            "with opt.mtp");

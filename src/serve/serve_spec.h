@@ -57,8 +57,8 @@ int64_t dsacp_spec_accept_sample(const double *p, const double *q, int64_t V, co
 void dsacp_spec_rng(dsacp_rng *rng, uint64_t seed, int64_t req, int64_t index);
 
 /* The spec part of dsacp_serve_check: the fields' ranges (k in [1, DSACP_SPEC_MAX_TOKENS], ngram's
- * 1 <= min <= max), method mtp only on an engine with its MTP layer and without a disaggregated link
- * (ngram runs disaggregated: the consumer speculates, the producer never does). */
+ * 1 <= min <= max), method mtp only on an engine with its MTP layer (with a disaggregated link:
+ * both groups' engines, which the link checks). */
 int dsacp_spec_check(const dsacp_engine *e, const dsacp_serve_options *opt);
 
 #endif

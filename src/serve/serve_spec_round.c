@@ -12,9 +12,11 @@
 #include <string.h>
 
 /* Drafts a request may still use: k, and one fewer than the tokens it may still generate (the
- * verify step adds a bonus token). */
+ * verify step adds a bonus token). None on a producer: it never speculates (with the MTP layer it
+ * runs the catch-up steps only, and a prompt's last token is prefilled, not verified). */
 static int64_t drafts_wanted(const sched *S, int64_t s)
 {
+    if (S->role == DSACP_KV_PRODUCER) return 0;
     const int64_t k = S->o->spec.num_speculative_tokens;
     const int64_t left = S->rq[s].max_new_tokens - S->res->out[s].n_tokens - 1;
     return k < left ? k : left;
@@ -43,11 +45,12 @@ int32_t dsacp_spec_token_at(const sched *S, int64_t s, int64_t q)
     return q < out->n_tokens ? out->tokens[q] : 0;
 }
 
-/* Request s keeps `keep` target positions (its MTP positions, if any, are the catch-up's to cut). */
-static int cut_back(sched *S, int64_t s, int64_t keep)
+int dsacp_spec_cut_back(sched *S, int64_t s, int64_t keep)
 {
-    const int64_t ml = S->o->spec.method == DSACP_SPEC_MTP ? dsacp_engine_request_mtp_length(S->e, S->eid[s]) : keep;
-    return ml < 0 ? (int)ml : dsacp_engine_truncate_request(S->e, S->eid[s], keep, ml);
+    /* The MTP positions beyond `keep` go too; below it they are the catch-up's to extend (method
+     * mtp), or what an import brought (an MTP engine under ngram) -- never more than held. */
+    const int64_t ml = dsacp_engine_request_mtp_length(S->e, S->eid[s]);
+    return ml < 0 ? (int)ml : dsacp_engine_truncate_request(S->e, S->eid[s], keep, ml < keep ? ml : keep);
 }
 
 typedef struct spec_rng_arg {
@@ -90,7 +93,7 @@ int dsacp_spec_accept(sched *S, loop *L, int64_t i, const float *logits, bool *s
     r->n_draft = 0;
     int rc = dsacp_serve_plan_push(&S->truncs, s);
     if (!rc) rc = dsacp_serve_plan_push(&S->truncs, keep);
-    if (!rc) rc = cut_back(S, s, keep);
+    if (!rc) rc = dsacp_spec_cut_back(S, s, keep);
     *stopped = false;
     for (int64_t j = 0; j <= a && !rc && !*stopped; j++)
         rc = dsacp_serve_emit(S, L, s, run[j], dsacp_serve_top2_gap(logits + j * V, V), stopped);
@@ -145,7 +148,7 @@ static int mtp_catchup(sched *S, loop *L)
     if (!rc && L->root && !(L->mtp_logits = realloc(L->mtp_logits, (size_t)(rows > 0 ? rows : 1) * (size_t)V * sizeof *L->mtp_logits)))
         rc = dsacp_error(DSACP_ENOMEM, "out of memory for the MTP logits");
     const int64_t n_trunc = rc ? 0 : L->sw.w[k++];
-    for (int64_t j = 0; j < n_trunc && !rc && !L->root; j++, k += 2) rc = cut_back(S, L->sw.w[k], L->sw.w[k + 1]);
+    for (int64_t j = 0; j < n_trunc && !rc && !L->root; j++, k += 2) rc = dsacp_spec_cut_back(S, L->sw.w[k], L->sw.w[k + 1]);
     rc = dsacp_comm_agree(L->c, rc);
     if (!rc) rc = dsacp_engine_mtp_step(S->e, ent, opts, n, L->root ? L->mtp_logits : NULL, NULL);
     for (int64_t i = 0; i < n && !rc; i++) {

@@ -224,14 +224,9 @@ static int run_parse_engine(const cli_opt *opts, run_args *a)
         fprintf(stderr, "dsacp run: %s\n", dsacp_last_error());
         return 2;
     }
-    /* Disaggregated: the consumer group speculates, the producer group never does. */
-    if (sj && a->pd.role != DSACP_KV_BOTH && a->spec.method == DSACP_SPEC_MTP) {
-        fprintf(stderr, "dsacp run: '--speculative-config' with method mtp does not run disaggregated (--kv-role, "
-                "--pd): the kv_consumer group would need the MTP layer's cache entries of the prompt, which the "
-                "kv_producer group does not compute or send; use method ngram, or serve kv_both\n");
-        return 2;
-    }
-    a->eo.mtp = a->spec.method == DSACP_SPEC_MTP; /* the MTP layer's caches only when it drafts */
+    /* The MTP layer's caches only when it drafts. Disaggregated, both groups have them: the
+     * producer computes the prompt's MTP entries (it never speculates), the consumer drafts. */
+    a->eo.mtp = a->spec.method == DSACP_SPEC_MTP;
     a->verify = cli_get(opts, "verify") != NULL;
     /* Deployed numerics' --verify judges a divergence by the reference's top-2 gap, which only
      * decides a greedy token: a sampled token can differ wherever the logits differ at all. */
