@@ -343,39 +343,23 @@ static void mtp_relayout(const dsacp_model *m, dsacp_comm *group, bool producer,
     dsacp_engine_free(e);
 }
 
-/* The link refuses a pair where one group's engine has the MTP layer and the other's not. */
-static void mtp_refusal(const dsacp_model *m, dsacp_comm *group, bool producer)
+/* The link's refusals (every rank gets the same verdict): mismatched cache dtypes between the
+ * groups (mtp false), the MTP layer on the producer's engine only (mtp true). */
+static void refusal(const dsacp_model *m, dsacp_comm *group, bool producer, bool mtp)
 {
     dsacp_engine_options eo;
     dsacp_engine_options_default(&eo);
     eo.num_blocks = 64;
-    eo.mtp = producer;
+    if (mtp) eo.mtp = producer;
+    else eo.kv_dtype = producer ? DSACP_KV_F32 : DSACP_KV_BF16;
     dsacp_cp_options cp;
     dsacp_cp_options_default(&cp);
     dsacp_engine *e = NULL;
     REQUIRE_OK(dsacp_engine_create_cp(m, &eo, &cp, group, &e));
     dsacp_pd *pd = NULL;
     const int rc = dsacp_pd_create(g_world, e, producer ? DSACP_KV_PRODUCER : DSACP_KV_CONSUMER, 10, &pd);
-    CHECKF(rc == DSACP_EINVAL && !pd && strstr(dsacp_last_error(), "MTP layer"), "MTP layer on one side only: %s (%s)",
-           dsacp_status_name(rc), dsacp_last_error());
-    dsacp_engine_free(e);
-}
-
-/* The refusals: mismatched cache dtypes between the groups (every rank gets the same verdict). */
-static void refusals(const dsacp_model *m, dsacp_comm *group, bool producer)
-{
-    dsacp_engine_options eo;
-    dsacp_engine_options_default(&eo);
-    eo.num_blocks = 64;
-    eo.kv_dtype = producer ? DSACP_KV_F32 : DSACP_KV_BF16;
-    dsacp_cp_options cp;
-    dsacp_cp_options_default(&cp);
-    dsacp_engine *e = NULL;
-    REQUIRE_OK(dsacp_engine_create_cp(m, &eo, &cp, group, &e));
-    dsacp_pd *pd = NULL;
-    const int rc = dsacp_pd_create(g_world, e, producer ? DSACP_KV_PRODUCER : DSACP_KV_CONSUMER, 10, &pd);
-    CHECKF(rc == DSACP_EINVAL && !pd && strstr(dsacp_last_error(), "cache dtype"), "mismatched cache dtypes: %s (%s)",
-           dsacp_status_name(rc), dsacp_last_error());
+    CHECKF(rc == DSACP_EINVAL && !pd && strstr(dsacp_last_error(), mtp ? "MTP layer" : "cache dtype"), "%s: %s (%s)",
+           mtp ? "the MTP layer on one side only" : "mismatched cache dtypes", dsacp_status_name(rc), dsacp_last_error());
     dsacp_engine_free(e);
 }
 
@@ -429,7 +413,7 @@ int main(int argc, char **argv)
         pd_case cases[64];
         const int n = consumer_cases(cfg, Wd, cases, 64);
         for (int k = 0; k < n; k++) run_case(m, group, producer, P, &cases[k], rq, &ref);
-        if (P == 1) refusals(m, group, producer), mtp_refusal(m, group, producer);
+        if (P == 1) refusal(m, group, producer, false), refusal(m, group, producer, true);
         for (int v = 0; v < 2; v++) mtp_relayout(m, group, producer, P, v);
         dsacp_serve_result_free(&ref);
         for (int i = 0; i < NREQ; i++) free(rq[i].prompt);

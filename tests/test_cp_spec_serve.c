@@ -200,7 +200,7 @@ static void run_pd_cases(const dsacp_model *m, dsacp_serve_request *rq, const ds
             const cp_case *c = producer ? &prod[(P + ci) % 2] : &cons[ci % 3];
             /* the consumer's pool tight in one case (CUT's 60 cached tokens fit alone): it preempts
              * and recomputes there, verify entries beside the recompute's prefill chunks */
-            const int64_t mbt = ci % 3 == 1 ? 7 : 64, blocks = !producer && ci % 3 == 0 ? 64 / c->B : 1024;
+            const int64_t mbt = ci % 3 == 1 ? 7 : 64, blocks = !producer && ci % 3 == 0 ? 60 / c->B : 1024;
             char what[200];
             snprintf(what, sizeof what, "W=%d --pd %d:%d consumer %s, %s, %s k=%lld budget %lld blocks %lld", g_W, P,
                      g_W - P, cons[ci % 3].name, prod[(P + ci) % 2].name, ci < 3 ? "ngram" : "mtp", (long long)k,

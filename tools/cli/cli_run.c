@@ -320,7 +320,8 @@ static int64_t group_block_size(const run_state *st, int role)
 static int run_make_workload(const cli_opt *opts, const run_args *a, run_state *st, dsacp_engine_options *eo)
 {
     const dsacp_config *cfg = dsacp_model_config(st->m);
-    const int64_t per_block = eo->block_size * cfg->num_hidden_layers *
+    /* Every cached layer: the MTP layer's too when the engine has it (--speculative-config mtp). */
+    const int64_t per_block = eo->block_size * (cfg->num_hidden_layers + (eo->mtp ? 1 : 0)) *
                               (dsacp_mla_cache_bytes_per_token(cfg, eo->kv_dtype) +
                                dsacp_index_cache_bytes_per_token(cfg, eo->numerics == DSACP_NUMERICS_DEPLOYED ? DSACP_KV_FP8 : DSACP_KV_F32));
     run_capture cap; /* each group checks its own pool: the verdict is the world's */
