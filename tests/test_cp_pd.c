@@ -15,6 +15,7 @@
  */
 #include "test.h"
 #include "dsacp_cp.h"
+#include "dsacp_plan.h"
 #include "dsacp_serve.h"
 #include "dsacp_util.h"
 #include "cp/cp.h"
@@ -338,6 +339,20 @@ static void mtp_relayout(const dsacp_model *m, dsacp_comm *group, bool producer,
            "%s: world rank %d kv_transfer %lld calls %lld sent %lld received, formula %lld %lld %lld", what, g_rank,
            (long long)got.calls, (long long)got.bytes_sent, (long long)got.bytes_recv, (long long)want.calls,
            (long long)want.bytes_sent, (long long)want.bytes_recv);
+    /* The planner's formula (dsacp_plan_kv_transfer) over the chunks with L + 1 layers: the same. */
+    const dsacp_plan_relayout pr = {.Wp = P, .Ip = variant ? 2 : 1, .Wd = g_W - P, .Id = variant ? 3 : 1,
+                                    .kv_layout = DSACP_LAYOUT_SHARDED,
+                                    .index_layout = variant ? DSACP_LAYOUT_REPLICATED : DSACP_LAYOUT_SHARDED,
+                                    .index_group = 1, .latent_bytes = dsacp_engine_kv_wire_bytes(e, DSACP_KV_LATENT),
+                                    .index_bytes = dsacp_engine_kv_wire_bytes(e, DSACP_KV_INDEX),
+                                    .layers = dsacp_engine_config(e)->num_hidden_layers + 1};
+    dsacp_plan_chunk pc[3];
+    for (int64_t k = 0; k < nc; k++) pc[k] = (dsacp_plan_chunk){0, chunks[2 * k], chunks[2 * k + 1]};
+    dsacp_comm_counter plan = {0};
+    CHECK_OK(dsacp_plan_kv_transfer(&pr, pc, nc, producer ? 0 : 1, dsacp_comm_rank(group), &plan));
+    CHECKF(plan.calls == got.calls && plan.bytes_sent == got.bytes_sent && plan.bytes_recv == got.bytes_recv,
+           "%s: world rank %d: the planner's formula over L + 1 layers %lld calls %lld sent %lld received", what, g_rank,
+           (long long)plan.calls, (long long)plan.bytes_sent, (long long)plan.bytes_recv);
     REQUIRE_OK(dsacp_comm_agree(g_world, DSACP_OK));
     dsacp_pd_free(pd);
     dsacp_engine_free(e);
