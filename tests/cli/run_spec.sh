@@ -63,6 +63,15 @@ for run in "1:1 $NG" "2:2 $NG" "1:2 $MT" "2:1 $MT"; do
     else fail "--pd $pd $cfg: speculative $d drafts, acceptance $a"; fi
   else fail "--pd $pd $cfg: $(tail -n 5 "$tmp/log")"; fi
 done
+# A consumer pool too small for the workload: the consumer preempts and recomputes (with mtp: its
+# catch-up too) beside verify entries; --verify still passes.
+for cfg in "$MT" "$NG"; do
+  if mpi 3 "$DSACP" run --model "$tmp/m" --requests 12 --prompt-len 6:40 --gen-len 10:30 --no-realtime --seed 9 \
+       --max-batch-tokens 32 --pd 1:2 --block-size 8 --kv-blocks 9 --speculative-config "$cfg" --verify >"$tmp/log" 2>&1 &&
+     grep -q "Verify (exact numerics: every token identical to one process): 12 of 12" "$tmp/log"; then
+    pass "--pd 1:2 $cfg, a tight consumer pool: verified ($(grep -o 'kv_consumer (W 2).*preemptions [0-9]*' "$tmp/log" | grep -o 'preemptions [0-9]*'))"
+  else fail "--pd 1:2 $cfg, a tight consumer pool: $(tail -n 5 "$tmp/log")"; fi
+done
 # The MTP layer on one group only (an MPMD launch, mtp on the consumer alone): the link refuses it
 # on every rank with one line of dsacp's (mpirun adds its own lines).
 mpi 1 "$DSACP" run "${W[@]}" --kv-role kv_producer : -np 1 "$DSACP" run "${W[@]}" --kv-role kv_consumer \
