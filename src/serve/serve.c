@@ -802,7 +802,10 @@ static int record_step(sched *S, loop *L, double ts, double te, double cs, int64
         if (!rc && S->role == DSACP_KV_PRODUCER) {
             dsacp_serve_out *out = &res->out[s];
             out->prefill_done_s = out->token_s[0];
-            rc = send_done(S, s, tok, out->gap[0], out->token_s[0]);
+            /* With the MTP layer the DONE waits for the catch-up's entries to be posted (serve_step):
+             * the consumer's import then never waits on a step the producer has yet to run. */
+            rc = opt->spec.method == DSACP_SPEC_MTP ? dsacp_serve_plan_push(&S->dones, s)
+                                                    : send_done(S, s, tok, out->gap[0], out->token_s[0]);
         }
     }
     const double kv = dsacp_engine_kv_use(S->e);
@@ -898,8 +901,14 @@ static int serve_step(sched *S, loop *L, bool *finished)
         if (!rc) rc = dsacp_spec_mtp_round(S, L);
         if (L->root && S->res->n_steps > 0)
             S->res->steps[S->res->n_steps - 1].draft_ms = L->draft_ms, S->res->steps[S->res->n_steps - 1].draft_steps = L->draft_steps;
-        /* A producer's catch-up wrote the MTP layer's entries of the step's chunks: they go now. */
+        /* A producer's catch-up wrote the MTP layer's entries of the step's chunks: they go now,
+         * then the DONE of each request whose prompt the step finished. */
         if (!rc && S->role == DSACP_KV_PRODUCER) rc = dsacp_pd_send_layer(S->pd, dsacp_engine_config(S->e)->num_hidden_layers);
+        for (int64_t i = 0; !rc && L->root && i < S->dones.n; i++) {
+            const dsacp_serve_out *out = &S->res->out[S->dones.w[i]];
+            rc = send_done(S, S->dones.w[i], out->tokens[0], out->gap[0], out->token_s[0]);
+        }
+        S->dones.n = 0;
     }
     if (S->role == DSACP_KV_PRODUCER) dsacp_pd_step_end(S->pd);
     step_ents_free(&se);
@@ -914,7 +923,7 @@ void dsacp_serve_sched_free(sched *S, loop *L, dsacp_engine *e, int64_t n)
         if (S->r) free(S->r[s].seq), free(S->r[s].chunks);
     }
     free(S->r), free(S->eid), free(S->ent_s), free(S->ent_n), free(S->ent_k), free(S->ent_a), free(S->fit_id), free(S->fit_len), free(S->order);
-    free(S->ends.w), free(S->adds.w), free(S->imps.w), free(S->acts.w), free(S->truncs.w), free(S->stash);
+    free(S->ends.w), free(S->adds.w), free(S->imps.w), free(S->acts.w), free(S->truncs.w), free(S->dones.w), free(S->stash);
     free(L->p.w), free(L->logits), free(L->work), free(L->mtp_logits), free(L->probs), free(L->swork), free(L->sw.w);
 }
 

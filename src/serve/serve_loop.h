@@ -68,6 +68,8 @@ typedef struct sched {
     int64_t *stash;         /* consumer leader: the producer's RESULT when it came during the loop */
     int64_t n_stash;
     double shift;           /* consumer leader: its run clock + shift = the producer's */
+    plan dones;             /* producer leader with the MTP layer: DONEs held until the catch-up's
+                             * entries of the step are posted */
 } sched;
 
 /* The loop's state beside the scheduler's: the plan every rank applies, rank 0's logits and
