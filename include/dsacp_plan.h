@@ -327,6 +327,8 @@ typedef struct dsacp_plan_pd_options {
                                      * message); 0: the profile's net_bw / net_latency_us */
     bool deployed;                  /* fp8 caches and weights (else bf16 weights, f32 caches) */
     double weight_bytes;            /* bytes per weight parameter, 0: by the numerics */
+    bool mtp;                       /* both groups carry the MTP layer (speculative decoding with
+                                     * method mtp): its prompt entries travel with the transfer */
 } dsacp_plan_pd_options;
 /* Per request, whatever the load: the transfer (the busiest producer rank's and consumer rank's
  * kv_transfer counters, the seconds the slower of the two takes on the link, and what is left of

@@ -153,6 +153,24 @@ static void test_link_monotonic(void)
     CHECK(prof.link_bw == v.hw.net_bw && fabs(prof.link_latency_s - v.hw.net_latency_us * 1e-6) < 1e-15);
 }
 
+/* Speculative decoding with method mtp: the MTP layer's prompt entries travel beside the target's
+ * (one more layer of every message stream), and the producer runs the MTP layer's catch-up. */
+static void test_transfer_mtp(void)
+{
+    v32_case v;
+    v32_setup(&v);
+    dsacp_plan_pd a, b;
+    CHECK_OK(price(&v, NULL, 0, &a, NULL, NULL));
+    v.o.mtp = true;
+    CHECK_OK(price(&v, NULL, 0, &b, NULL, NULL));
+    CHECKF(b.sent.calls * 61 == a.sent.calls * 62 && b.sent.bytes_sent * 61 == a.sent.bytes_sent * 62 &&
+               b.recv.bytes_recv * 61 == a.recv.bytes_recv * 62,
+           "mtp: %lld calls %lld bytes, without %lld calls %lld bytes (61 -> 62 layers)", (long long)b.sent.calls,
+           (long long)b.sent.bytes_sent, (long long)a.sent.calls, (long long)a.sent.bytes_sent);
+    /* the producer's prefill grows by its MTP catch-up: one more layer per chunk, one more head row */
+    CHECK(b.prefill_s > a.prefill_s && b.prefill_s < a.prefill_s * 62 / 61 * 1.001 && b.transfer_s > a.transfer_s);
+}
+
 static void test_pd_refusals(void)
 {
     v32_case v;
@@ -213,6 +231,7 @@ int main(void)
     test_transfer_is_formula();
     test_transfer_refusals();
     test_link_monotonic();
+    test_transfer_mtp();
     test_pd_refusals();
     test_pd_queues();
     return test_finish("test_plan_pd");

@@ -194,7 +194,11 @@ static int pd_prefill(pd_ctx *x)
     if (!rc) rc = model_at(x, plast, NULL, &part, NULL);
     if (rc) return rc;
     x->head1 = one.t_head;
-    x->req->prefill_s = psum + (double)(x->req->chunks - 1) * full + part + x->head1;
+    /* With the MTP layer the producer runs its catch-up after every chunk (docs/speculative.md,
+     * "Disaggregated prefill and decode"): priced as one more layer of the chunk's attention and
+     * MLP, and the MTP head's row. */
+    const double L = (double)x->cfg->num_hidden_layers, grow = o->mtp ? (L + 1) / L : 1;
+    x->req->prefill_s = (psum + (double)(x->req->chunks - 1) * full + part) * grow + x->head1 * (o->mtp ? 2 : 1);
     return DSACP_OK;
 }
 
@@ -214,7 +218,7 @@ static int pd_transfer(pd_ctx *x)
                                    .kv_layout = x->cp->kv_layout, .index_layout = x->cp->index_layout,
                                    .index_group = x->cp->index_group, .latent_bytes = dsacp_mla_cache_bytes_per_token(x->cfg, kvd),
                                    .index_bytes = dsacp_index_cache_bytes_per_token(x->cfg, kvd),
-                                   .layers = x->cfg->num_hidden_layers};
+                                   .layers = x->cfg->num_hidden_layers + (o->mtp ? 1 : 0)};
     dsacp_plan_pd *q = x->req;
     int rc = DSACP_OK;
     for (int side = 0; side < 2 && !rc; side++)
@@ -228,7 +232,7 @@ static int pd_transfer(pd_ctx *x)
         }
     dsacp_free(ch);
     if (rc) return rc;
-    const double N = (double)nc * (double)x->cfg->num_hidden_layers;
+    const double N = (double)nc * (double)r.layers;
     q->transfer_exposed_s = fmax(q->transfer_s / N, q->transfer_s - q->prefill_s * (N - 1) / N);
     return DSACP_OK;
 }

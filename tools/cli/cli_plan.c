@@ -810,7 +810,8 @@ static int plan_pd(const plan_args *A, report *R)
     const dsacp_plan_pd_options o = {.producers = A->pd_P, .consumers = A->pd_D, .W = A->W, .ep = A->ep, .prompt = A->L,
                                      .output = A->gen_len, .chunk = A->C, .producer_chunk = A->pchunk,
                                      .link_bw = A->link_bw, .link_latency_s = A->link_lat,
-                                     .deployed = A->deployed, .weight_bytes = A->wbytes};
+                                     .deployed = A->deployed, .weight_bytes = A->wbytes,
+                                     .mtp = A->spec.on && A->spec.spec.mtp};
     dsacp_plan_pd q;
     double rates[PD_RATES_MAX];
     int n = A->nrates;
@@ -833,7 +834,8 @@ static int plan_pd(const plan_args *A, report *R)
             (long long)A->gen_len, (long long)A->C, (long long)(A->pchunk ? A->pchunk : A->C), dsacp_decode_strategy_name(cp.decode));
     fprintf(out, "transfer per request (%lld chunks x %lld layers): %.1f MB in %lld messages from the busiest producer rank, "
                  "%.1f MB in %lld to the busiest consumer rank; on a %.3g Gb/s link at %.3g us per message %.3g s, %.3g s of it "
-                 "after the prefill (%.3g s on a producer; the producers keep up with %.3g requests/s)\n", (long long)q.chunks, (long long)A->layers,
+                 "after the prefill (%.3g s on a producer; the producers keep up with %.3g requests/s)\n", (long long)q.chunks,
+            (long long)(A->layers + (o.mtp ? 1 : 0)),
             (double)q.sent.bytes_sent / 1e6, (long long)q.sent.calls, (double)q.recv.bytes_recv / 1e6, (long long)q.recv.calls,
             q.link_bw * 8 / 1e9, q.link_latency_s * 1e6, F(where, q.transfer_s), F(where, q.transfer_exposed_s),
             F(where, q.prefill_s), F(where, cap));
