@@ -52,7 +52,7 @@ int run_pd_parse(const cli_opt *opts, int rank, int size, run_pd_args *p);
 /* What every rank tells the others before anything is shared (one uncounted all-gather): its
  * role, its command line's fingerprint (the ranks of a group share one), the job-wide flags'
  * values (one per flag of cli_run_pd.c's job_flags) and whether it writes --comm-report. */
-#define RUN_PD_JOB_FLAGS 17
+#define RUN_PD_JOB_FLAGS 18
 typedef struct run_pd_card {
     int32_t role, pd_flag, comm_report;
     int64_t P, D, block_size;

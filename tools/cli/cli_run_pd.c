@@ -67,12 +67,13 @@ int run_pd_parse(const cli_opt *opts, int rank, int size, run_pd_args *p)
 
 /* The flags of the whole job: the workload, the scheduler and sampling, the outputs and --verify
  * are world rank 0's, the preset is made by world rank 0 for every rank: each group must give
- * them alike. The others (model directory, numerics, cache, block size, pool, CP plan, timeout)
+ * them alike (--speculative-config too: the consumer speculates, and with mtp both engines carry the
+ * MTP layer). The others (model directory, numerics, cache, block size, pool, CP plan, timeout)
  * are the group's own. */
 static const char *const job_flags[RUN_PD_JOB_FLAGS] = {
     "preset", "requests", "prompt-len", "gen-len", "arrival-rate", "long-requests", "long-prompt-len", "prompts",
     "max-batch-tokens", "max-num-seqs", "verify", "json", "seed", "temperature", "top-p", "no-realtime",
-    "comm-report"};
+    "comm-report", "speculative-config"};
 
 /* FNV-1a of a string, never 0 (0: not given). */
 static uint64_t fingerprint(uint64_t h, const char *s)
