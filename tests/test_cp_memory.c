@@ -41,15 +41,8 @@ static void test_layer_shard_resident(void)
     c.q_lora_rank = 512;
     c.qk_nope_head_dim = 64;
     c.v_head_dim = 64;
-    char dir[256] = {0};
-    if (g_rank == 0) {
-        char *d = tu_make_model_cfg(&c, 3, DSACP_WEIGHTS_F32);
-        snprintf(dir, sizeof dir, "%s", d);
-        free(d);
-    }
-    REQUIRE_OK(dsacp_comm_bcast(g_world, dir, sizeof dir, DSACP_PHASE_input));
-    dsacp_model *m = NULL;
-    REQUIRE_OK(dsacp_model_load(dir, &m));
+    char *dir = NULL;
+    dsacp_model *m = shared_model_cfg(&dir, &c, 3, DSACP_WEIGHTS_F32);
     dsacp_cp_options cp;
     dsacp_cp_options_default(&cp);
     cp.mode = DSACP_CP_DSA_CP, cp.prefill_split = DSACP_PREFILL_CONTIGUOUS;
@@ -85,7 +78,7 @@ static void test_layer_shard_resident(void)
         printf("layer-shard W=%d rank 0: %lld resident pages of its own layers' q_b_proj/o_proj, %lld of the others'\n",
                g_W, (long long)own, (long long)other);
     dsacp_engine_free(e);
-    drop_model(m, strdup(dir));
+    drop_model(m, dir);
 }
 
 /* ---- KV memory per rank ---- */

@@ -306,6 +306,17 @@ static inline char *make_tie_model(const char *src)
     return dir;
 }
 
+/* Rank 0's model directory (dir, 256 bytes, filled on rank 0) loaded by every rank; *dir_out its
+ * name (drop_model removes it). */
+static inline dsacp_model *load_shared_dir(char *dir, char **dir_out)
+{
+    REQUIRE_OK(dsacp_comm_bcast(g_world, dir, 256, DSACP_PHASE_input));
+    dsacp_model *m = NULL;
+    REQUIRE_OK(dsacp_model_load(dir, &m));
+    *dir_out = strdup(dir);
+    return m;
+}
+
 /* A model directory made by rank 0 and loaded by every rank. */
 static inline dsacp_model *shared_model(char **dir_out, const char *preset, dsacp_weight_format fmt, bool tie)
 {
@@ -321,11 +332,7 @@ static inline dsacp_model *shared_model(char **dir_out, const char *preset, dsac
         snprintf(dir, sizeof dir, "%s", d);
         free(d);
     }
-    REQUIRE_OK(dsacp_comm_bcast(g_world, dir, sizeof dir, DSACP_PHASE_input));
-    dsacp_model *m = NULL;
-    REQUIRE_OK(dsacp_model_load(dir, &m));
-    *dir_out = strdup(dir);
-    return m;
+    return load_shared_dir(dir, dir_out);
 }
 
 /* The same for a configuration of the test's own (tu_make_model_cfg). */
@@ -337,11 +344,7 @@ static inline dsacp_model *shared_model_cfg(char **dir_out, const dsacp_config *
         snprintf(dir, sizeof dir, "%s", d);
         free(d);
     }
-    REQUIRE_OK(dsacp_comm_bcast(g_world, dir, sizeof dir, DSACP_PHASE_input));
-    dsacp_model *m = NULL;
-    REQUIRE_OK(dsacp_model_load(dir, &m));
-    *dir_out = strdup(dir);
-    return m;
+    return load_shared_dir(dir, dir_out);
 }
 
 static inline void drop_model(dsacp_model *m, char *dir)
