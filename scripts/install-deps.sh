@@ -3,7 +3,7 @@
 # As root it runs apt-get itself; otherwise it stops and prints the one command to run.
 set -euo pipefail
 # clang + libclang-rt-dev (libFuzzer) build the fuzz targets that the test suite smoke-runs.
-pkgs=(build-essential cmake pkg-config libjansson-dev libopenmpi-dev openmpi-bin libopenblas-dev
+pkgs=(build-essential cmake pkg-config libjansson-dev libpcre2-dev libopenmpi-dev openmpi-bin libopenblas-dev
       clang libclang-rt-dev)
 missing=()
 for p in "${pkgs[@]}"; do
