@@ -195,6 +195,8 @@ int cli_bench(int argc, char **argv);
 /* dsacp bench --kernel cp (cli_bench_cp.c): decode and chunked prefill over the CP group. */
 int cli_bench_cp(const cli_opt *opts);
 int cli_run(int argc, char **argv);
+int cli_tokenize(int argc, char **argv);
+int cli_detokenize(int argc, char **argv);
 int cli_plan(int argc, char **argv);
 
 #endif

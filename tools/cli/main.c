@@ -164,6 +164,16 @@ static const cli_command commands[] = {
      "  --numerics, --kv-dtype, --block-size as for forward\n"
      "Exit status: 0; 2 a bad invocation (flags, or a file or value named: model, prompts, sizes);\n"
      "1 a failed run (an output that cannot be written included); 3 --verify failed.\n" CLI_RUN_PD_USAGE CLI_CP_USAGE},
+    {"tokenize", cli_tokenize, "--tokenizer FILE (--text S | --file F) [--json] [--add-special]",
+     "print the ids of a text under a Hugging Face tokenizer.json",
+     "  --tokenizer FILE  tokenizer.json (byte-level BPE; docs/text.md)\n"
+     "  --text S | --file F   the text (UTF-8)\n"
+     "  --json            {\"ids\": [...], \"count\": N} instead of comma-separated ids\n"
+     "  --add-special     the post-processor's special tokens (as tokenizers' add_special_tokens)\n"},
+    {"detokenize", cli_detokenize, "--tokenizer FILE --ids 1,2,3 [--skip-special]", "print the text of token ids",
+     "  --tokenizer FILE  tokenizer.json\n"
+     "  --ids LIST        comma-separated token ids\n"
+     "  --skip-special    leave out special tokens\n"},
     {"help", NULL, "[COMMAND]", "print this summary, or COMMAND's usage", ""},
 };
 
