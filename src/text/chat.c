@@ -100,7 +100,7 @@ static int check_conversation(const dsacp_chat_message *msgs, int64_t n, bool th
     }
     if (add_generation_prompt && last != ROLE_USER)
         return dsacp_error(DSACP_EINVAL,
-                           "messages[%lld].role: is '%s'; a generation prompt follows a user message (the last message)",
+                           "messages[%lld].role: the last message is '%s'; a generation prompt needs a user message last",
                            (long long)(n - 1), role_name(last));
     if (thinking && turn == ROLE_ASSISTANT && turn_at > *last_user &&
         (!msgs[turn_at].reasoning || !msgs[turn_at].reasoning[0]))
