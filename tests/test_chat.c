@@ -2,9 +2,9 @@
  * test_chat.c -- DeepSeek-V3.2's chat encoding (src/text/chat.c) against expected prompt texts
  * written from DeepSeek's encoding/encoding_dsv32.py (docs/text.md, "Chat encoding"): single and
  * multi-turn, system prompts, thinking and non-thinking, earlier reasoning dropped, the output
- * buffer's sizes, every refusal; and the reader of OpenAI "messages" arrays. With
- * DSACP_V32_TOKENIZER naming DeepSeek-V3.2's tokenizer.json, the encoded text also tokenizes to
- * the special tokens' ids.
+ * buffer's sizes, every refusal; and the reader of OpenAI "messages" arrays. With DeepSeek-V3.2's
+ * tokenizer.json (DSACP_V32_TOKENIZER, or the copy tests/cli/tokenizer.sh caches in the build
+ * tree), the encoded text also tokenizes to the special tokens' ids.
  */
 #include "dsacp_text.h"
 #include "dsacp_util.h"
@@ -232,11 +232,21 @@ static void test_parse(void)
 /* With the real V3.2 tokenizer.json: the special tokens of the text are single added tokens. */
 static void test_tokenized(void)
 {
-    const char *path = getenv("DSACP_V32_TOKENIZER");
+    const char *path = getenv("DSACP_V32_TOKENIZER"), *build = getenv("DSACP_BUILD_DIR");
+    char cached[1024];
+    FILE *f;
+    if ((!path || !*path) && build) { /* where tests/cli/tokenizer.sh leaves the file */
+        snprintf(cached, sizeof(cached), "%s/tokenizer-cache/deepseek-v3.2/tokenizer.json", build);
+        if ((f = fopen(cached, "rb")) != NULL) {
+            fclose(f);
+            path = cached;
+        }
+    }
     if (!path || !*path) {
-        printf("skip: DSACP_V32_TOKENIZER is not set (DeepSeek-V3.2's tokenizer.json)\n");
+        printf("skip: no DeepSeek-V3.2 tokenizer.json (DSACP_V32_TOKENIZER, or the cache of tests/cli/tokenizer.sh)\n");
         return;
     }
+    printf("special tokens' ids with %s\n", path);
     dsacp_tokenizer *t = NULL;
     REQUIRE_OK(dsacp_tokenizer_load(path, &t));
     dsacp_chat_message m[] = {{"system", "S", NULL}, {"user", "q1", NULL}, {"assistant", "a1", NULL}, {"user", "q2", NULL}};
