@@ -89,6 +89,52 @@ static void test_tiny(const char *dir)
     dsacp_tokenizer_free(t);
 }
 
+/* What the loader refuses: an unimplemented part (DSACP_EUNSUPPORTED) and a broken merge
+ * (DSACP_EFORMAT), each naming the field; streaming holds half a character back. */
+static void test_refusals_and_stream(const char *dir)
+{
+    char path[512];
+    snprintf(path, sizeof path, "%s/tiny.json", dir);
+    static const char seq[] = "{\"type\":\"Sequence\",\"normalizers\":[]}", nfc[] = "{\"type\":\"NFC\"}";
+    char *json = tiny_json(), *at = strstr(json, seq);
+    REQUIRE_OK(at ? DSACP_OK : DSACP_EINVAL);
+    memset(at, ' ', sizeof seq - 1);
+    memcpy(at, nfc, sizeof nfc - 1);
+    REQUIRE_OK(dsacp_write_file_atomic(path, json, strlen(json)));
+    dsacp_tokenizer *t = NULL;
+    CHECK(dsacp_tokenizer_load(path, &t) == DSACP_EUNSUPPORTED && t == NULL);
+    CHECK(strstr(dsacp_last_error(), "normalizer 'NFC'") != NULL);
+    free(json);
+    json = tiny_json();
+    at = strstr(json, "\"b c\"");
+    at[1] = 'q';
+    REQUIRE_OK(dsacp_write_file_atomic(path, json, strlen(json)));
+    CHECK(dsacp_tokenizer_load(path, &t) == DSACP_EFORMAT && strstr(dsacp_last_error(), "model.merges[2]") != NULL);
+    free(json);
+    json = tiny_json();
+    REQUIRE_OK(dsacp_write_file_atomic(path, json, strlen(json)));
+    free(json);
+    REQUIRE_OK(dsacp_tokenizer_load(path, &t));
+    dsacp_detok *d = NULL;
+    REQUIRE_OK(dsacp_detok_create(t, true, &d));
+    char out[16];
+    size_t len = 99;
+    CHECK_OK(dsacp_detok_push(d, 0xe4, out, sizeof out, &len)); /* 你 = e4 bd a0 */
+    CHECK(len == 0);
+    CHECK_OK(dsacp_detok_push(d, 300, out, sizeof out, &len)); /* special, skipped */
+    CHECK(len == 0);
+    CHECK(dsacp_detok_push(d, 0xbd, out, 0, &len) == DSACP_ERANGE);
+    CHECK_OK(dsacp_detok_push(d, 0xbd, out, sizeof out, &len));
+    CHECK(dsacp_detok_push(d, 0xa0, out, 3, &len) == DSACP_ERANGE && len == 3); /* not consumed */
+    CHECK_OK(dsacp_detok_push(d, 0xa0, out, sizeof out, &len));
+    CHECK(len == 3 && strcmp(out, "\xe4\xbd\xa0") == 0);
+    CHECK_OK(dsacp_detok_push(d, 0xe4, out, sizeof out, &len));
+    CHECK_OK(dsacp_detok_flush(d, out, sizeof out, &len));
+    CHECK(len == 3 && strcmp(out, "\xef\xbf\xbd") == 0);
+    dsacp_detok_free(d);
+    dsacp_tokenizer_free(t);
+}
+
 static size_t hex_decode(const char *h, size_t n, char *out)
 {
     for (size_t i = 0; i + 1 < n + 1 && i < n; i += 2) {
@@ -171,6 +217,7 @@ int main(void)
     char dir[] = "/tmp/dsacp_tok_XXXXXX";
     if (!mkdtemp(dir)) return 1;
     test_tiny(dir);
+    test_refusals_and_stream(dir);
     char path[600];
     snprintf(path, sizeof path, "%s/tiny.json", dir);
     remove(path);
