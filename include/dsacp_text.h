@@ -63,7 +63,7 @@ int dsacp_detok_flush(dsacp_detok *d, char *out, size_t cap, size_t *len);
 void dsacp_detok_free(dsacp_detok *d);
 
 /* ---- chat encoding (chat.c) ----
- * DeepSeek-V3.2's message encoding (docs/text.md, "Chat encoding"): a conversation becomes the
+ * DeepSeek-V3.2's message encoding (docs/text.md section 2): a conversation becomes the
  * prompt TEXT, special tokens written as their text (<｜begin▁of▁sentence｜>, <｜User｜>,
  * <｜Assistant｜>, <think>, </think>, <｜end▁of▁sentence｜>), which dsacp_tokenizer_encode matches
  * as added tokens. The text starts with the BOS token: encode it with add_special = false. */

@@ -1,6 +1,6 @@
 /*
  * test_chat.c -- DeepSeek-V3.2's chat encoding (src/text/chat.c) against expected prompt texts
- * written from DeepSeek's encoding/encoding_dsv32.py (docs/text.md, "Chat encoding"): single and
+ * written from DeepSeek's encoding/encoding_dsv32.py (docs/text.md section 2): single and
  * multi-turn, system prompts, thinking and non-thinking, earlier reasoning dropped, the output
  * buffer's sizes, every refusal; and the reader of OpenAI "messages" arrays. With DeepSeek-V3.2's
  * tokenizer.json (DSACP_V32_TOKENIZER, or the copy tests/cli/tokenizer.sh caches in the build

@@ -1,5 +1,5 @@
 /*
- * chat.c -- DeepSeek-V3.2's message encoding (docs/text.md, "Chat encoding"): a conversation
+ * chat.c -- DeepSeek-V3.2's message encoding (docs/text.md section 2): a conversation
  * becomes the prompt text, special tokens written as their text; and the reader of OpenAI
  * "messages" arrays that feeds it. The rules are DeepSeek's encoding/encoding_dsv32.py
  * (DeepSeek-V3.2 release), restated in the docs; the code here is dsacp's own.
@@ -128,7 +128,7 @@ static void put(text_out *t, const char *s)
         t->overflow = true;
 }
 
-/* V3.2's rendering, message by message (docs/text.md, "Chat encoding"). */
+/* V3.2's rendering, message by message (docs/text.md section 2.2). */
 static void render(const dsacp_chat_message *msgs, int64_t n, bool thinking, bool add_generation_prompt,
                    int64_t last_user, text_out *t)
 {
