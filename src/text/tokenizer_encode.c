@@ -28,7 +28,8 @@ typedef struct enc {
     const uint8_t *text;
     int32_t *ids;
     int64_t cap, n;
-    range *pieces[2]; /* [len + 1] each: a pass's input and output */
+    range *pieces[2]; /* [3 * len + 8] each: a pass's input and output (a piece's empty parts
+                       * stay until its behavior is applied) */
     bpe_sym *sym;     /* [len] */
     bpe_merge *heap;  /* [3 * len]: the first pairs and two per merge */
     size_t n_heap;
@@ -152,10 +153,11 @@ static void split_part(const text_split *sp, range *out, size_t *n, size_t first
         out[(*n)++] = r;
 }
 
-/* Splits piece r by sp's regex into out (tokenizers' find_matches, then the behavior). */
+/* Splits piece r by sp's regex into out (tokenizers' find_matches over the onig crate's
+ * find_iter: an empty match steps one character on and is dropped right after a match). */
 static int split_piece(enc *e, const text_split *sp, range r, range *out, size_t *n)
 {
-    size_t first = *n, at = r.s;
+    size_t first = *n, at = r.s, last_end = SIZE_MAX;
     bool prev_match = false;
     range pending = {0, 0};
     for (size_t start = 0; r.s + start <= r.e;) {
@@ -164,16 +166,17 @@ static int split_piece(enc *e, const text_split *sp, range r, range *out, size_t
         if (rc < 0) return dsacp_error(DSACP_EINVAL, "dsacp_tokenizer_encode: regex match failed (%d) at byte %zu", rc, r.s + start);
         PCRE2_SIZE *ov = pcre2_get_ovector_pointer(e->md);
         range m = {r.s + ov[0], r.s + ov[1]};
+        start = ov[1];
+        if (m.s == m.e) {
+            size_t used = 1;
+            if (m.e < r.e) text_utf8_next(e->text + m.e, r.e - m.e, &used);
+            start += used;
+            if (m.e == last_end) continue;
+        }
+        last_end = m.e;
         if (m.s > at) split_part(sp, out, n, first, (range){at, m.s}, sp->invert, &prev_match, &pending);
         split_part(sp, out, n, first, m, !sp->invert, &prev_match, &pending);
         at = m.e;
-        start = ov[1];
-        if (ov[1] == ov[0]) { /* an empty match: step over one character */
-            if (r.s + start == r.e) break;
-            size_t used;
-            text_utf8_next(e->text + r.s + start, r.e - r.s - start, &used);
-            start += used;
-        }
     }
     if (at < r.e) split_part(sp, out, n, first, (range){at, r.e}, sp->invert, &prev_match, &pending);
     if (pending.e > pending.s) out[(*n)++] = pending;
@@ -254,10 +257,10 @@ static int enc_init(enc *e, const dsacp_tokenizer *t, const char *text, size_t l
     e->t = t;
     e->text = (const uint8_t *)text;
     size_t n3;
-    if (!dsacp_mul_ok(len + 1, 3, &n3) || len > INT32_MAX / 4)
+    if (!dsacp_mul_ok(len + 3, 3, &n3) || len > INT32_MAX / 4)
         return dsacp_error(DSACP_ERANGE, "dsacp_tokenizer_encode: len %zu is too long", len);
-    e->pieces[0] = malloc((len + 1) * sizeof(range));
-    e->pieces[1] = malloc((len + 1) * sizeof(range));
+    e->pieces[0] = malloc(n3 * sizeof(range));
+    e->pieces[1] = malloc(n3 * sizeof(range));
     e->sym = malloc((len + 1) * sizeof(bpe_sym));
     e->heap = malloc(n3 * sizeof(bpe_merge));
     e->md = pcre2_match_data_create(1, NULL);

