@@ -84,6 +84,7 @@ struct dsacp_tokenizer {
     uint32_t *tok_len;       /* [n_ids] */
     uint8_t **tok_bytes;     /* [n_ids] the ByteLevel decoder's bytes of the token */
     uint32_t *tok_nbytes;    /* [n_ids] */
+    uint32_t max_nbytes;     /* the longest token's bytes */
     uint8_t *special;        /* [n_ids] 1: a special added token */
     text_str_map str_ids;    /* token string -> id (vocabulary, then added tokens) */
     int32_t byte_id[256];    /* the vocabulary id of each byte's ByteLevel character, -1 if none */

@@ -89,17 +89,14 @@ struct dsacp_detok {
     bool skip_special;
     uint8_t held[4]; /* an unfinished character (at most 3 bytes) */
     size_t n_held;
-    uint8_t *buf; /* held + a token */
-    size_t buf_cap;
+    uint8_t *buf; /* held + a token: max_nbytes + 4 */
 };
 
 int dsacp_detok_create(const dsacp_tokenizer *t, bool skip_special, dsacp_detok **out)
 {
     if (!t || !out) return dsacp_error(DSACP_EINVAL, "dsacp_detok_create: t and out must be non-NULL");
     dsacp_detok *d = calloc(1, sizeof *d);
-    uint32_t longest = 0;
-    for (int64_t i = 0; i < t->n_ids; i++)
-        if (t->tok_nbytes[i] > longest) longest = t->tok_nbytes[i];
+    size_t longest = t->max_nbytes;
     if (d) d->buf = malloc(longest + sizeof d->held);
     if (!d || !d->buf) {
         dsacp_detok_free(d);
@@ -107,7 +104,6 @@ int dsacp_detok_create(const dsacp_tokenizer *t, bool skip_special, dsacp_detok 
     }
     d->t = t;
     d->skip_special = skip_special;
-    d->buf_cap = longest + sizeof d->held;
     *out = d;
     return DSACP_OK;
 }

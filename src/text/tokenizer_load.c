@@ -32,6 +32,7 @@ static int token_bytes(dsacp_tokenizer *t, int32_t id)
     }
     t->tok_bytes[id] = b;
     t->tok_nbytes[id] = (uint32_t)n;
+    if (n > t->max_nbytes) t->max_nbytes = (uint32_t)n;
     return DSACP_OK;
 }
 
