@@ -37,13 +37,15 @@ int64_t dsacp_tokenizer_vocab_size(const dsacp_tokenizer *t);
 /* Encodes text[0..len) (UTF-8; NUL bytes allowed) into ids I32 [cap]; *n = tokens written. When
  * cap is short: DSACP_ERANGE with *n = the count needed (ids untouched past cap). add_special
  * applies the post-processor's special tokens, as tokenizers' encode(text, add_special_tokens=True)
- * does (V3.2: the BOS before the text). Text that is not valid UTF-8 is DSACP_EINVAL naming the
- * byte offset of the first bad byte (tokenizers takes only valid strings). */
+ * does (a TemplateProcessing's BOS/EOS; V3.2's ByteLevel post-processor adds none, so its BOS comes
+ * from the text). Text that is not valid UTF-8 is DSACP_EINVAL naming the byte offset of the first
+ * bad byte (tokenizers takes only valid strings). At most len + the post-processor's ids. */
 int dsacp_tokenizer_encode(const dsacp_tokenizer *t, const char *text, size_t len, bool add_special,
                            int32_t *ids, int64_t cap, int64_t *n);
 /* Decodes ids into out[cap] (UTF-8, NUL-terminated when it fits; *len excludes the NUL). When cap
  * is short (it needs *len + 1): DSACP_ERANGE with *len = the length needed. skip_special leaves
- * out the special added tokens. An id outside [0, vocab_size) is DSACP_EINVAL naming its index.
+ * out the special added tokens. An id outside [0, vocab_size) or with no token (a gap in the
+ * file's ids) is DSACP_EINVAL naming its index.
  * Byte sequences that are not UTF-8 decode to U+FFFD, as tokenizers does. */
 int dsacp_tokenizer_decode(const dsacp_tokenizer *t, const int32_t *ids, int64_t n, bool skip_special,
                            char *out, size_t cap, size_t *len);
