@@ -346,7 +346,7 @@ int dsacp_chat_messages_from_json(const json_t *array, dsacp_chat_messages **out
     size_t count = json_array_size(array), bytes = 0, total;
     message_json m;
     for (size_t i = 0; i < count; i++) {
-        size_t one;
+        size_t one = 0;
         int rc = message_check((int64_t)i, json_array_get(array, i), &m, &one);
         if (rc)
             return rc;
@@ -363,7 +363,7 @@ int dsacp_chat_messages_from_json(const json_t *array, dsacp_chat_messages **out
     dsacp_chat_message *items = (dsacp_chat_message *)(msgs + 1);
     char *chars = (char *)(items + count);
     for (size_t i = 0; i < count; i++) {
-        size_t one;
+        size_t one = 0;
         (void)message_check((int64_t)i, json_array_get(array, i), &m, &one); /* checked above */
         items[i].role = copy_text(m.role, false, &chars);
         items[i].content = copy_text(m.content, false, &chars);
