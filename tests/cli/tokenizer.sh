@@ -55,6 +55,11 @@ for k in a b c; do
 done
 (cd "$SRC/tests/tokenizer" && "$py" make_cases.py "$v32" "$tmp/v32.txt" --random 3000) || { fail "V3.2 cases"; finish; }
 pairs+="$v32:$tmp/v32.txt"
+# The chat encoding's special tokens with the real file (test_chat alone finds it only after this
+# script has cached it).
+if DSACP_V32_TOKENIZER=$v32 "$BUILD/test_chat" >"$tmp/chat.log" 2>&1; then
+    pass "test_chat with V3.2's tokenizer.json: $(tail -n 1 "$tmp/chat.log")"
+else fail "test_chat with V3.2's tokenizer.json: $(tail -n 5 "$tmp/chat.log")"; fi
 if DSACP_TOKENIZER_CASES=$pairs "$BUILD/test_tokenizer" >"$tmp/cases.log" 2>&1; then
     pass "identical to tokenizers: $(grep -h 'cases identical' "$tmp/cases.log" | sed 's#.*/##' | tr '\n' ';')"
 else
