@@ -98,7 +98,8 @@ extern "C" {
     X(ECAPACITY, -8, "cache capacity exhausted")                                             \
     X(ERANGE, -9, "value out of range")                                                      \
     X(EUNSUPPORTED, -10, "unsupported feature")                                              \
-    X(ECOMM, -11, "communication error")
+    X(ECOMM, -11, "communication error")                                                     \
+    X(EBUSY, -12, "busy: a bounded queue is full or the service is stopping")
 
 typedef enum dsacp_status {
 #define DSACP_STATUS_ENUM_(name, value, desc) DSACP_##name = value,

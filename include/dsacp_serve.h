@@ -220,6 +220,114 @@ int dsacp_serve_check(const dsacp_engine *e, const dsacp_serve_request *reqs, in
 int dsacp_serve_run(dsacp_engine *e, const dsacp_serve_request *reqs, int64_t n, const dsacp_serve_options *opt,
                     dsacp_serve_result *res);
 
+
+/* ------------------------------------------------------------------------------------------ */
+/* Online serving: requests that arrive while the loop runs (docs/serving.md, "Online")        */
+/* ------------------------------------------------------------------------------------------ */
+
+/* The loop of dsacp_serve_run with requests submitted from any thread while it runs, each with
+ * its own sampling, each answered token by token through a sink, abortable at any time (a client
+ * that went away): what an HTTP front end (dsacp_server.h) needs. The scheduler, preemption and
+ * every context-parallel strategy are dsacp_serve_run's; under mpirun rank 0 owns the requests
+ * and every rank steps (an idle engine broadcasts an empty plan every 50 ms at most).
+ * Not supported yet (refused by dsacp_live_create with DSACP_EUNSUPPORTED): speculative decoding
+ * (opt.spec) and disaggregated links (opt.pd).
+ *
+ * Thread safety: submit, abort, shutdown and stats are callable from any thread of rank 0, also
+ * from inside the sink; run is collective and blocks its thread; create and free are collective.
+ * Ownership: a request's prompt and stop ids are copied by submit; `user` is handed back. */
+typedef struct dsacp_live dsacp_live;
+
+typedef struct dsacp_live_request {
+    const int32_t *prompt;   /* I32 [prompt_len], each in [0, vocab), copied */
+    int64_t prompt_len;      /* >= 1 */
+    int64_t max_new_tokens;  /* >= 1, prompt_len + max_new_tokens <= max_position_embeddings */
+    const int32_t *stop_ids; /* generation ends after one of these (it is emitted), copied */
+    int64_t n_stop;
+    double temperature;      /* 0: greedy; otherwise softmax(logits / T) restricted to top_p */
+    double top_p;            /* (0, 1] */
+    uint64_t seed;           /* draws seeded by (seed, token index): the same seed, the same tokens */
+    void *user;              /* handed back in every event of the request */
+} dsacp_live_request;
+
+/* Why a request ended. */
+typedef enum dsacp_finish {
+    DSACP_FINISH_NONE = 0,   /* not yet: a token event */
+    DSACP_FINISH_LENGTH = 1, /* max_new_tokens reached */
+    DSACP_FINISH_STOP = 2,   /* a stop id was generated (the event's token) */
+    DSACP_FINISH_ABORT = 3,  /* dsacp_live_abort, or a shutdown that aborts */
+    DSACP_FINISH_ERROR = 4   /* refused after submit (status, message: e.g. DSACP_ECAPACITY, a
+                              * prompt that fits no rank's pool) or the run failed */
+} dsacp_finish;
+
+/* One event of one request. Every submitted request gets zero or more token events and then
+ * exactly one final event (finish != NONE; it may carry the last token too), after which its id
+ * is never named again: the sink may release what `user` points to then. */
+typedef struct dsacp_live_event {
+    uint64_t id;
+    void *user;
+    int32_t token;          /* the generated token, -1 when the event has none */
+    dsacp_finish finish;
+    int status;             /* DSACP_FINISH_ERROR: the status; DSACP_OK otherwise */
+    const char *message;    /* DSACP_FINISH_ERROR: the message (valid during the call); else "" */
+    int64_t prompt_tokens;  /* the prompt's length */
+    int64_t n_generated;    /* tokens generated so far, this one included */
+    int64_t preemptions;    /* times the request was preempted so far */
+    double t_s;             /* when (dsacp_now-style monotonic seconds, the same clock as
+                             * dsacp_live_now) */
+} dsacp_live_event;
+
+/* Called on rank 0, from the thread in dsacp_live_run, between steps (never while a lock of the
+ * live object is held: it may submit, abort or read stats). */
+typedef void (*dsacp_live_sink)(void *arg, const dsacp_live_event *ev);
+
+typedef struct dsacp_live_options {
+    dsacp_serve_options serve; /* max_batch_tokens, max_num_seqs (temperature, top_p, seed,
+                                * realtime, progress are unused: per request here) */
+    int64_t max_waiting;       /* submitted requests not yet admitted at most (default 256):
+                                * past it submit is DSACP_EBUSY */
+} dsacp_live_options;
+void dsacp_live_options_default(dsacp_live_options *o);
+
+/* Collective over the engine's group; the options must agree. */
+int dsacp_live_create(dsacp_engine *e, const dsacp_live_options *opt, dsacp_live **out);
+/* Collective: releases the live object (after dsacp_live_run returned); the engine stays. */
+void dsacp_live_free(dsacp_live *lv);
+/* Rank 0, any thread: queues a request. Checked at once against the model (ids in range,
+ * lengths, the positions limit, temperature >= 0 finite, top_p in (0, 1]): DSACP_EINVAL naming the
+ * field ("prompt", "max_new_tokens", "temperature", "top_p", "stop_ids") with nothing queued;
+ * DSACP_EBUSY when max_waiting requests wait or after a shutdown. Whether the request fits the KV
+ * pools is known on the loop's thread: a request that fits no rank's pool alone gets a final
+ * DSACP_FINISH_ERROR event (DSACP_ECAPACITY). *id: the request's id (never 0). */
+int dsacp_live_submit(dsacp_live *lv, const dsacp_live_request *rq, uint64_t *id);
+/* Rank 0, any thread: the request ends (its final event says DSACP_FINISH_ABORT) and its KV
+ * blocks are freed on every rank at the next step. DSACP_ENOTFOUND when the id is not live
+ * (finished already: harmless). */
+int dsacp_live_abort(dsacp_live *lv, uint64_t id);
+/* Rank 0, any thread, async-signal-safe: stop accepting requests (submit: DSACP_EBUSY); the
+ * requests in flight finish (abort_all: they end with DSACP_FINISH_ABORT at the next step), then
+ * dsacp_live_run returns on every rank. Calling again with abort_all = true aborts what is left. */
+void dsacp_live_shutdown(dsacp_live *lv, bool abort_all);
+/* Collective: runs the loop until a shutdown drained it; the sink gets every event (rank 0).
+ * Returns the first failure (every rank the same status); requests in flight then end with
+ * DSACP_FINISH_ERROR events. */
+int dsacp_live_run(dsacp_live *lv, dsacp_live_sink sink, void *arg);
+
+/* What the loop looks like now (rank 0, any thread): counts of the last step's state and
+ * totals since create. */
+typedef struct dsacp_live_stats {
+    int64_t running, waiting;   /* admitted requests (prefilling or decoding), queued ones */
+    double kv_use;              /* fraction of the busiest rank's latent pool in use */
+    int64_t preemptions;        /* total */
+    int64_t prompt_tokens;      /* total prompt tokens of admitted requests (recompute not counted) */
+    int64_t generation_tokens;  /* total generated */
+    int64_t steps;              /* engine steps run */
+    int64_t finished[5];        /* requests ended, by dsacp_finish (index 0 unused) */
+} dsacp_live_stats;
+void dsacp_live_get_stats(dsacp_live *lv, dsacp_live_stats *out);
+/* The monotonic clock of events (seconds). */
+double dsacp_live_now(void);
+
 #ifdef __cplusplus
 }
 #endif

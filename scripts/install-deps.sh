@@ -2,8 +2,10 @@
 # Installs the Debian packages dsacp needs to build and test, when any is missing.
 # As root it runs apt-get itself; otherwise it stops and prints the one command to run.
 set -euo pipefail
+# libmicrohttpd-dev: dsacp serve's HTTP; libcurl4-openssl-dev: dsacp run --url (the benchmark client);
+# curl: the server tests' error cases.
 # clang + libclang-rt-dev (libFuzzer) build the fuzz targets that the test suite smoke-runs.
-pkgs=(build-essential cmake pkg-config libjansson-dev libpcre2-dev libopenmpi-dev openmpi-bin libopenblas-dev
+pkgs=(build-essential cmake pkg-config libjansson-dev libpcre2-dev libmicrohttpd-dev libcurl4-openssl-dev curl libopenmpi-dev openmpi-bin libopenblas-dev
       clang libclang-rt-dev)
 missing=()
 for p in "${pkgs[@]}"; do
