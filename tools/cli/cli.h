@@ -196,6 +196,7 @@ int cli_bench(int argc, char **argv);
 int cli_bench_cp(const cli_opt *opts);
 int cli_run(int argc, char **argv);
 int cli_tokenize(int argc, char **argv);
+int cli_serve(int argc, char **argv);
 int cli_detokenize(int argc, char **argv);
 int cli_plan(int argc, char **argv);
 

@@ -164,6 +164,30 @@ static const cli_command commands[] = {
      "  --numerics, --kv-dtype, --block-size as for forward\n"
      "Exit status: 0; 2 a bad invocation (flags, or a file or value named: model, prompts, sizes);\n"
      "1 a failed run (an output that cannot be written included); 3 --verify failed.\n" CLI_RUN_PD_USAGE CLI_CP_USAGE},
+    {"serve", cli_serve,
+     "(--model DIR | --preset NAME) [--tokenizer FILE] [--host H] [--port P] [--api-key KEY]\n"
+     "          [--served-model-name NAME] [--max-num-batched-tokens N] [--max-num-seqs N] [--max-waiting N]\n"
+     "          [--kv-blocks N | --kv-memory SIZE] [--max-body-bytes N] [--timeout S] [--shutdown-timeout S]\n"
+     "          [--numerics exact|deployed] [--kv-dtype T] [--block-size B] [CP flags]",
+     "serve the model over an OpenAI-compatible HTTP API (docs/server.md)",
+     "  --model DIR         the model; its tokenizer.json is used unless --tokenizer is given\n"
+     "  --preset NAME       a preset with random weights (needs --tokenizer; the preset's vocabulary\n"
+     "                      must hold the tokenizer's)\n"
+     "  --tokenizer FILE    a Hugging Face tokenizer.json (byte-level BPE; docs/text.md)\n"
+     "  --host H --port P   the address to listen on (default 127.0.0.1:8000; --port 0: any free port,\n"
+     "                      printed on stdout as 'listening on http://H:P')\n"
+     "  --api-key KEY       required as 'Authorization: Bearer KEY' on every route but /health\n"
+     "  --served-model-name NAME   the model's name in the API (default: the model directory's name)\n"
+     "  --max-num-batched-tokens N   per-step token budget (default 2048)\n"
+     "  --max-num-seqs N    running requests at most (default 256)\n"
+     "  --max-waiting N     queued requests at most (default 256); past it 429\n"
+     "  --kv-blocks N | --kv-memory SIZE   this rank's KV pool (default: max-num-seqs requests of\n"
+     "                      the model's full length, at most 1 GiB)\n"
+     "  --max-body-bytes N  request bodies past it are refused with 413 (default 4194304)\n"
+     "  --timeout S         a connection idle S seconds is closed (default 60)\n"
+     "  --shutdown-timeout S   after SIGTERM/SIGINT, requests in flight get S seconds to finish\n"
+     "                      before they are aborted (default 30); exit 0\n"
+     "Under mpirun rank 0 holds the socket and every rank steps the engine.\n" CLI_CP_USAGE},
     {"tokenize", cli_tokenize, "--tokenizer FILE (--text S | --file F) [--json] [--add-special]",
      "print the ids of a text under a Hugging Face tokenizer.json",
      "  --tokenizer FILE  tokenizer.json (byte-level BPE; docs/text.md)\n"
@@ -246,7 +270,7 @@ int main(int argc, char **argv)
         return 0;
     }
     const cli_command *c = find_command(cmd);
-    if (c && c->run && (c->run == cli_forward || c->run == cli_generate || c->run == cli_run || c->run == cli_bench ||
+    if (c && c->run && (c->run == cli_forward || c->run == cli_generate || c->run == cli_run || c->run == cli_bench || c->run == cli_serve ||
                             (c->run == cli_plan && wants_calibrate(argc, argv)))) {
         /* The engine commands run on every rank of an mpirun job (a solo group otherwise). */
         if (dsacp_comm_create_world(&argc, &argv, &cli_world)) {
