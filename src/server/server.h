@@ -55,6 +55,8 @@ typedef struct oai_request {
     bool skip_special_tokens; /* default true */
     bool thinking;            /* chat: chat_template_kwargs.thinking (the reply starts in reasoning) */
     bool echo;                /* completions: prompt text prepended (only without stream) */
+    bool return_token_ids;    /* vLLM's extension: responses and chunks carry "token_ids" */
+    bool ignore_eos;          /* vLLM's extension: EOS is not a stop id */
 } oai_request;
 
 /* Parses and validates a body for `kind` against the model and tokenizer: malformed JSON, a wrong
@@ -72,12 +74,14 @@ void oai_request_free(oai_request *r);
  * chat's reasoning_content (NULL: none). finish_reason: "stop", "length", "abort". */
 char *oai_response_json(oai_kind kind, const char *id, const char *model, int64_t created, const char *text,
                         const char *reasoning, const char *finish_reason, int64_t prompt_tokens,
-                        int64_t completion_tokens);
+                        int64_t completion_tokens, const int32_t *token_ids, int64_t n_token_ids);
 /* One SSE event "data: {...}\n\n" of a stream: a text_completion / chat.completion.chunk with the
  * delta (text, or reasoning when reasoning != NULL; the first chat chunk carries role
- * "assistant"), finish_reason NULL until the last one. */
+ * "assistant"), finish_reason NULL until the last one. token_ids (return_token_ids): the ids of
+ * the response / of this chunk as choices[0].token_ids (NULL: no such field). */
 char *oai_chunk_sse(oai_kind kind, const char *id, const char *model, int64_t created, const char *text,
-                    const char *reasoning, bool first, const char *finish_reason);
+                    const char *reasoning, bool first, const char *finish_reason, const int32_t *token_ids,
+                    int64_t n_token_ids);
 /* The usage chunk of stream_options.include_usage ("choices": [], "usage": {...}), as SSE. */
 char *oai_usage_sse(oai_kind kind, const char *id, const char *model, int64_t created, int64_t prompt_tokens,
                     int64_t completion_tokens);
