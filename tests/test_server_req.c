@@ -323,6 +323,263 @@ static void test_responses(void)
     json_decref(o);
 }
 
+/* ---- stop strings ---- */
+
+/* What the whole text gives: the stop string completing first (at the same byte, the longest) cuts it. */
+static size_t reference_cut(const char *text, size_t len, char *const *stop, int n)
+{
+    size_t best_end = SIZE_MAX, best_len = 0;
+    for (int i = 0; i < n; i++) {
+        size_t l = strlen(stop[i]);
+        for (size_t p = 0; p + l <= len; p++)
+            if (memcmp(text + p, stop[i], l) == 0) {
+                if (p + l < best_end || (p + l == best_end && l > best_len))
+                    best_end = p + l, best_len = l;
+                break;
+            }
+    }
+    return best_end == SIZE_MAX ? len : best_end - best_len;
+}
+
+/* Pushes text in pieces cut at `cuts` (sorted, n_cuts) and returns what came out. */
+static size_t run_stop(oai_stop *s, const char *text, size_t len, const size_t *cuts, int n_cuts, char *out,
+                       bool *matched)
+{
+    size_t o = 0, from = 0;
+    const char *r;
+    size_t rl;
+    *matched = false;
+    for (int c = 0; c <= n_cuts; c++) {
+        size_t to = c < n_cuts ? cuts[c] : len;
+        bool m;
+        CHECK_OK(oai_stop_push(s, text + from, to - from, &r, &rl, &m));
+        memcpy(out + o, r, rl);
+        o += rl;
+        CHECK(!*matched || (m && rl == 0)); /* nothing after a match */
+        *matched = *matched || m;
+        from = to;
+    }
+    CHECK_OK(oai_stop_flush(s, &r, &rl));
+    CHECK(!*matched || rl == 0);
+    memcpy(out + o, r, rl);
+    return o + rl;
+}
+
+static uint64_t rng_next(uint64_t *x)
+{
+    *x ^= *x << 13;
+    *x ^= *x >> 7;
+    *x ^= *x << 17;
+    return *x;
+}
+
+static void test_stop_examples(void)
+{
+    char *stops[] = {"abcd", "bc", "\n\n", "世界"};
+    const char *cases[][2] = {
+        {"xxabcdyy", "xxa"},         /* "bc" completes before "abcd" */
+        {"hello\n\nworld", "hello"}, /* across pushes below */
+        {"你好世界!", "你好"},
+        {"no match here", "no match here"},
+        {"ab", "ab"},                /* a held prefix released by the flush */
+    };
+    for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+        oai_stop *s;
+        REQUIRE_OK(oai_stop_create(stops, 4, &s));
+        const char *t = cases[k][0];
+        size_t cuts[64], n = strlen(t);
+        for (size_t i = 1; i < n; i++)
+            cuts[i - 1] = i; /* one byte at a time */
+        char out[64];
+        bool m;
+        size_t o = run_stop(s, t, n, cuts, (int)n - 1, out, &m);
+        CHECKF(o == strlen(cases[k][1]) && memcmp(out, cases[k][1], o) == 0, "'%s' gave '%.*s'", t, (int)o, out);
+        CHECK(m == (strcmp(cases[k][0], cases[k][1]) != 0));
+        oai_stop_free(s);
+    }
+    oai_stop *s;
+    REQUIRE_OK(oai_stop_create(NULL, 0, &s)); /* no stop strings: everything passes at once */
+    const char *r;
+    size_t rl;
+    bool m;
+    CHECK_OK(oai_stop_push(s, "abc", 3, &r, &rl, &m));
+    CHECK(rl == 3 && memcmp(r, "abc", 3) == 0 && !m);
+    oai_stop_free(s);
+    char *empty[] = {""};
+    CHECK(oai_stop_create(empty, 1, &s) == DSACP_EINVAL && s == NULL);
+}
+
+/* Random texts over a small alphabet (multibyte characters included), random stop sets, random
+ * splits: the streamed result equals the whole-text one, and never splits a character. */
+static void test_stop_property(void)
+{
+    static const char *const alphabet[] = {"a", "b", "c", "é", "世", "😀", "\n"};
+    uint64_t x = 0x9E3779B97F4A7C15ull;
+    int cut = 0;
+    for (int iter = 0; iter < 3000; iter++) {
+        char text[512], stop_buf[4][32], out[512];
+        char *stops[4];
+        size_t len = 0;
+        int n_chars = (int)(rng_next(&x) % 40);
+        for (int i = 0; i < n_chars; i++)
+            len += (size_t)sprintf(text + len, "%s", alphabet[rng_next(&x) % 7]);
+        int n_stop = 1 + (int)(rng_next(&x) % 4);
+        for (int k = 0; k < n_stop; k++) {
+            size_t l = 0;
+            int nc = 1 + (int)(rng_next(&x) % 4);
+            for (int i = 0; i < nc; i++)
+                l += (size_t)sprintf(stop_buf[k] + l, "%s", alphabet[rng_next(&x) % 4 + (rng_next(&x) % 2) * 3]);
+            stops[k] = stop_buf[k];
+        }
+        size_t want = reference_cut(text, len, stops, n_stop);
+        size_t cuts[512];
+        int n_cuts = 0;
+        for (size_t i = 1; i < len; i++)
+            if (rng_next(&x) % 3 == 0)
+                cuts[n_cuts++] = i;
+        oai_stop *s;
+        REQUIRE_OK(oai_stop_create(stops, n_stop, &s));
+        bool m;
+        size_t got = run_stop(s, text, len, cuts, n_cuts, out, &m);
+        CHECKF(got == want && memcmp(out, text, got) == 0, "iteration %d: got %zu bytes, want %zu", iter, got, want);
+        CHECK(m == (want < len));
+        cut += m;
+        oai_stop_free(s);
+    }
+    CHECKF(cut > 300 && cut < 2700, "%d of 3000 texts cut", cut); /* both cases well covered */
+}
+
+/* ---- metrics ---- */
+
+/* Checks the exposition text line by line: HELP and TYPE before each family, every sample of the
+ * family typed last, label syntax, numeric values, histogram buckets cumulative with +Inf equal
+ * to _count. Returns the value of the sample named `want` (-1 if absent). */
+static double check_exposition(const char *text, const char *want)
+{
+    char family[128] = "", type[32] = "", line[1024];
+    double found = -1, prev_bucket = 0, inf_bucket = -1;
+    int lines = 0;
+    for (const char *p = text; *p; lines++) {
+        size_t n = strcspn(p, "\n");
+        CHECK(p[n] == '\n' && n < sizeof line);
+        snprintf(line, sizeof line, "%.*s", (int)n, p);
+        p += n + (p[n] == '\n');
+        char name[128], rest[896];
+        if (sscanf(line, "# HELP %127s %895[^\n]", name, rest) == 2) {
+            snprintf(family, sizeof family, "%s", name);
+            type[0] = '\0';
+            prev_bucket = 0;
+            continue;
+        }
+        if (sscanf(line, "# TYPE %127s %31s", name, type) == 2) {
+            CHECKF(strcmp(name, family) == 0, "TYPE %s after HELP %s", name, family);
+            CHECK(strcmp(type, "counter") == 0 || strcmp(type, "gauge") == 0 || strcmp(type, "histogram") == 0);
+            continue;
+        }
+        size_t nl = strspn(line, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_:");
+        CHECKF(nl > 0 && line[nl] == '{', "line '%s'", line);
+        snprintf(name, sizeof name, "%.*s", (int)nl, line);
+        const char *close = strstr(line, "} ");
+        CHECKF(close && strncmp(line + nl + 1, "model_name=\"", 12) == 0, "labels of '%s'", line);
+        if (!close)
+            continue;
+        char *end;
+        double v = strtod(close + 2, &end);
+        CHECKF(*end == '\0' && end != close + 2, "value of '%s'", line);
+        bool hist = strcmp(type, "histogram") == 0;
+        size_t fl = strlen(family);
+        CHECKF(strcmp(name, family) == 0 ||
+                   (hist && strncmp(name, family, fl) == 0 &&
+                    (!strcmp(name + fl, "_bucket") || !strcmp(name + fl, "_sum") || !strcmp(name + fl, "_count"))),
+               "sample %s in family %s (%s)", name, family, type);
+        if (hist && !strcmp(name + fl, "_bucket")) {
+            CHECKF(v >= prev_bucket, "bucket not cumulative: %s", line);
+            prev_bucket = v;
+            if (strstr(line, "le=\"+Inf\""))
+                inf_bucket = v;
+        }
+        if (hist && !strcmp(name + fl, "_count"))
+            CHECKF(v == inf_bucket, "%s: _count %g, +Inf bucket %g", family, v, inf_bucket);
+        char key[256];
+        snprintf(key, sizeof key, "%.*s", (int)(close + 1 - line), line);
+        if (strcmp(key, want) == 0)
+            found = v;
+    }
+    CHECK(lines > 50);
+    return found;
+}
+
+typedef struct metrics_arg {
+    oai_metrics *m;
+    int n;
+} metrics_arg;
+
+static void *observe_many(void *p)
+{
+    metrics_arg *a = p;
+    for (int i = 0; i < a->n; i++) {
+        oai_metrics_itl(a->m, 0.001 * (i % 200));
+        if (i % 10 == 0)
+            oai_metrics_finished(a->m, 1.0, 3, 2, i % 20 ? "stop" : "length");
+    }
+    return NULL;
+}
+
+static void test_metrics(void)
+{
+    oai_metrics *m;
+    REQUIRE_OK(oai_metrics_create(&m));
+    oai_metrics_ttft(m, 0.003);
+    oai_metrics_ttft(m, 0.005); /* le is inclusive */
+    oai_metrics_ttft(m, 5000);
+    oai_metrics_finished(m, 0.4, 10, 5, "abort");
+    oai_metrics_finished(m, 0.4, 10, 5, "weird");
+    pthread_t th[4];
+    metrics_arg arg = {m, 1000};
+    for (int i = 0; i < 4; i++)
+        CHECK(pthread_create(&th[i], NULL, observe_many, &arg) == 0);
+    for (int i = 0; i < 4; i++)
+        pthread_join(th[i], NULL);
+    dsacp_live_stats st = {.running = 3, .waiting = 2, .kv_use = 0.25, .preemptions = 7, .prompt_tokens = 100,
+                           .generation_tokens = 50};
+    char *t = oai_metrics_render(m, "my \"model\"", &st);
+    CHECK(t != NULL);
+    if (!t)
+        return;
+#define L "{model_name=\"my \\\"model\\\"\""
+    CHECK(check_exposition(t, "vllm:num_requests_running" L "}") == 3);
+    CHECK(check_exposition(t, "vllm:num_requests_waiting" L "}") == 2);
+    CHECK(check_exposition(t, "vllm:kv_cache_usage_perc" L "}") == 0.25);
+    CHECK(check_exposition(t, "vllm:num_preemptions_total" L "}") == 7);
+    CHECK(check_exposition(t, "vllm:prompt_tokens_total" L "}") == 100);
+    CHECK(check_exposition(t, "vllm:generation_tokens_total" L "}") == 50);
+    CHECK(check_exposition(t, "vllm:time_to_first_token_seconds_bucket" L ",le=\"0.001\"}") == 0);
+    CHECK(check_exposition(t, "vllm:time_to_first_token_seconds_bucket" L ",le=\"0.005\"}") == 2);
+    CHECK(check_exposition(t, "vllm:time_to_first_token_seconds_bucket" L ",le=\"2560.0\"}") == 2);
+    CHECK(check_exposition(t, "vllm:time_to_first_token_seconds_bucket" L ",le=\"+Inf\"}") == 3);
+    CHECK(check_exposition(t, "vllm:time_to_first_token_seconds_count" L "}") == 3);
+    CHECK(fabs(check_exposition(t, "vllm:time_to_first_token_seconds_sum" L "}") - 5000.008) < 1e-9);
+    CHECK(check_exposition(t, "vllm:inter_token_latency_seconds_count" L "}") == 4000);
+    CHECK(check_exposition(t, "vllm:time_per_output_token_seconds_count" L "}") == 4000);
+    /* i % 200 * 1 ms <= 10 ms: i % 200 in 0..10, 11 of every 200, 5 cycles per thread. */
+    CHECK(check_exposition(t, "vllm:inter_token_latency_seconds_bucket" L ",le=\"0.01\"}") == 4 * 5 * 11);
+    CHECK(check_exposition(t, "vllm:e2e_request_latency_seconds_bucket" L ",le=\"0.5\"}") == 2);
+    CHECK(check_exposition(t, "vllm:e2e_request_latency_seconds_count" L "}") == 402);
+    CHECK(check_exposition(t, "vllm:request_success_total" L ",finished_reason=\"stop\"}") == 4 * 50);
+    CHECK(check_exposition(t, "vllm:request_success_total" L ",finished_reason=\"length\"}") == 4 * 50);
+    CHECK(check_exposition(t, "vllm:request_success_total" L ",finished_reason=\"abort\"}") == 1);
+    CHECK(check_exposition(t, "vllm:request_success_total" L ",finished_reason=\"error\"}") == 1);
+    free(t);
+    /* Without the live loop's stats: gauges 0, token counters from the finished requests. */
+    t = oai_metrics_render(m, "m", NULL);
+    CHECK(check_exposition(t, "vllm:num_requests_running{model_name=\"m\"}") == 0);
+    CHECK(check_exposition(t, "vllm:prompt_tokens_total{model_name=\"m\"}") == 20 + 400 * 3);
+    free(t);
+#undef L
+    oai_metrics_free(m);
+    oai_metrics_free(NULL);
+}
+
 int main(void)
 {
     char path[1024];
@@ -334,6 +591,9 @@ int main(void)
     test_chat_fields();
     test_refusals();
     test_responses();
+    test_stop_examples();
+    test_stop_property();
+    test_metrics();
     dsacp_tokenizer_free(tok_);
     return test_finish("test_server_req");
 }
