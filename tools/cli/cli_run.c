@@ -19,21 +19,18 @@
 #include <string.h>
 #include <unistd.h>
 
-typedef struct progress_state {
-    bool tty;
-    double last;
-} progress_state;
-
-static void progress(void *arg, const dsacp_serve_progress *p)
+void run_progress(void *arg, const dsacp_serve_progress *p)
 {
     progress_state *ps = arg;
     if (!ps->tty && p->elapsed_s - ps->last < 5.0 && p->done < p->total) return;
     if (ps->tty && p->elapsed_s - ps->last < 0.1 && p->done < p->total) return;
     ps->last = p->elapsed_s;
     const double eta = p->done > 0 ? p->elapsed_s * (double)(p->total - p->done) / (double)p->done : NAN;
-    fprintf(stderr, "%s[run] %lld/%lld requests done, %lld tokens generated, %.1f tokens/s, KV %.0f%%, %.1f s elapsed, "
+    char kv[32] = "";
+    if (!isnan(p->kv_use)) snprintf(kv, sizeof kv, ", KV %.0f%%", 100 * p->kv_use);
+    fprintf(stderr, "%s[run] %lld/%lld requests done, %lld tokens generated, %.1f tokens/s%s, %.1f s elapsed, "
             "ETA %s%.0f s%s", ps->tty ? "\r" : "", (long long)p->done, (long long)p->total, (long long)p->generated,
-            p->generated / fmax(p->elapsed_s, 1e-9), 100 * p->kv_use, p->elapsed_s, isnan(eta) ? "~" : "",
+            p->generated / fmax(p->elapsed_s, 1e-9), kv, p->elapsed_s, isnan(eta) ? "~" : "",
             isnan(eta) ? 0.0 : eta, ps->tty ? "   " : "\n");
     if (ps->tty && p->done == p->total) fputc('\n', stderr);
 }
@@ -99,19 +96,6 @@ static void tmp_model_remove(tmp_model *t)
     t->dir[0] = 0;
 }
 
-/* The flags of one run, parsed and checked before anything else happens. */
-typedef struct run_args {
-    const char *mdir, *preset, *prompts, *json_path;
-    int64_t nreq, plo, phi, glo, ghi, nlong, llo, lhi, seed, mbt, mns, kvb, kvmem;
-    double rate, temp, topp;
-    bool verify;
-    dsacp_spec_config spec; /* --speculative-config */
-    dsacp_engine_options eo;
-    dsacp_cp_options cpo; /* this rank's group's plan */
-    dsacp_config pc; /* --preset's configuration */
-    run_pd_args pd;
-} run_args;
-
 /* What a run holds, from its outputs to its report; run_state_free releases all of it. */
 typedef struct run_state {
     dsacp_comm *world; /* every setup agreement goes over it */
@@ -144,7 +128,9 @@ typedef struct run_state {
 static int run_parse_conflicts(const cli_opt *opts, run_args *a)
 {
     const char *s;
-    if (!a->mdir == !a->preset) {
+    int ret = run_client_conflicts(opts, a->url != NULL);
+    if (ret != CLI_RUN) return ret;
+    if (!a->url && !a->mdir == !a->preset) {
         fprintf(stderr, "dsacp run: give exactly one of '--model DIR' and '--preset NAME'\n");
         return 2;
     }
@@ -174,7 +160,7 @@ static int run_parse_values(const cli_opt *opts, run_args *a)
 {
     const char *s;
     *a = (run_args){.mdir = a->mdir, .preset = a->preset, .prompts = a->prompts, .json_path = a->json_path,
-                    .nreq = 16, .plo = 128, .phi = 512, .glo = 16, .ghi = 32, .llo = 2048, .lhi = 4096,
+                    .url = a->url, .nreq = 16, .plo = 128, .phi = 512, .glo = 16, .ghi = 32, .llo = 2048, .lhi = 4096,
                     .mbt = 2048, .mns = 256, .kvmem = -1, .topp = 1};
     if ((s = cli_get(opts, "requests")) && !cli_int("run", "requests", s, 0, 1 << 20, &a->nreq)) return 2;
     if ((s = cli_get(opts, "prompt-len")) && !run_parse_range("prompt-len", s, 1, 1 << 24, &a->plo, &a->phi)) return 2;
@@ -331,7 +317,7 @@ static int run_make_workload(const cli_opt *opts, const run_args *a, run_state *
     if (ret != CLI_RUN) return ret;
     int rc = DSACP_OK;
     if (st->root) {
-        if (a->prompts) rc = run_load_prompts(&st->wl, a->prompts, a->glo, cfg);
+        if (a->prompts) rc = run_load_prompts(&st->wl, a->prompts, a->glo, cfg, false);
         else {
             rc = run_check_synthetic(a->nreq, a->phi, a->ghi, a->nlong, a->lhi, cfg, st->model_name);
             if (!rc)
@@ -388,7 +374,7 @@ static int run_prepare(const cli_opt *opts, const run_args *a, run_state *st, co
     /* The progress line is the decode side's: a disaggregated run's consumer leader prints it (the
      * producer's leader only knows the first tokens). */
     const bool shows = st->pd ? a->pd.role == DSACP_KV_CONSUMER && dsacp_comm_rank(st->group) == 0 : st->root;
-    if (shows) st->so.progress = progress, st->so.progress_arg = &st->ps;
+    if (shows) st->so.progress = run_progress, st->so.progress_arg = &st->ps;
     if (st->root) rc = dsacp_serve_check(st->e, st->wl.rq, st->wl.n, &st->so);
     if (st->root && rc == DSACP_ECAPACITY) { /* the library names the pool; the CLI names the flags that size it */
         char msg[512];
@@ -499,29 +485,12 @@ static int run_pd_memory(const run_args *a, run_state *st, const dsacp_engine_op
 /* Rank 0: the report's text (kept for stdout) and --json, committed. */
 static int run_report(const run_args *a, run_state *st, const dsacp_engine_options *eo)
 {
-    FILE *f = open_memstream(&st->text, &st->text_len);
-    json_t *j = json_object();
-    int rc = f && j ? DSACP_OK : dsacp_error(DSACP_ENOMEM, "out of memory for the report");
-    if (!rc)
-        rc = run_write_report(f, a->json_path ? j : NULL,
-                              &(report_ctx){.wl = &st->wl, .res = &st->res, .eo = eo, .cpo = &a->cpo,
-                                            .model = st->model_name, .W = st->W, .mbt = a->mbt, .allmem = st->allmem,
-                                            .world = st->pd ? st->group : st->world, .verify = a->verify, .div = st->div, .n_div = st->n_div,
-                                            .near_ties = st->near_ties, .passed = st->verify_passed,
-                                            .deployed = eo->numerics == DSACP_NUMERICS_DEPLOYED, .pd = st->pdr,
-                                            .world_W = dsacp_comm_size(st->world)});
-    if (f && fclose(f) != 0 && !rc) rc = dsacp_error(DSACP_ENOMEM, "out of memory for the report");
-    if (!rc && a->json_path) {
-        st->jtext = json_dumps(j, JSON_INDENT(1) | JSON_PRESERVE_ORDER);
-        if (!st->jtext) rc = dsacp_error(DSACP_ENOMEM, "--json: out of memory for the report");
-    }
-    json_decref(j);
-    if (!rc && st->jtext) {
-        const size_t jl = strlen(st->jtext);
-        st->jtext[jl] = '\n'; /* its NUL becomes the final newline */
-        rc = cli_output_commit_bytes(&st->json_out, st->jtext, jl + 1);
-        if (rc) dsacp_error_context(rc, "--json");
-    }
+    const report_ctx c = {.wl = &st->wl, .res = &st->res, .eo = eo, .cpo = &a->cpo, .model = st->model_name,
+                          .W = st->W, .mbt = a->mbt, .allmem = st->allmem, .world = st->pd ? st->group : st->world,
+                          .verify = a->verify, .div = st->div, .n_div = st->n_div, .near_ties = st->near_ties,
+                          .passed = st->verify_passed, .deployed = eo->numerics == DSACP_NUMERICS_DEPLOYED,
+                          .pd = st->pdr, .world_W = dsacp_comm_size(st->world)};
+    const int rc = run_report_build(&c, &st->json_out, a->json_path != NULL, &st->text, &st->text_len, &st->jtext);
     if (rc) cli_fail("run", rc);
     return rc;
 }
@@ -584,13 +553,14 @@ static int run_parse(int argc, char **argv, cli_opt *opts, run_args *a, run_stat
     int ret = cli_parse(argc, argv, opts);
     if (ret == CLI_RUN) {
         *a = (run_args){.mdir = cli_get(opts, "model"), .preset = cli_get(opts, "preset"),
-                        .prompts = cli_get(opts, "prompts"), .json_path = cli_get(opts, "json")};
-        if ((ret = run_parse_conflicts(opts, a)) == CLI_RUN && (ret = run_parse_values(opts, a)) == CLI_RUN &&
-            (ret = run_pd_parse(opts, rank, size, &a->pd)) == CLI_RUN)
-            ret = run_parse_engine(opts, a);
+                        .prompts = cli_get(opts, "prompts"), .json_path = cli_get(opts, "json"), .url = cli_get(opts, "url")};
+        if ((ret = run_parse_conflicts(opts, a)) == CLI_RUN && (ret = run_parse_values(opts, a)) == CLI_RUN) {
+            if (a->url) ret = run_client_check(opts, a, size);
+            else if ((ret = run_pd_parse(opts, rank, size, &a->pd)) == CLI_RUN) ret = run_parse_engine(opts, a);
+        }
     }
     if (!st->world) return ret;
-    if ((ret = run_capture_verdict(&cap, st->world, ret)) != CLI_RUN) return ret;
+    if ((ret = run_capture_verdict(&cap, st->world, ret)) != CLI_RUN || a->url) return ret;
     run_pd_card mine;
     run_pd_card_of(opts, argc, argv, &a->pd, a->eo.block_size, &mine);
     st->cards = calloc((size_t)size, sizeof *st->cards);
@@ -616,8 +586,8 @@ int cli_run(int argc, char **argv)
                       {"kv-memory", true, NULL},     {"verify", false, NULL},        {"json", true, NULL},
                       {"seed", true, NULL},          {"temperature", true, NULL},    {"top-p", true, NULL},
                       {"no-realtime", false, NULL},  {"numerics", true, NULL},       {"kv-dtype", true, NULL},
-                      {"block-size", true, NULL},    {"speculative-config", true, NULL}, RUN_PD_OPTS,                    CLI_CP_OPTS,
-                      {NULL, false, NULL}};
+                      {"block-size", true, NULL},    {"speculative-config", true, NULL}, RUN_PD_OPTS,
+                      RUN_CLIENT_OPTS,               CLI_CP_OPTS,                    {NULL, false, NULL}};
     run_args a = {0};
     run_state st = {.world = cli_world, .tm = {.dir = "", .cleanup = -1}, .verify_passed = true};
     st.root = !st.world || dsacp_comm_rank(st.world) == 0;
@@ -625,6 +595,10 @@ int cli_run(int argc, char **argv)
     cli_output_init(&st.json_out);
     cli_output_init(&st.report_out);
     int ret = run_parse(argc, argv, opts, &a, &st);
+    if (ret == CLI_RUN && a.url) { /* the benchmark client: no model, no engine */
+        run_state_free(&st);
+        return run_client(opts, &a);
+    }
     /* The outputs first: a report that cannot be written is known before any work. */
     int rc = ret == CLI_RUN ? cli_output_open("run", "json", a.json_path, &st.json_out) : DSACP_OK;
     if (ret == CLI_RUN && !rc) rc = cli_cp_begin("run", opts, &st.report_out);

@@ -1,7 +1,9 @@
 /* cli_run.h -- the parts of `dsacp run` (docs/serving.md): cli_run.c runs the command phase by
  * phase; cli_run_workload.c makes the workload (synthetic, or a JSONL prompts file) and checks it
  * against the model; cli_run_report.c compares a run with --verify's one-process replay and
- * writes the report (text and --json). Private to tools/cli. */
+ * writes the report (text and --json); cli_run_client.c is `dsacp run --url`, the benchmark
+ * client: the same workload sent to an OpenAI-compatible server over HTTP (libcurl), the same
+ * report from what the client observed. Private to tools/cli. */
 #ifndef DSACP_CLI_RUN_H
 #define DSACP_CLI_RUN_H
 
@@ -13,6 +15,8 @@
 
 typedef struct workload {
     dsacp_serve_request *rq; /* each request owns its prompt and stop ids */
+    char **text;             /* [n] or NULL: a JSONL "prompt" string (--url only; that request has no
+                              * ids and its prompt_len is the server's count once it answered) */
     int64_t n;
 } workload;
 void run_workload_free(workload *w);
@@ -26,8 +30,17 @@ int run_check_synthetic(int64_t n, int64_t phi, int64_t ghi, int64_t nlong, int6
  * per second (0: all at once), prompts drawn from the vocabulary with `seed`. */
 int run_make_synthetic(workload *w, int64_t n, int64_t plo, int64_t phi, int64_t glo, int64_t ghi, double rate,
                        int64_t nlong, int64_t llo, int64_t lhi, int64_t vocab, uint64_t seed);
-/* The JSONL prompts file (docs/serving.md); `gen` is the default max_new_tokens. */
-int run_load_prompts(workload *w, const char *path, int64_t gen, const dsacp_config *cfg);
+/* The JSONL prompts file (docs/serving.md); `gen` is the default max_new_tokens. With `text_ok`
+ * (the client) a line may give "prompt" (a string) instead of "prompt_ids". */
+int run_load_prompts(workload *w, const char *path, int64_t gen, const dsacp_config *cfg, bool text_ok);
+
+/* The progress line on stderr (every 5 s, or a line redrawn on a terminal); kv_use NAN: not known
+ * (the client). */
+typedef struct progress_state {
+    bool tty;
+    double last;
+} progress_state;
+void run_progress(void *arg, const dsacp_serve_progress *p);
 
 /* --verify in deployed numerics: a divergence passes when it is a near-tie, the one-process
  * reference's top-1 minus top-2 logit at that step at most this (docs/serving.md "--verify"). */
@@ -71,6 +84,35 @@ int run_pd_check_cards(const run_pd_card *cards, int size, bool *pd);
  * replicated), each overridden by an explicit flag of its own (with --pd the flags belong to the
  * consumer group: the producer keeps the plan). Prints the error naming the flag; false then. */
 bool run_pd_cp_options(const cli_opt *opts, const run_pd_args *p, int W, dsacp_cp_options *cpo);
+
+/* The flags of one run, parsed and checked before anything else happens. */
+typedef struct run_args {
+    const char *mdir, *preset, *prompts, *json_path;
+    const char *url; /* --url: the benchmark client (cli_run_client.c) */
+    int64_t nreq, plo, phi, glo, ghi, nlong, llo, lhi, seed, mbt, mns, kvb, kvmem;
+    double rate, temp, topp;
+    bool verify;
+    dsacp_spec_config spec; /* --speculative-config */
+    dsacp_engine_options eo;
+    dsacp_cp_options cpo; /* this rank's group's plan */
+    dsacp_config pc; /* --preset's configuration */
+    run_pd_args pd;
+} run_args;
+
+/* ---- the benchmark client (cli_run_client.c; docs/serving.md "The benchmark client") ---- */
+
+/* The client's own flags, appended to run's option table. */
+#define RUN_CLIENT_OPTS {"url", true, NULL}, {"model-name", true, NULL}, {"tokenizer", true, NULL}, \
+                        {"max-concurrency", true, NULL}
+/* With --url: the flags of the engine, the scheduler, the KV pool, context parallelism, roles and
+ * --verify are refused, naming the flag (2); without it, the client's own flags are. */
+int run_client_conflicts(const cli_opt *opts, bool client);
+/* The client's checks of the values (world: the processes it was started as; one only). */
+int run_client_check(const cli_opt *opts, const run_args *a, int world);
+/* `dsacp run --url`: the workload sent, the report printed. Returns the exit status: 0 (failed
+ * requests are reported, as vllm bench serve does), 2 a bad invocation (a malformed URL
+ * included), 1 the server cannot be reached or an output cannot be written. */
+int run_client(const cli_opt *opts, const run_args *a);
 
 /* Another rank's one-line error reaches world rank 0: a rank other than 0 (whose stderr is
  * /dev/null) keeps what a local check printed and hands it to the agreement. */
@@ -131,10 +173,19 @@ typedef struct report_ctx {
     /* Disaggregated runs: every world rank's part [world_W], and the world's size. */
     const run_pd_rank *pd;
     int world_W;
+    /* The benchmark client (url not NULL): what the server answered a request that failed
+     * (errors[i] NULL when it succeeded), and how many failed. No engine: eo, cpo, allmem, world
+     * are NULL and the server-side fields are left out. */
+    const char *url;
+    const char *const *errors;
+    int64_t n_failed;
 } report_ctx;
 
 /* The report: the text into f (printed once every output is committed) and, when j is not
  * NULL, the --json object. */
 int run_write_report(FILE *f, json_t *j, const report_ctx *c);
+/* The report's text into *text (*len bytes, malloc'd: printed once every output is in place) and,
+ * with json_out open, the --json object committed into it (*jtext keeps its bytes). */
+int run_report_build(const report_ctx *c, cli_output *json_out, bool json, char **text, size_t *len, char **jtext);
 
 #endif

@@ -111,8 +111,13 @@ static void metrics_free(run_metrics *mt)
     free(mt->ttft), free(mt->tpot), free(mt->e2el), free(mt->itl), free(mt->ttft_r), free(mt->e2el_r);
 }
 
-static int metrics_of(const workload *wl, const dsacp_serve_result *res, run_metrics *mt)
+/* Whether request i failed (the client's: a failed request counts in no metric, as in vllm bench serve). */
+static bool failed(const report_ctx *c, int64_t i) { return c->errors && c->errors[i]; }
+
+static int metrics_of(const report_ctx *c, run_metrics *mt)
 {
+    const workload *wl = c->wl;
+    const dsacp_serve_result *res = c->res;
     const int64_t n = wl->n;
     *mt = (run_metrics){0};
     int64_t nitl = 0;
@@ -124,16 +129,19 @@ static int metrics_of(const workload *wl, const dsacp_serve_result *res, run_met
         metrics_free(mt);
         return dsacp_error(DSACP_ENOMEM, "out of memory for the report");
     }
+    int64_t ok = 0;
     for (int64_t i = 0; i < n; i++) {
         const dsacp_serve_out *o = &res->out[i];
+        mt->ttft_r[i] = (o->first_s - o->arrival_s) * 1e3;
+        mt->e2el_r[i] = (o->finish_s - o->arrival_s) * 1e3;
+        if (failed(c, i)) continue;
         mt->in_tok += wl->rq[i].prompt_len, mt->out_tok += o->n_tokens;
-        mt->ttft[i] = mt->ttft_r[i] = (o->first_s - o->arrival_s) * 1e3;
-        mt->e2el[i] = mt->e2el_r[i] = (o->finish_s - o->arrival_s) * 1e3;
-        if (o->n_tokens > 1) mt->tpot[mt->ntpot++] = (mt->e2el[i] - mt->ttft[i]) / (double)(o->n_tokens - 1);
+        mt->ttft[ok] = mt->ttft_r[i], mt->e2el[ok++] = mt->e2el_r[i];
+        if (o->n_tokens > 1) mt->tpot[mt->ntpot++] = (mt->e2el_r[i] - mt->ttft_r[i]) / (double)(o->n_tokens - 1);
         for (int64_t k = 1; k < o->n_tokens; k++) mt->itl[mt->nitl++] = (o->token_s[k] - o->token_s[k - 1]) * 1e3;
     }
-    mt->sec[0] = stats_of(mt->ttft, n), mt->sec[1] = stats_of(mt->tpot, mt->ntpot);
-    mt->sec[2] = stats_of(mt->itl, mt->nitl), mt->sec[3] = stats_of(mt->e2el, n);
+    mt->sec[0] = stats_of(mt->ttft, ok), mt->sec[1] = stats_of(mt->tpot, mt->ntpot);
+    mt->sec[2] = stats_of(mt->itl, mt->nitl), mt->sec[3] = stats_of(mt->e2el, ok);
     mt->ph = phase_sums_of(res, -1);
     return DSACP_OK;
 }
@@ -182,13 +190,15 @@ static void text_ranks(FILE *f, const report_ctx *c)
 static void text_timing(FILE *f, const report_ctx *c, const run_metrics *mt)
 {
     const dsacp_serve_result *res = c->res;
-    const int64_t n = c->wl->n;
+    const int64_t n = c->wl->n - c->n_failed;
     const double dur = res->duration_s, total = mt->ph.total;
     const int64_t in_tok = mt->in_tok, out_tok = mt->out_tok;
     fprintf(f, "============ dsacp run: serving result ============\n");
     fprintf(f, "%-42s %s\n", "Model:", c->model);
-    text_ranks(f, c);
+    if (c->url) fprintf(f, "%-42s %s (the client's view: no server-side numbers)\n", "Server:", c->url);
+    else text_ranks(f, c);
     fprintf(f, "%-42s %lld\n", "Successful requests:", (long long)n);
+    if (c->url) fprintf(f, "%-42s %lld\n", "Failed requests:", (long long)c->n_failed);
     fprintf(f, "%-42s %.2f\n", "Benchmark duration (s):", dur);
     fprintf(f, "%-42s %lld\n", "Total input tokens:", (long long)in_tok);
     fprintf(f, "%-42s %lld\n", "Total generated tokens:", (long long)out_tok);
@@ -203,6 +213,7 @@ static void text_timing(FILE *f, const report_ctx *c, const run_metrics *mt)
         fprintf(f, "  Mean / Median / P90 / P99 %s (ms):%*s %.2f / %.2f / %.2f / %.2f\n", names[k], (int)(10 - strlen(names[k])),
                 "", mt->sec[k].mean, mt->sec[k].median, mt->sec[k].p90, mt->sec[k].p99);
     }
+    if (c->url) return; /* the steps are the server's */
     if (c->pd) {
         fprintf(f, "  (TTFT includes the KV transfer: the first token reaches the client from the decode group; TPOT\n"
                    "   and ITL are the decode group's)\n");
@@ -425,14 +436,38 @@ static void text_resources(FILE *f, const report_ctx *c, const run_metrics *mt)
     fprintf(f, "===================================================\n");
 }
 
+static json_t *json_engine_config(const report_ctx *c);
+static json_t *json_client_config(const report_ctx *c);
+
 /* --json: "config" and the run's totals. */
 static void json_summary(json_t *j, const report_ctx *c, const run_metrics *mt)
 {
+    const dsacp_serve_result *res = c->res;
+    const int64_t n = c->wl->n - c->n_failed, in_tok = mt->in_tok, out_tok = mt->out_tok;
+    const double dur = res->duration_s;
+    json_object_set_new(j, "config", c->url ? json_client_config(c) : json_engine_config(c));
+    json_object_set_new(j, "completed", jint(n));
+    if (c->url) json_object_set_new(j, "failed", jint(c->n_failed));
+    json_object_set_new(j, "duration_s", jnum(dur));
+    json_object_set_new(j, "total_input_tokens", jint(in_tok));
+    json_object_set_new(j, "total_output_tokens", jint(out_tok));
+    json_object_set_new(j, "request_throughput", jnum(n / dur));
+    json_object_set_new(j, "output_throughput", jnum(out_tok / dur));
+    json_object_set_new(j, "total_token_throughput", jnum((in_tok + out_tok) / dur));
+    for (int k = 0; k < 4; k++) stats_json(j, metric_keys[k], &mt->sec[k]);
+    /* The server's side of the run: null from the client, which cannot see it. */
+    json_object_set_new(j, "preemptions", c->url ? json_null() : jint(res->preemptions));
+    json_object_set_new(j, "kv_utilization_peak", c->url ? json_null() : jnum(res->kv_peak_use));
+    json_object_set_new(j, "comm_bytes_rank0", c->url ? json_null() : jnum(mt->ph.bytes));
+    json_object_set_new(j, "comm_bytes_per_generated_token",
+                        c->url ? json_null() : jnum(mt->ph.bytes / fmax((double)out_tok, 1)));
+}
+
+/* --json "config" of a run of the engine. */
+static json_t *json_engine_config(const report_ctx *c)
+{
     const dsacp_engine_options *eo = c->eo;
     const dsacp_cp_options *cpo = c->cpo;
-    const dsacp_serve_result *res = c->res;
-    const int64_t n = c->wl->n, in_tok = mt->in_tok, out_tok = mt->out_tok;
-    const double dur = res->duration_s;
     json_t *cfgj = json_object();
     json_object_set_new(cfgj, "model", json_string(c->model));
     json_object_set_new(cfgj, "world", jint(c->pd ? c->world_W : c->W));
@@ -445,19 +480,16 @@ static void json_summary(json_t *j, const report_ctx *c, const run_metrics *mt)
     json_object_set_new(cfgj, "max_batch_tokens", jint(c->mbt));
     json_object_set_new(cfgj, "kv_blocks", jint(eo->num_blocks));
     json_object_set_new(cfgj, "block_size", jint(eo->block_size));
-    json_object_set_new(j, "config", cfgj);
-    json_object_set_new(j, "completed", jint(n));
-    json_object_set_new(j, "duration_s", jnum(dur));
-    json_object_set_new(j, "total_input_tokens", jint(in_tok));
-    json_object_set_new(j, "total_output_tokens", jint(out_tok));
-    json_object_set_new(j, "request_throughput", jnum(n / dur));
-    json_object_set_new(j, "output_throughput", jnum(out_tok / dur));
-    json_object_set_new(j, "total_token_throughput", jnum((in_tok + out_tok) / dur));
-    for (int k = 0; k < 4; k++) stats_json(j, metric_keys[k], &mt->sec[k]);
-    json_object_set_new(j, "preemptions", jint(res->preemptions));
-    json_object_set_new(j, "kv_utilization_peak", jnum(res->kv_peak_use));
-    json_object_set_new(j, "comm_bytes_rank0", jnum(mt->ph.bytes));
-    json_object_set_new(j, "comm_bytes_per_generated_token", jnum(mt->ph.bytes / fmax((double)out_tok, 1)));
+    return cfgj;
+}
+
+/* --json "config" of the client: the model's name and the server. */
+static json_t *json_client_config(const report_ctx *c)
+{
+    json_t *cfgj = json_object();
+    json_object_set_new(cfgj, "model", json_string(c->model));
+    json_object_set_new(cfgj, "url", json_string(c->url));
+    return cfgj;
 }
 
 /* --json: "verify" (null without --verify). */
@@ -545,11 +577,14 @@ static json_t *json_requests(const report_ctx *c, const run_metrics *mt)
         json_object_set_new(r, "prompt_len", jint(c->wl->rq[i].prompt_len));
         json_object_set_new(r, "output_len", jint(o->n_tokens));
         json_object_set_new(r, "arrival_s", jnum(o->arrival_s));
-        json_object_set_new(r, "ttft_ms", jnum(mt->ttft_r[i]));
-        json_object_set_new(r, "e2el_ms", jnum(mt->e2el_r[i]));
-        json_object_set_new(r, "tpot_ms", o->n_tokens > 1 ? jnum((mt->e2el_r[i] - mt->ttft_r[i]) / (double)(o->n_tokens - 1))
-                                                           : json_null());
-        json_object_set_new(r, "preemptions", jint(o->preemptions));
+        const bool bad = failed(c, i);
+        json_object_set_new(r, "ttft_ms", bad ? json_null() : jnum(mt->ttft_r[i]));
+        json_object_set_new(r, "e2el_ms", bad ? json_null() : jnum(mt->e2el_r[i]));
+        json_object_set_new(r, "tpot_ms", o->n_tokens > 1 && !bad
+                                              ? jnum((mt->e2el_r[i] - mt->ttft_r[i]) / (double)(o->n_tokens - 1))
+                                              : json_null());
+        json_object_set_new(r, "preemptions", c->url ? json_null() : jint(o->preemptions));
+        if (c->url) json_object_set_new(r, "error", bad ? json_string(c->errors[i]) : json_null());
         if (c->pd) {
             json_object_set_new(r, "prefill_done_s", jnum(o->prefill_done_s));
             json_object_set_new(r, "kv_ready_s", jnum(o->kv_ready_s));
@@ -557,7 +592,8 @@ static json_t *json_requests(const report_ctx *c, const run_metrics *mt)
             json_object_set_new(r, "kv_bytes", jint(o->kv_bytes));
             json_object_set_new(r, "kv_messages", jint(o->kv_messages));
         }
-        for (int64_t k = 0; k < o->n_tokens; k++) json_array_append_new(tk, jint(o->tokens[k]));
+        /* The client: -1 where the server sent text without its token ids. */
+        for (int64_t k = 0; k < o->n_tokens; k++) json_array_append_new(tk, o->tokens[k] >= 0 ? jint(o->tokens[k]) : json_null());
         json_object_set_new(r, "tokens", tk);
         json_array_append_new(rj, r);
     }
@@ -624,11 +660,26 @@ static json_t *json_disaggregated(const report_ctx *c, const transfer_stats *t)
     return o;
 }
 
+/* The client's end of the text report: each failed request with the server's answer (the first
+ * ten; the --json report has them all). */
+static void text_failures(FILE *f, const report_ctx *c)
+{
+    for (int64_t i = 0, shown = 0; i < c->wl->n && c->n_failed; i++) {
+        if (!failed(c, i)) continue;
+        if (shown++ == 10) {
+            fprintf(f, "  ... %lld more failed requests (--json FILE lists each)\n", (long long)(c->n_failed - 10));
+            break;
+        }
+        fprintf(f, "  request %lld failed: %s\n", (long long)i, c->errors[i]);
+    }
+    fprintf(f, "===================================================\n");
+}
+
 int run_write_report(FILE *f, json_t *j, const report_ctx *c)
 {
     run_metrics mt;
     transfer_stats t = {.counters_equal = true};
-    int rc = metrics_of(c->wl, c->res, &mt);
+    int rc = metrics_of(c, &mt);
     if (rc) return rc;
     if (c->pd && (rc = transfer_of(c, &t))) {
         metrics_free(&mt);
@@ -636,16 +687,37 @@ int run_write_report(FILE *f, json_t *j, const report_ctx *c)
     }
     text_timing(f, c, &mt);
     if (c->pd) text_groups(f, c, &t);
-    text_spec(f, c, &mt);
-    text_resources(f, c, &mt);
+    if (c->url) text_failures(f, c);
+    else text_spec(f, c, &mt), text_resources(f, c, &mt);
     if (j) {
         json_summary(j, c, &mt);
         if (c->pd) json_object_set_new(j, "disaggregated", json_disaggregated(c, &t));
         json_object_set_new(j, "verify", json_verify(c));
-        json_object_set_new(j, "speculative", json_spec(c, &mt));
-        json_memory_steps(j, c);
+        json_object_set_new(j, "speculative", c->url ? json_null() : json_spec(c, &mt));
+        if (!c->url) json_memory_steps(j, c); /* the server's: the client cannot see them */
         json_object_set_new(j, "requests", json_requests(c, &mt));
     }
     metrics_free(&mt);
     return DSACP_OK;
+}
+
+int run_report_build(const report_ctx *c, cli_output *json_out, bool json, char **text, size_t *len, char **jtext)
+{
+    FILE *f = open_memstream(text, len);
+    json_t *j = json_object();
+    int rc = f && j ? DSACP_OK : dsacp_error(DSACP_ENOMEM, "out of memory for the report");
+    if (!rc) rc = run_write_report(f, json ? j : NULL, c);
+    if (f && fclose(f) != 0 && !rc) rc = dsacp_error(DSACP_ENOMEM, "out of memory for the report");
+    if (!rc && json) {
+        *jtext = json_dumps(j, JSON_INDENT(1) | JSON_PRESERVE_ORDER);
+        if (!*jtext) rc = dsacp_error(DSACP_ENOMEM, "--json: out of memory for the report");
+    }
+    json_decref(j);
+    if (!rc && *jtext) {
+        const size_t jl = strlen(*jtext);
+        (*jtext)[jl] = '\n'; /* its NUL becomes the final newline */
+        rc = cli_output_commit_bytes(json_out, *jtext, jl + 1);
+        if (rc) dsacp_error_context(rc, "--json");
+    }
+    return rc;
 }

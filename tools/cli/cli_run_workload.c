@@ -13,8 +13,10 @@ void run_workload_free(workload *w)
     for (int64_t i = 0; w->rq && i < w->n; i++) {
         free(w->rq[i].prompt);
         free((void *)w->rq[i].stop_ids);
+        if (w->text) free(w->text[i]);
     }
     free(w->rq);
+    free(w->text);
     memset(w, 0, sizeof *w);
 }
 
@@ -107,47 +109,71 @@ static int token_field(json_t *v, const char *path, int64_t ln, const char *fiel
     return DSACP_OK;
 }
 
-/* One line of the prompts file (len bytes, no NUL inside) into request r. */
+/* A line's prompt: "prompt_ids", or (text not NULL: the client) "prompt", a non-empty string sent
+ * to the server as it is. */
+static int parse_prompt(json_t *o, const char *path, int64_t ln, const dsacp_config *cfg, dsacp_serve_request *r,
+                        char **text)
+{
+    const int64_t maxpos = cfg->max_position_embeddings;
+    json_t *ids = json_object_get(o, "prompt_ids"), *str = text ? json_object_get(o, "prompt") : NULL;
+    if (str && ids)
+        return dsacp_error(DSACP_EFORMAT, "%s: line %lld: give one of 'prompt_ids' and 'prompt'", path, (long long)ln);
+    if (str) {
+        if (!json_is_string(str) || json_string_length(str) == 0 || strlen(json_string_value(str)) != json_string_length(str))
+            return dsacp_error(DSACP_EFORMAT, "%s: line %lld: 'prompt' must be a non-empty string without NUL", path,
+                               (long long)ln);
+        *text = strdup(json_string_value(str));
+        return *text ? DSACP_OK : dsacp_error(DSACP_ENOMEM, "%s: line %lld: out of memory", path, (long long)ln);
+    }
+    if (!json_is_array(ids) || json_array_size(ids) == 0)
+        return dsacp_error(DSACP_EFORMAT, "%s: line %lld: 'prompt_ids' must be a non-empty array of token ids%s", path,
+                           (long long)ln, text ? " (or 'prompt' a string)" : "");
+    if ((int64_t)json_array_size(ids) > maxpos)
+        return dsacp_error(DSACP_ERANGE, "%s: line %lld: %zu prompt tokens, more than the model's "
+                           "max_position_embeddings = %lld", path, (long long)ln, json_array_size(ids), (long long)maxpos);
+    r->prompt_len = (int64_t)json_array_size(ids);
+    r->prompt = malloc((size_t)r->prompt_len * sizeof *r->prompt);
+    if (!r->prompt) return dsacp_error(DSACP_ENOMEM, "%s: line %lld: out of memory", path, (long long)ln);
+    int rc = DSACP_OK;
+    for (int64_t j = 0; j < r->prompt_len && !rc; j++)
+        rc = token_field(json_array_get(ids, (size_t)j), path, ln, "prompt_ids", (size_t)j, cfg->vocab_size, &r->prompt[j]);
+    return rc;
+}
+
+/* A field the loader does not read (a typo such as "max_new_token", or a per-request sampling
+ * field dsacp does not support) is an error, never silently ignored. */
+static int check_fields(json_t *o, const char *path, int64_t ln, bool text)
+{
+    static const char *const known[] = {"prompt_ids", "max_new_tokens", "stop_ids", "arrival_s", "prompt"};
+    const size_t nk = text ? 5 : 4;
+    const char *key;
+    json_t *val;
+    json_object_foreach(o, key, val) {
+        (void)val;
+        size_t k = 0;
+        while (k < nk && strcmp(key, known[k])) k++;
+        if (k == nk)
+            return dsacp_error(DSACP_EFORMAT, "%s: line %lld: unknown field '%s' (a request has prompt_ids%s, "
+                               "max_new_tokens, stop_ids and arrival_s)", path, (long long)ln, key,
+                               text ? " or prompt" : "");
+    }
+    return DSACP_OK;
+}
+
+/* One line of the prompts file (len bytes, no NUL inside) into request r (text: see parse_prompt). */
 static int parse_request(const char *line, size_t len, const char *path, int64_t ln, int64_t gen, const dsacp_config *cfg,
-                         dsacp_serve_request *r)
+                         dsacp_serve_request *r, char **text)
 {
     const int64_t V = cfg->vocab_size, maxpos = cfg->max_position_embeddings;
     json_error_t err;
     /* A repeated key is refused (which value would win is not the user's intent to guess). */
     json_t *o = json_loadb(line, len, JSON_REJECT_DUPLICATES, &err);
     int rc = DSACP_OK;
-    json_t *ids = o ? json_object_get(o, "prompt_ids") : NULL;
     if (!o || !json_is_object(o))
         rc = dsacp_error(DSACP_EFORMAT, "%s: line %lld: not a JSON object%s%s", path, (long long)ln, o ? "" : ": ",
                          o ? "" : err.text);
-    else if (!json_is_array(ids) || json_array_size(ids) == 0)
-        rc = dsacp_error(DSACP_EFORMAT, "%s: line %lld: 'prompt_ids' must be a non-empty array of token ids", path,
-                         (long long)ln);
-    else if ((int64_t)json_array_size(ids) > maxpos)
-        rc = dsacp_error(DSACP_ERANGE, "%s: line %lld: %zu prompt tokens, more than the model's "
-                         "max_position_embeddings = %lld", path, (long long)ln, json_array_size(ids), (long long)maxpos);
-    /* A key this loader does not read (a typo such as "max_new_token", or a per-request sampling
-     * field dsacp does not support) is an error, never silently ignored. */
-    const char *key;
-    json_t *val;
-    if (!rc) {
-        json_object_foreach(o, key, val) {
-            (void)val;
-            if (strcmp(key, "prompt_ids") && strcmp(key, "max_new_tokens") && strcmp(key, "stop_ids") &&
-                strcmp(key, "arrival_s")) {
-                rc = dsacp_error(DSACP_EFORMAT, "%s: line %lld: unknown field '%s' (a request has prompt_ids, "
-                                 "max_new_tokens, stop_ids and arrival_s)", path, (long long)ln, key);
-                break;
-            }
-        }
-    }
-    if (!rc) {
-        r->prompt_len = (int64_t)json_array_size(ids);
-        r->prompt = malloc((size_t)r->prompt_len * sizeof *r->prompt);
-        if (!r->prompt) rc = dsacp_error(DSACP_ENOMEM, "%s: line %lld: out of memory", path, (long long)ln);
-        for (int64_t j = 0; j < r->prompt_len && !rc; j++)
-            rc = token_field(json_array_get(ids, (size_t)j), path, ln, "prompt_ids", (size_t)j, V, &r->prompt[j]);
-    }
+    if (!rc) rc = parse_prompt(o, path, ln, cfg, r, text);
+    if (!rc) rc = check_fields(o, path, ln, text != NULL);
     json_t *m = o ? json_object_get(o, "max_new_tokens") : NULL, *a = o ? json_object_get(o, "arrival_s") : NULL;
     json_t *st = o ? json_object_get(o, "stop_ids") : NULL;
     r->max_new_tokens = gen;
@@ -157,7 +183,7 @@ static int parse_request(const char *line, size_t len, const char *path, int64_t
                              (long long)ln);
         else r->max_new_tokens = json_integer_value(m);
     }
-    if (!rc && r->prompt_len + r->max_new_tokens > maxpos)
+    if (!rc && r->prompt && r->prompt_len + r->max_new_tokens > maxpos)
         rc = dsacp_error(DSACP_ERANGE, "%s: line %lld: %lld prompt tokens + max_new_tokens %lld = %lld positions, more "
                          "than the model's max_position_embeddings = %lld", path, (long long)ln,
                          (long long)r->prompt_len, (long long)r->max_new_tokens,
@@ -182,10 +208,11 @@ static int parse_request(const char *line, size_t len, const char *path, int64_t
     return rc;
 }
 
-/* JSONL: one object per line: prompt_ids (array of token ids), optional max_new_tokens (default
- * `gen`), stop_ids (array of token ids), arrival_s (>= 0). The file is read by length: a NUL byte
- * is an error naming its line, as is anything outside the model's vocabulary or positions. */
-int run_load_prompts(workload *w, const char *path, int64_t gen, const dsacp_config *cfg)
+/* JSONL: one object per line: prompt_ids (array of token ids; the client: or prompt, a string),
+ * optional max_new_tokens (default `gen`), stop_ids (array of token ids), arrival_s (>= 0). The
+ * file is read by length: a NUL byte is an error naming its line, as is anything outside the
+ * model's vocabulary or positions. */
+int run_load_prompts(workload *w, const char *path, int64_t gen, const dsacp_config *cfg, bool text_ok)
 {
     char *text = NULL;
     size_t len = 0;
@@ -194,7 +221,8 @@ int run_load_prompts(workload *w, const char *path, int64_t gen, const dsacp_con
     size_t lines = 1;
     for (size_t i = 0; i < len; i++) lines += text[i] == '\n';
     w->rq = calloc(lines, sizeof *w->rq);
-    if (!w->rq) rc = dsacp_error(DSACP_ENOMEM, "%s: out of memory for %zu lines", path, lines);
+    if (text_ok) w->text = calloc(lines, sizeof *w->text);
+    if (!w->rq || (text_ok && !w->text)) rc = dsacp_error(DSACP_ENOMEM, "%s: out of memory for %zu lines", path, lines);
     size_t pos = 0;
     for (int64_t ln = 1; !rc && pos < len; ln++) {
         const char *line = text + pos;
@@ -210,7 +238,7 @@ int run_load_prompts(workload *w, const char *path, int64_t gen, const dsacp_con
         size_t k = 0;
         while (k < n && (line[k] == ' ' || line[k] == '\t' || line[k] == '\r')) k++;
         if (k == n) continue; /* an empty line */
-        rc = parse_request(line, n, path, ln, gen, cfg, &w->rq[w->n]);
+        rc = parse_request(line, n, path, ln, gen, cfg, &w->rq[w->n], w->text ? &w->text[w->n] : NULL);
         w->n++; /* owns whatever was allocated, even on failure */
     }
     if (!rc && w->n == 0) rc = dsacp_error(DSACP_EINVAL, "%s: no requests (every line empty)", path);
