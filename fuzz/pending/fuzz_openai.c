@@ -1,4 +1,5 @@
-/* fuzz_openai.c (waits in fuzz/pending until CMakeLists.txt lists FUZZ_SRC_fuzz_openai; then it moves to fuzz/) -- the server's OpenAI request reader on arbitrary bytes: the first byte picks the
+/* fuzz_openai.c -- the server's OpenAI request reader on arbitrary bytes (it waits in fuzz/pending
+ * until CMakeLists.txt lists FUZZ_SRC_fuzz_openai, then moves to fuzz/): the first byte picks the
  * route (even: /v1/completions, odd: /v1/chat/completions), the rest is the body. With the
  * tokenizer of tests/data/tok_chat (found beside this file, or under $DSACP_SOURCE_DIR) text
  * prompts and chat messages are tokenized too. A parsed request keeps the positions limit; a
