@@ -3,18 +3,87 @@
  * the safetensors headers are read), and with --scan-weights the NaN/Inf scan of every weight
  * byte (dsacp_model_scan_finite), with a progress line on stderr. */
 #include "cli.h"
+#include "cli_model_tokenizer.h"
 #include "dsacp_io.h"
 #include "dsacp_util.h"
 
 #include <inttypes.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
+
+/* --weights: the stored dtype of the linear weights; false after the error naming the flag. */
+static bool weight_format(const char *preset, const char *ws, dsacp_weight_format *fmt)
+{
+    /* The real checkpoint stores FP8 weights; so does the default of the real-size preset. */
+    *fmt = strcmp(preset, "v32-layer") == 0 ? DSACP_WEIGHTS_FP8 : DSACP_WEIGHTS_F32;
+    if (!ws) return true;
+    if (strcmp(ws, "f32") == 0) *fmt = DSACP_WEIGHTS_F32;
+    else if (strcmp(ws, "bf16") == 0) *fmt = DSACP_WEIGHTS_BF16;
+    else if (strcmp(ws, "fp8") == 0) *fmt = DSACP_WEIGHTS_FP8;
+    else {
+        fprintf(stderr, "dsacp init-model: option '--weights' must be f32, bf16 or fp8, got '%s'\n", ws);
+        return false;
+    }
+    return true;
+}
+
+/* The vocabulary: --vocab-size, else the tokenizer's (cli_tokenizer_vocab), else the preset's.
+ * false after the error naming the flag. */
+static bool choose_vocab(const cli_opt *opts, const cli_tokenizer_files *tf, dsacp_config *cfg, const char **why)
+{
+    const char *vs = cli_get(opts, "vocab-size");
+    const int64_t ids = tf->tok ? tf->ids : 1;
+    if (!vs) {
+        if (tf->tok) cfg->vocab_size = cli_tokenizer_vocab(tf->tok, why);
+        return true;
+    }
+    int64_t v;
+    if (!cli_int("init-model", "vocab-size", vs, 1, CLI_MAX_VOCAB, &v)) return false;
+    if (v < ids) {
+        fprintf(stderr, "dsacp init-model: option '--vocab-size' = %lld is below the %lld ids of the tokenizer "
+                "%s\n", (long long)v, (long long)ids, tf->file);
+        return false;
+    }
+    cfg->vocab_size = v;
+    *why = "--vocab-size";
+    return true;
+}
+
+/* Writes the model and, with --tokenizer, its tokenizer files: staged before the model is written,
+ * committed after it; on failure nothing this call wrote is left (the directory too when this call
+ * created it). */
+static int write_model(const dsacp_config *cfg, const char *out, uint64_t seed, dsacp_weight_format fmt,
+                       cli_tokenizer_files *tf)
+{
+    if (!tf->tok) return dsacp_model_init(cfg, out, seed, fmt);
+    const bool made_dir = mkdir(out, 0777) == 0;
+    int rc = cli_tokenizer_files_stage(tf, out);
+    bool wrote_model = false;
+    if (!rc) {
+        rc = dsacp_model_init(cfg, out, seed, fmt);
+        wrote_model = rc == DSACP_OK;
+    }
+    if (!rc) rc = cli_tokenizer_files_commit(tf, out);
+    if (rc) {
+        int keep = rc;
+        cli_tokenizer_files_free(tf); /* the temporaries */
+        const char *names[] = {"config.json", "model.safetensors"};
+        char path[4096];
+        for (size_t i = 0; wrote_model && i < sizeof names / sizeof names[0]; i++)
+            if ((size_t)snprintf(path, sizeof path, "%s/%s", out, names[i]) < sizeof path) unlink(path);
+        if (made_dir) rmdir(out);
+        rc = keep;
+    }
+    return rc;
+}
 
 int cli_init_model(int argc, char **argv)
 {
-    cli_opt opts[] = {{"preset", true, NULL}, {"out", true, NULL}, {"seed", true, NULL},
-                      {"weights", true, NULL}, {"no-mtp", false, NULL}, {NULL, false, NULL}};
+    cli_opt opts[] = {{"preset", true, NULL},    {"out", true, NULL},        {"seed", true, NULL},
+                      {"weights", true, NULL},   {"no-mtp", false, NULL},    {"tokenizer", true, NULL},
+                      {"vocab-size", true, NULL}, {NULL, false, NULL}};
     int parsed = cli_parse(argc, argv, opts);
     if (parsed != CLI_RUN) return parsed;
     const char *preset = cli_require(opts, "init-model", "preset");
@@ -28,23 +97,33 @@ int cli_init_model(int argc, char **argv)
     if (rc) return cli_fail_invocation("init-model", rc); /* an unknown preset: exit 2 */
     /* Without the MTP layer the config declares none, so the checkpoint is complete as written. */
     if (cli_get(opts, "no-mtp")) cfg.num_nextn_predict_layers = 0;
-    /* The real checkpoint stores FP8 weights; so does the default of the real-size preset. */
-    dsacp_weight_format fmt = strcmp(preset, "v32-layer") == 0 ? DSACP_WEIGHTS_FP8 : DSACP_WEIGHTS_F32;
-    const char *ws = cli_get(opts, "weights");
-    if (ws) {
-        if (strcmp(ws, "f32") == 0) fmt = DSACP_WEIGHTS_F32;
-        else if (strcmp(ws, "bf16") == 0) fmt = DSACP_WEIGHTS_BF16;
-        else if (strcmp(ws, "fp8") == 0) fmt = DSACP_WEIGHTS_FP8;
-        else {
-            fprintf(stderr, "dsacp init-model: option '--weights' must be f32, bf16 or fp8, got '%s'\n", ws);
-            return 2;
-        }
+    dsacp_weight_format fmt;
+    if (!weight_format(preset, cli_get(opts, "weights"), &fmt)) return 2;
+    cli_tokenizer_files tf = {0};
+    const char *tok_file = cli_get(opts, "tokenizer"), *why = NULL;
+    if (tok_file && (rc = cli_tokenizer_files_read("init-model", tok_file, &tf)) != CLI_RUN) {
+        cli_tokenizer_files_free(&tf);
+        return rc;
     }
-    rc = dsacp_model_init(&cfg, out, (uint64_t)seed, fmt);
-    if (rc) return cli_fail("init-model", rc);
+    if (!choose_vocab(opts, &tf, &cfg, &why)) {
+        cli_tokenizer_files_free(&tf);
+        return 2;
+    }
+    rc = write_model(&cfg, out, (uint64_t)seed, fmt, &tf);
+    if (rc) {
+        cli_tokenizer_files_free(&tf);
+        return cli_fail("init-model", rc);
+    }
     printf("wrote %s/config.json and %s/model.safetensors (preset %s, seed %" PRId64 ", weights %s, %s)\n",
            out, out, preset, seed, fmt == DSACP_WEIGHTS_FP8 ? "fp8" : fmt == DSACP_WEIGHTS_BF16 ? "bf16" : "f32",
            cfg.num_nextn_predict_layers > 0 ? "with the MTP layer" : "no MTP layer");
+    if (tf.tok)
+        printf("wrote %s/tokenizer.json%s from %s: %lld ids, vocabulary %lld (%s)\n", out,
+               tf.config ? " and tokenizer_config.json" : "", tok_file, (long long)tf.ids,
+               (long long)cfg.vocab_size, why);
+    else if (why)
+        printf("vocabulary %lld (--vocab-size)\n", (long long)cfg.vocab_size);
+    cli_tokenizer_files_free(&tf);
     return 0;
 }
 
@@ -101,6 +180,33 @@ static void print_mtp(const dsacp_model *m, const dsacp_config *c)
     }
     printf("MTP layer: layer %lld loaded, %lld tensors%s\n", (long long)c->num_hidden_layers, (long long)n,
            c->num_nextn_predict_layers > 1 ? " (only the first MTP layer is used)" : "");
+}
+
+/* <dir>/tokenizer.json, when there is one: printed with its id count; one that does not load, or
+ * has ids past the model's vocabulary, is an error (false, msg set). */
+static bool print_tokenizer(const char *dir, const dsacp_config *c, char *msg, size_t cap)
+{
+    char path[4096];
+    struct stat sb;
+    if ((size_t)snprintf(path, sizeof path, "%s/tokenizer.json", dir) >= sizeof path || stat(path, &sb) != 0)
+        return true;
+    dsacp_tokenizer *t = NULL;
+    if (dsacp_tokenizer_load(path, &t)) {
+        snprintf(msg, cap, "%s", dsacp_last_error());
+        printf("tokenizer: %s does not load\n", path);
+        return false;
+    }
+    const int64_t ids = dsacp_tokenizer_vocab_size(t);
+    const int32_t bos = dsacp_tokenizer_token_id(t, CLI_BOS_TOKEN), eos = dsacp_tokenizer_token_id(t, CLI_EOS_TOKEN);
+    dsacp_tokenizer_free(t);
+    char special[64] = "";
+    if (bos >= 0 && eos >= 0) snprintf(special, sizeof special, " (BOS id %d, EOS id %d)", (int)bos, (int)eos);
+    printf("tokenizer: %s, %lld ids%s, model vocabulary %lld\n", path, (long long)ids, special,
+           (long long)c->vocab_size);
+    if (ids <= c->vocab_size) return true;
+    snprintf(msg, cap, "%s: the tokenizer has %lld ids but the model's vocabulary (config.json vocab_size) is %lld",
+             path, (long long)ids, (long long)c->vocab_size);
+    return false;
 }
 
 /* The scan's progress line on stderr: on a terminal one line rewritten in place (at most four
@@ -208,6 +314,8 @@ int cli_inspect(int argc, char **argv)
             printf("  %-60s %-8s [%lld]\n", w->name, dsacp_dtype_name(w->dtype), (long long)w->cols);
     }
     print_mtp(m, c);
+    char tok_msg[4608] = "";
+    const bool tok_ok = print_tokenizer(dir, c, tok_msg, sizeof tok_msg);
     printf("parameters: %lld (%.3f M), weight bytes: %lld (%.2f MiB)\n", (long long)params, params / 1e6,
            (long long)bytes, bytes / 1048576.0);
     printf("KV cache bytes per token per layer:\n");
@@ -248,6 +356,7 @@ int cli_inspect(int argc, char **argv)
         const dsacp_model_problem *p = dsacp_model_problem_at(m, i);
         if (p->error) nload_err++; else nwarn++;
     }
+    if (!tok_ok) nload_err++;
     nerr += nload_err;
     if (frc && nerr == 0) nerr = 1;
     if (nerr || nwarn) {
@@ -258,6 +367,7 @@ int cli_inspect(int argc, char **argv)
         }
         for (int64_t i = 0; i < sc.findings.n; i++) printf("  error: %s: %s\n", dir, sc.findings.msg[i]);
         if (sc.findings.truncated || (frc && sc.findings.n == 0)) printf("  error: %s\n", finite_msg);
+        if (!tok_ok) printf("  error: %s\n", tok_msg);
     } else {
         printf("problems: none\n");
     }
@@ -268,6 +378,7 @@ int cli_inspect(int argc, char **argv)
         const char *msg = load_msg[0] ? load_msg : finite_msg;
         for (int64_t i = 0; !msg[0] && i < dsacp_model_problem_count(m); i++)
             if (dsacp_model_problem_at(m, i)->error) msg = dsacp_model_problem_at(m, i)->text;
+        if (!msg[0]) msg = tok_msg;
         fprintf(stderr, "dsacp inspect: %s\n", msg);
         dsacp_model_free(m);
         return nload_err || rc ? 2 : 1;
