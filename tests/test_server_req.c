@@ -204,11 +204,13 @@ static void test_refusals(void)
 
 /* ---- responses ---- */
 
-static json_t *load(const char *s)
+/* A response body -> its object (the string freed). */
+static json_t *load(char *s)
 {
     json_error_t je;
     json_t *o = s ? json_loads(s, 0, &je) : NULL;
     CHECKF(o != NULL, "not JSON: %s", s ? s : "(null)");
+    free(s);
     return o;
 }
 
@@ -217,8 +219,13 @@ static json_t *load_sse(char *s)
 {
     size_t n = s ? strlen(s) : 0;
     CHECKF(n > 8 && strncmp(s, "data: ", 6) == 0 && strcmp(s + n - 2, "\n\n") == 0, "not an event: %s", s);
-    json_t *o = n > 8 ? load(s + 6) : NULL;
-    free(s);
+    json_t *o = NULL;
+    if (n > 8) {
+        memmove(s, s + 6, n - 5);
+        o = load(s);
+    } else {
+        free(s);
+    }
     return o;
 }
 
@@ -243,9 +250,8 @@ static json_t *at(json_t *o, const char *a, size_t i, const char *b)
 static void test_responses(void)
 {
     int32_t ids[] = {5, 6, 7};
-    char *s = oai_response_json(OAI_COMPLETION, "cmpl-1", "m", 1700000000, "hi \"there\"", NULL, "length", 4, 3, NULL, 0);
-    json_t *o = load(s);
-    free(s);
+    json_t *o = load(oai_response_json(OAI_COMPLETION, "cmpl-1", "m", 1700000000, "hi \"there\"", NULL, "length", 4, 3,
+                                       NULL, 0));
     CHECK(strcmp(str_at(o, "object"), "text_completion") == 0 && strcmp(str_at(o, "id"), "cmpl-1") == 0);
     CHECK(json_integer_value(json_object_get(o, "created")) == 1700000000 && strcmp(str_at(o, "model"), "m") == 0);
     CHECK(strcmp(str_at(o, "choices.0.text"), "hi \"there\"") == 0);
@@ -258,9 +264,7 @@ static void test_responses(void)
     CHECK(json_integer_value(json_object_get(u, "total_tokens")) == 7);
     json_decref(o);
 
-    s = oai_response_json(OAI_CHAT, "chatcmpl-2", "m", 1, "answer", "thought", "stop", 2, 3, ids, 3);
-    o = load(s);
-    free(s);
+    o = load(oai_response_json(OAI_CHAT, "chatcmpl-2", "m", 1, "answer", "thought", "stop", 2, 3, ids, 3));
     CHECK(strcmp(str_at(o, "object"), "chat.completion") == 0);
     CHECK(strcmp(str_at(o, "choices.0.message.role"), "assistant") == 0);
     CHECK(strcmp(str_at(o, "choices.0.message.content"), "answer") == 0);
@@ -268,9 +272,8 @@ static void test_responses(void)
     json_t *t = at(o, "choices", 0, "token_ids");
     CHECK(json_array_size(t) == 3 && json_integer_value(json_array_get(t, 2)) == 7);
     json_decref(o);
-    s = oai_response_json(OAI_CHAT, "chatcmpl-3", "m", 1, "a\xff" "b", NULL, "stop", 2, 3, NULL, 0);
-    o = load(s); /* invalid UTF-8 replaced, still JSON */
-    free(s);
+    /* Bytes that are not UTF-8 become U+FFFD: the body stays JSON. */
+    o = load(oai_response_json(OAI_CHAT, "chatcmpl-3", "m", 1, "a\xff" "b", NULL, "stop", 2, 3, NULL, 0));
     CHECK(strcmp(str_at(o, "choices.0.message.content"), "a\xEF\xBF\xBD" "b") == 0);
     CHECK(strcmp(str_at(o, "choices.0.message.reasoning_content"), "(absent)") == 0);
     json_decref(o);
@@ -301,22 +304,16 @@ static void test_responses(void)
 
     oai_error e;
     oai_error_set(&e, 400, "invalid_request_error", "max_tokens", "max_tokens must be %s", "positive");
-    s = oai_error_json(&e);
-    o = load(s);
-    free(s);
+    o = load(oai_error_json(&e));
     CHECK(strcmp(str_at(o, "error.message"), "max_tokens must be positive") == 0);
     CHECK(strcmp(str_at(o, "error.type"), "invalid_request_error") == 0 && strcmp(str_at(o, "error.param"), "max_tokens") == 0);
     CHECK(json_integer_value(json_object_get(json_object_get(o, "error"), "code")) == 400);
     json_decref(o);
     oai_error_set(&e, 404, "not_found_error", "", "no such route");
-    s = oai_error_json(&e);
-    o = load(s);
-    free(s);
+    o = load(oai_error_json(&e));
     CHECK(strcmp(str_at(o, "error.param"), "(null)") == 0);
     json_decref(o);
-    s = oai_models_json("dsacp-tiny", 5, 4096);
-    o = load(s);
-    free(s);
+    o = load(oai_models_json("dsacp-tiny", 5, 4096));
     CHECK(strcmp(str_at(o, "object"), "list") == 0 && strcmp(str_at(o, "data.0.id"), "dsacp-tiny") == 0);
     CHECK(strcmp(str_at(o, "data.0.object"), "model") == 0 && strcmp(str_at(o, "data.0.owned_by"), "dsacp") == 0);
     CHECK(json_integer_value(at(o, "data", 0, "max_model_len")) == 4096);

@@ -98,13 +98,27 @@ static json_t *envelope(const char *object, const char *id, const char *model, i
     return o;
 }
 
-/* The choice's common tail: logprobs null, finish_reason, token_ids when asked. */
-static void choice_tail(json_t *c, const char *finish_reason, const int32_t *ids, int64_t n_ids, bool *ok)
+/* choices[0]: index, the chat's message / delta (inner, under key) or the completion's text,
+ * logprobs null, finish_reason, token_ids when asked. */
+static json_t *choice(oai_kind kind, const char *key, json_t *inner, const char *text, const char *finish_reason,
+                      const int32_t *ids, int64_t n_ids, bool *ok)
 {
+    json_t *c = json_object();
+    if (!c) {
+        json_decref(inner);
+        *ok = false;
+        return NULL;
+    }
+    put(c, "index", json_integer(0), ok);
+    if (kind == OAI_CHAT)
+        put(c, key, inner, ok);
+    else
+        put(c, "text", text_value(text ? text : ""), ok);
     put(c, "logprobs", json_null(), ok);
     put(c, "finish_reason", finish_reason ? json_string(finish_reason) : json_null(), ok);
     if (ids)
         put(c, "token_ids", ids_value(ids, n_ids), ok);
+    return c;
 }
 
 static char *dump(json_t *o, bool ok, bool sse)
@@ -121,28 +135,38 @@ static char *dump(json_t *o, bool ok, bool sse)
     return e;
 }
 
+static json_t *message_value(const char *text, const char *reasoning, bool *ok)
+{
+    json_t *m = json_object();
+    if (m) {
+        put(m, "role", json_string("assistant"), ok);
+        put(m, "content", text ? text_value(text) : json_null(), ok);
+        if (reasoning)
+            put(m, "reasoning_content", text_value(reasoning), ok);
+    }
+    return m;
+}
+
+/* A chunk's delta: the role on the first one, then reasoning_content or content. */
+static json_t *delta_value(const char *text, const char *reasoning, bool first, bool *ok)
+{
+    json_t *d = json_object();
+    if (d && first)
+        put(d, "role", json_string("assistant"), ok);
+    if (d && reasoning)
+        put(d, "reasoning_content", text_value(reasoning), ok);
+    else if (d && (text || first))
+        put(d, "content", text_value(text ? text : ""), ok);
+    return d;
+}
+
 char *oai_response_json(oai_kind kind, const char *id, const char *model, int64_t created, const char *text,
                         const char *reasoning, const char *finish_reason, int64_t prompt_tokens,
                         int64_t completion_tokens, const int32_t *token_ids, int64_t n_token_ids)
 {
     bool ok = true;
-    json_t *c = json_object();
-    if (!c)
-        return NULL;
-    put(c, "index", json_integer(0), &ok);
-    if (kind == OAI_CHAT) {
-        json_t *m = json_object();
-        if (m) {
-            put(m, "role", json_string("assistant"), &ok);
-            put(m, "content", text ? text_value(text) : json_null(), &ok);
-            if (reasoning)
-                put(m, "reasoning_content", text_value(reasoning), &ok);
-        }
-        put(c, "message", m, &ok);
-    } else {
-        put(c, "text", text_value(text ? text : ""), &ok);
-    }
-    choice_tail(c, finish_reason, token_ids, n_token_ids, &ok);
+    json_t *m = kind == OAI_CHAT ? message_value(text, reasoning, &ok) : NULL;
+    json_t *c = choice(kind, "message", m, text, finish_reason, token_ids, n_token_ids, &ok);
     json_t *o = envelope(kind == OAI_CHAT ? "chat.completion" : "text_completion", id, model, created, c, &ok);
     if (o)
         put(o, "usage", usage_value(prompt_tokens, completion_tokens), &ok);
@@ -154,23 +178,8 @@ char *oai_chunk_sse(oai_kind kind, const char *id, const char *model, int64_t cr
                     int64_t n_token_ids)
 {
     bool ok = true;
-    json_t *c = json_object();
-    if (!c)
-        return NULL;
-    put(c, "index", json_integer(0), &ok);
-    if (kind == OAI_CHAT) {
-        json_t *d = json_object();
-        if (d && first)
-            put(d, "role", json_string("assistant"), &ok);
-        if (d && reasoning)
-            put(d, "reasoning_content", text_value(reasoning), &ok);
-        else if (d && (text || first))
-            put(d, "content", text_value(text ? text : ""), &ok);
-        put(c, "delta", d, &ok);
-    } else {
-        put(c, "text", text_value(text ? text : ""), &ok);
-    }
-    choice_tail(c, finish_reason, token_ids, n_token_ids, &ok);
+    json_t *d = kind == OAI_CHAT ? delta_value(text, reasoning, first, &ok) : NULL;
+    json_t *c = choice(kind, "delta", d, text, finish_reason, token_ids, n_token_ids, &ok);
     json_t *o = envelope(kind == OAI_CHAT ? "chat.completion.chunk" : "text_completion", id, model, created, c, &ok);
     return dump(o, ok, true);
 }
