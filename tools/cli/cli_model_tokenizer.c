@@ -144,15 +144,12 @@ static int add_token_ids(const cli_tokenizer_files *f, const char *dir)
     char *out = json_dumps(root, JSON_INDENT(2) | JSON_REAL_PRECISION(17));
     json_decref(root);
     if (!out) return dsacp_error(DSACP_ENOMEM, "%s: cannot serialize", path);
-    size_t n = strlen(out);
-    char *buf = dsacp_alloc(n + 2);
-    st = buf ? DSACP_OK : dsacp_error(DSACP_ENOMEM, "%s: out of memory", path);
-    if (buf) {
-        memcpy(buf, out, n);
-        buf[n] = '\n';
-        st = dsacp_write_file_atomic(path, buf, n + 1);
-        dsacp_free(buf);
-    }
+    dsacp_out o;
+    st = dsacp_out_open(&o, path);
+    if (!st) st = dsacp_out_write(&o, out, strlen(out));
+    if (!st) st = dsacp_out_write(&o, "\n", 1);
+    if (st) dsacp_out_abort(&o); /* also after a failed open: nothing to remove */
+    else st = dsacp_out_commit(&o);
     free(out);
     return st;
 }
