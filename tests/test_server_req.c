@@ -134,6 +134,7 @@ static void test_refusals(void)
     check_refused(C, "{\"prompt\": \"x\", \"max_tokens\": -5}", "max_tokens", "max_tokens must be an integer >= 1, got -5");
     check_refused(C, "{\"prompt\": \"x\", \"max_tokens\": 0}", "max_tokens", "got 0");
     check_refused(C, "{\"prompt\": \"x\", \"max_tokens\": 1.5}", "max_tokens", "integer >= 1, got 1.5");
+    check_refused(C, "{\"prompt\": \"x\", \"max_tokens\": 5.0}", "max_tokens", "integer >= 1, got 5.0");
     check_refused(C, "{\"prompt\": \"x\", \"max_tokens\": \"5\"}", "max_tokens", "got a string");
     check_refused(C, "{\"prompt\": \"x\", \"max_tokens\": true}", "max_tokens", "got true");
     check_refused(C, "{\"prompt\": \"x\", \"max_tokens\": 1000000000}", "max_tokens", "maximum context length is 32");
