@@ -81,12 +81,15 @@ static const char *kind_name(const json_t *v)
 
 static void got_text(const json_t *v, char *buf, size_t cap)
 {
-    if (json_is_integer(v))
+    if (json_is_integer(v)) {
         snprintf(buf, cap, "%lld", (long long)json_integer_value(v));
-    else if (json_is_real(v) && snprintf(buf, cap, "%.15g", json_real_value(v)) > 0 && !strpbrk(buf, ".en"))
-        strncat(buf, ".0", cap - strlen(buf) - 1); /* 5.0 reads "5.0", not "5" */
-    else if (!json_is_real(v))
+    } else if (json_is_real(v)) {
+        snprintf(buf, cap, "%.15g", json_real_value(v));
+        if (!strpbrk(buf, ".en"))
+            strncat(buf, ".0", cap - strlen(buf) - 1); /* 5.0 reads "5.0", not "5" */
+    } else {
         snprintf(buf, cap, "%s", kind_name(v));
+    }
 }
 
 /* An integer in [lo, hi]; `what` says the range in the message ("an integer >= 1"). */
