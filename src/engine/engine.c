@@ -203,6 +203,17 @@ bool dsacp_engine_fits(const dsacp_engine *e, const int64_t *ids, const int64_t 
     return true;
 }
 
+bool dsacp_engine_fits_alone(const dsacp_engine *e, int64_t length)
+{
+    for (int q = 0; q < e->cp.W; q++) {
+        if (blocks_of(e, dsacp_engine_kept_on(e, e->cp.opt.kv_layout, length, q)) > e->cache->num_blocks) return false;
+        if (e->icache != e->cache &&
+            blocks_of(e, dsacp_engine_kept_on(e, e->cp.opt.index_layout, length, q)) > e->icache->num_blocks)
+            return false;
+    }
+    return true;
+}
+
 double dsacp_engine_kv_use(const dsacp_engine *e)
 {
     double worst = 0;

@@ -17,6 +17,11 @@ const dsacp_kv_seq *dsacp_engine_request_seq(const dsacp_engine *e, int64_t requ
  * larger than any before. Local: give every rank of the group the same value. */
 int dsacp_engine_set_max_num_batched_tokens(dsacp_engine *e, int64_t max_tokens);
 
+/* Whether one request of `length` cached positions fits every rank's pools when it is alone in
+ * them (whatever is live now): the online loop's admission check of a request that arrives while
+ * others run (the batch loop checks on an empty engine with dsacp_engine_fits). */
+bool dsacp_engine_fits_alone(const dsacp_engine *e, int64_t length);
+
 /* ---- disaggregation: the engine's KV as a relayout moves it (engine_kv.c) ---- */
 
 /* Wire bytes per position, one layer: latent = the cache's entry bytes (f32 (dc+dr)*4, bf16 *2,

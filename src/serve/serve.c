@@ -151,8 +151,10 @@ static int plan_apply(sched *S, const plan *p, bool structural, step_ents *se)
             if (rc) return rc;
         }
     const int64_t n_add = w[k++];
-    for (int64_t i = 0; i < n_add; i++, k++)
+    for (int64_t i = 0; i < n_add; i++, k++) {
+        if (structural && S->live && (rc = dsacp_live_reserve(S, w[k]))) return rc;
         if (structural && (rc = dsacp_engine_add_request(S->e, &S->eid[w[k]]))) return rc;
+    }
     if ((rc = plan_apply_imps(S->e, S->pd, w, &k, S->eid, structural))) return rc;
     return plan_apply_entries(S, w, k, se);
 }
@@ -170,23 +172,23 @@ static int prob_desc(const void *a, const void *b)
 
 /* Greedy: the first largest logit. Otherwise softmax(logits / T) restricted to the smallest set of
  * tokens whose probability reaches top_p, drawn with a generator seeded by (seed, request, index),
- * so a token does not depend on the batch it was computed in. work: V entries. */
-static int32_t sample(const float *logits, int64_t V, const dsacp_serve_options *o, int64_t req, int64_t index,
-                      prob *work)
+ * so a token does not depend on the batch it was computed in. The request's own sampling (a batch
+ * run's options, or an online request's; rng_req: its index in a batch run). work: V entries. */
+static int32_t sample(const float *logits, int64_t V, const sreq *r, int64_t index, prob *work)
 {
     const int64_t best = dsacp_spec_argmax(logits, V);
-    if (o->temperature <= 0) return (int32_t)best;
+    if (r->temperature <= 0) return (int32_t)best;
     double sum = 0;
     for (int64_t i = 0; i < V; i++) {
-        work[i] = (prob){(float)exp((logits[i] - logits[best]) / o->temperature), (int32_t)i};
+        work[i] = (prob){(float)exp((logits[i] - logits[best]) / r->temperature), (int32_t)i};
         sum += work[i].p;
     }
     qsort(work, (size_t)V, sizeof *work, prob_desc);
     double keep = 0;
     int64_t n = 0;
-    while (n < V && (n == 0 || keep < o->top_p * sum)) keep += work[n++].p;
+    while (n < V && (n == 0 || keep < r->top_p * sum)) keep += work[n++].p;
     dsacp_rng rng;
-    dsacp_spec_rng(&rng, o->seed, req, index);
+    dsacp_spec_rng(&rng, r->seed, r->rng_req, index);
     const double u = dsacp_rng_uniform(&rng) * keep;
     double acc = 0;
     for (int64_t i = 0; i < n; i++) {
@@ -517,6 +519,7 @@ static int serve_setup(sched *S, loop *L)
             rc = dsacp_error(DSACP_ENOMEM, "out of memory");
         else memcpy(r->seq, q->prompt, (size_t)q->prompt_len * sizeof *r->seq), r->len = q->prompt_len;
         r->state = ST_FUTURE;
+        r->temperature = S->o->temperature, r->top_p = S->o->top_p, r->seed = S->o->seed, r->rng_req = i;
     }
     return rc;
 }
@@ -719,6 +722,12 @@ static int plan_next(sched *S, loop *L)
     plan *p = &L->p;
     int rc = DSACP_OK;
     S->ends.n = S->adds.n = S->imps.n = S->acts.n = 0;
+    bool over = false;
+    /* Online: what was submitted and aborted since the last plan (an idle engine waits here). */
+    if (S->live && ((rc = dsacp_live_plan_begin(S, L, &over)) || over)) {
+        p->n = 0;
+        return rc;
+    }
     /* Finished requests were ended while sampling; their ids travel now (a request activated and
      * finished at once below travels in the next plan: the plan's ends come before its
      * activations). */
@@ -728,6 +737,7 @@ static int plan_next(sched *S, loop *L)
             if (!rc) rc = dsacp_serve_plan_push(&S->ends, s);
             S->eid[s] = -1;
         }
+    if (S->live) dsacp_live_stats_update(S); /* KV in use after the ends */
     for (; !rc;) {
         if ((rc = await_arrivals(S, L))) break;
         if (S->pd && (rc = drain_ctl(S))) break;
@@ -737,10 +747,12 @@ static int plan_next(sched *S, loop *L)
         bool poll_only;
         if ((rc = idle_wait(S, &poll_only)) || poll_only) break;
     }
-    if (!rc && S->n_ent == 0 && !S->pd && L->done < S->n)
+    if (!rc && S->n_ent == 0 && !S->pd && !S->live && L->done < S->n)
         rc = dsacp_error(DSACP_ECAPACITY, "serve: no request can be scheduled although each fits the KV "
                          "pool alone (a scheduler bug: the oldest running request always runs)");
-    if (!rc && L->done < S->n) rc = plan_words(S, p);
+    /* Online, a plan is sent every time (perhaps with no entries: the engine idles), until the
+     * shutdown's empty one above. */
+    if (!rc && (S->live || L->done < S->n)) rc = plan_words(S, p);
     if (rc) p->n = 0;
     return rc;
 }
@@ -796,7 +808,7 @@ static int record_step(sched *S, loop *L, double ts, double te, double cs, int64
         r->fed += cnt;
         if (r->fed < r->len) continue;
         const float *lg = L->logits + row * V;
-        const int32_t tok = sample(lg, V, opt, s, res->out[s].n_tokens, L->work);
+        const int32_t tok = sample(lg, V, r, res->out[s].n_tokens, L->work);
         bool stop;
         rc = dsacp_serve_emit(S, L, s, tok, dsacp_serve_top2_gap(lg, V), &stop);
         if (!rc && S->role == DSACP_KV_PRODUCER) {
@@ -894,6 +906,7 @@ static int serve_step(sched *S, loop *L, bool *finished)
     const double te = dsacp_now();
     const int64_t cb1 = comm_recv_total(c, &cs1);
     if (!rc && L->root) rc = record_step(S, L, ts, te, cs1 - cs0, cb1 - cb0);
+    if (L->root && S->live) dsacp_live_step_end(S, L);
     if (!rc && L->root && S->pd) rc = dsacp_pd_alive(S->pd);
     if (S->o->spec.method == DSACP_SPEC_MTP) {
         L->ent = se.ent, L->opts = se.opts, L->ent_s = se.ent_s, L->n_ent = se.n;
@@ -931,10 +944,12 @@ void dsacp_serve_sched_free(sched *S, loop *L, dsacp_engine *e, int64_t n)
 int dsacp_serve_loop(sched *S, loop *L)
 {
     int rc = DSACP_OK;
-    S->eid = malloc((size_t)(S->n > 0 ? S->n : 1) * sizeof *S->eid);
-    if (!S->eid) rc = dsacp_error(DSACP_ENOMEM, "out of memory");
-    for (int64_t i = 0; i < S->n && S->eid; i++) S->eid[i] = -1;
-    if (L->root && !rc) rc = serve_setup(S, L);
+    if (!S->live) { /* online, serve_live.c made them and grows them */
+        S->eid = malloc((size_t)(S->n > 0 ? S->n : 1) * sizeof *S->eid);
+        if (!S->eid) rc = dsacp_error(DSACP_ENOMEM, "out of memory");
+        for (int64_t i = 0; i < S->n && S->eid; i++) S->eid[i] = -1;
+        if (L->root && !rc) rc = serve_setup(S, L);
+    }
     rc = dsacp_comm_agree(L->c, rc);
     if (S->pd) rc = dsacp_comm_agree_phase(dsacp_pd_world(S->pd), rc, -1); /* both groups start together */
     L->t0 = dsacp_now();

@@ -34,6 +34,11 @@ typedef struct sreq {
     /* speculative decoding (rank 0) */
     int32_t draft[DSACP_SPEC_MAX_TOKENS]; /* drafts for the token after seq[len - 1] on */
     int64_t n_draft;
+    /* sampling (rank 0): the run's options, or an online request's own; draws are seeded by
+     * (seed, rng_req, token index) */
+    double temperature, top_p;
+    uint64_t seed;
+    int64_t rng_req;
 } sreq;
 
 typedef struct plan {
@@ -70,6 +75,10 @@ typedef struct sched {
     double shift;           /* consumer leader: its run clock + shift = the producer's */
     plan dones;             /* producer leader with the MTP layer: DONEs held until the catch-up's
                              * entries of the step are posted */
+    /* online (serve_live.c): requests come and go; per-request arrays hold S->n slots (rank 0)
+     * or engine ids of S->n slots (other ranks), grown on demand; NULL: a batch run */
+    struct dsacp_live *live;
+    dsacp_serve_request *lrq; /* rank 0: the slots' requests (S->rq points here) */
 } sched;
 
 /* The loop's state beside the scheduler's: the plan every rank applies, rank 0's logits and
@@ -122,6 +131,19 @@ float dsacp_serve_top2_gap(const float *logits, int64_t V);
 int dsacp_serve_plan_push(plan *p, int64_t v);
 /* Sends rank 0's words (length 0: the run is over) to every rank of c. */
 int dsacp_serve_plan_bcast(dsacp_comm *c, plan *p);
+
+/* ---- serve_live.c (the online loop; below serve.c's loop, which calls these hooks) ---- */
+/* Rank 0, at the start of each plan: takes what was submitted and aborted (waiting up to 50 ms
+ * when nothing runs); *over: a shutdown drained the loop (the plan is the empty one). */
+int dsacp_live_plan_begin(sched *S, loop *L, bool *over);
+/* Rank 0, after a plan's ends: running and waiting requests and KV use to the stats. */
+void dsacp_live_stats_update(sched *S);
+/* Rank 0: request s generated token tok (*stopped as dsacp_serve_emit decided). */
+int dsacp_live_token(sched *S, loop *L, int64_t s, int32_t tok, bool stopped);
+/* Rank 0, after each step: the events of the step to the sink, the stats. */
+void dsacp_live_step_end(sched *S, loop *L);
+/* Every rank but 0: slot s (from a plan's adds) gets room in S->eid. */
+int dsacp_live_reserve(sched *S, int64_t s);
 
 /* ---- serve.c ---- */
 /* The loop itself, every rank of the group; rank 0 passes the requests (S->rq, S->n). */

@@ -74,7 +74,8 @@ int dsacp_serve_emit(sched *S, loop *L, int64_t s, int32_t tok, float gap, bool 
     bool stop = out->n_tokens >= q->max_new_tokens || S->role == DSACP_KV_PRODUCER;
     for (int64_t k = 0; k < q->n_stop; k++) stop |= tok == q->stop_ids[k];
     *stopped = stop;
-    if (!stop) return dsacp_serve_seq_push(&S->r[s], tok);
+    int rc = S->live ? dsacp_live_token(S, L, s, tok, stop) : DSACP_OK;
+    if (rc || !stop) return rc ? rc : dsacp_serve_seq_push(&S->r[s], tok);
     S->r[s].state = ST_DONE;
     out->finish_s = when;
     L->done++;
