@@ -313,6 +313,11 @@ static void test_responses(void)
     oai_error_set(&e, 404, "not_found_error", "", "no such route");
     o = load(oai_error_json(&e));
     CHECK(strcmp(str_at(o, "error.param"), "(null)") == 0);
+    CHECK(json_integer_value(json_object_get(json_object_get(o, "error"), "code")) == 404);
+    json_decref(o);
+    oai_error_set(&e, 404, "model_not_found", "model", "The model 'x' does not exist.");
+    o = load(oai_error_json(&e));
+    CHECK(strcmp(str_at(o, "error.code"), "model_not_found") == 0);
     json_decref(o);
     o = load(oai_models_json("dsacp-tiny", 5, 4096));
     CHECK(strcmp(str_at(o, "object"), "list") == 0 && strcmp(str_at(o, "data.0.id"), "dsacp-tiny") == 0);
