@@ -344,9 +344,17 @@ static size_t reference_cut(const char *text, size_t len, char *const *stop, int
     return best_end == SIZE_MAX ? len : best_end - best_len;
 }
 
-/* Pushes text in pieces cut at `cuts` (sorted, n_cuts) and returns what came out. */
-static size_t run_stop(oai_stop *s, const char *text, size_t len, const size_t *cuts, int n_cuts, char *out,
-                       bool *matched)
+static bool valid_utf8(const char *p, size_t n)
+{
+    json_t *v = json_stringn(p, n);
+    json_decref(v);
+    return v != NULL;
+}
+
+/* Pushes text in pieces cut at `cuts` (sorted, n_cuts) and returns what came out; whole_chars:
+ * the cuts fall between characters, and so must every released piece. */
+static size_t run_stop(oai_stop *s, const char *text, size_t len, const size_t *cuts, int n_cuts, bool whole_chars,
+                       char *out, bool *matched)
 {
     size_t o = 0, from = 0;
     const char *r;
@@ -356,6 +364,7 @@ static size_t run_stop(oai_stop *s, const char *text, size_t len, const size_t *
         size_t to = c < n_cuts ? cuts[c] : len;
         bool m;
         CHECK_OK(oai_stop_push(s, text + from, to - from, &r, &rl, &m));
+        CHECK(!whole_chars || valid_utf8(r, rl));
         memcpy(out + o, r, rl);
         o += rl;
         CHECK(!*matched || (m && rl == 0)); /* nothing after a match */
@@ -395,7 +404,7 @@ static void test_stop_examples(void)
             cuts[i - 1] = i; /* one byte at a time */
         char out[64];
         bool m;
-        size_t o = run_stop(s, t, n, cuts, (int)n - 1, out, &m);
+        size_t o = run_stop(s, t, n, cuts, (int)n - 1, false, out, &m);
         CHECKF(o == strlen(cases[k][1]) && memcmp(out, cases[k][1], o) == 0, "'%s' gave '%.*s'", t, (int)o, out);
         CHECK(m == (strcmp(cases[k][0], cases[k][1]) != 0));
         oai_stop_free(s);
@@ -422,10 +431,12 @@ static void test_stop_property(void)
     for (int iter = 0; iter < 3000; iter++) {
         char text[512], stop_buf[4][32], out[512];
         char *stops[4];
-        size_t len = 0;
+        size_t len = 0, starts[64];
         int n_chars = (int)(rng_next(&x) % 40);
-        for (int i = 0; i < n_chars; i++)
+        for (int i = 0; i < n_chars; i++) {
+            starts[i] = len;
             len += (size_t)sprintf(text + len, "%s", alphabet[rng_next(&x) % 7]);
+        }
         int n_stop = 1 + (int)(rng_next(&x) % 4);
         for (int k = 0; k < n_stop; k++) {
             size_t l = 0;
@@ -437,13 +448,17 @@ static void test_stop_property(void)
         size_t want = reference_cut(text, len, stops, n_stop);
         size_t cuts[512];
         int n_cuts = 0;
-        for (size_t i = 1; i < len; i++)
+        bool whole_chars = iter % 2; /* odd iterations: pieces of whole characters, as the detokenizer gives */
+        for (size_t i = 1; !whole_chars && i < len; i++)
             if (rng_next(&x) % 3 == 0)
                 cuts[n_cuts++] = i;
+        for (int i = 1; whole_chars && i < n_chars; i++)
+            if (rng_next(&x) % 2 == 0)
+                cuts[n_cuts++] = starts[i];
         oai_stop *s;
         REQUIRE_OK(oai_stop_create(stops, n_stop, &s));
         bool m;
-        size_t got = run_stop(s, text, len, cuts, n_cuts, out, &m);
+        size_t got = run_stop(s, text, len, cuts, n_cuts, whole_chars, out, &m);
         CHECKF(got == want && memcmp(out, text, got) == 0, "iteration %d: got %zu bytes, want %zu", iter, got, want);
         CHECK(m == (want < len));
         cut += m;
