@@ -2,8 +2,9 @@
  * until CMakeLists.txt lists FUZZ_SRC_fuzz_openai, then moves to fuzz/): the first byte picks the
  * route (even: /v1/completions, odd: /v1/chat/completions), the rest is the body. With the
  * tokenizer of tests/data/tok_chat (found beside this file, or under $DSACP_SOURCE_DIR) text
- * prompts and chat messages are tokenized too. A parsed request keeps the positions limit; a
- * refused one has a message and an error object that is JSON. */
+ * prompts and chat messages are tokenized too. A parsed request keeps the positions limit, and its
+ * stop strings run over the body pushed in small pieces; a refused one has a message and an error
+ * object that is JSON. */
 #include "dsacp_text.h"
 #include "server/server.h"
 
@@ -39,6 +40,25 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     return 0;
 }
 
+/* The request's stop strings over text pushed `step` bytes at a time: never more out than in. */
+static void run_stop(const oai_request *r, const char *text, size_t len, size_t step)
+{
+    oai_stop *s;
+    if (oai_stop_create(r->stop, r->n_stop, &s) != 0)
+        abort();
+    size_t total = 0, n;
+    const char *out;
+    bool matched = false;
+    for (size_t i = 0; i < len && !matched; i += step) {
+        if (oai_stop_push(s, text + i, len - i < step ? len - i : step, &out, &n, &matched) != 0)
+            abort();
+        total += n;
+    }
+    if (oai_stop_flush(s, &out, &n) != 0 || total + n > len)
+        abort();
+    oai_stop_free(s);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     if (size == 0)
@@ -54,6 +74,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         for (int64_t i = 0; i < r.prompt_len; i++)
             if (r.prompt[i] < 0 || r.prompt[i] >= cfg_.vocab_size)
                 abort();
+        run_stop(&r, (const char *)data + 1, size - 1, (size_t)(data[0] >> 1) % 7 + 1);
         oai_request_free(&r);
     } else {
         if (rc != e.http || (rc != 400 && rc != 500) || e.message[0] == '\0')
