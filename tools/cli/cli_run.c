@@ -319,10 +319,12 @@ static int run_make_workload(const cli_opt *opts, const run_args *a, run_state *
     if (st->root) {
         if (a->prompts) rc = run_load_prompts(&st->wl, a->prompts, a->glo, cfg, false);
         else {
+            int64_t V = cfg->vocab_size;
             rc = run_check_synthetic(a->nreq, a->phi, a->ghi, a->nlong, a->lhi, cfg, st->model_name);
+            if (!rc) rc = run_prompt_vocab(NULL, a->mdir, cfg->vocab_size, &V);
             if (!rc)
                 rc = run_make_synthetic(&st->wl, a->nreq, a->plo, a->phi, a->glo, a->ghi, a->rate, a->nlong, a->llo, a->lhi,
-                                        cfg->vocab_size, (uint64_t)a->seed);
+                                        V, (uint64_t)a->seed);
         }
     }
     if (st->world) rc = dsacp_comm_agree(st->world, rc);

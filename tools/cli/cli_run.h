@@ -30,6 +30,11 @@ int run_check_synthetic(int64_t n, int64_t phi, int64_t ghi, int64_t nlong, int6
  * per second (0: all at once), prompts drawn from the vocabulary with `seed`. */
 int run_make_synthetic(workload *w, int64_t n, int64_t plo, int64_t phi, int64_t glo, int64_t ghi, double rate,
                        int64_t nlong, int64_t llo, int64_t lhi, int64_t vocab, uint64_t seed);
+/* The ids synthetic prompts are drawn from: the model's vocabulary, or fewer, the ids of its
+ * tokenizer when it has one (`tokenizer`, else <model_dir>/tokenizer.json when present): a server
+ * refuses a prompt id its tokenizer lacks (vLLM does). A tokenizer that cannot be read is an error
+ * naming it. */
+int run_prompt_vocab(const char *tokenizer, const char *model_dir, int64_t model_vocab, int64_t *vocab);
 /* The JSONL prompts file (docs/serving.md); `gen` is the default max_new_tokens. With `text_ok`
  * (the client) a line may give "prompt" (a string) instead of "prompt_ids". */
 int run_load_prompts(workload *w, const char *path, int64_t gen, const dsacp_config *cfg, bool text_ok);

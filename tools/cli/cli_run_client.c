@@ -12,7 +12,6 @@
  * vllm bench serve does; the run still exits 0.
  */
 #include "cli_run.h"
-#include "dsacp_text.h"
 #include "dsacp_util.h"
 
 #include <curl/curl.h>
@@ -120,10 +119,10 @@ int run_client_check(const cli_opt *opts, const run_args *a, int world)
 
 /* ---- the workload ---- */
 
-/* The vocabulary and positions the workload is checked against: the config of --model or
- * --preset (no weights read), or --tokenizer's vocabulary; a prompts file alone is checked by the
- * server (every id accepted here). */
-static int client_config(const cli_opt *opts, const run_args *a, dsacp_config *cfg, const char **what)
+/* The positions the workload is checked against and the ids synthetic prompts are drawn from
+ * (run_prompt_vocab): --model's config and tokenizer (no weights read), --preset's config, or
+ * --tokenizer's ids; a prompts file alone is checked by the server (every id accepted here). */
+static int client_config(const cli_opt *opts, const run_args *a, dsacp_config *cfg, int64_t *vocab, const char **what)
 {
     const char *tok = cli_get(opts, "tokenizer");
     int rc = DSACP_OK;
@@ -136,16 +135,12 @@ static int client_config(const cli_opt *opts, const run_args *a, dsacp_config *c
         rc = dsacp_config_load(path, cfg);
     } else if (a->preset) {
         rc = dsacp_preset_config(a->preset, cfg);
-    } else if (tok) {
-        dsacp_tokenizer *t = NULL;
-        rc = dsacp_tokenizer_load(tok, &t);
-        if (!rc) cfg->vocab_size = dsacp_tokenizer_vocab_size(t);
-        dsacp_tokenizer_free(t);
-    } else if (!a->prompts) {
+    } else if (!tok && !a->prompts) {
         fprintf(stderr, "dsacp run: with '--url', the synthetic prompts are drawn from a vocabulary: give '--model DIR', "
                 "'--preset NAME' or '--tokenizer FILE' (or '--prompts FILE.jsonl')\n");
         return 2;
     }
+    if (!rc) rc = run_prompt_vocab(tok, a->mdir, cfg->vocab_size, vocab);
     return rc ? cli_fail_invocation("run", rc) : CLI_RUN;
 }
 
@@ -153,15 +148,16 @@ static int client_workload(const cli_opt *opts, const run_args *a, workload *wl)
 {
     dsacp_config cfg;
     const char *what;
-    int ret = client_config(opts, a, &cfg, &what);
+    int64_t V;
+    int ret = client_config(opts, a, &cfg, &V, &what);
     if (ret != CLI_RUN) return ret;
     int rc;
     if (a->prompts) rc = run_load_prompts(wl, a->prompts, a->glo, &cfg, true);
     else {
         rc = run_check_synthetic(a->nreq, a->phi, a->ghi, a->nlong, a->lhi, &cfg, what);
         if (!rc)
-            rc = run_make_synthetic(wl, a->nreq, a->plo, a->phi, a->glo, a->ghi, a->rate, a->nlong, a->llo, a->lhi,
-                                    cfg.vocab_size, (uint64_t)a->seed);
+            rc = run_make_synthetic(wl, a->nreq, a->plo, a->phi, a->glo, a->ghi, a->rate, a->nlong, a->llo, a->lhi, V,
+                                    (uint64_t)a->seed);
     }
     if (rc) {
         cli_fail("run", rc);

@@ -1,12 +1,14 @@
 /* cli_run_workload.c -- `dsacp run`'s workload: synthetic requests (lengths in ranges, Poisson
  * arrivals) or a JSONL prompts file, checked against the model before anything is generated. */
 #include "cli_run.h"
+#include "dsacp_text.h"
 #include "dsacp_util.h"
 
 #include <errno.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 void run_workload_free(workload *w)
 {
@@ -96,6 +98,23 @@ int run_make_synthetic(workload *w, int64_t n, int64_t plo, int64_t phi, int64_t
     return DSACP_OK;
 }
 
+int run_prompt_vocab(const char *tokenizer, const char *model_dir, int64_t model_vocab, int64_t *vocab)
+{
+    char path[4096];
+    *vocab = model_vocab;
+    if (!tokenizer && model_dir) {
+        if ((size_t)snprintf(path, sizeof path, "%s/tokenizer.json", model_dir) >= sizeof path) return DSACP_OK;
+        if (access(path, F_OK) != 0) return DSACP_OK; /* a model without a tokenizer */
+        tokenizer = path;
+    }
+    if (!tokenizer) return DSACP_OK;
+    dsacp_tokenizer *t = NULL;
+    const int rc = dsacp_tokenizer_load(tokenizer, &t);
+    if (!rc && dsacp_tokenizer_vocab_size(t) < *vocab) *vocab = dsacp_tokenizer_vocab_size(t);
+    dsacp_tokenizer_free(t);
+    return rc;
+}
+
 /* A token id field of the prompts file: an integer in [0, vocab). */
 static int token_field(json_t *v, const char *path, int64_t ln, const char *field, size_t j, int64_t V, int32_t *out)
 {
@@ -118,6 +137,9 @@ static int parse_prompt(json_t *o, const char *path, int64_t ln, const dsacp_con
     json_t *ids = json_object_get(o, "prompt_ids"), *str = text ? json_object_get(o, "prompt") : NULL;
     if (str && ids)
         return dsacp_error(DSACP_EFORMAT, "%s: line %lld: give one of 'prompt_ids' and 'prompt'", path, (long long)ln);
+    if (!text && json_object_get(o, "prompt"))
+        return dsacp_error(DSACP_EFORMAT, "%s: line %lld: a text 'prompt' is read by the benchmark client only "
+                           "(--url, the server tokenizes it): give 'prompt_ids'", path, (long long)ln);
     if (str) {
         if (!json_is_string(str) || json_string_length(str) == 0 || strlen(json_string_value(str)) != json_string_length(str))
             return dsacp_error(DSACP_EFORMAT, "%s: line %lld: 'prompt' must be a non-empty string without NUL", path,
