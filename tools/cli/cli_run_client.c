@@ -446,8 +446,8 @@ static int client_loop(client *cl, const workload *wl, const run_args *a, bool r
                 creq *r = NULL;
                 curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, (char **)&r);
                 finish_request(cl, r, m->data.result);
-                client_progress(cl, &ps);
             }
+        client_progress(cl, &ps); /* rate-limited: a line every 5 s, or redrawn on a terminal */
         now = dsacp_now() - cl->t0;
         int wait_ms = 1000; /* at most: the progress line */
         if (next < cl->n && cl->inflight < conc)
