@@ -4,7 +4,8 @@
 # request, the same greedy tokens over HTTP as in-process `dsacp run`; requests are sent at the
 # workload's arrival times; the report has run's lines and --json fields, the server-side ones
 # null; requests the server refuses are counted as failed (exit 0, as vllm bench serve); an
-# unreachable server exits 1 naming the URL, a malformed --url or an engine flag exits 2.
+# unreachable server exits 1 naming the URL, a malformed --url or an engine flag exits 2;
+# $OPENAI_API_KEY reaches a server started with --api-key.
 set -u
 . "$(dirname "$0")/lib/common.sh"
 . "$(dirname "$0")/lib/server.sh"
@@ -12,7 +13,7 @@ set -u
 server_model
 M=$tmp/$MODEL_NAME
 server_start serve "$DSACP" serve "${MODEL_ARGS[@]}" --port 0 || { finish; exit 1; }
-URL=$SERVER_URL
+URL=$SERVER_URL SERVE_PID=$SERVER_PID
 # requests[i][FIELD] of every request of a --json report, as one JSON line.
 field() { jget "$1" "[r['$2'] for r in d['requests']]"; }
 
@@ -92,8 +93,19 @@ refused "--url, synthetic, no vocabulary" 2 "--model DIR" "--tokenizer FILE" -- 
 printf '{"prompt": "hi"}\n' >"$tmp/t1.jsonl"
 refused "a text prompt in-process" 2 "t1.jsonl" "line 1" "prompt_ids" -- "$DSACP" run --model "$M" --prompts "$tmp/t1.jsonl"
 
+# A server with --api-key: the client sends $OPENAI_API_KEY as the bearer token (as vllm bench serve).
+if server_start keyed "$DSACP" serve "${MODEL_ARGS[@]}" --port 0 --api-key sekrit; then
+    refused "--api-key server, no OPENAI_API_KEY: exit 1" 1 "HTTP 401" -- \
+        env -u OPENAI_API_KEY "$DSACP" run --url "$SERVER_URL" --model "$M" --requests 2 --prompt-len 4 --gen-len 2
+    if OPENAI_API_KEY=sekrit "$DSACP" run --url "$SERVER_URL" --model "$M" --requests 2 --prompt-len 4 --gen-len 2 \
+           --json "$tmp/key.json" >/dev/null 2>"$tmp/key.err" && [[ $(jget "$tmp/key.json" "d['completed']") == 2 ]]; then
+        pass "OPENAI_API_KEY: the keyed server answers"
+    else fail "OPENAI_API_KEY: $(tail -n 2 "$tmp/key.err")"; fi
+    server_stop "$SERVER_PID"
+fi
+
 # The server stops on SIGTERM (exit 0); its URL is then unreachable: exit 1 naming it.
-server_stop "$SERVER_PID"
+server_stop "$SERVE_PID"
 (( STOP_RC == 0 )) && pass "server: SIGTERM, exit 0" || fail "server exit status $STOP_RC"
 refused "unreachable server: exit 1 naming the URL" 1 "$URL" "cannot reach" -- \
     "$DSACP" run --url "$URL" --model "$M" --requests 2 --json "$tmp/never.json"

@@ -461,7 +461,7 @@ static int client_loop(client *cl, const workload *wl, const run_args *a, bool r
 
 /* GET URL: the answer's body (malloc'd, NUL-terminated) and status; DSACP_EIO naming the URL when
  * the server cannot be reached. */
-static int http_get(const char *url, char **body, long *code)
+static int http_get(const char *url, struct curl_slist *headers, char **body, long *code)
 {
     creq r = {.prompt_tokens = -1};
     client dummy = {.t0 = dsacp_now()};
@@ -470,6 +470,7 @@ static int http_get(const char *url, char **body, long *code)
     if (!r.h) return dsacp_error(DSACP_ENOMEM, "out of memory");
     r.seen_code = true; /* a plain body */
     curl_easy_setopt(r.h, CURLOPT_URL, url);
+    curl_easy_setopt(r.h, CURLOPT_HTTPHEADER, headers);
     curl_easy_setopt(r.h, CURLOPT_WRITEFUNCTION, on_data);
     curl_easy_setopt(r.h, CURLOPT_WRITEDATA, &r);
     curl_easy_setopt(r.h, CURLOPT_ERRORBUFFER, r.errbuf);
@@ -488,18 +489,21 @@ static int http_get(const char *url, char **body, long *code)
     return *body ? DSACP_OK : dsacp_error(DSACP_ENOMEM, "out of memory");
 }
 
-/* The server is reachable (GET /v1/models), and the model's name: --model-name, else the first
- * model the server lists. 1 when it cannot be reached or names no model. */
+/* The server is reachable (GET /v1/models) and takes our key, and the model's name: --model-name,
+ * else the first model the server lists. DSACP_EIO when it cannot be reached, refuses the key or
+ * names no model. */
 static int client_model(client *cl, const char *given)
 {
     char *body = NULL;
     long code = 0;
-    int rc = http_get(cl->models, &body, &code);
+    int rc = http_get(cl->models, cl->headers, &body, &code);
     json_t *o = rc ? NULL : json_loads(body, 0, NULL);
     const char *id = json_string_value(json_object_get(json_array_get(json_object_get(o, "data"), 0), "id"));
-    if (!rc && given) cl->model_name = strdup(given);
+    const char *msg = json_string_value(json_object_get(json_object_get(o, "error"), "message"));
+    if (!rc && given && code != 401 && code != 403) cl->model_name = strdup(given); /* its own list may be elsewhere */
     else if (!rc && code != 200)
-        rc = dsacp_error(DSACP_EIO, "GET %s answered HTTP %ld: %.200s (give --model-name NAME)", cl->models, code, body);
+        rc = dsacp_error(DSACP_EIO, "GET %s answered HTTP %ld: %.200s%s", cl->models, code, msg ? msg : body,
+                         code == 401 || code == 403 ? " (the key is read from OPENAI_API_KEY)" : " (or give --model-name NAME)");
     else if (!rc && !id) rc = dsacp_error(DSACP_EIO, "GET %s lists no model (give --model-name NAME)", cl->models);
     else if (!rc) cl->model_name = strdup(id);
     if (!rc && !cl->model_name) rc = dsacp_error(DSACP_ENOMEM, "out of memory");
@@ -518,9 +522,14 @@ static int client_init(client *cl, const char *url)
     if (!cl->completions || !cl->models) return dsacp_error(DSACP_ENOMEM, "out of memory");
     snprintf(cl->completions, n + sizeof "/v1/completions", "%.*s/v1/completions", (int)n, url);
     snprintf(cl->models, n + sizeof "/v1/models", "%.*s/v1/models", (int)n, url);
-    /* "Expect:" off: libcurl would wait for a 100 Continue before a large body. */
-    static const char *const hs[] = {"Content-Type: application/json", "Accept: text/event-stream", "Expect:"};
-    for (size_t k = 0; k < sizeof hs / sizeof hs[0]; k++) {
+    /* "Expect:" off: libcurl would wait for a 100 Continue before a large body. $OPENAI_API_KEY,
+     * when set, is sent as the bearer token (vllm bench serve does the same). */
+    const char *key = getenv("OPENAI_API_KEY");
+    char auth[1024] = "";
+    if (key && key[0] && (size_t)snprintf(auth, sizeof auth, "Authorization: Bearer %s", key) >= sizeof auth)
+        return dsacp_error(DSACP_EINVAL, "OPENAI_API_KEY: longer than %zu bytes", sizeof auth - 32);
+    const char *const hs[] = {"Content-Type: application/json", "Accept: text/event-stream", "Expect:", auth};
+    for (size_t k = 0; k < sizeof hs / sizeof hs[0] && hs[k][0]; k++) {
         struct curl_slist *l = curl_slist_append(cl->headers, hs[k]);
         if (!l) return dsacp_error(DSACP_ENOMEM, "out of memory");
         cl->headers = l;
