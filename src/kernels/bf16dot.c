@@ -1,0 +1,120 @@
+/*
+ * bf16dot.c -- the scalar model of the bf16-dot chain (bf16dot.h; docs/numerics.md, "The bf16-dot
+ * chain"): one VDPBF16PS accumulation step as measured on an Intel Xeon with AVX512-BF16 (DAZ on
+ * every input, one rounding per product added, FTZ with tininess after rounding, MXCSR ignored),
+ * the pair (high product first), the 16-lane dot and its reduction, and the rounding of
+ * activations to bf16. NaNs are resolved by explicit rules, never by what the compiler's choice
+ * of operand order would give. Assumes the default floating-point environment (round to nearest,
+ * no FTZ/DAZ in MXCSR), as every kernel of dsacp does. Calls numerics only.
+ */
+#include "kernels/bf16dot.h"
+#include "numerics/numerics.h"
+
+#include <math.h>
+#include <string.h>
+
+#if defined(__FAST_MATH__)
+#error "bf16dot.c must not be built with -ffast-math (the model relies on IEEE fmaf and subnormals)"
+#endif
+
+enum { DEFAULT_NAN = 0xFFC00000u, QUIET = 0x00400000u };
+
+static uint32_t bits_of(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    return u;
+}
+
+static float float_of(uint32_t u)
+{
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+static bool nan_bits(uint32_t u) { return (u & 0x7FFFFFFFu) > 0x7F800000u; }
+
+/* DAZ: a zero exponent field reads as the zero of its sign. */
+static float daz(uint32_t u) { return float_of((u & 0x7F800000u) ? u : u & 0x80000000u); }
+
+/* FTZ of an IEEE fmaf result r = fl(c + x * y): the model's result. Below 2^-126 the IEEE result
+ * is subnormal and the exact value is tiny too: the zero of its sign. At exactly 2^-126 the
+ * gradual underflow may have rounded up a value whose 24-bit rounding is below 2^-126 (the
+ * instruction gives 0 there): redo the FMA scaled by 2^64, where nothing underflows (a result
+ * this small needs |c| and |x * y| below 2^-100, so |x|, |y| < 2^26 and the scaling is exact). */
+static float ftz(float r, float x, float y, float c)
+{
+    const float t = fabsf(r);
+    if (!(t <= 0x1p-126f) || t == 0) return r;
+    if (t < 0x1p-126f) return copysignf(0.0f, r);
+    if (x == 0 || y == 0) return r; /* the exact result is c itself */
+    const float s = fmaf(x * 0x1p32f, y * 0x1p32f, c * 0x1p64f);
+    return fabsf(s) < 0x1p-62f ? copysignf(0.0f, s) : r;
+}
+
+float dsacp_bf16dot_model_step(float acc, uint16_t a, uint16_t b)
+{
+    const uint32_t ua = (uint32_t)a << 16, ub = (uint32_t)b << 16, uc = bits_of(acc);
+    if (nan_bits(ua)) return float_of(ua | QUIET);
+    if (nan_bits(ub)) return float_of(ub | QUIET);
+    if (nan_bits(uc)) return float_of(uc | QUIET);
+    const float x = daz(ua), y = daz(ub), c = daz(uc);
+    const float r = fmaf(x, y, c);
+    if (isnan(r)) return float_of(DEFAULT_NAN); /* inf * 0, inf - inf */
+    return ftz(r, x, y, c);
+}
+
+float dsacp_bf16dot_model_pair(float acc, uint32_t a_pair, uint32_t b_pair)
+{
+    acc = dsacp_bf16dot_model_step(acc, (uint16_t)(a_pair >> 16), (uint16_t)(b_pair >> 16));
+    return dsacp_bf16dot_model_step(acc, (uint16_t)(a_pair & 0xFFFFu), (uint16_t)(b_pair & 0xFFFFu));
+}
+
+/* One add of the reduction with its NaN rule. */
+static float add_model(float x, float y)
+{
+    if (isnan(x)) return float_of(bits_of(x) | QUIET);
+    if (isnan(y)) return float_of(bits_of(y) | QUIET);
+    const float r = x + y;
+    return isnan(r) ? float_of(DEFAULT_NAN) : r;
+}
+
+float dsacp_bf16dot_lanes_sum(const float lanes[16])
+{
+    float l[16];
+    memcpy(l, lanes, sizeof l);
+    for (int w = 8; w >= 1; w /= 2)
+        for (int i = 0; i < w; i++) l[i] = add_model(l[i], l[i + w]);
+    return l[0];
+}
+
+/* Pair p of a bf16 vector (element 2p low, 2p + 1 high). */
+static uint32_t pair_at(const uint16_t *v, int64_t p) { return (uint32_t)v[2 * p] | (uint32_t)v[2 * p + 1] << 16; }
+
+float dsacp_bf16dot_scalar(const uint16_t *a, const uint16_t *b, int64_t n)
+{
+    float lanes[16] = {0};
+    const int64_t padded = (n + 15) / 16 * 16;
+    for (int64_t p = 0; p < padded; p++) {
+        const uint32_t ap = p < n ? pair_at(a, p) : 0, bp = p < n ? pair_at(b, p) : 0;
+        lanes[p % 16] = dsacp_bf16dot_model_pair(lanes[p % 16], ap, bp);
+    }
+    return dsacp_bf16dot_lanes_sum(lanes);
+}
+
+int dsacp_bf16_exp_floor(const uint16_t *x, int64_t n)
+{
+    int floor = 256;
+    for (int64_t i = 0; i < n; i++) {
+        const int e = (x[i] >> 7) & 0xFF;
+        if ((x[i] & 0x7FFFu) && e < floor) floor = e;
+    }
+    return floor;
+}
+
+int dsacp_bf16_round_row(const float *x, int64_t n, uint16_t *out)
+{
+    for (int64_t i = 0; i < n; i++) out[i] = dsacp_f32_to_bf16(x[i]);
+    return dsacp_bf16_exp_floor(out, n);
+}

@@ -1,0 +1,82 @@
+/*
+ * bf16dot.h -- the bf16-dot chain of deployed mode (issue 25; docs/numerics.md, "The bf16-dot
+ * chain"): a dot product of bf16 pairs accumulated in fp32 exactly as AVX512-BF16's VDPBF16PS
+ * computes it, defined by a scalar model, with an AVX2 kernel and an AVX512-BF16 kernel that give
+ * the model's bits on every input (private to src/kernels).
+ *
+ * Files, each calling only the ones below it:
+ *   bf16dot_x86.c  the AVX2 and AVX512-BF16 kernels, activation rounding in AVX2, the cpuid test
+ *                  and the choice of kernel for an ISA (reads dispatch.c's active ISA)
+ *   bf16dot.c      the scalar model (one step, one pair, the 16-lane dot), activation rounding,
+ *                  the exponent floor
+ *
+ * Layout: a bf16 vector of 2n elements is n dword pairs; pair p holds element 2p in its low half
+ * and element 2p + 1 in its high half (the little-endian bytes of a bf16 row, as VDPBF16PS reads
+ * them). A row of odd length is padded with one +0 element.
+ */
+#ifndef DSACP_BF16DOT_H
+#define DSACP_BF16DOT_H
+
+#include "kernels/kernels.h"
+
+#include <stdbool.h>
+#include <stdint.h>
+
+/* ---- the model (bf16dot.c) ---- */
+
+/* One accumulation: acc + a * b as VDPBF16PS adds one product. NaN first (a's, else b's, else
+ * acc's, quieted; an invalid operation without a NaN operand gives 0xFFC00000); then a, b and acc
+ * with a zero exponent field read as zero of their sign (DAZ); then the exact acc + a * b rounded
+ * once to 24 bits, nearest even, with an unbounded exponent; a result below 2^-126 in magnitude
+ * after that rounding is the zero of its sign (FTZ, tininess after rounding); overflow is inf. */
+float dsacp_bf16dot_model_step(float acc, uint16_t a, uint16_t b);
+/* One dword lane of VDPBF16PS: the high elements' product first, then the low elements'. */
+float dsacp_bf16dot_model_pair(float acc, uint32_t a_pair, uint32_t b_pair);
+/* The lane reduction: lanes l += l + 8 (l < 8), then + 4, + 2, + 1 (IEEE adds with gradual
+ * underflow); a NaN operand gives its own NaN (the left one first), inf - inf 0xFFC00000. */
+float dsacp_bf16dot_lanes_sum(const float lanes[16]);
+/* The dot of n pairs of a and b: lane l (of 16) accumulates pairs p = l (mod 16) from +0 in
+ * increasing p, n padded with (+0, +0) pairs to a multiple of 16; then dsacp_bf16dot_lanes_sum.
+ * The definition every kernel below gives bit for bit. */
+float dsacp_bf16dot_scalar(const uint16_t *a, const uint16_t *b, int64_t n);
+
+/* Activations to bf16: out[i] = dsacp_f32_to_bf16(x[i]) (nearest even, NaN quiet, subnormals
+ * kept: the dot reads them as zero), i < n. Returns the exponent floor of out. */
+int dsacp_bf16_round_row(const float *x, int64_t n, uint16_t *out);
+/* The exponent floor of n bf16 values: the least exponent field (0..255) among the elements that
+ * are not +-0 (0 when one is subnormal, 255 for inf and NaN), 256 when all are +-0 or n == 0. */
+int dsacp_bf16_exp_floor(const uint16_t *x, int64_t n);
+/* Whether a dot of vectors with exponent floors fa and fb is plain: every nonzero product is a
+ * multiple of 2^(ea + eb - 14) (unbiased exponents), so when neither vector holds a subnormal and
+ * ea + eb >= -112, every partial sum is 0 or at least 2^-126 -- DAZ and FTZ never act, and plain
+ * IEEE FMAs in the model's order give the model's bits. An all-zero vector makes every product
+ * a zero (or NaN) whatever the other holds. */
+static inline bool dsacp_bf16dot_plain_ok(int fa, int fb)
+{
+    return fa == 256 || fb == 256 || (fa >= 1 && fb >= 1 && fa + fb >= 254 - 112);
+}
+
+/* ---- kernels (bf16dot_x86.c) ---- */
+
+typedef float (*dsacp_bf16dot_fn)(const uint16_t *a, const uint16_t *b, int64_t n);
+/* Whether this CPU runs AVX512-BF16 (cpuid leaf 7 subleaf 1, EAX bit 5, with AVX-512 usable). */
+bool dsacp_cpu_has_avx512bf16(void);
+/* The kernel of an ISA: scalar -> the model; AVX2 -> the AVX2 kernel; AVX-512 -> the AVX512-BF16
+ * kernel when the CPU has it, else the AVX2 kernel. Each gives dsacp_bf16dot_scalar's bits. */
+dsacp_bf16dot_fn dsacp_bf16dot_kernel(dsacp_isa isa);
+/* The dot through the kernel of the active ISA (dsacp_isa_active). */
+float dsacp_bf16dot(const uint16_t *a, const uint16_t *b, int64_t n);
+#if defined(__x86_64__)
+/* AVX2: plain (the caller knows dsacp_bf16dot_plain_ok of the two floors) runs two FMAs per pair;
+ * otherwise DAZ and FTZ are emulated per step, and a dot that meets a result of exactly 2^-126
+ * (where IEEE's gradual underflow and the model's tininess rule may part) or a NaN is recomputed
+ * by the model. */
+float dsacp_bf16dot_avx2(const uint16_t *a, const uint16_t *b, int64_t n, bool plain);
+/* AVX512-BF16 (only where dsacp_cpu_has_avx512bf16): VDPBF16PS, a NaN result recomputed by the
+ * model (whose reduction fixes the NaN payload). */
+float dsacp_bf16dot_avx512bf16(const uint16_t *a, const uint16_t *b, int64_t n);
+/* dsacp_bf16_round_row in AVX2, bit for bit. */
+int dsacp_bf16_round_row_avx2(const float *x, int64_t n, uint16_t *out);
+#endif
+
+#endif
