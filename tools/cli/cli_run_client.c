@@ -29,9 +29,13 @@
 
 /* ---- flags ---- */
 
-/* Flags that configure the engine, which the server runs: refused with --url. */
-static const char *const engine_flags[] = {"max-batch-tokens", "max-num-seqs", "kv-blocks", "kv-memory",
-                                           "verify", "numerics", "kv-dtype", "block-size", "speculative-config"};
+/* Flags that configure the engine, which the server runs: refused with --url (with the roles' and
+ * the context-parallel ones). */
+static const cli_opt engine_flags[] = {{"max-batch-tokens", true, NULL}, {"max-num-seqs", true, NULL},
+                                       {"kv-blocks", true, NULL},        {"kv-memory", true, NULL},
+                                       {"verify", false, NULL},          {"numerics", true, NULL},
+                                       {"kv-dtype", true, NULL},         {"block-size", true, NULL},
+                                       {"speculative-config", true, NULL}};
 
 /* The first flag of `list` given in opts, NULL when none. */
 static const char *first_given(const cli_opt *opts, const cli_opt *list, size_t n)
@@ -52,12 +56,8 @@ int run_client_conflicts(const cli_opt *opts, bool client)
         }
         return CLI_RUN;
     }
-    for (size_t k = 0; k < sizeof engine_flags / sizeof engine_flags[0]; k++)
-        if (cli_get(opts, engine_flags[k])) {
-            f = engine_flags[k];
-            break;
-        }
-    if (f || (f = first_given(opts, pd, sizeof pd / sizeof pd[0])) || (f = first_given(opts, cp, sizeof cp / sizeof cp[0]))) {
+    if ((f = first_given(opts, engine_flags, sizeof engine_flags / sizeof engine_flags[0])) ||
+        (f = first_given(opts, pd, sizeof pd / sizeof pd[0])) || (f = first_given(opts, cp, sizeof cp / sizeof cp[0]))) {
         fprintf(stderr, "dsacp run: '--%s' configures the engine, which the server at '--url' runs (give it to dsacp "
                 "serve): not with '--url'\n", f);
         return 2;
@@ -78,9 +78,10 @@ static bool url_valid(const char *url, char *why, size_t cap)
     char *scheme = NULL, *host = NULL, *query = NULL, *frag = NULL;
     bool ok = false;
     CURLUcode uc = u ? curl_url_set(u, CURLUPART_URL, url, 0) : CURLUE_OUT_OF_MEMORY;
-    if (uc) snprintf(why, cap, "%s", curl_url_strerror(uc));
-    else if (curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) || (strcmp(scheme, "http") && strcmp(scheme, "https")))
-        snprintf(why, cap, "the scheme must be http:// or https://");
+    if (uc == CURLUE_UNSUPPORTED_SCHEME || uc == CURLUE_BAD_SCHEME ||
+        (!uc && (curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) || (strcmp(scheme, "http") && strcmp(scheme, "https")))))
+        snprintf(why, cap, "the scheme must be http:// or https:// (like http://127.0.0.1:8000)");
+    else if (uc) snprintf(why, cap, "%s", curl_url_strerror(uc));
     else if (curl_url_get(u, CURLUPART_HOST, &host, 0) || !host[0]) snprintf(why, cap, "no host");
     else if (!curl_url_get(u, CURLUPART_QUERY, &query, 0) || !curl_url_get(u, CURLUPART_FRAGMENT, &frag, 0))
         snprintf(why, cap, "a query or fragment (give the server's base URL, like http://127.0.0.1:8000)");
@@ -100,8 +101,7 @@ int run_client_check(const cli_opt *opts, const run_args *a, int world)
                 "processes): start the server under mpirun instead\n", world);
         return 2;
     }
-    if (strncmp(a->url, "http://", 7) && strncmp(a->url, "https://", 8)) snprintf(why, sizeof why, "the scheme must be http:// or https://");
-    if (why[0] || !url_valid(a->url, why, sizeof why)) {
+    if (!url_valid(a->url, why, sizeof why)) {
         fprintf(stderr, "dsacp run: option '--url' = '%s' is not a server's URL: %s\n", a->url, why);
         return 2;
     }
