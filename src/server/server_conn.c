@@ -170,6 +170,7 @@ void srv_req_set_answer(srv_req *r, int http, const char *content_type, char *bo
 void srv_req_set_error(srv_req *r, const oai_error *e) { srv_req_set_answer(r, e->http, "application/json", oai_error_json(e)); }
 
 int srv_req_http(const srv_req *r) { return r->http; }
+bool srv_req_answered(const srv_req *r) { return r->answer != NULL; }
 const char *srv_req_content_type(const srv_req *r) { return r->ctype ? r->ctype : "application/json"; }
 const char *srv_req_body(const srv_req *r, size_t *len)
 {

@@ -100,6 +100,7 @@ void srv_req_event(srv_req *r, const dsacp_live_event *ev);
 
 /* What the access log and MHD need. */
 int srv_req_http(const srv_req *r);
+bool srv_req_answered(const srv_req *r); /* an answer is set */
 const char *srv_req_content_type(const srv_req *r);
 const char *srv_req_body(const srv_req *r, size_t *len);
 const char *srv_req_method(const srv_req *r);

@@ -180,6 +180,10 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *c, const char
         *con_cls = r;
         return check_headers(s, c, r, method) ? send_answer(c, r) : MHD_YES;
     }
+    if (srv_req_answered(r)) { /* refused with the headers: the rest of the body is not read */
+        *upload_data_size = 0;
+        return MHD_YES;
+    }
     if (*upload_data_size) {
         srv_req_append(r, upload_data, *upload_data_size); /* past the limit: dropped, 413 at the end */
         *upload_data_size = 0;
