@@ -4,11 +4,12 @@
  * computes it, defined by a scalar model, with an AVX2 kernel and an AVX512-BF16 kernel that give
  * the model's bits on every input (private to src/kernels).
  *
- * Files, each calling only the ones below it:
- *   bf16dot_x86.c  the AVX2 and AVX512-BF16 kernels, activation rounding in AVX2, the cpuid test
- *                  and the choice of kernel for an ISA (reads dispatch.c's active ISA)
- *   bf16dot.c      the scalar model (one step, one pair, the 16-lane dot), activation rounding,
- *                  the exponent floor
+ * Files, each calling only the ones below it (and dispatch.c, for the ISA):
+ *   bf16dot_x86.c   the AVX2 and AVX512-BF16 kernels, activation rounding in AVX2, the choice of
+ *                   kernel for an ISA
+ *   bf16dot_check.c the cpuid test and the start-up check of the instruction against the model
+ *   bf16dot.c       the scalar model (one step, one pair, the 16-lane dot), activation rounding,
+ *                   the exponent floor
  *
  * Layout: a bf16 vector of 2n elements is n dword pairs; pair p holds element 2p in its low half
  * and element 2p + 1 in its high half (the little-endian bytes of a bf16 row, as VDPBF16PS reads
@@ -56,13 +57,26 @@ static inline bool dsacp_bf16dot_plain_ok(int fa, int fb)
     return fa == 256 || fb == 256 || (fa >= 1 && fb >= 1 && fa + fb >= 254 - 112);
 }
 
+/* ---- the instruction (bf16dot_check.c) ---- */
+
+/* Whether this CPU runs AVX512-BF16 (cpuid leaf 7 subleaf 1, EAX bit 5, with AVX-512 usable). */
+bool dsacp_cpu_has_avx512bf16(void);
+/* How far this CPU's VDPBF16PS is the model, checked once on fixed lanes (bf16dot_check.c):
+ * ALL (every input class; this project's Xeon), PLAIN (only inputs dsacp_bf16dot_plain_ok
+ * admits: its DAZ/FTZ differ), NONE (no AVX512-BF16, or it differs on normal values). */
+enum { DSACP_BF16DOT_HW_NONE = 0, DSACP_BF16DOT_HW_PLAIN = 1, DSACP_BF16DOT_HW_ALL = 2 };
+int dsacp_bf16dot_hw_level(void);
+#if defined(__x86_64__)
+/* out[l] = VDPBF16PS's lane l of acc, a, b (only where dsacp_cpu_has_avx512bf16). */
+void dsacp_bf16dot_hw_lanes(const float acc[16], const uint32_t a[16], const uint32_t b[16], float out[16]);
+#endif
+
 /* ---- kernels (bf16dot_x86.c) ---- */
 
 typedef float (*dsacp_bf16dot_fn)(const uint16_t *a, const uint16_t *b, int64_t n);
-/* Whether this CPU runs AVX512-BF16 (cpuid leaf 7 subleaf 1, EAX bit 5, with AVX-512 usable). */
-bool dsacp_cpu_has_avx512bf16(void);
 /* The kernel of an ISA: scalar -> the model; AVX2 -> the AVX2 kernel; AVX-512 -> the AVX512-BF16
- * kernel when the CPU has it, else the AVX2 kernel. Each gives dsacp_bf16dot_scalar's bits. */
+ * kernel where dsacp_bf16dot_hw_level is ALL (where it is PLAIN: for plain inputs only), else
+ * the AVX2 kernel. Each gives dsacp_bf16dot_scalar's bits. */
 dsacp_bf16dot_fn dsacp_bf16dot_kernel(dsacp_isa isa);
 /* The dot through the kernel of the active ISA (dsacp_isa_active). */
 float dsacp_bf16dot(const uint16_t *a, const uint16_t *b, int64_t n);

@@ -1,9 +1,10 @@
 /*
  * bf16dot_x86.c -- the bf16-dot chain's SIMD kernels (bf16dot.h): AVX2 with f32 FMAs (a product
  * of two bf16 values is exact inside an FMA), AVX512-BF16 with VDPBF16PS, activation rounding in
- * AVX2, the cpuid test, and the kernel of an ISA. Every kernel gives the bits of the scalar model
- * (bf16dot.c), which it calls for the rare dots it does not finish itself; compiled through
- * target attributes (no build flag). Reads the active ISA from dispatch.c.
+ * AVX2, and the kernel of an ISA (the instruction only as far as bf16dot_check.c found it equal
+ * to the model). Every kernel gives the bits of the scalar model (bf16dot.c), which it calls for
+ * the rare dots it does not finish itself; compiled through target attributes (no build flag).
+ * Reads the active ISA from dispatch.c.
  */
 #include "kernels/bf16dot.h"
 #include "numerics/numerics.h"
@@ -11,19 +12,11 @@
 #include <string.h>
 
 #if defined(__x86_64__)
-#include <cpuid.h>
 #include <immintrin.h>
 
 #define T256 __attribute__((target("avx2,fma")))
 #define TBF16 __attribute__((target("avx512f,avx512bf16")))
 #define INL __attribute__((always_inline)) inline
-
-bool dsacp_cpu_has_avx512bf16(void)
-{
-    unsigned a = 0, b = 0, c = 0, d = 0;
-    if (dsacp_isa_best() != DSACP_ISA_AVX512) return false; /* AVX-512 usable (OS state included) */
-    return __get_cpuid_count(7, 1, &a, &b, &c, &d) && (a & (1u << 5));
-}
 
 /* ---- AVX2 ---- */
 
@@ -156,14 +149,21 @@ TBF16 float dsacp_bf16dot_avx512bf16(const uint16_t *a, const uint16_t *b, int64
 }
 
 static float avx512_kernel(const uint16_t *a, const uint16_t *b, int64_t n) { return dsacp_bf16dot_avx512bf16(a, b, n); }
-#else
-bool dsacp_cpu_has_avx512bf16(void) { return false; }
+
+/* AVX512-BF16 on plain inputs (dsacp_bf16dot_plain_ok of the two floors), AVX2 otherwise. */
+static float avx512_plain_kernel(const uint16_t *a, const uint16_t *b, int64_t n)
+{
+    if (dsacp_bf16dot_plain_ok(dsacp_bf16_exp_floor(a, 2 * n), dsacp_bf16_exp_floor(b, 2 * n)))
+        return dsacp_bf16dot_avx512bf16(a, b, n);
+    return dsacp_bf16dot_avx2(a, b, n, false);
+}
 #endif
 
 dsacp_bf16dot_fn dsacp_bf16dot_kernel(dsacp_isa isa)
 {
 #if defined(__x86_64__)
-    if (isa == DSACP_ISA_AVX512 && dsacp_cpu_has_avx512bf16()) return avx512_kernel;
+    if (isa == DSACP_ISA_AVX512 && dsacp_bf16dot_hw_level() == DSACP_BF16DOT_HW_ALL) return avx512_kernel;
+    if (isa == DSACP_ISA_AVX512 && dsacp_bf16dot_hw_level() == DSACP_BF16DOT_HW_PLAIN) return avx512_plain_kernel;
     if (isa >= DSACP_ISA_AVX2) return avx2_kernel;
 #endif
     (void)isa;
