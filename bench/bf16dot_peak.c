@@ -1,0 +1,140 @@
+/* bf16dot_peak.c -- the arithmetic ceilings of the bf16-dot chain on this machine, one thread:
+ * the peak rate of VDPBF16PS (zmm) against the f32 FMA (zmm and ymm), from 12 independent
+ * accumulators, and the rates of the bf16-dot kernels (src/kernels/bf16dot.h) on one dot of
+ * 4096 pairs held in L1 (a single 16-lane chain: latency, not throughput, bounds them).
+ * Times are the thread's CPU time (CLOCK_THREAD_CPUTIME_ID), so a busy machine that takes the
+ * core away does not count; a sibling hyperthread still does.
+ * usage: bf16dot_peak [SECONDS_PER_ROW]   (default 0.3; best of 5 runs per row) */
+#include "kernels/bf16dot.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+
+enum { ACC = 12 };
+static volatile float sink;
+
+static double cpu_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* Flops of `steps` rounds over ACC zmm FMAs: 16 lanes x 2 flops each. */
+__attribute__((target("avx512f"))) static double fma512(long steps)
+{
+    __m512 acc[ACC];
+    const __m512 a = _mm512_set1_ps(1e-3f), b = _mm512_set1_ps(0.5f);
+    for (int i = 0; i < ACC; i++) acc[i] = _mm512_set1_ps((float)i);
+    for (long s = 0; s < steps; s++)
+        for (int i = 0; i < ACC; i++) acc[i] = _mm512_fmadd_ps(a, b, acc[i]);
+    float t = 0;
+    for (int i = 0; i < ACC; i++) t += _mm512_reduce_add_ps(acc[i]);
+    sink = t;
+    return (double)steps * ACC * 16 * 2;
+}
+
+__attribute__((target("avx2,fma"))) static double fma256(long steps)
+{
+    __m256 acc[ACC];
+    const __m256 a = _mm256_set1_ps(1e-3f), b = _mm256_set1_ps(0.5f);
+    for (int i = 0; i < ACC; i++) acc[i] = _mm256_set1_ps((float)i);
+    for (long s = 0; s < steps; s++)
+        for (int i = 0; i < ACC; i++) acc[i] = _mm256_fmadd_ps(a, b, acc[i]);
+    float out[8], t = 0;
+    for (int i = 0; i < ACC; i++) {
+        _mm256_storeu_ps(out, acc[i]);
+        for (int l = 0; l < 8; l++) t += out[l];
+    }
+    sink = t;
+    return (double)steps * ACC * 8 * 2;
+}
+
+/* VDPBF16PS: 16 lanes x 2 products x 2 flops. */
+__attribute__((target("avx512f,avx512bf16"))) static double dpbf16(long steps)
+{
+    __m512 acc[ACC];
+    const __m512bh a = (__m512bh)_mm512_set1_epi32(0x3a833a83), b = (__m512bh)_mm512_set1_epi32(0x3f003f00);
+    for (int i = 0; i < ACC; i++) acc[i] = _mm512_set1_ps((float)i);
+    for (long s = 0; s < steps; s++)
+        for (int i = 0; i < ACC; i++) acc[i] = _mm512_dpbf16_ps(acc[i], a, b);
+    float t = 0;
+    for (int i = 0; i < ACC; i++) t += _mm512_reduce_add_ps(acc[i]);
+    sink = t;
+    return (double)steps * ACC * 16 * 4;
+}
+
+enum { PAIRS = 4096 };
+static uint16_t va[2 * PAIRS], vb[2 * PAIRS];
+
+static double run_dot(int which, long steps)
+{
+    float t = 0;
+    for (long s = 0; s < steps; s++) {
+        switch (which) {
+        case 0: t += dsacp_bf16dot_scalar(va, vb, PAIRS); break;
+        case 1: t += dsacp_bf16dot_avx2(va, vb, PAIRS, true); break;
+        case 2: t += dsacp_bf16dot_avx2(va, vb, PAIRS, false); break;
+        default: t += dsacp_bf16dot_avx512bf16(va, vb, PAIRS); break;
+        }
+    }
+    sink = t;
+    return (double)steps * PAIRS * 4;
+}
+
+/* Best GFLOP/s of 5 runs of about `secs` each. */
+static double rate(double (*f)(long), int which, double secs)
+{
+    long steps = 16;
+    double best = 0;
+    for (int rep = 0; rep < 6; rep++) {
+        const double t0 = cpu_now();
+        const double flops = f ? f(steps) : run_dot(which, steps);
+        const double dt = cpu_now() - t0;
+        if (rep > 0 && flops / dt / 1e9 > best) best = flops / dt / 1e9;
+        steps = (long)((double)steps * secs / (dt > 1e-6 ? dt : 1e-6)) + 1; /* the first run sizes the rest */
+    }
+    return best;
+}
+
+int main(int argc, char **argv)
+{
+    const double secs = argc > 1 ? atof(argv[1]) : 0.3;
+    if (dsacp_isa_best() < DSACP_ISA_AVX2) {
+        printf("no AVX2 on this CPU: nothing to measure\n");
+        return 0;
+    }
+    for (int i = 0; i < 2 * PAIRS; i++) { /* bf16 values in [0.5, 2): the plain path applies */
+        va[i] = (uint16_t)(0x3f00 + (i * 37) % 0x100);
+        vb[i] = (uint16_t)(0x3f00 + (i * 91) % 0x100);
+    }
+    const double f256 = rate(fma256, 0, secs);
+    printf("f32 FMA ymm peak            %8.1f GFLOP/s\n", f256);
+    double f512 = 0;
+    if (dsacp_isa_best() == DSACP_ISA_AVX512) {
+        f512 = rate(fma512, 0, secs);
+        printf("f32 FMA zmm peak            %8.1f GFLOP/s\n", f512);
+    }
+    if (dsacp_cpu_has_avx512bf16()) {
+        const double bf = rate(dpbf16, 0, secs);
+        printf("VDPBF16PS zmm peak          %8.1f GFLOP/s  (%.2fx the f32 FMA zmm peak)\n", bf, bf / f512);
+    } else {
+        printf("VDPBF16PS: this CPU has no AVX512-BF16\n");
+    }
+    static const char *names[] = {"model (scalar)", "AVX2 plain", "AVX2 DAZ/FTZ", "AVX512-BF16"};
+    const int kinds = dsacp_bf16dot_hw_level() == DSACP_BF16DOT_HW_ALL ? 4 : 3;
+    for (int k = 0; k < kinds; k++)
+        printf("one dot of %d pairs, %-15s %7.2f GFLOP/s\n", PAIRS, names[k], rate(NULL, k, k == 0 ? secs / 4 : secs));
+    return 0;
+}
+#else
+int main(void)
+{
+    printf("bf16dot_peak: x86-64 only\n");
+    return 0;
+}
+#endif
