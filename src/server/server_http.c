@@ -185,7 +185,8 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *c, const char
         return MHD_YES;
     }
     if (*upload_data_size) {
-        srv_req_append(r, upload_data, *upload_data_size); /* past the limit: dropped, 413 at the end */
+        /* past the limit: dropped, 413 at the end (libmicrohttpd 0.9.75 queues no response mid-upload) */
+        srv_req_append(r, upload_data, *upload_data_size);
         *upload_data_size = 0;
         return MHD_YES;
     }
