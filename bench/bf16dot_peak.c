@@ -1,7 +1,8 @@
 /* bf16dot_peak.c -- the arithmetic ceilings of the bf16-dot chain on this machine, one thread:
  * the peak rate of VDPBF16PS (zmm) against the f32 FMA (zmm and ymm), from 12 independent
  * accumulators, and the rates of the bf16-dot kernels (src/kernels/bf16dot.h) on one dot of
- * 4096 pairs held in L1 (a single 16-lane chain: latency, not throughput, bounds them).
+ * 4096 pairs held in L1 (a single 16-lane chain: latency, not throughput, bounds them), and the
+ * batched micro-kernel (gemm_bf16.c) on 256 rows x K 2048 x 48 tokens against the peak.
  * Times are the thread's CPU time (CLOCK_THREAD_CPUTIME_ID), so a busy machine that takes the
  * core away does not count; a sibling hyperthread still does.
  * usage: bf16dot_peak [SECONDS_PER_ROW]   (default 0.3; best of 5 runs per row) */
@@ -86,6 +87,33 @@ static double run_dot(int which, long steps)
     return (double)steps * PAIRS * 4;
 }
 
+enum { GN = 256, GK = 2048, GT = 48 };
+static void *gpacked, *gws;
+static uint16_t *gx;
+static float *gy;
+
+static double run_gemm(long steps)
+{
+    for (long s = 0; s < steps; s++)
+        if (dsacp_bf16gemm(gpacked, GN, GK, gx, GT, GK, gy, GN, gws, dsacp_bf16gemm_ws_bytes(GK, GT))) return 0;
+    sink = gy[0];
+    return (double)steps * 2.0 * GN * GK * GT;
+}
+
+/* Packs a random-looking weight and token set for run_gemm. */
+static void gemm_setup(void)
+{
+    uint16_t *w = malloc((size_t)GN * GK * sizeof(uint16_t));
+    gx = malloc((size_t)GT * GK * sizeof(uint16_t));
+    gy = malloc((size_t)GT * GN * sizeof(float));
+    for (long i = 0; i < (long)GN * GK; i++) w[i] = (uint16_t)(0x3c00 + (i * 2654435761u >> 7) % 0x600);
+    for (long i = 0; i < (long)GT * GK; i++) gx[i] = (uint16_t)(0x3c00 + (i * 40503u >> 3) % 0x600);
+    gpacked = malloc(dsacp_bf16gemm_pack_bytes(GN, GK));
+    gws = malloc(dsacp_bf16gemm_ws_bytes(GK, GT));
+    dsacp_bf16gemm_pack(w, GN, GK, GK, gpacked);
+    free(w);
+}
+
 /* Best GFLOP/s of 5 runs of about `secs` each. */
 static double rate(double (*f)(long), int which, double secs)
 {
@@ -122,6 +150,11 @@ int main(int argc, char **argv)
     if (dsacp_cpu_has_avx512bf16()) {
         const double bf = rate(dpbf16, 0, secs);
         printf("VDPBF16PS zmm peak          %8.1f GFLOP/s  (%.2fx the f32 FMA zmm peak)\n", bf, bf / f512);
+        if (dsacp_bf16dot_hw_level() == DSACP_BF16DOT_HW_ALL) {
+            gemm_setup();
+            const double g = rate(run_gemm, 0, secs);
+            printf("bf16 GEMM %dx%dx%d        %8.1f GFLOP/s  (%.2fx the VDPBF16PS peak)\n", GN, GK, GT, g, g / bf);
+        }
     } else {
         printf("VDPBF16PS: this CPU has no AVX512-BF16\n");
     }

@@ -5,6 +5,7 @@
  * the model's bits on every input (private to src/kernels).
  *
  * Files, each calling only the ones below it (and dispatch.c, for the ISA):
+ *   gemm_bf16.c     the batched product: a VDPBF16PS micro-kernel over packed weights
  *   bf16dot_x86.c   the AVX2 and AVX512-BF16 kernels, activation rounding in AVX2, the choice of
  *                   kernel for an ISA
  *   bf16dot_check.c the cpuid test and the start-up check of the instruction against the model
@@ -92,5 +93,21 @@ float dsacp_bf16dot_avx512bf16(const uint16_t *a, const uint16_t *b, int64_t n);
 /* dsacp_bf16_round_row in AVX2, bit for bit. */
 int dsacp_bf16_round_row_avx2(const float *x, int64_t n, uint16_t *out);
 #endif
+
+/* ---- batched (gemm_bf16.c; not wired into the linears yet) ----
+ * y[t][o] = dsacp_bf16dot_scalar(w_o, x_t, ceil(K / 2)) bit for bit (weights the first operand),
+ * for N weight rows and T token rows of K bf16 (an odd K padded with +0), by a VDPBF16PS
+ * micro-kernel (32 rows x 6 tokens of one model lane per register tile); one thread. */
+/* Bytes of the packed weights: per block of 32 rows (zero rows pad N) and per lane l, the pairs
+ * p = l + 16 q as [q][32 rows] dwords. */
+size_t dsacp_bf16gemm_pack_bytes(int64_t N, int64_t K);
+/* Packs w (N rows of K bf16, row stride ldw elements) into `packed` (pack_bytes, any alignment). */
+void dsacp_bf16gemm_pack(const uint16_t *w, int64_t N, int64_t K, int64_t ldw, void *packed);
+/* The workspace of a call with T tokens (the tokens' padded pairs and one tile). */
+size_t dsacp_bf16gemm_ws_bytes(int64_t K, int64_t T);
+/* The product; x: T rows of K bf16 (stride ldx elements), y: F32 [T][ldy]. DSACP_EUNSUPPORTED
+ * unless dsacp_bf16dot_hw_level is ALL; DSACP_EINVAL for a short workspace. */
+int dsacp_bf16gemm(const void *packed, int64_t N, int64_t K, const uint16_t *x, int64_t T, int64_t ldx, float *y,
+                   int64_t ldy, void *ws, size_t ws_bytes);
 
 #endif
