@@ -21,20 +21,6 @@
 
 static dsacp_rng rng;
 
-static uint32_t fbits(float f)
-{
-    uint32_t u;
-    memcpy(&u, &f, sizeof u);
-    return u;
-}
-
-static float fval(uint32_t u)
-{
-    float f;
-    memcpy(&f, &u, sizeof f);
-    return f;
-}
-
 static uint32_t rnd32(void) { return (uint32_t)dsacp_rng_u64(&rng); }
 
 /* ---- crafted cases: the instruction's results measured on this project's Xeon ---- */
@@ -84,21 +70,21 @@ static void test_crafted(void)
 {
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         const crafted *c = &cases[i];
-        const float r = dsacp_bf16dot_model_pair(fval(c->acc), c->a, c->b);
-        CHECKF(fbits(r) == c->want, "%s: %08x, want %08x", c->what, fbits(r), c->want);
+        const float r = dsacp_bf16dot_model_pair(dsacp_f32_of_bits(c->acc), c->a, c->b);
+        CHECKF(dsacp_f32_bits(r) == c->want, "%s: %08x, want %08x", c->what, dsacp_f32_bits(r), c->want);
     }
     /* the lane reduction: IEEE adds, the left NaN first */
     float lanes[16] = {0};
     lanes[0] = 0x1.8p-126f;
     lanes[8] = -0x1p-126f;
-    CHECK(fbits(dsacp_bf16dot_lanes_sum(lanes)) == 0x00400000u); /* a subnormal sum is kept */
-    lanes[3] = fval(0x7fc00003u);
-    lanes[2] = fval(0x7fc00002u);
-    CHECK(fbits(dsacp_bf16dot_lanes_sum(lanes)) == 0x7fc00002u);
+    CHECK(dsacp_f32_bits(dsacp_bf16dot_lanes_sum(lanes)) == 0x00400000u); /* a subnormal sum is kept */
+    lanes[3] = dsacp_f32_of_bits(0x7fc00003u);
+    lanes[2] = dsacp_f32_of_bits(0x7fc00002u);
+    CHECK(dsacp_f32_bits(dsacp_bf16dot_lanes_sum(lanes)) == 0x7fc00002u);
     memset(lanes, 0, sizeof lanes);
     lanes[1] = INFINITY;
     lanes[5] = -INFINITY;
-    CHECK(fbits(dsacp_bf16dot_lanes_sum(lanes)) == 0xffc00000u);
+    CHECK(dsacp_f32_bits(dsacp_bf16dot_lanes_sum(lanes)) == 0xffc00000u);
 }
 
 /* ---- the model against an exact reference (float128) ---- */
@@ -118,7 +104,7 @@ static float daz_ref(float x) { return fpclassify(x) == FP_SUBNORMAL ? copysignf
  * an unbounded exponent, zero below 2^-126 in magnitude (finite inputs). */
 static float step_ref(float acc, uint16_t a, uint16_t b)
 {
-    const float x = daz_ref(fval((uint32_t)a << 16)), y = daz_ref(fval((uint32_t)b << 16)), c = daz_ref(acc);
+    const float x = daz_ref(dsacp_bf16_to_f32(a)), y = daz_ref(dsacp_bf16_to_f32(b)), c = daz_ref(acc);
     const __float128 e = (__float128)c + (__float128)x * (__float128)y;
     if (e == 0) return x * y + c; /* the sign of an exact zero: IEEE's */
     const __float128 scale = 0x1p100, mag = e < 0 ? -e : e;
@@ -135,17 +121,17 @@ static void test_model_reference(void)
         for (int it = 0; it < 40000; it++) {
             const int lo = ranges[r][0], hi = ranges[r][1];
             const uint16_t a = rbf(lo, hi), b = rbf(lo, hi);
-            const float p = fval((uint32_t)a << 16) * fval((uint32_t)b << 16);
+            const float p = dsacp_f32_of_bits((uint32_t)a << 16) * dsacp_f32_of_bits((uint32_t)b << 16);
             /* acc: random near -p (cancellation), or random of the products' range, or 0 */
             const int k = (int)(rnd32() % 3);
-            float acc = k == 0 ? 0.0f : k == 1 ? fval((uint32_t)rbf(2 * lo, 2 * hi) << 16 | (rnd32() & 0xFFFFu))
+            float acc = k == 0 ? 0.0f : k == 1 ? dsacp_f32_of_bits((uint32_t)rbf(2 * lo, 2 * hi) << 16 | (rnd32() & 0xFFFFu))
                                                : -p * (1.0f + (float)((int)(rnd32() % 64) - 32) * 0x1p-23f);
             if (!isfinite(acc)) acc = 0;
             const float got = dsacp_bf16dot_model_step(acc, a, b), want = step_ref(acc, a, b);
             n++;
-            if (fbits(got) != fbits(want) && bad++ < 5)
-                fprintf(stderr, "step(%08x, %04x, %04x) = %08x, reference %08x\n", fbits(acc), a, b, fbits(got),
-                        fbits(want));
+            if (dsacp_f32_bits(got) != dsacp_f32_bits(want) && bad++ < 5)
+                fprintf(stderr, "step(%08x, %04x, %04x) = %08x, reference %08x\n", dsacp_f32_bits(acc), a, b,
+                        dsacp_f32_bits(got), dsacp_f32_bits(want));
         }
     CHECKF(bad == 0, "%ld of %ld model steps differ from the exact reference", bad, n);
 }
@@ -208,27 +194,27 @@ static void test_avx2_vectors(void)
         fill(a, b, n, it % CLASSES);
         const float want = dsacp_bf16dot_scalar(a, b, n);
         const float got = dsacp_bf16dot_avx2(a, b, n, false);
-        bad += fbits(got) != fbits(want);
+        bad += dsacp_f32_bits(got) != dsacp_f32_bits(want);
         if (dsacp_bf16dot_plain_ok(dsacp_bf16_exp_floor(a, 2 * n), dsacp_bf16_exp_floor(b, 2 * n))) {
             plain++;
-            bad += fbits(dsacp_bf16dot_avx2(a, b, n, true)) != fbits(want);
+            bad += dsacp_f32_bits(dsacp_bf16dot_avx2(a, b, n, true)) != dsacp_f32_bits(want);
         }
         runs++;
-        if (bad && bad < 3 && fbits(got) != fbits(want))
-            fprintf(stderr, "class %d n %lld: avx2 %08x model %08x\n", it % CLASSES, (long long)n, fbits(got),
-                    fbits(want));
+        if (bad && bad < 3 && dsacp_f32_bits(got) != dsacp_f32_bits(want))
+            fprintf(stderr, "class %d n %lld: avx2 %08x model %08x\n", it % CLASSES, (long long)n, dsacp_f32_bits(got),
+                    dsacp_f32_bits(want));
     }
     for (int64_t n = 17; n <= MAXN; n += 25) {
         fill_edge(a, b, n);
-        CHECK(fbits(dsacp_bf16dot_scalar(a, b, n)) == 0);
-        CHECK(fbits(dsacp_bf16dot_avx2(a, b, n, false)) == 0);
+        CHECK(dsacp_f32_bits(dsacp_bf16dot_scalar(a, b, n)) == 0);
+        CHECK(dsacp_f32_bits(dsacp_bf16dot_avx2(a, b, n, false)) == 0);
         CHECK(!dsacp_bf16dot_plain_ok(dsacp_bf16_exp_floor(a, 2 * n), dsacp_bf16_exp_floor(b, 2 * n)));
     }
     CHECKF(bad == 0, "%ld AVX2 dots of %ld differ from the model", bad, runs);
     CHECKF(plain > 1000, "only %ld vectors took the plain path", plain);
     for (int i = DSACP_ISA_SCALAR; i <= (int)dsacp_isa_best(); i++) {
         fill(a, b, 41, 6);
-        CHECK(fbits(dsacp_bf16dot_kernel((dsacp_isa)i)(a, b, 41)) == fbits(dsacp_bf16dot_scalar(a, b, 41)));
+        CHECK(dsacp_f32_bits(dsacp_bf16dot_kernel((dsacp_isa)i)(a, b, 41)) == dsacp_f32_bits(dsacp_bf16dot_scalar(a, b, 41)));
     }
     printf("AVX2 kernel: %ld vectors (%ld also plain) checked bitwise against the model\n", runs, plain);
 #else
@@ -245,7 +231,8 @@ static void test_round(void)
     uint64_t u = 0;
     while (u < (1ull << 32)) { /* every 97th bit pattern, and the rounding midpoints beside them */
         int i = 0;
-        for (; i < N && u < (1ull << 32); i++, u += 97) x[i] = fval(i & 1 ? (uint32_t)u : ((uint32_t)u & ~0xFFFFu) | 0x8000u);
+        for (; i < N && u < (1ull << 32); i++, u += 97)
+            x[i] = dsacp_f32_of_bits(i & 1 ? (uint32_t)u : ((uint32_t)u & ~0xFFFFu) | 0x8000u);
         int f1 = dsacp_bf16_round_row(x, i, r1);
 #if defined(__x86_64__)
         int f2 = dsacp_isa_best() >= DSACP_ISA_AVX2 ? dsacp_bf16_round_row_avx2(x, i, r2) : f1;
@@ -279,10 +266,10 @@ static void test_instruction_lanes(int level)
     float acc[16], out[16];
     uint32_t a[16], b[16];
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) { /* the crafted table is what this Xeon does */
-        for (int l = 0; l < 16; l++) acc[l] = fval(cases[i].acc), a[l] = cases[i].a, b[l] = cases[i].b;
+        for (int l = 0; l < 16; l++) acc[l] = dsacp_f32_of_bits(cases[i].acc), a[l] = cases[i].a, b[l] = cases[i].b;
         dsacp_bf16dot_hw_lanes(acc, a, b, out);
         if (level == DSACP_BF16DOT_HW_ALL)
-            CHECKF(fbits(out[0]) == cases[i].want, "instruction: %s: %08x", cases[i].what, fbits(out[0]));
+            CHECKF(dsacp_f32_bits(out[0]) == cases[i].want, "instruction: %s: %08x", cases[i].what, dsacp_f32_bits(out[0]));
     }
     for (int it = 0; it < 20000; it++) {
         const int k = it % CLASSES;
@@ -290,11 +277,12 @@ static void test_instruction_lanes(int level)
             a[l] = (uint32_t)element(k) << 16 | element(k);
             b[l] = (uint32_t)element(k) << 16 | element(k);
             const uint32_t u = rnd32() % 4;
-            acc[l] = u == 0 ? 0.0f : u == 1 ? fval(rnd32()) : dsacp_bf16_to_f32(element(k));
+            acc[l] = u == 0 ? 0.0f : u == 1 ? dsacp_f32_of_bits(rnd32()) : dsacp_bf16_to_f32(element(k));
             if (u == 3) acc[l] = -dsacp_bf16_to_f32((uint16_t)(a[l] >> 16)) * dsacp_bf16_to_f32((uint16_t)(b[l] >> 16));
         }
         dsacp_bf16dot_hw_lanes(acc, a, b, out);
-        for (int l = 0; l < 16; l++, lanes++) bad += fbits(out[l]) != fbits(dsacp_bf16dot_model_pair(acc[l], a[l], b[l]));
+        for (int l = 0; l < 16; l++, lanes++)
+            bad += dsacp_f32_bits(out[l]) != dsacp_f32_bits(dsacp_bf16dot_model_pair(acc[l], a[l], b[l]));
     }
     if (level == DSACP_BF16DOT_HW_ALL) CHECKF(bad == 0, "%ld of %ld VDPBF16PS lanes differ from the model", bad, lanes);
     else printf("NOTE: this CPU's VDPBF16PS differs from the model in %ld of %ld lanes (level %d)\n", bad, lanes, level);
@@ -321,9 +309,9 @@ static void test_instruction(void)
         } else {
             fill(va, vb, n, it % CLASSES);
         }
-        const uint32_t want = fbits(dsacp_bf16dot_scalar(va, vb, n));
-        if (level == DSACP_BF16DOT_HW_ALL) vbad += fbits(dsacp_bf16dot_avx512bf16(va, vb, n)) != want;
-        kbad += fbits(kernel(va, vb, n)) != want;
+        const uint32_t want = dsacp_f32_bits(dsacp_bf16dot_scalar(va, vb, n));
+        if (level == DSACP_BF16DOT_HW_ALL) vbad += dsacp_f32_bits(dsacp_bf16dot_avx512bf16(va, vb, n)) != want;
+        kbad += dsacp_f32_bits(kernel(va, vb, n)) != want;
     }
     CHECKF(vbad == 0, "%ld AVX512-BF16 dots differ from the model", vbad);
     CHECKF(kbad == 0, "%ld dots of the AVX-512 table's kernel differ from the model", kbad);

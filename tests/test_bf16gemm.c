@@ -14,13 +14,6 @@
 
 static dsacp_rng rng;
 
-static uint32_t fbits(float f)
-{
-    uint32_t u;
-    memcpy(&u, &f, sizeof u);
-    return u;
-}
-
 /* A bf16 of the class: 0 moderate, 1 tiny and subnormal (against moderate), 2 some inf/NaN. */
 static uint16_t element(int k, bool tiny_side)
 {
@@ -53,9 +46,10 @@ static long check_shape(int64_t N, int64_t K, int64_t T, int k)
         for (int64_t t = 0; t < T; t++) {
             memcpy(xr, x + t * ldx, (size_t)K * sizeof(uint16_t));
             const float want = dsacp_bf16dot_scalar(wr, xr, P);
-            if (fbits(y[t * ldy + o]) != fbits(want) && bad++ < 3)
+            if (dsacp_f32_bits(y[t * ldy + o]) != dsacp_f32_bits(want) && bad++ < 3)
                 fprintf(stderr, "N %lld K %lld T %lld class %d: y[%lld][%lld] = %08x, model %08x\n", (long long)N,
-                        (long long)K, (long long)T, k, (long long)t, (long long)o, fbits(y[t * ldy + o]), fbits(want));
+                        (long long)K, (long long)T, k, (long long)t, (long long)o, dsacp_f32_bits(y[t * ldy + o]),
+                        dsacp_f32_bits(want));
         }
     }
     free(w), free(x), free(wr), free(xr), free(y), free(packed), free(ws);

@@ -19,24 +19,10 @@
 
 enum { DEFAULT_NAN = 0xFFC00000u, QUIET = 0x00400000u };
 
-static uint32_t bits_of(float f)
-{
-    uint32_t u;
-    memcpy(&u, &f, sizeof u);
-    return u;
-}
-
-static float float_of(uint32_t u)
-{
-    float f;
-    memcpy(&f, &u, sizeof f);
-    return f;
-}
-
 static bool nan_bits(uint32_t u) { return (u & 0x7FFFFFFFu) > 0x7F800000u; }
 
 /* DAZ: a zero exponent field reads as the zero of its sign. */
-static float daz(uint32_t u) { return float_of((u & 0x7F800000u) ? u : u & 0x80000000u); }
+static float daz(uint32_t u) { return dsacp_f32_of_bits((u & 0x7F800000u) ? u : u & 0x80000000u); }
 
 /* FTZ of an IEEE fmaf result r = fl(c + x * y): the model's result. Below 2^-126 the IEEE result
  * is subnormal and the exact value is tiny too: the zero of its sign. At exactly 2^-126 the
@@ -55,13 +41,13 @@ static float ftz(float r, float x, float y, float c)
 
 float dsacp_bf16dot_model_step(float acc, uint16_t a, uint16_t b)
 {
-    const uint32_t ua = (uint32_t)a << 16, ub = (uint32_t)b << 16, uc = bits_of(acc);
-    if (nan_bits(ua)) return float_of(ua | QUIET);
-    if (nan_bits(ub)) return float_of(ub | QUIET);
-    if (nan_bits(uc)) return float_of(uc | QUIET);
+    const uint32_t ua = (uint32_t)a << 16, ub = (uint32_t)b << 16, uc = dsacp_f32_bits(acc);
+    if (nan_bits(ua)) return dsacp_f32_of_bits(ua | QUIET);
+    if (nan_bits(ub)) return dsacp_f32_of_bits(ub | QUIET);
+    if (nan_bits(uc)) return dsacp_f32_of_bits(uc | QUIET);
     const float x = daz(ua), y = daz(ub), c = daz(uc);
     const float r = fmaf(x, y, c);
-    if (isnan(r)) return float_of(DEFAULT_NAN); /* inf * 0, inf - inf */
+    if (isnan(r)) return dsacp_f32_of_bits(DEFAULT_NAN); /* inf * 0, inf - inf */
     return ftz(r, x, y, c);
 }
 
@@ -74,10 +60,10 @@ float dsacp_bf16dot_model_pair(float acc, uint32_t a_pair, uint32_t b_pair)
 /* One add of the reduction with its NaN rule. */
 static float add_model(float x, float y)
 {
-    if (isnan(x)) return float_of(bits_of(x) | QUIET);
-    if (isnan(y)) return float_of(bits_of(y) | QUIET);
+    if (isnan(x)) return dsacp_f32_of_bits(dsacp_f32_bits(x) | QUIET);
+    if (isnan(y)) return dsacp_f32_of_bits(dsacp_f32_bits(y) | QUIET);
     const float r = x + y;
-    return isnan(r) ? float_of(DEFAULT_NAN) : r;
+    return isnan(r) ? dsacp_f32_of_bits(DEFAULT_NAN) : r;
 }
 
 float dsacp_bf16dot_lanes_sum(const float lanes[16])

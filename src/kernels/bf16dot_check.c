@@ -29,20 +29,6 @@ __attribute__((target("avx512f,avx512bf16"))) void dsacp_bf16dot_hw_lanes(const 
     _mm512_storeu_ps(out, _mm512_dpbf16_ps(_mm512_loadu_ps(acc), x, y));
 }
 
-static uint32_t bits_of(float f)
-{
-    uint32_t u;
-    memcpy(&u, &f, sizeof u);
-    return u;
-}
-
-static float float_of(uint32_t u)
-{
-    float f;
-    memcpy(&f, &u, sizeof f);
-    return f;
-}
-
 /* Crafted lanes (acc bits, a pair, b pair): PLAIN_CRAFTED plain ones, then the subnormal range. */
 enum { PLAIN_CRAFTED = 10 };
 static const uint32_t crafted[][3] = {
@@ -84,11 +70,12 @@ static void random_lane(uint32_t *s, bool plain, float *acc, uint32_t *a, uint32
     *a = element(s, la) << 16 | element(s, la);
     *b = element(s, lb) << 16 | element(s, lb);
     const uint32_t k = next(s) % 3;
-    const float p = float_of(*a & 0xFFFF0000u) * float_of(*b & 0xFFFF0000u);
-    *acc = k == 0 ? 0.0f : k == 1 ? float_of(element(s, plain ? -32 : -140) << 16 | (next(s) & 0xFFFFu)) : -p * 1.0000001f;
+    const float p = dsacp_f32_of_bits(*a & 0xFFFF0000u) * dsacp_f32_of_bits(*b & 0xFFFF0000u);
+    const uint32_t tiny = element(s, plain ? -32 : -140) << 16 | (next(s) & 0xFFFFu);
+    *acc = k == 0 ? 0.0f : k == 1 ? dsacp_f32_of_bits(tiny) : -p * 1.0000001f;
 }
 
-static bool same(float x, float y) { return bits_of(x) == bits_of(y) || (x != x && y != y); }
+static bool same(float x, float y) { return dsacp_f32_bits(x) == dsacp_f32_bits(y) || (x != x && y != y); }
 
 /* Whether the instruction equals the model on the crafted lanes [c0, c1) and on random lanes of
  * the class. */
@@ -99,7 +86,7 @@ static bool agrees(int c0, int c1, bool plain)
     for (int r = 0; r < RANDOM_ROUNDS; r++) {
         for (int l = 0; l < 16; l++) {
             const int c = c0 + (r * 16 + l) % (c1 - c0);
-            if (r < 2) acc[l] = float_of(crafted[c][0]), a[l] = crafted[c][1], b[l] = crafted[c][2];
+            if (r < 2) acc[l] = dsacp_f32_of_bits(crafted[c][0]), a[l] = crafted[c][1], b[l] = crafted[c][2];
             else random_lane(&s, plain, &acc[l], &a[l], &b[l]);
         }
         dsacp_bf16dot_hw_lanes(acc, a, b, out);

@@ -170,4 +170,7 @@ dsacp_bf16dot_fn dsacp_bf16dot_kernel(dsacp_isa isa)
     return dsacp_bf16dot_scalar;
 }
 
-float dsacp_bf16dot(const uint16_t *a, const uint16_t *b, int64_t n) { return dsacp_bf16dot_kernel(dsacp_isa_active())(a, b, n); }
+float dsacp_bf16dot(const uint16_t *a, const uint16_t *b, int64_t n)
+{
+    return dsacp_bf16dot_kernel(dsacp_isa_active())(a, b, n);
+}

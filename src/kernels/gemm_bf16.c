@@ -109,7 +109,8 @@ LANE_TILE(4)
 LANE_TILE(5)
 LANE_TILE(6)
 typedef void (*lane_tile_fn)(const uint32_t *, int64_t, const uint32_t *, int64_t, int64_t, float *);
-static const lane_tile_fn lane_tiles[TOKENS + 1] = {NULL, lane_tile1, lane_tile2, lane_tile3, lane_tile4, lane_tile5, lane_tile6};
+static const lane_tile_fn lane_tiles[TOKENS + 1] = {NULL,       lane_tile1, lane_tile2, lane_tile3,
+                                                    lane_tile4, lane_tile5, lane_tile6};
 
 /* The block of rows [o0, o0 + 32) and tokens [t0, t0 + nt): 16 lane chains, then the tree. */
 static void block(const uint32_t *wb, int64_t Q, const uint32_t *xp, int64_t PP, int64_t o0, int64_t N, int64_t t0,
@@ -128,7 +129,8 @@ int dsacp_bf16gemm(const void *packed, int64_t N, int64_t K, const uint16_t *x, 
     if (dsacp_bf16dot_hw_level() != DSACP_BF16DOT_HW_ALL)
         return dsacp_error(DSACP_EUNSUPPORTED, "bf16 GEMM: this CPU's VDPBF16PS is not the model");
     const size_t need = dsacp_bf16gemm_ws_bytes(K, T);
-    if (!ws || ws_bytes < need) return dsacp_error(DSACP_EINVAL, "bf16 GEMM: workspace of %zu bytes, %zu needed", ws_bytes, need);
+    if (!ws || ws_bytes < need)
+        return dsacp_error(DSACP_EINVAL, "bf16 GEMM: workspace of %zu bytes, %zu needed", ws_bytes, need);
 #if defined(__x86_64__)
     const int64_t PP = padded_pairs(K), Q = PP / LANES;
     dsacp_ws s = dsacp_ws_open(ws, ws_bytes);
