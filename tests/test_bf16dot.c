@@ -212,7 +212,9 @@ static void test_avx2_vectors(void)
     }
     CHECKF(bad == 0, "%ld AVX2 dots of %ld differ from the model", bad, runs);
     CHECKF(plain > 1000, "only %ld vectors took the plain path", plain);
+    CHECK(dsacp_f32_bits(dsacp_bf16dot_avx2(a, b, 0, false)) == 0 && dsacp_f32_bits(dsacp_bf16dot_scalar(a, b, 0)) == 0);
     for (int i = DSACP_ISA_SCALAR; i <= (int)dsacp_isa_best(); i++) {
+        CHECK(dsacp_f32_bits(dsacp_bf16dot_kernel((dsacp_isa)i)(a, b, 0)) == 0); /* an empty dot is +0 */
         fill(a, b, 41, 6);
         CHECK(dsacp_f32_bits(dsacp_bf16dot_kernel((dsacp_isa)i)(a, b, 41)) == dsacp_f32_bits(dsacp_bf16dot_scalar(a, b, 41)));
     }
