@@ -1,8 +1,8 @@
 """The tokens a server generates for a fixed set of requests (tests/cli/server_mpi.sh):
     tokens.py URL > OUT.json
 Greedy and seeded completions of text and of ids (one prompt longer than several KV blocks),
-streamed and not, chat in both thinking modes, and eight requests sent at once (batched together);
-each with return_token_ids and ignore_eos. Prints {name: {"ids": [...], "text": ...}} (sorted
+streamed and not, chat in both thinking modes, eight more of other lengths; all sent at once
+(batched together), each with return_token_ids and ignore_eos. Prints {name: {"ids": [...], "text": ...}} (sorted
 keys), so two servers compare by their output alone."""
 import json
 import sys
@@ -49,13 +49,10 @@ def one(url, path, b):
 
 def main():
     url = sys.argv[1]
-    rq = requests()
     out = {}
-    batch = [n for n in rq if n.startswith("batch-")]
-    for name in rq:
-        if name not in batch:
-            out[name] = one(url, *rq[name])
-    threads = [threading.Thread(target=lambda n=n: out.__setitem__(n, one(url, *rq[n]))) for n in batch]
+    # All at once: greedy and seeded tokens do not depend on the batch, and one batch is quick.
+    threads = [threading.Thread(target=lambda n=n, rq=rq: out.__setitem__(n, one(url, *rq)))
+               for n, rq in requests().items()]
     for t in threads:
         t.start()
     for t in threads:

@@ -18,14 +18,14 @@ server_model() {
 }
 
 # server_start NAME CMD...: starts CMD (dsacp serve --port 0 ..., or mpirun of it) in the background
-# under a 300 s ceiling, in its own process group, stdout in $tmp/NAME.out and stderr in
-# $tmp/NAME.err; waits (60 s at most) for its "listening on http://H:P" line. Sets SERVER_PID (the
+# under a 300 s ceiling (`timeout` without -k: with it, any signal it hands on would be followed
+# by a SIGKILL), in its own process group, stdout in $tmp/NAME.out and stderr in $tmp/NAME.err; waits (60 s at most) for its "listening on http://H:P" line. Sets SERVER_PID (the
 # group: the `timeout` process, which hands SIGTERM on to the server) and SERVER_URL. Returns 1
 # (after a FAIL) when it never listened.
 SERVER_PIDS=()
 server_start() {
     local name=$1; shift
-    timeout -k 5 300 "$@" >"$tmp/$name.out" 2>"$tmp/$name.err" &
+    timeout 300 "$@" >"$tmp/$name.out" 2>"$tmp/$name.err" &
     SERVER_PID=$!
     SERVER_PIDS+=("$SERVER_PID")
     SERVER_URL=""
@@ -99,3 +99,10 @@ alive() {
 }
 # num_is VALUE WANT: VALUE is a number equal to WANT ("0", "0.0" and "0e+00" are 0).
 num_is() { [[ $1 =~ ^[-+0-9.eE]+$ ]] && awk -v a="$1" -v b="$2" 'BEGIN { exit !(a + 0 == b + 0) }'; }
+# py_checks LOG: prints a tests/server script's output and counts its "ok" / "FAIL" lines as ours.
+py_checks() {
+    cat "$1"
+    passes=$((passes + $(grep -c '^ok ' "$1")))
+    fails=$((fails + $(grep -c '^FAIL ' "$1")))
+    grep -q '^ok \|^FAIL ' "$1" || fail "$(basename "$1"): no check ran: $(tail -n 3 "$1")"
+}
