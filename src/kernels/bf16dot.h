@@ -4,7 +4,8 @@
  * computes it, defined by a scalar model, with an AVX2 kernel and an AVX512-BF16 kernel that give
  * the model's bits on every input (private to src/kernels).
  *
- * Files, each calling only the ones below it (and dispatch.c, for the ISA):
+ * Files, each calling only the ones below it (none calls dispatch.c: callers name the ISA, e.g.
+ * dsacp_bf16dot_kernel(dsacp_isa_active())):
  *   gemm_bf16.c     the batched product: a VDPBF16PS micro-kernel over packed weights
  *   bf16dot_x86.c   the AVX2 and AVX512-BF16 kernels, activation rounding in AVX2, the choice of
  *                   kernel for an ISA
@@ -90,12 +91,11 @@ void dsacp_bf16dot_hw_lanes(const float acc[16], const uint32_t a[16], const uin
 /* ---- kernels (bf16dot_x86.c) ---- */
 
 typedef float (*dsacp_bf16dot_fn)(const uint16_t *a, const uint16_t *b, int64_t n);
-/* The kernel of an ISA: scalar -> the model; AVX2 -> the AVX2 kernel; AVX-512 -> the AVX512-BF16
- * kernel where dsacp_bf16dot_hw_level is ALL (where it is PLAIN: for plain inputs only), else
- * the AVX2 kernel. Each gives dsacp_bf16dot_scalar's bits. */
+/* The kernel of an ISA this CPU runs (dsacp_isa_active(), or one below dsacp_isa_best()): scalar
+ * -> the model; AVX2 -> the AVX2 kernel; AVX-512 -> the AVX512-BF16 kernel where
+ * dsacp_bf16dot_hw_level is ALL (where it is PLAIN: for plain inputs only), else the AVX2 kernel.
+ * Each gives dsacp_bf16dot_scalar's bits. */
 dsacp_bf16dot_fn dsacp_bf16dot_kernel(dsacp_isa isa);
-/* The dot through the kernel of the active ISA (dsacp_isa_active). */
-float dsacp_bf16dot(const uint16_t *a, const uint16_t *b, int64_t n);
 #if defined(__x86_64__)
 /* AVX2: plain (the caller knows dsacp_bf16dot_plain_ok of the two floors) runs two FMAs per pair;
  * otherwise DAZ and FTZ are emulated per step, and a dot that meets a result of exactly 2^-126

@@ -4,8 +4,7 @@
  * compares them lane by lane. Two classes: plain inputs (normal values whose sums never come
  * near 2^-126: order of the products, one rounding each, ties, overflow, zeros, inf) and the
  * rest (subnormal inputs, tiny products and sums: DAZ, FTZ and its tininess rule). NaN results
- * compare as NaN only (the kernels recompute a NaN dot with the model). Calls bf16dot.c and
- * dispatch.c (the usable ISA).
+ * compare as NaN only (the kernels recompute a NaN dot with the model). Calls bf16dot.c.
  */
 #include "kernels/bf16dot.h"
 
@@ -18,7 +17,8 @@
 bool dsacp_cpu_has_avx512bf16(void)
 {
     unsigned a = 0, b = 0, c = 0, d = 0;
-    if (dsacp_isa_best() != DSACP_ISA_AVX512) return false; /* AVX-512 usable (OS state included) */
+    __builtin_cpu_init();
+    if (!__builtin_cpu_supports("avx512f")) return false; /* AVX-512 usable, the OS's zmm state included */
     return __get_cpuid_count(7, 1, &a, &b, &c, &d) && (a & (1u << 5));
 }
 

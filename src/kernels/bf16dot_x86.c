@@ -4,7 +4,7 @@
  * AVX2, and the kernel of an ISA (the instruction only as far as bf16dot_check.c found it equal
  * to the model). Every kernel gives the bits of the scalar model (bf16dot.c), which it calls for
  * the rare dots it does not finish itself; compiled through target attributes (no build flag).
- * Reads the active ISA from dispatch.c.
+ * Calls bf16dot_check.c and bf16dot.c (never dispatch.c: the caller names the ISA).
  */
 #include "kernels/bf16dot.h"
 #include "numerics/numerics.h"
@@ -168,9 +168,4 @@ dsacp_bf16dot_fn dsacp_bf16dot_kernel(dsacp_isa isa)
 #endif
     (void)isa;
     return dsacp_bf16dot_scalar;
-}
-
-float dsacp_bf16dot(const uint16_t *a, const uint16_t *b, int64_t n)
-{
-    return dsacp_bf16dot_kernel(dsacp_isa_active())(a, b, n);
 }
