@@ -43,6 +43,8 @@ def check_completion(rep, client, name, ctx):
     rep.equal((r2.usage.prompt_tokens, r2.usage.completion_tokens), (5, 3), "completion of token ids: usage")
     r3 = client.completions.create(prompt=ctx["prompt"], model=name, max_tokens=1, **GREEDY, extra_body=EXACT)
     rep.equal(r3.usage.completion_tokens, 1, "completion: max_tokens 1")
+    r4 = client.completions.create(model=name, prompt=ctx["prompt"], max_tokens=12, echo=True, **GREEDY, extra_body=EXACT)
+    rep.equal(r4.choices[0].text, ctx["prompt"] + c.text, "completion with echo: the prompt, then the completion")
 
     s = collect(stream_dict(client.completions.create(
         model=name, prompt=ctx["prompt"], max_tokens=12, stream=True, stream_options={"include_usage": True},
@@ -92,6 +94,34 @@ def check_chat(rep, client, name):
 
 def plain(ch):
     return ch.isascii() and ch.isprintable() and not ch.isspace()
+
+
+def check_think_split(rep, client, name, ctx):
+    """Thinking mode's split at the "</think>" token: sampled requests until one draws it (random
+    weights: about one token in 640), then its reasoning_content is the text before the token and
+    content the text after, streamed and not."""
+    end = ctx["think_end"]
+    base = dict(model=name, messages=chat_messages(), max_tokens=64, temperature=1.0,
+                extra_body={"chat_template_kwargs": {"thinking": True}, "return_token_ids": True, **EXACT})
+    found = None
+    for seed in range(1, 61):
+        r = client.chat.completions.create(seed=seed, **base)
+        ids = getattr(r.choices[0], "token_ids", None) or []
+        if end in ids[1:-1]:
+            found = seed, r, ids
+            break
+    if not rep.check(found is not None, "thinking: a sampled reply with </think> inside", "none in 60 seeds"):
+        return
+    seed, r, ids = found
+    k = ids.index(end)
+    known = [i for i in ids if i < ctx["tokenizer_ids"]]
+    kk = known.index(end)
+    m = r.choices[0].message
+    want = (detokenize(ctx["dsacp"], ctx["tokenizer"], known[:kk]), detokenize(ctx["dsacp"], ctx["tokenizer"], known[kk + 1:]))
+    rep.equal((getattr(m, "reasoning_content", None) or "", m.content or ""), want,
+              "thinking (seed %d, </think> at token %d): reasoning_content before it, content after" % (seed, k))
+    s = collect(stream_dict(client.chat.completions.create(stream=True, seed=seed, **base)), "chat")
+    rep.equal((s["reasoning"], s["text"]), want, "streamed thinking: delta.reasoning_content, then delta.content")
 
 
 def stop_across_boundary(pieces):
@@ -169,13 +199,15 @@ def run(argv):
     with open(tokenizer, encoding="utf-8") as f:
         t = json.load(f)
     n_ids = 1 + max([*t["model"]["vocab"].values(), *(a["id"] for a in t["added_tokens"])])
+    think_end = next(a["id"] for a in t["added_tokens"] if a["content"] == "</think>")
     ctx = {"dsacp": dsacp, "tokenizer": tokenizer, "prompt": prompt, "prompt_tokens": int(prompt_tokens),
-           "tokenizer_ids": n_ids}
+           "tokenizer_ids": n_ids, "think_end": think_end}
     rep = Report()
     client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=60)
     check_models(rep, client, name)
     text, pieces, ids = check_completion(rep, client, name, ctx)
     check_chat(rep, client, name)
+    check_think_split(rep, client, name, ctx)
     check_stop(rep, client, name, ctx, text, pieces, ids)
     check_seed(rep, client, name, ctx)
     check_errors(rep, client, name, ctx)
