@@ -1,12 +1,14 @@
 #!/bin/bash
 # dsacp serve's refusals with curl (docs/server.md, "Errors"): malformed JSON, wrong types, unknown
-# fields, negative / zero / huge / fractional max_tokens, prompts past the model's max positions,
-# empty prompts, invalid UTF-8, n = 2, ids out of range, unsupported features -> 400 with an OpenAI
-# error object naming the field, and a completion served right after each; 404 (path, model),
-# 405, 413 (Content-Length and chunked bodies), 401 with --api-key (/health without it), /metrics'
-# names; three stalled clients closed after --timeout while others are served; 429 with
+# and repeated fields, negative / zero / huge / fractional max_tokens, prompts past the model's max
+# positions, empty prompts, invalid UTF-8, n = 2, ids out of range, chat turns out of order,
+# unsupported features -> 400 with an OpenAI error object naming the field, and a completion
+# served right after each; 404 (path, model), 405, 413 (Content-Length and chunked bodies), 401
+# with --api-key (/health without it), /metrics' names; a prompt that fits no KV pool (400,
+# streamed too); three stalled clients closed after --timeout while others are served; 429 with
 # --max-num-seqs 1 --max-waiting 1 (the gauges say 1 running, 1 waiting; disconnecting clients
-# free them and count as aborts); SIGTERM while a request runs -> it finishes, new ones are not served, exit 0.
+# free them and count as aborts); SIGTERM while a request runs -> it finishes, new requests are
+# not served, exit 0.
 set -u
 . "$(dirname "$0")/lib/common.sh"
 . "$(dirname "$0")/lib/server.sh"
@@ -84,6 +86,9 @@ bad "chat messages a string" 400 messages $H '{"messages": "hi"}'
 bad "chat unknown role" 400 messages $H '{"messages": [{"role": "robot", "content": "x"}]}'
 bad "chat content a number" 400 messages $H '{"messages": [{"role": "user", "content": 5}]}'
 bad "chat invalid UTF-8 content" 400 messages $H "$(printf '{"messages": [{"role": "user", "content": "\xc3"}]}')"
+bad "chat two user turns in a row" 400 'messages[1]' $H '{"messages": [{"role": "user", "content": "x"}, {"role": "user", "content": "y"}]}'
+bad "chat ending with the assistant" 400 messages $H '{"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]}'
+bad "chat tool role" 400 'messages[0]' $H '{"messages": [{"role": "tool", "content": "x"}]}'
 bad "chat tools" 400 tools $H '{"messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function", "function": {"name": "f"}}]}'
 bad "chat thinking a string" 400 thinking $H '{"messages": [{"role": "user", "content": "x"}], "chat_template_kwargs": {"thinking": "yes"}}'
 bad "chat max_tokens -5" 400 max_tokens $H '{"messages": [{"role": "user", "content": "x"}], "max_tokens": -5}'
@@ -127,12 +132,18 @@ py_checks "$tmp/stall.log"
 server_stop "$SERVER_PID"
 [[ $STOP_RC == 0 ]] && pass "main server: SIGTERM, exit 0" || fail "main server: exit status $STOP_RC"
 
-# --api-key: every route but /health.
-server_start auth "$DSACP" serve "${MODEL_ARGS[@]}" --port 0 --api-key s3cret || { finish; exit 1; }
+# --api-key: every route but /health. (Its pool, 4 blocks of 64 tokens, also refuses what fits no
+# pool: a 400 after submission, streamed or not.)
+server_start auth "$DSACP" serve "${MODEL_ARGS[@]}" --port 0 --api-key s3cret --kv-blocks 4 --block-size 64 ||
+    { finish; exit 1; }
 AU=$SERVER_URL
+KEY=(-H 'Authorization: Bearer s3cret')
+code=$(post "$AU$C" "{\"prompt\": [$(ids 300)], \"max_tokens\": 2}" "${KEY[@]}"); check_error "a prompt larger than the KV pool" "$code" 400 -
+code=$(post "$AU$C" "{\"prompt\": [$(ids 300)], \"max_tokens\": 2, \"stream\": true}" "${KEY[@]}")
+check_error "a streamed prompt larger than the KV pool" "$code" 400 -
 code=$(post "$AU$C" '{"prompt": "a", "max_tokens": 2}'); check_error "no key" "$code" 401 -
 code=$(post "$AU$C" '{"prompt": "a", "max_tokens": 2}' -H 'Authorization: Bearer wrong'); check_error "wrong key" "$code" 401 -
-code=$(post "$AU$C" '{"prompt": "a", "max_tokens": 2}' -H 'Authorization: Bearer s3cret')
+code=$(post "$AU$C" '{"prompt": "a", "max_tokens": 2}' "${KEY[@]}")
 [[ $code == 200 ]] && pass "the right key: 200" || fail "the right key: $code"
 code=$(http GET "$AU/v1/models"); check_error "/v1/models without the key" "$code" 401 -
 code=$(http GET "$AU/metrics"); check_error "/metrics without the key" "$code" 401 -
