@@ -4,6 +4,7 @@
 completions and chat completions equal to the non-streamed ones for greedy requests (with the
 include_usage chunk), thinking mode's reasoning_content, stop strings across token boundaries and
 stop_token_ids, max_tokens -> "length", seeded sampling, and errors as the client's exceptions."""
+import concurrent.futures
 import json
 
 import openai
@@ -101,16 +102,20 @@ def check_think_split(rep, client, name, ctx):
     weights: about one token in 640), then its reasoning_content is the text before the token and
     content the text after, streamed and not."""
     end = ctx["think_end"]
-    base = dict(model=name, messages=chat_messages(), max_tokens=64, temperature=1.0,
+    base = dict(model=name, messages=chat_messages(), max_tokens=96, temperature=1.0,
                 extra_body={"chat_template_kwargs": {"thinking": True}, "return_token_ids": True, **EXACT})
     found = None
-    for seed in range(1, 61):
-        r = client.chat.completions.create(seed=seed, **base)
-        ids = getattr(r.choices[0], "token_ids", None) or []
-        if end in ids[1:-1]:
-            found = seed, r, ids
-            break
-    if not rep.check(found is not None, "thinking: a sampled reply with </think> inside", "none in 60 seeds"):
+    with concurrent.futures.ThreadPoolExecutor(12) as pool:
+        for first in range(1, 73, 12):  # 12 seeds at a time, batched by the server
+            seeds = range(first, first + 12)
+            for seed, r in zip(seeds, pool.map(lambda sd: client.chat.completions.create(seed=sd, **base), seeds)):
+                ids = getattr(r.choices[0], "token_ids", None) or []
+                if end in ids[1:-1]:
+                    found = seed, r, ids
+                    break
+            if found:
+                break
+    if not rep.check(found is not None, "thinking: a sampled reply with </think> inside", "none in 72 seeds"):
         return
     seed, r, ids = found
     k = ids.index(end)
