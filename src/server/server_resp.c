@@ -206,11 +206,11 @@ char *oai_error_json(const oai_error *e)
     put(x, "message", text_value(e->message), &ok);
     put(x, "type", json_string(e->type), &ok);
     put(x, "param", e->param[0] ? text_value(e->param) : json_null(), &ok);
-    /* code: a type that is OpenAI's code rather than its type ("model_not_found") as the string,
-     * else the HTTP status as vLLM writes it. */
+    /* code: OpenAI's string when the error's type is one ("model_not_found"), else null as
+     * OpenAI writes it (the HTTP status says the rest). */
     size_t tl = strlen(e->type);
     bool is_code = tl > 0 && (tl < 6 || strcmp(e->type + tl - 6, "_error") != 0);
-    put(x, "code", is_code ? json_string(e->type) : json_integer(e->http), &ok);
+    put(x, "code", is_code ? json_string(e->type) : json_null(), &ok);
     put(o, "error", x, &ok);
     return dump(o, ok, false);
 }
