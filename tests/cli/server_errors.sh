@@ -16,7 +16,7 @@ set -u
 server_model
 server_start main "$DSACP" serve "${MODEL_ARGS[@]}" --port 0 --max-body-bytes 65536 --timeout 2 || { finish; exit 1; }
 URL=$SERVER_URL
-MAX=$(curl -s -m 10 "$URL/v1/models" | python3 -c 'import json,sys; print(json.load(sys.stdin)["data"][0]["max_model_len"])')
+MAX=$(curl -s -m 10 "$URL/v1/models" | "$PY" -S -c 'import json,sys; print(json.load(sys.stdin)["data"][0]["max_model_len"])')
 [[ $MAX =~ ^[0-9]+$ ]] && pass "/v1/models: max_model_len $MAX" || { fail "/v1/models has no max_model_len"; MAX=4096; }
 
 # check_error NAME CODE WANT FIELD: the last response ($tmp/body) is status WANT with a JSON error
@@ -45,7 +45,7 @@ bad() {
     still_serving "$1"
 }
 C=/v1/completions H=/v1/chat/completions
-ids() { python3 -c 'import sys; print(",".join(["5"] * int(sys.argv[1])))' "$1"; }
+ids() { "$PY" -S -c 'import sys; print(",".join(["5"] * int(sys.argv[1])))' "$1"; }
 bad "malformed JSON" 400 - $C '{"prompt": "Hello", "max_tokens": '
 bad "body not an object" 400 - $C '[1, 2, 3]'
 bad "empty body" 400 - $C ''
@@ -120,14 +120,14 @@ grep -q '^vllm:request_success_total{.*finished_reason="length"' "$tmp/body" && 
     fail "/metrics: no request_success_total{finished_reason=\"length\"}"
 
 # Bodies past --max-body-bytes (65536): announced by Content-Length, and chunked without one.
-python3 -c 'print("{\"prompt\": \"" + "a" * 100000 + "\"}")' >"$tmp/big.json"
+"$PY" -S -c 'print("{\"prompt\": \"" + "a" * 100000 + "\"}")' >"$tmp/big.json"
 code=$(post "$URL$C" "@$tmp/big.json"); check_error "body over --max-body-bytes" "$code" 413 -
 code=$(post "$URL$C" "@$tmp/big.json" -H 'Transfer-Encoding: chunked'); check_error "chunked body over --max-body-bytes" "$code" 413 -
 still_serving "413"
 ((unserved == 0)) && pass "served after the 413s"
 
 # Stalled clients (--timeout 2).
-PYTHONPATH=$PYDIR python3 "$PYDIR/stall.py" "$URL" 2 "$MODEL_NAME" >"$tmp/stall.log" 2>&1
+PYTHONPATH=$PYDIR "$PY" "$PYDIR/stall.py" "$URL" 2 "$MODEL_NAME" >"$tmp/stall.log" 2>&1
 py_checks "$tmp/stall.log"
 server_stop "$SERVER_PID"
 [[ $STOP_RC == 0 ]] && pass "main server: SIGTERM, exit 0" || fail "main server: exit status $STOP_RC"

@@ -21,7 +21,7 @@ rss() { awk '/^VmRSS:/ { print $2 }' "/proc/$PID/status" 2>/dev/null; }
 # round N: one round of load.py, then the gauges back to zero (the aborts are processed at the
 # loop's next step: a few seconds at most). RSS_N: the server's RSS (kB) afterwards.
 round() {
-    PYTHONPATH=$PYDIR timeout 120 python3 "$PYDIR/load.py" "$URL" "$CLIENTS" "$GEN" "$1" >"$tmp/load$1.log" 2>&1
+    PYTHONPATH=$PYDIR timeout 120 "$PY" "$PYDIR/load.py" "$URL" "$CLIENTS" "$GEN" "$1" >"$tmp/load$1.log" 2>&1
     py_checks "$tmp/load$1.log"
     local r w kv
     for _ in $(seq 100); do

@@ -14,10 +14,10 @@ server_model
 # tokens NAME URL: tokens.py's output in $tmp/NAME.json; each request answered with 200 and its
 # max_tokens ids.
 tokens() {
-    PYTHONPATH=$PYDIR timeout 120 python3 "$PYDIR/tokens.py" "$2" >"$tmp/$1.json" 2>"$tmp/$1.pyerr" ||
+    PYTHONPATH=$PYDIR timeout 120 "$PY" "$PYDIR/tokens.py" "$2" >"$tmp/$1.json" 2>"$tmp/$1.pyerr" ||
         { fail "$1: tokens.py: $(tail -n 3 "$tmp/$1.pyerr")"; return 1; }
     local bad
-    bad=$(python3 -c 'import json, sys
+    bad=$("$PY" -S -c 'import json, sys
 d = json.load(open(sys.argv[1]))
 print(" ".join(k for k, v in d.items() if v.get("status") != 200 or not v.get("ids")))' "$tmp/$1.json")
     [[ -z $bad ]] || { fail "$1: failed requests: $bad $(head -c 300 "$tmp/$1.json")"; return 1; }
@@ -50,7 +50,7 @@ for cfg in "${cfgs[@]}"; do
     fi
     if [[ -z $cfg ]]; then
         # A client that goes away mid-stream: KV back to 0 on every rank, then the same tokens again.
-        PYTHONPATH=$PYDIR timeout 60 python3 -c 'import sys
+        PYTHONPATH=$PYDIR timeout 60 "$PY" -c 'import sys
 from oaitest import Stream
 s = Stream(sys.argv[1], "/v1/completions", {"prompt": "a", "max_tokens": 3000, "ignore_eos": True, "stream": True})
 events = iter(s)

@@ -6,6 +6,9 @@ SRC=${DSACP_SOURCE_DIR:?set by CTest}
 BUILD=${DSACP_BUILD_DIR:?set by CTest}
 TOK=$SRC/tests/data/tok_chat/tokenizer.json
 PYDIR=$SRC/tests/server
+# The interpreter itself, not a version manager's shim in front of it (a shim costs ~100 ms a
+# call, and the scripts call Python often); -S where only the standard library is needed.
+PY=$(python3 -c 'import sys; print(sys.executable)')
 
 # The model every server test serves: tiny with the tokenizer's vocabulary (init-model --tokenizer
 # copies tokenizer.json into the directory, so serve needs no --tokenizer). MODEL_ARGS: the serve
@@ -80,7 +83,7 @@ post() {
 # jget FILE EXPR: EXPR (Python, over the parsed JSON `d`) printed; empty when the file is no JSON
 # or EXPR fails.
 jget() {
-    python3 -c 'import json, sys
+    "$PY" -S -c 'import json, sys
 try:
     d = json.load(open(sys.argv[1], encoding="utf-8"))
     v = eval(sys.argv[2])
