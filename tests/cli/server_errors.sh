@@ -1,5 +1,6 @@
 #!/bin/bash
-# dsacp serve's refusals with curl (docs/server.md, "Errors"): malformed JSON, wrong types, unknown
+# dsacp serve's refusals with curl (docs/server.md, "Errors"), after its default address (loopback
+# only): malformed JSON, wrong types, unknown
 # and repeated fields, negative / zero / huge / fractional max_tokens, prompts past the model's max
 # positions, empty prompts, invalid UTF-8, n = 2, ids out of range, chat turns out of order,
 # unsupported features -> 400 with an OpenAI error object naming the field, and a completion
@@ -16,6 +17,13 @@ set -u
 server_model
 server_start main "$DSACP" serve "${MODEL_ARGS[@]}" --port 0 --max-body-bytes 65536 --timeout 2 || { finish; exit 1; }
 URL=$SERVER_URL
+# Loopback by default: the port is not reachable at the machine's other addresses.
+[[ $URL == http://127.0.0.1:* ]] && pass "bound to 127.0.0.1 by default" || fail "default address: $URL"
+other=$(hostname -I 2>/dev/null | tr ' ' '\n' | grep -m 1 '^[0-9.]*$' | grep -v '^127\.')
+if [[ -n $other ]]; then
+    code=$(curl -s -m 5 -o /dev/null -w '%{http_code}' "http://$other:${URL##*:}/health")
+    [[ $code == 000 ]] && pass "not reachable at $other" || fail "reachable at $other: $code"
+fi
 MAX=$(curl -s -m 10 "$URL/v1/models" | "$PY" -S -c 'import json,sys; print(json.load(sys.stdin)["data"][0]["max_model_len"])')
 [[ $MAX =~ ^[0-9]+$ ]] && pass "/v1/models: max_model_len $MAX" || { fail "/v1/models has no max_model_len"; MAX=4096; }
 
