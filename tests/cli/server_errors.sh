@@ -1,15 +1,14 @@
 #!/bin/bash
 # dsacp serve's refusals with curl (docs/server.md, "Errors"), after its default address (loopback
-# only): malformed JSON, wrong types, unknown
-# and repeated fields, negative / zero / huge / fractional max_tokens, prompts past the model's max
-# positions, empty prompts, invalid UTF-8, n = 2, ids out of range, chat turns out of order,
-# unsupported features -> 400 with an OpenAI error object naming the field, and a completion
-# served right after each; 404 (path, model), 405, 413 (Content-Length and chunked bodies), 401
-# with --api-key (/health without it), /metrics' names; a prompt that fits no KV pool (400,
-# streamed too); three stalled clients closed after --timeout while others are served; 429 with
-# --max-num-seqs 1 --max-waiting 1 (the gauges say 1 running, 1 waiting; disconnecting clients
-# free them and count as aborts); SIGTERM while a request runs -> it finishes, new requests are
-# not served, exit 0.
+# only): malformed JSON, wrong types, unknown and repeated fields, negative / zero / huge /
+# fractional max_tokens, prompts past the model's max positions, empty prompts, invalid UTF-8,
+# n = 2, ids out of range, chat turns out of order, unsupported features -> 400 with an OpenAI
+# error object naming the field, and a completion served right after each; 404 (path, model),
+# 405, 413 (Content-Length and chunked bodies), 401 with --api-key (/health without it),
+# /metrics' names; a prompt that fits no KV pool (400, streamed too); three stalled clients closed
+# after --timeout while others are served; 429 with --max-num-seqs 1 --max-waiting 1 (the gauges
+# say 1 running, 1 waiting; disconnecting clients free them and count as aborts); SIGTERM while a
+# request runs -> it finishes, new requests are not served, exit 0.
 set -u
 . "$(dirname "$0")/lib/common.sh"
 . "$(dirname "$0")/lib/server.sh"
