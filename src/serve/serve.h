@@ -3,9 +3,11 @@
  * include/dsacp_serve.h. Calls engine, cp (the relayout's formula), comm and core.
  *
  * Files, calling one way: serve_run.c (dsacp_serve_run: one group's run, or a disaggregated run's
- * workload, end and merged result) above serve.c (the loop and its scheduler, every role; the
- * types both share in serve_loop.h) above serve_pd.c (the link between a producer and a consumer
- * group: control messages, the KV transfer; docs/disaggregation.md).
+ * workload, end and merged result) and serve_live.c (the online loop's create, run, free) above
+ * serve.c (the loop and its scheduler, every role; the types they share in serve_loop.h) above
+ * serve_live_queue.c (the online loop's queue, slots, events and hooks) and serve_pd.c (the link
+ * between a producer and a consumer group: control messages, the KV transfer;
+ * docs/disaggregation.md).
  */
 #ifndef DSACP_SERVE_H
 #define DSACP_SERVE_H

@@ -132,7 +132,7 @@ int dsacp_serve_plan_push(plan *p, int64_t v);
 /* Sends rank 0's words (length 0: the run is over) to every rank of c. */
 int dsacp_serve_plan_bcast(dsacp_comm *c, plan *p);
 
-/* ---- serve_live.c (the online loop; below serve.c's loop, which calls these hooks) ---- */
+/* ---- serve_live_queue.c (the online loop's hooks; below serve.c and serve_plan.c, which call them) ---- */
 /* Rank 0, at the start of each plan: takes what was submitted and aborted (waiting up to 50 ms
  * when nothing runs); *over: a shutdown drained the loop (the plan is the empty one). */
 int dsacp_live_plan_begin(sched *S, loop *L, bool *over);
