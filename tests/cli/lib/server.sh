@@ -1,5 +1,5 @@
 # Shared by tests/cli/server*.sh (after lib/common.sh; this folder is not a test): a model with the
-# committed tok_chat tokenizer (tests/data/tok_chat, 516 ids in DeepSeek-V3.2's shape), servers
+# committed tok_chat tokenizer (tests/data/tok_chat, 514 ids in DeepSeek-V3.2's shape), servers
 # started on a free port and always stopped, plain HTTP requests with curl, JSON fields read with
 # the system python3 (standard library only; the openai client has its own venv, server_openai.sh).
 SRC=${DSACP_SOURCE_DIR:?set by CTest}
@@ -10,8 +10,9 @@ PYDIR=$SRC/tests/server
 # call, and the scripts call Python often); -S where only the standard library is needed.
 PY=$(python3 -c 'import sys; print(sys.executable)')
 
-# The model every server test serves: tiny with the tokenizer's vocabulary (init-model --tokenizer
-# copies tokenizer.json into the directory, so serve needs no --tokenizer). MODEL_ARGS: the serve
+# The model every server test serves: tiny with a vocabulary for the tokenizer (640 rows: the
+# random weights also draw the 126 ids without a token); init-model --tokenizer copies
+# tokenizer.json into the directory, so serve needs no --tokenizer. MODEL_ARGS: the serve
 # flags naming it; MODEL_NAME: the served name, the directory's.
 MODEL_NAME=tinychat
 server_model() {
@@ -22,7 +23,8 @@ server_model() {
 
 # server_start NAME CMD...: starts CMD (dsacp serve --port 0 ..., or mpirun of it) in the background
 # under a 300 s ceiling (`timeout` without -k: with it, any signal it hands on would be followed
-# by a SIGKILL), in its own process group, stdout in $tmp/NAME.out and stderr in $tmp/NAME.err; waits (60 s at most) for its "listening on http://H:P" line. Sets SERVER_PID (the
+# by a SIGKILL), in its own process group, stdout in $tmp/NAME.out and stderr in $tmp/NAME.err;
+# waits (60 s at most) for its "listening on http://H:P" line. Sets SERVER_PID (the
 # group: the `timeout` process, which hands SIGTERM on to the server) and SERVER_URL. Returns 1
 # (after a FAIL) when it never listened.
 SERVER_PIDS=()
