@@ -173,7 +173,7 @@ static int prob_desc(const void *a, const void *b)
 /* Greedy: the first largest logit. Otherwise softmax(logits / T) restricted to the smallest set of
  * tokens whose probability reaches top_p, drawn with a generator seeded by (seed, request, index),
  * so a token does not depend on the batch it was computed in. The request's own sampling (a batch
- * run's options, or an online request's; rng_req: its index in a batch run). work: V entries. */
+ * run's options with seed + request index, or an online request's own). work: V entries. */
 static int32_t sample(const float *logits, int64_t V, const sreq *r, int64_t index, prob *work)
 {
     const int64_t best = dsacp_spec_argmax(logits, V);
@@ -519,7 +519,9 @@ static int serve_setup(sched *S, loop *L)
             rc = dsacp_error(DSACP_ENOMEM, "out of memory");
         else memcpy(r->seq, q->prompt, (size_t)q->prompt_len * sizeof *r->seq), r->len = q->prompt_len;
         r->state = ST_FUTURE;
-        r->temperature = S->o->temperature, r->top_p = S->o->top_p, r->seed = S->o->seed, r->rng_req = i;
+        /* Request i's draws are (seed + i, index)'s: what an online request sent with seed + i gets
+         * (dsacp run --url sends that), so the in-process run and the benchmark client agree. */
+        r->temperature = S->o->temperature, r->top_p = S->o->top_p, r->seed = S->o->seed + (uint64_t)i, r->rng_req = 0;
     }
     return rc;
 }

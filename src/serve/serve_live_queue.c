@@ -335,9 +335,11 @@ int dsacp_live_plan_begin(sched *S, loop *L, bool *over)
     int shut = 0;
     bool any = false;
     int rc = take_queued(lv, &shut, &any);
-    bool active = false;
-    for (int64_t s = 0; s < lv->cap && !rc; s++) active |= slot_active(lv, s);
-    if (!rc && !active && !any && !shut) { /* idle: wait a little for a submission */
+    bool active = false, ends = false;
+    for (int64_t s = 0; s < lv->cap && !rc; s++) active |= slot_active(lv, s), ends |= S->r[s].state == ST_DONE && S->eid[s] >= 0;
+    /* Idle: wait a little for a submission -- unless requests that just ended still hold blocks:
+     * this plan ends them first, so the KV gauge reads 0 as soon as the last request is done. */
+    if (!rc && !active && !any && !shut && !ends) {
         pthread_mutex_lock(&lv->mu);
         if (lv->n_pend == 0 && lv->n_abort == 0) {
             struct timespec ts;

@@ -78,7 +78,7 @@ int dsacp_spec_accept(sched *S, loop *L, int64_t i, const float *logits, bool *s
     } else {
         for (int64_t j = 0; j <= k; j++)
             dsacp_spec_target_probs(logits + j * V, V, o->temperature, o->top_p, L->swork, L->probs + j * V);
-        spec_rng_arg arg = {o->seed, s, res->out[s].n_tokens};
+        spec_rng_arg arg = {S->r[s].seed, S->r[s].rng_req, res->out[s].n_tokens};
         a = dsacp_spec_accept_sample(L->probs, NULL, V, r->draft, k, spec_rng_for, &arg,
                                      L->probs + (DSACP_SPEC_MAX_TOKENS + 1) * V, run);
     }
