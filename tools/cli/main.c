@@ -18,7 +18,9 @@ typedef struct cli_command {
 } cli_command;
 
 static const cli_command commands[] = {
-    {"init-model", cli_init_model, "--preset NAME --out DIR [--seed N] [--weights f32|bf16|fp8] [--no-mtp]",
+    {"init-model", cli_init_model,
+     "--preset NAME --out DIR [--seed N] [--weights f32|bf16|fp8] [--no-mtp]\n"
+     "           [--tokenizer FILE] [--vocab-size N]",
      "write config.json and model.safetensors with deterministic random weights",
      "  --preset NAME   tiny, tiny-moe, small or v32-layer\n"
      "  --out DIR       the model directory to create (nothing is left there on failure)\n"
@@ -26,7 +28,12 @@ static const cli_command commands[] = {
      "  --weights FMT   stored dtype of the linear weights: f32, bf16 or fp8 (default f32; fp8 for\n"
      "                  v32-layer)\n"
      "  --no-mtp        leave out the MTP layer (checkpoint layer num_hidden_layers) and declare\n"
-     "                  num_nextn_predict_layers 0 (every preset has one MTP layer)\n"},
+     "                  num_nextn_predict_layers 0 (every preset has one MTP layer)\n"
+     "  --tokenizer FILE  a Hugging Face tokenizer.json, copied into DIR (with tokenizer_config.json\n"
+     "                  from its directory); the vocabulary fits it: 129280 for DeepSeek's own\n"
+     "                  (V3/V3.1/V3.2: 128815 ids), else its ids rounded up to a multiple of 128\n"
+     "                  (docs/text.md section 3); config.json gets bos_token_id and eos_token_id\n"
+     "  --vocab-size N  the vocabulary instead (at least the tokenizer's ids)\n"},
     {"inspect", cli_inspect, "--model DIR [--scan-weights]",
      "load and validate a model directory (config and safetensors headers), print a summary",
      "  --model DIR     config.json plus model.safetensors (or the shards of\n"
@@ -34,7 +41,8 @@ static const cli_command commands[] = {
      "  --scan-weights  also read every weight and report NaN/Inf (reads the whole checkpoint)\n"
      "Reads only config.json and the safetensors headers unless --scan-weights is given. Exits 2 when\n"
      "the model is malformed (missing or malformed tensors, a bad config), 1 when --scan-weights finds\n"
-     "NaN/Inf.\n"},
+     "NaN/Inf. A tokenizer.json in DIR is reported with its id count; one that does not load or has\n"
+     "more ids than the vocabulary is an error (exit 2).\n"},
     {"forward", cli_forward,
      "--model DIR --input IN.safetensors --output OUT.safetensors\n"
      "          [--numerics exact|deployed] [--kv-dtype f32|bf16|fp8] [--block-size B] [--dump-topk]\n"
@@ -135,16 +143,22 @@ static const cli_command commands[] = {
      "          [--max-batch-tokens N] [--max-num-seqs N] [--kv-blocks N | --kv-memory SIZE] [--verify]\n"
      "          [--json FILE] [--seed N] [--temperature T] [--top-p P] [--speculative-config JSON]\n"
      "          [--no-realtime] [CP flags]\n"
-     "          [--kv-role kv_producer|kv_consumer|kv_both | --pd P:D] [--kv-transfer-timeout S]",
+     "          [--kv-role kv_producer|kv_consumer|kv_both | --pd P:D] [--kv-transfer-timeout S]\n"
+     "   or: dsacp run --url http://HOST:PORT [--model DIR | --preset NAME | --tokenizer FILE]\n"
+     "          [--model-name NAME] [--max-concurrency N] [the workload's flags] [--json FILE] [--seed N]\n"
+     "          [--temperature T] [--top-p P] [--no-realtime]",
      "serve a workload with continuous batching and report latency, throughput, traffic, memory",
      "  --model DIR / --preset NAME   the model (a preset is created in a temporary directory under\n"
      "                               $TMPDIR or /tmp, removed once loaded and on SIGINT/SIGTERM)\n"
      "  --requests N                 synthetic requests (default 16) with prompt lengths uniform in\n"
      "  --prompt-len MIN:MAX         (default 128:512) and output lengths in --gen-len (default 16:32),\n"
      "  --arrival-rate R             arriving as a Poisson process of R requests/s (0: all at once)\n"
+     "                               (prompt ids uniform over the vocabulary, or over the ids of the\n"
+     "                               model directory's tokenizer.json when it has one)\n"
      "  --long-requests N            N more requests with prompts in --long-prompt-len (2048:4096), at t=0\n"
      "  --prompts FILE.jsonl         one JSON object per line: prompt_ids (array of ints), optional\n"
-     "                               max_new_tokens, stop_ids, arrival_s\n"
+     "                               max_new_tokens, stop_ids, arrival_s (with --url: prompt, a text,\n"
+     "                               instead of prompt_ids)\n"
      "  --max-batch-tokens N         per-step token budget (default 2048): decode tokens first, then\n"
      "                               prefill chunks (chunked prefill)\n"
      "  --max-num-seqs N             running requests at most (default 256)\n"
@@ -162,8 +176,21 @@ static const cli_command commands[] = {
      "  --no-realtime                every request present at t = 0; arrival times only order the\n"
      "                               queue (like vllm bench serve --request-rate inf)\n"
      "  --numerics, --kv-dtype, --block-size as for forward\n"
+     "benchmark client (docs/serving.md \"The benchmark client\"):\n"
+     "  --url http://HOST:PORT       send the workload to an OpenAI-compatible server (dsacp serve, vLLM)\n"
+     "                               as streamed POST /v1/completions, each request at its arrival time,\n"
+     "                               and report what the client saw (no model is loaded; the engine's,\n"
+     "                               KV, CP and role flags and --verify are refused)\n"
+     "  --model DIR | --preset NAME | --tokenizer FILE   with --url: only the vocabulary the synthetic\n"
+     "                               prompts are drawn from (same flags, same prompts as in-process)\n"
+     "  --model-name NAME            the requests' \"model\" (default: the first id of GET /v1/models)\n"
+     "  --max-concurrency N          requests in flight at most (default: no limit)\n"
+     "  $OPENAI_API_KEY, when set, is sent as 'Authorization: Bearer KEY' (dsacp serve --api-key)\n"
+     "  a request the server refuses or breaks off is reported as failed, with its error (exit 0,\n"
+     "  as vllm bench serve); a server that cannot be reached exits 1\n"
      "Exit status: 0; 2 a bad invocation (flags, or a file or value named: model, prompts, sizes);\n"
-     "1 a failed run (an output that cannot be written included); 3 --verify failed.\n" CLI_RUN_PD_USAGE CLI_CP_USAGE},
+     "1 a failed run (an output that cannot be written, a --url server that cannot be reached);\n"
+     "3 --verify failed.\n" CLI_RUN_PD_USAGE CLI_CP_USAGE},
     {"serve", cli_serve,
      "(--model DIR | --preset NAME) [--tokenizer FILE] [--host H] [--port P] [--api-key KEY]\n"
      "          [--served-model-name NAME] [--max-num-batched-tokens N] [--max-num-seqs N] [--max-waiting N]\n"
