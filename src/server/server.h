@@ -3,8 +3,9 @@
  * serve (the online loop, dsacp_live_*), text (tokenizer, chat encoding, streaming detokenizer),
  * engine (the model's configuration) and core. Internal.
  *
- * Files, calling one way: server.c (dsacp_server_*: lifecycle, the live loop's sink, per-request
- * state) above server_http.c (libmicrohttpd: routes, bodies, auth, limits, SSE) above
+ * Files, calling one way: server.c (dsacp_server_*: lifecycle, the stop watcher) above
+ * server_http.c (libmicrohttpd, one thread per connection: routes, bodies, auth, limits) above
+ * server_conn.c (per-request state shared with the live loop's sink: text, SSE, the response) above
  * server_req.c (OpenAI request bodies -> token ids and sampling, or an error naming the field),
  * server_resp.c (response bodies and SSE chunks), server_stop.c (stop strings over streamed text)
  * and server_metrics.c (Prometheus text with vLLM's names).
