@@ -77,6 +77,18 @@ void cli_cleanup_remove(int slot);
 void cli_signals_hold(bool hold, sigset_t *saved);
 /* Removes a directory the command created and the files directly inside it. */
 int cli_remove_dir(const char *dir);
+/* "512M", "2G", "1048576" (K, M, G: powers of 1024; an optional B; a fraction allowed): bytes in
+ * [1, 1e15], -1 when malformed (--kv-memory). */
+int64_t cli_parse_size(const char *s);
+/* The model of --preset: a fresh directory "$TMPDIR/dsacp-CMD-XXXXXX" (or /tmp), registered for
+ * removal on SIGINT/SIGTERM/SIGHUP, holding the preset's bf16 weights; removed by the caller as
+ * soon as every rank has loaded it (the weights stay mapped). */
+typedef struct cli_tmp_model {
+    char dir[4096];
+    int cleanup; /* cli_cleanup_add slot, -1 when none */
+} cli_tmp_model;
+int cli_tmp_model_create(cli_tmp_model *t, const char *cmd, const dsacp_config *pc, uint64_t seed);
+void cli_tmp_model_remove(cli_tmp_model *t, const char *cmd);
 
 /* An output file of a command (docs/conventions.md "Inputs and outputs"): opened by rank 0 before
  * any work (its temporary beside the target: a missing directory, a directory, a device, a

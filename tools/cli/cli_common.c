@@ -711,3 +711,56 @@ int cli_cp_finish(const char *cmd, const cli_opt *opts, int status, const dsacp_
     }
     return rc;
 }
+
+int64_t cli_parse_size(const char *s)
+{
+    char num[64];
+    size_t n = strlen(s);
+    double mult = 1;
+    if (n && (s[n - 1] == 'B' || s[n - 1] == 'b')) n--;
+    if (n) switch (s[n - 1]) {
+        case 'k': case 'K': mult = 1024.0, n--; break;
+        case 'm': case 'M': mult = 1048576.0, n--; break;
+        case 'g': case 'G': mult = 1073741824.0, n--; break;
+        default: break;
+        }
+    if (n == 0 || n >= sizeof num) return -1;
+    memcpy(num, s, n);
+    num[n] = 0;
+    double v;
+    if (!cli_parse_f64(num, &v)) return -1;
+    v *= mult;
+    return v >= 1 && v <= 1e15 ? (int64_t)v : -1;
+}
+
+int cli_tmp_model_create(cli_tmp_model *t, const char *cmd, const dsacp_config *pc, uint64_t seed)
+{
+    const char *base = getenv("TMPDIR");
+    if (!base || !*base) base = "/tmp";
+    t->cleanup = -1;
+    const int n = snprintf(t->dir, sizeof t->dir, "%s/dsacp-%s-XXXXXX", base, cmd);
+    if (n < 0 || (size_t)n >= sizeof t->dir) {
+        t->dir[0] = 0;
+        return dsacp_error(DSACP_EINVAL, "TMPDIR = '%s': the path is too long", base);
+    }
+    sigset_t saved; /* the directory exists only once a signal would remove it */
+    cli_signals_hold(true, &saved);
+    if (!mkdtemp(t->dir)) {
+        const int err = errno;
+        cli_signals_hold(false, &saved);
+        t->dir[0] = 0;
+        return dsacp_error(DSACP_EIO, "cannot create a temporary model directory in %s (TMPDIR): %s", base, strerror(err));
+    }
+    t->cleanup = cli_cleanup_add(t->dir, true);
+    cli_signals_hold(false, &saved);
+    return dsacp_model_init(pc, t->dir, seed, DSACP_WEIGHTS_BF16);
+}
+
+void cli_tmp_model_remove(cli_tmp_model *t, const char *cmd)
+{
+    if (!t->dir[0]) return;
+    if (cli_remove_dir(t->dir)) fprintf(stderr, "dsacp %s: warning: %s\n", cmd, dsacp_last_error());
+    cli_cleanup_remove(t->cleanup);
+    t->cleanup = -1;
+    t->dir[0] = 0;
+}

@@ -35,67 +35,6 @@ void run_progress(void *arg, const dsacp_serve_progress *p)
     if (ps->tty && p->done == p->total) fputc('\n', stderr);
 }
 
-/* "512M", "2G", "1048576": bytes (K, M, G: powers of 1024; an optional B); the number in the
- * strict grammar. -1 when malformed, below one byte or above 1e15. */
-static int64_t parse_size(const char *s)
-{
-    char num[64];
-    size_t n = strlen(s);
-    double mult = 1;
-    if (n && (s[n - 1] == 'B' || s[n - 1] == 'b')) n--;
-    if (n) switch (s[n - 1]) {
-        case 'k': case 'K': mult = 1024.0, n--; break;
-        case 'm': case 'M': mult = 1048576.0, n--; break;
-        case 'g': case 'G': mult = 1073741824.0, n--; break;
-        default: break;
-        }
-    if (n == 0 || n >= sizeof num) return -1;
-    memcpy(num, s, n);
-    num[n] = 0;
-    double v;
-    if (!cli_parse_f64(num, &v)) return -1;
-    v *= mult;
-    return v >= 1 && v <= 1e15 ? (int64_t)v : -1;
-}
-
-/* The model of --preset: rank 0 writes it into a fresh directory under $TMPDIR (or /tmp), removed
- * on SIGINT/SIGTERM and as soon as every rank has loaded it (the weights stay mapped). */
-typedef struct tmp_model {
-    char dir[4096];
-    int cleanup; /* cli_cleanup_add slot, -1 when none */
-} tmp_model;
-
-static int tmp_model_create(tmp_model *t, const dsacp_config *pc, uint64_t seed)
-{
-    const char *base = getenv("TMPDIR");
-    if (!base || !*base) base = "/tmp";
-    const int n = snprintf(t->dir, sizeof t->dir, "%s/dsacp-run-XXXXXX", base);
-    if (n < 0 || (size_t)n >= sizeof t->dir) {
-        t->dir[0] = 0;
-        return dsacp_error(DSACP_EINVAL, "TMPDIR = '%s': the path is too long", base);
-    }
-    sigset_t saved; /* the directory exists only once a signal would remove it */
-    cli_signals_hold(true, &saved);
-    if (!mkdtemp(t->dir)) {
-        const int err = errno;
-        cli_signals_hold(false, &saved);
-        t->dir[0] = 0;
-        return dsacp_error(DSACP_EIO, "cannot create a temporary model directory in %s (TMPDIR): %s", base, strerror(err));
-    }
-    t->cleanup = cli_cleanup_add(t->dir, true);
-    cli_signals_hold(false, &saved);
-    return dsacp_model_init(pc, t->dir, seed, DSACP_WEIGHTS_BF16);
-}
-
-static void tmp_model_remove(tmp_model *t)
-{
-    if (!t->dir[0]) return;
-    if (cli_remove_dir(t->dir)) fprintf(stderr, "dsacp run: warning: %s\n", dsacp_last_error());
-    cli_cleanup_remove(t->cleanup);
-    t->cleanup = -1;
-    t->dir[0] = 0;
-}
-
 /* What a run holds, from its outputs to its report; run_state_free releases all of it. */
 typedef struct run_state {
     dsacp_comm *world; /* every setup agreement goes over it */
@@ -107,7 +46,7 @@ typedef struct run_state {
     run_pd_card *cards;  /* [world] */
     run_pd_rank *pdr;    /* [world], world rank 0 */
     cli_output json_out, report_out;
-    tmp_model tm;
+    cli_tmp_model tm;
     dsacp_model *m;
     const char *model_name;
     workload wl;
@@ -189,7 +128,7 @@ static int run_parse_values(const cli_opt *opts, run_args *a)
         fprintf(stderr, "dsacp run: option '--top-p' applies to sampling only: give '--temperature T' > 0 with it\n");
         return 2;
     }
-    if ((s = cli_get(opts, "kv-memory")) && (a->kvmem = parse_size(s)) < 0) {
+    if ((s = cli_get(opts, "kv-memory")) && (a->kvmem = cli_parse_size(s)) < 0) {
         fprintf(stderr, "dsacp run: option '--kv-memory' must be a size of at least one byte like 512M, 2G or "
                 "1048576, got '%s'\n", s);
         return 2;
@@ -244,7 +183,7 @@ static int run_load_model(const run_args *a, run_state *st)
     int rc = DSACP_OK;
     const char *mdir = a->mdir;
     if (a->preset) {
-        if (st->root) rc = tmp_model_create(&st->tm, &a->pc, (uint64_t)a->seed);
+        if (st->root) rc = cli_tmp_model_create(&st->tm, "run", &a->pc, (uint64_t)a->seed);
         if (st->world) rc = dsacp_comm_agree(st->world, rc);
         if (!rc && st->world) rc = dsacp_comm_bcast(st->world, st->tm.dir, sizeof st->tm.dir, DSACP_PHASE_input);
         if (rc) return cli_fail("run", rc); /* the machine failed (disk, TMPDIR), not the invocation */
@@ -252,7 +191,7 @@ static int run_load_model(const run_args *a, run_state *st)
     }
     rc = dsacp_model_load(mdir, &st->m);
     if (st->world) rc = dsacp_comm_agree(st->world, rc);
-    if (st->root) tmp_model_remove(&st->tm); /* every rank has it mapped (or failed) */
+    if (st->root) cli_tmp_model_remove(&st->tm, "run"); /* every rank has it mapped (or failed) */
     if (rc) return a->preset ? cli_fail("run", rc) : cli_fail_invocation("run", rc);
     st->model_name = a->preset ? a->preset : a->mdir;
     run_capture cap; /* each group checks its own block size: the verdict is the world's */
@@ -528,7 +467,7 @@ static void run_state_free(run_state *st)
 {
     cli_output_abort(&st->json_out);
     cli_output_abort(&st->report_out);
-    if (st->root) tmp_model_remove(&st->tm);
+    if (st->root) cli_tmp_model_remove(&st->tm, "run");
     free(st->text);
     free(st->jtext);
     free(st->div);

@@ -39,22 +39,6 @@ static void access_log(void *arg, const char *line)
     fprintf(stderr, "[serve] %s\n", line);
 }
 
-/* "512M", "2G", "1048576" (K, M, G: powers of 1024; an optional B): bytes, -1 when malformed. */
-static int64_t serve_size(const char *s)
-{
-    char num[64];
-    size_t n = strlen(s);
-    double unit = 1;
-    if (n && (s[n - 1] == 'B' || s[n - 1] == 'b')) n--;
-    const char *units = "kKmMgG", *u = n ? strchr(units, s[n - 1]) : NULL;
-    if (u && *u) unit = (double)((int64_t)1 << (10 * (1 + (u - units) / 2))), n--;
-    if (n == 0 || n >= sizeof num) return -1;
-    memcpy(num, s, n);
-    num[n] = 0;
-    double v;
-    return cli_parse_f64(num, &v) && v * unit >= 1 && v * unit <= 1e15 ? (int64_t)(v * unit) : -1;
-}
-
 /* The server's numbers and strings. */
 static bool serve_parse_server(const cli_opt *opts, serve_args *a)
 {
@@ -103,7 +87,7 @@ static int serve_parse(const cli_opt *opts, serve_args *a)
         return 2;
     }
     if ((s = cli_get(opts, "kv-blocks")) && !cli_int("serve", "kv-blocks", s, 1, INT32_MAX, &a->kvb)) return 2;
-    if ((s = cli_get(opts, "kv-memory")) && (a->kvmem = serve_size(s)) < 0) {
+    if ((s = cli_get(opts, "kv-memory")) && (a->kvmem = cli_parse_size(s)) < 0) {
         fprintf(stderr, "dsacp serve: option '--kv-memory' must be a size of at least one byte like 512M, 2G or "
                 "1048576, got '%s'\n", s);
         return 2;
@@ -122,8 +106,7 @@ static int serve_parse(const cli_opt *opts, serve_args *a)
 /* What a serve holds; serve_state_free releases it. */
 typedef struct serve_state {
     bool root;
-    char tmpdir[4096]; /* --preset's model directory until every rank has loaded it */
-    int cleanup;
+    cli_tmp_model tm; /* --preset's model directory until every rank has loaded it */
     dsacp_model *m;
     dsacp_tokenizer *tok;
     dsacp_engine *e;
@@ -132,39 +115,19 @@ typedef struct serve_state {
     char name[256];
 } serve_state;
 
-/* --preset: rank 0 writes the preset into a fresh directory under $TMPDIR (or /tmp), which every
- * rank then loads; removed once loaded (the weights stay mapped) and on SIGINT/SIGTERM. */
+/* --preset: rank 0 writes the preset into a fresh directory (cli_tmp_model), which every rank then
+ * loads; removed once loaded (the weights stay mapped) and on SIGINT/SIGTERM. */
 static int serve_preset_dir(const serve_args *a, serve_state *st)
 {
     int rc = DSACP_OK;
     if (st->root) {
-        const char *base = getenv("TMPDIR");
-        if (!base || !*base) base = "/tmp";
         dsacp_config pc;
-        sigset_t saved;
-        cli_signals_hold(true, &saved);
-        if ((size_t)snprintf(st->tmpdir, sizeof st->tmpdir, "%s/dsacp-serve-XXXXXX", base) >= sizeof st->tmpdir ||
-            !mkdtemp(st->tmpdir)) {
-            rc = dsacp_error(DSACP_EIO, "cannot create a temporary model directory in %s (TMPDIR): %s", base, strerror(errno));
-            st->tmpdir[0] = 0;
-        } else {
-            st->cleanup = cli_cleanup_add(st->tmpdir, true);
-        }
-        cli_signals_hold(false, &saved);
-        if (!rc) rc = dsacp_preset_config(a->preset, &pc);
-        if (!rc) rc = dsacp_model_init(&pc, st->tmpdir, 0, DSACP_WEIGHTS_BF16);
+        rc = dsacp_preset_config(a->preset, &pc);
+        if (!rc) rc = cli_tmp_model_create(&st->tm, "serve", &pc, 0);
     }
     if (cli_world) rc = dsacp_comm_agree(cli_world, rc);
-    if (!rc && cli_world) rc = dsacp_comm_bcast(cli_world, st->tmpdir, sizeof st->tmpdir, DSACP_PHASE_input);
+    if (!rc && cli_world) rc = dsacp_comm_bcast(cli_world, st->tm.dir, sizeof st->tm.dir, DSACP_PHASE_input);
     return rc;
-}
-
-static void serve_preset_remove(serve_state *st)
-{
-    if (!st->root || !st->tmpdir[0]) return;
-    if (cli_remove_dir(st->tmpdir)) fprintf(stderr, "dsacp serve: warning: %s\n", dsacp_last_error());
-    cli_cleanup_remove(st->cleanup);
-    st->tmpdir[0] = 0;
 }
 
 /* The model, its name in the API, and (rank 0) the tokenizer checked against its vocabulary. */
@@ -174,8 +137,8 @@ static int serve_load(const serve_args *a, serve_state *st)
         const int rc = serve_preset_dir(a, st);
         if (rc) return cli_fail("serve", rc);
     }
-    int ret = cli_load_model("serve", a->preset ? st->tmpdir : a->mdir, &a->eo, &st->m);
-    serve_preset_remove(st);
+    int ret = cli_load_model("serve", a->preset ? st->tm.dir : a->mdir, &a->eo, &st->m);
+    if (st->root) cli_tmp_model_remove(&st->tm, "serve");
     if (ret != CLI_RUN) return ret;
     const char *base = a->preset;
     if (!base) {
@@ -251,7 +214,8 @@ int cli_serve(int argc, char **argv)
     int ret = cli_parse(argc, argv, opts);
     if (ret != CLI_RUN) return ret;
     serve_args a;
-    serve_state st = {.root = !cli_world || dsacp_comm_rank(cli_world) == 0, .cleanup = -1};
+    serve_state st = {.root = !cli_world || dsacp_comm_rank(cli_world) == 0};
+    st.tm.cleanup = -1;
     cli_output_init(&st.report);
     if ((ret = serve_parse(opts, &a)) != CLI_RUN) return ret; /* every rank parses the same flags */
     int rc = cli_cp_begin("serve", opts, &st.report);
@@ -272,7 +236,7 @@ int cli_serve(int argc, char **argv)
     dsacp_server_free(st.srv);
     dsacp_engine_free(st.e);
     dsacp_tokenizer_free(st.tok);
-    serve_preset_remove(&st);
+    if (st.root) cli_tmp_model_remove(&st.tm, "serve");
     dsacp_model_free(st.m);
     return ret;
 }

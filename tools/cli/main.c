@@ -211,7 +211,7 @@ static const cli_command commands[] = {
      "  --kv-blocks N | --kv-memory SIZE   this rank's KV pool (default: max-num-seqs requests of\n"
      "                      the model's full length, at most 1 GiB)\n"
      "  --max-body-bytes N  request bodies past it are refused with 413 (default 4194304)\n"
-     "  --timeout S         a connection idle S seconds is closed (default 60)\n"
+     "  --timeout S         a connection idle S seconds is closed (default 60; whole seconds, rounded up)\n"
      "  --shutdown-timeout S   after SIGTERM/SIGINT, requests in flight get S seconds to finish\n"
      "                      before they are aborted (default 30); exit 0\n"
      "Under mpirun rank 0 holds the socket and every rank steps the engine.\n" CLI_CP_USAGE},
