@@ -12,6 +12,12 @@
  *   gemm_avx2.c       the blocked many-row linear
  *   kernels_threads.c dsacp_parallel_for: a split over threads that never opens a region of one
  *                     thread or a nested one (so it allocates nothing under libgomp)
+ * and the bf16-dot chain (bf16dot.h; docs/numerics.md, "The bf16-dot chain"; not wired into the
+ * model's paths yet):
+ *   gemm_bf16.c       the batched bf16-dot micro-kernel (VDPBF16PS tiles, the model's tree)
+ *   bf16dot_check.c   cpuid and the start-up check of the instruction against the model
+ *   bf16dot_x86.c     the AVX2 (plain and DAZ/FTZ-emulating) and AVX512-BF16 dot kernels
+ *   bf16dot.c         the scalar model of VDPBF16PS: the definition the kernels give the bits of
  */
 #ifndef DSACP_KERNELS_ISA_H
 #define DSACP_KERNELS_ISA_H
