@@ -96,6 +96,10 @@ typedef float (*dsacp_bf16dot_fn)(const uint16_t *a, const uint16_t *b, int64_t 
  * dsacp_bf16dot_hw_level is ALL (where it is PLAIN: for plain inputs only), else the AVX2 kernel.
  * Each gives dsacp_bf16dot_scalar's bits. */
 dsacp_bf16dot_fn dsacp_bf16dot_kernel(dsacp_isa isa);
+/* The dot of n pairs by the kernel of the active ISA (dispatch.c, above this chain:
+ * dsacp_bf16dot_kernel(dsacp_isa_active()), so DSACP_ISA and dsacp_isa_set choose it); the
+ * model's bits whatever the ISA. For callers outside src/kernels. */
+float dsacp_bf16dot(const uint16_t *a, const uint16_t *b, int64_t n);
 #if defined(__x86_64__)
 /* AVX2: plain (the caller knows dsacp_bf16dot_plain_ok of the two floors) runs two FMAs per pair;
  * otherwise DAZ and FTZ are emulated per step, and a dot that meets a result of exactly 2^-126
@@ -112,13 +116,16 @@ int dsacp_bf16_round_row_avx2(const float *x, int64_t n, uint16_t *out);
 /* ---- batched (gemm_bf16.c; not wired into the linears yet) ----
  * y[t][o] = dsacp_bf16dot_scalar(w_o, x_t, ceil(K / 2)) bit for bit (weights the first operand),
  * for N weight rows and T token rows of K bf16 (an odd K padded with +0), by a VDPBF16PS
- * micro-kernel (32 rows x 6 tokens of one model lane per register tile); one thread. */
+ * micro-kernel (32 rows x 6 tokens of one model lane per register tile); the blocks of 32 rows
+ * split over the threads (dsacp_parallel_for), each output by one thread: the same bits for
+ * every thread count. */
 /* Bytes of the packed weights: per block of 32 rows (zero rows pad N) and per lane l, the pairs
  * p = l + 16 q as [q][32 rows] dwords. */
 size_t dsacp_bf16gemm_pack_bytes(int64_t N, int64_t K);
 /* Packs w (N rows of K bf16, row stride ldw elements) into `packed` (pack_bytes, any alignment). */
 void dsacp_bf16gemm_pack(const uint16_t *w, int64_t N, int64_t K, int64_t ldw, void *packed);
-/* The workspace of a call with T tokens (the tokens' padded pairs and one tile). */
+/* The workspace of a call with T tokens (the tokens' padded pairs; each thread's tile is on its
+ * stack). */
 size_t dsacp_bf16gemm_ws_bytes(int64_t K, int64_t T);
 /* The product; x: T rows of K bf16 (stride ldx elements), y: F32 [T][ldy]. DSACP_EUNSUPPORTED
  * unless dsacp_bf16dot_hw_level is ALL; DSACP_EINVAL for a short workspace. */

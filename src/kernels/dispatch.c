@@ -1,9 +1,12 @@
 /*
  * dispatch.c -- the top of src/kernels: the one pointer to the active kernel table (kernels.h,
  * "ISA dispatch"), chosen once, at the first call, from cpuid and DSACP_ISA (dsacp_isa_set
- * switches it), and the public kernels, each a call through that table. Calls the ISA files'
- * tables and the scalar pieces of kernels.c; nothing in src/kernels calls it.
+ * switches it), and the public kernels, each a call through that table (and dsacp_bf16dot,
+ * through the bf16-dot chain's kernel of the active ISA). Calls the ISA files' tables, the
+ * scalar pieces of kernels.c and bf16dot_x86.c's choice of kernel; nothing in src/kernels calls
+ * it.
  */
+#include "kernels/bf16dot.h"
 #include "kernels/kernels_isa.h"
 
 #include <stdint.h>
@@ -123,6 +126,13 @@ int dsacp_linear(const dsacp_weight *w, const float *x, int64_t T, int64_t ldx, 
                  bool act_quant)
 {
     return linear_alloc(dsacp_kernels(), w, x, T, ldx, y, ldy, act_quant);
+}
+
+/* ---- the bf16-dot chain ---- */
+
+float dsacp_bf16dot(const uint16_t *a, const uint16_t *b, int64_t n)
+{
+    return dsacp_bf16dot_kernel(dsacp_isa_active())(a, b, n);
 }
 
 /* ---- small kernels ---- */

@@ -6,8 +6,10 @@
  * are packed per block of 32 rows and per lane, [l][q][32 rows] dwords (pair p = l + 16 q), the
  * tokens' pairs are broadcast from a zero-padded copy, a register tile of 32 rows x up to 6
  * tokens accumulates one lane's chain, and the 16 lanes of each output are then summed by the
- * model's tree (dsacp_bf16dot_lanes_sum). Not wired into the linears yet; one thread. Calls
- * bf16dot_check.c (whether the instruction is the model) and bf16dot.c.
+ * model's tree (dsacp_bf16dot_lanes_sum). The blocks of 32 rows are split over the threads
+ * (dsacp_parallel_for), each output computed whole by one thread: the same bits for every thread
+ * count. Not wired into the linears yet. Calls bf16dot_check.c (whether the instruction is the
+ * model), bf16dot.c and kernels_threads.c.
  */
 #include "kernels/bf16dot.h"
 #include "kernels/kernels_isa.h"
@@ -45,8 +47,8 @@ void dsacp_bf16gemm_pack(const uint16_t *w, int64_t N, int64_t K, int64_t ldw, v
 
 size_t dsacp_bf16gemm_ws_bytes(int64_t K, int64_t T)
 {
-    const size_t tokens = dsacp_ws_round(dsacp_ws_mul(dsacp_ws_mul((size_t)T, (size_t)padded_pairs(K)), sizeof(uint32_t)));
-    return dsacp_ws_add(dsacp_ws_add(tokens, (size_t)(TOKENS * ROWS * LANES) * sizeof(float)), DSACP_WS_ALIGN);
+    const size_t tokens = dsacp_ws_mul(dsacp_ws_mul((size_t)T, (size_t)padded_pairs(K)), sizeof(uint32_t));
+    return dsacp_ws_add(tokens, DSACP_WS_ALIGN);
 }
 
 #if defined(__x86_64__)
@@ -121,6 +123,25 @@ static void block(const uint32_t *wb, int64_t Q, const uint32_t *xp, int64_t PP,
         for (int64_t r = 0; r < ROWS && o0 + r < N; r++)
             y[(t0 + t) * ldy + o0 + r] = dsacp_bf16dot_lanes_sum(tile + (t * ROWS + r) * LANES);
 }
+
+/* One call's operands, shared by the threads: the packed weights, the tokens' pairs, y. */
+typedef struct job {
+    const uint32_t *packed, *xp;
+    int64_t N, T, PP, Q, ldy;
+    float *y;
+} job;
+
+/* Rows [32 b, 32 b + 32) for every token (one thread's unit of the split), through a tile on
+ * this thread's stack. */
+static void row_block(void *ctx, int64_t b)
+{
+    const job *j = ctx;
+    float tile[TOKENS * ROWS * LANES];
+    const uint32_t *wb = j->packed + b * LANES * j->Q * ROWS;
+    for (int64_t t0 = 0; t0 < j->T; t0 += TOKENS)
+        block(wb, j->Q, j->xp, j->PP, b * ROWS, j->N, t0, (int)(j->T - t0 < TOKENS ? j->T - t0 : TOKENS), tile, j->y,
+              j->ldy);
+}
 #endif
 
 int dsacp_bf16gemm(const void *packed, int64_t N, int64_t K, const uint16_t *x, int64_t T, int64_t ldx, float *y,
@@ -132,16 +153,12 @@ int dsacp_bf16gemm(const void *packed, int64_t N, int64_t K, const uint16_t *x, 
     if (!ws || ws_bytes < need)
         return dsacp_error(DSACP_EINVAL, "bf16 GEMM: workspace of %zu bytes, %zu needed", ws_bytes, need);
 #if defined(__x86_64__)
-    const int64_t PP = padded_pairs(K), Q = PP / LANES;
+    const int64_t PP = padded_pairs(K);
     dsacp_ws s = dsacp_ws_open(ws, ws_bytes);
     uint32_t *xp = dsacp_ws_take(&s, (size_t)(T * PP) * sizeof(uint32_t));
-    float *tile = dsacp_ws_take(&s, (size_t)(TOKENS * ROWS * LANES) * sizeof(float));
     pack_tokens(x, T, K, ldx, xp);
-    for (int64_t o0 = 0; o0 < N; o0 += ROWS) {
-        const uint32_t *wb = (const uint32_t *)packed + (o0 / ROWS) * LANES * Q * ROWS;
-        for (int64_t t0 = 0; t0 < T; t0 += TOKENS)
-            block(wb, Q, xp, PP, o0, N, t0, (int)(T - t0 < TOKENS ? T - t0 : TOKENS), tile, y, ldy);
-    }
+    job j = {.packed = packed, .xp = xp, .N = N, .T = T, .PP = PP, .Q = PP / LANES, .ldy = ldy, .y = y};
+    dsacp_parallel_for((N + ROWS - 1) / ROWS, true, row_block, &j);
     return DSACP_OK;
 #else
     (void)packed, (void)N, (void)x, (void)ldx, (void)y, (void)ldy;
