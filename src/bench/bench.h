@@ -17,7 +17,7 @@
 
 /* The ceilings a case is set beside; the harness measures the union of its cases' before them. */
 enum {
-    BENCH_CEIL_FMA = 1 << 0,          /* peak FMA (and the AVX512-BF16 dot rate) */
+    BENCH_CEIL_FMA = 1 << 0,          /* peak FMA (and the AVX512-BF16 dot rate, the bf16-dot peak) */
     BENCH_CEIL_STREAM = 1 << 1,       /* stream copy and read */
     BENCH_CEIL_SGEMM_INDEX = 1 << 2,  /* the reference product of one indexer query */
     BENCH_CEIL_SGEMM_INDEX16 = 1 << 3, /* ... and of 16 (prefill) queries */
@@ -31,6 +31,7 @@ typedef struct bench_run {
     const dsacp_config *cfg;
     dsacp_bench_report *report;
     double peak_fma, stream_copy, stream_read, sgemm_indexer, sgemm_indexer_prefill, sgemm_mla;
+    double peak_bf16dot;         /* the bf16-dot chain's ceiling (0 where bench_bf16dot_na says why not) */
     double indexer_fp8_s;        /* one decode query's fp8 scoring, once the indexer case timed it */
     const dsacp_dsa_weights *lw; /* layer 0's weights, for the cases with layer_weights */
     const struct bench_case *current; /* the case running */
@@ -63,6 +64,9 @@ extern const bench_case bench_case_ceilings, bench_case_indexer, bench_case_topk
  * ceil_name NULL: no ceiling. */
 void bench_result(bench_run *r, const char *name, double value, const char *unit, const char *ceil_name,
                   double ceil_value, double ratio);
+/* A figure that cannot be measured here: value NaN (null in JSON), unit `why` (static, "n/a: ..."),
+ * no ceiling. */
+void bench_na(bench_run *r, const char *name, const char *why);
 /* A rate against a ceiling of the same unit (ratio value / ceil_value). */
 void bench_rate(bench_run *r, const char *name, double value, const char *unit, const char *ceil_name,
                 double ceil_value);
@@ -81,6 +85,9 @@ double bench_time(bench_fn fn, bench_fn before, void *arg, int64_t reps, double 
 int bench_measure_ceilings(bench_run *r, unsigned which);
 /* The peak FMA rate of the widest FMA this CPU runs (bench_ceilings.c); *lanes: floats per vector. */
 double bench_peak_fma(const bench_run *r, int *lanes);
+/* Why the bf16-dot chain (src/kernels/bf16dot.h) runs no VDPBF16PS here, as "n/a: ...", or NULL
+ * where its start-up check finds the instruction is the model on every input (bench_ceilings.c). */
+const char *bench_bf16dot_na(void);
 /* OpenBLAS's workers spin after a call: lets them park before OpenMP code is timed. */
 void bench_reference_settle(void);
 

@@ -1,11 +1,13 @@
 /*
  * bench_ceilings.c -- the machine's own ceilings, measured in the same run as the kernels set
- * beside them: the peak FMA rate (and AVX512-BF16 dot products), stream copy and read bandwidth,
+ * beside them: the peak FMA rate (and AVX512-BF16 dot products: the instruction's rate, and the
+ * bf16-dot chain's ceiling where the chain may use it), stream copy and read bandwidth,
  * and the reference dense product (the caller's sgemm) on the indexer's and sparse MLA's shapes.
  * The "ceilings" case is these alone.
  */
 #include "bench/bench.h"
 #include "core/core.h"
+#include "kernels/bf16dot.h"
 
 #include <omp.h>
 #include <string.h>
@@ -107,6 +109,18 @@ double bench_peak_fma(const bench_run *r, int *lanes)
     return (double)r->opt->threads * (double)a.iters * (a.lanes == 8 ? FMA_ACC2 : FMA_ACC) * a.lanes * 2 / t * 1e-9;
 }
 
+const char *bench_bf16dot_na(void)
+{
+    if (!dsacp_cpu_has_avx512bf16()) return "n/a: no AVX512-BF16 on this CPU";
+    switch (dsacp_bf16dot_hw_level()) {
+    case DSACP_BF16DOT_HW_ALL: return NULL;
+    case DSACP_BF16DOT_HW_PLAIN: return "n/a: VDPBF16PS is the bf16-dot model on plain inputs only";
+    default: return "n/a: VDPBF16PS is not the bf16-dot model on this CPU";
+    }
+}
+
+/* The FMA peak; VDPBF16PS's where the CPU has it; the bf16-dot chain's ceiling: VDPBF16PS's
+ * rate where the start-up check finds it is the model, else n/a with the reason. */
 static void measure_fma(bench_run *r)
 {
     int lanes;
@@ -119,8 +133,12 @@ static void measure_fma(bench_run *r)
         double t = bench_time(fma_run, NULL, &a, r->opt->reps < 5 ? 5 : r->opt->reps, 0.05);
         double g = (double)r->opt->threads * (double)a.iters * FMA_ACC * 32 * 2 / t * 1e-9;
         bench_rate(r, "peak_bf16dp_avx512", g, "GFLOP/s", "peak_fma_avx512", r->peak_fma);
+        if (!bench_bf16dot_na()) r->peak_bf16dot = g;
     }
 #endif
+    const char *na = bench_bf16dot_na();
+    if (na || r->peak_bf16dot <= 0) bench_na(r, "peak_bf16dot", na ? na : "n/a: VDPBF16PS not measured");
+    else bench_rate(r, "peak_bf16dot", r->peak_bf16dot, "GFLOP/s", "peak_fma_avx512", r->peak_fma);
 }
 
 /* ---- stream ---- */

@@ -2,23 +2,53 @@
  * bench_gemm.c -- the "gemm" case: the batched linear (the blocked GEMM) on T tokens for T in
  * {16, 256, 2048}, weights of q_a's shape (hidden x q_lora, the layer's first and most common
  * GEMM shape) stored as f32, bf16 and fp8, each beside the reference product on the same f32
- * problem. The four products are timed interleaved, one after another in every repetition, and
+ * problem; and the bf16-dot chain's batched product (src/kernels/gemm_bf16.c, deployed mode's
+ * arithmetic: the activations rounded to bf16 and the bf16 weights packed once, untimed) beside
+ * the reference and the bf16-dot peak, where the chain runs VDPBF16PS (else an n/a row saying
+ * why). The five products are timed interleaved, one after another in every repetition, and
  * each keeps its minimum: on a shared VM the machine's speed drifts by 30-40 % between seconds,
  * which a ratio of separately timed runs would carry.
  */
 #include "bench/bench.h"
 #include "core/core.h"
+#include "kernels/bf16dot.h"
 
 #include <stdio.h>
 
 static const int64_t tokens[] = {16, 256, 2048};
-enum { NT = sizeof tokens / sizeof *tokens, TMAX = 2048, NW = 3 /* f32, bf16, fp8 */ };
+enum { NT = sizeof tokens / sizeof *tokens, TMAX = 2048, NW = 3 /* f32, bf16, fp8 */, NP = NW + 2 };
 
 typedef struct gemm_state {
     int64_t N, K;
     bench_weight w[NW];
     float *x, *y;
+    /* the bf16-dot product: why it does not run here (NULL: it does), the packed bf16 weight,
+     * the activations rounded to bf16, its workspace */
+    const char *dot_na;
+    void *dot_w, *dot_ws;
+    uint16_t *dot_x;
+    size_t dot_ws_bytes;
 } gemm_state;
+
+/* The bf16-dot product's operands from the bf16 weight b and the f32 activations, or the reason
+ * it does not run (the kernel needs VDPBF16PS equal to the model, and the kernels' ISA to allow
+ * AVX-512). */
+static int setup_dot(gemm_state *s, const uint16_t *b)
+{
+    s->dot_na = bench_bf16dot_na();
+    if (!s->dot_na && dsacp_isa_active() != DSACP_ISA_AVX512)
+        s->dot_na = "n/a: no batched bf16-dot kernel below the avx512 ISA";
+    if (s->dot_na) return DSACP_OK;
+    const int64_t N = s->N, K = s->K;
+    s->dot_ws_bytes = dsacp_bf16gemm_ws_bytes(K, TMAX);
+    s->dot_w = dsacp_alloc(dsacp_bf16gemm_pack_bytes(N, K));
+    s->dot_ws = dsacp_alloc(s->dot_ws_bytes);
+    s->dot_x = dsacp_calloc((size_t)(TMAX * K), sizeof *s->dot_x);
+    if (!s->dot_w || !s->dot_ws || !s->dot_x) return dsacp_error(DSACP_ENOMEM, "out of memory for the bf16-dot operands");
+    dsacp_bf16gemm_pack(b, N, K, K, s->dot_w);
+    dsacp_bf16_round_row(s->x, TMAX * K, s->dot_x);
+    return DSACP_OK;
+}
 
 static int setup(bench_run *r, void **state)
 {
@@ -42,7 +72,7 @@ static int setup(bench_run *r, void **state)
     s->y = dsacp_calloc((size_t)(TMAX * N), sizeof(float));
     if (!s->x || !s->y) return dsacp_error(DSACP_ENOMEM, "out of memory for the batched linear operands");
     bench_fill(s->x, TMAX * K, 203, 1);
-    return DSACP_OK;
+    return setup_dot(s, b);
 }
 
 static void teardown(void *state)
@@ -51,10 +81,12 @@ static void teardown(void *state)
     if (!s) return;
     for (int k = 0; k < NW; k++) bench_weight_free(&s->w[k]);
     dsacp_free(s->x), dsacp_free(s->y);
+    dsacp_free(s->dot_w), dsacp_free(s->dot_ws), dsacp_free(s->dot_x);
     dsacp_free(s);
 }
 
-/* One of the four products on T tokens: k = 0 the reference, 1..3 dsacp_linear on w[k - 1]. */
+/* One of the products on T tokens: k = 0 the reference, 1..3 dsacp_linear on w[k - 1], 4 the
+ * bf16-dot product. */
 typedef struct product {
     const bench_run *r;
     const gemm_state *s;
@@ -70,8 +102,14 @@ static void product_run(product *p)
         p->r->opt->reference_gemm(p->T, s->N, s->K, s->x, s->K, s->w[0].data, s->K, true, s->y, s->N);
         return;
     }
+    int rc;
+    if (p->k == NP - 1) {
+        rc = dsacp_bf16gemm(s->dot_w, s->N, s->K, s->dot_x, p->T, s->K, s->y, s->N, s->dot_ws, s->dot_ws_bytes);
+        if (rc && !p->rc) p->rc = rc;
+        return;
+    }
     const bool act_quant = p->r->opt->deployed && p->k == 3;
-    int rc = dsacp_linear(&s->w[p->k - 1].w, s->x, p->T, s->K, s->y, s->N, act_quant);
+    rc = dsacp_linear(&s->w[p->k - 1].w, s->x, p->T, s->K, s->y, s->N, act_quant);
     if (rc && !p->rc) p->rc = rc;
 }
 
@@ -82,12 +120,14 @@ static double work(const bench_run *r, int64_t T)
     return 2.0 * (double)T * N * (double)c->hidden_size;
 }
 
-/* The best time of each product on T tokens, interleaved over the repetitions. */
-static int time_interleaved(const bench_run *r, const gemm_state *s, int64_t T, double best[4])
+/* The best time of each product on T tokens, interleaved over the repetitions (the bf16-dot
+ * product only where it runs). */
+static int time_interleaved(const bench_run *r, const gemm_state *s, int64_t T, double best[NP])
 {
-    product p[4];
-    int64_t inner[4];
-    for (int k = 0; k < 4; k++) { /* warm-up; calls per timing of >= 20 ms */
+    product p[NP];
+    int64_t inner[NP];
+    const int np = s->dot_na ? NP - 1 : NP;
+    for (int k = 0; k < np; k++) { /* warm-up; calls per timing of >= 20 ms */
         p[k] = (product){r, s, T, k, 0};
         const double t0 = dsacp_now();
         product_run(&p[k]);
@@ -97,16 +137,31 @@ static int time_interleaved(const bench_run *r, const gemm_state *s, int64_t T, 
     }
     const int64_t reps = r->opt->reps < 5 ? 5 : r->opt->reps;
     for (int64_t rep = 0; rep < reps; rep++)
-        for (int k = 0; k < 4; k++) {
+        for (int k = 0; k < np; k++) {
             if (k == 1) bench_reference_settle();
             const double t0 = dsacp_now();
             for (int64_t it = 0; it < inner[k]; it++) product_run(&p[k]);
             const double t = (dsacp_now() - t0) / (double)inner[k];
             if (t < best[k]) best[k] = t;
         }
-    for (int k = 1; k < 4; k++)
+    for (int k = 1; k < np; k++)
         if (p[k].rc) return p[k].rc;
     return DSACP_OK;
+}
+
+/* The bf16-dot product's rows on T tokens: its rate beside the reference (as the other rows) and
+ * beside the bf16-dot peak; or why it does not run. */
+static void report_dot(bench_run *r, const gemm_state *s, int64_t T, double best, const char *cname, double sgemm)
+{
+    char name[64];
+    snprintf(name, sizeof name, "gemm_bf16dot_T%lld", (long long)T);
+    if (s->dot_na) {
+        bench_na(r, name, s->dot_na);
+        return;
+    }
+    bench_work_rate(r, name, T, best, cname, sgemm);
+    snprintf(name, sizeof name, "gemm_bf16dot_T%lld_peak", (long long)T);
+    bench_work_rate(r, name, T, best, r->peak_bf16dot > 0 ? "peak_bf16dot" : NULL, r->peak_bf16dot);
 }
 
 static int run(bench_run *r, void *state)
@@ -116,7 +171,7 @@ static int run(bench_run *r, void *state)
     for (int i = 0; i < NT; i++) {
         const int64_t T = tokens[i];
         const double flops = work(r, T);
-        double best[4];
+        double best[NP];
         const int rc = time_interleaved(r, s, T, best);
         char name[64], cname[64];
         snprintf(cname, sizeof cname, "sgemm_T%lld", (long long)T);
@@ -126,6 +181,7 @@ static int run(bench_run *r, void *state)
             bench_work_rate(r, name, T, best[k + 1], cname, flops / best[0] * 1e-9);
         }
         if (rc) return rc;
+        report_dot(r, s, T, best[NP - 1], cname, flops / best[0] * 1e-9);
     }
     return DSACP_OK;
 }

@@ -29,6 +29,8 @@ void bench_result(bench_run *r, const char *name, double value, const char *unit
     if (r->opt->on_result) r->opt->on_result(x, r->opt->user);
 }
 
+void bench_na(bench_run *r, const char *name, const char *why) { bench_result(r, name, NAN, why, NULL, 0, 0); }
+
 void bench_rate(bench_run *r, const char *name, double value, const char *unit, const char *ceil_name,
                 double ceil_value)
 {
