@@ -5,7 +5,7 @@
 # workload's arrival times; the report has run's lines and --json fields, the server-side ones
 # null; requests the server refuses are counted as failed (exit 0, as vllm bench serve); an
 # unreachable server exits 1 naming the URL, a malformed --url or an engine flag exits 2;
-# $OPENAI_API_KEY reaches a server started with --api-key.
+# $OPENAI_API_KEY reaches a server started with --api-key; sampled tokens (a seed per request) agree too.
 set -u
 . "$(dirname "$0")/lib/common.sh"
 . "$(dirname "$0")/lib/server.sh"
@@ -54,6 +54,17 @@ if "$DSACP" run --url "$URL" --model "$M" "${W[@]}" --no-realtime --max-concurre
        --json "$tmp/c2.json" >/dev/null 2>"$tmp/c2.err" && [[ $(field "$tmp/c2.json" tokens) == "$ref" ]]; then
     pass "--no-realtime --max-concurrency 2: the same tokens"
 else fail "--no-realtime --max-concurrency 2: $(tail -n 3 "$tmp/c2.err")"; fi
+
+# Sampled (temperature 0.8, top-p 0.9): request i draws as (--seed + i, token index) in-process and
+# online (the client sends seed = --seed + i), so the tokens agree too.
+S=(--temperature 0.8 --top-p 0.9 --no-realtime)
+"$DSACP" run --model "$M" "${W[@]}" "${S[@]}" --json "$tmp/sref.json" >/dev/null 2>"$tmp/sref.err" ||
+    fail "in-process sampled run: $(tail -n 3 "$tmp/sref.err")"
+sref=$(field "$tmp/sref.json" tokens)
+if "$DSACP" run --url "$URL" --model "$M" "${W[@]}" "${S[@]}" --json "$tmp/surl.json" >/dev/null 2>"$tmp/surl.err" &&
+   [[ -n $sref && $(field "$tmp/surl.json" tokens) == "$sref" && $sref != "$ref" ]]; then
+    pass "sampled: the same tokens per request as in-process (and not the greedy ones)"
+else fail "sampled tokens: in-process $sref, client $(field "$tmp/surl.json" tokens) $(tail -n 2 "$tmp/surl.err")"; fi
 
 # JSONL: stop ids (generation ends at the first one, kept), a text prompt (the server tokenizes it)
 # against the same ids in-process.
