@@ -5,7 +5,11 @@
  * batched micro-kernel (gemm_bf16.c) on 256 rows x K 2048 x 48 tokens against the peak.
  * Times are the thread's CPU time (CLOCK_THREAD_CPUTIME_ID), so a busy machine that takes the
  * core away does not count; a sibling hyperthread still does.
- * usage: bf16dot_peak [SECONDS_PER_ROW]   (default 0.3; best of 5 runs per row) */
+ * The accumulator loops are unrolled (GCC unroll) so the 12 accumulators stay in registers: as
+ * plain loops gcc 12 kept them in memory (load, op, store) and measured the stores, not the units.
+ * The batched product splits its rows over OpenMP threads: run with OMP_NUM_THREADS=1 for the
+ * one-thread figures the peaks are.
+ * usage: OMP_NUM_THREADS=1 bf16dot_peak [SECONDS_PER_ROW]   (default 0.3; best of 5 runs per row) */
 #include "kernels/bf16dot.h"
 
 #include <stdio.h>
@@ -32,7 +36,7 @@ __attribute__((target("avx512f"))) static double fma512(long steps)
     const __m512 a = _mm512_set1_ps(1e-3f), b = _mm512_set1_ps(0.5f);
     for (int i = 0; i < ACC; i++) acc[i] = _mm512_set1_ps((float)i);
     for (long s = 0; s < steps; s++)
-        for (int i = 0; i < ACC; i++) acc[i] = _mm512_fmadd_ps(a, b, acc[i]);
+        _Pragma("GCC unroll 12") for (int i = 0; i < ACC; i++) acc[i] = _mm512_fmadd_ps(a, b, acc[i]);
     float t = 0;
     for (int i = 0; i < ACC; i++) t += _mm512_reduce_add_ps(acc[i]);
     sink = t;
@@ -45,7 +49,7 @@ __attribute__((target("avx2,fma"))) static double fma256(long steps)
     const __m256 a = _mm256_set1_ps(1e-3f), b = _mm256_set1_ps(0.5f);
     for (int i = 0; i < ACC; i++) acc[i] = _mm256_set1_ps((float)i);
     for (long s = 0; s < steps; s++)
-        for (int i = 0; i < ACC; i++) acc[i] = _mm256_fmadd_ps(a, b, acc[i]);
+        _Pragma("GCC unroll 12") for (int i = 0; i < ACC; i++) acc[i] = _mm256_fmadd_ps(a, b, acc[i]);
     float out[8], t = 0;
     for (int i = 0; i < ACC; i++) {
         _mm256_storeu_ps(out, acc[i]);
@@ -62,7 +66,7 @@ __attribute__((target("avx512f,avx512bf16"))) static double dpbf16(long steps)
     const __m512bh a = (__m512bh)_mm512_set1_epi32(0x3a833a83), b = (__m512bh)_mm512_set1_epi32(0x3f003f00);
     for (int i = 0; i < ACC; i++) acc[i] = _mm512_set1_ps((float)i);
     for (long s = 0; s < steps; s++)
-        for (int i = 0; i < ACC; i++) acc[i] = _mm512_dpbf16_ps(acc[i], a, b);
+        _Pragma("GCC unroll 12") for (int i = 0; i < ACC; i++) acc[i] = _mm512_dpbf16_ps(acc[i], a, b);
     float t = 0;
     for (int i = 0; i < ACC; i++) t += _mm512_reduce_add_ps(acc[i]);
     sink = t;
