@@ -81,7 +81,8 @@ int dsacp_bench_setup(int isa, int64_t threads);
 typedef struct dsacp_bench_result {
     char name[64];
     double value;
-    const char *unit;         /* static: "GFLOP/s", "GB/s", "ms", "tok/s", "x" */
+    const char *unit;         /* static: "GFLOP/s", "GB/s", "ms", "tok/s", "x"; or "n/a: <why>" with
+                               * value NaN (null in JSON): a figure this machine cannot give */
     char ceiling_name[64];    /* the figure it is set beside; "" when none */
     double ceiling_value;     /* NaN when no ceiling */
     double ratio;             /* value / ceiling_value (or the ratio the case states); NaN when no ceiling */

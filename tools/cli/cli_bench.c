@@ -104,7 +104,9 @@ typedef struct report {
 static void print_row(const dsacp_bench_result *r, void *user)
 {
     if (((const report *)user)->json) return;
-    if (r->ceiling_name[0])
+    if (isnan(r->value)) /* a figure this machine cannot give: its unit says why ("n/a: ...") */
+        printf("%-28s %12s %s\n", r->name, "n/a", r->unit + (strncmp(r->unit, "n/a: ", 5) == 0 ? 5 : 0));
+    else if (r->ceiling_name[0])
         printf("%-28s %12.4g %-7s %-24s %12.4g %8.3f\n", r->name, r->value, r->unit, r->ceiling_name, r->ceiling_value,
                r->ratio);
     else
