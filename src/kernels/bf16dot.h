@@ -21,24 +21,11 @@
 #define DSACP_BF16DOT_H
 
 #include "kernels/kernels.h"
+#include "numerics/numerics.h" /* dsacp_f32_bits, dsacp_f32_of_bits */
 
 #include <stdbool.h>
 #include <stdint.h>
 #include <string.h>
-
-/* The bits of a float, and the float of bits. */
-static inline uint32_t dsacp_f32_bits(float f)
-{
-    uint32_t u;
-    memcpy(&u, &f, sizeof u);
-    return u;
-}
-static inline float dsacp_f32_of_bits(uint32_t u)
-{
-    float f;
-    memcpy(&f, &u, sizeof f);
-    return f;
-}
 
 /* ---- the model (bf16dot.c) ---- */
 

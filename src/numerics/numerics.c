@@ -16,19 +16,6 @@
 #error "numerics.c must not be built with -ffast-math (it flushes e4m3 subnormals and breaks NaN handling)"
 #endif
 
-static inline uint32_t f32_bits(float x)
-{
-    uint32_t b;
-    memcpy(&b, &x, sizeof b);
-    return b;
-}
-
-static inline float f32_from_bits(uint32_t b)
-{
-    float x;
-    memcpy(&x, &b, sizeof x);
-    return x;
-}
 
 /* Shifts `v` right by `shift` (1..31) bits, rounding to nearest, ties to even. */
 static inline uint32_t shift_rne(uint32_t v, unsigned shift)
@@ -62,7 +49,7 @@ static inline uint32_t narrow_magnitude(uint32_t a, int mbits, int emin)
 
 uint16_t dsacp_f32_to_bf16(float x)
 {
-    uint32_t b = f32_bits(x);
+    uint32_t b = dsacp_f32_bits(x);
     if ((b & 0x7FFFFFFFu) > 0x7F800000u) /* NaN: keep sign and top payload, force quiet */
         return (uint16_t)((b >> 16) | 0x0040u);
     /* Round to nearest even on the low 16 bits; a carry runs into the exponent, which gives
@@ -73,14 +60,14 @@ uint16_t dsacp_f32_to_bf16(float x)
 
 float dsacp_bf16_to_f32(uint16_t x)
 {
-    return f32_from_bits((uint32_t)x << 16);
+    return dsacp_f32_of_bits((uint32_t)x << 16);
 }
 
 /* ---- IEEE half ---- */
 
 uint16_t dsacp_f32_to_f16(float x)
 {
-    uint32_t b = f32_bits(x);
+    uint32_t b = dsacp_f32_bits(x);
     uint16_t sign = (uint16_t)((b >> 16) & 0x8000u);
     uint32_t a = b & 0x7FFFFFFFu;
     if (a > 0x7F800000u) /* NaN: quiet, top payload bits kept */
@@ -96,11 +83,11 @@ float dsacp_f16_to_f32(uint16_t x)
     uint32_t exp = (x >> 10) & 0x1Fu;
     uint32_t man = x & 0x03FFu;
     if (exp == 0x1Fu) /* inf / NaN (payload kept) */
-        return f32_from_bits(sign | 0x7F800000u | (man << 13));
+        return dsacp_f32_of_bits(sign | 0x7F800000u | (man << 13));
     if (exp != 0)
-        return f32_from_bits(sign | ((exp + 127u - 15u) << 23) | (man << 13));
+        return dsacp_f32_of_bits(sign | ((exp + 127u - 15u) << 23) | (man << 13));
     if (man == 0)
-        return f32_from_bits(sign);
+        return dsacp_f32_of_bits(sign);
     /* subnormal: man * 2^-24; normalise so the leading one lands in bit 10 */
     int e = -14;
     while (!(man & 0x0400u)) {
@@ -108,7 +95,7 @@ float dsacp_f16_to_f32(uint16_t x)
         e--;
     }
     man &= 0x03FFu;
-    return f32_from_bits(sign | ((uint32_t)(e + 127) << 23) | (man << 13));
+    return dsacp_f32_of_bits(sign | ((uint32_t)(e + 127) << 23) | (man << 13));
 }
 
 /* ---- FP8 e4m3fn ---- */
@@ -143,7 +130,7 @@ float dsacp_e4m3_to_f32(uint8_t x)
 
 uint8_t dsacp_f32_to_e4m3(float x)
 {
-    uint32_t b = f32_bits(x);
+    uint32_t b = dsacp_f32_bits(x);
     uint8_t sign = (uint8_t)((b >> 24) & 0x80u);
     uint32_t a = b & 0x7FFFFFFFu;
     if (a > 0x7F800000u) /* NaN */
@@ -182,11 +169,11 @@ float dsacp_ue8m0_scale(float amax)
     if (!(amax >= 1e-4f))
         amax = 1e-4f;
     float ratio = amax / DSACP_FP8_MAX; /* >= 2.2e-7: a normal float */
-    uint32_t b = f32_bits(ratio);
+    uint32_t b = dsacp_f32_bits(ratio);
     int e = (int)((b >> 23) & 0xFFu) - 127 + ((b & 0x007FFFFFu) != 0);
     if (e > 127) /* inf amax: saturate the scale at 2^127 instead of returning inf */
         e = 127;
-    return f32_from_bits((uint32_t)(e + 127) << 23);
+    return dsacp_f32_of_bits((uint32_t)(e + 127) << 23);
 }
 
 /* max |x[i]| of a group, NaN skipped (`v > amax` is false for NaN). */

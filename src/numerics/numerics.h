@@ -13,8 +13,23 @@
 #include "core/core.h"
 
 #include <stdint.h>
+#include <string.h>
 
 /* ---- scalar formats ---- */
+
+/* The bits of a float, and the float of bits (what every format conversion starts from). */
+static inline uint32_t dsacp_f32_bits(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    return u;
+}
+static inline float dsacp_f32_of_bits(uint32_t u)
+{
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
 
 /* fp32 -> bf16, round to nearest even; NaN stays NaN (quiet), inf stays inf. */
 uint16_t dsacp_f32_to_bf16(float x);
