@@ -2,7 +2,8 @@
  * test_bf16gemm.c -- the batched bf16-dot product (src/kernels/gemm_bf16.c) against the scalar
  * model, bitwise: every y[t][o] equals dsacp_bf16dot_scalar(w_o, x_t) on awkward shapes (row and
  * token tails, odd K, K below and across the 16 lanes) and on random, tiny/subnormal and inf/NaN
- * values, on one thread and split over THREADS (the same bits); a short workspace is refused.
+ * values, on one thread and split over THREADS (the same bits), in each form (auto, the FMA form
+ * on plain operands and its fallback on the others, VDPBF16PS); a short workspace is refused.
  * Needs a CPU whose VDPBF16PS is the model (exit 77, with the reason, elsewhere). First, on every
  * CPU: dispatch.c's dsacp_bf16dot under each ISA this CPU runs gives the model's bits.
  */
@@ -18,30 +19,54 @@ enum { THREADS = 3 }; /* more threads than cores here, and not a divisor of most
 
 static dsacp_rng rng;
 
-/* A bf16 of the class: 0 moderate, 1 tiny and subnormal (against moderate), 2 some inf/NaN. */
+/* A bf16 of the class: 0 moderate, 1 tiny and subnormal (against moderate), 2 some inf/NaN, 3
+ * wide but plain (exponents -60..59 against -52..59: products from 2^-112 up, the least
+ * dsacp_bf16dot_plain_ok admits, with cancellation). */
+enum { CLASSES = 4 };
 static uint16_t element(int k, bool tiny_side)
 {
     const uint64_t u = dsacp_rng_u64(&rng);
-    const int e = k == 1 && tiny_side ? -150 + (int)(u % 40) : -6 + (int)(u % 12);
+    int e = k == 1 && tiny_side ? -150 + (int)(u % 40) : -6 + (int)(u % 12);
+    if (k == 3) e = tiny_side ? -60 + (int)(u % 120) : -52 + (int)(u % 112);
     const uint16_t sign = (uint16_t)((u >> 20 & 1) << 15), m = (uint16_t)(u >> 24 & 0x7F);
     if (k == 2 && u % 97 == 0) return (uint16_t)(0x7F80 | sign | (u >> 40 & 1 ? m : 0));
     if (e < -126) return (uint16_t)(sign | (m ? m : 1));
     return (uint16_t)(sign | (uint16_t)((e + 127) << 7) | m);
 }
 
-/* The product on `threads` OpenMP threads. */
-static int product(int threads, const void *packed, int64_t N, int64_t K, const uint16_t *x, int64_t T, int64_t ldx,
-                   float *y, int64_t ldy, void *ws, size_t wsb)
+/* The product in form `form` (bf16dot.h: AUTO, FMA, DPBF16) on `threads` OpenMP threads. */
+static int product(int form, int threads, const void *packed, int64_t N, int64_t K, const uint16_t *x, int64_t T,
+                   int64_t ldx, float *y, int64_t ldy, void *ws, size_t wsb)
 {
     omp_set_num_threads(threads);
-    const int rc = dsacp_bf16gemm(packed, N, K, x, T, ldx, y, ldy, ws, wsb);
+    const int rc = form == DSACP_BF16GEMM_AUTO ? dsacp_bf16gemm(packed, N, K, x, T, ldx, y, ldy, ws, wsb)
+                                               : dsacp_bf16gemm_as(form, packed, N, K, x, T, ldx, y, ldy, ws, wsb);
     omp_set_num_threads(1);
     return rc;
 }
 
-/* One shape: every output against the model (rows padded with a +0 element when K is odd), and
- * the product split over THREADS against the one-thread product. */
-static long check_shape(int64_t N, int64_t K, int64_t T, int k)
+/* Whether the operands of a shape are plain (dsacp_bf16dot_plain_ok of the two floors): the FMA
+ * form runs on them, and falls back to VDPBF16PS on the others. */
+static bool plain_operands(const uint16_t *w, int64_t N, int64_t ldw, const uint16_t *x, int64_t T, int64_t ldx,
+                           int64_t K)
+{
+    int fw = 256, fx = 256;
+    for (int64_t o = 0; o < N; o++) {
+        const int f = dsacp_bf16_exp_floor(w + o * ldw, K);
+        fw = f < fw ? f : fw;
+    }
+    for (int64_t t = 0; t < T; t++) {
+        const int f = dsacp_bf16_exp_floor(x + t * ldx, K);
+        fx = f < fx ? f : fx;
+    }
+    return dsacp_bf16dot_plain_ok(fw, fx);
+}
+
+static long plain_shapes, other_shapes;
+
+/* One shape in one form: every output against the model (rows padded with a +0 element when K
+ * is odd), and the product split over THREADS against the one-thread product. */
+static long check_shape(int64_t N, int64_t K, int64_t T, int k, int form)
 {
     const int64_t ldw = K + 3, ldx = K + 1, ldy = N + 2, P = (K + 1) / 2;
     uint16_t *w = malloc((size_t)(N * ldw) * sizeof(uint16_t)), *x = malloc((size_t)(T * ldx) * sizeof(uint16_t));
@@ -53,9 +78,14 @@ static long check_shape(int64_t N, int64_t K, int64_t T, int k)
     const size_t wsb = dsacp_bf16gemm_ws_bytes(K, T);
     void *ws = malloc(wsb);
     dsacp_bf16gemm_pack(w, N, K, ldw, packed);
-    CHECK(dsacp_bf16gemm(packed, N, K, x, T, ldx, y, ldy, ws, wsb - 1) == DSACP_EINVAL);
-    CHECK_OK(product(1, packed, N, K, x, T, ldx, y, ldy, ws, wsb));
-    CHECK_OK(product(THREADS, packed, N, K, x, T, ldx, yt, ldy, ws, wsb));
+    if (form == DSACP_BF16GEMM_FMA) {
+        const bool plain = plain_operands(w, N, ldw, x, T, ldx, K);
+        CHECKF(plain == (k != 1), "class %d: operands %s plain", k, plain ? "are" : "are not");
+        plain ? plain_shapes++ : other_shapes++;
+    }
+    CHECK(dsacp_bf16gemm_as(form, packed, N, K, x, T, ldx, y, ldy, ws, wsb - 1) == DSACP_EINVAL);
+    CHECK_OK(product(form, 1, packed, N, K, x, T, ldx, y, ldy, ws, wsb));
+    CHECK_OK(product(form, THREADS, packed, N, K, x, T, ldx, yt, ldy, ws, wsb));
     long bad = 0;
     for (int64_t o = 0; o < N; o++) {
         memcpy(wr, w + o * ldw, (size_t)K * sizeof(uint16_t));
@@ -63,11 +93,12 @@ static long check_shape(int64_t N, int64_t K, int64_t T, int k)
             memcpy(xr, x + t * ldx, (size_t)K * sizeof(uint16_t));
             const float want = dsacp_bf16dot_scalar(wr, xr, P);
             if (dsacp_f32_bits(y[t * ldy + o]) != dsacp_f32_bits(want) && bad++ < 3)
-                fprintf(stderr, "N %lld K %lld T %lld class %d: y[%lld][%lld] = %08x, model %08x\n", (long long)N,
-                        (long long)K, (long long)T, k, (long long)t, (long long)o, dsacp_f32_bits(y[t * ldy + o]),
-                        dsacp_f32_bits(want));
+                fprintf(stderr, "form %d N %lld K %lld T %lld class %d: y[%lld][%lld] = %08x, model %08x\n", form,
+                        (long long)N, (long long)K, (long long)T, k, (long long)t, (long long)o,
+                        dsacp_f32_bits(y[t * ldy + o]), dsacp_f32_bits(want));
             if (dsacp_f32_bits(yt[t * ldy + o]) != dsacp_f32_bits(y[t * ldy + o]) && bad++ < 3)
-                fprintf(stderr, "N %lld K %lld T %lld class %d: y[%lld][%lld] = %08x on %d threads, %08x on 1\n",
+                fprintf(stderr,
+                        "form %d N %lld K %lld T %lld class %d: y[%lld][%lld] = %08x on %d threads, %08x on 1\n", form,
                         (long long)N, (long long)K, (long long)T, k, (long long)t, (long long)o,
                         dsacp_f32_bits(yt[t * ldy + o]), THREADS, dsacp_f32_bits(y[t * ldy + o]));
         }
@@ -86,7 +117,7 @@ static void check_hook(void)
     long bad = 0, dots = 0;
     for (int isa = DSACP_ISA_SCALAR; isa <= (int)dsacp_isa_best(); isa++) {
         CHECK_OK(dsacp_isa_set((dsacp_isa)isa));
-        for (int k = 0; k < 3; k++)
+        for (int k = 0; k < CLASSES; k++)
             for (int64_t n = 0; n <= MAXP; n += 1 + n / 8, dots++) {
                 for (int64_t i = 0; i < 2 * n; i++) a[i] = element(k, true), b[i] = element(k, false);
                 if (dsacp_f32_bits(dsacp_bf16dot(a, b, n)) != dsacp_f32_bits(dsacp_bf16dot_scalar(a, b, n)) &&
@@ -112,13 +143,20 @@ int main(void)
     static const int64_t shapes[][3] = {{1, 1, 1},   {17, 2, 3},   {32, 31, 6},  {33, 32, 7},  {45, 33, 13},
                                         {64, 64, 1}, {70, 200, 5}, {31, 257, 12}, {96, 513, 8}, {5, 1030, 2},
                                         {257, 130, 9}, {200, 96, 17}};
+    static const int forms[] = {DSACP_BF16GEMM_AUTO, DSACP_BF16GEMM_FMA, DSACP_BF16GEMM_DPBF16};
     long bad = 0, outputs = 0;
-    for (int k = 0; k < 3; k++)
-        for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
-            bad += check_shape(shapes[s][0], shapes[s][1], shapes[s][2], k);
-            outputs += shapes[s][0] * shapes[s][2];
-        }
+    for (int f = 0; f < 3; f++)
+        for (int k = 0; k < CLASSES; k++)
+            for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+                bad += check_shape(shapes[s][0], shapes[s][1], shapes[s][2], k, forms[f]);
+                outputs += shapes[s][0] * shapes[s][2];
+            }
     CHECKF(bad == 0, "%ld of %ld bf16 GEMM outputs differ from the model or across thread counts", bad, outputs);
-    printf("bf16 GEMM: %ld outputs checked bitwise against the model, on 1 and %d threads\n", outputs, THREADS);
+    CHECK(plain_shapes > 0 && other_shapes > 0);
+    CHECK(dsacp_bf16gemm_form() == DSACP_BF16GEMM_FMA || dsacp_bf16gemm_form() == DSACP_BF16GEMM_DPBF16);
+    printf("bf16 GEMM: %ld outputs checked bitwise against the model, on 1 and %d threads, forms auto (%s), fma "
+           "(%ld shapes plain, %ld falling back), dpbf16\n",
+           outputs, THREADS, dsacp_bf16gemm_form() == DSACP_BF16GEMM_FMA ? "fma" : "dpbf16", plain_shapes,
+           other_shapes);
     return test_finish("test_bf16gemm");
 }

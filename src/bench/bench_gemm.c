@@ -5,7 +5,8 @@
  * problem; and the bf16-dot chain's batched product (src/kernels/gemm_bf16.c, deployed mode's
  * arithmetic: the activations rounded to bf16 and the bf16 weights packed once, untimed) beside
  * the reference and the bf16-dot peak, where the chain runs VDPBF16PS (else an n/a row saying
- * why). The five products are timed interleaved, one after another in every repetition, and
+ * why), and its FMA form (two f32 FMAs per pair, for plain operands) beside the reference and the
+ * f32 FMA peak. The six products are timed interleaved, one after another in every repetition, and
  * each keeps its minimum: on a shared VM the machine's speed drifts by 30-40 % between seconds,
  * which a ratio of separately timed runs would carry.
  */
@@ -16,7 +17,7 @@
 #include <stdio.h>
 
 static const int64_t tokens[] = {16, 256, 2048};
-enum { NT = sizeof tokens / sizeof *tokens, TMAX = 2048, NW = 3 /* f32, bf16, fp8 */, NP = NW + 2 };
+enum { NT = sizeof tokens / sizeof *tokens, TMAX = 2048, NW = 3 /* f32, bf16, fp8 */, NP = NW + 3 };
 
 typedef struct gemm_state {
     int64_t N, K;
@@ -25,6 +26,7 @@ typedef struct gemm_state {
     /* the bf16-dot product: why it does not run here (NULL: it does), the packed bf16 weight,
      * the activations rounded to bf16, its workspace */
     const char *dot_na;
+    const char *fma_na; /* why the FMA form does not run (operands not plain), or NULL */
     void *dot_w, *dot_ws;
     uint16_t *dot_x;
     size_t dot_ws_bytes;
@@ -46,7 +48,9 @@ static int setup_dot(gemm_state *s, const uint16_t *b)
     s->dot_x = dsacp_calloc((size_t)(TMAX * K), sizeof *s->dot_x);
     if (!s->dot_w || !s->dot_ws || !s->dot_x) return dsacp_error(DSACP_ENOMEM, "out of memory for the bf16-dot operands");
     dsacp_bf16gemm_pack(b, N, K, K, s->dot_w);
-    dsacp_bf16_round_row(s->x, TMAX * K, s->dot_x);
+    const int fx = dsacp_bf16_round_row(s->x, TMAX * K, s->dot_x);
+    if (!dsacp_bf16dot_plain_ok(dsacp_bf16_exp_floor(b, N * K), fx))
+        s->fma_na = "n/a: the operands are not plain (the FMA form would run VDPBF16PS)";
     return DSACP_OK;
 }
 
@@ -86,7 +90,7 @@ static void teardown(void *state)
 }
 
 /* One of the products on T tokens: k = 0 the reference, 1..3 dsacp_linear on w[k - 1], 4 the
- * bf16-dot product. */
+ * bf16-dot product by VDPBF16PS, 5 by its FMA form (both forced, whatever the automatic choice). */
 typedef struct product {
     const bench_run *r;
     const gemm_state *s;
@@ -103,8 +107,10 @@ static void product_run(product *p)
         return;
     }
     int rc;
-    if (p->k == NP - 1) {
-        rc = dsacp_bf16gemm(s->dot_w, s->N, s->K, s->dot_x, p->T, s->K, s->y, s->N, s->dot_ws, s->dot_ws_bytes);
+    if (p->k >= NP - 2) {
+        const int form = p->k == NP - 2 ? DSACP_BF16GEMM_DPBF16 : DSACP_BF16GEMM_FMA;
+        rc = dsacp_bf16gemm_as(form, s->dot_w, s->N, s->K, s->dot_x, p->T, s->K, s->y, s->N, s->dot_ws,
+                               s->dot_ws_bytes);
         if (rc && !p->rc) p->rc = rc;
         return;
     }
@@ -126,7 +132,7 @@ static int time_interleaved(const bench_run *r, const gemm_state *s, int64_t T, 
 {
     product p[NP];
     int64_t inner[NP];
-    const int np = s->dot_na ? NP - 1 : NP;
+    const int np = s->dot_na ? NP - 2 : s->fma_na ? NP - 1 : NP;
     for (int k = 0; k < np; k++) { /* warm-up; calls per timing of >= 20 ms */
         p[k] = (product){r, s, T, k, 0};
         const double t0 = dsacp_now();
@@ -149,19 +155,21 @@ static int time_interleaved(const bench_run *r, const gemm_state *s, int64_t T, 
     return DSACP_OK;
 }
 
-/* The bf16-dot product's rows on T tokens: its rate beside the reference (as the other rows) and
- * beside the bf16-dot peak; or why it does not run. */
-static void report_dot(bench_run *r, const gemm_state *s, int64_t T, double best, const char *cname, double sgemm)
+/* One bf16-dot form's rows on T tokens, gemm_<tag>_T<T>: its rate beside the reference (as the
+ * other rows) and, as _peak, beside its own ceiling (peak_bf16dot for VDPBF16PS, the f32 FMA
+ * peak for the FMA form); or why it does not run (na). */
+static void report_form(bench_run *r, const char *tag, const char *na, int64_t T, double best, const char *cname,
+                        double sgemm, const char *peak_name, double peak)
 {
     char name[64];
-    snprintf(name, sizeof name, "gemm_bf16dot_T%lld", (long long)T);
-    if (s->dot_na) {
-        bench_na(r, name, s->dot_na);
+    snprintf(name, sizeof name, "gemm_%s_T%lld", tag, (long long)T);
+    if (na) {
+        bench_na(r, name, na);
         return;
     }
     bench_work_rate(r, name, T, best, cname, sgemm);
-    snprintf(name, sizeof name, "gemm_bf16dot_T%lld_peak", (long long)T);
-    bench_work_rate(r, name, T, best, r->peak_bf16dot > 0 ? "peak_bf16dot" : NULL, r->peak_bf16dot);
+    snprintf(name, sizeof name, "gemm_%s_T%lld_peak", tag, (long long)T);
+    bench_work_rate(r, name, T, best, peak > 0 ? peak_name : NULL, peak);
 }
 
 static int run(bench_run *r, void *state)
@@ -181,7 +189,10 @@ static int run(bench_run *r, void *state)
             bench_work_rate(r, name, T, best[k + 1], cname, flops / best[0] * 1e-9);
         }
         if (rc) return rc;
-        report_dot(r, s, T, best[NP - 1], cname, flops / best[0] * 1e-9);
+        const double sg = flops / best[0] * 1e-9;
+        report_form(r, "bf16dot", s->dot_na, T, best[NP - 2], cname, sg, "peak_bf16dot", r->peak_bf16dot);
+        report_form(r, "bf16fma", s->dot_na ? s->dot_na : s->fma_na, T, best[NP - 1], cname, sg, "peak_fma_avx512",
+                    r->peak_fma);
     }
     return DSACP_OK;
 }

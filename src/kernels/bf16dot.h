@@ -118,5 +118,20 @@ size_t dsacp_bf16gemm_ws_bytes(int64_t K, int64_t T);
  * unless dsacp_bf16dot_hw_level is ALL; DSACP_EINVAL for a short workspace. */
 int dsacp_bf16gemm(const void *packed, int64_t N, int64_t K, const uint16_t *x, int64_t T, int64_t ldx, float *y,
                    int64_t ldy, void *ws, size_t ws_bytes);
+/* The packed weights begin with a 64-byte header holding their exponent floor
+ * (dsacp_bf16_exp_floor), the blocks follow it. The product has two forms, the same bits:
+ * DPBF16 (the VDPBF16PS micro-kernel above) and FMA, for operands whose floors are
+ * dsacp_bf16dot_plain_ok: each pair as two zmm f32 FMAs (the high elements' product first; a
+ * product of two bf16 is exact, and DAZ/FTZ cannot act), 32 rows x 12 tokens per register tile,
+ * the same packed weights split in registers (high: & 0xFFFF0000, low: << 16), a NaN output
+ * recomputed by the model; the same split over threads. FMA on operands that are not plain runs
+ * DPBF16. AUTO: DSACP_BF16DOT_FORM=fma|dpbf16 when set, else the form a one-time measurement at
+ * the first call finds faster (dsacp_bf16gemm_form). dsacp_bf16gemm is dsacp_bf16gemm_as(AUTO).
+ * The workspace (dsacp_bf16gemm_ws_bytes) also holds the FMA form's f32 copy of the tokens. */
+enum { DSACP_BF16GEMM_AUTO = 0, DSACP_BF16GEMM_FMA = 1, DSACP_BF16GEMM_DPBF16 = 2 };
+int dsacp_bf16gemm_as(int form, const void *packed, int64_t N, int64_t K, const uint16_t *x, int64_t T, int64_t ldx,
+                      float *y, int64_t ldy, void *ws, size_t ws_bytes);
+/* The form AUTO runs (FMA or DPBF16), chosen at the first call of this or of AUTO. */
+int dsacp_bf16gemm_form(void);
 
 #endif

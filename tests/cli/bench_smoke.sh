@@ -101,7 +101,7 @@ fi
 # 4. The batched linear (blocked GEMM beside sgemm) and the layer prefill (against the roofline).
 gemm_names=(sgemm_T16 gemm_f32_T16 gemm_bf16_T16 gemm_fp8_T16 sgemm_T256 gemm_fp8_T256 sgemm_T2048
             gemm_f32_T2048 gemm_bf16_T2048 gemm_fp8_T2048 peak_bf16dot gemm_bf16dot_T16 gemm_bf16dot_T256
-            gemm_bf16dot_T2048)
+            gemm_bf16dot_T2048 gemm_bf16fma_T16 gemm_bf16fma_T256 gemm_bf16fma_T2048)
 if "$DSACP" bench --preset tiny --kernel gemm --reps 1 --threads 1 --json >"$tmp/gemm.json" 2>"$tmp/err" &&
    check_json "$tmp/gemm.json" 1 "${gemm_names[@]}" >"$tmp/why" 2>&1; then
   ok "bench --kernel gemm --json"
