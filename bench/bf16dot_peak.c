@@ -2,7 +2,8 @@
  * the peak rate of VDPBF16PS (zmm) against the f32 FMA (zmm and ymm), from 12 independent
  * accumulators, and the rates of the bf16-dot kernels (src/kernels/bf16dot.h) on one dot of
  * 4096 pairs held in L1 (a single 16-lane chain: latency, not throughput, bounds them), and the
- * batched micro-kernel (gemm_bf16.c) on 256 rows x K 2048 x 48 tokens against the peak.
+ * batched micro-kernel (gemm_bf16.c, its VDPBF16PS form) on 256 rows x K 2048 x 48 tokens against
+ * the peak.
  * Times are the thread's CPU time (CLOCK_THREAD_CPUTIME_ID), so a busy machine that takes the
  * core away does not count; a sibling hyperthread still does.
  * The accumulator loops are unrolled (GCC unroll) so the 12 accumulators stay in registers: as
@@ -99,7 +100,8 @@ static float *gy;
 static double run_gemm(long steps)
 {
     for (long s = 0; s < steps; s++)
-        if (dsacp_bf16gemm(gpacked, GN, GK, gx, GT, GK, gy, GN, gws, dsacp_bf16gemm_ws_bytes(GK, GT))) return 0;
+        if (dsacp_bf16gemm_as(DSACP_BF16GEMM_DPBF16, gpacked, GN, GK, gx, GT, GK, gy, GN, gws,
+                              dsacp_bf16gemm_ws_bytes(GK, GT))) return 0;
     sink = gy[0];
     return (double)steps * 2.0 * GN * GK * GT;
 }
