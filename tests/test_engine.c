@@ -1,7 +1,8 @@
 /*
  * test_engine.c -- the single-process engine against the float64 reference model, and its
  * invariances: schedules (single prefill / odd chunks / token by token, mixed with other
- * requests), block sizes, cache dtypes, numerics modes, capacity refusal; the step workspace
+ * requests), block sizes, cache dtypes, numerics modes (deployed: bit for bit over schedules and
+ * thread counts), capacity refusal; the step workspace
  * sized for max_num_batched_tokens (no step up to it grows it, a larger one is refused whole).
  */
 #include "test.h"
@@ -13,6 +14,8 @@
 #include "ref/test_util.h"
 
 #include <math.h>
+#include <omp.h>
+#include <stdio.h>
 
 enum { MAXR = 4 };
 
@@ -227,6 +230,47 @@ static void model_done(dsacp_model *m, char *dir)
     free(dir);
 }
 
+/* Schedules against the single-prefill result `base`: odd chunks, token by token, mixed with the
+ * others, different start steps and flattening orders. Identical top-k sets always; logits within
+ * 1e-5, or bit for bit when `bitwise`. */
+static void check_schedules(const char *name, const dsacp_model *m, const dsacp_engine_options *eo, const seqs *q,
+                            const result *base, bool bitwise_required)
+{
+    const dsacp_config *cfg = dsacp_model_config(m);
+    int64_t S;
+    static const int c_odd[] = {7, 13, 29, 1, 3};
+    static const int c_one[] = {1};
+    static const int c_mix[] = {17, 1, 1, 5};
+    const int *chunks_a[3] = {c_odd, c_one, c_mix};
+    const int nchunks_a[3] = {5, 1, 4};
+    const int start_a[3] = {0, 2, 5};
+    const int *chunks_b[3] = {c_one, c_mix, c_odd};
+    const int nchunks_b[3] = {1, 4, 5};
+    const int start_b[3] = {3, 0, 1};
+    struct {
+        const int *const *c;
+        const int *n, *s;
+        bool reverse;
+        const char *name;
+    } scheds[2] = {{chunks_a, nchunks_a, start_a, false, "odd chunks / token-by-token / mixed"},
+                   {chunks_b, nchunks_b, start_b, true, "token-by-token / mixed / odd chunks, reversed order"}};
+    for (int k = 0; k < 2; k++) {
+        int32_t *sk = sched_chunks(q, scheds[k].c, scheds[k].n, scheds[k].s, &S);
+        result rk = {0};
+        CHECK_OK(run(m, eo, q, sk, S, scheds[k].reverse, &rk));
+        bool bitwise;
+        double e = results_max_rel(cfg, q, &rk, base, &bitwise);
+        bool same = results_equal_topk(cfg, q, &rk, base);
+        printf("%s schedule '%s' (%lld steps): logits max rel %.3g vs single prefill%s, top-k %s\n", name,
+               scheds[k].name, (long long)S, e, bitwise ? " (bitwise identical)" : "", same ? "identical" : "DIFFER");
+        CHECKF(e <= 1e-5, "schedule invariance: %.3g", e);
+        if (bitwise_required) CHECKF(bitwise, "%s: schedule '%s' not bit for bit", name, scheds[k].name);
+        CHECK(same);
+        result_free(&rk);
+        free(sk);
+    }
+}
+
 /* Exact mode against the reference, then every schedule / block size against the first run. */
 static void test_exact(const char *preset, uint64_t seed)
 {
@@ -253,38 +297,7 @@ static void test_exact(const char *preset, uint64_t seed)
     CHECKF(bad == 0, "%lld top-k sets differ from the reference away from ties", (long long)bad);
     if (ties == 0) CHECKF(err <= 1e-5, "%s: logits max rel error %.3g > 1e-5", preset, err);
 
-    /* Schedules: odd chunks, token by token, mixed with the others, different start steps and
-     * flattening orders. */
-    static const int c_odd[] = {7, 13, 29, 1, 3};
-    static const int c_one[] = {1};
-    static const int c_mix[] = {17, 1, 1, 5};
-    const int *chunks_a[3] = {c_odd, c_one, c_mix};
-    const int nchunks_a[3] = {5, 1, 4};
-    const int start_a[3] = {0, 2, 5};
-    const int *chunks_b[3] = {c_one, c_mix, c_odd};
-    const int nchunks_b[3] = {1, 4, 5};
-    const int start_b[3] = {3, 0, 1};
-    struct {
-        const int *const *c;
-        const int *n, *s;
-        bool reverse;
-        const char *name;
-    } scheds[2] = {{chunks_a, nchunks_a, start_a, false, "odd chunks / token-by-token / mixed"},
-                   {chunks_b, nchunks_b, start_b, true, "token-by-token / mixed / odd chunks, reversed order"}};
-    for (int k = 0; k < 2; k++) {
-        int32_t *sk = sched_chunks(&q, scheds[k].c, scheds[k].n, scheds[k].s, &S);
-        result rk = {0};
-        CHECK_OK(run(m, &eo, &q, sk, S, scheds[k].reverse, &rk));
-        bool bitwise;
-        double e = results_max_rel(cfg, &q, &rk, &base, &bitwise);
-        bool same = results_equal_topk(cfg, &q, &rk, &base);
-        printf("%s schedule '%s' (%lld steps): logits max rel %.3g vs single prefill%s, top-k %s\n", preset,
-               scheds[k].name, (long long)S, e, bitwise ? " (bitwise identical)" : "", same ? "identical" : "DIFFER");
-        CHECKF(e <= 1e-5, "schedule invariance: %.3g", e);
-        CHECK(same);
-        result_free(&rk);
-        free(sk);
-    }
+    check_schedules(preset, m, &eo, &q, &base, false);
     /* Block sizes. */
     int64_t bs[3] = {1, 16, 64};
     for (int k = 0; k < 3; k++) {
@@ -378,6 +391,51 @@ static void test_v32_heads(void)
     cfg.qk_nope_head_dim = 128;
     cfg.v_head_dim = 128;
     test_quantized_cfg("tiny/v32-heads", &cfg, 13, DSACP_WEIGHTS_FP8);
+}
+
+/* Deployed mode (the bf16-dot chain: BF16 / FP8 linears, bf16 sparse MLA; docs/numerics.md) is
+ * bit for bit the same whatever the schedule (one token or many per linear call) and the thread
+ * count: BF16 weights with a bf16 cache, FP8 weights with the fp8_ds_mla cache. */
+static void test_deployed_invariance(const char *preset, uint64_t seed, dsacp_weight_format fmt, dsacp_kv_dtype kv)
+{
+    char *dir;
+    dsacp_model *m = preset_model(preset, seed, fmt, &dir);
+    const dsacp_config *cfg = dsacp_model_config(m);
+    seqs q;
+    int64_t len[3] = {131, 97, 40};
+    make_seqs(&q, 3, len, cfg->vocab_size, seed * 10);
+    dsacp_engine_options eo;
+    dsacp_engine_options_default(&eo);
+    eo.numerics = DSACP_NUMERICS_DEPLOYED;
+    eo.kv_dtype = kv;
+    eo.block_size = 16;
+    eo.num_blocks = 64;
+    int64_t S;
+    int32_t *s0 = sched_prefill(&q, &S);
+    result base = {0};
+    CHECK_OK(run(m, &eo, &q, s0, S, false, &base));
+    char name[96];
+    snprintf(name, sizeof name, "%s deployed (%s weights, %s cache)", preset,
+             fmt == DSACP_WEIGHTS_FP8 ? "fp8" : "bf16", kv == DSACP_KV_FP8 ? "fp8" : "bf16");
+    check_schedules(name, m, &eo, &q, &base, true);
+    const int max_threads = omp_get_max_threads();
+    const int threads[2] = {1, 3};
+    for (int k = 0; k < 2; k++) {
+        omp_set_num_threads(threads[k]);
+        result rk = {0};
+        CHECK_OK(run(m, &eo, &q, s0, S, false, &rk));
+        bool bitwise;
+        double e = results_max_rel(cfg, &q, &rk, &base, &bitwise);
+        printf("%s, %d thread(s): logits max rel %.3g%s\n", name, threads[k], e, bitwise ? " (bitwise identical)" : "");
+        CHECKF(bitwise, "%s: %d thread(s) not bit for bit", name, threads[k]);
+        CHECK(results_equal_topk(cfg, &q, &rk, &base));
+        result_free(&rk);
+    }
+    omp_set_num_threads(max_threads);
+    result_free(&base);
+    free(s0);
+    free_seqs(&q);
+    model_done(m, dir);
 }
 
 /* The fp8_ds_mla cache holds exactly what the numerics module produces for its rows.
@@ -608,6 +666,8 @@ int main(void)
     test_quantized("tiny", 3, DSACP_WEIGHTS_F32);
     test_quantized("tiny-moe", 4, DSACP_WEIGHTS_FP8);
     test_v32_heads();
+    test_deployed_invariance("tiny", 6, DSACP_WEIGHTS_BF16, DSACP_KV_BF16);
+    test_deployed_invariance("tiny-moe", 7, DSACP_WEIGHTS_FP8, DSACP_KV_FP8);
     test_fp8_cache_bytes();
     test_capacity();
     test_max_num_batched_tokens();
