@@ -32,6 +32,7 @@ typedef struct bench_run {
     dsacp_bench_report *report;
     double peak_fma, stream_copy, stream_read, sgemm_indexer, sgemm_indexer_prefill, sgemm_mla;
     double peak_bf16dot;         /* the bf16-dot chain's ceiling (0 where bench_bf16dot_na says why not) */
+    const char *peak_fma_name;   /* peak_fma's result name ("peak_fma_avx512" or "_avx2"), once measured */
     double indexer_fp8_s;        /* one decode query's fp8 scoring, once the indexer case timed it */
     const dsacp_dsa_weights *lw; /* layer 0's weights, for the cases with layer_weights */
     const struct bench_case *current; /* the case running */
@@ -141,11 +142,13 @@ typedef struct bench_layer_step {
     float *x, *out;
     dsacp_rope rope;
     int64_t requests, tokens;
+    bool deployed; /* the numerics the cache was made for and the layer runs in */
 } bench_layer_step;
 /* A case's state (*state) of `requests` sequences with `length` reserved positions each and a
  * step of `tokens` tokens (positions and sequence indices 0: the caller sets them), their input
  * rows x filled from `seed`; `what` names the step in an out-of-memory message (NULL: none).
- * The case's teardown is bench_layer_step_teardown (also after a failure). */
+ * The numerics are r->opt->deployed's (an fp8 cache when deployed, f32 otherwise). The case's
+ * teardown is bench_layer_step_teardown (also after a failure). */
 int bench_layer_step_new(const bench_run *r, void **state, int64_t requests, int64_t length, int64_t tokens,
                          uint64_t seed, const char *what);
 void bench_layer_step_teardown(void *state);

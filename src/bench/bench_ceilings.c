@@ -125,8 +125,8 @@ static void measure_fma(bench_run *r)
 {
     int lanes;
     r->peak_fma = bench_peak_fma(r, &lanes);
-    if (r->peak_fma > 0)
-        bench_result(r, lanes == 16 ? "peak_fma_avx512" : "peak_fma_avx2", r->peak_fma, "GFLOP/s", NULL, 0, 0);
+    r->peak_fma_name = lanes == 16 ? "peak_fma_avx512" : "peak_fma_avx2";
+    if (r->peak_fma > 0) bench_result(r, r->peak_fma_name, r->peak_fma, "GFLOP/s", NULL, 0, 0);
 #ifdef BENCH_X86
     if (__builtin_cpu_supports("avx512bf16")) {
         fma_arg a = {.iters = 2000000, .lanes = 32};

@@ -6,9 +6,13 @@
  * arithmetic: the activations rounded to bf16 and the bf16 weights packed once, untimed) beside
  * the reference and the bf16-dot peak, where the chain runs VDPBF16PS (else an n/a row saying
  * why), and its FMA form (two f32 FMAs per pair, for plain operands) beside the reference and the
- * f32 FMA peak. The six products are timed interleaved, one after another in every repetition, and
- * each keeps its minimum: on a shared VM the machine's speed drifts by 30-40 % between seconds,
- * which a ratio of separately timed runs would carry.
+ * f32 FMA peak; and deployed mode's linear as the model runs it (linear_deployed_{bf16,fp8}_T*:
+ * dsacp_linear with act_quant = true on the bf16 and fp8 weights, whatever --numerics says, so
+ * the chain dispatch.c picks for deployed BF16/FP8 weights, the bf16-dot chain, activation
+ * rounding included) beside the reference, the bf16-dot peak and the f32 FMA peak. The eight
+ * products are timed interleaved, one after another in every repetition, and each keeps its
+ * minimum: on a shared VM the machine's speed drifts by 30-40 % between seconds, which a ratio of
+ * separately timed runs would carry.
  */
 #include "bench/bench.h"
 #include "core/core.h"
@@ -17,7 +21,11 @@
 #include <stdio.h>
 
 static const int64_t tokens[] = {16, 256, 2048};
-enum { NT = sizeof tokens / sizeof *tokens, TMAX = 2048, NW = 3 /* f32, bf16, fp8 */, NP = NW + 3 };
+enum { NT = sizeof tokens / sizeof *tokens, TMAX = 2048, NW = 3 /* f32, bf16, fp8 */ };
+/* The products timed: the reference; dsacp_linear on w[0..2] (act_quant as --numerics says for
+ * fp8, as before); dsacp_linear deployed on the bf16 and fp8 weights; the batched bf16-dot
+ * product by VDPBF16PS and by its FMA form (both forced, whatever the automatic choice). */
+enum { P_REF, P_F32, P_BF16, P_FP8, P_DEP_BF16, P_DEP_FP8, P_DOT, P_FMA, NP };
 
 typedef struct gemm_state {
     int64_t N, K;
@@ -89,34 +97,42 @@ static void teardown(void *state)
     dsacp_free(s);
 }
 
-/* One of the products on T tokens: k = 0 the reference, 1..3 dsacp_linear on w[k - 1], 4 the
- * bf16-dot product by VDPBF16PS, 5 by its FMA form (both forced, whatever the automatic choice). */
 typedef struct product {
     const bench_run *r;
     const gemm_state *s;
     int64_t T;
-    int k;
+    int k; /* P_x */
     int rc;
 } product;
 
 static void product_run(product *p)
 {
     const gemm_state *s = p->s;
-    if (p->k == 0) {
+    if (p->k == P_REF) {
         p->r->opt->reference_gemm(p->T, s->N, s->K, s->x, s->K, s->w[0].data, s->K, true, s->y, s->N);
         return;
     }
     int rc;
-    if (p->k >= NP - 2) {
-        const int form = p->k == NP - 2 ? DSACP_BF16GEMM_DPBF16 : DSACP_BF16GEMM_FMA;
+    if (p->k == P_DOT || p->k == P_FMA) {
+        const int form = p->k == P_DOT ? DSACP_BF16GEMM_DPBF16 : DSACP_BF16GEMM_FMA;
         rc = dsacp_bf16gemm_as(form, s->dot_w, s->N, s->K, s->dot_x, p->T, s->K, s->y, s->N, s->dot_ws,
                                s->dot_ws_bytes);
-        if (rc && !p->rc) p->rc = rc;
-        return;
+    } else if (p->k == P_DEP_BF16 || p->k == P_DEP_FP8) {
+        const dsacp_weight *w = &s->w[p->k == P_DEP_BF16 ? 1 : 2].w;
+        rc = dsacp_linear(w, s->x, p->T, s->K, s->y, s->N, true);
+    } else {
+        const bool act_quant = p->r->opt->deployed && p->k == P_FP8;
+        rc = dsacp_linear(&s->w[p->k - P_F32].w, s->x, p->T, s->K, s->y, s->N, act_quant);
     }
-    const bool act_quant = p->r->opt->deployed && p->k == 3;
-    rc = dsacp_linear(&s->w[p->k - 1].w, s->x, p->T, s->K, s->y, s->N, act_quant);
     if (rc && !p->rc) p->rc = rc;
+}
+
+/* Whether product k runs here (the batched bf16-dot forms need their operands). */
+static bool product_runs(const gemm_state *s, int k)
+{
+    if (k == P_DOT) return !s->dot_na;
+    if (k == P_FMA) return !s->dot_na && !s->fma_na;
+    return true;
 }
 
 static double work(const bench_run *r, int64_t T)
@@ -126,31 +142,32 @@ static double work(const bench_run *r, int64_t T)
     return 2.0 * (double)T * N * (double)c->hidden_size;
 }
 
-/* The best time of each product on T tokens, interleaved over the repetitions (the bf16-dot
- * product only where it runs). */
+/* The best time of each product on T tokens, interleaved over the repetitions (the products that
+ * do not run here keep 1e30). */
 static int time_interleaved(const bench_run *r, const gemm_state *s, int64_t T, double best[NP])
 {
     product p[NP];
     int64_t inner[NP];
-    const int np = s->dot_na ? NP - 2 : s->fma_na ? NP - 1 : NP;
-    for (int k = 0; k < np; k++) { /* warm-up; calls per timing of >= 20 ms */
+    for (int k = 0; k < NP; k++) { /* warm-up; calls per timing of >= 20 ms */
         p[k] = (product){r, s, T, k, 0};
+        best[k] = 1e30, inner[k] = 0;
+        if (!product_runs(s, k)) continue;
         const double t0 = dsacp_now();
         product_run(&p[k]);
         const double once = dsacp_now() - t0;
         inner[k] = once >= 0.02 ? 1 : (int64_t)(0.02 / (once > 1e-7 ? once : 1e-7)) + 1;
-        best[k] = 1e30;
     }
     const int64_t reps = r->opt->reps < 5 ? 5 : r->opt->reps;
     for (int64_t rep = 0; rep < reps; rep++)
-        for (int k = 0; k < np; k++) {
-            if (k == 1) bench_reference_settle();
+        for (int k = 0; k < NP; k++) {
+            if (!inner[k]) continue;
+            if (k == P_F32) bench_reference_settle();
             const double t0 = dsacp_now();
             for (int64_t it = 0; it < inner[k]; it++) product_run(&p[k]);
             const double t = (dsacp_now() - t0) / (double)inner[k];
             if (t < best[k]) best[k] = t;
         }
-    for (int k = 1; k < np; k++)
+    for (int k = P_F32; k < NP; k++)
         if (p[k].rc) return p[k].rc;
     return DSACP_OK;
 }
@@ -172,6 +189,19 @@ static void report_form(bench_run *r, const char *tag, const char *na, int64_t T
     bench_work_rate(r, name, T, best, peak > 0 ? peak_name : NULL, peak);
 }
 
+/* Deployed mode's linear on the `tag` weights on T tokens, linear_deployed_<tag>_T<T>: beside the
+ * reference, then (_peak) the bf16-dot peak and (_fma) the f32 FMA peak, its two ceilings. */
+static void report_deployed(bench_run *r, const char *tag, int64_t T, double best, const char *cname, double sgemm)
+{
+    char name[64];
+    snprintf(name, sizeof name, "linear_deployed_%s_T%lld", tag, (long long)T);
+    bench_work_rate(r, name, T, best, cname, sgemm);
+    snprintf(name, sizeof name, "linear_deployed_%s_T%lld_peak", tag, (long long)T);
+    bench_work_rate(r, name, T, best, r->peak_bf16dot > 0 ? "peak_bf16dot" : NULL, r->peak_bf16dot);
+    snprintf(name, sizeof name, "linear_deployed_%s_T%lld_fma", tag, (long long)T);
+    bench_work_rate(r, name, T, best, r->peak_fma > 0 ? r->peak_fma_name : NULL, r->peak_fma);
+}
+
 static int run(bench_run *r, void *state)
 {
     const gemm_state *s = state;
@@ -183,16 +213,18 @@ static int run(bench_run *r, void *state)
         const int rc = time_interleaved(r, s, T, best);
         char name[64], cname[64];
         snprintf(cname, sizeof cname, "sgemm_T%lld", (long long)T);
-        bench_result(r, cname, flops / best[0] * 1e-9, "GFLOP/s", NULL, 0, 0);
+        const double sg = flops / best[P_REF] * 1e-9;
+        bench_result(r, cname, sg, "GFLOP/s", NULL, 0, 0);
         for (int k = 0; k < NW; k++) {
             snprintf(name, sizeof name, "gemm_%s_T%lld", tag[k], (long long)T);
-            bench_work_rate(r, name, T, best[k + 1], cname, flops / best[0] * 1e-9);
+            bench_work_rate(r, name, T, best[P_F32 + k], cname, sg);
         }
         if (rc) return rc;
-        const double sg = flops / best[0] * 1e-9;
-        report_form(r, "bf16dot", s->dot_na, T, best[NP - 2], cname, sg, "peak_bf16dot", r->peak_bf16dot);
-        report_form(r, "bf16fma", s->dot_na ? s->dot_na : s->fma_na, T, best[NP - 1], cname, sg, "peak_fma_avx512",
+        report_form(r, "bf16dot", s->dot_na, T, best[P_DOT], cname, sg, "peak_bf16dot", r->peak_bf16dot);
+        report_form(r, "bf16fma", s->dot_na ? s->dot_na : s->fma_na, T, best[P_FMA], cname, sg, r->peak_fma_name,
                     r->peak_fma);
+        report_deployed(r, "bf16", T, best[P_DEP_BF16], cname, sg);
+        report_deployed(r, "fp8", T, best[P_DEP_FP8], cname, sg);
     }
     return DSACP_OK;
 }

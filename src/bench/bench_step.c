@@ -14,7 +14,7 @@ int bench_layer_step_new(const bench_run *r, void **state, int64_t requests, int
     bench_layer_step *s = dsacp_calloc(1, sizeof *s);
     *state = s;
     if (!s) return DSACP_ENOMEM;
-    s->requests = requests, s->tokens = tokens;
+    s->requests = requests, s->tokens = tokens, s->deployed = r->opt->deployed;
     s->seqs = dsacp_calloc((size_t)requests, sizeof *s->seqs);
     s->seqp = dsacp_calloc((size_t)requests, sizeof *s->seqp);
     s->pos = dsacp_calloc((size_t)tokens, sizeof *s->pos);
@@ -26,7 +26,7 @@ int bench_layer_step_new(const bench_run *r, void **state, int64_t requests, int
                     : dsacp_error(DSACP_ENOMEM, "out of memory");
     int rc = dsacp_rope_init(&s->rope, c);
     if (!rc)
-        rc = dsacp_kv_cache_create(c, 1, r->opt->deployed ? DSACP_KV_FP8 : DSACP_KV_F32, r->opt->deployed, bs,
+        rc = dsacp_kv_cache_create(c, 1, s->deployed ? DSACP_KV_FP8 : DSACP_KV_F32, s->deployed, bs,
                                    requests * ((length + bs - 1) / bs) + 1, &s->cache);
     for (int64_t q = 0; q < requests && !rc; q++) {
         rc = dsacp_kv_reserve(s->cache, &s->seqs[q], length);
@@ -51,7 +51,7 @@ void bench_layer_call_init(const bench_run *r, bench_layer_step *s, bench_layer_
 {
     *call = (bench_layer_call){
         .ctx = {.cfg = r->cfg,
-                .mode = r->opt->deployed ? DSACP_MODE_DEPLOYED : DSACP_MODE_EXACT,
+                .mode = s->deployed ? DSACP_MODE_DEPLOYED : DSACP_MODE_EXACT,
                 .rope = &s->rope,
                 .cache = s->cache},
         .w = r->lw,
