@@ -6,26 +6,41 @@ and top-k, then masked attention over all keys). This script
 
   1. takes the llama.cpp that the llama-cpp-python source package on PyPI vendors (downloaded with
      `pip download --no-binary :all: llama-cpp-python`, or --llama-src DIR|TARBALL) and builds its
-     `llama-bench` with CMake (Release, GGML_NATIVE, OpenMP) unless --llama-bench is given;
+     `llama-bench` with CMake (Release, GGML_NATIVE, OpenMP) unless --llama-bench is given, and
+     bench/llama_greedy.c against its libllama (the greedy tokens, which llama-bench cannot give:
+     it feeds random tokens and prints timings only);
   2. converts a dsacp checkpoint (`dsacp init-model --preset P --weights bf16`) to GGUF with the
      vendored gguf-py (needs numpy): tensors named by gguf's own name map for DEEPSEEK32, kv_b
      split into k_b (transposed) and v_b, experts stacked, a placeholder SPM vocabulary of
      vocab_size tokens (no text is tokenized: both sides feed token ids);
-  3. times both sides interleaved (dsacp, llama.cpp, dsacp, ... --reps times each) with the same
-     thread count:
+  3. times both sides interleaved (dsacp deployed, dsacp exact, llama.cpp, ... --reps times each)
+     with the same thread count:
        prefill: `dsacp generate --prompt-len L --chunk L --new-tokens N` (its one L-token prefill
                 step) against `llama-bench -p L -n 0 -ub L -b L`;
        decode:  the same dsacp run's ms/token over its N decode steps against
                 `llama-bench -p 0 -n N -d L` (N tokens generated after a context of L);
-     and prints the median ratio dsacp / llama.cpp per cell (< 1: dsacp faster).
+     dsacp runs twice per repetition: deployed (`--numerics deployed --kv-dtype bf16`: the
+     bf16-dot chain, docs/numerics.md -- activations rounded to bf16, products of bf16 pairs
+     accumulated in f32, bf16 latents) and exact (`--numerics exact`, f32 throughout);
+  4. compares greedy tokens: dsacp generate's prompt is --prompt-len ids from its seed (the same
+     generator, dsacp_rng, reproduced here and checked against libdsacp by --self-test), which
+     llama_greedy prefills in one batch and then decodes greedily; a prefill cell compares the
+     first token (the prefill's argmax), a decode cell all N;
+     and prints, per cell and per dsacp numerics, the median ratio dsacp / llama.cpp (< 1: dsacp
+     faster), the arithmetic each side ran and whether the tokens agree.
 
-Setup (any Python >= 3.10, cmake, a C++ compiler):
+llama.cpp's arithmetic on a BF16 GGUF on the CPU: the weights stay bf16, the activations are
+rounded to bf16 (BF16's vec_dot_type) and dotted in f32 (`vdpbf16ps` where it was built with
+AVX512_BF16, which llama_greedy's system_info line shows), an f16 KV cache, f32 softmax.
+
+Setup (any Python >= 3.10, cmake, a C and C++ compiler):
 
     python3 -m venv /tmp/lb && /tmp/lb/bin/pip install numpy
     build/dsacp init-model --preset small --weights bf16 --out /tmp/small
     /tmp/lb/bin/python tools/llama_bench.py --model /tmp/small --contexts 1024,4096,8192 --threads 2
 
-`--self-test` checks the name mapping and the vocabulary of a converted tiny model and exits.
+`--self-test` checks the name mapping and the vocabulary of a converted tiny model and the prompt
+ids against libdsacp's generator, and exits.
 """
 
 import argparse
@@ -39,6 +54,7 @@ import subprocess
 import sys
 import tarfile
 import time
+import ctypes
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -77,6 +93,90 @@ def build_llama_bench(src, jobs):
                     "-DLLAMA_BUILD_SERVER=OFF"], check=True)
     subprocess.run(["cmake", "--build", build, "-j", str(jobs), "--target", "llama-bench"], check=True)
     return exe
+
+
+def build_llama_greedy(src, bench):
+    """bench/llama_greedy.c against the libllama next to llama-bench (built once)."""
+    bindir = os.path.dirname(bench)
+    exe = os.path.join(bindir, "llama_greedy")
+    c_src = os.path.join(ROOT, "bench", "llama_greedy.c")
+    if os.path.exists(exe) and os.path.getmtime(exe) >= os.path.getmtime(c_src):
+        return exe
+    libs = glob.glob(os.path.join(bindir, "libllama.so*")) + glob.glob(os.path.join(src, "build", "**", "libllama.so"),
+                                                                     recursive=True)
+    if not libs:
+        raise SystemExit(f"no libllama.so near {bench}: build llama.cpp with BUILD_SHARED_LIBS=ON")
+    libdir = os.path.dirname(libs[0])
+    subprocess.run([os.environ.get("CC", "cc"), "-O2", "-std=c11", c_src, "-I", os.path.join(src, "include"),
+                    "-I", os.path.join(src, "ggml", "include"), "-L", libdir, "-lllama",
+                    "-Wl,-rpath," + libdir, "-o", exe], check=True)
+    return exe
+
+
+# ---------------------------------------------------------------- dsacp's prompt ids
+
+MASK = (1 << 64) - 1
+
+
+def prompt_ids(seed, n, vocab):
+    """dsacp generate's prompt: n ids dsacp_rng_u64 % vocab from dsacp_rng_seed(seed) (core.c:
+    four splitmix64 outputs seed xoshiro256**)."""
+    x, s = seed & MASK, []
+    for _ in range(4):
+        x = (x + 0x9E3779B97F4A7C15) & MASK
+        z = x
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & MASK
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & MASK
+        s.append(z ^ (z >> 31))
+    out = []
+    for _ in range(n):
+        r = (s[1] * 5) & MASK
+        r = (((r << 7) | (r >> 57)) & MASK) * 9 & MASK
+        t = (s[1] << 17) & MASK
+        s[2] ^= s[0]
+        s[3] ^= s[1]
+        s[1] ^= s[2]
+        s[0] ^= s[3]
+        s[2] ^= t
+        s[3] = ((s[3] << 45) | (s[3] >> 19)) & MASK
+        out.append(r % vocab)
+    return out
+
+
+def check_prompt_ids(dsacp):
+    """prompt_ids against libdsacp's dsacp_rng (the library beside the dsacp binary)."""
+    lib = None
+    for name in ("libdsacp.so", "libdsacp.so.0"):
+        path = os.path.join(os.path.dirname(os.path.abspath(dsacp)), name)
+        if os.path.exists(path):
+            lib = ctypes.CDLL(path)
+            break
+    if lib is None:
+        return "not checked (no libdsacp.so beside " + dsacp + ")"
+    state = (ctypes.c_uint64 * 4)()
+    lib.dsacp_rng_u64.restype = ctypes.c_uint64
+    for seed in (0, 7, 2**63 + 5):
+        lib.dsacp_rng_seed(state, ctypes.c_uint64(seed))
+        want = [lib.dsacp_rng_u64(state) % 129280 for _ in range(50)]
+        assert prompt_ids(seed, 50, 129280) == want, (seed, want[:4])
+    return "equal to libdsacp's for 3 seeds"
+
+
+def tokens_of(text):
+    m = re.search(r"^generated:((?: -?\d+)*)\s*$", text, re.M)
+    return [int(v) for v in m.group(1).split()] if m else None
+
+
+def agreement(a, b):
+    """'agree (n/n)', 'differ from token k (m/n equal)' or 'not compared (why)'."""
+    if a is None or b is None:
+        return "not compared (no tokens from " + ("dsacp" if a is None else "llama.cpp") + ")"
+    n = min(len(a), len(b))
+    if n == 0:
+        return "not compared (no tokens)"
+    same = sum(x == y for x, y in zip(a, b))
+    first = next((i for i in range(n) if a[i] != b[i]), None)
+    return f"agree ({n}/{n})" if first is None else f"differ from token {first} ({same}/{n} equal)"
 
 
 # ---------------------------------------------------------------- safetensors (numpy)
@@ -209,6 +309,9 @@ def convert(model_dir, out, gguf_py, np):
     experts = {}
     written = []
     for name, (arr, dtype) in tensors.items():
+        layer = re.match(r"model\.layers\.(\d+)\.", name)
+        if layer and int(layer.group(1)) >= L:
+            continue  # the MTP module (layers past num_hidden_layers): dsacp generate does not run it
         m = re.match(r"model\.layers\.(\d+)\.mlp\.experts\.(\d+)\.(gate|up|down)_proj\.weight$", name)
         if m:
             experts.setdefault((int(m.group(1)), m.group(3)), {})[int(m.group(2))] = (arr, dtype)
@@ -241,19 +344,76 @@ def run(cmd, env):
     return p.stdout, time.perf_counter() - t0
 
 
-def dsacp_run(dsacp, model, L, n, env):
-    """(prefill seconds of one L-token step, seconds per decode token after it)."""
+NUMERICS = {
+    "deployed": ["--numerics", "deployed", "--kv-dtype", "bf16"],
+    "exact": ["--numerics", "exact"],
+}
+ARITH = {
+    "deployed": "bf16-dot chain (bf16 activations x bf16 weights, f32 accumulation), bf16 latents",
+    "exact": "f32 (bf16 weights widened), f32 latents",
+}
+
+
+def dsacp_run(dsacp, model, L, n, numerics, env):
+    """(prefill seconds of one L-token step, seconds per decode token after it, generated ids)."""
     out, _ = run([dsacp, "generate", "--model", model, "--prompt-len", str(L), "--chunk", str(L),
-                  "--new-tokens", str(n)], env)
+                  "--new-tokens", str(n)] + NUMERICS[numerics], env)
     p = re.search(r"prefill in chunks of \d+: ([0-9.]+) s", out)
     d = re.search(r"decode: \d+ tokens in [0-9.]+ s \(([0-9.]+) ms/token\)", out)
-    return float(p.group(1)), float(d.group(1)) * 1e-3
+    return float(p.group(1)), float(d.group(1)) * 1e-3, tokens_of(out)
 
 
 def llama(bench, gguf_path, args, threads, env):
     out, _ = run([bench, "-m", gguf_path, "-t", str(threads), "-r", "1", "-o", "json"] + args, env)
     rows = json.loads(out)
     return rows[0]["avg_ns"] * 1e-9, rows[0]
+
+
+def llama_tokens(greedy, gguf_path, ids, n, threads, env):
+    """llama.cpp's greedy tokens after the prompt ids and its arithmetic, or (None, why)."""
+    p = subprocess.run([greedy, gguf_path, str(threads), str(n)], input=" ".join(map(str, ids)),
+                       capture_output=True, text=True, env=env)
+    if p.returncode != 0:
+        why = (p.stderr.strip().splitlines() or ["no message"])[-1]
+        return None, f"llama_greedy failed: {why}"
+    bf16 = re.search(r"AVX512_BF16 = 1", p.stderr) is not None
+    return tokens_of(p.stdout), ("bf16 activations x bf16 weights, f32 accumulation (" +
+                                 ("vdpbf16ps" if bf16 else "no AVX512_BF16 kernel: f32 FMAs") +
+                                 "), f16 KV cache")
+
+
+def cell(L, what, numerics, ds, ll, agree):
+    """One row: context, prefill/decode, dsacp numerics, medians and ratio, arithmetic, tokens."""
+    return dict(context=L, phase=what, dsacp=numerics, dsacp_s=statistics.median(ds),
+                llama_s=statistics.median(ll), ratio=statistics.median([x / y for x, y in zip(ds, ll)]),
+                tokens=agree)
+
+
+def measure(a, bench, greedy, gg, L, vocab, env):
+    """The cells of context L: prefill and decode, each numerics against llama.cpp."""
+    t = {(k, ph): [] for k in NUMERICS for ph in ("prefill", "decode")}
+    pl, dl, toks = [], [], {}
+    for _ in range(a.reps):
+        for k in NUMERICS:
+            p, d, ids = dsacp_run(a.dsacp, a.model, L, a.decode_tokens, k, env)
+            t[(k, "prefill")].append(p)
+            t[(k, "decode")].append(d)
+            toks.setdefault(k, ids)
+        pl.append(llama(bench, gg, ["-p", str(L), "-n", "0", "-b", str(L), "-ub", str(L)], a.threads, env)[0])
+        tl, _ = llama(bench, gg, ["-p", "0", "-n", str(a.decode_tokens), "-d", str(L)], a.threads, env)
+        dl.append(tl / a.decode_tokens)
+    lt, larith = llama_tokens(greedy, gg, prompt_ids(0, L, vocab), a.decode_tokens, a.threads, env) if greedy \
+        else (None, "--no-tokens given")
+    rows = []
+    for k in NUMERICS:
+        for ph, ll in (("prefill", pl), ("decode", dl)):
+            n = 1 if ph == "prefill" else None  # a prefill cell: its argmax, the first token
+            ds_tok = toks.get(k)
+            agree = f"not compared ({larith})" if lt is None else agreement(ds_tok and ds_tok[:n], lt[:n])
+            r = cell(L, ph, k, t[(k, ph)], ll, agree)
+            r.update(dsacp_arith=ARITH[k], llama_arith=larith if lt is not None else "bf16 weights (kernels unknown)")
+            rows.append(r)
+    return rows
 
 
 def main():
@@ -270,6 +430,7 @@ def main():
     ap.add_argument("--gguf", help="where to write the GGUF (default: CACHE/<model>.gguf)")
     ap.add_argument("--csv", help="also write the rows here")
     ap.add_argument("--self-test", action="store_true")
+    ap.add_argument("--no-tokens", action="store_true", help="skip llama_greedy (timings only)")
     a = ap.parse_args()
     try:
         import numpy as np
@@ -282,6 +443,9 @@ def main():
     gguf_py = os.path.join(src, "gguf-py")
     if a.self_test:
         import tempfile
+        print(f"self-test: prompt ids {check_prompt_ids(a.dsacp)}")
+        assert agreement([1, 2, 3], [1, 2, 3]) == "agree (3/3)" and agreement([1, 2], [1, 5]).startswith("differ from token 1")
+        assert tokens_of("x\ngenerated: 5 7 11\ndecode: ...") == [5, 7, 11]
         with tempfile.TemporaryDirectory() as d:
             subprocess.run([a.dsacp, "init-model", "--preset", "tiny-moe", "--weights", "bf16", "--out",
                             os.path.join(d, "m")], check=True, capture_output=True)
@@ -293,35 +457,31 @@ def main():
     if not a.model:
         ap.error("--model is required")
     bench = a.llama_bench or build_llama_bench(src, a.threads)
+    greedy = None if a.no_tokens else build_llama_greedy(src, bench)
     gg = a.gguf or os.path.join(a.cache, os.path.basename(os.path.normpath(a.model)) + ".gguf")
     if not os.path.exists(gg) or os.path.getmtime(gg) < os.path.getmtime(os.path.join(a.model, "config.json")):
         convert(a.model, gg, gguf_py, np)
+    with open(os.path.join(a.model, "config.json")) as f:
+        vocab = json.load(f)["vocab_size"]
     env = dict(os.environ, OMP_NUM_THREADS=str(a.threads))
     rows = []
-    print(f"model {a.model}, {a.threads} threads, {a.reps} interleaved reps, median ratio dsacp / llama.cpp")
-    print(f"{'context':>8} {'prefill dsacp s':>16} {'llama.cpp s':>12} {'ratio':>6}   "
-          f"{'decode dsacp ms':>16} {'llama.cpp ms':>13} {'ratio':>6}")
+    print(f"model {a.model}, {a.threads} threads, {a.reps} interleaved reps, median ratio dsacp / llama.cpp "
+          "(prefill: s per step; decode: ms per token)")
+    print(f"{'context':>8} {'phase':>8} {'dsacp':>9} {'dsacp':>10} {'llama.cpp':>10} {'ratio':>6}  tokens")
     for L in [int(x) for x in a.contexts.split(",")]:
-        pd, pl, dd, dl = [], [], [], []
-        for _ in range(a.reps):
-            p, d = dsacp_run(a.dsacp, a.model, L, a.decode_tokens, env)
-            pd.append(p)
-            dd.append(d)
-            pl.append(llama(bench, gg, ["-p", str(L), "-n", "0", "-b", str(L), "-ub", str(L)], a.threads, env)[0])
-            t, _ = llama(bench, gg, ["-p", "0", "-n", str(a.decode_tokens), "-d", str(L)], a.threads, env)
-            dl.append(t / a.decode_tokens)
-        r = dict(context=L, prefill_dsacp_s=statistics.median(pd), prefill_llama_s=statistics.median(pl),
-                 prefill_ratio=statistics.median([x / y for x, y in zip(pd, pl)]),
-                 decode_dsacp_ms=1e3 * statistics.median(dd), decode_llama_ms=1e3 * statistics.median(dl),
-                 decode_ratio=statistics.median([x / y for x, y in zip(dd, dl)]))
-        rows.append(r)
-        print(f"{L:>8} {r['prefill_dsacp_s']:>16.3f} {r['prefill_llama_s']:>12.3f} {r['prefill_ratio']:>6.2f}   "
-              f"{r['decode_dsacp_ms']:>16.2f} {r['decode_llama_ms']:>13.2f} {r['decode_ratio']:>6.2f}", flush=True)
+        for r in measure(a, bench, greedy, gg, L, vocab, env):
+            rows.append(r)
+            k = 1 if r["phase"] == "prefill" else 1e3
+            print(f"{L:>8} {r['phase']:>8} {r['dsacp']:>9} {k * r['dsacp_s']:>10.3f} {k * r['llama_s']:>10.3f} "
+                  f"{r['ratio']:>6.2f}  {r['tokens']}", flush=True)
+    if rows:
+        print("arithmetic: " + "; ".join(f"dsacp {k}: {ARITH[k]}" for k in NUMERICS) + "; llama.cpp: " +
+              rows[0]["llama_arith"])
     if a.csv:
         with open(a.csv, "w") as f:
             f.write(",".join(rows[0].keys()) + "\n")
             for r in rows:
-                f.write(",".join(str(v) for v in r.values()) + "\n")
+                f.write(",".join(json.dumps(v) if isinstance(v, str) else str(v) for v in r.values()) + "\n")
 
 
 if __name__ == "__main__":
