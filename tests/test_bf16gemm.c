@@ -10,7 +10,9 @@
 #include "test.h"
 #include "core/core.h"
 #include "kernels/bf16dot.h"
+#include "kernels/gemm_bf16.h"
 
+#include <math.h>
 #include <omp.h>
 #include <stdint.h>
 #include <string.h>
@@ -130,10 +132,144 @@ static void check_hook(void)
     CHECKF(bad == 0, "%ld of %ld dsacp_bf16dot calls differ from the model", bad, dots);
 }
 
+/* ---- the block API (gemm_bf16.h) ---- */
+
+/* The fold model from its definition (docs/numerics.md): per lane, the model's partial of each
+ * column block of bp pairs from +0 (pairs past n read as (+0, +0) up to a multiple of 16), then
+ * tot = fmaf(partial, scales[j], tot); the lanes' tree over tot. */
+static float fold_ref(const uint16_t *a, const uint16_t *b, int64_t n, int64_t bp, const float *scales)
+{
+    float tot[16] = {0};
+    const int64_t padded = (n + 15) / 16 * 16;
+    for (int64_t j0 = 0, j = 0; j0 < padded; j0 += bp, j++) {
+        float part[16] = {0};
+        for (int64_t p = j0; p < j0 + bp && p < padded; p++) {
+            const uint32_t ap = p < n ? (uint32_t)a[2 * p] | (uint32_t)a[2 * p + 1] << 16 : 0;
+            const uint32_t bq = p < n ? (uint32_t)b[2 * p] | (uint32_t)b[2 * p + 1] << 16 : 0;
+            part[p % 16] = dsacp_bf16dot_model_pair(part[p % 16], ap, bq);
+        }
+        for (int l = 0; l < 16; l++) tot[l] = fmaf(part[l], scales[j], tot[l]);
+    }
+    return dsacp_bf16dot_lanes_sum(tot);
+}
+
+/* An e4m3 byte of class k: 2 any (NaN 0x7F / 0xFF among them), else any but NaN. */
+static uint8_t e4m3_byte(int k)
+{
+    for (;;) {
+        const uint8_t u = (uint8_t)(dsacp_rng_u64(&rng) >> 33);
+        if (k == 2 || (u & 0x7F) != 0x7F) return u;
+    }
+}
+
+/* A block scale: a random f32 of either sign in [2^-20, 2^20); class 2 also inf, 0 and NaN. */
+static float block_scale(int k)
+{
+    const uint64_t u = dsacp_rng_u64(&rng);
+    if (k == 2 && u % 7 == 0) return (float[]){INFINITY, 0.0f, NAN, -0.0f}[u >> 8 & 3];
+    const float m = 1.0f + (float)(u >> 40 & 0xFFFF) / 65536.0f;
+    return ldexpf(u >> 60 & 1 ? -m : m, (int)(u >> 32 & 63) % 40 - 20);
+}
+
+typedef struct block_case {
+    int64_t N, o0, K, T, bp; /* bp 0: no fold */
+    int k;
+    bool f8;
+} block_case;
+
+static long block_outputs, block_runs[5];
+
+/* The forms this CPU runs on operands of floors fw, fx. */
+static bool form_runs(int form, int fw, int fx)
+{
+    const bool plain = dsacp_bf16dot_plain_ok(fw, fx);
+    const int hw = dsacp_bf16dot_hw_level();
+    switch (form) {
+    case DSACP_BF16GEMM_SCALAR: return true;
+    case DSACP_BF16GEMM_AVX2: return plain && dsacp_isa_best() >= DSACP_ISA_AVX2;
+    case DSACP_BF16GEMM_FMA: return plain && dsacp_isa_best() >= DSACP_ISA_AVX512;
+    default: return hw == DSACP_BF16DOT_HW_ALL || (hw == DSACP_BF16DOT_HW_PLAIN && plain);
+    }
+}
+
+/* Block rows [o0, o0 + 32) of an N-row weight (BF16 or F8) against T tokens in every form this
+ * CPU runs, with and without the fold, each output against the model. */
+static long check_block(const block_case *c)
+{
+    const int64_t N = c->N, K = c->K, T = c->T, P = (K + 1) / 2, ldx = K + 1, rows = N - c->o0 < 32 ? N - c->o0 : 32;
+    const int64_t nscale = (P + 15) / 16 * 16 / (c->bp ? c->bp : 1) + 1, ldy = rows + 3;
+    uint16_t *wb = calloc((size_t)(N * K), sizeof *wb), *x = malloc((size_t)(T * ldx) * sizeof *x);
+    uint8_t *w8 = malloc((size_t)(N * K));
+    uint16_t *wr = calloc((size_t)(2 * P), sizeof *wr), *xr = calloc((size_t)(2 * P), sizeof *xr);
+    float *scales = malloc((size_t)nscale * sizeof *scales), *y = malloc((size_t)(T * ldy) * sizeof *y);
+    void *blk = malloc(dsacp_bf16gemm_block_bytes(K)), *tok = malloc(dsacp_bf16gemm_tokens_bytes(K, T));
+    for (int64_t i = 0; i < N * K; i++) {
+        w8[i] = e4m3_byte(c->k);
+        wb[i] = c->f8 ? dsacp_f32_to_bf16(dsacp_e4m3_to_f32(w8[i])) : element(c->k, true);
+    }
+    for (int64_t i = 0; i < T * ldx; i++) x[i] = element(c->k, c->f8);
+    for (int64_t j = 0; j < nscale; j++) scales[j] = block_scale(c->k);
+    const dsacp_weight w = {.name = "w", .dtype = c->f8 ? DSACP_F8_E4M3 : DSACP_BF16, .ndim = 2, .rows = N, .cols = K,
+                            .data = c->f8 ? (const void *)w8 : (const void *)wb};
+    const int fw = dsacp_bf16gemm_pack_block(&w, c->o0, blk), fx = dsacp_bf16gemm_pack_tokens(x, T, K, ldx, tok);
+    int want_fx = 256;
+    for (int64_t t = 0; t < T; t++) {
+        const int f = dsacp_bf16_exp_floor(x + t * ldx, K);
+        want_fx = f < want_fx ? f : want_fx;
+    }
+    CHECK(fw == dsacp_bf16_exp_floor(wb + c->o0 * K, rows * K) && fx == want_fx);
+    long bad = 0;
+    for (int form = DSACP_BF16GEMM_FMA; form <= DSACP_BF16GEMM_SCALAR; form++) {
+        if (!form_runs(form, fw, fx)) continue;
+        block_runs[form]++;
+        dsacp_bf16gemm_block(form, blk, rows, K, tok, T, c->bp ? scales : NULL, c->bp, y, ldy);
+        for (int64_t r = 0; r < rows; r++) {
+            memcpy(wr, wb + (c->o0 + r) * K, (size_t)K * sizeof *wr);
+            for (int64_t t = 0; t < T; t++, block_outputs++) {
+                memcpy(xr, x + t * ldx, (size_t)K * sizeof *xr);
+                const float want = c->bp ? fold_ref(wr, xr, P, c->bp, scales) : dsacp_bf16dot_scalar(wr, xr, P);
+                if (dsacp_f32_bits(y[t * ldy + r]) != dsacp_f32_bits(want) && bad++ < 3)
+                    fprintf(stderr, "block form %d %s N %lld o0 %lld K %lld T %lld bp %lld class %d: y[%lld][%lld] = "
+                            "%08x, model %08x\n", form, c->f8 ? "f8" : "bf16", (long long)N, (long long)c->o0,
+                            (long long)K, (long long)T, (long long)c->bp, c->k, (long long)t, (long long)r,
+                            dsacp_f32_bits(y[t * ldy + r]), dsacp_f32_bits(want));
+            }
+        }
+    }
+    free(wb), free(x), free(w8), free(wr), free(xr), free(scales), free(y), free(blk), free(tok);
+    return bad;
+}
+
+/* The block API on awkward shapes (a partial last block, odd K, K < 32, K not a multiple of the
+ * fold's column block, token counts across the groups of 12), every value class, BF16 and F8
+ * weights, no fold and the fold of 32- and 128-column blocks. */
+static void check_blocks(void)
+{
+    static const int64_t shapes[][4] = {{32, 0, 1, 1},   {32, 0, 7, 5},    {45, 32, 31, 13}, {70, 64, 32, 12},
+                                        {64, 32, 33, 2}, {40, 0, 130, 25}, {33, 0, 257, 7},  {96, 64, 300, 11},
+                                        {50, 32, 1030, 3}};
+    static const int64_t bps[] = {0, 16, 64};
+    long bad = 0;
+    for (int k = 0; k < CLASSES; k++)
+        for (int f8 = 0; f8 < 2; f8++)
+            for (int b = 0; b < 3; b++)
+                for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+                    const block_case c = {shapes[s][0], shapes[s][1], shapes[s][2], shapes[s][3], bps[b], k, f8};
+                    bad += check_block(&c);
+                }
+    CHECKF(bad == 0, "%ld of %ld block outputs differ from the model", bad, block_outputs);
+    CHECK(block_runs[DSACP_BF16GEMM_SCALAR] > 0);
+    if (dsacp_isa_best() >= DSACP_ISA_AVX2) CHECK(block_runs[DSACP_BF16GEMM_AVX2] > 0);
+    printf("bf16 block API: %ld outputs bitwise the model; runs of forms fma %ld, dpbf16 %ld, avx2 %ld, scalar %ld\n",
+           block_outputs, block_runs[DSACP_BF16GEMM_FMA], block_runs[DSACP_BF16GEMM_DPBF16],
+           block_runs[DSACP_BF16GEMM_AVX2], block_runs[DSACP_BF16GEMM_SCALAR]);
+}
+
 int main(void)
 {
     dsacp_rng_seed(&rng, 2024);
     check_hook();
+    check_blocks();
     if (dsacp_bf16dot_hw_level() != DSACP_BF16DOT_HW_ALL) {
         if (test_failures_) return test_finish("test_bf16gemm");
         printf("SKIP: this CPU's VDPBF16PS is not the model (or it has none): the bf16 GEMM does not run here\n");

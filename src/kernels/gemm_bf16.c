@@ -1,276 +1,261 @@
 /*
- * gemm_bf16.c -- the batched bf16-dot product (bf16dot.h, "batched"): y[t][o] is the model's dot
- * of weight row o and token t (dsacp_bf16dot_scalar(w_o, x_t)), computed with a VDPBF16PS
- * micro-kernel whose every accumulator lane is one model lane of one output. Model lane l of
- * every output is a GEMM of its own over the pairs p = l (mod 16), in increasing p: the weights
- * are packed per block of 32 rows and per lane, [l][q][32 rows] dwords (pair p = l + 16 q), the
- * tokens' pairs are broadcast from a zero-padded copy, a register tile of 32 rows x up to 6
- * tokens accumulates one lane's chain, and the 16 lanes of each output are then summed by the
- * model's tree (dsacp_bf16dot_lanes_sum). The blocks of 32 rows are split over the threads
- * (dsacp_parallel_for), each output computed whole by one thread: the same bits for every thread
- * count. A second form for plain operands (dsacp_bf16dot_plain_ok), FMA: the same packed weights
- * split into f32 in registers, two f32 FMAs per pair (high product first), 32 rows x 12 tokens
- * per tile, the tree in zmm adds; it has the f32 FMA's ceiling, twice VDPBF16PS's on this
- * project's Xeon (docs/numerics.md). The automatic choice between the two is measured once.
- * Not wired into the linears yet. Calls bf16dot_check.c (whether the instruction is the
- * model), bf16dot.c and kernels_threads.c.
+ * gemm_bf16.c -- the batched bf16-dot product (gemm_bf16.h; docs/numerics.md "The bf16-dot
+ * chain"): the packing of weight blocks and tokens, the block driver and the whole-matrix API.
+ * y[t][o] is the model's dot of weight row o and token t, with the fold of F8 block scales where
+ * the caller passes them. Model lane l of every output is a GEMM of its own over the pairs
+ * p = l (mod 16): a block of 32 rows is packed per lane, [l][q][32] dwords (p = l + 16 q); the
+ * tokens once per call, as pairs (VDPBF16PS and the model) and as their f32 split in groups of 12
+ * ([l][q][t][high, low]) for the FMA forms; the register tiles (gemm_bf16_x86.c) run one lane's
+ * chains of a group, then the 16 lanes of each output are summed in the model's tree, and a NaN
+ * output is redone by the model (its payload is the model's, not the SIMD order's). The
+ * whole-matrix API splits the blocks over the threads (dsacp_parallel_for), each output computed
+ * whole by one thread: the same bits for every thread count. Calls gemm_bf16_x86.c,
+ * bf16dot_check.c (whether the instruction is the model), bf16dot.c and kernels_threads.c.
  */
-#include "kernels/bf16dot.h"
+#include "kernels/gemm_bf16.h"
 #include "kernels/kernels_isa.h"
 
+#include <assert.h>
+#include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
-/* TOKENS: the VDPBF16PS tile's tokens; FTOKENS: the FMA form's (its weights are split in
- * registers, two ALU ops per vector, spread over more tokens); HEAD: the packed weights' header
- * (the weights' exponent floor, an int), 64 bytes so the blocks keep the buffer's alignment. */
-enum { ROWS = 32, TOKENS = 6, FTOKENS = 12, LANES = 16, HEAD = 64 };
+/* HEAD: the header of the whole-matrix packed weights (their exponent floor) and of the packed
+ * tokens (their floor, T, K), 64 bytes so what follows keeps the buffer's alignment. */
+enum { ROWS = DSACP_BF16GEMM_ROWS, GROUP = DSACP_BF16GEMM_GROUP, LANES = 16, HEAD = 64 };
+
+typedef struct tokens_head {
+    int floor;
+    int64_t T, K;
+} tokens_head;
 
 /* Pairs of a row of K elements, and their count padded to the 16 lanes. */
 static int64_t pairs_of(int64_t K) { return (K + 1) / 2; }
 static int64_t padded_pairs(int64_t K) { return (pairs_of(K) + LANES - 1) / LANES * LANES; }
 
+/* An e4m3 value as bf16, exactly (every e4m3 value is a normal bf16 or zero); NaN -> the quiet
+ * bf16 NaN of its sign. */
+static uint16_t e4m3_bf16(uint8_t x)
+{
+    if ((x & 0x7F) == 0x7F) return (uint16_t)(0x7FC0 | (x & 0x80) << 8);
+    return (uint16_t)(dsacp_f32_bits(dsacp_e4m3_table()[x]) >> 16);
+}
+
+/* ---- packing ---- */
+
+size_t dsacp_bf16gemm_block_bytes(int64_t K) { return dsacp_ws_mul((size_t)padded_pairs(K), ROWS * sizeof(uint32_t)); }
+
+/* Rows of one block as bf16 elements: BF16 rows of stride ld, or F8 rows decoded. */
+typedef struct rows_src {
+    const uint16_t *b16;
+    const uint8_t *f8;
+    int64_t n, K, ld; /* rows present (<= 32), columns, row stride in elements */
+} rows_src;
+
+static uint16_t elem(const rows_src *s, int64_t r, int64_t k)
+{
+    if (r >= s->n || k >= s->K) return 0;
+    return s->b16 ? s->b16[r * s->ld + k] : e4m3_bf16(s->f8[r * s->ld + k]);
+}
+
+/* The block [l][q][32] of s's rows; returns their exponent floor. */
+static int pack_rows(const rows_src *s, uint32_t *out)
+{
+    const int64_t Q = padded_pairs(s->K) / LANES;
+    int floor = 256;
+    for (int64_t l = 0; l < LANES; l++)
+        for (int64_t q = 0; q < Q; q++, out += ROWS) {
+            const int64_t p = l + LANES * q;
+            for (int64_t r = 0; r < ROWS; r++) {
+                const uint16_t lo = elem(s, r, 2 * p), hi = elem(s, r, 2 * p + 1);
+                out[r] = (uint32_t)lo | (uint32_t)hi << 16;
+                const uint16_t e[2] = {lo, hi};
+                const int f = dsacp_bf16_exp_floor(e, 2);
+                floor = f < floor ? f : floor;
+            }
+        }
+    return floor;
+}
+
+int dsacp_bf16gemm_pack_block(const dsacp_weight *w, int64_t o0, void *blk)
+{
+    rows_src s = {.n = w->rows - o0 < ROWS ? w->rows - o0 : ROWS, .K = w->cols, .ld = w->cols};
+    if (s.n < 0) s.n = 0;
+    if (w->dtype == DSACP_BF16) s.b16 = (const uint16_t *)w->data + o0 * w->cols;
+    else s.f8 = (const uint8_t *)w->data + o0 * w->cols;
+    return pack_rows(&s, blk);
+}
+
+size_t dsacp_bf16gemm_tokens_bytes(int64_t K, int64_t T)
+{
+    const size_t pairs = dsacp_ws_mul(dsacp_ws_mul((size_t)T, (size_t)padded_pairs(K)), sizeof(uint32_t));
+    return dsacp_ws_add(dsacp_ws_add(HEAD, dsacp_ws_round(pairs)), dsacp_ws_mul(pairs, 2));
+}
+
+/* The parts of a packed tokens buffer. */
+static const uint32_t *tokens_pairs(const void *tok) { return (const uint32_t *)((const unsigned char *)tok + HEAD); }
+static const float *tokens_split(const void *tok, int64_t T, int64_t PP)
+{
+    return (const float *)((const unsigned char *)tok + HEAD + dsacp_ws_round((size_t)(T * PP) * sizeof(uint32_t)));
+}
+
+int dsacp_bf16gemm_pack_tokens(const uint16_t *xb, int64_t T, int64_t K, int64_t ldx, void *tok)
+{
+    const int64_t P = pairs_of(K), PP = padded_pairs(K), Q = PP / LANES;
+    tokens_head h = {.floor = 256, .T = T, .K = K};
+    uint32_t *xp = (uint32_t *)tokens_pairs(tok);
+    float *xs = (float *)tokens_split(tok, T, PP);
+    for (int64_t t = 0; t < T; t++) {
+        const int f = dsacp_bf16_exp_floor(xb + t * ldx, K);
+        h.floor = f < h.floor ? f : h.floor;
+        for (int64_t p = 0; p < PP; p++) {
+            const uint16_t lo = p < P ? xb[t * ldx + 2 * p] : 0;
+            const uint16_t hi = p < P && 2 * p + 1 < K ? xb[t * ldx + 2 * p + 1] : 0;
+            xp[t * PP + p] = (uint32_t)lo | (uint32_t)hi << 16;
+        }
+    }
+    for (int64_t g = 0; g < T; g += GROUP) {
+        const int64_t nb = T - g < GROUP ? T - g : GROUP;
+        float *out = xs + 2 * g * PP;
+        for (int64_t l = 0; l < LANES; l++)
+            for (int64_t q = 0; q < Q; q++)
+                for (int64_t t = g; t < g + nb; t++, out += 2) {
+                    const uint32_t pr = xp[t * PP + l + LANES * q];
+                    out[0] = dsacp_f32_of_bits(pr & 0xFFFF0000u), out[1] = dsacp_f32_of_bits(pr << 16);
+                }
+    }
+    memset(tok, 0, HEAD);
+    memcpy(tok, &h, sizeof h);
+    return h.floor;
+}
+
+/* ---- the block product ---- */
+
+/* The model's dot of row r of block wb and token pairs xt; with scales, the fold (bq steps per
+ * column block). */
+static float block_model(const uint32_t *wb, int64_t Q, const uint32_t *xt, int64_t r, const float *scales,
+                         int64_t bq)
+{
+    float tot[LANES];
+    for (int64_t l = 0; l < LANES; l++) {
+        float b = 0.0f, sum = 0.0f;
+        for (int64_t q = 0; q < Q; q++) {
+            b = dsacp_bf16dot_model_pair(b, wb[(l * Q + q) * ROWS + r], xt[l + LANES * q]);
+            if (scales && ((q + 1) % bq == 0 || q + 1 == Q)) sum = fmaf(b, scales[q / bq], sum), b = 0.0f;
+        }
+        tot[l] = scales ? sum : b;
+    }
+    return dsacp_bf16dot_lanes_sum(tot);
+}
+
+/* The scalar form: every output by the model. */
+static void block_scalar(const uint32_t *wb, int64_t rows, int64_t Q, const uint32_t *xp, int64_t T, int64_t PP,
+                         const float *scales, int64_t bq, float *y, int64_t ldy)
+{
+    for (int64_t t = 0; t < T; t++)
+        for (int64_t r = 0; r < rows; r++) y[t * ldy + r] = block_model(wb, Q, xp + t * PP, r, scales, bq);
+}
+
+void dsacp_bf16gemm_block(int form, const void *blk, int64_t rows, int64_t K, const void *tok, int64_t T,
+                          const float *scales, int64_t bp, float *y, int64_t ldy)
+{
+    tokens_head h;
+    memcpy(&h, tok, sizeof h);
+    assert(h.T == T && h.K == K && rows >= 0 && rows <= ROWS && (!scales || (bp > 0 && bp % LANES == 0)));
+    const int64_t PP = padded_pairs(K), Q = PP / LANES, bq = scales ? bp / LANES : 0;
+    const uint32_t *wb = blk, *xp = tokens_pairs(tok);
+#if defined(__x86_64__)
+    void (*group)(const dsacp_bf16gemm_group *, float *) =
+        form == DSACP_BF16GEMM_FMA ? dsacp_bf16gemm_group_fma
+        : form == DSACP_BF16GEMM_DPBF16 ? dsacp_bf16gemm_group_dp
+        : form == DSACP_BF16GEMM_AVX2 ? dsacp_bf16gemm_group_avx2
+                                      : NULL;
+    if (group) {
+        void (*tree)(const float *, int, float *) =
+            form == DSACP_BF16GEMM_AVX2 ? dsacp_bf16gemm_tree_ymm : dsacp_bf16gemm_tree_zmm;
+        const float *xs = tokens_split(tok, T, PP);
+        float tile[LANES * GROUP * ROWS];
+        for (int64_t t0 = 0; t0 < T; t0 += GROUP) {
+            const dsacp_bf16gemm_group g = {.blk = wb, .xp = xp + t0 * PP, .xs = xs + 2 * t0 * PP, .scales = scales,
+                                            .Q = Q, .PP = PP, .bq = bq,
+                                            .nb = (int)(T - t0 < GROUP ? T - t0 : GROUP)};
+            group(&g, tile);
+            for (int t = 0; t < g.nb; t++) {
+                float out[ROWS];
+                tree(tile, t, out);
+                float *yt = y + (t0 + t) * ldy;
+                for (int64_t r = 0; r < rows; r++)
+                    yt[r] = out[r] == out[r] ? out[r] : block_model(wb, Q, g.xp + t * PP, r, scales, bq);
+            }
+        }
+        return;
+    }
+#endif
+    (void)form;
+    block_scalar(wb, rows, Q, xp, T, PP, scales, bq, y, ldy);
+}
+
+/* ---- the whole-matrix API (bf16dot.h): a header, then the blocks ---- */
+
 size_t dsacp_bf16gemm_pack_bytes(int64_t N, int64_t K)
 {
     const size_t blocks = (size_t)((N + ROWS - 1) / ROWS);
-    const size_t body = dsacp_ws_mul(dsacp_ws_mul(blocks, (size_t)padded_pairs(K)), ROWS * sizeof(uint32_t));
-    return dsacp_ws_add(body, HEAD);
+    return dsacp_ws_add(dsacp_ws_mul(blocks, dsacp_bf16gemm_block_bytes(K)), HEAD);
 }
 
 void dsacp_bf16gemm_pack(const uint16_t *w, int64_t N, int64_t K, int64_t ldw, void *packed)
 {
-    const int64_t P = pairs_of(K), Q = padded_pairs(K) / LANES;
+    const size_t bb = dsacp_bf16gemm_block_bytes(K);
     int floor = 256;
-    for (int64_t o = 0; o < N; o++) {
-        const int f = dsacp_bf16_exp_floor(w + o * ldw, K);
+    for (int64_t o0 = 0; o0 < N; o0 += ROWS) {
+        const rows_src s = {.b16 = w + o0 * ldw, .n = N - o0 < ROWS ? N - o0 : ROWS, .K = K, .ld = ldw};
+        const int f = pack_rows(&s, (uint32_t *)((unsigned char *)packed + HEAD + (size_t)(o0 / ROWS) * bb));
         floor = f < floor ? f : floor;
     }
     memset(packed, 0, HEAD);
     memcpy(packed, &floor, sizeof floor);
-    uint32_t *out = (uint32_t *)((unsigned char *)packed + HEAD);
-    for (int64_t o0 = 0; o0 < N; o0 += ROWS)
-        for (int64_t l = 0; l < LANES; l++)
-            for (int64_t q = 0; q < Q; q++, out += ROWS) {
-                const int64_t p = l + LANES * q;
-                for (int64_t r = 0; r < ROWS; r++) {
-                    const int64_t o = o0 + r;
-                    const uint16_t lo = o < N && p < P ? w[o * ldw + 2 * p] : 0;
-                    const uint16_t hi = o < N && p < P && 2 * p + 1 < K ? w[o * ldw + 2 * p + 1] : 0;
-                    out[r] = (uint32_t)lo | (uint32_t)hi << 16;
-                }
-            }
 }
 
-/* The tokens' pairs, and the FMA form's copy of them as f32 (high, low) per pair. */
 size_t dsacp_bf16gemm_ws_bytes(int64_t K, int64_t T)
 {
-    const size_t tokens = dsacp_ws_mul(dsacp_ws_mul((size_t)T, (size_t)padded_pairs(K)), sizeof(uint32_t));
-    const size_t split = dsacp_ws_round(dsacp_ws_mul(tokens, 2));
-    return dsacp_ws_add(dsacp_ws_add(dsacp_ws_round(tokens), split), DSACP_WS_ALIGN);
+    return dsacp_ws_add(dsacp_bf16gemm_tokens_bytes(K, T), DSACP_WS_ALIGN);
 }
 
-#if defined(__x86_64__)
-#include <immintrin.h>
-
-/* x's T rows as zero-padded pairs [T][padded pairs] (element K of an odd row is +0); for the FMA
- * form also as f32 (xf, or NULL) in the order its tiles read them: per group of FTOKENS tokens
- * (the last one shorter), [lane l][q][token][high, low] for pair p = l + 16 q. Returns the
- * tokens' exponent floor. */
-static int pack_tokens(const uint16_t *x, int64_t T, int64_t K, int64_t ldx, uint32_t *xp, float *xf)
-{
-    const int64_t P = pairs_of(K), PP = padded_pairs(K), Q = PP / LANES;
-    int floor = 256;
-    for (int64_t t = 0; t < T; t++) {
-        uint32_t *row = xp + t * PP;
-        const int f = dsacp_bf16_exp_floor(x + t * ldx, K);
-        floor = f < floor ? f : floor;
-        const int64_t g = t / FTOKENS * FTOKENS, nb = T - g < FTOKENS ? T - g : FTOKENS;
-        for (int64_t p = 0; p < PP; p++) {
-            const uint16_t lo = p < P ? x[t * ldx + 2 * p] : 0;
-            const uint16_t hi = p < P && 2 * p + 1 < K ? x[t * ldx + 2 * p + 1] : 0;
-            row[p] = (uint32_t)lo | (uint32_t)hi << 16;
-            if (!xf) continue;
-            float *at = xf + 2 * (g * PP + ((p % LANES * Q + p / LANES) * nb + t - g));
-            at[0] = dsacp_f32_of_bits((uint32_t)hi << 16), at[1] = dsacp_f32_of_bits((uint32_t)lo << 16);
-        }
-    }
-    return floor;
-}
-
-#define TBF16 __attribute__((target("avx512f,avx512bf16")))
-#define T512 __attribute__((target("avx512f")))
-#define INL __attribute__((always_inline)) inline
-
-/* Model lane l of the 32 rows of block wl ([Q][32] dwords) and NT tokens (xp rows, stride PP),
- * into tile[t][r][l]. NT is a constant after inlining. */
-TBF16 static INL void lane_tile(const uint32_t *wl, int64_t Q, const uint32_t *xp, int64_t PP, int64_t l, const int NT,
-                                float *tile)
-{
-    __m512 acc[2][TOKENS];
-#pragma GCC unroll 6
-    for (int t = 0; t < NT; t++) acc[0][t] = acc[1][t] = _mm512_setzero_ps();
-    for (int64_t q = 0; q < Q; q++) {
-        const __m512bh w0 = (__m512bh)_mm512_loadu_si512(wl + q * ROWS);
-        const __m512bh w1 = (__m512bh)_mm512_loadu_si512(wl + q * ROWS + 16);
-        const int64_t p = l + LANES * q;
-#pragma GCC unroll 6
-        for (int t = 0; t < NT; t++) {
-            const __m512bh xb = (__m512bh)_mm512_set1_epi32((int)xp[t * PP + p]);
-            acc[0][t] = _mm512_dpbf16_ps(acc[0][t], w0, xb);
-            acc[1][t] = _mm512_dpbf16_ps(acc[1][t], w1, xb);
-        }
-    }
-#pragma GCC unroll 6
-    for (int t = 0; t < NT; t++) {
-        float v[ROWS];
-        _mm512_storeu_ps(v, acc[0][t]);
-        _mm512_storeu_ps(v + 16, acc[1][t]);
-        for (int r = 0; r < ROWS; r++) tile[(t * ROWS + r) * LANES + l] = v[r];
-    }
-}
-
-/* The FMA form of lane_tile for plain operands (dsacp_bf16dot_plain_ok: DAZ and FTZ never act):
- * per pair the high elements' product, then the low ones', each one fused f32 FMA (a product of
- * two bf16 is exact). The weights' pairs split in registers (high: & 0xFFFF0000, low: << 16),
- * the tokens' from xf (their group's [l][q][NT][high, low] f32, pack_tokens); lane l's chains
- * into tile[l][t][r] (fma_tree's order). */
-T512 static INL void lane_tile_fma(const uint32_t *wl, int64_t Q, const float *xf, int64_t PP, int64_t l, const int NT,
-                                   float *tile)
-{
-    (void)PP;
-    __m512 acc[2][FTOKENS];
-    const __m512i himask = _mm512_set1_epi32((int)0xFFFF0000u);
-#pragma GCC unroll 12
-    for (int t = 0; t < NT; t++) acc[0][t] = acc[1][t] = _mm512_setzero_ps();
-    for (int64_t q = 0; q < Q; q++) {
-        const __m512i w0 = _mm512_loadu_si512(wl + q * ROWS), w1 = _mm512_loadu_si512(wl + q * ROWS + 16);
-        const __m512 h0 = _mm512_castsi512_ps(_mm512_and_si512(w0, himask));
-        const __m512 h1 = _mm512_castsi512_ps(_mm512_and_si512(w1, himask));
-        const __m512 l0 = _mm512_castsi512_ps(_mm512_slli_epi32(w0, 16));
-        const __m512 l1 = _mm512_castsi512_ps(_mm512_slli_epi32(w1, 16));
-        const float *xq = xf + 2 * (l * Q + q) * NT;
-#pragma GCC unroll 12
-        for (int t = 0; t < NT; t++) {
-            const __m512 xh = _mm512_set1_ps(xq[2 * t]), xl = _mm512_set1_ps(xq[2 * t + 1]);
-            acc[0][t] = _mm512_fmadd_ps(h0, xh, acc[0][t]);
-            acc[1][t] = _mm512_fmadd_ps(h1, xh, acc[1][t]);
-            acc[0][t] = _mm512_fmadd_ps(l0, xl, acc[0][t]);
-            acc[1][t] = _mm512_fmadd_ps(l1, xl, acc[1][t]);
-        }
-    }
-#pragma GCC unroll 12
-    for (int t = 0; t < NT; t++) {
-        _mm512_storeu_ps(tile + (l * FTOKENS + t) * ROWS, acc[0][t]);
-        _mm512_storeu_ps(tile + (l * FTOKENS + t) * ROWS + 16, acc[1][t]);
-    }
-}
-
-/* The model's tree over the 16 lanes of the FMA form's outputs (t, rows 16 h .. 16 h + 15),
- * tile [l][FTOKENS][32 rows], in zmm IEEE adds in the model's order (gradual underflow; a NaN
- * sum is redone by the model, whose NaN rule the adds' operand order need not keep). */
-T512 static void fma_tree(const float *tile, int t, int h, float out[16])
-{
-    __m512 v[LANES];
-    for (int l = 0; l < LANES; l++) v[l] = _mm512_loadu_ps(tile + (l * FTOKENS + t) * ROWS + 16 * h);
-    for (int w = 8; w >= 1; w /= 2)
-        for (int i = 0; i < w; i++) v[i] = _mm512_add_ps(v[i], v[i + w]);
-    _mm512_storeu_ps(out, v[0]);
-}
-
-/* One tile function per token count: x is xp (uint32_t pairs) or xf (f32 halves). */
-typedef void (*lane_tile_fn)(const uint32_t *, int64_t, const void *, int64_t, int64_t, float *);
-#define LANE_TILE(NAME, ATTR, FN, XT, NT)                                                                          \
-    ATTR static void NAME##NT(const uint32_t *wl, int64_t Q, const void *x, int64_t PP, int64_t l, float *tile)     \
-    {                                                                                                             \
-        FN(wl, Q, (const XT *)x, PP, l, NT, tile);                                                                \
-    }
-#define DP_TILE(NT) LANE_TILE(dp_tile, TBF16, lane_tile, uint32_t, NT)
-#define FMA_TILE(NT) LANE_TILE(fma_tile, T512, lane_tile_fma, float, NT)
-DP_TILE(1) DP_TILE(2) DP_TILE(3) DP_TILE(4) DP_TILE(5) DP_TILE(6)
-FMA_TILE(1) FMA_TILE(2) FMA_TILE(3) FMA_TILE(4) FMA_TILE(5) FMA_TILE(6)
-FMA_TILE(7) FMA_TILE(8) FMA_TILE(9) FMA_TILE(10) FMA_TILE(11) FMA_TILE(12)
-static const lane_tile_fn dp_tiles[TOKENS + 1] = {NULL, dp_tile1, dp_tile2, dp_tile3, dp_tile4, dp_tile5, dp_tile6};
-static const lane_tile_fn fma_tiles[FTOKENS + 1] = {NULL,       fma_tile1,  fma_tile2, fma_tile3, fma_tile4,
-                                                    fma_tile5,  fma_tile6,  fma_tile7, fma_tile8, fma_tile9,
-                                                    fma_tile10, fma_tile11, fma_tile12};
-
-/* One call's operands, shared by the threads: the packed weights, the tokens' pairs (and their
- * f32 halves for the FMA form), y, the form. */
+/* One call's operands, shared by the threads. */
 typedef struct job {
-    const uint32_t *packed, *xp;
-    const float *xf;
-    int64_t N, T, PP, Q, ldy;
+    const unsigned char *blocks;
+    const void *tok;
+    size_t block_bytes;
+    int64_t N, K, T, ldy;
     float *y;
-    bool fma;
+    int form;
 } job;
 
-/* The model's dot of row r of block wb and token pairs xt, from the packed weights (the FMA
- * form's NaN results: their payload is the model's, not the FMA order's). */
-static float model_dot(const uint32_t *wb, int64_t Q, const uint32_t *xt, int64_t r)
-{
-    float lanes[LANES];
-    for (int64_t l = 0; l < LANES; l++) {
-        float acc = 0.0f;
-        for (int64_t q = 0; q < Q; q++)
-            acc = dsacp_bf16dot_model_pair(acc, wb[(l * Q + q) * ROWS + r], xt[l + LANES * q]);
-        lanes[l] = acc;
-    }
-    return dsacp_bf16dot_lanes_sum(lanes);
-}
-
-/* The block of rows [o0, o0 + 32) and tokens [t0, t0 + nt): 16 lane chains, then the tree. */
-static void block_dp(const job *j, const uint32_t *wb, int64_t o0, int64_t t0, int nt, float *tile)
-{
-    const int64_t Q = j->Q, PP = j->PP;
-    for (int64_t l = 0; l < LANES; l++) dp_tiles[nt](wb + l * Q * ROWS, Q, j->xp + t0 * PP, PP, l, tile);
-    for (int t = 0; t < nt; t++)
-        for (int64_t r = 0; r < ROWS && o0 + r < j->N; r++)
-            j->y[(t0 + t) * j->ldy + o0 + r] = dsacp_bf16dot_lanes_sum(tile + (t * ROWS + r) * LANES);
-}
-
-/* The same in the FMA form (t0: the first token of a group of FTOKENS), a NaN output redone by
- * the model. */
-static void block_fma(const job *j, const uint32_t *wb, int64_t o0, int64_t t0, int nt, float *tile)
-{
-    const int64_t Q = j->Q, PP = j->PP;
-    for (int64_t l = 0; l < LANES; l++) fma_tiles[nt](wb + l * Q * ROWS, Q, j->xf + 2 * t0 * PP, PP, l, tile);
-    for (int t = 0; t < nt; t++)
-        for (int h = 0; h < 2; h++) {
-            float out[16];
-            fma_tree(tile, t, h, out);
-            for (int64_t r = 16 * h; r < 16 * h + 16 && o0 + r < j->N; r++) {
-                const float v = out[r - 16 * h];
-                j->y[(t0 + t) * j->ldy + o0 + r] = v == v ? v : model_dot(wb, Q, j->xp + (t0 + t) * PP, r);
-            }
-        }
-}
-
-/* Rows [32 b, 32 b + 32) for every token (one thread's unit of the split), through a tile on
- * this thread's stack. */
 static void row_block(void *ctx, int64_t b)
 {
     const job *j = ctx;
-    float tile[FTOKENS * ROWS * LANES];
-    const uint32_t *wb = j->packed + b * LANES * j->Q * ROWS;
-    const int64_t step = j->fma ? FTOKENS : TOKENS;
-    for (int64_t t0 = 0; t0 < j->T; t0 += step)
-        (j->fma ? block_fma : block_dp)(j, wb, b * ROWS, t0, (int)(j->T - t0 < step ? j->T - t0 : step), tile);
+    const int64_t o0 = b * ROWS;
+    dsacp_bf16gemm_block(j->form, j->blocks + (size_t)b * j->block_bytes, j->N - o0 < ROWS ? j->N - o0 : ROWS, j->K,
+                         j->tok, j->T, NULL, 0, j->y + o0, j->ldy);
 }
 
-/* Seconds of `reps` full tiles of each form over Q = 128 pairs of zeros (the forms' throughput,
- * what the choice needs), the best of three interleaved rounds. */
+#if defined(__x86_64__)
+/* Seconds of `reps` groups of each form over Q = 64 steps of zeros (the forms' throughput, what
+ * the choice needs), the best of three interleaved rounds. */
 static void time_forms(double *dp, double *fma)
 {
-    enum { Q = 64, REPS = 200 };
-    static const uint32_t w[Q * ROWS], xp[LANES * Q * TOKENS];
-    static const float xf[2 * LANES * Q * FTOKENS];
-    float tile[FTOKENS * ROWS * LANES];
+    enum { Q = 64, REPS = 100 };
+    static const uint32_t w[LANES * Q * ROWS], xp[LANES * Q * GROUP];
+    static const float xs[2 * LANES * Q * GROUP];
+    float tile[LANES * GROUP * ROWS];
+    const dsacp_bf16gemm_group g = {.blk = w, .xp = xp, .xs = xs, .Q = Q, .PP = LANES * Q, .nb = GROUP};
     *dp = *fma = 1e30;
     for (int round = 0; round < 3; round++) {
-        double t0 = dsacp_now();
-        for (int i = 0; i < REPS * 2; i++) dp_tiles[TOKENS](w, Q, xp, LANES * Q, 0, tile);
-        double t1 = dsacp_now();
-        for (int i = 0; i < REPS; i++) fma_tiles[FTOKENS](w, Q, xf, Q * LANES, 0, tile);
-        double t2 = dsacp_now();
+        const double t0 = dsacp_now();
+        for (int i = 0; i < REPS; i++) dsacp_bf16gemm_group_dp(&g, tile);
+        const double t1 = dsacp_now();
+        for (int i = 0; i < REPS; i++) dsacp_bf16gemm_group_fma(&g, tile);
+        const double t2 = dsacp_now();
         *dp = t1 - t0 < *dp ? t1 - t0 : *dp;
         *fma = t2 - t1 < *fma ? t2 - t1 : *fma;
     }
@@ -313,23 +298,17 @@ int dsacp_bf16gemm_as(int form, const void *packed, int64_t N, int64_t K, const 
     const size_t need = dsacp_bf16gemm_ws_bytes(K, T);
     if (!ws || ws_bytes < need)
         return dsacp_error(DSACP_EINVAL, "bf16 GEMM: workspace of %zu bytes, %zu needed", ws_bytes, need);
-#if defined(__x86_64__)
     if (form == DSACP_BF16GEMM_AUTO) form = auto_form();
-    const int64_t PP = padded_pairs(K);
     dsacp_ws s = dsacp_ws_open(ws, ws_bytes);
-    uint32_t *xp = dsacp_ws_take(&s, (size_t)(T * PP) * sizeof(uint32_t));
-    float *xf = form == DSACP_BF16GEMM_FMA ? dsacp_ws_take(&s, (size_t)(2 * T * PP) * sizeof(float)) : NULL;
-    const int xfloor = pack_tokens(x, T, K, ldx, xp, xf);
+    void *tok = dsacp_ws_take(&s, dsacp_bf16gemm_tokens_bytes(K, T));
+    const int xfloor = dsacp_bf16gemm_pack_tokens(x, T, K, ldx, tok);
     int wfloor;
     memcpy(&wfloor, packed, sizeof wfloor);
-    job j = {.packed = (const uint32_t *)((const unsigned char *)packed + HEAD), .xp = xp, .xf = xf, .N = N, .T = T,
-             .PP = PP, .Q = PP / LANES, .ldy = ldy, .y = y, .fma = xf && dsacp_bf16dot_plain_ok(wfloor, xfloor)};
+    if (form == DSACP_BF16GEMM_FMA && !dsacp_bf16dot_plain_ok(wfloor, xfloor)) form = DSACP_BF16GEMM_DPBF16;
+    job j = {.blocks = (const unsigned char *)packed + HEAD, .tok = tok, .block_bytes = dsacp_bf16gemm_block_bytes(K),
+             .N = N, .K = K, .T = T, .ldy = ldy, .y = y, .form = form};
     dsacp_parallel_for((N + ROWS - 1) / ROWS, true, row_block, &j);
     return DSACP_OK;
-#else
-    (void)packed, (void)N, (void)x, (void)ldx, (void)y, (void)ldy;
-    return DSACP_EUNSUPPORTED;
-#endif
 }
 
 int dsacp_bf16gemm(const void *packed, int64_t N, int64_t K, const uint16_t *x, int64_t T, int64_t ldx, float *y,

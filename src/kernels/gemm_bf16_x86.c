@@ -1,0 +1,246 @@
+/*
+ * gemm_bf16_x86.c -- the register tiles of the batched bf16-dot product (gemm_bf16.h): model
+ * lane l of every output is a GEMM of its own over the pairs p = l (mod 16) in increasing p, so a
+ * tile of 32 rows x up to 12 tokens runs one lane's chains over the block ([l][q][32] dwords),
+ * the tokens broadcast. Three forms, each the model's bits on the operands it is for:
+ *   FMA (zmm) and AVX2 (ymm), plain operands (dsacp_bf16dot_plain_ok: DAZ and FTZ never act): per
+ *     pair the high elements' product, then the low ones', each one fused f32 FMA (a product of
+ *     two bf16 is exact); the weights split in registers (high: & 0xFFFF0000, low: << 16), the
+ *     tokens read from their f32 split;
+ *   DPBF16: VDPBF16PS on the pairs (the instruction is the model where hw_level says so).
+ * With scales (the fold), each lane's partial restarts from +0 every bq steps and is folded into
+ * the lane's total in the tile, tot = fma(b, scale, tot), one IEEE FMA as the model's fmaf.
+ * The trees sum the 16 lanes in IEEE adds in the model's order. Calls nothing.
+ */
+#include "kernels/gemm_bf16.h"
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+
+enum { ROWS = DSACP_BF16GEMM_ROWS, GROUP = DSACP_BF16GEMM_GROUP, LANES = 16, DPT = 6, YT = 4 };
+
+#define T512 __attribute__((target("avx512f")))
+#define TBF16 __attribute__((target("avx512f,avx512bf16")))
+#define TAVX2 __attribute__((target("avx2,fma")))
+#define INL __attribute__((always_inline)) inline
+
+/* The steps of column block j: [q0, q1). */
+static inline int64_t seg_end(int64_t q0, int64_t seg, int64_t Q) { return q0 + seg < Q ? q0 + seg : Q; }
+
+/* ---- zmm FMA ---- */
+
+/* Lane chains of NT (= nb) tokens: wl the lane's [Q][32] weights, xl its [Q][nb][2] tokens, tl
+ * the lane's tile ([t][32]). */
+T512 static INL void fma_lane(const dsacp_bf16gemm_group *g, const uint32_t *wl, const float *xl, const int NT,
+                              float *tl)
+{
+    __m512 acc[2][GROUP];
+    const __m512i himask = _mm512_set1_epi32((int)0xFFFF0000u);
+    const int64_t Q = g->Q, seg = g->scales ? g->bq : Q, nb = g->nb;
+    if (g->scales)
+        for (int t = 0; t < NT; t++) _mm512_storeu_ps(tl + t * ROWS, _mm512_setzero_ps()), _mm512_storeu_ps(tl + t * ROWS + 16, _mm512_setzero_ps());
+    for (int64_t q0 = 0, j = 0; q0 < Q; q0 += seg, j++) {
+        const int64_t q1 = seg_end(q0, seg, Q);
+#pragma GCC unroll 12
+        for (int t = 0; t < NT; t++) acc[0][t] = acc[1][t] = _mm512_setzero_ps();
+        for (int64_t q = q0; q < q1; q++) {
+            const __m512i w0 = _mm512_loadu_si512(wl + q * ROWS), w1 = _mm512_loadu_si512(wl + q * ROWS + 16);
+            const __m512 h0 = _mm512_castsi512_ps(_mm512_and_si512(w0, himask));
+            const __m512 h1 = _mm512_castsi512_ps(_mm512_and_si512(w1, himask));
+            const __m512 l0 = _mm512_castsi512_ps(_mm512_slli_epi32(w0, 16));
+            const __m512 l1 = _mm512_castsi512_ps(_mm512_slli_epi32(w1, 16));
+            const float *xq = xl + 2 * q * nb;
+#pragma GCC unroll 12
+            for (int t = 0; t < NT; t++) {
+                const __m512 xh = _mm512_set1_ps(xq[2 * t]), xo = _mm512_set1_ps(xq[2 * t + 1]);
+                acc[0][t] = _mm512_fmadd_ps(h0, xh, acc[0][t]);
+                acc[1][t] = _mm512_fmadd_ps(h1, xh, acc[1][t]);
+                acc[0][t] = _mm512_fmadd_ps(l0, xo, acc[0][t]);
+                acc[1][t] = _mm512_fmadd_ps(l1, xo, acc[1][t]);
+            }
+        }
+        if (g->scales) {
+            const __m512 s = _mm512_set1_ps(g->scales[j]);
+#pragma GCC unroll 12
+            for (int t = 0; t < NT; t++)
+                for (int h = 0; h < 2; h++)
+                    _mm512_storeu_ps(tl + t * ROWS + 16 * h,
+                                     _mm512_fmadd_ps(acc[h][t], s, _mm512_loadu_ps(tl + t * ROWS + 16 * h)));
+        } else {
+#pragma GCC unroll 12
+            for (int t = 0; t < NT; t++)
+                _mm512_storeu_ps(tl + t * ROWS, acc[0][t]), _mm512_storeu_ps(tl + t * ROWS + 16, acc[1][t]);
+        }
+    }
+}
+
+typedef void (*lane_fn)(const dsacp_bf16gemm_group *, const uint32_t *, const void *, float *);
+#define FMA_LANE(NT)                                                                                               \
+    T512 static void fma_lane##NT(const dsacp_bf16gemm_group *g, const uint32_t *wl, const void *xl, float *tl)     \
+    {                                                                                                             \
+        fma_lane(g, wl, (const float *)xl, NT, tl);                                                               \
+    }
+FMA_LANE(1) FMA_LANE(2) FMA_LANE(3) FMA_LANE(4) FMA_LANE(5) FMA_LANE(6)
+FMA_LANE(7) FMA_LANE(8) FMA_LANE(9) FMA_LANE(10) FMA_LANE(11) FMA_LANE(12)
+static const lane_fn fma_lanes[GROUP + 1] = {NULL,       fma_lane1,  fma_lane2, fma_lane3, fma_lane4,
+                                             fma_lane5,  fma_lane6,  fma_lane7, fma_lane8, fma_lane9,
+                                             fma_lane10, fma_lane11, fma_lane12};
+
+void dsacp_bf16gemm_group_fma(const dsacp_bf16gemm_group *g, float *tile)
+{
+    for (int64_t l = 0; l < LANES; l++)
+        fma_lanes[g->nb](g, g->blk + l * g->Q * ROWS, g->xs + 2 * l * g->Q * g->nb, tile + l * GROUP * ROWS);
+}
+
+/* ---- VDPBF16PS ---- */
+
+/* Lane l's chains of NT tokens (pairs xp, stride PP) into tl ([t][32]). */
+TBF16 static INL void dp_lane(const dsacp_bf16gemm_group *g, const uint32_t *wl, const uint32_t *xp, int64_t l,
+                              const int NT, float *tl)
+{
+    __m512 acc[2][DPT];
+    const int64_t Q = g->Q, seg = g->scales ? g->bq : Q, PP = g->PP;
+    if (g->scales)
+        for (int t = 0; t < NT; t++) _mm512_storeu_ps(tl + t * ROWS, _mm512_setzero_ps()), _mm512_storeu_ps(tl + t * ROWS + 16, _mm512_setzero_ps());
+    for (int64_t q0 = 0, j = 0; q0 < Q; q0 += seg, j++) {
+        const int64_t q1 = seg_end(q0, seg, Q);
+#pragma GCC unroll 6
+        for (int t = 0; t < NT; t++) acc[0][t] = acc[1][t] = _mm512_setzero_ps();
+        for (int64_t q = q0; q < q1; q++) {
+            const __m512bh w0 = (__m512bh)_mm512_loadu_si512(wl + q * ROWS);
+            const __m512bh w1 = (__m512bh)_mm512_loadu_si512(wl + q * ROWS + 16);
+            const int64_t p = l + LANES * q;
+#pragma GCC unroll 6
+            for (int t = 0; t < NT; t++) {
+                const __m512bh xb = (__m512bh)_mm512_set1_epi32((int)xp[t * PP + p]);
+                acc[0][t] = _mm512_dpbf16_ps(acc[0][t], w0, xb);
+                acc[1][t] = _mm512_dpbf16_ps(acc[1][t], w1, xb);
+            }
+        }
+        if (g->scales) {
+            const __m512 s = _mm512_set1_ps(g->scales[j]);
+#pragma GCC unroll 6
+            for (int t = 0; t < NT; t++)
+                for (int h = 0; h < 2; h++)
+                    _mm512_storeu_ps(tl + t * ROWS + 16 * h,
+                                     _mm512_fmadd_ps(acc[h][t], s, _mm512_loadu_ps(tl + t * ROWS + 16 * h)));
+        } else {
+#pragma GCC unroll 6
+            for (int t = 0; t < NT; t++)
+                _mm512_storeu_ps(tl + t * ROWS, acc[0][t]), _mm512_storeu_ps(tl + t * ROWS + 16, acc[1][t]);
+        }
+    }
+}
+
+typedef void (*dp_lane_fn)(const dsacp_bf16gemm_group *, const uint32_t *, const uint32_t *, int64_t, float *);
+#define DP_LANE(NT)                                                                                                 \
+    TBF16 static void dp_lane##NT(const dsacp_bf16gemm_group *g, const uint32_t *wl, const uint32_t *xp, int64_t l, \
+                                  float *tl)                                                                        \
+    {                                                                                                               \
+        dp_lane(g, wl, xp, l, NT, tl);                                                                              \
+    }
+DP_LANE(1) DP_LANE(2) DP_LANE(3) DP_LANE(4) DP_LANE(5) DP_LANE(6)
+static const dp_lane_fn dp_lanes[DPT + 1] = {NULL, dp_lane1, dp_lane2, dp_lane3, dp_lane4, dp_lane5, dp_lane6};
+
+void dsacp_bf16gemm_group_dp(const dsacp_bf16gemm_group *g, float *tile)
+{
+    for (int64_t l = 0; l < LANES; l++)
+        for (int t0 = 0; t0 < g->nb; t0 += DPT) {
+            const int nt = g->nb - t0 < DPT ? g->nb - t0 : DPT;
+            dp_lanes[nt](g, g->blk + l * g->Q * ROWS, g->xp + t0 * g->PP, l, tile + (l * GROUP + t0) * ROWS);
+        }
+}
+
+/* ---- ymm FMA (AVX2) ---- */
+
+/* Rows [16 h, 16 h + 16) of lane chains of NT tokens (xl: the lane's [Q][nb][2] tokens from the
+ * subtile's first) into tl ([t][32], from row 16 h). */
+TAVX2 static INL void ymm_lane(const dsacp_bf16gemm_group *g, const uint32_t *wl, const float *xl, const int NT,
+                               float *tl)
+{
+    __m256 acc[2][YT];
+    const __m256i himask = _mm256_set1_epi32((int)0xFFFF0000u);
+    const int64_t Q = g->Q, seg = g->scales ? g->bq : Q, nb = g->nb;
+    if (g->scales)
+        for (int t = 0; t < NT; t++) _mm256_storeu_ps(tl + t * ROWS, _mm256_setzero_ps()), _mm256_storeu_ps(tl + t * ROWS + 8, _mm256_setzero_ps());
+    for (int64_t q0 = 0, j = 0; q0 < Q; q0 += seg, j++) {
+        const int64_t q1 = seg_end(q0, seg, Q);
+#pragma GCC unroll 4
+        for (int t = 0; t < NT; t++) acc[0][t] = acc[1][t] = _mm256_setzero_ps();
+        for (int64_t q = q0; q < q1; q++) {
+            const __m256i w0 = _mm256_loadu_si256((const __m256i *)(wl + q * ROWS));
+            const __m256i w1 = _mm256_loadu_si256((const __m256i *)(wl + q * ROWS + 8));
+            const __m256 h0 = _mm256_castsi256_ps(_mm256_and_si256(w0, himask));
+            const __m256 h1 = _mm256_castsi256_ps(_mm256_and_si256(w1, himask));
+            const __m256 l0 = _mm256_castsi256_ps(_mm256_slli_epi32(w0, 16));
+            const __m256 l1 = _mm256_castsi256_ps(_mm256_slli_epi32(w1, 16));
+            const float *xq = xl + 2 * q * nb;
+#pragma GCC unroll 4
+            for (int t = 0; t < NT; t++) {
+                const __m256 xh = _mm256_broadcast_ss(xq + 2 * t), xo = _mm256_broadcast_ss(xq + 2 * t + 1);
+                acc[0][t] = _mm256_fmadd_ps(h0, xh, acc[0][t]);
+                acc[1][t] = _mm256_fmadd_ps(h1, xh, acc[1][t]);
+                acc[0][t] = _mm256_fmadd_ps(l0, xo, acc[0][t]);
+                acc[1][t] = _mm256_fmadd_ps(l1, xo, acc[1][t]);
+            }
+        }
+        if (g->scales) {
+            const __m256 s = _mm256_set1_ps(g->scales[j]);
+#pragma GCC unroll 4
+            for (int t = 0; t < NT; t++)
+                for (int h = 0; h < 2; h++)
+                    _mm256_storeu_ps(tl + t * ROWS + 8 * h,
+                                     _mm256_fmadd_ps(acc[h][t], s, _mm256_loadu_ps(tl + t * ROWS + 8 * h)));
+        } else {
+#pragma GCC unroll 4
+            for (int t = 0; t < NT; t++)
+                _mm256_storeu_ps(tl + t * ROWS, acc[0][t]), _mm256_storeu_ps(tl + t * ROWS + 8, acc[1][t]);
+        }
+    }
+}
+
+#define YMM_LANE(NT)                                                                                               \
+    TAVX2 static void ymm_lane##NT(const dsacp_bf16gemm_group *g, const uint32_t *wl, const void *xl, float *tl)    \
+    {                                                                                                             \
+        ymm_lane(g, wl, (const float *)xl, NT, tl);                                                               \
+    }
+YMM_LANE(1) YMM_LANE(2) YMM_LANE(3) YMM_LANE(4)
+static const lane_fn ymm_lanes[YT + 1] = {NULL, ymm_lane1, ymm_lane2, ymm_lane3, ymm_lane4};
+
+void dsacp_bf16gemm_group_avx2(const dsacp_bf16gemm_group *g, float *tile)
+{
+    for (int64_t l = 0; l < LANES; l++)
+        for (int r0 = 0; r0 < ROWS; r0 += 16)
+            for (int t0 = 0; t0 < g->nb; t0 += YT) {
+                const int nt = g->nb - t0 < YT ? g->nb - t0 : YT;
+                ymm_lanes[nt](g, g->blk + l * g->Q * ROWS + r0, g->xs + 2 * (l * g->Q * g->nb + t0),
+                              tile + (l * GROUP + t0) * ROWS + r0);
+            }
+}
+
+/* ---- the trees ---- */
+
+T512 void dsacp_bf16gemm_tree_zmm(const float *tile, int t, float out[32])
+{
+    for (int h = 0; h < 2; h++) {
+        __m512 v[LANES];
+        for (int l = 0; l < LANES; l++) v[l] = _mm512_loadu_ps(tile + (l * GROUP + t) * ROWS + 16 * h);
+        for (int w = 8; w >= 1; w /= 2)
+            for (int i = 0; i < w; i++) v[i] = _mm512_add_ps(v[i], v[i + w]);
+        _mm512_storeu_ps(out + 16 * h, v[0]);
+    }
+}
+
+TAVX2 void dsacp_bf16gemm_tree_ymm(const float *tile, int t, float out[32])
+{
+    for (int h = 0; h < 4; h++) {
+        __m256 v[LANES];
+        for (int l = 0; l < LANES; l++) v[l] = _mm256_loadu_ps(tile + (l * GROUP + t) * ROWS + 8 * h);
+        for (int w = 8; w >= 1; w /= 2)
+            for (int i = 0; i < w; i++) v[i] = _mm256_add_ps(v[i], v[i + w]);
+        _mm256_storeu_ps(out + 8 * h, v[0]);
+    }
+}
+#else
+typedef int dsacp_gemm_bf16_x86_empty; /* ISO C: a translation unit is not empty */
+#endif
