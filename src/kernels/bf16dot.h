@@ -45,6 +45,26 @@ float dsacp_bf16dot_lanes_sum(const float lanes[16]);
  * The definition every kernel below gives bit for bit. */
 float dsacp_bf16dot_scalar(const uint16_t *a, const uint16_t *b, int64_t n);
 
+/* The fold chain of FP8 weights (DeepGEMM's promotion): lane l (of 16) keeps a total from +0;
+ * per column block j of bp pairs (bp a multiple of 16; the last block may be shorter, padded
+ * with (+0, +0) pairs to a multiple of 16) it accumulates b_l from +0 over the block's pairs
+ * p = l (mod 16) in increasing p by dsacp_bf16dot_model_pair, then tot_l = fmaf(b_l, scales[j],
+ * tot_l) (IEEE); the result is dsacp_bf16dot_lanes_sum(tot). bp == 0: no fold, the same as
+ * dsacp_bf16dot_scalar (scales unused). */
+float dsacp_bf16dot_fold_scalar(const uint16_t *a, const uint16_t *b, int64_t n, int64_t bp, const float *scales);
+
+/* FP8 weights as bf16: the e4m3 value exactly (every e4m3 value, subnormals included, is a
+ * normal bf16), unscaled; NaN (0x7F, 0xFF) -> the bf16 quiet NaN of its sign (0x7FC0, 0xFFC0).
+ * dsacp_e4m3_bf16_mag[c]: the bits of magnitude code c = x & 0x7F. The one decoder of the
+ * chain (the linears and the batched product's packing use it). */
+extern const uint16_t dsacp_e4m3_bf16_mag[128];
+static inline uint16_t dsacp_e4m3_to_bf16(uint8_t x)
+{
+    return (uint16_t)((uint32_t)(x & 0x80u) << 8 | dsacp_e4m3_bf16_mag[x & 0x7F]);
+}
+/* out[i] = dsacp_e4m3_to_bf16(src[i]), i < n. */
+void dsacp_e4m3_row_bf16(const uint8_t *src, int64_t n, uint16_t *out);
+
 /* Activations to bf16: out[i] = dsacp_f32_to_bf16(x[i]) (nearest even, NaN quiet, subnormals
  * kept: the dot reads them as zero), i < n. Returns the exponent floor of out. */
 int dsacp_bf16_round_row(const float *x, int64_t n, uint16_t *out);
@@ -98,6 +118,27 @@ float dsacp_bf16dot_avx2(const uint16_t *a, const uint16_t *b, int64_t n, bool p
 float dsacp_bf16dot_avx512bf16(const uint16_t *a, const uint16_t *b, int64_t n);
 /* dsacp_bf16_round_row in AVX2, bit for bit. */
 int dsacp_bf16_round_row_avx2(const float *x, int64_t n, uint16_t *out);
+/* dsacp_bf16_exp_floor in AVX2, the same answer. */
+int dsacp_bf16_exp_floor_avx2(const uint16_t *x, int64_t n);
+/* The fold chain (dsacp_bf16dot_fold_scalar's bits; bp == 0: dsacp_bf16dot_scalar's) by the
+ * AVX2 kernel (plain as above) and by VDPBF16PS (only where dsacp_bf16dot_hw_level is ALL, or
+ * PLAIN for plain operands): every bp pairs the lanes are folded into the totals with one f32
+ * FMA by the block's scale. A NaN result (or, emulating, a 2^-126 edge) is the model's. */
+float dsacp_bf16dot_fold_avx2(const uint16_t *a, const uint16_t *b, int64_t n, int64_t bp, const float *scales,
+                              bool plain);
+float dsacp_bf16dot_fold_avx512bf16(const uint16_t *a, const uint16_t *b, int64_t n, int64_t bp,
+                                    const float *scales);
+/* The zmm FMA form over R <= 8 weight rows and one token, for plain operands (the caller checks
+ * dsacp_bf16dot_plain_ok with the floor returned): rows[r] holds ceil(K/2) pairs (K odd: a +0
+ * element after the row; the FMAs read K elements with masked loads), x the token's ceil(K/2) pairs padded with zero pairs to a multiple
+ * of 16; per pair two f32 FMAs, the high elements' product first (a product of two bf16 is
+ * exact); bp / scales[r] as dsacp_bf16dot_fold_scalar (bp == 0: no fold). out[r]: the model's
+ * bits when the operands are plain (a NaN output is recomputed by the model). Returns the least
+ * exponent floor of the R rows (dsacp_bf16_exp_floor of their concatenation). AVX512BW. */
+int dsacp_bf16dot_fma_rows(const uint16_t *const *rows, int R, int64_t K, const uint16_t *x, int64_t bp,
+                           const float *const *scales, float *out);
+/* dsacp_e4m3_row_bf16 in AVX512BW, bit for bit. */
+void dsacp_e4m3_row_bf16_avx512(const uint8_t *src, int64_t n, uint16_t *out);
 #endif
 
 /* ---- batched (gemm_bf16.c; not wired into the linears yet) ----

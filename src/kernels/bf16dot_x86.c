@@ -62,35 +62,98 @@ T256 static INL __m256 step8(__m256 acc, __m256i va, __m256i vb, bool plain, __m
     return acc;
 }
 
-T256 static INL float avx2_dot(const uint16_t *a, const uint16_t *b, int64_t n, bool plain)
+/* The model's result of a dot the SIMD code hands back (NaN, or the emulation's 2^-126 edge). */
+static float model_dot(const uint16_t *a, const uint16_t *b, int64_t n, int64_t bp, const float *scales)
 {
-    __m256 lo = _mm256_setzero_ps(), hi = _mm256_setzero_ps(), edge = _mm256_setzero_ps();
-    int64_t p = 0;
-    for (; p + 16 <= n; p += 16) {
-        const __m256i *pa = (const __m256i *)(a + 2 * p), *pb = (const __m256i *)(b + 2 * p);
-        lo = step8(lo, _mm256_loadu_si256(pa), _mm256_loadu_si256(pb), plain, &edge);
-        hi = step8(hi, _mm256_loadu_si256(pa + 1), _mm256_loadu_si256(pb + 1), plain, &edge);
+    return dsacp_bf16dot_fold_scalar(a, b, n, bp, scales);
+}
+
+/* Pairs [p, p1) (p1 - p < 16) padded with (+0, +0) pairs to 16, into t. */
+static void tail16(const uint16_t *v, int64_t p, int64_t p1, uint32_t t[16])
+{
+    memset(t, 0, 16 * sizeof(uint32_t));
+    memcpy(t, v + 2 * p, (size_t)(p1 - p) * 2 * sizeof(uint16_t));
+}
+
+/* The chain in ymm pairs (lanes 0-7, 8-15), folded every bp pairs when bp > 0. */
+T256 static INL float avx2_dot(const uint16_t *a, const uint16_t *b, int64_t n, int64_t bp, const float *sc,
+                               bool plain)
+{
+    __m256 tlo = _mm256_setzero_ps(), thi = _mm256_setzero_ps(), edge = _mm256_setzero_ps();
+    const int64_t step = bp > 0 ? bp : n;
+    for (int64_t p0 = 0, j = 0; p0 < n; p0 += step, j++) {
+        const int64_t p1 = p0 + step < n ? p0 + step : n;
+        __m256 lo = _mm256_setzero_ps(), hi = _mm256_setzero_ps();
+        int64_t p = p0;
+        for (; p + 16 <= p1; p += 16) {
+            const __m256i *pa = (const __m256i *)(a + 2 * p), *pb = (const __m256i *)(b + 2 * p);
+            lo = step8(lo, _mm256_loadu_si256(pa), _mm256_loadu_si256(pb), plain, &edge);
+            hi = step8(hi, _mm256_loadu_si256(pa + 1), _mm256_loadu_si256(pb + 1), plain, &edge);
+        }
+        if (p < p1) { /* the last pairs, padded with (+0, +0) pairs to 16 */
+            uint32_t ta[16], tb[16];
+            tail16(a, p, p1, ta);
+            tail16(b, p, p1, tb);
+            const __m256i *pa = (const __m256i *)ta, *pb = (const __m256i *)tb;
+            lo = step8(lo, _mm256_loadu_si256(pa), _mm256_loadu_si256(pb), plain, &edge);
+            hi = step8(hi, _mm256_loadu_si256(pa + 1), _mm256_loadu_si256(pb + 1), plain, &edge);
+        }
+        if (bp > 0) {
+            const __m256 s = _mm256_set1_ps(sc[j]);
+            tlo = _mm256_fmadd_ps(lo, s, tlo);
+            thi = _mm256_fmadd_ps(hi, s, thi);
+        } else {
+            tlo = lo, thi = hi;
+        }
     }
-    if (p < n) { /* the last pairs, padded with (+0, +0) pairs to 16 */
-        uint32_t ta[16] = {0}, tb[16] = {0};
-        memcpy(ta, a + 2 * p, (size_t)(n - p) * 2 * sizeof(uint16_t));
-        memcpy(tb, b + 2 * p, (size_t)(n - p) * 2 * sizeof(uint16_t));
-        lo = step8(lo, _mm256_loadu_si256((const __m256i *)ta), _mm256_loadu_si256((const __m256i *)tb), plain, &edge);
-        hi = step8(hi, _mm256_loadu_si256((const __m256i *)ta + 1), _mm256_loadu_si256((const __m256i *)tb + 1), plain,
-                   &edge);
-    }
-    const float r = tree8x2(lo, hi);
-    if (r != r || _mm256_movemask_ps(edge)) return dsacp_bf16dot_scalar(a, b, n);
+    const float r = tree8x2(tlo, thi);
+    if (r != r || _mm256_movemask_ps(edge)) return model_dot(a, b, n, bp, sc);
     return r;
 }
 
-T256 static float avx2_dot_plain(const uint16_t *a, const uint16_t *b, int64_t n) { return avx2_dot(a, b, n, true); }
-T256 static float avx2_dot_exact(const uint16_t *a, const uint16_t *b, int64_t n) { return avx2_dot(a, b, n, false); }
+T256 static float avx2_dot_plain(const uint16_t *a, const uint16_t *b, int64_t n, int64_t bp, const float *sc)
+{
+    return avx2_dot(a, b, n, bp, sc, true);
+}
+T256 static float avx2_dot_exact(const uint16_t *a, const uint16_t *b, int64_t n, int64_t bp, const float *sc)
+{
+    return avx2_dot(a, b, n, bp, sc, false);
+}
+
+float dsacp_bf16dot_fold_avx2(const uint16_t *a, const uint16_t *b, int64_t n, int64_t bp, const float *scales,
+                              bool plain)
+{
+    return plain ? avx2_dot_plain(a, b, n, bp, scales) : avx2_dot_exact(a, b, n, bp, scales);
+}
 
 float dsacp_bf16dot_avx2(const uint16_t *a, const uint16_t *b, int64_t n, bool plain)
 {
-    return plain ? avx2_dot_plain(a, b, n) : avx2_dot_exact(a, b, n);
+    return dsacp_bf16dot_fold_avx2(a, b, n, 0, NULL, plain);
 }
+
+/* The least exponent floor: min over the elements of (x & 0x7FFF) - 1 as unsigned (a zero
+ * element wraps to 0xFFFF), whose exponent field is the floor. */
+static int floor_of_min(unsigned m) { return m == 0xFFFFu ? 256 : (int)(((m + 1) >> 7) & 0xFF); }
+
+T256 static int exp_floor_avx2(const uint16_t *x, int64_t n)
+{
+    const __m256i mag = _mm256_set1_epi16(0x7FFF), one = _mm256_set1_epi16(1);
+    __m256i mn = _mm256_set1_epi16(-1);
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        const __m256i v = _mm256_and_si256(_mm256_loadu_si256((const __m256i *)(x + i)), mag);
+        mn = _mm256_min_epu16(mn, _mm256_sub_epi16(v, one));
+    }
+    const __m128i m8 = _mm_min_epu16(_mm256_castsi256_si128(mn), _mm256_extracti128_si256(mn, 1));
+    unsigned m = (unsigned)_mm_cvtsi128_si32(_mm_minpos_epu16(m8)) & 0xFFFFu;
+    for (; i < n; i++) {
+        const unsigned v = ((unsigned)x[i] & 0x7FFFu) - 1u;
+        if ((v & 0xFFFFu) < m) m = v & 0xFFFFu;
+    }
+    return floor_of_min(m);
+}
+
+int dsacp_bf16_exp_floor_avx2(const uint16_t *x, int64_t n) { return exp_floor_avx2(x, n); }
 
 static float avx2_kernel(const uint16_t *a, const uint16_t *b, int64_t n) { return dsacp_bf16dot_avx2(a, b, n, false); }
 
@@ -115,7 +178,7 @@ T256 static int round_row_avx2(const float *x, int64_t n, uint16_t *out)
         _mm256_storeu_si256((__m256i *)(out + i), packed);
     }
     for (; i < n; i++) out[i] = dsacp_f32_to_bf16(x[i]);
-    return dsacp_bf16_exp_floor(out, n);
+    return exp_floor_avx2(out, n);
 }
 
 int dsacp_bf16_round_row_avx2(const float *x, int64_t n, uint16_t *out) { return round_row_avx2(x, n, out); }
@@ -133,20 +196,141 @@ TBF16 static INL float tree16(__m512 v)
     return _mm_cvtss_f32(_mm_add_ss(c, _mm_movehdup_ps(c)));
 }
 
-TBF16 float dsacp_bf16dot_avx512bf16(const uint16_t *a, const uint16_t *b, int64_t n)
+TBF16 float dsacp_bf16dot_fold_avx512bf16(const uint16_t *a, const uint16_t *b, int64_t n, int64_t bp,
+                                          const float *scales)
 {
-    __m512 acc = _mm512_setzero_ps();
-    int64_t p = 0;
-    for (; p + 16 <= n; p += 16)
-        acc = _mm512_dpbf16_ps(acc, (__m512bh)_mm512_loadu_si512(a + 2 * p), (__m512bh)_mm512_loadu_si512(b + 2 * p));
-    if (p < n) { /* masked loads: the padding pairs are (+0, +0) */
-        const __mmask16 m = (__mmask16)((1u << (n - p)) - 1);
-        acc = _mm512_dpbf16_ps(acc, (__m512bh)_mm512_maskz_loadu_epi32(m, a + 2 * p),
-                               (__m512bh)_mm512_maskz_loadu_epi32(m, b + 2 * p));
+    __m512 tot = _mm512_setzero_ps();
+    const int64_t step = bp > 0 ? bp : n;
+    for (int64_t p0 = 0, j = 0; p0 < n; p0 += step, j++) {
+        const int64_t p1 = p0 + step < n ? p0 + step : n;
+        __m512 acc = _mm512_setzero_ps();
+        int64_t p = p0;
+        for (; p + 16 <= p1; p += 16)
+            acc = _mm512_dpbf16_ps(acc, (__m512bh)_mm512_loadu_si512(a + 2 * p),
+                                   (__m512bh)_mm512_loadu_si512(b + 2 * p));
+        if (p < p1) { /* masked loads: the padding pairs are (+0, +0) */
+            const __mmask16 m = (__mmask16)((1u << (p1 - p)) - 1);
+            acc = _mm512_dpbf16_ps(acc, (__m512bh)_mm512_maskz_loadu_epi32(m, a + 2 * p),
+                                   (__m512bh)_mm512_maskz_loadu_epi32(m, b + 2 * p));
+        }
+        tot = bp > 0 ? _mm512_fmadd_ps(acc, _mm512_set1_ps(scales[j]), tot) : acc;
     }
-    const float r = tree16(acc);
-    return r != r ? dsacp_bf16dot_scalar(a, b, n) : r;
+    const float r = tree16(tot);
+    return r != r ? model_dot(a, b, n, bp, scales) : r;
 }
+
+float dsacp_bf16dot_avx512bf16(const uint16_t *a, const uint16_t *b, int64_t n)
+{
+    return dsacp_bf16dot_fold_avx512bf16(a, b, n, 0, NULL);
+}
+
+/* ---- AVX512BW: the zmm FMA form over several rows, the FP8 row decode ---- */
+
+#define T512 __attribute__((target("avx512f,avx512bw,avx512vl")))
+
+T512 static INL float tree16_512(__m512 v)
+{
+    const __m256 lo = _mm512_castps512_ps256(v);
+    const __m256 hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1));
+    const __m256 a = _mm256_add_ps(lo, hi);
+    const __m128 b = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+    const __m128 c = _mm_add_ps(b, _mm_movehl_ps(b, b));
+    return _mm_cvtss_f32(_mm_add_ss(c, _mm_movehdup_ps(c)));
+}
+
+/* R rows (a constant after inlining) against the token x: lane l of b[r] is model lane l of row
+ * r (pairs p = l + 16 q of chunk q), two FMAs per pair, high first; every bp / 16 chunks the
+ * block's lanes fold into tot[r]. The rows' (x & 0x7FFF) - 1 minimum rides along (the floor). */
+T512 static INL int fma_rows_t(const uint16_t *const *w, const int R, int64_t K, const uint16_t *x, int64_t bp,
+                               const float *const *sc, float *out)
+{
+    const int64_t nq = ((K + 1) / 2 + 15) / 16, nfull = K / 32, qpb = bp > 0 ? bp / 16 : nq;
+    const __m512i himask = _mm512_set1_epi32((int)0xFFFF0000u), mag = _mm512_set1_epi16(0x7FFF);
+    const __m512i one = _mm512_set1_epi16(1);
+    __m512i mn = _mm512_set1_epi16(-1);
+    __m512 b[8], tot[8];
+    for (int r = 0; r < R; r++) b[r] = tot[r] = _mm512_setzero_ps();
+    for (int64_t q0 = 0, j = 0; q0 < nq; q0 += qpb, j++) {
+        const int64_t q1 = q0 + qpb < nq ? q0 + qpb : nq;
+        for (int64_t q = q0; q < q1; q++) {
+            const __m512i xv = _mm512_loadu_si512(x + 32 * q);
+            const __m512 xh = _mm512_castsi512_ps(_mm512_and_si512(xv, himask));
+            const __m512 xl = _mm512_castsi512_ps(_mm512_slli_epi32(xv, 16));
+            const __mmask32 m = q < nfull ? ~(__mmask32)0 : (__mmask32)((1ull << (K - 32 * q)) - 1);
+            for (int r = 0; r < R; r++) {
+                const __m512i wv = _mm512_maskz_loadu_epi16(m, w[r] + 32 * q);
+                mn = _mm512_min_epu16(mn, _mm512_sub_epi16(_mm512_and_si512(wv, mag), one));
+                b[r] = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_and_si512(wv, himask)), xh, b[r]);
+                b[r] = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_slli_epi32(wv, 16)), xl, b[r]);
+            }
+        }
+        if (bp > 0)
+            for (int r = 0; r < R; r++) {
+                tot[r] = _mm512_fmadd_ps(b[r], _mm512_set1_ps(sc[r][j]), tot[r]);
+                b[r] = _mm512_setzero_ps();
+            }
+    }
+    const int64_t n = (K + 1) / 2;
+    for (int r = 0; r < R; r++) {
+        const float v = tree16_512(bp > 0 ? tot[r] : b[r]);
+        out[r] = v == v ? v : model_dot(w[r], x, n, bp, bp > 0 ? sc[r] : NULL);
+    }
+    const __m256i m16 = _mm256_min_epu16(_mm512_castsi512_si256(mn), _mm512_extracti64x4_epi64(mn, 1));
+    const __m128i m8 = _mm_min_epu16(_mm256_castsi256_si128(m16), _mm256_extracti128_si256(m16, 1));
+    return floor_of_min((unsigned)_mm_cvtsi128_si32(_mm_minpos_epu16(m8)) & 0xFFFFu);
+}
+
+#define FMA_ROWS(R)                                                                                               \
+    T512 static int fma_rows##R(const uint16_t *const *w, int64_t K, const uint16_t *x, int64_t bp,              \
+                                const float *const *sc, float *out)                                             \
+    {                                                                                                             \
+        return fma_rows_t(w, R, K, x, bp, sc, out);                                                               \
+    }
+FMA_ROWS(1) FMA_ROWS(2) FMA_ROWS(4) FMA_ROWS(8)
+
+int dsacp_bf16dot_fma_rows(const uint16_t *const *rows, int R, int64_t K, const uint16_t *x, int64_t bp,
+                           const float *const *scales, float *out)
+{
+    int floor = 256, f;
+    while (R > 0) { /* 8, 4, 2, 1 rows a pass */
+        const int r = R >= 8 ? 8 : R >= 4 ? 4 : R >= 2 ? 2 : 1;
+        f = r == 8   ? fma_rows8(rows, K, x, bp, scales, out)
+            : r == 4 ? fma_rows4(rows, K, x, bp, scales, out)
+            : r == 2 ? fma_rows2(rows, K, x, bp, scales, out)
+                     : fma_rows1(rows, K, x, bp, scales, out);
+        floor = f < floor ? f : floor;
+        rows += r, out += r, R -= r;
+        if (bp > 0) scales += r;
+    }
+    return floor;
+}
+
+/* 32 e4m3 bytes to bf16: the magnitude code through the 128-entry table (two vpermi2w over 64
+ * entries each, bit 6 choosing), the sign bit moved to bit 15. */
+T512 static INL __m512i e4m3_32(__m256i bytes, const __m512i tab[4])
+{
+    const __m512i idx = _mm512_cvtepu8_epi16(bytes);
+    const __m512i lo = _mm512_permutex2var_epi16(tab[0], idx, tab[1]);
+    const __m512i hi = _mm512_permutex2var_epi16(tab[2], idx, tab[3]);
+    const __m512i mag = _mm512_mask_blend_epi16(_mm512_test_epi16_mask(idx, _mm512_set1_epi16(0x40)), lo, hi);
+    /* mag | ((idx << 8) & 0x8000) */
+    return _mm512_ternarylogic_epi32(mag, _mm512_slli_epi16(idx, 8), _mm512_set1_epi16((short)0x8000), 0xF8);
+}
+
+T512 static void e4m3_row_512(const uint8_t *src, int64_t n, uint16_t *out)
+{
+    __m512i tab[4];
+    for (int i = 0; i < 4; i++) tab[i] = _mm512_loadu_si512(dsacp_e4m3_bf16_mag + 32 * i);
+    int64_t i = 0;
+    for (; i + 32 <= n; i += 32)
+        _mm512_storeu_si512(out + i, e4m3_32(_mm256_loadu_si256((const __m256i *)(src + i)), tab));
+    if (i < n) {
+        const __mmask32 m = (__mmask32)((1ull << (n - i)) - 1);
+        _mm512_mask_storeu_epi16(out + i, m, e4m3_32(_mm256_maskz_loadu_epi8(m, src + i), tab));
+    }
+}
+
+void dsacp_e4m3_row_bf16_avx512(const uint8_t *src, int64_t n, uint16_t *out) { e4m3_row_512(src, n, out); }
 
 static float avx512_kernel(const uint16_t *a, const uint16_t *b, int64_t n) { return dsacp_bf16dot_avx512bf16(a, b, n); }
 

@@ -8,6 +8,7 @@
  */
 #include "kernels/bf16dot.h"
 #include "kernels/kernels_isa.h"
+#include "kernels/linear_bf16.h"
 
 #include <stdint.h>
 #if defined(__x86_64__) || defined(__i386__)
@@ -93,6 +94,8 @@ const char *dsacp_isa_name(dsacp_isa isa)
 
 size_t dsacp_linear_ws_bytes(const dsacp_weight *w, int64_t T, bool act_quant)
 {
+    /* Deployed BF16 / FP8: the bf16-dot chain's driver (its size covers every ISA). */
+    if (dsacp_bf16dot_linear_applies(w, act_quant)) return dsacp_linear_bf16_ws_bytes(w, T);
     /* Enough for every table this CPU runs, so that a dsacp_isa_set after sizing stays safe. */
     size_t most = 0;
     for (int i = DSACP_ISA_SCALAR; i <= (int)dsacp_isa_best(); i++) {
@@ -105,6 +108,8 @@ size_t dsacp_linear_ws_bytes(const dsacp_weight *w, int64_t T, bool act_quant)
 int dsacp_linear_ws(const dsacp_weight *w, const float *x, int64_t T, int64_t ldx, float *y, int64_t ldy,
                     bool act_quant, void *ws, size_t ws_bytes)
 {
+    if (dsacp_bf16dot_linear_applies(w, act_quant))
+        return dsacp_linear_bf16(dsacp_isa_active(), w, x, T, ldx, y, ldy, ws, ws_bytes);
     return dsacp_kernels()->linear(w, x, T, ldx, y, ldy, act_quant, ws, ws_bytes);
 }
 
@@ -112,12 +117,14 @@ int dsacp_linear_ws(const dsacp_weight *w, const float *x, int64_t T, int64_t ld
 static int linear_alloc(const dsacp_kernel_table *t, const dsacp_weight *w, const float *x, int64_t T, int64_t ldx,
                         float *y, int64_t ldy, bool act_quant)
 {
-    const size_t bytes = t->linear_ws_bytes(w, T, act_quant);
+    const bool chain = dsacp_bf16dot_linear_applies(w, act_quant);
+    const size_t bytes = chain ? dsacp_linear_bf16_ws_bytes(w, T) : t->linear_ws_bytes(w, T, act_quant);
     void *ws = bytes ? dsacp_alloc(bytes) : NULL;
     if (bytes && !ws)
         return dsacp_error(DSACP_ENOMEM, "linear %s: out of memory for a %zu-byte workspace", w->name ? w->name : "",
                            bytes);
-    const int rc = t->linear(w, x, T, ldx, y, ldy, act_quant, ws, bytes);
+    const int rc = chain ? dsacp_linear_bf16(t->isa, w, x, T, ldx, y, ldy, ws, bytes)
+                         : t->linear(w, x, T, ldx, y, ldy, act_quant, ws, bytes);
     dsacp_free(ws);
     return rc;
 }

@@ -4,6 +4,7 @@
  * SIMD linears share. Every buffer comes from the caller's workspace; nothing here allocates.
  */
 #include "kernels/kernels_isa.h"
+#include "kernels/linear_bf16.h"
 #include "numerics/numerics.h"
 
 #include <math.h>
@@ -34,10 +35,9 @@ static bool f8_decode_ok(const dsacp_weight *w)
     return true;
 }
 
-static void quant_rows_scalar(float *x, int64_t n) { dsacp_fake_quant_e4m3_groups(x, n, 128); }
+void dsacp_quant_rows_scalar(float *x, int64_t n) { dsacp_fake_quant_e4m3_groups(x, n, 128); }
 
-/* Bytes of the act_quant copy of T rows of K floats (0 when act_quant does not apply). */
-static size_t act_quant_bytes(const dsacp_weight *w, int64_t T, bool act_quant)
+size_t dsacp_linear_act_quant_bytes(const dsacp_weight *w, int64_t T, bool act_quant)
 {
     if (!dsacp_act_quant_applies(w, act_quant) || T <= 0) return 0;
     return dsacp_ws_round(dsacp_ws_mul(dsacp_ws_mul((size_t)T, (size_t)w->cols), sizeof(float)));
@@ -71,13 +71,11 @@ int dsacp_linear_short_ws(const dsacp_weight *w, size_t have, size_t need)
                        need);
 }
 
-/* The act_quant copy of x when it applies (from the workspace), else x itself; NULL when the
- * workspace is short. */
-static const float *act_quant_input(const dsacp_weight *w, const float *x, int64_t T, int64_t ldx, bool act_quant,
+const float *dsacp_linear_act_quant_input(const dsacp_weight *w, const float *x, int64_t T, int64_t ldx, bool act_quant,
                                     dsacp_quant_rows_fn quant, dsacp_ws *s, int64_t *ldout)
 {
     *ldout = ldx;
-    const size_t bytes = act_quant_bytes(w, T, act_quant);
+    const size_t bytes = dsacp_linear_act_quant_bytes(w, T, act_quant);
     if (!bytes) return x;
     float *xq = dsacp_ws_take(s, bytes);
     if (!xq) return NULL;
@@ -99,7 +97,8 @@ static size_t ref_rows_bytes(const dsacp_weight *w)
 
 size_t dsacp_linear_scalar_ws_bytes(const dsacp_weight *w, int64_t T, bool act_quant)
 {
-    const size_t b = dsacp_ws_add(act_quant_bytes(w, T, act_quant),
+    if (dsacp_bf16dot_linear_applies(w, act_quant)) return dsacp_linear_bf16_ws_bytes(w, T);
+    const size_t b = dsacp_ws_add(dsacp_linear_act_quant_bytes(w, T, act_quant),
                                   dsacp_ws_mul(ref_rows_bytes(w), (size_t)dsacp_kernel_threads()));
     return b ? dsacp_ws_add(b, DSACP_WS_ALIGN) : 0;
 }
@@ -135,7 +134,7 @@ static int linear_ref(const dsacp_weight *w, const float *x, int64_t T, int64_t 
 {
     dsacp_ws s = dsacp_ws_open(ws, ws_bytes);
     int64_t ldxin;
-    const float *xin = act_quant_input(w, x, T, ldx, act_quant, quant, &s, &ldxin);
+    const float *xin = dsacp_linear_act_quant_input(w, x, T, ldx, act_quant, quant, &s, &ldxin);
     const size_t rb = ref_rows_bytes(w);
     /* As many threads as the workspace has decode buffers for (the bits do not depend on it). */
     const size_t nbuf = rb ? s.left / rb : SIZE_MAX;
@@ -161,7 +160,9 @@ static int linear_ref(const dsacp_weight *w, const float *x, int64_t T, int64_t 
 int dsacp_linear_scalar_ws(const dsacp_weight *w, const float *x, int64_t T, int64_t ldx, float *y, int64_t ldy,
                            bool act_quant, void *ws, size_t ws_bytes)
 {
-    return linear_ref(w, x, T, ldx, y, ldy, act_quant, quant_rows_scalar, ws, ws_bytes);
+    if (dsacp_bf16dot_linear_applies(w, act_quant))
+        return dsacp_linear_bf16(DSACP_ISA_SCALAR, w, x, T, ldx, y, ldy, ws, ws_bytes);
+    return linear_ref(w, x, T, ldx, y, ldy, act_quant, dsacp_quant_rows_scalar, ws, ws_bytes);
 }
 
 /* ---- the SIMD linears' driver ---- */
@@ -199,24 +200,29 @@ static dsacp_linear_rows_fn drive_rows(const dsacp_linear_isa *li, const dsacp_w
 
 size_t dsacp_linear_drive_ws_bytes(const dsacp_linear_isa *li, const dsacp_weight *w, int64_t T, bool act_quant)
 {
+    if (dsacp_bf16dot_linear_applies(w, act_quant)) return dsacp_linear_bf16_ws_bytes(w, T);
     if (!drive_rows(li, w)) return dsacp_linear_scalar_ws_bytes(w, T, act_quant);
     size_t path = li->fast ? li->fast_ws_bytes(w, T) : 0;
     const size_t gemm = T >= DSACP_GEMM_MIN_T ? dsacp_linear_gemm_ws_bytes(w, T, false) : 0;
     if (gemm > path) path = gemm;
-    const size_t b = dsacp_ws_add(act_quant_bytes(w, T, act_quant), path);
+    const size_t b = dsacp_ws_add(dsacp_linear_act_quant_bytes(w, T, act_quant), path);
     return b ? dsacp_ws_add(b, DSACP_WS_ALIGN) : 0;
 }
 
 int dsacp_linear_drive(const dsacp_linear_isa *li, const dsacp_weight *w, const float *x, int64_t T, int64_t ldx,
                        float *y, int64_t ldy, bool act_quant, void *ws, size_t ws_bytes)
 {
+    /* The deployed chain (dispatch.c routes it before the tables; any SIMD table's CPU runs AVX2,
+     * and every ISA gives the same bits). */
+    if (dsacp_bf16dot_linear_applies(w, act_quant))
+        return dsacp_linear_bf16(DSACP_ISA_AVX2, w, x, T, ldx, y, ldy, ws, ws_bytes);
     const dsacp_linear_rows_fn rows = drive_rows(li, w);
     if (!rows) return linear_ref(w, x, T, ldx, y, ldy, act_quant, li->quant, ws, ws_bytes);
     const int64_t K = w->cols, N = w->rows;
     if (T <= 0 || N <= 0) return DSACP_OK;
     dsacp_ws s = dsacp_ws_open(ws, ws_bytes);
     int64_t ldxin;
-    const float *xin = act_quant_input(w, x, T, ldx, act_quant, li->quant, &s, &ldxin);
+    const float *xin = dsacp_linear_act_quant_input(w, x, T, ldx, act_quant, li->quant, &s, &ldxin);
     if (!xin) return dsacp_linear_short_ws(w, ws_bytes, dsacp_linear_drive_ws_bytes(li, w, T, act_quant));
     int rc = DSACP_OK;
     if ((li->fast && li->fast(w, xin, T, ldxin, y, ldy, &rc, s.p, s.left)) ||

@@ -35,4 +35,14 @@ static inline bool dsacp_act_quant_applies(const dsacp_weight *w, bool deployed)
     return deployed && w->dtype == DSACP_F8_E4M3 && w->cols % 128 == 0;
 }
 
+/* Whether a linear over w runs the bf16-dot chain (docs/numerics.md, "The bf16-dot chain";
+ * kernels/linear_bf16.h): deployed numerics on BF16 weights, or on FP8 weights whose blocks are a
+ * multiple of 32 columns (whole 16-pair steps per block). Otherwise (F32 and F16 weights, other
+ * FP8 blocks, exact mode) the f32 chains run. */
+static inline bool dsacp_bf16dot_linear_applies(const dsacp_weight *w, bool deployed)
+{
+    return deployed && (w->dtype == DSACP_BF16 ||
+                        (w->dtype == DSACP_F8_E4M3 && w->block > 0 && w->block % 32 == 0));
+}
+
 #endif

@@ -1,0 +1,279 @@
+/*
+ * linear_bf16.c -- the deployed linears on the bf16-dot chain (linear_bf16.h): the driver (the
+ * act_quant copy, the tokens rounded to bf16 once per call, groups of output rows split over
+ * the threads) and the one-token path, where each weight row (BF16: the stored row; FP8 or odd
+ * widths: decoded into the thread's buffer) is dotted with each token by the kernels of the ISA:
+ * scalar -> the model; AVX2 -> the AVX2 kernel, plain where the two floors allow, emulating
+ * otherwise; AVX-512 -> the zmm FMA form over 8 rows at a time (its rows' floor found on the
+ * way; a row that turns out not plain is redone), VDPBF16PS where dsacp_bf16dot_hw_level allows
+ * and the batched product's measured form prefers it, the AVX2 emulation for what is neither.
+ * From MANY_T tokens (SIMD ISAs) the batched product's block API runs instead (gemm_bf16.h): the
+ * tokens packed once, each thread packing one block of 32 rows at a time and running the form
+ * the operands allow (zmm FMA on plain operands, VDPBF16PS where the instruction is the model,
+ * the ymm FMA form on AVX2), a block whose operands no form takes going through the one-token
+ * path. Every path gives the model's bits (bf16dot.h), so T, the split and the ISA never change
+ * them. Allocates nothing. Calls the bf16-dot chain's files, kernels_linear.c (act_quant) and
+ * kernels_threads.c.
+ */
+#include "kernels/linear_bf16.h"
+#include "kernels/bf16dot.h"
+#include "kernels/gemm_bf16.h"
+
+#include <string.h>
+
+/* RG: output rows per group of the one-token path (the FMA form's rows per pass); BR: rows of a
+ * packed block; MANY_T: the tokens from which the block API runs. */
+enum { RG = 8, BR = DSACP_BF16GEMM_ROWS, MANY_T = 4 };
+
+/* Pairs of a row, and the same padded to the 16 lanes (a token row's length in pairs). */
+static int64_t pairs_of(int64_t K) { return (K + 1) / 2; }
+static int64_t padded_pairs(int64_t K) { return (pairs_of(K) + 15) / 16 * 16; }
+
+/* Whether rows go through a buffer: FP8 (decoded) and BF16 of odd width (padded with +0). */
+static bool rows_buffered(const dsacp_weight *w) { return w->dtype != DSACP_BF16 || w->cols % 2; }
+
+/* Whether a call takes the block API (the scalar ISA runs the model row by row). */
+static bool many_path(dsacp_isa isa, int64_t T) { return isa >= DSACP_ISA_AVX2 && T >= MANY_T; }
+
+/* One thread's buffers: RG rows of 2 * padded pairs bf16 (when rows_buffered), and with `many`
+ * one packed block. */
+static size_t thread_bytes(const dsacp_weight *w, bool many)
+{
+    size_t b = 0;
+    if (rows_buffered(w))
+        b = dsacp_ws_round(dsacp_ws_mul(dsacp_ws_mul(RG, (size_t)padded_pairs(w->cols)), 2 * sizeof(uint16_t)));
+    return many ? dsacp_ws_add(b, dsacp_ws_round(dsacp_bf16gemm_block_bytes(w->cols))) : b;
+}
+
+/* The tokens as bf16 (T rows of 2 * padded pairs), their floors, and with `many` packed. */
+static size_t tokens_bytes(const dsacp_weight *w, int64_t T, bool many)
+{
+    const size_t xb = dsacp_ws_mul(dsacp_ws_mul((size_t)T, (size_t)padded_pairs(w->cols)), 2 * sizeof(uint16_t));
+    const size_t b = dsacp_ws_add(dsacp_ws_round(xb), dsacp_ws_round(dsacp_ws_mul((size_t)T, sizeof(int))));
+    return many ? dsacp_ws_add(b, dsacp_ws_round(dsacp_bf16gemm_tokens_bytes(w->cols, T))) : b;
+}
+
+size_t dsacp_linear_bf16_ws_bytes(const dsacp_weight *w, int64_t T)
+{
+    if (T <= 0) return 0;
+    const bool many = many_path(DSACP_ISA_AVX2, T); /* the most any ISA takes */
+    size_t b = dsacp_ws_add(dsacp_linear_act_quant_bytes(w, T, true), tokens_bytes(w, T, many));
+    b = dsacp_ws_add(b, dsacp_ws_mul(thread_bytes(w, many), (size_t)dsacp_kernel_threads()));
+    return dsacp_ws_add(b, DSACP_WS_ALIGN);
+}
+
+/* ---- the tokens ---- */
+
+typedef struct tok_job {
+    const float *x;
+    int64_t ldx, K, ld; /* ld: a bf16 token row's length (2 * padded pairs) */
+    uint16_t *xb;
+    int *floor;
+    bool avx2;
+} tok_job;
+
+static void tok_row(void *ctx, int64_t t)
+{
+    const tok_job *j = ctx;
+    uint16_t *row = j->xb + t * j->ld;
+#if defined(__x86_64__)
+    if (j->avx2) j->floor[t] = dsacp_bf16_round_row_avx2(j->x + t * j->ldx, j->K, row);
+    else
+#endif
+        j->floor[t] = dsacp_bf16_round_row(j->x + t * j->ldx, j->K, row);
+    memset(row + j->K, 0, (size_t)(j->ld - j->K) * sizeof(uint16_t));
+}
+
+/* ---- the one-token path ---- */
+
+typedef struct job {
+    const dsacp_weight *w;
+    dsacp_isa isa;
+    const uint16_t *xb;
+    const int *floor;
+    const void *tok; /* the packed tokens (the block API), or NULL */
+    int tok_floor;
+    int64_t T, ld, ldy, units, chunks; /* units: row groups, or blocks with tok */
+    float *y;
+    unsigned char *bufs;
+    size_t buf_bytes, rows_bytes; /* per chunk; its row buffer's part (0: rows read in place) */
+    int hw;      /* dsacp_bf16dot_hw_level() */
+    bool dpbf16; /* VDPBF16PS for every dot (hw ALL and the measured form) */
+} job;
+
+/* A group's rows as bf16 pairs (rows[r]) and their scales (FP8). */
+typedef struct group {
+    int64_t o0;
+    int R;
+    const uint16_t *rows[RG];
+    const float *scales[RG];
+    int floor[RG]; /* -1: not known yet */
+} group;
+
+static void load_group(const job *j, int64_t g, uint16_t *buf, group *gr)
+{
+    const dsacp_weight *w = j->w;
+    const int64_t K = w->cols, N = w->rows;
+    gr->o0 = g * RG;
+    gr->R = (int)(N - gr->o0 < RG ? N - gr->o0 : RG);
+    for (int r = 0; r < gr->R; r++) {
+        const int64_t o = gr->o0 + r;
+        uint16_t *dst = buf + r * j->ld;
+        gr->floor[r] = -1;
+        gr->scales[r] = w->dtype == DSACP_F8_E4M3 ? w->scale + (o / w->block) * w->scale_stride : NULL;
+        if (!buf) {
+            gr->rows[r] = (const uint16_t *)w->data + o * K;
+            continue;
+        }
+        if (w->dtype == DSACP_BF16) memcpy(dst, (const uint16_t *)w->data + o * K, (size_t)K * sizeof(uint16_t));
+#if defined(__x86_64__)
+        else if (j->isa == DSACP_ISA_AVX512) dsacp_e4m3_row_bf16_avx512((const uint8_t *)w->data + o * K, K, dst);
+#endif
+        else dsacp_e4m3_row_bf16((const uint8_t *)w->data + o * K, K, dst);
+        if (K % 2) dst[K] = 0;
+        gr->rows[r] = dst;
+    }
+}
+
+static int row_floor(const job *j, group *gr, int r)
+{
+    if (gr->floor[r] < 0) {
+        const int64_t n2 = 2 * pairs_of(j->w->cols);
+#if defined(__x86_64__)
+        gr->floor[r] = j->isa >= DSACP_ISA_AVX2 ? dsacp_bf16_exp_floor_avx2(gr->rows[r], n2)
+                                               : dsacp_bf16_exp_floor(gr->rows[r], n2);
+#else
+        gr->floor[r] = dsacp_bf16_exp_floor(gr->rows[r], n2);
+#endif
+    }
+    return gr->floor[r];
+}
+
+/* One dot of row r and token x (floor fx) by the ISA's single-row kernel. */
+static float dot_one(const job *j, group *gr, int r, const uint16_t *x, int fx)
+{
+    const int64_t n = pairs_of(j->w->cols), bp = gr->scales[r] ? j->w->block / 2 : 0;
+#if defined(__x86_64__)
+    if (j->isa == DSACP_ISA_AVX512 && j->hw == DSACP_BF16DOT_HW_ALL)
+        return dsacp_bf16dot_fold_avx512bf16(gr->rows[r], x, n, bp, gr->scales[r]);
+    if (j->isa >= DSACP_ISA_AVX2) {
+        const bool plain = dsacp_bf16dot_plain_ok(row_floor(j, gr, r), fx);
+        return dsacp_bf16dot_fold_avx2(gr->rows[r], x, n, bp, gr->scales[r], plain);
+    }
+#endif
+    (void)fx;
+    return dsacp_bf16dot_fold_scalar(gr->rows[r], x, n, bp, gr->scales[r]);
+}
+
+/* The group's outputs for token t: the FMA form where the operands may be plain (a row whose
+ * floor says otherwise is redone by dot_one), else dot_one per row. */
+static void group_token(const job *j, group *gr, int64_t t)
+{
+    const uint16_t *x = j->xb + t * j->ld;
+    const int fx = j->floor[t];
+    float *y = j->y + t * j->ldy + gr->o0;
+#if defined(__x86_64__)
+    if (j->isa == DSACP_ISA_AVX512 && !j->dpbf16 && fx >= 1) {
+        const int64_t bp = gr->scales[0] ? j->w->block / 2 : 0;
+        const int f = dsacp_bf16dot_fma_rows(gr->rows, gr->R, j->w->cols, x, bp, gr->scales, y);
+        if (!dsacp_bf16dot_plain_ok(f, fx))
+            for (int r = 0; r < gr->R; r++)
+                if (!dsacp_bf16dot_plain_ok(row_floor(j, gr, r), fx)) y[r] = dot_one(j, gr, r, x, fx);
+        return;
+    }
+#endif
+    for (int r = 0; r < gr->R; r++) y[r] = dot_one(j, gr, r, x, fx);
+}
+
+/* Row group g (RG rows) for every token by the one-token path. */
+static void group_all(const job *j, int64_t g, uint16_t *buf)
+{
+    group gr;
+    load_group(j, g, buf, &gr);
+    for (int64_t t = 0; t < j->T; t++) group_token(j, &gr, t);
+}
+
+/* The block API's form for a block of floor fb, or -1 when none takes these operands. */
+static int block_form(const job *j, int fb)
+{
+    const bool plain = dsacp_bf16dot_plain_ok(fb, j->tok_floor);
+    if (j->isa == DSACP_ISA_AVX512 && (j->dpbf16 || (!plain && j->hw == DSACP_BF16DOT_HW_ALL)))
+        return DSACP_BF16GEMM_DPBF16;
+    if (!plain) return -1;
+    return j->isa == DSACP_ISA_AVX512 ? DSACP_BF16GEMM_FMA : DSACP_BF16GEMM_AVX2;
+}
+
+/* Block b (BR rows) for every token: packed into blk and run by the block API, or group by group
+ * by the one-token path. */
+static void block_all(const job *j, int64_t b, uint16_t *buf, void *blk)
+{
+    const dsacp_weight *w = j->w;
+    const int64_t o0 = b * BR, rows = w->rows - o0 < BR ? w->rows - o0 : BR;
+    const int form = block_form(j, dsacp_bf16gemm_pack_block(w, o0, blk));
+    if (form < 0) {
+        for (int64_t g = o0 / RG; g * RG < o0 + rows; g++) group_all(j, g, buf);
+        return;
+    }
+    const bool f8 = w->dtype == DSACP_F8_E4M3;
+    const float *scales = f8 ? w->scale + (o0 / w->block) * w->scale_stride : NULL;
+    dsacp_bf16gemm_block(form, blk, rows, w->cols, j->tok, j->T, scales, f8 ? w->block / 2 : 0, j->y + o0, j->ldy);
+}
+
+/* Chunk c: units [c * units / chunks, (c + 1) * units / chunks) with buffers c. */
+static void chunk(void *ctx, int64_t c)
+{
+    const job *j = ctx;
+    unsigned char *mine = j->bufs ? j->bufs + (size_t)c * j->buf_bytes : NULL;
+    uint16_t *buf = j->rows_bytes ? (uint16_t *)mine : NULL;
+    const int64_t u0 = c * j->units / j->chunks, u1 = (c + 1) * j->units / j->chunks;
+    for (int64_t u = u0; u < u1; u++) {
+        if (j->tok) block_all(j, u, buf, mine + j->rows_bytes);
+        else group_all(j, u, buf);
+    }
+}
+
+/* ---- the driver ---- */
+
+/* Rounds the tokens to bf16 (xb, floors) and, with tok, packs them for the block API. */
+static void prepare_tokens(dsacp_isa isa, const float *xin, int64_t T, int64_t ldxin, int64_t K, job *j, uint16_t *xb,
+                           int *floor, void *tok)
+{
+    tok_job tj = {xin, ldxin, K, j->ld, xb, floor, isa >= DSACP_ISA_AVX2};
+    dsacp_parallel_for(T, T * K >= (1 << 17), tok_row, &tj);
+    j->xb = xb, j->floor = floor, j->tok = tok;
+    if (tok) j->tok_floor = dsacp_bf16gemm_pack_tokens(xb, T, K, j->ld, tok);
+}
+
+int dsacp_linear_bf16(dsacp_isa isa, const dsacp_weight *w, const float *x, int64_t T, int64_t ldx, float *y,
+                      int64_t ldy, void *ws, size_t ws_bytes)
+{
+    const int64_t K = w->cols, N = w->rows;
+    if (T <= 0 || N <= 0) return DSACP_OK;
+    dsacp_ws s = dsacp_ws_open(ws, ws_bytes);
+    dsacp_quant_rows_fn quant = dsacp_quant_rows_scalar;
+#if defined(__x86_64__)
+    if (isa >= DSACP_ISA_AVX2) quant = dsacp_fake_quant_e4m3_128_avx2;
+#endif
+    int64_t ldxin;
+    const float *xin = dsacp_linear_act_quant_input(w, x, T, ldx, true, quant, &s, &ldxin);
+    const bool many = many_path(isa, T);
+    const int64_t ld = 2 * padded_pairs(K);
+    uint16_t *xb = xin ? dsacp_ws_take(&s, (size_t)(T * ld) * sizeof(uint16_t)) : NULL;
+    int *floor = xb ? dsacp_ws_take(&s, (size_t)T * sizeof(int)) : NULL;
+    void *tok = floor && many ? dsacp_ws_take(&s, dsacp_bf16gemm_tokens_bytes(K, T)) : NULL;
+    const size_t tb = thread_bytes(w, many), nbuf = tb ? s.left / tb : SIZE_MAX;
+    if (!floor || (many && !tok) || nbuf < 1)
+        return dsacp_linear_short_ws(w, ws_bytes, dsacp_linear_bf16_ws_bytes(w, T));
+    const int hw = isa == DSACP_ISA_AVX512 ? dsacp_bf16dot_hw_level() : DSACP_BF16DOT_HW_NONE;
+    job j = {.w = w, .isa = isa, .T = T, .ld = ld, .ldy = ldy, .y = y, .bufs = tb ? s.p : NULL, .buf_bytes = tb,
+             .rows_bytes = thread_bytes(w, false), .hw = hw,
+             .dpbf16 = hw == DSACP_BF16DOT_HW_ALL && dsacp_bf16gemm_form() == DSACP_BF16GEMM_DPBF16};
+    prepare_tokens(isa, xin, T, ldxin, K, &j, xb, floor, tok);
+    j.units = many ? (N + BR - 1) / BR : (N + RG - 1) / RG;
+    const bool split = (double)N * (double)K * (double)T >= 65536;
+    j.chunks = split ? dsacp_kernel_threads() : 1;
+    if ((size_t)j.chunks > nbuf) j.chunks = (int64_t)nbuf;
+    if (j.chunks > j.units) j.chunks = j.units;
+    dsacp_parallel_for(j.chunks, split, chunk, &j);
+    return DSACP_OK;
+}
