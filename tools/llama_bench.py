@@ -7,7 +7,7 @@ and top-k, then masked attention over all keys). This script
   1. takes the llama.cpp that the llama-cpp-python source package on PyPI vendors (downloaded with
      `pip download --no-binary :all: llama-cpp-python`, or --llama-src DIR|TARBALL) and builds its
      `llama-bench` with CMake (Release, GGML_NATIVE, OpenMP) unless --llama-bench is given, and
-     bench/llama_greedy.c against its libllama (the greedy tokens, which llama-bench cannot give:
+     tools/llama_greedy.c against its libllama (the greedy tokens, which llama-bench cannot give:
      it feeds random tokens and prints timings only);
   2. converts a dsacp checkpoint (`dsacp init-model --preset P --weights bf16`) to GGUF with the
      vendored gguf-py (needs numpy): tensors named by gguf's own name map for DEEPSEEK32, kv_b
@@ -96,10 +96,10 @@ def build_llama_bench(src, jobs):
 
 
 def build_llama_greedy(src, bench):
-    """bench/llama_greedy.c against the libllama next to llama-bench (built once)."""
+    """tools/llama_greedy.c against the libllama next to llama-bench (built once)."""
     bindir = os.path.dirname(bench)
     exe = os.path.join(bindir, "llama_greedy")
-    c_src = os.path.join(ROOT, "bench", "llama_greedy.c")
+    c_src = os.path.join(HERE, "llama_greedy.c")
     if os.path.exists(exe) and os.path.getmtime(exe) >= os.path.getmtime(c_src):
         return exe
     libs = glob.glob(os.path.join(bindir, "libllama.so*")) + glob.glob(os.path.join(src, "build", "**", "libllama.so"),
