@@ -201,6 +201,29 @@ int dsacp_sparse_mla(const float *q, const float *kv, int64_t n, int64_t H, int6
 size_t dsacp_sparse_mla_work_bytes(int64_t n, int64_t H, int64_t dc, int64_t dr);
 int dsacp_sparse_mla_ws(const float *q, const float *kv, int64_t n, int64_t H, int64_t dc, int64_t dr, float scale,
                         float *o, float *lse, void *work, size_t work_bytes);
+/* The deployed-mode twin (docs/numerics.md, "The bf16-dot chain"; FlashMLA's arithmetic): the
+ * same operands and results, computed as D = dc + dr:
+ *   1. qb[h], kb[s]: q[h] and kv[s] rounded to bf16 (nearest even; an odd D padded with +0; the
+ *      latents of a bf16 or fp8_ds_mla cache are bf16 values already);
+ *   2. S[h][s] = fl(dsacp_bf16dot_scalar(qb[h], kb[s], ceil(D/2)) * scale);
+ *   3. m_h = max over s of S[h][s] (NaN never wins);
+ *   4. p[h][s] = dsacp_exp_model(S[h][s] - m_h) (kernels/mla_bf16.h: a fixed f32 sequence,
+ *      within 2 ulp of expf, +0 below 2^-126);
+ *   5. l_h = sum over s of p[h][s] in f32: 16 lanes (lane s mod 16, increasing s, from +0) and
+ *      the tree l += l + 8, + 4, + 2, + 1;
+ *   6. o[h][d] = dsacp_bf16dot_scalar over key pairs (bf16(p[h][2j]), bf16(p[h][2j + 1])) x
+ *      (kb[2j][d], kb[2j + 1][d]) (an odd n padded with a +0 key), divided by l_h (IEEE);
+ *   7. lse_h = m_h + logf(l_h); a head whose l_h is NaN gives o = lse = NaN (0x7FC00000); n == 0
+ *      gives o = 0, lse = -inf.
+ * Every ISA and thread count gives these bits: q.k and p.v run as small GEMMs across heads in
+ * the zmm FMA form where the operands are plain (dsacp_bf16dot_plain_ok), VDPBF16PS where
+ * dsacp_bf16dot_hw_level allows, the ymm FMA form on AVX2, the model's kernels otherwise; head
+ * groups split over threads (dsacp_parallel_for). `work` holds
+ * dsacp_sparse_mla_bf16_work_bytes(n, H, dc, dr) bytes (any alignment; every ISA this CPU runs,
+ * any thread count); nothing is allocated; DSACP_EINVAL on a short workspace. */
+size_t dsacp_sparse_mla_bf16_work_bytes(int64_t n, int64_t H, int64_t dc, int64_t dr);
+int dsacp_sparse_mla_bf16_ws(const float *q, const float *kv, int64_t n, int64_t H, int64_t dc, int64_t dr,
+                             float scale, float *o, float *lse, void *work, size_t work_bytes);
 /* The variants. The AVX-512 one vectorizes across heads: it transposes q once, runs
  * chunks of 64 keys through S^T = K Q^T (register tile 6 keys x 64 heads, sequential over the
  * dc + dr dims), an online softmax per head, and O^T += V^T P^T (tile 6 latent dims x 64 heads,
