@@ -12,9 +12,11 @@
  * one-thread figures the peaks are.
  * usage: OMP_NUM_THREADS=1 bf16dot_peak [SECONDS_PER_ROW]   (default 0.3; best of 5 runs per row) */
 #include "kernels/bf16dot.h"
+#include "kernels/gemm_bf16.h"
 
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 
 #if defined(__x86_64__)
@@ -135,9 +137,78 @@ static double rate(double (*f)(long), int which, double secs)
     return best;
 }
 
+/* ---- the block API (gemm_bf16.h) on q_a's shape, K 7168: BN rows (8 blocks) x T tokens ---- */
+enum { BN = 256, BK = 7168 };
+static void *bblk, *btok;
+static float *by, bscales[BK / 128 + 1];
+static int64_t bT;
+static int bform, bfold;
+
+static double run_blocks(long steps)
+{
+    const size_t bb = dsacp_bf16gemm_block_bytes(BK);
+    for (long s = 0; s < steps; s++)
+        for (int b = 0; b < BN / 32; b++)
+            dsacp_bf16gemm_block(bform, (unsigned char *)bblk + b * bb, 32, BK, btok, bT, bfold ? bscales : NULL,
+                                 64, by + b * 32, BN);
+    sink = by[0];
+    return (double)steps * 2.0 * BN * BK * (double)bT;
+}
+
+static uint16_t *bx;
+static double run_pack_tokens(long steps)
+{
+    for (long s = 0; s < steps; s++) dsacp_bf16gemm_pack_tokens(bx, bT, BK, BK, btok);
+    return (double)steps * 2.0 * BN * BK * (double)bT; /* the flops of the product it serves */
+}
+
+static uint16_t *bw;
+static double run_pack_block(long steps)
+{
+    const dsacp_weight w = {.name = "w", .dtype = DSACP_BF16, .ndim = 2, .rows = BN, .cols = BK, .data = bw};
+    for (long s = 0; s < steps; s++)
+        for (int b = 0; b < BN / 32; b++)
+            dsacp_bf16gemm_pack_block(&w, 32 * b, (unsigned char *)bblk + b * dsacp_bf16gemm_block_bytes(BK));
+    return (double)steps * 2.0 * BN * BK * (double)bT;
+}
+
+/* The block product's rates at T = 16, 256, 2048 in each form this CPU runs (no fold and the
+ * fold of 128-column blocks), and what packing costs at the same T: the rate the product would
+ * have if it did nothing but pack (the tokens once, the blocks once per call). */
+static void block_rates(double secs, double f512)
+{
+    bw = malloc((size_t)BN * BK * sizeof *bw);
+    bx = malloc((size_t)2048 * BK * sizeof *bx);
+    by = malloc((size_t)2048 * BN * sizeof *by);
+    bblk = malloc(BN / 32 * dsacp_bf16gemm_block_bytes(BK));
+    btok = aligned_alloc(64, (dsacp_bf16gemm_tokens_bytes(BK, 2048) + 63) / 64 * 64);
+    for (long i = 0; i < (long)BN * BK; i++) bw[i] = (uint16_t)(0x3c00 + (i * 2654435761u >> 7) % 0x600);
+    for (long i = 0; i < 2048L * BK; i++) bx[i] = (uint16_t)(0x3c00 + (i * 40503u >> 3) % 0x600);
+    for (int j = 0; j <= BK / 128; j++) bscales[j] = 0x1p-8f * (float)(j + 1);
+    static const int64_t Ts[] = {16, 256, 2048};
+    static const char *names[] = {"", "fma", "dpbf16", "avx2"};
+    for (int i = 0; i < 3; i++) {
+        bT = Ts[i];
+        run_pack_block(1);
+        const double pb = rate(run_pack_block, 0, secs), pt = rate(run_pack_tokens, 0, secs);
+        printf("block API T %4lld: packing alone would run at: blocks %8.1f, tokens %8.1f GFLOP/s\n", (long long)bT,
+               pb, pt);
+        for (bform = DSACP_BF16GEMM_FMA; bform <= DSACP_BF16GEMM_AVX2; bform++)
+            for (bfold = 0; bfold < 2; bfold++) {
+                if (bform == DSACP_BF16GEMM_FMA && dsacp_isa_best() < DSACP_ISA_AVX512) continue;
+                if (bform == DSACP_BF16GEMM_DPBF16 && dsacp_bf16dot_hw_level() == DSACP_BF16DOT_HW_NONE) continue;
+                const double g = rate(run_blocks, 0, secs);
+                printf("block API T %4lld %-6s %-7s %8.1f GFLOP/s  (%.2fx the f32 FMA zmm peak)\n", (long long)bT,
+                       names[bform], bfold ? "fold" : "no fold", g, f512 > 0 ? g / f512 : 0.0);
+            }
+    }
+    free(bw), free(bx), free(by), free(bblk), free(btok);
+}
+
 int main(int argc, char **argv)
 {
     const double secs = argc > 1 ? atof(argv[1]) : 0.3;
+    const bool blocks_only = argc > 2 && !strcmp(argv[2], "blocks");
     if (dsacp_isa_best() < DSACP_ISA_AVX2) {
         printf("no AVX2 on this CPU: nothing to measure\n");
         return 0;
@@ -152,6 +223,10 @@ int main(int argc, char **argv)
     if (dsacp_isa_best() == DSACP_ISA_AVX512) {
         f512 = rate(fma512, 0, secs);
         printf("f32 FMA zmm peak            %8.1f GFLOP/s\n", f512);
+    }
+    if (blocks_only) {
+        block_rates(secs, f512);
+        return 0;
     }
     if (dsacp_cpu_has_avx512bf16()) {
         const double bf = rate(dpbf16, 0, secs);

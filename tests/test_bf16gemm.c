@@ -134,25 +134,6 @@ static void check_hook(void)
 
 /* ---- the block API (gemm_bf16.h) ---- */
 
-/* The fold model from its definition (docs/numerics.md): per lane, the model's partial of each
- * column block of bp pairs from +0 (pairs past n read as (+0, +0) up to a multiple of 16), then
- * tot = fmaf(partial, scales[j], tot); the lanes' tree over tot. */
-static float fold_ref(const uint16_t *a, const uint16_t *b, int64_t n, int64_t bp, const float *scales)
-{
-    float tot[16] = {0};
-    const int64_t padded = (n + 15) / 16 * 16;
-    for (int64_t j0 = 0, j = 0; j0 < padded; j0 += bp, j++) {
-        float part[16] = {0};
-        for (int64_t p = j0; p < j0 + bp && p < padded; p++) {
-            const uint32_t ap = p < n ? (uint32_t)a[2 * p] | (uint32_t)a[2 * p + 1] << 16 : 0;
-            const uint32_t bq = p < n ? (uint32_t)b[2 * p] | (uint32_t)b[2 * p + 1] << 16 : 0;
-            part[p % 16] = dsacp_bf16dot_model_pair(part[p % 16], ap, bq);
-        }
-        for (int l = 0; l < 16; l++) tot[l] = fmaf(part[l], scales[j], tot[l]);
-    }
-    return dsacp_bf16dot_lanes_sum(tot);
-}
-
 /* An e4m3 byte of class k: 2 any (NaN 0x7F / 0xFF among them), else any but NaN. */
 static uint8_t e4m3_byte(int k)
 {
@@ -205,7 +186,7 @@ static long check_block(const block_case *c)
     void *blk = malloc(dsacp_bf16gemm_block_bytes(K)), *tok = malloc(dsacp_bf16gemm_tokens_bytes(K, T));
     for (int64_t i = 0; i < N * K; i++) {
         w8[i] = e4m3_byte(c->k);
-        wb[i] = c->f8 ? dsacp_f32_to_bf16(dsacp_e4m3_to_f32(w8[i])) : element(c->k, true);
+        wb[i] = c->f8 ? dsacp_e4m3_to_bf16(w8[i]) : element(c->k, true);
     }
     for (int64_t i = 0; i < T * ldx; i++) x[i] = element(c->k, c->f8);
     for (int64_t j = 0; j < nscale; j++) scales[j] = block_scale(c->k);
@@ -227,7 +208,7 @@ static long check_block(const block_case *c)
             memcpy(wr, wb + (c->o0 + r) * K, (size_t)K * sizeof *wr);
             for (int64_t t = 0; t < T; t++, block_outputs++) {
                 memcpy(xr, x + t * ldx, (size_t)K * sizeof *xr);
-                const float want = c->bp ? fold_ref(wr, xr, P, c->bp, scales) : dsacp_bf16dot_scalar(wr, xr, P);
+                const float want = c->bp ? dsacp_bf16dot_fold_scalar(wr, xr, P, c->bp, scales) : dsacp_bf16dot_scalar(wr, xr, P);
                 if (dsacp_f32_bits(y[t * ldy + r]) != dsacp_f32_bits(want) && bad++ < 3)
                     fprintf(stderr, "block form %d %s N %lld o0 %lld K %lld T %lld bp %lld class %d: y[%lld][%lld] = "
                             "%08x, model %08x\n", form, c->f8 ? "f8" : "bf16", (long long)N, (long long)c->o0,
@@ -240,7 +221,7 @@ static long check_block(const block_case *c)
     return bad;
 }
 
-/* The block API on awkward shapes (a partial last block, odd K, K < 32, K not a multiple of the
+/* The block API, packed under each ISA this CPU runs, on awkward shapes (a partial last block, odd K, K < 32, K not a multiple of the
  * fold's column block, token counts across the groups of 12), every value class, BF16 and F8
  * weights, no fold and the fold of 32- and 128-column blocks. */
 static void check_blocks(void)
@@ -250,13 +231,18 @@ static void check_blocks(void)
                                         {50, 32, 1030, 3}};
     static const int64_t bps[] = {0, 16, 64};
     long bad = 0;
-    for (int k = 0; k < CLASSES; k++)
-        for (int f8 = 0; f8 < 2; f8++)
-            for (int b = 0; b < 3; b++)
-                for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
-                    const block_case c = {shapes[s][0], shapes[s][1], shapes[s][2], shapes[s][3], bps[b], k, f8};
-                    bad += check_block(&c);
-                }
+    const dsacp_isa was = dsacp_isa_active();
+    for (int isa = DSACP_ISA_SCALAR; isa <= (int)dsacp_isa_best(); isa++) { /* the packing follows the ISA */
+        CHECK_OK(dsacp_isa_set((dsacp_isa)isa));
+        for (int k = 0; k < CLASSES; k++)
+            for (int f8 = 0; f8 < 2; f8++)
+                for (int b = 0; b < 3; b++)
+                    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+                        const block_case c = {shapes[s][0], shapes[s][1], shapes[s][2], shapes[s][3], bps[b], k, f8};
+                        bad += check_block(&c);
+                    }
+    }
+    CHECK_OK(dsacp_isa_set(was));
     CHECKF(bad == 0, "%ld of %ld block outputs differ from the model", bad, block_outputs);
     CHECK(block_runs[DSACP_BF16GEMM_SCALAR] > 0);
     if (dsacp_isa_best() >= DSACP_ISA_AVX2) CHECK(block_runs[DSACP_BF16GEMM_AVX2] > 0);

@@ -33,43 +33,32 @@ typedef struct tokens_head {
 static int64_t pairs_of(int64_t K) { return (K + 1) / 2; }
 static int64_t padded_pairs(int64_t K) { return (pairs_of(K) + LANES - 1) / LANES * LANES; }
 
-/* An e4m3 value as bf16, exactly (every e4m3 value is a normal bf16 or zero); NaN -> the quiet
- * bf16 NaN of its sign. */
-static uint16_t e4m3_bf16(uint8_t x)
-{
-    if ((x & 0x7F) == 0x7F) return (uint16_t)(0x7FC0 | (x & 0x80) << 8);
-    return (uint16_t)(dsacp_f32_bits(dsacp_e4m3_table()[x]) >> 16);
-}
-
 /* ---- packing ---- */
 
 size_t dsacp_bf16gemm_block_bytes(int64_t K) { return dsacp_ws_mul((size_t)padded_pairs(K), ROWS * sizeof(uint32_t)); }
 
-/* Rows of one block as bf16 elements: BF16 rows of stride ld, or F8 rows decoded. */
-typedef struct rows_src {
-    const uint16_t *b16;
-    const uint8_t *f8;
-    int64_t n, K, ld; /* rows present (<= 32), columns, row stride in elements */
-} rows_src;
+typedef dsacp_bf16gemm_rows rows_src;
 
 static uint16_t elem(const rows_src *s, int64_t r, int64_t k)
 {
     if (r >= s->n || k >= s->K) return 0;
-    return s->b16 ? s->b16[r * s->ld + k] : e4m3_bf16(s->f8[r * s->ld + k]);
+    return s->b16 ? s->b16[r * s->ld + k] : dsacp_e4m3_to_bf16(s->f8[r * s->ld + k]);
 }
 
 /* The block [l][q][32] of s's rows; returns their exponent floor. */
 static int pack_rows(const rows_src *s, uint32_t *out)
 {
+#if defined(__x86_64__)
+    if (dsacp_isa_active() == DSACP_ISA_AVX512) return dsacp_bf16gemm_pack_rows_avx512(s, out);
+#endif
     const int64_t Q = padded_pairs(s->K) / LANES;
     int floor = 256;
     for (int64_t l = 0; l < LANES; l++)
         for (int64_t q = 0; q < Q; q++, out += ROWS) {
             const int64_t p = l + LANES * q;
             for (int64_t r = 0; r < ROWS; r++) {
-                const uint16_t lo = elem(s, r, 2 * p), hi = elem(s, r, 2 * p + 1);
-                out[r] = (uint32_t)lo | (uint32_t)hi << 16;
-                const uint16_t e[2] = {lo, hi};
+                const uint16_t e[2] = {elem(s, r, 2 * p), elem(s, r, 2 * p + 1)};
+                out[r] = (uint32_t)e[0] | (uint32_t)e[1] << 16;
                 const int f = dsacp_bf16_exp_floor(e, 2);
                 floor = f < floor ? f : floor;
             }

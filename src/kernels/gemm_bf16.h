@@ -53,7 +53,16 @@ void dsacp_bf16gemm_block(int form, const void *blk, int64_t rows, int64_t K, co
 /* ---- between gemm_bf16.c and gemm_bf16_x86.c ---- */
 
 enum { DSACP_BF16GEMM_ROWS = 32, DSACP_BF16GEMM_GROUP = 12 };
+/* The rows of one block as bf16: BF16 rows (b16) or F8 rows (f8, decoded), n <= 32 present, K
+ * columns, row stride ld elements. */
+typedef struct dsacp_bf16gemm_rows {
+    const uint16_t *b16;
+    const uint8_t *f8;
+    int64_t n, K, ld;
+} dsacp_bf16gemm_rows;
 #if defined(__x86_64__)
+/* The block [l][Q][32] of s's rows by 16 x 16 transposes (AVX512BW); returns their floor. */
+int dsacp_bf16gemm_pack_rows_avx512(const dsacp_bf16gemm_rows *s, uint32_t *out);
 /* One group of nb <= GROUP tokens against one block: tile[l][t][r] (t stride GROUP, 32 rows) =
  * model lane l of row r and token t (with scales: the lane's folded tot, bq = bp / 16 steps per
  * column block). blk: the block ([l][Q][32]); xs: the group's f32 split ([l][Q][nb][high, low]);

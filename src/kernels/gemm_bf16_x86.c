@@ -44,17 +44,20 @@ T512 static INL void fma_lane(const dsacp_bf16gemm_group *g, const uint32_t *wl,
 #pragma GCC unroll 12
         for (int t = 0; t < NT; t++) acc[0][t] = acc[1][t] = _mm512_setzero_ps();
         for (int64_t q = q0; q < q1; q++) {
-            const __m512i w0 = _mm512_loadu_si512(wl + q * ROWS), w1 = _mm512_loadu_si512(wl + q * ROWS + 16);
-            const __m512 h0 = _mm512_castsi512_ps(_mm512_and_si512(w0, himask));
-            const __m512 h1 = _mm512_castsi512_ps(_mm512_and_si512(w1, himask));
-            const __m512 l0 = _mm512_castsi512_ps(_mm512_slli_epi32(w0, 16));
-            const __m512 l1 = _mm512_castsi512_ps(_mm512_slli_epi32(w1, 16));
             const float *xq = xl + 2 * q * nb;
+            const __m512 h0 = _mm512_castsi512_ps(_mm512_and_si512(_mm512_loadu_si512(wl + q * ROWS), himask));
+            const __m512 h1 = _mm512_castsi512_ps(_mm512_and_si512(_mm512_loadu_si512(wl + q * ROWS + 16), himask));
 #pragma GCC unroll 12
             for (int t = 0; t < NT; t++) {
-                const __m512 xh = _mm512_set1_ps(xq[2 * t]), xo = _mm512_set1_ps(xq[2 * t + 1]);
+                const __m512 xh = _mm512_set1_ps(xq[2 * t]);
                 acc[0][t] = _mm512_fmadd_ps(h0, xh, acc[0][t]);
                 acc[1][t] = _mm512_fmadd_ps(h1, xh, acc[1][t]);
+            }
+            const __m512 l0 = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_loadu_si512(wl + q * ROWS), 16));
+            const __m512 l1 = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_loadu_si512(wl + q * ROWS + 16), 16));
+#pragma GCC unroll 12
+            for (int t = 0; t < NT; t++) {
+                const __m512 xo = _mm512_set1_ps(xq[2 * t + 1]);
                 acc[0][t] = _mm512_fmadd_ps(l0, xo, acc[0][t]);
                 acc[1][t] = _mm512_fmadd_ps(l1, xo, acc[1][t]);
             }
@@ -216,6 +219,75 @@ void dsacp_bf16gemm_group_avx2(const dsacp_bf16gemm_group *g, float *tile)
                 ymm_lanes[nt](g, g->blk + l * g->Q * ROWS + r0, g->xs + 2 * (l * g->Q * g->nb + t0),
                               tile + (l * GROUP + t0) * ROWS + r0);
             }
+}
+
+/* ---- packing a block ---- */
+
+#define TBW __attribute__((target("avx512f,avx512bw,avx512vl")))
+
+/* v[c] = column c of the 16 x 16 dword matrix whose row r is v[r]. */
+TBW static INL void transpose16(__m512i v[16])
+{
+    __m512i t[16], u[16];
+    for (int i = 0; i < 8; i++)
+        t[2 * i] = _mm512_unpacklo_epi32(v[2 * i], v[2 * i + 1]), t[2 * i + 1] = _mm512_unpackhi_epi32(v[2 * i], v[2 * i + 1]);
+    for (int i = 0; i < 4; i++) { /* u[4 i + j], 128-bit lane k: column 4 k + j of rows 4 i .. 4 i + 3 */
+        u[4 * i] = _mm512_unpacklo_epi64(t[4 * i], t[4 * i + 2]);
+        u[4 * i + 1] = _mm512_unpackhi_epi64(t[4 * i], t[4 * i + 2]);
+        u[4 * i + 2] = _mm512_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
+        u[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
+    }
+    for (int j = 0; j < 4; j++) {
+        const __m512i s0 = _mm512_shuffle_i32x4(u[j], u[4 + j], 0x44), s1 = _mm512_shuffle_i32x4(u[j], u[4 + j], 0xEE);
+        const __m512i s2 = _mm512_shuffle_i32x4(u[8 + j], u[12 + j], 0x44);
+        const __m512i s3 = _mm512_shuffle_i32x4(u[8 + j], u[12 + j], 0xEE);
+        v[j] = _mm512_shuffle_i32x4(s0, s2, 0x88), v[4 + j] = _mm512_shuffle_i32x4(s0, s2, 0xDD);
+        v[8 + j] = _mm512_shuffle_i32x4(s1, s3, 0x88), v[12 + j] = _mm512_shuffle_i32x4(s1, s3, 0xDD);
+    }
+}
+
+/* 32 e4m3 bytes as bf16 words: normal codes (mag << 4) + 0x3C00, the 8 subnormal codes from a
+ * table, NaN 0x7FC0, the sign on top (dsacp_e4m3_to_bf16's bits). */
+TBW static INL __m512i e4m3_words(__m256i b)
+{
+    const __m512i x = _mm512_cvtepu8_epi16(b), mag = _mm512_and_si512(x, _mm512_set1_epi16(0x7F));
+    const __m512i sub = _mm512_set_epi16(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x3C60,
+                                         0x3C40, 0x3C20, 0x3C00, 0x3BC0, 0x3B80, 0x3B00, 0);
+    __m512i v = _mm512_add_epi16(_mm512_slli_epi16(mag, 4), _mm512_set1_epi16(0x3C00));
+    v = _mm512_mask_permutexvar_epi16(v, _mm512_cmplt_epu16_mask(mag, _mm512_set1_epi16(8)), mag, sub);
+    v = _mm512_mask_mov_epi16(v, _mm512_cmpeq_epi16_mask(mag, _mm512_set1_epi16(0x7F)), _mm512_set1_epi16(0x7FC0));
+    return _mm512_or_si512(v, _mm512_slli_epi16(_mm512_and_si512(x, _mm512_set1_epi16(0x80)), 8));
+}
+
+/* Elements [32 q, 32 q + 32) of row r as 16 pairs (zero past K or past the rows present). */
+TBW static INL __m512i row_chunk(const dsacp_bf16gemm_rows *s, int64_t r, int64_t q)
+{
+    const int64_t left = s->K - 32 * q;
+    if (r >= s->n || left <= 0) return _mm512_setzero_si512();
+    const __mmask32 m = left >= 32 ? (__mmask32)~0u : (__mmask32)((1u << left) - 1);
+    if (s->b16) return _mm512_maskz_loadu_epi16(m, s->b16 + r * s->ld + 32 * q);
+    return e4m3_words(_mm256_maskz_loadu_epi8(m, s->f8 + r * s->ld + 32 * q));
+}
+
+TBW int dsacp_bf16gemm_pack_rows_avx512(const dsacp_bf16gemm_rows *s, uint32_t *out)
+{
+    const int64_t Q = ((s->K + 1) / 2 + LANES - 1) / LANES;
+    const __m512i one = _mm512_set1_epi16(1), magmask = _mm512_set1_epi16(0x7FFF);
+    __m512i mn = _mm512_set1_epi16(-1); /* min of |x| - 1 as unsigned: zeros never count */
+    for (int64_t q = 0; q < Q; q++)
+        for (int h = 0; h < 2; h++) {
+            __m512i v[16];
+            for (int i = 0; i < 16; i++) {
+                v[i] = row_chunk(s, 16 * h + i, q);
+                mn = _mm512_min_epu16(mn, _mm512_sub_epi16(_mm512_and_si512(v[i], magmask), one));
+            }
+            transpose16(v);
+            for (int l = 0; l < LANES; l++) _mm512_storeu_si512(out + (l * Q + q) * ROWS + 16 * h, v[l]);
+        }
+    const __m256i m16 = _mm256_min_epu16(_mm512_castsi512_si256(mn), _mm512_extracti64x4_epi64(mn, 1));
+    const __m128i m8 = _mm_min_epu16(_mm256_castsi256_si128(m16), _mm256_extracti128_si256(m16, 1));
+    const unsigned m = (unsigned)_mm_cvtsi128_si32(_mm_minpos_epu16(m8)) & 0xFFFFu;
+    return m == 0xFFFFu ? 256 : (int)((m + 1) >> 7);
 }
 
 /* ---- the trees ---- */
