@@ -9,7 +9,8 @@
  * multiple of the row groups) and value classes (normal; tiny and subnormal activations and
  * weights, which force the non-plain kernels; inf and NaN). Exact mode, F16 weights and FP8
  * blocks not a multiple of 32 keep the f32 chain. The e4m3 -> bf16 decoders against
- * dsacp_e4m3_to_f32.
+ * dsacp_e4m3_to_f32. The whole test runs again with the instruction's level lowered
+ * (DSACP_BF16DOT_HW=plain, none) and without the VBMI decode, for the paths of other CPUs.
  */
 #include "test.h"
 #include "core/core.h"
@@ -266,8 +267,23 @@ static void test_decode(void)
 #endif
 }
 
-int main(void)
+/* The paths of CPUs whose VDPBF16PS is the model only on plain operands, or not at all, and
+ * without AVX512-VBMI: this test again with dsacp_bf16dot_hw_level lowered (DSACP_BF16DOT_HW)
+ * and the FP8 rows' VBMI decode off (DSACP_BF16DOT_NO_VBMI). */
+static void test_lower_hw(const char *self)
 {
+    static const char *const levels[] = {"plain", "none"};
+    for (int i = 0; i < 2; i++) {
+        char cmd[4096];
+        const int len = snprintf(cmd, sizeof cmd, "DSACP_BF16DOT_HW=%s DSACP_BF16DOT_NO_VBMI=1 '%s'", levels[i], self);
+        CHECK(len > 0 && (size_t)len < sizeof cmd && !strchr(self, '\''));
+        CHECKF(system(cmd) == 0, "the test with DSACP_BF16DOT_HW=%s failed", levels[i]);
+    }
+}
+
+int main(int argc, char **argv)
+{
+    (void)argc;
     dsacp_rng_seed(&rng, 25);
     const dsacp_isa start = dsacp_isa_active();
     const int maxth = omp_get_max_threads();
@@ -277,5 +293,6 @@ int main(void)
     test_f32_chain_kept();
     omp_set_num_threads(maxth);
     CHECK_OK(dsacp_isa_set(start));
+    if (!getenv("DSACP_BF16DOT_HW")) test_lower_hw(argv[0]);
     return test_finish("test_linear_bf16");
 }

@@ -87,7 +87,9 @@ static inline bool dsacp_bf16dot_plain_ok(int fa, int fb)
 bool dsacp_cpu_has_avx512bf16(void);
 /* How far this CPU's VDPBF16PS is the model, checked once on fixed lanes (bf16dot_check.c):
  * ALL (every input class; this project's Xeon), PLAIN (only inputs dsacp_bf16dot_plain_ok
- * admits: its DAZ/FTZ differ), NONE (no AVX512-BF16, or it differs on normal values). */
+ * admits: its DAZ/FTZ differ), NONE (no AVX512-BF16, or it differs on normal values).
+ * DSACP_BF16DOT_HW=plain|none in the environment lowers the answer (tests run the paths of other
+ * CPUs with it; the bits never change). */
 enum { DSACP_BF16DOT_HW_NONE = 0, DSACP_BF16DOT_HW_PLAIN = 1, DSACP_BF16DOT_HW_ALL = 2 };
 int dsacp_bf16dot_hw_level(void);
 #if defined(__x86_64__)
@@ -128,15 +130,25 @@ float dsacp_bf16dot_fold_avx2(const uint16_t *a, const uint16_t *b, int64_t n, i
                               bool plain);
 float dsacp_bf16dot_fold_avx512bf16(const uint16_t *a, const uint16_t *b, int64_t n, int64_t bp,
                                     const float *scales);
-/* The zmm FMA form over R <= 8 weight rows and one token, for plain operands (the caller checks
- * dsacp_bf16dot_plain_ok with the floor returned): rows[r] holds ceil(K/2) pairs (K odd: a +0
- * element after the row; the FMAs read K elements with masked loads), x the token's ceil(K/2) pairs padded with zero pairs to a multiple
- * of 16; per pair two f32 FMAs, the high elements' product first (a product of two bf16 is
- * exact); bp / scales[r] as dsacp_bf16dot_fold_scalar (bp == 0: no fold). out[r]: the model's
- * bits when the operands are plain (a NaN output is recomputed by the model). Returns the least
- * exponent floor of the R rows (dsacp_bf16_exp_floor of their concatenation). AVX512BW. */
-int dsacp_bf16dot_fma_rows(const uint16_t *const *rows, int R, int64_t K, const uint16_t *x, int64_t bp,
-                           const float *const *scales, float *out);
+/* R <= 8 weight rows and one token by the zmm FMA form (plain operands: the caller checks
+ * dsacp_bf16dot_plain_ok with the floor returned) or, with dp, by VDPBF16PS (only where
+ * dsacp_bf16dot_hw_level is ALL; returns 0): rows[r] holds ceil(K/2) pairs (K odd: a +0 element
+ * after the row; K elements are read, with masked loads at the end), x the token's ceil(K/2)
+ * pairs padded with zero pairs to a multiple of 16; the FMA form takes two f32 FMAs per pair,
+ * the high elements' product first (a product of two bf16 is exact); bp / scales[r] as
+ * dsacp_bf16dot_fold_scalar (bp == 0: no fold). out[r]: the model's bits (a NaN output is
+ * recomputed by the model). Returns the least exponent floor of the R rows (the FMA form).
+ * AVX512BW (+ AVX512-BF16 for dp). */
+int dsacp_bf16dot_rows(const uint16_t *const *rows, int R, int64_t K, const uint16_t *x, int64_t bp,
+                       const float *const *scales, bool dp, float *out);
+/* The same for FP8 rows (rows[r]: K e4m3 bytes, decoded in registers; bp > 0 and scales[r] the
+ * row's block scales), by VDPBF16PS when dp (only where dsacp_bf16dot_hw_level is ALL) or the FMA
+ * form (plain operands only: an FP8 row's floor is at least 118, the exponent of 2^-9, so
+ * dsacp_bf16dot_plain_ok(118, token floor) suffices). scratch: 2 * ceil(K/2) bf16, where a row of
+ * NaN output is decoded for the model. AVX512BW (+ AVX512-BF16 when dp). */
+enum { DSACP_E4M3_BF16_FLOOR = 118 };
+void dsacp_bf16dot_f8_rows(const uint8_t *const *rows, int R, int64_t K, const uint16_t *x, int64_t bp,
+                           const float *const *scales, bool dp, float *out, uint16_t *scratch);
 /* dsacp_e4m3_row_bf16 in AVX512BW, bit for bit. */
 void dsacp_e4m3_row_bf16_avx512(const uint8_t *src, int64_t n, uint16_t *out);
 #endif

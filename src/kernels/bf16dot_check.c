@@ -8,6 +8,7 @@
  */
 #include "kernels/bf16dot.h"
 
+#include <stdlib.h>
 #include <string.h>
 
 #if defined(__x86_64__)
@@ -105,6 +106,9 @@ int dsacp_bf16dot_hw_level(void)
     v = !dsacp_cpu_has_avx512bf16() || !agrees(0, PLAIN_CRAFTED, true) ? DSACP_BF16DOT_HW_NONE
         : agrees(PLAIN_CRAFTED, CRAFTED, false)                      ? DSACP_BF16DOT_HW_ALL
                                                                      : DSACP_BF16DOT_HW_PLAIN;
+    const char *env = getenv("DSACP_BF16DOT_HW"); /* lowering only: the paths of other CPUs */
+    if (env && !strcmp(env, "none")) v = DSACP_BF16DOT_HW_NONE;
+    if (env && !strcmp(env, "plain") && v > DSACP_BF16DOT_HW_PLAIN) v = DSACP_BF16DOT_HW_PLAIN;
     __atomic_store_n(&level, v + 1, __ATOMIC_RELEASE); /* racing first calls find the same */
     return v;
 }

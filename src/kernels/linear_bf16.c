@@ -35,13 +35,13 @@ static bool rows_buffered(const dsacp_weight *w) { return w->dtype != DSACP_BF16
 /* Whether a call takes the block API (the scalar ISA runs the model row by row). */
 static bool many_path(dsacp_isa isa, int64_t T) { return isa >= DSACP_ISA_AVX2 && T >= MANY_T; }
 
-/* One thread's buffers: RG rows of 2 * padded pairs bf16 (when rows_buffered), and with `many`
- * one packed block. */
+/* One thread's buffers: RG rows of 2 * padded pairs bf16 and one for a NaN row's model (when
+ * rows_buffered), and with `many` one packed block. */
 static size_t thread_bytes(const dsacp_weight *w, bool many)
 {
     size_t b = 0;
     if (rows_buffered(w))
-        b = dsacp_ws_round(dsacp_ws_mul(dsacp_ws_mul(RG, (size_t)padded_pairs(w->cols)), 2 * sizeof(uint16_t)));
+        b = dsacp_ws_round(dsacp_ws_mul(dsacp_ws_mul(RG + 1, (size_t)padded_pairs(w->cols)), 2 * sizeof(uint16_t)));
     return many ? dsacp_ws_add(b, dsacp_ws_round(dsacp_bf16gemm_block_bytes(w->cols))) : b;
 }
 
@@ -98,13 +98,15 @@ typedef struct job {
     unsigned char *bufs;
     size_t buf_bytes, rows_bytes; /* per chunk; its row buffer's part (0: rows read in place) */
     int hw;      /* dsacp_bf16dot_hw_level() */
-    bool dpbf16; /* VDPBF16PS for every dot (hw ALL and the measured form) */
+    bool dpbf16; /* the block API in VDPBF16PS for every block (hw ALL and the measured form) */
 } job;
 
-/* A group's rows as bf16 pairs (rows[r]) and their scales (FP8). */
+/* A group's rows as bf16 pairs (rows[r], once ready) and their scales (FP8). */
 typedef struct group {
     int64_t o0;
     int R;
+    bool ready;    /* rows[] filled (FP8 and odd widths: decoded into buf) */
+    uint16_t *buf; /* the thread's row buffer, or NULL */
     const uint16_t *rows[RG];
     const float *scales[RG];
     int floor[RG]; /* -1: not known yet */
@@ -113,15 +115,27 @@ typedef struct group {
 static void load_group(const job *j, int64_t g, uint16_t *buf, group *gr)
 {
     const dsacp_weight *w = j->w;
-    const int64_t K = w->cols, N = w->rows;
     gr->o0 = g * RG;
-    gr->R = (int)(N - gr->o0 < RG ? N - gr->o0 : RG);
+    gr->R = (int)(w->rows - gr->o0 < RG ? w->rows - gr->o0 : RG);
+    gr->ready = false;
+    gr->buf = buf;
     for (int r = 0; r < gr->R; r++) {
         const int64_t o = gr->o0 + r;
-        uint16_t *dst = buf + r * j->ld;
         gr->floor[r] = -1;
         gr->scales[r] = w->dtype == DSACP_F8_E4M3 ? w->scale + (o / w->block) * w->scale_stride : NULL;
-        if (!buf) {
+    }
+}
+
+/* The group's rows as bf16: the stored ones, or decoded / padded into the buffer. */
+static void ready_rows(const job *j, group *gr)
+{
+    if (gr->ready) return;
+    const dsacp_weight *w = j->w;
+    const int64_t K = w->cols;
+    for (int r = 0; r < gr->R; r++) {
+        const int64_t o = gr->o0 + r;
+        uint16_t *dst = gr->buf + r * j->ld;
+        if (!gr->buf) {
             gr->rows[r] = (const uint16_t *)w->data + o * K;
             continue;
         }
@@ -133,6 +147,7 @@ static void load_group(const job *j, int64_t g, uint16_t *buf, group *gr)
         if (K % 2) dst[K] = 0;
         gr->rows[r] = dst;
     }
+    gr->ready = true;
 }
 
 static int row_floor(const job *j, group *gr, int r)
@@ -165,23 +180,47 @@ static float dot_one(const job *j, group *gr, int r, const uint16_t *x, int fx)
     return dsacp_bf16dot_fold_scalar(gr->rows[r], x, n, bp, gr->scales[r]);
 }
 
-/* The group's outputs for token t: the FMA form where the operands may be plain (a row whose
- * floor says otherwise is redone by dot_one), else dot_one per row. */
+#if defined(__x86_64__)
+/* FP8 rows on AVX-512, decoded in registers: VDPBF16PS where the instruction is the model, the
+ * FMA form where an FP8 row's least floor makes the operands plain; false when neither. */
+static bool f8_direct(const job *j, group *gr, const uint16_t *x, int fx, float *y)
+{
+    const bool dp = j->hw == DSACP_BF16DOT_HW_ALL;
+    if (!dp && !dsacp_bf16dot_plain_ok(DSACP_E4M3_BF16_FLOOR, fx)) return false;
+    const uint8_t *rows[RG];
+    for (int r = 0; r < gr->R; r++) rows[r] = (const uint8_t *)j->w->data + (gr->o0 + r) * j->w->cols;
+    dsacp_bf16dot_f8_rows(rows, gr->R, j->w->cols, x, j->w->block / 2, gr->scales, dp, y, gr->buf + RG * j->ld);
+    return true;
+}
+#endif
+
+/* The group's outputs for token t on AVX-512: FP8 straight from the bytes (f8_direct), rows by
+ * VDPBF16PS where the instruction is the model, else by the FMA form where the operands may be
+ * plain (a row whose floor says otherwise is redone by dot_one); elsewhere dot_one per row.
+ * (At one token VDPBF16PS, one instruction per 16 pairs, is the faster here even where the
+ * batched product prefers the FMA form: the weights' split costs as much as the FMAs.) */
 static void group_token(const job *j, group *gr, int64_t t)
 {
     const uint16_t *x = j->xb + t * j->ld;
     const int fx = j->floor[t];
     float *y = j->y + t * j->ldy + gr->o0;
 #if defined(__x86_64__)
-    if (j->isa == DSACP_ISA_AVX512 && !j->dpbf16 && fx >= 1) {
-        const int64_t bp = gr->scales[0] ? j->w->block / 2 : 0;
-        const int f = dsacp_bf16dot_fma_rows(gr->rows, gr->R, j->w->cols, x, bp, gr->scales, y);
+    if (j->isa == DSACP_ISA_AVX512 && j->w->dtype == DSACP_F8_E4M3 && f8_direct(j, gr, x, fx, y)) return;
+    ready_rows(j, gr);
+    const int64_t bp = gr->scales[0] ? j->w->block / 2 : 0;
+    if (j->isa == DSACP_ISA_AVX512 && j->hw == DSACP_BF16DOT_HW_ALL) {
+        dsacp_bf16dot_rows(gr->rows, gr->R, j->w->cols, x, bp, gr->scales, true, y);
+        return;
+    }
+    if (j->isa == DSACP_ISA_AVX512 && fx >= 1) {
+        const int f = dsacp_bf16dot_rows(gr->rows, gr->R, j->w->cols, x, bp, gr->scales, false, y);
         if (!dsacp_bf16dot_plain_ok(f, fx))
             for (int r = 0; r < gr->R; r++)
                 if (!dsacp_bf16dot_plain_ok(row_floor(j, gr, r), fx)) y[r] = dot_one(j, gr, r, x, fx);
         return;
     }
 #endif
+    ready_rows(j, gr);
     for (int r = 0; r < gr->R; r++) y[r] = dot_one(j, gr, r, x, fx);
 }
 
