@@ -6,12 +6,15 @@
  *
  * Files, each calling only the ones below it (none calls dispatch.c: callers name the ISA, e.g.
  * dsacp_bf16dot_kernel(dsacp_isa_active())):
- *   gemm_bf16.c     the batched product: a VDPBF16PS micro-kernel over packed weights
- *   bf16dot_x86.c   the AVX2 and AVX512-BF16 kernels, activation rounding in AVX2, the choice of
- *                   kernel for an ISA
+ *   linear_bf16.c   deployed BF16/FP8 linears on the chain (linear_bf16.h): one-token path and
+ *                   driver of the batched product's block API
+ *   gemm_bf16.c     the batched product: micro-kernels over packed weights (gemm_bf16.h)
+ *   bf16dot_x86.c   the AVX2 and AVX512-BF16 kernels (with the FP8 fold), the row kernels of
+ *                   several rows per pass (zmm FMA form, VDPBF16PS; FP8 decoded in registers),
+ *                   activation rounding in AVX2, the choice of kernel for an ISA
  *   bf16dot_check.c the cpuid test and the start-up check of the instruction against the model
- *   bf16dot.c       the scalar model (one step, one pair, the 16-lane dot), activation rounding,
- *                   the exponent floor
+ *   bf16dot.c       the scalar model (one step, one pair, the 16-lane dot, the fold), activation
+ *                   rounding, the exponent floor, the e4m3 -> bf16 decode
  *
  * Layout: a bf16 vector of 2n elements is n dword pairs; pair p holds element 2p in its low half
  * and element 2p + 1 in its high half (the little-endian bytes of a bf16 row, as VDPBF16PS reads
@@ -153,7 +156,7 @@ void dsacp_bf16dot_f8_rows(const uint8_t *const *rows, int R, int64_t K, const u
 void dsacp_e4m3_row_bf16_avx512(const uint8_t *src, int64_t n, uint16_t *out);
 #endif
 
-/* ---- batched (gemm_bf16.c; not wired into the linears yet) ----
+/* ---- batched (gemm_bf16.c; the linears use its block API, gemm_bf16.h) ----
  * y[t][o] = dsacp_bf16dot_scalar(w_o, x_t, ceil(K / 2)) bit for bit (weights the first operand),
  * for N weight rows and T token rows of K bf16 (an odd K padded with +0), by a VDPBF16PS
  * micro-kernel (32 rows x 6 tokens of one model lane per register tile); the blocks of 32 rows

@@ -186,8 +186,8 @@ int dsacp_bf16_round_row_avx2(const float *x, int64_t n, uint16_t *out) { return
 
 /* ---- AVX512-BF16 ---- */
 
-/* The model's tree over 16 lanes. */
-TBF16 static INL float tree16(__m512 v)
+/* The model's tree over 16 lanes (AVX512F only: inlined into every zmm kernel below). */
+__attribute__((target("avx512f"))) static INL float tree16(__m512 v)
 {
     const __m256 lo = _mm512_castps512_ps256(v);
     const __m256 hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1));
@@ -228,95 +228,9 @@ float dsacp_bf16dot_avx512bf16(const uint16_t *a, const uint16_t *b, int64_t n)
 /* ---- AVX512BW: the zmm FMA form over several rows, the FP8 row decode ---- */
 
 #define T512 __attribute__((target("avx512f,avx512bw,avx512vl")))
-
-T512 static INL float tree16_512(__m512 v)
-{
-    const __m256 lo = _mm512_castps512_ps256(v);
-    const __m256 hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1));
-    const __m256 a = _mm256_add_ps(lo, hi);
-    const __m128 b = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
-    const __m128 c = _mm_add_ps(b, _mm_movehl_ps(b, b));
-    return _mm_cvtss_f32(_mm_add_ss(c, _mm_movehdup_ps(c)));
-}
-
-/* R rows (a constant after inlining) against the token x: lane l of b[r] is model lane l of row
- * r (pairs p = l + 16 q of chunk q), two FMAs per pair, high first; every bp / 16 chunks the
- * block's lanes fold into tot[r]. The rows' (x & 0x7FFF) - 1 minimum rides along (the floor). */
-/* R rows (a constant after inlining) against the token x: lane l of b[r] is model lane l of row
- * r (pairs p = l + 16 q of chunk q), by VDPBF16PS (dp) or two FMAs per pair, high first; every
- * bp / 16 chunks the block's lanes fold into tot[r]. The FMA form's floor (the rows' least
- * (x & 0x7FFF) - 1) rides along; dp returns 0 (unused: the instruction is the model). */
+/* The row kernels' two forms in one body: compiled with AVX512-BF16 enabled, whose instruction
+ * only the dp instances execute (the FMA instances run on any AVX512BW CPU). */
 #define TROWS __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
-TROWS static INL int rows_t(const uint16_t *const *w, const int R, int64_t K, const uint16_t *x, int64_t bp,
-                            const float *const *sc, const bool dp, float *out)
-{
-    const int64_t nq = ((K + 1) / 2 + 15) / 16, nfull = K / 32, qpb = bp > 0 ? bp / 16 : nq;
-    const __m512i himask = _mm512_set1_epi32((int)0xFFFF0000u), mag = _mm512_set1_epi16(0x7FFF);
-    const __m512i one = _mm512_set1_epi16(1);
-    __m512i mn = _mm512_set1_epi16(-1);
-    __m512 b[8], tot[8];
-    for (int r = 0; r < R; r++) b[r] = tot[r] = _mm512_setzero_ps();
-    for (int64_t q0 = 0, j = 0; q0 < nq; q0 += qpb, j++) {
-        const int64_t q1 = q0 + qpb < nq ? q0 + qpb : nq;
-        for (int64_t q = q0; q < q1; q++) {
-            const __m512i xv = _mm512_loadu_si512(x + 32 * q);
-            const __m512 xh = _mm512_castsi512_ps(_mm512_and_si512(xv, himask));
-            const __m512 xl = _mm512_castsi512_ps(_mm512_slli_epi32(xv, 16));
-            const bool full = q < nfull;
-            const __mmask32 m = full ? ~(__mmask32)0 : (__mmask32)((1ull << (K - 32 * q)) - 1);
-            for (int r = 0; r < R; r++) {
-                const __m512i wv = full ? _mm512_loadu_si512(w[r] + 32 * q) : _mm512_maskz_loadu_epi16(m, w[r] + 32 * q);
-                if (dp) {
-                    b[r] = _mm512_dpbf16_ps(b[r], (__m512bh)wv, (__m512bh)xv);
-                    continue;
-                }
-                mn = _mm512_min_epu16(mn, _mm512_sub_epi16(_mm512_and_si512(wv, mag), one));
-                b[r] = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_and_si512(wv, himask)), xh, b[r]);
-                b[r] = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_slli_epi32(wv, 16)), xl, b[r]);
-            }
-        }
-        if (bp > 0)
-            for (int r = 0; r < R; r++) {
-                tot[r] = _mm512_fmadd_ps(b[r], _mm512_set1_ps(sc[r][j]), tot[r]);
-                b[r] = _mm512_setzero_ps();
-            }
-    }
-    const int64_t n = (K + 1) / 2;
-    for (int r = 0; r < R; r++) {
-        const float v = tree16_512(bp > 0 ? tot[r] : b[r]);
-        out[r] = v == v ? v : model_dot(w[r], x, n, bp, bp > 0 ? sc[r] : NULL);
-    }
-    if (dp) return 0;
-    const __m256i m16 = _mm256_min_epu16(_mm512_castsi512_si256(mn), _mm512_extracti64x4_epi64(mn, 1));
-    const __m128i m8 = _mm_min_epu16(_mm256_castsi256_si128(m16), _mm256_extracti128_si256(m16, 1));
-    return floor_of_min((unsigned)_mm_cvtsi128_si32(_mm_minpos_epu16(m8)) & 0xFFFFu);
-}
-
-typedef int (*rows_fn)(const uint16_t *const *, int64_t, const uint16_t *, int64_t, const float *const *, float *);
-#define ROWS_FN(R, DP, NAME)                                                                                      \
-    TROWS static int NAME(const uint16_t *const *w, int64_t K, const uint16_t *x, int64_t bp, const float *const *sc, \
-                          float *out)                                                                             \
-    {                                                                                                             \
-        return rows_t(w, R, K, x, bp, sc, DP, out);                                                               \
-    }
-ROWS_FN(1, false, fma_rows1) ROWS_FN(2, false, fma_rows2) ROWS_FN(4, false, fma_rows4) ROWS_FN(8, false, fma_rows8)
-ROWS_FN(1, true, dp_rows1) ROWS_FN(2, true, dp_rows2) ROWS_FN(4, true, dp_rows4) ROWS_FN(8, true, dp_rows8)
-
-int dsacp_bf16dot_rows(const uint16_t *const *rows, int R, int64_t K, const uint16_t *x, int64_t bp,
-                       const float *const *scales, bool dp, float *out)
-{
-    static const rows_fn fns[2][4] = {{fma_rows1, fma_rows2, fma_rows4, fma_rows8},
-                                      {dp_rows1, dp_rows2, dp_rows4, dp_rows8}};
-    int floor = 256;
-    while (R > 0) { /* 8, 4, 2, 1 rows a pass */
-        const int r = R >= 8 ? 8 : R >= 4 ? 4 : R >= 2 ? 2 : 1;
-        const int f = fns[dp][r == 8 ? 3 : r == 4 ? 2 : r == 2 ? 1 : 0](rows, K, x, bp, scales, out);
-        floor = f < floor ? f : floor;
-        rows += r, out += r, R -= r;
-        if (bp > 0) scales += r;
-    }
-    return floor;
-}
 
 /* 32 e4m3 bytes to bf16: the magnitude code through the 128-entry table (two vpermi2w over 64
  * entries each, bit 6 choosing), the sign bit moved to bit 15. */
@@ -345,34 +259,40 @@ T512 static void e4m3_row_512(const uint8_t *src, int64_t n, uint16_t *out)
 
 void dsacp_e4m3_row_bf16_avx512(const uint8_t *src, int64_t n, uint16_t *out) { e4m3_row_512(src, n, out); }
 
-/* R FP8 rows (a constant after inlining) against the token x, the rows decoded in registers
- * (e4m3_32) and dotted by VDPBF16PS (dp) or the FMA form; the fold as fma_rows_t. A NaN output
- * is the model's, over the row decoded into scratch (2 * ceil(K / 2) bf16). */
-#define TF8 __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
-/* The FP8 rows' outputs: the tree of each total, a NaN one the model's over the row decoded
- * into scratch. */
-TF8 static INL void f8_finish(const uint8_t *const *w, const int R, int64_t K, const uint16_t *x, int64_t bp,
-                              const float *const *sc, const __m512 *tot, float *out, uint16_t *scratch)
+/* The outputs of R rows from their lane vectors: the model's tree; a NaN one the model's dot
+ * (FP8: over the row decoded into scratch). */
+TROWS static INL void rows_finish(const void *const *w, const int R, const bool f8, int64_t K, const uint16_t *x,
+                                  int64_t bp, const float *const *sc, const __m512 *acc, float *out, uint16_t *scratch)
 {
     for (int r = 0; r < R; r++) {
-        const float v = tree16_512(tot[r]);
+        const float v = tree16(acc[r]);
         if (v == v) {
             out[r] = v;
             continue;
         }
-        dsacp_e4m3_row_bf16(w[r], K, scratch);
-        if (K % 2) scratch[K] = 0;
-        out[r] = model_dot(scratch, x, (K + 1) / 2, bp, sc[r]);
+        const uint16_t *row = w[r];
+        if (f8) {
+            dsacp_e4m3_row_bf16(w[r], K, scratch);
+            if (K % 2) scratch[K] = 0;
+            row = scratch;
+        }
+        out[r] = model_dot(row, x, (K + 1) / 2, bp, bp > 0 ? sc[r] : NULL);
     }
 }
 
-TF8 static INL void f8_rows_t(const uint8_t *const *w, const int R, int64_t K, const uint16_t *x, int64_t bp,
-                              const float *const *sc, const bool dp, float *out, uint16_t *scratch)
+/* R rows (a constant after inlining; BF16, or FP8 decoded in registers by e4m3_32) against the
+ * token x: lane l of b[r] is model lane l of row r (pairs p = l + 16 q of chunk q), by VDPBF16PS
+ * (dp) or two FMAs per pair, high first; every bp / 16 chunks the block's lanes fold into
+ * tot[r]. The BF16 FMA form's floor (the rows' least (x & 0x7FFF) - 1) rides along; the others
+ * return 256 (dp: the instruction is the model; FP8: the caller knows the rows' least floor). */
+TROWS static INL int rows_t(const void *const *w, const int R, int64_t K, const uint16_t *x, int64_t bp,
+                            const float *const *sc, const bool dp, const bool f8, float *out, uint16_t *scratch)
 {
-    const int64_t nq = ((K + 1) / 2 + 15) / 16, nfull = K / 32, qpb = bp / 16;
-    const __m512i himask = _mm512_set1_epi32((int)0xFFFF0000u);
-    __m512i tab[4];
-    for (int i = 0; i < 4; i++) tab[i] = _mm512_loadu_si512(dsacp_e4m3_bf16_mag + 32 * i);
+    const int64_t nq = ((K + 1) / 2 + 15) / 16, nfull = K / 32, qpb = bp > 0 ? bp / 16 : nq;
+    const __m512i himask = _mm512_set1_epi32((int)0xFFFF0000u), mag = _mm512_set1_epi16(0x7FFF);
+    const __m512i one = _mm512_set1_epi16(1);
+    __m512i mn = _mm512_set1_epi16(-1), tab[4];
+    for (int i = 0; i < 4 && f8; i++) tab[i] = _mm512_loadu_si512(dsacp_e4m3_bf16_mag + 32 * i);
     __m512 b[8], tot[8];
     for (int r = 0; r < R; r++) b[r] = tot[r] = _mm512_setzero_ps();
     for (int64_t q0 = 0, j = 0; q0 < nq; q0 += qpb, j++) {
@@ -381,33 +301,43 @@ TF8 static INL void f8_rows_t(const uint8_t *const *w, const int R, int64_t K, c
             const __m512i xv = _mm512_loadu_si512(x + 32 * q);
             const __m512 xh = _mm512_castsi512_ps(_mm512_and_si512(xv, himask));
             const __m512 xl = _mm512_castsi512_ps(_mm512_slli_epi32(xv, 16));
-            const __mmask32 m = q < nfull ? ~(__mmask32)0 : (__mmask32)((1ull << (K - 32 * q)) - 1);
+            const bool full = q < nfull;
+            const __mmask32 m = full ? ~(__mmask32)0 : (__mmask32)((1ull << (K - 32 * q)) - 1);
             for (int r = 0; r < R; r++) {
-                const __m512i wv = e4m3_32(_mm256_maskz_loadu_epi8(m, w[r] + 32 * q), tab);
+                __m512i wv;
+                if (f8) wv = e4m3_32(_mm256_maskz_loadu_epi8(m, (const uint8_t *)w[r] + 32 * q), tab);
+                else if (full) wv = _mm512_loadu_si512((const uint16_t *)w[r] + 32 * q);
+                else wv = _mm512_maskz_loadu_epi16(m, (const uint16_t *)w[r] + 32 * q);
                 if (dp) {
                     b[r] = _mm512_dpbf16_ps(b[r], (__m512bh)wv, (__m512bh)xv);
-                } else {
-                    b[r] = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_and_si512(wv, himask)), xh, b[r]);
-                    b[r] = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_slli_epi32(wv, 16)), xl, b[r]);
+                    continue;
                 }
+                if (!f8) mn = _mm512_min_epu16(mn, _mm512_sub_epi16(_mm512_and_si512(wv, mag), one));
+                b[r] = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_and_si512(wv, himask)), xh, b[r]);
+                b[r] = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_slli_epi32(wv, 16)), xl, b[r]);
             }
         }
-        for (int r = 0; r < R; r++) {
-            tot[r] = _mm512_fmadd_ps(b[r], _mm512_set1_ps(sc[r][j]), tot[r]);
-            b[r] = _mm512_setzero_ps();
-        }
+        if (bp > 0)
+            for (int r = 0; r < R; r++) {
+                tot[r] = _mm512_fmadd_ps(b[r], _mm512_set1_ps(sc[r][j]), tot[r]);
+                b[r] = _mm512_setzero_ps();
+            }
     }
-    f8_finish(w, R, K, x, bp, sc, tot, out, scratch);
+    rows_finish(w, R, f8, K, x, bp, sc, bp > 0 ? tot : b, out, scratch);
+    if (dp || f8) return 256;
+    const __m256i m16 = _mm256_min_epu16(_mm512_castsi512_si256(mn), _mm512_extracti64x4_epi64(mn, 1));
+    const __m128i m8 = _mm_min_epu16(_mm256_castsi256_si128(m16), _mm256_extracti128_si256(m16, 1));
+    return floor_of_min((unsigned)_mm_cvtsi128_si32(_mm_minpos_epu16(m8)) & 0xFFFFu);
 }
 
 /* The same with AVX512-VBMI, 64 bytes (two steps of 16 pairs) per load: the bf16's high and low
  * bytes through two 128-entry byte tables (vpermi2b reads the code's low 7 bits), the sign
  * or-ed into the high byte, the bytes interleaved into words by one vpermt2b per 32 words. */
 #define TVB __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16,avx512vbmi")))
-TVB static INL void f8_rows_vbmi_t(const uint8_t *const *w, const int R, int64_t K, const uint16_t *x, int64_t bp,
-                                   const float *const *sc, const bool dp, float *out, uint16_t *scratch)
+TVB static INL int f8_rows_vbmi_t(const void *const *w, const int R, int64_t K, const uint16_t *x, int64_t bp,
+                                  const float *const *sc, const bool dp, float *out, uint16_t *scratch)
 {
-    const int64_t n = (K + 1) / 2, nq = (n + 15) / 16, qpb = bp / 16;
+    const int64_t nq = ((K + 1) / 2 + 15) / 16, qpb = bp / 16;
     const __m512i himask = _mm512_set1_epi32((int)0xFFFF0000u), sign = _mm512_set1_epi8((char)0x80);
     uint8_t th[128], tl[128], i0[64], i1[64];
     for (int c = 0; c < 128; c++) th[c] = (uint8_t)(dsacp_e4m3_bf16_mag[c] >> 8), tl[c] = (uint8_t)dsacp_e4m3_bf16_mag[c];
@@ -424,7 +354,7 @@ TVB static INL void f8_rows_vbmi_t(const uint8_t *const *w, const int R, int64_t
         const __mmask64 m = left >= 64 ? ~(__mmask64)0 : (__mmask64)((1ull << left) - 1);
         const __m512i x0 = _mm512_loadu_si512(x + 32 * q), x1 = two ? _mm512_loadu_si512(x + 32 * q + 32) : x0;
         for (int r = 0; r < R; r++) {
-            const __m512i raw = _mm512_maskz_loadu_epi8(m, w[r] + 32 * q);
+            const __m512i raw = _mm512_maskz_loadu_epi8(m, (const uint8_t *)w[r] + 32 * q);
             const __m512i lo = _mm512_permutex2var_epi8(tl0, raw, tl1);
             const __m512i hi = _mm512_ternarylogic_epi32(_mm512_permutex2var_epi8(th0, raw, th1), raw, sign, 0xF8);
             __m512i wv = _mm512_permutex2var_epi8(lo, ix0, hi), xv = x0;
@@ -446,28 +376,53 @@ TVB static INL void f8_rows_vbmi_t(const uint8_t *const *w, const int R, int64_t
             }
         }
     }
-    f8_finish(w, R, K, x, bp, sc, tot, out, scratch);
+    rows_finish(w, R, true, K, x, bp, sc, tot, out, scratch);
+    return 256;
 }
 
-typedef void (*f8_rows_fn)(const uint8_t *const *, int64_t, const uint16_t *, int64_t, const float *const *, float *,
-                           uint16_t *);
-#define F8_ROWS(R, DP, NAME)                                                                                      \
-    TF8 static void NAME(const uint8_t *const *w, int64_t K, const uint16_t *x, int64_t bp, const float *const *sc, \
+/* One compiled body per form and row count (8, 4, 2, 1), run by run_rows. */
+typedef int (*rows_fn)(const void *const *, int64_t, const uint16_t *, int64_t, const float *const *, float *,
+                       uint16_t *);
+#define ROWS_FN(ATTR, NAME, CALL)                                                                                 \
+    ATTR static int NAME(const void *const *w, int64_t K, const uint16_t *x, int64_t bp, const float *const *sc,  \
                          float *out, uint16_t *scratch)                                                         \
     {                                                                                                             \
-        f8_rows_t(w, R, K, x, bp, sc, DP, out, scratch);                                                          \
+        return CALL;                                                                                              \
     }
-F8_ROWS(1, false, f8_fma1) F8_ROWS(2, false, f8_fma2) F8_ROWS(4, false, f8_fma4) F8_ROWS(8, false, f8_fma8)
-F8_ROWS(1, true, f8_dp1) F8_ROWS(2, true, f8_dp2) F8_ROWS(4, true, f8_dp4) F8_ROWS(8, true, f8_dp8)
-#define F8_ROWS_VBMI(R, DP, NAME)                                                                                 \
-    TVB static void NAME(const uint8_t *const *w, int64_t K, const uint16_t *x, int64_t bp, const float *const *sc, \
-                         float *out, uint16_t *scratch)                                                         \
-    {                                                                                                             \
-        f8_rows_vbmi_t(w, R, K, x, bp, sc, DP, out, scratch);                                                     \
+#define ROWS_FNS(ATTR, NAME, CALL_R)                                                                              \
+    ROWS_FN(ATTR, NAME##1, CALL_R(1)) ROWS_FN(ATTR, NAME##2, CALL_R(2)) ROWS_FN(ATTR, NAME##4, CALL_R(4))         \
+    ROWS_FN(ATTR, NAME##8, CALL_R(8))
+#define BF16_FMA(R) rows_t(w, R, K, x, bp, sc, false, false, out, scratch)
+#define BF16_DP(R) rows_t(w, R, K, x, bp, sc, true, false, out, scratch)
+#define F8_FMA(R) rows_t(w, R, K, x, bp, sc, false, true, out, scratch)
+#define F8_DP(R) rows_t(w, R, K, x, bp, sc, true, true, out, scratch)
+#define F8V_FMA(R) f8_rows_vbmi_t(w, R, K, x, bp, sc, false, out, scratch)
+#define F8V_DP(R) f8_rows_vbmi_t(w, R, K, x, bp, sc, true, out, scratch)
+ROWS_FNS(TROWS, bf16_fma, BF16_FMA) ROWS_FNS(TROWS, bf16_dp, BF16_DP) ROWS_FNS(TROWS, f8_fma, F8_FMA)
+ROWS_FNS(TROWS, f8_dp, F8_DP) ROWS_FNS(TVB, f8v_fma, F8V_FMA) ROWS_FNS(TVB, f8v_dp, F8V_DP)
+#define ROWS_TABLE(NAME) {NAME##1, NAME##2, NAME##4, NAME##8}
+
+/* R rows by fns, 8, 4, 2, 1 a pass; the least floor the passes return. */
+static int run_rows(const rows_fn fns[4], const void *const *rows, int R, int64_t K, const uint16_t *x, int64_t bp,
+                    const float *const *scales, float *out, uint16_t *scratch)
+{
+    int floor = 256;
+    while (R > 0) {
+        const int r = R >= 8 ? 8 : R >= 4 ? 4 : R >= 2 ? 2 : 1;
+        const int f = fns[r == 8 ? 3 : r == 4 ? 2 : r == 2 ? 1 : 0](rows, K, x, bp, scales, out, scratch);
+        floor = f < floor ? f : floor;
+        rows += r, out += r, R -= r;
+        if (scales) scales += r;
     }
-F8_ROWS_VBMI(1, false, f8v_fma1) F8_ROWS_VBMI(2, false, f8v_fma2) F8_ROWS_VBMI(4, false, f8v_fma4)
-F8_ROWS_VBMI(8, false, f8v_fma8) F8_ROWS_VBMI(1, true, f8v_dp1) F8_ROWS_VBMI(2, true, f8v_dp2)
-F8_ROWS_VBMI(4, true, f8v_dp4) F8_ROWS_VBMI(8, true, f8v_dp8)
+    return floor;
+}
+
+int dsacp_bf16dot_rows(const uint16_t *const *rows, int R, int64_t K, const uint16_t *x, int64_t bp,
+                       const float *const *scales, bool dp, float *out)
+{
+    static const rows_fn fns[2][4] = {ROWS_TABLE(bf16_fma), ROWS_TABLE(bf16_dp)};
+    return run_rows(fns[dp], (const void *const *)rows, R, K, x, bp, scales, out, NULL);
+}
 
 /* Whether the VBMI decode runs: the CPU has AVX512-VBMI, and DSACP_BF16DOT_NO_VBMI is unset (a
  * test hook for the other decode). Found once. */
@@ -486,15 +441,9 @@ static int use_vbmi(void)
 void dsacp_bf16dot_f8_rows(const uint8_t *const *rows, int R, int64_t K, const uint16_t *x, int64_t bp,
                            const float *const *scales, bool dp, float *out, uint16_t *scratch)
 {
-    static const f8_rows_fn fns[2][2][4] = {
-        {{f8_fma1, f8_fma2, f8_fma4, f8_fma8}, {f8_dp1, f8_dp2, f8_dp4, f8_dp8}},
-        {{f8v_fma1, f8v_fma2, f8v_fma4, f8v_fma8}, {f8v_dp1, f8v_dp2, f8v_dp4, f8v_dp8}}};
-    const int vbmi = use_vbmi();
-    while (R > 0) { /* 8, 4, 2, 1 rows a pass */
-        const int r = R >= 8 ? 8 : R >= 4 ? 4 : R >= 2 ? 2 : 1;
-        fns[vbmi][dp][r == 8 ? 3 : r == 4 ? 2 : r == 2 ? 1 : 0](rows, K, x, bp, scales, out, scratch);
-        rows += r, out += r, scales += r, R -= r;
-    }
+    static const rows_fn fns[2][2][4] = {{ROWS_TABLE(f8_fma), ROWS_TABLE(f8_dp)},
+                                         {ROWS_TABLE(f8v_fma), ROWS_TABLE(f8v_dp)}};
+    run_rows(fns[use_vbmi()][dp], (const void *const *)rows, R, K, x, bp, scales, out, scratch);
 }
 
 static float avx512_kernel(const uint16_t *a, const uint16_t *b, int64_t n) { return dsacp_bf16dot_avx512bf16(a, b, n); }
