@@ -88,31 +88,56 @@ static const float *tokens_split(const void *tok, int64_t T, int64_t PP)
     return (const float *)((const unsigned char *)tok + HEAD + dsacp_ws_round((size_t)(T * PP) * sizeof(uint32_t)));
 }
 
+/* One call of pack_tokens, shared by the threads that pack its groups. */
+typedef struct tokens_job {
+    const uint16_t *xb;
+    int64_t T, K, ldx, PP;
+    uint32_t *xp;
+    float *xs;
+    int floor; /* the least floor so far, updated atomically */
+} tokens_job;
+
+/* Group g (tokens [12 g, 12 g + nb)): their pairs (a copy of the row, +0 after it), then their
+ * f32 split in the order the tiles read it, [l][q][t][high, low]. */
+static void pack_group(void *ctx, int64_t g)
+{
+    tokens_job *j = ctx;
+    const int64_t PP = j->PP, Q = PP / LANES, t0 = g * GROUP, nb = j->T - t0 < GROUP ? j->T - t0 : GROUP;
+    int floor = 256;
+    for (int64_t t = t0; t < t0 + nb; t++) {
+        const uint16_t *x = j->xb + t * j->ldx;
+        uint16_t *row = (uint16_t *)(j->xp + t * PP);
+#if defined(__x86_64__)
+        const int f = dsacp_isa_active() >= DSACP_ISA_AVX2 ? dsacp_bf16_exp_floor_avx2(x, j->K)
+                                                           : dsacp_bf16_exp_floor(x, j->K);
+#else
+        const int f = dsacp_bf16_exp_floor(x, j->K);
+#endif
+        floor = f < floor ? f : floor;
+        memcpy(row, x, (size_t)j->K * sizeof *row);
+        memset(row + j->K, 0, (size_t)(2 * PP - j->K) * sizeof *row);
+    }
+    float *out = j->xs + 2 * t0 * PP;
+    for (int64_t l = 0; l < LANES; l++)
+        for (int64_t q = 0; q < Q; q++) {
+            const uint32_t *in = j->xp + t0 * PP + l + LANES * q;
+            for (int64_t t = 0; t < nb; t++, out += 2) {
+                const uint32_t pr = in[t * PP];
+                out[0] = dsacp_f32_of_bits(pr & 0xFFFF0000u), out[1] = dsacp_f32_of_bits(pr << 16);
+            }
+        }
+    int seen = __atomic_load_n(&j->floor, __ATOMIC_RELAXED);
+    while (floor < seen && !__atomic_compare_exchange_n(&j->floor, &seen, floor, true, __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {
+    }
+}
+
 int dsacp_bf16gemm_pack_tokens(const uint16_t *xb, int64_t T, int64_t K, int64_t ldx, void *tok)
 {
-    const int64_t P = pairs_of(K), PP = padded_pairs(K), Q = PP / LANES;
-    tokens_head h = {.floor = 256, .T = T, .K = K};
-    uint32_t *xp = (uint32_t *)tokens_pairs(tok);
-    float *xs = (float *)tokens_split(tok, T, PP);
-    for (int64_t t = 0; t < T; t++) {
-        const int f = dsacp_bf16_exp_floor(xb + t * ldx, K);
-        h.floor = f < h.floor ? f : h.floor;
-        for (int64_t p = 0; p < PP; p++) {
-            const uint16_t lo = p < P ? xb[t * ldx + 2 * p] : 0;
-            const uint16_t hi = p < P && 2 * p + 1 < K ? xb[t * ldx + 2 * p + 1] : 0;
-            xp[t * PP + p] = (uint32_t)lo | (uint32_t)hi << 16;
-        }
-    }
-    for (int64_t g = 0; g < T; g += GROUP) {
-        const int64_t nb = T - g < GROUP ? T - g : GROUP;
-        float *out = xs + 2 * g * PP;
-        for (int64_t l = 0; l < LANES; l++)
-            for (int64_t q = 0; q < Q; q++)
-                for (int64_t t = g; t < g + nb; t++, out += 2) {
-                    const uint32_t pr = xp[t * PP + l + LANES * q];
-                    out[0] = dsacp_f32_of_bits(pr & 0xFFFF0000u), out[1] = dsacp_f32_of_bits(pr << 16);
-                }
-    }
+    const int64_t PP = padded_pairs(K);
+    tokens_job j = {.xb = xb, .T = T, .K = K, .ldx = ldx, .PP = PP, .xp = (uint32_t *)tokens_pairs(tok),
+                    .xs = (float *)tokens_split(tok, T, PP), .floor = 256};
+    dsacp_parallel_for((T + GROUP - 1) / GROUP, T * K >= (1 << 16), pack_group, &j);
+    const tokens_head h = {.floor = j.floor, .T = T, .K = K};
     memset(tok, 0, HEAD);
     memcpy(tok, &h, sizeof h);
     return h.floor;

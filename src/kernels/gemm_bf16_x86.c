@@ -16,6 +16,7 @@
 
 #if defined(__x86_64__)
 #include <immintrin.h>
+#include <string.h>
 
 enum { ROWS = DSACP_BF16GEMM_ROWS, GROUP = DSACP_BF16GEMM_GROUP, LANES = 16, DPT = 6, YT = 4 };
 
@@ -89,10 +90,186 @@ static const lane_fn fma_lanes[GROUP + 1] = {NULL,       fma_lane1,  fma_lane2, 
                                              fma_lane5,  fma_lane6,  fma_lane7, fma_lane8, fma_lane9,
                                              fma_lane10, fma_lane11, fma_lane12};
 
+/* The micro-kernel of a full group (12 tokens) in asm, its registers fixed: GCC's allocation of
+ * the 24 accumulators moved them between registers every step (a dozen extra moves per 48 FMAs
+ * on the FMA ports). Text generated: accumulators zmm0..23, weights zmm24..27, mask zmm28. */
+/* Zero the 24 accumulators zmm0..zmm23 (token t: zmm 2t rows 0-15, zmm 2t+1 rows 16-31). */
+#define FMA12_ZERO \
+    "vpxord %%zmm0, %%zmm0, %%zmm0\n\tvpxord %%zmm1, %%zmm1, %%zmm1\n\tvpxord %%zmm2, %%zmm2, %%zmm2\n\t" \
+    "vpxord %%zmm3, %%zmm3, %%zmm3\n\tvpxord %%zmm4, %%zmm4, %%zmm4\n\tvpxord %%zmm5, %%zmm5, %%zmm5\n\t" \
+    "vpxord %%zmm6, %%zmm6, %%zmm6\n\tvpxord %%zmm7, %%zmm7, %%zmm7\n\tvpxord %%zmm8, %%zmm8, %%zmm8\n\t" \
+    "vpxord %%zmm9, %%zmm9, %%zmm9\n\tvpxord %%zmm10, %%zmm10, %%zmm10\n\tvpxord %%zmm11, %%zmm11, %%zmm11\n\t" \
+    "vpxord %%zmm12, %%zmm12, %%zmm12\n\tvpxord %%zmm13, %%zmm13, %%zmm13\n\tvpxord %%zmm14, %%zmm14, %%zmm14\n\t" \
+    "vpxord %%zmm15, %%zmm15, %%zmm15\n\tvpxord %%zmm16, %%zmm16, %%zmm16\n\tvpxord %%zmm17, %%zmm17, %%zmm17\n\t" \
+    "vpxord %%zmm18, %%zmm18, %%zmm18\n\tvpxord %%zmm19, %%zmm19, %%zmm19\n\tvpxord %%zmm20, %%zmm20, %%zmm20\n\t" \
+    "vpxord %%zmm21, %%zmm21, %%zmm21\n\tvpxord %%zmm22, %%zmm22, %%zmm22\n\tvpxord %%zmm23, %%zmm23, %%zmm23\n\t"
+
+/* One step: the weights split (zmm24/25 high, zmm26/27 low; zmm28 the high mask), then per token
+ * the high products, then the low ones (zmm29..31 the broadcasts). */
+#define FMA12_STEP \
+    "vpandd (%[w]), %%zmm28, %%zmm24\n\tvpandd 64(%[w]), %%zmm28, %%zmm25\n\t" \
+    "vpslld $16, (%[w]), %%zmm26\n\tvpslld $16, 64(%[w]), %%zmm27\n\t" \
+    "vbroadcastss 0(%[x]), %%zmm29\n\tvfmadd231ps %%zmm24, %%zmm29, %%zmm0\n\tvfmadd231ps %%zmm25, %%zmm29, %%zmm1\n\t" \
+    "vbroadcastss 8(%[x]), %%zmm30\n\tvfmadd231ps %%zmm24, %%zmm30, %%zmm2\n\tvfmadd231ps %%zmm25, %%zmm30, %%zmm3\n\t" \
+    "vbroadcastss 16(%[x]), %%zmm31\n\tvfmadd231ps %%zmm24, %%zmm31, %%zmm4\n\tvfmadd231ps %%zmm25, %%zmm31, %%zmm5\n\t" \
+    "vbroadcastss 24(%[x]), %%zmm29\n\tvfmadd231ps %%zmm24, %%zmm29, %%zmm6\n\tvfmadd231ps %%zmm25, %%zmm29, %%zmm7\n\t" \
+    "vbroadcastss 32(%[x]), %%zmm30\n\tvfmadd231ps %%zmm24, %%zmm30, %%zmm8\n\tvfmadd231ps %%zmm25, %%zmm30, %%zmm9\n\t" \
+    "vbroadcastss 40(%[x]), %%zmm31\n\tvfmadd231ps %%zmm24, %%zmm31, %%zmm10\n\tvfmadd231ps %%zmm25, %%zmm31, %%zmm11\n\t" \
+    "vbroadcastss 48(%[x]), %%zmm29\n\tvfmadd231ps %%zmm24, %%zmm29, %%zmm12\n\tvfmadd231ps %%zmm25, %%zmm29, %%zmm13\n\t" \
+    "vbroadcastss 56(%[x]), %%zmm30\n\tvfmadd231ps %%zmm24, %%zmm30, %%zmm14\n\tvfmadd231ps %%zmm25, %%zmm30, %%zmm15\n\t" \
+    "vbroadcastss 64(%[x]), %%zmm31\n\tvfmadd231ps %%zmm24, %%zmm31, %%zmm16\n\tvfmadd231ps %%zmm25, %%zmm31, %%zmm17\n\t" \
+    "vbroadcastss 72(%[x]), %%zmm29\n\tvfmadd231ps %%zmm24, %%zmm29, %%zmm18\n\tvfmadd231ps %%zmm25, %%zmm29, %%zmm19\n\t" \
+    "vbroadcastss 80(%[x]), %%zmm30\n\tvfmadd231ps %%zmm24, %%zmm30, %%zmm20\n\tvfmadd231ps %%zmm25, %%zmm30, %%zmm21\n\t" \
+    "vbroadcastss 88(%[x]), %%zmm31\n\tvfmadd231ps %%zmm24, %%zmm31, %%zmm22\n\tvfmadd231ps %%zmm25, %%zmm31, %%zmm23\n\t" \
+    "vbroadcastss 4(%[x]), %%zmm29\n\tvfmadd231ps %%zmm26, %%zmm29, %%zmm0\n\tvfmadd231ps %%zmm27, %%zmm29, %%zmm1\n\t" \
+    "vbroadcastss 12(%[x]), %%zmm30\n\tvfmadd231ps %%zmm26, %%zmm30, %%zmm2\n\tvfmadd231ps %%zmm27, %%zmm30, %%zmm3\n\t" \
+    "vbroadcastss 20(%[x]), %%zmm31\n\tvfmadd231ps %%zmm26, %%zmm31, %%zmm4\n\tvfmadd231ps %%zmm27, %%zmm31, %%zmm5\n\t" \
+    "vbroadcastss 28(%[x]), %%zmm29\n\tvfmadd231ps %%zmm26, %%zmm29, %%zmm6\n\tvfmadd231ps %%zmm27, %%zmm29, %%zmm7\n\t" \
+    "vbroadcastss 36(%[x]), %%zmm30\n\tvfmadd231ps %%zmm26, %%zmm30, %%zmm8\n\tvfmadd231ps %%zmm27, %%zmm30, %%zmm9\n\t" \
+    "vbroadcastss 44(%[x]), %%zmm31\n\tvfmadd231ps %%zmm26, %%zmm31, %%zmm10\n\tvfmadd231ps %%zmm27, %%zmm31, %%zmm11\n\t" \
+    "vbroadcastss 52(%[x]), %%zmm29\n\tvfmadd231ps %%zmm26, %%zmm29, %%zmm12\n\tvfmadd231ps %%zmm27, %%zmm29, %%zmm13\n\t" \
+    "vbroadcastss 60(%[x]), %%zmm30\n\tvfmadd231ps %%zmm26, %%zmm30, %%zmm14\n\tvfmadd231ps %%zmm27, %%zmm30, %%zmm15\n\t" \
+    "vbroadcastss 68(%[x]), %%zmm31\n\tvfmadd231ps %%zmm26, %%zmm31, %%zmm16\n\tvfmadd231ps %%zmm27, %%zmm31, %%zmm17\n\t" \
+    "vbroadcastss 76(%[x]), %%zmm29\n\tvfmadd231ps %%zmm26, %%zmm29, %%zmm18\n\tvfmadd231ps %%zmm27, %%zmm29, %%zmm19\n\t" \
+    "vbroadcastss 84(%[x]), %%zmm30\n\tvfmadd231ps %%zmm26, %%zmm30, %%zmm20\n\tvfmadd231ps %%zmm27, %%zmm30, %%zmm21\n\t" \
+    "vbroadcastss 92(%[x]), %%zmm31\n\tvfmadd231ps %%zmm26, %%zmm31, %%zmm22\n\tvfmadd231ps %%zmm27, %%zmm31, %%zmm23\n\t"
+
+/* The accumulators to out[t][32]. */
+#define FMA12_STORE \
+    "vmovups %%zmm0, 0(%[out])\n\tvmovups %%zmm1, 64(%[out])\n\tvmovups %%zmm2, 128(%[out])\n\t" \
+    "vmovups %%zmm3, 192(%[out])\n\tvmovups %%zmm4, 256(%[out])\n\tvmovups %%zmm5, 320(%[out])\n\t" \
+    "vmovups %%zmm6, 384(%[out])\n\tvmovups %%zmm7, 448(%[out])\n\tvmovups %%zmm8, 512(%[out])\n\t" \
+    "vmovups %%zmm9, 576(%[out])\n\tvmovups %%zmm10, 640(%[out])\n\tvmovups %%zmm11, 704(%[out])\n\t" \
+    "vmovups %%zmm12, 768(%[out])\n\tvmovups %%zmm13, 832(%[out])\n\tvmovups %%zmm14, 896(%[out])\n\t" \
+    "vmovups %%zmm15, 960(%[out])\n\tvmovups %%zmm16, 1024(%[out])\n\tvmovups %%zmm17, 1088(%[out])\n\t" \
+    "vmovups %%zmm18, 1152(%[out])\n\tvmovups %%zmm19, 1216(%[out])\n\tvmovups %%zmm20, 1280(%[out])\n\t" \
+    "vmovups %%zmm21, 1344(%[out])\n\tvmovups %%zmm22, 1408(%[out])\n\tvmovups %%zmm23, 1472(%[out])\n\t"
+
+/* out[t][32] = fma(accumulator, *s, out[t][32]) (zmm29: the scale). */
+#define FMA12_FOLD \
+    "vbroadcastss (%[s]), %%zmm29\n\t" \
+    "vfmadd213ps 0(%[out]), %%zmm29, %%zmm0\n\tvmovups %%zmm0, 0(%[out])\n\t" \
+    "vfmadd213ps 64(%[out]), %%zmm29, %%zmm1\n\tvmovups %%zmm1, 64(%[out])\n\t" \
+    "vfmadd213ps 128(%[out]), %%zmm29, %%zmm2\n\tvmovups %%zmm2, 128(%[out])\n\t" \
+    "vfmadd213ps 192(%[out]), %%zmm29, %%zmm3\n\tvmovups %%zmm3, 192(%[out])\n\t" \
+    "vfmadd213ps 256(%[out]), %%zmm29, %%zmm4\n\tvmovups %%zmm4, 256(%[out])\n\t" \
+    "vfmadd213ps 320(%[out]), %%zmm29, %%zmm5\n\tvmovups %%zmm5, 320(%[out])\n\t" \
+    "vfmadd213ps 384(%[out]), %%zmm29, %%zmm6\n\tvmovups %%zmm6, 384(%[out])\n\t" \
+    "vfmadd213ps 448(%[out]), %%zmm29, %%zmm7\n\tvmovups %%zmm7, 448(%[out])\n\t" \
+    "vfmadd213ps 512(%[out]), %%zmm29, %%zmm8\n\tvmovups %%zmm8, 512(%[out])\n\t" \
+    "vfmadd213ps 576(%[out]), %%zmm29, %%zmm9\n\tvmovups %%zmm9, 576(%[out])\n\t" \
+    "vfmadd213ps 640(%[out]), %%zmm29, %%zmm10\n\tvmovups %%zmm10, 640(%[out])\n\t" \
+    "vfmadd213ps 704(%[out]), %%zmm29, %%zmm11\n\tvmovups %%zmm11, 704(%[out])\n\t" \
+    "vfmadd213ps 768(%[out]), %%zmm29, %%zmm12\n\tvmovups %%zmm12, 768(%[out])\n\t" \
+    "vfmadd213ps 832(%[out]), %%zmm29, %%zmm13\n\tvmovups %%zmm13, 832(%[out])\n\t" \
+    "vfmadd213ps 896(%[out]), %%zmm29, %%zmm14\n\tvmovups %%zmm14, 896(%[out])\n\t" \
+    "vfmadd213ps 960(%[out]), %%zmm29, %%zmm15\n\tvmovups %%zmm15, 960(%[out])\n\t" \
+    "vfmadd213ps 1024(%[out]), %%zmm29, %%zmm16\n\tvmovups %%zmm16, 1024(%[out])\n\t" \
+    "vfmadd213ps 1088(%[out]), %%zmm29, %%zmm17\n\tvmovups %%zmm17, 1088(%[out])\n\t" \
+    "vfmadd213ps 1152(%[out]), %%zmm29, %%zmm18\n\tvmovups %%zmm18, 1152(%[out])\n\t" \
+    "vfmadd213ps 1216(%[out]), %%zmm29, %%zmm19\n\tvmovups %%zmm19, 1216(%[out])\n\t" \
+    "vfmadd213ps 1280(%[out]), %%zmm29, %%zmm20\n\tvmovups %%zmm20, 1280(%[out])\n\t" \
+    "vfmadd213ps 1344(%[out]), %%zmm29, %%zmm21\n\tvmovups %%zmm21, 1344(%[out])\n\t" \
+    "vfmadd213ps 1408(%[out]), %%zmm29, %%zmm22\n\tvmovups %%zmm22, 1408(%[out])\n\t" \
+    "vfmadd213ps 1472(%[out]), %%zmm29, %%zmm23\n\tvmovups %%zmm23, 1472(%[out])\n\t"
+
+#define FMA12_LOOP "1:\n\t" FMA12_STEP "add $128, %[w]\n\tadd $96, %[x]\n\tdec %[n]\n\tjnz 1b\n\t"
+#define ZMM_CLOBBERS                                                                                              \
+    "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", "xmm10", "xmm11", "xmm12", "xmm13", \
+        "xmm14", "xmm15", "xmm16", "xmm17", "xmm18", "xmm19", "xmm20", "xmm21", "xmm22", "xmm23", "xmm24", "xmm25",   \
+        "xmm26", "xmm27", "xmm28", "xmm29", "xmm30", "xmm31"
+
+static const uint32_t himask32 = 0xFFFF0000u;
+
+/* fma_lane for 12 tokens without the fold: the same operations in the same order. */
+T512 static void fma_lane_asm(const dsacp_bf16gemm_group *g, const uint32_t *wl, const float *xl, float *tl)
+{
+    int64_t n = g->Q; /* >= 1 */
+    __asm__ volatile("vpbroadcastd %[m], %%zmm28\n\t" FMA12_ZERO FMA12_LOOP FMA12_STORE
+                     : [w] "+r"(wl), [x] "+r"(xl), [n] "+r"(n)
+                     : [out] "r"(tl), [m] "m"(himask32)
+                     : "cc", "memory", ZMM_CLOBBERS);
+}
+
+/* The fold's micro-kernel: 32 rows x 6 tokens, the partials zmm0..11 (token t: zmm 2t rows 0-15,
+ * 2t+1 rows 16-31), the totals zmm12..23 kept in registers across the column blocks; weights
+ * zmm24/25 (high) and zmm26/27 (low), mask zmm28, scale zmm29, broadcasts zmm30/31. The totals
+ * from and to out[t][32]. */
+#define FOLD6_LOAD \
+    "vmovups 0(%[out]), %%zmm12\n\tvmovups 64(%[out]), %%zmm13\n\t" \
+    "vmovups 128(%[out]), %%zmm14\n\tvmovups 192(%[out]), %%zmm15\n\t" \
+    "vmovups 256(%[out]), %%zmm16\n\tvmovups 320(%[out]), %%zmm17\n\t" \
+    "vmovups 384(%[out]), %%zmm18\n\tvmovups 448(%[out]), %%zmm19\n\t" \
+    "vmovups 512(%[out]), %%zmm20\n\tvmovups 576(%[out]), %%zmm21\n\t" \
+    "vmovups 640(%[out]), %%zmm22\n\tvmovups 704(%[out]), %%zmm23\n\t"
+#define FOLD6_ZERO \
+    "vpxord %%zmm0, %%zmm0, %%zmm0\n\tvpxord %%zmm1, %%zmm1, %%zmm1\n\tvpxord %%zmm2, %%zmm2, %%zmm2\n\t" \
+    "vpxord %%zmm3, %%zmm3, %%zmm3\n\tvpxord %%zmm4, %%zmm4, %%zmm4\n\tvpxord %%zmm5, %%zmm5, %%zmm5\n\t" \
+    "vpxord %%zmm6, %%zmm6, %%zmm6\n\tvpxord %%zmm7, %%zmm7, %%zmm7\n\tvpxord %%zmm8, %%zmm8, %%zmm8\n\t" \
+    "vpxord %%zmm9, %%zmm9, %%zmm9\n\tvpxord %%zmm10, %%zmm10, %%zmm10\n\tvpxord %%zmm11, %%zmm11, %%zmm11\n\t"
+#define FOLD6_STEP \
+    "vpandd (%[w]), %%zmm28, %%zmm24\n\tvpandd 64(%[w]), %%zmm28, %%zmm25\n\t" \
+    "vpslld $16, (%[w]), %%zmm26\n\tvpslld $16, 64(%[w]), %%zmm27\n\t" \
+    "vbroadcastss 0(%[x]), %%zmm30\n\tvfmadd231ps %%zmm24, %%zmm30, %%zmm0\n\tvfmadd231ps %%zmm25, %%zmm30, %%zmm1\n\t" \
+    "vbroadcastss 8(%[x]), %%zmm31\n\tvfmadd231ps %%zmm24, %%zmm31, %%zmm2\n\tvfmadd231ps %%zmm25, %%zmm31, %%zmm3\n\t" \
+    "vbroadcastss 16(%[x]), %%zmm30\n\tvfmadd231ps %%zmm24, %%zmm30, %%zmm4\n\tvfmadd231ps %%zmm25, %%zmm30, %%zmm5\n\t" \
+    "vbroadcastss 24(%[x]), %%zmm31\n\tvfmadd231ps %%zmm24, %%zmm31, %%zmm6\n\tvfmadd231ps %%zmm25, %%zmm31, %%zmm7\n\t" \
+    "vbroadcastss 32(%[x]), %%zmm30\n\tvfmadd231ps %%zmm24, %%zmm30, %%zmm8\n\tvfmadd231ps %%zmm25, %%zmm30, %%zmm9\n\t" \
+    "vbroadcastss 40(%[x]), %%zmm31\n\tvfmadd231ps %%zmm24, %%zmm31, %%zmm10\n\tvfmadd231ps %%zmm25, %%zmm31, %%zmm11\n\t" \
+    "vbroadcastss 4(%[x]), %%zmm30\n\tvfmadd231ps %%zmm26, %%zmm30, %%zmm0\n\tvfmadd231ps %%zmm27, %%zmm30, %%zmm1\n\t" \
+    "vbroadcastss 12(%[x]), %%zmm31\n\tvfmadd231ps %%zmm26, %%zmm31, %%zmm2\n\tvfmadd231ps %%zmm27, %%zmm31, %%zmm3\n\t" \
+    "vbroadcastss 20(%[x]), %%zmm30\n\tvfmadd231ps %%zmm26, %%zmm30, %%zmm4\n\tvfmadd231ps %%zmm27, %%zmm30, %%zmm5\n\t" \
+    "vbroadcastss 28(%[x]), %%zmm31\n\tvfmadd231ps %%zmm26, %%zmm31, %%zmm6\n\tvfmadd231ps %%zmm27, %%zmm31, %%zmm7\n\t" \
+    "vbroadcastss 36(%[x]), %%zmm30\n\tvfmadd231ps %%zmm26, %%zmm30, %%zmm8\n\tvfmadd231ps %%zmm27, %%zmm30, %%zmm9\n\t" \
+    "vbroadcastss 44(%[x]), %%zmm31\n\tvfmadd231ps %%zmm26, %%zmm31, %%zmm10\n\tvfmadd231ps %%zmm27, %%zmm31, %%zmm11\n\t"
+#define FOLD6_FOLD \
+    "vbroadcastss (%[s]), %%zmm29\n\tadd $4, %[s]\n\t" \
+    "vfmadd231ps %%zmm29, %%zmm0, %%zmm12\n\tvfmadd231ps %%zmm29, %%zmm1, %%zmm13\n\t" \
+    "vfmadd231ps %%zmm29, %%zmm2, %%zmm14\n\tvfmadd231ps %%zmm29, %%zmm3, %%zmm15\n\t" \
+    "vfmadd231ps %%zmm29, %%zmm4, %%zmm16\n\tvfmadd231ps %%zmm29, %%zmm5, %%zmm17\n\t" \
+    "vfmadd231ps %%zmm29, %%zmm6, %%zmm18\n\tvfmadd231ps %%zmm29, %%zmm7, %%zmm19\n\t" \
+    "vfmadd231ps %%zmm29, %%zmm8, %%zmm20\n\tvfmadd231ps %%zmm29, %%zmm9, %%zmm21\n\t" \
+    "vfmadd231ps %%zmm29, %%zmm10, %%zmm22\n\tvfmadd231ps %%zmm29, %%zmm11, %%zmm23\n\t"
+#define FOLD6_STORE \
+    "vmovups %%zmm12, 0(%[out])\n\tvmovups %%zmm13, 64(%[out])\n\t" \
+    "vmovups %%zmm14, 128(%[out])\n\tvmovups %%zmm15, 192(%[out])\n\t" \
+    "vmovups %%zmm16, 256(%[out])\n\tvmovups %%zmm17, 320(%[out])\n\t" \
+    "vmovups %%zmm18, 384(%[out])\n\tvmovups %%zmm19, 448(%[out])\n\t" \
+    "vmovups %%zmm20, 512(%[out])\n\tvmovups %%zmm21, 576(%[out])\n\t" \
+    "vmovups %%zmm22, 640(%[out])\n\tvmovups %%zmm23, 704(%[out])\n\t"
+
+/* fma_lane for 12 tokens with the fold, 6 tokens at a time: the same operations in the same
+ * order, each total in a register from the first column block to the last (kept in memory, the
+ * fold's load and store cost a third of the rate). The full column blocks, then the short last. */
+T512 static void fold_lane_asm(const dsacp_bf16gemm_group *g, const uint32_t *wl, const float *xl, float *tl)
+{
+    const int64_t Q = g->Q, bq = g->bq;
+    memset(tl, 0, GROUP * ROWS * sizeof(float));
+    for (int th = 0; th < 2; th++) {
+        const uint32_t *w = wl;
+        const float *x = xl + 2 * 6 * th, *s = g->scales;
+        for (int part = 0; part < 2; part++) {
+            int64_t nseg = part ? Q % bq != 0 : Q / bq, n;
+            const int64_t steps = part ? Q % bq : bq;
+            if (!nseg) continue;
+            __asm__ volatile("vpbroadcastd %[m], %%zmm28\n\t" FOLD6_LOAD "3:\n\t" FOLD6_ZERO "mov %[steps], %[n]\n\t"
+                             "1:\n\t" FOLD6_STEP "add $128, %[w]\n\tadd $96, %[x]\n\tdec %[n]\n\tjnz 1b\n\t" FOLD6_FOLD
+                             "dec %[nseg]\n\tjnz 3b\n\t" FOLD6_STORE
+                             : [w] "+r"(w), [x] "+r"(x), [s] "+r"(s), [nseg] "+r"(nseg), [n] "=&r"(n)
+                             : [out] "r"(tl + 6 * th * ROWS), [steps] "r"(steps), [m] "m"(himask32)
+                             : "cc", "memory", ZMM_CLOBBERS);
+        }
+    }
+}
+
 void dsacp_bf16gemm_group_fma(const dsacp_bf16gemm_group *g, float *tile)
 {
-    for (int64_t l = 0; l < LANES; l++)
-        fma_lanes[g->nb](g, g->blk + l * g->Q * ROWS, g->xs + 2 * l * g->Q * g->nb, tile + l * GROUP * ROWS);
+    for (int64_t l = 0; l < LANES; l++) {
+        const uint32_t *wl = g->blk + l * g->Q * ROWS;
+        const float *xl = g->xs + 2 * l * g->Q * g->nb;
+        if (g->nb == GROUP) (g->scales ? fold_lane_asm : fma_lane_asm)(g, wl, xl, tile + l * GROUP * ROWS);
+        else fma_lanes[g->nb](g, wl, xl, tile + l * GROUP * ROWS);
+    }
 }
 
 /* ---- VDPBF16PS ---- */
