@@ -4,8 +4,11 @@
  * token tails, odd K, K below and across the 16 lanes) and on random, tiny/subnormal and inf/NaN
  * values, on one thread and split over THREADS (the same bits), in each form (auto, the FMA form
  * on plain operands and its fallback on the others, VDPBF16PS); a short workspace is refused.
- * Needs a CPU whose VDPBF16PS is the model (exit 77, with the reason, elsewhere). First, on every
- * CPU: dispatch.c's dsacp_bf16dot under each ISA this CPU runs gives the model's bits.
+ * The whole-matrix product needs a CPU whose VDPBF16PS is the model (exit 77, with the reason,
+ * elsewhere). First, on every CPU: dispatch.c's dsacp_bf16dot under each ISA this CPU runs gives
+ * the model's bits; and the block API (gemm_bf16.h: BF16 and F8 blocks, the fold of F8 block
+ * scales or none, panels of blocks) in every form the CPU runs (FMA, VDPBF16PS, AVX2, scalar),
+ * packed under each ISA, gives the model's (dsacp_bf16dot_scalar / dsacp_bf16dot_fold_scalar).
  */
 #include "test.h"
 #include "core/core.h"
@@ -173,62 +176,96 @@ static bool form_runs(int form, int fw, int fx)
     }
 }
 
-/* Block rows [o0, o0 + 32) of an N-row weight (BF16 or F8) against T tokens in every form this
- * CPU runs, with and without the fold, each output against the model. */
+/* The model's output of weight row wr and token xr (P pairs), with the fold when bp > 0. */
+static float model_out(const uint16_t *wr, const uint16_t *xr, int64_t P, int64_t bp, const float *scales)
+{
+    return bp ? dsacp_bf16dot_fold_scalar(wr, xr, P, bp, scales) : dsacp_bf16dot_scalar(wr, xr, P);
+}
+
+/* Outputs y (rows x T, ldy) of one form against the model (block b of the rows folding with
+ * sc[b]) and, for the first block, y1 against y. */
+static long compare_outputs(const block_case *c, int form, const uint16_t *wb, const uint16_t *x, const float *const *sc,
+                            const float *y, const float *y1, int64_t ldy)
+{
+    const int64_t K = c->K, T = c->T, P = (K + 1) / 2, rows = c->N - c->o0;
+    uint16_t *wr = calloc((size_t)(2 * P), sizeof *wr), *xr = calloc((size_t)(2 * P), sizeof *xr);
+    long bad = 0;
+    for (int64_t r = 0; r < rows; r++) {
+        memcpy(wr, wb + (c->o0 + r) * K, (size_t)K * sizeof *wr);
+        for (int64_t t = 0; t < T; t++, block_outputs++) {
+            memcpy(xr, x + t * (K + 1), (size_t)K * sizeof *xr);
+            const float want = model_out(wr, xr, P, c->bp, sc[r / 32]);
+            const uint32_t got = dsacp_f32_bits(y[t * ldy + r]);
+            if ((got != dsacp_f32_bits(want) || (r < 32 && dsacp_f32_bits(y1[t * ldy + r]) != got)) && bad++ < 3)
+                fprintf(stderr, "block form %d %s N %lld o0 %lld K %lld T %lld bp %lld class %d: y[%lld][%lld] = %08x "
+                        "(block call %08x), model %08x\n", form, c->f8 ? "f8" : "bf16", (long long)c->N,
+                        (long long)c->o0, (long long)K, (long long)T, (long long)c->bp, c->k, (long long)t,
+                        (long long)r, got, r < 32 ? dsacp_f32_bits(y1[t * ldy + r]) : 0, dsacp_f32_bits(want));
+        }
+    }
+    free(wr), free(xr);
+    return bad;
+}
+
+/* Rows [o0, N) of an N-row weight (BF16 or F8), packed block by block (each block's floor
+ * checked), against T tokens in every form this CPU runs: the panel of all the blocks (each its
+ * own fold scales) and the block call of the first, every output against the model. */
 static long check_block(const block_case *c)
 {
-    const int64_t N = c->N, K = c->K, T = c->T, P = (K + 1) / 2, ldx = K + 1, rows = N - c->o0 < 32 ? N - c->o0 : 32;
-    const int64_t nscale = (P + 15) / 16 * 16 / (c->bp ? c->bp : 1) + 1, ldy = rows + 3;
+    const int64_t N = c->N, K = c->K, T = c->T, P = (K + 1) / 2, ldx = K + 1, rows = N - c->o0, ldy = rows + 3;
+    const int nblk = (int)((rows + 31) / 32);
+    const int64_t nscale = (P + 15) / 16 * 16 / (c->bp ? c->bp : 1) + 1;
+    const size_t bb = dsacp_bf16gemm_block_bytes(K);
     uint16_t *wb = calloc((size_t)(N * K), sizeof *wb), *x = malloc((size_t)(T * ldx) * sizeof *x);
     uint8_t *w8 = malloc((size_t)(N * K));
-    uint16_t *wr = calloc((size_t)(2 * P), sizeof *wr), *xr = calloc((size_t)(2 * P), sizeof *xr);
-    float *scales = malloc((size_t)nscale * sizeof *scales), *y = malloc((size_t)(T * ldy) * sizeof *y);
-    void *blk = malloc(dsacp_bf16gemm_block_bytes(K)), *tok = malloc(dsacp_bf16gemm_tokens_bytes(K, T));
+    float *scales = malloc((size_t)(nblk * nscale) * sizeof *scales), *y = malloc((size_t)(T * ldy) * sizeof *y);
+    float *y1 = malloc((size_t)(T * ldy) * sizeof *y1);
+    const float **sc = malloc((size_t)nblk * sizeof *sc);
+    unsigned char *blk = malloc((size_t)nblk * bb);
+    void *tok = malloc(dsacp_bf16gemm_tokens_bytes(K, T));
     for (int64_t i = 0; i < N * K; i++) {
         w8[i] = e4m3_byte(c->k);
         wb[i] = c->f8 ? dsacp_e4m3_to_bf16(w8[i]) : element(c->k, true);
     }
     for (int64_t i = 0; i < T * ldx; i++) x[i] = element(c->k, c->f8);
-    for (int64_t j = 0; j < nscale; j++) scales[j] = block_scale(c->k);
+    for (int64_t j = 0; j < nblk * nscale; j++) scales[j] = block_scale(c->k);
     const dsacp_weight w = {.name = "w", .dtype = c->f8 ? DSACP_F8_E4M3 : DSACP_BF16, .ndim = 2, .rows = N, .cols = K,
                             .data = c->f8 ? (const void *)w8 : (const void *)wb};
-    const int fw = dsacp_bf16gemm_pack_block(&w, c->o0, blk), fx = dsacp_bf16gemm_pack_tokens(x, T, K, ldx, tok);
-    int want_fx = 256;
+    int fw = 256, want_fx = 256;
+    for (int b = 0; b < nblk; b++) {
+        const int64_t o = c->o0 + 32 * b, n = N - o < 32 ? N - o : 32;
+        const int f = dsacp_bf16gemm_pack_block(&w, o, blk + b * bb);
+        CHECK(f == dsacp_bf16_exp_floor(wb + o * K, n * K));
+        fw = f < fw ? f : fw;
+        sc[b] = scales + b * nscale;
+    }
+    const int fx = dsacp_bf16gemm_pack_tokens(x, T, K, ldx, tok);
     for (int64_t t = 0; t < T; t++) {
         const int f = dsacp_bf16_exp_floor(x + t * ldx, K);
         want_fx = f < want_fx ? f : want_fx;
     }
-    CHECK(fw == dsacp_bf16_exp_floor(wb + c->o0 * K, rows * K) && fx == want_fx);
+    CHECK(fx == want_fx);
     long bad = 0;
     for (int form = DSACP_BF16GEMM_FMA; form <= DSACP_BF16GEMM_SCALAR; form++) {
         if (!form_runs(form, fw, fx)) continue;
         block_runs[form]++;
-        dsacp_bf16gemm_block(form, blk, rows, K, tok, T, c->bp ? scales : NULL, c->bp, y, ldy);
-        for (int64_t r = 0; r < rows; r++) {
-            memcpy(wr, wb + (c->o0 + r) * K, (size_t)K * sizeof *wr);
-            for (int64_t t = 0; t < T; t++, block_outputs++) {
-                memcpy(xr, x + t * ldx, (size_t)K * sizeof *xr);
-                const float want = c->bp ? dsacp_bf16dot_fold_scalar(wr, xr, P, c->bp, scales) : dsacp_bf16dot_scalar(wr, xr, P);
-                if (dsacp_f32_bits(y[t * ldy + r]) != dsacp_f32_bits(want) && bad++ < 3)
-                    fprintf(stderr, "block form %d %s N %lld o0 %lld K %lld T %lld bp %lld class %d: y[%lld][%lld] = "
-                            "%08x, model %08x\n", form, c->f8 ? "f8" : "bf16", (long long)N, (long long)c->o0,
-                            (long long)K, (long long)T, (long long)c->bp, c->k, (long long)t, (long long)r,
-                            dsacp_f32_bits(y[t * ldy + r]), dsacp_f32_bits(want));
-            }
-        }
+        dsacp_bf16gemm_panel(form, blk, nblk, rows, K, tok, T, c->bp ? sc : NULL, c->bp, y, ldy);
+        dsacp_bf16gemm_block(form, blk, rows < 32 ? rows : 32, K, tok, T, c->bp ? sc[0] : NULL, c->bp, y1, ldy);
+        bad += compare_outputs(c, form, wb, x, sc, y, y1, ldy);
     }
-    free(wb), free(x), free(w8), free(wr), free(xr), free(scales), free(y), free(blk), free(tok);
+    free(wb), free(x), free(w8), free(scales), free(y), free(y1), free(sc), free(blk), free(tok);
     return bad;
 }
 
-/* The block API, packed under each ISA this CPU runs, on awkward shapes (a partial last block, odd K, K < 32, K not a multiple of the
- * fold's column block, token counts across the groups of 12), every value class, BF16 and F8
- * weights, no fold and the fold of 32- and 128-column blocks. */
+/* The block and panel API, packed under each ISA this CPU runs, on awkward shapes (a partial
+ * last block, panels of 1 to 4 blocks, odd K, K < 32, K not a multiple of the fold's column
+ * block, token counts across the groups of 12), every value class, BF16 and F8 weights, no fold
+ * and the fold of 32- and 128-column blocks. */
 static void check_blocks(void)
 {
-    static const int64_t shapes[][4] = {{32, 0, 1, 1},   {32, 0, 7, 5},    {45, 32, 31, 13}, {70, 64, 32, 12},
-                                        {64, 32, 33, 2}, {40, 0, 130, 25}, {33, 0, 257, 7},  {96, 64, 300, 11},
-                                        {50, 32, 1030, 3}};
+    static const int64_t shapes[][4] = {{32, 0, 1, 1},   {32, 0, 7, 5},    {45, 32, 31, 13}, {70, 0, 32, 12},
+                                        {64, 32, 33, 2}, {40, 0, 130, 25}, {33, 0, 257, 7},  {96, 0, 300, 11},
+                                        {50, 32, 1030, 3}, {100, 0, 64, 24}};
     static const int64_t bps[] = {0, 16, 64};
     long bad = 0;
     const dsacp_isa was = dsacp_isa_active();

@@ -23,6 +23,8 @@
 /* HEAD: the header of the whole-matrix packed weights (their exponent floor) and of the packed
  * tokens (their floor, T, K), 64 bytes so what follows keeps the buffer's alignment. */
 enum { ROWS = DSACP_BF16GEMM_ROWS, GROUP = DSACP_BF16GEMM_GROUP, LANES = 16, HEAD = 64 };
+/* The weights of a panel: with a group of tokens (12 x K x 4 bytes) they stay in a 2 MB L2. */
+enum { PANEL_BYTES = 1 << 20 };
 
 typedef struct tokens_head {
     int floor;
@@ -170,13 +172,31 @@ static void block_scalar(const uint32_t *wb, int64_t rows, int64_t Q, const uint
         for (int64_t r = 0; r < rows; r++) y[t * ldy + r] = block_model(wb, Q, xp + t * PP, r, scales, bq);
 }
 
-void dsacp_bf16gemm_block(int form, const void *blk, int64_t rows, int64_t K, const void *tok, int64_t T,
-                          const float *scales, int64_t bp, float *y, int64_t ldy)
+#if defined(__x86_64__)
+/* One group's outputs for the rows of block wb from its tile: the tree, a NaN redone by the
+ * model. */
+static void group_out(const dsacp_bf16gemm_group *g, const float *tile, void (*tree)(const float *, int, float *),
+                      int64_t rows, float *y, int64_t ldy)
+{
+    for (int t = 0; t < g->nb; t++) {
+        float out[ROWS];
+        tree(tile, t, out);
+        float *yt = y + t * ldy;
+        for (int64_t r = 0; r < rows; r++)
+            yt[r] = out[r] == out[r] ? out[r] : block_model(g->blk, g->Q, g->xp + t * g->PP, r, g->scales, g->bq);
+    }
+}
+#endif
+
+void dsacp_bf16gemm_panel(int form, const void *blk, int nblk, int64_t rows, int64_t K, const void *tok, int64_t T,
+                          const float *const *scales, int64_t bp, float *y, int64_t ldy)
 {
     tokens_head h;
     memcpy(&h, tok, sizeof h);
-    assert(h.T == T && h.K == K && rows >= 0 && rows <= ROWS && (!scales || (bp > 0 && bp % LANES == 0)));
+    assert(h.T == T && h.K == K && nblk >= 1 && rows > (int64_t)ROWS * (nblk - 1) && rows <= (int64_t)ROWS * nblk &&
+           (!scales || (bp > 0 && bp % LANES == 0)));
     const int64_t PP = padded_pairs(K), Q = PP / LANES, bq = scales ? bp / LANES : 0;
+    const size_t bw = (size_t)(Q * LANES * ROWS); /* a block's dwords */
     const uint32_t *wb = blk, *xp = tokens_pairs(tok);
 #if defined(__x86_64__)
     void (*group)(const dsacp_bf16gemm_group *, float *) =
@@ -188,25 +208,32 @@ void dsacp_bf16gemm_block(int form, const void *blk, int64_t rows, int64_t K, co
         void (*tree)(const float *, int, float *) =
             form == DSACP_BF16GEMM_AVX2 ? dsacp_bf16gemm_tree_ymm : dsacp_bf16gemm_tree_zmm;
         const float *xs = tokens_split(tok, T, PP);
-        float tile[LANES * GROUP * ROWS];
-        for (int64_t t0 = 0; t0 < T; t0 += GROUP) {
-            const dsacp_bf16gemm_group g = {.blk = wb, .xp = xp + t0 * PP, .xs = xs + 2 * t0 * PP, .scales = scales,
-                                            .Q = Q, .PP = PP, .bq = bq,
-                                            .nb = (int)(T - t0 < GROUP ? T - t0 : GROUP)};
-            group(&g, tile);
-            for (int t = 0; t < g.nb; t++) {
-                float out[ROWS];
-                tree(tile, t, out);
-                float *yt = y + (t0 + t) * ldy;
-                for (int64_t r = 0; r < rows; r++)
-                    yt[r] = out[r] == out[r] ? out[r] : block_model(wb, Q, g.xp + t * PP, r, scales, bq);
+        _Alignas(64) float tile[LANES * GROUP * ROWS];
+        for (int64_t t0 = 0; t0 < T; t0 += GROUP)
+            for (int b = 0; b < nblk; b++) {
+                const dsacp_bf16gemm_group g = {.blk = wb + b * bw, .xp = xp + t0 * PP, .xs = xs + 2 * t0 * PP,
+                                                .scales = scales ? scales[b] : NULL, .Q = Q, .PP = PP, .bq = bq,
+                                                .nb = (int)(T - t0 < GROUP ? T - t0 : GROUP)};
+                group(&g, tile);
+                const int64_t r0 = (int64_t)ROWS * b;
+                group_out(&g, tile, tree, rows - r0 < ROWS ? rows - r0 : ROWS, y + t0 * ldy + r0, ldy);
             }
-        }
         return;
     }
 #endif
     (void)form;
-    block_scalar(wb, rows, Q, xp, T, PP, scales, bq, y, ldy);
+    for (int b = 0; b < nblk; b++) {
+        const int64_t r0 = (int64_t)ROWS * b;
+        block_scalar(wb + b * bw, rows - r0 < ROWS ? rows - r0 : ROWS, Q, xp, T, PP, scales ? scales[b] : NULL, bq,
+                     y + r0, ldy);
+    }
+}
+
+void dsacp_bf16gemm_block(int form, const void *blk, int64_t rows, int64_t K, const void *tok, int64_t T,
+                          const float *scales, int64_t bp, float *y, int64_t ldy)
+{
+    if (rows <= 0) return;
+    dsacp_bf16gemm_panel(form, blk, 1, rows, K, tok, T, scales ? &scales : NULL, bp, y, ldy);
 }
 
 /* ---- the whole-matrix API (bf16dot.h): a header, then the blocks ---- */
@@ -230,6 +257,12 @@ void dsacp_bf16gemm_pack(const uint16_t *w, int64_t N, int64_t K, int64_t ldw, v
     memcpy(packed, &floor, sizeof floor);
 }
 
+int dsacp_bf16gemm_panel_blocks(int64_t K)
+{
+    const size_t b = dsacp_bf16gemm_block_bytes(K), fit = (size_t)PANEL_BYTES / (b ? b : 1);
+    return fit < 1 ? 1 : fit > 8 ? 8 : (int)fit;
+}
+
 size_t dsacp_bf16gemm_ws_bytes(int64_t K, int64_t T)
 {
     return dsacp_ws_add(dsacp_bf16gemm_tokens_bytes(K, T), DSACP_WS_ALIGN);
@@ -240,17 +273,18 @@ typedef struct job {
     const unsigned char *blocks;
     const void *tok;
     size_t block_bytes;
-    int64_t N, K, T, ldy;
+    int64_t N, K, T, ldy, panel; /* panel: blocks per unit */
     float *y;
     int form;
 } job;
 
-static void row_block(void *ctx, int64_t b)
+/* Panel p: blocks [p panel, p panel + panel) for every token (one thread's unit of the split). */
+static void row_panel(void *ctx, int64_t p)
 {
     const job *j = ctx;
-    const int64_t o0 = b * ROWS;
-    dsacp_bf16gemm_block(j->form, j->blocks + (size_t)b * j->block_bytes, j->N - o0 < ROWS ? j->N - o0 : ROWS, j->K,
-                         j->tok, j->T, NULL, 0, j->y + o0, j->ldy);
+    const int64_t o0 = p * j->panel * ROWS, rows = j->N - o0 < j->panel * ROWS ? j->N - o0 : j->panel * ROWS;
+    dsacp_bf16gemm_panel(j->form, j->blocks + (size_t)(p * j->panel) * j->block_bytes, (int)((rows + ROWS - 1) / ROWS),
+                         rows, j->K, j->tok, j->T, NULL, 0, j->y + o0, j->ldy);
 }
 
 #if defined(__x86_64__)
@@ -321,7 +355,9 @@ int dsacp_bf16gemm_as(int form, const void *packed, int64_t N, int64_t K, const 
     if (form == DSACP_BF16GEMM_FMA && !dsacp_bf16dot_plain_ok(wfloor, xfloor)) form = DSACP_BF16GEMM_DPBF16;
     job j = {.blocks = (const unsigned char *)packed + HEAD, .tok = tok, .block_bytes = dsacp_bf16gemm_block_bytes(K),
              .N = N, .K = K, .T = T, .ldy = ldy, .y = y, .form = form};
-    dsacp_parallel_for((N + ROWS - 1) / ROWS, true, row_block, &j);
+    j.panel = dsacp_bf16gemm_panel_blocks(K);
+    const int64_t blocks = (N + ROWS - 1) / ROWS;
+    dsacp_parallel_for((blocks + j.panel - 1) / j.panel, true, row_panel, &j);
     return DSACP_OK;
 }
 

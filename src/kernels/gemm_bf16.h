@@ -49,6 +49,17 @@ int dsacp_bf16gemm_pack_tokens(const uint16_t *xb, int64_t T, int64_t K, int64_t
  * the model. Single-threaded; uses about 25 KB of stack. */
 void dsacp_bf16gemm_block(int form, const void *blk, int64_t rows, int64_t K, const void *tok, int64_t T,
                           const float *scales, int64_t bp, float *y, int64_t ldy);
+/* The product of a panel of nblk consecutive blocks (blk: nblk x block_bytes(K)) and every token:
+ * rows in all (32 (nblk - 1) < rows <= 32 nblk), block b's rows at y + 32 b, block b's fold scales
+ * scales[b] (scales NULL: no fold), the same bits as nblk calls of dsacp_bf16gemm_block. Each
+ * group of tokens runs against every block of the panel in turn, so the tokens, which a block
+ * call streams from memory once per 32 rows, come from cache for the others: a panel of
+ * dsacp_bf16gemm_panel_blocks(K) blocks fits L2 with a group (at T = 2048 the tokens' split copy
+ * is 58 MB at K 7168, the bandwidth a single block's reuse of 32 rows cannot feed). */
+void dsacp_bf16gemm_panel(int form, const void *blk, int nblk, int64_t rows, int64_t K, const void *tok, int64_t T,
+                          const float *const *scales, int64_t bp, float *y, int64_t ldy);
+/* Blocks per panel for K columns (1..8; 2 at K 7168). */
+int dsacp_bf16gemm_panel_blocks(int64_t K);
 
 /* ---- between gemm_bf16.c and gemm_bf16_x86.c ---- */
 
