@@ -179,10 +179,11 @@ static void run_case(dsacp_dtype dt, int64_t N, int64_t K, int64_t blk, int64_t 
 static void test_chain(void)
 {
     /* N, K, T: K = 130 has odd pairs (65) and a partial block, 96 a block of 128 cut short, 7168
-     * DeepSeek's width; N cuts the 8-row groups and the 32-row blocks. */
+     * DeepSeek's width; N cuts the 8-row groups and the 32-row blocks; T = 300 and 530 make two
+     * and three passes of the block API (252 tokens each). */
     static const int64_t shapes[][3] = {{37, 32, 1},  {70, 96, 13},  {37, 128, 5},   {5, 130, 64},
                                         {37, 130, 2}, {45, 256, 8},  {9, 7168, 3},   {33, 1024, 64},
-                                        {3, 7168, 1}, {70, 384, 4}};
+                                        {3, 7168, 1}, {70, 384, 4},  {5, 96, 530},   {11, 130, 300}};
     int cls = 0;
     for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
         const int64_t N = shapes[s][0], K = shapes[s][1], T = shapes[s][2];

@@ -22,8 +22,10 @@
 #include <string.h>
 
 /* RG: output rows per group of the one-token path (the FMA form's rows per pass); BR: rows of a
- * packed block; MANY_T: the tokens from which the block API runs. */
-enum { RG = 8, BR = DSACP_BF16GEMM_ROWS, MANY_T = 4 };
+ * packed block; MANY_T: the tokens from which the block API runs; TCH: the tokens of one pass
+ * of the block API over the weights (packed apart, so that a pass's tokens stay in cache while
+ * every block runs them: 21 groups of 12; each pass packs the blocks again). */
+enum { RG = 8, BR = DSACP_BF16GEMM_ROWS, MANY_T = 4, TCH = 21 * DSACP_BF16GEMM_GROUP };
 
 /* Pairs of a row, and the same padded to the 16 lanes (a token row's length in pairs). */
 static int64_t pairs_of(int64_t K) { return (K + 1) / 2; }
@@ -45,12 +47,22 @@ static size_t thread_bytes(const dsacp_weight *w, bool many)
     return many ? dsacp_ws_add(b, dsacp_ws_round(dsacp_bf16gemm_block_bytes(w->cols))) : b;
 }
 
-/* The tokens as bf16 (T rows of 2 * padded pairs), their floors, and with `many` packed. */
+/* The block API's token passes: how many, and the bytes of one's packed tokens. */
+static int64_t passes(int64_t T) { return (T + TCH - 1) / TCH; }
+static size_t pass_bytes(const dsacp_weight *w, int64_t T)
+{
+    return dsacp_ws_round(dsacp_bf16gemm_tokens_bytes(w->cols, T < TCH ? T : TCH));
+}
+
+/* The tokens as bf16 (T rows of 2 * padded pairs), their floors, and with `many` packed per
+ * pass with the passes' floors. */
 static size_t tokens_bytes(const dsacp_weight *w, int64_t T, bool many)
 {
     const size_t xb = dsacp_ws_mul(dsacp_ws_mul((size_t)T, (size_t)padded_pairs(w->cols)), 2 * sizeof(uint16_t));
     const size_t b = dsacp_ws_add(dsacp_ws_round(xb), dsacp_ws_round(dsacp_ws_mul((size_t)T, sizeof(int))));
-    return many ? dsacp_ws_add(b, dsacp_ws_round(dsacp_bf16gemm_tokens_bytes(w->cols, T))) : b;
+    if (!many) return b;
+    const size_t np = (size_t)passes(T);
+    return dsacp_ws_add(dsacp_ws_add(b, dsacp_ws_mul(np, pass_bytes(w, T))), dsacp_ws_round(np * sizeof(int)));
 }
 
 size_t dsacp_linear_bf16_ws_bytes(const dsacp_weight *w, int64_t T)
@@ -91,8 +103,10 @@ typedef struct job {
     dsacp_isa isa;
     const uint16_t *xb;
     const int *floor;
-    const void *tok; /* the packed tokens (the block API), or NULL */
-    int tok_floor;
+    unsigned char *tok; /* the block API's packed passes (pass_bytes apart), or NULL */
+    int *tok_floor;     /* their floors */
+    size_t tok_stride;
+    int64_t pass;       /* the pass running */
     int64_t T, ld, ldy, units, chunks; /* units: row groups, or blocks with tok */
     float *y;
     unsigned char *bufs;
@@ -224,38 +238,41 @@ static void group_token(const job *j, group *gr, int64_t t)
     for (int r = 0; r < gr->R; r++) y[r] = dot_one(j, gr, r, x, fx);
 }
 
-/* Row group g (RG rows) for every token by the one-token path. */
-static void group_all(const job *j, int64_t g, uint16_t *buf)
+/* Row group g (RG rows) for tokens [t0, t1) by the one-token path. */
+static void group_all(const job *j, int64_t g, uint16_t *buf, int64_t t0, int64_t t1)
 {
     group gr;
     load_group(j, g, buf, &gr);
-    for (int64_t t = 0; t < j->T; t++) group_token(j, &gr, t);
+    for (int64_t t = t0; t < t1; t++) group_token(j, &gr, t);
 }
 
-/* The block API's form for a block of floor fb, or -1 when none takes these operands. */
-static int block_form(const job *j, int fb)
+/* The block API's form for a block of floor fb and tokens of floor ft, or -1 when none takes
+ * these operands. */
+static int block_form(const job *j, int fb, int ft)
 {
-    const bool plain = dsacp_bf16dot_plain_ok(fb, j->tok_floor);
+    const bool plain = dsacp_bf16dot_plain_ok(fb, ft);
     if (j->isa == DSACP_ISA_AVX512 && (j->dpbf16 || (!plain && j->hw == DSACP_BF16DOT_HW_ALL)))
         return DSACP_BF16GEMM_DPBF16;
     if (!plain) return -1;
     return j->isa == DSACP_ISA_AVX512 ? DSACP_BF16GEMM_FMA : DSACP_BF16GEMM_AVX2;
 }
 
-/* Block b (BR rows) for every token: packed into blk and run by the block API, or group by group
- * by the one-token path. */
-static void block_all(const job *j, int64_t b, uint16_t *buf, void *blk)
+/* Block b (BR rows) for the tokens of the pass running: packed into blk and run by the block
+ * API, or group by group by the one-token path. */
+static void block_pass(const job *j, int64_t b, uint16_t *buf, void *blk)
 {
     const dsacp_weight *w = j->w;
     const int64_t o0 = b * BR, rows = w->rows - o0 < BR ? w->rows - o0 : BR;
-    const int form = block_form(j, dsacp_bf16gemm_pack_block(w, o0, blk));
+    const int64_t t0 = j->pass * TCH, nt = j->T - t0 < TCH ? j->T - t0 : TCH;
+    const int form = block_form(j, dsacp_bf16gemm_pack_block(w, o0, blk), j->tok_floor[j->pass]);
     if (form < 0) {
-        for (int64_t g = o0 / RG; g * RG < o0 + rows; g++) group_all(j, g, buf);
+        for (int64_t g = o0 / RG; g * RG < o0 + rows; g++) group_all(j, g, buf, t0, t0 + nt);
         return;
     }
     const bool f8 = w->dtype == DSACP_F8_E4M3;
     const float *scales = f8 ? w->scale + (o0 / w->block) * w->scale_stride : NULL;
-    dsacp_bf16gemm_block(form, blk, rows, w->cols, j->tok, j->T, scales, f8 ? w->block / 2 : 0, j->y + o0, j->ldy);
+    dsacp_bf16gemm_block(form, blk, rows, w->cols, j->tok + (size_t)j->pass * j->tok_stride, nt, scales,
+                         f8 ? w->block / 2 : 0, j->y + t0 * j->ldy + o0, j->ldy);
 }
 
 /* Chunk c: units [c * units / chunks, (c + 1) * units / chunks) with buffers c. */
@@ -266,21 +283,30 @@ static void chunk(void *ctx, int64_t c)
     uint16_t *buf = j->rows_bytes ? (uint16_t *)mine : NULL;
     const int64_t u0 = c * j->units / j->chunks, u1 = (c + 1) * j->units / j->chunks;
     for (int64_t u = u0; u < u1; u++) {
-        if (j->tok) block_all(j, u, buf, mine + j->rows_bytes);
-        else group_all(j, u, buf);
+        if (j->tok) block_pass(j, u, buf, mine + j->rows_bytes);
+        else group_all(j, u, buf, 0, j->T);
     }
 }
 
 /* ---- the driver ---- */
 
-/* Rounds the tokens to bf16 (xb, floors) and, with tok, packs them for the block API. */
-static void prepare_tokens(dsacp_isa isa, const float *xin, int64_t T, int64_t ldxin, int64_t K, job *j, uint16_t *xb,
-                           int *floor, void *tok)
+/* Pass p's tokens packed for the block API. */
+static void pack_pass(void *ctx, int64_t p)
 {
+    job *j = ctx;
+    const int64_t t0 = p * TCH, nt = j->T - t0 < TCH ? j->T - t0 : TCH;
+    j->tok_floor[p] = dsacp_bf16gemm_pack_tokens(j->xb + t0 * j->ld, nt, j->w->cols, j->ld,
+                                                 j->tok + (size_t)p * j->tok_stride);
+}
+
+/* Rounds the tokens to bf16 (xb, floors) and, with tok, packs them pass by pass. */
+static void prepare_tokens(dsacp_isa isa, const float *xin, int64_t ldxin, job *j, uint16_t *xb, int *floor)
+{
+    const int64_t T = j->T, K = j->w->cols;
     tok_job tj = {xin, ldxin, K, j->ld, xb, floor, isa >= DSACP_ISA_AVX2};
     dsacp_parallel_for(T, T * K >= (1 << 17), tok_row, &tj);
-    j->xb = xb, j->floor = floor, j->tok = tok;
-    if (tok) j->tok_floor = dsacp_bf16gemm_pack_tokens(xb, T, K, j->ld, tok);
+    j->xb = xb, j->floor = floor;
+    if (j->tok) dsacp_parallel_for(passes(T), T * K >= (1 << 17), pack_pass, j);
 }
 
 int dsacp_linear_bf16(dsacp_isa isa, const dsacp_weight *w, const float *x, int64_t T, int64_t ldx, float *y,
@@ -299,20 +325,22 @@ int dsacp_linear_bf16(dsacp_isa isa, const dsacp_weight *w, const float *x, int6
     const int64_t ld = 2 * padded_pairs(K);
     uint16_t *xb = xin ? dsacp_ws_take(&s, (size_t)(T * ld) * sizeof(uint16_t)) : NULL;
     int *floor = xb ? dsacp_ws_take(&s, (size_t)T * sizeof(int)) : NULL;
-    void *tok = floor && many ? dsacp_ws_take(&s, dsacp_bf16gemm_tokens_bytes(K, T)) : NULL;
+    const size_t stride = many ? pass_bytes(w, T) : 0;
+    unsigned char *tok = floor && many ? dsacp_ws_take(&s, (size_t)passes(T) * stride) : NULL;
+    int *tok_floor = tok ? dsacp_ws_take(&s, (size_t)passes(T) * sizeof(int)) : NULL;
     const size_t tb = thread_bytes(w, many), nbuf = tb ? s.left / tb : SIZE_MAX;
-    if (!floor || (many && !tok) || nbuf < 1)
+    if (!floor || (many && !tok_floor) || nbuf < 1)
         return dsacp_linear_short_ws(w, ws_bytes, dsacp_linear_bf16_ws_bytes(w, T));
     const int hw = isa == DSACP_ISA_AVX512 ? dsacp_bf16dot_hw_level() : DSACP_BF16DOT_HW_NONE;
-    job j = {.w = w, .isa = isa, .T = T, .ld = ld, .ldy = ldy, .y = y, .bufs = tb ? s.p : NULL, .buf_bytes = tb,
-             .rows_bytes = thread_bytes(w, false), .hw = hw,
-             .dpbf16 = hw == DSACP_BF16DOT_HW_ALL && dsacp_bf16gemm_form() == DSACP_BF16GEMM_DPBF16};
-    prepare_tokens(isa, xin, T, ldxin, K, &j, xb, floor, tok);
+    job j = {.w = w, .isa = isa, .tok = tok, .tok_floor = tok_floor, .tok_stride = stride, .T = T, .ld = ld,
+             .ldy = ldy, .y = y, .bufs = tb ? s.p : NULL, .buf_bytes = tb, .rows_bytes = thread_bytes(w, false),
+             .hw = hw, .dpbf16 = hw == DSACP_BF16DOT_HW_ALL && dsacp_bf16gemm_form() == DSACP_BF16GEMM_DPBF16};
+    prepare_tokens(isa, xin, ldxin, &j, xb, floor);
     j.units = many ? (N + BR - 1) / BR : (N + RG - 1) / RG;
     const bool split = (double)N * (double)K * (double)T >= 65536;
     j.chunks = split ? dsacp_kernel_threads() : 1;
     if ((size_t)j.chunks > nbuf) j.chunks = (int64_t)nbuf;
     if (j.chunks > j.units) j.chunks = j.units;
-    dsacp_parallel_for(j.chunks, split, chunk, &j);
+    for (j.pass = 0; j.pass < (many ? passes(T) : 1); j.pass++) dsacp_parallel_for(j.chunks, split, chunk, &j);
     return DSACP_OK;
 }
