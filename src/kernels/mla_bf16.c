@@ -96,7 +96,7 @@ float dsacp_mla16_score(const dsacp_mla16_job *j, dsacp_bf16dot_fn dot, const ds
     uint16_t *qb = g->scr, *kb = g->scr + scr_half(j);
     const float *k = dsacp_mla16_key(j, s);
     for (int64_t d = 0; d < j->Dp; d++) {
-        qb[d] = hi16(j->Qt[d * j->Hp + g->h0 + hh]);
+        qb[d] = hi16(j->Qt[dsacp_mla16_qrow(j, d) * j->Hp + g->h0 + hh]);
         kb[d] = hi16(k[d]);
     }
     const float v = dot(qb, kb, j->Dp / 2);
@@ -108,7 +108,7 @@ float dsacp_mla16_value(const dsacp_mla16_job *j, dsacp_bf16dot_fn dot, const ds
 {
     uint16_t *pb = g->scr, *vb = g->scr + scr_half(j);
     for (int64_t s = 0; s < j->np; s++) {
-        pb[s] = hi16(g->St[s * j->width + hh]);
+        pb[s] = hi16(g->St[dsacp_mla16_row(j, s) * j->width + hh]);
         vb[s] = hi16(dsacp_mla16_key(j, s)[d]);
     }
     return dot(pb, vb, j->np / 2);
@@ -117,7 +117,8 @@ float dsacp_mla16_value(const dsacp_mla16_job *j, dsacp_bf16dot_fn dot, const ds
 void dsacp_mla16_scores_generic(const dsacp_mla16_job *j, const dsacp_mla16_group *g)
 {
     for (int64_t hh = 0; hh < g->cnt; hh++)
-        for (int64_t s = 0; s < j->n; s++) g->St[s * j->width + hh] = dsacp_mla16_score(j, j->dot, g, hh, s);
+        for (int64_t s = 0; s < j->n; s++)
+            g->St[dsacp_mla16_row(j, s) * j->width + hh] = dsacp_mla16_score(j, j->dot, g, hh, s);
 }
 
 /* The 16 lane sums by the fixed tree (IEEE adds). */
@@ -135,15 +136,16 @@ int dsacp_mla16_softmax_generic(const dsacp_mla16_job *j, const dsacp_mla16_grou
     for (int64_t hh = 0; hh < g->cnt; hh++) {
         float *col = g->St + hh, m = -INFINITY, lanes[LANES] = {0};
         for (int64_t s = 0; s < j->n; s++)
-            if (col[s * W] > m) m = col[s * W];
+            if (col[dsacp_mla16_row(j, s) * W] > m) m = col[dsacp_mla16_row(j, s) * W];
         for (int64_t s = 0; s < j->n; s++) {
-            const float p = dsacp_exp_model(col[s * W] - m);
+            float *at = col + dsacp_mla16_row(j, s) * W;
+            const float p = dsacp_exp_model(*at - m);
             lanes[s % LANES] = lanes[s % LANES] + p;
-            col[s * W] = r16(p);
-            const int e = expo(col[s * W]);
+            *at = r16(p);
+            const int e = expo(*at);
             fl = e < fl ? e : fl;
         }
-        if (j->np > j->n) col[j->n * W] = 0.0f;
+        if (j->np > j->n) col[dsacp_mla16_row(j, j->n) * W] = 0.0f;
         g->m[hh] = m;
         g->l[hh] = tree16(lanes);
     }
@@ -171,7 +173,24 @@ static void values_scalar(const dsacp_mla16_job *j, int form, const dsacp_mla16_
     dsacp_mla16_values_generic(j, g);
 }
 
-static const dsacp_mla16_isa mla16_scalar = {1, 16, dsacp_mla16_check_keys, dsacp_mla16_round_keys, scores_scalar,
+void dsacp_mla16_pack_values(const dsacp_mla16_job *j, float *Vp, int64_t s0, int64_t s1)
+{
+    enum { T = DSACP_MLA16_TILE };
+    const int64_t ct = (j->dc + T - 1) / T, full = j->dc / T, rest = j->dc - full * T;
+    for (int64_t s = s0; s < s1; s++) { /* the keys in order (a sequential read), each spread over the tiles */
+        const int64_t q = s >> 1, l = q % LANES, k = q / LANES;
+        const float *row = s < j->n ? j->K + s * j->ldk : j->zrow;
+        float *out = Vp + ((l * j->kq + k) * 2 + (s & 1)) * T;
+        const int64_t step = LANES * j->kq * 2 * T;
+        for (int64_t c = 0; c < full; c++, out += step, row += T) memcpy(out, row, T * sizeof(float));
+        if (ct > full) {
+            memset(out, 0, T * sizeof(float));
+            memcpy(out, row, (size_t)rest * sizeof(float));
+        }
+    }
+}
+
+static const dsacp_mla16_isa mla16_scalar = {1, 16, false, dsacp_mla16_check_keys, dsacp_mla16_round_keys, scores_scalar,
                                              dsacp_mla16_softmax_generic, values_scalar};
 
 /* ---- the definition, plainly ---- */
@@ -251,8 +270,8 @@ static const dsacp_mla16_isa *isa_set(dsacp_isa isa)
 
 /* A call's shape under one phase set, and its scratch's parts in the order they are taken. */
 typedef struct shape {
-    int64_t n, np, D, Dp, H, Hp, G, W, nch;
-    size_t part[6], group[5];
+    int64_t n, np, D, Dp, H, Hp, G, W, nch, kq, kd, ct;
+    size_t part[7], group[5];
 } shape;
 
 static shape shape_of(const dsacp_mla16_isa *is, int64_t n, int64_t H, int64_t dc, int64_t dr)
@@ -262,26 +281,30 @@ static shape shape_of(const dsacp_mla16_isa *is, int64_t n, int64_t H, int64_t d
     s.Hp = (H + is->lanes - 1) / is->lanes * is->lanes;
     s.G = (s.Hp + s.W - 1) / s.W;
     s.nch = (n + KCHUNK - 1) / KCHUNK;
+    s.kq = (s.np / 2 + LANES - 1) / LANES;
+    s.ct = is->packs_values ? (dc + DSACP_MLA16_TILE - 1) / DSACP_MLA16_TILE : 0;
     const size_t f = sizeof(float), np = (size_t)(s.np > 0 ? s.np : 1), Dp = (size_t)s.Dp, W = (size_t)s.W;
-    s.part[0] = dsacp_ws_mul(dsacp_ws_mul(Dp, (size_t)s.Hp), f);          /* Qt */
+    s.kd = (s.Dp / 2 + LANES - 1) / LANES;
+    s.part[0] = dsacp_ws_mul(dsacp_ws_mul((size_t)(2 * LANES * s.kd), (size_t)s.Hp), f); /* Qt */
     s.part[1] = dsacp_ws_mul(Dp, f);                                        /* zrow */
     s.part[2] = dsacp_ws_mul((size_t)s.Hp, sizeof(int));                    /* the heads' floors */
     s.part[3] = dsacp_ws_mul((size_t)(s.nch > 0 ? s.nch : 1), 2 * sizeof(int)); /* the chunks' floors */
     s.part[4] = dsacp_ws_mul(dsacp_ws_mul(np, Dp), f);                      /* the rounded keys */
-    s.group[0] = dsacp_ws_mul(dsacp_ws_mul(np, W), f);                      /* St */
+    s.group[0] = dsacp_ws_mul(dsacp_ws_mul((size_t)(2 * LANES * (s.kq > 0 ? s.kq : 1)), W), f); /* St */
     s.group[1] = dsacp_ws_mul((size_t)(LANES * DSACP_MLA16_TILE) * W, f);   /* the lanes' tiles */
     s.group[2] = s.group[3] = dsacp_ws_mul(W, f);                           /* m, l */
     s.group[4] = dsacp_ws_mul(2 * (Dp > np ? Dp : np), sizeof(uint16_t));   /* scr */
     size_t per = 0;
     for (int i = 0; i < 5; i++) per = dsacp_ws_add(per, dsacp_ws_round(s.group[i]));
     s.part[5] = dsacp_ws_mul(per, (size_t)(s.G > 0 ? s.G : 1));
+    s.part[6] = dsacp_ws_mul(dsacp_ws_mul((size_t)(s.ct * LANES * 2 * DSACP_MLA16_TILE), (size_t)s.kq), f); /* Vp */
     return s;
 }
 
 static size_t shape_bytes(const shape *s)
 {
     size_t b = DSACP_WS_ALIGN;
-    for (int i = 0; i < 6; i++) b = dsacp_ws_add(b, dsacp_ws_round(s->part[i]));
+    for (int i = 0; i < 7; i++) b = dsacp_ws_add(b, dsacp_ws_round(s->part[i]));
     return b;
 }
 
@@ -302,7 +325,7 @@ typedef struct call {
     dsacp_mla16_job j;
     const dsacp_mla16_isa *is;
     const float *kv;
-    float *Kr;
+    float *Kr, *Vp;
     int *qfloor, *kfl; /* kfl: per chunk of keys, its floor and whether rounding kept it */
     unsigned char *groups;
     size_t per;
@@ -324,6 +347,13 @@ static void round_chunk(void *ctx, int64_t c)
     call *a = ctx;
     const int64_t s0 = c * KCHUNK, rows = a->j.n - s0 < KCHUNK ? a->j.n - s0 : KCHUNK;
     a->is->round_keys(a->kv + s0 * a->D, rows, a->D, a->Kr + s0 * a->j.Dp, a->j.Dp);
+}
+
+static void pack_chunk(void *ctx, int64_t c)
+{
+    const call *a = ctx;
+    const int64_t end = 2 * LANES * a->j.kq, s1 = (c + 1) * KCHUNK < end ? (c + 1) * KCHUNK : end;
+    dsacp_mla16_pack_values(&a->j, a->Vp, c * KCHUNK, s1);
 }
 
 /* The keys: their floor, and K = kv itself when rounding keeps every value (the latents of a
@@ -352,10 +382,10 @@ static void prepare_query(call *a, const float *q)
     const dsacp_mla16_job *j = &a->j;
     for (int64_t h = 0; h < j->Hp; h++) a->qfloor[h] = 256;
     float *Qt = (float *)j->Qt;
-    for (int64_t d = 0; d < j->Dp; d++)
+    for (int64_t d = 0; d < 2 * LANES * j->kd; d++)
         for (int64_t h = 0; h < j->Hp; h++) {
             const float v = h < j->H && d < a->D ? r16(q[h * a->D + d]) : 0.0f;
-            Qt[d * j->Hp + h] = v;
+            Qt[dsacp_mla16_qrow(j, d) * j->Hp + h] = v;
             const int e = expo(v);
             a->qfloor[h] = e < a->qfloor[h] ? e : a->qfloor[h];
         }
@@ -415,12 +445,13 @@ static int run(dsacp_isa isa, int prefer, int hw_cap, const float *q, const floa
     const shape s = shape_of(is, n, H, dc, dr);
     dsacp_ws w = dsacp_ws_open(work, work_bytes);
     call a = {.is = is, .kv = kv, .D = s.D, .nch = s.nch};
-    a.j = (dsacp_mla16_job){.n = n, .np = s.np, .H = H, .Hp = s.Hp, .dc = dc, .Dp = s.Dp, .width = s.W,
+    a.j = (dsacp_mla16_job){.n = n, .np = s.np, .H = H, .Hp = s.Hp, .dc = dc, .Dp = s.Dp, .width = s.W, .kq = s.kq, .kd = s.kd,
                             .scale = scale, .o = o, .lse = lse};
     a.j.Qt = dsacp_ws_take(&w, s.part[0]);
     float *zrow = dsacp_ws_take(&w, s.part[1]);
     a.qfloor = dsacp_ws_take(&w, s.part[2]), a.kfl = dsacp_ws_take(&w, s.part[3]);
     a.Kr = dsacp_ws_take(&w, s.part[4]), a.groups = dsacp_ws_take(&w, s.part[5]);
+    a.Vp = dsacp_ws_take(&w, s.part[6]);
     a.per = s.part[5] / (size_t)s.G;
     memset(zrow, 0, s.part[1]);
     a.j.zrow = zrow;
@@ -431,6 +462,10 @@ static int run(dsacp_isa isa, int prefer, int hw_cap, const float *q, const floa
                                                                                       : DSACP_BF16GEMM_FMA;
     prepare_query(&a, q);
     prepare_keys(&a);
+    if (s.ct > 0) {
+        dsacp_parallel_for((2 * LANES * s.kq + KCHUNK - 1) / KCHUNK, (double)n * (double)dc >= 65536.0, pack_chunk, &a);
+        a.j.Vp = a.Vp;
+    }
     const double flops = (double)n * (double)H * (double)(s.D + dc);
     dsacp_parallel_for(s.G, flops >= 1e6, group_task, &a);
     return DSACP_OK;

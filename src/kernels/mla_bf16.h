@@ -10,11 +10,14 @@
  *                   form), the SIMD exp and rounding; every one the definition's bits
  *   bf16dot*.c, gemm_bf16.c (the automatic form's measurement), kernels_threads.c
  *
- * The layout every phase reads (the driver fills it): Qt [Dp][Hp] the rounded query transposed
+ * The layout every phase reads (the driver fills it): Qt [32 kd][Hp] the rounded query transposed
  * (f32 holding bf16 values; Dp = D rounded up to even, Hp = H rounded up to the ISA's lanes,
- * padding +0), the rounded keys K (f32 rows of ldk >= Dp holding bf16 values; row s >= n reads
+ * padding +0; rows lane-major, dsacp_mla16_qrow), the rounded keys K (f32 rows of ldk >= Dp holding bf16 values; row s >= n reads
  * zrow, Dp zeros), and per group of `width` heads the scores St [np][width] (np = n rounded up
- * to even): S, then p, then bf16(p) in place (row n of an odd n: +0).
+ * to even): S, then p, then bf16(p) in place (row n of an odd n: +0), its rows lane-major
+ * (dsacp_mla16_row: the key pairs of one model lane of the values' dots contiguous, so the
+ * values phase streams them); on AVX-512 also the latents packed the same way, per tile of
+ * DSACP_MLA16_TILE latent dims (Vp [ct][lane][k][low, high][TILE]).
  */
 #ifndef DSACP_MLA_BF16_H
 #define DSACP_MLA_BF16_H
@@ -48,8 +51,9 @@ int dsacp_sparse_mla_bf16_as(dsacp_isa isa, int prefer, int hw_cap, const float 
 
 /* One call's shared operands (the driver's layout above). */
 typedef struct dsacp_mla16_job {
-    const float *Qt, *K, *zrow;
+    const float *Qt, *K, *zrow, *Vp;
     int64_t n, np, H, Hp, dc, Dp, ldk, width;
+    int64_t kq, kd; /* key pairs per model lane, ceil(np / 32); query pairs per lane, ceil(Dp / 32) */
     float scale;
     float *o, *lse;
     dsacp_bf16dot_fn dot; /* the GENERIC form's kernel */
@@ -61,8 +65,23 @@ static inline const float *dsacp_mla16_key(const dsacp_mla16_job *j, int64_t s)
     return s < j->n ? j->K + s * j->ldk : j->zrow;
 }
 
+/* Qt's row of query dim d (d < 32 kd), lane-major as St's rows are (the scores' lanes). */
+static inline int64_t dsacp_mla16_qrow(const dsacp_mla16_job *j, int64_t d)
+{
+    const int64_t p = d >> 1;
+    return ((p % 16) * j->kd + p / 16) * 2 + (d & 1);
+}
+
+/* St's row of key s: pair q = s / 2 is the k-th (k = q / 16) of model lane l = q % 16, its two
+ * keys rows 2 (l kq + k) and 2 (l kq + k) + 1. */
+static inline int64_t dsacp_mla16_row(const dsacp_mla16_job *j, int64_t s)
+{
+    const int64_t q = s >> 1;
+    return ((q % 16) * j->kq + q / 16) * 2 + (s & 1);
+}
+
 /* One group's share of a call: heads [h0, h0 + cnt) (cnt a multiple of the ISA's lanes) and
- * its scratch: St [np][width], the lanes' partial tiles (16 x DSACP_MLA16_TILE x width floats),
+ * its scratch: St [32 kq][width], the lanes' partial tiles (16 x DSACP_MLA16_TILE x width floats),
  * the max m and sum l per head [width], and scr (2 max(Dp, np) bf16) for single dots. */
 typedef struct dsacp_mla16_group {
     int64_t h0, cnt;
@@ -79,6 +98,7 @@ enum { DSACP_MLA16_TILE = 6 };
  * of Dp (an odd D's last element +0). */
 typedef struct dsacp_mla16_isa {
     int64_t lanes, width;
+    bool packs_values; /* its values phase reads Vp */
     int (*check_keys)(const float *kv, int64_t rows, int64_t D, bool *same);
     void (*round_keys)(const float *kv, int64_t rows, int64_t D, float *out, int64_t Dp);
     void (*scores)(const dsacp_mla16_job *j, int form, const dsacp_mla16_group *g);
@@ -99,6 +119,9 @@ float dsacp_mla16_value(const dsacp_mla16_job *j, dsacp_bf16dot_fn dot, const ds
 void dsacp_mla16_scores_generic(const dsacp_mla16_job *j, const dsacp_mla16_group *g);
 int dsacp_mla16_softmax_generic(const dsacp_mla16_job *j, const dsacp_mla16_group *g);
 void dsacp_mla16_values_generic(const dsacp_mla16_job *j, const dsacp_mla16_group *g);
+/* Vp's entries of keys [s0, s1) (keys past n +0; s1 <= 32 kq) in every tile of latent dims
+ * (DSACP_MLA16_TILE of them, dims past dc +0). */
+void dsacp_mla16_pack_values(const dsacp_mla16_job *j, float *Vp, int64_t s0, int64_t s1);
 
 #if defined(__x86_64__)
 /* The phase sets: AVX-512 (width 64, lanes 16) and AVX2 (width 16, lanes 8). */

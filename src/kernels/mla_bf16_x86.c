@@ -1,6 +1,6 @@
 /*
  * mla_bf16_x86.c -- the SIMD phases of the deployed-mode sparse MLA (mla_bf16.h): SIMD lanes run
- * across heads (Qt [Dp][Hp], St [np][width]), and model lane l of every output is a small GEMM of
+ * across heads (Qt [32 kd][Hp], St [32 kq][width], lane-major rows), and model lane l of every output is a small GEMM of
  * its own over the pairs p = l (mod 16) in increasing p (scores: the query's dim pairs against the
  * keys, a register tile of 6 keys x up to 4 head vectors; values: key pairs, bf16(p) against the
  * latents, 6 latent dims x up to 4 head vectors), stored per lane and summed by the model's tree
@@ -128,18 +128,18 @@ T512 static int softmax_512(const dsacp_mla16_job *j, const dsacp_mla16_group *g
     for (int64_t v = 0; v < g->cnt / 16; v++) {
         float *col = g->St + 16 * v;
         __m512 m = _mm512_set1_ps(-INFINITY), acc[LANES];
-        for (int64_t s = 0; s < n; s++) m = _mm512_max_ps(_mm512_load_ps(col + s * W), m);
+        for (int64_t s = 0; s < n; s++) m = _mm512_max_ps(_mm512_load_ps(col + dsacp_mla16_row(j, s) * W), m);
         for (int i = 0; i < LANES; i++) acc[i] = _mm512_setzero_ps();
         for (int64_t s0 = 0; s0 < n; s0 += LANES)
             for (int i = 0; i < LANES && s0 + i < n; i++) {
-                float *at = col + (s0 + i) * W;
+                float *at = col + dsacp_mla16_row(j, s0 + i) * W;
                 const __m512 p = exp_512(_mm512_sub_ps(_mm512_load_ps(at), m));
                 acc[i] = _mm512_add_ps(acc[i], p);
                 const __m512 pb = r16_512(p);
                 _mm512_store_ps(at, pb);
                 fl = floor_512(fl, pb, 0xFFFF);
             }
-        if (j->np > n) _mm512_store_ps(col + n * W, _mm512_setzero_ps());
+        if (j->np > n) _mm512_store_ps(col + dsacp_mla16_row(j, n) * W, _mm512_setzero_ps());
         _mm512_store_ps(g->m + 16 * v, m);
         _mm512_store_ps(g->l + 16 * v, tree_512(acc));
     }
@@ -159,8 +159,8 @@ T512 static INL void s_lane_fma(const dsacp_mla16_job *j, int64_t h0, const floa
     for (int i = 0; i < NK; i++)
 #pragma GCC unroll 4
         for (int v = 0; v < NG; v++) acc[i][v] = _mm512_setzero_ps();
-    for (int64_t p = l; p < P; p += LANES) {
-        const float *ql = j->Qt + 2 * p * Hp + h0, *qh = ql + Hp;
+    for (int64_t kk = 0, p = l; p < P; kk++, p += LANES) { /* lane l's rows of Qt, contiguous */
+        const float *ql = j->Qt + 2 * (l * j->kd + kk) * Hp + h0, *qh = ql + Hp;
         /* every high product, then every low one: each chain still adds its pair's high product
          * first, and only 4 query vectors are live (24 accumulators stay in registers) */
         __m512 qv[4];
@@ -193,9 +193,9 @@ TBF16 static INL void s_lane_dp(const dsacp_mla16_job *j, int64_t h0, const floa
     for (int i = 0; i < NK; i++)
 #pragma GCC unroll 4
         for (int v = 0; v < NG; v++) acc[i][v] = _mm512_setzero_ps();
-    for (int64_t p = l; p < PP; p += LANES) {
+    for (int64_t kk = 0, p = l; p < PP; kk++, p += LANES) { /* lane l's rows of Qt, contiguous */
         __m512i qp[4];
-        const float *ql = j->Qt + 2 * p * Hp + h0, *qh = ql + Hp;
+        const float *ql = j->Qt + 2 * (l * j->kd + kk) * Hp + h0, *qh = ql + Hp;
 #pragma GCC unroll 4
         for (int v = 0; v < NG; v++)
             qp[v] = p < P ? _mm512_or_si512(_mm512_and_si512(_mm512_loadu_si512(qh + 16 * v), hi),
@@ -223,7 +223,7 @@ T512 static void s_finish_512(const dsacp_mla16_job *j, const dsacp_mla16_group 
             __m512 t[LANES];
             for (int l = 0; l < LANES; l++) t[l] = _mm512_load_ps(g->tile + (l * TILE + i) * W + 16 * v);
             const __m512 r = _mm512_mul_ps(tree_512(t), _mm512_set1_ps(j->scale));
-            float *out = g->St + (s0 + i) * W + 16 * v;
+            float *out = g->St + dsacp_mla16_row(j, s0 + i) * W + 16 * v;
             _mm512_store_ps(out, r);
             __mmask16 bad = _mm512_cmp_ps_mask(r, r, _CMP_UNORD_Q);
             for (int64_t hh = 0; bad; hh++, bad >>= 1)
@@ -278,9 +278,9 @@ T512 static INL void v_lane_fma(const dsacp_mla16_job *j, const dsacp_mla16_grou
     for (int i = 0; i < NC; i++)
 #pragma GCC unroll 4
         for (int v = 0; v < NG; v++) acc[i][v] = _mm512_setzero_ps();
-    for (int64_t q = l; q < J; q += LANES) {
-        const float *pl = g->St + 2 * q * W, *ph = pl + W;
-        const float *kl = dsacp_mla16_key(j, 2 * q) + c, *kh = dsacp_mla16_key(j, 2 * q + 1) + c;
+    const float *pbase = g->St + 2 * l * j->kq * W, *vbase = j->Vp + (c / TILE * LANES + l) * j->kq * 2 * TILE;
+    for (int64_t k = 0, q = l; q < J; k++, q += LANES) { /* lane l's rows, contiguous in St and Vp */
+        const float *pl = pbase + 2 * k * W, *ph = pl + W, *kl = vbase + 2 * k * TILE, *kh = kl + TILE;
         __m512 pv[4]; /* the high products first, as in s_lane_fma */
 #pragma GCC unroll 2
         for (int half = 1; half >= 0; half--) {
@@ -310,11 +310,10 @@ TBF16 static INL void v_lane_dp(const dsacp_mla16_job *j, const dsacp_mla16_grou
     for (int i = 0; i < NC; i++)
 #pragma GCC unroll 4
         for (int v = 0; v < NG; v++) acc[i][v] = _mm512_setzero_ps();
-    for (int64_t q = l; q < JP; q += LANES) {
+    const float *pbase = g->St + 2 * l * j->kq * W, *vbase = j->Vp + (c / TILE * LANES + l) * j->kq * 2 * TILE;
+    for (int64_t k = 0, q = l; q < JP; k++, q += LANES) { /* past J: zero pairs (Vp's are +0) */
         __m512i pp[4];
-        const float *pl = g->St + 2 * q * W, *ph = pl + W;
-        const int64_t s = q < J ? 2 * q : 0; /* past J: zero pairs, any valid rows */
-        const float *kl = dsacp_mla16_key(j, s) + c, *kh = dsacp_mla16_key(j, s + 1) + c;
+        const float *pl = pbase + 2 * k * W, *ph = pl + W, *kl = vbase + 2 * k * TILE, *kh = kl + TILE;
 #pragma GCC unroll 4
         for (int v = 0; v < NG; v++)
             pp[v] = q < J ? _mm512_or_si512(_mm512_and_si512(_mm512_load_si512(ph + 16 * v), hi),
@@ -322,7 +321,7 @@ TBF16 static INL void v_lane_dp(const dsacp_mla16_job *j, const dsacp_mla16_grou
                           : _mm512_setzero_si512();
 #pragma GCC unroll 6
         for (int i = 0; i < NC; i++) {
-            const __m512i kb = _mm512_set1_epi32(q < J ? (int)pair_of(kl[i], kh[i]) : 0);
+            const __m512i kb = _mm512_set1_epi32((int)pair_of(kl[i], kh[i]));
 #pragma GCC unroll 4
             for (int v = 0; v < NG; v++) acc[i][v] = _mm512_dpbf16_ps(acc[i][v], (__m512bh)pp[v], (__m512bh)kb);
         }
@@ -337,7 +336,7 @@ TBF16 static INL void v_lane_dp(const dsacp_mla16_job *j, const dsacp_mla16_grou
 T512 static void v_finish_512(const dsacp_mla16_job *j, const dsacp_mla16_group *g, int64_t c, int NC, int NG)
 {
     const int64_t W = j->width;
-    for (int i = 0; i < NC; i++)
+    for (int i = 0; i < NC && c + i < j->dc; i++)
         for (int v = 0; v < NG; v++) {
             __m512 t[LANES];
             for (int l = 0; l < LANES; l++) t[l] = _mm512_load_ps(g->tile + (l * TILE + i) * W + 16 * v);
@@ -362,10 +361,8 @@ typedef void (*v_lane_fn)(const dsacp_mla16_job *, const dsacp_mla16_group *, in
     }
 #define V_LANES(NAME, ATTR, FN)                                                                                   \
     V_LANE(NAME, ATTR, FN, 6, 1) V_LANE(NAME, ATTR, FN, 6, 2) V_LANE(NAME, ATTR, FN, 6, 3)                       \
-    V_LANE(NAME, ATTR, FN, 6, 4) V_LANE(NAME, ATTR, FN, 1, 1) V_LANE(NAME, ATTR, FN, 1, 2)                       \
-    V_LANE(NAME, ATTR, FN, 1, 3) V_LANE(NAME, ATTR, FN, 1, 4)                                                     \
-    static const v_lane_fn NAME##_fns[2][4] = {{NAME##_6_1, NAME##_6_2, NAME##_6_3, NAME##_6_4},                 \
-                                               {NAME##_1_1, NAME##_1_2, NAME##_1_3, NAME##_1_4}};
+    V_LANE(NAME, ATTR, FN, 6, 4)                                                                                  \
+    static const v_lane_fn NAME##_fns[4] = {NAME##_6_1, NAME##_6_2, NAME##_6_3, NAME##_6_4};
 V_LANES(vfma, T512, v_lane_fma)
 V_LANES(vdp, TBF16, v_lane_dp)
 
@@ -376,16 +373,14 @@ static void values_512(const dsacp_mla16_job *j, int form, const dsacp_mla16_gro
         return;
     }
     const int NG = (int)(g->cnt / 16);
-    for (int64_t c = 0; c < j->dc;) {
-        const int NC = j->dc - c >= TILE ? TILE : 1;
-        const v_lane_fn fn = (form == DSACP_MLA16_FMA ? vfma_fns : vdp_fns)[NC == TILE ? 0 : 1][NG - 1];
+    const v_lane_fn fn = (form == DSACP_MLA16_FMA ? vfma_fns : vdp_fns)[NG - 1];
+    for (int64_t c = 0; c < j->dc; c += TILE) { /* whole tiles of Vp (dims past dc +0, not written) */
         for (int64_t l = 0; l < LANES; l++) fn(j, g, c, l);
-        v_finish_512(j, g, c, NC, NG);
-        c += NC;
+        v_finish_512(j, g, c, TILE, NG);
     }
 }
 
-const dsacp_mla16_isa dsacp_mla16_avx512 = {16, 64, check_keys_512, round_keys_512, scores_512, softmax_512, values_512};
+const dsacp_mla16_isa dsacp_mla16_avx512 = {16, 64, true, check_keys_512, round_keys_512, scores_512, softmax_512, values_512};
 
 /* =========================================================================== AVX2 ==== */
 
@@ -498,18 +493,18 @@ T256 static int softmax_256(const dsacp_mla16_job *j, const dsacp_mla16_group *g
     for (int64_t v = 0; v < g->cnt / 8; v++) {
         float *col = g->St + 8 * v;
         __m256 m = _mm256_set1_ps(-INFINITY), acc[LANES];
-        for (int64_t s = 0; s < n; s++) m = _mm256_max_ps(_mm256_load_ps(col + s * W), m);
+        for (int64_t s = 0; s < n; s++) m = _mm256_max_ps(_mm256_load_ps(col + dsacp_mla16_row(j, s) * W), m);
         for (int i = 0; i < LANES; i++) acc[i] = _mm256_setzero_ps();
         for (int64_t s0 = 0; s0 < n; s0 += LANES)
             for (int i = 0; i < LANES && s0 + i < n; i++) {
-                float *at = col + (s0 + i) * W;
+                float *at = col + dsacp_mla16_row(j, s0 + i) * W;
                 const __m256 p = exp_256(_mm256_sub_ps(_mm256_load_ps(at), m));
                 acc[i] = _mm256_add_ps(acc[i], p);
                 const __m256 pb = r16_256(p);
                 _mm256_store_ps(at, pb);
                 fl = floor_256(fl, pb, 8);
             }
-        if (j->np > n) _mm256_store_ps(col + n * W, _mm256_setzero_ps());
+        if (j->np > n) _mm256_store_ps(col + dsacp_mla16_row(j, n) * W, _mm256_setzero_ps());
         _mm256_store_ps(g->m + 8 * v, m);
         _mm256_store_ps(g->l + 8 * v, tree_256(acc));
     }
@@ -526,8 +521,8 @@ T256 static INL void s_lane_256(const dsacp_mla16_job *j, int64_t h0, const floa
     for (int i = 0; i < NK; i++)
 #pragma GCC unroll 4
         for (int v = 0; v < NG; v++) acc[i][v] = _mm256_setzero_ps();
-    for (int64_t p = l; p < P; p += LANES) {
-        const float *ql = j->Qt + 2 * p * Hp + h0, *qh = ql + Hp;
+    for (int64_t kk = 0, p = l; p < P; kk++, p += LANES) { /* lane l's rows of Qt, contiguous */
+        const float *ql = j->Qt + 2 * (l * j->kd + kk) * Hp + h0, *qh = ql + Hp;
         __m256 vh[2], vl[2];
 #pragma GCC unroll 4
         for (int v = 0; v < NG; v++) vh[v] = _mm256_loadu_ps(qh + 8 * v), vl[v] = _mm256_loadu_ps(ql + 8 * v);
@@ -554,7 +549,7 @@ T256 static void s_finish_256(const dsacp_mla16_job *j, const dsacp_mla16_group 
         for (int v = 0; v < NG; v++) {
             __m256 t[LANES];
             for (int l = 0; l < LANES; l++) t[l] = _mm256_load_ps(g->tile + (l * TILE + i) * W + 8 * v);
-            float *out = g->St + (s0 + i) * W + 8 * v;
+            float *out = g->St + dsacp_mla16_row(j, s0 + i) * W + 8 * v;
             _mm256_store_ps(out, _mm256_mul_ps(tree_256(t), _mm256_set1_ps(j->scale)));
             for (int64_t hh = 0; hh < 8; hh++)
                 if (isnan(out[hh])) out[hh] = dsacp_mla16_score(j, dsacp_bf16dot_scalar, g, 8 * v + hh, s0 + i);
@@ -592,8 +587,8 @@ T256 static INL void v_lane_256(const dsacp_mla16_job *j, const dsacp_mla16_grou
     for (int i = 0; i < NC; i++)
 #pragma GCC unroll 4
         for (int v = 0; v < NG; v++) acc[i][v] = _mm256_setzero_ps();
-    for (int64_t q = l; q < J; q += LANES) {
-        const float *pl = g->St + 2 * q * W, *ph = pl + W;
+    for (int64_t k = 0, q = l; q < J; k++, q += LANES) {
+        const float *pl = g->St + 2 * (l * j->kq + k) * W, *ph = pl + W;
         const float *kl = dsacp_mla16_key(j, 2 * q) + c, *kh = dsacp_mla16_key(j, 2 * q + 1) + c;
         __m256 vh[2], vl[2];
 #pragma GCC unroll 4
@@ -653,5 +648,5 @@ static void values_256(const dsacp_mla16_job *j, int form, const dsacp_mla16_gro
     }
 }
 
-const dsacp_mla16_isa dsacp_mla16_avx2 = {8, 16, check_keys_256, round_keys_256, scores_256, softmax_256, values_256};
+const dsacp_mla16_isa dsacp_mla16_avx2 = {8, 16, false, check_keys_256, round_keys_256, scores_256, softmax_256, values_256};
 #endif
