@@ -144,13 +144,20 @@ static float *by, bscales[BK / 128 + 1];
 static int64_t bT;
 static int bform, bfold;
 
+static int bpanel; /* blocks per call: 1 runs dsacp_bf16gemm_block */
+
 static double run_blocks(long steps)
 {
     const size_t bb = dsacp_bf16gemm_block_bytes(BK);
+    const float *sc[8] = {bscales, bscales, bscales, bscales, bscales, bscales, bscales, bscales};
     for (long s = 0; s < steps; s++)
-        for (int b = 0; b < BN / 32; b++)
-            dsacp_bf16gemm_block(bform, (unsigned char *)bblk + b * bb, 32, BK, btok, bT, bfold ? bscales : NULL,
-                                 64, by + b * 32, BN);
+        for (int b = 0; b < BN / 32; b += bpanel)
+            if (bpanel == 1)
+                dsacp_bf16gemm_block(bform, (unsigned char *)bblk + b * bb, 32, BK, btok, bT, bfold ? bscales : NULL,
+                                     64, by + b * 32, BN);
+            else
+                dsacp_bf16gemm_panel(bform, (unsigned char *)bblk + b * bb, bpanel, 32 * bpanel, BK, btok, bT,
+                                     bfold ? sc : NULL, 64, by + b * 32, BN);
     sink = by[0];
     return (double)steps * 2.0 * BN * BK * (double)bT;
 }
@@ -173,7 +180,7 @@ static double run_pack_block(long steps)
 }
 
 /* The block product's rates at T = 16, 256, 2048 in each form this CPU runs (no fold and the
- * fold of 128-column blocks), and what packing costs at the same T: the rate the product would
+ * fold of 128-column blocks), block by block and in panels (dsacp_bf16gemm_panel), and what packing costs at the same T: the rate the product would
  * have if it did nothing but pack (the tokens once, the blocks once per call). */
 static void block_rates(double secs, double f512)
 {
@@ -197,9 +204,13 @@ static void block_rates(double secs, double f512)
             for (bfold = 0; bfold < 2; bfold++) {
                 if (bform == DSACP_BF16GEMM_FMA && dsacp_isa_best() < DSACP_ISA_AVX512) continue;
                 if (bform == DSACP_BF16GEMM_DPBF16 && dsacp_bf16dot_hw_level() == DSACP_BF16DOT_HW_NONE) continue;
+                bpanel = 1;
                 const double g = rate(run_blocks, 0, secs);
-                printf("block API T %4lld %-6s %-7s %8.1f GFLOP/s  (%.2fx the f32 FMA zmm peak)\n", (long long)bT,
-                       names[bform], bfold ? "fold" : "no fold", g, f512 > 0 ? g / f512 : 0.0);
+                bpanel = dsacp_bf16gemm_panel_blocks(BK);
+                const double gp = rate(run_blocks, 0, secs);
+                printf("block API T %4lld %-6s %-7s %8.1f GFLOP/s  (%.2fx the f32 FMA zmm peak); panels of %d blocks "
+                       "%8.1f (%.2fx)\n", (long long)bT, names[bform], bfold ? "fold" : "no fold", g,
+                       f512 > 0 ? g / f512 : 0.0, bpanel, gp, f512 > 0 ? gp / f512 : 0.0);
             }
     }
     free(bw), free(bx), free(by), free(bblk), free(btok);

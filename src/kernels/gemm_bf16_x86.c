@@ -173,7 +173,10 @@ static const lane_fn fma_lanes[GROUP + 1] = {NULL,       fma_lane1,  fma_lane2, 
     "vfmadd213ps 1408(%[out]), %%zmm29, %%zmm22\n\tvmovups %%zmm22, 1408(%[out])\n\t" \
     "vfmadd213ps 1472(%[out]), %%zmm29, %%zmm23\n\tvmovups %%zmm23, 1472(%[out])\n\t"
 
-#define FMA12_LOOP "1:\n\t" FMA12_STEP "add $128, %[w]\n\tadd $96, %[x]\n\tdec %[n]\n\tjnz 1b\n\t"
+/* The steps, the tokens and weights prefetched PREFETCH bytes ahead (the hardware's streams stop at
+ * each 4 KB page: at T 2048 the tokens come from memory, and a block stalled on every page). */
+#define PREFETCH "prefetcht0 1536(%[x])\n\tprefetcht0 2048(%[w])\n\t"
+#define FMA12_LOOP "1:\n\t" PREFETCH FMA12_STEP "add $128, %[w]\n\tadd $96, %[x]\n\tdec %[n]\n\tjnz 1b\n\t"
 #define ZMM_CLOBBERS                                                                                              \
     "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", "xmm10", "xmm11", "xmm12", "xmm13", \
         "xmm14", "xmm15", "xmm16", "xmm17", "xmm18", "xmm19", "xmm20", "xmm21", "xmm22", "xmm23", "xmm24", "xmm25",   \
@@ -253,7 +256,7 @@ T512 static void fold_lane_asm(const dsacp_bf16gemm_group *g, const uint32_t *wl
             const int64_t steps = part ? Q % bq : bq;
             if (!nseg) continue;
             __asm__ volatile("vpbroadcastd %[m], %%zmm28\n\t" FOLD6_LOAD "3:\n\t" FOLD6_ZERO "mov %[steps], %[n]\n\t"
-                             "1:\n\t" FOLD6_STEP "add $128, %[w]\n\tadd $96, %[x]\n\tdec %[n]\n\tjnz 1b\n\t" FOLD6_FOLD
+                             "1:\n\t" PREFETCH FOLD6_STEP "add $128, %[w]\n\tadd $96, %[x]\n\tdec %[n]\n\tjnz 1b\n\t" FOLD6_FOLD
                              "dec %[nseg]\n\tjnz 3b\n\t" FOLD6_STORE
                              : [w] "+r"(w), [x] "+r"(x), [s] "+r"(s), [nseg] "+r"(nseg), [n] "=&r"(n)
                              : [out] "r"(tl + 6 * th * ROWS), [steps] "r"(steps), [m] "m"(himask32)
