@@ -4,8 +4,10 @@
  * experts, and lm_head with its check of the logits.
  */
 #include "engine/engine_internal.h"
+#include "kernels/kernels.h"
 
 #include <math.h>
+#include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -184,6 +186,175 @@ static int swiglu(dsacp_arena *ws, const dsacp_weight *gate, const dsacp_weight 
     return rc;
 }
 
+/* ---- a few-token step's experts in one parallel region ----
+ *
+ * A decode step's MoE layer is num_experts_per_tok + 1 small SwiGLUs (the small preset: five of
+ * 256 x 1024), three linears each: fifteen parallel regions of ~20 us, whose fork and join cost a
+ * few us each on a quiet machine and a scheduler time slice each when the machine runs more
+ * threads than cores (libgomp's waiting threads spin). For steps of fewer than MOE_MAX_T
+ * tokens the experts run in one region instead: every gate and up projection split into chunks
+ * of MOE_CHUNK output rows over the threads, then every down projection likewise. A chunk is the
+ * linear on a view of those weight rows (rows_view), on one thread (inside a region the kernels
+ * split nothing); a linear's output rows are independent of the rows beside them (the chains are
+ * per output and thread-count invariant), so every expert output has the bits the per-expert path
+ * gives (test_engine: one token per step against whole-prompt steps, bit for bit). */
+/* MOE_MAX_T: the batched GEMM's threshold (DSACP_GEMM_MIN_T): from there on each linear is a
+ * GEMM worth its own region. */
+enum { MOE_CHUNK = 128, MOE_MAX_T = 8 };
+
+/* Rows [o0, o0 + n) of w as a weight of their own; F8: o0 a multiple of its block. */
+static dsacp_weight rows_view(const dsacp_weight *w, int64_t o0, int64_t n)
+{
+    dsacp_weight v = *w;
+    v.rows = n;
+    v.data = (const unsigned char *)w->data + (size_t)(o0 * w->cols) * dsacp_dtype_size(w->dtype);
+    if (w->dtype == DSACP_F8_E4M3) {
+        v.scale = w->scale + (o0 / w->block) * w->scale_stride;
+        v.scale_rows = (n + w->block - 1) / w->block;
+    }
+    return v;
+}
+
+static bool chunkable(const dsacp_weight *w)
+{
+    return w->ndim == 2 && (w->dtype != DSACP_F8_E4M3 || (w->block > 0 && MOE_CHUNK % w->block == 0));
+}
+
+/* Whether T tokens of layer w take the one-region path with `threads` threads. */
+static bool fused_applies(const dsacp_config *cfg, const dsacp_mlp_weights *w, int64_t T, int threads)
+{
+    if (T >= MOE_MAX_T || threads < 2) return false;
+    for (int64_t x = 0; x < cfg->n_routed_experts; x++)
+        if (!chunkable(w->egate[x]) || !chunkable(w->eup[x]) || !chunkable(w->edown[x])) return false;
+    return !w->gate || (chunkable(w->gate) && chunkable(w->up) && chunkable(w->down));
+}
+
+/* The largest scratch of a chunk of w over T rows (a whole chunk and the last one). */
+static size_t chunk_ws(const dsacp_weight *w, int64_t T, bool aq)
+{
+    const int64_t full = w->rows < MOE_CHUNK ? w->rows : MOE_CHUNK, last = w->rows % MOE_CHUNK;
+    dsacp_weight v = rows_view(w, 0, full);
+    size_t b = dsacp_linear_ws_bytes(&v, T, aq);
+    if (last) {
+        v = rows_view(w, 0, last);
+        b = dsacp_arena_max(b, dsacp_linear_ws_bytes(&v, T, aq));
+    }
+    return b;
+}
+
+/* One SwiGLU of the region: its weights, n input rows x (ldx D), g and u [n][I], out [n][D]. */
+typedef struct moe_slot {
+    const dsacp_weight *gate, *up, *down;
+    const float *x;
+    int64_t n;
+    float *g, *u, *out;
+} moe_slot;
+
+typedef struct moe_region {
+    const moe_slot *slot;
+    int64_t nslot, D;
+    bool aq;
+    unsigned char *scratch; /* per thread, `bytes` each */
+    size_t bytes;
+    int rc;
+} moe_region;
+
+/* Chunk c of phase `down` (false: gate and up) of slot s, as `item` of the phase's list. */
+static int region_item(const moe_region *m, unsigned char *ws, bool down, int64_t item)
+{
+    for (int64_t s = 0; s < m->nslot; s++) {
+        const moe_slot *sl = &m->slot[s];
+        const int64_t rows = down ? sl->down->rows : sl->gate->rows, nc = (rows + MOE_CHUNK - 1) / MOE_CHUNK;
+        const int64_t per = down ? nc : 2 * nc;
+        if (item >= per) {
+            item -= per;
+            continue;
+        }
+        const bool second = !down && item >= nc;
+        const int64_t o0 = (second ? item - nc : item) * MOE_CHUNK, n = rows - o0 < MOE_CHUNK ? rows - o0 : MOE_CHUNK;
+        const int64_t I = sl->gate->rows;
+        const dsacp_weight v = rows_view(down ? sl->down : second ? sl->up : sl->gate, o0, n);
+        if (down) return dsacp_linear_ws(&v, sl->g, sl->n, I, sl->out + o0, m->D, m->aq, ws, m->bytes);
+        return dsacp_linear_ws(&v, sl->x, sl->n, m->D, (second ? sl->u : sl->g) + o0, I, m->aq, ws, m->bytes);
+    }
+    return DSACP_OK;
+}
+
+static int64_t region_items(const moe_region *m, bool down)
+{
+    int64_t n = 0;
+    for (int64_t s = 0; s < m->nslot; s++) {
+        const moe_slot *sl = &m->slot[s];
+        const int64_t rows = down ? sl->down->rows : sl->gate->rows, nc = (rows + MOE_CHUNK - 1) / MOE_CHUNK;
+        n += down ? nc : 2 * nc;
+    }
+    return n;
+}
+
+static void region_note(moe_region *m, int rc)
+{
+    if (!rc) return;
+#pragma omp critical(dsacp_moe_region)
+    if (!m->rc) m->rc = rc;
+}
+
+/* Every slot's SwiGLU in one region of nth threads. */
+static int region_run(moe_region *m, int nth)
+{
+    const int64_t na = region_items(m, false), nd = region_items(m, true);
+#pragma omp parallel num_threads(nth)
+    {
+        unsigned char *ws = m->scratch + (size_t)omp_get_thread_num() * m->bytes;
+#pragma omp for schedule(static)
+        for (int64_t i = 0; i < na; i++) region_note(m, region_item(m, ws, false, i));
+#pragma omp for schedule(static)
+        for (int64_t s = 0; s < m->nslot; s++) {
+            const moe_slot *sl = &m->slot[s];
+            for (int64_t i = 0; i < sl->n * sl->gate->rows; i++) sl->g[i] = silu(sl->g[i]) * sl->u[i];
+        }
+#pragma omp for schedule(static)
+        for (int64_t i = 0; i < nd; i++) region_note(m, region_item(m, ws, true, i));
+    }
+    return m->rc;
+}
+
+/* The scratch of one thread of the region: the largest chunk's of any expert (64-byte multiple). */
+static size_t fused_lin_bytes(const dsacp_config *cfg, const dsacp_mlp_weights *w, int64_t T, bool aq)
+{
+    size_t lin = 0;
+    for (int64_t x = 0; x < cfg->n_routed_experts; x++) {
+        lin = dsacp_arena_max(lin, chunk_ws(w->egate[x], T, aq));
+        lin = dsacp_arena_max(lin, dsacp_arena_max(chunk_ws(w->eup[x], T, aq), chunk_ws(w->edown[x], T, aq)));
+    }
+    if (w->gate) {
+        lin = dsacp_arena_max(lin, chunk_ws(w->gate, T, aq));
+        lin = dsacp_arena_max(lin, dsacp_arena_max(chunk_ws(w->up, T, aq), chunk_ws(w->down, T, aq)));
+    }
+    return lin > (size_t)INT64_MAX - 64 ? SIZE_MAX : (lin + 63) & ~(size_t)63;
+}
+
+/* The region's buffers over T tokens with nth threads, in the order moe_fused takes them; 0 when
+ * the path does not apply, SIZE_MAX on overflow. */
+static size_t fused_bytes(const dsacp_config *cfg, const dsacp_mlp_weights *w, int64_t T, bool aq, int nth)
+{
+    if (!fused_applies(cfg, w, T, nth)) return 0;
+    const int64_t D = cfg->hidden_size, R = T * cfg->num_experts_per_tok, Ir = w->egate[0]->rows;
+    const int64_t Is = w->gate ? w->gate->rows : 0;
+    const size_t lin = fused_lin_bytes(cfg, w, T, aq);
+    if (lin == SIZE_MAX || lin > (size_t)INT64_MAX / (size_t)nth) return SIZE_MAX;
+    size_t bytes = 0;
+    dsacp_arena_need(&bytes, R + 1, 1, sizeof(moe_slot));
+    dsacp_arena_need(&bytes, R, 1, sizeof(int64_t));
+    dsacp_arena_need(&bytes, R, D, sizeof(float)); /* the routed rows' inputs */
+    dsacp_arena_need(&bytes, R, D, sizeof(float)); /* ... and outputs */
+    for (int i = 0; i < 2; i++) {                  /* gate, then up rows */
+        dsacp_arena_need(&bytes, R, Ir, sizeof(float));
+        dsacp_arena_need(&bytes, T, Is, sizeof(float));
+    }
+    dsacp_arena_need(&bytes, nth, (int64_t)lin, 1);
+    return bytes;
+}
+
 /* The router's per-token scratch: scores, biased scores and group scores, kept groups, chosen
  * experts. */
 typedef struct router_scratch {
@@ -270,6 +441,7 @@ static void moe_need(const dsacp_config *cfg, const dsacp_mlp_weights *w, int64_
     size_t shared = 0;
     if (w->gate) swiglu_need(&shared, w->gate, w->up, w->down, T, aq);
     tail = dsacp_arena_max(tail, shared);
+    tail = dsacp_arena_max(tail, fused_bytes(cfg, w, T, aq, dsacp_kernel_threads()));
     if (*bytes == SIZE_MAX || tail == SIZE_MAX || !dsacp_add_ok(*bytes, tail, bytes)) *bytes = SIZE_MAX;
 }
 
@@ -304,6 +476,51 @@ static int moe_take(dsacp_arena *ws, const dsacp_config *cfg, int64_t T, moe_buf
                : DSACP_ENOMEM;
 }
 
+/* The routed rows (b->chosen) and the shared expert through one region of nth threads: b->y gets
+ * every routed row's output and out the shared expert's (zeros without one), as moe_forward's
+ * loop gives them. *ran false (nothing taken or computed): the path does not apply or the arena
+ * lacks its room, and the loop runs. */
+static int moe_fused(const dsacp_config *cfg, dsacp_arena *ws, const dsacp_mlp_weights *w, const float *x, int64_t T,
+                     const moe_buffers *b, float *out, bool aq, int nth, bool *ran)
+{
+    const size_t need = fused_bytes(cfg, w, T, aq, nth);
+    *ran = need > 0 && need != SIZE_MAX && ws->cap - ws->used >= need;
+    if (!*ran) return DSACP_OK;
+    const int64_t D = cfg->hidden_size, E = cfg->n_routed_experts, k = cfg->num_experts_per_tok, R = T * k;
+    const int64_t Ir = w->egate[0]->rows, Is = w->gate ? w->gate->rows : 0;
+    const size_t lin = fused_lin_bytes(cfg, w, T, aq), mark = dsacp_arena_mark(ws);
+    moe_slot *slot = dsacp_arena_take(ws, R + 1, 1, sizeof *slot, "MoE region slots");
+    int64_t *rows = dsacp_arena_take(ws, R, 1, sizeof *rows, "MoE region rows");
+    float *xin = dsacp_arena_take(ws, R, D, sizeof(float), "MoE region inputs");
+    float *yout = dsacp_arena_take(ws, R, D, sizeof(float), "MoE region outputs");
+    float *gr = dsacp_arena_take(ws, R, Ir, sizeof(float), "MoE region gate rows");
+    float *gs = dsacp_arena_take(ws, T, Is, sizeof(float), "MoE region shared gate rows");
+    float *ur = dsacp_arena_take(ws, R, Ir, sizeof(float), "MoE region up rows");
+    float *us = dsacp_arena_take(ws, T, Is, sizeof(float), "MoE region shared up rows");
+    unsigned char *scratch = dsacp_arena_take(ws, nth, (int64_t)lin, 1, "MoE region scratch");
+    if (!slot || !rows || !xin || !yout || !gr || !gs || !ur || !us || !scratch) return DSACP_ENOMEM;
+    int64_t ns = 0, r = 0;
+    for (int64_t e = 0; e < E; e++) { /* ascending experts, each its rows in token order */
+        const int64_t r0 = r;
+        for (int64_t t = 0; t < T; t++)
+            for (int64_t j = 0; j < k; j++)
+                if (b->chosen[t * k + j] == e) {
+                    memcpy(xin + r * D, x + t * D, (size_t)D * sizeof(float));
+                    rows[r++] = t * k + j;
+                }
+        if (r > r0)
+            slot[ns++] = (moe_slot){w->egate[e], w->eup[e], w->edown[e], xin + r0 * D, r - r0,
+                                    gr + r0 * Ir, ur + r0 * Ir, yout + r0 * D};
+    }
+    if (w->gate) slot[ns++] = (moe_slot){w->gate, w->up, w->down, x, T, gs, us, out};
+    moe_region m = {slot, ns, D, aq, scratch, lin, DSACP_OK};
+    const int rc = region_run(&m, nth);
+    for (int64_t i = 0; i < r && !rc; i++) memcpy(b->y + rows[i] * D, yout + i * D, (size_t)D * sizeof(float));
+    if (!rc && !w->gate) memset(out, 0, (size_t)(T * D) * sizeof(float));
+    dsacp_arena_rewind(ws, mark);
+    return rc;
+}
+
 static int moe_forward(const dsacp_engine *e, dsacp_arena *ws, const dsacp_mlp_weights *w, const float *x, int64_t T,
                        float *out, bool aq)
 {
@@ -315,9 +532,11 @@ static int moe_forward(const dsacp_engine *e, dsacp_arena *ws, const dsacp_mlp_w
     if (!rc) rc = linear(ws, w->router, x, T, D, b.logits, E, false);
     if (!rc)
         for (int64_t t = 0; t < T; t++) route(cfg, b.logits + t * E, w->bias, &b.rs, b.chosen + t * k, b.cw + t * k);
+    bool fused = false;
+    if (!rc) rc = moe_fused(cfg, ws, w, x, T, &b, out, aq, dsacp_kernel_threads(), &fused);
     /* Each expert runs on the rows routed to it; kernels are row-invariant, so the grouping does
      * not change any token's result. */
-    for (int64_t x_ = 0; x_ < E && !rc; x_++) {
+    for (int64_t x_ = 0; x_ < E && !rc && !fused; x_++) {
         int64_t n = 0;
         for (int64_t t = 0; t < T; t++)
             for (int64_t j = 0; j < k; j++)
@@ -329,8 +548,8 @@ static int moe_forward(const dsacp_engine *e, dsacp_arena *ws, const dsacp_mlp_w
         rc = swiglu(ws, w->egate[x_], w->eup[x_], w->edown[x_], b.xe, n, D, b.ye, aq);
         for (int64_t r = 0; r < n && !rc; r++) memcpy(b.y + b.rows[r] * D, b.ye + r * D, (size_t)D * sizeof(float));
     }
-    if (!rc && w->gate) rc = swiglu(ws, w->gate, w->up, w->down, x, T, D, out, aq);
-    else if (!rc) memset(out, 0, (size_t)(T * D) * sizeof(float));
+    if (!rc && !fused && w->gate) rc = swiglu(ws, w->gate, w->up, w->down, x, T, D, out, aq);
+    else if (!rc && !fused) memset(out, 0, (size_t)(T * D) * sizeof(float));
     if (!rc)
         for (int64_t t = 0; t < T; t++) {
             /* Routed experts in ascending expert order, then the shared expert. */
