@@ -77,7 +77,14 @@ int main(void)
     const dsacp_bench_result *r = find(&rep, "sparse_mla");
     CHECK(r && isfinite(r->value) && r->value > 0 && !strcmp(r->unit, "GFLOP/s") &&
               !strcmp(r->ceiling_name, "sgemm_mla") && isfinite(r->ratio) && r->ratio > 0, "sparse_mla figure");
-    CHECK(find(&rep, "sgemm_mla") && find(&rep, "sparse_mla_time") && rep.count == 3, "mla: %d figures", rep.count);
+    /* Deployed mode's twin (the bf16-dot chain) beside it, against the same reference. */
+    const dsacp_bench_result *rd = find(&rep, "sparse_mla_deployed");
+    CHECK(rd && isfinite(rd->value) && rd->value > 0 && !strcmp(rd->ceiling_name, "sgemm_mla") &&
+              find(&rep, "sparse_mla_deployed_time") && find(&rep, "sparse_mla_deployed_vs_exact"),
+          "sparse_mla_deployed figures");
+    CHECK(find(&rep, "sgemm_mla") && find(&rep, "sparse_mla_time") && find(&rep, "sparse_mla_peak") &&
+              find(&rep, "sparse_mla_fma"),
+          "mla: %d figures", rep.count);
     o.batch = 2;
     CHECK(dsacp_bench_run("layer", &o, &rep) == DSACP_OK, "layer: %s", dsacp_last_error());
     r = find(&rep, "decode_layer_step_time");
