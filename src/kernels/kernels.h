@@ -211,13 +211,18 @@ int dsacp_sparse_mla_ws(const float *q, const float *kv, int64_t n, int64_t H, i
  *      within 2 ulp of expf, +0 below 2^-126);
  *   5. l_h = sum over s of p[h][s] in f32: 16 lanes (lane s mod 16, increasing s, from +0) and
  *      the tree l += l + 8, + 4, + 2, + 1;
- *   6. o[h][d] = dsacp_bf16dot_scalar over key pairs (bf16(p[h][2j]), bf16(p[h][2j + 1])) x
- *      (kb[2j][d], kb[2j + 1][d]) (an odd n padded with a +0 key), divided by l_h (IEEE);
+ *   6. o[h][d] = an f32 fmaf chain over the key pairs j (an odd n padded with a +0 key), p kept
+ *      f32 (not rounded: more accurate than FlashMLA's bf16 P, and the context-parallel merges
+ *      of partial softmaxes stay within f32 reassociation of one process): 16 lanes (lane j mod
+ *      16, increasing j, padded with zero pairs to a multiple of 16), each pair
+ *      acc = fmaf(p[h][2j + 1], kb[2j + 1][d], acc) then acc = fmaf(p[h][2j], kb[2j][d], acc)
+ *      (IEEE, no DAZ/FTZ), the lanes by the plain f32 tree of step 5, divided by l_h (IEEE);
  *   7. lse_h = m_h + logf(l_h); a head whose l_h is NaN gives o = lse = NaN (0x7FC00000); n == 0
  *      gives o = 0, lse = -inf.
- * Every ISA and thread count gives these bits: q.k and p.v run as small GEMMs across heads in
- * the zmm FMA form where the operands are plain (dsacp_bf16dot_plain_ok), VDPBF16PS where
- * dsacp_bf16dot_hw_level allows, the ymm FMA form on AVX2, the model's kernels otherwise; head
+ * Every ISA and thread count gives these bits: q.k runs as a small GEMM across heads in the zmm
+ * FMA form where the operands are plain (dsacp_bf16dot_plain_ok), VDPBF16PS where
+ * dsacp_bf16dot_hw_level allows, the ymm FMA form on AVX2, the model's kernels otherwise; p.v as
+ * one in zmm FMAs (AVX-512), ymm FMAs (AVX2) or fmaf, the chain's bits by construction; head
  * groups split over threads (dsacp_parallel_for). `work` holds
  * dsacp_sparse_mla_bf16_work_bytes(n, H, dc, dr) bytes (any alignment; every ISA this CPU runs,
  * any thread count); nothing is allocated; DSACP_EINVAL on a short workspace. */

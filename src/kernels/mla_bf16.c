@@ -2,8 +2,9 @@
  * mla_bf16.c -- the deployed-mode sparse MLA (kernels.h, dsacp_sparse_mla_bf16_ws; mla_bf16.h):
  * the definition, the exp it uses, the workspace, and the driver that rounds the operands once,
  * splits the head groups over the threads and runs each group's three phases (scores, softmax,
- * values) in the fastest form whose bits are the definition's for the operands at hand. Also
- * the generic phases (any bf16-dot kernel per output, the scalar ISA's path). Calls
+ * values), the scores in the fastest form whose bits are the definition's for the operands at
+ * hand. Also the generic phases (the scalar ISA's path: any bf16-dot kernel per score, the
+ * values' fmaf chain). Calls
  * mla_bf16_x86.c, gemm_bf16.c (the measured choice of form), bf16dot*.c, kernels_threads.c and
  * dispatch.c (the active ISA; nothing below this file calls it).
  */
@@ -93,7 +94,7 @@ static int64_t scr_half(const dsacp_mla16_job *j) { return j->Dp > j->np ? j->Dp
 float dsacp_mla16_score(const dsacp_mla16_job *j, dsacp_bf16dot_fn dot, const dsacp_mla16_group *g, int64_t hh,
                         int64_t s)
 {
-    uint16_t *qb = g->scr, *kb = g->scr + scr_half(j);
+    uint16_t *qb = (uint16_t *)g->scr, *kb = qb + scr_half(j);
     const float *k = dsacp_mla16_key(j, s);
     for (int64_t d = 0; d < j->Dp; d++) {
         qb[d] = hi16(j->Qt[dsacp_mla16_qrow(j, d) * j->Hp + g->h0 + hh]);
@@ -101,24 +102,6 @@ float dsacp_mla16_score(const dsacp_mla16_job *j, dsacp_bf16dot_fn dot, const ds
     }
     const float v = dot(qb, kb, j->Dp / 2);
     return v * j->scale;
-}
-
-float dsacp_mla16_value(const dsacp_mla16_job *j, dsacp_bf16dot_fn dot, const dsacp_mla16_group *g, int64_t hh,
-                        int64_t d)
-{
-    uint16_t *pb = g->scr, *vb = g->scr + scr_half(j);
-    for (int64_t s = 0; s < j->np; s++) {
-        pb[s] = hi16(g->St[dsacp_mla16_row(j, s) * j->width + hh]);
-        vb[s] = hi16(dsacp_mla16_key(j, s)[d]);
-    }
-    return dot(pb, vb, j->np / 2);
-}
-
-void dsacp_mla16_scores_generic(const dsacp_mla16_job *j, const dsacp_mla16_group *g)
-{
-    for (int64_t hh = 0; hh < g->cnt; hh++)
-        for (int64_t s = 0; s < j->n; s++)
-            g->St[dsacp_mla16_row(j, s) * j->width + hh] = dsacp_mla16_score(j, j->dot, g, hh, s);
 }
 
 /* The 16 lane sums by the fixed tree (IEEE adds). */
@@ -129,10 +112,40 @@ static float tree16(float *l)
     return l[0];
 }
 
-int dsacp_mla16_softmax_generic(const dsacp_mla16_job *j, const dsacp_mla16_group *g)
+float dsacp_mla16_pv(const float *p, const float *v, int64_t np)
+{
+    float lanes[LANES] = {0};
+    const int64_t J = np / 2, JP = (J + LANES - 1) / LANES * LANES;
+    for (int64_t q = 0; q < JP; q++) {
+        const float p0 = q < J ? p[2 * q] : 0.0f, p1 = q < J ? p[2 * q + 1] : 0.0f;
+        const float v0 = q < J ? v[2 * q] : 0.0f, v1 = q < J ? v[2 * q + 1] : 0.0f;
+        float acc = lanes[q % LANES];
+        acc = fmaf(p1, v1, acc);
+        lanes[q % LANES] = fmaf(p0, v0, acc);
+    }
+    return tree16(lanes);
+}
+
+float dsacp_mla16_value(const dsacp_mla16_job *j, const dsacp_mla16_group *g, int64_t hh, int64_t d)
+{
+    float *p = g->scr, *v = g->scr + scr_half(j);
+    for (int64_t s = 0; s < j->np; s++) {
+        p[s] = g->St[dsacp_mla16_row(j, s) * j->width + hh];
+        v[s] = dsacp_mla16_key(j, s)[d];
+    }
+    return dsacp_mla16_pv(p, v, j->np);
+}
+
+void dsacp_mla16_scores_generic(const dsacp_mla16_job *j, const dsacp_mla16_group *g)
+{
+    for (int64_t hh = 0; hh < g->cnt; hh++)
+        for (int64_t s = 0; s < j->n; s++)
+            g->St[dsacp_mla16_row(j, s) * j->width + hh] = dsacp_mla16_score(j, j->dot, g, hh, s);
+}
+
+void dsacp_mla16_softmax_generic(const dsacp_mla16_job *j, const dsacp_mla16_group *g)
 {
     const int64_t W = j->width;
-    int fl = 256;
     for (int64_t hh = 0; hh < g->cnt; hh++) {
         float *col = g->St + hh, m = -INFINITY, lanes[LANES] = {0};
         for (int64_t s = 0; s < j->n; s++)
@@ -141,15 +154,12 @@ int dsacp_mla16_softmax_generic(const dsacp_mla16_job *j, const dsacp_mla16_grou
             float *at = col + dsacp_mla16_row(j, s) * W;
             const float p = dsacp_exp_model(*at - m);
             lanes[s % LANES] = lanes[s % LANES] + p;
-            *at = r16(p);
-            const int e = expo(*at);
-            fl = e < fl ? e : fl;
+            *at = p;
         }
         if (j->np > j->n) col[dsacp_mla16_row(j, j->n) * W] = 0.0f;
         g->m[hh] = m;
         g->l[hh] = tree16(lanes);
     }
-    return fl;
 }
 
 void dsacp_mla16_values_generic(const dsacp_mla16_job *j, const dsacp_mla16_group *g)
@@ -157,7 +167,7 @@ void dsacp_mla16_values_generic(const dsacp_mla16_job *j, const dsacp_mla16_grou
     for (int64_t hh = 0; hh < g->cnt && g->h0 + hh < j->H; hh++) {
         if (isnan(g->l[hh])) continue;
         float *oh = j->o + (g->h0 + hh) * j->dc;
-        for (int64_t d = 0; d < j->dc; d++) oh[d] = dsacp_mla16_value(j, j->dot, g, hh, d) / g->l[hh];
+        for (int64_t d = 0; d < j->dc; d++) oh[d] = dsacp_mla16_value(j, g, hh, d) / g->l[hh];
     }
 }
 
@@ -165,12 +175,6 @@ static void scores_scalar(const dsacp_mla16_job *j, int form, const dsacp_mla16_
 {
     (void)form;
     dsacp_mla16_scores_generic(j, g);
-}
-
-static void values_scalar(const dsacp_mla16_job *j, int form, const dsacp_mla16_group *g)
-{
-    (void)form;
-    dsacp_mla16_values_generic(j, g);
 }
 
 void dsacp_mla16_pack_values(const dsacp_mla16_job *j, float *Vp, int64_t s0, int64_t s1)
@@ -191,7 +195,7 @@ void dsacp_mla16_pack_values(const dsacp_mla16_job *j, float *Vp, int64_t s0, in
 }
 
 static const dsacp_mla16_isa mla16_scalar = {1, 16, false, dsacp_mla16_check_keys, dsacp_mla16_round_keys, scores_scalar,
-                                             dsacp_mla16_softmax_generic, values_scalar};
+                                             dsacp_mla16_softmax_generic, dsacp_mla16_values_generic};
 
 /* ---- the definition, plainly ---- */
 
@@ -202,10 +206,10 @@ static void head_nan(float *oh, int64_t dc, float *lse)
     *lse = dsacp_f32_of_bits(CANON_NAN);
 }
 
-/* Head h of the definition over the rounded keys kb [np][Dp] (scratch: S [n], qb [Dp], pb and
- * col [np]). */
+/* Head h of the definition over the rounded keys kb [np][Dp] (scratch: S [np], qb [Dp], col
+ * [np]). */
 static void model_head(const float *qh, const uint16_t *kb, int64_t n, int64_t D, int64_t dc, float scale, float *S,
-                       uint16_t *qb, uint16_t *pb, uint16_t *col, float *oh, float *lse)
+                       uint16_t *qb, float *col, float *oh, float *lse)
 {
     const int64_t Dp = D + (D & 1), np = n + (n & 1);
     for (int64_t d = 0; d < Dp; d++) qb[d] = d < D ? dsacp_f32_to_bf16(qh[d]) : 0;
@@ -215,10 +219,9 @@ static void model_head(const float *qh, const uint16_t *kb, int64_t n, int64_t D
         S[s] = v * scale;
         if (S[s] > m) m = S[s];
     }
-    for (int64_t s = 0; s < np; s++) {
-        const float p = s < n ? dsacp_exp_model(S[s] - m) : 0.0f;
-        if (s < n) lanes[s % LANES] = lanes[s % LANES] + p;
-        pb[s] = dsacp_f32_to_bf16(p);
+    for (int64_t s = 0; s < np; s++) { /* S becomes p */
+        S[s] = s < n ? dsacp_exp_model(S[s] - m) : 0.0f;
+        if (s < n) lanes[s % LANES] = lanes[s % LANES] + S[s];
     }
     const float l = tree16(lanes);
     if (isnan(l)) {
@@ -226,8 +229,8 @@ static void model_head(const float *qh, const uint16_t *kb, int64_t n, int64_t D
         return;
     }
     for (int64_t d = 0; d < dc; d++) {
-        for (int64_t s = 0; s < np; s++) col[s] = kb[s * Dp + d];
-        const float v = dsacp_bf16dot_scalar(pb, col, np / 2);
+        for (int64_t s = 0; s < np; s++) col[s] = dsacp_bf16_to_f32(kb[s * Dp + d]);
+        const float v = dsacp_mla16_pv(S, col, np);
         oh[d] = v / l;
     }
     *lse = m + logf(l);
@@ -241,16 +244,16 @@ int dsacp_sparse_mla_bf16_model(const float *q, const float *kv, int64_t n, int6
         return DSACP_OK;
     }
     const int64_t D = dc + dr, Dp = D + (D & 1), np = n + (n & 1);
-    uint16_t *kb = dsacp_calloc((size_t)(np * Dp + Dp + 2 * np), sizeof *kb);
-    float *S = dsacp_alloc((size_t)n * sizeof *S);
+    uint16_t *kb = dsacp_calloc((size_t)(np * Dp + Dp), sizeof *kb);
+    float *S = dsacp_alloc((size_t)(2 * np) * sizeof *S);
     if (!kb || !S) {
         dsacp_free(kb), dsacp_free(S);
         return dsacp_error(DSACP_ENOMEM, "sparse MLA (bf16 model): out of memory for %lld keys", (long long)n);
     }
     for (int64_t s = 0; s < n; s++)
         for (int64_t d = 0; d < D; d++) kb[s * Dp + d] = dsacp_f32_to_bf16(kv[s * D + d]);
-    uint16_t *qb = kb + np * Dp, *pb = qb + Dp, *col = pb + np;
-    for (int64_t h = 0; h < H; h++) model_head(q + h * D, kb, n, D, dc, scale, S, qb, pb, col, o + h * dc, lse + h);
+    uint16_t *qb = kb + np * Dp;
+    for (int64_t h = 0; h < H; h++) model_head(q + h * D, kb, n, D, dc, scale, S, qb, S + np, o + h * dc, lse + h);
     dsacp_free(kb), dsacp_free(S);
     return DSACP_OK;
 }
@@ -293,7 +296,7 @@ static shape shape_of(const dsacp_mla16_isa *is, int64_t n, int64_t H, int64_t d
     s.group[0] = dsacp_ws_mul(dsacp_ws_mul((size_t)(2 * LANES * (s.kq > 0 ? s.kq : 1)), W), f); /* St */
     s.group[1] = dsacp_ws_mul((size_t)(LANES * DSACP_MLA16_TILE) * W, f);   /* the lanes' tiles */
     s.group[2] = s.group[3] = dsacp_ws_mul(W, f);                           /* m, l */
-    s.group[4] = dsacp_ws_mul(2 * (Dp > np ? Dp : np), sizeof(uint16_t));   /* scr */
+    s.group[4] = dsacp_ws_mul(2 * (Dp > np ? Dp : np), f);                  /* scr */
     size_t per = 0;
     for (int i = 0; i < 5; i++) per = dsacp_ws_add(per, dsacp_ws_round(s.group[i]));
     s.part[5] = dsacp_ws_mul(per, (size_t)(s.G > 0 ? s.G : 1));
@@ -391,7 +394,7 @@ static void prepare_query(call *a, const float *q)
         }
 }
 
-/* The form of a phase whose operands have floors fa and the keys' floor fk. */
+/* The form of the scores whose query has the floor fa (and the keys' floor). */
 static int form_of(const call *a, int fa)
 {
     const bool plain = dsacp_bf16dot_plain_ok(fa, a->kfloor);
@@ -418,8 +421,8 @@ static void group_task(void *ctx, int64_t gi)
     int qf = 256;
     for (int64_t hh = 0; hh < g.cnt; hh++) qf = a->qfloor[g.h0 + hh] < qf ? a->qfloor[g.h0 + hh] : qf;
     a->is->scores(j, form_of(a, qf), &g);
-    const int pf = a->is->softmax(j, &g);
-    a->is->values(j, form_of(a, pf), &g);
+    a->is->softmax(j, &g);
+    a->is->values(j, &g);
     for (int64_t hh = 0; hh < g.cnt && g.h0 + hh < j->H; hh++) {
         const int64_t h = g.h0 + hh;
         if (isnan(g.l[hh])) head_nan(j->o + h * j->dc, j->dc, j->lse + h);

@@ -6,15 +6,15 @@
  *   mla_bf16.c      the definition (dsacp_sparse_mla_bf16_model), dsacp_exp_model, the workspace,
  *                   the driver (rounding, the split of head groups over threads, the choice of
  *                   form per phase) and the generic phases over any bf16-dot kernel
- *   mla_bf16_x86.c  the AVX-512 phases (zmm FMA form, VDPBF16PS form) and the AVX2 ones (ymm FMA
- *                   form), the SIMD exp and rounding; every one the definition's bits
+ *   mla_bf16_x86.c  the AVX-512 phases (zmm FMA form; VDPBF16PS for the scores) and the AVX2 ones
+ *                   (ymm FMA form), the SIMD exp and rounding; every one the definition's bits
  *   bf16dot*.c, gemm_bf16.c (the automatic form's measurement), kernels_threads.c
  *
  * The layout every phase reads (the driver fills it): Qt [32 kd][Hp] the rounded query transposed
  * (f32 holding bf16 values; Dp = D rounded up to even, Hp = H rounded up to the ISA's lanes,
  * padding +0; rows lane-major, dsacp_mla16_qrow), the rounded keys K (f32 rows of ldk >= Dp holding bf16 values; row s >= n reads
  * zrow, Dp zeros), and per group of `width` heads the scores St [np][width] (np = n rounded up
- * to even): S, then p, then bf16(p) in place (row n of an odd n: +0), its rows lane-major
+ * to even): S, then p (f32) in place (row n of an odd n: +0), its rows lane-major
  * (dsacp_mla16_row: the key pairs of one model lane of the values' dots contiguous, so the
  * values phase streams them); on AVX-512 also the latents packed the same way, per tile of
  * DSACP_MLA16_TILE latent dims (Vp [ct][lane][k][low, high][TILE]).
@@ -37,9 +37,10 @@ float dsacp_exp_model(float x);
 int dsacp_sparse_mla_bf16_model(const float *q, const float *kv, int64_t n, int64_t H, int64_t dc, int64_t dr,
                                 float scale, float *o, float *lse);
 
-/* Forms of a phase: GENERIC (any bf16-dot kernel per output: the model on the scalar ISA, AVX2's
- * DAZ/FTZ-emulating one otherwise), the zmm FMA form (plain operands), VDPBF16PS, the ymm FMA
- * form (plain operands, AVX2). */
+/* Forms of the scores phase: GENERIC (any bf16-dot kernel per score: the model on the scalar
+ * ISA, AVX2's DAZ/FTZ-emulating one otherwise), the zmm FMA form (plain operands), VDPBF16PS, the
+ * ymm FMA form (plain operands, AVX2). The values phase has one form per ISA (f32 FMAs of p and
+ * the latents: the definition's fmaf chain whatever the operands). */
 enum { DSACP_MLA16_GENERIC = 0, DSACP_MLA16_FMA = 1, DSACP_MLA16_DPBF16 = 2, DSACP_MLA16_AVX2 = 3 };
 /* dsacp_sparse_mla_bf16_ws as ISA `isa` (at most dsacp_isa_best()) would run it, preferring
  * form `prefer` (DSACP_BF16GEMM_AUTO, _FMA or _DPBF16) and using VDPBF16PS at most as far as
@@ -56,7 +57,7 @@ typedef struct dsacp_mla16_job {
     int64_t kq, kd; /* key pairs per model lane, ceil(np / 32); query pairs per lane, ceil(Dp / 32) */
     float scale;
     float *o, *lse;
-    dsacp_bf16dot_fn dot; /* the GENERIC form's kernel */
+    dsacp_bf16dot_fn dot; /* the GENERIC scores' kernel */
 } dsacp_mla16_job;
 
 /* Row s of the rounded keys (zrow past n). */
@@ -82,18 +83,16 @@ static inline int64_t dsacp_mla16_row(const dsacp_mla16_job *j, int64_t s)
 
 /* One group's share of a call: heads [h0, h0 + cnt) (cnt a multiple of the ISA's lanes) and
  * its scratch: St [32 kq][width], the lanes' partial tiles (16 x DSACP_MLA16_TILE x width floats),
- * the max m and sum l per head [width], and scr (2 max(Dp, np) bf16) for single dots. */
+ * the max m and sum l per head [width], and scr (2 max(Dp, np) floats) for single outputs. */
 typedef struct dsacp_mla16_group {
     int64_t h0, cnt;
-    float *St, *tile, *m, *l;
-    uint16_t *scr;
+    float *St, *tile, *m, *l, *scr;
 } dsacp_mla16_group;
 enum { DSACP_MLA16_TILE = 6 };
 
-/* A phase set of one ISA (mla_bf16_x86.c): scores writes St = S; softmax turns St into bf16(p)
- * in place, writes m and l and returns the exponent floor of bf16(p) (dsacp_bf16_exp_floor's
- * rule); values writes o[h][d] = (p.v) / l for the heads h < H whose l is not NaN. A NaN score
- * or output of a SIMD form is redone by the model. check_keys returns the floor of `rows` rows
+/* A phase set of one ISA (mla_bf16_x86.c): scores writes St = S; softmax turns St into p in
+ * place and writes m and l; values writes o[h][d] = (p.v) / l for the heads h < H whose l is not
+ * NaN. A NaN score or output of a SIMD form is redone by the model. check_keys returns the floor of `rows` rows
  * of D rounded values and sets *same when rounding changes none; round_keys writes them, rows
  * of Dp (an odd D's last element +0). */
 typedef struct dsacp_mla16_isa {
@@ -102,8 +101,8 @@ typedef struct dsacp_mla16_isa {
     int (*check_keys)(const float *kv, int64_t rows, int64_t D, bool *same);
     void (*round_keys)(const float *kv, int64_t rows, int64_t D, float *out, int64_t Dp);
     void (*scores)(const dsacp_mla16_job *j, int form, const dsacp_mla16_group *g);
-    int (*softmax)(const dsacp_mla16_job *j, const dsacp_mla16_group *g);
-    void (*values)(const dsacp_mla16_job *j, int form, const dsacp_mla16_group *g);
+    void (*softmax)(const dsacp_mla16_job *j, const dsacp_mla16_group *g);
+    void (*values)(const dsacp_mla16_job *j, const dsacp_mla16_group *g);
 } dsacp_mla16_isa;
 
 /* The generic pieces (mla_bf16.c), which the SIMD phases call for the forms they do not run and
@@ -113,11 +112,15 @@ void dsacp_mla16_round_keys(const float *kv, int64_t rows, int64_t D, float *out
 /* One score, S = fl(dot(qb[h], kb[s]) * scale), by kernel `dot` (h = g->h0 + hh). */
 float dsacp_mla16_score(const dsacp_mla16_job *j, dsacp_bf16dot_fn dot, const dsacp_mla16_group *g, int64_t hh,
                         int64_t s);
-/* One output's dot before the division by l: column hh of St (bf16(p)) against latent dim d. */
-float dsacp_mla16_value(const dsacp_mla16_job *j, dsacp_bf16dot_fn dot, const dsacp_mla16_group *g, int64_t hh,
-                        int64_t d);
+/* Step 6's chain: p [np] (f32) against v [np] (bf16 values), np even: 16 lanes over the pairs q
+ * (lane q mod 16, increasing q, padded with zero pairs to a multiple of 16), each pair
+ * acc = fmaf(p[2q + 1], v[2q + 1], acc) then acc = fmaf(p[2q], v[2q], acc) (IEEE: no DAZ/FTZ), and
+ * the 16 lanes by the plain f32 tree l += l + 8, + 4, + 2, + 1 (IEEE adds). */
+float dsacp_mla16_pv(const float *p, const float *v, int64_t np);
+/* One output's chain before the division by l: column hh of St (p) against latent dim d. */
+float dsacp_mla16_value(const dsacp_mla16_job *j, const dsacp_mla16_group *g, int64_t hh, int64_t d);
 void dsacp_mla16_scores_generic(const dsacp_mla16_job *j, const dsacp_mla16_group *g);
-int dsacp_mla16_softmax_generic(const dsacp_mla16_job *j, const dsacp_mla16_group *g);
+void dsacp_mla16_softmax_generic(const dsacp_mla16_job *j, const dsacp_mla16_group *g);
 void dsacp_mla16_values_generic(const dsacp_mla16_job *j, const dsacp_mla16_group *g);
 /* Vp's entries of keys [s0, s1) (keys past n +0; s1 <= 32 kq) in every tile of latent dims
  * (DSACP_MLA16_TILE of them, dims past dc +0). */

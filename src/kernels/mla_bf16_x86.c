@@ -2,13 +2,14 @@
  * mla_bf16_x86.c -- the SIMD phases of the deployed-mode sparse MLA (mla_bf16.h): SIMD lanes run
  * across heads (Qt [32 kd][Hp], St [32 kq][width], lane-major rows), and model lane l of every output is a small GEMM of
  * its own over the pairs p = l (mod 16) in increasing p (scores: the query's dim pairs against the
- * keys, a register tile of 6 keys x up to 4 head vectors; values: key pairs, bf16(p) against the
- * latents, 6 latent dims x up to 4 head vectors), stored per lane and summed by the model's tree
- * in vector adds. Forms: zmm FMA (plain operands: per pair the high product, then the low one,
- * each one fused f32 FMA -- a product of two bf16 is exact -- so DAZ/FTZ never act and the bits
- * are the model's), VDPBF16PS (where bf16dot_check.c found it the model), ymm FMA on AVX2; a NaN
- * result is redone by the model. The softmax phase (the max, exp, the 16-lane sum, bf16(p)) is
- * the generic one's sequence of IEEE operations in vectors. Compiled through target attributes.
+ * keys, a register tile of 6 keys x up to 4 head vectors; values: key pairs, p against the
+ * latents, 6 latent dims x up to 4 head vectors), stored per lane and summed by the tree in
+ * vector adds. Scores' forms: zmm FMA (plain operands: per pair the high product, then the low
+ * one, each one fused f32 FMA -- a product of two bf16 is exact -- so DAZ/FTZ never act and the
+ * bits are the model's), VDPBF16PS (where bf16dot_check.c found it the model), ymm FMA on AVX2.
+ * The values are the definition's fmaf chain (f32 p, no DAZ/FTZ) in zmm or ymm FMAs, the same
+ * bits by construction. A NaN result is redone by the model. The softmax phase (the max, exp,
+ * the 16-lane sum) is the generic one's sequence of IEEE operations in vectors. Compiled through target attributes.
  * Calls mla_bf16.c's generic pieces and bf16dot.c.
  */
 #include "kernels/mla_bf16.h"
@@ -121,10 +122,9 @@ T512 static INL __m512 tree_512(__m512 *v)
     return v[0];
 }
 
-T512 static int softmax_512(const dsacp_mla16_job *j, const dsacp_mla16_group *g)
+T512 static void softmax_512(const dsacp_mla16_job *j, const dsacp_mla16_group *g)
 {
     const int64_t W = j->width, n = j->n;
-    __m512i fl = _mm512_set1_epi32(256);
     for (int64_t v = 0; v < g->cnt / 16; v++) {
         float *col = g->St + 16 * v;
         __m512 m = _mm512_set1_ps(-INFINITY), acc[LANES];
@@ -135,15 +135,12 @@ T512 static int softmax_512(const dsacp_mla16_job *j, const dsacp_mla16_group *g
                 float *at = col + dsacp_mla16_row(j, s0 + i) * W;
                 const __m512 p = exp_512(_mm512_sub_ps(_mm512_load_ps(at), m));
                 acc[i] = _mm512_add_ps(acc[i], p);
-                const __m512 pb = r16_512(p);
-                _mm512_store_ps(at, pb);
-                fl = floor_512(fl, pb, 0xFFFF);
+                _mm512_store_ps(at, p);
             }
         if (j->np > n) _mm512_store_ps(col + dsacp_mla16_row(j, n) * W, _mm512_setzero_ps());
         _mm512_store_ps(g->m + 16 * v, m);
         _mm512_store_ps(g->l + 16 * v, tree_512(acc));
     }
-    return _mm512_reduce_min_epi32(fl);
 }
 
 /* ---- scores ---- */
@@ -267,8 +264,9 @@ static void scores_512(const dsacp_mla16_job *j, int form, const dsacp_mla16_gro
 
 /* ---- values ---- */
 
-/* Model lane l of the values of latent dims [c, c + NC) x NG head vectors (key pairs against
- * St's bf16(p)), FMA form: into tile[l][i][16 g]. */
+/* Lane l of the values of latent dims [c, c + NC) x NG head vectors (key pairs, St's p against
+ * the latents; the definition's fmaf chain, its zero pairs past np / 2 left out: adding +-0 to
+ * an accumulator that is never -0 changes nothing): into tile[l][i][16 g]. */
 T512 static INL void v_lane_fma(const dsacp_mla16_job *j, const dsacp_mla16_group *g, int64_t c, const int NC,
                                 const int NG, int64_t l)
 {
@@ -300,38 +298,6 @@ T512 static INL void v_lane_fma(const dsacp_mla16_job *j, const dsacp_mla16_grou
         for (int v = 0; v < NG; v++) _mm512_store_ps(g->tile + (l * TILE + i) * W + 16 * v, acc[i][v]);
 }
 
-TBF16 static INL void v_lane_dp(const dsacp_mla16_job *j, const dsacp_mla16_group *g, int64_t c, const int NC,
-                                const int NG, int64_t l)
-{
-    __m512 acc[TILE][4];
-    const int64_t J = j->np / 2, JP = (J + LANES - 1) / LANES * LANES, W = j->width;
-    const __m512i hi = _mm512_set1_epi32((int)0xFFFF0000u);
-#pragma GCC unroll 6
-    for (int i = 0; i < NC; i++)
-#pragma GCC unroll 4
-        for (int v = 0; v < NG; v++) acc[i][v] = _mm512_setzero_ps();
-    const float *pbase = g->St + 2 * l * j->kq * W, *vbase = j->Vp + (c / TILE * LANES + l) * j->kq * 2 * TILE;
-    for (int64_t k = 0, q = l; q < JP; k++, q += LANES) { /* past J: zero pairs (Vp's are +0) */
-        __m512i pp[4];
-        const float *pl = pbase + 2 * k * W, *ph = pl + W, *kl = vbase + 2 * k * TILE, *kh = kl + TILE;
-#pragma GCC unroll 4
-        for (int v = 0; v < NG; v++)
-            pp[v] = q < J ? _mm512_or_si512(_mm512_and_si512(_mm512_load_si512(ph + 16 * v), hi),
-                                            _mm512_srli_epi32(_mm512_load_si512(pl + 16 * v), 16))
-                          : _mm512_setzero_si512();
-#pragma GCC unroll 6
-        for (int i = 0; i < NC; i++) {
-            const __m512i kb = _mm512_set1_epi32((int)pair_of(kl[i], kh[i]));
-#pragma GCC unroll 4
-            for (int v = 0; v < NG; v++) acc[i][v] = _mm512_dpbf16_ps(acc[i][v], (__m512bh)pp[v], (__m512bh)kb);
-        }
-    }
-#pragma GCC unroll 6
-    for (int i = 0; i < NC; i++)
-#pragma GCC unroll 4
-        for (int v = 0; v < NG; v++) _mm512_store_ps(g->tile + (l * TILE + i) * W + 16 * v, acc[i][v]);
-}
-
 /* A tile's outputs: the tree, / l, into o (heads < H); a NaN of a head whose l is not NaN redone. */
 T512 static void v_finish_512(const dsacp_mla16_job *j, const dsacp_mla16_group *g, int64_t c, int NC, int NG)
 {
@@ -346,7 +312,7 @@ T512 static void v_finish_512(const dsacp_mla16_job *j, const dsacp_mla16_group 
             for (int64_t hh = 0; hh < 16 && g->h0 + 16 * v + hh < j->H; hh++) {
                 if (isnan(lv[hh])) continue;
                 float x = r[hh];
-                if (isnan(x)) x = dsacp_mla16_value(j, dsacp_bf16dot_scalar, g, 16 * v + hh, c + i) / lv[hh];
+                if (isnan(x)) x = dsacp_mla16_value(j, g, 16 * v + hh, c + i) / lv[hh];
                 j->o[(g->h0 + 16 * v + hh) * j->dc + c + i] = x;
             }
         }
@@ -364,16 +330,11 @@ typedef void (*v_lane_fn)(const dsacp_mla16_job *, const dsacp_mla16_group *, in
     V_LANE(NAME, ATTR, FN, 6, 4)                                                                                  \
     static const v_lane_fn NAME##_fns[4] = {NAME##_6_1, NAME##_6_2, NAME##_6_3, NAME##_6_4};
 V_LANES(vfma, T512, v_lane_fma)
-V_LANES(vdp, TBF16, v_lane_dp)
 
-static void values_512(const dsacp_mla16_job *j, int form, const dsacp_mla16_group *g)
+static void values_512(const dsacp_mla16_job *j, const dsacp_mla16_group *g)
 {
-    if (form != DSACP_MLA16_FMA && form != DSACP_MLA16_DPBF16) {
-        dsacp_mla16_values_generic(j, g);
-        return;
-    }
     const int NG = (int)(g->cnt / 16);
-    const v_lane_fn fn = (form == DSACP_MLA16_FMA ? vfma_fns : vdp_fns)[NG - 1];
+    const v_lane_fn fn = vfma_fns[NG - 1];
     for (int64_t c = 0; c < j->dc; c += TILE) { /* whole tiles of Vp (dims past dc +0, not written) */
         for (int64_t l = 0; l < LANES; l++) fn(j, g, c, l);
         v_finish_512(j, g, c, TILE, NG);
@@ -486,10 +447,9 @@ T256 static INL __m256 tree_256(__m256 *v)
     return v[0];
 }
 
-T256 static int softmax_256(const dsacp_mla16_job *j, const dsacp_mla16_group *g)
+T256 static void softmax_256(const dsacp_mla16_job *j, const dsacp_mla16_group *g)
 {
     const int64_t W = j->width, n = j->n;
-    __m256i fl = _mm256_set1_epi32(256);
     for (int64_t v = 0; v < g->cnt / 8; v++) {
         float *col = g->St + 8 * v;
         __m256 m = _mm256_set1_ps(-INFINITY), acc[LANES];
@@ -500,15 +460,12 @@ T256 static int softmax_256(const dsacp_mla16_job *j, const dsacp_mla16_group *g
                 float *at = col + dsacp_mla16_row(j, s0 + i) * W;
                 const __m256 p = exp_256(_mm256_sub_ps(_mm256_load_ps(at), m));
                 acc[i] = _mm256_add_ps(acc[i], p);
-                const __m256 pb = r16_256(p);
-                _mm256_store_ps(at, pb);
-                fl = floor_256(fl, pb, 8);
+                _mm256_store_ps(at, p);
             }
         if (j->np > n) _mm256_store_ps(col + dsacp_mla16_row(j, n) * W, _mm256_setzero_ps());
         _mm256_store_ps(g->m + 8 * v, m);
         _mm256_store_ps(g->l + 8 * v, tree_256(acc));
     }
-    return hmin_256(fl);
 }
 
 /* Model lane l of the scores of NK keys x NG head vectors of 8, ymm FMA form. */
@@ -622,7 +579,7 @@ T256 static void v_finish_256(const dsacp_mla16_job *j, const dsacp_mla16_group 
             for (int64_t hh = 0; hh < 8 && g->h0 + 8 * v + hh < j->H; hh++) {
                 if (isnan(lv[hh])) continue;
                 float x = r[hh];
-                if (isnan(x)) x = dsacp_mla16_value(j, dsacp_bf16dot_scalar, g, 8 * v + hh, c + i) / lv[hh];
+                if (isnan(x)) x = dsacp_mla16_value(j, g, 8 * v + hh, c + i) / lv[hh];
                 j->o[(g->h0 + 8 * v + hh) * j->dc + c + i] = x;
             }
         }
@@ -632,12 +589,8 @@ V_LANE(v256, T256, v_lane_256, 4, 1) V_LANE(v256, T256, v_lane_256, 4, 2)
 V_LANE(v256, T256, v_lane_256, 1, 1) V_LANE(v256, T256, v_lane_256, 1, 2)
 static const v_lane_fn v256_fns[2][2] = {{v256_4_1, v256_4_2}, {v256_1_1, v256_1_2}};
 
-static void values_256(const dsacp_mla16_job *j, int form, const dsacp_mla16_group *g)
+static void values_256(const dsacp_mla16_job *j, const dsacp_mla16_group *g)
 {
-    if (form != DSACP_MLA16_AVX2) {
-        dsacp_mla16_values_generic(j, g);
-        return;
-    }
     const int NG = (int)(g->cnt / 8);
     for (int64_t c = 0; c < j->dc;) {
         const int NC = j->dc - c >= NK2 ? NK2 : 1;
