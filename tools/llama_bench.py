@@ -431,6 +431,10 @@ def main():
     ap.add_argument("--csv", help="also write the rows here")
     ap.add_argument("--self-test", action="store_true")
     ap.add_argument("--no-tokens", action="store_true", help="skip llama_greedy (timings only)")
+    ap.add_argument("--omp-wait-policy", choices=["inherit", "passive", "active"], default="inherit",
+                    help="OMP_WAIT_POLICY for both sides (both use libgomp; on a machine shared with other "
+                         "work libgomp's default spin-wait costs each side a scheduler slice per parallel region, "
+                         "passive avoids that)")
     a = ap.parse_args()
     try:
         import numpy as np
@@ -464,8 +468,11 @@ def main():
     with open(os.path.join(a.model, "config.json")) as f:
         vocab = json.load(f)["vocab_size"]
     env = dict(os.environ, OMP_NUM_THREADS=str(a.threads))
+    if a.omp_wait_policy != "inherit":
+        env["OMP_WAIT_POLICY"] = a.omp_wait_policy.upper()
     rows = []
-    print(f"model {a.model}, {a.threads} threads, {a.reps} interleaved reps, median ratio dsacp / llama.cpp "
+    print(f"model {a.model}, {a.threads} threads, OMP_WAIT_POLICY {env.get('OMP_WAIT_POLICY', 'unset')}, "
+          f"load average {os.getloadavg()[0]:.2f} at start, {a.reps} interleaved reps, median ratio dsacp / llama.cpp "
           "(prefill: s per step; decode: ms per token)")
     print(f"{'context':>8} {'phase':>8} {'dsacp':>9} {'dsacp':>10} {'llama.cpp':>10} {'ratio':>6}  tokens")
     for L in [int(x) for x in a.contexts.split(",")]:
