@@ -7,10 +7,12 @@
  * tokens once per call, as pairs (VDPBF16PS and the model) and as their f32 split in groups of 12
  * ([l][q][t][high, low]) for the FMA forms; the register tiles (gemm_bf16_x86.c) run one lane's
  * chains of a group, then the 16 lanes of each output are summed in the model's tree, and a NaN
- * output is redone by the model (its payload is the model's, not the SIMD order's). The
- * whole-matrix API splits the blocks over the threads (dsacp_parallel_for), each output computed
+ * output is redone by the model (its payload is the model's, not the SIMD order's). A panel of
+ * blocks runs each group of tokens against all its blocks in turn (the group stays in L2). The
+ * whole-matrix API splits panels over the threads (dsacp_parallel_for), each output computed
  * whole by one thread: the same bits for every thread count. Calls gemm_bf16_x86.c,
- * bf16dot_check.c (whether the instruction is the model), bf16dot.c and kernels_threads.c.
+ * bf16dot_check.c (whether the instruction is the model), bf16dot.c, bf16dot_x86.c (the AVX2
+ * floor), dispatch.c (the active ISA picks the packing's code) and kernels_threads.c.
  */
 #include "kernels/gemm_bf16.h"
 #include "kernels/kernels_isa.h"

@@ -9,8 +9,11 @@
  *     tokens read from their f32 split;
  *   DPBF16: VDPBF16PS on the pairs (the instruction is the model where hw_level says so).
  * With scales (the fold), each lane's partial restarts from +0 every bq steps and is folded into
- * the lane's total in the tile, tot = fma(b, scale, tot), one IEEE FMA as the model's fmaf.
- * The trees sum the 16 lanes in IEEE adds in the model's order. Calls nothing.
+ * the lane's total, tot = fma(b, scale, tot), one IEEE FMA as the model's fmaf. The FMA form's
+ * full groups (12 tokens) run micro-kernels in asm (fixed registers, prefetch across pages), the
+ * fold's keeping the totals in registers; the other tiles are intrinsics. Also the block's
+ * packing (16 x 16 transposes, F8 decoded in registers) and the trees, which sum the 16 lanes in
+ * IEEE adds in the model's order. Calls nothing.
  */
 #include "kernels/gemm_bf16.h"
 
