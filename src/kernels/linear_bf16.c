@@ -38,13 +38,14 @@ static bool rows_buffered(const dsacp_weight *w) { return w->dtype != DSACP_BF16
 static bool many_path(dsacp_isa isa, int64_t T) { return isa >= DSACP_ISA_AVX2 && T >= MANY_T; }
 
 /* One thread's buffers: RG rows of 2 * padded pairs bf16 and one for a NaN row's model (when
- * rows_buffered), and with `many` one packed block. */
+ * rows_buffered), and with `many` one packed panel of blocks. */
 static size_t thread_bytes(const dsacp_weight *w, bool many)
 {
     size_t b = 0;
     if (rows_buffered(w))
         b = dsacp_ws_round(dsacp_ws_mul(dsacp_ws_mul(RG + 1, (size_t)padded_pairs(w->cols)), 2 * sizeof(uint16_t)));
-    return many ? dsacp_ws_add(b, dsacp_ws_round(dsacp_bf16gemm_block_bytes(w->cols))) : b;
+    const size_t panel = dsacp_ws_mul((size_t)dsacp_bf16gemm_panel_blocks(w->cols), dsacp_bf16gemm_block_bytes(w->cols));
+    return many ? dsacp_ws_add(b, dsacp_ws_round(panel)) : b;
 }
 
 /* The block API's token passes: how many, and the bytes of one's packed tokens. */
@@ -107,7 +108,9 @@ typedef struct job {
     int *tok_floor;     /* their floors */
     size_t tok_stride;
     int64_t pass;       /* the pass running */
-    int64_t T, ld, ldy, units, chunks; /* units: row groups, or blocks with tok */
+    int64_t pb;         /* blocks per panel */
+    size_t blk_bytes;   /* one packed block */
+    int64_t T, ld, ldy, units, chunks; /* units: row groups, or panels with tok */
     float *y;
     unsigned char *bufs;
     size_t buf_bytes, rows_bytes; /* per chunk; its row buffer's part (0: rows read in place) */
@@ -257,22 +260,30 @@ static int block_form(const job *j, int fb, int ft)
     return j->isa == DSACP_ISA_AVX512 ? DSACP_BF16GEMM_FMA : DSACP_BF16GEMM_AVX2;
 }
 
-/* Block b (BR rows) for the tokens of the pass running: packed into blk and run by the block
- * API, or group by group by the one-token path. */
-static void block_pass(const job *j, int64_t b, uint16_t *buf, void *blk)
+/* Panel u (the blocks [u * pb, u * pb + pb) of BR rows) for the tokens of the pass running:
+ * packed into blk and run by the block API in the form all its blocks allow, or group by group
+ * by the one-token path. */
+static void panel_pass(const job *j, int64_t u, uint16_t *buf, unsigned char *blk)
 {
     const dsacp_weight *w = j->w;
-    const int64_t o0 = b * BR, rows = w->rows - o0 < BR ? w->rows - o0 : BR;
+    const int64_t o0 = u * j->pb * BR, rows = w->rows - o0 < j->pb * BR ? w->rows - o0 : j->pb * BR;
     const int64_t t0 = j->pass * TCH, nt = j->T - t0 < TCH ? j->T - t0 : TCH;
-    const int form = block_form(j, dsacp_bf16gemm_pack_block(w, o0, blk), j->tok_floor[j->pass]);
+    const int nb = (int)((rows + BR - 1) / BR);
+    const bool f8 = w->dtype == DSACP_F8_E4M3;
+    const float *scales[8] = {NULL};
+    int fb = 256;
+    for (int b = 0; b < nb; b++) {
+        const int f = dsacp_bf16gemm_pack_block(w, o0 + b * BR, blk + (size_t)b * j->blk_bytes);
+        fb = f < fb ? f : fb;
+        if (f8) scales[b] = w->scale + ((o0 + b * BR) / w->block) * w->scale_stride;
+    }
+    const int form = block_form(j, fb, j->tok_floor[j->pass]);
     if (form < 0) {
         for (int64_t g = o0 / RG; g * RG < o0 + rows; g++) group_all(j, g, buf, t0, t0 + nt);
         return;
     }
-    const bool f8 = w->dtype == DSACP_F8_E4M3;
-    const float *scales = f8 ? w->scale + (o0 / w->block) * w->scale_stride : NULL;
-    dsacp_bf16gemm_block(form, blk, rows, w->cols, j->tok + (size_t)j->pass * j->tok_stride, nt, scales,
-                         f8 ? w->block / 2 : 0, j->y + t0 * j->ldy + o0, j->ldy);
+    dsacp_bf16gemm_panel(form, blk, nb, rows, w->cols, j->tok + (size_t)j->pass * j->tok_stride, nt,
+                         f8 ? scales : NULL, f8 ? w->block / 2 : 0, j->y + t0 * j->ldy + o0, j->ldy);
 }
 
 /* Chunk c: units [c * units / chunks, (c + 1) * units / chunks) with buffers c. */
@@ -283,7 +294,7 @@ static void chunk(void *ctx, int64_t c)
     uint16_t *buf = j->rows_bytes ? (uint16_t *)mine : NULL;
     const int64_t u0 = c * j->units / j->chunks, u1 = (c + 1) * j->units / j->chunks;
     for (int64_t u = u0; u < u1; u++) {
-        if (j->tok) block_pass(j, u, buf, mine + j->rows_bytes);
+        if (j->tok) panel_pass(j, u, buf, mine + j->rows_bytes);
         else group_all(j, u, buf, 0, j->T);
     }
 }
@@ -336,7 +347,9 @@ int dsacp_linear_bf16(dsacp_isa isa, const dsacp_weight *w, const float *x, int6
              .ldy = ldy, .y = y, .bufs = tb ? s.p : NULL, .buf_bytes = tb, .rows_bytes = thread_bytes(w, false),
              .hw = hw, .dpbf16 = hw == DSACP_BF16DOT_HW_ALL && dsacp_bf16gemm_form() == DSACP_BF16GEMM_DPBF16};
     prepare_tokens(isa, xin, ldxin, &j, xb, floor);
-    j.units = many ? (N + BR - 1) / BR : (N + RG - 1) / RG;
+    j.pb = dsacp_bf16gemm_panel_blocks(K);
+    j.blk_bytes = dsacp_bf16gemm_block_bytes(K);
+    j.units = many ? (N + j.pb * BR - 1) / (j.pb * BR) : (N + RG - 1) / RG;
     const bool split = (double)N * (double)K * (double)T >= 65536;
     j.chunks = split ? dsacp_kernel_threads() : 1;
     if ((size_t)j.chunks > nbuf) j.chunks = (int64_t)nbuf;
