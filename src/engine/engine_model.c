@@ -224,9 +224,12 @@ static bool chunkable(const dsacp_weight *w)
 static bool fused_applies(const dsacp_config *cfg, const dsacp_mlp_weights *w, int64_t T, int threads)
 {
     if (T >= MOE_MAX_T || threads < 2) return false;
+    const int64_t Ir = w->egate[0]->rows; /* the routed experts' rows lie Ir apart in the region's g and u */
     for (int64_t x = 0; x < cfg->n_routed_experts; x++)
-        if (!chunkable(w->egate[x]) || !chunkable(w->eup[x]) || !chunkable(w->edown[x])) return false;
-    return !w->gate || (chunkable(w->gate) && chunkable(w->up) && chunkable(w->down));
+        if (!chunkable(w->egate[x]) || !chunkable(w->eup[x]) || !chunkable(w->edown[x]) || w->egate[x]->rows != Ir ||
+            w->eup[x]->rows != Ir)
+            return false;
+    return !w->gate || (chunkable(w->gate) && chunkable(w->up) && chunkable(w->down) && w->up->rows == w->gate->rows);
 }
 
 /* The largest scratch of a chunk of w over T rows (a whole chunk and the last one). */
@@ -318,11 +321,21 @@ static int region_run(moe_region *m, int nth)
     return m->rc;
 }
 
-/* The scratch of one thread of the region: the largest chunk's of any expert (64-byte multiple). */
+/* Whether a and b have the same kind (the scratch of a linear depends on nothing else). */
+static bool same_kind(const dsacp_weight *a, const dsacp_weight *b)
+{
+    return a->dtype == b->dtype && a->rows == b->rows && a->cols == b->cols && a->block == b->block;
+}
+
+/* The scratch of one thread of the region: the largest chunk's of any expert (64-byte multiple;
+ * experts of the kind of the one before are not asked again: V3.2 has 256). */
 static size_t fused_lin_bytes(const dsacp_config *cfg, const dsacp_mlp_weights *w, int64_t T, bool aq)
 {
     size_t lin = 0;
     for (int64_t x = 0; x < cfg->n_routed_experts; x++) {
+        if (x > 0 && same_kind(w->egate[x], w->egate[x - 1]) && same_kind(w->eup[x], w->eup[x - 1]) &&
+            same_kind(w->edown[x], w->edown[x - 1]))
+            continue;
         lin = dsacp_arena_max(lin, chunk_ws(w->egate[x], T, aq));
         lin = dsacp_arena_max(lin, dsacp_arena_max(chunk_ws(w->eup[x], T, aq), chunk_ws(w->edown[x], T, aq)));
     }
@@ -333,14 +346,16 @@ static size_t fused_lin_bytes(const dsacp_config *cfg, const dsacp_mlp_weights *
     return lin > (size_t)INT64_MAX - 64 ? SIZE_MAX : (lin + 63) & ~(size_t)63;
 }
 
-/* The region's buffers over T tokens with nth threads, in the order moe_fused takes them; 0 when
- * the path does not apply, SIZE_MAX on overflow. */
-static size_t fused_bytes(const dsacp_config *cfg, const dsacp_mlp_weights *w, int64_t T, bool aq, int nth)
+/* The region's buffers over T tokens with nth threads, in the order moe_fused takes them, and
+ * (*lin) one thread's scratch; 0 when the path does not apply, SIZE_MAX on overflow. */
+static size_t fused_bytes(const dsacp_config *cfg, const dsacp_mlp_weights *w, int64_t T, bool aq, int nth,
+                          size_t *lin_out)
 {
     if (!fused_applies(cfg, w, T, nth)) return 0;
     const int64_t D = cfg->hidden_size, R = T * cfg->num_experts_per_tok, Ir = w->egate[0]->rows;
     const int64_t Is = w->gate ? w->gate->rows : 0;
     const size_t lin = fused_lin_bytes(cfg, w, T, aq);
+    *lin_out = lin;
     if (lin == SIZE_MAX || lin > (size_t)INT64_MAX / (size_t)nth) return SIZE_MAX;
     size_t bytes = 0;
     dsacp_arena_need(&bytes, R + 1, 1, sizeof(moe_slot));
@@ -441,7 +456,8 @@ static void moe_need(const dsacp_config *cfg, const dsacp_mlp_weights *w, int64_
     size_t shared = 0;
     if (w->gate) swiglu_need(&shared, w->gate, w->up, w->down, T, aq);
     tail = dsacp_arena_max(tail, shared);
-    tail = dsacp_arena_max(tail, fused_bytes(cfg, w, T, aq, dsacp_kernel_threads()));
+    size_t lin;
+    tail = dsacp_arena_max(tail, fused_bytes(cfg, w, T, aq, dsacp_kernel_threads(), &lin));
     if (*bytes == SIZE_MAX || tail == SIZE_MAX || !dsacp_add_ok(*bytes, tail, bytes)) *bytes = SIZE_MAX;
 }
 
@@ -483,12 +499,13 @@ static int moe_take(dsacp_arena *ws, const dsacp_config *cfg, int64_t T, moe_buf
 static int moe_fused(const dsacp_config *cfg, dsacp_arena *ws, const dsacp_mlp_weights *w, const float *x, int64_t T,
                      const moe_buffers *b, float *out, bool aq, int nth, bool *ran)
 {
-    const size_t need = fused_bytes(cfg, w, T, aq, nth);
+    size_t lin = 0;
+    const size_t need = fused_bytes(cfg, w, T, aq, nth, &lin);
     *ran = need > 0 && need != SIZE_MAX && ws->cap - ws->used >= need;
     if (!*ran) return DSACP_OK;
     const int64_t D = cfg->hidden_size, E = cfg->n_routed_experts, k = cfg->num_experts_per_tok, R = T * k;
     const int64_t Ir = w->egate[0]->rows, Is = w->gate ? w->gate->rows : 0;
-    const size_t lin = fused_lin_bytes(cfg, w, T, aq), mark = dsacp_arena_mark(ws);
+    const size_t mark = dsacp_arena_mark(ws);
     moe_slot *slot = dsacp_arena_take(ws, R + 1, 1, sizeof *slot, "MoE region slots");
     int64_t *rows = dsacp_arena_take(ws, R, 1, sizeof *rows, "MoE region rows");
     float *xin = dsacp_arena_take(ws, R, D, sizeof(float), "MoE region inputs");
