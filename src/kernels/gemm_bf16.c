@@ -4,8 +4,8 @@
  * y[t][o] is the model's dot of weight row o and token t, with the fold of F8 block scales where
  * the caller passes them. Model lane l of every output is a GEMM of its own over the pairs
  * p = l (mod 16): a block of 32 rows is packed per lane, [l][q][32] dwords (p = l + 16 q); the
- * tokens once per call, as pairs (VDPBF16PS and the model) and as their f32 split in groups of 12
- * ([l][q][t][high, low]) for the FMA forms; the register tiles (gemm_bf16_x86.c) run one lane's
+ * tokens once per call in groups of 12, as pairs ([l][q][t]: VDPBF16PS and the model) and as
+ * their f32 split ([l][q][t][high, low]: the FMA forms), each read in order by the tiles; the register tiles (gemm_bf16_x86.c) run one lane's
  * chains of a group, then the 16 lanes of each output are summed in the model's tree, and a NaN
  * output is redone by the model (its payload is the model's, not the SIMD order's). A panel of
  * blocks runs each group of tokens against all its blocks in turn (the group stays in L2). The
@@ -101,8 +101,19 @@ typedef struct tokens_job {
     int floor; /* the least floor so far, updated atomically */
 } tokens_job;
 
-/* Group g (tokens [12 g, 12 g + nb)): their pairs (a copy of the row, +0 after it), then their
- * f32 split in the order the tiles read it, [l][q][t][high, low]. */
+/* Pair p of a row of K bf16 (element K of an odd row and pairs past the row: +0). */
+static uint32_t pair_of(const uint16_t *x, int64_t K, int64_t p)
+{
+    if (2 * p + 1 < K) {
+        uint32_t v;
+        memcpy(&v, x + 2 * p, sizeof v); /* little-endian: element 2p low */
+        return v;
+    }
+    return 2 * p < K ? x[2 * p] : 0;
+}
+
+/* Group g (tokens [12 g, 12 g + nb)) in the order the tiles read it: the pairs [l][q][t] and
+ * their f32 split [l][q][t][high, low]. */
 static void pack_group(void *ctx, int64_t g)
 {
     tokens_job *j = ctx;
@@ -110,7 +121,6 @@ static void pack_group(void *ctx, int64_t g)
     int floor = 256;
     for (int64_t t = t0; t < t0 + nb; t++) {
         const uint16_t *x = j->xb + t * j->ldx;
-        uint16_t *row = (uint16_t *)(j->xp + t * PP);
 #if defined(__x86_64__)
         const int f = dsacp_isa_active() >= DSACP_ISA_AVX2 ? dsacp_bf16_exp_floor_avx2(x, j->K)
                                                            : dsacp_bf16_exp_floor(x, j->K);
@@ -118,18 +128,16 @@ static void pack_group(void *ctx, int64_t g)
         const int f = dsacp_bf16_exp_floor(x, j->K);
 #endif
         floor = f < floor ? f : floor;
-        memcpy(row, x, (size_t)j->K * sizeof *row);
-        memset(row + j->K, 0, (size_t)(2 * PP - j->K) * sizeof *row);
     }
+    uint32_t *pairs = j->xp + t0 * PP;
     float *out = j->xs + 2 * t0 * PP;
     for (int64_t l = 0; l < LANES; l++)
-        for (int64_t q = 0; q < Q; q++) {
-            const uint32_t *in = j->xp + t0 * PP + l + LANES * q;
-            for (int64_t t = 0; t < nb; t++, out += 2) {
-                const uint32_t pr = in[t * PP];
+        for (int64_t q = 0; q < Q; q++)
+            for (int64_t t = t0; t < t0 + nb; t++, out += 2) {
+                const uint32_t pr = pair_of(j->xb + t * j->ldx, j->K, l + LANES * q);
+                *pairs++ = pr;
                 out[0] = dsacp_f32_of_bits(pr & 0xFFFF0000u), out[1] = dsacp_f32_of_bits(pr << 16);
             }
-        }
     int seen = __atomic_load_n(&j->floor, __ATOMIC_RELAXED);
     while (floor < seen && !__atomic_compare_exchange_n(&j->floor, &seen, floor, true, __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {
     }
@@ -149,16 +157,16 @@ int dsacp_bf16gemm_pack_tokens(const uint16_t *xb, int64_t T, int64_t K, int64_t
 
 /* ---- the block product ---- */
 
-/* The model's dot of row r of block wb and token pairs xt; with scales, the fold (bq steps per
- * column block). */
-static float block_model(const uint32_t *wb, int64_t Q, const uint32_t *xt, int64_t r, const float *scales,
-                         int64_t bq)
+/* The model's dot of row r of block wb and token t of a group of nb (pairs xg, [l][q][nb]); with
+ * scales, the fold (bq steps per column block). */
+static float block_model(const uint32_t *wb, int64_t Q, const uint32_t *xg, int64_t nb, int64_t t, int64_t r,
+                         const float *scales, int64_t bq)
 {
     float tot[LANES];
     for (int64_t l = 0; l < LANES; l++) {
         float b = 0.0f, sum = 0.0f;
         for (int64_t q = 0; q < Q; q++) {
-            b = dsacp_bf16dot_model_pair(b, wb[(l * Q + q) * ROWS + r], xt[l + LANES * q]);
+            b = dsacp_bf16dot_model_pair(b, wb[(l * Q + q) * ROWS + r], xg[(l * Q + q) * nb + t]);
             if (scales && ((q + 1) % bq == 0 || q + 1 == Q)) sum = fmaf(b, scales[q / bq], sum), b = 0.0f;
         }
         tot[l] = scales ? sum : b;
@@ -170,8 +178,11 @@ static float block_model(const uint32_t *wb, int64_t Q, const uint32_t *xt, int6
 static void block_scalar(const uint32_t *wb, int64_t rows, int64_t Q, const uint32_t *xp, int64_t T, int64_t PP,
                          const float *scales, int64_t bq, float *y, int64_t ldy)
 {
-    for (int64_t t = 0; t < T; t++)
-        for (int64_t r = 0; r < rows; r++) y[t * ldy + r] = block_model(wb, Q, xp + t * PP, r, scales, bq);
+    for (int64_t t = 0; t < T; t++) {
+        const int64_t t0 = t / GROUP * GROUP, nb = T - t0 < GROUP ? T - t0 : GROUP;
+        for (int64_t r = 0; r < rows; r++)
+            y[t * ldy + r] = block_model(wb, Q, xp + t0 * PP, nb, t - t0, r, scales, bq);
+    }
 }
 
 #if defined(__x86_64__)
@@ -185,7 +196,7 @@ static void group_out(const dsacp_bf16gemm_group *g, const float *tile, void (*t
         tree(tile, t, out);
         float *yt = y + t * ldy;
         for (int64_t r = 0; r < rows; r++)
-            yt[r] = out[r] == out[r] ? out[r] : block_model(g->blk, g->Q, g->xp + t * g->PP, r, g->scales, g->bq);
+            yt[r] = out[r] == out[r] ? out[r] : block_model(g->blk, g->Q, g->xp, g->nb, t, r, g->scales, g->bq);
     }
 }
 #endif
@@ -214,7 +225,7 @@ void dsacp_bf16gemm_panel(int form, const void *blk, int nblk, int64_t rows, int
         for (int64_t t0 = 0; t0 < T; t0 += GROUP)
             for (int b = 0; b < nblk; b++) {
                 const dsacp_bf16gemm_group g = {.blk = wb + b * bw, .xp = xp + t0 * PP, .xs = xs + 2 * t0 * PP,
-                                                .scales = scales ? scales[b] : NULL, .Q = Q, .PP = PP, .bq = bq,
+                                                .scales = scales ? scales[b] : NULL, .Q = Q, .bq = bq,
                                                 .nb = (int)(T - t0 < GROUP ? T - t0 : GROUP)};
                 group(&g, tile);
                 const int64_t r0 = (int64_t)ROWS * b;
@@ -298,7 +309,7 @@ static void time_forms(double *dp, double *fma)
     static const uint32_t w[LANES * Q * ROWS], xp[LANES * Q * GROUP];
     static const float xs[2 * LANES * Q * GROUP];
     float tile[LANES * GROUP * ROWS];
-    const dsacp_bf16gemm_group g = {.blk = w, .xp = xp, .xs = xs, .Q = Q, .PP = LANES * Q, .nb = GROUP};
+    const dsacp_bf16gemm_group g = {.blk = w, .xp = xp, .xs = xs, .Q = Q, .nb = GROUP};
     *dp = *fma = 1e30;
     for (int round = 0; round < 3; round++) {
         const double t0 = dsacp_now();

@@ -32,8 +32,8 @@ size_t dsacp_bf16gemm_block_bytes(int64_t K);
  * unscaled, NaN as the quiet bf16 NaN of its sign) into blk (block_bytes, any alignment); rows
  * past w->rows are zero. Returns the block's exponent floor (dsacp_bf16_exp_floor of its rows). */
 int dsacp_bf16gemm_pack_block(const dsacp_weight *w, int64_t o0, void *blk);
-/* Bytes of T packed tokens of K columns: a header, the pairs [T][padded pairs] and the FMA forms'
- * f32 split of them. */
+/* Bytes of T packed tokens of K columns: a header, the pairs and the FMA forms' f32 split of
+ * them, by groups of 12 tokens in the order the tiles read them. */
 size_t dsacp_bf16gemm_tokens_bytes(int64_t K, int64_t T);
 /* Packs xb (T rows of K bf16, row stride ldx elements) into tok (tokens_bytes; 64-byte aligned
  * for speed, any alignment works). Returns the tokens' exponent floor. */
@@ -77,11 +77,11 @@ int dsacp_bf16gemm_pack_rows_avx512(const dsacp_bf16gemm_rows *s, uint32_t *out)
 /* One group of nb <= GROUP tokens against one block: tile[l][t][r] (t stride GROUP, 32 rows) =
  * model lane l of row r and token t (with scales: the lane's folded tot, bq = bp / 16 steps per
  * column block). blk: the block ([l][Q][32]); xs: the group's f32 split ([l][Q][nb][high, low]);
- * xp: the group's first token's pairs (stride PP dwords). */
+ * xp: the group's pairs ([l][Q][nb] dwords). */
 typedef struct dsacp_bf16gemm_group {
     const uint32_t *blk, *xp;
     const float *xs, *scales;
-    int64_t Q, PP, bq;
+    int64_t Q, bq;
     int nb;
 } dsacp_bf16gemm_group;
 void dsacp_bf16gemm_group_fma(const dsacp_bf16gemm_group *g, float *tile);

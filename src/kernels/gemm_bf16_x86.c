@@ -280,12 +280,13 @@ void dsacp_bf16gemm_group_fma(const dsacp_bf16gemm_group *g, float *tile)
 
 /* ---- VDPBF16PS ---- */
 
-/* Lane l's chains of NT tokens (pairs xp, stride PP) into tl ([t][32]). */
-TBF16 static INL void dp_lane(const dsacp_bf16gemm_group *g, const uint32_t *wl, const uint32_t *xp, int64_t l,
-                              const int NT, float *tl)
+/* Lane chains of NT tokens (xl: the lane's pairs [Q][nb] from the subtile's first) into tl
+ * ([t][32]). */
+TBF16 static INL void dp_lane(const dsacp_bf16gemm_group *g, const uint32_t *wl, const uint32_t *xl, const int NT,
+                              float *tl)
 {
     __m512 acc[2][DPT];
-    const int64_t Q = g->Q, seg = g->scales ? g->bq : Q, PP = g->PP;
+    const int64_t Q = g->Q, seg = g->scales ? g->bq : Q, nb = g->nb;
     if (g->scales)
         for (int t = 0; t < NT; t++) _mm512_storeu_ps(tl + t * ROWS, _mm512_setzero_ps()), _mm512_storeu_ps(tl + t * ROWS + 16, _mm512_setzero_ps());
     for (int64_t q0 = 0, j = 0; q0 < Q; q0 += seg, j++) {
@@ -295,10 +296,10 @@ TBF16 static INL void dp_lane(const dsacp_bf16gemm_group *g, const uint32_t *wl,
         for (int64_t q = q0; q < q1; q++) {
             const __m512bh w0 = (__m512bh)_mm512_loadu_si512(wl + q * ROWS);
             const __m512bh w1 = (__m512bh)_mm512_loadu_si512(wl + q * ROWS + 16);
-            const int64_t p = l + LANES * q;
+            const uint32_t *xq = xl + q * nb;
 #pragma GCC unroll 6
             for (int t = 0; t < NT; t++) {
-                const __m512bh xb = (__m512bh)_mm512_set1_epi32((int)xp[t * PP + p]);
+                const __m512bh xb = (__m512bh)_mm512_set1_epi32((int)xq[t]);
                 acc[0][t] = _mm512_dpbf16_ps(acc[0][t], w0, xb);
                 acc[1][t] = _mm512_dpbf16_ps(acc[1][t], w1, xb);
             }
@@ -318,12 +319,11 @@ TBF16 static INL void dp_lane(const dsacp_bf16gemm_group *g, const uint32_t *wl,
     }
 }
 
-typedef void (*dp_lane_fn)(const dsacp_bf16gemm_group *, const uint32_t *, const uint32_t *, int64_t, float *);
-#define DP_LANE(NT)                                                                                                 \
-    TBF16 static void dp_lane##NT(const dsacp_bf16gemm_group *g, const uint32_t *wl, const uint32_t *xp, int64_t l, \
-                                  float *tl)                                                                        \
-    {                                                                                                               \
-        dp_lane(g, wl, xp, l, NT, tl);                                                                              \
+typedef void (*dp_lane_fn)(const dsacp_bf16gemm_group *, const uint32_t *, const uint32_t *, float *);
+#define DP_LANE(NT)                                                                                                \
+    TBF16 static void dp_lane##NT(const dsacp_bf16gemm_group *g, const uint32_t *wl, const uint32_t *xl, float *tl) \
+    {                                                                                                              \
+        dp_lane(g, wl, xl, NT, tl);                                                                                \
     }
 DP_LANE(1) DP_LANE(2) DP_LANE(3) DP_LANE(4) DP_LANE(5) DP_LANE(6)
 static const dp_lane_fn dp_lanes[DPT + 1] = {NULL, dp_lane1, dp_lane2, dp_lane3, dp_lane4, dp_lane5, dp_lane6};
@@ -333,7 +333,7 @@ void dsacp_bf16gemm_group_dp(const dsacp_bf16gemm_group *g, float *tile)
     for (int64_t l = 0; l < LANES; l++)
         for (int t0 = 0; t0 < g->nb; t0 += DPT) {
             const int nt = g->nb - t0 < DPT ? g->nb - t0 : DPT;
-            dp_lanes[nt](g, g->blk + l * g->Q * ROWS, g->xp + t0 * g->PP, l, tile + (l * GROUP + t0) * ROWS);
+            dp_lanes[nt](g, g->blk + l * g->Q * ROWS, g->xp + l * g->Q * g->nb + t0, tile + (l * GROUP + t0) * ROWS);
         }
 }
 
