@@ -400,12 +400,19 @@ typedef struct token_scratch {
     float *lse;     /* F32 [heads] */
     void *qpack;    /* dsacp_index_query_bytes(Hi, di) */
     void *topk_ws;  /* dsacp_topk_ws_bytes(max_ctx) */
-    void *mla_ws;   /* dsacp_sparse_mla_work_bytes(k, heads, dc, dr) */
+    void *mla_ws;   /* the sparse MLA kernel's of the mode (mla_work_bytes) */
     size_t mla_bytes;
 } token_scratch;
 
+/* The sparse MLA's workspace for the kernel the mode runs (deployed: the bf16-dot twin). */
+static size_t mla_work_bytes(bool deployed, int64_t K, int64_t heads, int64_t dc, int64_t dr)
+{
+    return deployed ? dsacp_sparse_mla_bf16_work_bytes(K, heads, dc, dr) : dsacp_sparse_mla_work_bytes(K, heads, dc, dr);
+}
+
 /* The scratch's takes, in one order for the need and the take: (rows, cols, element size). */
-static void scratch_shapes(const dsacp_config *cfg, int64_t heads, int64_t max_ctx, int64_t shape[7][3])
+static void scratch_shapes(const dsacp_config *cfg, int64_t heads, int64_t max_ctx, bool deployed,
+                           int64_t shape[7][3])
 {
     const int64_t K = cfg->index_topk, dc = cfg->kv_lora_rank, dr = cfg->qk_rope_head_dim;
     const int64_t rows[7][3] = {
@@ -415,15 +422,16 @@ static void scratch_shapes(const dsacp_config *cfg, int64_t heads, int64_t max_c
         {heads, 1, sizeof(float)},
         {1, (int64_t)dsacp_index_query_bytes(cfg->index_n_heads, cfg->index_head_dim), 1},
         {1, (int64_t)dsacp_topk_ws_bytes(max_ctx), 1},
-        {1, heads > 0 ? (int64_t)dsacp_sparse_mla_work_bytes(K, heads, dc, dr) : 0, 1},
+        {1, heads > 0 ? (int64_t)mla_work_bytes(deployed, K, heads, dc, dr) : 0, 1},
     };
     memcpy(shape, rows, sizeof rows);
 }
 
-static int scratch_take(dsacp_arena *ws, const dsacp_config *cfg, int64_t heads, int64_t max_ctx, token_scratch *s)
+static int scratch_take(dsacp_arena *ws, const dsacp_config *cfg, int64_t heads, int64_t max_ctx, bool deployed,
+                        token_scratch *s)
 {
     int64_t sh[7][3];
-    scratch_shapes(cfg, heads, max_ctx, sh);
+    scratch_shapes(cfg, heads, max_ctx, deployed, sh);
     void *got[7];
     for (int i = 0; i < 7; i++)
         if (!(got[i] = dsacp_arena_take(ws, sh[i][0] > 0 ? sh[i][0] : 1, sh[i][1] > 0 ? sh[i][1] : 1, (size_t)sh[i][2],
@@ -441,7 +449,8 @@ static int64_t token_threads(int64_t n)
     return mt > 1 && n >= mt ? mt : 1;
 }
 
-void dsacp_dsa_attend_need(size_t *total, const dsacp_config *cfg, int64_t n, int64_t heads, int64_t max_ctx)
+void dsacp_dsa_attend_need(size_t *total, const dsacp_config *cfg, int64_t n, int64_t heads, int64_t max_ctx,
+                           bool deployed)
 {
     const int64_t CH = n < DSACP_DSA_ATTEND_CHUNK ? (n > 0 ? n : 1) : DSACP_DSA_ATTEND_CHUNK, nt = token_threads(CH);
     const int64_t dc = cfg->kv_lora_rank, dk = dc + cfg->qk_rope_head_dim;
@@ -449,7 +458,7 @@ void dsacp_dsa_attend_need(size_t *total, const dsacp_config *cfg, int64_t n, in
     dsacp_arena_need(total, CH, heads > 0 ? heads * dc : 1, sizeof(float));
     dsacp_arena_need(total, nt, 1, sizeof(token_scratch));
     int64_t sh[7][3];
-    scratch_shapes(cfg, heads, max_ctx > 0 ? max_ctx : 1, sh);
+    scratch_shapes(cfg, heads, max_ctx > 0 ? max_ctx : 1, deployed, sh);
     for (int64_t t = 0; t < nt; t++)
         for (int i = 0; i < 7; i++)
             dsacp_arena_need(total, sh[i][0] > 0 ? sh[i][0] : 1, sh[i][1] > 0 ? sh[i][1] : 1, (size_t)sh[i][2]);
@@ -515,8 +524,11 @@ static void attend_token(const attend_args *a, int64_t j, const token_scratch *s
     if (a->topk) write_selected(a->topk + j * K, s->sel, nsel, K);
     gather_args g = {v, s->sel, s->kv, dk};
     dsacp_parallel_for(nsel, inner, gather_row, &g);
-    int rc = dsacp_sparse_mla_ws(a->qrows + j * Hs * dk, s->kv, nsel, Hs, dc, dr, (float)cfg->softmax_scale,
-                                 a->obuf + j * Hs * dc, s->lse, s->mla_ws, s->mla_bytes);
+    /* Deployed mode: the bf16-dot twin (FlashMLA's arithmetic); exact: the f32 kernel. */
+    const bool deployed = a->ctx->mode == DSACP_MODE_DEPLOYED;
+    int rc = (deployed ? dsacp_sparse_mla_bf16_ws : dsacp_sparse_mla_ws)(
+        a->qrows + j * Hs * dk, s->kv, nsel, Hs, dc, dr, (float)cfg->softmax_scale, a->obuf + j * Hs * dc, s->lse,
+        s->mla_ws, s->mla_bytes);
     if (rc) {
 #pragma omp atomic write
         *a->rc = rc;
@@ -563,7 +575,8 @@ static int attend_chunks(const dsacp_dsa_ctx *ctx, const dsacp_dsa_weights *w, c
     float *obuf = qrows ? dsacp_arena_take(ws, CH, Hs > 0 ? Hs * dc : 1, sizeof *obuf, "the attention's outputs") : NULL;
     token_scratch *sc = obuf ? dsacp_arena_take(ws, nt, 1, sizeof *sc, "the attention scratch") : NULL;
     int rc = sc ? DSACP_OK : DSACP_ENOMEM;
-    for (int64_t i = 0; i < nt && !rc; i++) rc = scratch_take(ws, cfg, Hs, max_ctx, &sc[i]);
+    const bool deployed = ctx->mode == DSACP_MODE_DEPLOYED;
+    for (int64_t i = 0; i < nt && !rc; i++) rc = scratch_take(ws, cfg, Hs, max_ctx, deployed, &sc[i]);
     if (rc || Hs == 0) {
         if (!rc && topk) select_only(ctx, p, row0, n, pos, views, topk, &sc[0]);
         return rc;
@@ -594,7 +607,7 @@ int dsacp_dsa_attend_views(const dsacp_dsa_ctx *ctx, const dsacp_dsa_weights *w,
     int rc = DSACP_OK;
     if (!ws) {
         size_t need = 0;
-        dsacp_dsa_attend_need(&need, ctx->cfg, n, h1 > h0 ? h1 - h0 : 0, max_ctx);
+        dsacp_dsa_attend_need(&need, ctx->cfg, n, h1 > h0 ? h1 - h0 : 0, max_ctx, ctx->mode == DSACP_MODE_DEPLOYED);
         rc = dsacp_arena_create(&own, need, "the attention scratch");
         ws = &own;
     }

@@ -129,8 +129,10 @@ enum { DSACP_DSA_ATTEND_CHUNK = 64 };
 /* What dsacp_dsa_attend_views takes from ctx->ws (and gives back) for n rows attended by
  * `heads` heads at positions below max_ctx, added to *total: the chunk's query rows and
  * outputs, and per token thread the index scores, top-k, gathered rows and sparse MLA scratch
- * (the kernels' _ws_bytes). */
-void dsacp_dsa_attend_need(size_t *total, const dsacp_config *cfg, int64_t n, int64_t heads, int64_t max_ctx);
+ * (the kernels' _ws_bytes; deployed: the bf16-dot twin's, which ctx->mode DSACP_MODE_DEPLOYED
+ * runs, else the f32 kernel's). */
+void dsacp_dsa_attend_need(size_t *total, const dsacp_config *cfg, int64_t n, int64_t heads, int64_t max_ctx,
+                           bool deployed);
 
 /* The single-process layer (dsa_reference.c), top to bottom: out[t] = attention(x[t]) for n
  * rows (x: F32 [n][D], already RMS-normed; out: F32 [n][D]; row t at position pos[t] of the

@@ -26,7 +26,7 @@ void dsacp_dsa_layer_need(size_t *total, const dsacp_config *cfg, const dsacp_ds
     dsacp_arena_need(total, n1, 1, sizeof(const dsacp_dsa_view *));
     /* Then, given back after each: a linear's scratch, or the attention's. */
     size_t phase = 0;
-    dsacp_dsa_attend_need(&phase, cfg, n, cfg->num_attention_heads, max_ctx);
+    dsacp_dsa_attend_need(&phase, cfg, n, cfg->num_attention_heads, max_ctx, deployed);
     for (int64_t l = 0; l < nw; l++) phase = dsacp_arena_max(phase, dsacp_dsa_linear_need(&w[l], n, deployed));
     if (*total == SIZE_MAX || phase == SIZE_MAX || !dsacp_add_ok(*total, phase, total)) *total = SIZE_MAX;
 }

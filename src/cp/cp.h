@@ -315,11 +315,15 @@ int64_t dsacp_cp_shard_topk(const dsacp_cp_decode_args *a, int64_t j, void *qpac
 /* attention of all heads of decode row j (query rows q F32 [H][dk]) over the positions pos[0..n)
  * in ascending order -- only those this rank owns when `owned_only` -- gathered into kv (F32
  * [K][dk]) from the latent cache: o F32 [H][dc], lse F32 [H] (no position: o = 0, lse = -inf);
- * work: dsacp_sparse_mla_work_bytes(K, H, dc, dr) bytes (work_bytes; short: *a->rc set); returns
- * the positions attended; */
+ * work: dsacp_cp_mla_work_bytes(cp, K, H) bytes (work_bytes; short: *a->rc set); deployed mode
+ * (ctx->mode) runs the sparse MLA's bf16-dot twin, exact mode the f32 kernel; returns the
+ * positions attended; */
 int64_t dsacp_cp_attend_positions(const dsacp_cp_decode_args *a, int64_t j, const int32_t *pos, int64_t n,
                                   bool owned_only, const float *q, float *kv, float *o, float *lse, void *work,
                                   size_t work_bytes);
+/* the sparse MLA workspace of K keys and H heads for the context's numerics (cp->deployed: the
+ * bf16-dot twin's, else the f32 kernel's); */
+size_t dsacp_cp_mla_work_bytes(const dsacp_cp_ctx *cp, int64_t K, int64_t H);
 /* the LSE merge's log total over R parts lse[r * stride] (the max plus the log of the sum of
  * exp in double), -INFINITY when every part is -inf: a part's weight is exp(lse_r - total). */
 double dsacp_cp_lse_total(const float *lse, int64_t R, int64_t stride);

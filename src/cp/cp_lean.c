@@ -159,7 +159,7 @@ static int stage1_list(lean_call *l, int64_t maxn, dsacp_cp_buf *b)
     b[n++] = DSACP_CP_BUF(l->nown, n1, 1);
     b[n++] = DSACP_CP_BUF(l->qall, n1 * H, dk);
     b[n++] = DSACP_CP_BUF(l->kv, K, dk);
-    b[n++] = DSACP_CP_BUF(l->work, 1, (int64_t)dsacp_sparse_mla_work_bytes(K, H, dc, cfg->qk_rope_head_dim));
+    b[n++] = DSACP_CP_BUF(l->work, 1, (int64_t)dsacp_cp_mla_work_bytes(l->cp, K, H));
     b[n++] = DSACP_CP_BUF(l->o, n1 * H, dc);
     b[n++] = DSACP_CP_BUF(l->lse, n1, H);
     b[n++] = DSACP_CP_BUF(l->lse_all, l->cp->W * n1, H);
@@ -416,7 +416,7 @@ static void attend(lean_call *l)
     for (int64_t j = 0; j < l->nd; j++) {
         dsacp_cp_attend_positions(l->a, j, l->own + j * K, l->nown[j], false, l->qall + j * H * l->dk, l->kv,
                                   l->o + j * H * dc, l->lse + j * H, l->work,
-                                  dsacp_sparse_mla_work_bytes(K, H, dc, l->cfg->qk_rope_head_dim));
+                                  dsacp_cp_mla_work_bytes(l->cp, K, H));
         l->cp->stats.lean_owned_winners += l->nown[j];
     }
 }

@@ -131,6 +131,12 @@ int64_t dsacp_cp_shard_topk(const dsacp_cp_decode_args *a, int64_t j, void *qpac
     return dsacp_topk_select_ws(scores, nl, cfg->index_topk, sel, topk_work);
 }
 
+size_t dsacp_cp_mla_work_bytes(const dsacp_cp_ctx *cp, int64_t K, int64_t H)
+{
+    const int64_t dc = cp->cfg->kv_lora_rank, dr = cp->cfg->qk_rope_head_dim;
+    return cp->deployed ? dsacp_sparse_mla_bf16_work_bytes(K, H, dc, dr) : dsacp_sparse_mla_work_bytes(K, H, dc, dr);
+}
+
 int64_t dsacp_cp_attend_positions(const dsacp_cp_decode_args *a, int64_t j, const int32_t *pos, int64_t n,
                                   bool owned_only, const float *q, float *kv, float *o, float *lse, void *work,
                                   size_t work_bytes)
@@ -151,8 +157,10 @@ int64_t dsacp_cp_attend_positions(const dsacp_cp_decode_args *a, int64_t j, cons
     }
     cp->stats.keys_attended += m;
     cp->stats.decode_tokens++;
-    const int rc = dsacp_sparse_mla_ws(q, kv, m, cfg->num_attention_heads, dc, dr, (float)cfg->softmax_scale, o, lse,
-                                       work, work_bytes);
+    /* Deployed mode: the bf16-dot twin (FlashMLA's arithmetic); exact: the f32 kernel. */
+    const bool deployed = a->ctx->mode == DSACP_MODE_DEPLOYED;
+    const int rc = (deployed ? dsacp_sparse_mla_bf16_ws : dsacp_sparse_mla_ws)(
+        q, kv, m, cfg->num_attention_heads, dc, dr, (float)cfg->softmax_scale, o, lse, work, work_bytes);
     if (rc && !*a->rc) *a->rc = rc;
     return m;
 }
@@ -201,7 +209,7 @@ static int merge_list(const dsacp_cp_ctx *cp, int64_t nd, merge_bufs *m, dsacp_c
     b[n++] = DSACP_CP_BUF(m->qrecv, n1 * H, dk);
     b[n++] = DSACP_CP_BUF(m->qall, n1 * H, dk);
     b[n++] = DSACP_CP_BUF(m->kv, K, dk);
-    b[n++] = DSACP_CP_BUF(m->work, 1, (int64_t)dsacp_sparse_mla_work_bytes(K, H, dc, dr));
+    b[n++] = DSACP_CP_BUF(m->work, 1, (int64_t)dsacp_cp_mla_work_bytes(cp, K, H));
     b[n++] = DSACP_CP_BUF(m->o, n1 * H, dc);
     b[n++] = DSACP_CP_BUF(m->lse, n1, H);
     b[n++] = DSACP_CP_BUF(m->lse_all, W * n1, H);
@@ -258,7 +266,7 @@ int dsacp_cp_attend_owned_and_merge(const dsacp_cp_decode_args *a, const int32_t
     /* All heads over the winners this rank owns. */
     for (int64_t j = 0; j < nd; j++)
         dsacp_cp_attend_positions(a, j, sel + j * K, nsel[j], true, qall + j * H * dk, kv, o + j * H * dc, lse + j * H,
-                                  mb.work, dsacp_sparse_mla_work_bytes(K, H, dc, dr));
+                                  mb.work, dsacp_cp_mla_work_bytes(cp, K, H));
     /* Merge: --dcp-comm-backend a2a sends every head's partial and lse to the head's rank; ag_rs
      * all-gathers the lse, scales the own part, and sums over the ranks by a reduce-scatter. */
     if (cp->opt.merge_backend == DSACP_MERGE_A2A) {

@@ -33,6 +33,7 @@ typedef struct ref_mat {
     double *w;          /* [rows][cols] */
     int64_t rows, cols; /* a vector is rows = 1 */
     bool fp8;           /* stored as F8_E4M3 (deployed mode quantizes the input) */
+    bool bf16dot;       /* deployed mode rounds the input to bf16 (dsacp_bf16dot_linear_applies) */
 } ref_mat;
 
 static void mat_free(ref_mat *a)
@@ -77,6 +78,10 @@ static int mat_load(const dsacp_model *m, ref_mat *out, int64_t rows, int64_t co
     out->rows = rows;
     out->cols = cols;
     out->fp8 = w->dtype == DSACP_F8_E4M3;
+    /* The engine's linears that take the deployed flag run the bf16-dot chain over BF16 weights
+     * and FP8 weights of blocks a multiple of 32 (kernels/weight.h); the router and the heads
+     * take the f32 chain in both modes, so their loaders clear this. */
+    out->bf16dot = w->dtype == DSACP_BF16 || (out->fp8 && w->block > 0 && w->block % 32 == 0);
     return 0;
 }
 
@@ -110,17 +115,24 @@ static double dot(const double *a, const double *b, int64_t n)
     return (s0 + s1) + (s2 + s3);
 }
 
+static double round_bf16(double x);
+
 /* y = W x (W [out][in]). In deployed mode an FP8 weight first rounds x through a per-128-group
- * e4m3 quantization (official act_quant), when in % 128 == 0. x and y must not overlap. */
+ * e4m3 quantization (official act_quant), when in % 128 == 0, and a weight of the bf16-dot chain
+ * (docs/numerics.md) then rounds x to bf16 (the products are then exact in double; only the
+ * summation order differs from the engine's). x and y must not overlap. */
 static void linear(ref_ctx *c, const ref_mat *a, const double *x, double *y)
 {
     const double *in = x;
-    if (c->mode == REF_DEPLOYED && a->fp8 && a->cols % REF_ACT_GROUP == 0) {
+    const bool aq = c->mode == REF_DEPLOYED && a->fp8 && a->cols % REF_ACT_GROUP == 0;
+    const bool b16 = c->mode == REF_DEPLOYED && a->bf16dot;
+    if (aq || b16) {
         for (int64_t j = 0; j < a->cols; j++)
             c->scratch_f[j] = (float)x[j];
-        dsacp_fake_quant_e4m3_groups(c->scratch_f, a->cols, REF_ACT_GROUP);
+        if (aq)
+            dsacp_fake_quant_e4m3_groups(c->scratch_f, a->cols, REF_ACT_GROUP);
         for (int64_t j = 0; j < a->cols; j++)
-            c->scratch_d[j] = c->scratch_f[j];
+            c->scratch_d[j] = b16 ? round_bf16(c->scratch_f[j]) : c->scratch_f[j];
         in = c->scratch_d;
     }
     for (int64_t i = 0; i < a->rows; i++)
@@ -408,6 +420,14 @@ static int ref_attention(ref_ctx *c, const ref_attn_w *w, const double *x, int64
             for (int64_t j = 0; j < rope; j++)
                 kp[j] = round_bf16(kp[j]);
         }
+        /* Deployed sparse MLA reads the latents as bf16 (the identity for the bf16 and
+         * fp8_ds_mla caches; a rounding for the f32 one). */
+        if (deployed && c->kv == REF_KV_F32) {
+            for (int64_t j = 0; j < kvl; j++)
+                cp[j] = round_bf16(cp[j]);
+            for (int64_t j = 0; j < rope; j++)
+                kp[j] = round_bf16(kp[j]);
+        }
         /* ki = LayerNorm(wk x); rotate-half RoPE on its first rope dims */
         double *kip = ki + p * di;
         linear(c, &w->wk, xp, kip);
@@ -477,9 +497,14 @@ static int ref_attention(ref_ctx *c, const ref_attn_w *w, const double *x, int64
                 double s = 0;
                 for (int64_t d = 0; d < nope; d++)
                     s += q[h * qh + d] * wuk[d * kvl + j];
-                qabs[h * kvl + j] = s;
+                qabs[h * kvl + j] = deployed ? round_bf16(s) : s;
             }
         }
+        /* Deployed: the query is rounded to bf16 too (docs/numerics.md, sparse MLA). */
+        if (deployed)
+            for (int64_t h = 0; h < H; h++)
+                for (int64_t d = 0; d < rope; d++)
+                    q[h * qh + nope + d] = round_bf16(q[h * qh + nope + d]);
         for (int64_t h = 0; h < H; h++) {
             /* logits over the selected set, softmax, o = sum prob c */
             double mx = -INFINITY;
@@ -501,7 +526,7 @@ static int ref_attention(ref_ctx *c, const ref_attn_w *w, const double *x, int64
                 o[j] = 0;
             for (int64_t i = 0; i < nsel; i++) {
                 const double *cs_ = lat + sel[i] * kvl;
-                double pr = prob[i] / sum;
+                double pr = prob[i] / sum; /* fp32 probabilities in both modes */
                 for (int64_t j = 0; j < kvl; j++)
                     o[j] += pr * cs_[j];
             }
@@ -607,6 +632,7 @@ static int moe_w_load(const dsacp_model *m, const dsacp_config *cfg, int64_t L, 
     if ((rc = mat_load(m, &w->router, E, D, "model.layers.%lld.mlp.gate.weight", l)) ||
         (rc = mat_load(m, &w->bias, 1, E, "model.layers.%lld.mlp.gate.e_score_correction_bias", l)))
         goto fail;
+    w->router.bf16dot = false; /* the engine's router is f32 in both modes */
     w->experts = dsacp_calloc((size_t)E, sizeof(ref_mlp_w));
     if (!w->experts) {
         rc = dsacp_error(DSACP_ENOMEM, "ref_forward: no memory for experts");
@@ -868,6 +894,7 @@ static int head_rows(ref_ctx *c, ref_bufs *b, const char *norm_name, const char 
     int rc = mat_load(c->m, &norm, 1, D, "%s", norm_name);
     if (!rc && logits)
         rc = mat_load(c->m, &head, V, D, "%s", head_name);
+    head.bf16dot = false; /* the lm_head is f32 in both modes */
     for (int64_t p = 0; p < n && !rc; p++) {
         rmsnorm(b->h + p * D, norm.w, D, c->cfg->rms_norm_eps, b->x + p * D);
         if (normed)
