@@ -40,7 +40,12 @@ static int decode_o_proj(dsacp_cp_ctx *cp, const dsacp_dsa_ctx *ctx, const dsacp
             for (int64_t j = 0; j < nd; j++) dsacp_fake_quant_e4m3_groups(vcat + j * H * dv, H * dv, 128);
             aq = false;
         }
-        if (h1 > h0) KEEP(*rc, dsacp_dsa_linear(ctx, shard, vcat + h0 * dv, nd, H * dv, out, D, aq));
+        /* deployed: the bf16-dot chain (dsacp_bf16dot_linear_applies) as one process runs it on
+         * the whole row -- it rounds activations elementwise, so head columns split over ranks
+         * and all-reduced are within f32 reassociation of it; aq false only after the rows
+         * were fake-quantized above */
+        const bool chain = aq || (deployed && shard->dtype == w->o->dtype);
+        if (h1 > h0) KEEP(*rc, dsacp_dsa_linear(ctx, shard, vcat + h0 * dv, nd, H * dv, out, D, chain));
         else memset(out, 0, (size_t)(nd * D) * 4);
         return dsacp_comm_allreduce_wire(cp->comm, out, nd * D, bf16, DSACP_PHASE_o_proj);
     }
