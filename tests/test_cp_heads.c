@@ -3,7 +3,8 @@
  * at W = 2..4 and 3 heads at W = 4, some ranks -- rank 0 among them -- own no head. Every rank
  * must still report the true selected sets (the --dump-topk output and the engine's topk), for
  * every decode strategy and both CP modes, in exact and deployed numerics: the sets equal a solo
- * engine's exactly, and the logits agree within the tolerance of test_cp. Runs alone (W = 1)
+ * engine's exactly (deployed lean output: layer 0's, see run_model), and the logits agree within
+ * the tolerance of test_cp. Runs alone (W = 1)
  * and under mpirun at W = 2, 3, 4.
  */
 #include "test.h"
@@ -128,13 +129,30 @@ static void run_model(int64_t heads, bool deployed)
         CHECK_OK(run(e, c, got));
         dsacp_engine_free(e);
         if (g_rank == 0) {
-            int64_t diff = 0;
+            /* Lean's output merge in deployed numerics applies o_proj to each rank's partial v
+             * rows, skipping the bf16 rounding (docs/numerics.md, the bf16-dot chain) and the FP8
+             * activation rounding one process applies to the merged row: by design one rounding
+             * away from W = 1 (docs/context-parallel.md, "lean in deployed numerics"), so later
+             * layers' sets may move. Its layer-0 sets -- which no merge feeds, and which a rank
+             * without heads must still report truly -- are held exactly, its logits to the
+             * deployed tolerance; every other case holds every layer's sets. */
+            const bool lean_out = deployed && cases[k].dec == DSACP_DECODE_LEAN &&
+                                  cases[k].merge == DSACP_LEAN_MERGE_OUTPUT;
+            int64_t diff = 0, later = 0;
             double rel = 0;
             for (int s = 0; s < NSTEP && got[s].topk; s++) {
-                for (int64_t i = 0; i < L * got[s].T * K; i++) diff += got[s].topk[i] != ref[s].topk[i];
+                const int64_t n0 = got[s].T * K;
+                for (int64_t i = 0; i < L * n0; i++) {
+                    const bool d = got[s].topk[i] != ref[s].topk[i];
+                    if (lean_out && i >= n0) later += d;
+                    else diff += d;
+                }
                 rel = fmax(rel, tu_max_rel_ff(got[s].logits, ref[s].logits, got[s].T * V));
             }
             const double tol = deployed ? 0.1 : 1e-5;
+            if (lean_out && later)
+                printf("%lld heads deployed %s W=%d: %lld positions of later layers' sets differ (one rounding "
+                       "away by design)\n", (long long)heads, cases[k].name, g_W, (long long)later);
             CHECKF(diff == 0 && rel <= tol, "%lld heads %s %s W=%d: %lld selected positions differ from W = 1, logits "
                    "max rel %.3g", (long long)heads, deployed ? "deployed" : "exact", cases[k].name, g_W,
                    (long long)diff, rel);
