@@ -1,101 +1,41 @@
 /*
- * dispatch.c -- the top of src/kernels: the one pointer to the active kernel table (kernels.h,
- * "ISA dispatch"), chosen once, at the first call, from cpuid and DSACP_ISA (dsacp_isa_set
- * switches it), and the public kernels, each a call through that table (and dsacp_bf16dot,
- * through the bf16-dot chain's kernel of the active ISA). Calls the ISA files' tables, the
- * scalar pieces of kernels.c and bf16dot_x86.c's choice of kernel; nothing in src/kernels calls
- * it.
+ * dispatch.c -- the top of src/kernels: the kernel table of the active ISA (isa.c chooses it;
+ * kernels.h, "ISA dispatch") and the public kernels, each a call through that table (and
+ * dsacp_bf16dot, through the bf16-dot chain's kernel of the active ISA). Calls the ISA files'
+ * tables, the scalar pieces of kernels.c, bf16dot_x86.c's choice of kernel and isa.c; nothing in
+ * src/kernels calls it.
  */
 #include "kernels/bf16dot.h"
 #include "kernels/kernels_isa.h"
-#include "kernels/linear_bf16.h"
 
 #include <stdint.h>
-#if defined(__x86_64__) || defined(__i386__)
-#include <cpuid.h>
-#endif
-#include <stdlib.h>
 #include <string.h>
-
-static const dsacp_kernel_table *active; /* NULL: not chosen yet */
-
-dsacp_isa dsacp_isa_best(void)
-{
-#if defined(__x86_64__)
-    __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("fma"))
-        return DSACP_ISA_AVX512;
-    unsigned a = 0, b = 0, c = 0, d = 0;
-    const bool f16c = __get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C); /* clang lacks "f16c" here */
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && f16c) return DSACP_ISA_AVX2;
-#endif
-    return DSACP_ISA_SCALAR;
-}
 
 /* The table of an ISA this CPU runs (AVX-512 with VBMI gets the table decode's variant). */
 static const dsacp_kernel_table *table_of(dsacp_isa isa)
 {
 #if defined(__x86_64__)
     if (isa == DSACP_ISA_AVX512) {
-        __builtin_cpu_init();
-        return __builtin_cpu_supports("avx512vbmi") ? &dsacp_kernels_avx512_vbmi : &dsacp_kernels_avx512;
+        static int vbmi = -1; /* racing first calls find the same answer */
+        int v = __atomic_load_n(&vbmi, __ATOMIC_RELAXED);
+        if (v < 0) {
+            __builtin_cpu_init();
+            v = __builtin_cpu_supports("avx512vbmi") ? 1 : 0;
+            __atomic_store_n(&vbmi, v, __ATOMIC_RELAXED);
+        }
+        return v ? &dsacp_kernels_avx512_vbmi : &dsacp_kernels_avx512;
     }
     if (isa == DSACP_ISA_AVX2) return &dsacp_kernels_avx2;
 #endif
     return &dsacp_kernels_scalar;
 }
 
-/* The start-up choice: the best ISA, lowered to DSACP_ISA's when that names a lower one. */
-static const dsacp_kernel_table *choose(void)
-{
-    dsacp_isa best = dsacp_isa_best(), want = best;
-    const char *env = getenv("DSACP_ISA");
-    if (env && *env) {
-        if (!strcmp(env, "scalar")) want = DSACP_ISA_SCALAR;
-        else if (!strcmp(env, "avx2")) want = DSACP_ISA_AVX2;
-        else if (!strcmp(env, "avx512")) want = DSACP_ISA_AVX512;
-    }
-    return table_of(want > best ? best : want);
-}
-
-const dsacp_kernel_table *dsacp_kernels(void)
-{
-    const dsacp_kernel_table *t = __atomic_load_n(&active, __ATOMIC_ACQUIRE);
-    if (t) return t;
-    t = choose(); /* racing first calls choose the same table */
-    __atomic_store_n(&active, t, __ATOMIC_RELEASE);
-    return t;
-}
-
-dsacp_isa dsacp_isa_active(void) { return dsacp_kernels()->isa; }
-
-int dsacp_isa_set(dsacp_isa isa)
-{
-    if ((int)isa < DSACP_ISA_SCALAR || isa > DSACP_ISA_AVX512)
-        return dsacp_error(DSACP_EINVAL, "unknown ISA %d", (int)isa);
-    if (isa > dsacp_isa_best())
-        return dsacp_error(DSACP_EUNSUPPORTED, "this CPU does not support %s", dsacp_isa_name(isa));
-    __atomic_store_n(&active, table_of(isa), __ATOMIC_RELEASE);
-    return DSACP_OK;
-}
-
-const char *dsacp_isa_name(dsacp_isa isa)
-{
-    switch (isa) {
-    case DSACP_ISA_SCALAR: return "scalar";
-    case DSACP_ISA_AVX2: return "avx2";
-    case DSACP_ISA_AVX512: return "avx512";
-    }
-    return "unknown";
-}
+const dsacp_kernel_table *dsacp_kernels(void) { return table_of(dsacp_isa_active()); }
 
 /* ---- linear ---- */
 
 size_t dsacp_linear_ws_bytes(const dsacp_weight *w, int64_t T, bool act_quant)
 {
-    /* Deployed BF16 / FP8: the bf16-dot chain's driver (its size covers every ISA). */
-    if (dsacp_bf16dot_linear_applies(w, act_quant)) return dsacp_linear_bf16_ws_bytes(w, T);
     /* Enough for every table this CPU runs, so that a dsacp_isa_set after sizing stays safe. */
     size_t most = 0;
     for (int i = DSACP_ISA_SCALAR; i <= (int)dsacp_isa_best(); i++) {
@@ -108,8 +48,6 @@ size_t dsacp_linear_ws_bytes(const dsacp_weight *w, int64_t T, bool act_quant)
 int dsacp_linear_ws(const dsacp_weight *w, const float *x, int64_t T, int64_t ldx, float *y, int64_t ldy,
                     bool act_quant, void *ws, size_t ws_bytes)
 {
-    if (dsacp_bf16dot_linear_applies(w, act_quant))
-        return dsacp_linear_bf16(dsacp_isa_active(), w, x, T, ldx, y, ldy, ws, ws_bytes);
     return dsacp_kernels()->linear(w, x, T, ldx, y, ldy, act_quant, ws, ws_bytes);
 }
 
@@ -117,14 +55,12 @@ int dsacp_linear_ws(const dsacp_weight *w, const float *x, int64_t T, int64_t ld
 static int linear_alloc(const dsacp_kernel_table *t, const dsacp_weight *w, const float *x, int64_t T, int64_t ldx,
                         float *y, int64_t ldy, bool act_quant)
 {
-    const bool chain = dsacp_bf16dot_linear_applies(w, act_quant);
-    const size_t bytes = chain ? dsacp_linear_bf16_ws_bytes(w, T) : t->linear_ws_bytes(w, T, act_quant);
+    const size_t bytes = t->linear_ws_bytes(w, T, act_quant);
     void *ws = bytes ? dsacp_alloc(bytes) : NULL;
     if (bytes && !ws)
         return dsacp_error(DSACP_ENOMEM, "linear %s: out of memory for a %zu-byte workspace", w->name ? w->name : "",
                            bytes);
-    const int rc = chain ? dsacp_linear_bf16(t->isa, w, x, T, ldx, y, ldy, ws, bytes)
-                         : t->linear(w, x, T, ldx, y, ldy, act_quant, ws, bytes);
+    const int rc = t->linear(w, x, T, ldx, y, ldy, act_quant, ws, bytes);
     dsacp_free(ws);
     return rc;
 }

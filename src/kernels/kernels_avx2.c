@@ -502,7 +502,7 @@ static void sparse_mla_avx2(const float *q, const float *kv, int64_t n, int64_t 
     dsacp_parallel_for(G, split, mla_group_task, &j);
 }
 
-DSACP_DEFINE_LINEAR_SLOTS(linear_avx2, lin_rows, NULL, NULL, dsacp_fake_quant_e4m3_128_avx2)
+DSACP_DEFINE_LINEAR_SLOTS(linear_avx2, lin_rows, NULL, NULL, dsacp_fake_quant_e4m3_128_avx2, DSACP_ISA_AVX2)
 
 const dsacp_kernel_table dsacp_kernels_avx2 = {
     .isa = DSACP_ISA_AVX2,

@@ -128,7 +128,7 @@ T512 static INL void lin_rows(int dt, const dsacp_weight *w, int64_t o0, int64_t
 }
 
 DSACP_DEFINE_LINEAR_ROWS(T512, lin_rows)
-DSACP_DEFINE_LINEAR_SLOTS(linear_avx512, lin_rows, NULL, NULL, dsacp_fake_quant_e4m3_128_avx2)
+DSACP_DEFINE_LINEAR_SLOTS(linear_avx512, lin_rows, NULL, NULL, dsacp_fake_quant_e4m3_128_avx2, DSACP_ISA_AVX512)
 
 /* ---- linear, F8_E4M3 with AVX512-VBMI: table decode ----
  * 64 weight bytes per step: two vpermi2b lookups of the 7-bit magnitude give the high and low
@@ -308,7 +308,7 @@ static int lin8_fast(const dsacp_weight *w, const float *x, int64_t T, int64_t l
 }
 
 /* The VBMI table's linear slots: lin_rows with lin8_fast in front. */
-DSACP_DEFINE_LINEAR_SLOTS(linear_vbmi, lin_rows, lin8_fast, lin8_ws_bytes, dsacp_fake_quant_e4m3_128_avx2)
+DSACP_DEFINE_LINEAR_SLOTS(linear_vbmi, lin_rows, lin8_fast, lin8_ws_bytes, dsacp_fake_quant_e4m3_128_avx2, DSACP_ISA_AVX512)
 
 /* ---- gemv_t ---- */
 

@@ -97,6 +97,7 @@ typedef struct dsacp_linear_isa {
                 void *ws, size_t ws_bytes);
     size_t (*fast_ws_bytes)(const dsacp_weight *w, int64_t T);
     dsacp_quant_rows_fn quant;
+    dsacp_isa isa; /* the table's ISA (deployed BF16/FP8 linears run linear_bf16.c's kernels of it) */
 } dsacp_linear_isa;
 /* The driver shared by the SIMD linears: the scalar twin for dtypes or FP8 block layouts a
  * variant cannot decode, act_quant, `fast`, the blocked GEMM for T >= DSACP_GEMM_MIN_T, then
@@ -124,10 +125,10 @@ int dsacp_linear_drive(const dsacp_linear_isa *li, const dsacp_weight *w, const 
 
 /* In an ISA file: a table's two linear slots, static NAME##_ws_bytes and NAME, over the shared
  * driver with the row functions of DSACP_DEFINE_LINEAR_ROWS(_, ROWS), FAST and FAST_WS (both may
- * be NULL) and the act_quant rounding QUANT. */
-#define DSACP_DEFINE_LINEAR_SLOTS(NAME, ROWS, FAST, FAST_WS, QUANT)                                               \
+ * be NULL), the act_quant rounding QUANT and the table's ISA. */
+#define DSACP_DEFINE_LINEAR_SLOTS(NAME, ROWS, FAST, FAST_WS, QUANT, ISA)                                          \
     static const dsacp_linear_isa NAME##_parts = {                                                                \
-        {ROWS##_f32, ROWS##_bf16, ROWS##_f16, ROWS##_f8}, FAST, FAST_WS, QUANT};                                  \
+        {ROWS##_f32, ROWS##_bf16, ROWS##_f16, ROWS##_f8}, FAST, FAST_WS, QUANT, ISA};                             \
     static size_t NAME##_ws_bytes(const dsacp_weight *w, int64_t T, bool act_quant)                               \
     {                                                                                                             \
         return dsacp_linear_drive_ws_bytes(&NAME##_parts, w, T, act_quant);                                       \

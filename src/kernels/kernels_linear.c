@@ -1,7 +1,9 @@
 /*
- * kernels_linear.c -- the bottom of src/kernels (kernels_isa.h): dsacp_dot_f32 (the fixed
- * 16-lane reduction every scalar twin uses), the scalar linear, act_quant, and the driver the
- * SIMD linears share. Every buffer comes from the caller's workspace; nothing here allocates.
+ * kernels_linear.c -- below the ISA tables (kernels_isa.h): dsacp_dot_f32 (the fixed 16-lane
+ * reduction every scalar twin uses), the scalar linear and the driver the SIMD linears share;
+ * deployed BF16/FP8 linears go to linear_bf16.c with the table's ISA and act_quant rounding.
+ * Calls linear_bf16.c, act_quant.c and kernels_threads.c. Every buffer comes from the caller's
+ * workspace; nothing here allocates.
  */
 #include "kernels/kernels_isa.h"
 #include "kernels/linear_bf16.h"
@@ -33,55 +35,6 @@ static bool f8_decode_ok(const dsacp_weight *w)
         for (int64_t j = 0; j < w->scale_cols; j++)
             if (!(fabsf(w->scale[i * w->scale_stride + j]) < 0x1p7f)) return false;
     return true;
-}
-
-void dsacp_quant_rows_scalar(float *x, int64_t n) { dsacp_fake_quant_e4m3_groups(x, n, 128); }
-
-size_t dsacp_linear_act_quant_bytes(const dsacp_weight *w, int64_t T, bool act_quant)
-{
-    if (!dsacp_act_quant_applies(w, act_quant) || T <= 0) return 0;
-    return dsacp_ws_round(dsacp_ws_mul(dsacp_ws_mul((size_t)T, (size_t)w->cols), sizeof(float)));
-}
-
-typedef struct aq_job {
-    const float *x;
-    int64_t ldx, K;
-    float *xq;
-    dsacp_quant_rows_fn quant;
-} aq_job;
-
-static void aq_row(void *ctx, int64_t t)
-{
-    const aq_job *j = ctx;
-    memcpy(j->xq + t * j->K, j->x + t * j->ldx, (size_t)j->K * sizeof(float));
-    j->quant(j->xq + t * j->K, j->K);
-}
-
-/* x rows rounded through `quant` (e4m3, groups of 128) into xq [T][K]. */
-static void act_quant_rows(const float *x, int64_t T, int64_t ldx, int64_t K, float *xq, dsacp_quant_rows_fn quant)
-{
-    /* Rows are independent: split them over the threads when the call is large enough. */
-    aq_job j = {x, ldx, K, xq, quant};
-    dsacp_parallel_for(T, T * K >= (1 << 17), aq_row, &j);
-}
-
-int dsacp_linear_short_ws(const dsacp_weight *w, size_t have, size_t need)
-{
-    return dsacp_error(DSACP_EINVAL, "linear %s: workspace of %zu bytes, %zu needed", w->name ? w->name : "", have,
-                       need);
-}
-
-const float *dsacp_linear_act_quant_input(const dsacp_weight *w, const float *x, int64_t T, int64_t ldx, bool act_quant,
-                                    dsacp_quant_rows_fn quant, dsacp_ws *s, int64_t *ldout)
-{
-    *ldout = ldx;
-    const size_t bytes = dsacp_linear_act_quant_bytes(w, T, act_quant);
-    if (!bytes) return x;
-    float *xq = dsacp_ws_take(s, bytes);
-    if (!xq) return NULL;
-    act_quant_rows(x, T, ldx, w->cols, xq, quant);
-    *ldout = w->cols;
-    return xq;
 }
 
 /* ---- the scalar twin ---- */
@@ -161,7 +114,7 @@ int dsacp_linear_scalar_ws(const dsacp_weight *w, const float *x, int64_t T, int
                            bool act_quant, void *ws, size_t ws_bytes)
 {
     if (dsacp_bf16dot_linear_applies(w, act_quant))
-        return dsacp_linear_bf16(DSACP_ISA_SCALAR, w, x, T, ldx, y, ldy, ws, ws_bytes);
+        return dsacp_linear_bf16(DSACP_ISA_SCALAR, dsacp_quant_rows_scalar, w, x, T, ldx, y, ldy, ws, ws_bytes);
     return linear_ref(w, x, T, ldx, y, ldy, act_quant, dsacp_quant_rows_scalar, ws, ws_bytes);
 }
 
@@ -215,7 +168,7 @@ int dsacp_linear_drive(const dsacp_linear_isa *li, const dsacp_weight *w, const 
     /* The deployed chain (dispatch.c routes it before the tables; any SIMD table's CPU runs AVX2,
      * and every ISA gives the same bits). */
     if (dsacp_bf16dot_linear_applies(w, act_quant))
-        return dsacp_linear_bf16(DSACP_ISA_AVX2, w, x, T, ldx, y, ldy, ws, ws_bytes);
+        return dsacp_linear_bf16(li->isa, li->quant, w, x, T, ldx, y, ldy, ws, ws_bytes);
     const dsacp_linear_rows_fn rows = drive_rows(li, w);
     if (!rows) return linear_ref(w, x, T, ldx, y, ldy, act_quant, li->quant, ws, ws_bytes);
     const int64_t K = w->cols, N = w->rows;

@@ -320,16 +320,13 @@ static void prepare_tokens(dsacp_isa isa, const float *xin, int64_t ldxin, job *
     if (j->tok) dsacp_parallel_for(passes(T), T * K >= (1 << 17), pack_pass, j);
 }
 
-int dsacp_linear_bf16(dsacp_isa isa, const dsacp_weight *w, const float *x, int64_t T, int64_t ldx, float *y,
-                      int64_t ldy, void *ws, size_t ws_bytes)
+int dsacp_linear_bf16(dsacp_isa isa, dsacp_quant_rows_fn quant, const dsacp_weight *w, const float *x, int64_t T,
+                      int64_t ldx, float *y, int64_t ldy, void *ws, size_t ws_bytes)
 {
     const int64_t K = w->cols, N = w->rows;
     if (T <= 0 || N <= 0) return DSACP_OK;
     dsacp_ws s = dsacp_ws_open(ws, ws_bytes);
-    dsacp_quant_rows_fn quant = dsacp_quant_rows_scalar;
-#if defined(__x86_64__)
-    if (isa >= DSACP_ISA_AVX2) quant = dsacp_fake_quant_e4m3_128_avx2;
-#endif
+    if (!quant) quant = dsacp_quant_rows_scalar;
     int64_t ldxin;
     const float *xin = dsacp_linear_act_quant_input(w, x, T, ldx, true, quant, &s, &ldxin);
     const bool many = many_path(isa, T);

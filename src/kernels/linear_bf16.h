@@ -4,8 +4,8 @@
  * under deployed numerics (dsacp_bf16dot_linear_applies) gives y[t][o] = the chain of weight row
  * o and token t rounded to bf16 (after act_quant where it applies) -- dsacp_bf16dot_scalar for
  * BF16, dsacp_bf16dot_fold_scalar with the row's block scales for FP8 -- bit for bit on every
- * ISA, for every T and thread count. dispatch.c calls it; the f32 linears' slots route to it too
- * (kernels_linear.c), so a table's own workspace size covers it.
+ * ISA, for every T and thread count. The tables' linear slots route to it (kernels_linear.c), so a
+ * table's own workspace size covers it.
  */
 #ifndef DSACP_LINEAR_BF16_H
 #define DSACP_LINEAR_BF16_H
@@ -15,12 +15,13 @@
 /* The workspace of a call with T tokens: the act_quant copy, the tokens as bf16 pairs and their
  * exponent floors, one buffer of decoded rows per thread of now (FP8, or BF16 of odd width). */
 size_t dsacp_linear_bf16_ws_bytes(const dsacp_weight *w, int64_t T);
-/* The linear by the kernels of `isa` (one this CPU runs); x: F32 [T][ldx], y: F32 [T][ldy].
+/* The linear by the kernels of `isa` (one this CPU runs) with act_quant rounded by `quant` (the
+ * table's: every rounding gives the same bits); x: F32 [T][ldx], y: F32 [T][ldy].
  * DSACP_EINVAL on a short workspace (fewer threads run when it holds fewer buffers than sized). */
-int dsacp_linear_bf16(dsacp_isa isa, const dsacp_weight *w, const float *x, int64_t T, int64_t ldx, float *y,
-                      int64_t ldy, void *ws, size_t ws_bytes);
+int dsacp_linear_bf16(dsacp_isa isa, dsacp_quant_rows_fn quant, const dsacp_weight *w, const float *x, int64_t T,
+                      int64_t ldx, float *y, int64_t ldy, void *ws, size_t ws_bytes);
 
-/* ---- kernels_linear.c: act_quant, shared with the f32 linears ---- */
+/* ---- act_quant.c: act_quant, shared with the f32 linears ---- */
 
 /* dsacp_fake_quant_e4m3_groups(x, n, 128). */
 void dsacp_quant_rows_scalar(float *x, int64_t n);

@@ -105,7 +105,21 @@ typedef struct dsacp_mla16_isa {
     void (*values)(const dsacp_mla16_job *j, const dsacp_mla16_group *g);
 } dsacp_mla16_isa;
 
-/* The generic pieces (mla_bf16.c), which the SIMD phases call for the forms they do not run and
+/* x rounded to bf16, as the f32 holding it. */
+static inline float dsacp_mla16_r16(float x) { return dsacp_f32_of_bits((uint32_t)dsacp_f32_to_bf16(x) << 16); }
+/* The exponent field of a nonzero value, 256 for +-0 (dsacp_bf16_exp_floor's rule). */
+static inline int dsacp_mla16_expo(float x)
+{
+    const uint32_t u = dsacp_f32_bits(x);
+    return (u & 0x7FFFFFFFu) ? (int)(u >> 23 & 0xFF) : 256;
+}
+
+/* A head whose sum is NaN: o and lse the canonical NaN 0x7FC00000. */
+void dsacp_mla16_head_nan(float *oh, int64_t dc, float *lse);
+/* The scalar ISA's phase set (mla_bf16_model.c). */
+extern const dsacp_mla16_isa dsacp_mla16_scalar;
+
+/* The generic pieces (mla_bf16_model.c), which the SIMD phases call for the forms they do not run and
  * for their NaN results. */
 int dsacp_mla16_check_keys(const float *kv, int64_t rows, int64_t D, bool *same);
 void dsacp_mla16_round_keys(const float *kv, int64_t rows, int64_t D, float *out, int64_t Dp);
