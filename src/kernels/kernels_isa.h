@@ -3,21 +3,28 @@
  * kernel tables, the scalar pieces a SIMD variant falls back on, the linear driver the SIMD
  * linears share, and workspace carving. The files of src/kernels, each calling only files below
  * it (no circle; the ISA files never call the dispatcher):
- *   dispatch.c        the active table and the public kernels over it
+ *   dispatch.c        the active ISA's table and the public kernels over it
  *   kernels_avx512.c  AVX-512 tables (uses the AVX2 act_quant rounding and gemm_avx2.c's fold mode)
  *   kernels_avx2.c    AVX2 table
  *   kernels_small.c   the small per-row SIMD kernels (RMSNorm, axpy)
  *   kernels.c         the scalar table: the reference twins
- *   kernels_linear.c  dsacp_dot_f32, the scalar linear, act_quant, the driver the SIMD linears share
+ *   kernels_linear.c  dsacp_dot_f32, the scalar linear, the driver the SIMD linears share
  *   gemm_avx2.c       the blocked many-row linear
+ *   mla_bf16.c        deployed sparse MLA: the driver (workspace, operands, head groups)
+ *   mla_bf16_x86.c    its AVX-512 and AVX2 phases
+ *   mla_bf16_model.c  its definition, exp and generic (scalar) phases
+ *   linear_bf16.c     deployed BF16/FP8 linears on the bf16-dot chain (one token; many via below)
+ *   act_quant.c       act_quant into the workspace, shared by both linears
+ * and the bf16-dot chain (bf16dot.h; docs/numerics.md, "The bf16-dot chain"):
+ *   gemm_bf16.c       the batched product: blocks, panels, forms (gemm_bf16.h)
+ *   gemm_bf16_x86.c   its micro-kernels (zmm FMA, VDPBF16PS, ymm FMA) and packing
+ *   bf16dot_check.c   cpuid and the start-up check of the instruction against the model
+ *   bf16dot_x86.c     the AVX2 (plain and DAZ/FTZ-emulating), FMA-form and AVX512-BF16 dot kernels
+ *   bf16dot.c         the scalar model of VDPBF16PS: the definition the kernels give the bits of
+ * and at the bottom of all:
  *   kernels_threads.c dsacp_parallel_for: a split over threads that never opens a region of one
  *                     thread or a nested one (so it allocates nothing under libgomp)
- * and the bf16-dot chain (bf16dot.h; docs/numerics.md, "The bf16-dot chain"; not wired into the
- * model's paths yet):
- *   gemm_bf16.c       the batched bf16-dot micro-kernel (VDPBF16PS tiles, the model's tree)
- *   bf16dot_check.c   cpuid and the start-up check of the instruction against the model
- *   bf16dot_x86.c     the AVX2 (plain and DAZ/FTZ-emulating) and AVX512-BF16 dot kernels
- *   bf16dot.c         the scalar model of VDPBF16PS: the definition the kernels give the bits of
+ *   isa.c             the best and the active ISA (cpuid, DSACP_ISA, dsacp_isa_set)
  */
 #ifndef DSACP_KERNELS_ISA_H
 #define DSACP_KERNELS_ISA_H
