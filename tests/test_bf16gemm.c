@@ -159,6 +159,7 @@ typedef struct block_case {
     int64_t N, o0, K, T, bp; /* bp 0: no fold */
     int k;
     bool f8;
+    dsacp_isa isa; /* the packing's code */
 } block_case;
 
 static long block_outputs, block_runs[5];
@@ -234,7 +235,8 @@ static long check_block(const block_case *c)
     int fw = 256, want_fx = 256;
     for (int b = 0; b < nblk; b++) {
         const int64_t o = c->o0 + 32 * b, n = N - o < 32 ? N - o : 32;
-        const int f = dsacp_bf16gemm_pack_block(&w, o, blk + b * bb);
+        const int f = c->isa == dsacp_isa_best() ? dsacp_bf16gemm_pack_block(&w, o, blk + b * bb)
+                                                   : dsacp_bf16gemm_pack_block_as(c->isa, &w, o, blk + b * bb);
         CHECK(f == dsacp_bf16_exp_floor(wb + o * K, n * K));
         fw = f < fw ? f : fw;
         sc[b] = scales + b * nscale;
@@ -268,18 +270,15 @@ static void check_blocks(void)
                                         {50, 32, 1030, 3}, {100, 0, 64, 24}};
     static const int64_t bps[] = {0, 16, 64};
     long bad = 0;
-    const dsacp_isa was = dsacp_isa_active();
-    for (int isa = DSACP_ISA_SCALAR; isa <= (int)dsacp_isa_best(); isa++) { /* the packing follows the ISA */
-        CHECK_OK(dsacp_isa_set((dsacp_isa)isa));
+    for (int isa = DSACP_ISA_SCALAR; isa <= (int)dsacp_isa_best(); isa++) /* the packing's code */
         for (int k = 0; k < CLASSES; k++)
             for (int f8 = 0; f8 < 2; f8++)
                 for (int b = 0; b < 3; b++)
                     for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
-                        const block_case c = {shapes[s][0], shapes[s][1], shapes[s][2], shapes[s][3], bps[b], k, f8};
+                        const block_case c = {shapes[s][0], shapes[s][1], shapes[s][2], shapes[s][3], bps[b], k, f8,
+                                              (dsacp_isa)isa};
                         bad += check_block(&c);
                     }
-    }
-    CHECK_OK(dsacp_isa_set(was));
     CHECKF(bad == 0, "%ld of %ld block outputs differ from the model", bad, block_outputs);
     CHECK(block_runs[DSACP_BF16GEMM_SCALAR] > 0);
     if (dsacp_isa_best() >= DSACP_ISA_AVX2) CHECK(block_runs[DSACP_BF16GEMM_AVX2] > 0);

@@ -12,7 +12,7 @@
  * whole-matrix API splits panels over the threads (dsacp_parallel_for), each output computed
  * whole by one thread: the same bits for every thread count. Calls gemm_bf16_x86.c,
  * bf16dot_check.c (whether the instruction is the model), bf16dot.c, bf16dot_x86.c (the AVX2
- * floor), dispatch.c (the active ISA picks the packing's code) and kernels_threads.c.
+ * floor) and kernels_threads.c; never dispatch.c (it calls this file through linear_bf16.c).
  */
 #include "kernels/gemm_bf16.h"
 #include "kernels/kernels_isa.h"
@@ -49,12 +49,24 @@ static uint16_t elem(const rows_src *s, int64_t r, int64_t k)
     return s->b16 ? s->b16[r * s->ld + k] : dsacp_e4m3_to_bf16(s->f8[r * s->ld + k]);
 }
 
-/* The block [l][q][32] of s's rows; returns their exponent floor. */
-static int pack_rows(const rows_src *s, uint32_t *out)
+/* Whether this CPU runs the AVX512BW packing (the OS's zmm state included). */
+static bool cpu_avx512bw(void)
 {
 #if defined(__x86_64__)
-    if (dsacp_isa_active() == DSACP_ISA_AVX512) return dsacp_bf16gemm_pack_rows_avx512(s, out);
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vl");
+#else
+    return false;
 #endif
+}
+
+/* The block [l][q][32] of s's rows by the code of isa; returns their exponent floor. */
+static int pack_rows(dsacp_isa isa, const rows_src *s, uint32_t *out)
+{
+#if defined(__x86_64__)
+    if (isa == DSACP_ISA_AVX512 && cpu_avx512bw()) return dsacp_bf16gemm_pack_rows_avx512(s, out);
+#endif
+    (void)isa;
     const int64_t Q = padded_pairs(s->K) / LANES;
     int floor = 256;
     for (int64_t l = 0; l < LANES; l++)
@@ -72,11 +84,16 @@ static int pack_rows(const rows_src *s, uint32_t *out)
 
 int dsacp_bf16gemm_pack_block(const dsacp_weight *w, int64_t o0, void *blk)
 {
+    return dsacp_bf16gemm_pack_block_as(cpu_avx512bw() ? DSACP_ISA_AVX512 : DSACP_ISA_SCALAR, w, o0, blk);
+}
+
+int dsacp_bf16gemm_pack_block_as(dsacp_isa isa, const dsacp_weight *w, int64_t o0, void *blk)
+{
     rows_src s = {.n = w->rows - o0 < ROWS ? w->rows - o0 : ROWS, .K = w->cols, .ld = w->cols};
     if (s.n < 0) s.n = 0;
     if (w->dtype == DSACP_BF16) s.b16 = (const uint16_t *)w->data + o0 * w->cols;
     else s.f8 = (const uint8_t *)w->data + o0 * w->cols;
-    return pack_rows(&s, blk);
+    return pack_rows(isa, &s, blk);
 }
 
 size_t dsacp_bf16gemm_tokens_bytes(int64_t K, int64_t T)
@@ -122,8 +139,7 @@ static void pack_group(void *ctx, int64_t g)
     for (int64_t t = t0; t < t0 + nb; t++) {
         const uint16_t *x = j->xb + t * j->ldx;
 #if defined(__x86_64__)
-        const int f = dsacp_isa_active() >= DSACP_ISA_AVX2 ? dsacp_bf16_exp_floor_avx2(x, j->K)
-                                                           : dsacp_bf16_exp_floor(x, j->K);
+        const int f = __builtin_cpu_supports("avx2") ? dsacp_bf16_exp_floor_avx2(x, j->K) : dsacp_bf16_exp_floor(x, j->K);
 #else
         const int f = dsacp_bf16_exp_floor(x, j->K);
 #endif
@@ -263,7 +279,8 @@ void dsacp_bf16gemm_pack(const uint16_t *w, int64_t N, int64_t K, int64_t ldw, v
     int floor = 256;
     for (int64_t o0 = 0; o0 < N; o0 += ROWS) {
         const rows_src s = {.b16 = w + o0 * ldw, .n = N - o0 < ROWS ? N - o0 : ROWS, .K = K, .ld = ldw};
-        const int f = pack_rows(&s, (uint32_t *)((unsigned char *)packed + HEAD + (size_t)(o0 / ROWS) * bb));
+        const int f = pack_rows(cpu_avx512bw() ? DSACP_ISA_AVX512 : DSACP_ISA_SCALAR, &s,
+                                (uint32_t *)((unsigned char *)packed + HEAD + (size_t)(o0 / ROWS) * bb));
         floor = f < floor ? f : floor;
     }
     memset(packed, 0, HEAD);

@@ -32,6 +32,10 @@ size_t dsacp_bf16gemm_block_bytes(int64_t K);
  * unscaled, NaN as the quiet bf16 NaN of its sign) into blk (block_bytes, any alignment); rows
  * past w->rows are zero. Returns the block's exponent floor (dsacp_bf16_exp_floor of its rows). */
 int dsacp_bf16gemm_pack_block(const dsacp_weight *w, int64_t o0, void *blk);
+/* The same by the packing code of isa (the same bytes for every ISA; AVX512 where the CPU has
+ * AVX512BW, else scalar code): pack_block runs the best this CPU has (not the active ISA: this
+ * file is below dispatch.c). For tests. */
+int dsacp_bf16gemm_pack_block_as(dsacp_isa isa, const dsacp_weight *w, int64_t o0, void *blk);
 /* Bytes of T packed tokens of K columns: a header, the pairs and the FMA forms' f32 split of
  * them, by groups of 12 tokens in the order the tiles read them. */
 size_t dsacp_bf16gemm_tokens_bytes(int64_t K, int64_t T);
