@@ -8,7 +8,9 @@
  * dsacp_bf16dot_kernel(dsacp_isa_active())):
  *   linear_bf16.c   deployed BF16/FP8 linears on the chain (linear_bf16.h): one-token path and
  *                   driver of the batched product's block API
- *   gemm_bf16.c     the batched product: micro-kernels over packed weights (gemm_bf16.h)
+ *   gemm_bf16.c     the batched product: packing, blocks and panels, the whole-matrix API below
+ *                   (gemm_bf16.h)
+ *   gemm_bf16_x86.c its micro-kernels (zmm FMA in asm, VDPBF16PS, ymm FMA) and block packing
  *   bf16dot_x86.c   the AVX2 and AVX512-BF16 kernels (with the FP8 fold), the row kernels of
  *                   several rows per pass (zmm FMA form, VDPBF16PS; FP8 decoded in registers),
  *                   activation rounding in AVX2, the choice of kernel for an ISA
@@ -156,12 +158,12 @@ void dsacp_bf16dot_f8_rows(const uint8_t *const *rows, int R, int64_t K, const u
 void dsacp_e4m3_row_bf16_avx512(const uint8_t *src, int64_t n, uint16_t *out);
 #endif
 
-/* ---- batched (gemm_bf16.c; the linears use its block API, gemm_bf16.h) ----
+/* ---- batched, whole matrix (gemm_bf16.c; the benches use it; the linears use the block and panel
+ * API of gemm_bf16.h, where the tiles are described) ----
  * y[t][o] = dsacp_bf16dot_scalar(w_o, x_t, ceil(K / 2)) bit for bit (weights the first operand),
- * for N weight rows and T token rows of K bf16 (an odd K padded with +0), by a VDPBF16PS
- * micro-kernel (32 rows x 6 tokens of one model lane per register tile); the blocks of 32 rows
- * split over the threads (dsacp_parallel_for), each output by one thread: the same bits for
- * every thread count. */
+ * for N weight rows and T token rows of K bf16 (an odd K padded with +0), run on the block API's
+ * panels; the blocks of 32 rows split over the threads (dsacp_parallel_for), each output by one
+ * thread: the same bits for every thread count. */
 /* Bytes of the packed weights: per block of 32 rows (zero rows pad N) and per lane l, the pairs
  * p = l + 16 q as [q][32 rows] dwords. */
 size_t dsacp_bf16gemm_pack_bytes(int64_t N, int64_t K);
@@ -176,11 +178,10 @@ int dsacp_bf16gemm(const void *packed, int64_t N, int64_t K, const uint16_t *x, 
                    int64_t ldy, void *ws, size_t ws_bytes);
 /* The packed weights begin with a 64-byte header holding their exponent floor
  * (dsacp_bf16_exp_floor), the blocks follow it. The product has two forms, the same bits:
- * DPBF16 (the VDPBF16PS micro-kernel above) and FMA, for operands whose floors are
- * dsacp_bf16dot_plain_ok: each pair as two zmm f32 FMAs (the high elements' product first; a
- * product of two bf16 is exact, and DAZ/FTZ cannot act), 32 rows x 12 tokens per register tile,
- * the same packed weights split in registers (high: & 0xFFFF0000, low: << 16), a NaN output
- * recomputed by the model; the same split over threads. FMA on operands that are not plain runs
+ * DPBF16 (VDPBF16PS tiles) and FMA, for operands whose floors are dsacp_bf16dot_plain_ok: each
+ * pair as two zmm f32 FMAs (the high elements' product first; a product of two bf16 is exact, and
+ * DAZ/FTZ cannot act), the packed weights split in registers (high: & 0xFFFF0000, low: << 16), a
+ * NaN output recomputed by the model; the same split over threads. FMA on operands that are not plain runs
  * DPBF16. AUTO: DSACP_BF16DOT_FORM=fma|dpbf16 when set, else the form a one-time measurement at
  * the first call finds faster (dsacp_bf16gemm_form). dsacp_bf16gemm is dsacp_bf16gemm_as(AUTO).
  * The workspace (dsacp_bf16gemm_ws_bytes) also holds the FMA form's f32 copy of the tokens. */
