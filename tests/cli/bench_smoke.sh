@@ -50,6 +50,8 @@ for r in doc["results"]:
 assert len(names) == len(set(names)), "duplicate result names"
 if threads > 1:
     want.append("decode_layer_speedup_%dt" % threads)
+    if "decode_layer_deployed_time" in want:
+        want += ["decode_layer_%s_speedup_%dt" % (mode, threads) for mode in ("deployed", "exact")]
 missing = [w for w in want if w not in names]
 assert not missing, "missing results: %s (have %s)" % (missing, names)
 units = {r["name"]: r["unit"] for r in doc["results"]}
@@ -70,7 +72,8 @@ EOF
 # 1. Every kernel on the tiny preset, two threads.
 all_names=(peak_fma_avx512 peak_bf16dot stream_copy stream_read sgemm_indexer sgemm_mla indexer_fp8 indexer_f32
            indexer_prefill16_fp8 topk_time sparse_mla linear_q_a linear_q_b linear_kv_a linear_o_proj
-           linear_wq_b linear_all decode_layer_time decode_layer_step_time)
+           linear_wq_b linear_all decode_layer_time decode_layer_step_time sparse_mla_deployed
+           decode_layer_deployed_time decode_layer_exact_time decode_layer_deployed_vs_exact)
 grep -q avx512f /proc/cpuinfo 2>/dev/null || all_names=("${all_names[@]:1}")
 if "$DSACP" bench --preset tiny --context 300 --reps 1 --threads 2 --json >"$tmp/all.json" 2>"$tmp/err"; then
   if check_json "$tmp/all.json" 2 "${all_names[@]}" >"$tmp/why" 2>&1; then ok "bench --kernel all --json"
@@ -101,7 +104,8 @@ fi
 # 4. The batched linear (blocked GEMM beside sgemm) and the layer prefill (against the roofline).
 gemm_names=(sgemm_T16 gemm_f32_T16 gemm_bf16_T16 gemm_fp8_T16 sgemm_T256 gemm_fp8_T256 sgemm_T2048
             gemm_f32_T2048 gemm_bf16_T2048 gemm_fp8_T2048 peak_bf16dot gemm_bf16dot_T16 gemm_bf16dot_T256
-            gemm_bf16dot_T2048 gemm_bf16fma_T16 gemm_bf16fma_T256 gemm_bf16fma_T2048)
+            gemm_bf16dot_T2048 gemm_bf16fma_T16 gemm_bf16fma_T256 gemm_bf16fma_T2048
+            linear_deployed_bf16_T16 linear_deployed_bf16_T2048 linear_deployed_fp8_T16 linear_deployed_fp8_T2048)
 if "$DSACP" bench --preset tiny --kernel gemm --reps 1 --threads 1 --json >"$tmp/gemm.json" 2>"$tmp/err" &&
    check_json "$tmp/gemm.json" 1 "${gemm_names[@]}" >"$tmp/why" 2>&1; then
   ok "bench --kernel gemm --json"

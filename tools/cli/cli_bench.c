@@ -105,12 +105,12 @@ static void print_row(const dsacp_bench_result *r, void *user)
 {
     if (((const report *)user)->json) return;
     if (isnan(r->value)) /* a figure this machine cannot give: its unit says why ("n/a: ...") */
-        printf("%-28s %12s %s\n", r->name, "n/a", r->unit + (strncmp(r->unit, "n/a: ", 5) == 0 ? 5 : 0));
+        printf("%-32s %12s %s\n", r->name, "n/a", r->unit + (strncmp(r->unit, "n/a: ", 5) == 0 ? 5 : 0));
     else if (r->ceiling_name[0])
-        printf("%-28s %12.4g %-7s %-24s %12.4g %8.3f\n", r->name, r->value, r->unit, r->ceiling_name, r->ceiling_value,
+        printf("%-32s %12.4g %-7s %-24s %12.4g %8.3f\n", r->name, r->value, r->unit, r->ceiling_name, r->ceiling_value,
                r->ratio);
     else
-        printf("%-28s %12.4g %-7s %-24s %12s %8s\n", r->name, r->value, r->unit, "-", "-", "-");
+        printf("%-32s %12.4g %-7s %-24s %12s %8s\n", r->name, r->value, r->unit, "-", "-", "-");
     fflush(stdout);
 }
 
@@ -126,7 +126,7 @@ static void print_header(const report *rp)
         printf("cpu: %d cores, load average %.2f at start\n", rp->machine.cores, rp->machine.loadavg);
     printf("openblas: %s kernels%s%s\n", openblas_get_corename(),
            ct ? ", forced by OPENBLAS_CORETYPE=" : " (autodetected)", ct ? ct : "");
-    printf("%-28s %12s %-7s %-24s %12s %8s\n", "name", "value", "unit", "ceiling", "ceiling_val", "ratio");
+    printf("%-32s %12s %-7s %-24s %12s %8s\n", "name", "value", "unit", "ceiling", "ceiling_val", "ratio");
 }
 
 /* ---- --json ---- */
