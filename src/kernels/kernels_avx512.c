@@ -547,9 +547,33 @@ T512 static INL void mla_group(const float *Qt, int64_t Hp, int64_t h0, const in
 
 DSACP_DEFINE_MLA_GROUPS(T512, mla_group)
 
+/* Head groups: 64 heads (4 zmm) each, or -- when that leaves fewer groups than threads -- 32 or
+ * 16, so that the threads share the work (the small preset's 16 heads were one group: one thread
+ * ran a decode token's whole sparse MLA while the other waited). Every head's arithmetic is the
+ * same whatever group it is in (its scores, softmax and sums are lanes of their own), so the width
+ * changes no bit. The workspace holds up to MLA_MAXG groups of the narrowest width (as many as
+ * 64-wide groups when the heads are many); the tiles keep the 64-head row stride. */
+enum { MLA_MAXG = 4 };
+
+static int64_t mla_groups_max(int64_t Hp)
+{
+    const int64_t g64 = (Hp + 63) / 64, g16 = Hp / 16 < MLA_MAXG ? Hp / 16 : MLA_MAXG;
+    return g64 > g16 ? g64 : g16;
+}
+
+/* Heads per group for nth threads: the widest of 64, 32, 16 that gives nth groups, within the
+ * workspace's group count. */
+static int64_t mla_width(int64_t Hp, int nth)
+{
+    const int64_t gmax = mla_groups_max(Hp);
+    int64_t w = 64;
+    while (w > 16 && (Hp + w - 1) / w < nth && (Hp + w / 2 - 1) / (w / 2) <= gmax) w /= 2;
+    return w;
+}
+
 static size_t mla_bytes_avx512(int64_t n, int64_t H, int64_t dc, int64_t dr)
 {
-    const int64_t dk = dc + dr, Hp = (H + 15) / 16 * 16, G = (Hp + 63) / 64;
+    const int64_t dk = dc + dr, Hp = (H + 15) / 16 * 16, G = mla_groups_max(Hp);
     const size_t per = (size_t)(MLA_NC * 64 + dc * 64 + 128);
     return ((size_t)(dk * Hp) + (size_t)G * per) * sizeof(float);
 }
@@ -557,7 +581,11 @@ static size_t mla_bytes_avx512(int64_t n, int64_t H, int64_t dc, int64_t dr)
 static void sparse_mla_avx512(const float *q, const float *kv, int64_t n, int64_t H, int64_t dc, int64_t dr,
                               float scale, float *o, float *lse, float *buf)
 {
-    const int64_t dk = dc + dr, Hp = (H + 15) / 16 * 16, G = (Hp + 63) / 64;
+    const int64_t dk = dc + dr, Hp = (H + 15) / 16 * 16;
+    /* Threads split the head groups when the call is large enough; narrower groups only then. */
+    const int nth = dsacp_kernel_threads();
+    const bool split = nth > 1 && (double)n * (double)H * (double)dk >= 1e6;
+    const int64_t W = split ? mla_width(Hp, nth) : 64, G = (Hp + W - 1) / W;
     if (n == 0) {
         dsacp_mla_empty(H, dc, o, lse);
         return;
@@ -565,9 +593,8 @@ static void sparse_mla_avx512(const float *q, const float *kv, int64_t n, int64_
     dsacp_transpose_heads(q, H, dk, Hp, buf);
     dsacp_mla_job j = {.Qt = buf, .kv = kv, .n = n, .H = H, .Hp = Hp, .dc = dc, .dr = dr, .scale = scale, .o = o,
                        .lse = lse, .tiles = buf + dk * Hp, .per = (size_t)(MLA_NC * 64 + dc * 64 + 128),
-                       .nc = MLA_NC, .ld = 64, .width = 64, .lanes = 16};
-    /* Threads split the head groups when the call is large enough. */
-    dsacp_parallel_for(G, (double)n * (double)H * (double)dk >= 1e6, mla_group_task, &j);
+                       .nc = MLA_NC, .ld = 64, .width = W, .lanes = 16};
+    dsacp_parallel_for(G, split, mla_group_task, &j);
 }
 
 /* ---- cache row decoders (cache/kv_cache.c), the scalar twins' floats bit for bit ---- */
