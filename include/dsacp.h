@@ -268,7 +268,10 @@ int dsacp_model_init(const dsacp_config *cfg, const char *dir, uint64_t seed,
 
 typedef enum dsacp_numerics {
     DSACP_NUMERICS_EXACT = 0,    /* fp32 everywhere, what transformers computes */
-    DSACP_NUMERICS_DEPLOYED = 1, /* Hadamard + FP8 indexer, FP8 activations into FP8 layers */
+    DSACP_NUMERICS_DEPLOYED = 1, /* Hadamard + FP8 indexer, FP8 activations into FP8 layers, and
+                                  * the bf16-dot chain (activations, q and latents rounded to bf16,
+                                  * products of bf16 pairs summed in fp32 as VDPBF16PS does) in
+                                  * BF16/FP8 linears and sparse MLA: docs/numerics.md */
 } dsacp_numerics;
 
 typedef struct dsacp_engine_options {
